@@ -1,0 +1,1 @@
+"""Per-stream training assets, built from stream specs by factories."""

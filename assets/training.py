@@ -1,0 +1,208 @@
+"""The training chain of one stream: micro_batch -> model -> onnx_model -> model_version.
+
+Asset bodies stay short and read like the data flow; the work is in `dagster_project`.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from dagster_project.batches import MicroBatch, read_batch
+from dagster_project.exactly_once import Decision, decide
+from dagster_project.faults import crash_point
+from dagster_project.kafka_io import commit_group_offsets
+from dagster_project.offsets import Ranges
+from dagster_project.registry import expected_offsets
+from dagster_project.resources import KafkaResource, RegistryResource
+from dagster_project.spec import StreamSpec
+
+
+class PartitionRange(dg.Config):
+    partition: int
+    start: int
+    end: int
+
+
+class BatchConfig(dg.Config):
+    """The exact offsets a run learns: `[start, end)` per partition, planned by the Kafka sensor."""
+
+    ranges: list[PartitionRange]
+
+    def as_ranges(self) -> Ranges:
+        return {r.partition: (r.start, r.end) for r in self.ranges}
+
+
+def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
+    config = BatchConfig(ranges=[PartitionRange(partition=p, start=s, end=e) for p, (s, e) in sorted(ranges.items())])
+    return dg.RunConfig(ops={f"{spec.name}__micro_batch": config})
+
+
+@dataclass
+class TrainedModel:
+    """A candidate: the fitted pipeline, the version it grew from, and its prequential metrics."""
+
+    estimator: Any
+    parent: str | None
+    metrics: dict[str, float | int]
+    rows_trained: int
+
+
+@dataclass
+class OnnxArtifact:
+    onnx_bytes: bytes
+    parity: dict[str, Any]
+
+
+def _ranges_text(ranges: Ranges) -> str:
+    return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
+
+
+def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
+    name = spec.name
+
+    @dg.asset(
+        key=[name, "micro_batch"],
+        group_name=name,
+        output_required=False,
+        kinds={"kafka"},
+        description=f"Exactly one planned offset range of {spec.events_topic}, validated; bad messages go to the DLQ.",
+    )
+    def micro_batch(
+        context: dg.AssetExecutionContext, config: BatchConfig, kafka: KafkaResource, registry: RegistryResource
+    ):
+        ranges = config.as_ranges()
+        head, expected, _ = expected_offsets(registry.get(), name)
+        if decide(expected, ranges) is Decision.ALREADY_LEARNED:
+            # A retry after the version was written: make sure Kafka shows it, learn nothing twice.
+            commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
+            learned_by = head.name if head else "an offset reset"
+            context.log.info(f"{_ranges_text(ranges)} was already learned ({learned_by}); nothing to do")
+            return
+        batch = read_batch(kafka.settings(), spec, ranges)
+        lag = context.run.tags.get("streamfit/lag_after_batch")
+        yield dg.Output(
+            batch,
+            metadata={
+                "rows": batch.rows,
+                "labelled_rows": int(batch.labelled.sum()),
+                "dlq": batch.dlq,
+                "dlq_reasons": dict(batch.dlq_reasons),
+                "ranges": _ranges_text(ranges),
+                **({"lag": int(lag)} if lag is not None else {}),
+            },
+        )
+
+    @dg.asset(
+        key=[name, "model"],
+        group_name=name,
+        output_required=False,
+        ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"])},
+        kinds={"scikitlearn"},
+        description=f"{spec.model.estimator} after test-then-train on the batch (prequential metrics first).",
+    )
+    def model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, registry: RegistryResource):
+        from dagster_project.training import test_then_train
+
+        reg = registry.get()
+        head = reg.head(name)
+        estimator = reg.load_estimator(name, head.name) if head else None
+        labelled = micro_batch.labelled
+        if labelled.any():
+            estimator, metrics, _ = test_then_train(estimator, spec, micro_batch.X[labelled], micro_batch.y[labelled])
+            numeric = metrics.as_metadata()
+        elif estimator is None:
+            # Nothing can be trained or exported, but the offsets were handled: the next version records them.
+            ends = {p: end for p, (_, end) in micro_batch.ranges.items()}
+            reason = (
+                f"no learnable rows ({micro_batch.dlq} dead-lettered, {micro_batch.rows} unlabelled) and no model yet"
+            )
+            reg.set_pending_offsets(name, ends, reason=reason, by=f"run {context.run.run_id}")
+            context.log.warning(f"{name}: {_ranges_text(micro_batch.ranges)}: {reason}; offsets advanced")
+            return
+        else:
+            numeric = {"rows": 0}
+        crash_point("after_train")
+        yield dg.Output(
+            TrainedModel(estimator, head.name if head else None, numeric, int(labelled.sum())),
+            metadata={**numeric, "parent": head.name if head else "none"},
+        )
+
+    @dg.asset(
+        key=[name, "onnx_model"],
+        group_name=name,
+        ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"]), "model": dg.AssetIn(key=[name, "model"])},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "onnx_parity",
+                asset=[name, "onnx_model"],
+                blocking=True,
+                description=f"onnxruntime matches scikit-learn within atol {spec.parity.atol:g} + "
+                f"rtol {spec.parity.rtol:g}*|sklearn| on the batch; otherwise the version is not registered.",
+            )
+        ],
+        kinds={"onnx"},
+        description="The model exported with skl2onnx, checked against scikit-learn before it may be served.",
+    )
+    def onnx_model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel):
+        from dagster_project.onnx_export import check_parity, export_onnx
+
+        onnx_bytes = export_onnx(model.estimator, len(spec.features))
+        parity = check_parity(model.estimator, onnx_bytes, micro_batch.X, spec.parity.atol, spec.parity.rtol)
+        details = {
+            "max_abs_diff": float(parity.max_abs_diff),
+            "label_mismatches": int(parity.label_mismatches),
+            "rows": int(parity.rows),
+        }
+        yield dg.Output(
+            OnnxArtifact(onnx_bytes, {**details, "passed": parity.passed}),
+            metadata={
+                **details,
+                "onnx_bytes": len(onnx_bytes),
+            },
+        )
+        yield dg.AssetCheckResult(
+            check_name="onnx_parity",
+            passed=bool(parity.passed),
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={**details, **({"reason": parity.reason} if parity.reason else {})},
+        )
+
+    @dg.asset(
+        key=[name, "model_version"],
+        group_name=name,
+        ins={
+            "micro_batch": dg.AssetIn(key=[name, "micro_batch"]),
+            "model": dg.AssetIn(key=[name, "model"]),
+            "onnx_model": dg.AssetIn(key=[name, "onnx_model"]),
+        },
+        kinds={"file"},
+        description="The registered version: model.onnx, the estimator and meta.json with the offsets it learned.",
+    )
+    def model_version(
+        context: dg.AssetExecutionContext,
+        micro_batch: MicroBatch,
+        model: TrainedModel,
+        onnx_model: OnnxArtifact,
+        kafka: KafkaResource,
+        registry: RegistryResource,
+    ):
+        from dagster_project.versioning import register_batch
+
+        version = register_batch(
+            registry.get(), spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
+        )
+        crash_point("after_register")
+        commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, version.learned)
+        return dg.MaterializeResult(
+            metadata={
+                "version": version.name,
+                "version_number": version.number,
+                "rows": model.rows_trained,
+                "rows_learned_total": int(version.meta["rows_learned_total"]),
+                "offsets_learned": dg.MetadataValue.json({str(p): o for p, o in version.learned.items()}),
+                **model.metrics,
+            }
+        )
+
+    return [micro_batch, model, onnx_model, model_version]

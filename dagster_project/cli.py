@@ -1,0 +1,159 @@
+"""The `streamfit` command line: broker, produce, demo, offsets, models."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import sys
+import time
+
+import click
+
+from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
+
+
+def _settings(bootstrap: str | None) -> KafkaSettings:
+    try:
+        return KafkaSettings.from_env(bootstrap)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+bootstrap_option = click.option(
+    "--bootstrap", envvar=BOOTSTRAP_ENV, default=None, help=f"Kafka bootstrap address (default: ${BOOTSTRAP_ENV})."
+)
+
+
+@click.group()
+def main() -> None:
+    """Streamfit: keep models learning from Kafka, orchestrated by Dagster."""
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
+def broker(port: int | None) -> None:
+    """Run the embedded Kafka-protocol broker until Ctrl-C."""
+    from dagster_project.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=port) as running:
+        click.echo(f"export {BOOTSTRAP_ENV}={running.bootstrap}")
+        click.echo("embedded broker running (in memory: topics are lost when it stops); Ctrl-C stops it")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while running.process and running.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    click.echo("broker stopped")
+
+
+@main.command()
+@click.argument("stream")
+@click.option("--source", default=None, help="phishing, synthetic, or a .jsonl file (default: the stream's name).")
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--limit", type=int, default=None, help="Stop after this many events.")
+@bootstrap_option
+def produce(stream: str, source: str | None, rate: float | None, limit: int | None, bootstrap: str | None) -> None:
+    """Write events to <stream>.events in the contract format."""
+    from dagster_project.producer import encoded_events
+    from dagster_project.producer import produce as produce_events
+    from dagster_project.spec import get_spec
+
+    spec = get_spec(stream)
+    try:
+        sent = produce_events(
+            _settings(bootstrap), spec, encoded_events(source or stream), rate=rate, limit=limit, progress=True
+        )
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"produced {sent} events to {spec.events_topic}")
+
+
+@main.command()
+@click.option("--versions", type=int, default=None, help="Stop once this many versions exist (default: Ctrl-C).")
+@click.option("--stream", default="synthetic", show_default=True)
+@click.option("--rate", type=float, default=500.0, show_default=True, help="Replay speed, events per second.")
+@click.option("--rows", type=int, default=20_000, show_default=True, help="How many synthetic events to replay.")
+@click.option("--ui-port", type=int, default=None, help="Dagster UI port (default: a free one).")
+@click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
+def demo(versions: int | None, stream: str, rate: float, rows: int, ui_port: int | None, timeout_s: float) -> None:
+    """Run the whole loop locally: broker, Dagster daemon and UI, a replayed stream."""
+    from dagster_project.demo import run_demo
+
+    run_demo(versions, stream, rate, rows, ui_port, timeout_s)
+
+
+@main.group()
+def offsets() -> None:
+    """Inspect or move a stream's learned offsets."""
+
+
+@offsets.command("show")
+@click.argument("stream")
+@bootstrap_option
+def offsets_show(stream: str, bootstrap: str | None) -> None:
+    """Learned offsets, the broker's ends and the lag, per partition."""
+    from dagster_project.kafka_io import committed_group_offsets, probe_partitions
+    from dagster_project.registry import FilesystemRegistry, expected_offsets
+    from dagster_project.settings import registry_root
+    from dagster_project.spec import get_spec
+
+    spec = get_spec(stream)
+    settings = _settings(bootstrap)
+    head, expected, reset = expected_offsets(FilesystemRegistry(registry_root()), stream)
+    committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
+    click.echo(f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {reset}" if reset else ""))
+    for state in probe_partitions(settings, spec.events_topic, expected):
+        click.echo(
+            f"  partition {state.partition}: next {state.next_offset}  committed {committed.get(state.partition)}  "
+            f"log [{state.log_start}, {state.high_water})  lag {state.lag}"
+        )
+
+
+@offsets.command("reset")
+@click.argument("stream")
+@click.option("--to", "position", type=click.Choice(["earliest", "latest"]), required=True)
+@click.option("--reason", default="operator reset", show_default=True)
+@bootstrap_option
+def offsets_reset(stream: str, position: str, reason: str, bootstrap: str | None) -> None:
+    """Move where the next batch starts (after data loss); the next version records it."""
+    from dagster_project.kafka_io import probe_partitions
+    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.settings import registry_root
+    from dagster_project.spec import get_spec
+
+    spec = get_spec(stream)
+    states = probe_partitions(_settings(bootstrap), spec.events_topic, {})
+    if not states:
+        raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
+    target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
+    by = os.environ.get("USER") or getpass.getuser()
+    FilesystemRegistry(registry_root()).set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=by)
+    click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+
+
+@main.group()
+def models() -> None:
+    """Registered versions and the champion."""
+
+
+@models.command("list")
+@click.argument("stream")
+def models_list(stream: str) -> None:
+    """Every version with its offsets and metrics."""
+    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.settings import registry_root
+
+    registry = FilesystemRegistry(registry_root())
+    champion = registry.champion(stream)
+    for version in registry.versions(stream):
+        mark = "*" if version.name == champion else " "
+        click.echo(
+            f"{mark} {version.name:>5}  parent {version.parent or '-':>5}  learned {version.meta['offsets']['learned']}"
+            f"  metrics {version.meta.get('metrics', {})}"
+        )
+
+
+if __name__ == "__main__":
+    main()

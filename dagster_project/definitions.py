@@ -1,0 +1,12 @@
+"""The code location: one asset group, job and sensor set per stream spec. Assembly only."""
+
+import dagster as dg
+
+from dagster_project.factory import build_stream_definitions
+from dagster_project.resources import default_resources
+from dagster_project.spec import load_specs
+
+defs = dg.Definitions.merge(
+    *(build_stream_definitions(spec) for spec in load_specs()),
+    dg.Definitions(resources=default_resources()),
+)

@@ -1,0 +1,244 @@
+"""The model registry: each version is a checkpoint of (model state, offsets learned).
+
+A version directory is written in full under a temporary name and renamed into place, so a
+version either exists completely or not at all; that rename is the commit point of exactly-once
+learning. Aliases (`champion`) change by atomic replace. Checksums guard everything served.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import io
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+VERSION_DIR = re.compile(r"^v(\d+)$")
+ONNX_FILE = "model.onnx"
+ESTIMATOR_FILE = "estimator.joblib"
+META_FILE = "meta.json"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation was refused; the message says why and what to do."""
+
+
+class StaleParent(RegistryError):
+    """Another version was registered since this one's parent: its offsets would be learned twice."""
+
+
+class ChecksumMismatch(RegistryError):
+    """A version's files do not match the checksums written with it: it must never be served."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """A registered version's metadata (meta.json), with convenient accessors."""
+
+    stream: str
+    name: str
+    meta: dict[str, Any]
+
+    @property
+    def number(self) -> int:
+        return int(self.name[1:])
+
+    @property
+    def learned(self) -> dict[int, int]:
+        """Next offset to learn per partition, after this version."""
+        return {int(p): int(o) for p, o in self.meta["offsets"]["learned"].items()}
+
+    @property
+    def parent(self) -> str | None:
+        return self.meta.get("parent")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ModelRegistry(abc.ABC):
+    """What Streamfit needs from a registry; an object store or MLflow could implement it too."""
+
+    @abc.abstractmethod
+    def versions(self, stream: str) -> list[Version]: ...
+
+    @abc.abstractmethod
+    def register(
+        self, stream: str, parent: str | None, onnx_bytes: bytes, estimator: Any, meta: dict[str, Any]
+    ) -> Version: ...
+
+    @abc.abstractmethod
+    def load_estimator(self, stream: str, version: str) -> Any: ...
+
+    @abc.abstractmethod
+    def load_onnx(self, stream: str, version: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def champion(self, stream: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def pending_offset_reset(self, stream: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def clear_offset_reset(self, stream: str, applied_by_version: str) -> None: ...
+
+    def head(self, stream: str) -> Version | None:
+        """The newest version: training continues from it."""
+        found = self.versions(stream)
+        return found[-1] if found else None
+
+
+class FilesystemRegistry(ModelRegistry):
+    """`<root>/<stream>/v<N>/{model.onnx, estimator.joblib, meta.json}` plus alias files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _stream_dir(self, stream: str) -> Path:
+        return self.root / stream
+
+    def versions(self, stream: str) -> list[Version]:
+        directory = self._stream_dir(stream)
+        if not directory.is_dir():
+            return []
+        numbered = sorted(
+            (int(m.group(1)), entry) for entry in directory.iterdir() if (m := VERSION_DIR.match(entry.name))
+        )
+        return [Version(stream, entry.name, orjson.loads((entry / META_FILE).read_bytes())) for _, entry in numbered]
+
+    def get(self, stream: str, version: str) -> Version:
+        path = self._stream_dir(stream) / version / META_FILE
+        if not path.exists():
+            raise RegistryError(f"{stream} has no version {version!r}; `streamfit models list {stream}` shows them")
+        return Version(stream, version, orjson.loads(path.read_bytes()))
+
+    def register(
+        self, stream: str, parent: str | None, onnx_bytes: bytes, estimator: Any, meta: dict[str, Any]
+    ) -> Version:
+        """Write a new version atomically; refuse if `parent` is no longer the head."""
+        import joblib
+
+        head = self.head(stream)
+        head_name = head.name if head else None
+        if head_name != parent:
+            raise StaleParent(f"{stream}: head is {head_name}, not {parent}; this batch was built on a stale model")
+        name = f"v{(head.number if head else 0) + 1}"
+        buffer = io.BytesIO()
+        joblib.dump(estimator, buffer)
+        estimator_bytes = buffer.getvalue()
+        full_meta = {
+            **meta,
+            "stream": stream,
+            "version": name,
+            "parent": parent,
+            "created_at": _now(),
+            "sha256": {ONNX_FILE: _sha256(onnx_bytes), ESTIMATOR_FILE: _sha256(estimator_bytes)},
+        }
+        stream_dir = self._stream_dir(stream)
+        stream_dir.mkdir(parents=True, exist_ok=True)
+        tmp = stream_dir / f".tmp-{name}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            for file_name, data in (
+                (ONNX_FILE, onnx_bytes),
+                (ESTIMATOR_FILE, estimator_bytes),
+                (META_FILE, orjson.dumps(full_meta, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)),
+            ):
+                with open(tmp / file_name, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            try:
+                os.rename(tmp, stream_dir / name)  # the commit point; fails if the name was taken
+            except OSError as exc:
+                raise StaleParent(f"{stream}: version {name} appeared while registering ({exc})") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Version(stream, name, full_meta)
+
+    def _read_verified(self, stream: str, version: str, file_name: str) -> bytes:
+        meta = self.get(stream, version).meta
+        data = (self._stream_dir(stream) / version / file_name).read_bytes()
+        if _sha256(data) != meta["sha256"][file_name]:
+            raise ChecksumMismatch(f"{stream}/{version}/{file_name} does not match its sha256; refusing to load it")
+        return data
+
+    def load_estimator(self, stream: str, version: str) -> Any:
+        import joblib
+
+        return joblib.load(io.BytesIO(self._read_verified(stream, version, ESTIMATOR_FILE)))
+
+    def load_onnx(self, stream: str, version: str) -> bytes:
+        return self._read_verified(stream, version, ONNX_FILE)
+
+    def champion(self, stream: str) -> str | None:
+        path = self._stream_dir(stream) / "champion"
+        return orjson.loads(path.read_bytes())["version"] if path.exists() else None
+
+    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+        """Point the alias at `version` (atomic replace) and append the decision to the history."""
+        self.get(stream, version)
+        record = {"version": version, "previous": self.champion(stream), "reason": reason, "at": _now()}
+        if evidence:
+            record["evidence"] = evidence
+        _write_atomic(self._stream_dir(stream) / "champion", orjson.dumps(record))
+        with open(self._stream_dir(stream) / "champion_history.jsonl", "ab") as fh:
+            fh.write(orjson.dumps(record) + b"\n")
+
+    def champion_history(self, stream: str) -> list[dict[str, Any]]:
+        path = self._stream_dir(stream) / "champion_history.jsonl"
+        return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+    # Offset resets: an operator's decision, applied by the next version and recorded in it.
+    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]:
+        record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+        self._stream_dir(stream).mkdir(parents=True, exist_ok=True)
+        _write_atomic(self._stream_dir(stream) / "offset_reset.json", orjson.dumps(record))
+        return record
+
+    def pending_offset_reset(self, stream: str) -> dict[str, Any] | None:
+        path = self._stream_dir(stream) / "offset_reset.json"
+        return orjson.loads(path.read_bytes()) if path.exists() else None
+
+    def clear_offset_reset(self, stream: str, applied_by_version: str) -> None:
+        path = self._stream_dir(stream) / "offset_reset.json"
+        if path.exists():
+            os.replace(path, self._stream_dir(stream) / f"offset_reset.applied-{applied_by_version}.json")
+
+
+def expected_offsets(registry: ModelRegistry, stream: str) -> tuple[Version | None, dict[int, int], dict | None]:
+    """Where the next batch must start: the head's learned offsets, overridden by a pending reset."""
+    head = registry.head(stream)
+    learned = dict(head.learned) if head else {}
+    reset = registry.pending_offset_reset(stream)
+    if reset:
+        learned.update({int(p): int(o) for p, o in reset["offsets"].items()})
+    return head, learned, reset

@@ -1,0 +1,1 @@
+"""Monitors: data profiles now; drift statistics and change detectors build on them."""

@@ -1,0 +1,1 @@
+"""Sensors: the Kafka backlog sensor that launches training runs."""

@@ -1,0 +1,104 @@
+"""The Kafka sensor: plans the next micro-batch from cheap broker state, never consuming.
+
+Each tick: refuse to overlap a running training run of the stream, read the head's learned
+offsets from the registry, probe each partition's true end, and request one run over the
+exact planned ranges. Every skip says why.
+"""
+
+import time
+
+import dagster as dg
+import orjson
+
+from assets.training import batch_run_config
+from dagster_project.kafka_io import BrokerUnavailable, probe_partitions
+from dagster_project.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
+from dagster_project.registry import expected_offsets
+from dagster_project.resources import KafkaResource, RegistryResource
+from dagster_project.spec import StreamSpec
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+STREAM_TAG = "streamfit/stream"
+
+
+def build_kafka_sensor(spec: StreamSpec, job: "dg.JobDefinition") -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.name}_kafka_sensor",
+        job=job,
+        minimum_interval_seconds=spec.batch.sensor_interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Launches a training run when {spec.events_topic} has >= {spec.batch.rows} rows waiting "
+        f"or the oldest waited {spec.batch.max_wait_s:g}s.",
+    )
+    def kafka_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, registry: RegistryResource):
+        return evaluate(context, spec, job.name, kafka, registry)
+
+    return kafka_sensor
+
+
+def evaluate(
+    context: dg.SensorEvaluationContext,
+    spec: StreamSpec,
+    job_name: str,
+    kafka: KafkaResource,
+    registry: RegistryResource,
+) -> dg.SensorResult | dg.SkipReason:
+    running = context.instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1)
+    if running:
+        run = running[0]
+        return dg.SkipReason(f"training run {run.run_id[:8]} is {run.status.value}; runs of {spec.name} never overlap")
+    head, expected, _ = expected_offsets(registry.get(), spec.name)
+    try:
+        states = probe_partitions(kafka.settings(), spec.events_topic, expected)
+    except BrokerUnavailable as exc:
+        return dg.SkipReason(f"{spec.name}: {exc}; nothing planned, nothing advanced")
+    if not states:
+        return dg.SkipReason(
+            f"topic {spec.events_topic} does not exist yet (produce to it: `streamfit produce {spec.name}`)"
+        )
+    gaps = find_gaps(states)
+    if gaps:
+        message = (
+            f"OFFSET GAP in {spec.name}: "
+            + "; ".join(g.describe() for g in gaps)
+            + f". Training is stopped. Decide, then run `streamfit offsets reset {spec.name} --to earliest|latest`."
+        )
+        context.log.error(message)
+        return dg.SkipReason(message)
+    plan = plan_batch(
+        states, spec.batch.rows, spec.batch.max_rows, spec.batch.max_wait_s, now_ms=int(time.time() * 1000)
+    )
+    if not isinstance(plan, BatchPlan):
+        return dg.SkipReason(f"{spec.name}: {plan.reason}")
+    head_name = head.name if head else None
+    run_key = ranges_key(spec.name, head_name, plan.ranges)
+    earlier = context.instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    if earlier and earlier[0].status == dg.DagsterRunStatus.FAILURE:
+        return dg.SkipReason(
+            f"{spec.name} is halted: the batch {run_key} failed in run {earlier[0].run_id[:8]} (after its retries). "
+            "Fix the cause and re-execute that run from the Dagster UI; nothing after it is learned until then."
+        )
+    lag_after = sum(s.lag for s in states) - plan.rows
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=run_key,
+                run_config=batch_run_config(spec, plan.ranges),
+                tags={
+                    STREAM_TAG: spec.name,
+                    "streamfit/ranges": encode_ranges(plan.ranges),
+                    "streamfit/parent": head_name or "none",
+                    "streamfit/lag_after_batch": str(lag_after),
+                },
+            )
+        ],
+        cursor=orjson.dumps(
+            {"run_key": run_key, "ranges": encode_ranges(plan.ranges), "rows": plan.rows, "reason": plan.reason}
+        ).decode(),
+    )

@@ -1,0 +1,129 @@
+"""The training chain on a real broker and a real Dagster instance: one batch, DLQ, crashes."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from dagster_project.kafka_io import committed_group_offsets, probe_partitions, read_range
+from dagster_project.onnx_export import OnnxModel
+from dagster_project.spec import StreamSpec
+from tests.helpers import produce_synthetic, run_batch
+
+
+def _all_ranges(settings, spec: StreamSpec) -> dict[int, tuple[int, int]]:
+    return {s.partition: (0, s.high_water) for s in probe_partitions(settings, spec.events_topic, {})}
+
+
+def test_full_batch_registers_a_version_with_its_offsets(kafka_settings, spec, registry, stream_defs, instance):
+    produced = produce_synthetic(kafka_settings, spec, 600)
+    ranges = _all_ranges(kafka_settings, spec)
+
+    result = run_batch(stream_defs, spec, ranges, instance)
+
+    assert result.success
+    (version,) = registry.versions(spec.name)
+    assert version.learned == {p: end for p, (_, end) in ranges.items()}
+    assert version.meta["rows_learned_total"] == produced == 600
+    assert registry.champion(spec.name) == version.name
+    assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == version.learned
+    onnx = OnnxModel(registry.load_onnx(spec.name, version.name))
+    assert onnx.predict(np.zeros((3, 5))).labels.shape == (3,)
+    checks = [e for e in result.get_asset_check_evaluations() if e.check_name == "onnx_parity"]
+    assert checks and checks[0].passed
+    assert checks[0].metadata["max_abs_diff"].value <= spec.parity.atol
+
+
+def test_second_batch_reports_prequential_metrics(kafka_settings, spec, registry, stream_defs, instance):
+    produce_synthetic(kafka_settings, spec, 1000)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    first = {s.partition: (0, s.high_water // 2) for s in states}
+    second = {s.partition: (s.high_water // 2, s.high_water) for s in states}
+
+    assert run_batch(stream_defs, spec, first, instance).success
+    result = run_batch(stream_defs, spec, second, instance)
+
+    v1, v2 = registry.versions(spec.name)
+    assert v2.parent == v1.name
+    assert v2.meta["metrics"]["accuracy"] > 0.85  # the synthetic concept is learnable
+    materializations = result.asset_materializations_for_node(f"{spec.name}__model")
+    assert materializations[0].metadata["roc_auc"].value > 0.9
+
+
+def _send_raw(settings, topic: str, values: list[bytes]) -> None:
+    producer = settings.producer()
+    for value in values:
+        producer.send(topic, value=value, partition=0)
+    producer.flush()
+    producer.close()
+
+
+def test_bad_messages_go_to_the_dlq_with_reason_and_source(kafka_settings, spec, registry, stream_defs, instance):
+    produce_synthetic(kafka_settings, spec, 300)
+    good = {f"x{i}": 0.5 for i in range(5)}
+    bad = [
+        b"{not json",
+        orjson.dumps({"id": "wrong-type", "features": {**good, "x2": "high"}, "label": 1}),
+        orjson.dumps({"id": "missing", "features": {k: v for k, v in good.items() if k != "x4"}, "label": 0}),
+    ]
+    _send_raw(kafka_settings, spec.events_topic, bad)
+    ranges = _all_ranges(kafka_settings, spec)
+
+    result = run_batch(stream_defs, spec, ranges, instance)
+
+    assert result.success
+    dlq_ranges = {s.partition: (0, s.high_water) for s in probe_partitions(kafka_settings, spec.dlq_topic, {})}
+    dead = [orjson.loads(r.value) for r in read_range(kafka_settings, spec.dlq_topic, dlq_ranges)]
+    reasons = sorted(d["reason"] for d in dead)
+    assert len(dead) == 3
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("'x2' must be a number" in r for r in reasons)
+    assert any("missing feature(s) ['x4']" in r for r in reasons)
+    assert {d["topic"] for d in dead} == {spec.events_topic}
+    assert all(d["partition"] == 0 and d["offset"] >= ranges[0][0] for d in dead)
+    (version,) = registry.versions(spec.name)
+    assert version.meta["rows"] == {"read": 303, "valid": 300, "trained": 300, "dlq": 3}
+    assert version.learned == {p: end for p, (_, end) in ranges.items()}  # the bad offsets are handled too
+
+
+@pytest.mark.parametrize("fault", ["after_train", "after_register"])
+def test_crash_then_retry_learns_every_row_exactly_once(
+    fault, kafka_settings, spec, registry, stream_defs, instance, monkeypatch
+):
+    produced = produce_synthetic(kafka_settings, spec, 800)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    first = {s.partition: (0, s.high_water // 2) for s in states}
+    second = {s.partition: (s.high_water // 2, s.high_water) for s in states}
+    assert run_batch(stream_defs, spec, first, instance).success
+
+    monkeypatch.setenv("STREAMFIT_FAULT", fault)
+    crashed = run_batch(stream_defs, spec, second, instance, raise_on_error=False)
+    assert not crashed.success
+    versions_after_crash = len(registry.versions(spec.name))
+    assert versions_after_crash == (1 if fault == "after_train" else 2)
+    committed = committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic)
+    assert committed == {p: end for p, (_, end) in first.items()}  # the commit comes after the version
+
+    monkeypatch.delenv("STREAMFIT_FAULT")
+    assert run_batch(stream_defs, spec, second, instance).success  # the retry replays the same range
+
+    versions = registry.versions(spec.name)
+    assert len(versions) == 2
+    head = versions[-1]
+    assert head.meta["rows_learned_total"] == produced == 800
+    assert head.learned == {s.partition: s.high_water for s in states}
+    assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == head.learned
+
+
+def test_a_batch_that_skips_offsets_is_refused(kafka_settings, spec, registry, stream_defs, instance):
+    produce_synthetic(kafka_settings, spec, 400)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    assert run_batch(stream_defs, spec, {s.partition: (0, 50) for s in states}, instance).success
+
+    result = run_batch(stream_defs, spec, {s.partition: (60, 100) for s in states}, instance, raise_on_error=False)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "batch refused (gap)" in str(failure.event_specific_data.error)
+    assert len(registry.versions(spec.name)) == 1

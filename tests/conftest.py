@@ -1,0 +1,106 @@
+"""Shared fixtures: a real Kafka-protocol broker per session, isolated streams and Dagster homes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from dagster_project.embedded_broker import EmbeddedBroker
+from dagster_project.factory import build_stream_definitions
+from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.registry import FilesystemRegistry
+from dagster_project.resources import KafkaResource, RegistryResource
+from dagster_project.spec import StreamSpec
+
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kafka-bootstrap",
+        default=None,
+        help=f"run against this broker instead of the embedded one (or set {BOOTSTRAP_ENV})",
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    external = request.config.getoption("--kafka-bootstrap") or os.environ.get(BOOTSTRAP_ENV)
+    if external:
+        yield external
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+    return KafkaSettings.from_env(kafka_bootstrap)
+
+
+@pytest.fixture
+def streamfit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "streamfit"
+    monkeypatch.setenv("STREAMFIT_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def registry(streamfit_home: Path) -> FilesystemRegistry:
+    return FilesystemRegistry(streamfit_home / "registry")
+
+
+def synthetic_spec(name: str | None = None, **overrides) -> StreamSpec:
+    """A small synthetic stream with a unique name, so tests never share topics."""
+    raw = {
+        "name": name or f"t{uuid.uuid4().hex[:10]}",
+        "task": "classification",
+        "partitions": 2,
+        "features": [{"name": f"x{i}"} for i in range(5)],
+        "label": {"classes": [0, 1]},
+        "batch": {"rows": 200, "max_rows": 1000, "max_wait_s": 3600, "sensor_interval_s": 5},
+    }
+    raw.update(overrides)
+    return StreamSpec.model_validate(raw)
+
+
+@pytest.fixture
+def spec() -> StreamSpec:
+    return synthetic_spec()
+
+
+@pytest.fixture
+def specs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: StreamSpec) -> Path:
+    directory = tmp_path / "streams"
+    directory.mkdir()
+    (directory / f"{spec.name}.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    monkeypatch.setenv("STREAMFIT_STREAMS", str(directory))
+    return directory
+
+
+@pytest.fixture
+def instance(tmp_path: Path):
+    """A real Dagster instance with SQLite storage in a temporary DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as inst:
+        yield inst
+
+
+@pytest.fixture
+def stream_defs(spec: StreamSpec, kafka_bootstrap: str, registry: FilesystemRegistry) -> dg.Definitions:
+    return dg.Definitions.merge(
+        build_stream_definitions(spec),
+        dg.Definitions(
+            resources={
+                "kafka": KafkaResource(bootstrap=kafka_bootstrap),
+                "registry": RegistryResource(root=str(registry.root)),
+            }
+        ),
+    )

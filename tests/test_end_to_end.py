@@ -1,0 +1,48 @@
+"""End to end: a real dagster-daemon runs the Kafka sensor, which drives training runs to versions."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dagster as dg
+import yaml
+
+from dagster_project.instance import write_instance_config
+from dagster_project.kafka_config import BOOTSTRAP_ENV
+from dagster_project.services import DagsterServices
+from tests.conftest import synthetic_spec
+from tests.helpers import produce_synthetic
+
+
+def test_daemon_sensor_trains_until_two_versions(kafka_bootstrap, kafka_settings, registry, streamfit_home, tmp_path):
+    spec = synthetic_spec(batch={"rows": 300, "max_rows": 300, "max_wait_s": 3600, "sensor_interval_s": 1})
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / f"{spec.name}.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    dagster_home = tmp_path / "dagster_home"
+    write_instance_config(dagster_home)
+    env = os.environ | {
+        BOOTSTRAP_ENV: kafka_bootstrap,
+        "STREAMFIT_HOME": str(streamfit_home),
+        "STREAMFIT_STREAMS": str(streams),
+        "DAGSTER_HOME": str(dagster_home),
+    }
+    produced = produce_synthetic(kafka_settings, spec, 600)  # two full batches of 300
+
+    with DagsterServices(env, tmp_path / "logs") as services:
+        deadline = time.monotonic() + 240
+        while len(registry.versions(spec.name)) < 2:
+            services.check_alive()
+            assert time.monotonic() < deadline, (tmp_path / "logs" / "dagster-daemon.log").read_text()[-3000:]
+            time.sleep(1)
+
+    v1, v2 = registry.versions(spec.name)
+    assert v2.parent == v1.name
+    assert v2.meta["rows_learned_total"] == produced
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        records = instance.get_run_records(dg.RunsFilter(job_name=f"{spec.name}_training"))
+        finished = sorted((r for r in records if r.end_time), key=lambda r: r.start_time)
+        assert [r.dagster_run.status for r in finished][:2] == [dg.DagsterRunStatus.SUCCESS] * 2
+        for earlier, later in zip(finished, finished[1:], strict=False):
+            assert later.start_time >= earlier.end_time, "two training runs of one stream overlapped"
