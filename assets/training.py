@@ -3,6 +3,7 @@
 Asset bodies stay short and read like the data flow; the work is in `dagster_project`.
 """
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ class TrainedModel:
     parent: str | None
     metrics: dict[str, float | int]
     rows_trained: int
+    train_seconds: float
 
 
 @dataclass
@@ -108,6 +110,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         head = reg.head(name)
         estimator = reg.load_estimator(name, head.name) if head else None
         labelled = micro_batch.labelled
+        started = time.perf_counter()
         if labelled.any():
             estimator, metrics, _ = test_then_train(estimator, spec, micro_batch.X[labelled], micro_batch.y[labelled])
             numeric = metrics.as_metadata()
@@ -122,9 +125,10 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             return
         else:
             numeric = {"rows": 0}
+        train_seconds = time.perf_counter() - started
         crash_point("after_train")
         yield dg.Output(
-            TrainedModel(estimator, head.name if head else None, numeric, int(labelled.sum())),
+            TrainedModel(estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds),
             metadata={**numeric, "parent": head.name if head else "none"},
         )
 
@@ -147,9 +151,11 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     def onnx_model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel):
         from dagster_project.onnx_export import check_parity, export_onnx
 
+        started = time.perf_counter()
         onnx_bytes = export_onnx(model.estimator, len(spec.features))
         parity = check_parity(model.estimator, onnx_bytes, micro_batch.X, spec.parity.atol, spec.parity.rtol)
         details = {
+            "export_seconds": time.perf_counter() - started,
             "max_abs_diff": float(parity.max_abs_diff),
             "label_mismatches": int(parity.label_mismatches),
             "rows": int(parity.rows),

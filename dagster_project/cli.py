@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import os
 import signal
-import sys
 import time
 
 import click
@@ -18,6 +17,16 @@ def _settings(bootstrap: str | None) -> KafkaSettings:
         return KafkaSettings.from_env(bootstrap)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _spec(name: str):
+    """The stream's spec, or a one-line error listing the known streams."""
+    from dagster_project.spec import get_spec
+
+    try:
+        return get_spec(name)
+    except (KeyError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc.args[0])) from exc
 
 
 bootstrap_option = click.option(
@@ -36,15 +45,18 @@ def broker(port: int | None) -> None:
     """Run the embedded Kafka-protocol broker until Ctrl-C."""
     from dagster_project.embedded_broker import EmbeddedBroker
 
-    with EmbeddedBroker(port=port) as running:
-        click.echo(f"export {BOOTSTRAP_ENV}={running.bootstrap}")
-        click.echo("embedded broker running (in memory: topics are lost when it stops); Ctrl-C stops it")
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        try:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # before starting, so TERM and Ctrl-C both stop Tansu
+    try:
+        with EmbeddedBroker(port=port) as running:
+            click.echo(f"export {BOOTSTRAP_ENV}={running.bootstrap}")
+            click.echo("embedded broker running (in memory: topics are lost when it stops); Ctrl-C stops it")
             while running.process and running.process.poll() is None:
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
     click.echo("broker stopped")
 
 
@@ -58,9 +70,8 @@ def produce(stream: str, source: str | None, rate: float | None, limit: int | No
     """Write events to <stream>.events in the contract format."""
     from dagster_project.producer import encoded_events
     from dagster_project.producer import produce as produce_events
-    from dagster_project.spec import get_spec
 
-    spec = get_spec(stream)
+    spec = _spec(stream)
     try:
         sent = produce_events(
             _settings(bootstrap), spec, encoded_events(source or stream), rate=rate, limit=limit, progress=True
@@ -97,9 +108,8 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
     from dagster_project.kafka_io import committed_group_offsets, probe_partitions
     from dagster_project.registry import FilesystemRegistry, expected_offsets
     from dagster_project.settings import registry_root
-    from dagster_project.spec import get_spec
 
-    spec = get_spec(stream)
+    spec = _spec(stream)
     settings = _settings(bootstrap)
     head, expected, reset = expected_offsets(FilesystemRegistry(registry_root()), stream)
     committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
@@ -121,9 +131,8 @@ def offsets_reset(stream: str, position: str, reason: str, bootstrap: str | None
     from dagster_project.kafka_io import probe_partitions
     from dagster_project.registry import FilesystemRegistry
     from dagster_project.settings import registry_root
-    from dagster_project.spec import get_spec
 
-    spec = get_spec(stream)
+    spec = _spec(stream)
     states = probe_partitions(_settings(bootstrap), spec.events_topic, {})
     if not states:
         raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
@@ -131,6 +140,27 @@ def offsets_reset(stream: str, position: str, reason: str, bootstrap: str | None
     by = os.environ.get("USER") or getpass.getuser()
     FilesystemRegistry(registry_root()).set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=by)
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+
+
+@main.command()
+@click.option("--port", type=int, default=9108, show_default=True)
+@click.option("--addr", default="0.0.0.0", show_default=True)
+@click.option("--no-kafka", is_flag=True, help="Skip the lag probe (registry metrics only).")
+def exporter(port: int, addr: str, no_kafka: bool) -> None:
+    """Serve training metrics for Prometheus, read from the registry and Kafka on each scrape."""
+    from dagster_project.exporter import serve_exporter
+    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.settings import registry_root
+    from dagster_project.spec import load_specs
+
+    kafka = None if no_kafka else _settings(None)
+    serve_exporter(FilesystemRegistry(registry_root()), load_specs(), kafka, port, addr)
+    click.echo(f"serving streamfit_* training metrics on http://{addr}:{port}/metrics; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.group()

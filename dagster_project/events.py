@@ -90,6 +90,8 @@ class EventParser:
         if label is None:
             return None, None
         if self.spec.task == "classification":
+            if not isinstance(label, str | int | float):
+                raise InvalidEvent(f"label must be a string, number or bool, got {type(label).__name__}")
             index = self._class_index.get(_label_key(label))
             if index is None:
                 raise InvalidEvent(f"label {label!r} is not one of the spec's classes {self.spec.label.classes}")
@@ -100,7 +102,11 @@ class EventParser:
 
 
 def _label_key(value: Any) -> tuple[str, Any]:
-    """Keys that keep True apart from 1 (Python treats them as equal)."""
+    """Keys that keep True apart from 1 (Python treats them as equal) but let 1.0 match class 1."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))
     return (type(value).__name__, value)
 
 

@@ -101,6 +101,11 @@ def plan_batch(
 def _share(states: list[PartitionState], budget: int) -> dict[int, int]:
     waiting = [s for s in states if s.lag]
     take = {s.partition: 0 for s in states}
+    if budget < len(waiting):  # too small for one row each: the oldest waiting partitions go first
+        oldest_first = sorted(waiting, key=lambda s: (s.oldest_waiting_ts_ms is None, s.oldest_waiting_ts_ms, -s.lag))
+        for s in oldest_first[:budget]:
+            take[s.partition] = 1
+        return take
     total = sum(s.lag for s in waiting)
     for s in waiting:
         take[s.partition] = min(s.lag, max(1, budget * s.lag // total))
@@ -113,6 +118,8 @@ def _share(states: list[PartitionState], budget: int) -> dict[int, int]:
         overflow -= cut
     leftover = budget - sum(take.values())
     for s in waiting:  # hand out what integer division left over
+        if leftover <= 0:
+            break
         extra = min(leftover, s.lag - take[s.partition])
         take[s.partition] += extra
         leftover -= extra

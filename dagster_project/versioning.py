@@ -47,6 +47,7 @@ def register_batch(
         "rows_learned_total": (head.meta["rows_learned_total"] if head else 0) + model.rows_trained,
         "metrics": model.metrics,
         "parity": parity,
+        "timings": {"train_seconds": model.train_seconds, "export_seconds": parity.get("export_seconds")},
         "profile": {
             "features": profile_features(batch.X, spec.feature_names),
             "label": profile_labels(batch.y, spec.task),
