@@ -14,6 +14,7 @@ from dagster_project.exactly_once import Decision, decide
 from dagster_project.faults import crash_point
 from dagster_project.kafka_io import commit_group_offsets
 from dagster_project.offsets import Ranges
+from dagster_project.quality_policy import apply_quality_policy
 from dagster_project.registry import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
@@ -68,6 +69,15 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         group_name=name,
         output_required=False,
         kinds={"kafka"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "data_quality",
+                asset=[name, "micro_batch"],
+                blocking=True,
+                description=f"Great Expectations suite from the spec (policy: {spec.quality.policy}); "
+                "a failing batch never trains.",
+            )
+        ],
         description=f"Exactly one planned offset range of {spec.events_topic}, validated; bad messages go to the DLQ.",
     )
     def micro_batch(
@@ -79,9 +89,24 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             # A retry after the version was written: make sure Kafka shows it, learn nothing twice.
             commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
             learned_by = head.name if head else "an offset reset"
-            context.log.info(f"{_ranges_text(ranges)} was already learned ({learned_by}); nothing to do")
+            message = f"{_ranges_text(ranges)} was already learned ({learned_by}); nothing to validate or train"
+            context.log.info(message)
+            yield dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
             return
         batch = read_batch(kafka.settings(), spec, ranges)
+        outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
+        yield dg.AssetCheckResult(
+            check_name="data_quality",
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity[outcome.severity],
+            description=outcome.message,
+            metadata={k: v for k, v in outcome.metadata.items() if k != "failures"}
+            | {"failures": dg.MetadataValue.json(outcome.metadata.get("failures", []))},
+        )
+        if outcome.batch is None:
+            context.log.warning(outcome.message)
+            return
+        batch = outcome.batch
         lag = context.run.tags.get("streamfit/lag_after_batch")
         yield dg.Output(
             batch,

@@ -44,8 +44,14 @@ class MicroBatch:
         return sum(end - start for start, end in self.ranges.values())
 
 
-def read_batch(settings: KafkaSettings, spec: StreamSpec, ranges: Ranges) -> MicroBatch:
-    """Read `ranges` from the events topic; invalid messages go to the DLQ before this returns."""
+def read_batch(
+    settings: KafkaSettings, spec: StreamSpec, ranges: Ranges, dead_letter_invalid: bool = True
+) -> MicroBatch:
+    """Read `ranges` from the events topic; invalid messages go to the DLQ before this returns.
+
+    Re-reads of data already handled (retraining on a window) pass `dead_letter_invalid=False`
+    so a bad message is dead-lettered once, not once per read.
+    """
     parser = EventParser(spec)
     rows: list[list[float]] = []
     labels: list[float] = []
@@ -60,9 +66,11 @@ def read_batch(settings: KafkaSettings, spec: StreamSpec, ranges: Ranges) -> Mic
             try:
                 event = parser.parse(record.value)
             except InvalidEvent as exc:
-                producer = producer or settings.producer()
                 reason = str(exc)
                 reasons[reason.split(":")[0]] += 1
+                if not dead_letter_invalid:
+                    continue
+                producer = producer or settings.producer()
                 future = producer.send(
                     spec.dlq_topic,
                     key=record.key,

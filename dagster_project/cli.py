@@ -185,5 +185,214 @@ def models_list(stream: str) -> None:
         )
 
 
+@main.command()
+@click.argument("stream")
+@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port (0: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0 for every interface).")
+@bootstrap_option
+@click.option("--group", default=None, help="Consumer group (default: streamfit-<stream>-scorers).")
+@click.option(
+    "--max-poll-records",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Events per poll batch: the most a crash can score twice.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=1024 * 1024,
+    show_default=True,
+    help="Largest POST /predict body.",
+)
+@click.option(
+    "--max-rows", type=click.IntRange(min=1), default=10_000, show_default=True, help="Most rows per POST /predict."
+)
+def serve(
+    stream: str,
+    port: int,
+    host: str,
+    bootstrap: str | None,
+    group: str | None,
+    max_poll_records: int,
+    max_body_bytes: int,
+    max_rows: int,
+) -> None:
+    """Score <stream>.events with the champion into <stream>.predictions; HTTP /predict, /healthz, /metrics.
+
+    Follows the registry's champion alias ($STREAMFIT_HOME/registry) and hot-swaps it. Set
+    STREAMFIT_SCORER_TOKEN to require `Authorization: Bearer <token>` on /predict. SIGTERM or
+    Ctrl-C finishes the current batch, commits and leaves the group.
+    """
+    import logging
+
+    from dagster_project.kafka_io import BrokerUnavailable
+    from dagster_project.serving.scorer import build_service, scorer_group
+    from dagster_project.spec import get_spec
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        spec = get_spec(stream)
+        service = build_service(
+            spec,
+            _settings(bootstrap),
+            host=host,
+            port=port,
+            group_id=group,
+            max_poll_records=max_poll_records,
+            max_body_bytes=max_body_bytes,
+            max_rows=max_rows,
+        )
+    except (KeyError, FileNotFoundError, ValueError, BrokerUnavailable, OSError) as exc:
+        raise click.ClickException(exc.args[0] if isinstance(exc, KeyError) else str(exc)) from exc
+    service.start()
+    click.echo(
+        f"serving {stream}: {spec.events_topic} -> {spec.predictions_topic} in group {group or scorer_group(spec)}; "
+        f"HTTP on {service.url}"
+    )
+    service.serve_until_signalled()
+    click.echo("scorer stopped")
+
+
+@models.command("show")
+@click.argument("stream")
+@click.argument("version")
+def models_show(stream: str, version: str) -> None:
+    """One version's meta.json (offsets, metrics, parity, profile)."""
+    import orjson
+
+    from dagster_project.registry import FilesystemRegistry, RegistryError
+    from dagster_project.settings import registry_root
+
+    try:
+        meta = FilesystemRegistry(registry_root()).get(stream, version).meta
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(orjson.dumps(meta, option=orjson.OPT_INDENT_2).decode())
+
+
+@models.command("promote")
+@click.argument("stream")
+@click.argument("version")
+@click.option("--reason", default="manual promotion", show_default=True)
+def models_promote(stream: str, version: str, reason: str) -> None:
+    """Make VERSION the champion now (atomic; recorded in the champion history)."""
+    from dagster_project.registry import FilesystemRegistry, RegistryError
+    from dagster_project.settings import registry_root
+
+    by = os.environ.get("USER") or getpass.getuser()
+    try:
+        FilesystemRegistry(registry_root()).set_champion(
+            stream, version, reason=f"manual: {reason}", evidence={"by": by}
+        )
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stream}: champion is now {version}")
+
+
+@models.command("rollback")
+@click.argument("stream")
+@click.option("--reason", default="manual rollback", show_default=True)
+def models_rollback(stream: str, reason: str) -> None:
+    """Return the champion to the last good one before it (scorers follow within seconds)."""
+    from dagster_project.registry import FilesystemRegistry, RegistryError
+    from dagster_project.settings import registry_root
+
+    by = os.environ.get("USER") or getpass.getuser()
+    try:
+        version = FilesystemRegistry(registry_root()).rollback(stream, reason=reason, evidence={"by": by})
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stream}: rolled back; champion is now {version}")
+
+
+def _operator() -> str:
+    return os.environ.get("USER") or getpass.getuser()
+
+
+@main.group()
+def batches() -> None:
+    """Operator actions on a halted stream."""
+
+
+@batches.command("skip")
+@click.argument("stream")
+@click.option("--reason", required=True, help="Why the batch is skipped (recorded with your name).")
+def batches_skip(stream: str, reason: str) -> None:
+    """Skip the batch a data-quality halt stopped at; the next version records who skipped what."""
+    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.settings import registry_root
+
+    _spec(stream)
+    registry = FilesystemRegistry(registry_root())
+    halt = registry.halt(stream)
+    if halt is None:
+        raise click.ClickException(f"{stream} is not halted; nothing to skip")
+    ends = {int(p): int(r[1]) for p, r in halt["ranges"].items()}
+    by = _operator()
+    registry.set_pending_offsets(stream, ends, reason=f"skipped after data-quality halt: {reason}", by=by)
+    registry.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
+    click.echo(f"{stream}: skipped {halt['ranges']} ({halt['summary']}); training resumes at {ends}")
+
+
+@main.group()
+def quarantine() -> None:
+    """Batches set aside by a data-quality quarantine policy."""
+
+
+@quarantine.command("list")
+@click.argument("stream")
+def quarantine_list(stream: str) -> None:
+    """Every quarantined batch with its failure summary and replay state."""
+    from dagster_project.quarantine import QuarantineStore
+
+    entries = QuarantineStore().list(stream)
+    if not entries:
+        click.echo(f"{stream}: no quarantined batches")
+    for entry in entries:
+        meta = entry.meta
+        replayed = f"replayed by {meta['replayed_by']['version']}" if meta.get("replayed_by") else "not replayed"
+        summary = meta["validation"].get("failed_expectations")
+        click.echo(f"{entry.id}  rows {meta['rows']}  failed expectations {summary}  {replayed}")
+
+
+@quarantine.command("show")
+@click.argument("stream")
+@click.argument("quarantine_id")
+def quarantine_show(stream: str, quarantine_id: str) -> None:
+    """The validation result of one quarantined batch."""
+    import orjson
+
+    from dagster_project.quarantine import QuarantineError, QuarantineStore
+
+    try:
+        entry = QuarantineStore().get(stream, quarantine_id)
+    except QuarantineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(orjson.dumps(entry.meta, option=orjson.OPT_INDENT_2).decode())
+
+
+@quarantine.command("replay")
+@click.argument("stream")
+@click.argument("quarantine_id")
+@click.option("--force", is_flag=True, help="Train it even if it still fails its checks.")
+def quarantine_replay(stream: str, quarantine_id: str, force: bool) -> None:
+    """Train a quarantined batch on top of the head, exactly once."""
+    from dagster_project.quarantine import QuarantineError, QuarantineStore
+    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.replay import replay_quarantined
+    from dagster_project.settings import registry_root
+
+    spec = _spec(stream)
+    try:
+        version = replay_quarantined(
+            FilesystemRegistry(registry_root()), QuarantineStore(), spec, quarantine_id, _operator(), force
+        )
+    except QuarantineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stream}: {quarantine_id} trained into {version.name}")
+
+
 if __name__ == "__main__":
     main()

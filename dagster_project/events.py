@@ -29,7 +29,7 @@ class ParsedEvent:
     label_value: float | None
 
 
-def _coerce_feature(feature: FeatureSpec, raw: Any) -> float:
+def coerce_feature(feature: FeatureSpec, raw: Any) -> float:
     if raw is None:
         if feature.nullable:
             return math.nan
@@ -79,7 +79,7 @@ class EventParser:
         unknown = sorted(set(features) - self._known)
         if unknown:
             raise InvalidEvent(f"unknown feature(s) {unknown}: add them to the stream spec or stop sending them")
-        values = [_coerce_feature(f, features[f.name]) for f in self._features]
+        values = [coerce_feature(f, features[f.name]) for f in self._features]
         ts = event.get("ts")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
             raise InvalidEvent(f"'ts' must be a number (epoch seconds), got {ts!r}")

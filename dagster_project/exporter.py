@@ -95,8 +95,40 @@ class TrainingCollector(Collector):
             changes.add_metric([name, "rollback"], rollbacks)
             changes.add_metric([name, "promotion"], len(history) - rollbacks)
         yield from (batches, rows, dlq, version, prequential, train, export, changes)
+        yield from self._monitoring()
         if self.kafka is not None:
             yield from self._lag()
+
+    def _monitoring(self) -> Iterator[Metric]:
+        """Data-quality outcomes, drift actions and the latest drift scores, from decisions.jsonl."""
+        from monitors.evidence import ACTION_KIND, gather
+
+        quality = CounterMetricFamily(
+            "streamfit_quality_failures", "Batches that failed data quality, by policy", labels=["stream", "action"]
+        )
+        actions = CounterMetricFamily(
+            "streamfit_drift_actions", "Self-healing actions taken (retrain, rollback)", labels=["stream", "action"]
+        )
+        psi = GaugeMetricFamily(
+            "streamfit_drift_psi_max", "Largest PSI of recent batches vs the champion", labels=["stream"]
+        )
+        for spec in self.specs:
+            decisions = self.registry.decisions(spec.name)
+            for action in ("halt", "quarantine"):
+                quality.add_metric(
+                    [spec.name, action],
+                    sum(1 for d in decisions if d.get("kind") == "quality" and d["action"] == action),
+                )
+            for action in ("retrain", "rollback"):
+                actions.add_metric(
+                    [spec.name, action],
+                    sum(1 for d in decisions if d.get("kind") == ACTION_KIND and d["action"] == action),
+                )
+            reports = gather(self.registry, spec).drift_reports if self.registry.champion(spec.name) else []
+            scores = [r.psi_max for r in reports if r.psi_max is not None]
+            if scores:
+                psi.add_metric([spec.name], scores[-1])
+        yield from (quality, actions, psi)
 
     def _lag(self) -> Iterator[Metric]:
         from dagster_project.kafka_io import BrokerUnavailable, probe_partitions

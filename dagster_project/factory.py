@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.promotion import build_champion_asset
+from assets.remediation import build_remediation_jobs
 from assets.training import build_training_assets
 from dagster_project.spec import StreamSpec
+from sensors.drift_sensor import build_drift_sensor
 from sensors.kafka_sensor import STREAM_TAG, build_kafka_sensor
 
 
@@ -22,4 +25,10 @@ def training_job(spec: StreamSpec):
 
 def build_stream_definitions(spec: StreamSpec) -> dg.Definitions:
     job = training_job(spec)
-    return dg.Definitions(assets=build_training_assets(spec), jobs=[job], sensors=[build_kafka_sensor(spec, job)])
+    assets = [*build_training_assets(spec), build_champion_asset(spec)]
+    rollback_job, retrain_job = build_remediation_jobs(spec)
+    return dg.Definitions(
+        assets=assets,
+        jobs=[job, rollback_job, retrain_job],
+        sensors=[build_kafka_sensor(spec, job), build_drift_sensor(spec, rollback_job, retrain_job)],
+    )

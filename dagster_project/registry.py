@@ -102,6 +102,9 @@ class ModelRegistry(abc.ABC):
     def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None: ...
 
     @abc.abstractmethod
+    def record_decision(self, stream: str, record: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
     def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]: ...
 
     @abc.abstractmethod
@@ -212,6 +215,45 @@ class FilesystemRegistry(ModelRegistry):
         _write_atomic(self._stream_dir(stream) / "champion", orjson.dumps(record))
         with open(self._stream_dir(stream) / "champion_history.jsonl", "ab") as fh:
             fh.write(orjson.dumps(record) + b"\n")
+
+    def rollback(self, stream: str, reason: str, evidence: dict[str, Any] | None = None) -> str:
+        """Return the champion alias to the version it replaced; returns that version."""
+        current = self.champion(stream)
+        if current is None:
+            raise RegistryError(f"{stream} has no champion to roll back")
+        history = self.champion_history(stream)
+        # Never return to a version that was itself rolled back from.
+        rejected = {current} | {h["previous"] for h in history if str(h.get("reason", "")).startswith("rollback")}
+        previous = next((h["version"] for h in reversed(history) if h["version"] not in rejected), None)
+        if previous is None:
+            raise RegistryError(f"{stream}: no earlier good champion to roll back to (history: {len(history)} changes)")
+        self.set_champion(stream, previous, reason=f"rollback: {reason}", evidence=evidence)
+        return previous
+
+    def record_decision(self, stream: str, record: dict[str, Any]) -> None:
+        """Append a gate or monitor decision (with its numbers) to decisions.jsonl."""
+        self._stream_dir(stream).mkdir(parents=True, exist_ok=True)
+        with open(self._stream_dir(stream) / "decisions.jsonl", "ab") as fh:
+            fh.write(orjson.dumps({"at": _now(), **record}) + b"\n")
+
+    def decisions(self, stream: str) -> list[dict[str, Any]]:
+        path = self._stream_dir(stream) / "decisions.jsonl"
+        return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+    # Data-quality halt: the stream stops advancing until an operator re-runs or skips the batch.
+    def set_halt(self, stream: str, record: dict[str, Any]) -> None:
+        self._stream_dir(stream).mkdir(parents=True, exist_ok=True)
+        _write_atomic(self._stream_dir(stream) / "halt.json", orjson.dumps({"at": _now(), **record}))
+
+    def halt(self, stream: str) -> dict[str, Any] | None:
+        path = self._stream_dir(stream) / "halt.json"
+        return orjson.loads(path.read_bytes()) if path.exists() else None
+
+    def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
+        halt = self.halt(stream)
+        if halt is not None:
+            self.record_decision(stream, {"kind": "halt_cleared", "halt": halt, **resolution})
+            (self._stream_dir(stream) / "halt.json").unlink(missing_ok=True)
 
     def champion_history(self, stream: str) -> list[dict[str, Any]]:
         path = self._stream_dir(stream) / "champion_history.jsonl"

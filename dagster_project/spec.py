@@ -27,6 +27,8 @@ EstimatorName = Literal[
 CLASSIFIERS = {"sgd_classifier", "gaussian_nb", "bernoulli_nb", "passive_aggressive", "mlp_classifier"}
 
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+# Columns the data-quality frame adds next to the features (see dagster_project/quality.py).
+RESERVED_COLUMNS = ("label", "event_id", "partition", "offset")
 
 
 class _Strict(BaseModel):
@@ -81,6 +83,84 @@ class ParitySpec(_Strict):
     rtol: float = 1e-4
 
 
+class QualitySpec(_Strict):
+    """Data-quality rules checked on every micro-batch before it may reach training.
+
+    Rules always applied: the batch frame has exactly the expected columns, features and label are
+    numeric and finite, values lie within each feature's ``min``/``max``, labels are class indices of
+    ``label.classes``, and the row count lies within ``[min_rows, max_rows]``.
+
+    Nulls: a feature that is not ``nullable`` may never be null (the event parser already
+    dead-letters such messages; the check is a second line of defence). A ``nullable`` feature may be
+    null in at most ``max_null_fraction`` of a batch's rows. The default 0.0 is deliberately strict:
+    the estimators do not impute, so a NaN that reaches ``partial_fit`` fails the run. Raise it only
+    when the model copes with missing values.
+
+    ``mean_bounds``/``std_bounds`` bound a feature's batch mean and sample standard deviation
+    (ddof=1, nulls ignored) as ``[low, high]``. ``suite_file`` is a Great Expectations suite JSON
+    (relative to the spec directory, or absolute) whose expectations are added to the built-in
+    ones. ``allow_partial`` lets rows that break per-row rules go to the DLQ while the rest trains;
+    otherwise ``policy`` decides what a failing batch does: ``halt`` the stream or ``quarantine``
+    the batch and move on.
+    """
+
+    policy: Literal["halt", "quarantine"] = "halt"
+    min_rows: int = Field(default=1, ge=0)
+    max_rows: int | None = Field(default=None, ge=1)
+    max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    unique_ids: bool = True
+    mean_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    std_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    suite_file: str | None = None
+    allow_partial: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QualitySpec:
+        if self.max_rows is not None and self.max_rows < self.min_rows:
+            raise ValueError(f"quality.max_rows ({self.max_rows}) is below quality.min_rows ({self.min_rows})")
+        for kind, bounds in (("mean_bounds", self.mean_bounds), ("std_bounds", self.std_bounds)):
+            for name, (low, high) in bounds.items():
+                if not low <= high:
+                    raise ValueError(f"quality.{kind}[{name!r}]: low {low} exceeds high {high}")
+        return self
+
+
+class PromotionSpec(_Strict):
+    """When a new version may replace the champion (scored side by side on the next batch)."""
+
+    metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task
+    margin: float = Field(default=0.01, ge=0)
+    min_rows: int = Field(default=50, ge=1)
+
+
+class DriftSpec(_Strict):
+    """Drift thresholds and the self-healing policy (monitors/drift.py, detectors.py, decisions.py)."""
+
+    psi_moderate: float = Field(default=0.1, ge=0)
+    psi_major: float = Field(default=0.25, gt=0)
+    pvalue: float = Field(default=0.001, gt=0, lt=1)  # KS / chi-square, together with min_effect
+    min_effect: float = Field(default=0.1, ge=0, le=1)  # KS statistic / total variation distance
+    null_fraction_delta: float = Field(default=0.1, gt=0, le=1)
+    min_rows: int = Field(default=50, ge=1)
+    detector: Literal["page_hinkley", "adwin", "ddm"] = "adwin"  # fewest false alarms measured
+    detector_params: dict[str, Any] = Field(default_factory=dict)
+    hysteresis: int = Field(default=3, ge=1)  # consecutive drifted evaluations before a retrain
+    cooldown_s: float = Field(default=900.0, ge=0)
+    regression_margin: float = Field(default=0.02, ge=0)
+    rollback_window_s: float = Field(default=3600.0, ge=0)
+    min_comparison_rows: int = Field(default=200, ge=1)
+    interval_s: int = Field(default=10, ge=1)  # drift sensor cadence (the daemon ticks every 5 s at best)
+    retrain_mode: Literal["fresh", "warm"] = "fresh"  # fresh model on a recent window, or from the champion
+    retrain_window_rows: int = Field(default=5000, ge=1)
+    retrain_epochs: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _psi_order(self) -> DriftSpec:
+        if self.psi_moderate > self.psi_major:
+            raise ValueError(f"drift.psi_moderate ({self.psi_moderate}) exceeds drift.psi_major ({self.psi_major})")
+        return self
+
+
 class StreamSpec(_Strict):
     """Everything Streamfit knows about one stream."""
 
@@ -93,6 +173,9 @@ class StreamSpec(_Strict):
     model: ModelSpec = ModelSpec()
     batch: BatchSpec = BatchSpec()
     parity: ParitySpec = ParitySpec()
+    promotion: PromotionSpec = PromotionSpec()
+    quality: QualitySpec = QualitySpec()
+    drift: DriftSpec = DriftSpec()
 
     @field_validator("features")
     @classmethod
@@ -103,6 +186,20 @@ class StreamSpec(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate feature names in {names}")
         return features
+
+    @model_validator(mode="after")
+    def _quality_names_features(self) -> StreamSpec:
+        names = set(self.feature_names)
+        reserved = sorted(names & set(RESERVED_COLUMNS))
+        if reserved:
+            raise ValueError(f"feature name(s) {reserved} are reserved for batch metadata {list(RESERVED_COLUMNS)}")
+        for kind in ("mean_bounds", "std_bounds"):
+            unknown = sorted(set(getattr(self.quality, kind)) - names)
+            if unknown:
+                raise ValueError(
+                    f"quality.{kind} names unknown feature(s) {unknown}; features are {self.feature_names}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _task_matches_estimator(self) -> StreamSpec:

@@ -76,6 +76,14 @@ def test_then_train(
     return new_model, metrics, scores
 
 
+def evaluate(model: Pipeline, spec: StreamSpec, X: np.ndarray, y: np.ndarray) -> BatchMetrics:
+    """Score a fitted model on labelled rows without learning from them (champion/challenger)."""
+    X = np.asarray(X, dtype=np.float64)
+    if spec.task == "classification":
+        return _score_classifier(model, X, np.asarray(y), np.arange(len(spec.label.classes)))[0]
+    return _score_regressor(model, X, np.asarray(y))[0]
+
+
 # Not a test, despite the name: keeps pytest from collecting it when a test module imports it.
 test_then_train.__test__ = False  # type: ignore[attr-defined]
 

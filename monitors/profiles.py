@@ -1,4 +1,24 @@
-"""Data profiles: a compact summary of a batch that later batches are compared against."""
+"""Data profiles: a compact summary of a batch that later batches are compared against.
+
+A version's meta.json carries the profile of the batch it was trained on, so drift checks
+(`monitors/drift.py`) never need the raw reference rows. Per numeric column (features, and the
+label of a regression stream) a profile holds:
+
+- ``count``, ``null_fraction``: rows in the batch and the fraction that was null (NaN);
+- ``mean``, ``std``, ``quantiles`` (at `QUANTILES`) of the present values;
+- ``histogram``: ``{"edges": [...], "counts": [...]}`` with ``len(counts) == len(edges) + 1``.
+  The edges are the distinct reference deciles (`HISTOGRAM_BINS` bins), and bin ``i`` holds the
+  values ``v`` with ``edges[i-1] < v <= edges[i]``; the two outer bins are open, so
+  ``counts[0]`` is ``v <= edges[0]`` and ``counts[-1]`` is ``v > edges[-1]``. PSI bins later batches
+  on the same edges (`bin_counts`). Ties (integer or boolean features) merge deciles, so such a
+  feature has fewer, unequal bins;
+- ``sample``: a seeded uniform random sample, without replacement, of at most `SAMPLE_SIZE` present
+  values (sorted), for a real two-sample Kolmogorov-Smirnov test.
+
+The last two keys were added for drift checks; profiles written before them lack the keys and the
+drift code falls back to the quantiles (PSI) or skips the test (KS). A profile is deterministic:
+the same batch always gives the same profile.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +27,86 @@ from typing import Any
 import numpy as np
 
 QUANTILES = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+HISTOGRAM_BINS = 10
+SAMPLE_SIZE = 500
+SAMPLE_SEED = 0
 
 
-def profile_features(X: np.ndarray, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Per feature: count, null fraction, mean, std and quantiles (drift checks bin on these)."""
-    result: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(names):
-        column = X[:, i]
-        present = column[~np.isnan(column)]
-        summary: dict[str, Any] = {"count": int(column.size), "null_fraction": 0.0}
-        if column.size:
-            summary["null_fraction"] = float(1 - present.size / column.size)
-        if present.size:
-            summary.update(
-                mean=float(present.mean()),
-                std=float(present.std()),
-                quantiles=[float(q) for q in np.quantile(present, QUANTILES)],
-            )
-        result[name] = summary
-    return result
+def histogram_edges(present: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """The distinct interior quantiles of `present` that split it into `bins` equal-mass bins.
+
+    Edges are observed values (inverted-CDF quantiles), so a boolean or integer feature gets
+    edges at its own values rather than interpolated ones between them.
+    """
+    if bins < 2:
+        raise ValueError(f"a histogram needs at least 2 bins, got {bins}")
+    probabilities = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    return np.unique(np.quantile(present, probabilities, method="inverted_cdf"))
+
+
+def bin_counts(edges: np.ndarray | list[float], values: np.ndarray) -> np.ndarray:
+    """Counts of `values` in the bins ``(-inf, e0], (e0, e1], ..., (e_last, inf)``; NaN is ignored."""
+    edges = np.asarray(edges, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return np.bincount(np.searchsorted(edges, values, side="left"), minlength=edges.size + 1)
+
+
+def reference_sample(present: np.ndarray, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED) -> np.ndarray:
+    """A seeded uniform sample of at most `size` values, without replacement, sorted."""
+    if present.size > size:
+        present = np.random.default_rng(seed).choice(present, size=size, replace=False)
+    return np.sort(present)
+
+
+def summarize(
+    column: np.ndarray, *, bins: int = HISTOGRAM_BINS, sample_size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED
+) -> dict[str, Any]:
+    """The profile of one numeric column (see the module docstring for the keys)."""
+    column = np.asarray(column, dtype=np.float64)
+    present = column[~np.isnan(column)]
+    summary: dict[str, Any] = {"count": int(column.size), "null_fraction": 0.0}
+    if column.size:
+        summary["null_fraction"] = float(1 - present.size / column.size)
+    if present.size:
+        edges = histogram_edges(present, bins)
+        summary.update(
+            mean=float(present.mean()),
+            std=float(present.std()),
+            quantiles=[float(q) for q in np.quantile(present, QUANTILES)],
+            histogram={
+                "edges": [float(e) for e in edges],
+                "counts": [int(c) for c in bin_counts(edges, present)],
+            },
+            sample=[float(v) for v in reference_sample(present, sample_size, seed)],
+        )
+    return summary
+
+
+def profile_features(
+    X: np.ndarray,
+    names: list[str],
+    *,
+    bins: int = HISTOGRAM_BINS,
+    sample_size: int = SAMPLE_SIZE,
+    seed: int = SAMPLE_SEED,
+) -> dict[str, dict[str, Any]]:
+    """Per feature: count, null fraction, mean, std, quantiles, histogram and a sample."""
+    return {name: summarize(X[:, i], bins=bins, sample_size=sample_size, seed=seed) for i, name in enumerate(names)}
 
 
 def profile_labels(y: np.ndarray, task: str) -> dict[str, Any]:
+    """Class counts (classification), or count, mean, std and the column profile (regression).
+
+    The same function profiles a model's predictions (class indices or values) for a reference
+    prediction distribution; `monitors.drift.prediction_drift` accepts either.
+    """
     labelled = y[~np.isnan(y)]
     if task == "classification":
         classes, counts = np.unique(labelled.astype(int), return_counts=True)
         return {"counts": {str(c): int(n) for c, n in zip(classes, counts, strict=True)}}
     if not labelled.size:
         return {"count": 0}
-    return {"count": int(labelled.size), "mean": float(labelled.mean()), "std": float(labelled.std())}
+    summary = summarize(labelled)
+    summary.pop("null_fraction")
+    return summary

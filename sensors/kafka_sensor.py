@@ -53,6 +53,12 @@ def evaluate(
     if running:
         run = running[0]
         return dg.SkipReason(f"training run {run.run_id[:8]} is {run.status.value}; runs of {spec.name} never overlap")
+    halt = registry.get().halt(spec.name)
+    if halt:
+        return dg.SkipReason(
+            f"HALTED by data quality at run {halt['run_id'][:8]}: {halt['summary']}. Re-execute that run after fixing "
+            f"the cause, or `streamfit batches skip {spec.name} --reason ...`"
+        )
     head, expected, _ = expected_offsets(registry.get(), spec.name)
     try:
         states = probe_partitions(kafka.settings(), spec.events_topic, expected)

@@ -7,7 +7,7 @@ import math
 import orjson
 import pytest
 
-from dagster_project.events import EventParser, InvalidEvent, ParsedEvent, _coerce_feature, dead_letter, make_event
+from dagster_project.events import EventParser, InvalidEvent, ParsedEvent, coerce_feature, dead_letter, make_event
 from dagster_project.spec import StreamSpec
 
 FEATURES = [
@@ -133,7 +133,7 @@ def test_non_finite_values_are_refused(feature: str, value: float, fragment: str
     spec = make_spec()
     feature_spec = next(f for f in spec.features if f.name == feature)
     with pytest.raises(InvalidEvent) as info:
-        _coerce_feature(feature_spec, value)
+        coerce_feature(feature_spec, value)
     assert f"{feature!r}" in str(info.value)
     assert fragment in str(info.value)
 

@@ -83,12 +83,18 @@ def test_prometheus_scrapes_training_metrics(
         assert float(rows[0]["value"][1]) == 600
         assert float(_wait_for(prom_port, f"streamfit_batches_total{{{selector}}}")[0]["value"][1]) == 2
         champion = _wait_for(prom_port, f'streamfit_model_version{{{selector},alias="champion"}}')
-        assert float(champion[0]["value"][1]) == 2
+        assert float(champion[0]["value"][1]) == 1  # v2 faces the promotion gate on the next batch
+        head = _wait_for(prom_port, f'streamfit_model_version{{{selector},alias="head"}}')
+        assert float(head[0]["value"][1]) == 2
         lag = _wait_for(prom_port, f"sum(streamfit_lag_rows{{{selector}}})")
         assert float(lag[0]["value"][1]) == 70
         accuracy = _wait_for(prom_port, f'streamfit_prequential_metric{{{selector},metric="accuracy"}}')
         assert 0.8 < float(accuracy[0]["value"][1]) <= 1.0
         assert float(_wait_for(prom_port, f"streamfit_train_seconds_count{{{selector}}}")[0]["value"][1]) == 2
+        psi = float(_wait_for(prom_port, f"streamfit_drift_psi_max{{{selector}}}")[0]["value"][1])
+        assert 0 <= psi < 0.25  # same distribution: no drift
+        halts = _wait_for(prom_port, f'streamfit_quality_failures_total{{{selector},action="halt"}}')
+        assert float(halts[0]["value"][1]) == 0
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=10)

@@ -1,0 +1,90 @@
+"""Self-healing actions as Dagster jobs, so every retrain and rollback is a visible run with reasons."""
+
+import json
+
+import dagster as dg
+
+from dagster_project.resources import KafkaResource, RegistryResource
+from dagster_project.spec import StreamSpec
+from monitors.evidence import ACTION_KIND
+
+
+class ActionConfig(dg.Config):
+    """What the drift sensor decided, and why (copied into the run so the UI shows it)."""
+
+    from_version: str
+    to_version: str = ""
+    reasons: list[str]
+    evidence: str = "{}"
+    window_from_version: str = ""  # retrain: learn from this batch on (where the change was detected)
+
+
+def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
+    name = spec.name
+
+    @dg.op(name=f"{name}_rollback_champion", description="Return the champion alias to the last good version.")
+    def rollback_champion(context: dg.OpExecutionContext, config: ActionConfig, registry: RegistryResource):
+        reg = registry.get()
+        current = reg.champion(name)
+        if current != config.from_version:
+            raise dg.Failure(f"champion is {current}, not {config.from_version}: the decision is stale, nothing done")
+        reason = "; ".join(config.reasons)
+        reg.set_champion(name, config.to_version, reason=f"rollback: {reason}", evidence=json.loads(config.evidence))
+        reg.record_decision(
+            name,
+            {
+                "kind": ACTION_KIND,
+                "action": "rollback",
+                "from_version": current,
+                "to_version": config.to_version,
+                "reasons": config.reasons,
+                "run_id": context.run_id,
+            },
+        )
+        context.log.warning(f"{name}: rolled back {current} -> {config.to_version}: {reason}")
+        yield dg.AssetMaterialization(
+            asset_key=[name, "champion"],
+            metadata={"champion": config.to_version, "rolled_back_from": current, "reason": reason},
+        )
+        yield dg.Output(config.to_version)
+
+    @dg.op(name=f"{name}_retrain_model", description="Fit a model on the recent window and register it as head.")
+    def retrain_model(
+        context: dg.OpExecutionContext, config: ActionConfig, kafka: KafkaResource, registry: RegistryResource
+    ):
+        from dagster_project.retraining import retrain
+
+        reg = registry.get()
+        version = retrain(kafka.settings(), reg, spec, config.reasons, context.run_id, config.window_from_version)
+        reg.record_decision(
+            name,
+            {
+                "kind": ACTION_KIND,
+                "action": "retrain",
+                "from_version": config.from_version,
+                "to_version": version.name,
+                "reasons": config.reasons,
+                "run_id": context.run_id,
+            },
+        )
+        context.log.info(f"{name}: retrained {version.name} on {version.meta['offsets']['batch']}")
+        yield dg.AssetMaterialization(
+            asset_key=[name, "model_version"],
+            metadata={
+                "version": version.name,
+                "retrain": version.meta["retrain"]["mode"],
+                "rows": version.meta["rows"]["trained"],
+                "reason": "; ".join(config.reasons),
+            },
+        )
+        yield dg.Output(version.name)
+
+    tags = {"streamfit/stream": name}
+    return [
+        dg.GraphDefinition(name=f"{name}_rollback", node_defs=[rollback_champion]).to_job(
+            tags=tags, executor_def=dg.in_process_executor
+        ),
+        dg.GraphDefinition(name=f"{name}_retrain", node_defs=[retrain_model]).to_job(
+            tags=tags, executor_def=dg.in_process_executor
+        ),
+    ]

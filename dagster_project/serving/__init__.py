@@ -1,0 +1,26 @@
+"""Serving: score `<stream>.events` with the registry's champion (ONNX) and answer HTTP requests.
+
+- `champion`: `ChampionWatcher` follows the registry's `champion` alias and hot-swaps `ServedModel`s.
+- `scorer`: `Scorer`, the Kafka loop (consumer group, DLQ, predictions, commit after acks), and
+  `ScoringService`, which runs it with the watcher and the HTTP API (`streamfit serve`).
+- `http`: `ScorerHTTPServer`, `POST /predict`, `GET /healthz`, `GET /metrics`.
+- `metrics`: `ScorerMetrics`, the Prometheus metrics on a registry per scorer.
+"""
+
+from dagster_project.serving.champion import ChampionWatcher, IncompatibleModel, ServedModel
+from dagster_project.serving.http import ScorerHTTPServer, validate_rows
+from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.serving.scorer import Scorer, ScoringService, build_service, scorer_group
+
+__all__ = [
+    "ChampionWatcher",
+    "IncompatibleModel",
+    "Scorer",
+    "ScorerHTTPServer",
+    "ScorerMetrics",
+    "ScoringService",
+    "ServedModel",
+    "build_service",
+    "scorer_group",
+    "validate_rows",
+]

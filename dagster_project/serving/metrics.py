@@ -1,0 +1,104 @@
+"""Prometheus metrics of one scorer, on a registry of its own.
+
+Every scorer gets a dedicated ``CollectorRegistry`` (served at ``GET /metrics``), so several scorers
+in one process, as in the tests, never clash over metric names. All names start with
+``streamfit_`` and carry the ``stream`` label; ``version`` is added where a model version applies.
+
+``streamfit_inference_latency_seconds`` observes one onnxruntime call: one poll batch for the
+Kafka loop (``source="kafka"``), one request for HTTP (``source="http"``). It is per call, not
+per row; divide by ``streamfit_predictions_total`` for a per-row figure.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# One onnxruntime call: ~10 us for a row, a few ms for a 500-row batch, more on a busy machine.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ScorerMetrics:
+    """The scorer's metrics, already bound to one stream."""
+
+    def __init__(self, stream: str, registry: CollectorRegistry | None = None) -> None:
+        self.stream = stream
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.predictions = Counter(
+            "streamfit_predictions",
+            "Predictions made, by model version and source (kafka or http).",
+            ["stream", "version", "source"],
+            registry=r,
+        )
+        self.scoring_batches = Counter(
+            "streamfit_scoring_batches",
+            "Kafka poll batches scored, produced and committed.",
+            ["stream", "version"],
+            registry=r,
+        )
+        self.inference_latency = Histogram(
+            "streamfit_inference_latency_seconds",
+            "Seconds per onnxruntime call: one Kafka poll batch or one HTTP request (not per row).",
+            ["stream", "version", "source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dlq_messages = Counter(
+            "streamfit_dlq_messages",
+            "Malformed events sent to the dead-letter topic by the scorer.",
+            ["stream"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "streamfit_model_version",
+            "Numeric version of the model being served (v3 -> 3); 0 before the first.",
+            ["stream"],
+            registry=r,
+        )
+        self.model_swaps = Counter(
+            "streamfit_model_swaps",
+            "Champion changes applied while serving (the first load is not a swap).",
+            ["stream"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "streamfit_model_load_failures",
+            "Champion versions refused (checksum mismatch, unreadable or incompatible model); "
+            "the last good model keeps serving.",
+            ["stream", "version"],
+            registry=r,
+        )
+        self.scorer_lag = Gauge(
+            "streamfit_scorer_lag",
+            "Events waiting in a partition after the last poll (high-water mark - position).",
+            ["stream", "partition"],
+            registry=r,
+        )
+        self.batch_retries = Counter(
+            "streamfit_scorer_batch_retries",
+            "Poll batches re-read because their predictions were not acknowledged (nothing was committed).",
+            ["stream"],
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "streamfit_scorer_commit_failures",
+            "Offset commits that failed (retried with the next batch; at worst a crash duplicates more).",
+            ["stream"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "streamfit_http_requests",
+            "HTTP requests by path and status code.",
+            ["stream", "path", "code"],
+            registry=r,
+        )
+        self.model_version.labels(stream).set(0)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of this scorer's registry."""
+        return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0.0 when absent); `stream` is filled in. Handy in tests and logs."""
+        found = self.registry.get_sample_value(name, {"stream": self.stream, **labels})
+        return found if found is not None else 0.0

@@ -1,0 +1,398 @@
+"""The Kafka scoring loop, and the service that runs it with the champion watcher and HTTP API.
+
+The loop is at-least-once with a bound: for each poll batch it parses every event (malformed ones
+go to `<stream>.dlq`), scores the valid ones with one snapshot of the champion, sends one record
+per event to `<stream>.predictions`, waits until the broker acknowledged every record of the batch
+(flush, then each future checked), and only then commits the batch's offsets. A crash at any
+point therefore loses no prediction, and what it repeats is at most the one batch in flight,
+with the same event ids (keys) as before.
+
+Prediction records (JSON, key = event id)::
+
+    {"id", "prediction", "probabilities", "model_version", "latency_ms", "ts"}
+
+`prediction` is the spec's class value (classification) or the predicted value (regression);
+`probabilities` the class probabilities, or decision scores for models without predict_proba,
+and null for regression; `latency_ms` is the time from the event's Kafka record timestamp to its
+prediction (queueing included), `ts` the epoch seconds at which the prediction was made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata
+from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
+
+from dagster_project.events import EventParser, InvalidEvent, dead_letter
+from dagster_project.faults import crash_point
+from dagster_project.kafka_config import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
+from dagster_project.kafka_io import check_reachable, ensure_topics
+from dagster_project.registry import FilesystemRegistry, ModelRegistry
+from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, ScorerHTTPServer
+from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.spec import StreamSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_POLL_RECORDS = 500
+TOKEN_ENV = "STREAMFIT_SCORER_TOKEN"
+
+
+def scorer_group(spec: StreamSpec) -> str:
+    """The consumer group all scorers of a stream share: partitions are split between them."""
+    return f"streamfit-{spec.name}-scorers"
+
+
+class PredictionsNotAcknowledged(RuntimeError):
+    """The broker did not acknowledge every record of a batch; its offsets were not committed."""
+
+
+class Scorer:
+    """Consumes `<stream>.events` in the scorers' group and writes `<stream>.predictions`.
+
+    `run()` blocks until `stop()`; it waits for the watcher's first model before joining the group,
+    so no event is consumed without a model to score it.
+    """
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        settings: KafkaSettings,
+        watcher: ChampionWatcher,
+        metrics: ScorerMetrics,
+        group_id: str | None = None,
+        max_poll_records: int = DEFAULT_MAX_POLL_RECORDS,
+        poll_timeout_ms: int = 200,
+        flush_timeout_s: float = 30.0,
+        consumer_overrides: dict[str, Any] | None = None,
+        producer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        if max_poll_records < 1:
+            raise ValueError("max_poll_records must be at least 1")
+        self.spec = spec
+        self.settings = settings
+        self.watcher = watcher
+        self.metrics = metrics
+        self.group_id = group_id or scorer_group(spec)
+        self.max_poll_records = max_poll_records
+        self.poll_timeout_ms = poll_timeout_ms
+        self.flush_timeout_s = flush_timeout_s
+        self.consumer_overrides = consumer_overrides or {}
+        self.producer_overrides = producer_overrides or {}
+        self.assigned = threading.Event()  # set once the group gave this member its (first) assignment
+        self.partitions: frozenset[int] = frozenset()
+        self.scored = 0  # events scored and committed by this scorer (for logs and tests)
+        self._stop = threading.Event()
+        self._parser = EventParser(spec)
+        self._uncommitted: dict[Any, int] = {}
+        self._positions: dict[Any, int] = {}
+        self._state_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch, commit, leave the group and return."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        while self.watcher.wait_for_model(0.25) is None:
+            if self._stop.is_set():
+                return
+        log.info("%s: model %s loaded; joining group %s", self.spec.name, self.watcher.current.version, self.group_id)
+        ensure_topics(
+            self.settings,
+            [self.spec.events_topic, self.spec.dlq_topic, self.spec.predictions_topic],
+            self.spec.partitions,
+        )
+        consumer = self.settings.group_consumer(
+            self.group_id,
+            auto_offset_reset="earliest",  # a new group scores the whole retained stream: no event is skipped
+            max_poll_records=self.max_poll_records,
+            **self.consumer_overrides,
+        )
+        producer = self.settings.producer(**({"acks": "all"} | self.producer_overrides))
+        try:
+            consumer.subscribe([self.spec.events_topic], listener=_Listener(self))
+            self._loop(consumer, producer)
+        finally:
+            try:
+                producer.close(timeout=10)
+            finally:
+                consumer.close(autocommit=False)  # leaves the group: the others take over at once
+            log.info("%s: scorer stopped after %d events; left group %s", self.spec.name, self.scored, self.group_id)
+
+    def _loop(self, consumer, producer) -> None:
+        # A member that leaves before its first assignment can wedge the group on some brokers
+        # (Tansu): on stop, keep polling until assigned, for at most two session timeouts.
+        give_up_at: float | None = None
+        while True:
+            if self._stop.is_set():
+                if self.assigned.is_set():
+                    return
+                give_up_at = give_up_at or time.monotonic() + 2 * GROUP_SESSION_TIMEOUT_MS / 1000
+                if time.monotonic() > give_up_at:
+                    log.warning("%s: stopping before the group assigned partitions", self.spec.name)
+                    return
+            batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            if not batch:
+                self._update_lag(consumer, {})
+                continue
+            try:
+                self._process(producer, batch)
+            except (PredictionsNotAcknowledged, KafkaTimeoutError) as exc:
+                # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
+                self.metrics.batch_retries.labels(self.spec.name).inc()
+                log.error("%s: %s; re-reading the batch", self.spec.name, exc)
+                for tp, records in batch.items():
+                    try:
+                        consumer.seek(tp, records[0].offset)
+                    except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
+                        pass
+                self._stop.wait(1.0)
+                continue
+            with self._state_lock:
+                for tp, records in batch.items():
+                    self._uncommitted[tp] = records[-1].offset + 1
+                offsets = dict(self._uncommitted)
+            self._commit(consumer, offsets)
+            self._update_lag(consumer, batch)
+
+    def _process(self, producer, batch) -> None:
+        served = self.watcher.current  # one snapshot for the whole batch
+        spec = self.spec
+        parse = self._parser.parse
+        futures = []
+        ids: list[str] = []
+        rows: list[list[float]] = []
+        stamps: list[int] = []
+        dlq = 0
+        for tp, records in batch.items():
+            for record in records:
+                try:
+                    event = parse(record.value)
+                except InvalidEvent as exc:
+                    reason = str(exc)
+                except Exception as exc:  # a parser bug must not stop scoring either
+                    reason = f"unexpected error while parsing: {exc!r}"
+                else:
+                    ids.append(event.event_id)
+                    rows.append(event.values)
+                    stamps.append(record.timestamp)
+                    continue
+                letter = dead_letter(reason, tp.topic, tp.partition, record.offset, record.value)
+                futures.append(producer.send(spec.dlq_topic, key=record.key, value=letter))
+                dlq += 1
+        if rows:
+            started = time.perf_counter()
+            predictions, scores = served.score(np.asarray(rows, dtype=np.float32))
+            self.metrics.inference_latency.labels(spec.name, served.version, "kafka").observe(
+                time.perf_counter() - started
+            )
+            now = time.time()
+            now_ms = now * 1000.0
+            version = served.version
+            topic = spec.predictions_topic
+            for i, event_id in enumerate(ids):
+                stamp = stamps[i]
+                value = orjson.dumps(
+                    {
+                        "id": event_id,
+                        "prediction": predictions[i],
+                        "probabilities": scores[i] if scores is not None else None,
+                        "model_version": version,
+                        "latency_ms": round(now_ms - stamp, 3) if stamp and stamp > 0 else None,
+                        "ts": now,
+                    }
+                )
+                futures.append(producer.send(topic, key=event_id.encode(), value=value))
+        producer.flush(timeout=self.flush_timeout_s)
+        failed = [f.exception for f in futures if not f.succeeded()]
+        if failed:
+            raise PredictionsNotAcknowledged(
+                f"{len(failed)} of {len(futures)} records of the batch were not acknowledged: {failed[0]!r}"
+            )
+        crash_point("scorer_before_commit")  # tests: predictions acknowledged, offsets not yet committed
+        if dlq:
+            self.metrics.dlq_messages.labels(spec.name).inc(dlq)
+        if ids:
+            self.metrics.predictions.labels(spec.name, served.version, "kafka").inc(len(ids))
+        self.metrics.scoring_batches.labels(spec.name, served.version).inc()
+        self.scored += len(ids)
+
+    def _commit(self, consumer, offsets: dict[Any, int]) -> None:
+        try:
+            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except KafkaError as exc:
+            # Kept in _uncommitted and committed with the next batch; a rebalance drops what we lost.
+            self.metrics.commit_failures.labels(self.spec.name).inc()
+            log.warning("%s: offset commit failed (%r); retrying with the next batch", self.spec.name, exc)
+            return
+        with self._state_lock:
+            for tp, o in offsets.items():
+                if self._uncommitted.get(tp) == o:
+                    del self._uncommitted[tp]
+
+    def _update_lag(self, consumer, batch) -> None:
+        with self._state_lock:
+            for tp, records in batch.items():
+                self._positions[tp] = records[-1].offset + 1
+            positions = dict(self._positions)
+        for tp, position in positions.items():
+            high_water = consumer.highwater(tp)
+            if high_water is not None:
+                self.metrics.scorer_lag.labels(self.spec.name, str(tp.partition)).set(max(high_water - position, 0))
+
+    # Called by the listener on kafka-python's IO loop: bookkeeping only, never blocking calls.
+    def _on_assigned(self, assigned) -> None:
+        with self._state_lock:
+            self.partitions = frozenset(self.partitions | {tp.partition for tp in assigned})
+        self.assigned.set()
+        log.info("%s: assigned partitions %s", self.spec.name, sorted(tp.partition for tp in assigned))
+
+    def _on_revoked(self, revoked) -> None:
+        with self._state_lock:
+            for tp in revoked:
+                self._uncommitted.pop(tp, None)
+                self._positions.pop(tp, None)
+            self.partitions = frozenset(self.partitions - {tp.partition for tp in revoked})
+        for tp in revoked:
+            try:
+                self.metrics.scorer_lag.remove(self.spec.name, str(tp.partition))
+            except KeyError:
+                pass
+        log.info("%s: revoked partitions %s", self.spec.name, sorted(tp.partition for tp in revoked))
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.scorer._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.scorer._on_assigned(assigned)
+
+
+class ScoringService:
+    """A scorer process: champion watcher, Kafka loop and HTTP API for one stream.
+
+    `start()` starts the watcher and HTTP server (so /healthz answers while waiting for a model),
+    `run()` runs the Kafka loop in the calling thread until `stop()`, `close()` stops the rest.
+    `serve_until_signalled()` does all three and turns SIGTERM/SIGINT into a clean stop.
+    """
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        settings: KafkaSettings,
+        registry: ModelRegistry | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        group_id: str | None = None,
+        max_poll_records: int = DEFAULT_MAX_POLL_RECORDS,
+        token: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        watch_interval_s: float = 0.25,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        if registry is None:
+            from dagster_project.settings import registry_root
+
+            registry = FilesystemRegistry(registry_root())
+        self.spec = spec
+        self.metrics = ScorerMetrics(spec.name)
+        self.watcher = ChampionWatcher(registry, spec, self.metrics, interval_s=watch_interval_s)
+        self.scorer = Scorer(
+            spec,
+            settings,
+            self.watcher,
+            self.metrics,
+            group_id=group_id,
+            max_poll_records=max_poll_records,
+            consumer_overrides=consumer_overrides,
+        )
+        try:
+            self.http = ScorerHTTPServer(
+                (host, port),
+                spec,
+                self.watcher,
+                self.metrics,
+                token=token,
+                max_body_bytes=max_body_bytes,
+                max_rows=max_rows,
+            )
+        except OSError as exc:
+            raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+        self._started = False
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    def start(self) -> ScoringService:
+        if not self._started:
+            self._started = True
+            self.watcher.start()
+            self.http.start()
+        return self
+
+    def run(self) -> None:
+        """The Kafka loop, in this thread, until `stop()`."""
+        self.start()
+        self.scorer.run()
+
+    def stop(self) -> None:
+        self.scorer.stop()
+
+    def close(self) -> None:
+        self.scorer.stop()
+        self.http.stop()
+        self.watcher.stop()
+
+    def serve_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT: finish the batch, commit, leave the group, stop HTTP.
+
+        A second signal during shutdown falls back to the default action (terminate at once).
+        """
+
+        def handle(signum, _frame) -> None:
+            log.warning("%s: %s received; finishing the current batch", self.spec.name, signal.Signals(signum).name)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+        try:
+            self.run()
+        finally:
+            self.close()
+
+
+def build_service(
+    spec: StreamSpec,
+    settings: KafkaSettings,
+    registry_root: str | Path | None = None,
+    **options: Any,
+) -> ScoringService:
+    """A ScoringService with the registry at `registry_root` (default: $STREAMFIT_HOME/registry), the
+    bearer token from $STREAMFIT_SCORER_TOKEN unless `token` is given, after checking the broker answers."""
+    check_reachable(settings)
+    registry = FilesystemRegistry(registry_root) if registry_root else None
+    options.setdefault("token", os.environ.get(TOKEN_ENV) or None)
+    return ScoringService(spec, settings, registry, **options)

@@ -1,0 +1,172 @@
+"""Gather the drift sensor's evidence from durable state: the registry's versions and decisions.
+
+Everything here reads files the training runs already wrote (each version's batch profile and
+prequential metrics, the gate's champion checks), so a sensor tick stays cheap and never touches
+Kafka or raw data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from dagster_project.promotion import HIGHER_IS_BETTER
+from dagster_project.registry import FilesystemRegistry, Version
+from dagster_project.spec import StreamSpec
+from monitors.decisions import ChampionComparison, DecisionConfig, LastAction
+from monitors.detectors import ChangeResult, detect_batch_change, detect_series_change
+from monitors.drift import DriftReport, DriftThresholds, feature_drift
+
+ACTION_KIND = "drift_action"
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    drift_reports: list[DriftReport]
+    changes: list[ChangeResult]
+    comparison: ChampionComparison | None
+    last_action: LastAction | None
+    config: DecisionConfig
+    champion: str | None
+    head: str | None
+    change_version: str | None = None  # the batch where the prequential change was detected
+
+
+def last_action(registry: FilesystemRegistry, stream: str) -> LastAction | None:
+    actions = [d for d in registry.decisions(stream) if d.get("kind") == ACTION_KIND]
+    if not actions:
+        return None
+    a = actions[-1]
+    return LastAction(a["action"], _epoch(a["at"]), a.get("from_version"), a.get("to_version"))
+
+
+def _sample_matrix(version: Version, names: list[str]) -> np.ndarray | None:
+    """The batch's per-feature reservoir samples as columns (drift statistics work on samples)."""
+    features = version.meta.get("profile", {}).get("features", {})
+    samples = [features.get(n, {}).get("sample") for n in names]
+    if any(s is None for s in samples):
+        return None
+    size = min(len(s) for s in samples)
+    if size == 0:
+        return None
+    return np.column_stack([np.asarray(s[:size], dtype=np.float64) for s in samples])
+
+
+def gather(registry: FilesystemRegistry, spec: StreamSpec, recent: int = 10) -> Evidence:
+    """Evidence since the last action: data drift of recent batches against the champion's
+    reference profile, a change detector over the prequential error series, and the champion's
+    comparison with its predecessor on the same batches."""
+    name = spec.name
+    versions = registry.versions(name)
+    champion = registry.champion(name)
+    action = last_action(registry, name)
+    since = action.at if action else 0.0
+    fresh = [v for v in versions if _epoch(v.meta["created_at"]) > since]
+    config = DecisionConfig.from_spec(spec.drift)
+    thresholds = DriftThresholds.from_spec(spec.drift)
+
+    reports: list[DriftReport] = []
+    drifted_run: list[str] = []  # versions of the current unbroken run of drifted batches
+    if champion:
+        reference = registry.get(name, champion).meta.get("profile", {}).get("features", {})
+        champion_number = int(champion[1:])
+        for version in [v for v in fresh if v.number > champion_number][-recent:]:
+            X = _sample_matrix(version, spec.feature_names)
+            if X is not None and reference:
+                at = _epoch(version.meta["created_at"])
+                report = feature_drift(reference, X, spec.feature_names, thresholds, at=at)
+                reports.append(report)
+                drifted_run = [*drifted_run, version.name] if report.drifted else []
+
+    changes: list[ChangeResult] = []
+    change_version = None
+    scored = (
+        [v for v in fresh if not v.meta.get("retrain") and "accuracy" in v.meta.get("metrics", {})]
+        if spec.task == "classification"
+        else [v for v in fresh if not v.meta.get("retrain") and "mae" in v.meta.get("metrics", {})]
+    )
+    times = [_epoch(v.meta["created_at"]) for v in scored]
+    params = dict(spec.drift.detector_params)
+    if spec.task == "classification":
+        series = [
+            (1 - v.meta["metrics"]["accuracy"], v.meta["metrics"]["rows"])
+            for v in scored
+            if "accuracy" in v.meta["metrics"]
+        ]
+        if series:
+            rates, rows = zip(*series, strict=True)
+            found = detect_batch_change(rates, rows, spec.drift.detector, times=times, **params)
+            if found:
+                changes.append(found)
+    else:
+        maes = [v.meta["metrics"]["mae"] for v in scored if "mae" in v.meta["metrics"]]
+        if maes:
+            found = detect_series_change(maes, spec.drift.detector, metric="mae", times=times, **params)
+            if found:
+                changes.append(found)
+
+    if change_version is None and drifted_run:
+        change_version = drifted_run[0]
+    comparison = _comparison(registry, name, champion)
+    head = versions[-1].name if versions else None
+    return Evidence(reports, changes, comparison, action, config, champion, head, change_version)
+
+
+def _comparison(registry: FilesystemRegistry, stream: str, champion: str | None) -> ChampionComparison | None:
+    """Row-weighted champion vs predecessor over every batch checked since the promotion."""
+    if not champion:
+        return None
+    history = registry.champion_history(stream)
+    if not history or history[-1]["version"] != champion or not history[-1].get("previous"):
+        return None
+    promoted = history[-1]
+    checks = [
+        d
+        for d in registry.decisions(stream)
+        if d.get("kind") == "champion_check"
+        and d["champion"] == champion
+        and d["predecessor"] == promoted["previous"]
+        and d.get("champion_value") is not None
+        and d.get("predecessor_value") is not None
+    ]
+    if not checks:
+        return None
+    rows = sum(c["rows"] for c in checks)
+    weighted = lambda key: sum(c[key] * c["rows"] for c in checks) / rows  # noqa: E731
+    metric = checks[-1]["metric"]
+    return ChampionComparison(
+        champion=champion,
+        predecessor=promoted["previous"],
+        metric=metric,
+        champion_value=weighted("champion_value"),
+        predecessor_value=weighted("predecessor_value"),
+        rows=rows,
+        promoted_at=_epoch(promoted["at"]),
+        higher_is_better=HIGHER_IS_BETTER[metric],
+    )
+
+
+def describe(evidence: Evidence) -> dict[str, Any]:
+    """A compact, JSON-safe summary for run tags and logs."""
+    return {
+        "champion": evidence.champion,
+        "head": evidence.head,
+        "drifted_batches": sum(1 for r in evidence.drift_reports if r.drifted),
+        "psi_max": max((r.psi_max or 0.0 for r in evidence.drift_reports), default=None),
+        "changes": [c.describe() for c in evidence.changes],
+        "comparison": None
+        if evidence.comparison is None
+        else {
+            "metric": evidence.comparison.metric,
+            "champion": evidence.comparison.champion_value,
+            "predecessor": evidence.comparison.predecessor_value,
+            "rows": evidence.comparison.rows,
+        },
+    }

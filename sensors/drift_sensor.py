@@ -1,0 +1,81 @@
+"""The drift sensor: reads the monitors' evidence and launches a retrain or a rollback run.
+
+It reads durable state only (the registry's profiles, prequential metrics and gate checks),
+decides with `monitors.decisions.decide` (cooldowns and hysteresis prevent flapping) and turns
+an action into a Dagster run whose config carries the reasons, so every action is visible.
+"""
+
+import json
+import time
+
+import dagster as dg
+
+from dagster_project.resources import RegistryResource
+from dagster_project.spec import StreamSpec
+from monitors.decisions import decide
+from monitors.evidence import describe, gather
+from sensors.kafka_sensor import IN_FLIGHT
+
+
+def build_drift_sensor(spec: StreamSpec, rollback_job: dg.JobDefinition, retrain_job: dg.JobDefinition):
+    @dg.sensor(
+        name=f"{spec.name}_drift_sensor",
+        jobs=[rollback_job, retrain_job],
+        minimum_interval_seconds=spec.drift.interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Watches data drift, the prequential metric ({spec.drift.detector}) and new champions "
+        f"of {spec.name}; retrains or rolls back, with a {spec.drift.cooldown_s:g}s cooldown.",
+    )
+    def drift_sensor(context: dg.SensorEvaluationContext, registry: RegistryResource):
+        return evaluate(context, spec, rollback_job.name, retrain_job.name, registry)
+
+    return drift_sensor
+
+
+def evaluate(
+    context: dg.SensorEvaluationContext,
+    spec: StreamSpec,
+    rollback_job: str,
+    retrain_job: str,
+    registry: RegistryResource,
+):
+    for job_name in (rollback_job, retrain_job):
+        running = context.instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1)
+        if running:
+            return dg.SkipReason(f"{job_name} run {running[0].run_id[:8]} is in flight; waiting for it")
+    reg = registry.get()
+    evidence = gather(reg, spec)
+    if evidence.champion is None:
+        return dg.SkipReason(f"{spec.name} has no champion yet: nothing to monitor")
+    decision = decide(
+        now=time.time(),
+        drift_reports=evidence.drift_reports,
+        changes=evidence.changes,
+        comparison=evidence.comparison,
+        last_action=evidence.last_action,
+        config=evidence.config,
+    )
+    summary = describe(evidence)
+    if decision.action == "none":
+        why = "; ".join(decision.reasons) or "no drift, no regression"
+        return dg.SkipReason(f"{spec.name}: no action ({why})")
+    if decision.action == "rollback":
+        job, to_version = rollback_job, decision.rollback_to or ""
+    else:
+        job, to_version = retrain_job, ""
+    config = {
+        "from_version": evidence.champion if decision.action == "rollback" else (evidence.head or ""),
+        "to_version": to_version,
+        "reasons": decision.reasons,
+        "evidence": json.dumps(summary, default=str),
+    }
+    if decision.action == "retrain" and evidence.change_version:
+        config["window_from_version"] = evidence.change_version
+    op = f"{spec.name}_rollback_champion" if decision.action == "rollback" else f"{spec.name}_retrain_model"
+    context.log.warning(f"{spec.name}: {decision.action}: {'; '.join(decision.reasons)}")
+    return dg.RunRequest(
+        run_key=f"{decision.action}:{evidence.champion}:{evidence.head}:{len(reg.decisions(spec.name))}",
+        job_name=job,
+        run_config={"ops": {op: {"config": config}}},
+        tags={"streamfit/stream": spec.name, "streamfit/action": decision.action},
+    )

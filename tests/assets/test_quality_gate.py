@@ -1,0 +1,161 @@
+"""Data-quality policies end to end on a real broker and Dagster instance: halt, quarantine, split."""
+
+from __future__ import annotations
+
+import dagster as dg
+import orjson
+from click.testing import CliRunner
+
+from dagster_project.cli import main
+from dagster_project.kafka_io import ensure_topics, probe_partitions, read_range
+from dagster_project.quarantine import QuarantineStore
+from dagster_project.resources import KafkaResource
+from tests.conftest import synthetic_spec
+from tests.helpers import produce_synthetic, run_batch
+from tests.sensors.test_kafka_sensor import _defs_for, _tick
+
+
+def _spec(**quality):
+    return synthetic_spec(
+        partitions=1,
+        features=[{"name": "x0", "min": -10, "max": 10}] + [{"name": f"x{i}"} for i in range(1, 5)],
+        quality=quality,
+    )
+
+
+def _send(settings, spec, rows: list[dict]) -> None:
+    ensure_topics(settings, [spec.events_topic, spec.dlq_topic], spec.partitions)
+    producer = settings.producer()
+    for row in rows:
+        producer.send(spec.events_topic, key=row["id"].encode(), value=orjson.dumps(row))
+    producer.flush()
+    producer.close()
+
+
+def _bad_rows(n: int, prefix: str = "bad") -> list[dict]:
+    return [
+        {"id": f"{prefix}-{i}", "features": {"x0": 50.0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": 1}
+        for i in range(n)
+    ]
+
+
+def _next_range(settings, spec, start: int) -> dict[int, tuple[int, int]]:
+    (state,) = probe_partitions(settings, spec.events_topic, {})
+    return {0: (start, state.high_water)}
+
+
+def _check(result, spec) -> dg.AssetCheckEvaluation:
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == "data_quality")
+
+
+def test_halt_stops_the_stream_until_an_operator_skips(
+    kafka_bootstrap, kafka_settings, registry, instance, tmp_path, monkeypatch
+):
+    spec = _spec(policy="halt")
+    defs = _defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 200)
+    _send(kafka_settings, spec, _bad_rows(3))
+    first = _next_range(kafka_settings, spec, 0)
+
+    result = run_batch(defs, spec, first, instance, raise_on_error=False)
+
+    check = _check(result, spec)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.metadata["unexpected_rows"].value == 3
+    assert registry.versions(spec.name) == []
+    skip = _tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    assert (
+        isinstance(skip, dg.SkipReason) and "HALTED by data quality" in skip.skip_message and "x0" in skip.skip_message
+    )
+
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / f"{spec.name}.yaml").write_text(orjson.dumps(spec.model_dump(mode="json")).decode())
+    monkeypatch.setenv("STREAMFIT_STREAMS", str(streams))
+    monkeypatch.setenv("USER", "alice")
+    out = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "sensor glitch"])
+    assert out.exit_code == 0, out.output
+    produce_synthetic(kafka_settings, spec, 200, start=200)
+    request = _tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry).run_requests[0]
+    ranges = {int(p): tuple(r) for p, r in orjson.loads(request.tags["streamfit/ranges"]).items()}
+    assert ranges == {0: (first[0][1], first[0][1] + 200)}
+    assert run_batch(defs, spec, ranges, instance).success
+    (v1,) = registry.versions(spec.name)
+    assert v1.meta["offset_reset_applied"]["by"] == "alice"
+    assert "sensor glitch" in v1.meta["offset_reset_applied"]["reason"]
+
+
+def test_quarantine_advances_and_replays_exactly_once(kafka_bootstrap, kafka_settings, registry, instance):
+    spec = _spec(policy="quarantine")
+    defs = _defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 200)
+    assert run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance).success
+    produce_synthetic(kafka_settings, spec, 100, start=200)
+    _send(kafka_settings, spec, _bad_rows(5))
+    second = _next_range(kafka_settings, spec, 200)
+
+    result = run_batch(defs, spec, second, instance)
+
+    check = _check(result, spec)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    (entry,) = QuarantineStore().list(spec.name)
+    assert entry.meta["rows"] == 105 and entry.meta["ranges"] == {"0": list(second[0])}
+    assert len(registry.versions(spec.name)) == 1
+    produce_synthetic(kafka_settings, spec, 200, start=300)
+    assert run_batch(defs, spec, _next_range(kafka_settings, spec, second[0][1]), instance).success
+    v2 = registry.head(spec.name)
+    assert "quarantined" in v2.meta["offset_reset_applied"]["reason"]
+
+    runner = CliRunner()
+    replay = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=_cli_env(spec, registry))
+    assert replay.exit_code == 0, replay.output
+    v3 = registry.head(spec.name)
+    assert v3.meta["replay"]["quarantine"] == entry.id and v3.meta["rows"]["trained"] == 105
+    assert v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] + 105
+    assert v3.learned == v2.learned  # the stream's position does not move back
+    again = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=_cli_env(spec, registry))
+    assert again.exit_code == 1 and "already replayed by v3" in again.output
+
+
+def test_partial_batches_split_bad_rows_to_the_dlq(kafka_bootstrap, kafka_settings, registry, instance):
+    spec = _spec(policy="halt", allow_partial=True)
+    defs = _defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 200)
+    _send(kafka_settings, spec, _bad_rows(4))
+
+    assert run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance).success
+
+    (v1,) = registry.versions(spec.name)
+    assert v1.meta["rows"]["trained"] == 200 and v1.learned == {0: 204}
+    (dlq,) = probe_partitions(kafka_settings, spec.dlq_topic, {})
+    dead = [orjson.loads(r.value) for r in read_range(kafka_settings, spec.dlq_topic, {0: (0, dlq.high_water)})]
+    assert len(dead) == 4 and all(d["reason"].startswith("data quality:") and "x0" in d["reason"] for d in dead)
+    assert sorted(d["offset"] for d in dead) == [200, 201, 202, 203]
+
+
+def test_a_schema_change_halts_with_the_feature_named(kafka_bootstrap, kafka_settings, registry, instance):
+    spec = _spec(policy="halt")
+    defs = _defs_for(spec, kafka_bootstrap, registry)
+    renamed = [
+        {"id": f"n-{i}", "features": {"x0": 1, "x1": 0, "x2": 0, "x3": 0, "x4": 0, "x5": 1}, "label": 0}
+        for i in range(20)
+    ]
+    _send(kafka_settings, spec, renamed)
+
+    result = run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance, raise_on_error=False)
+
+    check = _check(result, spec)
+    assert not check.passed
+    halt = registry.halt(spec.name)
+    assert "unknown feature(s) ['x5']" in halt["summary"]
+    assert registry.versions(spec.name) == []
+
+
+def _cli_env(spec, registry) -> dict[str, str]:
+    import os
+    import tempfile
+
+    streams = tempfile.mkdtemp()
+    with open(os.path.join(streams, f"{spec.name}.yaml"), "w") as fh:
+        fh.write(orjson.dumps(spec.model_dump(mode="json")).decode())
+    return {"STREAMFIT_STREAMS": streams, "USER": "bob", "STREAMFIT_HOME": str(registry.root.parent)}

@@ -1,0 +1,141 @@
+"""`streamfit serve` as a real process: kill -9 mid-stream, restart, nothing lost; SIGTERM stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from dagster_project.cli import main
+from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.kafka_io import committed_group_offsets, probe_partitions
+from dagster_project.registry import FilesystemRegistry
+from dagster_project.serving import scorer_group
+from dagster_project.spec import StreamSpec
+from tests.dagster_project.serving.support import (
+    Client,
+    Producer,
+    read_topic,
+    topic_size,
+    train_version,
+    wait_for,
+)
+
+STREAMFIT = Path(sys.executable).with_name("streamfit")
+MAX_POLL_RECORDS = 50
+
+
+class ServeProcess:
+    """`streamfit serve <stream>` with the test's STREAMFIT_HOME/STREAMFIT_STREAMS and the test broker."""
+
+    def __init__(self, spec: StreamSpec, bootstrap: str) -> None:
+        self.proc = subprocess.Popen(
+            [str(STREAMFIT), "serve", spec.name, "--port", "0", "--max-poll-records", str(MAX_POLL_RECORDS)],
+            env=os.environ | {BOOTSTRAP_ENV: bootstrap},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        line = self.wait_for("; HTTP on ")
+        self.url = line.rsplit("HTTP on ", 1)[1]
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} within {timeout_s}s; output: {self.seen}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_kill_9_and_restart_loses_nothing_and_repeats_at_most_one_batch(
+    spec: StreamSpec, specs_dir: Path, kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    train_version(registry, spec)
+    producer = Producer(kafka_settings, spec, rate=800, chunk=40)
+    producer.start()
+    first = second = None
+    try:
+        first = ServeProcess(spec, kafka_settings.bootstrap)
+        wait_for(lambda: topic_size(kafka_settings, spec.predictions_topic) >= 800, 30, "the first scorer to score")
+        first.kill()  # SIGKILL mid-stream: no commit, no leave-group, a batch possibly half produced
+        at_kill = topic_size(kafka_settings, spec.predictions_topic)
+
+        second = ServeProcess(spec, kafka_settings.bootstrap)
+        wait_for(lambda: topic_size(kafka_settings, spec.predictions_topic) >= at_kill + 400, 40, "the restart")
+        sent = producer.stop()
+        predicted = wait_for(
+            lambda: (
+                (ids := [p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)])
+                and set(sent) <= set(ids)
+                and ids
+            ),
+            40,
+            "a prediction for every event",
+            interval_s=0.5,
+        )
+        status, health, _ = Client(second.url).request("GET", "/healthz")
+        assert (status, health["model_version"]) == (200, "v1")
+
+        second.proc.send_signal(signal.SIGTERM)  # clean stop: finish the batch, commit, leave the group
+        assert second.proc.wait(timeout=20) == 0
+        second.wait_for("scorer stopped")
+    finally:
+        producer.halt.set()
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+
+    duplicates = Counter(predicted) - Counter(set(predicted))
+    assert set(predicted) == set(sent)
+    assert sum(duplicates.values()) <= MAX_POLL_RECORDS, duplicates
+    ends = {s.partition: s.high_water for s in probe_partitions(kafka_settings, spec.events_topic, {})}
+    assert committed_group_offsets(kafka_settings, scorer_group(spec), spec.events_topic) == ends
+    print(f"\ncrash test: {len(sent)} events, {len(predicted)} predictions, {sum(duplicates.values())} duplicates")
+
+
+def test_serve_unknown_stream_is_a_clean_error(specs_dir: Path, kafka_bootstrap: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "no_such_stream", "--bootstrap", kafka_bootstrap])
+    assert result.exit_code == 1
+    assert "Error: unknown stream 'no_such_stream'" in result.output
+
+
+def test_serve_on_a_busy_port_is_a_clean_error(
+    spec: StreamSpec, specs_dir: Path, streamfit_home: Path, kafka_bootstrap: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", spec.name, "--port", port, "--bootstrap", kafka_bootstrap])
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot serve HTTP on 127.0.0.1:{port}: Address already in use" in result.output

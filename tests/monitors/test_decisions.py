@@ -1,0 +1,187 @@
+"""The drift sensor's decision table: each action, each suppression, and the reasons given."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dagster_project.spec import DriftSpec
+from monitors.decisions import ChampionComparison, Decision, DecisionConfig, LastAction, decide
+from monitors.detectors import ChangeResult
+from monitors.drift import DriftReport, feature_drift
+from monitors.profiles import profile_features
+
+NOW = 100_000.0
+NAMES = ["x", "y"]
+CONFIG = DecisionConfig(cooldown_s=600, hysteresis=3, regression_margin=0.02, rollback_window_s=3600)
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return profile_features(np.random.default_rng(0).normal(size=(1000, 2)), NAMES)
+
+
+def _report(reference: dict, drifted: bool, at: float, seed: int = 1) -> DriftReport:
+    X = np.random.default_rng(seed).normal(size=(500, 2))
+    if drifted:
+        X[:, 1] += 1.5
+    report = feature_drift(reference, X, NAMES, at=at)
+    assert report.drifted == drifted
+    return report
+
+
+def _reports(reference: dict, pattern: str, end: float = NOW) -> list[DriftReport]:
+    """One report per character, oldest first, 60 s apart: D drifted, . not."""
+    n = len(pattern)
+    return [_report(reference, c == "D", end - 60 * (n - 1 - i), seed=i) for i, c in enumerate(pattern)]
+
+
+def _change(at: float | None = NOW - 30) -> ChangeResult:
+    return ChangeResult(
+        metric="error_rate",
+        detector="adwin",
+        params={"delta": 0.002},
+        index=42,
+        n=50,
+        mean_before=0.101,
+        value_at=0.312,
+        at=at,
+    )
+
+
+def _comparison(champion_value: float = 0.70, promoted_ago: float = 300, rows: int = 500) -> ChampionComparison:
+    return ChampionComparison(
+        champion="v7",
+        predecessor="v6",
+        metric="accuracy",
+        champion_value=champion_value,
+        predecessor_value=0.85,
+        rows=rows,
+        promoted_at=NOW - promoted_ago,
+    )
+
+
+def _decide(**kwargs) -> Decision:
+    decision = decide(now=NOW, config=CONFIG, **kwargs)
+    json.dumps(decision.to_dict())  # recorded as an event: must serialize
+    return decision
+
+
+def test_nothing_to_do(reference: dict) -> None:
+    decision = _decide(drift_reports=_reports(reference, "...."))
+    assert decision.action == "none" and decision.rollback_to is None
+    assert decision.reasons == ["no drift, no change detected and no regression"]
+
+
+def test_retrain_on_concept_drift() -> None:
+    decision = _decide(changes=[_change()])
+    assert decision.action == "retrain"
+    assert decision.reasons == [
+        "concept drift: error_rate: adwin(delta=0.002) detected an increase at index 42 of 50 "
+        "(value 0.3120 vs mean 0.1010 before)"
+    ]
+    assert decision.evidence["concept_drift"][0]["index"] == 42
+
+
+def test_retrain_on_data_drift_after_hysteresis(reference: dict) -> None:
+    decision = _decide(drift_reports=_reports(reference, "..DDD"))
+    assert decision.action == "retrain"
+    assert decision.reasons[0].startswith(
+        "data drift in 3 consecutive evaluations >= hysteresis 3: features ['y'] (y: psi: "
+    )
+    assert ">= 0.25" in decision.reasons[0]
+    assert decision.evidence["data_drift"]["consecutive_drifted"] == 3
+
+
+@pytest.mark.parametrize("pattern, consecutive", [("...DD", 2), ("DD.DD", 2), ("DDD.", 0), ("D", 1)])
+def test_hysteresis_suppresses_unconfirmed_data_drift(reference: dict, pattern: str, consecutive: int) -> None:
+    decision = _decide(drift_reports=_reports(reference, pattern))
+    assert decision.action == "none"
+    assert decision.evidence["data_drift"]["consecutive_drifted"] == consecutive
+    if consecutive:
+        assert decision.reasons[0].startswith(
+            f"data drift not yet confirmed: {consecutive} consecutive drifted evaluation(s) < hysteresis 3 (y: psi: "
+        )
+
+
+def test_rollback_when_the_new_champion_regressed() -> None:
+    decision = _decide(comparison=_comparison(champion_value=0.70))
+    assert decision.action == "rollback" and decision.rollback_to == "v6"
+    assert decision.reasons == [
+        "regression: champion v7 accuracy 0.7000 vs predecessor v6 0.8500 on the same 500 rows "
+        "(higher is better), worse by 0.1500 > margin 0.02"
+    ]
+    assert decision.evidence["rollback"]["regression"] == pytest.approx(0.15)
+
+
+def test_rollback_for_a_lower_is_better_metric() -> None:
+    comparison = ChampionComparison("v7", "v6", "mae", 1.30, 1.00, 400, NOW - 10, higher_is_better=False)
+    decision = _decide(comparison=comparison)
+    assert decision.action == "rollback" and "(lower is better), worse by 0.3000 > margin 0.02" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "comparison, reason",
+    [
+        (_comparison(champion_value=0.84), "no regression: champion v7 accuracy 0.8400 vs predecessor v6 0.8500"),
+        (_comparison(promoted_ago=7200), "rollback not considered: champion v7 was promoted 7200 s ago > rollback"),
+        (_comparison(rows=50), "rollback not considered: champion v7 vs v6 compared on 50 rows < min_comparison_rows"),
+    ],
+)
+def test_no_rollback_within_margin_when_old_or_on_few_rows(comparison: ChampionComparison, reason: str) -> None:
+    decision = _decide(comparison=comparison)
+    assert decision.action == "none"
+    assert decision.reasons[0].startswith(reason)
+
+
+def test_rollback_that_would_undo_the_last_rollback_is_suppressed() -> None:
+    # v6 was rolled back from an hour ago; v7 (its predecessor in the alias history) is champion again
+    last = LastAction("rollback", at=NOW - 3000, from_version="v6", to_version="v7")
+    comparison = ChampionComparison("v7", "v6", "accuracy", 0.70, 0.85, 500, promoted_at=NOW - 3000)
+    decision = _decide(comparison=comparison, last_action=last)
+    assert decision.action == "none"
+    assert decision.reasons[0].startswith(
+        "rollback suppressed (flapping): predecessor v6 is the version the rollback at 97000 moved away from"
+    )
+
+
+def test_rollback_comes_before_retrain(reference: dict) -> None:
+    decision = _decide(comparison=_comparison(), changes=[_change()], drift_reports=_reports(reference, "DDD"))
+    assert decision.action == "rollback"
+    assert decision.reasons[-1] == "retrain deferred: rollback of the regressed champion comes first"
+    assert any(r.startswith("concept drift: ") for r in decision.reasons)
+
+
+@pytest.mark.parametrize("would_be", ["retrain", "rollback"])
+def test_cooldown_suppresses_any_action(would_be: str) -> None:
+    kwargs = {"changes": [_change()]} if would_be == "retrain" else {"comparison": _comparison()}
+    last = LastAction("retrain", at=NOW - 120)
+    decision = _decide(last_action=last, **kwargs)
+    assert decision.action == "none" and decision.rollback_to is None
+    assert (
+        decision.reasons[0] == f"{would_be} suppressed by cooldown: last action retrain was 120 s ago < cooldown 600 s"
+    )
+    assert decision.evidence["suppressed"] == would_be
+    assert decision.evidence["cooldown_remaining_s"] == pytest.approx(480)
+    # the same evidence after the cooldown acts
+    assert _decide(last_action=LastAction("retrain", at=NOW - 601), **kwargs).action == would_be
+
+
+def test_evidence_from_before_the_last_action_is_ignored(reference: dict) -> None:
+    last = LastAction("retrain", at=NOW - 1000)
+    stale_change = _change(at=NOW - 1500)
+    reports = _reports(reference, "DDDDD", end=NOW - 1100) + _reports(reference, "DD", end=NOW)
+    decision = _decide(changes=[stale_change], drift_reports=reports, last_action=last)
+    assert decision.action == "none"
+    assert "ignored 1 change detection(s) from before the last action" in decision.reasons
+    assert "ignored 5 drift evaluation(s) from before the last action" in decision.reasons
+    assert decision.evidence["data_drift"]["consecutive_drifted"] == 2
+
+
+def test_config_comes_from_the_stream_spec() -> None:
+    assert DecisionConfig.from_spec(DriftSpec()) == DecisionConfig()
+    assert DecisionConfig.from_spec(DriftSpec(cooldown_s=60, hysteresis=1)).hysteresis == 1
+    with pytest.raises(ValueError):
+        DecisionConfig(hysteresis=0)

@@ -1,0 +1,110 @@
+"""The drift sensor on real training runs: roll back a bad champion, retrain after a concept change,
+and leave a stationary stream alone."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+
+from dagster_project.datasets import synthetic_events
+from dagster_project.estimators import build_model, partial_fit
+from dagster_project.events import make_event
+from dagster_project.factory import build_stream_definitions
+from dagster_project.kafka_io import probe_partitions
+from dagster_project.onnx_export import export_onnx
+from dagster_project.producer import produce
+from dagster_project.resources import KafkaResource, RegistryResource
+from tests.conftest import synthetic_spec
+from tests.helpers import produce_synthetic, run_batch
+
+BATCH = 500
+
+
+def _defs(spec, bootstrap, registry) -> dg.Definitions:
+    resources = {"kafka": KafkaResource(bootstrap=bootstrap), "registry": RegistryResource(root=str(registry.root))}
+    return dg.Definitions.merge(build_stream_definitions(spec), dg.Definitions(resources=resources))
+
+
+def _tick(defs, spec, instance, registry):
+    sensor = defs.resolve_sensor_def(f"{spec.name}_drift_sensor")
+    context = dg.build_sensor_context(
+        instance=instance, resources={"registry": RegistryResource(root=str(registry.root))}
+    )
+    return sensor(context)
+
+
+def _execute(defs, request: dg.RunRequest, instance):
+    return defs.resolve_job_def(request.job_name).execute_in_process(run_config=request.run_config, instance=instance)
+
+
+def _batches(settings, spec, size: int):
+    """Consecutive single-partition batches of `size` rows over everything produced."""
+    (state,) = probe_partitions(settings, spec.events_topic, {})
+    return [{0: (start, min(start + size, state.high_water))} for start in range(0, state.high_water, size)]
+
+
+def test_a_bad_champion_promoted_by_hand_is_rolled_back_once(kafka_bootstrap, kafka_settings, registry, instance):
+    spec = synthetic_spec(partitions=1, drift={"min_comparison_rows": 200})
+    defs = _defs(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 1000)
+    first, second = _batches(kafka_settings, spec, BATCH)
+    assert run_batch(defs, spec, first, instance).success
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 5))
+    inverted = (X @ np.array([1.5, -2.0, 1.0, 0.0, 0.5]) <= 0).astype(int)
+    bad = partial_fit(build_model(spec), X, inverted, np.array([0, 1]))
+    registry.register(spec.name, "v1", export_onnx(bad, 5), bad, {**registry.head(spec.name).meta, "metrics": {}})
+    registry.set_champion(spec.name, "v2", reason="manual: operator error")
+    assert run_batch(defs, spec, second, instance).success  # the champion check sees v2 lose to v1
+
+    request = _tick(defs, spec, instance, registry)
+
+    assert isinstance(request, dg.RunRequest), request
+    assert request.job_name == f"{spec.name}_rollback"
+    config = request.run_config["ops"][f"{spec.name}_rollback_champion"]["config"]
+    assert config["from_version"] == "v2" and config["to_version"] == "v1"
+    assert any("v2" in reason for reason in config["reasons"])
+    assert _execute(defs, request, instance).success
+    assert registry.champion(spec.name) == "v1"
+    assert registry.champion_history(spec.name)[-1]["reason"].startswith("rollback:")
+    again = _tick(defs, spec, instance, registry)
+    assert isinstance(again, dg.SkipReason), "acted twice on the same evidence (flapping)"
+
+
+def test_stationary_stream_gets_no_action(kafka_bootstrap, kafka_settings, registry, instance):
+    spec = synthetic_spec(partitions=1)
+    defs = _defs(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 6000)
+    for ranges in _batches(kafka_settings, spec, BATCH):
+        assert run_batch(defs, spec, ranges, instance).success
+        result = _tick(defs, spec, instance, registry)
+        assert isinstance(result, dg.SkipReason), f"false alarm on a stationary stream: {result}"
+        assert "no action" in result.skip_message or "no champion" in result.skip_message
+
+
+def test_concept_change_is_detected_retrained_and_recovered(kafka_bootstrap, kafka_settings, registry, instance):
+    change_at = 5000
+    spec = synthetic_spec(partitions=1)
+    defs = _defs(spec, kafka_bootstrap, registry)
+    events = list(synthetic_events(rows=10_000, change_at=change_at, seed=11))
+    produce(kafka_settings, spec, ((e.event_id.encode(), make_event(e.event_id, e.features, e.label)) for e in events))
+    accuracy: list[float] = []
+    retrained_at = None
+    for index, ranges in enumerate(_batches(kafka_settings, spec, BATCH)):
+        assert run_batch(defs, spec, ranges, instance).success
+        head = registry.head(spec.name)
+        accuracy.append(head.meta["metrics"].get("accuracy", np.nan))
+        result = _tick(defs, spec, instance, registry)
+        if isinstance(result, dg.RunRequest):
+            assert result.job_name == f"{spec.name}_retrain", result
+            assert retrained_at is None, "a second action inside the cooldown"
+            assert _execute(defs, result, instance).success
+            retrained_at = index
+    change_batch = change_at // BATCH
+    assert retrained_at is not None, f"no retrain; accuracy per batch: {np.round(accuracy, 3)}"
+    assert change_batch <= retrained_at <= change_batch + 2, (retrained_at, np.round(accuracy, 3))
+    pre_drift = np.nanmean(accuracy[2:change_batch])
+    assert accuracy[change_batch] < pre_drift - 0.2  # the change really hurt
+    assert np.mean(accuracy[-3:]) >= pre_drift - 0.05, np.round(accuracy, 3)  # and the stream recovered
+    retrains = [v for v in registry.versions(spec.name) if v.meta.get("retrain")]
+    assert len(retrains) == 1 and retrains[0].meta["retrain"]["since"]
