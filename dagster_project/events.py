@@ -56,7 +56,7 @@ class EventParser:
         self._features = spec.features
         self._known = set(spec.feature_names)
         classes = spec.label.classes or []
-        self._class_index = {_label_key(c): i for i, c in enumerate(classes)}
+        self._class_index = {label_key(c): i for i, c in enumerate(classes)}
 
     def parse(self, raw: bytes | None) -> ParsedEvent:
         if raw is None:
@@ -92,7 +92,7 @@ class EventParser:
         if self.spec.task == "classification":
             if not isinstance(label, str | int | float):
                 raise InvalidEvent(f"label must be a string, number or bool, got {type(label).__name__}")
-            index = self._class_index.get(_label_key(label))
+            index = self._class_index.get(label_key(label))
             if index is None:
                 raise InvalidEvent(f"label {label!r} is not one of the spec's classes {self.spec.label.classes}")
             return index, None
@@ -101,7 +101,7 @@ class EventParser:
         return None, float(label)
 
 
-def _label_key(value: Any) -> tuple[str, Any]:
+def label_key(value: Any) -> tuple[str, Any]:
     """Keys that keep True apart from 1 (Python treats them as equal) but let 1.0 match class 1."""
     if isinstance(value, bool):
         return ("bool", value)

@@ -3,7 +3,8 @@
 Training runs are short-lived processes that a scrape would usually miss, so instead of pushing
 from them (a Pushgateway keeps stale series forever and is one more service to run) the exporter
 derives every training metric from what the runs leave behind: the registry's versions (each
-meta.json is immutable, so it is read once and cached), the champion history, and Kafka's
+meta.json is immutable, so it is read once and cached), the champion history and decisions,
+the label joiner's live_metrics.jsonl (live accuracy per served version), and Kafka's
 high-water marks for lag. Restarting the exporter loses nothing; counters come back identical.
 """
 
@@ -153,8 +154,11 @@ class TrainingCollector(Collector):
 def exporter_registry(
     registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None
 ) -> CollectorRegistry:
+    from dagster_project.labels import LiveMetricsCollector
+
     collectors = CollectorRegistry()
     collectors.register(TrainingCollector(registry, specs, kafka))
+    collectors.register(LiveMetricsCollector(registry.root, specs))  # live accuracy from the label joiner
     return collectors
 
 

@@ -1,12 +1,18 @@
-"""The Dagster instance Streamfit runs on locally: SQLite storage in DAGSTER_HOME.
+"""The Dagster instance Streamfit runs on: SQLite in DAGSTER_HOME locally, Postgres in production.
 
 Training runs of one stream are serialized by a run-queue tag limit (online learning is
 order-dependent); failed runs are retried by the daemon; the queue is polled every second
 because run start-up, not compute, dominates how fresh a model is.
+
+`postgres_instance_config()` is the production variant (deploy/dagster.yaml is this, written
+out): the same run queue and retries, Postgres run/event/schedule storage whose connection
+settings are `env:` entries (never literals), and the artifact and compute-log directories
+from the environment so every container that runs Dagster code can share one volume.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +41,73 @@ def write_instance_config(dagster_home: Path) -> Path:
     if not path.exists():
         path.write_text(yaml.safe_dump(INSTANCE_CONFIG, sort_keys=False))
     return path
+
+
+# Environment variables the production instance reads (every process that loads the instance:
+# webserver, daemon, code server and the run workers it spawns).
+POSTGRES_ENV: dict[str, str] = {
+    "username": "DAGSTER_PG_USERNAME",
+    "password": "DAGSTER_PG_PASSWORD",
+    "hostname": "DAGSTER_PG_HOST",
+    "port": "DAGSTER_PG_PORT",
+    "db_name": "DAGSTER_PG_DB",
+}
+POSTGRES_SCHEME = "postgresql+psycopg2"
+STORAGE_DIR_ENV = "DAGSTER_STORAGE_DIR"  # run artifacts (the default IO manager's files)
+COMPUTE_LOGS_DIR_ENV = "DAGSTER_COMPUTE_LOGS_DIR"  # stdout/stderr of runs, shown in the UI
+
+
+def postgres_instance_config() -> dict[str, Any]:
+    """Streamfit's instance on Postgres: INSTANCE_CONFIG plus storage, monitoring and tick retention."""
+    return {
+        "storage": {
+            "postgres": {
+                "postgres_db": {
+                    **{key: {"env": name} for key, name in POSTGRES_ENV.items()},
+                    # The driver dagster-postgres installs (psycopg2-binary). Without it SQLAlchemy 2.1
+                    # picks psycopg 3 for `postgresql://`, which is not installed.
+                    "scheme": POSTGRES_SCHEME,
+                }
+            }
+        },
+        "local_artifact_storage": {
+            "module": "dagster.core.storage.root",
+            "class": "LocalArtifactStorage",
+            "config": {"base_dir": {"env": STORAGE_DIR_ENV}},
+        },
+        "compute_logs": {
+            "module": "dagster.core.storage.local_compute_log_manager",
+            "class": "LocalComputeLogManager",
+            "config": {"base_dir": {"env": COMPUTE_LOGS_DIR_ENV}},
+        },
+        **copy.deepcopy(INSTANCE_CONFIG),
+        # A run stuck starting (its code server restarted mid-launch) fails instead of holding the
+        # stream's queue slot forever; the retry above then relaunches it.
+        "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "cancel_timeout_seconds": 180},
+        # The Kafka sensor ticks every few seconds per stream: keep skipped ticks for a day, not forever.
+        "retention": {"sensor": {"purge_after_days": {"skipped": 1, "failure": 30, "success": -1}}},
+    }
+
+
+def write_postgres_instance_config(dagster_home: Path, overwrite: bool = False) -> Path:
+    """Write the Postgres-backed dagster.yaml into `dagster_home` (an existing one is kept unless `overwrite`)."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    path = dagster_home / "dagster.yaml"
+    if overwrite or not path.exists():
+        path.write_text(yaml.safe_dump(postgres_instance_config(), sort_keys=False))
+    return path
+
+
+def initialize_storage(dagster_home: Path) -> None:
+    """Create the instance's databases once, before several processes open them.
+
+    The daemon, the web UI and the code server each migrate a fresh SQLite schema on start; when
+    they start together they race and can leave two alembic heads, after which none can load.
+    """
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.get_runs(limit=1)
+        instance.all_instigator_state()
+        instance.get_latest_materialization_events([])
+

@@ -42,7 +42,10 @@ class DagsterServices:
         )
 
     def start(self) -> DagsterServices:
+        from dagster_project.instance import initialize_storage
+
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        initialize_storage(Path(self.env["DAGSTER_HOME"]))
         workspace = str(PROJECT_ROOT / "workspace.yaml")
         self._spawn("dagster-daemon", ["run", "-w", workspace])
         if self.ui_port:

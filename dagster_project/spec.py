@@ -161,6 +161,16 @@ class DriftSpec(_Strict):
         return self
 
 
+class LabelsSpec(_Strict):
+    """The delayed-label join (dagster_project/labels.py): how long a prediction waits for its label
+    (and a label for its prediction), how many may wait at once, and how often joined aggregates
+    are checkpointed to live_metrics.jsonl."""
+
+    join_window_s: float = Field(default=3600.0, gt=0)
+    max_pending: int = Field(default=100_000, ge=1)
+    flush_interval_s: float = Field(default=5.0, gt=0)
+
+
 class StreamSpec(_Strict):
     """Everything Streamfit knows about one stream."""
 
@@ -176,6 +186,7 @@ class StreamSpec(_Strict):
     promotion: PromotionSpec = PromotionSpec()
     quality: QualitySpec = QualitySpec()
     drift: DriftSpec = DriftSpec()
+    labels: LabelsSpec = LabelsSpec()
 
     @field_validator("features")
     @classmethod

@@ -112,11 +112,36 @@ def gather(registry: FilesystemRegistry, spec: StreamSpec, recent: int = 10) -> 
             if found:
                 changes.append(found)
 
+    changes.extend(_live_changes(registry, spec, champion, since, params))
     if change_version is None and drifted_run:
         change_version = drifted_run[0]
     comparison = _comparison(registry, name, champion)
     head = versions[-1].name if versions else None
     return Evidence(reports, changes, comparison, action, config, champion, head, change_version)
+
+
+def _live_changes(
+    registry: FilesystemRegistry, spec: StreamSpec, champion: str | None, since: float, params: dict[str, Any]
+) -> list[ChangeResult]:
+    """Concept drift on the served champion's live labelled error (from the label joiner)."""
+    from dagster_project.labels import read_records
+
+    if not champion:
+        return []
+    records = [
+        r for r in read_records(registry.root, spec.name, since=since) if r["versions"].get(champion, {}).get("rows")
+    ]
+    if not records:
+        return []
+    rows = [r["versions"][champion]["rows"] for r in records]
+    times = [_epoch(r["at"]) for r in records]
+    if spec.task == "classification":
+        rates = [1 - r["versions"][champion]["correct"] / n for r, n in zip(records, rows, strict=True)]
+        found = detect_batch_change(rates, rows, spec.drift.detector, metric="live_error_rate", times=times, **params)
+    else:
+        maes = [r["versions"][champion]["abs_err"] / n for r, n in zip(records, rows, strict=True)]
+        found = detect_series_change(maes, spec.drift.detector, metric="live_mae", times=times, **params)
+    return [found] if found else []
 
 
 def _comparison(registry: FilesystemRegistry, stream: str, champion: str | None) -> ChampionComparison | None:

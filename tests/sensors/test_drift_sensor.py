@@ -101,6 +101,7 @@ def test_concept_change_is_detected_retrained_and_recovered(kafka_bootstrap, kaf
             assert _execute(defs, result, instance).success
             retrained_at = index
     change_batch = change_at // BATCH
+    print(f"change at batch {change_batch}, retrain after batch {retrained_at}, accuracy {np.round(accuracy, 3)}")
     assert retrained_at is not None, f"no retrain; accuracy per batch: {np.round(accuracy, 3)}"
     assert change_batch <= retrained_at <= change_batch + 2, (retrained_at, np.round(accuracy, 3))
     pre_drift = np.nanmean(accuracy[2:change_batch])
