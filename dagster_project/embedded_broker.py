@@ -3,6 +3,11 @@
 It keeps everything in memory and starts in milliseconds, which makes it the default for the
 demo and the tests. Anything else (Apache Kafka, a cluster) is reached through
 STREAMFIT_KAFKA_BOOTSTRAP instead.
+
+TLS: Tansu 0.6.0 (this wheel) does not serve TLS. `--cert` and `--key` are mutually exclusive on
+its command line, and with `--cert` alone it still listens in plaintext (a TLS ClientHello gets no
+answer). To serve TLS, put a terminator (stunnel, haproxy) in front of it and start it with
+`advertised=<terminator host:port>` so that clients only ever learn the TLS address.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ def _port_open(port: int) -> bool:
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1; a context manager that always stops what it started."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None, advertised: str | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        # host:port the broker hands out in metadata (default: its own); a TLS terminator's address, say
+        self.advertised = advertised
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,9 +59,10 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

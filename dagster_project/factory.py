@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.promotion import build_champion_asset
 from assets.remediation import build_remediation_jobs
+from assets.reporting import build_report_asset, build_schedules
 from assets.training import build_training_assets
 from dagster_project.spec import StreamSpec
 from sensors.drift_sensor import build_drift_sensor
@@ -16,7 +17,7 @@ def training_job(spec: StreamSpec):
     # In-process: one worker process per run instead of one per step (saves 3-5 s of start-up).
     return dg.define_asset_job(
         name=f"{spec.name}_training",
-        selection=dg.AssetSelection.groups(spec.name),
+        selection=dg.AssetSelection.groups(spec.name) - dg.AssetSelection.assets([spec.name, "report"]),
         executor_def=dg.in_process_executor,
         tags={STREAM_TAG: spec.name},
         description=f"Learn one micro-batch of {spec.events_topic} and register the new version.",
@@ -25,10 +26,12 @@ def training_job(spec: StreamSpec):
 
 def build_stream_definitions(spec: StreamSpec) -> dg.Definitions:
     job = training_job(spec)
-    assets = [*build_training_assets(spec), build_champion_asset(spec)]
+    assets = [*build_training_assets(spec), build_champion_asset(spec), build_report_asset(spec)]
     rollback_job, retrain_job = build_remediation_jobs(spec)
+    schedules, report_job = build_schedules(spec, retrain_job)
     return dg.Definitions(
         assets=assets,
-        jobs=[job, rollback_job, retrain_job],
+        jobs=[job, rollback_job, retrain_job, report_job],
+        schedules=schedules,
         sensors=[build_kafka_sensor(spec, job), build_drift_sensor(spec, rollback_job, retrain_job)],
     )

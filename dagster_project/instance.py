@@ -110,4 +110,3 @@ def initialize_storage(dagster_home: Path) -> None:
         instance.get_runs(limit=1)
         instance.all_instigator_state()
         instance.get_latest_materialization_events([])
-

@@ -3,12 +3,21 @@
 Every Kafka client in Streamfit is made here, so pointing the product at another broker (or
 adding TLS/SASL) is a matter of environment variables, never code. Only the standard Kafka
 protocol is spoken, through kafka-python.
+
+With TLS or SASL configured, every client factory first checks the security handshake itself
+(`KafkaSettings.check_security`: TLS handshake, then one standard request, SaslHandshake or
+ApiVersions) and fails in seconds with a `BrokerSecurityError` that names the variable to fix,
+where kafka-python alone would retry for 30 s and end with "Unable to bootstrap".
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import ssl
+import struct
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 BOOTSTRAP_ENV = "STREAMFIT_KAFKA_BOOTSTRAP"
@@ -20,8 +29,31 @@ GROUP_SESSION_TIMEOUT_MS = 6000
 GROUP_HEARTBEAT_INTERVAL_MS = 1000
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+PROTOCOL_ENV = "STREAMFIT_KAFKA_SECURITY_PROTOCOL"
+CAFILE_ENV = "STREAMFIT_KAFKA_SSL_CAFILE"
+CERTFILE_ENV = "STREAMFIT_KAFKA_SSL_CERTFILE"
+KEYFILE_ENV = "STREAMFIT_KAFKA_SSL_KEYFILE"
+CHECK_HOSTNAME_ENV = "STREAMFIT_KAFKA_SSL_CHECK_HOSTNAME"
+MECHANISM_ENV = "STREAMFIT_KAFKA_SASL_MECHANISM"
+USERNAME_ENV = "STREAMFIT_KAFKA_SASL_USERNAME"
+PASSWORD_ENV = "STREAMFIT_KAFKA_SASL_PASSWORD"
+
+
 class BrokerNotConfigured(RuntimeError):
     """Raised when no bootstrap address is known; the message says how to give one."""
+
+
+class BrokerConfigError(ValueError):
+    """The security settings are inconsistent (unknown protocol, missing credentials or files)."""
+
+
+class BrokerSecurityError(ConnectionError):
+    """The TLS or SASL handshake with the broker failed; the message names the setting to fix.
+
+    A ConnectionError (an OSError), so code that handles an unreachable broker handles it too.
+    """
 
 
 @dataclass(frozen=True)
@@ -39,6 +71,29 @@ class KafkaSettings:
     sasl_password: str | None = field(default=None, repr=False)
     request_timeout_ms: int = 10_000
     api_timeout_ms: int = 5_000
+    security_check_timeout_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        protocol = (self.security_protocol or "PLAINTEXT").strip().upper()
+        object.__setattr__(self, "security_protocol", protocol)
+        if protocol not in SECURITY_PROTOCOLS:
+            raise BrokerConfigError(
+                f"unknown Kafka security protocol {protocol!r}: set {PROTOCOL_ENV} to one of {list(SECURITY_PROTOCOLS)}"
+            )
+        if "SASL" in protocol:
+            mechanism = (self.sasl_mechanism or "").strip().upper()
+            if mechanism not in SASL_MECHANISMS:
+                raise BrokerConfigError(
+                    f"{PROTOCOL_ENV}={protocol} needs a SASL mechanism: set {MECHANISM_ENV} to one of "
+                    f"{list(SASL_MECHANISMS)} (got {self.sasl_mechanism!r})"
+                )
+            object.__setattr__(self, "sasl_mechanism", mechanism)
+            if not self.sasl_username or not self.sasl_password:
+                raise BrokerConfigError(f"SASL {mechanism} needs credentials: set {USERNAME_ENV} and {PASSWORD_ENV}")
+        if "SSL" in protocol and self.ssl_keyfile and not self.ssl_certfile:
+            raise BrokerConfigError(
+                f"{KEYFILE_ENV} is set but {CERTFILE_ENV} is not: set both (a key needs its certificate)"
+            )
 
     @classmethod
     def from_env(cls, bootstrap: str | None = None) -> KafkaSettings:
@@ -52,14 +107,14 @@ class KafkaSettings:
             )
         return cls(
             bootstrap=bootstrap,
-            security_protocol=env.get("STREAMFIT_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
-            ssl_cafile=env.get("STREAMFIT_KAFKA_SSL_CAFILE"),
-            ssl_certfile=env.get("STREAMFIT_KAFKA_SSL_CERTFILE"),
-            ssl_keyfile=env.get("STREAMFIT_KAFKA_SSL_KEYFILE"),
-            ssl_check_hostname=env.get("STREAMFIT_KAFKA_SSL_CHECK_HOSTNAME", "true").lower() != "false",
-            sasl_mechanism=env.get("STREAMFIT_KAFKA_SASL_MECHANISM"),
-            sasl_username=env.get("STREAMFIT_KAFKA_SASL_USERNAME"),
-            sasl_password=env.get("STREAMFIT_KAFKA_SASL_PASSWORD"),
+            security_protocol=env.get(PROTOCOL_ENV) or "PLAINTEXT",
+            ssl_cafile=env.get(CAFILE_ENV) or None,
+            ssl_certfile=env.get(CERTFILE_ENV) or None,
+            ssl_keyfile=env.get(KEYFILE_ENV) or None,
+            ssl_check_hostname=env.get(CHECK_HOSTNAME_ENV, "true").strip().lower() not in ("false", "0", "no", "off"),
+            sasl_mechanism=env.get(MECHANISM_ENV) or None,
+            sasl_username=env.get(USERNAME_ENV) or None,
+            sasl_password=env.get(PASSWORD_ENV) or None,
         )
 
     def with_bootstrap(self, bootstrap: str) -> KafkaSettings:
@@ -92,6 +147,7 @@ class KafkaSettings:
         """A consumer with no group: it reads exact offsets with assign+seek and never joins."""
         from kafka import KafkaConsumer
 
+        self.check_security()
         kwargs = self.common() | {
             "group_id": None,
             "enable_auto_commit": False,
@@ -105,6 +161,7 @@ class KafkaSettings:
         """A consumer in `group_id`, with group timeouts short enough for quick joins."""
         from kafka import KafkaConsumer
 
+        self.check_security()
         kwargs = self.common() | {
             "group_id": group_id,
             "enable_auto_commit": False,
@@ -118,10 +175,208 @@ class KafkaSettings:
         """A producer tuned for throughput with acks from the leader."""
         from kafka import KafkaProducer
 
+        self.check_security()
         kwargs = self.common() | {"acks": 1, "linger_ms": 5, "batch_size": 256 * 1024}
         return KafkaProducer(**(kwargs | overrides))
 
     def admin(self):
         from kafka import KafkaAdminClient
 
+        self.check_security()
         return KafkaAdminClient(**self.common())
+
+    # --- security pre-flight -------------------------------------------------------------------
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context kafka-python will use, built the same way (CA, client cert, hostname check)."""
+        for env_name, path in (
+            (CAFILE_ENV, self.ssl_cafile),
+            (CERTFILE_ENV, self.ssl_certfile),
+            (KEYFILE_ENV, self.ssl_keyfile),
+        ):
+            if path and not Path(path).is_file():
+                raise BrokerConfigError(f"{env_name}={path}: no such file")
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # exactly as kafka-python builds it
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.check_hostname = self.ssl_check_hostname
+            if self.ssl_cafile:
+                context.load_verify_locations(self.ssl_cafile)
+            else:
+                context.load_default_certs()
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        except ssl.SSLError as exc:
+            raise BrokerConfigError(
+                f"cannot load the TLS files ({CAFILE_ENV}={self.ssl_cafile}, {CERTFILE_ENV}={self.ssl_certfile}, "
+                f"{KEYFILE_ENV}={self.ssl_keyfile}): {exc}; they must be PEM files, the key matching the certificate"
+            ) from exc
+        return context
+
+    def check_security(self) -> None:
+        """With TLS or SASL configured, prove the handshake works on the first bootstrap broker that
+        accepts a TCP connection, or raise BrokerSecurityError naming the fix. PLAINTEXT: no-op.
+
+        Standard Kafka protocol only: the TLS handshake, then SaslHandshake (SASL) or ApiVersions (TLS,
+        which also surfaces a TLS 1.3 broker rejecting our client certificate after the handshake).
+        Unreachable brokers are left to the caller's own unreachable handling.
+        """
+        if self.security_protocol == "PLAINTEXT":
+            return
+        context = self.ssl_context() if "SSL" in self.security_protocol else None
+        timeout_s = self.security_check_timeout_ms / 1000
+        for address in self.bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            host = host.strip("[]")
+            try:
+                sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+            except (OSError, ValueError):
+                continue
+            try:
+                sock.settimeout(timeout_s)
+                if context is not None:
+                    sock = self._tls_handshake(context, sock, host, address, timeout_s)
+                self._first_request(sock, address, timeout_s)
+            finally:
+                sock.close()
+            return
+
+    def _tls_handshake(
+        self, context: ssl.SSLContext, sock: socket.socket, host: str, address: str, timeout_s: float
+    ) -> ssl.SSLSocket:
+        try:
+            return context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or str(exc)
+            if exc.verify_code == 62 or "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
+                fix = (
+                    f"the certificate does not name {host!r}: use a host name the certificate lists in "
+                    f"{BOOTSTRAP_ENV} (and as the broker's advertised listener), or, at your own risk, set "
+                    f"{CHECK_HOSTNAME_ENV}=false"
+                )
+            elif exc.verify_code == 10 or "expired" in reason.lower():
+                fix = "the broker's certificate has expired: renew it on the broker"
+            else:
+                trusted = self.ssl_cafile or "the system's default CAs"
+                fix = (
+                    f"the broker's certificate is not signed by a CA this client trusts ({trusted}): set "
+                    f"{CAFILE_ENV} to the PEM file of the CA that signed the broker's certificate"
+                )
+            raise BrokerSecurityError(
+                f"TLS verification of the Kafka broker at {address} failed ({reason}): {fix}"
+            ) from exc
+        except TimeoutError as exc:
+            raise BrokerSecurityError(
+                f"no TLS handshake answer from the Kafka broker at {address} within {timeout_s:g}s: it is probably "
+                f"a plaintext listener; set {PROTOCOL_ENV}=PLAINTEXT (or SASL_PLAINTEXT), or point {BOOTSTRAP_ENV} "
+                "at the broker's TLS listener"
+            ) from exc
+        except (ssl.SSLError, ConnectionError) as exc:
+            raise BrokerSecurityError(self._explain_tls_failure(exc, address)) from exc
+
+    def _explain_tls_failure(self, exc: OSError, address: str) -> str:
+        text = str(exc).lower()
+        if "alert" in text and any(word in text for word in _CLIENT_CERT_ALERTS):
+            have = f"sent {self.ssl_certfile}" if self.ssl_certfile else "sent no client certificate"
+            return (
+                f"the Kafka broker at {address} rejected this client's certificate ({have}; {exc}): set "
+                f"{CERTFILE_ENV} and {KEYFILE_ENV} to a client certificate and key signed by a CA the broker trusts"
+            )
+        if isinstance(exc, ssl.SSLEOFError | ConnectionError):  # closed mid-handshake, no alert: ambiguous
+            client_cert = (
+                f"it may require a client certificate: set {CERTFILE_ENV} and {KEYFILE_ENV} (none set now)"
+                if not self.ssl_certfile
+                else f"it may not trust the client certificate {self.ssl_certfile} ({CERTFILE_ENV})"
+            )
+            return (
+                f"the Kafka broker at {address} closed the TLS handshake ({exc!r}): {client_cert}; or it is not a "
+                f"TLS listener: then set {PROTOCOL_ENV}=PLAINTEXT (or SASL_PLAINTEXT)"
+            )
+        return (
+            f"TLS with the Kafka broker at {address} failed ({exc!r}): is it a TLS listener? For a plaintext "
+            f"listener set {PROTOCOL_ENV}=PLAINTEXT (or SASL_PLAINTEXT)"
+        )
+
+    def _first_request(self, sock: socket.socket, address: str, timeout_s: float) -> None:
+        sasl = "SASL" in self.security_protocol
+        # Request header v1: api_key, api_version, correlation_id, client_id. SaslHandshake v1 (key 17)
+        # carries the mechanism; ApiVersions v0 (key 18) has an empty body. Both are allowed before auth.
+        api_key, version = (17, 1) if sasl else (18, 0)
+        body = _kafka_string(self.sasl_mechanism or "") if sasl else b""
+        request = struct.pack(">hhi", api_key, version, 1) + _kafka_string("streamfit-check") + body
+        try:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            response = _recv_frame(sock)
+        except TimeoutError:
+            return  # slow, not insecure: the client's own timeouts take over
+        except (ssl.SSLError, ConnectionError) as exc:
+            raise BrokerSecurityError(self._explain_tls_failure(exc, address)) from exc
+        if response is None:
+            fix = f"check that its listener is {self.security_protocol} ({PROTOCOL_ENV})"
+            if "SSL" in self.security_protocol:
+                fix += f"; if it requires client certificates, set {CERTFILE_ENV} and {KEYFILE_ENV}"
+            raise BrokerSecurityError(f"the Kafka broker at {address} closed the connection at once: {fix}")
+        if sasl and len(response) >= 6:
+            (error_code,) = struct.unpack_from(">h", response, 4)
+            if error_code:
+                from kafka.errors import for_code
+
+                offered = _kafka_string_array(response, 6)
+                no_sasl = "SSL" if "SSL" in self.security_protocol else "PLAINTEXT"
+                raise BrokerSecurityError(
+                    f"the Kafka broker at {address} refused SASL mechanism {self.sasl_mechanism} "
+                    f"({for_code(error_code).__name__}, error {error_code}; mechanisms it lists: {offered}): set "
+                    f"{MECHANISM_ENV} to a mechanism enabled on that listener, or {PROTOCOL_ENV}={no_sasl} if the "
+                    "listener has no SASL"
+                )
+
+
+# TLS alerts a broker sends when it refuses the client's certificate (or the lack of one).
+_CLIENT_CERT_ALERTS = (
+    "certificate required",
+    "unknown ca",
+    "bad certificate",
+    "certificate unknown",
+    "handshake failure",
+)
+
+
+def _kafka_string(value: str) -> bytes:
+    raw = value.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def _kafka_string_array(buf: bytes, offset: int) -> list[str]:
+    try:
+        (count,) = struct.unpack_from(">i", buf, offset)
+        offset += 4
+        out = []
+        for _ in range(max(count, 0)):
+            (length,) = struct.unpack_from(">h", buf, offset)
+            offset += 2
+            out.append(buf[offset : offset + length].decode(errors="replace"))
+            offset += length
+        return out
+    except struct.error:
+        return []
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _recv_frame(sock: socket.socket) -> bytes | None:
+    """One Kafka response frame (correlation id first), or None if the broker closed the connection."""
+    header = _recv_exact(sock, 4)
+    if header is None:
+        return None
+    (size,) = struct.unpack(">i", header)
+    if not 0 <= size <= 1 << 20:
+        return b""
+    return _recv_exact(sock, size)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.kafka_config import BOOTSTRAP_ENV, BrokerConfigError, BrokerSecurityError, KafkaSettings
 from dagster_project.offsets import PartitionState, Ranges
 
 
@@ -80,6 +80,8 @@ def _open_reader(settings: KafkaSettings, **overrides):
         if not consumer.bootstrap_connected():
             consumer.topics()  # forces a metadata round trip so an unreachable broker fails here
         return consumer
+    except (BrokerSecurityError, BrokerConfigError) as exc:  # reachable, but misconfigured: say what to fix
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} is unreachable: {exc!r}") from exc
 

@@ -153,6 +153,8 @@ class DriftSpec(_Strict):
     retrain_mode: Literal["fresh", "warm"] = "fresh"  # fresh model on a recent window, or from the champion
     retrain_window_rows: int = Field(default=5000, ge=1)
     retrain_epochs: int = Field(default=2, ge=1)
+    full_retrain_cron: str = "0 3 * * *"  # the scheduled sliding-window retrain
+    report_cron: str = "0 * * * *"
 
     @model_validator(mode="after")
     def _psi_order(self) -> DriftSpec:

@@ -11,6 +11,7 @@ import dagster as dg
 import orjson
 
 from assets.training import batch_run_config
+from dagster_project.kafka_config import BrokerConfigError
 from dagster_project.kafka_io import BrokerUnavailable, probe_partitions
 from dagster_project.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
 from dagster_project.registry import expected_offsets
@@ -62,7 +63,7 @@ def evaluate(
     head, expected, _ = expected_offsets(registry.get(), spec.name)
     try:
         states = probe_partitions(kafka.settings(), spec.events_topic, expected)
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, BrokerConfigError) as exc:
         return dg.SkipReason(f"{spec.name}: {exc}; nothing planned, nothing advanced")
     if not states:
         return dg.SkipReason(

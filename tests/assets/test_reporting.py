@@ -1,0 +1,31 @@
+"""The report asset and the scheduled full retrain, on real training runs."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project.kafka_io import probe_partitions
+from tests.helpers import produce_synthetic, run_batch
+
+
+def test_report_and_scheduled_retrain(kafka_settings, spec, registry, stream_defs, instance):
+    produce_synthetic(kafka_settings, spec, 900)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    for k in range(3):
+        ranges = {s.partition: (s.high_water * k // 3, s.high_water * (k + 1) // 3) for s in states}
+        assert run_batch(stream_defs, spec, ranges, instance).success
+
+    schedule = stream_defs.resolve_schedule_def(f"{spec.name}_full_retrain")
+    request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
+    retrain_job = stream_defs.resolve_job_def(f"{spec.name}_retrain")
+    assert retrain_job.execute_in_process(run_config=request.run_config, instance=instance).success
+    retrained = registry.head(spec.name)
+    assert retrained.meta["retrain"]["reasons"][0].startswith("scheduled full retrain")
+    assert retrained.learned == registry.get(spec.name, "v3").learned  # re-learning moves no offsets
+
+    report = stream_defs.resolve_job_def(f"{spec.name}_report").execute_in_process(instance=instance)
+    metadata = report.asset_materializations_for_node(f"{spec.name}__report")[0].metadata
+    markdown = metadata["report"].value
+    assert "| v3 |" in markdown and "| v4 |" in markdown and "retrain" in markdown
+    assert metadata["versions"].value == 4 and metadata["retrains"].value == 1
+    assert metadata["rows_learned"].value == 900
