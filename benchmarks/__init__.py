@@ -1,0 +1,1 @@
+"""Streamfit's benchmarks: `python -m benchmarks --quick|--full` (see benchmarks/README.md)."""

