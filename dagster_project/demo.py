@@ -8,6 +8,7 @@ number of versions exists (or Ctrl-C). Everything it started is stopped on the w
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -25,7 +26,14 @@ from dagster_project.services import DagsterServices
 from dagster_project.spec import get_spec
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(versions: int | None, stream: str, rate: float, rows: int, ui_port: int | None, timeout_s: float) -> int:
+    # SIGTERM (a supervisor, `timeout`) takes the Ctrl-C path, so everything started is stopped:
+    # the children run in their own sessions and would otherwise outlive the demo.
+    signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as stack:
         home = Path(os.environ.get("STREAMFIT_HOME") or stack.enter_context(tempfile.TemporaryDirectory()))
         home = home.resolve()
