@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import dagster as dg
 
 from assets.training import batch_run_config
@@ -23,3 +30,48 @@ def produce_synthetic(settings: KafkaSettings, spec: StreamSpec, rows: int, star
 def run_batch(defs: dg.Definitions, spec: StreamSpec, ranges: Ranges, instance: dg.DagsterInstance, **kwargs):
     job = defs.resolve_job_def(f"{spec.name}_training")
     return job.execute_in_process(run_config=batch_run_config(spec, ranges), instance=instance, **kwargs)
+
+
+STREAMFIT = str(Path(sys.executable).with_name("streamfit"))
+
+
+class StreamfitProcess:
+    """A `streamfit ...` command as a child process; a reader thread collects its output lines."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [STREAMFIT, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout_s: float = 30.0, prefix: bool = False) -> str:
+        """The first new output line containing (or, with `prefix`, starting with) `text`."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if line.startswith(text) if prefix else text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} within {timeout_s}s; output: {self.seen}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import orjson
@@ -22,9 +17,7 @@ from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
 from dagster_project.kafka_io import ensure_topics, probe_partitions, read_range, topic_partitions
 from dagster_project.registry import FilesystemRegistry
 from dagster_project.spec import StreamSpec
-from tests.helpers import produce_synthetic
-
-STREAMFIT = Path(sys.executable).with_name("streamfit")
+from tests.helpers import StreamfitProcess, produce_synthetic
 
 
 @pytest.fixture
@@ -130,39 +123,14 @@ def test_models_list(cli, spec: StreamSpec, registry: FilesystemRegistry) -> Non
     assert lines[1].startswith(" ") and "parent    v1" in lines[1]
 
 
-class BrokerProcess:
+class BrokerProcess(StreamfitProcess):
     """`streamfit broker` as a child process, its output lines collected by a reader thread."""
 
     def __init__(self, port: int) -> None:
-        self.proc = subprocess.Popen(
-            [str(STREAMFIT), "broker", "--port", str(port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
+        super().__init__(["broker", "--port", str(port)])
 
     def wait_for(self, prefix: str, timeout_s: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(line)
-            if line.startswith(prefix):
-                return line
-        raise AssertionError(f"no line starting with {prefix!r}; output so far: {self.seen}")
+        return super().wait_for(prefix, timeout_s, prefix=True)
 
     def children(self) -> list[int]:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import queue
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -53,8 +50,8 @@ from tests.dagster_project.serving.support import (
     train_version,
     wait_for,
 )
+from tests.helpers import StreamfitProcess
 
-STREAMFIT = Path(sys.executable).with_name("streamfit")
 # Tansu joins a group after session_timeout/2: a shorter session makes each in-process start ~1 s faster.
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
 
@@ -451,44 +448,13 @@ def write_spec(spec: StreamSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     return directory
 
 
-class JoinProcess:
+class JoinProcess(StreamfitProcess):
+    """`streamfit labels join <stream>` serving its metrics on a free port."""
+
     def __init__(self, spec: StreamSpec, bootstrap: str) -> None:
-        self.proc = subprocess.Popen(
-            [str(STREAMFIT), "labels", "join", spec.name, "--metrics-port", "0", "--metrics-addr", "127.0.0.1"],
-            env=os.environ | {BOOTSTRAP_ENV: bootstrap},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        args = ["labels", "join", spec.name, "--metrics-port", "0", "--metrics-addr", "127.0.0.1"]
+        super().__init__(args, env=os.environ | {BOOTSTRAP_ENV: bootstrap})
         self.url = self.wait_for("metrics on ").rsplit("metrics on ", 1)[1]
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout_s: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r} within {timeout_s}s; output: {self.seen}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def test_cli_join_killed_and_restarted_keeps_exact_totals(

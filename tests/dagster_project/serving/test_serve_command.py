@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,52 +24,19 @@ from tests.dagster_project.serving.support import (
     train_version,
     wait_for,
 )
+from tests.helpers import StreamfitProcess
 
-STREAMFIT = Path(sys.executable).with_name("streamfit")
 MAX_POLL_RECORDS = 50
 
 
-class ServeProcess:
+class ServeProcess(StreamfitProcess):
     """`streamfit serve <stream>` with the test's STREAMFIT_HOME/STREAMFIT_STREAMS and the test broker."""
 
     def __init__(self, spec: StreamSpec, bootstrap: str) -> None:
-        self.proc = subprocess.Popen(
-            [str(STREAMFIT), "serve", spec.name, "--port", "0", "--max-poll-records", str(MAX_POLL_RECORDS)],
-            env=os.environ | {BOOTSTRAP_ENV: bootstrap},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        args = ["serve", spec.name, "--port", "0", "--max-poll-records", str(MAX_POLL_RECORDS)]
+        super().__init__(args, env=os.environ | {BOOTSTRAP_ENV: bootstrap})
         line = self.wait_for("; HTTP on ")
         self.url = line.rsplit("HTTP on ", 1)[1]
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout_s: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r} within {timeout_s}s; output: {self.seen}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def test_kill_9_and_restart_loses_nothing_and_repeats_at_most_one_batch(
