@@ -129,16 +129,23 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         description=f"{spec.model.estimator} after test-then-train on the batch (prequential metrics first).",
     )
     def model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, registry: RegistryResource):
-        from dagster_project.training import test_then_train
+        from dagster_project.training import test_then_train_partitioned
 
         reg = registry.get()
         head = reg.head(name)
         estimator = reg.load_estimator(name, head.name) if head else None
         labelled = micro_batch.labelled
         started = time.perf_counter()
+        scale_out: dict = {}
         if labelled.any():
-            estimator, metrics, _ = test_then_train(estimator, spec, micro_batch.X[labelled], micro_batch.y[labelled])
+            estimator, metrics, _, fit = test_then_train_partitioned(
+                estimator, spec, micro_batch.X[labelled], micro_batch.y[labelled], micro_batch.partitions[labelled]
+            )
             numeric = metrics.as_metadata()
+            if spec.model.scale_out.workers > 1:  # off: metrics and metadata exactly as before
+                numeric |= fit.metrics()
+                scale_out = fit.as_metadata()
+                context.log.info(f"{name}: learned with {fit.workers} worker(s), rows {fit.group_rows}: {fit.reason}")
         elif estimator is None:
             # Nothing can be trained or exported, but the offsets were handled: the next version records them.
             ends = {p: end for p, (_, end) in micro_batch.ranges.items()}
@@ -154,7 +161,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         crash_point("after_train")
         yield dg.Output(
             TrainedModel(estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds),
-            metadata={**numeric, "parent": head.name if head else "none"},
+            metadata={**scale_out, **numeric, "parent": head.name if head else "none"},
         )
 
     @dg.asset(

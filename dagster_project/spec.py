@@ -52,6 +52,32 @@ class LabelSpec(_Strict):
     classes: list[Any] | None = None
 
 
+# Estimators whose per-partition models scale-out can combine (dagster_project/scale_out.py):
+# parameters averaged (SGD, passive-aggressive, MLP) or statistics merged exactly (naive Bayes).
+SCALE_OUT_ESTIMATORS = (
+    "sgd_classifier",
+    "sgd_regressor",
+    "passive_aggressive",
+    "mlp_classifier",
+    "mlp_regressor",
+    "gaussian_nb",
+    "bernoulli_nb",
+)
+
+
+class ScaleOutSpec(_Strict):
+    """Fit each partition group's share of a batch in its own process and combine the models.
+
+    Partitions are split round-robin into ``workers`` groups (partition p goes to group
+    p % workers). A batch gets fewer workers when it has fewer non-empty partitions than
+    ``workers``, or fewer than ``min_rows_per_worker`` rows per worker; with one, it is fitted
+    sequentially as if scale-out were off. ``workers: 1`` (the default) is off.
+    """
+
+    workers: int = Field(default=1, ge=1)
+    min_rows_per_worker: int = Field(default=5000, ge=1)
+
+
 class ModelSpec(_Strict):
     """Which estimator learns, with which scikit-learn parameters."""
 
@@ -59,6 +85,30 @@ class ModelSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     scale: bool = True
     seed: int = 0
+    scale_out: ScaleOutSpec = ScaleOutSpec()
+
+    @model_validator(mode="after")
+    def _scale_out_can_combine(self) -> ModelSpec:
+        if self.scale_out.workers <= 1:
+            return self
+        supported = f"scale-out supports {', '.join(SCALE_OUT_ESTIMATORS)}"
+        if self.estimator not in SCALE_OUT_ESTIMATORS:
+            raise ValueError(
+                f"model.scale_out.workers is {self.scale_out.workers} but {self.estimator!r} cannot be combined "
+                f"across workers; {supported}"
+            )
+        if self.estimator.startswith("mlp_"):
+            solver = self.params.get("solver", "adam")
+            if solver not in ("adam", "sgd"):
+                raise ValueError(
+                    f"model.scale_out needs an incremental MLP solver ('adam' or 'sgd'), got {solver!r}; {supported}"
+                )
+            if not isinstance(self.params.get("random_state", self.seed), int):
+                raise ValueError(
+                    "model.scale_out with an MLP needs an integer random_state (or none, to use model.seed): "
+                    "workers of a new model must start from the same initial weights to be averaged"
+                )
+        return self
 
 
 class BatchSpec(_Strict):

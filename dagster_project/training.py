@@ -14,7 +14,9 @@ import numpy as np
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
+from dagster_project import scale_out
 from dagster_project.estimators import build_model, partial_fit
+from dagster_project.scale_out import ScaleOutReport
 from dagster_project.spec import StreamSpec
 
 
@@ -53,6 +55,24 @@ def test_then_train(
     the full probability (or decision) matrix; for regressors the predictions.
     ``y`` holds class indices 0..k-1 for classification.
     """
+    new_model, metrics, scores, _ = _test_then_fit(model, spec, X, y, None)
+    return new_model, metrics, scores
+
+
+def test_then_train_partitioned(
+    model: Pipeline | None, spec: StreamSpec, X: np.ndarray, y: np.ndarray, partitions: np.ndarray
+) -> tuple[Pipeline, BatchMetrics, np.ndarray | None, ScaleOutReport]:
+    """``test_then_train`` that learns per partition group when ``spec.model.scale_out`` asks for it.
+
+    Scoring is unchanged (the whole batch, by the parent model). ``partitions`` is each row's Kafka
+    partition; the fourth value says how the batch was learned (workers, rows per group, seconds).
+    """
+    return _test_then_fit(model, spec, X, y, np.asarray(partitions))
+
+
+def _test_then_fit(
+    model: Pipeline | None, spec: StreamSpec, X: np.ndarray, y: np.ndarray, partitions: np.ndarray | None
+) -> tuple[Pipeline, BatchMetrics, np.ndarray | None, ScaleOutReport | None]:
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if X.ndim != 2 or X.shape[1] != len(spec.features):
@@ -72,8 +92,11 @@ def test_then_train(
             metrics, scores = _score_classifier(new_model, X, y, classes)
         else:
             metrics, scores = _score_regressor(new_model, X, y)
-    partial_fit(new_model, X, y, classes)
-    return new_model, metrics, scores
+    if partitions is None:
+        partial_fit(new_model, X, y, classes)
+        return new_model, metrics, scores, None
+    new_model, report = scale_out.fit(new_model, spec, X, y, partitions, classes)
+    return new_model, metrics, scores, report
 
 
 def evaluate(model: Pipeline, spec: StreamSpec, X: np.ndarray, y: np.ndarray) -> BatchMetrics:
@@ -86,6 +109,7 @@ def evaluate(model: Pipeline, spec: StreamSpec, X: np.ndarray, y: np.ndarray) ->
 
 # Not a test, despite the name: keeps pytest from collecting it when a test module imports it.
 test_then_train.__test__ = False  # type: ignore[attr-defined]
+test_then_train_partitioned.__test__ = False  # type: ignore[attr-defined]
 
 
 def _score_classifier(

@@ -9,6 +9,7 @@ import pytest
 from dagster_project.kafka_io import committed_group_offsets, probe_partitions, read_range
 from dagster_project.onnx_export import OnnxModel
 from dagster_project.spec import StreamSpec
+from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic, run_batch
 
 
@@ -127,3 +128,30 @@ def test_a_batch_that_skips_offsets_is_refused(kafka_settings, spec, registry, s
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "batch refused (gap)" in str(failure.event_specific_data.error)
     assert len(registry.versions(spec.name)) == 1
+
+
+@pytest.mark.parametrize(
+    "spec", [synthetic_spec(model={"scale_out": {"workers": 2, "min_rows_per_worker": 100}})], ids=["scale_out"]
+)
+def test_scaled_out_batch_registers_one_version_with_the_batch_offsets(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    produce_synthetic(kafka_settings, spec, 1000)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    first = {s.partition: (0, s.high_water // 2) for s in states}
+    second = {s.partition: (s.high_water // 2, s.high_water) for s in states}
+
+    assert run_batch(stream_defs, spec, first, instance).success
+    result = run_batch(stream_defs, spec, second, instance)
+
+    assert result.success
+    v1, v2 = registry.versions(spec.name)
+    assert v2.parent == v1.name
+    assert v2.learned == {p: end for p, (_, end) in second.items()}
+    assert v2.meta["offsets"]["batch"] == {str(p): [s, e] for p, (s, e) in second.items()}
+    assert v2.meta["metrics"]["scale_out_workers"] == 2 and v2.meta["metrics"]["accuracy"] > 0.85
+    assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == v2.learned
+    (materialization,) = result.asset_materializations_for_node(f"{spec.name}__model")
+    assert materialization.metadata["scale_out_workers"].value == 2
+    assert materialization.metadata["scale_out"].value["groups"] == ["p0", "p1"]  # one learner per partition
+    assert materialization.metadata["scale_out"].value["group_rows"] == [end - start for start, end in second.values()]
