@@ -246,6 +246,56 @@ def render(results: dict[str, Any]) -> str:
         if sc.get("peak_rss_mib"):
             out.append(f"   scorer (streamfit serve) peak RSS after scoring: {_range(sc['peak_rss_mib'])} MiB")
 
+    scale = results.get("scale_out")
+    if scale and "estimators" in scale:
+        out += [
+            "",
+            f"6. Scale-out training: sequential partial_fit vs {scale['workers']} worker processes, same rows "
+            f"({scale['partitions']} partitions)",
+        ]
+        rows = []
+        for name, r in scale["estimators"].items():
+            acc = r["accuracy"]
+            rows.append(
+                [
+                    name,
+                    f"{r['rows']:,} x{r['repeats']}",
+                    _range(r["sequential_s"], 3),
+                    _range(r["scale_out_s"], 3),
+                    _range(r["speedup"], 2),
+                    _n(r["pool_start_s"], 2),
+                    f"{_n(acc['sequential']['roc_auc'], 4)} / {_n(acc['scale_out']['roc_auc'], 4)}",
+                    f"{acc['auc_difference']:+.4f}",
+                    f"{_n(acc['sequential']['accuracy'], 4)} / {_n(acc['scale_out']['accuracy'], 4)}",
+                    f"{acc['accuracy_difference']:+.4f}",
+                ]
+            )
+        out += _table(
+            [
+                "estimator",
+                "rows",
+                "sequential fit (s)",
+                "scale-out fit (s)",
+                "speed-up",
+                "pool start-up (s)",
+                "AUC seq / scale-out",
+                "AUC diff",
+                "accuracy seq / scale-out",
+                "acc diff",
+            ],
+            rows,
+        )
+        first = next(iter(scale["estimators"].values()))["accuracy"]
+        methods = ", ".join(f"{k} {_n(v, 2)}" for k, v in scale["start_methods_s"].items())
+        out.append(
+            f"   accuracy: prequential over {first['batches']} batches of {first['batch_rows']:,} rows "
+            f"({first['scored_rows']:,} rows scored before being learned), from a fresh model both ways"
+        )
+        out.append(
+            f"   pool start-up (s) inside a Dagster materialization: {methods}; used: {scale['start_method']} "
+            "(fit times above are with a running pool)"
+        )
+
     targets = results.get("targets")
     if targets:
         out += ["", "Targets (issue 7), each a ratio or figure from this run"]

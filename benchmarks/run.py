@@ -1,7 +1,8 @@
 """`python -m benchmarks [--quick | --full]`: every benchmark in one run, on one broker and one dataset.
 
 Sections (in this order): training throughput, inference (with the scoring service), model
-quality, cost (fresh processes), freshness (the real Dagster daemon). Progress goes to stderr, the
+quality, cost (fresh processes), freshness (the real Dagster daemon), scale-out training
+(sequential vs 2 worker processes on the same rows). Progress goes to stderr, the
 table to stdout; the JSON (and, with matplotlib, a PNG chart) to `--out`, written again after each
 section so a failure late in a run keeps what was measured.
 """
@@ -22,7 +23,7 @@ import orjson
 from benchmarks.common import FULL, PROJECT_ROOT, QUICK, machine_info, progress
 from benchmarks.context import BenchContext
 
-SECTIONS = ("training", "inference", "quality", "cost", "freshness")
+SECTIONS = ("training", "inference", "quality", "cost", "freshness", "scale_out")
 DEFAULT_OUT = {
     "quick": PROJECT_ROOT / "benchmarks" / "results" / "quick",
     "full": PROJECT_ROOT / "benchmarks" / "results",
@@ -50,6 +51,10 @@ def _section(name: str):
         from benchmarks import freshness
 
         return freshness.run
+    if name == "scale_out":
+        from benchmarks import scale_out
+
+        return scale_out.run
     raise ValueError(name)
 
 

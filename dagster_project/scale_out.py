@@ -16,14 +16,18 @@ goes to group ``p % workers``, so a partition keeps its group from batch to batc
    result equals sequential fitting.
 
 Processes: one ``ProcessPoolExecutor`` per training process, created on first use and reused, with
-the ``forkserver`` start method and this module preloaded in the server. Measured inside a process
-running a Dagster materialization (2 cores, loaded machine; pool creation until both workers have
-answered a task): fork 0.03-0.05 s, forkserver 1.7-2.4 s cold (the server imports numpy and
-scikit-learn once; later pools fork from it in 0.05-0.1 s), spawn 3.5-5 s (every worker imports
-scikit-learn). ``fork`` is the cheapest but forks a process with live threads (Dagster's run worker
-has event-log and compute-log threads, Kafka clients have I/O threads) whose locks may be held at
-fork time, so a child can deadlock; ``forkserver`` forks from a single-threaded server instead. The
-benchmark (``benchmarks/scale_out.py``) measures all three again.
+the ``forkserver`` start method and this module preloaded in the server. Start-up of a 2-process
+pool measured inside a Dagster materialization (``benchmarks/scale_out.py``; 2 shared cores, load
+1.2-1.9; timed until both workers have run a task of this module): fork 0.08 s; forkserver 2.0-2.6 s
+cold (the server imports numpy and scikit-learn once), 0.08 s for a later pool forked from the
+running server; spawn 2.7 s (every worker imports scikit-learn). ``fork`` is cheapest but copies a
+process whose other threads may hold locks at that moment: a Dagster run worker can run
+run-cancellation and run-metrics threads, Kafka clients run I/O threads, and scikit-learn's OpenMP
+runtime (libgomp) is not fork-safe once used, so a forked child can hang. ``forkserver`` forks from
+a clean single-threaded server instead, at about the price of ``spawn`` once per process and of
+``fork`` afterwards. As with ``spawn``, each worker re-imports the ``__main__`` module, so an entry
+script must keep its work under ``if __name__ == "__main__":`` (``dagster``, ``pytest`` and
+``python -m benchmarks`` do).
 
 With ``workers == 1``, too few rows (``min_rows_per_worker``) or a single non-empty group, the
 sequential ``estimators.partial_fit`` runs and no pool is started.
@@ -350,6 +354,12 @@ _POOL_KEY: tuple[str, int, int] | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _ready() -> int:
+    """A worker's first task: proves it is up (with this module imported) and says which process it is."""
+    time.sleep(0.05)  # long enough that the next task cannot be picked up by the same process
+    return os.getpid()
+
+
 def start_pool(workers: int, method: str = START_METHOD) -> tuple[ProcessPoolExecutor, float]:
     """The process's pool of ``workers`` processes, started if needed; returns it and the start seconds.
 
@@ -370,9 +380,12 @@ def start_pool(workers: int, method: str = START_METHOD) -> tuple[ProcessPoolExe
             # The server imports numpy/scikit-learn once; each worker then forks from it, already warm.
             context.set_forkserver_preload(["dagster_project.scale_out"])
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-        # Non-fork pools start a process per submit while none is idle: ``workers`` tasks start them all.
-        for future in [pool.submit(time.sleep, 0.05) for _ in range(workers)]:
-            future.result()
+        # Non-fork pools start a process per submit while none is idle: ``workers`` tasks start them all,
+        # and running a function of this module makes a spawned worker import scikit-learn now, not
+        # during the first fit.
+        pids = {future.result() for future in [pool.submit(_ready) for _ in range(workers)]}
+        if len(pids) != workers:
+            raise RuntimeError(f"expected {workers} worker processes, {len(pids)} answered")
         _POOL, _POOL_KEY = pool, key
         return pool, time.perf_counter() - started
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("training", "inference", "quality", "cost", "freshness")
+SECTIONS = ("training", "inference", "quality", "cost", "freshness", "scale_out")
 
 
 @pytest.mark.timeout(900)
@@ -27,7 +27,8 @@ def test_quick_benchmark_prints_the_table_and_writes_every_section(kafka_bootstr
         timeout=840,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    for heading in ("1. Training throughput", "2. Freshness", "3. Inference", "4. Quality", "5. Cost", "Targets"):
+    headings = ("1. Training throughput", "2. Freshness", "3. Inference", "4. Quality", "5. Cost", "6. Scale-out")
+    for heading in (*headings, "Targets"):
         assert heading in done.stdout, done.stdout
     assert "[bench" in done.stderr  # progress says what is being measured
 
@@ -60,5 +61,17 @@ def test_quick_benchmark_prints_the_table_and_writes_every_section(kafka_bootstr
     assert results["quality"]["concept_change"]["streamfit"]["1000"]["accuracy_per_window"]
 
     assert results["cost"]["imports"] and results["cost"]["training_step"]["10000"]["peak_rss_mib"] > 0
+
+    scale_out = results["scale_out"]
+    assert {"fork", "forkserver"} <= set(scale_out["start_methods_s"]) and scale_out["start_method"] == "forkserver"
+    assert set(scale_out["estimators"]) == {"sgd_classifier", "mlp_classifier"}
+    for estimator in scale_out["estimators"].values():
+        assert estimator["workers"] == 2 and sum(estimator["group_rows"]) == estimator["rows"]
+        assert estimator["sequential_s"]["n"] == estimator["scale_out_s"]["n"] == estimator["speedup"]["n"]
+        accuracy = estimator["accuracy"]
+        assert 0.5 < accuracy["sequential"]["roc_auc"] <= 1 and 0.5 < accuracy["scale_out"]["roc_auc"] <= 1
+        assert accuracy["auc_difference"] == pytest.approx(
+            accuracy["scale_out"]["roc_auc"] - accuracy["sequential"]["roc_auc"]
+        )
     assert results["targets"] and all("met" in t for t in results["targets"])
     assert (tmp_path / "latest.txt").read_text().strip() == done.stdout.strip()
