@@ -15,7 +15,7 @@ COPY dagster_project dagster_project
 COPY assets assets
 COPY sensors sensors
 COPY monitors monitors
-RUN pip install .
+RUN pip install '.[fast]'
 
 # Stream specs are read from STREAMFIT_STREAMS; the instance and workspace are the production ones
 # (compose mounts the same files over these, so an edit needs no rebuild).

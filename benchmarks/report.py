@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks.throughput import STAGES, SYSTEMS
 
-COLUMNS = ("streamfit", "river_loop", "floor", "sklearn_partial_fit")  # the table's column order
+COLUMNS = ("streamfit", "river_loop", "floor", "floor_kafka_python", "sklearn_partial_fit")  # table column order
 
 
 def _n(value: float | None, digits: int = 0) -> str:
@@ -70,6 +70,7 @@ def render(results: dict[str, Any]) -> str:
                     *(_range(rps[s]) for s in COLUMNS),
                     _range(ratios["streamfit_vs_river_loop"], 2),
                     _range(ratios["streamfit_vs_floor"], 2),
+                    _range(ratios.get("streamfit_vs_floor_kafka_python"), 2),
                 ]
             )
         out += _table(
@@ -77,10 +78,12 @@ def render(results: dict[str, Any]) -> str:
                 "batch",
                 "streamfit (real path)",
                 "River loop",
-                "floor (read+decode)",
+                f"floor ({training.get('range_reader_client', 'kafka-python')})",
+                "floor (kafka-python)",
                 "sklearn partial_fit",
                 "SF/River",
                 "SF/floor",
+                "SF/floor kafka-python",
             ],
             rows,
         )

@@ -47,14 +47,24 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             "x",
             at,
         )
+        client = _get(results, "training", "range_reader_client") or "kafka-python"
         add(
-            "training path >= 70% of the floor (read + decode)",
+            f"training path >= 70% of the floor (read + decode, {client})",
             _get(sizes, largest, "ratios", "streamfit_vs_floor", "median"),
             0.70,
             True,
             "fraction",
-            at,
+            f"{at}; Streamfit reads with {client}",
         )
+        if client != "kafka-python":
+            add(
+                "training path >= 70% of the kafka-python floor",
+                _get(sizes, largest, "ratios", "streamfit_vs_floor_kafka_python", "median"),
+                0.70,
+                True,
+                "fraction",
+                f"{at}; the River loop's client",
+            )
     fresh = results.get("freshness") or {}
     if "head_learned_s" in fresh:
         add(

@@ -16,6 +16,9 @@ first, which every system has already learned, so each measures a steady-state b
   assign + seek over the same range, `json.loads` per message, `learn_one` on
   `StandardScaler | LogisticRegression`.
 - **floor**: the same client's bare range read + `orjson.loads` of every message, nothing else.
+  "The same client" is the one Streamfit reads ranges with (`KafkaSettings.range_reader_client()`:
+  confluent-kafka when installed); **floor_kafka_python** is the same floor through kafka-python,
+  the River loop's client, so both comparisons are side by side.
 - **sklearn_partial_fit**: `estimators.partial_fit` on the same rows already in memory.
 """
 
@@ -37,12 +40,12 @@ import orjson
 from benchmarks.common import progress, ratio, summary, unique_name
 from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin
-from dagster_project.kafka_config import KafkaSettings
+from dagster_project.kafka_config import KAFKA_PYTHON, KafkaSettings
 from dagster_project.offsets import Ranges
 from dagster_project.spec import StreamSpec
 
 WARMUP_ROWS = 1_000
-SYSTEMS = ("floor", "river_loop", "streamfit", "sklearn_partial_fit")
+SYSTEMS = ("floor", "floor_kafka_python", "river_loop", "streamfit", "sklearn_partial_fit")
 STAGES = (
     "kafka read",
     "parse + validate events",
@@ -94,8 +97,51 @@ def consume_range(settings: KafkaSettings, topic: str, ranges: Ranges, handle: C
     return seen
 
 
-def floor_read(settings: KafkaSettings, topic: str, ranges: Ranges) -> int:
+def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges, handle: Callable[[list], None]) -> int:
+    """The same exact-range read with confluent-kafka (assign at the start offsets, no group join)."""
+    from confluent_kafka import TopicPartition as ConfluentPartition
+
+    consumer = settings.confluent_range_reader()
+    seen = 0
+    try:
+        todo = {p: end for p, (start, end) in ranges.items() if end > start}
+        consumer.assign([ConfluentPartition(topic, p, ranges[p][0]) for p in todo])
+        deadline = time.monotonic() + 60
+        while todo:
+            kept = []
+            for message in consumer.consume(num_messages=10_000, timeout=0.2):
+                if message.error() is not None:
+                    raise RuntimeError(f"range read of {topic}: {message.error().str()}")
+                end = todo.get(message.partition())
+                if end is None:
+                    continue
+                if message.offset() < end:
+                    kept.append(message)
+                if message.offset() + 1 >= end:
+                    del todo[message.partition()]
+                    consumer.pause([ConfluentPartition(topic, message.partition())])
+            handle(kept)
+            seen += len(kept)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"range read of {topic} {ranges} stalled; {todo} left")
+    finally:
+        consumer.close()
+    return seen
+
+
+def floor_read(settings: KafkaSettings, topic: str, ranges: Ranges, client: str | None = None) -> int:
+    """Bare read + decode with `client` (default: the client Streamfit's range reads use)."""
+    from dagster_project.kafka_config import CONFLUENT
+
     loads = orjson.loads
+    client = client or settings.range_reader_client()
+    if client == CONFLUENT:
+
+        def handle_confluent(messages: list) -> None:
+            for m in messages:
+                loads(m.value())
+
+        return consume_range_confluent(settings, topic, ranges, handle_confluent)
 
     def handle(records: list) -> None:
         for r in records:
@@ -297,13 +343,17 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         X, y = X_all[WARMUP_ROWS : WARMUP_ROWS + rows], y_all[WARMUP_ROWS : WARMUP_ROWS + rows]
         seconds: dict[str, list[float]] = defaultdict(list)
         stages: dict[str, list[float]] = defaultdict(list)
-        progress(f"training: batch {rows:,} rows x {repeats} repeats (floor, River loop, Streamfit, sklearn)")
+        progress(f"training: batch {rows:,} rows x {repeats} repeats ({', '.join(SYSTEMS)})")
         for r in range(repeats):
             order = SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]  # rotate: no system always first
             for system in order:
                 if system == "floor":
                     t = time.perf_counter()
                     n = floor_read(settings, spec.events_topic, ranges)
+                    elapsed = time.perf_counter() - t
+                elif system == "floor_kafka_python":
+                    t = time.perf_counter()
+                    n = floor_read(settings, spec.events_topic, ranges, client=KAFKA_PYTHON)
                     elapsed = time.perf_counter() - t
                 elif system == "river_loop":
                     model = copy.deepcopy(river_parent)
@@ -336,6 +386,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             ],
             "streamfit_vs_floor": [ratio(a, b) for a, b in zip(rates["streamfit"], rates["floor"], strict=True)],
             "river_loop_vs_floor": [ratio(a, b) for a, b in zip(rates["river_loop"], rates["floor"], strict=True)],
+            "streamfit_vs_floor_kafka_python": [
+                ratio(a, b) for a, b in zip(rates["streamfit"], rates["floor_kafka_python"], strict=True)
+            ],
+            "floor_vs_floor_kafka_python": [
+                ratio(a, b) for a, b in zip(rates["floor"], rates["floor_kafka_python"], strict=True)
+            ],
             "streamfit_vs_sklearn_partial_fit": [
                 ratio(a, b) for a, b in zip(rates["streamfit"], rates["sklearn_partial_fit"], strict=True)
             ],
@@ -358,6 +414,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "description": "rows/s per system on the same offset range; ratios per repeat (side by side), then median",
         "stream": spec.name,
         "partitions": spec.partitions,
+        "range_reader_client": settings.range_reader_client(),
         "warmup_rows": WARMUP_ROWS,
         "produce_rows_per_s": total / produce_seconds,
         "cold_first_batch_s": cold_first_batch_s,

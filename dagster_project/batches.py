@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from dagster_project.events import EventParser, InvalidEvent, dead_letter
+from dagster_project.events import EventParser, dead_letter
 from dagster_project.kafka_config import KafkaSettings
-from dagster_project.kafka_io import read_range
+from dagster_project.kafka_io import RawRecord, read_range
 from dagster_project.offsets import Ranges
 from dagster_project.spec import StreamSpec
 
@@ -52,53 +55,51 @@ def read_batch(
     Re-reads of data already handled (retraining on a window) pass `dead_letter_invalid=False`
     so a bad message is dead-lettered once, not once per read.
     """
-    parser = EventParser(spec)
-    rows: list[list[float]] = []
-    labels: list[float] = []
-    ids: list[str] = []
-    partitions: list[int] = []
-    offsets: list[int] = []
-    reasons: Counter = Counter()
-    producer = None
-    failures: list[Exception] = []
-    try:
-        for record in read_range(settings, spec.events_topic, ranges):
-            try:
-                event = parser.parse(record.value)
-            except InvalidEvent as exc:
-                reason = str(exc)
-                reasons[reason.split(":")[0]] += 1
-                if not dead_letter_invalid:
-                    continue
-                producer = producer or settings.producer()
-                future = producer.send(
-                    spec.dlq_topic,
-                    key=record.key,
-                    value=dead_letter(reason, spec.events_topic, record.partition, record.offset, record.value),
-                )
-                future.add_errback(failures.append)
-                continue
-            rows.append(event.values)
-            label = event.label_index if event.label_index is not None else event.label_value
-            labels.append(np.nan if label is None else float(label))
-            ids.append(event.event_id)
-            partitions.append(record.partition)
-            offsets.append(record.offset)
-        if producer is not None:
-            producer.flush()  # dead letters are durable before the batch counts as read
-    finally:
-        if producer is not None:
-            producer.close()
-    if failures:
-        raise RuntimeError(f"could not write {len(failures)} dead letters to {spec.dlq_topic}: {failures[0]!r}")
-    width = len(spec.features)
+    with _gc_paused():
+        records = list(read_range(settings, spec.events_topic, ranges))
+        parsed = EventParser(spec).parse_many([record.value for record in records])
+    reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
+    if dead_letter_invalid and parsed.failures:
+        _send_dead_letters(settings, spec, [(records[i], reason) for i, reason in parsed.failures])
     return MicroBatch(
         stream=spec.name,
         ranges=ranges,
-        X=np.asarray(rows, dtype=np.float64).reshape(-1, width),
-        y=np.asarray(labels, dtype=np.float64),
-        ids=ids,
-        partitions=np.asarray(partitions, dtype=np.int32),
-        offsets=np.asarray(offsets, dtype=np.int64),
+        X=parsed.X,
+        y=parsed.y,
+        ids=parsed.ids,
+        partitions=np.fromiter((records[i].partition for i in parsed.index), dtype=np.int32, count=len(parsed.index)),
+        offsets=np.fromiter((records[i].offset for i in parsed.index), dtype=np.int64, count=len(parsed.index)),
         dlq_reasons=reasons,
     )
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a batch's records are built: they hold no cycles, and collections
+    triggered by 100k new tuples cost as much as the Kafka read itself (measured 0.25 s vs 0.4-0.67 s)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _send_dead_letters(settings: KafkaSettings, spec: StreamSpec, refused: list[tuple[RawRecord, str]]) -> None:
+    """Write every refused message to the DLQ and wait until all are durable (or raise)."""
+    failures: list[Exception] = []
+    producer = settings.producer()
+    try:
+        for record, reason in refused:
+            future = producer.send(
+                spec.dlq_topic,
+                key=record.key,
+                value=dead_letter(reason, spec.events_topic, record.partition, record.offset, record.value),
+            )
+            future.add_errback(failures.append)
+        producer.flush()  # dead letters are durable before the batch counts as read
+    finally:
+        producer.close()
+    if failures:
+        raise RuntimeError(f"could not write {len(failures)} dead letters to {spec.dlq_topic}: {failures[0]!r}")

@@ -14,6 +14,7 @@ from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.decisions import decide
 from monitors.evidence import describe, gather
+from sensors.cadence import minimum_interval_for
 from sensors.kafka_sensor import IN_FLIGHT
 
 
@@ -21,7 +22,7 @@ def build_drift_sensor(spec: StreamSpec, rollback_job: dg.JobDefinition, retrain
     @dg.sensor(
         name=f"{spec.name}_drift_sensor",
         jobs=[rollback_job, retrain_job],
-        minimum_interval_seconds=spec.drift.interval_s,
+        minimum_interval_seconds=minimum_interval_for(spec.drift.interval_s),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Watches data drift, the prequential metric ({spec.drift.detector}) and new champions "
         f"of {spec.name}; retrains or rolls back, with a {spec.drift.cooldown_s:g}s cooldown.",

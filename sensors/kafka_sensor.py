@@ -17,6 +17,7 @@ from dagster_project.offsets import BatchPlan, encode_ranges, find_gaps, plan_ba
 from dagster_project.registry import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
+from sensors.cadence import minimum_interval_for
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -32,7 +33,7 @@ def build_kafka_sensor(spec: StreamSpec, job: "dg.JobDefinition") -> dg.SensorDe
     @dg.sensor(
         name=f"{spec.name}_kafka_sensor",
         job=job,
-        minimum_interval_seconds=spec.batch.sensor_interval_s,
+        minimum_interval_seconds=minimum_interval_for(spec.batch.sensor_interval_s),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Launches a training run when {spec.events_topic} has >= {spec.batch.rows} rows waiting "
         f"or the oldest waited {spec.batch.max_wait_s:g}s.",

@@ -41,7 +41,13 @@ def test_quick_benchmark_prints_the_table_and_writes_every_section(kafka_bootstr
     training = results["training"]["sizes"]
     assert set(training) == {"1000", "10000"}
     for size in training.values():
-        assert set(size["rows_per_s"]) == {"streamfit", "river_loop", "floor", "sklearn_partial_fit"}
+        assert set(size["rows_per_s"]) == {
+            "streamfit",
+            "river_loop",
+            "floor",
+            "floor_kafka_python",
+            "sklearn_partial_fit",
+        }
         assert all(s["median"] > 0 for s in size["rows_per_s"].values())
         assert "data quality (GX)" in size["stages_s"] and "ONNX export + parity" in size["stages_s"]
         assert size["ratios"]["streamfit_vs_river_loop"]["median"] > 0

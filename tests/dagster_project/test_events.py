@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import orjson
 import pytest
 
@@ -211,3 +212,89 @@ def test_dead_letter_of_a_real_failure_names_the_feature(parser: EventParser) ->
     record = orjson.loads(dead_letter(str(info.value), "events.events", 0, 7, raw))
     assert "'i'" in record["reason"]
     assert orjson.loads(record["value"]) == orjson.loads(raw)
+
+
+def _corpus() -> list[bytes | None]:
+    """Good and bad messages mixed, including every case the fast path must hand to `parse`."""
+    good = [
+        event(),
+        event(id=42, ts=None, label=0),
+        event(label=DROP),
+        event(features={"i": 4.0, "b": 0, "f": -7}),
+        event(features={"b": 1.0, "i": -2}),
+        event(features={"n": None}),
+        event(ts=DROP),
+        event(label=1.0),
+    ]
+    bad = [
+        None,
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"text"',
+        b'{"id": "e1", "features": {"f": 1e400}}',
+        event(id=DROP),
+        event(id=""),
+        event(id=True),
+        event(id=1.5),
+        event(features=DROP),
+        event(features=[1.5, 3]),
+        event(features={"i": DROP}),
+        event(features={"zz": 1.0}),
+        event(features={"f": "1.5"}),
+        event(features={"f": True}),
+        event(features={"i": 3.5}),
+        event(features={"b": 2}),
+        event(features={"b": 0.5}),
+        event(features={"f": None}),
+        b'{"id": "big", "features": {"f": 1, "i": 100000000000000000000000000, "b": 1, "n": 1}}',  # a float
+        b'{"id": "big", "features": {"f": 1, "i": 1.5e300, "b": 1e300, "n": 1}}',
+        event(ts="yesterday"),
+        event(ts=True),
+        event(label=2),
+        event(label="1"),
+        event(label=True),
+        event(label=[1]),
+    ]
+    return [raw for pair in zip(good * 4, bad + bad[: len(good) * 4 - len(bad)], strict=False) for raw in pair]
+
+
+def _one_by_one(parser: EventParser, values: list[bytes | None]) -> tuple[list, list]:
+    rows, failures = [], []
+    for i, raw in enumerate(values):
+        try:
+            rows.append((i, parser.parse(raw)))
+        except InvalidEvent as exc:
+            failures.append((i, str(exc)))
+    return rows, failures
+
+
+@pytest.mark.parametrize("classes", [[0, 1], [False, True], ["0", "1"]])
+def test_parse_many_matches_parse_message_by_message(classes: list) -> None:
+    """The batch parser is an optimisation only: same rows, same order, same reasons."""
+    parser = EventParser(make_spec(classes=classes))
+    values = _corpus()
+    batch = parser.parse_many(values)
+    rows, failures = _one_by_one(parser, values)
+    assert batch.failures == failures
+    assert batch.index.tolist() == [i for i, _ in rows]
+    assert batch.ids == [e.event_id for _, e in rows]
+    np.testing.assert_array_equal(batch.X, np.asarray([e.values for _, e in rows]).reshape(-1, 4))
+    expected_y = [math.nan if e.label_index is None else e.label_index for _, e in rows]
+    np.testing.assert_array_equal(batch.y, np.asarray(expected_y, dtype=float))
+
+
+def test_parse_many_regression_labels() -> None:
+    parser = EventParser(make_spec("regression"))
+    values = [event(label=2.5), event(label=True), event(label=DROP), event(label="3"), event(label=-4)]
+    batch = parser.parse_many(values)
+    np.testing.assert_array_equal(batch.y, [2.5, math.nan, -4.0])
+    assert batch.index.tolist() == [0, 2, 4]
+    assert [i for i, _ in batch.failures] == [1, 3]
+    assert all("regression label must be a finite number" in reason for _, reason in batch.failures)
+
+
+def test_parse_many_of_nothing() -> None:
+    batch = EventParser(make_spec()).parse_many([])
+    assert batch.X.shape == (0, 4)
+    assert batch.ids == [] and batch.failures == []

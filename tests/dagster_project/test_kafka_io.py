@@ -6,13 +6,21 @@ import random
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from kafka import TopicPartition
 from kafka.partitioner.default import murmur2
 
 from dagster_project.embedded_broker import free_port
-from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.kafka_config import (
+    BOOTSTRAP_ENV,
+    CLIENT_ENV,
+    CONFLUENT,
+    KAFKA_PYTHON,
+    BrokerConfigError,
+    KafkaSettings,
+)
 from dagster_project.kafka_io import (
     BrokerUnavailable,
     check_reachable,
@@ -175,16 +183,24 @@ def check_exact(records: list, ranges: dict[int, tuple[int, int]], everything: d
     assert {r.partition for r in records} <= {p for p, (s, e) in ranges.items() if e > s}
 
 
+# Both clients behind the seam must read exactly the same records.
+CLIENTS = [pytest.param(KAFKA_PYTHON, id="kafka-python"), pytest.param(CONFLUENT, id="confluent")]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("case", range(7))
-def test_read_range_yields_exactly_the_requested_offsets(filled, case: int) -> None:
+def test_read_range_yields_exactly_the_requested_offsets(filled, case: int, client: str) -> None:
     settings, topic, ends, everything = filled
+    settings = replace(settings, client=client)
     assert sum(ends.values()) == ROWS and len(everything) == ROWS
     ranges = fixed_ranges(ends)[case]
     check_exact(list(read_range(settings, topic, ranges)), ranges, everything)
 
 
-def test_read_range_on_random_sub_ranges(filled) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_read_range_on_random_sub_ranges(filled, client: str) -> None:
     settings, topic, ends, everything = filled
+    settings = replace(settings, client=client)
     for seed in range(6):
         ranges = random_ranges(ends, seed)
         check_exact(list(read_range(settings, topic, ranges)), ranges, everything)
@@ -201,8 +217,10 @@ def test_empty_range_does_not_even_connect() -> None:
     assert list(read_range(closed, "any", {0: (3, 3)})) == []
 
 
-def test_read_range_past_the_end_fails_loudly(filled) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_read_range_past_the_end_fails_loudly(filled, client: str) -> None:
     settings, topic, ends, _ = filled
+    settings = replace(settings, client=client)
     with pytest.raises(BrokerUnavailable, match=rf"range read stalled .*at {ends[0]}, expected up to {ends[0] + 3}"):
         list(read_range(settings, topic, {0: (ends[0] - 2, ends[0] + 3)}, stall_timeout_s=0.3))
 
@@ -214,6 +232,7 @@ def test_read_range_past_the_end_fails_loudly(filled) -> None:
         pytest.param(lambda s: probe_partitions(s, "any", {}), id="probe_partitions"),
         pytest.param(lambda s: topic_partitions(s, "any"), id="topic_partitions"),
         pytest.param(lambda s: list(read_range(s, "any", {0: (0, 5)})), id="read_range"),
+        pytest.param(lambda s: list(read_range(replace(s, client=CONFLUENT), "any", {0: (0, 5)})), id="confluent"),
     ],
 )
 def test_closed_port_fails_fast_and_says_what_to_set(call) -> None:
@@ -250,3 +269,34 @@ def test_group_offsets_round_trip(kafka_settings: KafkaSettings) -> None:
     commit_group_offsets(kafka_settings, group, other, {1: 3})
     assert committed_group_offsets(kafka_settings, group, topic) == {0: 9, 1: 7}
     assert committed_group_offsets(kafka_settings, group, other) == {1: 3}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_read_range_before_the_log_start_is_an_error_not_a_jump(kafka_settings: KafkaSettings, client: str) -> None:
+    """Offsets the broker no longer has must fail the read, never silently skip ahead."""
+    topic = f"gone-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_settings, [topic], 1)
+    admin = kafka_settings.admin()
+    producer = kafka_settings.producer()
+    for i in range(10):
+        producer.send(topic, value=b"%d" % i, partition=0)
+    producer.flush()
+    producer.close()
+    try:
+        admin.delete_records({TopicPartition(topic, 0): 5})
+    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
+        pytest.skip(f"broker cannot delete records: {exc!r}")
+    finally:
+        admin.close()
+    with pytest.raises(BrokerUnavailable):
+        list(read_range(replace(kafka_settings, client=client), topic, {0: (0, 10)}, stall_timeout_s=2))
+
+
+def test_unknown_client_name_says_what_to_set() -> None:
+    with pytest.raises(BrokerConfigError, match=CLIENT_ENV):
+        KafkaSettings(bootstrap="localhost:9092", client="librdkafka")
+
+
+def test_auto_reads_with_confluent_when_installed() -> None:
+    assert KafkaSettings(bootstrap="localhost:9092").range_reader_client() == CONFLUENT
+    assert KafkaSettings(bootstrap="localhost:9092", client=KAFKA_PYTHON).range_reader_client() == KAFKA_PYTHON
