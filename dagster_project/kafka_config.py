@@ -225,6 +225,24 @@ class KafkaSettings:
         }
         return Consumer(config | overrides)
 
+    def fast_producer(self, acks: int | str = 1):
+        """A producer for the hot path (the scorer's predictions): confluent-kafka's when range reads
+        use it, else kafka-python's. Same `send` / `flush` / `close` surface either way."""
+        if self.range_reader_client() != CONFLUENT:
+            return self.producer(acks=acks)
+        from dagster_project.fast_producer import ConfluentProducer
+
+        self.check_security()
+        return ConfluentProducer(
+            self.librdkafka_config()
+            | {
+                "acks": str(acks),
+                "linger.ms": 5,
+                "partitioner": "murmur2_random",  # kafka-python's (and Java's) key -> partition mapping
+                "message.timeout.ms": 30_000,
+            }
+        )
+
     def group_consumer(self, group_id: str, **overrides: Any):
         """A consumer in `group_id`, with group timeouts short enough for quick joins."""
         from kafka import KafkaConsumer

@@ -122,7 +122,10 @@ class Scorer:
             max_poll_records=self.max_poll_records,
             **self.consumer_overrides,
         )
-        producer = self.settings.producer(**({"acks": "all"} | self.producer_overrides))
+        if self.producer_overrides:  # kafka-python settings: keep kafka-python's producer
+            producer = self.settings.producer(**({"acks": "all"} | self.producer_overrides))
+        else:
+            producer = self.settings.fast_producer(acks="all")
         try:
             consumer.subscribe([self.spec.events_topic], listener=_Listener(self))
             self._loop(consumer, producer)
@@ -172,31 +175,18 @@ class Scorer:
     def _process(self, producer, batch) -> None:
         served = self.watcher.current  # one snapshot for the whole batch
         spec = self.spec
-        parse = self._parser.parse
+        records = [(tp, record) for tp, tp_records in batch.items() for record in tp_records]
+        ids, rows, index, refused = self._parse([record.value for _, record in records])
+        stamps = [records[i][1].timestamp for i in index]
         futures = []
-        ids: list[str] = []
-        rows: list[list[float]] = []
-        stamps: list[int] = []
-        dlq = 0
-        for tp, records in batch.items():
-            for record in records:
-                try:
-                    event = parse(record.value)
-                except InvalidEvent as exc:
-                    reason = str(exc)
-                except Exception as exc:  # a parser bug must not stop scoring either
-                    reason = f"unexpected error while parsing: {exc!r}"
-                else:
-                    ids.append(event.event_id)
-                    rows.append(event.values)
-                    stamps.append(record.timestamp)
-                    continue
-                letter = dead_letter(reason, tp.topic, tp.partition, record.offset, record.value)
-                futures.append(producer.send(spec.dlq_topic, key=record.key, value=letter))
-                dlq += 1
-        if rows:
+        for i, reason in refused:
+            tp, record = records[i]
+            letter = dead_letter(reason, tp.topic, tp.partition, record.offset, record.value)
+            futures.append(producer.send(spec.dlq_topic, key=record.key, value=letter))
+        dlq = len(refused)
+        if ids:
             started = time.perf_counter()
-            predictions, scores = served.score(np.asarray(rows, dtype=np.float32))
+            predictions, scores = served.score(rows.astype(np.float32))
             self.metrics.inference_latency.labels(spec.name, served.version, "kafka").observe(
                 time.perf_counter() - started
             )
@@ -230,6 +220,30 @@ class Scorer:
             self.metrics.predictions.labels(spec.name, served.version, "kafka").inc(len(ids))
         self.metrics.scoring_batches.labels(spec.name, served.version).inc()
         self.scored += len(ids)
+
+    def _parse(self, values: list[bytes | None]) -> tuple[list[str], np.ndarray, list[int], list[tuple[int, str]]]:
+        """(ids, rows, their positions, refused (position, reason)) for one poll batch."""
+        try:
+            parsed = self._parser.parse_many(values)
+            return parsed.ids, parsed.X, parsed.index.tolist(), parsed.failures
+        except Exception:  # a parser bug must not stop scoring: fall back to one message at a time
+            log.exception("%s: batch parser failed; parsing message by message", self.spec.name)
+        ids: list[str] = []
+        rows: list[list[float]] = []
+        index: list[int] = []
+        refused: list[tuple[int, str]] = []
+        for i, value in enumerate(values):
+            try:
+                event = self._parser.parse(value)
+            except InvalidEvent as exc:
+                refused.append((i, str(exc)))
+            except Exception as exc:
+                refused.append((i, f"unexpected error while parsing: {exc!r}"))
+            else:
+                ids.append(event.event_id)
+                rows.append(event.values)
+                index.append(i)
+        return ids, np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), index, refused
 
     def _commit(self, consumer, offsets: dict[Any, int]) -> None:
         try:
