@@ -51,8 +51,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from river.drift import ADWIN, PageHinkley
-from river.drift.binary import DDM
 
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     # river's defaults except alpha=1 (the classic test): with river's alpha < 1 the cumulative
@@ -96,6 +94,11 @@ class ChangeDetector:
         self.detections: list[int] = []
 
     def _build(self) -> Any:
+        # Imported here: river.drift pulls in scikit-learn (~1.4 s), and every Dagster run worker
+        # imports this module with the definitions before it can start (freshness).
+        from river.drift import ADWIN, PageHinkley
+        from river.drift.binary import DDM
+
         if self.name == "page_hinkley":
             return PageHinkley(mode="up" if self.direction == "up" else "both", **self.params)
         if self.name == "adwin":

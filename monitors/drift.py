@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from monitors.profiles import QUANTILES, bin_counts
 
@@ -211,6 +210,8 @@ def ks_test(reference: Mapping[str, Any] | Sequence[float] | np.ndarray, values:
     sample = sample[~np.isnan(sample)]
     if not sample.size or not values.size:
         raise ValueError("KS needs at least one value on each side")
+    from scipy import stats  # here, not at import: scipy.stats costs ~1.4 s in every run worker's start-up
+
     result = stats.ks_2samp(sample, values)
     return KSResult(float(result.statistic), float(result.pvalue), int(sample.size), int(values.size))
 
@@ -380,6 +381,8 @@ def _class_drift(reference_counts: Mapping[str, int], predictions: np.ndarray, t
     # Half a pseudo-count per class keeps the expected counts positive for classes the reference
     # never saw (chi-square is undefined at zero expectation); it barely moves observed classes.
     smoothed = (ref + 0.5) / (ref + 0.5).sum()
+    from scipy import stats
+
     chi2 = stats.chisquare(now, f_exp=smoothed * rows)
     tvd = float(0.5 * np.abs(now / rows - ref_p).sum())
     psi_value = psi_from_counts(ref, now)
