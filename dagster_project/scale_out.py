@@ -18,7 +18,7 @@ goes to group ``p % workers``, so a partition keeps its group from batch to batc
 Processes: one ``ProcessPoolExecutor`` per training process, created on first use and reused, with
 the ``forkserver`` start method and this module preloaded in the server. Start-up of a 2-process
 pool measured inside a Dagster materialization (``benchmarks/scale_out.py``; 2 shared cores, load
-1.2-1.9; timed until both workers have run a task of this module): fork 0.08 s; forkserver 2.0-2.6 s
+1.2-2.6; timed until both workers have run a task of this module): fork 0.08-0.13 s; forkserver 2.0-2.6 s
 cold (the server imports numpy and scikit-learn once), 0.08 s for a later pool forked from the
 running server; spawn 2.7 s (every worker imports scikit-learn). ``fork`` is cheapest but copies a
 process whose other threads may hold locks at that moment: a Dagster run worker can run
