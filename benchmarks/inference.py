@@ -33,7 +33,7 @@ from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin, write_spec
 from benchmarks.throughput import consume_range, floor_read, river_model
 from dagster_project.embedded_broker import free_port
-from dagster_project.kafka_config import BOOTSTRAP_ENV
+from dagster_project.kafka_config import BOOTSTRAP_ENV, KAFKA_PYTHON
 
 TRAIN_ROWS = 10_000
 BATCH_ROWS = 1_000
@@ -278,7 +278,7 @@ def scorer_section(ctx: BenchContext) -> dict[str, Any]:
         consume_range(settings, spec.events_topic, ranges, lambda records: None)
         bare.append(total / (time.perf_counter() - t))
         t = time.perf_counter()
-        floor_read(settings, spec.events_topic, ranges)
+        floor_read(settings, spec.events_topic, ranges, client=KAFKA_PYTHON)  # the scorer's consumer client
         bare_decode.append(total / (time.perf_counter() - t))
 
     env = os.environ | {

@@ -94,7 +94,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.80,
             True,
             "fraction",
-            "kafka-python (the only client behind the broker seam); bare read = assign+seek range read, no decode",
+            "the scorer consumes with kafka-python (its group protocol) and produces predictions with "
+            "confluent-kafka; bare read = kafka-python assign+seek range read, no decode",
         )
     phishing = _get(results, "quality", "phishing", "batches") or {}
     for batch, row in phishing.items():
