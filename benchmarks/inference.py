@@ -16,6 +16,7 @@ same kafka-python client's bare range read of the same events is measured next t
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -59,6 +60,14 @@ def _train_models(spec):
     return sk, onnx, onnx_bytes, rv, X[TRAIN_ROWS:], [e.features for e in held_out]
 
 
+# Libraries take turns in chunks (so a load change hits all three alike). The first calls after a
+# switch run with caches the other library just evicted: with chunks of 100 those cold calls were
+# the p99 itself (onnxruntime 115-150 us vs 42 us steady). Bigger chunks and a few untimed calls
+# per switch measure each library's own tail.
+CHUNK_CALLS = 1_000
+SWITCH_WARMUP_CALLS = 20
+
+
 def _latencies(ctx: BenchContext, sk, onnx, rv, X: np.ndarray, dicts: list[dict]) -> dict[str, Any]:
     calls = ctx.mode.single_row_calls
     rows64 = [X[i : i + 1] for i in range(len(X))]
@@ -76,9 +85,12 @@ def _latencies(ctx: BenchContext, sk, onnx, rv, X: np.ndarray, dicts: list[dict]
     samples: dict[str, list[float]] = {k: [] for k in fns}
     done = 0
     while done < calls:
-        chunk = min(100, calls - done)
+        chunk = min(CHUNK_CALLS, calls - done)
         for name, fn in fns.items():
             out = samples[name]
+            gc.collect()  # untimed: each library's calls pay only for the garbage they make themselves
+            for j in range(done, done + SWITCH_WARMUP_CALLS):  # untimed: caches are cold after a switch
+                fn(j % n)
             for j in range(done, done + chunk):
                 i = j % n
                 t = clock()
