@@ -237,7 +237,7 @@ class KafkaSettings:
             self.librdkafka_config()
             | {
                 "acks": str(acks),
-                "linger.ms": 5,
+                "linger.ms": 1,  # the scorer flushes once per poll batch: batching happens there
                 "partitioner": "murmur2_random",  # kafka-python's (and Java's) key -> partition mapping
                 "message.timeout.ms": 30_000,
             }
