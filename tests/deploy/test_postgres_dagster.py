@@ -207,7 +207,8 @@ class Processes:
             log.close()
 
 
-def wait_for(what: str, condition, timeout_s: float, processes: Processes, interval_s: float = 0.5):
+def wait_for(what: str, condition, timeout_s: float, processes: Processes, interval_s: float = 0.5, describe=None):
+    """Poll `condition`; on timeout fail with `describe()` (the state that was awaited) and log tails."""
     deadline = time.monotonic() + timeout_s
     while True:
         processes.check_alive()
@@ -215,8 +216,9 @@ def wait_for(what: str, condition, timeout_s: float, processes: Processes, inter
         if value:
             return value
         if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {n}\n{processes.tail(n, 1500)}" for n in processes.running)
-            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}")
+            state = f"state: {describe()}\n" if describe else ""
+            logs = "\n".join(f"--- {n}\n{processes.tail(n, 4000)}" for n in processes.running)
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{state}{logs}")
         time.sleep(interval_s)
 
 
@@ -396,7 +398,14 @@ def test_postgres_instance_separate_processes_train_serialized_and_retry(
                     and all(r.is_finished for r in stream_runs(spec) + stream_runs(broken))
                 )
 
-            wait_for("three versions and the gap run's retries", done, DEADLINE_S, processes, 1)
+            def describe() -> str:
+                runs = {
+                    s.name: [(r.job_name, r.status.value, r.tags.get("dagster/root_run_id")) for r in stream_runs(s)]
+                    for s in (spec, broken)
+                }
+                return f"versions {[v.name for v in registry.versions(spec.name)]}, runs {runs}"
+
+            wait_for("three versions and the gap run's retries", done, DEADLINE_S, processes, 1, describe)
             records = {
                 s.name: sorted(
                     instance.get_run_records(dg.RunsFilter(tags={STREAM_TAG: s.name})), key=lambda r: r.start_time
