@@ -14,7 +14,9 @@ What it shows (600 rows produced at once: three batches of 200 waiting):
 - the limit is per stream: a run of a second stream, launched with them, starts while batch 1 runs;
 - the Kafka sensor drives the remaining batch to a registered version: v1, v2, v3, 600 rows, each
   version made by a successful run recorded in Postgres. (It is paused through the webserver's
-  GraphQL API, the UI's toggle, while the test queues batches 1 and 2, so it cannot race them.)
+  GraphQL API, the UI's toggle, while the test queues batches 1 and 2, so it cannot race them; the
+  test waits for a tick begun before the pause to finish before it produces, or that tick could
+  still see the data and request batch 1 itself.)
 - failed runs are retried by the daemon: the second stream's run asks for a batch past the model's
   next offsets (a gap), fails on every attempt, and its run_retries.max_retries (2) retries appear
   as failed runs with the retry tags, serialized like the rest;
@@ -352,6 +354,19 @@ def test_postgres_instance_separate_processes_train_serialized_and_retry(
         )["stopSensor"]
         assert stopped.get("instigationState", {}).get("status") == "STOPPED", stopped
 
+        # A tick the daemon started before the stop still finishes: let it, before producing, or it
+        # may see the new data and request batch 1 itself (and race the stop with its state write).
+        def tick_in_progress() -> bool:
+            state = graphql(
+                "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) "
+                "{ ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }",
+                s=selector,
+            )["sensorOrError"]["sensorState"]
+            return any(t["status"] == "STARTED" for t in state["ticks"])
+
+        time.sleep(1.0)  # a tick the daemon began just before the stop is recorded as STARTED by now
+        wait_for("the Kafka sensor's last tick to finish", lambda: not tick_in_progress(), 60, processes)
+
         assert produce_synthetic(kafka_settings, spec, ROWS) == ROWS  # three batches waiting at once
 
         def plan(after: dict[int, int]) -> BatchPlan:  # what the sensor would plan after `after`
@@ -403,7 +418,12 @@ def test_postgres_instance_separate_processes_train_serialized_and_retry(
                     s.name: [(r.job_name, r.status.value, r.tags.get("dagster/root_run_id")) for r in stream_runs(s)]
                     for s in (spec, broken)
                 }
-                return f"versions {[v.name for v in registry.versions(spec.name)]}, runs {runs}"
+                ticks = graphql(
+                    "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { sensorState "
+                    "{ status ticks(limit: 5) { status timestamp skipReason runIds error { message } } } } } }",
+                    s=selector,
+                )["sensorOrError"]
+                return f"versions {[v.name for v in registry.versions(spec.name)]}, runs {runs}, kafka sensor {ticks}"
 
             wait_for("three versions and the gap run's retries", done, DEADLINE_S, processes, 1, describe)
             records = {
