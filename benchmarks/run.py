@@ -10,6 +10,7 @@ section so a failure late in a run keeps what was measured.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import tempfile
 import time
@@ -23,7 +24,15 @@ import orjson
 from benchmarks.common import FULL, PROJECT_ROOT, QUICK, machine_info, progress
 from benchmarks.context import BenchContext
 
-SECTIONS = ("training", "inference", "quality", "cost", "freshness", "scale_out")
+SECTION_MODULES = {  # section name -> module in benchmarks/, in the order they run
+    "training": "throughput",
+    "inference": "inference",
+    "quality": "model_quality",
+    "cost": "cost",
+    "freshness": "freshness",
+    "scale_out": "scale_out",
+}
+SECTIONS = tuple(SECTION_MODULES)
 DEFAULT_OUT = {
     "quick": PROJECT_ROOT / "benchmarks" / "results" / "quick",
     "full": PROJECT_ROOT / "benchmarks" / "results",
@@ -31,31 +40,8 @@ DEFAULT_OUT = {
 
 
 def _section(name: str):
-    if name == "training":
-        from benchmarks import throughput
-
-        return throughput.run
-    if name == "inference":
-        from benchmarks import inference
-
-        return inference.run
-    if name == "quality":
-        from benchmarks import model_quality
-
-        return model_quality.run
-    if name == "cost":
-        from benchmarks import cost
-
-        return cost.run
-    if name == "freshness":
-        from benchmarks import freshness
-
-        return freshness.run
-    if name == "scale_out":
-        from benchmarks import scale_out
-
-        return scale_out.run
-    raise ValueError(name)
+    """The section's `run`, imported only when it is selected (each pulls in its own heavy modules)."""
+    return importlib.import_module(f"benchmarks.{SECTION_MODULES[name]}").run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

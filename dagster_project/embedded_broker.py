@@ -37,7 +37,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
+    """True once something accepts TCP connections on localhost:`port`."""
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -70,7 +71,7 @@ class EmbeddedBroker:
             env=os.environ | {"RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         deadline = time.monotonic() + timeout_s
-        while not _port_open(self.port):
+        while not port_open(self.port):
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"the embedded broker exited with code {self.process.returncode} while starting on "

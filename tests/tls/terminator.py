@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from dagster_project.embedded_broker import port_open
 
 REQUIRE_ENV = "STREAMFIT_REQUIRE_SYSTEM_DEPS"
 
@@ -40,12 +41,6 @@ class TlsService:
     cert: Path
     key: Path
     ca: Path | None = None  # set: clients must present a certificate signed by this CA (mutual TLS)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Stunnel:
@@ -84,7 +79,7 @@ class Stunnel:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
-        while not all(_port_open(s.accept_port) for s in self.services):
+        while not all(port_open(s.accept_port) for s in self.services):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log = self.log.read_text() if self.log.exists() else "(no log)"
                 self.stop()
