@@ -11,8 +11,8 @@ from datetime import datetime
 import dagster as dg
 
 from assets.training import TrainedModel
-from dagster_project.batches import MicroBatch
-from dagster_project.promotion import default_metric, gate
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.registry.promotion import default_metric, gate
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -31,7 +31,7 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
     def champion(
         context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel, registry: RegistryResource
     ):
-        from dagster_project.training import evaluate
+        from dagster_project.learning.prequential import evaluate
 
         reg = registry.get()
         current = reg.champion(name)

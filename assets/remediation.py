@@ -52,7 +52,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
     def retrain_model(
         context: dg.OpExecutionContext, config: ActionConfig, kafka: KafkaResource, registry: RegistryResource
     ):
-        from dagster_project.retraining import retrain
+        from dagster_project.learning.retraining import retrain
 
         reg = registry.get()
         version = retrain(kafka.settings(), reg, spec, config.reasons, context.run_id, config.window_from_version)

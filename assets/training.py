@@ -9,13 +9,13 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_project.batches import MicroBatch, read_batch
-from dagster_project.exactly_once import Decision, decide
-from dagster_project.faults import crash_point
-from dagster_project.kafka_io import commit_group_offsets
-from dagster_project.offsets import Ranges
-from dagster_project.quality_policy import apply_quality_policy
-from dagster_project.registry import expected_offsets
+from dagster_project.dev.faults import crash_point
+from dagster_project.ingest.micro_batch import MicroBatch, read_batch
+from dagster_project.kafka.exactly_once import Decision, decide
+from dagster_project.kafka.io import commit_group_offsets
+from dagster_project.kafka.offsets import Ranges
+from dagster_project.quality.policy import apply_quality_policy
+from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -129,7 +129,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         description=f"{spec.model.estimator} after test-then-train on the batch (prequential metrics first).",
     )
     def model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, registry: RegistryResource):
-        from dagster_project.training import test_then_train_partitioned
+        from dagster_project.learning.prequential import test_then_train_partitioned
 
         reg = registry.get()
         head = reg.head(name)
@@ -181,7 +181,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         description="The model exported with skl2onnx, checked against scikit-learn before it may be served.",
     )
     def onnx_model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel):
-        from dagster_project.onnx_export import check_parity, export_onnx
+        from dagster_project.onnx.export import check_parity, export_onnx
 
         started = time.perf_counter()
         onnx_bytes = export_onnx(model.estimator, len(spec.features))
@@ -225,7 +225,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         kafka: KafkaResource,
         registry: RegistryResource,
     ):
-        from dagster_project.versioning import register_batch
+        from dagster_project.registry.versioning import register_batch
 
         version = register_batch(
             registry.get(), spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id

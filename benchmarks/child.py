@@ -47,7 +47,7 @@ def train(config: dict) -> dict:
 
     started = time.perf_counter()
     from benchmarks.throughput import streamfit_batch
-    from dagster_project.kafka_config import KafkaSettings
+    from dagster_project.kafka.settings import KafkaSettings
     from dagster_project.spec import StreamSpec
 
     import_s = time.perf_counter() - started

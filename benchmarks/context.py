@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Mode
-from dagster_project.kafka_config import KafkaSettings
+from dagster_project.kafka.settings import KafkaSettings
 
 
 @dataclass

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import PROJECT_ROOT
-from dagster_project.datasets import SourceEvent, synthetic_events
-from dagster_project.events import make_event
-from dagster_project.kafka_config import KafkaSettings
-from dagster_project.kafka_io import ensure_topics
-from dagster_project.offsets import Ranges
+from dagster_project.dev.datasets import SourceEvent, synthetic_events
+from dagster_project.ingest.events import make_event
+from dagster_project.kafka.io import ensure_topics
+from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec, load_spec
 
 SHIPPED_STREAMS = PROJECT_ROOT / "streams"

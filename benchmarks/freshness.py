@@ -35,8 +35,8 @@ import orjson
 from benchmarks.common import percentiles, progress, summary, unique_name
 from benchmarks.context import BenchContext
 from benchmarks.data import bench_spec, encode, event_ranges, events, produce_round_robin, write_spec
-from dagster_project.kafka_config import BOOTSTRAP_ENV
-from dagster_project.kafka_io import ensure_topics
+from dagster_project.kafka.io import ensure_topics
+from dagster_project.kafka.settings import BOOTSTRAP_ENV
 
 POLL_S = 0.05
 BATCH_TIMEOUT_S = 180
@@ -149,10 +149,10 @@ def _run_timeline(instance, run_id: str) -> dict[str, Any]:
 def run(ctx: BenchContext) -> dict[str, Any]:
     import dagster as dg
 
-    from dagster_project.embedded_broker import free_port
+    from dagster_project.dev.services import DagsterServices
     from dagster_project.instance import write_instance_config
-    from dagster_project.registry import FilesystemRegistry
-    from dagster_project.services import DagsterServices
+    from dagster_project.kafka.brokers.tansu import free_port
+    from dagster_project.registry.store import FilesystemRegistry
     from dagster_project.serving.scorer import ScoringService
 
     mode = ctx.mode

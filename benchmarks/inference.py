@@ -33,8 +33,8 @@ from benchmarks.common import PROJECT_ROOT, percentiles, progress, ratio, summar
 from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin, write_spec
 from benchmarks.throughput import consume_range, floor_read, river_model
-from dagster_project.embedded_broker import free_port
-from dagster_project.kafka_config import BOOTSTRAP_ENV, KAFKA_PYTHON
+from dagster_project.kafka.brokers.tansu import free_port
+from dagster_project.kafka.settings import BOOTSTRAP_ENV, KAFKA_PYTHON
 
 TRAIN_ROWS = 10_000
 BATCH_ROWS = 1_000
@@ -42,8 +42,8 @@ _PREDICTIONS = re.compile(r'^streamfit_predictions_total\{[^}]*source="kafka"[^}
 
 
 def _train_models(spec):
-    from dagster_project.estimators import build_model, partial_fit
-    from dagster_project.onnx_export import OnnxModel, export_onnx
+    from dagster_project.learning.estimators import build_model, partial_fit
+    from dagster_project.onnx.export import OnnxModel, export_onnx
 
     source = events(TRAIN_ROWS + 2_000, seed=11)
     X, y = arrays(source, spec.feature_names)
@@ -264,7 +264,7 @@ def _score_run(
 
 
 def scorer_section(ctx: BenchContext) -> dict[str, Any]:
-    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.registry.store import FilesystemRegistry
 
     mode = ctx.mode
     settings = ctx.settings

@@ -32,7 +32,7 @@ RECOVERY_TOLERANCE = 0.03  # recovered: accuracy back within this of the pre-cha
 
 
 def _phishing() -> tuple[Any, np.ndarray, np.ndarray, list[dict], list[bool]]:
-    from dagster_project.datasets import phishing_events
+    from dagster_project.dev.datasets import phishing_events
 
     spec = shipped_spec("phishing")
     source = list(phishing_events())
@@ -44,7 +44,7 @@ def _phishing() -> tuple[Any, np.ndarray, np.ndarray, list[dict], list[bool]]:
 
 def _prequential_batches(spec, X: np.ndarray, y: np.ndarray, batch: int) -> tuple[np.ndarray, list[float | None]]:
     """Pre-fit positive-class scores for rows from the second batch on, and accuracy per batch."""
-    from dagster_project.training import test_then_train
+    from dagster_project.learning.prequential import test_then_train
 
     model = None
     scores: list[np.ndarray] = []

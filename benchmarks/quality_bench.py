@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dagster_project.batches import MicroBatch
-from dagster_project.quality import batch_frame, row_violations, validate_batch
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.quality.suite import batch_frame, row_violations, validate_batch
 from dagster_project.spec import StreamSpec
 
 SPEC = StreamSpec.model_validate(

@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks import report, targets
-    from dagster_project.embedded_broker import EmbeddedBroker
+    from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 
     args = parse_args(argv)
     mode = args.mode

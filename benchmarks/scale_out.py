@@ -1,7 +1,7 @@
 """Scale-out training: sequential `partial_fit` vs 2 worker processes on the same rows.
 
 - **Process start-up**, inside a Dagster materialization (what a run worker would pay): a
-  2-process pool of `dagster_project.scale_out.start_pool` with each start method, timed until both
+  2-process pool of `dagster_project.learning.scale_out.start_pool` with each start method, timed until both
   workers have answered a task. `fork` and `forkserver` (cold: the server imports numpy and
   scikit-learn; then warm: a second pool forks from the running server) always, `spawn` in full mode.
 - **Fit time**: for `sgd_classifier` and `mlp_classifier`, a parent fitted on 1,000 warm-up rows
@@ -53,7 +53,7 @@ def start_methods(full: bool) -> dict[str, Any]:
     """Seconds to start a 2-process pool per start method, measured inside a Dagster asset's body."""
     import dagster as dg
 
-    from dagster_project import scale_out
+    from dagster_project.learning import scale_out
 
     measured: dict[str, float] = {}
 
@@ -72,8 +72,8 @@ def start_methods(full: bool) -> dict[str, Any]:
 
 
 def _fit_times(estimator: str, X: np.ndarray, y: np.ndarray, partitions: np.ndarray, repeats: int) -> dict[str, Any]:
-    from dagster_project import scale_out
-    from dagster_project.estimators import build_model, partial_fit
+    from dagster_project.learning import scale_out
+    from dagster_project.learning.estimators import build_model, partial_fit
 
     spec = _spec(estimator)
     classes = np.arange(2)
@@ -108,7 +108,7 @@ def _fit_times(estimator: str, X: np.ndarray, y: np.ndarray, partitions: np.ndar
 def _prequential(estimator: str, X: np.ndarray, y: np.ndarray, partitions: np.ndarray, batch: int) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, roc_auc_score
 
-    from dagster_project.training import test_then_train, test_then_train_partitioned
+    from dagster_project.learning.prequential import test_then_train, test_then_train_partitioned
 
     spec = _spec(estimator)
     out: dict[str, Any] = {}
@@ -134,7 +134,7 @@ def _prequential(estimator: str, X: np.ndarray, y: np.ndarray, partitions: np.nd
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from dagster_project import scale_out
+    from dagster_project.learning import scale_out
 
     size = SIZES[ctx.mode.name]
     full = not ctx.mode.quick

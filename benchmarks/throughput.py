@@ -40,8 +40,8 @@ import orjson
 from benchmarks.common import progress, ratio, summary, unique_name
 from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin
-from dagster_project.kafka_config import KAFKA_PYTHON, KafkaSettings
-from dagster_project.offsets import Ranges
+from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.settings import KAFKA_PYTHON, KafkaSettings
 from dagster_project.spec import StreamSpec
 
 WARMUP_ROWS = 1_000
@@ -131,7 +131,7 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
 
 def floor_read(settings: KafkaSettings, topic: str, ranges: Ranges, client: str | None = None) -> int:
     """Bare read + decode with `client` (default: the client Streamfit's range reads use)."""
-    from dagster_project.kafka_config import CONFLUENT
+    from dagster_project.kafka.settings import CONFLUENT
 
     loads = orjson.loads
     client = client or settings.range_reader_client()
@@ -176,7 +176,7 @@ class _ReadClock:
     """Wraps `batches.read_range` to time the Kafka read apart from parsing, in the same pass."""
 
     def __init__(self) -> None:
-        import dagster_project.batches as batches_module
+        import dagster_project.ingest.micro_batch as batches_module
 
         self.module = batches_module
         self.real = batches_module.read_range
@@ -220,13 +220,13 @@ def streamfit_batch(
 ) -> tuple[dict[str, float], Any]:
     """One training run's work on `ranges`, on top of the registry's head; returns stage seconds."""
     from assets.training import OnnxArtifact, TrainedModel
-    from dagster_project.batches import read_batch
-    from dagster_project.kafka_io import commit_group_offsets
-    from dagster_project.onnx_export import check_parity, export_onnx
-    from dagster_project.quality import validate_batch
-    from dagster_project.registry import FilesystemRegistry
-    from dagster_project.training import evaluate, test_then_train
-    from dagster_project.versioning import register_batch
+    from dagster_project.ingest.micro_batch import read_batch
+    from dagster_project.kafka.io import commit_group_offsets
+    from dagster_project.learning.prequential import evaluate, test_then_train
+    from dagster_project.onnx.export import check_parity, export_onnx
+    from dagster_project.quality.suite import validate_batch
+    from dagster_project.registry.store import FilesystemRegistry
+    from dagster_project.registry.versioning import register_batch
 
     stages: dict[str, float] = {}
     clock = time.perf_counter
@@ -302,7 +302,7 @@ def streamfit_batch(
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from dagster_project.estimators import partial_fit
+    from dagster_project.learning.estimators import partial_fit
 
     mode = ctx.mode
     settings = ctx.settings
@@ -329,7 +329,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     streamfit_batch(settings, spec, warm_ranges, template, io_dir)
     cold_first_batch_s = time.perf_counter() - started
     ctx.shared["train_registry_template"] = template
-    from dagster_project.registry import FilesystemRegistry
+    from dagster_project.registry.store import FilesystemRegistry
 
     parent_estimator = FilesystemRegistry(template).load_estimator(spec.name, "v1")
     river_parent = river_model()

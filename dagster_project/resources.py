@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
-from dagster_project.registry import FilesystemRegistry
+from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.settings import registry_root
 
 

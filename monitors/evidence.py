@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from dagster_project.promotion import HIGHER_IS_BETTER
-from dagster_project.registry import FilesystemRegistry, Version
+from dagster_project.registry.promotion import HIGHER_IS_BETTER
+from dagster_project.registry.store import FilesystemRegistry, Version
 from dagster_project.spec import StreamSpec
 from monitors.decisions import ChampionComparison, DecisionConfig, LastAction
 from monitors.detectors import ChangeResult, detect_batch_change, detect_series_change
@@ -124,7 +124,7 @@ def _live_changes(
     registry: FilesystemRegistry, spec: StreamSpec, champion: str | None, since: float, params: dict[str, Any]
 ) -> list[ChangeResult]:
     """Concept drift on the served champion's live labelled error (from the label joiner)."""
-    from dagster_project.labels import read_records
+    from dagster_project.labels.joiner import read_records
 
     if not champion:
         return []

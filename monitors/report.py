@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster_project.registry import FilesystemRegistry
+from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
 
 

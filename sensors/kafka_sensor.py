@@ -11,10 +11,10 @@ import dagster as dg
 import orjson
 
 from assets.training import batch_run_config
-from dagster_project.kafka_config import BrokerConfigError
-from dagster_project.kafka_io import BrokerUnavailable, probe_partitions
-from dagster_project.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
-from dagster_project.registry import expected_offsets
+from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
+from dagster_project.kafka.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
+from dagster_project.kafka.settings import BrokerConfigError
+from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from sensors.cadence import minimum_interval_for

@@ -10,10 +10,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from dagster_project.embedded_broker import EmbeddedBroker
 from dagster_project.factory import build_stream_definitions
-from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
-from dagster_project.registry import FilesystemRegistry
+from dagster_project.kafka.brokers.tansu import EmbeddedBroker
+from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import dagster as dg
 
 from assets.training import batch_run_config
-from dagster_project.datasets import synthetic_events
-from dagster_project.events import make_event
-from dagster_project.kafka_config import KafkaSettings
-from dagster_project.offsets import Ranges
-from dagster_project.producer import produce
+from dagster_project.dev.datasets import synthetic_events
+from dagster_project.dev.producer import produce
+from dagster_project.ingest.events import make_event
+from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
 
 

@@ -9,9 +9,9 @@ import warnings
 import dagster as dg
 import yaml
 
+from dagster_project.dev.services import DagsterServices
 from dagster_project.instance import write_instance_config
-from dagster_project.kafka_config import BOOTSTRAP_ENV
-from dagster_project.services import DagsterServices
+from dagster_project.kafka.settings import BOOTSTRAP_ENV
 from sensors.kafka_sensor import IN_FLIGHT
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from dagster_project.onnx_export import OnnxModel
-from dagster_project.registry import ChecksumMismatch, ModelRegistry
+from dagster_project.onnx.export import OnnxModel
+from dagster_project.registry.store import ChecksumMismatch, ModelRegistry
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
 

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dagster_project.events import (
+from dagster_project.ingest.events import (
     InvalidEvent,
     coerce_feature,  # the event contract's exact type rules
 )

@@ -32,11 +32,11 @@ import orjson
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata
 from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 
-from dagster_project.events import EventParser, InvalidEvent, dead_letter
-from dagster_project.faults import crash_point
-from dagster_project.kafka_config import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
-from dagster_project.kafka_io import check_reachable, ensure_topics
-from dagster_project.registry import FilesystemRegistry, ModelRegistry
+from dagster_project.dev.faults import crash_point
+from dagster_project.ingest.events import EventParser, InvalidEvent, dead_letter
+from dagster_project.kafka.io import check_reachable, ensure_topics
+from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry, ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
 from dagster_project.serving.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, ScorerHTTPServer
 from dagster_project.serving.metrics import ScorerMetrics

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dagster_project.estimators import build_model, partial_fit
-from dagster_project.kafka_io import probe_partitions
-from dagster_project.onnx_export import export_onnx
+from dagster_project.kafka.io import probe_partitions
+from dagster_project.learning.estimators import build_model, partial_fit
+from dagster_project.onnx.export import export_onnx
 from tests.helpers import produce_synthetic, run_batch
 
 

@@ -7,8 +7,8 @@ import orjson
 from click.testing import CliRunner
 
 from dagster_project.cli import main
-from dagster_project.kafka_io import ensure_topics, probe_partitions, read_range
-from dagster_project.quarantine import QuarantineStore
+from dagster_project.kafka.io import ensure_topics, probe_partitions, read_range
+from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic, run_batch

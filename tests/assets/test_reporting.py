@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.kafka_io import probe_partitions
+from dagster_project.kafka.io import probe_partitions
 from tests.helpers import produce_synthetic, run_batch
 
 

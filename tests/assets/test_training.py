@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from dagster_project.kafka_io import committed_group_offsets, probe_partitions, read_range
-from dagster_project.onnx_export import OnnxModel
+from dagster_project.kafka.io import committed_group_offsets, probe_partitions, read_range
+from dagster_project.onnx.export import OnnxModel
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic, run_batch

@@ -360,10 +360,10 @@ def served_metric_families() -> dict[str, str]:
     """Families a scorer and the training exporter serve right away, collected from the real registries."""
     import tempfile
 
-    import dagster_project.kafka_io as kafka_io
-    from dagster_project.exporter import exporter_registry
-    from dagster_project.kafka_config import KafkaSettings
-    from dagster_project.registry import FilesystemRegistry
+    import dagster_project.kafka.io as kafka_io
+    from dagster_project.kafka.settings import KafkaSettings
+    from dagster_project.observability.exporter import exporter_registry
+    from dagster_project.registry.store import FilesystemRegistry
     from dagster_project.serving.metrics import ScorerMetrics
     from tests.conftest import synthetic_spec
 

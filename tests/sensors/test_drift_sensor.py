@@ -6,13 +6,13 @@ from __future__ import annotations
 import dagster as dg
 import numpy as np
 
-from dagster_project.datasets import synthetic_events
-from dagster_project.estimators import build_model, partial_fit
-from dagster_project.events import make_event
+from dagster_project.dev.datasets import synthetic_events
+from dagster_project.dev.producer import produce
 from dagster_project.factory import build_stream_definitions
-from dagster_project.kafka_io import probe_partitions
-from dagster_project.onnx_export import export_onnx
-from dagster_project.producer import produce
+from dagster_project.ingest.events import make_event
+from dagster_project.kafka.io import probe_partitions
+from dagster_project.learning.estimators import build_model, partial_fit
+from dagster_project.onnx.export import export_onnx
 from dagster_project.resources import KafkaResource, RegistryResource
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic, run_batch

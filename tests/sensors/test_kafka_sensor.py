@@ -7,9 +7,9 @@ import time
 import dagster as dg
 import orjson
 
-from dagster_project.embedded_broker import free_port
-from dagster_project.kafka_io import ensure_topics, probe_partitions
-from dagster_project.offsets import decode_ranges
+from dagster_project.kafka.brokers.tansu import free_port
+from dagster_project.kafka.io import ensure_topics, probe_partitions
+from dagster_project.kafka.offsets import decode_ranges
 from dagster_project.resources import KafkaResource, RegistryResource
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic, run_batch

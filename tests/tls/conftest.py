@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.embedded_broker import EmbeddedBroker, free_port
-from dagster_project.kafka_config import (
+from dagster_project.kafka.brokers.tansu import EmbeddedBroker, free_port
+from dagster_project.kafka.settings import (
     BOOTSTRAP_ENV,
     CAFILE_ENV,
     CERTFILE_ENV,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_project.embedded_broker import port_open
+from dagster_project.kafka.brokers.tansu import port_open
 
 REQUIRE_ENV = "STREAMFIT_REQUIRE_SYSTEM_DEPS"
 

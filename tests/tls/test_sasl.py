@@ -23,7 +23,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.net.sasl import get_sasl_mechanism
 
-from dagster_project.kafka_config import (
+from dagster_project.kafka.io import BrokerUnavailable, topic_partitions
+from dagster_project.kafka.settings import (
     CAFILE_ENV,
     CERTFILE_ENV,
     KEYFILE_ENV,
@@ -35,7 +36,6 @@ from dagster_project.kafka_config import (
     BrokerSecurityError,
     KafkaSettings,
 )
-from dagster_project.kafka_io import BrokerUnavailable, topic_partitions
 from tests.tls.conftest import TlsBroker
 from tests.tls.pki import Pki
 

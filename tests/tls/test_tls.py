@@ -18,7 +18,9 @@ import dagster as dg
 import pytest
 
 from dagster_project.factory import build_stream_definitions
-from dagster_project.kafka_config import (
+from dagster_project.kafka.io import BrokerUnavailable, committed_group_offsets, topic_partitions
+from dagster_project.kafka.offsets import decode_ranges
+from dagster_project.kafka.settings import (
     CAFILE_ENV,
     CERTFILE_ENV,
     CHECK_HOSTNAME_ENV,
@@ -27,8 +29,6 @@ from dagster_project.kafka_config import (
     BrokerSecurityError,
     KafkaSettings,
 )
-from dagster_project.kafka_io import BrokerUnavailable, committed_group_offsets, topic_partitions
-from dagster_project.offsets import decode_ranges
 from dagster_project.resources import KafkaResource, RegistryResource
 from tests.conftest import synthetic_spec
 from tests.dagster_project.serving.support import Client, read_topic, running_service, wait_for

@@ -19,10 +19,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from dagster_project.embedded_broker import free_port
+from dagster_project.dev.services import DagsterServices
 from dagster_project.instance import write_instance_config
-from dagster_project.kafka_config import BOOTSTRAP_ENV
-from dagster_project.services import DagsterServices
+from dagster_project.kafka.brokers.tansu import free_port
+from dagster_project.kafka.settings import BOOTSTRAP_ENV
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic
 from tests.ui.browser import Browser, browser_requirements

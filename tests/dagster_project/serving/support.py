@@ -13,14 +13,14 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-from dagster_project.datasets import synthetic_events
-from dagster_project.estimators import build_model, partial_fit
-from dagster_project.events import make_event
-from dagster_project.kafka_config import KafkaSettings
-from dagster_project.kafka_io import probe_partitions, read_range
-from dagster_project.onnx_export import OnnxModel, export_onnx
-from dagster_project.producer import produce
-from dagster_project.registry import FilesystemRegistry, Version
+from dagster_project.dev.datasets import synthetic_events
+from dagster_project.dev.producer import produce
+from dagster_project.ingest.events import make_event
+from dagster_project.kafka.io import probe_partitions, read_range
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.learning.estimators import build_model, partial_fit
+from dagster_project.onnx.export import OnnxModel, export_onnx
+from dagster_project.registry.store import FilesystemRegistry, Version
 from dagster_project.serving import ScoringService
 from dagster_project.spec import StreamSpec
 

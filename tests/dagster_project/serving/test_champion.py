@@ -9,8 +9,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from dagster_project.kafka_config import KafkaSettings
-from dagster_project.registry import ONNX_FILE, FilesystemRegistry
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import ONNX_FILE, FilesystemRegistry
 from dagster_project.serving import ChampionWatcher, ScorerMetrics
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from dagster_project.registry import FilesystemRegistry
+from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.serving import ChampionWatcher, ScorerHTTPServer, ScorerMetrics
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec

@@ -8,11 +8,11 @@ from collections import Counter
 import orjson
 import pytest
 
-from dagster_project.events import make_event
-from dagster_project.faults import InjectedFault
-from dagster_project.kafka_config import KafkaSettings
-from dagster_project.kafka_io import committed_group_offsets, probe_partitions
-from dagster_project.registry import FilesystemRegistry
+from dagster_project.dev.faults import InjectedFault
+from dagster_project.ingest.events import make_event
+from dagster_project.kafka.io import committed_group_offsets, probe_partitions
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.serving import scorer_group
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import (

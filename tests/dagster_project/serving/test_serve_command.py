@@ -11,9 +11,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from dagster_project.cli import main
-from dagster_project.kafka_config import BOOTSTRAP_ENV, KafkaSettings
-from dagster_project.kafka_io import committed_group_offsets, probe_partitions
-from dagster_project.registry import FilesystemRegistry
+from dagster_project.kafka.io import committed_group_offsets, probe_partitions
+from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.serving import scorer_group
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import (

@@ -1,0 +1,86 @@
+"""Write events to `<stream>.events` in the contract format, from a dataset or a JSONL file."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import orjson
+
+from dagster_project.dev.datasets import SourceEvent, phishing_events, synthetic_events
+from dagster_project.ingest.events import make_event
+from dagster_project.kafka.io import check_reachable, ensure_topics
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.spec import StreamSpec
+
+SOURCES: dict[str, Callable[[], Iterator[SourceEvent]]] = {
+    "phishing": phishing_events,
+    "synthetic": synthetic_events,
+}
+
+
+def jsonl_events(path: Path) -> Iterator[bytes]:
+    """Lines of a JSONL file, sent as they are (so malformed lines reach the DLQ, as in production)."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield line.rstrip(b"\n")
+
+
+def encoded_events(source: str) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs for a named source or a JSONL path."""
+    if source in SOURCES:
+        for event in SOURCES[source]():
+            yield event.event_id.encode(), make_event(event.event_id, event.features, event.label, time.time())
+        return
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"unknown source {source!r}: use one of {sorted(SOURCES)} or a path to a .jsonl file")
+    for line in jsonl_events(path):
+        try:
+            key = str(orjson.loads(line).get("id", "")).encode() or None
+        except (orjson.JSONDecodeError, AttributeError):
+            key = None
+        yield key, line
+
+
+def produce(
+    settings: KafkaSettings,
+    spec: StreamSpec,
+    events: Iterable[tuple[bytes | None, bytes]],
+    rate: float | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> int:
+    """Send events to the stream's events topic; returns how many the broker acknowledged."""
+    check_reachable(settings)
+    ensure_topics(
+        settings, [spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic], spec.partitions
+    )
+    producer = settings.producer()
+    events = itertools.islice(events, limit) if limit is not None else events
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=limit, unit="ev", desc=f"producing {spec.events_topic}")
+    sent = 0
+    started = time.monotonic()
+    try:
+        for key, value in events:
+            producer.send(spec.events_topic, key=key, value=value)
+            sent += 1
+            if bar is not None:
+                bar.update(1)
+            if rate:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush()
+    finally:
+        producer.close()
+        if bar is not None:
+            bar.close()
+    return sent

@@ -1,0 +1,271 @@
+"""Kafka operations Streamfit needs, on top of the clients `kafka_config` makes.
+
+Probing never consumes and never joins a group: a tiny fetch at the next unlearned offset gives
+the partition's true end (the high-water mark in the fetch response; ListOffsets LATEST is wrong
+on some brokers) and the oldest waiting record's timestamp.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from dagster_project.kafka.offsets import PartitionState, Ranges
+from dagster_project.kafka.settings import (
+    BOOTSTRAP_ENV,
+    CONFLUENT,
+    BrokerConfigError,
+    BrokerSecurityError,
+    KafkaSettings,
+)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached or did not answer in time."""
+
+
+class RawRecord(NamedTuple):
+    """One Kafka record as Streamfit needs it (a tuple: built once per message on the hot path)."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: int) -> None:
+    """Create topics that do not exist yet (idempotent)."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = settings.admin()
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
+    """Partition ids of `topic` ([] when it does not exist); BrokerUnavailable when unreachable."""
+    consumer = _open_reader(settings)
+    try:
+        return sorted(consumer.partitions_for_topic(topic) or [])
+    finally:
+        consumer.close()
+
+
+def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
+    """Fail in seconds, not kafka-python's 30 s bootstrap timeout, when no bootstrap host answers."""
+    errors = []
+    for address in settings.bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return
+        except (OSError, ValueError) as exc:
+            errors.append(f"{address}: {exc}")
+    raise BrokerUnavailable(
+        f"Kafka broker unreachable ({'; '.join(errors)}); start it or point {BOOTSTRAP_ENV} at a running one"
+    )
+
+
+def _open_reader(settings: KafkaSettings, **overrides):
+    from kafka.errors import KafkaError
+
+    check_reachable(settings)
+    try:
+        consumer = settings.range_reader(**overrides)
+        if not consumer.bootstrap_connected():
+            consumer.topics()  # forces a metadata round trip so an unreachable broker fails here
+        return consumer
+    except (BrokerSecurityError, BrokerConfigError) as exc:  # reachable, but misconfigured: say what to fix
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
+    except (KafkaError, OSError) as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} is unreachable: {exc!r}") from exc
+
+
+def probe_partitions(
+    settings: KafkaSettings, topic: str, next_offsets: dict[int, int], timeout_s: float = 5.0
+) -> list[PartitionState]:
+    """True end and oldest waiting timestamp of every partition of `topic`, without consuming.
+
+    Partitions absent from `next_offsets` start at the log start (a new stream learns from the
+    earliest record the broker has).
+    """
+    from kafka import TopicPartition
+    from kafka.errors import KafkaError
+
+    consumer = _open_reader(settings, max_partition_fetch_bytes=1024, fetch_max_bytes=64 * 1024)
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        if not partitions:
+            return []
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        log_start = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
+        starts = {p: next_offsets.get(p, log_start[p]) for p in partitions}
+        for tp in tps:
+            consumer.seek(tp, starts[tp.partition])
+        oldest: dict[int, int] = {}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for tp, records in consumer.poll(timeout_ms=50, max_records=100).items():
+                oldest.setdefault(tp.partition, records[0].timestamp)
+            high_water = {tp.partition: consumer.highwater(tp) for tp in tps}
+            if all(h is not None for h in high_water.values()):
+                break
+            if time.monotonic() > deadline:
+                unknown = [p for p, h in high_water.items() if h is None]
+                raise BrokerUnavailable(f"no fetch answer for {topic} partitions {unknown} within {timeout_s}s")
+        return [
+            PartitionState(
+                partition=p,
+                next_offset=starts[p],
+                log_start=log_start[p],
+                high_water=high_water[p],
+                oldest_waiting_ts_ms=oldest.get(p),
+            )
+            for p in partitions
+        ]
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed while probing {topic}: {exc!r}") from exc
+    finally:
+        consumer.close()
+
+
+def read_range(
+    settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float = 15.0
+) -> Iterator[RawRecord]:
+    """Yield exactly the records in `{partition: [start, end)}`, in offset order per partition.
+
+    Raises if a partition stops short of its end (the range was planned from a high-water mark,
+    so the records exist unless the broker lost them). Reads with confluent-kafka when
+    `settings.range_reader_client()` says so (several times faster), otherwise kafka-python.
+    """
+    todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
+    if not todo:
+        return
+    try:
+        client = settings.range_reader_client()
+    except BrokerConfigError as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+    if client == CONFLUENT:
+        yield from _read_range_confluent(settings, topic, todo, stall_timeout_s)
+    else:
+        yield from _read_range_kafka_python(settings, topic, todo, stall_timeout_s)
+
+
+def _stalled(topic: str, stall_timeout_s: float, position: dict[int, int], todo: Ranges) -> BrokerUnavailable:
+    short = {p: f"at {position[p]}, expected up to {e}" for p, (_, e) in todo.items()}
+    return BrokerUnavailable(
+        f"{topic}: range read stalled for {stall_timeout_s}s ({short}); the broker no longer "
+        "has these offsets or is unreachable"
+    )
+
+
+def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
+    from kafka import TopicPartition
+
+    consumer = _open_reader(settings)
+    try:
+        tps = {p: TopicPartition(topic, p) for p in todo}
+        consumer.assign(list(tps.values()))
+        for p, (start, _) in todo.items():
+            consumer.seek(tps[p], start)
+        position = {p: start for p, (start, _) in todo.items()}
+        last_progress = time.monotonic()
+        while todo:
+            batch = consumer.poll(timeout_ms=200, max_records=50_000)
+            for tp, records in batch.items():
+                p = tp.partition
+                if p not in todo:
+                    continue
+                end = todo[p][1]
+                for r in records:
+                    if r.offset >= end:
+                        break
+                    if r.offset < position[p]:
+                        continue
+                    yield RawRecord(p, r.offset, r.timestamp, r.key, r.value)
+                    position[p] = r.offset + 1
+                    last_progress = time.monotonic()
+                if position[p] >= end or (records and records[-1].offset + 1 >= end):
+                    position[p] = max(position[p], end)
+                    del todo[p]
+                    consumer.pause(tp)
+            if todo and time.monotonic() - last_progress > stall_timeout_s:
+                raise _stalled(topic, stall_timeout_s, position, todo)
+    finally:
+        consumer.close()
+
+
+def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
+    from confluent_kafka import KafkaException
+    from confluent_kafka import TopicPartition as ConfluentPartition
+
+    check_reachable(settings)
+    try:
+        consumer = settings.confluent_range_reader()
+    except (BrokerSecurityError, BrokerConfigError, KafkaException) as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
+    try:
+        consumer.assign([ConfluentPartition(topic, p, start) for p, (start, _) in todo.items()])
+        position = {p: start for p, (start, _) in todo.items()}
+        last_progress = time.monotonic()
+        while todo:
+            messages = consumer.consume(num_messages=10_000, timeout=0.2)
+            if messages:
+                last_progress = time.monotonic()
+            for message in messages:
+                if message.error() is not None:
+                    raise BrokerUnavailable(
+                        f"{topic}: reading partition {message.partition()} from {settings.bootstrap} failed: "
+                        f"{message.error().str()}"
+                    )
+                p = message.partition()
+                span = todo.get(p)
+                if span is None:
+                    continue
+                offset = message.offset()
+                if offset < position[p]:
+                    continue
+                if offset < span[1]:
+                    yield RawRecord(p, offset, message.timestamp()[1], message.key(), message.value())
+                position[p] = offset + 1
+                if offset + 1 >= span[1]:
+                    del todo[p]
+                    consumer.pause([ConfluentPartition(topic, p)])
+            if todo and time.monotonic() - last_progress > stall_timeout_s:
+                raise _stalled(topic, stall_timeout_s, position, todo)
+    finally:
+        consumer.close()
+
+
+def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit `offsets` for `group_id` without joining it, so Kafka tooling shows the trainer's lag."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = settings.range_reader(group_id=group_id)
+    try:
+        consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
+    finally:
+        consumer.close()
+
+
+def committed_group_offsets(settings: KafkaSettings, group_id: str, topic: str) -> dict[int, int]:
+    admin = settings.admin()
+    try:
+        found = admin.list_group_offsets(group_id)  # kafka-python 3: {group: {tp: OffsetAndMetadata}}
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in found.get(group_id, {}).items() if tp.topic == topic}

@@ -1,0 +1,106 @@
+"""Retraining on a recent window: the drift sensor's remedy for concept drift.
+
+A retrained version re-learns rows that were already learned, so it does not move the learned
+offsets: it records the window it used and becomes the new head, and it must still win the
+promotion gate on the next batch before it serves.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+
+from dagster_project.ingest.micro_batch import read_batch
+from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry, RegistryError, Version
+from dagster_project.registry.versioning import version_meta
+from dagster_project.spec import StreamSpec
+
+
+def _merge(versions: list[Version]) -> Ranges:
+    window: Ranges = {}
+    for version in versions:
+        for p, (start, end) in ((int(p), se) for p, se in version.meta["offsets"]["batch"].items()):
+            lo, hi = window.get(p, (start, end))
+            window[p] = (min(lo, start), max(hi, end))
+    return window
+
+
+def recent_window(versions: list[Version], rows: int, since: str | None = None) -> Ranges:
+    """Offsets to retrain on, merged per partition (consecutive batches are contiguous).
+
+    With `since` (the batch where a change was detected) it is every batch from there on, so a
+    fresh model learns the new concept only; otherwise the batches holding the last `rows` rows.
+    """
+    learned = [v for v in versions if not v.meta.get("retrain")]
+    if since:
+        after = [v for v in learned if v.number >= int(since[1:])]
+        if after:
+            return _merge(after)
+    chosen: list[Version] = []
+    for version in reversed(learned):
+        chosen.append(version)
+        if sum(v.meta["rows"]["read"] for v in chosen) >= rows:
+            break
+    return _merge(chosen)
+
+
+def retrain(
+    settings: KafkaSettings,
+    registry: FilesystemRegistry,
+    spec: StreamSpec,
+    reasons: list[str],
+    run_id: str,
+    since: str | None = None,
+) -> Version:
+    """Fit a fresh (or champion-warm-started) model on the recent window and register it as head."""
+    from dagster_project.learning.estimators import build_model, partial_fit
+    from dagster_project.onnx.export import check_parity, export_onnx
+
+    name = spec.name
+    versions = registry.versions(name)
+    if not versions:
+        raise RegistryError(f"{name} has no versions to retrain from")
+    head = versions[-1]
+    window = recent_window(versions, spec.drift.retrain_window_rows, since or None)
+    batch = read_batch(settings, spec, window, dead_letter_invalid=False)
+    labelled = batch.labelled
+    X, y = batch.X[labelled], batch.y[labelled]
+    if not len(X):
+        raise RegistryError(f"{name}: the retrain window {window} has no labelled rows")
+    mode = spec.drift.retrain_mode
+    champion = registry.champion(name)
+    model = copy.deepcopy(registry.load_estimator(name, champion)) if mode == "warm" and champion else build_model(spec)
+    classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
+    started = time.perf_counter()
+    for _ in range(spec.drift.retrain_epochs):
+        for chunk in range(0, len(X), spec.batch.rows):
+            partial_fit(model, X[chunk : chunk + spec.batch.rows], y[chunk : chunk + spec.batch.rows], classes)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    onnx_bytes = export_onnx(model, len(spec.features))
+    parity = check_parity(model, onnx_bytes, batch.X, spec.parity.atol, spec.parity.rtol)
+    if not parity.passed:
+        raise RegistryError(f"{name}: retrained model failed ONNX parity: {parity.reason}")
+    meta = version_meta(
+        spec,
+        batch,
+        {int(p): o for p, o in head.learned.items()},
+        int(len(X)),
+        head.meta["rows_learned_total"],  # re-learned rows are not new rows
+        {},
+        {"max_abs_diff": parity.max_abs_diff, "label_mismatches": parity.label_mismatches, "passed": True},
+        {"train_seconds": train_seconds, "export_seconds": time.perf_counter() - started},
+        run_id,
+        retrain={
+            "mode": mode,
+            "epochs": spec.drift.retrain_epochs,
+            "reasons": reasons,
+            "from": head.name,
+            "since": since,
+        },
+    )
+    return registry.register(name, head.name, onnx_bytes, model, meta)

@@ -1,0 +1,171 @@
+"""Prometheus exporter for training: metrics read from durable state on every scrape.
+
+Training runs are short-lived processes that a scrape would usually miss, so instead of pushing
+from them (a Pushgateway keeps stale series forever and is one more service to run) the exporter
+derives every training metric from what the runs leave behind: the registry's versions (each
+meta.json is immutable, so it is read once and cached), the champion history and decisions,
+the label joiner's live_metrics.jsonl (live accuracy per served version), and Kafka's
+high-water marks for lag. Restarting the exporter loses nothing; counters come back identical.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry, Version
+from dagster_project.spec import StreamSpec
+
+PREQUENTIAL_METRICS = ("accuracy", "roc_auc", "log_loss", "mae", "rmse")
+
+
+class TrainingCollector(Collector):
+    """Exposes `streamfit_*` training metrics for the given streams."""
+
+    def __init__(self, registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None) -> None:
+        self.registry = registry
+        self.specs = specs
+        self.kafka = kafka
+        self._meta_cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _versions(self, stream: str) -> list[Version]:
+        with self._lock:  # versions never change once written, so each meta.json is parsed once
+            found = []
+            directory = self.registry.root / stream
+            names = (
+                sorted(
+                    (p.name for p in directory.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()),
+                    key=lambda n: int(n[1:]),
+                )
+                if directory.is_dir()
+                else []
+            )
+            for name in names:
+                key = (stream, name)
+                if key not in self._meta_cache:
+                    self._meta_cache[key] = self.registry.get(stream, name).meta
+                found.append(Version(stream, name, self._meta_cache[key]))
+            return found
+
+    def collect(self) -> Iterator[Metric]:
+        batches = CounterMetricFamily(
+            "streamfit_batches", "Micro-batches learned (registered versions)", labels=["stream"]
+        )
+        rows = CounterMetricFamily("streamfit_rows", "Rows by fate across all batches", labels=["stream", "fate"])
+        dlq = CounterMetricFamily("streamfit_dlq_messages", "Messages sent to the dead-letter topic", labels=["stream"])
+        version = GaugeMetricFamily("streamfit_model_version", "Version number by alias", labels=["stream", "alias"])
+        prequential = GaugeMetricFamily(
+            "streamfit_prequential_metric", "Test-then-train metric of the latest batch", labels=["stream", "metric"]
+        )
+        train = SummaryMetricFamily("streamfit_train_seconds", "Seconds spent in test-then-train", labels=["stream"])
+        export = SummaryMetricFamily(
+            "streamfit_export_seconds", "Seconds spent exporting and checking ONNX", labels=["stream"]
+        )
+        changes = CounterMetricFamily(
+            "streamfit_champion_changes", "Champion alias changes by kind", labels=["stream", "kind"]
+        )
+        for spec in self.specs:
+            name = spec.name
+            found = self._versions(name)
+            batches.add_metric([name], len(found))
+            for fate in ("read", "valid", "trained", "dlq"):
+                rows.add_metric([name, fate], sum(v.meta["rows"][fate] for v in found))
+            dlq.add_metric([name], sum(v.meta["rows"]["dlq"] for v in found))
+            timings = [v.meta.get("timings", {}) for v in found]
+            train_s = [t["train_seconds"] for t in timings if t.get("train_seconds") is not None]
+            export_s = [t["export_seconds"] for t in timings if t.get("export_seconds") is not None]
+            train.add_metric([name], count_value=len(train_s), sum_value=sum(train_s))
+            export.add_metric([name], count_value=len(export_s), sum_value=sum(export_s))
+            if found:
+                version.add_metric([name, "head"], found[-1].number)
+                for metric in PREQUENTIAL_METRICS:
+                    value = found[-1].meta.get("metrics", {}).get(metric)
+                    if value is not None:
+                        prequential.add_metric([name, metric], value)
+            champion = self.registry.champion(name)
+            if champion:
+                version.add_metric([name, "champion"], int(champion[1:]))
+            history = self.registry.champion_history(name)
+            rollbacks = sum(1 for h in history if str(h.get("reason", "")).startswith("rollback"))
+            changes.add_metric([name, "rollback"], rollbacks)
+            changes.add_metric([name, "promotion"], len(history) - rollbacks)
+        yield from (batches, rows, dlq, version, prequential, train, export, changes)
+        yield from self._monitoring()
+        if self.kafka is not None:
+            yield from self._lag()
+
+    def _monitoring(self) -> Iterator[Metric]:
+        """Data-quality outcomes, drift actions and the latest drift scores, from decisions.jsonl."""
+        from monitors.evidence import ACTION_KIND, gather
+
+        quality = CounterMetricFamily(
+            "streamfit_quality_failures", "Batches that failed data quality, by policy", labels=["stream", "action"]
+        )
+        actions = CounterMetricFamily(
+            "streamfit_drift_actions", "Self-healing actions taken (retrain, rollback)", labels=["stream", "action"]
+        )
+        psi = GaugeMetricFamily(
+            "streamfit_drift_psi_max", "Largest PSI of recent batches vs the champion", labels=["stream"]
+        )
+        for spec in self.specs:
+            decisions = self.registry.decisions(spec.name)
+            for action in ("halt", "quarantine"):
+                quality.add_metric(
+                    [spec.name, action],
+                    sum(1 for d in decisions if d.get("kind") == "quality" and d["action"] == action),
+                )
+            for action in ("retrain", "rollback"):
+                actions.add_metric(
+                    [spec.name, action],
+                    sum(1 for d in decisions if d.get("kind") == ACTION_KIND and d["action"] == action),
+                )
+            reports = gather(self.registry, spec).drift_reports if self.registry.champion(spec.name) else []
+            scores = [r.psi_max for r in reports if r.psi_max is not None]
+            if scores:
+                psi.add_metric([spec.name], scores[-1])
+        yield from (quality, actions, psi)
+
+    def _lag(self) -> Iterator[Metric]:
+        from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
+        from dagster_project.registry.store import expected_offsets
+
+        up = GaugeMetricFamily("streamfit_kafka_up", "1 when the broker answered this scrape", labels=["stream"])
+        lag = GaugeMetricFamily("streamfit_lag_rows", "Rows waiting to be learned", labels=["stream", "partition"])
+        for spec in self.specs:
+            _, expected, _ = expected_offsets(self.registry, spec.name)
+            try:
+                states = probe_partitions(self.kafka, spec.events_topic, expected, timeout_s=2.0)
+            except BrokerUnavailable:
+                up.add_metric([spec.name], 0)
+                continue
+            up.add_metric([spec.name], 1)
+            for state in states:
+                lag.add_metric([spec.name, str(state.partition)], state.lag)
+        yield up
+        yield lag
+
+
+def exporter_registry(
+    registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None
+) -> CollectorRegistry:
+    from dagster_project.labels.joiner import LiveMetricsCollector
+
+    collectors = CollectorRegistry()
+    collectors.register(TrainingCollector(registry, specs, kafka))
+    collectors.register(LiveMetricsCollector(registry.root, specs))  # live accuracy from the label joiner
+    return collectors
+
+
+def serve_exporter(
+    registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None, port: int, addr: str = "0.0.0.0"
+):
+    """Serve /metrics on `port` in a background thread; returns (server, thread)."""
+    from prometheus_client import start_http_server
+
+    return start_http_server(port, addr=addr, registry=exporter_registry(registry, specs, kafka))

@@ -1,0 +1,213 @@
+"""ONNX export, ONNX inference, and the sklearn-vs-onnxruntime parity gate.
+
+A model version is only registered for serving if onnxruntime reproduces scikit-learn's outputs
+on real rows. skl2onnx and onnxruntime are imported inside the functions that need them, because
+Dagster's code location imports this module and skl2onnx alone costs well over a second to import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import is_classifier
+from sklearn.pipeline import Pipeline
+
+from dagster_project.learning.estimators import is_fitted
+
+# Highest ONNX opset an export may use: within skl2onnx 1.20's tested range (<= 22) and loadable by
+# onnxruntime >= 1.18, so serving hosts may run an older runtime than the trainer. convert_sklearn
+# treats it as a ceiling and stamps the lowest opset the graph actually needs (14 for these models);
+# to_onnx would instead stamp exactly this value, needlessly narrowing which runtimes can load it.
+TARGET_OPSET = 21
+INPUT_NAME = "input"
+
+
+def export_onnx(model: Pipeline, n_features: int, target_opset: int = TARGET_OPSET) -> bytes:
+    """Serialize a fitted pipeline to ONNX bytes taking float32 input of shape (rows, n_features).
+
+    Classifiers are exported without ZipMap so ``probabilities`` is a plain (rows, classes) tensor.
+    For hinge-loss SGD (no ``predict_proba``) that output holds decision scores instead.
+    """
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    if not is_fitted(model):
+        raise ValueError("cannot export an unfitted model")
+    estimator = model.steps[-1][1]
+    options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
+    onx = convert_sklearn(
+        model,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        options=options,
+        target_opset=target_opset,
+    )
+    return onx.SerializeToString()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """ONNX outputs for a batch of rows.
+
+    ``labels`` is always what scikit-learn's ``predict`` returns: class indices for classifiers,
+    predicted values for regressors. ``scores`` (classifiers) is (rows, classes): probabilities, or
+    decision scores for hinge models. ``values`` (regressors) is the 1-D prediction.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+
+class OnnxModel:
+    """An onnxruntime session over exported model bytes.
+
+    One intra-op thread by default: serving runs many small requests side by side, where extra
+    threads per request only add contention.
+    """
+
+    def __init__(self, onnx_bytes: bytes, intra_op_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"expected a single input tensor, got {[i.name for i in inputs]}")
+        self.input_name: str = inputs[0].name
+        width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
+        self.n_features: int | None = width if isinstance(width, int) else None
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        # skl2onnx classifiers emit (label, probabilities); regressors a single (rows, 1) tensor.
+        self.is_classifier: bool = len(self.output_names) == 2
+
+    def predict(self, X: Any) -> Prediction:
+        """Run the model on rows (2-D, or one 1-D row); inputs are converted to float32."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D, got shape {X.shape}")
+        if self.n_features is not None and X.shape[1] != self.n_features:
+            raise ValueError(f"model expects {self.n_features} features, got {X.shape[1]}")
+        outputs = self.session.run(None, {self.input_name: X})
+        if self.is_classifier:
+            return Prediction(labels=np.asarray(outputs[0]), scores=np.asarray(outputs[1]))
+        values = np.asarray(outputs[0]).reshape(len(X))
+        return Prediction(labels=values, values=values)
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Outcome of comparing scikit-learn with onnxruntime on the same rows."""
+
+    passed: bool
+    max_abs_diff: float
+    label_mismatches: int
+    rows: int
+    atol: float
+    rtol: float
+    reason: str = ""
+
+
+def sklearn_scores(model: Pipeline, X: np.ndarray) -> np.ndarray:
+    """The sklearn outputs that the ONNX graph reproduces, shaped like the ONNX output.
+
+    Classifiers: ``predict_proba``; without it, ``decision_function`` — for binary models widened
+    from (rows,) to (rows, 2) as ``[-d, d]``, which is what skl2onnx emits. Regressors: ``predict``.
+    """
+    if not is_classifier(model.steps[-1][1]):
+        return np.asarray(model.predict(X), dtype=np.float64)
+    if hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(X), dtype=np.float64)
+    decision = np.asarray(model.decision_function(X), dtype=np.float64)
+    if decision.ndim == 1:
+        decision = np.column_stack([-decision, decision])
+    return decision
+
+
+def compare_outputs(
+    sk_scores: np.ndarray,
+    onnx_scores: np.ndarray,
+    sk_labels: np.ndarray | None,
+    onnx_labels: np.ndarray | None,
+    atol: float,
+    rtol: float,
+) -> ParityResult:
+    """Parity of two sets of outputs; see ``check_parity`` for the tolerance semantics."""
+    sk_scores = np.asarray(sk_scores, dtype=np.float64)
+    onnx_scores = np.asarray(onnx_scores, dtype=np.float64)
+    rows = len(sk_scores)
+    if rows == 0:
+        return ParityResult(False, float("nan"), 0, 0, atol, rtol, "no rows to compare")
+    if onnx_scores.size != sk_scores.size:
+        reason = f"ONNX output has shape {onnx_scores.shape}, sklearn's {sk_scores.shape}"
+        return ParityResult(False, float("nan"), 0, rows, atol, rtol, reason)
+    onnx_scores = onnx_scores.reshape(sk_scores.shape)
+    diff = np.abs(onnx_scores - sk_scores)
+    max_abs_diff = float(np.max(diff))
+    within = diff <= atol + rtol * np.abs(sk_scores)  # False for NaN on either side
+    reasons: list[str] = []
+    if not within.all():
+        bad = int(np.count_nonzero(~within.reshape(rows, -1).all(axis=1)))
+        reasons.append(
+            f"{bad}/{rows} rows differ beyond atol={atol:g} + rtol={rtol:g}*|sklearn| (max abs diff {max_abs_diff:.3g})"
+        )
+
+    mismatches = 0
+    if sk_labels is not None and onnx_labels is not None:
+        mismatch = np.asarray(sk_labels) != np.asarray(onnx_labels)
+        mismatches = int(np.count_nonzero(mismatch))
+        if mismatches:
+            # Distance to the decision boundary: half the gap between the two highest scores
+            # (|p - 0.5| for binary probabilities, |d| for a binary decision value).
+            top2 = np.sort(sk_scores.reshape(rows, -1), axis=1)[:, -2:]
+            distance = (top2[:, 1] - top2[:, 0]) / 2 if top2.shape[1] == 2 else np.full(rows, np.inf)
+            far = mismatch & ~(distance <= atol)
+            if far.any():
+                reasons.append(
+                    f"{int(np.count_nonzero(far))} label mismatches farther than atol={atol:g} "
+                    f"from the decision boundary"
+                )
+    return ParityResult(
+        passed=not reasons,
+        max_abs_diff=max_abs_diff,
+        label_mismatches=mismatches,
+        rows=rows,
+        atol=atol,
+        rtol=rtol,
+        reason="; ".join(reasons),
+    )
+
+
+def check_parity(model: Pipeline, onnx_bytes: bytes, X: np.ndarray, atol: float, rtol: float) -> ParityResult:
+    """Does onnxruntime on ``onnx_bytes`` reproduce ``model`` on the rows ``X``?
+
+    Tolerance semantics: every score must satisfy ``|onnx - sklearn| <= atol + rtol * |sklearn|``
+    (as ``numpy.isclose``, with sklearn as the reference; NaN never passes). Scores are compared like
+    with like: probabilities for classifiers with ``predict_proba``, decision scores for those
+    without (hinge), predictions for regressors. sklearn runs on ``X`` as given (float64) and ONNX on
+    ``X`` cast to float32, so the float32 rounding that serving will do is part of what is checked.
+
+    A predicted-label mismatch is tolerated only for rows whose sklearn score lies within ``atol`` of
+    the decision boundary (half the gap between the two highest class scores is ``<= atol``), where
+    float32 rounding may legitimately flip the label; any other mismatch fails parity. An empty ``X``
+    fails: nothing was verified.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if len(X) == 0:
+        return ParityResult(False, float("nan"), 0, 0, atol, rtol, "no rows to compare")
+    prediction = OnnxModel(onnx_bytes).predict(X)
+    sk = sklearn_scores(model, X)
+    if is_classifier(model.steps[-1][1]):
+        if prediction.scores is None or prediction.scores.shape != sk.shape:
+            got = None if prediction.scores is None else prediction.scores.shape
+            reason = f"ONNX scores have shape {got}, sklearn's {sk.shape}"
+            return ParityResult(False, float("nan"), 0, len(X), atol, rtol, reason)
+        return compare_outputs(sk, prediction.scores, model.predict(X), prediction.labels, atol, rtol)
+    if prediction.values is None:
+        return ParityResult(False, float("nan"), 0, len(X), atol, rtol, "ONNX model is a classifier")
+    return compare_outputs(sk, prediction.values, None, None, atol, rtol)

@@ -1,0 +1,101 @@
+"""What happens to a batch after its data-quality checks: train, split, halt or quarantine.
+
+Every outcome is visible: a halt stops the stream with the reason until an operator re-runs or
+skips the batch; a quarantine stores the batch with its validation result and lets the stream
+advance; split-off rows go to the DLQ with their reasons. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.quality.quarantine import QuarantineStore
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.spec import StreamSpec
+
+
+@dataclass
+class QualityOutcome:
+    batch: MicroBatch | None  # what trains (None: nothing does)
+    passed: bool
+    severity: Literal["ERROR", "WARN"]
+    message: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _ranges_text(batch: MicroBatch) -> str:
+    return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(batch.ranges.items()))
+
+
+def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroBatch, reasons: list[str]) -> None:
+    """Send rows split off a batch to the DLQ with their reason and source offset."""
+    producer = settings.producer()
+    try:
+        for i, reason in enumerate(reasons):
+            features = dict(zip(spec.feature_names, rejected.X[i].tolist(), strict=True))
+            value = {
+                "reason": f"data quality: {reason}",
+                "topic": spec.events_topic,
+                "partition": int(rejected.partitions[i]),
+                "offset": int(rejected.offsets[i]),
+                "value": {"id": rejected.ids[i], "features": features},
+            }
+            producer.send(spec.dlq_topic, key=rejected.ids[i].encode(), value=orjson.dumps(value))
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def apply_quality_policy(
+    settings: KafkaSettings, registry: FilesystemRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str
+) -> QualityOutcome:
+    from dagster_project.quality.suite import screen_batch
+
+    screening = screen_batch(batch, spec)
+    metadata = {**screening.result.as_metadata(), "action": screening.action}
+    where = _ranges_text(batch)
+    if screening.action in ("train", "partial"):
+        halt = registry.halt(spec.name)
+        if halt and halt.get("ranges") == {str(p): list(r) for p, r in batch.ranges.items()}:
+            registry.clear_halt(spec.name, {"resolution": "batch passed on re-run", "run_id": run_id})
+    if screening.action == "train":
+        return QualityOutcome(batch, True, "ERROR", f"{where}: passed {screening.result.summary}", metadata)
+    if screening.action == "partial":
+        rejected = screening.rejected
+        reasons = [screening.reasons[i] for i in sorted(screening.reasons)]
+        dead_letter_rows(settings, spec, rejected, reasons)
+        metadata.update(split_off_rows=rejected.rows, kept_rows=screening.kept.rows)
+        message = f"{where}: {rejected.rows} rows broke per-row rules and went to {spec.dlq_topic}; the rest trains"
+        return QualityOutcome(screening.kept, True, "ERROR", message, metadata)
+
+    summary = screening.result.summary
+    dlq_note = f" ({batch.dlq} messages dead-lettered: {dict(batch.dlq_reasons)})" if batch.dlq else ""
+    decision = {"kind": "quality", "action": screening.action, "ranges": _ranges_text(batch), "summary": summary}
+    registry.record_decision(spec.name, {**decision, "run_id": run_id})
+    if screening.action == "halt":
+        registry.set_halt(
+            spec.name,
+            {
+                "ranges": {str(p): list(r) for p, r in batch.ranges.items()},
+                "summary": summary + dlq_note,
+                "run_id": run_id,
+            },
+        )
+        message = (
+            f"HALTED {spec.name} at {where}: {summary}{dlq_note}. Fix the cause and re-execute run {run_id[:8]}, "
+            f"or skip the batch with `streamfit batches skip {spec.name} --reason ...`"
+        )
+        return QualityOutcome(None, False, "ERROR", message, metadata)
+    qid = QuarantineStore().save(batch, metadata, run_id)
+    ends = {p: end for p, (_, end) in batch.ranges.items()}
+    registry.set_pending_offsets(
+        spec.name, ends, reason=f"quarantined {qid}: {summary}", by=f"data quality, run {run_id}"
+    )
+    metadata["quarantine_id"] = qid
+    message = f"QUARANTINED {where} as {qid}: {summary}{dlq_note}; the stream moves on (`streamfit quarantine show`)"
+    return QualityOutcome(None, False, "WARN", message, metadata)

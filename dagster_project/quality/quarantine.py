@@ -1,0 +1,95 @@
+"""Quarantined batches: stored with their validation result so nothing is lost and a person can
+inspect them and, once satisfied, train them exactly once."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.settings import streamfit_home
+
+
+class QuarantineError(RuntimeError):
+    """A quarantine operation was refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class QuarantinedBatch:
+    id: str
+    meta: dict[str, Any]
+    batch: MicroBatch | None = None
+
+
+class QuarantineStore:
+    """`<root>/<stream>/<id>/{batch.npz, meta.json}`; meta.json says whether it was replayed."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root else streamfit_home() / "quarantine"
+
+    def save(self, batch: MicroBatch, validation: dict[str, Any], run_id: str) -> str:
+        ranges = "_".join(f"p{p}-{s}-{e}" for p, (s, e) in sorted(batch.ranges.items()))
+        qid = f"q-{ranges}-{uuid.uuid4().hex[:6]}"
+        directory = self.root / batch.stream
+        tmp = directory / f".tmp-{qid}"
+        tmp.mkdir(parents=True)
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer, X=batch.X, y=batch.y, partitions=batch.partitions, offsets=batch.offsets, ids=np.array(batch.ids)
+        )
+        (tmp / "batch.npz").write_bytes(buffer.getvalue())
+        meta = {
+            "id": qid,
+            "stream": batch.stream,
+            "ranges": {str(p): [s, e] for p, (s, e) in sorted(batch.ranges.items())},
+            "rows": batch.rows,
+            "dlq": batch.dlq,
+            "validation": validation,
+            "run_id": run_id,
+            "quarantined_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "replayed_by": None,
+        }
+        (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        os.rename(tmp, directory / qid)
+        return qid
+
+    def list(self, stream: str) -> list[QuarantinedBatch]:
+        directory = self.root / stream
+        if not directory.is_dir():
+            return []
+        entries = [p for p in directory.iterdir() if p.name.startswith("q-")]
+        found = [QuarantinedBatch(p.name, orjson.loads((p / "meta.json").read_bytes())) for p in entries]
+        return sorted(found, key=lambda q: q.meta["quarantined_at"])
+
+    def get(self, stream: str, qid: str) -> QuarantinedBatch:
+        path = self.root / stream / qid
+        if not (path / "meta.json").exists():
+            raise QuarantineError(f"{stream} has no quarantined batch {qid!r}; `streamfit quarantine list {stream}`")
+        meta = orjson.loads((path / "meta.json").read_bytes())
+        data = np.load(io.BytesIO((path / "batch.npz").read_bytes()))
+        batch = MicroBatch(
+            stream=stream,
+            ranges={int(p): (int(s), int(e)) for p, (s, e) in meta["ranges"].items()},
+            X=data["X"],
+            y=data["y"],
+            ids=[str(i) for i in data["ids"]],
+            partitions=data["partitions"],
+            offsets=data["offsets"],
+        )
+        return QuarantinedBatch(qid, meta, batch)
+
+    def mark_replayed(self, stream: str, qid: str, version: str, by: str) -> None:
+        path = self.root / stream / qid / "meta.json"
+        meta = orjson.loads(path.read_bytes())
+        meta["replayed_by"] = {"version": version, "by": by, "at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        tmp = path.with_name(f".meta.{uuid.uuid4().hex}")
+        tmp.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)

@@ -1,0 +1,90 @@
+"""Turning trained rows into a registered version: the meta.json every version carries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets
+from dagster_project.spec import StreamSpec
+from monitors.profiles import profile_features, profile_labels
+
+
+def version_meta(
+    spec: StreamSpec,
+    batch: MicroBatch,
+    learned: dict[int, int],
+    rows_trained: int,
+    rows_learned_total: int,
+    metrics: dict[str, Any],
+    parity: dict[str, Any],
+    timings: dict[str, float | None],
+    run_id: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The metadata shared by every way a version is made (a batch, a retrain, a replay)."""
+    return {
+        "estimator": spec.model.estimator,
+        "task": spec.task,
+        "features": spec.feature_names,
+        "classes": spec.label.classes,
+        "offsets": {
+            "topic": spec.events_topic,
+            "batch": {str(p): [s, e] for p, (s, e) in sorted(batch.ranges.items())},
+            "learned": {str(p): o for p, o in sorted(learned.items())},
+        },
+        "rows": {"read": batch.range_rows, "valid": batch.rows, "trained": rows_trained, "dlq": batch.dlq},
+        "rows_learned_total": rows_learned_total,
+        "metrics": metrics,
+        "parity": parity,
+        "timings": timings,
+        "profile": {
+            "features": profile_features(batch.X, spec.feature_names),
+            "label": profile_labels(batch.y, spec.task),
+        },
+        "run_id": run_id,
+        **extra,
+    }
+
+
+def register_batch(
+    registry: ModelRegistry,
+    spec: StreamSpec,
+    batch: MicroBatch,
+    model: Any,
+    onnx_bytes: bytes,
+    parity: dict[str, Any],
+    run_id: str,
+    **extra: Any,
+) -> Version:
+    """Register `model` as the head's child, recording exactly which offsets it has learned.
+
+    The registry refuses the write if another version appeared since the parent (stale parent),
+    so a batch can never be counted twice. A pending offset reset is applied and recorded. The
+    first version becomes champion; later ones must pass the promotion gate on the next batch.
+    """
+    head, expected, reset = expected_offsets(registry, spec.name)
+    if (head.name if head else None) != model.parent:
+        raise StaleParent(f"{spec.name}: trained on {model.parent} but the head is now {head.name if head else None}")
+    learned = dict(expected)
+    if not extra.get("replay"):  # a replayed quarantine batch lies behind the head: offsets stay
+        learned.update({p: end for p, (_, end) in batch.ranges.items()})
+    meta = version_meta(
+        spec,
+        batch,
+        learned,
+        model.rows_trained,
+        (head.meta["rows_learned_total"] if head else 0) + model.rows_trained,
+        model.metrics,
+        parity,
+        {"train_seconds": model.train_seconds, "export_seconds": parity.get("export_seconds")},
+        run_id,
+        offset_reset_applied=reset,
+        **extra,
+    )
+    version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta)
+    if reset:
+        registry.clear_offset_reset(spec.name, version.name)
+    if registry.champion(spec.name) is None:
+        registry.set_champion(spec.name, version.name, reason="first version: nothing to compare against")
+    return version

@@ -1,0 +1,52 @@
+"""The confluent-kafka producer adapter keeps kafka-python's contract where the scorer relies on it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+from kafka.errors import KafkaTimeoutError
+
+from dagster_project.kafka.brokers.tansu import free_port
+from dagster_project.kafka.fast_producer import ConfluentProducer
+from dagster_project.kafka.io import ensure_topics, probe_partitions, read_range, topic_partitions
+from dagster_project.kafka.settings import CONFLUENT, KAFKA_PYTHON, KafkaSettings
+
+
+def _keys_by_partition(settings: KafkaSettings, topic: str) -> dict[bytes, int]:
+    partitions = topic_partitions(settings, topic)
+    ends = {s.partition: s.high_water for s in probe_partitions(settings, topic, {p: 0 for p in partitions})}
+    return {r.key: r.partition for r in read_range(settings, topic, {p: (0, e) for p, e in ends.items()})}
+
+
+def test_keyed_records_land_where_kafka_python_puts_them(kafka_settings: KafkaSettings) -> None:
+    """Predictions and labels are joined by key: both producers must map a key to the same partition."""
+    keys = [f"event-{i}".encode() for i in range(200)]
+    placed = {}
+    for client in (KAFKA_PYTHON, CONFLUENT):
+        topic = f"fast-{uuid.uuid4().hex[:8]}"
+        ensure_topics(kafka_settings, [topic], 4)
+        settings = replace(kafka_settings, client=client)
+        producer = settings.fast_producer(acks="all")
+        assert isinstance(producer, ConfluentProducer) == (client == CONFLUENT)
+        futures = [producer.send(topic, key=k, value=b"v") for k in keys]
+        producer.flush(timeout=10)
+        assert all(f.succeeded() for f in futures)
+        producer.close()
+        placed[client] = _keys_by_partition(kafka_settings, topic)
+    assert placed[CONFLUENT] == placed[KAFKA_PYTHON]
+    assert len(set(placed[CONFLUENT].values())) == 4  # the keys really were spread
+
+
+def test_unacknowledged_records_fail_the_flush_and_their_futures() -> None:
+    """Nothing listens: flush must not pretend the records were written (the scorer then re-reads)."""
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", client=CONFLUENT)
+    producer = ConfluentProducer(settings.librdkafka_config() | {"message.timeout.ms": 1500})
+    errors: list[Exception] = []
+    future = producer.send("nowhere", key=b"k", value=b"v").add_errback(errors.append)
+    with pytest.raises(KafkaTimeoutError, match="not acknowledged"):
+        producer.flush(timeout=0.5)
+    assert not future.succeeded()
+    producer.close(timeout=3)  # the message times out: its future fails and the errback runs
+    assert future.failed() and errors and "delivery failed" in str(errors[0])

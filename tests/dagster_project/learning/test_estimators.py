@@ -1,0 +1,194 @@
+"""Estimator factory, incremental fitting, and the per-estimator contract.
+
+The contract test runs every estimator a spec can name through the whole lifecycle: learning from a
+stream, ONNX export, parity on unseen rows, and a joblib round trip.
+"""
+
+from __future__ import annotations
+
+import typing
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import SGDClassifier, SGDRegressor
+from sklearn.naive_bayes import BernoulliNB, GaussianNB
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.preprocessing import StandardScaler
+
+from dagster_project.learning import prequential as training
+from dagster_project.learning.estimators import build_model, default_params, is_fitted, partial_fit
+from dagster_project.onnx.export import OnnxModel, check_parity, export_onnx
+from dagster_project.spec import CLASSIFIERS, EstimatorName, StreamSpec
+
+ESTIMATORS = typing.get_args(EstimatorName)
+# Features on very different scales and offsets, so the scaler matters.
+SCALE = np.array([1.0, 10.0, 0.1, 100.0])
+OFFSET = np.array([5.0, -20.0, 0.0, 1000.0])
+BATCH = 50
+N_BATCHES = 30
+
+
+def make_spec(estimator: str, **model: typing.Any) -> StreamSpec:
+    """A minimal 4-feature spec: binary classes [0, 1] for classifiers, else regression."""
+    task = "classification" if estimator in CLASSIFIERS else "regression"
+    return StreamSpec(
+        name="contract",
+        task=task,
+        features=[{"name": f"f{i}"} for i in range(4)],
+        label={"classes": [0, 1]} if task == "classification" else {},
+        model={"estimator": estimator, **model},
+    )
+
+
+def make_stream(task: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded learnable data: class-conditional Gaussians (Bayes accuracy ~0.89) or a noisy linear target."""
+    rng = np.random.default_rng(seed)
+    if task == "classification":
+        y = rng.integers(0, 2, rows)
+        Z = np.where(y[:, None] == 1, 0.6, -0.6) * np.array([1, -1, 1, -1]) + rng.normal(size=(rows, 4))
+    else:
+        Z = rng.normal(size=(rows, 4))
+        y = 3.0 + Z @ np.array([1.5, -2.0, 0.5, 1.0]) + 0.2 * rng.normal(size=rows)
+    return Z * SCALE + OFFSET, y
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_contract(estimator: str, tmp_path: Path) -> None:
+    spec = make_spec(estimator)
+    X, y = make_stream(spec.task, BATCH * N_BATCHES, seed=1)
+    model = None
+    history: list[training.BatchMetrics] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecations or numerical warnings on the happy path
+        for i in range(N_BATCHES):
+            rows = slice(i * BATCH, (i + 1) * BATCH)
+            model, metrics, _ = training.test_then_train(model, spec, X[rows], y[rows])
+            history.append(metrics)
+    assert model is not None and is_fitted(model)
+
+    # Learns incrementally: later prequential batches clearly beat a trivial baseline.
+    late = history[-5:]
+    if spec.task == "classification":
+        accuracy = float(np.mean([m.accuracy for m in late]))
+        assert accuracy >= 0.75, f"{estimator}: late accuracy {accuracy:.3f} vs chance 0.5"
+    else:
+        # Baseline: predict the mean of all previously seen labels.
+        baseline = [
+            np.mean(np.abs(y[i * BATCH : (i + 1) * BATCH] - y[: i * BATCH].mean()))
+            for i in range(N_BATCHES - 5, N_BATCHES)
+        ]
+        mae = float(np.mean([m.mae for m in late]))
+        trivial = float(np.mean(baseline))
+        assert mae < 0.5 * trivial, f"{estimator}: late MAE {mae:.3f} vs running-mean baseline {trivial:.3f}"
+
+    # Exports, and onnxruntime matches sklearn on rows it was not trained on.
+    onnx_bytes = export_onnx(model, n_features=4)
+    X_new, _ = make_stream(spec.task, 200, seed=2)
+    parity = check_parity(model, onnx_bytes, X_new, atol=spec.parity.atol, rtol=spec.parity.rtol)
+    print(f"{estimator}: parity max_abs_diff={parity.max_abs_diff:.2e} mismatches={parity.label_mismatches}")
+    assert parity.passed, parity.reason
+    prediction = OnnxModel(onnx_bytes).predict(X_new)
+    if spec.task == "classification":
+        assert (prediction.labels == model.predict(X_new)).mean() >= 0.99
+    else:
+        np.testing.assert_allclose(prediction.values, model.predict(X_new), rtol=1e-4, atol=1e-4)
+
+    # Survives a joblib round trip with identical outputs.
+    path = tmp_path / "model.joblib"
+    joblib.dump(model, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.predict(X_new), model.predict(X_new))
+    for method in ("predict_proba", "decision_function"):
+        if hasattr(model, method):
+            np.testing.assert_array_equal(getattr(loaded, method)(X_new), getattr(model, method)(X_new))
+
+
+@pytest.mark.parametrize(
+    ("estimator", "expected"),
+    [
+        ("sgd_classifier", SGDClassifier),
+        ("sgd_regressor", SGDRegressor),
+        ("passive_aggressive", SGDClassifier),
+        ("gaussian_nb", GaussianNB),
+        ("bernoulli_nb", BernoulliNB),
+        ("mlp_classifier", MLPClassifier),
+        ("mlp_regressor", MLPRegressor),
+    ],
+)
+def test_build_model_steps(estimator: str, expected: type) -> None:
+    scaled = build_model(make_spec(estimator))
+    assert [name for name, _ in scaled.steps] == ["scaler", "estimator"]
+    assert isinstance(scaled.named_steps["scaler"], StandardScaler)
+    assert type(scaled.named_steps["estimator"]) is expected
+    unscaled = build_model(make_spec(estimator, scale=False))
+    assert [name for name, _ in unscaled.steps] == ["estimator"]
+
+
+def test_defaults_are_online_friendly() -> None:
+    sgd = build_model(make_spec("sgd_classifier", seed=7)).named_steps["estimator"]
+    assert (sgd.loss, sgd.learning_rate, sgd.eta0, sgd.penalty, sgd.random_state) == (
+        "log_loss",
+        "constant",
+        0.01,
+        None,
+        7,
+    )
+    pa = build_model(make_spec("passive_aggressive")).named_steps["estimator"]
+    assert (pa.loss, pa.penalty, pa.learning_rate, pa.eta0) == ("hinge", None, "pa1", 1.0)
+    mlp = build_model(make_spec("mlp_classifier", seed=3)).named_steps["estimator"]
+    assert mlp.hidden_layer_sizes == (32,) and mlp.random_state == 3
+
+
+def test_params_override_defaults() -> None:
+    spec = make_spec("sgd_classifier", params={"eta0": 0.1, "alpha": 0.001})
+    sgd = build_model(spec).named_steps["estimator"]
+    assert sgd.eta0 == 0.1 and sgd.alpha == 0.001 and sgd.loss == "log_loss"
+
+
+def test_default_params_rejects_unknown_name() -> None:
+    with pytest.raises(ValueError, match="unknown estimator"):
+        default_params("random_forest")
+
+
+def test_partial_fit_fresh_then_fitted() -> None:
+    spec = make_spec("sgd_classifier")
+    X, y = make_stream("classification", 100, seed=0)
+    model = build_model(spec)
+    assert not is_fitted(model)
+    # First batch lacks class 1: classes must still be known up front.
+    first = y == 0
+    partial_fit(model, X[first][:20], y[first][:20], classes=np.array([0, 1]))
+    assert is_fitted(model)
+    np.testing.assert_array_equal(model.named_steps["estimator"].classes_, [0, 1])
+    scaler = model.named_steps["scaler"]
+    assert scaler.n_samples_seen_ == 20
+    coef = model.named_steps["estimator"].coef_.copy()
+    assert partial_fit(model, X, y, classes=np.array([0, 1])) is model
+    assert scaler.n_samples_seen_ == 120
+    assert not np.array_equal(coef, model.named_steps["estimator"].coef_)
+
+
+def test_partial_fit_regressor_ignores_classes() -> None:
+    X, y = make_stream("regression", 50, seed=0)
+    model = partial_fit(build_model(make_spec("sgd_regressor")), X, y, classes=None)
+    assert is_fitted(model) and model.predict(X).shape == (50,)
+
+
+def test_partial_fit_unscaled_pipeline() -> None:
+    X, y = make_stream("classification", 50, seed=0)
+    model = partial_fit(build_model(make_spec("gaussian_nb", scale=False)), X, y, np.array([0, 1]))
+    assert is_fitted(model)
+
+
+def test_partial_fit_validates_inputs() -> None:
+    model = build_model(make_spec("sgd_classifier"))
+    X, y = make_stream("classification", 10, seed=0)
+    with pytest.raises(ValueError, match="class indices"):
+        partial_fit(model, X, y, classes=None)
+    with pytest.raises(ValueError, match="rows"):
+        partial_fit(model, X, y[:5], classes=np.array([0, 1]))
+    with pytest.raises(ValueError, match="empty"):
+        partial_fit(model, X[:0], y[:0], classes=np.array([0, 1]))

@@ -1,0 +1,190 @@
+"""The filesystem registry: atomic versions with parents and offsets, checksums, champion, offset resets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.preprocessing import StandardScaler
+
+from dagster_project.registry.store import (
+    ESTIMATOR_FILE,
+    ONNX_FILE,
+    ChecksumMismatch,
+    FilesystemRegistry,
+    RegistryError,
+    StaleParent,
+    expected_offsets,
+)
+
+STREAM = "clicks"
+
+
+def fitted_scaler(seed: int) -> StandardScaler:
+    return StandardScaler().fit(np.random.default_rng(seed).normal(size=(20, 3)))
+
+
+def meta(learned: dict[int, int], **extra) -> dict:
+    return {"offsets": {"learned": {str(p): o for p, o in learned.items()}}, **extra}
+
+
+def register(registry: FilesystemRegistry, parent: str | None, learned: dict[int, int], seed: int = 0):
+    return registry.register(STREAM, parent, f"onnx-{seed}".encode(), fitted_scaler(seed), meta(learned, seed=seed))
+
+
+def test_empty_registry(registry: FilesystemRegistry) -> None:
+    assert registry.versions(STREAM) == []
+    assert registry.head(STREAM) is None
+    assert registry.champion(STREAM) is None
+    assert registry.champion_history(STREAM) == []
+    assert registry.pending_offset_reset(STREAM) is None
+    assert expected_offsets(registry, STREAM) == (None, {}, None)
+
+
+def test_versions_chain_parents_and_offsets(registry: FilesystemRegistry) -> None:
+    v1 = register(registry, None, {0: 10, 1: 5}, seed=1)
+    v2 = register(registry, "v1", {0: 30, 1: 5}, seed=2)
+    assert (v1.name, v1.parent, v1.number) == ("v1", None, 1)
+    assert (v2.name, v2.parent, v2.number) == ("v2", "v1", 2)
+
+    versions = registry.versions(STREAM)
+    assert [v.name for v in versions] == ["v1", "v2"]
+    assert [v.learned for v in versions] == [{0: 10, 1: 5}, {0: 30, 1: 5}]
+    assert [v.parent for v in versions] == [None, "v1"]
+    assert registry.head(STREAM).name == "v2"
+    assert registry.get(STREAM, "v1").meta["seed"] == 1
+    for v in versions:
+        assert set(v.meta["sha256"]) == {ONNX_FILE, ESTIMATOR_FILE}
+        assert v.meta["stream"] == STREAM and v.meta["version"] == v.name and v.meta["created_at"]
+
+    assert registry.load_onnx(STREAM, "v1") == b"onnx-1"
+    loaded = registry.load_estimator(STREAM, "v2")
+    np.testing.assert_array_equal(loaded.mean_, fitted_scaler(2).mean_)
+    assert expected_offsets(registry, STREAM)[:2] == (registry.head(STREAM), {0: 30, 1: 5})
+
+
+def test_versions_sort_numerically(registry: FilesystemRegistry) -> None:
+    parent = None
+    for n in range(1, 12):
+        parent = register(registry, parent, {0: n}).name
+    assert [v.number for v in registry.versions(STREAM)] == list(range(1, 12))
+    assert registry.head(STREAM).name == "v11"
+
+
+@pytest.mark.parametrize("stale", [None, "v1", "v3"])
+def test_stale_parent_is_refused(registry: FilesystemRegistry, stale: str | None) -> None:
+    register(registry, None, {0: 10})
+    register(registry, "v1", {0: 20})
+    with pytest.raises(StaleParent, match=f"head is v2, not {stale}"):
+        register(registry, stale, {0: 30})
+    assert [v.name for v in registry.versions(STREAM)] == ["v1", "v2"]
+    assert not list((registry.root / STREAM).glob(".tmp-*"))
+
+
+def test_version_appearing_during_register_is_stale(registry: FilesystemRegistry, monkeypatch) -> None:
+    """Two trainers read the same head; the rename of the second one fails instead of overwriting."""
+    v1 = register(registry, None, {0: 10})
+    register(registry, "v1", {0: 20}, seed=2)
+    monkeypatch.setattr(registry, "head", lambda stream: v1)  # the loser's view: still v1
+    with pytest.raises(StaleParent, match="version v2 appeared while registering"):
+        register(registry, "v1", {0: 25}, seed=3)
+    monkeypatch.undo()
+    assert registry.get(STREAM, "v2").meta["seed"] == 2
+    assert not list((registry.root / STREAM).glob(".tmp-*"))
+
+
+def test_crashed_write_is_ignored(registry: FilesystemRegistry) -> None:
+    register(registry, None, {0: 10})
+    leftover = registry.root / STREAM / ".tmp-v2-0123456789abcdef"
+    leftover.mkdir()
+    (leftover / ONNX_FILE).write_bytes(b"half a model")  # crashed before estimator and meta
+
+    assert [v.name for v in registry.versions(STREAM)] == ["v1"]
+    assert registry.head(STREAM).name == "v1"
+    assert register(registry, "v1", {0: 20}).name == "v2"
+    assert registry.head(STREAM).learned == {0: 20}
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "load"),
+    [
+        (ONNX_FILE, FilesystemRegistry.load_onnx),
+        (ESTIMATOR_FILE, FilesystemRegistry.load_estimator),
+    ],
+)
+@pytest.mark.parametrize("garbage", [b"\x00garbage\xff", b""])
+def test_corrupted_file_is_never_loaded(registry: FilesystemRegistry, corrupt: str, load, garbage: bytes) -> None:
+    register(registry, None, {0: 10}, seed=1)
+    (registry.root / STREAM / "v1" / corrupt).write_bytes(garbage)
+    with pytest.raises(ChecksumMismatch, match=f"{STREAM}/v1/{corrupt} does not match its sha256"):
+        load(registry, STREAM, "v1")
+
+
+def test_corruption_of_one_file_leaves_the_other_loadable(registry: FilesystemRegistry) -> None:
+    register(registry, None, {0: 10}, seed=1)
+    (registry.root / STREAM / "v1" / ONNX_FILE).write_bytes(b"onnx-2")  # valid-looking, wrong bytes
+    with pytest.raises(ChecksumMismatch):
+        registry.load_onnx(STREAM, "v1")
+    assert registry.load_estimator(STREAM, "v1").n_features_in_ == 3
+
+
+def test_unknown_version(registry: FilesystemRegistry) -> None:
+    register(registry, None, {0: 10})
+    with pytest.raises(RegistryError, match="has no version 'v7'"):
+        registry.load_onnx(STREAM, "v7")
+    with pytest.raises(RegistryError, match="has no version 'v7'"):
+        registry.set_champion(STREAM, "v7", reason="typo")
+    assert registry.champion(STREAM) is None
+
+
+def test_champion_alias_and_history(registry: FilesystemRegistry) -> None:
+    register(registry, None, {0: 10})
+    register(registry, "v1", {0: 20})
+    registry.set_champion(STREAM, "v1", reason="first")
+    registry.set_champion(STREAM, "v2", reason="better", evidence={"roc_auc": 0.91})
+    registry.set_champion(STREAM, "v1", reason="rollback")
+
+    assert registry.champion(STREAM) == "v1"
+    history = registry.champion_history(STREAM)
+    assert [(h["version"], h["previous"], h["reason"]) for h in history] == [
+        ("v1", None, "first"),
+        ("v2", "v1", "better"),
+        ("v1", "v2", "rollback"),
+    ]
+    assert history[1]["evidence"] == {"roc_auc": 0.91}
+    assert "evidence" not in history[0]
+    assert all(h["at"] for h in history)
+    assert not [p for p in (registry.root / STREAM).iterdir() if p.name.startswith(".champion")]
+
+
+def test_pending_offset_reset_lifecycle(registry: FilesystemRegistry) -> None:
+    register(registry, None, {0: 10, 1: 5})
+    record = registry.set_pending_offsets(STREAM, {1: 0, 2: 7}, reason="lost data", by="alice")
+    assert record["offsets"] == {"1": 0, "2": 7}
+    pending = registry.pending_offset_reset(STREAM)
+    assert pending == record
+    assert (pending["reason"], pending["by"]) == ("lost data", "alice")
+
+    head, expected, reset = expected_offsets(registry, STREAM)
+    assert head.name == "v1"
+    assert expected == {0: 10, 1: 0, 2: 7}  # the reset overrides the head, partition by partition
+    assert reset == record
+    assert registry.head(STREAM).learned == {0: 10, 1: 5}  # the head itself is untouched
+
+    registry.clear_offset_reset(STREAM, applied_by_version="v2")
+    assert registry.pending_offset_reset(STREAM) is None
+    assert expected_offsets(registry, STREAM)[1] == {0: 10, 1: 5}
+    assert (registry.root / STREAM / "offset_reset.applied-v2.json").exists()
+    registry.clear_offset_reset(STREAM, applied_by_version="v3")  # nothing pending: no-op
+    assert not (registry.root / STREAM / "offset_reset.applied-v3.json").exists()
+
+
+def test_pending_reset_without_any_version(registry: FilesystemRegistry) -> None:
+    registry.set_pending_offsets(STREAM, {0: 3}, reason="start late", by="bob")
+    assert registry.versions(STREAM) == []
+    assert expected_offsets(registry, STREAM)[:2] == (None, {0: 3})
+
+
+def test_a_newer_reset_replaces_the_pending_one(registry: FilesystemRegistry) -> None:
+    registry.set_pending_offsets(STREAM, {0: 3, 1: 4}, reason="first", by="bob")
+    registry.set_pending_offsets(STREAM, {0: 9}, reason="second", by="bob")
+    assert registry.pending_offset_reset(STREAM)["offsets"] == {"0": 9}
