@@ -1,0 +1,112 @@
+"""Dead letters: one writer for every component, and every send is checked.
+
+A message that cannot be learned, scored or joined is never dropped: it goes to `<stream>.dlq`
+with the reason, where it came from (topic, partition, offset), which component refused it, and
+the message itself. A dead letter the broker did not acknowledge fails the caller, which then
+retries: a silently lost dead letter would be a silently lost row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+Component = Literal["trainer", "scorer", "label-joiner"]
+
+
+class DeadLetterError(RuntimeError):
+    """The broker did not acknowledge every dead letter: the batch must not count as handled."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One refused message: why, and exactly where it came from."""
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | dict[str, Any] | None  # the raw message, or the parsed row it became
+
+
+def encode(letter: DeadLetter, component: Component) -> bytes:
+    """The DLQ record. Raw bytes are kept as text; a parsed row (split off after parsing) as an object."""
+    value = letter.value
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", errors="replace")
+    return orjson.dumps(
+        {
+            "reason": letter.reason,
+            "topic": letter.topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "component": component,
+            "value": value,
+        }
+    )
+
+
+class DeadLetterWriter:
+    """Sends dead letters on a caller's producer and checks each send once the producer is flushed.
+
+    Components that already own a producer (the scorer, the label joiner) send their dead letters
+    beside their other records and call `check()` after their own flush, before committing offsets.
+    """
+
+    def __init__(self, producer: Any, dlq_topic: str, component: Component) -> None:
+        self.producer = producer
+        self.dlq_topic = dlq_topic
+        self.component = component
+        self._futures: list[Any] = []
+        self._errors: list[Exception] = []
+
+    def send(self, letter: DeadLetter) -> None:
+        try:
+            future = self.producer.send(self.dlq_topic, key=letter.key, value=encode(letter, self.component))
+        except Exception as exc:  # kafka-python raises at once when it cannot even queue the record
+            self._errors.append(exc)
+            return
+        self._futures.append(future)
+
+    @property
+    def pending(self) -> int:
+        return len(self._futures) + len(self._errors)
+
+    def check(self) -> int:
+        """After the producer's flush: raise unless every dead letter was acknowledged; returns how many."""
+        failed = self._errors + [f.exception for f in self._futures if not (f.is_done and f.exception is None)]
+        sent = self.pending
+        self._futures, self._errors = [], []
+        if failed:
+            raise DeadLetterError(
+                f"{len(failed)} of {sent} dead letters were not acknowledged by {self.dlq_topic}: {failed[0]!r}. "
+                "Nothing was committed; the work is retried once the broker accepts writes again."
+            )
+        return sent
+
+
+def write_dead_letters(
+    settings: Any, dlq_topic: str, component: Component, letters: Iterable[DeadLetter], timeout_s: float = 30.0
+) -> int:
+    """Send `letters` on a producer of their own (acks=all) and return once all are durable, or raise."""
+    letters = list(letters)
+    if not letters:
+        return 0
+    producer = settings.producer(acks="all")
+    writer = DeadLetterWriter(producer, dlq_topic, component)
+    try:
+        for letter in letters:
+            writer.send(letter)
+        try:
+            producer.flush(timeout=timeout_s)
+        except Exception as exc:
+            raise DeadLetterError(
+                f"{writer.pending} dead letters to {dlq_topic} were not acknowledged within {timeout_s:g}s: {exc!r}"
+            ) from exc
+        return writer.check()
+    finally:
+        producer.close(timeout=5)
