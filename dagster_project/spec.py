@@ -214,7 +214,7 @@ class DriftSpec(_Strict):
 
 
 class LabelsSpec(_Strict):
-    """The delayed-label join (dagster_project/labels.py): how long a prediction waits for its label
+    """The delayed-label join (dagster_project/labels/): how long a prediction waits for its label
     (and a label for its prediction), how many may wait at once, and how often joined aggregates
     are checkpointed to live_metrics.jsonl."""
 

@@ -124,7 +124,7 @@ def _live_changes(
     registry: FilesystemRegistry, spec: StreamSpec, champion: str | None, since: float, params: dict[str, Any]
 ) -> list[ChangeResult]:
     """Concept drift on the served champion's live labelled error (from the label joiner)."""
-    from dagster_project.labels.joiner import read_records
+    from dagster_project.labels import read_records
 
     if not champion:
         return []

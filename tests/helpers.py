@@ -1,4 +1,4 @@
-"""Test helpers that talk to the real broker."""
+"""Test helpers shared between test modules: most talk to the real broker."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import orjson
+from prometheus_client import CollectorRegistry
 
 from assets.training import batch_run_config
 from dagster_project.dev.datasets import synthetic_events
@@ -17,6 +20,7 @@ from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import make_event
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.labels import make_label
 from dagster_project.spec import StreamSpec
 
 
@@ -75,3 +79,22 @@ class StreamfitProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+# --- delayed labels -----------------------------------------------------------------------------
+
+
+def prediction(event_id: str | int, version: str, value: Any) -> tuple[bytes, bytes]:
+    """(key, value) of a scorer's prediction record for `event_id`."""
+    body = {"id": event_id, "prediction": value, "probabilities": None, "model_version": version}
+    return str(event_id).encode(), orjson.dumps(body | {"latency_ms": 1.0, "ts": time.time()})
+
+
+def label(event_id: str, value: Any) -> tuple[bytes, bytes]:
+    """(key, value) of a label record for `event_id`."""
+    return event_id.encode(), make_label(event_id, value)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    """The value of one sample of `registry`, or None when it has none (yet)."""
+    return registry.get_sample_value(name, labels)

@@ -154,7 +154,7 @@ class TrainingCollector(Collector):
 def exporter_registry(
     registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None
 ) -> CollectorRegistry:
-    from dagster_project.labels.joiner import LiveMetricsCollector
+    from dagster_project.labels import LiveMetricsCollector
 
     collectors = CollectorRegistry()
     collectors.register(TrainingCollector(registry, specs, kafka))

@@ -1,4 +1,4 @@
-"""The delayed-label join: exact live quality per version on a real broker, crashes and restarts."""
+"""The label joiner on a real broker: exact live quality per version, dead letters, crashes and restarts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,18 +22,13 @@ from dagster_project.cli import main
 from dagster_project.dev.faults import InjectedFault
 from dagster_project.kafka.io import committed_group_offsets, ensure_topics, probe_partitions
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
-from dagster_project.labels.joiner import (
-    JoinerBusy,
-    JoinState,
+from dagster_project.labels import (
     LabelJoiner,
-    LabelStoreError,
     LiveMetricsCollector,
     LiveStore,
-    RecordParser,
     labels_group,
     live_metrics,
     live_summary,
-    make_label,
     read_records,
 )
 from dagster_project.registry.store import FilesystemRegistry
@@ -50,22 +44,13 @@ from tests.dagster_project.serving.support import (
     train_version,
     wait_for,
 )
-from tests.helpers import StreamfitProcess
+from tests.helpers import StreamfitProcess, label, prediction, sample
 
 # Tansu joins a group after session_timeout/2: a shorter session makes each in-process start ~1 s faster.
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def prediction(event_id: str | int, version: str, value: Any) -> tuple[bytes, bytes]:
-    body = {"id": event_id, "prediction": value, "probabilities": None, "model_version": version}
-    return str(event_id).encode(), orjson.dumps(body | {"latency_ms": 1.0, "ts": time.time()})
-
-
-def label(event_id: str, value: Any) -> tuple[bytes, bytes]:
-    return event_id.encode(), make_label(event_id, value)
 
 
 def send(settings: KafkaSettings, topic: str, pairs: list[tuple[bytes | None, bytes]]) -> None:
@@ -133,113 +118,6 @@ def topic_ends(settings: KafkaSettings, topic: str) -> dict[int, int]:
 
 def counters(joiner: LabelJoiner) -> dict[str, int]:
     return joiner.snapshot.counters
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
-    return registry.get_sample_value(name, labels)
-
-
-# --- the join itself, no broker -----------------------------------------------------------------
-
-
-def test_join_state_rules() -> None:
-    state = JoinState("classification", window_s=10, max_pending=4)
-    assert state.add_label("a", 1.0, ts=1000) == "pending"  # label first
-    assert state.add_prediction("a", "v1", 1, ts=5000) == "joined"  # 1.0 == 1
-    assert state.add_prediction("a", "v1", 1, ts=5100) == "duplicate"  # repeated after the join
-    assert state.add_label("a", 1, ts=5200) == "duplicate"
-    assert state.add_prediction("b", "v2", 0, ts=6000) == "pending"
-    assert state.add_label("b", 1, ts=6500) == "joined"  # wrong
-    # Too far apart: the old prediction is evicted, the label waits for a (new) prediction.
-    assert state.add_prediction("c", "v1", 1, ts=7000) == "pending"
-    assert state.add_label("c", 1, ts=17_001) == "pending"
-    assert state.counters["evicted_predictions"] == 1
-    assert {v: t.quality("classification") for v, t in state.totals.items()} == {
-        "v1": {"rows": 1, "accuracy": 1.0},
-        "v2": {"rows": 1, "accuracy": 0.0},
-    }
-    # Eviction by stream time, oldest first; joined ids are forgotten after a window too.
-    state.add_prediction("d", "v1", 0, ts=20_000)
-    assert state.evict(clock_ms=27_002) == 1 and list(state.pending_labels) == [] and "d" in state.pending_predictions
-    assert list(state.joined_recent) == []
-    # max_pending evicts the oldest waiting entries early.
-    for i in range(5):
-        state.add_prediction(f"p{i}", "v1", 0, ts=21_000 + i)
-    assert len(state.pending_predictions) == 4 and "d" not in state.pending_predictions
-    assert state.counters["overflow"] == 2 and state.counters["evicted_predictions"] == 3
-    # The checkpoint round-trips exactly, value types included (True stays apart from 1).
-    state.add_label("t", True, ts=30_000)
-    restored = JoinState.from_json(state.to_json(7, 1.0e9), "classification", 10, 100)
-    assert restored.seq == 7 and restored.pending_labels["t"] == (True, 30_000)
-    assert restored.pending_predictions == state.pending_predictions
-    assert restored.counters == state.counters and restored.totals == state.totals
-
-
-def test_record_parser_uses_the_event_label_rule() -> None:
-    numbers = RecordParser(synthetic_spec(label={"classes": [0, 1]}))
-    assert numbers.label(make_label("e", 1.0)) == ("e", 1.0)
-    with pytest.raises(ValueError, match="not one of the spec's classes"):
-        numbers.label(make_label("e", True))
-    booleans = RecordParser(synthetic_spec(label={"classes": [False, True]}))
-    with pytest.raises(ValueError, match="not one of the spec's classes"):
-        booleans.prediction(prediction("e", "v1", 1)[1])
-    assert booleans.prediction(prediction(7, "v1", True)[1]) == ("7", "v1", True)
-    with pytest.raises(ValueError, match="model_version"):
-        numbers.prediction(orjson.dumps({"id": "e", "prediction": 1}))
-    regression = RecordParser(synthetic_spec(task="regression", model={"estimator": "sgd_regressor"}, label={}))
-    with pytest.raises(ValueError, match="finite number"):
-        regression.label(make_label("e", True))
-
-
-def test_store_recovery_cuts_torn_lines_and_orphans(tmp_path: Path) -> None:
-    store = LiveStore(tmp_path, "s")
-    with store.locked():
-        with pytest.raises(JoinerBusy), LiveStore(tmp_path, "s").locked():
-            pass
-        assert store.recover() is None
-        store.write_state(1, b'{"seq": 1}')
-        store.append({"seq": 1, "at": "2024-01-01T00:00:00+00:00"})
-        store.write_state(2, b'{"seq": 2}')  # its line never made it
-        with open(store.path, "ab") as fh:
-            fh.write(b'{"seq": 2, "at')  # torn by a crash mid-append
-        assert store.recover() == (1, b'{"seq": 1}')
-        assert store.path.read_bytes().endswith(b"}\n")
-        assert sorted(p.name for p in store.state_dir.iterdir()) == ["000000000001.json"]
-        (store.state_dir / "000000000001.json").unlink()
-        with pytest.raises(LabelStoreError, match="is missing"):
-            store.recover()
-
-
-def test_exporter_collector_reads_new_complete_lines_only(tmp_path: Path) -> None:
-    classify, regress = synthetic_spec(), synthetic_spec(task="regression", model={"estimator": "sgd_regressor"})
-    at = "2024-05-01T12:00:00.000+00:00"
-    common = {"at": at, "window_s": 60, "pending": {"predictions": 2, "labels": 1}}
-    first = {"seq": 1, "task": "classification", "versions": {"v1": {"rows": 4, "correct": 3}}, **common}
-    LiveStore(tmp_path, classify.name).directory.mkdir(parents=True)
-    LiveStore(tmp_path, regress.name).directory.mkdir(parents=True)
-    LiveStore(tmp_path, classify.name).append(first | {"counters": {"joined": 4}})
-    LiveStore(tmp_path, regress.name).append(
-        {"seq": 1, "task": "regression", "versions": {"v2": {"rows": 2, "abs_err": 3.0, "sq_err": 5.0}}, **common}
-    )
-    registry = CollectorRegistry()
-    registry.register(LiveMetricsCollector(tmp_path, [classify, regress]))
-    assert sample(registry, "streamfit_live_accuracy", stream=classify.name, version="v1") == 0.75
-    assert sample(registry, "streamfit_live_mae", stream=regress.name, version="v2") == 1.5
-    assert sample(registry, "streamfit_live_rmse", stream=regress.name, version="v2") == 2.5**0.5
-    assert sample(registry, "streamfit_labels_pending", stream=regress.name, side="predictions") == 2
-    line = orjson.dumps({"seq": 2, "task": "classification", "versions": {"v1": {"rows": 4, "correct": 4}}, **common})
-    path = LiveStore(tmp_path, classify.name).path
-    with open(path, "ab") as fh:
-        fh.write(line[:20])  # half a line: not counted yet
-    assert sample(registry, "streamfit_live_accuracy", stream=classify.name, version="v1") == 0.75
-    with open(path, "ab") as fh:
-        fh.write(line[20:] + b"\n")
-    assert sample(registry, "streamfit_live_accuracy", stream=classify.name, version="v1") == 7 / 8
-    assert live_metrics(tmp_path, classify.name) == {"v1": {"rows": 8, "accuracy": 7 / 8}}
-    assert live_metrics(tmp_path, classify.name, since=time.time()) == {}
-
-
-# --- on the broker ------------------------------------------------------------------------------
 
 
 def test_live_accuracy_per_version_exact_in_any_arrival_order(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
@@ -315,6 +193,21 @@ def test_live_accuracy_per_version_exact_in_any_arrival_order(kafka_settings: Ka
     for topic in (spec.predictions_topic, spec.labels_topic):
         assert committed_group_offsets(kafka_settings, labels_group(spec), topic) == topic_ends(kafka_settings, topic)
     print(f"\nlabel join: {len(records)} checkpoints, {summary.counters}")
+
+
+def test_dead_letters_name_the_label_joiner(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """The joiner's dead letters go through the shared writer, which says which component refused them."""
+    spec = synthetic_spec(labels={"flush_interval_s": 0.2})
+    root = tmp_path / "registry"
+    with running_joiner(spec, kafka_settings, root) as joiner:
+        wait_for(joiner.assigned.is_set, 20, "the joiner's assignment")
+        send(kafka_settings, spec.labels_topic, [(b"x0", b"not json")])
+        wait_for(lambda: read_records(root, spec.name), 10, "the first checkpoint")
+        (letter,) = read_topic(kafka_settings, spec.dlq_topic)  # acknowledged before the checkpoint's commit
+        assert counters(joiner)["invalid_labels"] == 1
+    assert letter["component"] == "label-joiner"
+    assert letter["topic"] == spec.labels_topic and letter["offset"] == 0 and letter["_key"] == b"x0"
+    assert letter["value"] == "not json" and "label is not valid JSON" in letter["reason"]
 
 
 def test_crashes_at_every_checkpoint_step_neither_lose_nor_double_count(

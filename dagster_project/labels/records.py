@@ -1,0 +1,85 @@
+"""Prediction and label records: the two contracts the joiner reads, checked against a stream's spec.
+
+A scorer writes `{id, prediction, probabilities, model_version, ...}` to `<stream>.predictions`; the
+truth arrives as `{id, label, ts}` on `<stream>.labels`. A record that breaks its contract raises
+`InvalidRecord`, whose message becomes the dead letter's reason: one bad record never stops the join.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import orjson
+
+from dagster_project.ingest.events import label_key
+from dagster_project.spec import StreamSpec
+
+
+class InvalidRecord(ValueError):
+    """A prediction or label record breaks its contract; the message is the DLQ reason."""
+
+
+def _record_id(obj: dict[str, Any]) -> str:
+    event_id = obj.get("id")
+    if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
+        raise InvalidRecord("record has no 'id' (string or integer)")
+    return str(event_id)
+
+
+def _json_object(raw: bytes | None, what: str) -> dict[str, Any]:
+    if raw is None:
+        raise InvalidRecord(f"empty {what} (null value)")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"{what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+class RecordParser:
+    """Validates prediction and label records against one stream's task and classes.
+
+    Classes compare by the rule of `ingest/events.py`: True is not 1, but 1.0 is 1.
+    """
+
+    def __init__(self, spec: StreamSpec) -> None:
+        self.task = spec.task
+        self.classes = list(spec.label.classes or [])
+        self._class_keys = {label_key(c) for c in self.classes}
+
+    def _target(self, value: Any, what: str) -> Any:
+        if self.task == "classification":
+            if not isinstance(value, str | int | float) or label_key(value) not in self._class_keys:
+                raise InvalidRecord(f"{what} {value!r} is not one of the spec's classes {self.classes}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidRecord(f"regression {what} must be a finite number, got {value!r}")
+        return float(value)
+
+    def prediction(self, raw: bytes | None) -> tuple[str, str, Any]:
+        """(event id, model version, prediction)."""
+        obj = _json_object(raw, "prediction")
+        event_id = _record_id(obj)
+        version = obj.get("model_version")
+        if not isinstance(version, str) or not version:
+            raise InvalidRecord("prediction has no 'model_version'")
+        if "prediction" not in obj:
+            raise InvalidRecord("prediction has no 'prediction'")
+        return event_id, version, self._target(obj["prediction"], "prediction")
+
+    def label(self, raw: bytes | None) -> tuple[str, Any]:
+        """(event id, label)."""
+        obj = _json_object(raw, "label")
+        event_id = _record_id(obj)
+        if obj.get("label") is None:
+            raise InvalidRecord("label record has no 'label'")
+        return event_id, self._target(obj["label"], "label")
+
+
+def make_label(event_id: str, label: Any, ts: float | None = None) -> bytes:
+    """A label record in the contract format `{id, label, ts}`."""
+    return orjson.dumps({"id": event_id, "label": label, "ts": time.time() if ts is None else ts})

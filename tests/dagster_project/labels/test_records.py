@@ -1,0 +1,26 @@
+"""Prediction and label records: class values compared by the event rule, contract violations refused."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from dagster_project.labels import RecordParser, make_label
+from tests.conftest import synthetic_spec
+from tests.helpers import prediction
+
+
+def test_record_parser_uses_the_event_label_rule() -> None:
+    numbers = RecordParser(synthetic_spec(label={"classes": [0, 1]}))
+    assert numbers.label(make_label("e", 1.0)) == ("e", 1.0)
+    with pytest.raises(ValueError, match="not one of the spec's classes"):
+        numbers.label(make_label("e", True))
+    booleans = RecordParser(synthetic_spec(label={"classes": [False, True]}))
+    with pytest.raises(ValueError, match="not one of the spec's classes"):
+        booleans.prediction(prediction("e", "v1", 1)[1])
+    assert booleans.prediction(prediction(7, "v1", True)[1]) == ("7", "v1", True)
+    with pytest.raises(ValueError, match="model_version"):
+        numbers.prediction(orjson.dumps({"id": "e", "prediction": 1}))
+    regression = RecordParser(synthetic_spec(task="regression", model={"estimator": "sgd_regressor"}, label={}))
+    with pytest.raises(ValueError, match="finite number"):
+        regression.label(make_label("e", True))
