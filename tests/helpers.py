@@ -18,9 +18,12 @@ from assets.training import batch_run_config
 from dagster_project.dev.datasets import synthetic_events
 from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import make_event
+from dagster_project.kafka.io import probe_partitions
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.labels import make_label
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 
 
@@ -34,6 +37,44 @@ def produce_synthetic(settings: KafkaSettings, spec: StreamSpec, rows: int, star
 def run_batch(defs: dg.Definitions, spec: StreamSpec, ranges: Ranges, instance: dg.DagsterInstance, **kwargs):
     job = defs.resolve_job_def(f"{spec.name}_training")
     return job.execute_in_process(run_config=batch_run_config(spec, ranges), instance=instance, **kwargs)
+
+
+def high_waters(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """Each partition's high-water mark (the offset the next record gets)."""
+    return {s.partition: s.high_water for s in probe_partitions(settings, topic, {})}
+
+
+def defs_for(spec: StreamSpec, bootstrap: str, registry: FilesystemRegistry) -> dg.Definitions:
+    """The stream's Dagster definitions bound to this broker and registry."""
+    from dagster_project.factory import build_stream_definitions
+
+    return dg.Definitions.merge(
+        build_stream_definitions(spec),
+        dg.Definitions(
+            resources={
+                "kafka": KafkaResource(bootstrap=bootstrap),
+                "registry": RegistryResource(root=str(registry.root)),
+            }
+        ),
+    )
+
+
+def kafka_sensor_tick(
+    defs: dg.Definitions,
+    spec: StreamSpec,
+    instance: dg.DagsterInstance,
+    kafka: KafkaResource,
+    registry: FilesystemRegistry,
+    cursor: str | None = None,
+):
+    """One evaluation of the stream's Kafka sensor: a SensorResult or a SkipReason."""
+    sensor = defs.resolve_sensor_def(f"{spec.name}_kafka_sensor")
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"kafka": kafka, "registry": RegistryResource(root=str(registry.root))},
+    )
+    return sensor(context)
 
 
 STREAMFIT = str(Path(sys.executable).with_name("streamfit"))

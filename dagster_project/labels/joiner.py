@@ -306,8 +306,3 @@ def progress_line(stream: str, record: dict[str, Any], summary: LiveSummary) -> 
             quality.append(f"{version} mae {q['mae']:.4f} rmse {q['rmse']:.4f} ({q['rows']})")
     return ", ".join(parts) + (" | " + ", ".join(quality) if quality else "")
 
-
-# The CLI still imports these from this module; remove them once it imports from dagster_project.labels.
-from dagster_project.labels.producer import produce_labels  # noqa: E402, F401
-from dagster_project.labels.readers import LiveMetricsReader, live_summary  # noqa: E402, F401
-from dagster_project.labels.store import LabelStoreError  # noqa: E402, F401

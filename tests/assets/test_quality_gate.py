@@ -11,8 +11,7 @@ from dagster_project.kafka.io import ensure_topics, probe_partitions, read_range
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
-from tests.helpers import produce_synthetic, run_batch
-from tests.sensors.test_kafka_sensor import _defs_for, _tick
+from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, run_batch
 
 
 def _spec(**quality):
@@ -52,7 +51,7 @@ def test_halt_stops_the_stream_until_an_operator_skips(
     kafka_bootstrap, kafka_settings, registry, instance, tmp_path, monkeypatch
 ):
     spec = _spec(policy="halt")
-    defs = _defs_for(spec, kafka_bootstrap, registry)
+    defs = defs_for(spec, kafka_bootstrap, registry)
     produce_synthetic(kafka_settings, spec, 200)
     _send(kafka_settings, spec, _bad_rows(3))
     first = _next_range(kafka_settings, spec, 0)
@@ -63,7 +62,7 @@ def test_halt_stops_the_stream_until_an_operator_skips(
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert check.metadata["unexpected_rows"].value == 3
     assert registry.versions(spec.name) == []
-    skip = _tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    skip = kafka_sensor_tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
     assert (
         isinstance(skip, dg.SkipReason) and "HALTED by data quality" in skip.skip_message and "x0" in skip.skip_message
     )
@@ -76,7 +75,8 @@ def test_halt_stops_the_stream_until_an_operator_skips(
     out = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "sensor glitch"])
     assert out.exit_code == 0, out.output
     produce_synthetic(kafka_settings, spec, 200, start=200)
-    request = _tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry).run_requests[0]
+    tick = kafka_sensor_tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    request = tick.run_requests[0]
     ranges = {int(p): tuple(r) for p, r in orjson.loads(request.tags["streamfit/ranges"]).items()}
     assert ranges == {0: (first[0][1], first[0][1] + 200)}
     assert run_batch(defs, spec, ranges, instance).success
@@ -87,7 +87,7 @@ def test_halt_stops_the_stream_until_an_operator_skips(
 
 def test_quarantine_advances_and_replays_exactly_once(kafka_bootstrap, kafka_settings, registry, instance):
     spec = _spec(policy="quarantine")
-    defs = _defs_for(spec, kafka_bootstrap, registry)
+    defs = defs_for(spec, kafka_bootstrap, registry)
     produce_synthetic(kafka_settings, spec, 200)
     assert run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance).success
     produce_synthetic(kafka_settings, spec, 100, start=200)
@@ -119,7 +119,7 @@ def test_quarantine_advances_and_replays_exactly_once(kafka_bootstrap, kafka_set
 
 def test_partial_batches_split_bad_rows_to_the_dlq(kafka_bootstrap, kafka_settings, registry, instance):
     spec = _spec(policy="halt", allow_partial=True)
-    defs = _defs_for(spec, kafka_bootstrap, registry)
+    defs = defs_for(spec, kafka_bootstrap, registry)
     produce_synthetic(kafka_settings, spec, 200)
     _send(kafka_settings, spec, _bad_rows(4))
 
@@ -135,7 +135,7 @@ def test_partial_batches_split_bad_rows_to_the_dlq(kafka_bootstrap, kafka_settin
 
 def test_a_schema_change_halts_with_the_feature_named(kafka_bootstrap, kafka_settings, registry, instance):
     spec = _spec(policy="halt")
-    defs = _defs_for(spec, kafka_bootstrap, registry)
+    defs = defs_for(spec, kafka_bootstrap, registry)
     renamed = [
         {"id": f"n-{i}", "features": {"x0": 1, "x1": 0, "x2": 0, "x3": 0, "x4": 0, "x5": 1}, "label": 0}
         for i in range(20)

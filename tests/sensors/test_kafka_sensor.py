@@ -10,19 +10,9 @@ import orjson
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import ensure_topics, probe_partitions
 from dagster_project.kafka.offsets import decode_ranges
-from dagster_project.resources import KafkaResource, RegistryResource
+from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
-from tests.helpers import produce_synthetic, run_batch
-
-
-def _tick(defs: dg.Definitions, spec, instance, kafka: KafkaResource, registry, cursor: str | None = None):
-    sensor = defs.resolve_sensor_def(f"{spec.name}_kafka_sensor")
-    context = dg.build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        resources={"kafka": kafka, "registry": RegistryResource(root=str(registry.root))},
-    )
-    return sensor(context)
+from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, run_batch
 
 
 def _run_requested(result) -> dg.RunRequest:
@@ -32,7 +22,7 @@ def _run_requested(result) -> dg.RunRequest:
 
 
 def test_topic_that_does_not_exist_yet_is_explained(kafka_bootstrap, spec, registry, stream_defs, instance):
-    result = _tick(stream_defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    result = kafka_sensor_tick(stream_defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
     assert isinstance(result, dg.SkipReason)
     assert "does not exist yet" in result.skip_message
 
@@ -40,10 +30,10 @@ def test_topic_that_does_not_exist_yet_is_explained(kafka_bootstrap, spec, regis
 def test_empty_topic_and_small_lag_wait(kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance):
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
     ensure_topics(kafka_settings, [spec.events_topic], spec.partitions)
-    assert "caught up" in _tick(stream_defs, spec, instance, kafka, registry).skip_message
+    assert "caught up" in kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).skip_message
 
     produce_synthetic(kafka_settings, spec, 50)  # batch.rows is 200, max_wait is an hour
-    message = _tick(stream_defs, spec, instance, kafka, registry).skip_message
+    message = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).skip_message
     assert "lag 50 < batch.rows 200" in message
 
 
@@ -54,12 +44,12 @@ def test_plans_exact_ranges_with_deterministic_key_and_cursor(
     produce_synthetic(kafka_settings, spec, 500)
     ends = {s.partition: s.high_water for s in probe_partitions(kafka_settings, spec.events_topic, {})}
 
-    result = _tick(stream_defs, spec, instance, kafka, registry)
+    result = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)
     request = _run_requested(result)
 
     ranges = decode_ranges(request.tags["streamfit/ranges"])
     assert ranges == {p: (0, end) for p, end in ends.items() if end}
-    assert request.run_key == _run_requested(_tick(stream_defs, spec, instance, kafka, registry)).run_key
+    assert request.run_key == _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)).run_key
     config = request.run_config["ops"][f"{spec.name}__micro_batch"]["config"]["ranges"]
     assert sum(r["end"] - r["start"] for r in config) == 500
     assert orjson.loads(result.cursor)["run_key"] == request.run_key
@@ -67,12 +57,12 @@ def test_plans_exact_ranges_with_deterministic_key_and_cursor(
 
 def test_batches_are_capped_and_the_tail_is_learned(kafka_bootstrap, kafka_settings, registry, instance, tmp_path):
     spec = synthetic_spec(batch={"rows": 400, "max_rows": 400, "max_wait_s": 1, "sensor_interval_s": 5})
-    defs = _defs_for(spec, kafka_bootstrap, registry)
+    defs = defs_for(spec, kafka_bootstrap, registry)
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
     produced = produce_synthetic(kafka_settings, spec, 1234)  # 400 + 400 + 400 + a tail of 34
     sizes = []
     for _ in range(12):
-        result = _tick(defs, spec, instance, kafka, registry)
+        result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
         if isinstance(result, dg.SkipReason):
             if "caught up" in result.skip_message:
                 break
@@ -91,7 +81,7 @@ def test_batches_are_capped_and_the_tail_is_learned(kafka_bootstrap, kafka_setti
 def test_broker_down_skips_and_advances_nothing(kafka_settings, spec, registry, stream_defs, instance):
     down = KafkaResource(bootstrap=f"127.0.0.1:{free_port()}")
     started = time.monotonic()
-    result = _tick(stream_defs, spec, instance, down, registry)
+    result = kafka_sensor_tick(stream_defs, spec, instance, down, registry)
     assert isinstance(result, dg.SkipReason)
     assert "unreachable" in result.skip_message and "nothing advanced" in result.skip_message
     assert time.monotonic() - started < 10
@@ -103,7 +93,7 @@ def test_failed_batch_halts_the_stream_with_a_reason(
 ):
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
     produce_synthetic(kafka_settings, spec, 300)
-    request = _run_requested(_tick(stream_defs, spec, instance, kafka, registry))
+    request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
     monkeypatch.setenv("STREAMFIT_FAULT", "after_train")
     job = stream_defs.resolve_job_def(f"{spec.name}_training")
     failed = job.execute_in_process(
@@ -114,7 +104,7 @@ def test_failed_batch_halts_the_stream_with_a_reason(
     )
     assert not failed.success
 
-    result = _tick(stream_defs, spec, instance, kafka, registry)
+    result = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)
 
     assert isinstance(result, dg.SkipReason)
     assert "halted" in result.skip_message and failed.run_id[:8] in result.skip_message
@@ -135,25 +125,11 @@ def test_lost_offsets_are_a_loud_gap_until_an_operator_resets(
         {"offsets": {"learned": {"0": 5000, "1": 5000}}, "rows_learned_total": 10000},
     )
 
-    result = _tick(stream_defs, spec, instance, kafka, registry)
+    result = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)
     assert isinstance(result, dg.SkipReason)
     assert "OFFSET GAP" in result.skip_message and "streamfit offsets reset" in result.skip_message
     assert "learned up to offset 5000" in result.skip_message
 
     registry.set_pending_offsets(spec.name, {p: 0 for p in ends}, reason="broker restarted", by="test")
-    request = _run_requested(_tick(stream_defs, spec, instance, kafka, registry))
+    request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
     assert decode_ranges(request.tags["streamfit/ranges"]) == {p: (0, e) for p, e in ends.items() if e}
-
-
-def _defs_for(spec, bootstrap, registry) -> dg.Definitions:
-    from dagster_project.factory import build_stream_definitions
-
-    return dg.Definitions.merge(
-        build_stream_definitions(spec),
-        dg.Definitions(
-            resources={
-                "kafka": KafkaResource(bootstrap=bootstrap),
-                "registry": RegistryResource(root=str(registry.root)),
-            }
-        ),
-    )

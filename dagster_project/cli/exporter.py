@@ -1,0 +1,32 @@
+"""`streamfit exporter`: training metrics for Prometheus.
+
+Each scrape reads the registry (and, unless --no-kafka, the broker's lag), so the exporter keeps no
+state of its own and can be restarted at any time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from dagster_project.cli.common import kafka_settings, registry
+
+
+@click.command()
+@click.option("--port", type=int, default=9108, show_default=True)
+@click.option("--addr", default="0.0.0.0", show_default=True)
+@click.option("--no-kafka", is_flag=True, help="Skip the lag probe (registry metrics only).")
+def exporter(port: int, addr: str, no_kafka: bool) -> None:
+    """Serve training metrics for Prometheus, read from the registry and Kafka on each scrape."""
+    from dagster_project.observability.exporter import serve_exporter
+    from dagster_project.spec import load_specs
+
+    kafka = None if no_kafka else kafka_settings(None)
+    serve_exporter(registry(), load_specs(), kafka, port, addr)
+    click.echo(f"serving streamfit_* training metrics on http://{addr}:{port}/metrics; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,73 @@
+"""`streamfit models list|show|promote|rollback`: the registry's versions and its champion.
+
+Promotion and rollback are the operator's override of the automatic promotion gate; both are
+recorded in the champion history with the operator's name.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dagster_project.cli.common import echo_json, operator_name, registry
+
+
+@click.group()
+def models() -> None:
+    """Registered versions and the champion."""
+
+
+@models.command("list")
+@click.argument("stream")
+def models_list(stream: str) -> None:
+    """Every version with its offsets and metrics."""
+    store = registry()
+    champion = store.champion(stream)
+    for version in store.versions(stream):
+        mark = "*" if version.name == champion else " "
+        click.echo(
+            f"{mark} {version.name:>5}  parent {version.parent or '-':>5}  learned {version.meta['offsets']['learned']}"
+            f"  metrics {version.meta.get('metrics', {})}"
+        )
+
+
+@models.command("show")
+@click.argument("stream")
+@click.argument("version")
+def models_show(stream: str, version: str) -> None:
+    """One version's meta.json (offsets, metrics, parity, profile)."""
+    from dagster_project.registry.store import RegistryError
+
+    try:
+        meta = registry().get(stream, version).meta
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    echo_json(meta)
+
+
+@models.command("promote")
+@click.argument("stream")
+@click.argument("version")
+@click.option("--reason", default="manual promotion", show_default=True)
+def models_promote(stream: str, version: str, reason: str) -> None:
+    """Make VERSION the champion now (atomic; recorded in the champion history)."""
+    from dagster_project.registry.store import RegistryError
+
+    try:
+        registry().set_champion(stream, version, reason=f"manual: {reason}", evidence={"by": operator_name()})
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stream}: champion is now {version}")
+
+
+@models.command("rollback")
+@click.argument("stream")
+@click.option("--reason", default="manual rollback", show_default=True)
+def models_rollback(stream: str, reason: str) -> None:
+    """Return the champion to the last good one before it (scorers follow within seconds)."""
+    from dagster_project.registry.store import RegistryError
+
+    try:
+        version = registry().rollback(stream, reason=reason, evidence={"by": operator_name()})
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stream}: rolled back; champion is now {version}")

@@ -1,0 +1,54 @@
+"""`streamfit offsets show|reset`: where a stream's training stands against the broker.
+
+The registry's head version records the offsets it learned up to; these commands compare them with
+the broker's log and, after data loss, let an operator choose where the next batch starts.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dagster_project.cli.common import bootstrap_option, kafka_settings, operator_name, registry, stream_spec
+
+
+@click.group()
+def offsets() -> None:
+    """Inspect or move a stream's learned offsets."""
+
+
+@offsets.command("show")
+@click.argument("stream")
+@bootstrap_option
+def offsets_show(stream: str, bootstrap: str | None) -> None:
+    """Learned offsets, the broker's ends and the lag, per partition."""
+    from dagster_project.kafka.io import committed_group_offsets, probe_partitions
+    from dagster_project.registry.store import expected_offsets
+
+    spec = stream_spec(stream)
+    settings = kafka_settings(bootstrap)
+    head, expected, reset = expected_offsets(registry(), stream)
+    committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
+    click.echo(f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {reset}" if reset else ""))
+    for state in probe_partitions(settings, spec.events_topic, expected):
+        click.echo(
+            f"  partition {state.partition}: next {state.next_offset}  committed {committed.get(state.partition)}  "
+            f"log [{state.log_start}, {state.high_water})  lag {state.lag}"
+        )
+
+
+@offsets.command("reset")
+@click.argument("stream")
+@click.option("--to", "position", type=click.Choice(["earliest", "latest"]), required=True)
+@click.option("--reason", default="operator reset", show_default=True)
+@bootstrap_option
+def offsets_reset(stream: str, position: str, reason: str, bootstrap: str | None) -> None:
+    """Move where the next batch starts (after data loss); the next version records it."""
+    from dagster_project.kafka.io import probe_partitions
+
+    spec = stream_spec(stream)
+    states = probe_partitions(kafka_settings(bootstrap), spec.events_topic, {})
+    if not states:
+        raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
+    target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
+    registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
+    click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")

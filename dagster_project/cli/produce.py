@@ -1,0 +1,32 @@
+"""`streamfit produce`: replay a dataset or a .jsonl file into a stream's events topic.
+
+Events go out in the contract format, so whatever the trainer and scorers see from here is what
+they would see from a real producer.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_spec
+
+
+@click.command()
+@click.argument("stream")
+@click.option("--source", default=None, help="phishing, synthetic, or a .jsonl file (default: the stream's name).")
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--limit", type=int, default=None, help="Stop after this many events.")
+@bootstrap_option
+def produce(stream: str, source: str | None, rate: float | None, limit: int | None, bootstrap: str | None) -> None:
+    """Write events to <stream>.events in the contract format."""
+    from dagster_project.dev.producer import encoded_events
+    from dagster_project.dev.producer import produce as produce_events
+
+    spec = stream_spec(stream)
+    try:
+        sent = produce_events(
+            kafka_settings(bootstrap), spec, encoded_events(source or stream), rate=rate, limit=limit, progress=True
+        )
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"produced {sent} events to {spec.events_topic}")

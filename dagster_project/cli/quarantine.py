@@ -1,0 +1,63 @@
+"""`streamfit quarantine list|show|replay`: batches a `quarantine` quality policy set aside.
+
+The stream keeps training past a quarantined batch; an operator can read why it failed and, once
+satisfied, train it into the model on top of the head, exactly once.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dagster_project.cli.common import echo_json, operator_name, registry, stream_spec
+
+
+@click.group()
+def quarantine() -> None:
+    """Batches set aside by a data-quality quarantine policy."""
+
+
+@quarantine.command("list")
+@click.argument("stream")
+def quarantine_list(stream: str) -> None:
+    """Every quarantined batch with its failure summary and replay state."""
+    from dagster_project.quality.quarantine import QuarantineStore
+
+    entries = QuarantineStore().list(stream)
+    if not entries:
+        click.echo(f"{stream}: no quarantined batches")
+    for entry in entries:
+        meta = entry.meta
+        replayed = f"replayed by {meta['replayed_by']['version']}" if meta.get("replayed_by") else "not replayed"
+        summary = meta["validation"].get("failed_expectations")
+        click.echo(f"{entry.id}  rows {meta['rows']}  failed expectations {summary}  {replayed}")
+
+
+@quarantine.command("show")
+@click.argument("stream")
+@click.argument("quarantine_id")
+def quarantine_show(stream: str, quarantine_id: str) -> None:
+    """The validation result of one quarantined batch."""
+    from dagster_project.quality.quarantine import QuarantineError, QuarantineStore
+
+    try:
+        entry = QuarantineStore().get(stream, quarantine_id)
+    except QuarantineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    echo_json(entry.meta)
+
+
+@quarantine.command("replay")
+@click.argument("stream")
+@click.argument("quarantine_id")
+@click.option("--force", is_flag=True, help="Train it even if it still fails its checks.")
+def quarantine_replay(stream: str, quarantine_id: str, force: bool) -> None:
+    """Train a quarantined batch on top of the head, exactly once."""
+    from dagster_project.quality.quarantine import QuarantineError, QuarantineStore
+    from dagster_project.quality.replay import replay_quarantined
+
+    spec = stream_spec(stream)
+    try:
+        version = replay_quarantined(registry(), QuarantineStore(), spec, quarantine_id, operator_name(), force)
+    except QuarantineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stream}: {quarantine_id} trained into {version.name}")

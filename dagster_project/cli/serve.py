@@ -1,0 +1,81 @@
+"""`streamfit serve`: the scorer process for one stream.
+
+It consumes <stream>.events, scores with the registry's champion (hot-swapped when the champion
+changes) and writes <stream>.predictions, with an HTTP API beside it. The service itself lives in
+`dagster_project.serving.scorer`; this module only parses options and reports start-up errors.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_spec
+
+
+@click.command()
+@click.argument("stream")
+@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port (0: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0 for every interface).")
+@bootstrap_option
+@click.option("--group", default=None, help="Consumer group (default: streamfit-<stream>-scorers).")
+@click.option(
+    "--max-poll-records",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Events per poll batch: the most a crash can score twice.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=1024 * 1024,
+    show_default=True,
+    help="Largest POST /predict body.",
+)
+@click.option(
+    "--max-rows", type=click.IntRange(min=1), default=10_000, show_default=True, help="Most rows per POST /predict."
+)
+def serve(
+    stream: str,
+    port: int,
+    host: str,
+    bootstrap: str | None,
+    group: str | None,
+    max_poll_records: int,
+    max_body_bytes: int,
+    max_rows: int,
+) -> None:
+    """Score <stream>.events with the champion into <stream>.predictions; HTTP /predict, /healthz, /metrics.
+
+    Follows the registry's champion alias ($STREAMFIT_HOME/registry) and hot-swaps it. Set
+    STREAMFIT_SCORER_TOKEN to require `Authorization: Bearer <token>` on /predict. SIGTERM or
+    Ctrl-C finishes the current batch, commits and leaves the group.
+    """
+    import logging
+
+    from dagster_project.kafka.io import BrokerUnavailable
+    from dagster_project.serving.scorer import build_service, scorer_group
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    spec = stream_spec(stream)
+    try:
+        service = build_service(
+            spec,
+            kafka_settings(bootstrap),
+            host=host,
+            port=port,
+            group_id=group,
+            max_poll_records=max_poll_records,
+            max_body_bytes=max_body_bytes,
+            max_rows=max_rows,
+        )
+    except (KeyError, FileNotFoundError, ValueError, BrokerUnavailable, OSError) as exc:
+        raise click.ClickException(exc.args[0] if isinstance(exc, KeyError) else str(exc)) from exc
+    service.start()
+    click.echo(
+        f"serving {stream}: {spec.events_topic} -> {spec.predictions_topic} in group {group or scorer_group(spec)}; "
+        f"HTTP on {service.url}"
+    )
+    service.serve_until_signalled()
+    click.echo("scorer stopped")

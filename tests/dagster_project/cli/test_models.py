@@ -1,0 +1,53 @@
+"""`streamfit models`: listing versions, and promote/rollback recording who acted."""
+
+from __future__ import annotations
+
+import pytest
+
+from dagster_project.cli.common import OPERATOR_ENV
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.spec import StreamSpec
+
+
+def test_models_list(cli, spec: StreamSpec, registry: FilesystemRegistry) -> None:
+    result = cli("models", "list", spec.name)
+    assert (result.exit_code, result.output) == (0, "")
+
+    meta = {"offsets": {"learned": {"0": 12, "1": 8}}, "metrics": {"roc_auc": 0.75}}
+    registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta)
+    registry.register(spec.name, "v1", b"onnx", {"any": "estimator"}, meta)
+    registry.set_champion(spec.name, "v1", reason="test")
+    lines = cli("models", "list", spec.name).output.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("*") and "v1" in lines[0] and "roc_auc" in lines[0]
+    assert lines[1].startswith(" ") and "parent    v1" in lines[1]
+
+
+def test_promote_and_rollback_record_the_operator(
+    cli, spec: StreamSpec, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(OPERATOR_ENV, "dana")
+    meta = {"offsets": {"learned": {"0": 1}}}
+    registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta)
+    registry.register(spec.name, "v1", b"onnx", {"any": "estimator"}, meta)
+
+    for version in ("v1", "v2"):
+        result = cli("models", "promote", spec.name, version, "--reason", "checked by hand")
+        assert (result.exit_code, result.output) == (0, f"{spec.name}: champion is now {version}\n")
+    result = cli("models", "rollback", spec.name)
+    assert (result.exit_code, result.output) == (0, f"{spec.name}: rolled back; champion is now v1\n")
+
+    history = registry.champion_history(spec.name)
+    assert [h["reason"] for h in history] == [
+        "manual: checked by hand",
+        "manual: checked by hand",
+        "rollback: manual rollback",
+    ]
+    assert [h["evidence"]["by"] for h in history] == ["dana"] * 3
+
+
+def test_promote_an_unknown_version_is_a_clean_error(cli, spec: StreamSpec, registry: FilesystemRegistry) -> None:
+    result = cli("models", "promote", spec.name, "v9")
+    assert result.exit_code == 1
+    assert f"Error: {spec.name} has no version 'v9'" in result.output and "Traceback" not in result.output
+    assert registry.champion(spec.name) is None

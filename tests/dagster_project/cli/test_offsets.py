@@ -1,0 +1,45 @@
+"""`streamfit offsets reset` against the real broker: the pending reset it writes, and who wrote it."""
+
+from __future__ import annotations
+
+import pytest
+
+from dagster_project.cli.common import OPERATOR_ENV
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.spec import StreamSpec
+from tests.helpers import high_waters, produce_synthetic
+
+
+@pytest.mark.parametrize("position", ["latest", "earliest"])
+def test_offsets_reset_writes_a_pending_reset(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, position: str
+) -> None:
+    produce_synthetic(kafka_settings, spec, 30)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    result = cli("offsets", "reset", spec.name, "--to", position, "--bootstrap", kafka_settings.bootstrap)
+    assert result.exit_code == 0, result.output
+
+    target = ends if position == "latest" else dict.fromkeys(ends, 0)
+    assert f"next batch starts at {target}" in result.stdout
+    pending = registry.pending_offset_reset(spec.name)
+    assert pending["offsets"] == {str(p): o for p, o in target.items()}
+    assert pending["reason"] == f"operator reset (--to {position})"
+    assert pending["by"]
+
+
+def test_offsets_reset_of_a_stream_without_topic(cli, spec: StreamSpec, kafka_bootstrap: str, registry) -> None:
+    result = cli("offsets", "reset", spec.name, "--to", "latest", "--bootstrap", kafka_bootstrap)
+    assert result.exit_code == 1
+    assert f"topic {spec.events_topic} does not exist on the broker" in result.output
+    assert registry.pending_offset_reset(spec.name) is None
+
+
+def test_offsets_reset_records_the_operator(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(OPERATOR_ENV, "dana")
+    produce_synthetic(kafka_settings, spec, 10)
+    result = cli("offsets", "reset", spec.name, "--to", "earliest", "--bootstrap", kafka_settings.bootstrap)
+    assert result.exit_code == 0, result.output
+    assert registry.pending_offset_reset(spec.name)["by"] == "dana"

@@ -1,0 +1,80 @@
+"""`streamfit produce` against the real broker: a .jsonl file byte for byte, and its clean errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from dagster_project.ingest.events import EventParser, InvalidEvent, make_event
+from dagster_project.kafka.io import read_range, topic_partitions
+from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
+from dagster_project.spec import StreamSpec
+from tests.helpers import high_waters
+
+
+def write_jsonl(path: Path, spec: StreamSpec, rows: int) -> list[bytes]:
+    lines = [
+        make_event(f"ev-{i}", {name: float(i % 7) for name in spec.feature_names}, label=i % 2, ts=float(i))
+        for i in range(rows)
+    ]
+    lines.insert(3, b"{this line is not json")  # sent as it is; the batch reader dead-letters it
+    path.write_bytes(b"\n".join(lines[:6]) + b"\n\n" + b"\n".join(lines[6:]) + b"\n")  # a blank line is skipped
+    return lines
+
+
+def test_produce_from_a_jsonl_file(cli, spec: StreamSpec, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    lines = write_jsonl(source, spec, rows=40)
+    result = cli("produce", spec.name, "--source", source, "--limit", 25, "--bootstrap", kafka_settings.bootstrap)
+    assert result.exit_code == 0, result.output
+    assert f"produced 25 events to {spec.events_topic}" in result.stdout
+
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert sorted(ends) == list(range(spec.partitions))
+    assert sum(ends.values()) == 25
+    records = list(read_range(kafka_settings, spec.events_topic, {p: (0, e) for p, e in ends.items()}))
+    assert sorted(r.value for r in records) == sorted(lines[:25])  # byte for byte, the first 25 lines
+    keys = {r.value: r.key for r in records}
+    assert keys[b"{this line is not json"] is None
+    assert keys[lines[0]] == b"ev-0"
+    for topic in (spec.labels_topic, spec.dlq_topic, spec.predictions_topic):
+        assert topic_partitions(kafka_settings, topic) == list(range(spec.partitions))
+
+
+def test_produce_missing_file_is_a_clean_error(cli, spec: StreamSpec, kafka_bootstrap: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    result = cli("produce", spec.name, "--source", missing, "--bootstrap", kafka_bootstrap)
+    assert result.exit_code == 1
+    assert f"Error: unknown source '{missing}'" in result.output
+    assert "a path to a .jsonl file" in result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_produce_without_a_broker_is_a_clean_error(cli, spec: StreamSpec) -> None:
+    result = cli("produce", spec.name, "--limit", 1)
+    assert result.exit_code == 1
+    assert f"no Kafka broker configured: set {BOOTSTRAP_ENV}" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_produce_unknown_stream_is_a_clean_error(cli, kafka_bootstrap: str) -> None:
+    result = cli("produce", "no_such_stream", "--limit", 1, "--bootstrap", kafka_bootstrap)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "unknown stream 'no_such_stream'; known streams:" in result.output
+
+
+def test_events_in_the_jsonl_file_parse(spec: StreamSpec, tmp_path: Path) -> None:
+    """The file the produce test sends is valid events except the one deliberate bad line."""
+    parser = EventParser(spec)
+    lines = write_jsonl(tmp_path / "e.jsonl", spec, rows=10)
+    bad = []
+    for line in lines:
+        try:
+            parser.parse(line)
+        except InvalidEvent:
+            bad.append(line)
+    assert bad == [b"{this line is not json"]
+    assert orjson.loads(lines[0])["id"] == "ev-0"
