@@ -15,6 +15,7 @@ import numpy as np
 from benchmarks.common import PROJECT_ROOT
 from dagster_project.dev.datasets import SourceEvent, synthetic_events
 from dagster_project.ingest.events import make_event
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import ensure_topics
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
@@ -61,7 +62,7 @@ def encode(source: list[SourceEvent], ts: float | None = None) -> list[tuple[byt
 def produce_round_robin(settings: KafkaSettings, spec: StreamSpec, pairs: list[tuple[bytes, bytes]]) -> float:
     """Send `pairs` with event i on partition i % P; returns the seconds until all were acknowledged."""
     ensure_topics(settings, [spec.events_topic, spec.dlq_topic, spec.predictions_topic], spec.partitions)
-    producer = settings.producer()
+    producer = clients.producer(settings)
     started = time.perf_counter()
     try:
         futures = [

@@ -16,7 +16,7 @@ first, which every system has already learned, so each measures a steady-state b
   assign + seek over the same range, `json.loads` per message, `learn_one` on
   `StandardScaler | LogisticRegression`.
 - **floor**: the same client's bare range read + `orjson.loads` of every message, nothing else.
-  "The same client" is the one Streamfit reads ranges with (`KafkaSettings.range_reader_client()`:
+  "The same client" is the one Streamfit reads ranges with (`clients.range_reader_client(settings)`:
   confluent-kafka when installed); **floor_kafka_python** is the same floor through kafka-python,
   the River loop's client, so both comparisons are side by side.
 - **sklearn_partial_fit**: `estimators.partial_fit` on the same rows already in memory.
@@ -40,6 +40,7 @@ import orjson
 from benchmarks.common import progress, ratio, summary, unique_name
 from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin
+from dagster_project.kafka import clients
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KAFKA_PYTHON, KafkaSettings
 from dagster_project.spec import StreamSpec
@@ -68,7 +69,7 @@ def consume_range(settings: KafkaSettings, topic: str, ranges: Ranges, handle: C
     """Read exactly `ranges` with a group-less kafka-python consumer; `handle` gets each record list."""
     from kafka import TopicPartition
 
-    consumer = settings.range_reader()
+    consumer = clients.range_reader(settings)
     seen = 0
     try:
         todo = {p: end for p, (start, end) in ranges.items() if end > start}
@@ -101,7 +102,7 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
     """The same exact-range read with confluent-kafka (assign at the start offsets, no group join)."""
     from confluent_kafka import TopicPartition as ConfluentPartition
 
-    consumer = settings.confluent_range_reader()
+    consumer = clients.confluent_range_reader(settings)
     seen = 0
     try:
         todo = {p: end for p, (start, end) in ranges.items() if end > start}
@@ -134,7 +135,7 @@ def floor_read(settings: KafkaSettings, topic: str, ranges: Ranges, client: str 
     from dagster_project.kafka.settings import CONFLUENT
 
     loads = orjson.loads
-    client = client or settings.range_reader_client()
+    client = client or clients.range_reader_client(settings)
     if client == CONFLUENT:
 
         def handle_confluent(messages: list) -> None:
@@ -414,7 +415,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "description": "rows/s per system on the same offset range; ratios per repeat (side by side), then median",
         "stream": spec.name,
         "partitions": spec.partitions,
-        "range_reader_client": settings.range_reader_client(),
+        "range_reader_client": clients.range_reader_client(settings),
         "warmup_rows": WARMUP_ROWS,
         "produce_rows_per_s": total / produce_seconds,
         "cold_first_batch_s": cold_first_batch_s,

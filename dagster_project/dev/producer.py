@@ -11,6 +11,7 @@ import orjson
 
 from dagster_project.dev.datasets import SourceEvent, phishing_events, synthetic_events
 from dagster_project.ingest.events import make_event
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
@@ -59,7 +60,7 @@ def produce(
     ensure_topics(
         settings, [spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic], spec.partitions
     )
-    producer = settings.producer()
+    producer = clients.producer(settings)
     events = itertools.islice(events, limit) if limit is not None else events
     bar = None
     if progress:

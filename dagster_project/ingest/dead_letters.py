@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import orjson
 
+from dagster_project.kafka import clients
+
 Component = Literal["trainer", "scorer", "label-joiner"]
 
 
@@ -96,7 +98,7 @@ def write_dead_letters(
     letters = list(letters)
     if not letters:
         return 0
-    producer = settings.producer(acks="all")
+    producer = clients.producer(settings, acks="all")
     writer = DeadLetterWriter(producer, dlq_topic, component)
     try:
         for letter in letters:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dagster_project.ingest.events import EventParser, dead_letter
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import RawRecord, read_range
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
@@ -89,7 +90,7 @@ def _gc_paused() -> Iterator[None]:
 def _send_dead_letters(settings: KafkaSettings, spec: StreamSpec, refused: list[tuple[RawRecord, str]]) -> None:
     """Write every refused message to the DLQ and wait until all are durable (or raise)."""
     failures: list[Exception] = []
-    producer = settings.producer()
+    producer = clients.producer(settings)
     try:
         for record, reason in refused:
             future = producer.send(

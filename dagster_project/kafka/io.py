@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+from dagster_project.kafka import clients
 from dagster_project.kafka.offsets import PartitionState, Ranges
 from dagster_project.kafka.settings import (
     BOOTSTRAP_ENV,
@@ -41,7 +42,7 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = settings.admin()
+    admin = clients.admin(settings)
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
@@ -83,7 +84,7 @@ def _open_reader(settings: KafkaSettings, **overrides):
 
     check_reachable(settings)
     try:
-        consumer = settings.range_reader(**overrides)
+        consumer = clients.range_reader(settings, **overrides)
         if not consumer.bootstrap_connected():
             consumer.topics()  # forces a metadata round trip so an unreachable broker fails here
         return consumer
@@ -149,13 +150,13 @@ def read_range(
 
     Raises if a partition stops short of its end (the range was planned from a high-water mark,
     so the records exist unless the broker lost them). Reads with confluent-kafka when
-    `settings.range_reader_client()` says so (several times faster), otherwise kafka-python.
+    `clients.range_reader_client(settings)` says so (several times faster), otherwise kafka-python.
     """
     todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
     if not todo:
         return
     try:
-        client = settings.range_reader_client()
+        client = clients.range_reader_client(settings)
     except BrokerConfigError as exc:
         raise BrokerUnavailable(str(exc)) from exc
     if client == CONFLUENT:
@@ -214,7 +215,7 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
 
     check_reachable(settings)
     try:
-        consumer = settings.confluent_range_reader()
+        consumer = clients.confluent_range_reader(settings)
     except (BrokerSecurityError, BrokerConfigError, KafkaException) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
     try:
@@ -255,7 +256,7 @@ def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, off
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
-    consumer = settings.range_reader(group_id=group_id)
+    consumer = clients.range_reader(settings, group_id=group_id)
     try:
         consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
     finally:
@@ -263,7 +264,7 @@ def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, off
 
 
 def committed_group_offsets(settings: KafkaSettings, group_id: str, topic: str) -> dict[int, int]:
-    admin = settings.admin()
+    admin = clients.admin(settings)
     try:
         found = admin.list_group_offsets(group_id)  # kafka-python 3: {group: {tp: OffsetAndMetadata}}
     finally:

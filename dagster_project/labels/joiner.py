@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterWriter
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.labels.join_state import JoinState
@@ -135,7 +136,8 @@ class LabelJoiner:
                 log.info("%s: resuming label join from checkpoint %d", self.spec.name, self.state.seq)
             self.snapshot = self.state.summary()
             ensure_topics(self.settings, [*self.topics, self.spec.dlq_topic], self.spec.partitions)
-            consumer = self.settings.group_consumer(
+            consumer = clients.group_consumer(
+                self.settings,
                 self.group_id,
                 auto_offset_reset="earliest",  # a first start joins everything the broker retains
                 max_poll_records=self.max_poll_records,
@@ -203,7 +205,7 @@ class LabelJoiner:
 
     def _dead_letter(self, reason: str, tp, record) -> None:
         if self._dead_letters is None:
-            self._producer = self.settings.producer(acks="all")
+            self._producer = clients.producer(self.settings, acks="all")
             self._dead_letters = DeadLetterWriter(self._producer, self.spec.dlq_topic, "label-joiner")
         self._dead_letters.send(DeadLetter(reason, tp.topic, tp.partition, record.offset, record.key, record.value))
 
@@ -305,4 +307,3 @@ def progress_line(stream: str, record: dict[str, Any], summary: LiveSummary) -> 
         else:
             quality.append(f"{version} mae {q['mae']:.4f} rmse {q['rmse']:.4f} ({q['rows']})")
     return ", ".join(parts) + (" | " + ", ".join(quality) if quality else "")
-

@@ -10,6 +10,7 @@ import itertools
 import random
 import time
 
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.labels.records import make_label
@@ -41,7 +42,7 @@ def produce_labels(
         random.Random(shuffle_seed).shuffle(pairs)
     check_reachable(settings)
     ensure_topics(settings, [spec.labels_topic], spec.partitions)
-    producer = settings.producer(acks="all")
+    producer = clients.producer(settings, acks="all")
     futures = []
     started = time.monotonic()
     try:

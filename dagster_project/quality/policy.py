@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka import clients
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.registry.store import FilesystemRegistry
@@ -34,7 +35,7 @@ def _ranges_text(batch: MicroBatch) -> str:
 
 def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroBatch, reasons: list[str]) -> None:
     """Send rows split off a batch to the DLQ with their reason and source offset."""
-    producer = settings.producer()
+    producer = clients.producer(settings)
     try:
         for i, reason in enumerate(reasons):
             features = dict(zip(spec.feature_names, rejected.X[i].tolist(), strict=True))

@@ -34,6 +34,7 @@ from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.events import EventParser, InvalidEvent, dead_letter
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry, ModelRegistry
@@ -116,16 +117,17 @@ class Scorer:
             [self.spec.events_topic, self.spec.dlq_topic, self.spec.predictions_topic],
             self.spec.partitions,
         )
-        consumer = self.settings.group_consumer(
+        consumer = clients.group_consumer(
+            self.settings,
             self.group_id,
             auto_offset_reset="earliest",  # a new group scores the whole retained stream: no event is skipped
             max_poll_records=self.max_poll_records,
             **self.consumer_overrides,
         )
         if self.producer_overrides:  # kafka-python settings: keep kafka-python's producer
-            producer = self.settings.producer(**({"acks": "all"} | self.producer_overrides))
+            producer = clients.producer(self.settings, **({"acks": "all"} | self.producer_overrides))
         else:
-            producer = self.settings.fast_producer(acks="all")
+            producer = clients.fast_producer(self.settings, acks="all")
         try:
             consumer.subscribe([self.spec.events_topic], listener=_Listener(self))
             self._loop(consumer, producer)

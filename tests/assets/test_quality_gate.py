@@ -7,6 +7,7 @@ import orjson
 from click.testing import CliRunner
 
 from dagster_project.cli import main
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import ensure_topics, probe_partitions, read_range
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.resources import KafkaResource
@@ -24,7 +25,7 @@ def _spec(**quality):
 
 def _send(settings, spec, rows: list[dict]) -> None:
     ensure_topics(settings, [spec.events_topic, spec.dlq_topic], spec.partitions)
-    producer = settings.producer()
+    producer = clients.producer(settings)
     for row in rows:
         producer.send(spec.events_topic, key=row["id"].encode(), value=orjson.dumps(row))
     producer.flush()

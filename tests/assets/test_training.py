@@ -6,6 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions, read_range
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.spec import StreamSpec
@@ -53,7 +54,7 @@ def test_second_batch_reports_prequential_metrics(kafka_settings, spec, registry
 
 
 def _send_raw(settings, topic: str, values: list[bytes]) -> None:
-    producer = settings.producer()
+    producer = clients.producer(settings)
     for value in values:
         producer.send(topic, value=value, partition=0)
     producer.flush()

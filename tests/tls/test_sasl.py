@@ -23,6 +23,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.net.sasl import get_sasl_mechanism
 
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import BrokerUnavailable, topic_partitions
 from dagster_project.kafka.settings import (
     CAFILE_ENV,
@@ -108,7 +109,7 @@ def test_missing_tls_file_is_named(clean_security_env, tmp_path):
     clean_security_env.setenv(PROTOCOL_ENV, "SSL")
     clean_security_env.setenv(CAFILE_ENV, str(tmp_path / "nope.pem"))
     with pytest.raises(BrokerConfigError, match=f"{CAFILE_ENV}=.*nope.pem: no such file"):
-        KafkaSettings.from_env("127.0.0.1:9093").producer()
+        clients.producer(KafkaSettings.from_env("127.0.0.1:9093"))
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
@@ -120,7 +121,7 @@ def test_sasl_ssl_against_a_listener_without_sasl_fails_fast_and_clearly(
 
     started = time.monotonic()
     with pytest.raises(BrokerSecurityError) as caught:
-        settings.producer()
+        clients.producer(settings)
     message = str(caught.value)
     assert f"refused SASL mechanism {mechanism} (UnsupportedSaslMechanismError, error 33" in message, message
     assert MECHANISM_ENV in message and f"{PROTOCOL_ENV}=SSL" in message

@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 
 from dagster_project.factory import build_stream_definitions
+from dagster_project.kafka import clients, preflight
 from dagster_project.kafka.io import BrokerUnavailable, committed_group_offsets, topic_partitions
 from dagster_project.kafka.offsets import decode_ranges
 from dagster_project.kafka.settings import (
@@ -39,7 +40,7 @@ from tests.tls.pki import Pki
 
 def _advertised_brokers(settings: KafkaSettings) -> set[tuple[str, int]]:
     """The broker addresses the cluster's metadata hands to clients."""
-    admin = settings.admin()
+    admin = clients.admin(settings)
     try:
         return {(b["host"], b["port"]) for b in admin.describe_cluster()["brokers"]}
     finally:
@@ -122,7 +123,7 @@ def test_wrong_ca_fails_fast_and_names_the_variable_to_set(tls_broker: TlsBroker
 
     started = time.monotonic()
     with pytest.raises(BrokerSecurityError) as direct:
-        settings.producer()
+        clients.producer(settings)
     message = str(direct.value)
     assert CAFILE_ENV in message and "not signed by a CA this client trusts" in message
     assert str(pki.wrong_ca) in message
@@ -138,7 +139,7 @@ def test_missing_client_certificate_names_the_certificate_variables(tls_broker: 
     monkeypatch.delenv(CERTFILE_ENV)
     monkeypatch.delenv(KEYFILE_ENV)
     with pytest.raises(BrokerSecurityError) as caught:
-        KafkaSettings.from_env().admin()
+        clients.admin(KafkaSettings.from_env())
     message = str(caught.value)
     # stunnel answers with a "certificate required" alert, or (a race) closes before the client reads it
     assert "sent no client certificate" in message or "(none set now)" in message, message
@@ -149,7 +150,7 @@ def test_hostname_mismatch_is_explained_and_can_be_switched_off(tls_broker: TlsB
     # other-host presents a valid certificate from our CA, but for kafka.example.com, not 127.0.0.1
     settings = KafkaSettings(bootstrap=tls_broker.other_host_bootstrap, security_protocol="SSL", ssl_cafile=str(pki.ca))
     with pytest.raises(BrokerSecurityError) as caught:
-        settings.check_security()
+        preflight.check_security(settings)
     assert "does not name '127.0.0.1'" in str(caught.value) and CHECK_HOSTNAME_ENV in str(caught.value)
 
     clean_security_env.setenv(PROTOCOL_ENV, "SSL")
@@ -157,13 +158,13 @@ def test_hostname_mismatch_is_explained_and_can_be_switched_off(tls_broker: TlsB
     clean_security_env.setenv(CHECK_HOSTNAME_ENV, "false")
     relaxed = KafkaSettings.from_env(tls_broker.other_host_bootstrap)
     assert relaxed.ssl_check_hostname is False and relaxed.common()["ssl_check_hostname"] is False
-    relaxed.check_security()  # the chain is still verified; only the name check is off
+    preflight.check_security(relaxed)  # the chain is still verified; only the name check is off
 
 
 def test_tls_against_a_plaintext_listener_fails_in_seconds(tls_broker: TlsBroker, tls_settings):
     settings = replace(tls_settings, bootstrap=tls_broker.plaintext_bootstrap, security_check_timeout_ms=1500)
     started = time.monotonic()
     with pytest.raises(BrokerSecurityError) as caught:
-        settings.range_reader()
+        clients.range_reader(settings)
     assert time.monotonic() - started < 5
     assert "plaintext listener" in str(caught.value) and PROTOCOL_ENV in str(caught.value)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 from kafka.errors import KafkaTimeoutError
 
+from dagster_project.kafka import clients
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.fast_producer import ConfluentProducer
 from dagster_project.kafka.io import ensure_topics, probe_partitions, read_range, topic_partitions
@@ -28,7 +29,7 @@ def test_keyed_records_land_where_kafka_python_puts_them(kafka_settings: KafkaSe
         topic = f"fast-{uuid.uuid4().hex[:8]}"
         ensure_topics(kafka_settings, [topic], 4)
         settings = replace(kafka_settings, client=client)
-        producer = settings.fast_producer(acks="all")
+        producer = clients.fast_producer(settings, acks="all")
         assert isinstance(producer, ConfluentProducer) == (client == CONFLUENT)
         futures = [producer.send(topic, key=k, value=b"v") for k in keys]
         producer.flush(timeout=10)

@@ -12,6 +12,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.partitioner.default import murmur2
 
+from dagster_project.kafka import clients
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import (
     BrokerUnavailable,
@@ -43,7 +44,7 @@ def unique_topic(prefix: str = "io") -> str:
 
 
 def produce_timestamped(settings: KafkaSettings, topic: str, partition: int, timestamps: list[int]) -> None:
-    producer = settings.producer()
+    producer = clients.producer(settings)
     try:
         for i, ts in enumerate(timestamps):
             producer.send(topic, key=b"k%d" % i, value=b"v%d" % i, partition=partition, timestamp_ms=ts)
@@ -70,7 +71,7 @@ def test_probe_of_a_missing_topic_is_empty_and_creates_nothing(kafka_settings: K
     topic = unique_topic("missing")
     assert probe_partitions(kafka_settings, topic, {}) == []
     assert topic_partitions(kafka_settings, topic) == []
-    admin = kafka_settings.admin()
+    admin = clients.admin(kafka_settings)
     try:
         assert topic not in admin.list_topics()
     finally:
@@ -96,7 +97,7 @@ def test_probe_right_after_producing_sees_the_tail(kafka_settings: KafkaSettings
     # ListOffsets LATEST is the naive way to find the end. Tansu answers with the last record
     # batch's base offset + 1 (FACTS.md), Apache Kafka with the true end: either way it never
     # exceeds the fetch high-water mark that probe_partitions uses.
-    consumer = kafka_settings.range_reader()
+    consumer = clients.range_reader(kafka_settings)
     try:
         listed = consumer.end_offsets([TopicPartition(spec.events_topic, s.partition) for s in states])
     finally:
@@ -276,8 +277,8 @@ def test_read_range_before_the_log_start_is_an_error_not_a_jump(kafka_settings: 
     """Offsets the broker no longer has must fail the read, never silently skip ahead."""
     topic = f"gone-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_settings, [topic], 1)
-    admin = kafka_settings.admin()
-    producer = kafka_settings.producer()
+    admin = clients.admin(kafka_settings)
+    producer = clients.producer(kafka_settings)
     for i in range(10):
         producer.send(topic, value=b"%d" % i, partition=0)
     producer.flush()
@@ -298,5 +299,5 @@ def test_unknown_client_name_says_what_to_set() -> None:
 
 
 def test_auto_reads_with_confluent_when_installed() -> None:
-    assert KafkaSettings(bootstrap="localhost:9092").range_reader_client() == CONFLUENT
-    assert KafkaSettings(bootstrap="localhost:9092", client=KAFKA_PYTHON).range_reader_client() == KAFKA_PYTHON
+    assert clients.range_reader_client(KafkaSettings(bootstrap="localhost:9092")) == CONFLUENT
+    assert clients.range_reader_client(KafkaSettings(bootstrap="localhost:9092", client=KAFKA_PYTHON)) == KAFKA_PYTHON

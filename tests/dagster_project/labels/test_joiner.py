@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from dagster_project.cli import main
 from dagster_project.dev.faults import InjectedFault
+from dagster_project.kafka import clients
 from dagster_project.kafka.io import committed_group_offsets, ensure_topics, probe_partitions
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
 from dagster_project.labels import (
@@ -54,7 +55,7 @@ FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
 
 
 def send(settings: KafkaSettings, topic: str, pairs: list[tuple[bytes | None, bytes]]) -> None:
-    producer = settings.producer(acks="all")
+    producer = clients.producer(settings, acks="all")
     try:
         futures = [producer.send(topic, key=k, value=v) for k, v in pairs]
         producer.flush(timeout=30)
