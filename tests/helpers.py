@@ -18,7 +18,7 @@ from assets.training import batch_run_config
 from dagster_project.dev.datasets import synthetic_events
 from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import make_event
-from dagster_project.kafka.io import probe_partitions
+from dagster_project.kafka.io import probe_partitions, read_range
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.labels import make_label
@@ -139,3 +139,14 @@ def label(event_id: str, value: Any) -> tuple[bytes, bytes]:
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     """The value of one sample of `registry`, or None when it has none (yet)."""
     return registry.get_sample_value(name, labels)
+
+
+def read_topic(settings: KafkaSettings, topic: str) -> list[dict[str, Any]]:
+    """Every record of `topic` as JSON, with its `_partition` and `_offset`, in offset order per partition."""
+    ends = {s.partition: (s.log_start, s.high_water) for s in probe_partitions(settings, topic, {})}
+    out = []
+    for record in read_range(settings, topic, ends):
+        value = orjson.loads(record.value)
+        value["_partition"], value["_offset"], value["_key"] = record.partition, record.offset, record.key
+        out.append(value)
+    return out

@@ -98,7 +98,12 @@ def write_dead_letters(
     letters = list(letters)
     if not letters:
         return 0
-    producer = clients.producer(settings, acks="all")
+    try:
+        producer = clients.producer(settings, acks="all", max_block_ms=int(timeout_s * 1000))
+    except Exception as exc:
+        raise DeadLetterError(
+            f"cannot reach the broker to write {len(letters)} dead letters to {dlq_topic}: {exc!r}"
+        ) from exc
     writer = DeadLetterWriter(producer, dlq_topic, component)
     try:
         for letter in letters:

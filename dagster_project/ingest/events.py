@@ -246,9 +246,3 @@ def make_event(event_id: str, features: dict[str, Any], label: Any = None, ts: f
     if label is not None:
         event["label"] = label
     return orjson.dumps(event)
-
-
-def dead_letter(reason: str, topic: str, partition: int, offset: int, raw: bytes | None) -> bytes:
-    """The DLQ record: the reason, where the message came from, and the message itself."""
-    payload = raw.decode("utf-8", errors="replace") if raw is not None else None
-    return orjson.dumps({"reason": reason, "topic": topic, "partition": partition, "offset": offset, "value": payload})

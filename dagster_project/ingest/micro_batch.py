@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dagster_project.ingest.events import EventParser, dead_letter
-from dagster_project.kafka import clients
+from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
+from dagster_project.ingest.events import EventParser
 from dagster_project.kafka.io import RawRecord, read_range
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
@@ -89,18 +89,9 @@ def _gc_paused() -> Iterator[None]:
 
 def _send_dead_letters(settings: KafkaSettings, spec: StreamSpec, refused: list[tuple[RawRecord, str]]) -> None:
     """Write every refused message to the DLQ and wait until all are durable (or raise)."""
-    failures: list[Exception] = []
-    producer = clients.producer(settings)
-    try:
-        for record, reason in refused:
-            future = producer.send(
-                spec.dlq_topic,
-                key=record.key,
-                value=dead_letter(reason, spec.events_topic, record.partition, record.offset, record.value),
-            )
-            future.add_errback(failures.append)
-        producer.flush()  # dead letters are durable before the batch counts as read
-    finally:
-        producer.close()
-    if failures:
-        raise RuntimeError(f"could not write {len(failures)} dead letters to {spec.dlq_topic}: {failures[0]!r}")
+    write_dead_letters(
+        settings,
+        spec.dlq_topic,
+        "trainer",
+        (DeadLetter(reason, spec.events_topic, r.partition, r.offset, r.key, r.value) for r, reason in refused),
+    )

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
+from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.kafka import clients
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.registry.store import FilesystemRegistry
@@ -34,22 +32,23 @@ def _ranges_text(batch: MicroBatch) -> str:
 
 
 def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroBatch, reasons: list[str]) -> None:
-    """Send rows split off a batch to the DLQ with their reason and source offset."""
-    producer = clients.producer(settings)
-    try:
-        for i, reason in enumerate(reasons):
-            features = dict(zip(spec.feature_names, rejected.X[i].tolist(), strict=True))
-            value = {
-                "reason": f"data quality: {reason}",
-                "topic": spec.events_topic,
-                "partition": int(rejected.partitions[i]),
-                "offset": int(rejected.offsets[i]),
-                "value": {"id": rejected.ids[i], "features": features},
-            }
-            producer.send(spec.dlq_topic, key=rejected.ids[i].encode(), value=orjson.dumps(value))
-        producer.flush()
-    finally:
-        producer.close()
+    """Send rows split off a batch to the DLQ with their reason and source offset; raise unless all are durable.
+
+    Raising fails the run before anything trains, so Dagster's retry re-reads the same batch and
+    splits the same rows again: a broker error here can never lose a split-off row.
+    """
+    letters = (
+        DeadLetter(
+            f"data quality: {reason}",
+            spec.events_topic,
+            int(rejected.partitions[i]),
+            int(rejected.offsets[i]),
+            rejected.ids[i].encode(),
+            {"id": rejected.ids[i], "features": dict(zip(spec.feature_names, rejected.X[i].tolist(), strict=True))},
+        )
+        for i, reason in enumerate(reasons)
+    )
+    write_dead_letters(settings, spec.dlq_topic, "trainer", letters)
 
 
 def apply_quality_policy(

@@ -33,7 +33,8 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata
 from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 
 from dagster_project.dev.faults import crash_point
-from dagster_project.ingest.events import EventParser, InvalidEvent, dead_letter
+from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, DeadLetterWriter
+from dagster_project.ingest.events import EventParser, InvalidEvent
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
@@ -156,7 +157,7 @@ class Scorer:
                 continue
             try:
                 self._process(producer, batch)
-            except (PredictionsNotAcknowledged, KafkaTimeoutError) as exc:
+            except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
                 # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
                 self.metrics.batch_retries.labels(self.spec.name).inc()
                 log.error("%s: %s; re-reading the batch", self.spec.name, exc)
@@ -181,10 +182,10 @@ class Scorer:
         ids, rows, index, refused = self._parse([record.value for _, record in records])
         stamps = [records[i][1].timestamp for i in index]
         futures = []
+        dead_letters = DeadLetterWriter(producer, spec.dlq_topic, "scorer")
         for i, reason in refused:
             tp, record = records[i]
-            letter = dead_letter(reason, tp.topic, tp.partition, record.offset, record.value)
-            futures.append(producer.send(spec.dlq_topic, key=record.key, value=letter))
+            dead_letters.send(DeadLetter(reason, tp.topic, tp.partition, record.offset, record.key, record.value))
         dlq = len(refused)
         if ids:
             started = time.perf_counter()
@@ -210,6 +211,7 @@ class Scorer:
                 )
                 futures.append(producer.send(topic, key=event_id.encode(), value=value))
         producer.flush(timeout=self.flush_timeout_s)
+        dead_letters.check()
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:
             raise PredictionsNotAcknowledged(

@@ -32,8 +32,8 @@ from dagster_project.kafka.settings import (
 )
 from dagster_project.resources import KafkaResource, RegistryResource
 from tests.conftest import synthetic_spec
-from tests.dagster_project.serving.support import Client, read_topic, running_service, wait_for
-from tests.helpers import produce_synthetic
+from tests.dagster_project.serving.support import Client, running_service, wait_for
+from tests.helpers import produce_synthetic, read_topic
 from tests.tls.conftest import TlsBroker
 from tests.tls.pki import Pki
 

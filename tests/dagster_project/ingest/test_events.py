@@ -13,7 +13,6 @@ from dagster_project.ingest.events import (
     InvalidEvent,
     ParsedEvent,
     coerce_feature,
-    dead_letter,
     make_event,
 )
 from dagster_project.spec import StreamSpec
@@ -190,35 +189,6 @@ def test_regression_label_is_its_value(label, expected: float) -> None:
 def test_regression_label_must_be_a_number(label) -> None:
     with pytest.raises(InvalidEvent, match="regression label must be a finite number"):
         EventParser(make_spec("regression")).parse(event(label=label))
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b'{"id": "e1", "features": {"f": "oops"}}',
-        None,
-        b"\xff\xfe not utf-8 \x00",
-        "caf\u00e9 \u2603".encode(),
-    ],
-)
-def test_dead_letter_round_trip(raw: bytes | None) -> None:
-    record = orjson.loads(dead_letter("feature 'f' must be a number", "s.events", 1, 1234, raw))
-    assert record == {
-        "reason": "feature 'f' must be a number",
-        "topic": "s.events",
-        "partition": 1,
-        "offset": 1234,
-        "value": None if raw is None else raw.decode("utf-8", errors="replace"),
-    }
-
-
-def test_dead_letter_of_a_real_failure_names_the_feature(parser: EventParser) -> None:
-    raw = event(features={"i": 2.5})
-    with pytest.raises(InvalidEvent) as info:
-        parser.parse(raw)
-    record = orjson.loads(dead_letter(str(info.value), "events.events", 0, 7, raw))
-    assert "'i'" in record["reason"]
-    assert orjson.loads(record["value"]) == orjson.loads(raw)
 
 
 def _corpus() -> list[bytes | None]:

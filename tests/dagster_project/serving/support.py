@@ -16,13 +16,14 @@ import orjson
 from dagster_project.dev.datasets import synthetic_events
 from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import make_event
-from dagster_project.kafka.io import probe_partitions, read_range
+from dagster_project.kafka.io import probe_partitions
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.learning.estimators import build_model, partial_fit
 from dagster_project.onnx.export import OnnxModel, export_onnx
 from dagster_project.registry.store import FilesystemRegistry, Version
 from dagster_project.serving import ScoringService
 from dagster_project.spec import StreamSpec
+from tests.helpers import read_topic  # noqa: F401  (re-exported for the serving tests)
 
 
 def synthetic_rows(rows: int, start: int = 0, seed: int = 7, drifted: bool = False) -> list[tuple[str, dict, int]]:
@@ -88,17 +89,6 @@ def produce_raw(settings: KafkaSettings, spec: StreamSpec, pairs: list[tuple[byt
 
 def topic_size(settings: KafkaSettings, topic: str) -> int:
     return sum(s.high_water for s in probe_partitions(settings, topic, {}))
-
-
-def read_topic(settings: KafkaSettings, topic: str) -> list[dict[str, Any]]:
-    """Every record of `topic` as JSON, with its `_partition` and `_offset`, in offset order per partition."""
-    ends = {s.partition: (s.log_start, s.high_water) for s in probe_partitions(settings, topic, {})}
-    out = []
-    for record in read_range(settings, topic, ends):
-        value = orjson.loads(record.value)
-        value["_partition"], value["_offset"], value["_key"] = record.partition, record.offset, record.key
-        out.append(value)
-    return out
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:

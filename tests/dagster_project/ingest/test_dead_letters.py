@@ -1,0 +1,93 @@
+"""Dead letters: the record format, and that a send the broker does not acknowledge fails loudly."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, encode, write_dead_letters
+from dagster_project.ingest.events import EventParser, InvalidEvent
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.brokers.tansu import EmbeddedBroker
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.quality.policy import dead_letter_rows
+from dagster_project.spec import StreamSpec
+from tests.helpers import read_topic
+
+SPEC = StreamSpec(name="events", features=[{"name": "f"}, {"name": "i", "type": "int"}], label={"classes": [0, 1]})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id": "e1", "features": {"f": "oops"}}',
+        None,
+        b"\xff\xfe not utf-8 \x00",
+        "caf\u00e9 \u2603".encode(),
+    ],
+)
+def test_dead_letter_round_trip(raw: bytes | None) -> None:
+    record = orjson.loads(encode(DeadLetter("feature 'f' must be a number", "s.events", 1, 1234, b"k", raw), "trainer"))
+    assert record == {
+        "reason": "feature 'f' must be a number",
+        "topic": "s.events",
+        "partition": 1,
+        "offset": 1234,
+        "component": "trainer",
+        "value": None if raw is None else raw.decode("utf-8", errors="replace"),
+    }
+
+
+def test_dead_letter_of_a_real_failure_names_the_feature() -> None:
+    parser = EventParser(SPEC)
+    raw = orjson.dumps({"id": "e1", "ts": 1.0, "features": {"f": 1.0, "i": 2.5}, "label": 1})
+    with pytest.raises(InvalidEvent) as info:
+        parser.parse(raw)
+    record = orjson.loads(encode(DeadLetter(str(info.value), "events.events", 0, 7, None, raw), "scorer"))
+    assert "'i'" in record["reason"]
+    assert orjson.loads(record["value"]) == orjson.loads(raw)
+
+
+def test_written_dead_letters_are_on_the_topic_with_their_component(kafka_settings: KafkaSettings) -> None:
+    topic = f"dl{time.monotonic_ns()}.dlq"
+    letters = [DeadLetter(f"reason {i}", "s.events", 0, i, str(i).encode(), b"{}") for i in range(5)]
+    assert write_dead_letters(kafka_settings, topic, "trainer", letters) == 5
+    records = read_topic(kafka_settings, topic)
+    assert sorted(r["offset"] for r in records) == [0, 1, 2, 3, 4]
+    assert {r["component"] for r in records} == {"trainer"}
+
+
+def _rejected_rows(rows: int) -> MicroBatch:
+    return MicroBatch(
+        stream=SPEC.name,
+        ranges={0: (0, rows)},
+        X=np.ones((rows, 2)),
+        y=np.zeros(rows),
+        ids=[f"e{i}" for i in range(rows)],
+        partitions=np.zeros(rows, dtype=np.int32),
+        offsets=np.arange(rows, dtype=np.int64),
+    )
+
+
+@pytest.mark.timeout(120)
+def test_split_off_rows_fail_the_batch_when_the_broker_stops_mid_send(tmp_path) -> None:
+    """The quality policy's row split used to send without checking: a broker error lost the rows."""
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        settings = KafkaSettings.from_env(broker.bootstrap)
+        dead_letter_rows(settings, SPEC, _rejected_rows(3), ["x"] * 3)  # works while the broker is up
+        broker.stop()
+        started = time.monotonic()
+        with pytest.raises(DeadLetterError, match="dead letters"):
+            write_dead_letters(
+                settings,
+                SPEC.dlq_topic,
+                "trainer",
+                [DeadLetter("r", SPEC.events_topic, 0, i, None, b"{}") for i in range(3)],
+                timeout_s=5,
+            )
+        with pytest.raises(DeadLetterError):
+            dead_letter_rows(settings, SPEC, _rejected_rows(3), ["x"] * 3)
+        assert time.monotonic() - started < 90  # bounded: the run fails and Dagster retries it
