@@ -13,18 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dagster_project.learning.estimator_table import ESTIMATORS, SCALE_OUT_ESTIMATORS
+
 FeatureType = Literal["float", "int", "bool"]
 Task = Literal["classification", "regression"]
-EstimatorName = Literal[
-    "sgd_classifier",
-    "sgd_regressor",
-    "gaussian_nb",
-    "bernoulli_nb",
-    "passive_aggressive",
-    "mlp_classifier",
-    "mlp_regressor",
-]
-CLASSIFIERS = {"sgd_classifier", "gaussian_nb", "bernoulli_nb", "passive_aggressive", "mlp_classifier"}
+# Validated against the estimator table (learning/estimator_table.py), the one list of names.
+EstimatorName = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]
 
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Columns the data-quality frame adds next to the features (see dagster_project/quality.py).
@@ -50,19 +44,6 @@ class LabelSpec(_Strict):
 
     name: str = "label"
     classes: list[Any] | None = None
-
-
-# Estimators whose per-partition models scale-out can combine (dagster_project/scale_out.py):
-# parameters averaged (SGD, passive-aggressive, MLP) or statistics merged exactly (naive Bayes).
-SCALE_OUT_ESTIMATORS = (
-    "sgd_classifier",
-    "sgd_regressor",
-    "passive_aggressive",
-    "mlp_classifier",
-    "mlp_regressor",
-    "gaussian_nb",
-    "bernoulli_nb",
-)
 
 
 class ScaleOutSpec(_Strict):
@@ -92,7 +73,7 @@ class ModelSpec(_Strict):
         if self.scale_out.workers <= 1:
             return self
         supported = f"scale-out supports {', '.join(SCALE_OUT_ESTIMATORS)}"
-        if self.estimator not in SCALE_OUT_ESTIMATORS:
+        if ESTIMATORS[self.estimator].combiner is None:
             raise ValueError(
                 f"model.scale_out.workers is {self.scale_out.workers} but {self.estimator!r} cannot be combined "
                 f"across workers; {supported}"
@@ -266,11 +247,10 @@ class StreamSpec(_Strict):
 
     @model_validator(mode="after")
     def _task_matches_estimator(self) -> StreamSpec:
-        is_classifier = self.model.estimator in CLASSIFIERS
-        if self.task == "classification" and not is_classifier:
-            raise ValueError(f"estimator {self.model.estimator!r} is a regressor but task is classification")
-        if self.task == "regression" and is_classifier:
-            raise ValueError(f"estimator {self.model.estimator!r} is a classifier but task is regression")
+        estimator_task = ESTIMATORS[self.model.estimator].task
+        if estimator_task != self.task:
+            kind = "classifier" if estimator_task == "classification" else "regressor"
+            raise ValueError(f"estimator {self.model.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
         return self

@@ -1,89 +1,29 @@
 """Estimator factory and incremental fitting for stream models.
 
 Every stream model is a scikit-learn ``Pipeline`` of an optional ``StandardScaler`` followed by an
-estimator that supports ``partial_fit``. The defaults below are chosen to learn well ONLINE (small,
-ordered micro-batches, a single pass), not to match scikit-learn's batch-oriented defaults; any of
-them can be overridden per stream through ``spec.model.params``.
+estimator that supports ``partial_fit``. The defaults (in the estimator table) are chosen to learn well
+online, not to match scikit-learn's batch-oriented defaults; a spec overrides any of them through
+``spec.model.params``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, is_classifier
+from sklearn.base import is_classifier
 from sklearn.exceptions import NotFittedError
-from sklearn.linear_model import SGDClassifier, SGDRegressor
-from sklearn.naive_bayes import BernoulliNB, GaussianNB
-from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from dagster_project.learning.estimator_table import entry
 from dagster_project.spec import StreamSpec
-
-# Online-learning defaults per estimator name; ``seed`` feeds ``random_state`` where it exists.
-# - sgd_*: a constant, small step size keeps adapting as the stream goes on (the "optimal" and
-#   "invscaling" schedules decay with the number of samples seen and stall a long-running stream);
-#   no penalty because there is no fixed training set to over-fit.
-# - passive_aggressive: scikit-learn 1.8 deprecated PassiveAggressiveClassifier; this SGDClassifier
-#   configuration is its documented replacement (PA-I with C = eta0).
-# - bernoulli_nb: binarize at 0.0, which after the scaler is each feature's running mean.
-# - mlp_*: one small hidden layer; a larger initial step than the default 0.001 because
-#   partial_fit makes only one pass (one Adam step per 200 rows) over each micro-batch.
-_DEFAULTS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "sgd_classifier": lambda seed: {
-        "loss": "log_loss",
-        "learning_rate": "constant",
-        "eta0": 0.01,
-        "penalty": None,
-        "random_state": seed,
-    },
-    "sgd_regressor": lambda seed: {
-        "loss": "squared_error",
-        "learning_rate": "constant",
-        "eta0": 0.01,
-        "penalty": None,
-        "random_state": seed,
-    },
-    "passive_aggressive": lambda seed: {
-        "loss": "hinge",
-        "penalty": None,
-        "learning_rate": "pa1",
-        "eta0": 1.0,
-        "random_state": seed,
-    },
-    "gaussian_nb": lambda seed: {},
-    "bernoulli_nb": lambda seed: {"binarize": 0.0},
-    "mlp_classifier": lambda seed: {
-        "hidden_layer_sizes": (32,),
-        "learning_rate_init": 0.01,
-        "random_state": seed,
-    },
-    "mlp_regressor": lambda seed: {
-        "hidden_layer_sizes": (32,),
-        "learning_rate_init": 0.01,
-        "random_state": seed,
-    },
-}
-
-_CLASSES: dict[str, type[BaseEstimator]] = {
-    "sgd_classifier": SGDClassifier,
-    "sgd_regressor": SGDRegressor,
-    "passive_aggressive": SGDClassifier,
-    "gaussian_nb": GaussianNB,
-    "bernoulli_nb": BernoulliNB,
-    "mlp_classifier": MLPClassifier,
-    "mlp_regressor": MLPRegressor,
-}
 
 
 def default_params(estimator: str, seed: int = 0) -> dict[str, Any]:
     """The online-learning defaults for an estimator name (before spec overrides)."""
-    if estimator not in _DEFAULTS:
-        raise ValueError(f"unknown estimator {estimator!r}; known: {sorted(_DEFAULTS)}")
-    return _DEFAULTS[estimator](seed)
+    return entry(estimator).defaults(seed)
 
 
 def build_model(spec: StreamSpec) -> Pipeline:
@@ -93,7 +33,7 @@ def build_model(spec: StreamSpec) -> Pipeline:
     """
     name = spec.model.estimator
     params = {**default_params(name, spec.model.seed), **spec.model.params}
-    estimator = _CLASSES[name](**params)
+    estimator = entry(name).estimator_class()(**params)
     steps: list[tuple[str, Any]] = []
     if spec.model.scale:
         steps.append(("scaler", StandardScaler()))

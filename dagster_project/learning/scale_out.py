@@ -47,12 +47,10 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone, is_classifier
-from sklearn.linear_model import SGDClassifier, SGDRegressor
-from sklearn.naive_bayes import BernoulliNB, GaussianNB
-from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
 from dagster_project.learning.estimators import partial_fit
 from dagster_project.spec import StreamSpec
 
@@ -335,13 +333,12 @@ class _Combiner:
     combine: Callable[[BaseEstimator, list[Any], list[int], np.ndarray], Any]
 
 
-COMBINERS: dict[type, _Combiner] = {
-    SGDClassifier: _Combiner("average", False, _combine_sgd),
-    SGDRegressor: _Combiner("average", False, _combine_sgd),
-    MLPClassifier: _Combiner("average", False, _combine_mlp),
-    MLPRegressor: _Combiner("average", False, _combine_mlp),
-    GaussianNB: _Combiner("exact", True, _combine_gaussian_nb),
-    BernoulliNB: _Combiner("exact", True, _combine_bernoulli_nb),
+# Keyed by the estimator table's `combiner` name (learning/estimator_table.py).
+COMBINERS: dict[str, _Combiner] = {
+    "sgd_average": _Combiner("average", False, _combine_sgd),
+    "mlp_average": _Combiner("average", False, _combine_mlp),
+    "gaussian_nb_exact": _Combiner("exact", True, _combine_gaussian_nb),
+    "bernoulli_nb_exact": _Combiner("exact", True, _combine_bernoulli_nb),
 }
 
 
@@ -434,11 +431,10 @@ def fit(
     started = time.perf_counter()
     workers, reason = plan_workers(spec, partitions)
     estimator = model.steps[-1][1]
-    combiner = COMBINERS.get(type(estimator))
+    combiner_name = entry(spec.model.estimator).combiner
+    combiner = COMBINERS[combiner_name] if combiner_name else None
     if workers > 1 and combiner is None:
-        raise ValueError(
-            f"scale-out cannot combine {type(estimator).__name__}; supported: {sorted(c.__name__ for c in COMBINERS)}"
-        )
+        raise ValueError(f"scale-out cannot combine {spec.model.estimator}; supported: {list(SCALE_OUT_ESTIMATORS)}")
     if workers <= 1:
         partial_fit(model, X, y, classes)
         return model, ScaleOutReport(

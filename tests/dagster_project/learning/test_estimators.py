@@ -1,7 +1,8 @@
 """Estimator factory, incremental fitting, and the per-estimator contract.
 
-The contract test runs every estimator a spec can name through the whole lifecycle: learning from a
-stream, ONNX export, parity on unseen rows, and a joblib round trip.
+The contract tests run every entry of the estimator table through the whole lifecycle: learning
+from a stream, ONNX export, parity on unseen rows, a joblib round trip, a registry round trip, and
+(for entries with a combiner) scale-out combining across two workers.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import StandardScaler
 
 from dagster_project.learning import prequential as training
+from dagster_project.learning import scale_out
+from dagster_project.learning.estimator_table import CLASSIFIERS, ESTIMATORS
 from dagster_project.learning.estimators import build_model, default_params, is_fitted, partial_fit
 from dagster_project.onnx.export import OnnxModel, check_parity, export_onnx
-from dagster_project.spec import CLASSIFIERS, EstimatorName, StreamSpec
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.spec import StreamSpec
 
-ESTIMATORS = typing.get_args(EstimatorName)
+ESTIMATOR_NAMES = tuple(ESTIMATORS)
 # Features on very different scales and offsets, so the scaler matters.
 SCALE = np.array([1.0, 10.0, 0.1, 100.0])
 OFFSET = np.array([5.0, -20.0, 0.0, 1000.0])
@@ -55,7 +59,7 @@ def make_stream(task: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return Z * SCALE + OFFSET, y
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", ESTIMATOR_NAMES)
 def test_contract(estimator: str, tmp_path: Path) -> None:
     spec = make_spec(estimator)
     X, y = make_stream(spec.task, BATCH * N_BATCHES, seed=1)
@@ -192,3 +196,37 @@ def test_partial_fit_validates_inputs() -> None:
         partial_fit(model, X, y[:5], classes=np.array([0, 1]))
     with pytest.raises(ValueError, match="empty"):
         partial_fit(model, X[:0], y[:0], classes=np.array([0, 1]))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATOR_NAMES)
+def test_contract_registry_round_trip_and_scale_out(estimator: str, tmp_path: Path) -> None:
+    entry = ESTIMATORS[estimator]
+    spec = make_spec(estimator)
+    classes = np.arange(2) if spec.task == "classification" else None
+    X, y = make_stream(spec.task, 2000, seed=3)
+    model = partial_fit(build_model(spec), X[:1000], y[:1000], classes)
+    assert isinstance(model.steps[-1][1], entry.estimator_class())
+
+    # Round-trips through the registry: the served file and the stored estimator agree with the model.
+    registry = FilesystemRegistry(tmp_path / "registry")
+    version = registry.register("contract", None, export_onnx(model, n_features=4), model, {"rows_learned_total": 0})
+    loaded = registry.load_estimator("contract", version.name)
+    np.testing.assert_array_equal(loaded.predict(X[1000:]), model.predict(X[1000:]))
+    parity = check_parity(loaded, registry.load_onnx("contract", version.name), X[1000:], 1e-4, 1e-4)
+    assert parity.passed, parity.reason
+
+    if entry.combiner is None:
+        return
+    # Scale-out: two partition groups fitted in parallel and combined still learn and still export.
+    scaled_spec = make_spec(estimator, scale_out={"workers": 2, "min_rows_per_worker": 10})
+    partitions = np.arange(1000) % 2
+    combined = build_model(scaled_spec)
+    for _ in range(5):  # a few passes, so even the MLP regressor has learned something to compare
+        combined, report = scale_out.fit(combined, scaled_spec, X[:1000], y[:1000], partitions, classes)
+    assert report.workers == 2 and report.method in ("average", "exact")
+    onnx_bytes = export_onnx(combined, n_features=4)
+    assert check_parity(combined, onnx_bytes, X[1000:], 1e-4, 1e-4).passed
+    if spec.task == "classification":
+        assert (combined.predict(X[1000:]) == y[1000:]).mean() >= 0.75
+    else:
+        assert np.mean(np.abs(combined.predict(X[1000:]) - y[1000:])) < np.mean(np.abs(y[1000:] - y[:1000].mean()))

@@ -10,7 +10,8 @@ from river import datasets, linear_model, preprocessing
 from sklearn.metrics import roc_auc_score
 
 from dagster_project.learning import prequential as training
-from dagster_project.spec import CLASSIFIERS, StreamSpec
+from dagster_project.learning.estimator_table import CLASSIFIERS
+from dagster_project.spec import StreamSpec
 
 
 def make_spec(estimator: str = "sgd_classifier", **model: typing.Any) -> StreamSpec:

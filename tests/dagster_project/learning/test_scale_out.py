@@ -12,8 +12,9 @@ from sklearn.preprocessing import StandardScaler
 from dagster_project.dev.datasets import synthetic_events
 from dagster_project.learning import prequential as training
 from dagster_project.learning import scale_out
+from dagster_project.learning.estimator_table import CLASSIFIERS, ESTIMATORS, SCALE_OUT_ESTIMATORS
 from dagster_project.learning.estimators import build_model, partial_fit
-from dagster_project.spec import CLASSIFIERS, SCALE_OUT_ESTIMATORS, StreamSpec
+from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
 
 CLASSES = np.arange(2)
@@ -96,7 +97,8 @@ def test_averaging_two_identical_slices_equals_one_worker(estimator: str) -> Non
     one = copy.deepcopy(parent)
     scale_out._fit_group(one, Xt, y[200:], CLASSES if spec.task == "classification" else None)
 
-    combined = scale_out.COMBINERS[type(parent)].combine(parent, [one, copy.deepcopy(one)], [400, 400], Xt)
+    combiner = scale_out.COMBINERS[ESTIMATORS[estimator].combiner]
+    combined = combiner.combine(parent, [one, copy.deepcopy(one)], [400, 400], Xt)
 
     if estimator.startswith("mlp"):
         for a, b in zip(combined.coefs_ + combined.intercepts_, one.coefs_ + one.intercepts_, strict=True):
@@ -165,7 +167,8 @@ def test_naive_bayes_merge_is_exact(estimator: str, fitted_before: bool) -> None
 def test_every_scale_out_estimator_has_a_combiner() -> None:
     for name in SCALE_OUT_ESTIMATORS:
         spec = scaled_spec(name)
-        assert type(build_model(spec).steps[-1][1]) in scale_out.COMBINERS, name
+        assert ESTIMATORS[name].combiner in scale_out.COMBINERS, name
+        assert isinstance(build_model(spec).steps[-1][1], ESTIMATORS[name].estimator_class()), name
 
 
 @pytest.mark.parametrize(

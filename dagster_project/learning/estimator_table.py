@@ -1,0 +1,121 @@
+"""The one table of estimators a spec may name: class, online defaults, task, export and scale-out.
+
+Everything that needs to know about estimators reads this table: the spec validates names and
+tasks against it, `estimators.build_model` builds from it, `scale_out` picks its combiner from it
+and the contract test runs every entry. It imports no scikit-learn, so loading a spec stays cheap.
+
+Why these defaults: they are chosen to learn well online (small ordered micro-batches, one pass).
+- sgd_*: a constant small step keeps adapting as the stream goes on ("optimal" and "invscaling"
+  decay with the samples seen and stall a long-running stream); no penalty, as there is no fixed
+  training set to over-fit.
+- passive_aggressive: scikit-learn 1.8 deprecated PassiveAggressiveClassifier; this SGDClassifier
+  configuration is its documented replacement (PA-I with C = eta0).
+- bernoulli_nb: binarize at 0.0, which after the scaler is each feature's running mean.
+- mlp_*: one small hidden layer and a larger first step than 0.001, because partial_fit makes
+  one pass (one Adam step per 200 rows) over each micro-batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+TaskName = Literal["classification", "regression"]
+# How scale-out combines models fitted on partition groups: parameters averaged by rows, or the
+# sufficient statistics merged exactly (dagster_project/learning/scale_out.py).
+Combiner = Literal["sgd_average", "mlp_average", "gaussian_nb_exact", "bernoulli_nb_exact"]
+
+
+@dataclass(frozen=True)
+class EstimatorEntry:
+    """One estimator a spec may name."""
+
+    name: str
+    class_path: str  # "module:Class", imported only when a model is built
+    task: TaskName
+    defaults: Callable[[int], dict[str, Any]]  # seed -> scikit-learn parameters
+    combiner: Combiner | None  # None: scale-out cannot combine it
+    has_predict_proba: bool  # False: ONNX "probabilities" are decision scores
+
+    def estimator_class(self) -> type:
+        module, _, name = self.class_path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def _sgd(loss: str) -> Callable[[int], dict[str, Any]]:
+    return lambda seed: {"loss": loss, "learning_rate": "constant", "eta0": 0.01, "penalty": None, "random_state": seed}
+
+
+def _mlp(seed: int) -> dict[str, Any]:
+    return {"hidden_layer_sizes": (32,), "learning_rate_init": 0.01, "random_state": seed}
+
+
+ESTIMATORS: dict[str, EstimatorEntry] = {
+    entry.name: entry
+    for entry in (
+        EstimatorEntry(
+            "sgd_classifier",
+            "sklearn.linear_model:SGDClassifier",
+            "classification",
+            _sgd("log_loss"),
+            "sgd_average",
+            True,
+        ),
+        EstimatorEntry(
+            "sgd_regressor",
+            "sklearn.linear_model:SGDRegressor",
+            "regression",
+            _sgd("squared_error"),
+            "sgd_average",
+            False,
+        ),
+        EstimatorEntry(
+            "gaussian_nb",
+            "sklearn.naive_bayes:GaussianNB",
+            "classification",
+            lambda seed: {},
+            "gaussian_nb_exact",
+            True,
+        ),
+        EstimatorEntry(
+            "bernoulli_nb",
+            "sklearn.naive_bayes:BernoulliNB",
+            "classification",
+            lambda seed: {"binarize": 0.0},
+            "bernoulli_nb_exact",
+            True,
+        ),
+        EstimatorEntry(
+            "passive_aggressive",
+            "sklearn.linear_model:SGDClassifier",
+            "classification",
+            lambda seed: {
+                "loss": "hinge",
+                "penalty": None,
+                "learning_rate": "pa1",
+                "eta0": 1.0,
+                "random_state": seed,
+            },
+            "sgd_average",
+            False,
+        ),
+        EstimatorEntry(
+            "mlp_classifier", "sklearn.neural_network:MLPClassifier", "classification", _mlp, "mlp_average", True
+        ),
+        EstimatorEntry(
+            "mlp_regressor", "sklearn.neural_network:MLPRegressor", "regression", _mlp, "mlp_average", False
+        ),
+    )
+}
+
+CLASSIFIERS = frozenset(name for name, entry in ESTIMATORS.items() if entry.task == "classification")
+SCALE_OUT_ESTIMATORS = tuple(name for name, entry in ESTIMATORS.items() if entry.combiner is not None)
+
+
+def entry(name: str) -> EstimatorEntry:
+    """The table's entry, or an error that lists the names a spec may use."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]

@@ -1,0 +1,101 @@
+"""One path from rows to a registered version: learn, export to ONNX, check parity, register.
+
+The training assets run these steps as separate Dagster assets, so the UI shows each one;
+quarantine replay and retraining call `learn_export_register`. Every version is registered
+through `dagster_project.registry.versioning.register_batch`, the one place that checks the
+parent, records the learned offsets and names the first champion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.registry.store import ModelRegistry, Version
+from dagster_project.spec import StreamSpec
+
+
+class ParityFailed(RuntimeError):
+    """onnxruntime does not reproduce scikit-learn on the batch: the model must not be served."""
+
+
+@dataclass
+class TrainedModel:
+    """A candidate: the fitted pipeline, the version it grew from, and its prequential metrics."""
+
+    estimator: Any
+    parent: str | None
+    metrics: dict[str, float | int]
+    rows_trained: int
+    train_seconds: float
+
+
+@dataclass
+class OnnxArtifact:
+    """The exported model and the parity evidence that it may be served."""
+
+    onnx_bytes: bytes
+    parity: dict[str, Any]
+    reason: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity.get("passed"))
+
+
+def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtifact:
+    """Export with skl2onnx and compare onnxruntime with scikit-learn on the batch's rows."""
+    from dagster_project.onnx.export import check_parity, export_onnx
+
+    started = time.perf_counter()
+    onnx_bytes = export_onnx(estimator, len(spec.features))
+    parity = check_parity(estimator, onnx_bytes, X, spec.parity.atol, spec.parity.rtol)
+    details = {
+        "export_seconds": time.perf_counter() - started,
+        "max_abs_diff": float(parity.max_abs_diff),
+        "label_mismatches": int(parity.label_mismatches),
+        "rows": int(parity.rows),
+        "passed": bool(parity.passed),
+    }
+    return OnnxArtifact(onnx_bytes, details, parity.reason)
+
+
+def learn_from_head(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch) -> TrainedModel:
+    """Test-then-train the head (or a fresh model) on the batch's labelled rows."""
+    from dagster_project.learning.prequential import test_then_train
+
+    head = registry.head(spec.name)
+    estimator = registry.load_estimator(spec.name, head.name) if head else None
+    labelled = batch.labelled
+    started = time.perf_counter()
+    model, metrics, _ = test_then_train(estimator, spec, batch.X[labelled], batch.y[labelled])
+    return TrainedModel(
+        model, head.name if head else None, metrics.as_metadata(), int(labelled.sum()), time.perf_counter() - started
+    )
+
+
+def learn_export_register(
+    registry: ModelRegistry,
+    spec: StreamSpec,
+    batch: MicroBatch,
+    run_id: str,
+    learn: Callable[[], TrainedModel],
+    **extra: Any,
+) -> Version:
+    """Learn (however the caller does it), export, refuse on a parity failure, register.
+
+    `extra` goes into the version's meta.json (`replay=...`, `retrain=...`); versions that re-learn
+    rows behind the head keep the head's learned offsets (see `register_batch`).
+    """
+    from dagster_project.registry.versioning import register_batch
+
+    trained = learn()
+    artifact = export_checked(spec, trained.estimator, batch.X)
+    if not artifact.passed:
+        raise ParityFailed(f"{spec.name}: the model failed ONNX parity: {artifact.reason}")
+    return register_batch(registry, spec, batch, trained, artifact.onnx_bytes, artifact.parity, run_id, **extra)
