@@ -4,8 +4,6 @@ Asset bodies stay short and read like the data flow; the work is in `dagster_pro
 """
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import dagster as dg
 
@@ -14,6 +12,7 @@ from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
 from dagster_project.kafka.io import commit_group_offsets
 from dagster_project.kafka.offsets import Ranges
+from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
 from dagster_project.quality.policy import apply_quality_policy
 from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
@@ -38,23 +37,6 @@ class BatchConfig(dg.Config):
 def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
     config = BatchConfig(ranges=[PartitionRange(partition=p, start=s, end=e) for p, (s, e) in sorted(ranges.items())])
     return dg.RunConfig(ops={f"{spec.name}__micro_batch": config})
-
-
-@dataclass
-class TrainedModel:
-    """A candidate: the fitted pipeline, the version it grew from, and its prequential metrics."""
-
-    estimator: Any
-    parent: str | None
-    metrics: dict[str, float | int]
-    rows_trained: int
-    train_seconds: float
-
-
-@dataclass
-class OnnxArtifact:
-    onnx_bytes: bytes
-    parity: dict[str, Any]
 
 
 def _ranges_text(ranges: Ranges) -> str:
@@ -181,29 +163,16 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         description="The model exported with skl2onnx, checked against scikit-learn before it may be served.",
     )
     def onnx_model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel):
-        from dagster_project.onnx.export import check_parity, export_onnx
+        from dagster_project.learning.pipeline import export_checked
 
-        started = time.perf_counter()
-        onnx_bytes = export_onnx(model.estimator, len(spec.features))
-        parity = check_parity(model.estimator, onnx_bytes, micro_batch.X, spec.parity.atol, spec.parity.rtol)
-        details = {
-            "export_seconds": time.perf_counter() - started,
-            "max_abs_diff": float(parity.max_abs_diff),
-            "label_mismatches": int(parity.label_mismatches),
-            "rows": int(parity.rows),
-        }
-        yield dg.Output(
-            OnnxArtifact(onnx_bytes, {**details, "passed": parity.passed}),
-            metadata={
-                **details,
-                "onnx_bytes": len(onnx_bytes),
-            },
-        )
+        artifact = export_checked(spec, model.estimator, micro_batch.X)
+        details = {k: v for k, v in artifact.parity.items() if k != "passed"}
+        yield dg.Output(artifact, metadata={**details, "onnx_bytes": len(artifact.onnx_bytes)})
         yield dg.AssetCheckResult(
             check_name="onnx_parity",
-            passed=bool(parity.passed),
+            passed=artifact.passed,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={**details, **({"reason": parity.reason} if parity.reason else {})},
+            metadata={**details, **({"reason": artifact.reason} if artifact.reason else {})},
         )
 
     @dg.asset(

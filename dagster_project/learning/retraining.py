@@ -16,7 +16,6 @@ from dagster_project.ingest.micro_batch import read_batch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry, RegistryError, Version
-from dagster_project.registry.versioning import version_meta
 from dagster_project.spec import StreamSpec
 
 
@@ -58,7 +57,7 @@ def retrain(
 ) -> Version:
     """Fit a fresh (or champion-warm-started) model on the recent window and register it as head."""
     from dagster_project.learning.estimators import build_model, partial_fit
-    from dagster_project.onnx.export import check_parity, export_onnx
+    from dagster_project.learning.pipeline import ParityFailed, TrainedModel, learn_export_register
 
     name = spec.name
     versions = registry.versions(name)
@@ -73,34 +72,19 @@ def retrain(
         raise RegistryError(f"{name}: the retrain window {window} has no labelled rows")
     mode = spec.drift.retrain_mode
     champion = registry.champion(name)
-    model = copy.deepcopy(registry.load_estimator(name, champion)) if mode == "warm" and champion else build_model(spec)
-    classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
-    started = time.perf_counter()
-    for _ in range(spec.drift.retrain_epochs):
-        for chunk in range(0, len(X), spec.batch.rows):
-            partial_fit(model, X[chunk : chunk + spec.batch.rows], y[chunk : chunk + spec.batch.rows], classes)
-    train_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    onnx_bytes = export_onnx(model, len(spec.features))
-    parity = check_parity(model, onnx_bytes, batch.X, spec.parity.atol, spec.parity.rtol)
-    if not parity.passed:
-        raise RegistryError(f"{name}: retrained model failed ONNX parity: {parity.reason}")
-    meta = version_meta(
-        spec,
-        batch,
-        {int(p): o for p, o in head.learned.items()},
-        int(len(X)),
-        head.meta["rows_learned_total"],  # re-learned rows are not new rows
-        {},
-        {"max_abs_diff": parity.max_abs_diff, "label_mismatches": parity.label_mismatches, "passed": True},
-        {"train_seconds": train_seconds, "export_seconds": time.perf_counter() - started},
-        run_id,
-        retrain={
-            "mode": mode,
-            "epochs": spec.drift.retrain_epochs,
-            "reasons": reasons,
-            "from": head.name,
-            "since": since,
-        },
-    )
-    return registry.register(name, head.name, onnx_bytes, model, meta)
+
+    def fit() -> TrainedModel:
+        warm = mode == "warm" and champion
+        model = copy.deepcopy(registry.load_estimator(name, champion)) if warm else build_model(spec)
+        classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
+        started = time.perf_counter()
+        for _ in range(spec.drift.retrain_epochs):
+            for chunk in range(0, len(X), spec.batch.rows):
+                partial_fit(model, X[chunk : chunk + spec.batch.rows], y[chunk : chunk + spec.batch.rows], classes)
+        return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started)
+
+    retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}
+    try:
+        return learn_export_register(registry, spec, batch, run_id, fit, retrain=retrain_meta | {"since": since})
+    except ParityFailed as exc:
+        raise RegistryError(f"{name}: retrained model failed ONNX parity: {exc}") from exc

@@ -59,6 +59,9 @@ def register_batch(
 ) -> Version:
     """Register `model` as the head's child, recording exactly which offsets it has learned.
 
+    Every version goes through here: a batch, a quarantine replay (`replay=...`: offsets stay where
+    the stream moved on) and a retrain (`retrain=...`: rows behind the head, offsets unchanged).
+
     The registry refuses the write if another version appeared since the parent (stale parent),
     so a batch can never be counted twice. A pending offset reset is applied and recorded. The
     first version becomes champion; later ones must pass the promotion gate on the next batch.
@@ -66,15 +69,18 @@ def register_batch(
     head, expected, reset = expected_offsets(registry, spec.name)
     if (head.name if head else None) != model.parent:
         raise StaleParent(f"{spec.name}: trained on {model.parent} but the head is now {head.name if head else None}")
-    learned = dict(expected)
-    if not extra.get("replay"):  # a replayed quarantine batch lies behind the head: offsets stay
-        learned.update({p: end for p, (_, end) in batch.ranges.items()})
+    if extra.get("retrain"):  # re-learns rows behind the head: neither offsets nor the row count move
+        learned, reset, new_rows = dict(head.learned) if head else {}, None, 0
+    else:
+        learned, new_rows = dict(expected), model.rows_trained
+        if not extra.get("replay"):  # a replayed quarantine batch lies behind the head: offsets stay
+            learned.update({p: end for p, (_, end) in batch.ranges.items()})
     meta = version_meta(
         spec,
         batch,
         learned,
         model.rows_trained,
-        (head.meta["rows_learned_total"] if head else 0) + model.rows_trained,
+        (head.meta["rows_learned_total"] if head else 0) + new_rows,
         model.metrics,
         parity,
         {"train_seconds": model.train_seconds, "export_seconds": parity.get("export_seconds")},
