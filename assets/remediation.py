@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 
+from dagster_project import names
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.evidence import ACTION_KIND
@@ -22,7 +23,7 @@ class ActionConfig(dg.Config):
 def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
     name = spec.name
 
-    @dg.op(name=f"{name}_rollback_champion", description="Return the champion alias to the last good version.")
+    @dg.op(name=names.rollback_op(name), description="Return the champion alias to the last good version.")
     def rollback_champion(context: dg.OpExecutionContext, config: ActionConfig, registry: RegistryResource):
         reg = registry.get()
         current = reg.champion(name)
@@ -48,7 +49,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
         )
         yield dg.Output(config.to_version)
 
-    @dg.op(name=f"{name}_retrain_model", description="Fit a model on the recent window and register it as head.")
+    @dg.op(name=names.retrain_op(name), description="Fit a model on the recent window and register it as head.")
     def retrain_model(
         context: dg.OpExecutionContext, config: ActionConfig, kafka: KafkaResource, registry: RegistryResource
     ):
@@ -79,12 +80,12 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
         )
         yield dg.Output(version.name)
 
-    tags = {"streamfit/stream": name}
+    tags = {names.STREAM_TAG: name}
     return [
-        dg.GraphDefinition(name=f"{name}_rollback", node_defs=[rollback_champion]).to_job(
+        dg.GraphDefinition(name=names.rollback_job(name), node_defs=[rollback_champion]).to_job(
             tags=tags, executor_def=dg.in_process_executor
         ),
-        dg.GraphDefinition(name=f"{name}_retrain", node_defs=[retrain_model]).to_job(
+        dg.GraphDefinition(name=names.retrain_job(name), node_defs=[retrain_model]).to_job(
             tags=tags, executor_def=dg.in_process_executor
         ),
     ]

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from dagster_project import names
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -31,12 +32,12 @@ def build_schedules(
         executor_def=dg.in_process_executor,
     )
     full_retrain = dg.ScheduleDefinition(
-        name=f"{spec.name}_full_retrain",
+        name=names.full_retrain_schedule(spec.name),
         job=retrain_job,
         cron_schedule=spec.drift.full_retrain_cron,
         run_config={
             "ops": {
-                f"{spec.name}_retrain_model": {
+                names.retrain_op(spec.name): {
                     "config": {
                         "from_version": "",
                         "reasons": [
@@ -47,7 +48,7 @@ def build_schedules(
                 }
             }
         },
-        tags={"streamfit/stream": spec.name, "streamfit/action": "scheduled_retrain"},
+        tags={names.STREAM_TAG: spec.name, names.ACTION_TAG: "scheduled_retrain"},
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Periodic fresh model on a sliding window; it competes with the champion through the gate.",
     )

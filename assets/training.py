@@ -7,6 +7,7 @@ import time
 
 import dagster as dg
 
+from dagster_project import names
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
@@ -36,7 +37,7 @@ class BatchConfig(dg.Config):
 
 def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
     config = BatchConfig(ranges=[PartitionRange(partition=p, start=s, end=e) for p, (s, e) in sorted(ranges.items())])
-    return dg.RunConfig(ops={f"{spec.name}__micro_batch": config})
+    return dg.RunConfig(ops={names.micro_batch_op(spec.name): config})
 
 
 def _ranges_text(ranges: Ranges) -> str:
@@ -89,7 +90,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.warning(outcome.message)
             return
         batch = outcome.batch
-        lag = context.run.tags.get("streamfit/lag_after_batch")
+        lag = context.run.tags.get(names.LAG_AFTER_BATCH_TAG)
         yield dg.Output(
             batch,
             metadata={

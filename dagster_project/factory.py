@@ -8,18 +8,19 @@ from assets.promotion import build_champion_asset
 from assets.remediation import build_remediation_jobs
 from assets.reporting import build_report_asset, build_schedules
 from assets.training import build_training_assets
+from dagster_project import names
 from dagster_project.spec import StreamSpec
 from sensors.drift_sensor import build_drift_sensor
-from sensors.kafka_sensor import STREAM_TAG, build_kafka_sensor
+from sensors.kafka_sensor import build_kafka_sensor
 
 
 def training_job(spec: StreamSpec):
     # In-process: one worker process per run instead of one per step (saves 3-5 s of start-up).
     return dg.define_asset_job(
-        name=f"{spec.name}_training",
+        name=names.training_job(spec.name),
         selection=dg.AssetSelection.groups(spec.name) - dg.AssetSelection.assets([spec.name, "report"]),
         executor_def=dg.in_process_executor,
-        tags={STREAM_TAG: spec.name},
+        tags={names.STREAM_TAG: spec.name},
         description=f"Learn one micro-batch of {spec.events_topic} and register the new version.",
     )
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from dagster_project import names
+
 INSTANCE_CONFIG: dict[str, Any] = {
     "run_coordinator": {
         "module": "dagster.core.run_coordinator",
@@ -25,7 +27,7 @@ INSTANCE_CONFIG: dict[str, Any] = {
         "config": {
             "dequeue_interval_seconds": 1,
             "tag_concurrency_limits": [
-                {"key": "streamfit/stream", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+                {"key": names.STREAM_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
             ],
         },
     },

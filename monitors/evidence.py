@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dagster_project.names import version_number
 from dagster_project.registry.promotion import HIGHER_IS_BETTER
 from dagster_project.registry.store import FilesystemRegistry, Version
 from dagster_project.spec import StreamSpec
@@ -76,7 +77,7 @@ def gather(registry: FilesystemRegistry, spec: StreamSpec, recent: int = 10) -> 
     drifted_run: list[str] = []  # versions of the current unbroken run of drifted batches
     if champion:
         reference = registry.get(name, champion).meta.get("profile", {}).get("features", {})
-        champion_number = int(champion[1:])
+        champion_number = version_number(champion)
         for version in [v for v in fresh if v.number > champion_number][-recent:]:
             X = _sample_matrix(version, spec.feature_names)
             if X is not None and reference:

@@ -10,12 +10,12 @@ import time
 
 import dagster as dg
 
+from dagster_project import names
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.decisions import decide
 from monitors.evidence import describe, gather
 from sensors.cadence import minimum_interval_for
-from sensors.kafka_sensor import IN_FLIGHT
 
 
 def build_drift_sensor(spec: StreamSpec, rollback_job: dg.JobDefinition, retrain_job: dg.JobDefinition):
@@ -41,7 +41,9 @@ def evaluate(
     registry: RegistryResource,
 ):
     for job_name in (rollback_job, retrain_job):
-        running = context.instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1)
+        running = context.instance.get_runs(
+            dg.RunsFilter(job_name=job_name, statuses=names.in_flight_statuses()), limit=1
+        )
         if running:
             return dg.SkipReason(f"{job_name} run {running[0].run_id[:8]} is in flight; waiting for it")
     reg = registry.get()
@@ -72,11 +74,11 @@ def evaluate(
     }
     if decision.action == "retrain" and evidence.change_version:
         config["window_from_version"] = evidence.change_version
-    op = f"{spec.name}_rollback_champion" if decision.action == "rollback" else f"{spec.name}_retrain_model"
+    op = names.rollback_op(spec.name) if decision.action == "rollback" else names.retrain_op(spec.name)
     context.log.warning(f"{spec.name}: {decision.action}: {'; '.join(decision.reasons)}")
     return dg.RunRequest(
         run_key=f"{decision.action}:{evidence.champion}:{evidence.head}:{len(reg.decisions(spec.name))}",
         job_name=job,
         run_config={"ops": {op: {"config": config}}},
-        tags={"streamfit/stream": spec.name, "streamfit/action": decision.action},
+        tags={names.STREAM_TAG: spec.name, names.ACTION_TAG: decision.action},
     )

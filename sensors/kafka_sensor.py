@@ -11,6 +11,7 @@ import dagster as dg
 import orjson
 
 from assets.training import batch_run_config
+from dagster_project import names
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
 from dagster_project.kafka.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
 from dagster_project.kafka.settings import BrokerConfigError
@@ -18,15 +19,6 @@ from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from sensors.cadence import minimum_interval_for
-
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-STREAM_TAG = "streamfit/stream"
 
 
 def build_kafka_sensor(spec: StreamSpec, job: "dg.JobDefinition") -> dg.SensorDefinition:
@@ -51,7 +43,7 @@ def evaluate(
     kafka: KafkaResource,
     registry: RegistryResource,
 ) -> dg.SensorResult | dg.SkipReason:
-    running = context.instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1)
+    running = context.instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=names.in_flight_statuses()), limit=1)
     if running:
         run = running[0]
         return dg.SkipReason(f"training run {run.run_id[:8]} is {run.status.value}; runs of {spec.name} never overlap")
@@ -99,10 +91,10 @@ def evaluate(
                 run_key=run_key,
                 run_config=batch_run_config(spec, plan.ranges),
                 tags={
-                    STREAM_TAG: spec.name,
-                    "streamfit/ranges": encode_ranges(plan.ranges),
-                    "streamfit/parent": head_name or "none",
-                    "streamfit/lag_after_batch": str(lag_after),
+                    names.STREAM_TAG: spec.name,
+                    names.RANGES_TAG: encode_ranges(plan.ranges),
+                    names.PARENT_TAG: head_name or "none",
+                    names.LAG_AFTER_BATCH_TAG: str(lag_after),
                 },
             )
         ],

@@ -9,10 +9,10 @@ import warnings
 import dagster as dg
 import yaml
 
+from dagster_project import names
 from dagster_project.dev.services import DagsterServices
 from dagster_project.instance import write_instance_config
 from dagster_project.kafka.settings import BOOTSTRAP_ENV
-from sensors.kafka_sensor import IN_FLIGHT
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic
 
@@ -41,7 +41,7 @@ def test_daemon_sensor_trains_until_two_versions(kafka_bootstrap, kafka_settings
         # A version exists from its registry rename on; its run still commits Kafka offsets after
         # that. Stopping the daemon now would interrupt the run, so let in-flight runs finish.
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            in_flight = dg.RunsFilter(job_name=f"{spec.name}_training", statuses=IN_FLIGHT)
+            in_flight = dg.RunsFilter(job_name=names.training_job(spec.name), statuses=names.in_flight_statuses())
             while instance.get_runs(in_flight):
                 assert time.monotonic() < deadline, "training runs did not finish"
                 time.sleep(0.5)
@@ -50,7 +50,7 @@ def test_daemon_sensor_trains_until_two_versions(kafka_bootstrap, kafka_settings
     assert v2.parent == v1.name
     assert v2.meta["rows_learned_total"] == produced
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        records = instance.get_run_records(dg.RunsFilter(job_name=f"{spec.name}_training"))
+        records = instance.get_run_records(dg.RunsFilter(job_name=names.training_job(spec.name)))
         finished = sorted((r for r in records if r.end_time), key=lambda r: r.start_time)
         by_key: dict[str, list] = {}
         for record in finished:

@@ -15,6 +15,7 @@ import numpy as np
 from dagster_project.ingest.micro_batch import read_batch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.names import version_number
 from dagster_project.registry.store import FilesystemRegistry, RegistryError, Version
 from dagster_project.spec import StreamSpec
 
@@ -36,7 +37,7 @@ def recent_window(versions: list[Version], rows: int, since: str | None = None) 
     """
     learned = [v for v in versions if not v.meta.get("retrain")]
     if since:
-        after = [v for v in learned if v.number >= int(since[1:])]
+        after = [v for v in learned if v.number >= version_number(since)]
         if after:
             return _merge(after)
     chosen: list[Version] = []

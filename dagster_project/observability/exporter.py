@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.names import version_number
 from dagster_project.registry.store import FilesystemRegistry, Version
 from dagster_project.spec import StreamSpec
 
@@ -41,7 +42,7 @@ class TrainingCollector(Collector):
             names = (
                 sorted(
                     (p.name for p in directory.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()),
-                    key=lambda n: int(n[1:]),
+                    key=version_number,
                 )
                 if directory.is_dir()
                 else []
@@ -90,7 +91,7 @@ class TrainingCollector(Collector):
                         prequential.add_metric([name, metric], value)
             champion = self.registry.champion(name)
             if champion:
-                version.add_metric([name, "champion"], int(champion[1:]))
+                version.add_metric([name, "champion"], version_number(champion))
             history = self.registry.champion_history(name)
             rollbacks = sum(1 for h in history if str(h.get("reason", "")).startswith("rollback"))
             changes.add_metric([name, "rollback"], rollbacks)

@@ -11,7 +11,6 @@ import abc
 import hashlib
 import io
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from typing import Any
 
 import orjson
 
-VERSION_DIR = re.compile(r"^v(\d+)$")
+from dagster_project.names import VERSION_NAME, version_name, version_number
+
 ONNX_FILE = "model.onnx"
 ESTIMATOR_FILE = "estimator.joblib"
 META_FILE = "meta.json"
@@ -49,7 +49,7 @@ class Version:
 
     @property
     def number(self) -> int:
-        return int(self.name[1:])
+        return version_number(self.name)
 
     @property
     def learned(self) -> dict[int, int]:
@@ -133,7 +133,7 @@ class FilesystemRegistry(ModelRegistry):
         if not directory.is_dir():
             return []
         numbered = sorted(
-            (int(m.group(1)), entry) for entry in directory.iterdir() if (m := VERSION_DIR.match(entry.name))
+            (int(m.group(1)), entry) for entry in directory.iterdir() if (m := VERSION_NAME.match(entry.name))
         )
         return [Version(stream, entry.name, orjson.loads((entry / META_FILE).read_bytes())) for _, entry in numbered]
 
@@ -153,7 +153,7 @@ class FilesystemRegistry(ModelRegistry):
         head_name = head.name if head else None
         if head_name != parent:
             raise StaleParent(f"{stream}: head is {head_name}, not {parent}; this batch was built on a stale model")
-        name = f"v{(head.number if head else 0) + 1}"
+        name = version_name((head.number if head else 0) + 1)
         buffer = io.BytesIO()
         joblib.dump(estimator, buffer)
         estimator_bytes = buffer.getvalue()

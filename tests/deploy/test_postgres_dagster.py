@@ -51,8 +51,8 @@ from dagster_project.instance import COMPUTE_LOGS_DIR_ENV, POSTGRES_ENV, STORAGE
 from dagster_project.kafka.io import probe_partitions
 from dagster_project.kafka.offsets import BatchPlan, plan_batch
 from dagster_project.kafka.settings import BOOTSTRAP_ENV
+from dagster_project.names import STREAM_TAG
 from dagster_project.registry.store import FilesystemRegistry
-from sensors.kafka_sensor import STREAM_TAG
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic
 
