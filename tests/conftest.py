@@ -20,23 +20,58 @@ from dagster_project.spec import StreamSpec
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
+BROKER_ENV = "STREAMFIT_TEST_BROKER"
+BROKERS = ("tansu", "kafka")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        choices=BROKERS,
+        default=os.environ.get(BROKER_ENV, "tansu"),
+        help=f"start this broker for the session: the embedded Tansu (default) or Apache Kafka (or set {BROKER_ENV})",
+    )
     parser.addoption(
         "--kafka-bootstrap",
         default=None,
-        help=f"run against this broker instead of the embedded one (or set {BOOTSTRAP_ENV})",
+        help=f"run against this running broker instead of starting one (or set {BOOTSTRAP_ENV})",
     )
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    external = config.getoption("--kafka-bootstrap") or os.environ.get(BOOTSTRAP_ENV)
+    return f"streamfit broker: {external or config.getoption('--broker')}"
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    external = request.config.getoption("--kafka-bootstrap") or os.environ.get(BOOTSTRAP_ENV)
-    if external:
-        yield external
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """Which broker the session runs on: 'tansu', 'kafka', or 'external' (a bootstrap address was given)."""
+    if request.config.getoption("--kafka-bootstrap") or os.environ.get(BOOTSTRAP_ENV):
+        return "external"
+    return request.config.getoption("--broker")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest, broker_kind: str, tmp_path_factory: pytest.TempPathFactory):
+    if broker_kind == "external":
+        yield request.config.getoption("--kafka-bootstrap") or os.environ[BOOTSTRAP_ENV]
         return
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_path=log) as broker:
+    directory = tmp_path_factory.mktemp("broker")
+    if broker_kind == "kafka":
+        from dagster_project.kafka.brokers.apache import ApacheKafkaCluster, ensure_kafka_jars
+
+        ensure_kafka_jars()
+        with ApacheKafkaCluster(nodes=1, data_dir=directory / "data", log_dir=directory) as cluster:
+            yield cluster.bootstrap
+        return
+    with EmbeddedBroker(log_path=directory / "tansu.log") as broker:
         yield broker.bootstrap
+
+
+@pytest.fixture
+def on_tansu(broker_kind: str) -> bool:
+    """Tests that prove a Tansu workaround (or need what only Tansu lacks) branch on this."""
+    return broker_kind == "tansu"
 
 
 @pytest.fixture
