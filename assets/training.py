@@ -40,6 +40,11 @@ def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
     return dg.RunConfig(ops={names.micro_batch_op(spec.name): config})
 
 
+def _attempt(context: dg.AssetExecutionContext) -> int:
+    """0 for a run's first try, N for Dagster's N-th automatic retry of it."""
+    return int(context.run.tags.get("dagster/retry_number", "0"))
+
+
 def _ranges_text(ranges: Ranges) -> str:
     return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
 
@@ -141,7 +146,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         else:
             numeric = {"rows": 0}
         train_seconds = time.perf_counter() - started
-        crash_point("after_train")
+        crash_point("after_train", attempt=_attempt(context))
         yield dg.Output(
             TrainedModel(estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds),
             metadata={**scale_out, **numeric, "parent": head.name if head else "none"},
@@ -195,17 +200,26 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         kafka: KafkaResource,
         registry: RegistryResource,
     ):
-        from dagster_project.registry.versioning import register_batch
+        from dagster_project.registry.versioning import already_registered, register_batch
 
-        version = register_batch(
-            registry.get(), spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
-        )
-        crash_point("after_register")
+        reg = registry.get()
+        version = already_registered(reg, name, model.parent, micro_batch.ranges)
+        if version is not None:
+            context.log.info(
+                f"{version.name} already holds {_ranges_text(micro_batch.ranges)} (run "
+                f"{str(version.meta.get('run_id'))[:8]} registered it, then failed): committing its offsets only"
+            )
+        else:
+            version = register_batch(
+                reg, spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
+            )
+        crash_point("after_register", attempt=_attempt(context))
         commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, version.learned)
         return dg.MaterializeResult(
             metadata={
                 "version": version.name,
                 "version_number": version.number,
+                "registered_by_earlier_attempt": version.meta.get("run_id") != context.run.run_id,
                 "rows": model.rows_trained,
                 "rows_learned_total": int(version.meta["rows_learned_total"]),
                 "offsets_learned": dg.MetadataValue.json({str(p): o for p, o in version.learned.items()}),

@@ -11,6 +11,7 @@ import time
 import dagster as dg
 
 from dagster_project import names
+from dagster_project.registry.store import RegistryError
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.decisions import decide
@@ -47,7 +48,11 @@ def evaluate(
         if running:
             return dg.SkipReason(f"{job_name} run {running[0].run_id[:8]} is in flight; waiting for it")
     reg = registry.get()
-    evidence = gather(reg, spec)
+    try:
+        evidence = gather(reg, spec)
+    except RegistryError as exc:  # a damaged registry file: no action on guesses; the message names the fix
+        context.log.error(str(exc))
+        return dg.SkipReason(f"REGISTRY ERROR in {spec.name}: {exc}")
     if evidence.champion is None:
         return dg.SkipReason(f"{spec.name} has no champion yet: nothing to monitor")
     decision = decide(

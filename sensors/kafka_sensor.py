@@ -15,7 +15,7 @@ from dagster_project import names
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
 from dagster_project.kafka.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
 from dagster_project.kafka.settings import BrokerConfigError
-from dagster_project.registry.store import expected_offsets
+from dagster_project.registry.store import RegistryError, expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from sensors.cadence import minimum_interval_for
@@ -47,13 +47,19 @@ def evaluate(
     if running:
         run = running[0]
         return dg.SkipReason(f"training run {run.run_id[:8]} is {run.status.value}; runs of {spec.name} never overlap")
-    halt = registry.get().halt(spec.name)
+    reg = registry.get()
+    try:
+        halt = reg.halt(spec.name)
+        head, expected, _ = expected_offsets(reg, spec.name)
+    except RegistryError as exc:  # a damaged registry file: this stream waits, the message names the fix
+        context.log.error(str(exc))
+        return dg.SkipReason(f"REGISTRY ERROR in {spec.name}: {exc}")
     if halt:
+        cause = "a failed run" if halt.get("kind") == "failed_run" else "data quality"
         return dg.SkipReason(
-            f"HALTED by data quality at run {halt['run_id'][:8]}: {halt['summary']}. Re-execute that run after fixing "
+            f"HALTED by {cause} at run {halt['run_id'][:8]}: {halt['summary']}. Re-execute that run after fixing "
             f"the cause, or `streamfit batches skip {spec.name} --reason ...`"
         )
-    head, expected, _ = expected_offsets(registry.get(), spec.name)
     try:
         states = probe_partitions(kafka.settings(), spec.events_topic, expected)
     except (BrokerUnavailable, BrokerConfigError) as exc:
@@ -80,9 +86,22 @@ def evaluate(
     run_key = ranges_key(spec.name, head_name, plan.ranges)
     earlier = context.instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
     if earlier and earlier[0].status == dg.DagsterRunStatus.FAILURE:
+        failed = earlier[0]
+        if failed.tags.get("dagster/will_retry") == "true":
+            return dg.SkipReason(f"{spec.name}: run {failed.run_id[:8]} failed; the daemon retries it")
+        summary = f"the batch {encode_ranges(plan.ranges)} failed in run {failed.run_id[:8]} after its retries"
+        reg.set_halt(
+            spec.name,
+            {
+                "kind": "failed_run",
+                "ranges": {str(p): list(r) for p, r in plan.ranges.items()},
+                "summary": summary,
+                "run_id": failed.run_id,
+            },
+        )
         return dg.SkipReason(
-            f"{spec.name} is halted: the batch {run_key} failed in run {earlier[0].run_id[:8]} (after its retries). "
-            "Fix the cause and re-execute that run from the Dagster UI; nothing after it is learned until then."
+            f"HALTED by a failed run: {summary}. Fix the cause and re-execute that run from the Dagster UI, or "
+            f"`streamfit batches skip {spec.name} --reason ...`; nothing after it is learned until then."
         )
     lag_after = sum(s.lag for s in states) - plan.rows
     return dg.SensorResult(

@@ -23,7 +23,19 @@ from dagster_project.cli import (
 )
 
 
-@click.group()
+class _StreamfitGroup(click.Group):
+    """Registry errors (a damaged file, a refused operation) end as one line naming the fix, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from dagster_project.registry.store import RegistryError
+
+        try:
+            return super().invoke(ctx)
+        except RegistryError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_StreamfitGroup)
 def main() -> None:
     """Streamfit: keep models learning from Kafka, orchestrated by Dagster."""
 

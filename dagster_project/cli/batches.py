@@ -1,7 +1,8 @@
-"""`streamfit batches skip`: the operator's way out of a data-quality halt.
+"""`streamfit batches skip`: the operator's way out of a halt.
 
-A stream whose quality policy is `halt` stops at the failing batch; skipping it records who
-skipped which offsets and why, and training resumes after them.
+A stream halts at a batch that failed its data-quality checks (policy `halt`) or whose run failed
+after its retries; skipping it records who skipped which offsets and why, and training resumes
+after them.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ def batches() -> None:
 @click.argument("stream")
 @click.option("--reason", required=True, help="Why the batch is skipped (recorded with your name).")
 def batches_skip(stream: str, reason: str) -> None:
-    """Skip the batch a data-quality halt stopped at; the next version records who skipped what."""
+    """Skip the batch a halt stopped at (data quality or a failed run); the next version records who skipped what."""
     stream_spec(stream)
     store = registry()
     halt = store.halt(stream)
     if halt is None:
-        raise click.ClickException(f"{stream} is not halted; nothing to skip")
+        raise click.ClickException(
+            f"{stream} is not halted; nothing to skip (the Kafka sensor records a halt once a batch has failed its "
+            "checks or its run has failed after every retry)"
+        )
     ends = {int(p): int(r[1]) for p, r in halt["ranges"].items()}
     by = operator_name()
-    store.set_pending_offsets(stream, ends, reason=f"skipped after data-quality halt: {reason}", by=by)
+    cause = "a failed run" if halt.get("kind") == "failed_run" else "data-quality halt"
+    store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by)
     store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
     click.echo(f"{stream}: skipped {halt['ranges']} ({halt['summary']}); training resumes at {ends}")

@@ -15,7 +15,9 @@ from dagster_project.cli.common import kafka_settings, registry
 
 @click.command()
 @click.option("--port", type=int, default=9108, show_default=True)
-@click.option("--addr", default="0.0.0.0", show_default=True)
+@click.option(
+    "--addr", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; no auth)."
+)
 @click.option("--no-kafka", is_flag=True, help="Skip the lag probe (registry metrics only).")
 def exporter(port: int, addr: str, no_kafka: bool) -> None:
     """Serve training metrics for Prometheus, read from the registry and Kafka on each scrape."""

@@ -22,7 +22,9 @@ def labels() -> None:
 @click.argument("stream")
 @bootstrap_option
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
-@click.option("--metrics-addr", default="0.0.0.0", show_default=True)
+@click.option(
+    "--metrics-addr", default="127.0.0.1", show_default=True, help="Address for metrics (0.0.0.0: every interface)."
+)
 @click.option("--window", "window_s", type=float, default=None, help="Join window in seconds (default: the spec's).")
 @click.option("--max-pending", type=click.IntRange(min=1), default=None, help="Most waiting entries (default: spec).")
 @click.option("--flush-interval", "flush_interval_s", type=float, default=None, help="Seconds between checkpoints.")

@@ -19,10 +19,21 @@ def models() -> None:
 @models.command("list")
 @click.argument("stream")
 def models_list(stream: str) -> None:
-    """Every version with its offsets and metrics."""
+    """Every version with its offsets and metrics; broken entries are flagged with the fix."""
+    from dagster_project.registry.store import BrokenVersion, RegistryError
+
     store = registry()
-    champion = store.champion(stream)
-    for version in store.versions(stream):
+    try:
+        champion = store.champion(stream)
+    except RegistryError as exc:
+        champion = None
+        click.echo(f"! champion alias: {exc}", err=True)
+    valid, broken = store.scan(stream)
+    rows = [(v.number, v) for v in valid] + [(b.number, b) for b in broken]
+    for _, version in sorted(rows, key=lambda row: row[0]):
+        if isinstance(version, BrokenVersion):
+            click.echo(f"! {version.name:>5}  BROKEN: {version.error}")
+            continue
         mark = "*" if version.name == champion else " "
         click.echo(
             f"{mark} {version.name:>5}  parent {version.parent or '-':>5}  learned {version.meta['offsets']['learned']}"

@@ -1,14 +1,24 @@
-"""Fault injection for crash tests: STREAMFIT_FAULT=<point> fails the run at that point."""
+"""Fault injection for crash tests: STREAMFIT_FAULT=<point> fails the run at that point.
+
+`<point>@<N>` fails only attempt N of a run (0 is the first try, N the N-th retry), so a test can
+crash a run once and watch Dagster's own retry finish it.
+"""
 
 from __future__ import annotations
 
 import os
+
+FAULT_ENV = "STREAMFIT_FAULT"
 
 
 class InjectedFault(RuntimeError):
     """A deliberate crash, used to prove that retries neither lose nor repeat rows."""
 
 
-def crash_point(name: str) -> None:
-    if os.environ.get("STREAMFIT_FAULT") == name:
-        raise InjectedFault(f"injected fault at {name!r} (STREAMFIT_FAULT)")
+def crash_point(name: str, attempt: int | None = None) -> None:
+    point, _, only = os.environ.get(FAULT_ENV, "").partition("@")
+    if point != name:
+        return
+    if only and (attempt is None or int(only) != attempt):
+        return
+    raise InjectedFault(f"injected fault at {name!r} ({FAULT_ENV}, attempt {attempt})")

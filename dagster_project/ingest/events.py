@@ -18,6 +18,11 @@ import orjson
 
 from dagster_project.spec import FeatureSpec, StreamSpec
 
+# The largest magnitude a feature or regression label may have. Beyond it, squares (a scaler's
+# variance, a squared loss) overflow float64 and the model would learn NaN; no real measurement
+# comes near it, so such a value is a corrupt message, dead-lettered with this reason.
+MAGNITUDE_LIMIT = 1e100
+
 
 class InvalidEvent(ValueError):
     """The message breaks the event contract; the message is the reason stored in the DLQ."""
@@ -48,6 +53,11 @@ def coerce_feature(feature: FeatureSpec, raw: Any) -> float:
         raise InvalidEvent(f"feature {feature.name!r} must be an integer, got {raw!r}")
     if not math.isfinite(value):
         raise InvalidEvent(f"feature {feature.name!r} is not finite: {raw!r}")
+    if abs(value) > MAGNITUDE_LIMIT:
+        raise InvalidEvent(
+            f"feature {feature.name!r} = {raw!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}: a model fed it "
+            "overflows to NaN"
+        )
     return value
 
 
@@ -144,7 +154,9 @@ class EventParser:
         X = np.asarray(rows, dtype=np.float64).reshape(-1, width)
         y = np.asarray(labels, dtype=np.float64)
         positions = np.asarray(index, dtype=np.int64)
-        refused = ~np.isfinite(X).all(axis=1) | (np.isinf(y) if not classification else False)
+        refused = ~np.isfinite(X).all(axis=1) | (np.abs(X) > MAGNITUDE_LIMIT).any(axis=1)
+        if not classification:
+            refused |= np.isinf(y) | (np.abs(y) > MAGNITUDE_LIMIT)
         for j in self._int_columns:
             refused |= X[:, j] != np.floor(X[:, j])
         for j in self._bool_columns:
@@ -222,6 +234,8 @@ class EventParser:
             return index, None
         if isinstance(label, bool) or not isinstance(label, int | float) or not math.isfinite(label):
             raise InvalidEvent(f"regression label must be a finite number, got {label!r}")
+        if abs(label) > MAGNITUDE_LIMIT:
+            raise InvalidEvent(f"regression label {label!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}")
         return None, float(label)
 
 

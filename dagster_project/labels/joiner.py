@@ -121,7 +121,7 @@ class LabelJoiner:
     def stop(self) -> None:
         self._stop.set()
 
-    def serve_metrics(self, port: int, addr: str = "0.0.0.0"):
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1"):
         """Serve this joiner's metrics on `port` (0: a free one); returns (server, thread)."""
         from prometheus_client import start_http_server
 

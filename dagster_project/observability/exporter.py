@@ -10,18 +10,21 @@ high-water marks for lag. Restarting the exporter loses nothing; counters come b
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dagster_project.kafka.settings import KafkaSettings
-from dagster_project.names import version_number
-from dagster_project.registry.store import FilesystemRegistry, Version
+from dagster_project.names import is_version_name, version_number
+from dagster_project.registry.store import BrokenRegistryFile, FilesystemRegistry, Version
 from dagster_project.spec import StreamSpec
 
+log = logging.getLogger(__name__)
 PREQUENTIAL_METRICS = ("accuracy", "roc_auc", "log_loss", "mae", "rmse")
 
 
@@ -34,25 +37,38 @@ class TrainingCollector(Collector):
         self.kafka = kafka
         self._meta_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self.broken: dict[str, set[Path]] = {}  # per stream, the files the last scrape could not read
 
     def _versions(self, stream: str) -> list[Version]:
         with self._lock:  # versions never change once written, so each meta.json is parsed once
             found = []
             directory = self.registry.root / stream
             names = (
-                sorted(
-                    (p.name for p in directory.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()),
-                    key=version_number,
-                )
+                sorted((p.name for p in directory.iterdir() if is_version_name(p.name)), key=version_number)
                 if directory.is_dir()
                 else []
             )
+            self.broken[stream] = set()
             for name in names:
                 key = (stream, name)
                 if key not in self._meta_cache:
-                    self._meta_cache[key] = self.registry.get(stream, name).meta
+                    try:
+                        self._meta_cache[key] = self.registry.get(stream, name).meta
+                    except BrokenRegistryFile as exc:  # counted and logged; the other versions still report
+                        log.warning("%s", exc)
+                        self.broken[stream].add(exc.path)
+                        continue
                 found.append(Version(stream, name, self._meta_cache[key]))
             return found
+
+    def _read(self, stream: str, read: Callable[[], Any], default: Any) -> Any:
+        """A registry read that a damaged file cannot turn into a failed scrape: counted and logged instead."""
+        try:
+            return read()
+        except BrokenRegistryFile as exc:
+            log.warning("%s", exc)
+            self.broken.setdefault(stream, set()).add(exc.path)
+            return default
 
     def collect(self) -> Iterator[Metric]:
         batches = CounterMetricFamily(
@@ -89,10 +105,10 @@ class TrainingCollector(Collector):
                     value = found[-1].meta.get("metrics", {}).get(metric)
                     if value is not None:
                         prequential.add_metric([name, metric], value)
-            champion = self.registry.champion(name)
+            champion = self._read(name, lambda name=name: self.registry.champion(name), None)
             if champion:
                 version.add_metric([name, "champion"], version_number(champion))
-            history = self.registry.champion_history(name)
+            history = self._read(name, lambda name=name: self.registry.champion_history(name), [])
             rollbacks = sum(1 for h in history if str(h.get("reason", "")).startswith("rollback"))
             changes.add_metric([name, "rollback"], rollbacks)
             changes.add_metric([name, "promotion"], len(history) - rollbacks)
@@ -100,6 +116,14 @@ class TrainingCollector(Collector):
         yield from self._monitoring()
         if self.kafka is not None:
             yield from self._lag()
+        broken = GaugeMetricFamily(
+            "streamfit_registry_broken_files",
+            "Registry files the last scrape could not read (the log names the fix)",
+            labels=["stream"],
+        )
+        for spec in self.specs:
+            broken.add_metric([spec.name], len(self.broken.get(spec.name, ())))
+        yield broken
 
     def _monitoring(self) -> Iterator[Metric]:
         """Data-quality outcomes, drift actions and the latest drift scores, from decisions.jsonl."""
@@ -115,7 +139,7 @@ class TrainingCollector(Collector):
             "streamfit_drift_psi_max", "Largest PSI of recent batches vs the champion", labels=["stream"]
         )
         for spec in self.specs:
-            decisions = self.registry.decisions(spec.name)
+            decisions = self._read(spec.name, lambda spec=spec: self.registry.decisions(spec.name), [])
             for action in ("halt", "quarantine"):
                 quality.add_metric(
                     [spec.name, action],
@@ -126,7 +150,12 @@ class TrainingCollector(Collector):
                     [spec.name, action],
                     sum(1 for d in decisions if d.get("kind") == ACTION_KIND and d["action"] == action),
                 )
-            reports = gather(self.registry, spec).drift_reports if self.registry.champion(spec.name) else []
+            champion = self._read(spec.name, lambda spec=spec: self.registry.champion(spec.name), None)
+            reports = (
+                self._read(spec.name, lambda spec=spec: gather(self.registry, spec).drift_reports, [])
+                if champion
+                else []
+            )
             scores = [r.psi_max for r in reports if r.psi_max is not None]
             if scores:
                 psi.add_metric([spec.name], scores[-1])
@@ -139,7 +168,10 @@ class TrainingCollector(Collector):
         up = GaugeMetricFamily("streamfit_kafka_up", "1 when the broker answered this scrape", labels=["stream"])
         lag = GaugeMetricFamily("streamfit_lag_rows", "Rows waiting to be learned", labels=["stream", "partition"])
         for spec in self.specs:
-            _, expected, _ = expected_offsets(self.registry, spec.name)
+            found = self._read(spec.name, lambda spec=spec: expected_offsets(self.registry, spec.name), None)
+            if found is None:
+                continue
+            _, expected, _ = found
             try:
                 states = probe_partitions(self.kafka, spec.events_topic, expected, timeout_s=2.0)
             except BrokerUnavailable:
@@ -164,7 +196,11 @@ def exporter_registry(
 
 
 def serve_exporter(
-    registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None, port: int, addr: str = "0.0.0.0"
+    registry: FilesystemRegistry,
+    specs: list[StreamSpec],
+    kafka: KafkaSettings | None,
+    port: int,
+    addr: str = "127.0.0.1",
 ):
     """Serve /metrics on `port` in a background thread; returns (server, thread)."""
     from prometheus_client import start_http_server

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import logging
 import os
 import shutil
 import uuid
@@ -23,6 +24,7 @@ import orjson
 from dagster_project.names import VERSION_NAME, version_name, version_number
 
 ONNX_FILE = "model.onnx"
+log = logging.getLogger(__name__)
 ESTIMATOR_FILE = "estimator.joblib"
 META_FILE = "meta.json"
 
@@ -37,6 +39,56 @@ class StaleParent(RegistryError):
 
 class ChecksumMismatch(RegistryError):
     """A version's files do not match the checksums written with it: it must never be served."""
+
+
+class BrokenRegistryFile(RegistryError):
+    """A registry file cannot be read (truncated, edited, disk error); the message names it and the fix."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@dataclass(frozen=True)
+class BrokenVersion:
+    """A version directory whose meta.json cannot be read: listed, never loaded."""
+
+    stream: str
+    name: str
+    path: Path
+    error: str
+
+    @property
+    def number(self) -> int:
+        return version_number(self.name)
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    """One JSON document, or BrokenRegistryFile naming the file and what to do."""
+    try:
+        return orjson.loads(path.read_bytes())
+    except (orjson.JSONDecodeError, OSError) as exc:
+        raise BrokenRegistryFile(f"{path} cannot be read ({exc}): {fix}", path) from exc
+
+
+def _read_jsonl(path: Path, fix: str) -> list[Any]:
+    """Every record of an append-only log. A torn last line (a crash mid-append) is left out; a
+    broken line before it means the file was damaged, which is an error naming the line."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            if number == len(lines):
+                log.warning("%s: ignoring a torn last line (%s)", path, exc)
+                break
+            raise BrokenRegistryFile(f"{path} line {number} is not valid JSON ({exc}): {fix}", path) from exc
+    return records
 
 
 @dataclass(frozen=True)
@@ -128,20 +180,47 @@ class FilesystemRegistry(ModelRegistry):
     def _stream_dir(self, stream: str) -> Path:
         return self.root / stream
 
-    def versions(self, stream: str) -> list[Version]:
+    def scan(self, stream: str) -> tuple[list[Version], list[BrokenVersion]]:
+        """Every version in order, and the version directories whose meta.json cannot be read."""
         directory = self._stream_dir(stream)
         if not directory.is_dir():
-            return []
+            return [], []
         numbered = sorted(
             (int(m.group(1)), entry) for entry in directory.iterdir() if (m := VERSION_NAME.match(entry.name))
         )
-        return [Version(stream, entry.name, orjson.loads((entry / META_FILE).read_bytes())) for _, entry in numbered]
+        valid: list[Version] = []
+        broken: list[BrokenVersion] = []
+        for _, entry in numbered:
+            try:
+                valid.append(Version(stream, entry.name, self._read_meta(stream, entry.name)))
+            except BrokenRegistryFile as exc:
+                broken.append(BrokenVersion(stream, entry.name, entry / META_FILE, str(exc)))
+        return valid, broken
 
-    def get(self, stream: str, version: str) -> Version:
+    def versions(self, stream: str) -> list[Version]:
+        """The readable versions. A broken newest version stops here: which offsets it learned is
+        unknown, so guessing (from its parent) could learn a batch twice."""
+        valid, broken = self.scan(stream)
+        if broken and (not valid or broken[-1].number > valid[-1].number):
+            newest = broken[-1]
+            fallback = f"{valid[-1].name} becomes the head again" if valid else "the stream starts from scratch"
+            raise BrokenRegistryFile(
+                f"{stream}: the newest version {newest.name} is broken, so which offsets it learned is unknown and "
+                f"training stops: {newest.error} (after a move, {fallback} and its later batches are learned again)",
+                newest.path,
+            )
+        return valid
+
+    def _read_meta(self, stream: str, version: str) -> dict[str, Any]:
         path = self._stream_dir(stream) / version / META_FILE
         if not path.exists():
+            raise BrokenRegistryFile(f"{path} is missing: restore it from a backup, or move {path.parent} aside", path)
+        return _read_json(path, f"restore it from a backup, or move {path.parent} out of the registry")
+
+    def get(self, stream: str, version: str) -> Version:
+        if not (self._stream_dir(stream) / version).is_dir():
             raise RegistryError(f"{stream} has no version {version!r}; `streamfit models list {stream}` shows them")
-        return Version(stream, version, orjson.loads(path.read_bytes()))
+        return Version(stream, version, self._read_meta(stream, version))
 
     def register(
         self, stream: str, parent: str | None, onnx_bytes: bytes, estimator: Any, meta: dict[str, Any]
@@ -204,12 +283,22 @@ class FilesystemRegistry(ModelRegistry):
 
     def champion(self, stream: str) -> str | None:
         path = self._stream_dir(stream) / "champion"
-        return orjson.loads(path.read_bytes())["version"] if path.exists() else None
+        if not path.exists():
+            return None
+        fix = f"point the alias again with `streamfit models promote {stream} <version>` (see champion_history.jsonl)"
+        record = _read_json(path, fix)
+        if not isinstance(record, dict) or not isinstance(record.get("version"), str):
+            raise BrokenRegistryFile(f"{path} names no version: {fix}", path)
+        return record["version"]
 
     def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
         """Point the alias at `version` (atomic replace) and append the decision to the history."""
         self.get(stream, version)
-        record = {"version": version, "previous": self.champion(stream), "reason": reason, "at": _now()}
+        try:
+            previous = self.champion(stream)
+        except BrokenRegistryFile:  # this write is the repair the error message names
+            previous = None
+        record = {"version": version, "previous": previous, "reason": reason, "at": _now()}
         if evidence:
             record["evidence"] = evidence
         _write_atomic(self._stream_dir(stream) / "champion", orjson.dumps(record))
@@ -238,7 +327,7 @@ class FilesystemRegistry(ModelRegistry):
 
     def decisions(self, stream: str) -> list[dict[str, Any]]:
         path = self._stream_dir(stream) / "decisions.jsonl"
-        return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+        return _read_jsonl(path, "it is an audit log: move the damaged file aside; new decisions start a new one")
 
     # Data-quality halt: the stream stops advancing until an operator re-runs or skips the batch.
     def set_halt(self, stream: str, record: dict[str, Any]) -> None:
@@ -247,7 +336,8 @@ class FilesystemRegistry(ModelRegistry):
 
     def halt(self, stream: str) -> dict[str, Any] | None:
         path = self._stream_dir(stream) / "halt.json"
-        return orjson.loads(path.read_bytes()) if path.exists() else None
+        fix = f"check the failed run in the Dagster UI, then delete {path} or run `streamfit batches skip {stream}`"
+        return _read_json(path, fix) if path.exists() else None
 
     def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
         halt = self.halt(stream)
@@ -257,7 +347,7 @@ class FilesystemRegistry(ModelRegistry):
 
     def champion_history(self, stream: str) -> list[dict[str, Any]]:
         path = self._stream_dir(stream) / "champion_history.jsonl"
-        return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+        return _read_jsonl(path, "move the damaged file aside; the current alias (`champion`) is unaffected")
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it.
     def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]:
@@ -268,7 +358,8 @@ class FilesystemRegistry(ModelRegistry):
 
     def pending_offset_reset(self, stream: str) -> dict[str, Any] | None:
         path = self._stream_dir(stream) / "offset_reset.json"
-        return orjson.loads(path.read_bytes()) if path.exists() else None
+        fix = f"delete it and run `streamfit offsets reset {stream} --to earliest|latest` again"
+        return _read_json(path, fix) if path.exists() else None
 
     def clear_offset_reset(self, stream: str, applied_by_version: str) -> None:
         path = self._stream_dir(stream) / "offset_reset.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.offsets import Ranges
 from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets
 from dagster_project.spec import StreamSpec
 from monitors.profiles import profile_features, profile_labels
@@ -91,6 +92,22 @@ def register_batch(
     version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta)
     if reset:
         registry.clear_offset_reset(spec.name, version.name)
+    halt = registry.halt(spec.name)
+    if halt and not extra and halt.get("ranges") == {str(p): list(r) for p, r in batch.ranges.items()}:
+        registry.clear_halt(spec.name, {"resolution": f"the batch was learned by {version.name}", "run_id": run_id})
     if registry.champion(spec.name) is None:
         registry.set_champion(spec.name, version.name, reason="first version: nothing to compare against")
     return version
+
+
+def already_registered(registry: ModelRegistry, stream: str, parent: str | None, ranges: Ranges) -> Version | None:
+    """The version an earlier attempt registered for exactly this batch on top of `parent`, if any.
+
+    A run that crashed after the registry write (or whose Kafka commit timed out) is retried from
+    the failed step, past the micro-batch's "already learned" check: this is that check there.
+    """
+    head = registry.head(stream)
+    if head is None or head.parent != parent or head.meta.get("retrain") or head.meta.get("replay"):
+        return None
+    learned_batch = {int(p): (int(s), int(e)) for p, (s, e) in head.meta["offsets"]["batch"].items()}
+    return head if learned_batch == {int(p): (int(s), int(e)) for p, (s, e) in ranges.items()} else None
