@@ -12,7 +12,7 @@ import orjson
 
 from assets.training import batch_run_config
 from dagster_project import names
-from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
+from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
 from dagster_project.kafka.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
 from dagster_project.kafka.settings import BrokerConfigError
 from dagster_project.registry.store import RegistryError, expected_offsets
@@ -50,7 +50,7 @@ def evaluate(
     reg = registry.get()
     try:
         halt = reg.halt(spec.name)
-        head, expected, _ = expected_offsets(reg, spec.name)
+        head, expected, reset = expected_offsets(reg, spec.name)
     except RegistryError as exc:  # a damaged registry file: this stream waits, the message names the fix
         context.log.error(str(exc))
         return dg.SkipReason(f"REGISTRY ERROR in {spec.name}: {exc}")
@@ -60,10 +60,20 @@ def evaluate(
             f"HALTED by {cause} at run {halt['run_id'][:8]}: {halt['summary']}. Re-execute that run after fixing "
             f"the cause, or `streamfit batches skip {spec.name} --reason ...`"
         )
+    settings = kafka.settings()
     try:
-        states = probe_partitions(kafka.settings(), spec.events_topic, expected)
+        states = probe_partitions(settings, spec.events_topic, expected)
+        changed = topic_changed(settings, spec, head, reset) if states else None
     except (BrokerUnavailable, BrokerConfigError) as exc:
         return dg.SkipReason(f"{spec.name}: {exc}; nothing planned, nothing advanced")
+    if changed:
+        message = (
+            f"OFFSET GAP in {spec.name}: {spec.events_topic} is not the topic {head.name} learned from ({changed}). "
+            "Its offsets now name other records, so nothing is learned until you decide: "
+            f"`streamfit offsets reset {spec.name} --to earliest|latest`."
+        )
+        context.log.error(message)
+        return dg.SkipReason(message)
     if not states:
         return dg.SkipReason(
             f"topic {spec.events_topic} does not exist yet (produce to it: `streamfit produce {spec.name}`)"

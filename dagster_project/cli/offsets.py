@@ -21,7 +21,7 @@ def offsets() -> None:
 @bootstrap_option
 def offsets_show(stream: str, bootstrap: str | None) -> None:
     """Learned offsets, the broker's ends and the lag, per partition."""
-    from dagster_project.kafka.io import committed_group_offsets, probe_partitions
+    from dagster_project.kafka.io import committed_group_offsets, probe_partitions, topic_changed
     from dagster_project.registry.store import expected_offsets
 
     spec = stream_spec(stream)
@@ -29,10 +29,19 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
     head, expected, reset = expected_offsets(registry(), stream)
     committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
     click.echo(f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {reset}" if reset else ""))
-    for state in probe_partitions(settings, spec.events_topic, expected):
+    states = probe_partitions(settings, spec.events_topic, expected)
+    changed = topic_changed(settings, spec, head, reset) if states else None
+    if changed:
+        click.echo(
+            f"  OFFSET GAP: {spec.events_topic} is not the topic {head.name} learned from ({changed}); the lag is "
+            f"unknown until `streamfit offsets reset {stream} --to earliest|latest`"
+        )
+    for state in states:
+        gap = changed or state.next_offset > state.high_water or state.next_offset < state.log_start
+        lag = "lag unknown (OFFSET GAP)" if gap else f"lag {state.lag}"
         click.echo(
             f"  partition {state.partition}: next {state.next_offset}  committed {committed.get(state.partition)}  "
-            f"log [{state.log_start}, {state.high_water})  lag {state.lag}"
+            f"log [{state.log_start}, {state.high_water})  {lag}"
         )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.events import EventParser
-from dagster_project.kafka.io import RawRecord, read_range
+from dagster_project.kafka.io import RawRecord, read_range, topic_identity
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
@@ -30,6 +30,7 @@ class MicroBatch:
     partitions: np.ndarray
     offsets: np.ndarray
     dlq_reasons: Counter = field(default_factory=Counter)
+    identity: dict | None = None  # the cluster and topic incarnation the rows came from (TopicIdentity)
 
     @property
     def rows(self) -> int:
@@ -56,6 +57,7 @@ def read_batch(
     Re-reads of data already handled (retraining on a window) pass `dead_letter_invalid=False`
     so a bad message is dead-lettered once, not once per read.
     """
+    identity = topic_identity(settings, spec.events_topic)
     with _gc_paused():
         records = list(read_range(settings, spec.events_topic, ranges))
         parsed = EventParser(spec).parse_many([record.value for record in records])
@@ -71,6 +73,7 @@ def read_batch(
         partitions=np.fromiter((records[i].partition for i in parsed.index), dtype=np.int32, count=len(parsed.index)),
         offsets=np.fromiter((records[i].offset for i in parsed.index), dtype=np.int64, count=len(parsed.index)),
         dlq_reasons=reasons,
+        identity=identity.as_json() if identity else None,
     )
 
 

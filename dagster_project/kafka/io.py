@@ -10,10 +10,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from dagster_project.kafka import clients
-from dagster_project.kafka.offsets import PartitionState, Ranges
+from dagster_project.kafka.offsets import PartitionState, Ranges, TopicIdentity, identity_change
 from dagster_project.kafka.settings import (
     BOOTSTRAP_ENV,
     CONFLUENT,
@@ -92,6 +92,41 @@ def _open_reader(settings: KafkaSettings, **overrides):
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} is unreachable: {exc!r}") from exc
+
+
+def topic_identity(settings: KafkaSettings, topic: str) -> TopicIdentity | None:
+    """The cluster id and the topic's id (None if the topic does not exist), from standard metadata."""
+    from kafka.errors import KafkaError
+
+    try:
+        admin = clients.admin(settings)
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
+    try:
+        cluster_id = admin.describe_cluster().get("cluster_id")
+        (described,) = admin.describe_topics([topic])
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed to describe {topic}: {exc!r}") from exc
+    finally:
+        admin.close()
+    if described.get("error_code"):
+        return None
+    topic_id = described.get("topic_id")
+    return TopicIdentity(
+        cluster_id, None if topic_id in (None, "", "00000000-0000-0000-0000-000000000000") else str(topic_id)
+    )
+
+
+def topic_changed(settings: KafkaSettings, spec: Any, head: Any, reset: dict | None) -> str | None:
+    """How the events topic differs from the one `head` learned from, or None.
+
+    A pending offset reset is the operator's answer to exactly this, so it settles the question.
+    """
+    if head is None or reset:
+        return None
+    return identity_change(
+        TopicIdentity.from_json(head.meta["offsets"].get("identity")), topic_identity(settings, spec.events_topic)
+    )
 
 
 def probe_partitions(

@@ -29,6 +29,40 @@ class PartitionState:
 
 
 @dataclass(frozen=True)
+class TopicIdentity:
+    """Which cluster, and which incarnation of a topic, offsets belong to.
+
+    Offsets mean nothing on another cluster or on a topic that was deleted and recreated (or on an
+    in-memory broker that restarted empty): offset 5,000 there is a different record. Each version
+    records the identity it learned from; a mismatch is an offset gap, however the numbers look.
+    """
+
+    cluster_id: str | None
+    topic_id: str | None  # None on brokers without topic ids (Kafka before 2.8)
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"cluster_id": self.cluster_id, "topic_id": self.topic_id}
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> TopicIdentity | None:
+        return cls(raw.get("cluster_id"), raw.get("topic_id")) if raw else None
+
+
+def identity_change(learned: TopicIdentity | None, current: TopicIdentity | None) -> str | None:
+    """Why offsets learned on `learned` do not apply to `current`, or None if they do (or cannot be told)."""
+    if learned is None or current is None:
+        return None
+    changes = []
+    if learned.cluster_id and current.cluster_id and learned.cluster_id != current.cluster_id:
+        changes.append(f"cluster id {learned.cluster_id} -> {current.cluster_id} (another cluster)")
+    if learned.topic_id and current.topic_id and learned.topic_id != current.topic_id:
+        changes.append(
+            f"topic id {learned.topic_id} -> {current.topic_id} (deleted and recreated, or the broker lost its data)"
+        )
+    return "; ".join(changes) or None
+
+
+@dataclass(frozen=True)
 class Gap:
     """Offsets the model needs that the broker no longer has (retention, restart, recreation)."""
 

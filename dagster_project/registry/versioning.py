@@ -70,12 +70,14 @@ def register_batch(
     head, expected, reset = expected_offsets(registry, spec.name)
     if (head.name if head else None) != model.parent:
         raise StaleParent(f"{spec.name}: trained on {model.parent} but the head is now {head.name if head else None}")
+    head_identity = head.meta["offsets"].get("identity") if head else None
     if extra.get("retrain"):  # re-learns rows behind the head: neither offsets nor the row count move
-        learned, reset, new_rows = dict(head.learned) if head else {}, None, 0
+        learned, reset, new_rows, identity = dict(head.learned) if head else {}, None, 0, head_identity
     else:
-        learned, new_rows = dict(expected), model.rows_trained
+        learned, new_rows, identity = dict(expected), model.rows_trained, head_identity
         if not extra.get("replay"):  # a replayed quarantine batch lies behind the head: offsets stay
             learned.update({p: end for p, (_, end) in batch.ranges.items()})
+            identity = getattr(batch, "identity", None)
     meta = version_meta(
         spec,
         batch,
@@ -89,6 +91,7 @@ def register_batch(
         offset_reset_applied=reset,
         **extra,
     )
+    meta["offsets"]["identity"] = identity
     version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta)
     if reset:
         registry.clear_offset_reset(spec.name, version.name)
