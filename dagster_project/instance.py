@@ -32,6 +32,10 @@ INSTANCE_CONFIG: dict[str, Any] = {
         },
     },
     "run_retries": {"enabled": True, "max_retries": 2},
+    # A run whose worker was killed (kill -9, OOM) would stay STARTED and hold its stream forever:
+    # monitoring fails it once it outlives its `dagster/max_runtime_seconds` tag (the spec's
+    # batch.max_run_seconds), and the retry above relaunches it from the failed step.
+    "run_monitoring": {"enabled": True, "poll_interval_seconds": 5, "start_timeout_seconds": 180},
     "telemetry": {"enabled": False},
 }
 
@@ -85,7 +89,12 @@ def postgres_instance_config() -> dict[str, Any]:
         **copy.deepcopy(INSTANCE_CONFIG),
         # A run stuck starting (its code server restarted mid-launch) fails instead of holding the
         # stream's queue slot forever; the retry above then relaunches it.
-        "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "cancel_timeout_seconds": 180},
+        "run_monitoring": {
+            "enabled": True,
+            "poll_interval_seconds": 5,
+            "start_timeout_seconds": 180,
+            "cancel_timeout_seconds": 180,
+        },
         # The Kafka sensor ticks every few seconds per stream: keep skipped ticks for a day, not forever.
         "retention": {"sensor": {"purge_after_days": {"skipped": 1, "failure": 30, "success": -1}}},
     }

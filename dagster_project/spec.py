@@ -99,6 +99,9 @@ class BatchSpec(_Strict):
     max_rows: int = Field(default=100_000, ge=1)
     max_wait_s: float = Field(default=30.0, gt=0)
     sensor_interval_s: int = Field(default=5, ge=1)
+    # A training run still going after this long is presumed dead (its worker was killed) and is
+    # failed by Dagster's run monitoring, then retried; far above a healthy run's seconds.
+    max_run_seconds: int = Field(default=600, ge=10)
 
     @model_validator(mode="after")
     def _rows_within_cap(self) -> BatchSpec:

@@ -124,6 +124,7 @@ def evaluate(
                     names.RANGES_TAG: encode_ranges(plan.ranges),
                     names.PARENT_TAG: head_name or "none",
                     names.LAG_AFTER_BATCH_TAG: str(lag_after),
+                    "dagster/max_runtime_seconds": str(spec.batch.max_run_seconds),
                 },
             )
         ],

@@ -20,12 +20,14 @@ from tests.helpers import produce_synthetic
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("fault", ["after_register@0", "after_train@0"])
+@pytest.mark.parametrize("fault", ["after_register@0", "after_train@0", "after_train@0:kill"])
 def test_daemon_retry_of_a_crashed_run_finishes_green_and_commits(
     fault, kafka_bootstrap, kafka_settings, registry, streamfit_home, tmp_path
 ):
     """A crash after the registry write used to leave the run and both retries FAILED (StaleParent)."""
-    spec = synthetic_spec(batch={"rows": 300, "max_rows": 300, "max_wait_s": 3600, "sensor_interval_s": 1})
+    # kill -9 leaves the run STARTED: run monitoring fails it after batch.max_run_seconds, then it is retried
+    batch = {"rows": 300, "max_rows": 300, "max_wait_s": 3600, "sensor_interval_s": 1, "max_run_seconds": 20}
+    spec = synthetic_spec(batch=batch)
     streams = tmp_path / "streams"
     streams.mkdir()
     (streams / f"{spec.name}.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
