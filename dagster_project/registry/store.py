@@ -8,6 +8,7 @@ learning. Aliases (`champion`) change by atomic replace. Checksums guard everyth
 from __future__ import annotations
 
 import abc
+import errno
 import hashlib
 import io
 import logging
@@ -262,6 +263,13 @@ class FilesystemRegistry(ModelRegistry):
                 os.rename(tmp, stream_dir / name)  # the commit point; fails if the name was taken
             except OSError as exc:
                 raise StaleParent(f"{stream}: version {name} appeared while registering ({exc})") from exc
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise RegistryError(
+                f"{stream}: the registry at {self.root} is out of space ({exc.strerror}); nothing was registered. "
+                "Free space on that disk: the run's retry (or a re-execution) registers the version then"
+            ) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return Version(stream, name, full_meta)
