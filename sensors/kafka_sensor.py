@@ -110,8 +110,9 @@ def evaluate(
             },
         )
         return dg.SkipReason(
-            f"HALTED by a failed run: {summary}. Fix the cause and re-execute that run from the Dagster UI, or "
-            f"`streamfit batches skip {spec.name} --reason ...`; nothing after it is learned until then."
+            f"HALTED by a failed run: {summary}, so {spec.name} is halted. Fix the cause and re-execute that run "
+            f"from the Dagster UI, or `streamfit batches skip {spec.name} --reason ...`; nothing after it is learned "
+            "until then."
         )
     lag_after = sum(s.lag for s in states) - plan.rows
     return dg.SensorResult(

@@ -37,20 +37,37 @@ class RawRecord(NamedTuple):
     value: bytes | None
 
 
-def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: int) -> None:
-    """Create topics that do not exist yet (idempotent)."""
+def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: int, timeout_s: float = 10.0) -> None:
+    """Create topics that do not exist yet (idempotent) and wait until every partition has a leader.
+
+    The replication factor is the broker's `default.replication.factor` (-1), so a 3-node cluster
+    gets replicated topics without Streamfit knowing its size. CreateTopics returns before the new
+    metadata has reached every broker; waiting here means the next probe sees the topic.
+    """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     admin = clients.admin(settings)
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
+        new = [t for t in topics if t not in existing]
+        if not new:
+            return
+        try:
+            admin.create_topics([NewTopic(t, partitions, -1) for t in new])
+        except TopicAlreadyExistsError:
+            pass
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = admin.describe_topics(new)
+            if all(
+                not d.get("error_code") and d["partitions"] and all(p["leader_id"] >= 0 for p in d["partitions"])
+                for d in described
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"topics {new} were created but have no leaders after {timeout_s:g}s")
+            time.sleep(0.05)
     finally:
         admin.close()
 
@@ -138,7 +155,7 @@ def probe_partitions(
     earliest record the broker has).
     """
     from kafka import TopicPartition
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaError, OffsetOutOfRangeError
 
     consumer = _open_reader(settings, max_partition_fetch_bytes=1024, fetch_max_bytes=64 * 1024)
     try:
@@ -154,7 +171,17 @@ def probe_partitions(
         oldest: dict[int, int] = {}
         deadline = time.monotonic() + timeout_s
         while True:
-            for tp, records in consumer.poll(timeout_ms=50, max_records=100).items():
+            try:
+                polled = consumer.poll(timeout_ms=50, max_records=100)
+            except OffsetOutOfRangeError as exc:
+                # Apache Kafka refuses a fetch outside [log start, end] (Tansu answers nothing): the
+                # partition's state still says where the model stands; fetch from its end for the
+                # high-water mark, and the gap check compares the two.
+                out = list(exc.args[0])
+                for tp, end in consumer.end_offsets(out).items():
+                    consumer.seek(tp, end)
+                continue
+            for tp, records in polled.items():
                 oldest.setdefault(tp.partition, records[0].timestamp)
             high_water = {tp.partition: consumer.highwater(tp) for tp in tps}
             if all(h is not None for h in high_water.values()):
@@ -208,8 +235,16 @@ def _stalled(topic: str, stall_timeout_s: float, position: dict[int, int], todo:
     )
 
 
+def _lost(topic: str, offsets: dict[int, int]) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"{topic}: the broker no longer has offsets {offsets} (retention, deletion, or another cluster): an OFFSET "
+        "GAP; nothing was learned from this range. Decide, then `streamfit offsets reset <stream> --to earliest|latest`"
+    )
+
+
 def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
     from kafka import TopicPartition
+    from kafka.errors import OffsetOutOfRangeError
 
     consumer = _open_reader(settings)
     try:
@@ -220,7 +255,10 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
         position = {p: start for p, (start, _) in todo.items()}
         last_progress = time.monotonic()
         while todo:
-            batch = consumer.poll(timeout_ms=200, max_records=50_000)
+            try:
+                batch = consumer.poll(timeout_ms=200, max_records=50_000)
+            except OffsetOutOfRangeError as exc:
+                raise _lost(topic, {tp.partition: offset for tp, offset in exc.args[0].items()}) from exc
             for tp, records in batch.items():
                 p = tp.partition
                 if p not in todo:
