@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
@@ -18,6 +19,7 @@ from assets.training import batch_run_config
 from dagster_project.dev.datasets import synthetic_events
 from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import make_event
+from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.io import probe_partitions, read_range
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
@@ -150,3 +152,24 @@ def read_topic(settings: KafkaSettings, topic: str) -> list[dict[str, Any]]:
         value["_partition"], value["_offset"], value["_key"] = record.partition, record.offset, record.key
         out.append(value)
     return out
+
+
+# --- micro-batches built by hand ----------------------------------------------------------------
+
+
+def hand_batch(spec: StreamSpec, rows: int, start: int = 0, seed: int = 0, partition: int = 0) -> MicroBatch:
+    """A clean, fully labelled batch of `rows` rows at offsets [start, start+rows) of one partition,
+    as `read_batch` would return it (a linear concept, so a model learns it)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, len(spec.features)))
+    score = X @ np.linspace(1.5, -1.0, len(spec.features))
+    y = (score > 0).astype(np.float64) if spec.task == "classification" else score
+    return MicroBatch(
+        stream=spec.name,
+        ranges={partition: (start, start + rows)},
+        X=X,
+        y=y,
+        ids=[f"{spec.name}-{partition}-{start + i}" for i in range(rows)],
+        partitions=np.full(rows, partition, dtype=np.int32),
+        offsets=np.arange(start, start + rows, dtype=np.int64),
+    )

@@ -1,0 +1,146 @@
+"""The rollback and retrain jobs (assets/remediation.py) run on a real Dagster instance: what each
+does to the registry, what it records, and what it refuses.
+
+How the drift sensor decides to launch them is in tests/sensors/test_drift_sensor.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from dagster_project import names
+from dagster_project.kafka.io import probe_partitions
+from monitors.evidence import ACTION_KIND
+from tests.helpers import produce_synthetic, run_batch
+
+
+def _action_config(spec, op: str, **config) -> dict:
+    return {"ops": {op(spec.name): {"config": config}}}
+
+
+def _learn_two_batches(kafka_settings, spec, stream_defs, instance) -> None:
+    produce_synthetic(kafka_settings, spec, 600)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    assert run_batch(stream_defs, spec, {s.partition: (0, s.high_water // 2) for s in states}, instance).success
+    second = {s.partition: (s.high_water // 2, s.high_water) for s in states}
+    assert run_batch(stream_defs, spec, second, instance).success
+
+
+@pytest.fixture
+def two_versions(kafka_settings, spec, registry, stream_defs, instance):
+    """v1 (the first champion) and v2, promoted by hand: the situation a rollback undoes."""
+    _learn_two_batches(kafka_settings, spec, stream_defs, instance)
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
+    registry.set_champion(spec.name, "v2", reason="promoted for the test")
+    return registry
+
+
+def test_rollback_returns_the_champion_and_records_why(two_versions, spec, stream_defs, instance) -> None:
+    registry = two_versions
+    job = stream_defs.resolve_job_def(names.rollback_job(spec.name))
+    reasons = ["regression: champion v2 accuracy 0.61 vs predecessor v1 0.90", "second reason"]
+    evidence = {"comparison": {"metric": "accuracy", "champion": 0.61, "predecessor": 0.9}}
+    config = _action_config(
+        spec,
+        names.rollback_op,
+        from_version="v2",
+        to_version="v1",
+        reasons=reasons,
+        evidence=json.dumps(evidence),
+    )
+
+    result = job.execute_in_process(run_config=config, instance=instance)
+
+    assert result.success
+    assert registry.champion(spec.name) == "v1"
+    change = registry.champion_history(spec.name)[-1]
+    assert change["version"] == "v1" and change["previous"] == "v2"
+    assert change["reason"] == f"rollback: {'; '.join(reasons)}" and change["evidence"] == evidence
+    decision = registry.decisions(spec.name)[-1]
+    assert decision["kind"] == ACTION_KIND and decision["action"] == "rollback"
+    assert (decision["from_version"], decision["to_version"]) == ("v2", "v1")
+    assert decision["reasons"] == reasons and decision["run_id"] == result.run_id
+    (materialization,) = result.asset_materializations_for_node(names.rollback_op(spec.name))
+    assert materialization.asset_key == dg.AssetKey([spec.name, "champion"])
+    assert materialization.metadata["champion"].value == "v1"
+    assert materialization.metadata["rolled_back_from"].value == "v2"
+    assert result.output_for_node(names.rollback_op(spec.name)) == "v1"
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"], "a rollback registers nothing"
+    # the UI shows the champion asset changed, with the reason, on the instance
+    event = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "champion"]))
+    assert event.run_id == result.run_id
+
+
+def test_a_stale_rollback_changes_nothing(two_versions, spec, stream_defs, instance) -> None:
+    registry = two_versions
+    registry.set_champion(spec.name, "v1", reason="someone rolled back by hand already")
+    decisions_before = registry.decisions(spec.name)
+    job = stream_defs.resolve_job_def(names.rollback_job(spec.name))
+    config = _action_config(spec, names.rollback_op, from_version="v2", to_version="v1", reasons=["regression"])
+
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "champion is v1, not v2: the decision is stale, nothing done" in str(failure.event_specific_data.error)
+    assert registry.champion(spec.name) == "v1"
+    assert registry.decisions(spec.name) == decisions_before
+
+
+def test_retrain_registers_a_new_head_and_records_the_action(
+    kafka_settings, spec, registry, stream_defs, instance
+) -> None:
+    _learn_two_batches(kafka_settings, spec, stream_defs, instance)
+    v2 = registry.head(spec.name)
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+    reasons = ["concept drift: error_rate: adwin detected an increase"]
+    config = _action_config(spec, names.retrain_op, from_version="v2", reasons=reasons, window_from_version="v2")
+
+    result = job.execute_in_process(run_config=config, instance=instance)
+
+    assert result.success
+    v3 = registry.head(spec.name)
+    assert v3.name == "v3" and v3.parent == "v2"
+    assert v3.meta["retrain"]["reasons"] == reasons and v3.meta["retrain"]["since"] == "v2"
+    assert v3.meta["offsets"]["batch"] == v2.meta["offsets"]["batch"], "since v2: the window is v2's batch"
+    assert v3.learned == v2.learned and v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] == 600
+    assert v3.meta["run_id"] == result.run_id
+    assert registry.champion(spec.name) == "v1", "the retrained version still has to win the promotion gate"
+    decision = registry.decisions(spec.name)[-1]
+    assert decision["kind"] == ACTION_KIND and decision["action"] == "retrain"
+    assert (decision["from_version"], decision["to_version"]) == ("v2", "v3") and decision["reasons"] == reasons
+    (materialization,) = result.asset_materializations_for_node(names.retrain_op(spec.name))
+    assert materialization.asset_key == dg.AssetKey([spec.name, "model_version"])
+    assert materialization.metadata["version"].value == "v3"
+    assert materialization.metadata["retrain"].value == spec.drift.retrain_mode
+    assert materialization.metadata["rows"].value == v3.meta["rows"]["trained"] == 300
+
+
+def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_defs, instance) -> None:
+    _learn_two_batches(kafka_settings, spec, stream_defs, instance)
+    schedule = stream_defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
+    (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+
+    result = job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance)
+
+    assert result.success
+    v3 = registry.head(spec.name)
+    assert not v3.meta["retrain"]["since"] and v3.meta["rows"]["trained"] == 600  # window: every batch
+    assert v3.meta["retrain"]["reasons"][0].startswith("scheduled full retrain on the last")
+    assert instance.get_run_by_id(result.run_id).tags[names.ACTION_TAG] == "scheduled_retrain"
+
+
+def test_retrain_with_nothing_learned_fails_with_the_reason(spec, registry, stream_defs, instance) -> None:
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+    config = _action_config(spec, names.retrain_op, from_version="", reasons=["scheduled"])
+
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert f"{spec.name} has no versions to retrain from" in str(failure.event_specific_data.error)
+    assert registry.decisions(spec.name) == []

@@ -1,0 +1,168 @@
+"""Retraining on a recent window (learning/retraining.py): which offsets the window covers, and the
+version a retrain registers (a new head that re-learned old rows: offsets and row count unchanged).
+
+The drift sensor's retrain run end to end is in tests/sensors/test_drift_sensor.py; the retrain
+job's registry effect in tests/assets/test_remediation.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dagster_project.ingest.micro_batch import read_batch
+from dagster_project.kafka import clients
+from dagster_project.learning.pipeline import learn_export_register, learn_from_head
+from dagster_project.learning.retraining import recent_window, retrain
+from dagster_project.registry.store import RegistryError, Version
+from tests.conftest import synthetic_spec
+from tests.helpers import high_waters, produce_synthetic, read_topic
+
+
+def _version(number: int, batch: dict[int, tuple[int, int]], retrain: dict | None = None) -> Version:
+    meta = {
+        "offsets": {"batch": {str(p): [s, e] for p, (s, e) in batch.items()}},
+        "rows": {"read": sum(e - s for s, e in batch.values())},
+    }
+    if retrain:
+        meta["retrain"] = retrain
+    return Version("s", f"v{number}", meta)
+
+
+# Three consecutive batches of 100 rows over two partitions, and a retrain (its batch is a window).
+HISTORY = [
+    _version(1, {0: (0, 50), 1: (0, 50)}),
+    _version(2, {0: (50, 110), 1: (50, 90)}),
+    _version(3, {0: (110, 160), 1: (90, 140)}),
+    _version(4, {0: (0, 160), 1: (0, 140)}, retrain={"mode": "fresh"}),
+]
+
+
+def test_window_merges_consecutive_batches_per_partition() -> None:
+    assert recent_window(HISTORY, rows=10_000) == {0: (0, 160), 1: (0, 140)}
+
+
+@pytest.mark.parametrize(
+    "rows, window",
+    [
+        (1, {0: (110, 160), 1: (90, 140)}),  # the newest batch alone
+        (100, {0: (110, 160), 1: (90, 140)}),
+        (101, {0: (50, 160), 1: (50, 140)}),  # one row more: the batch before joins
+        (200, {0: (50, 160), 1: (50, 140)}),
+        (201, {0: (0, 160), 1: (0, 140)}),
+    ],
+)
+def test_window_holds_the_last_rows_in_whole_batches(rows: int, window: dict) -> None:
+    assert recent_window(HISTORY, rows) == window
+
+
+def test_retrain_versions_are_not_part_of_a_window() -> None:
+    only_learned = HISTORY[:3]
+    assert recent_window(HISTORY, rows=100) == recent_window(only_learned, rows=100)
+    assert recent_window([HISTORY[3]], rows=100) == {}
+
+
+def test_since_takes_every_batch_from_the_detected_change_on() -> None:
+    assert recent_window(HISTORY, rows=1, since="v2") == {0: (50, 160), 1: (50, 140)}
+    assert recent_window(HISTORY, rows=10_000, since="v3") == {0: (110, 160), 1: (90, 140)}
+    # a since newer than any learned batch (e.g. it named the retrain itself) falls back to rows
+    assert recent_window(HISTORY, rows=100, since="v4") == {0: (110, 160), 1: (90, 140)}
+
+
+def test_a_partition_missing_from_some_batches_keeps_its_own_range() -> None:
+    versions = [_version(1, {0: (0, 100)}), _version(2, {0: (100, 150), 1: (0, 70)})]
+    assert recent_window(versions, rows=10_000) == {0: (0, 150), 1: (0, 70)}
+
+
+# --- retrain on a real broker ------------------------------------------------------------------
+
+
+def _learn_batches(kafka_settings, registry, spec, size: int) -> list[Version]:
+    """Learn everything produced so far in consecutive batches, as the training runs would."""
+    ends = high_waters(kafka_settings, spec.events_topic)
+    versions, start = [], dict.fromkeys(ends, 0)
+    while any(start[p] < ends[p] for p in ends):
+        ranges = {p: (start[p], min(start[p] + size, ends[p])) for p in ends if start[p] < ends[p]}
+        batch = read_batch(kafka_settings, spec, ranges)
+        learn = lambda batch=batch: learn_from_head(registry, spec, batch)  # noqa: E731
+        versions.append(learn_export_register(registry, spec, batch, f"batch-{len(versions)}", learn))
+        start |= {p: end for p, (_, end) in ranges.items()}
+    return versions
+
+
+def test_retrain_registers_a_new_head_that_keeps_the_offsets(kafka_settings, registry) -> None:
+    spec = synthetic_spec(partitions=1, drift={"retrain_window_rows": 350, "retrain_epochs": 3})
+    produce_synthetic(kafka_settings, spec, 800)
+    versions = _learn_batches(kafka_settings, registry, spec, size=200)  # 4 batches of 200 rows
+    head = versions[-1]
+    champion = registry.champion(spec.name)
+
+    retrained = retrain(kafka_settings, registry, spec, ["concept drift: test"], "run-retrain")
+
+    assert retrained.parent == head.name and registry.head(spec.name).name == retrained.name
+    assert retrained.learned == head.learned == high_waters(kafka_settings, spec.events_topic)
+    assert retrained.meta["rows_learned_total"] == head.meta["rows_learned_total"] == 800
+    assert retrained.meta["retrain"] == {
+        "mode": "fresh",
+        "epochs": 3,
+        "reasons": ["concept drift: test"],
+        "from": head.name,
+        "since": None,
+    }
+    assert retrained.meta["offsets"]["batch"] == {"0": [400, 800]}  # the last 2 batches hold >= 350 rows
+    assert retrained.meta["rows"]["trained"] == 400
+    assert retrained.meta["offset_reset_applied"] is None
+    assert registry.champion(spec.name) == champion, "a retrain must win the promotion gate before it serves"
+    X = read_batch(kafka_settings, spec, {0: (700, 800)}).X
+    assert registry.load_estimator(spec.name, retrained.name).predict(X).shape == (len(X),)
+
+
+def test_retrain_since_a_version_learns_only_from_there_on(kafka_settings, registry) -> None:
+    spec = synthetic_spec(partitions=1, drift={"retrain_window_rows": 10_000, "retrain_mode": "warm"})
+    produce_synthetic(kafka_settings, spec, 600)
+    versions = _learn_batches(kafka_settings, registry, spec, size=200)  # v1, v2, v3
+
+    retrained = retrain(kafka_settings, registry, spec, ["drift"], "run-retrain", since=versions[1].name)
+
+    assert retrained.meta["offsets"]["batch"] == {"0": [200, 600]}
+    assert retrained.meta["rows"]["trained"] == 400
+    assert retrained.meta["retrain"]["since"] == versions[1].name
+    assert retrained.meta["retrain"]["mode"] == "warm"
+    assert retrained.learned == versions[-1].learned
+
+
+def test_retrain_does_not_dead_letter_a_bad_message_twice(kafka_settings, registry) -> None:
+    spec = synthetic_spec(partitions=1)
+    produce_synthetic(kafka_settings, spec, 150)
+    producer = clients.producer(kafka_settings)
+    producer.send(spec.events_topic, key=b"junk", value=b"{not json")
+    producer.flush()
+    producer.close()
+    (version,) = _learn_batches(kafka_settings, registry, spec, size=1000)
+    assert version.meta["rows"]["dlq"] == 1 and len(read_topic(kafka_settings, spec.dlq_topic)) == 1
+
+    retrained = retrain(kafka_settings, registry, spec, ["drift"], "run-retrain")
+
+    assert retrained.meta["rows"]["trained"] == 150
+    assert len(read_topic(kafka_settings, spec.dlq_topic)) == 1, "the retrain re-read is not a new refusal"
+
+
+def test_retrain_without_versions_is_refused(kafka_settings, registry) -> None:
+    spec = synthetic_spec()
+    with pytest.raises(RegistryError, match=f"{spec.name} has no versions to retrain from"):
+        retrain(kafka_settings, registry, spec, ["drift"], "run-retrain")
+
+
+def test_retrain_is_deterministic(kafka_settings, tmp_path) -> None:
+    """The same window and spec give the same model (seeded), so a retrain is reproducible."""
+    from dagster_project.registry.store import FilesystemRegistry
+
+    spec = synthetic_spec(partitions=1)
+    produce_synthetic(kafka_settings, spec, 300)
+    weights = []
+    for attempt in range(2):
+        reg = FilesystemRegistry(tmp_path / f"registry{attempt}")
+        _learn_batches(kafka_settings, reg, spec, size=150)
+        version = retrain(kafka_settings, reg, spec, ["drift"], "run-retrain")
+        weights.append(reg.load_estimator(spec.name, version.name).steps[-1][1].coef_)
+    np.testing.assert_array_equal(weights[0], weights[1])

@@ -1,0 +1,193 @@
+"""What a batch's data-quality verdict does (quality/policy.py): train, split rows off to the DLQ,
+halt the stream, or quarantine the batch, on a real broker and a real registry.
+
+The same policies run inside the training job in tests/assets/test_quality_gate.py; here each
+outcome's effects are checked directly: the DLQ records, the halt record, the stored batch and the
+pending offsets.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+
+from dagster_project.ingest.micro_batch import MicroBatch, read_batch
+from dagster_project.kafka import clients
+from dagster_project.kafka.io import ensure_topics, probe_partitions
+from dagster_project.quality.policy import apply_quality_policy
+from dagster_project.quality.quarantine import QuarantineStore
+from dagster_project.spec import StreamSpec
+from tests.conftest import synthetic_spec
+from tests.helpers import hand_batch, produce_synthetic, read_topic
+
+
+def _spec(**quality) -> StreamSpec:
+    """One partition; x0 must lie in [-10, 10], so a row with x0 = 50 breaks a per-row rule."""
+    return synthetic_spec(
+        partitions=1,
+        features=[{"name": "x0", "min": -10, "max": 10}] + [{"name": f"x{i}"} for i in range(1, 5)],
+        quality=quality,
+    )
+
+
+def _with_bad_rows(batch: MicroBatch, rows: list[int]) -> MicroBatch:
+    batch.X[rows, 0] = 50.0
+    return batch
+
+
+def _run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _dlq(settings, spec: StreamSpec) -> list[dict]:
+    if not probe_partitions(settings, spec.dlq_topic, {}):
+        return []
+    return read_topic(settings, spec.dlq_topic)
+
+
+def test_a_clean_batch_trains_whole(kafka_settings, registry) -> None:
+    spec = _spec()
+    batch = hand_batch(spec, 120)
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert outcome.passed and outcome.batch is batch and outcome.severity == "ERROR"
+    assert outcome.message.startswith("p0[0, 120): passed ") and "120 rows" in outcome.message
+    assert outcome.metadata["action"] == "train" and outcome.metadata["unexpected_rows"] == 0
+    assert registry.halt(spec.name) is None and registry.pending_offset_reset(spec.name) is None
+    assert registry.decisions(spec.name) == []
+
+
+def test_partial_sends_split_off_rows_to_the_dlq_and_trains_the_rest(kafka_settings, registry) -> None:
+    spec = _spec(policy="halt", allow_partial=True)
+    ensure_topics(kafka_settings, [spec.events_topic, spec.dlq_topic], 1)
+    batch = _with_bad_rows(hand_batch(spec, 100, start=40), [3, 17, 60])
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert outcome.passed and outcome.metadata["action"] == "partial"
+    assert outcome.metadata["split_off_rows"] == 3 and outcome.metadata["kept_rows"] == 97
+    assert f"3 rows broke per-row rules and went to {spec.dlq_topic}; the rest trains" in outcome.message
+    kept = outcome.batch
+    assert kept.rows == 97 and kept.ranges == batch.ranges  # the kept rows still account for the whole range
+    assert not ({43, 57, 100} & set(kept.offsets.tolist()))
+    dead = sorted(_dlq(kafka_settings, spec), key=lambda d: d["offset"])
+    assert [d["offset"] for d in dead] == [43, 57, 100]
+    for letter in dead:
+        assert letter["component"] == "trainer"
+        assert letter["topic"] == spec.events_topic and letter["partition"] == 0
+        assert letter["reason"].startswith("data quality:")
+        assert "feature 'x0' infinite or outside [-10, 10]: 50.0" in letter["reason"]
+        assert letter["value"]["id"] == letter["_key"].decode() == f"{spec.name}-0-{letter['offset']}"
+        assert letter["value"]["features"]["x0"] == 50.0 and set(letter["value"]["features"]) == set(spec.feature_names)
+    assert registry.halt(spec.name) is None and registry.pending_offset_reset(spec.name) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: policy.dead_letter_rows prefixes 'data quality: ' to row_violation_reasons' reasons, which "
+    "already start with 'quality: ', so DLQ reasons read 'data quality: quality: feature ...'",
+)
+def test_split_off_rows_have_a_reason_without_a_repeated_prefix(kafka_settings, registry) -> None:
+    spec = _spec(allow_partial=True)
+    ensure_topics(kafka_settings, [spec.events_topic, spec.dlq_topic], 1)
+    batch = _with_bad_rows(hand_batch(spec, 50), [5])
+
+    apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    (letter,) = _dlq(kafka_settings, spec)
+    assert letter["reason"] == "data quality: feature 'x0' infinite or outside [-10, 10]: 50.0"
+
+
+def test_halt_stops_the_stream_and_says_how_to_skip(kafka_settings, registry) -> None:
+    spec = _spec(policy="halt")
+    batch = _with_bad_rows(hand_batch(spec, 80, start=200), [0, 1])
+    run_id = _run_id()
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, run_id)
+
+    assert outcome.batch is None and not outcome.passed and outcome.severity == "ERROR"
+    assert outcome.metadata["action"] == "halt" and outcome.metadata["unexpected_rows"] == 2
+    assert outcome.message.startswith(f"HALTED {spec.name} at p0[200, 280): ")
+    assert f"re-execute run {run_id[:8]}" in outcome.message
+    assert f"`streamfit batches skip {spec.name} --reason ...`" in outcome.message
+    halt = registry.halt(spec.name)
+    assert halt["ranges"] == {"0": [200, 280]} and halt["run_id"] == run_id and "x0" in halt["summary"]
+    (decision,) = registry.decisions(spec.name)
+    assert decision["kind"] == "quality" and decision["action"] == "halt" and decision["ranges"] == "p0[200, 280)"
+    assert registry.pending_offset_reset(spec.name) is None, "a halted stream does not move on"
+    assert QuarantineStore().list(spec.name) == []
+    assert _dlq(kafka_settings, spec) == [], "without allow_partial no row is split off"
+
+
+def test_the_halted_batch_passing_on_a_rerun_lifts_the_halt(kafka_settings, registry) -> None:
+    spec = _spec(policy="halt")
+    bad = _with_bad_rows(hand_batch(spec, 80), [4])
+    halted_by = _run_id()
+    apply_quality_policy(kafka_settings, registry, spec, bad, halted_by)
+    assert registry.halt(spec.name)
+
+    other = hand_batch(spec, 80, start=80)  # a different range passing does not lift it
+    assert apply_quality_policy(kafka_settings, registry, spec, other, _run_id()).passed
+    assert registry.halt(spec.name)
+
+    rerun = _run_id()
+    fixed = hand_batch(spec, 80)  # the same range, now clean (e.g. the spec's bounds were fixed)
+    outcome = apply_quality_policy(kafka_settings, registry, spec, fixed, rerun)
+
+    assert outcome.passed and registry.halt(spec.name) is None
+    cleared = registry.decisions(spec.name)[-1]
+    assert cleared["kind"] == "halt_cleared" and cleared["resolution"] == "batch passed on re-run"
+    assert cleared["run_id"] == rerun and cleared["halt"]["run_id"] == halted_by
+
+
+def test_quarantine_stores_the_batch_and_moves_the_stream_on(kafka_settings, registry) -> None:
+    spec = _spec(policy="quarantine")
+    batch = _with_bad_rows(hand_batch(spec, 60, start=500), [10, 11, 12])
+    run_id = _run_id()
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, run_id)
+
+    assert outcome.batch is None and not outcome.passed and outcome.severity == "WARN"
+    qid = outcome.metadata["quarantine_id"]
+    assert outcome.message.startswith(f"QUARANTINED p0[500, 560) as {qid}: ")
+    assert "the stream moves on (`streamfit quarantine show`)" in outcome.message
+    stored = QuarantineStore().get(spec.name, qid)
+    assert stored.meta["ranges"] == {"0": [500, 560]} and stored.meta["rows"] == 60
+    assert stored.meta["run_id"] == run_id and stored.meta["replayed_by"] is None
+    assert stored.meta["validation"]["unexpected_rows"] == 3 and not stored.meta["validation"]["passed"]
+    np.testing.assert_array_equal(stored.batch.X, batch.X)
+    np.testing.assert_array_equal(stored.batch.y, batch.y)
+    assert stored.batch.ids == batch.ids and stored.batch.offsets.tolist() == list(range(500, 560))
+    reset = registry.pending_offset_reset(spec.name)
+    assert reset["offsets"] == {"0": 560} and reset["reason"].startswith(f"quarantined {qid}: ")
+    assert reset["by"] == f"data quality, run {run_id}"
+    assert registry.halt(spec.name) is None
+    (decision,) = registry.decisions(spec.name)
+    assert decision["action"] == "quarantine" and decision["run_id"] == run_id
+
+
+def test_a_failing_batch_read_from_kafka_reports_its_dead_lettered_messages(kafka_settings, registry) -> None:
+    spec = _spec(policy="quarantine")
+    produce_synthetic(kafka_settings, spec, 30)
+    producer = clients.producer(kafka_settings)
+    for i in range(2):
+        row = {"id": f"far-{i}", "features": {"x0": 99.0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": 1}
+        producer.send(spec.events_topic, key=row["id"].encode(), value=orjson.dumps(row))
+    producer.send(spec.events_topic, key=b"junk", value=b"{not json")
+    producer.flush()
+    producer.close()
+    (state,) = probe_partitions(kafka_settings, spec.events_topic, {})
+    batch = read_batch(kafka_settings, spec, {0: (0, state.high_water)})
+    assert batch.rows == 32 and batch.dlq == 1
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert outcome.metadata["action"] == "quarantine"
+    assert "(1 messages dead-lettered: {'not valid JSON': 1})" in outcome.message
+    assert registry.pending_offset_reset(spec.name)["offsets"] == {"0": 33}
+    (parse_letter,) = _dlq(kafka_settings, spec)  # the parser's dead letter; the policy adds none
+    assert parse_letter["component"] == "trainer" and parse_letter["offset"] == 32

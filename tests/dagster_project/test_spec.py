@@ -1,0 +1,203 @@
+"""Stream specs: the errors a user gets for a bad spec, and where specs are found.
+
+Quality-rule validation is covered in tests/dagster_project/quality/test_suite.py
+(test_invalid_quality_rules_are_rejected) and scale-out refusals for MLP classifiers in
+tests/dagster_project/learning/test_scale_out.py; only the cases those leave out are here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from dagster_project.learning.estimator_table import ESTIMATORS
+from dagster_project.spec import RESERVED_COLUMNS, StreamSpec, get_spec, load_spec, load_specs, specs_dir
+
+REPO_STREAMS = Path(__file__).resolve().parents[2] / "streams"
+
+
+def _raw(**overrides) -> dict:
+    raw = {
+        "name": "orders",
+        "task": "classification",
+        "features": [{"name": "a"}, {"name": "b"}],
+        "label": {"classes": [0, 1]},
+    }
+    return raw | overrides
+
+
+def _errors(**overrides) -> str:
+    with pytest.raises(ValidationError) as caught:
+        StreamSpec.model_validate(_raw(**overrides))
+    return str(caught.value)
+
+
+def _write(directory: Path, file_name: str, raw: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / file_name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_minimal_spec_gets_the_documented_defaults() -> None:
+    spec = StreamSpec.model_validate(_raw())
+    assert spec.model.estimator == "sgd_classifier" and spec.partitions == 1
+    assert spec.quality.policy == "halt" and spec.drift.detector == "adwin"
+    assert (spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic) == (
+        "orders.events",
+        "orders.labels",
+        "orders.dlq",
+        "orders.predictions",
+    )
+    assert spec.trainer_group == "streamfit-orders-trainer"
+    assert spec.feature_names == ["a", "b"]
+
+
+def test_unknown_estimator_lists_the_known_ones() -> None:
+    message = _errors(model={"estimator": "xgboost"})
+    assert "model.estimator" in message and "'xgboost'" in message
+    for name in ESTIMATORS:
+        assert f"'{name}'" in message
+
+
+@pytest.mark.parametrize(
+    "task, estimator, message",
+    [
+        ("classification", "sgd_regressor", "estimator 'sgd_regressor' is a regressor but task is classification"),
+        ("classification", "mlp_regressor", "estimator 'mlp_regressor' is a regressor but task is classification"),
+        ("regression", "gaussian_nb", "estimator 'gaussian_nb' is a classifier but task is regression"),
+        ("regression", "sgd_classifier", "estimator 'sgd_classifier' is a classifier but task is regression"),
+    ],
+)
+def test_estimator_must_match_the_task(task: str, estimator: str, message: str) -> None:
+    assert message in _errors(task=task, model={"estimator": estimator})
+
+
+def test_every_estimator_is_accepted_for_its_own_task() -> None:
+    for name, entry in ESTIMATORS.items():
+        label = {"classes": [0, 1]} if entry.task == "classification" else {}
+        spec = StreamSpec.model_validate(_raw(task=entry.task, label=label, model={"estimator": name}))
+        assert spec.model.estimator == name
+
+
+@pytest.mark.parametrize("label", [{}, {"classes": None}, {"classes": []}])
+def test_classification_needs_its_classes_up_front(label: dict) -> None:
+    assert "classification streams must list label.classes" in _errors(label=label)
+
+
+def test_regression_needs_no_classes() -> None:
+    spec = StreamSpec.model_validate(
+        _raw(task="regression", label={"name": "price"}, model={"estimator": "sgd_regressor"})
+    )
+    assert spec.label.classes is None and spec.label.name == "price"
+
+
+def test_duplicate_and_missing_features() -> None:
+    assert "duplicate feature names in ['a', 'b', 'a']" in _errors(features=[{"name": n} for n in "aba"])
+    assert "a stream needs at least one feature" in _errors(features=[])
+
+
+@pytest.mark.parametrize("column", RESERVED_COLUMNS)
+def test_reserved_column_names_cannot_be_features(column: str) -> None:
+    message = _errors(features=[{"name": "a"}, {"name": column}])
+    assert f"feature name(s) ['{column}'] are reserved for batch metadata" in message
+
+
+def test_batch_rows_cannot_exceed_max_rows() -> None:
+    assert "batch.rows (5000) exceeds batch.max_rows (1000)" in _errors(batch={"rows": 5000, "max_rows": 1000})
+    StreamSpec.model_validate(_raw(batch={"rows": 1000, "max_rows": 1000}))  # equal is fine
+
+
+def test_scale_out_refuses_a_non_incremental_mlp_solver() -> None:
+    model = {"estimator": "mlp_regressor", "params": {"solver": "lbfgs"}, "scale_out": {"workers": 2}}
+    message = _errors(task="regression", label={}, model=model)
+    assert "model.scale_out needs an incremental MLP solver ('adam' or 'sgd'), got 'lbfgs'" in message
+    assert "scale-out supports sgd_classifier" in message
+    model["scale_out"] = {"workers": 1}  # scale-out off: the same solver is fine
+    assert StreamSpec.model_validate(_raw(task="regression", label={}, model=model)).model.params["solver"] == "lbfgs"
+
+
+def test_quality_bounds_must_name_features() -> None:
+    message = _errors(quality={"mean_bounds": {"a": [0, 1], "zz": [0, 1]}})
+    assert "quality.mean_bounds names unknown feature(s) ['zz']; features are ['a', 'b']" in message
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"name": "Orders"}, "String should match pattern"),
+        ({"name": "1orders"}, "String should match pattern"),
+        ({"colour": "blue"}, "colour"),  # a typo is an error, not silently ignored
+        ({"model": {"estimator": "sgd_classifier", "seeed": 1}}, "seeed"),
+        ({"drift": {"psi_moderate": 0.5, "psi_major": 0.3}}, "drift.psi_moderate (0.5) exceeds drift.psi_major (0.3)"),
+        ({"partitions": 0}, "partitions"),
+        ({"features": [{"name": "a", "type": "string"}]}, "'float', 'int' or 'bool'"),
+    ],
+)
+def test_other_mistakes_are_named(overrides: dict, message: str) -> None:
+    assert message in _errors(**overrides)
+
+
+def test_load_spec_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "orders.yaml", _raw(model={"estimator": "sgd_regressor"}))
+    with pytest.raises(ValueError) as caught:
+        load_spec(path)
+    assert str(caught.value).startswith(f"invalid stream spec {path}: ")
+    assert "is a regressor but task is classification" in str(caught.value)
+
+    broken_yaml = tmp_path / "broken.yaml"
+    broken_yaml.write_text("name: [unclosed\n")
+    with pytest.raises(ValueError, match=f"invalid stream spec {broken_yaml}"):
+        load_spec(broken_yaml)
+
+
+def test_load_specs_sorts_by_name_and_reads_yml_too(tmp_path: Path) -> None:
+    _write(tmp_path, "z.yaml", _raw(name="alpha"))
+    _write(tmp_path, "a.yml", _raw(name="beta"))
+    (tmp_path / "notes.txt").write_text("not a spec")
+    assert [s.name for s in load_specs(tmp_path)] == ["alpha", "beta"]
+
+
+def test_load_specs_refuses_duplicate_stream_names(tmp_path: Path) -> None:
+    _write(tmp_path, "one.yaml", _raw())
+    _write(tmp_path, "two.yaml", _raw())
+    with pytest.raises(ValueError, match=r"duplicate stream names in .*: \['orders', 'orders'\]"):
+        load_specs(tmp_path)
+
+
+def test_a_missing_spec_directory_says_what_to_set(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="set STREAMFIT_STREAMS"):
+        load_specs(tmp_path / "nowhere")
+
+
+def test_spec_directory_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMFIT_STREAMS", raising=False)
+    assert specs_dir() == REPO_STREAMS
+    _write(tmp_path, "orders.yaml", _raw())
+    monkeypatch.setenv("STREAMFIT_STREAMS", str(tmp_path))
+    assert specs_dir() == tmp_path
+    assert get_spec("orders").name == "orders"
+
+
+def test_get_spec_lists_the_known_streams(tmp_path: Path) -> None:
+    _write(tmp_path, "orders.yaml", _raw())
+    _write(tmp_path, "clicks.yaml", _raw(name="clicks"))
+    with pytest.raises(KeyError, match=r"unknown stream 'ordres'; known streams: \['clicks', 'orders'\]"):
+        get_spec("ordres", tmp_path)
+    assert get_spec("clicks", tmp_path).name == "clicks"
+
+
+def test_the_shipped_specs_load() -> None:
+    specs = {spec.name: spec for spec in load_specs(REPO_STREAMS)}
+    assert set(specs) == {p.stem for p in REPO_STREAMS.glob("*.y*ml")}  # file name = stream name
+    synthetic = specs["synthetic"]
+    assert synthetic.task == "classification" and synthetic.partitions == 2
+    assert synthetic.feature_names == [f"x{i}" for i in range(5)]
+    phishing = specs["phishing"]
+    assert phishing.label.name == "is_phishing" and phishing.label.classes == [False, True]
+    assert all(f.min == 0 and f.max == 1 for f in phishing.features)
+    for spec in specs.values():
+        assert spec.batch.rows <= spec.batch.max_rows

@@ -1,0 +1,267 @@
+"""The code location as Dagster loads it: every shipped stream spec becomes its assets, blocking checks,
+jobs, sensors and schedules, with the deployment's resources, and the whole location validates."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dagster_project import names
+from dagster_project.kafka.settings import (
+    BOOTSTRAP_ENV,
+    CAFILE_ENV,
+    CERTFILE_ENV,
+    CHECK_HOSTNAME_ENV,
+    CLIENT_ENV,
+    KEYFILE_ENV,
+    MECHANISM_ENV,
+    PASSWORD_ENV,
+    PROTOCOL_ENV,
+    USERNAME_ENV,
+)
+from dagster_project.resources import KAFKA_ENV_FIELDS, KafkaResource, RegistryResource
+from dagster_project.spec import load_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAMS_DIR = ROOT / "streams"
+STREAMS = [spec.name for spec in load_specs(STREAMS_DIR)]
+SPECS = {spec.name: spec for spec in load_specs(STREAMS_DIR)}
+BOOTSTRAP = "kafka.example.internal:9092"  # never contacted: loading the location talks to no broker
+SECURITY_ENV = (
+    PROTOCOL_ENV,
+    CAFILE_ENV,
+    CERTFILE_ENV,
+    KEYFILE_ENV,
+    CHECK_HOSTNAME_ENV,
+    MECHANISM_ENV,
+    USERNAME_ENV,
+    PASSWORD_ENV,
+    CLIENT_ENV,
+)
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+
+
+@contextmanager
+def _code_location(**env: str) -> Iterator[dg.Definitions]:
+    """Import `dagster_project.definitions` afresh under this environment, as a code server would."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in SECURITY_ENV:
+            patch.delenv(name, raising=False)
+        patch.setenv("STREAMFIT_STREAMS", str(STREAMS_DIR))
+        patch.setenv(BOOTSTRAP_ENV, BOOTSTRAP)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        module = importlib.reload(importlib.import_module("dagster_project.definitions"))
+        yield module.defs
+
+
+@pytest.fixture(scope="module")
+def defs() -> Iterator[dg.Definitions]:
+    with _code_location() as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def repo(defs: dg.Definitions) -> dg.RepositoryDefinition:
+    return defs.get_repository_def()
+
+
+def test_the_repo_ships_stream_specs() -> None:
+    assert STREAMS, f"no stream specs in {STREAMS_DIR}"
+    assert {"synthetic", "phishing"} <= set(STREAMS)
+
+
+def test_the_code_location_validates(defs: dg.Definitions) -> None:
+    dg.Definitions.validate_loadable(defs)  # asset keys, names, asset jobs, resources: raises if not loadable
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {names.training_job(s) for s in STREAMS}
+
+
+def test_the_asset_graph_has_every_streams_chain(defs: dg.Definitions) -> None:
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    expected = {
+        f"{stream}/{asset}"
+        for stream in STREAMS
+        for asset in ("micro_batch", "model", "onnx_model", "model_version", "champion", "report")
+    }
+    assert keys == expected
+    graph = defs.resolve_asset_graph()
+    for stream in STREAMS:
+        assert graph.get(dg.AssetKey([stream, "model_version"])).parent_keys == {
+            dg.AssetKey([stream, "micro_batch"]),
+            dg.AssetKey([stream, "model"]),
+            dg.AssetKey([stream, "onnx_model"]),
+        }
+        assert {graph.get(dg.AssetKey([stream, a])).group_name for a in ("micro_batch", "report")} == {stream}
+
+
+def test_quality_and_parity_checks_block_the_chain(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    checks = {
+        (spec.asset_key.to_user_string(), spec.name): spec.blocking
+        for spec in (graph.get_check_spec(key) for key in graph.asset_check_keys)
+    }
+    expected = {(f"{s}/micro_batch", "data_quality"): True for s in STREAMS} | {
+        (f"{s}/onnx_model", "onnx_parity"): True for s in STREAMS
+    }
+    assert checks == expected
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_jobs_of_a_stream(defs: dg.Definitions, stream: str) -> None:
+    training = defs.resolve_job_def(names.training_job(stream))
+    assert {k.to_user_string() for k in training.asset_layer.selected_asset_keys} == {
+        f"{stream}/{a}" for a in ("micro_batch", "model", "onnx_model", "model_version", "champion")
+    }, "the training job learns one batch; the report has its own job"
+    assert training.tags[names.STREAM_TAG] == stream  # the run queue serialises runs of a stream by this tag
+
+    rollback = defs.resolve_job_def(names.rollback_job(stream))
+    retrain = defs.resolve_job_def(names.retrain_job(stream))
+    assert [n.name for n in rollback.nodes] == [names.rollback_op(stream)]
+    assert [n.name for n in retrain.nodes] == [names.retrain_op(stream)]
+    assert rollback.tags[names.STREAM_TAG] == retrain.tags[names.STREAM_TAG] == stream
+
+    report = defs.resolve_job_def(f"{stream}_report")
+    assert {k.to_user_string() for k in report.asset_layer.selected_asset_keys} == {f"{stream}/report"}
+
+
+def test_no_unexpected_jobs(repo: dg.RepositoryDefinition) -> None:
+    jobs = {job.name for job in repo.get_all_jobs() if not job.name.startswith("__ASSET_JOB")}
+    expected = {
+        name(stream)
+        for stream in STREAMS
+        for name in (names.training_job, names.rollback_job, names.retrain_job, lambda s: f"{s}_report")
+    }
+    assert jobs == expected
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_sensors_run_by_default_and_launch_the_right_jobs(defs: dg.Definitions, stream: str) -> None:
+    kafka = defs.resolve_sensor_def(f"{stream}_kafka_sensor")
+    assert kafka.default_status == dg.DefaultSensorStatus.RUNNING
+    assert kafka.job_name == names.training_job(stream)
+    assert kafka.required_resource_keys == {"kafka", "registry"}
+    assert kafka.minimum_interval_seconds <= SPECS[stream].batch.sensor_interval_s
+
+    drift = defs.resolve_sensor_def(f"{stream}_drift_sensor")
+    assert drift.default_status == dg.DefaultSensorStatus.RUNNING
+    assert {t.job_name for t in drift.targets} == {names.rollback_job(stream), names.retrain_job(stream)}
+    assert drift.required_resource_keys == {"registry"}  # it reads durable state only, never Kafka
+
+
+def test_only_the_two_sensors_per_stream(repo: dg.RepositoryDefinition) -> None:
+    assert {s.name for s in repo.sensor_defs} == {f"{s}_{k}_sensor" for s in STREAMS for k in ("kafka", "drift")}
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_schedules_of_a_stream(defs: dg.Definitions, stream: str) -> None:
+    spec = SPECS[stream]
+    full = defs.resolve_schedule_def(names.full_retrain_schedule(stream))
+    assert full.job_name == names.retrain_job(stream)
+    assert full.cron_schedule == spec.drift.full_retrain_cron
+    assert full.default_status == dg.DefaultScheduleStatus.RUNNING
+    report = defs.resolve_schedule_def(f"{stream}_report_schedule")
+    assert report.job_name == f"{stream}_report"
+    assert report.cron_schedule == spec.drift.report_cron
+    assert report.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_scheduled_retrain_config_is_valid_for_the_retrain_job(defs: dg.Definitions, instance) -> None:
+    for stream in STREAMS:
+        schedule = defs.resolve_schedule_def(names.full_retrain_schedule(stream))
+        (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+        dg.validate_run_config(defs.resolve_job_def(names.retrain_job(stream)), request.run_config)  # raises if not
+        assert request.tags[names.ACTION_TAG] == "scheduled_retrain" and request.tags[names.STREAM_TAG] == stream
+
+
+def test_resources_are_the_broker_and_the_registry(defs: dg.Definitions, repo: dg.RepositoryDefinition) -> None:
+    assert set(repo.get_top_level_resources()) == {"kafka", "registry"}
+    kafka = defs.resources["kafka"]
+    assert isinstance(kafka, KafkaResource) and isinstance(defs.resources["registry"], RegistryResource)
+    assert isinstance(kafka.bootstrap, dg.EnvVar) and kafka.bootstrap.env_var_name == BOOTSTRAP_ENV
+    for field in KAFKA_ENV_FIELDS:  # none of the security variables is set: nothing to show
+        assert getattr(kafka, field) is None, field
+
+
+def test_kafka_resource_shows_the_security_variables_a_deployment_sets(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read while loading")
+    env = {
+        PROTOCOL_ENV: "SASL_SSL",
+        CAFILE_ENV: str(ca),
+        CHECK_HOSTNAME_ENV: "false",
+        MECHANISM_ENV: "SCRAM-SHA-512",
+        USERNAME_ENV: "streamfit",
+        PASSWORD_ENV: "s3cret-value",
+    }
+    with _code_location(**env) as loaded:
+        kafka = loaded.resources["kafka"]
+        shown = {
+            field: getattr(kafka, field).env_var_name
+            for field in KAFKA_ENV_FIELDS
+            if isinstance(getattr(kafka, field), dg.EnvVar)
+        }
+        assert shown == {
+            "security_protocol": PROTOCOL_ENV,
+            "ssl_cafile": CAFILE_ENV,
+            "ssl_check_hostname": CHECK_HOSTNAME_ENV,
+            "sasl_mechanism": MECHANISM_ENV,
+            "sasl_username": USERNAME_ENV,
+            "sasl_password": PASSWORD_ENV,
+        }
+        assert kafka.ssl_certfile is None and kafka.ssl_keyfile is None and kafka.client is None
+        assert "s3cret-value" not in repr(kafka)  # the definition holds the variable's name, not the secret
+
+        with dg.build_resources({"kafka": kafka}) as resolved:  # what a run gets: the variables' values
+            settings = resolved.kafka.settings()
+    assert settings.bootstrap == BOOTSTRAP
+    assert settings.security_protocol == "SASL_SSL" and settings.sasl_mechanism == "SCRAM-SHA-512"
+    assert settings.ssl_cafile == str(ca) and settings.ssl_check_hostname is False
+    assert settings.sasl_username == "streamfit" and settings.sasl_password == "s3cret-value"
+
+
+def _validate_cli(tmp_path: Path, streams: Path) -> subprocess.CompletedProcess:
+    """`dagster definitions validate` on the repo's workspace.yaml, as a deployment would check it."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV} | {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": str(ROOT),
+        "STREAMFIT_STREAMS": str(streams),
+        BOOTSTRAP_ENV: BOOTSTRAP,
+    }
+    command = [DAGSTER, "definitions", "validate", "-w", str(ROOT / "workspace.yaml")]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
+    result = _validate_cli(tmp_path, STREAMS_DIR)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Validation successful for code location streamfit" in output
+
+
+def test_dagster_cli_names_the_broken_spec_file(tmp_path: Path) -> None:
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    for path in STREAMS_DIR.glob("*.yaml"):
+        (streams / path.name).write_text(path.read_text())
+    broken = streams / "broken.yaml"
+    broken.write_text(
+        "name: broken\nfeatures: [{name: a}]\nlabel: {classes: [0, 1]}\nmodel: {estimator: sgd_regressor}\n"
+    )
+
+    result = _validate_cli(tmp_path, streams)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"invalid stream spec {broken}" in output
+    assert "'sgd_regressor' is a regressor but task is classification" in output
