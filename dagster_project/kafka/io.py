@@ -7,6 +7,7 @@ on some brokers) and the oldest waiting record's timestamp.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -22,9 +23,29 @@ from dagster_project.kafka.settings import (
     KafkaSettings,
 )
 
+log = logging.getLogger(__name__)
+
 
 class BrokerUnavailable(RuntimeError):
     """The broker could not be reached or did not answer in time."""
+
+
+class NotAuthorized(BrokerUnavailable):
+    """The broker refused this client's principal an operation on a topic or group: an ACL is missing.
+
+    A BrokerUnavailable, so the sensor, the training run and the CLIs report it wherever they report a
+    broker they cannot use; the message names the principal, the operation, the resource and the fix.
+    """
+
+    def __init__(self, settings: KafkaSettings, operation: str, resource: str, name: str, note: str = "") -> None:
+        self.principal = settings.principal
+        self.operation, self.resource, self.name = operation, resource, name
+        super().__init__(
+            f"principal {self.principal} is not authorized to {operation} {resource} {name!r}{note} on "
+            f"{settings.bootstrap}: grant it (kafka-acls.sh --add --allow-principal {self.principal} "
+            f"--operation {operation} --{resource} {name}, or dagster_project.kafka.admin_security.grant), "
+            f"or {settings.identity_fix()}"
+        )
 
 
 class RawRecord(NamedTuple):
@@ -43,9 +64,13 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
     The replication factor is the broker's `default.replication.factor` (-1), so a 3-node cluster
     gets replicated topics without Streamfit knowing its size. CreateTopics returns before the new
     metadata has reached every broker; waiting here means the next probe sees the topic.
+
+    On a cluster with ACLs a principal sees only the topics it may DESCRIBE and creates only those it
+    may CREATE: a topic it may do neither with is left alone (it may well exist) with a log line; if the
+    caller really uses it, that use fails with a NotAuthorized error naming the ACL to add.
     """
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 
     admin = clients.admin(settings)
     try:
@@ -53,12 +78,16 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
         new = [t for t in topics if t not in existing]
         if not new:
             return
-        try:
-            admin.create_topics([NewTopic(t, partitions, -1) for t in new])
-        except TopicAlreadyExistsError:
-            pass
+        result = admin.create_topics([NewTopic(t, partitions, -1) for t in new], raise_errors=False)
+        for topic in result.get("topics", []):
+            error = for_code(topic.get("error_code", 0))
+            if error is TopicAuthorizationFailedError:
+                log.info("%s may not see or create %s: left to the operator", settings.principal, topic["name"])
+                new.remove(topic["name"])
+            elif error.errno and error is not TopicAlreadyExistsError:
+                raise error(f"creating topic {topic['name']}: {topic.get('error_message') or error.__name__}")
         deadline = time.monotonic() + timeout_s
-        while True:
+        while new:
             described = admin.describe_topics(new)
             if all(
                 not d.get("error_code") and d["partitions"] and all(p["leader_id"] >= 0 for p in d["partitions"])
@@ -72,13 +101,37 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
         admin.close()
 
 
+def _raise_if_hidden(settings: KafkaSettings, topic: str) -> None:
+    """Raise NotAuthorized if `topic` is missing from metadata because the principal may not DESCRIBE it.
+
+    A broker with ACLs answers TOPIC_AUTHORIZATION_FAILED both for a topic the principal may not see and
+    for a missing one it could not see anyway, so "does not exist" is only trusted when it says so.
+    """
+    from kafka.errors import TopicAuthorizationFailedError
+
+    try:
+        admin = clients.admin(settings)
+        try:
+            described = admin.describe_topics([topic])
+        finally:
+            admin.close()
+    except Exception:  # the caller's "does not exist" stands; broker trouble surfaces on its next call
+        return
+    for entry in described:
+        if entry.get("name") == topic and entry.get("error_code") == TopicAuthorizationFailedError.errno:
+            raise NotAuthorized(settings, "DESCRIBE", "topic", topic, note=" (or it does not exist)")
+
+
 def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
     """Partition ids of `topic` ([] when it does not exist); BrokerUnavailable when unreachable."""
     consumer = _open_reader(settings)
     try:
-        return sorted(consumer.partitions_for_topic(topic) or [])
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
     finally:
         consumer.close()
+    if not partitions:
+        _raise_if_hidden(settings, topic)
+    return partitions
 
 
 def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
@@ -155,12 +208,13 @@ def probe_partitions(
     earliest record the broker has).
     """
     from kafka import TopicPartition
-    from kafka.errors import KafkaError, OffsetOutOfRangeError
+    from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAuthorizationFailedError
 
     consumer = _open_reader(settings, max_partition_fetch_bytes=1024, fetch_max_bytes=64 * 1024)
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or [])
         if not partitions:
+            _raise_if_hidden(settings, topic)
             return []
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
@@ -199,6 +253,8 @@ def probe_partitions(
             )
             for p in partitions
         ]
+    except TopicAuthorizationFailedError as exc:  # it may DESCRIBE (metadata listed it) but not READ (fetch)
+        raise NotAuthorized(settings, "READ", "topic", topic) from exc
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed while probing {topic}: {exc!r}") from exc
     finally:
@@ -244,7 +300,7 @@ def _lost(topic: str, offsets: dict[int, int]) -> BrokerUnavailable:
 
 def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
     from kafka import TopicPartition
-    from kafka.errors import OffsetOutOfRangeError
+    from kafka.errors import OffsetOutOfRangeError, TopicAuthorizationFailedError
 
     consumer = _open_reader(settings)
     try:
@@ -278,12 +334,14 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                     consumer.pause(tp)
             if todo and time.monotonic() - last_progress > stall_timeout_s:
                 raise _stalled(topic, stall_timeout_s, position, todo)
+    except TopicAuthorizationFailedError as exc:
+        raise NotAuthorized(settings, "READ", "topic", topic) from exc
     finally:
         consumer.close()
 
 
 def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka import TopicPartition as ConfluentPartition
 
     check_reachable(settings)
@@ -301,6 +359,12 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                 last_progress = time.monotonic()
             for message in messages:
                 if message.error() is not None:
+                    if message.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                        # librdkafka looks up the coordinator of its (unused) group.id even for assign(); the
+                        # range reader never commits, so a principal without rights on that group reads fine
+                        continue
+                    if message.error().code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                        raise NotAuthorized(settings, "READ", "topic", topic)
                     raise BrokerUnavailable(
                         f"{topic}: reading partition {message.partition()} from {settings.bootstrap} failed: "
                         f"{message.error().str()}"
@@ -327,11 +391,16 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
 def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:
     """Commit `offsets` for `group_id` without joining it, so Kafka tooling shows the trainer's lag."""
     from kafka import TopicPartition
+    from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
     from kafka.structs import OffsetAndMetadata
 
     consumer = clients.range_reader(settings, group_id=group_id)
     try:
         consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
+    except GroupAuthorizationFailedError as exc:
+        raise NotAuthorized(settings, "READ", "group", group_id) from exc
+    except TopicAuthorizationFailedError as exc:
+        raise NotAuthorized(settings, "READ", "topic", topic) from exc
     finally:
         consumer.close()
 

@@ -2,8 +2,8 @@
 
 kafka-python alone retries a failing handshake for 30 s and ends with "Unable to bootstrap". Here
 the handshake is tried once on the first reachable bootstrap broker, speaking only the standard
-Kafka protocol (TLS, then SaslHandshake or ApiVersions), and a failure raises a
-`BrokerSecurityError` that names the setting to fix.
+Kafka protocol (TLS, then SaslHandshake and the SASL login itself, or ApiVersions), and a failure
+raises a `BrokerSecurityError` that names the setting to fix.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from dagster_project.kafka.settings import (
     CHECK_HOSTNAME_ENV,
     KEYFILE_ENV,
     MECHANISM_ENV,
+    PASSWORD_ENV,
     PROTOCOL_ENV,
+    USERNAME_ENV,
     BrokerConfigError,
     BrokerSecurityError,
     KafkaSettings,
@@ -58,8 +60,10 @@ def check_security(settings: KafkaSettings) -> None:
     """With TLS or SASL configured, prove the handshake works on the first bootstrap broker that
     accepts a TCP connection, or raise BrokerSecurityError naming the fix. PLAINTEXT: no-op.
 
-    Standard Kafka protocol only: the TLS handshake, then SaslHandshake (SASL) or ApiVersions (TLS,
-    which also surfaces a TLS 1.3 broker rejecting our client certificate after the handshake).
+    Standard Kafka protocol only: the TLS handshake, then SaslHandshake and SaslAuthenticate (SASL: a
+    real login with kafka-python's own PLAIN/SCRAM code, so wrong credentials fail here in milliseconds)
+    or ApiVersions (TLS, which also surfaces a TLS 1.3 broker rejecting our client certificate after the
+    handshake).
     Unreachable brokers are left to the caller's own unreachable handling.
     """
     if settings.security_protocol == "PLAINTEXT":
@@ -178,6 +182,81 @@ def _first_request(settings: KafkaSettings, sock: socket.socket, address: str, t
                 f"{MECHANISM_ENV} to a mechanism enabled on that listener, or {PROTOCOL_ENV}={no_sasl} if the "
                 "listener has no SASL"
             )
+        _sasl_authenticate(settings, sock, address)
+
+
+# SaslAuthenticate (key 36) v1 with request header v1; its response carries error_code, error_message,
+# auth_bytes and session_lifetime_ms. Error 58 is SASL_AUTHENTICATION_FAILED (bad user or password).
+_SASL_AUTHENTICATE = 36
+_SASL_AUTHENTICATION_FAILED = 58
+
+
+def _sasl_authenticate(settings: KafkaSettings, sock: socket.socket, address: str) -> None:
+    """Log in with the configured mechanism and credentials, or raise naming the username/password variables."""
+    from kafka.net.sasl import get_sasl_mechanism
+
+    mechanism = get_sasl_mechanism(settings.sasl_mechanism)(**settings.common())
+    correlation_id = 2
+    while not mechanism.is_done():
+        token = mechanism.auth_bytes()
+        request = struct.pack(">hhi", _SASL_AUTHENTICATE, 1, correlation_id) + _kafka_string("streamfit-check")
+        try:
+            sock.sendall(_frame(request + struct.pack(">i", len(token)) + token))
+            response = _recv_frame(sock)
+        except TimeoutError:
+            return  # slow, not refused: the client's own timeouts take over
+        except (ssl.SSLError, ConnectionError) as exc:
+            raise BrokerSecurityError(_explain_tls_failure(settings, exc, address)) from exc
+        if response is None:
+            raise BrokerSecurityError(
+                f"the Kafka broker at {address} closed the connection during the SASL {settings.sasl_mechanism} "
+                f"login of {settings.sasl_username!r}: check {USERNAME_ENV} and {PASSWORD_ENV}"
+            )
+        error_code, message, auth_bytes = _parse_sasl_authenticate(response)
+        if error_code == _SASL_AUTHENTICATION_FAILED:
+            raise BrokerSecurityError(
+                f"the Kafka broker at {address} rejected the SASL {settings.sasl_mechanism} login of "
+                f"{settings.sasl_username!r} ({message or 'authentication failed'}): check {USERNAME_ENV} and "
+                f"{PASSWORD_ENV}; a SCRAM user must exist for this mechanism on the cluster "
+                "(dagster_project.kafka.admin_security.create_scram_user, or kafka-configs.sh --alter --add-config)"
+            )
+        if error_code:
+            from kafka.errors import for_code
+
+            raise BrokerSecurityError(
+                f"the Kafka broker at {address} failed the SASL {settings.sasl_mechanism} login of "
+                f"{settings.sasl_username!r} ({for_code(error_code).__name__}: {message}): check {USERNAME_ENV}, "
+                f"{PASSWORD_ENV} and {MECHANISM_ENV}"
+            )
+        try:
+            mechanism.receive(auth_bytes)
+        except (ValueError, KeyError) as exc:  # e.g. a SCRAM server signature that does not verify
+            raise BrokerSecurityError(
+                f"the Kafka broker at {address} sent an invalid SASL {settings.sasl_mechanism} answer ({exc}): "
+                "it may not be the broker you meant; check the bootstrap address"
+            ) from exc
+        correlation_id += 1
+
+
+def _parse_sasl_authenticate(response: bytes) -> tuple[int, str | None, bytes]:
+    """(error_code, error_message, auth_bytes) of a SaslAuthenticate v1 response (correlation id first)."""
+    try:
+        offset = 4
+        (error_code, length) = struct.unpack_from(">hh", response, offset)
+        offset += 4
+        message = None
+        if length >= 0:
+            message = response[offset : offset + length].decode(errors="replace")
+            offset += length
+        (size,) = struct.unpack_from(">i", response, offset)
+        offset += 4
+        return error_code, message, response[offset : offset + max(size, 0)]
+    except struct.error:
+        return -1, "malformed SaslAuthenticate response", b""
+
+
+def _frame(request: bytes) -> bytes:
+    return struct.pack(">i", len(request)) + request
 
 
 # TLS alerts a broker sends when it refuses the client's certificate (or the lack of one).

@@ -52,6 +52,17 @@ class BrokerSecurityError(ConnectionError):
     """
 
 
+def _certificate_subject(path: str) -> str:
+    """The subject of the PEM certificate at `path` in RFC 4514 form, as Kafka names SSL principals."""
+    try:
+        from cryptography import x509
+
+        with open(path, "rb") as handle:
+            return x509.load_pem_x509_certificate(handle.read()).subject.rfc4514_string()
+    except Exception:  # cryptography missing, or an unreadable file (the TLS preflight reports that one)
+        return f"<subject of {path}>"
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """Connection settings for one Kafka cluster (bootstrap, security, timeouts)."""
@@ -121,6 +132,28 @@ class KafkaSettings:
 
     def with_bootstrap(self, bootstrap: str) -> KafkaSettings:
         return replace(self, bootstrap=bootstrap)
+
+    @property
+    def principal(self) -> str:
+        """The principal a broker (with Kafka's default principal builder) authorizes these settings as.
+
+        `User:<name>` with SASL; `User:<certificate subject>` on SSL with a client certificate (e.g.
+        `User:CN=streamfit-client`); otherwise `User:ANONYMOUS`. For error messages: brokers with custom
+        principal builders or mapping rules may see another name.
+        """
+        if "SASL" in self.security_protocol:
+            return f"User:{self.sasl_username}"
+        if self.security_protocol == "SSL" and self.ssl_certfile:
+            return f"User:{_certificate_subject(self.ssl_certfile)}"
+        return "User:ANONYMOUS"
+
+    def identity_fix(self) -> str:
+        """How to act as another principal: the variables that choose the identity these settings log in with."""
+        if "SASL" in self.security_protocol:
+            return f"set {USERNAME_ENV} (and {PASSWORD_ENV}) to a principal that has it"
+        if self.security_protocol == "SSL" and self.ssl_certfile:
+            return f"set {CERTFILE_ENV} and {KEYFILE_ENV} to a client certificate whose principal has it"
+        return f"log in as a principal that has it ({PROTOCOL_ENV}=SASL_SSL and {USERNAME_ENV}, or a client cert)"
 
     def common(self) -> dict[str, Any]:
         """Keyword arguments every kafka-python client takes."""

@@ -8,6 +8,10 @@ by Maven (apache_kafka.pom.xml, next to this file) into a cache the first time, 
 Every node is a combined broker+controller with a static quorum (controller.quorum.voters), so a
 cluster needs no bootstrap dance: format each node's log dir with kafka.tools.StorageTool, then
 start `java -cp '<libs>/*' kafka.Kafka server.properties` per node.
+
+By default every node has one client listener, PLAINTEXT. With `security=ClusterSecurity(...)` it also
+gets native TLS (`SSL`) and `SASL_SSL` (SCRAM) listeners from a PEM key pair, and ACLs are enforced
+(StandardAuthorizer); PLAINTEXT and CONTROLLER stay plaintext on loopback as the admin's way in.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +158,77 @@ def random_cluster_id() -> str:
             return text
 
 
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+SECURE_LISTENERS = ("SSL", "SASL_SSL")
+ADMIN_PRINCIPAL = "User:ANONYMOUS"  # whoever connects to PLAINTEXT or CONTROLLER: the brokers themselves, the admin
+
+
+@dataclass(frozen=True)
+class ClusterSecurity:
+    """Native TLS and SASL_SSL client listeners, and ACL enforcement, for a test or local cluster.
+
+    Each name in `listeners` becomes a listener of that security protocol on its own loopback port
+    (`cluster.listener_bootstrap(name)`), sharing one PEM key pair. `SSL` requires a client certificate
+    signed by `ca` (principal `User:<certificate subject>`, e.g. `User:CN=streamfit-client`); `SASL_SSL`
+    authenticates with `sasl_mechanisms` (SCRAM users are created through the admin API, see
+    `dagster_project.kafka.admin_security`), principal `User:<name>`.
+
+    With `authorizer`, the StandardAuthorizer denies everything no ACL allows. Inter-broker and controller
+    traffic stay on the PLAINTEXT and CONTROLLER listeners, plaintext on 127.0.0.1, as User:ANONYMOUS, which
+    is therefore a super user: anyone who reaches the PLAINTEXT port is an admin. That is fine for tests on
+    loopback, never for a broker other hosts can reach.
+    """
+
+    server_cert: Path  # PEM: the broker's certificate (then any intermediates), naming 127.0.0.1
+    server_key: Path  # PEM: its private key, unencrypted PKCS#8 ("BEGIN PRIVATE KEY")
+    ca: Path  # PEM: the CA certificate(s) trusted for client certificates on the SSL listener
+    listeners: tuple[str, ...] = SECURE_LISTENERS
+    sasl_mechanisms: tuple[str, ...] = ("SCRAM-SHA-512",)
+    super_users: tuple[str, ...] = ()  # more principals allowed everything, beside User:ANONYMOUS
+    ssl_client_auth: str = "required"  # on the SSL listener: "required", "requested" or "none"
+    authorizer: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.listeners if name not in SECURE_LISTENERS]
+        if unknown or len(set(self.listeners)) != len(self.listeners):
+            raise ValueError(f"listeners must be distinct names from {list(SECURE_LISTENERS)}, not {self.listeners}")
+
+    def broker_config(self) -> dict[str, str]:
+        """server.properties entries for TLS, SASL and the authorizer (the listeners' addresses are per node)."""
+        config = {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.certificate.chain": _pem_value(self.server_cert),
+            "ssl.keystore.key": _pem_value(self.server_key),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.certificates": _pem_value(self.ca),
+        }
+        if "SSL" in self.listeners:
+            config["listener.name.ssl.ssl.client.auth"] = self.ssl_client_auth
+        if "SASL_SSL" in self.listeners:
+            config["listener.name.sasl_ssl.sasl.enabled.mechanisms"] = ",".join(self.sasl_mechanisms)
+            for mechanism in self.sasl_mechanisms:
+                if not mechanism.startswith("SCRAM-"):
+                    raise ValueError(f"only SCRAM mechanisms are set up here, not {mechanism}")
+                # the broker side of SCRAM needs a login module but no credentials: users live in the metadata log
+                key = f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"
+                config[key] = f"{SCRAM_LOGIN_MODULE} required;"
+        if self.authorizer:
+            config["authorizer.class.name"] = STANDARD_AUTHORIZER
+            config["super.users"] = ";".join(dict.fromkeys((ADMIN_PRINCIPAL, *self.super_users)))
+        return config
+
+
+def _pem_value(path: Path) -> str:
+    """A PEM file as one server.properties value: newlines escaped (java.util.Properties reads \\n back)."""
+    text = Path(path).read_text().strip()
+    if "-----BEGIN" not in text:
+        raise ValueError(f"{path} is not a PEM file")
+    if "ENCRYPTED" in text or "BEGIN RSA PRIVATE KEY" in text or "BEGIN EC PRIVATE KEY" in text:
+        raise ValueError(f"{path}: Kafka's PEM keystore needs an unencrypted PKCS#8 key (BEGIN PRIVATE KEY)")
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _free_ports(count: int) -> list[int]:
     """`count` distinct free loopback ports (all sockets held open until every port is picked)."""
     with contextlib.ExitStack() as stack:
@@ -183,10 +259,19 @@ def _tail(path: Path, lines: int = 30) -> str:
 class _Node:
     """One broker+controller process: its fixed ports and directories, and the process once started."""
 
-    def __init__(self, node_id: int, port: int, controller_port: int, data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        port: int,
+        controller_port: int,
+        data_dir: Path,
+        log_path: Path,
+        extra_ports: dict[str, int] | None = None,
+    ) -> None:
         self.node_id = node_id
         self.port = port
         self.controller_port = controller_port
+        self.extra_ports = extra_ports or {}  # secure listener name -> port
         self.data_dir = data_dir
         self.config_path = data_dir.parent / f"server-{node_id}.properties"
         self.log_path = log_path
@@ -203,7 +288,8 @@ class ApacheKafkaCluster:
     """N combined broker+controller Apache Kafka nodes (KRaft) on 127.0.0.1; a context manager.
 
     Ports are picked at start() and kept for restarts. Without data_dir, a temporary directory is used
-    and removed by stop(); logs (one file per node) go to log_dir, default <data_dir>/logs.
+    and removed by stop(); logs (one file per node) go to log_dir, default <data_dir>/logs. `security`
+    adds SSL / SASL_SSL listeners and ACL enforcement (see ClusterSecurity); `bootstrap` stays PLAINTEXT.
     """
 
     use_class_data_archive = True  # AppCDS archive of Kafka's classes: start-up ~1.3s faster per node
@@ -214,6 +300,7 @@ class ApacheKafkaCluster:
         data_dir: Path | None = None,
         log_dir: Path | None = None,
         broker_config: dict[str, str] | None = None,
+        security: ClusterSecurity | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, not {nodes}")
@@ -222,6 +309,7 @@ class ApacheKafkaCluster:
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="streamfit-kafka-"))
         self.log_dir = Path(log_dir) if log_dir else self.data_dir / "logs"
         self.broker_config = dict(broker_config or {})
+        self.security = security
         self.cluster_id = random_cluster_id()
         self.startup_seconds: float | None = None
         self._nodes: dict[int, _Node] = {}
@@ -241,6 +329,18 @@ class ApacheKafkaCluster:
         if not self._nodes:
             raise RuntimeError("the cluster has no ports yet: call start() first")
         return ",".join(f"127.0.0.1:{node.port}" for node in self._nodes.values())
+
+    def listener_bootstrap(self, listener: str) -> str:
+        """Comma-separated addresses of every node's `listener` ("PLAINTEXT", or an "SSL" / "SASL_SSL" one
+        that `security` added), once start() has picked the ports."""
+        if listener == "PLAINTEXT":
+            return self.bootstrap
+        have = list(self.security.listeners) if self.security else []
+        if listener not in have:
+            raise KeyError(f"no {listener} listener on this cluster (it has {['PLAINTEXT', *have]})")
+        if not self._nodes:
+            raise RuntimeError("the cluster has no ports yet: call start() first")
+        return ",".join(f"127.0.0.1:{node.extra_ports[listener]}" for node in self._nodes.values())
 
     @property
     def pids(self) -> dict[int, int]:
@@ -392,14 +492,18 @@ class ApacheKafkaCluster:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(2 * self.nodes)
+        extra = list(self.security.listeners) if self.security else []
+        stride = 2 + len(extra)
+        ports = _free_ports(stride * self.nodes)
         for index, node_id in enumerate(self.node_ids):
+            mine = ports[stride * index : stride * (index + 1)]
             self._nodes[node_id] = _Node(
                 node_id,
-                port=ports[2 * index],
-                controller_port=ports[2 * index + 1],
+                port=mine[0],
+                controller_port=mine[1],
                 data_dir=self.data_dir / f"node-{node_id}",
                 log_path=self.log_dir / f"kafka-node-{node_id}.log",
+                extra_ports=dict(zip(extra, mine[2:], strict=True)),
             )
         (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         for node in self._nodes.values():
@@ -431,6 +535,13 @@ class ApacheKafkaCluster:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
         }
+        if self.security is not None:
+            # client listeners only: inter-broker (PLAINTEXT) and controller traffic stay plaintext on loopback
+            extra = [f"{name}://127.0.0.1:{port}" for name, port in node.extra_ports.items()]
+            config["listeners"] = ",".join([config["listeners"], *extra])
+            config["advertised.listeners"] = ",".join([config["advertised.listeners"], *extra])
+            config["listener.security.protocol.map"] += "".join(f",{name}:{name}" for name in node.extra_ports)
+            config.update(self.security.broker_config())
         config.update({key: str(value) for key, value in self.broker_config.items()})
         return config
 
