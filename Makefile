@@ -9,14 +9,19 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -e '.[dev]'
 	touch $@
 
-.PHONY: demo test lint
+.PHONY: demo test test-tansu test-kafka lint
 demo: $(VENV)/.installed
 	$(VENV)/bin/streamfit demo --versions 5
 
-test: $(VENV)/.installed
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+# The whole suite twice: on the embedded Tansu broker, then on Apache Kafka 4.x (its jars are
+# fetched with Maven into ~/.cache/streamfit on first use; Java 17+ and Maven must be installed).
+test: lint test-tansu test-kafka
+
+test-tansu: $(VENV)/.installed
+	$(VENV)/bin/pytest --broker tansu
+
+test-kafka: $(VENV)/.installed
+	$(VENV)/bin/pytest --broker kafka
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

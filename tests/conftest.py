@@ -41,6 +41,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "apache_kafka: starts its own Apache Kafka cluster; runs in the --broker kafka session only"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start their own Apache Kafka cluster run once, in the Apache Kafka session."""
+    if os.environ.get("STREAMFIT_SKIP_APACHE_KAFKA") == "1":
+        reason = "STREAMFIT_SKIP_APACHE_KAFKA=1"
+    elif config.getoption("--broker") != "kafka":
+        reason = "starts its own Apache Kafka cluster: runs in the Apache Kafka session (make test-kafka)"
+    else:
+        return
+    for item in items:
+        if item.get_closest_marker("apache_kafka"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     external = config.getoption("--kafka-bootstrap") or os.environ.get(BOOTSTRAP_ENV)
     return f"streamfit broker: {external or config.getoption('--broker')}"

@@ -18,10 +18,11 @@ import orjson
 
 from dagster_project.spec import FeatureSpec, StreamSpec
 
-# The largest magnitude a feature or regression label may have. Beyond it, squares (a scaler's
-# variance, a squared loss) overflow float64 and the model would learn NaN; no real measurement
-# comes near it, so such a value is a corrupt message, dead-lettered with this reason.
-MAGNITUDE_LIMIT = 1e100
+# The largest magnitude a feature or regression label may have. The served ONNX model computes in
+# float32 (max 3.4e38), so a larger value becomes inf there and fails the parity check of every
+# retry; squares of far larger values overflow float64 in training too. No real measurement comes
+# near it, so such a value is a corrupt message, dead-lettered with this reason.
+MAGNITUDE_LIMIT = 1e37
 
 
 class InvalidEvent(ValueError):
@@ -55,8 +56,8 @@ def coerce_feature(feature: FeatureSpec, raw: Any) -> float:
         raise InvalidEvent(f"feature {feature.name!r} is not finite: {raw!r}")
     if abs(value) > MAGNITUDE_LIMIT:
         raise InvalidEvent(
-            f"feature {feature.name!r} = {raw!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}: a model fed it "
-            "overflows to NaN"
+            f"feature {feature.name!r} = {raw!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}: the float32 "
+            "model cannot hold it"
         )
     return value
 

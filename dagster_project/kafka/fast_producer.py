@@ -1,7 +1,7 @@
 """kafka-python's producer surface (send -> future, flush, close) on top of confluent-kafka.
 
-The scorer sends one prediction record per event; kafka-python spends ~20-30 us in Python per
-send, librdkafka ~1-2 us. This adapter lets the scorer keep its at-least-once logic unchanged:
+The scorer sends one prediction record per event, where kafka-python's per-send Python cost
+dominates and librdkafka's is far smaller. This adapter lets the scorer keep its at-least-once logic:
 every send returns a future that says whether the broker acknowledged the record, and flush
 raises `KafkaTimeoutError` when records are still unacknowledged at the deadline.
 """

@@ -1,33 +1,24 @@
 """Scale-out training: fit a micro-batch's partition groups in parallel processes, then combine.
 
-The data-parallel idea of issue 7 (one learner per partition group, parameters averaged), inside one
-training step. A batch's partitions are split round-robin into ``workers`` groups (partition ``p``
-goes to group ``p % workers``, so a partition keeps its group from batch to batch). Then:
+Data parallelism inside one training step. A batch's partitions are split round-robin into
+``workers`` groups (partition ``p`` goes to group ``p % workers``, so a partition keeps its group
+from batch to batch). Then:
 
 1. **Scaler, exactly.** Each group's feature moments (count, mean, M2) are merged into the parent's
-   ``StandardScaler`` with Chan et al.'s parallel-variance formulas, which give the same result as
-   ``partial_fit`` on all rows (up to float rounding). Every group is then transformed by that one
-   merged scaler, so all learners work, and are averaged, in the same feature space.
+   ``StandardScaler`` with Chan et al.'s parallel-variance formulas, which equal ``partial_fit`` on
+   all rows (up to rounding); every group is transformed by that one merged scaler, so all learners
+   work, and are averaged, in the same feature space.
 2. **Estimator, in parallel.** Each worker process updates its own copy of the parent estimator with
    its group's rows (``partial_fit``, one pass, as the sequential path does).
-3. **Combine.** SGD (incl. the passive-aggressive configuration) and MLP: row-weighted averages of
-   the parameters and optimiser state, counters summed (see the ``_combine_*`` functions for what is
-   exact and what is an approximation). Naive Bayes: sufficient statistics merged EXACTLY, so the
-   result equals sequential fitting.
+3. **Combine**, by the estimator table's ``combiner``: SGD (incl. passive-aggressive) and MLP take
+   row-weighted averages of parameters and optimiser state; naive Bayes merges sufficient
+   statistics exactly, so it equals sequential fitting.
 
-Processes: one ``ProcessPoolExecutor`` per training process, created on first use and reused, with
-the ``forkserver`` start method and this module preloaded in the server. Start-up of a 2-process
-pool measured inside a Dagster materialization (``benchmarks/scale_out.py``; 2 shared cores, load
-1.2-2.6; timed until both workers have run a task of this module): fork 0.08-0.13 s; forkserver 2.0-2.6 s
-cold (the server imports numpy and scikit-learn once), 0.08 s for a later pool forked from the
-running server; spawn 2.7 s (every worker imports scikit-learn). ``fork`` is cheapest but copies a
-process whose other threads may hold locks at that moment: a Dagster run worker can run
-run-cancellation and run-metrics threads, Kafka clients run I/O threads, and scikit-learn's OpenMP
-runtime (libgomp) is not fork-safe once used, so a forked child can hang. ``forkserver`` forks from
-a clean single-threaded server instead, at about the price of ``spawn`` once per process and of
-``fork`` afterwards. As with ``spawn``, each worker re-imports the ``__main__`` module, so an entry
-script must keep its work under ``if __name__ == "__main__":`` (``dagster``, ``pytest`` and
-``python -m benchmarks`` do).
+Processes: one ``ProcessPoolExecutor`` per training process, reused, with the ``forkserver`` start
+method and this module preloaded. ``fork`` would be cheaper but copies a process whose other
+threads (Dagster's, Kafka clients', OpenMP's) may hold locks, so a child can hang; ``forkserver``
+forks from a clean single-threaded server. Each worker re-imports ``__main__``, so entry scripts
+keep their work under ``if __name__ == "__main__":``. Start-up costs are in benchmarks/README.md.
 
 With ``workers == 1``, too few rows (``min_rows_per_worker``) or a single non-empty group, the
 sequential ``estimators.partial_fit`` runs and no pool is started.

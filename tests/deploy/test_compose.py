@@ -41,7 +41,7 @@ REQUIRE_PROMETHEUS_ENV = "STREAMFIT_REQUIRE_PROMETHEUS"
 # Third-party images read their own variables; these are the ones this stack may set, each mapped to
 # what it configures, so a typo (KAFKA_LISTENER instead of KAFKA_LISTENERS) fails here, not at 3 am.
 KAFKA_ENV_EXTRA = {"CLUSTER_ID"}  # apache/kafka: the KRaft cluster id the image formats storage with
-KAFKA_BROKER_PROPERTIES = {  # KAFKA_<PROPERTY> -> <property> in the Kafka 3.9 broker configuration reference
+KAFKA_BROKER_PROPERTIES = {  # KAFKA_<PROPERTY> -> <property> in the Kafka 4.x broker configuration reference
     "node.id",
     "process.roles",
     "listeners",
@@ -53,6 +53,8 @@ KAFKA_BROKER_PROPERTIES = {  # KAFKA_<PROPERTY> -> <property> in the Kafka 3.9 b
     "offsets.topic.replication.factor",
     "transaction.state.log.replication.factor",
     "transaction.state.log.min.isr",
+    "default.replication.factor",
+    "min.insync.replicas",
     "group.initial.rebalance.delay.ms",
     "num.partitions",
     "log.dirs",
@@ -744,3 +746,20 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path):
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run([binary, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_kafka_is_the_broker_the_suite_runs_with_the_same_settings():
+    """The Apache Kafka users run in compose and the one the tests prove the product on must agree."""
+    from dagster_project.kafka.brokers.apache import (
+        GROUP_INITIAL_REBALANCE_DELAY_MS,
+        KAFKA_VERSION,
+        durability_config,
+    )
+
+    kafka = services()["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    variables = env(kafka)
+    expected = durability_config(1) | {"group.initial.rebalance.delay.ms": GROUP_INITIAL_REBALANCE_DELAY_MS}
+    for prop, value in expected.items():
+        assert str(variables["KAFKA_" + prop.upper().replace(".", "_")]) == value, prop
+

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 import pytest
 
@@ -12,9 +10,7 @@ from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.resources import KafkaResource
 from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, run_batch
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("STREAMFIT_SKIP_APACHE_KAFKA") == "1", reason="STREAMFIT_SKIP_APACHE_KAFKA=1"
-)
+pytestmark = pytest.mark.apache_kafka  # runs in the Apache Kafka session (tests/conftest.py)
 
 
 def _planned(tick) -> dict[int, tuple[int, int]]:

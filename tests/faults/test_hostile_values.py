@@ -11,7 +11,8 @@ from tests.helpers import high_waters, produce_synthetic, read_topic, run_batch
 HOSTILE = {
     "max-float": {"x0": 1e308},
     "huge-negative": {"x1": -1e200},
-    "just-over-the-limit": {"x2": 1.5e100},
+    "beyond-float32": {"x2": 1e39},
+    "just-over-the-limit": {"x3": 2e37},
 }
 
 

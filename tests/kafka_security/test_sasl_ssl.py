@@ -56,6 +56,8 @@ from tests.helpers import StreamfitProcess, defs_for, kafka_sensor_tick, produce
 from tests.kafka_security.conftest import SecureKafka, component_env, settings_of, write_spec_dir
 from tests.tls.pki import make_pki
 
+pytestmark = pytest.mark.apache_kafka  # runs in the Apache Kafka session (tests/conftest.py)
+
 COMPONENTS = {"producer": "producer", "trainer": "trainer", "scorer": "scorer", "label-joiner": "joiner"}
 
 

@@ -37,6 +37,23 @@ from pathlib import Path
 from typing import Any
 
 KAFKA_VERSION = "4.3.2"  # must equal <kafka.version> in apache_kafka.pom.xml (a test checks)
+# No wait before the first rebalance of a new group: scorers and joiners start consuming at once.
+# docker-compose.yaml sets the same (a test compares them).
+GROUP_INITIAL_REBALANCE_DELAY_MS = "0"
+
+
+def durability_config(nodes: int) -> dict[str, str]:
+    """Replication and ISR settings for a cluster of `nodes`: 3 copies and acks=all needing 2 when it can.
+
+    docker-compose.yaml's single node uses the 1-node values (a test compares them).
+    """
+    return {
+        "default.replication.factor": str(min(3, nodes)),
+        "min.insync.replicas": "2" if nodes >= 3 else "1",
+        "offsets.topic.replication.factor": str(min(3, nodes)),
+        "transaction.state.log.replication.factor": str(min(3, nodes)),
+        "transaction.state.log.min.isr": str(min(2, nodes)),
+    }
 POM_PATH = Path(__file__).with_name("apache_kafka.pom.xml")
 MIN_JAVA = 17  # Kafka 4.x brokers need Java 17+
 JAVA_HINT = "apt-get install openjdk-17-jre-headless"
@@ -524,15 +541,11 @@ class ApacheKafkaCluster:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(node.data_dir),
             "num.partitions": "1",
-            "default.replication.factor": str(min(3, n)),
-            "min.insync.replicas": "2" if n >= 3 else "1",
-            "offsets.topic.replication.factor": str(min(3, n)),
-            "transaction.state.log.replication.factor": str(min(3, n)),
-            "transaction.state.log.min.isr": str(min(2, n)),
+            **durability_config(n),
             # defaults are 3 and 2, which a 1- or 2-node cluster cannot host (share groups would fail)
             "share.coordinator.state.topic.replication.factor": str(min(3, n)),
             "share.coordinator.state.topic.min.isr": str(min(2, n)),
-            "group.initial.rebalance.delay.ms": "0",
+            "group.initial.rebalance.delay.ms": GROUP_INITIAL_REBALANCE_DELAY_MS,
             "auto.create.topics.enable": "true",
         }
         if self.security is not None:

@@ -6,7 +6,6 @@ to skip them on a machine without Java/Maven or network. Self-contained: no conf
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -17,9 +16,7 @@ import pytest
 from dagster_project.kafka.brokers import apache
 from dagster_project.kafka.brokers.apache import KAFKA_VERSION, POM_PATH, ApacheKafkaCluster, ensure_kafka_jars
 
-needs_kafka = pytest.mark.skipif(
-    os.environ.get("STREAMFIT_SKIP_APACHE_KAFKA") == "1", reason="STREAMFIT_SKIP_APACHE_KAFKA=1"
-)
+needs_kafka = pytest.mark.apache_kafka  # runs in the Apache Kafka session (tests/conftest.py)
 
 
 def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
