@@ -1,6 +1,8 @@
 """Serving: score `<stream>.events` with the registry's champion (ONNX) and answer HTTP requests.
 
-- `champion`: `ChampionWatcher` follows the registry's `champion` alias and hot-swaps `ServedModel`s.
+- `champion`: `ChampionWatcher` follows the registry's `champion` alias and hot-swaps `ServedModel`s,
+  falling back to the newest valid version when the champion cannot be served.
+- `candidates`: the fallback order (champion history, then every version) and file fingerprints.
 - `scorer`: `Scorer`, the Kafka loop (consumer group, DLQ, predictions, commit after acks), and
   `ScoringService`, which runs it with the watcher and the HTTP API (`streamfit serve`).
 - `http`: `ScorerHTTPServer`, `POST /predict`, `GET /healthz`, `GET /metrics`.

@@ -7,7 +7,8 @@
   token, 411 no Content-Length, 413 body over `max_body_bytes` (1 MiB) or more than `max_rows`
   (10,000) rows, 422 a body that is not `{"rows": [...]}` or rows with missing/unknown features or
   wrong types (each named, per row), 503 no champion loaded yet.
-- `GET /healthz`: 200 with the served version, 503 until a model is loaded.
+- `GET /healthz`: 200 with the served version, 503 until a model is loaded; says when a fallback serves
+  because the champion cannot (`degraded`).
 - `GET /metrics`: the scorer's Prometheus registry in the text format.
 
 With a token configured, /predict needs `Authorization: Bearer <token>` (compared in constant time);
@@ -203,21 +204,18 @@ class _Handler(BaseHTTPRequestHandler):
         route = self._route()
         if route == "/healthz":
             served = self.server.watcher.current
+            status = self.server.watcher.status
+            detail = {
+                "stream": self.server.spec.name,
+                "champion": status.alias,
+                "refused": status.refused,
+                "fallback": bool(served is not None and status.degraded),
+                "degraded": status.degraded,
+            }
             if served is None:
-                refused = self.server.watcher.refused
-                self._json(
-                    503, {"status": "waiting for a champion", "stream": self.server.spec.name, "refused": refused}
-                )
+                self._json(503, {"status": "waiting for a champion", **detail})
             else:
-                self._json(
-                    200,
-                    {
-                        "status": "ok",
-                        "stream": self.server.spec.name,
-                        "model_version": served.version,
-                        "refused": self.server.watcher.refused,
-                    },
-                )
+                self._json(200, {"status": "ok", "model_version": served.version, **detail})
         elif route == "/metrics":
             self._send(200, self.server.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
         elif route == "/predict":
