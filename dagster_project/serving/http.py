@@ -7,12 +7,14 @@
   token, 411 no Content-Length, 413 body over `max_body_bytes` (1 MiB) or more than `max_rows`
   (10,000) rows, 422 a body that is not `{"rows": [...]}` or rows with missing/unknown features or
   wrong types (each named, per row), 503 no champion loaded yet.
-- `GET /healthz`: 200 with the served version, 503 until a model is loaded; says when a fallback serves
-  because the champion cannot (`degraded`).
+- `GET /healthz`: the detailed state (live, ready and why not, model, fallback, Kafka link); 200 while a
+  model is loaded (HTTP predictions work), 503 before.
+- `GET /livez`: 200 while the process answers HTTP. `GET /readyz`: 200 when a model is loaded and the
+  Kafka consumer is in its group and heard from the broker recently; 503 with the reasons otherwise.
 - `GET /metrics`: the scorer's Prometheus registry in the text format.
 
 With a token configured, /predict needs `Authorization: Bearer <token>` (compared in constant time);
-/healthz and /metrics stay open for probes and scrapers.
+the probes and /metrics stay open for probes and scrapers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dagster_project.ingest.events import (
     coerce_feature,  # the event contract's exact type rules
 )
 from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.health import ScorerHealth
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
 
@@ -128,6 +131,7 @@ class ScorerHTTPServer(ThreadingHTTPServer):
         spec: StreamSpec,
         watcher: ChampionWatcher,
         metrics: ScorerMetrics,
+        health: ScorerHealth | None = None,
         token: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_rows: int = DEFAULT_MAX_ROWS,
@@ -136,6 +140,7 @@ class ScorerHTTPServer(ThreadingHTTPServer):
         self.spec = spec
         self.watcher = watcher
         self.metrics = metrics
+        self.health = health or ScorerHealth(spec.name, watcher)
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
@@ -194,7 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         route = self._route()
-        path = route if route in ("/predict", "/healthz", "/metrics") else "other"
+        path = route if route in ("/predict", "/healthz", "/livez", "/readyz", "/metrics") else "other"
         self.server.metrics.http_requests.labels(self.server.spec.name, path, str(status)).inc()
 
     def _json(self, status: int, payload: Any, **headers: str) -> None:
@@ -203,19 +208,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         route = self._route()
         if route == "/healthz":
-            served = self.server.watcher.current
-            status = self.server.watcher.status
-            detail = {
-                "stream": self.server.spec.name,
-                "champion": status.alias,
-                "refused": status.refused,
-                "fallback": bool(served is not None and status.degraded),
-                "degraded": status.degraded,
-            }
-            if served is None:
-                self._json(503, {"status": "waiting for a champion", **detail})
+            report = self.server.health.report()
+            self._json(200 if report.detail["model_version"] else 503, report.detail)
+        elif route == "/livez":
+            self._json(200, {"live": True})
+        elif route == "/readyz":
+            report = self.server.health.report()
+            if report.ready:
+                self._json(200, {"ready": True})
             else:
-                self._json(200, {"status": "ok", "model_version": served.version, **detail})
+                self._json(503, {"ready": False, "error": "; ".join(report.reasons), "reasons": report.reasons})
         elif route == "/metrics":
             self._send(200, self.server.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
         elif route == "/predict":
@@ -226,7 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         route = self._route()
         if route != "/predict":
-            if route in ("/healthz", "/metrics"):
+            if route in ("/healthz", "/livez", "/readyz", "/metrics"):
                 self._json(405, {"error": f"use GET for {route}"}, Allow="GET")
             else:
                 self._json(404, {"error": f"no such path {route}; try POST /predict"})

@@ -44,10 +44,15 @@ def test_predict_health_and_metrics(spec: StreamSpec, registry: FilesystemRegist
             None,
         )
 
+        assert client.request("GET", "/livez")[:2] == (200, {"live": True})
+        status, body, _ = client.request("GET", "/readyz")
+        assert (status, body["ready"], body["error"]) == (503, False, "waiting for a champion")
+
         train_version(registry, spec)
         assert watcher.check()
         status, body, _ = client.request("GET", "/healthz")
-        assert (status, body["model_version"]) == (200, "v1")
+        assert (status, body["model_version"], body["ready"], body["kafka"]) == (200, "v1", True, None)
+        assert client.request("GET", "/readyz")[:2] == (200, {"ready": True})  # no Kafka loop: the model suffices
 
         rows = [features for _, features, _ in synthetic_rows(50)]
         status, body = client.predict(rows)
