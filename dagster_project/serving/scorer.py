@@ -41,7 +41,14 @@ from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettin
 from dagster_project.registry.store import FilesystemRegistry, ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
 from dagster_project.serving.health import KafkaLink, ScorerHealth
-from dagster_project.serving.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, ScorerHTTPServer
+from dagster_project.serving.http import ScorerHTTPServer
+from dagster_project.serving.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_ROWS,
+)
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
 
@@ -346,6 +353,9 @@ class ScoringService:
         token: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_rows: int = DEFAULT_MAX_ROWS,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
         watch_interval_s: float = 0.25,
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -376,6 +386,9 @@ class ScoringService:
                 token=token,
                 max_body_bytes=max_body_bytes,
                 max_rows=max_rows,
+                body_timeout_s=body_timeout_s,
+                max_connections=max_connections,
+                keep_alive_s=keep_alive_s,
             )
         except OSError as exc:
             raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
