@@ -190,6 +190,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response(exc.status_code, {"error": message}, dict(exc.headers or {}))
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug, not the client's fault: JSON like every other error (uvicorn still logs the traceback)."""
+    return json_response(500, {"error": f"internal error ({type(exc).__name__}); see the scorer's log"})
+
+
 class CountRequests:
     """ASGI middleware: `streamfit_http_requests_total{path, code}` with the route's template as path."""
 
@@ -216,6 +221,6 @@ class CountRequests:
 def build_app(ctx: ScoringContext, extra_routes: list[Route] | None = None) -> ASGIApp:
     app = Starlette(
         routes=core_routes(ctx) + list(extra_routes or []),
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     return CountRequests(app, ctx.metrics, ctx.spec.name)

@@ -157,3 +157,18 @@ def test_bearer_token(spec: StreamSpec, registry: FilesystemRegistry) -> None:
 
         status, body = Client(server.url, token="s3cret-token").predict([ROW])
         assert (status, body["model_version"]) == (200, "v1")
+
+
+def test_a_bug_is_a_json_500(spec: StreamSpec, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster_project.serving import ServedModel
+
+    def broken(self, X):
+        raise RuntimeError("boom")
+
+    train_version(registry, spec)
+    with http_server(spec, registry) as (server, _):
+        monkeypatch.setattr(ServedModel, "score", broken)
+        status, body = Client(server.url).predict([ROW])
+        assert (status, body) == (500, {"error": "internal error (RuntimeError); see the scorer's log"})
+        monkeypatch.undo()
+        assert Client(server.url).predict([ROW])[0] == 200
