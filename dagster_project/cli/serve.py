@@ -33,7 +33,32 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
     help="Largest POST /predict body.",
 )
 @click.option(
-    "--max-rows", type=click.IntRange(min=1), default=10_000, show_default=True, help="Most rows per POST /predict."
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Most rows per POST /predict or V2 infer request.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request body may take to arrive in full (408 and the connection closed after).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Concurrent HTTP connections; requests beyond get 503.",
+)
+@click.option(
+    "--keep-alive",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Seconds an idle keep-alive connection stays open.",
 )
 def serve(
     stream: str,
@@ -44,11 +69,15 @@ def serve(
     max_poll_records: int,
     max_body_bytes: int,
     max_rows: int,
+    body_timeout: float,
+    max_connections: int,
+    keep_alive: int,
 ) -> None:
-    """Score <stream>.events with the champion into <stream>.predictions; HTTP /predict, /healthz, /metrics.
+    """Score <stream>.events with the champion into <stream>.predictions; HTTP /predict, /v2 (Open
+    Inference Protocol), /healthz, /livez, /readyz, /metrics.
 
     Follows the registry's champion alias ($STREAMFIT_HOME/registry) and hot-swaps it. Set
-    STREAMFIT_SCORER_TOKEN to require `Authorization: Bearer <token>` on /predict. SIGTERM or
+    STREAMFIT_SCORER_TOKEN to require `Authorization: Bearer <token>` for inference. SIGTERM or
     Ctrl-C finishes the current batch, commits and leaves the group.
     """
     import logging
@@ -58,6 +87,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its INFO lines speak of a server process
     spec = stream_spec(stream)
     try:
         service = build_service(
@@ -69,6 +99,9 @@ def serve(
             max_poll_records=max_poll_records,
             max_body_bytes=max_body_bytes,
             max_rows=max_rows,
+            body_timeout_s=body_timeout,
+            max_connections=max_connections,
+            keep_alive_s=keep_alive,
         )
     except (KeyError, FileNotFoundError, ValueError, BrokerUnavailable, OSError) as exc:
         raise click.ClickException(exc.args[0] if isinstance(exc, KeyError) else str(exc)) from exc

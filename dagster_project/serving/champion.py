@@ -8,8 +8,11 @@ use that snapshot to the end, so a swap never fails or mixes a request; the old 
 when the last request holding it finishes.
 
 A version that cannot be served (checksum mismatch, unreadable file, a model that does not fit the
-spec) is refused loudly, counted in `streamfit_model_load_failures_total`, and the last good model
-keeps serving. The refused version is retried every `retry_refused_s` while the alias still names it.
+spec) is refused loudly and counted in `streamfit_model_load_failures_total`. The scorer then
+serves the newest valid version of the champion history (else the newest valid version at all),
+says so in `status.degraded` and `streamfit_serving_fallback`, and re-checks the refused version on
+every tick, cheaply: it is loaded again only when its files change (or every `retry_refused_s` for
+registries without files), so a repaired file or a newly promoted version is served within a tick.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from dagster_project.onnx.export import OnnxModel
-from dagster_project.registry.store import ChecksumMismatch, ModelRegistry
+from dagster_project.registry.store import ModelRegistry
+from dagster_project.serving.candidates import Refusal, describe_failure, fallback_candidates, fingerprint
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
 
@@ -93,6 +97,15 @@ class ServedModel:
         return out.values.tolist(), None
 
 
+@dataclass(frozen=True)
+class WatchStatus:
+    """What the watcher knows beyond the served model; replaced whole, so readers see one state."""
+
+    alias: str | None = None  # the version the champion alias names
+    refused: str | None = None  # that version, while it cannot be served
+    degraded: str | None = None  # why the served version is not the alias's, for /healthz and logs
+
+
 class ChampionWatcher:
     """Follows `registry.champion(stream)` and publishes the served model as `current`."""
 
@@ -110,11 +123,11 @@ class ChampionWatcher:
         self.interval_s = interval_s
         self.retry_refused_s = retry_refused_s
         self._current: ServedModel | None = None
+        self._status = WatchStatus()
+        self._refusals: dict[str, Refusal] = {}
         self._loaded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._refused: str | None = None
-        self._refused_at = 0.0
         self._lock = threading.Lock()  # serializes check(): the thread and direct callers (tests)
 
     @property
@@ -123,9 +136,18 @@ class ChampionWatcher:
         return self._current
 
     @property
+    def status(self) -> WatchStatus:
+        return self._status
+
+    @property
     def refused(self) -> str | None:
-        """The last version refused while the alias still names it (None once a good one loads)."""
-        return self._refused
+        """The version the alias names while it cannot be served (None once it, or another champion, loads)."""
+        return self._status.refused
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the served version is not the champion's, or None when serving the champion."""
+        return self._status.degraded
 
     def wait_for_model(self, timeout_s: float | None = None) -> ServedModel | None:
         """Block until a model is loaded (or the timeout passes); returns it, or None."""
@@ -133,7 +155,7 @@ class ChampionWatcher:
         return self._current
 
     def check(self) -> bool:
-        """Read the alias once and load the champion if it changed; True when the model was swapped."""
+        """Read the alias once and load what should be served; True when the served model changed."""
         with self._lock:
             return self._check()
 
@@ -147,35 +169,97 @@ class ChampionWatcher:
         current = self._current
         if name is None or (current is not None and current.version == name):
             if name is not None:
-                self._refused = None
+                self._refusals.pop(name, None)
+            self._set_status(WatchStatus(alias=name))
             return False
-        if name == self._refused and time.monotonic() - self._refused_at < self.retry_refused_s:
-            return False
+        refusal = self._refusals.get(name)
+        if refusal is None or refusal.worth_retrying(fingerprint(self.registry, stream, name), self.retry_refused_s):
+            served = self._load(name)
+            if served is not None:
+                self._publish(served, WatchStatus(alias=name))
+                return True
+            refusal = self._refusals[name]
+        return self._fall_back(refusal)
+
+    def _load(self, version: str) -> ServedModel | None:
+        """Verify and load one version; on failure record why (with its files' fingerprint) and return None."""
+        stream = self.spec.name
+        # Taken before reading, so a file rewritten during the read is seen as changed and tried again.
+        seen = fingerprint(self.registry, stream, version)
         try:
-            served = ServedModel.load(self.spec, name, self.registry.load_onnx(stream, name))
+            served = ServedModel.load(self.spec, version, self.registry.load_onnx(stream, version))
         except Exception as exc:
-            self._refused, self._refused_at = name, time.monotonic()
-            self.metrics.model_load_failures.labels(stream, name).inc()
-            what = "checksum mismatch" if isinstance(exc, ChecksumMismatch) else type(exc).__name__
+            reason = describe_failure(self.registry, stream, version, exc)
+            self._refusals[version] = Refusal(version, reason, seen, time.monotonic())
+            self.metrics.model_load_failures.labels(stream, version).inc()
             log.error(
-                "REFUSED champion %s/%s (%s): %s -- still serving %s; fix or replace the version and move the alias",
+                "REFUSED %s/%s: it %s -- %s; fix or replace the version and move the alias",
                 stream,
-                name,
-                what,
-                exc,
-                self._served_name(),
+                version,
+                reason,
+                "serving " + self._served_name(),
             )
+            return None
+        self._refusals.pop(version, None)
+        return served
+
+    def _fall_back(self, refusal: Refusal) -> bool:
+        """Serve the newest valid version of the champion history (else of the registry) instead."""
+        stream, current = self.spec.name, self._current
+        chosen: ServedModel | None = None
+        from_history = False
+        for version, in_history in fallback_candidates(self.registry, stream, exclude=refusal.version):
+            from_history = in_history
+            if current is not None and version == current.version:
+                chosen = current  # already loaded and verified: nothing newer in the list is valid
+                break
+            known = self._refusals.get(version)
+            if known is not None and not known.worth_retrying(
+                fingerprint(self.registry, stream, version), self.retry_refused_s
+            ):
+                continue
+            chosen = self._load(version)
+            if chosen is not None:
+                break
+        problem = f"champion {refusal.version} {refusal.reason}"
+        if chosen is None:
+            kept = f"still serving {current.version}" if current else "nothing to serve"
+            status = WatchStatus(refusal.version, refusal.version, f"{problem}; no other valid version; {kept}")
+            self._set_status(status)
             return False
+        where = (
+            "the newest valid version in the champion history"
+            if from_history
+            else "the newest valid version (none in the champion history is valid)"
+        )
+        status = WatchStatus(refusal.version, refusal.version, f"{problem}; serving {chosen.version}, {where}")
+        if chosen is current:
+            self._set_status(status)
+            return False
+        self._publish(chosen, status)
+        return True
+
+    def _publish(self, served: ServedModel, status: WatchStatus) -> None:
+        stream = self.spec.name
+        previous = self._current
         self._current = served  # the swap: one reference assignment
-        self._refused = None
         self.metrics.model_version.labels(stream).set(served.number)
-        if current is None:
-            log.info("%s: serving %s", stream, name)
+        if previous is None:
+            log.info("%s: serving %s", stream, served.version)
         else:
             self.metrics.model_swaps.labels(stream).inc()
-            log.warning("%s: champion swapped %s -> %s", stream, current.version, name)
+            log.warning("%s: swapped %s -> %s", stream, previous.version, served.version)
+        self._set_status(status)
         self._loaded.set()
-        return True
+
+    def _set_status(self, status: WatchStatus) -> None:
+        before = self._status
+        self._status = status
+        self.metrics.serving_fallback.labels(self.spec.name).set(1 if status.degraded else 0)
+        if status.degraded and status.degraded != before.degraded:
+            log.warning("%s: DEGRADED: %s", self.spec.name, status.degraded)
+        elif before.degraded and not status.degraded:
+            log.warning("%s: serving the champion %s again", self.spec.name, self._served_name())
 
     def _served_name(self) -> str:
         current = self._current

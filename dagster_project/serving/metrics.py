@@ -63,9 +63,15 @@ class ScorerMetrics:
         )
         self.model_load_failures = Counter(
             "streamfit_model_load_failures",
-            "Champion versions refused (checksum mismatch, unreadable or incompatible model); "
-            "the last good model keeps serving.",
+            "Versions refused when loaded (checksum mismatch, unreadable or incompatible model); "
+            "retried only when their files change.",
             ["stream", "version"],
+            registry=r,
+        )
+        self.serving_fallback = Gauge(
+            "streamfit_serving_fallback",
+            "1 while the champion cannot be served and an older valid version serves instead (see /healthz).",
+            ["stream"],
             registry=r,
         )
         self.scorer_lag = Gauge(
@@ -93,6 +99,7 @@ class ScorerMetrics:
             registry=r,
         )
         self.model_version.labels(stream).set(0)
+        self.serving_fallback.labels(stream).set(0)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of this scorer's registry."""

@@ -40,7 +40,15 @@ from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry, ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
-from dagster_project.serving.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, ScorerHTTPServer
+from dagster_project.serving.health import KafkaLink, ScorerHealth
+from dagster_project.serving.http import ScorerHTTPServer
+from dagster_project.serving.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_ROWS,
+)
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
 
@@ -92,6 +100,13 @@ class Scorer:
         self.consumer_overrides = consumer_overrides or {}
         self.producer_overrides = producer_overrides or {}
         self.assigned = threading.Event()  # set once the group gave this member its (first) assignment
+        # Unready after a session timeout without the broker answering: by then the group has evicted us.
+        self.link = KafkaLink(
+            settings.bootstrap,
+            self.group_id,
+            stale_after_s=GROUP_SESSION_TIMEOUT_MS / 1000,
+            stall_after_s=flush_timeout_s + GROUP_SESSION_TIMEOUT_MS / 1000,
+        )
         self.partitions: frozenset[int] = frozenset()
         self.scored = 0  # events scored and committed by this scorer (for logs and tests)
         self._stop = threading.Event()
@@ -109,6 +124,14 @@ class Scorer:
         return self._stop.is_set()
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.link.detach(f"failed: {exc!r}")
+            raise
+        self.link.detach("stopped")
+
+    def _run(self) -> None:
         while self.watcher.wait_for_model(0.25) is None:
             if self._stop.is_set():
                 return
@@ -129,10 +152,12 @@ class Scorer:
             producer = clients.producer(self.settings, **({"acks": "all"} | self.producer_overrides))
         else:
             producer = clients.fast_producer(self.settings, acks="all")
+        self.link.attach(consumer)
         try:
             consumer.subscribe([self.spec.events_topic], listener=_Listener(self))
             self._loop(consumer, producer)
         finally:
+            self.link.detach("stopping")
             try:
                 producer.close(timeout=10)
             finally:
@@ -152,6 +177,7 @@ class Scorer:
                     log.warning("%s: stopping before the group assigned partitions", self.spec.name)
                     return
             batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            self.link.polled(bool(batch))
             if not batch:
                 self._update_lag(consumer, {})
                 continue
@@ -257,6 +283,7 @@ class Scorer:
             self.metrics.commit_failures.labels(self.spec.name).inc()
             log.warning("%s: offset commit failed (%r); retrying with the next batch", self.spec.name, exc)
             return
+        self.link.contact()
         with self._state_lock:
             for tp, o in offsets.items():
                 if self._uncommitted.get(tp) == o:
@@ -277,6 +304,7 @@ class Scorer:
         with self._state_lock:
             self.partitions = frozenset(self.partitions | {tp.partition for tp in assigned})
         self.assigned.set()
+        self.link.assigned()
         log.info("%s: assigned partitions %s", self.spec.name, sorted(tp.partition for tp in assigned))
 
     def _on_revoked(self, revoked) -> None:
@@ -325,6 +353,9 @@ class ScoringService:
         token: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_rows: int = DEFAULT_MAX_ROWS,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
         watch_interval_s: float = 0.25,
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -344,15 +375,20 @@ class ScoringService:
             max_poll_records=max_poll_records,
             consumer_overrides=consumer_overrides,
         )
+        self.health = ScorerHealth(spec.name, self.watcher, self.scorer.link)
         try:
             self.http = ScorerHTTPServer(
                 (host, port),
                 spec,
                 self.watcher,
                 self.metrics,
+                health=self.health,
                 token=token,
                 max_body_bytes=max_body_bytes,
                 max_rows=max_rows,
+                body_timeout_s=body_timeout_s,
+                max_connections=max_connections,
+                keep_alive_s=keep_alive_s,
             )
         except OSError as exc:
             raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc

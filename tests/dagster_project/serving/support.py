@@ -146,8 +146,18 @@ class Client:
         headers = dict(headers or {})
         if self.token and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {self.token}"
-        self.conn.request(method, path, body=body, headers=headers)
-        response = self.conn.getresponse()
+        reused = self.conn.sock is not None
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            # The server closed the idle keep-alive connection (keep_alive_s) as we sent: like any
+            # pooling client, send again once on a new connection.
+            self.conn.close()
+            self.conn.request(method, path, body=body, headers=headers)
+            response = self.conn.getresponse()
         data = response.read()
         if response.getheader("Connection", "").lower() == "close":
             self.conn.close()  # http.client reconnects on the next request

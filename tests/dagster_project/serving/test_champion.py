@@ -182,3 +182,88 @@ def test_other_classifiers_serve_their_scores(registry: FilesystemRegistry, esti
     expected = onnx_of(registry, spec, "v1").predict(X)
     assert predictions == [bool(i) for i in expected.labels]
     assert scores == expected.scores.tolist()
+
+
+FOLLOW_BOUND_S = 1.0  # a repaired file or a new champion is served within ~a watch tick (0.25 s)
+
+
+def test_corrupt_champion_at_start_falls_back_to_the_newest_valid_champion_and_follows_the_repair(
+    spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    train_version(registry, spec)  # v1
+    train_version(registry, spec, drifted=True)  # v2
+    train_version(registry, spec, seed=3)  # v3, the champion, corrupted on disk before the scorer starts
+    path = registry.root / spec.name / "v3" / ONNX_FILE
+    good_bytes = path.read_bytes()
+    corrupt(registry, spec, "v3")
+    rows = synthetic_rows(100)
+    produce_rows(kafka_settings, spec, rows)
+
+    with running_service(spec, kafka_settings, registry) as service:
+        metrics, client = service.metrics, Client(service.url)
+        assert service.watcher.current.version == "v2"  # loaded by start(): no wait for a model
+        wait_for(lambda: service.scorer.scored >= len(rows), 30, "the events scored by the fallback")
+        status, health, _ = client.request("GET", "/healthz")
+        assert status == 200 and health["model_version"] == "v2" and health["fallback"] is True
+        assert (health["champion"], health["refused"]) == ("v3", "v3")
+        assert health["degraded"] == (
+            f"champion v3 failed its checksum ({path}); serving v2, the newest valid version in the champion history"
+        )
+        assert client.predict([Hammer.ROW])[1]["model_version"] == "v2"
+        assert metrics.value("streamfit_serving_fallback") == 1
+        assert metrics.value("streamfit_model_version") == 2
+        time.sleep(4 * service.watcher.interval_s)  # unchanged files are not re-verified on every tick
+        assert metrics.value("streamfit_model_load_failures_total", version="v3") == 1
+
+        path.write_bytes(good_bytes)  # the operator restores the file
+        repaired_at = time.monotonic()
+        wait_for(lambda: service.watcher.current.version == "v3", SWAP_SLACK_S, "the repaired v3", 0.01)
+        followed_s = time.monotonic() - repaired_at
+        status, health, _ = client.request("GET", "/healthz")
+        assert (status, health["model_version"], health["fallback"], health["degraded"]) == (200, "v3", False, None)
+        assert metrics.value("streamfit_serving_fallback") == 0
+        assert metrics.value("streamfit_model_swaps_total") == 1
+        assert metrics.value("streamfit_model_load_failures_total", version="v3") == 1
+
+    assert {p["model_version"] for p in read_topic(kafka_settings, spec.predictions_topic)} == {"v2"}
+    print(f"\nrepaired champion served {followed_s * 1000:.0f} ms after the file was restored")
+    assert followed_s < FOLLOW_BOUND_S * 3  # slack for a busy shared machine; ~1 tick when idle
+
+
+def test_fallback_outside_the_history_with_nothing_valid_and_a_new_champion(
+    spec: StreamSpec, registry: FilesystemRegistry
+) -> None:
+    metrics = ScorerMetrics(spec.name)
+    watcher = ChampionWatcher(registry, spec, metrics, interval_s=0.05)
+
+    # Only v3 was ever champion, and it is corrupt: the newest valid registered version serves.
+    train_version(registry, spec, champion=False)  # v1
+    train_version(registry, spec, champion=False)  # v2
+    train_version(registry, spec)  # v3
+    corrupt(registry, spec, "v3")
+    assert watcher.check() and watcher.current.version == "v2"
+    assert watcher.degraded.endswith("serving v2, the newest valid version (none in the champion history is valid)")
+
+    # Nothing valid at all: nothing served, and /healthz would say why.
+    fresh = ChampionWatcher(registry, spec, ScorerMetrics(spec.name))
+    for version in ("v1", "v2"):
+        corrupt(registry, spec, version)
+    assert not fresh.check() and fresh.current is None
+    assert fresh.degraded.startswith("champion v3 failed its checksum (")
+    assert fresh.degraded.endswith("; no other valid version; nothing to serve")
+    time.sleep(0.05)  # file timestamps tick coarsely: a rewrite within the same tick would look unchanged
+    corrupt(registry, spec, "v1")  # flipped back: v1 is valid again and is found on the next check
+    assert fresh.check() and fresh.current.version == "v1"
+
+    # A newly promoted good version ends the fallback within a tick of the running watcher.
+    watcher.start()
+    try:
+        train_version(registry, spec, drifted=True)  # v4, champion
+        promoted_at = time.monotonic()
+        wait_for(lambda: watcher.current.version == "v4", SWAP_SLACK_S, "v4", 0.01)
+        print(f"\nnew champion served {(time.monotonic() - promoted_at) * 1000:.0f} ms after the promotion")
+        assert watcher.degraded is None and watcher.refused is None
+        assert metrics.value("streamfit_serving_fallback") == 0
+        assert metrics.value("streamfit_model_load_failures_total", version="v3") == 1
+    finally:
+        watcher.stop()

@@ -44,10 +44,15 @@ def test_predict_health_and_metrics(spec: StreamSpec, registry: FilesystemRegist
             None,
         )
 
+        assert client.request("GET", "/livez")[:2] == (200, {"live": True})
+        status, body, _ = client.request("GET", "/readyz")
+        assert (status, body["ready"], body["error"]) == (503, False, "waiting for a champion")
+
         train_version(registry, spec)
         assert watcher.check()
         status, body, _ = client.request("GET", "/healthz")
-        assert (status, body["model_version"]) == (200, "v1")
+        assert (status, body["model_version"], body["ready"], body["kafka"]) == (200, "v1", True, None)
+        assert client.request("GET", "/readyz")[:2] == (200, {"ready": True})  # no Kafka loop: the model suffices
 
         rows = [features for _, features, _ in synthetic_rows(50)]
         status, body = client.predict(rows)
@@ -117,14 +122,25 @@ def test_validation_errors(spec: StreamSpec, registry: FilesystemRegistry) -> No
         assert status == 200 and len(body["predictions"]) == 5
 
         status, body, response = client.request("GET", "/predict")
-        assert (status, response.getheader("Allow")) == (405, "POST")
+        assert (status, response.getheader("Allow"), body["error"]) == (405, "POST", "use POST for /predict")
+        status, body, response = client.request("POST", "/healthz", b"{}")
+        assert (status, body["error"]) == (405, "use GET for /healthz")
         status, body, _ = client.request("GET", "/nope")
-        assert status == 404
+        assert status == 404 and body["error"].startswith("no such path /nope; try POST /predict")
+
+        for length in ("-1", "abc", "1e3"):  # refused by the HTTP parser itself (plain text), as malformed HTTP
+            status, body, response = client.request("POST", "/predict", b"{}", {"Content-Length": length})
+            assert (status, response.getheader("Connection")) == (400, "close"), length
 
         # A body without Content-Length (chunked) is refused, not read until the client gives up.
         with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as sock:
             sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 411 ")
+
+        # Requests are counted per route (its template), unknown paths together.
+        text = client.request("GET", "/metrics")[1]
+        assert f'streamfit_http_requests_total{{code="413",path="/predict",stream="{spec.name}"}} 2.0' in text
+        assert f'streamfit_http_requests_total{{code="404",path="other",stream="{spec.name}"}} 1.0' in text
 
 
 def test_bearer_token(spec: StreamSpec, registry: FilesystemRegistry) -> None:
@@ -141,3 +157,18 @@ def test_bearer_token(spec: StreamSpec, registry: FilesystemRegistry) -> None:
 
         status, body = Client(server.url, token="s3cret-token").predict([ROW])
         assert (status, body["model_version"]) == (200, "v1")
+
+
+def test_a_bug_is_a_json_500(spec: StreamSpec, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster_project.serving import ServedModel
+
+    def broken(self, X):
+        raise RuntimeError("boom")
+
+    train_version(registry, spec)
+    with http_server(spec, registry) as (server, _):
+        monkeypatch.setattr(ServedModel, "score", broken)
+        status, body = Client(server.url).predict([ROW])
+        assert (status, body) == (500, {"error": "internal error (RuntimeError); see the scorer's log"})
+        monkeypatch.undo()
+        assert Client(server.url).predict([ROW])[0] == 200

@@ -1,0 +1,154 @@
+"""Liveness and readiness of a scorer, kept apart because they call for different actions.
+
+Live means the process answers HTTP: restarting it would not help anything else. Ready means it
+is doing its job: a model is loaded and the Kafka consumer is in its group and has heard from the
+broker recently. A broker outage makes a scorer unready (take it out of rotation, alert) but not
+dead (a restart cannot fix the broker and would only lose the loaded model).
+
+`KafkaLink` is written by the Kafka loop and read by HTTP handlers, so it holds only timestamps and
+one consumer reference; reading them needs no lock. Contact with the broker is the newest of: a
+heartbeat answered by the group coordinator (kafka-python heartbeats in the background every
+second, so this is fresh while the loop is busy), a fetch that returned records, an offset commit
+and a group assignment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster_project.serving.champion import ChampionWatcher
+
+
+def _heartbeat_answered_at(consumer: Any) -> float | None:
+    """When the group coordinator last answered a heartbeat (time.monotonic()), if the client says.
+
+    kafka-python keeps this on its coordinator's `heartbeat`; read defensively because it is not a
+    public attribute, so another client version degrades to the other contact signals.
+    """
+    received = getattr(getattr(getattr(consumer, "_coordinator", None), "heartbeat", None), "last_receive", None)
+    return received if isinstance(received, float) and received > 0 else None
+
+
+def _coordinator_known(consumer: Any) -> bool | None:
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "coordinator_id"):
+        return None
+    return coordinator.coordinator_id is not None
+
+
+class KafkaLink:
+    """What the scorer's Kafka loop knows about its connection, for /readyz and /healthz."""
+
+    def __init__(self, bootstrap: str, group: str, stale_after_s: float, stall_after_s: float) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.stale_after_s = stale_after_s  # no contact for this long: the broker is gone for us
+        self.stall_after_s = stall_after_s  # no poll for this long: the loop itself is stuck
+        self._consumer: Any = None
+        self._state = "waiting for a model"  # before a consumer exists, or after it closed
+        self._polled_at: float | None = None
+        self._contact_at: float | None = None
+        self._assigned_at: float | None = None
+
+    # Written by the Kafka loop.
+    def attach(self, consumer: Any) -> None:
+        self._consumer, self._state = consumer, "joining"
+
+    def detach(self, state: str) -> None:
+        self._consumer, self._state = None, state
+
+    def polled(self, got_records: bool) -> None:
+        now = time.monotonic()
+        self._polled_at = now
+        if got_records:
+            self._contact_at = now
+
+    def contact(self) -> None:
+        """The broker answered (a commit, a group assignment)."""
+        self._contact_at = time.monotonic()
+
+    def assigned(self) -> None:
+        self._assigned_at = self._contact_at = time.monotonic()
+
+    # Read from any thread.
+    def last_contact(self) -> float | None:
+        stamps = [t for t in (self._contact_at, _heartbeat_answered_at(self._consumer)) if t is not None]
+        return max(stamps) if stamps else None
+
+    def problem(self) -> str | None:
+        """Why the consumer is not doing its job, or None when it is."""
+        consumer, now = self._consumer, time.monotonic()
+        if consumer is None:
+            return f"the Kafka consumer is not running ({self._state})"
+        where = f"the Kafka broker at {self.bootstrap}"
+        contact = self.last_contact()
+        if self._assigned_at is None:
+            if contact is None or now - contact > self.stale_after_s:
+                return f"no answer from {where} while joining consumer group {self.group}"
+            return f"joining consumer group {self.group} at {self.bootstrap} (no partitions assigned yet)"
+        if contact is None or now - contact > self.stale_after_s:
+            silent = "ever" if contact is None else f"for {now - contact:.1f} s"
+            known = _coordinator_known(consumer)
+            suffix = "; group coordinator unknown" if known is False else ""
+            return f"no answer from {where} {silent} (limit {self.stale_after_s:g} s){suffix}"
+        if self._polled_at is not None and now - self._polled_at > self.stall_after_s:
+            return f"the Kafka loop has not polled for {now - self._polled_at:.1f} s (limit {self.stall_after_s:g} s)"
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        now = time.monotonic()
+        contact = self.last_contact()
+        return {
+            "bootstrap": self.bootstrap,
+            "group": self.group,
+            "state": "running" if self._consumer is not None else self._state,
+            "assigned": self._assigned_at is not None,
+            "last_contact_s_ago": round(now - contact, 3) if contact is not None else None,
+            "problem": self.problem(),
+        }
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    live: bool
+    ready: bool
+    reasons: list[str] = field(default_factory=list)  # why not ready, each naming what to look at
+    detail: dict[str, Any] = field(default_factory=dict)  # the /healthz JSON
+
+
+class ScorerHealth:
+    """Combines the watcher (model) and the Kafka link (delivery) into liveness and readiness.
+
+    Without a Kafka link (an HTTP-only server, as in tests and benchmarks) readiness is the model alone.
+    """
+
+    def __init__(self, stream: str, watcher: ChampionWatcher, kafka: KafkaLink | None = None) -> None:
+        self.stream = stream
+        self.watcher = watcher
+        self.kafka = kafka
+
+    def report(self) -> HealthReport:
+        served = self.watcher.current
+        status = self.watcher.status
+        reasons = []
+        if served is None:
+            reasons.append(f"no model loaded: {status.degraded}" if status.degraded else "waiting for a champion")
+        kafka = self.kafka.describe() if self.kafka is not None else None
+        if kafka is not None and kafka["problem"]:
+            reasons.append(kafka["problem"])
+        detail: dict[str, Any] = {
+            "status": "ok" if served is not None else "waiting for a champion",
+            "stream": self.stream,
+            "live": True,
+            "ready": not reasons,
+            "reasons": reasons,
+            "model_version": served.version if served is not None else None,
+            "champion": status.alias,
+            "refused": status.refused,
+            "fallback": bool(served is not None and status.degraded),
+            "degraded": status.degraded,
+            "kafka": kafka,
+        }
+        return HealthReport(live=True, ready=not reasons, reasons=reasons, detail=detail)

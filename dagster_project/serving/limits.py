@@ -1,0 +1,114 @@
+"""What an HTTP client may cost a scorer, and reading a request body within it.
+
+The scorer shares its process (and two cores) with the Kafka loop, so no client may hold it:
+bodies are capped in size and must arrive within a total deadline (a client trickling bytes gets
+408 and its connection closed), requests are capped in rows, uvicorn caps concurrent connections
+and idle keep-alive time. Errors are `RequestError`s, answered as `{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_BODY_TIMEOUT_S = 10.0  # 1 MiB in 10 s is 100 KiB/s: only a broken or hostile client is slower
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_KEEP_ALIVE_S = 5
+
+
+class RequestError(Exception):
+    """An HTTP error answer: status code, message and optional extra JSON fields.
+
+    `close` ends the connection after the answer: the body was left unread (or arrived too slowly),
+    so the connection's remaining bytes cannot be trusted to start the next request.
+    """
+
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, close: bool = False, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+        if close:
+            self.headers["Connection"] = "close"
+        self.body = {"error": message, **extra}
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read: nothing can be answered."""
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_rows: int = DEFAULT_MAX_ROWS
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_rows", "body_timeout_s", "max_connections", "keep_alive_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+async def read_body(request: Request, limits: HttpLimits) -> bytes:
+    """The whole body, which must declare its length, fit `max_body_bytes` and arrive within `body_timeout_s`."""
+    header = request.headers.get("content-length")
+    if header is None:
+        raise RequestError(411, "Content-Length is required (chunked bodies are not accepted)", close=True)
+    try:
+        length = int(header)
+        if length < 0 or not header.strip().isdigit():
+            raise ValueError
+    except ValueError:
+        raise RequestError(400, f"invalid Content-Length {header!r}", close=True) from None
+    if length > limits.max_body_bytes:
+        raise RequestError(
+            413, f"body of {length} bytes exceeds the limit of {limits.max_body_bytes} bytes", close=True
+        )
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                chunks.append(chunk)
+                received += len(chunk)
+    except TimeoutError:
+        raise RequestError(
+            408,
+            f"the body did not arrive within {limits.body_timeout_s:g} s ({received} of {length} bytes received)",
+            close=True,
+        ) from None
+    except ClientDisconnect:
+        raise ClientGone(f"disconnected after {received} of {length} body bytes") from None
+    return b"".join(chunks)
+
+
+class BearerToken:
+    """The optional token guarding inference; compared in constant time so timing reveals nothing."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token.encode() if token else None
+
+    @property
+    def required(self) -> bool:
+        return self._token is not None
+
+    def check(self, request: Request) -> None:
+        if self._token is None:
+            return
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
+            raise RequestError(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": 'Bearer realm="streamfit"'},
+                close=True,  # the body is left unread
+            )

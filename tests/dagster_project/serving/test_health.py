@@ -1,0 +1,49 @@
+"""Liveness vs readiness: a scorer whose broker is gone stays live but stops being ready, and says why."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dagster_project.kafka.brokers.tansu import EmbeddedBroker
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.spec import StreamSpec
+from tests.dagster_project.serving.support import Client, running_service, train_version, wait_for
+
+UNREADY_BOUND_S = 15.0  # the session timeout (6 s) without an answer, plus slack for a busy machine
+
+
+def test_readiness_needs_a_model_and_the_broker(spec: StreamSpec, registry: FilesystemRegistry, tmp_path: Path) -> None:
+    # A private broker, so stopping it disturbs no other test.
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        settings = KafkaSettings.from_env(broker.bootstrap)
+        with running_service(spec, settings, registry) as service:
+            client = Client(service.url)
+            assert client.request("GET", "/livez")[:2] == (200, {"live": True})
+            status, body, _ = client.request("GET", "/readyz")
+            assert (status, body["ready"], body["reasons"][0]) == (503, False, "waiting for a champion")
+
+            train_version(registry, spec)
+            wait_for(lambda: client.request("GET", "/readyz")[0] == 200, 30, "the scorer to become ready")
+            status, health, _ = client.request("GET", "/healthz")
+            assert (status, health["live"], health["ready"], health["reasons"]) == (200, True, True, [])
+            assert health["kafka"]["assigned"] and health["kafka"]["bootstrap"] == broker.bootstrap
+
+            broker.stop()
+            stopped_at = time.monotonic()
+            status, body = wait_for(
+                lambda: (answer := client.request("GET", "/readyz")[:2])[0] == 503 and answer,
+                UNREADY_BOUND_S,
+                "/readyz to report the broker",
+                interval_s=0.2,
+            )
+            unready_s = time.monotonic() - stopped_at
+            assert f"no answer from the Kafka broker at {broker.bootstrap}" in body["error"]
+            assert body["reasons"] == [body["error"]]
+            assert client.request("GET", "/livez")[0] == 200  # a restart would not bring the broker back
+            status, health, _ = client.request("GET", "/healthz")
+            assert (status, health["model_version"], health["live"], health["ready"]) == (200, "v1", True, False)
+            assert health["reasons"] == [body["error"]]
+            assert client.predict([{"x0": 0.1, "x1": 0.2, "x2": 0.3, "x3": 0.4, "x4": 0.5}])[0] == 200
+    print(f"\n/readyz reported the stopped broker after {unready_s:.1f} s: {body['error']}")
