@@ -762,4 +762,3 @@ def test_compose_kafka_is_the_broker_the_suite_runs_with_the_same_settings():
     expected = durability_config(1) | {"group.initial.rebalance.delay.ms": GROUP_INITIAL_REBALANCE_DELAY_MS}
     for prop, value in expected.items():
         assert str(variables["KAFKA_" + prop.upper().replace(".", "_")]) == value, prop
-

@@ -54,6 +54,8 @@ def durability_config(nodes: int) -> dict[str, str]:
         "transaction.state.log.replication.factor": str(min(3, nodes)),
         "transaction.state.log.min.isr": str(min(2, nodes)),
     }
+
+
 POM_PATH = Path(__file__).with_name("apache_kafka.pom.xml")
 MIN_JAVA = 17  # Kafka 4.x brokers need Java 17+
 JAVA_HINT = "apt-get install openjdk-17-jre-headless"
