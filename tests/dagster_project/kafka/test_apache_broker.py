@@ -20,16 +20,16 @@ needs_kafka = pytest.mark.apache_kafka  # runs in the Apache Kafka session (test
 
 
 def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    from kafka import KafkaProducer
+    """acks=all, bounded: librdkafka's flush honours its timeout (kafka-python 3.0's can hang after a leader crash)."""
+    from confluent_kafka import Producer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=20, request_timeout_ms=15000)
-    try:
-        futures = [producer.send(topic, value) for value in values]
-        producer.flush(timeout=60)
-        for future in futures:
-            future.get(timeout=30)  # raises if acks=all was not met
-    finally:
-        producer.close(timeout=10)
+    errors: list[str] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, "message.timeout.ms": 45000})
+    for value in values:
+        producer.produce(topic, value, on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    assert remaining == 0 and not errors, f"{remaining} unacknowledged, errors: {errors[:3]}"
 
 
 def _consume(bootstrap: str, topic: str, count: int, timeout_s: float = 60) -> list[bytes]:
