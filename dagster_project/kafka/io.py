@@ -75,6 +75,8 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
     admin = clients.admin(settings)
     try:
         existing = set(admin.list_topics())
+        topics = list(topics)
+        _warn_on_partition_mismatch(admin, [t for t in topics if t in existing], partitions)
         new = [t for t in topics if t not in existing]
         if not new:
             return
@@ -120,6 +122,26 @@ def _raise_if_hidden(settings: KafkaSettings, topic: str) -> None:
     for entry in described:
         if entry.get("name") == topic and entry.get("error_code") == TopicAuthorizationFailedError.errno:
             raise NotAuthorized(settings, "DESCRIBE", "topic", topic, note=" (or it does not exist)")
+
+
+def _warn_on_partition_mismatch(admin: Any, topics: list[str], partitions: int) -> None:
+    """Say so when a topic exists with another partition count than the spec's (a producer auto-created it)."""
+    if not topics:
+        return
+    for described in admin.describe_topics(topics):
+        found = len(described.get("partitions") or [])
+        if not described.get("error_code") and found and found != partitions:
+            log.warning(
+                "%s has %d partition(s) but the stream spec says %d: it was probably auto-created by a producer. "
+                "Streamfit follows the topic (ordering and scorer parallelism come from its %d); to get %d, "
+                "recreate it before producing, or set `partitions: %d` in the spec",
+                described["name"],
+                found,
+                partitions,
+                found,
+                partitions,
+                found,
+            )
 
 
 def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:

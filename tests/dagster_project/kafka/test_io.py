@@ -301,3 +301,12 @@ def test_unknown_client_name_says_what_to_set() -> None:
 def test_auto_reads_with_confluent_when_installed() -> None:
     assert clients.range_reader_client(KafkaSettings(bootstrap="localhost:9092")) == CONFLUENT
     assert clients.range_reader_client(KafkaSettings(bootstrap="localhost:9092", client=KAFKA_PYTHON)) == KAFKA_PYTHON
+
+
+def test_a_topic_with_another_partition_count_is_reported_at_start(kafka_settings: KafkaSettings, caplog) -> None:
+    """A raw producer auto-creating <stream>.events with the broker's default count used to pass silently."""
+    topic = unique_topic()
+    ensure_topics(kafka_settings, [topic], partitions=1)
+    with caplog.at_level("WARNING", logger="dagster_project.kafka.io"):
+        ensure_topics(kafka_settings, [topic], partitions=2)
+    assert any("has 1 partition(s) but the stream spec says 2" in r.getMessage() for r in caplog.records)
