@@ -48,7 +48,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that start their own Apache Kafka cluster run once, in the Apache Kafka session."""
+    """Tests that start their own Apache Kafka cluster run once, in the Apache Kafka session; the
+    Apache Kafka session runs only the tests that talk to the session's broker (the others, which
+    use no broker or start a Tansu of their own, ran in the Tansu session already)."""
+    if config.getoption("--broker") == "kafka" and not (
+        config.getoption("--kafka-bootstrap") or os.environ.get(BOOTSTRAP_ENV)
+    ):
+        keep = [i for i in items if "kafka_bootstrap" in i.fixturenames or i.get_closest_marker("apache_kafka")]
+        dropped = [i for i in items if i not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
     if os.environ.get("STREAMFIT_SKIP_APACHE_KAFKA") == "1":
         reason = "STREAMFIT_SKIP_APACHE_KAFKA=1"
     elif config.getoption("--broker") != "kafka":
