@@ -299,6 +299,15 @@ def render(results: dict[str, Any]) -> str:
             "(fit times above are with a running pool)"
         )
 
+    brokers = results.get("brokers")
+    if brokers and "kafka_vs_tansu" in brokers:
+        out += ["", f"Tansu vs Apache Kafka {brokers.get('kafka_version')} (same run, medians)"]
+        rows = [
+            [key, _n(brokers["tansu"].get(key)), _n(brokers["kafka"].get(key)), _n(value, 2) + "x"]
+            for key, value in brokers["kafka_vs_tansu"].items()
+            if value is not None
+        ]
+        out += _table(["figure", "Tansu", "Apache Kafka", "Kafka/Tansu"], rows)
     targets = results.get("targets")
     if targets:
         out += ["", "Targets (issue 7), each a ratio or figure from this run"]
