@@ -39,7 +39,7 @@ def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroB
     """
     letters = (
         DeadLetter(
-            f"data quality: {reason}",
+            f"data quality: {reason.removeprefix('quality: ')}",
             spec.events_topic,
             int(rejected.partitions[i]),
             int(rejected.offsets[i]),

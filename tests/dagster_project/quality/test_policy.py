@@ -12,7 +12,6 @@ import uuid
 
 import numpy as np
 import orjson
-import pytest
 
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka import clients
@@ -86,11 +85,6 @@ def test_partial_sends_split_off_rows_to_the_dlq_and_trains_the_rest(kafka_setti
     assert registry.halt(spec.name) is None and registry.pending_offset_reset(spec.name) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: policy.dead_letter_rows prefixes 'data quality: ' to row_violation_reasons' reasons, which "
-    "already start with 'quality: ', so DLQ reasons read 'data quality: quality: feature ...'",
-)
 def test_split_off_rows_have_a_reason_without_a_repeated_prefix(kafka_settings, registry) -> None:
     spec = _spec(allow_partial=True)
     ensure_topics(kafka_settings, [spec.events_topic, spec.dlq_topic], 1)
