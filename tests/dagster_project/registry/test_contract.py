@@ -52,6 +52,7 @@ def meta(learned: dict[int, int], **extra) -> dict:
     return {
         "offsets": {"topic": "t.events", "batch": batch, "learned": {str(p): o for p, o in learned.items()}},
         "metrics": {"accuracy": 0.75, "rows": 10},
+        "rows": {"read": 10, "valid": 10, "trained": 10, "dlq": 0},
         "rows_learned_total": sum(learned.values()),
         "profile": profile,
         **extra,
@@ -305,3 +306,20 @@ def test_register_batch_records_offsets_resets_and_lifts_a_matching_halt(registr
     with pytest.raises(StaleParent):
         register_batch(registry, spec, second, model, onnx_bytes, parity, "run-4")  # trained on v1, head is v2
     assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
+
+
+def test_the_training_exporter_reads_either_backend(registry: ModelRegistry, stream: str) -> None:
+    from dagster_project.observability.exporter import exporter_registry
+
+    register(registry, stream, None, {0: 10})
+    register(registry, stream, "v1", {0: 20})
+    registry.set_champion(stream, "v1", reason="first")
+    registry.set_champion(stream, "v2", reason="gate")
+    registry.rollback(stream, reason="worse live")
+    collectors = exporter_registry(registry, [synthetic_spec(name=stream)], None)
+    assert collectors.get_sample_value("streamfit_batches_total", {"stream": stream}) == 2
+    assert collectors.get_sample_value("streamfit_model_version", {"stream": stream, "alias": "head"}) == 2
+    assert collectors.get_sample_value("streamfit_model_version", {"stream": stream, "alias": "champion"}) == 1
+    changes = {"stream": stream, "kind": "rollback"}
+    assert collectors.get_sample_value("streamfit_champion_changes_total", changes) == 1
+    assert collectors.get_sample_value("streamfit_registry_broken_files", {"stream": stream}) == 0
