@@ -119,7 +119,7 @@ def registry(streamfit_home: Path) -> FilesystemRegistry:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real MLflow tracking server (SQLite backend store, local artifacts), started on first use and
     stopped by its PID at the end of the session. Tests share it: each uses streams of its own."""
-    from tests.mlflow_server import MlflowServer
+    from dagster_project.dev.mlflow_server import MlflowServer
 
     with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
         yield server

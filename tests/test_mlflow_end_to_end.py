@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from dagster_project.dev.mlflow_server import MlflowServer
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.mlflow_store import MlflowRegistry
@@ -23,7 +24,6 @@ from tests.dagster_project.serving.support import (
     wait_for,
 )
 from tests.helpers import defs_for, produce_synthetic, run_batch
-from tests.mlflow_server import MlflowServer
 
 SWAP_SLACK_S = 10.0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dagster_project.dev.mlflow_server import free_port
 from dagster_project.registry.backends import registry_from_env
 from dagster_project.registry.mlflow_store import ABANDONED_TAG, ATTEMPT_TAG, DISCARDED_TAG, VERSION_TAG, MlflowRegistry
 from dagster_project.registry.store import (
@@ -21,7 +22,6 @@ from dagster_project.registry.store import (
 from dagster_project.registry.versioning import already_registered
 from dagster_project.resources import RegistryResource
 from tests.dagster_project.registry.test_contract import fitted_scaler, scaler_onnx
-from tests.mlflow_server import free_port
 
 
 class Crash(RuntimeError):
@@ -260,3 +260,14 @@ def test_the_environment_picks_the_backend(tmp_path: Path, monkeypatch: pytest.M
         tmp_path,
     )
     assert isinstance(RegistryResource.of(FilesystemRegistry(tmp_path)).get(), FilesystemRegistry)
+
+
+def test_the_registry_cost_benchmark_runs(mlflow_uri: str, capsys: pytest.CaptureFixture) -> None:
+    """`python -m benchmarks.registry_cost` works end to end (how fast is not checked: machines vary 2-3x)."""
+    from benchmarks.registry_cost import main
+
+    main(["--versions", "2", "--rows", "200", "--mlflow-uri", mlflow_uri])
+    out = capsys.readouterr().out
+    for op in ("register ", "register_batch", "head", "champion", "load_onnx", "load_estimator"):
+        assert f"\n{op}" in out, out
+    assert "MLflow/fs" in out and "MLflow calls per register: 13 (" in out

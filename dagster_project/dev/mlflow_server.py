@@ -1,5 +1,5 @@
-"""A real MLflow tracking server for tests: `mlflow server` with a SQLite backend store and a local
-artifact directory (served through the server, as in compose), on a free port of 127.0.0.1.
+"""A local MLflow tracking server for tests and benchmarks: `mlflow server` with a SQLite backend store
+and a local artifact directory (served through the server, as in compose), on a free port of 127.0.0.1.
 
 It runs in its own process group, so `stop()` ends the server and the uvicorn worker it spawns by
 that group's id (the server's PID), never by name.
