@@ -116,7 +116,7 @@ HALT_KEY, RESET_KEY = "state/halt", "state/offset_reset"
 PROFILE_FILE = "profile.json"
 MAX_RUN_TAG_CHARS = 7_500  # MLflow allows 8,000; longer records go to an artifact the tag points to
 MAX_VERSION_TAG_CHARS = 95_000  # model version tags: 100,000
-PENDING_TIMEOUT_S = 300.0
+PENDING_TIMEOUT_S = 120.0  # a staged version lives two calls; one this old was abandoned
 
 # MLflow's HTTP client retries a failing server for about 4 minutes by default; a registry that does
 # not answer within seconds is reported as unavailable instead (a scorer says so on /healthz and keeps
