@@ -6,13 +6,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import dagster as dg
 import orjson
 import pytest
 
 from dagster_project.dev.mlflow_server import MlflowServer
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions
+from dagster_project.kafka.offsets import decode_ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.mlflow_store import MlflowRegistry
+from dagster_project.resources import KafkaResource
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import (
     Client,
@@ -23,7 +26,7 @@ from tests.dagster_project.serving.support import (
     train_version,
     wait_for,
 )
-from tests.helpers import defs_for, produce_synthetic, run_batch
+from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, run_batch
 
 SWAP_SLACK_S = 10.0
 
@@ -90,6 +93,15 @@ def test_a_training_run_registers_into_mlflow_and_a_scorer_serves_the_champion_f
         == f"{mlflow_server.uri}/#/experiments/{mv2.tags['streamfit.experiment_id']}/runs/{mv2.run_id}"
     )
     assert metadata["model_version_url"].url.endswith(f"/#/models/{spec.name}/versions/{mv2.version}")
+
+    # The Kafka sensor plans the next batch from the head in MLflow (its learned offsets, its name in the run key).
+    produce_synthetic(kafka_settings, spec, 400, start=800)
+    tick = kafka_sensor_tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    assert isinstance(tick, dg.SensorResult), tick
+    (request,) = tick.run_requests
+    assert request.tags["streamfit/parent"] == "v2"
+    planned = decode_ranges(request.tags["streamfit/ranges"])
+    assert all(planned[p][0] == v2.learned[p] for p in planned)
 
     # A scorer follows the alias through MLflow.
     rows = synthetic_rows(200, start=5_000)
