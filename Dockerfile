@@ -15,7 +15,8 @@ COPY dagster_project dagster_project
 COPY assets assets
 COPY sensors sensors
 COPY monitors monitors
-RUN pip install '.[fast]'
+# fast: librdkafka for the hot Kafka paths; mlflow: the client for STREAMFIT_REGISTRY=mlflow.
+RUN pip install '.[fast,mlflow]'
 
 # Stream specs are read from STREAMFIT_STREAMS; the instance and workspace are the production ones
 # (compose mounts the same files over these, so an edit needs no rebuild).

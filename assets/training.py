@@ -215,8 +215,11 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             )
         crash_point("after_register", attempt=_attempt(context))
         commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, version.learned)
+        links = version.meta.get("mlflow") or {}  # on MLflow: the model version and its source run
         return dg.MaterializeResult(
             metadata={
+                **{key: dg.MetadataValue.url(links[key]) for key in ("run_url", "model_version_url") if key in links},
+                **({"mlflow_model_uri": links["model_uri"]} if "model_uri" in links else {}),
                 "version": version.name,
                 "version_number": version.number,
                 "registered_by_earlier_attempt": version.meta.get("run_id") != context.run.run_id,

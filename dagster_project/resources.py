@@ -23,8 +23,7 @@ from dagster_project.kafka.settings import (
     USERNAME_ENV,
     KafkaSettings,
 )
-from dagster_project.registry.store import FilesystemRegistry
-from dagster_project.settings import registry_root
+from dagster_project.registry.store import ModelRegistry
 
 # KafkaResource field -> the variable a deployment sets it with
 KAFKA_ENV_FIELDS = {
@@ -62,12 +61,28 @@ class KafkaResource(dg.ConfigurableResource):
 
 
 class RegistryResource(dg.ConfigurableResource):
-    """The model registry; defaults to $STREAMFIT_HOME/registry."""
+    """The model registry: $STREAMFIT_REGISTRY (filesystem, the default, or mlflow) unless `backend` is set.
+
+    `root` is the local registry directory (default $STREAMFIT_HOME/registry); `mlflow_uri` the
+    tracking server (default $STREAMFIT_MLFLOW_URI, else $MLFLOW_TRACKING_URI).
+    """
 
     root: str = ""
+    backend: str = ""
+    mlflow_uri: str = ""
 
-    def get(self) -> FilesystemRegistry:
-        return FilesystemRegistry(self.root or registry_root())
+    def get(self) -> ModelRegistry:
+        from dagster_project.registry.backends import registry_from_env
+
+        return registry_from_env(self.root or None, backend=self.backend or None, mlflow_uri=self.mlflow_uri or None)
+
+    @classmethod
+    def of(cls, registry: ModelRegistry) -> RegistryResource:
+        """The resource that opens `registry` again (in run workers: another process)."""
+        mlflow_uri = getattr(registry, "tracking_uri", None)
+        if mlflow_uri:
+            return cls(root=str(registry.root), backend="mlflow", mlflow_uri=mlflow_uri)
+        return cls(root=str(registry.root), backend="filesystem")
 
 
 def kafka_resource_from_env() -> KafkaResource:

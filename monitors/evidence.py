@@ -15,7 +15,7 @@ import numpy as np
 
 from dagster_project.names import version_number
 from dagster_project.registry.promotion import HIGHER_IS_BETTER
-from dagster_project.registry.store import FilesystemRegistry, Version
+from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 from monitors.decisions import ChampionComparison, DecisionConfig, LastAction
 from monitors.detectors import ChangeResult, detect_batch_change, detect_series_change
@@ -40,7 +40,7 @@ class Evidence:
     change_version: str | None = None  # the batch where the prequential change was detected
 
 
-def last_action(registry: FilesystemRegistry, stream: str) -> LastAction | None:
+def last_action(registry: ModelRegistry, stream: str) -> LastAction | None:
     actions = [d for d in registry.decisions(stream) if d.get("kind") == ACTION_KIND]
     if not actions:
         return None
@@ -48,9 +48,16 @@ def last_action(registry: FilesystemRegistry, stream: str) -> LastAction | None:
     return LastAction(a["action"], _epoch(a["at"]), a.get("from_version"), a.get("to_version"))
 
 
-def _sample_matrix(version: Version, names: list[str]) -> np.ndarray | None:
+def _profile_features(registry: ModelRegistry, version: Version) -> dict[str, Any]:
+    """A version's per-feature profile: in its meta (filesystem) or read from the registry (MLflow keeps it apart)."""
+    if "profile" in version.meta:
+        return (version.meta["profile"] or {}).get("features", {})
+    return registry.profile(version.stream, version.name).get("features", {})
+
+
+def _sample_matrix(registry: ModelRegistry, version: Version, names: list[str]) -> np.ndarray | None:
     """The batch's per-feature reservoir samples as columns (drift statistics work on samples)."""
-    features = version.meta.get("profile", {}).get("features", {})
+    features = _profile_features(registry, version)
     samples = [features.get(n, {}).get("sample") for n in names]
     if any(s is None for s in samples):
         return None
@@ -60,7 +67,7 @@ def _sample_matrix(version: Version, names: list[str]) -> np.ndarray | None:
     return np.column_stack([np.asarray(s[:size], dtype=np.float64) for s in samples])
 
 
-def gather(registry: FilesystemRegistry, spec: StreamSpec, recent: int = 10) -> Evidence:
+def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evidence:
     """Evidence since the last action: data drift of recent batches against the champion's
     reference profile, a change detector over the prequential error series, and the champion's
     comparison with its predecessor on the same batches."""
@@ -76,10 +83,10 @@ def gather(registry: FilesystemRegistry, spec: StreamSpec, recent: int = 10) -> 
     reports: list[DriftReport] = []
     drifted_run: list[str] = []  # versions of the current unbroken run of drifted batches
     if champion:
-        reference = registry.get(name, champion).meta.get("profile", {}).get("features", {})
+        reference = _profile_features(registry, registry.get(name, champion))
         champion_number = version_number(champion)
         for version in [v for v in fresh if v.number > champion_number][-recent:]:
-            X = _sample_matrix(version, spec.feature_names)
+            X = _sample_matrix(registry, version, spec.feature_names)
             if X is not None and reference:
                 at = _epoch(version.meta["created_at"])
                 report = feature_drift(reference, X, spec.feature_names, thresholds, at=at)
@@ -122,7 +129,7 @@ def gather(registry: FilesystemRegistry, spec: StreamSpec, recent: int = 10) -> 
 
 
 def _live_changes(
-    registry: FilesystemRegistry, spec: StreamSpec, champion: str | None, since: float, params: dict[str, Any]
+    registry: ModelRegistry, spec: StreamSpec, champion: str | None, since: float, params: dict[str, Any]
 ) -> list[ChangeResult]:
     """Concept drift on the served champion's live labelled error (from the label joiner)."""
     from dagster_project.labels import read_records
@@ -145,7 +152,7 @@ def _live_changes(
     return [found] if found else []
 
 
-def _comparison(registry: FilesystemRegistry, stream: str, champion: str | None) -> ChampionComparison | None:
+def _comparison(registry: ModelRegistry, stream: str, champion: str | None) -> ChampionComparison | None:
     """Row-weighted champion vs predecessor over every batch checked since the promotion."""
     if not champion:
         return None

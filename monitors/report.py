@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.registry.store import ModelRegistry
 from dagster_project.spec import StreamSpec
 
 
-def stream_report(registry: FilesystemRegistry, spec: StreamSpec, last: int = 20) -> tuple[str, dict[str, float]]:
+def stream_report(registry: ModelRegistry, spec: StreamSpec, last: int = 20) -> tuple[str, dict[str, float]]:
     """Markdown for the UI and numeric headline figures (plotted over time by Dagster)."""
     name = spec.name
     versions = registry.versions(name)

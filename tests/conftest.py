@@ -125,6 +125,16 @@ def registry(streamfit_home: Path) -> FilesystemRegistry:
     return FilesystemRegistry(streamfit_home / "registry")
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow tracking server (SQLite backend store, local artifacts), started on first use and
+    stopped by its PID at the end of the session. Tests share it: each uses streams of its own."""
+    from dagster_project.dev.mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
 def synthetic_spec(name: str | None = None, **overrides) -> StreamSpec:
     """A small synthetic stream with a unique name, so tests never share topics."""
     raw = {

@@ -24,7 +24,7 @@ from dagster_project.kafka.io import probe_partitions, read_range
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.labels import make_label
-from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.registry.store import ModelRegistry
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -46,7 +46,7 @@ def high_waters(settings: KafkaSettings, topic: str) -> dict[int, int]:
     return {s.partition: s.high_water for s in probe_partitions(settings, topic, {})}
 
 
-def defs_for(spec: StreamSpec, bootstrap: str, registry: FilesystemRegistry) -> dg.Definitions:
+def defs_for(spec: StreamSpec, bootstrap: str, registry: ModelRegistry) -> dg.Definitions:
     """The stream's Dagster definitions bound to this broker and registry."""
     from dagster_project.factory import build_stream_definitions
 
@@ -55,7 +55,7 @@ def defs_for(spec: StreamSpec, bootstrap: str, registry: FilesystemRegistry) -> 
         dg.Definitions(
             resources={
                 "kafka": KafkaResource(bootstrap=bootstrap),
-                "registry": RegistryResource(root=str(registry.root)),
+                "registry": RegistryResource.of(registry),
             }
         ),
     )
@@ -66,7 +66,7 @@ def kafka_sensor_tick(
     spec: StreamSpec,
     instance: dg.DagsterInstance,
     kafka: KafkaResource,
-    registry: FilesystemRegistry,
+    registry: ModelRegistry,
     cursor: str | None = None,
 ):
     """One evaluation of the stream's Kafka sensor: a SensorResult or a SkipReason."""
@@ -74,7 +74,7 @@ def kafka_sensor_tick(
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"kafka": kafka, "registry": RegistryResource(root=str(registry.root))},
+        resources={"kafka": kafka, "registry": RegistryResource.of(registry)},
     )
     return sensor(context)
 

@@ -19,6 +19,7 @@ from dagster_project.cli import (
     offsets,
     produce,
     quarantine,
+    registry,
     serve,
 )
 
@@ -46,6 +47,7 @@ main.add_command(demo.demo)
 main.add_command(offsets.offsets)
 main.add_command(exporter.exporter)
 main.add_command(models.models)
+main.add_command(registry.registry)
 main.add_command(serve.serve)
 main.add_command(batches.batches)
 main.add_command(quarantine.quarantine)

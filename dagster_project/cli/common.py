@@ -16,7 +16,7 @@ import click
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
 
 if TYPE_CHECKING:
-    from dagster_project.registry.store import FilesystemRegistry
+    from dagster_project.registry.store import ModelRegistry
     from dagster_project.spec import StreamSpec
 
 OPERATOR_ENV = "STREAMFIT_OPERATOR"
@@ -44,12 +44,11 @@ def stream_spec(name: str) -> StreamSpec:
         raise click.ClickException(str(exc.args[0])) from exc
 
 
-def registry() -> FilesystemRegistry:
-    """The model registry the commands read and write: the one place that picks its backend."""
-    from dagster_project.registry.store import FilesystemRegistry
-    from dagster_project.settings import registry_root
+def registry() -> ModelRegistry:
+    """The model registry the commands read and write ($STREAMFIT_REGISTRY: filesystem or mlflow)."""
+    from dagster_project.registry.backends import registry_from_env
 
-    return FilesystemRegistry(registry_root())
+    return registry_from_env()
 
 
 def operator_name() -> str:

@@ -48,8 +48,11 @@ def models_show(stream: str, version: str) -> None:
     """One version's meta.json (offsets, metrics, parity, profile)."""
     from dagster_project.registry.store import RegistryError
 
+    store = registry()
     try:
-        meta = registry().get(stream, version).meta
+        meta = store.get(stream, version).meta
+        if "profile" not in meta:  # MLflow keeps the profile as an artifact of the version's run
+            meta = {**meta, "profile": store.profile(stream, version)}
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     echo_json(meta)

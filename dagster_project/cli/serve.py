@@ -76,7 +76,8 @@ def serve(
     """Score <stream>.events with the champion into <stream>.predictions; HTTP /predict, /v2 (Open
     Inference Protocol), /healthz, /livez, /readyz, /metrics.
 
-    Follows the registry's champion alias ($STREAMFIT_HOME/registry) and hot-swaps it. Set
+    Follows the registry's champion alias ($STREAMFIT_HOME/registry, or MLflow's `models:/<stream>@champion`
+    with STREAMFIT_REGISTRY=mlflow) and hot-swaps it. Set
     STREAMFIT_SCORER_TOKEN to require `Authorization: Bearer <token>` for inference. SIGTERM or
     Ctrl-C finishes the current batch, commits and leaves the group.
     """

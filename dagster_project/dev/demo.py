@@ -22,7 +22,7 @@ from dagster_project.dev.services import DagsterServices
 from dagster_project.instance import write_instance_config
 from dagster_project.kafka.brokers.tansu import EmbeddedBroker, free_port
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
-from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.registry.backends import registry_from_env
 from dagster_project.spec import get_spec
 
 
@@ -47,7 +47,7 @@ def run_demo(versions: int | None, stream: str, rate: float, rows: int, ui_port:
         env = os.environ | {BOOTSTRAP_ENV: bootstrap, "STREAMFIT_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
         os.environ.update(env)
         spec = get_spec(stream)
-        registry = FilesystemRegistry(home / "registry")
+        registry = registry_from_env(home / "registry")
         services = stack.enter_context(DagsterServices(env, home / "logs", ui_port=ui_port or free_port()))
         click.echo(f"STREAMFIT_HOME={home}  (logs in {home / 'logs'})")
         if services.wait_for_ui():

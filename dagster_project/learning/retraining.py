@@ -16,7 +16,7 @@ from dagster_project.ingest.micro_batch import read_batch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.names import version_number
-from dagster_project.registry.store import FilesystemRegistry, RegistryError, Version
+from dagster_project.registry.store import ModelRegistry, RegistryError, Version
 from dagster_project.spec import StreamSpec
 
 
@@ -50,7 +50,7 @@ def recent_window(versions: list[Version], rows: int, since: str | None = None) 
 
 def retrain(
     settings: KafkaSettings,
-    registry: FilesystemRegistry,
+    registry: ModelRegistry,
     spec: StreamSpec,
     reasons: list[str],
     run_id: str,

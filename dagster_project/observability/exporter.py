@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.names import is_version_name, version_number
-from dagster_project.registry.store import BrokenRegistryFile, FilesystemRegistry, Version
+from dagster_project.registry.store import BrokenRegistryFile, ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -31,23 +31,18 @@ PREQUENTIAL_METRICS = ("accuracy", "roc_auc", "log_loss", "mae", "rmse")
 class TrainingCollector(Collector):
     """Exposes `streamfit_*` training metrics for the given streams."""
 
-    def __init__(self, registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None) -> None:
+    def __init__(self, registry: ModelRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None) -> None:
         self.registry = registry
         self.specs = specs
         self.kafka = kafka
         self._meta_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self.broken: dict[str, set[Path]] = {}  # per stream, the files the last scrape could not read
+        self.broken: dict[str, set[Path | str]] = {}  # per stream, the files the last scrape could not read
 
     def _versions(self, stream: str) -> list[Version]:
         with self._lock:  # versions never change once written, so each meta.json is parsed once
             found = []
-            directory = self.registry.root / stream
-            names = (
-                sorted((p.name for p in directory.iterdir() if is_version_name(p.name)), key=version_number)
-                if directory.is_dir()
-                else []
-            )
+            names = [name for name in self.registry.version_names(stream) if is_version_name(name)]
             self.broken[stream] = set()
             for name in names:
                 key = (stream, name)
@@ -185,7 +180,7 @@ class TrainingCollector(Collector):
 
 
 def exporter_registry(
-    registry: FilesystemRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None
+    registry: ModelRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None
 ) -> CollectorRegistry:
     from dagster_project.labels import LiveMetricsCollector
 
@@ -196,7 +191,7 @@ def exporter_registry(
 
 
 def serve_exporter(
-    registry: FilesystemRegistry,
+    registry: ModelRegistry,
     specs: list[StreamSpec],
     kafka: KafkaSettings | None,
     port: int,

@@ -14,7 +14,7 @@ from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.quarantine import QuarantineStore
-from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.registry.store import ModelRegistry
 from dagster_project.spec import StreamSpec
 
 
@@ -52,7 +52,7 @@ def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroB
 
 
 def apply_quality_policy(
-    settings: KafkaSettings, registry: FilesystemRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str
+    settings: KafkaSettings, registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str
 ) -> QualityOutcome:
     from dagster_project.quality.suite import screen_batch
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dagster_project.quality.quarantine import QuarantineError, QuarantineStore
-from dagster_project.registry.store import FilesystemRegistry, Version
+from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 
 
 def replay_quarantined(
-    registry: FilesystemRegistry, store: QuarantineStore, spec: StreamSpec, qid: str, by: str, force: bool = False
+    registry: ModelRegistry, store: QuarantineStore, spec: StreamSpec, qid: str, by: str, force: bool = False
 ) -> Version:
     """Validate again (unless forced), test-then-train the stored rows, register, mark replayed.
 

@@ -43,11 +43,19 @@ class ChecksumMismatch(RegistryError):
 
 
 class BrokenRegistryFile(RegistryError):
-    """A registry file cannot be read (truncated, edited, disk error); the message names it and the fix."""
+    """A registry file cannot be read (truncated, edited, disk error); the message names it and the fix.
 
-    def __init__(self, message: str, path: Path) -> None:
+    `path` is the file, or for registries without files the object's URI (MLflow: `models:/<stream>/<n>`)."""
+
+    def __init__(self, message: str, path: Path | str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry service cannot be reached (or keeps failing) right now: nothing was decided; retry later.
+
+    The filesystem registry never raises it; a scorer keeps serving its last good model meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class BrokenVersion:
 
     stream: str
     name: str
-    path: Path
+    path: Path | str
     error: str
 
     @property
@@ -132,15 +140,34 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class ModelRegistry(abc.ABC):
-    """What Streamfit needs from a registry; an object store or MLflow could implement it too."""
+    """What Streamfit needs from a registry: the filesystem (`FilesystemRegistry`) and MLflow
+    (`dagster_project.registry.mlflow_store.MlflowRegistry`) implement it; `registry_from_env`
+    (`dagster_project.registry.backends`) picks one.
+
+    `root` is a local directory either way: state that is not registry data (the label joiner's
+    live metrics) is kept there.
+    """
+
+    root: Path
+
+    # Versions
+    @abc.abstractmethod
+    def versions(self, stream: str) -> list[Version]:
+        """The readable versions in order; raises BrokenRegistryFile when the newest cannot be read."""
 
     @abc.abstractmethod
-    def versions(self, stream: str) -> list[Version]: ...
+    def scan(self, stream: str) -> tuple[list[Version], list[BrokenVersion]]:
+        """Every version in order, and those that cannot be read (listed, never loaded)."""
+
+    @abc.abstractmethod
+    def get(self, stream: str, version: str) -> Version:
+        """One version; RegistryError naming `streamfit models list` when there is none of that name."""
 
     @abc.abstractmethod
     def register(
         self, stream: str, parent: str | None, onnx_bytes: bytes, estimator: Any, meta: dict[str, Any]
-    ) -> Version: ...
+    ) -> Version:
+        """Commit a new version atomically, or raise StaleParent when `parent` is no longer the head."""
 
     @abc.abstractmethod
     def load_estimator(self, stream: str, version: str) -> Any: ...
@@ -148,15 +175,70 @@ class ModelRegistry(abc.ABC):
     @abc.abstractmethod
     def load_onnx(self, stream: str, version: str) -> bytes: ...
 
+    def version_names(self, stream: str) -> list[str]:
+        """Every version's name in order, broken ones included, reading as little as the backend allows."""
+        valid, broken = self.scan(stream)
+        return [v.name for v in sorted([*valid, *broken], key=lambda v: v.number)]
+
+    def profile(self, stream: str, version: str) -> dict[str, Any]:
+        """The data profile of the batch a version learned (drift references); {} when it has none.
+
+        The filesystem keeps it in meta.json; MLflow keeps it as a run artifact, read on demand."""
+        return self.get(stream, version).meta.get("profile") or {}
+
+    def location(self, stream: str, version: str) -> str | None:
+        """Where a version's model file lives, for messages an operator can act on (None: not known)."""
+        return None
+
+    def head(self, stream: str) -> Version | None:
+        """The newest version: training continues from it."""
+        found = self.versions(stream)
+        return found[-1] if found else None
+
+    # The champion alias and its history
     @abc.abstractmethod
     def champion(self, stream: str) -> str | None: ...
 
     @abc.abstractmethod
-    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None: ...
+    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+        """Point the alias at `version` and append the change to the champion history."""
 
+    @abc.abstractmethod
+    def champion_history(self, stream: str) -> list[dict[str, Any]]:
+        """Every alias change, oldest first: {version, previous, reason, at[, evidence]}."""
+
+    def rollback(self, stream: str, reason: str, evidence: dict[str, Any] | None = None) -> str:
+        """Return the champion alias to the version it replaced; returns that version."""
+        current = self.champion(stream)
+        if current is None:
+            raise RegistryError(f"{stream} has no champion to roll back")
+        history = self.champion_history(stream)
+        # Never return to a version that was itself rolled back from.
+        rejected = {current} | {h["previous"] for h in history if str(h.get("reason", "")).startswith("rollback")}
+        previous = next((h["version"] for h in reversed(history) if h["version"] not in rejected), None)
+        if previous is None:
+            raise RegistryError(f"{stream}: no earlier good champion to roll back to (history: {len(history)} changes)")
+        self.set_champion(stream, previous, reason=f"rollback: {reason}", evidence=evidence)
+        return previous
+
+    # Decisions (the audit log) and data-quality halts
     @abc.abstractmethod
     def record_decision(self, stream: str, record: dict[str, Any]) -> None: ...
 
+    @abc.abstractmethod
+    def decisions(self, stream: str) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def set_halt(self, stream: str, record: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def halt(self, stream: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
+        """Record the halt and its resolution as a decision, then lift it (no-op when not halted)."""
+
+    # Offset resets: an operator's decision, applied by the next version and recorded in it
     @abc.abstractmethod
     def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]: ...
 
@@ -166,10 +248,9 @@ class ModelRegistry(abc.ABC):
     @abc.abstractmethod
     def clear_offset_reset(self, stream: str, applied_by_version: str) -> None: ...
 
-    def head(self, stream: str) -> Version | None:
-        """The newest version: training continues from it."""
-        found = self.versions(stream)
-        return found[-1] if found else None
+    @abc.abstractmethod
+    def applied_offset_resets(self, stream: str) -> dict[str, dict[str, Any]]:
+        """Resets applied so far, by the version that applied them."""
 
 
 class FilesystemRegistry(ModelRegistry):
@@ -197,6 +278,16 @@ class FilesystemRegistry(ModelRegistry):
             except BrokenRegistryFile as exc:
                 broken.append(BrokenVersion(stream, entry.name, entry / META_FILE, str(exc)))
         return valid, broken
+
+    def version_names(self, stream: str) -> list[str]:
+        """Every version directory's name in order, without reading any meta.json."""
+        directory = self._stream_dir(stream)
+        if not directory.is_dir():
+            return []
+        return sorted((p.name for p in directory.iterdir() if VERSION_NAME.match(p.name)), key=version_number)
+
+    def location(self, stream: str, version: str) -> str | None:
+        return str(self._stream_dir(stream) / version / ONNX_FILE)
 
     def versions(self, stream: str) -> list[Version]:
         """The readable versions. A broken newest version stops here: which offsets it learned is
@@ -274,6 +365,22 @@ class FilesystemRegistry(ModelRegistry):
             shutil.rmtree(tmp, ignore_errors=True)
         return Version(stream, name, full_meta)
 
+    def read_verified(self, stream: str, version: str, file_name: str) -> bytes:
+        """The bytes of one of a version's files (ONNX_FILE or ESTIMATOR_FILE), after checking their sha256."""
+        return self._read_verified(stream, version, file_name)
+
+    def applied_offset_resets(self, stream: str) -> dict[str, dict[str, Any]]:
+        """Resets applied so far, by the version that applied them (offset_reset.applied-<version>.json)."""
+        found = {}
+        for path in sorted(self._stream_dir(stream).glob("offset_reset.applied-*.json")):
+            version = path.name.removeprefix("offset_reset.applied-").removesuffix(".json")
+            found[version] = _read_json(path, "it is an audit record: restore it from a backup or move it aside")
+        return found
+
+    def streams(self) -> list[str]:
+        """Every stream with a directory in the registry."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
     def _read_verified(self, stream: str, version: str, file_name: str) -> bytes:
         meta = self.get(stream, version).meta
         data = (self._stream_dir(stream) / version / file_name).read_bytes()
@@ -312,20 +419,6 @@ class FilesystemRegistry(ModelRegistry):
         _write_atomic(self._stream_dir(stream) / "champion", orjson.dumps(record))
         with open(self._stream_dir(stream) / "champion_history.jsonl", "ab") as fh:
             fh.write(orjson.dumps(record) + b"\n")
-
-    def rollback(self, stream: str, reason: str, evidence: dict[str, Any] | None = None) -> str:
-        """Return the champion alias to the version it replaced; returns that version."""
-        current = self.champion(stream)
-        if current is None:
-            raise RegistryError(f"{stream} has no champion to roll back")
-        history = self.champion_history(stream)
-        # Never return to a version that was itself rolled back from.
-        rejected = {current} | {h["previous"] for h in history if str(h.get("reason", "")).startswith("rollback")}
-        previous = next((h["version"] for h in reversed(history) if h["version"] not in rejected), None)
-        if previous is None:
-            raise RegistryError(f"{stream}: no earlier good champion to roll back to (history: {len(history)} changes)")
-        self.set_champion(stream, previous, reason=f"rollback: {reason}", evidence=evidence)
-        return previous
 
     def record_decision(self, stream: str, record: dict[str, Any]) -> None:
         """Append a gate or monitor decision (with its numbers) to decisions.jsonl."""

@@ -40,10 +40,11 @@ class Refusal:
 
 
 def model_path(registry: ModelRegistry, stream: str, version: str) -> str | None:
-    """Where the version's ONNX file lives, for messages an operator can act on (None if not a file)."""
-    if isinstance(registry, FilesystemRegistry):
-        return str(registry.root / stream / version / ONNX_FILE)
-    return None
+    """Where the version's ONNX file lives, for messages an operator can act on (None if not known)."""
+    try:
+        return registry.location(stream, version)
+    except Exception:  # a message helper: the registry may be what failed
+        return None
 
 
 def fingerprint(registry: ModelRegistry, stream: str, version: str) -> Fingerprint | None:

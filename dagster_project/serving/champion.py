@@ -13,6 +13,10 @@ serves the newest valid version of the champion history (else the newest valid v
 says so in `status.degraded` and `streamfit_serving_fallback`, and re-checks the refused version on
 every tick, cheaply: it is loaded again only when its files change (or every `retry_refused_s` for
 registries without files), so a repaired file or a newly promoted version is served within a tick.
+
+A registry that cannot be reached (an MLflow server down or failing: `RegistryUnavailable`, or any
+error reading the alias) refuses nothing: the last good model keeps serving, `status.registry_error`
+and /healthz say why, `streamfit_registry_up` drops to 0, and the next tick tries again.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from dagster_project.onnx.export import OnnxModel
-from dagster_project.registry.store import ModelRegistry
+from dagster_project.registry.store import ModelRegistry, RegistryUnavailable
 from dagster_project.serving.candidates import Refusal, describe_failure, fallback_candidates, fingerprint
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
@@ -104,6 +108,15 @@ class WatchStatus:
     alias: str | None = None  # the version the champion alias names
     refused: str | None = None  # that version, while it cannot be served
     degraded: str | None = None  # why the served version is not the alias's, for /healthz and logs
+    registry_error: str | None = None  # why the last read of the registry failed (the last good model serves)
+
+    @property
+    def problem(self) -> str | None:
+        """Everything /healthz should say is wrong, in one line (None when nothing is)."""
+        parts = [self.degraded] if self.degraded else []
+        if self.registry_error:
+            parts.append(f"registry unreachable or failing ({self.registry_error})")
+        return "; ".join(parts) or None
 
 
 class ChampionWatcher:
@@ -146,8 +159,8 @@ class ChampionWatcher:
 
     @property
     def degraded(self) -> str | None:
-        """Why the served version is not the champion's, or None when serving the champion."""
-        return self._status.degraded
+        """Why the served version may not be the champion's (a refused champion, an unreachable registry)."""
+        return self._status.problem
 
     def wait_for_model(self, timeout_s: float | None = None) -> ServedModel | None:
         """Block until a model is loaded (or the timeout passes); returns it, or None."""
@@ -160,12 +173,31 @@ class ChampionWatcher:
             return self._check()
 
     def _check(self) -> bool:
-        stream = self.spec.name
         try:
-            name = self.registry.champion(stream)
-        except Exception:
-            log.exception("%s: could not read the champion alias; still serving %s", stream, self._served_name())
+            return self._follow()
+        except Exception as exc:  # reading the alias, or RegistryUnavailable while loading: nothing is refused
+            self._registry_failed(exc)
             return False
+
+    def _registry_failed(self, exc: BaseException) -> None:
+        stream = self.spec.name
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        self.metrics.registry_errors.labels(stream).inc()
+        self.metrics.registry_up.labels(stream).set(0)
+        if self._status.registry_error is None:
+            log.error(
+                "%s: the registry cannot be read (%s); still serving %s, retrying every tick",
+                stream,
+                reason,
+                self._served_name(),
+                exc_info=not isinstance(exc, RegistryUnavailable),
+            )
+        self._set_status(replace(self._status, registry_error=f"{reason}; still serving {self._served_name()}"))
+
+    def _follow(self) -> bool:
+        stream = self.spec.name
+        name = self.registry.champion(stream)
+        self.metrics.registry_up.labels(stream).set(1)
         current = self._current
         if name is None or (current is not None and current.version == name):
             if name is not None:
@@ -188,6 +220,8 @@ class ChampionWatcher:
         seen = fingerprint(self.registry, stream, version)
         try:
             served = ServedModel.load(self.spec, version, self.registry.load_onnx(stream, version))
+        except RegistryUnavailable:
+            raise  # not the version's fault: refuse nothing, keep serving, try again next tick
         except Exception as exc:
             reason = describe_failure(self.registry, stream, version, exc)
             self._refusals[version] = Refusal(version, reason, seen, time.monotonic())
@@ -260,6 +294,8 @@ class ChampionWatcher:
             log.warning("%s: DEGRADED: %s", self.spec.name, status.degraded)
         elif before.degraded and not status.degraded:
             log.warning("%s: serving the champion %s again", self.spec.name, self._served_name())
+        if before.registry_error and not status.registry_error:
+            log.warning("%s: the registry answers again; serving %s", self.spec.name, self._served_name())
 
     def _served_name(self) -> str:
         current = self._current

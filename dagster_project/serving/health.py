@@ -134,7 +134,7 @@ class ScorerHealth:
         status = self.watcher.status
         reasons = []
         if served is None:
-            reasons.append(f"no model loaded: {status.degraded}" if status.degraded else "waiting for a champion")
+            reasons.append(f"no model loaded: {status.problem}" if status.problem else "waiting for a champion")
         kafka = self.kafka.describe() if self.kafka is not None else None
         if kafka is not None and kafka["problem"]:
             reasons.append(kafka["problem"])
@@ -148,7 +148,8 @@ class ScorerHealth:
             "champion": status.alias,
             "refused": status.refused,
             "fallback": bool(served is not None and status.degraded),
-            "degraded": status.degraded,
+            "degraded": status.problem,
+            "registry": {"reachable": status.registry_error is None, "error": status.registry_error},
             "kafka": kafka,
         }
         return HealthReport(live=True, ready=not reasons, reasons=reasons, detail=detail)

@@ -74,6 +74,19 @@ class ScorerMetrics:
             ["stream"],
             registry=r,
         )
+        self.registry_up = Gauge(
+            "streamfit_registry_up",
+            "1 when the last read of the registry (champion alias, model files) succeeded; 0 while it cannot be "
+            "reached, when the last good model keeps serving (see /healthz).",
+            ["stream"],
+            registry=r,
+        )
+        self.registry_errors = Counter(
+            "streamfit_registry_errors",
+            "Watch ticks that could not read the registry (MLflow down or failing, say).",
+            ["stream"],
+            registry=r,
+        )
         self.scorer_lag = Gauge(
             "streamfit_scorer_lag",
             "Events waiting in a partition after the last poll (high-water mark - position).",
@@ -100,6 +113,8 @@ class ScorerMetrics:
         )
         self.model_version.labels(stream).set(0)
         self.serving_fallback.labels(stream).set(0)
+        self.registry_up.labels(stream).set(1)
+        self.registry_errors.labels(stream)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of this scorer's registry."""

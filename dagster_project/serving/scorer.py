@@ -38,7 +38,7 @@ from dagster_project.ingest.events import EventParser, InvalidEvent
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
-from dagster_project.registry.store import FilesystemRegistry, ModelRegistry
+from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
 from dagster_project.serving.health import KafkaLink, ScorerHealth
 from dagster_project.serving.http import ScorerHTTPServer
@@ -360,9 +360,9 @@ class ScoringService:
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
         if registry is None:
-            from dagster_project.settings import registry_root
+            from dagster_project.registry.backends import registry_from_env
 
-            registry = FilesystemRegistry(registry_root())
+            registry = registry_from_env()
         self.spec = spec
         self.metrics = ScorerMetrics(spec.name)
         self.watcher = ChampionWatcher(registry, spec, self.metrics, interval_s=watch_interval_s)
@@ -444,9 +444,12 @@ def build_service(
     registry_root: str | Path | None = None,
     **options: Any,
 ) -> ScoringService:
-    """A ScoringService with the registry at `registry_root` (default: $STREAMFIT_HOME/registry), the
-    bearer token from $STREAMFIT_SCORER_TOKEN unless `token` is given, after checking the broker answers."""
+    """A ScoringService on the registry $STREAMFIT_REGISTRY picks (local root `registry_root`, default
+    $STREAMFIT_HOME/registry), the bearer token from $STREAMFIT_SCORER_TOKEN unless `token` is given,
+    after checking the broker answers."""
+    from dagster_project.registry.backends import registry_from_env
+
     check_reachable(settings)
-    registry = FilesystemRegistry(registry_root) if registry_root else None
+    registry = registry_from_env(registry_root) if registry_root else None
     options.setdefault("token", os.environ.get(TOKEN_ENV) or None)
     return ScoringService(spec, settings, registry, **options)

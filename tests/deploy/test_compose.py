@@ -6,7 +6,8 @@ CLIs, Debian's prometheus), every environment variable a Streamfit container set
 code or by the instance config it loads, ports agree between commands, mappings, the Prometheus
 targets, the Grafana datasource and the Dagster workspace, every mounted file exists and parses,
 `promtool` accepts the Prometheus config and the dashboard's PromQL, the dashboard only queries
-metric names the exporter and the scorer export, and every image is pinned.
+metric names the exporter and the scorer export, every image is pinned, and the MLflow service is the
+MLflow the tests run, on its own database in the postgres service, where the Streamfit services look.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ KAFKA_BROKER_PROPERTIES = {  # KAFKA_<PROPERTY> -> <property> in the Kafka 4.x b
     "auto.create.topics.enable",
 }
 POSTGRES_IMAGE_ENV = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA", "POSTGRES_INITDB_ARGS"}
+POSTGRES_CLIENT_ENV = {"PGPASSWORD"}  # libpq: the one-shot psql that creates MLflow's database
+MLFLOW_IMAGE = "ghcr.io/mlflow/mlflow"
 GRAFANA_ENV = {  # GF_<SECTION>_<KEY> -> [section] key in grafana.ini
     "GF_SECURITY_ADMIN_USER",
     "GF_SECURITY_ADMIN_PASSWORD",
@@ -289,6 +292,10 @@ def listen_ports(service: dict[str, Any]) -> set[int]:
         return {int(address.rsplit(":", 1)[1])}
     if repo == "grafana/grafana":
         return {int(variables.get("GF_SERVER_HTTP_PORT", 3000))}
+    if repo == MLFLOW_IMAGE:
+        if args[:2] != ["mlflow", "server"]:
+            return set()
+        return {int(option(args, "-p", "--port") or 5000)}
     raise AssertionError(f"no port rule for image {service['image']}")
 
 
@@ -302,12 +309,21 @@ def container_ports(entries: list[Any]) -> set[int]:
 
 @cache
 def project_env_names() -> frozenset[str]:
-    """STREAMFIT_* names the code reads: string literals in the project's packages."""
+    """STREAMFIT_* (and MLFLOW_*) names the code reads: string literals in the project's packages."""
     names = set()
     for package in SOURCE_PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            names.update(re.findall(r"""["'](STREAMFIT_[A-Z0-9_]+)["']""", path.read_text()))
+            names.update(re.findall(r"""["']((?:STREAMFIT|MLFLOW)_[A-Z0-9_]+)["']""", path.read_text()))
     return frozenset(names)
+
+
+@cache
+def mlflow_reads(name: str) -> bool:
+    """Whether the installed mlflow package (the version the tests run) mentions the variable as a string literal."""
+    import mlflow
+
+    needle = f'"{name}"'
+    return any(needle in path.read_text(errors="ignore") for path in Path(mlflow.__file__).parent.rglob("*.py"))
 
 
 def instance_env_names(config: Any) -> set[str]:
@@ -462,6 +478,11 @@ def test_every_command_is_a_real_entry_point():
     assert {"dagster instance migrate", "dagster code-server start"} <= dagster_commands
     assert any(c.startswith("dagster-webserver") for c in dagster_commands)
     assert any(c.startswith("dagster-daemon run") for c in dagster_commands)
+    for name, service in services().items():  # the MLflow server's options, against the MLflow the tests run
+        if image_repo(service) == MLFLOW_IMAGE:
+            args = argv(service)
+            assert args[:2] == ["mlflow", "server"], f"{name}: {args}"
+            check_cli_options("mlflow", args[1:])
     prometheus = services()["prometheus"]
     if shutil.which("prometheus"):  # Debian's prometheus 2.42; the flags used exist in every 2.x since
         text = cli_help(shutil.which("prometheus"))
@@ -484,7 +505,7 @@ def test_environment_variables_are_ones_the_code_reads():
         variables = env(service)
         if is_own(service):
             for variable in variables:
-                if variable.startswith("STREAMFIT_"):
+                if variable.startswith(("STREAMFIT_", "MLFLOW_")):
                     assert variable in project_env_names(), f"{name} sets {variable}; no code reads it"
                 elif variable in instance_names:
                     pass  # read by the instance config the service loads (checked below)
@@ -506,7 +527,13 @@ def test_environment_variables_are_ones_the_code_reads():
                 prop = variable.removeprefix("KAFKA_").lower().replace("_", ".")
                 assert variable in KAFKA_ENV_EXTRA or prop in KAFKA_BROKER_PROPERTIES, f"kafka: unknown {variable}"
         elif image_repo(service) == "postgres":
-            assert set(variables) <= POSTGRES_IMAGE_ENV, f"postgres: unknown {set(variables) - POSTGRES_IMAGE_ENV}"
+            known = POSTGRES_IMAGE_ENV | POSTGRES_CLIENT_ENV
+            assert set(variables) <= known, f"{name}: unknown {set(variables) - known}"
+        elif image_repo(service) == MLFLOW_IMAGE:
+            for variable in variables:
+                assert variable.startswith("MLFLOW_") and mlflow_reads(variable), (
+                    f"{name}: mlflow never reads {variable}"
+                )
         elif image_repo(service) == "grafana/grafana":
             assert set(variables) <= GRAFANA_ENV, f"grafana: unknown {set(variables) - GRAFANA_ENV}"
         else:
@@ -762,3 +789,51 @@ def test_compose_kafka_is_the_broker_the_suite_runs_with_the_same_settings():
     expected = durability_config(1) | {"group.initial.rebalance.delay.ms": GROUP_INITIAL_REBALANCE_DELAY_MS}
     for prop, value in expected.items():
         assert str(variables["KAFKA_" + prop.upper().replace(".", "_")]) == value, prop
+
+
+def test_mlflow_is_the_tested_version_on_its_own_database_where_streamfit_looks():
+    """The MLflow service runs the MLflow the suite tests against, keeps its metadata in a database of its
+    own in the postgres service (created by a one-shot service), and is where the Streamfit services'
+    MLFLOW_TRACKING_URI points; STREAMFIT_REGISTRY defaults to a backend the code knows."""
+    import mlflow
+
+    from dagster_project.registry.backends import BACKENDS
+
+    all_services = services()
+    mlflow_services = {n: s for n, s in all_services.items() if image_repo(s) == MLFLOW_IMAGE}
+    assert list(mlflow_services) == ["mlflow"]
+    server = all_services["mlflow"]
+    assert server["image"] == f"{MLFLOW_IMAGE}:v{mlflow.__version__}-full"
+
+    uri = env(server)["MLFLOW_BACKEND_STORE_URI"]
+    match = re.fullmatch(r"postgresql\+psycopg2://([^:]+):(.+)@([^:/]+):(\d+)/(\w+)", uri)
+    assert match, f"the backend store should be Postgres through psycopg2: {uri}"
+    user, password, host, port, database = match.groups()
+    pg = env(all_services[host])
+    assert (user, password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+    assert int(port) in listen_ports(all_services[host])
+    assert database != pg["POSTGRES_DB"], "MLflow gets its own database, not Dagster's"
+    creators = [
+        n
+        for n, s in all_services.items()
+        if image_repo(s) == "postgres" and f"CREATE DATABASE {database}" in " ".join(argv(s))
+    ]
+    assert creators, f"no service creates the {database} database"
+    for creator in creators:
+        assert env(all_services[creator])["PGPASSWORD"] == pg["POSTGRES_PASSWORD"]
+        assert f"-h {host} -U {user}" in " ".join(argv(all_services[creator]))
+    assert server["depends_on"][creators[0]] == {"condition": "service_completed_successfully"}
+
+    artifacts = option(argv(server), "--artifacts-destination")
+    assert artifacts and any(target == artifacts and not bind for _, target, bind in mounts(server)), artifacts
+    allowed = option(argv(server), "--allowed-hosts").split(",")
+    port = next(iter(listen_ports(server)))
+    for name, service in own_services().items():
+        variables = env(service)
+        default = re.fullmatch(r"\$\{STREAMFIT_REGISTRY:-(\w+)\}", variables.get("STREAMFIT_REGISTRY", ""))
+        assert default and default.group(1) in BACKENDS, (
+            f"{name}: STREAMFIT_REGISTRY={variables.get('STREAMFIT_REGISTRY')}"
+        )
+        tracking = variables["MLFLOW_TRACKING_URI"].removeprefix("http://")
+        assert tracking in allowed, f"{name}: the server refuses Host {tracking} (--allowed-hosts {allowed})"
+        assert tracking == f"mlflow:{port}", f"{name}: MLFLOW_TRACKING_URI {tracking} is not the mlflow service"

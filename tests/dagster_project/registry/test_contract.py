@@ -1,0 +1,325 @@
+"""The registry contract, run against both backends: the filesystem and a real MLflow server.
+
+Everything Streamfit relies on, through the `ModelRegistry` interface only: register/versions/get,
+loads that verify checksums, stale parents refused, the champion alias with its history and
+rollback, decisions, halts and offset resets, and `register_batch` on top (offsets, resets, halts).
+Only corrupting a stored file needs to know where a backend keeps it.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.preprocessing import StandardScaler
+
+from dagster_project.registry.store import (
+    ESTIMATOR_FILE,
+    ONNX_FILE,
+    ChecksumMismatch,
+    FilesystemRegistry,
+    ModelRegistry,
+    RegistryError,
+    StaleParent,
+    expected_offsets,
+)
+from dagster_project.registry.versioning import already_registered, register_batch
+from tests.conftest import synthetic_spec
+from tests.helpers import hand_batch
+
+
+def fitted_scaler(seed: int) -> StandardScaler:
+    return StandardScaler().fit(np.random.default_rng(seed).normal(size=(20, 3)))
+
+
+@functools.cache
+def scaler_onnx(seed: int) -> bytes:
+    """A real ONNX model (MLflow's onnx flavor parses it), different per seed."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model = convert_sklearn(fitted_scaler(seed), initial_types=[("input", FloatTensorType([None, 3]))])
+    return model.SerializeToString()
+
+
+def meta(learned: dict[int, int], **extra) -> dict:
+    batch = {str(p): [max(0, o - 10), o] for p, o in learned.items()}
+    profile = {"features": {"x0": {"count": 10, "sample": [0.1, 0.2, 0.3]}}, "label": {"classes": {"0": 4, "1": 6}}}
+    return {
+        "offsets": {"topic": "t.events", "batch": batch, "learned": {str(p): o for p, o in learned.items()}},
+        "metrics": {"accuracy": 0.75, "rows": 10},
+        "rows": {"read": 10, "valid": 10, "trained": 10, "dlq": 0},
+        "rows_learned_total": sum(learned.values()),
+        "profile": profile,
+        **extra,
+    }
+
+
+@dataclass
+class Backend:
+    """A registry under test, and how to damage one of its stored files."""
+
+    name: str
+    registry: ModelRegistry
+    server: object | None = None
+
+    def stored_file(self, stream: str, version: str, file_name: str) -> Path:
+        if isinstance(self.registry, FilesystemRegistry):
+            return self.registry.root / stream / version / file_name
+        from dagster_project.registry.mlflow_store import MODEL_ARTIFACTS_TAG, RUN_ARTIFACTS_TAG
+
+        entry = self.registry._entry(stream, version)
+        uri = entry.tags[MODEL_ARTIFACTS_TAG if file_name == ONNX_FILE else RUN_ARTIFACTS_TAG]
+        return self.server.artifacts / uri.removeprefix("mlflow-artifacts:/") / file_name
+
+
+@pytest.fixture(params=["filesystem", "mlflow"])
+def backend(request: pytest.FixtureRequest, streamfit_home: Path) -> Backend:
+    if request.param == "filesystem":
+        return Backend("filesystem", FilesystemRegistry(streamfit_home / "registry"))
+    from dagster_project.registry.mlflow_store import MlflowRegistry
+
+    server = request.getfixturevalue("mlflow_server")
+    return Backend("mlflow", MlflowRegistry(server.uri, root=streamfit_home / "registry"), server)
+
+
+@pytest.fixture
+def registry(backend: Backend) -> ModelRegistry:
+    return backend.registry
+
+
+@pytest.fixture
+def stream() -> str:
+    return f"c{uuid.uuid4().hex[:10]}"  # the MLflow server is shared by the session
+
+
+def register(registry: ModelRegistry, stream: str, parent: str | None, learned: dict[int, int], seed: int = 0):
+    return registry.register(stream, parent, scaler_onnx(seed), fitted_scaler(seed), meta(learned, seed=seed))
+
+
+def test_empty_registry(registry: ModelRegistry, stream: str) -> None:
+    assert registry.versions(stream) == []
+    assert registry.scan(stream) == ([], [])
+    assert registry.version_names(stream) == []
+    assert registry.head(stream) is None
+    assert registry.champion(stream) is None
+    assert registry.champion_history(stream) == []
+    assert registry.decisions(stream) == []
+    assert registry.halt(stream) is None
+    assert registry.pending_offset_reset(stream) is None
+    assert expected_offsets(registry, stream) == (None, {}, None)
+
+
+def test_versions_chain_parents_offsets_and_files(registry: ModelRegistry, stream: str) -> None:
+    v1 = register(registry, stream, None, {0: 10, 1: 5}, seed=1)
+    v2 = register(registry, stream, "v1", {0: 30, 1: 5}, seed=2)
+    assert (v1.name, v1.parent, v1.number) == ("v1", None, 1)
+    assert (v2.name, v2.parent, v2.number) == ("v2", "v1", 2)
+
+    versions = registry.versions(stream)
+    assert [v.name for v in versions] == registry.version_names(stream) == ["v1", "v2"]
+    assert [v.learned for v in versions] == [{0: 10, 1: 5}, {0: 30, 1: 5}]
+    assert [v.parent for v in versions] == [None, "v1"]
+    assert registry.head(stream).name == "v2"
+    assert registry.get(stream, "v1").meta["seed"] == 1
+    assert registry.get(stream, "v2").meta["offsets"]["batch"] == {"0": [20, 30], "1": [0, 5]}
+    for v in versions:
+        assert set(v.meta["sha256"]) == {ONNX_FILE, ESTIMATOR_FILE}
+        assert v.meta["stream"] == stream and v.meta["version"] == v.name and v.meta["created_at"]
+        assert v.meta["metrics"] == {"accuracy": 0.75, "rows": 10}
+
+    assert registry.load_onnx(stream, "v1") == scaler_onnx(1)  # byte for byte: what the checksum covers
+    np.testing.assert_array_equal(registry.load_estimator(stream, "v2").mean_, fitted_scaler(2).mean_)
+    assert registry.profile(stream, "v2")["features"]["x0"]["sample"] == [0.1, 0.2, 0.3]
+    assert expected_offsets(registry, stream)[:2] == (registry.head(stream), {0: 30, 1: 5})
+
+
+def test_versions_sort_numerically(registry: ModelRegistry, stream: str) -> None:
+    parent = None
+    for n in range(1, 12):
+        parent = register(registry, stream, parent, {0: n}).name
+    assert [v.number for v in registry.versions(stream)] == list(range(1, 12))
+    assert registry.head(stream).name == "v11"
+
+
+@pytest.mark.parametrize("stale", [None, "v1", "v3"])
+def test_stale_parent_is_refused(registry: ModelRegistry, stream: str, stale: str | None) -> None:
+    register(registry, stream, None, {0: 10})
+    register(registry, stream, "v1", {0: 20})
+    with pytest.raises(StaleParent, match=f"head is v2, not {stale}"):
+        register(registry, stream, stale, {0: 30})
+    assert [v.name for v in registry.versions(stream)] == ["v1", "v2"]
+    assert registry.head(stream).learned == {0: 20}
+
+
+@pytest.mark.parametrize("file_name", [ONNX_FILE, ESTIMATOR_FILE])
+@pytest.mark.parametrize("garbage", [b"\x00garbage\xff", b""])
+def test_a_corrupted_file_is_never_loaded(backend: Backend, stream: str, file_name: str, garbage: bytes) -> None:
+    registry = backend.registry
+    register(registry, stream, None, {0: 10}, seed=1)
+    backend.stored_file(stream, "v1", file_name).write_bytes(garbage)
+    load = registry.load_onnx if file_name == ONNX_FILE else registry.load_estimator
+    with pytest.raises(ChecksumMismatch, match=f"{stream}/v1/{file_name} does not match its sha256"):
+        load(stream, "v1")
+    other = registry.load_estimator if file_name == ONNX_FILE else registry.load_onnx
+    assert other(stream, "v1") is not None  # the other file is still fine
+
+
+def test_a_valid_looking_swap_fails_its_checksum(backend: Backend, stream: str) -> None:
+    registry = backend.registry
+    register(registry, stream, None, {0: 10}, seed=1)
+    backend.stored_file(stream, "v1", ONNX_FILE).write_bytes(scaler_onnx(2))  # another real model
+    with pytest.raises(ChecksumMismatch):
+        registry.load_onnx(stream, "v1")
+    assert registry.load_estimator(stream, "v1").n_features_in_ == 3
+
+
+def test_unknown_version(registry: ModelRegistry, stream: str) -> None:
+    register(registry, stream, None, {0: 10})
+    for call in (
+        lambda: registry.load_onnx(stream, "v7"),
+        lambda: registry.get(stream, "v7"),
+        lambda: registry.set_champion(stream, "v7", reason="typo"),
+    ):
+        with pytest.raises(RegistryError, match="has no version 'v7'"):
+            call()
+    assert registry.champion(stream) is None
+
+
+def test_champion_alias_history_and_rollback(registry: ModelRegistry, stream: str) -> None:
+    register(registry, stream, None, {0: 10})
+    register(registry, stream, "v1", {0: 20})
+    register(registry, stream, "v2", {0: 30})
+    registry.set_champion(stream, "v1", reason="first")
+    registry.set_champion(stream, "v2", reason="better", evidence={"roc_auc": 0.91})
+    registry.set_champion(stream, "v3", reason="better still")
+    assert registry.champion(stream) == "v3"
+
+    assert registry.rollback(stream, reason="worse live") == "v2"
+    assert registry.champion(stream) == "v2"
+    assert registry.rollback(stream, reason="still worse") == "v1"  # never back to v3, rolled back from
+    history = registry.champion_history(stream)
+    assert [(h["version"], h["previous"], h["reason"]) for h in history] == [
+        ("v1", None, "first"),
+        ("v2", "v1", "better"),
+        ("v3", "v2", "better still"),
+        ("v2", "v3", "rollback: worse live"),
+        ("v1", "v2", "rollback: still worse"),
+    ]
+    assert history[1]["evidence"] == {"roc_auc": 0.91}
+    assert "evidence" not in history[0]
+    assert all(h["at"] for h in history)
+    with pytest.raises(RegistryError, match="no earlier good champion"):
+        registry.rollback(stream, reason="nothing left")
+
+
+def test_decisions_and_halts(registry: ModelRegistry, stream: str) -> None:
+    registry.record_decision(stream, {"kind": "promotion", "version": "v2", "promoted": False, "margin": 0.01})
+    registry.record_decision(stream, {"kind": "quality", "evidence": "x" * 20_000})  # longer than a tag holds
+    registry.set_halt(stream, {"run_id": "r1", "ranges": {"0": [0, 10]}, "reason": "data quality"})
+    halt = registry.halt(stream)
+    assert (halt["run_id"], halt["ranges"], halt["at"] is not None) == ("r1", {"0": [0, 10]}, True)
+
+    registry.clear_halt(stream, {"resolution": "skipped", "by": "alice"})
+    assert registry.halt(stream) is None
+    registry.clear_halt(stream, {"resolution": "again"})  # not halted: nothing recorded
+    decisions = registry.decisions(stream)
+    assert [d["kind"] for d in decisions] == ["promotion", "quality", "halt_cleared"]
+    assert decisions[1]["evidence"] == "x" * 20_000
+    assert decisions[2]["halt"]["run_id"] == "r1" and decisions[2]["by"] == "alice"
+    assert all(d["at"] for d in decisions)
+
+
+def test_pending_offset_reset_lifecycle(registry: ModelRegistry, stream: str) -> None:
+    register(registry, stream, None, {0: 10, 1: 5})
+    record = registry.set_pending_offsets(stream, {1: 0, 2: 7}, reason="lost data", by="alice")
+    assert record["offsets"] == {"1": 0, "2": 7}
+    assert registry.pending_offset_reset(stream) == record
+
+    head, expected, reset = expected_offsets(registry, stream)
+    assert (head.name, expected, reset) == ("v1", {0: 10, 1: 0, 2: 7}, record)
+    assert registry.head(stream).learned == {0: 10, 1: 5}  # the head itself is untouched
+
+    registry.clear_offset_reset(stream, applied_by_version="v2")
+    assert registry.pending_offset_reset(stream) is None
+    assert expected_offsets(registry, stream)[1] == {0: 10, 1: 5}
+    assert registry.applied_offset_resets(stream) == {"v2": record}
+    registry.clear_offset_reset(stream, applied_by_version="v3")  # nothing pending: no-op
+    assert set(registry.applied_offset_resets(stream)) == {"v2"}
+
+
+def test_a_reset_before_any_version_and_a_newer_one_replacing_it(registry: ModelRegistry, stream: str) -> None:
+    registry.set_pending_offsets(stream, {0: 3, 1: 4}, reason="first", by="bob")
+    assert registry.versions(stream) == []
+    assert expected_offsets(registry, stream)[:2] == (None, {0: 3, 1: 4})
+    registry.set_pending_offsets(stream, {0: 9}, reason="second", by="bob")
+    assert registry.pending_offset_reset(stream)["offsets"] == {"0": 9}
+
+
+@dataclass
+class Trained:
+    """What `register_batch` reads from a trained model (see learning.pipeline.TrainedModel)."""
+
+    estimator: object
+    parent: str | None
+    metrics: dict
+    rows_trained: int
+    train_seconds: float = 0.01
+
+
+def test_register_batch_records_offsets_resets_and_lifts_a_matching_halt(registry: ModelRegistry) -> None:
+    from dagster_project.learning.estimators import build_model, partial_fit
+    from dagster_project.onnx.export import export_onnx
+
+    spec = synthetic_spec(partitions=1)
+    parity = {"max_abs_diff": 1e-7, "label_mismatches": 0, "rows": 50, "passed": True, "export_seconds": 0.02}
+
+    def trained(batch, parent):
+        model = build_model(spec)
+        partial_fit(model, batch.X, batch.y, np.arange(2))
+        return Trained(model, parent, {"accuracy": 0.8, "rows": batch.rows}, batch.rows), export_onnx(model, 5)
+
+    first = hand_batch(spec, 50, start=0, seed=1)
+    model, onnx_bytes = trained(first, None)
+    v1 = register_batch(registry, spec, first, model, onnx_bytes, parity, "run-1")
+    assert (v1.name, v1.learned, registry.champion(spec.name)) == ("v1", {0: 50}, "v1")
+    assert already_registered(registry, spec.name, None, first.ranges).name == "v1"
+
+    registry.set_pending_offsets(spec.name, {0: 80}, reason="skip a gap", by="carol")
+    registry.set_halt(spec.name, {"ranges": {"0": [80, 130]}, "run_id": "run-2"})
+    second = hand_batch(spec, 50, start=80, seed=2)
+    model, onnx_bytes = trained(second, "v1")
+    v2 = register_batch(registry, spec, second, model, onnx_bytes, parity, "run-3")
+    assert (v2.name, v2.parent, v2.learned) == ("v2", "v1", {0: 130})
+    assert v2.meta["offset_reset_applied"]["offsets"] == {"0": 80}
+    assert v2.meta["rows_learned_total"] == 100 and v2.meta["parity"]["passed"] is True
+    assert registry.pending_offset_reset(spec.name) is None
+    assert set(registry.applied_offset_resets(spec.name)) == {"v2"}
+    assert registry.halt(spec.name) is None
+    assert registry.decisions(spec.name)[-1]["resolution"] == "the batch was learned by v2"
+    assert already_registered(registry, spec.name, "v1", second.ranges).name == "v2"
+    assert already_registered(registry, spec.name, "v1", first.ranges) is None
+    with pytest.raises(StaleParent):
+        register_batch(registry, spec, second, model, onnx_bytes, parity, "run-4")  # trained on v1, head is v2
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
+
+
+def test_the_training_exporter_reads_either_backend(registry: ModelRegistry, stream: str) -> None:
+    from dagster_project.observability.exporter import exporter_registry
+
+    register(registry, stream, None, {0: 10})
+    register(registry, stream, "v1", {0: 20})
+    registry.set_champion(stream, "v1", reason="first")
+    registry.set_champion(stream, "v2", reason="gate")
+    registry.rollback(stream, reason="worse live")
+    collectors = exporter_registry(registry, [synthetic_spec(name=stream)], None)
+    assert collectors.get_sample_value("streamfit_batches_total", {"stream": stream}) == 2
+    assert collectors.get_sample_value("streamfit_model_version", {"stream": stream, "alias": "head"}) == 2
+    assert collectors.get_sample_value("streamfit_model_version", {"stream": stream, "alias": "champion"}) == 1
+    changes = {"stream": stream, "kind": "rollback"}
+    assert collectors.get_sample_value("streamfit_champion_changes_total", changes) == 1
+    assert collectors.get_sample_value("streamfit_registry_broken_files", {"stream": stream}) == 0
