@@ -24,19 +24,35 @@ class PartitionRange(dg.Config):
     partition: int
     start: int
     end: int
+    # Where the learned rows end: [learn_end, end) is the tail the promotion gate scores the
+    # candidate and the champion on, learned by the next batch. None (older runs): no tail.
+    learn_end: int | None = None
 
 
 class BatchConfig(dg.Config):
-    """The exact offsets a run learns: `[start, end)` per partition, planned by the Kafka sensor."""
+    """The exact offsets a run reads: `[start, end)` per partition, planned by the Kafka sensor,
+    of which `[start, learn_end)` are learned and the rest is the promotion gate's unseen tail."""
 
     ranges: list[PartitionRange]
 
     def as_ranges(self) -> Ranges:
         return {r.partition: (r.start, r.end) for r in self.ranges}
 
+    def learn_ends(self) -> dict[int, int] | None:
+        if all(r.learn_end is None for r in self.ranges):
+            return None
+        return {r.partition: r.end if r.learn_end is None else r.learn_end for r in self.ranges}
+
 
 def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
-    config = BatchConfig(ranges=[PartitionRange(partition=p, start=s, end=e) for p, (s, e) in sorted(ranges.items())])
+    from dagster_project.registry.promotion import spec_tail_split
+
+    learn_ends = spec_tail_split(spec, ranges)
+    config = BatchConfig(
+        ranges=[
+            PartitionRange(partition=p, start=s, end=e, learn_end=learn_ends[p]) for p, (s, e) in sorted(ranges.items())
+        ]
+    )
     return dg.RunConfig(ops={names.micro_batch_op(spec.name): config})
 
 
@@ -71,9 +87,10 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     def micro_batch(
         context: dg.AssetExecutionContext, config: BatchConfig, kafka: KafkaResource, registry: RegistryResource
     ):
-        ranges = config.as_ranges()
+        ranges, learn_ends = config.as_ranges(), config.learn_ends()
+        learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
         head, expected, _ = expected_offsets(registry.get(), name)
-        if decide(expected, ranges) is Decision.ALREADY_LEARNED:
+        if decide(expected, learned) is Decision.ALREADY_LEARNED:
             # A retry after the version was written: make sure Kafka shows it, learn nothing twice.
             commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
             learned_by = head.name if head else "an offset reset"
@@ -81,7 +98,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.info(message)
             yield dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
             return
-        batch = read_batch(kafka.settings(), spec, ranges)
+        batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends)
         outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
         yield dg.AssetCheckResult(
             check_name="data_quality",
@@ -104,6 +121,8 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 "dlq": batch.dlq,
                 "dlq_reasons": dict(batch.dlq_reasons),
                 "ranges": _ranges_text(ranges),
+                "learned_ranges": _ranges_text(batch.learned_ranges),
+                "tail_rows": batch.tail.rows if batch.tail is not None else 0,
                 **({"lag": int(lag)} if lag is not None else {}),
             },
         )
@@ -136,7 +155,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 context.log.info(f"{name}: learned with {fit.workers} worker(s), rows {fit.group_rows}: {fit.reason}")
         elif estimator is None:
             # Nothing can be trained or exported, but the offsets were handled: the next version records them.
-            ends = {p: end for p, (_, end) in micro_batch.ranges.items()}
+            ends = micro_batch.learned_ends  # the tail is the next batch's
             reason = (
                 f"no learnable rows ({micro_batch.dlq} dead-lettered, {micro_batch.rows} unlabelled) and no model yet"
             )

@@ -160,11 +160,20 @@ class QualitySpec(_Strict):
 
 
 class PromotionSpec(_Strict):
-    """When a new version may replace the champion (scored side by side on the next batch)."""
+    """When a new version may replace the champion, decided in the run that trains it.
+
+    Each batch's last rows (the *tail*: ``min(tail_rows, tail_fraction * batch rows)``, shared
+    between partitions in proportion to their rows) are not learned by the new version: the
+    candidate and the champion are scored on them side by side, and the version's learned offsets
+    end where the tail begins, so the next batch learns the tail (exactly once). A tail smaller
+    than ``min_rows`` is not held out (the gate could not decide on it anyway).
+    """
 
     metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task
     margin: float = Field(default=0.01, ge=0)
     min_rows: int = Field(default=50, ge=1)
+    tail_rows: int = Field(default=250, ge=0)
+    tail_fraction: float = Field(default=0.2, ge=0, le=0.5)
 
 
 class DriftSpec(_Strict):

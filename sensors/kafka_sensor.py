@@ -15,6 +15,7 @@ from dagster_project import names
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
 from dagster_project.kafka.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
 from dagster_project.kafka.settings import BrokerConfigError
+from dagster_project.registry.promotion import spec_tail_split
 from dagster_project.registry.store import RegistryError, expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
@@ -105,6 +106,7 @@ def evaluate(
             {
                 "kind": "failed_run",
                 "ranges": {str(p): list(r) for p, r in plan.ranges.items()},
+                "learned_ends": {str(p): e for p, e in spec_tail_split(spec, plan.ranges).items()},
                 "summary": summary,
                 "run_id": failed.run_id,
             },
