@@ -13,7 +13,7 @@ from datetime import datetime
 
 import dagster as dg
 
-from assets.training import TrainedModel
+from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.registry.promotion import default_metric, gate
 from dagster_project.resources import RegistryResource
@@ -25,6 +25,7 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
     metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
 
     @dg.asset(
+        retry_policy=retry_policy(spec),
         key=[name, "champion"],
         group_name=name,
         ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"]), "model": dg.AssetIn(key=[name, "model"])},
@@ -138,6 +139,26 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=result.evidence())
     reg.record_decision(spec.name, {"kind": "promotion_gate", **result.evidence()})
     return result
+
+
+def gate_retrain(settings, reg, spec: StreamSpec, version):
+    """The promotion gate of a retrained version, in its own run: on its parent's tail, which the
+    retrain window stops short of (it re-learns learned offsets only) and the champion never saw."""
+    from dagster_project.ingest.micro_batch import MicroBatch, read_batch
+
+    parent = reg.get(spec.name, version.parent) if version.parent else None
+    tail = {}
+    if parent is not None:
+        learned = parent.learned
+        tail = {
+            int(p): (learned[int(p)], int(end))
+            for p, (_, end) in parent.meta["offsets"]["batch"].items()
+            if int(p) in learned and learned[int(p)] < int(end)
+        }
+    unseen: MicroBatch | None = read_batch(settings, spec, tail, dead_letter_invalid=False) if tail else None
+    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    estimator = reg.load_estimator(spec.name, version.name)
+    return decide_promotion(reg, spec, metric, version.name, estimator, unseen)
 
 
 def _all_rows(batch: MicroBatch):

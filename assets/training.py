@@ -65,10 +65,25 @@ def _ranges_text(ranges: Ranges) -> str:
     return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
 
 
+def retry_policy(spec: StreamSpec) -> dg.RetryPolicy | None:
+    """Step retries with exponential backoff and jitter: a transient error (the broker, the disk)
+    is retried inside the run before the run fails; every wait is a STEP_UP_FOR_RETRY event."""
+    if not spec.batch.step_retries:
+        return None
+    return dg.RetryPolicy(
+        max_retries=spec.batch.step_retries,
+        delay=spec.batch.retry_delay_s,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
+
+
 def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     name = spec.name
+    retries = retry_policy(spec)
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "micro_batch"],
         group_name=name,
         output_required=False,
@@ -128,6 +143,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "model"],
         group_name=name,
         output_required=False,
@@ -136,19 +152,32 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         description=f"{spec.model.estimator} after test-then-train on the batch (prequential metrics first).",
     )
     def model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, registry: RegistryResource):
-        from dagster_project.learning.prequential import test_then_train_partitioned
+        from dagster_project.learning.pipeline import continue_from
+        from dagster_project.learning.prequential import evaluate, test_then_train_partitioned
 
         reg = registry.get()
         head = reg.head(name)
-        estimator = reg.load_estimator(name, head.name) if head else None
+        base, lineage = continue_from(reg, name)
+        if lineage and lineage["from"] != (head.name if head else None):
+            context.log.warning(f"{name}: continuing from {base}, not the head: {lineage['why']}")
+        estimator = reg.load_estimator(name, base) if base else None
+        champion = reg.champion(name)  # what the scorers served while this batch arrived
         labelled = micro_batch.labelled
         started = time.perf_counter()
         scale_out: dict = {}
+        served = None
         if labelled.any():
+            X, y = micro_batch.X[labelled], micro_batch.y[labelled]
+            if champion and champion != base and estimator is not None:
+                served_metrics = evaluate(reg.load_estimator(name, champion), spec, X, y).as_metadata()
+            else:
+                served_metrics = None  # the same model: its prequential metrics below
             estimator, metrics, _, fit = test_then_train_partitioned(
-                estimator, spec, micro_batch.X[labelled], micro_batch.y[labelled], micro_batch.partitions[labelled]
+                estimator, spec, X, y, micro_batch.partitions[labelled]
             )
             numeric = metrics.as_metadata()
+            if champion:
+                served = {"version": champion, "metrics": served_metrics or dict(numeric)}
             if spec.model.scale_out.workers > 1:  # off: metrics and metadata exactly as before
                 numeric |= fit.metrics()
                 scale_out = fit.as_metadata()
@@ -166,12 +195,23 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             numeric = {"rows": 0}
         train_seconds = time.perf_counter() - started
         crash_point("after_train", attempt=_attempt(context))
+        served_numbers = {f"served_{k}": v for k, v in (served or {}).get("metrics", {}).items() if k != "rows"}
         yield dg.Output(
-            TrainedModel(estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds),
-            metadata={**scale_out, **numeric, "parent": head.name if head else "none"},
+            TrainedModel(
+                estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds, served, lineage
+            ),
+            metadata={
+                **scale_out,
+                **numeric,
+                **served_numbers,
+                "parent": head.name if head else "none",
+                "continued_from": base or "none",
+                **({"served_version": served["version"]} if served else {}),
+            },
         )
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "onnx_model"],
         group_name=name,
         ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"]), "model": dg.AssetIn(key=[name, "model"])},
@@ -201,6 +241,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "model_version"],
         group_name=name,
         ins={

@@ -102,6 +102,11 @@ class BatchSpec(_Strict):
     # A training run still going after this long is presumed dead (its worker was killed) and is
     # failed by Dagster's run monitoring, then retried; far above a healthy run's seconds.
     max_run_seconds: int = Field(default=600, ge=10)
+    # A failing step of a training run is retried inside the run, with exponential backoff and
+    # jitter (Dagster's RetryPolicy: waits of about 1, 3, 7 s by default), before the run fails and
+    # the daemon's run retries (the outer layer, dagster.yaml) start it again.
+    step_retries: int = Field(default=3, ge=0)
+    retry_delay_s: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _rows_within_cap(self) -> BatchSpec:

@@ -129,6 +129,8 @@ def synthetic_spec(name: str | None = None, **overrides) -> StreamSpec:
         "promotion": {"tail_rows": 0},
     }
     raw.update(overrides)
+    # Step retries stay on (as in production) but wait a tenth as long, so fault tests stay short.
+    raw["batch"] = {"retry_delay_s": 0.1, **raw["batch"]}
     return StreamSpec.model_validate(raw)
 
 

@@ -100,6 +100,9 @@ def register_batch(
         **extra,
     )
     meta["offsets"]["identity"] = identity
+    for key in ("served", "lineage"):  # what was served meanwhile, and which estimator this grew from
+        if getattr(model, key, None):
+            meta[key] = getattr(model, key)
     version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta)
     if reset:
         registry.clear_offset_reset(spec.name, version.name)
