@@ -17,7 +17,7 @@ import click
     "--rows", type=int, default=16_000, show_default=True, help="Synthetic events to replay (change at 10,000)."
 )
 @click.option("--batch-rows", type=int, default=None, help="Rows a batch waits for (default: 1,000).")
-@click.option("--max-rows", type=int, default=None, help="Largest batch (default: 3,000).")
+@click.option("--max-rows", type=int, default=None, help="Largest batch (default: 5,000).")
 @click.option(
     "--until-recovered",
     is_flag=True,

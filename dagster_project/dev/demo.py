@@ -36,9 +36,9 @@ from dagster_project.spec import get_spec
 
 CHANGE_AT = 10_000  # where dev/datasets.synthetic_events flips its concept
 # Chosen from measurement (2 cores): a training run takes 5-8 s from the sensor's tick to the
-# version, so 150 events/s with batches of 1,000-3,000 rows keeps the stream caught up, reaches
+# version (25-40 s on a loaded machine), so 150 events/s with batches of 1,000-5,000 rows catches up, reaches
 # the concept change after ~70 s and the retrained champion ~60 s later.
-DEMO_BATCH = {"rows": 1000, "max_rows": 3000, "max_wait_s": 5, "sensor_interval_s": 5}
+DEMO_BATCH = {"rows": 1000, "max_rows": 5000, "max_wait_s": 5, "sensor_interval_s": 5}
 DEMO_DRIFT = {"interval_s": 5, "cooldown_s": 120}
 LABEL_DELAY_S = 2.0  # labels arrive this long after their events (the joiner waits for them)
 
