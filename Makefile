@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: demo test test-tansu test-kafka lint
 demo: $(VENV)/.installed
-	$(VENV)/bin/streamfit demo --versions 5
+	$(VENV)/bin/streamfit demo --until-recovered
 
 # The whole suite twice: on the embedded Tansu broker, then on Apache Kafka 4.x (its jars are
 # fetched with Maven into ~/.cache/streamfit on first use; Java 17+ and Maven must be installed).

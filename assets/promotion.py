@@ -1,8 +1,11 @@
-"""The champion gate of one stream, run on every batch before it is learned.
+"""The champion gate of one stream, decided in the run that trains the candidate.
 
-Two comparisons on the same held-out rows: the newest version against the champion (the
-promotion gate), and a recently promoted champion against its predecessor (the evidence the
-drift sensor uses to roll back a regression). Both are recorded with their numbers.
+The version this run registered has not learned its batch's tail (see
+`dagster_project.registry.promotion.tail_split`), and neither has the champion: both are scored
+on it, side by side, and the candidate is promoted or kept in the same run. A recently promoted
+champion is also compared with its predecessor on every row of the batch (none of which either
+has learned): the evidence the drift sensor uses to roll back a regression. Every comparison is
+recorded with all the metrics of both models.
 """
 
 import time
@@ -10,7 +13,7 @@ from datetime import datetime
 
 import dagster as dg
 
-from assets.training import TrainedModel
+from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.registry.promotion import default_metric, gate
 from dagster_project.resources import RegistryResource
@@ -22,30 +25,43 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
     metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
 
     @dg.asset(
+        retry_policy=retry_policy(spec),
         key=[name, "champion"],
         group_name=name,
         ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"]), "model": dg.AssetIn(key=[name, "model"])},
-        description=f"Promotes the newest version when its {metric} on the incoming batch is within "
-        f"{spec.promotion.margin:g} of the champion's (both scored before learning the batch).",
+        deps=[dg.AssetKey([name, "model_version"])],
+        description=f"Promotes the version this run registered when its {metric} on the batch's unseen tail "
+        f"(up to {spec.promotion.tail_rows} rows, learned by the next batch) is within {spec.promotion.margin:g} "
+        "of the champion's; neither model has learned those rows.",
     )
     def champion(
         context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel, registry: RegistryResource
     ):
         from dagster_project.learning.prequential import evaluate
+        from dagster_project.registry.versioning import already_registered
 
         reg = registry.get()
         current = reg.champion(name)
-        labelled = micro_batch.labelled
-        if current is None or not labelled.any():
-            return dg.MaterializeResult(metadata={"champion": current or "none", "decision": "nothing to compare"})
-        X, y = micro_batch.X[labelled], micro_batch.y[labelled]
-        champion_metrics = evaluate(reg.load_estimator(name, current), spec, X, y).as_metadata()
-        metadata = {"champion": current, f"champion_{metric}": champion_metrics.get(metric)}
+        registered = already_registered(reg, name, model.parent, micro_batch.ranges)
+        candidate = registered.name if registered else None
+        if current is None:
+            return dg.MaterializeResult(metadata={"champion": "none", "decision": "nothing to compare"})
+        metadata: dict = {"champion": current}
 
+        # A recently promoted champion against its predecessor, on every row of the batch.
+        rows = _all_rows(micro_batch)
         history = reg.champion_history(name)
         promoted = history[-1] if history and history[-1]["version"] == current else None
-        if promoted and promoted.get("previous") and _age_s(promoted["at"]) <= spec.drift.rollback_window_s:
+        if (
+            rows is not None
+            and current != candidate
+            and promoted
+            and promoted.get("previous")
+            and _age_s(promoted["at"]) <= spec.drift.rollback_window_s
+        ):
+            X, y = rows
             predecessor = promoted["previous"]
+            champion_metrics = evaluate(reg.load_estimator(name, current), spec, X, y).as_metadata()
             predecessor_metrics = evaluate(reg.load_estimator(name, predecessor), spec, X, y).as_metadata()
             reg.record_decision(
                 name,
@@ -56,40 +72,104 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
                     "metric": metric,
                     "champion_value": champion_metrics.get(metric),
                     "predecessor_value": predecessor_metrics.get(metric),
-                    "rows": int(labelled.sum()),
+                    "champion_metrics": champion_metrics,
+                    "predecessor_metrics": predecessor_metrics,
+                    "rows": len(y),
                 },
             )
             metadata[f"predecessor_{metric}"] = predecessor_metrics.get(metric)
+            metadata[f"champion_{metric}_on_batch"] = champion_metrics.get(metric)
 
-        candidate = model.parent
         if candidate is None or candidate == current:
             return dg.MaterializeResult(metadata={**metadata, "decision": "no challenger"})
-        result = gate(
-            metric,
-            spec.promotion.margin,
-            spec.promotion.min_rows,
-            candidate,
-            model.metrics,
-            current,
-            champion_metrics,
-            int(labelled.sum()),
-        )
-        if result.promote:
-            reg.set_champion(name, candidate, reason=result.reason, evidence=result.evidence())
-        reg.record_decision(name, {"kind": "promotion_gate", **result.evidence()})
+        earlier = [
+            d for d in reg.decisions(name) if d.get("kind") == "promotion_gate" and d.get("candidate") == candidate
+        ]
+        if earlier:  # a retry after the gate decided: the decision stands, recorded once
+            return dg.MaterializeResult(
+                metadata={**metadata, "decision": "decided by an earlier attempt", "reason": earlier[-1]["reason"]}
+            )
+        result = decide_promotion(reg, spec, metric, candidate, model.estimator, micro_batch.tail)
         context.log.info(result.reason)
         return dg.MaterializeResult(
             metadata={
                 **metadata,
                 "champion": candidate if result.promote else current,
+                "candidate": candidate,
                 "promoted": int(result.promote),
                 "candidate_metric": result.candidate_value,
                 "champion_metric": result.champion_value,
+                "unseen_rows": result.rows,
+                "candidate_metrics": dg.MetadataValue.json(result.candidate_metrics or {}),
+                "champion_metrics": dg.MetadataValue.json(result.champion_metrics or {}),
                 "reason": result.reason,
             }
         )
 
     return champion
+
+
+def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimator, unseen: MicroBatch | None):
+    """Score `candidate` (its fitted `estimator`) and the champion on `unseen` rows, neither has learned;
+    promote or keep, and record the decision with every metric of both. Returns the `GateResult`."""
+    from dagster_project.learning.prequential import evaluate
+
+    current = reg.champion(spec.name)
+    labelled = unseen.labelled if unseen is not None and unseen.rows else None
+    if labelled is None or not labelled.any():
+        candidate_metrics: dict = {}
+        champion_metrics: dict = {}
+        rows = 0
+    else:
+        X, y = unseen.X[labelled], unseen.y[labelled]
+        candidate_metrics = evaluate(estimator, spec, X, y).as_metadata()
+        champion_metrics = evaluate(reg.load_estimator(spec.name, current), spec, X, y).as_metadata()
+        rows = int(labelled.sum())
+    result = gate(
+        metric,
+        spec.promotion.margin,
+        spec.promotion.min_rows,
+        candidate,
+        candidate_metrics,
+        current,
+        champion_metrics,
+        rows,
+    )
+    if result.promote:
+        reg.set_champion(spec.name, candidate, reason=result.reason, evidence=result.evidence())
+    reg.record_decision(spec.name, {"kind": "promotion_gate", **result.evidence()})
+    return result
+
+
+def gate_retrain(settings, reg, spec: StreamSpec, version):
+    """The promotion gate of a retrained version, in its own run: on its parent's tail, which the
+    retrain window stops short of (it re-learns learned offsets only) and the champion never saw."""
+    from dagster_project.ingest.micro_batch import MicroBatch, read_batch
+
+    parent = reg.get(spec.name, version.parent) if version.parent else None
+    tail = {}
+    if parent is not None:
+        learned = parent.learned
+        tail = {
+            int(p): (learned[int(p)], int(end))
+            for p, (_, end) in parent.meta["offsets"]["batch"].items()
+            if int(p) in learned and learned[int(p)] < int(end)
+        }
+    unseen: MicroBatch | None = read_batch(settings, spec, tail, dead_letter_invalid=False) if tail else None
+    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    estimator = reg.load_estimator(spec.name, version.name)
+    return decide_promotion(reg, spec, metric, version.name, estimator, unseen)
+
+
+def _all_rows(batch: MicroBatch):
+    """Every labelled row of the batch, learned part and tail: unseen by any version before this run."""
+    import numpy as np
+
+    parts = [b for b in (batch, batch.tail) if b is not None and b.rows]
+    X = np.concatenate([b.X[b.labelled] for b in parts]) if parts else None
+    if X is None or not len(X):
+        return None
+    return X, np.concatenate([b.y[b.labelled] for b in parts])
 
 
 def _age_s(iso: str) -> float:

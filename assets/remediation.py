@@ -53,6 +53,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
     def retrain_model(
         context: dg.OpExecutionContext, config: ActionConfig, kafka: KafkaResource, registry: RegistryResource
     ):
+        from assets.promotion import gate_retrain
         from dagster_project.learning.retraining import retrain
 
         reg = registry.get()
@@ -64,11 +65,15 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
                 "action": "retrain",
                 "from_version": config.from_version,
                 "to_version": version.name,
+                "since": config.window_from_version or None,
+                "window": version.meta["offsets"]["batch"],
                 "reasons": config.reasons,
                 "run_id": context.run_id,
             },
         )
         context.log.info(f"{name}: retrained {version.name} on {version.meta['offsets']['batch']}")
+        result = gate_retrain(kafka.settings(), reg, spec, version)
+        context.log.info(f"{name}: {result.reason}")
         yield dg.AssetMaterialization(
             asset_key=[name, "model_version"],
             metadata={

@@ -24,19 +24,35 @@ class PartitionRange(dg.Config):
     partition: int
     start: int
     end: int
+    # Where the learned rows end: [learn_end, end) is the tail the promotion gate scores the
+    # candidate and the champion on, learned by the next batch. None (older runs): no tail.
+    learn_end: int | None = None
 
 
 class BatchConfig(dg.Config):
-    """The exact offsets a run learns: `[start, end)` per partition, planned by the Kafka sensor."""
+    """The exact offsets a run reads: `[start, end)` per partition, planned by the Kafka sensor,
+    of which `[start, learn_end)` are learned and the rest is the promotion gate's unseen tail."""
 
     ranges: list[PartitionRange]
 
     def as_ranges(self) -> Ranges:
         return {r.partition: (r.start, r.end) for r in self.ranges}
 
+    def learn_ends(self) -> dict[int, int] | None:
+        if all(r.learn_end is None for r in self.ranges):
+            return None
+        return {r.partition: r.end if r.learn_end is None else r.learn_end for r in self.ranges}
+
 
 def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
-    config = BatchConfig(ranges=[PartitionRange(partition=p, start=s, end=e) for p, (s, e) in sorted(ranges.items())])
+    from dagster_project.registry.promotion import spec_tail_split
+
+    learn_ends = spec_tail_split(spec, ranges)
+    config = BatchConfig(
+        ranges=[
+            PartitionRange(partition=p, start=s, end=e, learn_end=learn_ends[p]) for p, (s, e) in sorted(ranges.items())
+        ]
+    )
     return dg.RunConfig(ops={names.micro_batch_op(spec.name): config})
 
 
@@ -49,10 +65,25 @@ def _ranges_text(ranges: Ranges) -> str:
     return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
 
 
+def retry_policy(spec: StreamSpec) -> dg.RetryPolicy | None:
+    """Step retries with exponential backoff and jitter: a transient error (the broker, the disk)
+    is retried inside the run before the run fails; every wait is a STEP_UP_FOR_RETRY event."""
+    if not spec.batch.step_retries:
+        return None
+    return dg.RetryPolicy(
+        max_retries=spec.batch.step_retries,
+        delay=spec.batch.retry_delay_s,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
+
+
 def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     name = spec.name
+    retries = retry_policy(spec)
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "micro_batch"],
         group_name=name,
         output_required=False,
@@ -71,9 +102,10 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     def micro_batch(
         context: dg.AssetExecutionContext, config: BatchConfig, kafka: KafkaResource, registry: RegistryResource
     ):
-        ranges = config.as_ranges()
+        ranges, learn_ends = config.as_ranges(), config.learn_ends()
+        learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
         head, expected, _ = expected_offsets(registry.get(), name)
-        if decide(expected, ranges) is Decision.ALREADY_LEARNED:
+        if decide(expected, learned) is Decision.ALREADY_LEARNED:
             # A retry after the version was written: make sure Kafka shows it, learn nothing twice.
             commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
             learned_by = head.name if head else "an offset reset"
@@ -81,7 +113,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.info(message)
             yield dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
             return
-        batch = read_batch(kafka.settings(), spec, ranges)
+        batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends)
         outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
         yield dg.AssetCheckResult(
             check_name="data_quality",
@@ -104,11 +136,14 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 "dlq": batch.dlq,
                 "dlq_reasons": dict(batch.dlq_reasons),
                 "ranges": _ranges_text(ranges),
+                "learned_ranges": _ranges_text(batch.learned_ranges),
+                "tail_rows": batch.tail.rows if batch.tail is not None else 0,
                 **({"lag": int(lag)} if lag is not None else {}),
             },
         )
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "model"],
         group_name=name,
         output_required=False,
@@ -117,26 +152,39 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         description=f"{spec.model.estimator} after test-then-train on the batch (prequential metrics first).",
     )
     def model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, registry: RegistryResource):
-        from dagster_project.learning.prequential import test_then_train_partitioned
+        from dagster_project.learning.pipeline import continue_from
+        from dagster_project.learning.prequential import evaluate, test_then_train_partitioned
 
         reg = registry.get()
         head = reg.head(name)
-        estimator = reg.load_estimator(name, head.name) if head else None
+        base, lineage = continue_from(reg, name)
+        if lineage and lineage["from"] != (head.name if head else None):
+            context.log.warning(f"{name}: continuing from {base}, not the head: {lineage['why']}")
+        estimator = reg.load_estimator(name, base) if base else None
+        champion = reg.champion(name)  # what the scorers served while this batch arrived
         labelled = micro_batch.labelled
         started = time.perf_counter()
         scale_out: dict = {}
+        served = None
         if labelled.any():
+            X, y = micro_batch.X[labelled], micro_batch.y[labelled]
+            if champion and champion != base and estimator is not None:
+                served_metrics = evaluate(reg.load_estimator(name, champion), spec, X, y).as_metadata()
+            else:
+                served_metrics = None  # the same model: its prequential metrics below
             estimator, metrics, _, fit = test_then_train_partitioned(
-                estimator, spec, micro_batch.X[labelled], micro_batch.y[labelled], micro_batch.partitions[labelled]
+                estimator, spec, X, y, micro_batch.partitions[labelled]
             )
             numeric = metrics.as_metadata()
+            if champion:
+                served = {"version": champion, "metrics": served_metrics or dict(numeric)}
             if spec.model.scale_out.workers > 1:  # off: metrics and metadata exactly as before
                 numeric |= fit.metrics()
                 scale_out = fit.as_metadata()
                 context.log.info(f"{name}: learned with {fit.workers} worker(s), rows {fit.group_rows}: {fit.reason}")
         elif estimator is None:
             # Nothing can be trained or exported, but the offsets were handled: the next version records them.
-            ends = {p: end for p, (_, end) in micro_batch.ranges.items()}
+            ends = micro_batch.learned_ends  # the tail is the next batch's
             reason = (
                 f"no learnable rows ({micro_batch.dlq} dead-lettered, {micro_batch.rows} unlabelled) and no model yet"
             )
@@ -147,12 +195,23 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             numeric = {"rows": 0}
         train_seconds = time.perf_counter() - started
         crash_point("after_train", attempt=_attempt(context))
+        served_numbers = {f"served_{k}": v for k, v in (served or {}).get("metrics", {}).items() if k != "rows"}
         yield dg.Output(
-            TrainedModel(estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds),
-            metadata={**scale_out, **numeric, "parent": head.name if head else "none"},
+            TrainedModel(
+                estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds, served, lineage
+            ),
+            metadata={
+                **scale_out,
+                **numeric,
+                **served_numbers,
+                "parent": head.name if head else "none",
+                "continued_from": base or "none",
+                **({"served_version": served["version"]} if served else {}),
+            },
         )
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "onnx_model"],
         group_name=name,
         ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"]), "model": dg.AssetIn(key=[name, "model"])},
@@ -182,6 +241,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        retry_policy=retries,
         key=[name, "model_version"],
         group_name=name,
         ins={

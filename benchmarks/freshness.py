@@ -9,15 +9,18 @@ Batch k: 1,000 events are produced at once (t0 = all acknowledged); the benchmar
 every 50 ms, the registry's versions and champion alias and the scorer's `/healthz`. The next
 batch is produced only when batch k's run has ended, so each sample starts from an idle system.
 
-- **head learned it**: the first registry version whose learned offsets cover batch k. Split into
+- **produced → served** (the headline): from t0 to the first moment the scorer's `/healthz`
+  reports a version trained on batch k. The promotion gate decides in the run that trains the
+  version (on the batch's unseen tail, which the next version learns), so this is the head's
+  latency plus the gate and the scorer's swap (its 0.25 s watch interval); split into
+  *head learned*, *promotion* (version visible to champion alias) and *scorer swap*. The first
+  version of a stream is champion at once, so batch 0 is not a served sample.
+- **head learned it**: the first registry version trained on batch k (its batch reaches k's end;
+  it learned everything but the batch's tail). Split into
   *waiting* (t0 to the run being enqueued by the sensor tick), *run launch* (queue, then the run
   worker's spawn, then its code load until RUN_START, from the run's Dagster event log), *compute*
   (RUN_START to the version's `created_at`: the steps, with their in-step imports) and *swap*
   (until the version directory is visible).
-- **champion serves it**: the promotion gate compares a version with the champion on the *next*
-  batch, so version k becomes champion during run k+1 and the scorer swaps to it within its 0.25 s
-  watch interval. Measured to the first moment `/healthz` reports a version that covers batch k.
-  The first version of a stream is champion at once, so batch 0 is not a champion sample.
 """
 
 from __future__ import annotations
@@ -90,11 +93,14 @@ class _Observer:
                 pass
 
     def covering(self, ends: dict[int, int]) -> list[str]:
-        """Versions whose learned offsets reach `ends` on every partition, oldest first."""
+        """Versions that read up to `ends` on every partition, oldest first: they learned those rows
+        up to their batch's tail, on which their promotion was decided (the next version learns it)."""
         out = []
         for name, meta in sorted(self.meta.items(), key=lambda kv: int(kv[0][1:])):
-            learned = {int(p): int(o) for p, o in meta["offsets"]["learned"].items()}
-            if all(learned.get(p, 0) >= end for p, end in ends.items()):
+            reached = {int(p): int(o) for p, o in meta["offsets"]["learned"].items()}
+            for p, (_, end) in (meta["offsets"].get("batch") or {}).items():
+                reached[int(p)] = max(reached.get(int(p), 0), int(end))
+            if all(reached.get(p, 0) >= end for p, end in ends.items()):
                 out.append(name)
         return out
 
@@ -265,7 +271,7 @@ def _analyse(spec, rows, measured, produced, head_version, observer, registry, t
             sample["champion_s"] = served_at - t0
             sample["champion_parts_s"] = {
                 "head_learned": sample["head_s"],
-                "next_batch_until_promotion": (promoted_at - observer.head_seen[version]) if promoted_at else None,
+                "promotion": (promoted_at - observer.head_seen[version]) if promoted_at else None,
                 "scorer_swap": (served_at - promoted_at) if promoted_at else None,
             }
         samples.append(sample)
@@ -306,18 +312,19 @@ def _analyse(spec, rows, measured, produced, head_version, observer, registry, t
                     [s["champion_parts_s"][part] for s in champion_samples if s["champion_parts_s"][part] is not None]
                 ),
             }
-            for part in ("head_learned", "next_batch_until_promotion", "scorer_swap")
+            for part in ("head_learned", "promotion", "scorer_swap")
         },
         "champion_samples": len(champion_samples),
         "samples": samples,
     }
+    served = result["champion_served_s"]
     progress(
-        f"freshness: head learned p50 {result['head_learned_s']['p50']:.1f}s "
-        f"p95 {result['head_learned_s']['p95']:.1f}s; "
+        "freshness: "
         + (
-            f"champion served p50 {result['champion_served_s']['p50']:.1f}s"
+            f"produced -> served p50 {served['p50']:.1f}s p95 {served['p95']:.1f}s; "
             if champion_samples
-            else "no champion sample"
+            else "produced -> served: no sample; "
         )
+        + f"head learned p50 {result['head_learned_s']['p50']:.1f}s p95 {result['head_learned_s']['p95']:.1f}s"
     )
     return result

@@ -135,9 +135,12 @@ def render(results: dict[str, Any]) -> str:
         )
         for part, label in (
             ("head_learned", "  head learned it"),
-            ("next_batch_until_promotion", "  next batch's run promotes it"),
+            ("promotion", "  its own run's gate promotes it"),
+            ("next_batch_until_promotion", "  next batch's run promotes it (results before the same-run gate)"),
             ("scorer_swap", "  scorer hot-swap (/healthz)"),
         ):
+            if part not in fresh["champion_breakdown_s"]:
+                continue
             d = fresh["champion_breakdown_s"][part]
             rows.append([label, _n(d.get("median"), 2), "", _n(d.get("min"), 2), _n(d.get("max"), 2)])
         out += _table(["", "p50", "p95", "min", "max"], rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from assets.promotion import build_champion_asset
@@ -12,6 +14,13 @@ from dagster_project import names
 from dagster_project.spec import StreamSpec
 from sensors.drift_sensor import build_drift_sensor
 from sensors.kafka_sensor import build_kafka_sensor
+
+# Dagster 1.13's own @sensor decorator passes `owners=None` to SensorDefinition, whose `owners`
+# parameter is marked beta, so every sensor built (each code load, in every process) warned
+# "Parameter `owners` ... is currently in beta". Streamfit sets no owners: silence exactly that.
+warnings.filterwarnings(
+    "ignore", message=r"Parameter `owners` of initializer `SensorDefinition", category=dg.BetaWarning
+)
 
 
 def training_job(spec: StreamSpec):

@@ -121,3 +121,23 @@ def initialize_storage(dagster_home: Path) -> None:
         instance.get_runs(limit=1)
         instance.all_instigator_state()
         instance.get_latest_materialization_events([])
+        _start_run_retry_cursors(instance)
+
+
+def _start_run_retry_cursors(instance) -> None:
+    """Give the daemon's run-retry consumer the cursors it would pick itself (the event log's end).
+
+    On a fresh instance it otherwise starts by warning "No cursor for event type ..., ignoring older
+    events", once per event type: not news on an instance that has no older events.
+    """
+    import dagster as dg
+
+    keys = {
+        f"EVENT_LOG_CONSUMER_CURSOR-{t.value}"
+        for t in (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_SUCCESS)
+    }
+    storage = instance.daemon_cursor_storage
+    missing = keys - set(storage.get_cursor_values(keys))
+    if missing:
+        end = instance.event_log_storage.get_maximum_record_id() or 0
+        storage.set_cursor_values({key: str(end) for key in missing})

@@ -102,6 +102,11 @@ class BatchSpec(_Strict):
     # A training run still going after this long is presumed dead (its worker was killed) and is
     # failed by Dagster's run monitoring, then retried; far above a healthy run's seconds.
     max_run_seconds: int = Field(default=600, ge=10)
+    # A failing step of a training run is retried inside the run, with exponential backoff and
+    # jitter (Dagster's RetryPolicy: waits of about 1, 3, 7 s by default), before the run fails and
+    # the daemon's run retries (the outer layer, dagster.yaml) start it again.
+    step_retries: int = Field(default=3, ge=0)
+    retry_delay_s: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _rows_within_cap(self) -> BatchSpec:
@@ -160,11 +165,20 @@ class QualitySpec(_Strict):
 
 
 class PromotionSpec(_Strict):
-    """When a new version may replace the champion (scored side by side on the next batch)."""
+    """When a new version may replace the champion, decided in the run that trains it.
+
+    Each batch's last rows (the *tail*: ``min(tail_rows, tail_fraction * batch rows)``, shared
+    between partitions in proportion to their rows) are not learned by the new version: the
+    candidate and the champion are scored on them side by side, and the version's learned offsets
+    end where the tail begins, so the next batch learns the tail (exactly once). A tail smaller
+    than ``min_rows`` is not held out (the gate could not decide on it anyway).
+    """
 
     metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task
     margin: float = Field(default=0.01, ge=0)
     min_rows: int = Field(default=50, ge=1)
+    tail_rows: int = Field(default=250, ge=0)
+    tail_fraction: float = Field(default=0.2, ge=0, le=0.5)
 
 
 class DriftSpec(_Strict):

@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -177,10 +177,26 @@ def detect_change(
     series: Sequence[float] | np.ndarray, detector: str = "page_hinkley", direction: str = "up", **params: Any
 ) -> int | None:
     """The index at which a change is first detected in `series`, or None."""
+    found = detect_change_point(series, detector, direction, **params)
+    return found[0] if found else None
+
+
+def detect_change_point(
+    series: Sequence[float] | np.ndarray, detector: str = "page_hinkley", direction: str = "up", **params: Any
+) -> tuple[int, int | None] | None:
+    """``(detected at, change point)`` of the first change in `series`, or None.
+
+    The change point is where the new regime began as far as the detector says: for ADWIN its cut,
+    i.e. the first value of the window it kept (``width`` values ending at the detection); None for
+    detectors that do not locate it (Page-Hinkley, DDM). Callers combine it with the series itself
+    (the first value of the rise), since river's ADWIN may keep part of the old regime.
+    """
     d = ChangeDetector(detector, direction, **params)
     for i, value in enumerate(np.asarray(series, dtype=np.float64).tolist()):
         if d.update(value):
-            return i
+            if d.name == "adwin":
+                return i, max(0, i - int(d._detector.width) + 1)
+            return i, None
     return None
 
 
@@ -212,12 +228,16 @@ class ChangeResult:
     mean_before: float  # metric mean before the detection index
     value_at: float  # metric value at the detection index
     at: float | None = None  # when the detecting batch was seen (epoch seconds), if known
+    # Where the new regime began (batch or value index): ADWIN's cut point, else the first value
+    # of the rise that led to the detection. A retrain learns from here on.
+    start_index: int | None = None
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        began = "" if self.start_index in (None, self.index) else f"; the change began at index {self.start_index}"
         return (
             f"{self.metric}: {self.detector}({shown}) detected an increase at index {self.index} of {self.n} "
-            f"(value {self.value_at:.4f} vs mean {self.mean_before:.4f} before)"
+            f"(value {self.value_at:.4f} vs mean {self.mean_before:.4f} before{began})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,10 +258,15 @@ def detect_series_change(
     `params` (Page-Hinkley's ``threshold`` and ``delta``) in the series' own units.
     """
     values = np.asarray(series, dtype=np.float64)
-    index = detect_change(values, detector, "up", **params)
-    if index is None:
+    found = detect_change_point(values, detector, "up", **params)
+    if found is None:
         return None
-    return _result(values, np.ones(values.size), index, detector, metric, times, params)
+    index, cut = found
+    result = _result(values, np.ones(values.size), index, detector, metric, times, params)
+    start = _rise_start(values, index, result.mean_before)
+    if cut is not None:
+        start = max(start, cut)
+    return replace(result, start_index=min(start, index))
 
 
 def detect_batch_change(
@@ -260,12 +285,34 @@ def detect_batch_change(
     result carry when the detecting batch was seen.
     """
     values = expand_batch_errors(error_rates, rows)
-    row_index = detect_change(values, detector, "up", **params)
-    if row_index is None:
+    found = detect_change_point(values, detector, "up", **params)
+    if found is None:
         return None
-    batch = int(np.searchsorted(np.cumsum(np.asarray(rows, dtype=np.int64)), row_index, side="right"))
+    row_index, cut_row = found
+    bounds = np.cumsum(np.asarray(rows, dtype=np.int64))
+    batch = int(np.searchsorted(bounds, row_index, side="right"))
     rates = np.asarray(error_rates, dtype=np.float64)
-    return _result(rates, np.asarray(rows, dtype=np.float64), batch, detector, metric, times, params)
+    result = _result(rates, np.asarray(rows, dtype=np.float64), batch, detector, metric, times, params)
+    # Where the new regime began: the first batch of the rise that led to the detection, or ADWIN's
+    # cut if that is later. river's ADWIN drops only the old buckets its one check at the detection
+    # condemns, so the window it keeps (`width`) can still reach back into the old concept.
+    start = _rise_start(rates, batch, result.mean_before)
+    if cut_row is not None:
+        cut = int(np.searchsorted(bounds, cut_row, side="right"))
+        if cut < batch and bounds[cut] - cut_row < 0.5 * rows[cut]:  # mostly before the cut: the next one
+            cut += 1
+        start = max(start, cut)
+    return replace(result, start_index=min(start, batch))
+
+
+def _rise_start(series: np.ndarray, index: int, mean_before: float) -> int:
+    """The first index of the run of values up to `index` that lie above the midpoint between the
+    mean before the change and the value at the detection (a detector's delay spans a few)."""
+    threshold = (mean_before + series[index]) / 2
+    start = index
+    while start > 0 and series[start - 1] > threshold:
+        start -= 1
+    return start
 
 
 def _result(

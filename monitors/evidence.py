@@ -119,10 +119,12 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
             found = detect_series_change(maes, spec.drift.detector, metric="mae", times=times, **params)
             if found:
                 changes.append(found)
+    if changes:  # the error-rate detector's change point: a pure concept change moves no feature
+        change_version = scored[changes[0].start_index if changes[0].start_index is not None else changes[0].index].name
 
     changes.extend(_live_changes(registry, spec, champion, since, params))
-    if change_version is None and drifted_run:
-        change_version = drifted_run[0]
+    if drifted_run and (change_version is None or version_number(drifted_run[0]) < version_number(change_version)):
+        change_version = drifted_run[0]  # whichever saw the change first
     comparison = _comparison(registry, name, champion)
     head = versions[-1].name if versions else None
     return Evidence(reports, changes, comparison, action, config, champion, head, change_version)

@@ -67,6 +67,9 @@ def evaluate(
     if decision.action == "none":
         why = "; ".join(decision.reasons) or "no drift, no regression"
         return dg.SkipReason(f"{spec.name}: no action ({why})")
+    waiting = _live_change_not_learned_yet(decision, evidence)
+    if waiting:
+        return dg.SkipReason(f"{spec.name}: no action yet ({waiting})")
     if decision.action == "rollback":
         job, to_version = rollback_job, decision.rollback_to or ""
     else:
@@ -86,4 +89,27 @@ def evaluate(
         job_name=job,
         run_config={"ops": {op: {"config": config}}},
         tags={names.STREAM_TAG: spec.name, names.ACTION_TAG: decision.action},
+    )
+
+
+def _live_change_not_learned_yet(decision, evidence) -> str | None:
+    """Why a retrain on a live-only signal waits, or None.
+
+    The served champion's live error (the label joiner) can rise before any training run has read
+    the rows of the new concept. A retrain then would re-learn the old concept and spend the
+    cooldown; the prequential detector names the change point once training reaches it.
+    """
+    if decision.action != "retrain" or evidence.change_version:
+        return None
+    concept = decision.evidence.get("concept_drift", [])
+    data = decision.evidence.get("data_drift", {})
+    if not concept or not all(str(c.get("metric", "")).startswith("live_") for c in concept):
+        return None
+    if data.get("consecutive_drifted", 0) >= data.get("hysteresis", 1):
+        return None
+    return (
+        "the served champion's live error rose ("
+        + "; ".join(decision.reasons)
+        + "), but no learned batch shows the change yet: retraining now would re-learn the old concept; "
+        "waiting for the training runs to reach it"
     )

@@ -15,6 +15,7 @@ from dagster_project import names
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
 from dagster_project.kafka.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
 from dagster_project.kafka.settings import BrokerConfigError
+from dagster_project.registry.promotion import spec_tail_split
 from dagster_project.registry.store import RegistryError, expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
@@ -99,12 +100,16 @@ def evaluate(
         failed = earlier[0]
         if failed.tags.get("dagster/will_retry") == "true":
             return dg.SkipReason(f"{spec.name}: run {failed.run_id[:8]} failed; the daemon retries it")
-        summary = f"the batch {encode_ranges(plan.ranges)} failed in run {failed.run_id[:8]} after its retries"
+        summary = (
+            f"the batch {encode_ranges(plan.ranges)} failed in run {failed.run_id[:8]} after its retries "
+            f"({retry_story(context.instance, run_key)})"
+        )
         reg.set_halt(
             spec.name,
             {
                 "kind": "failed_run",
                 "ranges": {str(p): list(r) for p, r in plan.ranges.items()},
+                "learned_ends": {str(p): e for p, e in spec_tail_split(spec, plan.ranges).items()},
                 "summary": summary,
                 "run_id": failed.run_id,
             },
@@ -133,3 +138,35 @@ def evaluate(
             {"run_key": run_key, "ranges": encode_ranges(plan.ranges), "rows": plan.rows, "reason": plan.reason}
         ).decode(),
     )
+
+
+def retry_story(instance: dg.DagsterInstance, run_key: str) -> str:
+    """How a batch's runs were retried: run attempts (the daemon's), step retries with their
+    backoff waits (Dagster's RetryPolicy), and the error that ended the last attempt."""
+    from dagster import DagsterEventType
+
+    runs = sorted(
+        instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key})),
+        key=lambda r: int(r.tags.get("dagster/retry_number", "0")),
+    )
+    waits: list[float] = []
+    final = None
+    for run in runs:
+        for record in instance.all_logs(
+            run.run_id, of_type={DagsterEventType.STEP_UP_FOR_RETRY, DagsterEventType.STEP_FAILURE}
+        ):
+            event = record.dagster_event
+            if event.event_type == DagsterEventType.STEP_UP_FOR_RETRY:
+                waits.append(float(event.event_specific_data.seconds_to_wait or 0.0))
+            else:
+                error = event.event_specific_data.error
+                while error is not None and error.cause is not None and error.cls_name.startswith("RetryRequested"):
+                    error = error.cause  # "Exceeded max_retries": the error behind it is the news
+                final = f"{event.step_key}: {error.cls_name}: {error.message.strip()}" if error else event.message
+    shown = ", ".join(f"{w:.1f} s" for w in waits[:8]) + (", ..." if len(waits) > 8 else "")
+    story = f"{len(runs)} run attempt(s), {len(waits)} step retr{'y' if len(waits) == 1 else 'ies'}"
+    if waits:
+        story += f" with backoff waits {shown}"
+    if final:
+        story += f"; last error {final[:300]}"
+    return story

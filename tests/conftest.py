@@ -144,8 +144,13 @@ def synthetic_spec(name: str | None = None, **overrides) -> StreamSpec:
         "features": [{"name": f"x{i}"} for i in range(5)],
         "label": {"classes": [0, 1]},
         "batch": {"rows": 200, "max_rows": 1000, "max_wait_s": 3600, "sensor_interval_s": 5},
+        # No promotion tail by default: most tests plan back-to-back ranges by hand. Tests of the
+        # gate and of exactly-once across tails turn it on (`promotion={"tail_rows": ...}`).
+        "promotion": {"tail_rows": 0},
     }
     raw.update(overrides)
+    # Step retries stay on (as in production) but wait a tenth as long, so fault tests stay short.
+    raw["batch"] = {"retry_delay_s": 0.1, **raw["batch"]}
     return StreamSpec.model_validate(raw)
 
 

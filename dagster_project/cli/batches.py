@@ -30,7 +30,9 @@ def batches_skip(stream: str, reason: str) -> None:
             f"{stream} is not halted; nothing to skip (the Kafka sensor records a halt once a batch has failed its "
             "checks or its run has failed after every retry)"
         )
+    # A batch's tail (held out for the promotion gate) is the next batch's to learn: skip up to it.
     ends = {int(p): int(r[1]) for p, r in halt["ranges"].items()}
+    ends.update({int(p): int(e) for p, e in (halt.get("learned_ends") or {}).items()})
     by = operator_name()
     cause = "a failed run" if halt.get("kind") == "failed_run" else "data-quality halt"
     store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by)

@@ -12,12 +12,34 @@ import click
 @click.command()
 @click.option("--versions", type=int, default=None, help="Stop once this many versions exist (default: Ctrl-C).")
 @click.option("--stream", default="synthetic", show_default=True)
-@click.option("--rate", type=float, default=500.0, show_default=True, help="Replay speed, events per second.")
-@click.option("--rows", type=int, default=20_000, show_default=True, help="How many synthetic events to replay.")
+@click.option("--rate", type=float, default=150.0, show_default=True, help="Replay speed, events per second.")
+@click.option(
+    "--rows", type=int, default=16_000, show_default=True, help="Synthetic events to replay (change at 10,000)."
+)
+@click.option("--batch-rows", type=int, default=None, help="Rows a batch waits for (default: 1,000).")
+@click.option("--max-rows", type=int, default=None, help="Largest batch (default: 5,000).")
+@click.option(
+    "--until-recovered",
+    is_flag=True,
+    help="Stop once the replay is learned and the concept change was acted on (what `make demo` runs).",
+)
+@click.option("--change-at", type=int, default=10_000, show_default=True, help="Row of the concept change.")
 @click.option("--ui-port", type=int, default=None, help="Dagster UI port (default: a free one).")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
-def demo(versions: int | None, stream: str, rate: float, rows: int, ui_port: int | None, timeout_s: float) -> None:
-    """Run the whole loop locally: broker, Dagster daemon and UI, a replayed stream."""
+def demo(
+    versions: int | None,
+    stream: str,
+    rate: float,
+    rows: int,
+    batch_rows: int | None,
+    max_rows: int | None,
+    until_recovered: bool,
+    change_at: int,
+    ui_port: int | None,
+    timeout_s: float,
+) -> None:
+    """Run the whole mission locally: broker, Dagster daemon and UI, a scorer, delayed labels, a replayed
+    stream past its concept change; one line per event, then a summary."""
     from dagster_project.dev.demo import run_demo
 
-    run_demo(versions, stream, rate, rows, ui_port, timeout_s)
+    run_demo(versions, stream, rate, rows, ui_port, timeout_s, until_recovered, batch_rows, max_rows, change_at)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +22,13 @@ def _script(name: str) -> str:
 
 
 class DagsterServices:
-    """dagster-daemon (sensors, run queue, retries) and optionally dagster-webserver."""
+    """One code server, dagster-daemon (sensors, run queue, retries) and optionally dagster-webserver.
+
+    The daemon and the web UI both load the code from one long-lived code server (`dagster api
+    grpc`, a workspace entry of type `grpc_server`) instead of spawning their own: a daemon-spawned
+    server is replaced whenever the daemon reloads its workspace, and the old one logs "No
+    heartbeat received in 20 seconds, shutting down" on its way out, over and over.
+    """
 
     def __init__(self, env: dict[str, str], log_dir: Path, ui_port: int | None = None) -> None:
         self.env = env
@@ -27,11 +36,11 @@ class DagsterServices:
         self.ui_port = ui_port
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], script: str | None = None) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")
         self.processes.append(
             subprocess.Popen(
-                [_script(name), *args],
+                [_script(script or name), *args],
                 cwd=PROJECT_ROOT,
                 env=self.env,
                 stdout=log,
@@ -46,11 +55,47 @@ class DagsterServices:
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         initialize_storage(Path(self.env["DAGSTER_HOME"]))
-        workspace = str(PROJECT_ROOT / "workspace.yaml")
+        workspace = self._code_server()
         self._spawn("dagster-daemon", ["run", "-w", workspace])
         if self.ui_port:
             self._spawn("dagster-webserver", ["-w", workspace, "-h", "127.0.0.1", "-p", str(self.ui_port)])
         return self
+
+    def _code_server(self, timeout_s: float = 120.0) -> str:
+        """Start the code server, wait until it answers, and return a workspace file naming it."""
+        from dagster_project.kafka.brokers.tansu import free_port
+
+        port = free_port()
+        self._spawn(
+            "dagster-code-server",
+            [
+                "api",
+                "grpc",
+                "-m",
+                "dagster_project.definitions",
+                "-d",
+                str(PROJECT_ROOT),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--location-name",
+                "streamfit",
+            ],
+            script="dagster",
+        )
+        workspace = self.log_dir / "workspace.yaml"
+        entry = {"grpc_server": {"host": "127.0.0.1", "port": port, "location_name": "streamfit"}}
+        workspace.write_text(yaml.safe_dump({"load_from": [entry]}))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:  # the server listens once it has loaded the definitions
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return str(workspace)
+            except OSError:
+                time.sleep(0.25)
+        raise RuntimeError(f"the Dagster code server did not answer within {timeout_s:.0f}s; see {self.log_dir}")
 
     @property
     def ui_url(self) -> str | None:

@@ -20,7 +20,13 @@ from dagster_project.spec import StreamSpec
 
 @dataclass
 class MicroBatch:
-    """The valid rows of one offset range, in offset order per partition."""
+    """The valid rows of one offset range, in offset order per partition.
+
+    With `learn_ends` the range ends in a *tail* (`[learn_ends[p], end)` per partition) that this
+    batch's version does not learn: its valid rows are in `tail`, where the promotion gate scores
+    the candidate and the champion. Everything else here (rows, DLQ, `range_rows`) is about the
+    rows before the tail, the ones this batch learns; the next batch learns the tail.
+    """
 
     stream: str
     ranges: Ranges
@@ -31,6 +37,28 @@ class MicroBatch:
     offsets: np.ndarray
     dlq_reasons: Counter = field(default_factory=Counter)
     identity: dict | None = None  # the cluster and topic incarnation the rows came from (TopicIdentity)
+    learn_ends: dict[int, int] | None = None  # where the learned rows end per partition (None: at the end)
+    tail: MicroBatch | None = None  # the valid rows of the tail (unseen by the candidate and the champion)
+
+    @property
+    def learned_ends(self) -> dict[int, int]:
+        """The next offset to learn per partition once this batch is learned (where its tail begins)."""
+        ends = {p: end for p, (_, end) in self.ranges.items()}
+        if self.learn_ends:
+            ends.update({p: min(ends[p], int(e)) for p, e in self.learn_ends.items() if p in ends})
+        return ends
+
+    @property
+    def learned_ranges(self) -> Ranges:
+        """`[start, learned end)` per partition: the offsets this batch learns."""
+        ends = self.learned_ends
+        return {p: (start, ends[p]) for p, (start, _) in self.ranges.items()}
+
+    @property
+    def tail_rows(self) -> int:
+        """Offsets in the tail (held out for the promotion gate, learned by the next batch)."""
+        ends = self.learned_ends
+        return sum(end - ends[p] for p, (_, end) in self.ranges.items())
 
     @property
     def rows(self) -> int:
@@ -46,20 +74,44 @@ class MicroBatch:
 
     @property
     def range_rows(self) -> int:
-        return sum(end - start for start, end in self.ranges.values())
+        """Offsets this batch learns (the tail is counted by the batch that learns it)."""
+        return sum(end - start for start, end in self.learned_ranges.values())
 
 
 def read_batch(
-    settings: KafkaSettings, spec: StreamSpec, ranges: Ranges, dead_letter_invalid: bool = True
+    settings: KafkaSettings,
+    spec: StreamSpec,
+    ranges: Ranges,
+    dead_letter_invalid: bool = True,
+    learn_ends: dict[int, int] | None = None,
 ) -> MicroBatch:
     """Read `ranges` from the events topic; invalid messages go to the DLQ before this returns.
 
     Re-reads of data already handled (retraining on a window) pass `dead_letter_invalid=False`
-    so a bad message is dead-lettered once, not once per read.
+    so a bad message is dead-lettered once, not once per read. With `learn_ends` the rows from
+    there on are the batch's tail: parsed for the promotion gate, but neither dead-lettered nor
+    counted here (the next batch, which learns them, does that).
     """
     identity = topic_identity(settings, spec.events_topic)
     with _gc_paused():
         records = list(read_range(settings, spec.events_topic, ranges))
+    ends = {p: end for p, (_, end) in ranges.items()}
+    if learn_ends:
+        ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
+    learned = [r for r in records if r.offset < ends[r.partition]]
+    batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity)
+    if learn_ends and len(learned) < len(records):
+        tail = [r for r in records if r.offset >= ends[r.partition]]
+        batch.tail = _parse(settings, spec, ranges, tail, False, identity)
+        keep = ~np.isnan(batch.tail.X).any(axis=1) if batch.tail.rows else np.zeros(0, dtype=bool)
+        if not keep.all():  # a nullable feature's NaN cannot be scored; the next batch handles the row
+            batch.tail = _subset(batch.tail, keep)
+    batch.learn_ends = dict(ends) if learn_ends else None
+    return batch
+
+
+def _parse(settings, spec, ranges, records, dead_letter_invalid, identity) -> MicroBatch:
+    with _gc_paused():
         parsed = EventParser(spec).parse_many([record.value for record in records])
     reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
     if dead_letter_invalid and parsed.failures:
@@ -74,6 +126,20 @@ def read_batch(
         offsets=np.fromiter((records[i].offset for i in parsed.index), dtype=np.int64, count=len(parsed.index)),
         dlq_reasons=reasons,
         identity=identity.as_json() if identity else None,
+    )
+
+
+def _subset(batch: MicroBatch, keep: np.ndarray) -> MicroBatch:
+    index = np.flatnonzero(keep)
+    return MicroBatch(
+        stream=batch.stream,
+        ranges=batch.ranges,
+        X=batch.X[index],
+        y=batch.y[index],
+        ids=[batch.ids[i] for i in index],
+        partitions=batch.partitions[index],
+        offsets=batch.offsets[index],
+        identity=batch.identity,
     )
 
 

@@ -33,6 +33,10 @@ class TrainedModel:
     metrics: dict[str, float | int]
     rows_trained: int
     train_seconds: float
+    # The champion when the batch arrived (what was served) and its prequential metrics on the same
+    # rows as `metrics`; and which version's estimator the batch continued from, and why.
+    served: dict[str, Any] | None = None
+    lineage: dict[str, Any] | None = None
 
 
 @dataclass
@@ -77,6 +81,30 @@ def learn_from_head(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch
     return TrainedModel(
         model, head.name if head else None, metrics.as_metadata(), int(labelled.sum()), time.perf_counter() - started
     )
+
+
+def continue_from(registry: ModelRegistry, stream: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Which version's estimator the next batch starts from: the head, unless the head is a
+    retrained version that lost its promotion gate, in which case the champion (the better of the
+    two on the same unseen rows) carries on. Offsets always follow the head: the choice is about
+    the estimator, so no row is learned twice or skipped by the registry's offsets."""
+    head = registry.head(stream)
+    if head is None:
+        return None, None
+    champion = registry.champion(stream)
+    if not champion or champion == head.name or not head.meta.get("retrain"):
+        return head.name, {"from": head.name, "why": "the head"}
+    gates = [
+        d for d in registry.decisions(stream) if d.get("kind") == "promotion_gate" and d.get("candidate") == head.name
+    ]
+    lost = gates and not gates[-1].get("promote") and gates[-1].get("candidate_value") is not None
+    if not lost:
+        return head.name, {"from": head.name, "why": "the head (a retrain not beaten by the champion)"}
+    return champion, {
+        "from": champion,
+        "head": head.name,
+        "why": f"{head.name} (a retrain) lost the promotion gate to {champion}: {gates[-1].get('reason')}",
+    }
 
 
 def learn_export_register(

@@ -20,10 +20,20 @@ from dagster_project.registry.store import ModelRegistry, RegistryError, Version
 from dagster_project.spec import StreamSpec
 
 
+def learned_ranges(version: Version) -> Ranges:
+    """`[batch start, learned end)` per partition: what the version learned of its batch. A batch's
+    tail (held out for the promotion gate) is learned by the next version, so it is not in here."""
+    learned = version.learned if "learned" in version.meta["offsets"] else {}
+    return {
+        int(p): (int(start), min(int(end), learned.get(int(p), int(end))))
+        for p, (start, end) in version.meta["offsets"]["batch"].items()
+    }
+
+
 def _merge(versions: list[Version]) -> Ranges:
     window: Ranges = {}
     for version in versions:
-        for p, (start, end) in ((int(p), se) for p, se in version.meta["offsets"]["batch"].items()):
+        for p, (start, end) in learned_ranges(version).items():
             lo, hi = window.get(p, (start, end))
             window[p] = (min(lo, start), max(hi, end))
     return window

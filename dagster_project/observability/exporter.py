@@ -75,6 +75,11 @@ class TrainingCollector(Collector):
         prequential = GaugeMetricFamily(
             "streamfit_prequential_metric", "Test-then-train metric of the latest batch", labels=["stream", "metric"]
         )
+        served = GaugeMetricFamily(
+            "streamfit_served_prequential_metric",
+            "Prequential metric of the model served (the champion) on the latest batch, beside the head's",
+            labels=["stream", "metric"],
+        )
         train = SummaryMetricFamily("streamfit_train_seconds", "Seconds spent in test-then-train", labels=["stream"])
         export = SummaryMetricFamily(
             "streamfit_export_seconds", "Seconds spent exporting and checking ONNX", labels=["stream"]
@@ -100,6 +105,11 @@ class TrainingCollector(Collector):
                     value = found[-1].meta.get("metrics", {}).get(metric)
                     if value is not None:
                         prequential.add_metric([name, metric], value)
+                latest_served = next((v.meta["served"] for v in reversed(found) if v.meta.get("served")), None)
+                for metric in PREQUENTIAL_METRICS:
+                    value = (latest_served or {}).get("metrics", {}).get(metric)
+                    if value is not None:
+                        served.add_metric([name, metric], value)
             champion = self._read(name, lambda name=name: self.registry.champion(name), None)
             if champion:
                 version.add_metric([name, "champion"], version_number(champion))
@@ -107,7 +117,7 @@ class TrainingCollector(Collector):
             rollbacks = sum(1 for h in history if str(h.get("reason", "")).startswith("rollback"))
             changes.add_metric([name, "rollback"], rollbacks)
             changes.add_metric([name, "promotion"], len(history) - rollbacks)
-        yield from (batches, rows, dlq, version, prequential, train, export, changes)
+        yield from (batches, rows, dlq, version, prequential, served, train, export, changes)
         yield from self._monitoring()
         if self.kafka is not None:
             yield from self._lag()

@@ -82,6 +82,7 @@ def apply_quality_policy(
             spec.name,
             {
                 "ranges": {str(p): list(r) for p, r in batch.ranges.items()},
+                "learned_ends": {str(p): e for p, e in batch.learned_ends.items()},
                 "summary": summary + dlq_note,
                 "run_id": run_id,
             },
@@ -92,7 +93,7 @@ def apply_quality_policy(
         )
         return QualityOutcome(None, False, "ERROR", message, metadata)
     qid = QuarantineStore().save(batch, metadata, run_id)
-    ends = {p: end for p, (_, end) in batch.ranges.items()}
+    ends = batch.learned_ends  # the tail was not checked: the next batch learns (or refuses) it
     registry.set_pending_offsets(
         spec.name, ends, reason=f"quarantined {qid}: {summary}", by=f"data quality, run {run_id}"
     )

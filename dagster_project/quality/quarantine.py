@@ -36,7 +36,8 @@ class QuarantineStore:
         self.root = Path(root) if root else streamfit_home() / "quarantine"
 
     def save(self, batch: MicroBatch, validation: dict[str, Any], run_id: str) -> str:
-        ranges = "_".join(f"p{p}-{s}-{e}" for p, (s, e) in sorted(batch.ranges.items()))
+        # The rows it holds: a batch's tail is not quarantined with it (the next batch learns it).
+        ranges = "_".join(f"p{p}-{s}-{e}" for p, (s, e) in sorted(batch.learned_ranges.items()))
         qid = f"q-{ranges}-{uuid.uuid4().hex[:6]}"
         directory = self.root / batch.stream
         tmp = directory / f".tmp-{qid}"
@@ -49,7 +50,7 @@ class QuarantineStore:
         meta = {
             "id": qid,
             "stream": batch.stream,
-            "ranges": {str(p): [s, e] for p, (s, e) in sorted(batch.ranges.items())},
+            "ranges": {str(p): [s, e] for p, (s, e) in sorted(batch.learned_ranges.items())},
             "rows": batch.rows,
             "dlq": batch.dlq,
             "validation": validation,

@@ -223,9 +223,13 @@ def split_partial(batch: MicroBatch, mask: np.ndarray) -> tuple[MicroBatch, Micr
             partitions=batch.partitions[index],
             offsets=batch.offsets[index],
             dlq_reasons=reasons,
+            identity=batch.identity,
+            learn_ends=batch.learn_ends,
         )
 
-    return take(~mask, Counter(batch.dlq_reasons)), take(mask, Counter())
+    kept = take(~mask, Counter(batch.dlq_reasons))
+    kept.tail = batch.tail
+    return kept, take(mask, Counter())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
 """The promotion gate: a candidate replaces the champion only if it is not measurably worse.
 
-Both models are scored on the same held-out rows: the batch that has just arrived, before
-anything learns from it. No rows are withheld from training, and the comparison is as honest as
-the prequential metric itself. Every decision, promote or not, is recorded with its numbers.
+Both models are scored on the same unseen rows: the tail of the batch the candidate was trained
+on, which neither the candidate nor the champion has learned (`tail_split`). The candidate's
+learned offsets end where the tail begins, so the next batch learns the tail: no row is thrown
+away and none is learned twice. Every decision, promote or not, is recorded with all the metrics
+of both models.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from dagster_project.kafka.offsets import Ranges
 
 HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mae": False, "rmse": False}
 
@@ -17,6 +21,36 @@ def default_metric(task: str, n_classes: int) -> str:
     if task == "regression":
         return "rmse"
     return "roc_auc" if n_classes == 2 else "accuracy"
+
+
+def tail_split(ranges: Ranges, tail_rows: int, tail_fraction: float, min_rows: int) -> dict[int, int]:
+    """Where each partition's learned rows end: ``end`` minus its share of the batch's tail.
+
+    The tail is ``min(tail_rows, floor(tail_fraction * rows))`` offsets, shared between partitions
+    in proportion to their rows (largest remainders get the rounding), or nothing when that is
+    below ``min_rows``. Deterministic: the sensor, a retry and a re-execution agree.
+    """
+    sizes = {p: end - start for p, (start, end) in ranges.items()}
+    total = sum(sizes.values())
+    tail = min(tail_rows, int(tail_fraction * total))
+    if tail < min_rows or total <= 0:
+        return {p: end for p, (_, end) in ranges.items()}
+    shares = {p: tail * n // total for p, n in sizes.items()}
+    left = tail - sum(shares.values())
+    by_remainder = sorted(sizes, key=lambda p: (-(tail * sizes[p] % total), p))
+    for p in by_remainder:
+        if left <= 0:
+            break
+        if shares[p] < sizes[p]:
+            shares[p] += 1
+            left -= 1
+    return {p: end - shares[p] for p, (_, end) in ranges.items()}
+
+
+def spec_tail_split(spec: object, ranges: Ranges) -> dict[int, int]:
+    """`tail_split` with a stream spec's promotion settings."""
+    promotion = spec.promotion  # type: ignore[attr-defined]
+    return tail_split(ranges, promotion.tail_rows, promotion.tail_fraction, promotion.min_rows)
 
 
 @dataclass(frozen=True)
@@ -30,6 +64,8 @@ class GateResult:
     rows: int
     promote: bool
     reason: str
+    candidate_metrics: dict[str, Any] | None = None  # every metric of both models on the same rows
+    champion_metrics: dict[str, Any] | None = None
 
     def evidence(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,15 +85,27 @@ def gate(
     cand, champ = candidate_metrics.get(metric), champion_metrics.get(metric)
 
     def result(promote: bool, reason: str) -> GateResult:
-        return GateResult(candidate, champion, metric, cand, champ, margin, rows, promote, reason)
+        return GateResult(
+            candidate,
+            champion,
+            metric,
+            cand,
+            champ,
+            margin,
+            rows,
+            promote,
+            reason,
+            dict(candidate_metrics),
+            dict(champion_metrics),
+        )
 
     if rows < min_rows:
-        return result(False, f"only {rows} held-out rows (< promotion.min_rows {min_rows}); decision deferred")
+        return result(False, f"only {rows} unseen rows (< promotion.min_rows {min_rows}); decision deferred")
     if cand is None or champ is None:
         return result(False, f"{metric} not computable on this batch (e.g. a single class); decision deferred")
     higher = HIGHER_IS_BETTER[metric]
     shortfall = (champ - cand) if higher else (cand - champ)
-    verdict = f"{metric} {cand:.4f} vs champion {champion} {champ:.4f} on {rows} held-out rows"
+    verdict = f"{metric} {cand:.4f} vs champion {champion} {champ:.4f} on {rows} unseen rows"
     if shortfall <= margin:
         return result(True, f"promoted: {verdict} (within margin {margin:g})")
     return result(False, f"kept as candidate: {verdict} is worse by {shortfall:.4f} > margin {margin:g}")

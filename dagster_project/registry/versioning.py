@@ -34,7 +34,14 @@ def version_meta(
             "batch": {str(p): [s, e] for p, (s, e) in sorted(batch.ranges.items())},
             "learned": {str(p): o for p, o in sorted(learned.items())},
         },
-        "rows": {"read": batch.range_rows, "valid": batch.rows, "trained": rows_trained, "dlq": batch.dlq},
+        # read/valid/dlq count the offsets this version learns; the tail is counted by the next one
+        "rows": {
+            "read": batch.range_rows,
+            "valid": batch.rows,
+            "trained": rows_trained,
+            "dlq": batch.dlq,
+            "tail": batch.tail_rows,
+        },
         "rows_learned_total": rows_learned_total,
         "metrics": metrics,
         "parity": parity,
@@ -60,12 +67,13 @@ def register_batch(
 ) -> Version:
     """Register `model` as the head's child, recording exactly which offsets it has learned.
 
-    Every version goes through here: a batch, a quarantine replay (`replay=...`: offsets stay where
-    the stream moved on) and a retrain (`retrain=...`: rows behind the head, offsets unchanged).
+        Every version goes through here: a batch, a quarantine replay (`replay=...`: offsets stay where
+        the stream moved on) and a retrain (`retrain=...`: rows behind the head, offsets unchanged).
 
-    The registry refuses the write if another version appeared since the parent (stale parent),
-    so a batch can never be counted twice. A pending offset reset is applied and recorded. The
-    first version becomes champion; later ones must pass the promotion gate on the next batch.
+        The registry refuses the write if another version appeared since the parent (stale parent),
+        so a batch can never be counted twice. A pending offset reset is applied and recorded. The
+        first version becomes champion; later ones must pass the promotion gate (on the batch's tail,
+    in the same run).
     """
     head, expected, reset = expected_offsets(registry, spec.name)
     if (head.name if head else None) != model.parent:
@@ -76,7 +84,7 @@ def register_batch(
     else:
         learned, new_rows, identity = dict(expected), model.rows_trained, head_identity
         if not extra.get("replay"):  # a replayed quarantine batch lies behind the head: offsets stay
-            learned.update({p: end for p, (_, end) in batch.ranges.items()})
+            learned.update(batch.learned_ends)  # where the tail begins: the next batch learns it
             identity = getattr(batch, "identity", None)
     meta = version_meta(
         spec,
@@ -92,6 +100,9 @@ def register_batch(
         **extra,
     )
     meta["offsets"]["identity"] = identity
+    for key in ("served", "lineage"):  # what was served meanwhile, and which estimator this grew from
+        if getattr(model, key, None):
+            meta[key] = getattr(model, key)
     version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta)
     if reset:
         registry.clear_offset_reset(spec.name, version.name)

@@ -1,55 +1,148 @@
-"""The champion gate inside training runs: better candidates are promoted, worse ones are not."""
+"""The champion gate inside training runs: decided in the run that trains the candidate, on the
+batch's tail that neither the candidate nor the champion has learned; the tail is learned by the
+next batch, so every row is learned exactly once."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from dagster_project.kafka.io import probe_partitions
+from dagster_project.kafka.offsets import NoBatch
 from dagster_project.learning.estimators import build_model, partial_fit
 from dagster_project.onnx.export import export_onnx
-from tests.helpers import produce_synthetic, run_batch
+from dagster_project.registry.promotion import tail_split
+from dagster_project.registry.store import expected_offsets
+from dagster_project.resources import KafkaResource
+from tests.conftest import synthetic_spec
+from tests.helpers import high_waters, kafka_sensor_tick, produce_synthetic, run_batch
+
+TAIL = {"tail_rows": 100, "tail_fraction": 0.2, "min_rows": 50}
 
 
-def _thirds(settings, spec):
-    states = probe_partitions(settings, spec.events_topic, {})
-    cuts = [{s.partition: s.high_water * k // 3 for s in states} for k in range(4)]
-    return [{p: (cuts[k][p], cuts[k + 1][p]) for p in cuts[0]} for k in range(3)]
+@pytest.fixture
+def spec():
+    return synthetic_spec(promotion=TAIL, batch={"rows": 200, "max_rows": 600, "max_wait_s": 0.2})
 
 
-def test_a_better_candidate_is_promoted_on_the_next_batch(kafka_settings, spec, registry, stream_defs, instance):
+def _next(settings, registry, spec, rows_per_partition: int):
+    """The next batch from the head's learned offsets: up to `rows_per_partition` rows of each partition."""
+    _, expected, _ = expected_offsets(registry, spec.name)
+    ends = high_waters(settings, spec.events_topic)
+    starts = {p: expected.get(p, 0) for p in ends}
+    return {p: (starts[p], min(ends[p], starts[p] + rows_per_partition)) for p in ends if ends[p] > starts[p]}
+
+
+def test_the_tail_is_shared_by_rows_and_skipped_when_too_small():
+    assert tail_split({0: (0, 300), 1: (100, 400)}, 250, 0.2, 50) == {0: 240, 1: 340}  # 120 of 600
+    assert tail_split({0: (0, 900), 1: (0, 100)}, 250, 0.2, 50) == {0: 720, 1: 80}  # 200 (20 %), by rows
+    assert tail_split({0: (0, 201), 1: (0, 2)}, 250, 0.2, 5) == {0: 161, 1: 2}  # 40 rows: remainders
+    assert tail_split({0: (0, 100), 1: (0, 100)}, 250, 0.2, 50) == {0: 100, 1: 100}  # 40 < min_rows: none
+    assert tail_split({0: (0, 1000)}, 0, 0.2, 50) == {0: 1000}  # tail_rows 0: off
+
+
+def test_a_better_candidate_is_promoted_in_the_run_that_trains_it(
+    kafka_settings, spec, registry, stream_defs, instance
+):
     produce_synthetic(kafka_settings, spec, 1500)
-    first, second, third = _thirds(kafka_settings, spec)
-    for ranges in (first, second):
-        assert run_batch(stream_defs, spec, ranges, instance).success
-    assert registry.champion(spec.name) == "v1"  # v2 has not faced the champion yet
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
+    v1 = registry.head(spec.name)
+    assert registry.champion(spec.name) == "v1"  # the first version: nothing to compare with
+    assert v1.learned == {0: 200, 1: 200}, "the batch's last 100 rows are its tail: not learned by v1"
+    assert v1.meta["offsets"]["batch"] == {"0": [0, 250], "1": [0, 250]}
 
-    result = run_batch(stream_defs, spec, third, instance)
+    result = run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 300), instance)
 
-    assert registry.champion(spec.name) == "v2"
+    assert registry.champion(spec.name) == "v2", "decided in the run that trained v2, not on the next batch"
     (decision,) = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
     assert decision["candidate"] == "v2" and decision["champion"] == "v1" and decision["promote"]
-    assert decision["candidate_value"] is not None and decision["champion_value"] is not None
+    assert decision["rows"] == 100  # the tail of v2's batch: [450, 500) of each partition
+    for side in ("candidate_metrics", "champion_metrics"):  # every metric of both models
+        assert {"rows", "accuracy", "roc_auc", "log_loss"} <= set(decision[side]), decision[side]
+    assert decision["candidate_value"] == decision["candidate_metrics"]["roc_auc"]
+    v2 = registry.head(spec.name)
+    assert v2.meta["offsets"]["batch"] == {"0": [200, 500], "1": [200, 500]}, "v2 learned v1's tail first"
+    assert v2.learned == {0: 450, 1: 450}
     gate = result.asset_materializations_for_node(f"{spec.name}__champion")[0]
-    assert gate.metadata["promoted"].value == 1
+    assert gate.metadata["promoted"].value == 1 and gate.metadata["unseen_rows"].value == 100
 
 
 def test_a_worse_candidate_stays_a_candidate(kafka_settings, spec, registry, stream_defs, instance):
     produce_synthetic(kafka_settings, spec, 1000)
-    first, second, _ = _thirds(kafka_settings, spec)
-    assert run_batch(stream_defs, spec, first, instance).success
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
     v1 = registry.head(spec.name)
-    # A saboteur's model: trained on inverted labels, registered as the head after v1's offsets.
+    # A saboteur's model: trained on inverted labels, registered as the head at v1's offsets.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 5))
     y = (X @ np.array([1.5, -2.0, 1.0, 0.0, 0.5]) <= 0).astype(int)
     bad = partial_fit(build_model(spec), X, y, np.array([0, 1]))
-    meta = {**v1.meta, "metrics": {}}
-    registry.register(spec.name, "v1", export_onnx(bad, 5), bad, meta)
+    registry.register(spec.name, "v1", export_onnx(bad, 5), bad, {**v1.meta, "metrics": {}})
 
-    assert run_batch(stream_defs, spec, second, instance).success
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
 
     assert registry.champion(spec.name) == "v1"
     (decision,) = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
-    assert not decision["promote"] and decision["candidate"] == "v2"
+    assert not decision["promote"] and decision["candidate"] == "v3"  # the saboteur's child
     assert decision["champion_value"] - decision["candidate_value"] > 0.5
     assert "kept as candidate" in decision["reason"]
+
+
+def test_every_row_is_learned_exactly_once_across_tails(kafka_settings, kafka_bootstrap, spec, registry, instance):
+    """The Kafka sensor plans each batch from the head's learned offsets: the tail of batch k is
+    learned by version k+1, and after the stream is drained every produced row was learned once."""
+    from tests.helpers import defs_for
+
+    produced = produce_synthetic(kafka_settings, spec, 1700)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    job = defs.resolve_job_def(f"{spec.name}_training")
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    import time
+
+    for _ in range(20):
+        result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        if not getattr(result, "run_requests", None):
+            assert "caught up" in str(getattr(result, "skip_message", result)) or isinstance(result, NoBatch)
+            break
+        (request,) = result.run_requests
+        assert job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags).success
+        time.sleep(0.25)  # batch.max_wait_s: the last tail waits that long before it is planned
+    else:
+        pytest.fail("the stream was not drained in 20 batches")
+
+    versions = registry.versions(spec.name)
+    assert len(versions) >= 4
+    ends = high_waters(kafka_settings, spec.events_topic)
+    for p in ends:
+        learned = [
+            (v.meta["offsets"]["batch"][str(p)][0], v.learned[p])
+            for v in versions
+            if str(p) in v.meta["offsets"]["batch"]
+        ]
+        covered = [o for s, e in learned for o in range(s, e)]
+        assert covered == list(range(ends[p])), f"partition {p}: every offset learned once, in order"
+    for before, after in zip(versions, versions[1:], strict=False):
+        for p, (_, end) in ((int(p), r) for p, r in before.meta["offsets"]["batch"].items()):
+            if end > before.learned[p]:  # the tail of `before` is learned by `after`
+                start, _ = after.meta["offsets"]["batch"][str(p)]
+                assert start == before.learned[p] and after.learned[p] >= end
+    assert versions[-1].meta["rows_learned_total"] == produced
+    assert sum(v.meta["rows"]["read"] for v in versions) == produced, "the exporter's row counts stay exactly-once"
+    gates = {d["candidate"]: d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"}
+    tailed = [v.name for v in versions[1:] if v.meta["rows"]["tail"] >= spec.promotion.min_rows]
+    assert tailed and all(name in gates for name in tailed), "each version with a tail was gated in its own run"
+
+
+def test_a_batch_with_a_tail_is_not_learned_twice_when_its_run_is_re_executed(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    produce_synthetic(kafka_settings, spec, 1000)
+    first = _next(kafka_settings, registry, spec, 250)
+    assert run_batch(stream_defs, spec, first, instance).success
+    second = _next(kafka_settings, registry, spec, 250)
+    assert run_batch(stream_defs, spec, second, instance).success
+    head = registry.head(spec.name)
+
+    again = run_batch(stream_defs, spec, second, instance)  # its end lies past the head's learned offsets
+
+    assert again.success and registry.head(spec.name) == head, "the learned part is behind the head: skipped"
+    check = again.get_asset_check_evaluations()[0]
+    assert "already learned" in check.description

@@ -109,9 +109,12 @@ def test_retrain_registers_a_new_head_and_records_the_action(
     assert v3.learned == v2.learned and v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] == 600
     assert v3.meta["run_id"] == result.run_id
     assert registry.champion(spec.name) == "v1", "the retrained version still has to win the promotion gate"
-    decision = registry.decisions(spec.name)[-1]
-    assert decision["kind"] == ACTION_KIND and decision["action"] == "retrain"
+    decision, gate = registry.decisions(spec.name)[-2:]
+    assert decision["kind"] == ACTION_KIND and decision["action"] == "retrain" and decision["since"] == "v2"
     assert (decision["from_version"], decision["to_version"]) == ("v2", "v3") and decision["reasons"] == reasons
+    # gated in its own run, on v2's unseen tail: this spec holds none out, so the gate defers
+    assert gate["kind"] == "promotion_gate" and gate["candidate"] == "v3" and not gate["promote"]
+    assert "decision deferred" in gate["reason"]
     (materialization,) = result.asset_materializations_for_node(names.retrain_op(spec.name))
     assert materialization.asset_key == dg.AssetKey([spec.name, "model_version"])
     assert materialization.metadata["version"].value == "v3"

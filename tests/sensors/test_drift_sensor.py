@@ -109,3 +109,26 @@ def test_concept_change_is_detected_retrained_and_recovered(kafka_bootstrap, kaf
     assert np.mean(accuracy[-3:]) >= pre_drift - 0.05, np.round(accuracy, 3)  # and the stream recovered
     retrains = [v for v in registry.versions(spec.name) if v.meta.get("retrain")]
     assert len(retrains) == 1 and retrains[0].meta["retrain"]["since"]
+
+
+def test_a_live_only_change_waits_until_training_has_learned_the_change() -> None:
+    """The served champion's live error can rise before any run has read the new concept's rows: a
+    retrain then would re-learn the old concept, so the sensor waits (the prequential detector, or
+    data drift, names the change point once training reaches it)."""
+    from types import SimpleNamespace
+
+    from monitors.decisions import Decision
+    from sensors.drift_sensor import _live_change_not_learned_yet
+
+    live = {"metric": "live_error_rate"}
+    calm = {"consecutive_drifted": 0, "hysteresis": 3}
+    decision = Decision(
+        "retrain", ["concept drift: live_error_rate: ..."], {"concept_drift": [live], "data_drift": calm}
+    )
+
+    assert "no learned batch shows the change yet" in _live_change_not_learned_yet(
+        decision, SimpleNamespace(change_version=None)
+    )
+    assert _live_change_not_learned_yet(decision, SimpleNamespace(change_version="v9")) is None
+    prequential = Decision("retrain", [], {"concept_drift": [{"metric": "error_rate"}, live], "data_drift": calm})
+    assert _live_change_not_learned_yet(prequential, SimpleNamespace(change_version=None)) is None

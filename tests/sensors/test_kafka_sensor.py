@@ -108,6 +108,16 @@ def test_failed_batch_halts_the_stream_with_a_reason(
 
     assert isinstance(result, dg.SkipReason)
     assert "halted" in result.skip_message and failed.run_id[:8] in result.skip_message
+    # Dagster's step retries (RetryPolicy, exponential backoff with jitter) before the run failed
+    retries = [e for e in failed.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == spec.batch.step_retries
+    waits = [e.event_specific_data.seconds_to_wait for e in retries]
+    assert all(
+        0 <= w <= (2 ** (n + 1) - 1) * spec.batch.retry_delay_s + spec.batch.retry_delay_s for n, w in enumerate(waits)
+    )
+    message = result.skip_message
+    assert f"1 run attempt(s), {spec.batch.step_retries} step retries with backoff waits" in message, message
+    assert "InjectedFault" in message and "after_train" in message, message
 
 
 def test_lost_offsets_are_a_loud_gap_until_an_operator_resets(

@@ -52,7 +52,7 @@ def test_a_tick_returns_the_run_request_and_a_cursor_describing_it(
         names.RANGES_TAG: encode_ranges(planned),
         names.PARENT_TAG: "none",
         names.LAG_AFTER_BATCH_TAG: "0",
-        "dagster/max_runtime_seconds": str(spec.batch.max_run_seconds),  # run monitoring fails a killed run
+        "dagster/max_runtime_seconds": str(spec.batch.max_run_seconds),  # run monitoring fails a dead worker's run
     }
     config = request.run_config["ops"][names.micro_batch_op(spec.name)]["config"]["ranges"]
     assert {r["partition"]: (r["start"], r["end"]) for r in config} == planned

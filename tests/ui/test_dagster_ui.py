@@ -119,12 +119,14 @@ def test_dagster_ui_shows_assets_checks_sensors_metric_plot_and_run_logs(
             time.sleep(0.5)
         trained_at = time.monotonic()
 
-        # The asset graph: the stream's five assets, the two with checks showing them passed.
+        # The asset graph: the stream's five assets (their checks are on the asset pages below).
         ui.open("/asset-groups")
         assets = ["micro_batch", "model", "onnx_model", "model_version", "champion"]
         page = ui.wait_for(
-            "the stream's assets with their checks in the asset graph",
-            lambda text: all(a in text for a in assets) and text.count("1 / 1 Passed") >= 2,
+            "the stream's assets in the asset graph",
+            # The graph is six columns wide since the champion gate follows model_version: zoomed
+            # to fit, its nodes no longer show their check counts; the checks are read below.
+            lambda text: all(a in text for a in assets),
             60,
         )
         assert "Global asset lineage" in page

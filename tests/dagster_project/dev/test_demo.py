@@ -49,7 +49,7 @@ def test_demo_stops_everything_it_started(tmp_path, stop):
         seen = []
         for line in demo.stdout:
             seen.append(line)
-            if line.startswith("replaying"):
+            if "replaying" in line:  # lines carry their time: "[ 12.3s] replaying ..."
                 break
             assert time.monotonic() < deadline, "".join(seen)
         assert len(_processes_with(marker)) >= 3, "broker, daemon and web UI should be running"
@@ -62,3 +62,30 @@ def test_demo_stops_everything_it_started(tmp_path, stop):
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _processes_with(marker) == [], "the demo left processes running"
+
+
+@pytest.mark.timeout(600)
+def test_the_demo_shows_a_promotion_a_drift_action_and_served_predictions(tmp_path):
+    """A shortened mission (the concept change at row 2,500 instead of 10,000), stdin closed: the
+    output names a promotion with its numbers, the drift action, the scorer following the champion,
+    and a summary with the predictions served and their live accuracy."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STREAMFIT_KAFKA_BOOTSTRAP", "DAGSTER_HOME")}
+    env["STREAMFIT_HOME"] = str(tmp_path / "home")
+    args = ["--rows", "4500", "--change-at", "2500", "--rate", "300", "--batch-rows", "500", "--max-rows", "1200"]
+    demo = subprocess.run(
+        [STREAMFIT, "demo", *args, "--until-recovered", "--timeout", "480"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out
+    assert "Traceback" not in out and "Warning" not in out, out
+    assert " promoted: roc_auc " in out and " unseen rows" in out, out
+    assert "drift at row" in out and "-> retrain from row" in out, out
+    assert "scorer now serves v" in out, out
+    served = [line for line in out.splitlines() if "predictions served:" in line]
+    assert served and int(served[0].split("predictions served:")[1].split(",")[0].strip()) > 0, out
+    assert "live accuracy" in served[0] and "dead letters: 0" in out and "Dagster UI: http://127.0.0.1:" in out

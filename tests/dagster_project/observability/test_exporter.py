@@ -83,7 +83,9 @@ def test_prometheus_scrapes_training_metrics(
         assert float(rows[0]["value"][1]) == 600
         assert float(_wait_for(prom_port, f"streamfit_batches_total{{{selector}}}")[0]["value"][1]) == 2
         champion = _wait_for(prom_port, f'streamfit_model_version{{{selector},alias="champion"}}')
-        assert float(champion[0]["value"][1]) == 1  # v2 faces the promotion gate on the next batch
+        assert float(champion[0]["value"][1]) == 1  # no promotion tail in this spec: v2 is not gated
+        served = _wait_for(prom_port, f'streamfit_served_prequential_metric{{{selector},metric="accuracy"}}')
+        assert 0.8 < float(served[0]["value"][1]) <= 1.0  # v1, served while v2's batch arrived
         head = _wait_for(prom_port, f'streamfit_model_version{{{selector},alias="head"}}')
         assert float(head[0]["value"][1]) == 2
         lag = _wait_for(prom_port, f"sum(streamfit_lag_rows{{{selector}}})")
