@@ -154,6 +154,35 @@ def read_topic(settings: KafkaSettings, topic: str) -> list[dict[str, Any]]:
     return out
 
 
+def read_committed(settings: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Every committed record of `topic` as JSON, read as a downstream consumer with
+    `isolation_level=read_committed` does: records of aborted or still-open transactions are never
+    returned, and each partition is read up to its last stable offset."""
+    from kafka import TopicPartition
+
+    from dagster_project.kafka import clients
+
+    consumer = clients.range_reader(settings, isolation_level="read_committed", auto_offset_reset="earliest")
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)  # with read_committed: the last stable offsets
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"reading {topic} committed: stuck before {ends}"
+            for tp, records in consumer.poll(timeout_ms=200, max_records=50_000).items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        value = orjson.loads(record.value)
+                        value["_partition"], value["_offset"], value["_key"] = tp.partition, record.offset, record.key
+                        out.append(value)
+        return out
+    finally:
+        consumer.close()
+
+
 # --- micro-batches built by hand ----------------------------------------------------------------
 
 

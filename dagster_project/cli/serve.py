@@ -26,6 +26,21 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
     help="Events per poll batch: the most a crash can score twice.",
 )
 @click.option(
+    "--delivery",
+    type=click.Choice(["exactly-once", "at-least-once", "auto"]),
+    default=None,
+    help="exactly-once: each poll batch is a Kafka transaction (predictions, dead letters and offsets); "
+    "at-least-once: a crash repeats at most one batch; auto: exactly-once where the broker's transactions "
+    "work (Apache Kafka), at-least-once on Tansu. Default: $STREAMFIT_SCORER_DELIVERY, else auto.",
+)
+@click.option(
+    "--replica-id",
+    default=None,
+    help="This replica's name in its transactional id (streamfit-<stream>-scorer-<replica id>): keep it across "
+    "restarts of the same replica, never share it between live replicas. Default: $STREAMFIT_SCORER_REPLICA_ID, "
+    "else <hostname>-<port>.",
+)
+@click.option(
     "--max-body-bytes",
     type=click.IntRange(min=1),
     default=1024 * 1024,
@@ -67,6 +82,8 @@ def serve(
     bootstrap: str | None,
     group: str | None,
     max_poll_records: int,
+    delivery: str | None,
+    replica_id: str | None,
     max_body_bytes: int,
     max_rows: int,
     body_timeout: float,
@@ -79,12 +96,13 @@ def serve(
     Follows the registry's champion alias ($STREAMFIT_HOME/registry, or MLflow's `models:/<stream>@champion`
     with STREAMFIT_REGISTRY=mlflow) and hot-swaps it. Set
     STREAMFIT_SCORER_TOKEN to require `Authorization: Bearer <token>` for inference. SIGTERM or
-    Ctrl-C finishes the current batch, commits and leaves the group.
+    Ctrl-C finishes the current batch, commits and leaves the group. Exits 1 if another process
+    takes this replica's transactional id (exactly-once): two live replicas must not share --replica-id.
     """
     import logging
 
     from dagster_project.kafka.io import BrokerUnavailable
-    from dagster_project.serving.scorer import build_service, scorer_group
+    from dagster_project.serving.scorer import ScorerFenced, build_service, scorer_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -98,6 +116,8 @@ def serve(
             port=port,
             group_id=group,
             max_poll_records=max_poll_records,
+            delivery=delivery,
+            replica_id=replica_id,
             max_body_bytes=max_body_bytes,
             max_rows=max_rows,
             body_timeout_s=body_timeout,
@@ -107,9 +127,17 @@ def serve(
     except (KeyError, FileNotFoundError, ValueError, BrokerUnavailable, OSError) as exc:
         raise click.ClickException(exc.args[0] if isinstance(exc, KeyError) else str(exc)) from exc
     service.start()
+    scorer = service.scorer
+    mode = scorer.delivery.mode.replace("_", "-")
+    if scorer.delivery.exactly_once:
+        mode += f" as {scorer.transactional_id}"
+    click.echo(f"delivery {mode}: {scorer.delivery.reason}")
     click.echo(
         f"serving {stream}: {spec.events_topic} -> {spec.predictions_topic} in group {group or scorer_group(spec)}; "
         f"HTTP on {service.url}"
     )
-    service.serve_until_signalled()
+    try:
+        service.serve_until_signalled()
+    except ScorerFenced as exc:
+        raise click.ClickException(f"fenced: {exc}") from exc
     click.echo("scorer stopped")

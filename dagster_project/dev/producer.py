@@ -55,7 +55,11 @@ def produce(
     limit: int | None = None,
     progress: bool = False,
 ) -> int:
-    """Send events to the stream's events topic; returns how many the broker acknowledged."""
+    """Send events to the stream's events topic; returns how many the broker acknowledged.
+
+    Every send is checked once flushed: a record the broker did not acknowledge (with the default
+    acks=all: not written to min.insync.replicas replicas) raises ProduceFailed naming how many.
+    """
     check_reachable(settings)
     ensure_topics(
         settings, [spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic], spec.partitions
@@ -68,10 +72,11 @@ def produce(
 
         bar = tqdm(total=limit, unit="ev", desc=f"producing {spec.events_topic}")
     sent = 0
+    failures: list[Exception] = []
     started = time.monotonic()
     try:
         for key, value in events:
-            producer.send(spec.events_topic, key=key, value=value)
+            producer.send(spec.events_topic, key=key, value=value).add_errback(failures.append)
             sent += 1
             if bar is not None:
                 bar.update(1)
@@ -84,4 +89,12 @@ def produce(
         producer.close()
         if bar is not None:
             bar.close()
+    if failures:
+        raise ProduceFailed(
+            f"{len(failures)} of {sent} events were not acknowledged by {settings.bootstrap}: {failures[0]!r}"
+        )
     return sent
+
+
+class ProduceFailed(RuntimeError):
+    """Some events were not acknowledged (their fate is unknown: resend them; consumers dedupe by id)."""

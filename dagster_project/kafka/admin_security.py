@@ -34,11 +34,13 @@ class SecuritySetupError(RuntimeError):
 
 @dataclass(frozen=True)
 class Grant:
-    """Operations a principal needs on one resource: a topic or a consumer group, by exact name."""
+    """Operations a principal needs on one resource: a topic, a consumer group or a transactional id,
+    by exact name (or every name starting with `name` when `prefixed`)."""
 
-    resource: Literal["topic", "group"]
+    resource: Literal["topic", "group", "transactional_id"]
     name: str
     operations: tuple[str, ...]
+    prefixed: bool = False
 
 
 def component_grants(spec: StreamSpec, component: Component) -> list[Grant]:
@@ -46,10 +48,12 @@ def component_grants(spec: StreamSpec, component: Component) -> list[Grant]:
 
     producer: writes events and labels (CREATE: `streamfit produce` creates them when missing).
     trainer (sensor, training runs): reads events, dead-letters to the DLQ, commits its group's offsets.
-    scorer: reads events in the scorers' group, writes predictions and dead letters.
+    scorer: reads events in the scorers' group, writes predictions and dead letters, and (exactly-once)
+    uses the transactional ids `streamfit-<stream>-scorer-<replica id>` of its replicas.
     label-joiner: reads predictions and labels in its group, dead-letters unreadable ones.
     """
     from dagster_project.labels.joiner import labels_group
+    from dagster_project.serving.delivery import transactional_id_prefix
     from dagster_project.serving.scorer import scorer_group
 
     events, labels, dlq, predictions = spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic
@@ -68,6 +72,7 @@ def component_grants(spec: StreamSpec, component: Component) -> list[Grant]:
             Grant("topic", predictions, ("WRITE",)),
             Grant("topic", dlq, ("WRITE",)),
             Grant("group", scorer_group(spec), ("READ",)),
+            Grant("transactional_id", transactional_id_prefix(spec), ("WRITE", "DESCRIBE"), prefixed=True),
         ],
         "label-joiner": [
             Grant("topic", predictions, ("READ",)),
@@ -130,12 +135,14 @@ def grant(
     *,
     topic: str | None = None,
     group: str | None = None,
+    transactional_id: str | None = None,
     operations: Iterable[str],
     prefixed: bool = False,
     host: str = "*",
 ) -> int:
-    """ALLOW `principal` (e.g. "User:trainer", or "User:CN=..." for a TLS client) `operations` on `topic`
-    and/or consumer `group`; returns how many ACLs were sent (creating an existing ACL is a no-op).
+    """ALLOW `principal` (e.g. "User:trainer", or "User:CN=..." for a TLS client) `operations` on `topic`,
+    consumer `group` and/or `transactional_id`; returns how many ACLs were sent (creating an existing ACL is
+    a no-op).
 
     Names are literal unless `prefixed` (then every topic/group whose name starts with it). Operations are
     Kafka's ACL operations by name: READ, WRITE, CREATE, DESCRIBE, ... A group accepts READ, DESCRIBE, DELETE.
@@ -148,10 +155,14 @@ def grant(
     unknown = [op for op in names if op not in OPERATIONS]
     if unknown or not names:
         raise ValueError(f"operations must be some of {list(OPERATIONS)}, not {list(operations)}")
-    if topic is None and group is None:
-        raise ValueError("grant needs a topic or a group")
+    if topic is None and group is None and transactional_id is None:
+        raise ValueError("grant needs a topic, a group or a transactional id")
     pattern = ACLResourcePatternType.PREFIXED if prefixed else ACLResourcePatternType.LITERAL
-    resources = [(ResourceType.TOPIC, topic), (ResourceType.GROUP, group)]
+    resources = [
+        (ResourceType.TOPIC, topic),
+        (ResourceType.GROUP, group),
+        (ResourceType.TRANSACTIONAL_ID, transactional_id),
+    ]
     acls = [
         ACL(principal, host, ACLOperation[op], ACLPermissionType.ALLOW, ResourcePattern(kind, name, pattern))
         for kind, name in resources
@@ -175,6 +186,6 @@ def grant_component(settings: KafkaSettings, principal: str, spec: StreamSpec, c
     """Grant `principal` exactly what `component` needs for `spec`'s stream (`component_grants`)."""
     sent = 0
     for needed in component_grants(spec, component):
-        where = {"topic": needed.name} if needed.resource == "topic" else {"group": needed.name}
-        sent += grant(settings, principal, operations=needed.operations, **where)
+        where = {needed.resource: needed.name}
+        sent += grant(settings, principal, operations=needed.operations, prefixed=needed.prefixed, **where)
     return sent

@@ -48,6 +48,20 @@ class NotAuthorized(BrokerUnavailable):
         )
 
 
+class PartitionsLeaderless(BrokerUnavailable):
+    """Partitions of a topic have no leader, or a leader that does not answer: a broker failover.
+
+    Nothing is wrong with the data and nobody has to act: the controller elects a new leader from the
+    in-sync replicas (or the broker comes back), and the next attempt proceeds. `problems` maps each
+    such partition to what is wrong with it.
+    """
+
+    def __init__(self, topic: str, problems: dict[int, str]) -> None:
+        self.topic, self.problems = topic, dict(problems)
+        detail = "; ".join(f"partition {p} of {topic} {problem}" for p, problem in sorted(problems.items()))
+        super().__init__(f"{detail}; waiting (nothing to do: it resumes once the partition has a leader again)")
+
+
 class RawRecord(NamedTuple):
     """One Kafka record as Streamfit needs it (a tuple: built once per message on the hot path)."""
 
@@ -186,6 +200,61 @@ def _open_reader(settings: KafkaSettings, **overrides):
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} is unreachable: {exc!r}") from exc
 
 
+def _answers(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: float = 1.0) -> dict[int, str]:
+    """Partitions of `topic` without a usable leader, each with what is wrong; {} when all have one.
+
+    From fresh metadata (admin DescribeCluster + DescribeTopics): a partition whose leader id is -1
+    has no leader (every in-sync replica is down, or the controller is electing one); a leader that
+    is not a live broker, or whose port refuses connections, is a crashed node the controller has
+    not fenced yet (`broker.session.timeout.ms`). Raises BrokerUnavailable if no broker answers.
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        admin = clients.admin(settings)
+    except (KafkaError, OSError) as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
+    try:
+        brokers = {b["broker_id"]: (b["host"], b["port"]) for b in admin.describe_cluster().get("brokers", [])}
+        (described,) = admin.describe_topics([topic])
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed to describe {topic}: {exc!r}") from exc
+    finally:
+        admin.close()
+    if described.get("error_code"):
+        return {}
+    problems: dict[int, str] = {}
+    for part in described.get("partitions", []):
+        partition, leader = part["partition_index"], part.get("leader_id")
+        if leader is None or leader < 0:
+            problems[partition] = "has no leader (broker failover)"
+        elif leader not in brokers:
+            problems[partition] = f"has no live leader: broker {leader} left the cluster (broker failover)"
+        elif not _answers(*brokers[leader], connect_timeout_s):
+            host, port = brokers[leader]
+            problems[partition] = (
+                f"has no live leader: broker {leader} ({host}:{port}) does not answer (broker failover)"
+            )
+    return problems
+
+
+def _explain_probe_failure(settings: KafkaSettings, topic: str, failure: BrokerUnavailable) -> BrokerUnavailable:
+    """`failure`, or PartitionsLeaderless when fresh metadata shows why the probe got no answer."""
+    try:
+        problems = leader_problems(settings, topic)
+    except BrokerUnavailable:
+        return failure
+    return PartitionsLeaderless(topic, problems) if problems else failure
+
+
 def topic_identity(settings: KafkaSettings, topic: str) -> TopicIdentity | None:
     """The cluster id and the topic's id (None if the topic does not exist), from standard metadata."""
     from kafka.errors import KafkaError
@@ -209,6 +278,75 @@ def topic_identity(settings: KafkaSettings, topic: str) -> TopicIdentity | None:
     )
 
 
+TANSU_CLUSTER_ID = "tansu_cluster"  # what the embedded Tansu broker answers to DescribeCluster
+# InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, TxnOffsetCommit: a transactional producer needs all five.
+TRANSACTION_APIS = {
+    22: "InitProducerId",
+    24: "AddPartitionsToTxn",
+    25: "AddOffsetsToTxn",
+    26: "EndTxn",
+    28: "TxnOffsetCommit",
+}
+
+
+class TransactionSupport(NamedTuple):
+    """Whether the cluster's transactions can carry exactly-once delivery, and why (or why not)."""
+
+    works: bool
+    reason: str
+    cluster_id: str | None
+
+
+def transaction_support(settings: KafkaSettings) -> TransactionSupport:
+    """Do this cluster's transactions hide aborted records from read_committed consumers?
+
+    Decided from what the cluster says about itself, not from a test transaction: Tansu (cluster id
+    `tansu_cluster`) accepts transactions but leaves aborted records visible to read_committed
+    consumers, so its transactions cannot carry exactly-once; a broker that does not advertise the
+    five transaction APIs has none. Anything else (Apache Kafka, and brokers that speak its protocol
+    fully) is taken at its word. BrokerUnavailable when no broker answers.
+    """
+    from kafka.errors import KafkaError
+
+    check_reachable(settings)
+    try:
+        admin = clients.admin(settings)
+    except (KafkaError, OSError) as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
+    try:
+        cluster_id = admin.describe_cluster().get("cluster_id")
+        advertised = {int(key) for key in admin.api_versions()}
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} did not describe itself: {exc!r}") from exc
+    finally:
+        admin.close()
+    if cluster_id == TANSU_CLUSTER_ID:
+        return TransactionSupport(
+            False,
+            f"the broker is Tansu (cluster id {TANSU_CLUSTER_ID!r}), whose transactions leave aborted records "
+            "visible to read_committed consumers, so they cannot make delivery exactly-once",
+            cluster_id,
+        )
+    missing = [name for key, name in TRANSACTION_APIS.items() if key not in advertised]
+    if missing:
+        return TransactionSupport(
+            False, f"the broker (cluster id {cluster_id!r}) lacks the transaction APIs {', '.join(missing)}", cluster_id
+        )
+    return TransactionSupport(
+        True, f"the broker (cluster id {cluster_id!r}) supports transactions with read_committed isolation", cluster_id
+    )
+
+
+def read_isolation(settings: KafkaSettings) -> str:
+    """The isolation level for consumers of topics a scorer may write in transactions (predictions).
+
+    read_committed wherever transactions work: it hides aborted and still-open transactional records,
+    and is harmless on topics written without transactions. read_uncommitted on Tansu, which never
+    hides aborted records anyway and where the scorer never writes transactionally.
+    """
+    return "read_committed" if transaction_support(settings).works else "read_uncommitted"
+
+
 def topic_changed(settings: KafkaSettings, spec: Any, head: Any, reset: dict | None) -> str | None:
     """How the events topic differs from the one `head` learned from, or None.
 
@@ -227,7 +365,8 @@ def probe_partitions(
     """True end and oldest waiting timestamp of every partition of `topic`, without consuming.
 
     Partitions absent from `next_offsets` start at the log start (a new stream learns from the
-    earliest record the broker has).
+    earliest record the broker has). A partition without a live leader (a broker failover) raises
+    PartitionsLeaderless, which names it, rather than a bare timeout.
     """
     from kafka import TopicPartition
     from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAuthorizationFailedError
@@ -240,7 +379,8 @@ def probe_partitions(
             return []
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
-        log_start = {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()}
+        beginnings = consumer.beginning_offsets(tps, timeout_ms=int(timeout_s * 1000))
+        log_start = {tp.partition: o for tp, o in beginnings.items()}
         starts = {p: next_offsets.get(p, log_start[p]) for p in partitions}
         for tp in tps:
             consumer.seek(tp, starts[tp.partition])
@@ -264,7 +404,11 @@ def probe_partitions(
                 break
             if time.monotonic() > deadline:
                 unknown = [p for p, h in high_water.items() if h is None]
-                raise BrokerUnavailable(f"no fetch answer for {topic} partitions {unknown} within {timeout_s}s")
+                raise _explain_probe_failure(
+                    settings,
+                    topic,
+                    BrokerUnavailable(f"no fetch answer for {topic} partitions {unknown} within {timeout_s}s"),
+                )
         return [
             PartitionState(
                 partition=p,
@@ -278,7 +422,8 @@ def probe_partitions(
     except TopicAuthorizationFailedError as exc:  # it may DESCRIBE (metadata listed it) but not READ (fetch)
         raise NotAuthorized(settings, "READ", "topic", topic) from exc
     except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed while probing {topic}: {exc!r}") from exc
+        failure = BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed while probing {topic}: {exc!r}")
+        raise _explain_probe_failure(settings, topic, failure) from exc
     finally:
         consumer.close()
 
@@ -354,6 +499,11 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                     position[p] = max(position[p], end)
                     del todo[p]
                     consumer.pause(tp)
+            for p in [p for p in todo if (consumer.position(tps[p]) or 0) >= todo[p][1]]:
+                # Only control records (transaction markers, never returned) were left before the end.
+                position[p] = todo.pop(p)[1]
+                consumer.pause(tps[p])
+                last_progress = time.monotonic()
             if todo and time.monotonic() - last_progress > stall_timeout_s:
                 raise _stalled(topic, stall_timeout_s, position, todo)
     except TopicAuthorizationFailedError as exc:
@@ -404,6 +554,14 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                 if offset + 1 >= span[1]:
                     del todo[p]
                     consumer.pause([ConfluentPartition(topic, p)])
+            if todo and not messages:
+                # A range may end in control records (transaction markers), which are never delivered: the
+                # consumer's position still moves past them.
+                for part in consumer.position([ConfluentPartition(topic, p) for p in todo]):
+                    if part.offset >= 0 and part.offset >= todo[part.partition][1]:
+                        position[part.partition] = todo.pop(part.partition)[1]
+                        consumer.pause([ConfluentPartition(topic, part.partition)])
+                        last_progress = time.monotonic()
             if todo and time.monotonic() - last_progress > stall_timeout_s:
                 raise _stalled(topic, stall_timeout_s, position, todo)
     finally:
@@ -427,10 +585,24 @@ def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, off
         consumer.close()
 
 
-def committed_group_offsets(settings: KafkaSettings, group_id: str, topic: str) -> dict[int, int]:
-    admin = clients.admin(settings)
-    try:
-        found = admin.list_group_offsets(group_id)  # kafka-python 3: {group: {tp: OffsetAndMetadata}}
-    finally:
-        admin.close()
+def committed_group_offsets(
+    settings: KafkaSettings, group_id: str, topic: str, timeout_s: float = 10.0
+) -> dict[int, int]:
+    """The group's committed offsets on `topic`. Retries retriable errors for up to `timeout_s`: on a fresh
+    Apache Kafka cluster the first group lookup creates __consumer_offsets and answers "coordinator not
+    available" until it has leaders; during a failover the coordinator moves."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = clients.admin(settings)
+        try:
+            found = admin.list_group_offsets(group_id)  # kafka-python 3: {group: {tp: OffsetAndMetadata}}
+            break
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise
+        finally:
+            admin.close()
+        time.sleep(0.2)
     return {tp.partition: meta.offset for tp, meta in found.get(group_id, {}).items() if tp.topic == topic}

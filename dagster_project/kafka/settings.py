@@ -32,6 +32,8 @@ MECHANISM_ENV = "STREAMFIT_KAFKA_SASL_MECHANISM"
 USERNAME_ENV = "STREAMFIT_KAFKA_SASL_USERNAME"
 PASSWORD_ENV = "STREAMFIT_KAFKA_SASL_PASSWORD"
 CLIENT_ENV = "STREAMFIT_KAFKA_CLIENT"
+ACKS_ENV = "STREAMFIT_KAFKA_ACKS"
+ACKS = ("all", "1", "0")
 KAFKA_PYTHON = "kafka-python"
 CONFLUENT = "confluent-kafka"
 CLIENTS = ("auto", KAFKA_PYTHON, CONFLUENT)
@@ -80,8 +82,17 @@ class KafkaSettings:
     api_timeout_ms: int = 5_000
     security_check_timeout_ms: int = 5_000
     client: str = "auto"  # which client reads offset ranges: auto = confluent-kafka when installed
+    # Acknowledgements for events, labels and other plain producing: "all" waits for every in-sync
+    # replica (with min.insync.replicas=2 a record survives losing its leader) and lets kafka-python
+    # use its idempotent producer (no duplicates on retry); "1" is the leader only, "0" fire-and-forget.
+    acks: str = "all"
 
     def __post_init__(self) -> None:
+        acks = str(self.acks).strip().lower()
+        acks = "all" if acks == "-1" else acks
+        if acks not in ACKS:
+            raise BrokerConfigError(f"unknown acks {self.acks!r}: set {ACKS_ENV} to one of {list(ACKS)}")
+        object.__setattr__(self, "acks", acks)
         client = (self.client or "auto").strip().lower()
         object.__setattr__(self, "client", client)
         if client not in CLIENTS:
@@ -128,6 +139,7 @@ class KafkaSettings:
             sasl_username=env.get(USERNAME_ENV) or None,
             sasl_password=env.get(PASSWORD_ENV) or None,
             client=env.get(CLIENT_ENV) or "auto",
+            acks=env.get(ACKS_ENV) or "all",
         )
 
     def with_bootstrap(self, bootstrap: str) -> KafkaSettings:
@@ -154,6 +166,10 @@ class KafkaSettings:
         if self.security_protocol == "SSL" and self.ssl_certfile:
             return f"set {CERTFILE_ENV} and {KEYFILE_ENV} to a client certificate whose principal has it"
         return f"log in as a principal that has it ({PROTOCOL_ENV}=SASL_SSL and {USERNAME_ENV}, or a client cert)"
+
+    def producer_acks(self) -> int | str:
+        """`acks` as kafka-python takes it: "all", 1 or 0."""
+        return "all" if self.acks == "all" else int(self.acks)
 
     def common(self) -> dict[str, Any]:
         """Keyword arguments every kafka-python client takes."""

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterWriter
 from dagster_project.kafka import clients
-from dagster_project.kafka.io import check_reachable, ensure_topics
+from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.labels.join_state import JoinState
 from dagster_project.labels.readers import metric_families
@@ -108,6 +108,7 @@ class LabelJoiner:
         self.checkpoints = 0  # written by this process
         self.metrics_registry = CollectorRegistry()
         self.metrics_registry.register(_JoinerCollector(self))
+        self.isolation_level: str | None = None  # decided against the broker in run()
         self._stop = threading.Event()
         self._consumer = None
         self._producer = None
@@ -136,12 +137,16 @@ class LabelJoiner:
                 log.info("%s: resuming label join from checkpoint %d", self.spec.name, self.state.seq)
             self.snapshot = self.state.summary()
             ensure_topics(self.settings, [*self.topics, self.spec.dlq_topic], self.spec.partitions)
+            # read_committed where transactions work: an exactly-once scorer's aborted attempts and open
+            # transactions are never joined. Not on Tansu, which leaks aborted records to read_committed
+            # readers anyway and where scorers never write in transactions (see kafka.io.read_isolation).
+            self.isolation_level = read_isolation(self.settings)
             consumer = clients.group_consumer(
                 self.settings,
                 self.group_id,
                 auto_offset_reset="earliest",  # a first start joins everything the broker retains
                 max_poll_records=self.max_poll_records,
-                **self.consumer_overrides,
+                **({"isolation_level": self.isolation_level} | self.consumer_overrides),
             )
             self._consumer = consumer
             clean = False

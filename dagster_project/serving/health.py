@@ -15,6 +15,7 @@ and a group assignment.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,10 +125,17 @@ class ScorerHealth:
     Without a Kafka link (an HTTP-only server, as in tests and benchmarks) readiness is the model alone.
     """
 
-    def __init__(self, stream: str, watcher: ChampionWatcher, kafka: KafkaLink | None = None) -> None:
+    def __init__(
+        self,
+        stream: str,
+        watcher: ChampionWatcher,
+        kafka: KafkaLink | None = None,
+        delivery: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.stream = stream
         self.watcher = watcher
         self.kafka = kafka
+        self.delivery = delivery  # the Kafka loop's delivery mode and why (exactly_once / at_least_once)
 
     def report(self) -> HealthReport:
         served = self.watcher.current
@@ -152,4 +160,6 @@ class ScorerHealth:
             "registry": {"reachable": status.registry_error is None, "error": status.registry_error},
             "kafka": kafka,
         }
+        if self.delivery is not None:
+            detail["delivery"] = self.delivery()
         return HealthReport(live=True, ready=not reasons, reasons=reasons, detail=detail)

@@ -105,6 +105,19 @@ class ScorerMetrics:
             ["stream"],
             registry=r,
         )
+        self.delivery_mode = Gauge(
+            "streamfit_scorer_delivery_mode",
+            "1 for the delivery mode the Kafka loop uses (exactly_once or at_least_once), 0 for the other; "
+            "absent until the loop starts. /healthz says why.",
+            ["stream", "mode"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            "streamfit_scorer_transactions",
+            "Exactly-once poll-batch transactions, by outcome (committed, or aborted and the batch re-read).",
+            ["stream", "outcome"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "streamfit_http_requests",
             "HTTP requests by path and status code.",

@@ -1,11 +1,19 @@
 """The Kafka scoring loop, and the service that runs it with the champion watcher and HTTP API.
 
-The loop is at-least-once with a bound: for each poll batch it parses every event (malformed ones
-go to `<stream>.dlq`), scores the valid ones with one snapshot of the champion, sends one record
-per event to `<stream>.predictions`, waits until the broker acknowledged every record of the batch
-(flush, then each future checked), and only then commits the batch's offsets. A crash at any
-point therefore loses no prediction, and what it repeats is at most the one batch in flight,
-with the same event ids (keys) as before.
+For each poll batch the loop parses every event (malformed ones go to `<stream>.dlq`), scores the
+valid ones with one snapshot of the champion and sends one record per event to
+`<stream>.predictions`. How the batch is then made final depends on the delivery mode
+(`delivery.py`):
+
+- at-least-once: wait until the broker acknowledged every record of the batch (flush, then each
+  future checked), and only then commit the batch's offsets. A crash at any point loses no
+  prediction, and what it repeats is at most the one batch in flight, with the same event ids.
+- exactly-once: the batch is one Kafka transaction (kafka-python's transactional producer, one
+  transactional id per replica): begin, send predictions and dead letters, add the group's next
+  offsets (`send_offsets_to_transaction`), commit. Any error aborts it and rewinds the consumer to
+  the batch's first offsets, which are the group's committed ones, so the batch is scored again and
+  nothing is skipped; read_committed readers never see the aborted attempt. A replica fenced by
+  another producer with its transactional id (`ProducerFencedError`) stops with `ScorerFenced`.
 
 Prediction records (JSON, key = event id)::
 
@@ -30,7 +38,14 @@ from typing import Any
 import numpy as np
 import orjson
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata
-from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
+)
 
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, DeadLetterWriter
@@ -40,6 +55,13 @@ from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.delivery import (
+    Delivery,
+    replica_id_or_default,
+    requested_delivery,
+    resolve_delivery,
+    transactional_id,
+)
 from dagster_project.serving.health import KafkaLink, ScorerHealth
 from dagster_project.serving.http import ScorerHTTPServer
 from dagster_project.serving.limits import (
@@ -67,6 +89,27 @@ class PredictionsNotAcknowledged(RuntimeError):
     """The broker did not acknowledge every record of a batch; its offsets were not committed."""
 
 
+class ScorerFenced(RuntimeError):
+    """Another producer took this replica's transactional id: this scorer is a zombie and must stop.
+
+    Raised out of `Scorer.run()` (and `streamfit serve` exits 1 with it). Either a newer process of
+    the same replica is running (then this one is stale and stopping is right), or two live replicas
+    share a replica id (give each its own `--replica-id`).
+    """
+
+
+class _BatchOutcome:
+    """What one processed batch counts for the metrics once it is final (acknowledged, or committed)."""
+
+    __slots__ = ("dlq", "predicted", "version")
+
+    def __init__(self, version: str, predicted: int, dlq: int) -> None:
+        self.version, self.predicted, self.dlq = version, predicted, dlq
+
+
+_FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
+
+
 class Scorer:
     """Consumes `<stream>.events` in the scorers' group and writes `<stream>.predictions`.
 
@@ -86,9 +129,16 @@ class Scorer:
         flush_timeout_s: float = 30.0,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
+        delivery: Delivery | str | None = None,
+        replica_id: str | None = None,
     ) -> None:
         if max_poll_records < 1:
             raise ValueError("max_poll_records must be at least 1")
+        # A Delivery is final; a string ("auto", "exactly-once", ...) is resolved against the broker in run().
+        self.delivery: Delivery | None = delivery if isinstance(delivery, Delivery) else None
+        self.requested_delivery = delivery.requested if isinstance(delivery, Delivery) else requested_delivery(delivery)
+        self.replica_id = replica_id  # set by ScoringService from --replica-id or host and port
+        self.fenced: str | None = None
         self.spec = spec
         self.settings = settings
         self.watcher = watcher
@@ -114,6 +164,8 @@ class Scorer:
         self._uncommitted: dict[Any, int] = {}
         self._positions: dict[Any, int] = {}
         self._state_lock = threading.Lock()
+        self._give_up_at: float | None = None
+        self._producer: Any = None
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit, leave the group and return."""
@@ -123,13 +175,46 @@ class Scorer:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def transactional_id(self) -> str | None:
+        if self.delivery is None or not self.delivery.exactly_once:
+            return None
+        return transactional_id(self.spec, self.replica_id or replica_id_or_default(None, 0))
+
+    def describe_delivery(self) -> dict[str, Any]:
+        """The delivery mode and why, for /healthz."""
+        if self.delivery is None:
+            return {
+                "mode": None,
+                "requested": self.requested_delivery,
+                "reason": "decided when the Kafka loop starts (after the first model loads)",
+            }
+        detail: dict[str, Any] = self.delivery.as_json()
+        if self.delivery.exactly_once:
+            detail["transactional_id"] = self.transactional_id
+        if self.fenced:
+            detail["fenced"] = self.fenced
+        return detail
+
     def run(self) -> None:
         try:
             self._run()
+        except ScorerFenced as exc:
+            self.link.detach(f"FENCED: {exc}")
+            raise
         except BaseException as exc:
             self.link.detach(f"failed: {exc!r}")
             raise
         self.link.detach("stopped")
+
+    def resolve_delivery(self) -> Delivery:
+        """The delivery mode for this broker (once); sets the mode metric."""
+        if self.delivery is None:
+            self.delivery = resolve_delivery(self.settings, self.requested_delivery)
+            log.info("%s: delivery %s (%s)", self.spec.name, self.delivery.mode, self.delivery.reason)
+        for mode in ("exactly_once", "at_least_once"):
+            self.metrics.delivery_mode.labels(self.spec.name, mode).set(1 if mode == self.delivery.mode else 0)
+        return self.delivery
 
     def _run(self) -> None:
         while self.watcher.wait_for_model(0.25) is None:
@@ -141,57 +226,90 @@ class Scorer:
             [self.spec.events_topic, self.spec.dlq_topic, self.spec.predictions_topic],
             self.spec.partitions,
         )
+        exactly_once = self.resolve_delivery().exactly_once
+        if exactly_once:
+            producer = self._transactional_producer()
+            if producer is None:  # stopped while the transaction coordinator was unavailable
+                return
+        elif self.producer_overrides:  # kafka-python settings: keep kafka-python's producer
+            producer = clients.producer(self.settings, **({"acks": "all"} | self.producer_overrides))
+        else:
+            producer = clients.fast_producer(self.settings, acks="all")
+        # read_committed in exactly-once mode: events written in transactions upstream count once committed
+        isolation = {"isolation_level": "read_committed"} if exactly_once else {}
         consumer = clients.group_consumer(
             self.settings,
             self.group_id,
             auto_offset_reset="earliest",  # a new group scores the whole retained stream: no event is skipped
             max_poll_records=self.max_poll_records,
-            **self.consumer_overrides,
+            **(isolation | self.consumer_overrides),
         )
-        if self.producer_overrides:  # kafka-python settings: keep kafka-python's producer
-            producer = clients.producer(self.settings, **({"acks": "all"} | self.producer_overrides))
-        else:
-            producer = clients.fast_producer(self.settings, acks="all")
+        self._producer = producer  # exactly-once replaces it after a fatal producer error
         self.link.attach(consumer)
         try:
             consumer.subscribe([self.spec.events_topic], listener=_Listener(self))
-            self._loop(consumer, producer)
+            if exactly_once:
+                self._loop_exactly_once(consumer)
+            else:
+                self._loop(consumer, producer)
         finally:
             self.link.detach("stopping")
             try:
-                producer.close(timeout=10)
+                if self._producer is not None:
+                    self._producer.close(timeout=10)
             finally:
                 consumer.close(autocommit=False)  # leaves the group: the others take over at once
             log.info("%s: scorer stopped after %d events; left group %s", self.spec.name, self.scored, self.group_id)
 
-    def _loop(self, consumer, producer) -> None:
+    def _should_stop(self) -> bool:
         # A member that leaves before its first assignment can wedge the group on some brokers
         # (Tansu): on stop, keep polling until assigned, for at most two session timeouts.
-        give_up_at: float | None = None
+        if not self._stop.is_set():
+            return False
+        if self.assigned.is_set():
+            return True
+        if self._give_up_at is None:
+            self._give_up_at = time.monotonic() + 2 * GROUP_SESSION_TIMEOUT_MS / 1000
+        if time.monotonic() > self._give_up_at:
+            log.warning("%s: stopping before the group assigned partitions", self.spec.name)
+            return True
+        return False
+
+    @staticmethod
+    def _rewind(consumer, batch) -> None:
+        """Seek every partition of `batch` back to its first record (where its committed offset is)."""
+        for tp, records in batch.items():
+            try:
+                consumer.seek(tp, records[0].offset)
+            except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
+                pass
+
+    def _count(self, outcome: _BatchOutcome) -> None:
+        spec = self.spec
+        if outcome.dlq:
+            self.metrics.dlq_messages.labels(spec.name).inc(outcome.dlq)
+        if outcome.predicted:
+            self.metrics.predictions.labels(spec.name, outcome.version, "kafka").inc(outcome.predicted)
+        self.metrics.scoring_batches.labels(spec.name, outcome.version).inc()
+        self.scored += outcome.predicted
+
+    def _loop(self, consumer, producer) -> None:
+        self._give_up_at = None
         while True:
-            if self._stop.is_set():
-                if self.assigned.is_set():
-                    return
-                give_up_at = give_up_at or time.monotonic() + 2 * GROUP_SESSION_TIMEOUT_MS / 1000
-                if time.monotonic() > give_up_at:
-                    log.warning("%s: stopping before the group assigned partitions", self.spec.name)
-                    return
+            if self._should_stop():
+                return
             batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
             self.link.polled(bool(batch))
             if not batch:
                 self._update_lag(consumer, {})
                 continue
             try:
-                self._process(producer, batch)
+                self._count(self._process(producer, batch))
             except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
                 # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
                 self.metrics.batch_retries.labels(self.spec.name).inc()
                 log.error("%s: %s; re-reading the batch", self.spec.name, exc)
-                for tp, records in batch.items():
-                    try:
-                        consumer.seek(tp, records[0].offset)
-                    except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
-                        pass
+                self._rewind(consumer, batch)
                 self._stop.wait(1.0)
                 continue
             with self._state_lock:
@@ -201,7 +319,110 @@ class Scorer:
             self._commit(consumer, offsets)
             self._update_lag(consumer, batch)
 
-    def _process(self, producer, batch) -> None:
+    # -- exactly-once ---------------------------------------------------------------------------------
+
+    def _transactional_producer(self):
+        """A transactional producer with this replica's id, initialised (which fences any older process with
+        the same id and aborts its open transaction); None if stopped before the coordinator answered."""
+        tid = self.transactional_id
+        while True:
+            producer = clients.transactional_producer(self.settings, tid, **self.producer_overrides)
+            try:
+                producer.init_transactions()
+                log.info("%s: transactional producer %s ready (exactly-once)", self.spec.name, tid)
+                return producer
+            except KafkaTimeoutError as exc:  # no transaction coordinator yet (broker starting, failover)
+                producer.close(timeout=0)
+                log.warning("%s: init_transactions(%s) timed out (%s); retrying", self.spec.name, tid, exc)
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+            if self._stop.wait(1.0):
+                return None
+
+    def _fenced(self, exc: BaseException) -> ScorerFenced:
+        self.fenced = (
+            f"another producer uses transactional id {self.transactional_id} ({type(exc).__name__}): either a newer "
+            "process of this replica is running, or two live replicas share a replica id (give each its own "
+            "--replica-id / STREAMFIT_SCORER_REPLICA_ID); this scorer stopped and committed nothing more"
+        )
+        log.critical("%s: FENCED: %s", self.spec.name, self.fenced)
+        return ScorerFenced(self.fenced)
+
+    def _loop_exactly_once(self, consumer) -> None:
+        self._give_up_at = None
+        while True:
+            if self._should_stop():
+                return
+            batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            self.link.polled(bool(batch))
+            if not batch:
+                self._update_lag(consumer, {})
+                continue
+            self._producer = self._transact(consumer, self._producer, batch)
+            if self._producer is None:  # stopped while replacing a failed producer
+                return
+
+    def _transact(self, consumer, producer, batch):
+        """One poll batch as one transaction; returns the producer to use next (a new one after a fatal
+        error, None if stopped while making it)."""
+        open_transaction = False
+        try:
+            producer.begin_transaction()
+            open_transaction = True
+            outcome = self._process(producer, batch)
+            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()}
+            # The group's metadata (generation, member id) lets the broker refuse offsets from a member
+            # that a rebalance has replaced (KIP-447), so a partition that moved is never committed twice.
+            producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+            crash_point("scorer_before_transaction_commit")  # tests: all sent, the transaction still open
+            producer.commit_transaction()
+            open_transaction = False
+        except _FENCED as exc:
+            raise self._fenced(exc) from exc
+        except (PredictionsNotAcknowledged, DeadLetterError, KafkaError) as exc:
+            # Nothing of this batch is visible to read_committed readers: abort, rewind, score it again.
+            self.metrics.batch_retries.labels(self.spec.name).inc()
+            self.metrics.transactions.labels(self.spec.name, "aborted").inc()
+            log.error("%s: transaction failed (%r); aborting and re-reading the batch", self.spec.name, exc)
+            producer = self._abort(producer, open_transaction)
+            self._rewind(consumer, batch)
+            self._stop.wait(1.0)
+            return producer
+        except BaseException:
+            if open_transaction:  # a bug or a crash point: leave nothing open for read_committed readers
+                try:
+                    producer.abort_transaction()
+                except Exception:  # the process is going down anyway; the broker times it out
+                    pass
+            raise
+        self.metrics.transactions.labels(self.spec.name, "committed").inc()
+        self._count(outcome)
+        self.link.contact()
+        self._update_lag(consumer, batch)
+        return producer
+
+    def _abort(self, producer, open_transaction: bool):
+        """Abort the open transaction. A producer that cannot abort (a fatal error, or one that could not even
+        begin) is replaced by a new one with the same id, whose init_transactions aborts what is open; unless
+        it was fenced, which stops the scorer rather than fencing the live process back."""
+        try:
+            if open_transaction:
+                producer.abort_transaction()
+                return producer
+        except _FENCED as exc:
+            raise self._fenced(exc) from exc
+        except KafkaError as exc:
+            log.warning("%s: abort failed (%r); starting a new transactional producer", self.spec.name, exc)
+        last = getattr(getattr(producer, "_transaction_manager", None), "last_error", None)
+        if isinstance(last, _FENCED):
+            raise self._fenced(last) from last
+        producer.close(timeout=0)
+        return self._transactional_producer()  # None if stopped meanwhile
+
+    # -- both modes -----------------------------------------------------------------------------------
+
+    def _process(self, producer, batch) -> _BatchOutcome:
         served = self.watcher.current  # one snapshot for the whole batch
         spec = self.spec
         records = [(tp, record) for tp, tp_records in batch.items() for record in tp_records]
@@ -244,12 +465,7 @@ class Scorer:
                 f"{len(failed)} of {len(futures)} records of the batch were not acknowledged: {failed[0]!r}"
             )
         crash_point("scorer_before_commit")  # tests: predictions acknowledged, offsets not yet committed
-        if dlq:
-            self.metrics.dlq_messages.labels(spec.name).inc(dlq)
-        if ids:
-            self.metrics.predictions.labels(spec.name, served.version, "kafka").inc(len(ids))
-        self.metrics.scoring_batches.labels(spec.name, served.version).inc()
-        self.scored += len(ids)
+        return _BatchOutcome(served.version, len(ids), dlq)
 
     def _parse(self, values: list[bytes | None]) -> tuple[list[str], np.ndarray, list[int], list[tuple[int, str]]]:
         """(ids, rows, their positions, refused (position, reason)) for one poll batch."""
@@ -358,6 +574,8 @@ class ScoringService:
         keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
         watch_interval_s: float = 0.25,
         consumer_overrides: dict[str, Any] | None = None,
+        delivery: Delivery | str | None = None,
+        replica_id: str | None = None,
     ) -> None:
         if registry is None:
             from dagster_project.registry.backends import registry_from_env
@@ -374,8 +592,9 @@ class ScoringService:
             group_id=group_id,
             max_poll_records=max_poll_records,
             consumer_overrides=consumer_overrides,
+            delivery=delivery,
         )
-        self.health = ScorerHealth(spec.name, self.watcher, self.scorer.link)
+        self.health = ScorerHealth(spec.name, self.watcher, self.scorer.link, delivery=self.scorer.describe_delivery)
         try:
             self.http = ScorerHTTPServer(
                 (host, port),
@@ -392,6 +611,8 @@ class ScoringService:
             )
         except OSError as exc:
             raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+        # The transactional id's replica part: given, or from the environment, or <hostname>-<HTTP port>.
+        self.scorer.replica_id = replica_id_or_default(replica_id, self.http.server_address[1])
         self._started = False
 
     @property
@@ -446,10 +667,18 @@ def build_service(
 ) -> ScoringService:
     """A ScoringService on the registry $STREAMFIT_REGISTRY picks (local root `registry_root`, default
     $STREAMFIT_HOME/registry), the bearer token from $STREAMFIT_SCORER_TOKEN unless `token` is given,
-    after checking the broker answers."""
+    after checking the broker answers.
+
+    The delivery mode (`delivery`: exactly-once, at-least-once or auto; default $STREAMFIT_SCORER_DELIVERY,
+    else auto) is resolved against the broker here, so an impossible choice fails at start-up
+    (DeliveryUnavailable, a ValueError) rather than after the first model loads.
+    """
     from dagster_project.registry.backends import registry_from_env
 
     check_reachable(settings)
     registry = registry_from_env(registry_root) if registry_root else None
     options.setdefault("token", os.environ.get(TOKEN_ENV) or None)
-    return ScoringService(spec, settings, registry, **options)
+    delivery = options.pop("delivery", None)
+    if not isinstance(delivery, Delivery):
+        delivery = resolve_delivery(settings, requested_delivery(delivery))
+    return ScoringService(spec, settings, registry, delivery=delivery, **options)

@@ -77,7 +77,9 @@ def test_producer_and_admin_write_to_the_broker(kafka_settings: KafkaSettings) -
     assert topic_partitions(kafka_settings, topic) == [0, 1, 2]
 
     producer = clients.producer(kafka_settings)
-    assert producer.config["acks"] == 1 and producer.config["client_id"] == "streamfit"
+    # acks=all by default (kafka-python: -1), which keeps kafka-python's idempotent producer on
+    assert producer.config["acks"] == -1 and producer.config["enable_idempotence"]
+    assert producer.config["client_id"] == "streamfit"
     for i in range(5):
         producer.send(topic, key=b"k%d" % i, value=b"v%d" % i, partition=i % 3)
     producer.flush()
@@ -91,11 +93,22 @@ def _read_raw(settings: KafkaSettings, topic: str) -> list[dict]:
 
 
 def test_producer_overrides_win(kafka_settings: KafkaSettings) -> None:
-    producer = clients.producer(kafka_settings, acks="all", linger_ms=0)
+    producer = clients.producer(kafka_settings, acks=1, linger_ms=0)
     try:
-        assert producer.config["acks"] == -1 and producer.config["linger_ms"] == 0  # kafka-python: all -> -1
+        assert producer.config["acks"] == 1 and producer.config["linger_ms"] == 0
     finally:
         producer.close()
+
+
+def test_acks_come_from_the_settings(kafka_settings: KafkaSettings) -> None:
+    producer = clients.producer(replace(kafka_settings, acks="1"))
+    try:
+        assert producer.config["acks"] == 1
+    finally:
+        producer.close()
+    assert KafkaSettings.from_env("b:9092", {"STREAMFIT_KAFKA_ACKS": "-1"}).acks == "all"
+    with pytest.raises(BrokerConfigError, match="STREAMFIT_KAFKA_ACKS"):
+        KafkaSettings(bootstrap="b:9092", acks="2")
 
 
 def test_range_reader_reads_exact_offsets_without_a_group(kafka_settings: KafkaSettings) -> None:

@@ -148,20 +148,22 @@ def test_crash_after_producing_before_commit_repeats_exactly_that_batch(
     spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worst moment to die: predictions acknowledged, offsets not committed. The restart repeats
-    that batch (same ids, same keys) and nothing else, and loses nothing."""
+    that batch (same ids, same keys) and nothing else, and loses nothing. (At-least-once mode; the
+    exactly-once twin is in test_exactly_once.py.)"""
     train_version(registry, spec)
     rows = synthetic_rows(300)
     produce_rows(kafka_settings, spec, rows)
 
     monkeypatch.setenv("STREAMFIT_FAULT", "scorer_before_commit")
-    with pytest.raises(InjectedFault), running_service(spec, kafka_settings, registry, max_poll_records=50):
+    options = {"max_poll_records": 50, "delivery": "at-least-once"}
+    with pytest.raises(InjectedFault), running_service(spec, kafka_settings, registry, **options):
         wait_for(lambda: topic_size(kafka_settings, spec.predictions_topic) > 0, 30, "the first batch")
     first_batch = read_topic(kafka_settings, spec.predictions_topic)
     assert 0 < len(first_batch) <= 50
     assert committed_group_offsets(kafka_settings, scorer_group(spec), spec.events_topic) == {}
 
     monkeypatch.delenv("STREAMFIT_FAULT")
-    with running_service(spec, kafka_settings, registry, max_poll_records=50) as service:
+    with running_service(spec, kafka_settings, registry, **options) as service:
         wait_for(lambda: service.scorer.scored >= len(rows), 30, "the restart to score everything")
 
     predictions = read_topic(kafka_settings, spec.predictions_topic)

@@ -32,8 +32,8 @@ MAX_POLL_RECORDS = 50
 class ServeProcess(StreamfitProcess):
     """`streamfit serve <stream>` with the test's STREAMFIT_HOME/STREAMFIT_STREAMS and the test broker."""
 
-    def __init__(self, spec: StreamSpec, bootstrap: str) -> None:
-        args = ["serve", spec.name, "--port", "0", "--max-poll-records", str(MAX_POLL_RECORDS)]
+    def __init__(self, spec: StreamSpec, bootstrap: str, *options: str) -> None:
+        args = ["serve", spec.name, "--port", "0", "--max-poll-records", str(MAX_POLL_RECORDS), *options]
         super().__init__(args, env=os.environ | {BOOTSTRAP_ENV: bootstrap})
         line = self.wait_for("; HTTP on ")
         self.url = line.rsplit("HTTP on ", 1)[1]
@@ -47,12 +47,12 @@ def test_kill_9_and_restart_loses_nothing_and_repeats_at_most_one_batch(
     producer.start()
     first = second = None
     try:
-        first = ServeProcess(spec, kafka_settings.bootstrap)
+        first = ServeProcess(spec, kafka_settings.bootstrap, "--delivery", "at-least-once")
         wait_for(lambda: topic_size(kafka_settings, spec.predictions_topic) >= 800, 30, "the first scorer to score")
         first.kill()  # SIGKILL mid-stream: no commit, no leave-group, a batch possibly half produced
         at_kill = topic_size(kafka_settings, spec.predictions_topic)
 
-        second = ServeProcess(spec, kafka_settings.bootstrap)
+        second = ServeProcess(spec, kafka_settings.bootstrap, "--delivery", "at-least-once")
         wait_for(lambda: topic_size(kafka_settings, spec.predictions_topic) >= at_kill + 400, 40, "the restart")
         sent = producer.stop()
         predicted = wait_for(
