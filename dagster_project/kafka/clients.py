@@ -9,6 +9,7 @@ tuning (fetch wait, group timeouts) comes from `settings.py` and nowhere else.
 from __future__ import annotations
 
 import importlib.util
+import time
 from typing import Any
 
 from dagster_project.kafka.preflight import check_security
@@ -17,6 +18,7 @@ from dagster_project.kafka.settings import (
     CONFLUENT,
     FETCH_MAX_WAIT_MS,
     GROUP_HEARTBEAT_INTERVAL_MS,
+    GROUP_METADATA_MAX_AGE_MS,
     GROUP_SESSION_TIMEOUT_MS,
     KAFKA_PYTHON,
     BrokerConfigError,
@@ -102,8 +104,50 @@ def group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
         "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         "session_timeout_ms": GROUP_SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": GROUP_HEARTBEAT_INTERVAL_MS,
+        "metadata_max_age_ms": GROUP_METADATA_MAX_AGE_MS,
     }
     return KafkaConsumer(**(kwargs | overrides))
+
+
+def subscribe(consumer, topics: list[str], listener=None) -> None:
+    """`consumer.subscribe(topics, listener)`, with the topics' metadata fetched first.
+
+    kafka-python's group leader assigns partitions from the metadata it holds at that moment. Subscribing
+    before the topics' metadata arrived (or while an older metadata answer without them lands) can leave
+    the whole group with an empty assignment that nothing corrects, seen on a 3-node cluster: "No partition
+    metadata for topic ..." and then no records, ever. Fetching the metadata first closes that window.
+    """
+    from kafka.errors import KafkaError
+
+    for topic in topics:
+        try:
+            consumer.partitions_for_topic(topic)  # waits for a metadata answer that lists it
+        except KafkaError:  # best effort: the group still forms, as it would without this
+            pass
+    if listener is None:
+        consumer.subscribe(topics)
+    else:
+        consumer.subscribe(topics, listener=listener)
+
+
+def poll(consumer, timeout_ms: int, max_records: int, on_error=None) -> dict:
+    """`consumer.poll(...)`, or {} when it fails with a retriable error (the broker is away).
+
+    kafka-python retries a lost coordinator or leader internally, but a poll can still raise the connection
+    error itself (seen while every node of a cluster was down). A long-running loop must ride that out,
+    not die of it: it waits a second and polls again. Non-retriable errors (authorization) still raise.
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        return consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+    except KafkaError as exc:
+        if not exc.retriable:
+            raise
+        if on_error is not None:
+            on_error(exc)
+        time.sleep(1.0)
+        return {}
 
 
 def producer(settings: KafkaSettings, **overrides: Any):

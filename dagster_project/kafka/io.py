@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, TypeVar
 
 from dagster_project.kafka import clients
 from dagster_project.kafka.offsets import PartitionState, Ranges, TopicIdentity, identity_change
@@ -24,6 +24,7 @@ from dagster_project.kafka.settings import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class BrokerUnavailable(RuntimeError):
@@ -72,6 +73,26 @@ class RawRecord(NamedTuple):
     value: bytes | None
 
 
+def retrying(call: Callable[[], T], timeout_s: float = 5.0) -> T:
+    """`call()`, again while it fails with a retriable Kafka error, for up to `timeout_s`.
+
+    kafka-python sends one-shot requests (metadata, admin) to a node from the cluster metadata and
+    raises at once if it cannot connect; after a broker crash the metadata still lists the dead node
+    until the controller fences it (`broker.session.timeout.ms`). kafka-python backs off from a node
+    that failed, so asking again reaches a live one.
+    """
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
 def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: int, timeout_s: float = 10.0) -> None:
     """Create topics that do not exist yet (idempotent) and wait until every partition has a leader.
 
@@ -88,13 +109,13 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
 
     admin = clients.admin(settings)
     try:
-        existing = set(admin.list_topics())
+        existing = set(retrying(admin.list_topics))
         topics = list(topics)
         _warn_on_partition_mismatch(admin, [t for t in topics if t in existing], partitions)
         new = [t for t in topics if t not in existing]
         if not new:
             return
-        result = admin.create_topics([NewTopic(t, partitions, -1) for t in new], raise_errors=False)
+        result = retrying(lambda: admin.create_topics([NewTopic(t, partitions, -1) for t in new], raise_errors=False))
         for topic in result.get("topics", []):
             error = for_code(topic.get("error_code", 0))
             if error is TopicAuthorizationFailedError:
@@ -104,7 +125,7 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
                 raise error(f"creating topic {topic['name']}: {topic.get('error_message') or error.__name__}")
         deadline = time.monotonic() + timeout_s
         while new:
-            described = admin.describe_topics(new)
+            described = retrying(lambda: admin.describe_topics(new))
             if all(
                 not d.get("error_code") and d["partitions"] and all(p["leader_id"] >= 0 for p in d["partitions"])
                 for d in described
@@ -128,7 +149,7 @@ def _raise_if_hidden(settings: KafkaSettings, topic: str) -> None:
     try:
         admin = clients.admin(settings)
         try:
-            described = admin.describe_topics([topic])
+            described = retrying(lambda: admin.describe_topics([topic]))
         finally:
             admin.close()
     except Exception:  # the caller's "does not exist" stands; broker trouble surfaces on its next call
@@ -162,7 +183,7 @@ def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
     """Partition ids of `topic` ([] when it does not exist); BrokerUnavailable when unreachable."""
     consumer = _open_reader(settings)
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        partitions = sorted(retrying(lambda: consumer.partitions_for_topic(topic)) or [])
     finally:
         consumer.close()
     if not partitions:
@@ -192,7 +213,7 @@ def _open_reader(settings: KafkaSettings, **overrides):
     try:
         consumer = clients.range_reader(settings, **overrides)
         if not consumer.bootstrap_connected():
-            consumer.topics()  # forces a metadata round trip so an unreachable broker fails here
+            retrying(consumer.topics)  # forces a metadata round trip so an unreachable broker fails here
         return consumer
     except (BrokerSecurityError, BrokerConfigError) as exc:  # reachable, but misconfigured: say what to fix
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
@@ -223,8 +244,9 @@ def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: floa
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
     try:
-        brokers = {b["broker_id"]: (b["host"], b["port"]) for b in admin.describe_cluster().get("brokers", [])}
-        (described,) = admin.describe_topics([topic])
+        cluster = retrying(admin.describe_cluster)
+        brokers = {b["broker_id"]: (b["host"], b["port"]) for b in cluster.get("brokers", [])}
+        (described,) = retrying(lambda: admin.describe_topics([topic]))
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed to describe {topic}: {exc!r}") from exc
     finally:
@@ -246,6 +268,20 @@ def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: floa
     return problems
 
 
+# A probe that has no answer after this long checks the partitions' leaders (a crashed leader stays in
+# the metadata until the controller fences it), so a failover is named at once, not after a timeout.
+LEADER_CHECK_AFTER_S = 1.0
+
+
+def _raise_if_leaderless(settings: KafkaSettings, topic: str) -> None:
+    try:
+        problems = leader_problems(settings, topic)
+    except BrokerUnavailable:
+        return  # the probe's own error says more
+    if problems:
+        raise PartitionsLeaderless(topic, problems)
+
+
 def _explain_probe_failure(settings: KafkaSettings, topic: str, failure: BrokerUnavailable) -> BrokerUnavailable:
     """`failure`, or PartitionsLeaderless when fresh metadata shows why the probe got no answer."""
     try:
@@ -264,8 +300,8 @@ def topic_identity(settings: KafkaSettings, topic: str) -> TopicIdentity | None:
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
     try:
-        cluster_id = admin.describe_cluster().get("cluster_id")
-        (described,) = admin.describe_topics([topic])
+        cluster_id = retrying(admin.describe_cluster).get("cluster_id")
+        (described,) = retrying(lambda: admin.describe_topics([topic]))
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed to describe {topic}: {exc!r}") from exc
     finally:
@@ -314,7 +350,7 @@ def transaction_support(settings: KafkaSettings) -> TransactionSupport:
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
     try:
-        cluster_id = admin.describe_cluster().get("cluster_id")
+        cluster_id = retrying(admin.describe_cluster).get("cluster_id")
         advertised = {int(key) for key in admin.api_versions()}
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} did not describe itself: {exc!r}") from exc
@@ -369,23 +405,28 @@ def probe_partitions(
     PartitionsLeaderless, which names it, rather than a bare timeout.
     """
     from kafka import TopicPartition
-    from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAuthorizationFailedError
+    from kafka.errors import KafkaError, KafkaTimeoutError, OffsetOutOfRangeError, TopicAuthorizationFailedError
 
     consumer = _open_reader(settings, max_partition_fetch_bytes=1024, fetch_max_bytes=64 * 1024)
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        partitions = sorted(retrying(lambda: consumer.partitions_for_topic(topic)) or [])
         if not partitions:
             _raise_if_hidden(settings, topic)
             return []
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
-        beginnings = consumer.beginning_offsets(tps, timeout_ms=int(timeout_s * 1000))
+        deadline = time.monotonic() + timeout_s
+        try:  # a healthy broker answers in milliseconds: a slow answer is worth a look at the leaders
+            beginnings = consumer.beginning_offsets(tps, timeout_ms=int(LEADER_CHECK_AFTER_S * 1000))
+        except KafkaTimeoutError:
+            _raise_if_leaderless(settings, topic)
+            beginnings = consumer.beginning_offsets(tps, timeout_ms=int(max(0.1, deadline - time.monotonic()) * 1000))
         log_start = {tp.partition: o for tp, o in beginnings.items()}
         starts = {p: next_offsets.get(p, log_start[p]) for p in partitions}
         for tp in tps:
             consumer.seek(tp, starts[tp.partition])
         oldest: dict[int, int] = {}
-        deadline = time.monotonic() + timeout_s
+        check_leaders_at: float | None = time.monotonic() + LEADER_CHECK_AFTER_S
         while True:
             try:
                 polled = consumer.poll(timeout_ms=50, max_records=100)
@@ -402,6 +443,9 @@ def probe_partitions(
             high_water = {tp.partition: consumer.highwater(tp) for tp in tps}
             if all(h is not None for h in high_water.values()):
                 break
+            if check_leaders_at is not None and time.monotonic() > check_leaders_at:
+                check_leaders_at = None
+                _raise_if_leaderless(settings, topic)
             if time.monotonic() > deadline:
                 unknown = [p for p, h in high_water.items() if h is None]
                 raise _explain_probe_failure(

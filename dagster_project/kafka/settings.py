@@ -19,6 +19,11 @@ BOOTSTRAP_ENV = "STREAMFIT_KAFKA_BOOTSTRAP"
 FETCH_MAX_WAIT_MS = 10
 GROUP_SESSION_TIMEOUT_MS = 6000
 GROUP_HEARTBEAT_INTERVAL_MS = 1000
+# How stale a group member's metadata may get. kafka-python's group leader assigns from the metadata it
+# has at that moment; if a subscribed topic is missing from it (just after a cluster restart, or before the
+# first metadata answer), the group gets no partitions, and the rejoin that fixes it waits for the next
+# metadata refresh: by default up to 5 minutes. Refreshing every few seconds bounds that wait.
+GROUP_METADATA_MAX_AGE_MS = 5000
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

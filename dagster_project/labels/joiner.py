@@ -151,7 +151,7 @@ class LabelJoiner:
             self._consumer = consumer
             clean = False
             try:
-                consumer.subscribe(self.topics, listener=_Listener(self))
+                clients.subscribe(consumer, self.topics, _Listener(self))
                 self._loop(consumer)
                 clean = True
             finally:
@@ -174,7 +174,7 @@ class LabelJoiner:
                 give_up_at = give_up_at or time.monotonic() + 2 * GROUP_SESSION_TIMEOUT_MS / 1000
                 if time.monotonic() > give_up_at:
                     return
-            batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            batch = clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed)
             for tp, records in batch.items():
                 for record in records:
                     self._handle(tp, record)
@@ -188,6 +188,9 @@ class LabelJoiner:
                 last_flush = time.monotonic()
         if self.state.dirty:
             self._checkpoint(consumer)
+
+    def _poll_failed(self, exc: Exception) -> None:
+        log.warning("%s: poll failed (%r); polling again", self.spec.name, exc)
 
     def _handle(self, tp, record) -> None:
         ts = float(record.timestamp) if record.timestamp and record.timestamp > 0 else time.time() * 1000.0

@@ -108,6 +108,46 @@ class _BatchOutcome:
 
 
 _FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
+# A poll batch's transaction normally takes well under a second: each step (flush, offsets, commit) that takes
+# longer than this is treated as failed (a transaction coordinator failing over), and the transaction settled by
+# a new producer.
+TRANSACTION_STEP_TIMEOUT_S = 10.0
+_PUBLIC_CALLS = {
+    "send_offsets": "send_offsets_to_transaction",
+    "commit": "commit_transaction",
+    "abort": "abort_transaction",
+}
+_MANAGER_CALLS = {"send_offsets": "send_offsets_to_transaction", "commit": "begin_commit", "abort": "begin_abort"}
+
+
+def _bounded(producer, call: str, *args: Any, timeout_s: float) -> None:
+    """kafka-python's send_offsets_to_transaction / commit_transaction / abort_transaction, with a deadline.
+
+    Those methods wait for the transaction coordinator without one (kafka-python 3.0), and a coordinator
+    that died mid-request can leave them waiting forever. These are their same three steps (ask the
+    transaction manager, wake the sender, wait for the result), bounded; if the internals ever move, the
+    public (unbounded) method is used instead.
+    """
+    manager, sender = getattr(producer, "_transaction_manager", None), getattr(producer, "_sender", None)
+    begin = getattr(manager, _MANAGER_CALLS[call], None)
+    if begin is None or sender is None or not hasattr(sender, "wakeup"):
+        getattr(producer, _PUBLIC_CALLS[call])(*args)
+        return
+    result = begin(*args)
+    sender.wakeup()
+    if not result.wait(timeout_ms=int(timeout_s * 1000)):
+        raise KafkaTimeoutError(f"{_PUBLIC_CALLS[call]} got no answer within {timeout_s:g}s")
+
+
+def _discard(producer) -> None:
+    """Close a producer at once, dropping what it still holds (kafka-python's close raises instead of
+    stopping its sender thread when records are pending)."""
+    try:
+        producer.close(timeout=0)
+    except Exception:
+        sender = getattr(producer, "_sender", None)
+        if sender is not None and hasattr(sender, "force_close"):
+            sender.force_close()
 
 
 class Scorer:
@@ -127,6 +167,7 @@ class Scorer:
         max_poll_records: int = DEFAULT_MAX_POLL_RECORDS,
         poll_timeout_ms: int = 200,
         flush_timeout_s: float = 30.0,
+        transaction_step_timeout_s: float = TRANSACTION_STEP_TIMEOUT_S,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
         delivery: Delivery | str | None = None,
@@ -147,6 +188,7 @@ class Scorer:
         self.max_poll_records = max_poll_records
         self.poll_timeout_ms = poll_timeout_ms
         self.flush_timeout_s = flush_timeout_s
+        self.transaction_step_timeout_s = transaction_step_timeout_s
         self.consumer_overrides = consumer_overrides or {}
         self.producer_overrides = producer_overrides or {}
         self.assigned = threading.Event()  # set once the group gave this member its (first) assignment
@@ -247,7 +289,7 @@ class Scorer:
         self._producer = producer  # exactly-once replaces it after a fatal producer error
         self.link.attach(consumer)
         try:
-            consumer.subscribe([self.spec.events_topic], listener=_Listener(self))
+            clients.subscribe(consumer, [self.spec.events_topic], _Listener(self))
             if exactly_once:
                 self._loop_exactly_once(consumer)
             else:
@@ -275,6 +317,9 @@ class Scorer:
             return True
         return False
 
+    def _poll_failed(self, exc: Exception) -> None:
+        log.warning("%s: poll failed (%r); polling again", self.spec.name, exc)
+
     @staticmethod
     def _rewind(consumer, batch) -> None:
         """Seek every partition of `batch` back to its first record (where its committed offset is)."""
@@ -298,7 +343,7 @@ class Scorer:
         while True:
             if self._should_stop():
                 return
-            batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            batch = clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed)
             self.link.polled(bool(batch))
             if not batch:
                 self._update_lag(consumer, {})
@@ -322,8 +367,9 @@ class Scorer:
     # -- exactly-once ---------------------------------------------------------------------------------
 
     def _transactional_producer(self):
-        """A transactional producer with this replica's id, initialised (which fences any older process with
-        the same id and aborts its open transaction); None if stopped before the coordinator answered."""
+        """A transactional producer with this replica's id, initialised: that fences any older producer with the
+        same id and settles its open transaction (aborted, or a commit already under way completed). None if
+        stopped before the transaction coordinator answered."""
         tid = self.transactional_id
         while True:
             producer = clients.transactional_producer(self.settings, tid, **self.producer_overrides)
@@ -332,10 +378,10 @@ class Scorer:
                 log.info("%s: transactional producer %s ready (exactly-once)", self.spec.name, tid)
                 return producer
             except KafkaTimeoutError as exc:  # no transaction coordinator yet (broker starting, failover)
-                producer.close(timeout=0)
+                _discard(producer)
                 log.warning("%s: init_transactions(%s) timed out (%s); retrying", self.spec.name, tid, exc)
             except BaseException:
-                producer.close(timeout=0)
+                _discard(producer)
                 raise
             if self._stop.wait(1.0):
                 return None
@@ -354,7 +400,7 @@ class Scorer:
         while True:
             if self._should_stop():
                 return
-            batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            batch = clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed)
             self.link.polled(bool(batch))
             if not batch:
                 self._update_lag(consumer, {})
@@ -364,37 +410,40 @@ class Scorer:
                 return
 
     def _transact(self, consumer, producer, batch):
-        """One poll batch as one transaction; returns the producer to use next (a new one after a fatal
-        error, None if stopped while making it)."""
-        open_transaction = False
+        """One poll batch as one transaction; returns the producer to use next (a new one after a failure,
+        None if stopped while making it)."""
+        step_s = self.transaction_step_timeout_s
         try:
             producer.begin_transaction()
-            open_transaction = True
-            outcome = self._process(producer, batch)
+            outcome = self._process(producer, batch, flush_timeout_s=step_s)
             offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()}
             # The group's metadata (generation, member id) lets the broker refuse offsets from a member
             # that a rebalance has replaced (KIP-447), so a partition that moved is never committed twice.
-            producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+            _bounded(producer, "send_offsets", offsets, consumer.group_metadata(), timeout_s=step_s)
             crash_point("scorer_before_transaction_commit")  # tests: all sent, the transaction still open
-            producer.commit_transaction()
-            open_transaction = False
+            _bounded(producer, "commit", timeout_s=step_s)
         except _FENCED as exc:
             raise self._fenced(exc) from exc
         except (PredictionsNotAcknowledged, DeadLetterError, KafkaError) as exc:
-            # Nothing of this batch is visible to read_committed readers: abort, rewind, score it again.
+            last = getattr(getattr(producer, "_transaction_manager", None), "last_error", None)
+            if isinstance(last, _FENCED):  # a new producer would fence the live process back: stop instead
+                raise self._fenced(last) from exc
+            # Not aborted here: after a coordinator failover kafka-python's producer can wait forever on the dead
+            # node. A new producer with the same id looks the coordinator up afresh and its init_transactions
+            # settles this transaction (aborts it, or finishes a commit that was under way): Kafka's own recovery.
             self.metrics.batch_retries.labels(self.spec.name).inc()
             self.metrics.transactions.labels(self.spec.name, "aborted").inc()
-            log.error("%s: transaction failed (%r); aborting and re-reading the batch", self.spec.name, exc)
-            producer = self._abort(producer, open_transaction)
-            self._rewind(consumer, batch)
-            self._stop.wait(1.0)
+            log.error("%s: transaction failed (%r); new producer, re-reading from the commit", self.spec.name, exc)
+            _discard(producer)
+            producer = self._transactional_producer()
+            if producer is not None:
+                self._rewind_to_committed(consumer, batch)
             return producer
-        except BaseException:
-            if open_transaction:  # a bug or a crash point: leave nothing open for read_committed readers
-                try:
-                    producer.abort_transaction()
-                except Exception:  # the process is going down anyway; the broker times it out
-                    pass
+        except BaseException:  # a bug or a crash point: try to leave nothing open for read_committed readers
+            try:
+                _bounded(producer, "abort", timeout_s=step_s)
+            except Exception:  # the broker aborts it after the transaction timeout, or our successor's init does
+                pass
             raise
         self.metrics.transactions.labels(self.spec.name, "committed").inc()
         self._count(outcome)
@@ -402,27 +451,29 @@ class Scorer:
         self._update_lag(consumer, batch)
         return producer
 
-    def _abort(self, producer, open_transaction: bool):
-        """Abort the open transaction. A producer that cannot abort (a fatal error, or one that could not even
-        begin) is replaced by a new one with the same id, whose init_transactions aborts what is open; unless
-        it was fenced, which stops the scorer rather than fencing the live process back."""
-        try:
-            if open_transaction:
-                producer.abort_transaction()
-                return producer
-        except _FENCED as exc:
-            raise self._fenced(exc) from exc
-        except KafkaError as exc:
-            log.warning("%s: abort failed (%r); starting a new transactional producer", self.spec.name, exc)
-        last = getattr(getattr(producer, "_transaction_manager", None), "last_error", None)
-        if isinstance(last, _FENCED):
-            raise self._fenced(last) from last
-        producer.close(timeout=0)
-        return self._transactional_producer()  # None if stopped meanwhile
+    def _rewind_to_committed(self, consumer, batch) -> None:
+        """Seek the batch's partitions to the group's committed offsets, which say whether the failed transaction
+        committed after all (then nothing is scored twice) or not (then the batch is scored again). With
+        read_committed the fetch waits until no transaction holds offsets of the group (KIP-447)."""
+        for tp, records in batch.items():
+            while True:
+                try:
+                    committed = consumer.committed(tp, timeout_ms=int(self.transaction_step_timeout_s * 1000))
+                    break
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    log.warning("%s: reading committed offsets failed (%r); retrying", self.spec.name, exc)
+                    if self._stop.wait(1.0):
+                        return
+            try:
+                consumer.seek(tp, committed if committed is not None else records[0].offset)
+            except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
+                pass
 
     # -- both modes -----------------------------------------------------------------------------------
 
-    def _process(self, producer, batch) -> _BatchOutcome:
+    def _process(self, producer, batch, flush_timeout_s: float | None = None) -> _BatchOutcome:
         served = self.watcher.current  # one snapshot for the whole batch
         spec = self.spec
         records = [(tp, record) for tp, tp_records in batch.items() for record in tp_records]
@@ -457,7 +508,7 @@ class Scorer:
                     }
                 )
                 futures.append(producer.send(topic, key=event_id.encode(), value=value))
-        producer.flush(timeout=self.flush_timeout_s)
+        producer.flush(timeout=flush_timeout_s or self.flush_timeout_s)
         dead_letters.check()
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:
