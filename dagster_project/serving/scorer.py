@@ -10,10 +10,12 @@ valid ones with one snapshot of the champion and sends one record per event to
   prediction, and what it repeats is at most the one batch in flight, with the same event ids.
 - exactly-once: the batch is one Kafka transaction (kafka-python's transactional producer, one
   transactional id per replica): begin, send predictions and dead letters, add the group's next
-  offsets (`send_offsets_to_transaction`), commit. Any error aborts it and rewinds the consumer to
-  the batch's first offsets, which are the group's committed ones, so the batch is scored again and
-  nothing is skipped; read_committed readers never see the aborted attempt. A replica fenced by
-  another producer with its transactional id (`ProducerFencedError`) stops with `ScorerFenced`.
+  offsets (`send_offsets_to_transaction`), commit, each step bounded in time. After any error a new
+  producer with the same transactional id settles the transaction (its `init_transactions` aborts
+  it, or completes a commit already under way) and the consumer rewinds to the group's committed
+  offsets, so the batch is scored again only if it did not commit: nothing is skipped or repeated
+  for read_committed readers. A replica fenced by another producer with its transactional id
+  (`ProducerFencedError`) stops with `ScorerFenced` instead.
 
 Prediction records (JSON, key = event id)::
 

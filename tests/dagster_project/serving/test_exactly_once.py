@@ -126,11 +126,15 @@ def test_a_scorer_fenced_by_another_process_with_its_replica_id_stops_loudly(
             successor = clients.transactional_producer(kafka_settings, service.scorer.transactional_id)
             successor.init_transactions()  # what a second live replica with the same id does at start-up
             produce_rows(kafka_settings, spec, synthetic_rows(100, start=100))
-            wait_for(lambda: service.scorer.fenced, 30, "the scorer to find itself fenced")
-            status, health, _ = Client(service.url).request("GET", "/healthz")
-            assert status == 200 and not health["ready"], health
-            assert any(r.startswith("the Kafka consumer is not running (FENCED: ") for r in health["reasons"]), health
-            assert "another producer uses transactional id" in health["delivery"]["fenced"]
+            client = Client(service.url)
+
+            def fenced_health():
+                health = client.request("GET", "/healthz")[1]
+                reasons = health["reasons"]
+                return any(r.startswith("the Kafka consumer is not running (FENCED: ") for r in reasons) and health
+
+            health = wait_for(fenced_health, 30, "/healthz to report the scorer fenced")
+            assert not health["ready"] and "another producer uses transactional id" in health["delivery"]["fenced"]
     if successor is not None:
         successor.close(timeout=0)
     ids = [p["id"] for p in read_committed(kafka_settings, spec.predictions_topic)]
