@@ -62,12 +62,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def healthy(cluster: ApacheKafkaCluster):
-    """The cluster with all three nodes up, before and after the test (a failed test may leave one down)."""
+    """The cluster with all three nodes up and every partition fully in sync, before and after the test (a failed
+    test may leave one down; a restarted node catches up on the internal topics after it is back)."""
 
     def heal() -> None:
         down = [n for n in cluster.node_ids if n not in cluster.pids]
         for node in down:
             cluster.restart_node(node)
+        cluster.wait_fully_replicated()
 
     heal()
     yield cluster
@@ -96,8 +98,13 @@ def _tick_until_planned(defs, spec, instance, kafka, registry, timeout_s: float 
 
 def _scored(service, count: int, timeout_s: float, what: str) -> None:
     """Wait until the scorer scored `count` events; the failure message carries its health report."""
+    _waited(service, lambda: service.scorer.scored >= count, timeout_s, what)
+
+
+def _waited(service, condition, timeout_s: float, what: str) -> None:
+    """wait_for, with the scorer's health report and counts in the failure message."""
     try:
-        wait_for(lambda: service.scorer.scored >= count, timeout_s, what)
+        wait_for(condition, timeout_s, what)
     except AssertionError as exc:
         report = service.health.report()
         raise AssertionError(f"{exc}; scored {service.scorer.scored}; scorer health: {report.detail}") from None
@@ -240,7 +247,7 @@ def test_a_broker_killed_under_an_exactly_once_scorer(
     with running_service(spec, settings, registry, **options) as service:
         producer.start()
         committed = lambda: service.metrics.value("streamfit_scorer_transactions_total", outcome="committed")  # noqa: E731
-        wait_for(lambda: committed() >= 5, 60, "five committed transactions")
+        _waited(service, lambda: committed() >= 5, 60, "five committed transactions")
         coordinator = _transaction_coordinator(settings, service.scorer.transactional_id)
         leaders = {p: cluster.leader_of(spec.predictions_topic, p) for p in range(spec.partitions)}
         if victim == "transaction_coordinator":
@@ -250,7 +257,7 @@ def test_a_broker_killed_under_an_exactly_once_scorer(
         before = committed()
         cluster.kill_node(node)
         killed_at = time.monotonic()
-        wait_for(lambda: committed() >= before + 5, 90, "transactions to commit again after the kill")
+        _waited(service, lambda: committed() >= before + 5, 90, "transactions to commit again after the kill")
         resumed_s = time.monotonic() - killed_at
         cluster.restart_node(node)
         sent = producer.stop()

@@ -480,6 +480,37 @@ class ApacheKafkaCluster:
                         return leader if leader is not None and leader >= 0 else None
         return None
 
+    def under_replicated(self) -> dict[str, list[int]]:
+        """Partitions (internal topics included) without a leader or with fewer in-sync replicas than replicas,
+        by topic: empty once a restarted node has caught up everywhere."""
+        with self._admin() as admin:
+            described = admin.describe_topics()
+        lagging: dict[str, list[int]] = {}
+        for topic in described:
+            for part in topic.get("partitions", []):
+                leader = part.get("leader_id", -1)
+                if leader is None or leader < 0 or len(part.get("isr_nodes", [])) < len(part.get("replica_nodes", [])):
+                    lagging.setdefault(topic.get("name", "?"), []).append(part.get("partition_index", -1))
+        return lagging
+
+    def wait_fully_replicated(self, timeout_s: float = 60) -> None:
+        """Wait until every partition has a leader and all its replicas in sync (after restarts, before the next
+        failure test: a transaction or offsets partition whose ISR is still below min.insync.replicas refuses
+        writes until the restarted node has caught up)."""
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout_s
+        lagging: dict[str, list[int]] | str = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                lagging = self.under_replicated()
+            except KafkaError as exc:  # a node still starting
+                lagging = repr(exc)
+            if not lagging:
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"partitions still under-replicated after {timeout_s:g}s: {lagging}")
+
     def __enter__(self) -> ApacheKafkaCluster:
         return self.start() if not self._nodes else self
 
