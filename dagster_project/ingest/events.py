@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
+from dagster_project.ingest.categories import NULL_CODE, CategoryError, category_code, unseen_code
 from dagster_project.spec import FeatureSpec, StreamSpec
 
 # The largest magnitude a feature or regression label may have. The served ONNX model computes in
@@ -36,13 +37,20 @@ class ParsedEvent:
     values: list[float]
     label_index: int | None
     label_value: float | None
+    unseen: tuple[tuple[str, Any], ...] = ()  # (feature, raw value) outside a category vocabulary
 
 
 def coerce_feature(feature: FeatureSpec, raw: Any) -> float:
+    """One raw JSON value as the model input holds it: a number, or a category's code."""
     if raw is None:
         if feature.nullable:
-            return math.nan
+            return NULL_CODE if feature.type == "category" else math.nan
         raise InvalidEvent(f"feature {feature.name!r} is null but the spec does not allow nulls")
+    if feature.type == "category":
+        try:
+            return category_code(feature, raw)
+        except CategoryError as exc:
+            raise InvalidEvent(str(exc)) from None
     if feature.type == "bool":
         if isinstance(raw, bool) or raw in (0, 1):
             return float(raw)
@@ -71,6 +79,7 @@ class ParsedBatch:
     ids: list[str]
     index: np.ndarray  # position of each row in the input
     failures: list[tuple[int, str]]  # (position in the input, reason)
+    unseen: list[tuple[int, str, Any]] = field(default_factory=list)  # (position, feature, raw value)
 
 
 _NUMBER_TYPES = frozenset((int, float))
@@ -85,6 +94,7 @@ class EventParser:
         self._features = spec.features
         self._names = tuple(spec.feature_names)
         self._known = set(spec.feature_names)
+        self._position = {name: j for j, name in enumerate(spec.feature_names)}
         classes = spec.label.classes or []
         self._class_index = {label_key(c): i for i, c in enumerate(classes)}
         # Raw label -> class index for the fast path. Bools are left out on purpose: as dict keys
@@ -93,6 +103,10 @@ class EventParser:
         self._pick_features = operator.itemgetter(*self._names)
         self._int_columns = [j for j, f in enumerate(spec.features) if f.type == "int"]
         self._bool_columns = [j for j, f in enumerate(spec.features) if f.type == "bool"]
+        # Category values need their code (and an integer vocabulary's ints look like numbers), so
+        # a stream with category features parses every message on the exact path.
+        self._fast = not any(f.type == "category" for f in spec.features)
+        self._unseen_codes = [(f, unseen_code(f)) for f in spec.features if f.type == "category" and f.categories]
 
     def parse_many(self, values: Sequence[bytes | None]) -> ParsedBatch:
         """Parse a whole poll batch: the same result as `parse` per message, 2-3x faster.
@@ -115,6 +129,9 @@ class EventParser:
         index: list[int] = []
         slow: list[int] = []
         for i, raw in enumerate(values):
+            if not self._fast:
+                slow.append(i)
+                continue
             try:
                 event = loads(raw)
                 features = event["features"]
@@ -180,11 +197,15 @@ class EventParser:
     ) -> ParsedBatch:
         failures: list[tuple[int, str]] = []
         extra: list[tuple[int, ParsedEvent]] = []
+        unseen: list[tuple[int, str, Any]] = []
         for i in slow:
             try:
-                extra.append((i, self.parse(values[i])))
+                event = self.parse(values[i])
             except InvalidEvent as exc:
                 failures.append((i, str(exc)))
+                continue
+            extra.append((i, event))
+            unseen.extend((i, name, value) for name, value in event.unseen)
         if extra:
             X = np.vstack([X, np.asarray([e.values for _, e in extra], dtype=np.float64)])
             y = np.concatenate([y, [_target(e) for _, e in extra]])
@@ -193,7 +214,7 @@ class EventParser:
             order = np.argsort(positions, kind="stable")
             X, y, positions = X[order], y[order], positions[order]
             ids = [ids[k] for k in order]
-        return ParsedBatch(X=X, y=y, ids=ids, index=positions, failures=failures)
+        return ParsedBatch(X=X, y=y, ids=ids, index=positions, failures=failures, unseen=unseen)
 
     def parse(self, raw: bytes | None) -> ParsedEvent:
         if raw is None:
@@ -221,7 +242,10 @@ class EventParser:
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
             raise InvalidEvent(f"'ts' must be a number (epoch seconds), got {ts!r}")
         label_index, label_value = self._label(event.get("label"))
-        return ParsedEvent(str(event_id), ts, values, label_index, label_value)
+        unseen = tuple(
+            (f.name, features[f.name]) for f, code in self._unseen_codes if values[self._position[f.name]] == code
+        )
+        return ParsedEvent(str(event_id), ts, values, label_index, label_value, unseen)
 
     def _label(self, label: Any) -> tuple[int | None, float | None]:
         if label is None:
