@@ -17,6 +17,7 @@ matrix: a category column holds an integer *code*, and the pipeline's fixed ``On
 
 from __future__ import annotations
 
+import json
 import zlib
 from typing import Any
 
@@ -96,3 +97,19 @@ def unseen_counts(spec: StreamSpec, X: np.ndarray) -> dict[str, int]:
         if code is not None:
             counts[feature.name] = int(np.count_nonzero(X[:, j] == code)) if len(X) else 0
     return counts
+
+
+def encoding_signature(spec: StreamSpec) -> str | None:
+    """The category encoding as canonical JSON (None without category features).
+
+    Stored in every exported model; the scorer compares it with the spec, because a model trained
+    with another vocabulary or bucket count would read the same codes as other values.
+    """
+    encoded = [
+        {"name": f.name, "categories": f.categories, "unseen": f.unseen}
+        if f.categories is not None
+        else {"name": f.name, "buckets": f.buckets}
+        for f in spec.features
+        if f.type == "category"
+    ]
+    return json.dumps(encoded, sort_keys=True, separators=(",", ":")) if encoded else None
