@@ -240,19 +240,26 @@ class CountTest:
     total_variation: float
 
 
-def count_test(reference_counts: np.ndarray, counts: np.ndarray) -> CountTest:
-    """PSI, chi-square goodness of fit and total variation distance of `counts` against the reference.
+def count_test(reference_counts: np.ndarray, counts: np.ndarray, *, two_sample: bool = False) -> CountTest:
+    """PSI, chi-square and total variation distance of `counts` against the reference counts.
 
-    Half a pseudo-count per category keeps the expected counts positive for categories the
-    reference never saw (chi-square is undefined at zero expectation); it barely moves the others.
+    ``two_sample=False``: goodness of fit to the reference proportions, taken as exact (a model's
+    few classes over a large reference). Half a pseudo-count per category keeps the expected counts
+    positive for categories the reference never saw (chi-square is undefined at zero expectation).
+    ``two_sample=True``: the test of homogeneity of the two samples (a contingency table), for
+    category features, whose many codes (up to a hash's buckets) are each estimated from a batch:
+    taking those as exact would flag sampling noise as drift.
     """
     from scipy import stats
 
     ref = np.asarray(reference_counts, dtype=np.float64)
     now = np.asarray(counts, dtype=np.float64)
     rows = now.sum()
-    smoothed = (ref + 0.5) / (ref + 0.5).sum()
-    chi2 = stats.chisquare(now, f_exp=smoothed * rows)
+    if two_sample:
+        chi2 = stats.chi2_contingency(np.vstack([ref, now]), correction=False)
+    else:
+        smoothed = (ref + 0.5) / (ref + 0.5).sum()
+        chi2 = stats.chisquare(now, f_exp=smoothed * rows)
     tvd = float(0.5 * np.abs(now / rows - ref / ref.sum()).sum())
     return CountTest(psi_from_counts(ref, now), float(chi2.statistic), float(chi2.pvalue), tvd)
 
@@ -280,19 +287,14 @@ def _category_drift(name: str, reference: Mapping[str, Any], column: np.ndarray,
         observed, observed_counts = np.unique(present, return_counts=True)
         now_by_code = dict(zip((str(c) for c in observed.tolist()), observed_counts.tolist(), strict=True))
         codes = sorted(set(reference_counts) | set(now_by_code), key=int)
-        test = count_test(
-            np.array([reference_counts.get(c, 0) for c in codes]), np.array([now_by_code.get(c, 0) for c in codes])
-        )
+        ref = np.array([reference_counts.get(c, 0) for c in codes], dtype=np.float64)
+        now = np.array([now_by_code.get(c, 0) for c in codes], dtype=np.float64)
+        test = count_test(ref, now, two_sample=True)
         labels = reference.get("labels") or {}
         if test.psi >= t.psi_major:
             rules.append(f"psi over categories: {test.psi:.4f} >= {t.psi_major}")
         if test.chi2_pvalue < t.pvalue and test.total_variation >= t.min_effect:
-            moved = max(
-                codes,
-                key=lambda c: abs(
-                    now_by_code.get(c, 0) / present.size - reference_counts.get(c, 0) / sum(reference_counts.values())
-                ),
-            )
+            moved = codes[int(np.argmax(np.abs(now / now.sum() - ref / ref.sum())))]
             rules.append(
                 f"chi2: p-value {test.chi2_pvalue:.3g} < {t.pvalue} and total variation {test.total_variation:.4f} "
                 f">= {t.min_effect} (most moved: {labels.get(moved, f'code {moved}')})"
