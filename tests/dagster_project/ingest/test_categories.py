@@ -132,3 +132,46 @@ def test_numeric_streams_keep_the_fast_path_and_its_results() -> None:
     assert parsed.X.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]]
     assert "must be a number" in parsed.failures[0][1]
     assert np.array_equal(parsed.index, [0])
+
+
+ODD_VALUES = ["Private", "Never-worked", None, 3, 3.5, True, ["Gov"], {"a": 1}, "", "Gov", "Gov", "Private"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_batch_fast_path_equals_parsing_each_message(seed: int) -> None:
+    """parse_many's fast path codes categories itself (`fast_coder`): it must agree with `parse`
+    message by message on codes, refusals and unseen values, for every kind of category."""
+    spec = census_spec(
+        features=[
+            {"name": "age", "type": "int"},
+            {"name": "workclass", "type": "category", "categories": ["Private", "Gov"], "unseen": "other"},
+            {"name": "grade", "type": "category", "categories": [1, 2, 3], "nullable": True},
+            {"name": "zip", "type": "category", "buckets": 16},
+        ]
+    )
+    rng = np.random.default_rng(seed)
+    pool = {
+        "age": [30, 41, 52, 30.5, "x"],
+        "workclass": ODD_VALUES,
+        "grade": [1, 3, 2, 7, "2", 2.0, None, False],
+        "zip": ODD_VALUES,
+    }
+    rows = [{name: values[rng.integers(len(values))] for name, values in pool.items()} for _ in range(1000)]
+    messages = [make_event(f"e{i}", row, label=int(rng.integers(2))) for i, row in enumerate(rows)]
+    parser = EventParser(spec)
+
+    batch = parser.parse_many(messages)
+
+    expected_rows, expected_failures, expected_unseen = [], [], []
+    for i, message in enumerate(messages):
+        try:
+            event = parser.parse(message)
+        except ValueError as exc:
+            expected_failures.append((i, str(exc)))
+        else:
+            expected_rows.append(event.values)
+            expected_unseen.extend((i, name, value) for name, value in event.unseen)
+    assert batch.failures == expected_failures
+    assert batch.X.tolist() == expected_rows
+    assert batch.unseen == expected_unseen
+    assert len(expected_rows) > 50 and len(expected_failures) > 50 and expected_unseen  # both paths ran
