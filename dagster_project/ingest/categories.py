@@ -69,8 +69,8 @@ def fast_coder(feature: FeatureSpec) -> Callable[[Any], int | None]:
     """`category_code` for the batch parser's fast path: the same code for every value it accepts,
     None for anything else (a null, a wrong type), which then takes `category_code`'s exact path."""
     if feature.buckets is not None:
-        buckets, crc32 = feature.buckets, zlib.crc32
-        return lambda v: crc32(str(v).encode("utf-8")) % buckets if type(v) is str or type(v) is int else None
+        buckets = feature.buckets
+        return lambda v: stable_bucket(v, buckets) if type(v) is str or type(v) is int else None
     index, unseen, kind = feature.category_index, len(feature.categories or []), value_kind(feature)
     return lambda v: index.get(v, unseen) if type(v) is kind else None
 
