@@ -7,15 +7,16 @@ batching and policies. The Dagster factory turns each spec into its assets, chec
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from dagster_project.learning.estimator_table import ESTIMATORS, SCALE_OUT_ESTIMATORS
 
-FeatureType = Literal["float", "int", "bool"]
+FeatureType = Literal["float", "int", "bool", "category"]
 Task = Literal["classification", "regression"]
 # Validated against the estimator table (learning/estimator_table.py), the one list of names.
 EstimatorName = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]
@@ -29,14 +30,70 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The most hash buckets a feature may have: one one-hot column each, and bucket indices must stay
+# exact in the float32 model input (integers up to 2**24 are).
+MAX_BUCKETS = 65_536
+
+
 class FeatureSpec(_Strict):
-    """One input feature: its JSON type and optional value range."""
+    """One input feature: its JSON type and optional value range.
+
+    ``type: category`` features take strings (or integers) and are one-hot encoded inside the
+    exported model (dagster_project/ingest/categories.py). Exactly one of:
+
+    - ``categories: [...]``, a fixed vocabulary (all strings or all integers). A value outside it
+      is *unseen*: ``unseen: zero`` (the default) encodes it as all-zero columns, ``unseen: other``
+      as one extra "other" column. Unseen values never fail a row; they are counted, and
+      ``quality.max_unseen_category_share`` bounds their share per batch.
+    - ``buckets: N``, for open-ended values (ids, zip codes): CRC-32 of the value's UTF-8 text
+      (an integer as its decimal text) modulo N, one column per bucket; nothing is unseen.
+    """
 
     name: str
     type: FeatureType = "float"
     nullable: bool = False
     min: float | None = None
     max: float | None = None
+    categories: list[StrictStr | StrictInt] | None = None
+    buckets: int | None = None
+    unseen: Literal["zero", "other"] = "zero"
+
+    @cached_property
+    def category_index(self) -> dict[str | int, int]:
+        """Vocabulary value -> its position (built once; encoding looks every value up here)."""
+        return {c: i for i, c in enumerate(self.categories or [])}
+
+    @model_validator(mode="after")
+    def _category_encoding(self) -> FeatureSpec:
+        where = f"feature {self.name!r}"
+        if self.type != "category":
+            if self.categories is not None or self.buckets is not None:
+                raise ValueError(f"{where} has categories/buckets but type {self.type!r}: set type: category")
+            return self
+        if self.min is not None or self.max is not None:
+            raise ValueError(f"{where} is a category: remove min/max (they apply to numeric features)")
+        if (self.categories is None) == (self.buckets is None):
+            raise ValueError(
+                f"{where} is a category: give exactly one of categories: [...] (a fixed vocabulary) "
+                "or buckets: N (hashing, for open-ended values)"
+            )
+        if self.buckets is not None:
+            if not 2 <= self.buckets <= MAX_BUCKETS:
+                raise ValueError(f"{where}: buckets must be between 2 and {MAX_BUCKETS}, got {self.buckets}")
+            return self
+        categories = self.categories or []
+        if not categories:
+            raise ValueError(f"{where}: categories is empty; list the known values, or use buckets: N")
+        kinds = {type(c) for c in categories}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"{where}: categories must be all strings or all integers, got {sorted(k.__name__ for k in kinds)}; "
+                "quote the numbers to make them strings"
+            )
+        duplicates = sorted({str(c) for c in categories if categories.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"{where}: duplicate categories {duplicates}; list each value once")
+        return self
 
 
 class LabelSpec(_Strict):
@@ -127,7 +184,9 @@ class QualitySpec(_Strict):
 
     Rules always applied: the batch frame has exactly the expected columns, features and label are
     numeric and finite, values lie within each feature's ``min``/``max``, labels are class indices of
-    ``label.classes``, and the row count lies within ``[min_rows, max_rows]``.
+    ``label.classes``, and the row count lies within ``[min_rows, max_rows]``. For each category
+    feature with a vocabulary, at most ``max_unseen_category_share`` of the rows may hold a value
+    outside it.
 
     Nulls: a feature that is not ``nullable`` may never be null (the event parser already
     dead-letters such messages; the check is a second line of defence). A ``nullable`` feature may be
@@ -152,6 +211,10 @@ class QualitySpec(_Strict):
     std_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
     suite_file: str | None = None
     allow_partial: bool = False
+    # Share of a batch's rows whose vocabulary category feature holds a value outside its
+    # ``categories`` (per feature). 5 %: a new value now and then is normal; more is a changed
+    # upstream (a renamed category, a new product line) that the vocabulary should learn about.
+    max_unseen_category_share: float = Field(default=0.05, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> QualitySpec:
@@ -260,6 +323,16 @@ class StreamSpec(_Strict):
                 raise ValueError(
                     f"quality.{kind} names unknown feature(s) {unknown}; features are {self.feature_names}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _categories_fit_the_model(self) -> StreamSpec:
+        categorical = [f.name for f in self.features if f.type == "category"]
+        if categorical and self.model.scale_out.workers > 1:
+            raise ValueError(
+                f"model.scale_out does not support category features yet ({categorical}): set "
+                "model.scale_out.workers to 1"
+            )
         return self
 
     @model_validator(mode="after")

@@ -12,8 +12,10 @@ Statistics
 - **KS**: scipy's two-sample Kolmogorov-Smirnov test of the current values against the
   reference's stored sample (500 values by default). Its power is bounded by that sample size;
   profiles without a sample get no KS result (never an approximation passed off as a test).
-- **Chi-square** (`prediction_drift`, classes): goodness of fit of the predicted class counts to
-  the reference class proportions, with total variation distance as the effect size.
+- **Chi-square** (`prediction_drift`, classes; category features): goodness of fit of the
+  current counts (predicted classes, or a category feature's codes: vocabulary values, the unseen
+  code, hash buckets) to the reference proportions, with total variation distance as the effect
+  size; PSI is computed over the same counts. Category features get no KS test (codes have no order).
 
 A p-value alone flags trivially small shifts on big batches, so the tests only fire together with
 a minimum effect size (KS statistic or total variation distance).
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from monitors.profiles import QUANTILES, bin_counts
+from monitors.profiles import QUANTILES, bin_counts, category_codes
 
 PSI_EPSILON = 1e-4
 PSI_MODERATE = 0.1
@@ -95,6 +97,8 @@ class FeatureDrift:
     drifted: bool
     rules: tuple[str, ...]
     notes: tuple[str, ...] = ()  # why a statistic was not computed
+    chi2_pvalue: float | None = None  # category features: frequency test over their codes
+    total_variation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,95 @@ def _psi_level(value: float | None, thresholds: DriftThresholds) -> str:
     return "stable"
 
 
+@dataclass(frozen=True)
+class CountTest:
+    """Current counts against reference counts over the same categories."""
+
+    psi: float
+    chi2_statistic: float
+    chi2_pvalue: float
+    total_variation: float
+
+
+def count_test(reference_counts: np.ndarray, counts: np.ndarray, *, two_sample: bool = False) -> CountTest:
+    """PSI, chi-square and total variation distance of `counts` against the reference counts.
+
+    ``two_sample=False``: goodness of fit to the reference proportions, taken as exact (a model's
+    few classes over a large reference). Half a pseudo-count per category keeps the expected counts
+    positive for categories the reference never saw (chi-square is undefined at zero expectation).
+    ``two_sample=True``: the test of homogeneity of the two samples (a contingency table), for
+    category features, whose many codes (up to a hash's buckets) are each estimated from a batch:
+    taking those as exact would flag sampling noise as drift.
+    """
+    from scipy import stats
+
+    ref = np.asarray(reference_counts, dtype=np.float64)
+    now = np.asarray(counts, dtype=np.float64)
+    rows = now.sum()
+    if two_sample:
+        chi2 = stats.chi2_contingency(np.vstack([ref, now]), correction=False)
+    else:
+        smoothed = (ref + 0.5) / (ref + 0.5).sum()
+        chi2 = stats.chisquare(now, f_exp=smoothed * rows)
+    tvd = float(0.5 * np.abs(now / rows - ref / ref.sum()).sum())
+    return CountTest(psi_from_counts(ref, now), float(chi2.statistic), float(chi2.pvalue), tvd)
+
+
+def _category_drift(name: str, reference: Mapping[str, Any], column: np.ndarray, t: DriftThresholds) -> FeatureDrift:
+    """A category feature's code frequencies against the reference's: PSI and chi-square."""
+    column = np.asarray(column, dtype=np.float64)
+    present = category_codes(column)
+    null_ref = float(reference.get("null_fraction", 0.0))
+    null_now = float(1 - present.size / column.size) if column.size else 0.0
+    rules: list[str] = []
+    notes: list[str] = []
+    if column.size and abs(null_now - null_ref) >= t.null_fraction_delta:
+        rules.append(
+            f"nulls: null fraction {null_now:.3f} vs reference {null_ref:.3f}, "
+            f"|delta| {abs(null_now - null_ref):.3f} >= {t.null_fraction_delta}"
+        )
+    reference_counts: Mapping[str, int] = reference.get("counts") or {}
+    test = None
+    if present.size < t.min_rows:
+        notes.append(f"{present.size} present values < min_rows {t.min_rows}: distribution not judged")
+    elif not sum(reference_counts.values()):
+        notes.append("reference has no present values: distribution not judged")
+    else:
+        observed, observed_counts = np.unique(present, return_counts=True)
+        now_by_code = dict(zip((str(c) for c in observed.tolist()), observed_counts.tolist(), strict=True))
+        codes = sorted(set(reference_counts) | set(now_by_code), key=int)
+        ref = np.array([reference_counts.get(c, 0) for c in codes], dtype=np.float64)
+        now = np.array([now_by_code.get(c, 0) for c in codes], dtype=np.float64)
+        test = count_test(ref, now, two_sample=True)
+        labels = reference.get("labels") or {}
+        if test.psi >= t.psi_major:
+            rules.append(f"psi over categories: {test.psi:.4f} >= {t.psi_major}")
+        if test.chi2_pvalue < t.pvalue and test.total_variation >= t.min_effect:
+            moved = codes[int(np.argmax(np.abs(now / now.sum() - ref / ref.sum())))]
+            rules.append(
+                f"chi2: p-value {test.chi2_pvalue:.3g} < {t.pvalue} and total variation {test.total_variation:.4f} "
+                f">= {t.min_effect} (most moved: {labels.get(moved, f'code {moved}')})"
+            )
+    return FeatureDrift(
+        name=name,
+        rows=int(present.size),
+        psi=test.psi if test else None,
+        psi_level=_psi_level(test.psi if test else None, t),
+        ks_statistic=None,
+        ks_pvalue=None,
+        null_fraction_reference=null_ref,
+        null_fraction=null_now,
+        drifted=bool(rules),
+        rules=tuple(rules),
+        notes=tuple(notes),
+        chi2_pvalue=test.chi2_pvalue if test else None,
+        total_variation=test.total_variation if test else None,
+    )
+
+
 def _feature_drift(name: str, reference: Mapping[str, Any], column: np.ndarray, t: DriftThresholds) -> FeatureDrift:
+    if reference.get("kind") == "category":
+        return _category_drift(name, reference, column, t)
     column = np.asarray(column, dtype=np.float64)
     present = column[~np.isnan(column)]
     null_ref = float(reference.get("null_fraction", 0.0))
@@ -378,20 +470,15 @@ def _class_drift(reference_counts: Mapping[str, int], predictions: np.ndarray, t
             proportions=proportions,
             notes=(note,),
         )
-    # Half a pseudo-count per class keeps the expected counts positive for classes the reference
-    # never saw (chi-square is undefined at zero expectation); it barely moves observed classes.
-    smoothed = (ref + 0.5) / (ref + 0.5).sum()
-    from scipy import stats
-
-    chi2 = stats.chisquare(now, f_exp=smoothed * rows)
-    tvd = float(0.5 * np.abs(now / rows - ref_p).sum())
-    psi_value = psi_from_counts(ref, now)
+    test = count_test(ref, now)
+    tvd, psi_value = test.total_variation, test.psi
     rules: list[str] = []
     if psi_value >= t.psi_major:
         rules.append(f"prediction psi over classes: {psi_value:.4f} >= {t.psi_major}")
-    if chi2.pvalue < t.pvalue and tvd >= t.min_effect:
+    if test.chi2_pvalue < t.pvalue and tvd >= t.min_effect:
         rules.append(
-            f"prediction chi2: p-value {chi2.pvalue:.3g} < {t.pvalue} and total variation {tvd:.4f} >= {t.min_effect}"
+            f"prediction chi2: p-value {test.chi2_pvalue:.3g} < {t.pvalue} and total variation {tvd:.4f} "
+            f">= {t.min_effect}"
         )
     return PredictionDrift(
         kind="classes",
@@ -399,8 +486,8 @@ def _class_drift(reference_counts: Mapping[str, int], predictions: np.ndarray, t
         psi=psi_value,
         drifted=bool(rules),
         rules=tuple(rules),
-        chi2_statistic=float(chi2.statistic),
-        chi2_pvalue=float(chi2.pvalue),
+        chi2_statistic=test.chi2_statistic,
+        chi2_pvalue=test.chi2_pvalue,
         total_variation=tvd,
         reference_proportions=reference_proportions,
         proportions=proportions,

@@ -15,7 +15,14 @@ label of a regression stream) a profile holds:
 - ``sample``: a seeded uniform random sample, without replacement, of at most `SAMPLE_SIZE` present
   values (sorted), for a real two-sample Kolmogorov-Smirnov test.
 
-The last two keys were added for drift checks; profiles written before them lack the keys and the
+A category feature (its column holds codes, see dagster_project/ingest/categories.py) is
+profiled by frequency instead: ``kind: "category"``, ``count``, ``null_fraction`` (code -1),
+``counts`` (``{code: rows}`` for the codes present; sparse, as a hashed feature may have
+thousands of buckets), ``labels`` (``{code: value}`` for a vocabulary, the last code being
+values outside it) and ``sample`` (codes, as for numeric columns). PSI and chi-square compare
+``counts`` (`monitors.drift`).
+
+The ``histogram`` and ``sample`` keys were added for drift checks; profiles written before them lack the keys and the
 drift code falls back to the quantiles (PSI) or skips the test (KS). A profile is deterministic:
 the same batch always gives the same profile.
 """
@@ -83,16 +90,57 @@ def summarize(
     return summary
 
 
+CATEGORY_NULL_CODE = -1.0  # dagster_project.ingest.categories.NULL_CODE (monitors import no project code)
+
+
+def category_codes(column: np.ndarray) -> np.ndarray:
+    """The present (non-null) codes of a category column, as integers."""
+    column = np.asarray(column, dtype=np.float64)
+    return column[~np.isnan(column) & (column != CATEGORY_NULL_CODE)].astype(np.int64)
+
+
+def summarize_category(
+    column: np.ndarray,
+    labels: list[str] | None = None,
+    *,
+    sample_size: int = SAMPLE_SIZE,
+    seed: int = SAMPLE_SEED,
+) -> dict[str, Any]:
+    """The frequency profile of one category column of codes (see the module docstring)."""
+    column = np.asarray(column, dtype=np.float64)
+    present = category_codes(column)
+    codes, counts = np.unique(present, return_counts=True)
+    summary: dict[str, Any] = {
+        "kind": "category",
+        "count": int(column.size),
+        "null_fraction": float(1 - present.size / column.size) if column.size else 0.0,
+        "counts": {str(c): int(n) for c, n in zip(codes.tolist(), counts.tolist(), strict=True)},
+        "sample": [float(v) for v in reference_sample(present.astype(np.float64), sample_size, seed)],
+    }
+    if labels is not None:
+        summary["labels"] = {str(i): label for i, label in enumerate(labels)}
+    return summary
+
+
 def profile_features(
     X: np.ndarray,
     names: list[str],
     *,
+    categories: dict[str, list[str] | None] | None = None,
     bins: int = HISTOGRAM_BINS,
     sample_size: int = SAMPLE_SIZE,
     seed: int = SAMPLE_SEED,
 ) -> dict[str, dict[str, Any]]:
-    """Per feature: count, null fraction, mean, std, quantiles, histogram and a sample."""
-    return {name: summarize(X[:, i], bins=bins, sample_size=sample_size, seed=seed) for i, name in enumerate(names)}
+    """Per feature: count, null fraction, mean, std, quantiles, histogram and a sample; category
+    features (the keys of `categories`, each with its vocabulary labels or None when hashed) by
+    frequency."""
+    categories = categories or {}
+    return {
+        name: summarize_category(X[:, i], categories[name], sample_size=sample_size, seed=seed)
+        if name in categories
+        else summarize(X[:, i], bins=bins, sample_size=sample_size, seed=seed)
+        for i, name in enumerate(names)
+    }
 
 
 def profile_labels(y: np.ndarray, task: str) -> dict[str, Any]:

@@ -154,6 +154,18 @@ def synthetic_spec(name: str | None = None, **overrides) -> StreamSpec:
     return StreamSpec.model_validate(raw)
 
 
+def census_spec(name: str | None = None, **overrides) -> StreamSpec:
+    """The shipped census stream (category features) under a unique name, batched like `synthetic_spec`."""
+    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "streams" / "census.yaml").read_text())
+    raw |= {
+        "name": name or f"c{uuid.uuid4().hex[:10]}",
+        "batch": {"rows": 200, "max_rows": 2000, "max_wait_s": 3600, "sensor_interval_s": 5, "retry_delay_s": 0.1},
+        "promotion": {"tail_rows": 0},
+    }
+    raw.update(overrides)
+    return StreamSpec.model_validate(raw)
+
+
 @pytest.fixture
 def spec() -> StreamSpec:
     return synthetic_spec()

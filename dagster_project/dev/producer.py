@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from dagster_project.dev.datasets import SourceEvent, phishing_events, synthetic_events
+from dagster_project.dev.datasets import SourceEvent, census_events, phishing_events, synthetic_events
 from dagster_project.ingest.events import make_event
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
@@ -17,6 +17,7 @@ from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
 
 SOURCES: dict[str, Callable[[], Iterator[SourceEvent]]] = {
+    "census": census_events,
     "phishing": phishing_events,
     "synthetic": synthetic_events,
 }

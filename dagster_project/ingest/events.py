@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
+from dagster_project.ingest.categories import NULL_CODE, CategoryError, category_code, fast_coder, unseen_code
 from dagster_project.spec import FeatureSpec, StreamSpec
 
 # The largest magnitude a feature or regression label may have. The served ONNX model computes in
@@ -36,13 +37,20 @@ class ParsedEvent:
     values: list[float]
     label_index: int | None
     label_value: float | None
+    unseen: tuple[tuple[str, Any], ...] = ()  # (feature, raw value) outside a category vocabulary
 
 
 def coerce_feature(feature: FeatureSpec, raw: Any) -> float:
+    """One raw JSON value as the model input holds it: a number, or a category's code."""
     if raw is None:
         if feature.nullable:
-            return math.nan
+            return NULL_CODE if feature.type == "category" else math.nan
         raise InvalidEvent(f"feature {feature.name!r} is null but the spec does not allow nulls")
+    if feature.type == "category":
+        try:
+            return category_code(feature, raw)
+        except CategoryError as exc:
+            raise InvalidEvent(str(exc)) from None
     if feature.type == "bool":
         if isinstance(raw, bool) or raw in (0, 1):
             return float(raw)
@@ -71,6 +79,7 @@ class ParsedBatch:
     ids: list[str]
     index: np.ndarray  # position of each row in the input
     failures: list[tuple[int, str]]  # (position in the input, reason)
+    unseen: list[tuple[int, str, Any]] = field(default_factory=list)  # (position, feature, raw value)
 
 
 _NUMBER_TYPES = frozenset((int, float))
@@ -85,6 +94,7 @@ class EventParser:
         self._features = spec.features
         self._names = tuple(spec.feature_names)
         self._known = set(spec.feature_names)
+        self._position = {name: j for j, name in enumerate(spec.feature_names)}
         classes = spec.label.classes or []
         self._class_index = {label_key(c): i for i, c in enumerate(classes)}
         # Raw label -> class index for the fast path. Bools are left out on purpose: as dict keys
@@ -93,11 +103,17 @@ class EventParser:
         self._pick_features = operator.itemgetter(*self._names)
         self._int_columns = [j for j, f in enumerate(spec.features) if f.type == "int"]
         self._bool_columns = [j for j, f in enumerate(spec.features) if f.type == "bool"]
+        # Category columns: (position, name, value -> code or None, the unseen code or None).
+        self._category_coders = [
+            (j, f.name, fast_coder(f), unseen_code(f)) for j, f in enumerate(spec.features) if f.type == "category"
+        ]
+        self._unseen_codes = [(f, unseen_code(f)) for f in spec.features if f.type == "category" and f.categories]
 
     def parse_many(self, values: Sequence[bytes | None]) -> ParsedBatch:
         """Parse a whole poll batch: the same result as `parse` per message, 2-3x faster.
 
-        Messages whose fields are plain numbers take a fast path (one membership test per row,
+        Messages whose fields are plain numbers (and category values of their feature's type, turned
+        into codes by `categories.fast_coder`) take a fast path (one membership test per row,
         then the per-column rules on the numpy matrix at once); anything else (nulls, bools,
         wrong types, malformed JSON, rows a column rule refuses) goes through `parse`, which
         gives the exact reason. The fast path never accepts a message `parse` would refuse.
@@ -114,6 +130,8 @@ class EventParser:
         ids: list[str] = []
         index: list[int] = []
         slow: list[int] = []
+        coders = self._category_coders
+        unseen: list[tuple[int, str, Any]] = []
         for i, raw in enumerate(values):
             try:
                 event = loads(raw)
@@ -125,6 +143,13 @@ class EventParser:
             except Exception:  # any shape problem: `parse` names it
                 slow.append(i)
                 continue
+            row_unseen = None
+            if coders:
+                encoded = self._encode(row)
+                if encoded is None:
+                    slow.append(i)
+                    continue
+                row, row_unseen = encoded
             id_type = type(event_id)
             ts = event.get("ts")
             label = event.get("label")
@@ -148,6 +173,8 @@ class EventParser:
             else:
                 slow.append(i)
                 continue
+            if row_unseen:
+                unseen.extend((i, name, value) for name, value in row_unseen)
             rows.append(row)
             labels.append(target)
             ids.append(event_id if id_type is str else str(event_id))
@@ -163,11 +190,28 @@ class EventParser:
         for j in self._bool_columns:
             refused |= (X[:, j] != 0) & (X[:, j] != 1)
         if refused.any():
-            slow = sorted(slow + positions[refused].tolist())
+            again = positions[refused].tolist()
+            slow = sorted(slow + again)
             keep = ~refused
             X, y, positions = X[keep], y[keep], positions[keep]
             ids = [event_id for event_id, kept in zip(ids, keep, strict=True) if kept]
-        return self._merge_slow_path(values, slow, X, y, ids, positions)
+            if unseen:  # `parse` records them again if their rows are valid
+                unseen = [u for u in unseen if u[0] not in set(again)]
+        return self._merge_slow_path(values, slow, X, y, ids, positions, unseen)
+
+    def _encode(self, row: tuple) -> tuple[list, list[tuple[str, Any]]] | None:
+        """The row with its category values as codes, and the unseen ones; None if a value needs `parse`."""
+        encoded = list(row)
+        unseen: list[tuple[str, Any]] = []
+        for j, name, coder, unseen_at in self._category_coders:
+            value = encoded[j]
+            code = coder(value)
+            if code is None:
+                return None
+            encoded[j] = code
+            if code == unseen_at:
+                unseen.append((name, value))
+        return encoded, unseen
 
     def _merge_slow_path(
         self,
@@ -177,14 +221,18 @@ class EventParser:
         y: np.ndarray,
         ids: list[str],
         positions: np.ndarray,
+        unseen: list[tuple[int, str, Any]],
     ) -> ParsedBatch:
         failures: list[tuple[int, str]] = []
         extra: list[tuple[int, ParsedEvent]] = []
         for i in slow:
             try:
-                extra.append((i, self.parse(values[i])))
+                event = self.parse(values[i])
             except InvalidEvent as exc:
                 failures.append((i, str(exc)))
+                continue
+            extra.append((i, event))
+            unseen.extend((i, name, value) for name, value in event.unseen)
         if extra:
             X = np.vstack([X, np.asarray([e.values for _, e in extra], dtype=np.float64)])
             y = np.concatenate([y, [_target(e) for _, e in extra]])
@@ -193,7 +241,7 @@ class EventParser:
             order = np.argsort(positions, kind="stable")
             X, y, positions = X[order], y[order], positions[order]
             ids = [ids[k] for k in order]
-        return ParsedBatch(X=X, y=y, ids=ids, index=positions, failures=failures)
+        return ParsedBatch(X=X, y=y, ids=ids, index=positions, failures=failures, unseen=sorted(unseen, key=_position))
 
     def parse(self, raw: bytes | None) -> ParsedEvent:
         if raw is None:
@@ -221,7 +269,10 @@ class EventParser:
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
             raise InvalidEvent(f"'ts' must be a number (epoch seconds), got {ts!r}")
         label_index, label_value = self._label(event.get("label"))
-        return ParsedEvent(str(event_id), ts, values, label_index, label_value)
+        unseen = tuple(
+            (f.name, features[f.name]) for f, code in self._unseen_codes if values[self._position[f.name]] == code
+        )
+        return ParsedEvent(str(event_id), ts, values, label_index, label_value, unseen)
 
     def _label(self, label: Any) -> tuple[int | None, float | None]:
         if label is None:
@@ -238,6 +289,10 @@ class EventParser:
         if abs(label) > MAGNITUDE_LIMIT:
             raise InvalidEvent(f"regression label {label!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}")
         return None, float(label)
+
+
+def _position(unseen: tuple[int, str, Any]) -> int:
+    return unseen[0]
 
 
 def _target(event: ParsedEvent) -> float:

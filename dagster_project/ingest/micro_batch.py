@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,8 @@ from dagster_project.kafka.io import RawRecord, read_range, topic_identity
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
+
+UNSEEN_EXAMPLES = 5  # per category feature and batch
 
 
 @dataclass
@@ -39,6 +42,9 @@ class MicroBatch:
     identity: dict | None = None  # the cluster and topic incarnation the rows came from (TopicIdentity)
     learn_ends: dict[int, int] | None = None  # where the learned rows end per partition (None: at the end)
     tail: MicroBatch | None = None  # the valid rows of the tail (unseen by the candidate and the champion)
+    # A few values per category feature that were outside its vocabulary, with where they came
+    # from ({feature, value, partition, offset}), so the data-quality rule can show them.
+    unseen_examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def learned_ends(self) -> dict[int, int]:
@@ -126,7 +132,21 @@ def _parse(settings, spec, ranges, records, dead_letter_invalid, identity) -> Mi
         offsets=np.fromiter((records[i].offset for i in parsed.index), dtype=np.int64, count=len(parsed.index)),
         dlq_reasons=reasons,
         identity=identity.as_json() if identity else None,
+        unseen_examples=_unseen_examples(records, parsed.unseen),
     )
+
+
+def _unseen_examples(records: list[RawRecord], unseen: list[tuple[int, str, Any]]) -> list[dict[str, Any]]:
+    """Up to `UNSEEN_EXAMPLES` unseen values per feature, with their partition and offset."""
+    shown: Counter = Counter()
+    examples = []
+    for i, name, value in unseen:
+        if shown[name] < UNSEEN_EXAMPLES:
+            shown[name] += 1
+            examples.append(
+                {"feature": name, "value": value, "partition": records[i].partition, "offset": records[i].offset}
+            )
+    return examples
 
 
 def _subset(batch: MicroBatch, keep: np.ndarray) -> MicroBatch:

@@ -1,9 +1,14 @@
 """Estimator factory and incremental fitting for stream models.
 
 Every stream model is a scikit-learn ``Pipeline`` of an optional ``StandardScaler`` followed by an
-estimator that supports ``partial_fit``. The defaults (in the estimator table) are chosen to learn well
-online, not to match scikit-learn's batch-oriented defaults; a spec overrides any of them through
-``spec.model.params``.
+estimator that supports ``partial_fit``. A stream with category features starts with an
+``encode`` step instead: a ``ColumnTransformer`` that scales the numeric columns and one-hot
+encodes each category column's codes (dagster_project/ingest/categories.py) with an encoder whose
+categories come from the spec, so nothing about the encoding is learned from a batch and every
+batch (and the exported ONNX graph) sees the same columns.
+
+The defaults (in the estimator table) are chosen to learn well online, not to match
+scikit-learn's batch-oriented defaults; a spec overrides any of them through ``spec.model.params``.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import is_classifier
+from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from dagster_project.ingest.categories import encoder_categories
 from dagster_project.learning.estimator_table import entry
 from dagster_project.spec import StreamSpec
 
@@ -35,10 +42,42 @@ def build_model(spec: StreamSpec) -> Pipeline:
     params = {**default_params(name, spec.model.seed), **spec.model.params}
     estimator = entry(name).estimator_class()(**params)
     steps: list[tuple[str, Any]] = []
-    if spec.model.scale:
+    if any(f.type == "category" for f in spec.features):
+        steps.append(("encode", build_encoder(spec)))
+    elif spec.model.scale:
         steps.append(("scaler", StandardScaler()))
     steps.append(("estimator", estimator))
     return Pipeline(steps)
+
+
+def build_encoder(spec: StreamSpec) -> ColumnTransformer:
+    """Numeric columns scaled (or passed through), each category column one-hot over its spec's codes.
+
+    ``handle_unknown="ignore"`` is what makes an unseen value (``unseen: zero``) and a null encode
+    as all zeros; ``unseen: other`` has a column for the unseen code, so it is never unknown here.
+    """
+    numeric = [j for j, f in enumerate(spec.features) if f.type != "category"]
+    transformers: list[tuple[str, Any, list[int]]] = []
+    if numeric:
+        transformers.append(("numeric", StandardScaler() if spec.model.scale else "passthrough", numeric))
+    for j, feature in enumerate(spec.features):
+        if feature.type == "category":
+            encoder = OneHotEncoder(
+                categories=[encoder_categories(feature)], handle_unknown="ignore", sparse_output=False
+            )
+            transformers.append((f"category_{j}", encoder, [j]))
+    return ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
+
+
+def _update(step: Any, X: np.ndarray) -> None:
+    """Learn one batch into a preprocessing step: a scaler's running moments, or the encoder's
+    numeric scaler (its one-hot encoders are fixed by the spec; the first batch only fits them)."""
+    if not isinstance(step, ColumnTransformer):
+        step.partial_fit(X)
+    elif not hasattr(step, "transformers_"):
+        step.fit(X)
+    elif isinstance(scaler := step.named_transformers_.get("numeric"), StandardScaler):
+        scaler.partial_fit(X[:, step.transformers_[0][2]])
 
 
 def partial_fit(model: Pipeline, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None) -> Pipeline:
@@ -59,7 +98,7 @@ def partial_fit(model: Pipeline, X: np.ndarray, y: np.ndarray, classes: np.ndarr
         raise ValueError("cannot partial_fit an empty batch")
     Xt = X
     for _, step in model.steps[:-1]:
-        step.partial_fit(Xt)
+        _update(step, Xt)
         Xt = step.transform(Xt)
     estimator = model.steps[-1][1]
     if is_classifier(estimator):

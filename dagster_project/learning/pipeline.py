@@ -54,10 +54,11 @@ class OnnxArtifact:
 
 def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtifact:
     """Export with skl2onnx and compare onnxruntime with scikit-learn on the batch's rows."""
+    from dagster_project.ingest.categories import encoding_signature
     from dagster_project.onnx.export import check_parity, export_onnx
 
     started = time.perf_counter()
-    onnx_bytes = export_onnx(estimator, len(spec.features))
+    onnx_bytes = export_onnx(estimator, len(spec.features), encoding=encoding_signature(spec))
     parity = check_parity(estimator, onnx_bytes, X, spec.parity.atol, spec.parity.rtol)
     details = {
         "export_seconds": time.perf_counter() - started,

@@ -22,13 +22,19 @@ from dagster_project.learning.estimators import is_fitted
 # to_onnx would instead stamp exactly this value, needlessly narrowing which runtimes can load it.
 TARGET_OPSET = 21
 INPUT_NAME = "input"
+# Model metadata key holding the category encoding the model was trained with (see
+# `ingest.categories.encoding_signature`): a scorer refuses a model whose codes mean other values.
+ENCODING_KEY = "streamfit.encoding"
 
 
-def export_onnx(model: Pipeline, n_features: int, target_opset: int = TARGET_OPSET) -> bytes:
+def export_onnx(
+    model: Pipeline, n_features: int, target_opset: int = TARGET_OPSET, encoding: str | None = None
+) -> bytes:
     """Serialize a fitted pipeline to ONNX bytes taking float32 input of shape (rows, n_features).
 
     Classifiers are exported without ZipMap so ``probabilities`` is a plain (rows, classes) tensor.
-    For hinge-loss SGD (no ``predict_proba``) that output holds decision scores instead.
+    For hinge-loss SGD (no ``predict_proba``) that output holds decision scores instead. A
+    category stream's `encoding` is stored in the model's metadata under `ENCODING_KEY`.
     """
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
@@ -43,6 +49,9 @@ def export_onnx(model: Pipeline, n_features: int, target_opset: int = TARGET_OPS
         options=options,
         target_opset=target_opset,
     )
+    if encoding:
+        entry = onx.metadata_props.add()
+        entry.key, entry.value = ENCODING_KEY, encoding
     return onx.SerializeToString()
 
 
@@ -81,6 +90,7 @@ class OnnxModel:
         width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
         self.n_features: int | None = width if isinstance(width, int) else None
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        self.encoding: str | None = self.session.get_modelmeta().custom_metadata_map.get(ENCODING_KEY)
         # skl2onnx classifiers emit (label, probabilities); regressors a single (rows, 1) tensor.
         self.is_classifier: bool = len(self.output_names) == 2
 

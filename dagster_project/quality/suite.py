@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from dagster_project.ingest.categories import unseen_code, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.spec import RESERVED_COLUMNS, StreamSpec, specs_dir
 
@@ -85,6 +86,7 @@ class QualityResult:
     unexpected_rows: int = 0
     evaluated_expectations: int = 0
     warnings: list[QualityFailure] = field(default_factory=list)
+    unseen_categories: dict[str, int] = field(default_factory=dict)  # rows per vocabulary feature
 
     def as_metadata(self) -> dict[str, Any]:
         """JSON-safe Dagster metadata; the numeric keys are stable so the Plots tab can chart them."""
@@ -97,6 +99,7 @@ class QualityResult:
             "warnings": len(self.warnings),
             "seconds": round(self.seconds, 4),
             "failures": [f.as_dict() for f in self.failures],
+            **({"unseen_categories": self.unseen_categories} if self.unseen_categories else {}),
         }
 
     @property
@@ -288,6 +291,11 @@ def _build_suite(spec: StreamSpec, suite_path: Path | None) -> gx.ExpectationSui
         add(gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=classes))  # nulls (unlabelled) ignored
     else:
         add(gxe.ExpectColumnValuesToBeBetween(column=LABEL, min_value=-_FLOAT_MAX, max_value=_FLOAT_MAX))
+    for f in spec.features:
+        code = unseen_code(f) if f.type == "category" else None
+        if code is not None:  # share of values outside the vocabulary, all rows counted
+            mostly = 1.0 - quality.max_unseen_category_share
+            add(gxe.ExpectColumnValuesToNotBeInSet(column=f.name, value_set=[code], mostly=mostly))
     if quality.unique_ids:
         add(gxe.ExpectColumnValuesToBeUnique(column=EVENT_ID))
     for name, (low, high) in quality.mean_bounds.items():
@@ -382,7 +390,34 @@ def validate_batch(batch: MicroBatch, spec: StreamSpec, spec_dir: str | Path | N
     """Validate one micro-batch against the stream's suite."""
     start = time.perf_counter()
     result = validate_frame(batch_frame(batch, spec), spec, spec_dir)
-    return replace(result, seconds=time.perf_counter() - start)
+    failures = [_describe_unseen(f, spec, batch) for f in result.failures]
+    return replace(
+        result, failures=failures, unseen_categories=unseen_counts(spec, batch.X), seconds=time.perf_counter() - start
+    )
+
+
+UNSEEN_EXPECTATION = "expect_column_values_to_not_be_in_set"
+
+
+def _describe_unseen(failure: QualityFailure, spec: StreamSpec, batch: MicroBatch) -> QualityFailure:
+    """The unseen-category rule's failure in the stream's terms: feature, share, threshold, and
+    example raw values with their offsets (the frame only holds codes)."""
+    if failure.expectation != UNSEEN_EXPECTATION or failure.column not in spec.feature_names:
+        return failure
+    raw = {(e["partition"], e["offset"]): e["value"] for e in batch.unseen_examples if e["feature"] == failure.column}
+    sample = [
+        {**row, "value": raw.get((row.get("partition"), row.get("offset")), row.get("value"))} for row in failure.sample
+    ]
+    examples = ", ".join(f"{row['value']!r} at {row.get('partition')}:{row.get('offset')}" for row in sample)
+    threshold = spec.quality.max_unseen_category_share
+    share = failure.observed if isinstance(failure.observed, float) else 0.0
+    message = (
+        f"unseen categories in {failure.column!r}: {failure.unexpected_count} of {batch.rows} rows ({share:.1%}) hold "
+        f"values outside its categories, above quality.max_unseen_category_share {threshold:g}"
+        + (f"; e.g. {examples} (partition:offset)" if examples else "")
+        + "; add the new values to the feature's categories, or raise the threshold if they are expected"
+    )
+    return replace(failure, sample=sample, message=message)
 
 
 def validate_frame(df: pd.DataFrame, spec: StreamSpec, spec_dir: str | Path | None = None) -> QualityResult:

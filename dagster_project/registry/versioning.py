@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from dagster_project.ingest.categories import encoding_signature, level_labels, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets
@@ -47,11 +49,33 @@ def version_meta(
         "parity": parity,
         "timings": timings,
         "profile": {
-            "features": profile_features(batch.X, spec.feature_names),
+            "features": profile_features(batch.X, spec.feature_names, categories=_profiled_categories(spec)),
             "label": profile_labels(batch.y, spec.task),
         },
+        **_category_meta(spec, batch),
         "run_id": run_id,
         **extra,
+    }
+
+
+def _profiled_categories(spec: StreamSpec) -> dict[str, list[str] | None]:
+    """Category features for the profile: vocabulary labels by code, None for hashed ones."""
+    return {
+        f.name: level_labels(f) if f.categories is not None else None for f in spec.features if f.type == "category"
+    }
+
+
+def _category_meta(spec: StreamSpec, batch: MicroBatch) -> dict[str, Any]:
+    """A category stream's encoding and how many of the batch's rows held unseen values, per feature."""
+    encoding = encoding_signature(spec)
+    if encoding is None:
+        return {}
+    return {
+        "categories": {
+            "encoding": json.loads(encoding),
+            "unseen_rows": unseen_counts(spec, batch.X),
+            "unseen_examples": batch.unseen_examples,
+        }
     }
 
 

@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dagster_project.ingest.categories import unseen_counts
 from dagster_project.serving.champion import ChampionWatcher, ServedModel
 from dagster_project.serving.health import ScorerHealth
 from dagster_project.serving.limits import BearerToken, ClientGone, HttpLimits, RequestError, read_body
@@ -92,6 +93,7 @@ class ScoringContext:
         stream, version = self.spec.name, served.version
         self.metrics.inference_latency.labels(stream, version, "http").observe(time.perf_counter() - started)
         self.metrics.predictions.labels(stream, version, "http").inc(len(predictions))
+        self.metrics.count_unseen(unseen_counts(self.spec, X), "http")
         return predictions, scores
 
     async def read_json(self, request: Request, work: Callable[[Any], Response]) -> Response:

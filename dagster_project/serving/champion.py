@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dagster_project.ingest.categories import encoding_signature
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.registry.store import ModelRegistry, RegistryUnavailable
 from dagster_project.serving.candidates import Refusal, describe_failure, fallback_candidates, fingerprint
@@ -42,7 +43,7 @@ _VERSION_NUMBER = re.compile(r"(\d+)$")
 
 
 class IncompatibleModel(ValueError):
-    """The model loads but does not fit the stream's spec (feature count, task or classes)."""
+    """The model loads but does not fit the stream's spec (feature count, category encoding, task or classes)."""
 
 
 def version_number(version: str) -> int:
@@ -72,6 +73,12 @@ class ServedModel:
         width = len(spec.features)
         if model.n_features is not None and model.n_features != width:
             raise IncompatibleModel(f"{version} takes {model.n_features} features, the spec of {spec.name} has {width}")
+        expected = encoding_signature(spec)
+        if model.encoding != expected:
+            raise IncompatibleModel(
+                f"{version} encodes category features as {model.encoding or 'nothing'} but the spec of {spec.name} "
+                f"says {expected or 'none'}: serve a version trained with this spec's categories, or restore them"
+            )
         expects_classifier = spec.task == "classification"
         if model.is_classifier != expects_classifier:
             kind = "a classifier" if model.is_classifier else "a regressor"

@@ -118,6 +118,13 @@ class ScorerMetrics:
             ["stream", "outcome"],
             registry=r,
         )
+        self.unseen_categories = Counter(
+            "streamfit_unseen_categories",
+            "Rows scored whose category feature held a value outside the spec's vocabulary (encoded per "
+            "the feature's `unseen`), by feature and source (kafka or http).",
+            ["stream", "feature", "source"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "streamfit_http_requests",
             "HTTP requests by path and status code.",
@@ -128,6 +135,12 @@ class ScorerMetrics:
         self.serving_fallback.labels(stream).set(0)
         self.registry_up.labels(stream).set(1)
         self.registry_errors.labels(stream)
+
+    def count_unseen(self, counts: dict[str, int], source: str) -> None:
+        """Add one scored batch's unseen-category rows per feature (`categories.unseen_counts`)."""
+        for feature, n in counts.items():
+            if n:
+                self.unseen_categories.labels(self.stream, feature, source).inc(n)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of this scorer's registry."""

@@ -50,6 +50,7 @@ from kafka.errors import (
 )
 
 from dagster_project.dev.faults import crash_point
+from dagster_project.ingest.categories import unseen_counts
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, DeadLetterWriter
 from dagster_project.ingest.events import EventParser, InvalidEvent
 from dagster_project.kafka import clients
@@ -103,10 +104,11 @@ class ScorerFenced(RuntimeError):
 class _BatchOutcome:
     """What one processed batch counts for the metrics once it is final (acknowledged, or committed)."""
 
-    __slots__ = ("dlq", "predicted", "version")
+    __slots__ = ("dlq", "predicted", "unseen", "version")
 
-    def __init__(self, version: str, predicted: int, dlq: int) -> None:
+    def __init__(self, version: str, predicted: int, dlq: int, unseen: dict[str, int] | None = None) -> None:
         self.version, self.predicted, self.dlq = version, predicted, dlq
+        self.unseen = unseen or {}  # rows per category feature whose value was outside its vocabulary
 
 
 _FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
@@ -337,6 +339,7 @@ class Scorer:
             self.metrics.dlq_messages.labels(spec.name).inc(outcome.dlq)
         if outcome.predicted:
             self.metrics.predictions.labels(spec.name, outcome.version, "kafka").inc(outcome.predicted)
+        self.metrics.count_unseen(outcome.unseen, "kafka")
         self.metrics.scoring_batches.labels(spec.name, outcome.version).inc()
         self.scored += outcome.predicted
 
@@ -518,7 +521,7 @@ class Scorer:
                 f"{len(failed)} of {len(futures)} records of the batch were not acknowledged: {failed[0]!r}"
             )
         crash_point("scorer_before_commit")  # tests: predictions acknowledged, offsets not yet committed
-        return _BatchOutcome(served.version, len(ids), dlq)
+        return _BatchOutcome(served.version, len(ids), dlq, unseen_counts(spec, rows) if ids else None)
 
     def _parse(self, values: list[bytes | None]) -> tuple[list[str], np.ndarray, list[int], list[tuple[int, str]]]:
         """(ids, rows, their positions, refused (position, reason)) for one poll batch."""

@@ -134,7 +134,7 @@ def test_quality_bounds_must_name_features() -> None:
         ({"model": {"estimator": "sgd_classifier", "seeed": 1}}, "seeed"),
         ({"drift": {"psi_moderate": 0.5, "psi_major": 0.3}}, "drift.psi_moderate (0.5) exceeds drift.psi_major (0.3)"),
         ({"partitions": 0}, "partitions"),
-        ({"features": [{"name": "a", "type": "string"}]}, "'float', 'int' or 'bool'"),
+        ({"features": [{"name": "a", "type": "string"}]}, "'float', 'int', 'bool' or 'category'"),
     ],
 )
 def test_other_mistakes_are_named(overrides: dict, message: str) -> None:

@@ -6,13 +6,24 @@ import itertools
 
 import numpy as np
 
-from dagster_project.dev.datasets import phishing_events, synthetic_events
+from dagster_project.dev.datasets import census_events, phishing_events, synthetic_events
 from dagster_project.ingest.events import EventParser, make_event
 from dagster_project.spec import get_spec, load_specs
 
 
 def test_shipped_specs_load():
-    assert {s.name for s in load_specs()} >= {"phishing", "synthetic"}
+    assert {s.name for s in load_specs()} >= {"census", "phishing", "synthetic"}
+
+
+def test_every_census_event_is_valid_for_the_census_spec_and_some_categories_are_unseen():
+    spec = get_spec("census")
+    events = list(census_events(5000))
+    parsed = EventParser(spec).parse_many([make_event(e.event_id, e.features, e.label, 0.0) for e in events])
+    assert parsed.failures == [] and len(parsed.ids) == 5000
+    unseen = sum(1 for _, name, _ in parsed.unseen if name == "workclass")
+    assert 0.005 < unseen / 5000 < spec.quality.max_unseen_category_share  # the shipped stream passes its rule
+    assert [e.features for e in events[:50]] == [e.features for e in census_events(50)]  # seeded
+    assert 0.3 < np.mean([e.label for e in events]) < 0.7
 
 
 def test_every_phishing_event_is_valid_for_the_phishing_spec():
