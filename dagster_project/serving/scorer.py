@@ -418,6 +418,7 @@ class Scorer:
         """One poll batch as one transaction; returns the producer to use next (a new one after a failure,
         None if stopped while making it)."""
         step_s = self.transaction_step_timeout_s
+        outcome: _BatchOutcome | None = None
         try:
             producer.begin_transaction()
             outcome = self._process(producer, batch, flush_timeout_s=step_s)
@@ -436,13 +437,20 @@ class Scorer:
             # Not aborted here: after a coordinator failover kafka-python's producer can wait forever on the dead
             # node. A new producer with the same id looks the coordinator up afresh and its init_transactions
             # settles this transaction (aborts it, or finishes a commit that was under way): Kafka's own recovery.
-            self.metrics.batch_retries.labels(self.spec.name).inc()
-            self.metrics.transactions.labels(self.spec.name, "aborted").inc()
             log.error("%s: transaction failed (%r); new producer, re-reading from the commit", self.spec.name, exc)
             _discard(producer)
             producer = self._transactional_producer()
-            if producer is not None:
-                self._rewind_to_committed(consumer, batch)
+            if producer is None:
+                return None
+            if self._rewind_to_committed(consumer, batch) and outcome is not None:
+                # the coordinator finished the commit although we saw no answer: the batch is served, count it
+                log.warning("%s: the failed transaction had committed after all; nothing re-scored", self.spec.name)
+                self.metrics.transactions.labels(self.spec.name, "committed").inc()
+                self._count(outcome)
+                self._update_lag(consumer, batch)
+            else:
+                self.metrics.batch_retries.labels(self.spec.name).inc()
+                self.metrics.transactions.labels(self.spec.name, "aborted").inc()
             return producer
         except BaseException:  # a bug or a crash point: try to leave nothing open for read_committed readers
             try:
@@ -456,10 +464,13 @@ class Scorer:
         self._update_lag(consumer, batch)
         return producer
 
-    def _rewind_to_committed(self, consumer, batch) -> None:
+    def _rewind_to_committed(self, consumer, batch) -> bool:
         """Seek the batch's partitions to the group's committed offsets, which say whether the failed transaction
         committed after all (then nothing is scored twice) or not (then the batch is scored again). With
-        read_committed the fetch waits until no transaction holds offsets of the group (KIP-447)."""
+        read_committed the fetch waits until no transaction holds offsets of the group (KIP-447).
+
+        True if the committed offsets show the whole batch committed."""
+        committed_all = True
         for tp, records in batch.items():
             while True:
                 try:
@@ -470,11 +481,13 @@ class Scorer:
                         raise
                     log.warning("%s: reading committed offsets failed (%r); retrying", self.spec.name, exc)
                     if self._stop.wait(1.0):
-                        return
+                        return False
+            committed_all = committed_all and committed is not None and committed > records[-1].offset
             try:
                 consumer.seek(tp, committed if committed is not None else records[0].offset)
             except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
                 pass
+        return committed_all
 
     # -- both modes -----------------------------------------------------------------------------------
 

@@ -155,7 +155,7 @@ def test_live_accuracy_per_version_exact_in_any_arrival_order(kafka_settings: Ka
         send(kafka_settings, spec.predictions_topic, predictions)
         send(kafka_settings, spec.labels_topic, late)
         wait_for(lambda: counters(joiner)["joined"] == 1500, 15, "1500 joins")
-        wait_for(lambda: joiner.snapshot.pending == {"predictions": 0, "labels": 0}, window_s + 10, "evictions")
+        wait_for(lambda: joiner.snapshot.pending == {"predictions": 0, "labels": 0}, window_s + 30, "evictions")
         live = joiner.metrics_registry
 
     assert live_metrics(root, spec.name) == {
