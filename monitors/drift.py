@@ -264,19 +264,24 @@ def count_test(reference_counts: np.ndarray, counts: np.ndarray, *, two_sample: 
     return CountTest(psi_from_counts(ref, now), float(chi2.statistic), float(chi2.pvalue), tvd)
 
 
+def _null_rule(size: int, null_now: float, null_ref: float, t: DriftThresholds) -> list[str]:
+    """The null-fraction rule, shared by numeric and category features: a list with its reason, if it fired."""
+    if size and abs(null_now - null_ref) >= t.null_fraction_delta:
+        return [
+            f"nulls: null fraction {null_now:.3f} vs reference {null_ref:.3f}, "
+            f"|delta| {abs(null_now - null_ref):.3f} >= {t.null_fraction_delta}"
+        ]
+    return []
+
+
 def _category_drift(name: str, reference: Mapping[str, Any], column: np.ndarray, t: DriftThresholds) -> FeatureDrift:
     """A category feature's code frequencies against the reference's: PSI and chi-square."""
     column = np.asarray(column, dtype=np.float64)
     present = category_codes(column)
     null_ref = float(reference.get("null_fraction", 0.0))
     null_now = float(1 - present.size / column.size) if column.size else 0.0
-    rules: list[str] = []
+    rules: list[str] = _null_rule(column.size, null_now, null_ref, t)
     notes: list[str] = []
-    if column.size and abs(null_now - null_ref) >= t.null_fraction_delta:
-        rules.append(
-            f"nulls: null fraction {null_now:.3f} vs reference {null_ref:.3f}, "
-            f"|delta| {abs(null_now - null_ref):.3f} >= {t.null_fraction_delta}"
-        )
     reference_counts: Mapping[str, int] = reference.get("counts") or {}
     test = None
     if present.size < t.min_rows:
@@ -323,13 +328,8 @@ def _feature_drift(name: str, reference: Mapping[str, Any], column: np.ndarray, 
     present = column[~np.isnan(column)]
     null_ref = float(reference.get("null_fraction", 0.0))
     null_now = float(1 - present.size / column.size) if column.size else 0.0
-    rules: list[str] = []
+    rules: list[str] = _null_rule(column.size, null_now, null_ref, t)
     notes: list[str] = []
-    if column.size and abs(null_now - null_ref) >= t.null_fraction_delta:
-        rules.append(
-            f"nulls: null fraction {null_now:.3f} vs reference {null_ref:.3f}, "
-            f"|delta| {abs(null_now - null_ref):.3f} >= {t.null_fraction_delta}"
-        )
     psi_value = ks_stat = ks_p = None
     if present.size < t.min_rows:
         notes.append(f"{present.size} present values < min_rows {t.min_rows}: distribution not judged")
