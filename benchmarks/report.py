@@ -311,6 +311,9 @@ def render(results: dict[str, Any]) -> str:
             if value is not None
         ]
         out += _table(["figure", "Tansu", "Apache Kafka", "Kafka/Tansu"], rows)
+    from benchmarks.sustained_report import lines as sustained_lines  # it imports this module's helpers
+
+    out += sustained_lines(results.get("sustained"))
     targets = results.get("targets")
     if targets:
         out += ["", "Targets (issue 7), each a ratio or figure from this run"]

@@ -32,9 +32,10 @@ SECTION_MODULES = {  # section name -> module in benchmarks/, in the order they 
     "freshness": "freshness",
     "scale_out": "scale_out",
     "brokers": "brokers",  # not in the default run: it repeats training and scoring on Apache Kafka
+    "sustained": "sustained",  # not in the default run: minutes of paced load per rate (~3 min in --quick)
 }
 SECTIONS = tuple(SECTION_MODULES)
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "brokers")
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("brokers", "sustained"))
 DEFAULT_OUT = {
     "quick": PROJECT_ROOT / "benchmarks" / "results" / "quick",
     "full": PROJECT_ROOT / "benchmarks" / "results",
@@ -62,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         default=",".join(DEFAULT_SECTIONS),
-        help=f"comma-separated subset of {','.join(SECTIONS)} (brokers: Tansu vs Apache Kafka, not by default)",
+        help=f"comma-separated subset of {','.join(SECTIONS)} (brokers: Tansu vs Apache Kafka; sustained: paced load "
+        "per rate; neither by default)",
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG even if matplotlib is installed")
     args = parser.parse_args(argv)
