@@ -16,6 +16,7 @@ import tempfile
 import time
 import traceback
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,8 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "per rate; neither by default)",
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG even if matplotlib is installed")
+    parser.add_argument(
+        "--sustained-rates", default=None, help="comma-separated events/s for the sustained section (default: the mode's)"
+    )
     args = parser.parse_args(argv)
     args.mode = FULL if args.full else QUICK
+    if args.sustained_rates:
+        rates = tuple(int(r) for r in args.sustained_rates.split(",") if r.strip())
+        args.mode = replace(args.mode, sustained_rates=rates)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:

@@ -306,8 +306,9 @@ def streamfit_phase(
     return out
 
 
-def _wait_idle(streams: DaemonStreams, spec: StreamSpec, timeout_s: float = 120) -> None:
-    """Until no run of `spec`'s stream is queued or running (the halt stops new ones)."""
+def _wait_idle(streams: DaemonStreams, spec: StreamSpec, timeout_s: float = 180) -> None:
+    """Until no run of `spec`'s stream is queued or running (the halt stops new ones), at most
+    `timeout_s`: a huge last batch on a loaded machine may still be running, and is said so."""
     import dagster as dg
 
     from dagster_project import names
@@ -320,7 +321,7 @@ def _wait_idle(streams: DaemonStreams, spec: StreamSpec, timeout_s: float = 120)
         if not runs:
             return
         time.sleep(0.5)
-    raise RuntimeError(f"runs of {spec.name} still in flight {timeout_s}s after its phase ended")
+    progress(f"sustained: a run of {spec.name} is still in flight {timeout_s:g}s after its phase; going on")
 
 
 # ---------------------------------------------------------------------------------------------
