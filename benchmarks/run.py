@@ -69,7 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG even if matplotlib is installed")
     parser.add_argument(
-        "--sustained-rates", default=None, help="comma-separated events/s for the sustained section (default: the mode's)"
+        "--sustained-rates",
+        default=None,
+        help="comma-separated events/s for the sustained section (default: the mode's ladder)",
     )
     args = parser.parse_args(argv)
     args.mode = FULL if args.full else QUICK
