@@ -236,7 +236,8 @@ def _cycles(streams: DaemonStreams, observer: Observer, t0: float, lo: float, hi
     parts: dict[str, list[float]] = {"waiting_s": [], "launch_s": [], "compute_s": [], "cycle_s": []}
     sizes, runs, previous_end = [], [], None
     for name, meta in observer.versions():
-        ev = run_timeline(streams.instance, meta["run_id"])["events"]
+        timeline = run_timeline(streams.instance, meta["run_id"])
+        ev = timeline["events"]
         enqueued = ev.get("RUN_ENQUEUED") or ev.get("RUN_STARTING")
         started, created = ev.get("RUN_START"), iso(meta["created_at"])
         ended = ev.get("RUN_SUCCESS") or created
@@ -248,6 +249,7 @@ def _cycles(streams: DaemonStreams, observer: Observer, t0: float, lo: float, hi
             "launch_s": started - enqueued if enqueued and started else None,
             "compute_s": created - started if started else None,
             "cycle_s": ended - previous_end if previous_end else None,
+            "steps_s": timeline["step_s"],
         }
         runs.append(run)
         if lo <= observer.head_seen[name] <= hi:
