@@ -14,16 +14,16 @@ on its own fresh topic:
   its own process (a subscribed kafka-python consumer, `json.loads`, `learn_one`: the River loop
   of `benchmarks.throughput`), which reports how many records it has learned every 0.25 s.
 
-Both are judged alike. *learned rows/s* is the slope of rows learned between the first and the last
-point of the measured window (the second half of the producing time: the first half absorbs
-start-up); *lag mid / end* are median lags over [D/4, D/2] and [3D/4, D]; *lag slope* is the
-least-squares trend of the lag over the second half (rows/s; bounded lag ~ 0). A rate *holds* when
-the rows learned per second reach 95 % of the rate really produced. Freshness samples are the
-producer's acknowledgement checkpoints in [D/4, 3D/4] (steady state, with production going on
-after them): from a checkpoint to the first moment a version covering it was served (Streamfit:
-`/healthz`; "covering" as in the freshness section) or learned (River).
-Samples still not covered when observation stopped count with the time waited so far (a lower
-bound) and are counted as `censored`.
+Both are judged alike. *learned rows/s* is the slope of rows learned between the last point
+before the measured window (the second half of the producing time: the first half absorbs
+start-up) and the last point inside it (a point: a version, or a River report); *lag mid / end*
+are median lags over [D/4, D/2] and [3D/4, D]; *lag slope* is the least-squares trend of the lag
+over the second half (rows/s; bounded lag ~ 0). A rate *holds* when the rows learned per second
+reach 95 % of the rate really produced. Freshness samples are the producer's acknowledgement
+checkpoints in [D/4, 3D/4] (steady state, with production going on after them): from a checkpoint
+to the first moment a version covering it was served (Streamfit: `/healthz`; "covering" as in the
+freshness section) or learned (River). Samples still not covered when observation stopped count
+with the time waited so far (a lower bound) and are counted as `censored`.
 """
 
 from __future__ import annotations
@@ -147,6 +147,13 @@ def _rate_between_ends(points: list[tuple[float, float]]) -> float | None:
     return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
 
 
+def _anchored(points: list[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+    """The points in [lo, hi] and the last one before `lo`: a version every 30-40 s leaves a 60 s
+    window with one point, and the rate since the previous version is still that cycle's rate."""
+    before = [pt for pt in points if pt[0] < lo]
+    return before[-1:] + _window(points, lo, hi)
+
+
 def _first_covering(curve: list[tuple[float, int]], n: int) -> float | None:
     """First time at which the monotone (time, covered events) curve reaches `n`."""
     counts = [c for _, c in curve]
@@ -200,7 +207,7 @@ def judge(
     mid, end = t0 + seconds / 2, t0 + seconds
     produced = _window([(t, float(n)) for t, n in producer.checkpoints], mid, end)
     produced_rate = _rate_between_ends(produced)
-    learned_rate = _rate_between_ends(_window(learned, mid, end))
+    learned_rate = _rate_between_ends(_anchored(learned, mid, end))
 
     def median_lag(lo: float, hi: float) -> float | None:
         values = [v for _, v in _window(lag, t0 + lo * seconds, t0 + hi * seconds)]
@@ -218,6 +225,7 @@ def judge(
         "lag_slope_rows_per_s": _slope(_window(lag, mid, end)),
         "holds": keeps_up is not None and keeps_up >= HOLD_FRACTION,
         "lag_samples": lag,
+        "learned_points": learned,
     }
 
 
