@@ -29,6 +29,7 @@ with the time waited so far (a lower bound) and are counted as `censored`.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from bisect import bisect_left
@@ -433,8 +434,25 @@ def _line(system: str, rate: int, r: dict[str, Any], fresh_key: str) -> str:
     )
 
 
+def _rate(ctx: BenchContext, streams: DaemonStreams, spec: StreamSpec, rate: int, pool: list[bytes]) -> dict[str, Any]:
+    """Both systems at one rate, Streamfit first."""
+    mode = ctx.mode
+    seconds, drain_s = mode.sustained_seconds, mode.sustained_drain_s
+    progress(f"sustained: {rate:,} events/s for {seconds:g}s: streamfit (load {os.getloadavg()[0]:.1f})")
+    sf = streamfit_phase(streams, spec, rate, seconds, drain_s, pool)
+    progress(_line("streamfit", rate, sf, "freshness_served_s"))
+    progress(f"sustained: {rate:,} events/s for {seconds:g}s: River loop")
+    river = river_phase(ctx, rate, seconds, drain_s, pool)
+    progress(_line("river_loop", rate, river, "freshness_learned_s"))
+    return {
+        "streamfit": sf,
+        "river_loop": river,
+        "streamfit_vs_river_learned": ratio(sf["learned_rows_per_s"], river["learned_rows_per_s"]),
+        "loadavg_1min_after": os.getloadavg()[0],
+    }
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
-    import os
 
     mode = ctx.mode
     rates, seconds, drain_s = mode.sustained_rates, mode.sustained_seconds, mode.sustained_drain_s
@@ -451,19 +469,13 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     with DaemonStreams(ctx.workdir / "sustained", ctx.bootstrap, list(specs.values())) as streams:
         results["daemon_ready_s"] = streams.wait_for_sensor(specs[rates[0]])
         for rate in rates:
-            load = os.getloadavg()[0]
-            progress(f"sustained: {rate:,} events/s for {seconds:g}s: streamfit (load {load:.1f})")
-            sf = streamfit_phase(streams, specs[rate], rate, seconds, drain_s, pool)
-            progress(_line("streamfit", rate, sf, "freshness_served_s"))
-            progress(f"sustained: {rate:,} events/s for {seconds:g}s: River loop")
-            river = river_phase(ctx, rate, seconds, drain_s, pool)
-            progress(_line("river_loop", rate, river, "freshness_learned_s"))
-            results["rates"][str(rate)] = {
-                "streamfit": sf,
-                "river_loop": river,
-                "streamfit_vs_river_learned": ratio(sf["learned_rows_per_s"], river["learned_rows_per_s"]),
-                "loadavg_1min_after": os.getloadavg()[0],
-            }
+            try:
+                results["rates"][str(rate)] = _rate(ctx, streams, specs[rate], rate, pool)
+            except Exception as exc:  # a failed rate must not lose the rates measured before it
+                results.setdefault("errors", {})[str(rate)] = repr(exc)
+                progress(f"sustained: {rate:,} events/s FAILED: {exc!r}")
+    if not results["rates"]:
+        raise RuntimeError(f"every rate failed: {results.get('errors')}")
     results["highest_holding_rate"] = {
         system: max((int(r) for r, v in results["rates"].items() if v[system]["holds"]), default=None)
         for system in SYSTEMS
