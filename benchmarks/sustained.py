@@ -453,7 +453,6 @@ def _rate(ctx: BenchContext, streams: DaemonStreams, spec: StreamSpec, rate: int
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-
     mode = ctx.mode
     rates, seconds, drain_s = mode.sustained_rates, mode.sustained_seconds, mode.sustained_drain_s
     specs = {rate: sustained_spec(rate) for rate in rates}
