@@ -230,6 +230,22 @@ def judge(
     }
 
 
+def _sample_lag(producer: PacedProducer, learned_now, label: str) -> list[tuple[float, float]]:
+    """(time, events acknowledged - rows learned) every 0.5 s while the producer runs; a progress
+    line every 10 s; the producer's failure, if any, raised here."""
+    lag: list[tuple[float, float]] = []
+    last_report = time.monotonic()
+    while producer.is_alive():
+        lag.append((time.time(), producer.acknowledged - learned_now()))
+        if time.monotonic() - last_report >= 10:
+            last_report = time.monotonic()
+            progress(f"sustained: {label}: lag {lag[-1][1]:,.0f} rows")
+        time.sleep(SAMPLE_S)
+    if producer.error:
+        raise RuntimeError(f"the paced producer failed: {producer.error!r}") from producer.error
+    return lag
+
+
 # ---------------------------------------------------------------------------------------------
 # Streamfit under the daemon
 
@@ -275,20 +291,14 @@ def streamfit_phase(
 ) -> dict[str, Any]:
     observer = streams.watch(spec)
     producer = PacedProducer(streams.settings, spec.events_topic, spec.partitions, rate, seconds, pool)
-    lag: list[tuple[float, float]] = []
     producer.start()
-    last_report = time.monotonic()
-    while producer.is_alive() or not producer.stopped_at:
+
+    def learned_now() -> float:
         streams.services.check_alive()
         points = _learned_points(observer)
-        learned_now = points[-1][1] if points else 0.0
-        lag.append((time.time(), producer.acknowledged - learned_now))
-        if time.monotonic() - last_report >= 10:
-            last_report = time.monotonic()
-            progress(f"sustained: streamfit @ {rate:,}/s: lag {lag[-1][1]:,.0f} rows, {len(points)} versions")
-        time.sleep(SAMPLE_S)
-    if producer.error:
-        raise RuntimeError(f"the paced producer failed: {producer.error!r}") from producer.error
+        return points[-1][1] if points else 0.0
+
+    lag = _sample_lag(producer, learned_now, f"streamfit @ {rate:,}/s")
     total = producer.acknowledged
     deadline = time.time() + drain_s
     while time.time() < deadline:  # let the last events reach the served champion, within the drain time
@@ -375,7 +385,6 @@ def river_phase(ctx: BenchContext, rate: int, seconds: float, drain_s: float, po
     child = mp.Process(target=river_consumer, args=(ctx.bootstrap, topic, unique_name("river"), ready, stop, out))
     child.start()
     learned: list[tuple[float, float]] = []
-    lag: list[tuple[float, float]] = []
 
     def drain_queue() -> None:
         while not out.empty():
@@ -387,16 +396,12 @@ def river_phase(ctx: BenchContext, rate: int, seconds: float, drain_s: float, po
             raise RuntimeError("the River consumer did not get its partitions within 60 s")
         producer = PacedProducer(settings, topic, partitions, rate, seconds, pool)
         producer.start()
-        last_report = time.monotonic()
-        while producer.is_alive() or not producer.stopped_at:
+
+        def learned_now() -> float:
             drain_queue()
-            lag.append((time.time(), producer.acknowledged - (learned[-1][1] if learned else 0.0)))
-            if time.monotonic() - last_report >= 10:
-                last_report = time.monotonic()
-                progress(f"sustained: river_loop @ {rate:,}/s: lag {lag[-1][1]:,.0f} rows")
-            time.sleep(SAMPLE_S)
-        if producer.error:
-            raise RuntimeError(f"the paced producer failed: {producer.error!r}") from producer.error
+            return learned[-1][1] if learned else 0.0
+
+        lag = _sample_lag(producer, learned_now, f"river_loop @ {rate:,}/s")
         deadline = time.time() + drain_s
         while time.time() < deadline and (not learned or learned[-1][1] < producer.acknowledged):
             time.sleep(FLUSH_S)
