@@ -2,7 +2,9 @@
 
 Sections (in this order): training throughput, inference (with the scoring service), model
 quality, cost (fresh processes), freshness (the real Dagster daemon), scale-out training
-(sequential vs 2 worker processes on the same rows). Progress goes to stderr, the
+(sequential vs 2 worker processes on the same rows); on request only, brokers (Tansu vs Apache
+Kafka) and sustained (paced load per rate under the daemon, vs the River loop: minutes per rate).
+Progress goes to stderr, the
 table to stdout; the JSON (and, with matplotlib, a PNG chart) to `--out`, written again after each
 section so a failure late in a run keeps what was measured.
 """
