@@ -148,6 +148,9 @@ class Mode:
     scorer_two_replicas: bool
     import_repeats: int
     rss_sizes: tuple[int, ...]
+    sustained_rates: tuple[int, ...]  # events/s offered, one phase per rate and system
+    sustained_seconds: float  # producing time per phase
+    sustained_drain_s: float  # at most this long after producing stops, for the last events' freshness
 
     @property
     def quick(self) -> bool:
@@ -166,6 +169,9 @@ QUICK = Mode(
     scorer_two_replicas=False,
     import_repeats=1,
     rss_sizes=(10_000,),
+    sustained_rates=(2_000, 10_000),
+    sustained_seconds=40,
+    sustained_drain_s=10,
 )
 FULL = Mode(
     name="full",
@@ -179,4 +185,7 @@ FULL = Mode(
     scorer_two_replicas=True,
     import_repeats=3,
     rss_sizes=(10_000, 100_000),
+    sustained_rates=(2_000, 5_000, 10_000, 20_000, 40_000),
+    sustained_seconds=120,
+    sustained_drain_s=45,
 )

@@ -25,142 +25,18 @@ batch is produced only when batch k's run has ended, so each sample starts from 
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
-import urllib.request
-from datetime import datetime
 from typing import Any
-
-import orjson
 
 from benchmarks.common import percentiles, progress, summary, unique_name
 from benchmarks.context import BenchContext
-from benchmarks.data import bench_spec, encode, event_ranges, events, produce_round_robin, write_spec
-from dagster_project.kafka.io import ensure_topics
-from dagster_project.kafka.settings import BOOTSTRAP_ENV
+from benchmarks.daemon_stream import POLL_S, DaemonStreams, iso, run_timeline
+from benchmarks.data import bench_spec, encode, event_ranges, events, produce_round_robin
 
-POLL_S = 0.05
 BATCH_TIMEOUT_S = 180
 
 
-class _Observer:
-    """Polls registry directory names, the champion alias and /healthz; records first-seen times."""
-
-    def __init__(self, registry_dir, stream: str, healthz_url: str) -> None:
-        self.dir = registry_dir / stream
-        self.healthz_url = healthz_url
-        self.head_seen: dict[str, float] = {}
-        self.champion_seen: dict[str, float] = {}
-        self.served_seen: dict[str, float] = {}
-        self.meta: dict[str, dict[str, Any]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="freshness-observer", daemon=True)
-
-    def start(self) -> _Observer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL_S):
-            now = time.time()
-            try:
-                names = [e.name for e in self.dir.iterdir()] if self.dir.is_dir() else []
-            except OSError:
-                names = []
-            for name in names:
-                if name.startswith("v") and name[1:].isdigit() and name not in self.head_seen:
-                    self.head_seen[name] = now
-                    self.meta[name] = orjson.loads((self.dir / name / "meta.json").read_bytes())
-            champion = self.dir / "champion"
-            if champion.exists():
-                try:
-                    version = orjson.loads(champion.read_bytes())["version"]
-                    self.champion_seen.setdefault(version, now)
-                except (OSError, orjson.JSONDecodeError, KeyError):
-                    pass
-            try:
-                with urllib.request.urlopen(self.healthz_url, timeout=1) as response:
-                    version = orjson.loads(response.read()).get("model_version")
-                    if version:
-                        self.served_seen.setdefault(version, time.time())
-            except OSError:
-                pass
-
-    def covering(self, ends: dict[int, int]) -> list[str]:
-        """Versions that read up to `ends` on every partition, oldest first: they learned those rows
-        up to their batch's tail, on which their promotion was decided (the next version learns it)."""
-        out = []
-        for name, meta in sorted(self.meta.items(), key=lambda kv: int(kv[0][1:])):
-            reached = {int(p): int(o) for p, o in meta["offsets"]["learned"].items()}
-            for p, (_, end) in (meta["offsets"].get("batch") or {}).items():
-                reached[int(p)] = max(reached.get(int(p), 0), int(end))
-            if all(reached.get(p, 0) >= end for p, end in ends.items()):
-                out.append(name)
-        return out
-
-
-def _wait_for_sensor_tick(instance, sensor_name: str, services, timeout_s: float = 90) -> float:
-    """Seconds until the daemon has evaluated the stream's Kafka sensor once (code location loaded)."""
-    from dagster._core.definitions.run_request import InstigatorType
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        services.check_alive()
-        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            if state.name == sensor_name and instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1):
-                return time.monotonic() - started
-        time.sleep(0.5)
-    raise RuntimeError(f"the daemon did not tick {sensor_name} within {timeout_s}s")
-
-
-def _iso(ts: str) -> float:
-    return datetime.fromisoformat(ts).timestamp()
-
-
-def _run_timeline(instance, run_id: str) -> dict[str, Any]:
-    """First time of each event type in the run's event log, step durations, and the worker's start.
-
-    The queued run coordinator logs RUN_ENQUEUED, then RUN_STARTING when the daemon dequeues and
-    launches the run; the spawned worker logs an ENGINE_EVENT ("Started process for run") once it
-    runs, then RUN_START after it has loaded the code location.
-    """
-    events_by_type: dict[str, float] = {}
-    steps: dict[str, dict[str, float]] = {}
-    worker_started = None
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is None:
-            continue
-        kind = event.event_type.name  # RUN_START etc. (the stored values are the legacy PIPELINE_* names)
-        events_by_type.setdefault(kind, entry.timestamp)
-        if kind == "ENGINE_EVENT" and "RUN_STARTING" in events_by_type and "RUN_START" not in events_by_type:
-            worker_started = worker_started or entry.timestamp
-        if kind in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE") and event.step_key:
-            step = event.step_key.split("__", 1)[-1]
-            steps.setdefault(step, {})[kind] = entry.timestamp
-    durations = {
-        step: t["STEP_SUCCESS"] - t["STEP_START"]
-        for step, t in steps.items()
-        if "STEP_SUCCESS" in t and "STEP_START" in t
-    }
-    return {"events": events_by_type, "step_s": durations, "worker_started": worker_started}
-
-
 def run(ctx: BenchContext) -> dict[str, Any]:
-    import dagster as dg
-
-    from dagster_project.dev.services import DagsterServices
-    from dagster_project.instance import write_instance_config
-    from dagster_project.kafka.brokers.tansu import free_port
-    from dagster_project.registry.store import FilesystemRegistry
-    from dagster_project.serving.scorer import ScoringService
-
     mode = ctx.mode
     settings = ctx.settings
     spec = bench_spec(unique_name("bench_fresh"))
@@ -168,70 +44,49 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     measured = mode.freshness_batches
     total_batches = measured if mode.quick else measured + 1  # full: one more so the last batch is promoted too
     home = ctx.workdir / "freshness"
-    streams = home / "streams"
-    write_spec(spec, streams)
-    dagster_home = home / "dagster"
-    write_instance_config(dagster_home)
-    env = os.environ | {
-        BOOTSTRAP_ENV: ctx.bootstrap,
-        "STREAMFIT_HOME": str(home),
-        "STREAMFIT_STREAMS": str(streams),
-        "DAGSTER_HOME": str(dagster_home),
-        "DAGSTER_DISABLE_TELEMETRY": "1",
-    }
-    ensure_topics(
-        settings, [spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic], spec.partitions
-    )
-    registry = FilesystemRegistry(home / "registry")
-    logging.getLogger("dagster_project.serving").setLevel(logging.ERROR)  # swaps are measured, not logged
-    service = ScoringService(spec, settings, registry, port=free_port(), watch_interval_s=0.25).start()
-    observer = _Observer(home / "registry", spec.name, f"{service.url}/healthz").start()
     produced: list[dict[str, float]] = []
     head_version: list[str] = []
-    daemon_ready_s = None
-    try:
-        progress(f"freshness: starting dagster-daemon on stream {spec.name} (batch.rows {rows}, defaults)")
-        with DagsterServices(env, home / "logs") as services, dg.DagsterInstance.from_config(str(dagster_home)) as inst:
-            daemon_ready_s = _wait_for_sensor_tick(inst, f"{spec.name}_kafka_sensor", services)
-            progress(f"freshness: daemon ticked the sensor after {daemon_ready_s:.1f}s; {total_batches} batches follow")
-            for k in range(total_batches):
-                pairs = encode(events(rows, start=k * rows, seed=17), ts=time.time())
-                t_start = time.time()
-                produce_round_robin(settings, spec, pairs)
-                t0 = time.time()
-                produced.append({"start": t_start, "acked": t0})
-                ends = {p: e for p, (_, e) in event_ranges(spec, k * rows, rows).items()}
-                deadline = time.monotonic() + BATCH_TIMEOUT_S
-                while not observer.covering(ends):
-                    services.check_alive()
-                    if time.monotonic() > deadline:
-                        log = (home / "logs" / "dagster-daemon.log").read_text()[-3000:]
-                        raise RuntimeError(f"batch {k} not learned within {BATCH_TIMEOUT_S}s; daemon log:\n{log}")
-                    time.sleep(POLL_S)
-                version = observer.covering(ends)[0]
-                head_version.append(version)
-                lag = observer.head_seen[version] - t0
-                run_id = observer.meta[version]["run_id"]
-                while True:  # the next batch starts from an idle stream
-                    record = inst.get_run_record_by_id(run_id)
-                    if record is not None and record.end_time is not None:
-                        break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"run {run_id} of batch {k} did not end within {BATCH_TIMEOUT_S}s")
-                    time.sleep(0.2)
-                progress(f"freshness: batch {k + 1}/{total_batches}: {version} learned it {lag:.1f}s after produce")
-            time.sleep(1.0)  # the last swap
-            timelines = {v: _run_timeline(inst, observer.meta[v]["run_id"]) for v in set(head_version)}
-            progress("freshness: stopping the daemon")
-    finally:
-        observer.stop()
-        service.close()
+    progress(f"freshness: starting dagster-daemon on stream {spec.name} (batch.rows {rows}, defaults)")
+    with DaemonStreams(home, ctx.bootstrap, [spec]) as streams:
+        observer = streams.watch(spec)
+        inst = streams.instance
+        daemon_ready_s = streams.wait_for_sensor(spec)
+        progress(f"freshness: daemon ticked the sensor after {daemon_ready_s:.1f}s; {total_batches} batches follow")
+        for k in range(total_batches):
+            pairs = encode(events(rows, start=k * rows, seed=17), ts=time.time())
+            t_start = time.time()
+            produce_round_robin(settings, spec, pairs)
+            t0 = time.time()
+            produced.append({"start": t_start, "acked": t0})
+            ends = {p: e for p, (_, e) in event_ranges(spec, k * rows, rows).items()}
+            deadline = time.monotonic() + BATCH_TIMEOUT_S
+            while not observer.covering(ends):
+                streams.services.check_alive()
+                if time.monotonic() > deadline:
+                    log = streams.daemon_log_tail()
+                    raise RuntimeError(f"batch {k} not learned within {BATCH_TIMEOUT_S}s; daemon log:\n{log}")
+                time.sleep(POLL_S)
+            version = observer.covering(ends)[0]
+            head_version.append(version)
+            lag = observer.head_seen[version] - t0
+            run_id = observer.meta[version]["run_id"]
+            while True:  # the next batch starts from an idle stream
+                record = inst.get_run_record_by_id(run_id)
+                if record is not None and record.end_time is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"run {run_id} of batch {k} did not end within {BATCH_TIMEOUT_S}s")
+                time.sleep(0.2)
+            progress(f"freshness: batch {k + 1}/{total_batches}: {version} learned it {lag:.1f}s after produce")
+        time.sleep(1.0)  # the last swap
+        timelines = {v: run_timeline(inst, observer.meta[v]["run_id"]) for v in set(head_version)}
+        progress("freshness: stopping the daemon")
 
-    return _analyse(spec, rows, measured, produced, head_version, observer, registry, timelines, daemon_ready_s)
+    return _analyse(spec, rows, measured, produced, head_version, observer, streams.registry, timelines, daemon_ready_s)
 
 
 def _analyse(spec, rows, measured, produced, head_version, observer, registry, timelines, daemon_ready_s):
-    history = {h["version"]: _iso(h["at"]) for h in registry.champion_history(spec.name)}
+    history = {h["version"]: iso(h["at"]) for h in registry.champion_history(spec.name)}
     samples = []
     for k in range(measured):
         version = head_version[k]
@@ -239,7 +94,7 @@ def _analyse(spec, rows, measured, produced, head_version, observer, registry, t
         t0 = produced[k]["acked"]
         timeline = timelines[version]
         ev = timeline["events"]
-        created = _iso(meta["created_at"])
+        created = iso(meta["created_at"])
         enqueued = ev.get("RUN_ENQUEUED") or ev.get("RUN_STARTING")
         launched = ev.get("RUN_DEQUEUED") or ev.get("RUN_STARTING") or enqueued
         worker = timeline["worker_started"]

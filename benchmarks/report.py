@@ -311,9 +311,12 @@ def render(results: dict[str, Any]) -> str:
             if value is not None
         ]
         out += _table(["figure", "Tansu", "Apache Kafka", "Kafka/Tansu"], rows)
+    from benchmarks.sustained_report import lines as sustained_lines  # it imports this module's helpers
+
+    out += sustained_lines(results.get("sustained"))
     targets = results.get("targets")
     if targets:
-        out += ["", "Targets (issue 7), each a ratio or figure from this run"]
+        out += ["", "Targets (issues 7 and 15), each a ratio or figure from this run"]
         rows = []
         for t in targets:
             met = "n/a" if t["met"] is None else ("MET" if t["met"] else "missed")

@@ -2,7 +2,9 @@
 
 Sections (in this order): training throughput, inference (with the scoring service), model
 quality, cost (fresh processes), freshness (the real Dagster daemon), scale-out training
-(sequential vs 2 worker processes on the same rows). Progress goes to stderr, the
+(sequential vs 2 worker processes on the same rows); on request only, brokers (Tansu vs Apache
+Kafka) and sustained (paced load per rate under the daemon, vs the River loop: minutes per rate).
+Progress goes to stderr, the
 table to stdout; the JSON (and, with matplotlib, a PNG chart) to `--out`, written again after each
 section so a failure late in a run keeps what was measured.
 """
@@ -16,6 +18,7 @@ import tempfile
 import time
 import traceback
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,9 +35,10 @@ SECTION_MODULES = {  # section name -> module in benchmarks/, in the order they 
     "freshness": "freshness",
     "scale_out": "scale_out",
     "brokers": "brokers",  # not in the default run: it repeats training and scoring on Apache Kafka
+    "sustained": "sustained",  # not in the default run: minutes of paced load per rate (~3 min in --quick)
 }
 SECTIONS = tuple(SECTION_MODULES)
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "brokers")
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("brokers", "sustained"))
 DEFAULT_OUT = {
     "quick": PROJECT_ROOT / "benchmarks" / "results" / "quick",
     "full": PROJECT_ROOT / "benchmarks" / "results",
@@ -62,11 +66,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         default=",".join(DEFAULT_SECTIONS),
-        help=f"comma-separated subset of {','.join(SECTIONS)} (brokers: Tansu vs Apache Kafka, not by default)",
+        help=f"comma-separated subset of {','.join(SECTIONS)} (brokers: Tansu vs Apache Kafka; sustained: paced load "
+        "per rate; neither by default)",
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG even if matplotlib is installed")
+    parser.add_argument(
+        "--sustained-rates",
+        default=None,
+        help="comma-separated events/s for the sustained section (default: the mode's ladder)",
+    )
     args = parser.parse_args(argv)
     args.mode = FULL if args.full else QUICK
+    if args.sustained_rates:
+        rates = tuple(int(r) for r in args.sustained_rates.split(",") if r.strip())
+        args.mode = replace(args.mode, sustained_rates=rates)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:

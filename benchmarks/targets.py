@@ -108,7 +108,37 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"Streamfit {_fmt(row.get('streamfit_roc_auc'), 4)} vs River {_fmt(row.get('river_roc_auc_same_rows'), 4)} "
             "on the same rows",
         )
+    _sustained(results.get("sustained") or {}, add)
     return targets
+
+
+def _sustained(section: dict[str, Any], add) -> None:
+    """Issue 15's targets at the highest rate where Streamfit held, default settings."""
+    rates = section.get("rates") or {}
+    held = _get(section, "highest_holding_rate", "streamfit")
+    if not rates:
+        return
+    at = rates.get(str(held)) if held else None
+    learned = _get(at, "streamfit", "learned_rows_per_s") if at else None
+    river = max((_get(r, "river_loop", "learned_rows_per_s") or 0 for r in rates.values()), default=None)
+    note = f"highest rate that held: {held}/s" if held else "no rate held"
+    add("sustained learned rows/s >= 20,000 events/s (default settings)", learned, 20_000, True, "rows/s", note)
+    add(
+        "sustained learned rows/s >= the River loop's sustained rate",
+        learned,
+        river or 0,
+        True,
+        "rows/s",
+        f"{note}; River's best learned rows/s at any rate of the same run: {_fmt(river, 0)}",
+    )
+    add(
+        "sustained freshness p95 <= 30 s (produced -> served champion)",
+        _get(at, "streamfit", "freshness_served_s", "p95") if at else None,
+        30.0,
+        False,
+        "s",
+        note,
+    )
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

@@ -157,7 +157,8 @@ def river_model():
     return preprocessing.StandardScaler() | linear_model.LogisticRegression()
 
 
-def river_loop(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> int:
+def river_learner(model) -> Callable[[list], None]:
+    """The River loop's work per kafka-python record list: `json.loads`, then `learn_one`."""
     loads = json.loads
     learn = model.learn_one
 
@@ -166,7 +167,11 @@ def river_loop(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> in
             event = loads(r.value)
             learn(event["features"], event["label"])
 
-    return consume_range(settings, topic, ranges, handle)
+    return handle
+
+
+def river_loop(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> int:
+    return consume_range(settings, topic, ranges, river_learner(model))
 
 
 # ---------------------------------------------------------------------------------------------

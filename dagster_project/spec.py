@@ -153,7 +153,12 @@ class BatchSpec(_Strict):
     """When the sensor launches a training run, and how large a batch may be."""
 
     rows: int = Field(default=1000, ge=1)
-    max_rows: int = Field(default=100_000, ge=1)
+    # The cap bounds sustained throughput at max_rows per run cycle, whatever the data: runs of a stream
+    # never overlap, and each pays a fixed ~10 s (sensor tick, run launch, in-run imports) on a quiet
+    # 2-core machine and ~30 s on a loaded one. 100,000 capped a stream at ~3-10 k rows/s
+    # (benchmarks/README.md, "Sustained load"); 1,000,000 leaves room for tens of thousands of events/s.
+    # A run holds its batch in memory (~0.5 KiB a row for a handful of features): lower it for wide rows.
+    max_rows: int = Field(default=1_000_000, ge=1)
     max_wait_s: float = Field(default=30.0, gt=0)
     sensor_interval_s: int = Field(default=5, ge=1)
     # A training run still going after this long is presumed dead (its worker was killed) and is
