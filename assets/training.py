@@ -9,6 +9,7 @@ import dagster as dg
 
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
+from dagster_project.features.checkpoint import state_after
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
 from dagster_project.kafka.io import commit_group_offsets
@@ -113,7 +114,8 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.info(message)
             yield dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
             return
-        batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends)
+        state = state_after(registry.get(), spec, head)  # the features continue from the head's checkpoint
+        batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends, state=state)
         outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
         yield dg.AssetCheckResult(
             check_name="data_quality",
