@@ -84,7 +84,13 @@ class ServingFeatures:
                 except EventError as exc:
                     problems.append({"row": i, "errors": [str(exc)]})
         if problems:
-            raise RequestError(422, f"{len(problems)} of {len(rows)} rows cannot get derived features", rows=problems)
+            first = problems[0]
+            raise RequestError(
+                422,
+                f"{len(problems)} of {len(rows)} rows cannot get derived features: row {first['row']}: "
+                f"{first['errors'][0]}; send the key and event-time fields beside the features",
+                rows=problems[:20],
+            )
         return np.hstack([X, derived])
 
     def _switch(self, version: str) -> None:
