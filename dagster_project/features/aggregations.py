@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from dagster_project.spec import DerivedFeatureSpec
 
 
@@ -28,5 +30,4 @@ def aggregate(feature: DerivedFeatureSpec, values: Sequence[float]) -> float:
         return min(values)
     if agg == "max":
         return max(values)
-    mean = math.fsum(values) / len(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+    return float(np.std(values))  # two passes (mean, then squared deviations), pairwise sums

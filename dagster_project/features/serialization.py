@@ -1,7 +1,7 @@
 """The feature state as bytes: the `features.json` file each version stores beside its model.
 
-JSON (orjson), so it can be read without Streamfit; float64 values round-trip exactly. Each key's
-entry keeps the least-recently-seen order that eviction depends on.
+JSON (orjson), so it can be read without Streamfit; float64 values round-trip exactly. Each key is
+`[key, times, [values of each of column]]`, in the least-recently-seen order eviction depends on.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ def dump_state(state: FeatureState) -> bytes:
                 str(p): {
                     "newest": part.newest,
                     "tables": {
-                        by: [[key, h.times, [list(v) for v in h.values]] for key, h in keys.items()]
-                        for by, keys in part.tables.items()
+                        by: [[key, h.times, h.columns] for key, h in keys.items()] for by, keys in part.tables.items()
                     },
                 }
                 for p, part in sorted(state.partitions.items())
@@ -55,7 +54,7 @@ def load_state(spec: StreamSpec, data: bytes | None, where: str = "the version")
         state.partitions[int(p)] = PartitionState(
             newest=part["newest"],
             tables={
-                by: OrderedDict((key, History(list(times), [tuple(v) for v in values])) for key, times, values in rows)
+                by: OrderedDict((key, History(times, columns)) for key, times, columns in rows)
                 for by, rows in part["tables"].items()
             },
         )

@@ -33,10 +33,11 @@ Key = str | int
 
 @dataclass
 class History:
-    """One key's accepted events in time order: `times[i]` and the `of` values `values[i]`."""
+    """One key's accepted events in time order: `times[i]`, and `columns[c][i]` for each `of` column
+    (column lists, so a window is a slice taken at C speed)."""
 
     times: list[float] = field(default_factory=list)
-    values: list[tuple[float, ...]] = field(default_factory=list)
+    columns: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -103,7 +104,8 @@ class FeatureState:
             history = self._history(part, table, keys[table.by], watermark)
             at = bisect_right(history.times, t)  # equal times stay in arrival order
             history.times.insert(at, t)
-            history.values.insert(at, tuple(float(row[j]) for j in self._of_positions[table.by]))
+            for column, j in zip(history.columns, self._of_positions[table.by], strict=True):
+                column.insert(at, float(row[j]))
         return values
 
     def peek(self, event: dict[str, Any], partition: int | None = None) -> list[float]:
@@ -133,16 +135,18 @@ class FeatureState:
 
     def _values(self, part: PartitionState, keys: dict[str, Key], t: float) -> list[float]:
         out = []
+        windows: dict[tuple[str, int | None, float], list[float] | int] = {}  # shared by features over the same slice
         for table, column, window, feature in self._features:
             history = part.tables.get(table.by, {}).get(keys[table.by])
             if history is None:
                 out.append(aggregate(feature, ()))
                 continue
-            lo, hi = bisect_left(history.times, t - window), bisect_left(history.times, t)
-            if column is None:
-                out.append(float(hi - lo))
-            else:
-                out.append(aggregate(feature, [v[column] for v in history.values[lo:hi]]))
+            key = (table.by, column, window)
+            values = windows.get(key)
+            if values is None:
+                lo, hi = bisect_left(history.times, t - window), bisect_left(history.times, t)
+                values = windows[key] = hi - lo if column is None else history.columns[column][lo:hi]
+            out.append(float(values) if column is None else aggregate(feature, values))
         return out
 
     def _history(self, part: PartitionState, table: _Table, key: Key, watermark: float) -> History:
@@ -162,7 +166,7 @@ class FeatureState:
         if len(keys) >= self.max_keys:
             keys.popitem(last=False)
             self.counters["evicted_keys"] += 1
-        history = keys[key] = History()
+        history = keys[key] = History(columns=[[] for _ in table.columns])
         return history
 
     def _expire(self, keys: OrderedDict[Key, History], cutoff: float) -> None:
@@ -205,4 +209,5 @@ def _prune(history: History, cutoff: float) -> None:
     drop = bisect_left(history.times, cutoff)
     if drop:
         del history.times[:drop]
-        del history.values[:drop]
+        for column in history.columns:
+            del column[:drop]
