@@ -129,6 +129,13 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.warning(outcome.message)
             return
         batch = outcome.batch
+        counters = batch.feature_counters or {}
+        if counters.get("evicted_keys"):
+            context.log.warning(
+                f"{name}: the derived-feature state hit feature_state.max_keys ({spec.feature_state.max_keys} per "
+                f"partition and key field): {counters['evicted_keys']} least recently seen key(s) evicted, their "
+                "windows restart empty; raise max_keys if these keys are not idle"
+            )
         lag = context.run.tags.get(names.LAG_AFTER_BATCH_TAG)
         yield dg.Output(
             batch,
@@ -140,6 +147,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 "ranges": _ranges_text(ranges),
                 "learned_ranges": _ranges_text(batch.learned_ranges),
                 "tail_rows": batch.tail.rows if batch.tail is not None else 0,
+                **{f"feature_{k}": int(v) for k, v in counters.items()},
                 **({"lag": int(lag)} if lag is not None else {}),
             },
         )

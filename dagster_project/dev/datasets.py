@@ -122,5 +122,10 @@ def sensor_events(
         temp = level[device] + float(rng.normal(0.0, 0.5)) + (float(rng.uniform(3.0, 5.0)) if spike else 0.0)
         name = f"dev-{device}"
         yield SourceEvent(
-            f"sensors-{i}", {"temp": round(float(temp), 4)}, int(spike), ts=round(t, 3), fields={"device": name}, key=name
+            f"sensors-{i}",
+            {"temp": round(float(temp), 4)},
+            int(spike),
+            ts=round(t, 3),
+            fields={"device": name},
+            key=name,
         )

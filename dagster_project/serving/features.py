@@ -31,6 +31,7 @@ from dagster_project.kafka.io import read_range
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.limits import RequestError
+from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,11 @@ log = logging.getLogger(__name__)
 class ServingFeatures:
     """The live feature state of one scorer, per partition at a known next offset."""
 
-    def __init__(self, spec: StreamSpec, settings: KafkaSettings, registry: ModelRegistry) -> None:
+    def __init__(
+        self, spec: StreamSpec, settings: KafkaSettings, registry: ModelRegistry, metrics: ScorerMetrics | None = None
+    ) -> None:
+        self.metrics = metrics
+        self.evicted = 0  # keys evicted at feature_state.max_keys while serving
         self.spec = spec
         self.settings = settings
         self.registry = registry
@@ -64,7 +69,25 @@ class ServingFeatures:
             result = derive(self.state, partitions, values, parsed)
             for p, o in zip(partitions, offsets, strict=True):
                 self.positions[p] = o + 1
+            self._count()
             return result
+
+    def _count(self) -> None:
+        evicted = self.state.counters.pop("evicted_keys", 0)
+        if evicted:
+            self.evicted += evicted
+            log.warning(
+                "%s: the derived-feature state is at feature_state.max_keys (%d per partition and key field): "
+                "%d least recently seen key(s) evicted, their windows restart empty; raise max_keys if keys are "
+                "not idle",
+                self.spec.name,
+                self.spec.feature_state.max_keys,
+                evicted,
+            )
+        if self.metrics is not None:
+            self.metrics.feature_keys.labels(self.spec.name).set(self.state.keys())
+            if evicted:
+                self.metrics.feature_keys_evicted.labels(self.spec.name).inc(evicted)
 
     def append_to(self, version: str, rows: list[dict[str, Any]], X: np.ndarray) -> np.ndarray:
         """`/predict`: each row's derived values from the live state, which requests never change.

@@ -209,7 +209,7 @@ class Scorer:
         self._stop = threading.Event()
         self._parser = EventParser(spec)
         # Derived features from the served version's checkpoint, caught up to this scorer's position.
-        self.features = ServingFeatures(spec, settings, watcher.registry) if spec.derived else None
+        self.features = ServingFeatures(spec, settings, watcher.registry, metrics) if spec.derived else None
         self._uncommitted: dict[Any, int] = {}
         self._positions: dict[Any, int] = {}
         self._state_lock = threading.Lock()

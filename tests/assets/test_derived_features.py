@@ -121,3 +121,20 @@ def test_a_crashed_batch_retried_saves_the_same_feature_state(
     )
     state = load_state(spec, registry.load_feature_state(spec.name, "v2"))
     assert orjson.loads(dump_state(state)) == orjson.loads(registry.load_feature_state(spec.name, "v2"))
+
+
+def test_the_key_cap_bounds_the_saved_state_and_is_counted(kafka_settings, kafka_bootstrap, registry, instance):
+    spec = sensors_spec(feature_state={"max_keys": 4})  # 12 devices, about 6 per partition
+    produce_sensors(kafka_settings, spec, rows=400)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    result = run_batch(
+        defs, spec, {p: (0, end) for p, end in high_waters(kafka_settings, spec.events_topic).items()}, instance
+    )
+    assert result.success
+    version = registry.head(spec.name)
+    counters = version.meta["feature_state"]
+    assert counters["evicted_keys"] > 0 and counters["keys"] <= 4 * spec.partitions
+    saved = orjson.loads(registry.load_feature_state(spec.name, version.name))
+    assert all(len(part["tables"]["device"]) <= 4 for part in saved["partitions"].values())
+    metadata = result.asset_materializations_for_node(f"{spec.name}__micro_batch")[0].metadata
+    assert metadata["feature_evicted_keys"].value == counters["evicted_keys"]

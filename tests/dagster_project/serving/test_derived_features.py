@@ -93,3 +93,19 @@ def test_the_scorer_predicts_from_the_features_training_computed(trained, kafka_
     for k, scores in zip(keys, want.scores, strict=True):
         assert by_id[ids[k]]["probabilities"] == pytest.approx(scores.tolist(), abs=1e-6)
     assert orjson.dumps(sorted(by_id)) == orjson.dumps(sorted(ids[k] for k in keys))
+
+
+def test_evictions_while_serving_are_counted(trained, kafka_settings, registry):
+    from dagster_project.serving.metrics import ScorerMetrics
+
+    spec = trained.model_copy(update={"feature_state": trained.feature_state.model_copy(update={"max_keys": 2})})
+    metrics = ScorerMetrics(spec.name)
+    features = ServingFeatures(spec, kafka_settings, registry, metrics)
+    for chunk in polls(kafka_settings, spec, 200):
+        serve(features, spec, "v1", chunk)
+    assert features.evicted > 0
+    assert (
+        metrics.registry.get_sample_value("streamfit_feature_keys_evicted_total", {"stream": spec.name})
+        == features.evicted
+    )
+    assert metrics.registry.get_sample_value("streamfit_feature_keys", {"stream": spec.name}) == features.state.keys()
