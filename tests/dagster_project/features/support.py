@@ -59,6 +59,8 @@ def learned_batches(settings, registry, spec: StreamSpec) -> list[tuple[str, Mic
     """What each version learned, read again exactly as its run read it (from its parent's state)."""
     out = []
     for version in registry.versions(spec.name):
+        if version.meta.get("retrain") or version.meta.get("replay"):
+            continue  # re-learned rows behind the head: their offsets were learned by an earlier version
         parent = registry.get(spec.name, version.parent) if version.parent else None
         ranges = {int(p): (s, version.learned[int(p)]) for p, (s, _) in version.meta["offsets"]["batch"].items()}
         out.append((version.name, read_batch(settings, spec, ranges, False, state=state_after(registry, spec, parent))))
