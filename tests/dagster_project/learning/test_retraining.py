@@ -171,6 +171,7 @@ def test_retrain_is_deterministic(kafka_settings, tmp_path) -> None:
 def test_a_retrain_with_derived_features_reads_its_window_from_the_matching_state(
     kafka_settings, kafka_bootstrap, registry, instance
 ) -> None:
+    from dagster_project.features.checkpoint import state_after
     from dagster_project.learning.retraining import _state_at
     from tests.dagster_project.features.support import (
         learn_in_batches,
@@ -197,3 +198,15 @@ def test_a_retrain_with_derived_features_reads_its_window_from_the_matching_stat
     rows = [expected[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
     assert np.array_equal(batch.X, np.asarray(rows))  # the features the batches were trained with
     assert batch.rows == retrained.meta["rows"]["trained"]
+
+    # Its promotion gate scores the parent's tail, whose features continue the parent's state.
+    from assets.promotion import gate_retrain
+
+    tail = {int(p): (head.learned[int(p)], end) for p, (_, end) in head.meta["offsets"]["batch"].items()}
+    result = gate_retrain(kafka_settings, registry, spec, retrained)
+    gate_rows = read_batch(kafka_settings, spec, tail, False, state=state_after(registry, spec, head))
+    assert result.rows == int(gate_rows.labelled.sum()) > 0
+    assert all(
+        np.array_equal(gate_rows.X[i], expected[(int(p), int(o))])
+        for i, (p, o) in enumerate(zip(gate_rows.partitions, gate_rows.offsets, strict=True))
+    )
