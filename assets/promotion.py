@@ -144,6 +144,7 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
 def gate_retrain(settings, reg, spec: StreamSpec, version):
     """The promotion gate of a retrained version, in its own run: on its parent's tail, which the
     retrain window stops short of (it re-learns learned offsets only) and the champion never saw."""
+    from dagster_project.features.checkpoint import state_after
     from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 
     parent = reg.get(spec.name, version.parent) if version.parent else None
@@ -155,7 +156,11 @@ def gate_retrain(settings, reg, spec: StreamSpec, version):
             for p, (_, end) in parent.meta["offsets"]["batch"].items()
             if int(p) in learned and learned[int(p)] < int(end)
         }
-    unseen: MicroBatch | None = read_batch(settings, spec, tail, dead_letter_invalid=False) if tail else None
+    # The tail starts at the parent's learned offsets: its features continue the parent's state.
+    state = state_after(reg, spec, parent)
+    unseen: MicroBatch | None = (
+        read_batch(settings, spec, tail, dead_letter_invalid=False, state=state) if tail else None
+    )
     metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
     estimator = reg.load_estimator(spec.name, version.name)
     return decide_promotion(reg, spec, metric, version.name, estimator, unseen)

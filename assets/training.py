@@ -9,6 +9,7 @@ import dagster as dg
 
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
+from dagster_project.features.checkpoint import state_after
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
 from dagster_project.kafka.io import commit_group_offsets
@@ -113,7 +114,8 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.info(message)
             yield dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
             return
-        batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends)
+        state = state_after(registry.get(), spec, head)  # the features continue from the head's checkpoint
+        batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends, state=state)
         outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
         yield dg.AssetCheckResult(
             check_name="data_quality",
@@ -127,6 +129,13 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.warning(outcome.message)
             return
         batch = outcome.batch
+        counters = batch.feature_counters or {}
+        if counters.get("evicted_keys"):
+            context.log.warning(
+                f"{name}: the derived-feature state hit feature_state.max_keys ({spec.feature_state.max_keys} per "
+                f"partition and key field): {counters['evicted_keys']} least recently seen key(s) evicted, their "
+                "windows restart empty; raise max_keys if these keys are not idle"
+            )
         lag = context.run.tags.get(names.LAG_AFTER_BATCH_TAG)
         yield dg.Output(
             batch,
@@ -138,6 +147,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 "ranges": _ranges_text(ranges),
                 "learned_ranges": _ranges_text(batch.learned_ranges),
                 "tail_rows": batch.tail.rows if batch.tail is not None else 0,
+                **{f"feature_{k}": int(v) for k, v in counters.items()},
                 **({"lag": int(lag)} if lag is not None else {}),
             },
         )

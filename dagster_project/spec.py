@@ -7,12 +7,22 @@ batching and policies. The Dagster factory turns each spec into its assets, chec
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from dagster_project.learning.estimator_table import ESTIMATORS, SCALE_OUT_ESTIMATORS
 
@@ -94,6 +104,75 @@ class FeatureSpec(_Strict):
         if duplicates:
             raise ValueError(f"{where}: duplicate categories {duplicates}; list each value once")
         return self
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`60s`, `500ms`, `5m`, `1h`, `1d` or a plain number of seconds, as seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration: write e.g. 60s, 500ms, 5m, 1h, 1d or a number of seconds")
+    return float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Aggregation = Literal["count", "sum", "mean", "min", "max", "std"]
+
+
+class EventTimeSpec(_Strict):
+    """Where an event's time is and how late it may arrive (dagster_project/features/).
+
+    ``field`` is a top-level field of the event, next to ``id`` (default ``ts``). Its value is epoch
+    time as a number (``unit: s`` seconds, the default, or ``ms``) or an ISO-8601 string with a UTC
+    offset (``2026-01-01T12:00:00Z``; not allowed in ``ts``, which the event contract keeps numeric).
+    An event more than ``lateness`` older than the newest event time seen on its partition is late:
+    it goes to the DLQ with the reason.
+    """
+
+    field: str = "ts"
+    unit: Literal["s", "ms"] = "s"
+    lateness: Duration = Field(default=0.0, ge=0)
+
+
+class DerivedFeatureSpec(_Strict):
+    """A per-key rolling aggregate over an event-time window, computed by Streamfit.
+
+    For an event at time t with key k (the value of field ``by``), the feature aggregates ``of``
+    over the *earlier* events of k on the same partition with time in ``[t - window, t)``: the
+    current event is never in its own window (its values are model inputs already, and a window
+    that never holds the row it predicts cannot leak that row's label). ``count`` needs no ``of``.
+    An empty window gives count 0 and sum 0, and ``default`` for mean, min, max and std (population
+    standard deviation, so a single earlier event gives 0).
+    """
+
+    name: str
+    of: str | None = None
+    by: str
+    agg: Aggregation
+    window: Duration = Field(gt=0)
+    default: float = 0.0
+
+    @model_validator(mode="after")
+    def _of_given(self) -> DerivedFeatureSpec:
+        if self.of is None and self.agg != "count":
+            raise ValueError(f"derived feature {self.name!r}: agg {self.agg} needs of: <a numeric feature>")
+        return self
+
+
+class FeatureStateSpec(_Strict):
+    """Bounds of the derived-feature state (per partition and ``by`` field).
+
+    Keys whose newest event left the window (``window + lateness`` behind the partition's newest
+    event time) are dropped; at ``max_keys`` a new key evicts the least recently seen one, counted
+    as ``evicted_keys`` in the version's meta.json and logged.
+    """
+
+    max_keys: int = Field(default=100_000, ge=1)
 
 
 class LabelSpec(_Strict):
@@ -305,6 +384,9 @@ class StreamSpec(_Strict):
     quality: QualitySpec = QualitySpec()
     drift: DriftSpec = DriftSpec()
     labels: LabelsSpec = LabelsSpec()
+    event_time: EventTimeSpec | None = None
+    derived: list[DerivedFeatureSpec] = Field(default_factory=list)
+    feature_state: FeatureStateSpec = FeatureStateSpec()
 
     @field_validator("features")
     @classmethod
@@ -341,6 +423,42 @@ class StreamSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _derived_features_resolve(self) -> StreamSpec:
+        if not self.derived:
+            return self
+        if self.event_time is None:
+            raise ValueError("derived features need event_time: {field: ts, lateness: 5s} (which field holds the time)")
+        by_name = {f.name: f for f in self.features}
+        names = [d.name for d in self.derived]
+        clash = sorted((set(names) & set(by_name)) | {n for n in names if names.count(n) > 1})
+        if clash:
+            raise ValueError(
+                f"derived feature name(s) {clash} repeat a feature or another derived feature: rename them"
+            )
+        reserved = sorted(set(names) & set(RESERVED_COLUMNS))
+        if reserved:
+            raise ValueError(f"derived feature name(s) {reserved} are reserved for batch metadata")
+        for d in self.derived:
+            where = f"derived feature {d.name!r}"
+            source = by_name.get(d.of) if d.of is not None else None
+            if d.of is not None and (source is None or source.type == "category" or source.nullable):
+                raise ValueError(
+                    f"{where}: of: {d.of!r} must name a numeric, non-nullable feature of this stream; "
+                    f"numeric features are {[f.name for f in self.features if f.type != 'category' and not f.nullable]}"
+                )
+            key = by_name.get(d.by)
+            if key is not None and key.type not in ("category", "int"):
+                raise ValueError(f"{where}: by: {d.by!r} is a {key.type} feature; a key must be a category or int")
+            if d.by in ("id", "features", "label", self.event_time.field):
+                raise ValueError(f"{where}: by: {d.by!r} is not a key; name a field such as device_id")
+        if self.quality.policy == "quarantine":
+            raise ValueError(
+                "derived features do not support quality.policy: quarantine yet (a skipped batch would leave "
+                "the feature state behind its offsets): use policy: halt"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _task_matches_estimator(self) -> StreamSpec:
         estimator_task = ESTIMATORS[self.model.estimator].task
         if estimator_task != self.task:
@@ -352,7 +470,17 @@ class StreamSpec(_Strict):
 
     @property
     def feature_names(self) -> list[str]:
+        """The fields each event carries in its `features` object."""
         return [f.name for f in self.features]
+
+    @cached_property
+    def inputs(self) -> list[FeatureSpec]:
+        """The model's input columns: the event's features, then the derived ones (floats)."""
+        return [*self.features, *(FeatureSpec(name=d.name, type="float") for d in self.derived)]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [f.name for f in self.inputs]
 
     @property
     def events_topic(self) -> str:

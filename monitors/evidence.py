@@ -86,10 +86,10 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
         reference = _profile_features(registry, registry.get(name, champion))
         champion_number = version_number(champion)
         for version in [v for v in fresh if v.number > champion_number][-recent:]:
-            X = _sample_matrix(registry, version, spec.feature_names)
+            X = _sample_matrix(registry, version, spec.input_names)
             if X is not None and reference:
                 at = _epoch(version.meta["created_at"])
-                report = feature_drift(reference, X, spec.feature_names, thresholds, at=at)
+                report = feature_drift(reference, X, spec.input_names, thresholds, at=at)
                 reports.append(report)
                 drifted_run = [*drifted_run, version.name] if report.drifted else []
 

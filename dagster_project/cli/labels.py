@@ -101,7 +101,10 @@ def labels_join(
 @labels.command("produce")
 @click.argument("stream")
 @click.option(
-    "--source", type=click.Choice(["census", "phishing", "synthetic"]), default=None, help="Default: the stream name."
+    "--source",
+    type=click.Choice(["census", "phishing", "sensors", "synthetic"]),
+    default=None,
+    help="Default: the stream name.",
 )
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First event of the source.")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="How many labels (default: all).")

@@ -14,7 +14,9 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
 @click.command()
 @click.argument("stream")
 @click.option(
-    "--source", default=None, help="census, phishing, synthetic, or a .jsonl file (default: the stream's name)."
+    "--source",
+    default=None,
+    help="census, phishing, sensors, synthetic, or a .jsonl file (default: the stream's name).",
 )
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
 @click.option("--limit", type=int, default=None, help="Stop after this many events.")

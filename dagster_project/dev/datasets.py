@@ -4,7 +4,7 @@ Adult-like census stream with category features (no Adult dataset ships with an 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,9 @@ class SourceEvent:
     event_id: str
     features: dict[str, Any]
     label: Any
+    ts: float | None = None  # event time, when the source has one (else the producer's clock)
+    fields: dict[str, Any] = field(default_factory=dict)  # top-level fields, e.g. a key
+    key: str | None = None  # the Kafka message key, when not the event id
 
 
 def phishing_events() -> Iterator[SourceEvent]:
@@ -90,3 +93,39 @@ def census_events(rows: int = 20_000, seed: int = 11, unseen_share: float = 0.01
             "zip": int(rng.integers(10_000, 99_999)),
         }
         yield SourceEvent(f"census-{i}", features, label)
+
+
+SENSOR_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def sensor_events(
+    rows: int = 20_000, seed: int = 5, devices: int = 20, spike_share: float = 0.3
+) -> Iterator[SourceEvent]:
+    """Industrial sensors whose ground truth needs a per-device rolling mean.
+
+    Each device's temperature drifts around its own level (uniform 10-40 degrees, a slow random
+    walk), so a temperature alone says little. A *spike* (about `spike_share` of the readings) is
+    3-5 degrees above the device's level; the label is whether a reading is one. A model that sees
+    the device's mean temperature over the last 60 s (the stream's `temp_mean_60s`) learns
+    `temp - mean`; without it, it is near the majority rate. Events are about 0.5 s apart per
+    device, carry their device as the top-level `device` field and as the Kafka key (so a device's
+    history is on one partition), with event times in epoch seconds.
+    """
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(10.0, 40.0, size=devices)
+    t = SENSOR_START
+    for i in range(rows):
+        t += float(rng.exponential(0.5 / devices))
+        device = int(rng.integers(devices))
+        level[device] += float(rng.normal(0.0, 0.05))
+        spike = bool(rng.random() < spike_share)
+        temp = level[device] + float(rng.normal(0.0, 0.5)) + (float(rng.uniform(3.0, 5.0)) if spike else 0.0)
+        name = f"dev-{device}"
+        yield SourceEvent(
+            f"sensors-{i}",
+            {"temp": round(float(temp), 4)},
+            int(spike),
+            ts=round(t, 3),
+            fields={"device": name},
+            key=name,
+        )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from dagster_project.dev.datasets import SourceEvent, census_events, phishing_events, synthetic_events
+from dagster_project.dev.datasets import SourceEvent, census_events, phishing_events, sensor_events, synthetic_events
 from dagster_project.ingest.events import make_event
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
@@ -19,6 +19,7 @@ from dagster_project.spec import StreamSpec
 SOURCES: dict[str, Callable[[], Iterator[SourceEvent]]] = {
     "census": census_events,
     "phishing": phishing_events,
+    "sensors": sensor_events,
     "synthetic": synthetic_events,
 }
 
@@ -35,7 +36,9 @@ def encoded_events(source: str) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) pairs for a named source or a JSONL path."""
     if source in SOURCES:
         for event in SOURCES[source]():
-            yield event.event_id.encode(), make_event(event.event_id, event.features, event.label, time.time())
+            ts = time.time() if event.ts is None else event.ts
+            value = make_event(event.event_id, event.features, event.label, ts, **event.fields)
+            yield (event.key or event.event_id).encode(), value
         return
     path = Path(source)
     if not path.exists():

@@ -310,9 +310,12 @@ def label_key(value: Any) -> tuple[str, Any]:
     return (type(value).__name__, value)
 
 
-def make_event(event_id: str, features: dict[str, Any], label: Any = None, ts: float | None = None) -> bytes:
-    """Encode one event in the contract format."""
-    event: dict[str, Any] = {"id": event_id, "ts": ts, "features": features}
+def make_event(
+    event_id: str, features: dict[str, Any], label: Any = None, ts: float | None = None, **fields: Any
+) -> bytes:
+    """Encode one event in the contract format; `fields` are top-level fields such as a key that is
+    not a model input (a derived feature's `by`)."""
+    event: dict[str, Any] = {"id": event_id, "ts": ts, **fields, "features": features}
     if label is not None:
         event["label"] = label
     return orjson.dumps(event)

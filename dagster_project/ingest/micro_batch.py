@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from dagster_project.features.batch import derive
+from dagster_project.features.serialization import dump_state
+from dagster_project.features.state import FeatureState
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.events import EventParser
 from dagster_project.kafka.io import RawRecord, read_range, topic_identity
@@ -45,6 +48,10 @@ class MicroBatch:
     # A few values per category feature that were outside its vocabulary, with where they came
     # from ({feature, value, partition, offset}), so the data-quality rule can show them.
     unseen_examples: list[dict[str, Any]] = field(default_factory=list)
+    # The derived-feature state after the learned rows (features.json of the version), and what
+    # the state did meanwhile (keys held, expired, evicted); None without derived features.
+    feature_state: bytes | None = None
+    feature_counters: dict[str, int] | None = None
 
     @property
     def learned_ends(self) -> dict[int, int]:
@@ -90,6 +97,7 @@ def read_batch(
     ranges: Ranges,
     dead_letter_invalid: bool = True,
     learn_ends: dict[int, int] | None = None,
+    state: FeatureState | None = None,
 ) -> MicroBatch:
     """Read `ranges` from the events topic; invalid messages go to the DLQ before this returns.
 
@@ -97,7 +105,17 @@ def read_batch(
     so a bad message is dead-lettered once, not once per read. With `learn_ends` the rows from
     there on are the batch's tail: parsed for the promotion gate, but neither dead-lettered nor
     counted here (the next batch, which learns them, does that).
+
+    A stream with derived features needs `state`, the feature state at the ranges' start
+    (`features.checkpoint.state_after` the version the ranges follow). It is advanced through the
+    learned rows and saved on the batch; the tail's values come from a copy, so the saved state is
+    exactly the state after the offsets the version learns.
     """
+    if spec.derived and state is None:
+        raise ValueError(
+            f"{spec.name} has derived features: pass the feature state at the start of {ranges} "
+            "(dagster_project.features.checkpoint.state_after)"
+        )
     identity = topic_identity(settings, spec.events_topic)
     with _gc_paused():
         records = list(read_range(settings, spec.events_topic, ranges))
@@ -105,10 +123,13 @@ def read_batch(
     if learn_ends:
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
     learned = [r for r in records if r.offset < ends[r.partition]]
-    batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity)
+    batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state)
+    if state is not None:
+        batch.feature_state = dump_state(state)
+        batch.feature_counters = {"keys": state.keys(), **state.counters}
     if learn_ends and len(learned) < len(records):
         tail = [r for r in records if r.offset >= ends[r.partition]]
-        batch.tail = _parse(settings, spec, ranges, tail, False, identity)
+        batch.tail = _parse(settings, spec, ranges, tail, False, identity, state.copy() if state else None)
         keep = ~np.isnan(batch.tail.X).any(axis=1) if batch.tail.rows else np.zeros(0, dtype=bool)
         if not keep.all():  # a nullable feature's NaN cannot be scored; the next batch handles the row
             batch.tail = _subset(batch.tail, keep)
@@ -116,9 +137,12 @@ def read_batch(
     return batch
 
 
-def _parse(settings, spec, ranges, records, dead_letter_invalid, identity) -> MicroBatch:
+def _parse(settings, spec, ranges, records, dead_letter_invalid, identity, state=None) -> MicroBatch:
     with _gc_paused():
-        parsed = EventParser(spec).parse_many([record.value for record in records])
+        values = [record.value for record in records]
+        parsed = EventParser(spec).parse_many(values)
+        if state is not None:  # no key, no time or late: refused like a malformed message
+            parsed = derive(state, [record.partition for record in records], values, parsed)
     reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
     if dead_letter_invalid and parsed.failures:
         _send_dead_letters(settings, spec, [(records[i], reason) for i, reason in parsed.failures])

@@ -42,7 +42,7 @@ def build_model(spec: StreamSpec) -> Pipeline:
     params = {**default_params(name, spec.model.seed), **spec.model.params}
     estimator = entry(name).estimator_class()(**params)
     steps: list[tuple[str, Any]] = []
-    if any(f.type == "category" for f in spec.features):
+    if any(f.type == "category" for f in spec.inputs):
         steps.append(("encode", build_encoder(spec)))
     elif spec.model.scale:
         steps.append(("scaler", StandardScaler()))
@@ -56,11 +56,11 @@ def build_encoder(spec: StreamSpec) -> ColumnTransformer:
     ``handle_unknown="ignore"`` is what makes an unseen value (``unseen: zero``) and a null encode
     as all zeros; ``unseen: other`` has a column for the unseen code, so it is never unknown here.
     """
-    numeric = [j for j, f in enumerate(spec.features) if f.type != "category"]
+    numeric = [j for j, f in enumerate(spec.inputs) if f.type != "category"]
     transformers: list[tuple[str, Any, list[int]]] = []
     if numeric:
         transformers.append(("numeric", StandardScaler() if spec.model.scale else "passthrough", numeric))
-    for j, feature in enumerate(spec.features):
+    for j, feature in enumerate(spec.inputs):
         if feature.type == "category":
             encoder = OneHotEncoder(
                 categories=[encoder_categories(feature)], handle_unknown="ignore", sparse_output=False

@@ -58,7 +58,7 @@ def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtif
     from dagster_project.onnx.export import check_parity, export_onnx
 
     started = time.perf_counter()
-    onnx_bytes = export_onnx(estimator, len(spec.features), encoding=encoding_signature(spec))
+    onnx_bytes = export_onnx(estimator, len(spec.inputs), encoding=encoding_signature(spec))
     parity = check_parity(estimator, onnx_bytes, X, spec.parity.atol, spec.parity.rtol)
     details = {
         "export_seconds": time.perf_counter() - started,

@@ -75,8 +75,8 @@ def _test_then_fit(
 ) -> tuple[Pipeline, BatchMetrics, np.ndarray | None, ScaleOutReport | None]:
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
-    if X.ndim != 2 or X.shape[1] != len(spec.features):
-        raise ValueError(f"X must have shape (rows, {len(spec.features)}), got {X.shape}")
+    if X.ndim != 2 or X.shape[1] != len(spec.inputs):
+        raise ValueError(f"X must have shape (rows, {len(spec.inputs)}), got {X.shape}")
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
     if len(X) == 0:

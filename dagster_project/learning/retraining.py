@@ -58,6 +58,20 @@ def recent_window(versions: list[Version], rows: int, since: str | None = None) 
     return _merge(chosen)
 
 
+def _state_at(registry: ModelRegistry, spec: StreamSpec, window: Ranges):
+    """The feature state where the window starts: the one saved with the version whose learned
+    offsets are the window's start (the parent of its first batch); None without derived features."""
+    from dagster_project.features.checkpoint import state_after
+
+    if not spec.derived:
+        return None
+    starts = {p: start for p, (start, _) in window.items()}
+    for version in registry.versions(spec.name):
+        if all(version.learned.get(p) == start for p, start in starts.items()):
+            return state_after(registry, spec, version)
+    return state_after(registry, spec, None)  # the window starts at the stream's first batch
+
+
 def retrain(
     settings: KafkaSettings,
     registry: ModelRegistry,
@@ -76,7 +90,7 @@ def retrain(
         raise RegistryError(f"{name} has no versions to retrain from")
     head = versions[-1]
     window = recent_window(versions, spec.drift.retrain_window_rows, since or None)
-    batch = read_batch(settings, spec, window, dead_letter_invalid=False)
+    batch = read_batch(settings, spec, window, dead_letter_invalid=False, state=_state_at(registry, spec, window))
     labelled = batch.labelled
     X, y = batch.X[labelled], batch.y[labelled]
     if not len(X):

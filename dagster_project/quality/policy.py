@@ -44,7 +44,7 @@ def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroB
             int(rejected.partitions[i]),
             int(rejected.offsets[i]),
             rejected.ids[i].encode(),
-            {"id": rejected.ids[i], "features": dict(zip(spec.feature_names, rejected.X[i].tolist(), strict=True))},
+            {"id": rejected.ids[i], "features": dict(zip(spec.input_names, rejected.X[i].tolist(), strict=True))},
         )
         for i, reason in enumerate(reasons)
     )

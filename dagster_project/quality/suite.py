@@ -127,10 +127,10 @@ def batch_frame(batch: MicroBatch, spec: StreamSpec) -> pd.DataFrame:
     """
     import pandas as pd
 
-    width = len(spec.features)
+    width = len(spec.inputs)
     if batch.X.ndim != 2 or batch.X.shape != (batch.rows, width):
         raise ValueError(f"batch X has shape {batch.X.shape}, expected ({batch.rows}, {width}) for {spec.name}")
-    data: dict[str, Any] = {name: batch.X[:, j] for j, name in enumerate(spec.feature_names)}
+    data: dict[str, Any] = {name: batch.X[:, j] for j, name in enumerate(spec.input_names)}
     data[LABEL] = np.asarray(batch.y, dtype=np.float64)
     data[EVENT_ID] = list(batch.ids)
     data[PARTITION] = np.asarray(batch.partitions, dtype=np.int32)
@@ -150,13 +150,13 @@ class _RowRule:
 
 
 def _nulls_allowed(spec: StreamSpec) -> set[str]:
-    return {f.name for f in spec.features if f.nullable} if spec.quality.max_null_fraction > 0 else set()
+    return {f.name for f in spec.inputs if f.nullable} if spec.quality.max_null_fraction > 0 else set()
 
 
 def _row_rules(spec: StreamSpec, X: np.ndarray, y: np.ndarray, ids: list[str] | np.ndarray) -> list[_RowRule]:
     rules: list[_RowRule] = []
     nullable = _nulls_allowed(spec)
-    for j, feature in enumerate(spec.features):
+    for j, feature in enumerate(spec.inputs):
         col = X[:, j]
         null = np.isnan(col)
         if feature.name not in nullable:
@@ -240,7 +240,7 @@ def split_partial(batch: MicroBatch, mask: np.ndarray) -> tuple[MicroBatch, Micr
 
 
 def expected_columns(spec: StreamSpec) -> list[str]:
-    return [*spec.feature_names, *RESERVED_COLUMNS]
+    return [*spec.input_names, *RESERVED_COLUMNS]
 
 
 def suite_file_path(spec: StreamSpec, spec_dir: str | Path | None = None) -> Path | None:
@@ -277,10 +277,10 @@ def _build_suite(spec: StreamSpec, suite_path: Path | None) -> gx.ExpectationSui
     add = suite.add_expectation
     add(gxe.ExpectTableColumnsToMatchSet(column_set=expected_columns(spec), exact_match=True))
     add(gxe.ExpectTableRowCountToBeBetween(min_value=quality.min_rows, max_value=quality.max_rows))
-    for column in [*spec.feature_names, LABEL]:
+    for column in [*spec.input_names, LABEL]:
         add(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC_DTYPES))
     nullable = _nulls_allowed(spec)
-    for f in spec.features:
+    for f in spec.inputs:
         mostly = 1.0 - quality.max_null_fraction if f.name in nullable else 1.0
         add(gxe.ExpectColumnValuesToNotBeNull(column=f.name, mostly=mostly))
         low = -_FLOAT_MAX if f.min is None else f.min
@@ -291,7 +291,7 @@ def _build_suite(spec: StreamSpec, suite_path: Path | None) -> gx.ExpectationSui
         add(gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=classes))  # nulls (unlabelled) ignored
     else:
         add(gxe.ExpectColumnValuesToBeBetween(column=LABEL, min_value=-_FLOAT_MAX, max_value=_FLOAT_MAX))
-    for f in spec.features:
+    for f in spec.inputs:
         code = unseen_code(f) if f.type == "category" else None
         if code is not None:  # share of values outside the vocabulary, all rows counted
             mostly = 1.0 - quality.max_unseen_category_share
@@ -402,7 +402,7 @@ UNSEEN_EXPECTATION = "expect_column_values_to_not_be_in_set"
 def _describe_unseen(failure: QualityFailure, spec: StreamSpec, batch: MicroBatch) -> QualityFailure:
     """The unseen-category rule's failure in the stream's terms: feature, share, threshold, and
     example raw values with their offsets (the frame only holds codes)."""
-    if failure.expectation != UNSEEN_EXPECTATION or failure.column not in spec.feature_names:
+    if failure.expectation != UNSEEN_EXPECTATION or failure.column not in spec.input_names:
         return failure
     raw = {(e["partition"], e["offset"]): e["value"] for e in batch.unseen_examples if e["feature"] == failure.column}
     sample = [
@@ -548,10 +548,10 @@ def _unexpected_rows(df: pd.DataFrame, spec: StreamSpec, missing: list[str]) -> 
         return 0
     if missing:
         return len(df)
-    numeric = [*spec.feature_names, LABEL]
+    numeric = [*spec.input_names, LABEL]
     if any(df[c].dtype.kind not in "fiu" for c in numeric):
         return len(df)  # a column of the wrong type: no row is usable as it stands
-    X = df[spec.feature_names].to_numpy(dtype=np.float64, na_value=np.nan)
+    X = df[spec.input_names].to_numpy(dtype=np.float64, na_value=np.nan)
     y = df[LABEL].to_numpy(dtype=np.float64, na_value=np.nan)
     mask = np.zeros(len(df), dtype=bool)
     for rule in _row_rules(spec, X, y, df[EVENT_ID].astype(str).to_numpy()):

@@ -66,6 +66,7 @@ import orjson
 from dagster_project.names import is_version_name, version_name, version_number
 from dagster_project.registry.store import (
     ESTIMATOR_FILE,
+    FEATURES_FILE,
     META_FILE,
     ONNX_FILE,
     BrokenRegistryFile,
@@ -76,6 +77,7 @@ from dagster_project.registry.store import (
     RegistryUnavailable,
     StaleParent,
     Version,
+    _checksums,
     _now,
     _sha256,
 )
@@ -456,7 +458,13 @@ class MlflowRegistry(ModelRegistry):
 
     @_translating("registering a version")
     def register(
-        self, stream: str, parent: str | None, onnx_bytes: bytes, estimator: Any, meta: dict[str, Any]
+        self,
+        stream: str,
+        parent: str | None,
+        onnx_bytes: bytes,
+        estimator: Any,
+        meta: dict[str, Any],
+        feature_state: bytes | None = None,
     ) -> Version:
         """Stage everything, re-check, then commit with one tag; refuse if `parent` is no longer the head."""
         import joblib
@@ -475,9 +483,11 @@ class MlflowRegistry(ModelRegistry):
             "version": version_name((head.number if head else 0) + 1),
             "parent": parent,
             "created_at": _now(),
-            "sha256": {ONNX_FILE: _sha256(onnx_bytes), ESTIMATOR_FILE: _sha256(estimator_bytes)},
+            "sha256": _checksums(onnx_bytes, estimator_bytes, feature_state),
         }
-        return self._stage_and_commit(stream, entries, full_meta, onnx_bytes, estimator_bytes)
+        return self._stage_and_commit(
+            stream, entries, full_meta, onnx_bytes, estimator_bytes, feature_state=feature_state
+        )
 
     def _head(self, stream: str, entries: list[_Entry]) -> Version | None:
         found = self._usable(stream, *self._chain(stream, entries))
@@ -491,6 +501,7 @@ class MlflowRegistry(ModelRegistry):
         onnx_bytes: bytes,
         estimator_bytes: bytes,
         check_parent: bool = True,
+        feature_state: bytes | None = None,
     ) -> Version:
         attempt = _attempt_key(stream, meta)
         for entry in entries:
@@ -512,7 +523,7 @@ class MlflowRegistry(ModelRegistry):
         experiment_id = self._experiment(stream, create=True)
         self._ensure_model(stream)
         self._abandon_runs(stream, experiment_id, attempt)
-        run_id, run_artifacts = self._log_run(stream, experiment_id, meta, estimator_bytes, attempt)
+        run_id, run_artifacts = self._log_run(stream, experiment_id, meta, estimator_bytes, attempt, feature_state)
         model_id, model_artifacts = self._log_onnx(stream, experiment_id, run_id, meta["version"], onnx_bytes)
         self.client.set_terminated(run_id, "FINISHED")
         offsets = meta.get("offsets") or {}
@@ -636,7 +647,13 @@ class MlflowRegistry(ModelRegistry):
             log.warning("%s: marked the run %s of an attempt that stopped early as FAILED", stream, run_id)
 
     def _log_run(
-        self, stream: str, experiment_id: str, meta: dict[str, Any], estimator_bytes: bytes, attempt: str
+        self,
+        stream: str,
+        experiment_id: str,
+        meta: dict[str, Any],
+        estimator_bytes: bytes,
+        attempt: str,
+        feature_state: bytes | None = None,
     ) -> tuple[str, str]:
         """The version's source run: metrics, params, estimator, profile, meta.json; returns (run id, artifact URI)."""
         from mlflow.entities import Metric, Param
@@ -690,6 +707,8 @@ class MlflowRegistry(ModelRegistry):
         with tempfile.TemporaryDirectory(prefix="streamfit-mlflow-") as directory:
             full = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
             files = {ESTIMATOR_FILE: estimator_bytes, META_FILE: full}
+            if feature_state is not None:  # the version's derived-feature state, checksummed in meta
+                files[FEATURES_FILE] = feature_state
             if meta.get("profile") is not None:
                 files[PROFILE_FILE] = orjson.dumps(meta["profile"], option=orjson.OPT_NON_STR_KEYS)
             for file_name, data in files.items():

@@ -27,6 +27,9 @@ from dagster_project.names import VERSION_NAME, version_name, version_number
 ONNX_FILE = "model.onnx"
 log = logging.getLogger(__name__)
 ESTIMATOR_FILE = "estimator.joblib"
+# The derived-feature state after the version's learned offsets (dagster_project/features/), when
+# the stream has derived features: part of the checkpoint, written and verified like the model.
+FEATURES_FILE = "features.json"
 META_FILE = "meta.json"
 
 
@@ -126,6 +129,14 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _checksums(onnx_bytes: bytes, estimator_bytes: bytes, feature_state: bytes | None) -> dict[str, str]:
+    """meta.json's `sha256`: every file of the version, the feature state only when there is one."""
+    sums = {ONNX_FILE: _sha256(onnx_bytes), ESTIMATOR_FILE: _sha256(estimator_bytes)}
+    if feature_state is not None:
+        sums[FEATURES_FILE] = _sha256(feature_state)
+    return sums
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -165,9 +176,25 @@ class ModelRegistry(abc.ABC):
 
     @abc.abstractmethod
     def register(
-        self, stream: str, parent: str | None, onnx_bytes: bytes, estimator: Any, meta: dict[str, Any]
+        self,
+        stream: str,
+        parent: str | None,
+        onnx_bytes: bytes,
+        estimator: Any,
+        meta: dict[str, Any],
+        feature_state: bytes | None = None,
     ) -> Version:
-        """Commit a new version atomically, or raise StaleParent when `parent` is no longer the head."""
+        """Commit a new version atomically (with its feature state, if any), or raise StaleParent
+        when `parent` is no longer the head."""
+
+    @abc.abstractmethod
+    def _read_verified(self, stream: str, version: str, file_name: str) -> bytes: ...
+
+    def load_feature_state(self, stream: str, version: str) -> bytes | None:
+        """The version's derived-feature state (`features.json`), checksum-verified; None if it has none."""
+        if FEATURES_FILE not in (self.get(stream, version).meta.get("sha256") or {}):
+            return None
+        return self._read_verified(stream, version, FEATURES_FILE)
 
     @abc.abstractmethod
     def load_estimator(self, stream: str, version: str) -> Any: ...
@@ -315,7 +342,13 @@ class FilesystemRegistry(ModelRegistry):
         return Version(stream, version, self._read_meta(stream, version))
 
     def register(
-        self, stream: str, parent: str | None, onnx_bytes: bytes, estimator: Any, meta: dict[str, Any]
+        self,
+        stream: str,
+        parent: str | None,
+        onnx_bytes: bytes,
+        estimator: Any,
+        meta: dict[str, Any],
+        feature_state: bytes | None = None,
     ) -> Version:
         """Write a new version atomically; refuse if `parent` is no longer the head."""
         import joblib
@@ -334,7 +367,7 @@ class FilesystemRegistry(ModelRegistry):
             "version": name,
             "parent": parent,
             "created_at": _now(),
-            "sha256": {ONNX_FILE: _sha256(onnx_bytes), ESTIMATOR_FILE: _sha256(estimator_bytes)},
+            "sha256": _checksums(onnx_bytes, estimator_bytes, feature_state),
         }
         stream_dir = self._stream_dir(stream)
         stream_dir.mkdir(parents=True, exist_ok=True)
@@ -344,6 +377,7 @@ class FilesystemRegistry(ModelRegistry):
             for file_name, data in (
                 (ONNX_FILE, onnx_bytes),
                 (ESTIMATOR_FILE, estimator_bytes),
+                *([(FEATURES_FILE, feature_state)] if feature_state is not None else []),
                 (META_FILE, orjson.dumps(full_meta, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)),
             ):
                 with open(tmp / file_name, "wb") as fh:

@@ -29,7 +29,7 @@ def version_meta(
     return {
         "estimator": spec.model.estimator,
         "task": spec.task,
-        "features": spec.feature_names,
+        "features": spec.input_names,
         "classes": spec.label.classes,
         "offsets": {
             "topic": spec.events_topic,
@@ -49,7 +49,7 @@ def version_meta(
         "parity": parity,
         "timings": timings,
         "profile": {
-            "features": profile_features(batch.X, spec.feature_names, categories=_profiled_categories(spec)),
+            "features": profile_features(batch.X, spec.input_names, categories=_profiled_categories(spec)),
             "label": profile_labels(batch.y, spec.task),
         },
         **_category_meta(spec, batch),
@@ -60,9 +60,7 @@ def version_meta(
 
 def _profiled_categories(spec: StreamSpec) -> dict[str, list[str] | None]:
     """Category features for the profile: vocabulary labels by code, None for hashed ones."""
-    return {
-        f.name: level_labels(f) if f.categories is not None else None for f in spec.features if f.type == "category"
-    }
+    return {f.name: level_labels(f) if f.categories is not None else None for f in spec.inputs if f.type == "category"}
 
 
 def _category_meta(spec: StreamSpec, batch: MicroBatch) -> dict[str, Any]:
@@ -127,7 +125,18 @@ def register_batch(
     for key in ("served", "lineage"):  # what was served meanwhile, and which estimator this grew from
         if getattr(model, key, None):
             meta[key] = getattr(model, key)
-    version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta)
+    feature_state = None
+    if spec.derived:
+        # The checkpoint's feature state follows its offsets: a batch's is the state after the rows
+        # it learns; a retrain or replay leaves the offsets where they are, so it keeps the head's.
+        moved = not extra.get("retrain") and not extra.get("replay")
+        feature_state = (
+            batch.feature_state if moved else (registry.load_feature_state(spec.name, head.name) if head else None)
+        )
+        if moved and feature_state is None:
+            raise ValueError(f"{spec.name}: the batch carries no feature state; read it with read_batch(state=...)")
+        meta["feature_state"] = {"moved": moved, **((batch.feature_counters or {}) if moved else {})}
+    version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta, feature_state)
     if reset:
         registry.clear_offset_reset(spec.name, version.name)
     halt = registry.halt(spec.name)

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dagster_project.ingest.categories import unseen_counts
 from dagster_project.serving.champion import ChampionWatcher, ServedModel
+from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import ScorerHealth
 from dagster_project.serving.limits import BearerToken, ClientGone, HttpLimits, RequestError, read_body
 from dagster_project.serving.metrics import ScorerMetrics
@@ -70,7 +71,9 @@ class ScoringContext:
         health: ScorerHealth,
         token: BearerToken,
         limits: HttpLimits,
+        features: ServingFeatures | None = None,
     ) -> None:
+        self.features = features  # the scorer's live derived-feature state (None without derived features)
         self.spec = spec
         self.watcher = watcher
         self.metrics = metrics
@@ -144,6 +147,8 @@ def core_routes(ctx: ScoringContext) -> list[Route]:
         def work(body: Any) -> Response:
             X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
             served = ctx.served()
+            if ctx.features is not None:  # derived features from the live state, left unchanged
+                X = ctx.features.append_to(served.version, body["rows"], X)
             predictions, scores = ctx.score(served, X)
             if scores is None:
                 out = [{"prediction": p, "probabilities": None} for p in predictions]

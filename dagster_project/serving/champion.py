@@ -70,7 +70,7 @@ class ServedModel:
     def load(cls, spec: StreamSpec, version: str, onnx_bytes: bytes) -> ServedModel:
         """Build the session and check it against the spec on one row before anyone can use it."""
         model = OnnxModel(onnx_bytes)
-        width = len(spec.features)
+        width = len(spec.inputs)
         if model.n_features is not None and model.n_features != width:
             raise IncompatibleModel(f"{version} takes {model.n_features} features, the spec of {spec.name} has {width}")
         expected = encoding_signature(spec)

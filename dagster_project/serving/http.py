@@ -18,6 +18,7 @@ import uvicorn
 
 from dagster_project.serving.api import ScoringContext, build_app
 from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import ScorerHealth
 from dagster_project.serving.kserve import kserve_routes
 from dagster_project.serving.limits import (
@@ -53,12 +54,12 @@ class ScorerHTTPServer:
         body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
+        features: ServingFeatures | None = None,
     ) -> None:
         self.spec = spec
         self.limits = HttpLimits(max_body_bytes, max_rows, body_timeout_s, max_connections, keep_alive_s)
-        context = ScoringContext(
-            spec, watcher, metrics, health or ScorerHealth(spec.name, watcher), BearerToken(token), self.limits
-        )
+        health = health or ScorerHealth(spec.name, watcher)
+        context = ScoringContext(spec, watcher, metrics, health, BearerToken(token), self.limits, features)
         self.app = build_app(context, kserve_routes(context))
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

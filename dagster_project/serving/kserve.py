@@ -67,8 +67,8 @@ def model_metadata(spec: StreamSpec, versions: list[str]) -> dict[str, Any]:
             {
                 "name": INPUT_NAME,
                 "datatype": "FP32",
-                "shape": [-1, len(spec.features)],
-                "parameters": {"features": spec.feature_names},
+                "shape": [-1, len(spec.inputs)],
+                "parameters": {"features": spec.input_names},
             }
         ],
         "outputs": output_metadata(spec),
@@ -88,7 +88,7 @@ def _row_major(data: list[Any], rows: int, width: int) -> list[Any]:
 
 def parse_infer_request(spec: StreamSpec, body: Any, max_rows: int) -> tuple[np.ndarray, list[str] | None]:
     """The input tensor as float32 rows in the spec's feature order, and the outputs asked for (None: all)."""
-    width = len(spec.features)
+    width = len(spec.inputs)
     expected = (
         f'{{"inputs": [{{"name": "{INPUT_NAME}", "datatype": "FP32", "shape": [rows, {width}], "data": [...]}}]}}'
     )
@@ -113,7 +113,7 @@ def parse_infer_request(spec: StreamSpec, body: Any, max_rows: int) -> tuple[np.
         raise RequestError(400, f"input shape must be [rows, {width}], got {shape!r}")
     rows, columns = shape
     if columns != width:
-        raise RequestError(400, f"input shape must be [rows, {width}] (features {spec.feature_names}), got {shape}")
+        raise RequestError(400, f"input shape must be [rows, {width}] (features {spec.input_names}), got {shape}")
     if rows < 1:
         raise RequestError(400, "input has no rows: send at least one")
     if rows > max_rows:
@@ -125,7 +125,7 @@ def parse_infer_request(spec: StreamSpec, body: Any, max_rows: int) -> tuple[np.
     X = np.empty((rows, width), dtype=np.float32)
     problems: list[str] = []
     bad = 0
-    features = spec.features
+    features = spec.inputs
     for i in range(rows):
         for j, feature in enumerate(features):
             try:

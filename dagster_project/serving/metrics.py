@@ -49,6 +49,18 @@ class ScorerMetrics:
             ["stream"],
             registry=r,
         )
+        self.feature_keys = Gauge(
+            "streamfit_feature_keys",
+            "Keys held by the derived-feature state (all partitions and key fields).",
+            ["stream"],
+            registry=r,
+        )
+        self.feature_keys_evicted = Counter(
+            "streamfit_feature_keys_evicted",
+            "Keys evicted from the derived-feature state at feature_state.max_keys (their windows restart empty).",
+            ["stream"],
+            registry=r,
+        )
         self.model_version = Gauge(
             "streamfit_model_version",
             "Numeric version of the model being served (v3 -> 3); 0 before the first.",

@@ -21,6 +21,14 @@ from dagster_project.spec import StreamSpec
 MAX_ROW_ERRORS = 20  # per response: enough to fix a client, bounded for a 10,000-row request
 
 
+def context_fields(spec: StreamSpec) -> list[str]:
+    """Fields a row carries beside its features for derived features: the event time and the keys
+    that are not features (README "Derived features")."""
+    if not spec.derived or spec.event_time is None:
+        return []
+    return list(dict.fromkeys([spec.event_time.field, *(d.by for d in spec.derived if d.by not in spec.feature_names)]))
+
+
 def validate_rows(spec: StreamSpec, body: Any, max_rows: int) -> np.ndarray:
     """The request's rows as a float32 matrix in the spec's feature order, or a RequestError."""
     if not isinstance(body, dict) or "rows" not in body:
@@ -33,7 +41,7 @@ def validate_rows(spec: StreamSpec, body: Any, max_rows: int) -> np.ndarray:
     if len(rows) > max_rows:
         raise RequestError(413, f"too many rows: {len(rows)} > {max_rows}; split the request")
     features = spec.features
-    known = set(spec.feature_names)
+    known = set(spec.feature_names) | set(context_fields(spec))
     values = np.empty((len(rows), len(features)), dtype=np.float32)
     problems: list[dict[str, Any]] = []
     missing_all: set[str] = set()

@@ -52,7 +52,7 @@ from kafka.errors import (
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.categories import unseen_counts
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, DeadLetterWriter
-from dagster_project.ingest.events import EventParser, InvalidEvent
+from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
@@ -65,6 +65,7 @@ from dagster_project.serving.delivery import (
     resolve_delivery,
     transactional_id,
 )
+from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import KafkaLink, ScorerHealth
 from dagster_project.serving.http import ScorerHTTPServer
 from dagster_project.serving.limits import (
@@ -207,6 +208,8 @@ class Scorer:
         self.scored = 0  # events scored and committed by this scorer (for logs and tests)
         self._stop = threading.Event()
         self._parser = EventParser(spec)
+        # Derived features from the served version's checkpoint, caught up to this scorer's position.
+        self.features = ServingFeatures(spec, settings, watcher.registry, metrics) if spec.derived else None
         self._uncommitted: dict[Any, int] = {}
         self._positions: dict[Any, int] = {}
         self._state_lock = threading.Lock()
@@ -495,7 +498,17 @@ class Scorer:
         served = self.watcher.current  # one snapshot for the whole batch
         spec = self.spec
         records = [(tp, record) for tp, tp_records in batch.items() for record in tp_records]
-        ids, rows, index, refused = self._parse([record.value for _, record in records])
+        values = [record.value for _, record in records]
+        ids, rows, index, refused = self._parse(values)
+        if self.features is not None:  # no key, no time or late: refused as in training
+            derived = self.features.derive(
+                served.version,
+                [tp.partition for tp, _ in records],
+                [record.offset for _, record in records],
+                values,
+                ParsedBatch(rows, np.zeros(len(ids)), ids, np.asarray(index, dtype=np.int64), refused),
+            )
+            ids, rows, index, refused = derived.ids, derived.X, derived.index.tolist(), derived.failures
         stamps = [records[i][1].timestamp for i in index]
         futures = []
         dead_letters = DeadLetterWriter(producer, spec.dlq_topic, "scorer")
@@ -677,6 +690,7 @@ class ScoringService:
                 body_timeout_s=body_timeout_s,
                 max_connections=max_connections,
                 keep_alive_s=keep_alive_s,
+                features=self.scorer.features,
             )
         except OSError as exc:
             raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc

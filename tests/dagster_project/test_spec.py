@@ -201,3 +201,42 @@ def test_the_shipped_specs_load() -> None:
     assert all(f.min == 0 and f.max == 1 for f in phishing.features)
     for spec in specs.values():
         assert spec.batch.rows <= spec.batch.max_rows
+
+
+ROLLING = {"event_time": {"field": "ts", "lateness": "5s"}}
+
+
+def _derived(**feature) -> list[dict]:
+    return [{"name": "a_mean", "of": "a", "by": "device", "agg": "mean", "window": "60s"} | feature]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"derived": _derived()}, "derived features need event_time"),
+        ({**ROLLING, "derived": _derived(agg="sum", of=None)}, "agg sum needs of: <a numeric feature>"),
+        ({**ROLLING, "derived": _derived(of="nope")}, "of: 'nope' must name a numeric, non-nullable feature"),
+        ({**ROLLING, "derived": _derived(name="b")}, "repeat a feature or another derived feature"),
+        ({**ROLLING, "derived": _derived(by="b")}, "by: 'b' is a float feature; a key must be a category or int"),
+        ({**ROLLING, "derived": _derived(by="ts")}, "by: 'ts' is not a key"),
+        ({**ROLLING, "derived": _derived(window="a minute")}, "is not a duration: write e.g. 60s"),
+        ({**ROLLING, "derived": _derived(window=0)}, "greater than 0"),
+        ({**ROLLING, "derived": _derived(agg="median")}, "'count', 'sum', 'mean', 'min', 'max' or 'std'"),
+        ({**ROLLING, "derived": _derived(), "quality": {"policy": "quarantine"}}, "use policy: halt"),
+        ({**ROLLING, "derived": _derived(), "feature_state": {"max_keys": 0}}, "greater than or equal to 1"),
+    ],
+)
+def test_derived_feature_mistakes_are_named(overrides: dict, message: str) -> None:
+    assert message in _errors(**overrides)
+
+
+def test_derived_features_follow_the_event_features_in_the_model_inputs() -> None:
+    spec = StreamSpec.model_validate(
+        _raw(
+            event_time={"field": "when", "unit": "ms", "lateness": "1.5m"},
+            derived=_derived(window="500ms") + [{"name": "n_1h", "by": "device", "agg": "count", "window": "1h"}],
+        )
+    )
+    assert spec.feature_names == ["a", "b"]
+    assert spec.input_names == ["a", "b", "a_mean", "n_1h"]
+    assert spec.event_time.lateness == 90.0 and spec.derived[0].window == 0.5 and spec.derived[1].window == 3600.0

@@ -12,7 +12,7 @@ from dagster_project.spec import get_spec, load_specs
 
 
 def test_shipped_specs_load():
-    assert {s.name for s in load_specs()} >= {"census", "phishing", "synthetic"}
+    assert {s.name for s in load_specs()} >= {"census", "phishing", "sensors", "synthetic"}
 
 
 def test_every_census_event_is_valid_for_the_census_spec_and_some_categories_are_unseen():

@@ -166,3 +166,47 @@ def test_retrain_is_deterministic(kafka_settings, tmp_path) -> None:
         version = retrain(kafka_settings, reg, spec, ["drift"], "run-retrain")
         weights.append(reg.load_estimator(spec.name, version.name).steps[-1][1].coef_)
     np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def test_a_retrain_with_derived_features_reads_its_window_from_the_matching_state(
+    kafka_settings, kafka_bootstrap, registry, instance
+) -> None:
+    from dagster_project.features.checkpoint import state_after
+    from dagster_project.learning.retraining import _state_at
+    from tests.dagster_project.features.support import (
+        learn_in_batches,
+        produce_sensors,
+        sensors_spec,
+        training_inputs,
+    )
+    from tests.helpers import defs_for
+
+    spec = sensors_spec(drift={"retrain_window_rows": 300})
+    produce_sensors(kafka_settings, spec)
+    learn_in_batches(defs_for(spec, kafka_bootstrap, registry), spec, kafka_settings, registry, instance)
+    head = registry.head(spec.name)
+
+    retrained = retrain(kafka_settings, registry, spec, ["drift"], "run-retrain")
+
+    # Offsets do not move, so neither does the feature state.
+    assert registry.load_feature_state(spec.name, retrained.name) == registry.load_feature_state(spec.name, head.name)
+    assert retrained.meta["feature_state"] == {"moved": False}
+    window = {int(p): (s, e) for p, (s, e) in retrained.meta["offsets"]["batch"].items()}
+    assert any(s > 0 for s, _ in window.values())  # a window that starts after a checkpoint, not at 0
+    batch = read_batch(kafka_settings, spec, window, False, state=_state_at(registry, spec, window))
+    expected = training_inputs(kafka_settings, registry, spec)
+    rows = [expected[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
+    assert np.array_equal(batch.X, np.asarray(rows))  # the features the batches were trained with
+    assert batch.rows == retrained.meta["rows"]["trained"]
+
+    # Its promotion gate scores the parent's tail, whose features continue the parent's state.
+    from assets.promotion import gate_retrain
+
+    tail = {int(p): (head.learned[int(p)], end) for p, (_, end) in head.meta["offsets"]["batch"].items()}
+    result = gate_retrain(kafka_settings, registry, spec, retrained)
+    gate_rows = read_batch(kafka_settings, spec, tail, False, state=state_after(registry, spec, head))
+    assert result.rows == int(gate_rows.labelled.sum()) > 0
+    assert all(
+        np.array_equal(gate_rows.X[i], expected[(int(p), int(o))])
+        for i, (p, o) in enumerate(zip(gate_rows.partitions, gate_rows.offsets, strict=True))
+    )

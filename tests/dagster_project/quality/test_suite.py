@@ -472,12 +472,13 @@ def test_reserved_feature_names_are_rejected() -> None:
 def test_shipped_specs_pass_clean_batches(spec: StreamSpec) -> None:
     rows = 50
     rng = np.random.default_rng(1)
-    low = np.array([f.min if f.min is not None else -3.0 for f in spec.features])
-    high = np.array([f.max if f.max is not None else 3.0 for f in spec.features])
+    # The batch the suite sees holds the model inputs: the event's features, then derived ones.
+    low = np.array([f.min if f.min is not None else -3.0 for f in spec.inputs])
+    high = np.array([f.max if f.max is not None else 3.0 for f in spec.inputs])
     batch = MicroBatch(
         stream=spec.name,
         ranges={0: (0, rows)},
-        X=np.round(rng.uniform(low, high, size=(rows, len(spec.features)))),
+        X=np.round(rng.uniform(low, high, size=(rows, len(spec.inputs)))),
         y=rng.integers(0, len(spec.label.classes), rows).astype(np.float64),
         ids=[str(i) for i in range(rows)],
         partitions=np.zeros(rows, dtype=np.int32),

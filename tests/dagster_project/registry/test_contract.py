@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from dagster_project.registry.store import (
     ESTIMATOR_FILE,
+    FEATURES_FILE,
     ONNX_FILE,
     ChecksumMismatch,
     FilesystemRegistry,
@@ -176,6 +177,19 @@ def test_a_valid_looking_swap_fails_its_checksum(backend: Backend, stream: str) 
     with pytest.raises(ChecksumMismatch):
         registry.load_onnx(stream, "v1")
     assert registry.load_estimator(stream, "v1").n_features_in_ == 3
+
+
+def test_the_feature_state_is_part_of_the_version_and_verified(backend: Backend, stream: str) -> None:
+    registry = backend.registry
+    register(registry, stream, None, {0: 10})
+    state = b'{"format":1,"columns":{"device":["temp"]},"partitions":{}}'
+    v2 = registry.register(stream, "v1", scaler_onnx(0), fitted_scaler(0), meta({0: 20}), feature_state=state)
+    assert registry.load_feature_state(stream, "v1") is None  # a version without derived features
+    assert registry.load_feature_state(stream, "v2") == state
+    assert set(v2.meta["sha256"]) == {ONNX_FILE, ESTIMATOR_FILE, FEATURES_FILE}
+    backend.stored_file(stream, "v2", FEATURES_FILE).write_bytes(state.replace(b"temp", b"tamp"))
+    with pytest.raises(ChecksumMismatch, match=f"{stream}/v2/{FEATURES_FILE} does not match its sha256"):
+        registry.load_feature_state(stream, "v2")
 
 
 def test_unknown_version(registry: ModelRegistry, stream: str) -> None:

@@ -1,0 +1,43 @@
+"""Derived columns for parsed rows: the one path training and the scorer's Kafka loop share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+from dagster_project.features.state import FeatureState
+from dagster_project.features.timing import EventError
+from dagster_project.ingest.events import ParsedBatch
+
+
+def derive(
+    state: FeatureState, partitions: Sequence[int], values: Sequence[bytes | None], parsed: ParsedBatch
+) -> ParsedBatch:
+    """`parsed` with the derived columns appended; rows the state refuses become failures.
+
+    `values[i]` and `partitions[i]` are the raw message and partition of input position i
+    (`parsed.index` points there). Rows are fed in input order, which per partition is offset
+    order; the state is per partition, so how partitions interleave does not matter.
+    """
+    width = len(state.spec.derived)
+    extra = np.zeros((len(parsed.index), width), dtype=np.float64)
+    keep = np.ones(len(parsed.index), dtype=bool)
+    failures = list(parsed.failures)
+    loads = orjson.loads
+    for r, i in enumerate(parsed.index.tolist()):
+        try:
+            extra[r] = state.observe(partitions[i], loads(values[i]), parsed.X[r])
+        except EventError as exc:
+            keep[r] = False
+            failures.append((i, str(exc)))
+    kept = set(parsed.index[keep].tolist())
+    return ParsedBatch(
+        X=np.hstack([parsed.X[keep], extra[keep]]),
+        y=parsed.y[keep],
+        ids=[event_id for event_id, k in zip(parsed.ids, keep, strict=True) if k],
+        index=parsed.index[keep],
+        failures=sorted(failures),
+        unseen=[u for u in parsed.unseen if u[0] in kept],
+    )

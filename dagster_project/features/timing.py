@@ -1,0 +1,51 @@
+"""An event's key and event time, read from the raw message the way the spec says."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from dagster_project.spec import EventTimeSpec, StreamSpec
+
+
+class EventError(ValueError):
+    """The event cannot enter the feature state; the message is the reason stored in the DLQ."""
+
+
+def event_seconds(raw: Any, spec: EventTimeSpec) -> float:
+    """Epoch seconds of an event-time value: a number in `spec.unit`, or ISO-8601 with a UTC offset."""
+    if isinstance(raw, bool) or raw is None:
+        raise EventError(f"no event time: {spec.field!r} is {raw!r} (epoch {spec.unit} or ISO-8601)")
+    if isinstance(raw, int | float):
+        seconds = float(raw) / (1000.0 if spec.unit == "ms" else 1.0)
+        if not math.isfinite(seconds):
+            raise EventError(f"event time {spec.field!r} is not finite: {raw!r}")
+        return seconds
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise EventError(f"event time {spec.field!r} = {raw!r} is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            raise EventError(f"event time {spec.field!r} = {raw!r} has no UTC offset: add Z or +00:00")
+        return parsed.timestamp()
+    raise EventError(f"event time {spec.field!r} must be a number or an ISO-8601 string, got {type(raw).__name__}")
+
+
+def event_key(event: dict[str, Any], field: str, in_features: bool) -> str | int:
+    """The key value of field `field`: from `features` when it is a declared feature, else top level."""
+    source = event.get("features") if in_features else event
+    value = source.get(field) if isinstance(source, dict) else None
+    if value is None:
+        raise EventError(f"no key: the event has no {field!r} (derived features group by it)")
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise EventError(f"key {field!r} must be a non-empty string or an integer, got {value!r}")
+    return value
+
+
+def key_fields(spec: StreamSpec) -> list[tuple[str, bool]]:
+    """Each distinct `by` field, and whether it is read from the event's `features` object."""
+    declared = set(spec.feature_names)
+    fields = list(dict.fromkeys(d.by for d in spec.derived))
+    return [(f, f in declared) for f in fields]

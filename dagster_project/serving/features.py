@@ -1,0 +1,162 @@
+"""Derived features when serving: the champion's checkpointed state, brought up to each event.
+
+The scorer computes derived features with the training code (`features.batch.derive`) from the
+state saved with the version it serves. Per partition, the state must have seen exactly the events
+before the one being scored: it starts at the newest version whose learned offset on that
+partition is at or before the scorer's position (normally the served version itself), reads the
+events in between from the topic (catch-up), then follows the scorer's own polls. A hot swap to
+another version starts again from that version's state; a scorer that goes back (a rebalance, an
+aborted transaction) restores the partition from a checkpoint and catches up again, so the values
+never depend on the scorer's history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from dagster_project.features.batch import derive
+from dagster_project.features.checkpoint import state_after
+from dagster_project.features.serialization import load_state
+from dagster_project.features.state import FeatureState
+from dagster_project.features.timing import EventError
+from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch
+from dagster_project.kafka.io import read_range
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import ModelRegistry
+from dagster_project.serving.limits import RequestError
+from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.spec import StreamSpec
+
+log = logging.getLogger(__name__)
+
+
+class ServingFeatures:
+    """The live feature state of one scorer, per partition at a known next offset."""
+
+    def __init__(
+        self, spec: StreamSpec, settings: KafkaSettings, registry: ModelRegistry, metrics: ScorerMetrics | None = None
+    ) -> None:
+        self.metrics = metrics
+        self.evicted = 0  # keys evicted at feature_state.max_keys while serving
+        self.spec = spec
+        self.settings = settings
+        self.registry = registry
+        self.version: str | None = None
+        self.state = FeatureState(spec)
+        self.positions: dict[int, int] = {}  # partition -> the next offset the state expects
+        self.caught_up = 0  # events read from the topic to bring a state up to the scorer's position
+        self._lock = threading.Lock()  # `/predict` peeks while the Kafka loop observes
+
+    def derive(
+        self, version: str, partitions: Sequence[int], offsets: Sequence[int], values: Sequence[bytes | None], parsed
+    ) -> ParsedBatch:
+        """`parsed` (one poll batch, offsets ascending per partition) with its derived columns, for `version`."""
+        with self._lock:
+            if version != self.version:
+                self._switch(version)
+            firsts: dict[int, int] = {}
+            for p, o in zip(partitions, offsets, strict=True):
+                firsts.setdefault(p, o)
+            for p, first in firsts.items():
+                self._bring_to(p, first)
+            result = derive(self.state, partitions, values, parsed)
+            for p, o in zip(partitions, offsets, strict=True):
+                self.positions[p] = o + 1
+            self._count()
+            return result
+
+    def _count(self) -> None:
+        evicted = self.state.counters.pop("evicted_keys", 0)
+        if evicted:
+            self.evicted += evicted
+            log.warning(
+                "%s: the derived-feature state is at feature_state.max_keys (%d per partition and key field): "
+                "%d least recently seen key(s) evicted, their windows restart empty; raise max_keys if keys are "
+                "not idle",
+                self.spec.name,
+                self.spec.feature_state.max_keys,
+                evicted,
+            )
+        if self.metrics is not None:
+            self.metrics.feature_keys.labels(self.spec.name).set(self.state.keys())
+            if evicted:
+                self.metrics.feature_keys_evicted.labels(self.spec.name).inc(evicted)
+
+    def append_to(self, version: str, rows: list[dict[str, Any]], X: np.ndarray) -> np.ndarray:
+        """`/predict`: each row's derived values from the live state, which requests never change.
+
+        A row carries its key field(s) and event-time field beside its features. A key never seen
+        gets the empty-window values. The live state is `version`'s checkpoint plus the events the
+        Kafka loop has scored since; a request does not read the topic.
+        """
+        derived = np.empty((len(rows), len(self.spec.derived)), dtype=np.float32)
+        problems = []
+        with self._lock:
+            if version != self.version:
+                self._switch(version)
+            for i, row in enumerate(rows):
+                try:
+                    derived[i] = self.state.peek({**row, "features": row})
+                except EventError as exc:
+                    problems.append({"row": i, "errors": [str(exc)]})
+        if problems:
+            first = problems[0]
+            raise RequestError(
+                422,
+                f"{len(problems)} of {len(rows)} rows cannot get derived features: row {first['row']}: "
+                f"{first['errors'][0]}; send the key and event-time fields beside the features",
+                rows=problems[:20],
+            )
+        return np.hstack([X, derived])
+
+    def _switch(self, version: str) -> None:
+        """Follow `version` from its checkpoint: the state after its learned offsets."""
+        log.info("%s: derived features now follow %s (was %s)", self.spec.name, version, self.version)
+        self.version = version
+        self.state = state_after(self.registry, self.spec, self.registry.get(self.spec.name, version))
+        self.positions = dict(self.registry.get(self.spec.name, version).learned)
+
+    def _bring_to(self, partition: int, offset: int) -> None:
+        position = self.positions.get(partition)
+        if position == offset:
+            return
+        if position is None or position > offset:  # new partition, or gone back: from a checkpoint
+            start, saved = self._checkpoint_at(partition, offset)
+            if saved is None:
+                self.state.partitions.pop(partition, None)
+            else:
+                self.state.partitions[partition] = saved
+            position = start
+        if position < offset:
+            self._catch_up(partition, position, offset)
+        self.positions[partition] = offset
+
+    def _checkpoint_at(self, partition: int, offset: int):
+        """(its learned offset, the partition's saved state) of the newest version, up to the served
+        one, that had not learned past `offset` on `partition`; (0, None) before the first."""
+        versions = self.registry.versions(self.spec.name)
+        served = next((i for i, v in enumerate(versions) if v.name == self.version), len(versions) - 1)
+        for version in reversed(versions[: served + 1]):
+            learned = version.learned.get(partition, 0)
+            if learned <= offset:
+                data = self.registry.load_feature_state(self.spec.name, version.name)
+                state = load_state(self.spec, data, where=f"{self.spec.name}/{version.name}")
+                return learned, copy.deepcopy(state.partitions.get(partition))
+        return 0, None
+
+    def _catch_up(self, partition: int, start: int, end: int) -> None:
+        parser = EventParser(self.spec)
+        for record in read_range(self.settings, self.spec.events_topic, {partition: (start, end)}):
+            try:
+                parsed = parser.parse(record.value)
+                self.state.observe(partition, orjson.loads(record.value), parsed.values)
+            except (InvalidEvent, EventError):
+                continue  # refused in training too, so not in its state either
+            self.caught_up += 1

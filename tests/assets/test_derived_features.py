@@ -1,0 +1,140 @@
+"""Derived features through real training runs: across batches, crashes, DLQ and the checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from dagster_project.features import FeatureState, dump_state, load_state
+from dagster_project.spec import StreamSpec
+from tests.dagster_project.features.reference import pandas_reference
+from tests.dagster_project.features.support import (
+    KEYLESS_EVERY,
+    LATE_EVERY,
+    learn_in_batches,
+    learned_batches,
+    produce_sensors,
+    sensors_spec,
+)
+from tests.helpers import defs_for, high_waters, read_topic, run_batch
+
+
+def accepted_events(settings, spec: StreamSpec, upto: dict[int, int]) -> pd.DataFrame:
+    """The events the feature state accepted up to `upto` (the head's learned offsets)."""
+    dead = {(d["partition"], d["offset"]) for d in dead_letters(settings, spec)}
+    rows = [
+        {"partition": r["_partition"], "offset": r["_offset"], "ts": r["ts"], "device": r["device"], **r["features"]}
+        for r in read_topic(settings, spec.events_topic)
+        if (r["_partition"], r["_offset"]) not in dead and r["_offset"] < upto[r["_partition"]]
+    ]
+    return pd.DataFrame(rows)
+
+
+def dead_letters(settings, spec: StreamSpec) -> list[dict]:
+    return [
+        {"partition": r["partition"], "offset": r["offset"], "reason": r["reason"]}
+        for r in read_topic(settings, spec.dlq_topic)
+    ]
+
+
+@pytest.fixture
+def sensors(kafka_settings, kafka_bootstrap, registry):
+    spec = sensors_spec()
+    produce_sensors(kafka_settings, spec)
+    return spec, defs_for(spec, kafka_bootstrap, registry)
+
+
+def test_features_across_batches_equal_pandas_over_the_whole_stream(sensors, kafka_settings, registry, instance):
+    spec, defs = sensors
+    learn_in_batches(defs, spec, kafka_settings, registry, instance)
+    versions = registry.versions(spec.name)
+    assert len(versions) == 3
+    events = accepted_events(kafka_settings, spec, versions[-1].learned)
+    expected = pandas_reference(spec, events)
+    where = {(p, o): i for i, (p, o) in enumerate(zip(events["partition"], events["offset"], strict=True))}
+    width = len(spec.feature_names)
+    seen = 0
+    for name, batch in learned_batches(kafka_settings, registry, spec):
+        rows = [where[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
+        assert np.abs(batch.X[:, width:] - expected[rows]).max() < 1e-9
+        seen += batch.rows
+        # the checkpoint is exactly the state after the offsets it learned
+        assert registry.load_feature_state(spec.name, name) == batch.feature_state
+    assert seen == len(events)  # every accepted event up to the head's offsets was learned by exactly one version
+    head = versions[-1]
+    assert head.meta["feature_state"]["keys"] == 12
+    assert expected[:, 3].max() > 50  # windows of 60 s over ~1 reading per device-second are well filled
+
+
+def test_keyless_and_late_events_go_to_the_dlq_with_their_reason(sensors, kafka_settings, registry, instance):
+    spec, defs = sensors
+    learn_in_batches(defs, spec, kafka_settings, registry, instance)
+    letters = dead_letters(kafka_settings, spec)
+    learned = registry.head(spec.name).learned
+    expected = {"no key": 0, "late event": 0}
+    for r in read_topic(kafka_settings, spec.events_topic):
+        i = int(r["id"].rsplit("-", 1)[1])
+        if r["_offset"] < learned[r["_partition"]]:  # the last tail is dead-lettered by the batch learning it
+            if i % KEYLESS_EVERY == 50:
+                expected["no key"] += 1
+            elif i % LATE_EVERY == 60:
+                expected["late event"] += 1
+    reasons = pd.Series([d["reason"].split(":")[0] for d in letters]).value_counts().to_dict()
+    assert reasons == expected and min(expected.values()) > 5
+    late = next(d["reason"] for d in letters if d["reason"].startswith("late event"))
+    assert "more than event_time.lateness 5 s" in late
+    dlq = sum(v.meta["rows"]["dlq"] for v in registry.versions(spec.name))
+    assert dlq == len(letters)  # each counted once, by the version that learned its offset
+
+
+@pytest.mark.parametrize("fault", ["after_train", "after_register"])
+def test_a_crashed_batch_retried_saves_the_same_feature_state(
+    fault, sensors, kafka_settings, kafka_bootstrap, registry, instance, monkeypatch, tmp_path
+):
+    spec, defs = sensors
+    ends = high_waters(kafka_settings, spec.events_topic)
+    first = {p: (0, end // 2) for p, end in ends.items()}
+    assert run_batch(defs, spec, first, instance).success
+    second = {p: (registry.head(spec.name).learned[p], end) for p, end in ends.items()}
+    monkeypatch.setenv("STREAMFIT_FAULT", fault)
+    assert not run_batch(defs, spec, second, instance, raise_on_error=False).success
+    assert len(registry.versions(spec.name)) == (1 if fault == "after_train" else 2)
+    monkeypatch.delenv("STREAMFIT_FAULT")
+    assert run_batch(defs, spec, second, instance).success
+    versions = registry.versions(spec.name)
+    assert [v.name for v in versions] == ["v1", "v2"]
+
+    # One uninterrupted pass over the same offsets gives the same bytes: nothing lost, nothing twice.
+    reference = FeatureState(spec)
+    learned = versions[-1].learned
+    for r in read_topic(kafka_settings, spec.events_topic):
+        if r["_offset"] < learned[r["_partition"]]:
+            try:
+                reference.observe(r["_partition"], r, [r["features"]["temp"]])
+            except ValueError:
+                pass
+    assert registry.load_feature_state(spec.name, "v2") == dump_state(reference)
+    assert versions[-1].meta["rows_learned_total"] + sum(v.meta["rows"]["dlq"] for v in versions) == sum(
+        learned.values()
+    )
+    state = load_state(spec, registry.load_feature_state(spec.name, "v2"))
+    assert orjson.loads(dump_state(state)) == orjson.loads(registry.load_feature_state(spec.name, "v2"))
+
+
+def test_the_key_cap_bounds_the_saved_state_and_is_counted(kafka_settings, kafka_bootstrap, registry, instance):
+    spec = sensors_spec(feature_state={"max_keys": 4})  # 12 devices, about 6 per partition
+    produce_sensors(kafka_settings, spec, rows=400)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    result = run_batch(
+        defs, spec, {p: (0, end) for p, end in high_waters(kafka_settings, spec.events_topic).items()}, instance
+    )
+    assert result.success
+    version = registry.head(spec.name)
+    counters = version.meta["feature_state"]
+    assert counters["evicted_keys"] > 0 and counters["keys"] <= 4 * spec.partitions
+    saved = orjson.loads(registry.load_feature_state(spec.name, version.name))
+    assert all(len(part["tables"]["device"]) <= 4 for part in saved["partitions"].values())
+    metadata = result.asset_materializations_for_node(f"{spec.name}__micro_batch")[0].metadata
+    assert metadata["feature_evicted_keys"].value == counters["evicted_keys"]

@@ -1,0 +1,195 @@
+"""Derived features from `FeatureState`: whole-stream reference, batch boundaries, refusals, bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dagster_project.features import EventError, FeatureState, dump_state, load_state
+from dagster_project.spec import StreamSpec
+from tests.conftest import synthetic_spec
+from tests.dagster_project.features.reference import pandas_reference
+
+AGGS = ("count", "sum", "mean", "min", "max", "std")
+
+
+def rolling_spec(lateness: str = "0s", max_keys: int = 100_000, **overrides) -> StreamSpec:
+    derived = [{"name": f"x0_{a}_30s", "of": "x0", "by": "device", "agg": a, "window": "30s"} for a in AGGS]
+    derived += [{"name": "x1_mean_5s", "of": "x1", "by": "device", "agg": "mean", "window": "5s", "default": -1.0}]
+    derived += [{"name": "site_count_10s", "by": "site", "agg": "count", "window": "10s"}]
+    raw = {"event_time": {"field": "ts", "lateness": lateness}, "feature_state": {"max_keys": max_keys}}
+    return synthetic_spec(derived=derived, **(raw | overrides))
+
+
+def stream(rows: int, seed: int = 3, keys: int = 7, gap: float = 0.7) -> pd.DataFrame:
+    """Events in time order on two partitions, with ties (times on a 0.1 s grid)."""
+    rng = np.random.default_rng(seed)
+    ts = np.round(1_700_000_000 + np.cumsum(rng.exponential(gap, rows)), 1)
+    frame = pd.DataFrame({f"x{i}": rng.normal(size=rows).round(4) for i in range(5)})
+    frame["ts"] = ts
+    frame["device"] = [f"d{k}" for k in rng.integers(keys, size=rows)]
+    frame["site"] = rng.integers(3, size=rows)  # an integer key
+    frame["partition"] = rng.integers(2, size=rows)
+    return frame
+
+
+def event(row: pd.Series) -> dict:
+    return {
+        "id": "e",
+        "ts": float(row["ts"]),
+        "device": row["device"],
+        "site": int(row["site"]),
+        "features": {f"x{i}": float(row[f"x{i}"]) for i in range(5)},
+    }
+
+
+def observe_all(state: FeatureState, frame: pd.DataFrame) -> np.ndarray:
+    rows = [
+        state.observe(int(r["partition"]), event(r), r[[f"x{i}" for i in range(5)]].to_numpy(float))
+        for _, r in frame.iterrows()
+    ]
+    return np.asarray(rows)
+
+
+def test_rolling_features_equal_pandas_over_the_whole_stream():
+    spec = rolling_spec()
+    frame = stream(1500)
+    got = observe_all(FeatureState(spec), frame)
+    assert np.abs(got - pandas_reference(spec, frame)).max() < 1e-9
+    assert got[:, 0].max() > 5  # windows do hold several earlier events
+
+
+@pytest.mark.parametrize("cuts", [[1], [100, 700], [300, 301, 302, 1499]])
+def test_batches_resumed_from_the_saved_state_equal_one_pass(cuts):
+    """The checkpoint path: each batch starts from the previous batch's saved bytes."""
+    spec = rolling_spec()
+    frame = stream(1500, seed=4)
+    whole = FeatureState(spec)
+    expected = observe_all(whole, frame)
+    saved, parts = dump_state(FeatureState(spec)), []
+    for lo, hi in zip([0, *cuts], [*cuts, len(frame)], strict=True):
+        state = load_state(spec, saved)
+        parts.append(observe_all(state, frame.iloc[lo:hi]))
+        saved = dump_state(state)
+    assert np.array_equal(np.concatenate(parts), expected)  # bit for bit
+    assert saved == dump_state(whole)  # and the same state, however the stream was split
+
+
+def test_values_do_not_depend_on_how_partitions_interleave():
+    spec = rolling_spec()
+    frame = stream(800, seed=5)
+    in_order = observe_all(FeatureState(spec), frame)
+    by_partition = frame.sort_values("partition", kind="stable")
+    regrouped = observe_all(FeatureState(spec), by_partition)
+    assert np.array_equal(regrouped, in_order[by_partition.index.to_numpy()])
+
+
+def test_an_empty_window_gives_the_documented_defaults():
+    spec = rolling_spec()
+    values = FeatureState(spec).observe(0, event(stream(1).iloc[0]), [0.5] * 5)
+    names = [d.name for d in spec.derived]
+    assert dict(zip(names, values, strict=True)) == {
+        **{f"x0_{a}_30s": 0.0 for a in AGGS},
+        "x1_mean_5s": -1.0,
+        "site_count_10s": 0.0,
+    }
+
+
+def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_alone():
+    spec = rolling_spec(lateness="5s")
+    state = FeatureState(spec)
+    base = {"id": "e", "device": "d1", "site": 1, "features": {}}
+    state.observe(0, {**base, "ts": 100.0}, [1.0] * 5)
+    before = dump_state(state)
+    cases = {
+        "no key: the event has no 'device'": {**base, "device": None, "ts": 101.0},
+        "key 'site' must be a non-empty string or an integer": {**base, "site": 1.5, "ts": 101.0},
+        "no event time": {**base, "ts": None},
+        "late event: event time 94.000 is 6.000 s behind the newest on partition 0": {**base, "ts": 94.0},
+    }
+    for reason, bad in cases.items():
+        with pytest.raises(EventError, match=reason.replace("(", r"\(")):
+            state.observe(0, bad, [1.0] * 5)
+    assert dump_state(state) == before
+    assert state.observe(0, {**base, "ts": 95.0}, [3.0] * 5)[0] == 0.0  # within lateness: accepted (100 is later)
+    assert state.observe(0, {**base, "ts": 101.0}, [3.0] * 5)[:2] == [2.0, 4.0]  # both earlier events count
+    assert state.observe(1, {**base, "ts": 1.0}, [3.0] * 5)[0] == 0.0  # another partition, its own watermark
+
+
+def test_out_of_order_events_within_lateness_see_only_earlier_times():
+    spec = rolling_spec(lateness="10s")
+    state = FeatureState(spec)
+    ev = {"id": "e", "device": "d", "site": 0, "features": {}}
+    state.observe(0, {**ev, "ts": 20.0}, [2.0] * 5)
+    state.observe(0, {**ev, "ts": 10.0}, [1.0] * 5)  # late but allowed
+    count, total = state.observe(0, {**ev, "ts": 15.0}, [0.0] * 5)[:2]
+    assert (count, total) == (1.0, 1.0)  # the event at 20 is in its future, not its window
+
+
+def test_iso_and_millisecond_times_agree_with_seconds():
+    spec_ms = rolling_spec(event_time={"field": "when", "unit": "ms"})
+    spec_iso = rolling_spec(event_time={"field": "when"})
+    ev = {"id": "e", "device": "d", "site": 0, "features": {}}
+    by_ms, by_iso = FeatureState(spec_ms), FeatureState(spec_iso)
+    for seconds, value in ((0.0, 1.0), (10.5, 2.0), (29.0, 4.0), (40.0, 8.0)):
+        iso = pd.Timestamp(1_700_000_000 + seconds, unit="s", tz="UTC").isoformat()
+        a = by_ms.observe(0, {**ev, "when": int((1_700_000_000 + seconds) * 1000)}, [value] * 5)
+        b = by_iso.observe(0, {**ev, "when": iso}, [value] * 5)
+        assert a == b
+    assert a[:2] == [2.0, 6.0]  # at 40 s: the events at 10.5 and 29 in [10, 40)
+    with pytest.raises(EventError, match="has no UTC offset"):
+        by_iso.observe(0, {**ev, "when": "2026-01-01T00:00:00"}, [0.0] * 5)
+
+
+def test_idle_keys_expire_without_changing_any_value():
+    spec = rolling_spec(lateness="2s")
+    state = FeatureState(spec)
+    frame = stream(600, seed=6, keys=40, gap=2.0)
+    got = observe_all(state, frame)
+    assert np.abs(got - pandas_reference(spec, frame)).max() < 1e-9
+    state.settle()
+    for part in state.partitions.values():
+        for keys in part.tables.values():  # what is left can still be in a future event's window
+            assert all(h.times[-1] >= part.newest - 2 - 30 for h in keys.values())
+    assert state.counters["expired_keys"] > 0
+    assert state.counters["evicted_keys"] == 0
+
+
+def test_the_key_cap_evicts_the_least_recently_seen_key_and_counts_it():
+    spec = rolling_spec(max_keys=2)
+    state = FeatureState(spec)
+    ev = {"id": "e", "site": 0, "features": {}}
+    for t, device in enumerate(["a", "b", "a", "c"]):  # c arrives at the cap: b is the least recently seen
+        state.observe(0, {**ev, "device": device, "ts": float(t)}, [1.0] * 5)
+    assert list(state.partitions[0].tables["device"]) == ["a", "c"]
+    assert state.counters["evicted_keys"] == 1
+    assert state.observe(0, {**ev, "device": "b", "ts": 4.0}, [1.0] * 5)[0] == 0.0  # b starts again: empty window
+    assert state.counters["evicted_keys"] == 2
+    assert state.keys() <= 2 * 1 + 1  # at most max_keys per partition and key field (site has one key)
+
+
+def test_peek_is_observe_without_the_change():
+    spec = rolling_spec()
+    state = FeatureState(spec)
+    frame = stream(200, seed=8)
+    observe_all(state, frame.iloc[:199])
+    last = frame.iloc[199]
+    before = dump_state(state)
+    peeked = state.peek(event(last))
+    assert dump_state(state) == before
+    assert peeked == state.observe(
+        int(last["partition"]), event(last), last[[f"x{i}" for i in range(5)]].to_numpy(float)
+    )
+    never = state.peek({**event(last), "device": "never-seen", "site": 99})
+    assert never == FeatureState(spec).peek(event(last) | {"device": "never-seen", "site": 99})
+    assert never[0] == 0.0
+
+
+def test_a_state_saved_for_other_aggregations_is_refused_with_the_fix():
+    saved = dump_state(FeatureState(rolling_spec()))
+    other = synthetic_spec(
+        event_time={"field": "ts"}, derived=[{"name": "m", "of": "x3", "by": "device", "agg": "mean", "window": 10}]
+    )
+    with pytest.raises(ValueError, match="restore the derived features it was learned with"):
+        load_state(other, saved)

@@ -1,0 +1,111 @@
+"""Derived features when serving: the scorer feeds the model exactly what training computed."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from dagster_project.features.checkpoint import state_after
+from dagster_project.ingest.events import EventParser
+from dagster_project.kafka.io import read_range
+from dagster_project.onnx.export import OnnxModel
+from dagster_project.serving.features import ServingFeatures
+from dagster_project.serving.limits import RequestError
+from tests.dagster_project.features.support import learn_in_batches, produce_sensors, sensors_spec, training_inputs
+from tests.dagster_project.serving.support import Client, read_topic, running_service, wait_for
+from tests.helpers import defs_for, high_waters
+
+
+@pytest.fixture
+def trained(kafka_settings, kafka_bootstrap, registry, instance):
+    spec = sensors_spec()
+    produce_sensors(kafka_settings, spec)
+    learn_in_batches(defs_for(spec, kafka_bootstrap, registry), spec, kafka_settings, registry, instance)
+    return spec
+
+
+def polls(settings, spec, size: int):
+    """The topic as a consumer sees it: chunks of `size` records, partitions interleaved."""
+    ends = high_waters(settings, spec.events_topic)
+    per = {p: list(read_range(settings, spec.events_topic, {p: (0, e)})) for p, e in ends.items()}
+    merged = [r for pair in zip(*per.values(), strict=False) for r in pair]
+    merged += [r for records in per.values() for r in records[min(len(x) for x in per.values()) :]]
+    for i in range(0, len(merged), size):
+        yield merged[i : i + size]
+
+
+def serve(features: ServingFeatures, spec, version: str, chunk) -> dict[tuple[int, int], np.ndarray]:
+    values = [r.value for r in chunk]
+    parsed = EventParser(spec).parse_many(values)
+    out = features.derive(version, [r.partition for r in chunk], [r.offset for r in chunk], values, parsed)
+    return {(chunk[i].partition, chunk[i].offset): out.X[k] for k, i in enumerate(out.index.tolist())}
+
+
+def test_serving_features_equal_training_from_any_version_and_after_a_hot_swap(trained, kafka_settings, registry):
+    spec = trained
+    expected = training_inputs(kafka_settings, registry, spec)
+    features = ServingFeatures(spec, kafka_settings, registry)
+    served: dict[tuple[int, int], np.ndarray] = {}
+    chunks = list(polls(kafka_settings, spec, 113))
+    for n, chunk in enumerate(chunks):  # v2's checkpoint, then a hot swap to v3 halfway through
+        served |= serve(features, spec, "v2" if n < len(chunks) // 2 else "v3", chunk)
+    assert served.keys() == expected.keys()  # the same events refused (no key, late)
+    worst = max(np.abs(served[k] - expected[k]).max() for k in expected)
+    assert worst < 1e-9
+    assert features.caught_up > 0  # started behind v2's learned offsets: read from a checkpoint and caught up
+
+    # Going back (a rebalance, an aborted transaction) restores from a checkpoint: the same values again.
+    again = serve(features, spec, "v3", chunks[3])
+    assert all(np.array_equal(again[k], expected[k]) for k in again)
+
+
+def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings, registry):
+    spec = trained
+    features = ServingFeatures(spec, kafka_settings, registry)
+    head = registry.head(spec.name)
+    reference = state_after(registry, spec, head)
+    row = {"temp": 30.0, "device": "dev-3", "ts": 1_767_225_600.0 + 120.0}
+    X = features.append_to(head.name, [row, {**row, "device": "never-seen"}], np.zeros((2, 1), np.float32))
+    assert X[0, 1:].tolist() == pytest.approx(reference.peek({**row, "features": row}))
+    assert X[0, 4] > 0  # dev-3 has readings in the window
+    assert X[1, 1:].tolist() == [0.0, 0.0, 0.0, 0.0]  # a key never seen: the empty-window values
+    assert features.append_to(head.name, [row], np.zeros((1, 1), np.float32)).tolist() == X[:1].tolist()
+    with pytest.raises(RequestError, match="no key"):
+        features.append_to(head.name, [{"temp": 1.0, "ts": 1.0}], np.zeros((1, 1), np.float32))
+
+
+def test_the_scorer_predicts_from_the_features_training_computed(trained, kafka_settings, registry):
+    spec = trained
+    expected = training_inputs(kafka_settings, registry, spec)
+    champion = registry.champion(spec.name)
+    events = read_topic(kafka_settings, spec.events_topic)
+    with running_service(spec, kafka_settings, registry) as service:
+        wait_for(lambda: service.scorer.scored >= len(expected), 60, f"{len(expected)} predictions")
+        code, body = Client(service.url).predict([{"temp": 31.0, "device": "dev-1", "ts": 1_767_226_000.0}])
+        assert code == 200 and body["model_version"] == champion
+    by_id = {p["id"]: p for p in read_topic(kafka_settings, spec.predictions_topic)}
+    model = OnnxModel(registry.load_onnx(spec.name, champion))
+    keys = sorted(expected)
+    ids = {(e["_partition"], e["_offset"]): e["id"] for e in events}
+    want = model.predict(np.asarray([expected[k] for k in keys], dtype=np.float32))
+    assert len(by_id) == len(keys)
+    for k, scores in zip(keys, want.scores, strict=True):
+        assert by_id[ids[k]]["probabilities"] == pytest.approx(scores.tolist(), abs=1e-6)
+    assert orjson.dumps(sorted(by_id)) == orjson.dumps(sorted(ids[k] for k in keys))
+
+
+def test_evictions_while_serving_are_counted(trained, kafka_settings, registry):
+    from dagster_project.serving.metrics import ScorerMetrics
+
+    spec = trained.model_copy(update={"feature_state": trained.feature_state.model_copy(update={"max_keys": 2})})
+    metrics = ScorerMetrics(spec.name)
+    features = ServingFeatures(spec, kafka_settings, registry, metrics)
+    for chunk in polls(kafka_settings, spec, 200):
+        serve(features, spec, "v1", chunk)
+    assert features.evicted > 0
+    assert (
+        metrics.registry.get_sample_value("streamfit_feature_keys_evicted_total", {"stream": spec.name})
+        == features.evicted
+    )
+    assert metrics.registry.get_sample_value("streamfit_feature_keys", {"stream": spec.name}) == features.state.keys()
