@@ -2,10 +2,11 @@
 
 The version this run registered has not learned its batch's tail (see
 `dagster_project.registry.promotion.tail_split`), and neither has the champion: both are scored
-on it, side by side, and the candidate is promoted or kept in the same run. A recently promoted
-champion is also compared with its predecessor on every row of the batch (none of which either
-has learned): the evidence the drift sensor uses to roll back a regression. Every comparison is
-recorded with all the metrics of both models.
+on it, side by side, and the candidate is promoted or kept in the same run (margin and paired
+significance test: `dagster_project.registry.promotion.gate`). A recently promoted champion is
+also compared with its predecessor on every row of the batch (none of which either has learned),
+with the paired test that the champion is worse: the evidence the drift sensor uses to roll back
+a regression. Every comparison is recorded with all the metrics of both models and the test.
 """
 
 import time
@@ -16,6 +17,7 @@ import dagster as dg
 from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.registry.promotion import default_metric, gate
+from dagster_project.registry.significance import PairedTest, paired_test
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -32,7 +34,8 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
         deps=[dg.AssetKey([name, "model_version"])],
         description=f"Promotes the version this run registered when its {metric} on the batch's unseen tail "
         f"(up to {spec.promotion.tail_rows} rows, learned by the next batch) is within {spec.promotion.margin:g} "
-        "of the champion's; neither model has learned those rows.",
+        "of the champion's and a paired test shows it better at level "
+        f"{spec.promotion.significance or 'off'}; neither model has learned those rows.",
     )
     def champion(
         context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel, registry: RegistryResource
@@ -61,8 +64,12 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
         ):
             X, y = rows
             predecessor = promoted["previous"]
-            champion_metrics = evaluate(reg.load_estimator(name, current), spec, X, y).as_metadata()
-            predecessor_metrics = evaluate(reg.load_estimator(name, predecessor), spec, X, y).as_metadata()
+            champion_estimator = reg.load_estimator(name, current)
+            predecessor_estimator = reg.load_estimator(name, predecessor)
+            champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
+            predecessor_metrics = evaluate(predecessor_estimator, spec, X, y).as_metadata()
+            # A is the predecessor: the test asks whether the champion is worse (the rollback's case).
+            test = compare(metric, spec, predecessor_estimator, champion_estimator, X, y)
             reg.record_decision(
                 name,
                 {
@@ -75,10 +82,12 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
                     "champion_metrics": champion_metrics,
                     "predecessor_metrics": predecessor_metrics,
                     "rows": len(y),
+                    "test": test.to_dict(),
                 },
             )
             metadata[f"predecessor_{metric}"] = predecessor_metrics.get(metric)
             metadata[f"champion_{metric}_on_batch"] = champion_metrics.get(metric)
+            metadata["regression_p_value"] = test.p_value
 
         if candidate is None or candidate == current:
             return dg.MaterializeResult(metadata={**metadata, "decision": "no challenger"})
@@ -100,6 +109,9 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
                 "candidate_metric": result.candidate_value,
                 "champion_metric": result.champion_value,
                 "unseen_rows": result.rows,
+                "p_value": result.p_value,
+                "test": (result.test or {}).get("test", "none"),
+                "significance": result.significance or 0.0,
                 "candidate_metrics": dg.MetadataValue.json(result.candidate_metrics or {}),
                 "champion_metrics": dg.MetadataValue.json(result.champion_metrics or {}),
                 "reason": result.reason,
@@ -116,15 +128,18 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
 
     current = reg.champion(spec.name)
     labelled = unseen.labelled if unseen is not None and unseen.rows else None
+    test = None
     if labelled is None or not labelled.any():
         candidate_metrics: dict = {}
         champion_metrics: dict = {}
         rows = 0
     else:
         X, y = unseen.X[labelled], unseen.y[labelled]
+        champion_estimator = reg.load_estimator(spec.name, current)
         candidate_metrics = evaluate(estimator, spec, X, y).as_metadata()
-        champion_metrics = evaluate(reg.load_estimator(spec.name, current), spec, X, y).as_metadata()
+        champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
         rows = int(labelled.sum())
+        test = compare(metric, spec, estimator, champion_estimator, X, y)
     result = gate(
         metric,
         spec.promotion.margin,
@@ -134,11 +149,20 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
         current,
         champion_metrics,
         rows,
+        test=test,
+        significance=spec.promotion.significance,
     )
     if result.promote:
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=result.evidence())
     reg.record_decision(spec.name, {"kind": "promotion_gate", **result.evidence()})
     return result
+
+
+def compare(metric: str, spec: StreamSpec, model_a, model_b, X, y) -> PairedTest:
+    """The one-sided paired test that `model_a` is better than `model_b` on the same rows."""
+    from dagster_project.learning.prequential import row_outputs
+
+    return paired_test(metric, y, row_outputs(model_a, spec, X), row_outputs(model_b, spec, X))
 
 
 def gate_retrain(settings, reg, spec: StreamSpec, version):

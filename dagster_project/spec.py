@@ -172,6 +172,11 @@ class PromotionSpec(_Strict):
     candidate and the champion are scored on them side by side, and the version's learned offsets
     end where the tail begins, so the next batch learns the tail (exactly once). A tail smaller
     than ``min_rows`` is not held out (the gate could not decide on it anyway).
+
+    ``significance`` is the level of the one-sided paired test every champion decision needs on
+    top of its margin (promotion, a retrain's gate, rollback; `registry/significance.py`): the
+    candidate must be significantly better than the champion, a rolled-back champion significantly
+    worse than its predecessor. ``null`` or ``0`` turns the test off (the margin alone decides).
     """
 
     metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task
@@ -179,6 +184,7 @@ class PromotionSpec(_Strict):
     min_rows: int = Field(default=50, ge=1)
     tail_rows: int = Field(default=250, ge=0)
     tail_fraction: float = Field(default=0.2, ge=0, le=0.5)
+    significance: float | None = Field(default=0.05, ge=0, lt=1)
 
 
 class DriftSpec(_Strict):
