@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 MIN_ROWS = 20  # below this no test is attempted: a p-value from a handful of rows misleads
 BOOTSTRAP_RESAMPLES = 2000
@@ -85,6 +84,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, metric: str = "accurac
 
 def mcnemar_counts(a_only: int, b_only: int, rows: int, metric: str = "accuracy") -> PairedTest:
     """McNemar from the discordant counts: under H0 each discordant pair favours A with chance 1/2."""
+    from scipy import stats  # here, not at import: scipy.stats costs ~1.4 s in every run worker's start-up
+
     n = a_only + b_only
     p = float(stats.binom.sf(a_only, n, 0.5) + 0.5 * stats.binom.pmf(a_only, n, 0.5))
     return PairedTest(
@@ -100,6 +101,8 @@ def mcnemar_counts(a_only: int, b_only: int, rows: int, metric: str = "accuracy"
 
 def _auc_components(y: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """AUC and DeLong's structural components (per positive, per negative) from midranks."""
+    from scipy import stats
+
     pos, neg = score[y], score[~y]
     m, n = len(pos), len(neg)
     ranks = stats.rankdata(score)
@@ -112,6 +115,8 @@ def _auc_components(y: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray
 
 def delong(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, metric: str = "roc_auc") -> PairedTest:
     """DeLong's test for two correlated ROC AUCs on the same rows (DeLong et al. 1988; midranks)."""
+    from scipy import stats
+
     y = np.asarray(y).astype(bool)
     rows = len(y)
     m, n = int(y.sum()), int((~y).sum())
@@ -199,6 +204,8 @@ def combine(tests: Sequence[PairedTest]) -> PairedTest | None:
     McNemar sums the discordant counts (exact); the others weight each batch's difference by its
     rows and take a one-sided normal test on the weighted difference with its standard error.
     """
+    from scipy import stats
+
     tests = [t for t in tests if t.p_value is not None]
     if not tests:
         return None
