@@ -201,3 +201,15 @@ def test_the_shipped_specs_load() -> None:
     assert all(f.min == 0 and f.max == 1 for f in phishing.features)
     for spec in specs.values():
         assert spec.batch.rows <= spec.batch.max_rows
+
+
+@pytest.mark.parametrize(("given", "level"), [(None, None), (0, 0.0), (0.01, 0.01)])
+def test_the_significance_level_is_a_probability_or_off(given, level) -> None:
+    spec = StreamSpec.model_validate(_raw(promotion={"significance": given}))
+    assert spec.promotion.significance == level
+    assert StreamSpec.model_validate(_raw()).promotion.significance == 0.05  # the documented default
+
+
+def test_a_significance_of_one_or_more_is_refused() -> None:
+    with pytest.raises(ValidationError, match="promotion.significance"):
+        StreamSpec.model_validate(_raw(promotion={"significance": 1.0}))
