@@ -2,8 +2,9 @@
 
 The version this run registered has not learned its batch's tail (see
 `dagster_project.registry.promotion.tail_split`), and neither has the champion: both are scored
-on it, side by side, and the candidate is promoted or kept in the same run (margin and paired
-significance test: `dagster_project.registry.promotion.gate`). A recently promoted champion is
+on it, side by side, and the candidate is promoted or kept in the same run: promoted unless it
+is worse than the champion by more than the margin and a paired test shows the champion
+significantly better (non-inferiority: `dagster_project.registry.promotion.gate`). A recently promoted champion is
 also compared with its predecessor on every row of the batch (none of which either has learned),
 with the paired test that the champion is worse: the evidence the drift sensor uses to roll back
 a regression. Every comparison is recorded with all the metrics of both models and the test.
@@ -32,10 +33,10 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
         group_name=name,
         ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"]), "model": dg.AssetIn(key=[name, "model"])},
         deps=[dg.AssetKey([name, "model_version"])],
-        description=f"Promotes the version this run registered when its {metric} on the batch's unseen tail "
-        f"(up to {spec.promotion.tail_rows} rows, learned by the next batch) is within {spec.promotion.margin:g} "
-        "of the champion's and a paired test shows it better at level "
-        f"{spec.promotion.significance or 'off'}; neither model has learned those rows.",
+        description=f"Promotes the version this run registered unless its {metric} on the batch's unseen tail "
+        f"(up to {spec.promotion.tail_rows} rows, learned by the next batch) falls short of the champion's by "
+        f"more than {spec.promotion.margin:g} and a paired test shows the champion better at level "
+        f"{spec.promotion.significance or 'off'} (off: the margin alone); neither model has learned those rows.",
     )
     def champion(
         context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel, registry: RegistryResource
@@ -139,7 +140,8 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
         candidate_metrics = evaluate(estimator, spec, X, y).as_metadata()
         champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
         rows = int(labelled.sum())
-        test = compare(metric, spec, estimator, champion_estimator, X, y)
+        # A is the champion: the test asks whether the candidate is really worse (the refusal's case).
+        test = compare(metric, spec, champion_estimator, estimator, X, y)
     result = gate(
         metric,
         spec.promotion.margin,

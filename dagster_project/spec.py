@@ -174,9 +174,11 @@ class PromotionSpec(_Strict):
     than ``min_rows`` is not held out (the gate could not decide on it anyway).
 
     ``significance`` is the level of the one-sided paired test every champion decision needs on
-    top of its margin (promotion, a retrain's gate, rollback; `registry/significance.py`): the
-    candidate must be significantly better than the champion, a rolled-back champion significantly
-    worse than its predecessor. ``null`` or ``0`` turns the test off (the margin alone decides).
+    top of its margin to act against the newer model (promotion, a retrain's gate, rollback;
+    `registry/significance.py`): a candidate beyond the margin is kept a candidate only when the
+    champion is significantly better (otherwise it is promoted: non-inferiority), a champion is
+    rolled back only when significantly worse than its predecessor. ``null`` or ``0`` turns the
+    test off (the margin alone decides).
     """
 
     metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task

@@ -1,15 +1,18 @@
 """Paired significance tests for champion decisions: is model A really better than model B?
 
 Promotion and rollback compare two models on the *same* rows. A metric difference on a few
-hundred rows is mostly sampling noise when both models are weak, so a decision also needs a
-one-sided paired test on the rows' predictions: McNemar's exact mid-p test on the discordant
+hundred rows is mostly sampling noise when both models are weak, so a refusal to promote a
+candidate that falls short of the champion, or a rollback of a champion that falls short of its
+predecessor, also needs a one-sided paired test (A: the model kept or restored, B: the one
+refused or rolled back) on the rows' predictions: McNemar's exact mid-p test on the discordant
 pairs for accuracy, DeLong's test for binary ROC AUC, and a seeded paired bootstrap over rows for
 the loss metrics (MAE, RMSE, log loss). Each returns a `PairedTest` whose ``p_value`` is the
 probability, were A no better than B, of a difference at least as favourable to A as observed.
 
 A test that cannot be computed (too few rows, a single class) says why in ``why_not``: the caller
-then takes no action. Results of several batches combine (`combine`): McNemar by summing the
-discordant counts, the others by a row-weighted normal approximation of their differences.
+then does not act on it (no rollback; a candidate beyond the promotion margin stays a candidate).
+Results of several batches combine (`combine`): McNemar by summing the discordant counts, the
+others by a row-weighted normal approximation of their differences.
 """
 
 from __future__ import annotations
