@@ -4,10 +4,10 @@ The version this run registered has not learned its batch's tail (see
 `dagster_project.registry.promotion.tail_split`), and neither has the champion: both are scored
 on it, side by side, and the candidate is promoted or kept in the same run: promoted unless it
 is worse than the champion by more than the margin and a paired test shows the champion
-significantly better (non-inferiority: `dagster_project.registry.promotion.gate`). A recently promoted champion is
-also compared with its predecessor on every row of the batch (none of which either has learned),
-with the paired test that the champion is worse: the evidence the drift sensor uses to roll back
-a regression. Every comparison is recorded with all the metrics of both models and the test.
+significantly better (non-inferiority: `dagster_project.registry.promotion.gate`). A recently
+promoted champion is also compared with its predecessor on every row of the batch (none of which
+either has learned), with the paired test that the champion is worse: the evidence the drift
+sensor uses to roll back a regression. Every comparison is recorded with all the metrics of both models and the test.
 """
 
 import time

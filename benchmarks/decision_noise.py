@@ -2,21 +2,26 @@
 
 Each trial draws disjoint rows from one stationary stream (scikit-learn's `make_classification`
 or `make_regression`, one fixed concept), trains two SGD models on different halves, and runs
-Streamfit's own decision code on fresh tail rows neither learned: the promotion gate
-(`registry.promotion.gate`, candidate A vs champion B on ``PROMOTION_ROWS``) and the rollback
-rule (`monitors.decisions.decide`, champion B vs predecessor A on ``ROLLBACK_ROWS``), once with
-the margin alone (significance off, the old behaviour) and once with margin and paired test at
-``LEVEL``.
+Streamfit's own decision code on fresh tail rows neither learned, once with the margin alone
+(significance off, the old behaviour) and once with margin and paired test at ``LEVEL``:
+
+- the promotion gate (`registry.promotion.gate`, non-inferiority) with A as the champion and B as
+  the candidate on ``PROMOTION_ROWS``: the action counted is a *refusal*, keeping A (the test is
+  "A better than B", and only turns a refusal beyond the margin into a promotion);
+- the rollback rule (`monitors.decisions.decide`) with B as the champion and A as its
+  predecessor on ``ROLLBACK_ROWS``: the action counted is a rollback of B to A.
+
+Either action goes against B, the model that is never better.
 
 *Exchangeable* trials: the *equal* pair with each row's two outputs swapped at random, so neither
 model is better on any population of rows: the rate of action there is each test's real false
 positive rate (one-sided, at most ``LEVEL``). *Equal* trials: both models learn the same number
-of rows of the same stream, so every promotion or rollback between them is a false action in
+of rows of the same stream, so every refusal or rollback between them is a false action in
 expectation (each trial's pair still differs a little, by chance in training: the sd of the true
-gap says how much). *Better* trials: model B learns labels with a share flipped at random
+gap says how much). *Handicapped* trials: model B learns labels with a share flipped at random
 (targets with extra noise for regression), so A is really better by the gap measured on a large
-holdout (A − B: positive for AUC and accuracy, negative for RMSE); a promotion of A, or a
-rollback of B, is then a detection.
+holdout (A − B: positive for AUC and accuracy, negative for RMSE); keeping champion A over
+candidate B, or rolling champion B back to A, is then a detection (power).
 
 `python -m benchmarks.decision_noise [--full]` prints the table on its own (no broker needed).
 """
@@ -41,7 +46,7 @@ POOL_ROWS = 60_000
 HOLDOUT_ROWS = 20_000  # where the true gap of a trial's two models is measured
 TRUE_GAP_TRIALS = 30  # trials whose gap is measured on the holdout (enough for its mean and sd)
 EXCHANGEABLE = "exchangeable (exact null)"
-RATES = ("promote_margin", "promote_test", "rollback_margin", "rollback_test")
+RATES = ("keep_margin", "keep_test", "rollback_margin", "rollback_test")
 
 SETTINGS = {  # name: metrics, task, generator settings, handicaps of B for the "better" trials
     "near-chance classification": (("roc_auc", "accuracy"), "classification", {"class_sep": 0.25}, (0.2, 0.35)),
@@ -113,21 +118,21 @@ def _swap(out_a: dict[str, Any], out_b: dict[str, Any], rng: np.random.Generator
 
 
 def _decisions(metric: str, y_tail: np.ndarray, out_a, out_b, rows: int) -> dict[str, bool]:
-    """Promotion of A over champion B, and rollback of champion B to predecessor A: margin alone, and with the test."""
+    """Champion A keeps candidate B out, and champion B is rolled back to predecessor A: margin alone,
+    and with the test (A better than B, one-sided, on the same rows)."""
     from dagster_project.registry.promotion import HIGHER_IS_BETTER, gate
     from dagster_project.registry.significance import paired_test
     from monitors.decisions import ChampionComparison, DecisionConfig, decide
 
     y_p, y_r = y_tail[:PROMOTION_ROWS], y_tail[PROMOTION_ROWS : PROMOTION_ROWS + rows]
-    head = {k: (v[:PROMOTION_ROWS] if v is not None else None) for k, v in out_a.items()}
-    champ = {k: (v[:PROMOTION_ROWS] if v is not None else None) for k, v in out_b.items()}
-    m_a, m_b = _metrics(metric, y_p, head), _metrics(metric, y_p, champ)
-    test = paired_test(metric, y_p, head, champ)
+    champ = {k: (v[:PROMOTION_ROWS] if v is not None else None) for k, v in out_a.items()}
+    head = {k: (v[:PROMOTION_ROWS] if v is not None else None) for k, v in out_b.items()}
+    m_champ, m_head = _metrics(metric, y_p, champ), _metrics(metric, y_p, head)
+    test = paired_test(metric, y_p, champ, head)
     out = {}
     for name, level in (("margin", None), ("test", LEVEL)):
-        out[f"promote_{name}"] = gate(
-            metric, PROMOTION_MARGIN, 50, "A", m_a, "B", m_b, PROMOTION_ROWS, test, level
-        ).promote
+        result = gate(metric, PROMOTION_MARGIN, 50, "B", m_head, "A", m_champ, PROMOTION_ROWS, test, level)
+        out[f"keep_{name}"] = not result.promote
 
     tail = slice(PROMOTION_ROWS, PROMOTION_ROWS + rows)
     pred = {k: (v[tail] if v is not None else None) for k, v in out_a.items()}
@@ -192,7 +197,7 @@ def _setting(metrics: tuple[str, ...], task: str, params: dict, handicaps: tuple
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Every setting: rates of promotion and rollback with the margin alone and with margin and test."""
+    """Every setting: rates of refused promotion and of rollback with the margin alone and with margin and test."""
     trials = 50 if quick else 1_000
     started = time.perf_counter()
     out: dict[str, Any] = {
@@ -212,8 +217,8 @@ def run(quick: bool) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> list[str]:
     """Markdown rows: per setting, metric and case, the true gap and the four rates."""
     lines = [
-        "| setting | metric | case | true gap A − B (sd), B's value | promote A: margin | + test "
-        "| roll back B: margin | + test |",
+        "| setting | metric | case | true gap A − B (sd), B's value | keep champion A, refuse B: margin | + test "
+        "| roll back champion B to A: margin | + test |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, setting in result["settings"].items():
@@ -221,7 +226,7 @@ def table(result: dict[str, Any]) -> list[str]:
             for case, r in cases.items():
                 lines.append(
                     f"| {name} | {metric} | {case} | {r['true_gap_a_minus_b']:+.4f} ({r['true_gap_sd']:.4f}), "
-                    f"{r['true_value_b']:.3f} | {r['promote_margin']:.1%} | {r['promote_test']:.1%} "
+                    f"{r['true_value_b']:.3f} | {r['keep_margin']:.1%} | {r['keep_test']:.1%} "
                     f"| {r['rollback_margin']:.1%} | {r['rollback_test']:.1%} |"
                 )
     return lines
