@@ -2,10 +2,12 @@
 
 The version this run registered has not learned its batch's tail (see
 `dagster_project.registry.promotion.tail_split`), and neither has the champion: both are scored
-on it, side by side, and the candidate is promoted or kept in the same run. A recently promoted
-champion is also compared with its predecessor on every row of the batch (none of which either
-has learned): the evidence the drift sensor uses to roll back a regression. Every comparison is
-recorded with all the metrics of both models.
+on it, side by side, and the candidate is promoted or kept in the same run: promoted unless it
+is worse than the champion by more than the margin and a paired test shows the champion
+significantly better (non-inferiority: `dagster_project.registry.promotion.gate`). A recently
+promoted champion is also compared with its predecessor on every row of the batch (none of which
+either has learned), with the paired test that the champion is worse: the evidence the drift
+sensor uses to roll back a regression. Every comparison is recorded with all the metrics of both models and the test.
 """
 
 import time
@@ -16,6 +18,7 @@ import dagster as dg
 from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.registry.promotion import default_metric, gate
+from dagster_project.registry.significance import PairedTest, paired_test
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -30,9 +33,10 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
         group_name=name,
         ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"]), "model": dg.AssetIn(key=[name, "model"])},
         deps=[dg.AssetKey([name, "model_version"])],
-        description=f"Promotes the version this run registered when its {metric} on the batch's unseen tail "
-        f"(up to {spec.promotion.tail_rows} rows, learned by the next batch) is within {spec.promotion.margin:g} "
-        "of the champion's; neither model has learned those rows.",
+        description=f"Promotes the version this run registered unless its {metric} on the batch's unseen tail "
+        f"(up to {spec.promotion.tail_rows} rows, learned by the next batch) falls short of the champion's by "
+        f"more than {spec.promotion.margin:g} and a paired test shows the champion better at level "
+        f"{spec.promotion.significance or 'off'} (off: the margin alone); neither model has learned those rows.",
     )
     def champion(
         context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel, registry: RegistryResource
@@ -61,8 +65,12 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
         ):
             X, y = rows
             predecessor = promoted["previous"]
-            champion_metrics = evaluate(reg.load_estimator(name, current), spec, X, y).as_metadata()
-            predecessor_metrics = evaluate(reg.load_estimator(name, predecessor), spec, X, y).as_metadata()
+            champion_estimator = reg.load_estimator(name, current)
+            predecessor_estimator = reg.load_estimator(name, predecessor)
+            champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
+            predecessor_metrics = evaluate(predecessor_estimator, spec, X, y).as_metadata()
+            # A is the predecessor: the test asks whether the champion is worse (the rollback's case).
+            test = compare(metric, spec, predecessor_estimator, champion_estimator, X, y)
             reg.record_decision(
                 name,
                 {
@@ -75,10 +83,12 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
                     "champion_metrics": champion_metrics,
                     "predecessor_metrics": predecessor_metrics,
                     "rows": len(y),
+                    "test": test.to_dict(),
                 },
             )
             metadata[f"predecessor_{metric}"] = predecessor_metrics.get(metric)
             metadata[f"champion_{metric}_on_batch"] = champion_metrics.get(metric)
+            metadata["regression_p_value"] = test.p_value
 
         if candidate is None or candidate == current:
             return dg.MaterializeResult(metadata={**metadata, "decision": "no challenger"})
@@ -100,6 +110,9 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
                 "candidate_metric": result.candidate_value,
                 "champion_metric": result.champion_value,
                 "unseen_rows": result.rows,
+                "p_value": result.p_value,
+                "test": (result.test or {}).get("test", "none"),
+                "significance": result.significance or 0.0,
                 "candidate_metrics": dg.MetadataValue.json(result.candidate_metrics or {}),
                 "champion_metrics": dg.MetadataValue.json(result.champion_metrics or {}),
                 "reason": result.reason,
@@ -116,15 +129,19 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
 
     current = reg.champion(spec.name)
     labelled = unseen.labelled if unseen is not None and unseen.rows else None
+    test = None
     if labelled is None or not labelled.any():
         candidate_metrics: dict = {}
         champion_metrics: dict = {}
         rows = 0
     else:
         X, y = unseen.X[labelled], unseen.y[labelled]
+        champion_estimator = reg.load_estimator(spec.name, current)
         candidate_metrics = evaluate(estimator, spec, X, y).as_metadata()
-        champion_metrics = evaluate(reg.load_estimator(spec.name, current), spec, X, y).as_metadata()
+        champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
         rows = int(labelled.sum())
+        # A is the champion: the test asks whether the candidate is really worse (the refusal's case).
+        test = compare(metric, spec, champion_estimator, estimator, X, y)
     result = gate(
         metric,
         spec.promotion.margin,
@@ -134,11 +151,20 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
         current,
         champion_metrics,
         rows,
+        test=test,
+        significance=spec.promotion.significance,
     )
     if result.promote:
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=result.evidence())
     reg.record_decision(spec.name, {"kind": "promotion_gate", **result.evidence()})
     return result
+
+
+def compare(metric: str, spec: StreamSpec, model_a, model_b, X, y) -> PairedTest:
+    """The one-sided paired test that `model_a` is better than `model_b` on the same rows."""
+    from dagster_project.learning.prequential import row_outputs
+
+    return paired_test(metric, y, row_outputs(model_a, spec, X), row_outputs(model_b, spec, X))
 
 
 def gate_retrain(settings, reg, spec: StreamSpec, version):

@@ -1,4 +1,5 @@
-"""Model quality: prequential ROC AUC on Phishing, and recovery after the synthetic concept change.
+"""Model quality: prequential ROC AUC on Phishing, recovery after the synthetic concept change, and
+how often champion decisions act on noise (`benchmarks.decision_noise`).
 
 Phishing (River's 1,250 pages, in River's arrival order): Streamfit's default estimator for the
 `phishing` stream (the shipped spec: `sgd_classifier` behind a `StandardScaler`) learns in
@@ -165,4 +166,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         )
     progress("quality: recovery after the synthetic concept change (batches of 1,000 and 100, and River)")
     result["concept_change"] = concept_change(ctx)
+    from benchmarks import decision_noise
+
+    result["decisions"] = decision_noise.run(ctx.mode.quick)
     return result

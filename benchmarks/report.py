@@ -233,6 +233,13 @@ def render(results: dict[str, Any]) -> str:
                 rows.append([label, _n(r["pre_change_accuracy"], 3), after, str(r["rows_to_recover"]), _n(w[-1], 3)])
             out += _table(["", "before", "4 windows after", "rows to recover", "last window"], rows)
 
+    decisions = (quality or {}).get("decisions")
+    if decisions and "settings" in decisions:
+        from benchmarks.decision_noise import table
+
+        out += ["", f"   Champion decisions under noise (paired test at {decisions['level']:g}; rates of action)"]
+        out += ["   " + line for line in table(decisions)]
+
     cost = results.get("cost")
     if cost and "imports" in cost:
         out += ["", "5. Cost (fresh processes)"]

@@ -319,6 +319,13 @@ class PromotionSpec(_Strict):
     candidate and the champion are scored on them side by side, and the version's learned offsets
     end where the tail begins, so the next batch learns the tail (exactly once). A tail smaller
     than ``min_rows`` is not held out (the gate could not decide on it anyway).
+
+    ``significance`` is the level of the one-sided paired test every champion decision needs on
+    top of its margin to act against the newer model (promotion, a retrain's gate, rollback;
+    `registry/significance.py`): a candidate beyond the margin is kept a candidate only when the
+    champion is significantly better (otherwise it is promoted: non-inferiority), a champion is
+    rolled back only when significantly worse than its predecessor. ``null`` or ``0`` turns the
+    test off (the margin alone decides).
     """
 
     metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task
@@ -326,6 +333,7 @@ class PromotionSpec(_Strict):
     min_rows: int = Field(default=50, ge=1)
     tail_rows: int = Field(default=250, ge=0)
     tail_fraction: float = Field(default=0.2, ge=0, le=0.5)
+    significance: float | None = Field(default=0.05, ge=0, lt=1)
 
 
 class DriftSpec(_Strict):

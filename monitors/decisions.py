@@ -8,9 +8,12 @@ champion vs predecessor on the same recent rows, the last action) and records th
 Rules, in order:
 
 1. **Rollback** when the champion was promoted within ``rollback_window_s``, has been compared with
-   its predecessor on at least ``min_comparison_rows`` of the same recent rows, and is worse by more
-   than ``regression_margin`` (absolute, in the metric's units). Never when the predecessor is the
-   version the last rollback moved away from (that would undo it: flapping).
+   its predecessor on at least ``min_comparison_rows`` of the same recent rows, is worse by more
+   than ``regression_margin`` (absolute, in the metric's units) and, unless ``significance`` is
+   None or 0, a one-sided paired test on those rows (`dagster_project.registry.significance`) shows
+   it worse at that level: a noise-sized difference between two weak models is no regression. No
+   action when the test could not be computed. Never when the predecessor is the version the last
+   rollback moved away from (that would undo it: flapping).
 2. **Retrain** on concept drift (any change detection) or on data drift seen in at least
    ``hysteresis`` consecutive evaluations (the most recent ones). Rollback wins over retrain: a
    regressed champion is fixed first, and retraining can follow after the cooldown.
@@ -28,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from dagster_project.registry.significance import PairedTest, significant
 from monitors.detectors import ChangeResult
 from monitors.drift import DriftReport
 
@@ -43,22 +47,27 @@ class DecisionConfig:
     regression_margin: float = 0.02
     rollback_window_s: float = 3600.0
     min_comparison_rows: int = 200
+    significance: float | None = 0.05  # the paired test's level (promotion.significance); None/0: off
 
     def __post_init__(self) -> None:
         if self.cooldown_s < 0 or self.rollback_window_s < 0 or self.regression_margin < 0:
             raise ValueError("cooldown_s, rollback_window_s and regression_margin must be >= 0")
+        if self.significance is not None and not 0 <= self.significance < 1:
+            raise ValueError(f"significance must be in [0, 1) or None (test off), got {self.significance}")
         if self.hysteresis < 1 or self.min_comparison_rows < 1:
             raise ValueError("hysteresis and min_comparison_rows must be >= 1")
 
     @classmethod
-    def from_spec(cls, drift_spec: Any) -> DecisionConfig:
-        """From a `dagster_project.spec.DriftSpec` (or anything with the same attributes)."""
+    def from_spec(cls, drift_spec: Any, significance: float | None = 0.05) -> DecisionConfig:
+        """From a `dagster_project.spec.DriftSpec` (or anything with the same attributes) and the
+        stream's ``promotion.significance``: promotion and rollback use one level."""
         return cls(
             cooldown_s=drift_spec.cooldown_s,
             hysteresis=drift_spec.hysteresis,
             regression_margin=drift_spec.regression_margin,
             rollback_window_s=drift_spec.rollback_window_s,
             min_comparison_rows=drift_spec.min_comparison_rows,
+            significance=significance,
         )
 
 
@@ -84,6 +93,7 @@ class ChampionComparison:
     rows: int
     promoted_at: float  # when the champion became champion (epoch seconds)
     higher_is_better: bool = True
+    test: PairedTest | None = None  # one-sided: the predecessor (A) is better than the champion (B)
 
     @property
     def regression(self) -> float:
@@ -116,6 +126,8 @@ def _rollback(
     c = comparison
     evidence: dict[str, Any] = {"considered": True, **asdict(c), "regression": c.regression}
     evidence["margin"] = config.regression_margin
+    evidence["significance"] = config.significance
+    evidence["p_value"] = c.test.p_value if c.test else None
     age = now - c.promoted_at
     if age > config.rollback_window_s:
         why = (
@@ -143,9 +155,21 @@ def _rollback(
             ],
             evidence,
         )
-    reason = (
-        f"regression: champion {c.champion} {numbers}, worse by {c.regression:.4f} > margin {config.regression_margin}"
-    )
+    worse = f"worse by {c.regression:.4f} > margin {config.regression_margin}"
+    if config.significance and (c.test is None or c.test.p_value is None):
+        why = c.test.describe() if c.test is not None else "no paired test recorded"
+        return False, [f"kept {c.champion}: {numbers}, {worse}, but {why}; no action"], evidence
+    if not significant(c.test, config.significance):
+        return (
+            False,
+            [
+                f"kept {c.champion}: {numbers}, {worse}, difference not significant "
+                f"({c.test.describe()} >= {config.significance:g})"
+            ],
+            evidence,
+        )
+    tested = f" ({c.test.describe()} < {config.significance:g})" if config.significance and c.test else ""
+    reason = f"regression: champion {c.champion} {numbers}, {worse}{tested}"
     if last_action is not None and last_action.action == "rollback" and last_action.from_version == c.predecessor:
         why = (
             f"rollback suppressed (flapping): predecessor {c.predecessor} is the version the rollback at "

@@ -15,6 +15,7 @@ import numpy as np
 
 from dagster_project.names import version_number
 from dagster_project.registry.promotion import HIGHER_IS_BETTER
+from dagster_project.registry.significance import PairedTest, combine
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 from monitors.decisions import ChampionComparison, DecisionConfig, LastAction
@@ -77,7 +78,7 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
     action = last_action(registry, name)
     since = action.at if action else 0.0
     fresh = [v for v in versions if _epoch(v.meta["created_at"]) > since]
-    config = DecisionConfig.from_spec(spec.drift)
+    config = DecisionConfig.from_spec(spec.drift, spec.promotion.significance)
     thresholds = DriftThresholds.from_spec(spec.drift)
 
     reports: list[DriftReport] = []
@@ -176,6 +177,9 @@ def _comparison(registry: ModelRegistry, stream: str, champion: str | None) -> C
     rows = sum(c["rows"] for c in checks)
     weighted = lambda key: sum(c[key] * c["rows"] for c in checks) / rows  # noqa: E731
     metric = checks[-1]["metric"]
+    # Checks recorded before paired tests existed have none; combining the rest could hide them.
+    tests = [PairedTest.from_dict(c["test"]) for c in checks if c.get("test")]
+    test = combine(tests) if len(tests) == len(checks) else None
     return ChampionComparison(
         champion=champion,
         predecessor=promoted["previous"],
@@ -185,6 +189,7 @@ def _comparison(registry: ModelRegistry, stream: str, champion: str | None) -> C
         rows=rows,
         promoted_at=_epoch(promoted["at"]),
         higher_is_better=HIGHER_IS_BETTER[metric],
+        test=test,
     )
 
 
@@ -203,5 +208,7 @@ def describe(evidence: Evidence) -> dict[str, Any]:
             "champion": evidence.comparison.champion_value,
             "predecessor": evidence.comparison.predecessor_value,
             "rows": evidence.comparison.rows,
+            "test": evidence.comparison.test.test if evidence.comparison.test else None,
+            "p_value": evidence.comparison.test.p_value if evidence.comparison.test else None,
         },
     }

@@ -65,6 +65,9 @@ def test_quick_benchmark_prints_the_table_and_writes_every_section(kafka_bootstr
     assert set(phishing) == {"10", "50", "100", "250"}
     assert all(0.5 < b["streamfit_roc_auc"] <= 1 for b in phishing.values())
     assert results["quality"]["concept_change"]["streamfit"]["1000"]["accuracy_per_window"]
+    decisions = results["quality"]["decisions"]["settings"]
+    assert set(decisions["near-chance classification"]) == {"roc_auc", "accuracy"}
+    assert "equal" in decisions["noisy regression"]["rmse"]
 
     assert results["cost"]["imports"] and results["cost"]["training_step"]["10000"]["peak_rss_mib"] > 0
 

@@ -224,6 +224,9 @@ class Watcher:
                 return f"{d['candidate']} not gated: {d['reason']}"
             values = f"{d['candidate_value']:.3f} vs {d['champion']} {d['champion_value']:.3f}"
             numbers = f"{metric} {values} on {rows} unseen rows"
+            test = d.get("test") or {}
+            if test.get("p_value") is not None:
+                numbers += f" ({test['test']} p={test['p_value']:.3g})"
             if d["promote"]:
                 self.promoted_at[d["candidate"]] = time.monotonic()
                 return f"{d['candidate']} promoted: {numbers}"

@@ -107,6 +107,21 @@ def evaluate(model: Pipeline, spec: StreamSpec, X: np.ndarray, y: np.ndarray) ->
     return _score_regressor(model, X, np.asarray(y))[0]
 
 
+def row_outputs(model: Pipeline, spec: StreamSpec, X: np.ndarray) -> dict[str, np.ndarray | None]:
+    """Per-row outputs the paired tests need (`registry.significance.paired_test`): ``predicted``,
+    plus ``proba`` (classifiers with probabilities) and ``scores`` (one positive-class score per
+    row, binary classifiers only)."""
+    X = np.asarray(X, dtype=np.float64)
+    out: dict[str, np.ndarray | None] = {"predicted": model.predict(X), "proba": None, "scores": None}
+    if spec.task != "classification":
+        return out
+    if hasattr(model, "predict_proba"):
+        out["proba"] = model.predict_proba(X)
+    if len(spec.label.classes) == 2:
+        out["scores"] = out["proba"][:, 1] if out["proba"] is not None else model.decision_function(X)
+    return out
+
+
 # Not a test, despite the name: keeps pytest from collecting it when a test module imports it.
 test_then_train.__test__ = False  # type: ignore[attr-defined]
 test_then_train_partitioned.__test__ = False  # type: ignore[attr-defined]

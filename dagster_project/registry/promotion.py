@@ -1,10 +1,16 @@
-"""The promotion gate: a candidate replaces the champion only if it is not measurably worse.
+"""The promotion gate: a candidate replaces the champion unless it is measurably worse.
 
 Both models are scored on the same unseen rows: the tail of the batch the candidate was trained
 on, which neither the candidate nor the champion has learned (`tail_split`). The candidate's
 learned offsets end where the tail begins, so the next batch learns the tail: no row is thrown
-away and none is learned twice. Every decision, promote or not, is recorded with all the metrics
-of both models.
+away and none is learned twice. The rule is non-inferiority: the candidate has learned strictly
+more data, so promoting it is the default and the served champion stays fresh. It is promoted
+when it is within the margin of the champion (or better); when it falls short by more than the
+margin it is kept a candidate only if a one-sided paired test on those rows (`significance`:
+champion better than candidate) confirms the shortfall at the stream's level, so sampling noise
+alone can neither swap the served model for a worse one nor hold a fresh one back. Every
+decision, promote or not, is recorded with all the metrics of both models and the test's name,
+statistic and p-value.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster_project.kafka.offsets import Ranges
+from dagster_project.registry.significance import PairedTest, significant
 
 HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mae": False, "rmse": False}
 
@@ -66,6 +73,12 @@ class GateResult:
     reason: str
     candidate_metrics: dict[str, Any] | None = None  # every metric of both models on the same rows
     champion_metrics: dict[str, Any] | None = None
+    significance: float | None = None  # the test's level; None or 0: the margin alone decided
+    test: dict[str, Any] | None = None  # `PairedTest.to_dict()`: champion (A) better than candidate (B)
+
+    @property
+    def p_value(self) -> float | None:
+        return (self.test or {}).get("p_value")
 
     def evidence(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,8 +93,16 @@ def gate(
     champion: str,
     champion_metrics: dict[str, float],
     rows: int,
+    test: PairedTest | None = None,
+    significance: float | None = None,
 ) -> GateResult:
-    """Promote when the candidate is within `margin` of the champion (or better) on `metric`."""
+    """Promote unless the candidate is measurably worse than the champion on `metric`.
+
+    `test` is the one-sided paired test that the champion (A) is better than the candidate (B) on
+    the same `rows`. Within `margin` of the champion (or better): promote. Worse by more than the
+    margin: keep the champion when `significance` is None or 0 (the margin alone decides), when
+    the test could not be computed, or when it is significant (p < `significance`); otherwise the
+    shortfall is noise and the candidate is promoted. Too few rows or no metric: deferred."""
     cand, champ = candidate_metrics.get(metric), champion_metrics.get(metric)
 
     def result(promote: bool, reason: str) -> GateResult:
@@ -97,6 +118,8 @@ def gate(
             reason,
             dict(candidate_metrics),
             dict(champion_metrics),
+            significance or None,
+            test.to_dict() if test is not None else None,
         )
 
     if rows < min_rows:
@@ -105,7 +128,19 @@ def gate(
         return result(False, f"{metric} not computable on this batch (e.g. a single class); decision deferred")
     higher = HIGHER_IS_BETTER[metric]
     shortfall = (champ - cand) if higher else (cand - champ)
-    verdict = f"{metric} {cand:.4f} vs champion {champion} {champ:.4f} on {rows} unseen rows"
+    numbers = f"{metric} {cand:.4f} vs {champion} {champ:.4f} on {rows} unseen rows"
+    promoted, kept = (
+        f"{candidate} promoted: {numbers}",
+        f"kept {champion} ({candidate} stays a candidate): {candidate} {numbers}",
+    )
     if shortfall <= margin:
-        return result(True, f"promoted: {verdict} (within margin {margin:g})")
-    return result(False, f"kept as candidate: {verdict} is worse by {shortfall:.4f} > margin {margin:g}")
+        return result(True, f"{promoted} (within margin {margin:g})")
+    worse = f"worse by {shortfall:.4f} > margin {margin:g}"
+    if not significance:
+        return result(False, f"{kept}, {worse}")
+    if test is None or test.p_value is None:
+        why = test.describe() if test is not None else "no paired test"
+        return result(False, f"{kept}, {worse}; the test could not be computed ({why}), so the margin decides")
+    if significant(test, significance):
+        return result(False, f"{kept}, {worse} and significant ({test.describe()} < {significance:g})")
+    return result(True, f"{promoted}, {worse} but not significant ({test.describe()} >= {significance:g})")

@@ -40,7 +40,7 @@ def test_the_tail_is_shared_by_rows_and_skipped_when_too_small():
     assert tail_split({0: (0, 1000)}, 0, 0.2, 50) == {0: 1000}  # tail_rows 0: off
 
 
-def test_a_better_candidate_is_promoted_in_the_run_that_trains_it(
+def test_a_candidate_within_the_margin_is_promoted_in_the_run_that_trains_it(
     kafka_settings, spec, registry, stream_defs, instance
 ):
     produce_synthetic(kafka_settings, spec, 1500)
@@ -59,22 +59,61 @@ def test_a_better_candidate_is_promoted_in_the_run_that_trains_it(
     for side in ("candidate_metrics", "champion_metrics"):  # every metric of both models
         assert {"rows", "accuracy", "roc_auc", "log_loss"} <= set(decision[side]), decision[side]
     assert decision["candidate_value"] == decision["candidate_metrics"]["roc_auc"]
+    # Both rank this easy stream almost perfectly: within the margin, promoted; the test is recorded
+    # (champion A vs candidate B) but only a shortfall beyond the margin consults it.
+    test = decision["test"]
+    assert test["test"] == "DeLong" and test["rows"] == 100 and test["p_value"] is not None
+    assert decision["significance"] == 0.05 and decision["reason"].endswith("(within margin 0.01)")
     v2 = registry.head(spec.name)
     assert v2.meta["offsets"]["batch"] == {"0": [200, 500], "1": [200, 500]}, "v2 learned v1's tail first"
     assert v2.learned == {0: 450, 1: 450}
     gate = result.asset_materializations_for_node(f"{spec.name}__champion")[0]
     assert gate.metadata["promoted"].value == 1 and gate.metadata["unseen_rows"].value == 100
+    assert gate.metadata["p_value"].value == test["p_value"] and gate.metadata["test"].value == "DeLong"
 
 
-def test_a_worse_candidate_stays_a_candidate(kafka_settings, spec, registry, stream_defs, instance):
-    produce_synthetic(kafka_settings, spec, 1000)
-    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
-    v1 = registry.head(spec.name)
-    # A saboteur's model: trained on inverted labels, registered as the head at v1's offsets.
+def _saboteur(spec):
+    """A model trained on inverted labels: it ranks the synthetic stream backwards."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 5))
     y = (X @ np.array([1.5, -2.0, 1.0, 0.0, 0.5]) <= 0).astype(int)
-    bad = partial_fit(build_model(spec), X, y, np.array([0, 1]))
+    return partial_fit(build_model(spec), X, y, np.array([0, 1]))
+
+
+def test_a_really_better_candidate_is_promoted_with_the_tests_p_value(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    produce_synthetic(kafka_settings, spec, 1500)
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
+    v1 = registry.head(spec.name)
+    # A bad champion (v2, served by hand) while the head (v3) is v1's good model again.
+    bad = _saboteur(spec)
+    registry.register(spec.name, "v1", export_onnx(bad, 5), bad, {**v1.meta, "metrics": {}})
+    registry.set_champion(spec.name, "v2", reason="manual: a bad model for the test")
+    good = registry.load_estimator(spec.name, "v1")
+    registry.register(spec.name, "v2", export_onnx(good, 5), good, {**v1.meta, "metrics": {}})
+
+    result = run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 300), instance)
+
+    assert registry.champion(spec.name) == "v4"
+    (decision,) = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
+    # The test asks whether the champion (A) is better than the candidate (B): it is far from it.
+    assert decision["promote"] and decision["champion"] == "v2" and decision["test"]["p_value"] > 1 - 1e-6
+    assert decision["test"]["difference"] < -0.5
+    assert decision["reason"].startswith("v4 promoted: roc_auc ")
+    assert decision["reason"].endswith("on 100 unseen rows (within margin 0.01)")
+    gate = result.asset_materializations_for_node(f"{spec.name}__champion")[0]
+    assert gate.metadata["promoted"].value == 1 and gate.metadata["p_value"].value > 1 - 1e-6
+    assert registry.champion_history(spec.name)[-1]["reason"] == decision["reason"]
+
+
+def test_a_really_worse_candidate_stays_a_candidate_with_the_tests_p_value(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    produce_synthetic(kafka_settings, spec, 1000)
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
+    v1 = registry.head(spec.name)
+    bad = _saboteur(spec)  # registered as the head at v1's offsets
     registry.register(spec.name, "v1", export_onnx(bad, 5), bad, {**v1.meta, "metrics": {}})
 
     assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
@@ -83,7 +122,10 @@ def test_a_worse_candidate_stays_a_candidate(kafka_settings, spec, registry, str
     (decision,) = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
     assert not decision["promote"] and decision["candidate"] == "v3"  # the saboteur's child
     assert decision["champion_value"] - decision["candidate_value"] > 0.5
-    assert "kept as candidate" in decision["reason"]
+    p = decision["test"]["p_value"]  # champion (A) significantly better than the candidate (B)
+    assert decision["test"]["test"] == "DeLong" and p < 1e-6 and decision["test"]["difference"] > 0.5
+    assert decision["reason"].startswith("kept v1 (v3 stays a candidate): v3 roc_auc ")
+    assert decision["reason"].endswith(f"> margin 0.01 and significant (DeLong p={p:.1e} < 0.05)")
 
 
 def test_every_row_is_learned_exactly_once_across_tails(kafka_settings, kafka_bootstrap, spec, registry, instance):

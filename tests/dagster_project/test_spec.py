@@ -240,3 +240,15 @@ def test_derived_features_follow_the_event_features_in_the_model_inputs() -> Non
     assert spec.feature_names == ["a", "b"]
     assert spec.input_names == ["a", "b", "a_mean", "n_1h"]
     assert spec.event_time.lateness == 90.0 and spec.derived[0].window == 0.5 and spec.derived[1].window == 3600.0
+
+
+@pytest.mark.parametrize(("given", "level"), [(None, None), (0, 0.0), (0.01, 0.01)])
+def test_the_significance_level_is_a_probability_or_off(given, level) -> None:
+    spec = StreamSpec.model_validate(_raw(promotion={"significance": given}))
+    assert spec.promotion.significance == level
+    assert StreamSpec.model_validate(_raw()).promotion.significance == 0.05  # the documented default
+
+
+def test_a_significance_of_one_or_more_is_refused() -> None:
+    with pytest.raises(ValidationError, match="promotion.significance"):
+        StreamSpec.model_validate(_raw(promotion={"significance": 1.0}))

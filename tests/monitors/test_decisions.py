@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from dagster_project.registry.significance import PairedTest, delong, mcnemar_counts, paired_bootstrap
 from dagster_project.spec import DriftSpec
 from monitors.decisions import ChampionComparison, Decision, DecisionConfig, LastAction, decide
 from monitors.detectors import ChangeResult
@@ -51,6 +54,12 @@ def _change(at: float | None = NOW - 30) -> ChangeResult:
     )
 
 
+def _mcnemar(champion_value: float, predecessor_value: float, rows: int) -> PairedTest:
+    """The McNemar test behind such a comparison: 20 rows only the champion gets right, the rest
+    of the accuracy gap in rows only the predecessor (test side A) gets right."""
+    return mcnemar_counts(20 + round((predecessor_value - champion_value) * rows), 20, rows)
+
+
 def _comparison(champion_value: float = 0.70, promoted_ago: float = 300, rows: int = 500) -> ChampionComparison:
     return ChampionComparison(
         champion="v7",
@@ -60,6 +69,7 @@ def _comparison(champion_value: float = 0.70, promoted_ago: float = 300, rows: i
         predecessor_value=0.85,
         rows=rows,
         promoted_at=NOW - promoted_ago,
+        test=_mcnemar(champion_value, 0.85, rows),
     )
 
 
@@ -109,15 +119,79 @@ def test_hysteresis_suppresses_unconfirmed_data_drift(reference: dict, pattern: 
 def test_rollback_when_the_new_champion_regressed() -> None:
     decision = _decide(comparison=_comparison(champion_value=0.70))
     assert decision.action == "rollback" and decision.rollback_to == "v6"
+    p = decision.evidence["rollback"]["p_value"]
+    assert p == _mcnemar(0.70, 0.85, 500).p_value and p < 1e-10
     assert decision.reasons == [
         "regression: champion v7 accuracy 0.7000 vs predecessor v6 0.8500 on the same 500 rows "
-        "(higher is better), worse by 0.1500 > margin 0.02"
+        f"(higher is better), worse by 0.1500 > margin 0.02 (McNemar mid-p p={p:.1e} < 0.05)"
     ]
     assert decision.evidence["rollback"]["regression"] == pytest.approx(0.15)
 
 
+def _near_chance_auc_pair(seed: int, rows: int, champion_signal: float):
+    """Labels and two correlated weak scorers: the predecessor's signal 0.3 (AUC about 0.58)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, rows)
+    common = rng.normal(size=rows)
+    champion = champion_signal * y + common + rng.normal(size=rows)
+    predecessor = 0.3 * y + common + rng.normal(size=rows)
+    return y, champion, predecessor
+
+
+def _auc_comparison(y, champion, predecessor) -> ChampionComparison:
+    test = delong(y == 1, predecessor, champion)  # A: the predecessor, is it better?
+    return ChampionComparison(
+        "v7",
+        "v6",
+        "roc_auc",
+        roc_auc_score(y, champion),
+        roc_auc_score(y, predecessor),
+        len(y),
+        NOW - 300,
+        test=test,
+    )
+
+
+def test_a_noise_level_regression_between_near_chance_models_is_no_rollback() -> None:
+    # Equally good models (same signal), 500 rows: 0.5503 vs 0.5906 is noise, though past the margin.
+    comparison = _auc_comparison(*_near_chance_auc_pair(59, 500, champion_signal=0.3))
+    assert comparison.regression > CONFIG.regression_margin
+    decision = _decide(comparison=comparison)
+    assert decision.action == "none"
+    p = comparison.test.p_value
+    assert 0.05 <= p == decision.evidence["rollback"]["p_value"]
+    assert decision.reasons[0] == (
+        "kept v7: roc_auc 0.5503 vs predecessor v6 0.5906 on the same 500 rows (higher is better), "
+        f"worse by 0.0402 > margin 0.02, difference not significant (DeLong p={p:.3f} >= 0.05)"
+    )
+    margin_only = decide(now=NOW, config=replace(CONFIG, significance=None), comparison=comparison)
+    assert margin_only.action == "rollback", "the margin alone acts on this noise"
+
+
+def test_a_real_regression_between_weak_models_is_rolled_back() -> None:
+    comparison = _auc_comparison(*_near_chance_auc_pair(59, 2000, champion_signal=-0.2))
+    decision = _decide(comparison=comparison)
+    assert decision.action == "rollback" and decision.evidence["rollback"]["p_value"] < 0.001
+    assert "(DeLong p=" in decision.reasons[0]
+
+
+def test_no_rollback_when_the_test_cannot_be_computed() -> None:
+    untested = replace(_comparison(), test=None)
+    decision = _decide(comparison=untested)
+    assert decision.action == "none"
+    assert decision.reasons[0].endswith("but no paired test recorded; no action")
+    one_class = replace(_comparison(), test=delong(np.ones(500, bool), np.arange(500), np.arange(500)))
+    assert (
+        _decide(comparison=one_class)
+        .reasons[0]
+        .endswith("but DeLong not computable: 500 positive and 0 negative rows: needs 2 of each; no action")
+    )
+
+
 def test_rollback_for_a_lower_is_better_metric() -> None:
-    comparison = ChampionComparison("v7", "v6", "mae", 1.30, 1.00, 400, NOW - 10, higher_is_better=False)
+    losses = np.random.default_rng(0).exponential(size=400)
+    test = paired_bootstrap(losses, losses + 0.3, "mae")  # A, the predecessor, errs 0.3 less per row
+    comparison = ChampionComparison("v7", "v6", "mae", 1.30, 1.00, 400, NOW - 10, higher_is_better=False, test=test)
     decision = _decide(comparison=comparison)
     assert decision.action == "rollback" and "(lower is better), worse by 0.3000 > margin 0.02" in decision.reasons[0]
 
@@ -139,7 +213,9 @@ def test_no_rollback_within_margin_when_old_or_on_few_rows(comparison: ChampionC
 def test_rollback_that_would_undo_the_last_rollback_is_suppressed() -> None:
     # v6 was rolled back from an hour ago; v7 (its predecessor in the alias history) is champion again
     last = LastAction("rollback", at=NOW - 3000, from_version="v6", to_version="v7")
-    comparison = ChampionComparison("v7", "v6", "accuracy", 0.70, 0.85, 500, promoted_at=NOW - 3000)
+    comparison = ChampionComparison(
+        "v7", "v6", "accuracy", 0.70, 0.85, 500, promoted_at=NOW - 3000, test=_mcnemar(0.70, 0.85, 500)
+    )
     decision = _decide(comparison=comparison, last_action=last)
     assert decision.action == "none"
     assert decision.reasons[0].startswith(

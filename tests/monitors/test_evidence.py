@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dagster_project.labels.store import LiveStore
+from dagster_project.registry.significance import mcnemar_counts
 from dagster_project.registry.store import FilesystemRegistry, Version
 from dagster_project.spec import StreamSpec
 from monitors.decisions import DecisionConfig
@@ -251,19 +252,21 @@ def test_the_champions_comparison_with_its_predecessor(registry, spec) -> None:
     _add(registry, spec, seed=0)
     _add(registry, spec, seed=1)
     registry.set_champion(spec.name, "v2", reason="won the gate")
+    tested = [mcnemar_counts(15, 5, 100).to_dict(), mcnemar_counts(100, 10, 300).to_dict()]
     checks = [
         {"champion": "v2", "predecessor": "v1", "champion_value": 0.8, "predecessor_value": 0.9, "rows": 100},
         {"champion": "v2", "predecessor": "v1", "champion_value": 0.6, "predecessor_value": 0.9, "rows": 300},
         {"champion": "v2", "predecessor": "v1", "champion_value": None, "predecessor_value": 0.9, "rows": 900},
         {"champion": "v2", "predecessor": "v0", "champion_value": 0.1, "predecessor_value": 0.9, "rows": 900},
     ]
-    for check in checks:
-        registry.record_decision(spec.name, {"kind": "champion_check", "metric": "accuracy", **check})
+    for check, test in zip(checks, tested + [None, None], strict=True):
+        registry.record_decision(spec.name, {"kind": "champion_check", "metric": "accuracy", "test": test, **check})
 
     evidence = gather(registry, spec)
 
     comparison = evidence.comparison
     assert (comparison.champion, comparison.predecessor, comparison.metric) == ("v2", "v1", "accuracy")
+    assert comparison.test == mcnemar_counts(115, 15, 400), "the two batches' discordant pairs, summed"
     assert comparison.rows == 400  # the unscored check and the other pair do not count
     assert comparison.champion_value == pytest.approx((0.8 * 100 + 0.6 * 300) / 400)
     assert comparison.predecessor_value == pytest.approx(0.9)
@@ -275,7 +278,21 @@ def test_the_champions_comparison_with_its_predecessor(registry, spec) -> None:
         "champion": pytest.approx(0.65),
         "predecessor": pytest.approx(0.9),
         "rows": 400,
+        "test": "McNemar mid-p",
+        "p_value": comparison.test.p_value,
     }
+
+
+def test_a_check_recorded_without_a_paired_test_leaves_the_comparison_untested(registry, spec) -> None:
+    _add(registry, spec, seed=0)
+    _add(registry, spec, seed=1)
+    registry.set_champion(spec.name, "v2", reason="won the gate")
+    check = {"champion": "v2", "predecessor": "v1", "champion_value": 0.6, "predecessor_value": 0.9, "rows": 300}
+    registry.record_decision(spec.name, {"kind": "champion_check", "metric": "accuracy", **check})
+    test = mcnemar_counts(100, 10, 300).to_dict()
+    registry.record_decision(spec.name, {"kind": "champion_check", "metric": "accuracy", "test": test, **check})
+    # Combining only the tested batch would test fewer rows than the comparison states.
+    assert gather(registry, spec).comparison.test is None
 
 
 def test_no_comparison_without_a_predecessor_or_checks(registry, spec) -> None:

@@ -3,6 +3,8 @@ and leave a stationary stream alone."""
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import numpy as np
 
@@ -64,6 +66,11 @@ def test_a_bad_champion_promoted_by_hand_is_rolled_back_once(kafka_bootstrap, ka
     config = request.run_config["ops"][f"{spec.name}_rollback_champion"]["config"]
     assert config["from_version"] == "v2" and config["to_version"] == "v1"
     assert any("v2" in reason for reason in config["reasons"])
+    (check,) = [d for d in registry.decisions(spec.name) if d["kind"] == "champion_check"]
+    p = check["test"]["p_value"]  # the paired test recorded with the check: v1 (A) better than v2
+    assert check["test"]["test"] == "DeLong" and check["test"]["rows"] == check["rows"] and p < 1e-6
+    assert json.loads(config["evidence"])["comparison"]["p_value"] == p
+    assert any(f"(DeLong p={p:.1e} < 0.05)" in reason for reason in config["reasons"]), config["reasons"]
     assert _execute(defs, request, instance).success
     assert registry.champion(spec.name) == "v1"
     assert registry.champion_history(spec.name)[-1]["reason"].startswith("rollback:")

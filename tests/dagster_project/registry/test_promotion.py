@@ -1,10 +1,14 @@
-"""The promotion gate's rule, as a table."""
+"""The promotion gate's rule (non-inferiority): the margin as a table (test off), then margin and
+paired test, which only turns a refusal beyond the margin into a promotion when it is noise."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from dagster_project.registry.promotion import default_metric, gate
+from dagster_project.registry.significance import delong
 
 
 @pytest.mark.parametrize(
@@ -32,3 +36,74 @@ def test_default_metric_follows_the_task():
     assert default_metric("classification", 2) == "roc_auc"
     assert default_metric("classification", 3) == "accuracy"
     assert default_metric("regression", 0) == "rmse"
+
+
+def _weak_scores(seed: int, rows: int, signal: float):
+    """Labels and two correlated scorers near chance: the first with `signal`, the second with 0.3
+    (AUC about 0.58)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, rows)
+    common = rng.normal(size=rows)
+    return y, signal * y + common + rng.normal(size=rows), 0.3 * y + common + rng.normal(size=rows)
+
+
+def _gate_on(y, candidate, champion, significance=0.05, margin=0.02):
+    test = delong(y == 1, champion, candidate)  # A is the champion: is the candidate really worse?
+    cand, champ = {"roc_auc": roc_auc_score(y, candidate)}, {"roc_auc": roc_auc_score(y, champion)}
+    return gate("roc_auc", margin, 50, "v7", cand, "v6", champ, len(y), test=test, significance=significance)
+
+
+def test_a_noise_level_shortfall_beyond_the_margin_is_promoted_with_its_p_value():
+    # Seed 59: equally good models, but the candidate looks 0.04 worse on these 500 rows.
+    y, candidate, champion = _weak_scores(59, 500, signal=0.3)
+    result = _gate_on(y, candidate, champion)
+    assert result.promote and 0.05 <= result.p_value < 0.1
+    assert result.reason == (
+        "v7 promoted: roc_auc 0.5503 vs v6 0.5906 on 500 unseen rows, worse by 0.0402 > margin 0.02 "
+        f"but not significant (DeLong p={result.p_value:.3f} >= 0.05)"
+    )
+    test = result.evidence()["test"]
+    assert test["test"] == "DeLong" and test["rows"] == 500 and test["difference"] > 0.04  # champion (A) - candidate
+    assert result.significance == 0.05
+
+
+def test_significance_off_restores_the_margin_alone():
+    y, candidate, champion = _weak_scores(59, 500, signal=0.3)
+    result = _gate_on(y, candidate, champion, significance=None)
+    assert not result.promote and result.significance is None and result.p_value is not None
+    assert result.reason == (
+        "kept v6 (v7 stays a candidate): v7 roc_auc 0.5503 vs v6 0.5906 on 500 unseen rows, "
+        "worse by 0.0402 > margin 0.02"
+    )
+    assert not _gate_on(y, candidate, champion, significance=0).promote
+
+
+def test_a_real_significant_shortfall_keeps_the_champion_with_its_p_value():
+    y, champion, candidate = _weak_scores(1, 250, signal=1.2)
+    result = _gate_on(y, candidate, champion)
+    assert not result.promote and result.p_value < 0.001
+    assert result.reason.startswith("kept v6 (v7 stays a candidate): v7 roc_auc 0.")
+    assert result.reason.endswith(f"> margin 0.02 and significant (DeLong p={result.p_value:.1e} < 0.05)")
+
+
+def test_within_the_margin_is_promoted_and_the_test_recorded():
+    y, candidate, champion = _weak_scores(59, 500, signal=0.3)
+    result = _gate_on(y, candidate, champion, margin=0.05)
+    assert result.promote and result.p_value is not None and result.test["test"] == "DeLong"
+    assert result.reason == "v7 promoted: roc_auc 0.5503 vs v6 0.5906 on 500 unseen rows (within margin 0.05)"
+    better = _gate_on(y, champion, candidate)  # the candidate is the better-looking one
+    assert better.promote and better.reason.endswith("(within margin 0.02)") and better.p_value > 0.9
+
+
+def test_the_margin_decides_when_the_test_cannot_be_computed():
+    y = np.ones(100, int)
+    s = np.arange(100.0)
+    args = ("roc_auc", 0.01, 50, "v7", {"roc_auc": 0.8}, "v6", {"roc_auc": 0.9}, 100)
+    result = gate(*args, delong(y == 1, s, s), 0.05)
+    assert not result.promote and result.reason.endswith(
+        "worse by 0.1000 > margin 0.01; the test could not be computed "
+        "(DeLong not computable: 100 positive and 0 negative rows: needs 2 of each), so the margin decides"
+    )
+    assert not gate(*args, None, 0.05).promote
+    within = ("roc_auc", 0.01, 50, "v7", {"roc_auc": 0.895}, "v6", {"roc_auc": 0.9}, 100)
+    assert gate(*within, delong(y == 1, s, s), 0.05).promote

@@ -1,0 +1,20 @@
+"""The noise benchmark drives the real gate and rollback rule: the test only ever removes actions
+against B (a refused promotion, a rollback), and on exchangeable pairs it acts at about its level."""
+
+from __future__ import annotations
+
+from benchmarks import decision_noise
+from benchmarks.decision_noise import EXCHANGEABLE
+
+
+def test_the_test_removes_actions_and_holds_its_level_on_the_null():
+    result = decision_noise._setting(("roc_auc", "accuracy"), "classification", {"class_sep": 0.25}, (0.35,), 40)
+    for metric, cases in result.items():
+        assert set(cases) == {EXCHANGEABLE, "equal", "B handicapped 0.35"}, metric
+        for case, r in cases.items():
+            assert r["keep_test"] <= r["keep_margin"] and r["rollback_test"] <= r["rollback_margin"], case
+        assert cases[EXCHANGEABLE]["keep_test"] <= 0.15, "one-sided 5 % level: 2 of 40 expected, 6 allowed"
+        assert cases[EXCHANGEABLE]["keep_margin"] >= 0.15, "the margin alone refuses noise far more often"
+        assert cases["B handicapped 0.35"]["true_gap_a_minus_b"] > 0.02, "flipped labels make B really worse"
+    lines = decision_noise.table({"settings": {"near-chance classification": result}})
+    assert len(lines) == 2 + 6 and "| near-chance classification | roc_auc | equal |" in lines[3]

@@ -1,0 +1,148 @@
+"""The paired tests against independent references: scipy, brute force, hand-computed cases."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from dagster_project.registry.significance import (
+    BOOTSTRAP,
+    DELONG,
+    MCNEMAR,
+    PairedTest,
+    combine,
+    delong,
+    mcnemar,
+    mcnemar_counts,
+    paired_bootstrap,
+    paired_test,
+    significant,
+)
+
+
+def test_mcnemar_mid_p_by_hand():
+    # 8 rows only A gets right, 2 only B: P(X > 8) + P(X = 8) / 2 for X ~ Bin(10, 1/2) = (11 + 45/2) / 1024.
+    assert mcnemar_counts(8, 2, 100).p_value == pytest.approx(33.5 / 1024)
+    assert mcnemar_counts(2, 8, 100).p_value == pytest.approx(1 - 33.5 / 1024)
+    assert mcnemar_counts(8, 2, 100).difference == pytest.approx(0.06)
+
+
+@pytest.mark.parametrize(("a_only", "b_only"), [(30, 12), (12, 30), (5, 5), (0, 7), (40, 0)])
+def test_mcnemar_matches_scipy_exact_binomial_minus_half_the_point(a_only, b_only):
+    n = a_only + b_only
+    exact = stats.binomtest(a_only, n, 0.5, alternative="greater").pvalue
+    assert mcnemar_counts(a_only, b_only, 500).p_value == pytest.approx(exact - 0.5 * stats.binom.pmf(a_only, n, 0.5))
+
+
+def test_mcnemar_counts_discordant_pairs_from_rows():
+    a = np.array([1] * 30 + [0] * 10 + [1] * 50 + [0] * 10, bool)
+    b = np.array([0] * 30 + [1] * 10 + [1] * 50 + [0] * 10, bool)
+    t = mcnemar(a, b)
+    assert t.detail == {"a_only": 30, "b_only": 10} and t.rows == 100 and t.test == MCNEMAR
+
+
+def _delong_brute_force(y, sa, sb):
+    """DeLong's variance from its definition: psi over every (positive, negative) pair."""
+    pos, neg = y == 1, y == 0
+
+    def components(s):
+        psi = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+        return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+
+    auc_a, pa, na = components(sa)
+    auc_b, pb, nb = components(sb)
+    m, n = pos.sum(), neg.sum()
+    var = np.var(pa - pb, ddof=1) / m + np.var(na - nb, ddof=1) / n
+    return auc_a - auc_b, var**0.5
+
+
+def test_delong_matches_its_definition_with_ties():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    sa = np.round(y + rng.normal(size=120), 1)  # rounded: plenty of ties
+    sb = np.round(0.5 * y + rng.normal(size=120), 1)
+    diff, se = _delong_brute_force(y, sa, sb)
+    t = delong(y == 1, sa, sb)
+    assert t.test == DELONG
+    assert t.difference == pytest.approx(diff) and t.se == pytest.approx(se)
+    assert t.detail["auc_a"] == pytest.approx(roc_auc_score(y, sa))
+    assert t.p_value == pytest.approx(stats.norm.sf(diff / se))
+
+
+def test_delong_refuses_a_single_class_and_few_rows():
+    assert delong(np.ones(100, bool), np.arange(100), np.arange(100)).why_not.startswith("100 positive and 0")
+    assert "only 10 rows" in delong(np.arange(10) % 2 == 0, np.arange(10), np.arange(10)).why_not
+    assert delong(np.ones(100, bool), np.arange(100), np.arange(100)).p_value is None
+
+
+def test_delong_identical_models_show_nothing():
+    y = np.arange(200) % 2 == 0
+    s = np.random.default_rng(0).normal(size=200)
+    assert delong(y, s, s).p_value == 1.0
+
+
+def test_paired_bootstrap_agrees_with_the_normal_paired_test_on_many_rows():
+    rng = np.random.default_rng(1)
+    base = rng.exponential(size=3000)
+    a, b = base + rng.normal(0, 0.5, 3000), base + rng.normal(0.03, 0.5, 3000)  # A's losses lower
+    t = paired_bootstrap(a, b, "mae")
+    d = b - a
+    se = d.std(ddof=1) / len(d) ** 0.5
+    assert t.test == BOOTSTRAP and t.difference == pytest.approx(d.mean())
+    assert t.se == pytest.approx(se, rel=0.1)
+    assert t.p_value == pytest.approx(stats.norm.sf(d.mean() / se), abs=0.02)
+
+
+def test_paired_bootstrap_rmse_is_the_root_of_mean_squares_and_seeded():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0, 1.0, 500) ** 2, rng.normal(0, 1.1, 500) ** 2
+    t = paired_bootstrap(a, b, "rmse")
+    assert t.difference == pytest.approx(np.sqrt(b.mean()) - np.sqrt(a.mean()))
+    assert paired_bootstrap(a, b, "rmse") == t, "same rows, same seed: the same decision on a retry"
+
+
+def test_paired_bootstrap_costs_milliseconds_for_thousands_of_rows():
+    rng = np.random.default_rng(4)
+    a, b = rng.random(5000), rng.random(5000)
+    started = time.perf_counter()
+    paired_bootstrap(a, b, "mae")
+    assert time.perf_counter() - started < 1.0
+
+
+def _near_chance(seed: int, rows: int, signal: float):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, rows)
+    return y, signal * y + rng.normal(size=rows)
+
+
+def test_paired_test_dispatches_by_metric():
+    y, s = _near_chance(0, 300, 0.3)
+    out_a = {"predicted": (s > 0.15).astype(int), "scores": s, "proba": np.column_stack([1 - s, s])}
+    out_b = {"predicted": np.zeros(300, int), "scores": -s, "proba": None}
+    assert paired_test("accuracy", y, out_a, out_b).test == MCNEMAR
+    assert paired_test("roc_auc", y, out_a, out_b).test == DELONG
+    assert "predict_proba" in paired_test("log_loss", y, out_a, out_b).why_not
+    assert "accuracy" in paired_test("roc_auc", y, {**out_a, "scores": None}, out_b).why_not
+    assert paired_test("rmse", y.astype(float), out_a, out_b).test == BOOTSTRAP
+
+
+def test_combine_sums_mcnemar_counts_and_weights_the_rest_by_rows():
+    assert combine([mcnemar_counts(8, 2, 100), mcnemar_counts(4, 6, 100)]) == mcnemar_counts(12, 8, 200)
+    t1 = PairedTest(DELONG, "roc_auc", 100, difference=0.02, se=0.01, p_value=0.02)
+    t2 = PairedTest(DELONG, "roc_auc", 300, difference=0.04, se=0.02, p_value=0.02)
+    both = combine([t1, t2])
+    assert both.difference == pytest.approx(0.25 * 0.02 + 0.75 * 0.04)
+    assert both.se == pytest.approx(np.hypot(0.25 * 0.01, 0.75 * 0.02))
+    assert both.p_value == pytest.approx(stats.norm.sf(both.difference / both.se))
+    assert combine([t1]) is t1 and combine([]) is None
+
+
+def test_significant_levels():
+    t = PairedTest(DELONG, "roc_auc", 500, p_value=0.03)
+    assert significant(t, 0.05) and not significant(t, 0.01)
+    assert significant(None, None) and significant(None, 0.0), "a disabled test never blocks"
+    assert not significant(PairedTest(DELONG, "roc_auc", 5, why_not="few rows"), 0.05)
