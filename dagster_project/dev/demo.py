@@ -32,6 +32,7 @@ from dagster_project.instance import write_instance_config
 from dagster_project.kafka.brokers.tansu import EmbeddedBroker, free_port
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
 from dagster_project.registry.backends import registry_from_env
+from dagster_project.registry.promotion import HIGHER_IS_BETTER
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.spec import get_spec
 
@@ -225,8 +226,11 @@ class Watcher:
             values = f"{d['candidate_value']:.3f} vs {d['champion']} {d['champion_value']:.3f}"
             numbers = f"{metric} {values} on {rows} unseen rows"
             test = d.get("test") or {}
-            if test.get("p_value") is not None:
-                numbers += f" ({test['test']} p={test['p_value']:.3g})"
+            higher = HIGHER_IS_BETTER.get(metric, True)
+            shortfall = (d["champion_value"] - d["candidate_value"]) * (1 if higher else -1)
+            # the test asks "is the champion better?": it only decides when the candidate is behind by > margin
+            if shortfall > d.get("margin", 0.0) and test.get("p_value") is not None:
+                numbers += f", behind by {shortfall:.3f} > margin ({test['test']} p={test['p_value']:.3g})"
             if d["promote"]:
                 self.promoted_at[d["candidate"]] = time.monotonic()
                 return f"{d['candidate']} promoted: {numbers}"
