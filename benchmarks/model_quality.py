@@ -1,5 +1,6 @@
-"""Model quality: prequential ROC AUC on Phishing, recovery after the synthetic concept change, and
-how often champion decisions act on noise (`benchmarks.decision_noise`).
+"""Model quality: prequential ROC AUC on Phishing, recovery after the synthetic concept change, how
+often champion decisions act on noise (`benchmarks.decision_noise`), and what category and rolling
+features are worth (`benchmarks.feature_quality`).
 
 Phishing (River's 1,250 pages, in River's arrival order): Streamfit's default estimator for the
 `phishing` stream (the shipped spec: `sgd_classifier` behind a `StandardScaler`) learns in
@@ -169,4 +170,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     from benchmarks import decision_noise
 
     result["decisions"] = decision_noise.run(ctx.mode.quick)
+    from benchmarks import feature_quality
+
+    result["features"] = feature_quality.run(ctx.mode.quick)
     return result

@@ -240,6 +240,13 @@ def render(results: dict[str, Any]) -> str:
         out += ["", f"   Champion decisions under noise (paired test at {decisions['level']:g}; rates of action)"]
         out += ["   " + line for line in table(decisions)]
 
+    features = (quality or {}).get("features")
+    if features and "census" in features:
+        from benchmarks.feature_quality import table as feature_table
+
+        out += ["", f"   Category and rolling features (prequential accuracy, {features['rows']:,} events per stream)"]
+        out += ["   " + line for line in feature_table(features)]
+
     cost = results.get("cost")
     if cost and "imports" in cost:
         out += ["", "5. Cost (fresh processes)"]

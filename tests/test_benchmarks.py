@@ -68,6 +68,10 @@ def test_quick_benchmark_prints_the_table_and_writes_every_section(kafka_bootstr
     decisions = results["quality"]["decisions"]["settings"]
     assert set(decisions["near-chance classification"]) == {"roc_auc", "accuracy"}
     assert "equal" in decisions["noisy regression"]["rmse"]
+    features = results["quality"]["features"]
+    for stream in ("census", "sensors"):  # each stream learned with and without its new kind of feature, and by River
+        assert {"streamfit", "streamfit_without", "river_onehot_logreg", "majority_rate"} <= set(features[stream])
+    assert "Category and rolling features" in done.stdout
 
     assert results["cost"]["imports"] and results["cost"]["training_step"]["10000"]["peak_rss_mib"] > 0
 
