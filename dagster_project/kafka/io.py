@@ -229,14 +229,9 @@ def _answers(host: str, port: int, timeout_s: float) -> bool:
         return False
 
 
-def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: float = 1.0) -> dict[int, str]:
-    """Partitions of `topic` without a usable leader, each with what is wrong; {} when all have one.
-
-    From fresh metadata (admin DescribeCluster + DescribeTopics): a partition whose leader id is -1
-    has no leader (every in-sync replica is down, or the controller is electing one); a leader that
-    is not a live broker, or whose port refuses connections, is a crashed node the controller has
-    not fenced yet (`broker.session.timeout.ms`). Raises BrokerUnavailable if no broker answers.
-    """
+def _describe_cluster_and_topic(settings: KafkaSettings, topic: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fresh DescribeCluster and DescribeTopics([topic]) answers, each retried past a dead node;
+    BrokerUnavailable (naming the bootstrap) if no broker answers."""
     from kafka.errors import KafkaError
 
     try:
@@ -245,12 +240,24 @@ def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: floa
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
     try:
         cluster = retrying(admin.describe_cluster)
-        brokers = {b["broker_id"]: (b["host"], b["port"]) for b in cluster.get("brokers", [])}
         (described,) = retrying(lambda: admin.describe_topics([topic]))
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed to describe {topic}: {exc!r}") from exc
     finally:
         admin.close()
+    return cluster, described
+
+
+def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: float = 1.0) -> dict[int, str]:
+    """Partitions of `topic` without a usable leader, each with what is wrong; {} when all have one.
+
+    From fresh metadata (admin DescribeCluster + DescribeTopics): a partition whose leader id is -1
+    has no leader (every in-sync replica is down, or the controller is electing one); a leader that
+    is not a live broker, or whose port refuses connections, is a crashed node the controller has
+    not fenced yet (`broker.session.timeout.ms`). Raises BrokerUnavailable if no broker answers.
+    """
+    cluster, described = _describe_cluster_and_topic(settings, topic)
+    brokers = {b["broker_id"]: (b["host"], b["port"]) for b in cluster.get("brokers", [])}
     if described.get("error_code"):
         return {}
     problems: dict[int, str] = {}
@@ -293,19 +300,8 @@ def _explain_probe_failure(settings: KafkaSettings, topic: str, failure: BrokerU
 
 def topic_identity(settings: KafkaSettings, topic: str) -> TopicIdentity | None:
     """The cluster id and the topic's id (None if the topic does not exist), from standard metadata."""
-    from kafka.errors import KafkaError
-
-    try:
-        admin = clients.admin(settings)
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
-    try:
-        cluster_id = retrying(admin.describe_cluster).get("cluster_id")
-        (described,) = retrying(lambda: admin.describe_topics([topic]))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed to describe {topic}: {exc!r}") from exc
-    finally:
-        admin.close()
+    cluster, described = _describe_cluster_and_topic(settings, topic)
+    cluster_id = cluster.get("cluster_id")
     if described.get("error_code"):
         return None
     topic_id = described.get("topic_id")
