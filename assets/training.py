@@ -15,6 +15,7 @@ from dagster_project.kafka.exactly_once import Decision, decide
 from dagster_project.kafka.io import commit_group_offsets
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
+from dagster_project.orchestration.warm_runs import worker_start
 from dagster_project.quality.policy import apply_quality_policy
 from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
@@ -149,6 +150,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 "tail_rows": batch.tail.rows if batch.tail is not None else 0,
                 **{f"feature_{k}": int(v) for k, v in counters.items()},
                 **({"lag": int(lag)} if lag is not None else {}),
+                "run_worker": worker_start(),
             },
         )
 

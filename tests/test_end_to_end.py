@@ -69,3 +69,7 @@ def test_daemon_sensor_trains_until_two_versions(kafka_bootstrap, kafka_settings
                 )
         for earlier, later in zip(finished, finished[1:], strict=False):
             assert later.start_time >= earlier.end_time, "two training runs of one stream overlapped"
+        # Runs are forked from the code server's preloaded process, not spawned cold (warm_runs.py).
+        batch = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "micro_batch"]))
+        worker = batch.asset_materialization.metadata["run_worker"].value
+        assert worker.startswith("warm"), worker

@@ -69,6 +69,8 @@ class DagsterServices:
         self._spawn(
             "dagster-code-server",
             [
+                "-m",
+                "dagster_project.orchestration.code_server",
                 "api",
                 "grpc",
                 "-m",
@@ -82,7 +84,7 @@ class DagsterServices:
                 "--location-name",
                 "streamfit",
             ],
-            script="dagster",
+            script="python",
         )
         workspace = self.log_dir / "workspace.yaml"
         entry = {"grpc_server": {"host": "127.0.0.1", "port": port, "location_name": "streamfit"}}
