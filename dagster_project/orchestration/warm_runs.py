@@ -20,8 +20,8 @@ import logging
 import multiprocessing
 import os
 import sys
-from multiprocessing import forkserver
 from collections.abc import Sequence
+from multiprocessing import forkserver
 
 log = logging.getLogger("streamfit.warm_runs")
 
