@@ -12,6 +12,7 @@ from dagster_project.cli import (
     batches,
     bench,
     broker,
+    code_server,
     demo,
     exporter,
     labels,
@@ -53,3 +54,4 @@ main.add_command(batches.batches)
 main.add_command(quarantine.quarantine)
 main.add_command(labels.labels)
 main.add_command(bench.bench)
+main.add_command(code_server.code_server)

@@ -68,23 +68,8 @@ class DagsterServices:
         port = free_port()
         self._spawn(
             "dagster-code-server",
-            [
-                "-m",
-                "dagster_project.orchestration.code_server",
-                "api",
-                "grpc",
-                "-m",
-                "dagster_project.definitions",
-                "-d",
-                str(PROJECT_ROOT),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "--location-name",
-                "streamfit",
-            ],
-            script="python",
+            ["code-server", "-d", str(PROJECT_ROOT), "-p", str(port)],
+            script="streamfit",
         )
         workspace = self.log_dir / "workspace.yaml"
         entry = {"grpc_server": {"host": "127.0.0.1", "port": port, "location_name": "streamfit"}}
