@@ -188,3 +188,25 @@ def test_a_batch_with_a_tail_is_not_learned_twice_when_its_run_is_re_executed(
     assert again.success and registry.head(spec.name) == head, "the learned part is behind the head: skipped"
     check = again.get_asset_check_evaluations()[0]
     assert "already learned" in check.description
+
+
+def test_the_champion_check_scores_a_bounded_even_sample_of_a_large_batch():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from assets.promotion import _all_rows
+
+    n = 120_000
+    X = np.arange(n, dtype=np.float32).reshape(-1, 1)
+    labelled = np.ones(n, dtype=bool)
+    labelled[::3] = False  # unlabelled rows are never scored
+    tail = SimpleNamespace(X=X[:10] + n, y=np.ones(10), labelled=np.ones(10, dtype=bool), rows=10)
+    batch = SimpleNamespace(X=X, y=np.zeros(n), labelled=labelled, rows=n, tail=tail)
+    Xs, ys = _all_rows(batch, max_rows=1_000)
+    assert len(Xs) == len(ys) == 1_000
+    assert Xs[0, 0] == 1 and Xs[-1, 0] == n + 9, "the sample spans the batch and its tail"
+    assert np.all(np.diff(Xs[:, 0]) > 0) and not np.any(Xs[:, 0][Xs[:, 0] < n] % 3 == 0)
+    assert np.array_equal(_all_rows(batch, max_rows=1_000)[0], Xs), "a retry checks the same rows"
+    small, _ = _all_rows(batch, max_rows=10**6)
+    assert len(small) == int(labelled.sum()) + 10
