@@ -1,0 +1,229 @@
+"""The scorer's HTTP API: uvicorn + Starlette (today's server) vs the standard library's server.
+
+`python -m benchmarks.http_api [--full]`. Both servers run in this process, each in a thread
+(as the scorer runs its API beside the Kafka loop), and serve the same trained champion through
+the same `ChampionWatcher`, row validation (`serving.rows.validate_rows`), scoring context and
+metrics; the baseline is `http.server.ThreadingHTTPServer` with a `/predict` handler doing exactly
+that (the architecture the scorer had before it moved to uvicorn, without its body limits and
+deadlines, so the baseline is if anything flattered). The load comes from `wrk` (Debian package
+`wrk`; C, keep-alive connections, latency percentiles) in its own process, POSTing a 1-row and a
+100-row body from C concurrent connections for D seconds per cell; the two servers alternate per
+round so a noisy moment hits both. Reported per cell: requests/s, p50/p99 latency, non-2xx answers
+and socket errors (must be 0), and the ratios uvicorn / baseline.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from benchmarks.common import machine_info, progress
+from dagster_project.dev.datasets import synthetic_events
+from dagster_project.learning.estimators import build_model, partial_fit
+from dagster_project.onnx.export import export_onnx
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.serving.api import ScoringContext
+from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.health import ScorerHealth
+from dagster_project.serving.http import ScorerHTTPServer
+from dagster_project.serving.limits import BearerToken, HttpLimits, RequestError
+from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.serving.rows import validate_rows
+from dagster_project.spec import load_spec
+
+WRK_MISSING = "wrk is not installed: `apt-get install wrk` (Debian) or `brew install wrk`"
+ROWS_PER_REQUEST = (1, 100)
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def trained_watcher(root: Path) -> tuple[Any, ChampionWatcher, ScorerMetrics, list[dict]]:
+    """The shipped synthetic stream's spec, a model trained on 5,000 of its rows as champion, and rows to send."""
+    spec = load_spec(Path(__file__).resolve().parents[1] / "streams" / "synthetic.yaml")
+    events = list(synthetic_events(rows=5_100, change_at=10**9, seed=3))
+    X = np.array([[e.features[n] for n in spec.feature_names] for e in events], dtype=np.float64)
+    y = np.array([int(e.label) for e in events])
+    model = build_model(spec)
+    partial_fit(model, X[:5_000], y[:5_000], np.arange(len(spec.label.classes)))
+    registry = FilesystemRegistry(root)
+    meta = {
+        "task": spec.task,
+        "features": spec.feature_names,
+        "classes": spec.label.classes,
+        "offsets": {"topic": spec.events_topic, "learned": {}},
+        "rows_learned_total": 5_000,
+    }
+    version = registry.register(spec.name, None, export_onnx(model, len(spec.features)), model, meta)
+    registry.set_champion(spec.name, version.name, reason="benchmark")
+    metrics = ScorerMetrics(spec.name)
+    watcher = ChampionWatcher(registry, spec, metrics)
+    watcher.check()
+    assert watcher.current is not None, "the benchmark's champion did not load"
+    return spec, watcher, metrics, [e.features for e in events[5_000:]]
+
+
+class StdlibScorerServer:
+    """The baseline: ThreadingHTTPServer, `POST /predict` -> validate rows -> score -> JSON."""
+
+    def __init__(self, spec: Any, watcher: ChampionWatcher, metrics: ScorerMetrics) -> None:
+        # The same per-request work as the uvicorn app: scoring through ScoringContext.score (latency
+        # histogram, prediction and unseen-category counters) and the request counter.
+        ctx = ScoringContext(spec, watcher, metrics, ScorerHealth(spec.name, watcher), BearerToken(None), HttpLimits())
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
+            disable_nagle_algorithm = True  # as the old server: headers and body are two writes (+40 ms without)
+
+            def log_message(self, *args: Any) -> None:  # no line per request
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    X = validate_rows(spec, orjson.loads(raw), ctx.limits.max_rows)
+                    served = ctx.served()
+                    predictions, scores = ctx.score(served, X)
+                    out = [{"prediction": p, "probabilities": s} for p, s in zip(predictions, scores, strict=True)]
+                    status, body = 200, orjson.dumps({"model_version": served.version, "predictions": out})
+                except RequestError as exc:
+                    status, body = exc.status, orjson.dumps(exc.body)
+                metrics.http_requests.labels(spec.name, "/predict", str(status)).inc()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:  # wrk closing its connections
+                pass
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> StdlibScorerServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * _UNIT_MS[unit]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Requests/s, latency percentiles (ms) and error counts from `wrk --latency` output."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if rps is None:
+        raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
+    latency = {f"p{q}": _ms(v) for q, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", output, re.M)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    requests = re.search(r"(\d+) requests in", output)
+    return {
+        "requests_per_s": float(rps.group(1)),
+        **latency,
+        "requests": int(requests.group(1)) if requests else None,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0,
+    }
+
+
+def run_wrk(url: str, body: bytes, connections: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    script = workdir / f"post_{len(body)}.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {orjson.dumps(body.decode()).decode()}\n"
+    )
+    command = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", str(script)]
+    done = subprocess.run([*command, f"{url}/predict"], capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def run(quick: bool = True, connections: int = 8) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError(WRK_MISSING)
+    seconds, rounds = (3.0, 1) if quick else (10.0, 3)
+    with tempfile.TemporaryDirectory(prefix="streamfit-http-bench-") as tmp:
+        workdir = Path(tmp)
+        spec, watcher, metrics, rows = trained_watcher(workdir / "registry")
+        servers = {
+            "uvicorn": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics).start(),
+            "stdlib": StdlibScorerServer(spec, watcher, metrics).start(),
+        }
+        cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        try:
+            for n in ROWS_PER_REQUEST:
+                body = orjson.dumps({"rows": rows[:n]})
+                cells[str(n)] = {name: [] for name in servers}
+                for r in range(rounds):
+                    order = list(servers) if r % 2 == 0 else list(reversed(servers))
+                    for name in order:
+                        progress(f"http: {name}, {n}-row requests, {connections} connections, {seconds:g}s")
+                        cells[str(n)][name].append(run_wrk(servers[name].url, body, connections, seconds, workdir))
+        finally:
+            for server in servers.values():
+                server.stop()
+    result: dict[str, Any] = {"connections": connections, "seconds_per_cell": seconds, "rounds": rounds, "cells": {}}
+    for n, by_server in cells.items():
+        med = {name: _median(runs) for name, runs in by_server.items()}
+        result["cells"][n] = {
+            **med,
+            "rps_ratio": med["uvicorn"]["requests_per_s"] / med["stdlib"]["requests_per_s"],
+            "p99_ratio": med["uvicorn"]["p99"] / med["stdlib"]["p99"],
+        }
+    result["machine"] = machine_info()  # its load average is the one at the end of the run
+    return result
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("requests_per_s", "p50", "p99")
+    out = {k: float(np.median([r[k] for r in runs])) for k in keys}
+    out["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
+    return out
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | uvicorn/stdlib requests/s | p99 ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, cell in result["cells"].items():
+        for name in ("stdlib", "uvicorn"):
+            c = cell[name]
+            tail = f"{cell['rps_ratio']:.2f}x | {cell['p99_ratio']:.2f}" if name == "uvicorn" else "| "
+            figures = f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['errors']}"
+            lines.append(f"| {n} | {name} | {figures} | {tail} |")
+    return lines
+
+
+if __name__ == "__main__":
+    import sys
+
+    figures = run(quick="--full" not in sys.argv)
+    load = figures["machine"].get("loadavg_at_start")
+    print(
+        f"{figures['connections']} connections, {figures['seconds_per_cell']:g}s per cell, {figures['rounds']} rounds"
+    )
+    print("\n".join(table(figures)))
+    print(f"machine load average: {load}")
