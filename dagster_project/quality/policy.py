@@ -94,8 +94,14 @@ def apply_quality_policy(
         return QualityOutcome(None, False, "ERROR", message, metadata)
     qid = QuarantineStore().save(batch, metadata, run_id)
     ends = batch.learned_ends  # the tail was not checked: the next batch learns (or refuses) it
+    # Its events stay in the derived-feature state (the state after them travels with the skip), so
+    # later events see them as in serving, and a replay learns the values stored with the batch.
     registry.set_pending_offsets(
-        spec.name, ends, reason=f"quarantined {qid}: {summary}", by=f"data quality, run {run_id}"
+        spec.name,
+        ends,
+        reason=f"quarantined {qid}: {summary}",
+        by=f"data quality, run {run_id}",
+        feature_state=batch.feature_state,
     )
     metadata["quarantine_id"] = qid
     message = f"QUARANTINED {where} as {qid}: {summary}{dlq_note}; the stream moves on (`streamfit quarantine show`)"

@@ -80,6 +80,8 @@ from dagster_project.registry.store import (
     _checksums,
     _now,
     _sha256,
+    reset_record,
+    reset_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -895,8 +897,10 @@ class MlflowRegistry(ModelRegistry):
             self._clear_state(stream, HALT_KEY)
 
     @_translating("recording an offset reset")
-    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]:
-        record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+    def set_pending_offsets(
+        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
+    ) -> dict[str, Any]:
+        record = reset_record(offsets, reason, by, feature_state)  # a long one goes to an artifact (_set_record)
         self._set_record(stream, self._writer_run(stream), RESET_KEY, record)
         return record
 
@@ -907,7 +911,7 @@ class MlflowRegistry(ModelRegistry):
         if pending is None:
             return None
         head = self._head(stream, self._entries(stream))
-        if head is not None and head.meta.get("offset_reset_applied") == pending:
+        if head is not None and head.meta.get("offset_reset_applied") == reset_summary(pending):
             log.warning("%s: the pending offset reset was already applied by %s; ignoring it", stream, head.name)
             return None
         return pending

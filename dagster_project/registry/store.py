@@ -31,6 +31,8 @@ ESTIMATOR_FILE = "estimator.joblib"
 # the stream has derived features: part of the checkpoint, written and verified like the model.
 FEATURES_FILE = "features.json"
 META_FILE = "meta.json"
+# A pending offset reset that skipped events it read carries the feature state after them.
+RESET_STATE, RESET_STATE_SHA256 = "feature_state", "feature_state_sha256"
 
 
 class RegistryError(RuntimeError):
@@ -267,7 +269,12 @@ class ModelRegistry(abc.ABC):
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it
     @abc.abstractmethod
-    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]: ...
+    def set_pending_offsets(
+        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
+    ) -> dict[str, Any]:
+        """Make the next version start at `offsets`. `feature_state` is the derived-feature state
+        after them when the skipped events were read (a quarantine, a batch with nothing to learn):
+        kept in the same record, so the offsets and the state move together or not at all."""
 
     @abc.abstractmethod
     def pending_offset_reset(self, stream: str) -> dict[str, Any] | None: ...
@@ -485,8 +492,10 @@ class FilesystemRegistry(ModelRegistry):
         return _read_jsonl(path, "move the damaged file aside; the current alias (`champion`) is unaffected")
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it.
-    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]:
-        record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+    def set_pending_offsets(
+        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
+    ) -> dict[str, Any]:
+        record = reset_record(offsets, reason, by, feature_state)
         self._stream_dir(stream).mkdir(parents=True, exist_ok=True)
         _write_atomic(self._stream_dir(stream) / "offset_reset.json", orjson.dumps(record))
         return record
@@ -500,6 +509,33 @@ class FilesystemRegistry(ModelRegistry):
         path = self._stream_dir(stream) / "offset_reset.json"
         if path.exists():
             os.replace(path, self._stream_dir(stream) / f"offset_reset.applied-{applied_by_version}.json")
+
+
+def reset_record(offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None) -> dict[str, Any]:
+    """A pending offset reset as both backends store it; the feature state travels as text with its sha256."""
+    record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+    if feature_state is not None:
+        record[RESET_STATE] = feature_state.decode()
+        record[RESET_STATE_SHA256] = _sha256(feature_state)
+    return record
+
+
+def reset_feature_state(stream: str, reset: dict[str, Any] | None) -> bytes | None:
+    """The derived-feature state a pending reset carries (checksum-verified); None when it carries none."""
+    if not reset or RESET_STATE not in reset:
+        return None
+    data = reset[RESET_STATE].encode()
+    if _sha256(data) != reset.get(RESET_STATE_SHA256):
+        raise ChecksumMismatch(
+            f"{stream}: the feature state of the pending offset reset ({reset.get('reason')}) does not match its "
+            "sha256: re-run the batch it came from, or reset the offsets with `streamfit offsets reset`"
+        )
+    return data
+
+
+def reset_summary(reset: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The reset without its feature state (which the version stores as features.json): what meta.json records."""
+    return None if reset is None else {k: v for k, v in reset.items() if k != RESET_STATE}
 
 
 def expected_offsets(registry: ModelRegistry, stream: str) -> tuple[Version | None, dict[int, int], dict | None]:
