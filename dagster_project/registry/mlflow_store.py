@@ -939,25 +939,41 @@ class MlflowRegistry(ModelRegistry):
     # ------------------------------------------------------------------ migration (streamfit registry migrate)
 
     @_translating("importing a version")
-    def import_version(self, stream: str, version: Version, onnx_bytes: bytes, estimator_bytes: bytes) -> str:
-        """Copy one version with its own name, parent, created_at and checksums; 'copied' or 'present'.
+    def import_version(
+        self,
+        stream: str,
+        version: Version,
+        onnx_bytes: bytes,
+        estimator_bytes: bytes,
+        feature_state: bytes | None = None,
+    ) -> str:
+        """Copy one version with its own name, parent, created_at and checksums (and its
+        features.json, when it has one); 'copied' or 'present'.
 
         Idempotent: a version already committed with the same checksums is left alone, so an
         interrupted migration is simply run again."""
         meta = {k: v for k, v in version.meta.items() if k != "mlflow"}
         meta.update(stream=stream, version=version.name, parent=version.parent)
-        meta["sha256"] = {ONNX_FILE: _sha256(onnx_bytes), ESTIMATOR_FILE: _sha256(estimator_bytes)}
+        meta["sha256"] = _checksums(onnx_bytes, estimator_bytes, feature_state)
         entries = self._entries(stream)
         for entry in entries:
             if entry.committed and entry.tags.get(VERSION_TAG) == version.name:
-                same = all(entry.tags.get(SHA256_TAG + f) == meta["sha256"][f] for f in (ONNX_FILE, ESTIMATOR_FILE))
-                if not same:
-                    raise RegistryError(
-                        f"{stream}: MLflow already holds a different {version.name} "
-                        f"(models:/{stream}/{entry.number}); refusing to overwrite it"
+                held = self._meta(stream, entry).get("sha256") or {}
+                if held == meta["sha256"]:
+                    return "present"
+                missing = FEATURES_FILE in meta["sha256"] and FEATURES_FILE not in held
+                raise RegistryError(
+                    f"{stream}: MLflow already holds a different {version.name} (models:/{stream}/{entry.number})"
+                    + (
+                        f" without its {FEATURES_FILE} (copied by an older Streamfit): delete that model version "
+                        "and its successors in MLflow, then migrate again"
+                        if missing
+                        else "; refusing to overwrite it"
                     )
-                return "present"
-        self._stage_and_commit(stream, entries, meta, onnx_bytes, estimator_bytes, check_parent=False)
+                )
+        self._stage_and_commit(
+            stream, entries, meta, onnx_bytes, estimator_bytes, check_parent=False, feature_state=feature_state
+        )
         return "copied"
 
     @_translating("importing records")
