@@ -5,7 +5,7 @@ A window's sum and sum of squares are kept as integers: a float is exactly m / 2
 and integer sums neither round nor drift however long values keep entering and leaving them. An
 aggregate is then one correctly rounded division (CPython's int / int), so it depends only on the
 window's contents: not on the order values entered and left, nor on whether the sums were kept
-incrementally (`features.window`), built from scratch (`aggregate`, `/predict`) or rebuilt after a
+incrementally (`features.window`), built from scratch (`/predict`) or rebuilt after a
 restart from a checkpoint. The standard deviation comes from the exact n*sum(x^2) - sum(x)^2, so
 it has no cancellation error however large the mean is against the spread.
 """
@@ -13,7 +13,6 @@ it has no cancellation error however large the mean is against the spread.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 
 from dagster_project.spec import DerivedFeatureSpec
 
@@ -87,18 +86,3 @@ def finish(feature: DerivedFeatureSpec, sums: ExactSums | None, n: int, low: flo
     if agg == "sum":
         return sums.sum()
     return sums.mean() if agg == "mean" else sums.std()
-
-
-def exact_sums(values: Iterable[float], squares: bool) -> ExactSums:
-    sums = ExactSums(squares)
-    for x in values:
-        sums.add(x)
-    return sums
-
-
-def aggregate(feature: DerivedFeatureSpec, values: Sequence[float]) -> float:
-    """`feature.agg` over `values` (the window, oldest first), built from scratch: the same bits as
-    the incremental path (`features.window.WindowCursor`) gives for the same window."""
-    sums = exact_sums(values, feature.agg == "std") if feature.agg in USES_SUMS else None
-    low, high = (min(values), max(values)) if values else (0.0, 0.0)
-    return finish(feature, sums, len(values), low, high)
