@@ -6,7 +6,7 @@ from typing import Any
 
 from dagster_project.features.serialization import load_state
 from dagster_project.features.state import FeatureState
-from dagster_project.registry.store import ModelRegistry, Version, reset_feature_state
+from dagster_project.registry.store import ModelRegistry, Version, carried_state
 from dagster_project.spec import StreamSpec
 
 
@@ -28,9 +28,10 @@ def expected_state_bytes(
     registry: ModelRegistry, spec: StreamSpec, head: Version | None, reset: dict[str, Any] | None
 ) -> bytes | None:
     """The saved state at `expected_offsets`: a pending reset's own state when it carries one (a
-    quarantined batch, a first batch with nothing to learn: their events were read and stay in the
-    features), else the head's (an operator's reset or skip: the skipped events never entered it)."""
-    carried = reset_feature_state(spec.name, reset)
+    quarantined batch, a first batch with nothing to learn, a skipped data-quality halt: their
+    events were read and stay in the features), else the head's (an offset reset, a skipped failed
+    run: nothing read the skipped events)."""
+    carried = carried_state(spec.name, reset)
     if carried is not None or head is None:
         return carried
     return registry.load_feature_state(spec.name, head.name)

@@ -81,7 +81,7 @@ from dagster_project.registry.store import (
     _now,
     _sha256,
     reset_record,
-    reset_summary,
+    without_state,
 )
 
 log = logging.getLogger(__name__)
@@ -893,7 +893,7 @@ class MlflowRegistry(ModelRegistry):
     def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
         halt = self.halt(stream)
         if halt is not None:
-            self.record_decision(stream, {"kind": "halt_cleared", "halt": halt, **resolution})
+            self.record_decision(stream, {"kind": "halt_cleared", "halt": without_state(halt), **resolution})
             self._clear_state(stream, HALT_KEY)
 
     @_translating("recording an offset reset")
@@ -911,7 +911,7 @@ class MlflowRegistry(ModelRegistry):
         if pending is None:
             return None
         head = self._head(stream, self._entries(stream))
-        if head is not None and head.meta.get("offset_reset_applied") == reset_summary(pending):
+        if head is not None and head.meta.get("offset_reset_applied") == without_state(pending):
             log.warning("%s: the pending offset reset was already applied by %s; ignoring it", stream, head.name)
             return None
         return pending

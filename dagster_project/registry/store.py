@@ -484,7 +484,7 @@ class FilesystemRegistry(ModelRegistry):
     def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
         halt = self.halt(stream)
         if halt is not None:
-            self.record_decision(stream, {"kind": "halt_cleared", "halt": halt, **resolution})
+            self.record_decision(stream, {"kind": "halt_cleared", "halt": without_state(halt), **resolution})
             (self._stream_dir(stream) / "halt.json").unlink(missing_ok=True)
 
     def champion_history(self, stream: str) -> list[dict[str, Any]]:
@@ -511,31 +511,37 @@ class FilesystemRegistry(ModelRegistry):
             os.replace(path, self._stream_dir(stream) / f"offset_reset.applied-{applied_by_version}.json")
 
 
+def with_state(record: dict[str, Any], feature_state: bytes | None) -> dict[str, Any]:
+    """`record` (a pending offset reset, a data-quality halt) carrying the derived-feature state after
+    the events it skips, as text with its sha256; unchanged without one."""
+    if feature_state is None:
+        return record
+    return {**record, RESET_STATE: feature_state.decode(), RESET_STATE_SHA256: _sha256(feature_state)}
+
+
 def reset_record(offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None) -> dict[str, Any]:
-    """A pending offset reset as both backends store it; the feature state travels as text with its sha256."""
+    """A pending offset reset as both backends store it."""
     record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
-    if feature_state is not None:
-        record[RESET_STATE] = feature_state.decode()
-        record[RESET_STATE_SHA256] = _sha256(feature_state)
-    return record
+    return with_state(record, feature_state)
 
 
-def reset_feature_state(stream: str, reset: dict[str, Any] | None) -> bytes | None:
-    """The derived-feature state a pending reset carries (checksum-verified); None when it carries none."""
-    if not reset or RESET_STATE not in reset:
+def carried_state(stream: str, record: dict[str, Any] | None) -> bytes | None:
+    """The derived-feature state a pending reset or halt carries (checksum-verified); None when it carries none."""
+    if not record or RESET_STATE not in record:
         return None
-    data = reset[RESET_STATE].encode()
-    if _sha256(data) != reset.get(RESET_STATE_SHA256):
+    data = record[RESET_STATE].encode()
+    if _sha256(data) != record.get(RESET_STATE_SHA256):
         raise ChecksumMismatch(
-            f"{stream}: the feature state of the pending offset reset ({reset.get('reason')}) does not match its "
-            "sha256: re-run the batch it came from, or reset the offsets with `streamfit offsets reset`"
+            f"{stream}: the feature state carried by {record.get('reason') or record.get('summary')!r} does not match "
+            "its sha256: re-run the batch it came from, or reset the offsets with `streamfit offsets reset`"
         )
     return data
 
 
-def reset_summary(reset: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The reset without its feature state (which the version stores as features.json): what meta.json records."""
-    return None if reset is None else {k: v for k, v in reset.items() if k != RESET_STATE}
+def without_state(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The record without its feature state (a version stores that as features.json): what meta.json
+    and the decision log keep."""
+    return None if record is None else {k: v for k, v in record.items() if k != RESET_STATE}
 
 
 def expected_offsets(registry: ModelRegistry, stream: str) -> tuple[Version | None, dict[int, int], dict | None]:

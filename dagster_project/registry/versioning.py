@@ -9,7 +9,7 @@ from dagster_project.features.checkpoint import expected_state_bytes
 from dagster_project.ingest.categories import encoding_signature, level_labels, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import Ranges
-from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets, reset_summary
+from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets, without_state
 from dagster_project.spec import StreamSpec
 from monitors.profiles import profile_features, profile_labels
 
@@ -119,7 +119,7 @@ def register_batch(
         parity,
         {"train_seconds": model.train_seconds, "export_seconds": parity.get("export_seconds")},
         run_id,
-        offset_reset_applied=reset_summary(reset),
+        offset_reset_applied=without_state(reset),
         **extra,
     )
     meta["offsets"]["identity"] = identity

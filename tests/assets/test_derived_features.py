@@ -277,3 +277,42 @@ def test_a_first_batch_without_labels_keeps_its_feature_state(kafka_settings, ka
     for batch in trained:
         assert_matches_reference(batch, events, expected, len(spec.feature_names))
     assert registry.load_feature_state(spec.name, head.name) == reference_after(kafka_settings, spec, head.learned)
+
+
+def test_a_skipped_halted_batch_stays_in_the_features(kafka_settings, kafka_bootstrap, registry, instance, tmp_path):
+    """Policy halt: the operator skips the batch; its events stay in the state, as the scorer has them."""
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    spec = sensors_spec()
+    produce_sensors(kafka_settings, spec, rows=900)
+    strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(
+        defs_for(spec, kafka_bootstrap, registry), spec, {p: (0, e // 3) for p, e in ends.items()}, instance
+    ).success
+    start = registry.head(spec.name).learned
+    halted = {p: (start[p], 2 * e // 3) for p, e in ends.items()}
+    assert not run_batch(
+        defs_for(strict, kafka_bootstrap, registry), spec, halted, instance, raise_on_error=False
+    ).success
+    assert "feature_state" in registry.halt(spec.name)
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / f"{spec.name}.yaml").write_bytes(orjson.dumps(spec.model_dump(mode="json")))
+    env = {"STREAMFIT_STREAMS": str(streams), "STREAMFIT_HOME": str(registry.root.parent), "USER": "ops"}
+    skipped = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "glitch"], env=env)
+    assert skipped.exit_code == 0, skipped.output
+
+    _, resume, _ = expected_offsets(registry, spec.name)
+    third = trained_batch(
+        run_batch(
+            defs_for(spec, kafka_bootstrap, registry), spec, {p: (resume[p], e) for p, e in ends.items()}, instance
+        ),
+        spec,
+    )
+    head = registry.head(spec.name)
+    events = accepted_events(kafka_settings, spec, head.learned)  # the skipped events included
+    assert_matches_reference(third, events, pandas_reference(spec, events), len(spec.feature_names))
+    assert registry.load_feature_state(spec.name, head.name) == reference_after(kafka_settings, spec, head.learned)

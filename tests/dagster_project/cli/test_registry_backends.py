@@ -74,6 +74,21 @@ def test_batches_skip(cli, spec: StreamSpec, store: ModelRegistry, monkeypatch: 
     assert store.decisions(spec.name)[-1]["by"] == "erin"
 
 
+def test_skipping_a_data_quality_halt_carries_its_feature_state(
+    cli, spec: StreamSpec, store: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project.registry.store import carried_state, with_state
+
+    monkeypatch.setenv(OPERATOR_ENV, "erin")
+    state = b'{"format":1,"columns":{"device":["temp"]},"partitions":{}}'
+    halt = {"ranges": {"0": [10, 30]}, "summary": "mean of temp out of bounds", "run_id": "r"}
+    store.set_halt(spec.name, with_state(halt, state))
+    assert cli("batches", "skip", spec.name, "--reason", "known sensor glitch").exit_code == 0
+    assert carried_state(spec.name, store.pending_offset_reset(spec.name)) == state  # the next batch starts from it
+    cleared = store.decisions(spec.name)[-1]
+    assert cleared["halt"]["summary"] == halt["summary"] and "feature_state" not in cleared["halt"]
+
+
 def test_migrate_copies_versions_champion_history_and_state(
     cli, spec: StreamSpec, streamfit_home, mlflow_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,9 +27,9 @@ from dagster_project.registry.store import (
     ModelRegistry,
     RegistryError,
     StaleParent,
+    carried_state,
     expected_offsets,
-    reset_feature_state,
-    reset_summary,
+    without_state,
 )
 from dagster_project.registry.versioning import already_registered, register_batch
 from tests.conftest import synthetic_spec
@@ -280,14 +280,16 @@ def test_a_pending_reset_carries_the_feature_state_after_the_skipped_events(
     registry.set_pending_offsets(stream, {0: 40}, reason="quarantined q-1", by="data quality", feature_state=state)
 
     head, expected, reset = expected_offsets(registry, stream)
-    assert expected == {0: 40} and reset_feature_state(stream, reset) == state
-    assert reset_summary(reset) == {k: v for k, v in reset.items() if k != "feature_state"}
+    assert expected == {0: 40} and carried_state(stream, reset) == state
+    assert without_state(reset) == {k: v for k, v in reset.items() if k != "feature_state"}
     registry.clear_offset_reset(stream, applied_by_version="v2")
-    assert reset_feature_state(stream, registry.applied_offset_resets(stream)["v2"]) == state
+    assert carried_state(stream, registry.applied_offset_resets(stream)["v2"]) == state
 
     tampered = {**reset, "feature_state": reset["feature_state"].replace("dev-1", "dev-X")}
-    with pytest.raises(ChecksumMismatch, match="feature state of the pending offset reset"):
-        reset_feature_state(stream, tampered)
+    with pytest.raises(
+        ChecksumMismatch, match="the feature state carried by .quarantined q-1. does not match its sha256"
+    ):
+        carried_state(stream, tampered)
 
 
 def test_a_reset_before_any_version_and_a_newer_one_replacing_it(registry: ModelRegistry, stream: str) -> None:

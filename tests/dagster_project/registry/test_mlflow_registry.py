@@ -18,7 +18,7 @@ from dagster_project.registry.store import (
     RegistryError,
     RegistryUnavailable,
     StaleParent,
-    reset_summary,
+    without_state,
 )
 from dagster_project.registry.versioning import already_registered
 from dagster_project.resources import RegistryResource
@@ -167,7 +167,7 @@ def test_a_reset_with_a_feature_state_applied_by_a_version_is_not_applied_again(
     stream = new_stream()
     state = b'{"format":1,"columns":{"device":["temp"]},"partitions":{}}'
     pending = registry.set_pending_offsets(stream, {0: 40}, reason="quarantined q-1", by="dq", feature_state=state)
-    meta = batch_meta(40, 60, seed=1) | {"offset_reset_applied": reset_summary(pending)}
+    meta = batch_meta(40, 60, seed=1) | {"offset_reset_applied": without_state(pending)}
     registry.register(stream, None, scaler_onnx(1), fitted_scaler(1), meta, feature_state=state)
 
     assert registry.pending_offset_reset(stream) is None  # the crash left it behind; it is not applied twice
