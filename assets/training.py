@@ -9,7 +9,7 @@ import dagster as dg
 
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
-from dagster_project.features.checkpoint import state_after
+from dagster_project.features.checkpoint import expected_state
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
 from dagster_project.kafka.io import commit_group_offsets
@@ -106,7 +106,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     ):
         ranges, learn_ends = config.as_ranges(), config.learn_ends()
         learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
-        head, expected, _ = expected_offsets(registry.get(), name)
+        head, expected, reset = expected_offsets(registry.get(), name)
         if decide(expected, learned) is Decision.ALREADY_LEARNED:
             # A retry after the version was written: make sure Kafka shows it, learn nothing twice.
             commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
@@ -115,7 +115,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             context.log.info(message)
             yield dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
             return
-        state = state_after(registry.get(), spec, head)  # the features continue from the head's checkpoint
+        state = expected_state(registry.get(), spec, head, reset)  # the features continue from the checkpoint
         batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends, state=state)
         outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
         yield dg.AssetCheckResult(
@@ -200,7 +200,11 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             reason = (
                 f"no learnable rows ({micro_batch.dlq} dead-lettered, {micro_batch.rows} unlabelled) and no model yet"
             )
-            reg.set_pending_offsets(name, ends, reason=reason, by=f"run {context.run.run_id}")
+            # The features did see its events: their state moves with the offsets, so the first
+            # version's features are those of the whole stream.
+            reg.set_pending_offsets(
+                name, ends, reason=reason, by=f"run {context.run.run_id}", feature_state=micro_batch.feature_state
+            )
             context.log.warning(f"{name}: {_ranges_text(micro_batch.ranges)}: {reason}; offsets advanced")
             return
         else:

@@ -459,11 +459,6 @@ class StreamSpec(_Strict):
                 raise ValueError(f"{where}: by: {d.by!r} is a {key.type} feature; a key must be a category or int")
             if d.by in ("id", "features", "label", self.event_time.field):
                 raise ValueError(f"{where}: by: {d.by!r} is not a key; name a field such as device_id")
-        if self.quality.policy == "quarantine":
-            raise ValueError(
-                "derived features do not support quality.policy: quarantine yet (a skipped batch would leave "
-                "the feature state behind its offsets): use policy: halt"
-            )
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,8 @@ def batches() -> None:
 @click.option("--reason", required=True, help="Why the batch is skipped (recorded with your name).")
 def batches_skip(stream: str, reason: str) -> None:
     """Skip the batch a halt stopped at (data quality or a failed run); the next version records who skipped what."""
+    from dagster_project.registry.store import carried_state
+
     stream_spec(stream)
     store = registry()
     halt = store.halt(stream)
@@ -35,6 +37,8 @@ def batches_skip(stream: str, reason: str) -> None:
     ends.update({int(p): int(e) for p, e in (halt.get("learned_ends") or {}).items()})
     by = operator_name()
     cause = "a failed run" if halt.get("kind") == "failed_run" else "data-quality halt"
-    store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by)
+    # A data-quality halt read the batch: its events stay in the derived features (a failed run's did not).
+    state = carried_state(stream, halt)
+    store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by, feature_state=state)
     store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
     click.echo(f"{stream}: skipped {halt['ranges']} ({halt['summary']}); training resumes at {ends}")

@@ -22,13 +22,15 @@ def offsets() -> None:
 def offsets_show(stream: str, bootstrap: str | None) -> None:
     """Learned offsets, the broker's ends and the lag, per partition."""
     from dagster_project.kafka.io import committed_group_offsets, probe_partitions, topic_changed
-    from dagster_project.registry.store import expected_offsets
+    from dagster_project.registry.store import expected_offsets, without_state
 
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
     head, expected, reset = expected_offsets(registry(), stream)
     committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
-    click.echo(f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {reset}" if reset else ""))
+    click.echo(
+        f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {without_state(reset)}" if reset else "")
+    )
     states = probe_partitions(settings, spec.events_topic, expected)
     changed = topic_changed(settings, spec, head, reset) if states else None
     if changed:

@@ -1,8 +1,9 @@
 """`streamfit registry migrate --to mlflow`: copy a filesystem registry into MLflow.
 
-Every version keeps its name (`v<N>`), parent, offsets, checksums and creation time; the champion
-alias, the champion history, the decisions, a halt, a pending offset reset and the applied resets
-are copied as they are. The copy is idempotent: versions MLflow already holds (same name, same
+Every version keeps its name (`v<N>`), parent, offsets, checksums, creation time and derived-feature
+state (`features.json`); the champion alias, the champion history, the decisions, a halt, a pending
+offset reset (with the feature state a quarantine skip carries) and the applied resets are copied
+as they are. The copy is idempotent: versions MLflow already holds (same name, same
 checksums) are left alone and records are written under keys made from their position, so an
 interrupted migration is simply run again. Stop training first (the Dagster daemon, or the
 sensors), migrate, then set STREAMFIT_REGISTRY=mlflow everywhere.
@@ -65,7 +66,8 @@ def _migrate_stream(source, destination, stream: str) -> None:
     for version in valid:
         onnx_bytes = source.read_verified(stream, version.name, ONNX_FILE)
         estimator_bytes = source.read_verified(stream, version.name, ESTIMATOR_FILE)
-        outcome = destination.import_version(stream, version, onnx_bytes, estimator_bytes)
+        feature_state = source.load_feature_state(stream, version.name)  # derived features continue from it
+        outcome = destination.import_version(stream, version, onnx_bytes, estimator_bytes, feature_state)
         copied += outcome == "copied"
         present += outcome == "present"
     history, decisions = source.champion_history(stream), source.decisions(stream)
@@ -82,7 +84,9 @@ def _migrate_stream(source, destination, stream: str) -> None:
         destination.import_champion(stream, champion)
     # Check the copy against the source before saying so.
     copy = destination.versions(stream)
-    if [(v.name, v.parent, v.learned) for v in copy] != [(v.name, v.parent, v.learned) for v in valid]:
+    if [(v.name, v.parent, v.learned, v.meta["sha256"]) for v in copy] != [
+        (v.name, v.parent, v.learned, v.meta["sha256"]) for v in valid
+    ]:
         raise click.ClickException(f"{stream}: the copy in MLflow differs from {source.root / stream}; run again")
     if destination.champion(stream) != champion or len(destination.champion_history(stream)) != len(history):
         raise click.ClickException(f"{stream}: the champion or its history differs after the copy; run again")

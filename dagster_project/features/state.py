@@ -24,26 +24,58 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster_project.features.aggregations import aggregate
+from dagster_project.features.aggregations import USES_SUMS
 from dagster_project.features.timing import EventError, event_key, event_seconds, key_fields
-from dagster_project.spec import StreamSpec
+from dagster_project.features.window import WindowCursor
+from dagster_project.spec import DerivedFeatureSpec, StreamSpec
 
 Key = str | int
 
 
 @dataclass
 class History:
-    """One key's accepted events in time order: `times[i]`, and `columns[c][i]` for each `of` column
-    (column lists, so a window is a slice taken at C speed)."""
+    """One key's accepted events in time order: `times[i]`, and `columns[c][i]` for each `of` column.
+
+    `base` counts the values dropped from the front, so `base + i` is a stable position for the
+    window cursors (running aggregates per (column, window): a cache, never saved).
+    """
 
     times: list[float] = field(default_factory=list)
     columns: list[list[float]] = field(default_factory=list)
+    base: int = 0
+    cursors: dict[tuple[int, float], WindowCursor] = field(default_factory=dict)
+
+    def drop_before(self, cutoff: float) -> None:
+        """Drop the events older than `cutoff` (no future window can reach them)."""
+        drop = bisect_left(self.times, cutoff)
+        if not drop:
+            return
+        for (column, _), cursor in self.cursors.items():
+            cursor.drop_front(self.columns[column], self.base, self.base + drop)
+        del self.times[:drop]
+        for column in self.columns:
+            del column[:drop]
+        self.base += drop
 
 
 @dataclass
 class PartitionState:
     newest: float | None = None  # the newest event time accepted on the partition
     tables: dict[str, OrderedDict[Key, History]] = field(default_factory=dict)  # by field -> least recent first
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The derived features over the same key field, column and window: one window, one cursor."""
+
+    by: str
+    column: int | None  # in the stored values; None: count, which needs no values
+    window: float
+    features: tuple[tuple[int, DerivedFeatureSpec], ...]  # (output position, feature)
+
+    def cursor(self) -> WindowCursor:
+        aggs = {f.agg for _, f in self.features}
+        return WindowCursor(bool(aggs & USES_SUMS), "std" in aggs, "min" in aggs, "max" in aggs)
 
 
 @dataclass(frozen=True)
@@ -71,10 +103,11 @@ class FeatureState:
             columns = tuple(dict.fromkeys(d.of for d in mine if d.of is not None))
             self._tables.append(_Table(by, in_features, columns, max(d.window for d in mine)))
         table_of = {t.by: t for t in self._tables}
-        # Per derived feature: (table, column in the stored values or None for count, window, spec).
-        self._features = [
-            (table_of[d.by], table_of[d.by].columns.index(d.of) if d.of else None, d.window, d) for d in spec.derived
-        ]
+        groups: dict[tuple[str, int | None, float], list[tuple[int, DerivedFeatureSpec]]] = {}
+        for j, d in enumerate(spec.derived):
+            column = table_of[d.by].columns.index(d.of) if d.of else None
+            groups.setdefault((d.by, column, d.window), []).append((j, d))
+        self._groups = [_Group(by, c, w, tuple(members)) for (by, c, w), members in groups.items()]
         self._of_positions = {t.by: [position[c] for c in t.columns] for t in self._tables}
         self.partitions: dict[int, PartitionState] = {}
         # Since this object was made (a batch, a scorer's life): never part of the checkpoint.
@@ -97,7 +130,7 @@ class FeatureState:
                 f"late event: event time {t:.3f} is {part.newest - t:.3f} s behind the newest on partition "
                 f"{partition} ({part.newest:.3f}), more than event_time.lateness {self.lateness:g} s"
             )
-        values = self._values(part, keys, t)
+        values = self._values(part, keys, t, follow=True)
         part.newest = t if part.newest is None else max(part.newest, t)
         watermark = part.newest - self.lateness
         for table in self._tables:
@@ -133,20 +166,33 @@ class FeatureState:
         t = event_seconds(event.get(self.event_time.field), self.event_time)
         return t, {table.by: event_key(event, table.by, table.in_features) for table in self._tables}
 
-    def _values(self, part: PartitionState, keys: dict[str, Key], t: float) -> list[float]:
-        out = []
-        windows: dict[tuple[str, int | None, float], list[float] | int] = {}  # shared by features over the same slice
-        for table, column, window, feature in self._features:
-            history = part.tables.get(table.by, {}).get(keys[table.by])
+    def _values(self, part: PartitionState, keys: dict[str, Key], t: float, follow: bool = False) -> list[float]:
+        """Each derived feature over its key's window [t - window, t). With `follow` the key's cursors
+        move there (the event path); without, the windows are aggregated from scratch and nothing,
+        not even a cache, changes (`peek`). Both give the same bits (`features.aggregations`)."""
+        out = [0.0] * len(self.spec.derived)
+        for group in self._groups:
+            history = part.tables.get(group.by, {}).get(keys[group.by])
             if history is None:
-                out.append(aggregate(feature, ()))
+                empty = WindowCursor(False, False, False, False)
+                for j, feature in group.features:
+                    out[j] = empty.value(feature)
                 continue
-            key = (table.by, column, window)
-            values = windows.get(key)
-            if values is None:
-                lo, hi = bisect_left(history.times, t - window), bisect_left(history.times, t)
-                values = windows[key] = hi - lo if column is None else history.columns[column][lo:hi]
-            out.append(float(values) if column is None else aggregate(feature, values))
+            times, base = history.times, history.base
+            lo, hi = base + bisect_left(times, t - group.window), base + bisect_left(times, t)
+            if group.column is None:  # count: the window's length
+                for j, _ in group.features:
+                    out[j] = float(hi - lo)
+                continue
+            slot = (group.column, group.window)
+            cursor = history.cursors.get(slot) if follow else None
+            if cursor is None:
+                cursor = group.cursor()
+                if follow:
+                    history.cursors[slot] = cursor
+            cursor.move(history.columns[group.column], base, lo, hi)
+            for j, feature in group.features:
+                out[j] = cursor.value(feature)
         return out
 
     def _history(self, part: PartitionState, table: _Table, key: Key, watermark: float) -> History:
@@ -155,7 +201,7 @@ class FeatureState:
         cutoff = watermark - table.horizon
         history = keys.get(key)
         if history is not None:
-            _prune(history, cutoff)
+            history.drop_before(cutoff)
             if history.times:
                 keys.move_to_end(key)
                 return history
@@ -187,7 +233,7 @@ class FeatureState:
                 if keys:
                     cutoff = part.newest - self.lateness - table.horizon
                     for history in keys.values():
-                        _prune(history, cutoff)
+                        history.drop_before(cutoff)
                     self._expire(keys, cutoff)
 
     def keys(self) -> int:
@@ -203,11 +249,3 @@ class FeatureState:
         twin.partitions = copy.deepcopy(self.partitions)
         twin.counters = Counter()
         return twin
-
-
-def _prune(history: History, cutoff: float) -> None:
-    drop = bisect_left(history.times, cutoff)
-    if drop:
-        del history.times[:drop]
-        for column in history.columns:
-            del column[:drop]

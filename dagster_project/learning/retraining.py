@@ -59,14 +59,25 @@ def recent_window(versions: list[Version], rows: int, since: str | None = None) 
 
 
 def _state_at(registry: ModelRegistry, spec: StreamSpec, window: Ranges):
-    """The feature state where the window starts: the one saved with the version whose learned
-    offsets are the window's start (the parent of its first batch); None without derived features."""
-    from dagster_project.features.checkpoint import state_after
+    """The feature state where the window starts: the state the version whose batch starts there
+    began from (its parent's, or the skip it applied: a quarantine, a first batch with nothing to
+    learn), else the one saved with a version whose learned offsets are the window's start; None
+    without derived features."""
+    from dagster_project.features.checkpoint import expected_state, state_after
 
     if not spec.derived:
         return None
     starts = {p: start for p, (start, _) in window.items()}
-    for version in registry.versions(spec.name):
+    versions = registry.versions(spec.name)
+    applied = registry.applied_offset_resets(spec.name)
+    by_name = {v.name: v for v in versions}
+    for version in versions:
+        if version.meta.get("retrain") or version.meta.get("replay"):
+            continue
+        if {p: start for p, (start, _) in learned_ranges(version).items()} == starts:
+            parent = by_name.get(version.parent) if version.parent else None
+            return expected_state(registry, spec, parent, applied.get(version.name))
+    for version in versions:
         if all(version.learned.get(p) == start for p, start in starts.items()):
             return state_after(registry, spec, version)
     return state_after(registry, spec, None)  # the window starts at the stream's first batch

@@ -14,7 +14,7 @@ from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.quarantine import QuarantineStore
-from dagster_project.registry.store import ModelRegistry
+from dagster_project.registry.store import ModelRegistry, with_state
 from dagster_project.spec import StreamSpec
 
 
@@ -78,15 +78,15 @@ def apply_quality_policy(
     decision = {"kind": "quality", "action": screening.action, "ranges": _ranges_text(batch), "summary": summary}
     registry.record_decision(spec.name, {**decision, "run_id": run_id})
     if screening.action == "halt":
-        registry.set_halt(
-            spec.name,
-            {
-                "ranges": {str(p): list(r) for p, r in batch.ranges.items()},
-                "learned_ends": {str(p): e for p, e in batch.learned_ends.items()},
-                "summary": summary + dlq_note,
-                "run_id": run_id,
-            },
-        )
+        # With the state after the batch's events, so that `streamfit batches skip` keeps them in the
+        # features as a quarantine does (the scorer sees them either way).
+        record = {
+            "ranges": {str(p): list(r) for p, r in batch.ranges.items()},
+            "learned_ends": {str(p): e for p, e in batch.learned_ends.items()},
+            "summary": summary + dlq_note,
+            "run_id": run_id,
+        }
+        registry.set_halt(spec.name, with_state(record, batch.feature_state))
         message = (
             f"HALTED {spec.name} at {where}: {summary}{dlq_note}. Fix the cause and re-execute run {run_id[:8]}, "
             f"or skip the batch with `streamfit batches skip {spec.name} --reason ...`"
@@ -94,8 +94,14 @@ def apply_quality_policy(
         return QualityOutcome(None, False, "ERROR", message, metadata)
     qid = QuarantineStore().save(batch, metadata, run_id)
     ends = batch.learned_ends  # the tail was not checked: the next batch learns (or refuses) it
+    # Its events stay in the derived-feature state (the state after them travels with the skip), so
+    # later events see them as in serving, and a replay learns the values stored with the batch.
     registry.set_pending_offsets(
-        spec.name, ends, reason=f"quarantined {qid}: {summary}", by=f"data quality, run {run_id}"
+        spec.name,
+        ends,
+        reason=f"quarantined {qid}: {summary}",
+        by=f"data quality, run {run_id}",
+        feature_state=batch.feature_state,
     )
     metadata["quarantine_id"] = qid
     message = f"QUARANTINED {where} as {qid}: {summary}{dlq_note}; the stream moves on (`streamfit quarantine show`)"

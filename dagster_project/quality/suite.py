@@ -232,6 +232,8 @@ def split_partial(batch: MicroBatch, mask: np.ndarray) -> tuple[MicroBatch, Micr
 
     kept = take(~mask, Counter(batch.dlq_reasons))
     kept.tail = batch.tail
+    # The split-off rows entered the derived-feature state when read, as the scorer's do.
+    kept.feature_state, kept.feature_counters = batch.feature_state, batch.feature_counters
     return kept, take(mask, Counter())
 
 

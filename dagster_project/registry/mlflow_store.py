@@ -80,6 +80,8 @@ from dagster_project.registry.store import (
     _checksums,
     _now,
     _sha256,
+    reset_record,
+    without_state,
 )
 
 log = logging.getLogger(__name__)
@@ -891,12 +893,14 @@ class MlflowRegistry(ModelRegistry):
     def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
         halt = self.halt(stream)
         if halt is not None:
-            self.record_decision(stream, {"kind": "halt_cleared", "halt": halt, **resolution})
+            self.record_decision(stream, {"kind": "halt_cleared", "halt": without_state(halt), **resolution})
             self._clear_state(stream, HALT_KEY)
 
     @_translating("recording an offset reset")
-    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]:
-        record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+    def set_pending_offsets(
+        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
+    ) -> dict[str, Any]:
+        record = reset_record(offsets, reason, by, feature_state)  # a long one goes to an artifact (_set_record)
         self._set_record(stream, self._writer_run(stream), RESET_KEY, record)
         return record
 
@@ -907,7 +911,7 @@ class MlflowRegistry(ModelRegistry):
         if pending is None:
             return None
         head = self._head(stream, self._entries(stream))
-        if head is not None and head.meta.get("offset_reset_applied") == pending:
+        if head is not None and head.meta.get("offset_reset_applied") == without_state(pending):
             log.warning("%s: the pending offset reset was already applied by %s; ignoring it", stream, head.name)
             return None
         return pending
@@ -935,25 +939,41 @@ class MlflowRegistry(ModelRegistry):
     # ------------------------------------------------------------------ migration (streamfit registry migrate)
 
     @_translating("importing a version")
-    def import_version(self, stream: str, version: Version, onnx_bytes: bytes, estimator_bytes: bytes) -> str:
-        """Copy one version with its own name, parent, created_at and checksums; 'copied' or 'present'.
+    def import_version(
+        self,
+        stream: str,
+        version: Version,
+        onnx_bytes: bytes,
+        estimator_bytes: bytes,
+        feature_state: bytes | None = None,
+    ) -> str:
+        """Copy one version with its own name, parent, created_at and checksums (and its
+        features.json, when it has one); 'copied' or 'present'.
 
         Idempotent: a version already committed with the same checksums is left alone, so an
         interrupted migration is simply run again."""
         meta = {k: v for k, v in version.meta.items() if k != "mlflow"}
         meta.update(stream=stream, version=version.name, parent=version.parent)
-        meta["sha256"] = {ONNX_FILE: _sha256(onnx_bytes), ESTIMATOR_FILE: _sha256(estimator_bytes)}
+        meta["sha256"] = _checksums(onnx_bytes, estimator_bytes, feature_state)
         entries = self._entries(stream)
         for entry in entries:
             if entry.committed and entry.tags.get(VERSION_TAG) == version.name:
-                same = all(entry.tags.get(SHA256_TAG + f) == meta["sha256"][f] for f in (ONNX_FILE, ESTIMATOR_FILE))
-                if not same:
-                    raise RegistryError(
-                        f"{stream}: MLflow already holds a different {version.name} "
-                        f"(models:/{stream}/{entry.number}); refusing to overwrite it"
+                held = self._meta(stream, entry).get("sha256") or {}
+                if held == meta["sha256"]:
+                    return "present"
+                missing = FEATURES_FILE in meta["sha256"] and FEATURES_FILE not in held
+                raise RegistryError(
+                    f"{stream}: MLflow already holds a different {version.name} (models:/{stream}/{entry.number})"
+                    + (
+                        f" without its {FEATURES_FILE} (copied by an older Streamfit): delete that model version "
+                        "and its successors in MLflow, then migrate again"
+                        if missing
+                        else "; refusing to overwrite it"
                     )
-                return "present"
-        self._stage_and_commit(stream, entries, meta, onnx_bytes, estimator_bytes, check_parent=False)
+                )
+        self._stage_and_commit(
+            stream, entries, meta, onnx_bytes, estimator_bytes, check_parent=False, feature_state=feature_state
+        )
         return "copied"
 
     @_translating("importing records")

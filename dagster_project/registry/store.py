@@ -31,6 +31,8 @@ ESTIMATOR_FILE = "estimator.joblib"
 # the stream has derived features: part of the checkpoint, written and verified like the model.
 FEATURES_FILE = "features.json"
 META_FILE = "meta.json"
+# A pending offset reset that skipped events it read carries the feature state after them.
+RESET_STATE, RESET_STATE_SHA256 = "feature_state", "feature_state_sha256"
 
 
 class RegistryError(RuntimeError):
@@ -267,7 +269,12 @@ class ModelRegistry(abc.ABC):
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it
     @abc.abstractmethod
-    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]: ...
+    def set_pending_offsets(
+        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
+    ) -> dict[str, Any]:
+        """Make the next version start at `offsets`. `feature_state` is the derived-feature state
+        after them when the skipped events were read (a quarantine, a batch with nothing to learn):
+        kept in the same record, so the offsets and the state move together or not at all."""
 
     @abc.abstractmethod
     def pending_offset_reset(self, stream: str) -> dict[str, Any] | None: ...
@@ -477,7 +484,7 @@ class FilesystemRegistry(ModelRegistry):
     def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
         halt = self.halt(stream)
         if halt is not None:
-            self.record_decision(stream, {"kind": "halt_cleared", "halt": halt, **resolution})
+            self.record_decision(stream, {"kind": "halt_cleared", "halt": without_state(halt), **resolution})
             (self._stream_dir(stream) / "halt.json").unlink(missing_ok=True)
 
     def champion_history(self, stream: str) -> list[dict[str, Any]]:
@@ -485,8 +492,10 @@ class FilesystemRegistry(ModelRegistry):
         return _read_jsonl(path, "move the damaged file aside; the current alias (`champion`) is unaffected")
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it.
-    def set_pending_offsets(self, stream: str, offsets: dict[int, int], reason: str, by: str) -> dict[str, Any]:
-        record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+    def set_pending_offsets(
+        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
+    ) -> dict[str, Any]:
+        record = reset_record(offsets, reason, by, feature_state)
         self._stream_dir(stream).mkdir(parents=True, exist_ok=True)
         _write_atomic(self._stream_dir(stream) / "offset_reset.json", orjson.dumps(record))
         return record
@@ -500,6 +509,39 @@ class FilesystemRegistry(ModelRegistry):
         path = self._stream_dir(stream) / "offset_reset.json"
         if path.exists():
             os.replace(path, self._stream_dir(stream) / f"offset_reset.applied-{applied_by_version}.json")
+
+
+def with_state(record: dict[str, Any], feature_state: bytes | None) -> dict[str, Any]:
+    """`record` (a pending offset reset, a data-quality halt) carrying the derived-feature state after
+    the events it skips, as text with its sha256; unchanged without one."""
+    if feature_state is None:
+        return record
+    return {**record, RESET_STATE: feature_state.decode(), RESET_STATE_SHA256: _sha256(feature_state)}
+
+
+def reset_record(offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None) -> dict[str, Any]:
+    """A pending offset reset as both backends store it."""
+    record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+    return with_state(record, feature_state)
+
+
+def carried_state(stream: str, record: dict[str, Any] | None) -> bytes | None:
+    """The derived-feature state a pending reset or halt carries (checksum-verified); None when it carries none."""
+    if not record or RESET_STATE not in record:
+        return None
+    data = record[RESET_STATE].encode()
+    if _sha256(data) != record.get(RESET_STATE_SHA256):
+        raise ChecksumMismatch(
+            f"{stream}: the feature state carried by {record.get('reason') or record.get('summary')!r} does not match "
+            "its sha256: re-run the batch it came from, or reset the offsets with `streamfit offsets reset`"
+        )
+    return data
+
+
+def without_state(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The record without its feature state (a version stores that as features.json): what meta.json
+    and the decision log keep."""
+    return None if record is None else {k: v for k, v in record.items() if k != RESET_STATE}
 
 
 def expected_offsets(registry: ModelRegistry, stream: str) -> tuple[Version | None, dict[int, int], dict | None]:

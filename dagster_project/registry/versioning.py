@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dagster_project.features.checkpoint import expected_state_bytes
 from dagster_project.ingest.categories import encoding_signature, level_labels, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import Ranges
-from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets
+from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets, without_state
 from dagster_project.spec import StreamSpec
 from monitors.profiles import profile_features, profile_labels
 
@@ -118,7 +119,7 @@ def register_batch(
         parity,
         {"train_seconds": model.train_seconds, "export_seconds": parity.get("export_seconds")},
         run_id,
-        offset_reset_applied=reset,
+        offset_reset_applied=without_state(reset),
         **extra,
     )
     meta["offsets"]["identity"] = identity
@@ -128,11 +129,10 @@ def register_batch(
     feature_state = None
     if spec.derived:
         # The checkpoint's feature state follows its offsets: a batch's is the state after the rows
-        # it learns; a retrain or replay leaves the offsets where they are, so it keeps the head's.
+        # it learns; a retrain or replay does not move them, so it keeps the state at the offsets it
+        # records (the head's, or a pending quarantine skip's, which a replay applies).
         moved = not extra.get("retrain") and not extra.get("replay")
-        feature_state = (
-            batch.feature_state if moved else (registry.load_feature_state(spec.name, head.name) if head else None)
-        )
+        feature_state = batch.feature_state if moved else expected_state_bytes(registry, spec, head, reset)
         if moved and feature_state is None:
             raise ValueError(f"{spec.name}: the batch carries no feature state; read it with read_batch(state=...)")
         meta["feature_state"] = {"moved": moved, **((batch.feature_counters or {}) if moved else {})}

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from dagster_project.features import FeatureState, dump_state, load_state
+from dagster_project.registry.store import expected_offsets
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.features.reference import pandas_reference
 from tests.dagster_project.features.support import (
@@ -138,3 +139,180 @@ def test_the_key_cap_bounds_the_saved_state_and_is_counted(kafka_settings, kafka
     assert all(len(part["tables"]["device"]) <= 4 for part in saved["partitions"].values())
     metadata = result.asset_materializations_for_node(f"{spec.name}__micro_batch")[0].metadata
     assert metadata["feature_evicted_keys"].value == counters["evicted_keys"]
+
+
+def reference_after(settings, spec: StreamSpec, learned: dict[int, int]) -> bytes:
+    """The saved state of one uninterrupted pass over every event up to `learned`."""
+    reference = FeatureState(spec)
+    for r in read_topic(settings, spec.events_topic):
+        if r["_offset"] < learned[r["_partition"]]:
+            try:
+                reference.observe(r["_partition"], r, [r["features"]["temp"]])
+            except ValueError:
+                pass
+    return dump_state(reference)
+
+
+def assert_matches_reference(batch, events: pd.DataFrame, expected: np.ndarray, width: int) -> None:
+    where = {(p, o): i for i, (p, o) in enumerate(zip(events["partition"], events["offset"], strict=True))}
+    rows = [where[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
+    assert len(rows) > 0
+    assert np.abs(batch.X[:, width:] - expected[rows]).max() < 1e-9
+
+
+def trained_batch(result, spec: StreamSpec):
+    """The micro-batch a run handed to training (None when nothing trained)."""
+    import dagster as dg
+
+    assert result.success
+    try:
+        return result.output_for_node(f"{spec.name}__micro_batch")
+    except dg.DagsterInvariantViolationError:  # quarantined: the asset yielded no output
+        return None
+
+
+def test_a_quarantined_batch_stays_in_the_features_and_replays_with_its_values(
+    kafka_settings, kafka_bootstrap, registry, instance
+):
+    from dagster_project.quality.quarantine import QuarantineStore
+    from dagster_project.quality.replay import replay_quarantined
+
+    spec = sensors_spec(quality={"policy": "quarantine"})
+    produce_sensors(kafka_settings, spec)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    # The same stream while a too-strict rule was deployed: its batch fails and is quarantined.
+    strict = defs_for(
+        spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900.0, 999.0)}})}),
+        kafka_bootstrap,
+        registry,
+    )
+    ends = high_waters(kafka_settings, spec.events_topic)
+    first = trained_batch(run_batch(defs, spec, {p: (0, e // 3) for p, e in ends.items()}, instance), spec)
+    after_v1 = registry.head(spec.name).learned
+    quarantined = run_batch(strict, spec, {p: (after_v1[p], 2 * e // 3) for p, e in ends.items()}, instance)
+    assert trained_batch(quarantined, spec) is None
+    (entry,) = QuarantineStore().list(spec.name)
+    skip = registry.pending_offset_reset(spec.name)
+    assert skip["reason"].startswith(f"quarantined {entry.id}") and "feature_state" in skip
+    third = trained_batch(
+        run_batch(defs, spec, {p: (skip["offsets"][str(p)], e) for p, e in ends.items()}, instance), spec
+    )
+    v1, v2 = registry.versions(spec.name)
+    assert v2.meta["offset_reset_applied"]["reason"] == skip["reason"]
+    assert "feature_state" not in v2.meta["offset_reset_applied"]  # features.json holds it, not meta.json
+
+    events = accepted_events(kafka_settings, spec, v2.learned)
+    expected = pandas_reference(spec, events)  # over every accepted event, the quarantined ones included
+    width = len(spec.feature_names)
+    stored = QuarantineStore().get(spec.name, entry.id).batch
+    for batch in (first, stored, third):
+        assert_matches_reference(batch, events, expected, width)
+    assert registry.load_feature_state(spec.name, v2.name) == reference_after(kafka_settings, spec, v2.learned)
+
+    v3 = replay_quarantined(registry, QuarantineStore(), spec, entry.id, by="ops", force=True)
+    assert v3.learned == v2.learned
+    assert v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] + int(stored.labelled.sum())
+    # The replay learned the stored values and moved no feature state: nothing counted twice.
+    assert registry.load_feature_state(spec.name, v3.name) == registry.load_feature_state(spec.name, v2.name)
+    assert first.rows + stored.rows + third.rows == len(events)
+
+
+def test_a_replay_before_the_next_batch_takes_the_state_after_the_quarantined_events(
+    kafka_settings, kafka_bootstrap, registry, instance
+):
+    from dagster_project.quality.quarantine import QuarantineStore
+    from dagster_project.quality.replay import replay_quarantined
+
+    spec = sensors_spec(quality={"policy": "quarantine"})
+    produce_sensors(kafka_settings, spec, rows=600)
+    strict = spec.model_copy(
+        update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900.0, 999.0)}})}
+    )
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(
+        defs_for(spec, kafka_bootstrap, registry), spec, {p: (0, e // 2) for p, e in ends.items()}, instance
+    ).success
+    start = registry.head(spec.name).learned
+    assert run_batch(
+        defs_for(strict, kafka_bootstrap, registry), spec, {p: (start[p], e) for p, e in ends.items()}, instance
+    ).success
+    (entry,) = QuarantineStore().list(spec.name)
+
+    v2 = replay_quarantined(registry, QuarantineStore(), spec, entry.id, by="ops", force=True)
+
+    assert registry.pending_offset_reset(spec.name) is None
+    # The replay applied the skip, so its checkpoint is the state after the skipped events.
+    assert registry.load_feature_state(spec.name, v2.name) == reference_after(kafka_settings, spec, v2.learned)
+
+
+def test_a_first_batch_without_labels_keeps_its_feature_state(kafka_settings, kafka_bootstrap, registry, instance):
+    from dagster_project.dev.datasets import sensor_events
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    spec = sensors_spec()
+    unlabelled = 500
+
+    def pairs():
+        for i, e in enumerate(sensor_events(rows=1500, seed=9, devices=12)):
+            label = None if i < unlabelled else e.label
+            yield e.key.encode(), make_event(e.event_id, e.features, label, e.ts, **e.fields)
+
+    assert produce(kafka_settings, spec, pairs()) == 1500
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    # The first third is unlabelled: nothing to train and no model yet, but the offsets advance.
+    cuts = [{p: e * k // 6 for p, e in ends.items()} for k in (1, 3, 6)]
+    assert trained_batch(run_batch(defs, spec, {p: (0, c) for p, c in cuts[0].items()}, instance), spec) is not None
+    assert registry.versions(spec.name) == []
+    pending = registry.pending_offset_reset(spec.name)
+    assert "no model yet" in pending["reason"] and "feature_state" in pending
+    trained = []
+    for cut in cuts[1:]:
+        _, start, _ = expected_offsets(registry, spec.name)  # the pending offsets, then the head's
+        trained.append(trained_batch(run_batch(defs, spec, {p: (start[p], c) for p, c in cut.items()}, instance), spec))
+    head = registry.head(spec.name)
+    events = accepted_events(kafka_settings, spec, head.learned)
+    expected = pandas_reference(spec, events)  # the unlabelled events are in every later window
+    for batch in trained:
+        assert_matches_reference(batch, events, expected, len(spec.feature_names))
+    assert registry.load_feature_state(spec.name, head.name) == reference_after(kafka_settings, spec, head.learned)
+
+
+def test_a_skipped_halted_batch_stays_in_the_features(kafka_settings, kafka_bootstrap, registry, instance, tmp_path):
+    """Policy halt: the operator skips the batch; its events stay in the state, as the scorer has them."""
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    spec = sensors_spec()
+    produce_sensors(kafka_settings, spec, rows=900)
+    strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(
+        defs_for(spec, kafka_bootstrap, registry), spec, {p: (0, e // 3) for p, e in ends.items()}, instance
+    ).success
+    start = registry.head(spec.name).learned
+    halted = {p: (start[p], 2 * e // 3) for p, e in ends.items()}
+    assert not run_batch(
+        defs_for(strict, kafka_bootstrap, registry), spec, halted, instance, raise_on_error=False
+    ).success
+    assert "feature_state" in registry.halt(spec.name)
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / f"{spec.name}.yaml").write_bytes(orjson.dumps(spec.model_dump(mode="json")))
+    env = {"STREAMFIT_STREAMS": str(streams), "STREAMFIT_HOME": str(registry.root.parent), "USER": "ops"}
+    skipped = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "glitch"], env=env)
+    assert skipped.exit_code == 0, skipped.output
+
+    _, resume, _ = expected_offsets(registry, spec.name)
+    third = trained_batch(
+        run_batch(
+            defs_for(spec, kafka_bootstrap, registry), spec, {p: (resume[p], e) for p, e in ends.items()}, instance
+        ),
+        spec,
+    )
+    head = registry.head(spec.name)
+    events = accepted_events(kafka_settings, spec, head.learned)  # the skipped events included
+    assert_matches_reference(third, events, pandas_reference(spec, events), len(spec.feature_names))
+    assert registry.load_feature_state(spec.name, head.name) == reference_after(kafka_settings, spec, head.learned)

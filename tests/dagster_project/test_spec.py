@@ -222,7 +222,6 @@ def _derived(**feature) -> list[dict]:
         ({**ROLLING, "derived": _derived(window="a minute")}, "is not a duration: write e.g. 60s"),
         ({**ROLLING, "derived": _derived(window=0)}, "greater than 0"),
         ({**ROLLING, "derived": _derived(agg="median")}, "'count', 'sum', 'mean', 'min', 'max' or 'std'"),
-        ({**ROLLING, "derived": _derived(), "quality": {"policy": "quarantine"}}, "use policy: halt"),
         ({**ROLLING, "derived": _derived(), "feature_state": {"max_keys": 0}}, "greater than or equal to 1"),
     ],
 )

@@ -6,10 +6,13 @@ $MLFLOW_TRACKING_URI alone decide where they read and write; the output must not
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
 from dagster_project.cli.common import OPERATOR_ENV
+from dagster_project.ingest.events import EventParser
+from dagster_project.kafka.io import read_range
 from dagster_project.registry.store import FilesystemRegistry, ModelRegistry
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.registry.test_contract import fitted_scaler, meta, scaler_onnx
@@ -71,6 +74,21 @@ def test_batches_skip(cli, spec: StreamSpec, store: ModelRegistry, monkeypatch: 
     assert store.decisions(spec.name)[-1]["by"] == "erin"
 
 
+def test_skipping_a_data_quality_halt_carries_its_feature_state(
+    cli, spec: StreamSpec, store: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project.registry.store import carried_state, with_state
+
+    monkeypatch.setenv(OPERATOR_ENV, "erin")
+    state = b'{"format":1,"columns":{"device":["temp"]},"partitions":{}}'
+    halt = {"ranges": {"0": [10, 30]}, "summary": "mean of temp out of bounds", "run_id": "r"}
+    store.set_halt(spec.name, with_state(halt, state))
+    assert cli("batches", "skip", spec.name, "--reason", "known sensor glitch").exit_code == 0
+    assert carried_state(spec.name, store.pending_offset_reset(spec.name)) == state  # the next batch starts from it
+    cleared = store.decisions(spec.name)[-1]
+    assert cleared["halt"]["summary"] == halt["summary"] and "feature_state" not in cleared["halt"]
+
+
 def test_migrate_copies_versions_champion_history_and_state(
     cli, spec: StreamSpec, streamfit_home, mlflow_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -81,8 +99,10 @@ def test_migrate_copies_versions_champion_history_and_state(
     stream = spec.name
     source = FilesystemRegistry(streamfit_home / "registry")
     parent = None
+    states = [None, *(b'{"format":1,"columns":{"device":["temp"]},"partitions":{"0":%d}}' % n for n in (2, 3))]
     for n, learned in enumerate(({0: 10}, {0: 20}, {0: 35}), 1):
-        parent = source.register(stream, parent, scaler_onnx(n), fitted_scaler(n), meta(learned, seed=n)).name
+        model = scaler_onnx(n), fitted_scaler(n), meta(learned, seed=n)
+        parent = source.register(stream, parent, *model, feature_state=states[n - 1]).name
     source.set_champion(stream, "v1", reason="first version")
     source.set_pending_offsets(stream, {0: 20}, reason="replay", by="fred")
     source.clear_offset_reset(stream, applied_by_version="v3")
@@ -90,7 +110,7 @@ def test_migrate_copies_versions_champion_history_and_state(
     source.rollback(stream, reason="live accuracy dropped")
     source.record_decision(stream, {"kind": "promotion", "promoted": True})
     source.set_halt(stream, {"ranges": {"0": [35, 50]}, "summary": "nulls"})
-    source.set_pending_offsets(stream, {0: 50}, reason="skip", by="gina")
+    source.set_pending_offsets(stream, {0: 50}, reason="quarantined q-1", by="gina", feature_state=b'{"format":1}')
     fs_list = cli("models", "list", stream).output
 
     result = cli("registry", "migrate", "--to", "mlflow", "--mlflow-uri", mlflow_server.uri)
@@ -107,6 +127,9 @@ def test_migrate_copies_versions_champion_history_and_state(
         }
         assert copy.profile(stream, copied.name) == original.meta["profile"]
         assert copy.load_onnx(stream, copied.name) == source.load_onnx(stream, original.name)
+        # training and scorers on MLflow continue the derived features from the copied state
+        assert copy.load_feature_state(stream, copied.name) == source.load_feature_state(stream, original.name)
+    assert [copy.load_feature_state(stream, v) for v in ("v1", "v2", "v3")] == states
     assert copy.champion(stream) == "v1"
     assert copy.champion_history(stream) == source.champion_history(stream)
     assert copy.decisions(stream) == source.decisions(stream)
@@ -118,3 +141,56 @@ def test_migrate_copies_versions_champion_history_and_state(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     assert cli("models", "list", stream).output == fs_list  # the same listing from MLflow
     assert cli("models", "rollback", stream).exit_code == 1  # v1 has nothing earlier: same refusal as before
+
+
+def test_a_migrated_stream_continues_its_derived_features_on_mlflow(
+    cli, kafka_settings, kafka_bootstrap, instance, streamfit_home, mlflow_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training and the scorer on MLflow start from the features.json the migration copied."""
+    from dagster_project.registry.mlflow_store import MlflowRegistry
+    from dagster_project.serving.features import ServingFeatures
+    from tests.dagster_project.features.support import (
+        learn_in_batches,
+        produce_sensors,
+        sensors_spec,
+        training_inputs,
+    )
+    from tests.helpers import defs_for, high_waters
+
+    for name in ("STREAMFIT_REGISTRY", "STREAMFIT_MLFLOW_URI", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    spec = sensors_spec()
+    produce_sensors(kafka_settings, spec, rows=900)
+    source = FilesystemRegistry(streamfit_home / "registry")
+    learn_in_batches(defs_for(spec, kafka_bootstrap, source), spec, kafka_settings, source, instance, pieces=2)
+    before = training_inputs(kafka_settings, source, spec)  # every event, the rest from v2's saved state
+
+    result = cli("registry", "migrate", "--to", "mlflow", "--mlflow-uri", mlflow_server.uri, "--stream", spec.name)
+    assert result.exit_code == 0, result.output
+    copy = MlflowRegistry(mlflow_server.uri, root=streamfit_home / "registry")
+    assert copy.load_feature_state(spec.name, "v2") == source.load_feature_state(spec.name, "v2")
+
+    # A third batch on MLflow learns the rest of the topic with the values one pass gives.
+    learn_in_batches(defs_for(spec, kafka_bootstrap, copy), spec, kafka_settings, copy, instance, pieces=1)
+    assert [v.name for v in copy.versions(spec.name)] == ["v1", "v2", "v3"]
+    after = training_inputs(kafka_settings, copy, spec)
+    assert after.keys() == before.keys()
+    assert max(np.abs(after[k] - before[k]).max() for k in before) < 1e-9
+
+    # A scorer on MLflow serving v2 from v1's offsets restores v1's copied state: the values training gave.
+    features = ServingFeatures(spec, kafka_settings, copy)
+    start = copy.get(spec.name, "v1").learned
+    records = list(
+        read_range(
+            kafka_settings,
+            spec.events_topic,
+            {p: (start[p], e) for p, e in high_waters(kafka_settings, spec.events_topic).items()},
+        )
+    )
+    values = [r.value for r in records]
+    out = features.derive(
+        "v2", [r.partition for r in records], [r.offset for r in records], values, EventParser(spec).parse_many(values)
+    )
+    served = {(records[i].partition, records[i].offset): out.X[k] for k, i in enumerate(out.index.tolist())}
+    assert len(served) > 100 and features.caught_up == 0
+    assert max(np.abs(served[k] - before[k]).max() for k in served) < 1e-9

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
-from dagster_project.spec import StreamSpec
+from dagster_project.features.aggregations import ExactSums, finish
+from dagster_project.spec import DerivedFeatureSpec, StreamSpec
 
 
 def pandas_reference(spec: StreamSpec, frame: pd.DataFrame) -> np.ndarray:
@@ -30,3 +33,13 @@ def pandas_reference(spec: StreamSpec, frame: pd.DataFrame) -> np.ndarray:
             values = np.where(np.isnan(values), d.default, values)
             out[group["_row"].to_numpy(), j] = values
     return out
+
+
+def from_scratch(feature: DerivedFeatureSpec, values: Sequence[float]) -> float:
+    """`feature.agg` over one window's values (oldest first) built from scratch with the product's
+    formulas: what the running windows must give, bit for bit, for the same window."""
+    sums = ExactSums(feature.agg == "std")
+    for x in values:
+        sums.add(x)
+    low, high = (min(values), max(values)) if len(values) else (0.0, 0.0)
+    return finish(feature, sums, len(values), low, high)

@@ -210,3 +210,33 @@ def test_a_retrain_with_derived_features_reads_its_window_from_the_matching_stat
         np.array_equal(gate_rows.X[i], expected[(int(p), int(o))])
         for i, (p, o) in enumerate(zip(gate_rows.partitions, gate_rows.offsets, strict=True))
     )
+
+
+def test_a_retrain_window_starting_after_a_quarantine_starts_from_the_skip_s_state(
+    kafka_settings, kafka_bootstrap, registry, instance
+) -> None:
+    from dagster_project.learning.retraining import _state_at
+    from tests.dagster_project.features.support import produce_sensors, sensors_spec, training_inputs
+    from tests.helpers import defs_for, high_waters, run_batch
+
+    spec = sensors_spec(quality={"policy": "quarantine"})
+    strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
+    produce_sensors(kafka_settings, spec, rows=900)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    assert run_batch(defs, spec, {p: (0, e // 3) for p, e in ends.items()}, instance).success
+    start = registry.head(spec.name).learned
+    quarantine = {p: (start[p], 2 * e // 3) for p, e in ends.items()}
+    assert run_batch(defs_for(strict, kafka_bootstrap, registry), spec, quarantine, instance).success
+    skip = {int(p): o for p, o in registry.pending_offset_reset(spec.name)["offsets"].items()}
+    assert run_batch(defs, spec, {p: (skip[p], e) for p, e in ends.items()}, instance).success
+
+    retrained = retrain(kafka_settings, registry, spec, ["drift"], "run-retrain", since="v2")
+
+    window = {int(p): (s, e) for p, (s, e) in retrained.meta["offsets"]["batch"].items()}
+    assert {p: s for p, (s, _) in window.items()} == skip  # v2's batch: it starts where the skip ended
+    batch = read_batch(kafka_settings, spec, window, False, state=_state_at(registry, spec, window))
+    expected = training_inputs(kafka_settings, registry, spec)
+    assert batch.rows == retrained.meta["rows"]["trained"] > 0
+    for i, (p, o) in enumerate(zip(batch.partitions, batch.offsets, strict=True)):
+        assert np.array_equal(batch.X[i], expected[(int(p), int(o))])  # the quarantined events in its windows

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from sklearn.preprocessing import StandardScaler
 
@@ -26,7 +27,9 @@ from dagster_project.registry.store import (
     ModelRegistry,
     RegistryError,
     StaleParent,
+    carried_state,
     expected_offsets,
+    without_state,
 )
 from dagster_project.registry.versioning import already_registered, register_batch
 from tests.conftest import synthetic_spec
@@ -264,6 +267,29 @@ def test_pending_offset_reset_lifecycle(registry: ModelRegistry, stream: str) ->
     assert registry.applied_offset_resets(stream) == {"v2": record}
     registry.clear_offset_reset(stream, applied_by_version="v3")  # nothing pending: no-op
     assert set(registry.applied_offset_resets(stream)) == {"v2"}
+
+
+def test_a_pending_reset_carries_the_feature_state_after_the_skipped_events(
+    registry: ModelRegistry, stream: str
+) -> None:
+    register(registry, stream, None, {0: 10})
+    # Large enough that MLflow keeps the record as an artifact behind its tag.
+    rows = [[f"dev-{i}", [i + 0.5], [[i + 0.25]]] for i in range(600)]
+    partitions = {"0": {"newest": 1.5, "tables": {"device": rows}}}
+    state = orjson.dumps({"format": 1, "columns": {"device": ["temp"]}, "partitions": partitions})
+    registry.set_pending_offsets(stream, {0: 40}, reason="quarantined q-1", by="data quality", feature_state=state)
+
+    head, expected, reset = expected_offsets(registry, stream)
+    assert expected == {0: 40} and carried_state(stream, reset) == state
+    assert without_state(reset) == {k: v for k, v in reset.items() if k != "feature_state"}
+    registry.clear_offset_reset(stream, applied_by_version="v2")
+    assert carried_state(stream, registry.applied_offset_resets(stream)["v2"]) == state
+
+    tampered = {**reset, "feature_state": reset["feature_state"].replace("dev-1", "dev-X")}
+    with pytest.raises(
+        ChecksumMismatch, match="the feature state carried by .quarantined q-1. does not match its sha256"
+    ):
+        carried_state(stream, tampered)
 
 
 def test_a_reset_before_any_version_and_a_newer_one_replacing_it(registry: ModelRegistry, stream: str) -> None:

@@ -18,6 +18,7 @@ from dagster_project.registry.store import (
     RegistryError,
     RegistryUnavailable,
     StaleParent,
+    without_state,
 )
 from dagster_project.registry.versioning import already_registered
 from dagster_project.resources import RegistryResource
@@ -155,6 +156,21 @@ def staged_then_crashed(uri: str, root: Path, stream: str, start: int, end: int,
     crashing.client = CrashingClient(crashing.client, at=calls.index("create_model_version") + 1, after=True)
     with pytest.raises(Crash):
         crashing.register(stream, "v1", scaler_onnx(seed), fitted_scaler(seed), batch_meta(start, end, seed))
+
+
+def test_a_reset_with_a_feature_state_applied_by_a_version_is_not_applied_again(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    """A crash between the version's commit and the clearing of the pending reset it applied: the
+    version's meta.json records the reset without its feature state, and that still settles it."""
+    registry = MlflowRegistry(mlflow_uri, root=tmp_path)
+    stream = new_stream()
+    state = b'{"format":1,"columns":{"device":["temp"]},"partitions":{}}'
+    pending = registry.set_pending_offsets(stream, {0: 40}, reason="quarantined q-1", by="dq", feature_state=state)
+    meta = batch_meta(40, 60, seed=1) | {"offset_reset_applied": without_state(pending)}
+    registry.register(stream, None, scaler_onnx(1), fitted_scaler(1), meta, feature_state=state)
+
+    assert registry.pending_offset_reset(stream) is None  # the crash left it behind; it is not applied twice
 
 
 def test_an_earlier_staged_registration_goes_first(mlflow_uri: str, tmp_path: Path) -> None:

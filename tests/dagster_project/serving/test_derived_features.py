@@ -109,3 +109,37 @@ def test_evictions_while_serving_are_counted(trained, kafka_settings, registry):
         == features.evicted
     )
     assert metrics.registry.get_sample_value("streamfit_feature_keys", {"stream": spec.name}) == features.state.keys()
+
+
+def test_serving_across_a_quarantined_batch_feeds_what_training_and_the_quarantine_hold(
+    kafka_settings, kafka_bootstrap, registry, instance
+):
+    """The scorer sees the quarantined events as it sees any: the state training carried over them
+    (the skip's) makes the next batch's values the scorer's, and the stored batch holds them too."""
+    from dagster_project.quality.quarantine import QuarantineStore
+    from tests.helpers import run_batch
+
+    spec = sensors_spec(quality={"policy": "quarantine"})
+    strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
+    produce_sensors(kafka_settings, spec, rows=900)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    assert run_batch(defs, spec, {p: (0, e // 3) for p, e in ends.items()}, instance).success
+    start = registry.head(spec.name).learned
+    quarantine = {p: (start[p], 2 * e // 3) for p, e in ends.items()}
+    assert run_batch(defs_for(strict, kafka_bootstrap, registry), spec, quarantine, instance).success
+    skip = {int(p): o for p, o in registry.pending_offset_reset(spec.name)["offsets"].items()}
+    assert run_batch(defs, spec, {p: (skip[p], e) for p, e in ends.items()}, instance).success
+    (entry,) = QuarantineStore().list(spec.name)
+    stored = QuarantineStore().get(spec.name, entry.id).batch
+    expected = training_inputs(kafka_settings, registry, spec)
+    expected |= {
+        (int(p), int(o)): stored.X[i] for i, (p, o) in enumerate(zip(stored.partitions, stored.offsets, strict=True))
+    }
+
+    features = ServingFeatures(spec, kafka_settings, registry)
+    served: dict = {}
+    for chunk in polls(kafka_settings, spec, 97):
+        served |= serve(features, spec, "v1", chunk)
+    assert expected.keys() <= served.keys() and len(stored.ids) > 100
+    assert max(np.abs(served[k] - expected[k]).max() for k in expected) < 1e-9
