@@ -55,11 +55,13 @@ class OnnxArtifact:
 def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtifact:
     """Export with skl2onnx and compare onnxruntime with scikit-learn on the batch's rows."""
     from dagster_project.ingest.categories import encoding_signature
+    from dagster_project.learning.learner import servable
     from dagster_project.onnx.export import check_parity, export_onnx
 
     started = time.perf_counter()
-    onnx_bytes = export_onnx(estimator, len(spec.inputs), encoding=encoding_signature(spec))
-    parity = check_parity(estimator, onnx_bytes, X, spec.parity.atol, spec.parity.rtol)
+    pipeline = servable(estimator)  # a windowed model's fit, a candidate set's leader
+    onnx_bytes = export_onnx(pipeline, len(spec.inputs), encoding=encoding_signature(spec))
+    parity = check_parity(pipeline, onnx_bytes, X, spec.parity.atol, spec.parity.rtol)
     details = {
         "export_seconds": time.perf_counter() - started,
         "max_abs_diff": float(parity.max_abs_diff),

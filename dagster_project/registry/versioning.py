@@ -27,7 +27,7 @@ def version_meta(
 ) -> dict[str, Any]:
     """The metadata shared by every way a version is made (a batch, a retrain, a replay)."""
     return {
-        "estimator": spec.model.estimator,
+        "estimator": spec.model.estimator if not spec.model.candidates else [f.label for f in spec.model.families],
         "task": spec.task,
         "features": spec.input_names,
         "classes": spec.label.classes,
@@ -122,6 +122,9 @@ def register_batch(
         **extra,
     )
     meta["offsets"]["identity"] = identity
+    from dagster_project.learning.learner import describe
+
+    meta.update(describe(model.estimator))  # a windowed model's window, a candidate set's families
     for key in ("served", "lineage"):  # what was served meanwhile, and which estimator this grew from
         if getattr(model, key, None):
             meta[key] = getattr(model, key)
