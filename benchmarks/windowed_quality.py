@@ -21,7 +21,10 @@ after the change, rows after the change until the accuracy over the last 2,000 r
 to `sgd` measured in the same run. No drift retrain is simulated: a windowed model recovers here
 by its window sliding past the change (a drift retrain refits at once on post-change rows).
 
-`python -m benchmarks.windowed_quality [--rows N] [--batch N] [--seed N]` prints the table.
+`--cost` instead prints what one refit costs per windowed estimator at 10,000 and 100,000 rows
+(the default window and the cap): fit seconds (one thread), export + parity seconds, ONNX bytes.
+
+`python -m benchmarks.windowed_quality [--rows N] [--batch N] [--seed N] [--cost]` prints the table.
 """
 
 from __future__ import annotations
@@ -135,12 +138,48 @@ def summary(result: Run, change: int) -> dict[str, float | int | None]:
     }
 
 
+def refit_cost(seed: int) -> None:
+    """One refit per windowed estimator at the default window and at the cap, on Agrawal rows."""
+    from dagster_project.learning import windowed
+    from dagster_project.learning.estimator_table import WINDOWED_ESTIMATORS
+    from dagster_project.learning.learner import rows_of
+    from dagster_project.learning.pipeline import export_checked
+    from dagster_project.spec import WINDOW_ROWS_DEFAULT, WINDOW_ROWS_MAX, StreamSpec
+
+    X, y = agrawal(WINDOW_ROWS_MAX, seed)
+    print(f"{'estimator':36} {'rows':>8} {'fit s':>7} {'export+parity s':>16} {'onnx KiB':>9}")
+    for name in sorted(WINDOWED_ESTIMATORS):
+        if not name.endswith("classifier"):
+            continue
+        for rows in (WINDOW_ROWS_DEFAULT, WINDOW_ROWS_MAX):
+            spec = StreamSpec(
+                name="cost",
+                features=[{"name": f} for f in FEATURES],
+                label={"classes": [0, 1]},
+                model={"estimator": name, "window_rows": rows},
+            )
+            model = windowed.new_model(spec)
+            current = rows_of(X[:rows], y[:rows], np.zeros(rows, dtype=np.int32), np.arange(rows))
+            model.batches = [{0: (0, rows)}]
+            windowed.refit(model, spec, current, {0: (0, rows)}, lambda r, current=current: current, "cost")
+            artifact = export_checked(spec, model, X[:1000])
+            assert artifact.passed, artifact.reason
+            print(
+                f"{name:36} {rows:8,} {model.fitted_on['seconds']:7.2f} "
+                f"{artifact.parity['export_seconds']:16.2f} {len(artifact.onnx_bytes) / 1024:9.0f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=40_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--cost", action="store_true", help="one refit's cost per windowed estimator instead")
     args = parser.parse_args()
+    if args.cost:
+        refit_cost(args.seed)
+        return
     X, y = agrawal(args.rows, args.seed)
     change = args.rows // 2
     print(f"Agrawal f0 -> f2 at row {change:,}, {args.rows:,} rows, batches of {args.batch:,}, seed {args.seed}")
