@@ -97,6 +97,8 @@ def register_batch(
         first version becomes champion; later ones must pass the promotion gate (on the batch's tail,
     in the same run).
     """
+    from dagster_project.learning.learner import describe  # scikit-learn: only where a version is made
+
     head, expected, reset = expected_offsets(registry, spec.name)
     if (head.name if head else None) != model.parent:
         raise StaleParent(f"{spec.name}: trained on {model.parent} but the head is now {head.name if head else None}")
@@ -122,8 +124,6 @@ def register_batch(
         **extra,
     )
     meta["offsets"]["identity"] = identity
-    from dagster_project.learning.learner import describe
-
     meta.update(describe(model.estimator))  # a windowed model's window, a candidate set's families
     for key in ("served", "lineage"):  # what was served meanwhile, and which estimator this grew from
         if getattr(model, key, None):
