@@ -118,10 +118,12 @@ def retrained(
     window: Ranges,
     reason: str,
     replay: Callable[[StreamSpec, Any], Any],
+    leader: str | None = None,
 ) -> Any:
     """A drift retrain's model, per family: an incremental family replays the window's rows
     (`replay(member_spec, warm_start_or_None)`), a windowed one is refit on them at once, so its
-    recovery after a change is a fit on post-change rows only. A candidate set keeps its leader."""
+    recovery after a change is a fit on post-change rows only. A candidate set keeps `leader`
+    (the champion's), else the first family."""
     if len(spec.model.families) > 1:
         current = start if isinstance(start, CandidateSet) else None
         members = {
@@ -135,8 +137,7 @@ def retrained(
             )
             for family in spec.model.families
         }
-        leader = current.leader if current and current.leader in members else spec.model.families[0].label
-        return CandidateSet(members, leader)
+        return CandidateSet(members, leader if leader in members else spec.model.families[0].label)
     if not spec.model.windowed:
         return replay(spec, start if not isinstance(start, (WindowedModel, CandidateSet)) else None)
     model = windowed.new_model(spec)

@@ -108,15 +108,16 @@ def retrain(
         return model
 
     def fit() -> TrainedModel:
-        warm = mode == "warm" and champion
-        start = registry.load_estimator(name, champion) if warm else None
+        families = len(spec.model.families) > 1  # a candidate set keeps the champion's leader
+        current = registry.load_estimator(name, champion) if champion and (mode == "warm" or families) else None
+        start = current if mode == "warm" else None
         started = time.perf_counter()
-        if len(spec.model.families) == 1 and not spec.model.windowed:
+        if not families and not spec.model.windowed:
             model = replay(spec, start)  # a single incremental model: exactly as it always was
         else:
             rows = rows_of(X, y, batch.partitions[labelled], batch.offsets[labelled])
             why = "drift retrain: " + "; ".join(reasons) if reasons else "drift retrain"
-            model = retrained(spec, start, rows, window, why, replay)
+            model = retrained(spec, start, rows, window, why, replay, leader=getattr(current, "leader", None))
         return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started)
 
     retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}
