@@ -39,7 +39,7 @@ def servable(model: Any) -> Any:
     if isinstance(model, CandidateSet):
         return servable(model.members[model.leader])
     if isinstance(model, WindowedModel):
-        return model._fitted()
+        return model.fitted()
     return model
 
 

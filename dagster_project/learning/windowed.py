@@ -73,21 +73,21 @@ class WindowedModel:
         self.fitted_on: dict[str, Any] | None = None  # the window of the current fit
         self.last: dict[str, Any] = {}  # what the latest batch did (refit or not, and why)
 
-    def _fitted(self) -> Any:
+    def fitted(self) -> Any:
         if self.pipeline is None:
             raise ValueError("the windowed model has not been fitted on a window yet")
         return self.pipeline
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return single_threaded(self._fitted().predict)(X)
+        return single_threaded(self.fitted().predict)(X)
 
     @property
     def predict_proba(self) -> Callable[[np.ndarray], np.ndarray]:
-        return single_threaded(self._fitted().predict_proba)
+        return single_threaded(self.fitted().predict_proba)
 
     @property
     def decision_function(self) -> Callable[[np.ndarray], np.ndarray]:
-        return single_threaded(self._fitted().decision_function)
+        return single_threaded(self.fitted().decision_function)
 
     def describe(self) -> dict[str, Any]:
         """What a version records: the window it was fit on and what this batch did."""
