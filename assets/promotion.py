@@ -116,6 +116,7 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
                 "candidate_metrics": dg.MetadataValue.json(result.candidate_metrics or {}),
                 "champion_metrics": dg.MetadataValue.json(result.champion_metrics or {}),
                 "reason": result.reason,
+                **({"leader": model.estimator.leader} if hasattr(model.estimator, "leader") else {}),
             }
         )
 
@@ -154,10 +155,20 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
         test=test,
         significance=spec.promotion.significance,
     )
+    evidence = result.evidence() | _families(estimator)
     if result.promote:
-        reg.set_champion(spec.name, candidate, reason=result.reason, evidence=result.evidence())
-    reg.record_decision(spec.name, {"kind": "promotion_gate", **result.evidence()})
+        reg.set_champion(spec.name, candidate, reason=result.reason, evidence=evidence)
+    reg.record_decision(spec.name, {"kind": "promotion_gate", **evidence})
     return result
+
+
+def _families(estimator) -> dict:
+    """A candidate set's leader and every family's numbers on the same unseen rows (none otherwise)."""
+    from dagster_project.learning.families import CandidateSet
+
+    if not isinstance(estimator, CandidateSet):
+        return {}
+    return {"leader": estimator.leader, "families": estimator.choice}
 
 
 def compare(metric: str, spec: StreamSpec, model_a, model_b, X, y) -> PairedTest:

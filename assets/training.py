@@ -161,11 +161,16 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         output_required=False,
         ins={"micro_batch": dg.AssetIn(key=[name, "micro_batch"])},
         kinds={"scikitlearn"},
-        description=f"{spec.model.estimator} after test-then-train on the batch (prequential metrics first).",
+        description=f"{' vs '.join(f.label for f in spec.model.families)} after test-then-train on the batch "
+        "(prequential metrics first).",
     )
-    def model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, registry: RegistryResource):
+    def model(
+        context: dg.AssetExecutionContext, micro_batch: MicroBatch, kafka: KafkaResource, registry: RegistryResource
+    ):
+        from dagster_project.learning.learner import rows_of, test_then_learn
         from dagster_project.learning.pipeline import continue_from
-        from dagster_project.learning.prequential import evaluate, test_then_train_partitioned
+        from dagster_project.learning.prequential import evaluate
+        from dagster_project.learning.windowed import kafka_reader
 
         reg = registry.get()
         head = reg.head(name)
@@ -178,18 +183,23 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         started = time.perf_counter()
         scale_out: dict = {}
         served = None
+        families: dict = {}
         if labelled.any():
             X, y = micro_batch.X[labelled], micro_batch.y[labelled]
             if champion and champion != base and estimator is not None:
                 served_metrics = evaluate(reg.load_estimator(name, champion), spec, X, y).as_metadata()
             else:
                 served_metrics = None  # the same model: its prequential metrics below
-            estimator, metrics, _, fit = test_then_train_partitioned(
-                estimator, spec, X, y, micro_batch.partitions[labelled]
-            )
-            numeric = metrics.as_metadata()
+            rows = rows_of(X, y, micro_batch.partitions[labelled], micro_batch.offsets[labelled])
+            attempt = _attempt(context)
+            read = kafka_reader(kafka.settings(), spec, hook=lambda: crash_point("during_refit", attempt=attempt))
+            learned = test_then_learn(estimator, spec, rows, micro_batch.learned_ranges, read)
+            estimator, fit = learned.model, learned.fit
+            numeric = learned.metrics.as_metadata()
+            families = _family_metadata(spec, estimator, learned.families, micro_batch, context)
+            numeric |= families.pop("numbers", {})
             if champion:
-                served = {"version": champion, "metrics": served_metrics or dict(numeric)}
+                served = {"version": champion, "metrics": served_metrics or dict(learned.metrics.as_metadata())}
             if spec.model.scale_out.workers > 1:  # off: metrics and metadata exactly as before
                 numeric |= fit.metrics()
                 scale_out = fit.as_metadata()
@@ -220,6 +230,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 **scale_out,
                 **numeric,
                 **served_numbers,
+                **families,
                 "parent": head.name if head else "none",
                 "continued_from": base or "none",
                 **({"served_version": served["version"]} if served else {}),
@@ -246,7 +257,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     def onnx_model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel):
         from dagster_project.learning.pipeline import export_checked
 
-        artifact = export_checked(spec, model.estimator, micro_batch.X)
+        artifact = export_checked(spec, model.estimator, micro_batch.X)  # a candidate set exports its leader
         details = {k: v for k, v in artifact.parity.items() if k != "passed"}
         yield dg.Output(artifact, metadata={**details, "onnx_bytes": len(artifact.onnx_bytes)})
         yield dg.AssetCheckResult(
@@ -307,3 +318,34 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     return [micro_batch, model, onnx_model, model_version]
+
+
+def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBatch, context) -> dict:
+    """A candidate set's per-family numbers and its leader choice on the batch's unseen tail; a
+    windowed model's refit. Empty for a single incremental model (metadata exactly as before)."""
+    from dagster_project.learning.families import CandidateSet, choose_leader
+    from dagster_project.learning.windowed import WindowedModel
+    from dagster_project.registry.promotion import default_metric
+
+    if isinstance(estimator, WindowedModel):
+        context.log.info(f"{spec.name}: {estimator.last.get('reason')}")
+        return {"refit": int(bool(estimator.last.get("refit"))), "window": dg.MetadataValue.json(estimator.describe())}
+    if not isinstance(estimator, CandidateSet):
+        return {}
+    numbers = {
+        f"family_{label}_{key}": value
+        for label, values in families.items()
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and key != "rows"
+    }
+    tail = batch.tail
+    if tail is not None and tail.rows and tail.labelled.any():
+        metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+        choice = choose_leader(estimator, spec, metric, tail.X[tail.labelled], tail.y[tail.labelled])
+        context.log.info(f"{spec.name}: {choice.reason}")
+        numbers |= {f"tail_{label}_{metric}": v for label, v in choice.values.items() if v is not None}
+    return {
+        "numbers": numbers,
+        "leader": estimator.leader,
+        "families": dg.MetadataValue.json({"members": families, "choice": estimator.choice}),
+    }

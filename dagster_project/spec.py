@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from dagster_project.learning.estimator_table import ESTIMATORS, SCALE_OUT_ESTIMATORS
+from dagster_project.learning.estimator_table import ESTIMATORS, SCALE_OUT_ESTIMATORS, WINDOWED_ESTIMATORS
 
 FeatureType = Literal["float", "int", "bool", "category"]
 Task = Literal["classification", "regression"]
@@ -195,14 +195,79 @@ class ScaleOutSpec(_Strict):
     min_rows_per_worker: int = Field(default=5000, ge=1)
 
 
+# A windowed estimator's window (learning/windowed.py): the newest offsets it has learned, read back
+# from Kafka at each refit. The cap bounds a refit's read, memory (~8 bytes a value) and fit time.
+WINDOW_ROWS_DEFAULT = 10_000
+WINDOW_ROWS_MAX = 100_000
+
+
 class ModelSpec(_Strict):
-    """Which estimator learns, with which scikit-learn parameters."""
+    """Which estimator learns, with which scikit-learn parameters; or several `candidates` that
+    compete through the promotion gate (the first serves until another wins)."""
 
     estimator: EstimatorName = "sgd_classifier"
     params: dict[str, Any] = Field(default_factory=dict)
     scale: bool = True
     seed: int = 0
     scale_out: ScaleOutSpec = ScaleOutSpec()
+    name: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,62}$")  # a candidate's name
+    # Windowed estimators only: refit on the newest `window_rows` learned offsets every
+    # `refit_every` batches (and at once in a drift retrain).
+    window_rows: int | None = Field(default=None, ge=10, le=WINDOW_ROWS_MAX)
+    refit_every: int | None = Field(default=None, ge=1)
+    candidates: list[ModelSpec] = Field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The family's name in decisions and metadata: `name`, else the estimator."""
+        return self.name or self.estimator
+
+    @property
+    def windowed(self) -> bool:
+        return self.estimator in WINDOWED_ESTIMATORS
+
+    @property
+    def window(self) -> int:
+        return self.window_rows or WINDOW_ROWS_DEFAULT
+
+    @property
+    def refit_period(self) -> int:
+        return self.refit_every or 1
+
+    @property
+    def families(self) -> list[ModelSpec]:
+        """The models that learn the stream: the candidates, or this one alone."""
+        return list(self.candidates) or [self]
+
+    @model_validator(mode="after")
+    def _window_fits_the_estimator(self) -> ModelSpec:
+        given = [key for key in ("window_rows", "refit_every") if getattr(self, key) is not None]
+        if given and not self.windowed:
+            raise ValueError(
+                f"model.{given[0]} applies to windowed estimators ({', '.join(sorted(WINDOWED_ESTIMATORS))}); "
+                f"{self.estimator!r} learns incrementally: remove it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _candidates_are_families(self) -> ModelSpec:
+        if not self.candidates:
+            return self
+        # A dumped spec holds every field: the defaults mean "not given" here.
+        if self.params or self.estimator != ModelSpec.model_fields["estimator"].default:
+            raise ValueError(
+                "model.candidates replaces model.estimator and model.params: declare every family under candidates"
+            )
+        if len(self.candidates) < 2:
+            raise ValueError("model.candidates needs at least two families; with one, use model.estimator")
+        labels = [c.label for c in self.candidates]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"model.candidates names repeat ({labels}): give each a distinct name")
+        if any(c.candidates for c in self.candidates):
+            raise ValueError("a candidate cannot declare candidates of its own")
+        if self.scale_out.workers > 1 or any(c.scale_out.workers > 1 for c in self.candidates):
+            raise ValueError("model.candidates does not support scale_out yet: set scale_out.workers to 1")
+        return self
 
     @model_validator(mode="after")
     def _scale_out_can_combine(self) -> ModelSpec:
@@ -463,13 +528,34 @@ class StreamSpec(_Strict):
 
     @model_validator(mode="after")
     def _task_matches_estimator(self) -> StreamSpec:
-        estimator_task = ESTIMATORS[self.model.estimator].task
-        if estimator_task != self.task:
-            kind = "classifier" if estimator_task == "classification" else "regressor"
-            raise ValueError(f"estimator {self.model.estimator!r} is a {kind} but task is {self.task}")
+        for family in self.model.families:
+            estimator_task = ESTIMATORS[family.estimator].task
+            if estimator_task != self.task:
+                kind = "classifier" if estimator_task == "classification" else "regressor"
+                raise ValueError(f"estimator {family.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
         return self
+
+    @model_validator(mode="after")
+    def _windows_can_be_reread(self) -> StreamSpec:
+        windowed = [f.label for f in self.model.families if f.windowed]
+        if windowed and self.derived:
+            raise ValueError(
+                f"windowed estimators ({windowed}) do not support derived features yet (a refit would need the "
+                "feature state where its window starts): use an incremental estimator"
+            )
+        if windowed and self.quality.policy == "quarantine":
+            raise ValueError(
+                f"windowed estimators ({windowed}) do not support quality.policy: quarantine yet (a replayed batch "
+                "lies behind the window): use policy: halt or allow_partial"
+            )
+        return self
+
+    def for_family(self, family: ModelSpec) -> StreamSpec:
+        """This spec with `family` as its model: what builds, fits and names one candidate."""
+        seed = family.seed or self.model.seed  # a candidate's own seed, else the stream's
+        return self.model_copy(update={"model": family.model_copy(update={"seed": seed})})
 
     @property
     def feature_names(self) -> list[str]:

@@ -13,6 +13,10 @@ Why these defaults: they are chosen to learn well online (small ordered micro-ba
 - bernoulli_nb: binarize at 0.0, which after the scaler is each feature's running mean.
 - mlp_*: one small hidden layer and a larger first step than 0.001, because partial_fit makes
   one pass (one Adam step per 200 rows) over each micro-batch.
+- windowed (hist_gradient_boosting_*, random_forest_*, extra_trees_*): batch learners refit on a
+  sliding window of recent rows (learning/windowed.py), single-threaded (the trainer shares its
+  host) and with a bounded size whatever the window: forests get 50 trees of at most 256 leaves,
+  so a fit, its ONNX graph and the scorer's memory do not grow with `window_rows`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class EstimatorEntry:
     defaults: Callable[[int], dict[str, Any]]  # seed -> scikit-learn parameters
     combiner: Combiner | None  # None: scale-out cannot combine it
     has_predict_proba: bool  # False: ONNX "probabilities" are decision scores
+    windowed: bool = False  # True: no partial_fit; refit on a window of recent rows (learning/windowed.py)
 
     def estimator_class(self) -> type:
         module, _, name = self.class_path.partition(":")
@@ -50,6 +55,18 @@ def _sgd(loss: str) -> Callable[[int], dict[str, Any]]:
 
 def _mlp(seed: int) -> dict[str, Any]:
     return {"hidden_layer_sizes": (32,), "learning_rate_init": 0.01, "random_state": seed}
+
+
+def _forest(seed: int) -> dict[str, Any]:
+    return {"n_estimators": 50, "max_leaf_nodes": 256, "n_jobs": 1, "random_state": seed}
+
+
+def _boosting(seed: int) -> dict[str, Any]:
+    return {"random_state": seed}
+
+
+def _windowed(name: str, class_path: str, task: TaskName, defaults: Callable[[int], dict[str, Any]]) -> EstimatorEntry:
+    return EstimatorEntry(name, class_path, task, defaults, None, task == "classification", windowed=True)
 
 
 ESTIMATORS: dict[str, EstimatorEntry] = {
@@ -107,11 +124,28 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
         EstimatorEntry(
             "mlp_regressor", "sklearn.neural_network:MLPRegressor", "regression", _mlp, "mlp_average", False
         ),
+        _windowed(
+            "hist_gradient_boosting_classifier",
+            "sklearn.ensemble:HistGradientBoostingClassifier",
+            "classification",
+            _boosting,
+        ),
+        _windowed(
+            "hist_gradient_boosting_regressor",
+            "sklearn.ensemble:HistGradientBoostingRegressor",
+            "regression",
+            _boosting,
+        ),
+        _windowed("random_forest_classifier", "sklearn.ensemble:RandomForestClassifier", "classification", _forest),
+        _windowed("random_forest_regressor", "sklearn.ensemble:RandomForestRegressor", "regression", _forest),
+        _windowed("extra_trees_classifier", "sklearn.ensemble:ExtraTreesClassifier", "classification", _forest),
+        _windowed("extra_trees_regressor", "sklearn.ensemble:ExtraTreesRegressor", "regression", _forest),
     )
 }
 
 CLASSIFIERS = frozenset(name for name, entry in ESTIMATORS.items() if entry.task == "classification")
 SCALE_OUT_ESTIMATORS = tuple(name for name, entry in ESTIMATORS.items() if entry.combiner is not None)
+WINDOWED_ESTIMATORS = frozenset(name for name, entry in ESTIMATORS.items() if entry.windowed)
 
 
 def entry(name: str) -> EstimatorEntry:

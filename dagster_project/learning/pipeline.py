@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.offsets import Ranges
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 
@@ -55,11 +56,13 @@ class OnnxArtifact:
 def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtifact:
     """Export with skl2onnx and compare onnxruntime with scikit-learn on the batch's rows."""
     from dagster_project.ingest.categories import encoding_signature
+    from dagster_project.learning.learner import servable
     from dagster_project.onnx.export import check_parity, export_onnx
 
     started = time.perf_counter()
-    onnx_bytes = export_onnx(estimator, len(spec.inputs), encoding=encoding_signature(spec))
-    parity = check_parity(estimator, onnx_bytes, X, spec.parity.atol, spec.parity.rtol)
+    pipeline = servable(estimator)  # a windowed model's fit, a candidate set's leader
+    onnx_bytes = export_onnx(pipeline, len(spec.inputs), encoding=encoding_signature(spec))
+    parity = check_parity(pipeline, onnx_bytes, X, spec.parity.atol, spec.parity.rtol)
     details = {
         "export_seconds": time.perf_counter() - started,
         "max_abs_diff": float(parity.max_abs_diff),
@@ -71,14 +74,27 @@ def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtif
 
 
 def learn_from_head(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch) -> TrainedModel:
-    """Test-then-train the head (or a fresh model) on the batch's labelled rows."""
+    """Test-then-train the head (or a fresh model) on the batch's labelled rows (a quarantine replay).
+
+    Windowed families are refused with quarantine by the spec (a replayed batch lies behind their
+    window), so a candidate set's replay reads no window back."""
+    from dagster_project.learning.learner import rows_of, test_then_learn
     from dagster_project.learning.prequential import test_then_train
+
+    def no_window(ranges: Ranges) -> Any:
+        raise ValueError(f"{spec.name}: a quarantine replay cannot refit a window ({ranges})")
 
     head = registry.head(spec.name)
     estimator = registry.load_estimator(spec.name, head.name) if head else None
     labelled = batch.labelled
     started = time.perf_counter()
-    model, metrics, _ = test_then_train(estimator, spec, batch.X[labelled], batch.y[labelled])
+    X, y = batch.X[labelled], batch.y[labelled]
+    if spec.model.candidates or spec.model.windowed:
+        rows = rows_of(X, y, batch.partitions[labelled], batch.offsets[labelled])
+        learned = test_then_learn(estimator, spec, rows, batch.learned_ranges, no_window)
+        model, metrics = learned.model, learned.metrics
+    else:
+        model, metrics, _ = test_then_train(estimator, spec, X, y)
     return TrainedModel(
         model, head.name if head else None, metrics.as_metadata(), int(labelled.sum()), time.perf_counter() - started
     )

@@ -73,6 +73,11 @@ def test_then_train_partitioned(
 def _test_then_fit(
     model: Pipeline | None, spec: StreamSpec, X: np.ndarray, y: np.ndarray, partitions: np.ndarray | None
 ) -> tuple[Pipeline, BatchMetrics, np.ndarray | None, ScaleOutReport | None]:
+    if spec.model.windowed or spec.model.candidates:
+        raise ValueError(
+            f"{spec.name}: windowed estimators and candidate families learn through "
+            "dagster_project.learning.learner.test_then_learn (a refit reads its window back)"
+        )
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if X.ndim != 2 or X.shape[1] != len(spec.inputs):

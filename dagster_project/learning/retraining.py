@@ -93,6 +93,7 @@ def retrain(
 ) -> Version:
     """Fit a fresh (or champion-warm-started) model on the recent window and register it as head."""
     from dagster_project.learning.estimators import build_model, partial_fit
+    from dagster_project.learning.learner import retrained, rows_of
     from dagster_project.learning.pipeline import ParityFailed, TrainedModel, learn_export_register
 
     name = spec.name
@@ -109,14 +110,25 @@ def retrain(
     mode = spec.drift.retrain_mode
     champion = registry.champion(name)
 
-    def fit() -> TrainedModel:
-        warm = mode == "warm" and champion
-        model = copy.deepcopy(registry.load_estimator(name, champion)) if warm else build_model(spec)
+    def replay(member_spec: StreamSpec, start) -> object:
+        model = copy.deepcopy(start) if start is not None else build_model(member_spec)
         classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
-        started = time.perf_counter()
         for _ in range(spec.drift.retrain_epochs):
             for chunk in range(0, len(X), spec.batch.rows):
                 partial_fit(model, X[chunk : chunk + spec.batch.rows], y[chunk : chunk + spec.batch.rows], classes)
+        return model
+
+    def fit() -> TrainedModel:
+        families = len(spec.model.families) > 1  # a candidate set keeps the champion's leader
+        current = registry.load_estimator(name, champion) if champion and (mode == "warm" or families) else None
+        start = current if mode == "warm" else None
+        started = time.perf_counter()
+        if not families and not spec.model.windowed:
+            model = replay(spec, start)  # a single incremental model: exactly as it always was
+        else:
+            rows = rows_of(X, y, batch.partitions[labelled], batch.offsets[labelled])
+            why = "drift retrain: " + "; ".join(reasons) if reasons else "drift retrain"
+            model = retrained(spec, start, rows, window, why, replay, leader=getattr(current, "leader", None))
         return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started)
 
     retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}

@@ -28,7 +28,7 @@ def version_meta(
 ) -> dict[str, Any]:
     """The metadata shared by every way a version is made (a batch, a retrain, a replay)."""
     return {
-        "estimator": spec.model.estimator,
+        "estimator": spec.model.estimator if not spec.model.candidates else [f.label for f in spec.model.families],
         "task": spec.task,
         "features": spec.input_names,
         "classes": spec.label.classes,
@@ -98,6 +98,8 @@ def register_batch(
         first version becomes champion; later ones must pass the promotion gate (on the batch's tail,
     in the same run).
     """
+    from dagster_project.learning.learner import describe  # scikit-learn: only where a version is made
+
     head, expected, reset = expected_offsets(registry, spec.name)
     if (head.name if head else None) != model.parent:
         raise StaleParent(f"{spec.name}: trained on {model.parent} but the head is now {head.name if head else None}")
@@ -123,6 +125,7 @@ def register_batch(
         **extra,
     )
     meta["offsets"]["identity"] = identity
+    meta.update(describe(model.estimator))  # a windowed model's window, a candidate set's families
     for key in ("served", "lineage"):  # what was served meanwhile, and which estimator this grew from
         if getattr(model, key, None):
             meta[key] = getattr(model, key)

@@ -210,3 +210,69 @@ def test_the_champion_check_scores_a_bounded_even_sample_of_a_large_batch():
     assert np.array_equal(_all_rows(batch, max_rows=1_000)[0], Xs), "a retry checks the same rows"
     small, _ = _all_rows(batch, max_rows=10**6)
     assert len(small) == int(labelled.sum()) + 10
+
+
+def _produce_xor(settings, spec, rows: int, seed: int = 11) -> int:
+    """A non-linear concept (the sign of x0 * x1): no linear model beats chance, trees learn it."""
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 5))
+    labels = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(int)
+    events = (
+        (f"e{i}".encode(), make_event(f"e{i}", {f"x{j}": float(X[i, j]) for j in range(5)}, int(labels[i]), 0.0))
+        for i in range(rows)
+    )
+    return produce(settings, spec, events)
+
+
+FAMILIES = synthetic_spec(
+    promotion={**TAIL, "metric": "accuracy"},
+    batch={"rows": 200, "max_rows": 600, "max_wait_s": 0.2},
+    model={
+        "candidates": [
+            {"estimator": "sgd_classifier", "name": "sgd"},
+            {"estimator": "hist_gradient_boosting_classifier", "name": "hgb", "window_rows": 2000},
+        ]
+    },
+)
+
+
+@pytest.mark.parametrize("spec", [FAMILIES], ids=["families"])
+def test_families_compete_through_the_gate_on_unseen_rows_and_every_number_is_recorded(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    from dagster_project.onnx.export import OnnxModel
+
+    produced = _produce_xor(kafka_settings, spec, 1800)
+    for _ in range(3):
+        assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 300), instance).success
+
+    v1, v2, v3 = registry.versions(spec.name)
+    # On v1's tail, which no family has learned, the windowed family leads by far on this concept:
+    # the first version already exports it (sgd, the first family, led before any evidence).
+    choice = v1.meta["families"]["choice"]
+    assert choice["previous"] == "sgd" and choice["leader"] == v1.meta["families"]["leader"] == "hgb"
+    assert set(choice["values"]) == {"sgd", "hgb"} and choice["values"]["hgb"] > choice["values"]["sgd"] + 0.2
+    assert choice["rows"] == 100 and choice["test"]["p_value"] < 0.05 and "hgb leads" in choice["reason"]
+    gates = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
+    assert [g["candidate"] for g in gates] == ["v2", "v3"] and all(g["promote"] for g in gates)
+    for gate in gates:  # every gate records every family's numbers on the same unseen rows
+        assert gate["leader"] == "hgb" and set(gate["families"]["values"]) == {"sgd", "hgb"}
+        assert gate["families"]["rows"] == gate["rows"] == 100
+        assert gate["families"]["values"]["hgb"] == gate["candidate_value"]  # the version is its leader
+    assert registry.champion(spec.name) == "v3"
+    assert registry.champion_history(spec.name)[-1]["evidence"]["families"]["leader"] == "hgb"
+    # Serving follows the champion whatever its family: the served ONNX graph is the boosted trees'.
+    served = registry.load_onnx(spec.name, registry.champion(spec.name))
+    assert b"TreeEnsemble" in served
+    tail = np.random.default_rng(0).normal(size=(200, 5))
+    expected = ((tail[:, 0] > 0) ^ (tail[:, 1] > 0)).astype(int)
+    assert (OnnxModel(served).predict(tail).labels == expected).mean() > 0.8
+    # The family that lost keeps learning: it can win later.
+    members = registry.load_estimator(spec.name, "v3").members
+    assert members["sgd"].named_steps["scaler"].n_samples_seen_ == v3.meta["rows_learned_total"]
+    assert v3.meta["families"]["members"]["hgb"]["window"]["fitted_on"]["rows"] == v3.meta["rows_learned_total"]
+    assert v3.meta["rows_learned_total"] == sum(v3.learned.values()) <= produced
+    assert {"family_sgd_accuracy", "family_hgb_accuracy"} <= set(v3.meta["metrics"])

@@ -11,7 +11,7 @@ from dagster_project.kafka.io import committed_group_offsets, probe_partitions, 
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
-from tests.helpers import produce_synthetic, run_batch
+from tests.helpers import produce_synthetic, read_topic, run_batch
 
 
 def _all_ranges(settings, spec: StreamSpec) -> dict[int, tuple[int, int]]:
@@ -156,3 +156,94 @@ def test_scaled_out_batch_registers_one_version_with_the_batch_offsets(
     assert materialization.metadata["scale_out_workers"].value == 2
     assert materialization.metadata["scale_out"].value["groups"] == ["p0", "p1"]  # one learner per partition
     assert materialization.metadata["scale_out"].value["group_rows"] == [end - start for start, end in second.values()]
+
+
+WINDOWED = synthetic_spec(model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 500})
+
+
+def _thirds(settings, spec: StreamSpec) -> list[dict[int, tuple[int, int]]]:
+    states = probe_partitions(settings, spec.events_topic, {})
+    cuts = [{s.partition: s.high_water * k // 3 for s in states} for k in range(4)]
+    return [{p: (cuts[k][p], cuts[k + 1][p]) for p in cuts[0]} for k in range(3)]
+
+
+@pytest.mark.parametrize("spec", [WINDOWED], ids=["windowed"])
+def test_a_windowed_refit_reads_exactly_its_window_and_records_it(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    produce_synthetic(kafka_settings, spec, 600)
+    _send_raw(kafka_settings, spec.events_topic, [b"{not json"])  # a dead letter on partition 0
+    produce_synthetic(kafka_settings, spec, 300, start=600)
+    batches = _thirds(kafka_settings, spec)
+
+    for ranges in batches:
+        assert run_batch(stream_defs, spec, ranges, instance).success
+
+    v1, v2, v3 = registry.versions(spec.name)
+    assert v3.learned == {p: end for p, (_, end) in batches[2].items()}  # offsets advance as for any model
+    assert v3.meta["rows_learned_total"] == 900
+    window = v3.meta["window"]
+    # 901 offsets in thirds of ~300: the window holds the newest whole batches within 500 offsets.
+    expected = {str(p): [[s, e]] for p, (s, e) in batches[2].items()}
+    assert window["fitted_on"]["ranges"] == expected
+    assert window["fitted_on"]["read"] == {}  # the newest batch alone: nothing older to read back
+    assert window["refit"] and window["reason"] == "refit every 1 batch(es)"
+    v2_window = v2.meta["window"]["fitted_on"]
+    # v2's window is batches 1 and 2 (600 offsets > 500: batch 2 alone); v1's was its own batch.
+    assert v2_window["ranges"] == {str(p): [[s, e]] for p, (s, e) in batches[1].items()}
+    assert v3.meta["metrics"]["accuracy"] > 0.85
+    assert len(read_topic(kafka_settings, spec.dlq_topic)) == 1  # dead-lettered once, when its batch was learned
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [synthetic_spec(model={"estimator": "random_forest_classifier", "window_rows": 2000, "refit_every": 1})],
+    ids=["windowed"],
+)
+def test_a_refit_reads_older_batches_back_without_the_rows_training_excluded(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    produce_synthetic(kafka_settings, spec, 300)
+    _send_raw(kafka_settings, spec.events_topic, [b"{not json", b"[]"])
+    produce_synthetic(kafka_settings, spec, 600, start=300)
+    batches = _thirds(kafka_settings, spec)
+
+    for ranges in batches:
+        assert run_batch(stream_defs, spec, ranges, instance).success
+
+    head = registry.versions(spec.name)[-1]
+    fitted_on = head.meta["window"]["fitted_on"]
+    assert fitted_on["ranges"] == {str(p): [[0, batches[2][p][1]]] for p in batches[2]}
+    assert fitted_on["read"] == {str(p): [0, batches[2][p][0]] for p in batches[2]}
+    assert fitted_on["offsets"] == 902 and fitted_on["rows"] == 900  # the two dead letters stay out
+    assert len(read_topic(kafka_settings, spec.dlq_topic)) == 2  # re-reading the window dead-letters nothing again
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [synthetic_spec(model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 2000})],
+    ids=["windowed"],
+)
+def test_crash_during_a_refit_then_retry_learns_every_row_exactly_once(
+    kafka_settings, spec, registry, stream_defs, instance, monkeypatch
+):
+    produced = produce_synthetic(kafka_settings, spec, 900)
+    first, second, third = _thirds(kafka_settings, spec)
+    assert run_batch(stream_defs, spec, first, instance).success
+
+    monkeypatch.setenv("STREAMFIT_FAULT", "during_refit")  # after the window is read back, before the fit
+    crashed = run_batch(stream_defs, spec, second, instance, raise_on_error=False)
+    assert not crashed.success
+    assert len(registry.versions(spec.name)) == 1
+    monkeypatch.delenv("STREAMFIT_FAULT")
+    assert run_batch(stream_defs, spec, second, instance).success
+    assert run_batch(stream_defs, spec, third, instance).success
+
+    versions = registry.versions(spec.name)
+    assert len(versions) == 3
+    head = versions[-1]
+    assert head.meta["rows_learned_total"] == produced == 900
+    assert head.learned == {p: end for p, (_, end) in third.items()}
+    assert versions[1].meta["window"]["fitted_on"]["read"] == {str(p): list(r) for p, r in first.items()}
+    assert head.meta["window"]["fitted_on"]["rows"] == 900  # every row once in the window, none twice
+    assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == head.learned

@@ -251,3 +251,45 @@ def test_the_significance_level_is_a_probability_or_off(given, level) -> None:
 def test_a_significance_of_one_or_more_is_refused() -> None:
     with pytest.raises(ValidationError, match="promotion.significance"):
         StreamSpec.model_validate(_raw(promotion={"significance": 1.0}))
+
+
+def _model_spec(**model):
+    return StreamSpec(name="m", features=[{"name": "x"}], label={"classes": [0, 1]}, model=model)
+
+
+def test_a_windowed_estimator_takes_a_bounded_window():
+    spec = _model_spec(estimator="hist_gradient_boosting_classifier", window_rows=5000, refit_every=3)
+    assert (spec.model.windowed, spec.model.window, spec.model.refit_period) == (True, 5000, 3)
+    assert _model_spec(estimator="random_forest_classifier").model.window == 10_000  # the default
+    with pytest.raises(ValueError, match="less than or equal to 100000"):
+        _model_spec(estimator="hist_gradient_boosting_classifier", window_rows=100_001)
+
+
+def test_window_settings_on_an_incremental_estimator_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="window_rows applies to windowed estimators.*remove it"):
+        _model_spec(estimator="sgd_classifier", window_rows=1000)
+
+
+def test_candidates_name_distinct_families_of_the_stream_task():
+    spec = _model_spec(
+        candidates=[{"estimator": "sgd_classifier"}, {"estimator": "hist_gradient_boosting_classifier", "name": "hgb"}]
+    )
+    assert [f.label for f in spec.model.families] == ["sgd_classifier", "hgb"]
+    assert StreamSpec.model_validate(spec.model_dump(mode="json")) == spec  # survives a round trip
+    with pytest.raises(ValueError, match="distinct name"):
+        _model_spec(candidates=[{"estimator": "sgd_classifier"}, {"estimator": "sgd_classifier"}])
+    with pytest.raises(ValueError, match="replaces model.estimator"):
+        _model_spec(estimator="gaussian_nb", candidates=[{"estimator": "sgd_classifier"}, {"estimator": "gaussian_nb"}])
+    with pytest.raises(ValueError, match="is a regressor"):
+        _model_spec(candidates=[{"estimator": "sgd_classifier"}, {"estimator": "random_forest_regressor"}])
+
+
+def test_windowed_estimators_refuse_what_a_refit_cannot_reread_yet():
+    with pytest.raises(ValueError, match="policy: quarantine yet"):
+        StreamSpec(
+            name="m",
+            features=[{"name": "x"}],
+            label={"classes": [0, 1]},
+            model={"estimator": "extra_trees_classifier"},
+            quality={"policy": "quarantine"},
+        )

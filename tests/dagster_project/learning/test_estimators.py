@@ -23,6 +23,8 @@ from dagster_project.learning import prequential as training
 from dagster_project.learning import scale_out
 from dagster_project.learning.estimator_table import CLASSIFIERS, ESTIMATORS
 from dagster_project.learning.estimators import build_model, default_params, is_fitted, partial_fit
+from dagster_project.learning.learner import rows_of, servable, test_then_learn
+from dagster_project.learning.windowed import WindowRows
 from dagster_project.onnx.export import OnnxModel, check_parity, export_onnx
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
@@ -59,19 +61,38 @@ def make_stream(task: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return Z * SCALE + OFFSET, y
 
 
+def memory_reader(X: np.ndarray, y: np.ndarray):
+    """A window reader over one in-memory partition (offset = row index): what Kafka gives back."""
+
+    def read(ranges: dict[int, tuple[int, int]]) -> WindowRows:
+        (start, end) = ranges[0]
+        index = np.arange(start, end)
+        return rows_of(X[index], y[index], np.zeros(len(index), dtype=np.int32), index)
+
+    return read
+
+
 @pytest.mark.parametrize("estimator", ESTIMATOR_NAMES)
 def test_contract(estimator: str, tmp_path: Path) -> None:
-    spec = make_spec(estimator)
+    # A windowed estimator refits every 5th batch: both a refit and the batches between are covered.
+    spec = make_spec(estimator, refit_every=5) if ESTIMATORS[estimator].windowed else make_spec(estimator)
     X, y = make_stream(spec.task, BATCH * N_BATCHES, seed=1)
     model = None
     history: list[training.BatchMetrics] = []
+    read = memory_reader(X, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecations or numerical warnings on the happy path
         for i in range(N_BATCHES):
             rows = slice(i * BATCH, (i + 1) * BATCH)
-            model, metrics, _ = training.test_then_train(model, spec, X[rows], y[rows])
+            if ESTIMATORS[estimator].windowed:  # refit on its window, read back by offsets
+                index = np.arange(rows.start, rows.stop)
+                batch = rows_of(X[rows], y[rows], np.zeros(BATCH, dtype=np.int32), index)
+                learned = test_then_learn(model, spec, batch, {0: (rows.start, rows.stop)}, read)
+                model, metrics = learned.model, learned.metrics
+            else:
+                model, metrics, _ = training.test_then_train(model, spec, X[rows], y[rows])
             history.append(metrics)
-    assert model is not None and is_fitted(model)
+    assert model is not None and is_fitted(servable(model))
 
     # Learns incrementally: later prequential batches clearly beat a trivial baseline.
     late = history[-5:]
@@ -89,9 +110,9 @@ def test_contract(estimator: str, tmp_path: Path) -> None:
         assert mae < 0.5 * trivial, f"{estimator}: late MAE {mae:.3f} vs running-mean baseline {trivial:.3f}"
 
     # Exports, and onnxruntime matches sklearn on rows it was not trained on.
-    onnx_bytes = export_onnx(model, n_features=4)
+    onnx_bytes = export_onnx(servable(model), n_features=4)
     X_new, _ = make_stream(spec.task, 200, seed=2)
-    parity = check_parity(model, onnx_bytes, X_new, atol=spec.parity.atol, rtol=spec.parity.rtol)
+    parity = check_parity(servable(model), onnx_bytes, X_new, atol=spec.parity.atol, rtol=spec.parity.rtol)
     print(f"{estimator}: parity max_abs_diff={parity.max_abs_diff:.2e} mismatches={parity.label_mismatches}")
     assert parity.passed, parity.reason
     prediction = OnnxModel(onnx_bytes).predict(X_new)
@@ -204,7 +225,10 @@ def test_contract_registry_round_trip_and_scale_out(estimator: str, tmp_path: Pa
     spec = make_spec(estimator)
     classes = np.arange(2) if spec.task == "classification" else None
     X, y = make_stream(spec.task, 2000, seed=3)
-    model = partial_fit(build_model(spec), X[:1000], y[:1000], classes)
+    if entry.windowed:
+        model = build_model(spec).fit(X[:1000], y[:1000])
+    else:
+        model = partial_fit(build_model(spec), X[:1000], y[:1000], classes)
     assert isinstance(model.steps[-1][1], entry.estimator_class())
 
     # Round-trips through the registry: the served file and the stored estimator agree with the model.

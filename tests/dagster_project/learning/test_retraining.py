@@ -240,3 +240,42 @@ def test_a_retrain_window_starting_after_a_quarantine_starts_from_the_skip_s_sta
     assert batch.rows == retrained.meta["rows"]["trained"] > 0
     for i, (p, o) in enumerate(zip(batch.partitions, batch.offsets, strict=True)):
         assert np.array_equal(batch.X[i], expected[(int(p), int(o))])  # the quarantined events in its windows
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        synthetic_spec(
+            model={
+                "candidates": [
+                    {"estimator": "sgd_classifier", "name": "sgd"},
+                    {"estimator": "random_forest_classifier", "name": "forest", "refit_every": 100},
+                ]
+            }
+        )
+    ],
+    ids=["families"],
+)
+def test_a_drift_retrain_refits_a_windowed_family_on_post_change_rows_at_once(
+    kafka_settings, spec, registry, stream_defs, instance
+) -> None:
+    from tests.helpers import run_batch
+
+    produce_synthetic(kafka_settings, spec, 600)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    for k in range(3):
+        ranges = {p: (e * k // 3, e * (k + 1) // 3) for p, e in ends.items()}
+        assert run_batch(stream_defs, spec, ranges, instance).success
+    v1, v2, v3 = registry.versions(spec.name)
+    assert v3.meta["families"]["members"]["forest"]["window"]["refit"] is False  # not due for 100 batches
+
+    retrained = retrain(kafka_settings, registry, spec, ["error rate rose"], "run-retrain", since=v2.name)
+
+    assert retrained.learned == v3.learned and retrained.meta["rows_learned_total"] == 600
+    forest = retrained.meta["families"]["members"]["forest"]["window"]
+    assert forest["refit"] and forest["reason"] == "drift retrain: error rate rose"
+    assert forest["fitted_on"]["ranges"] == {str(p): [[e // 3, e]] for p, e in ends.items()}  # v2 on only
+    assert forest["fitted_on"]["rows"] == 400
+    assert retrained.meta["families"]["leader"] == v3.meta["families"]["leader"]
+    sgd = registry.load_estimator(spec.name, retrained.name).members["sgd"]
+    assert sgd.named_steps["scaler"].n_samples_seen_ == 400 * spec.drift.retrain_epochs  # replayed, fresh

@@ -1,0 +1,151 @@
+"""Test-then-learn one batch, whatever the model's kind: incremental, windowed or a candidate set.
+
+A single incremental estimator takes exactly the path it always took
+(`prequential.test_then_train_partitioned`). A windowed estimator is scored, records the batch and
+refits when due (`learning/windowed.py`). A candidate set does both for each of its families and
+reports every family's prequential metrics (`learning/families.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dagster_project.kafka.offsets import Ranges
+from dagster_project.learning import windowed
+from dagster_project.learning.families import CandidateSet
+from dagster_project.learning.prequential import BatchMetrics, evaluate, test_then_train_partitioned
+from dagster_project.learning.windowed import WindowedModel, WindowReader, WindowRows
+from dagster_project.spec import StreamSpec
+
+
+@dataclass
+class Learned:
+    """A batch learned: the new model, the pre-batch metrics of what serves, and per-family details."""
+
+    model: Any
+    metrics: BatchMetrics
+    fit: Any = None  # the scale-out report of an incremental model (None otherwise)
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> metrics (candidate sets)
+
+
+def servable(model: Any) -> Any:
+    """The scikit-learn pipeline a version exports and serves: a windowed model's fit, a candidate
+    set's leader; any other model is its own."""
+    if isinstance(model, CandidateSet):
+        return servable(model.members[model.leader])
+    if isinstance(model, WindowedModel):
+        return model.fitted()
+    return model
+
+
+def describe(model: Any) -> dict[str, Any]:
+    """What a version's meta.json records about how the model learns (empty for a plain pipeline)."""
+    if isinstance(model, CandidateSet):
+        return {"families": model.describe({k: describe(m) for k, m in model.members.items()})}
+    if isinstance(model, WindowedModel):
+        return {"window": model.describe()}
+    return {}
+
+
+def test_then_learn(
+    model: Any,
+    spec: StreamSpec,
+    rows: WindowRows,
+    ranges: Ranges,
+    read: WindowReader,
+    force: str | None = None,
+) -> Learned:
+    """Score the batch with the model as it stood, then learn it. `model` is never mutated.
+
+    `rows` are the batch's learned, labelled rows with their partitions and offsets; `ranges` the
+    offsets it learns; `read` reads the rest of a window back. `force` (a drift retrain's reason)
+    refits windowed families at once.
+    """
+    if len(spec.model.families) > 1:
+        current = model if isinstance(model, CandidateSet) else None
+        members: dict[str, Any] = {}
+        families: dict[str, dict[str, Any]] = {}
+        for family in spec.model.families:
+            member_spec = spec.for_family(family)
+            learned = _learn_one(
+                current.members.get(family.label) if current else None, member_spec, rows, ranges, read, force
+            )
+            members[family.label] = learned.model
+            families[family.label] = learned.metrics.as_metadata() | describe(learned.model)
+        leader = current.leader if current and current.leader in members else spec.model.families[0].label
+        return Learned(CandidateSet(members, leader), _metrics(families[leader]), None, families)
+    return _learn_one(model, spec, rows, ranges, read, force)
+
+
+def _learn_one(
+    model: Any, spec: StreamSpec, rows: WindowRows, ranges: Ranges, read: WindowReader, force: str | None
+) -> Learned:
+    if not spec.model.windowed:
+        fitted, metrics, _, fit = test_then_train_partitioned(model, spec, rows.X, rows.y, rows.partitions)
+        return Learned(fitted, metrics, fit)
+    new = copy.deepcopy(model) if isinstance(model, WindowedModel) else windowed.new_model(spec)
+    new.window_rows, new.refit_every = spec.model.window, spec.model.refit_period  # the spec may have changed
+    if new.pipeline is not None:
+        metrics = evaluate(new, spec, rows.X, rows.y)
+    else:
+        metrics = BatchMetrics(rows=len(rows.y))
+    windowed.learn(new, spec, rows, ranges, read, force)
+    return Learned(new, metrics)
+
+
+def _metrics(values: dict[str, Any]) -> BatchMetrics:
+    known = {"rows", "accuracy", "roc_auc", "log_loss", "mae", "rmse"}
+    return BatchMetrics(**{k: v for k, v in values.items() if k in known})
+
+
+def rows_of(X: np.ndarray, y: np.ndarray, partitions: np.ndarray, offsets: np.ndarray) -> WindowRows:
+    return WindowRows(np.asarray(X, dtype=np.float64), np.asarray(y), np.asarray(partitions), np.asarray(offsets))
+
+
+# Not a test, despite the name: keeps pytest from collecting it when a test module imports it.
+test_then_learn.__test__ = False  # type: ignore[attr-defined]
+
+
+def retrained(
+    spec: StreamSpec,
+    start: Any,
+    rows: WindowRows,
+    window: Ranges,
+    reason: str,
+    replay: Callable[[StreamSpec, Any], Any],
+    leader: str | None = None,
+) -> Any:
+    """A drift retrain's model, per family: an incremental family replays the window's rows
+    (`replay(member_spec, warm_start_or_None)`), a windowed one is refit on them at once, so its
+    recovery after a change is a fit on post-change rows only. A candidate set keeps `leader`
+    (the champion's), else the first family."""
+    if len(spec.model.families) > 1:
+        current = start if isinstance(start, CandidateSet) else None
+        members = {
+            family.label: retrained(
+                spec.for_family(family),
+                current.members.get(family.label) if current else None,
+                rows,
+                window,
+                reason,
+                replay,
+            )
+            for family in spec.model.families
+        }
+        return CandidateSet(members, leader if leader in members else spec.model.families[0].label)
+    if not spec.model.windowed:
+        return replay(spec, start if not isinstance(start, (WindowedModel, CandidateSet)) else None)
+    model = windowed.new_model(spec)
+    model.batches = [{p: (int(s), int(e)) for p, (s, e) in window.items()}]
+    model.since_refit = 1
+
+    def nothing_older(ranges: Ranges) -> WindowRows:
+        raise AssertionError(f"a retrain window is read before the refit; asked for {ranges}")
+
+    windowed.refit(model, spec, rows, window, nothing_older, reason)
+    return model

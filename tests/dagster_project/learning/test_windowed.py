@@ -1,0 +1,185 @@
+"""Windowed learners: which offsets a refit reads, what it records, and what happens between refits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dagster_project.learning import learner, windowed
+from dagster_project.learning.learner import rows_of, test_then_learn
+from dagster_project.learning.windowed import WindowRows, in_segments, window_segments
+from dagster_project.spec import StreamSpec
+
+
+def make_spec(**model) -> StreamSpec:
+    return StreamSpec(
+        name="win",
+        features=[{"name": f"x{i}"} for i in range(3)],
+        label={"classes": [0, 1]},
+        model={"estimator": "hist_gradient_boosting_classifier", **model},
+    )
+
+
+def stream(rows: int, seed: int = 0, flip_at: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An XOR-like concept (no linear model learns it); labels flip from `flip_at` on."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 3))
+    y = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(float)
+    if flip_at is not None:
+        y[flip_at:] = 1 - y[flip_at:]
+    return X, y
+
+
+class RecordingReader:
+    """Kafka as the model sees it: two partitions, partition = row % 2, offset = row // 2; every
+    read is recorded. Rows in `dropped` are what training excluded (dead letters, unlabelled)."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, dropped: frozenset[int] = frozenset()) -> None:
+        self.X, self.y, self.dropped = X, y, dropped
+        self.reads: list[dict[int, tuple[int, int]]] = []
+
+    def rows(self, ranges: dict[int, tuple[int, int]]) -> WindowRows:
+        index = [
+            2 * o + p for p, (s, e) in sorted(ranges.items()) for o in range(s, e) if 2 * o + p not in self.dropped
+        ]
+        index_array = np.array(index, dtype=int)
+        return rows_of(self.X[index_array], self.y[index_array], index_array % 2, index_array // 2)
+
+    def __call__(self, ranges: dict[int, tuple[int, int]]) -> WindowRows:
+        self.reads.append(dict(ranges))
+        return self.rows(ranges)
+
+
+def batch_ranges(i: int, per_partition: int) -> dict[int, tuple[int, int]]:
+    return {p: (i * per_partition, (i + 1) * per_partition) for p in (0, 1)}
+
+
+def run(spec: StreamSpec, reader: RecordingReader, batches: int, per_partition: int = 100, model=None):
+    history = []
+    for i in range(batches):
+        ranges = batch_ranges(i, per_partition)
+        learned = test_then_learn(model, spec, reader.rows(ranges), ranges, reader)
+        model = learned.model
+        history.append((learned.metrics, model.describe()))
+    return model, history
+
+
+def test_window_segments_are_the_newest_whole_batches() -> None:
+    batches = [batch_ranges(i, 100) for i in range(5)]  # 200 offsets each
+    assert window_segments(batches, 600) == {0: [(200, 500)], 1: [(200, 500)]}
+    assert window_segments(batches, 599) == {0: [(300, 500)], 1: [(300, 500)]}
+
+
+def test_a_batch_larger_than_the_window_gives_its_newest_offsets_by_partition_share() -> None:
+    batch = {0: (0, 300), 1: (1000, 1100)}  # 400 offsets, three quarters on partition 0
+    assert window_segments([batch], 200) == {0: [(150, 300)], 1: [(1050, 1100)]}
+
+
+def test_gaps_between_batches_stay_out_of_the_window() -> None:
+    batches = [{0: (0, 100)}, {0: (150, 250)}]  # [100, 150) was never learned (a skipped batch)
+    segments = window_segments(batches, 1000)
+    assert segments == {0: [(0, 100), (150, 250)]}
+    offsets = np.array([99, 100, 149, 150])
+    assert in_segments(np.zeros(4), offsets, segments).tolist() == [True, False, False, True]
+
+
+def test_a_refit_reads_exactly_the_window_before_the_batch_and_records_it() -> None:
+    X, y = stream(2000)
+    reader = RecordingReader(X, y)
+    model, history = run(make_spec(window_rows=600), reader, batches=5)
+
+    # The first batch is in memory: nothing to read. Later refits read the older part of the window.
+    assert reader.reads == [
+        {0: (0, 100), 1: (0, 100)},
+        {0: (0, 200), 1: (0, 200)},
+        {0: (100, 300), 1: (100, 300)},
+        {0: (200, 400), 1: (200, 400)},
+    ]
+    fitted_on = model.fitted_on
+    assert fitted_on["ranges"] == {"0": [[200, 500]], "1": [[200, 500]]}
+    assert fitted_on["rows"] == fitted_on["offsets"] == 600
+    assert fitted_on["read"] == {"0": [200, 400], "1": [200, 400]}
+    assert model.refits == 5 and model.last["refit"]
+
+
+def test_rows_training_excluded_are_excluded_from_the_refit() -> None:
+    X, y = stream(1200)
+    dropped = frozenset(range(0, 400, 7))  # e.g. dead letters among the first two batches' rows
+    reader = RecordingReader(X, y, dropped)
+    model, _ = run(make_spec(window_rows=1200), reader, batches=3)
+    assert model.fitted_on["offsets"] == 600
+    assert model.fitted_on["rows"] == 600 - len(dropped)
+
+
+def test_between_refits_the_model_is_unchanged_but_every_batch_is_seen_and_scored() -> None:
+    X, y = stream(2000)
+    reader = RecordingReader(X, y)
+    model, history = run(make_spec(window_rows=1000, refit_every=3), reader, batches=5)
+    refits = [entry["refit"] for _, entry in history]
+    assert refits == [True, False, False, True, False]  # the first batch, then every third
+    assert len(reader.reads) == 1
+    assert [entry["batches_since_refit"] for _, entry in history] == [0, 1, 2, 0, 1]
+    assert all(metrics.accuracy is not None for metrics, _ in history[1:])  # prequential every batch
+    assert model.batches[-1] == batch_ranges(4, 100)
+    assert model.fitted_on["ranges"] == {"0": [[0, 400]], "1": [[0, 400]]}  # the refit at batch 4
+
+
+def test_the_windowed_model_learns_a_concept_a_linear_model_cannot() -> None:
+    X, y = stream(4000, seed=3)
+    reader = RecordingReader(X, y)
+    _, history = run(make_spec(window_rows=2000), reader, batches=10)
+    late = np.mean([m.accuracy for m, _ in history[-5:]])
+    assert late > 0.9, late
+
+
+def test_a_drift_retrain_refits_on_post_change_rows_only() -> None:
+    X, y = stream(2000, seed=4, flip_at=1200)  # the labels flip at batch 6 (200 rows a batch)
+    reader = RecordingReader(X, y)
+    spec = make_spec(window_rows=4000, refit_every=1000)
+    model, _ = run(spec, reader, batches=7)
+    after = batch_ranges(7, 100)
+    stale = test_then_learn(model, spec, reader.rows(after), after, reader)
+    assert stale.metrics.accuracy < 0.3  # fit before the change, the flipped concept is inverted
+
+    since = {p: (600, 700) for p in (0, 1)}  # batch 6, where the change was detected
+    retrained = learner.retrained(spec, model, reader.rows(since), since, "drift: error rate rose", replay=None)
+    assert retrained.fitted_on["ranges"] == {"0": [[600, 700]], "1": [[600, 700]]}
+    assert retrained.last == {"refit": True, "reason": "drift: error rate rose"}
+    recovered = test_then_learn(retrained, spec, reader.rows(after), after, reader)
+    assert recovered.metrics.accuracy > 0.85
+
+
+def test_force_refits_at_once_with_the_reason() -> None:
+    X, y = stream(1000)
+    reader = RecordingReader(X, y)
+    spec = make_spec(refit_every=100)
+    model, _ = run(spec, reader, batches=2)
+    assert model.last["refit"] is False
+    ranges = batch_ranges(2, 100)
+    forced = test_then_learn(model, spec, reader.rows(ranges), ranges, reader, force="drift retrain")
+    assert forced.model.last == {"refit": True, "reason": "drift retrain"}
+    assert forced.model.fitted_on["ranges"] == {"0": [[0, 300]], "1": [[0, 300]]}
+
+
+def test_a_window_missing_a_class_keeps_the_previous_fit() -> None:
+    X, y = stream(800)
+    spec = make_spec(window_rows=200, refit_every=1)
+    reader = RecordingReader(X, y)
+    model, _ = run(spec, reader, batches=1)
+    y[200:400] = 0  # the next batch (the whole window) holds one class only
+    learned = test_then_learn(model, spec, reader.rows(batch_ranges(1, 100)), batch_ranges(1, 100), reader)
+    assert learned.model.last["refit"] is False and "no row of class(es) [1]" in learned.model.last["reason"]
+    assert learned.model.pipeline is not None and learned.model.fitted_on == model.fitted_on
+
+
+def test_the_first_window_without_every_class_names_the_fix() -> None:
+    X, y = stream(200)
+    y[:] = 1
+    reader = RecordingReader(X, y)
+    with pytest.raises(ValueError, match="raise model.window_rows"):
+        run(make_spec(), reader, batches=1)
+
+
+def test_new_model_takes_the_spec_window() -> None:
+    model = windowed.new_model(make_spec(window_rows=500, refit_every=4))
+    assert (model.window_rows, model.refit_every, model.pipeline) == (500, 4, None)
