@@ -114,10 +114,12 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
     try:
         todo = {p: end for p, (start, end) in ranges.items() if end > start}
         consumer.assign([ConfluentPartition(topic, p, ranges[p][0]) for p in todo])
+        seen_at: dict[int, int] = {}  # next offset per partition (asking for more than is left waits out the timeout)
         deadline = time.monotonic() + 60
         while todo:
             kept = []
-            for message in consumer.consume(num_messages=10_000, timeout=0.2):
+            left = sum(end - seen_at.get(p, ranges[p][0]) for p, end in todo.items())
+            for message in consumer.consume(num_messages=max(1, min(10_000, left)), timeout=0.2):
                 if message.error() is not None:
                     raise RuntimeError(f"range read of {topic}: {message.error().str()}")
                 end = todo.get(message.partition())
@@ -125,6 +127,7 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
                     continue
                 if message.offset() < end:
                     kept.append(message)
+                seen_at[message.partition()] = message.offset() + 1
                 if message.offset() + 1 >= end:
                     del todo[message.partition()]
                     consumer.pause([ConfluentPartition(topic, message.partition())])

@@ -564,6 +564,9 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
         consumer.close()
 
 
+CONSUME_MESSAGES = 10_000  # per confluent-kafka consume() call of a range read
+
+
 def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka import TopicPartition as ConfluentPartition
@@ -578,7 +581,10 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
         position = {p: start for p, (start, _) in todo.items()}
         last_progress = time.monotonic()
         while todo:
-            messages = consumer.consume(num_messages=10_000, timeout=0.2)
+            # consume() waits out its timeout until it has num_messages: ask for no more than the range
+            # still holds, or a range that ends at the high-water mark (every planned batch) waits 0.2 s.
+            left = sum(end - position[p] for p, (_, end) in todo.items())
+            messages = consumer.consume(num_messages=max(1, min(CONSUME_MESSAGES, left)), timeout=0.2)
             if messages:
                 last_progress = time.monotonic()
             chunk: list[RawRecord] = []
