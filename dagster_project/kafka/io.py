@@ -587,9 +587,14 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
             messages = consumer.consume(num_messages=max(1, min(CONSUME_MESSAGES, left)), timeout=0.2)
             if messages:
                 last_progress = time.monotonic()
-            chunk: list[RawRecord] = []
+            clean = not any(message.error() is not None for message in messages)
+            chunk: list[RawRecord] = _in_range(messages, todo, position) if clean else []
+            if clean:
+                for p in [p for p, (_, end) in todo.items() if position[p] >= end]:
+                    del todo[p]
+                    consumer.pause([ConfluentPartition(topic, p)])
             keep = chunk.append
-            for message in messages:
+            for message in () if clean else messages:
                 if message.error() is not None:
                     if message.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
                         # librdkafka looks up the coordinator of its (unused) group.id even for assign(); the
@@ -628,6 +633,40 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                 raise _stalled(topic, stall_timeout_s, position, todo)
     finally:
         consumer.close()
+
+
+def _in_range(messages: list, todo: Ranges, position: dict[int, int]) -> list[RawRecord]:
+    """The error-free `messages` inside `[position, end)` of their partition, as RawRecords, advancing
+    `position` past every message seen: the per-message loop's rules, a column at a time."""
+    partitions = [m.partition() for m in messages]
+    offsets = [m.offset() for m in messages]
+    kept = [True] * len(messages)
+    trimmed = False
+    distinct = set(partitions)
+    for p in distinct:
+        span = todo.get(p)
+        mine = range(len(messages)) if len(distinct) == 1 else [i for i, q in enumerate(partitions) if q == p]
+        if span is None:
+            for i in mine:
+                kept[i] = False
+            trimmed = True
+            continue
+        start, end = position[p], span[1]
+        first, last = offsets[mine[0]], offsets[mine[-1]]
+        if first < start or last >= end:  # a re-delivery before the position, or records past the end
+            for i in mine:
+                if not start <= offsets[i] < end:
+                    kept[i] = False
+            trimmed = True
+        position[p] = max(position[p], last + 1)
+    if trimmed:
+        messages = [m for m, k in zip(messages, kept, strict=True) if k]
+        partitions = [q for q, k in zip(partitions, kept, strict=True) if k]
+        offsets = [o for o, k in zip(offsets, kept, strict=True) if k]
+    timestamps = [m.timestamp()[1] for m in messages]
+    keys = [m.key() for m in messages]
+    values = [m.value() for m in messages]
+    return list(map(RawRecord, partitions, offsets, timestamps, keys, values))
 
 
 def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:
