@@ -46,7 +46,6 @@ from benchmarks.common import progress, ratio, summary, unique_name
 from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin
 from dagster_project.kafka import clients
-from dagster_project.kafka.io import range_prefetch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KAFKA_PYTHON, KafkaSettings
 from dagster_project.spec import StreamSpec
@@ -110,7 +109,7 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
     """The same exact-range read with confluent-kafka (assign at the start offsets, no group join)."""
     from confluent_kafka import TopicPartition as ConfluentPartition
 
-    consumer = clients.confluent_range_reader(settings, **range_prefetch(ranges))  # as Streamfit's reads
+    consumer = clients.confluent_range_reader(settings)
     seen = 0
     try:
         todo = {p: end for p, (start, end) in ranges.items() if end > start}

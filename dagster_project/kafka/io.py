@@ -565,15 +565,6 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
 
 
 CONSUME_MESSAGES = 10_000  # per confluent-kafka consume() call of a range read
-PREFETCH_MESSAGES = 100_000  # librdkafka's default queued.min.messages (per partition)
-
-
-def range_prefetch(ranges: Ranges) -> dict[str, int]:
-    """librdkafka settings for reading `ranges`: keep no more queued per partition than the longest
-    range holds. By default it prefetches 100 k messages per partition, so a 1 k-row batch with a
-    backlog behind it fetched and decoded ~100 times the rows it needed (4x the read's time)."""
-    longest = max((end - start for start, end in ranges.values()), default=1)
-    return {"queued.min.messages": max(1, min(PREFETCH_MESSAGES, longest))}
 
 
 def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
@@ -582,7 +573,7 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
 
     check_reachable(settings)
     try:
-        consumer = clients.confluent_range_reader(settings, **range_prefetch(todo))
+        consumer = clients.confluent_range_reader(settings)
     except (BrokerSecurityError, BrokerConfigError, KafkaException) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
     try:
