@@ -97,13 +97,16 @@ def _mutations():
     def extra(df):
         df["extra"] = 1.0
 
+    def renamed_to_int(df):
+        df.rename(columns={"x2": 2}, inplace=True)
+
     def several(df):
         nan_x0(df)
         inf_x2(df)
         label_3(df)
 
     cases = [nan_x0, inf_x2, huge_x2, inf_x1, nan_x1, label_3, label_half, label_text, x2_int, x2_text]
-    return frame, [*cases, drop_x1, extra, several]
+    return frame, [*cases, drop_x1, extra, renamed_to_int, several]
 
 
 NOT_FLOAT = ("label_text", "x2_text", "x2_int")  # the checks refuse a column that is not float; GX may pass it
