@@ -4,7 +4,7 @@ All four read or use the same rows: events [W, W + B) of a seeded synthetic topi
 first, which every system has already learned, so each measures a steady-state batch).
 
 - **streamfit**: what one training run does, stage by stage and timed: Kafka range read
-  (`kafka_io.read_range`) and event parsing (`batches.read_batch`, the two split by timing inside
+  (`kafka_io.read_range_chunks`) and event parsing (`batches.read_batch`, the two split by timing inside
   the read generator), the GX data-quality suite (`quality.validate_batch`), loading the parent
   estimator from the registry, `training.test_then_train`, ONNX export + parity, the Dagster IO
   manager's pickling of the step outputs (emulated: the default fs IO manager writes each output
@@ -12,9 +12,17 @@ first, which every system has already learned, so each measures a steady-state b
   (emulated from `assets/promotion.py`), `versioning.register_batch` into a fresh temporary
   `FilesystemRegistry`, and the trainer group's Kafka offset commit. Imports are warm: the
   per-run import cost of a fresh Dagster run process is measured by the cost section.
-- **river_loop**: the tutorial pattern with the same kafka-python client and consumer settings:
-  assign + seek over the same range, `json.loads` per message, `learn_one` on
-  `StandardScaler | LogisticRegression`.
+- **river_loop**: the tutorial pattern with the same kafka-python client and consumer settings,
+  `json.loads` per message, `learn_one` on `StandardScaler | LogisticRegression`, measured at the
+  steady state of a consumer that keeps reading (`river_steady`): it starts `RIVER_LEAD_ROWS`
+  before the range, polls kafka-python's default 500 records at a time and does not stop at the
+  range's end; the clock runs from the end of the last poll before the range to the end of the
+  poll that completes it, and every record handled in that window counts. The loop has no
+  batches, so its range is the batch's or `RIVER_STEADY_ROWS` after the warm-up, whichever is
+  longer (at most the topic): a short window inside rows one 4 MB fetch already holds would leave
+  out the fetches a consumer that keeps reading waits for. A read that stops at
+  the range's end would instead pay kafka-python's fetch and decode of up to 4 MB past it, so
+  its rate would depend on how much of the topic lies beyond the range.
 - **floor**: the same client's bare range read + `orjson.loads` of every message, nothing else.
   "The same client" is the one Streamfit reads ranges with (`clients.range_reader_client(settings)`:
   confluent-kafka when installed); **floor_kafka_python** is the same floor through kafka-python,
@@ -46,6 +54,11 @@ from dagster_project.kafka.settings import KAFKA_PYTHON, KafkaSettings
 from dagster_project.spec import StreamSpec
 
 WARMUP_ROWS = 1_000
+RIVER_LEAD_ROWS = WARMUP_ROWS  # read (and learned) before the River loop's timing window opens
+# The River loop has no batches: its window covers at least this many rows (or the whole topic after
+# the warm-up), so it spans several of kafka-python's fetches, not only rows one fetch already holds.
+RIVER_STEADY_ROWS = 50_000
+KAFKA_PYTHON_POLL_RECORDS = 500  # kafka-python's default max_poll_records: what a tutorial loop polls
 SYSTEMS = ("floor", "floor_kafka_python", "river_loop", "streamfit", "sklearn_partial_fit")
 STAGES = (
     "kafka read",
@@ -107,10 +120,12 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
     try:
         todo = {p: end for p, (start, end) in ranges.items() if end > start}
         consumer.assign([ConfluentPartition(topic, p, ranges[p][0]) for p in todo])
+        seen_at: dict[int, int] = {}  # next offset per partition (asking for more than is left waits out the timeout)
         deadline = time.monotonic() + 60
         while todo:
             kept = []
-            for message in consumer.consume(num_messages=10_000, timeout=0.2):
+            left = sum(end - seen_at.get(p, ranges[p][0]) for p, end in todo.items())
+            for message in consumer.consume(num_messages=max(1, min(10_000, left)), timeout=0.2):
                 if message.error() is not None:
                     raise RuntimeError(f"range read of {topic}: {message.error().str()}")
                 end = todo.get(message.partition())
@@ -118,6 +133,7 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
                     continue
                 if message.offset() < end:
                     kept.append(message)
+                seen_at[message.partition()] = message.offset() + 1
                 if message.offset() + 1 >= end:
                     del todo[message.partition()]
                     consumer.pause([ConfluentPartition(topic, message.partition())])
@@ -170,8 +186,45 @@ def river_learner(model) -> Callable[[list], None]:
     return handle
 
 
-def river_loop(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> int:
-    return consume_range(settings, topic, ranges, river_learner(model))
+def river_steady(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> tuple[int, float]:
+    """The River loop as a consumer that keeps reading: (records handled, seconds) over the window
+    of polls that covers `ranges`, in the steady state (see the module docstring)."""
+    from kafka import TopicPartition
+
+    handle = river_learner(model)
+    consumer = clients.range_reader(settings)
+    lead = RIVER_LEAD_ROWS // max(1, len(ranges))
+    clock = time.perf_counter
+    try:
+        tps = {p: TopicPartition(topic, p) for p, (start, end) in ranges.items() if end > start}
+        consumer.assign(list(tps.values()))
+        for p, tp in tps.items():
+            consumer.seek(tp, max(0, ranges[p][0] - lead))
+        unfinished = set(tps)
+        counted, window_start, last = 0, None, clock()
+        deadline = time.monotonic() + 60
+        while unfinished:
+            polled = consumer.poll(timeout_ms=200, max_records=KAFKA_PYTHON_POLL_RECORDS)
+            handled, in_range = 0, False
+            for tp, records in polled.items():
+                handle(records)
+                handled += len(records)
+                p = tp.partition
+                if p in tps and records and records[-1].offset >= ranges[p][0]:
+                    in_range = True
+                if p in unfinished and records and records[-1].offset + 1 >= ranges[p][1]:
+                    unfinished.discard(p)
+            now = clock()
+            if in_range:
+                if window_start is None:
+                    window_start = last
+                counted += handled
+            last = now
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"River loop over {topic} {ranges} stalled; {sorted(unfinished)} unfinished")
+    finally:
+        consumer.close()
+    return counted, last - (window_start if window_start is not None else last)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,36 +232,37 @@ def river_loop(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> in
 
 
 class _ReadClock:
-    """Wraps `batches.read_range` to time the Kafka read apart from parsing, in the same pass."""
+    """Wraps `batches.read_range_chunks` to time the Kafka read apart from parsing, in the same pass
+    (per poll's chunk: a clock per record would add its own cost to Streamfit's time)."""
 
     def __init__(self) -> None:
         import dagster_project.ingest.micro_batch as batches_module
 
         self.module = batches_module
-        self.real = batches_module.read_range
+        self.real = batches_module.read_range_chunks
         self.seconds = 0.0
 
     def __enter__(self) -> _ReadClock:
         real = self.real
 
-        def timed_read_range(*args, **kwargs):
+        def timed_read_range_chunks(*args, **kwargs):
             clock = time.perf_counter
             generator = real(*args, **kwargs)
             while True:
                 started = clock()
                 try:
-                    record = next(generator)
+                    chunk = next(generator)
                 except StopIteration:
                     self.seconds += clock() - started
                     return
                 self.seconds += clock() - started
-                yield record
+                yield chunk
 
-        self.module.read_range = timed_read_range
+        self.module.read_range_chunks = timed_read_range_chunks
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.module.read_range = self.real
+        self.module.read_range_chunks = self.real
 
 
 def _pickle_round_trip(directory: Path, name: str, obj: Any, reads: int) -> None:
@@ -363,9 +417,13 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                     elapsed = time.perf_counter() - t
                 elif system == "river_loop":
                     model = copy.deepcopy(river_parent)
-                    t = time.perf_counter()
-                    n = river_loop(settings, spec.events_topic, ranges, model)
-                    elapsed = time.perf_counter() - t
+                    steady = event_ranges(spec, WARMUP_ROWS, min(largest, max(rows, RIVER_STEADY_ROWS)))
+                    handled, window = river_steady(settings, spec.events_topic, steady, model)
+                    if handled < rows:
+                        raise RuntimeError(
+                            f"the River loop's window held {handled} records, fewer than the {rows} asked"
+                        )
+                    n, elapsed = rows, window * rows / handled  # the steady rate, handled / window, over `rows`
                 elif system == "streamfit":
                     registry_root = work / f"registry-{rows}-{r}"
                     shutil.copytree(template, registry_root)

@@ -16,7 +16,7 @@ from dagster_project.features.serialization import dump_state
 from dagster_project.features.state import FeatureState
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.events import EventParser
-from dagster_project.kafka.io import RawRecord, read_range, topic_identity
+from dagster_project.kafka.io import RawRecord, read_range_chunks, topic_identity
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
@@ -117,12 +117,14 @@ def read_batch(
             "(dagster_project.features.checkpoint.state_after)"
         )
     identity = topic_identity(settings, spec.events_topic)
+    records: list[RawRecord] = []
     with _gc_paused():
-        records = list(read_range(settings, spec.events_topic, ranges))
+        for chunk in read_range_chunks(settings, spec.events_topic, ranges):
+            records += chunk
     ends = {p: end for p, (_, end) in ranges.items()}
     if learn_ends:
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
-    learned = [r for r in records if r.offset < ends[r.partition]]
+    learned = [r for r in records if r.offset < ends[r.partition]] if learn_ends else records
     batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state)
     if state is not None:
         batch.feature_state = dump_state(state)
@@ -139,10 +141,11 @@ def read_batch(
 
 def _parse(settings, spec, ranges, records, dead_letter_invalid, identity, state=None) -> MicroBatch:
     with _gc_paused():
-        values = [record.value for record in records]
+        # One transposing pass (RawRecord is a tuple) rather than a generator per column.
+        partitions, offsets, _, _, values = zip(*records, strict=True) if records else ((), (), (), (), ())
         parsed = EventParser(spec).parse_many(values)
         if state is not None:  # no key, no time or late: refused like a malformed message
-            parsed = derive(state, [record.partition for record in records], values, parsed)
+            parsed = derive(state, list(partitions), values, parsed)
     reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
     if dead_letter_invalid and parsed.failures:
         _send_dead_letters(settings, spec, [(records[i], reason) for i, reason in parsed.failures])
@@ -152,8 +155,8 @@ def _parse(settings, spec, ranges, records, dead_letter_invalid, identity, state
         X=parsed.X,
         y=parsed.y,
         ids=parsed.ids,
-        partitions=np.fromiter((records[i].partition for i in parsed.index), dtype=np.int32, count=len(parsed.index)),
-        offsets=np.fromiter((records[i].offset for i in parsed.index), dtype=np.int64, count=len(parsed.index)),
+        partitions=np.asarray(partitions, dtype=np.int32)[parsed.index],
+        offsets=np.asarray(offsets, dtype=np.int64)[parsed.index],
         dlq_reasons=reasons,
         identity=identity.as_json() if identity else None,
         unseen_examples=_unseen_examples(records, parsed.unseen),

@@ -477,6 +477,15 @@ def read_range(
     so the records exist unless the broker lost them). Reads with confluent-kafka when
     `clients.range_reader_client(settings)` says so (several times faster), otherwise kafka-python.
     """
+    for chunk in read_range_chunks(settings, topic, ranges, stall_timeout_s):
+        yield from chunk
+
+
+def read_range_chunks(
+    settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float = 15.0
+) -> Iterator[list[RawRecord]]:
+    """`read_range` one poll at a time: a list per poll, for callers that keep every record anyway
+    (a generator step per record costs as much as building the record at 100 k rows)."""
     todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
     if not todo:
         return
@@ -522,6 +531,7 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                 batch = consumer.poll(timeout_ms=200, max_records=50_000)
             except OffsetOutOfRangeError as exc:
                 raise _lost(topic, {tp.partition: offset for tp, offset in exc.args[0].items()}) from exc
+            chunk: list[RawRecord] = []
             for tp, records in batch.items():
                 p = tp.partition
                 if p not in todo:
@@ -532,13 +542,15 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                         break
                     if r.offset < position[p]:
                         continue
-                    yield RawRecord(p, r.offset, r.timestamp, r.key, r.value)
+                    chunk.append(RawRecord(p, r.offset, r.timestamp, r.key, r.value))
                     position[p] = r.offset + 1
                     last_progress = time.monotonic()
                 if position[p] >= end or (records and records[-1].offset + 1 >= end):
                     position[p] = max(position[p], end)
                     del todo[p]
                     consumer.pause(tp)
+            if chunk:
+                yield chunk
             for p in [p for p in todo if (consumer.position(tps[p]) or 0) >= todo[p][1]]:
                 # Only control records (transaction markers, never returned) were left before the end.
                 position[p] = todo.pop(p)[1]
@@ -550,6 +562,9 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
         raise NotAuthorized(settings, "READ", "topic", topic) from exc
     finally:
         consumer.close()
+
+
+CONSUME_MESSAGES = 10_000  # per confluent-kafka consume() call of a range read
 
 
 def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float):
@@ -566,10 +581,20 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
         position = {p: start for p, (start, _) in todo.items()}
         last_progress = time.monotonic()
         while todo:
-            messages = consumer.consume(num_messages=10_000, timeout=0.2)
+            # consume() waits out its timeout until it has num_messages: ask for no more than the range
+            # still holds, or a range that ends at the high-water mark (every planned batch) waits 0.2 s.
+            left = sum(end - position[p] for p, (_, end) in todo.items())
+            messages = consumer.consume(num_messages=max(1, min(CONSUME_MESSAGES, left)), timeout=0.2)
             if messages:
                 last_progress = time.monotonic()
-            for message in messages:
+            clean = not any(message.error() is not None for message in messages)
+            chunk: list[RawRecord] = _in_range(messages, todo, position) if clean else []
+            if clean:
+                for p in [p for p, (_, end) in todo.items() if position[p] >= end]:
+                    del todo[p]
+                    consumer.pause([ConfluentPartition(topic, p)])
+            keep = chunk.append
+            for message in () if clean else messages:
                 if message.error() is not None:
                     if message.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
                         # librdkafka looks up the coordinator of its (unused) group.id even for assign(); the
@@ -589,11 +614,13 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                 if offset < position[p]:
                     continue
                 if offset < span[1]:
-                    yield RawRecord(p, offset, message.timestamp()[1], message.key(), message.value())
+                    keep(RawRecord(p, offset, message.timestamp()[1], message.key(), message.value()))
                 position[p] = offset + 1
                 if offset + 1 >= span[1]:
                     del todo[p]
                     consumer.pause([ConfluentPartition(topic, p)])
+            if chunk:
+                yield chunk
             if todo and not messages:
                 # A range may end in control records (transaction markers), which are never delivered: the
                 # consumer's position still moves past them.
@@ -606,6 +633,40 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                 raise _stalled(topic, stall_timeout_s, position, todo)
     finally:
         consumer.close()
+
+
+def _in_range(messages: list, todo: Ranges, position: dict[int, int]) -> list[RawRecord]:
+    """The error-free `messages` inside `[position, end)` of their partition, as RawRecords, advancing
+    `position` past every message seen: the per-message loop's rules, a column at a time."""
+    partitions = [m.partition() for m in messages]
+    offsets = [m.offset() for m in messages]
+    kept = [True] * len(messages)
+    trimmed = False
+    distinct = set(partitions)
+    for p in distinct:
+        span = todo.get(p)
+        mine = range(len(messages)) if len(distinct) == 1 else [i for i, q in enumerate(partitions) if q == p]
+        if span is None:
+            for i in mine:
+                kept[i] = False
+            trimmed = True
+            continue
+        start, end = position[p], span[1]
+        first, last = offsets[mine[0]], offsets[mine[-1]]
+        if first < start or last >= end:  # a re-delivery before the position, or records past the end
+            for i in mine:
+                if not start <= offsets[i] < end:
+                    kept[i] = False
+            trimmed = True
+        position[p] = max(position[p], last + 1)
+    if trimmed:
+        messages = [m for m, k in zip(messages, kept, strict=True) if k]
+        partitions = [q for q, k in zip(partitions, kept, strict=True) if k]
+        offsets = [o for o, k in zip(offsets, kept, strict=True) if k]
+    timestamps = [m.timestamp()[1] for m in messages]
+    keys = [m.key() for m in messages]
+    values = [m.value() for m in messages]
+    return list(map(RawRecord, partitions, offsets, timestamps, keys, values))
 
 
 def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:

@@ -11,11 +11,12 @@ import copy
 from dataclasses import dataclass, fields
 
 import numpy as np
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score
 from sklearn.pipeline import Pipeline
 
 from dagster_project.learning import scale_out
 from dagster_project.learning.estimators import build_model, partial_fit
+from dagster_project.learning.metrics import binary_roc_auc, log_loss
 from dagster_project.learning.scale_out import ScaleOutReport
 from dagster_project.spec import StreamSpec
 
@@ -145,8 +146,8 @@ def _score_classifier(
         scores = model.decision_function(X)  # 1-D for binary: positive-class margin
     roc_auc = None
     if binary and len(np.unique(y)) == 2:
-        roc_auc = float(roc_auc_score(y, scores))
-    loss = float(log_loss(y, proba, labels=classes)) if proba is not None else None
+        roc_auc = binary_roc_auc(y, scores)
+    loss = log_loss(y, proba) if proba is not None else None
     metrics = BatchMetrics(rows=len(X), accuracy=float(accuracy_score(y, predicted)), roc_auc=roc_auc, log_loss=loss)
     return metrics, scores
 

@@ -310,3 +310,43 @@ def test_a_topic_with_another_partition_count_is_reported_at_start(kafka_setting
     with caplog.at_level("WARNING", logger="dagster_project.kafka.io"):
         ensure_topics(kafka_settings, [topic], partitions=2)
     assert any("has 1 partition(s) but the stream spec says 2" in r.getMessage() for r in caplog.records)
+
+
+class _Message:
+    """The part of a confluent-kafka Message that `_in_range` reads."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._p, self._o = partition, offset
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1000 + self._o)
+
+    def key(self) -> bytes:
+        return b"k%d" % self._o
+
+    def value(self) -> bytes:
+        return b"v%d-%d" % (self._p, self._o)
+
+
+def test_in_range_keeps_the_per_message_rules_a_column_at_a_time() -> None:
+    from dagster_project.kafka.io import RawRecord, _in_range
+
+    todo = {0: (0, 10), 1: (0, 4)}
+    position = {0: 5, 1: 2}
+    messages = [_Message(0, o) for o in range(3, 12)] + [_Message(1, o) for o in range(1, 6)] + [_Message(2, 0)]
+    chunk = _in_range(messages, todo, position)
+    expected = [(0, o) for o in range(5, 10)] + [(1, o) for o in range(2, 4)]
+    assert [(r.partition, r.offset) for r in chunk] == expected  # re-deliveries, the tail and partition 2 dropped
+    assert chunk[0] == RawRecord(0, 5, 1005, b"k5", b"v0-5")
+    assert position == {0: 12, 1: 6}  # past every message seen, as the per-message loop moves it
+
+    position = {0: 0}
+    chunk = _in_range([_Message(0, o) for o in range(4)], {0: (0, 10)}, position)
+    assert [r.offset for r in chunk] == [0, 1, 2, 3] and position == {0: 4}
+    assert _in_range([], {0: (0, 10)}, position) == [] and position == {0: 4}
