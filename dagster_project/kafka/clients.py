@@ -109,6 +109,26 @@ def group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
     return KafkaConsumer(**(kwargs | overrides))
 
 
+def confluent_group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
+    """A confluent-kafka consumer in `group_id`: cooperative rebalancing, no auto-commit, the same group
+    timeouts as `group_consumer`. The caller subscribes, commits and closes it."""
+    from confluent_kafka import Consumer
+
+    check_security(settings)
+    config = settings.librdkafka_config() | {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+        "session.timeout.ms": GROUP_SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": GROUP_HEARTBEAT_INTERVAL_MS,
+        "topic.metadata.refresh.interval.ms": GROUP_METADATA_MAX_AGE_MS,
+    }
+    return Consumer(config | overrides)
+
+
 def subscribe(consumer, topics: list[str], listener=None) -> None:
     """`consumer.subscribe(topics, listener)`, with the topics' metadata fetched first.
 

@@ -1,0 +1,166 @@
+"""One poll batch, whichever client polled it: parse, score in one onnxruntime call, produce.
+
+Malformed events become dead letters with the reason; the valid ones are scored with one snapshot of
+the champion and get one prediction record each (key = event id). `BatchScorer.process` returns once
+the broker acknowledged every record it sent (or raises), so the caller may then make the batch final.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from dagster_project.dev.faults import crash_point
+from dagster_project.ingest.categories import unseen_counts
+from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterWriter
+from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch
+from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.consumers.base import PollBatch
+from dagster_project.serving.features import ServingFeatures
+from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.spec import StreamSpec
+
+log = logging.getLogger(__name__)
+
+
+class PredictionsNotAcknowledged(RuntimeError):
+    """The broker did not acknowledge every record of a batch; its offsets were not committed."""
+
+
+class BatchOutcome:
+    """What one processed batch counts for the metrics once it is final (acknowledged, or committed)."""
+
+    __slots__ = ("dlq", "predicted", "unseen", "version")
+
+    def __init__(self, version: str, predicted: int, dlq: int, unseen: dict[str, int] | None = None) -> None:
+        self.version, self.predicted, self.dlq = version, predicted, dlq
+        self.unseen = unseen or {}  # rows per category feature whose value was outside its vocabulary
+
+
+class BatchScorer:
+    """The per-batch work of the Kafka loop, shared by every consumer client and delivery mode."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        watcher: ChampionWatcher,
+        metrics: ScorerMetrics,
+        features: ServingFeatures | None,
+        flush_timeout_s: float,
+    ) -> None:
+        self.spec = spec
+        self.watcher = watcher
+        self.metrics = metrics
+        self.features = features
+        self.flush_timeout_s = flush_timeout_s
+        self._parser = EventParser(spec)
+
+    def process(self, producer: Any, batch: PollBatch, flush_timeout_s: float | None = None) -> BatchOutcome:
+        served = self.watcher.current  # one snapshot for the whole batch
+        spec = self.spec
+        values = batch.values
+        ids, rows, index, refused = self.parse(values)
+        if self.features is not None:  # no key, no time or late: refused as in training
+            derived = self.features.derive(
+                served.version,
+                batch.partitions,
+                batch.offsets,
+                values,
+                ParsedBatch(rows, np.zeros(len(ids)), ids, np.asarray(index, dtype=np.int64), refused),
+            )
+            ids, rows, index, refused = derived.ids, derived.X, derived.index.tolist(), derived.failures
+        dead_letters = DeadLetterWriter(producer, spec.dlq_topic, "scorer")
+        for i, reason in refused:
+            dead_letters.send(
+                DeadLetter(reason, batch.topic, batch.partitions[i], batch.offsets[i], batch.keys[i], values[i])
+            )
+        sent = _Sent(producer)
+        if ids:
+            started = time.perf_counter()
+            predictions, scores = served.score(rows.astype(np.float32))
+            self.metrics.inference_latency.labels(spec.name, served.version, "kafka").observe(
+                time.perf_counter() - started
+            )
+            stamps = batch.timestamps
+            sent.send_all(
+                spec.predictions_topic,
+                ids,
+                _encode(ids, predictions, scores, served.version, [stamps[i] for i in index]),
+            )
+        producer.flush(timeout=flush_timeout_s or self.flush_timeout_s)
+        dead_letters.check()
+        sent.check()
+        crash_point("scorer_before_commit")  # tests: predictions acknowledged, offsets not yet committed
+        return BatchOutcome(served.version, len(ids), len(refused), unseen_counts(spec, rows) if ids else None)
+
+    def parse(self, values: list[bytes | None]) -> tuple[list[str], np.ndarray, list[int], list[tuple[int, str]]]:
+        """(ids, rows, their positions, refused (position, reason)) for one poll batch."""
+        try:
+            parsed = self._parser.parse_many(values)
+            return parsed.ids, parsed.X, parsed.index.tolist(), parsed.failures
+        except Exception:  # a parser bug must not stop scoring: fall back to one message at a time
+            log.exception("%s: batch parser failed; parsing message by message", self.spec.name)
+        ids: list[str] = []
+        rows: list[list[float]] = []
+        index: list[int] = []
+        refused: list[tuple[int, str]] = []
+        for i, value in enumerate(values):
+            try:
+                event = self._parser.parse(value)
+            except InvalidEvent as exc:
+                refused.append((i, str(exc)))
+            except Exception as exc:
+                refused.append((i, f"unexpected error while parsing: {exc!r}"))
+            else:
+                ids.append(event.event_id)
+                rows.append(event.values)
+                index.append(i)
+        return ids, np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), index, refused
+
+
+def _encode(ids: list[str], predictions: Any, scores: Any, version: str, stamps: list[int | None]) -> list[bytes]:
+    """One prediction record per event (see `scorer.py` for the format)."""
+    now = time.time()
+    now_ms = now * 1000.0
+    dumps = orjson.dumps
+    out = []
+    for i, event_id in enumerate(ids):
+        stamp = stamps[i]
+        out.append(
+            dumps(
+                {
+                    "id": event_id,
+                    "prediction": predictions[i],
+                    "probabilities": scores[i] if scores is not None else None,
+                    "model_version": version,
+                    "latency_ms": round(now_ms - stamp, 3) if stamp and stamp > 0 else None,
+                    "ts": now,
+                }
+            )
+        )
+    return out
+
+
+class _Sent:
+    """The prediction records of one batch on a producer, checked after its flush."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.futures: list[Any] = []
+
+    def send_all(self, topic: str, ids: list[str], values: list[bytes]) -> None:
+        send = self.producer.send
+        self.futures = [
+            send(topic, key=event_id.encode(), value=value) for event_id, value in zip(ids, values, strict=True)
+        ]
+
+    def check(self) -> None:
+        failed = [f.exception for f in self.futures if not f.succeeded()]
+        if failed:
+            raise PredictionsNotAcknowledged(
+                f"{len(failed)} of {len(self.futures)} records of the batch were not acknowledged: {failed[0]!r}"
+            )
