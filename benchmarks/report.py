@@ -183,6 +183,14 @@ def render(results: dict[str, Any]) -> str:
         if "events_per_s" in sc:
             rows = [["bare range read (kafka-python, no decode)", _range(sc["bare_read_events_per_s"]), ""]]
             rows.append(["bare range read + orjson decode", _range(sc["bare_read_decode_events_per_s"]), ""])
+            if "floor_events_per_s" in sc:
+                rows.append(
+                    [
+                        "floor: confluent group consume + decode + produce + commit",
+                        _range(sc["floor_events_per_s"]),
+                        "no scoring",
+                    ]
+                )
             for key, s in sc["events_per_s"].items():
                 runs = sc["runs"].get(key, [])
                 split = "; ".join("/".join(str(x) for x in run["per_replica_events"]) for run in runs)
@@ -192,6 +200,14 @@ def render(results: dict[str, Any]) -> str:
             out.append(
                 f"   scorer per replica / bare read: {_n(sc.get('per_replica_vs_bare_read'), 2)}; "
                 + (f"2 replicas / 1: {_n(sc.get('two_vs_one_replica'), 2)}; " if sc.get("two_vs_one_replica") else "")
+                + "".join(
+                    f"{client} per replica / floor: {_n(value, 2)}; "
+                    for client, value in (sc.get("per_replica_vs_floor") or {}).items()
+                )
+                + "".join(
+                    f"{client} 2 replicas / 1: {_n(value, 2)}; "
+                    for client, value in (sc.get("two_vs_one_replica_by_client") or {}).items()
+                )
                 + f"scorer peak RSS {_range(sc.get('peak_rss_mib'))} MiB; "
                 + f"process start -> /healthz {_range(sc.get('start_to_healthy_s'), 1)} s"
             )

@@ -97,6 +97,25 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             "the scorer consumes with kafka-python (its group protocol) and produces predictions with "
             "confluent-kafka; bare read = kafka-python assign+seek range read, no decode",
         )
+    for client, value in (scorer.get("per_replica_vs_floor") or {}).items():
+        add(
+            f"scorer ({client}) per replica >= 70% of the floor of its job",
+            value,
+            0.70,
+            True,
+            "fraction",
+            "floor = confluent-kafka in a group: consume, orjson decode, produce one record per event, flush, commit",
+        )
+    for client, value in (scorer.get("two_vs_one_replica_by_client") or {}).items():
+        add(
+            f"scorer ({client}) 2 replicas >= 1.8x one on 2 partitions",
+            value,
+            1.8,
+            True,
+            "x",
+            f"load average (1 min) {_fmt(_get(scorer, 'load_average_1m', 'before'))} before the scorer runs, "
+            f"{_fmt(_get(scorer, 'load_average_1m', 'after'))} after: 2 replicas need 2 idle cores",
+        )
     phishing = _get(results, "quality", "phishing", "batches") or {}
     for batch, row in phishing.items():
         add(

@@ -74,6 +74,16 @@ def confluent_range_reader(settings: KafkaSettings, **overrides: Any):
     return Consumer(config | overrides)
 
 
+def confluent_producer_config(settings: KafkaSettings, acks: int | str = 1) -> dict[str, Any]:
+    """librdkafka settings of a hot-path producer that flushes once per poll batch (batching happens there)."""
+    return settings.librdkafka_config() | {
+        "acks": str(acks),
+        "linger.ms": 1,
+        "partitioner": "murmur2_random",  # kafka-python's (and Java's) key -> partition mapping
+        "message.timeout.ms": 30_000,
+    }
+
+
 def fast_producer(settings: KafkaSettings, acks: int | str = 1):
     """A producer for the hot path (the scorer's predictions): confluent-kafka's when range reads
     use it, else kafka-python's. Same `send` / `flush` / `close` surface either way."""
@@ -82,15 +92,7 @@ def fast_producer(settings: KafkaSettings, acks: int | str = 1):
     from dagster_project.kafka.fast_producer import ConfluentProducer
 
     check_security(settings)
-    return ConfluentProducer(
-        settings.librdkafka_config()
-        | {
-            "acks": str(acks),
-            "linger.ms": 1,  # the scorer flushes once per poll batch: batching happens there
-            "partitioner": "murmur2_random",  # kafka-python's (and Java's) key -> partition mapping
-            "message.timeout.ms": 30_000,
-        }
-    )
+    return ConfluentProducer(confluent_producer_config(settings, acks))
 
 
 def group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
