@@ -18,6 +18,7 @@ from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.categories import unseen_counts
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterWriter
 from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch
+from dagster_project.kafka.fast_producer import BatchDelivery
 from dagster_project.serving.champion import ChampionWatcher
 from dagster_project.serving.consumers.base import PollBatch
 from dagster_project.serving.features import ServingFeatures
@@ -146,21 +147,40 @@ def _encode(ids: list[str], predictions: Any, scores: Any, version: str, stamps:
 
 
 class _Sent:
-    """The prediction records of one batch on a producer, checked after its flush."""
+    """The prediction records of one batch on a producer, checked after its flush: one batch handle with
+    confluent-kafka's producer (`send_many`), else one future per record (kafka-python's)."""
 
     def __init__(self, producer: Any) -> None:
         self.producer = producer
-        self.futures: list[Any] = []
+        self.deliveries: list[Any] = []
+        self.sent = 0
 
     def send_all(self, topic: str, ids: list[str], values: list[bytes]) -> None:
+        keys = [event_id.encode() for event_id in ids]
+        self.sent = len(values)
+        send_many = getattr(self.producer, "send_many", None)
+        if send_many is not None:
+            self.deliveries = [send_many(topic, keys, values)]
+            return
         send = self.producer.send
-        self.futures = [
-            send(topic, key=event_id.encode(), value=value) for event_id, value in zip(ids, values, strict=True)
-        ]
+        self.deliveries = [send(topic, key=key, value=value) for key, value in zip(keys, values, strict=True)]
 
     def check(self) -> None:
-        failed = [f.exception for f in self.futures if not f.succeeded()]
+        failed = [d for d in self.deliveries if not d.succeeded()]
         if failed:
-            raise PredictionsNotAcknowledged(
-                f"{len(failed)} of {len(self.futures)} records of the batch were not acknowledged: {failed[0]!r}"
+            first = failed[0]
+            error = (
+                first.errors[0]
+                if isinstance(first, BatchDelivery) and first.errors
+                else getattr(first, "exception", None)
             )
+            raise PredictionsNotAcknowledged(
+                f"{sum(_unacknowledged(d) for d in failed)} of {self.sent} records of the batch were not "
+                f"acknowledged: {error!r}"
+            )
+
+
+def _unacknowledged(delivery: Any) -> int:
+    if isinstance(delivery, BatchDelivery):
+        return len(delivery.errors) if delivery.is_done else delivery.sent
+    return 0 if delivery.succeeded() else 1
