@@ -38,8 +38,7 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
     type=click.Choice(["kafka-python", "confluent"]),
     default=None,
     help="The Kafka client that consumes the events: kafka-python, or confluent (confluent-kafka: records "
-    "decoded in C, cooperative rebalancing; at-least-once delivery only). Default: $STREAMFIT_SCORER_CLIENT, "
-    "else kafka-python.",
+    "decoded in C, cooperative rebalancing). Default: $STREAMFIT_SCORER_CLIENT, else kafka-python.",
 )
 @click.option(
     "--replica-id",

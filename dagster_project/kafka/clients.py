@@ -211,6 +211,19 @@ def transactional_producer(settings: KafkaSettings, transactional_id: str, **ove
     return KafkaProducer(**(kwargs | overrides))
 
 
+def confluent_transactional_producer(settings: KafkaSettings, transactional_id: str, step_timeout_s: float):
+    """`transactional_producer`'s twin on confluent-kafka, for the confluent scorer client; call
+    `init_transactions()` before use. Each transactional call is bounded by `step_timeout_s`."""
+    from dagster_project.kafka.fast_transactions import ConfluentTransactionalProducer
+
+    check_security(settings)
+    config = confluent_producer_config(settings, acks="all") | {
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+    }
+    return ConfluentTransactionalProducer(config, step_timeout_s)
+
+
 def admin(settings: KafkaSettings):
     from kafka import KafkaAdminClient
 

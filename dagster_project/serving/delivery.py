@@ -69,24 +69,11 @@ class Delivery:
         return {"mode": self.mode, "requested": self.requested, "reason": self.reason}
 
 
-def resolve_delivery(settings: KafkaSettings, requested: str | None = AUTO, client: str = "kafka-python") -> Delivery:
-    """Turn `requested` into a mode for this broker and consumer client; DeliveryUnavailable for an impossible
-    explicit ask. Exactly-once is built on kafka-python's transactional producer and consumer group metadata,
-    so the confluent client delivers at-least-once."""
+def resolve_delivery(settings: KafkaSettings, requested: str | None = AUTO) -> Delivery:
+    """Turn `requested` into a mode for this broker; DeliveryUnavailable for an impossible explicit ask."""
     wanted = normalise(requested)
     if wanted == AT_LEAST_ONCE:
         return Delivery(AT_LEAST_ONCE, wanted, "at-least-once was asked for (--delivery / " + DELIVERY_ENV + ")")
-    if client != "kafka-python":
-        if wanted == EXACTLY_ONCE:
-            raise DeliveryUnavailable(
-                f"exactly-once delivery needs the kafka-python scorer client, not {client}: use --client "
-                "kafka-python (or unset STREAMFIT_SCORER_CLIENT), or --delivery at-least-once"
-            )
-        return Delivery(
-            AT_LEAST_ONCE,
-            wanted,
-            f"auto: the {client} scorer client delivers at-least-once (exactly-once: --client kafka-python)",
-        )
     support = transaction_support(settings)
     if wanted == EXACTLY_ONCE:
         if not support.works:

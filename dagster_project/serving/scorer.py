@@ -8,8 +8,8 @@ valid ones with one snapshot of the champion and sends one record per event to
 - at-least-once: wait until the broker acknowledged every record of the batch (flush, then each
   future checked), and only then commit the batch's offsets. A crash at any point loses no
   prediction, and what it repeats is at most the one batch in flight, with the same event ids.
-- exactly-once: the batch is one Kafka transaction (kafka-python's transactional producer, one
-  transactional id per replica): begin, send predictions and dead letters, add the group's next
+- exactly-once: the batch is one Kafka transaction (the consumer client's own transactional producer,
+  one transactional id per replica): begin, send predictions and dead letters, add the group's next
   offsets (`send_offsets_to_transaction`), commit, each step bounded in time. After any error a new
   producer with the same transactional id settles the transaction (its `init_transactions` aborts
   it, or completes a commit already under way) and the consumer rewinds to the group's committed
@@ -176,8 +176,6 @@ class Scorer:
         self.delivery: Delivery | None = delivery if isinstance(delivery, Delivery) else None
         self.requested_delivery = delivery.requested if isinstance(delivery, Delivery) else requested_delivery(delivery)
         self.client = requested_client(client)  # kafka-python or confluent: which client consumes the events
-        if self.delivery is not None and self.delivery.exactly_once and self.client != KAFKA_PYTHON:
-            resolve_delivery(settings, "exactly_once", self.client)  # raises DeliveryUnavailable, naming the fix
         self.replica_id = replica_id  # set by ScoringService from --replica-id or host and port
         self.fenced: str | None = None
         self.spec = spec
@@ -254,7 +252,7 @@ class Scorer:
     def resolve_delivery(self) -> Delivery:
         """The delivery mode for this broker (once); sets the mode metric."""
         if self.delivery is None:
-            self.delivery = resolve_delivery(self.settings, self.requested_delivery, self.client)
+            self.delivery = resolve_delivery(self.settings, self.requested_delivery)
             log.info("%s: delivery %s (%s)", self.spec.name, self.delivery.mode, self.delivery.reason)
         for mode in ("exactly_once", "at_least_once"):
             self.metrics.delivery_mode.labels(self.spec.name, mode).set(1 if mode == self.delivery.mode else 0)
@@ -374,7 +372,10 @@ class Scorer:
         stopped before the transaction coordinator answered."""
         tid = self.transactional_id
         while True:
-            producer = clients.transactional_producer(self.settings, tid, **self.producer_overrides)
+            if self.client == KAFKA_PYTHON:
+                producer = clients.transactional_producer(self.settings, tid, **self.producer_overrides)
+            else:  # confluent's producer: the transaction carries the confluent consumer's group metadata
+                producer = clients.confluent_transactional_producer(self.settings, tid, self.transaction_step_timeout_s)
             try:
                 producer.init_transactions()
                 log.info("%s: transactional producer %s ready (exactly-once)", self.spec.name, tid)
@@ -670,8 +671,8 @@ def build_service(
     check_reachable(settings)
     registry = registry_from_env(registry_root) if registry_root else None
     options.setdefault("token", os.environ.get(TOKEN_ENV) or None)
-    options["client"] = client = requested_client(options.get("client"))
+    options["client"] = requested_client(options.get("client"))
     delivery = options.pop("delivery", None)
     if not isinstance(delivery, Delivery):
-        delivery = resolve_delivery(settings, requested_delivery(delivery), client)
+        delivery = resolve_delivery(settings, requested_delivery(delivery))
     return ScoringService(spec, settings, registry, delivery=delivery, **options)

@@ -112,7 +112,17 @@ class ConfluentScorerConsumer:
             pass
 
     def committed(self, partition: int, timeout_s: float) -> int | None:
-        (tp,) = self._consumer.committed([self._tp(self.topic, partition)], timeout=timeout_s)
+        """Raises kafka-python's KafkaTimeoutError (retriable) when the broker did not answer in time, as the
+        kafka-python consumer does, so the scorer's exactly-once recovery treats both clients alike."""
+        from confluent_kafka import KafkaException
+        from kafka.errors import KafkaError, KafkaTimeoutError
+
+        try:
+            (tp,) = self._consumer.committed([self._tp(self.topic, partition)], timeout=timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = error is not None and (error.retriable() or error.code() < 0)  # < 0: librdkafka-local
+            raise (KafkaTimeoutError if retriable else KafkaError)(f"committed offsets of {self.topic}: {exc}") from exc
         return tp.offset if tp.offset >= 0 else None
 
     def highwater(self, partition: int) -> int | None:
