@@ -44,8 +44,52 @@ class ConfluentTransactionalProducer(ConfluentProducer):
     """A transactional ConfluentProducer that answers like kafka-python's KafkaProducer."""
 
     def __init__(self, config: dict[str, Any], step_timeout_s: float) -> None:
-        super().__init__(config)
+        super().__init__(config | {"error_cb": self._on_error})
         self.step_timeout_s = step_timeout_s
+        # librdkafka's fatal error (fenced by a newer producer with our transactional id), as kafka-python's
+        # exception: the scorer stops instead of making a new producer that would fence the live one back.
+        self.fatal_error: Exception | None = None
+
+    def _on_error(self, error: Any) -> None:
+        if error.fatal():
+            from confluent_kafka import KafkaException
+
+            self._fatal(_translated(KafkaException(error), "producer"))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """confluent-kafka 2.16 raises a fatal error (fenced) from flush, and then calls the failed records'
+        delivery callbacks with that exception still set, which surfaces as a SystemError caused by it."""
+        from confluent_kafka import KafkaException
+
+        try:
+            super().flush(timeout)
+        except KafkaException as exc:
+            raise self._fatal(_translated(exc, "flush")) from exc
+        except SystemError as exc:
+            if not isinstance(exc.__cause__, KafkaException):
+                raise
+            raise self._fatal(_translated(exc.__cause__, "flush")) from exc
+
+    def _fatal(self, exc: Exception) -> Exception:
+        if isinstance(exc, ProducerFencedError | TransactionalIdAuthorizationFailedError):
+            self.fatal_error = exc
+        return exc
+
+    def send_many(self, topic: str, keys: list[bytes | None], values: list[bytes]):
+        from confluent_kafka import KafkaException
+
+        try:
+            return super().send_many(topic, keys, values)
+        except KafkaException as exc:  # a producer in a fatal state refuses new records at once
+            raise self._fatal(_translated(exc, "produce")) from exc
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None):
+        from confluent_kafka import KafkaException
+
+        try:
+            return super().send(topic, value=value, key=key, partition=partition)
+        except KafkaException as exc:
+            raise self._fatal(_translated(exc, "produce")) from exc
 
     def _call(self, call: str, *args: Any) -> None:
         from confluent_kafka import KafkaException
@@ -53,7 +97,7 @@ class ConfluentTransactionalProducer(ConfluentProducer):
         try:
             getattr(self._producer, call)(*args)
         except KafkaException as exc:
-            raise _translated(exc, call) from exc
+            raise self._fatal(_translated(exc, call)) from exc
 
     def init_transactions(self) -> None:
         self._call("init_transactions", self.step_timeout_s)

@@ -80,7 +80,7 @@ from dagster_project.serving.limits import (
     DEFAULT_MAX_ROWS,
 )
 from dagster_project.serving.metrics import ScorerMetrics
-from dagster_project.serving.scoring import BatchOutcome, BatchScorer, PredictionsNotAcknowledged
+from dagster_project.serving.scoring import BatchOutcome, BatchScorer, PredictionsNotAcknowledged, Sending
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,8 @@ class Scorer:
         self._state_lock = threading.Lock()
         self._give_up_at: float | None = None
         self._producer: Any = None
+        self._consumer: ScorerConsumer | None = None
+        self._inflight: tuple[PollBatch, Sending] | None = None  # sent, not yet acknowledged and committed
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit, leave the group and return."""
@@ -291,6 +293,8 @@ class Scorer:
             overrides=self.consumer_overrides,
         )
         self._producer = producer  # exactly-once replaces it after a fatal producer error
+        self._consumer = consumer
+        self._inflight = None
         self.link.attach(consumer)
         try:
             if exactly_once:
@@ -324,9 +328,13 @@ class Scorer:
         log.warning("%s: poll failed (%r); polling again", self.spec.name, exc)
 
     @staticmethod
-    def _rewind(consumer: ScorerConsumer, batch: PollBatch) -> None:
-        """Seek every partition of `batch` back to its first record (where its committed offset is)."""
-        for partition, first in batch.firsts().items():
+    def _rewind(consumer: ScorerConsumer, *batches: PollBatch | None) -> None:
+        """Seek every partition of `batches` back to its first record there (where its committed offset is)."""
+        firsts: dict[int, int] = {}
+        for batch in batches:
+            for partition, first in (batch.firsts() if batch is not None else {}).items():
+                firsts[partition] = min(first, firsts.get(partition, first))
+        for partition, first in firsts.items():
             consumer.seek(partition, first)
 
     def _count(self, outcome: BatchOutcome) -> None:
@@ -340,29 +348,49 @@ class Scorer:
         self.scored += outcome.predicted
 
     def _loop(self, consumer: ScorerConsumer, producer) -> None:
+        """At-least-once. A batch is committed only after the broker acknowledged its predictions and dead
+        letters. Where the client runs its rebalance callbacks inside `poll` on this thread
+        (`consumer.revokes_in_poll`), the next batch is polled and prepared while the broker acknowledges this
+        one, and a partition about to be revoked has its batch finished first; at any moment at most one
+        batch is sent and not committed, so a crash still repeats at most one batch."""
         self._give_up_at = None
+        overlap = consumer.revokes_in_poll
         while True:
+            if self._inflight is not None and (not overlap or self._stop.is_set()):
+                self._settle(consumer)
             if self._should_stop():
                 return
             batch = consumer.poll(self.poll_timeout_ms / 1000, self.max_poll_records)
-            self.link.polled(bool(batch))
-            if not batch:
+            self.link.polled(batch is not None)
+            prepared = self._batches.prepare(batch) if batch is not None else None
+            if self._inflight is not None and not self._settle(consumer, batch):
+                continue  # that batch failed and was rewound, this one with it
+            if batch is None:
                 self._update_lag(consumer, None)
                 continue
-            try:
-                self._count(self._batches.process(producer, batch))
-            except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
-                # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
-                self.metrics.batch_retries.labels(self.spec.name).inc()
-                log.error("%s: %s; re-reading the batch", self.spec.name, exc)
-                self._rewind(consumer, batch)
-                self._stop.wait(1.0)
-                continue
-            with self._state_lock:
-                self._uncommitted.update(batch.nexts())
-                offsets = dict(self._uncommitted)
-            self._commit(consumer, offsets)
-            self._update_lag(consumer, batch)
+            self._inflight = (batch, self._batches.send(producer, prepared))
+
+    def _settle(self, consumer: ScorerConsumer, next_batch: PollBatch | None = None) -> bool:
+        """Wait for the in-flight batch's acknowledgements, then commit it. If the broker did not acknowledge it
+        all, nothing is committed: rewind to it (and past `next_batch`, polled meanwhile) to score it again."""
+        batch, sending = self._inflight
+        self._inflight = None
+        try:
+            outcome = self._batches.confirm(self._producer, sending)
+        except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
+            # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
+            self.metrics.batch_retries.labels(self.spec.name).inc()
+            log.error("%s: %s; re-reading the batch", self.spec.name, exc)
+            self._rewind(consumer, batch, next_batch)
+            self._stop.wait(1.0)
+            return False
+        self._count(outcome)
+        with self._state_lock:
+            self._uncommitted.update(batch.nexts())
+            offsets = dict(self._uncommitted)
+        self._commit(consumer, offsets)
+        self._update_lag(consumer, batch)
+        return True
 
     # -- exactly-once ---------------------------------------------------------------------------------
 
@@ -430,7 +458,9 @@ class Scorer:
         except _FENCED as exc:
             raise self._fenced(exc) from exc
         except (PredictionsNotAcknowledged, DeadLetterError, KafkaError) as exc:
-            last = getattr(getattr(producer, "_transaction_manager", None), "last_error", None)
+            last = getattr(getattr(producer, "_transaction_manager", None), "last_error", None) or getattr(
+                producer, "fatal_error", None
+            )  # kafka-python's transaction manager, or confluent's fatal error
             if isinstance(last, _FENCED):  # a new producer would fence the live process back: stop instead
                 raise self._fenced(last) from exc
             # Not aborted here: after a coordinator failover kafka-python's producer can wait forever on the dead
@@ -524,6 +554,11 @@ class Scorer:
 
     def _on_revoked(self, revoked: Iterable[int]) -> None:
         revoked = sorted(revoked)
+        inflight = self._inflight
+        if inflight is not None and not set(revoked).isdisjoint(inflight[0].partitions):
+            # Only where revocations run inside poll on the loop's thread: finish the batch while the
+            # partition is ours, so its next owner starts after it (a failure leaves it to the next owner).
+            self._settle(self._consumer)
         with self._state_lock:
             for partition in revoked:
                 self._uncommitted.pop(partition, None)

@@ -3,12 +3,15 @@
 Malformed events become dead letters with the reason; the valid ones are scored with one snapshot of
 the champion and get one prediction record each (key = event id). `BatchScorer.process` returns once
 the broker acknowledged every record it sent (or raises), so the caller may then make the batch final.
+Its three steps are separate so a loop can prepare the next batch (CPU) while the broker acknowledges
+this one: `prepare` (parse, score, encode), `send` (hand to the producer), `confirm` (flush and check).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,25 @@ class BatchOutcome:
         self.unseen = unseen or {}  # rows per category feature whose value was outside its vocabulary
 
 
+@dataclass
+class Prepared:
+    """A batch scored and encoded, not yet sent."""
+
+    ids: list[str]
+    records: list[bytes]  # one prediction record per id
+    letters: list[DeadLetter]
+    outcome: BatchOutcome
+
+
+@dataclass
+class Sending:
+    """A batch handed to the producer: what to check once it is flushed."""
+
+    dead_letters: DeadLetterWriter
+    sent: _Sent
+    outcome: BatchOutcome
+
+
 class BatchScorer:
     """The per-batch work of the Kafka loop, shared by every consumer client and delivery mode."""
 
@@ -61,6 +83,11 @@ class BatchScorer:
         self._parser = EventParser(spec)
 
     def process(self, producer: Any, batch: PollBatch, flush_timeout_s: float | None = None) -> BatchOutcome:
+        """The whole step at once: prepare, send, and wait for the broker's acknowledgements."""
+        return self.confirm(producer, self.send(producer, self.prepare(batch)), flush_timeout_s)
+
+    def prepare(self, batch: PollBatch) -> Prepared:
+        """Parse, derive, score and encode `batch` (CPU only: nothing is sent yet)."""
         served = self.watcher.current  # one snapshot for the whole batch
         spec = self.spec
         values = batch.values
@@ -74,12 +101,11 @@ class BatchScorer:
                 ParsedBatch(rows, np.zeros(len(ids)), ids, np.asarray(index, dtype=np.int64), refused),
             )
             ids, rows, index, refused = derived.ids, derived.X, derived.index.tolist(), derived.failures
-        dead_letters = DeadLetterWriter(producer, spec.dlq_topic, "scorer")
-        for i, reason in refused:
-            dead_letters.send(
-                DeadLetter(reason, batch.topic, batch.partitions[i], batch.offsets[i], batch.keys[i], values[i])
-            )
-        sent = _Sent(producer)
+        letters = [
+            DeadLetter(reason, batch.topic, batch.partitions[i], batch.offsets[i], batch.keys[i], values[i])
+            for i, reason in refused
+        ]
+        records: list[bytes] = []
         if ids:
             started = time.perf_counter()
             predictions, scores = served.score(rows.astype(np.float32))
@@ -87,16 +113,27 @@ class BatchScorer:
                 time.perf_counter() - started
             )
             stamps = batch.timestamps
-            sent.send_all(
-                spec.predictions_topic,
-                ids,
-                _encode(ids, predictions, scores, served.version, [stamps[i] for i in index]),
-            )
+            records = _encode(ids, predictions, scores, served.version, [stamps[i] for i in index])
+        outcome = BatchOutcome(served.version, len(ids), len(refused), unseen_counts(spec, rows) if ids else None)
+        return Prepared(ids, records, letters, outcome)
+
+    def send(self, producer: Any, prepared: Prepared) -> Sending:
+        """Hand a prepared batch's dead letters and predictions to the producer (not yet acknowledged)."""
+        dead_letters = DeadLetterWriter(producer, self.spec.dlq_topic, "scorer")
+        for letter in prepared.letters:
+            dead_letters.send(letter)
+        sent = _Sent(producer)
+        if prepared.ids:
+            sent.send_all(self.spec.predictions_topic, prepared.ids, prepared.records)
+        return Sending(dead_letters, sent, prepared.outcome)
+
+    def confirm(self, producer: Any, sending: Sending, flush_timeout_s: float | None = None) -> BatchOutcome:
+        """Wait until the broker acknowledged everything sent so far; raise unless all of `sending` was."""
         producer.flush(timeout=flush_timeout_s or self.flush_timeout_s)
-        dead_letters.check()
-        sent.check()
+        sending.dead_letters.check()
+        sending.sent.check()
         crash_point("scorer_before_commit")  # tests: predictions acknowledged, offsets not yet committed
-        return BatchOutcome(served.version, len(ids), len(refused), unseen_counts(spec, rows) if ids else None)
+        return sending.outcome
 
     def parse(self, values: list[bytes | None]) -> tuple[list[str], np.ndarray, list[int], list[tuple[int, str]]]:
         """(ids, rows, their positions, refused (position, reason)) for one poll batch."""

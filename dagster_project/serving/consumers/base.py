@@ -39,6 +39,10 @@ class PollBatch:
 class ScorerConsumer(Protocol):
     """A subscribed group member that never auto-commits; partitions are ints of the one topic."""
 
+    # True if rebalance callbacks run inside `poll`, on the polling thread, where they may commit: then the
+    # scorer overlaps the broker's acknowledgements of one batch with preparing the next.
+    revokes_in_poll: bool
+
     def poll(self, timeout_s: float, max_records: int) -> PollBatch | None:
         """Up to `max_records` records, or None when nothing came (or a retriable error, after a pause)."""
 

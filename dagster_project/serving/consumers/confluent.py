@@ -27,6 +27,8 @@ _NO_OFFSET = -1001  # librdkafka's OFFSET_INVALID: no committed offset / no high
 class ConfluentScorerConsumer:
     """`ScorerConsumer` on confluent-kafka's Consumer (subscribed at once)."""
 
+    revokes_in_poll = True  # on_revoke runs inside consume(), on the loop thread
+
     def __init__(
         self,
         settings,

@@ -28,6 +28,8 @@ class _Listener(ConsumerRebalanceListener):
 class KafkaPythonScorerConsumer:
     """`ScorerConsumer` on kafka-python's KafkaConsumer (subscribed at once)."""
 
+    revokes_in_poll = False  # its listener may not block or commit (see the scorer): one batch at a time
+
     def __init__(
         self,
         settings,
