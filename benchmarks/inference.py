@@ -250,11 +250,13 @@ def _score_run(
         for p in procs:
             p.wait_healthy()
         samples: list[tuple[float, list[int]]] = []
+        cpu: list[tuple[tuple[int, int], float]] = []  # (machine busy/total jiffies, scorers' CPU seconds)
         deadline = time.monotonic() + 120 + total / 1_000
         while True:
             counts = [p.predictions() or 0 for p in procs]
             now = time.monotonic()
             samples.append((now, counts))
+            cpu.append((_machine_jiffies(), sum(_process_cpu_s(p.process.pid) for p in procs)))
             if sum(counts) >= total:
                 break
             if now > deadline:
@@ -270,9 +272,12 @@ def _score_run(
     totals = [(t, sum(c)) for t, c in samples]
     first_change = next(i for i, (_, c) in enumerate(totals) if c > 0)
     # The counter moves once per poll batch: rate between the last sample at 0 and the one that reached total.
-    t0, c0 = totals[max(first_change - 1, 0)]
+    start = max(first_change - 1, 0)
+    t0, c0 = totals[start]
     t1, c1 = totals[-1]
     rate = (c1 - c0) / (t1 - t0) if t1 > t0 else None
+    (busy0, all0), scorer0 = cpu[start]
+    (busy1, all1), scorer1 = cpu[-1]
     return {
         "client": client,
         "replicas": replicas,
@@ -282,7 +287,33 @@ def _score_run(
         "per_replica_events": samples[-1][1],
         "start_to_healthy_s": [p.healthy_after for p in procs],
         "peak_rss_mib": rss,
+        # While scoring: how busy the whole machine was (all cores = 1.0), and how many cores the scorers used.
+        "machine_busy_fraction": (busy1 - busy0) / (all1 - all0) if all1 > all0 else None,
+        "scorer_cores": (scorer1 - scorer0) / (t1 - t0) if t1 > t0 else None,
     }
+
+
+def _summary_of(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    return summary(x[key] for x in runs if x.get(key) is not None)
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (Linux)."""
+    try:
+        values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process used so far (/proc/<pid>/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scorer_section(ctx: BenchContext) -> dict[str, Any]:
@@ -318,11 +349,15 @@ def scorer_section(ctx: BenchContext) -> dict[str, Any]:
     floor_topic = f"{spec.name}.floor"
     ensure_topics(settings, [floor_topic], spec.partitions)
     floor: list[float] = []
+    floor_per_batch: list[float] = []
     for r in range(max(2, mode.scorer_repeats)):
         progress(f"inference: scorer floor (confluent-kafka group, decode, produce, commit), repeat {r + 1}")
-        floor.append(
-            scorer_floor(settings, spec.events_topic, floor_topic, total, DEFAULT_MAX_POLL_RECORDS)["events_per_s"]
-        )
+        for per_batch, out in ((False, floor), (True, floor_per_batch)):
+            out.append(
+                scorer_floor(settings, spec.events_topic, floor_topic, total, DEFAULT_MAX_POLL_RECORDS, per_batch)[
+                    "events_per_s"
+                ]
+            )
 
     env = os.environ | {
         BOOTSTRAP_ENV: ctx.bootstrap,
@@ -364,6 +399,7 @@ def scorer_section(ctx: BenchContext) -> dict[str, Any]:
         "bare_read_events_per_s": summary(bare),
         "bare_read_decode_events_per_s": summary(bare_decode),
         "floor_events_per_s": summary(floor),
+        "floor_flush_per_batch_events_per_s": summary(floor_per_batch),
         "runs": runs,
         "events_per_s": {key: summary(rates(key)) for key in runs},
         "per_replica_vs_bare_read": ratio(one["median"], summary(bare)["median"]),
@@ -374,6 +410,9 @@ def scorer_section(ctx: BenchContext) -> dict[str, Any]:
         "peak_rss_mib": summary([m for x in runs["1_replica"] for m in x["peak_rss_mib"] if m]),
         "start_to_healthy_s": summary([s for x in runs["1_replica"] for s in x["start_to_healthy_s"] if s]),
         "load_average_1m": {"before": load_before[0], "after": load_after[0]},
+        "machine_busy_fraction": {key: _summary_of(r, "machine_busy_fraction") for key, r in runs.items()},
+        "scorer_cores": {key: _summary_of(r, "scorer_cores") for key, r in runs.items()},
+        "cores": os.cpu_count(),
     }
     if "2_replicas" in runs:
         out["two_vs_one_replica"] = ratio(summary(rates("2_replicas"))["median"], one["median"])

@@ -113,8 +113,12 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             1.8,
             True,
             "x",
-            f"load average (1 min) {_fmt(_get(scorer, 'load_average_1m', 'before'))} before the scorer runs, "
-            f"{_fmt(_get(scorer, 'load_average_1m', 'after'))} after: 2 replicas need 2 idle cores",
+            f"{scorer.get('cores')} cores; while 2 replicas scored the machine was "
+            f"{_fmt(100 * (_get(scorer, 'machine_busy_fraction', f'2_replicas{_suffix(client)}', 'median') or 0), 0)} "
+            f"% busy and the replicas used "
+            f"{_fmt(_get(scorer, 'scorer_cores', f'2_replicas{_suffix(client)}', 'median'), 2)} cores (1 replica: "
+            f"{_fmt(_get(scorer, 'scorer_cores', f'1_replica{_suffix(client)}', 'median'), 2)}); load average "
+            f"{_fmt(_get(scorer, 'load_average_1m', 'before'))} before the scorer runs",
         )
     phishing = _get(results, "quality", "phishing", "batches") or {}
     for batch, row in phishing.items():
@@ -158,6 +162,11 @@ def _sustained(section: dict[str, Any], add) -> None:
         "s",
         note,
     )
+
+
+def _suffix(client: str) -> str:
+    """The scorer section's run-key suffix of a consumer client."""
+    return "" if client == "kafka-python" else f"_{client}"
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

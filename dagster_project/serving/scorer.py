@@ -360,7 +360,9 @@ class Scorer:
                 self._settle(consumer)
             if self._should_stop():
                 return
-            batch = consumer.poll(self.poll_timeout_ms / 1000, self.max_poll_records)
+            # With a batch in flight, only take what is already there: if nothing is, settle it now.
+            timeout_s = 0 if self._inflight is not None else self.poll_timeout_ms / 1000
+            batch = consumer.poll(timeout_s, self.max_poll_records)
             self.link.polled(batch is not None)
             prepared = self._batches.prepare(batch) if batch is not None else None
             if self._inflight is not None and not self._settle(consumer, batch):

@@ -69,7 +69,7 @@ class ConfluentScorerConsumer:
         from confluent_kafka import KafkaException
 
         try:
-            messages = self._consumer.consume(max_records, timeout_s)
+            messages = self._take(max_records, timeout_s)
         except KafkaException as exc:  # librdkafka retries a lost broker itself; this rides out what surfaces
             error = exc.args[0] if exc.args else None
             if error is None or error.fatal() or not error.retriable():
@@ -96,6 +96,18 @@ class ConfluentScorerConsumer:
             values.append(m.value())
             timestamps.append(m.timestamp()[1])
         return batch if offsets else None
+
+    def _take(self, max_records: int, timeout_s: float) -> list:
+        """Up to `max_records` messages as soon as any are there (kafka-python's poll does the same):
+        `consume(n, timeout)` alone would wait for all n, up to the timeout, on a slow stream."""
+        consume = self._consumer.consume
+        messages = consume(max_records, 0)
+        if messages or timeout_s <= 0:
+            return messages
+        messages = consume(1, timeout_s)
+        if messages and max_records > 1:
+            messages += consume(max_records - 1, 0)
+        return messages
 
     def commit(self, offsets: dict[int, int]) -> None:
         from confluent_kafka import KafkaException
