@@ -62,7 +62,13 @@ def scorer_floor(
                     raise RuntimeError(f"scorer floor: {m.error().str()}")
                 event = loads(m.value())
                 event_id = event["id"]
-                produce(out_topic, key=m.key(), value=dumps({"id": event_id}), on_delivery=report)
+                value = dumps({"id": event_id})
+                while True:
+                    try:
+                        produce(out_topic, key=m.key(), value=value, on_delivery=report)
+                        break
+                    except BufferError:  # the local queue is full: let the broker catch up
+                        producer.poll(0.01)
                 nexts[m.partition()] = m.offset() + 1
             if per_batch and producer.flush(30):
                 raise RuntimeError("scorer floor: records not acknowledged within 30 s")
