@@ -104,7 +104,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.70,
             True,
             "fraction",
-            "floor = confluent-kafka in a group: consume, orjson decode, produce one record per event, flush, commit",
+            "floor = confluent-kafka in a group: consume, orjson decode, produce one record per event (acks=all), "
+            "commit without waiting, one flush at the end; no scoring",
         )
     for client, value in (scorer.get("two_vs_one_replica_by_client") or {}).items():
         add(
