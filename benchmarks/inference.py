@@ -10,8 +10,11 @@ does, and `predict_proba_many` on a DataFrame).
 The scorer: `streamfit serve` in its own process (a fresh consumer group, so it scores the topic
 from the start), 1 replica and optionally 2 in one group, on events already in the topic. Its
 `/metrics` predictions counter is sampled every 50 ms; events/s is taken between the first and the
-last change of the counter, so the consumer-group join (about 3 s on Tansu) is not counted. The
-same kafka-python client's bare range read of the same events is measured next to it.
+last change of the counter, so the consumer-group join (about 3 s on Tansu) is not counted. It runs
+once per consumer client (`--client kafka-python`, `--client confluent`) in the same run. Beside it:
+kafka-python's bare range read of the same events, and the floor of the scorer's job with the fastest
+client (`scorer_floor.py`: confluent-kafka in a group, decode, one record produced per event, flush,
+commit; no scoring), which the scorer's rate is compared with.
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ import numpy as np
 from benchmarks.common import PROJECT_ROOT, percentiles, progress, ratio, summary, unique_name
 from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin, write_spec
+from benchmarks.scorer_floor import scorer_floor
 from benchmarks.throughput import consume_range, floor_read, river_model
 from dagster_project.kafka.brokers.tansu import free_port
+from dagster_project.kafka.io import ensure_topics
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KAFKA_PYTHON
+from dagster_project.serving.consumers import CONFLUENT
+from dagster_project.serving.scorer import DEFAULT_MAX_POLL_RECORDS
+
+CLIENTS = {KAFKA_PYTHON: "", CONFLUENT: "_confluent"}  # scorer client -> suffix of its run keys
 
 TRAIN_ROWS = 10_000
 BATCH_ROWS = 1_000
@@ -166,7 +175,9 @@ def _vm_hwm_mib(pid: int) -> float | None:
 
 
 class _ScorerProcess:
-    def __init__(self, stream: str, env: dict[str, str], group: str, log: Path, max_poll_records: int | None) -> None:
+    def __init__(
+        self, stream: str, env: dict[str, str], group: str, log: Path, max_poll_records: int | None, client: str
+    ) -> None:
         self.port = free_port()
         args = [
             sys.executable,
@@ -178,6 +189,8 @@ class _ScorerProcess:
             str(self.port),
             "--group",
             group,
+            "--client",
+            client,
         ]
         if max_poll_records:
             args += ["--max-poll-records", str(max_poll_records)]
@@ -221,19 +234,29 @@ class _ScorerProcess:
 
 
 def _score_run(
-    stream: str, env: dict[str, str], total: int, replicas: int, logs: Path, max_poll_records: int | None = None
+    stream: str,
+    env: dict[str, str],
+    total: int,
+    replicas: int,
+    logs: Path,
+    max_poll_records: int | None = None,
+    client: str = KAFKA_PYTHON,
 ) -> dict[str, Any]:
     group = unique_name("bench_scorers")
-    procs = [_ScorerProcess(stream, env, group, logs / f"{group}-{i}.log", max_poll_records) for i in range(replicas)]
+    procs = [
+        _ScorerProcess(stream, env, group, logs / f"{group}-{i}.log", max_poll_records, client) for i in range(replicas)
+    ]
     try:
         for p in procs:
             p.wait_healthy()
         samples: list[tuple[float, list[int]]] = []
+        cpu: list[tuple[tuple[int, int], float]] = []  # (machine busy/total jiffies, scorers' CPU seconds)
         deadline = time.monotonic() + 120 + total / 1_000
         while True:
             counts = [p.predictions() or 0 for p in procs]
             now = time.monotonic()
             samples.append((now, counts))
+            cpu.append((_machine_jiffies(), sum(_process_cpu_s(p.process.pid) for p in procs)))
             if sum(counts) >= total:
                 break
             if now > deadline:
@@ -249,10 +272,14 @@ def _score_run(
     totals = [(t, sum(c)) for t, c in samples]
     first_change = next(i for i, (_, c) in enumerate(totals) if c > 0)
     # The counter moves once per poll batch: rate between the last sample at 0 and the one that reached total.
-    t0, c0 = totals[max(first_change - 1, 0)]
+    start = max(first_change - 1, 0)
+    t0, c0 = totals[start]
     t1, c1 = totals[-1]
     rate = (c1 - c0) / (t1 - t0) if t1 > t0 else None
+    (busy0, all0), scorer0 = cpu[start]
+    (busy1, all1), scorer1 = cpu[-1]
     return {
+        "client": client,
         "replicas": replicas,
         "events": total,
         "events_per_s": rate,
@@ -260,7 +287,33 @@ def _score_run(
         "per_replica_events": samples[-1][1],
         "start_to_healthy_s": [p.healthy_after for p in procs],
         "peak_rss_mib": rss,
+        # While scoring: how busy the whole machine was (all cores = 1.0), and how many cores the scorers used.
+        "machine_busy_fraction": (busy1 - busy0) / (all1 - all0) if all1 > all0 else None,
+        "scorer_cores": (scorer1 - scorer0) / (t1 - t0) if t1 > t0 else None,
     }
+
+
+def _summary_of(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    return summary(x[key] for x in runs if x.get(key) is not None)
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (Linux)."""
+    try:
+        values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process used so far (/proc/<pid>/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scorer_section(ctx: BenchContext) -> dict[str, Any]:
@@ -293,46 +346,86 @@ def scorer_section(ctx: BenchContext) -> dict[str, Any]:
         floor_read(settings, spec.events_topic, ranges, client=KAFKA_PYTHON)  # the scorer's consumer client
         bare_decode.append(total / (time.perf_counter() - t))
 
+    floor_topic = f"{spec.name}.floor"
+    ensure_topics(settings, [floor_topic], spec.partitions)
+    floor: list[float] = []
+    floor_per_batch: list[float] = []
+    for r in range(max(2, mode.scorer_repeats)):
+        progress(f"inference: scorer floor (confluent-kafka group, decode, produce, commit), repeat {r + 1}")
+        for per_batch, out in ((False, floor), (True, floor_per_batch)):
+            out.append(
+                scorer_floor(settings, spec.events_topic, floor_topic, total, DEFAULT_MAX_POLL_RECORDS, per_batch)[
+                    "events_per_s"
+                ]
+            )
+
     env = os.environ | {
         BOOTSTRAP_ENV: ctx.bootstrap,
         "STREAMFIT_HOME": str(home),
         "STREAMFIT_STREAMS": str(streams),
     }
-    runs: dict[str, list[dict[str, Any]]] = {"1_replica": []}
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict[str, Any]]] = {f"1_replica{suffix}": [] for suffix in CLIENTS.values()}
     for r in range(mode.scorer_repeats):
-        progress(f"inference: scorer, 1 replica, {total:,} events (repeat {r + 1}/{mode.scorer_repeats})")
-        runs["1_replica"].append(_score_run(spec.name, env, total, 1, logs))
+        for client, suffix in CLIENTS.items():  # interleaved, so a noisy moment hits both clients
+            progress(
+                f"inference: scorer ({client}), 1 replica, {total:,} events (repeat {r + 1}/{mode.scorer_repeats})"
+            )
+            runs[f"1_replica{suffix}"].append(_score_run(spec.name, env, total, 1, logs, client=client))
     if not mode.quick:
         progress("inference: scorer, 1 replica with --max-poll-records 5000 (what the poll batch size costs)")
-        runs["1_replica_poll_5000"] = [_score_run(spec.name, env, total, 1, logs, max_poll_records=5000)]
+        for client, suffix in CLIENTS.items():
+            runs[f"1_replica_poll_5000{suffix}"] = [
+                _score_run(spec.name, env, total, 1, logs, max_poll_records=5000, client=client)
+            ]
     if mode.scorer_two_replicas:
-        runs["2_replicas"] = []
+        for suffix in CLIENTS.values():
+            runs[f"2_replicas{suffix}"] = []
         for r in range(2):
-            progress(f"inference: scorer, 2 replicas in one group, {total:,} events (repeat {r + 1}/2)")
-            runs["2_replicas"].append(_score_run(spec.name, env, total, 2, logs))
+            for client, suffix in CLIENTS.items():
+                progress(f"inference: scorer ({client}), 2 replicas in one group, {total:,} events (repeat {r + 1}/2)")
+                runs[f"2_replicas{suffix}"].append(_score_run(spec.name, env, total, 2, logs, client=client))
+    load_after = os.getloadavg()
 
     def rates(key: str) -> list[float]:
         return [x["events_per_s"] for x in runs.get(key, []) if x["events_per_s"]]
 
     one = summary(rates("1_replica"))
+    floor_median = summary(floor)["median"]
     out: dict[str, Any] = {
         "stream": spec.name,
         "partitions": spec.partitions,
         "events": total,
         "bare_read_events_per_s": summary(bare),
         "bare_read_decode_events_per_s": summary(bare_decode),
+        "floor_events_per_s": summary(floor),
+        "floor_flush_per_batch_events_per_s": summary(floor_per_batch),
         "runs": runs,
         "events_per_s": {key: summary(rates(key)) for key in runs},
         "per_replica_vs_bare_read": ratio(one["median"], summary(bare)["median"]),
+        "per_replica_vs_floor": {
+            client: ratio(summary(rates(f"1_replica{suffix}"))["median"], floor_median)
+            for client, suffix in CLIENTS.items()
+        },
         "peak_rss_mib": summary([m for x in runs["1_replica"] for m in x["peak_rss_mib"] if m]),
         "start_to_healthy_s": summary([s for x in runs["1_replica"] for s in x["start_to_healthy_s"] if s]),
+        "load_average_1m": {"before": load_before[0], "after": load_after[0]},
+        "machine_busy_fraction": {key: _summary_of(r, "machine_busy_fraction") for key, r in runs.items()},
+        "scorer_cores": {key: _summary_of(r, "scorer_cores") for key, r in runs.items()},
+        "cores": os.cpu_count(),
     }
     if "2_replicas" in runs:
-        two = summary(rates("2_replicas"))
-        out["two_vs_one_replica"] = ratio(two["median"], one["median"])
+        out["two_vs_one_replica"] = ratio(summary(rates("2_replicas"))["median"], one["median"])
+        out["two_vs_one_replica_by_client"] = {
+            client: ratio(
+                summary(rates(f"2_replicas{suffix}"))["median"], summary(rates(f"1_replica{suffix}"))["median"]
+            )
+            for client, suffix in CLIENTS.items()
+        }
     progress(
-        f"inference: scorer {one['median']:,.0f} events/s per replica vs bare read "
-        f"{out['bare_read_events_per_s']['median']:,.0f}/s"
+        "inference: scorer per replica "
+        + ", ".join(f"{c} {summary(rates(f'1_replica{x}'))['median']:,.0f}" for c, x in CLIENTS.items())
+        + f" events/s vs floor {floor_median:,.0f}/s and bare read {out['bare_read_events_per_s']['median']:,.0f}/s"
     )
     return out
 

@@ -183,15 +183,42 @@ def render(results: dict[str, Any]) -> str:
         if "events_per_s" in sc:
             rows = [["bare range read (kafka-python, no decode)", _range(sc["bare_read_events_per_s"]), ""]]
             rows.append(["bare range read + orjson decode", _range(sc["bare_read_decode_events_per_s"]), ""])
+            if "floor_events_per_s" in sc:
+                rows.append(
+                    [
+                        "floor: confluent group consume + decode + produce + commit",
+                        _range(sc["floor_events_per_s"]),
+                        "no scoring; no wait between batches",
+                    ]
+                )
+            if "floor_flush_per_batch_events_per_s" in sc:
+                rows.append(
+                    [
+                        "  same, flush + sync commit per poll batch",
+                        _range(sc["floor_flush_per_batch_events_per_s"]),
+                        "the scorer's at-least-once cycle, no scoring",
+                    ]
+                )
             for key, s in sc["events_per_s"].items():
                 runs = sc["runs"].get(key, [])
                 split = "; ".join("/".join(str(x) for x in run["per_replica_events"]) for run in runs)
-                rows.append([f"scorer {key.replace('_', ' ')}", _range(s), f"events per replica: {split}"])
+                cores = _get_median(sc, "scorer_cores", key)
+                busy = _get_median(sc, "machine_busy_fraction", key)
+                use = f"; {cores:.2f} cores, machine {busy:.0%} busy" if cores is not None and busy is not None else ""
+                rows.append([f"scorer {key.replace('_', ' ')}", _range(s), f"events per replica: {split}{use}"])
             out += ["", f"   Scorer end to end, {sc['events']:,} events, {sc['partitions']} partitions (events/s)"]
             out += _table(["", "events/s", ""], rows)
             out.append(
                 f"   scorer per replica / bare read: {_n(sc.get('per_replica_vs_bare_read'), 2)}; "
                 + (f"2 replicas / 1: {_n(sc.get('two_vs_one_replica'), 2)}; " if sc.get("two_vs_one_replica") else "")
+                + "".join(
+                    f"{client} per replica / floor: {_n(value, 2)}; "
+                    for client, value in (sc.get("per_replica_vs_floor") or {}).items()
+                )
+                + "".join(
+                    f"{client} 2 replicas / 1: {_n(value, 2)}; "
+                    for client, value in (sc.get("two_vs_one_replica_by_client") or {}).items()
+                )
                 + f"scorer peak RSS {_range(sc.get('peak_rss_mib'))} MiB; "
                 + f"process start -> /healthz {_range(sc.get('start_to_healthy_s'), 1)} s"
             )
@@ -459,3 +486,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _get_median(section: dict, field: str, key: str) -> float | None:
+    return ((section.get(field) or {}).get(key) or {}).get("median")

@@ -97,6 +97,30 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             "the scorer consumes with kafka-python (its group protocol) and produces predictions with "
             "confluent-kafka; bare read = kafka-python assign+seek range read, no decode",
         )
+    for client, value in (scorer.get("per_replica_vs_floor") or {}).items():
+        add(
+            f"scorer ({client}) per replica >= 70% of the floor of its job",
+            value,
+            0.70,
+            True,
+            "fraction",
+            "floor = confluent-kafka in a group: consume, orjson decode, produce one record per event (acks=all), "
+            "commit without waiting, one flush at the end; no scoring",
+        )
+    for client, value in (scorer.get("two_vs_one_replica_by_client") or {}).items():
+        add(
+            f"scorer ({client}) 2 replicas >= 1.8x one on 2 partitions",
+            value,
+            1.8,
+            True,
+            "x",
+            f"{scorer.get('cores')} cores; while 2 replicas scored the machine was "
+            f"{_fmt(100 * (_get(scorer, 'machine_busy_fraction', f'2_replicas{_suffix(client)}', 'median') or 0), 0)} "
+            f"% busy and the replicas used "
+            f"{_fmt(_get(scorer, 'scorer_cores', f'2_replicas{_suffix(client)}', 'median'), 2)} cores (1 replica: "
+            f"{_fmt(_get(scorer, 'scorer_cores', f'1_replica{_suffix(client)}', 'median'), 2)}); load average "
+            f"{_fmt(_get(scorer, 'load_average_1m', 'before'))} before the scorer runs",
+        )
     phishing = _get(results, "quality", "phishing", "batches") or {}
     for batch, row in phishing.items():
         add(
@@ -143,6 +167,11 @@ def _sustained(section: dict[str, Any], add) -> None:
         "s",
         note,
     )
+
+
+def _suffix(client: str) -> str:
+    """The scorer section's run-key suffix of a consumer client."""
+    return "" if client == "kafka-python" else f"_{client}"
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

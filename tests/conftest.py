@@ -200,3 +200,12 @@ def stream_defs(spec: StreamSpec, kafka_bootstrap: str, registry: FilesystemRegi
             }
         ),
     )
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def scorer_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per scorer consumer client (the scorer and `streamfit serve` read $STREAMFIT_SCORER_CLIENT)."""
+    from dagster_project.serving.consumers import CLIENT_ENV
+
+    monkeypatch.setenv(CLIENT_ENV, request.param)
+    return request.param

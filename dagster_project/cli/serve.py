@@ -34,6 +34,13 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
     "work (Apache Kafka), at-least-once on Tansu. Default: $STREAMFIT_SCORER_DELIVERY, else auto.",
 )
 @click.option(
+    "--client",
+    type=click.Choice(["kafka-python", "confluent"]),
+    default=None,
+    help="The Kafka client that consumes the events: kafka-python, or confluent (confluent-kafka: records "
+    "decoded in C, cooperative rebalancing). Default: $STREAMFIT_SCORER_CLIENT, else kafka-python.",
+)
+@click.option(
     "--replica-id",
     default=None,
     help="This replica's name in its transactional id (streamfit-<stream>-scorer-<replica id>): keep it across "
@@ -83,6 +90,7 @@ def serve(
     group: str | None,
     max_poll_records: int,
     delivery: str | None,
+    client: str | None,
     replica_id: str | None,
     max_body_bytes: int,
     max_rows: int,
@@ -117,6 +125,7 @@ def serve(
             group_id=group,
             max_poll_records=max_poll_records,
             delivery=delivery,
+            client=client,
             replica_id=replica_id,
             max_body_bytes=max_body_bytes,
             max_rows=max_rows,
@@ -131,7 +140,7 @@ def serve(
     mode = scorer.delivery.mode.replace("_", "-")
     if scorer.delivery.exactly_once:
         mode += f" as {scorer.transactional_id}"
-    click.echo(f"delivery {mode}: {scorer.delivery.reason}")
+    click.echo(f"delivery {mode}: {scorer.delivery.reason}; consuming with {scorer.client}")
     click.echo(
         f"serving {stream}: {spec.events_topic} -> {spec.predictions_topic} in group {group or scorer_group(spec)}; "
         f"HTTP on {service.url}"

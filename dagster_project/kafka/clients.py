@@ -74,6 +74,16 @@ def confluent_range_reader(settings: KafkaSettings, **overrides: Any):
     return Consumer(config | overrides)
 
 
+def confluent_producer_config(settings: KafkaSettings, acks: int | str = 1) -> dict[str, Any]:
+    """librdkafka settings of a hot-path producer that flushes once per poll batch (batching happens there)."""
+    return settings.librdkafka_config() | {
+        "acks": str(acks),
+        "linger.ms": 1,
+        "partitioner": "murmur2_random",  # kafka-python's (and Java's) key -> partition mapping
+        "message.timeout.ms": 30_000,
+    }
+
+
 def fast_producer(settings: KafkaSettings, acks: int | str = 1):
     """A producer for the hot path (the scorer's predictions): confluent-kafka's when range reads
     use it, else kafka-python's. Same `send` / `flush` / `close` surface either way."""
@@ -82,15 +92,7 @@ def fast_producer(settings: KafkaSettings, acks: int | str = 1):
     from dagster_project.kafka.fast_producer import ConfluentProducer
 
     check_security(settings)
-    return ConfluentProducer(
-        settings.librdkafka_config()
-        | {
-            "acks": str(acks),
-            "linger.ms": 1,  # the scorer flushes once per poll batch: batching happens there
-            "partitioner": "murmur2_random",  # kafka-python's (and Java's) key -> partition mapping
-            "message.timeout.ms": 30_000,
-        }
-    )
+    return ConfluentProducer(confluent_producer_config(settings, acks))
 
 
 def group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
@@ -107,6 +109,26 @@ def group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
         "metadata_max_age_ms": GROUP_METADATA_MAX_AGE_MS,
     }
     return KafkaConsumer(**(kwargs | overrides))
+
+
+def confluent_group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
+    """A confluent-kafka consumer in `group_id`: cooperative rebalancing, no auto-commit, the same group
+    timeouts as `group_consumer`. The caller subscribes, commits and closes it."""
+    from confluent_kafka import Consumer
+
+    check_security(settings)
+    config = settings.librdkafka_config() | {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+        "session.timeout.ms": GROUP_SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": GROUP_HEARTBEAT_INTERVAL_MS,
+        "topic.metadata.refresh.interval.ms": GROUP_METADATA_MAX_AGE_MS,
+    }
+    return Consumer(config | overrides)
 
 
 def subscribe(consumer, topics: list[str], listener=None) -> None:
@@ -187,6 +209,19 @@ def transactional_producer(settings: KafkaSettings, transactional_id: str, **ove
         "retry_backoff_ms": 20,
     }
     return KafkaProducer(**(kwargs | overrides))
+
+
+def confluent_transactional_producer(settings: KafkaSettings, transactional_id: str, step_timeout_s: float):
+    """`transactional_producer`'s twin on confluent-kafka, for the confluent scorer client; call
+    `init_transactions()` before use. Each transactional call is bounded by `step_timeout_s`."""
+    from dagster_project.kafka.fast_transactions import ConfluentTransactionalProducer
+
+    check_security(settings)
+    config = confluent_producer_config(settings, acks="all") | {
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+    }
+    return ConfluentTransactionalProducer(config, step_timeout_s)
 
 
 def admin(settings: KafkaSettings):

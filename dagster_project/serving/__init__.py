@@ -3,8 +3,11 @@
 - `champion`: `ChampionWatcher` follows the registry's `champion` alias and hot-swaps `ServedModel`s,
   falling back to the newest valid version when the champion cannot be served.
 - `candidates`: the fallback order (champion history, then every version) and file fingerprints.
-- `scorer`: `Scorer`, the Kafka loop (consumer group, DLQ, predictions, commit after acks), and
+- `scorer`: `Scorer`, the Kafka loop (consumer group, commit after acks or in a transaction), and
   `ScoringService`, which runs it with the watcher and the HTTP API (`streamfit serve`).
+- `scoring`: `BatchScorer`, one poll batch's parse, score (one onnxruntime call), dead letters and
+  predictions, whichever client polled it.
+- `consumers`: the scorer's group consumer behind one interface, on kafka-python or confluent-kafka.
 - `health`: liveness and readiness (`ScorerHealth`), with the Kafka loop's link to its broker.
 - `http`: `ScorerHTTPServer`, uvicorn in a thread serving the Starlette app of `api`:
   `POST /predict`, `GET /healthz`, `/livez`, `/readyz`, `/metrics`, and `kserve`'s Open Inference

@@ -8,8 +8,8 @@ valid ones with one snapshot of the champion and sends one record per event to
 - at-least-once: wait until the broker acknowledged every record of the batch (flush, then each
   future checked), and only then commit the batch's offsets. A crash at any point loses no
   prediction, and what it repeats is at most the one batch in flight, with the same event ids.
-- exactly-once: the batch is one Kafka transaction (kafka-python's transactional producer, one
-  transactional id per replica): begin, send predictions and dead letters, add the group's next
+- exactly-once: the batch is one Kafka transaction (the consumer client's own transactional producer,
+  one transactional id per replica): begin, send predictions and dead letters, add the group's next
   offsets (`send_offsets_to_transaction`), commit, each step bounded in time. After any error a new
   producer with the same transactional id settles the transaction (its `init_transactions` aborts
   it, or completes a commit already under way) and the consumer rewinds to the group's committed
@@ -34,14 +34,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-from kafka import ConsumerRebalanceListener, OffsetAndMetadata
+from kafka import OffsetAndMetadata, TopicPartition
 from kafka.errors import (
-    IllegalStateError,
     InvalidProducerEpochError,
     KafkaError,
     KafkaTimeoutError,
@@ -50,14 +48,20 @@ from kafka.errors import (
 )
 
 from dagster_project.dev.faults import crash_point
-from dagster_project.ingest.categories import unseen_counts
-from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, DeadLetterWriter
-from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch
+from dagster_project.ingest.dead_letters import DeadLetterError
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.consumers import (
+    KAFKA_PYTHON,
+    CommitFailed,
+    PollBatch,
+    ScorerConsumer,
+    open_consumer,
+    requested_client,
+)
 from dagster_project.serving.delivery import (
     Delivery,
     replica_id_or_default,
@@ -76,6 +80,7 @@ from dagster_project.serving.limits import (
     DEFAULT_MAX_ROWS,
 )
 from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.serving.scoring import BatchOutcome, BatchScorer, PredictionsNotAcknowledged, Sending
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -89,10 +94,6 @@ def scorer_group(spec: StreamSpec) -> str:
     return f"streamfit-{spec.name}-scorers"
 
 
-class PredictionsNotAcknowledged(RuntimeError):
-    """The broker did not acknowledge every record of a batch; its offsets were not committed."""
-
-
 class ScorerFenced(RuntimeError):
     """Another producer took this replica's transactional id: this scorer is a zombie and must stop.
 
@@ -100,16 +101,6 @@ class ScorerFenced(RuntimeError):
     the same replica is running (then this one is stale and stopping is right), or two live replicas
     share a replica id (give each its own `--replica-id`).
     """
-
-
-class _BatchOutcome:
-    """What one processed batch counts for the metrics once it is final (acknowledged, or committed)."""
-
-    __slots__ = ("dlq", "predicted", "unseen", "version")
-
-    def __init__(self, version: str, predicted: int, dlq: int, unseen: dict[str, int] | None = None) -> None:
-        self.version, self.predicted, self.dlq = version, predicted, dlq
-        self.unseen = unseen or {}  # rows per category feature whose value was outside its vocabulary
 
 
 _FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
@@ -177,12 +168,14 @@ class Scorer:
         producer_overrides: dict[str, Any] | None = None,
         delivery: Delivery | str | None = None,
         replica_id: str | None = None,
+        client: str | None = None,
     ) -> None:
         if max_poll_records < 1:
             raise ValueError("max_poll_records must be at least 1")
         # A Delivery is final; a string ("auto", "exactly-once", ...) is resolved against the broker in run().
         self.delivery: Delivery | None = delivery if isinstance(delivery, Delivery) else None
         self.requested_delivery = delivery.requested if isinstance(delivery, Delivery) else requested_delivery(delivery)
+        self.client = requested_client(client)  # kafka-python or confluent: which client consumes the events
         self.replica_id = replica_id  # set by ScoringService from --replica-id or host and port
         self.fenced: str | None = None
         self.spec = spec
@@ -207,14 +200,16 @@ class Scorer:
         self.partitions: frozenset[int] = frozenset()
         self.scored = 0  # events scored and committed by this scorer (for logs and tests)
         self._stop = threading.Event()
-        self._parser = EventParser(spec)
         # Derived features from the served version's checkpoint, caught up to this scorer's position.
         self.features = ServingFeatures(spec, settings, watcher.registry, metrics) if spec.derived else None
-        self._uncommitted: dict[Any, int] = {}
-        self._positions: dict[Any, int] = {}
+        self._batches = BatchScorer(spec, watcher, metrics, self.features, flush_timeout_s)
+        self._uncommitted: dict[int, int] = {}  # partition -> next offset, acknowledged but not yet committed
+        self._positions: dict[int, int] = {}
         self._state_lock = threading.Lock()
         self._give_up_at: float | None = None
         self._producer: Any = None
+        self._consumer: ScorerConsumer | None = None
+        self._inflight: tuple[PollBatch, Sending] | None = None  # sent, not yet acknowledged and committed
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit, leave the group and return."""
@@ -285,18 +280,23 @@ class Scorer:
         else:
             producer = clients.fast_producer(self.settings, acks="all")
         # read_committed in exactly-once mode: events written in transactions upstream count once committed
-        isolation = {"isolation_level": "read_committed"} if exactly_once else {}
-        consumer = clients.group_consumer(
+        consumer = open_consumer(
+            self.client,
             self.settings,
             self.group_id,
-            auto_offset_reset="earliest",  # a new group scores the whole retained stream: no event is skipped
+            self.spec.events_topic,
+            self._on_assigned,
+            self._on_revoked,
             max_poll_records=self.max_poll_records,
-            **(isolation | self.consumer_overrides),
+            read_committed=exactly_once,
+            on_poll_error=self._poll_failed,
+            overrides=self.consumer_overrides,
         )
         self._producer = producer  # exactly-once replaces it after a fatal producer error
+        self._consumer = consumer
+        self._inflight = None
         self.link.attach(consumer)
         try:
-            clients.subscribe(consumer, [self.spec.events_topic], _Listener(self))
             if exactly_once:
                 self._loop_exactly_once(consumer)
             else:
@@ -307,7 +307,7 @@ class Scorer:
                 if self._producer is not None:
                     self._producer.close(timeout=10)
             finally:
-                consumer.close(autocommit=False)  # leaves the group: the others take over at once
+                consumer.close()  # leaves the group: the others take over at once
             log.info("%s: scorer stopped after %d events; left group %s", self.spec.name, self.scored, self.group_id)
 
     def _should_stop(self) -> bool:
@@ -328,15 +328,16 @@ class Scorer:
         log.warning("%s: poll failed (%r); polling again", self.spec.name, exc)
 
     @staticmethod
-    def _rewind(consumer, batch) -> None:
-        """Seek every partition of `batch` back to its first record (where its committed offset is)."""
-        for tp, records in batch.items():
-            try:
-                consumer.seek(tp, records[0].offset)
-            except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
-                pass
+    def _rewind(consumer: ScorerConsumer, *batches: PollBatch | None) -> None:
+        """Seek every partition of `batches` back to its first record there (where its committed offset is)."""
+        firsts: dict[int, int] = {}
+        for batch in batches:
+            for partition, first in (batch.firsts() if batch is not None else {}).items():
+                firsts[partition] = min(first, firsts.get(partition, first))
+        for partition, first in firsts.items():
+            consumer.seek(partition, first)
 
-    def _count(self, outcome: _BatchOutcome) -> None:
+    def _count(self, outcome: BatchOutcome) -> None:
         spec = self.spec
         if outcome.dlq:
             self.metrics.dlq_messages.labels(spec.name).inc(outcome.dlq)
@@ -346,31 +347,52 @@ class Scorer:
         self.metrics.scoring_batches.labels(spec.name, outcome.version).inc()
         self.scored += outcome.predicted
 
-    def _loop(self, consumer, producer) -> None:
+    def _loop(self, consumer: ScorerConsumer, producer) -> None:
+        """At-least-once. A batch is committed only after the broker acknowledged its predictions and dead
+        letters. Where the client runs its rebalance callbacks inside `poll` on this thread
+        (`consumer.revokes_in_poll`), the next batch is polled and prepared while the broker acknowledges this
+        one, and a partition about to be revoked has its batch finished first; at any moment at most one
+        batch is sent and not committed, so a crash still repeats at most one batch."""
         self._give_up_at = None
+        overlap = consumer.revokes_in_poll
         while True:
+            if self._inflight is not None and (not overlap or self._stop.is_set()):
+                self._settle(consumer)
             if self._should_stop():
                 return
-            batch = clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed)
-            self.link.polled(bool(batch))
-            if not batch:
-                self._update_lag(consumer, {})
+            # With a batch in flight, only take what is already there: if nothing is, settle it now.
+            timeout_s = 0 if self._inflight is not None else self.poll_timeout_ms / 1000
+            batch = consumer.poll(timeout_s, self.max_poll_records)
+            self.link.polled(batch is not None)
+            prepared = self._batches.prepare(batch) if batch is not None else None
+            if self._inflight is not None and not self._settle(consumer, batch):
+                continue  # that batch failed and was rewound, this one with it
+            if batch is None:
+                self._update_lag(consumer, None)
                 continue
-            try:
-                self._count(self._process(producer, batch))
-            except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
-                # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
-                self.metrics.batch_retries.labels(self.spec.name).inc()
-                log.error("%s: %s; re-reading the batch", self.spec.name, exc)
-                self._rewind(consumer, batch)
-                self._stop.wait(1.0)
-                continue
-            with self._state_lock:
-                for tp, records in batch.items():
-                    self._uncommitted[tp] = records[-1].offset + 1
-                offsets = dict(self._uncommitted)
-            self._commit(consumer, offsets)
-            self._update_lag(consumer, batch)
+            self._inflight = (batch, self._batches.send(producer, prepared))
+
+    def _settle(self, consumer: ScorerConsumer, next_batch: PollBatch | None = None) -> bool:
+        """Wait for the in-flight batch's acknowledgements, then commit it. If the broker did not acknowledge it
+        all, nothing is committed: rewind to it (and past `next_batch`, polled meanwhile) to score it again."""
+        batch, sending = self._inflight
+        self._inflight = None
+        try:
+            outcome = self._batches.confirm(self._producer, sending)
+        except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
+            # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
+            self.metrics.batch_retries.labels(self.spec.name).inc()
+            log.error("%s: %s; re-reading the batch", self.spec.name, exc)
+            self._rewind(consumer, batch, next_batch)
+            self._stop.wait(1.0)
+            return False
+        self._count(outcome)
+        with self._state_lock:
+            self._uncommitted.update(batch.nexts())
+            offsets = dict(self._uncommitted)
+        self._commit(consumer, offsets)
+        self._update_lag(consumer, batch)
+        return True
 
     # -- exactly-once ---------------------------------------------------------------------------------
 
@@ -380,7 +402,10 @@ class Scorer:
         stopped before the transaction coordinator answered."""
         tid = self.transactional_id
         while True:
-            producer = clients.transactional_producer(self.settings, tid, **self.producer_overrides)
+            if self.client == KAFKA_PYTHON:
+                producer = clients.transactional_producer(self.settings, tid, **self.producer_overrides)
+            else:  # confluent's producer: the transaction carries the confluent consumer's group metadata
+                producer = clients.confluent_transactional_producer(self.settings, tid, self.transaction_step_timeout_s)
             try:
                 producer.init_transactions()
                 log.info("%s: transactional producer %s ready (exactly-once)", self.spec.name, tid)
@@ -403,29 +428,30 @@ class Scorer:
         log.critical("%s: FENCED: %s", self.spec.name, self.fenced)
         return ScorerFenced(self.fenced)
 
-    def _loop_exactly_once(self, consumer) -> None:
+    def _loop_exactly_once(self, consumer: ScorerConsumer) -> None:
         self._give_up_at = None
         while True:
             if self._should_stop():
                 return
-            batch = clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed)
+            batch = consumer.poll(self.poll_timeout_ms / 1000, self.max_poll_records)
             self.link.polled(bool(batch))
             if not batch:
-                self._update_lag(consumer, {})
+                self._update_lag(consumer, None)
                 continue
             self._producer = self._transact(consumer, self._producer, batch)
             if self._producer is None:  # stopped while replacing a failed producer
                 return
 
-    def _transact(self, consumer, producer, batch):
+    def _transact(self, consumer: ScorerConsumer, producer, batch: PollBatch):
         """One poll batch as one transaction; returns the producer to use next (a new one after a failure,
         None if stopped while making it)."""
         step_s = self.transaction_step_timeout_s
-        outcome: _BatchOutcome | None = None
+        outcome: BatchOutcome | None = None
         try:
             producer.begin_transaction()
-            outcome = self._process(producer, batch, flush_timeout_s=step_s)
-            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()}
+            outcome = self._batches.process(producer, batch, flush_timeout_s=step_s)
+            topic = batch.topic
+            offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in batch.nexts().items()}
             # The group's metadata (generation, member id) lets the broker refuse offsets from a member
             # that a rebalance has replaced (KIP-447), so a partition that moved is never committed twice.
             _bounded(producer, "send_offsets", offsets, consumer.group_metadata(), timeout_s=step_s)
@@ -434,7 +460,9 @@ class Scorer:
         except _FENCED as exc:
             raise self._fenced(exc) from exc
         except (PredictionsNotAcknowledged, DeadLetterError, KafkaError) as exc:
-            last = getattr(getattr(producer, "_transaction_manager", None), "last_error", None)
+            last = getattr(getattr(producer, "_transaction_manager", None), "last_error", None) or getattr(
+                producer, "fatal_error", None
+            )  # kafka-python's transaction manager, or confluent's fatal error
             if isinstance(last, _FENCED):  # a new producer would fence the live process back: stop instead
                 raise self._fenced(last) from exc
             # Not aborted here: after a coordinator failover kafka-python's producer can wait forever on the dead
@@ -467,17 +495,18 @@ class Scorer:
         self._update_lag(consumer, batch)
         return producer
 
-    def _rewind_to_committed(self, consumer, batch) -> bool:
+    def _rewind_to_committed(self, consumer: ScorerConsumer, batch: PollBatch) -> bool:
         """Seek the batch's partitions to the group's committed offsets, which say whether the failed transaction
         committed after all (then nothing is scored twice) or not (then the batch is scored again). With
         read_committed the fetch waits until no transaction holds offsets of the group (KIP-447).
 
         True if the committed offsets show the whole batch committed."""
         committed_all = True
-        for tp, records in batch.items():
+        nexts = batch.nexts()
+        for partition, first in batch.firsts().items():
             while True:
                 try:
-                    committed = consumer.committed(tp, timeout_ms=int(self.transaction_step_timeout_s * 1000))
+                    committed = consumer.committed(partition, self.transaction_step_timeout_s)
                     break
                 except KafkaError as exc:
                     if not exc.retriable:
@@ -485,149 +514,64 @@ class Scorer:
                     log.warning("%s: reading committed offsets failed (%r); retrying", self.spec.name, exc)
                     if self._stop.wait(1.0):
                         return False
-            committed_all = committed_all and committed is not None and committed > records[-1].offset
-            try:
-                consumer.seek(tp, committed if committed is not None else records[0].offset)
-            except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
-                pass
+            committed_all = committed_all and committed is not None and committed >= nexts[partition]
+            consumer.seek(partition, committed if committed is not None else first)
         return committed_all
 
     # -- both modes -----------------------------------------------------------------------------------
 
-    def _process(self, producer, batch, flush_timeout_s: float | None = None) -> _BatchOutcome:
-        served = self.watcher.current  # one snapshot for the whole batch
-        spec = self.spec
-        records = [(tp, record) for tp, tp_records in batch.items() for record in tp_records]
-        values = [record.value for _, record in records]
-        ids, rows, index, refused = self._parse(values)
-        if self.features is not None:  # no key, no time or late: refused as in training
-            derived = self.features.derive(
-                served.version,
-                [tp.partition for tp, _ in records],
-                [record.offset for _, record in records],
-                values,
-                ParsedBatch(rows, np.zeros(len(ids)), ids, np.asarray(index, dtype=np.int64), refused),
-            )
-            ids, rows, index, refused = derived.ids, derived.X, derived.index.tolist(), derived.failures
-        stamps = [records[i][1].timestamp for i in index]
-        futures = []
-        dead_letters = DeadLetterWriter(producer, spec.dlq_topic, "scorer")
-        for i, reason in refused:
-            tp, record = records[i]
-            dead_letters.send(DeadLetter(reason, tp.topic, tp.partition, record.offset, record.key, record.value))
-        dlq = len(refused)
-        if ids:
-            started = time.perf_counter()
-            predictions, scores = served.score(rows.astype(np.float32))
-            self.metrics.inference_latency.labels(spec.name, served.version, "kafka").observe(
-                time.perf_counter() - started
-            )
-            now = time.time()
-            now_ms = now * 1000.0
-            version = served.version
-            topic = spec.predictions_topic
-            for i, event_id in enumerate(ids):
-                stamp = stamps[i]
-                value = orjson.dumps(
-                    {
-                        "id": event_id,
-                        "prediction": predictions[i],
-                        "probabilities": scores[i] if scores is not None else None,
-                        "model_version": version,
-                        "latency_ms": round(now_ms - stamp, 3) if stamp and stamp > 0 else None,
-                        "ts": now,
-                    }
-                )
-                futures.append(producer.send(topic, key=event_id.encode(), value=value))
-        producer.flush(timeout=flush_timeout_s or self.flush_timeout_s)
-        dead_letters.check()
-        failed = [f.exception for f in futures if not f.succeeded()]
-        if failed:
-            raise PredictionsNotAcknowledged(
-                f"{len(failed)} of {len(futures)} records of the batch were not acknowledged: {failed[0]!r}"
-            )
-        crash_point("scorer_before_commit")  # tests: predictions acknowledged, offsets not yet committed
-        return _BatchOutcome(served.version, len(ids), dlq, unseen_counts(spec, rows) if ids else None)
-
-    def _parse(self, values: list[bytes | None]) -> tuple[list[str], np.ndarray, list[int], list[tuple[int, str]]]:
-        """(ids, rows, their positions, refused (position, reason)) for one poll batch."""
+    def _commit(self, consumer: ScorerConsumer, offsets: dict[int, int]) -> None:
         try:
-            parsed = self._parser.parse_many(values)
-            return parsed.ids, parsed.X, parsed.index.tolist(), parsed.failures
-        except Exception:  # a parser bug must not stop scoring: fall back to one message at a time
-            log.exception("%s: batch parser failed; parsing message by message", self.spec.name)
-        ids: list[str] = []
-        rows: list[list[float]] = []
-        index: list[int] = []
-        refused: list[tuple[int, str]] = []
-        for i, value in enumerate(values):
-            try:
-                event = self._parser.parse(value)
-            except InvalidEvent as exc:
-                refused.append((i, str(exc)))
-            except Exception as exc:
-                refused.append((i, f"unexpected error while parsing: {exc!r}"))
-            else:
-                ids.append(event.event_id)
-                rows.append(event.values)
-                index.append(i)
-        return ids, np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), index, refused
-
-    def _commit(self, consumer, offsets: dict[Any, int]) -> None:
-        try:
-            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-        except KafkaError as exc:
+            consumer.commit(offsets)
+        except CommitFailed as exc:
             # Kept in _uncommitted and committed with the next batch; a rebalance drops what we lost.
             self.metrics.commit_failures.labels(self.spec.name).inc()
-            log.warning("%s: offset commit failed (%r); retrying with the next batch", self.spec.name, exc)
+            log.warning("%s: offset commit failed (%s); retrying with the next batch", self.spec.name, exc)
             return
         self.link.contact()
         with self._state_lock:
-            for tp, o in offsets.items():
-                if self._uncommitted.get(tp) == o:
-                    del self._uncommitted[tp]
+            for partition, offset in offsets.items():
+                if self._uncommitted.get(partition) == offset:
+                    del self._uncommitted[partition]
 
-    def _update_lag(self, consumer, batch) -> None:
+    def _update_lag(self, consumer: ScorerConsumer, batch: PollBatch | None) -> None:
         with self._state_lock:
-            for tp, records in batch.items():
-                self._positions[tp] = records[-1].offset + 1
+            if batch is not None:
+                self._positions.update(batch.nexts())
             positions = dict(self._positions)
-        for tp, position in positions.items():
-            high_water = consumer.highwater(tp)
+        for partition, position in positions.items():
+            high_water = consumer.highwater(partition)
             if high_water is not None:
-                self.metrics.scorer_lag.labels(self.spec.name, str(tp.partition)).set(max(high_water - position, 0))
+                self.metrics.scorer_lag.labels(self.spec.name, str(partition)).set(max(high_water - position, 0))
 
-    # Called by the listener on kafka-python's IO loop: bookkeeping only, never blocking calls.
-    def _on_assigned(self, assigned) -> None:
+    # Called on the client's rebalance callback (kafka-python's IO loop, or inside confluent's consume()):
+    # bookkeeping only, never blocking calls.
+    def _on_assigned(self, assigned: Iterable[int]) -> None:
+        assigned = sorted(assigned)
         with self._state_lock:
-            self.partitions = frozenset(self.partitions | {tp.partition for tp in assigned})
+            self.partitions = frozenset(self.partitions | set(assigned))
         self.assigned.set()
         self.link.assigned()
-        log.info("%s: assigned partitions %s", self.spec.name, sorted(tp.partition for tp in assigned))
+        log.info("%s: assigned partitions %s", self.spec.name, assigned)
 
-    def _on_revoked(self, revoked) -> None:
+    def _on_revoked(self, revoked: Iterable[int]) -> None:
+        revoked = sorted(revoked)
+        inflight = self._inflight
+        if inflight is not None and not set(revoked).isdisjoint(inflight[0].partitions):
+            # Only where revocations run inside poll on the loop's thread: finish the batch while the
+            # partition is ours, so its next owner starts after it (a failure leaves it to the next owner).
+            self._settle(self._consumer)
         with self._state_lock:
-            for tp in revoked:
-                self._uncommitted.pop(tp, None)
-                self._positions.pop(tp, None)
-            self.partitions = frozenset(self.partitions - {tp.partition for tp in revoked})
-        for tp in revoked:
+            for partition in revoked:
+                self._uncommitted.pop(partition, None)
+                self._positions.pop(partition, None)
+            self.partitions = frozenset(self.partitions - set(revoked))
+        for partition in revoked:
             try:
-                self.metrics.scorer_lag.remove(self.spec.name, str(tp.partition))
+                self.metrics.scorer_lag.remove(self.spec.name, str(partition))
             except KeyError:
                 pass
-        log.info("%s: revoked partitions %s", self.spec.name, sorted(tp.partition for tp in revoked))
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, scorer: Scorer) -> None:
-        self.scorer = scorer
-
-    def on_partitions_revoked(self, revoked) -> None:
-        self.scorer._on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned) -> None:
-        self.scorer._on_assigned(assigned)
+        log.info("%s: revoked partitions %s", self.spec.name, revoked)
 
 
 class ScoringService:
@@ -658,6 +602,7 @@ class ScoringService:
         consumer_overrides: dict[str, Any] | None = None,
         delivery: Delivery | str | None = None,
         replica_id: str | None = None,
+        client: str | None = None,
     ) -> None:
         if registry is None:
             from dagster_project.registry.backends import registry_from_env
@@ -675,6 +620,7 @@ class ScoringService:
             max_poll_records=max_poll_records,
             consumer_overrides=consumer_overrides,
             delivery=delivery,
+            client=client,
         )
         self.health = ScorerHealth(spec.name, self.watcher, self.scorer.link, delivery=self.scorer.describe_delivery)
         try:
@@ -752,15 +698,17 @@ def build_service(
     $STREAMFIT_HOME/registry), the bearer token from $STREAMFIT_SCORER_TOKEN unless `token` is given,
     after checking the broker answers.
 
-    The delivery mode (`delivery`: exactly-once, at-least-once or auto; default $STREAMFIT_SCORER_DELIVERY,
-    else auto) is resolved against the broker here, so an impossible choice fails at start-up
-    (DeliveryUnavailable, a ValueError) rather than after the first model loads.
+    The consumer client (`client`: kafka-python or confluent; default $STREAMFIT_SCORER_CLIENT, else
+    kafka-python) and the delivery mode (`delivery`: exactly-once, at-least-once or auto; default
+    $STREAMFIT_SCORER_DELIVERY, else auto) are checked and resolved against the broker here, so an impossible
+    choice fails at start-up (DeliveryUnavailable, a ValueError) rather than after the first model loads.
     """
     from dagster_project.registry.backends import registry_from_env
 
     check_reachable(settings)
     registry = registry_from_env(registry_root) if registry_root else None
     options.setdefault("token", os.environ.get(TOKEN_ENV) or None)
+    options["client"] = requested_client(options.get("client"))
     delivery = options.pop("delivery", None)
     if not isinstance(delivery, Delivery):
         delivery = resolve_delivery(settings, requested_delivery(delivery))

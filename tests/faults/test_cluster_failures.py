@@ -230,6 +230,7 @@ def _transaction_coordinator(settings: KafkaSettings, transactional_id: str) -> 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("victim", ["predictions_leader", "transaction_coordinator"])
+@pytest.mark.usefixtures("scorer_client")
 def test_a_broker_killed_under_an_exactly_once_scorer(
     victim: str, healthy: ApacheKafkaCluster, registry, streamfit_home
 ) -> None:

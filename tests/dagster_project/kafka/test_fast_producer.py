@@ -51,3 +51,27 @@ def test_unacknowledged_records_fail_the_flush_and_their_futures() -> None:
     assert not future.succeeded()
     producer.close(timeout=3)  # the message times out: its future fails and the errback runs
     assert future.failed() and errors and "delivery failed" in str(errors[0])
+
+
+def test_a_batch_sent_at_once_is_acknowledged_together(kafka_settings: KafkaSettings) -> None:
+    topic = f"fast-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_settings, [topic], 2)
+    producer = clients.fast_producer(replace(kafka_settings, client=CONFLUENT), acks="all")
+    keys = [f"event-{i}".encode() for i in range(300)]
+    batch = producer.send_many(topic, keys, [b"v"] * len(keys))
+    assert not batch.succeeded()  # not flushed yet: nothing is known
+    producer.flush(timeout=10)
+    assert batch.succeeded() and batch.sent == 300
+    producer.close()
+    assert sorted(_keys_by_partition(kafka_settings, topic)) == sorted(keys)
+
+
+def test_a_batch_nobody_acknowledged_fails_with_every_record() -> None:
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", client=CONFLUENT)
+    producer = ConfluentProducer(settings.librdkafka_config() | {"message.timeout.ms": 1500})
+    batch = producer.send_many("nowhere", [b"a", b"b"], [b"1", b"2"])
+    with pytest.raises(KafkaTimeoutError, match="2 records not acknowledged"):
+        producer.flush(timeout=0.5)
+    assert not batch.succeeded()
+    producer.close(timeout=3)  # both time out and are reported
+    assert len(batch.errors) == 2 and "delivery failed" in str(batch.errors[0])

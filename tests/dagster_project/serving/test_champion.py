@@ -32,6 +32,7 @@ SWAP_BOUND_S = 2.0  # documented: new batches use a new champion within 2 s
 SWAP_SLACK_S = 5.0  # what the test allows on a noisy shared machine
 
 
+@pytest.mark.usefixtures("scorer_client")
 def test_hot_swap_under_load(spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry) -> None:
     train_version(registry, spec)
     producer = Producer(kafka_settings, spec, rate=1500)

@@ -75,6 +75,7 @@ def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings
         features.append_to(head.name, [{"temp": 1.0, "ts": 1.0}], np.zeros((1, 1), np.float32))
 
 
+@pytest.mark.usefixtures("scorer_client")
 def test_the_scorer_predicts_from_the_features_training_computed(trained, kafka_settings, registry):
     spec = trained
     expected = training_inputs(kafka_settings, registry, spec)

@@ -53,6 +53,7 @@ def _events_ends(settings: KafkaSettings, spec: StreamSpec) -> dict[int, int]:
     return {s.partition: s.high_water for s in probe_partitions(settings, spec.events_topic, {})}
 
 
+@pytest.mark.usefixtures("scorer_client")
 def test_auto_is_exactly_once_where_transactions_work_and_healthz_says_why(
     spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, on_tansu: bool
 ) -> None:
@@ -114,6 +115,7 @@ def test_a_fenced_zombie_cannot_commit(kafka_settings: KafkaSettings, transactio
     assert [r["who"] for r in read_committed(kafka_settings, topic)] == ["successor"]
 
 
+@pytest.mark.usefixtures("scorer_client")
 def test_a_scorer_fenced_by_another_process_with_its_replica_id_stops_loudly(
     spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, transactions: None
 ) -> None:
@@ -141,6 +143,7 @@ def test_a_scorer_fenced_by_another_process_with_its_replica_id_stops_loudly(
     assert len(ids) == len(set(ids)) == 100, "the zombie committed nothing after it was fenced"
 
 
+@pytest.mark.usefixtures("scorer_client")
 def test_a_transaction_that_dies_before_its_commit_is_never_seen(
     spec: StreamSpec,
     kafka_settings: KafkaSettings,
@@ -175,6 +178,7 @@ def test_a_transaction_that_dies_before_its_commit_is_never_seen(
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.usefixtures("scorer_client")
 def test_serve_kill_9_mid_stream_and_restart_predicts_every_event_exactly_once(
     spec: StreamSpec,
     specs_dir: Path,

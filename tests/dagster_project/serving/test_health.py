@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
@@ -14,6 +16,7 @@ from tests.dagster_project.serving.support import Client, running_service, train
 UNREADY_BOUND_S = 15.0  # the session timeout (6 s) without an answer, plus slack for a busy machine
 
 
+@pytest.mark.usefixtures("scorer_client")
 def test_readiness_needs_a_model_and_the_broker(spec: StreamSpec, registry: FilesystemRegistry, tmp_path: Path) -> None:
     # A private broker, so stopping it disturbs no other test.
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:

@@ -29,6 +29,9 @@ from tests.dagster_project.serving.support import (
     wait_for,
 )
 
+# Every test runs once per consumer client (kafka-python, confluent).
+pytestmark = pytest.mark.usefixtures("scorer_client")
+
 
 def test_scores_every_event_once_with_the_champion(
     spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry

@@ -8,6 +8,7 @@ import socket
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from dagster_project.cli import main
@@ -27,6 +28,10 @@ from tests.dagster_project.serving.support import (
 from tests.helpers import StreamfitProcess
 
 MAX_POLL_RECORDS = 50
+
+
+# Every test runs once per consumer client (kafka-python, confluent).
+pytestmark = pytest.mark.usefixtures("scorer_client")
 
 
 class ServeProcess(StreamfitProcess):

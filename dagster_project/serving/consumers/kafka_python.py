@@ -1,0 +1,109 @@
+"""The scorer's group consumer on kafka-python: records decoded in Python, eager rebalancing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka.errors import IllegalStateError, KafkaError
+
+from dagster_project.kafka import clients
+from dagster_project.serving.consumers.base import CommitFailed, PollBatch
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO loop: hands partition numbers to the scorer's bookkeeping."""
+
+    def __init__(self, on_assigned: Callable[[Iterable[int]], None], on_revoked: Callable[[Iterable[int]], None]):
+        self.on_assigned, self.on_revoked = on_assigned, on_revoked
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.on_revoked([tp.partition for tp in revoked])
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.on_assigned([tp.partition for tp in assigned])
+
+
+class KafkaPythonScorerConsumer:
+    """`ScorerConsumer` on kafka-python's KafkaConsumer (subscribed at once)."""
+
+    revokes_in_poll = False  # its listener may not block or commit (see the scorer): one batch at a time
+
+    def __init__(
+        self,
+        settings,
+        group_id: str,
+        topic: str,
+        on_assigned: Callable[[Iterable[int]], None],
+        on_revoked: Callable[[Iterable[int]], None],
+        *,
+        max_poll_records: int,
+        read_committed: bool = False,
+        on_poll_error: Callable[[Exception], None] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        isolation = {"isolation_level": "read_committed"} if read_committed else {}
+        self.topic = topic
+        self._on_poll_error = on_poll_error
+        self._consumer = clients.group_consumer(
+            settings,
+            group_id,
+            auto_offset_reset="earliest",  # a new group scores the whole retained stream: no event is skipped
+            max_poll_records=max_poll_records,
+            **(isolation | (overrides or {})),
+        )
+        clients.subscribe(self._consumer, [topic], _Listener(on_assigned, on_revoked))
+
+    def poll(self, timeout_s: float, max_records: int) -> PollBatch | None:
+        polled = clients.poll(self._consumer, int(timeout_s * 1000), max_records, self._on_poll_error)
+        if not polled:
+            return None
+        batch = PollBatch(self.topic)
+        for tp, records in polled.items():
+            p = tp.partition
+            batch.partitions.extend([p] * len(records))
+            for record in records:
+                batch.offsets.append(record.offset)
+                batch.keys.append(record.key)
+                batch.values.append(record.value)
+                batch.timestamps.append(record.timestamp)
+        return batch
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        try:
+            self._consumer.commit(
+                {TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+            )
+        except KafkaError as exc:
+            raise CommitFailed(repr(exc)) from exc
+
+    def seek(self, partition: int, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(self.topic, partition), offset)
+        except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
+            pass
+
+    def committed(self, partition: int, timeout_s: float) -> int | None:
+        return self._consumer.committed(TopicPartition(self.topic, partition), timeout_ms=int(timeout_s * 1000))
+
+    def highwater(self, partition: int) -> int | None:
+        return self._consumer.highwater(TopicPartition(self.topic, partition))
+
+    def group_metadata(self) -> Any:
+        return self._consumer.group_metadata()
+
+    def heartbeat_answered_at(self) -> float | None:
+        # kafka-python keeps it on its coordinator's `heartbeat` (not public: read defensively)
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        received = getattr(getattr(coordinator, "heartbeat", None), "last_receive", None)
+        return received if isinstance(received, float) and received > 0 else None
+
+    def coordinator_known(self) -> bool | None:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or not hasattr(coordinator, "coordinator_id"):
+            return None
+        return coordinator.coordinator_id is not None
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)  # leaves the group: the others take over at once
