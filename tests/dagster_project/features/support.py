@@ -15,7 +15,7 @@ from dagster_project.ingest.events import make_event
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.registry.store import expected_offsets
 from dagster_project.spec import StreamSpec
-from tests.helpers import high_waters, run_batch
+from tests.helpers import defs_for, high_waters, run_batch
 
 ROWS = 1500
 KEYLESS_EVERY, LATE_EVERY = 97, 89
@@ -82,3 +82,20 @@ def training_inputs(settings, registry, spec: StreamSpec) -> dict[tuple[int, int
         for batch in batches
         for i, (p, o) in enumerate(zip(batch.partitions, batch.offsets, strict=True))
     }
+
+
+def learn_around_a_quarantine(settings, bootstrap: str, registry, instance, rows: int = 900):
+    """A derived-feature stream learned in thirds whose middle third fails the quality gate and is
+    quarantined: returns the spec and the offsets the quarantine's skip moved each partition to."""
+    spec = sensors_spec(quality={"policy": "quarantine"})
+    strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
+    produce_sensors(settings, spec, rows=rows)
+    ends = high_waters(settings, spec.events_topic)
+    defs = defs_for(spec, bootstrap, registry)
+    assert run_batch(defs, spec, {p: (0, e // 3) for p, e in ends.items()}, instance).success
+    start = registry.head(spec.name).learned
+    quarantine = {p: (start[p], 2 * e // 3) for p, e in ends.items()}
+    assert run_batch(defs_for(strict, bootstrap, registry), spec, quarantine, instance).success
+    skip = {int(p): o for p, o in registry.pending_offset_reset(spec.name)["offsets"].items()}
+    assert run_batch(defs, spec, {p: (skip[p], e) for p, e in ends.items()}, instance).success
+    return spec, skip

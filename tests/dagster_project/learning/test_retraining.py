@@ -216,20 +216,9 @@ def test_a_retrain_window_starting_after_a_quarantine_starts_from_the_skip_s_sta
     kafka_settings, kafka_bootstrap, registry, instance
 ) -> None:
     from dagster_project.learning.retraining import _state_at
-    from tests.dagster_project.features.support import produce_sensors, sensors_spec, training_inputs
-    from tests.helpers import defs_for, high_waters, run_batch
+    from tests.dagster_project.features.support import learn_around_a_quarantine, training_inputs
 
-    spec = sensors_spec(quality={"policy": "quarantine"})
-    strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
-    produce_sensors(kafka_settings, spec, rows=900)
-    ends = high_waters(kafka_settings, spec.events_topic)
-    defs = defs_for(spec, kafka_bootstrap, registry)
-    assert run_batch(defs, spec, {p: (0, e // 3) for p, e in ends.items()}, instance).success
-    start = registry.head(spec.name).learned
-    quarantine = {p: (start[p], 2 * e // 3) for p, e in ends.items()}
-    assert run_batch(defs_for(strict, kafka_bootstrap, registry), spec, quarantine, instance).success
-    skip = {int(p): o for p, o in registry.pending_offset_reset(spec.name)["offsets"].items()}
-    assert run_batch(defs, spec, {p: (skip[p], e) for p, e in ends.items()}, instance).success
+    spec, skip = learn_around_a_quarantine(kafka_settings, kafka_bootstrap, registry, instance)
 
     retrained = retrain(kafka_settings, registry, spec, ["drift"], "run-retrain", since="v2")
 

@@ -12,7 +12,13 @@ from dagster_project.kafka.io import read_range
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.limits import RequestError
-from tests.dagster_project.features.support import learn_in_batches, produce_sensors, sensors_spec, training_inputs
+from tests.dagster_project.features.support import (
+    learn_around_a_quarantine,
+    learn_in_batches,
+    produce_sensors,
+    sensors_spec,
+    training_inputs,
+)
 from tests.dagster_project.serving.support import Client, read_topic, running_service, wait_for
 from tests.helpers import defs_for, high_waters
 
@@ -118,19 +124,8 @@ def test_serving_across_a_quarantined_batch_feeds_what_training_and_the_quaranti
     """The scorer sees the quarantined events as it sees any: the state training carried over them
     (the skip's) makes the next batch's values the scorer's, and the stored batch holds them too."""
     from dagster_project.quality.quarantine import QuarantineStore
-    from tests.helpers import run_batch
 
-    spec = sensors_spec(quality={"policy": "quarantine"})
-    strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
-    produce_sensors(kafka_settings, spec, rows=900)
-    ends = high_waters(kafka_settings, spec.events_topic)
-    defs = defs_for(spec, kafka_bootstrap, registry)
-    assert run_batch(defs, spec, {p: (0, e // 3) for p, e in ends.items()}, instance).success
-    start = registry.head(spec.name).learned
-    quarantine = {p: (start[p], 2 * e // 3) for p, e in ends.items()}
-    assert run_batch(defs_for(strict, kafka_bootstrap, registry), spec, quarantine, instance).success
-    skip = {int(p): o for p, o in registry.pending_offset_reset(spec.name)["offsets"].items()}
-    assert run_batch(defs, spec, {p: (skip[p], e) for p, e in ends.items()}, instance).success
+    spec, _ = learn_around_a_quarantine(kafka_settings, kafka_bootstrap, registry, instance)
     (entry,) = QuarantineStore().list(spec.name)
     stored = QuarantineStore().get(spec.name, entry.id).batch
     expected = training_inputs(kafka_settings, registry, spec)
