@@ -2,8 +2,10 @@
 
 The Kafka loop (`serving/scorer.py`) and the batch work (`serving/scoring.py`) only see
 `ScorerConsumer` and `PollBatch`; `kafka_python.py` and `confluent.py` each wrap one client.
-kafka-python is the default; confluent-kafka (librdkafka) decodes records in C and joins the group
-with cooperative rebalancing. Choose with `streamfit serve --client` or $STREAMFIT_SCORER_CLIENT.
+confluent-kafka (librdkafka) is the default when it is installed (the `fast` extra): it decodes records
+in C and joins the group with cooperative rebalancing, which made one replica 1.8x the kafka-python
+scorer (benchmarks/README.md, "Scorer near its floor"). kafka-python, a required dependency, is the
+fallback and stays selectable. Choose with `streamfit serve --client` or $STREAMFIT_SCORER_CLIENT.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from dagster_project.serving.consumers.base import CommitFailed, PollBatch, Scor
 CLIENT_ENV = "STREAMFIT_SCORER_CLIENT"
 KAFKA_PYTHON = "kafka-python"
 CONFLUENT = "confluent"
+AUTO = "auto"
 CHOICES = (KAFKA_PYTHON, CONFLUENT)
 
 __all__ = [
+    "AUTO",
     "CHOICES",
     "CLIENT_ENV",
     "CONFLUENT",
@@ -34,9 +38,13 @@ __all__ = [
 
 
 def requested_client(option: str | None = None) -> str:
-    """The `--client` option, else $STREAMFIT_SCORER_CLIENT, else kafka-python; checked to be usable."""
-    client = (option or os.environ.get(CLIENT_ENV) or KAFKA_PYTHON).strip().lower()
+    """The `--client` option, else $STREAMFIT_SCORER_CLIENT, else auto; checked to be usable.
+
+    auto: confluent when confluent-kafka is installed, else kafka-python (always installed)."""
+    client = (option or os.environ.get(CLIENT_ENV) or AUTO).strip().lower()
     client = CONFLUENT if client == "confluent-kafka" else client
+    if client == AUTO:
+        return CONFLUENT if importlib.util.find_spec("confluent_kafka") is not None else KAFKA_PYTHON
     if client not in CHOICES:
         raise ValueError(f"unknown scorer client {client!r}: use one of {list(CHOICES)} (--client or {CLIENT_ENV})")
     if client == CONFLUENT and importlib.util.find_spec("confluent_kafka") is None:
