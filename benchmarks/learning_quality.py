@@ -49,6 +49,8 @@ MLP_VARIANTS = {
     "mlp_h64": {"hidden_layer_sizes": (64,)},
     "mlp_lr003": {"learning_rate_init": 0.003},
     "mlp_lr03": {"learning_rate_init": 0.03},
+    "mlp_lr1": {"learning_rate_init": 0.1},
+    "mlp_h64_lr03": {"hidden_layer_sizes": (64,), "learning_rate_init": 0.03},
 }
 
 

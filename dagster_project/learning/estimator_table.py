@@ -143,6 +143,22 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
     )
 }
 
+# The families a spec gets with `model: {candidates: recommended}` (opt-in; the default stays the
+# single SGD pipeline, which serves derived features and quarantine too). Chosen from
+# `benchmarks/learning_quality.py` over 34 streams (linear, rule-based, RBF, regression, real):
+# SGD and windowed gradient boosting competing through the gate had the best mean rank of every
+# Streamfit configuration, never far behind SGD on linear streams and far ahead on non-linear ones.
+RECOMMENDED_CANDIDATES: dict[TaskName, list[dict[str, str]]] = {
+    "classification": [
+        {"estimator": "sgd_classifier", "name": "sgd"},
+        {"estimator": "hist_gradient_boosting_classifier", "name": "hgb"},
+    ],
+    "regression": [
+        {"estimator": "sgd_regressor", "name": "sgd"},
+        {"estimator": "hist_gradient_boosting_regressor", "name": "hgb"},
+    ],
+}
+
 CLASSIFIERS = frozenset(name for name, entry in ESTIMATORS.items() if entry.task == "classification")
 SCALE_OUT_ESTIMATORS = tuple(name for name, entry in ESTIMATORS.items() if entry.combiner is not None)
 WINDOWED_ESTIMATORS = frozenset(name for name, entry in ESTIMATORS.items() if entry.windowed)
