@@ -77,9 +77,16 @@ def model_spec(config: str, task: str) -> dict:
         return {"estimator": mlp, "params": MLP_VARIANTS[config]}
     if config == "hgb":
         return {"estimator": hgb}
+    if config == "gate3":  # the recommended set plus the MLP
+        families = [
+            {"estimator": sgd, "name": "sgd"},
+            {"estimator": mlp, "name": "mlp"},
+            {"estimator": hgb, "name": "hgb"},
+        ]
+        return {"candidates": families}
     if config == "gate":
         return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
-    raise ValueError(f"unknown config {config!r}; choose from {CONFIGS + tuple(MLP_VARIANTS)}")
+    raise ValueError(f"unknown config {config!r}; choose from {CONFIGS + ('gate3',) + tuple(MLP_VARIANTS)}")
 
 
 def spec_for(config: str, stream: Stream):
