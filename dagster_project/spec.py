@@ -24,7 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from dagster_project.learning.estimator_table import ESTIMATORS, SCALE_OUT_ESTIMATORS, WINDOWED_ESTIMATORS
+from dagster_project.learning.estimator_table import (
+    ESTIMATORS,
+    RECOMMENDED_CANDIDATES,
+    SCALE_OUT_ESTIMATORS,
+    WINDOWED_ESTIMATORS,
+)
 
 FeatureType = Literal["float", "int", "bool", "category"]
 Task = Literal["classification", "regression"]
@@ -460,6 +465,20 @@ class StreamSpec(_Strict):
     event_time: EventTimeSpec | None = None
     derived: list[DerivedFeatureSpec] = Field(default_factory=list)
     feature_state: FeatureStateSpec = FeatureStateSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recommended_candidates(cls, data: Any) -> Any:
+        """`model.candidates: recommended` names the benchmark's best candidate set for the task."""
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("candidates"), str):
+            if model["candidates"] != "recommended":
+                raise ValueError(
+                    f"model.candidates is {model['candidates']!r}: give a list of families, or 'recommended'"
+                )
+            families = RECOMMENDED_CANDIDATES[data.get("task", "classification")]
+            data = {**data, "model": {**model, "candidates": [dict(f) for f in families]}}
+        return data
 
     @field_validator("features")
     @classmethod

@@ -83,6 +83,20 @@ def _state_at(registry: ModelRegistry, spec: StreamSpec, window: Ranges):
     return state_after(registry, spec, None)  # the window starts at the stream's first batch
 
 
+def replayed(spec: StreamSpec, member_spec: StreamSpec, start: object, X: np.ndarray, y: np.ndarray) -> object:
+    """One incremental family retrained on a window's rows: `drift.retrain_epochs` passes in batches
+    of `batch.rows`, from a copy of `start` (warm) or a fresh model. Shared with the benchmarks so
+    they measure the retrain the product runs."""
+    from dagster_project.learning.estimators import build_model, partial_fit
+
+    model = copy.deepcopy(start) if start is not None else build_model(member_spec)
+    classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
+    for _ in range(spec.drift.retrain_epochs):
+        for chunk in range(0, len(X), spec.batch.rows):
+            partial_fit(model, X[chunk : chunk + spec.batch.rows], y[chunk : chunk + spec.batch.rows], classes)
+    return model
+
+
 def retrain(
     settings: KafkaSettings,
     registry: ModelRegistry,
@@ -92,7 +106,6 @@ def retrain(
     since: str | None = None,
 ) -> Version:
     """Fit a fresh (or champion-warm-started) model on the recent window and register it as head."""
-    from dagster_project.learning.estimators import build_model, partial_fit
     from dagster_project.learning.learner import retrained, rows_of
     from dagster_project.learning.pipeline import ParityFailed, TrainedModel, learn_export_register
 
@@ -111,12 +124,7 @@ def retrain(
     champion = registry.champion(name)
 
     def replay(member_spec: StreamSpec, start) -> object:
-        model = copy.deepcopy(start) if start is not None else build_model(member_spec)
-        classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
-        for _ in range(spec.drift.retrain_epochs):
-            for chunk in range(0, len(X), spec.batch.rows):
-                partial_fit(model, X[chunk : chunk + spec.batch.rows], y[chunk : chunk + spec.batch.rows], classes)
-        return model
+        return replayed(spec, member_spec, start, X, y)
 
     def fit() -> TrainedModel:
         families = len(spec.model.families) > 1  # a candidate set keeps the champion's leader

@@ -293,3 +293,26 @@ def test_windowed_estimators_refuse_what_a_refit_cannot_reread_yet():
             model={"estimator": "extra_trees_classifier"},
             quality={"policy": "quarantine"},
         )
+
+
+@pytest.mark.parametrize(
+    ("task", "families"),
+    [
+        ("classification", ["sgd_classifier", "hist_gradient_boosting_classifier"]),
+        ("regression", ["sgd_regressor", "hist_gradient_boosting_regressor"]),
+    ],
+)
+def test_recommended_candidates_expand_to_the_benchmarks_best_set_for_the_task(task, families):
+    spec = StreamSpec(
+        name="m",
+        task=task,
+        features=[{"name": "x"}],
+        label={"classes": [0, 1]} if task == "classification" else {},
+        model={"candidates": "recommended"},
+    )
+    assert [f.estimator for f in spec.model.families] == families
+    assert [f.label for f in spec.model.families] == ["sgd", "hgb"]
+    assert StreamSpec.model_validate(spec.model_dump(mode="json")) == spec  # a dump holds the families
+    assert _model_spec().model.families[0].estimator == "sgd_classifier"  # the default is unchanged
+    with pytest.raises(ValueError, match="or 'recommended'"):
+        _model_spec(candidates="best")

@@ -1,0 +1,373 @@
+"""Learning quality over many streams: Streamfit's training path against River, row for row.
+
+Streams (`benchmarks/learning_streams.py`): River's seeded generators (linear: SEA, Hyperplane;
+rule-based: Agrawal, STAGGER; RBF clusters: RandomRBF), each stationary, with an abrupt and with a
+gradual change at the middle row, two seeds each; Friedman regression likewise; and the real
+datasets River's wheel ships (Phishing, Bananas).
+
+Streamfit configurations learn batch by batch through `learning.learner.test_then_learn` (an
+in-memory window reader stands in for Kafka's exact offsets), each row scored before it is
+learned. The gate configuration holds out each batch's tail and picks its leader with
+`learning.families.choose_leader`, as the product does. Every configuration runs the drift
+sensor's logic after each batch: `monitors.detectors` on the per-batch error rates (regression:
+MAE) since the last action, `monitors.decisions.decide` with the stream's DriftSpec (cooldown on a
+simulated clock of `--rate` rows/s), and on "retrain" `learning.learner.retrained` (incremental
+families replay the window with `learning.retraining.replayed`) on the batches since the change
+point. Not simulated: data drift (PSI/KS), the retrain's own promotion gate, rollbacks (they need
+the registry's champion/predecessor comparison; the benchmark counts none).
+
+River's models (LogisticRegression with a StandardScaler, HoeffdingAdaptiveTree, ARF; regression:
+LinearRegression, HoeffdingAdaptiveTreeRegressor, ARFRegressor) learn the same rows one by one,
+predicting each before learning it.
+
+Reported per stream: prequential accuracy (MAE) over the rows after the first batch, which every
+model scores; rows to recover after a change (as in `windowed_quality.summary`: the trailing
+1,000-row accuracy back within 2 points of its level before the change); drift retrains; training
+cost in microseconds per row. Then whether the issue's targets hold.
+
+`python -m benchmarks.learning_quality [--quick] [--streams NAME ...] [--rows N] [--batch N]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmarks import learning_streams
+from benchmarks.learning_streams import Stream
+
+RIVER = ("river_lr", "river_hat", "river_arf")
+CONFIGS = ("default", "mlp", "hgb", "gate")
+# Part 4 (issue 17): MLP settings weighed against the shipped `mlp` default (one hidden layer of 32,
+# Adam at 0.03 in steps of 50 rows); `mlp_old` is the default before it ((32,), 0.01, steps of 200).
+MLP_VARIANTS = {
+    "mlp_old": {"learning_rate_init": 0.01, "batch_size": 200},
+    "mlp_h64": {"hidden_layer_sizes": (64,)},
+    "mlp_lr003": {"learning_rate_init": 0.003},
+    "mlp_lr1": {"learning_rate_init": 0.1, "batch_size": 200},
+    "mlp_bs200": {"batch_size": 200},
+}
+
+
+@dataclass
+class Result:
+    """One model on one stream: per-row outcome (1/0 correct, or absolute error; NaN: not scored)."""
+
+    outcome: np.ndarray
+    seconds: float = 0.0
+    retrains: list[int] = field(default_factory=list)
+
+
+def model_spec(config: str, task: str) -> dict:
+    classify = task == "classification"
+    sgd = "sgd_classifier" if classify else "sgd_regressor"
+    mlp = "mlp_classifier" if classify else "mlp_regressor"
+    hgb = "hist_gradient_boosting_classifier" if classify else "hist_gradient_boosting_regressor"
+    if config == "default":
+        return {} if classify else {"estimator": sgd}  # what a stream that declares no model gets
+    if config == "mlp":
+        return {"estimator": mlp}
+    if config in MLP_VARIANTS:
+        return {"estimator": mlp, "params": MLP_VARIANTS[config]}
+    if config == "hgb":
+        return {"estimator": hgb}
+    if config == "gate3":  # the recommended set plus the MLP
+        families = [
+            {"estimator": sgd, "name": "sgd"},
+            {"estimator": mlp, "name": "mlp"},
+            {"estimator": hgb, "name": "hgb"},
+        ]
+        return {"candidates": families}
+    if config == "gate":
+        return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
+    raise ValueError(f"unknown config {config!r}; choose from {CONFIGS + ('gate3',) + tuple(MLP_VARIANTS)}")
+
+
+def spec_for(config: str, stream: Stream):
+    from dagster_project.spec import StreamSpec
+
+    classify = stream.task == "classification"
+    return StreamSpec(
+        name="bench",
+        task=stream.task,
+        features=[{"name": f} for f in stream.features],
+        label={"classes": sorted({int(v) for v in stream.y})} if classify else {},
+        model=model_spec(config, stream.task),
+        promotion={"metric": "accuracy" if classify else "mae"},
+    )
+
+
+def _outcome(task: str, predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if task == "classification":
+        return (np.asarray(predicted) == y).astype(float)
+    return np.abs(np.asarray(predicted, dtype=float) - y)
+
+
+def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Result:
+    """Batch by batch through the product's learner, gate and drift decision."""
+    from dagster_project.learning.families import CandidateSet, choose_leader
+    from dagster_project.learning.learner import retrained, rows_of, test_then_learn
+    from dagster_project.learning.retraining import replayed
+    from dagster_project.registry.promotion import tail_split
+    from monitors.decisions import DecisionConfig, LastAction, decide
+    from monitors.detectors import detect_batch_change, detect_series_change
+
+    spec = spec_for(config, stream)
+    X, y, n = stream.X, stream.y, len(stream.y)
+    metric = spec.promotion.metric
+    offsets, partitions = np.arange(n), np.zeros(n, dtype=np.int32)
+    policy = DecisionConfig.from_spec(spec.drift, spec.promotion.significance)
+    params = dict(spec.drift.detector_params)
+
+    def read(ranges):
+        s, e = ranges[0]
+        return rows_of(X[s:e], y[s:e], partitions[s:e], offsets[s:e])
+
+    out = Result(np.full(n, np.nan))
+    model, start, scored, last = None, 0, 0, None
+    series: list[tuple[float, int, int, float]] = []  # (error, rows, first row, time) since the last action
+    while start < n:
+        end = min(n, start + batch)
+        learn_end = end
+        if len(spec.model.families) > 1:
+            p = spec.promotion
+            learn_end = tail_split({0: (start, end)}, p.tail_rows, p.tail_fraction, p.min_rows)[0]
+        now = end / rate
+        if model is not None and scored < end:
+            hits = _outcome(stream.task, model.predict(X[scored:end]), y[scored:end])
+            out.outcome[scored:end] = hits
+            error = float(hits.mean()) if stream.task == "regression" else 1.0 - float(hits.mean())
+            series.append((error, end - scored, scored, now))
+            scored = end
+        began = time.perf_counter()
+        model = test_then_learn(model, spec, read({0: (start, learn_end)}), {0: (start, learn_end)}, read).model
+        if scored < learn_end:
+            scored = learn_end  # the first batch: learned, never scored
+        if learn_end < end:
+            choose_leader(model, spec, metric, X[learn_end:end], y[learn_end:end])
+        if series:
+            errors, rows, firsts, times = (list(c) for c in zip(*series, strict=True))
+            if stream.task == "classification":
+                found = detect_batch_change(errors, rows, spec.drift.detector, times=times, **params)
+            else:
+                found = detect_series_change(errors, spec.drift.detector, metric="mae", times=times, **params)
+            decision = decide(now=now, changes=[found] if found else [], last_action=last, config=policy)
+            if found is not None and decision.action == "retrain":
+                since = firsts[found.start_index if found.start_index is not None else found.index]
+                window = {0: (since, learn_end)}
+                rows_ = read(window)
+                warm = model if spec.drift.retrain_mode == "warm" else None
+
+                def replay(member_spec, begin, rows_=rows_):
+                    return replayed(spec, member_spec, begin, rows_.X, rows_.y)
+
+                leader = model.leader if isinstance(model, CandidateSet) else None
+                why = "drift retrain: " + "; ".join(decision.reasons)
+                model = retrained(spec, warm, rows_, window, why, replay, leader=leader)
+                out.retrains.append(learn_end)
+                last, series = LastAction("retrain", now), []
+        out.seconds += time.perf_counter() - began
+        start = learn_end
+    return out
+
+
+def river_model(name: str, task: str, seed: int):
+    from river import forest, linear_model, preprocessing, tree
+
+    if task == "classification":
+        return {
+            "river_lr": lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+            "river_hat": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=seed),
+            "river_arf": lambda: forest.ARFClassifier(seed=seed),
+        }[name]()
+    return {
+        "river_lr": lambda: preprocessing.StandardScaler() | linear_model.LinearRegression(),
+        "river_hat": lambda: tree.HoeffdingAdaptiveTreeRegressor(seed=seed),
+        "river_arf": lambda: forest.ARFRegressor(seed=seed),
+    }[name]()
+
+
+def run_river(name: str, stream: Stream, seed: int = 42) -> Result:
+    """Row by row in the same order: predict, then learn."""
+    model = river_model(name, stream.task, seed)
+    rows = [dict(zip(stream.features, x, strict=True)) for x in stream.X.tolist()]
+    labels = stream.y.tolist()
+    predicted = np.zeros(len(labels))
+    began = time.perf_counter()
+    for i, (x, label) in enumerate(zip(rows, labels, strict=True)):
+        p = model.predict_one(x)
+        predicted[i] = -1 if p is None else p
+        model.learn_one(x, label)
+    out = Result(_outcome(stream.task, predicted, stream.y))
+    out.seconds = time.perf_counter() - began
+    return out
+
+
+def recovery_rows(result: Result, change: int, first: int) -> int | None:
+    """Rows after the change until the trailing 1,000-row accuracy is back near its earlier level."""
+    from benchmarks.windowed_quality import Run, summary
+
+    return summary(Run(correct=[(first, result.outcome[first:])]), change)["recovery_rows"]
+
+
+def score(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, dict]:
+    """Per model: the metric over rows >= batch (scored by all), recovery, retrains, us per row."""
+    table = {}
+    for name, r in results.items():
+        values = r.outcome[batch:]
+        row = {
+            "metric": float(np.nanmean(values)),
+            "retrains": len(r.retrains),
+            "us_per_row": 1e6 * r.seconds / len(stream.y),
+            "recovery": None,
+        }
+        if stream.change is not None and stream.task == "classification":
+            row["recovery"] = recovery_rows(r, stream.change, batch)
+        table[name] = row
+    return table
+
+
+def verdicts(stream: Stream, table: dict[str, dict], configs: tuple[str, ...]) -> dict[str, object]:
+    """The issue's targets on one stream (higher accuracy / lower MAE is better)."""
+    sign = 1.0 if stream.task == "classification" else -1.0
+    best_sf = max(configs, key=lambda c: sign * table[c]["metric"])
+    best_river = max(RIVER, key=lambda m: sign * table[m]["metric"])
+    out: dict[str, object] = {
+        "best_streamfit": best_sf,
+        "best_river": best_river,
+        "best_beats_river": sign * (table[best_sf]["metric"] - table[best_river]["metric"]) >= 0,
+        "default_beats_lr": sign * (table["default"]["metric"] - table["river_lr"]["metric"]) >= 0,
+        "false_alarms": sum(table[c]["retrains"] for c in configs) if stream.kind in ("stationary", "real") else 0,
+        "recovers_before_arf": None,
+    }
+    if stream.kind == "abrupt" and stream.task == "classification":
+        mine, arf = table[best_sf]["recovery"], table["river_arf"]["recovery"]
+        out["recovers_before_arf"] = mine is not None and (arf is None or mine < arf)
+    return out
+
+
+def _fmt(value: float | int | None, spec: str = ".4f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return format(value, spec)
+
+
+def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float) -> dict:
+    results = {c: run_streamfit(c, stream, batch, rate) for c in configs}
+    results |= {m: run_river(m, stream) for m in RIVER}
+    table = score(stream, results, batch)
+    return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
+        "table": table,
+        "verdict": verdicts(stream, table, configs),
+    }
+
+
+def print_stream(report: dict, configs: tuple[str, ...]) -> None:
+    metric = "acc" if report["task"] == "classification" else "MAE"
+    print(f"\n{report['stream']} ({report['kind']}, {report['rows']:,} rows), {metric}:")
+    print(f"  {'model':10} {metric:>8} {'recovery':>9} {'retrains':>9} {'us/row':>8} {'x default':>10}")
+    base = report["table"]["default"]["us_per_row"] or 1e-9
+    for name in (*configs, *RIVER):
+        r = report["table"][name]
+        print(
+            f"  {name:10} {_fmt(r['metric']):>8} {_fmt(r['recovery'], ',')!s:>9} {r['retrains']:9d} "
+            f"{r['us_per_row']:8.1f} {r['us_per_row'] / base:10.1f}"
+        )
+
+
+def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object]:
+    """The summary table and each target's verdict over every stream."""
+    print(
+        f"\n{'stream':26} {'best SF':>16} {'best River':>18} {'default':>8} {'R LR':>8} "
+        f"{'rec SF/ARF':>14} {'alarms':>6}"
+    )
+    for r in reports:
+        t, v = r["table"], r["verdict"]
+        sf, rv = v["best_streamfit"], v["best_river"]
+        rec = "-"
+        if v["recovers_before_arf"] is not None:
+            rec = f"{_fmt(t[sf]['recovery'], ',')}/{_fmt(t['river_arf']['recovery'], ',')}"
+        print(
+            f"{r['stream']:26} {sf:>7} {t[sf]['metric']:8.4f} {rv:>9} {t[rv]['metric']:8.4f} "
+            f"{t['default']['metric']:8.4f} {t['river_lr']['metric']:8.4f} {rec:>14} {v['false_alarms']:6d}"
+        )
+    abrupt = [r for r in reports if r["verdict"]["recovers_before_arf"] is not None]
+    targets = {
+        "best Streamfit >= best River on every stream": [
+            r["stream"] for r in reports if not r["verdict"]["best_beats_river"]
+        ],
+        "recovers in fewer rows than ARF after abrupt changes": [
+            r["stream"] for r in abrupt if not r["verdict"]["recovers_before_arf"]
+        ],
+        "default >= River LR everywhere": [r["stream"] for r in reports if not r["verdict"]["default_beats_lr"]],
+        "no retrain on stationary streams": [r["stream"] for r in reports if r["verdict"]["false_alarms"]],
+    }
+    print("\nTargets (issue 17):")
+    for target, missed in targets.items():
+        print(
+            f"  {'MET   ' if not missed else 'MISSED'} {target}"
+            + (f": missed on {', '.join(missed)}" if missed else "")
+        )
+    wins = {c: 0 for c in configs}
+    for r in reports:
+        wins[r["verdict"]["best_streamfit"]] += 1
+    mean_rank = {}
+    for c in configs:
+        ranks = []
+        for r in reports:
+            sign = 1.0 if r["task"] == "classification" else -1.0
+            order = sorted(configs, key=lambda k, r=r, sign=sign: -sign * r["table"][k]["metric"])
+            ranks.append(order.index(c) + 1)
+        mean_rank[c] = float(np.mean(ranks))
+    print(
+        "Streamfit configs, streams won / mean rank: " + ", ".join(f"{c} {wins[c]}/{mean_rank[c]:.2f}" for c in configs)
+    )
+    return {"targets": targets, "wins": wins, "mean_rank": mean_rank}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="four short streams, batches of 500 (< 60 s)")
+    parser.add_argument("--streams", nargs="+", help="stream names (default: all; see learning_streams.build)")
+    parser.add_argument("--rows", type=int, help="rows per synthetic stream (default 6,000; --quick 2,000)")
+    parser.add_argument("--batch", type=int, help="rows per micro-batch (default 1,000; --quick 500)")
+    parser.add_argument("--rate", type=float, default=100.0, help="simulated rows/s for the drift cooldown")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        help=f"Streamfit configs (default: {CONFIGS} and mlp_old unless --quick); MLP variants: {tuple(MLP_VARIANTS)}",
+    )
+    parser.add_argument("--json", help="also write every figure to this file")
+    args = parser.parse_args(argv)
+    rows = args.rows or (2_000 if args.quick else 6_000)
+    batch = args.batch or (500 if args.quick else 1_000)
+    names = args.streams or list(learning_streams.QUICK if args.quick else learning_streams.full_set())
+    chosen = args.configs or [*CONFIGS, *([] if args.quick else ["mlp_old"])]
+    configs = tuple(dict.fromkeys(["default", *chosen]))
+    print(f"learning quality: {len(names)} streams, {rows:,} rows each (real: as shipped), batches of {batch:,}")
+    print(f"skipped (River downloads them at run time): {', '.join(learning_streams.REMOTE)}")
+    reports, began = [], time.perf_counter()
+    for i, name in enumerate(names, 1):
+        stream = learning_streams.build(name, rows)
+        report = run_stream(stream, configs, batch, args.rate)
+        reports.append(report)
+        print(f"[{i}/{len(names)} {time.perf_counter() - began:6.0f}s]", end="")
+        print_stream(report, configs)
+        sys.stdout.flush()
+    summary = summarize(reports, configs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"reports": reports, "summary": summary, "rows": rows, "batch": batch}, f, indent=1, default=str)
+    return {"reports": reports, "summary": summary}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The learning-quality benchmark's quick mode: every model runs on every stream and the figures are sane."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks import learning_quality, learning_streams
+
+
+def test_quick_run_reports_every_model_on_every_stream_with_sane_figures(capsys) -> None:
+    out = learning_quality.main(["--quick"])
+    printed = capsys.readouterr().out
+    reports = {r["stream"]: r for r in out["reports"]}
+    assert set(reports) == set(learning_streams.QUICK)
+    models = (*learning_quality.CONFIGS, *learning_quality.RIVER)
+    for report in reports.values():
+        assert set(report["table"]) == set(models), report["stream"]
+        for name, row in report["table"].items():
+            assert math.isfinite(row["metric"]) and row["us_per_row"] > 0, (report["stream"], name, row)
+    # A linear concept: every model, River's adaptive random forest included, is well above chance.
+    linear = reports["hyperplane_stationary_s1"]["table"]
+    assert all(linear[m]["metric"] > 0.6 for m in models), linear
+    # A rule-based concept: the windowed boosting beats the linear default by far, and its drift
+    # retrain fires after the abrupt change (the stream's midpoint) on the product's detector.
+    agrawal = reports["agrawal_abrupt_s1"]["table"]
+    assert agrawal["hgb"]["metric"] > agrawal["default"]["metric"] + 0.1, agrawal
+    assert agrawal["hgb"]["retrains"] >= 1, agrawal
+    # Regression: MAE, lower is better, and the verdict picks the lowest.
+    friedman = reports["friedman_stationary_s1"]
+    best = friedman["verdict"]["best_streamfit"]
+    assert all(friedman["table"][best]["metric"] <= friedman["table"][c]["metric"] for c in learning_quality.CONFIGS)
+    # No drift action on a stationary stream, and the targets are printed with a verdict each.
+    assert reports["hyperplane_stationary_s1"]["verdict"]["false_alarms"] == 0
+    assert set(out["summary"]["targets"]) == {
+        "best Streamfit >= best River on every stream",
+        "recovers in fewer rows than ARF after abrupt changes",
+        "default >= River LR everywhere",
+        "no retrain on stationary streams",
+    }
+    assert "Targets (issue 17):" in printed and "river_arf" in printed
