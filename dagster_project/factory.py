@@ -25,7 +25,7 @@ warnings.filterwarnings(
 
 # What a fanned-out step imports; the multiprocess executor's forkserver imports them once and forks
 # each step from it, so a step does not pay scikit-learn's imports again.
-STEP_PRELOAD = ["dagster_project.orchestration.preload", "assets.fan_out"]
+STEP_PRELOAD = ["dagster_project.orchestration.step_preload"]
 
 
 def training_executor(spec: StreamSpec) -> dg.ExecutorDefinition:
