@@ -41,9 +41,9 @@ WAYS = ("sequential", "fan_out")
 # Per estimator: the batch sizes learned one after another (after a warm-up batch), each `repeats` times.
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
-        "end_to_end": {"mlp_classifier": [10_000]},
+        "end_to_end": {"mlp_classifier": [8_000]},
         "repeats": 2,
-        "warmup_rows": 2_000,
+        "warmup_rows": 1_000,
         "holdout_rows": 2_000,
         "prequential": {"batches": 10, "batch_rows": 2_000},
     },
