@@ -176,7 +176,6 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         reg, estimator, champion = start.registry, start.estimator, start.champion
         labelled = micro_batch.labelled
         started = time.perf_counter()
-        scale_out: dict = {}
         served = None
         families: dict = {}
         if labelled.any():
@@ -186,15 +185,12 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             attempt = _attempt(context)
             read = kafka_reader(kafka.settings(), spec, hook=lambda: crash_point("during_refit", attempt=attempt))
             learned = test_then_learn(estimator, spec, rows, micro_batch.learned_ranges, read)
-            estimator, fit = learned.model, learned.fit
+            estimator = learned.model
             numeric = learned.metrics.as_metadata()
             families = _family_metadata(spec, estimator, learned.families, micro_batch, context)
             numeric |= families.pop("numbers", {})
             if champion:
                 served = {"version": champion, "metrics": served_metrics or dict(learned.metrics.as_metadata())}
-            if spec.model.scale_out.workers > 1:  # retraining replays only: the training job fans out
-                numeric |= fit.metrics()
-                scale_out = fit.as_metadata()
         elif estimator is None:
             advance_without_model(context, reg, name, micro_batch)
             return
@@ -205,7 +201,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         trained = TrainedModel(
             estimator, start.parent, numeric, int(labelled.sum()), train_seconds, served, start.lineage
         )
-        yield model_output(trained, start, {**scale_out, **families})
+        yield model_output(trained, start, families)
 
     if spec.model.scale_out.workers > 1:  # workers: 1 keeps the single step above, and nothing else
         from assets.fan_out import build_fanned_out_model

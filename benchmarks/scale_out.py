@@ -1,15 +1,15 @@
 """Scale-out training as Dagster steps vs the single in-process step, end to end through real job runs.
 
-- **End to end** (`end_to_end`): for each estimator, two streams read the same seeded synthetic rows
-  (4 partitions, round-robin): *sequential* has `scale_out.workers: 1` (today's job: in-process
-  executor, one `model` step), *fan-out* has `workers: 2` (split -> one step per partition group ->
-  combine, on the multiprocess executor with a preloaded forkserver). Each stream first learns a
-  warm-up batch (its run is reported apart: the fan-out's pays the forkserver's first start), then
-  the same batches, in a rotating order. Every batch is a real `dagster.execute_job` run
-  (`orchestration/jobs.run_training_job`): read, GX gate, learn, ONNX export + parity, register,
-  Kafka commit; step start-up included. Times: the run's wall time, and the `model` part (the one
-  step, or the first split start to the combine's end). Accuracy cost: both streams' registered
-  versions scored on the same held-out rows after each batch.
+- **End to end** (`end_to_end`): for each case (an estimator and its parameters), two streams
+  read the same seeded synthetic rows (4 partitions, round-robin): *sequential* has
+  `scale_out.workers: 1` (today's job: in-process executor, one `model` step), *fan-out* has
+  `workers: 2` (split -> one step per partition group -> combine, on the multiprocess executor with
+  a preloaded forkserver). Each stream first learns a warm-up batch (its run is reported apart: the
+  fan-out's pays the forkserver's first start), then the same batches, in a rotating order. Every
+  batch is a real `dagster.execute_job` run (`orchestration/jobs.run_training_job`): read, GX gate,
+  learn, ONNX export + parity, register, Kafka commit; step start-up included. Times: the run's
+  wall time, and the `model` part (the one step, or the first split start to the combine's end).
+  Accuracy cost: both streams' registered versions scored on the same held-out rows after each batch.
 - **Accuracy over many batches** (`prequential`, no broker): the same split -> fit_group -> combine
   in one process (`training.test_then_train_partitioned`) vs `training.test_then_train` from a fresh
   model over a sequence of batches; exact ROC AUC and accuracy over every row scored before it was
@@ -38,17 +38,23 @@ from benchmarks.data import arrays, bench_spec, encode, events, write_spec
 WORKERS = 2
 PARTITIONS = 4
 WAYS = ("sequential", "fan_out")
-# Per estimator: the batch sizes learned one after another (after a warm-up batch), each `repeats` times.
+# Per case (an estimator and its parameters): the batch sizes learned one after another (after a
+# warm-up batch), each `repeats` times. `mlp_wide` is the costly estimator: fitting, not start-up, dominates.
+WIDE = {"hidden_layer_sizes": [256, 128]}
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
-        "end_to_end": {"mlp_classifier": [8_000]},
+        "end_to_end": {"mlp_classifier": ("mlp_classifier", {}, [8_000])},
         "repeats": 2,
         "warmup_rows": 1_000,
         "holdout_rows": 2_000,
         "prequential": {"batches": 10, "batch_rows": 2_000},
     },
     "full": {
-        "end_to_end": {"mlp_classifier": [100_000, 1_000_000], "sgd_classifier": [100_000, 1_000_000]},
+        "end_to_end": {
+            "mlp_classifier": ("mlp_classifier", {}, [100_000, 1_000_000]),
+            "sgd_classifier": ("sgd_classifier", {}, [100_000, 1_000_000]),
+            "mlp_wide": ("mlp_classifier", WIDE, [100_000, 1_000_000]),
+        },
         "repeats": 1,
         "warmup_rows": 4_000,
         "holdout_rows": 20_000,
@@ -58,11 +64,15 @@ SIZES: dict[str, dict[str, Any]] = {
 PREQUENTIAL_ESTIMATORS = ("sgd_classifier", "mlp_classifier")
 
 
-def _spec(name: str, estimator: str, workers: int, max_rows: int):
+def _spec(name: str, estimator: str, workers: int, max_rows: int, params: dict | None = None):
     return bench_spec(
         name,
         partitions=PARTITIONS,
-        model={"estimator": estimator, "scale_out": {"workers": workers, "min_rows_per_worker": 1}},
+        model={
+            "estimator": estimator,
+            "params": params or {},
+            "scale_out": {"workers": workers, "min_rows_per_worker": 1},
+        },
         batch={"rows": max_rows, "max_rows": max_rows, "max_wait_s": 3600},
         promotion={"tail_rows": 0},  # consecutive batches are planned here, back to back
     )
@@ -137,8 +147,8 @@ def _scores(registry, spec, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
-def end_to_end(ctx: BenchContext, size: dict[str, Any]) -> dict[str, Any]:
-    """Sequential vs fan-out jobs, real runs on the real broker, per estimator and batch size."""
+def end_to_end(ctx: BenchContext, size: dict[str, Any], cases: list[str] | None = None) -> dict[str, Any]:
+    """Sequential vs fan-out jobs, real runs on the real broker, per case and batch size."""
     import dagster as dg
 
     from dagster_project.kafka.settings import BOOTSTRAP_ENV
@@ -146,20 +156,20 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any]) -> dict[str, Any]:
     from dagster_project.registry.store import FilesystemRegistry
 
     work = Path(tempfile.mkdtemp(prefix="scale_out_", dir=ctx.workdir))
-    plan = size["end_to_end"]
+    plan = {case: value for case, value in size["end_to_end"].items() if not cases or case in cases}
     repeats, warmup = size["repeats"], size["warmup_rows"]
     specs = {}
-    for estimator, batches in plan.items():
+    for case, (estimator, params, batches) in plan.items():
         largest = max(batches)
         for way, workers in zip(WAYS, (1, WORKERS), strict=True):
-            specs[estimator, way] = _spec(unique_name(f"bench_{way}"), estimator, workers, max(largest, warmup))
-            write_spec(specs[estimator, way], work / "streams")
+            specs[case, way] = _spec(unique_name(f"bench_{way}"), estimator, workers, max(largest, warmup), params)
+            write_spec(specs[case, way], work / "streams")
     # The code location every step process loads: set before the first job (and forkserver) starts.
     os.environ.update(
         STREAMFIT_STREAMS=str(work / "streams"), STREAMFIT_HOME=str(work / "home"), **{BOOTSTRAP_ENV: ctx.bootstrap}
     )
     registry = FilesystemRegistry(work / "home" / "registry")
-    longest = max(warmup + sum(b) * repeats for b in plan.values())
+    longest = max(warmup + sum(b) * repeats for _, _, b in plan.values())
     progress(f"scale_out: generating {longest + size['holdout_rows']:,} seeded synthetic rows")
     source = events(longest + size["holdout_rows"])
     X_hold, y_hold = arrays(source[longest:], [f"x{i}" for i in range(5)])
@@ -167,15 +177,15 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     (work / "dagster").mkdir()
     with dg.DagsterInstance.local_temp(str(work / "dagster")) as instance:
-        for estimator, batches in plan.items():
+        for case, (_, _, batches) in plan.items():
             rows = warmup + sum(batches) * repeats
-            topics = [specs[estimator, way].events_topic for way in WAYS]
+            topics = [specs[case, way].events_topic for way in WAYS]
             progress(f"scale_out: producing {rows:,} rows to {len(topics)} topics ({PARTITIONS} partitions)")
             _produce(ctx.bootstrap, topics, pairs[:rows])
             offset = 0
 
             def learn(way: str, first: int, count: int) -> dict[str, float]:
-                spec = specs[estimator, way]  # noqa: B023 (called inside this loop only)
+                spec = specs[case, way]  # noqa: B023 (called inside this loop only)
                 ranges = {p: (first // PARTITIONS, (first + count) // PARTITIONS) for p in range(PARTITIONS)}
                 result = run_training_job(spec, ranges, instance)
                 if not result.success:
@@ -184,7 +194,7 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any]) -> dict[str, Any]:
 
             first_runs = {}
             for way in WAYS:
-                progress(f"scale_out: {estimator}: warm-up batch of {warmup:,} rows, {way}")
+                progress(f"scale_out: {case}: warm-up batch of {warmup:,} rows, {way}")
                 first_runs[way] = learn(way, offset, warmup)
             offset += warmup
             per_size: dict[str, Any] = {}
@@ -194,13 +204,13 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any]) -> dict[str, Any]:
                 for r in range(repeats):
                     order = WAYS if (r + len(per_size)) % 2 == 0 else WAYS[::-1]
                     for way in order:
-                        progress(f"scale_out: {estimator}: batch of {batch_rows:,} rows, {way} (repeat {r + 1})")
+                        progress(f"scale_out: {case}: batch of {batch_rows:,} rows, {way} (repeat {r + 1})")
                         times[way].append(learn(way, offset, batch_rows))
                         progress(
                             f"scale_out:   run {times[way][-1]['run_s']:.1f}s, model {times[way][-1]['model_s']:.1f}s"
                         )
                     offset += batch_rows
-                    accuracy.append({w: _scores(registry, specs[estimator, w], X_hold, y_hold) for w in WAYS})
+                    accuracy.append({w: _scores(registry, specs[case, w], X_hold, y_hold) for w in WAYS})
                 runs = {w: [t["run_s"] for t in times[w]] for w in WAYS}
                 models = {w: [t["model_s"] for t in times[w]] for w in WAYS}
                 last = accuracy[-1]
@@ -220,11 +230,11 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any]) -> dict[str, Any]:
                 }
                 s = per_size[str(batch_rows)]
                 progress(
-                    f"scale_out: {estimator} {batch_rows:,} rows: run {s['run_s']['sequential']['median']:.1f}s vs "
+                    f"scale_out: {case} {batch_rows:,} rows: run {s['run_s']['sequential']['median']:.1f}s vs "
                     f"{s['run_s']['fan_out']['median']:.1f}s ({s['speedup_run']['median']:.2f}x), model "
                     f"{s['speedup_model']['median']:.2f}x, holdout AUC difference {s['auc_difference']:+.4f}"
                 )
-            out[estimator] = {"first_run": first_runs, "warmup_rows": warmup, "sizes": per_size}
+            out[case] = {"first_run": first_runs, "warmup_rows": warmup, "sizes": per_size}
     return out
 
 
@@ -257,7 +267,7 @@ def prequential(estimator: str, X: np.ndarray, y: np.ndarray, partitions: np.nda
     return out
 
 
-def run(ctx: BenchContext) -> dict[str, Any]:
+def run(ctx: BenchContext, cases: list[str] | None = None) -> dict[str, Any]:
     size = SIZES[ctx.mode.name]
     p = size["prequential"]
     n = p["batches"] * p["batch_rows"]
@@ -273,7 +283,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "partition group on the multiprocess executor), real runs end to end, same rows, rotating order",
         "workers": WORKERS,
         "partitions": PARTITIONS,
-        "end_to_end": end_to_end(ctx, size),
+        "end_to_end": end_to_end(ctx, size, cases),
         "prequential": accuracy,
     }
 
@@ -286,15 +296,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="1 M-row batches (several minutes); default: quick")
     parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting an embedded one")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--cases", default=None, help="comma-separated subset of the mode's end-to-end cases")
     args = parser.parse_args(argv)
     mode = FULL if args.full else QUICK
+    cases = args.cases.split(",") if args.cases else None
     with tempfile.TemporaryDirectory(prefix="bench_scale_out_") as tmp:
         load_before = os.getloadavg()[0]
         if args.bootstrap:
-            results = run(BenchContext(mode=mode, bootstrap=args.bootstrap, workdir=Path(tmp)))
+            results = run(BenchContext(mode=mode, bootstrap=args.bootstrap, workdir=Path(tmp)), cases)
         else:
             with EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
-                results = run(BenchContext(mode=mode, bootstrap=broker.bootstrap, workdir=Path(tmp)))
+                results = run(BenchContext(mode=mode, bootstrap=broker.bootstrap, workdir=Path(tmp)), cases)
         results["load_1min"] = [load_before, os.getloadavg()[0]]
     print("\n".join(scale_out_lines(results)))
     if args.out:
