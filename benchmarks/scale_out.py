@@ -25,6 +25,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,21 @@ def _spec(name: str, estimator: str, workers: int, max_rows: int, params: dict |
         batch={"rows": max_rows, "max_rows": max_rows, "max_wait_s": 3600},
         promotion={"tail_rows": 0},  # consecutive batches are planned here, back to back
     )
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a block and put the previous values back after it."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _produce(bootstrap: str, topics: list[str], pairs: list[tuple[bytes, bytes]]) -> float:
@@ -164,10 +181,8 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any], cases: list[str] | None 
         for way, workers in zip(WAYS, (1, WORKERS), strict=True):
             specs[case, way] = _spec(unique_name(f"bench_{way}"), estimator, workers, max(largest, warmup), params)
             write_spec(specs[case, way], work / "streams")
-    # The code location every step process loads: set before the first job (and forkserver) starts.
-    os.environ.update(
-        STREAMFIT_STREAMS=str(work / "streams"), STREAMFIT_HOME=str(work / "home"), **{BOOTSTRAP_ENV: ctx.bootstrap}
-    )
+    # The code location the runs load (run_training_job passes it to every step), for this section only.
+    location = {"STREAMFIT_STREAMS": str(work / "streams"), "STREAMFIT_HOME": str(work / "home")}
     registry = FilesystemRegistry(work / "home" / "registry")
     longest = max(warmup + sum(b) * repeats for _, _, b in plan.values())
     progress(f"scale_out: generating {longest + size['holdout_rows']:,} seeded synthetic rows")
@@ -176,7 +191,10 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any], cases: list[str] | None 
     pairs = encode(source[:longest])
     out: dict[str, Any] = {}
     (work / "dagster").mkdir()
-    with dg.DagsterInstance.local_temp(str(work / "dagster")) as instance:
+    with (
+        _environment(location | {BOOTSTRAP_ENV: ctx.bootstrap}),
+        dg.DagsterInstance.local_temp(str(work / "dagster")) as instance,
+    ):
         for case, (_, _, batches) in plan.items():
             rows = warmup + sum(batches) * repeats
             topics = [specs[case, way].events_topic for way in WAYS]
