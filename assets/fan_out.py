@@ -31,7 +31,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from assets.training import Start, advance_without_model, champion_metrics, model_output, start_from
+from assets.training import advance_without_model, champion_metrics, model_output, start_from
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.learning.pipeline import TrainedModel
@@ -44,7 +44,9 @@ class FanOutPlan:
     """What `combine` needs from `split`, besides the fitted groups (the rows are not in it)."""
 
     split: Any  # scale_out.Split with its tasks' rows and models dropped
-    start: Start
+    parent: str | None  # the head version the batch follows
+    base: str | None  # the version whose model it continues
+    lineage: dict | None
     metrics: dict[str, float | int]
     served: dict | None
     rows_trained: int
@@ -94,7 +96,16 @@ def build_fanned_out_model(spec: StreamSpec, retries: dg.RetryPolicy | None) -> 
             yield dg.DynamicOutput(task, output_name="groups", mapping_key=f"g{task.index}")
         light = [dataclasses.replace(t, model=None, X=np.empty((0, 0)), y=np.empty(0)) for t in plan.tasks]
         yield dg.Output(
-            FanOutPlan(dataclasses.replace(plan, tasks=light), start, numeric, served, int(labelled.sum()), started),
+            FanOutPlan(
+                dataclasses.replace(plan, tasks=light),
+                start.parent,
+                start.base,
+                start.lineage,
+                numeric,
+                served,
+                int(labelled.sum()),
+                started,
+            ),
             output_name="plan",
         )
 
@@ -119,15 +130,15 @@ def build_fanned_out_model(spec: StreamSpec, retries: dg.RetryPolicy | None) -> 
         crash_point("after_train", attempt=_attempt(context))
         trained = TrainedModel(
             model,
-            plan.start.parent,
+            plan.parent,
             {**plan.metrics, **report.metrics()},
             plan.rows_trained,
             time.time() - plan.started,
             plan.served,
-            plan.start.lineage,
+            plan.lineage,
         )
         context.log.info(f"{name}: learned with {report.workers} group(s), rows {report.group_rows}: {report.reason}")
-        return model_output(trained, plan.start, report.as_metadata())
+        return model_output(trained, plan.base, report.as_metadata())
 
     @dg.graph_asset(
         key=[name, "model"],

@@ -201,7 +201,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         trained = TrainedModel(
             estimator, start.parent, numeric, int(labelled.sum()), train_seconds, served, start.lineage
         )
-        yield model_output(trained, start, families)
+        yield model_output(trained, start.base, families)
 
     if spec.model.scale_out.workers > 1:  # workers: 1 keeps the single step above, and nothing else
         from assets.fan_out import build_fanned_out_model
@@ -340,7 +340,7 @@ def advance_without_model(context, reg, name: str, micro_batch: MicroBatch) -> N
     context.log.warning(f"{name}: {_ranges_text(micro_batch.ranges)}: {reason}; offsets advanced")
 
 
-def model_output(trained: TrainedModel, start: Start, extra: dict) -> dg.Output:
+def model_output(trained: TrainedModel, base: str | None, extra: dict) -> dg.Output:
     """The `model` asset's output and metadata (the same whether the batch was learned in one step or fanned out)."""
     served = trained.served
     served_numbers = {f"served_{k}": v for k, v in (served or {}).get("metrics", {}).items() if k != "rows"}
@@ -350,8 +350,8 @@ def model_output(trained: TrainedModel, start: Start, extra: dict) -> dg.Output:
             **extra,
             **trained.metrics,
             **served_numbers,
-            "parent": start.parent or "none",
-            "continued_from": start.base or "none",
+            "parent": trained.parent or "none",
+            "continued_from": base or "none",
             **({"served_version": served["version"]} if served else {}),
         },
     )
