@@ -4,6 +4,8 @@ Asset bodies stay short and read like the data flow; the work is in `dagster_pro
 """
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -168,74 +170,43 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, micro_batch: MicroBatch, kafka: KafkaResource, registry: RegistryResource
     ):
         from dagster_project.learning.learner import rows_of, test_then_learn
-        from dagster_project.learning.pipeline import continue_from
-        from dagster_project.learning.prequential import evaluate
         from dagster_project.learning.windowed import kafka_reader
 
-        reg = registry.get()
-        head = reg.head(name)
-        base, lineage = continue_from(reg, name)
-        if lineage and lineage["from"] != (head.name if head else None):
-            context.log.warning(f"{name}: continuing from {base}, not the head: {lineage['why']}")
-        estimator = reg.load_estimator(name, base) if base else None
-        champion = reg.champion(name)  # what the scorers served while this batch arrived
+        start = start_from(context, registry.get(), name)
+        reg, estimator, champion = start.registry, start.estimator, start.champion
         labelled = micro_batch.labelled
         started = time.perf_counter()
-        scale_out: dict = {}
         served = None
         families: dict = {}
         if labelled.any():
             X, y = micro_batch.X[labelled], micro_batch.y[labelled]
-            if champion and champion != base and estimator is not None:
-                served_metrics = evaluate(reg.load_estimator(name, champion), spec, X, y).as_metadata()
-            else:
-                served_metrics = None  # the same model: its prequential metrics below
+            served_metrics = champion_metrics(start, spec, X, y)
             rows = rows_of(X, y, micro_batch.partitions[labelled], micro_batch.offsets[labelled])
             attempt = _attempt(context)
             read = kafka_reader(kafka.settings(), spec, hook=lambda: crash_point("during_refit", attempt=attempt))
             learned = test_then_learn(estimator, spec, rows, micro_batch.learned_ranges, read)
-            estimator, fit = learned.model, learned.fit
+            estimator = learned.model
             numeric = learned.metrics.as_metadata()
             families = _family_metadata(spec, estimator, learned.families, micro_batch, context)
             numeric |= families.pop("numbers", {})
             if champion:
                 served = {"version": champion, "metrics": served_metrics or dict(learned.metrics.as_metadata())}
-            if spec.model.scale_out.workers > 1:  # off: metrics and metadata exactly as before
-                numeric |= fit.metrics()
-                scale_out = fit.as_metadata()
-                context.log.info(f"{name}: learned with {fit.workers} worker(s), rows {fit.group_rows}: {fit.reason}")
         elif estimator is None:
-            # Nothing can be trained or exported, but the offsets were handled: the next version records them.
-            ends = micro_batch.learned_ends  # the tail is the next batch's
-            reason = (
-                f"no learnable rows ({micro_batch.dlq} dead-lettered, {micro_batch.rows} unlabelled) and no model yet"
-            )
-            # The features did see its events: their state moves with the offsets, so the first
-            # version's features are those of the whole stream.
-            reg.set_pending_offsets(
-                name, ends, reason=reason, by=f"run {context.run.run_id}", feature_state=micro_batch.feature_state
-            )
-            context.log.warning(f"{name}: {_ranges_text(micro_batch.ranges)}: {reason}; offsets advanced")
+            advance_without_model(context, reg, name, micro_batch)
             return
         else:
             numeric = {"rows": 0}
         train_seconds = time.perf_counter() - started
         crash_point("after_train", attempt=_attempt(context))
-        served_numbers = {f"served_{k}": v for k, v in (served or {}).get("metrics", {}).items() if k != "rows"}
-        yield dg.Output(
-            TrainedModel(
-                estimator, head.name if head else None, numeric, int(labelled.sum()), train_seconds, served, lineage
-            ),
-            metadata={
-                **scale_out,
-                **numeric,
-                **served_numbers,
-                **families,
-                "parent": head.name if head else "none",
-                "continued_from": base or "none",
-                **({"served_version": served["version"]} if served else {}),
-            },
+        trained = TrainedModel(
+            estimator, start.parent, numeric, int(labelled.sum()), train_seconds, served, start.lineage
         )
+        yield model_output(trained, start.base, families)
+
+    if spec.model.scale_out.workers > 1:  # workers: 1 keeps the single step above, and nothing else
+        from assets.fan_out import build_fanned_out_model
+
+        model = build_fanned_out_model(spec, retries)
 
     @dg.asset(
         retry_policy=retries,
@@ -318,6 +289,72 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     return [micro_batch, model, onnx_model, model_version]
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a batch learns from: the registry's head, the model to continue and the served champion."""
+
+    registry: Any
+    head: Any
+    base: str | None
+    lineage: dict | None
+    estimator: Any
+    champion: str | None
+
+    @property
+    def parent(self) -> str | None:
+        return self.head.name if self.head else None
+
+
+def start_from(context, reg, name: str) -> Start:
+    """The head, the model to continue from (it may not be the head: see `continue_from`), the champion."""
+    from dagster_project.learning.pipeline import continue_from
+
+    head = reg.head(name)
+    base, lineage = continue_from(reg, name)
+    if lineage and lineage["from"] != (head.name if head else None):
+        context.log.warning(f"{name}: continuing from {base}, not the head: {lineage['why']}")
+    estimator = reg.load_estimator(name, base) if base else None
+    return Start(reg, head, base, lineage, estimator, reg.champion(name))  # champion: what the scorers served
+
+
+def champion_metrics(start: Start, spec: StreamSpec, X, y) -> dict | None:
+    """The served champion's metrics on the batch, when it is not the model being continued."""
+    from dagster_project.learning.prequential import evaluate
+
+    if start.champion and start.champion != start.base and start.estimator is not None:
+        return evaluate(start.registry.load_estimator(spec.name, start.champion), spec, X, y).as_metadata()
+    return None  # the same model: its prequential metrics are the served ones
+
+
+def advance_without_model(context, reg, name: str, micro_batch: MicroBatch) -> None:
+    """Nothing can be trained or exported, but the offsets were handled: the next version records them."""
+    ends = micro_batch.learned_ends  # the tail is the next batch's
+    reason = f"no learnable rows ({micro_batch.dlq} dead-lettered, {micro_batch.rows} unlabelled) and no model yet"
+    # The features did see its events: their state moves with the offsets, so the first
+    # version's features are those of the whole stream.
+    reg.set_pending_offsets(
+        name, ends, reason=reason, by=f"run {context.run.run_id}", feature_state=micro_batch.feature_state
+    )
+    context.log.warning(f"{name}: {_ranges_text(micro_batch.ranges)}: {reason}; offsets advanced")
+
+
+def model_output(trained: TrainedModel, base: str | None, extra: dict) -> dg.Output:
+    """The `model` asset's output and metadata (the same whether the batch was learned in one step or fanned out)."""
+    served = trained.served
+    served_numbers = {f"served_{k}": v for k, v in (served or {}).get("metrics", {}).items() if k != "rows"}
+    return dg.Output(
+        trained,
+        metadata={
+            **extra,
+            **trained.metrics,
+            **served_numbers,
+            "parent": trained.parent or "none",
+            "continued_from": base or "none",
+            **({"served_version": served["version"]} if served else {}),
+        },
+    )
 
 
 def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBatch, context) -> dict:

@@ -294,54 +294,8 @@ def render(results: dict[str, Any]) -> str:
             out.append(f"   scorer (streamfit serve) peak RSS after scoring: {_range(sc['peak_rss_mib'])} MiB")
 
     scale = results.get("scale_out")
-    if scale and "estimators" in scale:
-        out += [
-            "",
-            f"6. Scale-out training: sequential partial_fit vs {scale['workers']} worker processes, same rows "
-            f"({scale['partitions']} partitions)",
-        ]
-        rows = []
-        for name, r in scale["estimators"].items():
-            acc = r["accuracy"]
-            rows.append(
-                [
-                    name,
-                    f"{r['rows']:,} x{r['repeats']}",
-                    _range(r["sequential_s"], 3),
-                    _range(r["scale_out_s"], 3),
-                    _range(r["speedup"], 2),
-                    _n(r["pool_start_s"], 2),
-                    f"{_n(acc['sequential']['roc_auc'], 4)} / {_n(acc['scale_out']['roc_auc'], 4)}",
-                    f"{acc['auc_difference']:+.4f}",
-                    f"{_n(acc['sequential']['accuracy'], 4)} / {_n(acc['scale_out']['accuracy'], 4)}",
-                    f"{acc['accuracy_difference']:+.4f}",
-                ]
-            )
-        out += _table(
-            [
-                "estimator",
-                "rows",
-                "sequential fit (s)",
-                "scale-out fit (s)",
-                "speed-up",
-                "pool start-up (s)",
-                "AUC seq / scale-out",
-                "AUC diff",
-                "accuracy seq / scale-out",
-                "acc diff",
-            ],
-            rows,
-        )
-        first = next(iter(scale["estimators"].values()))["accuracy"]
-        methods = ", ".join(f"{k} {_n(v, 2)}" for k, v in scale["start_methods_s"].items())
-        out.append(
-            f"   accuracy: prequential over {first['batches']} batches of {first['batch_rows']:,} rows "
-            f"({first['scored_rows']:,} rows scored before being learned), from a fresh model both ways"
-        )
-        out.append(
-            f"   pool start-up (s) inside a Dagster materialization: {methods}; used: {scale['start_method']} "
-            "(fit times above are with a running pool)"
-        )
+    if scale and "end_to_end" in scale:
+        out += ["", *scale_out_lines(scale)]
 
     brokers = results.get("brokers")
     if brokers and "kafka_vs_tansu" in brokers:
@@ -490,3 +444,62 @@ if __name__ == "__main__":
 
 def _get_median(section: dict, field: str, key: str) -> float | None:
     return ((section.get(field) or {}).get(key) or {}).get("median")
+
+
+def scale_out_lines(scale: dict[str, Any]) -> list[str]:
+    """Section 6: the training job with one model step vs a step per partition group, end to end."""
+    out = [
+        f"6. Scale-out as Dagster steps: workers 1 (one in-process model step) vs {scale['workers']} "
+        f"(a step per partition group, multiprocess executor), real runs, {scale['partitions']} partitions"
+    ]
+    rows = []
+    for estimator, r in scale["end_to_end"].items():
+        for batch, s in r["sizes"].items():
+            rows.append(
+                [
+                    estimator,
+                    f"{int(batch):,} x{s['repeats']}",
+                    _range(s["run_s"]["sequential"], 1),
+                    _range(s["run_s"]["fan_out"], 1),
+                    _range(s["speedup_run"], 2),
+                    _range(s["model_s"]["sequential"], 1),
+                    _range(s["model_s"]["fan_out"], 1),
+                    _range(s["speedup_model"], 2),
+                    f"{_n(s['holdout']['sequential']['roc_auc'], 4)} / {_n(s['holdout']['fan_out']['roc_auc'], 4)}",
+                    f"{s['auc_difference']:+.4f}",
+                    f"{s['accuracy_difference']:+.4f}",
+                ]
+            )
+    out += _table(
+        [
+            "estimator",
+            "batch rows",
+            "run 1 step (s)",
+            "run fan-out (s)",
+            "run speed-up",
+            "model 1 step (s)",
+            "model fan-out (s)",
+            "model speed-up",
+            "holdout AUC 1 step / fan-out",
+            "AUC diff",
+            "acc diff",
+        ],
+        rows,
+    )
+    for estimator, r in scale["end_to_end"].items():
+        first = r["first_run"]
+        out.append(
+            f"   {estimator}: first run ({r['warmup_rows']:,} rows, cold forkserver for the fan-out): "
+            f"1 step {_n(first['sequential']['run_s'], 1)} s, fan-out {_n(first['fan_out']['run_s'], 1)} s"
+        )
+    for estimator, acc in scale["prequential"].items():
+        out.append(
+            f"   prequential, one process, {acc['batches']} batches of {acc['batch_rows']:,} rows from a fresh model: "
+            f"{estimator} AUC {_n(acc['sequential']['roc_auc'], 4)} / {_n(acc['fan_out']['roc_auc'], 4)} "
+            f"({acc['auc_difference']:+.4f}), accuracy {acc['accuracy_difference']:+.4f}"
+        )
+    if "load_1min" in scale:
+        out.append(
+            f"   1-minute load average before -> after: {scale['load_1min'][0]:.1f} -> {scale['load_1min'][1]:.1f}"
+        )
+    return out

@@ -188,7 +188,7 @@ class LabelSpec(_Strict):
 
 
 class ScaleOutSpec(_Strict):
-    """Fit each partition group's share of a batch in its own process and combine the models.
+    """Fit each partition group's share of a batch in its own Dagster step and combine the models.
 
     Partitions are split round-robin into ``workers`` groups (partition p goes to group
     p % workers). A batch gets fewer workers when it has fewer non-empty partitions than

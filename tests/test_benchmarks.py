@@ -76,15 +76,7 @@ def test_quick_benchmark_prints_the_table_and_writes_every_section(kafka_bootstr
     assert results["cost"]["imports"] and results["cost"]["training_step"]["10000"]["peak_rss_mib"] > 0
 
     scale_out = results["scale_out"]
-    assert {"fork", "forkserver"} <= set(scale_out["start_methods_s"]) and scale_out["start_method"] == "forkserver"
-    assert set(scale_out["estimators"]) == {"sgd_classifier", "mlp_classifier"}
-    for estimator in scale_out["estimators"].values():
-        assert estimator["workers"] == 2 and sum(estimator["group_rows"]) == estimator["rows"]
-        assert estimator["sequential_s"]["n"] == estimator["scale_out_s"]["n"] == estimator["speedup"]["n"]
-        accuracy = estimator["accuracy"]
-        assert 0.5 < accuracy["sequential"]["roc_auc"] <= 1 and 0.5 < accuracy["scale_out"]["roc_auc"] <= 1
-        assert accuracy["auc_difference"] == pytest.approx(
-            accuracy["scale_out"]["roc_auc"] - accuracy["sequential"]["roc_auc"]
-        )
+    assert set(scale_out["end_to_end"]) == {"mlp_classifier"}
+    assert set(scale_out["prequential"]) == {"sgd_classifier", "mlp_classifier"}
     assert results["targets"] and all("met" in t for t in results["targets"])
     assert (tmp_path / "latest.txt").read_text().strip() == done.stdout.strip()

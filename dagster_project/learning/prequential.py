@@ -88,21 +88,28 @@ def _test_then_fit(
     if len(X) == 0:
         raise ValueError("cannot train on an empty batch")
 
-    classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
-    if model is None:
-        new_model = build_model(spec)
-        metrics, scores = BatchMetrics(rows=len(X)), None
-    else:
-        new_model = copy.deepcopy(model)
-        if classes is not None:
-            metrics, scores = _score_classifier(new_model, X, y, classes)
-        else:
-            metrics, scores = _score_regressor(new_model, X, y)
+    new_model, metrics, scores, classes = test(model, spec, X, y)
     if partitions is None:
         partial_fit(new_model, X, y, classes)
         return new_model, metrics, scores, None
     new_model, report = scale_out.fit(new_model, spec, X, y, partitions, classes)
     return new_model, metrics, scores, report
+
+
+def test(
+    model: Pipeline | None, spec: StreamSpec, X: np.ndarray, y: np.ndarray
+) -> tuple[Pipeline, BatchMetrics, np.ndarray | None, np.ndarray | None]:
+    """The "test" half: score the batch with ``model`` and return a copy to learn into (or a fresh
+    model), the metrics, the scores and the class indices (None for regression)."""
+    classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
+    if model is None:
+        return build_model(spec), BatchMetrics(rows=len(X)), None, classes
+    new_model = copy.deepcopy(model)
+    if classes is not None:
+        metrics, scores = _score_classifier(new_model, np.asarray(X, dtype=np.float64), np.asarray(y), classes)
+    else:
+        metrics, scores = _score_regressor(new_model, np.asarray(X, dtype=np.float64), np.asarray(y))
+    return new_model, metrics, scores, classes
 
 
 def evaluate(model: Pipeline, spec: StreamSpec, X: np.ndarray, y: np.ndarray) -> BatchMetrics:
@@ -131,6 +138,7 @@ def row_outputs(model: Pipeline, spec: StreamSpec, X: np.ndarray) -> dict[str, n
 # Not a test, despite the name: keeps pytest from collecting it when a test module imports it.
 test_then_train.__test__ = False  # type: ignore[attr-defined]
 test_then_train_partitioned.__test__ = False  # type: ignore[attr-defined]
+test.__test__ = False  # type: ignore[attr-defined]
 
 
 def _score_classifier(

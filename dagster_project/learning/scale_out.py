@@ -1,6 +1,6 @@
-"""Scale-out training: fit a micro-batch's partition groups in parallel processes, then combine.
+"""Scale-out training: split a micro-batch into partition groups, fit each, combine them exactly as one.
 
-Data parallelism inside one training step. A batch's partitions are split round-robin into
+Data parallelism as Dagster steps. A batch's partitions are split round-robin into
 ``workers`` groups (partition ``p`` goes to group ``p % workers``, so a partition keeps its group
 from batch to batch). Then:
 
@@ -8,31 +8,26 @@ from batch to batch). Then:
    ``StandardScaler`` with Chan et al.'s parallel-variance formulas, which equal ``partial_fit`` on
    all rows (up to rounding); every group is transformed by that one merged scaler, so all learners
    work, and are averaged, in the same feature space.
-2. **Estimator, in parallel.** Each worker process updates its own copy of the parent estimator with
-   its group's rows (``partial_fit``, one pass, as the sequential path does).
+2. **Estimator, per group.** Each group's step (``fit_group``) updates its own copy of the parent
+   estimator with its group's rows (``partial_fit``, one pass, as the sequential path does).
 3. **Combine**, by the estimator table's ``combiner``: SGD (incl. passive-aggressive) and MLP take
    row-weighted averages of parameters and optimiser state; naive Bayes merges sufficient
    statistics exactly, so it equals sequential fitting.
 
-Processes: one ``ProcessPoolExecutor`` per training process, reused, with the ``forkserver`` start
-method and this module preloaded. ``fork`` would be cheaper but copies a process whose other
-threads (Dagster's, Kafka clients', OpenMP's) may hold locks, so a child can hang; ``forkserver``
-forks from a clean single-threaded server. Each worker re-imports ``__main__``, so entry scripts
-keep their work under ``if __name__ == "__main__":``. Start-up costs are in benchmarks/README.md.
+Where the groups run: ``split`` -> ``fit_group`` per group -> ``combine`` are three plain functions.
+The training job runs them as Dagster steps (``assets/scale_out.py``: one step per group, distributed
+by the multiprocess executor on one machine or ``k8s_job_executor`` on a cluster); ``fit`` runs the
+same three in one process for callers outside a job (retraining replays, tests, benchmarks).
 
 With ``workers == 1``, too few rows (``min_rows_per_worker``) or a single non-empty group, the
-sequential ``estimators.partial_fit`` runs and no pool is started.
+sequential ``estimators.partial_fit`` runs: one group holding the whole pipeline.
 """
 
 from __future__ import annotations
 
 import copy
-import multiprocessing
-import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,19 +40,17 @@ from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
 from dagster_project.learning.estimators import partial_fit
 from dagster_project.spec import StreamSpec
 
-START_METHOD = "forkserver"
-
 
 @dataclass(frozen=True)
 class ScaleOutReport:
     """What one fit did: how many processes, on how many rows each, combined how, in how long."""
 
-    workers: int  # processes that fitted (1: the sequential path)
+    workers: int  # groups fitted separately (1: the sequential path)
     method: str  # "sequential", "average" (SGD, MLP) or "exact" (naive Bayes)
     groups: list[list[int]] = field(default_factory=list)  # partitions per group
     group_rows: list[int] = field(default_factory=list)
-    fit_seconds: float = 0.0  # the learning step: scaler merge, parallel fit and combine
-    pool_start_seconds: float = 0.0  # > 0 only when this fit had to start the pool
+    fit_seconds: float = 0.0  # scaler merge, the groups' fits (summed) and the combine
+    group_fit_seconds: list[float] = field(default_factory=list)  # each group's own fit
     reason: str = ""
 
     def as_metadata(self) -> dict[str, Any]:
@@ -65,11 +58,11 @@ class ScaleOutReport:
         return {
             "scale_out_workers": self.workers,
             "scale_out_fit_seconds": self.fit_seconds,
-            "scale_out_pool_start_seconds": self.pool_start_seconds,
             "scale_out": {
                 "method": self.method,
                 "groups": [f"p{','.join(map(str, g))}" for g in self.groups],
                 "group_rows": self.group_rows,
+                "group_fit_seconds": [round(t, 4) for t in self.group_fit_seconds],
                 "reason": self.reason,
             },
         }
@@ -187,7 +180,7 @@ def _mean(arrays: list[np.ndarray], w: np.ndarray) -> np.ndarray:
     return sum(wi * np.asarray(a, dtype=np.float64) for wi, a in zip(w, arrays, strict=True))
 
 
-def _combine_sgd(parent: BaseEstimator, fitted: list[Any], rows: list[int], Xt: np.ndarray) -> Any:
+def _combine_sgd(parent: BaseEstimator, fitted: list[Any], rows: list[int], var_max: float) -> Any:
     """SGD and passive-aggressive: row-weighted mean of coef_/intercept_; ``t_`` = parent + all rows.
 
     ``t_`` drives the learning-rate schedules, so it counts every row the combined model has seen.
@@ -234,7 +227,7 @@ def _combine_sgd(parent: BaseEstimator, fitted: list[Any], rows: list[int], Xt: 
     return merged
 
 
-def _combine_mlp(parent: BaseEstimator, fitted: list[Any], rows: list[int], Xt: np.ndarray) -> Any:
+def _combine_mlp(parent: BaseEstimator, fitted: list[Any], rows: list[int], var_max: float) -> Any:
     """MLP: row-weighted mean of ``coefs_``/``intercepts_`` and of the optimiser's state.
 
     An approximation (a network's loss is not linear in its weights), reasonable because every worker
@@ -269,7 +262,7 @@ def _combine_mlp(parent: BaseEstimator, fitted: list[Any], rows: list[int], Xt: 
     return merged
 
 
-def _combine_gaussian_nb(parent: BaseEstimator, fitted: list[Any], rows: list[int], Xt: np.ndarray) -> Any:
+def _combine_gaussian_nb(parent: BaseEstimator, fitted: list[Any], rows: list[int], var_max: float) -> Any:
     """Gaussian NB, exactly: per-class counts add, means and variances merge like the scaler's.
 
     Workers fit fresh copies, so each holds only its group's statistics. scikit-learn's
@@ -278,7 +271,7 @@ def _combine_gaussian_nb(parent: BaseEstimator, fitted: list[Any], rows: list[in
     reproduced here, with epsilon taken over the whole batch, so the result equals one sequential
     ``partial_fit`` of the batch.
     """
-    epsilon = parent.var_smoothing * float(np.max(np.var(Xt, axis=0)))
+    epsilon = parent.var_smoothing * var_max
     fitted_before = hasattr(parent, "theta_")
     merged = copy.deepcopy(parent if fitted_before else fitted[0])
     n_classes, width = fitted[0].theta_.shape
@@ -306,7 +299,7 @@ def _combine_gaussian_nb(parent: BaseEstimator, fitted: list[Any], rows: list[in
     return merged
 
 
-def _combine_bernoulli_nb(parent: BaseEstimator, fitted: list[Any], rows: list[int], Xt: np.ndarray) -> Any:
+def _combine_bernoulli_nb(parent: BaseEstimator, fitted: list[Any], rows: list[int], var_max: float) -> Any:
     """Bernoulli NB, exactly: class and feature counts add; the log-probabilities are recomputed."""
     fitted_before = hasattr(parent, "feature_count_")
     merged = copy.deepcopy(parent if fitted_before else fitted[0])
@@ -321,7 +314,9 @@ def _combine_bernoulli_nb(parent: BaseEstimator, fitted: list[Any], rows: list[i
 class _Combiner:
     method: str  # "average" or "exact"
     fresh_start: bool  # workers fit a fresh copy (statistics of their group only) or the parent's copy
-    combine: Callable[[BaseEstimator, list[Any], list[int], np.ndarray], Any]
+    combine: Callable[
+        [BaseEstimator, list[Any], list[int], float], Any
+    ]  # var_max: the batch's largest feature variance
 
 
 # Keyed by the estimator table's `combiner` name (learning/estimator_table.py).
@@ -334,73 +329,135 @@ COMBINERS: dict[str, _Combiner] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# The process pool
+# Split -> fit each group -> combine
 
 
-_POOL: ProcessPoolExecutor | None = None
-_POOL_KEY: tuple[str, int, int] | None = None
-_POOL_LOCK = threading.Lock()
+@dataclass
+class GroupTask:
+    """One group's work, small enough to ship to another process or pod: its rows and a start model.
 
-
-def _ready() -> int:
-    """A worker's first task: proves it is up (with this module imported) and says which process it is."""
-    time.sleep(0.05)  # long enough that the next task cannot be picked up by the same process
-    return os.getpid()
-
-
-def start_pool(workers: int, method: str = START_METHOD) -> tuple[ProcessPoolExecutor, float]:
-    """The process's pool of ``workers`` processes, started if needed; returns it and the start seconds.
-
-    The start is timed until every worker has answered a task, so the figure includes interpreter or
-    fork start and imports. A pool is reused for as long as the process lives (and rebuilt after a
-    fork, since a child cannot use its parent's pool).
+    ``whole_pipeline``: the sequential path (one group), which ``partial_fit``s the pipeline itself
+    (scaler included) exactly as scale-out off does; otherwise ``X`` is already in the merged
+    scaler's space and only ``model`` (the estimator) learns.
     """
-    global _POOL, _POOL_KEY
-    key = (method, workers, os.getpid())
-    with _POOL_LOCK:
-        if _POOL is not None and key == _POOL_KEY:
-            return _POOL, 0.0
-        if _POOL is not None:
-            _POOL.shutdown(wait=True, cancel_futures=True)
-        started = time.perf_counter()
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            # The server imports numpy/scikit-learn once; each worker then forks from it, already warm.
-            context.set_forkserver_preload(["dagster_project.learning.scale_out"])
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-        # Non-fork pools start a process per submit while none is idle: ``workers`` tasks start them all,
-        # and running a function of this module makes a spawned worker import scikit-learn now, not
-        # during the first fit.
-        # On a loaded machine one worker can take two of those tasks before the next one is up; ask again
-        # (bounded) until each has answered, so the start-up time covers them all. Fitting works either way.
-        pids: set[int] = set()
-        deadline = time.monotonic() + 30
-        while len(pids) < workers and time.monotonic() < deadline:
-            pids |= {future.result() for future in [pool.submit(_ready) for _ in range(workers)]}
-        _POOL, _POOL_KEY = pool, key
-        return pool, time.perf_counter() - started
+
+    index: int
+    partitions: list[int]
+    model: Any
+    X: np.ndarray
+    y: np.ndarray
+    classes: np.ndarray | None
+    whole_pipeline: bool = False
 
 
-def shutdown_pool() -> None:
-    """Stop the pool's processes (tests and benchmarks; a run worker's exit stops them too)."""
-    global _POOL, _POOL_KEY
-    with _POOL_LOCK:
-        if _POOL is not None:
-            _POOL.shutdown(wait=True, cancel_futures=True)
-        _POOL, _POOL_KEY = None, None
+@dataclass
+class Split:
+    """A batch split into group tasks, plus what ``combine`` needs besides the fitted groups."""
+
+    model: Pipeline  # the parent pipeline, its scaler already merged with every group's moments
+    tasks: list[GroupTask]
+    combiner: str | None  # None: the sequential path
+    var_max: float  # the batch's largest (scaled) feature variance (Gaussian NB's epsilon)
+    reason: str
+    seconds: float  # the split's own time (scaler merge, transform)
 
 
-def _fit_group(estimator: BaseEstimator, Xt: np.ndarray, y: np.ndarray, classes: np.ndarray | None) -> BaseEstimator:
-    """One worker's job: one ``partial_fit`` pass over its group's (already scaled) rows."""
-    if is_classifier(estimator):
-        estimator.partial_fit(Xt, y, classes=classes)
+def split(
+    model: Pipeline, spec: StreamSpec, X: np.ndarray, y: np.ndarray, partitions: np.ndarray, classes: np.ndarray | None
+) -> Split:
+    """Plan the batch (``plan_workers``) and make one task per group; merge the scaler exactly first.
+
+    The scaler merge is the exact first round: every group's moments are folded into the parent's
+    scaler here, where all rows are, so the groups fit in one shared feature space in one round.
+    ``model`` is changed in place (its scaler), as ``estimators.partial_fit`` would change it.
+    """
+    started = time.perf_counter()
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    partitions = np.asarray(partitions)
+    if len(partitions) != len(X):
+        raise ValueError(f"X has {len(X)} rows but partitions has {len(partitions)}")
+    workers, reason = plan_workers(spec, partitions)
+    combiner_name = entry(spec.model.estimator).combiner
+    if workers > 1 and combiner_name not in COMBINERS:
+        raise ValueError(f"scale-out cannot combine {spec.model.estimator}; supported: {list(SCALE_OUT_ESTIMATORS)}")
+    if workers <= 1 or len(X) == 0:
+        members = sorted(int(p) for p in np.unique(partitions))
+        task = GroupTask(0, members, model, X, y, classes, whole_pipeline=True)
+        return Split(model, [task], None, 0.0, reason, time.perf_counter() - started)
+    groups = partition_groups(partitions, workers)
+    steps = model.steps[:-1]
+    if steps:
+        if len(steps) != 1 or not isinstance(steps[0][1], StandardScaler):
+            raise ValueError("scale-out supports pipelines of an optional StandardScaler and an estimator")
+        scaler = merge_scaler(steps[0][1], [X[idx] for _, idx in groups])
+        Xt = scaler.transform(X)
     else:
-        estimator.partial_fit(Xt, y)
-    return estimator
+        Xt = X
+    estimator = model.steps[-1][1]
+    # Each group gets its own copy: the parent stays as it was, for the combine's step counts.
+    start = clone(estimator) if COMBINERS[combiner_name].fresh_start else estimator
+    tasks = [
+        GroupTask(i, members, copy.deepcopy(start), Xt[idx], y[idx], classes) for i, (members, idx) in enumerate(groups)
+    ]
+    var_max = float(np.max(np.var(Xt, axis=0)))
+    return Split(model, tasks, combiner_name, var_max, reason, time.perf_counter() - started)
 
 
-# ---------------------------------------------------------------------------------------------
-# The entry point
+@dataclass
+class GroupFit:
+    """What a group's step hands to the combine: its fitted model, rows and seconds."""
+
+    index: int
+    partitions: list[int]
+    model: Any
+    rows: int
+    seconds: float
+
+
+def fit_group(task: GroupTask) -> GroupFit:
+    """One group's step: one ``partial_fit`` pass over its rows (no-op on an empty group)."""
+    started = time.perf_counter()
+    model = task.model
+    if len(task.X):
+        if task.whole_pipeline:
+            partial_fit(model, task.X, task.y, task.classes)
+        elif is_classifier(model):
+            model.partial_fit(task.X, task.y, classes=task.classes)
+        else:
+            model.partial_fit(task.X, task.y)
+    return GroupFit(task.index, task.partitions, model, len(task.X), time.perf_counter() - started)
+
+
+def combine(plan: Split, fitted: list[GroupFit]) -> tuple[Pipeline, ScaleOutReport]:
+    """Merge the groups' models into the parent pipeline (a new object when combined) and report."""
+    started = time.perf_counter()
+    fitted = sorted(fitted, key=lambda f: f.index)
+    if plan.combiner is None:
+        (only,) = fitted
+        report = ScaleOutReport(
+            1, "sequential", [only.partitions], [only.rows], plan.seconds + only.seconds, [only.seconds], plan.reason
+        )
+        return only.model, report
+    if [f.index for f in fitted] != [t.index for t in plan.tasks]:
+        raise ValueError(f"combine needs every group of the split: got {[f.index for f in fitted]}")
+    combiner = COMBINERS[plan.combiner]
+    rows = [f.rows for f in fitted]
+    model = plan.model
+    parent = model.steps[-1][1]
+    merged = combiner.combine(parent, [f.model for f in fitted], rows, plan.var_max)
+    model = Pipeline([*model.steps[:-1], (model.steps[-1][0], merged)])
+    seconds = plan.seconds + sum(f.seconds for f in fitted) + time.perf_counter() - started
+    report = ScaleOutReport(
+        len(fitted),
+        combiner.method,
+        [f.partitions for f in fitted],
+        rows,
+        seconds,
+        [f.seconds for f in fitted],
+        plan.reason,
+    )
+    return model, report
 
 
 def fit(
@@ -410,59 +467,11 @@ def fit(
     y: np.ndarray,
     partitions: np.ndarray,
     classes: np.ndarray | None,
-    pool_method: str = START_METHOD,
 ) -> tuple[Pipeline, ScaleOutReport]:
-    """Learn one batch into ``model`` (in place, like ``estimators.partial_fit``), scaled out if configured.
+    """Learn one batch into ``model`` (in place, like ``estimators.partial_fit``), split by groups if configured.
 
-    ``partitions`` is each row's Kafka partition (the same length as ``X``). Returns the model, which
-    is a new ``Pipeline`` object when the estimator was combined, and what happened.
+    The same ``split`` -> ``fit_group`` -> ``combine`` the training job runs as steps, here in one
+    process, one group after another. Returns the model (a new ``Pipeline`` when combined) and a report.
     """
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y)
-    partitions = np.asarray(partitions)
-    if len(partitions) != len(X):
-        raise ValueError(f"X has {len(X)} rows but partitions has {len(partitions)}")
-    started = time.perf_counter()
-    workers, reason = plan_workers(spec, partitions)
-    estimator = model.steps[-1][1]
-    combiner_name = entry(spec.model.estimator).combiner
-    combiner = COMBINERS[combiner_name] if combiner_name else None
-    if workers > 1 and combiner is None:
-        raise ValueError(f"scale-out cannot combine {spec.model.estimator}; supported: {list(SCALE_OUT_ESTIMATORS)}")
-    if workers <= 1:
-        partial_fit(model, X, y, classes)
-        return model, ScaleOutReport(
-            1,
-            "sequential",
-            [sorted(int(p) for p in np.unique(partitions))],
-            [len(X)],
-            time.perf_counter() - started,
-            reason=reason,
-        )
-
-    groups = partition_groups(partitions, workers)
-    indices = [idx for _, idx in groups]
-    steps = model.steps[:-1]
-    if steps:
-        if len(steps) != 1 or not isinstance(steps[0][1], StandardScaler):
-            raise ValueError("scale-out supports pipelines of an optional StandardScaler and an estimator")
-        scaler = merge_scaler(steps[0][1], [X[idx] for idx in indices])
-        Xt = scaler.transform(X)
-    else:
-        Xt = X
-    pool, pool_start = start_pool(len(groups), pool_method)
-    start = clone(estimator) if combiner.fresh_start else estimator
-    futures = [pool.submit(_fit_group, start, Xt[idx], y[idx], classes) for idx in indices]
-    fitted = [f.result() for f in futures]
-    rows = [len(idx) for idx in indices]
-    model.steps[-1] = (model.steps[-1][0], combiner.combine(estimator, fitted, rows, Xt))
-    report = ScaleOutReport(
-        workers=len(groups),
-        method=combiner.method,
-        groups=[members for members, _ in groups],
-        group_rows=rows,
-        fit_seconds=time.perf_counter() - started - pool_start,
-        pool_start_seconds=pool_start,
-        reason=reason,
-    )
-    return model, report
+    plan = split(model, spec, X, y, partitions, classes)
+    return combine(plan, [fit_group(task) for task in plan.tasks])

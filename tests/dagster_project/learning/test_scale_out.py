@@ -37,12 +37,6 @@ def synthetic(rows: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndar
     return X, y, np.arange(rows) % 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stop_pool():
-    yield
-    scale_out.shutdown_pool()
-
-
 @pytest.mark.parametrize(
     ("partitions", "workers", "expected"),
     [
@@ -94,11 +88,13 @@ def test_averaging_two_identical_slices_equals_one_worker(estimator: str) -> Non
     partial_fit(model, X[:200], y[:200], CLASSES if spec.task == "classification" else None)
     parent = model.steps[-1][1]
     Xt = model.steps[0][1].transform(X[200:])
-    one = copy.deepcopy(parent)
-    scale_out._fit_group(one, Xt, y[200:], CLASSES if spec.task == "classification" else None)
+    task = scale_out.GroupTask(
+        0, [0], copy.deepcopy(parent), Xt, y[200:], CLASSES if spec.task == "classification" else None
+    )
+    one = scale_out.fit_group(task).model
 
     combiner = scale_out.COMBINERS[ESTIMATORS[estimator].combiner]
-    combined = combiner.combine(parent, [one, copy.deepcopy(one)], [400, 400], Xt)
+    combined = combiner.combine(parent, [one, copy.deepcopy(one)], [400, 400], float(np.max(np.var(Xt, axis=0))))
 
     if estimator.startswith("mlp"):
         for a, b in zip(combined.coefs_ + combined.intercepts_, one.coefs_ + one.intercepts_, strict=True):
