@@ -151,3 +151,25 @@ def test_series_change_in_its_own_units() -> None:
     result = detect_series_change(mae, "page_hinkley", metric="mae", threshold=1.0, delta=0.01, min_instances=10)
     assert result is not None and 40 <= result.index <= 43
     assert result.metric == "mae" and result.value_at > 1.3
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_a_regression_error_rise_is_found_in_a_few_batches_whatever_the_metric_s_units(scale: float) -> None:
+    """A per-batch MAE that rises by half is found within a dozen batches at an MAE of 0.01 as at 100
+    (19 of 20 seeds; the noisiest may need longer), and 300 stationary batches raise nothing. ADWIN's
+    [0, 1] bound used to miss every rise below an MAE of ~1 and took 23 batches at 10."""
+    delays, false_alarms = [], 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        noise = rng.uniform(0.02, 0.15)  # batch-to-batch spread of the MAE, relative
+        stationary = scale * (1 + noise * rng.standard_normal(300))
+        rising = scale * np.concatenate(
+            [1 + noise * rng.standard_normal(40), 1.5 * (1 + noise * rng.standard_normal(60))]
+        )
+        false_alarms += detect_series_change(stationary, "adwin", metric="mae") is not None
+        found = detect_series_change(rising, "adwin", metric="mae")
+        assert found is None or found.index >= 40, f"seed {seed}: alarm before the rise at {found.index}"
+        delays.append(found.index - 40 if found else None)
+    assert false_alarms == 0
+    found_soon = [d for d in delays if d is not None and d <= 12]
+    assert len(found_soon) >= 19, delays
