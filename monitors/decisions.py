@@ -11,8 +11,11 @@ Rules, in order:
    its predecessor on at least ``min_comparison_rows`` of the same recent rows, is worse by more
    than ``regression_margin`` (absolute, in the metric's units) and, unless ``significance`` is
    None or 0, a one-sided paired test on those rows (`dagster_project.registry.significance`) shows
-   it worse at that level: a noise-sized difference between two weak models is no regression. No
-   action when the test could not be computed. Never when the predecessor is the version the last
+   it worse at that level: a noise-sized difference between two weak models is no regression. The
+   sensor re-tests the champion's accumulated checks after each batch, so the k-th look is tested
+   at ``significance * 6 / (pi^2 k^2)`` (`significance.spent_level`): the chance that noise rolls a
+   champion back at any look of its window stays below ``significance``. No action when the test
+   could not be computed. Never when the predecessor is the version the last
    rollback moved away from (that would undo it: flapping).
 2. **Retrain** on concept drift (any change detection) or on data drift seen in at least
    ``hysteresis`` consecutive evaluations (the most recent ones). Rollback wins over retrain: a
@@ -31,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from dagster_project.registry.significance import PairedTest, significant
+from dagster_project.registry.significance import PairedTest, significant, spent_level
 from monitors.detectors import ChangeResult
 from monitors.drift import DriftReport
 
@@ -94,6 +97,7 @@ class ChampionComparison:
     promoted_at: float  # when the champion became champion (epoch seconds)
     higher_is_better: bool = True
     test: PairedTest | None = None  # one-sided: the predecessor (A) is better than the champion (B)
+    looks: int = 1  # champion checks accumulated in `test`: this is the k-th test of the same two models
 
     @property
     def regression(self) -> float:
@@ -159,16 +163,18 @@ def _rollback(
     if config.significance and (c.test is None or c.test.p_value is None):
         why = c.test.describe() if c.test is not None else "no paired test recorded"
         return False, [f"kept {c.champion}: {numbers}, {worse}, but {why}; no action"], evidence
-    if not significant(c.test, config.significance):
+    level = spent_level(config.significance, max(1, c.looks))
+    spent = f" at look {max(1, c.looks)} of {config.significance:g} spent over looks" if config.significance else ""
+    if not significant(c.test, level):
         return (
             False,
             [
                 f"kept {c.champion}: {numbers}, {worse}, difference not significant "
-                f"({c.test.describe()} >= {config.significance:g})"
+                f"({c.test.describe()} >= {level:.3g}{spent})"
             ],
             evidence,
         )
-    tested = f" ({c.test.describe()} < {config.significance:g})" if config.significance and c.test else ""
+    tested = f" ({c.test.describe()} < {level:.3g}{spent})" if config.significance and c.test else ""
     reason = f"regression: champion {c.champion} {numbers}, {worse}{tested}"
     if last_action is not None and last_action.action == "rollback" and last_action.from_version == c.predecessor:
         why = (

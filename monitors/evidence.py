@@ -190,6 +190,7 @@ def _comparison(registry: ModelRegistry, stream: str, champion: str | None) -> C
         promoted_at=_epoch(promoted["at"]),
         higher_is_better=HIGHER_IS_BETTER[metric],
         test=test,
+        looks=len(checks),
     )
 
 

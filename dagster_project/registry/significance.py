@@ -72,6 +72,21 @@ def significant(test: PairedTest | None, level: float | None) -> bool:
     return test is not None and test.p_value is not None and test.p_value < level
 
 
+def spent_level(alpha: float | None, look: int) -> float | None:
+    """The level of the `look`-th test (1, 2, ...) of a sequence that re-tests accumulating data.
+
+    Testing every look at `alpha` would act on noise more often the longer the sequence runs; spending
+    ``alpha * 6 / (pi^2 look^2)`` at each (the terms sum to `alpha`) bounds the chance that *any* look
+    acts on noise by `alpha`, however many there are. The price is power at late looks, which a real
+    difference earns back: its evidence grows with the rows, the spent level only with their count.
+    """
+    if not alpha:
+        return alpha
+    if look < 1:
+        raise ValueError(f"looks are counted from 1, got {look}")
+    return alpha * 6.0 / (np.pi**2 * look**2)
+
+
 def _not_computable(test: str, metric: str, rows: int, why: str) -> PairedTest:
     return PairedTest(test, metric, rows, why_not=why)
 

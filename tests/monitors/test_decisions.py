@@ -123,7 +123,8 @@ def test_rollback_when_the_new_champion_regressed() -> None:
     assert p == _mcnemar(0.70, 0.85, 500).p_value and p < 1e-10
     assert decision.reasons == [
         "regression: champion v7 accuracy 0.7000 vs predecessor v6 0.8500 on the same 500 rows "
-        f"(higher is better), worse by 0.1500 > margin 0.02 (McNemar mid-p p={p:.1e} < 0.05)"
+        f"(higher is better), worse by 0.1500 > margin 0.02 (McNemar mid-p p={p:.1e} < 0.0304 at look 1 of 0.05 "
+        "spent over looks)"
     ]
     assert decision.evidence["rollback"]["regression"] == pytest.approx(0.15)
 
@@ -162,7 +163,8 @@ def test_a_noise_level_regression_between_near_chance_models_is_no_rollback() ->
     assert 0.05 <= p == decision.evidence["rollback"]["p_value"]
     assert decision.reasons[0] == (
         "kept v7: roc_auc 0.5503 vs predecessor v6 0.5906 on the same 500 rows (higher is better), "
-        f"worse by 0.0402 > margin 0.02, difference not significant (DeLong p={p:.3f} >= 0.05)"
+        f"worse by 0.0402 > margin 0.02, difference not significant (DeLong p={p:.3f} >= 0.0304 at look 1 of 0.05 "
+        "spent over looks)"
     )
     margin_only = decide(now=NOW, config=replace(CONFIG, significance=None), comparison=comparison)
     assert margin_only.action == "rollback", "the margin alone acts on this noise"
@@ -261,3 +263,43 @@ def test_config_comes_from_the_stream_spec() -> None:
     assert DecisionConfig.from_spec(DriftSpec(cooldown_s=60, hysteresis=1)).hysteresis == 1
     with pytest.raises(ValueError):
         DecisionConfig(hysteresis=0)
+
+
+def test_repeated_looks_at_the_same_two_models_spend_the_significance_level() -> None:
+    """The sensor re-tests a champion after every batch; each look is held to a smaller share of
+    `significance`, so the same p-value that rolls back at the first look does not at the tenth,
+    while a clear regression still does."""
+    borderline = replace(_comparison(), test=replace(_comparison().test, p_value=0.02))
+    assert _decide(comparison=borderline).action == "rollback"
+    tenth = _decide(comparison=replace(borderline, looks=10))
+    assert tenth.action == "none"
+    assert "p=0.020 >= 0.000304 at look 10 of 0.05 spent over looks" in tenth.reasons[0]
+    assert _decide(comparison=replace(_comparison(), looks=10)).action == "rollback", "p=2e-13 is no noise"
+
+
+def test_noise_rolls_back_at_most_significance_over_a_whole_window_of_looks() -> None:
+    """Equal models, re-tested on accumulating rows for 20 looks: the share of windows with any
+    rollback stays near the level (testing every look at 0.05 would act far more often)."""
+    rng = np.random.default_rng(5)
+    spent = unspent = 0
+    windows = 400
+    for _ in range(windows):
+        a_only = b_only = 0
+        acted_spent = acted_unspent = False
+        for look in range(1, 21):  # 250 rows per check; each row is discordant with probability 0.1
+            discordant = rng.binomial(250, 0.1)
+            a = rng.binomial(discordant, 0.5)
+            a_only, b_only = a_only + a, b_only + discordant - a
+            comparison = replace(
+                _comparison(champion_value=0.80),
+                rows=250 * look,
+                test=mcnemar_counts(a_only, b_only, 250 * look),
+                looks=look,
+            )
+            acted_spent |= _decide(comparison=comparison).action == "rollback"
+            unspent_config = replace(CONFIG, significance=0.05)
+            acted_unspent |= comparison.test.p_value < unspent_config.significance
+        spent += acted_spent
+        unspent += acted_unspent
+    assert spent / windows <= 0.06, spent / windows
+    assert unspent / windows >= 2 * spent / windows, (unspent, spent)
