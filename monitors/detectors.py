@@ -274,8 +274,11 @@ def detect_series_change(
     sees the series in units of its own noise (`noise_units`) and checks every value (``clock`` 1:
     a value is a whole batch): its bound assumes values in [0, 1], so on a raw MAE series it never
     detected a doubling of an MAE near 0.1 and took 23 batches at MAE 10 (measured in
-    tests/monitors/test_detectors.py). Page-Hinkley's ``threshold`` and ``delta`` stay in the
-    series' own units: choose them with `params`.
+    tests/monitors/test_detectors.py). ADWIN needs a history: its bound grows with the variance of
+    the whole window (both regimes) and counts each side's values minus ``min_window_length``, so
+    after only 7 batches a tripling of the MAE went unseen for 8 more batches; after 30, it was found
+    at once (tests/assets/test_self_healing.py). Page-Hinkley's ``threshold`` and ``delta`` stay in
+    the series' own units: choose them with `params`.
     """
     values = np.asarray(series, dtype=np.float64)
     if detector == "adwin":
