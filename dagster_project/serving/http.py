@@ -1,6 +1,7 @@
 """The scorer's HTTP server: uvicorn in a thread of the scorer process, serving `api.build_app`.
 
 In the same process as the Kafka loop, so both use the one hot-swapped model (`ChampionWatcher.current`).
+The two inference routes are answered by `fastpath.FastInference` in front of the Starlette app.
 The listening socket is bound in the constructor, so a busy port fails at once with the address
 in the message, and port 0 is resolved before anyone asks for the URL. uvicorn caps concurrent
 connections (`limit_concurrency`: 503 beyond it) and closes idle keep-alive connections after
@@ -18,6 +19,7 @@ import uvicorn
 
 from dagster_project.serving.api import ScoringContext, build_app
 from dagster_project.serving.champion import ChampionWatcher
+from dagster_project.serving.fastpath import FastInference
 from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import ScorerHealth
 from dagster_project.serving.kserve import kserve_routes
@@ -60,7 +62,7 @@ class ScorerHTTPServer:
         self.limits = HttpLimits(max_body_bytes, max_rows, body_timeout_s, max_connections, keep_alive_s)
         health = health or ScorerHealth(spec.name, watcher)
         context = ScoringContext(spec, watcher, metrics, health, BearerToken(token), self.limits, features)
-        self.app = build_app(context, kserve_routes(context))
+        self.app = FastInference(build_app(context, kserve_routes(context)), context)
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.create_server((host, port), family=family, backlog=2048)
