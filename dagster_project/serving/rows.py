@@ -86,7 +86,7 @@ class _BulkPlan:
             return None
         try:
             X = np.array(picked, dtype=np.float64)
-        except OverflowError:  # an integer beyond float64: the per-value path names it
+        except OverflowError:  # an integer beyond float64 (orjson never makes one): the per-value path decides
             return None
         if not (np.abs(X) <= MAGNITUDE_LIMIT).all():  # also false for NaN and infinities
             return None
