@@ -10,7 +10,9 @@ deadlines, so the baseline is if anything flattered). `uvicorn` is the scorer's 
 (every request through Starlette), so the fast path's own gain is read in the same run. The load
 comes from `wrk` (Debian package `wrk`; C, keep-alive connections, latency percentiles) in its own
 process, POSTing a 1-row and a 100-row body from C concurrent connections for D seconds per cell; the
-servers take turns per round (reversed every other round) so a noisy moment hits all. wrk needs a
+servers take turns per round (reversed every other round) so a noisy moment hits all. `ceiling` is
+the same uvicorn configuration serving a bare ASGI app that reads the body and sends the scorer's
+real answer back unchanged: what the HTTP server alone allows on this machine. wrk needs a
 core of its own to saturate a server: `--pin` runs it on CPU 0 and this process (every server) on
 CPU 1, the same for all servers. Reported per cell: requests/s, p50/p99 latency, non-2xx answers
 and socket errors (must be 0), and the ratios to the baseline.
@@ -25,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +132,27 @@ class StdlibScorerServer:
         self._server.server_close()
 
 
+class FixedAnswer:
+    """The ceiling: a bare ASGI app that reads the body and sends a fixed answer, no checks, no scoring."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.headers = [(b"content-length", str(len(answer)).encode()), (b"content-type", b"application/json")]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.answer})
+
+
+def ceiling_server(spec: Any, watcher: ChampionWatcher, metrics: ScorerMetrics, answer: bytes) -> ScorerHTTPServer:
+    """The scorer's server with its uvicorn configuration (httptools, uvloop, limits) but `FixedAnswer` as the app."""
+    server = ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics)
+    server._server.config.app = FixedAnswer(answer)  # loaded when uvicorn starts; everything else unchanged
+    return server
+
+
 def _ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * _UNIT_MS[unit]
@@ -168,7 +192,7 @@ def run_wrk(
     return parse_wrk(done.stdout)
 
 
-SERVERS = ("stdlib", "starlette", "uvicorn")  # table order: the baseline first
+SERVERS = ("stdlib", "starlette", "uvicorn", "ceiling")  # table order: the baseline first
 WRK_CPU, SERVER_CPU = 0, 1
 
 
@@ -195,12 +219,14 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
             "starlette": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics, fast_path=False).start(),
             "uvicorn": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics).start(),
         }
+        answers = {n: _answer(servers["uvicorn"].url, orjson.dumps({"rows": rows[:n]})) for n in ROWS_PER_REQUEST}
         if pin:
             pin_this_process(SERVER_CPU)
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
         try:
             for n in ROWS_PER_REQUEST:
                 body = orjson.dumps({"rows": rows[:n]})
+                servers["ceiling"] = ceiling_server(spec, watcher, metrics, answers[n]).start()  # pinned: inherits
                 cells[str(n)] = {name: [] for name in servers}
                 for r in range(rounds):
                     order = list(servers) if r % 2 == 0 else list(reversed(servers))
@@ -210,6 +236,7 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
                             servers[name].url, body, connections, seconds, workdir, WRK_CPU if pin else None
                         )
                         cells[str(n)][name].append(figures)
+                servers.pop("ceiling").stop()
         finally:
             for server in servers.values():
                 server.stop()
@@ -238,6 +265,13 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
         }
     result["machine"] = machine_info()  # its load average is the one at the end of the run
     return result
+
+
+def _answer(url: str, body: bytes) -> bytes:
+    """The scorer's real answer to `body`, for the ceiling to send back (same bytes on the wire)."""
+    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read()
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_every_server_answers_every_request_with_predictions(monkeypatch):
     monkeypatch.setattr(http_api, "ROWS_PER_REQUEST", (1,))
     result = http_api.run(quick=True, connections=2)
     cell = result["cells"]["1"]
-    for server in ("stdlib", "starlette", "uvicorn"):
+    for server in ("stdlib", "starlette", "uvicorn", "ceiling"):
         assert cell[server]["requests_per_s"] > 0 and cell[server]["errors"] == 0, (server, cell[server])
-    assert set(cell["ratios"]) == {"starlette", "uvicorn"} and cell["ratios"]["uvicorn"]["rps"] > 0
-    assert len(http_api.table(result)) == 2 + 3
+    assert set(cell["ratios"]) == {"starlette", "uvicorn", "ceiling"} and cell["ratios"]["uvicorn"]["rps"] > 0
+    assert len(http_api.table(result)) == 2 + 4
