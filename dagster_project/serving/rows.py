@@ -60,6 +60,7 @@ def validate_rows(spec: StreamSpec, body: Any, max_rows: int) -> np.ndarray:
 
 
 _NUMBER_TYPES = frozenset((int, float))  # bool is neither: True must not pass as 1
+SMALL_REQUEST_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class _BulkPlan:
             picked = [(value,) for value in picked]
         if any(len(row) != width for row in rows):  # an unknown (or context) key: the per-value path decides
             return None
+        if len(picked) <= SMALL_REQUEST_ROWS:  # numpy's fixed cost per call exceeds a few rows' Python checks
+            if not self._numbers_pass(picked):
+                return None
+            return np.array(picked, dtype=np.float64).astype(np.float32)
         if not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(picked))):
             return None
         try:
@@ -97,6 +102,17 @@ class _BulkPlan:
             if ((X[:, j] != 0) & (X[:, j] != 1)).any():
                 return None
         return X.astype(np.float32)
+
+    def _numbers_pass(self, picked: list[Any]) -> bool:
+        """The same number rules as the matrix checks, value by value in Python."""
+        limit = MAGNITUDE_LIMIT
+        for value in chain.from_iterable(picked):
+            if type(value) not in _NUMBER_TYPES or not -limit <= value <= limit:  # NaN fails the comparison
+                return False
+        for j in self.int_columns:
+            if any(type(row[j]) is float and not row[j].is_integer() for row in picked):
+                return False
+        return all(row[j] in (0, 1) for j in self.bool_columns for row in picked)
 
 
 _PLANS: dict[int, tuple[StreamSpec, _BulkPlan | None]] = {}  # by id(spec); the spec is kept so the id stays its own

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dagster_project.serving import rows as rows_module
 from dagster_project.serving.limits import RequestError
-from dagster_project.serving.rows import _check_each_value, validate_rows
+from dagster_project.serving.rows import SMALL_REQUEST_ROWS, _check_each_value, validate_rows
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
 
@@ -81,7 +81,9 @@ def assert_same(spec: StreamSpec, rows: list[Any]) -> str:
     ],
 )
 def test_bulk_and_per_value_checks_agree(spec: StreamSpec, rows: list[Any], kind: str) -> None:
-    assert assert_same(spec, rows) == kind
+    assert assert_same(spec, rows) == kind  # a few rows: the Python number checks
+    padding = [GOOD if spec is MIXED else {"only": 0.0}] * SMALL_REQUEST_ROWS
+    assert assert_same(spec, padding + rows) == kind  # more rows: the matrix checks
 
 
 values = (
