@@ -296,6 +296,23 @@ def table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def bounds(result: dict[str, Any]) -> list[str]:
+    """Per cell, what the ceiling says: us per request in uvicorn itself and in the rest (the scorer's work
+    and the fast path), and the most any server could reach vs stdlib if its HTTP layer cost nothing
+    (stdlib's us per request / the rest's). Requests/s read as time per request: exact only when the
+    server saturates its core (`--pin`)."""
+    lines = []
+    for n, cell in result["cells"].items():
+        us = {name: 1e6 / cell[name]["requests_per_s"] for name in SERVERS}
+        rest = us["uvicorn"] - us["ceiling"]
+        best = us["stdlib"] / rest if rest > 0 else float("inf")
+        lines.append(
+            f"{n}-row: stdlib {us['stdlib']:.0f} us/request, uvicorn {us['uvicorn']:.0f} = HTTP server "
+            f"{us['ceiling']:.0f} (ceiling) + the rest {rest:.0f}; with a free HTTP layer at most {best:.2f}x stdlib"
+        )
+    return lines
+
+
 if __name__ == "__main__":
     import sys
 
@@ -307,4 +324,5 @@ if __name__ == "__main__":
         f"{where}"
     )
     print("\n".join(table(figures)))
+    print("\n".join(bounds(figures)))
     print(f"machine load average: {load}")

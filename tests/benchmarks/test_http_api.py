@@ -45,3 +45,5 @@ def test_every_server_answers_every_request_with_predictions(monkeypatch):
         assert cell[server]["requests_per_s"] > 0 and cell[server]["errors"] == 0, (server, cell[server])
     assert set(cell["ratios"]) == {"starlette", "uvicorn", "ceiling"} and cell["ratios"]["uvicorn"]["rps"] > 0
     assert len(http_api.table(result)) == 2 + 4
+    (line,) = http_api.bounds(result)
+    assert line.startswith("1-row: stdlib ") and "at most" in line
