@@ -16,7 +16,9 @@
 With a token configured, inference (`POST /predict`, `POST /v2/models/<stream>/infer`) needs
 `Authorization: Bearer <token>`; probes, metadata and metrics stay open for orchestrators and scrapers.
 Handlers run on uvicorn's event loop; parsing and scoring of large bodies move to a worker thread
-so one 10,000-row request does not stall the probes.
+so one 10,000-row request does not stall the probes. In the scorer, `fastpath.FastInference` answers
+the two inference routes before Starlette with this module's functions (`predict_answer`,
+`ScoringContext.answer_json`), so both paths give the same answers.
 """
 
 from __future__ import annotations
