@@ -1,25 +1,33 @@
-"""The scorer's HTTP API: uvicorn + Starlette (today's server) vs the standard library's server.
+"""The scorer's HTTP API: uvicorn with its fast path (today's server) and without it vs the standard library's server.
 
-`python -m benchmarks.http_api [--full]`. Both servers run in this process, each in a thread
+`python -m benchmarks.http_api [--full] [--pin]`. The servers run in this process, each in a thread
 (as the scorer runs its API beside the Kafka loop), and serve the same trained champion through
 the same `ChampionWatcher`, row validation (`serving.rows.validate_rows`), scoring context and
 metrics; the baseline is `http.server.ThreadingHTTPServer` with a `/predict` handler doing exactly
 that (the architecture the scorer had before it moved to uvicorn, without its body limits and
-deadlines, so the baseline is if anything flattered). The load comes from `wrk` (Debian package
-`wrk`; C, keep-alive connections, latency percentiles) in its own process, POSTing a 1-row and a
-100-row body from C concurrent connections for D seconds per cell; the two servers alternate per
-round so a noisy moment hits both. Reported per cell: requests/s, p50/p99 latency, non-2xx answers
-and socket errors (must be 0), and the ratios uvicorn / baseline.
+deadlines, so the baseline is if anything flattered). `uvicorn` is the scorer's server as it ships
+(`fastpath.FastInference` answers `/predict`), `starlette` the same server with the fast path off
+(every request through Starlette), so the fast path's own gain is read in the same run. The load
+comes from `wrk` (Debian package `wrk`; C, keep-alive connections, latency percentiles) in its own
+process, POSTing a 1-row and a 100-row body from C concurrent connections for D seconds per cell; the
+servers take turns per round (reversed every other round) so a noisy moment hits all. `ceiling` is
+the same uvicorn configuration serving a bare ASGI app that reads the body and sends the scorer's
+real answer back unchanged: what the HTTP server alone allows on this machine. wrk needs a
+core of its own to saturate a server: `--pin` runs it on CPU 0 and this process (every server) on
+CPU 1, the same for all servers. Reported per cell: requests/s, p50/p99 latency, non-2xx answers
+and socket errors (must be 0), and the ratios to the baseline.
 """
 
 from __future__ import annotations
 
 import http.server
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +132,27 @@ class StdlibScorerServer:
         self._server.server_close()
 
 
+class FixedAnswer:
+    """The ceiling: a bare ASGI app that reads the body and sends a fixed answer, no checks, no scoring."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.headers = [(b"content-length", str(len(answer)).encode()), (b"content-type", b"application/json")]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.answer})
+
+
+def ceiling_server(spec: Any, watcher: ChampionWatcher, metrics: ScorerMetrics, answer: bytes) -> ScorerHTTPServer:
+    """The scorer's server with its uvicorn configuration (httptools, uvloop, limits) but `FixedAnswer` as the app."""
+    server = ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics)
+    server._server.config.app = FixedAnswer(answer)  # loaded when uvicorn starts; everything else unchanged
+    return server
+
+
 def _ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * _UNIT_MS[unit]
@@ -147,53 +176,102 @@ def parse_wrk(output: str) -> dict[str, Any]:
     }
 
 
-def run_wrk(url: str, body: bytes, connections: int, seconds: float, workdir: Path) -> dict[str, Any]:
+def run_wrk(
+    url: str, body: bytes, connections: int, seconds: float, workdir: Path, cpu: int | None = None
+) -> dict[str, Any]:
     script = workdir / f"post_{len(body)}.lua"
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = {orjson.dumps(body.decode()).decode()}\n"
     )
-    command = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", str(script)]
+    pinned = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    command = [*pinned, "wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s", str(script)]
     done = subprocess.run([*command, f"{url}/predict"], capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
     return parse_wrk(done.stdout)
 
 
-def run(quick: bool = True, connections: int = 8) -> dict[str, Any]:
+SERVERS = ("stdlib", "starlette", "uvicorn", "ceiling")  # table order: the baseline first
+WRK_CPU, SERVER_CPU = 0, 1
+
+
+def pin_this_process(cpu: int) -> None:
+    """Every thread of this process on `cpu`; threads started later inherit it from their creator."""
+    if (os.cpu_count() or 1) < 2:
+        raise RuntimeError("--pin needs 2 CPUs (one for wrk, one for the servers); run without it")
+    for task in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(task), {cpu})
+
+
+def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise RuntimeError(WRK_MISSING)
+    if pin and shutil.which("taskset") is None:
+        raise RuntimeError("--pin needs taskset (Debian package util-linux)")
     seconds, rounds = (3.0, 1) if quick else (10.0, 3)
+    before = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="streamfit-http-bench-") as tmp:
         workdir = Path(tmp)
         spec, watcher, metrics, rows = trained_watcher(workdir / "registry")
         servers = {
-            "uvicorn": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics).start(),
             "stdlib": StdlibScorerServer(spec, watcher, metrics).start(),
+            "starlette": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics, fast_path=False).start(),
+            "uvicorn": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics).start(),
         }
+        answers = {n: _answer(servers["uvicorn"].url, orjson.dumps({"rows": rows[:n]})) for n in ROWS_PER_REQUEST}
+        if pin:
+            pin_this_process(SERVER_CPU)
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
         try:
             for n in ROWS_PER_REQUEST:
                 body = orjson.dumps({"rows": rows[:n]})
+                servers["ceiling"] = ceiling_server(spec, watcher, metrics, answers[n]).start()  # pinned: inherits
                 cells[str(n)] = {name: [] for name in servers}
                 for r in range(rounds):
                     order = list(servers) if r % 2 == 0 else list(reversed(servers))
                     for name in order:
                         progress(f"http: {name}, {n}-row requests, {connections} connections, {seconds:g}s")
-                        cells[str(n)][name].append(run_wrk(servers[name].url, body, connections, seconds, workdir))
+                        figures = run_wrk(
+                            servers[name].url, body, connections, seconds, workdir, WRK_CPU if pin else None
+                        )
+                        cells[str(n)][name].append(figures)
+                servers.pop("ceiling").stop()
         finally:
             for server in servers.values():
                 server.stop()
-    result: dict[str, Any] = {"connections": connections, "seconds_per_cell": seconds, "rounds": rounds, "cells": {}}
+            if pin:
+                for task in os.listdir("/proc/self/task"):
+                    os.sched_setaffinity(int(task), before)
+    result: dict[str, Any] = {
+        "connections": connections,
+        "seconds_per_cell": seconds,
+        "rounds": rounds,
+        "pinned": pin,
+        "cells": {},
+    }
     for n, by_server in cells.items():
         med = {name: _median(runs) for name, runs in by_server.items()}
+        base = med["stdlib"]
         result["cells"][n] = {
             **med,
-            "rps_ratio": med["uvicorn"]["requests_per_s"] / med["stdlib"]["requests_per_s"],
-            "p99_ratio": med["uvicorn"]["p99"] / med["stdlib"]["p99"],
+            "ratios": {
+                name: {
+                    "rps": med[name]["requests_per_s"] / base["requests_per_s"],
+                    "p99": med[name]["p99"] / base["p99"],
+                }
+                for name in SERVERS[1:]
+            },
         }
     result["machine"] = machine_info()  # its load average is the one at the end of the run
     return result
+
+
+def _answer(url: str, body: bytes) -> bytes:
+    """The scorer's real answer to `body`, for the ceiling to send back (same bytes on the wire)."""
+    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read()
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,25 +283,46 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> list[str]:
     lines = [
-        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | uvicorn/stdlib requests/s | p99 ratio |",
+        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | requests/s vs stdlib | p99 vs stdlib |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for n, cell in result["cells"].items():
-        for name in ("stdlib", "uvicorn"):
+        for name in SERVERS:
             c = cell[name]
-            tail = f"{cell['rps_ratio']:.2f}x | {cell['p99_ratio']:.2f}" if name == "uvicorn" else "| "
+            ratio = cell["ratios"].get(name)
+            tail = f"{ratio['rps']:.2f}x | {ratio['p99']:.2f}" if ratio else "| "
             figures = f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['errors']}"
             lines.append(f"| {n} | {name} | {figures} | {tail} |")
+    return lines
+
+
+def bounds(result: dict[str, Any]) -> list[str]:
+    """Per cell, what the ceiling says: us per request in uvicorn itself and in the rest (the scorer's work
+    and the fast path), and the most any server could reach vs stdlib if its HTTP layer cost nothing
+    (stdlib's us per request / the rest's). Requests/s read as time per request: exact only when the
+    server saturates its core (`--pin`)."""
+    lines = []
+    for n, cell in result["cells"].items():
+        us = {name: 1e6 / cell[name]["requests_per_s"] for name in SERVERS}
+        rest = us["uvicorn"] - us["ceiling"]
+        best = us["stdlib"] / rest if rest > 0 else float("inf")
+        lines.append(
+            f"{n}-row: stdlib {us['stdlib']:.0f} us/request, uvicorn {us['uvicorn']:.0f} = HTTP server "
+            f"{us['ceiling']:.0f} (ceiling) + the rest {rest:.0f}; with a free HTTP layer at most {best:.2f}x stdlib"
+        )
     return lines
 
 
 if __name__ == "__main__":
     import sys
 
-    figures = run(quick="--full" not in sys.argv)
+    figures = run(quick="--full" not in sys.argv, pin="--pin" in sys.argv)
     load = figures["machine"].get("loadavg_at_start")
+    where = f"wrk on CPU {WRK_CPU}, servers on CPU {SERVER_CPU}" if figures["pinned"] else "not pinned"
     print(
-        f"{figures['connections']} connections, {figures['seconds_per_cell']:g}s per cell, {figures['rounds']} rounds"
+        f"{figures['connections']} connections, {figures['seconds_per_cell']:g}s per cell, {figures['rounds']} rounds, "
+        f"{where}"
     )
     print("\n".join(table(figures)))
+    print("\n".join(bounds(figures)))
     print(f"machine load average: {load}")

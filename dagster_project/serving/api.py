@@ -16,7 +16,9 @@
 With a token configured, inference (`POST /predict`, `POST /v2/models/<stream>/infer`) needs
 `Authorization: Bearer <token>`; probes, metadata and metrics stay open for orchestrators and scrapers.
 Handlers run on uvicorn's event loop; parsing and scoring of large bodies move to a worker thread
-so one 10,000-row request does not stall the probes.
+so one 10,000-row request does not stall the probes. In the scorer, `fastpath.FastInference` answers
+the two inference routes before Starlette with this module's functions (`predict_answer`,
+`ScoringContext.answer_json`), so both paths give the same answers.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dagster_project.ingest.categories import unseen_counts
+from dagster_project.ingest.categories import unseen_code, unseen_counts
 from dagster_project.serving.champion import ChampionWatcher, ServedModel
 from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import ScorerHealth
@@ -80,6 +82,9 @@ class ScoringContext:
         self.health = health
         self.token = token
         self.limits = limits
+        # version -> its (latency histogram, predictions counter) children: `labels()` costs as much as a row's check
+        self._per_version: dict[str, tuple[Any, Any]] = {}
+        self._counts_unseen = any(unseen_code(f) is not None for f in spec.features if f.type == "category")
 
     def served(self) -> ServedModel:
         """The model for this request (one snapshot for all of it), or 503."""
@@ -93,15 +98,30 @@ class ScoringContext:
     def score(self, served: ServedModel, X: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
         started = time.perf_counter()
         predictions, scores = served.score(X)
-        stream, version = self.spec.name, served.version
-        self.metrics.inference_latency.labels(stream, version, "http").observe(time.perf_counter() - started)
-        self.metrics.predictions.labels(stream, version, "http").inc(len(predictions))
-        self.metrics.count_unseen(unseen_counts(self.spec, X), "http")
+        latency, counter = self._version_metrics(served.version)
+        latency.observe(time.perf_counter() - started)
+        counter.inc(len(predictions))
+        if self._counts_unseen:
+            self.metrics.count_unseen(unseen_counts(self.spec, X), "http")
         return predictions, scores
+
+    def _version_metrics(self, version: str) -> tuple[Any, Any]:
+        found = self._per_version.get(version)
+        if found is None:
+            stream, metrics = self.spec.name, self.metrics
+            found = (
+                metrics.inference_latency.labels(stream, version, "http"),
+                metrics.predictions.labels(stream, version, "http"),
+            )
+            self._per_version[version] = found
+        return found
 
     async def read_json(self, request: Request, work: Callable[[Any], Response]) -> Response:
         """Read the body within the limits, parse it and hand it to `work` (in a thread when large)."""
-        raw = await read_body(request, self.limits)
+        return await self.answer_json(await read_body(request, self.limits), work)
+
+    async def answer_json(self, raw: bytes, work: Callable[[Any], Response]) -> Response:
+        """Parse a body read within the limits and hand it to `work` (in a thread when large)."""
 
         def run() -> Response:
             try:
@@ -111,6 +131,20 @@ class ScoringContext:
             return work(body)
 
         return run() if len(raw) <= INLINE_BODY_BYTES else await run_in_threadpool(run)
+
+
+def predict_answer(ctx: ScoringContext, body: Any) -> Response:
+    """`POST /predict` once its body is parsed: the rows checked, scored by one snapshot of the champion."""
+    X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
+    served = ctx.served()
+    if ctx.features is not None:  # derived features from the live state, left unchanged
+        X = ctx.features.append_to(served.version, body["rows"], X)
+    predictions, scores = ctx.score(served, X)
+    if scores is None:
+        out = [{"prediction": p, "probabilities": None} for p in predictions]
+    else:
+        out = [{"prediction": p, "probabilities": s} for p, s in zip(predictions, scores, strict=True)]
+    return json_response(200, {"model_version": served.version, "predictions": out})
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -140,22 +174,12 @@ def _client(request: Request) -> str:
 def core_routes(ctx: ScoringContext) -> list[Route]:
     """`/predict`, `/healthz`, `/livez`, `/readyz`, `/metrics`."""
 
+    def work(body: Any) -> Response:
+        return predict_answer(ctx, body)
+
     @answering_errors
     async def predict(request: Request) -> Response:
         ctx.token.check(request)
-
-        def work(body: Any) -> Response:
-            X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
-            served = ctx.served()
-            if ctx.features is not None:  # derived features from the live state, left unchanged
-                X = ctx.features.append_to(served.version, body["rows"], X)
-            predictions, scores = ctx.score(served, X)
-            if scores is None:
-                out = [{"prediction": p, "probabilities": None} for p in predictions]
-            else:
-                out = [{"prediction": p, "probabilities": s} for p, s in zip(predictions, scores, strict=True)]
-            return json_response(200, {"model_version": served.version, "predictions": out})
-
         return await ctx.read_json(request, work)
 
     async def healthz(request: Request) -> Response:
@@ -197,9 +221,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response(exc.status_code, {"error": message}, dict(exc.headers or {}))
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
+def internal_error_response(exc: Exception) -> Response:
     """A bug, not the client's fault: JSON like every other error (uvicorn still logs the traceback)."""
     return json_response(500, {"error": f"internal error ({type(exc).__name__}); see the scorer's log"})
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return internal_error_response(exc)
 
 
 class CountRequests:

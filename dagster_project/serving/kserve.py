@@ -178,6 +178,22 @@ def infer_response(
     return answer
 
 
+def infer_answer(ctx: ScoringContext, body: Any, version: str | None = None) -> Response:
+    """`POST /v2/models/<stream>[/versions/<version>]/infer` once its body is parsed and the model checked."""
+    spec = ctx.spec
+    X, wanted = parse_infer_request(spec, body, ctx.limits.max_rows)
+    served = ctx.served()
+    if version not in (None, served.version):  # swapped since check_model
+        raise RequestError(404, f"version {version!r} is no longer served")
+    predictions, scores = ctx.score(served, X)
+    return json_response(200, infer_response(spec, served.version, predictions, scores, wanted, body.get("id")))
+
+
+def infer_path(spec: StreamSpec) -> str:
+    """The unversioned inference path of the stream's model (the one standard clients call)."""
+    return f"/v2/models/{spec.name}/infer"
+
+
 def kserve_routes(ctx: ScoringContext) -> list[Route]:
     spec = ctx.spec
 
@@ -229,17 +245,8 @@ def kserve_routes(ctx: ScoringContext) -> list[Route]:
     async def infer(request: Request) -> Response:
         ctx.token.check(request)
         check_model(request)
-
-        def work(body: Any) -> Response:
-            X, wanted = parse_infer_request(spec, body, ctx.limits.max_rows)
-            served = ctx.served()
-            if request.path_params.get("version") not in (None, served.version):  # swapped since check_model
-                raise RequestError(404, f"version {request.path_params['version']!r} is no longer served")
-            predictions, scores = ctx.score(served, X)
-            request_id = body.get("id")
-            return json_response(200, infer_response(spec, served.version, predictions, scores, wanted, request_id))
-
-        return await ctx.read_json(request, work)
+        version = request.path_params.get("version")
+        return await ctx.read_json(request, lambda body: infer_answer(ctx, body, version))
 
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"

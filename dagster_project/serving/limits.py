@@ -13,7 +13,8 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
+from starlette.types import Receive
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_ROWS = 10_000
@@ -60,7 +61,11 @@ class HttpLimits:
 
 async def read_body(request: Request, limits: HttpLimits) -> bytes:
     """The whole body, which must declare its length, fit `max_body_bytes` and arrive within `body_timeout_s`."""
-    header = request.headers.get("content-length")
+    return await receive_body(request.receive, request.headers.get("content-length"), limits)
+
+
+def declared_length(header: str | None, limits: HttpLimits) -> int:
+    """The body length the request declares (`Content-Length`), within `max_body_bytes`."""
     if header is None:
         raise RequestError(411, "Content-Length is required (chunked bodies are not accepted)", close=True)
     try:
@@ -73,22 +78,35 @@ async def read_body(request: Request, limits: HttpLimits) -> bytes:
         raise RequestError(
             413, f"body of {length} bytes exceeds the limit of {limits.max_body_bytes} bytes", close=True
         )
+    return length
+
+
+async def receive_body(receive: Receive, content_length: str | None, limits: HttpLimits) -> bytes:
+    """The body from ASGI `receive`, checked by `declared_length` and received within `body_timeout_s`.
+
+    Shared by the Starlette routes and the raw ASGI fast path, so both keep the same limits and errors.
+    """
+    length = declared_length(content_length, limits)
     chunks: list[bytes] = []
     received = 0
     try:
         async with asyncio.timeout(limits.body_timeout_s):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone(f"disconnected after {received} of {length} body bytes")
+                chunk = message.get("body", b"")
                 chunks.append(chunk)
                 received += len(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise RequestError(
             408,
             f"the body did not arrive within {limits.body_timeout_s:g} s ({received} of {length} bytes received)",
             close=True,
         ) from None
-    except ClientDisconnect:
-        raise ClientGone(f"disconnected after {received} of {length} body bytes") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class BearerToken:
@@ -102,9 +120,13 @@ class BearerToken:
         return self._token is not None
 
     def check(self, request: Request) -> None:
+        self.check_header(request.headers.get("authorization", ""))
+
+    def check_header(self, authorization: str) -> None:
+        """Refuse (401) unless `authorization` is `Bearer <token>`; anything goes without a token."""
         if self._token is None:
             return
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
             raise RequestError(
                 401,

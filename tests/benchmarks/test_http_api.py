@@ -36,11 +36,14 @@ def test_a_report_without_a_rate_is_an_error_not_a_zero():
         http_api.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
 
 
-def test_both_servers_answer_every_request_with_predictions(monkeypatch):
+def test_every_server_answers_every_request_with_predictions(monkeypatch):
     system_binary(("wrk",), "wrk")
     monkeypatch.setattr(http_api, "ROWS_PER_REQUEST", (1,))
     result = http_api.run(quick=True, connections=2)
     cell = result["cells"]["1"]
-    for server in ("stdlib", "uvicorn"):
+    for server in ("stdlib", "starlette", "uvicorn", "ceiling"):
         assert cell[server]["requests_per_s"] > 0 and cell[server]["errors"] == 0, (server, cell[server])
-    assert cell["rps_ratio"] > 0 and len(http_api.table(result)) == 2 + 2
+    assert set(cell["ratios"]) == {"starlette", "uvicorn", "ceiling"} and cell["ratios"]["uvicorn"]["rps"] > 0
+    assert len(http_api.table(result)) == 2 + 4
+    (line,) = http_api.bounds(result)
+    assert line.startswith("1-row: stdlib ") and "at most" in line
