@@ -70,7 +70,8 @@ def test_a_bad_champion_promoted_by_hand_is_rolled_back_once(kafka_bootstrap, ka
     p = check["test"]["p_value"]  # the paired test recorded with the check: v1 (A) better than v2
     assert check["test"]["test"] == "DeLong" and check["test"]["rows"] == check["rows"] and p < 1e-6
     assert json.loads(config["evidence"])["comparison"]["p_value"] == p
-    assert any(f"(DeLong p={p:.1e} < 0.0304 at look 1 of 0.05 spent over looks)" in reason for reason in config["reasons"]), config["reasons"]
+    tested = f"(DeLong p={p:.1e} < 0.0304 at look 1 of 0.05 spent over looks)"
+    assert any(tested in reason for reason in config["reasons"]), config["reasons"]
     assert _execute(defs, request, instance).success
     assert registry.champion(spec.name) == "v1"
     assert registry.champion_history(spec.name)[-1]["reason"].startswith("rollback:")
