@@ -24,13 +24,16 @@ def predicted_classes(model: Any, X: np.ndarray, scores: np.ndarray) -> np.ndarr
     classes = getattr(model, "classes_", None)
     if classes is None:  # a wrapper (candidate set, windowed model): fitted on class indices 0..k-1
         classes = np.arange(scores.shape[1])
-    predicted = np.asarray(classes)[np.argmax(scores, axis=1)]
-    if len(scores) == 0:
-        return predicted
-    if scores.shape[1] > 1:
+    if scores.shape[1] == 2:  # binary: two column comparisons (np.partition per row costs as much as predict)
+        first, second = scores[:, 0], scores[:, 1]
+        predicted = np.asarray(classes)[(second > first).astype(np.intp)]
+        ambiguous = (first == second) | ~(np.isfinite(first) & np.isfinite(second))
+    elif scores.shape[1] > 2:
+        predicted = np.asarray(classes)[np.argmax(scores, axis=1)]
         top_two = np.partition(scores, scores.shape[1] - 2, axis=1)[:, -2:]
         ambiguous = (top_two[:, 0] == top_two[:, 1]) | ~np.isfinite(top_two).all(axis=1)
     else:
+        predicted = np.asarray(classes)[np.zeros(len(scores), dtype=np.intp)]
         ambiguous = ~np.isfinite(scores[:, 0])
     if ambiguous.any():
         rows = np.flatnonzero(ambiguous)

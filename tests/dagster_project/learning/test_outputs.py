@@ -52,6 +52,17 @@ def test_tied_scores_are_decided_by_predict() -> None:
     np.testing.assert_array_equal(predicted_classes(model, X, proba), model.predict(X))
 
 
+def test_a_binary_tie_is_decided_by_predict() -> None:
+    """A decision of 1e-20 is class 1 for `predict`, but both probabilities round to exactly 0.5."""
+    model = SGDClassifier(loss="log_loss").fit(np.eye(4), [0, 1, 0, 1])
+    model.coef_[:] = 0.0
+    model.intercept_[:] = 1e-20
+    X = np.zeros((3, 4))
+    proba = model.predict_proba(X)
+    assert (proba == 0.5).all() and (model.predict(X) == 1).all()
+    np.testing.assert_array_equal(predicted_classes(model, X, proba), [1, 1, 1])
+
+
 def test_scores_of_the_wrong_shape_are_refused() -> None:
     model = SGDClassifier(loss="log_loss").fit(np.eye(4), [0, 1, 0, 1])
     with pytest.raises(ValueError, match="scores must have shape"):
