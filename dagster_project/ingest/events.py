@@ -8,15 +8,16 @@ reason and where the message came from; it never stops a batch.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
 from dagster_project.ingest.categories import NULL_CODE, CategoryError, category_code, fast_coder, unseen_code
+from dagster_project.ingest.event_schema import event_decoder, fits_64_bits
 from dagster_project.spec import FeatureSpec, StreamSpec
 
 # The largest magnitude a feature or regression label may have. The served ONNX model computes in
@@ -100,7 +101,7 @@ class EventParser:
         # Raw label -> class index for the fast path. Bools are left out on purpose: as dict keys
         # True == 1, and a bool label must match only a bool class (the slow path's label_key).
         self._fast_labels = {c: i for i, c in enumerate(classes) if type(c) in _LABEL_TYPES}
-        self._pick_features = operator.itemgetter(*self._names)
+        self._decoder = event_decoder(spec)
         self._int_columns = [j for j, f in enumerate(spec.features) if f.type == "int"]
         self._bool_columns = [j for j, f in enumerate(spec.features) if f.type == "bool"]
         # Category columns: (position, name, value -> code or None, the unseen code or None).
@@ -110,21 +111,20 @@ class EventParser:
         self._unseen_codes = [(f, unseen_code(f)) for f in spec.features if f.type == "category" and f.categories]
 
     def parse_many(self, values: Sequence[bytes | None]) -> ParsedBatch:
-        """Parse a whole poll batch: the same result as `parse` per message, 2-3x faster.
+        """Parse a whole poll batch: the same result as `parse` per message, several times faster.
 
-        Messages whose fields are plain numbers (and category values of their feature's type, turned
-        into codes by `categories.fast_coder`) take a fast path (one membership test per row,
-        then the per-column rules on the numpy matrix at once); anything else (nulls, bools,
-        wrong types, malformed JSON, rows a column rule refuses) goes through `parse`, which
-        gives the exact reason. The fast path never accepts a message `parse` would refuse.
+        Messages are decoded straight into the spec's typed struct (`event_schema`): plain numbers,
+        and category values of their feature's type, turned into codes by `categories.fast_coder`;
+        then the per-column rules run on the numpy matrix at once. Anything else (nulls, bools,
+        wrong types, malformed JSON, rows a column rule refuses) goes through `parse`, which gives
+        the exact reason. The fast path never accepts a message `parse` would refuse.
         """
-        loads = orjson.loads
-        pick = self._pick_features
+        decode = self._decoder.decode
+        astuple = msgspec.structs.astuple
         width = len(self._names)
-        number_types = _NUMBER_TYPES
         classification = self.spec.task == "classification"
         fast_labels = self._fast_labels
-        label_types = _LABEL_TYPES
+        fits = fits_64_bits
         rows: list[Any] = []
         labels: list[float] = []
         ids: list[str] = []
@@ -134,15 +134,11 @@ class EventParser:
         unseen: list[tuple[int, str, Any]] = []
         for i, raw in enumerate(values):
             try:
-                event = loads(raw)
-                features = event["features"]
-                row = pick(features)
-                if width == 1:
-                    row = (row,)
-                event_id = event["id"]
-            except Exception:  # any shape problem: `parse` names it
+                event = decode(raw)
+            except Exception:  # any type or shape problem (or no value): `parse` names it
                 slow.append(i)
                 continue
+            row = astuple(event.features)
             row_unseen = None
             if coders:
                 encoded = self._encode(row)
@@ -150,34 +146,31 @@ class EventParser:
                     slow.append(i)
                     continue
                 row, row_unseen = encoded
-            id_type = type(event_id)
-            ts = event.get("ts")
-            label = event.get("label")
-            if (
-                len(features) != width
-                or not number_types.issuperset(map(type, row))
-                or not ((id_type is str and event_id) or id_type is int)
-                or (ts is not None and type(ts) not in number_types)
-            ):
-                slow.append(i)
-                continue
-            if label is None:
-                target = math.nan
-            elif classification:
-                target = fast_labels.get(label) if type(label) in label_types else None
-                if target is None:
+            event_id = event.id
+            if type(event_id) is str:
+                if not event_id:
                     slow.append(i)
                     continue
-            elif type(label) in number_types:
-                target = label
+            elif fits(event_id):
+                event_id = str(event_id)
             else:
                 slow.append(i)
                 continue
+            label = event.label
+            if label is None:
+                target = math.nan
+            elif classification:
+                target = fast_labels.get(label)
+                if target is None:
+                    slow.append(i)
+                    continue
+            else:
+                target = label
             if row_unseen:
                 unseen.extend((i, name, value) for name, value in row_unseen)
             rows.append(row)
             labels.append(target)
-            ids.append(event_id if id_type is str else str(event_id))
+            ids.append(event_id)
             index.append(i)
         X = np.asarray(rows, dtype=np.float64).reshape(-1, width)
         y = np.asarray(labels, dtype=np.float64)
@@ -205,7 +198,7 @@ class EventParser:
         unseen: list[tuple[str, Any]] = []
         for j, name, coder, unseen_at in self._category_coders:
             value = encoded[j]
-            code = coder(value)
+            code = coder(value) if type(value) is not int or fits_64_bits(value) else None  # orjson: a float
             if code is None:
                 return None
             encoded[j] = code

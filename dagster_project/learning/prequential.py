@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline
 from dagster_project.learning import scale_out
 from dagster_project.learning.estimators import build_model, partial_fit
 from dagster_project.learning.metrics import binary_roc_auc, log_loss
+from dagster_project.learning.outputs import predicted_classes
 from dagster_project.learning.scale_out import ScaleOutReport
 from dagster_project.spec import StreamSpec
 
@@ -145,13 +146,14 @@ def _score_classifier(
     model: Pipeline, X: np.ndarray, y: np.ndarray, classes: np.ndarray
 ) -> tuple[BatchMetrics, np.ndarray]:
     """Accuracy, binary ROC AUC and log loss of the current model on a batch."""
-    predicted = model.predict(X)
     proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
     binary = len(classes) == 2
     if proba is not None:
         scores = proba[:, 1] if binary else proba
+        predicted = predicted_classes(model, X, proba)  # one pass through the model, not two
     else:
         scores = model.decision_function(X)  # 1-D for binary: positive-class margin
+        predicted = model.predict(X)
     roc_auc = None
     if binary and len(np.unique(y)) == 2:
         roc_auc = binary_roc_auc(y, scores)

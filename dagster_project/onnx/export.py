@@ -15,6 +15,7 @@ from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 
 from dagster_project.learning.estimators import is_fitted
+from dagster_project.learning.outputs import predicted_classes
 
 # Highest ONNX opset an export may use: within skl2onnx 1.20's tested range (<= 22) and loadable by
 # onnxruntime >= 1.18, so serving hosts may run an older runtime than the trainer. convert_sklearn
@@ -217,7 +218,9 @@ def check_parity(model: Pipeline, onnx_bytes: bytes, X: np.ndarray, atol: float,
             got = None if prediction.scores is None else prediction.scores.shape
             reason = f"ONNX scores have shape {got}, sklearn's {sk.shape}"
             return ParityResult(False, float("nan"), 0, len(X), atol, rtol, reason)
-        return compare_outputs(sk, prediction.scores, model.predict(X), prediction.labels, atol, rtol)
+        # sklearn's labels from the scores above: predict() would score every row a second time
+        labels = predicted_classes(model, X, sk)
+        return compare_outputs(sk, prediction.scores, labels, prediction.labels, atol, rtol)
     if prediction.values is None:
         return ParityResult(False, float("nan"), 0, len(X), atol, rtol, "ONNX model is a classifier")
     return compare_outputs(sk, prediction.values, None, None, atol, rtol)

@@ -202,6 +202,11 @@ def _corpus() -> list[bytes | None]:
         event(features={"n": None}),
         event(ts=DROP),
         event(label=1.0),
+        event(id=2**64 - 1),  # orjson's integer range ends here; both ends are ids
+        event(id=-(2**63)),
+        b'{"id": "dup", "id": "e2", "features": {"f": 1, "i": 2, "i": 3, "b": 1, "n": 1}, "label": 0}',  # last wins
+        b'{"id": "e3", "features": {"f": 1, "i": 2, "b": 1, "n": 1}, "features": {"f": 2, "i": 2, "b": 0, "n": 1}}',
+        event(extra={"nested": [1, {"x": None}]}),  # unknown top-level fields are ignored
     ]
     bad = [
         None,
@@ -232,6 +237,15 @@ def _corpus() -> list[bytes | None]:
         event(label="1"),
         event(label=True),
         event(label=[1]),
+        b'{"id": 100000000000000000000000, "features": {"f": 1, "i": 2, "b": 1, "n": 1}}',  # a float in orjson
+        b'{"id": 18446744073709551616, "features": {"f": 1, "i": 2, "b": 1, "n": 1}}',  # one past 64 bits
+        b'{"id": "e4", "features": {"f": 1, "i": 2, "i": null, "b": 1, "n": 1}}',  # the last duplicate decides
+        b'{"id": "e5", "features": {"f": 1, "i": 2, "b": 1, "n": 1}, "label": 100000000000000000000000}',
+        b'{"id": "e6", "features": {"f": NaN, "i": 2, "b": 1, "n": 1}}',
+        b'\xef\xbb\xbf{"id": "e7", "features": {"f": 1, "i": 2, "b": 1, "n": 1}}',
+        b'{"id": "e8", "features": {"f": 1, "i": 2, "b": 1, "n": 1}} trailing',
+        b'{"id": "\\ud800", "features": {"f": 1, "i": 2, "b": 1, "n": 1}}',
+        b'{"id": "e9", "features": {"f": 1, "i": 2, "b": 1, "n": 1}, "ts": {"t": 1}}',
     ]
     return [raw for pair in zip(good * 4, bad + bad[: len(good) * 4 - len(bad)], strict=False) for raw in pair]
 
