@@ -127,7 +127,8 @@ def _produce(bootstrap: str, topics: list[str], pairs: list[tuple[bytes, bytes]]
 
 
 def _timings(instance, run_id: str) -> dict[str, float]:
-    """The run's wall time and its `model` part, from the event log's timestamps."""
+    """The run's wall time, its `micro_batch` part (read, parse, dead-letter, validate: the one step, or the
+    read plan's start to the merge's end) and its `model` part, from the event log's timestamps."""
     from dagster import DagsterEventType
 
     starts: dict[str, float] = {}
@@ -147,8 +148,11 @@ def _timings(instance, run_id: str) -> dict[str, float]:
         elif kind is DagsterEventType.STEP_SUCCESS:
             ends[entry.step_key] = entry.timestamp
     model = [k for k in starts if "__model" in k]
+    read = [k for k in starts if "__micro_batch" in k]
     return {
         "run_s": run[1] - run[0],
+        "read_s": max(ends[k] for k in read) - min(starts[k] for k in read),
+        "read_steps": len(read),
         "model_s": max(ends[k] for k in model) - min(starts[k] for k in model),
         "model_steps": len(model),
     }
@@ -225,17 +229,23 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any], cases: list[str] | None 
                         progress(f"scale_out: {case}: batch of {batch_rows:,} rows, {way} (repeat {r + 1})")
                         times[way].append(learn(way, offset, batch_rows))
                         progress(
-                            f"scale_out:   run {times[way][-1]['run_s']:.1f}s, model {times[way][-1]['model_s']:.1f}s"
+                            f"scale_out:   run {times[way][-1]['run_s']:.1f}s, read {times[way][-1]['read_s']:.1f}s, "
+                            f"model {times[way][-1]['model_s']:.1f}s"
                         )
                     offset += batch_rows
                     accuracy.append({w: _scores(registry, specs[case, w], X_hold, y_hold) for w in WAYS})
                 runs = {w: [t["run_s"] for t in times[w]] for w in WAYS}
                 models = {w: [t["model_s"] for t in times[w]] for w in WAYS}
+                reads = {w: [t["read_s"] for t in times[w]] for w in WAYS}
                 last = accuracy[-1]
                 per_size[str(batch_rows)] = {
                     "repeats": repeats,
                     "run_s": {w: summary(runs[w]) for w in WAYS},
                     "model_s": {w: summary(models[w]) for w in WAYS},
+                    "read_s": {w: summary(reads[w]) for w in WAYS},
+                    "speedup_read": summary(
+                        [ratio(s, f) for s, f in zip(reads["sequential"], reads["fan_out"], strict=True)]
+                    ),
                     "speedup_run": summary(
                         [ratio(s, f) for s, f in zip(runs["sequential"], runs["fan_out"], strict=True)]
                     ),
@@ -249,7 +259,8 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any], cases: list[str] | None 
                 s = per_size[str(batch_rows)]
                 progress(
                     f"scale_out: {case} {batch_rows:,} rows: run {s['run_s']['sequential']['median']:.1f}s vs "
-                    f"{s['run_s']['fan_out']['median']:.1f}s ({s['speedup_run']['median']:.2f}x), model "
+                    f"{s['run_s']['fan_out']['median']:.1f}s ({s['speedup_run']['median']:.2f}x), read "
+                    f"{s['speedup_read']['median']:.2f}x, model "
                     f"{s['speedup_model']['median']:.2f}x, holdout AUC difference {s['auc_difference']:+.4f}"
                 )
             out[case] = {"first_run": first_runs, "warmup_rows": warmup, "sizes": per_size}
