@@ -3,12 +3,14 @@
 - **End to end** (`end_to_end`): for each case (an estimator and its parameters), two streams
   read the same seeded synthetic rows (4 partitions, round-robin): *sequential* has
   `scale_out.workers: 1` (today's job: in-process executor, one `model` step), *fan-out* has
-  `workers: 2` (split -> one step per partition group -> combine, on the multiprocess executor with
+  `workers: 2` (read_plan -> one read step per partition group -> merge_reads, then split -> one fit
+  step per partition group -> combine, on the multiprocess executor with
   a preloaded forkserver). Each stream first learns a warm-up batch (its run is reported apart: the
   fan-out's pays the forkserver's first start), then the same batches, in a rotating order. Every
   batch is a real `dagster.execute_job` run (`orchestration/jobs.run_training_job`): read, GX gate,
   learn, ONNX export + parity, register, Kafka commit; step start-up included. Times: the run's
-  wall time, and the `model` part (the one step, or the first split start to the combine's end).
+  wall time, the read part (`micro_batch`: the one step, or read_plan's start to merge_reads' end)
+  and the `model` part (the one step, or the first split start to the combine's end).
   Accuracy cost: both streams' registered versions scored on the same held-out rows after each batch.
 - **Accuracy over many batches** (`prequential`, no broker): the same split -> fit_group -> combine
   in one process (`training.test_then_train_partitioned`) vs `training.test_then_train` from a fresh
