@@ -17,10 +17,9 @@ asset graph the UI shows is unchanged):
   version, written at one commit point with the batch's ranges. A failed group fails the run before
   anything is registered; the retried run replays the same ranges.
 
-Data quality stays where it is: the blocking `data_quality` check on `micro_batch` runs the
-stream's whole suite on the merged batch before any group starts (every rule on every row, failures
-named by partition and offset). Batch-level rules (row count, unique ids, mean/std bounds) and the
-halt / quarantine / allow_partial policies decide per batch, which a per-group gate could not.
+Reading, parsing, dead-lettering and the data-quality decision happen before, in the `micro_batch`
+graph (`assets/group_reads.py`): each group's step reads its own partitions, one merge step judges
+the whole batch. `split` then receives the validated batch.
 """
 
 import dataclasses

@@ -57,6 +57,9 @@ def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
             PartitionRange(partition=p, start=s, end=e, learn_end=learn_ends[p]) for p, (s, e) in sorted(ranges.items())
         ]
     )
+    if spec.model.scale_out.workers > 1:  # the graph-backed asset's first op takes it (assets/group_reads.py)
+        nested = {"ops": {names.read_plan_op(spec.name): {"config": config.model_dump()}}}
+        return dg.RunConfig(ops={names.micro_batch_op(spec.name): nested})
     return dg.RunConfig(ops={names.micro_batch_op(spec.name): config})
 
 
@@ -107,54 +110,13 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, config: BatchConfig, kafka: KafkaResource, registry: RegistryResource
     ):
         ranges, learn_ends = config.as_ranges(), config.learn_ends()
-        learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
-        head, expected, reset = expected_offsets(registry.get(), name)
-        if decide(expected, learned) is Decision.ALREADY_LEARNED:
-            # A retry after the version was written: make sure Kafka shows it, learn nothing twice.
-            commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
-            learned_by = head.name if head else "an offset reset"
-            message = f"{_ranges_text(ranges)} was already learned ({learned_by}); nothing to validate or train"
-            context.log.info(message)
-            yield dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
+        head, reset, done = already_learned(context, spec, kafka, registry, ranges, learn_ends)
+        if done is not None:
+            yield done
             return
         state = expected_state(registry.get(), spec, head, reset)  # the features continue from the checkpoint
         batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends, state=state)
-        outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
-        yield dg.AssetCheckResult(
-            check_name="data_quality",
-            passed=outcome.passed,
-            severity=dg.AssetCheckSeverity[outcome.severity],
-            description=outcome.message,
-            metadata={k: v for k, v in outcome.metadata.items() if k != "failures"}
-            | {"failures": dg.MetadataValue.json(outcome.metadata.get("failures", []))},
-        )
-        if outcome.batch is None:
-            context.log.warning(outcome.message)
-            return
-        batch = outcome.batch
-        counters = batch.feature_counters or {}
-        if counters.get("evicted_keys"):
-            context.log.warning(
-                f"{name}: the derived-feature state hit feature_state.max_keys ({spec.feature_state.max_keys} per "
-                f"partition and key field): {counters['evicted_keys']} least recently seen key(s) evicted, their "
-                "windows restart empty; raise max_keys if these keys are not idle"
-            )
-        lag = context.run.tags.get(names.LAG_AFTER_BATCH_TAG)
-        yield dg.Output(
-            batch,
-            metadata={
-                "rows": batch.rows,
-                "labelled_rows": int(batch.labelled.sum()),
-                "dlq": batch.dlq,
-                "dlq_reasons": dict(batch.dlq_reasons),
-                "ranges": _ranges_text(ranges),
-                "learned_ranges": _ranges_text(batch.learned_ranges),
-                "tail_rows": batch.tail.rows if batch.tail is not None else 0,
-                **{f"feature_{k}": int(v) for k, v in counters.items()},
-                **({"lag": int(lag)} if lag is not None else {}),
-                "run_worker": worker_start(),
-            },
-        )
+        yield from validated(context, spec, kafka, registry, batch)
 
     @dg.asset(
         retry_policy=retries,
@@ -203,9 +165,11 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
         yield model_output(trained, start.base, families)
 
-    if spec.model.scale_out.workers > 1:  # workers: 1 keeps the single step above, and nothing else
+    if spec.model.scale_out.workers > 1:  # workers: 1 keeps the single steps above, and nothing else
         from assets.fan_out import build_fanned_out_model
+        from assets.group_reads import build_group_read_micro_batch
 
+        micro_batch = build_group_read_micro_batch(spec, retries)
         model = build_fanned_out_model(spec, retries)
 
     @dg.asset(
@@ -289,6 +253,65 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     return [micro_batch, model, onnx_model, model_version]
+
+
+def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, learn_ends: dict[int, int] | None):
+    """The head and offset reset the batch follows, and a passed check when the batch was learned already.
+
+    A retry after the version was written makes sure Kafka shows it and learns nothing twice.
+    """
+    learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
+    head, expected, reset = expected_offsets(registry.get(), spec.name)
+    if decide(expected, learned) is not Decision.ALREADY_LEARNED:
+        return head, reset, None
+    commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
+    learned_by = head.name if head else "an offset reset"
+    message = f"{_ranges_text(ranges)} was already learned ({learned_by}); nothing to validate or train"
+    context.log.info(message)
+    return head, reset, dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
+
+
+def validated(context, spec: StreamSpec, kafka, registry, batch: MicroBatch, extra: dict | None = None):
+    """The batch-level decision on a read batch: the data-quality check, then the batch (unless halted
+    or quarantined) with its metadata. One path for the single step and the fanned-out merge."""
+    name, ranges = spec.name, batch.ranges
+    outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
+    yield dg.AssetCheckResult(
+        check_name="data_quality",
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity[outcome.severity],
+        description=outcome.message,
+        metadata={k: v for k, v in outcome.metadata.items() if k != "failures"}
+        | {"failures": dg.MetadataValue.json(outcome.metadata.get("failures", []))},
+    )
+    if outcome.batch is None:
+        context.log.warning(outcome.message)
+        return
+    batch = outcome.batch
+    counters = batch.feature_counters or {}
+    if counters.get("evicted_keys"):
+        context.log.warning(
+            f"{name}: the derived-feature state hit feature_state.max_keys ({spec.feature_state.max_keys} per "
+            f"partition and key field): {counters['evicted_keys']} least recently seen key(s) evicted, their "
+            "windows restart empty; raise max_keys if these keys are not idle"
+        )
+    lag = context.run.tags.get(names.LAG_AFTER_BATCH_TAG)
+    yield dg.Output(
+        batch,
+        metadata={
+            "rows": batch.rows,
+            "labelled_rows": int(batch.labelled.sum()),
+            "dlq": batch.dlq,
+            "dlq_reasons": dict(batch.dlq_reasons),
+            "ranges": _ranges_text(ranges),
+            "learned_ranges": _ranges_text(batch.learned_ranges),
+            "tail_rows": batch.tail.rows if batch.tail is not None else 0,
+            **{f"feature_{k}": int(v) for k, v in counters.items()},
+            **({"lag": int(lag)} if lag is not None else {}),
+            "run_worker": worker_start(),
+            **(extra or {}),
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@
 - **End to end** (`end_to_end`): for each case (an estimator and its parameters), two streams
   read the same seeded synthetic rows (4 partitions, round-robin): *sequential* has
   `scale_out.workers: 1` (today's job: in-process executor, one `model` step), *fan-out* has
-  `workers: 2` (split -> one step per partition group -> combine, on the multiprocess executor with
+  `workers: 2` (read_plan -> one read step per partition group -> merge_reads, then split -> one fit
+  step per partition group -> combine, on the multiprocess executor with
   a preloaded forkserver). Each stream first learns a warm-up batch (its run is reported apart: the
   fan-out's pays the forkserver's first start), then the same batches, in a rotating order. Every
   batch is a real `dagster.execute_job` run (`orchestration/jobs.run_training_job`): read, GX gate,
   learn, ONNX export + parity, register, Kafka commit; step start-up included. Times: the run's
-  wall time, and the `model` part (the one step, or the first split start to the combine's end).
+  wall time, the read part (`micro_batch`: the one step, or read_plan's start to merge_reads' end)
+  and the `model` part (the one step, or the first split start to the combine's end).
   Accuracy cost: both streams' registered versions scored on the same held-out rows after each batch.
 - **Accuracy over many batches** (`prequential`, no broker): the same split -> fit_group -> combine
   in one process (`training.test_then_train_partitioned`) vs `training.test_then_train` from a fresh
@@ -127,7 +129,8 @@ def _produce(bootstrap: str, topics: list[str], pairs: list[tuple[bytes, bytes]]
 
 
 def _timings(instance, run_id: str) -> dict[str, float]:
-    """The run's wall time and its `model` part, from the event log's timestamps."""
+    """The run's wall time, its `micro_batch` part (read, parse, dead-letter, validate: the one step, or the
+    read plan's start to the merge's end) and its `model` part, from the event log's timestamps."""
     from dagster import DagsterEventType
 
     starts: dict[str, float] = {}
@@ -147,8 +150,11 @@ def _timings(instance, run_id: str) -> dict[str, float]:
         elif kind is DagsterEventType.STEP_SUCCESS:
             ends[entry.step_key] = entry.timestamp
     model = [k for k in starts if "__model" in k]
+    read = [k for k in starts if "__micro_batch" in k]
     return {
         "run_s": run[1] - run[0],
+        "read_s": max(ends[k] for k in read) - min(starts[k] for k in read),
+        "read_steps": len(read),
         "model_s": max(ends[k] for k in model) - min(starts[k] for k in model),
         "model_steps": len(model),
     }
@@ -225,17 +231,23 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any], cases: list[str] | None 
                         progress(f"scale_out: {case}: batch of {batch_rows:,} rows, {way} (repeat {r + 1})")
                         times[way].append(learn(way, offset, batch_rows))
                         progress(
-                            f"scale_out:   run {times[way][-1]['run_s']:.1f}s, model {times[way][-1]['model_s']:.1f}s"
+                            f"scale_out:   run {times[way][-1]['run_s']:.1f}s, read {times[way][-1]['read_s']:.1f}s, "
+                            f"model {times[way][-1]['model_s']:.1f}s"
                         )
                     offset += batch_rows
                     accuracy.append({w: _scores(registry, specs[case, w], X_hold, y_hold) for w in WAYS})
                 runs = {w: [t["run_s"] for t in times[w]] for w in WAYS}
                 models = {w: [t["model_s"] for t in times[w]] for w in WAYS}
+                reads = {w: [t["read_s"] for t in times[w]] for w in WAYS}
                 last = accuracy[-1]
                 per_size[str(batch_rows)] = {
                     "repeats": repeats,
                     "run_s": {w: summary(runs[w]) for w in WAYS},
                     "model_s": {w: summary(models[w]) for w in WAYS},
+                    "read_s": {w: summary(reads[w]) for w in WAYS},
+                    "speedup_read": summary(
+                        [ratio(s, f) for s, f in zip(reads["sequential"], reads["fan_out"], strict=True)]
+                    ),
                     "speedup_run": summary(
                         [ratio(s, f) for s, f in zip(runs["sequential"], runs["fan_out"], strict=True)]
                     ),
@@ -249,7 +261,8 @@ def end_to_end(ctx: BenchContext, size: dict[str, Any], cases: list[str] | None 
                 s = per_size[str(batch_rows)]
                 progress(
                     f"scale_out: {case} {batch_rows:,} rows: run {s['run_s']['sequential']['median']:.1f}s vs "
-                    f"{s['run_s']['fan_out']['median']:.1f}s ({s['speedup_run']['median']:.2f}x), model "
+                    f"{s['run_s']['fan_out']['median']:.1f}s ({s['speedup_run']['median']:.2f}x), read "
+                    f"{s['speedup_read']['median']:.2f}x, model "
                     f"{s['speedup_model']['median']:.2f}x, holdout AUC difference {s['auc_difference']:+.4f}"
                 )
             out[case] = {"first_run": first_runs, "warmup_rows": warmup, "sizes": per_size}

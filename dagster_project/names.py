@@ -38,6 +38,19 @@ def micro_batch_op(stream: str) -> str:
     return f"{stream}__micro_batch"
 
 
+def read_plan_op(stream: str) -> str:
+    """The op that splits a scaled-out stream's batch by partition group (its run config goes here)."""
+    return f"{stream}__read_plan"
+
+
+def read_group_op(stream: str) -> str:
+    return f"{stream}__read_group"
+
+
+def merge_reads_op(stream: str) -> str:
+    return f"{stream}__merge_reads"
+
+
 def rollback_job(stream: str) -> str:
     return f"{stream}_rollback"
 

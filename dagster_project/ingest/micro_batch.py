@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -127,6 +127,7 @@ def read_batch(
     dead_letter_invalid: bool = True,
     learn_ends: dict[int, int] | None = None,
     state: FeatureState | None = None,
+    already_sent: Callable[[], Collection[tuple[int, int]]] | None = None,
 ) -> MicroBatch:
     """Read `ranges` from the events topic; invalid messages go to the DLQ before this returns.
 
@@ -139,6 +140,9 @@ def read_batch(
     (`features.checkpoint.state_after` the version the ranges follow). It is advanced through the
     learned rows and saved on the batch; the tail's values come from a copy, so the saved state is
     exactly the state after the offsets the version learns.
+
+    `already_sent`, asked only when there is something to dead-letter: (partition, offset) of the
+    messages an earlier attempt or run already dead-lettered; they are counted but not sent again.
     """
     if spec.derived and state is None:
         raise ValueError(
@@ -150,7 +154,7 @@ def read_batch(
     if learn_ends:
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
     learned = [r for r in records if r.offset < ends[r.partition]] if learn_ends else records
-    batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state)
+    batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state, already_sent)
     if state is not None:
         batch.feature_state = dump_state(state)
         batch.feature_counters = {"keys": state.keys(), **state.counters}
@@ -180,7 +184,7 @@ def _read_with_identity(settings: KafkaSettings, topic: str, ranges: Ranges) -> 
         return records, identity.result()
 
 
-def _parse(settings, spec, ranges, records, dead_letter_invalid, identity, state=None) -> MicroBatch:
+def _parse(settings, spec, ranges, records, dead_letter_invalid, identity, state=None, already_sent=None) -> MicroBatch:
     with _gc_paused():
         # One transposing pass (RawRecord is a tuple) rather than a generator per column.
         partitions, offsets, _, _, values = zip(*records, strict=True) if records else ((), (), (), (), ())
@@ -188,8 +192,12 @@ def _parse(settings, spec, ranges, records, dead_letter_invalid, identity, state
         if state is not None:  # no key, no time or late: refused like a malformed message
             parsed = derive(state, list(partitions), values, parsed)
     reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
-    if dead_letter_invalid and parsed.failures:
-        _send_dead_letters(settings, spec, [(records[i], reason) for i, reason in parsed.failures])
+    refused = [(records[i], reason) for i, reason in parsed.failures]
+    if dead_letter_invalid and refused and already_sent is not None:
+        sent = set(already_sent())
+        refused = [(r, reason) for r, reason in refused if (r.partition, r.offset) not in sent]
+    if dead_letter_invalid and refused:
+        _send_dead_letters(settings, spec, refused)
     return MicroBatch(
         stream=spec.name,
         ranges=ranges,

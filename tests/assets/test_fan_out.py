@@ -113,8 +113,9 @@ def test_workers_1_keeps_the_single_in_process_step() -> None:
         "onnx_model",
     ]
     assert fanned_out.executor_def.name == "fan_out_executor"
-    assert [node.name for node in fanned_out.graph.nodes if isinstance(node.definition, dg.GraphDefinition)] == [
-        f"{spec.name}__model"
+    assert sorted(node.name for node in fanned_out.graph.nodes if isinstance(node.definition, dg.GraphDefinition)) == [
+        f"{spec.name}__micro_batch",
+        f"{spec.name}__model",
     ]
 
 

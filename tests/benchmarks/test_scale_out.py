@@ -33,9 +33,13 @@ def test_quick_scale_out_benchmark_runs_both_jobs_and_reports_ratios(kafka_boots
     for way in ("sequential", "fan_out"):
         assert size["run_s"][way]["n"] == size["repeats"] == 2
         assert 0 < size["model_s"][way]["median"] < size["run_s"][way]["median"]
+        assert 0 < size["read_s"][way]["median"] < size["run_s"][way]["median"]
         assert 0.9 < size["holdout"][way]["roc_auc"] <= 1  # both learned the synthetic concept
     assert size["speedup_run"]["median"] == pytest.approx(
         size["run_s"]["sequential"]["median"] / size["run_s"]["fan_out"]["median"], rel=0.5
+    )
+    assert size["speedup_read"]["median"] == pytest.approx(
+        size["read_s"]["sequential"]["median"] / size["read_s"]["fan_out"]["median"], rel=0.5
     )
     assert size["auc_difference"] == pytest.approx(
         size["holdout"]["fan_out"]["roc_auc"] - size["holdout"]["sequential"]["roc_auc"]

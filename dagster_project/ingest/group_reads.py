@@ -1,0 +1,121 @@
+"""A micro-batch read by partition groups: which offsets each group reads, and the one batch they make.
+
+With ``model.scale_out.workers > 1`` every partition-group step reads, parses and dead-letters its own
+partitions (``read_batch`` on a subset of the ranges: Kafka's assign+seek takes any subset), so
+reading and parsing, most of a batch's time, run side by side. ``merge`` then rebuilds the batch of
+the whole ranges from the groups' batches, so the batch-level decision (the data-quality suite, the
+halt / quarantine / allow_partial policy) is still made once, about the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.io import probe_partitions, read_range
+from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.spec import StreamSpec
+
+
+@dataclass(frozen=True)
+class GroupRead:
+    """One group's share of a batch: its partitions' ranges (and where their learned rows end)."""
+
+    index: int
+    ranges: Ranges
+    learn_ends: dict[int, int] | None
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self.ranges)
+
+
+EMPTY = GroupRead(0, {}, None)  # the one group of a batch that reads nothing (already learned)
+
+
+def plan_reads(ranges: Ranges, learn_ends: dict[int, int] | None, workers: int) -> list[GroupRead]:
+    """Partition ``p`` goes to group ``p % workers``, the grouping the fit uses; empty groups are dropped.
+
+    The fit may still merge groups back into one (too few rows: ``scale_out.plan_workers``); the
+    reads split regardless, since a partition's read costs the same wherever it runs.
+    """
+    groups = []
+    for g in range(max(1, workers)):
+        mine = {p: r for p, r in sorted(ranges.items()) if p % max(1, workers) == g}
+        if mine:
+            ends = {p: e for p, e in learn_ends.items() if p in mine} if learn_ends else None
+            groups.append(GroupRead(len(groups), mine, ends))
+    return groups or [EMPTY]
+
+
+def merge(ranges: Ranges, learn_ends: dict[int, int] | None, parts: list[MicroBatch]) -> MicroBatch:
+    """The batch of the whole ``ranges`` from the groups' batches (rows in group, then offset order)."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise ValueError(f"no group read any of {ranges}: the merge needs every group's batch")
+    first = parts[0]
+    reasons: Counter = Counter()
+    for part in parts:
+        reasons.update(part.dlq_reasons)
+    tails = [p.tail for p in parts if p.tail is not None]
+    batch = MicroBatch(
+        stream=first.stream,
+        ranges=dict(sorted(ranges.items())),
+        X=np.concatenate([p.X for p in parts]),
+        y=np.concatenate([p.y for p in parts]),
+        ids=[i for p in parts for i in p.ids],
+        partitions=np.concatenate([p.partitions for p in parts]),
+        offsets=np.concatenate([p.offsets for p in parts]),
+        dlq_reasons=reasons,
+        identity=next((p.identity for p in parts if p.identity), None),
+        learn_ends=dict(learn_ends) if learn_ends else None,
+        unseen_examples=[e for p in parts for e in p.unseen_examples],
+        feature_state=first.feature_state if len(parts) == 1 else None,
+        feature_counters=first.feature_counters if len(parts) == 1 else None,
+    )
+    if tails:
+        batch.tail = merge(ranges, None, tails)
+        batch.tail.learn_ends = None
+    return batch
+
+
+def describe(read: GroupRead, batch: MicroBatch) -> dict:
+    """What one group read, for the merged batch's metadata: its partitions, rows, dead letters and offsets."""
+    offsets = {
+        str(p): [int(batch.offsets[batch.partitions == p].min()), int(batch.offsets[batch.partitions == p].max())]
+        for p in np.unique(batch.partitions)
+    }
+    return {
+        "group": read.index,
+        "partitions": read.partitions,
+        "rows": batch.rows,
+        "dlq": batch.dlq,
+        "offsets": offsets,  # first and last valid offset per partition
+    }
+
+
+def dead_lettered(settings: KafkaSettings, spec: StreamSpec, ranges: Ranges) -> set[tuple[int, int]]:
+    """(partition, offset) of the events in ``ranges`` the trainer already dead-lettered.
+
+    A group step asks this before it dead-letters anything, so a message that a failed attempt (or
+    an earlier run of the same ranges) dead-lettered is not sent again. It reads the whole DLQ topic,
+    which only batches with malformed messages pay.
+    """
+    ends = {s.partition: (s.log_start, s.high_water) for s in probe_partitions(settings, spec.dlq_topic, {})}
+    sent = set()
+    for record in read_range(settings, spec.dlq_topic, {p: r for p, r in ends.items() if r[1] > r[0]}):
+        letter = orjson.loads(record.value)
+        p, offset = letter.get("partition"), letter.get("offset")
+        if (
+            letter.get("component") == "trainer"
+            and letter.get("topic") == spec.events_topic
+            and p in ranges
+            and ranges[p][0] <= offset < ranges[p][1]
+        ):
+            sent.add((p, offset))
+    return sent
