@@ -54,6 +54,14 @@ MLP_VARIANTS = {
     "mlp_bs200": {"batch_size": 200},
 }
 
+# Part 5 (issue 17): the SGD default before eight passes at 0.005 (`sgd_old`: one pass at 0.01), the
+# baseline the new default is measured against in the same run; and neighbours of the new default.
+SGD_VARIANTS = {
+    "sgd_old": {"params": {"eta0": 0.01}, "passes": 1},
+    "sgd_p4": {"params": {"eta0": 0.01}, "passes": 4},
+    "sgd_p16": {"params": {"eta0": 0.0025}, "passes": 16},
+}
+
 
 @dataclass
 class Result:
@@ -73,6 +81,8 @@ def model_spec(config: str, task: str) -> dict:
         return {} if classify else {"estimator": sgd}  # what a stream that declares no model gets
     if config == "mlp":
         return {"estimator": mlp}
+    if config in SGD_VARIANTS:
+        return {"estimator": sgd, **SGD_VARIANTS[config]}
     if config in MLP_VARIANTS:
         return {"estimator": mlp, "params": MLP_VARIANTS[config]}
     if config == "hgb":
@@ -86,7 +96,8 @@ def model_spec(config: str, task: str) -> dict:
         return {"candidates": families}
     if config == "gate":
         return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
-    raise ValueError(f"unknown config {config!r}; choose from {CONFIGS + ('gate3',) + tuple(MLP_VARIANTS)}")
+    known = CONFIGS + ("gate3",) + tuple(SGD_VARIANTS) + tuple(MLP_VARIANTS)
+    raise ValueError(f"unknown config {config!r}; choose from {known}")
 
 
 def spec_for(config: str, stream: Stream):
@@ -330,7 +341,34 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
     print(
         "Streamfit configs, streams won / mean rank: " + ", ".join(f"{c} {wins[c]}/{mean_rank[c]:.2f}" for c in configs)
     )
-    return {"targets": targets, "wins": wins, "mean_rank": mean_rank}
+    versus = head_to_head(reports, configs)
+    for (new, old), (better, worse, equal) in versus.items():
+        print(f"{new} vs {old} (the previous default): better on {better}, worse on {worse}, equal on {equal} streams")
+    return {
+        "targets": targets,
+        "wins": wins,
+        "mean_rank": mean_rank,
+        "versus": {f"{n}/{o}": v for (n, o), v in versus.items()},
+    }
+
+
+# Each default's predecessor, when the run has it: (config, previous default).
+PREDECESSORS = (("default", "sgd_old"), ("mlp", "mlp_old"))
+
+
+def head_to_head(reports: list[dict], configs: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """Streams on which each default is better / worse / equal (to 4 decimals) than its predecessor."""
+    out = {}
+    for new, old in PREDECESSORS:
+        if new not in configs or old not in configs:
+            continue
+        signs = []
+        for r in reports:
+            sign = 1.0 if r["task"] == "classification" else -1.0
+            gap = round(sign * (r["table"][new]["metric"] - r["table"][old]["metric"]), 4)
+            signs.append((gap > 0) - (gap < 0))
+        out[(new, old)] = (signs.count(1), signs.count(-1), signs.count(0))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -343,14 +381,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--configs",
         nargs="+",
-        help=f"Streamfit configs (default: {CONFIGS} and mlp_old unless --quick); MLP variants: {tuple(MLP_VARIANTS)}",
+        help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
+        + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS]),
     )
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
     rows = args.rows or (2_000 if args.quick else 6_000)
     batch = args.batch or (500 if args.quick else 1_000)
     names = args.streams or list(learning_streams.QUICK if args.quick else learning_streams.full_set())
-    chosen = args.configs or [*CONFIGS, *([] if args.quick else ["mlp_old"])]
+    chosen = args.configs or [*CONFIGS, *([] if args.quick else ["sgd_old"])]
     configs = tuple(dict.fromkeys(["default", *chosen]))
     print(f"learning quality: {len(names)} streams, {rows:,} rows each (real: as shipped), batches of {batch:,}")
     print(f"skipped (River downloads them at run time): {', '.join(learning_streams.REMOTE)}")

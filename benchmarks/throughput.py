@@ -27,7 +27,8 @@ first, which every system has already learned, so each measures a steady-state b
   "The same client" is the one Streamfit reads ranges with (`clients.range_reader_client(settings)`:
   confluent-kafka when installed); **floor_kafka_python** is the same floor through kafka-python,
   the River loop's client, so both comparisons are side by side.
-- **sklearn_partial_fit**: `estimators.partial_fit` on the same rows already in memory.
+- **sklearn_partial_fit**: `estimators.partial_fit` on the same rows already in memory, with the
+  spec's passes over the batch (`model.passes`; SGD's default 8) as the training path makes.
 """
 
 from __future__ import annotations
@@ -437,7 +438,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 else:
                     model = copy.deepcopy(parent_estimator)
                     t = time.perf_counter()
-                    partial_fit(model, X, y, classes)
+                    partial_fit(model, X, y, classes, spec.model.passes_per_batch)
                     elapsed = time.perf_counter() - t
                     n = len(X)
                 if n != rows:

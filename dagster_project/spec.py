@@ -220,6 +220,9 @@ class ModelSpec(_Strict):
     # `refit_every` batches (and at once in a drift retrain).
     window_rows: int | None = Field(default=None, ge=10, le=WINDOW_ROWS_MAX)
     refit_every: int | None = Field(default=None, ge=1)
+    # Incremental estimators only: partial_fit passes over each micro-batch (None: the estimator
+    # table's default, 8 for sgd_*, else 1).
+    passes: int | None = Field(default=None, ge=1, le=64)
     candidates: list[ModelSpec] = Field(default_factory=list)
 
     @property
@@ -240,6 +243,10 @@ class ModelSpec(_Strict):
         return self.refit_every or 1
 
     @property
+    def passes_per_batch(self) -> int:
+        return self.passes or ESTIMATORS[self.estimator].passes
+
+    @property
     def families(self) -> list[ModelSpec]:
         """The models that learn the stream: the candidates, or this one alone."""
         return list(self.candidates) or [self]
@@ -251,6 +258,11 @@ class ModelSpec(_Strict):
             raise ValueError(
                 f"model.{given[0]} applies to windowed estimators ({', '.join(sorted(WINDOWED_ESTIMATORS))}); "
                 f"{self.estimator!r} learns incrementally: remove it"
+            )
+        if self.passes is not None and self.windowed:
+            raise ValueError(
+                f"model.passes applies to incrementally learning estimators; {self.estimator!r} is refit on its "
+                "window (set window_rows / refit_every instead): remove it"
             )
         return self
 

@@ -87,12 +87,13 @@ def _update(step: Any, X: np.ndarray) -> None:
         scaler.partial_fit(X[:, step.transformers_[0][2]])
 
 
-def partial_fit(model: Pipeline, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None) -> Pipeline:
+def partial_fit(model: Pipeline, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None, passes: int = 1) -> Pipeline:
     """Update ``model`` in place with one micro-batch and return it.
 
     ``Pipeline`` has no ``partial_fit``, so each step is updated in turn: the scaler first (so this
     batch already counts towards the running mean/variance), then the estimator on the transformed
-    rows. ``classes`` (all class indices, needed up front because a batch may lack some) is passed to
+    rows, ``passes`` times (``spec.model.passes_per_batch``; the scaler counts the rows once).
+    ``classes`` (all class indices, needed up front because a batch may lack some) is passed to
     classifiers only. Works on fresh and previously fitted pipelines alike.
     """
     X = np.asarray(X, dtype=np.float64)
@@ -107,14 +108,21 @@ def partial_fit(model: Pipeline, X: np.ndarray, y: np.ndarray, classes: np.ndarr
     for _, step in model.steps[:-1]:
         _update(step, Xt)
         Xt = step.transform(Xt)
-    estimator = model.steps[-1][1]
-    if is_classifier(estimator):
-        if classes is None:
-            raise ValueError("classifiers need the full list of class indices for partial_fit")
-        estimator.partial_fit(Xt, y, classes=np.asarray(classes))
-    else:
-        estimator.partial_fit(Xt, y)
+    fit_estimator(model.steps[-1][1], Xt, y, classes, passes)
     return model
+
+
+def fit_estimator(estimator: Any, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None, passes: int = 1) -> None:
+    """``passes`` partial_fit passes of a bare estimator over rows already in its feature space."""
+    if passes < 1:
+        raise ValueError(f"passes must be at least 1, got {passes}")
+    if is_classifier(estimator) and classes is None:
+        raise ValueError("classifiers need the full list of class indices for partial_fit")
+    for _ in range(passes):
+        if is_classifier(estimator):
+            estimator.partial_fit(X, y, classes=np.asarray(classes))
+        else:
+            estimator.partial_fit(X, y)
 
 
 def is_fitted(model: Pipeline) -> bool:

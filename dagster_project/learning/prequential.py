@@ -91,7 +91,7 @@ def _test_then_fit(
 
     new_model, metrics, scores, classes = test(model, spec, X, y)
     if partitions is None:
-        partial_fit(new_model, X, y, classes)
+        partial_fit(new_model, X, y, classes, spec.model.passes_per_batch)
         return new_model, metrics, scores, None
     new_model, report = scale_out.fit(new_model, spec, X, y, partitions, classes)
     return new_model, metrics, scores, report

@@ -85,15 +85,17 @@ def _state_at(registry: ModelRegistry, spec: StreamSpec, window: Ranges):
 
 def replayed(spec: StreamSpec, member_spec: StreamSpec, start: object, X: np.ndarray, y: np.ndarray) -> object:
     """One incremental family retrained on a window's rows: `drift.retrain_epochs` passes in batches
-    of `batch.rows`, from a copy of `start` (warm) or a fresh model. Shared with the benchmarks so
-    they measure the retrain the product runs."""
+    of `batch.rows` (each batch learned as the stream learns it: `model.passes` times), from a copy
+    of `start` (warm) or a fresh model. Shared with the benchmarks so they measure the retrain the
+    product runs."""
     from dagster_project.learning.estimators import build_model, partial_fit
 
     model = copy.deepcopy(start) if start is not None else build_model(member_spec)
     classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
+    rows, passes = spec.batch.rows, member_spec.model.passes_per_batch
     for _ in range(spec.drift.retrain_epochs):
-        for chunk in range(0, len(X), spec.batch.rows):
-            partial_fit(model, X[chunk : chunk + spec.batch.rows], y[chunk : chunk + spec.batch.rows], classes)
+        for chunk in range(0, len(X), rows):
+            partial_fit(model, X[chunk : chunk + rows], y[chunk : chunk + rows], classes, passes)
     return model
 
 

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone, is_classifier
+from sklearn.base import BaseEstimator, clone
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
-from dagster_project.learning.estimators import partial_fit
+from dagster_project.learning.estimators import fit_estimator, partial_fit
 from dagster_project.spec import StreamSpec
 
 
@@ -348,6 +348,7 @@ class GroupTask:
     y: np.ndarray
     classes: np.ndarray | None
     whole_pipeline: bool = False
+    passes: int = 1  # partial_fit passes over the group's rows (spec.model.passes_per_batch)
 
 
 @dataclass
@@ -378,12 +379,13 @@ def split(
     if len(partitions) != len(X):
         raise ValueError(f"X has {len(X)} rows but partitions has {len(partitions)}")
     workers, reason = plan_workers(spec, partitions)
+    passes = spec.model.passes_per_batch
     combiner_name = entry(spec.model.estimator).combiner
     if workers > 1 and combiner_name not in COMBINERS:
         raise ValueError(f"scale-out cannot combine {spec.model.estimator}; supported: {list(SCALE_OUT_ESTIMATORS)}")
     if workers <= 1 or len(X) == 0:
         members = sorted(int(p) for p in np.unique(partitions))
-        task = GroupTask(0, members, model, X, y, classes, whole_pipeline=True)
+        task = GroupTask(0, members, model, X, y, classes, whole_pipeline=True, passes=passes)
         return Split(model, [task], None, 0.0, reason, time.perf_counter() - started)
     groups = partition_groups(partitions, workers)
     steps = model.steps[:-1]
@@ -398,7 +400,8 @@ def split(
     # Each group gets its own copy: the parent stays as it was, for the combine's step counts.
     start = clone(estimator) if COMBINERS[combiner_name].fresh_start else estimator
     tasks = [
-        GroupTask(i, members, copy.deepcopy(start), Xt[idx], y[idx], classes) for i, (members, idx) in enumerate(groups)
+        GroupTask(i, members, copy.deepcopy(start), Xt[idx], y[idx], classes, passes=passes)
+        for i, (members, idx) in enumerate(groups)
     ]
     var_max = float(np.max(np.var(Xt, axis=0)))
     return Split(model, tasks, combiner_name, var_max, reason, time.perf_counter() - started)
@@ -416,16 +419,14 @@ class GroupFit:
 
 
 def fit_group(task: GroupTask) -> GroupFit:
-    """One group's step: one ``partial_fit`` pass over its rows (no-op on an empty group)."""
+    """One group's step: ``task.passes`` ``partial_fit`` passes over its rows (no-op on an empty group)."""
     started = time.perf_counter()
     model = task.model
     if len(task.X):
         if task.whole_pipeline:
-            partial_fit(model, task.X, task.y, task.classes)
-        elif is_classifier(model):
-            model.partial_fit(task.X, task.y, classes=task.classes)
+            partial_fit(model, task.X, task.y, task.classes, task.passes)
         else:
-            model.partial_fit(task.X, task.y)
+            fit_estimator(model, task.X, task.y, task.classes, task.passes)
     return GroupFit(task.index, task.partitions, model, len(task.X), time.perf_counter() - started)
 
 

@@ -73,11 +73,15 @@ def test_a_candidate_within_the_margin_is_promoted_in_the_run_that_trains_it(
 
 
 def _saboteur(spec):
-    """A model trained on inverted labels: it ranks the synthetic stream backwards."""
+    """A model trained on inverted labels and made a hundred times as sure: it ranks the synthetic
+    stream backwards, and one more batch of the true concept (eight passes) does not set it right."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 5))
     y = (X @ np.array([1.5, -2.0, 1.0, 0.0, 0.5]) <= 0).astype(int)
-    return partial_fit(build_model(spec), X, y, np.array([0, 1]))
+    model = partial_fit(build_model(spec), X, y, np.array([0, 1]), spec.model.passes_per_batch)
+    estimator = model.named_steps["estimator"]
+    estimator.coef_, estimator.intercept_ = estimator.coef_ * 100, estimator.intercept_ * 100
+    return model
 
 
 def test_a_really_better_candidate_is_promoted_with_the_tests_p_value(

@@ -38,3 +38,18 @@ def test_quick_run_reports_every_model_on_every_stream_with_sane_figures(capsys)
         "no retrain on stationary streams",
     }
     assert "Targets (issue 17):" in printed and "river_arf" in printed
+
+
+def test_head_to_head_counts_streams_each_default_wins_against_its_predecessor() -> None:
+    def report(task: str, new: float, old: float) -> dict:
+        return {"task": task, "table": {"default": {"metric": new}, "sgd_old": {"metric": old}}}
+
+    reports = [
+        report("classification", 0.91, 0.90),  # higher accuracy: better
+        report("classification", 0.90, 0.90004),  # equal to 4 decimals
+        report("regression", 2.1, 2.0),  # higher MAE: worse
+        report("regression", 1.9, 2.0),
+    ]
+    versus = learning_quality.head_to_head(reports, ("default", "sgd_old"))
+    assert versus == {("default", "sgd_old"): (2, 1, 1)}
+    assert learning_quality.head_to_head(reports, ("default",)) == {}  # no predecessor in the run

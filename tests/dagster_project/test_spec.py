@@ -268,6 +268,8 @@ def test_a_windowed_estimator_takes_a_bounded_window():
 def test_window_settings_on_an_incremental_estimator_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="window_rows applies to windowed estimators.*remove it"):
         _model_spec(estimator="sgd_classifier", window_rows=1000)
+    with pytest.raises(ValueError, match="model.passes applies to incrementally learning estimators.*remove it"):
+        _model_spec(estimator="random_forest_classifier", passes=3)
 
 
 def test_candidates_name_distinct_families_of_the_stream_task():

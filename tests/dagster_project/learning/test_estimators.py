@@ -157,10 +157,13 @@ def test_defaults_are_online_friendly() -> None:
     assert (sgd.loss, sgd.learning_rate, sgd.eta0, sgd.penalty, sgd.random_state) == (
         "log_loss",
         "constant",
-        0.01,
+        0.005,
         None,
         7,
     )
+    assert [make_spec(name).model.passes_per_batch for name in ("sgd_classifier", "sgd_regressor")] == [8, 8]
+    assert make_spec("sgd_classifier", passes=2).model.passes_per_batch == 2
+    assert make_spec("mlp_classifier").model.passes_per_batch == 1
     pa = build_model(make_spec("passive_aggressive")).named_steps["estimator"]
     assert (pa.loss, pa.penalty, pa.learning_rate, pa.eta0) == ("hinge", None, "pa1", 1.0)
     mlp = build_model(make_spec("mlp_classifier", seed=3)).named_steps["estimator"]
@@ -184,6 +187,33 @@ def test_the_mlp_default_learns_a_non_linear_concept_within_two_micro_batches() 
         model, _, _ = training.test_then_train(model, spec, X[start : start + 1000], y[start : start + 1000])
     _, metrics, _ = training.test_then_train(model, spec, X[2000:], y[2000:])
     assert metrics.accuracy > 0.9, metrics
+
+
+def test_the_sgd_default_is_confident_and_right_after_its_first_micro_batch() -> None:
+    # A SEA-like threshold concept. The micro-batch cannot learn row by row, so the default makes
+    # eight passes at 0.005: one pass at 0.01 (the previous default) served the second batch at
+    # accuracy 0.985 and log loss 0.28.
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0, 10, (2000, 3))
+    y = (X[:, 0] + X[:, 1] > 8).astype(int)
+    spec = StreamSpec(name="sea", features=[{"name": n} for n in "abc"], label={"classes": [0, 1]})
+    model, _, _ = training.test_then_train(None, spec, X[:1000], y[:1000])
+    _, metrics, _ = training.test_then_train(model, spec, X[1000:], y[1000:])
+    assert metrics.accuracy > 0.99 and metrics.log_loss < 0.2, metrics
+
+
+def test_each_batch_is_learned_passes_times_and_counted_once() -> None:
+    X, y = make_stream("classification", 100, seed=0)
+    model = build_model(make_spec("sgd_classifier"))
+    partial_fit(model, X, y, np.array([0, 1]), passes=3)
+    assert model.named_steps["scaler"].n_samples_seen_ == 100  # the running moments see each row once
+    assert model.named_steps["estimator"].t_ == 1 + 3 * 100  # SGD's update counter: three passes
+    with pytest.raises(ValueError, match="passes must be at least 1"):
+        partial_fit(model, X, y, np.array([0, 1]), passes=0)
+    for passes, updates in ((None, 8 * 100), (1, 100)):  # the test-then-train path reads the spec's passes
+        spec = make_spec("sgd_classifier", passes=passes)
+        learned, _, _ = training.test_then_train(None, spec, X, y)
+        assert learned.named_steps["estimator"].t_ == 1 + updates
 
 
 def test_params_override_defaults() -> None:

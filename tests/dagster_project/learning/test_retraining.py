@@ -268,3 +268,5 @@ def test_a_drift_retrain_refits_a_windowed_family_on_post_change_rows_at_once(
     assert retrained.meta["families"]["leader"] == v3.meta["families"]["leader"]
     sgd = registry.load_estimator(spec.name, retrained.name).members["sgd"]
     assert sgd.named_steps["scaler"].n_samples_seen_ == 400 * spec.drift.retrain_epochs  # replayed, fresh
+    passes = spec.model.families[0].passes_per_batch  # each replayed batch learned as the stream learns it
+    assert sgd.named_steps["estimator"].t_ == 1 + 400 * spec.drift.retrain_epochs * passes

@@ -112,6 +112,15 @@ def test_averaging_two_identical_slices_equals_one_worker(estimator: str) -> Non
 # The accuracy cost of averaging: each worker takes half the steps of the sequential pass, and the
 # average moves about as far as one worker did. SGD (one step per row) barely notices; the MLP
 # (one Adam step per 200 rows, so 4 per worker per batch here) learns visibly slower early on.
+def test_every_group_learns_its_rows_the_spec_s_passes_times() -> None:
+    X, y, partitions = synthetic(1000)
+    spec = scaled_spec(passes=3)
+    model, report = scale_out.fit(build_model(spec), spec, X, y, partitions, CLASSES)
+    assert report.workers == 2
+    assert model.named_steps["estimator"].t_ == 1 + 3 * 1000  # the merged update count: 3 passes of each group
+    assert model.named_steps["scaler"].n_samples_seen_ == 1000
+
+
 @pytest.mark.parametrize(("estimator", "margin"), [("sgd_classifier", 0.01), ("mlp_classifier", 0.05)])
 def test_scaled_out_model_learns_about_as_well_as_sequential(estimator: str, margin: float) -> None:
     """Prequential on the synthetic stream: 8 batches of 1,500 rows, 2 workers vs one process."""
