@@ -698,10 +698,11 @@ def build_service(
     $STREAMFIT_HOME/registry), the bearer token from $STREAMFIT_SCORER_TOKEN unless `token` is given,
     after checking the broker answers.
 
-    The consumer client (`client`: kafka-python, confluent or auto; default $STREAMFIT_SCORER_CLIENT, else
-    kafka-python; auto: confluent when installed) and the delivery mode (`delivery`: exactly-once,
-    at-least-once or auto; default $STREAMFIT_SCORER_DELIVERY, else auto) are checked and resolved against the broker here, so an impossible
-    choice fails at start-up (DeliveryUnavailable, a ValueError) rather than after the first model loads.
+    The consumer client (`client`: kafka-python, confluent or auto; default $STREAMFIT_SCORER_CLIENT,
+    else kafka-python; auto: confluent when installed) and the delivery mode (`delivery`:
+    exactly-once, at-least-once or auto; default $STREAMFIT_SCORER_DELIVERY, else auto) are checked
+    and resolved against the broker here, so an impossible choice fails at start-up
+    (DeliveryUnavailable, a ValueError) rather than after the first model loads.
     """
     from dagster_project.registry.backends import registry_from_env
 
