@@ -20,7 +20,7 @@ from dagster_project.dev.datasets import synthetic_events
 from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import make_event
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.kafka.io import probe_partitions, read_range
+from dagster_project.kafka.io import committed_group_offsets, probe_partitions, read_range
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.labels import make_label
@@ -202,3 +202,17 @@ def hand_batch(spec: StreamSpec, rows: int, start: int = 0, seed: int = 0, parti
         partitions=np.full(rows, partition, dtype=np.int32),
         offsets=np.arange(start, start + rows, dtype=np.int64),
     )
+
+
+def assert_second_version_learned_in_two_workers(
+    registry: ModelRegistry, spec: StreamSpec, second: Ranges, settings: KafkaSettings
+) -> Any:
+    """One version per batch: v2 follows v1, learned exactly `second` with 2 workers, and the trainer's
+    committed offsets are what it learned (the scale-out tests' common end state)."""
+    v1, v2 = registry.versions(spec.name)
+    assert v2.parent == v1.name
+    assert v2.learned == {p: end for p, (_, end) in second.items()}
+    assert v2.meta["offsets"]["batch"] == {str(p): [s, e] for p, (s, e) in second.items()}
+    assert v2.meta["metrics"]["scale_out_workers"] == 2 and v2.meta["metrics"]["accuracy"] > 0.85
+    assert committed_group_offsets(settings, spec.trainer_group, spec.events_topic) == v2.learned
+    return v2

@@ -14,7 +14,7 @@ from dagster_project.orchestration.jobs import run_training_job
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
-from tests.helpers import produce_synthetic, read_topic, run_batch
+from tests.helpers import assert_second_version_learned_in_two_workers, produce_synthetic, read_topic, run_batch
 
 
 def fanned() -> StreamSpec:
@@ -55,12 +55,8 @@ def test_a_batch_over_four_partitions_learned_by_two_group_steps_is_one_version(
     assert {f"{spec.name}__model.{spec.name}__fit_group[g0]", f"{spec.name}__model.{spec.name}__fit_group[g1]"} <= (
         _step_keys(result)
     )
-    v1, v2 = registry.versions(spec.name)  # one version per batch, not one per group
-    assert v2.parent == v1.name
-    assert v2.learned == {p: end for p, (_, end) in second.items()}
-    assert v2.meta["offsets"]["batch"] == {str(p): [s, e] for p, (s, e) in second.items()}
-    assert v2.meta["metrics"]["scale_out_workers"] == 2 and v2.meta["metrics"]["accuracy"] > 0.85
-    assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == v2.learned
+    # one version per batch, not one per group
+    v2 = assert_second_version_learned_in_two_workers(registry, spec, second, kafka_settings)
     (materialization,) = result.asset_materializations_for_node(f"{spec.name}__model")
     assert materialization.metadata["scale_out"].value["groups"] == ["p0,2", "p1,3"]
     assert sum(materialization.metadata["scale_out"].value["group_rows"]) == sum(e - s for s, e in second.values())

@@ -11,7 +11,7 @@ from dagster_project.kafka.io import committed_group_offsets, probe_partitions, 
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
-from tests.helpers import produce_synthetic, read_topic, run_batch
+from tests.helpers import assert_second_version_learned_in_two_workers, produce_synthetic, read_topic, run_batch
 
 
 def _all_ranges(settings, spec: StreamSpec) -> dict[int, tuple[int, int]]:
@@ -146,12 +146,7 @@ def test_scaled_out_batch_registers_one_version_with_the_batch_offsets(
     result = run_batch(stream_defs, spec, second, instance)
 
     assert result.success
-    v1, v2 = registry.versions(spec.name)
-    assert v2.parent == v1.name
-    assert v2.learned == {p: end for p, (_, end) in second.items()}
-    assert v2.meta["offsets"]["batch"] == {str(p): [s, e] for p, (s, e) in second.items()}
-    assert v2.meta["metrics"]["scale_out_workers"] == 2 and v2.meta["metrics"]["accuracy"] > 0.85
-    assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == v2.learned
+    assert_second_version_learned_in_two_workers(registry, spec, second, kafka_settings)
     (materialization,) = result.asset_materializations_for_node(f"{spec.name}__model")
     assert materialization.metadata["scale_out_workers"].value == 2
     assert materialization.metadata["scale_out"].value["groups"] == ["p0", "p1"]  # one learner per partition
