@@ -46,8 +46,30 @@ DEMO_DRIFT = {"interval_s": 5, "cooldown_s": 120}
 LABEL_DELAY_S = 2.0  # labels arrive this long after their events (the joiner waits for them)
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
+SUMMARY_TIMEOUT_S = 20.0  # the summary reads the broker and the registry; a stop must not wait on them for longer
+STOP_TIMEOUT_S = 15.0  # children get this long after SIGTERM, all at once, before SIGKILL
+
+
+class StopSignal:
+    """SIGINT and SIGTERM (Ctrl-C, a supervisor, `timeout`) both take one path that stops everything started.
+
+    While starting up, a signal raises KeyboardInterrupt so a start-up wait ends at once. While watching, it only
+    sets a flag the loop checks between its calls: an exception raised inside a broker or HTTP client call can
+    leave that client's lock held, and the summary that follows would then wait on it forever.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.deferred = False
+
+    def __call__(self, *_: object) -> None:
+        self.requested.set()
+        if not self.deferred:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
 
 
 def _say(started: float, text: str) -> None:
@@ -154,15 +176,29 @@ class Child:
         if self.process.poll() is not None:
             raise click.ClickException(f"{self.name} exited with code {self.process.returncode}; see its log")
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+
+def stop_all(children: list[Child], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM every child at once, then SIGKILL whichever is still running after `timeout_s` (one deadline)."""
+    for child in children:
+        if child.process.poll() is None:
+            os.killpg(child.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.process.pid, signal.SIGKILL)
+            child.process.wait()
+        child.log.close()
+
+
+def bounded(call, timeout_s: float, what: str) -> str:
+    """`call()`'s text, or a line saying it did not answer within `timeout_s` (a stop must not hang on it)."""
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True, name="demo-summary")
+    worker.start()
+    worker.join(timeout_s)
+    return result[0] if result else f"({what} did not answer within {timeout_s:.0f} s; skipped)"
 
 
 def _get_json(url: str, timeout: float = 1.0) -> dict | None:
@@ -340,7 +376,8 @@ def run_demo(
 ) -> int:
     # SIGTERM (a supervisor, `timeout`) takes the Ctrl-C path, so everything started is stopped:
     # the children run in their own sessions and would otherwise outlive the demo.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop = StopSignal()
+    stop.install()
     started = time.monotonic()
     with ExitStack() as stack:
         home = Path(os.environ.get("STREAMFIT_HOME") or stack.enter_context(tempfile.TemporaryDirectory()))
@@ -372,14 +409,14 @@ def run_demo(
             Child("scorer", ["serve", stream, "--port", str(scorer_port)], env, log_dir),
             Child("labels", ["labels", "join", stream, "--flush-interval", "2"], env, log_dir),
         ]
-        for child in children:
-            stack.callback(child.stop)
+        stack.callback(stop_all, children)
         scorer_url = f"http://127.0.0.1:{scorer_port}"
         if services.wait_for_ui():
             _say(started, f"Dagster UI: {services.ui_url}  (assets, checks, sensors and runs of '{stream}')")
         replay = Replay(KafkaSettings.from_env(bootstrap), spec, rate, rows, change_at)
         replay.start()
         stack.callback(replay.stop)  # runs before the broker stops (LIFO)
+        stop.deferred = True  # from here on the loop below sees a signal and stops with a summary
         _say(
             started,
             f"replaying {rows:,} synthetic events into {spec.events_topic} at {rate:g}/s (concept change at row "
@@ -388,7 +425,7 @@ def run_demo(
         watcher = Watcher(registry, spec, scorer_url, started, change_at)
         stopped_by = "done"
         try:
-            while True:
+            while not stop.requested.is_set():
                 if replay.failure:
                     raise click.ClickException(f"producer failed: {replay.failure!r}")
                 services.check_alive()
@@ -405,16 +442,22 @@ def run_demo(
                     stopped_by = "timeout"
                     _say(started, f"stopping: {timeout_s:.0f} s timeout ({len(found)} versions); see {log_dir}")
                     break
-                time.sleep(0.5)
-        except KeyboardInterrupt:
+                stop.requested.wait(0.5)
+        except KeyboardInterrupt:  # a signal that arrived before the loop deferred them
+            stop.requested.set()
+        stop.deferred = False  # a second Ctrl-C while stopping cuts the summary short; the stack still stops all
+        if stop.requested.is_set():
             stopped_by = "interrupted"
             click.echo("stopping...")
-        try:
-            watcher.poll()
-        except Exception:  # noqa: BLE001 - the summary below still reads what is durable
-            pass
-        summary = _summary(registry, spec, scorer_url, services.ui_url, bootstrap, replay, watcher, started)
-        click.echo(summary)
+
+        def final_summary() -> str:
+            try:
+                watcher.poll()
+            except Exception:  # noqa: BLE001 - the summary below still reads what is durable
+                pass
+            return _summary(registry, spec, scorer_url, services.ui_url, bootstrap, replay, watcher, started)
+
+        click.echo(bounded(final_summary, SUMMARY_TIMEOUT_S, "the summary (broker, registry, scorer)"))
         if stopped_by == "timeout" and versions:
             raise click.ClickException(f"only {len(registry.versions(stream))} of {versions} versions")
         return len(registry.versions(stream))

@@ -1,4 +1,4 @@
-"""`streamfit demo` stops everything it started, on Ctrl-C and on SIGTERM alike."""
+"""`streamfit demo` stops everything it started, on Ctrl-C and on SIGTERM alike, and says what it did."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def test_demo_stops_everything_it_started(tmp_path, stop):
     marker = f"STREAMFIT_HOME={home}"
     env = {k: v for k, v in os.environ.items() if k not in ("STREAMFIT_KAFKA_BOOTSTRAP", "DAGSTER_HOME")}
     env["STREAMFIT_HOME"] = str(home)
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack: what a stuck stop was waiting on
     demo = subprocess.Popen(
         [STREAMFIT, "demo", "--rows", "300", "--rate", "100"],
         env=env,
@@ -54,7 +56,18 @@ def test_demo_stops_everything_it_started(tmp_path, stop):
             assert time.monotonic() < deadline, "".join(seen)
         assert len(_processes_with(marker)) >= 3, "broker, daemon and web UI should be running"
         demo.send_signal(stop)
-        assert demo.wait(timeout=60) is not None
+        # keep reading: a demo blocked on a full stdout pipe could not stop
+        rest = threading.Thread(target=lambda: seen.extend(demo.stdout), daemon=True)
+        rest.start()
+        try:
+            demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.send_signal(signal.SIGABRT)
+            rest.join(10)
+            raise AssertionError("the demo did not stop within 60 s:\n" + "".join(seen)) from None
+        rest.join(10)
+        out = "".join(seen)
+        assert "stopping..." in out and "summary after" in out, f"a stop should end with a summary:\n{out}"
     finally:
         if demo.poll() is None:
             demo.kill()
