@@ -162,8 +162,9 @@ class ConfluentTransactionalProducer(ConfluentProducer):
     def close(self, timeout: float | None = None) -> None:
         if self.stuck_in is not None:  # librdkafka is still inside a call: leave the producer to that thread
             self._pending.clear()
+            self._producer = None  # the thread's reference frees it once the call returns
             return
         if timeout == 0:  # discarded after a failure: drop what it holds, its successor settles the transaction
-            self._producer.purge()
+            self._release()
             return
         super().close(timeout)

@@ -699,7 +699,7 @@ def build_service(
     after checking the broker answers.
 
     The consumer client (`client`: kafka-python, confluent or auto; default $STREAMFIT_SCORER_CLIENT,
-    else kafka-python; auto: confluent when installed) and the delivery mode (`delivery`:
+    else auto: confluent when installed, else kafka-python) and the delivery mode (`delivery`:
     exactly-once, at-least-once or auto; default $STREAMFIT_SCORER_DELIVERY, else auto) are checked
     and resolved against the broker here, so an impossible choice fails at start-up
     (DeliveryUnavailable, a ValueError) rather than after the first model loads.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import replace
 
@@ -75,3 +76,19 @@ def test_a_batch_nobody_acknowledged_fails_with_every_record() -> None:
     assert not batch.succeeded()
     producer.close(timeout=3)  # both time out and are reported
     assert len(batch.errors) == 2 and "delivery failed" in str(batch.errors[0])
+
+
+def test_a_closed_producer_stops_reconnecting_even_while_still_referenced(capfd: pytest.CaptureFixture) -> None:
+    """A scorer or benchmark object can keep its producer long after close(); librdkafka must stop then, not keep
+    logging "Connect ... failed" to a broker that is gone (it did, at the end of every CI log)."""
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", client=CONFLUENT)
+    retry_fast = {"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 100}
+    producer = ConfluentProducer(settings.librdkafka_config() | retry_fast)
+    batch = producer.send_many("nowhere", [b"k"], [b"v"])
+    time.sleep(0.5)
+    assert "Connect to" in capfd.readouterr().err  # it is trying
+    producer.close(timeout=0.1)
+    assert batch.errors and not batch.succeeded()  # the dropped record is reported as failed, not lost silently
+    capfd.readouterr()
+    time.sleep(1.0)
+    assert "Connect to" not in capfd.readouterr().err
