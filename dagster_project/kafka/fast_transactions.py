@@ -12,7 +12,8 @@ coordinator it cached before the brokers went away (librdkafka issues #5456 and 
 here after a whole Apache Kafka cluster was stopped and started again, when the scorer hung in it until
 stopped). So that call runs on a helper thread and is given up a little after its timeout: the scorer then
 discards this producer (left to its thread, never destroyed under it) and a new one, with a fresh
-coordinator lookup, settles the transaction.
+coordinator lookup, settles the transaction. And a producer that saw every broker go away says so
+(`lost_every_broker()`), so the scorer replaces it between transactions instead of waiting for that hang.
 """
 
 from __future__ import annotations
@@ -65,12 +66,26 @@ class ConfluentTransactionalProducer(ConfluentProducer):
         # A call that outlived its timeout still runs inside librdkafka on this thread: never purge or destroy
         # the producer under it (the thread holds the last reference, so it is freed when the call returns).
         self.stuck_in: threading.Thread | None = None
+        # Every broker was unreachable at some point: the group coordinator librdkafka cached may be gone for good
+        # (the hang above), so the scorer replaces this producer before its next transaction.
+        self._lost_every_broker = False
 
     def _on_error(self, error: Any) -> None:
+        from confluent_kafka import KafkaError as RdError
+
+        if error.code() == RdError._ALL_BROKERS_DOWN:
+            self._lost_every_broker = True
         if error.fatal():
             from confluent_kafka import KafkaException
 
             self._fatal(_translated(KafkaException(error), "producer"))
+
+    def lost_every_broker(self) -> bool:
+        """Whether every broker was unreachable since this producer was made (errors are reported on poll: served
+        here first)."""
+        if self._producer is not None:
+            self._producer.poll(0)
+        return self._lost_every_broker
 
     def flush(self, timeout: float | None = None) -> None:
         """confluent-kafka 2.16 raises a fatal error (fenced) from flush, and then calls the failed records'

@@ -447,6 +447,16 @@ class Scorer:
         None if stopped while making it)."""
         step_s = self.transaction_step_timeout_s
         outcome: BatchOutcome | None = None
+        lost_every_broker = getattr(producer, "lost_every_broker", None)  # confluent's producer only
+        if lost_every_broker is not None and lost_every_broker():
+            # confluent's producer after an outage of every broker: it may keep a group coordinator that is gone
+            # and hang in send_offsets_to_transaction (kafka/fast_transactions.py); no transaction is open, so
+            # start afresh with a new producer (same transactional id) instead.
+            log.warning("%s: every broker was unreachable; new transactional producer", self.spec.name)
+            _discard(producer)
+            producer = self._transactional_producer()
+            if producer is None:
+                return None
         try:
             producer.begin_transaction()
             outcome = self._batches.process(producer, batch, flush_timeout_s=step_s)

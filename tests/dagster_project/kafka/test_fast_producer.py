@@ -31,11 +31,13 @@ def test_keyed_records_land_where_kafka_python_puts_them(kafka_settings: KafkaSe
         ensure_topics(kafka_settings, [topic], 4)
         settings = replace(kafka_settings, client=client)
         producer = clients.fast_producer(settings, acks="all")
-        assert isinstance(producer, ConfluentProducer) == (client == CONFLUENT)
-        futures = [producer.send(topic, key=k, value=b"v") for k in keys]
-        producer.flush(timeout=10)
-        assert all(f.succeeded() for f in futures)
-        producer.close()
+        try:
+            assert isinstance(producer, ConfluentProducer) == (client == CONFLUENT)
+            futures = [producer.send(topic, key=k, value=b"v") for k in keys]
+            producer.flush(timeout=10)
+            assert all(f.succeeded() for f in futures)
+        finally:
+            producer.close()
         placed[client] = _keys_by_partition(kafka_settings, topic)
     assert placed[CONFLUENT] == placed[KAFKA_PYTHON]
     assert len(set(placed[CONFLUENT].values())) == 4  # the keys really were spread

@@ -110,3 +110,17 @@ def test_a_librdkafka_call_stuck_past_its_timeout_is_given_up() -> None:
         producer.close(timeout=0)  # the scorer's discard: must not purge under the running call
     finally:
         released.set()
+
+
+def test_a_producer_that_lost_every_broker_says_so() -> None:
+    """After every broker was unreachable, librdkafka may keep a group coordinator that is gone: the producer says
+    so, and the scorer replaces it before its next transaction rather than hang in send_offsets_to_transaction."""
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")
+    producer = clients.confluent_transactional_producer(settings, "streamfit-test-lost", step_timeout_s=1)
+    try:
+        deadline = time.monotonic() + 10
+        while not producer.lost_every_broker():
+            assert time.monotonic() < deadline, "librdkafka never reported every broker down"
+            time.sleep(0.1)
+    finally:
+        producer.close(timeout=0)
