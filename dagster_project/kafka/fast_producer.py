@@ -134,6 +134,10 @@ class ConfluentProducer:
         """Purge and let go of the librdkafka producer: freeing the handle destroys it without the endless flush
         of confluent-kafka's own `close()`."""
         producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.purge()
+        if producer is None:
+            return
+        producer.purge()
+        try:
             producer.poll(0)  # serve the purged records' failure reports: their futures and batches say so
+        except Exception:  # a producer in a fatal state (fenced) raises its error from poll: it is discarded anyway
+            pass

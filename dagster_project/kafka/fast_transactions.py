@@ -84,7 +84,10 @@ class ConfluentTransactionalProducer(ConfluentProducer):
         """Whether every broker was unreachable since this producer was made (errors are reported on poll: served
         here first)."""
         if self._producer is not None:
-            self._producer.poll(0)
+            try:
+                self._producer.poll(0)
+            except Exception:  # a fatal error (fenced): the next transactional call raises it, translated
+                pass
         return self._lost_every_broker
 
     def flush(self, timeout: float | None = None) -> None:
