@@ -39,7 +39,7 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
     default=None,
     help="The Kafka client that consumes the events: kafka-python, or confluent (confluent-kafka: records "
     "decoded in C, cooperative rebalancing); auto: confluent when confluent-kafka is installed, else kafka-python. "
-    "Default: $STREAMFIT_SCORER_CLIENT, else kafka-python.",
+    "Default: $STREAMFIT_SCORER_CLIENT, else auto.",
 )
 @click.option(
     "--replica-id",

@@ -118,7 +118,26 @@ class ConfluentProducer:
         self._pending.clear()
 
     def close(self, timeout: float | None = None) -> None:
+        """Flush for up to `timeout`, then drop what is left and free librdkafka at once: its threads would
+        otherwise keep reconnecting (and logging "Connect ... failed") until the last reference goes, which
+        can be long after the broker stopped (a scorer object kept by a test, a benchmark's report)."""
+        if self._producer is None:
+            return
         try:
             self.flush(timeout)
         except KafkaTimeoutError:
             pass  # like kafka-python's close: undelivered records are dropped; their futures say so
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Purge and let go of the librdkafka producer: freeing the handle destroys it without the endless flush
+        of confluent-kafka's own `close()`."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        producer.purge()
+        try:
+            producer.poll(0)  # serve the purged records' failure reports: their futures and batches say so
+        except Exception:  # a producer in a fatal state (fenced) raises its error from poll: it is discarded anyway
+            pass

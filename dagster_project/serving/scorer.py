@@ -447,6 +447,16 @@ class Scorer:
         None if stopped while making it)."""
         step_s = self.transaction_step_timeout_s
         outcome: BatchOutcome | None = None
+        lost_every_broker = getattr(producer, "lost_every_broker", None)  # confluent's producer only
+        if lost_every_broker is not None and lost_every_broker():
+            # confluent's producer after an outage of every broker: it may keep a group coordinator that is gone
+            # and hang in send_offsets_to_transaction (kafka/fast_transactions.py); no transaction is open, so
+            # start afresh with a new producer (same transactional id) instead.
+            log.warning("%s: every broker was unreachable; new transactional producer", self.spec.name)
+            _discard(producer)
+            producer = self._transactional_producer()
+            if producer is None:
+                return None
         try:
             producer.begin_transaction()
             outcome = self._batches.process(producer, batch, flush_timeout_s=step_s)
@@ -699,7 +709,7 @@ def build_service(
     after checking the broker answers.
 
     The consumer client (`client`: kafka-python, confluent or auto; default $STREAMFIT_SCORER_CLIENT,
-    else kafka-python; auto: confluent when installed) and the delivery mode (`delivery`:
+    else auto: confluent when installed, else kafka-python) and the delivery mode (`delivery`:
     exactly-once, at-least-once or auto; default $STREAMFIT_SCORER_DELIVERY, else auto) are checked
     and resolved against the broker here, so an impossible choice fails at start-up
     (DeliveryUnavailable, a ValueError) rather than after the first model loads.

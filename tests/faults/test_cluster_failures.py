@@ -280,6 +280,7 @@ def test_a_broker_killed_under_an_exactly_once_scorer(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.usefixtures("scorer_client")
 def test_the_whole_cluster_stopped_and_started_again(
     healthy: ApacheKafkaCluster, registry, instance, streamfit_home: Path, tmp_path: Path
 ) -> None:

@@ -2,11 +2,10 @@
 
 The Kafka loop (`serving/scorer.py`) and the batch work (`serving/scoring.py`) only see
 `ScorerConsumer` and `PollBatch`; `kafka_python.py` and `confluent.py` each wrap one client.
-kafka-python is the default. confluent-kafka (librdkafka) decodes records in C and joins the group
-with cooperative rebalancing: one replica 1.8x the kafka-python scorer (benchmarks/README.md, "Scorer
-near its floor"), but in exactly-once mode it did not resume after the whole Apache Kafka cluster was
-stopped and started again (tests/faults/test_cluster_failures.py), so it is not the default yet.
-`auto` picks confluent when installed. Choose with `streamfit serve --client` or $STREAMFIT_SCORER_CLIENT.
+confluent-kafka (librdkafka) is the default when it is installed (`auto`; the `fast` extra): it decodes
+records in C and joins the group with cooperative rebalancing, which made one replica 1.8x the kafka-python
+scorer (benchmarks/README.md, "Scorer near its floor"). kafka-python, a required dependency, is the
+fallback and stays selectable. Choose with `streamfit serve --client` or $STREAMFIT_SCORER_CLIENT.
 """
 
 from __future__ import annotations
@@ -39,10 +38,10 @@ __all__ = [
 
 
 def requested_client(option: str | None = None) -> str:
-    """The `--client` option, else $STREAMFIT_SCORER_CLIENT, else kafka-python; checked to be usable.
+    """The `--client` option, else $STREAMFIT_SCORER_CLIENT, else auto; checked to be usable.
 
     auto: confluent when confluent-kafka is installed, else kafka-python (always installed)."""
-    client = (option or os.environ.get(CLIENT_ENV) or KAFKA_PYTHON).strip().lower()
+    client = (option or os.environ.get(CLIENT_ENV) or AUTO).strip().lower()
     client = CONFLUENT if client == "confluent-kafka" else client
     if client == AUTO:
         return CONFLUENT if importlib.util.find_spec("confluent_kafka") is not None else KAFKA_PYTHON

@@ -198,11 +198,12 @@ def test_fast_producer_delivers_with_either_client(kafka_settings: KafkaSettings
     topic = _topic(settings)
 
     producer = clients.fast_producer(settings)
-
-    assert isinstance(producer, ConfluentProducer if client == CONFLUENT else KafkaProducer)
-    futures = [producer.send(topic, key=b"id-%d" % i, value=b'{"n": %d}' % i) for i in range(20)]
-    producer.flush(timeout=30)
-    producer.close()
+    try:
+        assert isinstance(producer, ConfluentProducer if client == CONFLUENT else KafkaProducer)
+        futures = [producer.send(topic, key=b"id-%d" % i, value=b'{"n": %d}' % i) for i in range(20)]
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
 
     assert all(f.succeeded() for f in futures)
     assert sorted(r["n"] for r in read_topic(settings, topic)) == list(range(20))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import replace
 
@@ -30,11 +31,13 @@ def test_keyed_records_land_where_kafka_python_puts_them(kafka_settings: KafkaSe
         ensure_topics(kafka_settings, [topic], 4)
         settings = replace(kafka_settings, client=client)
         producer = clients.fast_producer(settings, acks="all")
-        assert isinstance(producer, ConfluentProducer) == (client == CONFLUENT)
-        futures = [producer.send(topic, key=k, value=b"v") for k in keys]
-        producer.flush(timeout=10)
-        assert all(f.succeeded() for f in futures)
-        producer.close()
+        try:
+            assert isinstance(producer, ConfluentProducer) == (client == CONFLUENT)
+            futures = [producer.send(topic, key=k, value=b"v") for k in keys]
+            producer.flush(timeout=10)
+            assert all(f.succeeded() for f in futures)
+        finally:
+            producer.close()
         placed[client] = _keys_by_partition(kafka_settings, topic)
     assert placed[CONFLUENT] == placed[KAFKA_PYTHON]
     assert len(set(placed[CONFLUENT].values())) == 4  # the keys really were spread
@@ -75,3 +78,19 @@ def test_a_batch_nobody_acknowledged_fails_with_every_record() -> None:
     assert not batch.succeeded()
     producer.close(timeout=3)  # both time out and are reported
     assert len(batch.errors) == 2 and "delivery failed" in str(batch.errors[0])
+
+
+def test_a_closed_producer_stops_reconnecting_even_while_still_referenced(capfd: pytest.CaptureFixture) -> None:
+    """A scorer or benchmark object can keep its producer long after close(); librdkafka must stop then, not keep
+    logging "Connect ... failed" to a broker that is gone (it did, at the end of every CI log)."""
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", client=CONFLUENT)
+    retry_fast = {"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 100}
+    producer = ConfluentProducer(settings.librdkafka_config() | retry_fast)
+    batch = producer.send_many("nowhere", [b"k"], [b"v"])
+    time.sleep(0.5)
+    assert "Connect to" in capfd.readouterr().err  # it is trying
+    producer.close(timeout=0.1)
+    assert batch.errors and not batch.succeeded()  # the dropped record is reported as failed, not lost silently
+    capfd.readouterr()
+    time.sleep(1.0)
+    assert "Connect to" not in capfd.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import orjson
@@ -10,6 +12,7 @@ from kafka.errors import KafkaTimeoutError, ProducerFencedError
 
 from dagster_project.kafka import clients
 from dagster_project.kafka.brokers.tansu import free_port
+from dagster_project.kafka.fast_transactions import OVERDUE_GRACE_S
 from dagster_project.kafka.io import ensure_topics, transaction_support
 from dagster_project.kafka.settings import KafkaSettings
 from tests.helpers import read_committed
@@ -78,3 +81,46 @@ def test_a_confluent_zombie_fenced_between_batches_fails_its_next_flush(
         zombie.close(timeout=0)
         successor.close(timeout=0)
     assert read_committed(kafka_settings, topic) == []
+
+
+def test_a_librdkafka_call_stuck_past_its_timeout_is_given_up() -> None:
+    """librdkafka 2.16's send_offsets_to_transaction can wait forever on a group coordinator it cached before the
+    brokers went away (issues #5456, #5511; it hung the scorer after a whole-cluster restart). The adapter gives the
+    call up soon after its timeout with kafka-python's retriable KafkaTimeoutError, so the scorer makes a new
+    producer, and discarding the stuck one leaves it alone (purging or destroying it mid-call is unsafe)."""
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")
+    producer = clients.confluent_transactional_producer(settings, "streamfit-test-stuck", step_timeout_s=0.2)
+    released = threading.Event()
+
+    class StuckInLibrdkafka:
+        """Stands in for the librdkafka handle, inside a call that ignores its timeout until released."""
+
+        def send_offsets_to_transaction(self, *_args) -> None:
+            released.wait(15)
+
+        def purge(self) -> None:
+            raise AssertionError("purged while librdkafka is still inside a call")
+
+    producer._producer = StuckInLibrdkafka()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KafkaTimeoutError, match="send_offsets_to_transaction got no answer"):
+            producer.send_offsets_to_transaction({}, group_metadata=None)
+        assert time.monotonic() - started < 0.2 + OVERDUE_GRACE_S + 1.0
+        producer.close(timeout=0)  # the scorer's discard: must not purge under the running call
+    finally:
+        released.set()
+
+
+def test_a_producer_that_lost_every_broker_says_so() -> None:
+    """After every broker was unreachable, librdkafka may keep a group coordinator that is gone: the producer says
+    so, and the scorer replaces it before its next transaction rather than hang in send_offsets_to_transaction."""
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")
+    producer = clients.confluent_transactional_producer(settings, "streamfit-test-lost", step_timeout_s=1)
+    try:
+        deadline = time.monotonic() + 10
+        while not producer.lost_every_broker():
+            assert time.monotonic() < deadline, "librdkafka never reported every broker down"
+            time.sleep(0.1)
+    finally:
+        producer.close(timeout=0)

@@ -1,5 +1,5 @@
-"""Which consumer client the scorer uses: the option, then $STREAMFIT_SCORER_CLIENT, then kafka-python;
-`auto` is confluent-kafka when installed, else kafka-python."""
+"""Which consumer client the scorer uses: the option, then $STREAMFIT_SCORER_CLIENT, then auto
+(confluent-kafka when installed, else kafka-python)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ def test_the_client_comes_from_the_option_then_the_environment(monkeypatch: pyte
         requested_client("rdkafka")
 
 
-def test_by_default_the_scorer_consumes_with_kafka_python_and_auto_picks_confluent_when_installed(
+def test_by_default_the_scorer_consumes_with_confluent_kafka_when_it_is_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("confluent_kafka")
     monkeypatch.delenv("STREAMFIT_SCORER_CLIENT", raising=False)
-    assert requested_client() == KAFKA_PYTHON
+    assert requested_client() == CONFLUENT
     assert requested_client("auto") == CONFLUENT
 
 
@@ -33,6 +33,7 @@ def test_without_confluent_kafka_the_default_falls_back_and_an_explicit_request_
     monkeypatch.delenv("STREAMFIT_SCORER_CLIENT", raising=False)
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # find_spec raises ValueError for a None entry
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "confluent_kafka" else object())
+    assert requested_client() == KAFKA_PYTHON
     assert requested_client("auto") == KAFKA_PYTHON
     with pytest.raises(ValueError, match=r"pip install 'streamfit\[fast\]'"):
         requested_client(CONFLUENT)

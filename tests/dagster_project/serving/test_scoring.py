@@ -49,8 +49,10 @@ def test_a_batch_is_scored_in_one_call_and_every_record_acknowledged(
     ensure_topics(kafka_settings, [spec.predictions_topic, spec.dlq_topic], 2)
     rows = synthetic_rows(30)
     producer = clients.fast_producer(replace(kafka_settings, client=client), acks="all")
-    outcome = _scorer(spec, registry).process(producer, _batch(spec, rows, [b"{oops"]))
-    producer.close()
+    try:
+        outcome = _scorer(spec, registry).process(producer, _batch(spec, rows, [b"{oops"]))
+    finally:
+        producer.close()
 
     assert (outcome.version, outcome.predicted, outcome.dlq) == ("v1", 30, 1)
     predictions = {p["id"]: p for p in read_topic(kafka_settings, spec.predictions_topic)}
@@ -68,5 +70,8 @@ def test_predictions_nobody_acknowledged_fail_the_batch(spec: StreamSpec, regist
     producer = ConfluentProducer(settings.librdkafka_config() | {"message.timeout.ms": 1000})
     scorer = _scorer(spec, registry)
     scorer.flush_timeout_s = 3
-    with pytest.raises(PredictionsNotAcknowledged, match="20 of 20 records of the batch were not acknowledged"):
-        scorer.process(producer, _batch(spec, synthetic_rows(20), []))
+    try:
+        with pytest.raises(PredictionsNotAcknowledged, match="20 of 20 records of the batch were not acknowledged"):
+            scorer.process(producer, _batch(spec, synthetic_rows(20), []))
+    finally:
+        producer.close(timeout=0)  # nothing listens: otherwise librdkafka reconnects until the object goes
