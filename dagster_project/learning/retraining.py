@@ -106,10 +106,13 @@ def _from(batch: MicroBatch, window: Ranges) -> MicroBatch:
     )
 
 
-def _located(registry: ModelRegistry, spec: StreamSpec, since: str, batch: MicroBatch) -> Ranges | None:
-    """`batch.ranges` trimmed to where the errors of the model that served `since` rose (None:
-    nothing to trim, or no such model)."""
-    parent = registry.get(spec.name, since).parent
+def _located(
+    registry: ModelRegistry, spec: StreamSpec, versions: list[Version], since: str, batch: MicroBatch
+) -> Ranges | None:
+    """`batch.ranges` trimmed to where the errors of the model that served `since` (its parent)
+    rose (None: nothing to trim, or no such model)."""
+    named = next((v for v in versions if v.name == since), None)
+    parent = named.parent if named else None
     if not parent:
         return None
     labelled = batch.labelled
@@ -179,7 +182,7 @@ def retrain(
     head = versions[-1]
     window = recent_window(versions, spec.drift.retrain_window_rows, since or None)
     batch = read_batch(settings, spec, window, dead_letter_invalid=False, state=_state_at(registry, spec, window))
-    change_at = _located(registry, spec, since, batch) if since else None
+    change_at = _located(registry, spec, versions, since, batch) if since else None
     if change_at:
         batch, window = _from(batch, change_at), change_at
     labelled = batch.labelled

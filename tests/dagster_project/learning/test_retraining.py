@@ -13,7 +13,7 @@ import pytest
 from dagster_project.ingest.micro_batch import read_batch
 from dagster_project.kafka import clients
 from dagster_project.learning.pipeline import learn_export_register, learn_from_head
-from dagster_project.learning.retraining import recent_window, retrain
+from dagster_project.learning.retraining import post_change, recent_window, retrain
 from dagster_project.registry.store import RegistryError, Version
 from tests.conftest import synthetic_spec
 from tests.helpers import high_waters, produce_synthetic, read_topic
@@ -72,6 +72,21 @@ def test_since_takes_every_batch_from_the_detected_change_on() -> None:
 def test_a_partition_missing_from_some_batches_keeps_its_own_range() -> None:
     versions = [_version(1, {0: (0, 100)}), _version(2, {0: (100, 150), 1: (0, 70)})]
     assert recent_window(versions, rows=10_000) == {0: (0, 150), 1: (0, 70)}
+
+
+def test_post_change_trims_each_partition_to_its_own_rise_and_keeps_one_without() -> None:
+    rng = np.random.default_rng(0)
+    # partition 0: offsets 100..499, errors rise at offset 340; partition 1: 50..349, no rise
+    errors0 = (rng.random(400) < np.where(np.arange(100, 500) < 340, 0.02, 0.6)).astype(float)
+    errors1 = (rng.random(300) < 0.1).astype(float)
+    partitions = np.array([0] * 400 + [1] * 300)
+    offsets = np.concatenate([np.arange(100, 500), np.arange(50, 350)])
+    window = {0: (100, 500), 1: (50, 350)}
+
+    trimmed = post_change(window, partitions, offsets, np.concatenate([errors0, errors1]))
+
+    assert 325 <= trimmed[0][0] <= 355 and trimmed[0][1] == 500
+    assert trimmed[1] == (50, 350)
 
 
 # --- retrain on a real broker ------------------------------------------------------------------
