@@ -25,7 +25,7 @@ model scores; rows to recover after a change (as in `windowed_quality.summary`: 
 1,000-row accuracy back within 2 points of its level before the change); drift retrains; training
 cost in microseconds per row. Then whether the issue's targets hold.
 
-`python -m benchmarks.learning_quality [--quick] [--streams NAME ...] [--rows N] [--batch N]`
+`python -m benchmarks.learning_quality [--quick] [--streams NAME ...] [--rows N] [--batch N] [--trace]`
 """
 
 from __future__ import annotations
@@ -126,8 +126,6 @@ def _outcome(task: str, predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Result:
     """Batch by batch through the product's learner, gate and drift decision."""
-    locate = not config.endswith(UNLOCATED)
-    config = config.removesuffix(UNLOCATED)
     from dagster_project.learning.families import CandidateSet, choose_leader
     from dagster_project.learning.learner import retrained, rows_of, test_then_learn
     from dagster_project.learning.retraining import post_change, replayed, row_errors
@@ -135,6 +133,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     from monitors.decisions import DecisionConfig, LastAction, decide
     from monitors.detectors import detect_batch_change, detect_series_change
 
+    locate = not config.endswith(UNLOCATED)
+    config = config.removesuffix(UNLOCATED)
     spec = spec_for(config, stream)
     X, y, n = stream.X, stream.y, len(stream.y)
     metric = spec.promotion.metric
@@ -289,12 +289,40 @@ def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float
     return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
         "table": table,
         "verdict": verdicts(stream, table, shipped(configs)),
+        "around_change": around_change(stream, results),
     }
+
+
+TRACE_SPAN = 250  # rows per line of the trace around a change
+
+
+def around_change(stream: Stream, results: dict[str, Result]) -> dict[int, dict[str, float]]:
+    """Each model's accuracy (MAE) per 250 rows from 500 rows before the change to 1,500 after:
+    where a model loses after a change (the batch holding it, the retrain, the gate's choice)."""
+    if stream.change is None:
+        return {}
+    out = {}
+    for start in range(
+        max(0, stream.change - 2 * TRACE_SPAN), min(len(stream.y), stream.change + 6 * TRACE_SPAN), TRACE_SPAN
+    ):
+        out[start] = {m: float(np.nanmean(r.outcome[start : start + TRACE_SPAN])) for m, r in results.items()}
+    return out
 
 
 def shipped(configs: tuple[str, ...]) -> tuple[str, ...]:
     """The configs the product runs (the `_whole` baselines are compared, not counted as Streamfit's)."""
     return tuple(c for c in configs if not c.endswith(UNLOCATED))
+
+
+def print_trace(report: dict) -> None:
+    spans = report["around_change"]
+    if not spans:
+        return
+    models = list(next(iter(spans.values())))
+    print(f"  around the change, per {TRACE_SPAN} rows:")
+    print(f"  {'rows':>11} " + " ".join(f"{m[:11]:>11}" for m in models))
+    for start, values in spans.items():
+        print(f"  {start:5d}-{start + TRACE_SPAN:<5d} " + " ".join(f"{values[m]:11.3f}" for m in models))
 
 
 def print_stream(report: dict, configs: tuple[str, ...]) -> None:
@@ -403,6 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
         + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
         + f"; any of them + {UNLOCATED}: drift retrains from the change batch's first row",
     )
+    parser.add_argument(
+        "--trace", action="store_true", help="print every model's accuracy per 250 rows around each change"
+    )
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
     rows = args.rows or (2_000 if args.quick else 6_000)
@@ -419,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
         reports.append(report)
         print(f"[{i}/{len(names)} {time.perf_counter() - began:6.0f}s]", end="")
         print_stream(report, configs)
+        if args.trace:
+            print_trace(report)
         sys.stdout.flush()
     summary = summarize(reports, configs)
     if args.json:
