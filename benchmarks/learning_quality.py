@@ -25,7 +25,7 @@ model scores; rows to recover after a change (as in `windowed_quality.summary`: 
 1,000-row accuracy back within 2 points of its level before the change); drift retrains; training
 cost in microseconds per row. Then whether the issue's targets hold.
 
-`python -m benchmarks.learning_quality [--quick] [--streams NAME ...] [--rows N] [--batch N]`
+`python -m benchmarks.learning_quality [--quick] [--streams NAME ...] [--rows N] [--batch N] [--trace]`
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ SGD_VARIANTS = {
     "sgd_p4": {"params": {"eta0": 0.01}, "passes": 4},
     "sgd_p16": {"params": {"eta0": 0.0025}, "passes": 16},
 }
+
+# Any config + "_whole": its drift retrains learn from the first row of the batch where the rise
+# began, as before the product located the change inside it (`learning.retraining.post_change`).
+UNLOCATED = "_whole"
 
 
 @dataclass
@@ -124,11 +128,13 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     """Batch by batch through the product's learner, gate and drift decision."""
     from dagster_project.learning.families import CandidateSet, choose_leader
     from dagster_project.learning.learner import retrained, rows_of, test_then_learn
-    from dagster_project.learning.retraining import replayed
+    from dagster_project.learning.retraining import post_change, replayed, row_errors
     from dagster_project.registry.promotion import tail_split
     from monitors.decisions import DecisionConfig, LastAction, decide
     from monitors.detectors import detect_batch_change, detect_series_change
 
+    locate = not config.endswith(UNLOCATED)
+    config = config.removesuffix(UNLOCATED)
     spec = spec_for(config, stream)
     X, y, n = stream.X, stream.y, len(stream.y)
     metric = spec.promotion.metric
@@ -143,6 +149,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     out = Result(np.full(n, np.nan))
     model, start, scored, last = None, 0, 0, None
     series: list[tuple[float, int, int, float]] = []  # (error, rows, first row, time) since the last action
+    served: dict[int, object] = {}  # first row scored -> the model that scored it (models are never mutated)
     while start < n:
         end = min(n, start + batch)
         learn_end = end
@@ -155,6 +162,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
             out.outcome[scored:end] = hits
             error = float(hits.mean()) if stream.task == "regression" else 1.0 - float(hits.mean())
             series.append((error, end - scored, scored, now))
+            served[scored] = model
             scored = end
         began = time.perf_counter()
         model = test_then_learn(model, spec, read({0: (start, learn_end)}), {0: (start, learn_end)}, read).model
@@ -172,6 +180,9 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
             if found is not None and decision.action == "retrain":
                 since = firsts[found.start_index if found.start_index is not None else found.index]
                 window = {0: (since, learn_end)}
+                if locate:  # the product's retrain: from where the errors of the model that served `since` rose
+                    errors = row_errors(spec, served[since], X[since:learn_end], y[since:learn_end])
+                    window = post_change(window, partitions[since:learn_end], offsets[since:learn_end], errors)
                 rows_ = read(window)
                 warm = model if spec.drift.retrain_mode == "warm" else None
 
@@ -182,7 +193,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 why = "drift retrain: " + "; ".join(decision.reasons)
                 model = retrained(spec, warm, rows_, window, why, replay, leader=leader)
                 out.retrains.append(learn_end)
-                last, series = LastAction("retrain", now), []
+                last, series, served = LastAction("retrain", now), [], {}
         out.seconds += time.perf_counter() - began
         start = learn_end
     return out
@@ -277,8 +288,41 @@ def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float
     table = score(stream, results, batch)
     return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
         "table": table,
-        "verdict": verdicts(stream, table, configs),
+        "verdict": verdicts(stream, table, shipped(configs)),
+        "around_change": around_change(stream, results),
     }
+
+
+TRACE_SPAN = 250  # rows per line of the trace around a change
+
+
+def around_change(stream: Stream, results: dict[str, Result]) -> dict[int, dict[str, float]]:
+    """Each model's accuracy (MAE) per 250 rows from 500 rows before the change to 1,500 after:
+    where a model loses after a change (the batch holding it, the retrain, the gate's choice)."""
+    if stream.change is None:
+        return {}
+    out = {}
+    for start in range(
+        max(0, stream.change - 2 * TRACE_SPAN), min(len(stream.y), stream.change + 6 * TRACE_SPAN), TRACE_SPAN
+    ):
+        out[start] = {m: float(np.nanmean(r.outcome[start : start + TRACE_SPAN])) for m, r in results.items()}
+    return out
+
+
+def shipped(configs: tuple[str, ...]) -> tuple[str, ...]:
+    """The configs the product runs (the `_whole` baselines are compared, not counted as Streamfit's)."""
+    return tuple(c for c in configs if not c.endswith(UNLOCATED))
+
+
+def print_trace(report: dict) -> None:
+    spans = report["around_change"]
+    if not spans:
+        return
+    models = list(next(iter(spans.values())))
+    print(f"  around the change, per {TRACE_SPAN} rows:")
+    print(f"  {'rows':>11} " + " ".join(f"{m[:11]:>11}" for m in models))
+    for start, values in spans.items():
+        print(f"  {start:5d}-{start + TRACE_SPAN:<5d} " + " ".join(f"{values[m]:11.3f}" for m in models))
 
 
 def print_stream(report: dict, configs: tuple[str, ...]) -> None:
@@ -327,6 +371,7 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
             f"  {'MET   ' if not missed else 'MISSED'} {target}"
             + (f": missed on {', '.join(missed)}" if missed else "")
         )
+    configs = shipped(everything := configs)
     wins = {c: 0 for c in configs}
     for r in reports:
         wins[r["verdict"]["best_streamfit"]] += 1
@@ -341,9 +386,9 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
     print(
         "Streamfit configs, streams won / mean rank: " + ", ".join(f"{c} {wins[c]}/{mean_rank[c]:.2f}" for c in configs)
     )
-    versus = head_to_head(reports, configs)
+    versus = head_to_head(reports, everything)
     for (new, old), (better, worse, equal) in versus.items():
-        print(f"{new} vs {old} (the previous default): better on {better}, worse on {worse}, equal on {equal} streams")
+        print(f"{new} vs {old} (before): better on {better}, worse on {worse}, equal on {equal} streams")
     return {
         "targets": targets,
         "wins": wins,
@@ -359,7 +404,8 @@ PREDECESSORS = (("default", "sgd_old"), ("mlp", "mlp_old"))
 def head_to_head(reports: list[dict], configs: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, int, int]]:
     """Streams on which each default is better / worse / equal (to 4 decimals) than its predecessor."""
     out = {}
-    for new, old in PREDECESSORS:
+    pairs = [*PREDECESSORS, *((c, c + UNLOCATED) for c in configs if c + UNLOCATED in configs)]
+    for new, old in pairs:
         if new not in configs or old not in configs:
             continue
         signs = []
@@ -382,7 +428,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--configs",
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
-        + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS]),
+        + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
+        + f"; any of them + {UNLOCATED}: drift retrains from the change batch's first row",
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="print every model's accuracy per 250 rows around each change"
     )
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
@@ -400,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
         reports.append(report)
         print(f"[{i}/{len(names)} {time.perf_counter() - began:6.0f}s]", end="")
         print_stream(report, configs)
+        if args.trace:
+            print_trace(report)
         sys.stdout.flush()
     summary = summarize(reports, configs)
     if args.json:

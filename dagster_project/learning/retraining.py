@@ -8,11 +8,12 @@ promotion gate on the next batch before it serves.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import numpy as np
 
-from dagster_project.ingest.micro_batch import read_batch
+from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.names import version_number
@@ -56,6 +57,69 @@ def recent_window(versions: list[Version], rows: int, since: str | None = None) 
         if sum(v.meta["rows"]["read"] for v in chosen) >= rows:
             break
     return _merge(chosen)
+
+
+def post_change(window: Ranges, partitions: np.ndarray, offsets: np.ndarray, errors: np.ndarray) -> Ranges:
+    """The window from the row where the served model's errors rose, per partition
+    (`monitors.change_point.rise_start` on that partition's rows in offset order); a partition
+    without clear evidence keeps its start. A concept seldom changes on a batch boundary, and a
+    fresh model fit on the old concept's rows of the change batch would serve the new one badly."""
+    from monitors.change_point import rise_start
+
+    trimmed: Ranges = {}
+    for p, (start, end) in window.items():
+        mine = np.flatnonzero(partitions == p)
+        at = rise_start(errors[mine])
+        trimmed[p] = (int(offsets[mine[at]]), int(end)) if at is not None else (int(start), int(end))
+    return trimmed
+
+
+def row_errors(spec: StreamSpec, estimator: object, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row error of a model: 0/1 (classification) or absolute (regression)."""
+    from dagster_project.learning.learner import servable
+
+    predicted = np.asarray(servable(estimator).predict(X))
+    if spec.task == "classification":
+        return (predicted != y).astype(np.float64)
+    return np.abs(predicted.astype(np.float64) - y)
+
+
+def _from(batch: MicroBatch, window: Ranges) -> MicroBatch:
+    """The batch's rows inside `window` (a later start per partition), so its version records the
+    window it was fit on. The feature values stay those computed from the full window's start."""
+    keep = np.ones(len(batch.offsets), dtype=bool)
+    for p, (start, _) in window.items():
+        keep &= ~((batch.partitions == p) & (batch.offsets < start))
+    return dataclasses.replace(
+        batch,
+        ranges=dict(window),
+        X=batch.X[keep],
+        y=batch.y[keep],
+        ids=[i for i, k in zip(batch.ids, keep, strict=True) if k],
+        partitions=batch.partitions[keep],
+        offsets=batch.offsets[keep],
+        unseen_examples=[
+            u for u in batch.unseen_examples if u.get("offset", 0) >= window.get(u.get("partition"), (0, 0))[0]
+        ]
+        if batch.unseen_examples
+        else [],
+    )
+
+
+def _located(
+    registry: ModelRegistry, spec: StreamSpec, versions: list[Version], since: str, batch: MicroBatch
+) -> Ranges | None:
+    """`batch.ranges` trimmed to where the errors of the model that served `since` (its parent)
+    rose (None: nothing to trim, or no such model)."""
+    named = next((v for v in versions if v.name == since), None)
+    parent = named.parent if named else None
+    if not parent:
+        return None
+    labelled = batch.labelled
+    served = registry.load_estimator(spec.name, parent)
+    errors = row_errors(spec, served, batch.X[labelled], batch.y[labelled])
+    trimmed = post_change(batch.ranges, batch.partitions[labelled], batch.offsets[labelled], errors)
+    return trimmed if trimmed != batch.ranges else None
 
 
 def _state_at(registry: ModelRegistry, spec: StreamSpec, window: Ranges):
@@ -118,6 +182,9 @@ def retrain(
     head = versions[-1]
     window = recent_window(versions, spec.drift.retrain_window_rows, since or None)
     batch = read_batch(settings, spec, window, dead_letter_invalid=False, state=_state_at(registry, spec, window))
+    change_at = _located(registry, spec, versions, since, batch) if since else None
+    if change_at:
+        batch, window = _from(batch, change_at), change_at
     labelled = batch.labelled
     X, y = batch.X[labelled], batch.y[labelled]
     if not len(X):
@@ -143,6 +210,14 @@ def retrain(
 
     retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}
     try:
-        return learn_export_register(registry, spec, batch, run_id, fit, retrain=retrain_meta | {"since": since})
+        return learn_export_register(
+            registry,
+            spec,
+            batch,
+            run_id,
+            fit,
+            retrain=retrain_meta
+            | {"since": since, "change_at": change_at and {str(p): s for p, (s, _) in change_at.items()}},
+        )
     except ParityFailed as exc:
         raise RegistryError(f"{name}: retrained model failed ONNX parity: {exc}") from exc

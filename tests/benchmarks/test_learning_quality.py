@@ -53,3 +53,25 @@ def test_head_to_head_counts_streams_each_default_wins_against_its_predecessor()
     versus = learning_quality.head_to_head(reports, ("default", "sgd_old"))
     assert versus == {("default", "sgd_old"): (2, 1, 1)}
     assert learning_quality.head_to_head(reports, ("default",)) == {}  # no predecessor in the run
+
+
+def test_a_drift_retrain_from_the_located_change_beats_one_from_the_change_batch_s_first_row(capsys) -> None:
+    """The gate's batches (learned rows + a held-out tail) do not line up with the change, so the
+    batch the detector names holds old-concept rows first; `gate_whole` retrains from there."""
+    args = ["--quick", "--streams", *QUICK_ABRUPT, "--configs", "gate", "gate_whole", "--trace"]
+    out = learning_quality.main(args)
+    printed = capsys.readouterr().out
+    assert printed.count("around the change, per 250 rows:") == len(QUICK_ABRUPT)
+    for report in out["reports"]:
+        table = report["table"]
+        assert table["gate"]["retrains"] == table["gate_whole"]["retrains"] == 1, report["stream"]
+        assert table["gate"]["metric"] > table["gate_whole"]["metric"] + 0.03, (report["stream"], table)
+        assert report["verdict"]["best_streamfit"] in ("default", "gate"), "a baseline is not a Streamfit config"
+        spans = report["around_change"]  # 500 rows before the change to 1,500 after, every model
+        assert list(spans) == list(range(500, 2000, 250)) and set(spans[1000]) == set(table)
+        before = spans[500]
+        assert before["gate"] == before["gate_whole"] > 0.9, before  # the same model until the change
+    assert out["summary"]["versus"]["gate/gate_whole"] == (len(QUICK_ABRUPT), 0, 0)
+
+
+QUICK_ABRUPT = ("stagger_abrupt_s1", "agrawal_abrupt_s1")

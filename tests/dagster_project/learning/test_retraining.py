@@ -13,7 +13,7 @@ import pytest
 from dagster_project.ingest.micro_batch import read_batch
 from dagster_project.kafka import clients
 from dagster_project.learning.pipeline import learn_export_register, learn_from_head
-from dagster_project.learning.retraining import recent_window, retrain
+from dagster_project.learning.retraining import post_change, recent_window, retrain
 from dagster_project.registry.store import RegistryError, Version
 from tests.conftest import synthetic_spec
 from tests.helpers import high_waters, produce_synthetic, read_topic
@@ -74,6 +74,21 @@ def test_a_partition_missing_from_some_batches_keeps_its_own_range() -> None:
     assert recent_window(versions, rows=10_000) == {0: (0, 150), 1: (0, 70)}
 
 
+def test_post_change_trims_each_partition_to_its_own_rise_and_keeps_one_without() -> None:
+    rng = np.random.default_rng(0)
+    # partition 0: offsets 100..499, errors rise at offset 340; partition 1: 50..349, no rise
+    errors0 = (rng.random(400) < np.where(np.arange(100, 500) < 340, 0.02, 0.6)).astype(float)
+    errors1 = (rng.random(300) < 0.1).astype(float)
+    partitions = np.array([0] * 400 + [1] * 300)
+    offsets = np.concatenate([np.arange(100, 500), np.arange(50, 350)])
+    window = {0: (100, 500), 1: (50, 350)}
+
+    trimmed = post_change(window, partitions, offsets, np.concatenate([errors0, errors1]))
+
+    assert 325 <= trimmed[0][0] <= 355 and trimmed[0][1] == 500
+    assert trimmed[1] == (50, 350)
+
+
 # --- retrain on a real broker ------------------------------------------------------------------
 
 
@@ -108,6 +123,7 @@ def test_retrain_registers_a_new_head_that_keeps_the_offsets(kafka_settings, reg
         "reasons": ["concept drift: test"],
         "from": head.name,
         "since": None,
+        "change_at": None,
     }
     assert retrained.meta["offsets"]["batch"] == {"0": [400, 800]}  # the last 2 batches hold >= 350 rows
     assert retrained.meta["rows"]["trained"] == 400
@@ -270,3 +286,33 @@ def test_a_drift_retrain_refits_a_windowed_family_on_post_change_rows_at_once(
     assert sgd.named_steps["scaler"].n_samples_seen_ == 400 * spec.drift.retrain_epochs  # replayed, fresh
     passes = spec.model.families[0].passes_per_batch  # each replayed batch learned as the stream learns it
     assert sgd.named_steps["estimator"].t_ == 1 + 400 * spec.drift.retrain_epochs * passes
+
+
+def test_a_drift_retrain_learns_from_the_change_inside_the_batch_not_its_first_row(kafka_settings, registry) -> None:
+    """The concept flips at row 650, inside the batch [400, 800) the detector names: a fresh model
+    fit on that whole batch (250 old-concept rows, 150 new) would serve the new concept badly."""
+    from dagster_project.dev.datasets import synthetic_events
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    spec = synthetic_spec(partitions=1, drift={"retrain_window_rows": 10_000})
+    events = list(synthetic_events(rows=1_800, change_at=650, seed=3))
+    produce(
+        kafka_settings,
+        spec,
+        ((e.event_id.encode(), make_event(e.event_id, e.features, e.label, 0.0)) for e in events[:800]),
+    )
+    v1, v2 = _learn_batches(kafka_settings, registry, spec, size=400)
+
+    retrained = retrain(kafka_settings, registry, spec, ["error rate rose"], "run-retrain", since=v2.name)
+
+    start, end = retrained.meta["offsets"]["batch"]["0"]
+    assert 630 <= start <= 670 and end == 800, f"the retrain window starts at {start}, not near the change (650)"
+    assert retrained.meta["retrain"]["change_at"] == {"0": start}
+    assert retrained.meta["rows"]["trained"] == 800 - start
+    assert retrained.learned == v2.learned and retrained.meta["rows_learned_total"] == 800  # exactly-once kept
+    later = events[800:]  # the new concept, unseen by any version
+    X = np.array([[e.features[f"x{i}"] for i in range(5)] for e in later])
+    y = np.array([e.label for e in later])
+    accuracy = float((registry.load_estimator(spec.name, retrained.name).predict(X) == y).mean())
+    assert accuracy >= 0.85, f"the retrained model serves the new concept at {accuracy:.3f}"
