@@ -116,7 +116,7 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
     """The same exact-range read with confluent-kafka (assign at the start offsets, no group join)."""
     from confluent_kafka import TopicPartition as ConfluentPartition
 
-    consumer = clients.confluent_range_reader(settings)
+    consumer = clients.confluent_range_reader(settings, rows=sum(end - start for start, end in ranges.values()))
     seen = 0
     try:
         todo = {p: end for p, (start, end) in ranges.items() if end > start}

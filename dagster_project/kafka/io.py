@@ -574,7 +574,7 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
 
     check_reachable(settings)
     try:
-        consumer = clients.confluent_range_reader(settings)
+        consumer = clients.confluent_range_reader(settings, rows=sum(end - start for start, end in todo.values()))
     except (BrokerSecurityError, BrokerConfigError, KafkaException) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
     try:
