@@ -25,8 +25,9 @@ first, which every system has already learned, so each measures a steady-state b
   its rate would depend on how much of the topic lies beyond the range.
 - **floor**: the same client's bare range read + `orjson.loads` of every message, nothing else.
   "The same client" is the one Streamfit reads ranges with (`clients.range_reader_client(settings)`:
-  confluent-kafka when installed); **floor_kafka_python** is the same floor through kafka-python,
-  the River loop's client, so both comparisons are side by side.
+  confluent-kafka when installed, with the same prefetch sizing, `clients.range_prefetch`);
+  **floor_kafka_python** is the same floor through kafka-python, the River loop's client, so both
+  comparisons are side by side.
 - **sklearn_partial_fit**: `estimators.partial_fit` on the same rows already in memory, with the
   spec's passes over the batch (`model.passes`; SGD's default 8) as the training path makes.
 """
@@ -116,7 +117,7 @@ def consume_range_confluent(settings: KafkaSettings, topic: str, ranges: Ranges,
     """The same exact-range read with confluent-kafka (assign at the start offsets, no group join)."""
     from confluent_kafka import TopicPartition as ConfluentPartition
 
-    consumer = clients.confluent_range_reader(settings)
+    consumer = clients.confluent_range_reader(settings, rows=sum(end - start for start, end in ranges.values()))
     seen = 0
     try:
         todo = {p: end for p, (start, end) in ranges.items() if end > start}

@@ -59,6 +59,12 @@ def bin_counts(edges: np.ndarray | list[float], values: np.ndarray) -> np.ndarra
     return np.bincount(np.searchsorted(edges, values, side="left"), minlength=edges.size + 1)
 
 
+def _sorted_bin_counts(edges: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """`bin_counts` of sorted values without NaN: bin i ends after the last value <= edges[i]."""
+    ends = np.searchsorted(ordered, edges, side="right")
+    return np.diff(np.concatenate(([0], ends, [ordered.size])))
+
+
 def reference_sample(present: np.ndarray, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED) -> np.ndarray:
     """A seeded uniform sample of at most `size` values, without replacement, sorted."""
     if present.size > size:
@@ -76,14 +82,18 @@ def summarize(
     if column.size:
         summary["null_fraction"] = float(1 - present.size / column.size)
     if present.size:
-        edges = histogram_edges(present, bins)
+        # Quantiles depend on the values only, so they are taken from one sorted copy: numpy sorts
+        # 100 k floats in ~0.6 ms, while each np.quantile call partitions for ~3 ms and binning by
+        # search another 3 ms per feature. Mean, std and the sample use `present` as it came.
+        ordered = np.sort(present)
+        edges = histogram_edges(ordered, bins)
         summary.update(
             mean=float(present.mean()),
             std=float(present.std()),
-            quantiles=[float(q) for q in np.quantile(present, QUANTILES)],
+            quantiles=[float(q) for q in np.quantile(ordered, QUANTILES)],
             histogram={
                 "edges": [float(e) for e in edges],
-                "counts": [int(c) for c in bin_counts(edges, present)],
+                "counts": [int(c) for c in _sorted_bin_counts(edges, ordered)],
             },
             sample=[float(v) for v in reference_sample(present, sample_size, seed)],
         )

@@ -55,10 +55,34 @@ def range_reader_client(settings: KafkaSettings) -> str:
     return KAFKA_PYTHON
 
 
-def confluent_range_reader(settings: KafkaSettings, **overrides: Any):
+# A range reader's prefetch queue, per row of the range (see `range_prefetch`), and its bounds.
+PREFETCH_BYTES_PER_ROW = 64
+PREFETCH_MIN_KBYTES = 1024
+PREFETCH_MAX_KBYTES = 65536  # librdkafka's own default
+PREFETCH_BACKOFF_MS = 5
+
+
+def range_prefetch(rows: int) -> dict[str, Any]:
+    """librdkafka settings that keep a range reader's prefetch close to the range it reads.
+
+    librdkafka keeps fetching ahead until 64 MB are queued, so a read of 10 k rows inside a larger
+    topic fetched and decoded the topic's rest as well (CPU taken from the batch: reads of 1 k and
+    10 k rows in a 101 k-row topic took 50-100 ms instead of 10-20). The queue is sized from the
+    range's row count instead; a queue too small for the range only costs a refill round trip
+    (the backoff, 5 ms, instead of librdkafka's 1 s, which would stall every read).
+    """
+    kbytes = rows * PREFETCH_BYTES_PER_ROW // 1024
+    return {
+        "queued.max.messages.kbytes": min(PREFETCH_MAX_KBYTES, max(PREFETCH_MIN_KBYTES, kbytes)),
+        "fetch.queue.backoff.ms": PREFETCH_BACKOFF_MS,
+    }
+
+
+def confluent_range_reader(settings: KafkaSettings, rows: int | None = None, **overrides: Any):
     """A confluent-kafka consumer that reads exact offsets with assign() and never joins or commits.
 
-    librdkafka wants a group.id even for assign(); nothing is ever committed under it.
+    librdkafka wants a group.id even for assign(); nothing is ever committed under it. ``rows``
+    (the range's size, when known) bounds its prefetch (`range_prefetch`).
     """
     from confluent_kafka import Consumer
 
@@ -71,6 +95,8 @@ def confluent_range_reader(settings: KafkaSettings, **overrides: Any):
         "enable.partition.eof": False,
         "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
     }
+    if rows is not None:
+        config |= range_prefetch(rows)
     return Consumer(config | overrides)
 
 

@@ -7,6 +7,7 @@ on some brokers) and the oldest waiting record's timestamp.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -574,7 +575,7 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
 
     check_reachable(settings)
     try:
-        consumer = clients.confluent_range_reader(settings)
+        consumer = clients.confluent_range_reader(settings, rows=sum(end - start for start, end in todo.values()))
     except (BrokerSecurityError, BrokerConfigError, KafkaException) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap}: {exc}") from exc
     try:
@@ -643,6 +644,11 @@ def _close_meanwhile(consumer: Any) -> None:
     threading.Thread(target=consumer.close, name="range-reader-close", daemon=False).start()
 
 
+# RawRecord from a 5-tuple in C: the named tuple's own __new__ is a Python function, 43 vs 30 ms
+# per 100 k records.
+_record = functools.partial(tuple.__new__, RawRecord)
+
+
 def _in_range(messages: list, todo: Ranges, position: dict[int, int]) -> list[RawRecord]:
     """The error-free `messages` inside `[position, end)` of their partition, as RawRecords, advancing
     `position` past every message seen: the per-message loop's rules, a column at a time."""
@@ -674,7 +680,7 @@ def _in_range(messages: list, todo: Ranges, position: dict[int, int]) -> list[Ra
     timestamps = [m.timestamp()[1] for m in messages]
     keys = [m.key() for m in messages]
     values = [m.value() for m in messages]
-    return list(map(RawRecord, partitions, offsets, timestamps, keys, values))
+    return list(map(_record, zip(partitions, offsets, timestamps, keys, values, strict=True)))
 
 
 def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:

@@ -155,10 +155,13 @@ def _score_classifier(
         scores = model.decision_function(X)  # 1-D for binary: positive-class margin
         predicted = model.predict(X)
     roc_auc = None
-    if binary and len(np.unique(y)) == 2:
+    positives = int(np.count_nonzero(y == 1)) if binary else 0
+    if 0 < positives < len(y):  # both classes in the batch (y holds class indices)
         roc_auc = binary_roc_auc(y, scores)
     loss = log_loss(y, proba) if proba is not None else None
-    metrics = BatchMetrics(rows=len(X), accuracy=float(accuracy_score(y, predicted)), roc_auc=roc_auc, log_loss=loss)
+    # accuracy_score's value; its input checks sort the labels twice (~10 ms at 100 k rows)
+    accuracy = float(np.mean(np.asarray(predicted) == y)) if len(y) else float(accuracy_score(y, predicted))
+    metrics = BatchMetrics(rows=len(X), accuracy=accuracy, roc_auc=roc_auc, log_loss=loss)
     return metrics, scores
 
 

@@ -237,3 +237,12 @@ def test_every_factory_runs_the_security_preflight_first(factory, kafka_bootstra
     settings = KafkaSettings(bootstrap=kafka_bootstrap, security_protocol="SSL", ssl_cafile=str(missing))
     with pytest.raises(BrokerConfigError, match=f"{CAFILE_ENV}={missing}: no such file"):
         factory(settings)
+
+
+def test_range_prefetch_follows_the_range_within_bounds() -> None:
+    small, medium, large = (clients.range_prefetch(rows) for rows in (1_000, 200_000, 10_000_000))
+    assert small["queued.max.messages.kbytes"] == clients.PREFETCH_MIN_KBYTES
+    assert small["queued.max.messages.kbytes"] < medium["queued.max.messages.kbytes"]
+    assert large["queued.max.messages.kbytes"] == clients.PREFETCH_MAX_KBYTES
+    # librdkafka's own backoff (1 s) would stall a read every time the queue fills before the range ends
+    assert all(p["fetch.queue.backoff.ms"] <= 10 for p in (small, medium, large))

@@ -350,3 +350,26 @@ def test_in_range_keeps_the_per_message_rules_a_column_at_a_time() -> None:
     chunk = _in_range([_Message(0, o) for o in range(4)], {0: (0, 10)}, position)
     assert [r.offset for r in chunk] == [0, 1, 2, 3] and position == {0: 4}
     assert _in_range([], {0: (0, 10)}, position) == [] and position == {0: 4}
+
+
+def test_a_range_larger_than_the_prefetch_queue_reads_exactly(kafka_settings: KafkaSettings) -> None:
+    """The confluent reader's prefetch queue is sized from the range's rows (`clients.range_prefetch`):
+    records much larger than that estimate overflow it many times over, and the read still returns
+    exactly the range, refilling the queue as it drains."""
+    pytest.importorskip("confluent_kafka")
+    topic = unique_topic("big")
+    ensure_topics(kafka_settings, [topic], partitions=1)
+    size = 16 * 1024
+    producer = clients.producer(kafka_settings, max_request_size=2 * 1024 * 1024)
+    try:
+        for i in range(400):  # 6.4 MB, against a queue of 1 MB for 400 rows
+            producer.send(topic, key=b"%d" % i, value=b"%06d" % i + b"x" * size, partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+    assert clients.range_prefetch(390)["queued.max.messages.kbytes"] * 1024 < 390 * size / 4
+
+    records = list(read_range(replace(kafka_settings, client=CONFLUENT), topic, {0: (5, 395)}))
+
+    assert [r.offset for r in records] == list(range(5, 395))
+    assert [r.value[:6] for r in records] == [b"%06d" % i for i in range(5, 395)]

@@ -216,6 +216,60 @@ def test_each_batch_is_learned_passes_times_and_counted_once() -> None:
         assert learned.named_steps["estimator"].t_ == 1 + updates
 
 
+SGD_CASES = [
+    pytest.param(SGDClassifier, 2, None, id="binary"),
+    pytest.param(SGDClassifier, 3, None, id="three-classes"),
+    pytest.param(SGDClassifier, 2, "l2", id="binary-l2"),
+    pytest.param(SGDRegressor, 0, None, id="regressor"),
+]
+
+
+def _sgd(kind: type, classes: int, penalty: str | None, **params: typing.Any):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 4))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1) * (classes == 3) if classes else X @ [1.0, 2, 0, -1]
+    model = kind(learning_rate="constant", eta0=0.01, penalty=penalty, random_state=11, **params)
+    return model, X, y, (np.arange(classes) if classes else None)
+
+
+@pytest.mark.parametrize(("kind", "classes", "penalty"), SGD_CASES)
+@pytest.mark.parametrize("stack_bytes", [None, 1], ids=["stacked", "one-pass-a-call"])
+def test_sgd_passes_equal_one_partial_fit_per_pass_in_the_same_seeded_order(
+    kind: type, classes: int, penalty: str | None, stack_bytes: int | None, monkeypatch
+) -> None:
+    from dagster_project.learning import estimators
+
+    if stack_bytes is not None:
+        monkeypatch.setattr(estimators, "STACK_BYTES", stack_bytes)
+    model, X, y, labels = _sgd(kind, classes, penalty)
+    estimators.fit_estimator(model, X, y, labels, passes=8)
+
+    # The straightforward loop: one partial_fit a pass, each pass over one seeded permutation.
+    reference, _, _, _ = _sgd(kind, classes, penalty, shuffle=False)
+    order = np.random.RandomState(11).permutation(len(X))
+    for _ in range(8):
+        reference.partial_fit(X[order], y[order], **({"classes": labels} if classes else {}))
+
+    assert model.t_ == reference.t_ == 1 + 8 * len(X)
+    assert model.shuffle is True  # restored for whoever fits it next
+    exact = penalty is None  # an l2 penalty rescales the weights, rounded differently per call
+    for got, want in ((model.coef_, reference.coef_), (model.intercept_, reference.intercept_)):
+        np.testing.assert_allclose(got, want, rtol=0 if exact else 1e-12, atol=0)
+
+
+def test_sgd_passes_keep_the_given_order_without_shuffle() -> None:
+    model, X, y, labels = _sgd(SGDClassifier, 2, None, shuffle=False)
+    reference, _, _, _ = _sgd(SGDClassifier, 2, None, shuffle=False)
+    partial_fit_passes = 5
+    from dagster_project.learning.estimators import fit_estimator
+
+    fit_estimator(model, X, y, labels, passes=partial_fit_passes)
+    for _ in range(partial_fit_passes):
+        reference.partial_fit(X, y, classes=labels)
+    np.testing.assert_array_equal(model.coef_, reference.coef_)
+    np.testing.assert_array_equal(model.intercept_, reference.intercept_)
+
+
 def test_params_override_defaults() -> None:
     spec = make_spec("sgd_classifier", params={"eta0": 0.1, "alpha": 0.001})
     sgd = build_model(spec).named_steps["estimator"]

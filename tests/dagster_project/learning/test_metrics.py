@@ -28,6 +28,7 @@ def test_roc_auc_extremes_and_one_class() -> None:
     assert binary_roc_auc(y, np.full(4, 0.5)) == 0.5
     with pytest.raises(ValueError, match="both classes"):
         binary_roc_auc(np.ones(3), np.array([0.1, 0.2, 0.3]))
+    assert np.isnan(binary_roc_auc(y, np.array([0.1, np.nan, 0.8, 0.9])))  # a diverged model scores no AUC
 
 
 @pytest.mark.parametrize("classes", [2, 3, 7])

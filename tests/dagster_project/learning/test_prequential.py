@@ -7,7 +7,7 @@ import typing
 import numpy as np
 import pytest
 from river import datasets, linear_model, preprocessing
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 
 from dagster_project.learning import prequential as training
 from dagster_project.learning.estimator_table import CLASSIFIERS
@@ -54,6 +54,18 @@ def test_classification_metrics_and_scores() -> None:
     assert set(metrics.as_metadata()) == {"rows", "accuracy", "roc_auc", "log_loss"}
     assert all(isinstance(v, int | float) for v in metrics.as_metadata().values())
     assert new_model is not model
+
+
+@pytest.mark.parametrize("labels", ["float", "int"])  # the parser hands float class indices over
+def test_batch_metrics_are_sklearns(labels: str) -> None:
+    spec = make_spec()
+    model, _, _ = training.test_then_train(None, spec, *make_batch("classification", 200, seed=0))
+    X, y = make_batch("classification", 300, seed=2)
+    y = y.astype(np.float64 if labels == "float" else np.int64)
+    metrics = training.evaluate(model, spec, X, y)
+    assert metrics.accuracy == accuracy_score(y, model.predict(X))
+    assert metrics.roc_auc == pytest.approx(roc_auc_score(y, model.predict_proba(X)[:, 1]), abs=1e-12)
+    assert training.evaluate(model, spec, X[y == 0], y[y == 0]).roc_auc is None  # one class: no AUC
 
 
 def test_input_model_is_not_mutated() -> None:

@@ -181,3 +181,30 @@ def test_parity_fails_for_a_regressor_checked_against_classifier_bytes(sgd_model
     X, _ = make_batch("classification", 10, seed=0)
     result = check_parity(regressor, export_onnx(sgd_model, 4), X, atol=1e-4, rtol=1e-4)
     assert not result.passed and "classifier" in result.reason
+
+
+def test_onnx_schemas_are_read_once_and_the_export_is_unchanged(sgd_model, monkeypatch) -> None:
+    import onnx
+    from skl2onnx.common import _container
+
+    from dagster_project.onnx.export import read_onnx_schemas_once
+
+    original = getattr(_container.get_all_schemas_with_history, "__wrapped__", None)
+    original = original or _container.get_all_schemas_with_history
+    calls: list[int] = []
+
+    def counting():
+        calls.append(1)
+        return original()
+
+    monkeypatch.setattr(_container, "get_all_schemas_with_history", counting)
+    first = onnx.load_from_string(export_onnx(sgd_model, 4))
+    read_onnx_schemas_once()  # already done by the export: a second call changes nothing
+    second = onnx.load_from_string(export_onnx(sgd_model, 4))
+
+    assert len(calls) == 1
+    monkeypatch.setattr(_container, "get_all_schemas_with_history", original)  # skl2onnx as shipped
+    plain = onnx.load_from_string(export_onnx(sgd_model, 4))
+    for graph in (first.graph, second.graph, plain.graph):
+        graph.name = ""  # skl2onnx names each graph with a fresh uuid
+    assert first == second == plain

@@ -520,3 +520,18 @@ def test_importing_quality_does_not_import_great_expectations() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_batches_are_validated_without_gx_fingerprinting_every_row(monkeypatch) -> None:
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    hashed: list[int] = []
+    monkeypatch.setattr(pandas_execution_engine, "hash_pandas_dataframe", lambda df: hashed.append(len(df)) or "x")
+    passed = validate_batch(make_batch(), make_spec())
+    broken = make_batch()
+    set_x(5, 0, 1.5)(broken)  # above x0's max: a rule GX itself runs on every row
+    failed = validate_batch(broken, make_spec())
+
+    assert passed.passed and not failed.passed
+    assert [(f.expectation, f.column) for f in failed.failures] == [(BETWEEN, "x0")]
+    assert hashed == []
