@@ -12,6 +12,10 @@ accept a message that path refuses, with the values it would give:
 - integers beyond 64 bits (an id or a category value) are Python ints here but floats in orjson,
   which the exact path refuses or codes differently: the parser sends them there (`fits_64_bits`);
 - unknown top-level fields are ignored, as before; unknown features are refused.
+
+The structs are untracked by the cyclic GC (`gc=False`): they hold only strings, numbers and the
+features struct, so they cannot form a cycle, and tracking cost ~15 % of decoding (100 k events:
+56-59 -> 50 ms).
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ def event_decoder(spec: StreamSpec) -> msgspec.json.Decoder:
         fields,
         rename={f"f{j}": f.name for j, f in enumerate(spec.features)},
         forbid_unknown_fields=True,
+        gc=False,
     )
     label: Any = (str | float | None) if spec.task == "classification" else (float | None)
     event = msgspec.defstruct(
         "Event",
         [("id", str | int), ("features", features), ("ts", float | None, None), ("label", label, None)],
+        gc=False,
     )
     return msgspec.json.Decoder(event)
