@@ -87,19 +87,6 @@ _NUMBER_TYPES = frozenset((int, float))
 _LABEL_TYPES = frozenset((int, float, str))  # bools take the slow path: True must not match class 1
 
 
-@dataclass
-class PendingRows:
-    """The fast path's rows so far, while a batch is fed to `EventParser` chunk by chunk."""
-
-    rows: list[Any] = field(default_factory=list)
-    labels: list[float] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    index: list[int] = field(default_factory=list)  # position of each row among all messages fed
-    slow: list[int] = field(default_factory=list)  # positions `parse` must see
-    unseen: list[tuple[int, str, Any]] = field(default_factory=list)
-    seen: int = 0  # messages fed so far
-
-
 class EventParser:
     """Validates messages against one stream's spec; built once per batch for speed."""
 
@@ -132,28 +119,20 @@ class EventParser:
         wrong types, malformed JSON, rows a column rule refuses) goes through `parse`, which gives
         the exact reason. The fast path never accepts a message `parse` would refuse.
         """
-        pending = self.start()
-        self.feed(pending, values)
-        return self.finish(pending, values)
-
-    def start(self) -> PendingRows:
-        """An empty batch to `feed` chunk by chunk (a range read decodes each poll while the next
-        one is fetched) and `finish` once every chunk is in; the result equals `parse_many`'s."""
-        return PendingRows()
-
-    def feed(self, pending: PendingRows, values: Sequence[bytes | None]) -> None:
-        """Decode `values`, the next messages of the batch, into `pending` (the per-message loop)."""
         decode = self._decoder.decode
         astuple = msgspec.structs.astuple
+        width = len(self._names)
         classification = self.spec.task == "classification"
         fast_labels = self._fast_labels
         fits = fits_64_bits
-        rows, labels, ids, index, slow = pending.rows, pending.labels, pending.ids, pending.index, pending.slow
+        rows: list[Any] = []
+        labels: list[float] = []
+        ids: list[str] = []
+        index: list[int] = []
+        slow: list[int] = []
         coders = self._category_coders
-        unseen = pending.unseen
-        base = pending.seen
-        pending.seen += len(values)
-        for i, raw in enumerate(values, base):
+        unseen: list[tuple[int, str, Any]] = []
+        for i, raw in enumerate(values):
             try:
                 event = decode(raw)
             except Exception:  # any type or shape problem (or no value): `parse` names it
@@ -193,16 +172,9 @@ class EventParser:
             labels.append(target)
             ids.append(event_id)
             index.append(i)
-
-    def finish(self, pending: PendingRows, values: Sequence[bytes | None]) -> ParsedBatch:
-        """The column rules on every fed row, and `parse` on the rest; `values` are all the messages fed."""
-        if pending.seen != len(values):
-            raise ValueError(f"fed {pending.seen} messages but finishing with {len(values)}: feed each message once")
-        classification = self.spec.task == "classification"
-        slow, ids, unseen = pending.slow, pending.ids, pending.unseen
-        X = np.asarray(pending.rows, dtype=np.float64).reshape(-1, len(self._names))
-        y = np.asarray(pending.labels, dtype=np.float64)
-        positions = np.asarray(pending.index, dtype=np.int64)
+        X = np.asarray(rows, dtype=np.float64).reshape(-1, width)
+        y = np.asarray(labels, dtype=np.float64)
+        positions = np.asarray(index, dtype=np.int64)
         refused = ~np.isfinite(X).all(axis=1) | (np.abs(X) > MAGNITUDE_LIMIT).any(axis=1)
         if not classification:
             refused |= np.isinf(y) | (np.abs(y) > MAGNITUDE_LIMIT)
@@ -218,7 +190,7 @@ class EventParser:
             ids = [event_id for event_id, kept in zip(ids, keep, strict=True) if kept]
             if unseen:  # `parse` records them again if their rows are valid
                 unseen = [u for u in unseen if u[0] not in set(again)]
-        return self._merge_slow_path(values, list(slow), X, y, ids, positions, list(unseen))
+        return self._merge_slow_path(values, slow, X, y, ids, positions, unseen)
 
     def _encode(self, row: tuple) -> tuple[list, list[tuple[str, Any]]] | None:
         """The row with its category values as codes, and the unseen ones; None if a value needs `parse`."""

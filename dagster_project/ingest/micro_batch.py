@@ -149,24 +149,17 @@ def read_batch(
             f"{spec.name} has derived features: pass the feature state at the start of {ranges} "
             "(dagster_project.features.checkpoint.state_after)"
         )
+    records, identity = _read_with_identity(settings, spec.events_topic, ranges)
     ends = {p: end for p, (_, end) in ranges.items()}
     if learn_ends:
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
-    learned, tail = _Decoding(spec), _Decoding(spec)
-
-    def decode(chunk: list[RawRecord]) -> None:
-        if not learn_ends:
-            learned.add(chunk)
-            return
-        learned.add([r for r in chunk if r.offset < ends[r.partition]])
-        tail.add([r for r in chunk if r.offset >= ends[r.partition]])
-
-    identity = _read_with_identity(settings, spec.events_topic, ranges, decode)
+    learned = [r for r in records if r.offset < ends[r.partition]] if learn_ends else records
     batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state, already_sent)
     if state is not None:
         batch.feature_state = dump_state(state)
         batch.feature_counters = {"keys": state.keys(), **state.counters}
-    if learn_ends and tail.records:
+    if learn_ends and len(learned) < len(records):
+        tail = [r for r in records if r.offset >= ends[r.partition]]
         batch.tail = _parse(settings, spec, ranges, tail, False, identity, state.copy() if state else None)
         keep = ~np.isnan(batch.tail.X).any(axis=1) if batch.tail.rows else np.zeros(0, dtype=bool)
         if not keep.all():  # a nullable feature's NaN cannot be scored; the next batch handles the row
@@ -175,47 +168,27 @@ def read_batch(
     return batch
 
 
-class _Decoding:
-    """One part of a batch (the learned rows or the tail): its records, and the parser already fed
-    with each chunk as it arrived, so decoding runs while librdkafka fetches the next chunk."""
-
-    def __init__(self, spec: StreamSpec) -> None:
-        self.parser = EventParser(spec)
-        self.pending = self.parser.start()
-        self.records: list[RawRecord] = []
-
-    def add(self, chunk: list[RawRecord]) -> None:
-        if chunk:
-            self.records += chunk
-            self.parser.feed(self.pending, [r[4] for r in chunk])  # r.value, without the attribute lookup
-
-
-def _read_with_identity(
-    settings: KafkaSettings, topic: str, ranges: Ranges, decode: Callable[[list[RawRecord]], None]
-) -> Any:
-    """Read the range, handing each chunk to `decode` as it arrives, and return the topic's identity,
-    asked for while the records arrive: its admin client's round trips (~5-10 ms) otherwise add to
-    every batch. Its error, if any, comes first."""
+def _read_with_identity(settings: KafkaSettings, topic: str, ranges: Ranges) -> tuple[list[RawRecord], Any]:
+    """The range's records and the topic's identity, asked for while the records arrive: its admin
+    client's round trips (~5-10 ms) otherwise add to every batch. Its error, if any, comes first."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="topic-identity") as pool:
         identity = pool.submit(topic_identity, settings, topic)
+        records: list[RawRecord] = []
         try:
             with _gc_paused():
                 for chunk in read_range_chunks(settings, topic, ranges):
-                    decode(chunk)
+                    records += chunk
         except BaseException:
             identity.result()  # a broker that fails both reports what the identity lookup saw, as before
             raise
-        return identity.result()
+        return records, identity.result()
 
 
-def _parse(
-    settings, spec, ranges, decoded: _Decoding, dead_letter_invalid, identity, state=None, already_sent=None
-) -> MicroBatch:
-    records = decoded.records
+def _parse(settings, spec, ranges, records, dead_letter_invalid, identity, state=None, already_sent=None) -> MicroBatch:
     with _gc_paused():
         # One transposing pass (RawRecord is a tuple) rather than a generator per column.
         partitions, offsets, _, _, values = zip(*records, strict=True) if records else ((), (), (), (), ())
-        parsed = decoded.parser.finish(decoded.pending, values)
+        parsed = EventParser(spec).parse_many(values)
         if state is not None:  # no key, no time or late: refused like a malformed message
             parsed = derive(state, list(partitions), values, parsed)
     reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)

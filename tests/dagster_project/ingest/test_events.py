@@ -289,34 +289,3 @@ def test_parse_many_of_nothing() -> None:
     batch = EventParser(make_spec()).parse_many([])
     assert batch.X.shape == (0, 4)
     assert batch.ids == [] and batch.failures == []
-
-
-def _fed_in_chunks(parser: EventParser, values: list, sizes: list[int]):
-    """`values` fed to the parser in chunks of `sizes` (the rest last), as a range read does."""
-    pending, start = parser.start(), 0
-    for size in [*sizes, len(values)]:
-        parser.feed(pending, values[start : start + size])
-        start += size
-    return parser.finish(pending, values)
-
-
-@pytest.mark.parametrize("sizes", [[0, 1, 7], [3, 3, 3, 3, 0, 11], [50]])
-def test_a_batch_fed_chunk_by_chunk_parses_as_one(sizes: list[int]) -> None:
-    """A range read decodes each poll's chunk as it arrives: rows, positions, ids and reasons must be
-    those of parsing the whole batch at once (positions count from the batch's first message)."""
-    parser = EventParser(make_spec())
-    values = _corpus()
-    whole = parser.parse_many(values)
-    chunked = _fed_in_chunks(parser, values, sizes)
-    assert chunked.failures == whole.failures and len(whole.failures) > 20
-    assert chunked.index.tolist() == whole.index.tolist() and chunked.ids == whole.ids
-    np.testing.assert_array_equal(chunked.X, whole.X)
-    np.testing.assert_array_equal(chunked.y, whole.y)
-
-
-def test_finishing_with_other_messages_than_fed_is_refused() -> None:
-    parser = EventParser(make_spec())
-    pending = parser.start()
-    parser.feed(pending, [event(), event()])
-    with pytest.raises(ValueError, match="fed 2 messages but finishing with 3"):
-        parser.finish(pending, [event(), event(), event()])
