@@ -300,8 +300,19 @@ class Watcher:
             except Exception:  # noqa: BLE001 - only wording
                 since_row = since
         where = since_row or (f"row {start:,}" if start is not None else "the recent window")
+        located = self._located_row(d["to_version"])
+        if located is not None:  # the retrain learned only the rows after the change it found inside the batch
+            where = f"row {located:,} (the change located inside the batch from {where})"
         at = f"~{self.change_at:,}" if self.timings.get("concept_change_s") else "?"
         return f"drift at row {at}: {detector} -> retrain from {where} ({d['to_version']})"
+
+    def _located_row(self, version: str) -> int | None:
+        """Where the retrained `version` started learning when its retrain located the change (`retrain.change_at`)."""
+        try:
+            change_at = (self.registry.get(self.spec.name, version).meta.get("retrain") or {}).get("change_at")
+        except Exception:  # noqa: BLE001 - only wording
+            return None
+        return sum(int(start) for start in change_at.values()) if change_at else None
 
     def _scorer(self) -> None:
         health = _get_json(f"{self.scorer_url}/healthz")
