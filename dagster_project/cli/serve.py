@@ -110,6 +110,7 @@ def serve(
     """
     import logging
 
+    from dagster_project.kafka.fast_transactions import ClientCallsStuck
     from dagster_project.kafka.io import BrokerUnavailable
     from dagster_project.serving.scorer import ScorerFenced, build_service, scorer_group
 
@@ -150,4 +151,6 @@ def serve(
         service.serve_until_signalled()
     except ScorerFenced as exc:
         raise click.ClickException(f"fenced: {exc}") from exc
+    except ClientCallsStuck as exc:
+        raise click.ClickException(f"scorer stopped: {exc}") from exc
     click.echo("scorer stopped")

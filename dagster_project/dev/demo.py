@@ -193,12 +193,25 @@ def stop_all(children: list[Child], timeout_s: float = STOP_TIMEOUT_S) -> None:
 
 
 def bounded(call, timeout_s: float, what: str) -> str:
-    """`call()`'s text, or a line saying it did not answer within `timeout_s` (a stop must not hang on it)."""
+    """`call()`'s text, or a line saying it failed or did not answer within `timeout_s` (a stop must not hang on
+    it). A call past its bound is left on a daemon thread: the demo exits right after the summary, which ends it."""
     result: list[str] = []
-    worker = threading.Thread(target=lambda: result.append(call()), daemon=True, name="demo-summary")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except Exception as exc:  # noqa: BLE001 - reported in the summary instead of lost on a thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True, name="demo-summary")
     worker.start()
     worker.join(timeout_s)
-    return result[0] if result else f"({what} did not answer within {timeout_s:.0f} s; skipped)"
+    if result:
+        return result[0]
+    if failure:
+        return f"({what} failed: {failure[0]!r}; skipped)"
+    return f"({what} did not answer within {timeout_s:.0f} s; skipped)"
 
 
 def _get_json(url: str, timeout: float = 1.0) -> dict | None:

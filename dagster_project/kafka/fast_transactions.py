@@ -14,6 +14,10 @@ stopped). So that call runs on a helper thread and is given up a little after it
 discards this producer (left to its thread, never destroyed under it) and a new one, with a fresh
 coordinator lookup, settles the transaction. And a producer that saw every broker go away says so
 (`lost_every_broker()`), so the scorer replaces it between transactions instead of waiting for that hang.
+
+A given-up call keeps its producer (librdkafka's threads and sockets) until librdkafka returns, which for that
+hang may be never: one per whole-cluster outage. Past `MAX_STUCK_CALLS` alive in one process the scorer stops
+with `ClientCallsStuck` instead of leaking further; a restart (its supervisor's restart policy) frees them.
 """
 
 from __future__ import annotations
@@ -52,6 +56,35 @@ def _translated(exc: Exception, call: str) -> Exception:
 
 # How long past its own timeout a librdkafka call that should have returned is waited for before it is given up.
 OVERDUE_GRACE_S = 2.0
+# Given-up calls still inside librdkafka that one process tolerates (each holds a producer): see the docstring.
+MAX_STUCK_CALLS = 4
+_stuck: list[threading.Thread] = []
+_stuck_lock = threading.Lock()
+
+
+class ClientCallsStuck(RuntimeError):
+    """Too many librdkafka calls are stuck past their timeout in this process: restart it to free them."""
+
+
+def stuck_calls() -> int:
+    """Given-up librdkafka calls of this process that have still not returned."""
+    with _stuck_lock:
+        _stuck[:] = [t for t in _stuck if t.is_alive()]
+        return len(_stuck)
+
+
+def _give_up(worker: threading.Thread, call: str) -> int:
+    """Record a given-up call; raise ClientCallsStuck past `MAX_STUCK_CALLS` of them alive."""
+    with _stuck_lock:
+        _stuck.append(worker)
+    stuck = stuck_calls()
+    if stuck > MAX_STUCK_CALLS:
+        raise ClientCallsStuck(
+            f"{stuck} librdkafka calls ({call} last) are stuck past their timeout in this process, each holding a "
+            "producer (librdkafka #5456/#5511, after whole-cluster outages): restart the scorer to free them (a "
+            "supervisor's restart policy does; nothing committed is lost, the new process resumes from the commit)"
+        )
+    return stuck
 
 
 class ConfluentTransactionalProducer(ConfluentProducer):
@@ -128,6 +161,8 @@ class ConfluentTransactionalProducer(ConfluentProducer):
     def _call(self, call: str, *args: Any) -> None:
         from confluent_kafka import KafkaException
 
+        if self.stuck_in is not None:  # another call may wait on the same dead coordinator: never stack a second
+            raise KafkaTimeoutError(f"{call}: this producer was given up (a call past its timeout); use a new one")
         try:
             getattr(self._producer, call)(*args)
         except KafkaException as exc:
@@ -156,6 +191,7 @@ class ConfluentTransactionalProducer(ConfluentProducer):
         worker.join(self.step_timeout_s + OVERDUE_GRACE_S)
         if worker.is_alive():
             self.stuck_in = worker
+            _give_up(worker, call)
             raise KafkaTimeoutError(
                 f"{call} got no answer within {self.step_timeout_s:g}s and did not return (a librdkafka call past "
                 "its timeout): this producer is given up; a new one settles the transaction"

@@ -102,3 +102,19 @@ def test_the_demo_shows_a_promotion_a_drift_action_and_served_predictions(tmp_pa
     served = [line for line in out.splitlines() if "predictions served:" in line]
     assert served and int(served[0].split("predictions served:")[1].split(",")[0].strip()) > 0, out
     assert "live accuracy" in served[0] and "dead letters: 0" in out and "Dagster UI: http://127.0.0.1:" in out
+
+
+def test_the_summary_says_which_part_failed_or_hung_instead_of_stopping_the_stop() -> None:
+    """A stop prints its summary within a bound: a part that raises or hangs is named, the rest still prints."""
+    from dagster_project.dev.demo import bounded
+
+    def broken() -> str:
+        raise ConnectionError("registry unreachable")
+
+    hung = threading.Event()
+    assert bounded(lambda: "12 versions", 1, "registry") == "12 versions"
+    assert bounded(broken, 1, "registry") == "(registry failed: ConnectionError('registry unreachable'); skipped)"
+    started = time.monotonic()
+    assert "did not answer within 0 s" in bounded(lambda: str(hung.wait(5)), 0.2, "scorer")
+    assert time.monotonic() - started < 2
+    hung.set()

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from kafka.errors import KafkaTimeoutError, ProducerFencedError
 
-from dagster_project.kafka import clients
+from dagster_project.kafka import clients, fast_transactions
 from dagster_project.kafka.brokers.tansu import free_port
-from dagster_project.kafka.fast_transactions import OVERDUE_GRACE_S
+from dagster_project.kafka.fast_transactions import OVERDUE_GRACE_S, ClientCallsStuck, stuck_calls
 from dagster_project.kafka.io import ensure_topics, transaction_support
 from dagster_project.kafka.settings import KafkaSettings
 from tests.helpers import read_committed
@@ -110,6 +110,57 @@ def test_a_librdkafka_call_stuck_past_its_timeout_is_given_up() -> None:
         producer.close(timeout=0)  # the scorer's discard: must not purge under the running call
     finally:
         released.set()
+
+
+def _stuck_producer(settings: KafkaSettings, released: threading.Event):
+    """A confluent transactional producer whose librdkafka handle hangs in send_offsets_to_transaction."""
+
+    class StuckInLibrdkafka:
+        def send_offsets_to_transaction(self, *_args) -> None:
+            released.wait(30)
+
+        def abort_transaction(self, *_args) -> None:
+            raise AssertionError("a second call stacked on a producer whose call is stuck")
+
+    producer = clients.confluent_transactional_producer(settings, f"streamfit-test-{uuid.uuid4().hex[:6]}", 0.05)
+    producer._producer = StuckInLibrdkafka()
+    return producer
+
+
+def test_stuck_calls_are_bounded_and_then_the_scorer_is_told_to_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each given-up call keeps its producer alive until librdkafka returns (maybe never): one per whole-cluster
+    outage. A given-up producer refuses further calls at once (an abort would wait on the same dead coordinator),
+    and past MAX_STUCK_CALLS alive the process stops with a message that names the fix, instead of leaking on."""
+    monkeypatch.setattr(fast_transactions, "OVERDUE_GRACE_S", 0.05)
+    monkeypatch.setattr(fast_transactions, "MAX_STUCK_CALLS", 2)
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")
+    released = threading.Event()
+    producers = []
+    _wait_until_no_call_is_stuck()  # an earlier test's released call may still be returning
+    try:
+        for _ in range(2):
+            producer = _stuck_producer(settings, released)
+            producers.append(producer)
+            with pytest.raises(KafkaTimeoutError):
+                producer.send_offsets_to_transaction({}, group_metadata=None)
+            with pytest.raises(KafkaTimeoutError, match="given up"):
+                producer.abort_transaction()
+        producer = _stuck_producer(settings, released)
+        producers.append(producer)
+        with pytest.raises(ClientCallsStuck, match="restart the scorer"):
+            producer.send_offsets_to_transaction({}, group_metadata=None)
+    finally:
+        released.set()
+        for producer in producers:
+            producer.close(timeout=0)
+    _wait_until_no_call_is_stuck()  # released: the calls return and stop counting
+
+
+def _wait_until_no_call_is_stuck() -> None:
+    deadline = time.monotonic() + 5
+    while stuck_calls() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stuck_calls() == 0
 
 
 def test_a_producer_that_lost_every_broker_says_so() -> None:
