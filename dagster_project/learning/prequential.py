@@ -131,10 +131,10 @@ def row_outputs(model: Pipeline, spec: StreamSpec, X: np.ndarray) -> dict[str, n
         return out
     if hasattr(model, "predict_proba"):
         out["proba"] = model.predict_proba(X)
-    if out["proba"] is None:
-        out["scores"] = model.decision_function(X)  # 1-D for binary, a column per class otherwise
-    else:
+    if out["proba"] is not None:
         out["scores"] = out["proba"][:, 1] if len(spec.label.classes) == 2 else out["proba"]
+    elif hasattr(model, "decision_function"):
+        out["scores"] = model.decision_function(X)  # 1-D for binary, a column per class otherwise
     return out
 
 
