@@ -1,7 +1,8 @@
 """Champion decisions under sampling noise: how often the margin alone acts on noise, and with the paired test.
 
-Each trial draws disjoint rows from one stationary stream (scikit-learn's `make_classification`
-or `make_regression`, one fixed concept), trains two SGD models on different halves, and runs
+Each trial draws disjoint rows from one stationary stream (scikit-learn's `make_classification`,
+two or four classes, or `make_regression`, one fixed concept), trains two SGD models on different
+halves, and runs
 Streamfit's own decision code on fresh tail rows neither learned, once with the margin alone
 (significance off, the old behaviour) and once with margin and paired test at ``LEVEL``:
 
@@ -20,10 +21,12 @@ of rows of the same stream, so every refusal or rollback between them is a false
 expectation (each trial's pair still differs a little, by chance in training: the sd of the true
 gap says how much). *Handicapped* trials: model B learns labels with a share flipped at random
 (targets with extra noise for regression), so A is really better by the gap measured on a large
-holdout (A − B: positive for AUC and accuracy, negative for RMSE); keeping champion A over
+holdout (A − B: positive for AUC and accuracy, negative for RMSE; ROC AUC of several classes is the
+product's macro one-vs-rest AUC, tested by `registry.significance.macro_delong`); keeping champion A over
 candidate B, or rolling champion B back to A, is then a detection (power).
 
-`python -m benchmarks.decision_noise [--full]` prints the table on its own (no broker needed).
+`python -m benchmarks.decision_noise [--full] [--only SETTING]` prints the table on its own (no broker
+needed); ``--only`` runs one setting, e.g. ``--only "near-chance 4 classes"``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from scipy import stats
 
 from benchmarks.common import progress
+from dagster_project.learning.metrics import macro_roc_auc
 
 LEVEL = 0.05
 PROMOTION_MARGIN = 0.01  # promotion.margin's default
@@ -51,6 +55,12 @@ RATES = ("keep_margin", "keep_test", "rollback_margin", "rollback_test")
 SETTINGS = {  # name: metrics, task, generator settings, handicaps of B for the "better" trials
     "near-chance classification": (("roc_auc", "accuracy"), "classification", {"class_sep": 0.25}, (0.2, 0.35)),
     "easy classification": (("roc_auc",), "classification", {"class_sep": 1.0}, (0.2, 0.35)),
+    "near-chance 4 classes": (
+        ("roc_auc", "accuracy"),
+        "classification",
+        {"class_sep": 0.3, "n_classes": 4},
+        (0.2, 0.35),
+    ),
     "noisy regression": (("rmse",), "regression", {"noise": 60.0}, (60.0, 120.0)),
 }
 
@@ -78,14 +88,20 @@ def _fit(task: str, X: np.ndarray, y: np.ndarray, seed: int):
 
 
 def _outputs(task: str, model, X: np.ndarray) -> dict[str, Any]:
+    """Row outputs as `learning.prequential.row_outputs` gives them: scores are a column per class
+    beyond two classes."""
     if task == "classification":
         proba = model.predict_proba(X)
+        if proba.shape[1] > 2:
+            return {"predicted": proba.argmax(axis=1), "proba": proba, "scores": proba}
         return {"predicted": (proba[:, 1] > 0.5).astype(int), "proba": proba, "scores": proba[:, 1]}
     return {"predicted": model.predict(X), "proba": None, "scores": None}
 
 
 def _metrics(metric: str, y: np.ndarray, out: dict[str, Any]) -> dict[str, float]:
     """The metric from row outputs, in numpy: scikit-learn's input checks would dominate the run."""
+    if metric == "roc_auc" and out["scores"].ndim == 2:
+        return {metric: macro_roc_auc(y, out["scores"])}
     if metric == "roc_auc":
         ranks = stats.rankdata(out["scores"])
         pos = y == 1
@@ -97,9 +113,13 @@ def _metrics(metric: str, y: np.ndarray, out: dict[str, Any]) -> dict[str, float
 
 
 def _handicap(task: str, y: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
-    """B's training labels: a share `amount` flipped (classification) or extra noise of sd `amount`/100."""
+    """B's training labels: a share `amount` flipped (to another class, at random beyond two) or, for
+    regression, extra noise of sd `amount`/100."""
     if task == "classification":
         flip = rng.random(len(y)) < amount
+        classes = int(y.max()) + 1
+        if classes > 2:
+            return np.where(flip, (y + rng.integers(1, classes, len(y))) % classes, y)
         return np.where(flip, 1 - y, y)
     return y + rng.normal(0, amount / 100, len(y))
 
@@ -196,8 +216,11 @@ def _setting(metrics: tuple[str, ...], task: str, params: dict, handicaps: tuple
     return result
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """Every setting: rates of refused promotion and of rollback with the margin alone and with margin and test."""
+def run(quick: bool, only: str | None = None) -> dict[str, Any]:
+    """Every setting (or `only` the one named): rates of refused promotion and of rollback with the
+    margin alone and with margin and test."""
+    if only is not None and only not in SETTINGS:
+        raise ValueError(f"no setting {only!r}: choose one of {sorted(SETTINGS)}")
     trials = 50 if quick else 1_000
     started = time.perf_counter()
     out: dict[str, Any] = {
@@ -208,6 +231,8 @@ def run(quick: bool) -> dict[str, Any]:
         "settings": {},
     }
     for name, (metrics, task, params, handicaps) in SETTINGS.items():
+        if only is not None and name != only:
+            continue
         progress(f"quality: champion decisions under noise, {name}: {trials} trials per case")
         out["settings"][name] = _setting(metrics, task, params, handicaps, trials)
     out["seconds"] = time.perf_counter() - started
@@ -235,6 +260,7 @@ def table(result: dict[str, Any]) -> list[str]:
 if __name__ == "__main__":
     import sys
 
-    figures = run(quick="--full" not in sys.argv)
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    figures = run(quick="--full" not in sys.argv, only=only)
     print("\n".join(table(figures)))
     print(f"\n{figures['seconds']:.1f} s")

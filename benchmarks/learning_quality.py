@@ -23,7 +23,10 @@ predicting each before learning it.
 Reported per stream: prequential accuracy (MAE) over the rows after the first batch, which every
 model scores; rows to recover after a change (as in `windowed_quality.summary`: the trailing
 1,000-row accuracy back within 2 points of its level before the change); drift retrains; training
-cost in microseconds per row. Then whether the issue's targets hold.
+cost in microseconds per row. Then whether the issue's targets hold; for "default >= River LR",
+also on how many streams the default is *significantly* worse: the product's one-sided McNemar
+mid-p test (`registry.significance.mcnemar`) on the rows both models scored, River LR as A. Its
+p-value treats rows as independent pairs, which consecutive rows of a drifting stream are not quite.
 
 `python -m benchmarks.learning_quality [--quick] [--streams NAME ...] [--rows N] [--batch N] [--trace]`
 """
@@ -282,15 +285,41 @@ def _fmt(value: float | int | None, spec: str = ".4f") -> str:
     return format(value, spec)
 
 
+LEVEL = 0.05  # promotion.significance's default
+
+
+def default_vs_lr(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, object] | None:
+    """McNemar's one-sided test that River LR (A) is more accurate than the default (B) on the same
+    rows (both scored, from `batch` on); None for regression streams."""
+    from dagster_project.registry.significance import mcnemar
+
+    if stream.task != "classification":
+        return None
+    lr, default = results["river_lr"].outcome[batch:], results["default"].outcome[batch:]
+    both = ~(np.isnan(lr) | np.isnan(default))
+    test = mcnemar(lr[both] == 1, default[both] == 1)
+    return {"p_value": test.p_value, "rows": test.rows, **test.detail}
+
+
 def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float) -> dict:
     results = {c: run_streamfit(c, stream, batch, rate) for c in configs}
     results |= {m: run_river(m, stream) for m in RIVER}
     table = score(stream, results, batch)
+    verdict = verdicts(stream, table, shipped(configs))
+    verdict["default_vs_lr"] = default_vs_lr(stream, results, batch)
     return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
         "table": table,
-        "verdict": verdicts(stream, table, shipped(configs)),
+        "verdict": verdict,
         "around_change": around_change(stream, results),
     }
+
+
+def significantly_below_lr(reports: list[dict]) -> tuple[list[str], list[str]]:
+    """Streams where the default is below River LR, and those where it is significantly so
+    (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
+    below = [r["stream"] for r in reports if not r["verdict"]["default_beats_lr"]]
+    tested = {r["stream"]: (r["verdict"].get("default_vs_lr") or {}).get("p_value") for r in reports}
+    return below, [name for name in below if tested.get(name) is not None and tested[name] < LEVEL]
 
 
 TRACE_SPAN = 250  # rows per line of the trace around a change
@@ -371,6 +400,12 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
             f"  {'MET   ' if not missed else 'MISSED'} {target}"
             + (f": missed on {', '.join(missed)}" if missed else "")
         )
+    below, significant = significantly_below_lr(reports)
+    print(
+        f"  default below River LR on {len(below)} of {len(reports)} streams, significantly (McNemar one-sided "
+        f"p < {LEVEL:g}, accuracy streams) on {len(significant)}"
+        + (f": {', '.join(significant)}" if significant else "")
+    )
     configs = shipped(everything := configs)
     wins = {c: 0 for c in configs}
     for r in reports:
@@ -391,6 +426,7 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         print(f"{new} vs {old} (before): better on {better}, worse on {worse}, equal on {equal} streams")
     return {
         "targets": targets,
+        "default_below_lr": {"below": below, "significantly": significant},
         "wins": wins,
         "mean_rank": mean_rank,
         "versus": {f"{n}/{o}": v for (n, o), v in versus.items()},

@@ -27,6 +27,20 @@ def binary_roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
     )
 
 
+def macro_roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Multi-class ROC AUC: the unweighted mean over classes of each class's one-vs-rest AUC.
+
+    Column ``c`` of `scores` (probabilities or decision values: only their order within the column
+    counts) ranks class ``c`` against all others; every class weighs the same however rare, the value
+    `sklearn.metrics.roc_auc_score(y, proba, multi_class="ovr", average="macro")` gives.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y)
+    if scores.ndim != 2 or scores.shape[0] != len(y):
+        raise ValueError(f"scores must have shape ({len(y)}, classes), got {scores.shape}")
+    return float(np.mean([binary_roc_auc(y == c, scores[:, c]) for c in range(scores.shape[1])]))
+
+
 def _positive_rank_sum(positive: np.ndarray, scores: np.ndarray) -> float:
     """The sum of the 1-based ranks of the positive rows, tied scores at their average rank.
 

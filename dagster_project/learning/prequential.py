@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 
 from dagster_project.learning import scale_out
 from dagster_project.learning.estimators import build_model, partial_fit
-from dagster_project.learning.metrics import binary_roc_auc, log_loss
+from dagster_project.learning.metrics import binary_roc_auc, log_loss, macro_roc_auc
 from dagster_project.learning.outputs import predicted_classes
 from dagster_project.learning.scale_out import ScaleOutReport
 from dagster_project.spec import StreamSpec
@@ -123,16 +123,18 @@ def evaluate(model: Pipeline, spec: StreamSpec, X: np.ndarray, y: np.ndarray) ->
 
 def row_outputs(model: Pipeline, spec: StreamSpec, X: np.ndarray) -> dict[str, np.ndarray | None]:
     """Per-row outputs the paired tests need (`registry.significance.paired_test`): ``predicted``,
-    plus ``proba`` (classifiers with probabilities) and ``scores`` (one positive-class score per
-    row, binary classifiers only)."""
+    plus ``proba`` (classifiers with probabilities) and ``scores``, the values ROC AUC ranks: one
+    positive-class score per row for binary classifiers, a column per class for multi-class ones."""
     X = np.asarray(X, dtype=np.float64)
     out: dict[str, np.ndarray | None] = {"predicted": model.predict(X), "proba": None, "scores": None}
     if spec.task != "classification":
         return out
     if hasattr(model, "predict_proba"):
         out["proba"] = model.predict_proba(X)
-    if len(spec.label.classes) == 2:
-        out["scores"] = out["proba"][:, 1] if out["proba"] is not None else model.decision_function(X)
+    if out["proba"] is not None:
+        out["scores"] = out["proba"][:, 1] if len(spec.label.classes) == 2 else out["proba"]
+    elif hasattr(model, "decision_function"):
+        out["scores"] = model.decision_function(X)  # 1-D for binary, a column per class otherwise
     return out
 
 
@@ -145,7 +147,7 @@ test.__test__ = False  # type: ignore[attr-defined]
 def _score_classifier(
     model: Pipeline, X: np.ndarray, y: np.ndarray, classes: np.ndarray
 ) -> tuple[BatchMetrics, np.ndarray]:
-    """Accuracy, binary ROC AUC and log loss of the current model on a batch."""
+    """Accuracy, ROC AUC (binary, or macro one-vs-rest for several classes) and log loss on a batch."""
     proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
     binary = len(classes) == 2
     if proba is not None:
@@ -155,9 +157,12 @@ def _score_classifier(
         scores = model.decision_function(X)  # 1-D for binary: positive-class margin
         predicted = model.predict(X)
     roc_auc = None
-    positives = int(np.count_nonzero(y == 1)) if binary else 0
-    if 0 < positives < len(y):  # both classes in the batch (y holds class indices)
+    # every class in the batch (y holds class indices): each has its one-vs-rest AUC
+    every_class = len(y) > 0 and bool(np.all(np.bincount(np.asarray(y, np.int64), minlength=len(classes)) > 0))
+    if binary and every_class:
         roc_auc = binary_roc_auc(y, scores)
+    elif every_class and np.ndim(scores) == 2 and scores.shape[1] == len(classes):
+        roc_auc = macro_roc_auc(y, scores)
     loss = log_loss(y, proba) if proba is not None else None
     # accuracy_score's value; its input checks sort the labels twice (~10 ms at 100 k rows)
     accuracy = float(np.mean(np.asarray(predicted) == y)) if len(y) else float(accuracy_score(y, predicted))

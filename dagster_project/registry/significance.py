@@ -5,7 +5,8 @@ hundred rows is mostly sampling noise when both models are weak, so a refusal to
 candidate that falls short of the champion, or a rollback of a champion that falls short of its
 predecessor, also needs a one-sided paired test (A: the model kept or restored, B: the one
 refused or rolled back) on the rows' predictions: McNemar's exact mid-p test on the discordant
-pairs for accuracy, DeLong's test for binary ROC AUC, and a seeded paired bootstrap over rows for
+pairs for accuracy, DeLong's test for ROC AUC (binary, or its extension to the macro one-vs-rest
+AUC of several classes), and a seeded paired bootstrap over rows for
 the loss metrics (MAE, RMSE, log loss). Each returns a `PairedTest` whose ``p_value`` is the
 probability, were A no better than B, of a difference at least as favourable to A as observed.
 
@@ -30,6 +31,7 @@ _CHUNK = 250_000  # resampled cells per bootstrap chunk: bounds memory at a few 
 
 MCNEMAR = "McNemar mid-p"
 DELONG = "DeLong"
+MACRO_DELONG = "DeLong macro one-vs-rest"
 BOOTSTRAP = "paired bootstrap"
 
 
@@ -155,6 +157,56 @@ def delong(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, metric: str 
     return PairedTest(DELONG, metric, rows, diff, se, float(z), float(stats.norm.sf(z)), detail)
 
 
+def macro_delong(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, metric: str = "roc_auc") -> PairedTest:
+    """DeLong's test for two correlated macro one-vs-rest ROC AUCs (`learning.metrics.macro_roc_auc`).
+
+    `y` holds class indices 0..k-1, `scores_*` a column per class. The macro AUC difference is a
+    linear combination of the k classes' AUC differences, each a two-sample U-statistic, so DeLong's
+    structural components carry over: a row of class s contributes its placement as a positive for
+    class s (divided by k and by the class's rows) plus its placements as a negative for every other
+    class c (divided by k and by c's negatives). Summing them per row keeps the covariance between
+    class AUCs that share rows; the variance is the sum over classes s of ``rows_s * var(row sums)``
+    within s (counts fixed, as DeLong's are). With two classes and complementary scores it is
+    DeLong's test of the positive class exactly.
+    """
+    from scipy import stats
+
+    y = np.asarray(y, np.int64)
+    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    rows = len(y)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] != rows:
+        why = f"scores must both have shape ({rows}, classes), got {a.shape} and {b.shape}"
+        return _not_computable(MACRO_DELONG, metric, rows, why)
+    k = a.shape[1]
+    if rows and (y.min() < 0 or y.max() >= k):
+        why = f"labels must be class indices 0..{k - 1} (one score column each), got {y.min()}..{y.max()}"
+        return _not_computable(MACRO_DELONG, metric, rows, why)
+    counts = np.bincount(y, minlength=k) if rows else np.zeros(k, np.int64)
+    if rows < MIN_ROWS:
+        return _not_computable(MACRO_DELONG, metric, rows, f"only {rows} rows (< {MIN_ROWS})")
+    if counts.min() < 2:
+        scarce = ", ".join(f"class {c}: {counts[c]}" for c in np.flatnonzero(counts < 2))
+        return _not_computable(MACRO_DELONG, metric, rows, f"{scarce} rows: needs 2 of each class")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return _not_computable(MACRO_DELONG, metric, rows, "a model's scores are not finite (diverged)")
+    psi = np.zeros(rows)  # per row: its share of the macro AUC difference A - B
+    aucs_a, aucs_b = np.empty(k), np.empty(k)
+    for c in range(k):
+        positive = y == c
+        aucs_a[c], pa, na = _auc_components(positive, a[:, c])
+        aucs_b[c], pb, nb = _auc_components(positive, b[:, c])
+        psi[positive] += (pa - pb) / (k * counts[c])
+        psi[~positive] += (na - nb) / (k * (rows - counts[c]))
+    var_diff = float(sum(counts[s] * np.var(psi[y == s], ddof=1) for s in range(k)))
+    diff = float(aucs_a.mean() - aucs_b.mean())
+    detail = {"auc_a": float(aucs_a.mean()), "auc_b": float(aucs_b.mean()), "class_rows": counts.tolist()}
+    if var_diff <= 1e-15:  # identical rankings in every class: no evidence either way
+        return PairedTest(MACRO_DELONG, metric, rows, diff, 0.0, 0.0, 1.0 if diff <= 0 else 0.0, detail)
+    se = var_diff**0.5
+    z = diff / se
+    return PairedTest(MACRO_DELONG, metric, rows, diff, se, float(z), float(stats.norm.sf(z)), detail)
+
+
 def _loss_metric(metric: str, mean_loss: np.ndarray) -> np.ndarray:
     return np.sqrt(mean_loss) if metric == "rmse" else mean_loss
 
@@ -207,10 +259,14 @@ def paired_test(metric: str, y: np.ndarray, out_a: dict[str, np.ndarray], out_b:
     if metric == "accuracy":
         return mcnemar(out_a["predicted"] == y, out_b["predicted"] == y)
     if metric == "roc_auc":
-        if out_a.get("scores") is None or out_b.get("scores") is None:
-            why = "DeLong needs one score per row (binary classification); set promotion.metric: accuracy"
-            return _not_computable(DELONG, metric, rows, why)
-        return delong(np.asarray(y) == 1, out_a["scores"], out_b["scores"])
+        scores_a, scores_b = out_a.get("scores"), out_b.get("scores")
+        multi = scores_a is not None and np.ndim(scores_a) == 2
+        if scores_a is None or scores_b is None:
+            why = "ROC AUC needs both models' scores (probabilities or decision values); set promotion.metric: accuracy"
+            return _not_computable(MACRO_DELONG if multi else DELONG, metric, rows, why)
+        if multi:
+            return macro_delong(y, scores_a, scores_b)
+        return delong(np.asarray(y) == 1, scores_a, scores_b)
     if metric == "log_loss" and (out_a.get("proba") is None or out_b.get("proba") is None):
         return _not_computable(BOOTSTRAP, metric, rows, "a model without predict_proba has no log loss")
     return paired_bootstrap(row_losses(metric, y, out_a), row_losses(metric, y, out_b), metric)

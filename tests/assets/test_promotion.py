@@ -132,6 +132,53 @@ def test_a_really_worse_candidate_stays_a_candidate_with_the_tests_p_value(
     assert decision["reason"].endswith(f"> margin 0.01 and significant (DeLong p={p:.1e} < 0.05)")
 
 
+def _produce_three_classes(settings, spec, rows: int) -> None:
+    """Rows of a three-class concept (the class whose feature is largest, a tenth of labels noise)."""
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(rows, 5))
+    y = np.where(rng.random(rows) < 0.1, rng.integers(0, 3, rows), np.argmax(X[:, :3], axis=1))
+    pairs = (
+        (f"e{i}".encode(), make_event(f"e{i}", {f"x{j}": float(X[i, j]) for j in range(5)}, int(y[i]), 0.0))
+        for i in range(rows)
+    )
+    produce(settings, spec, pairs)
+
+
+def test_a_multiclass_stream_gated_on_roc_auc_gets_the_macro_delong_test(
+    kafka_settings, kafka_bootstrap, registry, instance
+):
+    """`promotion.metric: roc_auc` on three classes: the gate and the champion check (the rollback's
+    evidence) compare macro one-vs-rest AUCs with a real paired test, not the margin alone."""
+    from dagster_project.registry.significance import MACRO_DELONG
+    from tests.helpers import defs_for
+
+    spec = synthetic_spec(
+        label={"classes": [0, 1, 2]},
+        promotion={**TAIL, "metric": "roc_auc"},
+        batch={"rows": 200, "max_rows": 600, "max_wait_s": 0.2},
+    )
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    _produce_three_classes(kafka_settings, spec, 1500)
+    for _ in range(3):  # v1 champion; v2 gated against v1; v3 gated against v2, v2 checked against v1
+        assert run_batch(defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
+
+    gates = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
+    assert [d["candidate"] for d in gates] == ["v2", "v3"]
+    for decision in gates:
+        assert decision["candidate_value"] == decision["candidate_metrics"]["roc_auc"] > 0.7
+        assert decision["test"]["test"] == MACRO_DELONG and decision["test"]["rows"] == 100
+        assert decision["test"]["p_value"] is not None and sum(decision["test"]["detail"]["class_rows"]) == 100
+    # The run that gated v3 first checked the newly promoted v2 against v1 on its whole batch: a
+    # rollback's evidence, which the drift sensor combines over batches (`monitors.evidence`).
+    (check,) = [d for d in registry.decisions(spec.name) if d["kind"] == "champion_check"]
+    assert (check["champion"], check["predecessor"], check["metric"]) == ("v2", "v1", "roc_auc")
+    assert check["champion_value"] == check["champion_metrics"]["roc_auc"] > 0.7
+    assert check["test"]["test"] == MACRO_DELONG and check["test"]["p_value"] is not None
+
+
 def test_every_row_is_learned_exactly_once_across_tails(kafka_settings, kafka_bootstrap, spec, registry, instance):
     """The Kafka sensor plans each batch from the head's learned offsets: the tail of batch k is
     learned by version k+1, and after the stream is drained every produced row was learned once."""

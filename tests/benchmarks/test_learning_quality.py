@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from benchmarks import learning_quality, learning_streams
 
 
@@ -38,6 +40,47 @@ def test_quick_run_reports_every_model_on_every_stream_with_sane_figures(capsys)
         "no retrain on stationary streams",
     }
     assert "Targets (issue 17):" in printed and "river_arf" in printed
+    below = out["summary"]["default_below_lr"]
+    assert set(below["significantly"]) <= set(below["below"]) == set(out["summary"]["targets"][LR_TARGET])
+    assert f"default below River LR on {len(below['below'])} of {len(reports)} streams, significantly" in printed
+    assert reports["friedman_stationary_s1"]["verdict"]["default_vs_lr"] is None, "no McNemar test for MAE"
+    tested = reports["hyperplane_stationary_s1"]["verdict"]["default_vs_lr"]
+    assert tested["rows"] == 2_000 - 500 and 0 <= tested["p_value"] <= 1
+
+
+LR_TARGET = "default >= River LR everywhere"
+
+
+def _stream(task: str = "classification") -> learning_streams.Stream:
+    return learning_streams.Stream("s", "f", "stationary", task, np.zeros((1000, 2)), np.zeros(1000), None)
+
+
+def test_the_default_is_called_significantly_below_river_lr_only_on_a_real_paired_shortfall() -> None:
+    rng = np.random.default_rng(0)
+    lr = (rng.random(1000) < 0.8).astype(float)
+    lr[:100] = np.nan  # the first batch: not scored by the Streamfit configs
+    slightly = lr.copy()
+    slightly[np.flatnonzero(lr == 1)[:8]] = 0  # worse on 8 rows, better on 4 of 900: below, but noise
+    slightly[np.flatnonzero(lr == 0)[:4]] = 1
+    clearly = lr.copy()
+    clearly[np.flatnonzero(lr == 1)[:60]] = 0  # 60 rows worse, none better: a real shortfall
+    Result = learning_quality.Result
+    for default, significant in ((slightly, False), (clearly, True)):
+        paired = learning_quality.default_vs_lr(_stream(), {"river_lr": Result(lr), "default": Result(default)}, 100)
+        assert paired["rows"] == 900 and (paired["p_value"] < 0.05) is significant
+    assert (
+        learning_quality.default_vs_lr(_stream(), {"river_lr": Result(lr), "default": Result(clearly)}, 100)["a_only"]
+        == 60
+    )
+    same = learning_quality.default_vs_lr(_stream(), {"river_lr": Result(lr), "default": Result(lr)}, 100)
+    assert same["p_value"] >= 0.05 and same["a_only"] == same["b_only"] == 0, "no discordant row: no evidence"
+    assert learning_quality.default_vs_lr(_stream("regression"), {}, 100) is None
+
+    def report(name: str, beats: bool, p: float | None) -> dict:
+        return {"stream": name, "verdict": {"default_beats_lr": beats, "default_vs_lr": p and {"p_value": p}}}
+
+    reports = [report("a", False, 0.01), report("b", False, 0.3), report("c", True, 0.9), report("d", False, None)]
+    assert learning_quality.significantly_below_lr(reports) == (["a", "b", "d"], ["a"])
 
 
 def test_head_to_head_counts_streams_each_default_wins_against_its_predecessor() -> None:

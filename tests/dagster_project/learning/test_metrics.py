@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import log_loss as sklearn_log_loss
 from sklearn.metrics import roc_auc_score
 
-from dagster_project.learning.metrics import binary_roc_auc, log_loss
+from dagster_project.learning.metrics import binary_roc_auc, log_loss, macro_roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -29,6 +29,22 @@ def test_roc_auc_extremes_and_one_class() -> None:
     with pytest.raises(ValueError, match="both classes"):
         binary_roc_auc(np.ones(3), np.array([0.1, 0.2, 0.3]))
     assert np.isnan(binary_roc_auc(y, np.array([0.1, np.nan, 0.8, 0.9])))  # a diverged model scores no AUC
+
+
+@pytest.mark.parametrize("classes", [3, 7])
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_macro_roc_auc_is_sklearns_one_vs_rest(classes: int, decimals: int | None) -> None:
+    rng = np.random.default_rng(classes)
+    y = rng.integers(0, classes, 2_000)
+    proba = rng.dirichlet(np.ones(classes), 2_000) + 0.5 * np.eye(classes)[y]
+    proba /= proba.sum(axis=1, keepdims=True)
+    if decimals is not None:
+        proba = np.round(proba, decimals)
+        proba /= proba.sum(axis=1, keepdims=True)
+    expected = roc_auc_score(y, proba, multi_class="ovr", average="macro")
+    assert macro_roc_auc(y, proba) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        macro_roc_auc(y, proba[:10])
 
 
 @pytest.mark.parametrize("classes", [2, 3, 7])

@@ -123,7 +123,10 @@ def test_multiclass_scores_are_a_matrix() -> None:
     X = rng.normal(size=(150, 4)) + y[:, None]
     model, _, _ = training.test_then_train(None, spec, X[:100], y[:100])
     _, metrics, scores = training.test_then_train(model, spec, X[100:], y[100:])
-    assert scores.shape == (50, 3) and metrics.roc_auc is None and metrics.accuracy > 0.5
+    assert scores.shape == (50, 3) and metrics.accuracy > 0.5
+    assert metrics.roc_auc == pytest.approx(roc_auc_score(y[100:], scores, multi_class="ovr", average="macro"))
+    _, one_missing, _ = training.test_then_train(model, spec, X[100:][y[100:] != 2], y[100:][y[100:] != 2])
+    assert one_missing.roc_auc is None, "a class absent from the batch has no one-vs-rest AUC"
 
 
 def test_rejects_bad_shapes() -> None:
