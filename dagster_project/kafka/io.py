@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, TypeVar
 
 from dagster_project.kafka import clients
 from dagster_project.kafka.offsets import PartitionState, Ranges, TopicIdentity, identity_change
+from dagster_project.kafka.record_columns import RecordColumns
+from dagster_project.kafka.records import RawRecord
 from dagster_project.kafka.settings import (
     BOOTSTRAP_ENV,
     CONFLUENT,
@@ -63,21 +65,6 @@ class PartitionsLeaderless(BrokerUnavailable):
         self.topic, self.problems = topic, dict(problems)
         detail = "; ".join(f"partition {p} of {topic} {problem}" for p, problem in sorted(problems.items()))
         super().__init__(f"{detail}; waiting (nothing to do: it resumes once the partition has a leader again)")
-
-
-class RawRecord(NamedTuple):
-    """One Kafka record as Streamfit needs it (a tuple: built once per message on the hot path)."""
-
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-
-
-# A RawRecord's fields as a plain tuple: `read_range_chunks(named=False)` yields these (equal to the
-# RawRecords, ~12 ms less per 100 k records; `RawRecord._make(row)` where a name is needed).
-RawRow = tuple[int, int, int, bytes | None, bytes | None]
 
 
 def retrying(call: Callable[[], T], timeout_s: float = 5.0) -> T:
@@ -489,12 +476,12 @@ def read_range(
 
 
 def read_range_chunks(
-    settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float = 15.0, named: bool = True
-) -> Iterator[list[RawRecord]] | Iterator[list[RawRow]]:
+    settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float = 15.0, columns: bool = False
+) -> Iterator[list[RawRecord]] | Iterator[RecordColumns]:
     """`read_range` one poll at a time: a list per poll, for callers that keep every record anyway
-    (a generator step per record costs as much as building the record at 100 k rows). `named=False`
-    yields plain `RawRow` tuples: a named tuple is built in C from a tuple only by copying it
-    (100 k records: 18 ms as RawRecords, 6 ms as the tuples `zip` makes)."""
+    (a generator step per record costs as much as building the record at 100 k rows). `columns=True`
+    yields each poll as `RecordColumns` (the training read: no tuple per record, keys and
+    timestamps read only for the records that need them)."""
     todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
     if not todo:
         return
@@ -503,9 +490,9 @@ def read_range_chunks(
     except BrokerConfigError as exc:
         raise BrokerUnavailable(str(exc)) from exc
     if client == CONFLUENT:
-        yield from _read_range_confluent(settings, topic, todo, stall_timeout_s, named)
+        yield from _read_range_confluent(settings, topic, todo, stall_timeout_s, columns)
     else:
-        yield from _read_range_kafka_python(settings, topic, todo, stall_timeout_s, named)
+        yield from _read_range_kafka_python(settings, topic, todo, stall_timeout_s, columns)
 
 
 def _stalled(topic: str, stall_timeout_s: float, position: dict[int, int], todo: Ranges) -> BrokerUnavailable:
@@ -523,7 +510,7 @@ def _lost(topic: str, offsets: dict[int, int]) -> BrokerUnavailable:
     )
 
 
-def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float, named: bool):
+def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float, columns: bool):
     from kafka import TopicPartition
     from kafka.errors import OffsetOutOfRangeError, TopicAuthorizationFailedError
 
@@ -540,8 +527,7 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                 batch = consumer.poll(timeout_ms=200, max_records=50_000)
             except OffsetOutOfRangeError as exc:
                 raise _lost(topic, {tp.partition: offset for tp, offset in exc.args[0].items()}) from exc
-            chunk: list = []
-            make = RawRecord if named else _row
+            chunk: Any = RecordColumns() if columns else []
             for tp, records in batch.items():
                 p = tp.partition
                 if p not in todo:
@@ -552,7 +538,7 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                         break
                     if r.offset < position[p]:
                         continue
-                    chunk.append(make(p, r.offset, r.timestamp, r.key, r.value))
+                    chunk.append(RawRecord(p, r.offset, r.timestamp, r.key, r.value))
                     position[p] = r.offset + 1
                     last_progress = time.monotonic()
                 if position[p] >= end or (records and records[-1].offset + 1 >= end):
@@ -577,7 +563,7 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
 CONSUME_MESSAGES = 10_000  # per confluent-kafka consume() call of a range read
 
 
-def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float, named: bool):
+def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, stall_timeout_s: float, columns: bool):
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka import TopicPartition as ConfluentPartition
 
@@ -598,13 +584,13 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
             if messages:
                 last_progress = time.monotonic()
             clean = not any(message.error() is not None for message in messages)
-            chunk: list = _in_range(messages, todo, position, named) if clean else []
+            empty: Any = RecordColumns() if columns else []
+            chunk: Any = _in_range(messages, todo, position, columns) if clean else empty
             if clean:
                 for p in [p for p, (_, end) in todo.items() if position[p] >= end]:
                     del todo[p]
                     consumer.pause([ConfluentPartition(topic, p)])
             keep = chunk.append
-            make = RawRecord if named else _row
             for message in () if clean else messages:
                 if message.error() is not None:
                     if message.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
@@ -625,7 +611,7 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                 if offset < position[p]:
                     continue
                 if offset < span[1]:
-                    keep(make(p, offset, message.timestamp()[1], message.key(), message.value()))
+                    keep(RawRecord(p, offset, message.timestamp()[1], message.key(), message.value()))
                 position[p] = offset + 1
                 if offset + 1 >= span[1]:
                     del todo[p]
@@ -658,14 +644,10 @@ def _close_meanwhile(consumer: Any) -> None:
 _record = functools.partial(tuple.__new__, RawRecord)
 
 
-def _row(*fields: Any) -> RawRow:
-    return fields  # type: ignore[return-value]
-
-
-def _in_range(messages: list, todo: Ranges, position: dict[int, int], named: bool = True) -> list:
+def _in_range(messages: list, todo: Ranges, position: dict[int, int], columns: bool = False) -> Any:
     """The error-free `messages` inside `[position, end)` of their partition, as RawRecords (or
-    `RawRow`s), advancing `position` past every message seen: the per-message loop's rules, a column
-    at a time."""
+    `RecordColumns`), advancing `position` past every message seen: the per-message loop's rules, a
+    column at a time."""
     partitions = [m.partition() for m in messages]
     offsets = [m.offset() for m in messages]
     kept = [True] * len(messages)
@@ -691,11 +673,12 @@ def _in_range(messages: list, todo: Ranges, position: dict[int, int], named: boo
         messages = [m for m, k in zip(messages, kept, strict=True) if k]
         partitions = [q for q, k in zip(partitions, kept, strict=True) if k]
         offsets = [o for o, k in zip(offsets, kept, strict=True) if k]
+    values = [m.value() for m in messages]
+    if columns:
+        return RecordColumns(partitions, offsets, values, messages)
     timestamps = [m.timestamp()[1] for m in messages]
     keys = [m.key() for m in messages]
-    values = [m.value() for m in messages]
-    rows = zip(partitions, offsets, timestamps, keys, values, strict=True)
-    return list(map(_record, rows)) if named else list(rows)
+    return list(map(_record, zip(partitions, offsets, timestamps, keys, values, strict=True)))
 
 
 def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:

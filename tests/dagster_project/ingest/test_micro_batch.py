@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.settings import CONFLUENT, KAFKA_PYTHON
 
 
 def _batch(ids: list[str], tail: MicroBatch | None = None) -> MicroBatch:
@@ -58,3 +59,40 @@ def test_a_missing_attribute_is_still_an_attribute_error() -> None:
     restored = pickle.loads(pickle.dumps(_batch(["a"])))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         restored.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("client", [CONFLUENT, KAFKA_PYTHON])
+def test_a_read_batch_dead_letters_refused_messages_with_their_keys_and_keeps_the_tail_apart(
+    kafka_settings, client: str
+) -> None:
+    """The training read keeps only partitions, offsets and values of every record; a refused
+    message still reaches the DLQ with its own key, partition and offset, and the tail's rows stay
+    out of the learned rows (both range readers)."""
+    import dataclasses
+
+    from dagster_project.ingest.events import make_event
+    from dagster_project.ingest.micro_batch import read_batch
+    from dagster_project.kafka import clients
+    from dagster_project.kafka.io import ensure_topics
+    from tests.conftest import synthetic_spec
+    from tests.helpers import read_topic
+
+    settings = dataclasses.replace(kafka_settings, client=client)
+    spec = synthetic_spec(partitions=1)
+    ensure_topics(settings, [spec.events_topic, spec.dlq_topic], 1)
+    good = {f"x{i}": float(i) for i in range(5)}
+    values = [make_event(f"e{i}", good, i % 2, 0.0) for i in range(8)]
+    values[2], values[6] = b"{not json", make_event("e6", good | {"x1": "text"}, 0, 0.0)
+    producer = clients.producer(settings)
+    for i, value in enumerate(values):
+        producer.send(spec.events_topic, key=b"key-%d" % i, value=value, partition=0)
+    producer.flush()
+    producer.close()
+
+    batch = read_batch(settings, spec, {0: (0, 8)}, learn_ends={0: 5})
+
+    assert batch.ids == ["e0", "e1", "e3", "e4"] and batch.offsets.tolist() == [0, 1, 3, 4]
+    assert batch.tail.ids == ["e5", "e7"] and batch.tail.offsets.tolist() == [5, 7]
+    (letter,) = read_topic(settings, spec.dlq_topic)  # the tail's refusal is the next batch's to send
+    assert (letter["_key"], letter["partition"], letter["offset"]) == (b"key-2", 0, 2)
+    assert letter["reason"].startswith("not valid JSON") and letter["value"] == "{not json"

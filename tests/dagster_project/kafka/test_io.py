@@ -352,16 +352,19 @@ def test_in_range_keeps_the_per_message_rules_a_column_at_a_time() -> None:
     assert _in_range([], {0: (0, 10)}, position) == [] and position == {0: 4}
 
 
-def test_in_range_as_plain_rows_keeps_the_same_records() -> None:
-    """`named=False` (the training read) gives plain tuples with the RawRecords' fields and rules."""
-    from dagster_project.kafka.io import RawRecord, _in_range
+def test_in_range_as_columns_keeps_the_same_records() -> None:
+    """`columns=True` (the training read) gives the RawRecords' fields and rules as columns; a record's
+    key and timestamp come whole from its message when asked for (a dead-lettered one)."""
+    from dagster_project.kafka.io import _in_range
 
     messages = [_Message(0, o) for o in range(3, 12)] + [_Message(1, o) for o in range(1, 6)]
     named = _in_range(messages, {0: (0, 10), 1: (0, 4)}, {0: 5, 1: 2})
     position = {0: 5, 1: 2}
-    rows = _in_range(messages, {0: (0, 10), 1: (0, 4)}, position, named=False)
-    assert rows == named and all(type(r) is tuple for r in rows) and position == {0: 12, 1: 6}
-    assert RawRecord._make(rows[0]).offset == 5
+    columns = _in_range(messages, {0: (0, 10), 1: (0, 4)}, position, columns=True)
+    assert columns.records() == named and position == {0: 12, 1: 6}
+    assert (columns.partitions, columns.offsets) == ([r.partition for r in named], [r.offset for r in named])
+    assert columns.values == [r.value for r in named]
+    assert columns.take([6, 0]).records() == [named[6], named[0]]
 
 
 def test_a_range_larger_than_the_prefetch_queue_reads_exactly(kafka_settings: KafkaSettings) -> None:

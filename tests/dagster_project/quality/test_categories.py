@@ -8,6 +8,7 @@ from dagster_project.dev.datasets import census_events
 from dagster_project.ingest.events import make_event
 from dagster_project.ingest.micro_batch import MicroBatch, _parse
 from dagster_project.kafka.io import RawRecord
+from dagster_project.kafka.record_columns import RecordColumns
 from dagster_project.quality.suite import row_violations, validate_batch
 from dagster_project.spec import StreamSpec
 from tests.conftest import census_spec
@@ -24,7 +25,7 @@ def _batch(spec: StreamSpec, rows: int, unseen_every: int | None) -> MicroBatch:
             features["workclass"] = f"Space-{i}"
         value = make_event(event.event_id, features, event.label)
         records.append(RawRecord(1, FIRST_OFFSET + i, 0, None, value))
-    return _parse(None, spec, {1: (FIRST_OFFSET, FIRST_OFFSET + rows)}, records, False, None)
+    return _parse(None, spec, {1: (FIRST_OFFSET, FIRST_OFFSET + rows)}, RecordColumns.of(records), False, None)
 
 
 def test_too_many_unseen_categories_fail_the_batch_naming_feature_share_threshold_and_examples() -> None:
