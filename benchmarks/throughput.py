@@ -4,7 +4,7 @@ All four read or use the same rows: events [W, W + B) of a seeded synthetic topi
 first, which every system has already learned, so each measures a steady-state batch).
 
 - **streamfit**: what one training run does, stage by stage and timed: Kafka range read
-  (`kafka_io.read_range_chunks`) and event parsing (`batches.read_batch`, the two split by timing inside
+  (`kafka_io.read_range_columns`) and event parsing (`batches.read_batch`, the two split by timing inside
   the read generator), the GX data-quality suite (`quality.validate_batch`), loading the parent
   estimator from the registry, `training.test_then_train`, ONNX export + parity, the Dagster IO
   manager's pickling of the step outputs (emulated: the default fs IO manager writes each output
@@ -234,20 +234,20 @@ def river_steady(settings: KafkaSettings, topic: str, ranges: Ranges, model) -> 
 
 
 class _ReadClock:
-    """Wraps `batches.read_range_chunks` to time the Kafka read apart from parsing, in the same pass
+    """Wraps `batches.read_range_columns` to time the Kafka read apart from parsing, in the same pass
     (per poll's chunk: a clock per record would add its own cost to Streamfit's time)."""
 
     def __init__(self) -> None:
         import dagster_project.ingest.micro_batch as batches_module
 
         self.module = batches_module
-        self.real = batches_module.read_range_chunks
+        self.real = batches_module.read_range_columns
         self.seconds = 0.0
 
     def __enter__(self) -> _ReadClock:
         real = self.real
 
-        def timed_read_range_chunks(*args, **kwargs):
+        def timed_read_range_columns(*args, **kwargs):
             clock = time.perf_counter
             generator = real(*args, **kwargs)
             while True:
@@ -260,11 +260,11 @@ class _ReadClock:
                 self.seconds += clock() - started
                 yield chunk
 
-        self.module.read_range_chunks = timed_read_range_chunks
+        self.module.read_range_columns = timed_read_range_columns
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.module.read_range_chunks = self.real
+        self.module.read_range_columns = self.real
 
 
 def _pickle_round_trip(directory: Path, name: str, obj: Any, reads: int) -> None:

@@ -17,7 +17,7 @@ from dagster_project.features.serialization import dump_state
 from dagster_project.features.state import FeatureState
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.events import EventParser
-from dagster_project.kafka.io import RawRecord, read_range_chunks, topic_identity
+from dagster_project.kafka.io import RawRecord, read_range_columns, topic_identity
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.record_columns import RecordColumns
 from dagster_project.kafka.settings import KafkaSettings
@@ -191,7 +191,7 @@ def _read_with_identity(settings: KafkaSettings, topic: str, ranges: Ranges) -> 
         records = RecordColumns()
         try:
             with _gc_paused():
-                for chunk in read_range_chunks(settings, topic, ranges, columns=True):
+                for chunk in read_range_columns(settings, topic, ranges):
                     records.extend(chunk)
         except BaseException:
             identity.result()  # a broker that fails both reports what the identity lookup saw, as before

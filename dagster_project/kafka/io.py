@@ -476,12 +476,22 @@ def read_range(
 
 
 def read_range_chunks(
-    settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float = 15.0, columns: bool = False
-) -> Iterator[list[RawRecord]] | Iterator[RecordColumns]:
+    settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float = 15.0
+) -> Iterator[list[RawRecord]]:
     """`read_range` one poll at a time: a list per poll, for callers that keep every record anyway
-    (a generator step per record costs as much as building the record at 100 k rows). `columns=True`
-    yields each poll as `RecordColumns` (the training read: no tuple per record, keys and
-    timestamps read only for the records that need them)."""
+    (a generator step per record costs as much as building the record at 100 k rows)."""
+    return _read_range_polls(settings, topic, ranges, stall_timeout_s, columns=False)
+
+
+def read_range_columns(
+    settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float = 15.0
+) -> Iterator[RecordColumns]:
+    """`read_range_chunks` with each poll as `RecordColumns`: the training read, which builds no tuple per
+    record and reads keys and timestamps only for the records that need them (dead letters)."""
+    return _read_range_polls(settings, topic, ranges, stall_timeout_s, columns=True)
+
+
+def _read_range_polls(settings: KafkaSettings, topic: str, ranges: Ranges, stall_timeout_s: float, columns: bool):
     todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
     if not todo:
         return
