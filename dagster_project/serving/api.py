@@ -124,13 +124,17 @@ class ScoringContext:
         """Parse a body read within the limits and hand it to `work` (in a thread when large)."""
 
         def run() -> Response:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise RequestError(400, f"invalid JSON: {exc}") from None
-            return work(body)
+            return work(parse_json(raw))
 
         return run() if len(raw) <= INLINE_BODY_BYTES else await run_in_threadpool(run)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or 400 naming where it is broken."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"invalid JSON: {exc}") from None
 
 
 def predict_answer(ctx: ScoringContext, body: Any) -> Response:
@@ -140,11 +144,16 @@ def predict_answer(ctx: ScoringContext, body: Any) -> Response:
     if ctx.features is not None:  # derived features from the live state, left unchanged
         X = ctx.features.append_to(served.version, body["rows"], X)
     predictions, scores = ctx.score(served, X)
+    return predict_response(served.version, predictions, scores)
+
+
+def predict_response(version: str, predictions: list[Any], scores: list[list[float]] | None) -> Response:
+    """The `/predict` answer for rows scored by `version`."""
     if scores is None:
         out = [{"prediction": p, "probabilities": None} for p in predictions]
     else:
         out = [{"prediction": p, "probabilities": s} for p, s in zip(predictions, scores, strict=True)]
-    return json_response(200, {"model_version": served.version, "predictions": out})
+    return json_response(200, {"model_version": version, "predictions": out})
 
 
 Handler = Callable[[Request], Awaitable[Response]]
