@@ -149,11 +149,15 @@ def predict_answer(ctx: ScoringContext, body: Any) -> Response:
 
 def predict_response(version: str, predictions: list[Any], scores: list[list[float]] | None) -> Response:
     """The `/predict` answer for rows scored by `version`."""
+    return json_response(200, predict_payload(version, predictions, scores))
+
+
+def predict_payload(version: str, predictions: list[Any], scores: list[list[float]] | None) -> dict[str, Any]:
     if scores is None:
         out = [{"prediction": p, "probabilities": None} for p in predictions]
     else:
         out = [{"prediction": p, "probabilities": s} for p, s in zip(predictions, scores, strict=True)]
-    return json_response(200, {"model_version": version, "predictions": out})
+    return {"model_version": version, "predictions": out}
 
 
 Handler = Callable[[Request], Awaitable[Response]]
