@@ -102,10 +102,11 @@ class ServedModel:
         Regression: the predicted values, and no scores (None).
         """
         out = self.model.predict(X)
+        # float32 -> float64 is exact, and float64's tolist() is 3-4x faster than float32's (same Python floats)
         if self.classes is not None:
             classes = self.classes
-            return [classes[i] for i in out.labels.astype(np.int64).tolist()], out.scores.tolist()
-        return out.values.tolist(), None
+            return [classes[i] for i in out.labels.astype(np.int64).tolist()], out.scores.astype(np.float64).tolist()
+        return out.values.astype(np.float64).tolist(), None
 
 
 @dataclass(frozen=True)
