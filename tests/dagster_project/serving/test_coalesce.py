@@ -9,6 +9,7 @@ request given another's slice, or a version it was not scored by, gets visibly w
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,11 @@ import pytest
 
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.serving import ChampionWatcher, ScorerHTTPServer, ScorerMetrics, ServedModel
+from dagster_project.serving.api import ScoringContext
+from dagster_project.serving.coalesce import Coalescer
+from dagster_project.serving.health import ScorerHealth
+from dagster_project.serving.limits import BearerToken, HttpLimits, RequestError
+from dagster_project.serving.rows import validate_rows
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import Client, feature_matrix, onnx_of, synthetic_rows, train_version
 
@@ -180,3 +186,51 @@ def test_a_hot_swap_never_mixes_versions_within_an_answer(
         other = models["v2" if answer["model_version"] == "v1" else "v1"].predict(X).scores
         assert not np.allclose(expected, other, rtol=1e-3)  # the check below can tell the versions apart
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=f"request {i}")
+
+
+class KeyedFeatures:
+    """Stands in for `ServingFeatures` (which needs a stream with derived features and its topic):
+    refuses rows without a `device`, as a row without its key is refused, and adds nothing."""
+
+    def __init__(self) -> None:
+        self.versions: list[str] = []
+
+    def append_to(self, version: str, rows: list[dict], X: np.ndarray) -> np.ndarray:
+        self.versions.append(version)
+        if any("device" not in row for row in rows):
+            raise RequestError(422, "no key: send the key and event-time fields beside the features")
+        return X
+
+
+def test_no_champion_and_derived_feature_errors_reach_only_their_requests(
+    spec: StreamSpec, registry: FilesystemRegistry
+) -> None:
+    metrics = ScorerMetrics(spec.name)
+    watcher = ChampionWatcher(registry, spec, metrics)
+    features = KeyedFeatures()
+    ctx = ScoringContext(
+        spec, watcher, metrics, ScorerHealth(spec.name, watcher), BearerToken(None), HttpLimits(), features
+    )
+    coalescer = Coalescer(ctx)
+    rows = [f | {"device": f"d{i}"} for i, (_, f, _) in enumerate(synthetic_rows(6))]
+    requests = [rows[0:2], [rows[2] | {}, {k: v for k, v in rows[3].items() if k != "device"}], rows[4:6]]
+
+    async def together() -> list[Any]:
+        checked = [[{n: row[n] for n in spec.feature_names} for row in r] for r in requests]  # the key aside
+        calls = [
+            coalescer.score(validate_rows(spec, {"rows": c}, 10), r) for c, r in zip(checked, requests, strict=True)
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    no_model = asyncio.run(together())  # no champion yet: every request of the flush gets 503
+    assert [(type(e), e.status) for e in no_model] == [(RequestError, 503)] * 3
+
+    train_version(registry, spec)
+    watcher.check()
+    scored = asyncio.run(together())
+    assert (coalescer.flushes, coalescer.requests) == (1, 2)  # one call for the two good requests
+    assert isinstance(scored[1], RequestError) and scored[1].status == 422  # its row without a key
+    expected = onnx_of(registry, spec, "v1").predict(feature_matrix(spec, rows[0:2] + rows[4:6])).scores
+    got = np.array(scored[0].scores + scored[2].scores)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert features.versions == ["v1"] * 3
