@@ -96,14 +96,18 @@ class ScoringContext:
         return served
 
     def score(self, served: ServedModel, X: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+        return served.as_lists(*self.outputs(served, X))
+
+    def outputs(self, served: ServedModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`served.outputs(X)`, counted in the inference metrics (one call, len(X) predictions)."""
         started = time.perf_counter()
-        predictions, scores = served.score(X)
+        labels, scores = served.outputs(X)
         latency, counter = self._version_metrics(served.version)
         latency.observe(time.perf_counter() - started)
-        counter.inc(len(predictions))
+        counter.inc(len(X))
         if self._counts_unseen:
             self.metrics.count_unseen(unseen_counts(self.spec, X), "http")
-        return predictions, scores
+        return labels, scores
 
     def _version_metrics(self, version: str) -> tuple[Any, Any]:
         found = self._per_version.get(version)

@@ -72,7 +72,7 @@ def prepare_predict(
     X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
 
     def finish(scored: Scored) -> Answered:
-        return JsonOk(predict_payload(scored.served.version, scored.predictions, scored.scores))
+        return JsonOk(predict_payload(scored.served.version, *scored.lists()))
 
     return X, body["rows"] if ctx.features is not None else None, finish
 
@@ -82,9 +82,8 @@ def prepare_infer(ctx: ScoringContext, body: Any) -> tuple[np.ndarray, list[Any]
     X, wanted = parse_infer_request(ctx.spec, body, ctx.limits.max_rows)
 
     def finish(scored: Scored) -> Answered:
-        answer = infer_response(
-            ctx.spec, scored.served.version, scored.predictions, scored.scores, wanted, body.get("id")
-        )
+        predictions, scores = scored.lists()
+        answer = infer_response(ctx.spec, scored.served.version, predictions, scores, wanted, body.get("id"))
         return JsonOk(answer)
 
     return X, None, finish

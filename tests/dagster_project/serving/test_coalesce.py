@@ -1,7 +1,7 @@
 """Requests ready together are scored in one onnxruntime call, yet each gets exactly its own answer.
 
 A real uvicorn server of the scorer. To make requests arrive together on purpose, the first
-scoring call holds the server's event loop (a wrapper around `ServedModel.score` that waits for the
+scoring call holds the server's event loop (a wrapper around `ServedModel.outputs` that waits for the
 test) while 15 more keep-alive connections send their requests; when it lets go, the loop reads all
 of them in one iteration and the coalescer scores them in one call. Every row is different, so a
 request given another's slice, or a version it was not scored by, gets visibly wrong numbers.
@@ -34,16 +34,16 @@ ROWS_EACH = 3
 
 
 class HeldScoring:
-    """Wraps `ServedModel.score`: records every call's (version, rows) and can hold the next call."""
+    """Wraps `ServedModel.outputs` (the coalescer's call): records each call's (version, rows), can hold the next."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str, int]] = []
         self.held = threading.Event()
         self.release = threading.Event()
         self._hold_next = False
-        real = ServedModel.score
+        real = ServedModel.outputs
 
-        def score(served: ServedModel, X: np.ndarray) -> Any:
+        def outputs(served: ServedModel, X: np.ndarray) -> Any:
             self.calls.append((served.version, len(X)))
             if self._hold_next:
                 self._hold_next = False
@@ -51,7 +51,7 @@ class HeldScoring:
                 assert self.release.wait(10), "the test never released the held scoring call"
             return real(served, X)
 
-        monkeypatch.setattr(ServedModel, "score", score)
+        monkeypatch.setattr(ServedModel, "outputs", outputs)
 
     def hold_next(self) -> None:
         self.held.clear()
@@ -231,6 +231,6 @@ def test_no_champion_and_derived_feature_errors_reach_only_their_requests(
     assert (coalescer.flushes, coalescer.requests) == (1, 2)  # one call for the two good requests
     assert isinstance(scored[1], RequestError) and scored[1].status == 422  # its row without a key
     expected = onnx_of(registry, spec, "v1").predict(feature_matrix(spec, rows[0:2] + rows[4:6])).scores
-    got = np.array(scored[0].scores + scored[2].scores)
+    got = np.array(scored[0].lists()[1] + scored[2].lists()[1])
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert features.versions == ["v1"] * 3
