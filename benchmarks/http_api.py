@@ -18,11 +18,13 @@ the same uvicorn configuration serving a bare ASGI app that reads the body and s
 real answer back unchanged: what the HTTP server alone allows on this machine. wrk needs a
 core of its own to saturate a server: `--pin` runs it on CPU 0 and this process (every server) on
 CPU 1, the same for all servers. Reported per cell: requests/s, p50/p99 latency, non-2xx answers
-and socket errors (must be 0), and the ratios to the baseline.
+and socket errors (must be 0), the garbage collector's full (oldest-generation) collections in the
+process during the cell's rounds (each scans the whole heap: tens of ms here), and the ratios to the baseline.
 """
 
 from __future__ import annotations
 
+import gc
 import http.server
 import os
 import re
@@ -228,6 +230,13 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
             pin_this_process(SERVER_CPU)
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
         coalescer = servers["uvicorn"].app.coalescer
+        full_collections = [0]  # the garbage collector's oldest generation: each scans the whole heap
+
+        def count_full(phase: str, info: dict[str, Any]) -> None:
+            if phase == "stop" and info["generation"] == 2:
+                full_collections[0] += 1
+
+        gc.callbacks.append(count_full)
         try:
             for n in ROWS_PER_REQUEST:
                 body = orjson.dumps({"rows": rows[:n]})
@@ -237,10 +246,11 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
                     order = list(servers) if r % 2 == 0 else list(reversed(servers))
                     for name in order:
                         progress(f"http: {name}, {n}-row requests, {connections} connections, {seconds:g}s")
-                        flushes, answered = coalescer.flushes, coalescer.requests
+                        flushes, answered, full = coalescer.flushes, coalescer.requests, full_collections[0]
                         figures = run_wrk(
                             servers[name].url, body, connections, seconds, workdir, WRK_CPU if pin else None
                         )
+                        figures["full_gc"] = full_collections[0] - full
                         if name == "uvicorn":
                             figures["requests_per_call"] = (coalescer.requests - answered) / max(
                                 1, coalescer.flushes - flushes
@@ -248,6 +258,7 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
                         cells[str(n)][name].append(figures)
                 servers.pop("ceiling").stop()
         finally:
+            gc.callbacks.remove(count_full)
             for server in servers.values():
                 server.stop()
             if pin:
@@ -288,6 +299,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("requests_per_s", "p50", "p99")
     out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     out["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
+    out["full_gc"] = sum(r["full_gc"] for r in runs)
     if "requests_per_call" in runs[0]:
         out["requests_per_call"] = float(np.median([r["requests_per_call"] for r in runs]))
     return out
@@ -295,15 +307,16 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> list[str]:
     lines = [
-        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | requests/s vs stdlib | p99 vs stdlib |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | full GCs "
+        "| requests/s vs stdlib | p99 vs stdlib |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, cell in result["cells"].items():
         for name in SERVERS:
             c = cell[name]
             ratio = cell["ratios"].get(name)
             tail = f"{ratio['rps']:.2f}x | {ratio['p99']:.2f}" if ratio else "| "
-            figures = f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['errors']}"
+            figures = f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['errors']} | {c['full_gc']}"
             lines.append(f"| {n} | {name} | {figures} | {tail} |")
     for n, cell in result["cells"].items():
         lines.append(f"{n}-row: uvicorn answered {cell['uvicorn']['requests_per_call']:.2f} requests per scoring call")
