@@ -43,7 +43,7 @@ def test_every_server_answers_every_request_with_predictions(monkeypatch):
     cell = result["cells"]["1"]
     for server in ("stdlib", "starlette", "fastpath", "uvicorn", "ceiling"):
         assert cell[server]["requests_per_s"] > 0 and cell[server]["errors"] == 0, (server, cell[server])
-        assert cell[server]["full_gc"] >= 0
+        assert isinstance(cell[server]["full_gc"], int)  # counted for every server
     assert set(cell["ratios"]) == {"starlette", "fastpath", "uvicorn", "ceiling"}
     assert cell["ratios"]["uvicorn"]["rps"] > 0
     # 2 connections: a scoring call answers 1 or 2 requests (the coalescer's counters, read around the cell)
