@@ -6,8 +6,11 @@ the same `ChampionWatcher`, row validation (`serving.rows.validate_rows`), scori
 metrics; the baseline is `http.server.ThreadingHTTPServer` with a `/predict` handler doing exactly
 that (the architecture the scorer had before it moved to uvicorn, without its body limits and
 deadlines, so the baseline is if anything flattered). `uvicorn` is the scorer's server as it ships
-(`fastpath.FastInference` answers `/predict`), `starlette` the same server with the fast path off
-(every request through Starlette), so the fast path's own gain is read in the same run. The load
+(`fastpath.FastInference` answers `/predict` and scores the requests ready in one loop iteration in
+one onnxruntime call, `coalesce.Coalescer`), `fastpath` the same without coalescing (one call per
+request), `starlette` the same server with the fast path off (every request through Starlette), so
+each layer's own gain is read in the same run; for `uvicorn` the run also prints how many requests a
+scoring call answered on average. The load
 comes from `wrk` (Debian package `wrk`; C, keep-alive connections, latency percentiles) in its own
 process, POSTing a 1-row and a 100-row body from C concurrent connections for D seconds per cell; the
 servers take turns per round (reversed every other round) so a noisy moment hits all. `ceiling` is
@@ -15,11 +18,13 @@ the same uvicorn configuration serving a bare ASGI app that reads the body and s
 real answer back unchanged: what the HTTP server alone allows on this machine. wrk needs a
 core of its own to saturate a server: `--pin` runs it on CPU 0 and this process (every server) on
 CPU 1, the same for all servers. Reported per cell: requests/s, p50/p99 latency, non-2xx answers
-and socket errors (must be 0), and the ratios to the baseline.
+and socket errors (must be 0), the garbage collector's full (oldest-generation) collections in the
+process during the cell's rounds (each scans the whole heap: tens of ms here), and the ratios to the baseline.
 """
 
 from __future__ import annotations
 
+import gc
 import http.server
 import os
 import re
@@ -192,7 +197,7 @@ def run_wrk(
     return parse_wrk(done.stdout)
 
 
-SERVERS = ("stdlib", "starlette", "uvicorn", "ceiling")  # table order: the baseline first
+SERVERS = ("stdlib", "starlette", "fastpath", "uvicorn", "ceiling")  # table order: the baseline first
 WRK_CPU, SERVER_CPU = 0, 1
 
 
@@ -217,12 +222,21 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
         servers = {
             "stdlib": StdlibScorerServer(spec, watcher, metrics).start(),
             "starlette": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics, fast_path=False).start(),
+            "fastpath": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics, coalesce=False).start(),
             "uvicorn": ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics).start(),
         }
         answers = {n: _answer(servers["uvicorn"].url, orjson.dumps({"rows": rows[:n]})) for n in ROWS_PER_REQUEST}
         if pin:
             pin_this_process(SERVER_CPU)
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        coalescer = servers["uvicorn"].app.coalescer
+        full_collections = [0]  # the garbage collector's oldest generation: each scans the whole heap
+
+        def count_full(phase: str, info: dict[str, Any]) -> None:
+            if phase == "stop" and info["generation"] == 2:
+                full_collections[0] += 1
+
+        gc.callbacks.append(count_full)
         try:
             for n in ROWS_PER_REQUEST:
                 body = orjson.dumps({"rows": rows[:n]})
@@ -232,12 +246,19 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
                     order = list(servers) if r % 2 == 0 else list(reversed(servers))
                     for name in order:
                         progress(f"http: {name}, {n}-row requests, {connections} connections, {seconds:g}s")
+                        flushes, answered, full = coalescer.flushes, coalescer.requests, full_collections[0]
                         figures = run_wrk(
                             servers[name].url, body, connections, seconds, workdir, WRK_CPU if pin else None
                         )
+                        figures["full_gc"] = full_collections[0] - full
+                        if name == "uvicorn":
+                            figures["requests_per_call"] = (coalescer.requests - answered) / max(
+                                1, coalescer.flushes - flushes
+                            )
                         cells[str(n)][name].append(figures)
                 servers.pop("ceiling").stop()
         finally:
+            gc.callbacks.remove(count_full)
             for server in servers.values():
                 server.stop()
             if pin:
@@ -278,21 +299,27 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("requests_per_s", "p50", "p99")
     out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     out["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
+    out["full_gc"] = sum(r["full_gc"] for r in runs)
+    if "requests_per_call" in runs[0]:
+        out["requests_per_call"] = float(np.median([r["requests_per_call"] for r in runs]))
     return out
 
 
 def table(result: dict[str, Any]) -> list[str]:
     lines = [
-        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | requests/s vs stdlib | p99 vs stdlib |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | full GCs "
+        "| requests/s vs stdlib | p99 vs stdlib |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, cell in result["cells"].items():
         for name in SERVERS:
             c = cell[name]
             ratio = cell["ratios"].get(name)
             tail = f"{ratio['rps']:.2f}x | {ratio['p99']:.2f}" if ratio else "| "
-            figures = f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['errors']}"
+            figures = f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['errors']} | {c['full_gc']}"
             lines.append(f"| {n} | {name} | {figures} | {tail} |")
+    for n, cell in result["cells"].items():
+        lines.append(f"{n}-row: uvicorn answered {cell['uvicorn']['requests_per_call']:.2f} requests per scoring call")
     return lines
 
 

@@ -96,14 +96,18 @@ class ScoringContext:
         return served
 
     def score(self, served: ServedModel, X: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+        return served.as_lists(*self.outputs(served, X))
+
+    def outputs(self, served: ServedModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`served.outputs(X)`, counted in the inference metrics (one call, len(X) predictions)."""
         started = time.perf_counter()
-        predictions, scores = served.score(X)
+        labels, scores = served.outputs(X)
         latency, counter = self._version_metrics(served.version)
         latency.observe(time.perf_counter() - started)
-        counter.inc(len(predictions))
+        counter.inc(len(X))
         if self._counts_unseen:
             self.metrics.count_unseen(unseen_counts(self.spec, X), "http")
-        return predictions, scores
+        return labels, scores
 
     def _version_metrics(self, version: str) -> tuple[Any, Any]:
         found = self._per_version.get(version)
@@ -124,13 +128,17 @@ class ScoringContext:
         """Parse a body read within the limits and hand it to `work` (in a thread when large)."""
 
         def run() -> Response:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise RequestError(400, f"invalid JSON: {exc}") from None
-            return work(body)
+            return work(parse_json(raw))
 
         return run() if len(raw) <= INLINE_BODY_BYTES else await run_in_threadpool(run)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, or 400 naming where it is broken."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"invalid JSON: {exc}") from None
 
 
 def predict_answer(ctx: ScoringContext, body: Any) -> Response:
@@ -140,11 +148,20 @@ def predict_answer(ctx: ScoringContext, body: Any) -> Response:
     if ctx.features is not None:  # derived features from the live state, left unchanged
         X = ctx.features.append_to(served.version, body["rows"], X)
     predictions, scores = ctx.score(served, X)
+    return predict_response(served.version, predictions, scores)
+
+
+def predict_response(version: str, predictions: list[Any], scores: list[list[float]] | None) -> Response:
+    """The `/predict` answer for rows scored by `version`."""
+    return json_response(200, predict_payload(version, predictions, scores))
+
+
+def predict_payload(version: str, predictions: list[Any], scores: list[list[float]] | None) -> dict[str, Any]:
     if scores is None:
         out = [{"prediction": p, "probabilities": None} for p in predictions]
     else:
         out = [{"prediction": p, "probabilities": s} for p, s in zip(predictions, scores, strict=True)]
-    return json_response(200, {"model_version": served.version, "predictions": out})
+    return {"model_version": version, "predictions": out}
 
 
 Handler = Callable[[Request], Awaitable[Response]]

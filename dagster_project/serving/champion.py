@@ -101,11 +101,27 @@ class ServedModel:
         probabilities, or decision scores for models without predict_proba (hinge loss).
         Regression: the predicted values, and no scores (None).
         """
+        return self.as_lists(*self.outputs(X))
+
+    def outputs(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's raw outputs for float32 rows: class indices and scores, or values and None.
+
+        Arrays, so a batch of several requests can be split into views without making Python
+        objects that outlive one request (the garbage collector would promote them to its oldest
+        generation and then scan the whole heap: ~70 ms pauses measured at 100-row requests).
+        """
         out = self.model.predict(X)
         if self.classes is not None:
+            return out.labels, out.scores
+        return out.values, None
+
+    def as_lists(self, labels: np.ndarray, scores: np.ndarray | None) -> tuple[list[Any], list[list[float]] | None]:
+        """`outputs` as `score` answers them: class values (or values) and score lists."""
+        # float32 -> float64 is exact, and float64's tolist() is 3-4x faster than float32's (same Python floats)
+        if self.classes is not None:
             classes = self.classes
-            return [classes[i] for i in out.labels.astype(np.int64).tolist()], out.scores.tolist()
-        return out.values.tolist(), None
+            return [classes[i] for i in labels.astype(np.int64).tolist()], scores.astype(np.float64).tolist()
+        return labels.astype(np.float64).tolist(), None
 
 
 @dataclass(frozen=True)

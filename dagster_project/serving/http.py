@@ -1,7 +1,8 @@
 """The scorer's HTTP server: uvicorn in a thread of the scorer process, serving `api.build_app`.
 
 In the same process as the Kafka loop, so both use the one hot-swapped model (`ChampionWatcher.current`).
-The two inference routes are answered by `fastpath.FastInference` in front of the Starlette app.
+The two inference routes are answered by `fastpath.FastInference` in front of the Starlette app,
+which scores the requests ready in one loop iteration together (`coalesce.Coalescer`).
 The listening socket is bound in the constructor, so a busy port fails at once with the address
 in the message, and port 0 is resolved before anyone asks for the URL. uvicorn caps concurrent
 connections (`limit_concurrency`: 503 beyond it) and closes idle keep-alive connections after
@@ -58,14 +59,16 @@ class ScorerHTTPServer:
         keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
         features: ServingFeatures | None = None,
         fast_path: bool = True,
+        coalesce: bool = True,
     ) -> None:
         self.spec = spec
         self.limits = HttpLimits(max_body_bytes, max_rows, body_timeout_s, max_connections, keep_alive_s)
         health = health or ScorerHealth(spec.name, watcher)
         context = ScoringContext(spec, watcher, metrics, health, BearerToken(token), self.limits, features)
         app = build_app(context, kserve_routes(context))
-        # False serves the hot routes through Starlette too: the benchmark's and the equivalence test's reference
-        self.app = FastInference(app, context) if fast_path else app
+        # False serves the hot routes through Starlette too: the benchmark's and the equivalence test's reference;
+        # coalesce=False scores each fast-path request in its own onnxruntime call (the benchmark's reference)
+        self.app = FastInference(app, context, coalesce=coalesce) if fast_path else app
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.create_server((host, port), family=family, backlog=2048)

@@ -85,27 +85,43 @@ async def receive_body(receive: Receive, content_length: str | None, limits: Htt
     """The body from ASGI `receive`, checked by `declared_length` and received within `body_timeout_s`.
 
     Shared by the Starlette routes and the raw ASGI fast path, so both keep the same limits and errors.
+    The deadline is one loop timer that cancels this task, not `asyncio.timeout`: that costs 6.6 us
+    per request against 1.9 us (uvloop, in-process), a fifth of what a coalesced 1-row request costs.
     """
     length = declared_length(content_length, limits)
     chunks: list[bytes] = []
     received = 0
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None  # ASGI apps run in a task
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_at(loop.time() + limits.body_timeout_s, expire)
     try:
-        async with asyncio.timeout(limits.body_timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone(f"disconnected after {received} of {length} body bytes")
-                chunk = message.get("body", b"")
-                chunks.append(chunk)
-                received += len(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone(f"disconnected after {received} of {length} body bytes")
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            received += len(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if not expired or task.uncancel() > 0:  # cancelled by someone else too: theirs to handle
+            raise
         raise RequestError(
             408,
             f"the body did not arrive within {limits.body_timeout_s:g} s ({received} of {length} bytes received)",
             close=True,
         ) from None
+    finally:
+        timer.cancel()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -5,8 +5,10 @@ in one process, as in the tests, never clash over metric names. All names start 
 ``streamfit_`` and carry the ``stream`` label; ``version`` is added where a model version applies.
 
 ``streamfit_inference_latency_seconds`` observes one onnxruntime call: one poll batch for the
-Kafka loop (``source="kafka"``), one request for HTTP (``source="http"``). It is per call, not
-per row; divide by ``streamfit_predictions_total`` for a per-row figure.
+Kafka loop (``source="kafka"``), and for HTTP (``source="http"``) the requests scored together in
+one loop iteration (``coalesce.Coalescer``; one request when it arrived alone or was too large to
+parse on the loop). It is per call, not per row; divide by ``streamfit_predictions_total`` for a
+per-row figure.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class ScorerMetrics:
         )
         self.inference_latency = Histogram(
             "streamfit_inference_latency_seconds",
-            "Seconds per onnxruntime call: one Kafka poll batch or one HTTP request (not per row).",
+            "Seconds per onnxruntime call: one Kafka poll batch, or the HTTP requests scored together (not per row).",
             ["stream", "version", "source"],
             buckets=LATENCY_BUCKETS,
             registry=r,

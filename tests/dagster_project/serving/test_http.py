@@ -167,7 +167,7 @@ def test_a_bug_is_a_json_500(spec: StreamSpec, registry: FilesystemRegistry, mon
 
     train_version(registry, spec)
     with http_server(spec, registry) as (server, _):
-        monkeypatch.setattr(ServedModel, "score", broken)
+        monkeypatch.setattr(ServedModel, "outputs", broken)  # what every scoring path calls
         status, body = Client(server.url).predict([ROW])
         assert (status, body) == (500, {"error": "internal error (RuntimeError); see the scorer's log"})
         monkeypatch.undo()
