@@ -311,6 +311,7 @@ def score(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, d
             "us_per_row": 1e6 * r.seconds / len(stream.y),
             "recovery": None,
             "retrain_gates": gate_counts(r),
+            "gate_decisions": r.gates,
         }
         if stream.change is not None and stream.task == "classification":
             row["recovery"] = recovery_rows(r, stream.change, batch)
