@@ -17,7 +17,7 @@ import dagster as dg
 
 from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.registry.promotion import default_metric, gate
+from dagster_project.registry.promotion import default_metric, gate, judge
 from dagster_project.registry.significance import PairedTest, paired_test
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
@@ -126,35 +126,15 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
 def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimator, unseen: MicroBatch | None):
     """Score `candidate` (its fitted `estimator`) and the champion on `unseen` rows, neither has learned;
     promote or keep, and record the decision with every metric of both. Returns the `GateResult`."""
-    from dagster_project.learning.prequential import evaluate
-
     current = reg.champion(spec.name)
     labelled = unseen.labelled if unseen is not None and unseen.rows else None
-    test = None
     if labelled is None or not labelled.any():
-        candidate_metrics: dict = {}
-        champion_metrics: dict = {}
-        rows = 0
+        p = spec.promotion
+        result = gate(metric, p.margin, p.min_rows, candidate, {}, current, {}, 0, significance=p.significance)
     else:
-        X, y = unseen.X[labelled], unseen.y[labelled]
         champion_estimator = reg.load_estimator(spec.name, current)
-        candidate_metrics = evaluate(estimator, spec, X, y).as_metadata()
-        champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
-        rows = int(labelled.sum())
-        # A is the champion: the test asks whether the candidate is really worse (the refusal's case).
-        test = compare(metric, spec, champion_estimator, estimator, X, y)
-    result = gate(
-        metric,
-        spec.promotion.margin,
-        spec.promotion.min_rows,
-        candidate,
-        candidate_metrics,
-        current,
-        champion_metrics,
-        rows,
-        test=test,
-        significance=spec.promotion.significance,
-    )
+        X, y = unseen.X[labelled], unseen.y[labelled]
+        result = judge(spec, metric, candidate, estimator, current, champion_estimator, X, y)
     evidence = result.evidence() | _families(estimator)
     if result.promote:
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=evidence)

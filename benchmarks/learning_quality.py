@@ -13,8 +13,11 @@ sensor's logic after each batch: `monitors.detectors` on the per-batch error rat
 MAE) since the last action, `monitors.decisions.decide` with the stream's DriftSpec (cooldown on a
 simulated clock of `--rate` rows/s), and on "retrain" `learning.learner.retrained` (incremental
 families replay the window with `learning.retraining.replayed`) on the batches since the change
-point. Not simulated: data drift (PSI/KS), the retrain's own promotion gate, rollbacks (they need
-the registry's champion/predecessor comparison; the benchmark counts none).
+point. The retrained model serves the next batch; its promotion gate (`settle_retrain`: the
+product's `registry.promotion.judge` against the model that kept learning, on as many of that
+batch's first rows as the product's tail, neither has learned) decides which of the two the stream
+continues from, as `learning.pipeline.continue_from` does. Not simulated: data drift (PSI/KS),
+rollbacks (they need the registry's champion/predecessor comparison; the benchmark counts none).
 
 River's models (LogisticRegression with a StandardScaler, HoeffdingAdaptiveTree, ARF; regression:
 LinearRegression, HoeffdingAdaptiveTreeRegressor, ARFRegressor) learn the same rows one by one,
@@ -68,6 +71,12 @@ SGD_VARIANTS = {
 # Any config + "_whole": its drift retrains learn from the first row of the batch where the rise
 # began, as before the product located the change inside it (`learning.retraining.post_change`).
 UNLOCATED = "_whole"
+# Any config + "_ungated": a drift retrain always carries on, as before part 7 simulated its gate.
+UNGATED = "_ungated"
+# Any config + "_warm": `drift.retrain_mode: warm` (a retrain starts from the model that served)
+# instead of the default `fresh`. Suffixes combine in this order: `gate_warm_ungated`.
+WARM = "_warm"
+BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
 
 
 @dataclass
@@ -77,6 +86,9 @@ class Result:
     outcome: np.ndarray
     seconds: float = 0.0
     retrains: list[int] = field(default_factory=list)
+    # Each drift retrain's promotion gate against the model that kept learning (`settle_retrain`):
+    # the row after which it retrained, promoted or not, both models' metric, rows, p-value.
+    gates: list[dict] = field(default_factory=list)
 
 
 def model_spec(config: str, task: str) -> dict:
@@ -107,7 +119,7 @@ def model_spec(config: str, task: str) -> dict:
     raise ValueError(f"unknown config {config!r}; choose from {known}")
 
 
-def spec_for(config: str, stream: Stream):
+def spec_for(config: str, stream: Stream, retrain_mode: str = "fresh"):
     from dagster_project.spec import StreamSpec
 
     classify = stream.task == "classification"
@@ -118,7 +130,44 @@ def spec_for(config: str, stream: Stream):
         label={"classes": sorted({int(v) for v in stream.y})} if classify else {},
         model=model_spec(config, stream.task),
         promotion={"metric": "accuracy" if classify else "mae"},
+        drift={"retrain_mode": retrain_mode},
     )
+
+
+def settle_retrain(spec, retrained: object, adapted: object, X: np.ndarray, y: np.ndarray) -> tuple[object, dict]:
+    """A drift retrain's promotion gate, as the product runs it: the retrained model (candidate)
+    against the one that kept learning (champion) on rows neither has learned, by
+    `registry.promotion.judge` with the spec's margin and significance; the next batch continues
+    from the winner by `pipeline.continue_from`'s rule (`retrain_lost`). Returns that model and the
+    decision."""
+    from dagster_project.learning.learner import servable
+    from dagster_project.learning.pipeline import retrain_lost
+    from dagster_project.registry.promotion import gate, judge
+
+    metric, p = spec.promotion.metric, spec.promotion
+    if len(y):
+        result = judge(spec, metric, "retrain", servable(retrained), "adapted", servable(adapted), X, y)
+    else:  # nothing unseen to score: the product defers, and the retrain carries on
+        result = gate(metric, p.margin, p.min_rows, "retrain", {}, "adapted", {}, 0, significance=p.significance)
+    decision = {
+        "promote": result.promote,
+        "retrain": result.candidate_value,
+        "adapted": result.champion_value,
+        "rows": result.rows,
+        "p_value": result.p_value,
+        "candidate_value": result.candidate_value,
+    }
+    return (adapted if retrain_lost(decision) else retrained), decision
+
+
+def _parse(config: str) -> tuple[str, bool, bool, str]:
+    """A config name -> (base config, locate the change, gate the retrain, retrain mode)."""
+    gated = not config.endswith(UNGATED)
+    config = config.removesuffix(UNGATED)
+    locate = not config.endswith(UNLOCATED)
+    config = config.removesuffix(UNLOCATED)
+    mode = "warm" if config.endswith(WARM) else "fresh"
+    return config.removesuffix(WARM), locate, gated, mode
 
 
 def _outcome(task: str, predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -136,9 +185,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     from monitors.decisions import DecisionConfig, LastAction, decide
     from monitors.detectors import detect_batch_change, detect_series_change
 
-    locate = not config.endswith(UNLOCATED)
-    config = config.removesuffix(UNLOCATED)
-    spec = spec_for(config, stream)
+    config, locate, gated, mode = _parse(config)
+    spec = spec_for(config, stream, mode)
     X, y, n = stream.X, stream.y, len(stream.y)
     metric = spec.promotion.metric
     offsets, partitions = np.arange(n), np.zeros(n, dtype=np.int32)
@@ -153,19 +201,27 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     model, start, scored, last = None, 0, 0, None
     series: list[tuple[float, int, int, float]] = []  # (error, rows, first row, time) since the last action
     served: dict[int, object] = {}  # first row scored -> the model that scored it (models are never mutated)
+    pending = None  # (retrained, adapted, unseen rows for its gate) until the next batch arrives
+    p = spec.promotion
     while start < n:
         end = min(n, start + batch)
-        learn_end = end
-        if len(spec.model.families) > 1:
-            p = spec.promotion
-            learn_end = tail_split({0: (start, end)}, p.tail_rows, p.tail_fraction, p.min_rows)[0]
+        tail_start = tail_split({0: (start, end)}, p.tail_rows, p.tail_fraction, p.min_rows)[0]
+        learn_end = tail_start if len(spec.model.families) > 1 else end
         now = end / rate
         if model is not None and scored < end:
+            # The retrained model serves the batch after a retrain (the benchmark's convention since
+            # part 1; in the product the champion serves until the retrain wins its gate).
             hits = _outcome(stream.task, model.predict(X[scored:end]), y[scored:end])
             out.outcome[scored:end] = hits
             error = float(hits.mean()) if stream.task == "regression" else 1.0 - float(hits.mean())
             series.append((error, end - scored, scored, now))
             served[scored] = model
+            if pending is not None:  # the product's gate on as many unseen rows as its batch tail
+                retrained_model, adapted, rows = pending
+                unseen = slice(scored, min(end, scored + rows))
+                model, decision = settle_retrain(spec, retrained_model, adapted, X[unseen], y[unseen])
+                out.gates.append({"after_row": out.retrains[-1], **decision})
+                pending = None
             scored = end
         began = time.perf_counter()
         model = test_then_learn(model, spec, read({0: (start, learn_end)}), {0: (start, learn_end)}, read).model
@@ -194,8 +250,11 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
 
                 leader = model.leader if isinstance(model, CandidateSet) else None
                 why = "drift retrain: " + "; ".join(decision.reasons)
+                adapted = model
                 model = retrained(spec, warm, rows_, window, why, replay, leader=leader)
                 out.retrains.append(learn_end)
+                if gated:  # unseen rows for the gate: the product's tail of this batch (`tail_split`)
+                    pending = (model, adapted, end - tail_start)
                 last, series, served = LastAction("retrain", now), [], {}
         out.seconds += time.perf_counter() - began
         start = learn_end
@@ -251,11 +310,21 @@ def score(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, d
             "retrains": len(r.retrains),
             "us_per_row": 1e6 * r.seconds / len(stream.y),
             "recovery": None,
+            "retrain_gates": gate_counts(r),
+            "gate_decisions": r.gates,
         }
         if stream.change is not None and stream.task == "classification":
             row["recovery"] = recovery_rows(r, stream.change, batch)
         table[name] = row
     return table
+
+
+def gate_counts(result: Result) -> dict[str, int]:
+    """Drift retrains that won / lost their promotion gate, and those it never decided (the stream
+    ended first, or the config does not simulate the gate)."""
+    won = sum(1 for g in result.gates if g["promote"])
+    lost = len(result.gates) - won
+    return {"won": won, "lost": lost, "undecided": len(result.retrains) - len(result.gates)}
 
 
 def verdicts(stream: Stream, table: dict[str, dict], configs: tuple[str, ...]) -> dict[str, object]:
@@ -339,8 +408,9 @@ def around_change(stream: Stream, results: dict[str, Result]) -> dict[int, dict[
 
 
 def shipped(configs: tuple[str, ...]) -> tuple[str, ...]:
-    """The configs the product runs (the `_whole` baselines are compared, not counted as Streamfit's)."""
-    return tuple(c for c in configs if not c.endswith(UNLOCATED))
+    """The configs the product runs (the `_whole` and `_ungated` baselines are compared, not counted
+    as Streamfit's)."""
+    return tuple(c for c in configs if not c.endswith(BASELINES))
 
 
 def print_trace(report: dict) -> None:
@@ -357,12 +427,17 @@ def print_trace(report: dict) -> None:
 def print_stream(report: dict, configs: tuple[str, ...]) -> None:
     metric = "acc" if report["task"] == "classification" else "MAE"
     print(f"\n{report['stream']} ({report['kind']}, {report['rows']:,} rows), {metric}:")
-    print(f"  {'model':10} {metric:>8} {'recovery':>9} {'retrains':>9} {'us/row':>8} {'x default':>10}")
+    print(
+        f"  {'model':18} {metric:>8} {'recovery':>9} {'retrains':>9} {'gate won/lost':>14} {'us/row':>8} "
+        f"{'x default':>10}"
+    )
     base = report["table"]["default"]["us_per_row"] or 1e-9
     for name in (*configs, *RIVER):
         r = report["table"][name]
+        g = r.get("retrain_gates") or {}
+        gates = f"{g['won']}/{g['lost']}" if g.get("won", 0) + g.get("lost", 0) else "-"
         print(
-            f"  {name:10} {_fmt(r['metric']):>8} {_fmt(r['recovery'], ',')!s:>9} {r['retrains']:9d} "
+            f"  {name:18} {_fmt(r['metric']):>8} {_fmt(r['recovery'], ',')!s:>9} {r['retrains']:9d} {gates:>14} "
             f"{r['us_per_row']:8.1f} {r['us_per_row'] / base:10.1f}"
         )
 
@@ -423,14 +498,34 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
     )
     versus = head_to_head(reports, everything)
     for (new, old), (better, worse, equal) in versus.items():
-        print(f"{new} vs {old} (before): better on {better}, worse on {worse}, equal on {equal} streams")
+        print(f"{new} vs {old}: better on {better}, worse on {worse}, equal on {equal} streams")
+    gates = retrain_gates(reports, everything)
     return {
         "targets": targets,
         "default_below_lr": {"below": below, "significantly": significant},
         "wins": wins,
         "mean_rank": mean_rank,
         "versus": {f"{n}/{o}": v for (n, o), v in versus.items()},
+        "retrain_gates": gates,
     }
+
+
+def retrain_gates(reports: list[dict], configs: tuple[str, ...]) -> dict[str, dict[str, list[str]]]:
+    """Per config, the streams where a drift retrain won / lost its promotion gate (printed)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for c in configs:
+        won = [r["stream"] for r in reports for _ in range(r["table"][c]["retrain_gates"]["won"])]
+        lost = [r["stream"] for r in reports for _ in range(r["table"][c]["retrain_gates"]["lost"])]
+        if won or lost:
+            out[c] = {"won": won, "lost": lost}
+    if out:
+        print("Drift retrains against the model that kept learning, on the next unseen rows (promotion gate):")
+        for c, v in out.items():
+            print(
+                f"  {c}: won {len(v['won'])} ({', '.join(v['won']) or '-'}); lost {len(v['lost'])} "
+                f"({', '.join(v['lost']) or '-'})"
+            )
+    return out
 
 
 # Each default's predecessor, when the run has it: (config, previous default).
@@ -438,9 +533,14 @@ PREDECESSORS = (("default", "sgd_old"), ("mlp", "mlp_old"))
 
 
 def head_to_head(reports: list[dict], configs: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, int, int]]:
-    """Streams on which each default is better / worse / equal (to 4 decimals) than its predecessor."""
+    """Streams on which each default is better / worse / equal (to 4 decimals) than its predecessor,
+    each config than its baselines (`_whole`, `_ungated`), and each `_warm` config than its fresh one."""
     out = {}
-    pairs = [*PREDECESSORS, *((c, c + UNLOCATED) for c in configs if c + UNLOCATED in configs)]
+    pairs = [
+        *PREDECESSORS,
+        *((c, c + suffix) for c in configs for suffix in BASELINES if c + suffix in configs),
+        *((c, c.removesuffix(WARM)) for c in configs if c.endswith(WARM) and c.removesuffix(WARM) in configs),
+    ]
     for new, old in pairs:
         if new not in configs or old not in configs:
             continue
@@ -465,7 +565,8 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
-        + f"; any of them + {UNLOCATED}: drift retrains from the change batch's first row",
+        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {UNLOCATED}: drift retrains from the"
+        + f" change batch's first row; then + {UNGATED}: no promotion gate for drift retrains",
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every model's accuracy per 250 rows around each change"

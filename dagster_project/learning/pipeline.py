@@ -100,6 +100,13 @@ def learn_from_head(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch
     )
 
 
+def retrain_lost(decision: dict[str, Any]) -> bool:
+    """A retrained version lost its promotion gate: refused on a number (a deferred decision, with
+    no rows to score, is not a loss, so the retrain carries on). Shared with the learning-quality
+    benchmark, which simulates the gate."""
+    return not decision.get("promote") and decision.get("candidate_value") is not None
+
+
 def continue_from(registry: ModelRegistry, stream: str) -> tuple[str | None, dict[str, Any] | None]:
     """Which version's estimator the next batch starts from: the head, unless the head is a
     retrained version that lost its promotion gate, in which case the champion (the better of the
@@ -114,8 +121,7 @@ def continue_from(registry: ModelRegistry, stream: str) -> tuple[str | None, dic
     gates = [
         d for d in registry.decisions(stream) if d.get("kind") == "promotion_gate" and d.get("candidate") == head.name
     ]
-    lost = gates and not gates[-1].get("promote") and gates[-1].get("candidate_value") is not None
-    if not lost:
+    if not gates or not retrain_lost(gates[-1]):
         return head.name, {"from": head.name, "why": "the head (a retrain not beaten by the champion)"}
     return champion, {
         "from": champion,

@@ -144,3 +144,38 @@ def gate(
     if significant(test, significance):
         return result(False, f"{kept}, {worse} and significant ({test.describe()} < {significance:g})")
     return result(True, f"{promoted}, {worse} but not significant ({test.describe()} >= {significance:g})")
+
+
+def judge(
+    spec: Any,
+    metric: str,
+    candidate: str,
+    candidate_model: Any,
+    champion: str,
+    champion_model: Any,
+    X: Any,
+    y: Any,
+) -> GateResult:
+    """Score both models on the same rows neither has learned and apply `gate` with the stream's
+    promotion settings: the one scoring path of the champion asset, a retrain's gate and the
+    learning-quality benchmark's simulation of it."""
+    from dagster_project.learning.prequential import evaluate, row_outputs
+    from dagster_project.registry.significance import paired_test
+
+    promotion = spec.promotion
+    candidate_metrics = evaluate(candidate_model, spec, X, y).as_metadata()
+    champion_metrics = evaluate(champion_model, spec, X, y).as_metadata()
+    # A is the champion: the test asks whether the candidate is really worse (the refusal's case).
+    test = paired_test(metric, y, row_outputs(champion_model, spec, X), row_outputs(candidate_model, spec, X))
+    return gate(
+        metric,
+        promotion.margin,
+        promotion.min_rows,
+        candidate,
+        candidate_metrics,
+        champion,
+        champion_metrics,
+        len(y),
+        test=test,
+        significance=promotion.significance,
+    )

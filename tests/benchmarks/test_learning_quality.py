@@ -118,3 +118,58 @@ def test_a_drift_retrain_from_the_located_change_beats_one_from_the_change_batch
 
 
 QUICK_ABRUPT = ("stagger_abrupt_s1", "agrawal_abrupt_s1")
+
+
+def _fitted(spec, X: np.ndarray, y: np.ndarray):
+    from dagster_project.learning.retraining import replayed
+
+    return replayed(spec, spec, None, X, y)
+
+
+def test_a_drift_retrain_worse_than_the_adapted_model_on_unseen_rows_is_dropped_and_a_better_one_kept() -> None:
+    stream = learning_streams.build("sea_stationary_s1", 2_000)
+    spec = learning_quality.spec_for("default", stream)
+    X, y = stream.X, stream.y.astype(int)
+    good, bad = _fitted(spec, X[:1000], y[:1000]), _fitted(spec, X[:1000], 1 - y[:1000])  # bad: labels inverted
+    unseen = slice(1000, 1250)
+
+    carried, decision = learning_quality.settle_retrain(spec, bad, good, X[unseen], y[unseen])
+    assert carried is good and not decision["promote"], decision
+    assert decision["retrain"] < 0.1 < 0.9 < decision["adapted"] and decision["p_value"] < 0.05
+    assert decision["rows"] == 250
+
+    carried, decision = learning_quality.settle_retrain(spec, good, bad, X[unseen], y[unseen])
+    assert carried is good and decision["promote"], decision
+    carried, decision = learning_quality.settle_retrain(spec, good, good, X[unseen], y[unseen])
+    assert carried is good and decision["promote"], "a tie goes to the retrain (non-inferiority)"
+    # No unseen rows to score: the product defers the decision and the retrain carries on.
+    carried, decision = learning_quality.settle_retrain(spec, bad, good, X[:0], y[:0])
+    assert carried is bad and not decision["promote"] and decision["rows"] == 0
+
+
+def test_the_benchmark_continues_from_the_winner_of_the_retrain_s_gate(monkeypatch) -> None:
+    """A retrain that learned inverted labels loses its gate and the stream continues from the model
+    that kept learning; an honest retrain wins and the run is the one without the gate."""
+    from dagster_project.learning import retraining
+
+    stream = learning_streams.build("sea_abrupt_s1", 4_000)  # change at row 2,000; batches of 500
+    honest = {c: learning_quality.run_streamfit(c, stream, 500, 100.0) for c in ("default", "default_ungated")}
+    assert [g["promote"] for g in honest["default"].gates] == [True] and honest["default"].retrains == [2500]
+    assert honest["default_ungated"].gates == [] and honest["default_ungated"].retrains == [2500]
+    np.testing.assert_array_equal(honest["default"].outcome, honest["default_ungated"].outcome)
+
+    real = retraining.replayed
+
+    def inverted(spec, member_spec, start, X, y):
+        return real(spec, member_spec, start, X, 1 - y)
+
+    monkeypatch.setattr(retraining, "replayed", inverted)
+    sabotaged = {c: learning_quality.run_streamfit(c, stream, 500, 100.0) for c in ("default", "default_ungated")}
+    gated, ungated = sabotaged["default"], sabotaged["default_ungated"]
+    assert [g["promote"] for g in gated.gates] == [False] and gated.gates[0]["after_row"] == 2500
+    assert learning_quality.gate_counts(gated) == {"won": 0, "lost": 1, "undecided": 0}
+    # The batch after the retrain is served by the retrained model either way (the convention) ...
+    np.testing.assert_array_equal(gated.outcome[:3000], ungated.outcome[:3000])
+    # ... then the gated run learns on from the adapted model and scores better than the one that
+    # continued from the inverted retrain.
+    assert np.nanmean(gated.outcome[3000:]) > np.nanmean(ungated.outcome[3000:]) + 0.005
