@@ -10,6 +10,7 @@ from dagster_project.dev.datasets import census_events
 from dagster_project.ingest.events import make_event
 from dagster_project.ingest.micro_batch import MicroBatch, _parse
 from dagster_project.kafka.io import RawRecord
+from dagster_project.kafka.record_columns import RecordColumns
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.registry.versioning import version_meta
 from dagster_project.spec import StreamSpec
@@ -36,7 +37,7 @@ def _batch(spec: StreamSpec, seed: int, shift_to_gov: float = 0.0, zips: range |
         if zips is not None:
             features["zip"] = int(rng.choice(zips))
         records.append(RawRecord(0, i, 0, None, make_event(event.event_id, features, event.label)))
-    return _parse(None, spec, {0: (0, ROWS)}, records, False, None)
+    return _parse(None, spec, {0: (0, ROWS)}, RecordColumns.of(records), False, None)
 
 
 def _profile(spec: StreamSpec, batch: MicroBatch) -> dict:
