@@ -17,8 +17,7 @@ import dagster as dg
 
 from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.registry.promotion import default_metric, gate, judge
-from dagster_project.registry.significance import PairedTest, paired_test
+from dagster_project.registry.promotion import compare, default_metric, gate, judge
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -149,13 +148,6 @@ def _families(estimator) -> dict:
     if not isinstance(estimator, CandidateSet):
         return {}
     return {"leader": estimator.leader, "families": estimator.choice}
-
-
-def compare(metric: str, spec: StreamSpec, model_a, model_b, X, y) -> PairedTest:
-    """The one-sided paired test that `model_a` is better than `model_b` on the same rows."""
-    from dagster_project.learning.prequential import row_outputs
-
-    return paired_test(metric, y, row_outputs(model_a, spec, X), row_outputs(model_b, spec, X))
 
 
 def gate_retrain(settings, reg, spec: StreamSpec, version):

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster_project.kafka.offsets import Ranges
-from dagster_project.registry.significance import PairedTest, significant
+from dagster_project.registry.significance import PairedTest, paired_test, significant
 
 HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mae": False, "rmse": False}
 
@@ -159,14 +159,13 @@ def judge(
     """Score both models on the same rows neither has learned and apply `gate` with the stream's
     promotion settings: the one scoring path of the champion asset, a retrain's gate and the
     learning-quality benchmark's simulation of it."""
-    from dagster_project.learning.prequential import evaluate, row_outputs
-    from dagster_project.registry.significance import paired_test
+    from dagster_project.learning.prequential import evaluate
 
     promotion = spec.promotion
     candidate_metrics = evaluate(candidate_model, spec, X, y).as_metadata()
     champion_metrics = evaluate(champion_model, spec, X, y).as_metadata()
     # A is the champion: the test asks whether the candidate is really worse (the refusal's case).
-    test = paired_test(metric, y, row_outputs(champion_model, spec, X), row_outputs(candidate_model, spec, X))
+    test = compare(metric, spec, champion_model, candidate_model, X, y)
     return gate(
         metric,
         promotion.margin,
@@ -179,3 +178,11 @@ def judge(
         test=test,
         significance=promotion.significance,
     )
+
+
+def compare(metric: str, spec: Any, model_a: Any, model_b: Any, X: Any, y: Any) -> PairedTest:
+    """The one-sided paired test that `model_a` is better than `model_b` on the same rows: the
+    promotion gate's (A the champion) and the champion check's (A the predecessor)."""
+    from dagster_project.learning.prequential import row_outputs
+
+    return paired_test(metric, y, row_outputs(model_a, spec, X), row_outputs(model_b, spec, X))
