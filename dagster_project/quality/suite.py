@@ -11,9 +11,10 @@ module import (Dagster imports this module when it loads the code location). The
 each spec's suite are built once per process and cached.
 
 GX costs about 8 ms per expectation whatever the row count, so the rules the event parser already
-enforces (schema, numeric types, no null in a non-nullable feature, finite values, label classes)
-are verified with numpy on every row (`guarantees.py`) and GX runs the data's own rules; a batch
-that breaks a guarantee is validated with the whole suite, so GX names its rows and offsets.
+enforces (schema, numeric types, no null in a non-nullable feature, finite values, label classes),
+the row count and unique ids are verified with numpy/pandas on every row (`guarantees.py`) and GX
+runs the data's other rules (none left: no GX call); a batch that breaks a verified rule is
+validated with the whole suite, so GX names its rows and offsets.
 """
 
 from __future__ import annotations
