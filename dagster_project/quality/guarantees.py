@@ -6,6 +6,11 @@ still holds those rules (an external frame or a hand-built batch may break them)
 batch GX would spend about 8 ms per rule confirming them. Each such rule is checked here on every
 row with numpy, with exactly the semantics of its GX expectation; a rule the arrays break goes
 to GX like any other, so its failure names the rows and offsets the same way.
+
+Two rules about the data itself are verified the same way (`exact_data_checks`): the row count and
+unique ids. Their checks are exact and cost ~4 ms at 100 k rows, while GX spent ~8 ms a rule plus
+its per-validation set-up (~12 ms a batch at 1 k rows, ~25 ms at 100 k) confirming them. A batch
+that breaks either goes to GX with the whole suite, as above.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ def parser_guarantees(
 
     `columns` is the frame's exact column list and `numeric_dtypes` the type rule's list. Rules
     about the data itself (ranges, null fractions of nullable features, row counts, unique ids,
-    mean/std bounds, unseen categories, the suite file's own rules) are never listed: GX runs them.
+    mean/std bounds, unseen categories, the suite file's own rules) are never listed here (see
+    `exact_data_checks` for the two that are verified outside GX).
     """
     import great_expectations.expectations as gxe
 
@@ -62,6 +68,44 @@ def parser_guarantees(
             if column == LABEL and spec.task == "classification" and list(e.value_set or []) == classes:
                 checks[position] = _labels_in(np.asarray(classes))
     return checks
+
+
+def exact_data_checks(expectations: Sequence[Any]) -> dict[int, Check]:
+    """Position in the suite -> its check, for the data rules a numpy/pandas check decides exactly:
+    the row count within plain bounds, and unique values in a column. Ranges, null fractions,
+    mean/std bounds and unseen categories stay with GX (their checks would re-implement GX's)."""
+    import great_expectations.expectations as gxe
+
+    checks: dict[int, Check] = {}
+    for position, e in enumerate(expectations):
+        if getattr(e, "row_condition", None) not in (None, "") or getattr(e, "windows", None):
+            continue
+        if isinstance(e, gxe.ExpectTableRowCountToBeBetween):
+            low, high = e.min_value, e.max_value
+            if all(v is None or type(v) is int for v in (low, high)):
+                checks[position] = _row_count_between(low, high, bool(e.strict_min), bool(e.strict_max))
+        elif isinstance(e, gxe.ExpectColumnValuesToBeUnique) and e.mostly in (None, 1.0):
+            checks[position] = _unique(e.column)
+    return checks
+
+
+def _row_count_between(low: int | None, high: int | None, strict_low: bool, strict_high: bool) -> Check:
+    def check(df: pd.DataFrame) -> bool:
+        rows = len(df)
+        above = low is None or (rows > low if strict_low else rows >= low)
+        below = high is None or (rows < high if strict_high else rows <= high)
+        return above and below
+
+    return check
+
+
+def _unique(column: str) -> Check:
+    # GX's rule fails on a value that occurs twice (nulls ignored); `is_unique` uses the same hashing
+    # and counts repeated nulls too, so when it holds GX's rule holds.
+    def check(df: pd.DataFrame) -> bool:
+        return column in df.columns and bool(df[column].is_unique)
+
+    return check
 
 
 def _float_column(df: pd.DataFrame, column: str) -> np.ndarray | None:

@@ -11,9 +11,10 @@ module import (Dagster imports this module when it loads the code location). The
 each spec's suite are built once per process and cached.
 
 GX costs about 8 ms per expectation whatever the row count, so the rules the event parser already
-enforces (schema, numeric types, no null in a non-nullable feature, finite values, label classes)
-are verified with numpy on every row (`guarantees.py`) and GX runs the data's own rules; a batch
-that breaks a guarantee is validated with the whole suite, so GX names its rows and offsets.
+enforces (schema, numeric types, no null in a non-nullable feature, finite values, label classes),
+the row count and unique ids are verified with numpy/pandas on every row (`guarantees.py`) and GX
+runs the data's other rules (none left: no GX call); a batch that breaks a verified rule is
+validated with the whole suite, so GX names its rows and offsets.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 from dagster_project.ingest.categories import unseen_code, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.quality.guarantees import Check, parser_guarantees
+from dagster_project.quality.guarantees import Check, exact_data_checks, parser_guarantees
 from dagster_project.spec import RESERVED_COLUMNS, StreamSpec, specs_dir
 
 if TYPE_CHECKING:
@@ -399,6 +400,7 @@ def _compiled(spec_json: str, suite_path: str | None, suite_stamp: tuple[int, in
     suite.name = f"streamfit-{tag}"
     suite = context.suites.add(suite)  # gives each expectation an id, by which results are put back in order
     guarantees = parser_guarantees(spec, suite.expectations, expected_columns(spec), NUMERIC_DTYPES)
+    guarantees |= exact_data_checks(suite.expectations)
     data_rules = [i for i in range(len(suite.expectations)) if i not in guarantees]
     data_suite = context.suites.add(
         gx.ExpectationSuite(
@@ -491,20 +493,24 @@ def validate_frame(df: pd.DataFrame, spec: StreamSpec, spec_dir: str | Path | No
         if index_columns:
             result_format["unexpected_index_column_names"] = index_columns
         guaranteed = all(holds(df) for holds in compiled.guarantees.values())
-        # The validator ValidationDefinition.run uses, without its storing every result in the context
-        # (about half the time on small batches, and memory that grows with each batch), and without
-        # Batch.validate's loading the frame twice (GX fingerprints each load: ~50 ms per 100k rows).
-        validator = V1Validator(
-            batch_definition=compiled.batch_definition,
-            batch_parameters={"dataframe": df},
-            result_format=result_format,
-        )
-        run = validator.validate_expectation_suite(compiled.data_suite if guaranteed else compiled.suite)
+        results: list[Any] = []
+        if not guaranteed or compiled.data_suite.expectations:  # else every rule was verified above
+            # The validator ValidationDefinition.run uses, without its storing every result in the context
+            # (about half the time on small batches, and memory that grows with each batch), and without
+            # Batch.validate's loading the frame twice (GX fingerprints each load: ~50 ms per 100k rows).
+            validator = V1Validator(
+                batch_definition=compiled.batch_definition,
+                batch_parameters={"dataframe": df},
+                result_format=result_format,
+            )
+            results = validator.validate_expectation_suite(
+                compiled.data_suite if guaranteed else compiled.suite
+            ).results
     rows = len(df)
     missing = [c for c in expected_columns(spec) if c not in df.columns]
     failures: list[tuple[int, QualityFailure]] = []
     warnings: list[tuple[int, QualityFailure]] = []
-    for outcome in run.results:
+    for outcome in results:
         if outcome.success:
             continue
         config = outcome.expectation_config

@@ -1,5 +1,6 @@
-"""Rules the parser enforces are verified on the arrays, and agree with GX on every frame: a check
-that says a rule holds never hides a GX failure, and a batch that breaks one goes to GX whole."""
+"""Rules the parser enforces, the row count and unique ids are verified outside GX, and agree with GX
+on every frame: a check that says a rule holds never hides a GX failure, and a batch that breaks one
+goes to GX whole."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from dagster_project.quality import suite as quality
 from dagster_project.quality.suite import batch_frame, validate_batch, validate_frame
+from dagster_project.spec import StreamSpec
 from tests.dagster_project.quality.test_suite import make_batch, make_spec
 
 
@@ -25,7 +27,7 @@ def kinds(spec, positions) -> list[tuple[str, str | None]]:
     return sorted((expectations[i].expectation_type, getattr(expectations[i], "column", None)) for i in positions)
 
 
-def test_only_the_rules_the_parser_enforces_are_guaranteed() -> None:
+def test_the_parser_rules_the_row_count_and_unique_ids_are_guaranteed() -> None:
     spec = make_spec()  # x0 in [0, 1]; x1 nullable; x2 unbounded; three classes
     guaranteed = kinds(spec, quality._compile(spec, None).guarantees)
     assert guaranteed == sorted(
@@ -37,8 +39,31 @@ def test_only_the_rules_the_parser_enforces_are_guaranteed() -> None:
             ("expect_column_values_to_be_between", "x1"),
             ("expect_column_values_to_be_between", "x2"),
             ("expect_column_values_to_be_in_set", "label"),
+            ("expect_table_row_count_to_be_between", None),
+            ("expect_column_values_to_be_unique", "event_id"),
         ]
-    )  # x0's range, x1's nulls, the row count and unique ids are the data's: GX checks them on every batch
+    )  # x0's range and x1's null fraction are the data's: GX checks them on every batch
+
+
+def test_a_batch_with_every_rule_verified_outside_gx_still_fails_on_a_repeated_id() -> None:
+    spec = StreamSpec.model_validate(
+        {
+            "name": "quality_test",
+            "features": [{"name": name} for name in ("x0", "x1", "x2")],  # no range, no nulls: nothing left for GX
+            "label": {"classes": ["low", "mid", "high"]},
+        }
+    )
+    compiled = quality._compile(spec, None)
+    assert len(compiled.guarantees) == compiled.size
+    assert validate_batch(make_batch(), spec).passed
+    batch = make_batch()
+    batch.ids[9] = batch.ids[2]
+    result = validate_batch(batch, spec)
+    assert [(f.expectation, f.column) for f in result.failures] == [("expect_column_values_to_be_unique", "event_id")]
+    assert [(s["partition"], s["offset"]) for s in result.failures[0].sample] == [
+        (0, batch.offsets[2]),
+        (1, batch.offsets[9]),
+    ]
 
 
 def test_regression_label_finiteness_is_guaranteed() -> None:
@@ -51,8 +76,8 @@ def test_a_parsed_batch_sends_only_the_data_rules_to_gx() -> None:
     result = validate_batch(make_batch(), spec)
     assert result.passed, result.summary
     assert result.evaluated_expectations == quality._compile(spec, None).size
-    assert result.guaranteed_expectations == len(quality._compile(spec, None).guarantees) == 10
-    assert result.as_metadata()["guaranteed_expectations"] == 10
+    assert result.guaranteed_expectations == len(quality._compile(spec, None).guarantees) == 12
+    assert result.as_metadata()["guaranteed_expectations"] == 12
 
 
 def _mutations():
@@ -100,16 +125,26 @@ def _mutations():
     def renamed_to_int(df):
         df.rename(columns={"x2": 2}, inplace=True)
 
+    def repeated_id(df):
+        df.loc[6, "event_id"] = df.loc[5, "event_id"]
+
+    def null_ids(df):
+        df.loc[[1, 2], "event_id"] = None  # GX ignores null ids; the check refuses them (GX then decides)
+
+    def no_rows(df):
+        df.drop(df.index, inplace=True)  # below min_rows (1)
+
     def several(df):
         nan_x0(df)
         inf_x2(df)
         label_3(df)
 
     cases = [nan_x0, inf_x2, huge_x2, inf_x1, nan_x1, label_3, label_half, label_text, x2_int, x2_text]
-    return frame, [*cases, drop_x1, extra, renamed_to_int, several]
+    return frame, [*cases, repeated_id, null_ids, no_rows, drop_x1, extra, renamed_to_int, several]
 
 
 NOT_FLOAT = ("label_text", "x2_text", "x2_int")  # the checks refuse a column that is not float; GX may pass it
+CONSERVATIVE = (*NOT_FLOAT, "null_ids")  # a check may refuse what GX passes, never the other way round
 
 
 @pytest.mark.parametrize("mutate", _mutations()[1], ids=lambda f: f.__name__)
@@ -124,7 +159,7 @@ def test_a_check_that_holds_never_hides_a_gx_failure(mutate) -> None:
             continue
         if holds(df):
             assert outcomes[position], kinds(spec, [position])
-        elif mutate.__name__ not in NOT_FLOAT:  # on float frames the checks are exact, so parsed batches stay fast
+        elif mutate.__name__ not in CONSERVATIVE:  # on float frames the checks are exact, so parsed batches stay fast
             assert not outcomes[position], kinds(spec, [position])
 
 
