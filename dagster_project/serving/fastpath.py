@@ -41,6 +41,7 @@ from dagster_project.serving.coalesce import Coalescer, Scored
 from dagster_project.serving.kserve import infer_answer, infer_path, infer_response, parse_infer_request
 from dagster_project.serving.limits import ClientGone, RequestError, receive_body
 from dagster_project.serving.rows import validate_rows
+from dagster_project.serving.typed_body import decode_rows
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +62,34 @@ class JsonOk:
 
 _JSON_TYPE = (b"content-type", b"application/json")
 Answered = Response | JsonOk
-# A parsed body -> its checked rows, the raw rows when derived features need them, and the answer once scored
-Prepare = Callable[[ScoringContext, Any], tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]]
+# A body's bytes -> its checked rows, the raw rows when derived features need them, and the answer once scored
+Prepare = Callable[[ScoringContext, bytes], tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]]
 
 
 def prepare_predict(
-    ctx: ScoringContext, body: Any
+    ctx: ScoringContext, raw: bytes
 ) -> tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]:
-    """`/predict` as `predict_answer` does it, split around the scoring."""
-    X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
+    """`/predict` as `predict_answer` does it, split around the scoring.
+
+    The common body is decoded straight into its matrix (`typed_body`); any other, and every body
+    when derived features need the rows' dicts, is parsed and checked as by the Starlette route.
+    """
+    X = decode_rows(ctx.spec, raw, ctx.limits.max_rows) if ctx.features is None else None
+    rows = None
+    if X is None:
+        body = parse_json(raw)
+        X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
+        rows = body["rows"] if ctx.features is not None else None
 
     def finish(scored: Scored) -> Answered:
         return JsonOk(predict_payload(scored.served.version, *scored.lists()))
 
-    return X, body["rows"] if ctx.features is not None else None, finish
+    return X, rows, finish
 
 
-def prepare_infer(ctx: ScoringContext, body: Any) -> tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]:
+def prepare_infer(ctx: ScoringContext, raw: bytes) -> tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]:
     """The unversioned V2 infer route as `kserve.infer_answer` does it, split around the scoring."""
+    body = parse_json(raw)
     X, wanted = parse_infer_request(ctx.spec, body, ctx.limits.max_rows)
 
     def finish(scored: Scored) -> Answered:
@@ -122,7 +133,7 @@ class FastInference:
             ctx.token.check_header(authorization)
             raw = await receive_body(receive, content_length, ctx.limits)
             if self.coalescer is not None and len(raw) <= INLINE_BODY_BYTES:
-                X, rows, finish = prepare(ctx, parse_json(raw))
+                X, rows, finish = prepare(ctx, raw)
                 response = finish(await self.coalescer.score(X, rows))
             else:
                 response = await ctx.answer_json(raw, lambda body: answer(ctx, body))
