@@ -17,7 +17,9 @@ by the Starlette routes. `coalesce=False` scores each request on its own (the be
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +116,7 @@ class FastInference:
             infer_path(ctx.spec): ("/v2/models/{name}/infer", infer_answer, prepare_infer),
         }
         self._counters: dict[tuple[str, int], Counter] = {}
+        self._loop: tuple[int, asyncio.AbstractEventLoop | None] = (0, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
@@ -131,10 +134,11 @@ class FastInference:
         try:
             authorization, content_length = _request_headers(scope)
             ctx.token.check_header(authorization)
-            raw = await receive_body(receive, content_length, ctx.limits)
+            loop = self._running_loop()
+            raw = await receive_body(receive, content_length, ctx.limits, loop)
             if self.coalescer is not None and len(raw) <= INLINE_BODY_BYTES:
                 X, rows, finish = prepare(ctx, raw)
-                response = finish(await self.coalescer.score(X, rows))
+                response = finish(await self.coalescer.score(X, rows, loop))
             else:
                 response = await ctx.answer_json(raw, lambda body: answer(ctx, body))
         except RequestError as exc:
@@ -152,6 +156,17 @@ class FastInference:
         await send({"type": "http.response.body", "body": response.body})
         if failure is not None:
             raise failure
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop serving this thread, looked up once: on Python 3.11 each lookup is a `getpid` syscall.
+
+        Kept per thread, and looked up again once closed (a server that stops and starts runs a new loop).
+        """
+        thread, loop = self._loop
+        if loop is None or thread != threading.get_ident() or loop.is_closed():
+            loop = asyncio.get_running_loop()
+            self._loop = (threading.get_ident(), loop)
+        return loop
 
     def _count(self, template: str, status: int) -> None:
         counter = self._counters.get((template, status))
