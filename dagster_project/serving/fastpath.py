@@ -13,6 +13,8 @@ Bodies small enough to parse on the loop (`api.INLINE_BODY_BYTES`) are parsed an
 route's `Prepare` function and scored through `coalesce.Coalescer`, with every other request ready in
 the same loop iteration, in one onnxruntime call; larger ones are answered in a worker thread as
 by the Starlette routes. `coalesce=False` scores each request on its own (the benchmark's reference).
+A plain `/predict` body is decoded straight into its checked matrix (`typed_body.decode_rows`, the
+same matrix `validate_rows` gives); any other falls back to the Starlette route's parse and check.
 """
 
 from __future__ import annotations
