@@ -4,17 +4,18 @@ Starlette's request and response objects, its routing, exception middlewares and
 middleware cost more per request than checking and scoring a one-row body, so these two routes skip
 them. They keep every rule of the Starlette routes by running the same code: the token check
 (`BearerToken.check_header`), the body limits and deadline (`limits.receive_body`), the parse
-(`ScoringContext.answer_json`), the answers (`api.predict_answer`, `kserve.infer_answer`) and their
-errors, and they count `streamfit_http_requests_total` under the route's template as the middleware
-does. Every other request (other paths and methods, the versioned infer route) goes to the Starlette
-app unchanged.
+(`api.parse_json`, in a worker thread past `api.INLINE_BODY_BYTES`), the answers
+(`api.predict_answer`, `kserve.infer_answer`) and their errors, and they count
+`streamfit_http_requests_total` under the route's template as the middleware does. Every other
+request (other paths and methods, the versioned infer route) goes to the Starlette app unchanged.
 
 Bodies small enough to parse on the loop (`api.INLINE_BODY_BYTES`) are parsed and checked by the
 route's `Prepare` function and scored through `coalesce.Coalescer`, with every other request ready in
 the same loop iteration, in one onnxruntime call; larger ones are answered in a worker thread as
 by the Starlette routes. `coalesce=False` scores each request on its own (the benchmark's reference).
-A plain `/predict` body is decoded straight into its checked matrix (`typed_body.decode_rows`, the
-same matrix `validate_rows` gives); any other falls back to the Starlette route's parse and check.
+On both ways a plain `/predict` body is decoded straight into its checked matrix
+(`typed_body.decode_rows`, the same matrix `validate_rows` gives); any other falls back to the
+Starlette route's parse and check.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 from prometheus_client import Counter
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -40,6 +42,7 @@ from dagster_project.serving.api import (
     parse_json,
     predict_answer,
     predict_payload,
+    predict_response,
 )
 from dagster_project.serving.coalesce import Coalescer, Scored
 from dagster_project.serving.kserve import infer_answer, infer_path, infer_response, parse_infer_request
@@ -49,7 +52,8 @@ from dagster_project.serving.typed_body import decode_rows
 
 log = logging.getLogger(__name__)
 
-Answer = Callable[[ScoringContext, Any], Response]
+# A body's bytes -> the route's answer, scored on its own (large bodies, or coalescing off)
+Answer = Callable[[ScoringContext, bytes], Response]
 
 
 class JsonOk:
@@ -91,6 +95,19 @@ def prepare_predict(
     return X, rows, finish
 
 
+def predict_from_bytes(ctx: ScoringContext, raw: bytes) -> Response:
+    """`/predict` scored on its own: `api.predict_answer`, with the plain body decoded as `prepare_predict` does."""
+    X = decode_rows(ctx.spec, raw, ctx.limits.max_rows) if ctx.features is None else None
+    if X is None:
+        return predict_answer(ctx, parse_json(raw))
+    served = ctx.served()
+    return predict_response(served.version, *ctx.score(served, X))
+
+
+def infer_from_bytes(ctx: ScoringContext, raw: bytes) -> Response:
+    return infer_answer(ctx, parse_json(raw))
+
+
 def prepare_infer(ctx: ScoringContext, raw: bytes) -> tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]:
     """The unversioned V2 infer route as `kserve.infer_answer` does it, split around the scoring."""
     body = parse_json(raw)
@@ -114,8 +131,8 @@ class FastInference:
         # path -> (the route's template, as the counting middleware names it; the answer to the parsed
         # body; the same split around the scoring, for coalesced requests)
         self.routes: dict[str, tuple[str, Answer, Prepare]] = {
-            "/predict": ("/predict", predict_answer, prepare_predict),
-            infer_path(ctx.spec): ("/v2/models/{name}/infer", infer_answer, prepare_infer),
+            "/predict": ("/predict", predict_from_bytes, prepare_predict),
+            infer_path(ctx.spec): ("/v2/models/{name}/infer", infer_from_bytes, prepare_infer),
         }
         self._counters: dict[tuple[str, int], Counter] = {}
         self._loop: tuple[int, asyncio.AbstractEventLoop | None] = (0, None)
@@ -142,7 +159,9 @@ class FastInference:
                 X, rows, finish = prepare(ctx, raw)
                 response = finish(await self.coalescer.score(X, rows, loop))
             else:
-                response = await ctx.answer_json(raw, lambda body: answer(ctx, body))
+                response = (
+                    answer(ctx, raw) if len(raw) <= INLINE_BODY_BYTES else await run_in_threadpool(answer, ctx, raw)
+                )
         except RequestError as exc:
             if exc.status == 408:
                 log.info("%s %s from %s: %s", scope["method"], scope["path"], _client(scope), exc)

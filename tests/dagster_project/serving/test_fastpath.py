@@ -16,11 +16,13 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.serving import ChampionWatcher, ScorerHTTPServer, ScorerMetrics
+from dagster_project.serving.api import INLINE_BODY_BYTES
 from dagster_project.serving.fastpath import FastInference
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import synthetic_rows, train_version
@@ -125,8 +127,11 @@ def corpus(spec: StreamSpec) -> list[tuple[str, bytes]]:
     return bodies
 
 
-def test_the_fast_path_answers_as_starlette_does(spec: StreamSpec, registry: FilesystemRegistry) -> None:
-    with twin_servers(spec, registry, max_rows=5, max_body_bytes=4096) as servers:
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_the_fast_path_answers_as_starlette_does(
+    spec: StreamSpec, registry: FilesystemRegistry, coalesce: bool
+) -> None:
+    with twin_servers(spec, registry, max_rows=5, max_body_bytes=4096, coalesce=coalesce) as servers:
         for path, body in corpus(spec)[:4]:  # no champion yet: 503, after the row checks (413 first), as before
             status, _, answer = same_answer(servers, "POST", path, body)
             assert status in (503, 413), answer
@@ -203,3 +208,14 @@ def test_random_bodies_get_the_same_answer(spec: StreamSpec, registry: Filesyste
             same_answer(servers, "POST", paths[which], body)
 
         post()
+
+
+def test_large_bodies_answered_in_a_thread_match(spec: StreamSpec, registry: FilesystemRegistry) -> None:
+    train_version(registry, spec)
+    rows = [f for _, f, _ in synthetic_rows(400)]
+    with twin_servers(spec, registry, coalesce=False) as servers:
+        for body in ({"rows": rows}, {"rows": [*rows[:200], rows[0] | {"x2": "high"}, *rows[200:]]}):
+            raw = orjson.dumps(body)
+            assert len(raw) > INLINE_BODY_BYTES  # past the loop's limit: parsed and scored in a worker thread
+            status, _, answer = same_answer(servers, "POST", "/predict", raw)
+            assert (status, len(orjson.loads(answer).get("predictions", []))) in ((200, 400), (422, 0)), answer
