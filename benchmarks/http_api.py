@@ -19,7 +19,9 @@ real answer back unchanged: what the HTTP server alone allows on this machine. w
 core of its own to saturate a server: `--pin` runs it on CPU 0 and this process (every server) on
 CPU 1, the same for all servers. Reported per cell: requests/s, p50/p99 latency, non-2xx answers
 and socket errors (must be 0), the garbage collector's full (oldest-generation) collections in the
-process during the cell's rounds (each scans the whole heap: tens of ms here), and the ratios to the baseline.
+process during the cell's rounds (each scans the whole heap: tens of ms here), the process's CPU time
+per answered request (user + system, `getrusage`: only the server under load works then, and unlike
+requests/s it hardly moves when other work shares the machine), and the ratios to the baseline.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import gc
 import http.server
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -247,9 +250,11 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
                     for name in order:
                         progress(f"http: {name}, {n}-row requests, {connections} connections, {seconds:g}s")
                         flushes, answered, full = coalescer.flushes, coalescer.requests, full_collections[0]
+                        cpu = _cpu_seconds()
                         figures = run_wrk(
                             servers[name].url, body, connections, seconds, workdir, WRK_CPU if pin else None
                         )
+                        figures["cpu_us"] = (_cpu_seconds() - cpu) * 1e6 / max(1, figures["requests"] or 0)
                         figures["full_gc"] = full_collections[0] - full
                         if name == "uvicorn":
                             figures["requests_per_call"] = (coalescer.requests - answered) / max(
@@ -280,12 +285,19 @@ def run(quick: bool = True, connections: int = 8, pin: bool = False) -> dict[str
                 name: {
                     "rps": med[name]["requests_per_s"] / base["requests_per_s"],
                     "p99": med[name]["p99"] / base["p99"],
+                    "cpu": med[name]["cpu_us"] / base["cpu_us"],
                 }
                 for name in SERVERS[1:]
             },
         }
     result["machine"] = machine_info()  # its load average is the one at the end of the run
     return result
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time so far (every server's threads; wrk is a child, not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _answer(url: str, body: bytes) -> bytes:
@@ -296,7 +308,7 @@ def _answer(url: str, body: bytes) -> bytes:
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("requests_per_s", "p50", "p99")
+    keys = ("requests_per_s", "p50", "p99", "cpu_us")
     out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     out["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
     out["full_gc"] = sum(r["full_gc"] for r in runs)
@@ -307,16 +319,19 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> list[str]:
     lines = [
-        "| rows/request | server | requests/s | p50 ms | p99 ms | errors | full GCs "
-        "| requests/s vs stdlib | p99 vs stdlib |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rows/request | server | requests/s | p50 ms | p99 ms | CPU us/request | errors | full GCs "
+        "| requests/s vs stdlib | p99 vs stdlib | CPU/request vs stdlib |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, cell in result["cells"].items():
         for name in SERVERS:
             c = cell[name]
             ratio = cell["ratios"].get(name)
-            tail = f"{ratio['rps']:.2f}x | {ratio['p99']:.2f}" if ratio else "| "
-            figures = f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['errors']} | {c['full_gc']}"
+            tail = f"{ratio['rps']:.2f}x | {ratio['p99']:.2f} | {ratio['cpu']:.2f}" if ratio else "| | "
+            figures = (
+                f"{c['requests_per_s']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {c['cpu_us']:.0f} "
+                f"| {c['errors']} | {c['full_gc']}"
+            )
             lines.append(f"| {n} | {name} | {figures} | {tail} |")
     for n, cell in result["cells"].items():
         lines.append(f"{n}-row: uvicorn answered {cell['uvicorn']['requests_per_call']:.2f} requests per scoring call")
@@ -327,15 +342,20 @@ def bounds(result: dict[str, Any]) -> list[str]:
     """Per cell, what the ceiling says: us per request in uvicorn itself and in the rest (the scorer's work
     and the fast path), and the most any server could reach vs stdlib if its HTTP layer cost nothing
     (stdlib's us per request / the rest's). Requests/s read as time per request: exact only when the
-    server saturates its core (`--pin`)."""
+    server saturates its core (`--pin`). The same from CPU time per request, with what a 3x target leaves
+    for the scorer's own work once the HTTP server's is paid."""
     lines = []
     for n, cell in result["cells"].items():
         us = {name: 1e6 / cell[name]["requests_per_s"] for name in SERVERS}
         rest = us["uvicorn"] - us["ceiling"]
         best = us["stdlib"] / rest if rest > 0 else float("inf")
+        cpu = {name: cell[name]["cpu_us"] for name in SERVERS}
         lines.append(
             f"{n}-row: stdlib {us['stdlib']:.0f} us/request, uvicorn {us['uvicorn']:.0f} = HTTP server "
-            f"{us['ceiling']:.0f} (ceiling) + the rest {rest:.0f}; with a free HTTP layer at most {best:.2f}x stdlib"
+            f"{us['ceiling']:.0f} (ceiling) + the rest {rest:.0f}; with a free HTTP layer at most {best:.2f}x stdlib. "
+            f"CPU per request: stdlib {cpu['stdlib']:.0f} us, uvicorn {cpu['uvicorn']:.0f} = "
+            f"{cpu['ceiling']:.0f} (ceiling) + {cpu['uvicorn'] - cpu['ceiling']:.0f}; 3x stdlib leaves "
+            f"{cpu['stdlib'] / 3 - cpu['ceiling']:.0f} us for everything but the HTTP server"
         )
     return lines
 

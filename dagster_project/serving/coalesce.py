@@ -61,9 +61,14 @@ class Coalescer:
         self.flushes = 0  # flushes that scored rows, and the requests they answered: the batching achieved
         self.requests = 0
 
-    async def score(self, X: np.ndarray, rows: list[dict[str, Any]] | None = None) -> Scored:
-        """`X` (checked float32 rows) scored together with whatever else is ready in this iteration."""
-        loop = asyncio.get_running_loop()
+    async def score(
+        self, X: np.ndarray, rows: list[dict[str, Any]] | None = None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Scored:
+        """`X` (checked float32 rows) scored together with whatever else is ready in this iteration.
+
+        `loop`: the running loop, when the caller knows it (see `limits.receive_body`).
+        """
+        loop = loop or asyncio.get_running_loop()
         future: asyncio.Future[Scored] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self.flush)

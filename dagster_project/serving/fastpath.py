@@ -4,26 +4,32 @@ Starlette's request and response objects, its routing, exception middlewares and
 middleware cost more per request than checking and scoring a one-row body, so these two routes skip
 them. They keep every rule of the Starlette routes by running the same code: the token check
 (`BearerToken.check_header`), the body limits and deadline (`limits.receive_body`), the parse
-(`ScoringContext.answer_json`), the answers (`api.predict_answer`, `kserve.infer_answer`) and their
-errors, and they count `streamfit_http_requests_total` under the route's template as the middleware
-does. Every other request (other paths and methods, the versioned infer route) goes to the Starlette
-app unchanged.
+(`api.parse_json`, in a worker thread past `api.INLINE_BODY_BYTES`), the answers
+(`api.predict_answer`, `kserve.infer_answer`) and their errors, and they count
+`streamfit_http_requests_total` under the route's template as the middleware does. Every other
+request (other paths and methods, the versioned infer route) goes to the Starlette app unchanged.
 
 Bodies small enough to parse on the loop (`api.INLINE_BODY_BYTES`) are parsed and checked by the
 route's `Prepare` function and scored through `coalesce.Coalescer`, with every other request ready in
 the same loop iteration, in one onnxruntime call; larger ones are answered in a worker thread as
 by the Starlette routes. `coalesce=False` scores each request on its own (the benchmark's reference).
+On both ways a plain `/predict` body is decoded straight into its checked matrix
+(`typed_body.decode_rows`, the same matrix `validate_rows` gives); any other falls back to the
+Starlette route's parse and check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 from prometheus_client import Counter
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -36,15 +42,18 @@ from dagster_project.serving.api import (
     parse_json,
     predict_answer,
     predict_payload,
+    predict_response,
 )
 from dagster_project.serving.coalesce import Coalescer, Scored
 from dagster_project.serving.kserve import infer_answer, infer_path, infer_response, parse_infer_request
 from dagster_project.serving.limits import ClientGone, RequestError, receive_body
 from dagster_project.serving.rows import validate_rows
+from dagster_project.serving.typed_body import decode_rows
 
 log = logging.getLogger(__name__)
 
-Answer = Callable[[ScoringContext, Any], Response]
+# A body's bytes -> the route's answer, scored on its own (large bodies, or coalescing off)
+Answer = Callable[[ScoringContext, bytes], Response]
 
 
 class JsonOk:
@@ -61,24 +70,47 @@ class JsonOk:
 
 _JSON_TYPE = (b"content-type", b"application/json")
 Answered = Response | JsonOk
-# A parsed body -> its checked rows, the raw rows when derived features need them, and the answer once scored
-Prepare = Callable[[ScoringContext, Any], tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]]
+# A body's bytes -> its checked rows, the raw rows when derived features need them, and the answer once scored
+Prepare = Callable[[ScoringContext, bytes], tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]]
 
 
 def prepare_predict(
-    ctx: ScoringContext, body: Any
+    ctx: ScoringContext, raw: bytes
 ) -> tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]:
-    """`/predict` as `predict_answer` does it, split around the scoring."""
-    X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
+    """`/predict` as `predict_answer` does it, split around the scoring.
+
+    The common body is decoded straight into its matrix (`typed_body`); any other, and every body
+    when derived features need the rows' dicts, is parsed and checked as by the Starlette route.
+    """
+    X = decode_rows(ctx.spec, raw, ctx.limits.max_rows) if ctx.features is None else None
+    rows = None
+    if X is None:
+        body = parse_json(raw)
+        X = validate_rows(ctx.spec, body, ctx.limits.max_rows)
+        rows = body["rows"] if ctx.features is not None else None
 
     def finish(scored: Scored) -> Answered:
         return JsonOk(predict_payload(scored.served.version, *scored.lists()))
 
-    return X, body["rows"] if ctx.features is not None else None, finish
+    return X, rows, finish
 
 
-def prepare_infer(ctx: ScoringContext, body: Any) -> tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]:
+def predict_from_bytes(ctx: ScoringContext, raw: bytes) -> Response:
+    """`/predict` scored on its own: `api.predict_answer`, with the plain body decoded as `prepare_predict` does."""
+    X = decode_rows(ctx.spec, raw, ctx.limits.max_rows) if ctx.features is None else None
+    if X is None:
+        return predict_answer(ctx, parse_json(raw))
+    served = ctx.served()
+    return predict_response(served.version, *ctx.score(served, X))
+
+
+def infer_from_bytes(ctx: ScoringContext, raw: bytes) -> Response:
+    return infer_answer(ctx, parse_json(raw))
+
+
+def prepare_infer(ctx: ScoringContext, raw: bytes) -> tuple[np.ndarray, list[Any] | None, Callable[[Scored], Answered]]:
     """The unversioned V2 infer route as `kserve.infer_answer` does it, split around the scoring."""
+    body = parse_json(raw)
     X, wanted = parse_infer_request(ctx.spec, body, ctx.limits.max_rows)
 
     def finish(scored: Scored) -> Answered:
@@ -99,10 +131,11 @@ class FastInference:
         # path -> (the route's template, as the counting middleware names it; the answer to the parsed
         # body; the same split around the scoring, for coalesced requests)
         self.routes: dict[str, tuple[str, Answer, Prepare]] = {
-            "/predict": ("/predict", predict_answer, prepare_predict),
-            infer_path(ctx.spec): ("/v2/models/{name}/infer", infer_answer, prepare_infer),
+            "/predict": ("/predict", predict_from_bytes, prepare_predict),
+            infer_path(ctx.spec): ("/v2/models/{name}/infer", infer_from_bytes, prepare_infer),
         }
         self._counters: dict[tuple[str, int], Counter] = {}
+        self._loop: tuple[int, asyncio.AbstractEventLoop | None] = (0, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
@@ -120,12 +153,15 @@ class FastInference:
         try:
             authorization, content_length = _request_headers(scope)
             ctx.token.check_header(authorization)
-            raw = await receive_body(receive, content_length, ctx.limits)
+            loop = self._running_loop()
+            raw = await receive_body(receive, content_length, ctx.limits, loop)
             if self.coalescer is not None and len(raw) <= INLINE_BODY_BYTES:
-                X, rows, finish = prepare(ctx, parse_json(raw))
-                response = finish(await self.coalescer.score(X, rows))
+                X, rows, finish = prepare(ctx, raw)
+                response = finish(await self.coalescer.score(X, rows, loop))
             else:
-                response = await ctx.answer_json(raw, lambda body: answer(ctx, body))
+                response = (
+                    answer(ctx, raw) if len(raw) <= INLINE_BODY_BYTES else await run_in_threadpool(answer, ctx, raw)
+                )
         except RequestError as exc:
             if exc.status == 408:
                 log.info("%s %s from %s: %s", scope["method"], scope["path"], _client(scope), exc)
@@ -141,6 +177,17 @@ class FastInference:
         await send({"type": "http.response.body", "body": response.body})
         if failure is not None:
             raise failure
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop serving this thread, looked up once: on Python 3.11 each lookup is a `getpid` syscall.
+
+        Kept per thread, and looked up again once closed (a server that stops and starts runs a new loop).
+        """
+        thread, loop = self._loop
+        if loop is None or thread != threading.get_ident() or loop.is_closed():
+            loop = asyncio.get_running_loop()
+            self._loop = (threading.get_ident(), loop)
+        return loop
 
     def _count(self, template: str, status: int) -> None:
         counter = self._counters.get((template, status))

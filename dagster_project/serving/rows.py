@@ -51,7 +51,7 @@ def validate_rows(spec: StreamSpec, body: Any, max_rows: int) -> np.ndarray:
         raise RequestError(422, "'rows' is empty: send at least one row")
     if len(rows) > max_rows:
         raise RequestError(413, f"too many rows: {len(rows)} > {max_rows}; split the request")
-    plan = _bulk_plan(spec)
+    plan = bulk_plan(spec)
     if plan is not None:
         values = plan.check(rows)
         if values is not None:
@@ -83,16 +83,27 @@ class _BulkPlan:
             picked = [(value,) for value in picked]
         if any(len(row) != width for row in rows):  # an unknown (or context) key: the per-value path decides
             return None
+        if len(picked) > SMALL_REQUEST_ROWS and not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(picked))):
+            return None
+        return self.numbers(picked)
+
+    def numbers(self, picked: list[tuple[Any, ...]]) -> np.ndarray | None:
+        """Rows of values in feature order as float32 if each is an int or float passing the number rules, else None.
+
+        Past `SMALL_REQUEST_ROWS` the caller has checked the types (`_NUMBER_TYPES`): the matrix cannot tell a bool.
+        """
         if len(picked) <= SMALL_REQUEST_ROWS:  # numpy's fixed cost per call exceeds a few rows' Python checks
             if not self._numbers_pass(picked):
                 return None
             return np.array(picked, dtype=np.float64).astype(np.float32)
-        if not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(picked))):
-            return None
         try:
             X = np.array(picked, dtype=np.float64)
         except OverflowError:  # an integer beyond float64 (orjson never makes one): the per-value path decides
             return None
+        return self.matrix(X)
+
+    def matrix(self, X: np.ndarray) -> np.ndarray | None:
+        """The number rules on a float64 matrix of JSON numbers (in feature order): float32 if all pass, else None."""
         if not (np.abs(X) <= MAGNITUDE_LIMIT).all():  # also false for NaN and infinities
             return None
         for j in self.int_columns:
@@ -118,7 +129,7 @@ class _BulkPlan:
 _PLANS: dict[int, tuple[StreamSpec, _BulkPlan | None]] = {}  # by id(spec); the spec is kept so the id stays its own
 
 
-def _bulk_plan(spec: StreamSpec) -> _BulkPlan | None:
+def bulk_plan(spec: StreamSpec) -> _BulkPlan | None:
     """The spec's bulk check, or None when a feature needs the per-value path (category codes)."""
     cached = _PLANS.get(id(spec))
     if cached is not None and cached[0] is spec:

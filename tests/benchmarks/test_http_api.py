@@ -44,11 +44,13 @@ def test_every_server_answers_every_request_with_predictions(monkeypatch):
     for server in ("stdlib", "starlette", "fastpath", "uvicorn", "ceiling"):
         assert cell[server]["requests_per_s"] > 0 and cell[server]["errors"] == 0, (server, cell[server])
         assert isinstance(cell[server]["full_gc"], int)  # counted for every server
+        assert 0 < cell[server]["cpu_us"] < 1e5, (server, cell[server])  # this process's CPU per answered request
     assert set(cell["ratios"]) == {"starlette", "fastpath", "uvicorn", "ceiling"}
+    assert all(set(r) == {"rps", "p99", "cpu"} for r in cell["ratios"].values())
     assert cell["ratios"]["uvicorn"]["rps"] > 0
     # 2 connections: a scoring call answers 1 or 2 requests (the coalescer's counters, read around the cell)
     assert 1.0 <= cell["uvicorn"]["requests_per_call"] <= 2.0, cell["uvicorn"]
     lines = http_api.table(result)
     assert len(lines) == 2 + 5 + 1 and lines[-1].startswith("1-row: uvicorn answered ")
     (line,) = http_api.bounds(result)
-    assert line.startswith("1-row: stdlib ") and "at most" in line
+    assert line.startswith("1-row: stdlib ") and "at most" in line and "CPU per request: stdlib " in line
