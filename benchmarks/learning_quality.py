@@ -76,6 +76,12 @@ UNGATED = "_ungated"
 # Any config + "_warm": `drift.retrain_mode: warm` (a retrain starts from the model that served)
 # instead of the default `fresh`. Suffixes combine in this order: `gate_warm_ungated`.
 WARM = "_warm"
+# Any config + "_cut" (innermost suffix: `default_cut_ungated`): part 8's candidate. The batch is cut
+# short at a sensor tick where the served model's errors on the rows waiting so far rose above its
+# errors on the batch before (`early_cut`), so a change is learned a partial batch after it, not a
+# whole one. The product's sensor would need the live label join's per-row errors to do this.
+CUT = "_cut"
+CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
 
 
@@ -86,6 +92,7 @@ class Result:
     outcome: np.ndarray
     seconds: float = 0.0
     retrains: list[int] = field(default_factory=list)
+    cuts: list[int] = field(default_factory=list)  # rows where a batch was cut short (`_cut` configs)
     # Each drift retrain's promotion gate against the model that kept learning (`settle_retrain`):
     # the row after which it retrained, promoted or not, both models' metric, rows, p-value.
     gates: list[dict] = field(default_factory=list)
@@ -160,14 +167,37 @@ def settle_retrain(spec, retrained: object, adapted: object, X: np.ndarray, y: n
     return (adapted if retrain_lost(decision) else retrained), decision
 
 
-def _parse(config: str) -> tuple[str, bool, bool, str]:
-    """A config name -> (base config, locate the change, gate the retrain, retrain mode)."""
+def _parse(config: str) -> tuple[str, bool, bool, str, bool]:
+    """A config name -> (base config, locate the change, gate the retrain, retrain mode, cut early)."""
     gated = not config.endswith(UNGATED)
     config = config.removesuffix(UNGATED)
     locate = not config.endswith(UNLOCATED)
     config = config.removesuffix(UNLOCATED)
+    cut = config.endswith(CUT)
+    config = config.removesuffix(CUT)
     mode = "warm" if config.endswith(WARM) else "fresh"
-    return config.removesuffix(WARM), locate, gated, mode
+    return config.removesuffix(WARM), locate, gated, mode, cut
+
+
+def _errors(task: str, outcome: np.ndarray) -> np.ndarray:
+    """Per-row error from an outcome: 1 - correct, or the absolute error itself."""
+    return 1.0 - outcome if task == "classification" else outcome
+
+
+def early_cut(errors: np.ndarray, before: np.ndarray, first: int, end: int, tick_rows: int) -> int:
+    """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
+    model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
+    batch before; `monitors.change_point.rise_start`, the test a drift retrain trims its window with),
+    else `end`. Only rows already labelled at the tick are looked at."""
+    from monitors.change_point import rise_start
+
+    for tick in range(first + tick_rows, end, tick_rows):
+        waiting = errors[: tick - first]
+        if rise_start(np.concatenate([before, waiting])) is not None and waiting.mean() > (
+            before.mean() if len(before) else 0.0
+        ):
+            return tick
+    return end
 
 
 def _outcome(task: str, predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -185,7 +215,9 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     from monitors.decisions import DecisionConfig, LastAction, decide
     from monitors.detectors import detect_batch_change, detect_series_change
 
-    config, locate, gated, mode = _parse(config)
+    config, locate, gated, mode, cut = _parse(config)
+    tick_rows = max(1, round(CUT_TICK_S * rate))
+    before = np.zeros(0)  # the served model's per-row errors on the last scored batch
     spec = spec_for(config, stream, mode)
     X, y, n = stream.X, stream.y, len(stream.y)
     metric = spec.promotion.metric
@@ -205,6 +237,12 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     p = spec.promotion
     while start < n:
         end = min(n, start + batch)
+        if cut and model is not None and scored < end:
+            waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
+            cut_at = early_cut(waiting, before, scored, end, tick_rows)
+            if cut_at < end:
+                out.cuts.append(cut_at)
+                end = cut_at
         tail_start = tail_split({0: (start, end)}, p.tail_rows, p.tail_fraction, p.min_rows)[0]
         learn_end = tail_start if len(spec.model.families) > 1 else end
         now = end / rate
@@ -216,6 +254,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
             error = float(hits.mean()) if stream.task == "regression" else 1.0 - float(hits.mean())
             series.append((error, end - scored, scored, now))
             served[scored] = model
+            before = _errors(stream.task, hits)
             if pending is not None:  # the product's gate on as many unseen rows as its batch tail
                 retrained_model, adapted, rows = pending
                 unseen = slice(scored, min(end, scored + rows))
@@ -308,6 +347,7 @@ def score(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, d
         row = {
             "metric": float(np.nanmean(values)),
             "retrains": len(r.retrains),
+            "cuts": len(r.cuts),
             "us_per_row": 1e6 * r.seconds / len(stream.y),
             "recovery": None,
             "retrain_gates": gate_counts(r),
@@ -500,7 +540,9 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
     for (new, old), (better, worse, equal) in versus.items():
         print(f"{new} vs {old}: better on {better}, worse on {worse}, equal on {equal} streams")
     gates = retrain_gates(reports, everything)
+    cuts = early_cuts(reports, everything)
     return {
+        "early_cuts": cuts,
         "targets": targets,
         "default_below_lr": {"below": below, "significantly": significant},
         "wins": wins,
@@ -525,6 +567,19 @@ def retrain_gates(reports: list[dict], configs: tuple[str, ...]) -> dict[str, di
                 f"  {c}: won {len(v['won'])} ({', '.join(v['won']) or '-'}); lost {len(v['lost'])} "
                 f"({', '.join(v['lost']) or '-'})"
             )
+    return out
+
+
+def early_cuts(reports: list[dict], configs: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Per `_cut` config, batches cut short on streams without a change (false cuts) and with one."""
+    out = {}
+    for c in (c for c in configs if CUT in c):
+        calm = sum(r["table"][c]["cuts"] for r in reports if r["kind"] in ("stationary", "real"))
+        out[c] = {"stationary_or_real": calm, "with_a_change": sum(r["table"][c]["cuts"] for r in reports) - calm}
+        print(
+            f"{c}: batches cut short on stationary/real streams {calm}, "
+            f"on streams with a change {out[c]['with_a_change']}"
+        )
     return out
 
 
