@@ -81,6 +81,10 @@ WARM = "_warm"
 # errors on the batch before (`early_cut`), so a change is learned a partial batch after it, not a
 # whole one. The product's sensor would need the live label join's per-row errors to do this.
 CUT = "_cut"
+# "_cutagg": the same, tested on totals only (the batch before's error rate and rows against the
+# waiting rows' so far, one split at the batch boundary): what a sensor can read from the head's
+# prequential metrics and the label join's per-version live totals, without per-row errors.
+CUT_TOTALS = "_cutagg"
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
 
@@ -167,14 +171,15 @@ def settle_retrain(spec, retrained: object, adapted: object, X: np.ndarray, y: n
     return (adapted if retrain_lost(decision) else retrained), decision
 
 
-def _parse(config: str) -> tuple[str, bool, bool, str, bool]:
-    """A config name -> (base config, locate the change, gate the retrain, retrain mode, cut early)."""
+def _parse(config: str) -> tuple[str, bool, bool, str, str | None]:
+    """A config name -> (base config, locate the change, gate the retrain, retrain mode, early cut:
+    None, CUT or CUT_TOTALS)."""
     gated = not config.endswith(UNGATED)
     config = config.removesuffix(UNGATED)
     locate = not config.endswith(UNLOCATED)
     config = config.removesuffix(UNLOCATED)
-    cut = config.endswith(CUT)
-    config = config.removesuffix(CUT)
+    cut = next((c for c in (CUT_TOTALS, CUT) if config.endswith(c)), None)
+    config = config.removesuffix(cut) if cut else config
     mode = "warm" if config.endswith(WARM) else "fresh"
     return config.removesuffix(WARM), locate, gated, mode, cut
 
@@ -184,16 +189,35 @@ def _errors(task: str, outcome: np.ndarray) -> np.ndarray:
     return 1.0 - outcome if task == "classification" else outcome
 
 
-def early_cut(errors: np.ndarray, before: np.ndarray, first: int, end: int, tick_rows: int) -> int:
+def rose_on_totals(errors: np.ndarray, before: np.ndarray) -> bool:
+    """The waiting rows' mean error is above the batch before's by `change_point.MIN_T` pooled
+    standard errors (the two-sample t of `rise_start` at the one split between them)."""
+    from monitors.change_point import MIN_ROWS, MIN_T
+
+    if len(errors) < MIN_ROWS or len(before) < MIN_ROWS:
+        return False
+    both = np.concatenate([before, errors])
+    within = ((before - before.mean()) ** 2).sum() + ((errors - errors.mean()) ** 2).sum()
+    pooled = max(within / (len(both) - 2), 1e-12)
+    t = (errors.mean() - before.mean()) / np.sqrt(pooled * (1 / len(before) + 1 / len(errors)))
+    return bool(t >= MIN_T)
+
+
+def early_cut(
+    errors: np.ndarray, before: np.ndarray, first: int, end: int, tick_rows: int, totals: bool = False
+) -> int:
     """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
     batch before; `monitors.change_point.rise_start`, the test a drift retrain trims its window with),
-    else `end`. Only rows already labelled at the tick are looked at."""
+    else `end`. Only rows already labelled at the tick are looked at. `totals`: `rose_on_totals`."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):
         waiting = errors[: tick - first]
-        if rise_start(np.concatenate([before, waiting])) is not None and waiting.mean() > (
+        if totals:
+            if rose_on_totals(waiting, before):
+                return tick
+        elif rise_start(np.concatenate([before, waiting])) is not None and waiting.mean() > (
             before.mean() if len(before) else 0.0
         ):
             return tick
@@ -239,7 +263,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
         end = min(n, start + batch)
         if cut and model is not None and scored < end:
             waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
-            cut_at = early_cut(waiting, before, scored, end, tick_rows)
+            cut_at = early_cut(waiting, before, scored, end, tick_rows, totals=cut == CUT_TOTALS)
             if cut_at < end:
                 out.cuts.append(cut_at)
                 end = cut_at
@@ -620,8 +644,9 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
-        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {UNLOCATED}: drift retrains from the"
-        + f" change batch's first row; then + {UNGATED}: no promotion gate for drift retrains",
+        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT} or {CUT_TOTALS}: a batch cut short at a"
+        + f" {CUT_TICK_S:g}-s tick where the served model's errors rose (part 8); then + {UNLOCATED}: drift"
+        + f" retrains from the change batch's first row; then + {UNGATED}: no promotion gate for drift retrains",
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every model's accuracy per 250 rows around each change"

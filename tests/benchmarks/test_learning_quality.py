@@ -186,6 +186,13 @@ def test_early_cut_ends_a_batch_at_the_first_tick_where_the_served_model_s_error
     assert learning_quality.early_cut(calm, before, 3_000, 4_000, 100) == 4_000
     assert learning_quality.early_cut(calm, (rng.random(1_000) < 0.5).astype(float), 3_000, 4_000, 100) == 4_000
     assert learning_quality.early_cut(risen, before, 3_000, 4_000, 1_000) == 4_000  # no tick inside the batch
+    # On totals only (one split, at the batch boundary) a late, smaller rise is diluted by the calm
+    # rows before it inside the batch: found a tick later than by the split search.
+    late = np.concatenate([calm[:600], (rng.random(400) < 0.25).astype(float)])
+    assert learning_quality.early_cut(late, before, 3_000, 4_000, 100) == 3_700
+    assert learning_quality.early_cut(late, before, 3_000, 4_000, 100, totals=True) == 3_800
+    assert learning_quality.early_cut(risen, before, 3_000, 4_000, 100, totals=True) == 3_300
+    assert learning_quality.early_cut(calm, before, 3_000, 4_000, 100, totals=True) == 4_000
 
 
 def test_a_cut_config_learns_an_abrupt_change_half_a_batch_after_it_and_never_cuts_a_stationary_stream() -> None:
