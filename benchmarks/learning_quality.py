@@ -421,14 +421,16 @@ def _fmt(value: float | int | None, spec: str = ".4f") -> str:
 LEVEL = 0.05  # promotion.significance's default
 
 
-def default_vs_lr(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, object] | None:
-    """McNemar's one-sided test that River LR (A) is more accurate than the default (B) on the same
-    rows (both scored, from `batch` on); None for regression streams."""
+def default_vs_lr(
+    stream: Stream, results: dict[str, Result], batch: int, config: str = "default"
+) -> dict[str, object] | None:
+    """McNemar's one-sided test that River LR (A) is more accurate than the default (B; or `config`)
+    on the same rows (both scored, from `batch` on); None for regression streams."""
     from dagster_project.registry.significance import mcnemar
 
     if stream.task != "classification":
         return None
-    lr, default = results["river_lr"].outcome[batch:], results["default"].outcome[batch:]
+    lr, default = results["river_lr"].outcome[batch:], results[config].outcome[batch:]
     both = ~(np.isnan(lr) | np.isnan(default))
     test = mcnemar(lr[both] == 1, default[both] == 1)
     return {"p_value": test.p_value, "rows": test.rows, **test.detail}
@@ -440,6 +442,8 @@ def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float
     table = score(stream, results, batch)
     verdict = verdicts(stream, table, shipped(configs))
     verdict["default_vs_lr"] = default_vs_lr(stream, results, batch)
+    for c in (c for c in configs if CUT in c):  # part 8's candidates against the same target
+        verdict[f"{c}_vs_lr"] = default_vs_lr(stream, results, batch, c)
     return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
         "table": table,
         "verdict": verdict,
@@ -447,11 +451,16 @@ def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float
     }
 
 
-def significantly_below_lr(reports: list[dict]) -> tuple[list[str], list[str]]:
-    """Streams where the default is below River LR, and those where it is significantly so
-    (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
-    below = [r["stream"] for r in reports if not r["verdict"]["default_beats_lr"]]
-    tested = {r["stream"]: (r["verdict"].get("default_vs_lr") or {}).get("p_value") for r in reports}
+def significantly_below_lr(reports: list[dict], config: str = "default") -> tuple[list[str], list[str]]:
+    """Streams where the default (or `config`) is below River LR, and those where it is
+    significantly so (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
+
+    def beats(r: dict) -> bool:
+        sign = 1.0 if r["task"] == "classification" else -1.0
+        return sign * (r["table"][config]["metric"] - r["table"]["river_lr"]["metric"]) >= 0
+
+    below = [r["stream"] for r in reports if not beats(r)]
+    tested = {r["stream"]: (r["verdict"].get(f"{config}_vs_lr") or {}).get("p_value") for r in reports}
     return below, [name for name in below if tested.get(name) is not None and tested[name] < LEVEL]
 
 
@@ -472,9 +481,9 @@ def around_change(stream: Stream, results: dict[str, Result]) -> dict[int, dict[
 
 
 def shipped(configs: tuple[str, ...]) -> tuple[str, ...]:
-    """The configs the product runs (the `_whole` and `_ungated` baselines are compared, not counted
-    as Streamfit's)."""
-    return tuple(c for c in configs if not c.endswith(BASELINES))
+    """The configs the product runs (the `_whole` and `_ungated` baselines and the `_cut` candidates
+    are compared, not counted as Streamfit's)."""
+    return tuple(c for c in configs if not c.endswith(BASELINES) and CUT not in c)
 
 
 def print_trace(report: dict) -> None:
@@ -545,6 +554,14 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         f"p < {LEVEL:g}, accuracy streams) on {len(significant)}"
         + (f": {', '.join(significant)}" if significant else "")
     )
+    candidates_below = {}
+    for c in (c for c in configs if CUT in c):
+        below_c, significant_c = significantly_below_lr(reports, c)
+        candidates_below[c] = {"below": below_c, "significantly": significant_c}
+        print(
+            f"  {c} below River LR on {len(below_c)} of {len(reports)} streams, significantly on "
+            f"{len(significant_c)}" + (f": {', '.join(significant_c)}" if significant_c else "")
+        )
     configs = shipped(everything := configs)
     wins = {c: 0 for c in configs}
     for r in reports:
@@ -569,6 +586,7 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         "early_cuts": cuts,
         "targets": targets,
         "default_below_lr": {"below": below, "significantly": significant},
+        "candidates_below_lr": candidates_below,
         "wins": wins,
         "mean_rank": mean_rank,
         "versus": {f"{n}/{o}": v for (n, o), v in versus.items()},
@@ -619,6 +637,7 @@ def head_to_head(reports: list[dict], configs: tuple[str, ...]) -> dict[tuple[st
         *PREDECESSORS,
         *((c, c + suffix) for c in configs for suffix in BASELINES if c + suffix in configs),
         *((c, c.removesuffix(WARM)) for c in configs if c.endswith(WARM) and c.removesuffix(WARM) in configs),
+        *((c, c.replace(cut, "")) for c in configs for cut in (CUT_TOTALS, CUT) if c.endswith(cut)),
     ]
     for new, old in pairs:
         if new not in configs or old not in configs:
