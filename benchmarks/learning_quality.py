@@ -456,6 +456,8 @@ def significantly_below_lr(reports: list[dict], config: str = "default") -> tupl
     significantly so (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
 
     def beats(r: dict) -> bool:
+        if config == "default":
+            return bool(r["verdict"]["default_beats_lr"])
         sign = 1.0 if r["task"] == "classification" else -1.0
         return sign * (r["table"][config]["metric"] - r["table"]["river_lr"]["metric"]) >= 0
 
