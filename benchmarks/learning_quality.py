@@ -633,7 +633,8 @@ PREDECESSORS = (("default", "sgd_old"), ("mlp", "mlp_old"))
 
 def head_to_head(reports: list[dict], configs: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, int, int]]:
     """Streams on which each default is better / worse / equal (to 4 decimals) than its predecessor,
-    each config than its baselines (`_whole`, `_ungated`), and each `_warm` config than its fresh one."""
+    each config than its baselines (`_whole`, `_ungated`), each `_warm` config than its fresh one, and
+    each `_cut` / `_cutagg` candidate than the config without it."""
     out = {}
     pairs = [
         *PREDECESSORS,
