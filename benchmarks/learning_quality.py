@@ -76,6 +76,16 @@ UNGATED = "_ungated"
 # Any config + "_warm": `drift.retrain_mode: warm` (a retrain starts from the model that served)
 # instead of the default `fresh`. Suffixes combine in this order: `gate_warm_ungated`.
 WARM = "_warm"
+# Any config + "_cut" (innermost suffix: `default_cut_ungated`): part 8's candidate. The batch is cut
+# short at a sensor tick where the served model's errors on the rows waiting so far rose above its
+# errors on the batch before (`early_cut`), so a change is learned a partial batch after it, not a
+# whole one. The product's sensor would need the live label join's per-row errors to do this.
+CUT = "_cut"
+# "_cutagg": the same, tested on totals only (the batch before's error rate and rows against the
+# waiting rows' so far, one split at the batch boundary): what a sensor can read from the head's
+# prequential metrics and the label join's per-version live totals, without per-row errors.
+CUT_TOTALS = "_cutagg"
+CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
 
 
@@ -86,6 +96,7 @@ class Result:
     outcome: np.ndarray
     seconds: float = 0.0
     retrains: list[int] = field(default_factory=list)
+    cuts: list[int] = field(default_factory=list)  # rows where a batch was cut short (`_cut` configs)
     # Each drift retrain's promotion gate against the model that kept learning (`settle_retrain`):
     # the row after which it retrained, promoted or not, both models' metric, rows, p-value.
     gates: list[dict] = field(default_factory=list)
@@ -160,14 +171,57 @@ def settle_retrain(spec, retrained: object, adapted: object, X: np.ndarray, y: n
     return (adapted if retrain_lost(decision) else retrained), decision
 
 
-def _parse(config: str) -> tuple[str, bool, bool, str]:
-    """A config name -> (base config, locate the change, gate the retrain, retrain mode)."""
+def _parse(config: str) -> tuple[str, bool, bool, str, str | None]:
+    """A config name -> (base config, locate the change, gate the retrain, retrain mode, early cut:
+    None, CUT or CUT_TOTALS)."""
     gated = not config.endswith(UNGATED)
     config = config.removesuffix(UNGATED)
     locate = not config.endswith(UNLOCATED)
     config = config.removesuffix(UNLOCATED)
+    cut = next((c for c in (CUT_TOTALS, CUT) if config.endswith(c)), None)
+    config = config.removesuffix(cut) if cut else config
     mode = "warm" if config.endswith(WARM) else "fresh"
-    return config.removesuffix(WARM), locate, gated, mode
+    return config.removesuffix(WARM), locate, gated, mode, cut
+
+
+def _errors(task: str, outcome: np.ndarray) -> np.ndarray:
+    """Per-row error from an outcome: 1 - correct, or the absolute error itself."""
+    return 1.0 - outcome if task == "classification" else outcome
+
+
+def rose_on_totals(errors: np.ndarray, before: np.ndarray) -> bool:
+    """The waiting rows' mean error is above the batch before's by `change_point.MIN_T` pooled
+    standard errors (the two-sample t of `rise_start` at the one split between them)."""
+    from monitors.change_point import MIN_ROWS, MIN_T
+
+    if len(errors) < MIN_ROWS or len(before) < MIN_ROWS:
+        return False
+    both = np.concatenate([before, errors])
+    within = ((before - before.mean()) ** 2).sum() + ((errors - errors.mean()) ** 2).sum()
+    pooled = max(within / (len(both) - 2), 1e-12)
+    t = (errors.mean() - before.mean()) / np.sqrt(pooled * (1 / len(before) + 1 / len(errors)))
+    return bool(t >= MIN_T)
+
+
+def early_cut(
+    errors: np.ndarray, before: np.ndarray, first: int, end: int, tick_rows: int, totals: bool = False
+) -> int:
+    """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
+    model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
+    batch before; `monitors.change_point.rise_start`, the test a drift retrain trims its window with),
+    else `end`. Only rows already labelled at the tick are looked at. `totals`: `rose_on_totals`."""
+    from monitors.change_point import rise_start
+
+    for tick in range(first + tick_rows, end, tick_rows):
+        waiting = errors[: tick - first]
+        if totals:
+            if rose_on_totals(waiting, before):
+                return tick
+        elif rise_start(np.concatenate([before, waiting])) is not None and waiting.mean() > (
+            before.mean() if len(before) else 0.0
+        ):
+            return tick
+    return end
 
 
 def _outcome(task: str, predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -185,7 +239,9 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     from monitors.decisions import DecisionConfig, LastAction, decide
     from monitors.detectors import detect_batch_change, detect_series_change
 
-    config, locate, gated, mode = _parse(config)
+    config, locate, gated, mode, cut = _parse(config)
+    tick_rows = max(1, round(CUT_TICK_S * rate))
+    before = np.zeros(0)  # the served model's per-row errors on the last scored batch
     spec = spec_for(config, stream, mode)
     X, y, n = stream.X, stream.y, len(stream.y)
     metric = spec.promotion.metric
@@ -205,6 +261,12 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     p = spec.promotion
     while start < n:
         end = min(n, start + batch)
+        if cut and model is not None and scored < end:
+            waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
+            cut_at = early_cut(waiting, before, scored, end, tick_rows, totals=cut == CUT_TOTALS)
+            if cut_at < end:
+                out.cuts.append(cut_at)
+                end = cut_at
         tail_start = tail_split({0: (start, end)}, p.tail_rows, p.tail_fraction, p.min_rows)[0]
         learn_end = tail_start if len(spec.model.families) > 1 else end
         now = end / rate
@@ -216,6 +278,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
             error = float(hits.mean()) if stream.task == "regression" else 1.0 - float(hits.mean())
             series.append((error, end - scored, scored, now))
             served[scored] = model
+            before = _errors(stream.task, hits)
             if pending is not None:  # the product's gate on as many unseen rows as its batch tail
                 retrained_model, adapted, rows = pending
                 unseen = slice(scored, min(end, scored + rows))
@@ -308,6 +371,7 @@ def score(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, d
         row = {
             "metric": float(np.nanmean(values)),
             "retrains": len(r.retrains),
+            "cuts": len(r.cuts),
             "us_per_row": 1e6 * r.seconds / len(stream.y),
             "recovery": None,
             "retrain_gates": gate_counts(r),
@@ -357,14 +421,16 @@ def _fmt(value: float | int | None, spec: str = ".4f") -> str:
 LEVEL = 0.05  # promotion.significance's default
 
 
-def default_vs_lr(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, object] | None:
-    """McNemar's one-sided test that River LR (A) is more accurate than the default (B) on the same
-    rows (both scored, from `batch` on); None for regression streams."""
+def default_vs_lr(
+    stream: Stream, results: dict[str, Result], batch: int, config: str = "default"
+) -> dict[str, object] | None:
+    """McNemar's one-sided test that River LR (A) is more accurate than the default (B; or `config`)
+    on the same rows (both scored, from `batch` on); None for regression streams."""
     from dagster_project.registry.significance import mcnemar
 
     if stream.task != "classification":
         return None
-    lr, default = results["river_lr"].outcome[batch:], results["default"].outcome[batch:]
+    lr, default = results["river_lr"].outcome[batch:], results[config].outcome[batch:]
     both = ~(np.isnan(lr) | np.isnan(default))
     test = mcnemar(lr[both] == 1, default[both] == 1)
     return {"p_value": test.p_value, "rows": test.rows, **test.detail}
@@ -376,6 +442,8 @@ def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float
     table = score(stream, results, batch)
     verdict = verdicts(stream, table, shipped(configs))
     verdict["default_vs_lr"] = default_vs_lr(stream, results, batch)
+    for c in (c for c in configs if CUT in c):  # part 8's candidates against the same target
+        verdict[f"{c}_vs_lr"] = default_vs_lr(stream, results, batch, c)
     return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
         "table": table,
         "verdict": verdict,
@@ -383,11 +451,18 @@ def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float
     }
 
 
-def significantly_below_lr(reports: list[dict]) -> tuple[list[str], list[str]]:
-    """Streams where the default is below River LR, and those where it is significantly so
-    (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
-    below = [r["stream"] for r in reports if not r["verdict"]["default_beats_lr"]]
-    tested = {r["stream"]: (r["verdict"].get("default_vs_lr") or {}).get("p_value") for r in reports}
+def significantly_below_lr(reports: list[dict], config: str = "default") -> tuple[list[str], list[str]]:
+    """Streams where the default (or `config`) is below River LR, and those where it is
+    significantly so (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
+
+    def beats(r: dict) -> bool:
+        if config == "default":
+            return bool(r["verdict"]["default_beats_lr"])
+        sign = 1.0 if r["task"] == "classification" else -1.0
+        return sign * (r["table"][config]["metric"] - r["table"]["river_lr"]["metric"]) >= 0
+
+    below = [r["stream"] for r in reports if not beats(r)]
+    tested = {r["stream"]: (r["verdict"].get(f"{config}_vs_lr") or {}).get("p_value") for r in reports}
     return below, [name for name in below if tested.get(name) is not None and tested[name] < LEVEL]
 
 
@@ -408,9 +483,9 @@ def around_change(stream: Stream, results: dict[str, Result]) -> dict[int, dict[
 
 
 def shipped(configs: tuple[str, ...]) -> tuple[str, ...]:
-    """The configs the product runs (the `_whole` and `_ungated` baselines are compared, not counted
-    as Streamfit's)."""
-    return tuple(c for c in configs if not c.endswith(BASELINES))
+    """The configs the product runs (the `_whole` and `_ungated` baselines and the `_cut` candidates
+    are compared, not counted as Streamfit's)."""
+    return tuple(c for c in configs if not c.endswith(BASELINES) and CUT not in c)
 
 
 def print_trace(report: dict) -> None:
@@ -481,6 +556,14 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         f"p < {LEVEL:g}, accuracy streams) on {len(significant)}"
         + (f": {', '.join(significant)}" if significant else "")
     )
+    candidates_below = {}
+    for c in (c for c in configs if CUT in c):
+        below_c, significant_c = significantly_below_lr(reports, c)
+        candidates_below[c] = {"below": below_c, "significantly": significant_c}
+        print(
+            f"  {c} below River LR on {len(below_c)} of {len(reports)} streams, significantly on "
+            f"{len(significant_c)}" + (f": {', '.join(significant_c)}" if significant_c else "")
+        )
     configs = shipped(everything := configs)
     wins = {c: 0 for c in configs}
     for r in reports:
@@ -500,9 +583,12 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
     for (new, old), (better, worse, equal) in versus.items():
         print(f"{new} vs {old}: better on {better}, worse on {worse}, equal on {equal} streams")
     gates = retrain_gates(reports, everything)
+    cuts = early_cuts(reports, everything)
     return {
+        "early_cuts": cuts,
         "targets": targets,
         "default_below_lr": {"below": below, "significantly": significant},
+        "candidates_below_lr": candidates_below,
         "wins": wins,
         "mean_rank": mean_rank,
         "versus": {f"{n}/{o}": v for (n, o), v in versus.items()},
@@ -528,18 +614,33 @@ def retrain_gates(reports: list[dict], configs: tuple[str, ...]) -> dict[str, di
     return out
 
 
+def early_cuts(reports: list[dict], configs: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Per `_cut` config, batches cut short on streams without a change (false cuts) and with one."""
+    out = {}
+    for c in (c for c in configs if CUT in c):
+        calm = sum(r["table"][c]["cuts"] for r in reports if r["kind"] in ("stationary", "real"))
+        out[c] = {"stationary_or_real": calm, "with_a_change": sum(r["table"][c]["cuts"] for r in reports) - calm}
+        print(
+            f"{c}: batches cut short on stationary/real streams {calm}, "
+            f"on streams with a change {out[c]['with_a_change']}"
+        )
+    return out
+
+
 # Each default's predecessor, when the run has it: (config, previous default).
 PREDECESSORS = (("default", "sgd_old"), ("mlp", "mlp_old"))
 
 
 def head_to_head(reports: list[dict], configs: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, int, int]]:
     """Streams on which each default is better / worse / equal (to 4 decimals) than its predecessor,
-    each config than its baselines (`_whole`, `_ungated`), and each `_warm` config than its fresh one."""
+    each config than its baselines (`_whole`, `_ungated`), each `_warm` config than its fresh one, and
+    each `_cut` / `_cutagg` candidate than the config without it."""
     out = {}
     pairs = [
         *PREDECESSORS,
         *((c, c + suffix) for c in configs for suffix in BASELINES if c + suffix in configs),
         *((c, c.removesuffix(WARM)) for c in configs if c.endswith(WARM) and c.removesuffix(WARM) in configs),
+        *((c, c.replace(cut, "")) for c in configs for cut in (CUT_TOTALS, CUT) if c.endswith(cut)),
     ]
     for new, old in pairs:
         if new not in configs or old not in configs:
@@ -565,8 +666,9 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
-        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {UNLOCATED}: drift retrains from the"
-        + f" change batch's first row; then + {UNGATED}: no promotion gate for drift retrains",
+        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT} or {CUT_TOTALS}: a batch cut short at a"
+        + f" {CUT_TICK_S:g}-s tick where the served model's errors rose (part 8); then + {UNLOCATED}: drift"
+        + f" retrains from the change batch's first row; then + {UNGATED}: no promotion gate for drift retrains",
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every model's accuracy per 250 rows around each change"

@@ -173,3 +173,38 @@ def test_the_benchmark_continues_from_the_winner_of_the_retrain_s_gate(monkeypat
     # ... then the gated run learns on from the adapted model and scores better than the one that
     # continued from the inverted retrain.
     assert np.nanmean(gated.outcome[3000:]) > np.nanmean(ungated.outcome[3000:]) + 0.005
+
+
+def test_early_cut_ends_a_batch_at_the_first_tick_where_the_served_model_s_errors_rose() -> None:
+    """Part 8's candidate: a rise inside the waiting rows ends the batch at the next tick; the
+    same noise without a rise, or a fall in errors, lets the batch fill up."""
+    rng = np.random.default_rng(7)
+    before = (rng.random(1_000) < 0.03).astype(float)
+    calm = (rng.random(1_000) < 0.03).astype(float)
+    risen = np.concatenate([calm[:200], (rng.random(800) < 0.6).astype(float)])
+    assert learning_quality.early_cut(risen, before, 3_000, 4_000, 100) == 3_300  # 100 risen rows by then
+    assert learning_quality.early_cut(calm, before, 3_000, 4_000, 100) == 4_000
+    assert learning_quality.early_cut(calm, (rng.random(1_000) < 0.5).astype(float), 3_000, 4_000, 100) == 4_000
+    assert learning_quality.early_cut(risen, before, 3_000, 4_000, 1_000) == 4_000  # no tick inside the batch
+    # On totals only (one split, at the batch boundary) a late, smaller rise is diluted by the calm
+    # rows before it inside the batch: found a tick later than by the split search.
+    late = np.concatenate([calm[:600], (rng.random(400) < 0.25).astype(float)])
+    assert learning_quality.early_cut(late, before, 3_000, 4_000, 100) == 3_700
+    assert learning_quality.early_cut(late, before, 3_000, 4_000, 100, totals=True) == 3_800
+    assert learning_quality.early_cut(risen, before, 3_000, 4_000, 100, totals=True) == 3_300
+    assert learning_quality.early_cut(calm, before, 3_000, 4_000, 100, totals=True) == 4_000
+
+
+def test_a_cut_config_learns_an_abrupt_change_half_a_batch_after_it_and_never_cuts_a_stationary_stream() -> None:
+    """STAGGER, change at row 2,000 on a batch boundary, batches of 1,000, a tick every 500 rows:
+    the default serves the whole batch holding the change with the old concept's model; `_cut` ends
+    that batch at the tick, retrains, and serves the rest of it with the new concept."""
+    stream = learning_streams.build("stagger_abrupt_s1", 4_000)
+    runs = {c: learning_quality.run_streamfit(c, stream, 1_000, 100.0) for c in ("default", "default_cut")}
+    plain, cut = runs["default"], runs["default_cut"]
+    assert plain.cuts == [] and plain.retrains == [3_000]
+    assert cut.cuts == [2_500] and cut.retrains == [2_500]
+    np.testing.assert_array_equal(plain.outcome[:2_500], cut.outcome[:2_500])
+    assert np.mean(cut.outcome[2_500:3_000]) > np.mean(plain.outcome[2_500:3_000]) + 0.5
+    calm = learning_streams.build("stagger_stationary_s1", 4_000)
+    assert learning_quality.run_streamfit("default_cut", calm, 1_000, 100.0).cuts == []
