@@ -47,6 +47,7 @@ import numpy as np
 
 from benchmarks import learning_streams
 from benchmarks.learning_streams import Stream
+from monitors.early_cut import ErrorTotals, should_cut
 
 RIVER = ("river_lr", "river_hat", "river_arf")
 CONFIGS = ("default", "mlp", "hgb", "gate")
@@ -85,6 +86,10 @@ CUT = "_cut"
 # waiting rows' so far, one split at the batch boundary): what a sensor can read from the head's
 # prequential metrics and the label join's per-version live totals, without per-row errors.
 CUT_TOTALS = "_cutagg"
+# "_cutsafe": part 9's rule on totals, `monitors.early_cut.should_cut`: the same test with two floors
+# (at least half a batch waiting; a rise of an abrupt change's size), so no setting makes a stream worse.
+CUT_SAFE = "_cutsafe"
+CUTS = (CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
 
@@ -173,12 +178,12 @@ def settle_retrain(spec, retrained: object, adapted: object, X: np.ndarray, y: n
 
 def _parse(config: str) -> tuple[str, bool, bool, str, str | None]:
     """A config name -> (base config, locate the change, gate the retrain, retrain mode, early cut:
-    None, CUT or CUT_TOTALS)."""
+    None, CUT, CUT_TOTALS or CUT_SAFE)."""
     gated = not config.endswith(UNGATED)
     config = config.removesuffix(UNGATED)
     locate = not config.endswith(UNLOCATED)
     config = config.removesuffix(UNLOCATED)
-    cut = next((c for c in (CUT_TOTALS, CUT) if config.endswith(c)), None)
+    cut = next((c for c in CUTS if config.endswith(c)), None)
     config = config.removesuffix(cut) if cut else config
     mode = "warm" if config.endswith(WARM) else "fresh"
     return config.removesuffix(WARM), locate, gated, mode, cut
@@ -203,18 +208,32 @@ def rose_on_totals(errors: np.ndarray, before: np.ndarray) -> bool:
     return bool(t >= MIN_T)
 
 
+def _totals(errors: np.ndarray) -> ErrorTotals:
+    return ErrorTotals(len(errors), float(errors.sum()), float((errors * errors).sum()))
+
+
 def early_cut(
-    errors: np.ndarray, before: np.ndarray, first: int, end: int, tick_rows: int, totals: bool = False
+    errors: np.ndarray,
+    before: np.ndarray,
+    first: int,
+    end: int,
+    tick_rows: int,
+    totals: bool = False,
+    batch_rows: int | None = None,
 ) -> int:
     """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
     batch before; `monitors.change_point.rise_start`, the test a drift retrain trims its window with),
-    else `end`. Only rows already labelled at the tick are looked at. `totals`: `rose_on_totals`."""
+    else `end`. Only rows already labelled at the tick are looked at. `totals`: `rose_on_totals`;
+    `batch_rows` given: the product rule on totals, `monitors.early_cut.should_cut` (part 9)."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):
         waiting = errors[: tick - first]
-        if totals:
+        if batch_rows is not None:
+            if should_cut(_totals(before), _totals(waiting), batch_rows).cut:
+                return tick
+        elif totals:
             if rose_on_totals(waiting, before):
                 return tick
         elif rise_start(np.concatenate([before, waiting])) is not None and waiting.mean() > (
@@ -263,7 +282,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
         end = min(n, start + batch)
         if cut and model is not None and scored < end:
             waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
-            cut_at = early_cut(waiting, before, scored, end, tick_rows, totals=cut == CUT_TOTALS)
+            safe = batch if cut == CUT_SAFE else None
+            cut_at = early_cut(waiting, before, scored, end, tick_rows, totals=cut == CUT_TOTALS, batch_rows=safe)
             if cut_at < end:
                 out.cuts.append(cut_at)
                 end = cut_at
@@ -640,7 +660,7 @@ def head_to_head(reports: list[dict], configs: tuple[str, ...]) -> dict[tuple[st
         *PREDECESSORS,
         *((c, c + suffix) for c in configs for suffix in BASELINES if c + suffix in configs),
         *((c, c.removesuffix(WARM)) for c in configs if c.endswith(WARM) and c.removesuffix(WARM) in configs),
-        *((c, c.replace(cut, "")) for c in configs for cut in (CUT_TOTALS, CUT) if c.endswith(cut)),
+        *((c, c.replace(cut, "")) for c in configs for cut in CUTS if c.endswith(cut)),
     ]
     for new, old in pairs:
         if new not in configs or old not in configs:
@@ -666,9 +686,10 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
-        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT} or {CUT_TOTALS}: a batch cut short at a"
-        + f" {CUT_TICK_S:g}-s tick where the served model's errors rose (part 8); then + {UNLOCATED}: drift"
-        + f" retrains from the change batch's first row; then + {UNGATED}: no promotion gate for drift retrains",
+        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS} or {CUT_SAFE}: a batch"
+        + f" cut short at a {CUT_TICK_S:g}-s tick where the served model's errors rose (parts 8, 9); then"
+        + f" + {UNLOCATED}: drift retrains from the change batch's first row; then + {UNGATED}: no promotion gate"
+        + " for drift retrains",
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every model's accuracy per 250 rows around each change"

@@ -208,3 +208,15 @@ def test_a_cut_config_learns_an_abrupt_change_half_a_batch_after_it_and_never_cu
     assert np.mean(cut.outcome[2_500:3_000]) > np.mean(plain.outcome[2_500:3_000]) + 0.5
     calm = learning_streams.build("stagger_stationary_s1", 4_000)
     assert learning_quality.run_streamfit("default_cut", calm, 1_000, 100.0).cuts == []
+
+
+def test_the_safe_cut_waits_for_half_a_batch_and_skips_the_start_of_a_gradual_change() -> None:
+    """Part 9's rule (`monitors.early_cut.should_cut` on totals): at a tick every 250 rows the totals
+    test cuts STAGGER's abrupt change 250 rows after it, `_cutsafe` only once half a batch waits; early
+    in a gradual transition (batches of 800, a diluted rise) `_cutagg` cuts and `_cutsafe` does not."""
+    abrupt = learning_streams.build("stagger_abrupt_s1", 4_000)
+    runs = {c: learning_quality.run_streamfit(c, abrupt, 1_000, 50.0) for c in ("default_cutagg", "default_cutsafe")}
+    assert runs["default_cutagg"].cuts == [2_250] and runs["default_cutsafe"].cuts == [2_500]
+    gradual = learning_streams.build("stagger_gradual_s1", 6_000)
+    assert learning_quality.run_streamfit("default_cutagg", gradual, 800, 100.0).cuts[0] == 2_900
+    assert learning_quality.run_streamfit("default_cutsafe", gradual, 800, 100.0).cuts == []
