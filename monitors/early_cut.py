@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from monitors.change_point import MIN_T
 
 MIN_WAITING_FRACTION = 0.5  # of batch.rows: the retrain after a cut learns from these rows
-MIN_EFFECT = 0.8  # Cohen's d: "large" by his convention, set before measuring, not fitted to streams
+MIN_EFFECT = 0.8  # Cohen's d, "large" by his convention; "medium" (0.5) let a transition's start cut
 
 
 @dataclass(frozen=True)
