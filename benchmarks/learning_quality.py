@@ -87,7 +87,7 @@ CUT = "_cut"
 # prequential metrics and the label join's per-version live totals, without per-row errors.
 CUT_TOTALS = "_cutagg"
 # "_cutsafe": part 9's rule on totals, `monitors.early_cut.should_cut`: the same test with two floors
-# (at least half a batch waiting; a rise of an abrupt change's size), so no setting makes a stream worse.
+# (at least half a batch waiting; a rise of an abrupt change's size). Not safe yet: see part 9.
 CUT_SAFE = "_cutsafe"
 CUTS = (CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
