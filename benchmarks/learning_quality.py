@@ -89,7 +89,10 @@ CUT_TOTALS = "_cutagg"
 # "_cutsafe": part 9's rule on totals, `monitors.early_cut.should_cut`: the same test with two floors
 # (at least half a batch waiting; a rise of an abrupt change's size). Not safe yet: see part 9.
 CUT_SAFE = "_cutsafe"
-CUTS = (CUT_SAFE, CUT_TOTALS, CUT)
+# "_cutdefer": `_cutagg`'s cut, but a batch cut short makes no drift decision: it waits for the next
+# full batch, so a drift retrain never rests on a cut batch's partial view of a change (part 9's next step).
+CUT_DEFER = "_cutdefer"
+CUTS = (CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
 
@@ -283,7 +286,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
         if cut and model is not None and scored < end:
             waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
             safe = batch if cut == CUT_SAFE else None
-            cut_at = early_cut(waiting, before, scored, end, tick_rows, totals=cut == CUT_TOTALS, batch_rows=safe)
+            totals = cut in (CUT_TOTALS, CUT_DEFER)
+            cut_at = early_cut(waiting, before, scored, end, tick_rows, totals=totals, batch_rows=safe)
             if cut_at < end:
                 out.cuts.append(cut_at)
                 end = cut_at
@@ -312,7 +316,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
             scored = learn_end  # the first batch: learned, never scored
         if learn_end < end:
             choose_leader(model, spec, metric, X[learn_end:end], y[learn_end:end])
-        if series:
+        if series and not (cut == CUT_DEFER and out.cuts and out.cuts[-1] == end):
             errors, rows, firsts, times = (list(c) for c in zip(*series, strict=True))
             if stream.task == "classification":
                 found = detect_batch_change(errors, rows, spec.drift.detector, times=times, **params)

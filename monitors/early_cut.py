@@ -23,8 +23,8 @@ its window with); with the two floors above it nearly always is, but not on tiny
 
 Not a default, nor yet opt-in: with a change in the middle of a batch, a gradual transition half-way
 through passed both floors and its cut cost 0.031 accuracy (benchmarks/README.md part 9). Totals of
-one tick cannot tell a small complete change from a large one still under way; the remedy is on the
-drift side (no retrain on a cut batch's partial view).
+one tick cannot tell a small complete change from a large one still under way (deferring the drift
+retrain after a cut did not help either; same part).
 """
 
 from __future__ import annotations

@@ -220,3 +220,13 @@ def test_the_safe_cut_waits_for_half_a_batch_and_skips_the_start_of_a_gradual_ch
     gradual = learning_streams.build("stagger_gradual_s1", 6_000)
     assert learning_quality.run_streamfit("default_cutagg", gradual, 800, 100.0).cuts[0] == 2_900
     assert learning_quality.run_streamfit("default_cutsafe", gradual, 800, 100.0).cuts == []
+
+
+def test_a_deferred_cut_learns_the_short_batch_but_leaves_the_drift_retrain_to_the_next_full_one() -> None:
+    """`_cutdefer` (part 9's measured and rejected next step): the same cut as `_cutagg`, but the short
+    batch makes no drift decision, so the retrain follows the next full batch."""
+    stream = learning_streams.build("stagger_abrupt_s1", 4_000)
+    agg = learning_quality.run_streamfit("default_cutagg", stream, 1_000, 100.0)
+    deferred = learning_quality.run_streamfit("default_cutdefer", stream, 1_000, 100.0)
+    assert agg.cuts == deferred.cuts == [2_500]
+    assert agg.retrains == [2_500] and deferred.retrains == [3_500]
