@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmarks import learning_streams
+from benchmarks.early_cut import ErrorTotals, should_cut
 from benchmarks.learning_streams import Stream
-from monitors.early_cut import ErrorTotals, should_cut
 
 RIVER = ("river_lr", "river_hat", "river_arf")
 CONFIGS = ("default", "mlp", "hgb", "gate")
@@ -86,7 +86,7 @@ CUT = "_cut"
 # waiting rows' so far, one split at the batch boundary): what a sensor can read from the head's
 # prequential metrics and the label join's per-version live totals, without per-row errors.
 CUT_TOTALS = "_cutagg"
-# "_cutsafe": part 9's rule on totals, `monitors.early_cut.should_cut`: the same test with two floors
+# "_cutsafe": part 9's rule on totals, `benchmarks.early_cut.should_cut`: the same test with two floors
 # (at least half a batch waiting; a rise of an abrupt change's size). Not safe yet: see part 9.
 CUT_SAFE = "_cutsafe"
 # "_cutdefer": `_cutagg`'s cut, but a batch cut short makes no drift decision: it waits for the next
@@ -228,7 +228,7 @@ def early_cut(
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
     batch before; `monitors.change_point.rise_start`, the test a drift retrain trims its window with),
     else `end`. Only rows already labelled at the tick are looked at. `totals`: `rose_on_totals`;
-    `batch_rows` given: the product rule on totals, `monitors.early_cut.should_cut` (part 9)."""
+    `batch_rows` given: the product rule on totals, `benchmarks.early_cut.should_cut` (part 9)."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):

@@ -211,7 +211,7 @@ def test_a_cut_config_learns_an_abrupt_change_half_a_batch_after_it_and_never_cu
 
 
 def test_the_safe_cut_waits_for_half_a_batch_and_skips_the_start_of_a_gradual_change() -> None:
-    """Part 9's rule (`monitors.early_cut.should_cut` on totals): at a tick every 250 rows the totals
+    """Part 9's rule (`benchmarks.early_cut.should_cut` on totals): at a tick every 250 rows the totals
     test cuts STAGGER's abrupt change 250 rows after it, `_cutsafe` only once half a batch waits; early
     in a gradual transition (batches of 800, a diluted rise) `_cutagg` cuts and `_cutsafe` does not."""
     abrupt = learning_streams.build("stagger_abrupt_s1", 4_000)

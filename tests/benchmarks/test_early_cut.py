@@ -1,11 +1,11 @@
-"""Cutting a waiting batch short on the served model's error totals (monitors/early_cut.py)."""
+"""Cutting a waiting batch short on the served model's error totals (benchmarks/early_cut.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from monitors.early_cut import ErrorTotals, should_cut
+from benchmarks.early_cut import ErrorTotals, should_cut
 
 
 def _misses(rows: int, rate: float, seed: int) -> ErrorTotals:
