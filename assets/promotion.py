@@ -40,86 +40,93 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
     def champion(
         context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel, registry: RegistryResource
     ):
-        from dagster_project.learning.prequential import evaluate
-        from dagster_project.registry.versioning import already_registered
-
-        reg = registry.get()
-        current = reg.champion(name)
-        registered = already_registered(reg, name, model.parent, micro_batch.ranges)
-        candidate = registered.name if registered else None
-        if current is None:
-            return dg.MaterializeResult(metadata={"champion": "none", "decision": "nothing to compare"})
-        metadata: dict = {"champion": current}
-
-        # A recently promoted champion against its predecessor, on every row of the batch.
-        rows = _all_rows(micro_batch)
-        history = reg.champion_history(name)
-        promoted = history[-1] if history and history[-1]["version"] == current else None
-        if (
-            rows is not None
-            and current != candidate
-            and promoted
-            and promoted.get("previous")
-            and _age_s(promoted["at"]) <= spec.drift.rollback_window_s
-        ):
-            X, y = rows
-            predecessor = promoted["previous"]
-            champion_estimator = reg.load_estimator(name, current)
-            predecessor_estimator = reg.load_estimator(name, predecessor)
-            champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
-            predecessor_metrics = evaluate(predecessor_estimator, spec, X, y).as_metadata()
-            # A is the predecessor: the test asks whether the champion is worse (the rollback's case).
-            test = compare(metric, spec, predecessor_estimator, champion_estimator, X, y)
-            reg.record_decision(
-                name,
-                {
-                    "kind": "champion_check",
-                    "champion": current,
-                    "predecessor": predecessor,
-                    "metric": metric,
-                    "champion_value": champion_metrics.get(metric),
-                    "predecessor_value": predecessor_metrics.get(metric),
-                    "champion_metrics": champion_metrics,
-                    "predecessor_metrics": predecessor_metrics,
-                    "rows": len(y),
-                    "test": test.to_dict(),
-                },
-            )
-            metadata[f"predecessor_{metric}"] = predecessor_metrics.get(metric)
-            metadata[f"champion_{metric}_on_batch"] = champion_metrics.get(metric)
-            metadata["regression_p_value"] = test.p_value
-
-        if candidate is None or candidate == current:
-            return dg.MaterializeResult(metadata={**metadata, "decision": "no challenger"})
-        earlier = [
-            d for d in reg.decisions(name) if d.get("kind") == "promotion_gate" and d.get("candidate") == candidate
-        ]
-        if earlier:  # a retry after the gate decided: the decision stands, recorded once
-            return dg.MaterializeResult(
-                metadata={**metadata, "decision": "decided by an earlier attempt", "reason": earlier[-1]["reason"]}
-            )
-        result = decide_promotion(reg, spec, metric, candidate, model.estimator, micro_batch.tail)
-        context.log.info(result.reason)
-        return dg.MaterializeResult(
-            metadata={
-                **metadata,
-                "champion": candidate if result.promote else current,
-                "candidate": candidate,
-                "promoted": int(result.promote),
-                "candidate_metric": result.candidate_value,
-                "champion_metric": result.champion_value,
-                "unseen_rows": result.rows,
-                "p_value": result.p_value,
-                "test": (result.test or {}).get("test", "none"),
-                "significance": result.significance or 0.0,
-                "candidate_metrics": dg.MetadataValue.json(result.candidate_metrics or {}),
-                "champion_metrics": dg.MetadataValue.json(result.champion_metrics or {}),
-                "reason": result.reason,
-                **({"leader": model.estimator.leader} if hasattr(model.estimator, "leader") else {}),
-            }
-        )
+        metadata, reason = decide_champion(registry.get(), spec, metric, micro_batch, model)
+        if reason:
+            context.log.info(reason)
+        return dg.MaterializeResult(metadata=metadata)
 
     return champion
+
+
+def decide_champion(
+    reg, spec: StreamSpec, metric: str, micro_batch: MicroBatch, model: TrainedModel
+) -> tuple[dict, str | None]:
+    """The `champion` step's work after `model_version` registered the batch: the champion check,
+    then the promotion gate. Returns the step's metadata and the gate's reason (None if no gate ran).
+
+    One function so the training benchmark runs exactly what a run does (`benchmarks/throughput.py`).
+    """
+    from dagster_project.learning.prequential import evaluate
+    from dagster_project.registry.versioning import already_registered
+
+    name = spec.name
+    current = reg.champion(name)
+    registered = already_registered(reg, name, model.parent, micro_batch.ranges)
+    candidate = registered.name if registered else None
+    if current is None:
+        return {"champion": "none", "decision": "nothing to compare"}, None
+    metadata: dict = {"champion": current}
+
+    # A recently promoted champion against its predecessor, on every row of the batch.
+    rows = _all_rows(micro_batch)
+    history = reg.champion_history(name)
+    promoted = history[-1] if history and history[-1]["version"] == current else None
+    if (
+        rows is not None
+        and current != candidate
+        and promoted
+        and promoted.get("previous")
+        and _age_s(promoted["at"]) <= spec.drift.rollback_window_s
+    ):
+        X, y = rows
+        predecessor = promoted["previous"]
+        champion_estimator = reg.load_estimator(name, current)
+        predecessor_estimator = reg.load_estimator(name, predecessor)
+        champion_metrics = evaluate(champion_estimator, spec, X, y).as_metadata()
+        predecessor_metrics = evaluate(predecessor_estimator, spec, X, y).as_metadata()
+        # A is the predecessor: the test asks whether the champion is worse (the rollback's case).
+        test = compare(metric, spec, predecessor_estimator, champion_estimator, X, y)
+        reg.record_decision(
+            name,
+            {
+                "kind": "champion_check",
+                "champion": current,
+                "predecessor": predecessor,
+                "metric": metric,
+                "champion_value": champion_metrics.get(metric),
+                "predecessor_value": predecessor_metrics.get(metric),
+                "champion_metrics": champion_metrics,
+                "predecessor_metrics": predecessor_metrics,
+                "rows": len(y),
+                "test": test.to_dict(),
+            },
+        )
+        metadata[f"predecessor_{metric}"] = predecessor_metrics.get(metric)
+        metadata[f"champion_{metric}_on_batch"] = champion_metrics.get(metric)
+        metadata["regression_p_value"] = test.p_value
+
+    if candidate is None or candidate == current:
+        return {**metadata, "decision": "no challenger"}, None
+    earlier = [d for d in reg.decisions(name) if d.get("kind") == "promotion_gate" and d.get("candidate") == candidate]
+    if earlier:  # a retry after the gate decided: the decision stands, recorded once
+        return {**metadata, "decision": "decided by an earlier attempt", "reason": earlier[-1]["reason"]}, None
+    result = decide_promotion(reg, spec, metric, candidate, model.estimator, micro_batch.tail)
+    return {
+        **metadata,
+        "champion": candidate if result.promote else current,
+        "candidate": candidate,
+        "promoted": int(result.promote),
+        "candidate_metric": result.candidate_value,
+        "champion_metric": result.champion_value,
+        "unseen_rows": result.rows,
+        "p_value": result.p_value,
+        "test": (result.test or {}).get("test", "none"),
+        "significance": result.significance or 0.0,
+        "candidate_metrics": dg.MetadataValue.json(result.candidate_metrics or {}),
+        "champion_metrics": dg.MetadataValue.json(result.champion_metrics or {}),
+        "reason": result.reason,
+        **({"leader": model.estimator.leader} if hasattr(model.estimator, "leader") else {}),
+    }, result.reason
 
 
 def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimator, unseen: MicroBatch | None):

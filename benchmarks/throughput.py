@@ -3,15 +3,19 @@
 All four read or use the same rows: events [W, W + B) of a seeded synthetic topic (W warm-up rows
 first, which every system has already learned, so each measures a steady-state batch).
 
-- **streamfit**: what one training run does, stage by stage and timed: Kafka range read
-  (`kafka_io.read_range_columns`) and event parsing (`batches.read_batch`, the two split by timing inside
-  the read generator), the GX data-quality suite (`quality.validate_batch`), loading the parent
-  estimator from the registry, `training.test_then_train`, ONNX export + parity, the Dagster IO
-  manager's pickling of the step outputs (emulated: the default fs IO manager writes each output
-  once and reads it once per consuming step), the promotion gate's scoring of the champion
-  (emulated from `assets/promotion.py`), `versioning.register_batch` into a fresh temporary
-  `FilesystemRegistry`, and the trainer group's Kafka offset commit. Imports are warm: the
-  per-run import cost of a fresh Dagster run process is measured by the cost section.
+- **streamfit**: what one training run does, stage by stage and timed, each stage calling the
+  product functions its Dagster step calls: the Kafka range read (`kafka_io.read_range_columns`) and
+  event parsing (`micro_batch.read_batch`, with the tail the sensor holds out, `spec_tail_split`; the
+  two split by timing inside the read generator), the GX data-quality suite
+  (`quality.validate_batch`), the model step's start (`training.start_from`: head, lineage, parent
+  estimator, champion), `training.champion_metrics` + `learner.test_then_learn`, ONNX export +
+  parity (`pipeline.export_checked`), the Dagster IO manager's pickling of the step outputs
+  (emulated: the default fs IO manager writes each output once and reads it once per consuming
+  step), `versioning.register_batch` into a fresh temporary `FilesystemRegistry`, the trainer
+  group's Kafka offset commit, then the champion step (`promotion.decide_champion`: the gate
+  scores the candidate and the champion on the tail). Its rate counts the rows a run learns (the
+  batch less its tail, which the next batch learns). Imports are warm: the per-run import cost of
+  a fresh Dagster run process is measured by the cost section.
 - **river_loop**: the tutorial pattern with the same kafka-python client and consumer settings,
   `json.loads` per message, `learn_one` on `StandardScaler | LogisticRegression`, measured at the
   steady state of a consumer that keeps reading (`river_steady`): it starts `RIVER_LEAD_ROWS`
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import pickle
 import shutil
 import time
@@ -70,9 +75,9 @@ STAGES = (
     "test-then-train",
     "ONNX export + parity",
     "IO manager pickling",
-    "promotion gate",
     "registry write",
     "kafka offset commit",
+    "promotion gate",
 )
 
 
@@ -277,27 +282,42 @@ def _pickle_round_trip(directory: Path, name: str, obj: Any, reads: int) -> None
             pickle.load(fh)
 
 
+class _RunLog:
+    """Stands in for a Dagster context where a product function only logs (`start_from`)."""
+
+    log = logging.getLogger("benchmarks.throughput")
+
+
 def streamfit_batch(
-    settings: KafkaSettings, spec: StreamSpec, ranges: Ranges, registry_root: Path, io_dir: Path
+    settings: KafkaSettings, spec: StreamSpec, ranges: Ranges, registry_root: Path, io_dir: Path, tail: bool = True
 ) -> tuple[dict[str, float], Any]:
-    """One training run's work on `ranges`, on top of the registry's head; returns stage seconds."""
-    from assets.training import OnnxArtifact, TrainedModel
+    """One training run's work on `ranges`, on top of the registry's head; returns stage seconds.
+
+    Each stage calls the product functions its step calls, in the step's order (`assets/training.py`,
+    `assets/promotion.py`): the batch keeps the tail the sensor plans (`spec_tail_split`), which the
+    gate scores and the next batch learns (`tail=False`: the warm-up learns its whole range, so the
+    timed batches start where it ends)."""
+    from assets.promotion import decide_champion
+    from assets.training import champion_metrics, start_from
     from dagster_project.ingest.micro_batch import read_batch
     from dagster_project.kafka.io import commit_group_offsets
-    from dagster_project.learning.prequential import evaluate, test_then_train
-    from dagster_project.onnx.export import check_parity, export_onnx
+    from dagster_project.learning.learner import rows_of, test_then_learn
+    from dagster_project.learning.pipeline import TrainedModel, export_checked
+    from dagster_project.learning.windowed import kafka_reader
     from dagster_project.quality.suite import validate_batch
+    from dagster_project.registry.promotion import default_metric, spec_tail_split
     from dagster_project.registry.store import FilesystemRegistry
-    from dagster_project.registry.versioning import register_batch
+    from dagster_project.registry.versioning import already_registered, register_batch
 
     stages: dict[str, float] = {}
     clock = time.perf_counter
     registry = FilesystemRegistry(registry_root)
     name = spec.name
 
+    # micro_batch
     with _ReadClock() as read_clock:
         t = clock()
-        batch = read_batch(settings, spec, ranges)
+        batch = read_batch(settings, spec, ranges, learn_ends=spec_tail_split(spec, ranges) if tail else None)
         total = clock() - t
     stages["kafka read"] = read_clock.seconds
     stages["parse + validate events"] = total - read_clock.seconds
@@ -308,34 +328,39 @@ def streamfit_batch(
     if not quality.passed:
         raise RuntimeError(f"benchmark batch failed its quality checks: {quality.summary}")
 
+    # model
     t = clock()
-    head = registry.head(name)
-    parent = registry.load_estimator(name, head.name) if head else None
+    start = start_from(_RunLog, registry, name)
     stages["load parent"] = clock() - t
 
     labelled = batch.labelled
     t = clock()
-    estimator, metrics, _ = test_then_train(parent, spec, batch.X[labelled], batch.y[labelled])
+    X, y = batch.X[labelled], batch.y[labelled]
+    served_metrics = champion_metrics(start, spec, X, y)
+    rows = rows_of(X, y, batch.partitions[labelled], batch.offsets[labelled])
+    learned = test_then_learn(start.estimator, spec, rows, batch.learned_ranges, kafka_reader(settings, spec))
     stages["test-then-train"] = train_seconds = clock() - t
+    served = (
+        {"version": start.champion, "metrics": served_metrics or dict(learned.metrics.as_metadata())}
+        if start.champion
+        else None
+    )
     model = TrainedModel(
-        estimator, head.name if head else None, metrics.as_metadata(), int(labelled.sum()), train_seconds
+        learned.model,
+        start.parent,
+        learned.metrics.as_metadata(),
+        int(labelled.sum()),
+        train_seconds,
+        served,
+        start.lineage,
     )
 
+    # onnx_model
     t = clock()
-    onnx_bytes = export_onnx(estimator, len(spec.features))
-    parity = check_parity(estimator, onnx_bytes, batch.X, spec.parity.atol, spec.parity.rtol)
-    export_seconds = clock() - t
-    stages["ONNX export + parity"] = export_seconds
-    if not parity.passed:
-        raise RuntimeError(f"ONNX parity failed in the benchmark: {parity.reason}")
-    details = {
-        "export_seconds": export_seconds,
-        "max_abs_diff": float(parity.max_abs_diff),
-        "label_mismatches": int(parity.label_mismatches),
-        "rows": int(parity.rows),
-        "passed": True,
-    }
-    artifact = OnnxArtifact(onnx_bytes, details)
+    artifact = export_checked(spec, model.estimator, batch.X)
+    stages["ONNX export + parity"] = clock() - t
+    if not artifact.passed:
+        raise RuntimeError(f"ONNX parity failed in the benchmark: {artifact.reason}")
 
     t = clock()
     _pickle_round_trip(io_dir, "micro_batch", batch, reads=4)  # model, onnx_model, model_version, champion
@@ -343,19 +368,22 @@ def streamfit_batch(
     _pickle_round_trip(io_dir, "onnx_model", artifact, reads=1)  # model_version
     stages["IO manager pickling"] = clock() - t
 
+    # model_version
     t = clock()
-    champion = registry.champion(name)
-    if champion is not None:
-        evaluate(registry.load_estimator(name, champion), spec, batch.X[labelled], batch.y[labelled])
-    stages["promotion gate"] = clock() - t
-
-    t = clock()
-    version = register_batch(registry, spec, batch, model, onnx_bytes, details, run_id="benchmark")
+    version = already_registered(registry, name, model.parent, batch.ranges)
+    if version is None:
+        version = register_batch(registry, spec, batch, model, artifact.onnx_bytes, artifact.parity, "benchmark")
     stages["registry write"] = clock() - t
 
     t = clock()
     commit_group_offsets(settings, spec.trainer_group, spec.events_topic, version.learned)
     stages["kafka offset commit"] = clock() - t
+
+    # champion
+    t = clock()
+    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    decide_champion(registry, spec, metric, batch, model)
+    stages["promotion gate"] = clock() - t
     return stages, version
 
 
@@ -365,6 +393,7 @@ def streamfit_batch(
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     from dagster_project.learning.estimators import partial_fit
+    from dagster_project.registry.promotion import spec_tail_split
 
     mode = ctx.mode
     settings = ctx.settings
@@ -388,7 +417,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     progress("training: warm-up run of the real path (imports GX and skl2onnx, builds the suite)")
     started = time.perf_counter()
     warm_ranges = event_ranges(spec, 0, WARMUP_ROWS)
-    streamfit_batch(settings, spec, warm_ranges, template, io_dir)
+    streamfit_batch(settings, spec, warm_ranges, template, io_dir, tail=False)
     cold_first_batch_s = time.perf_counter() - started
     ctx.shared["train_registry_template"] = template
     from dagster_project.registry.store import FilesystemRegistry
@@ -402,6 +431,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for rows in mode.train_sizes:
         repeats = mode.train_repeats[rows]
         ranges = event_ranges(spec, WARMUP_ROWS, rows)
+        learned_rows = sum(end - ranges[p][0] for p, end in spec_tail_split(spec, ranges).items())
         X, y = X_all[WARMUP_ROWS : WARMUP_ROWS + rows], y_all[WARMUP_ROWS : WARMUP_ROWS + rows]
         seconds: dict[str, list[float]] = defaultdict(list)
         stages: dict[str, list[float]] = defaultdict(list)
@@ -432,7 +462,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                     t = time.perf_counter()
                     stage_seconds, version = streamfit_batch(settings, spec, ranges, registry_root, io_dir)
                     elapsed = time.perf_counter() - t
-                    n = int(version.meta["rows"]["trained"])
+                    learned = int(version.meta["rows"]["trained"])
+                    if learned != learned_rows:
+                        raise RuntimeError(f"streamfit learned {learned} rows, expected {learned_rows} (tail held out)")
+                    # A run learns the batch less its tail (the next batch learns it): the rate is
+                    # learned rows per second, stated as the time `rows` would take at that rate.
+                    n, elapsed = rows, elapsed * rows / learned
                     for stage, s in stage_seconds.items():
                         stages[stage].append(s)
                     shutil.rmtree(registry_root, ignore_errors=True)
@@ -464,6 +499,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         }
         sizes[str(rows)] = {
             "rows": rows,
+            "streamfit_learned_rows": learned_rows,
             "repeats": repeats,
             "rows_per_s": {s: summary(rates[s]) for s in SYSTEMS},
             "seconds": {s: summary(seconds[s]) for s in SYSTEMS},
