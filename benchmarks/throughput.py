@@ -46,13 +46,14 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from benchmarks.common import progress, ratio, summary, unique_name
+from benchmarks.common import FullCollections, frozen_heap, progress, ratio, summary, unique_name
 from benchmarks.context import BenchContext
 from benchmarks.data import arrays, bench_spec, encode, event_ranges, events, produce_round_robin
 from dagster_project.kafka import clients
@@ -387,12 +388,76 @@ def streamfit_batch(
     return stages, version
 
 
+@dataclass
+class _Batch:
+    """What one batch size's repeats share."""
+
+    settings: KafkaSettings
+    spec: StreamSpec
+    rows: int
+    ranges: Ranges
+    learned_rows: int
+    X: np.ndarray
+    y: np.ndarray
+    classes: np.ndarray
+    largest: int
+    river_parent: Any
+    parent_estimator: Any
+    template: Path
+    io_dir: Path
+    work: Path
+    stages: dict[str, list[float]]
+
+
+def _measure(system: str, r: int, b: _Batch) -> tuple[int, float]:
+    """One repeat of `system` on the batch: (rows handled, seconds)."""
+    settings, spec, rows, ranges = b.settings, b.spec, b.rows, b.ranges
+    if system == "floor":
+        t = time.perf_counter()
+        n = floor_read(settings, spec.events_topic, ranges)
+        elapsed = time.perf_counter() - t
+    elif system == "floor_kafka_python":
+        t = time.perf_counter()
+        n = floor_read(settings, spec.events_topic, ranges, client=KAFKA_PYTHON)
+        elapsed = time.perf_counter() - t
+    elif system == "river_loop":
+        model = copy.deepcopy(b.river_parent)
+        steady = event_ranges(spec, WARMUP_ROWS, min(b.largest, max(rows, RIVER_STEADY_ROWS)))
+        handled, window = river_steady(settings, spec.events_topic, steady, model)
+        if handled < rows:
+            raise RuntimeError(f"the River loop's window held {handled} records, fewer than the {rows} asked")
+        n, elapsed = rows, window * rows / handled  # the steady rate, handled / window, over `rows`
+    elif system == "streamfit":
+        registry_root = b.work / f"registry-{rows}-{r}"
+        shutil.copytree(b.template, registry_root)
+        t = time.perf_counter()
+        stage_seconds, version = streamfit_batch(settings, spec, ranges, registry_root, b.io_dir)
+        elapsed = time.perf_counter() - t
+        learned = int(version.meta["rows"]["trained"])
+        if learned != b.learned_rows:
+            raise RuntimeError(f"streamfit learned {learned} rows, expected {b.learned_rows} (tail held out)")
+        # A run learns the batch less its tail (the next batch learns it): the rate is
+        # learned rows per second, stated as the time `rows` would take at that rate.
+        n, elapsed = rows, elapsed * rows / learned
+        for stage, s in stage_seconds.items():
+            b.stages[stage].append(s)
+        shutil.rmtree(registry_root, ignore_errors=True)
+    else:
+        from dagster_project.learning.estimators import partial_fit
+
+        model = copy.deepcopy(b.parent_estimator)
+        t = time.perf_counter()
+        partial_fit(model, b.X, b.y, b.classes, spec.model.passes_per_batch)
+        elapsed = time.perf_counter() - t
+        n = len(b.X)
+    return n, elapsed
+
+
 # ---------------------------------------------------------------------------------------------
 # The section
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from dagster_project.learning.estimators import partial_fit
     from dagster_project.registry.promotion import spec_tail_split
 
     mode = ctx.mode
@@ -435,51 +500,37 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         X, y = X_all[WARMUP_ROWS : WARMUP_ROWS + rows], y_all[WARMUP_ROWS : WARMUP_ROWS + rows]
         seconds: dict[str, list[float]] = defaultdict(list)
         stages: dict[str, list[float]] = defaultdict(list)
+        full_collections: dict[str, list[int]] = defaultdict(list)
+        full_collections_ms: dict[str, list[float]] = defaultdict(list)
         progress(f"training: batch {rows:,} rows x {repeats} repeats ({', '.join(SYSTEMS)})")
-        for r in range(repeats):
-            order = SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]  # rotate: no system always first
-            for system in order:
-                if system == "floor":
-                    t = time.perf_counter()
-                    n = floor_read(settings, spec.events_topic, ranges)
-                    elapsed = time.perf_counter() - t
-                elif system == "floor_kafka_python":
-                    t = time.perf_counter()
-                    n = floor_read(settings, spec.events_topic, ranges, client=KAFKA_PYTHON)
-                    elapsed = time.perf_counter() - t
-                elif system == "river_loop":
-                    model = copy.deepcopy(river_parent)
-                    steady = event_ranges(spec, WARMUP_ROWS, min(largest, max(rows, RIVER_STEADY_ROWS)))
-                    handled, window = river_steady(settings, spec.events_topic, steady, model)
-                    if handled < rows:
-                        raise RuntimeError(
-                            f"the River loop's window held {handled} records, fewer than the {rows} asked"
-                        )
-                    n, elapsed = rows, window * rows / handled  # the steady rate, handled / window, over `rows`
-                elif system == "streamfit":
-                    registry_root = work / f"registry-{rows}-{r}"
-                    shutil.copytree(template, registry_root)
-                    t = time.perf_counter()
-                    stage_seconds, version = streamfit_batch(settings, spec, ranges, registry_root, io_dir)
-                    elapsed = time.perf_counter() - t
-                    learned = int(version.meta["rows"]["trained"])
-                    if learned != learned_rows:
-                        raise RuntimeError(f"streamfit learned {learned} rows, expected {learned_rows} (tail held out)")
-                    # A run learns the batch less its tail (the next batch learns it): the rate is
-                    # learned rows per second, stated as the time `rows` would take at that rate.
-                    n, elapsed = rows, elapsed * rows / learned
-                    for stage, s in stage_seconds.items():
-                        stages[stage].append(s)
-                    shutil.rmtree(registry_root, ignore_errors=True)
-                else:
-                    model = copy.deepcopy(parent_estimator)
-                    t = time.perf_counter()
-                    partial_fit(model, X, y, classes, spec.model.passes_per_batch)
-                    elapsed = time.perf_counter() - t
-                    n = len(X)
-                if n != rows:
-                    raise RuntimeError(f"{system} handled {n} rows, expected {rows}")
-                seconds[system].append(elapsed)
+        batch = _Batch(
+            settings,
+            spec,
+            rows,
+            ranges,
+            learned_rows,
+            X,
+            y,
+            classes,
+            largest,
+            river_parent,
+            parent_estimator,
+            template,
+            io_dir,
+            work,
+            stages,
+        )
+        with frozen_heap():  # each system collects its own objects, not set-up's
+            for r in range(repeats):
+                order = SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]  # rotate: no system always first
+                for system in order:
+                    with FullCollections() as full:
+                        n, elapsed = _measure(system, r, batch)
+                    full_collections[system].append(full.count)
+                    full_collections_ms[system].append(full.ms)
+                    if n != rows:
+                        raise RuntimeError(f"{system} handled {n} rows, expected {rows}")
+                    seconds[system].append(elapsed)
         rates = {s: [rows / x for x in seconds[s]] for s in SYSTEMS}
         ratios = {
             "streamfit_vs_river_loop": [
@@ -504,6 +555,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "rows_per_s": {s: summary(rates[s]) for s in SYSTEMS},
             "seconds": {s: summary(seconds[s]) for s in SYSTEMS},
             "stages_s": {stage: summary(stages[stage]) for stage in STAGES},
+            # full GC collections inside each system's repeats (set-up's heap frozen: see `frozen_heap`)
+            "full_collections": {s: sum(full_collections[s]) for s in SYSTEMS},
+            "full_collections_ms": {s: sum(full_collections_ms[s]) for s in SYSTEMS},
             "ratios": {k: summary(v) for k, v in ratios.items()},
         }
         med = sizes[str(rows)]["rows_per_s"]
@@ -511,6 +565,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "training: "
             + ", ".join(f"{s} {med[s]['median']:,.0f} rows/s" for s in SYSTEMS)
             + f"; Streamfit/River {sizes[str(rows)]['ratios']['streamfit_vs_river_loop']['median']:.2f}x"
+            + "; full GC collections "
+            + ", ".join(f"{s} {sizes[str(rows)]['full_collections'][s]}" for s in SYSTEMS)
         )
     return {
         "description": "rows/s per system on the same offset range; ratios per repeat (side by side), then median",
