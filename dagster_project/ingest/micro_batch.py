@@ -161,26 +161,19 @@ def _read_batch(settings, spec, ranges, dead_letter_invalid, learn_ends, state, 
     ends = {p: end for p, (_, end) in ranges.items()}
     if learn_ends:
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
-    learned = records.take(_before(records, ends)) if learn_ends else records
+    tail = records.pop_tail(ends) if learn_ends else RecordColumns()
+    learned = records  # what is left: the records before their partition's learned end
     batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state, already_sent)
     if state is not None:
         batch.feature_state = dump_state(state)
         batch.feature_counters = {"keys": state.keys(), **state.counters}
-    if learn_ends and len(learned) < len(records):
-        tail = records.take(_before(records, ends, tail=True))
+    if len(tail):
         batch.tail = _parse(settings, spec, ranges, tail, False, identity, state.copy() if state else None)
         keep = ~np.isnan(batch.tail.X).any(axis=1) if batch.tail.rows else np.zeros(0, dtype=bool)
         if not keep.all():  # a nullable feature's NaN cannot be scored; the next batch handles the row
             batch.tail = _subset(batch.tail, keep)
     batch.learn_ends = dict(ends) if learn_ends else None
     return batch
-
-
-def _before(records: RecordColumns, ends: dict[int, int], tail: bool = False) -> list[int]:
-    """Positions of the records before their partition's end (or, with `tail`, from it on)."""
-    return [
-        i for i, (p, o) in enumerate(zip(records.partitions, records.offsets, strict=True)) if (o >= ends[p]) is tail
-    ]
 
 
 def _read_with_identity(settings: KafkaSettings, topic: str, ranges: Ranges) -> tuple[RecordColumns, Any]:

@@ -18,7 +18,11 @@ from dagster_project.kafka.records import RawRecord
 
 @dataclass
 class RecordColumns:
-    """Records in read order, as columns; `sources[i]` is a confluent-kafka Message or a RawRecord."""
+    """Records in read order, as columns; `sources[i]` is a confluent-kafka Message or a RawRecord.
+
+    A range read yields each partition's records in ascending offset order (it keeps a record only
+    past the partition's position, then moves the position past it); `pop_tail` relies on that.
+    """
 
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
@@ -53,6 +57,38 @@ class RecordColumns:
             [self.values[i] for i in index],
             [self.sources[i] for i in index],
         )
+
+    def pop_tail(self, ends: dict[int, int]) -> RecordColumns:
+        """Remove the records at or past their partition's end in `ends` and return them, in read order.
+
+        A batch's tail is its partitions' last few hundred records, so they are found scanning back
+        from the end until each partition shows an offset before its end, and cut out in place. A
+        pass over every record and copies of the rest by index cost ~16 ms per 100 k records.
+        """
+        partitions, offsets = self.partitions, self.offsets
+        pending = set(partitions)
+        tail: list[int] = []
+        i = len(offsets) - 1
+        while i >= 0 and pending:
+            p = partitions[i]
+            if p in pending:
+                if offsets[i] >= ends[p]:
+                    tail.append(i)
+                else:
+                    pending.discard(p)  # ascending offsets: none of p's earlier records is past its end
+            i -= 1
+        tail.reverse()
+        popped = self.take(tail)
+        runs: list[tuple[int, int]] = []  # [start, stop) of consecutive tail positions, last first
+        for position in reversed(tail):
+            if runs and runs[-1][0] == position + 1:
+                runs[-1] = (position, runs[-1][1])
+            else:
+                runs.append((position, position + 1))
+        for column in (self.partitions, self.offsets, self.values, self.sources):
+            for start, stop in runs:
+                del column[start:stop]
+        return popped
 
     def record(self, i: int) -> RawRecord:
         """Record `i` whole (key and timestamp read from the client's message only now)."""
