@@ -25,6 +25,10 @@ Not a default, nor yet opt-in: with a change in the middle of a batch, a gradual
 through passed both floors and its cut cost 0.031 accuracy (benchmarks/README.md part 9). Totals of
 one tick cannot tell a small complete change from a large one still under way (deferring the drift
 retrain after a cut did not help either; same part).
+
+`should_cut_settled` (part 10) reads the trend instead of one tick's totals: the label join's totals
+at each checkpoint since the batch began, and it cuts only on a rise that has stopped rising, so the
+retrain learns a settled concept rather than a transition under way. See part 10 for where it holds.
 """
 
 from __future__ import annotations
