@@ -28,7 +28,8 @@ retrain after a cut did not help either; same part).
 
 `should_cut_settled` (part 10) reads the trend instead of one tick's totals: the label join's totals
 at each checkpoint since the batch began, and it cuts only on a rise that has stopped rising, so the
-retrain learns a settled concept rather than a transition under way. See part 10 for where it holds.
+retrain learns a settled concept rather than a transition under way. Not safe either: a transition
+that pauses looks settled, and with `min_effect` it is safe only by cutting almost nothing (part 10).
 """
 
 from __future__ import annotations

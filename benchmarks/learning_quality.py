@@ -94,6 +94,7 @@ CUT_SAFE = "_cutsafe"
 CUT_DEFER = "_cutdefer"
 # "_cutsettled": part 10's rule, `benchmarks.early_cut.should_cut_settled`: cut only on a rise that has
 # stopped rising, read from the label join's totals at every checkpoint (`CHECKPOINT_S`) since the batch began.
+# Not safe: a transition that pauses looks settled (part 10).
 CUT_SETTLED = "_cutsettled"
 # "_cutsettledlarge": the same with part 9's floor on the rise's size too (Cohen's d >= `MIN_EFFECT`).
 CUT_SETTLED_LARGE = "_cutsettledlarge"
