@@ -25,11 +25,17 @@ Not a default, nor yet opt-in: with a change in the middle of a batch, a gradual
 through passed both floors and its cut cost 0.031 accuracy (benchmarks/README.md part 9). Totals of
 one tick cannot tell a small complete change from a large one still under way (deferring the drift
 retrain after a cut did not help either; same part).
+
+`should_cut_settled` (part 10) reads the trend instead of one tick's totals: the label join's totals
+at each checkpoint since the batch began, and it cuts only on a rise that has stopped rising, so the
+retrain learns a settled concept rather than a transition under way. Not safe either: a transition
+that pauses looks settled, and with `min_effect` it is safe only by cutting almost nothing (part 10).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from monitors.change_point import MIN_T
@@ -61,6 +67,24 @@ class ErrorTotals:
         squared = self.errors if self.squared is None else self.squared
         return max(squared - self.rows * self.mean**2, 0.0)
 
+    def __add__(self, other: ErrorTotals) -> ErrorTotals:
+        """The totals of both sets of rows (a sensor adds the label join's checkpoint deltas)."""
+        squared = None
+        if self.squared is not None or other.squared is not None:
+            squared = (self.errors if self.squared is None else self.squared) + (
+                other.errors if other.squared is None else other.squared
+            )
+        return ErrorTotals(self.rows + other.rows, self.errors + other.errors, squared)
+
+
+def _rise(lower: ErrorTotals, upper: ErrorTotals) -> tuple[float, float, float]:
+    """`upper`'s mean error over `lower`'s: (difference, Cohen's d, two-sample pooled t)."""
+    rise = upper.mean - lower.mean
+    within = lower.sum_of_squares_about_mean() + upper.sum_of_squares_about_mean()
+    sd = math.sqrt(max(within / max(lower.rows + upper.rows - 2, 1), 1e-12))
+    d = rise / sd
+    return rise, d, d / math.sqrt(1 / lower.rows + 1 / upper.rows)
+
 
 @dataclass(frozen=True)
 class CutDecision:
@@ -91,16 +115,82 @@ def should_cut(
         return CutDecision(False, f"{numbers}: fewer than {floor} waiting rows ({min_waiting_fraction:g} of a batch)")
     if before.rows < 2:
         return CutDecision(False, f"{numbers}: no batch before to compare with")
-    rise = waiting.mean - before.mean
+    rise, d, t = _rise(before, waiting)
     if rise <= 0:
         return CutDecision(False, f"{numbers}: no rise")
-    within = before.sum_of_squares_about_mean() + waiting.sum_of_squares_about_mean()
-    sd = math.sqrt(max(within / (before.rows + waiting.rows - 2), 1e-12))
-    d = rise / sd
-    t = d / math.sqrt(1 / before.rows + 1 / waiting.rows)
     numbers += f", rise {rise:.4g} (d {d:.2f}, t {t:.1f})"
     if t < min_t:
         return CutDecision(False, f"{numbers}: not evident (t < {min_t:g})")
     if d < min_effect:
         return CutDecision(False, f"{numbers}: smaller than an abrupt change's (d < {min_effect:g})")
     return CutDecision(True, f"{numbers}: cut")
+
+
+# Part 10: cut only on a rise that has stopped rising. Chosen before the benchmark was run on them.
+SPAN_FRACTION = 0.25  # of batch.rows per span; two spans waiting = part 9's half-batch floor
+MAX_STEP_T = 2.0  # the last span above the one before by t >= this: the errors are still rising
+MAX_STEP_SHARE = 0.5  # ... or by at least this share of the whole rise: most of it is not behind us
+
+
+def _trailing(windows: Sequence[ErrorTotals], span_rows: float) -> tuple[ErrorTotals, int]:
+    """The totals of the last windows that fit in `span_rows` (at least one), and how many they are."""
+    total, used = windows[-1], 1
+    while used < len(windows) and total.rows + windows[-used - 1].rows <= span_rows:
+        total, used = windows[-used - 1] + total, used + 1
+    return total, used
+
+
+def should_cut_settled(
+    before: ErrorTotals,
+    windows: Sequence[ErrorTotals],
+    batch_rows: int,
+    span_fraction: float = SPAN_FRACTION,
+    min_t: float = MIN_T,
+    max_step_t: float = MAX_STEP_T,
+    max_step_share: float = MAX_STEP_SHARE,
+    min_effect: float = 0.0,
+) -> CutDecision:
+    """Cut the waiting batch once the served model's errors rose over the batch before and have stopped
+    rising: the retrain that follows then learns a settled concept, not a transition under way.
+
+    `windows` are the waiting rows' totals between consecutive checkpoints of the label join, oldest
+    first (each live_metrics.jsonl line is such a delta per model version). The last two spans of
+    about `span_fraction` of a batch each (whole windows), A then B, must show
+    - a rise: A and B together above `before` by t >= `min_t`;
+    - that has stopped: B above A by t < `max_step_t` and by less than `max_step_share` of B's rise
+      over `before`. Inside a transition the latest span carries much of the rise; after a change,
+      abrupt or gradual, large or small, A and B sit at the same new level.
+    At least two spans must be waiting, so the retrain has half a batch of post-change rows (part 9).
+    With one checkpoint per tick the spans cannot be read before two ticks have passed. `min_effect`:
+    part 9's floor on Cohen's d of the rise as well (off by default; `MIN_EFFECT` in part 10's variant)."""
+    if batch_rows <= 0:
+        raise ValueError(f"batch_rows must be positive (the stream's batch.rows), got {batch_rows}")
+    span = span_fraction * batch_rows
+    waiting_rows = sum(w.rows for w in windows)
+    numbers = f"waiting {waiting_rows} rows in {len(windows)} checkpoints; batch before {before.rows} rows"
+    if waiting_rows < 2 * span:
+        return CutDecision(False, f"{numbers}: fewer than two spans of {span:g} rows waiting")
+    if before.rows < 2:
+        return CutDecision(False, f"{numbers}: no batch before to compare with")
+    last, used = _trailing(windows, span)
+    if used == len(windows):
+        return CutDecision(False, f"{numbers}: one checkpoint holds the last span; no trend to read")
+    previous, _ = _trailing(windows[:-used], span)
+    both = previous + last
+    numbers += (
+        f", error {before.mean:.4g} -> {previous.mean:.4g} ({previous.rows} rows) -> {last.mean:.4g} ({last.rows} rows)"
+    )
+    rise, d, t = _rise(before, both)
+    if rise <= 0 or t < min_t:
+        return CutDecision(False, f"{numbers}: no evident rise (t {t:.1f} < {min_t:g})")
+    if d < min_effect:
+        return CutDecision(False, f"{numbers}: smaller than an abrupt change's (d {d:.2f} < {min_effect:g})")
+    step, _, step_t = _rise(previous, last)
+    whole = last.mean - before.mean
+    share = step / whole if whole > 0 else 1.0
+    numbers += f", rise d {d:.2f} t {t:.1f}, last step {step:.4g} (t {step_t:.1f}, {share:.0%} of the rise)"
+    if step_t >= max_step_t:
+        return CutDecision(False, f"{numbers}: still rising (step t >= {max_step_t:g})")
+    if share >= max_step_share:
+        return CutDecision(False, f"{numbers}: still rising (step >= {max_step_share:.0%} of the rise)")
+    return CutDecision(True, f"{numbers}: settled, cut")

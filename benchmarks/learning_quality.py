@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmarks import learning_streams
-from benchmarks.early_cut import ErrorTotals, should_cut
+from benchmarks.early_cut import MIN_EFFECT, ErrorTotals, should_cut, should_cut_settled
 from benchmarks.learning_streams import Stream
 
 RIVER = ("river_lr", "river_hat", "river_arf")
@@ -92,8 +92,15 @@ CUT_SAFE = "_cutsafe"
 # "_cutdefer": `_cutagg`'s cut, but a batch cut short makes no drift decision: it waits for the next
 # full batch, so a drift retrain never rests on a cut batch's partial view of a change (part 9's next step).
 CUT_DEFER = "_cutdefer"
-CUTS = (CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
+# "_cutsettled": part 10's rule, `benchmarks.early_cut.should_cut_settled`: cut only on a rise that has
+# stopped rising, read from the label join's totals at every checkpoint (`CHECKPOINT_S`) since the batch began.
+# Not safe: a transition that pauses looks settled (part 10).
+CUT_SETTLED = "_cutsettled"
+# "_cutsettledlarge": the same with part 9's floor on the rise's size too (Cohen's d >= `MIN_EFFECT`).
+CUT_SETTLED_LARGE = "_cutsettledlarge"
+CUTS = (CUT_SETTLED_LARGE, CUT_SETTLED, CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
+CHECKPOINT_S = 1.0  # the label join's `labels.flush_interval_s` for `_cutsettled` (its default, 5 s, is a tick)
 BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
 
 
@@ -181,7 +188,7 @@ def settle_retrain(spec, retrained: object, adapted: object, X: np.ndarray, y: n
 
 def _parse(config: str) -> tuple[str, bool, bool, str, str | None]:
     """A config name -> (base config, locate the change, gate the retrain, retrain mode, early cut:
-    None, CUT, CUT_TOTALS or CUT_SAFE)."""
+    None or one of `CUTS`)."""
     gated = not config.endswith(UNGATED)
     config = config.removesuffix(UNGATED)
     locate = not config.endswith(UNLOCATED)
@@ -223,17 +230,25 @@ def early_cut(
     tick_rows: int,
     totals: bool = False,
     batch_rows: int | None = None,
+    checkpoint_rows: int | None = None,
+    min_effect: float = 0.0,
 ) -> int:
     """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
     batch before; `monitors.change_point.rise_start`, the test a drift retrain trims its window with),
     else `end`. Only rows already labelled at the tick are looked at. `totals`: `rose_on_totals`;
-    `batch_rows` given: the product rule on totals, `benchmarks.early_cut.should_cut` (part 9)."""
+    `batch_rows` given: the product rule on totals, `benchmarks.early_cut.should_cut` (part 9); with
+    `checkpoint_rows` too, `should_cut_settled` on the totals of every `checkpoint_rows` waiting rows
+    (part 10: what the label join's checkpoints give a sensor), with `min_effect` its floor on the rise's d."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):
         waiting = errors[: tick - first]
-        if batch_rows is not None:
+        if batch_rows is not None and checkpoint_rows is not None:
+            windows = [_totals(waiting[i : i + checkpoint_rows]) for i in range(0, len(waiting), checkpoint_rows)]
+            if should_cut_settled(_totals(before), windows, batch_rows, min_effect=min_effect).cut:
+                return tick
+        elif batch_rows is not None:
             if should_cut(_totals(before), _totals(waiting), batch_rows).cut:
                 return tick
         elif totals:
@@ -263,6 +278,9 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
 
     config, locate, gated, mode, cut = _parse(config)
     tick_rows = max(1, round(CUT_TICK_S * rate))
+    settled = cut in (CUT_SETTLED, CUT_SETTLED_LARGE)
+    checkpoint_rows = max(1, round(CHECKPOINT_S * rate)) if settled else None
+    min_effect = MIN_EFFECT if cut == CUT_SETTLED_LARGE else 0.0
     before = np.zeros(0)  # the served model's per-row errors on the last scored batch
     spec = spec_for(config, stream, mode)
     X, y, n = stream.X, stream.y, len(stream.y)
@@ -285,9 +303,19 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
         end = min(n, start + batch)
         if cut and model is not None and scored < end:
             waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
-            safe = batch if cut == CUT_SAFE else None
+            safe = batch if cut == CUT_SAFE or settled else None
             totals = cut in (CUT_TOTALS, CUT_DEFER)
-            cut_at = early_cut(waiting, before, scored, end, tick_rows, totals=totals, batch_rows=safe)
+            cut_at = early_cut(
+                waiting,
+                before,
+                scored,
+                end,
+                tick_rows,
+                totals=totals,
+                batch_rows=safe,
+                checkpoint_rows=checkpoint_rows,
+                min_effect=min_effect,
+            )
             if cut_at < end:
                 out.cuts.append(cut_at)
                 end = cut_at
@@ -690,8 +718,9 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
-        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS} or {CUT_SAFE}: a batch"
-        + f" cut short at a {CUT_TICK_S:g}-s tick where the served model's errors rose (parts 8, 9); then"
+        + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
+        + f" {CUT_SETTLED} or {CUT_SETTLED_LARGE}: a batch"
+        + f" cut short at a {CUT_TICK_S:g}-s tick where the served model's errors rose (parts 8-10); then"
         + f" + {UNLOCATED}: drift retrains from the change batch's first row; then + {UNGATED}: no promotion gate"
         + " for drift retrains",
     )

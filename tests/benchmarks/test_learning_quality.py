@@ -230,3 +230,30 @@ def test_a_deferred_cut_learns_the_short_batch_but_leaves_the_drift_retrain_to_t
     deferred = learning_quality.run_streamfit("default_cutdefer", stream, 1_000, 100.0)
     assert agg.cuts == deferred.cuts == [2_500]
     assert agg.retrains == [2_500] and deferred.retrains == [3_500]
+
+
+def test_the_settled_cut_waits_out_a_transition_that_the_safe_cut_takes_half_way() -> None:
+    """Part 10's rule (`should_cut_settled` on the label join's checkpoint totals, one a second): with
+    the change mid-batch (`--rows 7000`), `_cutsafe` cuts STAGGER's gradual transition at its midpoint
+    and its retrain learns half of it; `_cutsettled` sees the errors still rising and lets the batch
+    fill up. A settled abrupt change it cuts as soon as two quarter-batch spans wait."""
+    gradual = learning_streams.build("stagger_gradual_s2", 7_000)
+    assert learning_quality.run_streamfit("default_cutsafe", gradual, 1_000, 100.0).cuts == [3_500]
+    settled = learning_quality.run_streamfit("default_cutsettled", gradual, 1_000, 100.0)
+    assert settled.cuts == [] and settled.retrains == [4_000]
+    abrupt = learning_streams.build("stagger_abrupt_s1", 4_000)
+    assert learning_quality.run_streamfit("default_cutsettled", abrupt, 1_000, 100.0).cuts == [2_500]
+    calm = learning_streams.build("stagger_stationary_s1", 4_000)
+    assert learning_quality.run_streamfit("default_cutsettled", calm, 1_000, 100.0).cuts == []
+
+
+def test_a_pause_at_a_transition_s_start_looks_settled_and_only_the_size_floor_skips_it() -> None:
+    """Part 10's loss: at batches of 800, STAGGER's gradual change steps to ~0.12 error and holds for 400
+    rows before the main rise; `_cutsettled` cuts there (row 2,900) and its retrain learns the old
+    concept, while `_cutsettledlarge` (part 9's d >= 0.8 as well) leaves the batch whole."""
+    gradual = learning_streams.build("stagger_gradual_s1", 6_000)
+    assert learning_quality.run_streamfit("default_cutsettled", gradual, 800, 100.0).cuts == [2_900]
+    large = learning_quality.run_streamfit("default_cutsettledlarge", gradual, 800, 100.0)
+    assert (
+        large.cuts == [] and large.retrains == learning_quality.run_streamfit("default", gradual, 800, 100.0).retrains
+    )
