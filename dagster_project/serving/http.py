@@ -60,6 +60,7 @@ class ScorerHTTPServer:
         features: ServingFeatures | None = None,
         fast_path: bool = True,
         coalesce: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
         self.spec = spec
         self.limits = HttpLimits(max_body_bytes, max_rows, body_timeout_s, max_connections, keep_alive_s)
@@ -69,9 +70,11 @@ class ScorerHTTPServer:
         # False serves the hot routes through Starlette too: the benchmark's and the equivalence test's reference;
         # coalesce=False scores each fast-path request in its own onnxruntime call (the benchmark's reference)
         self.app = FastInference(app, context, coalesce=coalesce) if fast_path else app
-        host, port = address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.create_server((host, port), family=family, backlog=2048)
+        if sock is None:
+            host, port = address
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family, backlog=2048)
+        self._socket = sock  # given: bound by a parent process and shared by several (`--http-processes`)
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
