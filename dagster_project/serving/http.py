@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5  # in-flight requests may finish; a slow body is cut by its own deadline anyway
 
 
+def bind_http_socket(address: tuple[str, int]) -> socket.socket:
+    """The listening socket, bound here so a busy port fails at once (and port 0 resolves) before serving."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
 class ScorerHTTPServer:
     """The HTTP API of one stream's scorer; `start()` serves in a daemon thread, `stop()` ends it."""
 
@@ -70,11 +77,9 @@ class ScorerHTTPServer:
         # False serves the hot routes through Starlette too: the benchmark's and the equivalence test's reference;
         # coalesce=False scores each fast-path request in its own onnxruntime call (the benchmark's reference)
         self.app = FastInference(app, context, coalesce=coalesce) if fast_path else app
-        if sock is None:
-            host, port = address
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.create_server((host, port), family=family, backlog=2048)
-        self._socket = sock  # given: bound by a parent process and shared by several (`--http-processes`)
+        self._socket = sock or bind_http_socket(
+            address
+        )  # given: bound by a parent process and shared by several (`--http-processes`)
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
