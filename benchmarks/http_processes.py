@@ -3,8 +3,9 @@
 `python -m benchmarks.http_processes [--full] [--processes N]`. One CPU-bound Python process caps
 the API (uvicorn alone takes 22-24 us of CPU per request, `benchmarks.http_api`), so this measures
 the layout uvicorn deployments use: one listening socket bound by a parent and shared by N server
-processes (`ScorerHTTPServer(sock=...)`), each with its own `ChampionWatcher` on the same registry,
-fast path and coalescing as shipped. Cells, all against the same champion and body:
+processes, each with its own `ChampionWatcher` on the same registry, fast path and coalescing, and
+metrics in prometheus_client's multiprocess mode: `serving.http_processes.HttpProcesses`, the code
+`streamfit serve --http-processes N` runs. Cells, all against the same champion and body:
 `stdlib pinned` (wrk on CPU 0, the baseline server on CPU 1, as `http_api --pin`), `stdlib`
 unpinned, `uvicorn` (one process, the shipped server in a thread, unpinned) and `uvicorn xN`
 (N child processes, unpinned). wrk is never pinned in the unpinned cells: it shares the machine's
@@ -15,13 +16,10 @@ over the answered requests; wrk's own time is not in it.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import tempfile
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +38,10 @@ from benchmarks.http_api import (
     trained_watcher,
 )
 from dagster_project.registry.store import FilesystemRegistry
-from dagster_project.serving.champion import ChampionWatcher
-from dagster_project.serving.http import ScorerHTTPServer
-from dagster_project.serving.metrics import ScorerMetrics
-from dagster_project.spec import load_spec
+from dagster_project.serving.http import ScorerHTTPServer, bind_http_socket
+from dagster_project.serving.http_processes import HttpProcesses, WorkerPlan
 
-_SPEC = Path(__file__).resolve().parents[1] / "streams" / "synthetic.yaml"
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _child(sock: socket.socket, registry_root: str, conn: Connection) -> None:
-    """One server process: its own watcher on the shared registry, the shipped server on the shared socket."""
-    spec = load_spec(_SPEC)
-    metrics = ScorerMetrics(spec.name)
-    watcher = ChampionWatcher(FilesystemRegistry(Path(registry_root)), spec, metrics)
-    watcher.check()
-    watcher.start()
-    server = ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics, sock=sock).start()
-    conn.send("ready")
-    conn.recv()  # anything (or the parent gone: EOFError) ends it
-    server.stop()
-    watcher.stop()
 
 
 def _proc_cpu_seconds(pid: int) -> float:
@@ -68,38 +49,18 @@ def _proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
-class ProcessGroup:
-    """N spawned server processes sharing one listening socket bound here."""
-
-    def __init__(self, processes: int, registry_root: Path) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-        ctx = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs = []
-        for _ in range(processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_child, args=(self.sock, str(registry_root), child), daemon=True)
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        for conn in self.conns:
-            if not conn.poll(60) or conn.recv() != "ready":
-                raise RuntimeError("a server process did not start")
-
-    @property
-    def url(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    def cpu_seconds(self) -> float:
-        return sum(_proc_cpu_seconds(p.pid) for p in self.procs)
-
-    def stop(self) -> None:
-        for conn in self.conns:
-            conn.send("stop")
-        for proc in self.procs:
-            proc.join(15)
-        self.sock.close()
+def start_processes(processes: int, spec: Any, registry_root: Path, workdir: Path) -> HttpProcesses:
+    """`serve --http-processes N`'s HTTP layer as it ships: the socket bound here, N children sharing it."""
+    metrics_dir = workdir / "metrics"
+    metrics_dir.mkdir()
+    plan = WorkerPlan(
+        spec,
+        FilesystemRegistry(registry_root),
+        metrics_dir=str(metrics_dir),
+        state_file=str(metrics_dir / "kafka-state.json"),
+        watch_interval_s=0.25,
+    )
+    return HttpProcesses(bind_http_socket(("127.0.0.1", 0)), processes, plan, kafka=None, delivery=None).start()
 
 
 def _pin(cpus: set[int]) -> None:
@@ -124,7 +85,7 @@ def run(quick: bool = True, connections: int = 8, processes: int = 2) -> dict[st
         spec, watcher, metrics, rows = trained_watcher(workdir / "registry")
         stdlib = StdlibScorerServer(spec, watcher, metrics).start()
         single = ScorerHTTPServer(("127.0.0.1", 0), spec, watcher, metrics).start()
-        group = ProcessGroup(processes, workdir / "registry")
+        group = start_processes(processes, spec, workdir / "registry", workdir)
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
         try:
             for n in ROWS_PER_REQUEST:
@@ -137,13 +98,13 @@ def run(quick: bool = True, connections: int = 8, processes: int = 2) -> dict[st
                         if pinned:
                             _pin({SERVER_CPU})
                         url = group.url if name == multi else (single.url if name == "uvicorn" else stdlib.url)
-                        cpu = group.cpu_seconds() if name == multi else _cpu_seconds()
+                        cpu = _group_cpu(group) if name == multi else _cpu_seconds()
                         try:
                             figures = run_wrk(url, body, connections, seconds, workdir, WRK_CPU if pinned else None)
                         finally:
                             if pinned:
                                 _pin(every)
-                        used = (group.cpu_seconds() if name == multi else _cpu_seconds()) - cpu
+                        used = (_group_cpu(group) if name == multi else _cpu_seconds()) - cpu
                         figures["cpu_us"] = used * 1e6 / max(1, figures["requests"] or 0)
                         cells[str(n)][name].append(figures)
         finally:
@@ -176,6 +137,10 @@ def run(quick: bool = True, connections: int = 8, processes: int = 2) -> dict[st
         }
     result["machine"] = machine_info()
     return result
+
+
+def _group_cpu(group: HttpProcesses) -> float:
+    return sum(_proc_cpu_seconds(pid) for pid in group.pids)
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:

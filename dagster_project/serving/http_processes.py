@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from dagster_project.registry.store import ModelRegistry
+from dagster_project.serving.metrics import MULTIPROC_ENV
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class WorkerPlan:
 
     spec: StreamSpec
     registry: ModelRegistry
+    metrics_dir: str  # prometheus_client's multiprocess directory, shared by every process of this serve
     state_file: str
     watch_interval_s: float
     server_options: dict[str, Any] = field(default_factory=dict)  # ScorerHTTPServer keyword arguments
@@ -147,6 +149,7 @@ class HttpProcesses:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(self._socket.fileno(),),
+                env=os.environ | {MULTIPROC_ENV: self.plan.metrics_dir},  # read when prometheus_client is imported
             )
             child.stdin.write(len(payload).to_bytes(8, "big") + payload)
             child.stdin.flush()  # stdin stays open: the child's lifeline

@@ -676,6 +676,7 @@ class ScoringService:
             plan = WorkerPlan(
                 spec,
                 registry,
+                metrics_dir=multiprocess_dir(),
                 state_file=str(Path(multiprocess_dir()) / "kafka-state.json"),
                 watch_interval_s=watch_interval_s,
                 server_options=options,

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import orjson
+import pytest
 
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
@@ -164,3 +165,11 @@ def test_busy_port_fails_at_once_naming_the_address(
         )
         process.wait_for(f"Error: cannot serve HTTP on 127.0.0.1:{port}: Address already in use")
         assert process.proc.wait(timeout=30) == 1
+
+
+def test_a_stream_with_derived_features_is_refused_naming_the_fix(kafka_settings, registry) -> None:
+    from dagster_project.serving.scorer import ScoringService
+    from tests.dagster_project.features.support import sensors_spec
+
+    with pytest.raises(ValueError, match="derived features.*--http-processes 1"):
+        ScoringService(sensors_spec(), kafka_settings, registry, port=0, http_processes=2)
