@@ -7,7 +7,7 @@ there, at once) and passes it to each child, where the kernel hands each new con
 them. Each child follows the registry with its own `ChampionWatcher`, so it hot-swaps as the main
 process does and every answer names the version that scored it.
 
-Children are `python -m dagster_project.serving.http_processes`: their settings arrive pickled on
+Children are `python -m dagster_project.serving.http_child` (`serve_child`): their settings arrive pickled on
 stdin, which then stays open as a lifeline. The main process holds the other end, so when it exits
 in any way (kill -9 included) the kernel closes it, the child reads EOF and stops: no orphans.
 Metrics are shared through prometheus_client's multiprocess mode (`metrics.enable_multiprocess`,
@@ -145,7 +145,7 @@ class HttpProcesses:
         payload = pickle.dumps((self.plan, self._socket.fileno()))
         for _ in range(self.count):
             child = subprocess.Popen(
-                [sys.executable, "-m", __name__],
+                [sys.executable, "-m", "dagster_project.serving.http_child"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(self._socket.fileno(),),
@@ -227,7 +227,3 @@ def serve_child() -> None:
     finally:
         server.stop()
         watcher.stop()
-
-
-if __name__ == "__main__":
-    serve_child()
