@@ -38,7 +38,7 @@ from benchmarks.http_api import (
     trained_watcher,
 )
 from dagster_project.registry.store import FilesystemRegistry
-from dagster_project.serving.http import ScorerHTTPServer, bind_http_socket
+from dagster_project.serving.http import ScorerHTTPServer, bind_http_socket, reserve_reuse_port
 from dagster_project.serving.http_processes import HttpProcesses, WorkerPlan
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -49,9 +49,11 @@ def _proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
-def start_processes(processes: int, spec: Any, registry_root: Path, workdir: Path) -> HttpProcesses:
+def start_processes(
+    processes: int, spec: Any, registry_root: Path, workdir: Path, reuse_port: bool = True
+) -> HttpProcesses:
     """`serve --http-processes N`'s HTTP layer as it ships: the socket bound here, N children sharing it."""
-    metrics_dir = workdir / "metrics"
+    metrics_dir = workdir / f"metrics-{'reuseport' if reuse_port else 'shared'}"
     metrics_dir.mkdir()
     plan = WorkerPlan(
         spec,
@@ -59,8 +61,11 @@ def start_processes(processes: int, spec: Any, registry_root: Path, workdir: Pat
         metrics_dir=str(metrics_dir),
         state_file=str(metrics_dir / "kafka-state.json"),
         watch_interval_s=0.25,
+        reuse_port=reuse_port,
     )
-    return HttpProcesses(bind_http_socket(("127.0.0.1", 0)), processes, plan, kafka=None, delivery=None).start()
+    address = ("127.0.0.1", 0)
+    sock = reserve_reuse_port(address) if reuse_port else bind_http_socket(address)
+    return HttpProcesses(sock, processes, plan, kafka=None, delivery=None).start()
 
 
 def _pin(cpus: set[int]) -> None:

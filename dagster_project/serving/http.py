@@ -48,6 +48,27 @@ def bind_http_socket(address: tuple[str, int]) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=2048)
 
 
+def reserve_reuse_port(address: tuple[str, int]) -> socket.socket:
+    """A socket bound to `address` with SO_REUSEPORT but not listening: it holds the port while server
+    processes bind their own listening sockets to it, among which the kernel spreads connections.
+
+    A plain bind first, so a busy port fails here naming nothing new (another server's SO_REUSEPORT
+    socket of the same user would otherwise let the reserving bind succeed and share the port)."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))  # EADDRINUSE if anyone holds it
+        port = probe.getsockname()[1]  # port 0: the free one just found
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class ScorerHTTPServer:
     """The HTTP API of one stream's scorer; `start()` serves in a daemon thread, `stop()` ends it."""
 

@@ -2,10 +2,12 @@
 
 One Python process caps the API at about one core (uvicorn alone costs 22-24 us of CPU per request),
 so N > 1 runs the same server (`ScorerHTTPServer`: fast path, coalescing, limits, token) in N child
-processes, as uvicorn's own `workers` do: the main process binds the socket (a busy port fails
-there, at once) and passes it to each child, where the kernel hands each new connection to one of
-them. Each child follows the registry with its own `ChampionWatcher`, so it hot-swaps as the main
-process does and every answer names the version that scored it.
+processes: the main process reserves the port (a busy port fails there, at once; `http.reserve_reuse_port`)
+and each child listens on its own SO_REUSEPORT socket on it, among which the kernel spreads new
+connections by their address hash. Sharing one listening socket, as uvicorn's `workers` do
+(`reuse_port=False`), let one process take a whole burst of new connections (all 8 of wrk's in
+2 of 6 runs, the other process idle). Each child follows the registry with its own `ChampionWatcher`,
+so it hot-swaps as the main process does and every answer names the version that scored it.
 
 Children are `python -m dagster_project.serving.http_child` (`serve_child`): their settings arrive pickled on
 stdin, which then stays open as a lifeline. The main process holds the other end, so when it exits
@@ -54,6 +56,7 @@ class WorkerPlan:
     metrics_dir: str  # prometheus_client's multiprocess directory, shared by every process of this serve
     state_file: str
     watch_interval_s: float
+    reuse_port: bool = True  # each child listens on its own SO_REUSEPORT socket; False: all share one socket
     server_options: dict[str, Any] = field(default_factory=dict)  # ScorerHTTPServer keyword arguments
 
 
@@ -142,13 +145,15 @@ class HttpProcesses:
         self._snapshot()
         self._snapshots = threading.Thread(target=self._keep_snapshot, name="http-processes-state", daemon=True)
         self._snapshots.start()
-        payload = pickle.dumps((self.plan, self._socket.fileno()))
+        address = self._socket.getsockname()[:2]
+        shared = () if self.plan.reuse_port else (self._socket.fileno(),)
+        payload = pickle.dumps((self.plan, shared[0] if shared else address))
         for _ in range(self.count):
             child = subprocess.Popen(
                 [sys.executable, "-m", "dagster_project.serving.http_child"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                pass_fds=(self._socket.fileno(),),
+                pass_fds=shared,
                 env=os.environ | {MULTIPROC_ENV: self.plan.metrics_dir},  # read when prometheus_client is imported
             )
             child.stdin.write(len(payload).to_bytes(8, "big") + payload)
@@ -208,10 +213,14 @@ def serve_child() -> None:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     stdin = sys.stdin.buffer
     size = int.from_bytes(stdin.read(8), "big")
-    plan, fd = pickle.loads(stdin.read(size))  # noqa: S301 (from our own parent, through a private pipe)
+    plan, where = pickle.loads(stdin.read(size))  # noqa: S301 (from our own parent, through a private pipe)
     ready = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # later prints go to the log, never block the pipe
-    sock = socket.socket(fileno=fd)
+    if plan.reuse_port:  # our own listening socket on the port the main process holds
+        family = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
+        sock = socket.create_server(tuple(where), family=family, backlog=2048, reuse_port=True)
+    else:  # the main process's listening socket
+        sock = socket.socket(fileno=where)
     metrics = ScorerMetrics(plan.spec.name)
     watcher = ChampionWatcher(plan.registry, plan.spec, metrics, interval_s=plan.watch_interval_s)
     shared = SharedKafkaState(plan.state_file)

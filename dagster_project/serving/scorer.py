@@ -71,7 +71,7 @@ from dagster_project.serving.delivery import (
 )
 from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import KafkaLink, ScorerHealth
-from dagster_project.serving.http import ScorerHTTPServer, bind_http_socket
+from dagster_project.serving.http import ScorerHTTPServer, bind_http_socket, reserve_reuse_port
 from dagster_project.serving.http_processes import HttpProcesses, WorkerPlan
 from dagster_project.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -657,7 +657,7 @@ class ScoringService:
             keep_alive_s=keep_alive_s,
         )
         try:
-            sock = bind_http_socket((host, port))
+            sock = bind_http_socket((host, port)) if http_processes == 1 else reserve_reuse_port((host, port))
         except OSError as exc:
             raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
         self.http: ScorerHTTPServer | HttpProcesses
