@@ -83,6 +83,15 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
     show_default=True,
     help="Seconds an idle keep-alive connection stays open.",
 )
+@click.option(
+    "--http-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes serving the HTTP API on the one port. 1: a thread beside the Kafka loop. N > 1: N processes "
+    "serve HTTP only (each hot-swaps from the registry; /metrics counts all; --max-connections is per process) "
+    "and this one runs the Kafka loop. Not for streams with derived features.",
+)
 def serve(
     stream: str,
     port: int,
@@ -98,6 +107,7 @@ def serve(
     body_timeout: float,
     max_connections: int,
     keep_alive: int,
+    http_processes: int,
 ) -> None:
     """Score <stream>.events with the champion into <stream>.predictions; HTTP /predict, /v2 (Open
     Inference Protocol), /healthz, /livez, /readyz, /metrics.
@@ -109,6 +119,8 @@ def serve(
     takes this replica's transactional id (exactly-once): two live replicas must not share --replica-id.
     """
     import logging
+    import shutil
+    import tempfile
 
     from dagster_project.kafka.fast_transactions import ClientCallsStuck
     from dagster_project.kafka.io import BrokerUnavailable
@@ -118,39 +130,54 @@ def serve(
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its INFO lines speak of a server process
     spec = stream_spec(stream)
+    shared_metrics = None
+    if http_processes > 1:  # before any metric exists: every process writes its samples here
+        from dagster_project.serving.metrics import enable_multiprocess
+
+        shared_metrics = tempfile.mkdtemp(prefix=f"streamfit-serve-{stream}-")
+        enable_multiprocess(shared_metrics)
     try:
-        service = build_service(
-            spec,
-            kafka_settings(bootstrap),
-            host=host,
-            port=port,
-            group_id=group,
-            max_poll_records=max_poll_records,
-            delivery=delivery,
-            client=client,
-            replica_id=replica_id,
-            max_body_bytes=max_body_bytes,
-            max_rows=max_rows,
-            body_timeout_s=body_timeout,
-            max_connections=max_connections,
-            keep_alive_s=keep_alive,
+        try:
+            service = build_service(
+                spec,
+                kafka_settings(bootstrap),
+                host=host,
+                port=port,
+                group_id=group,
+                max_poll_records=max_poll_records,
+                delivery=delivery,
+                client=client,
+                replica_id=replica_id,
+                max_body_bytes=max_body_bytes,
+                max_rows=max_rows,
+                body_timeout_s=body_timeout,
+                max_connections=max_connections,
+                keep_alive_s=keep_alive,
+                http_processes=http_processes,
+            )
+        except (KeyError, FileNotFoundError, ValueError, BrokerUnavailable, OSError) as exc:
+            raise click.ClickException(exc.args[0] if isinstance(exc, KeyError) else str(exc)) from exc
+        try:
+            service.start()
+        except RuntimeError as exc:  # an HTTP process did not start (its log says why)
+            service.close()
+            raise click.ClickException(str(exc)) from exc
+        scorer = service.scorer
+        mode = scorer.delivery.mode.replace("_", "-")
+        if scorer.delivery.exactly_once:
+            mode += f" as {scorer.transactional_id}"
+        click.echo(f"delivery {mode}: {scorer.delivery.reason}; consuming with {scorer.client}")
+        click.echo(
+            f"serving {stream}: {spec.events_topic} -> {spec.predictions_topic} in group "
+            f"{group or scorer_group(spec)}; HTTP on {service.url}"
         )
-    except (KeyError, FileNotFoundError, ValueError, BrokerUnavailable, OSError) as exc:
-        raise click.ClickException(exc.args[0] if isinstance(exc, KeyError) else str(exc)) from exc
-    service.start()
-    scorer = service.scorer
-    mode = scorer.delivery.mode.replace("_", "-")
-    if scorer.delivery.exactly_once:
-        mode += f" as {scorer.transactional_id}"
-    click.echo(f"delivery {mode}: {scorer.delivery.reason}; consuming with {scorer.client}")
-    click.echo(
-        f"serving {stream}: {spec.events_topic} -> {spec.predictions_topic} in group {group or scorer_group(spec)}; "
-        f"HTTP on {service.url}"
-    )
-    try:
-        service.serve_until_signalled()
-    except ScorerFenced as exc:
-        raise click.ClickException(f"fenced: {exc}") from exc
-    except ClientCallsStuck as exc:
-        raise click.ClickException(f"scorer stopped: {exc}") from exc
-    click.echo("scorer stopped")
+        try:
+            service.serve_until_signalled()
+        except ScorerFenced as exc:
+            raise click.ClickException(f"fenced: {exc}") from exc
+        except ClientCallsStuck as exc:
+            raise click.ClickException(f"scorer stopped: {exc}") from exc
+        click.echo("scorer stopped")
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)

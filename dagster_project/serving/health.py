@@ -14,6 +14,7 @@ and a group assignment.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,6 +150,7 @@ class ScorerHealth:
         detail: dict[str, Any] = {
             "status": "ok" if served is not None else "waiting for a champion",
             "stream": self.stream,
+            "pid": os.getpid(),  # which process answered: several serve one port with --http-processes
             "live": True,
             "ready": not reasons,
             "reasons": reasons,

@@ -41,6 +41,34 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5  # in-flight requests may finish; a slow body is cut by its own deadline anyway
 
 
+def bind_http_socket(address: tuple[str, int]) -> socket.socket:
+    """The listening socket, bound here so a busy port fails at once (and port 0 resolves) before serving."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def reserve_reuse_port(address: tuple[str, int]) -> socket.socket:
+    """A socket bound to `address` with SO_REUSEPORT but not listening: it holds the port while server
+    processes bind their own listening sockets to it, among which the kernel spreads connections.
+
+    A plain bind first, so a busy port fails here naming nothing new (another server's SO_REUSEPORT
+    socket of the same user would otherwise let the reserving bind succeed and share the port)."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))  # EADDRINUSE if anyone holds it
+        port = probe.getsockname()[1]  # port 0: the free one just found
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class ScorerHTTPServer:
     """The HTTP API of one stream's scorer; `start()` serves in a daemon thread, `stop()` ends it."""
 
@@ -60,6 +88,7 @@ class ScorerHTTPServer:
         features: ServingFeatures | None = None,
         fast_path: bool = True,
         coalesce: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
         self.spec = spec
         self.limits = HttpLimits(max_body_bytes, max_rows, body_timeout_s, max_connections, keep_alive_s)
@@ -69,9 +98,9 @@ class ScorerHTTPServer:
         # False serves the hot routes through Starlette too: the benchmark's and the equivalence test's reference;
         # coalesce=False scores each fast-path request in its own onnxruntime call (the benchmark's reference)
         self.app = FastInference(app, context, coalesce=coalesce) if fast_path else app
-        host, port = address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.create_server((host, port), family=family, backlog=2048)
+        self._socket = sock or bind_http_socket(
+            address
+        )  # given: bound by a parent process and shared by several (`--http-processes`)
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app,

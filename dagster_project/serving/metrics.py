@@ -9,11 +9,20 @@ Kafka loop (``source="kafka"``), and for HTTP (``source="http"``) the requests s
 one loop iteration (``coalesce.Coalescer``; one request when it arrived alone or was too large to
 parse on the loop). It is per call, not per row; divide by ``streamfit_predictions_total`` for a
 per-row figure.
+
+With several HTTP processes (`serve --http-processes N`) every process writes its samples to files in
+one directory (prometheus_client's multiprocess mode, `enable_multiprocess`) and `exposition()` adds
+them up, so any process's `/metrics` counts all of them; gauges show the most recently set value.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # One onnxruntime call: ~10 us for a row, a few ms for a 500-row batch, more on a busy machine.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -56,6 +65,7 @@ class ScorerMetrics:
             "Keys held by the derived-feature state (all partitions and key fields).",
             ["stream"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.feature_keys_evicted = Counter(
             "streamfit_feature_keys_evicted",
@@ -68,6 +78,7 @@ class ScorerMetrics:
             "Numeric version of the model being served (v3 -> 3); 0 before the first.",
             ["stream"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.model_swaps = Counter(
             "streamfit_model_swaps",
@@ -87,6 +98,7 @@ class ScorerMetrics:
             "1 while the champion cannot be served and an older valid version serves instead (see /healthz).",
             ["stream"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.registry_up = Gauge(
             "streamfit_registry_up",
@@ -94,6 +106,7 @@ class ScorerMetrics:
             "reached, when the last good model keeps serving (see /healthz).",
             ["stream"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.registry_errors = Counter(
             "streamfit_registry_errors",
@@ -106,6 +119,7 @@ class ScorerMetrics:
             "Events waiting in a partition after the last poll (high-water mark - position).",
             ["stream", "partition"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.batch_retries = Counter(
             "streamfit_scorer_batch_retries",
@@ -125,6 +139,7 @@ class ScorerMetrics:
             "absent until the loop starts. /healthz says why.",
             ["stream", "mode"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.transactions = Counter(
             "streamfit_scorer_transactions",
@@ -157,10 +172,27 @@ class ScorerMetrics:
                 self.unseen_categories.labels(self.stream, feature, source).inc(n)
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of this scorer's registry."""
-        return generate_latest(self.registry)
+        """The Prometheus text format of this scorer's registry, or of every process's in multiprocess mode."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, directory)
+        return generate_latest(merged)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0.0 when absent); `stream` is filled in. Handy in tests and logs."""
         found = self.registry.get_sample_value(name, {"stream": self.stream, **labels})
         return found if found is not None else 0.0
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory when this process is one of several serving one stream."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Make metrics created from now on write to files in `directory`, shared with child processes (which
+    inherit the environment). prometheus_client picks its value class when imported; this re-picks it."""
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.get_value_class()

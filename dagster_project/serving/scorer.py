@@ -71,7 +71,8 @@ from dagster_project.serving.delivery import (
 )
 from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import KafkaLink, ScorerHealth
-from dagster_project.serving.http import ScorerHTTPServer
+from dagster_project.serving.http import ScorerHTTPServer, bind_http_socket, reserve_reuse_port
+from dagster_project.serving.http_processes import HttpProcesses, WorkerPlan
 from dagster_project.serving.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_S,
@@ -79,7 +80,7 @@ from dagster_project.serving.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_ROWS,
 )
-from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.serving.metrics import ScorerMetrics, multiprocess_dir
 from dagster_project.serving.scoring import BatchOutcome, BatchScorer, PredictionsNotAcknowledged, Sending
 from dagster_project.spec import StreamSpec
 
@@ -613,7 +614,21 @@ class ScoringService:
         delivery: Delivery | str | None = None,
         replica_id: str | None = None,
         client: str | None = None,
+        http_processes: int = 1,
     ) -> None:
+        if http_processes < 1:
+            raise ValueError(f"http_processes must be at least 1, got {http_processes}")
+        if http_processes > 1 and spec.derived:
+            raise ValueError(
+                f"stream {spec.name!r} has derived features, computed from the Kafka loop's state in the main "
+                "process, which other HTTP processes cannot see: serve it with --http-processes 1"
+            )
+        if http_processes > 1 and multiprocess_dir() is None:
+            raise ValueError(
+                "--http-processes > 1 shares metrics through prometheus_client's multiprocess mode: call "
+                "serving.metrics.enable_multiprocess(<fresh directory>) before building the service "
+                "(`streamfit serve` does)"
+            )
         if registry is None:
             from dagster_project.registry.backends import registry_from_env
 
@@ -633,23 +648,42 @@ class ScoringService:
             client=client,
         )
         self.health = ScorerHealth(spec.name, self.watcher, self.scorer.link, delivery=self.scorer.describe_delivery)
+        options = dict(
+            token=token,
+            max_body_bytes=max_body_bytes,
+            max_rows=max_rows,
+            body_timeout_s=body_timeout_s,
+            max_connections=max_connections,
+            keep_alive_s=keep_alive_s,
+        )
         try:
+            sock = bind_http_socket((host, port)) if http_processes == 1 else reserve_reuse_port((host, port))
+        except OSError as exc:
+            raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+        self.http: ScorerHTTPServer | HttpProcesses
+        if http_processes == 1:  # today's layout: uvicorn in a thread beside the Kafka loop
             self.http = ScorerHTTPServer(
                 (host, port),
                 spec,
                 self.watcher,
                 self.metrics,
                 health=self.health,
-                token=token,
-                max_body_bytes=max_body_bytes,
-                max_rows=max_rows,
-                body_timeout_s=body_timeout_s,
-                max_connections=max_connections,
-                keep_alive_s=keep_alive_s,
                 features=self.scorer.features,
+                sock=sock,
+                **options,
             )
-        except OSError as exc:
-            raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+        else:  # N processes serve HTTP only; this one runs the Kafka loop
+            plan = WorkerPlan(
+                spec,
+                registry,
+                metrics_dir=multiprocess_dir(),
+                state_file=str(Path(multiprocess_dir()) / "kafka-state.json"),
+                watch_interval_s=watch_interval_s,
+                server_options=options,
+            )
+            self.http = HttpProcesses(
+                sock, http_processes, plan, kafka=self.scorer.link.describe, delivery=self.scorer.describe_delivery
+            )
         # The transactional id's replica part: given, or from the environment, or <hostname>-<HTTP port>.
         self.scorer.replica_id = replica_id_or_default(replica_id, self.http.server_address[1])
         self._started = False

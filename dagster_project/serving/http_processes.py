@@ -1,0 +1,238 @@
+"""`--http-processes N`: the HTTP API in N processes sharing one listening socket, the Kafka loop in the main one.
+
+One Python process caps the API at about one core (uvicorn alone costs 22-24 us of CPU per request),
+so N > 1 runs the same server (`ScorerHTTPServer`: fast path, coalescing, limits, token) in N child
+processes: the main process reserves the port (a busy port fails there, at once; `http.reserve_reuse_port`)
+and each child listens on its own SO_REUSEPORT socket on it, among which the kernel spreads new
+connections by their address hash. Sharing one listening socket, as uvicorn's `workers` do
+(`reuse_port=False`), let one process take a whole burst of new connections (all 8 of wrk's in
+2 of 6 runs, the other process idle). Each child follows the registry with its own `ChampionWatcher`,
+so it hot-swaps as the main process does and every answer names the version that scored it.
+
+Children are `python -m dagster_project.serving.http_child` (`serve_child`): their settings arrive pickled on
+stdin, which then stays open as a lifeline. The main process holds the other end, so when it exits
+in any way (kill -9 included) the kernel closes it, the child reads EOF and stops: no orphans.
+Metrics are shared through prometheus_client's multiprocess mode (`metrics.enable_multiprocess`,
+a fresh directory per serve), so `GET /metrics` from any process counts every process. The Kafka
+loop's state for `/healthz` and `/readyz` lives in the main process: it writes a snapshot to a file
+every `SNAPSHOT_EVERY_S`, which the children read (`SharedKafkaState`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dagster_project.registry.store import ModelRegistry
+from dagster_project.serving.metrics import MULTIPROC_ENV
+from dagster_project.spec import StreamSpec
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_EVERY_S = 0.2
+SNAPSHOT_STALE_S = 5.0  # a snapshot this old: the main process is stuck or gone
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class WorkerPlan:
+    """What a child needs to serve: pickled to its stdin."""
+
+    spec: StreamSpec
+    registry: ModelRegistry
+    metrics_dir: str  # prometheus_client's multiprocess directory, shared by every process of this serve
+    state_file: str
+    watch_interval_s: float
+    reuse_port: bool = True  # each child listens on its own SO_REUSEPORT socket; False: all share one socket
+    server_options: dict[str, Any] = field(default_factory=dict)  # ScorerHTTPServer keyword arguments
+
+
+class SharedKafkaState:
+    """A child's view of the main process's Kafka link and delivery mode, read from its snapshot file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _snapshot(self) -> dict[str, Any] | None:
+        try:
+            return orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        snapshot = self._snapshot()
+        age = time.time() - snapshot["at"] if snapshot else None
+        if snapshot is None or age is None or age > SNAPSHOT_STALE_S:
+            silent = "never" if age is None else f"not for {age:.1f} s"
+            return {
+                "state": "unknown",
+                "problem": f"the scorer's main process has {silent} reported its Kafka state (limit "
+                f"{SNAPSHOT_STALE_S:g} s): check its log",
+            }
+        return snapshot["kafka"]
+
+    def delivery(self) -> dict[str, Any]:
+        snapshot = self._snapshot()
+        return snapshot["delivery"] if snapshot and snapshot.get("delivery") is not None else {}
+
+
+def write_snapshot(path: Path, kafka: dict[str, Any] | None, delivery: dict[str, Any] | None) -> None:
+    """Replace the snapshot atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"at": time.time(), "kafka": kafka, "delivery": delivery}))
+    os.replace(tmp, path)
+
+
+class HttpProcesses:
+    """N child HTTP servers on `sock`; `start()` returns once all accept, `stop()` ends them."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        count: int,
+        plan: WorkerPlan,
+        kafka: Callable[[], dict[str, Any]] | None,
+        delivery: Callable[[], dict[str, Any]] | None,
+    ) -> None:
+        self._socket = sock
+        self.count = count
+        self.plan = plan
+        self._kafka, self._delivery = kafka, delivery
+        self.children: list[subprocess.Popen] = []
+        self._halt = threading.Event()
+        self._snapshots: threading.Thread | None = None
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        host, port = self._socket.getsockname()[:2]
+        return host, port
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def _snapshot(self) -> None:
+        write_snapshot(
+            Path(self.plan.state_file),
+            self._kafka() if self._kafka else None,
+            self._delivery() if self._delivery else None,
+        )
+
+    def _keep_snapshot(self) -> None:
+        while not self._halt.wait(SNAPSHOT_EVERY_S):
+            try:
+                self._snapshot()
+            except Exception:  # noqa: BLE001 (the children say "not reported" if this keeps failing)
+                log.exception("%s: cannot write the Kafka state for the HTTP processes", self.plan.spec.name)
+
+    def start(self) -> HttpProcesses:
+        if self.children:
+            return self
+        self._snapshot()
+        self._snapshots = threading.Thread(target=self._keep_snapshot, name="http-processes-state", daemon=True)
+        self._snapshots.start()
+        address = self._socket.getsockname()[:2]
+        shared = () if self.plan.reuse_port else (self._socket.fileno(),)
+        payload = pickle.dumps((self.plan, shared[0] if shared else address))
+        for _ in range(self.count):
+            child = subprocess.Popen(
+                [sys.executable, "-m", "dagster_project.serving.http_child"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=shared,
+                env=os.environ | {MULTIPROC_ENV: self.plan.metrics_dir},  # read when prometheus_client is imported
+            )
+            child.stdin.write(len(payload).to_bytes(8, "big") + payload)
+            child.stdin.flush()  # stdin stays open: the child's lifeline
+            self.children.append(child)
+        for child in self.children:
+            line = _read_line(child, START_TIMEOUT_S)
+            if line != b"ready":
+                self.stop()
+                raise RuntimeError(
+                    f"an HTTP process (pid {child.pid}) did not start: {line.decode(errors='replace') or 'it exited'}"
+                    "; see the log above"
+                )
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children]
+
+    def stop(self) -> None:
+        self._halt.set()
+        for child in self.children:
+            try:
+                child.stdin.close()  # EOF: the child stops its server and exits
+            except OSError:
+                pass
+        for child in self.children:
+            try:
+                child.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s: HTTP process %d did not stop; killing it", self.plan.spec.name, child.pid)
+                child.kill()
+                child.wait()
+        self.children = []
+        if self._snapshots is not None:
+            self._snapshots.join(5)
+        self._socket.close()
+
+
+def _read_line(child: subprocess.Popen, timeout_s: float) -> bytes:
+    """The child's first stdout line, or b"" if it exits or stays silent."""
+    found: list[bytes] = []
+    reader = threading.Thread(target=lambda: found.append(child.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return found[0].strip() if found else b""
+
+
+def serve_child() -> None:
+    """A child's main: read the plan, serve until stdin closes."""
+    from dagster_project.serving.champion import ChampionWatcher
+    from dagster_project.serving.health import ScorerHealth
+    from dagster_project.serving.http import ScorerHTTPServer
+    from dagster_project.serving.metrics import ScorerMetrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    stdin = sys.stdin.buffer
+    size = int.from_bytes(stdin.read(8), "big")
+    plan, where = pickle.loads(stdin.read(size))  # noqa: S301 (from our own parent, through a private pipe)
+    ready = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # later prints go to the log, never block the pipe
+    if plan.reuse_port:  # our own listening socket on the port the main process holds
+        family = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
+        sock = socket.create_server(tuple(where), family=family, backlog=2048, reuse_port=True)
+    else:  # the main process's listening socket
+        sock = socket.socket(fileno=where)
+    metrics = ScorerMetrics(plan.spec.name)
+    watcher = ChampionWatcher(plan.registry, plan.spec, metrics, interval_s=plan.watch_interval_s)
+    shared = SharedKafkaState(plan.state_file)
+    health = ScorerHealth(plan.spec.name, watcher, shared, delivery=shared.delivery)
+    watcher.start()
+    server = ScorerHTTPServer(("", 0), plan.spec, watcher, metrics, health=health, sock=sock, **plan.server_options)
+    server.start()
+    ready.write(b"ready\n")
+    ready.close()
+    try:
+        while stdin.read(65536):  # only EOF matters: the main process stopped us or died
+            pass
+    finally:
+        server.stop()
+        watcher.stop()
