@@ -11,7 +11,8 @@ so it hot-swaps as the main process does and every answer names the version that
 
 Children are `python -m dagster_project.serving.http_child` (`serve_child`): their settings arrive pickled on
 stdin, which then stays open as a lifeline. The main process holds the other end, so when it exits
-in any way (kill -9 included) the kernel closes it, the child reads EOF and stops: no orphans.
+in any way (kill -9 included) the kernel closes it, the child reads EOF and stops: no orphans. A child
+that dies is replaced (`_supervise`); until then the kernel sends new connections to the others.
 Metrics are shared through prometheus_client's multiprocess mode (`metrics.enable_multiprocess`,
 a fresh directory per serve), so `GET /metrics` from any process counts every process. The Kafka
 loop's state for `/healthz` and `/readyz` lives in the main process: it writes a snapshot to a file
@@ -45,6 +46,8 @@ SNAPSHOT_EVERY_S = 0.2
 SNAPSHOT_STALE_S = 5.0  # a snapshot this old: the main process is stuck or gone
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+SUPERVISE_EVERY_S = 0.5
+RESTART_BACKOFF_S = 2.0
 
 
 @dataclass
@@ -114,6 +117,8 @@ class HttpProcesses:
         self.children: list[subprocess.Popen] = []
         self._halt = threading.Event()
         self._snapshots: threading.Thread | None = None
+        self._supervisor: threading.Thread | None = None
+        self.restarts = 0  # children replaced after they died
 
     @property
     def server_address(self) -> tuple[str, int]:
@@ -145,29 +150,52 @@ class HttpProcesses:
         self._snapshot()
         self._snapshots = threading.Thread(target=self._keep_snapshot, name="http-processes-state", daemon=True)
         self._snapshots.start()
-        address = self._socket.getsockname()[:2]
-        shared = () if self.plan.reuse_port else (self._socket.fileno(),)
-        payload = pickle.dumps((self.plan, shared[0] if shared else address))
-        for _ in range(self.count):
-            child = subprocess.Popen(
-                [sys.executable, "-m", "dagster_project.serving.http_child"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                pass_fds=shared,
-                env=os.environ | {MULTIPROC_ENV: self.plan.metrics_dir},  # read when prometheus_client is imported
-            )
-            child.stdin.write(len(payload).to_bytes(8, "big") + payload)
-            child.stdin.flush()  # stdin stays open: the child's lifeline
-            self.children.append(child)
+        self.children = [self._spawn() for _ in range(self.count)]
         for child in self.children:
-            line = _read_line(child, START_TIMEOUT_S)
-            if line != b"ready":
+            problem = _started(child)
+            if problem:
                 self.stop()
-                raise RuntimeError(
-                    f"an HTTP process (pid {child.pid}) did not start: {line.decode(errors='replace') or 'it exited'}"
-                    "; see the log above"
-                )
+                raise RuntimeError(f"{problem}; see the log above")
+        self._supervisor = threading.Thread(target=self._supervise, name="http-processes-supervisor", daemon=True)
+        self._supervisor.start()
         return self
+
+    def _spawn(self) -> subprocess.Popen:
+        """One child, its plan written to its stdin (which stays open: its lifeline)."""
+        shared = () if self.plan.reuse_port else (self._socket.fileno(),)
+        payload = pickle.dumps((self.plan, shared[0] if shared else self._socket.getsockname()[:2]))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dagster_project.serving.http_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=shared,
+            env=os.environ | {MULTIPROC_ENV: self.plan.metrics_dir},  # read when prometheus_client is imported
+        )
+        child.stdin.write(len(payload).to_bytes(8, "big") + payload)
+        child.stdin.flush()
+        return child
+
+    def _supervise(self) -> None:
+        """Replace a child that died (a crash, the OOM killer, a kill): its port share would otherwise be lost
+        for good. Restarts are spaced by RESTART_BACKOFF_S so a child that cannot start does not spin."""
+        while not self._halt.wait(SUPERVISE_EVERY_S):
+            for i, child in enumerate(list(self.children)):
+                code = child.poll()
+                if code is None or self._halt.is_set():
+                    continue
+                log.warning(
+                    "%s: HTTP process %d exited (code %s); starting another", self.plan.spec.name, child.pid, code
+                )
+                replacement = self._spawn()
+                problem = _started(replacement)
+                if self._halt.is_set():
+                    _end(replacement, self.plan.spec.name)
+                    return
+                self.children[i] = replacement
+                self.restarts += 1
+                if problem:
+                    log.error("%s: %s", self.plan.spec.name, problem)
+                    self._halt.wait(RESTART_BACKOFF_S)
 
     @property
     def pids(self) -> list[int]:
@@ -175,22 +203,41 @@ class HttpProcesses:
 
     def stop(self) -> None:
         self._halt.set()
+        if self._supervisor is not None:
+            self._supervisor.join(START_TIMEOUT_S + 5)
         for child in self.children:
             try:
                 child.stdin.close()  # EOF: the child stops its server and exits
             except OSError:
                 pass
         for child in self.children:
-            try:
-                child.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("%s: HTTP process %d did not stop; killing it", self.plan.spec.name, child.pid)
-                child.kill()
-                child.wait()
+            _end(child, self.plan.spec.name)
         self.children = []
         if self._snapshots is not None:
             self._snapshots.join(5)
         self._socket.close()
+
+
+def _end(child: subprocess.Popen, stream: str) -> None:
+    """Close the child's lifeline and wait for it; kill it past STOP_TIMEOUT_S."""
+    try:
+        child.stdin.close()
+    except OSError:
+        pass
+    try:
+        child.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("%s: HTTP process %d did not stop; killing it", stream, child.pid)
+        child.kill()
+        child.wait()
+
+
+def _started(child: subprocess.Popen) -> str | None:
+    """None once the child says it accepts, else what went wrong."""
+    line = _read_line(child, START_TIMEOUT_S)
+    if line == b"ready":
+        return None
+    return f"an HTTP process (pid {child.pid}) did not start: {line.decode(errors='replace') or 'it exited'}"
 
 
 def _read_line(child: subprocess.Popen, timeout_s: float) -> bytes:

@@ -31,7 +31,8 @@ class MultiServe(StreamfitProcess):
 
     @property
     def children(self) -> set[int]:
-        return {int(pid) for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()}
+        tasks = Path(f"/proc/{self.proc.pid}/task").glob("*/children")  # a replacement is its spawning thread's
+        return {int(pid) for children in tasks for pid in children.read_text().split()}
 
 
 def by_process(url: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, int, object]:
@@ -148,6 +149,32 @@ def test_kill_9_of_the_main_process_leaves_no_http_process(
     os.kill(serve.proc.pid, signal.SIGKILL)
     serve.proc.wait()
     wait_for(lambda: not any(alive(pid) for pid in children), 20, "the HTTP processes to exit")
+
+
+def test_a_dead_http_process_is_replaced_and_the_port_keeps_answering(
+    spec: StreamSpec, specs_dir: Path, kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    train_version(registry, spec)
+    serve = MultiServe(spec, kafka_settings.bootstrap)
+    try:
+        before = serve.children
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(serve.children - before) == 1 and len(serve.children) == 2, 60, "a replacement process")
+        serve.wait_for("exited (code -9); starting another", timeout_s=5)
+        body = orjson.dumps({"rows": [ROW]})
+        answered: set[int] = set()
+
+        def both_answer() -> bool:
+            pid, status, answer = by_process(serve.url, "/predict", body)
+            assert (status, answer["model_version"]) == (200, "v1"), answer  # nobody is sent to the dead one
+            answered.add(pid)
+            return answered == serve.children
+
+        wait_for(both_answer, 60, "an answer from the replacement and the survivor")
+        assert victim not in answered
+    finally:
+        serve.kill()
 
 
 def test_busy_port_fails_at_once_naming_the_address(
