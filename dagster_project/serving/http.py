@@ -41,11 +41,25 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5  # in-flight requests may finish; a slow body is cut by its own deadline anyway
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def socket_address(sock: socket.socket) -> tuple[str, int]:
+    """(host, port) a bound socket listens on; port 0 already resolved."""
+    host, port = sock.getsockname()[:2]
+    return host, port
+
+
+def http_url(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def bind_http_socket(address: tuple[str, int]) -> socket.socket:
     """The listening socket, bound here so a busy port fails at once (and port 0 resolves) before serving."""
     host, port = address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
+    return socket.create_server((host, port), family=address_family(host), backlog=2048)
 
 
 def reserve_reuse_port(address: tuple[str, int]) -> socket.socket:
@@ -55,7 +69,7 @@ def reserve_reuse_port(address: tuple[str, int]) -> socket.socket:
     A plain bind first, so a busy port fails here naming nothing new (another server's SO_REUSEPORT
     socket of the same user would otherwise let the reserving bind succeed and share the port)."""
     host, port = address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = address_family(host)
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, port))  # EADDRINUSE if anyone holds it
         port = probe.getsockname()[1]  # port 0: the free one just found
@@ -117,13 +131,11 @@ class ScorerHTTPServer:
 
     @property
     def server_address(self) -> tuple[str, int]:
-        host, port = self._socket.getsockname()[:2]
-        return host, port
+        return socket_address(self._socket)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return http_url(self.server_address)
 
     def start(self, timeout_s: float = 10.0) -> ScorerHTTPServer:
         """Serve in a daemon thread; returns once uvicorn accepts connections."""

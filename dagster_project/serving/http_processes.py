@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from dagster_project.registry.store import ModelRegistry
+from dagster_project.serving.http import http_url, socket_address
 from dagster_project.serving.metrics import MULTIPROC_ENV
 from dagster_project.spec import StreamSpec
 
@@ -122,13 +123,11 @@ class HttpProcesses:
 
     @property
     def server_address(self) -> tuple[str, int]:
-        host, port = self._socket.getsockname()[:2]
-        return host, port
+        return socket_address(self._socket)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return http_url(self.server_address)
 
     def _snapshot(self) -> None:
         write_snapshot(
@@ -253,7 +252,7 @@ def serve_child() -> None:
     """A child's main: read the plan, serve until stdin closes."""
     from dagster_project.serving.champion import ChampionWatcher
     from dagster_project.serving.health import ScorerHealth
-    from dagster_project.serving.http import ScorerHTTPServer
+    from dagster_project.serving.http import ScorerHTTPServer, address_family
     from dagster_project.serving.metrics import ScorerMetrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
@@ -264,8 +263,7 @@ def serve_child() -> None:
     ready = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # later prints go to the log, never block the pipe
     if plan.reuse_port:  # our own listening socket on the port the main process holds
-        family = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
-        sock = socket.create_server(tuple(where), family=family, backlog=2048, reuse_port=True)
+        sock = socket.create_server(tuple(where), family=address_family(where[0]), backlog=2048, reuse_port=True)
     else:  # the main process's listening socket
         sock = socket.socket(fileno=where)
     metrics = ScorerMetrics(plan.spec.name)
