@@ -51,6 +51,7 @@ from benchmarks.learning_streams import Stream
 
 RIVER = ("river_lr", "river_hat", "river_arf")
 CONFIGS = ("default", "mlp", "hgb", "gate")
+PART_11 = ("knn", "gate_knn")  # issue 17 part 11: the windowed kNN family, alone and in the gate
 # Part 4 (issue 17): MLP settings weighed against the shipped `mlp` default (one hidden layer of 32,
 # Adam at 0.03 in steps of 50 rows); `mlp_old` is the default before it ((32,), 0.01, steps of 200).
 MLP_VARIANTS = {
@@ -67,6 +68,8 @@ SGD_VARIANTS = {
     "sgd_old": {"params": {"eta0": 0.01}, "passes": 1},
     "sgd_p4": {"params": {"eta0": 0.01}, "passes": 4},
     "sgd_p16": {"params": {"eta0": 0.0025}, "passes": 16},
+    # Part 11: averaged SGD (the mean of the weights over every step so far) for the tiny linear gaps.
+    "sgd_avg": {"params": {"average": True}},
 }
 
 # Any config + "_whole": its drift retrains learn from the first row of the batch where the rise
@@ -122,6 +125,7 @@ def model_spec(config: str, task: str) -> dict:
     sgd = "sgd_classifier" if classify else "sgd_regressor"
     mlp = "mlp_classifier" if classify else "mlp_regressor"
     hgb = "hist_gradient_boosting_classifier" if classify else "hist_gradient_boosting_regressor"
+    knn = "k_neighbors_classifier" if classify else "k_neighbors_regressor"
     if config == "default":
         return {} if classify else {"estimator": sgd}  # what a stream that declares no model gets
     if config == "mlp":
@@ -132,6 +136,15 @@ def model_spec(config: str, task: str) -> dict:
         return {"estimator": mlp, "params": MLP_VARIANTS[config]}
     if config == "hgb":
         return {"estimator": hgb}
+    if config == "knn":  # part 11: the windowed nearest-neighbour family alone
+        return {"estimator": knn}
+    if config == "gate_knn":  # part 11: `gate`'s families plus kNN, through the gate
+        families = [
+            {"estimator": sgd, "name": "sgd"},
+            {"estimator": hgb, "name": "hgb"},
+            {"estimator": knn, "name": "knn"},
+        ]
+        return {"candidates": families}
     if config == "gate3":  # the recommended set plus the MLP
         families = [
             {"estimator": sgd, "name": "sgd"},
@@ -141,7 +154,7 @@ def model_spec(config: str, task: str) -> dict:
         return {"candidates": families}
     if config == "gate":
         return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
-    known = CONFIGS + ("gate3",) + tuple(SGD_VARIANTS) + tuple(MLP_VARIANTS)
+    known = CONFIGS + ("gate3",) + PART_11 + tuple(SGD_VARIANTS) + tuple(MLP_VARIANTS)
     raise ValueError(f"unknown config {config!r}; choose from {known}")
 
 
@@ -717,7 +730,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--configs",
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
-        + ", ".join([*SGD_VARIANTS, *MLP_VARIANTS])
+        + ", ".join([*PART_11, "gate3", *SGD_VARIANTS, *MLP_VARIANTS])
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
         + f" {CUT_SETTLED} or {CUT_SETTLED_LARGE}: a batch"
         + f" cut short at a {CUT_TICK_S:g}-s tick where the served model's errors rose (parts 8-10); then"

@@ -235,8 +235,13 @@ class ModelSpec(_Strict):
         return self.estimator in WINDOWED_ESTIMATORS
 
     @property
+    def window_cap(self) -> int:
+        """The most rows this estimator's window may hold (the table's cap, else `WINDOW_ROWS_MAX`)."""
+        return ESTIMATORS[self.estimator].max_window_rows or WINDOW_ROWS_MAX
+
+    @property
     def window(self) -> int:
-        return self.window_rows or WINDOW_ROWS_DEFAULT
+        return self.window_rows or min(WINDOW_ROWS_DEFAULT, self.window_cap)
 
     @property
     def refit_period(self) -> int:
@@ -258,6 +263,12 @@ class ModelSpec(_Strict):
             raise ValueError(
                 f"model.{given[0]} applies to windowed estimators ({', '.join(sorted(WINDOWED_ESTIMATORS))}); "
                 f"{self.estimator!r} learns incrementally: remove it"
+            )
+        if self.window_rows is not None and self.window_rows > self.window_cap:
+            raise ValueError(
+                f"model.window_rows {self.window_rows:,} is above {self.estimator!r}'s cap of {self.window_cap:,} rows "
+                "(its ONNX graph holds every row of its window and scores each row against all of them): "
+                f"set window_rows <= {self.window_cap:,}"
             )
         if self.passes is not None and self.windowed:
             raise ValueError(

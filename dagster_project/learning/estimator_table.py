@@ -25,6 +25,12 @@ Why these defaults: they are chosen to learn well online (small ordered micro-ba
   sliding window of recent rows (learning/windowed.py), single-threaded (the trainer shares its
   host) and with a bounded size whatever the window: forests get 50 trees of at most 256 leaves,
   so a fit, its ONNX graph and the scorer's memory do not grow with `window_rows`.
+- k_neighbors_* (windowed): a vote of the 11 nearest rows of the window, on standardized inputs
+  (distances need comparable scales; the scaler is fit on the window). Strong where classes are
+  clouds around centres (RBF) and it recovers from a change as soon as its window holds new rows.
+  Uniform weights: skl2onnx's distance weighting does not match scikit-learn's (probabilities off
+  by up to 0.06 on 68 % of rows); an odd k leaves no binary vote tied. Brute force, as the ONNX graph
+  computes it. The model is its window, so the window is capped at `KNN_MAX_WINDOW_ROWS`.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ class EstimatorEntry:
     has_predict_proba: bool  # False: ONNX "probabilities" are decision scores
     windowed: bool = False  # True: no partial_fit; refit on a window of recent rows (learning/windowed.py)
     passes: int = 1  # partial_fit passes over each micro-batch (the scaler learns it once)
+    scaled: bool = True  # numeric inputs standardized first (spec `model.scale`); False: scale-free trees
+    # Windowed only: the most rows its window may hold (None: `spec.WINDOW_ROWS_MAX`). For a model
+    # whose size and scoring cost grow with the rows it was fit on (kNN keeps them all).
+    max_window_rows: int | None = None
 
     def estimator_class(self) -> type:
         module, _, name = self.class_path.partition(":")
@@ -83,8 +93,34 @@ def _boosting(seed: int) -> dict[str, Any]:
     return {"random_state": seed}
 
 
-def _windowed(name: str, class_path: str, task: TaskName, defaults: Callable[[int], dict[str, Any]]) -> EstimatorEntry:
-    return EstimatorEntry(name, class_path, task, defaults, None, task == "classification", windowed=True)
+def _neighbors(seed: int) -> dict[str, Any]:
+    return {"n_neighbors": 11, "weights": "uniform", "algorithm": "brute", "n_jobs": 1}
+
+
+# A kNN model is its window: the ONNX graph embeds every row (4 bytes a value) and scores each
+# query row against all of them, so the window is capped here, below the default window.
+KNN_MAX_WINDOW_ROWS = 5_000
+
+
+def _windowed(
+    name: str,
+    class_path: str,
+    task: TaskName,
+    defaults: Callable[[int], dict[str, Any]],
+    scaled: bool = False,
+    max_window_rows: int | None = None,
+) -> EstimatorEntry:
+    return EstimatorEntry(
+        name,
+        class_path,
+        task,
+        defaults,
+        None,
+        task == "classification",
+        windowed=True,
+        scaled=scaled,
+        max_window_rows=max_window_rows,
+    )
 
 
 ESTIMATORS: dict[str, EstimatorEntry] = {
@@ -160,6 +196,22 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
         _windowed("random_forest_regressor", "sklearn.ensemble:RandomForestRegressor", "regression", _forest),
         _windowed("extra_trees_classifier", "sklearn.ensemble:ExtraTreesClassifier", "classification", _forest),
         _windowed("extra_trees_regressor", "sklearn.ensemble:ExtraTreesRegressor", "regression", _forest),
+        _windowed(
+            "k_neighbors_classifier",
+            "sklearn.neighbors:KNeighborsClassifier",
+            "classification",
+            _neighbors,
+            scaled=True,
+            max_window_rows=KNN_MAX_WINDOW_ROWS,
+        ),
+        _windowed(
+            "k_neighbors_regressor",
+            "sklearn.neighbors:KNeighborsRegressor",
+            "regression",
+            _neighbors,
+            scaled=True,
+            max_window_rows=KNN_MAX_WINDOW_ROWS,
+        ),
     )
 }
 

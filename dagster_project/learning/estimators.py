@@ -52,10 +52,11 @@ def build_model(spec: StreamSpec) -> Pipeline:
 
 
 def scaled(spec: StreamSpec) -> bool:
-    """Whether numeric inputs are standardized. Never for windowed (tree) estimators: trees do not
-    depend on a feature's scale, and a float32 scaler in ONNX moved rows across gradient-boosting
-    bin thresholds (25 of 900 rows off by up to 0.11 in probability; exact parity without it)."""
-    return spec.model.scale and not entry(spec.model.estimator).windowed
+    """Whether numeric inputs are standardized (the table's `scaled`). Never for windowed trees: they
+    do not depend on a feature's scale, and a float32 scaler in ONNX moved rows across gradient-boosting
+    bin thresholds (25 of 900 rows off by up to 0.11 in probability; exact parity without it). Always
+    for kNN, whose distances would otherwise be ruled by the feature with the widest range."""
+    return spec.model.scale and entry(spec.model.estimator).scaled
 
 
 def build_encoder(spec: StreamSpec) -> ColumnTransformer:

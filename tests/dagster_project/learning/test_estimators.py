@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import SGDClassifier, SGDRegressor
 from sklearn.naive_bayes import BernoulliNB, GaussianNB
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import StandardScaler
 
@@ -141,6 +142,8 @@ def test_contract(estimator: str, tmp_path: Path) -> None:
         ("bernoulli_nb", BernoulliNB),
         ("mlp_classifier", MLPClassifier),
         ("mlp_regressor", MLPRegressor),
+        ("k_neighbors_classifier", KNeighborsClassifier),  # distances need comparable scales
+        ("k_neighbors_regressor", KNeighborsRegressor),
     ],
 )
 def test_build_model_steps(estimator: str, expected: type) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dagster_project.learning import learner, windowed
+from dagster_project.learning.estimator_table import KNN_MAX_WINDOW_ROWS
 from dagster_project.learning.learner import rows_of, test_then_learn
 from dagster_project.learning.windowed import WindowRows, in_segments, window_segments
 from dagster_project.spec import StreamSpec
@@ -183,3 +184,28 @@ def test_the_first_window_without_every_class_names_the_fix() -> None:
 def test_new_model_takes_the_spec_window() -> None:
     model = windowed.new_model(make_spec(window_rows=500, refit_every=4))
     assert (model.window_rows, model.refit_every, model.pipeline) == (500, 4, None)
+
+
+def test_a_knn_refit_keeps_at_most_its_cap_of_rows() -> None:
+    # kNN's ONNX graph holds every row it was fit on: its window defaults to the cap, below the
+    # default window, and a stream longer than the cap still fits on the newest `cap` rows only.
+    spec = make_spec(estimator="k_neighbors_classifier", refit_every=2)
+    cap = KNN_MAX_WINDOW_ROWS
+    per_partition = cap // 8  # four batches fill the window
+    batches = 11  # refits at batches 1, 3, ..., 11: the last one ends the stream
+    X, y = stream(2 * per_partition * batches, seed=3)
+    model, history = run(spec, RecordingReader(X, y), batches, per_partition)
+    fitted = model.fitted().named_steps["estimator"]
+    assert model.fitted_on["offsets"] == cap and fitted.n_samples_fit_ == cap
+    assert max(h[1]["fitted_on"]["rows"] for h in history) <= cap
+    assert model.fitted_on["ranges"] == {
+        str(p): [[(batches - 4) * per_partition, batches * per_partition]] for p in (0, 1)
+    }  # the newest four batches
+
+
+def test_a_knn_window_above_its_cap_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=f"set window_rows <= {KNN_MAX_WINDOW_ROWS:,}"):
+        make_spec(estimator="k_neighbors_classifier", window_rows=KNN_MAX_WINDOW_ROWS + 1)
+    assert make_spec(estimator="k_neighbors_classifier", window_rows=KNN_MAX_WINDOW_ROWS).model.window == (
+        KNN_MAX_WINDOW_ROWS
+    )
