@@ -26,10 +26,12 @@ to `sgd` measured in the same run. Without `_drift` a windowed model recovers by
 past the change. The drift sensor's hysteresis, cooldown and the retrain's own gate are not
 simulated: `hgb_drift` shows what a refit on post-change rows buys.
 
-`--cost` instead prints what one refit costs per windowed estimator at 10,000 and 100,000 rows
-(the default window and the cap): fit seconds (one thread), export + parity seconds, ONNX bytes.
+`--cost` instead prints what one refit costs per windowed classifier at its default window and its
+cap (10,000 and 100,000 rows; kNN: 5,000, its cap): fit seconds (one thread), export + parity
+seconds, ONNX bytes, and onnxruntime's time to score one row and a batch of 1,000 (one thread).
+A tree's scoring cost is bounded by its size; a kNN's grows with its window.
 
-`python -m benchmarks.windowed_quality [--rows N] [--batch N] [--seed N] [--cost]` prints the table.
+`python -m benchmarks.windowed_quality [--rows N] [--batch N] [--seed N] [--cost [--quick]]` prints the table.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,36 +162,70 @@ def summary(result: Run, change: int) -> dict[str, float | int | None]:
     }
 
 
-def refit_cost(seed: int) -> None:
-    """One refit per windowed estimator at the default window and at the cap, on Agrawal rows."""
+def refit_cost(seed: int, quick: bool = False) -> list[dict]:
+    """One refit per windowed classifier at the default window and at its cap (`quick`: 1,000 rows
+    only), on Agrawal rows: fit seconds, export + parity seconds, ONNX bytes, and onnxruntime's
+    scoring time for one row and for a batch of 1,000 (the scorer's two shapes of request)."""
     from dagster_project.learning import windowed
     from dagster_project.learning.estimator_table import WINDOWED_ESTIMATORS
     from dagster_project.learning.learner import rows_of
     from dagster_project.learning.pipeline import export_checked
-    from dagster_project.spec import WINDOW_ROWS_DEFAULT, WINDOW_ROWS_MAX, StreamSpec
+    from dagster_project.onnx.export import OnnxModel
+    from dagster_project.spec import StreamSpec
 
-    X, y = agrawal(WINDOW_ROWS_MAX, seed)
-    print(f"{'estimator':36} {'rows':>8} {'fit s':>7} {'export+parity s':>16} {'onnx KiB':>9}")
-    for name in sorted(WINDOWED_ESTIMATORS):
-        if not name.endswith("classifier"):
-            continue
-        for rows in (WINDOW_ROWS_DEFAULT, WINDOW_ROWS_MAX):
-            spec = StreamSpec(
-                name="cost",
-                features=[{"name": f} for f in FEATURES],
-                label={"classes": [0, 1]},
-                model={"estimator": name, "window_rows": rows},
-            )
+    def spec_for(name: str, rows: int | None = None) -> StreamSpec:
+        model = {"estimator": name} | ({"window_rows": rows} if rows else {})
+        return StreamSpec(name="cost", features=[{"name": f} for f in FEATURES], label={"classes": [0, 1]}, model=model)
+
+    names = sorted(name for name in WINDOWED_ESTIMATORS if name.endswith("classifier"))
+    plan = {
+        name: [1_000] if quick else sorted({spec_for(name).model.window, spec_for(name).model.window_cap})
+        for name in names
+    }
+    X, y = agrawal(max(max(r) for r in plan.values()) + 1_000, seed)
+    queries = X[-1_000:].astype(np.float32)
+    print(
+        f"{'estimator':36} {'rows':>8} {'fit s':>7} {'export+parity s':>16} {'onnx KiB':>9} "
+        f"{'ort us/row':>11} {'ort ms/1k':>10}"
+    )
+    out = []
+    for name in names:
+        for rows in plan[name]:
+            spec = spec_for(name, rows)
             model = windowed.new_model(spec)
             current = rows_of(X[:rows], y[:rows], np.zeros(rows, dtype=np.int32), np.arange(rows))
             model.batches = [{0: (0, rows)}]
             windowed.refit(model, spec, current, {0: (0, rows)}, lambda r, current=current: current, "cost")
             artifact = export_checked(spec, model, X[:1000])
             assert artifact.passed, artifact.reason
+            onnx = OnnxModel(artifact.onnx_bytes)
+            one = _median_seconds(lambda onnx=onnx: [onnx.predict(queries[i : i + 1]) for i in range(100)]) / 100
+            batch = _median_seconds(lambda onnx=onnx: onnx.predict(queries))
+            row = {
+                "estimator": name,
+                "rows": rows,
+                "fit_s": model.fitted_on["seconds"],
+                "export_s": artifact.parity["export_seconds"],
+                "onnx_bytes": len(artifact.onnx_bytes),
+                "ort_us_per_row": 1e6 * one,
+                "ort_ms_per_1k": 1e3 * batch,
+            }
+            out.append(row)
             print(
-                f"{name:36} {rows:8,} {model.fitted_on['seconds']:7.2f} "
-                f"{artifact.parity['export_seconds']:16.2f} {len(artifact.onnx_bytes) / 1024:9.0f}"
+                f"{name:36} {rows:8,} {row['fit_s']:7.2f} {row['export_s']:16.2f} {row['onnx_bytes'] / 1024:9.0f} "
+                f"{row['ort_us_per_row']:11.1f} {row['ort_ms_per_1k']:10.2f}",
+                flush=True,
             )
+    return out
+
+
+def _median_seconds(call: Callable[[], object], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return float(np.median(times))
 
 
 def main() -> None:
@@ -197,9 +234,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cost", action="store_true", help="one refit's cost per windowed estimator instead")
+    parser.add_argument("--quick", action="store_true", help="with --cost: 1,000-row windows only")
     args = parser.parse_args()
     if args.cost:
-        refit_cost(args.seed)
+        refit_cost(args.seed, args.quick)
         return
     X, y = agrawal(args.rows, args.seed)
     change = args.rows // 2

@@ -15,3 +15,14 @@ def test_windowed_boosting_beats_the_linear_default_and_a_drift_retrain_recovers
     assert summary["hgb_drift"]["after"] > summary["hgb"]["after"], summary  # a refit on post-change rows
     assert set(results["gate"].leaders) <= {"sgd", "hgb"} and "hgb" in results["gate"].leaders
     assert summary["gate"]["accuracy"] > summary["sgd"]["accuracy"], summary
+
+
+def test_refit_cost_quick_reports_every_windowed_classifier_and_its_scoring_cost() -> None:
+    rows = windowed_quality.refit_cost(seed=1, quick=True)
+    names = {r["estimator"] for r in rows}
+    assert "k_neighbors_classifier" in names and "hist_gradient_boosting_classifier" in names
+    for r in rows:
+        assert r["rows"] == 1_000 and r["onnx_bytes"] > 0 and r["fit_s"] > 0
+        assert r["ort_us_per_row"] > 0 and r["ort_ms_per_1k"] > 0
+    knn = next(r for r in rows if r["estimator"] == "k_neighbors_classifier")
+    assert knn["onnx_bytes"] > 1_000 * len(windowed_quality.FEATURES) * 4  # the graph holds its window

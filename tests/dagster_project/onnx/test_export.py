@@ -208,3 +208,14 @@ def test_onnx_schemas_are_read_once_and_the_export_is_unchanged(sgd_model, monke
     for graph in (first.graph, second.graph, plain.graph):
         graph.name = ""  # skl2onnx names each graph with a fresh uuid
     assert first == second == plain
+
+
+@pytest.mark.parametrize("estimator", ["k_neighbors_classifier", "k_neighbors_regressor"])
+def test_knn_distances_use_onnxruntime_cdist_not_a_scan_over_rows(estimator: str) -> None:
+    # skl2onnx's default loops over the query rows with Scan: ~5 ms to score one row against a
+    # 5,000-row window, ~100x CDist's cost. The scorer would serve kNN that slowly.
+    import onnx
+
+    graph = onnx.load_from_string(export_onnx(train(make_spec(estimator), batches=4), n_features=4)).graph
+    ops = {node.op_type for node in graph.node}
+    assert "CDist" in ops and "Scan" not in ops, sorted(ops)
