@@ -257,3 +257,25 @@ def test_a_pause_at_a_transition_s_start_looks_settled_and_only_the_size_floor_s
     assert (
         large.cuts == [] and large.retrains == learning_quality.run_streamfit("default", gradual, 800, 100.0).retrains
     )
+
+
+def test_the_knn_configs_learn_rbf_clusters_the_linear_default_cannot_and_gate_knn_runs_three_families() -> None:
+    stream = learning_streams.build("rbf_stationary_s1", 3_000)
+    accuracy = {
+        c: float(np.nanmean(learning_quality.run_streamfit(c, stream, 500, 100.0).outcome[500:]))
+        for c in ("default", "knn", "gate_knn")
+    }
+    assert accuracy["knn"] > accuracy["default"] + 0.05, accuracy  # Gaussian clouds around centres
+    assert accuracy["gate_knn"] > accuracy["default"], accuracy
+    families = learning_quality.spec_for("gate_knn", stream).model.families
+    assert [f.estimator for f in families] == [
+        "sgd_classifier",
+        "hist_gradient_boosting_classifier",
+        "k_neighbors_classifier",
+    ]
+    friedman = learning_streams.build("friedman_stationary_s1", 2_000)
+    mae = {
+        c: float(np.nanmean(learning_quality.run_streamfit(c, friedman, 500, 100.0).outcome[500:]))
+        for c in ("default", "knn")
+    }
+    assert math.isfinite(mae["knn"]) and mae["knn"] > 0, mae  # the regressor family runs the same path
