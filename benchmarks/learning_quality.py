@@ -633,14 +633,7 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
     wins = {c: 0 for c in configs}
     for r in reports:
         wins[r["verdict"]["best_streamfit"]] += 1
-    mean_rank = {}
-    for c in configs:
-        ranks = []
-        for r in reports:
-            sign = 1.0 if r["task"] == "classification" else -1.0
-            order = sorted(configs, key=lambda k, r=r, sign=sign: -sign * r["table"][k]["metric"])
-            ranks.append(order.index(c) + 1)
-        mean_rank[c] = float(np.mean(ranks))
+    mean_rank = mean_ranks(reports, configs)
     print(
         "Streamfit configs, streams won / mean rank: " + ", ".join(f"{c} {wins[c]}/{mean_rank[c]:.2f}" for c in configs)
     )
@@ -659,6 +652,21 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         "versus": {f"{n}/{o}": v for (n, o), v in versus.items()},
         "retrain_gates": gates,
     }
+
+
+def mean_ranks(reports: list[dict], configs: tuple[str, ...]) -> dict[str, float]:
+    """Each config's rank per stream (1 = best), averaged over the streams. Configs equal to 4
+    decimals share the mean of their places: a family set that adds a member which never leads
+    scores exactly as the set without it, and must not rank below it for coming later in the list."""
+    out = {c: 0.0 for c in configs}
+    for r in reports:
+        sign = 1.0 if r["task"] == "classification" else -1.0
+        values = {c: round(-sign * r["table"][c]["metric"], 4) for c in configs}
+        for c in configs:
+            above = sum(v < values[c] for v in values.values())
+            tied = sum(v == values[c] for v in values.values())
+            out[c] += above + (tied + 1) / 2
+    return {c: total / len(reports) for c, total in out.items()}
 
 
 def retrain_gates(reports: list[dict], configs: tuple[str, ...]) -> dict[str, dict[str, list[str]]]:

@@ -220,6 +220,8 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
 # `benchmarks/learning_quality.py` over 34 streams (linear, rule-based, RBF, regression, real):
 # SGD and windowed gradient boosting competing through the gate had the best mean rank of every
 # Streamfit configuration, never far behind SGD on linear streams and far ahead on non-linear ones.
+# Adding windowed kNN (part 11) gained up to 0.021 on RBF streams but lost up to 0.016 on two others at
+# batches of 1,000, so it is not in the set (benchmarks/README.md, "Part 11").
 RECOMMENDED_CANDIDATES: dict[TaskName, list[dict[str, str]]] = {
     "classification": [
         {"estimator": "sgd_classifier", "name": "sgd"},

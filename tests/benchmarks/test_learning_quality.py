@@ -279,3 +279,16 @@ def test_the_knn_configs_learn_rbf_clusters_the_linear_default_cannot_and_gate_k
         for c in ("default", "knn")
     }
     assert math.isfinite(mae["knn"]) and mae["knn"] > 0, mae  # the regressor family runs the same path
+
+
+def test_configs_equal_on_a_stream_share_their_rank_whatever_their_order() -> None:
+    def report(values: dict[str, float], task: str = "classification") -> dict:
+        return {"task": task, "table": {c: {"metric": v} for c, v in values.items()}}
+
+    reports = [
+        report({"a": 0.9, "b": 0.9, "c": 0.8}),  # a and b tie for first
+        report({"a": 0.8, "b": 0.9, "c": 0.7}),
+        report({"a": 2.0, "b": 1.0, "c": 1.0}, task="regression"),  # MAE: lower is better
+    ]
+    ranks = learning_quality.mean_ranks(reports, ("a", "b", "c"))
+    assert ranks == {"a": (1.5 + 2 + 3) / 3, "b": (1.5 + 1 + 1.5) / 3, "c": (3 + 3 + 1.5) / 3}
