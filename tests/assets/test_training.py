@@ -154,6 +154,9 @@ def test_scaled_out_batch_registers_one_version_with_the_batch_offsets(
 
 
 WINDOWED = synthetic_spec(model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 500})
+# kNN's ONNX graph embeds its window and computes distances with onnxruntime's CDist: it passes the
+# product's parity check and registers like any windowed model.
+WINDOWED_KNN = synthetic_spec(model={"estimator": "k_neighbors_classifier", "window_rows": 500})
 
 
 def _thirds(settings, spec: StreamSpec) -> list[dict[int, tuple[int, int]]]:
@@ -162,7 +165,7 @@ def _thirds(settings, spec: StreamSpec) -> list[dict[int, tuple[int, int]]]:
     return [{p: (cuts[k][p], cuts[k + 1][p]) for p in cuts[0]} for k in range(3)]
 
 
-@pytest.mark.parametrize("spec", [WINDOWED], ids=["windowed"])
+@pytest.mark.parametrize("spec", [WINDOWED, WINDOWED_KNN], ids=["windowed", "knn"])
 def test_a_windowed_refit_reads_exactly_its_window_and_records_it(
     kafka_settings, spec, registry, stream_defs, instance
 ):
