@@ -203,6 +203,20 @@ def test_a_knn_refit_keeps_at_most_its_cap_of_rows() -> None:
     }  # the newest four batches
 
 
+def test_a_knn_drift_retrain_on_a_longer_window_fits_its_newest_cap_rows() -> None:
+    # The retrain job's window (`drift.retrain_window_rows`) may exceed kNN's cap: the refit keeps
+    # the newest `cap` offsets, shared between the partitions.
+    cap = KNN_MAX_WINDOW_ROWS
+    X, y = stream(2 * cap, seed=5)
+    reader = RecordingReader(X, y)
+    since = {p: (0, cap) for p in (0, 1)}  # 2 x cap offsets since the change
+    retrained = learner.retrained(
+        make_spec(estimator="k_neighbors_classifier"), None, reader.rows(since), since, "drift", replay=None
+    )
+    assert retrained.fitted().named_steps["estimator"].n_samples_fit_ == cap
+    assert retrained.fitted_on["ranges"] == {"0": [[cap // 2, cap]], "1": [[cap // 2, cap]]}
+
+
 def test_a_knn_window_above_its_cap_is_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match=f"set window_rows <= {KNN_MAX_WINDOW_ROWS:,}"):
         make_spec(estimator="k_neighbors_classifier", window_rows=KNN_MAX_WINDOW_ROWS + 1)
