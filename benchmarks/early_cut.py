@@ -36,7 +36,10 @@ the checkpoint totals first, judge "settled" on the checkpoints after that point
 trailing spans, no floor on the rise's size); a retrain that follows a cut does not start the
 drift cooldown (`cooldown_anchor`, `series_after_retrain`, `cut_allowed`); and a cut is taken only if
 the drift detector fires on the short batch (`drift_decision`, `confirmed`), so a cut is always
-followed by a retrain and never bends the detector's series without one.
+followed by a retrain and never bends the detector's series without one. Not safe either (part 12):
+with all three, never worse at four of six settings, but a pause at a transition's start still looks
+settled (batches of 800) and a ramp read on the halves after its located start can too (change
+mid-batch); (c) also refuses cuts that help by incremental learning alone (inside the cooldown).
 """
 
 from __future__ import annotations

@@ -116,6 +116,7 @@ CUT_SETTLED_LARGE = "_cutsettledlarge"
 # start the drift cooldown (`cooldown_anchor`; the detector then reads from the short batch on,
 # `series_after_retrain`; one such cut per cooldown, `cut_allowed`). "...sure": a cut is taken only when
 # the drift decision on the short batch is a retrain (`confirmed`). Each clause alone and all three.
+# Not safe: none passes all six settings of part 12.
 CUT_LOCATED = "_cutlocated"
 CUT_LOCATED_FREE = "_cutlocatedfree"
 CUT_LOCATED_SURE = "_cutlocatedsure"
