@@ -30,6 +30,16 @@ retrain after a cut did not help either; same part).
 at each checkpoint since the batch began, and it cuts only on a rise that has stopped rising, so the
 retrain learns a settled concept rather than a transition under way. Not safe either: a transition
 that pauses looks settled, and with `min_effect` it is safe only by cutting almost nothing (part 10).
+
+Part 12 (`should_cut_located` and the cost side): locate where the served model's error level rose on
+the checkpoint totals first, judge "settled" on the checkpoints after that point only (no fixed
+trailing spans, no floor on the rise's size); a retrain that follows a cut does not start the
+drift cooldown (`cooldown_anchor`, `series_after_retrain`, `cut_allowed`); and a cut is taken only if
+the drift detector fires on the short batch (`drift_decision`, `confirmed`), so a cut is always
+followed by a retrain and never bends the detector's series without one. Not safe either (part 12):
+with all three, never worse at four of six settings, but a pause at a transition's start still looks
+settled (batches of 800) and a ramp read on the halves after its located start can too (change
+mid-batch); (c) also refuses cuts that help by incremental learning alone (inside the cooldown).
 """
 
 from __future__ import annotations
@@ -37,8 +47,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from monitors.change_point import MIN_T
+from monitors.decisions import Decision, DecisionConfig, LastAction, decide
+from monitors.detectors import ChangeResult, detect_batch_change, detect_series_change
 
 MIN_WAITING_FRACTION = 0.5  # of batch.rows: the retrain after a cut learns from these rows
 MIN_EFFECT = 0.8  # Cohen's d, "large" by his convention; "medium" (0.5) let a transition's start cut
@@ -194,3 +207,132 @@ def should_cut_settled(
     if share >= max_step_share:
         return CutDecision(False, f"{numbers}: still rising (step >= {max_step_share:.0%} of the rise)")
     return CutDecision(True, f"{numbers}: settled, cut")
+
+
+# Part 12: locate the rise first, then judge "settled" on the rows after it. Chosen before any run.
+STAY_T = 2.0  # a checkpoint is above the batch before's level when its own t >= this ("a clear margin")
+
+
+def locate_rise(before: ErrorTotals, windows: Sequence[ErrorTotals], stay_t: float = STAY_T) -> int | None:
+    """The first checkpoint from which the served model's error stays above the batch before's: every
+    checkpoint from it to the last is above `before` by its own two-sample t >= `stay_t`. None when the
+    last checkpoint is not above (no rise now). Where the errors rose, not a fixed trailing span: an
+    abrupt change inside the waiting rows puts it at the checkpoint holding the change."""
+    start = len(windows)
+    while start > 0 and windows[start - 1].rows > 0 and _rise(before, windows[start - 1])[2] >= stay_t:
+        start -= 1
+    return None if start == len(windows) else start
+
+
+def should_cut_located(
+    before: ErrorTotals,
+    windows: Sequence[ErrorTotals],
+    batch_rows: int,
+    min_waiting_fraction: float = MIN_WAITING_FRACTION,
+    stay_t: float = STAY_T,
+    min_t: float = MIN_T,
+    max_step_t: float = MAX_STEP_T,
+    max_step_share: float = MAX_STEP_SHARE,
+) -> CutDecision:
+    """Cut the waiting batch once the served model's errors rose and have stopped rising, judged on the
+    rows after the located rise (`locate_rise`) rather than on fixed trailing spans.
+
+    `windows`: the waiting rows' totals between consecutive label-join checkpoints, oldest first. All
+    must hold: half a batch waiting (`min_waiting_fraction`, part 9's floor); a located rise whose
+    checkpoints together are above `before` by t >= `min_t`; at least two checkpoints after the rise's
+    first one (which may straddle the change: part old concept, part new), split into halves A then B,
+    with B above A by t < `max_step_t` and by less than `max_step_share` of B's rise over `before`
+    (part 10's clauses). No floor on the rise's size: small completed changes are the ones to cut."""
+    if batch_rows <= 0:
+        raise ValueError(f"batch_rows must be positive (the stream's batch.rows), got {batch_rows}")
+    floor = math.ceil(min_waiting_fraction * batch_rows)
+    waiting_rows = sum(w.rows for w in windows)
+    numbers = f"waiting {waiting_rows} rows in {len(windows)} checkpoints; batch before {before.rows} rows"
+    if waiting_rows < floor:
+        return CutDecision(False, f"{numbers}: fewer than {floor} waiting rows ({min_waiting_fraction:g} of a batch)")
+    if before.rows < 2:
+        return CutDecision(False, f"{numbers}: no batch before to compare with")
+    start = locate_rise(before, windows, stay_t)
+    if start is None:
+        return CutDecision(False, f"{numbers}: the last checkpoint is not above the batch before (t < {stay_t:g})")
+    risen = windows[start:]
+    rise, d, t = _rise(before, sum(risen[1:], risen[0]))
+    numbers += f", error {before.mean:.4g} -> {risen[0].mean:.4g} from checkpoint {start} (t {t:.1f}, d {d:.2f})"
+    if rise <= 0 or t < min_t:
+        return CutDecision(False, f"{numbers}: no evident rise (t < {min_t:g})")
+    after = risen[1:]
+    if len(after) < 2:
+        return CutDecision(False, f"{numbers}: fewer than two checkpoints after the rise's first; cannot judge")
+    half = len(after) // 2
+    previous, last = sum(after[1:half], after[0]), sum(after[half + 1 :], after[half])
+    step, _, step_t = _rise(previous, last)
+    whole = last.mean - before.mean
+    share = step / whole if whole > 0 else 1.0
+    numbers += (
+        f"; after it {previous.mean:.4g} ({previous.rows} rows) -> {last.mean:.4g} ({last.rows} rows), "
+        f"step t {step_t:.1f}, {share:.0%} of the rise"
+    )
+    if step_t >= max_step_t:
+        return CutDecision(False, f"{numbers}: still rising (step t >= {max_step_t:g})")
+    if share >= max_step_share:
+        return CutDecision(False, f"{numbers}: still rising (step >= {max_step_share:.0%} of the rise)")
+    return CutDecision(True, f"{numbers}: settled, cut")
+
+
+# A point of the drift sensor's per-batch series: (error rate or MAE, rows, first row, time in s).
+SeriesPoint = tuple[float, int, int, float]
+
+
+def drift_decision(
+    series: Sequence[SeriesPoint],
+    task: str,
+    detector: str,
+    params: dict[str, Any],
+    now: float,
+    last: LastAction | None,
+    policy: DecisionConfig,
+    answered_at: float | None = None,
+) -> tuple[ChangeResult | None, Decision]:
+    """The drift sensor's decision on the per-batch series since the last action: the product's
+    detector (`monitors.detectors`) and `monitors.decisions.decide`. `answered_at`: a cut retrain that
+    does not anchor the cooldown still answers the detections up to it (decide's rule 4)."""
+    errors, rows, _, times = (list(c) for c in zip(*series, strict=True))
+    if task == "classification":
+        found = detect_batch_change(errors, rows, detector, times=times, **params)
+    else:
+        found = detect_series_change(errors, detector, metric="mae", times=times, **params)
+    if found is not None and answered_at is not None and found.at is not None and found.at <= answered_at:
+        found = None
+    return found, decide(now=now, changes=[found] if found else [], last_action=last, config=policy)
+
+
+def confirmed(decision: CutDecision, retrain: Decision) -> CutDecision:
+    """A cut is either followed by a drift retrain or not taken: `retrain` is the drift decision the
+    short batch would get. Without it, cutting would only change the batch series the detector reads
+    and delay the retrain a full batch would have raised (part 10, `sea_gradual_s2` at batches of 1,200)."""
+    if not decision.cut:
+        return decision
+    if retrain.action != "retrain":
+        why = "; ".join(retrain.reasons[:1])
+        return CutDecision(False, f"{decision.reason}; no retrain would follow ({why}): not cut")
+    return CutDecision(True, f"{decision.reason}; the drift detector fires on the short batch")
+
+
+def cooldown_anchor(last: LastAction | None, now: float, after_cut: bool, free: bool) -> LastAction | None:
+    """The action the drift cooldown runs from after a retrain at `now`. With `free`, a retrain that
+    follows a cut leaves it where it was: it must not spend the stream's one retrain per cooldown on
+    what may be a pause in a transition, so a second retrain can follow when the errors rise again."""
+    return last if after_cut and free else LastAction("retrain", now)
+
+
+def series_after_retrain(series: Sequence[SeriesPoint], after_cut: bool, free: bool) -> list[SeriesPoint]:
+    """The detector's series after a retrain: empty (errors since the action), or with `free` after a
+    cut the short batch alone, so "rise again" means the retrained model errs above the level the
+    cut was taken on (a transition that only paused), not merely above its own first batch."""
+    return [series[-1]] if after_cut and free and series else []
+
+
+def cut_allowed(now: float, last_cut_retrain: float | None, cooldown_s: float) -> bool:
+    """At most one cooldown-free cut retrain per `cooldown_s`: with `cooldown_anchor` that bounds the
+    retrains a cooldown holds to two (the cut's and one after it)."""
+    return last_cut_retrain is None or now - last_cut_retrain >= cooldown_s

@@ -41,13 +41,26 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from benchmarks import learning_streams
-from benchmarks.early_cut import MIN_EFFECT, ErrorTotals, should_cut, should_cut_settled
+from benchmarks.early_cut import (
+    MIN_EFFECT,
+    ErrorTotals,
+    confirmed,
+    cooldown_anchor,
+    cut_allowed,
+    drift_decision,
+    series_after_retrain,
+    should_cut,
+    should_cut_located,
+    should_cut_settled,
+)
 from benchmarks.learning_streams import Stream
+from monitors.decisions import Decision
 
 RIVER = ("river_lr", "river_hat", "river_arf")
 CONFIGS = ("default", "mlp", "hgb", "gate")
@@ -101,7 +114,18 @@ CUT_DEFER = "_cutdefer"
 CUT_SETTLED = "_cutsettled"
 # "_cutsettledlarge": the same with part 9's floor on the rise's size too (Cohen's d >= `MIN_EFFECT`).
 CUT_SETTLED_LARGE = "_cutsettledlarge"
-CUTS = (CUT_SETTLED_LARGE, CUT_SETTLED, CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
+# Part 12: "_cutlocated": `should_cut_located` (the rise located on the checkpoint totals first, "settled"
+# judged on the checkpoints after it; no size floor). "...free": a retrain that follows a cut does not
+# start the drift cooldown (`cooldown_anchor`; the detector then reads from the short batch on,
+# `series_after_retrain`; one such cut per cooldown, `cut_allowed`). "...sure": a cut is taken only when
+# the drift decision on the short batch is a retrain (`confirmed`). Each clause alone and all three.
+# Not safe: none passes all six settings of part 12.
+CUT_LOCATED = "_cutlocated"
+CUT_LOCATED_FREE = "_cutlocatedfree"
+CUT_LOCATED_SURE = "_cutlocatedsure"
+CUT_LOCATED_FREE_SURE = "_cutlocatedfreesure"
+LOCATED = (CUT_LOCATED_FREE_SURE, CUT_LOCATED_SURE, CUT_LOCATED_FREE, CUT_LOCATED)
+CUTS = (*LOCATED, CUT_SETTLED_LARGE, CUT_SETTLED, CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 CHECKPOINT_S = 1.0  # the label join's `labels.flush_interval_s` for `_cutsettled` (its default, 5 s, is a tick)
 BASELINES = (UNLOCATED, UNGATED)  # compared, never counted as a configuration Streamfit ships
@@ -245,6 +269,8 @@ def early_cut(
     batch_rows: int | None = None,
     checkpoint_rows: int | None = None,
     min_effect: float = 0.0,
+    located: bool = False,
+    confirm: Callable[[int], Decision] | None = None,
 ) -> int:
     """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
@@ -252,12 +278,21 @@ def early_cut(
     else `end`. Only rows already labelled at the tick are looked at. `totals`: `rose_on_totals`;
     `batch_rows` given: the product rule on totals, `benchmarks.early_cut.should_cut` (part 9); with
     `checkpoint_rows` too, `should_cut_settled` on the totals of every `checkpoint_rows` waiting rows
-    (part 10: what the label join's checkpoints give a sensor), with `min_effect` its floor on the rise's d."""
+    (part 10: what the label join's checkpoints give a sensor), with `min_effect` its floor on the rise's d;
+    `located`: `should_cut_located` on those checkpoints instead (part 12), and a cut it allows is taken
+    only if `confirm(tick)` (when given: the drift decision the batch cut at `tick` would get) is a retrain."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):
         waiting = errors[: tick - first]
-        if batch_rows is not None and checkpoint_rows is not None:
+        if located and batch_rows is not None and checkpoint_rows is not None:
+            windows = [_totals(waiting[i : i + checkpoint_rows]) for i in range(0, len(waiting), checkpoint_rows)]
+            decision = should_cut_located(_totals(before), windows, batch_rows)
+            if decision.cut and confirm is not None:
+                decision = confirmed(decision, confirm(tick))
+            if decision.cut:
+                return tick
+        elif batch_rows is not None and checkpoint_rows is not None:
             windows = [_totals(waiting[i : i + checkpoint_rows]) for i in range(0, len(waiting), checkpoint_rows)]
             if should_cut_settled(_totals(before), windows, batch_rows, min_effect=min_effect).cut:
                 return tick
@@ -286,12 +321,14 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     from dagster_project.learning.learner import retrained, rows_of, test_then_learn
     from dagster_project.learning.retraining import post_change, replayed, row_errors
     from dagster_project.registry.promotion import tail_split
-    from monitors.decisions import DecisionConfig, LastAction, decide
-    from monitors.detectors import detect_batch_change, detect_series_change
+    from monitors.decisions import DecisionConfig
 
     config, locate, gated, mode, cut = _parse(config)
     tick_rows = max(1, round(CUT_TICK_S * rate))
-    settled = cut in (CUT_SETTLED, CUT_SETTLED_LARGE)
+    located = cut in LOCATED
+    free = cut in (CUT_LOCATED_FREE, CUT_LOCATED_FREE_SURE)  # a cut's retrain does not start the cooldown
+    sure = cut in (CUT_LOCATED_SURE, CUT_LOCATED_FREE_SURE)  # a cut only if a retrain follows it
+    settled = cut in (CUT_SETTLED, CUT_SETTLED_LARGE, *LOCATED)
     checkpoint_rows = max(1, round(CHECKPOINT_S * rate)) if settled else None
     min_effect = MIN_EFFECT if cut == CUT_SETTLED_LARGE else 0.0
     before = np.zeros(0)  # the served model's per-row errors on the last scored batch
@@ -308,16 +345,27 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
 
     out = Result(np.full(n, np.nan))
     model, start, scored, last = None, 0, 0, None
+    last_cut_retrain: float | None = None  # `free`: when a cut's retrain last ran (one per cooldown)
+    answered: float | None = None  # `free`: detections up to here were answered by a cut's retrain
     series: list[tuple[float, int, int, float]] = []  # (error, rows, first row, time) since the last action
     served: dict[int, object] = {}  # first row scored -> the model that scored it (models are never mutated)
     pending = None  # (retrained, adapted, unseen rows for its gate) until the next batch arrives
     p = spec.promotion
     while start < n:
         end = min(n, start + batch)
-        if cut and model is not None and scored < end:
+        may_cut = not free or cut_allowed(scored / rate, last_cut_retrain, policy.cooldown_s)
+        if cut and may_cut and model is not None and scored < end:
             waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
             safe = batch if cut == CUT_SAFE or settled else None
             totals = cut in (CUT_TOTALS, CUT_DEFER)
+
+            def confirm(tick: int, waiting=waiting, first=scored, series=series, last=last, answered=answered):
+                short = (float(waiting[: tick - first].mean()), tick - first, first, tick / rate)
+                found = drift_decision(
+                    [*series, short], stream.task, spec.drift.detector, params, tick / rate, last, policy, answered
+                )
+                return found[1]
+
             cut_at = early_cut(
                 waiting,
                 before,
@@ -328,6 +376,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 batch_rows=safe,
                 checkpoint_rows=checkpoint_rows,
                 min_effect=min_effect,
+                located=located,
+                confirm=confirm if sure else None,
             )
             if cut_at < end:
                 out.cuts.append(cut_at)
@@ -357,13 +407,12 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
             scored = learn_end  # the first batch: learned, never scored
         if learn_end < end:
             choose_leader(model, spec, metric, X[learn_end:end], y[learn_end:end])
-        if series and not (cut == CUT_DEFER and out.cuts and out.cuts[-1] == end):
-            errors, rows, firsts, times = (list(c) for c in zip(*series, strict=True))
-            if stream.task == "classification":
-                found = detect_batch_change(errors, rows, spec.drift.detector, times=times, **params)
-            else:
-                found = detect_series_change(errors, spec.drift.detector, metric="mae", times=times, **params)
-            decision = decide(now=now, changes=[found] if found else [], last_action=last, config=policy)
+        after_cut = bool(out.cuts) and out.cuts[-1] == end
+        if series and not (cut == CUT_DEFER and after_cut):
+            firsts = [point[2] for point in series]
+            found, decision = drift_decision(
+                series, stream.task, spec.drift.detector, params, now, last, policy, answered
+            )
             if found is not None and decision.action == "retrain":
                 since = firsts[found.start_index if found.start_index is not None else found.index]
                 window = {0: (since, learn_end)}
@@ -383,7 +432,11 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 out.retrains.append(learn_end)
                 if gated:  # unseen rows for the gate: the product's tail of this batch (`tail_split`)
                     pending = (model, adapted, end - tail_start)
-                last, series, served = LastAction("retrain", now), [], {}
+                if free and after_cut:
+                    last_cut_retrain = answered = now
+                last = cooldown_anchor(last, now, after_cut, free)
+                series = series_after_retrain(series, after_cut, free)
+                served = {point[2]: served[point[2]] for point in series}
         out.seconds += time.perf_counter() - began
         start = learn_end
     return out

@@ -5,7 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.early_cut import ErrorTotals, should_cut, should_cut_settled
+from benchmarks.early_cut import (
+    ErrorTotals,
+    confirmed,
+    cooldown_anchor,
+    cut_allowed,
+    drift_decision,
+    locate_rise,
+    series_after_retrain,
+    should_cut,
+    should_cut_located,
+    should_cut_settled,
+)
+from monitors.decisions import DecisionConfig, LastAction, decide
+from monitors.detectors import ChangeResult
 
 
 def _misses(rows: int, rate: float, seed: int) -> ErrorTotals:
@@ -143,3 +156,137 @@ def test_settled_regression_totals_cut_on_a_level_shift_in_absolute_errors() -> 
     assert should_cut_settled(totals[0], totals[1:], batch_rows=1_000).cut
     with pytest.raises(ValueError, match="batch.rows"):
         should_cut_settled(totals[0], totals[1:], batch_rows=0)
+
+
+# Part 12: `should_cut_located` (the rise located first, "settled" judged on the checkpoints after it)
+# and the cost side: `confirmed` (a cut only when a retrain follows it), `cooldown_anchor` /
+# `series_after_retrain` / `cut_allowed` (a cut's retrain does not spend the stream's cooldown).
+
+
+def test_an_abrupt_change_inside_the_waiting_rows_is_located_and_cut_on_the_rows_after_it() -> None:
+    # Part 10's (a): STAGGER's change a quarter into the batch (`--rows 6500`); the fixed trailing spans
+    # read 0.2 -> 0.8 as a rise under way. Located at the checkpoint holding the change, the rows after
+    # it sit at one level.
+    before, windows = ErrorTotals(1_000, 0), _windows(0.0, 0.0, 0.4, 0.8, 0.8)
+    assert locate_rise(before, windows) == 2
+    assert not should_cut_settled(before, windows, batch_rows=1_000).cut
+    decision = should_cut_located(before, windows, batch_rows=1_000)
+    assert decision.cut and "from checkpoint 2" in decision.reason and "settled, cut" in decision.reason
+    # The checkpoint holding the change (part old, part new concept) is not part of the settled test,
+    # and two checkpoints must follow it.
+    assert "0.8 (100 rows) -> 0.8 (100 rows)" in decision.reason
+    late = should_cut_located(before, _windows(0.0, 0.0, 0.0, 0.4, 0.8), batch_rows=1_000)
+    assert not late.cut and "fewer than two checkpoints after the rise's first" in late.reason
+
+
+def test_the_rise_starts_where_the_errors_stay_above_the_batch_before() -> None:
+    before = ErrorTotals(1_000, 20)
+    assert locate_rise(before, _windows(0.02, 0.03, 0.02, 0.01, 0.02)) is None  # no rise now
+    assert locate_rise(before, _windows(0.3, 0.02, 0.25, 0.3, 0.28)) == 2  # a dip back to the level resets it
+    assert locate_rise(before, _windows(0.3, 0.3, 0.3, 0.3, 0.3)) == 0
+
+
+def test_a_located_transition_still_under_way_is_not_cut_until_it_levels_off() -> None:
+    # Part 9's `--rows 7000` loss (STAGGER half-way through a gradual change): rising after the rise too.
+    before, rising = ErrorTotals(1_000, 6), _windows(0.02, 0.08, 0.16, 0.28, 0.47)
+    decision = should_cut_located(before, rising, batch_rows=1_000)
+    assert not decision.cut and "still rising" in decision.reason
+    # Judged on all rows after the rise, a transition that has just levelled off still reads as rising
+    # (the ramp is in the earlier half): the rule waits a gradual change out rather than cut inside it.
+    levelled = should_cut_located(before, _windows(0.02, 0.08, 0.16, 0.28, 0.47, 0.58, 0.6, 0.59, 0.6, 0.6), 1_000)
+    assert not levelled.cut and "still rising" in levelled.reason
+    # A slow rise whose step hides in noise (t 1.0): the later half carries half of the rise.
+    slow = should_cut_located(ErrorTotals(1_000, 10), _windows(0.06, 0.06, 0.10, 0.12, rows=50), batch_rows=400)
+    assert not slow.cut and "still rising (step >= 50% of the rise)" in slow.reason
+
+
+def test_a_small_completed_change_is_cut_on_located_totals_without_a_size_floor() -> None:
+    before, windows = ErrorTotals(1_000, 24), _windows(0.12, 0.11, 0.13, 0.12, 0.12)
+    assert should_cut_located(before, windows, batch_rows=1_000).cut
+    assert not should_cut(before, sum(windows[1:], windows[0]), batch_rows=1_000).cut  # part 9: d < 0.8
+    floor = should_cut_located(before, _windows(0.8, 0.8, 0.8, 0.8), batch_rows=1_000)
+    assert not floor.cut and "fewer than 500 waiting rows" in floor.reason
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.02, 0.1, 0.3, 0.5])
+def test_a_stationary_stream_is_never_cut_on_located_totals(rate: float) -> None:
+    decisions = [
+        should_cut_located(
+            _misses(1_000, rate, seed), [_misses(100, rate, seed * 100 + i) for i in range(checkpoints)], 1_000
+        )
+        for seed in range(100)
+        for checkpoints in (5, 7, 9)
+    ]
+    assert not any(d.cut for d in decisions), [d.reason for d in decisions if d.cut][:3]
+
+
+def test_located_regression_totals_cut_on_a_level_shift_in_absolute_errors() -> None:
+    def totals(seed: int, scales: tuple[float, ...]) -> list[ErrorTotals]:
+        rng = np.random.default_rng(seed)
+        parts = [np.abs(rng.normal(0, 1.0, 1_000)), *(np.abs(rng.normal(0, s, 100)) for s in scales)]
+        return [ErrorTotals(len(e), float(e.sum()), float((e * e).sum())) for e in parts]
+
+    # MAE doubles a checkpoint into the waiting rows; 100-row checkpoints of absolute errors are noisy,
+    # so most seeds, not all, read the level after it as settled. Without a shift, none cuts.
+    shifted = [should_cut_located(t[0], t[1:], 1_000).cut for t in (totals(s, (1, 2, 2, 2, 2, 2)) for s in range(40))]
+    assert sum(shifted) >= 30
+    calm = [should_cut_located(t[0], t[1:], 1_000).cut for t in (totals(s, (1,) * 6) for s in range(40))]
+    assert not any(calm)
+    with pytest.raises(ValueError, match="batch.rows"):
+        should_cut_located(ErrorTotals(1_000, 0), _windows(0.8, 0.8, 0.8, 0.8, 0.8), batch_rows=0)
+
+
+POLICY = DecisionConfig()  # the product's defaults: a 900-s cooldown
+
+
+def _series(*batches: tuple[float, int]) -> list[tuple[float, int, int, float]]:
+    """A drift sensor's per-batch series from (error rate, rows), one batch after another at 100 rows/s."""
+    out, first = [], 0
+    for error, rows in batches:
+        out.append((error, rows, first, (first + rows) / 100))
+        first += rows
+    return out
+
+
+def test_a_cut_is_taken_only_when_the_drift_detector_fires_on_the_short_batch() -> None:
+    # A small settled rise (part 10's `sea_gradual_s2` at batches of 1,200): the totals rule would cut,
+    # but ADWIN on the batch series since the last action does not fire on it.
+    cut = should_cut_located(ErrorTotals(1_200, 12), _windows(*[0.05] * 6), 1_200)
+    assert cut.cut
+    history = [(0.01, 1_200)] * 2
+    _, quiet = drift_decision(_series(*history, (0.05, 600)), "classification", "adwin", {}, 30.0, None, POLICY)
+    refused = confirmed(cut, quiet)
+    assert quiet.action == "none" and not refused.cut and "no retrain would follow" in refused.reason
+    found, loud = drift_decision(_series(*history, (0.8, 600)), "classification", "adwin", {}, 30.0, None, POLICY)
+    assert found is not None and loud.action == "retrain" and confirmed(cut, loud).cut
+    # Inside the cooldown the detector fires but no retrain follows: no cut either.
+    _, held = drift_decision(
+        _series(*history, (0.8, 600)), "classification", "adwin", {}, 30.0, LastAction("retrain", 20.0), POLICY
+    )
+    assert not confirmed(cut, held).cut and "cooldown" in confirmed(cut, held).reason
+
+
+def test_a_retrain_after_a_cut_leaves_the_cooldown_to_a_second_retrain() -> None:
+    change = ChangeResult("error_rate", "adwin", {}, index=1, n=2, mean_before=0.12, value_at=0.55, at=45.0)
+    free = cooldown_anchor(None, 35.0, after_cut=True, free=True)
+    assert decide(now=45.0, changes=[change], last_action=free, config=POLICY).action == "retrain"
+    spent = cooldown_anchor(None, 35.0, after_cut=True, free=False)
+    assert decide(now=45.0, changes=[change], last_action=spent, config=POLICY).action == "none"
+    assert cooldown_anchor(None, 35.0, after_cut=False, free=True) == LastAction("retrain", 35.0)  # uncut: as ever
+    # One cooldown-free cut retrain per cooldown.
+    assert cut_allowed(40.0, None, 900.0) and not cut_allowed(40.0, 35.0, 900.0) and cut_allowed(935.0, 35.0, 900.0)
+
+
+def test_after_a_cut_retrain_the_detector_reads_on_from_the_short_batch() -> None:
+    # Part 10's pause: cut at 0.12 error, the retrained model (it learned the pause) then errs at 0.55.
+    series = _series((0.001, 800), (0.12, 500))
+    kept = series_after_retrain(series, after_cut=True, free=True)
+    assert kept == series[-1:] and series_after_retrain(series, after_cut=False, free=True) == []
+    over = kept + [(0.55, 800, 1_300, 21.0)]
+    found, decision = drift_decision(over, "classification", "adwin", {}, 21.0, None, POLICY, answered_at=13.0)
+    assert found is not None and decision.action == "retrain"
+    # From an empty series (every retrain's) the retrained model's first batch is no rise at all.
+    alone = drift_decision(over[1:], "classification", "adwin", {}, 21.0, None, POLICY, answered_at=13.0)
+    assert alone[0] is None
+    # A detection the cut's retrain already answered is not acted on again.
+    assert drift_decision(over, "classification", "adwin", {}, 21.0, None, POLICY, answered_at=21.0)[0] is None

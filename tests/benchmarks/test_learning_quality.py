@@ -292,3 +292,40 @@ def test_configs_equal_on_a_stream_share_their_rank_whatever_their_order() -> No
     ]
     ranks = learning_quality.mean_ranks(reports, ("a", "b", "c"))
     assert ranks == {"a": (1.5 + 2 + 3) / 3, "b": (1.5 + 1 + 1.5) / 3, "c": (3 + 3 + 1.5) / 3}
+
+
+def test_the_located_cut_takes_a_change_inside_the_batch_that_fixed_spans_read_as_rising() -> None:
+    """Part 12 (a): STAGGER's abrupt change a quarter into a batch (`--rows 6500`). Part 10's trailing
+    spans read 0.2 -> 0.8 as a rise under way and leave the batch whole; located at the checkpoint
+    holding the change, the rows after it are settled and the batch is cut at the 500-row tick."""
+    abrupt = learning_streams.build("stagger_abrupt_s2", 6_500)
+    settled = learning_quality.run_streamfit("default_cutsettled", abrupt, 1_000, 100.0)
+    located = learning_quality.run_streamfit("default_cutlocated", abrupt, 1_000, 100.0)
+    assert settled.cuts == [] and located.cuts == located.retrains == [3_500]
+    assert np.nanmean(located.outcome[3_500:4_000]) > np.nanmean(settled.outcome[3_500:4_000]) + 0.5
+
+
+def test_a_cut_s_retrain_leaves_the_cooldown_to_a_second_retrain_when_errors_rise_again() -> None:
+    """Part 12 (b): part 10's pause (batches of 800) is cut at row 2,900 either way; the retrain that
+    follows the cut spends the 900-s cooldown under `_cutlocated`, so no retrain follows it, and not
+    under `_cutlocatedfree`, where the detector reads on from the short batch and retrains again."""
+    gradual = learning_streams.build("stagger_gradual_s1", 6_000)
+    spent = learning_quality.run_streamfit("default_cutlocated", gradual, 800, 100.0)
+    free = learning_quality.run_streamfit("default_cutlocatedfree", gradual, 800, 100.0)
+    assert spent.cuts == free.cuts == [2_900]
+    assert spent.retrains == [2_900] and free.retrains[0] == 2_900 and len(free.retrains) == 2
+
+
+def test_a_cut_no_retrain_would_follow_is_not_taken() -> None:
+    """Part 12 (c): part 10's (b), `sea_gradual_s2` at batches of 1,200: the totals rule cuts at 3,400,
+    the detector does not fire on the short batch, and the retrain waits until 4,600 (the default's:
+    3,600). `_cutlocatedsure` asks the drift decision first and leaves the batch whole."""
+    gradual = learning_streams.build("sea_gradual_s2", 6_000)
+    located = learning_quality.run_streamfit("default_cutlocated", gradual, 1_200, 100.0)
+    sure = learning_quality.run_streamfit("default_cutlocatedsure", gradual, 1_200, 100.0)
+    assert located.cuts == [3_400] and located.retrains == [4_600]
+    assert (
+        sure.cuts == [] and sure.retrains == learning_quality.run_streamfit("default", gradual, 1_200, 100.0).retrains
+    )
+    calm = learning_streams.build("sea_stationary_s1", 4_000)
+    assert learning_quality.run_streamfit("default_cutlocatedfreesure", calm, 1_000, 100.0).cuts == []
