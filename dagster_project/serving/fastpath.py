@@ -50,6 +50,7 @@ from dagster_project.serving.kserve import infer_answer, infer_path, infer_respo
 from dagster_project.serving.limits import BodyDeadlines, ClientGone, RequestError, receive_body
 from dagster_project.serving.rows import validate_rows
 from dagster_project.serving.typed_body import decode_rows
+from dagster_project.serving.whole_answer import send_whole
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class FastInference:
             response = internal_error_response(exc)
         if not counted:
             self._count(template, response.status_code)
+        if type(response) is JsonOk and send_whole(send, 200, response.raw_headers, response.body):
+            return
         await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
         if failure is not None:
