@@ -81,7 +81,8 @@ class Coalescer:
 
         `loop`: the running loop, when the caller knows it (see `limits.receive_body`).
         """
-        return await self._enqueue(_Waiting(X, rows, (loop or asyncio.get_running_loop()).create_future()), loop)
+        loop = loop or asyncio.get_running_loop()
+        return await self._enqueue(_Waiting(X, rows, loop.create_future()), loop)
 
     async def answer(
         self,
@@ -93,13 +94,12 @@ class Coalescer:
     ) -> T:
         """`finish` of what `score` gives, called by the flush: the flush hands every answer it made
         to `answered` at once (the HTTP request counter: one update per flush, not per request)."""
-        return await self._enqueue(
-            _Waiting(X, rows, (loop or asyncio.get_running_loop()).create_future(), finish, tag), loop
-        )
+        loop = loop or asyncio.get_running_loop()
+        return await self._enqueue(_Waiting(X, rows, loop.create_future(), finish, tag), loop)
 
-    def _enqueue(self, waiting: _Waiting, loop: asyncio.AbstractEventLoop | None) -> asyncio.Future[Any]:
+    def _enqueue(self, waiting: _Waiting, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         if not self._waiting:
-            (loop or asyncio.get_running_loop()).call_soon(self.flush)
+            loop.call_soon(self.flush)
         self._waiting.append(waiting)
         return waiting.future
 
