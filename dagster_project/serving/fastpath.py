@@ -15,7 +15,10 @@ the same loop iteration, in one onnxruntime call; larger ones are answered in a 
 by the Starlette routes. `coalesce=False` scores each request on its own (the benchmark's reference).
 On both ways a plain `/predict` body is decoded straight into its checked matrix
 (`typed_body.decode_rows`, the same matrix `validate_rows` gives); any other falls back to the
-Starlette route's parse and check.
+Starlette route's parse and check. A classifier's `/predict` answer is encoded straight from the
+output arrays (`predict_json`), every 200 leaves in one socket write (`whole_answer.send_whole`),
+body deadlines share one timer per loop (`limits.BodyDeadlines`), and the request counter is
+updated once per coalesced flush.
 """
 
 from __future__ import annotations
