@@ -311,7 +311,8 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("requests_per_s", "p50", "p99", "cpu_us")
     out = {k: float(np.median([r[k] for r in runs])) for k in keys}
     out["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
-    out["full_gc"] = sum(r["full_gc"] for r in runs)
+    if "full_gc" in runs[0]:  # counted where the servers run in this process (not `http_processes`' children)
+        out["full_gc"] = sum(r["full_gc"] for r in runs)
     if "requests_per_call" in runs[0]:
         out["requests_per_call"] = float(np.median([r["requests_per_call"] for r in runs]))
     return out

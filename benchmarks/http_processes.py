@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from benchmarks.common import machine_info, progress
@@ -34,6 +33,7 @@ from benchmarks.http_api import (
     WRK_MISSING,
     StdlibScorerServer,
     _cpu_seconds,
+    _median,
     run_wrk,
     trained_watcher,
 )
@@ -146,12 +146,6 @@ def run(quick: bool = True, connections: int = 8, processes: int = 2) -> dict[st
 
 def _group_cpu(group: HttpProcesses) -> float:
     return sum(_proc_cpu_seconds(pid) for pid in group.pids)
-
-
-def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {k: float(np.median([r[k] for r in runs])) for k in ("requests_per_s", "p50", "p99", "cpu_us")}
-    out["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
-    return out
 
 
 def table(result: dict[str, Any]) -> list[str]:

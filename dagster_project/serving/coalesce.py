@@ -12,19 +12,25 @@ never splits a flush), adds derived features per request (a request whose rows c
 fails alone), scores the concatenated rows in one call, updates the inference metrics once, and
 hands each request its own slice. Limits, parsing and row errors stay per request because they
 happen before a request gets here; only 503 (no model) and a scoring bug are shared by the flush.
+Through `answer`, the flush also builds each request's answer (`finish`; one that fails fails alone)
+and hands them all to one callback before any request resumes: the fast path counts them there,
+one counter update per flush (a write to a shared file with several HTTP processes).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from dagster_project.serving.api import ScoringContext
 from dagster_project.serving.champion import ServedModel
 from dagster_project.serving.limits import RequestError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +55,21 @@ class Scored:
 class _Waiting:
     X: np.ndarray
     rows: list[dict[str, Any]] | None  # `/predict` rows when the spec has derived features, else None
-    future: asyncio.Future[Scored]
+    future: asyncio.Future[Any]  # its Scored, or `finish` of it
+    finish: Callable[[Scored], Any] | None = None
+    tag: str = ""
+
+
+# Called once per flush with (tag, answer) of every request `finish` answered, before they resume
+Answered = Callable[[list[tuple[str, Any]]], None]
 
 
 class Coalescer:
     """Per server: requests' rows gathered during one loop iteration, scored together at its end."""
 
-    def __init__(self, ctx: ScoringContext) -> None:
+    def __init__(self, ctx: ScoringContext, answered: Answered | None = None) -> None:
         self.ctx = ctx
+        self.answered = answered
         self._waiting: list[_Waiting] = []
         self.flushes = 0  # flushes that scored rows, and the requests they answered: the batching achieved
         self.requests = 0
@@ -69,11 +82,26 @@ class Coalescer:
         `loop`: the running loop, when the caller knows it (see `limits.receive_body`).
         """
         loop = loop or asyncio.get_running_loop()
-        future: asyncio.Future[Scored] = loop.create_future()
+        return await self._enqueue(_Waiting(X, rows, loop.create_future()), loop)
+
+    async def answer(
+        self,
+        X: np.ndarray,
+        rows: list[dict[str, Any]] | None,
+        finish: Callable[[Scored], T],
+        tag: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> T:
+        """`finish` of what `score` gives, called by the flush: the flush hands every answer it made
+        to `answered` at once (the HTTP request counter: one update per flush, not per request)."""
+        loop = loop or asyncio.get_running_loop()
+        return await self._enqueue(_Waiting(X, rows, loop.create_future(), finish, tag), loop)
+
+    def _enqueue(self, waiting: _Waiting, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         if not self._waiting:
             loop.call_soon(self.flush)
-        self._waiting.append(_Waiting(X, rows, future))
-        return await future
+        self._waiting.append(waiting)
+        return waiting.future
 
     def flush(self) -> None:
         """Score everything waiting; every waiting request gets its result or its own exception."""
@@ -116,7 +144,19 @@ class Coalescer:
         self.flushes += 1
         self.requests += len(ready)
         start = 0
+        results: list[tuple[_Waiting, Any]] = []
         for w, block in zip(ready, blocks, strict=True):
             end = start + len(block)
-            w.future.set_result(Scored(served, labels[start:end], None if scores is None else scores[start:end]))
+            scored = Scored(served, labels[start:end], None if scores is None else scores[start:end])
             start = end
+            if w.finish is None:
+                results.append((w, scored))
+                continue
+            try:
+                results.append((w, w.finish(scored)))
+            except Exception as exc:  # this request's answer only
+                w.future.set_exception(exc)
+        if self.answered is not None:
+            self.answered([(w.tag, result) for w, result in results if w.finish is not None])
+        for w, result in results:
+            w.future.set_result(result)

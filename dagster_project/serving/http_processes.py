@@ -204,13 +204,10 @@ class HttpProcesses:
         self._halt.set()
         if self._supervisor is not None:
             self._supervisor.join(START_TIMEOUT_S + 5)
+        for child in self.children:  # every lifeline first, so the children stop together
+            _close_lifeline(child)
         for child in self.children:
-            try:
-                child.stdin.close()  # EOF: the child stops its server and exits
-            except OSError:
-                pass
-        for child in self.children:
-            _end(child, self.plan.spec.name)
+            _wait_ended(child, self.plan.spec.name)
         self.children = []
         if self._snapshots is not None:
             self._snapshots.join(5)
@@ -219,10 +216,20 @@ class HttpProcesses:
 
 def _end(child: subprocess.Popen, stream: str) -> None:
     """Close the child's lifeline and wait for it; kill it past STOP_TIMEOUT_S."""
+    _close_lifeline(child)
+    _wait_ended(child, stream)
+
+
+def _close_lifeline(child: subprocess.Popen) -> None:
+    """EOF on the child's stdin: it stops its server and exits."""
     try:
         child.stdin.close()
     except OSError:
         pass
+
+
+def _wait_ended(child: subprocess.Popen, stream: str) -> None:
+    """Wait for a child whose lifeline is closed; kill it past STOP_TIMEOUT_S."""
     try:
         child.wait(STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -234,3 +234,33 @@ def test_no_champion_and_derived_feature_errors_reach_only_their_requests(
     got = np.array(scored[0].lists()[1] + scored[2].lists()[1])
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert features.versions == ["v1"] * 3
+
+
+def test_a_flush_hands_its_answers_over_at_once_and_a_failing_answer_fails_alone(
+    spec: StreamSpec, registry: FilesystemRegistry
+) -> None:
+    train_version(registry, spec)
+    metrics = ScorerMetrics(spec.name)
+    watcher = ChampionWatcher(registry, spec, metrics)
+    watcher.check()
+    ctx = ScoringContext(spec, watcher, metrics, ScorerHealth(spec.name, watcher), BearerToken(None), HttpLimits())
+    handed: list[list[tuple[str, Any]]] = []
+    coalescer = Coalescer(ctx, handed.append)
+    rows = [f for _, f, _ in synthetic_rows(3)]
+
+    def broken(scored: Any) -> str:
+        raise ValueError("a bug in one answer")
+
+    async def together() -> list[Any]:
+        finishes = [lambda s: ("first", s.served.version), broken, lambda s: ("third", len(s.labels))]
+        calls = [
+            coalescer.answer(validate_rows(spec, {"rows": [row]}, 10), None, finish, f"route{i}")
+            for i, (row, finish) in enumerate(zip(rows, finishes, strict=True))
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(together())
+    assert answers[0] == ("first", "v1") and answers[2] == ("third", 1)
+    assert isinstance(answers[1], ValueError)
+    assert handed == [[("route0", ("first", "v1")), ("route2", ("third", 1))]]  # one call, before they resumed
+    assert (coalescer.flushes, coalescer.requests) == (1, 3)  # all three scored in one call

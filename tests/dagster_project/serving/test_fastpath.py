@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,8 +23,10 @@ from hypothesis import strategies as st
 
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.serving import ChampionWatcher, ScorerHTTPServer, ScorerMetrics
-from dagster_project.serving.api import INLINE_BODY_BYTES
-from dagster_project.serving.fastpath import FastInference
+from dagster_project.serving.api import INLINE_BODY_BYTES, predict_payload
+from dagster_project.serving.champion import ServedModel
+from dagster_project.serving.coalesce import Scored
+from dagster_project.serving.fastpath import FastInference, predict_json
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import synthetic_rows, train_version
 from tests.dagster_project.serving.test_http import ROW
@@ -219,3 +222,24 @@ def test_large_bodies_answered_in_a_thread_match(spec: StreamSpec, registry: Fil
             assert len(raw) > INLINE_BODY_BYTES  # past the loop's limit: parsed and scored in a worker thread
             status, _, answer = same_answer(servers, "POST", "/predict", raw)
             assert (status, len(orjson.loads(answer).get("predictions", []))) in ((200, 400), (422, 0)), answer
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    classes=st.sampled_from([("neg", "pos"), (0, 1, 2), ('a"b', "\u00e9", "x")]),
+    scores=st.lists(
+        st.floats(width=32, allow_nan=False, allow_infinity=False) | st.sampled_from([0.0, -0.0, 1e-45, 3.4e38]),
+        min_size=1,
+        max_size=40,
+    ),
+    data=st.data(),
+)
+def test_the_encoded_answer_is_the_payloads_bytes(classes: tuple, scores: list[float], data: st.DataObject) -> None:
+    """`predict_json` writes the score matrix with orjson's numpy path: the same digits as the payload's floats."""
+    width = len(classes)
+    rows = max(1, len(scores) // width)
+    matrix = np.resize(np.array(scores, dtype=np.float32), (rows, width))
+    labels = np.array(data.draw(st.lists(st.integers(0, width - 1), min_size=rows, max_size=rows)), dtype=np.int64)
+    served = ServedModel("s", data.draw(st.sampled_from(["v1", "v12"])), None, classes, 0.0)  # type: ignore[arg-type]
+    scored = Scored(served, labels, matrix)
+    assert predict_json(scored) == orjson.dumps(predict_payload(served.version, *scored.lists()))

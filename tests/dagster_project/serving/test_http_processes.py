@@ -200,3 +200,33 @@ def test_a_stream_with_derived_features_is_refused_naming_the_fix(kafka_settings
 
     with pytest.raises(ValueError, match="derived features.*--http-processes 1"):
         ScoringService(sensors_spec(), kafka_settings, registry, port=0, http_processes=2)
+
+
+class _CountingCloses:
+    """A child's stdin that counts `close` calls (closing a pipe twice hides which close ended the child)."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        self.pipe.close()
+
+
+def test_stop_closes_each_lifeline_once_and_every_child_exits(
+    spec: StreamSpec, registry: FilesystemRegistry, tmp_path: Path
+) -> None:
+    from dagster_project.serving.http import reserve_reuse_port
+    from dagster_project.serving.http_processes import HttpProcesses, WorkerPlan
+
+    train_version(registry, spec)
+    plan = WorkerPlan(spec, registry, str(tmp_path), str(tmp_path / "state.json"), watch_interval_s=0.25)
+    group = HttpProcesses(reserve_reuse_port(("127.0.0.1", 0)), 2, plan, kafka=None, delivery=None).start()
+    children = list(group.children)
+    pipes = [_CountingCloses(child.stdin) for child in children]
+    for child, pipe in zip(children, pipes, strict=True):
+        child.stdin = pipe
+    group.stop()
+    assert [pipe.closes for pipe in pipes] == [1, 1]
+    assert all(child.returncode == 0 for child in children), [child.returncode for child in children]
