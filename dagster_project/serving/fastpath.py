@@ -16,9 +16,8 @@ by the Starlette routes. `coalesce=False` scores each request on its own (the be
 On both ways a plain `/predict` body is decoded straight into its checked matrix
 (`typed_body.decode_rows`, the same matrix `validate_rows` gives); any other falls back to the
 Starlette route's parse and check. A classifier's `/predict` answer is encoded straight from the
-output arrays (`predict_json`), every 200 leaves in one socket write (`whole_answer.send_whole`),
-body deadlines share one timer per loop (`limits.BodyDeadlines`), and the request counter is
-updated once per coalesced flush.
+output arrays (`predict_json`), body deadlines share one timer per loop (`limits.BodyDeadlines`),
+and the request counter is updated once per coalesced flush.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ from dagster_project.serving.kserve import infer_answer, infer_path, infer_respo
 from dagster_project.serving.limits import BodyDeadlines, ClientGone, RequestError, receive_body
 from dagster_project.serving.rows import validate_rows
 from dagster_project.serving.typed_body import decode_rows
-from dagster_project.serving.whole_answer import send_whole
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +212,6 @@ class FastInference:
             response = internal_error_response(exc)
         if not counted:
             self._count(template, response.status_code)
-        if type(response) is JsonOk and send_whole(send, 200, response.raw_headers, response.body):
-            return
         await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
         if failure is not None:
