@@ -41,6 +41,14 @@ def test_positions_round_trip_on_random_read_orders() -> None:
     assert packed_some > 150
 
 
+def test_a_run_ends_where_the_partition_changes_even_if_the_offsets_go_on() -> None:
+    partitions = np.repeat(np.array([0, 1, 0], dtype=np.int32), 4)
+    offsets = np.arange(12, dtype=np.int64)  # partition 1 happens to continue partition 0's numbering
+    restored_partitions, restored_offsets = unpack_positions(pack_positions(partitions, offsets))
+    np.testing.assert_array_equal(restored_partitions, partitions)
+    np.testing.assert_array_equal(restored_offsets, offsets)
+
+
 def test_scattered_positions_are_kept_as_they_are() -> None:
     offsets = np.arange(0, 2_000, 2, dtype=np.int64)  # no two rows consecutive
     assert pack_positions(np.zeros(1_000, dtype=np.int32), offsets) is None
