@@ -14,7 +14,7 @@ from dagster_project.dev.faults import crash_point
 from dagster_project.features.checkpoint import expected_state
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
-from dagster_project.kafka.io import commit_group_offsets, group_committer
+from dagster_project.kafka.io import commit_group_offsets
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
 from dagster_project.orchestration.warm_runs import worker_start
@@ -225,20 +225,18 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         from dagster_project.registry.versioning import already_registered, register_batch
 
         reg = registry.get()
-        # The commit's client connects while the version is written; the commit itself follows the write.
-        with group_committer(kafka.settings(), spec.trainer_group) as commit_offsets:
-            version = already_registered(reg, name, model.parent, micro_batch.ranges)
-            if version is not None:
-                context.log.info(
-                    f"{version.name} already holds {_ranges_text(micro_batch.ranges)} (run "
-                    f"{str(version.meta.get('run_id'))[:8]} registered it, then failed): committing its offsets only"
-                )
-            else:
-                version = register_batch(
-                    reg, spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
-                )
-            crash_point("after_register", attempt=_attempt(context))
-            commit_offsets(spec.events_topic, version.learned)
+        version = already_registered(reg, name, model.parent, micro_batch.ranges)
+        if version is not None:
+            context.log.info(
+                f"{version.name} already holds {_ranges_text(micro_batch.ranges)} (run "
+                f"{str(version.meta.get('run_id'))[:8]} registered it, then failed): committing its offsets only"
+            )
+        else:
+            version = register_batch(
+                reg, spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
+            )
+        crash_point("after_register", attempt=_attempt(context))
+        commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, version.learned)
         links = version.meta.get("mlflow") or {}  # on MLflow: the model version and its source run
         return dg.MaterializeResult(
             metadata={

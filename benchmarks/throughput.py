@@ -304,7 +304,7 @@ def streamfit_batch(
     from assets.promotion import decide_champion
     from assets.training import champion_metrics, start_from
     from dagster_project.ingest.micro_batch import read_batch
-    from dagster_project.kafka.io import group_committer
+    from dagster_project.kafka.io import commit_group_offsets
     from dagster_project.learning.learner import rows_of, test_then_learn
     from dagster_project.learning.pipeline import TrainedModel, export_checked
     from dagster_project.learning.windowed import kafka_reader
@@ -372,16 +372,15 @@ def streamfit_batch(
     _pickle_round_trip(io_dir, "onnx_model", artifact, reads=1)  # model_version
     stages["IO manager pickling"] = clock() - t
 
-    # model_version (the commit's client connects while the version is written, as in the step)
+    # model_version
     t = clock()
-    with group_committer(settings, spec.trainer_group) as commit_offsets:
-        version = already_registered(registry, name, model.parent, batch.ranges)
-        if version is None:
-            version = register_batch(registry, spec, batch, model, artifact.onnx_bytes, artifact.parity, "benchmark")
-        stages["registry write"] = clock() - t
+    version = already_registered(registry, name, model.parent, batch.ranges)
+    if version is None:
+        version = register_batch(registry, spec, batch, model, artifact.onnx_bytes, artifact.parity, "benchmark")
+    stages["registry write"] = clock() - t
 
-        t = clock()
-        commit_offsets(spec.events_topic, version.learned)
+    t = clock()
+    commit_group_offsets(settings, spec.trainer_group, spec.events_topic, version.learned)
     stages["kafka offset commit"] = clock() - t
 
     # champion

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
 from dagster_project.kafka import clients
@@ -694,47 +693,19 @@ def _in_range(messages: list, todo: Ranges, position: dict[int, int], columns: b
 
 def commit_group_offsets(settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:
     """Commit `offsets` for `group_id` without joining it, so Kafka tooling shows the trainer's lag."""
-    with group_committer(settings, group_id) as commit:
-        commit(topic, offsets)
-
-
-@contextmanager
-def group_committer(settings: KafkaSettings, group_id: str) -> Iterator[Callable[[str, dict[int, int]], None]]:
-    """`commit(topic, offsets)` for `group_id`, whose client connects on its own thread from the start
-    of the block: a step that writes its version first no longer waits for the client's bootstrap
-    (kafka-python's connection and network thread, ~7-10 ms quiet, 20-30 ms under load) after it.
-    Nothing is committed unless `commit` is called; a client that failed to connect raises there."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
-    consumer = pool.submit(clients.range_reader, settings, group_id=group_id)
-    pool.shutdown(wait=False)
-
-    def commit(topic: str, offsets: dict[int, int]) -> None:
-        _commit(consumer.result(), settings, group_id, topic, offsets)
-
-    try:
-        yield commit
-    finally:
-        consumer.add_done_callback(_close_client)  # now if connected; a block that failed does not wait for it
-
-
-def _close_client(connected: Any) -> None:
-    if not connected.cancelled() and connected.exception() is None:  # a failed connection: `commit` said so
-        connected.result().close()
-
-
-def _commit(consumer: Any, settings: KafkaSettings, group_id: str, topic: str, offsets: dict[int, int]) -> None:
     from kafka import TopicPartition
     from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
     from kafka.structs import OffsetAndMetadata
 
+    consumer = clients.range_reader(settings, group_id=group_id)
     try:
         consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
     except GroupAuthorizationFailedError as exc:
         raise NotAuthorized(settings, "READ", "group", group_id) from exc
     except TopicAuthorizationFailedError as exc:
         raise NotAuthorized(settings, "READ", "topic", topic) from exc
+    finally:
+        consumer.close()
 
 
 def committed_group_offsets(

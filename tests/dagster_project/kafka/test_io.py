@@ -20,7 +20,6 @@ from dagster_project.kafka.io import (
     commit_group_offsets,
     committed_group_offsets,
     ensure_topics,
-    group_committer,
     probe_partitions,
     read_range,
     topic_partitions,
@@ -271,33 +270,6 @@ def test_group_offsets_round_trip(kafka_settings: KafkaSettings) -> None:
     commit_group_offsets(kafka_settings, group, other, {1: 3})
     assert committed_group_offsets(kafka_settings, group, topic) == {0: 9, 1: 7}
     assert committed_group_offsets(kafka_settings, group, other) == {1: 3}
-
-
-def test_a_group_committer_commits_only_what_its_block_asked_for(kafka_settings: KafkaSettings) -> None:
-    group, topic = f"g-{uuid.uuid4().hex}", unique_topic()
-    ensure_topics(kafka_settings, [topic], partitions=2)
-    with pytest.raises(RuntimeError, match="registry write failed"):
-        with group_committer(kafka_settings, group):  # connects meanwhile; the block fails first
-            raise RuntimeError("registry write failed")
-    assert committed_group_offsets(kafka_settings, group, topic) == {}
-
-    with group_committer(kafka_settings, group) as commit:
-        commit(topic, {0: 4, 1: 6})
-    assert committed_group_offsets(kafka_settings, group, topic) == {0: 4, 1: 6}
-
-
-def test_a_group_committer_that_cannot_connect_fails_the_commit_not_the_block(monkeypatch) -> None:
-    from kafka.errors import KafkaTimeoutError
-
-    def unreachable(settings, **overrides):  # what kafka-python raises after ~30 s without a broker
-        raise KafkaTimeoutError("Unable to bootstrap")
-
-    monkeypatch.setattr(clients, "range_reader", unreachable)
-    with group_committer(KafkaSettings(bootstrap="127.0.0.1:9"), "g") as commit:
-        written = "the version"  # the block's own work goes on while the client fails to connect
-        with pytest.raises(KafkaTimeoutError, match="bootstrap"):
-            commit("t", {0: 1})
-    assert written == "the version"
 
 
 @pytest.mark.parametrize("client", CLIENTS)
