@@ -17,6 +17,7 @@ cost one conversion but never a wrong model.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from dagster_project.onnx.export import TARGET_OPSET, export_onnx
 MAX_GRAPHS = 8  # templates kept per process: one per stream a process trains is the usual case
 _LINEAR = (SGDClassifier, SGDRegressor)
 _graphs: OrderedDict[tuple, Any] = OrderedDict()  # graph_key -> onnx.ModelProto
+_lock = threading.Lock()  # steps of one process may export on several threads
 
 
 class _NotRewritable(Exception):
@@ -50,15 +52,18 @@ def export_reusing(
     import onnx
 
     key = graph_key(model, n_features, target_opset, encoding)
-    template = _graphs.get(key) if key is not None else None
-    if template is not None:
-        _graphs.move_to_end(key)
-        proto = onnx.ModelProto()
-        proto.CopyFrom(template)
+    proto = None
+    with _lock:
+        template = _graphs.get(key) if key is not None else None
+        if template is not None:
+            _graphs.move_to_end(key)
+            proto = onnx.ModelProto()
+            proto.CopyFrom(template)
+    if proto is not None:
         try:
             return Export(_rewrite(proto, model).SerializeToString(), reused=True)
         except _NotRewritable:
-            del _graphs[key]
+            forget(model, n_features, target_opset, encoding)
     onnx_bytes = export_onnx(model, n_features, target_opset, encoding)
     if key is not None:
         _keep_if_rewritable(key, onnx_bytes, model)
@@ -69,7 +74,8 @@ def forget(model: Pipeline, n_features: int, target_opset: int = TARGET_OPSET, e
     """Drop the template `model` would reuse (its output failed the parity check)."""
     key = graph_key(model, n_features, target_opset, encoding)
     if key is not None:
-        _graphs.pop(key, None)
+        with _lock:
+            _graphs.pop(key, None)
 
 
 def graph_key(model: Any, n_features: int, target_opset: int, encoding: str | None) -> tuple | None:
@@ -114,9 +120,10 @@ def _keep_if_rewritable(key: tuple, onnx_bytes: bytes, model: Pipeline) -> None:
     except _NotRewritable:
         return
     if rewritten == onnx_bytes:  # the rewrite reproduces skl2onnx's own conversion of this model
-        _graphs[key] = template
-        while len(_graphs) > MAX_GRAPHS:
-            _graphs.popitem(last=False)
+        with _lock:
+            _graphs[key] = template
+            while len(_graphs) > MAX_GRAPHS:
+                _graphs.popitem(last=False)
 
 
 def _rewrite(proto: Any, model: Pipeline) -> Any:
