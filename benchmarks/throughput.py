@@ -274,10 +274,13 @@ class _ReadClock:
 
 
 def _pickle_round_trip(directory: Path, name: str, obj: Any, reads: int) -> None:
-    """What Dagster's default fs IO manager does with a step output: write once, read per consumer."""
+    """What Dagster's default fs IO manager does with a step output: write once, read per consumer,
+    with its pickle protocol (4; this emulation used 5 until the seventh round of issue 18)."""
+    from dagster._utils import PICKLE_PROTOCOL  # what `fs_io_manager` passes to pickle.dump
+
     path = directory / name
     with open(path, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(obj, fh, protocol=PICKLE_PROTOCOL)
     for _ in range(reads):
         with open(path, "rb") as fh:
             pickle.load(fh)

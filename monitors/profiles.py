@@ -51,6 +51,41 @@ def histogram_edges(present: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarr
     return np.unique(np.quantile(present, probabilities, method="inverted_cdf"))
 
 
+def _sorted_edges(ordered: np.ndarray, bins: int) -> np.ndarray:
+    """`histogram_edges` of values already sorted (no NaN): numpy's inverted-CDF order statistics,
+    indexed directly (index ``n * p - 1``, the next one up unless it is whole, clipped at 0)."""
+    if bins < 2:
+        raise ValueError(f"a histogram needs at least 2 bins, got {bins}")
+    index = ordered.size * np.linspace(0.0, 1.0, bins + 1)[1:-1] - 1
+    previous = np.floor(index)
+    chosen = np.where(index - previous == 0, previous, previous + 1).astype(np.intp)
+    chosen[chosen < 0] = 0
+    return np.unique(ordered[chosen])
+
+
+def _sorted_quantiles(ordered: np.ndarray, probabilities: tuple[float, ...]) -> np.ndarray:
+    """`np.quantile(ordered, probabilities)` (its default linear method) of values already sorted,
+    without NaN, computed as numpy does (same indices, same interpolation) but without the copy
+    and partition of the whole column that np.quantile makes on every call (~0.8 ms per 100 k)."""
+    q = np.asarray(probabilities, dtype=np.float64)
+    n = ordered.size
+    virtual = (n - 1) * q
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= n - 1  # numpy takes the last value there
+    previous[above] = following[above] = -1
+    below = virtual < 0
+    previous[below] = following[below] = 0
+    previous, following = previous.astype(np.intp), following.astype(np.intp)
+    gamma = virtual - previous
+    a, b = ordered[previous], ordered[following]
+    # numpy's _lerp: a + (b - a) * t, or b - (b - a) * (1 - t) from t = 0.5 on, for symmetric rounding
+    difference = b - a
+    result = a + difference * gamma
+    np.subtract(b, difference * (1 - gamma), out=result, where=gamma >= 0.5)
+    return result
+
+
 def bin_counts(edges: np.ndarray | list[float], values: np.ndarray) -> np.ndarray:
     """Counts of `values` in the bins ``(-inf, e0], (e0, e1], ..., (e_last, inf)``; NaN is ignored."""
     edges = np.asarray(edges, dtype=np.float64)
@@ -82,15 +117,16 @@ def summarize(
     if column.size:
         summary["null_fraction"] = float(1 - present.size / column.size)
     if present.size:
-        # Quantiles depend on the values only, so they are taken from one sorted copy: numpy sorts
-        # 100 k floats in ~0.6 ms, while each np.quantile call partitions for ~3 ms and binning by
-        # search another 3 ms per feature. Mean, std and the sample use `present` as it came.
+        # Quantiles depend on the values only, so they are read off one sorted copy: numpy sorts
+        # 100 k floats in ~0.6 ms, while each np.quantile call copies and partitions the column
+        # (~0.8 ms) and binning by search took 3 ms per feature. The values are numpy's (tested).
+        # Mean, std and the sample use `present` as it came.
         ordered = np.sort(present)
-        edges = histogram_edges(ordered, bins)
+        edges = _sorted_edges(ordered, bins)
         summary.update(
             mean=float(present.mean()),
             std=float(present.std()),
-            quantiles=[float(q) for q in np.quantile(ordered, QUANTILES)],
+            quantiles=[float(q) for q in _sorted_quantiles(ordered, QUANTILES)],
             histogram={
                 "edges": [float(e) for e in edges],
                 "counts": [int(c) for c in _sorted_bin_counts(edges, ordered)],

@@ -17,6 +17,7 @@ from dagster_project.features.serialization import dump_state
 from dagster_project.features.state import FeatureState
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.events import EventParser
+from dagster_project.ingest.packing import packed_state, unpack_labels, unpack_positions
 from dagster_project.kafka.io import RawRecord, read_range_columns, topic_identity
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.record_columns import RecordColumns
@@ -84,8 +85,16 @@ class MicroBatch:
     # Dagster's IO manager pickles the batch once and unpickles it in every later step (four), but
     # only the micro_batch step reads the ids. A list of 100 k strings costs ~10 ms to pickle and
     # ~6 ms per unpickle; joined into one string it is ~2 ms once, and split only if a step reads them.
+    # Row positions and class labels are pickled in compact forms that restore them exactly
+    # (`ingest.packing`): a 100 k-row batch's file shrinks by about a quarter.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        packed = packed_state(state.get("partitions"), state.get("offsets"), state.get("y"))
+        if "_packed_positions" in packed:
+            del state["partitions"], state["offsets"]
+        if "_packed_labels" in packed:
+            del state["y"]
+        state.update(packed)
         if "ids" in state:
             state.pop("_packed_ids", None)
             ids = state.pop("ids")
@@ -97,6 +106,13 @@ class MicroBatch:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        positions = state.pop("_packed_positions", None)
+        if positions is not None:
+            state["partitions"], state["offsets"] = unpack_positions(positions)
+        labels = state.pop("_packed_labels", None)
+        if labels is not None:
+            state["y"] = unpack_labels(labels)
         self.__dict__.update(state)
 
     def __getattr__(self, name: str) -> Any:
