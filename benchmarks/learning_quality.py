@@ -380,6 +380,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 why = "drift retrain: " + "; ".join(decision.reasons)
                 adapted = model
                 model = retrained(spec, warm, rows_, window, why, replay, leader=leader)
+                if isinstance(model, CandidateSet) and learn_end < end:  # the product's retrain: on the head's tail
+                    choose_leader(model, spec, metric, X[learn_end:end], y[learn_end:end], refit=True)
                 out.retrains.append(learn_end)
                 if gated:  # unseen rows for the gate: the product's tail of this batch (`tail_split`)
                     pending = (model, adapted, end - tail_start)
