@@ -2,13 +2,14 @@
 
 Every family (say the incremental SGD pipeline and a windowed gradient-boosting model) learns
 every batch, so a family that loses today keeps learning and can win later. The *leader* is what
-the version exports and serves. It changes only on evidence that holds: each batch's tail, which no
-family has learned, adds every challenger's paired outcome against the leader to a *record* (the
-tails since the leader last changed, at most `RECORD_TAILS`), and a challenger replaces the leader
-when, pooled over that record, it is better by more than `promotion.margin` and the combined
-one-sided paired test says so at `promotion.significance` (the margin alone when the test is off or
-cannot be computed). One 200-row tail is too few rows to tell families a few points apart: judged
-alone, a lucky tail switched the leader and an unlucky one kept a weaker leader for many batches.
+the version exports and serves. It changes only on evidence: each batch's tail, which no family has
+learned, adds every challenger's paired outcome against the leader to its *record* (the tails since
+the leader last changed, at most `RECORD_TAILS`), and a challenger replaces the leader when it is
+better by more than `promotion.margin` and a one-sided paired test says so at
+`promotion.significance` (the margin alone when the test is off or cannot be computed), either on
+this tail alone (a change shows at once) or pooled over its record (a lead of a point or two, which
+one 200-row tail cannot show, but which holds). A pooled-only rule was measured and dropped: after a
+change the leader's record from before it outweighed the new evidence for batches (issue 17, part 13).
 A drift retrain's set is different: every family was just refit on the same window, so nobody has
 a record and the inherited leader means nothing; its leader is the best on rows it has not learned
 (`choose_leader(..., refit=True)`). The version's own promotion gate then compares the version (its
@@ -86,10 +87,10 @@ class LeaderChoice:
 def choose_leader(
     model: CandidateSet, spec: StreamSpec, metric: str, X: np.ndarray, y: np.ndarray, refit: bool = False
 ) -> LeaderChoice:
-    """Score every family on rows none has learned; switch the leader only on evidence that holds.
+    """Score every family on rows none has learned; switch the leader only on evidence.
 
-    The rows' paired outcomes join each challenger's record; the best challenger pooled over its
-    record leads when ahead by more than the margin and the combined test agrees. With `refit` (a
+    The rows' paired outcomes join each challenger's record; a challenger leads when ahead by more
+    than the margin with a significant test on these rows or pooled over its record. With `refit` (a
     drift retrain's set: every family just refit) the best family on these rows leads outright.
     Sets `model.leader`, `model.record` and `model.choice` and returns the decision.
     """
@@ -136,34 +137,50 @@ def _paired(model: CandidateSet, spec: StreamSpec, metric: str, X, y, challenger
 
 
 def _held_lead(model: CandidateSet, spec: StreamSpec, metric: str, X, y, scored: dict[str, float]):
-    """Add this tail to every challenger's record; the best pooled challenger leads if it passes."""
+    """Add this tail to every challenger's record; a challenger leads when it passes the margin and
+    the test on this tail alone (a change shows at once) or pooled over its record (a lead too small
+    for one tail that holds); the one with the largest passing gain. Two looks a tail: each at the
+    spec's level, so a tie switches on noise at most about twice as often as on the tail alone."""
     from dagster_project.registry.significance import PairedTest, combine
 
     leader = model.leader
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    margin, level = spec.promotion.margin, spec.promotion.significance
     record = {k: list(v) for k, v in getattr(model, "record", {}).items()}
-    pooled: dict[str, tuple[float, int, PairedTest | None]] = {}
+    looks: list[tuple[bool, float, str, PairedTest | None, int]] = []  # (passes, gain, challenger, test, tails)
     for label in scored:
         if label == leader:
             continue
-        test = _paired(model, spec, metric, X, y, label, leader).to_dict()
-        entry = {"rows": len(y), "gain": sign * (scored[label] - scored[leader]), "test": test}
+        test = _paired(model, spec, metric, X, y, label, leader)
+        entry = {"rows": len(y), "gain": sign * (scored[label] - scored[leader]), "test": test.to_dict()}
         tails = (record.get(label, []) + [entry])[-RECORD_TAILS:]
         record[label] = tails
         rows = sum(t["rows"] for t in tails)
-        gain = sum(t["gain"] * t["rows"] for t in tails) / rows
-        pooled[label] = (gain, len(tails), combine([PairedTest.from_dict(t["test"]) for t in tails]))
+        pooled = sum(t["gain"] * t["rows"] for t in tails) / rows
+        looks.append((_passes(entry["gain"], test, margin, level), entry["gain"], label, test, 1))
+        if len(tails) > 1:
+            combined = combine([PairedTest.from_dict(t["test"]) for t in tails])
+            looks.append((_passes(pooled, combined, margin, level), pooled, label, combined, len(tails)))
     model.record = record
-    best = max(pooled, key=lambda label: pooled[label][0])
-    gain, tails, combined = pooled[best]
-    margin, level = spec.promotion.margin, spec.promotion.significance
-    significant = not level or combined is None or combined.p_value is None or combined.p_value < level
-    test = combined.to_dict() if combined is not None else None
-    evidence = f"{combined.describe() if combined else 'no test'} over {tails} tail{'s' * (tails > 1)}"
-    if gain > margin and significant:
-        return best, test, f"{best} leads: {metric} better than {leader} by {gain:.4f} > margin {margin:g} ({evidence})"
+    passes, gain, best, test, tails = max(looks, key=lambda look: (look[0], look[1]))
+    evidence = f"{test.describe() if test else 'no test'} {'on this tail' if tails == 1 else f'over {tails} tails'}"
+    if passes:
+        return (
+            best,
+            _dict(test),
+            f"{best} leads: {metric} better than {leader} by {gain:.4f} > margin {margin:g} ({evidence})",
+        )
     why = f"ahead by {gain:.4f} <= margin {margin:g}" if gain <= margin else f"ahead by {gain:.4f} but not significant"
-    return leader, test, f"{leader} stays leader: best challenger {best} {why} ({evidence})"
+    return leader, _dict(test), f"{leader} stays leader: best challenger {best} {why} ({evidence})"
+
+
+def _passes(gain: float, test, margin: float, level: float | None) -> bool:
+    """Beyond the margin, and significant at `level` (the margin alone when off or not computable)."""
+    return gain > margin and (not level or test is None or test.p_value is None or test.p_value < level)
+
+
+def _dict(test) -> dict[str, Any] | None:
+    return test.to_dict() if test is not None else None
 
 
 def _refit_leader(model: CandidateSet, spec: StreamSpec, metric: str, X, y, scored: dict[str, float]):

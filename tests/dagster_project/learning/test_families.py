@@ -118,31 +118,31 @@ def scripted_set(right_a: list[int], right_b: list[int]) -> CandidateSet:
     return CandidateSet({"sgd": Scripted(set(right_a)), "hgb": Scripted(set(right_b))}, "sgd")
 
 
-def test_a_one_tail_win_against_the_record_does_not_switch_the_leader() -> None:
-    """hgb trails the leader by 6 rows a tail for three tails, then wins one tail by 12 rows: alone that
-    tail is a significant win beyond the margin (the rule judged one tail at a time switched on it), but
-    pooled over the record since the leader took over it is no lead at all."""
+def test_a_noisy_one_tail_win_against_the_record_does_not_switch_the_leader() -> None:
+    """hgb trails the leader by 6 rows a tail for three tails, then wins one tail by 5 rows, beyond the
+    margin but within noise (McNemar 7 vs 2 discordant rows: p = 0.055); pooled over the record it
+    trails. Every family's number and the test's p-value are recorded."""
     spec = make_spec()
     sgd, hgb = [], []
     for k in range(4):
         base = k * 200
         sgd += range(base, base + 180)  # 0.90 on every tail
-        hgb += range(base, base + (174 if k < 3 else 192))  # 0.87, 0.87, 0.87, then 0.96
+        hgb += range(base, base + 174) if k < 3 else [*range(base, base + 178), *range(base + 180, base + 187)]
     model = scripted_set(sgd, hgb)
     for k in range(4):
         choice = choose_leader(model, spec, "accuracy", *tail(k))
-        assert choice.leader == "sgd"
-    assert choice.values == {"sgd": 0.9, "hgb": 0.96}  # every family's number on this tail
-    last = model.record["hgb"][-1]["test"]
-    assert last["p_value"] < 0.001 and last["detail"] == {"a_only": 12, "b_only": 0}  # alone: a clear win
-    assert "sgd stays leader: best challenger hgb ahead by -0.0075 <= margin 0.01" in choice.reason
-    assert "over 4 tails" in choice.reason and choice.test["detail"] == {"a_only": 12, "b_only": 18}
-    assert len(model.record["hgb"]) == 4
+        assert choice.leader == model.leader == "sgd"
+    assert choice.values == {"sgd": 0.9, "hgb": 0.925}  # every family's number on this tail
+    assert choice.test["detail"] == {"a_only": 7, "b_only": 2} and choice.test["p_value"] == pytest.approx(28 / 512)
+    assert "sgd stays leader: best challenger hgb ahead by 0.0250 but not significant" in choice.reason
+    pooled = [t["gain"] for t in model.record["hgb"]]
+    assert pooled == pytest.approx([-0.03, -0.03, -0.03, 0.025])  # the record: it trails, pooled
 
 
 def test_an_advantage_that_holds_over_tails_switches_the_leader() -> None:
     """hgb is 2 points ahead on every tail, never significantly on one tail alone (McNemar 6 vs 2
-    discordant rows: p = 0.09); pooled over two tails it is (12 vs 4: p = 0.02), and it leads."""
+    discordant rows: p = 0.09); pooled over two tails it is (12 vs 4: p = 0.02), and it leads. (Judged
+    one tail at a time, as before the record, it never would.)"""
     spec = make_spec()
     sgd, hgb = [], []
     for k in range(3):
