@@ -162,23 +162,10 @@ def _families(estimator) -> dict:
 def gate_retrain(settings, reg, spec: StreamSpec, version):
     """The promotion gate of a retrained version, in its own run: on its parent's tail, which the
     retrain window stops short of (it re-learns learned offsets only) and the champion never saw."""
-    from dagster_project.features.checkpoint import state_after
-    from dagster_project.ingest.micro_batch import MicroBatch, read_batch
+    from dagster_project.learning.retraining import unseen_tail
 
     parent = reg.get(spec.name, version.parent) if version.parent else None
-    tail = {}
-    if parent is not None:
-        learned = parent.learned
-        tail = {
-            int(p): (learned[int(p)], int(end))
-            for p, (_, end) in parent.meta["offsets"]["batch"].items()
-            if int(p) in learned and learned[int(p)] < int(end)
-        }
-    # The tail starts at the parent's learned offsets: its features continue the parent's state.
-    state = state_after(reg, spec, parent)
-    unseen: MicroBatch | None = (
-        read_batch(settings, spec, tail, dead_letter_invalid=False, state=state) if tail else None
-    )
+    unseen = unseen_tail(settings, reg, spec, parent)
     metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
     estimator = reg.load_estimator(spec.name, version.name)
     return decide_promotion(reg, spec, metric, version.name, estimator, unseen)

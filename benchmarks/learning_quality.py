@@ -13,7 +13,9 @@ sensor's logic after each batch: `monitors.detectors` on the per-batch error rat
 MAE) since the last action, `monitors.decisions.decide` with the stream's DriftSpec (cooldown on a
 simulated clock of `--rate` rows/s), and on "retrain" `learning.learner.retrained` (incremental
 families replay the window with `learning.retraining.replayed`) on the batches since the change
-point. The retrained model serves the next batch; its promotion gate (`settle_retrain`: the
+point; a retrained candidate set picks its leader among its refit families on that batch's tail
+(`choose_leader(..., refit=True)`, the product's retrain on the head's tail). The retrained model
+serves the next batch; its promotion gate (`settle_retrain`: the
 product's `registry.promotion.judge` against the model that kept learning, on as many of that
 batch's first rows as the product's tail, neither has learned) decides which of the two the stream
 continues from, as `learning.pipeline.continue_from` does. Not simulated: data drift (PSI/KS),
@@ -429,6 +431,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 why = "drift retrain: " + "; ".join(decision.reasons)
                 adapted = model
                 model = retrained(spec, warm, rows_, window, why, replay, leader=leader)
+                if isinstance(model, CandidateSet) and learn_end < end:  # the product's retrain: on the head's tail
+                    choose_leader(model, spec, metric, X[learn_end:end], y[learn_end:end], refit=True)
                 out.retrains.append(learn_end)
                 if gated:  # unseen rows for the gate: the product's tail of this batch (`tail_split`)
                     pending = (model, adapted, end - tail_start)

@@ -77,8 +77,10 @@ def test_then_learn(
             )
             members[family.label] = learned.model
             families[family.label] = learned.metrics.as_metadata() | describe(learned.model)
-        leader = current.leader if current and current.leader in members else spec.model.families[0].label
-        return Learned(CandidateSet(members, leader), _metrics(families[leader]), None, families)
+        kept = current is not None and current.leader in members
+        leader = current.leader if kept else spec.model.families[0].label
+        record = {k: list(v) for k, v in getattr(current, "record", {}).items() if k in members} if kept else None
+        return Learned(CandidateSet(members, leader, record), _metrics(families[leader]), None, families)
     return _learn_one(model, spec, rows, ranges, read, force)
 
 

@@ -163,6 +163,38 @@ def replayed(spec: StreamSpec, member_spec: StreamSpec, start: object, X: np.nda
     return model
 
 
+def unseen_tail(
+    settings: KafkaSettings, registry: ModelRegistry, spec: StreamSpec, parent: Version | None
+) -> MicroBatch | None:
+    """The tail `parent` held out of its batch (None if it held none): rows no version has learned
+    yet, the unseen rows a retrain on `parent`'s window is judged on (its leader, its gate)."""
+    from dagster_project.features.checkpoint import state_after
+
+    if parent is None:
+        return None
+    learned = parent.learned
+    tail = {
+        int(p): (learned[int(p)], int(end))
+        for p, (_, end) in parent.meta["offsets"]["batch"].items()
+        if int(p) in learned and learned[int(p)] < int(end)
+    }
+    if not tail:
+        return None
+    # The tail starts at the parent's learned offsets: its features continue the parent's state.
+    return read_batch(settings, spec, tail, dead_letter_invalid=False, state=state_after(registry, spec, parent))
+
+
+def _lead_refit(model: object, spec: StreamSpec, unseen: MicroBatch | None) -> None:
+    """A retrained candidate set's leader: the best refit family on the unseen tail (families.py)."""
+    from dagster_project.learning.families import CandidateSet, choose_leader
+    from dagster_project.registry.promotion import default_metric
+
+    if not isinstance(model, CandidateSet) or unseen is None or not unseen.rows or not unseen.labelled.any():
+        return
+    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    choose_leader(model, spec, metric, unseen.X[unseen.labelled], unseen.y[unseen.labelled], refit=True)
+
+
 def retrain(
     settings: KafkaSettings,
     registry: ModelRegistry,
@@ -206,6 +238,7 @@ def retrain(
             rows = rows_of(X, y, batch.partitions[labelled], batch.offsets[labelled])
             why = "drift retrain: " + "; ".join(reasons) if reasons else "drift retrain"
             model = retrained(spec, start, rows, window, why, replay, leader=getattr(current, "leader", None))
+            _lead_refit(model, spec, unseen_tail(settings, registry, spec, head) if families else None)
         return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started)
 
     retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dagster_project.learning.families import CandidateSet, choose_leader
 from dagster_project.learning.learner import describe, servable, test_then_learn
@@ -90,3 +91,100 @@ def test_the_leader_is_kept_across_batches_and_a_beaten_family_keeps_learning() 
     model, learned = learn(spec, reader, range(5, 7), model)
     assert model.leader == "hgb" and learned.metrics.accuracy == learned.families["hgb"]["accuracy"]
     assert servable(model.members["sgd"]).named_steps["scaler"].n_samples_seen_ == sgd_seen + 400
+
+
+class Scripted:
+    """A family whose every outcome the test sets: right on the rows whose id (column 0) is in
+    `right`, wrong on the others; the label of row `i` is `i % 2`."""
+
+    def __init__(self, right: set[int]) -> None:
+        self.right = right
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        ids = X[:, 0].astype(int)
+        return np.where(np.isin(ids, list(self.right)), ids % 2, 1 - ids % 2)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self.predict(X).astype(float)
+        return np.column_stack([1 - p, p])
+
+
+def tail(k: int, rows: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.arange(k * rows, (k + 1) * rows)
+    return np.column_stack([ids, np.zeros((rows, 2))]).astype(float), ids % 2
+
+
+def scripted_set(right_a: list[int], right_b: list[int]) -> CandidateSet:
+    return CandidateSet({"sgd": Scripted(set(right_a)), "hgb": Scripted(set(right_b))}, "sgd")
+
+
+def test_a_noisy_one_tail_win_against_the_record_does_not_switch_the_leader() -> None:
+    """hgb trails the leader by 6 rows a tail for three tails, then wins one tail by 5 rows, beyond the
+    margin but within noise (McNemar 7 vs 2 discordant rows: p = 0.055); pooled over the record it
+    trails. Every family's number and the test's p-value are recorded."""
+    spec = make_spec()
+    sgd, hgb = [], []
+    for k in range(4):
+        base = k * 200
+        sgd += range(base, base + 180)  # 0.90 on every tail
+        hgb += range(base, base + 174) if k < 3 else [*range(base, base + 178), *range(base + 180, base + 187)]
+    model = scripted_set(sgd, hgb)
+    for k in range(4):
+        choice = choose_leader(model, spec, "accuracy", *tail(k))
+        assert choice.leader == model.leader == "sgd"
+    assert choice.values == {"sgd": 0.9, "hgb": 0.925}  # every family's number on this tail
+    assert choice.test["detail"] == {"a_only": 7, "b_only": 2} and choice.test["p_value"] == pytest.approx(28 / 512)
+    assert "sgd stays leader: best challenger hgb ahead by 0.0250 but not significant" in choice.reason
+    pooled = [t["gain"] for t in model.record["hgb"]]
+    assert pooled == pytest.approx([-0.03, -0.03, -0.03, 0.025])  # the record: it trails, pooled
+
+
+def test_an_advantage_that_holds_over_tails_switches_the_leader() -> None:
+    """hgb is 2 points ahead on every tail, never significantly on one tail alone (McNemar 6 vs 2
+    discordant rows: p = 0.09); pooled over two tails it is (12 vs 4: p = 0.02), and it leads. (Judged
+    one tail at a time, as before the record, it never would.)"""
+    spec = make_spec()
+    sgd, hgb = [], []
+    for k in range(3):
+        base = k * 200
+        sgd += [*range(base, base + 170), *range(base + 190, base + 192)]
+        hgb += range(base, base + 176)
+    model = scripted_set(sgd, hgb)
+    first = choose_leader(model, spec, "accuracy", *tail(0))
+    assert first.leader == "sgd" and "not significant" in first.reason
+    assert first.test["p_value"] == pytest.approx(23 / 256)
+    second = choose_leader(model, spec, "accuracy", *tail(1))
+    assert second.leader == model.leader == "hgb" and second.previous == "sgd"
+    assert second.test["detail"] == {"a_only": 12, "b_only": 4} and second.test["p_value"] < 0.05
+    assert (
+        "hgb leads: accuracy better than sgd by 0.0200 > margin 0.01" in second.reason
+        and "over 2 tails" in second.reason
+    )
+    assert model.record == {}  # a new leader starts a new record
+    third = choose_leader(model, spec, "accuracy", *tail(2))
+    assert third.leader == "hgb" and set(model.record) == {"sgd"}
+
+
+def test_a_refit_set_leads_with_its_best_family_without_a_record() -> None:
+    """After a drift retrain every family is a new fit: the best on the unseen rows leads, even by
+    less than the margin, and the test against the inherited leader is recorded."""
+    spec = make_spec()
+    model = scripted_set(list(range(180)), list(range(181)))
+    model.record = {"hgb": [{"rows": 200, "gain": -0.1, "test": {}}]}  # an old record says nothing of new fits
+    choice = choose_leader(model, spec, "accuracy", *tail(0), refit=True)
+    assert choice.leader == model.leader == "hgb" and model.record == {}
+    assert choice.test["detail"] == {"a_only": 1, "b_only": 0} and "refit families: hgb leads" in choice.reason
+    tie = scripted_set(list(range(180)), list(range(20, 200)))
+    assert choose_leader(tie, spec, "accuracy", *tail(0), refit=True).leader == "sgd"  # a tie keeps the leader
+
+
+def test_the_record_is_carried_to_the_next_batch() -> None:
+    X, y = stream(3000, seed=1)
+    spec = make_spec(margin=0.9)
+    reader = RecordingReader(X, y)
+    model, _ = learn(spec, reader, range(5))
+    choose_leader(model, spec, "accuracy", X[1000:1300], y[1000:1300])
+    assert model.leader == "sgd" and len(model.record["hgb"]) == 1
+    model, _ = learn(spec, reader, range(5, 7), model)
+    choose_leader(model, spec, "accuracy", X[1400:1600], y[1400:1600])
+    assert len(model.record["hgb"]) == 2 and "over 2 tails" in model.choice["reason"]

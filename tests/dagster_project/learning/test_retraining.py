@@ -281,6 +281,7 @@ def test_a_drift_retrain_refits_a_windowed_family_on_post_change_rows_at_once(
     assert forest["refit"] and forest["reason"] == "drift retrain: error rate rose"
     assert forest["fitted_on"]["ranges"] == {str(p): [[e // 3, e]] for p, e in ends.items()}  # v2 on only
     assert forest["fitted_on"]["rows"] == 400
+    # This spec holds no tail out: no unseen rows to choose on, so the champion's leader is kept.
     assert retrained.meta["families"]["leader"] == v3.meta["families"]["leader"]
     sgd = registry.load_estimator(spec.name, retrained.name).members["sgd"]
     assert sgd.named_steps["scaler"].n_samples_seen_ == 400 * spec.drift.retrain_epochs  # replayed, fresh
@@ -316,3 +317,47 @@ def test_a_drift_retrain_learns_from_the_change_inside_the_batch_not_its_first_r
     y = np.array([e.label for e in later])
     accuracy = float((registry.load_estimator(spec.name, retrained.name).predict(X) == y).mean())
     assert accuracy >= 0.85, f"the retrained model serves the new concept at {accuracy:.3f}"
+
+
+REFIT_FAMILIES = synthetic_spec(
+    # A margin no challenger clears: the leader never changes batch by batch, so what leads after the
+    # retrain is the refit rule's choice alone.
+    promotion={"tail_rows": 100, "tail_fraction": 0.2, "min_rows": 50, "metric": "accuracy", "margin": 0.9},
+    batch={"rows": 200, "max_rows": 600, "max_wait_s": 0.2},
+    model={
+        "candidates": [
+            {"estimator": "sgd_classifier", "name": "sgd"},
+            {"estimator": "hist_gradient_boosting_classifier", "name": "hgb", "window_rows": 2000},
+        ]
+    },
+)
+
+
+@pytest.mark.parametrize("spec", [REFIT_FAMILIES], ids=["families"])
+def test_a_retrained_candidate_set_leads_with_its_best_refit_family_on_the_head_s_tail(
+    kafka_settings, spec, registry, stream_defs, instance
+) -> None:
+    """The champion's leader (sgd, kept by the margin) is no evidence about families that were all
+    just refit: on the head's tail, which neither the retrain nor the head learned, the trees lead on
+    a non-linear concept, the version exports them, and its gate judges them on the same rows."""
+    from assets.promotion import gate_retrain
+    from tests.assets.test_promotion import _next, _produce_xor
+    from tests.helpers import run_batch
+
+    _produce_xor(kafka_settings, spec, 1200)
+    for _ in range(3):
+        assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 200), instance).success
+    v1, v2, v3 = registry.versions(spec.name)
+    assert v3.meta["families"]["leader"] == "sgd"
+
+    retrained = retrain(kafka_settings, registry, spec, ["error rate rose"], "run-retrain", since=v2.name)
+
+    choice = retrained.meta["families"]["choice"]
+    tail_rows = sum(e - v3.learned[int(p)] for p, (_, e) in v3.meta["offsets"]["batch"].items())
+    assert choice["rows"] == tail_rows >= 50 and choice["previous"] == "sgd"
+    assert choice["leader"] == retrained.meta["families"]["leader"] == "hgb"
+    assert choice["values"]["hgb"] > choice["values"]["sgd"] + 0.2 and "refit families: hgb leads" in choice["reason"]
+    assert choice["test"]["test"] == "McNemar mid-p" and choice["test"]["p_value"] < 0.05
+    assert b"TreeEnsemble" in registry.load_onnx(spec.name, retrained.name)  # the version serves its leader
+    result = gate_retrain(kafka_settings, registry, spec, retrained)
+    assert result.rows == tail_rows and result.candidate_value == choice["values"]["hgb"]
