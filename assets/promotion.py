@@ -17,14 +17,14 @@ import dagster as dg
 
 from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.registry.promotion import compare, default_metric, gate, judge
+from dagster_project.registry.promotion import compare, gate, judge, stream_metric
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
 
 def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
     name = spec.name
-    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    metric = stream_metric(spec)
 
     @dg.asset(
         retry_policy=retry_policy(spec),
@@ -166,7 +166,7 @@ def gate_retrain(settings, reg, spec: StreamSpec, version):
 
     parent = reg.get(spec.name, version.parent) if version.parent else None
     unseen = unseen_tail(settings, reg, spec, parent)
-    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    metric = stream_metric(spec)
     estimator = reg.load_estimator(spec.name, version.name)
     return decide_promotion(reg, spec, metric, version.name, estimator, unseen)
 

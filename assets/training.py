@@ -385,7 +385,7 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
     windowed model's refit. Empty for a single incremental model (metadata exactly as before)."""
     from dagster_project.learning.families import CandidateSet, choose_leader
     from dagster_project.learning.windowed import WindowedModel
-    from dagster_project.registry.promotion import default_metric
+    from dagster_project.registry.promotion import stream_metric
 
     if isinstance(estimator, WindowedModel):
         context.log.info(f"{spec.name}: {estimator.last.get('reason')}")
@@ -400,7 +400,7 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
     }
     tail = batch.tail
     if tail is not None and tail.rows and tail.labelled.any():
-        metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+        metric = stream_metric(spec)
         choice = choose_leader(estimator, spec, metric, tail.X[tail.labelled], tail.y[tail.labelled])
         context.log.info(f"{spec.name}: {choice.reason}")
         numbers |= {f"tail_{label}_{metric}": v for label, v in choice.values.items() if v is not None}

@@ -309,7 +309,7 @@ def streamfit_batch(
     from dagster_project.learning.pipeline import TrainedModel, export_checked
     from dagster_project.learning.windowed import kafka_reader
     from dagster_project.quality.suite import validate_batch
-    from dagster_project.registry.promotion import default_metric, spec_tail_split
+    from dagster_project.registry.promotion import spec_tail_split, stream_metric
     from dagster_project.registry.store import FilesystemRegistry
     from dagster_project.registry.versioning import already_registered, register_batch
 
@@ -385,7 +385,7 @@ def streamfit_batch(
 
     # champion
     t = clock()
-    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    metric = stream_metric(spec)
     decide_champion(registry, spec, metric, batch, model)
     stages["promotion gate"] = clock() - t
     return stages, version

@@ -45,6 +45,12 @@ class CandidateSet:
         # challenger -> its paired tests against the leader on the tails since the leader changed
         self.record: dict[str, list[dict]] = record if record is not None else {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Versions pickled before the leader kept records or choices load with empty ones."""
+        state.setdefault("choice", {})
+        state.setdefault("record", {})
+        self.__dict__.update(state)
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.members[self.leader].predict(X)
 
@@ -146,7 +152,7 @@ def _held_lead(model: CandidateSet, spec: StreamSpec, metric: str, X, y, scored:
     leader = model.leader
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     margin, level = spec.promotion.margin, spec.promotion.significance
-    record = {k: list(v) for k, v in getattr(model, "record", {}).items()}
+    record = {k: list(v) for k, v in model.record.items()}
     looks: list[tuple[bool, float, str, PairedTest | None, int]] = []  # (passes, gain, challenger, test, tails)
     for label in scored:
         if label == leader:

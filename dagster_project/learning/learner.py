@@ -79,7 +79,7 @@ def test_then_learn(
             families[family.label] = learned.metrics.as_metadata() | describe(learned.model)
         kept = current is not None and current.leader in members
         leader = current.leader if kept else spec.model.families[0].label
-        record = {k: list(v) for k, v in getattr(current, "record", {}).items() if k in members} if kept else None
+        record = {k: list(v) for k, v in current.record.items() if k in members} if kept else None
         return Learned(CandidateSet(members, leader, record), _metrics(families[leader]), None, families)
     return _learn_one(model, spec, rows, ranges, read, force)
 

@@ -187,11 +187,11 @@ def unseen_tail(
 def _lead_refit(model: object, spec: StreamSpec, unseen: MicroBatch | None) -> None:
     """A retrained candidate set's leader: the best refit family on the unseen tail (families.py)."""
     from dagster_project.learning.families import CandidateSet, choose_leader
-    from dagster_project.registry.promotion import default_metric
+    from dagster_project.registry.promotion import stream_metric
 
     if not isinstance(model, CandidateSet) or unseen is None or not unseen.rows or not unseen.labelled.any():
         return
-    metric = spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
+    metric = stream_metric(spec)
     choose_leader(model, spec, metric, unseen.X[unseen.labelled], unseen.y[unseen.labelled], refit=True)
 
 

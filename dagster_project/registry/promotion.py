@@ -16,10 +16,13 @@ statistic and p-value.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.registry.significance import PairedTest, paired_test, significant
+
+if TYPE_CHECKING:
+    from dagster_project.spec import StreamSpec
 
 HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mae": False, "rmse": False}
 
@@ -28,6 +31,11 @@ def default_metric(task: str, n_classes: int) -> str:
     if task == "regression":
         return "rmse"
     return "roc_auc" if n_classes == 2 else "accuracy"
+
+
+def stream_metric(spec: StreamSpec) -> str:
+    """The metric every decision on this stream compares: the spec's, else the task's default."""
+    return spec.promotion.metric or default_metric(spec.task, len(spec.label.classes or []))
 
 
 def tail_split(ranges: Ranges, tail_rows: int, tail_fraction: float, min_rows: int) -> dict[int, int]:

@@ -188,3 +188,13 @@ def test_the_record_is_carried_to_the_next_batch() -> None:
     model, _ = learn(spec, reader, range(5, 7), model)
     choose_leader(model, spec, "accuracy", X[1400:1600], y[1400:1600])
     assert len(model.record["hgb"]) == 2 and "over 2 tails" in model.choice["reason"]
+
+
+def test_a_candidate_set_pickled_before_records_existed_loads_with_empty_ones() -> None:
+    """Registered versions outlive code changes: an older pickle lacks `record` and `choice`."""
+    import pickle
+
+    old = CandidateSet.__new__(CandidateSet)
+    old.__dict__.update({"members": {"sgd": None}, "leader": "sgd"})
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.record == {} and loaded.choice == {} and loaded.leader == "sgd"

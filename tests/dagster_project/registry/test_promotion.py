@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dagster_project.registry.promotion import default_metric, gate
+from dagster_project.registry.promotion import default_metric, gate, stream_metric
 from dagster_project.registry.significance import delong
 
 
@@ -36,6 +36,18 @@ def test_default_metric_follows_the_task():
     assert default_metric("classification", 2) == "roc_auc"
     assert default_metric("classification", 3) == "accuracy"
     assert default_metric("regression", 0) == "rmse"
+
+
+def test_stream_metric_prefers_the_specs_metric_over_the_tasks_default():
+    from dagster_project.spec import StreamSpec
+
+    features = [{"name": "x"}]
+    binary = StreamSpec(name="s", features=features, label={"classes": [0, 1]})
+    assert stream_metric(binary) == "roc_auc"
+    three = StreamSpec(name="s", features=features, label={"classes": [0, 1, 2]})
+    assert stream_metric(three) == "accuracy"
+    chosen = StreamSpec(name="s", features=features, label={"classes": [0, 1]}, promotion={"metric": "log_loss"})
+    assert stream_metric(chosen) == "log_loss"
 
 
 def _weak_scores(seed: int, rows: int, signal: float):
