@@ -49,13 +49,12 @@ from dagster_project.serving.api import (
 )
 from dagster_project.serving.coalesce import Coalescer, Scored
 from dagster_project.serving.kserve import infer_answer, infer_path, infer_response, parse_infer_request
-from dagster_project.serving.limits import BodyDeadlines, ClientGone, RequestError, receive_body
+from dagster_project.serving.limits import BodyDeadlines, ClientGone, RequestError, loop_deadlines, receive_body
 from dagster_project.serving.rows import validate_rows
 from dagster_project.serving.typed_body import decode_rows
 
 log = logging.getLogger(__name__)
 
-DEADLINE_TICK_S = 0.25  # a body past its deadline is cut within this much more (a quarter of it, if shorter)
 
 # A body's bytes -> the route's answer, scored on its own (large bodies, or coalescing off)
 Answer = Callable[[ScoringContext, bytes], Response]
@@ -226,7 +225,7 @@ class FastInference:
         thread, loop, deadlines = self._loop
         if loop is None or deadlines is None or thread != threading.get_ident() or loop.is_closed():
             loop = asyncio.get_running_loop()
-            deadlines = BodyDeadlines(loop, min(DEADLINE_TICK_S, self.ctx.limits.body_timeout_s / 4))
+            deadlines = loop_deadlines(loop, self.ctx.limits)
             self._loop = (threading.get_ident(), loop, deadlines)
         return loop, deadlines
 
