@@ -221,7 +221,8 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
 # SGD and windowed gradient boosting competing through the gate had the best mean rank of every
 # Streamfit configuration, never far behind SGD on linear streams and far ahead on non-linear ones.
 # Adding windowed kNN (part 11) gained up to 0.021 on RBF streams but lost up to 0.016 on two others at
-# batches of 1,000, so it is not in the set (benchmarks/README.md, "Part 11").
+# batches of 1,000, so it is not in the set (benchmarks/README.md, "Part 11"); after parts 13-14 it still
+# loses 0.0092 on one stream, on the batch holding a change that no family has learned yet (not its window).
 RECOMMENDED_CANDIDATES: dict[TaskName, list[dict[str, str]]] = {
     "classification": [
         {"estimator": "sgd_classifier", "name": "sgd"},

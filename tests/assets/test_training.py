@@ -245,3 +245,45 @@ def test_crash_during_a_refit_then_retry_learns_every_row_exactly_once(
     assert versions[1].meta["window"]["fitted_on"]["read"] == {str(p): list(r) for p, r in first.items()}
     assert head.meta["window"]["fitted_on"]["rows"] == 900  # every row once in the window, none twice
     assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == head.learned
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [synthetic_spec(partitions=1, model={"estimator": "k_neighbors_classifier", "window_rows": 1000})],
+    ids=["knn"],
+)
+def test_after_a_located_drift_retrain_the_knn_window_reads_only_post_change_offsets_and_grows_back(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    """The concept flips at row 650, inside the batch [400, 800) the detector names. The drift retrain
+    fits kNN from the located change; the training runs after it read back and record only offsets
+    from there, until the window reaches its cap and slides in whole batches."""
+    from dagster_project.dev.datasets import synthetic_events
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+    from dagster_project.learning.retraining import retrain
+
+    events = list(synthetic_events(rows=2_000, change_at=650, seed=3))
+    produce(
+        kafka_settings, spec, ((e.event_id.encode(), make_event(e.event_id, e.features, e.label, 0.0)) for e in events)
+    )
+    for k in range(2):
+        assert run_batch(stream_defs, spec, {0: (400 * k, 400 * (k + 1))}, instance).success
+    _, v2 = registry.versions(spec.name)
+
+    retrained = retrain(kafka_settings, registry, spec, ["error rate rose"], "run-retrain", since=v2.name)
+    start = retrained.meta["retrain"]["change_at"]["0"]
+    assert 600 <= start <= 700, f"the change (row 650) was located at {start}"
+    assert retrained.meta["window"]["fitted_on"]["ranges"] == {"0": [[start, 800]]}
+
+    fitted = []
+    for k in range(2, 5):
+        assert run_batch(stream_defs, spec, {0: (400 * k, 400 * (k + 1))}, instance).success
+        head = registry.head(spec.name)
+        assert head.meta["window"]["reason"] == "refit every 1 batch(es)"
+        fitted.append(head.meta["window"]["fitted_on"])
+    assert [f["ranges"]["0"] for f in fitted] == [[[start, 1200]], [[start, 1600]], [[1200, 2000]]]
+    assert [f["read"] for f in fitted] == [{"0": [start, 800]}, {"0": [start, 1200]}, {"0": [1200, 1600]}]
+    assert fitted[-1]["offsets"] == 800 and all(f["offsets"] <= spec.model.window for f in fitted)
+    head = registry.head(spec.name)
+    assert head.learned == {0: 2_000} and head.meta["rows_learned_total"] == 2_000  # exactly once throughout

@@ -223,3 +223,32 @@ def test_a_knn_window_above_its_cap_is_refused_with_the_fix() -> None:
     assert make_spec(estimator="k_neighbors_classifier", window_rows=KNN_MAX_WINDOW_ROWS).model.window == (
         KNN_MAX_WINDOW_ROWS
     )
+
+
+def test_after_a_located_change_knn_refits_read_only_post_change_offsets_and_grow_back_to_the_cap() -> None:
+    # A drift retrain fits kNN on the rows from the located change on (part 6). The refits that follow
+    # must read back only offsets from there (never the old concept again), record that window, and
+    # grow it batch by batch until it reaches the cap; then it slides as before the change.
+    spec = make_spec(estimator="k_neighbors_classifier", window_rows=1200)
+    per_partition = 200  # 400 offsets a batch over two partitions
+    X, y = stream(2 * per_partition * 12, seed=6, flip_at=2 * 650)
+    reader = RecordingReader(X, y)
+    model, _ = run(spec, reader, batches=4)  # offsets [0, 800) per partition: the old concept
+    located = {p: (650, 800) for p in (0, 1)}  # the change located inside the last batch
+    model = learner.retrained(spec, model, reader.rows(located), located, "drift retrain", replay=None)
+    assert model.fitted_on["ranges"] == {str(p): [[650, 800]] for p in (0, 1)}
+
+    windows, reads = [], []
+    for i in range(4, 8):
+        ranges = batch_ranges(i, per_partition)
+        reader.reads.clear()
+        model = test_then_learn(model, spec, reader.rows(ranges), ranges, reader).model
+        windows.append(model.fitted_on["ranges"]["0"])
+        reads.append(list(reader.reads))
+    # 300 + 400 + 400 + 400 offsets > 1,200 at the third batch: the located segment leaves and the
+    # window is the cap's three newest whole batches from then on.
+    assert windows == [[[650, 1000]], [[650, 1200]], [[800, 1400]], [[1000, 1600]]]
+    assert reads[0] == [{0: (650, 800), 1: (650, 800)}]  # only post-change offsets are read back
+    assert reads[1] == [{0: (650, 1000), 1: (650, 1000)}]
+    assert all(s >= 650 for read in reads for ranges in read for s, _ in ranges.values())
+    assert model.fitted_on["offsets"] == 1200 and model.fitted().named_steps["estimator"].n_samples_fit_ == 1200
