@@ -246,6 +246,11 @@ def _corpus() -> list[bytes | None]:
         b'{"id": "e8", "features": {"f": 1, "i": 2, "b": 1, "n": 1}} trailing',
         b'{"id": "\\ud800", "features": {"f": 1, "i": 2, "b": 1, "n": 1}}',
         b'{"id": "e9", "features": {"f": 1, "i": 2, "b": 1, "n": 1}, "ts": {"t": 1}}',
+        b'{"id": "\xff\xfe", "features": {"f": 1, "i": 2, "b": 1, "n": 1}}',  # not UTF-8 inside a string
+        b'\xff{"id": "e10", "features": {"f": 1, "i": 2, "b": 1, "n": 1}}',  # not UTF-8 before the object
+        b'[{"id": "e11", "features": {"f": 1, "i": 2, "b": 1, "n": 1}}]',  # an array holding an event
+        b'{"id": "e12", "features": {"f": 1, "i": 2, "b": 1}}',  # a feature missing
+        b'{"id": "e13", "features": {"f": 1, "i": 2, "b": 1, "n": 1}, "label": null, "label": 7}',
     ]
     return [raw for pair in zip(good * 4, bad + bad[: len(good) * 4 - len(bad)], strict=False) for raw in pair]
 
@@ -289,3 +294,47 @@ def test_parse_many_of_nothing() -> None:
     batch = EventParser(make_spec()).parse_many([])
     assert batch.X.shape == (0, 4)
     assert batch.ids == [] and batch.failures == []
+
+
+def _fast(**changes) -> bytes:
+    """A message the batch parser's typed decode accepts (the bool feature as 0/1, not true/false)."""
+    features = changes.pop("features", {})
+    return event(features={"b": 1} | features if isinstance(features, dict) else features, **changes)
+
+
+FAST_PATH_REFUSALS = [
+    _fast(id=""),  # the type takes any string; the contract wants an id
+    _fast(id=2**63).replace(b"9223372036854775808", b"18446744073709551616"),  # an int id beyond 64 bits
+    _fast(label=2),  # a number that is not a class
+    _fast(label="1"),  # a string for a number class
+    _fast(label=0.5),
+    _fast(features={"i": 3.5}),  # an int feature with a fraction
+    _fast(features={"b": 2}),  # a bool feature that is not 0/1
+    _fast(features={"f": 1e38}),  # beyond the float32 model's magnitude limit
+    _fast(features={"f": "1.5"}),  # a wrong type
+    _fast(features={"n": DROP}),  # a feature missing
+    _fast(features={"f": 1, "zz": 2}),  # an unknown feature
+    _fast(features=[1.5, 3, 1, 0.25]),  # an array where an object is expected
+    b"[" + _fast() + b"]",  # an array holding an event
+    _fast()[:-1],  # cut short
+    _fast(id="XX").replace(b"XX", b"\xff\xfe"),  # not UTF-8 inside a string
+    None,
+]
+
+
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_parse_many_refuses_among_fast_messages_what_parse_refuses(position: int) -> None:
+    """Messages the typed decode takes but the contract refuses go to `parse` for their reason; the
+    good messages around them keep their rows and positions (a broken fast path fails here)."""
+    parser = EventParser(make_spec())
+    for bad in FAST_PATH_REFUSALS:
+        values = [_fast(id=f"g{i}", label=i % 2, features={"f": float(i)}) for i in range(8)]
+        values[position] = bad
+        batch = parser.parse_many(values)
+        rows, failures = _one_by_one(parser, values)
+        assert [i for i, _ in batch.failures] == [position], bad
+        assert batch.failures == failures
+        assert batch.index.tolist() == [i for i, _ in rows] == [i for i in range(8) if i != position]
+        assert batch.ids == [f"g{i}" for i in range(8) if i != position]
+        np.testing.assert_array_equal(batch.X, np.asarray([e.values for _, e in rows]))
+        np.testing.assert_array_equal(batch.y, [i % 2 for i in range(8) if i != position])

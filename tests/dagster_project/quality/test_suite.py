@@ -308,6 +308,22 @@ def test_batch_frame_layout() -> None:
         batch_frame(make_batch(), StreamSpec.model_validate({**spec.model_dump(), "features": [{"name": "a"}]}))
 
 
+def test_batch_frame_ids_are_object_strings_and_a_repeated_id_still_fails() -> None:
+    """The ids column holds the batch's own strings as objects, not pandas' default Arrow strings
+    (pyarrow's pool costs 30-70 ms on its first large allocation in a run's process); the unique-id
+    rule still names both rows of a repeated id."""
+    spec = make_spec()
+    batch = make_batch()
+    df = batch_frame(batch, spec)
+    assert df["event_id"].dtype == object and df["event_id"].tolist() == batch.ids
+    batch.ids[7] = batch.ids[3]
+    failure = next(f for f in validate_batch(batch, spec).failures if f.expectation.endswith("to_be_unique"))
+    assert {(row["partition"], row["offset"]) for row in failure.sample} == {
+        (1, FIRST_OFFSET + 3),
+        (1, FIRST_OFFSET + 7),
+    }
+
+
 # -- suite files -----------------------------------------------------------------------------------
 
 
