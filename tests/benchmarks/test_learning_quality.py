@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from benchmarks import learning_quality, learning_streams
 
@@ -14,7 +15,7 @@ def test_quick_run_reports_every_model_on_every_stream_with_sane_figures(capsys)
     printed = capsys.readouterr().out
     reports = {r["stream"]: r for r in out["reports"]}
     assert set(reports) == set(learning_streams.QUICK)
-    models = (*learning_quality.CONFIGS, *learning_quality.RIVER)
+    models = (*learning_quality.CONFIGS, *learning_quality.RIVER, *learning_quality.RIVER_BATCHED)
     for report in reports.values():
         assert set(report["table"]) == set(models), report["stream"]
         for name, row in report["table"].items():
@@ -46,9 +47,75 @@ def test_quick_run_reports_every_model_on_every_stream_with_sane_figures(capsys)
     assert reports["friedman_stationary_s1"]["verdict"]["default_vs_lr"] is None, "no McNemar test for MAE"
     tested = reports["hyperplane_stationary_s1"]["verdict"]["default_vs_lr"]
     assert tested["rows"] == 2_000 - 500 and 0 <= tested["p_value"] <= 1
+    # Part 15: every missed target is split into "latency" and "learner" streams, and nothing else.
+    latency = out["summary"]["batch_latency"]
+    for key, target in (("best", BEST_TARGET), ("default", LR_TARGET)):
+        assert sorted(latency[key]["latency"] + latency[key]["learner"]) == sorted(out["summary"]["targets"][target])
+    assert "River in the same micro-batches" in printed and "river_arf_b" in printed
 
 
 LR_TARGET = "default >= River LR everywhere"
+BEST_TARGET = "best Streamfit >= best River on every stream"
+
+
+def test_batched_river_scores_a_whole_batch_with_the_model_of_the_batch_start_then_learns_it() -> None:
+    """The label flips from 0 to 1 at row 1,500, the middle of the second batch of 1,000: the batched
+    models, which saw only zeros at the batch's start, err on every flipped row of that batch; row by
+    row, LR and ARF adapt inside it. In the next batch the batched ones have learned the flip."""
+    rng = np.random.default_rng(0)
+    y = np.zeros(3000, dtype=int)
+    y[1500:] = 1
+    stream = learning_streams.Stream("flip", "flip", "abrupt", "classification", rng.random((3000, 2)), y, 1500)
+    flipped = slice(1500, 2000)
+    for name in learning_quality.RIVER:
+        batched = learning_quality.run_river(name + learning_quality.BATCHED, stream, batch=1000)
+        assert batched.outcome[1000:1500].sum() == 500, name  # the old concept: right
+        assert batched.outcome[flipped].sum() == 0, name  # every flipped row of the batch counted wrong
+    for name in ("river_lr", "river_arf"):
+        rows = learning_quality.run_river(name, stream)
+        batched = learning_quality.run_river(name + learning_quality.BATCHED, stream, batch=1000)
+        assert rows.outcome[flipped].sum() > 100, name  # row by row: learned inside the batch
+        assert batched.outcome[2000:].sum() == rows.outcome[2000:].sum() == 1000, name  # learned it after all
+
+
+def _report(name: str, best_sf: float, river: float, river_b: float, default: float, lr: float, lr_b: float) -> dict:
+    """A classification stream's table as `score` builds it (only the metrics that `verdicts` reads)."""
+    metrics = {
+        "default": default,
+        "gate": best_sf,
+        "river_lr": lr,
+        "river_hat": 0.5,
+        "river_arf": river,
+        "river_lr_b": lr_b,
+        "river_hat_b": 0.5,
+        "river_arf_b": river_b,
+    }
+    table = {m: {"metric": v, "recovery": None, "retrains": 0} for m, v in metrics.items()}
+    stream = learning_streams.Stream(name, "f", "stationary", "classification", np.zeros((1, 1)), np.zeros(1), None)
+    verdict = learning_quality.verdicts(stream, table, ("default", "gate"))
+    return {"stream": name, "task": "classification", "table": table, "verdict": verdict}
+
+
+def test_a_missed_target_is_put_down_to_latency_only_where_streamfit_matches_river_in_the_same_batches(
+    capsys,
+) -> None:
+    reports = [
+        _report("latency", best_sf=0.93, river=0.99, river_b=0.92, default=0.90, lr=0.95, lr_b=0.90),
+        _report("learner", best_sf=0.90, river=0.99, river_b=0.95, default=0.80, lr=0.85, lr_b=0.84),
+        _report("met", best_sf=0.99, river=0.98, river_b=0.97, default=0.95, lr=0.94, lr_b=0.93),
+    ]
+    assert reports[0]["verdict"]["latency_cost"] == pytest.approx(0.07)
+    targets = {
+        BEST_TARGET: ["latency", "learner"],
+        "recovers in fewer rows than ARF after abrupt changes": [],
+        LR_TARGET: ["latency", "learner"],
+    }
+    out = learning_quality.batch_latency(reports, targets)
+    assert out["best"] == {"latency": ["latency"], "learner": ["learner"]}
+    assert out["default"]["latency"] == ["latency"] and out["default"]["learner"] == ["learner"]
+    assert (
+        "best Streamfit < best River on 2: >= best batched River (micro-batch latency) on 1" in capsys.readouterr().out
+    )
 
 
 def _stream(task: str = "classification") -> learning_streams.Stream:
