@@ -66,6 +66,7 @@ from benchmarks.early_cut import (
     should_cut,
     should_cut_located,
     should_cut_settled,
+    should_cut_sloped,
 )
 from benchmarks.learning_streams import Stream
 from monitors.decisions import Decision
@@ -138,7 +139,14 @@ CUT_LOCATED = "_cutlocated"
 CUT_LOCATED_FREE = "_cutlocatedfree"
 CUT_LOCATED_SURE = "_cutlocatedsure"
 CUT_LOCATED_FREE_SURE = "_cutlocatedfreesure"
-LOCATED = (CUT_LOCATED_FREE_SURE, CUT_LOCATED_SURE, CUT_LOCATED_FREE, CUT_LOCATED)
+# Part 15: "_cutslope": `should_cut_sloped`, part 12's located rise with "settled" read as a flat least-squares
+# line over the checkpoints after it (slope t < 2); "free" and "sure" as in part 12. Candidates, not wired.
+CUT_SLOPE = "_cutslope"
+CUT_SLOPE_FREE = "_cutslopefree"
+CUT_SLOPE_SURE = "_cutslopesure"
+CUT_SLOPE_FREE_SURE = "_cutslopefreesure"
+SLOPED = (CUT_SLOPE_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE, CUT_SLOPE)
+LOCATED = (CUT_LOCATED_FREE_SURE, CUT_LOCATED_SURE, CUT_LOCATED_FREE, CUT_LOCATED, *SLOPED)
 CUTS = (*LOCATED, CUT_SETTLED_LARGE, CUT_SETTLED, CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 CHECKPOINT_S = 1.0  # the label join's `labels.flush_interval_s` for `_cutsettled` (its default, 5 s, is a tick)
@@ -285,6 +293,7 @@ def early_cut(
     min_effect: float = 0.0,
     located: bool = False,
     confirm: Callable[[int], Decision] | None = None,
+    sloped: bool = False,
 ) -> int:
     """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
@@ -294,14 +303,16 @@ def early_cut(
     `checkpoint_rows` too, `should_cut_settled` on the totals of every `checkpoint_rows` waiting rows
     (part 10: what the label join's checkpoints give a sensor), with `min_effect` its floor on the rise's d;
     `located`: `should_cut_located` on those checkpoints instead (part 12), and a cut it allows is taken
-    only if `confirm(tick)` (when given: the drift decision the batch cut at `tick` would get) is a retrain."""
+    only if `confirm(tick)` (when given: the drift decision the batch cut at `tick` would get) is a retrain;
+    with `sloped` too, `should_cut_sloped` (part 15)."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):
         waiting = errors[: tick - first]
         if located and batch_rows is not None and checkpoint_rows is not None:
             windows = [_totals(waiting[i : i + checkpoint_rows]) for i in range(0, len(waiting), checkpoint_rows)]
-            decision = should_cut_located(_totals(before), windows, batch_rows)
+            rule = should_cut_sloped if sloped else should_cut_located
+            decision = rule(_totals(before), windows, batch_rows)
             if decision.cut and confirm is not None:
                 decision = confirmed(decision, confirm(tick))
             if decision.cut:
@@ -340,8 +351,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     config, locate, gated, mode, cut = _parse(config)
     tick_rows = max(1, round(CUT_TICK_S * rate))
     located = cut in LOCATED
-    free = cut in (CUT_LOCATED_FREE, CUT_LOCATED_FREE_SURE)  # a cut's retrain does not start the cooldown
-    sure = cut in (CUT_LOCATED_SURE, CUT_LOCATED_FREE_SURE)  # a cut only if a retrain follows it
+    free = cut in (CUT_LOCATED_FREE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_FREE, CUT_SLOPE_FREE_SURE)  # no cooldown
+    sure = cut in (CUT_LOCATED_SURE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE_SURE)  # a retrain follows
     settled = cut in (CUT_SETTLED, CUT_SETTLED_LARGE, *LOCATED)
     checkpoint_rows = max(1, round(CHECKPOINT_S * rate)) if settled else None
     min_effect = MIN_EFFECT if cut == CUT_SETTLED_LARGE else 0.0
@@ -391,6 +402,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 checkpoint_rows=checkpoint_rows,
                 min_effect=min_effect,
                 located=located,
+                sloped=cut in SLOPED,
                 confirm=confirm if sure else None,
             )
             if cut_at < end:
@@ -917,7 +929,7 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*PART_11, "gate3", *SGD_VARIANTS, *MLP_VARIANTS])
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
-        + f" {CUT_SETTLED} or {CUT_SETTLED_LARGE}: a batch"
+        + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE}...: a batch"
         + f" cut short at a {CUT_TICK_S:g}-s tick where the served model's errors rose (parts 8-10); then"
         + f" + {UNLOCATED}: drift retrains from the change batch's first row; then + {UNGATED}: no promotion gate"
         + " for drift retrains",

@@ -184,6 +184,22 @@ def test_a_drift_retrain_from_the_located_change_beats_one_from_the_change_batch
     assert out["summary"]["versus"]["gate/gate_whole"] == (len(QUICK_ABRUPT), 0, 0)
 
 
+def test_the_sloped_cut_waits_out_the_ramp_the_located_cut_took_and_keeps_its_abrupt_cut() -> None:
+    """Part 15: at `--rows 7000` `stagger_gradual_s2`'s transition is under way at the 500-row tick;
+    `_cutlocated` reads its halves as settled and cuts there (and loses), the slope over the same
+    checkpoints still climbs and the batch stays whole, as the default's. The abrupt change a quarter
+    into a batch (`--rows 6500`) is cut at the same tick by both."""
+    ramp = learning_streams.build("stagger_gradual_s2", 7_000)
+    default = learning_quality.run_streamfit("default", ramp, 1_000, 100.0)
+    located = learning_quality.run_streamfit("default_cutlocated", ramp, 1_000, 100.0)
+    sloped = learning_quality.run_streamfit("default_cutslope", ramp, 1_000, 100.0)
+    assert located.cuts[0] == 3_500 and sloped.cuts == [] and sloped.retrains == default.retrains
+    assert np.nanmean(sloped.outcome[1_000:]) > np.nanmean(located.outcome[1_000:]) + 0.005
+    abrupt = learning_streams.build("stagger_abrupt_s2", 6_500)
+    assert learning_quality.run_streamfit("default_cutslope", abrupt, 1_000, 100.0).cuts == [3_500]
+    assert learning_quality.run_streamfit("default_cutslopefreesure", abrupt, 1_000, 100.0).cuts == [3_500]
+
+
 QUICK_ABRUPT = ("stagger_abrupt_s1", "agrawal_abrupt_s1")
 
 
