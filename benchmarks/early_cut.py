@@ -40,6 +40,10 @@ followed by a retrain and never bends the detector's series without one. Not saf
 with all three, never worse at four of six settings, but a pause at a transition's start still looks
 settled (batches of 800) and a ramp read on the halves after its located start can too (change
 mid-batch); (c) also refuses cuts that help by incremental learning alone (inside the cooldown).
+
+Part 15 (`should_cut_sloped`): the rows after the located rise judged on the slope of their error (a
+least-squares line over the checkpoints, from totals) instead of two halves whose share of the rise is
+measured from the batch before, which a ramp could pass depending on where its rise was located.
 """
 
 from __future__ import annotations
