@@ -40,6 +40,10 @@ followed by a retrain and never bends the detector's series without one. Not saf
 with all three, never worse at four of six settings, but a pause at a transition's start still looks
 settled (batches of 800) and a ramp read on the halves after its located start can too (change
 mid-batch); (c) also refuses cuts that help by incremental learning alone (inside the cooldown).
+
+Part 15 (`should_cut_sloped`): the rows after the located rise judged on the slope of their error (a
+least-squares line over the checkpoints, from totals) instead of two halves whose share of the rise is
+measured from the batch before, which a ramp could pass depending on where its rise was located.
 """
 
 from __future__ import annotations
@@ -243,26 +247,9 @@ def should_cut_located(
     first one (which may straddle the change: part old concept, part new), split into halves A then B,
     with B above A by t < `max_step_t` and by less than `max_step_share` of B's rise over `before`
     (part 10's clauses). No floor on the rise's size: small completed changes are the ones to cut."""
-    if batch_rows <= 0:
-        raise ValueError(f"batch_rows must be positive (the stream's batch.rows), got {batch_rows}")
-    floor = math.ceil(min_waiting_fraction * batch_rows)
-    waiting_rows = sum(w.rows for w in windows)
-    numbers = f"waiting {waiting_rows} rows in {len(windows)} checkpoints; batch before {before.rows} rows"
-    if waiting_rows < floor:
-        return CutDecision(False, f"{numbers}: fewer than {floor} waiting rows ({min_waiting_fraction:g} of a batch)")
-    if before.rows < 2:
-        return CutDecision(False, f"{numbers}: no batch before to compare with")
-    start = locate_rise(before, windows, stay_t)
-    if start is None:
-        return CutDecision(False, f"{numbers}: the last checkpoint is not above the batch before (t < {stay_t:g})")
-    risen = windows[start:]
-    rise, d, t = _rise(before, sum(risen[1:], risen[0]))
-    numbers += f", error {before.mean:.4g} -> {risen[0].mean:.4g} from checkpoint {start} (t {t:.1f}, d {d:.2f})"
-    if rise <= 0 or t < min_t:
-        return CutDecision(False, f"{numbers}: no evident rise (t < {min_t:g})")
-    after = risen[1:]
-    if len(after) < 2:
-        return CutDecision(False, f"{numbers}: fewer than two checkpoints after the rise's first; cannot judge")
+    decision, numbers, after = _located(before, windows, batch_rows, min_waiting_fraction, stay_t, min_t)
+    if decision is not None:
+        return decision
     half = len(after) // 2
     previous, last = sum(after[1:half], after[0]), sum(after[half + 1 :], after[half])
     step, _, step_t = _rise(previous, last)
@@ -277,6 +264,98 @@ def should_cut_located(
     if share >= max_step_share:
         return CutDecision(False, f"{numbers}: still rising (step >= {max_step_share:.0%} of the rise)")
     return CutDecision(True, f"{numbers}: settled, cut")
+
+
+# Part 15: the rows after the located rise judged on the slope of their error (a weighted least-squares
+# line over the checkpoints) instead of two halves whose share is measured from the batch before. Chosen
+# before any run: part 10's step threshold, and nothing else.
+MAX_SLOPE_T = MAX_STEP_T  # the line rises by t >= this (one-sided): the errors are still climbing
+
+
+def error_slope(windows: Sequence[ErrorTotals]) -> tuple[float, float]:
+    """The least-squares line of the per-row error against the row's position over `windows` (each
+    checkpoint's rows placed at its centre), from totals only: (slope per row, its t). The residual
+    variance adds each checkpoint's spread about its own mean (`sum_of_squares_about_mean`) to its
+    mean's distance from the line, so the t is that of the line fitted to every row."""
+    rows = sum(w.rows for w in windows)
+    if len(windows) < 2 or rows < 3:
+        raise ValueError(f"a slope needs two checkpoints and three rows, got {len(windows)} and {rows}")
+    centres, edge = [], 0
+    for w in windows:
+        centres.append(edge + w.rows / 2)
+        edge += w.rows
+    x_mean = sum(w.rows * x for w, x in zip(windows, centres, strict=True)) / rows
+    y_mean = sum(w.errors for w in windows) / rows
+    sxx = sum(w.rows * (x - x_mean) ** 2 for w, x in zip(windows, centres, strict=True))
+    sxy = sum(w.rows * (x - x_mean) * (w.mean - y_mean) for w, x in zip(windows, centres, strict=True))
+    slope = sxy / sxx
+    residual = sum(
+        w.sum_of_squares_about_mean() + w.rows * (w.mean - y_mean - slope * (x - x_mean)) ** 2
+        for w, x in zip(windows, centres, strict=True)
+    )
+    se = math.sqrt(max(residual / (rows - 2), 0.0) / sxx)
+    if se == 0:
+        return slope, math.copysign(math.inf, slope) if slope else 0.0
+    return slope, slope / se
+
+
+def should_cut_sloped(
+    before: ErrorTotals,
+    windows: Sequence[ErrorTotals],
+    batch_rows: int,
+    min_waiting_fraction: float = MIN_WAITING_FRACTION,
+    stay_t: float = STAY_T,
+    min_t: float = MIN_T,
+    max_slope_t: float = MAX_SLOPE_T,
+) -> CutDecision:
+    """`should_cut_located`'s rule with "settled" read as a flat line: the checkpoints after the located
+    rise's first (at least two) must show no climb, the least-squares slope of their error below
+    `max_slope_t` standard errors. It does not depend on where the rise was located, as the halves'
+    share of the rise from the batch before did: a ramp climbs whatever level its first checkpoint sat at."""
+    decision, numbers, after = _located(before, windows, batch_rows, min_waiting_fraction, stay_t, min_t)
+    if decision is not None:
+        return decision
+    slope, t = error_slope(after)
+    numbers += f"; after it {len(after)} checkpoints, slope {slope * 100:+.3g} error per 100 rows (t {t:.1f})"
+    if t >= max_slope_t:
+        return CutDecision(False, f"{numbers}: still climbing (slope t >= {max_slope_t:g})")
+    return CutDecision(True, f"{numbers}: flat, cut")
+
+
+def _located(
+    before: ErrorTotals,
+    windows: Sequence[ErrorTotals],
+    batch_rows: int,
+    min_waiting_fraction: float,
+    stay_t: float,
+    min_t: float,
+) -> tuple[CutDecision | None, str, list[ErrorTotals]]:
+    """`should_cut_located`'s floors and located rise: (a refusal or None, the numbers so far, the
+    checkpoints after the rise's first)."""
+    if batch_rows <= 0:
+        raise ValueError(f"batch_rows must be positive (the stream's batch.rows), got {batch_rows}")
+    floor = math.ceil(min_waiting_fraction * batch_rows)
+    waiting_rows = sum(w.rows for w in windows)
+    numbers = f"waiting {waiting_rows} rows in {len(windows)} checkpoints; batch before {before.rows} rows"
+    if waiting_rows < floor:
+        why = f"{numbers}: fewer than {floor} waiting rows ({min_waiting_fraction:g} of a batch)"
+        return CutDecision(False, why), numbers, []
+    if before.rows < 2:
+        return CutDecision(False, f"{numbers}: no batch before to compare with"), numbers, []
+    start = locate_rise(before, windows, stay_t)
+    if start is None:
+        why = f"{numbers}: the last checkpoint is not above the batch before (t < {stay_t:g})"
+        return CutDecision(False, why), numbers, []
+    risen = windows[start:]
+    rise, d, t = _rise(before, sum(risen[1:], risen[0]))
+    numbers += f", error {before.mean:.4g} -> {risen[0].mean:.4g} from checkpoint {start} (t {t:.1f}, d {d:.2f})"
+    if rise <= 0 or t < min_t:
+        return CutDecision(False, f"{numbers}: no evident rise (t < {min_t:g})"), numbers, []
+    after = list(risen[1:])
+    if len(after) < 2:
+        why = f"{numbers}: fewer than two checkpoints after the rise's first; cannot judge"
+        return CutDecision(False, why), numbers, after
+    return None, numbers, after
 
 
 # A point of the drift sensor's per-batch series: (error rate or MAE, rows, first row, time in s).

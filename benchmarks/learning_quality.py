@@ -23,7 +23,13 @@ rollbacks (they need the registry's champion/predecessor comparison; the benchma
 
 River's models (LogisticRegression with a StandardScaler, HoeffdingAdaptiveTree, ARF; regression:
 LinearRegression, HoeffdingAdaptiveTreeRegressor, ARFRegressor) learn the same rows one by one,
-predicting each before learning it.
+predicting each before learning it. Their `_b` twins (part 15) learn the same rows in the same
+order but are scored as a micro-batch learner is: each batch of `--batch` rows (Streamfit's batch
+boundaries, `default`'s: multiples of the batch size) predicted row by row (`predict_one`) by the
+model as it stood at the batch's start, then learned row by row. The targets keep the row-by-row
+models as their reference; the summary adds, per stream, best Streamfit against the best `_b` model
+and the latency cost (best row-by-row River minus best `_b`), and splits each missed target into
+streams where Streamfit is >= River under the same batch boundary and those where it is not.
 
 Reported per stream: prequential accuracy (MAE) over the rows after the first batch, which every
 model scores; rows to recover after a change (as in `windowed_quality.summary`: the trailing
@@ -60,11 +66,18 @@ from benchmarks.early_cut import (
     should_cut,
     should_cut_located,
     should_cut_settled,
+    should_cut_sloped,
 )
 from benchmarks.learning_streams import Stream
 from monitors.decisions import Decision
 
 RIVER = ("river_lr", "river_hat", "river_arf")
+# Part 15: the same River models in Streamfit's micro-batches (`run_river(..., batch=N)`): every row of
+# a batch predicted by the model as it stood at the batch's start, then the batch learned row by row.
+# What a batch learner cannot win (the rows of the batch holding a change) is the gap between a model
+# and its `_b` twin; the issue's targets stay measured against the row-by-row ones.
+BATCHED = "_b"
+RIVER_BATCHED = tuple(m + BATCHED for m in RIVER)
 CONFIGS = ("default", "mlp", "hgb", "gate")
 PART_11 = ("knn", "gate_knn")  # issue 17 part 11: the windowed kNN family, alone and in the gate
 # Part 4 (issue 17): MLP settings weighed against the shipped `mlp` default (one hidden layer of 32,
@@ -126,7 +139,14 @@ CUT_LOCATED = "_cutlocated"
 CUT_LOCATED_FREE = "_cutlocatedfree"
 CUT_LOCATED_SURE = "_cutlocatedsure"
 CUT_LOCATED_FREE_SURE = "_cutlocatedfreesure"
-LOCATED = (CUT_LOCATED_FREE_SURE, CUT_LOCATED_SURE, CUT_LOCATED_FREE, CUT_LOCATED)
+# Part 15: "_cutslope": `should_cut_sloped`, part 12's located rise with "settled" read as a flat least-squares
+# line over the checkpoints after it (slope t < 2); "free" and "sure" as in part 12. Candidates, not wired.
+CUT_SLOPE = "_cutslope"
+CUT_SLOPE_FREE = "_cutslopefree"
+CUT_SLOPE_SURE = "_cutslopesure"
+CUT_SLOPE_FREE_SURE = "_cutslopefreesure"
+SLOPED = (CUT_SLOPE_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE, CUT_SLOPE)
+LOCATED = (CUT_LOCATED_FREE_SURE, CUT_LOCATED_SURE, CUT_LOCATED_FREE, CUT_LOCATED, *SLOPED)
 CUTS = (*LOCATED, CUT_SETTLED_LARGE, CUT_SETTLED, CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
 CHECKPOINT_S = 1.0  # the label join's `labels.flush_interval_s` for `_cutsettled` (its default, 5 s, is a tick)
@@ -273,6 +293,7 @@ def early_cut(
     min_effect: float = 0.0,
     located: bool = False,
     confirm: Callable[[int], Decision] | None = None,
+    sloped: bool = False,
 ) -> int:
     """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
@@ -282,14 +303,16 @@ def early_cut(
     `checkpoint_rows` too, `should_cut_settled` on the totals of every `checkpoint_rows` waiting rows
     (part 10: what the label join's checkpoints give a sensor), with `min_effect` its floor on the rise's d;
     `located`: `should_cut_located` on those checkpoints instead (part 12), and a cut it allows is taken
-    only if `confirm(tick)` (when given: the drift decision the batch cut at `tick` would get) is a retrain."""
+    only if `confirm(tick)` (when given: the drift decision the batch cut at `tick` would get) is a retrain;
+    with `sloped` too, `should_cut_sloped` (part 15)."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):
         waiting = errors[: tick - first]
         if located and batch_rows is not None and checkpoint_rows is not None:
             windows = [_totals(waiting[i : i + checkpoint_rows]) for i in range(0, len(waiting), checkpoint_rows)]
-            decision = should_cut_located(_totals(before), windows, batch_rows)
+            rule = should_cut_sloped if sloped else should_cut_located
+            decision = rule(_totals(before), windows, batch_rows)
             if decision.cut and confirm is not None:
                 decision = confirmed(decision, confirm(tick))
             if decision.cut:
@@ -328,8 +351,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     config, locate, gated, mode, cut = _parse(config)
     tick_rows = max(1, round(CUT_TICK_S * rate))
     located = cut in LOCATED
-    free = cut in (CUT_LOCATED_FREE, CUT_LOCATED_FREE_SURE)  # a cut's retrain does not start the cooldown
-    sure = cut in (CUT_LOCATED_SURE, CUT_LOCATED_FREE_SURE)  # a cut only if a retrain follows it
+    free = cut in (CUT_LOCATED_FREE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_FREE, CUT_SLOPE_FREE_SURE)  # no cooldown
+    sure = cut in (CUT_LOCATED_SURE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE_SURE)  # a retrain follows
     settled = cut in (CUT_SETTLED, CUT_SETTLED_LARGE, *LOCATED)
     checkpoint_rows = max(1, round(CHECKPOINT_S * rate)) if settled else None
     min_effect = MIN_EFFECT if cut == CUT_SETTLED_LARGE else 0.0
@@ -379,6 +402,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 checkpoint_rows=checkpoint_rows,
                 min_effect=min_effect,
                 located=located,
+                sloped=cut in SLOPED,
                 confirm=confirm if sure else None,
             )
             if cut_at < end:
@@ -462,17 +486,24 @@ def river_model(name: str, task: str, seed: int):
     }[name]()
 
 
-def run_river(name: str, stream: Stream, seed: int = 42) -> Result:
-    """Row by row in the same order: predict, then learn."""
-    model = river_model(name, stream.task, seed)
+def run_river(name: str, stream: Stream, seed: int = 42, batch: int | None = None) -> Result:
+    """Row by row in the same order: predict, then learn. With `batch` (the `_b` models), in batches of
+    that many rows: every row of a batch predicted by the model as it stood at the batch's start (River's
+    `predict_one` changes no state, a pipeline's scaler included), then the batch's rows learned one by one
+    in order. One `predict_one` and one `learn_one` a row either way, so the costs compare."""
+    model = river_model(name.removesuffix(BATCHED), stream.task, seed)
     rows = [dict(zip(stream.features, x, strict=True)) for x in stream.X.tolist()]
     labels = stream.y.tolist()
     predicted = np.zeros(len(labels))
+    step = batch or 1
     began = time.perf_counter()
-    for i, (x, label) in enumerate(zip(rows, labels, strict=True)):
-        p = model.predict_one(x)
-        predicted[i] = -1 if p is None else p
-        model.learn_one(x, label)
+    for start in range(0, len(labels), step):
+        end = min(len(labels), start + step)
+        for i in range(start, end):
+            p = model.predict_one(rows[i])
+            predicted[i] = -1 if p is None else p
+        for i in range(start, end):
+            model.learn_one(rows[i], labels[i])
     out = Result(_outcome(stream.task, predicted, stream.y))
     out.seconds = time.perf_counter() - began
     return out
@@ -529,6 +560,27 @@ def verdicts(stream: Stream, table: dict[str, dict], configs: tuple[str, ...]) -
     if stream.kind == "abrupt" and stream.task == "classification":
         mine, arf = table[best_sf]["recovery"], table["river_arf"]["recovery"]
         out["recovers_before_arf"] = mine is not None and (arf is None or mine < arf)
+    if all(m in table for m in RIVER_BATCHED):
+        out |= batched_verdicts(stream, table, best_sf, best_river)
+    return out
+
+
+def batched_verdicts(stream: Stream, table: dict[str, dict], best_sf: str, best_river: str) -> dict[str, object]:
+    """The targets again against River fed in the same micro-batches (part 15), and the latency cost:
+    best row-by-row River minus best batched River (accuracy; MAE: batched minus row-by-row), what River
+    itself loses to the batch boundary."""
+    sign = 1.0 if stream.task == "classification" else -1.0
+    best_b = max(RIVER_BATCHED, key=lambda m: sign * table[m]["metric"])
+    out: dict[str, object] = {
+        "best_river_batched": best_b,
+        "latency_cost": sign * (table[best_river]["metric"] - table[best_b]["metric"]),
+        "best_beats_batched_river": sign * (table[best_sf]["metric"] - table[best_b]["metric"]) >= 0,
+        "default_beats_lr_batched": sign * (table["default"]["metric"] - table["river_lr_b"]["metric"]) >= 0,
+        "recovers_as_fast_as_arf_batched": None,
+    }
+    if stream.kind == "abrupt" and stream.task == "classification":
+        mine, arf = table[best_sf]["recovery"], table["river_arf_b"]["recovery"]
+        out["recovers_as_fast_as_arf_batched"] = mine is not None and (arf is None or mine <= arf)
     return out
 
 
@@ -544,15 +596,16 @@ LEVEL = 0.05  # promotion.significance's default
 
 
 def default_vs_lr(
-    stream: Stream, results: dict[str, Result], batch: int, config: str = "default"
+    stream: Stream, results: dict[str, Result], batch: int, config: str = "default", reference: str = "river_lr"
 ) -> dict[str, object] | None:
-    """McNemar's one-sided test that River LR (A) is more accurate than the default (B; or `config`)
-    on the same rows (both scored, from `batch` on); None for regression streams."""
+    """McNemar's one-sided test that River LR (A; or `reference`, e.g. `river_lr_b`) is more accurate
+    than the default (B; or `config`) on the same rows (both scored, from `batch` on); None for
+    regression streams."""
     from dagster_project.registry.significance import mcnemar
 
     if stream.task != "classification":
         return None
-    lr, default = results["river_lr"].outcome[batch:], results[config].outcome[batch:]
+    lr, default = results[reference].outcome[batch:], results[config].outcome[batch:]
     both = ~(np.isnan(lr) | np.isnan(default))
     test = mcnemar(lr[both] == 1, default[both] == 1)
     return {"p_value": test.p_value, "rows": test.rows, **test.detail}
@@ -561,9 +614,11 @@ def default_vs_lr(
 def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float) -> dict:
     results = {c: run_streamfit(c, stream, batch, rate) for c in configs}
     results |= {m: run_river(m, stream) for m in RIVER}
+    results |= {m: run_river(m, stream, batch=batch) for m in RIVER_BATCHED}
     table = score(stream, results, batch)
     verdict = verdicts(stream, table, shipped(configs))
     verdict["default_vs_lr"] = default_vs_lr(stream, results, batch)
+    verdict["default_vs_lr_b"] = default_vs_lr(stream, results, batch, reference="river_lr_b")
     for c in (c for c in configs if CUT in c):  # part 8's candidates against the same target
         verdict[f"{c}_vs_lr"] = default_vs_lr(stream, results, batch, c)
     return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
@@ -629,7 +684,7 @@ def print_stream(report: dict, configs: tuple[str, ...]) -> None:
         f"{'x default':>10}"
     )
     base = report["table"]["default"]["us_per_row"] or 1e-9
-    for name in (*configs, *RIVER):
+    for name in (*configs, *RIVER, *RIVER_BATCHED):
         r = report["table"][name]
         g = r.get("retrain_gates") or {}
         gates = f"{g['won']}/{g['lost']}" if g.get("won", 0) + g.get("lost", 0) else "-"
@@ -699,7 +754,9 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         print(f"{new} vs {old}: better on {better}, worse on {worse}, equal on {equal} streams")
     gates = retrain_gates(reports, everything)
     cuts = early_cuts(reports, everything)
+    latency = batch_latency(reports, targets)
     return {
+        "batch_latency": latency,
         "early_cuts": cuts,
         "targets": targets,
         "default_below_lr": {"below": below, "significantly": significant},
@@ -709,6 +766,81 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         "versus": {f"{n}/{o}": v for (n, o), v in versus.items()},
         "retrain_gates": gates,
     }
+
+
+def batch_latency(reports: list[dict], targets: dict[str, list[str]]) -> dict[str, object]:
+    """Part 15: per stream, best Streamfit against best River fed in the same micro-batches, and the
+    latency cost (what River loses to the batch boundary); then each missed target split into the
+    streams where Streamfit is >= River under the same boundary (the gap is the micro-batch latency)
+    and those where it loses even then (a learner gap). Printed."""
+    print(
+        f"\nRiver in the same micro-batches (`_b`: each batch scored by the model of its start):\n"
+        f"{'stream':26} {'best SF':>16} {'best River':>18} {'best River batched':>20} {'latency':>8} "
+        f"{'SF - batched':>12} {'default':>8} {'R LR_b':>8}"
+    )
+    for r in reports:
+        t, v = r["table"], r["verdict"]
+        sf, rv, rb = v["best_streamfit"], v["best_river"], v["best_river_batched"]
+        sign = 1.0 if r["task"] == "classification" else -1.0
+        print(
+            f"{r['stream']:26} {sf:>7} {t[sf]['metric']:8.4f} {rv:>9} {t[rv]['metric']:8.4f} "
+            f"{rb:>11} {t[rb]['metric']:8.4f} {v['latency_cost']:+8.4f} "
+            f"{sign * (t[sf]['metric'] - t[rb]['metric']):+12.4f} {t['default']['metric']:8.4f} "
+            f"{t['river_lr_b']['metric']:8.4f}"
+        )
+    by_name = {r["stream"]: r for r in reports}
+
+    def split(missed: list[str], key: str) -> dict[str, list[str]]:
+        return {
+            "latency": [s for s in missed if by_name[s]["verdict"][key]],
+            "learner": [s for s in missed if by_name[s]["verdict"][key] is False],
+        }
+
+    out = {
+        "best": split(targets["best Streamfit >= best River on every stream"], "best_beats_batched_river"),
+        "recovery": split(
+            targets["recovers in fewer rows than ARF after abrupt changes"], "recovers_as_fast_as_arf_batched"
+        ),
+        "default": split(targets["default >= River LR everywhere"], "default_beats_lr_batched"),
+    }
+    significant = [
+        r["stream"]
+        for r in reports
+        if not r["verdict"]["default_beats_lr_batched"]
+        and (r["verdict"].get("default_vs_lr_b") or {}).get("p_value", 1.0) < LEVEL
+    ]
+    out["default"]["significantly"] = significant
+    costs = [r["verdict"]["latency_cost"] for r in reports]
+    out["latency_cost"] = {r["stream"]: r["verdict"]["latency_cost"] for r in reports}
+    print(
+        f"Latency cost (best River row by row minus best River batched; MAE: the reverse): median "
+        f"{float(np.median(costs)):+.4f}, max {max(costs):+.4f}"
+    )
+    for name, text, level, below in (
+        ("best", "best Streamfit < best River", ">= best batched River", "below it too"),
+        ("recovery", "recovery not faster than ARF", "as fast as ARF batched or faster", "slower than it too"),
+        ("default", "default < River LR", ">= River LR batched", "below it too"),
+    ):
+        split_ = out[name]
+        print(
+            f"  {text} on {len(split_['latency']) + len(split_['learner'])}: {level} (micro-batch latency) "
+            f"on {len(split_['latency'])}"
+            + (f" ({', '.join(split_['latency'])})" if split_["latency"] else "")
+            + f"; {below} (learner gap) on {len(split_['learner'])}"
+            + (f" ({', '.join(split_['learner'])})" if split_["learner"] else "")
+        )
+    for s in (*out["recovery"]["latency"], *out["recovery"]["learner"]):
+        t = by_name[s]["table"]
+        sf = t[by_name[s]["verdict"]["best_streamfit"]]["recovery"]
+        print(
+            f"    {s}: recovery rows best Streamfit {_fmt(sf, ',')}, ARF {_fmt(t['river_arf']['recovery'], ',')}, "
+            f"ARF batched {_fmt(t['river_arf_b']['recovery'], ',')}"
+        )
+    print(
+        f"  default significantly below River LR batched (McNemar one-sided p < {LEVEL:g}) on {len(significant)}"
+        + (f": {', '.join(significant)}" if significant else "")
+    )
+    return out
 
 
 def mean_ranks(reports: list[dict], configs: tuple[str, ...]) -> dict[str, float]:
@@ -797,7 +929,7 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*PART_11, "gate3", *SGD_VARIANTS, *MLP_VARIANTS])
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
-        + f" {CUT_SETTLED} or {CUT_SETTLED_LARGE}: a batch"
+        + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE}...: a batch"
         + f" cut short at a {CUT_TICK_S:g}-s tick where the served model's errors rose (parts 8-10); then"
         + f" + {UNLOCATED}: drift retrains from the change batch's first row; then + {UNGATED}: no promotion gate"
         + " for drift retrains",

@@ -11,11 +11,13 @@ from benchmarks.early_cut import (
     cooldown_anchor,
     cut_allowed,
     drift_decision,
+    error_slope,
     locate_rise,
     series_after_retrain,
     should_cut,
     should_cut_located,
     should_cut_settled,
+    should_cut_sloped,
 )
 from monitors.decisions import DecisionConfig, LastAction, decide
 from monitors.detectors import ChangeResult
@@ -234,6 +236,64 @@ def test_located_regression_totals_cut_on_a_level_shift_in_absolute_errors() -> 
     assert not any(calm)
     with pytest.raises(ValueError, match="batch.rows"):
         should_cut_located(ErrorTotals(1_000, 0), _windows(0.8, 0.8, 0.8, 0.8, 0.8), batch_rows=0)
+
+
+# Part 15: `should_cut_sloped`, the rows after the located rise judged on the slope of their error.
+
+
+def test_the_slope_over_checkpoint_totals_is_the_least_squares_line_through_every_row() -> None:
+    rng = np.random.default_rng(3)
+    errors = [(rng.random(n) < p).astype(float) for n, p in ((100, 0.2), (150, 0.25), (100, 0.4), (50, 0.3))]
+    slope, t = error_slope([ErrorTotals(len(e), float(e.sum())) for e in errors])
+    # The same line fitted to the rows themselves, each at its checkpoint's centre.
+    edges = (0, 100, 250, 350)
+    centres = np.concatenate([np.full(len(e), edge + len(e) / 2) for e, edge in zip(errors, edges, strict=True)])
+    y = np.concatenate(errors)
+    design = np.column_stack([np.ones_like(centres), centres])
+    coef, residual, *_ = np.linalg.lstsq(design, y, rcond=None)
+    se = np.sqrt(residual[0] / (len(y) - 2) / ((centres - centres.mean()) ** 2).sum())
+    assert slope == pytest.approx(coef[1]) and t == pytest.approx(coef[1] / se)
+    with pytest.raises(ValueError, match="two checkpoints"):
+        error_slope([ErrorTotals(100, 20)])
+
+
+def test_a_ramp_that_the_halves_read_as_settled_still_climbs_on_the_slope() -> None:
+    # Part 12's `--rows 7000` loss (`stagger_gradual_s2`, per 100 rows): the halves after the located
+    # rise (0.22 -> 0.33) step by t 2.0, just below the threshold, and 34 % of the rise measured from the
+    # batch before; the line through the three checkpoints climbs by t 2.8.
+    before, ramp = ErrorTotals(1_000, 6), _windows(0.02, 0.11, 0.22, 0.26, 0.40)
+    assert should_cut_located(before, ramp, batch_rows=1_000).cut
+    decision = should_cut_sloped(before, ramp, batch_rows=1_000)
+    assert not decision.cut and "still climbing (slope t >= 2)" in decision.reason and "(t 2.8)" in decision.reason
+    # Once the errors level off the line over the rows after the rise is flat, and it cuts.
+    levelled = _windows(0.02, 0.11, 0.22, 0.26, 0.40, 0.41, 0.40, 0.40, 0.41, 0.40)
+    assert not should_cut_sloped(before, levelled, batch_rows=1_000).cut  # the ramp is still in the line
+    assert should_cut_sloped(before, _windows(0.02, 0.40, 0.41, 0.40, 0.40, 0.41), batch_rows=1_000).cut
+
+
+def test_the_slope_is_read_after_the_located_rise_not_over_the_whole_wait() -> None:
+    # An abrupt change a third into the waiting rows: over every checkpoint the line climbs steeply;
+    # after the checkpoint holding the change it is flat.
+    before, windows = ErrorTotals(1_000, 0), _windows(0.0, 0.0, 0.4, 0.8, 0.8)
+    decision = should_cut_sloped(before, windows, batch_rows=1_000)
+    assert decision.cut and "from checkpoint 2" in decision.reason and "flat, cut" in decision.reason
+    assert error_slope(windows)[1] > 2
+    late = should_cut_sloped(before, _windows(0.0, 0.0, 0.0, 0.4, 0.8), batch_rows=1_000)
+    assert not late.cut and "fewer than two checkpoints after the rise's first" in late.reason
+    short = should_cut_sloped(before, _windows(0.8, 0.8, 0.8, 0.8), batch_rows=1_000)
+    assert not short.cut and "fewer than 500 waiting rows" in short.reason
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.02, 0.1, 0.3, 0.5])
+def test_a_stationary_stream_is_never_cut_on_the_slope(rate: float) -> None:
+    decisions = [
+        should_cut_sloped(
+            _misses(1_000, rate, seed), [_misses(100, rate, seed * 100 + i) for i in range(checkpoints)], 1_000
+        )
+        for seed in range(100)
+        for checkpoints in (5, 7, 9)
+    ]
+    assert not any(d.cut for d in decisions), [d.reason for d in decisions if d.cut][:3]
 
 
 POLICY = DecisionConfig()  # the product's defaults: a 900-s cooldown

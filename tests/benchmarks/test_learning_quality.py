@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from benchmarks import learning_quality, learning_streams
 
@@ -14,7 +15,7 @@ def test_quick_run_reports_every_model_on_every_stream_with_sane_figures(capsys)
     printed = capsys.readouterr().out
     reports = {r["stream"]: r for r in out["reports"]}
     assert set(reports) == set(learning_streams.QUICK)
-    models = (*learning_quality.CONFIGS, *learning_quality.RIVER)
+    models = (*learning_quality.CONFIGS, *learning_quality.RIVER, *learning_quality.RIVER_BATCHED)
     for report in reports.values():
         assert set(report["table"]) == set(models), report["stream"]
         for name, row in report["table"].items():
@@ -46,9 +47,75 @@ def test_quick_run_reports_every_model_on_every_stream_with_sane_figures(capsys)
     assert reports["friedman_stationary_s1"]["verdict"]["default_vs_lr"] is None, "no McNemar test for MAE"
     tested = reports["hyperplane_stationary_s1"]["verdict"]["default_vs_lr"]
     assert tested["rows"] == 2_000 - 500 and 0 <= tested["p_value"] <= 1
+    # Part 15: every missed target is split into "latency" and "learner" streams, and nothing else.
+    latency = out["summary"]["batch_latency"]
+    for key, target in (("best", BEST_TARGET), ("default", LR_TARGET)):
+        assert sorted(latency[key]["latency"] + latency[key]["learner"]) == sorted(out["summary"]["targets"][target])
+    assert "River in the same micro-batches" in printed and "river_arf_b" in printed
 
 
 LR_TARGET = "default >= River LR everywhere"
+BEST_TARGET = "best Streamfit >= best River on every stream"
+
+
+def test_batched_river_scores_a_whole_batch_with_the_model_of_the_batch_start_then_learns_it() -> None:
+    """The label flips from 0 to 1 at row 1,500, the middle of the second batch of 1,000: the batched
+    models, which saw only zeros at the batch's start, err on every flipped row of that batch; row by
+    row, LR and ARF adapt inside it. In the next batch the batched ones have learned the flip."""
+    rng = np.random.default_rng(0)
+    y = np.zeros(3000, dtype=int)
+    y[1500:] = 1
+    stream = learning_streams.Stream("flip", "flip", "abrupt", "classification", rng.random((3000, 2)), y, 1500)
+    flipped = slice(1500, 2000)
+    for name in learning_quality.RIVER:
+        batched = learning_quality.run_river(name + learning_quality.BATCHED, stream, batch=1000)
+        assert batched.outcome[1000:1500].sum() == 500, name  # the old concept: right
+        assert batched.outcome[flipped].sum() == 0, name  # every flipped row of the batch counted wrong
+    for name in ("river_lr", "river_arf"):
+        rows = learning_quality.run_river(name, stream)
+        batched = learning_quality.run_river(name + learning_quality.BATCHED, stream, batch=1000)
+        assert rows.outcome[flipped].sum() > 100, name  # row by row: learned inside the batch
+        assert batched.outcome[2000:].sum() == rows.outcome[2000:].sum() == 1000, name  # learned it after all
+
+
+def _report(name: str, best_sf: float, river: float, river_b: float, default: float, lr: float, lr_b: float) -> dict:
+    """A classification stream's table as `score` builds it (only the metrics that `verdicts` reads)."""
+    metrics = {
+        "default": default,
+        "gate": best_sf,
+        "river_lr": lr,
+        "river_hat": 0.5,
+        "river_arf": river,
+        "river_lr_b": lr_b,
+        "river_hat_b": 0.5,
+        "river_arf_b": river_b,
+    }
+    table = {m: {"metric": v, "recovery": None, "retrains": 0} for m, v in metrics.items()}
+    stream = learning_streams.Stream(name, "f", "stationary", "classification", np.zeros((1, 1)), np.zeros(1), None)
+    verdict = learning_quality.verdicts(stream, table, ("default", "gate"))
+    return {"stream": name, "task": "classification", "table": table, "verdict": verdict}
+
+
+def test_a_missed_target_is_put_down_to_latency_only_where_streamfit_matches_river_in_the_same_batches(
+    capsys,
+) -> None:
+    reports = [
+        _report("latency", best_sf=0.93, river=0.99, river_b=0.92, default=0.90, lr=0.95, lr_b=0.90),
+        _report("learner", best_sf=0.90, river=0.99, river_b=0.95, default=0.80, lr=0.85, lr_b=0.84),
+        _report("met", best_sf=0.99, river=0.98, river_b=0.97, default=0.95, lr=0.94, lr_b=0.93),
+    ]
+    assert reports[0]["verdict"]["latency_cost"] == pytest.approx(0.07)
+    targets = {
+        BEST_TARGET: ["latency", "learner"],
+        "recovers in fewer rows than ARF after abrupt changes": [],
+        LR_TARGET: ["latency", "learner"],
+    }
+    out = learning_quality.batch_latency(reports, targets)
+    assert out["best"] == {"latency": ["latency"], "learner": ["learner"]}
+    assert out["default"]["latency"] == ["latency"] and out["default"]["learner"] == ["learner"]
+    assert (
+        "best Streamfit < best River on 2: >= best batched River (micro-batch latency) on 1" in capsys.readouterr().out
+    )
 
 
 def _stream(task: str = "classification") -> learning_streams.Stream:
@@ -115,6 +182,22 @@ def test_a_drift_retrain_from_the_located_change_beats_one_from_the_change_batch
         before = spans[500]
         assert before["gate"] == before["gate_whole"] > 0.9, before  # the same model until the change
     assert out["summary"]["versus"]["gate/gate_whole"] == (len(QUICK_ABRUPT), 0, 0)
+
+
+def test_the_sloped_cut_waits_out_the_ramp_the_located_cut_took_and_keeps_its_abrupt_cut() -> None:
+    """Part 15: at `--rows 7000` `stagger_gradual_s2`'s transition is under way at the 500-row tick;
+    `_cutlocated` reads its halves as settled and cuts there (and loses), the slope over the same
+    checkpoints still climbs and the batch stays whole, as the default's. The abrupt change a quarter
+    into a batch (`--rows 6500`) is cut at the same tick by both."""
+    ramp = learning_streams.build("stagger_gradual_s2", 7_000)
+    default = learning_quality.run_streamfit("default", ramp, 1_000, 100.0)
+    located = learning_quality.run_streamfit("default_cutlocated", ramp, 1_000, 100.0)
+    sloped = learning_quality.run_streamfit("default_cutslope", ramp, 1_000, 100.0)
+    assert located.cuts[0] == 3_500 and sloped.cuts == [] and sloped.retrains == default.retrains
+    assert np.nanmean(sloped.outcome[1_000:]) > np.nanmean(located.outcome[1_000:]) + 0.005
+    abrupt = learning_streams.build("stagger_abrupt_s2", 6_500)
+    assert learning_quality.run_streamfit("default_cutslope", abrupt, 1_000, 100.0).cuts == [3_500]
+    assert learning_quality.run_streamfit("default_cutslopefreesure", abrupt, 1_000, 100.0).cuts == [3_500]
 
 
 QUICK_ABRUPT = ("stagger_abrupt_s1", "agrawal_abrupt_s1")
