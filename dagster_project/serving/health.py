@@ -24,20 +24,18 @@ from dagster_project.serving.champion import ChampionWatcher
 
 
 def _heartbeat_answered_at(consumer: Any) -> float | None:
-    """When the group coordinator last answered a heartbeat (time.monotonic()), if the client says.
+    """When the group coordinator last answered (time.monotonic()), as the scorer's consumer reports it
+    (`ScorerConsumer.heartbeat_answered_at`: kafka-python's background heartbeat, confluent's statistics).
 
-    kafka-python keeps this on its coordinator's `heartbeat`; read defensively because it is not a
-    public attribute, so another client version degrades to the other contact signals.
-    """
-    received = getattr(getattr(getattr(consumer, "_coordinator", None), "heartbeat", None), "last_receive", None)
-    return received if isinstance(received, float) and received > 0 else None
+    This is what keeps an idle scorer ready: with no events to fetch there are no records or commits,
+    only the group's heartbeats, to show that the broker still answers."""
+    answered = getattr(consumer, "heartbeat_answered_at", None)
+    return answered() if callable(answered) else None
 
 
 def _coordinator_known(consumer: Any) -> bool | None:
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None or not hasattr(coordinator, "coordinator_id"):
-        return None
-    return coordinator.coordinator_id is not None
+    known = getattr(consumer, "coordinator_known", None)
+    return known() if callable(known) else None
 
 
 class KafkaLink:

@@ -172,13 +172,24 @@ class Client:
         self.conn.close()
 
 
-class Producer(threading.Thread):
-    """Produces synthetic events continuously, in small chunks, until stopped."""
+RESEND_PAUSE_S = 1.0  # between a chunk that failed and its resend
 
-    def __init__(self, settings: KafkaSettings, spec: StreamSpec, rate: float, chunk: int = 50) -> None:
+
+class Producer(threading.Thread):
+    """Produces synthetic events continuously, in small chunks, until stopped.
+
+    With `retries`, a chunk the broker did not acknowledge is sent again after a pause, as an upstream
+    application riding out a broker failover would (each failure kept in `failures`). A chunk that failed
+    may still have landed in part, so the topic can then hold an event id twice: tests that retry compare
+    predictions with the records in the topic, not with `sent`."""
+
+    def __init__(
+        self, settings: KafkaSettings, spec: StreamSpec, rate: float, chunk: int = 50, retries: int = 0
+    ) -> None:
         super().__init__(daemon=True)
-        self.settings, self.spec, self.rate, self.chunk = settings, spec, rate, chunk
+        self.settings, self.spec, self.rate, self.chunk, self.retries = settings, spec, rate, chunk, retries
         self.sent: list[str] = []
+        self.failures: list[str] = []
         self.halt = threading.Event()
         self.error: BaseException | None = None
 
@@ -188,13 +199,24 @@ class Producer(threading.Thread):
             while not self.halt.is_set():
                 rows = synthetic_rows(self.chunk, start=len(self.sent), seed=11)
                 pairs = [(eid.encode(), make_event(eid, f, None, time.time())) for eid, f, _ in rows]
-                produce(self.settings, self.spec, pairs)
+                self._send(pairs)
                 self.sent.extend(eid for eid, _, _ in rows)
                 ahead = len(self.sent) / self.rate - (time.monotonic() - started)
                 if ahead > 0:
                     self.halt.wait(ahead)
         except BaseException as exc:
             self.error = exc
+
+    def _send(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                produce(self.settings, self.spec, pairs)
+                return
+            except Exception as exc:
+                if attempt == self.retries:
+                    raise
+                self.failures.append(repr(exc))
+                time.sleep(RESEND_PAUSE_S)
 
     def stop(self) -> list[str]:
         self.halt.set()

@@ -14,6 +14,7 @@ from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import Client, running_service, train_version, wait_for
 
 UNREADY_BOUND_S = 15.0  # the session timeout (6 s) without an answer, plus slack for a busy machine
+IDLE_MARGIN_S = 3.0  # an idle scorer stays ready this long past the stale limit
 
 
 @pytest.mark.usefixtures("scorer_client")
@@ -32,6 +33,13 @@ def test_readiness_needs_a_model_and_the_broker(spec: StreamSpec, registry: File
             status, health, _ = client.request("GET", "/healthz")
             assert (status, health["live"], health["ready"], health["reasons"]) == (200, True, True, [])
             assert health["kafka"]["assigned"] and health["kafka"]["bootstrap"] == broker.bootstrap
+
+            # No events at all: only the group's heartbeats show the broker answers, past the stale limit.
+            idle_until = time.monotonic() + service.scorer.link.stale_after_s + IDLE_MARGIN_S
+            while time.monotonic() < idle_until:
+                status, body = client.request("GET", "/readyz")[:2]
+                assert status == 200, f"an idle scorer with a live broker became unready: {body}"
+                time.sleep(0.5)
 
             broker.stop()
             stopped_at = time.monotonic()
