@@ -127,6 +127,12 @@ class ScorerMetrics:
             ["stream"],
             registry=r,
         )
+        self.consumer_rejoins = Counter(
+            "streamfit_scorer_consumer_rejoins",
+            "Consumers replaced because the group stopped answering while the brokers accepted connections.",
+            ["stream"],
+            registry=r,
+        )
         self.commit_failures = Counter(
             "streamfit_scorer_commit_failures",
             "Offset commits that failed (retried with the next batch; at worst a crash duplicates more).",

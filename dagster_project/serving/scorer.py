@@ -81,6 +81,7 @@ from dagster_project.serving.limits import (
     DEFAULT_MAX_ROWS,
 )
 from dagster_project.serving.metrics import ScorerMetrics, multiprocess_dir
+from dagster_project.serving.rejoin import RejoinWatch, close_in_background
 from dagster_project.serving.scoring import BatchOutcome, BatchScorer, PredictionsNotAcknowledged, Sending
 from dagster_project.spec import StreamSpec
 
@@ -211,6 +212,9 @@ class Scorer:
         self._producer: Any = None
         self._consumer: ScorerConsumer | None = None
         self._inflight: tuple[PollBatch, Sending] | None = None  # sent, not yet acknowledged and committed
+        self._read_committed = False
+        self._generation = 0  # of the consumer: callbacks of a replaced one are ignored
+        self._rejoin = RejoinWatch(settings, self.link.last_contact)
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit, leave the group and return."""
@@ -280,23 +284,10 @@ class Scorer:
             producer = clients.producer(self.settings, **({"acks": "all"} | self.producer_overrides))
         else:
             producer = clients.fast_producer(self.settings, acks="all")
-        # read_committed in exactly-once mode: events written in transactions upstream count once committed
-        consumer = open_consumer(
-            self.client,
-            self.settings,
-            self.group_id,
-            self.spec.events_topic,
-            self._on_assigned,
-            self._on_revoked,
-            max_poll_records=self.max_poll_records,
-            read_committed=exactly_once,
-            on_poll_error=self._poll_failed,
-            overrides=self.consumer_overrides,
-        )
+        self._read_committed = exactly_once
         self._producer = producer  # exactly-once replaces it after a fatal producer error
-        self._consumer = consumer
         self._inflight = None
-        self.link.attach(consumer)
+        consumer = self._open_consumer()
         try:
             if exactly_once:
                 self._loop_exactly_once(consumer)
@@ -308,8 +299,48 @@ class Scorer:
                 if self._producer is not None:
                     self._producer.close(timeout=10)
             finally:
-                consumer.close()  # leaves the group: the others take over at once
+                self._consumer.close()  # leaves the group: the others take over at once
             log.info("%s: scorer stopped after %d events; left group %s", self.spec.name, self.scored, self.group_id)
+
+    def _open_consumer(self) -> ScorerConsumer:
+        """A new member of the scorers' group; its rebalance callbacks are ignored once it is replaced."""
+        self._generation += 1
+        generation = self._generation
+        # read_committed in exactly-once mode: events written in transactions upstream count once committed
+        consumer = open_consumer(
+            self.client,
+            self.settings,
+            self.group_id,
+            self.spec.events_topic,
+            lambda partitions: generation == self._generation and self._on_assigned(partitions),
+            lambda partitions: generation == self._generation and self._on_revoked(partitions),
+            max_poll_records=self.max_poll_records,
+            read_committed=self._read_committed,
+            on_poll_error=self._poll_failed,
+            overrides=self.consumer_overrides,
+        )
+        self._consumer = consumer
+        self.link.attach(consumer)
+        self._rejoin.restart()
+        return consumer
+
+    def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer:
+        """`consumer`, or a new one in its place when the group stopped answering while the brokers did not
+        (rejoin.py). Called between batches only: nothing is in flight, no transaction is open."""
+        if not self.assigned.is_set():  # a member that leaves before its first assignment can wedge a group (Tansu)
+            return consumer
+        reason = self._rejoin.wedged()
+        if reason is None:
+            return consumer
+        log.warning("%s: %s; a new consumer joins the group in place of the old one", self.spec.name, reason)
+        self.metrics.consumer_rejoins.labels(self.spec.name).inc()
+        self._generation += 1  # the old member's callbacks (during its close) change nothing from here on
+        close_in_background(consumer.close, f"{self.spec.name}-consumer")
+        with self._state_lock:  # acknowledged-but-uncommitted batches are re-read: at-least-once allows it
+            self._uncommitted.clear()
+            self._positions.clear()
+            self.partitions = frozenset()
+        return self._open_consumer()
 
     def _should_stop(self) -> bool:
         # A member that leaves before its first assignment can wedge the group on some brokers
@@ -370,6 +401,8 @@ class Scorer:
                 continue  # that batch failed and was rewound, this one with it
             if batch is None:
                 self._update_lag(consumer, None)
+                if self._inflight is None:
+                    consumer = self._rejoined_if_wedged(consumer)
                 continue
             self._inflight = (batch, self._batches.send(producer, prepared))
 
@@ -438,6 +471,7 @@ class Scorer:
             self.link.polled(bool(batch))
             if not batch:
                 self._update_lag(consumer, None)
+                consumer = self._rejoined_if_wedged(consumer)
                 continue
             self._producer = self._transact(consumer, self._producer, batch)
             if self._producer is None:  # stopped while replacing a failed producer

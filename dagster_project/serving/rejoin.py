@@ -1,0 +1,84 @@
+"""When the scorer replaces its consumer: the group stopped answering while the brokers did not.
+
+A broker outage makes a scorer unready (health.py) and there is nothing for it to do but wait. A client
+that is wedged while the cluster is fine is different: waiting never ends. Seen on a 3-node Apache
+Kafka cluster with kafka-python 3.0: a rebalance whose SyncGroup never completed left the consumer
+with no partitions and no heartbeats, polling nothing, for good. A new consumer (a new group member)
+recovers from that at once, and costs nothing in correctness: it starts from the group's committed
+offsets, in exactly-once mode no transaction is open between batches, and the old member's
+partitions move to it when the group rebalances.
+
+So the scorer rejoins when the group has not answered for `REJOIN_AFTER_S` (five session timeouts:
+a member is evicted after one) counted from the newest of: the last answer, the consumer's start, and
+the last time no broker accepted a connection (an outage restarts the count, so the end of a long
+outage is not mistaken for a wedge).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from dagster_project.kafka.io import BrokerUnavailable, check_reachable
+from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+REJOIN_AFTER_S = 5 * GROUP_SESSION_TIMEOUT_MS / 1000
+PROBE_INTERVAL_S = 1.0  # at most one connection probe per second while the group is silent
+CLOSE_TIMEOUT_S = 10.0  # a wedged client's close may block: it is given this long on a side thread
+
+
+class RejoinWatch:
+    """Says when the scorer's consumer is wedged (the group silent, the brokers up)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        last_contact: Callable[[], float | None],
+        after_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.last_contact = last_contact
+        self.after_s = REJOIN_AFTER_S if after_s is None else after_s
+        self._since = time.monotonic()  # the current consumer's start, or the last outage seen
+        self._probed_at = float("-inf")
+
+    def restart(self) -> None:
+        """A new consumer: its silence counts from now."""
+        self._since = time.monotonic()
+
+    def wedged(self) -> str | None:
+        """Why the consumer should be replaced, or None."""
+        now = time.monotonic()
+        silent_since = max(self.last_contact() or self._since, self._since)
+        if now - silent_since < self.after_s or now - self._probed_at < PROBE_INTERVAL_S:
+            return None
+        self._probed_at = now
+        try:
+            check_reachable(self.settings)
+        except BrokerUnavailable:
+            self._since = now  # an outage: a new consumer would fare no better; count again once it ends
+            return None
+        return (
+            f"no answer from consumer group for {now - silent_since:.0f} s while the brokers at "
+            f"{self.settings.bootstrap} accept connections"
+        )
+
+
+def close_in_background(close: Callable[[], None], what: str) -> None:
+    """Close a wedged client without waiting on it for more than CLOSE_TIMEOUT_S."""
+
+    def run() -> None:
+        try:
+            close()
+        except Exception as exc:  # it was wedged: a failed close changes nothing for its successor
+            log.warning("closing %s failed: %r", what, exc)
+
+    closer = threading.Thread(target=run, name=f"close-{what}", daemon=True)
+    closer.start()
+    closer.join(CLOSE_TIMEOUT_S)
+    if closer.is_alive():
+        log.warning("closing %s did not finish within %g s; left to finish in the background", what, CLOSE_TIMEOUT_S)

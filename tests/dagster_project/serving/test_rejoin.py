@@ -1,0 +1,117 @@
+"""A consumer that stops hearing from its group while the brokers are up is replaced; an outage is waited out."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import dagster_project.serving.scorer as scorer_module
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.serving import rejoin
+from dagster_project.serving.rejoin import RejoinWatch
+from dagster_project.spec import StreamSpec
+from tests.dagster_project.serving.support import produce_rows, running_service, synthetic_rows, train_version, wait_for
+from tests.helpers import read_topic
+
+AFTER_S = 0.3
+
+
+@pytest.fixture
+def listening() -> Any:
+    """An address that accepts connections (the brokers are up)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def frequent_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rejoin, "PROBE_INTERVAL_S", 0.05)
+
+
+def _closed_port() -> str:
+    probe = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{probe.getsockname()[1]}"
+    probe.close()
+    return address
+
+
+def test_a_silent_group_with_brokers_up_is_wedged_only_after_the_limit(listening: str) -> None:
+    contact = [time.monotonic()]
+    watch = RejoinWatch(KafkaSettings.from_env(listening), lambda: contact[0], after_s=AFTER_S)
+    assert watch.wedged() is None  # silent for less than the limit
+    time.sleep(AFTER_S * 1.5)
+    reason = watch.wedged()
+    assert reason is not None and listening in reason and "no answer from consumer group" in reason
+    contact[0] = time.monotonic()  # the group answers again
+    assert watch.wedged() is None
+
+
+def test_an_outage_restarts_the_count() -> None:
+    settings = KafkaSettings.from_env(_closed_port())
+    watch = RejoinWatch(settings, lambda: None, after_s=AFTER_S)
+    time.sleep(AFTER_S * 1.5)
+    assert watch.wedged() is None  # no broker accepts connections: nothing a new consumer would fix
+    server = socket.create_server(("127.0.0.1", int(settings.bootstrap.rpartition(":")[2])))
+    try:
+        assert watch.wedged() is None, "the end of an outage is not a wedge: the silence counts from the outage"
+        time.sleep(AFTER_S * 1.5)
+        assert watch.wedged() is not None
+    finally:
+        server.close()
+
+
+class _Wedging:
+    """A real consumer that, once `wedge` is set, polls nothing and hears nothing (as kafka-python 3.0 after a
+    SyncGroup that never completed): the group and the broker are fine, the client is not."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self.wedge = threading.Event()
+
+    def poll(self, timeout_s: float, max_records: int) -> Any:
+        if self.wedge.is_set():
+            time.sleep(timeout_s)
+            return None
+        return self._consumer.poll(timeout_s, max_records)
+
+    def heartbeat_answered_at(self) -> float | None:
+        return None if self.wedge.is_set() else self._consumer.heartbeat_answered_at()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.usefixtures("scorer_client")
+def test_a_wedged_consumer_is_replaced_and_every_event_is_scored(
+    spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_version(registry, spec)
+    opened: list[Any] = []
+    real_open = scorer_module.open_consumer
+
+    def open_consumer(*args: Any, **kwargs: Any) -> Any:
+        consumer = real_open(*args, **kwargs)
+        opened.append(_Wedging(consumer) if not opened else consumer)
+        return opened[-1]
+
+    monkeypatch.setattr(scorer_module, "open_consumer", open_consumer)
+    monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", 3.0)
+    first, second = synthetic_rows(60, start=0, seed=5), synthetic_rows(60, start=60, seed=5)
+    with running_service(spec, kafka_settings, registry) as service:
+        produce_rows(kafka_settings, spec, first)
+        wait_for(lambda: service.scorer.scored >= len(first), 60, "the first events scored")
+        opened[0].wedge.set()
+        produce_rows(kafka_settings, spec, second)
+        wait_for(lambda: len(opened) == 2, 60, "a new consumer in place of the wedged one")
+        wait_for(lambda: service.scorer.scored >= len(first) + len(second), 60, "the events after the wedge scored")
+        rejoins = service.metrics.value("streamfit_scorer_consumer_rejoins_total")
+    predicted = {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)}
+    assert predicted >= {eid for eid, _, _ in first + second}
+    assert rejoins == 1
