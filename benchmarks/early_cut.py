@@ -53,6 +53,9 @@ level (its totals under the model that served it: the level the cut retrained on
 12's (b) gives the detector), and the batch is cut again on a rise of t >= `change_point.MIN_T`,
 with the first cut's floors (half a batch waiting; a retrain must follow), its retrain learning the
 rows since the first cut. Once per change: a second cut's retrain starts the cooldown, arms no third.
+With part 15's rule and (b), (c) (`_cutslopefreesure2`) it is never worse than the default at all six
+settings of parts 12-16; it fired once, on part 10's pause at batches of 800 (-0.0231 -> +0.0088), and
+equals `_cutslopefreesure` everywhere else (part 16). A candidate: not wired into the sensor.
 """
 
 from __future__ import annotations
