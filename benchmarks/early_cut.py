@@ -44,6 +44,18 @@ mid-batch); (c) also refuses cuts that help by incremental learning alone (insid
 Part 15 (`should_cut_sloped`): the rows after the located rise judged on the slope of their error (a
 least-squares line over the checkpoints, from totals) instead of two halves whose share of the rise is
 measured from the batch before, which a ramp could pass depending on where its rise was located.
+
+Part 16 (`should_cut_again`, `first_cut_retrain`, `retrain_start`): the second cut. A transition
+that pauses at its start looks settled to every trend test on totals; the cut's retrain learns the
+pause, and that model errs at once when the transition goes on. So in the batch the cut's retrain
+serves, the retrained model's errors on the rows waiting so far are compared with the short batch's
+level (its totals under the model that served it: the level the cut retrained on, the seed part
+12's (b) gives the detector), and the batch is cut again on a rise of t >= `change_point.MIN_T`,
+with the first cut's floors (half a batch waiting; a retrain must follow), its retrain learning the
+rows since the first cut. Once per change: a second cut's retrain starts the cooldown, arms no third.
+With part 15's rule and (b), (c) (`_cutslopefreesure2`) it is never worse than the default at all six
+settings of parts 12-16; it fired once, on part 10's pause at batches of 800 (-0.0231 -> +0.0088), and
+equals `_cutslopefreesure` everywhere else (part 16). A candidate: not wired into the sensor.
 """
 
 from __future__ import annotations
@@ -415,3 +427,40 @@ def cut_allowed(now: float, last_cut_retrain: float | None, cooldown_s: float) -
     """At most one cooldown-free cut retrain per `cooldown_s`: with `cooldown_anchor` that bounds the
     retrains a cooldown holds to two (the cut's and one after it)."""
     return last_cut_retrain is None or now - last_cut_retrain >= cooldown_s
+
+
+# Part 16: a second cut in the batch a cut's retrain serves. Chosen before any run: the first cut's floors
+# and `change_point.MIN_T`, the t with which a drift retrain locates a change and part 12 its located rise.
+def should_cut_again(
+    short: ErrorTotals,
+    waiting: ErrorTotals,
+    batch_rows: int,
+    min_waiting_fraction: float = MIN_WAITING_FRACTION,
+    min_t: float = MIN_T,
+) -> CutDecision:
+    """Cut again when the model retrained on a cut's short batch errs on the rows waiting since (all of
+    them: it errs from its first row if it learned a pause) above the short batch's level by t >=
+    `min_t`, and half a batch waits, as for the first cut. No trend test: the rows since the first cut
+    are what the second retrain learns, and a model that learned a pause errs at once. `short`: the
+    short batch's totals under the model that served it."""
+    decision = should_cut(short, waiting, batch_rows, min_waiting_fraction, min_effect=0.0, min_t=min_t)
+    reason = decision.reason.replace("batch before", "short batch").replace(": cut", ": above it, cut again")
+    return CutDecision(decision.cut, f"after a cut's retrain: {reason}")
+
+
+def first_cut_retrain(after_cut: bool, second: bool) -> bool:
+    """Whether a retrain is a first cut's: only that one leaves the cooldown (`cooldown_anchor`), seeds
+    the detector's series with its short batch (`series_after_retrain`) and arms a second cut in the
+    batch it serves. A second cut's retrain is an ordinary one: it starts the cooldown and arms no
+    third, so at most one extra cut per change (a transition is not chased a half batch at a time)
+    and a cooldown holds two retrains, as part 12 bounded it."""
+    return after_cut and not second
+
+
+def retrain_start(firsts: Sequence[int], found: ChangeResult, second: bool) -> int:
+    """The first row of a drift retrain's window (before the product locates the change inside it):
+    the detector's start of the new regime; after a second cut, the first row served by the first
+    cut's retrain (`firsts[-1]`), since the rows before it are the ones that retrain already learned."""
+    if second:
+        return firsts[-1]
+    return firsts[found.start_index if found.start_index is not None else found.index]

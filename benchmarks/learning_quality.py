@@ -62,8 +62,11 @@ from benchmarks.early_cut import (
     cooldown_anchor,
     cut_allowed,
     drift_decision,
+    first_cut_retrain,
+    retrain_start,
     series_after_retrain,
     should_cut,
+    should_cut_again,
     should_cut_located,
     should_cut_settled,
     should_cut_sloped,
@@ -145,7 +148,11 @@ CUT_SLOPE = "_cutslope"
 CUT_SLOPE_FREE = "_cutslopefree"
 CUT_SLOPE_SURE = "_cutslopesure"
 CUT_SLOPE_FREE_SURE = "_cutslopefreesure"
-SLOPED = (CUT_SLOPE_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE, CUT_SLOPE)
+# Part 16: "_cutslopefreesure2": `_cutslopefreesure` plus a second cut in the batch the cut's retrain serves,
+# where the retrained model errs above the short batch's level (`should_cut_again`), once per change
+# (`first_cut_retrain`); its retrain learns the rows since the first cut (`retrain_start`) and starts the cooldown.
+CUT_SLOPE_AGAIN = "_cutslopefreesure2"
+SLOPED = (CUT_SLOPE_AGAIN, CUT_SLOPE_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE, CUT_SLOPE)
 LOCATED = (CUT_LOCATED_FREE_SURE, CUT_LOCATED_SURE, CUT_LOCATED_FREE, CUT_LOCATED, *SLOPED)
 CUTS = (*LOCATED, CUT_SETTLED_LARGE, CUT_SETTLED, CUT_DEFER, CUT_SAFE, CUT_TOTALS, CUT)
 CUT_TICK_S = 5.0  # the drift sensor's best cadence (FACTS: the daemon ticks every 5 s)
@@ -294,6 +301,7 @@ def early_cut(
     located: bool = False,
     confirm: Callable[[int], Decision] | None = None,
     sloped: bool = False,
+    again: bool = False,
 ) -> int:
     """Where a batch [first, end) ends: the first tick (every `tick_rows` rows) at which the served
     model's per-row `errors` on the rows waiting so far show a rise over its `before` errors (the
@@ -304,12 +312,19 @@ def early_cut(
     (part 10: what the label join's checkpoints give a sensor), with `min_effect` its floor on the rise's d;
     `located`: `should_cut_located` on those checkpoints instead (part 12), and a cut it allows is taken
     only if `confirm(tick)` (when given: the drift decision the batch cut at `tick` would get) is a retrain;
-    with `sloped` too, `should_cut_sloped` (part 15)."""
+    with `sloped` too, `should_cut_sloped` (part 15). `again`: the batch a cut's retrain serves, `before`
+    the short batch's errors: `should_cut_again` on the totals so far, confirmed likewise (part 16)."""
     from monitors.change_point import rise_start
 
     for tick in range(first + tick_rows, end, tick_rows):
         waiting = errors[: tick - first]
-        if located and batch_rows is not None and checkpoint_rows is not None:
+        if again and batch_rows is not None:
+            decision = should_cut_again(_totals(before), _totals(waiting), batch_rows)
+            if decision.cut and confirm is not None:
+                decision = confirmed(decision, confirm(tick))
+            if decision.cut:
+                return tick
+        elif located and batch_rows is not None and checkpoint_rows is not None:
             windows = [_totals(waiting[i : i + checkpoint_rows]) for i in range(0, len(waiting), checkpoint_rows)]
             rule = should_cut_sloped if sloped else should_cut_located
             decision = rule(_totals(before), windows, batch_rows)
@@ -351,8 +366,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     config, locate, gated, mode, cut = _parse(config)
     tick_rows = max(1, round(CUT_TICK_S * rate))
     located = cut in LOCATED
-    free = cut in (CUT_LOCATED_FREE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_FREE, CUT_SLOPE_FREE_SURE)  # no cooldown
-    sure = cut in (CUT_LOCATED_SURE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE_SURE)  # a retrain follows
+    free = cut in (CUT_LOCATED_FREE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_FREE, CUT_SLOPE_FREE_SURE, CUT_SLOPE_AGAIN)
+    sure = cut in (CUT_LOCATED_SURE, CUT_LOCATED_FREE_SURE, CUT_SLOPE_SURE, CUT_SLOPE_FREE_SURE, CUT_SLOPE_AGAIN)
     settled = cut in (CUT_SETTLED, CUT_SETTLED_LARGE, *LOCATED)
     checkpoint_rows = max(1, round(CHECKPOINT_S * rate)) if settled else None
     min_effect = MIN_EFFECT if cut == CUT_SETTLED_LARGE else 0.0
@@ -372,6 +387,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     model, start, scored, last = None, 0, 0, None
     last_cut_retrain: float | None = None  # `free`: when a cut's retrain last ran (one per cooldown)
     answered: float | None = None  # `free`: detections up to here were answered by a cut's retrain
+    armed = False  # part 16: this batch is served by a first cut's retrain and may be cut again
     series: list[tuple[float, int, int, float]] = []  # (error, rows, first row, time) since the last action
     served: dict[int, object] = {}  # first row scored -> the model that scored it (models are never mutated)
     pending = None  # (retrained, adapted, unseen rows for its gate) until the next batch arrives
@@ -379,7 +395,8 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     while start < n:
         end = min(n, start + batch)
         may_cut = not free or cut_allowed(scored / rate, last_cut_retrain, policy.cooldown_s)
-        if cut and may_cut and model is not None and scored < end:
+        again, armed, second_cut = armed, False, False
+        if cut and (may_cut or again) and model is not None and scored < end:
             waiting = _errors(stream.task, _outcome(stream.task, model.predict(X[scored:end]), y[scored:end]))
             safe = batch if cut == CUT_SAFE or settled else None
             totals = cut in (CUT_TOTALS, CUT_DEFER)
@@ -404,10 +421,12 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 located=located,
                 sloped=cut in SLOPED,
                 confirm=confirm if sure else None,
+                again=again,
             )
             if cut_at < end:
                 out.cuts.append(cut_at)
                 end = cut_at
+                second_cut = again
         tail_start = tail_split({0: (start, end)}, p.tail_rows, p.tail_fraction, p.min_rows)[0]
         learn_end = tail_start if len(spec.model.families) > 1 else end
         now = end / rate
@@ -440,7 +459,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 series, stream.task, spec.drift.detector, params, now, last, policy, answered
             )
             if found is not None and decision.action == "retrain":
-                since = firsts[found.start_index if found.start_index is not None else found.index]
+                since = retrain_start(firsts, found, second_cut)
                 window = {0: (since, learn_end)}
                 if locate:  # the product's retrain: from where the errors of the model that served `since` rose
                     errors = row_errors(spec, served[since], X[since:learn_end], y[since:learn_end])
@@ -460,10 +479,12 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 out.retrains.append(learn_end)
                 if gated:  # unseen rows for the gate: the product's tail of this batch (`tail_split`)
                     pending = (model, adapted, end - tail_start)
-                if free and after_cut:
+                first_cut = first_cut_retrain(after_cut, second_cut)
+                if free and first_cut:
                     last_cut_retrain = answered = now
-                last = cooldown_anchor(last, now, after_cut, free)
-                series = series_after_retrain(series, after_cut, free)
+                last = cooldown_anchor(last, now, first_cut, free)
+                series = series_after_retrain(series, first_cut, free)
+                armed = cut == CUT_SLOPE_AGAIN and first_cut
                 served = {point[2]: served[point[2]] for point in series}
         out.seconds += time.perf_counter() - began
         start = learn_end
@@ -929,7 +950,8 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
         + ", ".join([*PART_11, "gate3", *SGD_VARIANTS, *MLP_VARIANTS])
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
-        + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE}...: a batch"
+        + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE},"
+        + f" {CUT_SLOPE_AGAIN}...: a batch"
         + f" cut short at a {CUT_TICK_S:g}-s tick where the served model's errors rose (parts 8-10); then"
         + f" + {UNLOCATED}: drift retrains from the change batch's first row; then + {UNGATED}: no promotion gate"
         + " for drift retrains",

@@ -12,9 +12,12 @@ from benchmarks.early_cut import (
     cut_allowed,
     drift_decision,
     error_slope,
+    first_cut_retrain,
     locate_rise,
+    retrain_start,
     series_after_retrain,
     should_cut,
+    should_cut_again,
     should_cut_located,
     should_cut_settled,
     should_cut_sloped,
@@ -350,3 +353,47 @@ def test_after_a_cut_retrain_the_detector_reads_on_from_the_short_batch() -> Non
     assert alone[0] is None
     # A detection the cut's retrain already answered is not acted on again.
     assert drift_decision(over, "classification", "adwin", {}, 21.0, None, POLICY, answered_at=21.0)[0] is None
+
+
+def test_a_retrained_model_that_errs_above_the_short_batch_is_cut_again() -> None:
+    # Part 10's pause (batches of 800): the cut was taken at 0.12 error, the model retrained on it errs 0.55.
+    decision = should_cut_again(ErrorTotals(500, 60), ErrorTotals(500, 275), batch_rows=800)
+    assert decision.cut
+    assert "after a cut's retrain" in decision.reason and "short batch 500 rows, error 0.12" in decision.reason
+    assert "above it, cut again" in decision.reason
+
+
+def test_a_retrained_model_at_or_below_the_short_batch_s_level_is_not_cut_again() -> None:
+    short = ErrorTotals(500, 60)
+    learned = should_cut_again(short, ErrorTotals(500, 30), batch_rows=800)  # it learned the new concept
+    assert not learned.cut and "no rise" in learned.reason
+    # A little above, not clearly (t about 2, under 5): the retrain learned what there was to learn.
+    slight = should_cut_again(short, ErrorTotals(500, 80), batch_rows=800)
+    assert not slight.cut and "not evident" in slight.reason
+    # The first cut's floor: the second retrain learns the waiting rows, so half a batch must wait.
+    early = should_cut_again(short, ErrorTotals(300, 165), batch_rows=800)
+    assert not early.cut and "fewer than 400 waiting rows" in early.reason
+
+
+def test_only_a_first_cut_s_retrain_is_cooldown_free_and_arms_a_second_cut() -> None:
+    assert first_cut_retrain(after_cut=True, second=False)
+    assert not first_cut_retrain(after_cut=True, second=True)  # at most one extra cut per change
+    assert not first_cut_retrain(after_cut=False, second=False)  # an uncut batch's retrain
+
+
+def test_a_second_cut_s_retrain_learns_the_rows_since_the_first_cut() -> None:
+    firsts = [2_400, 2_900]  # the short batch (old model), then the batch the first cut's retrain served
+    found = ChangeResult("error_rate", "adwin", {}, index=1, n=2, mean_before=0.12, value_at=0.55, start_index=0)
+    assert retrain_start(firsts, found, second=True) == 2_900  # not the rows the first retrain learned
+    assert retrain_start(firsts, found, second=False) == 2_400  # any other retrain: where the detector says
+    assert retrain_start(firsts, ChangeResult("error_rate", "adwin", {}, 1, 2, 0.1, 0.5), second=False) == 2_900
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.02, 0.1, 0.3, 0.5])
+def test_a_stationary_stream_is_never_cut_again(rate: float) -> None:
+    decisions = [
+        should_cut_again(_misses(500, rate, seed), _misses(waiting, rate, seed + 1_000), batch_rows=800)
+        for seed in range(100)
+        for waiting in (400, 500, 700)
+    ]
+    assert not any(d.cut for d in decisions)

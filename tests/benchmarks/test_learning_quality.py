@@ -412,3 +412,23 @@ def test_a_cut_no_retrain_would_follow_is_not_taken() -> None:
     )
     calm = learning_streams.build("sea_stationary_s1", 4_000)
     assert learning_quality.run_streamfit("default_cutlocatedfreesure", calm, 1_000, 100.0).cuts == []
+
+
+def test_the_second_cut_retrains_on_the_rows_since_a_cut_that_learned_a_pause() -> None:
+    """Part 16: part 10's pause (`stagger_gradual_s1`, batches of 800) is cut at 2,900 and its retrain
+    learns the pause; under `_cutslopefreesure` the retrained model then serves a whole batch before the
+    detector retrains again (3,700), under `_cutslopefreesure2` it is cut again at the first tick
+    (3,400) and retrained on the rows since the first cut, once: the model it gives is never cut again."""
+    gradual = learning_streams.build("stagger_gradual_s1", 6_000)
+    once = learning_quality.run_streamfit("default_cutslopefreesure", gradual, 800, 100.0)
+    twice = learning_quality.run_streamfit("default_cutslopefreesure2", gradual, 800, 100.0)
+    default = learning_quality.run_streamfit("default", gradual, 800, 100.0)
+    assert once.cuts == [2_900] and once.retrains == [2_900, 3_700]
+    assert twice.cuts == twice.retrains == [2_900, 3_400]
+    assert np.nanmean(twice.outcome[3_400:4_200]) > np.nanmean(once.outcome[3_400:4_200]) + 0.05
+    assert np.nanmean(twice.outcome[800:]) > np.nanmean(default.outcome[800:])
+    # An abrupt change learned by the first cut's retrain: nothing to cut again.
+    abrupt = learning_streams.build("stagger_abrupt_s2", 6_500)
+    assert learning_quality.run_streamfit("default_cutslopefreesure2", abrupt, 1_000, 100.0).cuts == [3_500]
+    calm = learning_streams.build("sea_stationary_s1", 4_000)
+    assert learning_quality.run_streamfit("default_cutslopefreesure2", calm, 1_000, 100.0).cuts == []
