@@ -18,6 +18,14 @@ class ActionConfig(dg.Config):
     reasons: list[str]
     evidence: str = "{}"
     window_from_version: str = ""  # retrain: learn from this batch on (where the change was detected)
+    # batch.early_cut (monitors/actions.py): a retrain after a first cut leaves the cooldown alone and arms
+    # one second cut (the cut batch's version, its totals, where the retrained version serves from); a
+    # second cut's retrain is an ordinary action, marked as such.
+    after_cut: bool = False
+    cut_version: str = ""
+    short: str = "{}"
+    serves_from: str = "{}"
+    second_cut: bool = False
 
 
 def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
@@ -69,6 +77,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
                 "window": version.meta["offsets"]["batch"],
                 "reasons": config.reasons,
                 "run_id": context.run_id,
+                **_cut_fields(config),
             },
         )
         context.log.info(f"{name}: retrained {version.name} on {version.meta['offsets']['batch']}")
@@ -94,3 +103,15 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
             tags=tags, executor_def=dg.in_process_executor
         ),
     ]
+
+
+def _cut_fields(config: ActionConfig) -> dict:
+    """The early-cut fields of a retrain's action record (none when the batch was not cut)."""
+    if config.after_cut:
+        return {
+            "after_cut": True,
+            "cut_version": config.cut_version,
+            "short": json.loads(config.short),
+            "serves_from": json.loads(config.serves_from),
+        }
+    return {"second_cut": True} if config.second_cut else {}

@@ -322,7 +322,17 @@ class ModelSpec(_Strict):
 
 
 class BatchSpec(_Strict):
-    """When the sensor launches a training run, and how large a batch may be."""
+    """When the sensor launches a training run, and how large a batch may be.
+
+    ``early_cut`` (off by default) lets the sensor cut the waiting batch short when the served
+    champion's live errors on it (the label join's checkpoints) rose over the batch before and stopped
+    climbing, and the drift detector would retrain on the short batch: a concept change is then learned
+    a partial batch sooner (`monitors.early_cut`; benchmarks/README.md parts 9-17). It needs the label
+    join (a ``labels:`` section and `streamfit labels join <stream>` running) checkpointing at least four
+    times a batch: ``labels.flush_interval_s`` at most a quarter of ``max_wait_s`` is checked here; at
+    a rate of r rows/s it must also be at most ``rows / (4 r)`` seconds, else the rule sees too few
+    checkpoints and never cuts.
+    """
 
     rows: int = Field(default=1000, ge=1)
     # The cap bounds sustained throughput at max_rows per run cycle, whatever the data: runs of a stream
@@ -341,6 +351,7 @@ class BatchSpec(_Strict):
     # the daemon's run retries (the outer layer, dagster.yaml) start it again.
     step_retries: int = Field(default=3, ge=0)
     retry_delay_s: float = Field(default=1.0, ge=0)
+    early_cut: bool = False
 
     @model_validator(mode="after")
     def _rows_within_cap(self) -> BatchSpec:
@@ -591,6 +602,24 @@ class StreamSpec(_Strict):
             raise ValueError(
                 f"windowed estimators ({windowed}) do not support quality.policy: quarantine yet (a replayed batch "
                 "lies behind the window): use policy: halt or allow_partial"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _early_cut_has_live_labels(self) -> StreamSpec:
+        """The early cut reads the served champion's live errors: without the label join it reads nothing."""
+        if not self.batch.early_cut:
+            return self
+        if "labels" not in self.model_fields_set:
+            raise ValueError(
+                "batch.early_cut needs the label join: add a labels: section (e.g. labels: {flush_interval_s: 1}) "
+                f"and run `streamfit labels join {self.name}`, or set batch.early_cut: false"
+            )
+        quarter = self.batch.max_wait_s / 4
+        if self.labels.flush_interval_s > quarter:
+            raise ValueError(
+                f"batch.early_cut needs label-join checkpoints at least four times a batch: labels.flush_interval_s "
+                f"{self.labels.flush_interval_s:g} > batch.max_wait_s / 4 = {quarter:g}; lower flush_interval_s"
             )
         return self
 

@@ -8,7 +8,6 @@ Kafka or raw data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -18,15 +17,13 @@ from dagster_project.registry.promotion import HIGHER_IS_BETTER
 from dagster_project.registry.significance import PairedTest, combine
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
+from monitors.actions import ACTION_KIND, action_history, epoch, last_action
+from monitors.cut_policy import SeriesPoint
 from monitors.decisions import ChampionComparison, DecisionConfig, LastAction
 from monitors.detectors import ChangeResult, detect_batch_change, detect_series_change
 from monitors.drift import DriftReport, DriftThresholds, feature_drift
 
-ACTION_KIND = "drift_action"
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
+__all__ = ["ACTION_KIND", "Evidence", "describe", "detector_series", "gather", "last_action"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +38,27 @@ class Evidence:
     change_version: str | None = None  # the batch where the prequential change was detected
 
 
-def last_action(registry: ModelRegistry, stream: str) -> LastAction | None:
-    actions = [d for d in registry.decisions(stream) if d.get("kind") == ACTION_KIND]
-    if not actions:
-        return None
-    a = actions[-1]
-    return LastAction(a["action"], _epoch(a["at"]), a.get("from_version"), a.get("to_version"))
+def scored_versions(versions: list[Version], task: str, since: float, seed: str | None = None) -> list[Version]:
+    """The batches the prequential detector reads: versions trained on a batch (not retrains) since the
+    last action, plus `seed` (the cut batch's version after a first cut's retrain, `ActionHistory`)."""
+    metric = "accuracy" if task == "classification" else "mae"
+    return [
+        v
+        for v in versions
+        if (epoch(v.meta["created_at"]) > since or v.name == seed)
+        and not v.meta.get("retrain")
+        and metric in v.meta.get("metrics", {})
+    ]
+
+
+def detector_series(versions: list[Version], task: str, since: float, seed: str | None = None) -> list[SeriesPoint]:
+    """`scored_versions` as the detector's series: (error rate or MAE, rows, version number, time)."""
+    points = []
+    for v in scored_versions(versions, task, since, seed):
+        metrics = v.meta["metrics"]
+        error = 1 - metrics["accuracy"] if task == "classification" else metrics["mae"]
+        points.append((error, metrics["rows"], v.number, epoch(v.meta["created_at"])))
+    return points
 
 
 def _profile_features(registry: ModelRegistry, version: Version) -> dict[str, Any]:
@@ -75,9 +87,10 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
     name = spec.name
     versions = registry.versions(name)
     champion = registry.champion(name)
-    action = last_action(registry, name)
-    since = action.at if action else 0.0
-    fresh = [v for v in versions if _epoch(v.meta["created_at"]) > since]
+    history = action_history(registry.decisions(name))
+    action = history.anchor  # the cooldown's anchor: a first cut's retrain leaves it where it was
+    since = history.since  # evidence counts from the latest action of any kind (rule 4)
+    fresh = [v for v in versions if epoch(v.meta["created_at"]) > since]
     config = DecisionConfig.from_spec(spec.drift, spec.promotion.significance)
     thresholds = DriftThresholds.from_spec(spec.drift)
 
@@ -89,37 +102,25 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
         for version in [v for v in fresh if v.number > champion_number][-recent:]:
             X = _sample_matrix(registry, version, spec.input_names)
             if X is not None and reference:
-                at = _epoch(version.meta["created_at"])
+                at = epoch(version.meta["created_at"])
                 report = feature_drift(reference, X, spec.input_names, thresholds, at=at)
                 reports.append(report)
                 drifted_run = [*drifted_run, version.name] if report.drifted else []
 
     changes: list[ChangeResult] = []
     change_version = None
-    scored = (
-        [v for v in fresh if not v.meta.get("retrain") and "accuracy" in v.meta.get("metrics", {})]
-        if spec.task == "classification"
-        else [v for v in fresh if not v.meta.get("retrain") and "mae" in v.meta.get("metrics", {})]
-    )
-    times = [_epoch(v.meta["created_at"]) for v in scored]
+    scored = scored_versions(versions, spec.task, since, history.seed_version)
+    series = detector_series(versions, spec.task, since, history.seed_version)
     params = dict(spec.drift.detector_params)
-    if spec.task == "classification":
-        series = [
-            (1 - v.meta["metrics"]["accuracy"], v.meta["metrics"]["rows"])
-            for v in scored
-            if "accuracy" in v.meta["metrics"]
-        ]
-        if series:
-            rates, rows = zip(*series, strict=True)
-            found = detect_batch_change(rates, rows, spec.drift.detector, times=times, **params)
-            if found:
-                changes.append(found)
-    else:
-        maes = [v.meta["metrics"]["mae"] for v in scored if "mae" in v.meta["metrics"]]
-        if maes:
-            found = detect_series_change(maes, spec.drift.detector, metric="mae", times=times, **params)
-            if found:
-                changes.append(found)
+    if series:
+        errors, rows, _, times = (list(c) for c in zip(*series, strict=True))
+        if spec.task == "classification":
+            found = detect_batch_change(errors, rows, spec.drift.detector, times=times, **params)
+        else:
+            found = detect_series_change(errors, spec.drift.detector, metric="mae", times=times, **params)
+        answered = history.answered
+        if found and not (answered is not None and found.at is not None and found.at <= answered):
+            changes.append(found)
     if changes:  # the error-rate detector's change point: a pure concept change moves no feature
         change_version = scored[changes[0].start_index if changes[0].start_index is not None else changes[0].index].name
 
@@ -145,7 +146,7 @@ def _live_changes(
     if not records:
         return []
     rows = [r["versions"][champion]["rows"] for r in records]
-    times = [_epoch(r["at"]) for r in records]
+    times = [epoch(r["at"]) for r in records]
     if spec.task == "classification":
         rates = [1 - r["versions"][champion]["correct"] / n for r, n in zip(records, rows, strict=True)]
         found = detect_batch_change(rates, rows, spec.drift.detector, metric="live_error_rate", times=times, **params)
@@ -187,7 +188,7 @@ def _comparison(registry: ModelRegistry, stream: str, champion: str | None) -> C
         champion_value=weighted("champion_value"),
         predecessor_value=weighted("predecessor_value"),
         rows=rows,
-        promoted_at=_epoch(promoted["at"]),
+        promoted_at=epoch(promoted["at"]),
         higher_is_better=HIGHER_IS_BETTER[metric],
         test=test,
         looks=len(checks),

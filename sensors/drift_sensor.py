@@ -14,6 +14,8 @@ from dagster_project import names
 from dagster_project.registry.store import RegistryError
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
+from monitors.actions import action_history, epoch
+from monitors.cut_evidence import served_totals
 from monitors.decisions import decide
 from monitors.evidence import describe, gather
 from sensors.cadence import minimum_interval_for
@@ -82,6 +84,8 @@ def evaluate(
     }
     if decision.action == "retrain" and evidence.change_version:
         config["window_from_version"] = evidence.change_version
+    if decision.action == "retrain" and spec.batch.early_cut:
+        config |= cut_record(context.instance, reg, spec)
     op = names.rollback_op(spec.name) if decision.action == "rollback" else names.retrain_op(spec.name)
     context.log.warning(f"{spec.name}: {decision.action}: {'; '.join(decision.reasons)}")
     return dg.RunRequest(
@@ -113,3 +117,30 @@ def _live_change_not_learned_yet(decision, evidence) -> str | None:
         + "), but no learned batch shows the change yet: retraining now would re-learn the old concept; "
         "waiting for the training runs to reach it"
     )
+
+
+def cut_record(instance: dg.DagsterInstance, reg, spec: StreamSpec) -> dict:
+    """The action config of a retrain that follows an early cut (benchmarks/README.md parts 12 (b), 16).
+
+    The batch just learned (the newest version trained on a batch, newer than the last action) was cut
+    short when its training run carries `names.EARLY_CUT_TAG`. A first cut's retrain is recorded with
+    `after_cut` (the cooldown stays where it was), the short batch's totals under the model that served
+    it and the offsets the retrained version will serve from, which arm one second cut; a second cut's
+    retrain (`second_cut`) learns the rows since the first cut's retrain began serving."""
+    batches = [v for v in reg.versions(spec.name) if not v.meta.get("retrain")]
+    if not batches or epoch(batches[-1].meta["created_at"]) <= action_history(reg.decisions(spec.name)).since:
+        return {}
+    cut_version = batches[-1]
+    run = instance.get_run_by_id(cut_version.meta.get("run_id", "")) if cut_version.meta.get("run_id") else None
+    kind = run.tags.get(names.EARLY_CUT_TAG) if run else None
+    if kind == "second":
+        return {"second_cut": True, "window_from_version": cut_version.name}
+    short = served_totals(cut_version, spec.task)
+    if kind != "first" or short is None:
+        return {}
+    return {
+        "after_cut": True,
+        "cut_version": cut_version.name,
+        "short": json.dumps({"rows": short.rows, "errors": short.errors}),
+        "serves_from": json.dumps({str(p): o for p, o in cut_version.learned.items()}),
+    }

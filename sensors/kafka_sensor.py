@@ -19,7 +19,10 @@ from dagster_project.registry.promotion import spec_tail_split
 from dagster_project.registry.store import RegistryError, expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
+from monitors.cut_evidence import CutPlan, early_cut
 from sensors.cadence import minimum_interval_for
+
+CUT_REASON_MAX = 2000  # characters of the cut's reason kept in the run's tag (the cursor keeps it whole)
 
 
 def build_kafka_sensor(spec: StreamSpec, job: "dg.JobDefinition") -> dg.SensorDefinition:
@@ -88,9 +91,16 @@ def evaluate(
         )
         context.log.error(message)
         return dg.SkipReason(message)
-    plan = plan_batch(
-        states, spec.batch.rows, spec.batch.max_rows, spec.batch.max_wait_s, now_ms=int(time.time() * 1000)
-    )
+    now_ms = int(time.time() * 1000)
+    plan = plan_batch(states, spec.batch.rows, spec.batch.max_rows, spec.batch.max_wait_s, now_ms=now_ms)
+    cut = None
+    if not isinstance(plan, BatchPlan) and spec.batch.early_cut and sum(s.lag for s in states):
+        cut = _early_cut(reg, spec, states, now_ms)
+        if not isinstance(cut, CutPlan):
+            return dg.SkipReason(f"{spec.name}: {plan.reason}; no early cut: {cut.reason}")
+        plan = plan_batch(
+            states, spec.batch.rows, spec.batch.max_rows, spec.batch.max_wait_s, now_ms=now_ms, cut=cut.reason
+        )
     if not isinstance(plan, BatchPlan):
         return dg.SkipReason(f"{spec.name}: {plan.reason}")
     head_name = head.name if head else None
@@ -131,6 +141,7 @@ def evaluate(
                     names.PARENT_TAG: head_name or "none",
                     names.LAG_AFTER_BATCH_TAG: str(lag_after),
                     "dagster/max_runtime_seconds": str(spec.batch.max_run_seconds),
+                    **(_cut_tags(cut) if isinstance(cut, CutPlan) else {}),
                 },
             )
         ],
@@ -138,6 +149,19 @@ def evaluate(
             {"run_key": run_key, "ranges": encode_ranges(plan.ranges), "rows": plan.rows, "reason": plan.reason}
         ).decode(),
     )
+
+
+def _early_cut(reg, spec: StreamSpec, states, now_ms: int):
+    """The early cut's answer for the rows waiting now (`monitors.cut_evidence.early_cut`)."""
+    waiting = [s for s in states if s.lag]
+    stamps = [s.oldest_waiting_ts_ms for s in waiting if s.oldest_waiting_ts_ms is not None]
+    oldest_s = min(stamps) / 1000 if stamps else now_ms / 1000
+    return early_cut(reg, spec, {s.partition: s.next_offset for s in states}, oldest_s, now_ms / 1000)
+
+
+def _cut_tags(cut: CutPlan) -> dict[str, str]:
+    """A cut batch's run tags: the drift sensor reads them to record the retrain that follows."""
+    return {names.EARLY_CUT_TAG: "second" if cut.second else "first", names.CUT_REASON_TAG: cut.reason[:CUT_REASON_MAX]}
 
 
 def retry_story(instance: dg.DagsterInstance, run_key: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import orjson
 
 Ranges = dict[int, tuple[int, int]]
+CUT_REASON_PREFIX = "early cut: "  # a plan cut short by `batch.early_cut` (the third trigger)
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,15 @@ def find_gaps(states: list[PartitionState]) -> list[Gap]:
 
 
 def plan_batch(
-    states: list[PartitionState], min_rows: int, max_rows: int, max_wait_s: float, now_ms: int
+    states: list[PartitionState],
+    min_rows: int,
+    max_rows: int,
+    max_wait_s: float,
+    now_ms: int,
+    cut: str | None = None,
 ) -> BatchPlan | NoBatch:
-    """Plan `{partition: (start, end)}` when lag >= min_rows or the oldest waiting row is too old.
+    """Plan `{partition: (start, end)}` when lag >= min_rows or the oldest waiting row is too old, or,
+    third, when `cut` gives the reason to cut the waiting rows short now (`batch.early_cut`).
 
     The batch takes at most `max_rows`, shared between partitions in proportion to their lag
     (every waiting partition gets at least one row), so no partition starves.
@@ -123,6 +130,8 @@ def plan_batch(
         reason = f"lag {lag} >= batch.rows {min_rows}"
     elif age_s >= max_wait_s:
         reason = f"oldest waiting row is {age_s:.1f}s old >= batch.max_wait_s {max_wait_s:g}"
+    elif cut is not None:
+        reason = f"{CUT_REASON_PREFIX}{cut}"
     else:
         return NoBatch(f"waiting: lag {lag} < batch.rows {min_rows}, oldest row {age_s:.1f}s < {max_wait_s:g}s")
     take = _share(states, min(lag, max_rows))

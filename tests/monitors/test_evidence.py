@@ -323,3 +323,20 @@ def test_a_lower_is_better_metric_is_compared_that_way(registry, spec) -> None:
     comparison = gather(registry, spec).comparison
 
     assert comparison.metric == "log_loss" and comparison.higher_is_better is False and comparison.rows == 250
+
+
+def test_after_a_first_cut_retrain_the_cooldown_runs_from_the_action_before_and_the_series_from_the_cut(
+    registry, spec
+) -> None:
+    _add(registry, spec, seed=0)  # v1
+    _action(registry, spec, "retrain", from_version="v1", to_version="v2")
+    _add(registry, spec, seed=1, metrics={}, retrain={"mode": "fresh"})  # v2, the retrain
+    cut = _add(registry, spec, seed=2, metrics={"accuracy": 0.9, "rows": ROWS})  # v3, the cut batch
+    _action(registry, spec, "retrain", from_version="v3", to_version="v4", after_cut=True, cut_version=cut.name)
+    _add(registry, spec, seed=3, metrics={}, retrain={"mode": "fresh"})  # v4, the cut's retrain
+    _add(registry, spec, seed=4, metrics={"accuracy": 0.3, "rows": ROWS})  # v5: the retrained model errs again
+
+    evidence = gather(registry, spec)
+
+    assert evidence.last_action.to_version == "v2", "a first cut's retrain does not restart the cooldown"
+    assert evidence.changes and evidence.change_version == "v5", "the rise over the cut batch's level"

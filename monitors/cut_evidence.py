@@ -1,0 +1,131 @@
+"""The early cut's evidence from durable state: the served champion's live totals and the series before.
+
+The Kafka sensor asks this module, when `batch.early_cut` is on and a batch is still filling, whether
+to cut it now. Everything comes from files other processes already wrote: the label join's
+live_metrics.jsonl (one delta per checkpoint and model version), the registry's versions (each
+batch's totals under the champion that served it) and its action records. Nothing reads Kafka.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dagster_project.labels import read_records
+from dagster_project.labels.store import record_at
+from dagster_project.registry.store import ModelRegistry, Version
+from dagster_project.spec import StreamSpec
+from monitors.actions import action_history, epoch
+from monitors.cut_policy import SeriesPoint, confirmed, cut_allowed, drift_decision
+from monitors.decisions import DecisionConfig
+from monitors.early_cut import CutDecision, ErrorTotals, should_cut_again, should_cut_sloped
+from monitors.evidence import detector_series
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """A cut the sensor should take now: its reason, and whether it is a second cut (`should_cut_again`)."""
+
+    reason: str
+    second: bool
+
+
+def metric_totals(metrics: dict[str, Any], task: str) -> ErrorTotals | None:
+    """Rows and summed errors from a version's metrics: misses from accuracy, or MAE (and RMSE) sums."""
+    rows = int(metrics.get("rows") or 0)
+    if rows < 1:
+        return None
+    if task == "classification":
+        if metrics.get("accuracy") is None:
+            return None
+        return ErrorTotals(rows, float(round((1 - metrics["accuracy"]) * rows)))
+    if metrics.get("mae") is None:
+        return None
+    squared = metrics["rmse"] ** 2 * rows if metrics.get("rmse") is not None else None
+    return ErrorTotals(rows, metrics["mae"] * rows, squared)
+
+
+def served_totals(version: Version, task: str) -> ErrorTotals | None:
+    """A batch's totals under the champion that served it (the version's `served` record, else its own
+    prequential metrics: the served model was the one it continued)."""
+    served = (version.meta.get("served") or {}).get("metrics")
+    return metric_totals(served or version.meta.get("metrics", {}), task)
+
+
+def live_windows(records: list[dict[str, Any]], version: str, task: str) -> list[ErrorTotals]:
+    """`version`'s totals per label-join checkpoint (the lines' per-version deltas), oldest first."""
+    windows = []
+    for record in records:
+        raw = record.get("versions", {}).get(version)
+        if not raw or not raw.get("rows"):
+            continue
+        rows = int(raw["rows"])
+        if task == "classification":
+            windows.append(ErrorTotals(rows, float(rows - int(raw.get("correct", 0)))))
+        else:
+            windows.append(ErrorTotals(rows, float(raw.get("abs_err", 0.0)), float(raw.get("sq_err", 0.0))))
+    return windows
+
+
+def _serving_since(registry: ModelRegistry, stream: str, champion: str) -> float:
+    """When `champion` last became champion (epoch s; 0 when the history does not say)."""
+    changes = [h for h in registry.champion_history(stream) if h.get("version") == champion]
+    return epoch(changes[-1]["at"]) if changes else 0.0
+
+
+def early_cut(
+    registry: ModelRegistry, spec: StreamSpec, next_offsets: dict[int, int], oldest_waiting_s: float, now: float
+) -> CutPlan | CutDecision:
+    """Whether to cut the waiting batch (starting at `next_offsets`, oldest row at `oldest_waiting_s`)
+    now: a `CutPlan`, or the `CutDecision` that says why not.
+
+    The served champion's live totals per checkpoint since it began serving the waiting rows are read
+    against the batch before (its totals under the champion that served it), with the benchmark's rule
+    `_cutslopefreesure2`: `should_cut_sloped`; a cut only if the drift decision on the series plus the
+    would-be short batch is a retrain (`confirmed`); at most one cooldown-free cut retrain per cooldown
+    (`cut_allowed`); and in the batch right after a first cut's retrain, `should_cut_again` against the
+    short batch's totals that retrain's action record carries."""
+    name = spec.name
+    champion = registry.champion(name)
+    versions = registry.versions(name)
+    if champion is None or not versions:
+        return CutDecision(False, "no champion serves yet")
+    actions = action_history(registry.decisions(name))
+    armed = actions.armed(champion, next_offsets)
+    policy = DecisionConfig.from_spec(spec.drift, spec.promotion.significance)
+    if armed is None and not cut_allowed(now, actions.last_cut_retrain, policy.cooldown_s):
+        return CutDecision(False, f"a cut's retrain ran less than drift.cooldown_s {policy.cooldown_s:g} s ago")
+    since = max(oldest_waiting_s, _serving_since(registry, name, champion))
+    records = read_records(registry.root, name, since=since)
+    windows = live_windows(records, champion, spec.task)
+    if armed is not None:
+        short = ErrorTotals(int(armed["short"]["rows"]), float(armed["short"]["errors"]))
+        waiting = sum(windows[1:], windows[0]) if windows else ErrorTotals(0, 0.0)
+        decision = should_cut_again(short, waiting, spec.batch.rows)
+    else:
+        scored = [v for v in versions if not v.meta.get("retrain")]
+        before = served_totals(scored[-1], spec.task) if scored else None
+        if before is None:
+            return CutDecision(False, "no batch before with metrics to compare with")
+        decision = should_cut_sloped(before, windows, spec.batch.rows)
+    if not decision.cut:
+        return decision
+    waiting_rows = sum(w.rows for w in windows)
+    errors = sum(w.errors for w in windows)
+    short_point: SeriesPoint = (errors / waiting_rows, waiting_rows, len(versions), now)
+    series = detector_series(versions, spec.task, actions.since, actions.seed_version)
+    _, retrain = drift_decision(
+        [*series, short_point],
+        spec.task,
+        spec.drift.detector,
+        dict(spec.drift.detector_params),
+        now,
+        actions.anchor,
+        policy,
+        actions.answered,
+    )
+    decision = confirmed(decision, retrain)
+    if not decision.cut:
+        return decision
+    checkpoints = f" ({len(windows)} label-join checkpoints since {record_at(records[0]) if records else since:.0f})"
+    return CutPlan(decision.reason + checkpoints, second=armed is not None)

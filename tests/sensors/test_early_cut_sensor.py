@@ -1,0 +1,164 @@
+"""The Kafka sensor's early cut (`batch.early_cut`) on a real broker, registry and Dagster instance.
+
+Two batches are learned through the sensor, then fewer than `batch.rows` rows wait and the label
+join's live_metrics.jsonl (written here line by line, as the joiner writes it) says how the served
+champion does on them.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import orjson
+import pytest
+
+from dagster_project import names
+from dagster_project.kafka.offsets import CUT_REASON_PREFIX, decode_ranges, encode_ranges
+from dagster_project.labels.store import live_metrics_path
+from dagster_project.resources import KafkaResource
+from monitors.actions import ACTION_KIND
+from tests.conftest import synthetic_spec
+from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, run_batch
+
+ROWS = 200  # batch.rows
+
+
+def _spec(early_cut: bool):
+    return synthetic_spec(
+        partitions=1,
+        batch={"rows": ROWS, "max_rows": 1000, "max_wait_s": 3600, "sensor_interval_s": 5, "early_cut": early_cut},
+        labels={"flush_interval_s": 1},
+    )
+
+
+def _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance):
+    """v1 and v2 learned through the sensor; then 150 rows (under batch.rows) wait."""
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    for batch in range(2):
+        produce_synthetic(kafka_settings, spec, ROWS, start=batch * ROWS)
+        result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        (request,) = result.run_requests
+        assert run_batch(defs, spec, decode_ranges(request.tags[names.RANGES_TAG]), instance, tags=request.tags).success
+    produce_synthetic(kafka_settings, spec, 150, start=2 * ROWS)
+    return defs, kafka
+
+
+def _checkpoints(registry, spec, version: str, errors: list[int], rows: int = 25) -> None:
+    """live_metrics.jsonl lines: `version` joined `rows` rows per checkpoint with `errors[i]` misses."""
+    path = live_metrics_path(registry.root, spec.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time() + 1
+    with open(path, "ab") as fh:
+        for i, missed in enumerate(errors):
+            at = datetime.fromtimestamp(start + i, UTC).isoformat(timespec="milliseconds")
+            line = {
+                "seq": i + 1,
+                "at": at,
+                "stream": spec.name,
+                "task": "classification",
+                "versions": {version: {"rows": rows, "correct": rows - missed}},
+                "counters": {},
+                "pending": {"predictions": 0, "labels": 0},
+            }
+            fh.write(orjson.dumps(line) + b"\n")
+
+
+SETTLED_RISE = [14] * 6  # 150 rows at 0.56 error: well above a learned synthetic batch, and flat
+
+
+def test_off_by_default_plans_exactly_as_before(kafka_bootstrap, kafka_settings, registry, instance) -> None:
+    spec = synthetic_spec(partitions=1, labels={"flush_interval_s": 1})
+    assert spec.batch.early_cut is False
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    _checkpoints(registry, spec, registry.champion(spec.name), SETTLED_RISE)
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SkipReason)
+    assert result.skip_message.startswith(f"{spec.name}: waiting: lag 150 < batch.rows {ROWS}, oldest row ")
+    assert result.skip_message.endswith("s < 3600s")
+
+
+def test_a_settled_rise_cuts_the_waiting_batch_with_its_reason(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    learned = registry.head(spec.name).learned
+    _checkpoints(registry, spec, registry.champion(spec.name), SETTLED_RISE)
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests
+    ends = high_waters(kafka_settings, spec.events_topic)
+    planned = {p: (learned[p], ends[p]) for p in ends}
+    assert decode_ranges(request.tags[names.RANGES_TAG]) == planned  # everything waiting now: 150 rows
+    assert sum(e - s for s, e in planned.values()) == 150
+    assert request.tags[names.EARLY_CUT_TAG] == "first"
+    reason = orjson.loads(result.cursor)["reason"]
+    assert reason.startswith(CUT_REASON_PREFIX) and "flat, cut" in reason
+    assert "the drift detector fires on the short batch" in reason
+    assert request.tags[names.CUT_REASON_TAG] == reason.removeprefix(CUT_REASON_PREFIX)
+    assert orjson.loads(result.cursor)["ranges"] == encode_ranges(planned)
+
+
+def test_a_stationary_live_series_is_not_cut(kafka_bootstrap, kafka_settings, registry, instance) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    before = registry.head(spec.name).meta["metrics"]
+    level = round((1 - before["accuracy"]) * 25)  # the batch before's error level, per 25 rows
+    _checkpoints(registry, spec, registry.champion(spec.name), [level] * 6)
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SkipReason)
+    assert "lag 150 < batch.rows" in result.skip_message
+    assert "no early cut: " in result.skip_message and "not above the batch before" in result.skip_message
+
+
+def test_no_cut_when_the_drift_decision_would_not_retrain(kafka_bootstrap, kafka_settings, registry, instance) -> None:
+    spec = _spec(early_cut=True)
+    registry.record_decision(spec.name, {"kind": ACTION_KIND, "action": "retrain"})  # the cooldown runs
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    _checkpoints(registry, spec, registry.champion(spec.name), SETTLED_RISE)
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SkipReason)
+    assert "flat, cut; no retrain would follow" in result.skip_message
+    assert "suppressed by cooldown" in result.skip_message
+
+
+def test_the_second_cut_is_armed_only_by_a_first_cut_retrain(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    champion, head = registry.champion(spec.name), registry.head(spec.name)
+    first = {"kind": ACTION_KIND, "action": "retrain", "to_version": champion, "after_cut": True}
+    first |= {"cut_version": head.name, "short": {"rows": 150, "errors": 15.0}}
+    first |= {"serves_from": {str(p): o for p, o in head.learned.items()}}
+    registry.record_decision(spec.name, first)
+    _checkpoints(registry, spec, champion, [12] * 6)  # the retrained model errs at once, 0.48 vs 0.10
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests
+    assert request.tags[names.EARLY_CUT_TAG] == "second"
+    assert "after a cut's retrain" in request.tags[names.CUT_REASON_TAG]
+
+    registry.record_decision(spec.name, first | {"serves_from": {"0": 0}})  # not the batch it serves first
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+    assert isinstance(result, dg.SkipReason) and "a cut's retrain ran less than" in result.skip_message
+
+
+@pytest.mark.parametrize("labels", [None, {"flush_interval_s": 1000}])
+def test_early_cut_needs_a_label_join_that_checkpoints_four_times_a_batch(labels) -> None:
+    extra = {} if labels is None else {"labels": labels}
+    with pytest.raises(ValueError, match="batch.early_cut needs"):
+        synthetic_spec(batch={"rows": ROWS, "max_wait_s": 3600, "early_cut": True}, **extra)
