@@ -77,7 +77,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
                 "window": version.meta["offsets"]["batch"],
                 "reasons": config.reasons,
                 "run_id": context.run_id,
-                **_cut_fields(config),
+                **cut_fields(config),
             },
         )
         context.log.info(f"{name}: retrained {version.name} on {version.meta['offsets']['batch']}")
@@ -105,7 +105,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
     ]
 
 
-def _cut_fields(config: ActionConfig) -> dict:
+def cut_fields(config: ActionConfig) -> dict:
     """The early-cut fields of a retrain's action record (none when the batch was not cut)."""
     if config.after_cut:
         return {

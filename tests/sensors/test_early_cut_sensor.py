@@ -14,11 +14,13 @@ import dagster as dg
 import orjson
 import pytest
 
+from assets.remediation import ActionConfig, cut_fields
 from dagster_project import names
 from dagster_project.kafka.offsets import CUT_REASON_PREFIX, decode_ranges, encode_ranges
 from dagster_project.labels.store import live_metrics_path
 from dagster_project.resources import KafkaResource
 from monitors.actions import ACTION_KIND
+from sensors.drift_sensor import cut_record
 from tests.conftest import synthetic_spec
 from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, run_batch
 
@@ -162,3 +164,47 @@ def test_early_cut_needs_a_label_join_that_checkpoints_four_times_a_batch(labels
     extra = {} if labels is None else {"labels": labels}
     with pytest.raises(ValueError, match="batch.early_cut needs"):
         synthetic_spec(batch={"rows": ROWS, "max_wait_s": 3600, "early_cut": True}, **extra)
+
+
+def test_the_retrain_after_a_cut_batch_is_recorded_as_the_cut_s(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    assert cut_record(instance, registry, spec) == {}, "the batch just learned was not cut"
+    _checkpoints(registry, spec, registry.champion(spec.name), SETTLED_RISE)
+    (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+    assert run_batch(defs, spec, decode_ranges(request.tags[names.RANGES_TAG]), instance, tags=request.tags).success
+    cut = registry.head(spec.name)
+
+    record = cut_record(instance, registry, spec)
+
+    assert record["after_cut"] is True and record["cut_version"] == cut.name
+    served = (cut.meta.get("served") or {}).get("metrics") or cut.meta["metrics"]  # the champion's, on the batch
+    assert orjson.loads(record["short"]) == {"rows": 150, "errors": round((1 - served["accuracy"]) * 150)}
+    assert orjson.loads(record["serves_from"]) == {str(p): o for p, o in cut.learned.items()}
+    registry.record_decision(spec.name, {"kind": ACTION_KIND, "action": "retrain", "after_cut": True})
+    assert cut_record(instance, registry, spec) == {}, "the cut batch's retrain has been recorded already"
+
+
+def test_a_second_cut_s_retrain_learns_from_its_batch_and_is_marked_second(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    ranges = {0: (2 * ROWS, 2 * ROWS + 150)}
+    assert run_batch(defs, spec, ranges, instance, tags={names.EARLY_CUT_TAG: "second"}).success
+
+    record = cut_record(instance, registry, spec)
+
+    assert record == {"second_cut": True, "window_from_version": registry.head(spec.name).name}
+    fields = cut_fields(ActionConfig(from_version="v3", reasons=["drift"], **record))
+    assert fields == {"second_cut": True}, "it anchors the cooldown: no after_cut"
+    first = ActionConfig(from_version="v3", reasons=["drift"], after_cut=True, cut_version="v3")
+    first = first.model_copy(update={"short": '{"rows": 150, "errors": 60.0}', "serves_from": '{"0": 550}'})
+    assert cut_fields(first) == {
+        "after_cut": True,
+        "cut_version": "v3",
+        "short": {"rows": 150, "errors": 60.0},
+        "serves_from": {"0": 550},
+    }
