@@ -340,3 +340,4 @@ def test_after_a_first_cut_retrain_the_cooldown_runs_from_the_action_before_and_
 
     assert evidence.last_action.to_version == "v2", "a first cut's retrain does not restart the cooldown"
     assert evidence.changes and evidence.change_version == "v5", "the rise over the cut batch's level"
+    assert len(evidence.drift_reports) == 2, "v4 and v5: evidence counts from the cut's retrain (rule 4)"
