@@ -123,6 +123,11 @@ def _tick_and_run(defs, spec, instance, resources, sensor: str, cuts: list[str])
 
 def summary(result: dict, change: int, batch: int) -> str:
     o = result["outcome"]
+    if change >= len(o):  # no change: only what it did (a cut or retrain here is a false one)
+        return (
+            f"early_cut {'on ' if result['early_cut'] else 'off'}: no change; served accuracy {np.nanmean(o):.4f}; "
+            f"cuts {result['cuts']}; actions {result['actions']}"
+        )
     spans = [(change, change + batch), (change, change + 2 * batch), (change, len(o))]
     accuracy = ", ".join(f"rows {s}-{e} {np.nanmean(o[s:e]):.4f}" for s, e in spans)
     before = np.nanmean(o[max(0, change - 2 * batch) : change])
