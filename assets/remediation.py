@@ -1,6 +1,7 @@
 """Self-healing actions as Dagster jobs, so every retrain and rollback is a visible run with reasons."""
 
 import json
+from typing import Any
 
 import dagster as dg
 
@@ -105,7 +106,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
     ]
 
 
-def cut_fields(config: ActionConfig) -> dict:
+def cut_fields(config: ActionConfig) -> dict[str, Any]:
     """The early-cut fields of a retrain's action record (none when the batch was not cut)."""
     if config.after_cut:
         return {

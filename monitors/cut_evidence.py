@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dagster_project.labels import read_records
-from dagster_project.labels.store import record_at
+from dagster_project.labels.store import read_records, record_at
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 from monitors.actions import action_history, epoch

@@ -7,11 +7,12 @@ an action into a Dagster run whose config carries the reasons, so every action i
 
 import json
 import time
+from typing import Any
 
 import dagster as dg
 
 from dagster_project import names
-from dagster_project.registry.store import RegistryError
+from dagster_project.registry.store import ModelRegistry, RegistryError
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.actions import action_history, epoch
@@ -119,7 +120,7 @@ def _live_change_not_learned_yet(decision, evidence) -> str | None:
     )
 
 
-def cut_record(instance: dg.DagsterInstance, reg, spec: StreamSpec) -> dict:
+def cut_record(instance: dg.DagsterInstance, reg: ModelRegistry, spec: StreamSpec) -> dict[str, Any]:
     """The action config of a retrain that follows an early cut (benchmarks/README.md parts 12 (b), 16).
 
     The batch just learned (the newest version trained on a batch, newer than the last action) was cut

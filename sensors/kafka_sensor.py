@@ -13,13 +13,21 @@ import orjson
 from assets.training import batch_run_config
 from dagster_project import names
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
-from dagster_project.kafka.offsets import BatchPlan, encode_ranges, find_gaps, plan_batch, ranges_key
+from dagster_project.kafka.offsets import (
+    BatchPlan,
+    PartitionState,
+    encode_ranges,
+    find_gaps,
+    plan_batch,
+    ranges_key,
+)
 from dagster_project.kafka.settings import BrokerConfigError
 from dagster_project.registry.promotion import spec_tail_split
-from dagster_project.registry.store import RegistryError, expected_offsets
+from dagster_project.registry.store import ModelRegistry, RegistryError, expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.cut_evidence import CutPlan, early_cut
+from monitors.early_cut import CutDecision
 from sensors.cadence import minimum_interval_for
 
 CUT_REASON_MAX = 2000  # characters of the cut's reason kept in the run's tag (the cursor keeps it whole)
@@ -151,7 +159,9 @@ def evaluate(
     )
 
 
-def _early_cut(reg, spec: StreamSpec, states, now_ms: int):
+def _early_cut(
+    reg: ModelRegistry, spec: StreamSpec, states: list[PartitionState], now_ms: int
+) -> CutPlan | CutDecision:
     """The early cut's answer for the rows waiting now (`monitors.cut_evidence.early_cut`)."""
     waiting = [s for s in states if s.lag]
     stamps = [s.oldest_waiting_ts_ms for s in waiting if s.oldest_waiting_ts_ms is not None]

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from dagster_project.kafka.offsets import (
+    CUT_REASON_PREFIX,
     BatchPlan,
     Gap,
     NoBatch,
@@ -109,6 +110,23 @@ def test_max_wait_triggers_a_small_batch(states: list[PartitionState], triggers:
     assert result.ranges == {s.partition: (s.next_offset, s.high_water) for s in states if s.lag}
     assert "oldest waiting row" in result.reason
     assert f"batch.max_wait_s {MAX_WAIT_S:g}" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("states", "reason"),
+    [
+        ([state(0, 10, 70, age_s=1.0), state(1, 5, 30, age_s=2.0)], CUT_REASON_PREFIX + "flat, cut"),
+        ([state(0, 0, 150, age_s=1.0)], f"lag 150 >= batch.rows {ROWS}"),  # lag fired: it names the batch
+        ([state(0, 0, 40, age_s=60.0)], "oldest waiting row is 60.0s old"),  # so did age
+    ],
+)
+def test_a_cut_plans_what_waits_now_only_when_neither_trigger_fired(states, reason: str) -> None:
+    result = plan_batch(states, ROWS, MAX_ROWS, MAX_WAIT_S, NOW_MS, cut="flat, cut")
+
+    assert isinstance(result, BatchPlan) and result.reason.startswith(reason)
+    assert result.ranges == {s.partition: (s.next_offset, s.high_water) for s in states if s.lag}
+    if reason.startswith(CUT_REASON_PREFIX):
+        assert isinstance(plan(states), NoBatch)  # without the cut these rows would wait
 
 
 def check_cap(states: list[PartitionState], cap: int) -> BatchPlan:
