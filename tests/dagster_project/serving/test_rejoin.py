@@ -117,5 +117,7 @@ def test_a_wedged_consumer_is_replaced_and_every_event_is_scored(
         rejoins = service.metrics.value("streamfit_scorer_consumer_rejoins_total")
     predicted = {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)}
     assert predicted >= {eid for eid, _, _ in first + second}
-    assert rejoins == 1, "a replacement still joining was replaced again (a member leaving unassigned can wedge the group)"
+    assert rejoins == 1, (
+        "a replacement still joining was replaced again (a member leaving unassigned can wedge a group)"
+    )
     assert len(opened) == 2
