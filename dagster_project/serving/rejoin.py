@@ -11,7 +11,10 @@ partitions move to it when the group rebalances.
 So the scorer rejoins when the group has not answered for `REJOIN_AFTER_S` (five session timeouts:
 a member is evicted after one) counted from the newest of: the last answer, the consumer's start, and
 the last time no broker accepted a connection (an outage restarts the count, so the end of a long
-outage is not mistaken for a wedge).
+outage is not mistaken for a wedge). Only a member that has had an assignment is replaced: a member
+leaving while it still joins can wedge the group on some brokers (Tansu), and replacing a slow joiner
+every `REJOIN_AFTER_S` repeats that forever (seen in tests before this rule). A member wedged in its
+very first join is therefore left to the group's own session timeout.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class RejoinWatch:
         )
 
 
-def close_in_background(close: Callable[[], None], what: str) -> None:
+def close_bounded(close: Callable[[], None], what: str) -> None:
     """Close a wedged client without waiting on it for more than CLOSE_TIMEOUT_S."""
 
     def run() -> None:

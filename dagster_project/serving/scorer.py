@@ -81,7 +81,7 @@ from dagster_project.serving.limits import (
     DEFAULT_MAX_ROWS,
 )
 from dagster_project.serving.metrics import ScorerMetrics, multiprocess_dir
-from dagster_project.serving.rejoin import RejoinWatch, close_in_background
+from dagster_project.serving.rejoin import RejoinWatch, close_bounded
 from dagster_project.serving.scoring import BatchOutcome, BatchScorer, PredictionsNotAcknowledged, Sending
 from dagster_project.spec import StreamSpec
 
@@ -212,8 +212,9 @@ class Scorer:
         self._producer: Any = None
         self._consumer: ScorerConsumer | None = None
         self._inflight: tuple[PollBatch, Sending] | None = None  # sent, not yet acknowledged and committed
-        self._read_committed = False
+        self._read_committed = False  # set per run from the delivery mode: exactly-once reads committed events only
         self._generation = 0  # of the consumer: callbacks of a replaced one are ignored
+        self._member_assigned = False  # the current consumer (not just the scorer) has had an assignment
         self._rejoin = RejoinWatch(settings, self.link.last_contact)
 
     def stop(self) -> None:
@@ -306,6 +307,7 @@ class Scorer:
         """A new member of the scorers' group; its rebalance callbacks are ignored once it is replaced."""
         self._generation += 1
         generation = self._generation
+        self._member_assigned = False
         # read_committed in exactly-once mode: events written in transactions upstream count once committed
         consumer = open_consumer(
             self.client,
@@ -327,19 +329,23 @@ class Scorer:
     def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer:
         """`consumer`, or a new one in its place when the group stopped answering while the brokers did not
         (rejoin.py). Called between batches only: nothing is in flight, no transaction is open."""
-        if not self.assigned.is_set():  # a member that leaves before its first assignment can wedge a group (Tansu)
+        # A member that leaves before its first assignment can wedge a group (Tansu), so a replacement that is
+        # still joining is never replaced: that would repeat the wedge every REJOIN_AFTER_S (seen in tests).
+        if not self._member_assigned:
             return consumer
         reason = self._rejoin.wedged()
         if reason is None:
             return consumer
         log.warning("%s: %s; a new consumer joins the group in place of the old one", self.spec.name, reason)
         self.metrics.consumer_rejoins.labels(self.spec.name).inc()
-        self._generation += 1  # the old member's callbacks (during its close) change nothing from here on
-        close_in_background(consumer.close, f"{self.spec.name}-consumer")
+        self._generation += 1  # the old member's callbacks during its close change nothing from here on
+        close_bounded(consumer.close, f"{self.spec.name}-consumer")
         with self._state_lock:  # acknowledged-but-uncommitted batches are re-read: at-least-once allows it
+            dropped = set(self.partitions)
             self._uncommitted.clear()
             self._positions.clear()
             self.partitions = frozenset()
+        self._forget_lag(dropped)
         return self._open_consumer()
 
     def _should_stop(self) -> bool:
@@ -595,6 +601,7 @@ class Scorer:
         assigned = sorted(assigned)
         with self._state_lock:
             self.partitions = frozenset(self.partitions | set(assigned))
+        self._member_assigned = True
         self.assigned.set()
         self.link.assigned()
         log.info("%s: assigned partitions %s", self.spec.name, assigned)
@@ -611,12 +618,17 @@ class Scorer:
                 self._uncommitted.pop(partition, None)
                 self._positions.pop(partition, None)
             self.partitions = frozenset(self.partitions - set(revoked))
-        for partition in revoked:
+        self._forget_lag(revoked)
+        log.info("%s: revoked partitions %s", self.spec.name, revoked)
+
+    def _forget_lag(self, partitions: Iterable[int]) -> None:
+        """Drop the lag gauges of partitions this scorer no longer owns, so a dashboard does not show a
+        frozen lag for a partition another member serves."""
+        for partition in partitions:
             try:
                 self.metrics.scorer_lag.remove(self.spec.name, str(partition))
             except KeyError:
                 pass
-        log.info("%s: revoked partitions %s", self.spec.name, revoked)
 
 
 class ScoringService:

@@ -19,6 +19,7 @@ from tests.dagster_project.serving.support import produce_rows, running_service,
 from tests.helpers import read_topic
 
 AFTER_S = 0.3
+E2E_AFTER_S = 3.0  # end to end: short enough for a test, long beside a healthy group's heartbeats
 
 
 @pytest.fixture
@@ -97,12 +98,14 @@ def test_a_wedged_consumer_is_replaced_and_every_event_is_scored(
     real_open = scorer_module.open_consumer
 
     def open_consumer(*args: Any, **kwargs: Any) -> Any:
-        consumer = real_open(*args, **kwargs)
-        opened.append(_Wedging(consumer) if not opened else consumer)
+        opened.append(_Wedging(real_open(*args, **kwargs)))
+        if len(opened) == 2:  # the replacement is slow to join: silent for twice the limit before its first poll
+            opened[1].wedge.set()
+            threading.Timer(2 * E2E_AFTER_S, opened[1].wedge.clear).start()
         return opened[-1]
 
     monkeypatch.setattr(scorer_module, "open_consumer", open_consumer)
-    monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", 3.0)
+    monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", E2E_AFTER_S)
     first, second = synthetic_rows(60, start=0, seed=5), synthetic_rows(60, start=60, seed=5)
     with running_service(spec, kafka_settings, registry) as service:
         produce_rows(kafka_settings, spec, first)
@@ -114,4 +117,7 @@ def test_a_wedged_consumer_is_replaced_and_every_event_is_scored(
         rejoins = service.metrics.value("streamfit_scorer_consumer_rejoins_total")
     predicted = {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)}
     assert predicted >= {eid for eid, _, _ in first + second}
-    assert rejoins == 1
+    assert rejoins == 1, (
+        "a replacement still joining was replaced again (a member leaving unassigned can wedge a group)"
+    )
+    assert len(opened) == 2
