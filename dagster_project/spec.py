@@ -422,7 +422,8 @@ class PromotionSpec(_Strict):
     between partitions in proportion to their rows) are not learned by the new version: the
     candidate and the champion are scored on them side by side, and the version's learned offsets
     end where the tail begins, so the next batch learns the tail (exactly once). A tail smaller
-    than ``min_rows`` is not held out (the gate could not decide on it anyway).
+    than ``min_rows`` is raised to it when the batch has ``2 * min_rows`` rows, else none is held
+    out (the gate could not decide on it anyway; `registry.promotion.tail_split`).
 
     ``significance`` is the level of the one-sided paired test every champion decision needs on
     top of its margin to act against the newer model (promotion, a retrain's gate, rollback;

@@ -42,12 +42,18 @@ def tail_split(ranges: Ranges, tail_rows: int, tail_fraction: float, min_rows: i
     """Where each partition's learned rows end: ``end`` minus its share of the batch's tail.
 
     The tail is ``min(tail_rows, floor(tail_fraction * rows))`` offsets, shared between partitions
-    in proportion to their rows (largest remainders get the rounding), or nothing when that is
-    below ``min_rows``. Deterministic: the sensor, a retry and a re-execution agree.
+    in proportion to their rows (largest remainders get the rounding). A tail below ``min_rows`` is
+    raised to ``min_rows`` while that leaves the batch at least as many rows to learn: otherwise every
+    batch under ``min_rows / tail_fraction`` rows (250 by default) deferred its gate and the champion
+    never changed. A batch under ``2 * min_rows`` rows holds out nothing (its gate is deferred; the
+    next batch's candidate, which learned it, is judged instead). Deterministic: the sensor, a retry
+    and a re-execution agree.
     """
     sizes = {p: end - start for p, (start, end) in ranges.items()}
     total = sum(sizes.values())
     tail = min(tail_rows, int(tail_fraction * total))
+    if 0 < tail < min_rows <= tail_rows and total >= 2 * min_rows:
+        tail = min_rows
     if tail < min_rows or total <= 0:
         return {p: end for p, (_, end) in ranges.items()}
     shares = {p: tail * n // total for p, n in sizes.items()}

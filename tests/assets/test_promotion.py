@@ -13,6 +13,7 @@ from dagster_project.onnx.export import export_onnx
 from dagster_project.registry.promotion import tail_split
 from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource
+from dagster_project.spec import PromotionSpec
 from tests.conftest import synthetic_spec
 from tests.helpers import high_waters, kafka_sensor_tick, produce_synthetic, run_batch
 
@@ -36,7 +37,11 @@ def test_the_tail_is_shared_by_rows_and_skipped_when_too_small():
     assert tail_split({0: (0, 300), 1: (100, 400)}, 250, 0.2, 50) == {0: 240, 1: 340}  # 120 of 600
     assert tail_split({0: (0, 900), 1: (0, 100)}, 250, 0.2, 50) == {0: 720, 1: 80}  # 200 (20 %), by rows
     assert tail_split({0: (0, 201), 1: (0, 2)}, 250, 0.2, 5) == {0: 161, 1: 2}  # 40 rows: remainders
-    assert tail_split({0: (0, 100), 1: (0, 100)}, 250, 0.2, 50) == {0: 100, 1: 100}  # 40 < min_rows: none
+    # 20 % of 200 is 40 < min_rows: raised to 50, else batches of 200 could never promote anything
+    assert tail_split({0: (0, 100), 1: (0, 100)}, 250, 0.2, 50) == {0: 75, 1: 75}
+    assert tail_split({0: (0, 60), 1: (0, 39)}, 250, 0.2, 50) == {0: 60, 1: 39}  # 99 < 2 x 50: none
+    assert tail_split({0: (0, 100)}, 250, 0.0, 50) == {0: 100}  # tail_fraction 0: off
+    assert tail_split({0: (0, 300)}, 40, 0.2, 50) == {0: 300}  # tail_rows below min_rows: off
     assert tail_split({0: (0, 1000)}, 0, 0.2, 50) == {0: 1000}  # tail_rows 0: off
 
 
@@ -70,6 +75,23 @@ def test_a_candidate_within_the_margin_is_promoted_in_the_run_that_trains_it(
     gate = result.asset_materializations_for_node(f"{spec.name}__champion")[0]
     assert gate.metadata["promoted"].value == 1 and gate.metadata["unseen_rows"].value == 100
     assert gate.metadata["p_value"].value == test["p_value"] and gate.metadata["test"].value == "DeLong"
+
+
+DEFAULT_TAIL = PromotionSpec().model_dump(include={"tail_rows", "tail_fraction", "min_rows"})  # the product's
+
+
+@pytest.mark.parametrize("spec", [synthetic_spec(promotion=DEFAULT_TAIL, batch={"rows": 200, "max_rows": 200})])
+def test_batches_of_200_rows_with_the_default_gate_promote_their_candidates(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    """20 % of 200 rows is below the gate's 50 unseen rows: the tail is raised to 50, so small batches
+    promote (before, every gate was deferred and v1 served for ever)."""
+    produce_synthetic(kafka_settings, spec, 600)
+    for _ in range(3):
+        assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 100), instance).success
+    gates = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
+    assert [d["rows"] for d in gates] == [50, 50], gates
+    assert registry.champion(spec.name) == "v3", [d["reason"] for d in gates]
 
 
 def _saboteur(spec):
