@@ -18,10 +18,10 @@ demo: $(VENV)/.installed
 test: lint test-tansu test-kafka
 
 test-tansu: $(VENV)/.installed
-	$(VENV)/bin/pytest --broker tansu
+	$(VENV)/bin/pytest --broker tansu --durations=25
 
 test-kafka: $(VENV)/.installed
-	$(VENV)/bin/pytest --broker kafka
+	$(VENV)/bin/pytest --broker kafka --durations=25
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
