@@ -272,6 +272,7 @@ def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: floa
 # A probe that has no answer after this long checks the partitions' leaders (a crashed leader stays in
 # the metadata until the controller fences it), so a failover is named at once, not after a timeout.
 LEADER_CHECK_AFTER_S = 1.0
+TIMESTAMP_WAIT_S = 1.0  # after the end offsets are known, how long to poll on for the oldest waiting timestamps
 
 
 def _raise_if_leaderless(settings: KafkaSettings, topic: str) -> None:
@@ -416,6 +417,7 @@ def probe_partitions(
         for tp in tps:
             consumer.seek(tp, starts[tp.partition])
         oldest: dict[int, int] = {}
+        stamps_until: float | None = None
         check_leaders_at: float | None = time.monotonic() + LEADER_CHECK_AFTER_S
         while True:
             try:
@@ -432,7 +434,16 @@ def probe_partitions(
                 oldest.setdefault(tp.partition, records[0].timestamp)
             high_water = {tp.partition: consumer.highwater(tp) for tp in tps}
             if all(h is not None for h in high_water.values()):
-                break
+                # A fetch may bring the end offset without a record (seen on Tansu under load): the
+                # oldest waiting row's timestamp, which the age trigger and the early cut need, then
+                # comes with a later poll. Bounded: a timestamp never costs the tick its probe.
+                missing = [p for p, h in high_water.items() if h > starts[p] and p not in oldest]
+                if not missing:
+                    break
+                stamps_until = stamps_until or time.monotonic() + TIMESTAMP_WAIT_S
+                if time.monotonic() > stamps_until:
+                    log.warning("%s: no record polled from partitions %s; oldest waiting time unknown", topic, missing)
+                    break
             if check_leaders_at is not None and time.monotonic() > check_leaders_at:
                 check_leaders_at = None
                 _raise_if_leaderless(settings, topic)

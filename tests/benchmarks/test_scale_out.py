@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(420)
 def test_quick_scale_out_benchmark_runs_both_jobs_and_reports_ratios(kafka_bootstrap, tmp_path) -> None:
     out = tmp_path / "scale_out.json"
     done = subprocess.run(
@@ -23,7 +23,7 @@ def test_quick_scale_out_benchmark_runs_both_jobs_and_reports_ratios(kafka_boots
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=400,  # about 60 s on a quiet machine; 110 s was not enough under load on Apache Kafka
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "6. Scale-out as Dagster steps" in done.stdout and "[bench" in done.stderr

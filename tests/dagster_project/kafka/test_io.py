@@ -13,6 +13,7 @@ from kafka import TopicPartition
 from kafka.partitioner.default import murmur2
 
 from dagster_project.kafka import clients
+from dagster_project.kafka import io as io_module
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import (
     BrokerUnavailable,
@@ -140,6 +141,38 @@ def test_oldest_waiting_timestamp_is_the_record_at_next_offset(
     assert s.oldest_waiting_ts_ms == timestamps[expected_index]
     [record] = read_range(kafka_settings, topic, {0: (expected_index, expected_index + 1)})
     assert record.timestamp_ms == s.oldest_waiting_ts_ms
+
+
+def test_the_oldest_waiting_timestamp_survives_a_fetch_that_brings_the_end_without_records(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch can bring a partition's end offset and no record (seen on Tansu under load): the probe
+    polls on for the record, else the age trigger and the early cut see no waiting time at all."""
+    topic = unique_topic()
+    ensure_topics(kafka_settings, [topic], partitions=1)
+    timestamps = [1_600_000_000_000 + 1000 * i for i in range(20)]
+    produce_timestamped(kafka_settings, topic, 0, timestamps)
+    real_open = io_module._open_reader
+
+    def open_reader(*args, **kwargs):
+        reader = real_open(*args, **kwargs)
+        real_poll, empty = reader.poll, [2]
+
+        def poll(**poll_kwargs):
+            polled = real_poll(**poll_kwargs)
+            if polled and empty[0]:  # the answer's end offset stays known; its records are lost
+                empty[0] -= 1
+                for tp in polled:
+                    reader.seek(tp, 7)
+                return {}
+            return polled
+
+        reader.poll = poll
+        return reader
+
+    monkeypatch.setattr(io_module, "_open_reader", open_reader)
+    [s] = probe_partitions(kafka_settings, topic, {0: 7})
+    assert (s.high_water, s.lag, s.oldest_waiting_ts_ms) == (20, 13, timestamps[7])
 
 
 def test_probe_past_the_end_reports_the_true_end(kafka_settings: KafkaSettings) -> None:
