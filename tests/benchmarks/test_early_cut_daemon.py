@@ -24,9 +24,9 @@ def test_accuracy_ignores_unserved_rows_and_is_none_without_any() -> None:
 
 
 def test_rows_to_recover_counts_to_the_end_of_the_first_window_back_within_tolerance() -> None:
-    before = 0.9
+    before = 0.91  # [800, 1000) at 0.9 is within 0.02 of it, not above it
     outcome = np.concatenate([np.ones(400), np.zeros(200), np.full(200, 0.5), np.ones(400)])
-    outcome[800:1000:10] = 0.0  # 0.9 over [800, 1000): within 0.02 of 0.9
+    outcome[800:1000:10] = 0.0  # 0.9 over [800, 1000)
     # windows from the change (400): [400,600) 0.0, [600,800) 0.5, [800,1000) 0.9
     assert rows_to_recover(outcome, 400, before, window=200, tolerance=0.02) == 600
     assert rows_to_recover(outcome, 400, 0.95, window=200, tolerance=0.02) == 800  # 0.9 is not within 0.02 of 0.95
