@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,6 +40,7 @@ FLUSH_S = 1.0  # label-join checkpoints: rows / (4 * rate) = 6.25 s allows up to
 WINDOW = 200  # rows per served-accuracy window
 TOLERANCE = 0.02  # "recovered": a window within 2 points of the pre-change level
 RUN_TIMEOUT_S = 360.0
+PROBE_S = 3.0  # how often the predictions topic's end is probed (each probe is a consumer on the broker)
 DRAIN_TIMEOUT_S = 60.0
 RESULTS = Path(__file__).resolve().parent / "results" / "early_cut_daemon"
 
@@ -75,6 +78,7 @@ def rows_to_recover(
 
 def reason_kind(reason: str) -> str:
     """A skip reason without its numbers and version names, to count how often each kind occurred."""
+    reason = re.sub(r"\brun [0-9a-f]{8}\b", "run R", reason)
     return re.sub(r"\bv\d+\b", "vN", re.sub(r"-?\d[\d,.]*(e-?\d+)?", "#", reason))
 
 
@@ -176,7 +180,8 @@ def run(bootstrap: str, early_cut: bool, rows: int, change: int | None, home: Pa
     from dagster_project.kafka.brokers.tansu import free_port
     from dagster_project.kafka.io import probe_partitions
 
-    name = f"cut{'on' if early_cut else 'off'}{'' if change is not None else 'flat'}"
+    # unique: a broker given with --bootstrap may hold an earlier run's topics
+    name = f"cut{'on' if early_cut else 'off'}{'' if change is not None else 'flat'}{uuid.uuid4().hex[:6]}"
     spec = stream_spec(name, early_cut)
     change_at = change if change is not None else rows + 1
     labels = np.array([e.label for e in synthetic_events(rows=rows, change_at=change_at)])
@@ -223,7 +228,7 @@ def run(bootstrap: str, early_cut: bool, rows: int, change: int | None, home: Pa
             if elapsed > RUN_TIMEOUT_S or (replay.done and drained_at is None and elapsed > RUN_TIMEOUT_S - 30):
                 say(f"stopping at the {RUN_TIMEOUT_S:.0f} s bound ({served:,} of {rows:,} predictions)")
                 break
-            time.sleep(1.0)
+            time.sleep(PROBE_S)
         predictions = read_predictions(streams.settings, spec.predictions_topic)
         story = sensor_story(streams.instance, spec)
         decisions = streams.registry.decisions(spec.name)
@@ -274,6 +279,19 @@ def line(result: dict[str, Any]) -> str:
     )
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def write(results: list[dict[str, Any]], change: int | None, rows: int, configurations: list[bool]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = "nochange" if change is None else f"change{change}"
+    out = RESULTS / f"{tag}_rows{rows}_{'-'.join('on' if c else 'off' for c in configurations)}.json"
+    out.write_bytes(orjson.dumps({"argv": sys.argv, "results": results}, option=orjson.OPT_INDENT_2))
+    print(f"wrote {out}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=35_000)
@@ -282,31 +300,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=("off", "on"), help="run one configuration only")
     parser.add_argument("--bootstrap", help="an existing broker (default: the embedded Tansu broker)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop takes the KeyboardInterrupt path: children are stopped
     from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 
     change = None if args.no_change else args.change
     configurations = [c == "on" for c in ([args.only] if args.only else ["off", "on"])]
     results = []
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        bootstrap = args.bootstrap
-        if not bootstrap:
-            bootstrap = stack.enter_context(EmbeddedBroker(log_path=Path(tmp) / "tansu.log")).bootstrap
-        for on in configurations:
+    for on in configurations:
+        # a fresh embedded broker per configuration: the second must not read a broker holding the first's topics
+        with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+            bootstrap = args.bootstrap
+            if not bootstrap:
+                bootstrap = stack.enter_context(EmbeddedBroker(log_path=Path(tmp) / "tansu.log")).bootstrap
             result = run(bootstrap, on, args.rows, change, Path(tmp) / ("on" if on else "off"))
             print(line(result), flush=True)
             print(f"  sensor: {orjson.dumps(result['sensor']).decode()}", flush=True)
             print(f"  drift actions: {orjson.dumps(result['drift_actions']).decode()}", flush=True)
             results.append(result)
+            write(results, change, args.rows, configurations)  # after each configuration: a stopped run keeps it
     if len(results) == 2 and change is not None:
         off, on = (r["summary"] for r in results)
         for key in ("after_1_batch", "after_2_batches", "after_to_end", "rows_to_recover"):
             if off.get(key) and on.get(key) is not None:
                 print(f"on/off {key}: {on[key] / off[key]:.3f}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "nochange" if change is None else f"change{change}"
-    out = RESULTS / f"{tag}_rows{args.rows}_{'-'.join('on' if c else 'off' for c in configurations)}.json"
-    out.write_bytes(orjson.dumps({"argv": sys.argv, "results": results}, option=orjson.OPT_INDENT_2))
-    print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":

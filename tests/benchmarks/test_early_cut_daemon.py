@@ -51,3 +51,7 @@ def test_reason_kind_drops_numbers_and_versions() -> None:
     a = reason_kind("1,234 rows waiting < 5000 (oldest 12.5 s); live errors of v3 rose 0.31 -> 0.52")
     b = reason_kind("99 rows waiting < 5000 (oldest 3 s); live errors of v12 rose 1e-3 -> 0.5")
     assert a == b
+
+
+def test_reason_kind_drops_run_ids() -> None:
+    assert reason_kind("training run 1a2b3c4d is STARTED") == reason_kind("training run deadbeef is STARTED")
