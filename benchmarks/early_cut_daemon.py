@@ -141,6 +141,25 @@ def sensor_ticks(instance, sensor_name: str) -> list[Any]:
     return []
 
 
+def failure_message(instance, run_id: str) -> str | None:
+    """The first step or run failure's message of a failed run (why the daemon retried it)."""
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is not None and event.event_type.name in ("STEP_FAILURE", "RUN_FAILURE"):
+            return (event.message or entry.user_message or "")[:600]
+    return None
+
+
+def sensor_lines(daemon_log: Path, stream: str) -> list[str]:
+    """The daemon's log lines of the stream's Kafka sensor (timestamped skips and launches), minus its
+    "Checking for new runs" lines."""
+    if not daemon_log.exists():
+        return []
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    lines = (ansi.sub("", line) for line in daemon_log.read_text(errors="replace").splitlines())
+    return [line for line in lines if f"{stream}_kafka_sensor" in line and "Checking for new runs" not in line]
+
+
 def sensor_story(instance, spec) -> dict[str, Any]:
     """What the Kafka sensor did: its skip reasons by kind (and the early-cut ones in full), the runs it
     launched with their ranges and cut tags."""
@@ -161,6 +180,7 @@ def sensor_story(instance, spec) -> dict[str, Any]:
                 "early_cut": tags.get(names.EARLY_CUT_TAG),
                 "cut_reason": tags.get(names.CUT_REASON_TAG),
                 "status": run.status.value,
+                "failure": failure_message(instance, run.run_id) if run.status.value == "FAILURE" else None,
             }
         )
     return {
@@ -233,6 +253,7 @@ def run(bootstrap: str, early_cut: bool, rows: int, change: int | None, home: Pa
         story = sensor_story(streams.instance, spec)
         decisions = streams.registry.decisions(spec.name)
         versions = streams.registry.versions(spec.name)
+        daemon_lines = sensor_lines(home / "logs" / "dagster-daemon.log", spec.name)
     outcome = served_outcome({row: p for row, (p, _) in predictions.items()}, labels)
     served_by: list[tuple[int, str]] = []
     for row in sorted(predictions):
@@ -258,6 +279,7 @@ def run(bootstrap: str, early_cut: bool, rows: int, change: int | None, home: Pa
         "versions": len(versions),
         "served_from": served_by,
         "sensor": {k: v for k, v in story.items() if k != "runs"},
+        "sensor_log": daemon_lines,
         "window_accuracy": [accuracy(outcome, s, s + WINDOW) for s in range(0, rows, WINDOW)],
     }
 
