@@ -30,16 +30,27 @@ def drift_decision(
     answered_at: float | None = None,
 ) -> tuple[ChangeResult | None, Decision]:
     """The drift sensor's decision on the per-batch series since the last action: the product's
-    detector (`monitors.detectors`) and `monitors.decisions.decide`. `answered_at`: a cut retrain that
-    does not anchor the cooldown still answers the detections up to it (decide's rule 4)."""
+    detector (`series_change`) and `monitors.decisions.decide`."""
+    found = series_change(series, task, detector, params, answered_at)
+    return found, decide(now=now, changes=[found] if found else [], last_action=last, config=policy)
+
+
+def series_change(
+    series: Sequence[SeriesPoint], task: str, detector: str, params: dict[str, Any], answered_at: float | None = None
+) -> ChangeResult | None:
+    """The product's detector (`monitors.detectors`) on the per-batch series: error rates weighted by
+    rows, or MAEs. `answered_at`: a cut retrain that does not anchor the cooldown still answers the
+    detections up to it (decide's rule 4), so those are not found again."""
+    if not series:
+        return None
     errors, rows, _, times = (list(c) for c in zip(*series, strict=True))
     if task == "classification":
         found = detect_batch_change(errors, rows, detector, times=times, **params)
     else:
         found = detect_series_change(errors, detector, metric="mae", times=times, **params)
     if found is not None and answered_at is not None and found.at is not None and found.at <= answered_at:
-        found = None
-    return found, decide(now=now, changes=[found] if found else [], last_action=last, config=policy)
+        return None
+    return found
 
 
 def confirmed(decision: CutDecision, retrain: Decision) -> CutDecision:

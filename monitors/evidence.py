@@ -18,7 +18,7 @@ from dagster_project.registry.significance import PairedTest, combine
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 from monitors.actions import ACTION_KIND, action_history, epoch, last_action
-from monitors.cut_policy import SeriesPoint
+from monitors.cut_policy import SeriesPoint, series_change
 from monitors.decisions import ChampionComparison, DecisionConfig, LastAction
 from monitors.detectors import ChangeResult, detect_batch_change, detect_series_change
 from monitors.drift import DriftReport, DriftThresholds, feature_drift
@@ -112,15 +112,9 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
     scored = scored_versions(versions, spec.task, since, history.seed_version)
     series = detector_series(versions, spec.task, since, history.seed_version)
     params = dict(spec.drift.detector_params)
-    if series:
-        errors, rows, _, times = (list(c) for c in zip(*series, strict=True))
-        if spec.task == "classification":
-            found = detect_batch_change(errors, rows, spec.drift.detector, times=times, **params)
-        else:
-            found = detect_series_change(errors, spec.drift.detector, metric="mae", times=times, **params)
-        answered = history.answered
-        if found and not (answered is not None and found.at is not None and found.at <= answered):
-            changes.append(found)
+    found = series_change(series, spec.task, spec.drift.detector, params, history.answered)
+    if found is not None:
+        changes.append(found)
     if changes:  # the error-rate detector's change point: a pure concept change moves no feature
         change_version = scored[changes[0].start_index if changes[0].start_index is not None else changes[0].index].name
 
