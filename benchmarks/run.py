@@ -75,11 +75,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="comma-separated events/s for the sustained section (default: the mode's ladder)",
     )
+    parser.add_argument(
+        "--sustained-seconds",
+        type=float,
+        default=None,
+        help="producing time per sustained phase (default: the mode's, 40 s quick, 120 s full)",
+    )
     args = parser.parse_args(argv)
     args.mode = FULL if args.full else QUICK
     if args.sustained_rates:
         rates = tuple(int(r) for r in args.sustained_rates.split(",") if r.strip())
         args.mode = replace(args.mode, sustained_rates=rates)
+    if args.sustained_seconds is not None:
+        if args.sustained_seconds <= 0:
+            parser.error("--sustained-seconds must be positive")
+        args.mode = replace(args.mode, sustained_seconds=args.sustained_seconds)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:

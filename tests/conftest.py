@@ -45,16 +45,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "apache_kafka: starts its own Apache Kafka cluster; runs in the --broker kafka session only"
     )
+    config.addinivalue_line(
+        "markers",
+        "one_broker: needs a broker, but its subject is not how Streamfit talks to one (a benchmark's report, the"
+        " web UI, the Postgres instance, MLflow): runs once, in the Tansu session; the --broker kafka session skips it",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that start their own Apache Kafka cluster run once, in the Apache Kafka session; the
     Apache Kafka session runs only the tests that talk to the session's broker (the others, which
-    use no broker or start a Tansu of their own, ran in the Tansu session already)."""
+    use no broker or start a Tansu of their own, ran in the Tansu session already), except those
+    marked `one_broker`: their subject is not the broker, and running them twice only made CI longer."""
     if config.getoption("--broker") == "kafka" and not (
         config.getoption("--kafka-bootstrap") or os.environ.get(BOOTSTRAP_ENV)
     ):
-        keep = [i for i in items if "kafka_bootstrap" in i.fixturenames or i.get_closest_marker("apache_kafka")]
+        keep = [
+            i
+            for i in items
+            if ("kafka_bootstrap" in i.fixturenames and not i.get_closest_marker("one_broker"))
+            or i.get_closest_marker("apache_kafka")
+        ]
         dropped = [i for i in items if i not in keep]
         if dropped:
             config.hook.pytest_deselected(items=dropped)

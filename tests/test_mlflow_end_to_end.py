@@ -28,6 +28,8 @@ from tests.dagster_project.serving.support import (
 )
 from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, run_batch
 
+# MLflow is the subject here: these run once, in the Tansu session (the registry's broker code is the filesystem one's).
+pytestmark = pytest.mark.one_broker
 SWAP_SLACK_S = 10.0
 
 

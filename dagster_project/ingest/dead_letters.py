@@ -94,12 +94,15 @@ class DeadLetterWriter:
 def write_dead_letters(
     settings: Any, dlq_topic: str, component: Component, letters: Iterable[DeadLetter], timeout_s: float = 30.0
 ) -> int:
-    """Send `letters` on a producer of their own (acks=all) and return once all are durable, or raise."""
+    """Send `letters` on a producer of their own (acks=all) and return once all are durable, or raise
+    within about `timeout_s` (the producer's bootstrap is bounded too: kafka-python waits 30 s for an
+    unreachable broker by default, whatever the send timeout)."""
     letters = list(letters)
     if not letters:
         return 0
     try:
-        producer = clients.producer(settings, acks="all", max_block_ms=int(timeout_s * 1000))
+        timeout_ms = int(timeout_s * 1000)
+        producer = clients.producer(settings, acks="all", max_block_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
     except Exception as exc:
         raise DeadLetterError(
             f"cannot reach the broker to write {len(letters)} dead letters to {dlq_topic}: {exc!r}"

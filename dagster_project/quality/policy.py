@@ -31,8 +31,11 @@ def _ranges_text(batch: MicroBatch) -> str:
     return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(batch.ranges.items()))
 
 
-def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroBatch, reasons: list[str]) -> None:
-    """Send rows split off a batch to the DLQ with their reason and source offset; raise unless all are durable.
+def dead_letter_rows(
+    settings: KafkaSettings, spec: StreamSpec, rejected: MicroBatch, reasons: list[str], timeout_s: float = 30.0
+) -> None:
+    """Send rows split off a batch to the DLQ with their reason and source offset; raise unless all are
+    durable within `timeout_s`.
 
     Raising fails the run before anything trains, so Dagster's retry re-reads the same batch and
     splits the same rows again: a broker error here can never lose a split-off row.
@@ -48,7 +51,7 @@ def dead_letter_rows(settings: KafkaSettings, spec: StreamSpec, rejected: MicroB
         )
         for i, reason in enumerate(reasons)
     )
-    write_dead_letters(settings, spec.dlq_topic, "trainer", letters)
+    write_dead_letters(settings, spec.dlq_topic, "trainer", letters, timeout_s=timeout_s)
 
 
 def apply_quality_policy(

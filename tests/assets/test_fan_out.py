@@ -115,6 +115,7 @@ def test_workers_1_keeps_the_single_in_process_step() -> None:
     ]
 
 
+@pytest.mark.one_broker  # the subject is Dagster's multiprocess executor; the broker reads are the tests above
 def test_the_group_steps_run_in_their_own_processes_on_the_multiprocess_executor(
     kafka_bootstrap, kafka_settings, spec, registry, instance, specs_dir, monkeypatch
 ):

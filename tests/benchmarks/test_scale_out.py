@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.one_broker
 @pytest.mark.timeout(420)
 def test_quick_scale_out_benchmark_runs_both_jobs_and_reports_ratios(kafka_bootstrap, tmp_path) -> None:
     out = tmp_path / "scale_out.json"

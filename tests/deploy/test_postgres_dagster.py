@@ -251,6 +251,7 @@ def event_time(instance: dg.DagsterInstance, run_id: str, event_type: dg.Dagster
     return record.event_log_entry.timestamp
 
 
+@pytest.mark.one_broker
 def test_postgres_instance_separate_processes_train_serialized_and_retry(
     postgres_database, kafka_bootstrap, kafka_settings, tmp_path, monkeypatch
 ):

@@ -71,6 +71,7 @@ def _latest_run(dagster_home: Path, job_name: str) -> dg.DagsterRun | None:
     return runs[0] if runs else None
 
 
+@pytest.mark.one_broker
 def test_dagster_ui_shows_assets_checks_sensors_metric_plot_and_run_logs(
     kafka_bootstrap, kafka_settings, registry, streamfit_home, tmp_path, browser_factory
 ):

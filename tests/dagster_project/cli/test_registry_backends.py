@@ -143,6 +143,7 @@ def test_migrate_copies_versions_champion_history_and_state(
     assert cli("models", "rollback", stream).exit_code == 1  # v1 has nothing earlier: same refusal as before
 
 
+@pytest.mark.one_broker  # MLflow is the subject
 def test_a_migrated_stream_continues_its_derived_features_on_mlflow(
     cli, kafka_settings, kafka_bootstrap, instance, streamfit_home, mlflow_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

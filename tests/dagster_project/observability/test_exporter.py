@@ -47,6 +47,7 @@ def _wait_for(port: int, promql: str, timeout_s: float = 60.0) -> list[dict]:
     raise AssertionError(f"prometheus returned nothing for {promql} within {timeout_s}s")
 
 
+@pytest.mark.one_broker  # Prometheus is the subject
 def test_prometheus_scrapes_training_metrics(
     prometheus_binary, kafka_settings, spec, registry, stream_defs, instance, tmp_path
 ):

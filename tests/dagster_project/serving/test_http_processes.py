@@ -18,6 +18,8 @@ from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import Client, synthetic_rows, train_version, wait_for
 from tests.helpers import StreamfitProcess
 
+# The HTTP processes' supervision is the subject; the scorer's broker code is test_scorer.py's: once, on Tansu.
+pytestmark = pytest.mark.one_broker
 ROW = synthetic_rows(1)[0][1]
 
 
