@@ -10,6 +10,7 @@ A second cut's retrain is marked `second_cut: true` and is an ordinary action: i
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,11 +67,14 @@ class ActionHistory:
         latest = self.latest
         return latest.get("cut_version") if latest and latest.get("after_cut") else None
 
-    def armed(self, champion: str, next_offsets: dict[int, int]) -> dict[str, Any] | None:
+    def armed(self, lineage: Collection[str], next_offsets: dict[int, int]) -> dict[str, Any] | None:
         """The first cut's retrain record when the waiting batch may be cut again: that retrain is the
-        latest action, its version is the champion, and the waiting batch is the first it serves."""
+        latest action, its version is in the serving lineage (`monitors.lineage`: the champion, or the
+        one the gate promoted the champion after; not when the retrain lost its gate), and the waiting
+        batch is the first it serves. The lineage, not the champion alone: a gate promotion in between
+        continues the retrained model, and its rows are the same evidence."""
         latest = self.latest
-        if not latest or not latest.get("after_cut") or latest.get("to_version") != champion:
+        if not latest or not latest.get("after_cut") or latest.get("to_version") not in lineage:
             return None
         serves_from = {int(p): int(o) for p, o in (latest.get("serves_from") or {}).items()}
         return latest if serves_from and serves_from == next_offsets and latest.get("short") else None

@@ -3,22 +3,26 @@
 The Kafka sensor asks this module, when `batch.early_cut` is on and a batch is still filling, whether
 to cut it now. Everything comes from files other processes already wrote: the label join's
 live_metrics.jsonl (one delta per checkpoint and model version), the registry's versions (each
-batch's totals under the champion that served it) and its action records. Nothing reads Kafka.
+batch's totals under the champion that served it), its champion history and its action records.
+Nothing reads Kafka. The waiting rows' evidence is that of every champion of the serving lineage
+(`monitors.lineage`), not of the current champion alone: the gate promotes after nearly every batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from dagster_project.labels.store import read_records, record_at
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
-from monitors.actions import action_history, epoch
+from monitors.actions import action_history
 from monitors.cut_policy import SeriesPoint, confirmed, cut_allowed, drift_decision
 from monitors.decisions import DecisionConfig
 from monitors.early_cut import CutDecision, ErrorTotals, should_cut_again, should_cut_sloped
 from monitors.evidence import detector_series
+from monitors.lineage import serving_lineage
 
 
 @dataclass(frozen=True)
@@ -51,25 +55,25 @@ def served_totals(version: Version, task: str) -> ErrorTotals | None:
     return metric_totals(served or version.meta.get("metrics", {}), task)
 
 
-def live_windows(records: list[dict[str, Any]], version: str, task: str) -> list[ErrorTotals]:
-    """`version`'s totals per label-join checkpoint (the lines' per-version deltas), oldest first."""
+def live_windows(records: list[dict[str, Any]], versions: Collection[str], task: str) -> list[ErrorTotals]:
+    """The totals of `versions` per label-join checkpoint (the lines' per-version deltas, summed per
+    line), oldest first. A checkpoint can hold two versions' rows (the scorer swapped champions while
+    it filled): they are one point of the series, which the rule reads in checkpoint order."""
     windows = []
     for record in records:
-        raw = record.get("versions", {}).get(version)
-        if not raw or not raw.get("rows"):
-            continue
-        rows = int(raw["rows"])
-        if task == "classification":
-            windows.append(ErrorTotals(rows, float(rows - int(raw.get("correct", 0)))))
-        else:
-            windows.append(ErrorTotals(rows, float(raw.get("abs_err", 0.0)), float(raw.get("sq_err", 0.0))))
+        merged = None
+        for version, raw in record.get("versions", {}).items():
+            if version not in versions or not raw or not raw.get("rows"):
+                continue
+            rows = int(raw["rows"])
+            if task == "classification":
+                delta = ErrorTotals(rows, float(rows - int(raw.get("correct", 0))))
+            else:
+                delta = ErrorTotals(rows, float(raw.get("abs_err", 0.0)), float(raw.get("sq_err", 0.0)))
+            merged = delta if merged is None else merged + delta
+        if merged is not None:
+            windows.append(merged)
     return windows
-
-
-def _serving_since(registry: ModelRegistry, stream: str, champion: str) -> float:
-    """When `champion` last became champion (epoch s; 0 when the history does not say)."""
-    changes = [h for h in registry.champion_history(stream) if h.get("version") == champion]
-    return epoch(changes[-1]["at"]) if changes else 0.0
 
 
 def early_cut(
@@ -78,8 +82,11 @@ def early_cut(
     """Whether to cut the waiting batch (starting at `next_offsets`, oldest row at `oldest_waiting_s`)
     now: a `CutPlan`, or the `CutDecision` that says why not.
 
-    The served champion's live totals per checkpoint since it began serving the waiting rows are read
-    against the batch before (its totals under the champion that served it), with the benchmark's rule
+    The live totals per checkpoint since the oldest waiting row, of every champion of the serving
+    lineage (`serving_lineage`: the champions the gate promoted one after another since the last drift
+    action or alias change that was not a promotion), are read against the batch before (its totals
+    under the champion that served it): the waiting rows are one model's evidence even when the gate
+    promoted in between, and a retrain or rollback starts the evidence afresh. The benchmark's rule
     `_cutslopefreesure2`: `should_cut_sloped`; a cut only if the drift decision on the series plus the
     would-be short batch is a retrain (`confirmed`); at most one cooldown-free cut retrain per cooldown
     (`cut_allowed`); and in the batch right after a first cut's retrain, `should_cut_again` against the
@@ -90,13 +97,16 @@ def early_cut(
     if champion is None or not versions:
         return CutDecision(False, "no champion serves yet")
     actions = action_history(registry.decisions(name))
-    armed = actions.armed(champion, next_offsets)
+    lineage = serving_lineage(registry.champion_history(name), actions, champion)
+    if lineage is None:
+        return CutDecision(False, f"champion {champion} does not continue the lineage the last drift action began")
+    armed = actions.armed(lineage.versions, next_offsets)
     policy = DecisionConfig.from_spec(spec.drift, spec.promotion.significance)
     if armed is None and not cut_allowed(now, actions.last_cut_retrain, policy.cooldown_s):
         return CutDecision(False, f"a cut's retrain ran less than drift.cooldown_s {policy.cooldown_s:g} s ago")
-    since = max(oldest_waiting_s, _serving_since(registry, name, champion))
+    since = max(oldest_waiting_s, lineage.since)
     records = read_records(registry.root, name, since=since)
-    windows = live_windows(records, champion, spec.task)
+    windows = live_windows(records, lineage.versions, spec.task)
     if armed is not None:
         short = ErrorTotals(int(armed["short"]["rows"]), float(armed["short"]["errors"]))
         waiting = sum(windows[1:], windows[0]) if windows else ErrorTotals(0, 0.0)

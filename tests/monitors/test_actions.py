@@ -38,13 +38,13 @@ def test_a_second_cut_retrain_is_an_ordinary_action() -> None:
 
     assert history.anchor.at == history.since  # it starts the cooldown
     assert history.seed_version is None
-    assert history.armed("v9", {0: 4000, 1: 4100}) is None  # and arms no third cut
+    assert history.armed({"v9"}, {0: 4000, 1: 4100}) is None  # and arms no third cut
 
 
 def test_only_the_batch_a_first_cut_retrain_serves_first_is_armed() -> None:
     history = action_history([_record(AT[0], **FIRST_CUT)])
 
-    assert history.armed("v9", {0: 4000, 1: 4100})["short"] == {"rows": 600, "errors": 60.0}
-    assert history.armed("v9", {0: 4600, 1: 4100}) is None  # a later batch
-    assert history.armed("v8", {0: 4000, 1: 4100}) is None  # the retrain lost its gate: v8 serves
-    assert action_history([_record(AT[0], to_version="v9")]).armed("v9", {0: 4000, 1: 4100}) is None
+    assert history.armed({"v9"}, {0: 4000, 1: 4100})["short"] == {"rows": 600, "errors": 60.0}
+    assert history.armed({"v9"}, {0: 4600, 1: 4100}) is None  # a later batch
+    assert history.armed({"v8"}, {0: 4000, 1: 4100}) is None  # the retrain lost its gate: v8 serves
+    assert action_history([_record(AT[0], to_version="v9")]).armed({"v9"}, {0: 4000, 1: 4100}) is None

@@ -50,22 +50,41 @@ def _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance
 
 def _checkpoints(registry, spec, version: str, errors: list[int], rows: int = 25) -> None:
     """live_metrics.jsonl lines: `version` joined `rows` rows per checkpoint with `errors[i]` misses."""
+    _served(registry, spec, [{version: (rows, missed)} for missed in errors])
+
+
+def _served(
+    registry, spec, checkpoints: list[dict[str, tuple[int, int]]], start: float | None = None, step: float = 1.0
+) -> None:
+    """live_metrics.jsonl lines, one per checkpoint: each version's (joined rows, misses), `step` s apart
+    from `start` (default: a second from now)."""
     path = live_metrics_path(registry.root, spec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time() + 1
+    start = time.time() + 1 if start is None else start
     with open(path, "ab") as fh:
-        for i, missed in enumerate(errors):
-            at = datetime.fromtimestamp(start + i, UTC).isoformat(timespec="milliseconds")
+        for i, served in enumerate(checkpoints):
+            at = datetime.fromtimestamp(start + i * step, UTC).isoformat(timespec="milliseconds")
             line = {
                 "seq": i + 1,
                 "at": at,
                 "stream": spec.name,
                 "task": "classification",
-                "versions": {version: {"rows": rows, "correct": rows - missed}},
+                "versions": {v: {"rows": rows, "correct": rows - missed} for v, (rows, missed) in served.items()},
                 "counters": {},
                 "pending": {"predictions": 0, "labels": 0},
             }
             fh.write(orjson.dumps(line) + b"\n")
+
+
+GATE = "promoted: candidate not worse than the champion on unseen rows"  # a gate promotion's reason (any text)
+
+
+def _two_champions(spec, registry) -> tuple[str, str]:
+    """v1 (the first version) then v2, promoted by the gate: the lineage the waiting rows are served in."""
+    first, second = (v.name for v in registry.versions(spec.name)[:2])
+    if registry.champion(spec.name) != second:
+        registry.set_champion(spec.name, second, reason=GATE)
+    return first, second
 
 
 SETTLED_RISE = [14] * 6  # 150 rows at 0.56 error: well above a learned synthetic batch, and flat
@@ -208,3 +227,103 @@ def test_a_second_cut_s_retrain_learns_from_its_batch_and_is_marked_second(
         "short": {"rows": 150, "errors": 60.0},
         "serves_from": {"0": 550},
     }
+
+
+# Two consecutive champions served the waiting rows; a hot swap inside the third checkpoint. Neither
+# alone has half a batch (100 rows) of joined rows (v1 65, v2 85); together 150, at 0.56 error.
+ACROSS_A_PROMOTION = [
+    {"v1": (25, 14)},
+    {"v1": (25, 14)},
+    {"v1": (15, 8), "v2": (10, 6)},
+    {"v2": (25, 14)},
+    {"v2": (25, 14)},
+    {"v2": (25, 14)},
+]
+
+
+def _as(served: list[dict[str, tuple[int, int]]], names_: dict[str, str]) -> list[dict[str, tuple[int, int]]]:
+    return [{names_[v]: t for v, t in checkpoint.items()} for checkpoint in served]
+
+
+def test_the_waiting_rows_of_consecutive_gate_promoted_champions_are_one_evidence(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    first, second = _two_champions(spec, registry)
+    _served(registry, spec, _as(ACROSS_A_PROMOTION, {"v1": first, "v2": second}))
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests
+    assert request.tags[names.EARLY_CUT_TAG] == "first"
+    reason = request.tags[names.CUT_REASON_TAG]
+    assert reason.startswith("waiting 150 rows in 6 checkpoints") and "flat, cut" in reason
+
+
+@pytest.mark.parametrize("action", ["retrain", "rollback"])
+def test_rows_served_before_a_drift_action_are_not_counted(
+    action, kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    first, second = _two_champions(spec, registry)
+    old, new = (first, second) if action == "retrain" else (second, first)
+    if action == "retrain":  # v1 served; the retrain's version (v2 here) is promoted by its gate after the record
+        registry.set_champion(spec.name, first, reason=GATE)
+    time.sleep(1.0)  # the old champion's risen rows: after the oldest waiting row, before the action
+    _served(registry, spec, [{old: (25, 14)}] * 3, start=time.time() - 0.5, step=0.1)
+    time.sleep(0.1)
+    if action == "rollback":
+        registry.set_champion(spec.name, new, reason="rollback: the champion regressed")
+    registry.record_decision(spec.name, {"kind": ACTION_KIND, "action": action, "from_version": old, "to_version": new})
+    if action == "retrain":
+        registry.set_champion(spec.name, new, reason=GATE)
+    # after it: the new lineage's 75 rows, and 25 of the old champion's rows joined late
+    _served(registry, spec, [{new: (25, 14), old: (25, 14)}, {new: (25, 14)}, {new: (25, 14)}])
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SkipReason), result
+    assert "no early cut: waiting 75 rows in 3 checkpoints" in result.skip_message
+    assert "fewer than 100 waiting rows" in result.skip_message
+
+
+def test_no_cut_while_the_retrained_version_has_not_taken_over(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    first, second = _two_champions(spec, registry)
+    registry.record_decision(spec.name, {"kind": ACTION_KIND, "action": "retrain", "to_version": "v9"})
+    _checkpoints(registry, spec, second, SETTLED_RISE)
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SkipReason), result
+    assert f"champion {second} does not continue the lineage the last drift action began" in result.skip_message
+
+
+def test_a_second_cut_still_works_when_the_gate_promoted_after_the_cut_retrain(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    first, second = (v.name for v in registry.versions(spec.name)[:2])
+    registry.set_champion(spec.name, first, reason=GATE)  # the first cut's retrained version serves
+    head = registry.head(spec.name)
+    retrain = {"kind": ACTION_KIND, "action": "retrain", "to_version": first, "after_cut": True}
+    retrain |= {"cut_version": head.name, "short": {"rows": 150, "errors": 15.0}}
+    retrain |= {"serves_from": {str(p): o for p, o in head.learned.items()}}
+    registry.record_decision(spec.name, retrain)
+    registry.set_champion(spec.name, second, reason=GATE)  # the gate promotes again in between
+    # the retrained model and its successor err at once (0.48 vs the short batch's 0.10), 75 rows each
+    _served(registry, spec, [{first: (25, 12)}] * 3 + [{second: (25, 12)}] * 3)
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests
+    assert request.tags[names.EARLY_CUT_TAG] == "second"
+    assert "after a cut's retrain: waiting 150 rows" in request.tags[names.CUT_REASON_TAG]
