@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
@@ -274,6 +275,27 @@ def leader_problems(settings: KafkaSettings, topic: str, connect_timeout_s: floa
 LEADER_CHECK_AFTER_S = 1.0
 TIMESTAMP_WAIT_S = 1.0  # after the end offsets are known, how long to poll on for the oldest waiting timestamps
 
+# The record at an offset keeps its timestamp: a probe that saw the oldest waiting row's remembers it, so
+# a later probe (the sensor's next tick, in the same code-server process) whose fetches bring the end
+# offset but no record within TIMESTAMP_WAIT_S (seen on Tansu under load) still knows how old it is.
+# Keyed by bootstrap, topic, partition and offset; a topic deleted and made again under the same name
+# is the offset-gap check's business (its offsets name other records), not this cache's.
+_OLDEST_STAMPS: OrderedDict[tuple[str, str, int, int], int] = OrderedDict()
+OLDEST_STAMPS_KEPT = 4096
+
+
+def _remember_oldest(settings: KafkaSettings, topic: str, starts: dict[int, int], oldest: dict[int, int]) -> None:
+    """Keep each polled oldest waiting timestamp and fill in the partitions this probe missed."""
+    for partition, start in starts.items():
+        key = (settings.bootstrap, topic, partition, start)
+        if partition in oldest:
+            _OLDEST_STAMPS[key] = oldest[partition]
+            _OLDEST_STAMPS.move_to_end(key)
+        elif key in _OLDEST_STAMPS:
+            oldest[partition] = _OLDEST_STAMPS[key]
+    while len(_OLDEST_STAMPS) > OLDEST_STAMPS_KEPT:
+        _OLDEST_STAMPS.popitem(last=False)
+
 
 def _raise_if_leaderless(settings: KafkaSettings, topic: str) -> None:
     try:
@@ -442,7 +464,11 @@ def probe_partitions(
                     break
                 stamps_until = stamps_until or time.monotonic() + TIMESTAMP_WAIT_S
                 if time.monotonic() > stamps_until:
-                    log.warning("%s: no record polled from partitions %s; oldest waiting time unknown", topic, missing)
+                    _remember_oldest(settings, topic, {p: starts[p] for p in missing}, oldest)
+                    if unknown := [p for p in missing if p not in oldest]:
+                        log.warning(
+                            "%s: no record polled from partitions %s; their oldest row's age unknown", topic, unknown
+                        )
                     break
             if check_leaders_at is not None and time.monotonic() > check_leaders_at:
                 check_leaders_at = None
@@ -454,6 +480,7 @@ def probe_partitions(
                     topic,
                     BrokerUnavailable(f"no fetch answer for {topic} partitions {unknown} within {timeout_s}s"),
                 )
+        _remember_oldest(settings, topic, {p: starts[p] for p in oldest}, oldest)
         return [
             PartitionState(
                 partition=p,

@@ -133,7 +133,8 @@ def plan_batch(
     elif cut is not None:
         reason = f"{CUT_REASON_PREFIX}{cut}"
     else:
-        return NoBatch(f"waiting: lag {lag} < batch.rows {min_rows}, oldest row {age_s:.1f}s < {max_wait_s:g}s")
+        age = f"oldest row {age_s:.1f}s < {max_wait_s:g}s" if oldest else "oldest row's age unknown (no record polled)"
+        return NoBatch(f"waiting: lag {lag} < batch.rows {min_rows}, {age}")
     take = _share(states, min(lag, max_rows))
     ranges = {s.partition: (s.next_offset, s.next_offset + take[s.partition]) for s in states if take[s.partition]}
     if lag > max_rows:

@@ -175,6 +175,39 @@ def test_the_oldest_waiting_timestamp_survives_a_fetch_that_brings_the_end_witho
     assert (s.high_water, s.lag, s.oldest_waiting_ts_ms) == (20, 13, timestamps[7])
 
 
+def test_an_oldest_waiting_timestamp_seen_once_is_kept_when_a_later_probe_polls_no_record(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sensor's next tick may get the end offset but no record for longer than the probe waits (seen
+    through the daemon under load): the age it knew a tick before must not turn into "0 s old"."""
+    topic = unique_topic()
+    ensure_topics(kafka_settings, [topic], partitions=1)
+    timestamps = [1_600_000_000_000 + 1000 * i for i in range(20)]
+    produce_timestamped(kafka_settings, topic, 0, timestamps)
+    [seen] = probe_partitions(kafka_settings, topic, {0: 7})
+    assert seen.oldest_waiting_ts_ms == timestamps[7]
+
+    real_open = io_module._open_reader
+
+    def records_never_arrive(*args, **kwargs):
+        reader = real_open(*args, **kwargs)
+        real_poll = reader.poll
+
+        def poll(**poll_kwargs):
+            for tp in real_poll(**poll_kwargs):  # the end offset is known; every record is lost
+                reader.seek(tp, 7)
+            return {}
+
+        reader.poll = poll
+        return reader
+
+    monkeypatch.setattr(io_module, "_open_reader", records_never_arrive)
+    [later] = probe_partitions(kafka_settings, topic, {0: 7})
+    assert (later.lag, later.oldest_waiting_ts_ms) == (13, timestamps[7])
+    [other] = probe_partitions(kafka_settings, topic, {0: 9})  # an offset no probe has seen: unknown, not made up
+    assert (other.lag, other.oldest_waiting_ts_ms) == (11, None)
+
+
 def test_probe_past_the_end_reports_the_true_end(kafka_settings: KafkaSettings) -> None:
     """A learned offset beyond the broker's end (lost data) must show up, not be clamped away."""
     topic = unique_topic()

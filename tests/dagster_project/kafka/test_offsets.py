@@ -52,7 +52,6 @@ def test_no_lag_is_no_batch(states: list[PartitionState]) -> None:
     [
         ([state(0, 0, 10, age_s=1.0), state(1, 0, 5, age_s=2.0)], 15, "2.0s"),
         ([state(0, 40, 139, age_s=29.9)], 99, "29.9s"),
-        ([state(0, 0, 3)], 3, "0.0s"),  # no timestamp known: treated as fresh
     ],
 )
 def test_small_young_lag_waits_and_says_why(states: list[PartitionState], lag: int, age_text: str) -> None:
@@ -62,6 +61,14 @@ def test_small_young_lag_waits_and_says_why(states: list[PartitionState], lag: i
     assert f"batch.rows {ROWS}" in result.reason
     assert age_text in result.reason
     assert f"{MAX_WAIT_S:g}s" in result.reason
+
+
+def test_an_unknown_age_waits_and_says_it_is_unknown_not_zero() -> None:
+    """No record polled for the oldest waiting row: the rows wait (the lag trigger still counts them), and
+    the reason says the age is unknown rather than "0.0s old", which read as a fresh row."""
+    result = plan([state(0, 0, 3)])
+    assert isinstance(result, NoBatch)
+    assert "lag 3" in result.reason and "oldest row's age unknown" in result.reason and "0.0s" not in result.reason
 
 
 @pytest.mark.parametrize(
