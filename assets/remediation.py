@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_project import names
+from dagster_project.registry.store import ROLLBACK_REASON
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.evidence import ACTION_KIND
@@ -39,7 +40,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
         if current != config.from_version:
             raise dg.Failure(f"champion is {current}, not {config.from_version}: the decision is stale, nothing done")
         reason = "; ".join(config.reasons)
-        reg.set_champion(name, config.to_version, reason=f"rollback: {reason}", evidence=json.loads(config.evidence))
+        reg.set_champion(name, config.to_version, reason=ROLLBACK_REASON + reason, evidence=json.loads(config.evidence))
         reg.record_decision(
             name,
             {

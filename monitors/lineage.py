@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dagster_project.registry.store import FIRST_VERSION_REASON, MANUAL_REASON, ROLLBACK_REASON
 from monitors.actions import ActionHistory, epoch
 
-# Champion-history reasons that are not a gate promotion (registry.store, assets/remediation, cli/models).
-NOT_A_CONTINUATION = ("first version", "rollback:", "manual:")
+NOT_A_CONTINUATION = (FIRST_VERSION_REASON, ROLLBACK_REASON, MANUAL_REASON)  # champion-history reasons
 
 
 @dataclass(frozen=True)

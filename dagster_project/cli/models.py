@@ -64,10 +64,10 @@ def models_show(stream: str, version: str) -> None:
 @click.option("--reason", default="manual promotion", show_default=True)
 def models_promote(stream: str, version: str, reason: str) -> None:
     """Make VERSION the champion now (atomic; recorded in the champion history)."""
-    from dagster_project.registry.store import RegistryError
+    from dagster_project.registry.store import MANUAL_REASON, RegistryError
 
     try:
-        registry().set_champion(stream, version, reason=f"manual: {reason}", evidence={"by": operator_name()})
+        registry().set_champion(stream, version, reason=MANUAL_REASON + reason, evidence={"by": operator_name()})
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{stream}: champion is now {version}")

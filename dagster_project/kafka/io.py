@@ -464,11 +464,6 @@ def probe_partitions(
                     break
                 stamps_until = stamps_until or time.monotonic() + TIMESTAMP_WAIT_S
                 if time.monotonic() > stamps_until:
-                    _remember_oldest(settings, topic, {p: starts[p] for p in missing}, oldest)
-                    if unknown := [p for p in missing if p not in oldest]:
-                        log.warning(
-                            "%s: no record polled from partitions %s; their oldest row's age unknown", topic, unknown
-                        )
                     break
             if check_leaders_at is not None and time.monotonic() > check_leaders_at:
                 check_leaders_at = None
@@ -480,7 +475,10 @@ def probe_partitions(
                     topic,
                     BrokerUnavailable(f"no fetch answer for {topic} partitions {unknown} within {timeout_s}s"),
                 )
-        _remember_oldest(settings, topic, {p: starts[p] for p in oldest}, oldest)
+        waiting = {p: starts[p] for p, h in high_water.items() if h > starts[p]}
+        _remember_oldest(settings, topic, waiting, oldest)
+        if unknown := [p for p in waiting if p not in oldest]:
+            log.warning("%s: no record polled from partitions %s; their oldest row's age unknown", topic, unknown)
         return [
             PartitionState(
                 partition=p,

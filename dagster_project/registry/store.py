@@ -26,6 +26,11 @@ import orjson
 from dagster_project.names import VERSION_NAME, version_name, version_number
 
 ONNX_FILE = "model.onnx"
+# How a champion-history reason says the alias moved other than by the gate (whose reason is its
+# comparison): monitors.lineage reads these to tell a continuation from a new start.
+FIRST_VERSION_REASON = "first version: nothing to compare against"
+ROLLBACK_REASON = "rollback: "
+MANUAL_REASON = "manual: "
 log = logging.getLogger(__name__)
 ESTIMATOR_FILE = "estimator.joblib"
 # The derived-feature state after the version's learned offsets (dagster_project/features/), when
@@ -273,7 +278,7 @@ class ModelRegistry(abc.ABC):
         previous = next((h["version"] for h in reversed(history) if h["version"] not in rejected), None)
         if previous is None:
             raise RegistryError(f"{stream}: no earlier good champion to roll back to (history: {len(history)} changes)")
-        self.set_champion(stream, previous, reason=f"rollback: {reason}", evidence=evidence)
+        self.set_champion(stream, previous, reason=ROLLBACK_REASON + reason, evidence=evidence)
         return previous
 
     # Decisions (the audit log) and data-quality halts

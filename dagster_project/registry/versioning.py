@@ -9,7 +9,14 @@ from dagster_project.features.checkpoint import expected_state_bytes
 from dagster_project.ingest.categories import encoding_signature, level_labels, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import Ranges
-from dagster_project.registry.store import ModelRegistry, StaleParent, Version, expected_offsets, without_state
+from dagster_project.registry.store import (
+    FIRST_VERSION_REASON,
+    ModelRegistry,
+    StaleParent,
+    Version,
+    expected_offsets,
+    without_state,
+)
 from dagster_project.spec import StreamSpec
 from monitors.profiles import profile_features, profile_labels
 
@@ -146,7 +153,7 @@ def register_batch(
     if halt and not extra and halt.get("ranges") == {str(p): list(r) for p, r in batch.ranges.items()}:
         registry.clear_halt(spec.name, {"resolution": f"the batch was learned by {version.name}", "run_id": run_id})
     if registry.champion(spec.name) is None:
-        registry.set_champion(spec.name, version.name, reason="first version: nothing to compare against")
+        registry.set_champion(spec.name, version.name, reason=FIRST_VERSION_REASON)
     return version
 
 
