@@ -305,10 +305,13 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def write(results: list[dict[str, Any]], change: int | None, rows: int, configurations: list[bool]) -> Path:
+def write(
+    results: list[dict[str, Any]], change: int | None, rows: int, configurations: list[bool], tag: str = ""
+) -> Path:
+    """The results so far; `tag` ends the file's name, so a repeat does not overwrite an earlier run's."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "nochange" if change is None else f"change{change}"
-    out = RESULTS / f"{tag}_rows{rows}_{'-'.join('on' if c else 'off' for c in configurations)}.json"
+    kind = "nochange" if change is None else f"change{change}"
+    out = RESULTS / f"{kind}_rows{rows}_{'-'.join('on' if c else 'off' for c in configurations)}{tag}.json"
     out.write_bytes(orjson.dumps({"argv": sys.argv, "results": results}, option=orjson.OPT_INDENT_2))
     print(f"wrote {out}", flush=True)
     return out
@@ -321,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-change", action="store_true", help="a stream without a concept change")
     parser.add_argument("--only", choices=("off", "on"), help="run one configuration only")
     parser.add_argument("--bootstrap", help="an existing broker (default: the embedded Tansu broker)")
+    parser.add_argument("--tag", default="", help="ends the result file's name (e.g. _waiting), keeping older files")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a stop takes the KeyboardInterrupt path: children are stopped
     from dagster_project.kafka.brokers.tansu import EmbeddedBroker
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  sensor: {orjson.dumps(result['sensor']).decode()}", flush=True)
             print(f"  drift actions: {orjson.dumps(result['drift_actions']).decode()}", flush=True)
             results.append(result)
-            write(results, change, args.rows, configurations)  # after each configuration: a stopped run keeps it
+            write(results, change, args.rows, configurations, args.tag)  # after each configuration
     if len(results) == 2 and change is not None:
         off, on = (r["summary"] for r in results)
         for key in ("after_1_batch", "after_2_batches", "after_to_end", "rows_to_recover"):

@@ -55,22 +55,54 @@ def served_totals(version: Version, task: str) -> ErrorTotals | None:
     return metric_totals(served or version.meta.get("metrics", {}), task)
 
 
-def live_windows(records: list[dict[str, Any]], versions: Collection[str], task: str) -> list[ErrorTotals]:
+def _totals(raw: dict[str, Any], task: str) -> ErrorTotals | None:
+    if not raw or not raw.get("rows"):
+        return None
+    rows = int(raw["rows"])
+    if task == "classification":
+        return ErrorTotals(rows, float(rows - int(raw.get("correct", 0))))
+    return ErrorTotals(rows, float(raw.get("abs_err", 0.0)), float(raw.get("sq_err", 0.0)))
+
+
+def waiting_parts(record: dict[str, Any], waiting_from_s: float | None) -> dict[str, list[dict[str, Any]]]:
+    """Each version's totals in one checkpoint line that count as waiting rows: those whose events are
+    not older than `waiting_from_s` (the oldest waiting row's timestamp).
+
+    A checkpoint joins the rows whose labels came since the one before, and labels come late: the
+    first checkpoints after the oldest waiting row's time hold rows served before it, already learned.
+    A line with `event_buckets` (the joiner's rows by their events' time) gives only the buckets that
+    start at or after `waiting_from_s`; the bucket the oldest waiting row falls in is left out with its
+    learned rows (at most `width_ms` of waiting rows). A line without them (a joiner from before they
+    were written) counts whole: its rows are assumed to be waiting, as the caller took only lines
+    checkpointed since the oldest waiting row's time."""
+    buckets = record.get("event_buckets")
+    if waiting_from_s is None or not isinstance(buckets, dict):
+        return {v: [raw] for v, raw in record.get("versions", {}).items()}
+    start_ms = waiting_from_s * 1000.0
+    return {
+        v: [raw for start, raw in by_start.items() if float(start) >= start_ms]
+        for v, by_start in buckets.get("versions", {}).items()
+    }
+
+
+def live_windows(
+    records: list[dict[str, Any]], versions: Collection[str], task: str, waiting_from_s: float | None = None
+) -> list[ErrorTotals]:
     """The totals of `versions` per label-join checkpoint (the lines' per-version deltas, summed per
-    line), oldest first. A checkpoint can hold two versions' rows (the scorer swapped champions while
-    it filled): they are one point of the series, which the rule reads in checkpoint order."""
+    line), oldest first, of the rows whose events are not older than `waiting_from_s` (`waiting_parts`;
+    None: every row of each line). A checkpoint can hold two versions' rows (the scorer swapped
+    champions while it filled): they are one point of the series, which the rule reads in checkpoint
+    order. A checkpoint left with no such rows is no point."""
     windows = []
     for record in records:
         merged = None
-        for version, raw in record.get("versions", {}).items():
-            if version not in versions or not raw or not raw.get("rows"):
+        for version, parts in waiting_parts(record, waiting_from_s).items():
+            if version not in versions:
                 continue
-            rows = int(raw["rows"])
-            if task == "classification":
-                delta = ErrorTotals(rows, float(rows - int(raw.get("correct", 0))))
-            else:
-                delta = ErrorTotals(rows, float(raw.get("abs_err", 0.0)), float(raw.get("sq_err", 0.0)))
-            merged = delta if merged is None else merged + delta
+            for raw in parts:
+                delta = _totals(raw, task)
+                if delta is not None:
+                    merged = delta if merged is None else merged + delta
         if merged is not None:
             windows.append(merged)
     return windows
@@ -82,7 +114,8 @@ def early_cut(
     """Whether to cut the waiting batch (starting at `next_offsets`, oldest row at `oldest_waiting_s`)
     now: a `CutPlan`, or the `CutDecision` that says why not.
 
-    The live totals per checkpoint since the oldest waiting row, of every champion of the serving
+    The live totals per checkpoint of the rows served from the oldest waiting row on (by their events'
+    timestamps, `waiting_parts`: not the rows joined since its time), of every champion of the serving
     lineage (`serving_lineage`: the champions the gate promoted one after another since the last drift
     action or alias change that was not a promotion), are read against the batch before (its totals
     under the champion that served it): the waiting rows are one model's evidence even when the gate
@@ -104,9 +137,11 @@ def early_cut(
     policy = DecisionConfig.from_spec(spec.drift, spec.promotion.significance)
     if armed is None and not cut_allowed(now, actions.last_cut_retrain, policy.cooldown_s):
         return CutDecision(False, f"a cut's retrain ran less than drift.cooldown_s {policy.cooldown_s:g} s ago")
+    # No line checkpointed before both can hold a waiting row of the lineage; within the lines, only
+    # rows whose events are not older than the oldest waiting row count (`waiting_parts`).
     since = max(oldest_waiting_s, lineage.since)
     records = read_records(registry.root, name, since=since)
-    windows = live_windows(records, lineage.versions, spec.task)
+    windows = live_windows(records, lineage.versions, spec.task, oldest_waiting_s)
     if armed is not None:
         short = ErrorTotals(int(armed["short"]["rows"]), float(armed["short"]["errors"]))
         waiting = sum(windows[1:], windows[0]) if windows else ErrorTotals(0, 0.0)

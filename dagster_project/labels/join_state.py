@@ -16,6 +16,35 @@ from dagster_project.ingest.events import label_key
 from dagster_project.labels.store import LabelStoreError
 from dagster_project.labels.summary import COUNTERS, LiveSummary, Totals
 
+EVENT_BUCKET_MS = 250  # event-time resolution of a checkpoint's rows: 50 rows at 200 events/s
+MAX_EVENT_BUCKETS = 64  # per version and checkpoint; beyond it (a backlog caught up) the buckets widen
+
+
+def event_buckets(by_event: dict[str, dict[int, Totals]], task: str) -> dict[str, Any]:
+    """A checkpoint line's `event_buckets`: each version's joined rows by their events' time,
+    `{"width_ms": w, "versions": {v: {"<start ms>": totals}}}`, a bucket holding events in [start, start + w).
+
+    The width starts at EVENT_BUCKET_MS and doubles until no version has more than MAX_EVENT_BUCKETS
+    buckets, so a checkpoint that caught up a long backlog stays a short line."""
+    width = EVENT_BUCKET_MS
+    merged = by_event
+    while any(len(b) > MAX_EVENT_BUCKETS for b in merged.values()):
+        width *= 2
+        factor = width // EVENT_BUCKET_MS
+        coarse: dict[str, dict[int, Totals]] = {}
+        for version, buckets in by_event.items():
+            for bucket, totals in buckets.items():
+                coarse.setdefault(version, {}).setdefault(bucket // factor, Totals()).add(totals)
+        merged = coarse
+    return {
+        "width_ms": width,
+        "versions": {
+            v: {str(b * width): t.to_json(task) for b, t in sorted(buckets.items()) if t.rows}
+            for v, buckets in sorted(merged.items())
+            if any(t.rows for t in buckets.values())
+        },
+    }
+
 
 class JoinState:
     """Pending predictions and labels, recent joins, totals and offsets: everything a checkpoint holds.
@@ -29,6 +58,9 @@ class JoinState:
     * Duplicates are dropped by event id while the id is pending or joined less than a window ago:
       the first prediction and the first label win. A duplicate arriving after its id left that
       memory waits as a new entry and is evicted; if both sides repeat that late, the pair counts twice.
+    * Each joined row is also counted under its event's time (`event_buckets`): a checkpoint holds
+      rows served before the checkpoints just before it (labels come late), and the early cut must
+      count only rows whose events still wait to be learned.
     """
 
     def __init__(self, task: str, window_s: float, max_pending: int) -> None:
@@ -37,12 +69,14 @@ class JoinState:
         self.window_s = window_s
         self.max_pending = max_pending
         self.seq = 0  # the last checkpoint written
-        self.pending_predictions: OrderedDict[str, tuple[str, Any, float]] = OrderedDict()
+        # version, prediction, its record's ts, its event's ts (ms; the prediction's when unknown)
+        self.pending_predictions: OrderedDict[str, tuple[str, Any, float, float]] = OrderedDict()
         self.pending_labels: OrderedDict[str, tuple[Any, float]] = OrderedDict()
         self.joined_recent: OrderedDict[str, float] = OrderedDict()
         self.positions: dict[str, dict[int, int]] = {}
         self.totals: dict[str, Totals] = {}
         self.delta: dict[str, Totals] = {}  # joined since the last checkpoint
+        self.delta_by_event: dict[str, dict[int, Totals]] = {}  # the same, per EVENT_BUCKET_MS of event time
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.checkpoint_at: float | None = None  # epoch seconds of the last checkpoint
         self.dirty = False
@@ -56,9 +90,13 @@ class JoinState:
         self.counters[f"invalid_{side}"] += 1
         self.dirty = True
 
-    def add_prediction(self, event_id: str, version: str, prediction: Any, ts: float) -> str:
-        """Returns what happened: joined, pending or duplicate."""
+    def add_prediction(
+        self, event_id: str, version: str, prediction: Any, ts: float, event_ms: float | None = None
+    ) -> str:
+        """Returns what happened: joined, pending or duplicate. `event_ms` is the scored event's own
+        timestamp (`records.event_ms`); without it the row counts as served at `ts`, the prediction's."""
         self.dirty = True
+        served_ms = ts if event_ms is None else event_ms
         if event_id in self.pending_predictions or event_id in self.joined_recent:
             self.counters["duplicate_predictions"] += 1
             return "duplicate"
@@ -66,10 +104,10 @@ class JoinState:
         if waiting is not None:
             label, label_ts = waiting
             if abs(ts - label_ts) <= self.window_ms:
-                self._join(event_id, version, prediction, label, max(ts, label_ts))
+                self._join(event_id, version, prediction, label, max(ts, label_ts), served_ms)
                 return "joined"
             self.counters["evicted_labels"] += 1  # the label is too old for this prediction
-        self.pending_predictions[event_id] = (version, prediction, ts)
+        self.pending_predictions[event_id] = (version, prediction, ts, served_ms)
         self._cap()
         return "pending"
 
@@ -80,30 +118,28 @@ class JoinState:
             return "duplicate"
         waiting = self.pending_predictions.pop(event_id, None)
         if waiting is not None:
-            version, prediction, prediction_ts = waiting
+            version, prediction, prediction_ts, served_ms = waiting
             if abs(ts - prediction_ts) <= self.window_ms:
-                self._join(event_id, version, prediction, label, max(ts, prediction_ts))
+                self._join(event_id, version, prediction, label, max(ts, prediction_ts), served_ms)
                 return "joined"
             self.counters["evicted_predictions"] += 1
         self.pending_labels[event_id] = (label, ts)
         self._cap()
         return "pending"
 
-    def _join(self, event_id: str, version: str, prediction: Any, label: Any, ts: float) -> None:
+    def _join(self, event_id: str, version: str, prediction: Any, label: Any, ts: float, served_ms: float) -> None:
         delta = self.delta.get(version) or self.delta.setdefault(version, Totals())
         total = self.totals.get(version) or self.totals.setdefault(version, Totals())
-        delta.rows += 1
-        total.rows += 1
+        buckets = self.delta_by_event.setdefault(version, {})
+        bucket = int(served_ms // EVENT_BUCKET_MS)
+        by_event = buckets.get(bucket) or buckets.setdefault(bucket, Totals())
         if self.task == "classification":
-            correct = int(label_key(prediction) == label_key(label))
-            delta.correct += correct
-            total.correct += correct
+            one = Totals(1, int(label_key(prediction) == label_key(label)))
         else:
             error = float(prediction) - float(label)
-            delta.abs_err += abs(error)
-            total.abs_err += abs(error)
-            delta.sq_err += error * error
-            total.sq_err += error * error
+            one = Totals(1, 0, abs(error), error * error)
+        for totals in (delta, total, by_event):
+            totals.add(one)
         self.counters["joined"] += 1
         self.joined_recent[event_id] = ts
         while len(self.joined_recent) > self.max_pending:
@@ -154,6 +190,7 @@ class JoinState:
             "task": self.task,
             "window_s": self.window_s,
             "versions": {v: t.to_json(self.task) for v, t in sorted(self.delta.items()) if t.rows},
+            "event_buckets": event_buckets(self.delta_by_event, self.task),
             "counters": dict(self.counters),
             "pending": {"predictions": len(self.pending_predictions), "labels": len(self.pending_labels)},
             "offsets": {t: {str(p): o for p, o in sorted(ps.items())} for t, ps in sorted(self.positions.items())},
@@ -163,6 +200,7 @@ class JoinState:
         self.seq = seq
         self.checkpoint_at = at
         self.delta = {}
+        self.delta_by_event = {}
         self.dirty = False
 
     def to_json(self, seq: int, at: float) -> bytes:
@@ -172,7 +210,7 @@ class JoinState:
                 "at": at,
                 "task": self.task,
                 "positions": {t: {str(p): o for p, o in ps.items()} for t, ps in self.positions.items()},
-                "pending_predictions": [[i, v, p, ts] for i, (v, p, ts) in self.pending_predictions.items()],
+                "pending_predictions": [[i, v, p, ts, e] for i, (v, p, ts, e) in self.pending_predictions.items()],
                 "pending_labels": [[i, label, ts] for i, (label, ts) in self.pending_labels.items()],
                 "joined_recent": [[i, ts] for i, ts in self.joined_recent.items()],
                 "totals": {v: t.to_json("regression") | {"correct": t.correct} for v, t in self.totals.items()},
@@ -189,7 +227,11 @@ class JoinState:
         state.seq = int(data["seq"])
         state.checkpoint_at = data.get("at")
         state.positions = {t: {int(p): int(o) for p, o in ps.items()} for t, ps in data["positions"].items()}
-        state.pending_predictions = OrderedDict((i, (v, p, ts)) for i, v, p, ts in data["pending_predictions"])
+        # A state file from before event times were kept: those rows count as served at their prediction's time.
+        state.pending_predictions = OrderedDict(
+            (entry[0], (entry[1], entry[2], entry[3], entry[4] if len(entry) > 4 else entry[3]))
+            for entry in data["pending_predictions"]
+        )
         state.pending_labels = OrderedDict((i, (label, ts)) for i, label, ts in data["pending_labels"])
         state.joined_recent = OrderedDict((i, ts) for i, ts in data["joined_recent"])
         state.totals = {v: Totals.from_json(t) for v, t in data["totals"].items()}

@@ -198,8 +198,8 @@ class LabelJoiner:
         side = "predictions" if tp.topic == self.spec.predictions_topic else "labels"
         try:
             if side == "predictions":
-                event_id, version, prediction = self.parser.prediction(record.value)
-                self.state.add_prediction(event_id, version, prediction, ts)
+                event_id, version, prediction, event_ms = self.parser.timed_prediction(record.value)
+                self.state.add_prediction(event_id, version, prediction, ts, event_ms)
             else:
                 event_id, label = self.parser.label(record.value)
                 self.state.add_label(event_id, label, ts)

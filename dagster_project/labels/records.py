@@ -62,6 +62,11 @@ class RecordParser:
 
     def prediction(self, raw: bytes | None) -> tuple[str, str, Any]:
         """(event id, model version, prediction)."""
+        event_id, version, value, _ = self.timed_prediction(raw)
+        return event_id, version, value
+
+    def timed_prediction(self, raw: bytes | None) -> tuple[str, str, Any, float | None]:
+        """(event id, model version, prediction, the event's timestamp in epoch ms or None): see `event_ms`."""
         obj = _json_object(raw, "prediction")
         event_id = _record_id(obj)
         version = obj.get("model_version")
@@ -69,7 +74,7 @@ class RecordParser:
             raise InvalidRecord("prediction has no 'model_version'")
         if "prediction" not in obj:
             raise InvalidRecord("prediction has no 'prediction'")
-        return event_id, version, self._target(obj["prediction"], "prediction")
+        return event_id, version, self._target(obj["prediction"], "prediction"), event_ms(obj)
 
     def label(self, raw: bytes | None) -> tuple[str, Any]:
         """(event id, label)."""
@@ -78,6 +83,18 @@ class RecordParser:
         if obj.get("label") is None:
             raise InvalidRecord("label record has no 'label'")
         return event_id, self._target(obj["label"], "label")
+
+
+def event_ms(prediction: dict[str, Any]) -> float | None:
+    """The scored event's own Kafka timestamp (epoch ms), from a prediction record's `ts` (when it was
+    made, epoch s) less its `latency_ms` (from the event's record timestamp to then); None when either is
+    missing (a scorer that did not know the event's timestamp, or another writer).
+
+    It is what places a joined row among the events topic's offsets: the Kafka sensor knows the oldest
+    waiting event's timestamp, and the early cut counts only rows whose event is not older (`cut_evidence`)."""
+    ts, latency = prediction.get("ts"), prediction.get("latency_ms")
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in (ts, latency))
+    return float(ts) * 1000.0 - float(latency) if numbers else None
 
 
 def make_label(event_id: str, label: Any, ts: float | None = None) -> bytes:

@@ -16,7 +16,9 @@ import pytest
 
 from assets.remediation import ActionConfig, cut_fields
 from dagster_project import names
+from dagster_project.kafka.io import probe_partitions
 from dagster_project.kafka.offsets import CUT_REASON_PREFIX, decode_ranges, encode_ranges
+from dagster_project.labels import JoinState, LiveStore
 from dagster_project.labels.store import live_metrics_path
 from dagster_project.resources import KafkaResource
 from monitors.actions import ACTION_KIND
@@ -327,3 +329,45 @@ def test_a_second_cut_still_works_when_the_gate_promoted_after_the_cut_retrain(
     (request,) = result.run_requests
     assert request.tags[names.EARLY_CUT_TAG] == "second"
     assert "after a cut's retrain: waiting 150 rows" in request.tags[names.CUT_REASON_TAG]
+
+
+def _joined(state: JoinState, version: str, rows: int, missed: int, event_ms: float, prefix: str) -> None:
+    """`rows` predictions of `version` whose events were at `event_ms` (+1 ms each), joined with labels
+    now, `missed` of them wrong: what the joiner does when their labels arrive."""
+    now_ms = time.time() * 1000
+    for i in range(rows):
+        state.add_prediction(f"{prefix}{i}", version, 1, ts=now_ms, event_ms=event_ms + i)
+        state.add_label(f"{prefix}{i}", 0 if i < missed else 1, ts=now_ms)
+
+
+def _checkpoint(registry, spec, state: JoinState, at: float) -> None:
+    """One live_metrics.jsonl line as the joiner writes it (`JoinState.record`)."""
+    LiveStore(registry.root, spec.name).append(state.record(state.seq + 1, spec.name, at))
+    state.checkpointed(state.seq + 1, at)
+
+
+def test_rows_served_before_the_oldest_waiting_row_are_not_counted_though_joined_after_it(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    spec = _spec(early_cut=True)
+    defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
+    champion, learned = registry.champion(spec.name), registry.head(spec.name).learned
+    (probe,) = probe_partitions(kafka_settings, spec.events_topic, learned)
+    oldest_ms = probe.oldest_waiting_ts_ms  # the first of the 150 waiting rows
+    assert oldest_ms is not None and probe.lag == 150
+    state = JoinState("classification", window_s=600, max_pending=10_000)
+    # Checkpoints after the oldest waiting row's time, with rows served before it (the last learned rows,
+    # their labels late), all risen; then the waiting rows' own checkpoints, 75 rows at the same error.
+    at = max(time.time(), oldest_ms / 1000) + 0.5
+    for i in range(3):
+        _joined(state, champion, 25, 14, oldest_ms - 3000 + i * 500, prefix=f"learned{i}-")
+        _checkpoint(registry, spec, state, at + i * 0.1)
+    for i in range(3):
+        _joined(state, champion, 25, 14, oldest_ms + 500 + i * 500, prefix=f"waiting{i}-")
+        _checkpoint(registry, spec, state, at + 0.3 + i * 0.1)
+
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SkipReason), result  # the 150 joined rows would cut: only 75 are waiting
+    assert "no early cut: waiting 75 rows in 3 checkpoints" in result.skip_message
+    assert "fewer than 100 waiting rows" in result.skip_message

@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -393,3 +394,30 @@ def test_cli_join_killed_and_restarted_keeps_exact_totals(
     assert live_metrics(registry_root, spec.name) == {"v1": {"rows": 600, "accuracy": 451 / 600}}
     summary = live_summary(registry_root, spec.name)
     assert summary.counters["joined"] == 600 and summary.counters["duplicate_predictions"] == 0
+
+
+def test_checkpoints_keep_joined_rows_by_their_events_time(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """Events 30 s older than their predictions (a backlog scored late) are kept at the events' time:
+    what the early cut compares with the oldest waiting event's timestamp. A prediction without
+    `latency_ms` is kept at the time its record was written."""
+    spec = synthetic_spec(labels={"flush_interval_s": 0.2})
+    served_s = time.time()
+    late = [
+        (f"e{i}".encode(), orjson.dumps({"id": f"e{i}", "prediction": 1, "model_version": "v1"} | stamp))
+        for i, stamp in enumerate([{"ts": served_s, "latency_ms": 30_000.0}] * 20 + [{"ts": served_s}] * 5)
+    ]
+    root = tmp_path / "registry"
+    with running_joiner(spec, kafka_settings, root) as joiner:
+        send(kafka_settings, spec.predictions_topic, late)
+        sent_ms = time.time() * 1000
+        send(kafka_settings, spec.labels_topic, [label(f"e{i}", 1) for i in range(25)])
+        wait_for(lambda: counters(joiner)["joined"] == 25, 15, "25 joins")
+
+    buckets: dict[float, int] = {}
+    for record in read_records(root, spec.name):
+        width = record["event_buckets"]["width_ms"]
+        for start, totals in record["event_buckets"]["versions"].get("v1", {}).items():
+            buckets[float(start)] = buckets.get(float(start), 0) + totals["rows"]
+    event_bucket = (served_s * 1000 - 30_000) // width * width
+    assert buckets.pop(event_bucket) == 20
+    assert sum(buckets.values()) == 5 and all(served_s * 1000 - width < b <= sent_ms for b in buckets)

@@ -24,3 +24,11 @@ def test_record_parser_uses_the_event_label_rule() -> None:
     regression = RecordParser(synthetic_spec(task="regression", model={"estimator": "sgd_regressor"}, label={}))
     with pytest.raises(ValueError, match="finite number"):
         regression.label(make_label("e", True))
+
+
+def test_a_prediction_s_event_time_is_its_ts_less_its_latency() -> None:
+    parser = RecordParser(synthetic_spec(label={"classes": [0, 1]}))
+    body = {"id": "e", "prediction": 1, "model_version": "v1", "ts": 1000.5, "latency_ms": 250.0}
+    assert parser.timed_prediction(orjson.dumps(body)) == ("e", "v1", 1, 1_000_250.0)
+    for missing in ({"latency_ms": None}, {"ts": None}, {"latency_ms": "250"}):
+        assert parser.timed_prediction(orjson.dumps(body | missing))[3] is None
