@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 
+from benchmarks import early_cut_daemon
 from benchmarks.early_cut_daemon import accuracy, reason_kind, rows_to_recover, served_outcome, summarize
 
 
@@ -55,3 +57,14 @@ def test_reason_kind_drops_numbers_and_versions() -> None:
 
 def test_reason_kind_drops_run_ids() -> None:
     assert reason_kind("training run 1a2b3c4d is STARTED") == reason_kind("training run deadbeef is STARTED")
+
+
+def test_write_ends_the_file_name_with_the_tag_so_a_repeat_keeps_the_earlier_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(early_cut_daemon, "RESULTS", tmp_path)
+    first = early_cut_daemon.write([{"a": 1}], 12_000, 35_000, [False, True])
+    again = early_cut_daemon.write([{"a": 2}], 12_000, 35_000, [False, True], "_waiting")
+    assert (first.name, again.name) == (
+        "change12000_rows35000_off-on.json",
+        "change12000_rows35000_off-on_waiting.json",
+    )
+    assert orjson.loads(first.read_bytes())["results"] == [{"a": 1}]
