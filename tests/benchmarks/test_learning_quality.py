@@ -476,3 +476,12 @@ def test_the_batch_sweep_counts_each_target_s_misses_per_batch_size_on_the_strea
     printed = capsys.readouterr().out
     assert "missed at the smallest batch (100):" in printed
     assert "best: learner gate 0.9000 vs river_arf 0.9900 (-0.0900)" in printed
+
+
+def test_a_change_first_seen_in_the_gate_s_held_out_tail_is_retrained_one_batch_later_not_on_no_rows() -> None:
+    # At batches of 100 the candidate set holds out 50 rows (`tail_split`'s floor), so a series point
+    # can be rows no model has learned yet; a rise starting there left the drift retrain an empty
+    # window (and the located retrain crashed on it). It waits for the batch that learns them.
+    stream = learning_streams.build("sea_abrupt_s2", 3_000)
+    result = learning_quality.run_streamfit("gate", stream, 100, 100.0)
+    assert len(result.retrains) == 1 and stream.change <= result.retrains[0] <= stream.change + 300, result.retrains
