@@ -122,7 +122,7 @@ def print_sweep(table: dict[int, dict[str, object]], runs: Sequence[dict]) -> No
     print(f"{first['streams']} streams common to every run; learner gap = missed against River in the same batches")
     print(
         f"{'batch':>6} {'best<River':>12} {'recovery>ARF':>13} {'default<LR':>11} {'signif.':>8} "
-        f"{'stationary':>10}   (missed / of which a learner gap)"
+        f"{'stationary':>10}   (missed / of which a learner gap; signif.: vs River LR / vs LR batched)"
     )
     for batch, row in table.items():
         m = row["misses"]
