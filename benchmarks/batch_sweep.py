@@ -5,7 +5,8 @@ user choosing `batch.rows` needs them side by side. This reads several such file
 batch size, how many streams miss each target (and how many of those misses remain against River
 fed in the same batches, the learner gaps of part 15), the median training cost per row of each
 model, and the misses left at the smallest batch with their gap. Counts come from the per-stream
-verdicts, over the streams every file holds, so a run on a declared subset compares like with like.
+verdicts, over the streams every size holds, so a run on a declared subset compares like with like;
+files of one size on disjoint streams are joined.
 
 `python -m benchmarks.batch_sweep results/learning_quality/batch_sweep_*.json`
 """
@@ -94,6 +95,21 @@ def gaps(reports: Sequence[dict], found: dict[str, dict[str, list[str]]]) -> lis
     return lines
 
 
+def merged(runs: Sequence[dict]) -> list[dict]:
+    """One run per batch size: runs of one size on disjoint stream subsets (a long size run in parts)
+    are joined; a stream measured twice at one size is refused rather than counted twice."""
+    out: dict[int, dict] = {}
+    for run in runs:
+        batch = int(run["batch"])
+        joined = out.setdefault(batch, {"batch": batch, "reports": []})
+        seen = {r["stream"] for r in joined["reports"]}
+        twice = seen & {r["stream"] for r in run["reports"]}
+        if twice:
+            raise ValueError(f"batch {batch}: {sorted(twice)} measured in more than one file")
+        joined["reports"] = [*joined["reports"], *run["reports"]]
+    return list(out.values())
+
+
 def common(runs: Sequence[dict]) -> list[dict]:
     """Each run restricted to the streams every run holds, in the first run's order."""
     shared = set.intersection(*({r["stream"] for r in run["reports"]} for run in runs)) if runs else set()
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, object]]:
     for path in args.files:
         with open(path) as f:
             runs.append(json.load(f))
+    runs = merged(runs)
     table = sweep(runs)
     print_sweep(table, runs)
     return table

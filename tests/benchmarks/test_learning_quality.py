@@ -476,6 +476,11 @@ def test_the_batch_sweep_counts_each_target_s_misses_per_batch_size_on_the_strea
     printed = capsys.readouterr().out
     assert "missed at the smallest batch (100):" in printed
     assert "best: learner gate 0.9000 vs river_arf 0.9900 (-0.0900)" in printed
+    # A size run in two parts on disjoint streams counts as one run; a stream in both is refused.
+    parts = batch_sweep.merged([run(100, small[:1]), run(100, small[1:]), run(1000, large)])
+    assert [(p["batch"], len(p["reports"])) for p in parts] == [(100, 2), (1000, 3)]
+    with pytest.raises(ValueError, match="more than one file"):
+        batch_sweep.merged([run(100, small), run(100, small[:1])])
 
 
 def test_a_change_first_seen_in_the_gate_s_held_out_tail_is_retrained_one_batch_later_not_on_no_rows() -> None:
