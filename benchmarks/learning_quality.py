@@ -458,8 +458,12 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
             found, decision = drift_decision(
                 series, stream.task, spec.drift.detector, params, now, last, policy, answered
             )
-            if found is not None and decision.action == "retrain":
-                since = retrain_start(firsts, found, second_cut)
+            since = retrain_start(firsts, found, second_cut) if found is not None else learn_end
+            # A rise that starts in the rows a candidate set held out of this batch (its gate's tail, not
+            # learned yet; at batches of 100 that tail is a whole series point) leaves the retrain nothing
+            # to learn: the next batch learns those rows, and the detector, reading the same series, finds
+            # the change again.
+            if found is not None and decision.action == "retrain" and since < learn_end:
                 window = {0: (since, learn_end)}
                 if locate:  # the product's retrain: from where the errors of the model that served `since` rose
                     errors = row_errors(spec, served[since], X[since:learn_end], y[since:learn_end])

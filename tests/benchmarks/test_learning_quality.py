@@ -432,3 +432,61 @@ def test_the_second_cut_retrains_on_the_rows_since_a_cut_that_learned_a_pause() 
     assert learning_quality.run_streamfit("default_cutslopefreesure2", abrupt, 1_000, 100.0).cuts == [3_500]
     calm = learning_streams.build("sea_stationary_s1", 4_000)
     assert learning_quality.run_streamfit("default_cutslopefreesure2", calm, 1_000, 100.0).cuts == []
+
+
+def test_the_batch_sweep_counts_each_target_s_misses_per_batch_size_on_the_streams_every_run_holds(capsys) -> None:
+    from benchmarks import batch_sweep
+
+    def run(batch: int, reports: list[dict]) -> dict:
+        for r in reports:
+            for row in r["table"].values():
+                row["us_per_row"] = 1000.0 / batch  # costs that move with the batch size
+        return {"batch": batch, "reports": reports}
+
+    large = [
+        _report("latency", best_sf=0.93, river=0.99, river_b=0.92, default=0.90, lr=0.95, lr_b=0.90),
+        _report("learner", best_sf=0.90, river=0.99, river_b=0.95, default=0.80, lr=0.85, lr_b=0.84),
+        _report("only_here", best_sf=0.50, river=0.99, river_b=0.95, default=0.50, lr=0.95, lr_b=0.95),
+    ]
+    large[1]["verdict"] |= {"default_vs_lr": {"p_value": 0.01}, "default_vs_lr_b": {"p_value": 0.02}}
+    large[0]["verdict"]["default_vs_lr"] = {"p_value": 0.2}
+    small = [
+        _report("latency", best_sf=0.99, river=0.99, river_b=0.97, default=0.96, lr=0.95, lr_b=0.94),
+        _report("learner", best_sf=0.90, river=0.99, river_b=0.95, default=0.80, lr=0.85, lr_b=0.84),
+    ]
+    small[0]["verdict"]["false_alarms"] = 1  # a retrain where the stream is stationary
+    table = batch_sweep.sweep([run(1000, large), run(100, small)])
+    assert list(table) == [100, 1000], "ascending batch sizes"
+    assert table[1000]["streams"] == table[100]["streams"] == 2, "a stream one run lacks is left out of both"
+    big = table[1000]["misses"]
+    assert big["best"] == {"all": ["latency", "learner"], "learner": ["learner"]}
+    assert big["default"] == {
+        "all": ["latency", "learner"],
+        "learner": ["learner"],
+        "significant": ["learner"],
+        "learner_significant": ["learner"],
+    }
+    assert big["stationary"]["all"] == []
+    few = table[100]["misses"]
+    assert few["best"]["all"] == ["learner"] and few["default"]["all"] == ["learner"]
+    assert few["stationary"]["all"] == ["latency"]
+    assert table[100]["us_per_row"]["gate"] == pytest.approx(10.0)
+    assert table[1000]["us_per_row"]["gate"] == pytest.approx(1.0)
+    batch_sweep.print_sweep(table, [run(1000, large), run(100, small)])
+    printed = capsys.readouterr().out
+    assert "missed at the smallest batch (100):" in printed
+    assert "best: learner gate 0.9000 vs river_arf 0.9900 (-0.0900)" in printed
+    # A size run in two parts on disjoint streams counts as one run; a stream in both is refused.
+    parts = batch_sweep.merged([run(100, small[:1]), run(100, small[1:]), run(1000, large)])
+    assert [(p["batch"], len(p["reports"])) for p in parts] == [(100, 2), (1000, 3)]
+    with pytest.raises(ValueError, match="more than one file"):
+        batch_sweep.merged([run(100, small), run(100, small[:1])])
+
+
+def test_a_change_first_seen_in_the_gate_s_held_out_tail_is_retrained_one_batch_later_not_on_no_rows() -> None:
+    # At batches of 100 the candidate set holds out 50 rows (`tail_split`'s floor), so a series point
+    # can be rows no model has learned yet; a rise starting there left the drift retrain an empty
+    # window (and the located retrain crashed on it). It waits for the batch that learns them.
+    stream = learning_streams.build("sea_abrupt_s2", 3_000)
+    result = learning_quality.run_streamfit("gate", stream, 100, 100.0)
+    assert len(result.retrains) == 1 and stream.change <= result.retrains[0] <= stream.change + 300, result.retrains
