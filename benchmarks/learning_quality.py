@@ -101,7 +101,12 @@ SGD_VARIANTS = {
     "sgd_p16": {"params": {"eta0": 0.0025}, "passes": 16},
     # Part 11: averaged SGD (the mean of the weights over every step so far) for the tiny linear gaps.
     "sgd_avg": {"params": {"average": True}},
+    # Part 19: a quarter of the default's step per batch (two passes at its 0.005), about sgd_old's.
+    "sgd_p2": {"passes": 2},
 }
+# Part 19: the default SGD and `sgd_p2` as two families through the gate, which picks the step size
+# on each stream's unseen rows instead of one step size for every stream.
+SGD_GATE = "sgd_gate2"
 
 # Any config + "_whole": its drift retrains learn from the first row of the batch where the rise
 # began, as before the product located the change inside it (`learning.retraining.post_change`).
@@ -205,9 +210,11 @@ def model_spec(config: str, task: str) -> dict:
             {"estimator": hgb, "name": "hgb"},
         ]
         return {"candidates": families}
+    if config == SGD_GATE:
+        return {"candidates": [{"estimator": sgd, "name": "sgd"}, {"estimator": sgd, "name": "sgd_p2", "passes": 2}]}
     if config == "gate":
         return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
-    known = CONFIGS + ("gate3",) + PART_11 + tuple(SGD_VARIANTS) + tuple(MLP_VARIANTS)
+    known = CONFIGS + ("gate3", SGD_GATE) + PART_11 + tuple(SGD_VARIANTS) + tuple(MLP_VARIANTS)
     raise ValueError(f"unknown config {config!r}; choose from {known}")
 
 
@@ -952,7 +959,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--configs",
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
-        + ", ".join([*PART_11, "gate3", *SGD_VARIANTS, *MLP_VARIANTS])
+        + ", ".join([*PART_11, "gate3", SGD_GATE, *SGD_VARIANTS, *MLP_VARIANTS])
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
         + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE},"
         + f" {CUT_SLOPE_AGAIN}...: a batch"
