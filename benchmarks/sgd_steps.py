@@ -115,10 +115,16 @@ def main(argv: list[str] | None = None) -> dict:
         reports = []
         for i, stream in enumerate(streams, 1):
             reports.append(run_stream(stream, configs, batch, args.rate))
-            print(f"\r[batch {batch}: {i}/{len(streams)} streams, {time.perf_counter() - began:.0f}s]", end="")
-            sys.stdout.flush()
+            print(
+                f"\r[batch {batch}: {i}/{len(streams)} streams, {time.perf_counter() - began:.0f}s]",
+                end="",
+                file=sys.stderr,
+            )
         summary = summarize(reports, configs)
+        print(file=sys.stderr)
         print_summary(batch, summary, len(streams))
+        print(f"  ({time.perf_counter() - began:.0f} s since the start)")
+        sys.stdout.flush()
         out["batches"][str(batch)] = {"reports": reports, "summary": summary}
     if args.json:
         with open(args.json, "w") as f:
