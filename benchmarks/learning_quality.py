@@ -81,6 +81,9 @@ RIVER = ("river_lr", "river_hat", "river_arf")
 # and its `_b` twin; the issue's targets stay measured against the row-by-row ones.
 BATCHED = "_b"
 RIVER_BATCHED = tuple(m + BATCHED for m in RIVER)
+# `--river`: which River models run (each with its `_b` twin). Fewer is faster (ARF is most of a run's
+# time); a target whose reference is missing is reported "not measured", never met or missed.
+RIVER_CHOICES = {"lr": "river_lr", "hat": "river_hat", "arf": "river_arf"}
 CONFIGS = ("default", "mlp", "hgb", "gate")
 PART_11 = ("knn", "gate_knn")  # issue 17 part 11: the windowed kNN family, alone and in the gate
 # Part 4 (issue 17): MLP settings weighed against the shipped `mlp` default (one hidden layer of 32,
@@ -107,6 +110,23 @@ SGD_VARIANTS = {
 # Part 19: the default SGD and `sgd_p2` as two families through the gate, which picks the step size
 # on each stream's unseen rows instead of one step size for every stream.
 SGD_GATE = "sgd_gate2"
+
+
+# Part 20: SGD whose passes depend on the rows a `partial_fit` call sees. In this benchmark a single-SGD
+# config's calls each see one batch (a drift retrain replays its window in chunks of the spec's
+# `batch.rows`), so the rule is applied to `--batch`.
+def passes_by_rows(rows: int) -> dict:
+    """Passes per row of the call held at the default's at 1,000 rows (eight): fewer revisits of a
+    smaller sample, clamp(round(8 x rows / 1,000), 1, 8), at the default's step."""
+    return {"passes": min(8, max(1, round(8 * rows / 1_000)))}
+
+
+def old_below_500(rows: int) -> dict:
+    """The default from 500 rows on (the range part 5 measured it on), one pass at 0.01 below."""
+    return {} if rows >= 500 else SGD_VARIANTS["sgd_old"]
+
+
+ROW_RULES: dict[str, Callable[[int], dict]] = {"sgd_rows": passes_by_rows, "sgd_small": old_below_500}
 
 # Any config + "_whole": its drift retrains learn from the first row of the batch where the rise
 # began, as before the product located the change inside it (`learning.retraining.post_change`).
@@ -178,7 +198,8 @@ class Result:
     gates: list[dict] = field(default_factory=list)
 
 
-def model_spec(config: str, task: str) -> dict:
+def model_spec(config: str, task: str, rows: int | None = None) -> dict:
+    """The spec's `model` for a config; `rows` (the batch size) for the `ROW_RULES` configs."""
     classify = task == "classification"
     sgd = "sgd_classifier" if classify else "sgd_regressor"
     mlp = "mlp_classifier" if classify else "mlp_regressor"
@@ -190,6 +211,10 @@ def model_spec(config: str, task: str) -> dict:
         return {"estimator": mlp}
     if config in SGD_VARIANTS:
         return {"estimator": sgd, **SGD_VARIANTS[config]}
+    if config in ROW_RULES:
+        if rows is None:
+            raise ValueError(f"{config!r} takes its passes from the rows of a batch: pass rows")
+        return {"estimator": sgd, **ROW_RULES[config](rows)}
     if config in MLP_VARIANTS:
         return {"estimator": mlp, "params": MLP_VARIANTS[config]}
     if config == "hgb":
@@ -214,11 +239,11 @@ def model_spec(config: str, task: str) -> dict:
         return {"candidates": [{"estimator": sgd, "name": "sgd"}, {"estimator": sgd, "name": "sgd_p2", "passes": 2}]}
     if config == "gate":
         return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
-    known = CONFIGS + ("gate3", SGD_GATE) + PART_11 + tuple(SGD_VARIANTS) + tuple(MLP_VARIANTS)
+    known = CONFIGS + ("gate3", SGD_GATE) + PART_11 + tuple(SGD_VARIANTS) + tuple(ROW_RULES) + tuple(MLP_VARIANTS)
     raise ValueError(f"unknown config {config!r}; choose from {known}")
 
 
-def spec_for(config: str, stream: Stream, retrain_mode: str = "fresh"):
+def spec_for(config: str, stream: Stream, retrain_mode: str = "fresh", rows: int | None = None):
     from dagster_project.spec import StreamSpec
 
     classify = stream.task == "classification"
@@ -227,7 +252,7 @@ def spec_for(config: str, stream: Stream, retrain_mode: str = "fresh"):
         task=stream.task,
         features=[{"name": f} for f in stream.features],
         label={"classes": sorted({int(v) for v in stream.y})} if classify else {},
-        model=model_spec(config, stream.task),
+        model=model_spec(config, stream.task, rows),
         promotion={"metric": "accuracy" if classify else "mae"},
         drift={"retrain_mode": retrain_mode},
     )
@@ -379,7 +404,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     checkpoint_rows = max(1, round(CHECKPOINT_S * rate)) if settled else None
     min_effect = MIN_EFFECT if cut == CUT_SETTLED_LARGE else 0.0
     before = np.zeros(0)  # the served model's per-row errors on the last scored batch
-    spec = spec_for(config, stream, mode)
+    spec = spec_for(config, stream, mode, batch)
     X, y, n = stream.X, stream.y, len(stream.y)
     metric = spec.promotion.metric
     offsets, partitions = np.arange(n), np.zeros(n, dtype=np.int32)
@@ -577,23 +602,30 @@ def gate_counts(result: Result) -> dict[str, int]:
 
 
 def verdicts(stream: Stream, table: dict[str, dict], configs: tuple[str, ...]) -> dict[str, object]:
-    """The issue's targets on one stream (higher accuracy / lower MAE is better)."""
+    """The issue's targets on one stream (higher accuracy / lower MAE is better; None: not measured,
+    a River model it needs did not run)."""
     sign = 1.0 if stream.task == "classification" else -1.0
     best_sf = max(configs, key=lambda c: sign * table[c]["metric"])
-    best_river = max(RIVER, key=lambda m: sign * table[m]["metric"])
+    best_river = max(RIVER, key=lambda m: sign * table[m]["metric"]) if all(m in table for m in RIVER) else None
     out: dict[str, object] = {
         "best_streamfit": best_sf,
         "best_river": best_river,
-        "best_beats_river": sign * (table[best_sf]["metric"] - table[best_river]["metric"]) >= 0,
-        "default_beats_lr": sign * (table["default"]["metric"] - table["river_lr"]["metric"]) >= 0,
+        "best_beats_river": None,
+        "default_beats_lr": None,
         "false_alarms": sum(table[c]["retrains"] for c in configs) if stream.kind in ("stationary", "real") else 0,
         "recovers_before_arf": None,
     }
-    if stream.kind == "abrupt" and stream.task == "classification":
+    if best_river is not None:
+        out["best_beats_river"] = sign * (table[best_sf]["metric"] - table[best_river]["metric"]) >= 0
+    if "river_lr" in table:
+        out["default_beats_lr"] = sign * (table["default"]["metric"] - table["river_lr"]["metric"]) >= 0
+    if stream.kind == "abrupt" and stream.task == "classification" and "river_arf" in table:
         mine, arf = table[best_sf]["recovery"], table["river_arf"]["recovery"]
         out["recovers_before_arf"] = mine is not None and (arf is None or mine < arf)
-    if all(m in table for m in RIVER_BATCHED):
+    if all(m in table for m in RIVER_BATCHED) and best_river is not None:
         out |= batched_verdicts(stream, table, best_sf, best_river)
+    elif "river_lr_b" in table:
+        out["default_beats_lr_batched"] = sign * (table["default"]["metric"] - table["river_lr_b"]["metric"]) >= 0
     return out
 
 
@@ -643,16 +675,24 @@ def default_vs_lr(
     return {"p_value": test.p_value, "rows": test.rows, **test.detail}
 
 
-def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float) -> dict:
+def against_lr(config: str) -> bool:
+    """Candidates for the default measured against target 3 like it: part 8's cuts, the SGD variants."""
+    return CUT in config or config in SGD_VARIANTS or config in ROW_RULES
+
+
+def run_stream(
+    stream: Stream, configs: tuple[str, ...], batch: int, rate: float, river: tuple[str, ...] = RIVER
+) -> dict:
+    """Every config and the `river` models (row by row and `_b`) on one stream, scored and judged."""
     results = {c: run_streamfit(c, stream, batch, rate) for c in configs}
-    results |= {m: run_river(m, stream) for m in RIVER}
-    results |= {m: run_river(m, stream, batch=batch) for m in RIVER_BATCHED}
+    results |= {m: run_river(m, stream) for m in river}
+    results |= {m + BATCHED: run_river(m + BATCHED, stream, batch=batch) for m in river}
     table = score(stream, results, batch)
     verdict = verdicts(stream, table, shipped(configs))
-    verdict["default_vs_lr"] = default_vs_lr(stream, results, batch)
-    verdict["default_vs_lr_b"] = default_vs_lr(stream, results, batch, reference="river_lr_b")
-    for c in (c for c in configs if CUT in c):  # part 8's candidates against the same target
-        verdict[f"{c}_vs_lr"] = default_vs_lr(stream, results, batch, c)
+    for c in ("default", *(c for c in configs if against_lr(c))):
+        for reference, key in (("river_lr", "lr"), ("river_lr_b", "lr_b")):
+            if reference in results:
+                verdict[f"{c}_vs_{key}"] = default_vs_lr(stream, results, batch, c, reference)
     return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "rows": len(stream.y)} | {
         "table": table,
         "verdict": verdict,
@@ -660,18 +700,19 @@ def run_stream(stream: Stream, configs: tuple[str, ...], batch: int, rate: float
     }
 
 
-def significantly_below_lr(reports: list[dict], config: str = "default") -> tuple[list[str], list[str]]:
-    """Streams where the default (or `config`) is below River LR, and those where it is
-    significantly so (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
+def significantly_below_lr(
+    reports: list[dict], config: str = "default", reference: str = "river_lr"
+) -> tuple[list[str], list[str]]:
+    """Streams where the default (or `config`) is below River LR (or `reference`: `river_lr_b`), and
+    those where it is significantly so (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
 
     def beats(r: dict) -> bool:
-        if config == "default":
-            return bool(r["verdict"]["default_beats_lr"])
         sign = 1.0 if r["task"] == "classification" else -1.0
-        return sign * (r["table"][config]["metric"] - r["table"]["river_lr"]["metric"]) >= 0
+        return sign * (r["table"][config]["metric"] - r["table"][reference]["metric"]) >= 0
 
     below = [r["stream"] for r in reports if not beats(r)]
-    tested = {r["stream"]: (r["verdict"].get(f"{config}_vs_lr") or {}).get("p_value") for r in reports}
+    key = f"{config}_vs_{reference.removeprefix('river_')}"
+    tested = {r["stream"]: (r["verdict"].get(key) or {}).get("p_value") for r in reports}
     return below, [name for name in below if tested.get(name) is not None and tested[name] < LEVEL]
 
 
@@ -716,7 +757,7 @@ def print_stream(report: dict, configs: tuple[str, ...]) -> None:
         f"{'x default':>10}"
     )
     base = report["table"]["default"]["us_per_row"] or 1e-9
-    for name in (*configs, *RIVER, *RIVER_BATCHED):
+    for name in (m for m in (*configs, *RIVER, *RIVER_BATCHED) if m in report["table"]):
         r = report["table"][name]
         g = r.get("retrain_gates") or {}
         gates = f"{g['won']}/{g['lost']}" if g.get("won", 0) + g.get("lost", 0) else "-"
@@ -732,6 +773,11 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         f"\n{'stream':26} {'best SF':>16} {'best River':>18} {'default':>8} {'R LR':>8} "
         f"{'rec SF/ARF':>14} {'alarms':>6}"
     )
+    ran = set(reports[0]["table"]) if reports else set()
+
+    def metric(t: dict, model: str | None) -> str:
+        return f"{t[model]['metric']:8.4f}" if model in t else f"{'-':>8}"
+
     for r in reports:
         t, v = r["table"], r["verdict"]
         sf, rv = v["best_streamfit"], v["best_river"]
@@ -739,40 +785,41 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         if v["recovers_before_arf"] is not None:
             rec = f"{_fmt(t[sf]['recovery'], ',')}/{_fmt(t['river_arf']['recovery'], ',')}"
         print(
-            f"{r['stream']:26} {sf:>7} {t[sf]['metric']:8.4f} {rv:>9} {t[rv]['metric']:8.4f} "
-            f"{t['default']['metric']:8.4f} {t['river_lr']['metric']:8.4f} {rec:>14} {v['false_alarms']:6d}"
+            f"{r['stream']:26} {sf:>7} {t[sf]['metric']:8.4f} {rv or '-':>9} {metric(t, rv)} "
+            f"{t['default']['metric']:8.4f} {metric(t, 'river_lr')} {rec:>14} {v['false_alarms']:6d}"
         )
-    abrupt = [r for r in reports if r["verdict"]["recovers_before_arf"] is not None]
-    targets = {
-        "best Streamfit >= best River on every stream": [
-            r["stream"] for r in reports if not r["verdict"]["best_beats_river"]
-        ],
-        "recovers in fewer rows than ARF after abrupt changes": [
-            r["stream"] for r in abrupt if not r["verdict"]["recovers_before_arf"]
-        ],
-        "default >= River LR everywhere": [r["stream"] for r in reports if not r["verdict"]["default_beats_lr"]],
+    abrupt = [r for r in reports if r["kind"] == "abrupt" and r["task"] == "classification"]
+    # None: not measured (the River models the target compares with did not run, `--river`).
+    targets: dict[str, list[str] | None] = {
+        "best Streamfit >= best River on every stream": (
+            [r["stream"] for r in reports if not r["verdict"]["best_beats_river"]] if ran >= set(RIVER) else None
+        ),
+        "recovers in fewer rows than ARF after abrupt changes": (
+            [r["stream"] for r in abrupt if not r["verdict"]["recovers_before_arf"]] if "river_arf" in ran else None
+        ),
+        "default >= River LR everywhere": (
+            [r["stream"] for r in reports if not r["verdict"]["default_beats_lr"]] if "river_lr" in ran else None
+        ),
         "no retrain on stationary streams": [r["stream"] for r in reports if r["verdict"]["false_alarms"]],
     }
     print("\nTargets (issue 17):")
     for target, missed in targets.items():
+        if missed is None:
+            print(f"  NOT MEASURED {target} (a River model it needs did not run: --river)")
+            continue
         print(
             f"  {'MET   ' if not missed else 'MISSED'} {target}"
             + (f": missed on {', '.join(missed)}" if missed else "")
         )
-    below, significant = significantly_below_lr(reports)
-    print(
-        f"  default below River LR on {len(below)} of {len(reports)} streams, significantly (McNemar one-sided "
-        f"p < {LEVEL:g}, accuracy streams) on {len(significant)}"
-        + (f": {', '.join(significant)}" if significant else "")
-    )
-    candidates_below = {}
-    for c in (c for c in configs if CUT in c):
-        below_c, significant_c = significantly_below_lr(reports, c)
-        candidates_below[c] = {"below": below_c, "significantly": significant_c}
+    below, significant, candidates_below = [], [], {}
+    if "river_lr" in ran:
+        below, significant = significantly_below_lr(reports)
         print(
-            f"  {c} below River LR on {len(below_c)} of {len(reports)} streams, significantly on "
-            f"{len(significant_c)}" + (f": {', '.join(significant_c)}" if significant_c else "")
+            f"  default below River LR on {len(below)} of {len(reports)} streams, significantly (McNemar one-sided "
+            f"p < {LEVEL:g}, accuracy streams) on {len(significant)}"
+            + (f": {', '.join(significant)}" if significant else "")
         )
+        candidates_below = candidates_against_lr(reports, configs)
     configs = shipped(everything := configs)
     wins = {c: 0 for c in configs}
     for r in reports:
@@ -786,7 +833,9 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
         print(f"{new} vs {old}: better on {better}, worse on {worse}, equal on {equal} streams")
     gates = retrain_gates(reports, everything)
     cuts = early_cuts(reports, everything)
-    latency = batch_latency(reports, targets)
+    latency = None  # part 15's split of every target needs every River model in the same batches too
+    if ran >= {*RIVER, *RIVER_BATCHED}:
+        latency = batch_latency(reports, targets)
     return {
         "batch_latency": latency,
         "early_cuts": cuts,
@@ -800,7 +849,34 @@ def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object
     }
 
 
-def batch_latency(reports: list[dict], targets: dict[str, list[str]]) -> dict[str, object]:
+def candidates_against_lr(reports: list[dict], configs: tuple[str, ...]) -> dict[str, dict[str, object]]:
+    """Target 3 for the default and each candidate to replace it (`against_lr`): streams below River
+    LR and significantly so, the same against `river_lr_b` when it ran, and retrains on stationary
+    (and real) streams (target 4). Printed."""
+    out: dict[str, dict[str, object]] = {}
+    batched = "river_lr_b" in reports[0]["table"]
+    for c in ("default", *(c for c in configs if against_lr(c))):
+        below_c, significant_c = significantly_below_lr(reports, c)
+        out[c] = {"below": below_c, "significantly": significant_c}
+        line = (
+            f"  {c} below River LR on {len(below_c)} of {len(reports)} streams, significantly on {len(significant_c)}"
+        )
+        if batched:
+            below_b, significant_b = significantly_below_lr(reports, c, "river_lr_b")
+            out[c] |= {"below_batched": below_b, "significantly_batched": significant_b}
+            line += f"; below River LR batched on {len(below_b)}, significantly on {len(significant_b)}"
+        out[c]["stationary_retrains"] = sum(
+            r["table"][c]["retrains"] for r in reports if r["kind"] in ("stationary", "real")
+        )
+        print(
+            line
+            + f"; stationary retrains {out[c]['stationary_retrains']}"
+            + (f" (significantly below River LR on: {', '.join(significant_c)})" if significant_c else "")
+        )
+    return out
+
+
+def batch_latency(reports: list[dict], targets: dict[str, list[str] | None]) -> dict[str, object]:
     """Part 15: per stream, best Streamfit against best River fed in the same micro-batches, and the
     latency cost (what River loses to the batch boundary); then each missed target split into the
     streams where Streamfit is >= River under the same boundary (the gap is the micro-batch latency)
@@ -970,8 +1046,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--trace", action="store_true", help="print every model's accuracy per 250 rows around each change"
     )
+    parser.add_argument(
+        "--river",
+        nargs="+",
+        choices=list(RIVER_CHOICES),
+        default=list(RIVER_CHOICES),
+        help="River models to run, each row by row and in the same batches (default: all); targets whose "
+        "reference is left out are reported not measured (lr alone: target 3's two references, fast)",
+    )
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args(argv)
+    river = tuple(m for m in RIVER if m in {RIVER_CHOICES[c] for c in args.river})
     rows = args.rows or (2_000 if args.quick else 6_000)
     batch = args.batch or (500 if args.quick else 1_000)
     names = args.streams or list(learning_streams.QUICK if args.quick else learning_streams.full_set())
@@ -979,10 +1064,12 @@ def main(argv: list[str] | None = None) -> dict:
     configs = tuple(dict.fromkeys(["default", *chosen]))
     print(f"learning quality: {len(names)} streams, {rows:,} rows each (real: as shipped), batches of {batch:,}")
     print(f"skipped (River downloads them at run time): {', '.join(learning_streams.REMOTE)}")
+    if river != RIVER:
+        print(f"River models: {', '.join(river)} only (each also in the same batches, {BATCHED})")
     reports, began = [], time.perf_counter()
     for i, name in enumerate(names, 1):
         stream = learning_streams.build(name, rows)
-        report = run_stream(stream, configs, batch, args.rate)
+        report = run_stream(stream, configs, batch, args.rate, river)
         reports.append(report)
         print(f"[{i}/{len(names)} {time.perf_counter() - began:6.0f}s]", end="")
         print_stream(report, configs)
@@ -992,7 +1079,12 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarize(reports, configs)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"reports": reports, "summary": summary, "rows": rows, "batch": batch}, f, indent=1, default=str)
+            json.dump(
+                {"reports": reports, "summary": summary, "rows": rows, "batch": batch, "river": river},
+                f,
+                indent=1,
+                default=str,
+            )
     return {"reports": reports, "summary": summary}
 
 
