@@ -707,6 +707,8 @@ def significantly_below_lr(
     those where it is significantly so (McNemar one-sided p < `LEVEL`; accuracy streams only)."""
 
     def beats(r: dict) -> bool:
+        if config == "default" and reference == "river_lr":
+            return bool(r["verdict"]["default_beats_lr"])
         sign = 1.0 if r["task"] == "classification" else -1.0
         return sign * (r["table"][config]["metric"] - r["table"][reference]["metric"]) >= 0
 

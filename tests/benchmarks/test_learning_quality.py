@@ -490,3 +490,37 @@ def test_a_change_first_seen_in_the_gate_s_held_out_tail_is_retrained_one_batch_
     stream = learning_streams.build("sea_abrupt_s2", 3_000)
     result = learning_quality.run_streamfit("gate", stream, 100, 100.0)
     assert len(result.retrains) == 1 and stream.change <= result.retrains[0] <= stream.change + 300, result.retrains
+
+
+def test_river_lr_alone_runs_target_3_s_two_references_and_leaves_the_others_not_measured(capsys) -> None:
+    """`--river lr`: only River LR, row by row and in the same batches; targets 1 and 2 (best River,
+    ARF's recovery) are neither met nor missed, target 3 is judged for the default and each candidate."""
+    args = ["--quick", "--streams", "agrawal_abrupt_s1", "--rows", "1500", "--configs", "default", "sgd_rows"]
+    out = learning_quality.main([*args, "--river", "lr"])
+    printed = capsys.readouterr().out
+    (report,) = out["reports"]
+    assert set(report["table"]) == {"default", "sgd_rows", "river_lr", "river_lr_b"}
+    targets = out["summary"]["targets"]
+    assert targets[BEST_TARGET] is None and targets["recovers in fewer rows than ARF after abrupt changes"] is None
+    assert isinstance(targets[LR_TARGET], list) and isinstance(targets["no retrain on stationary streams"], list)
+    assert printed.count("NOT MEASURED") == 2 and "river_arf" not in printed
+    assert report["verdict"]["best_beats_river"] is None and report["verdict"]["recovers_before_arf"] is None
+    candidates = out["summary"]["candidates_below_lr"]
+    assert set(candidates) == {"default", "sgd_rows"}
+    assert {"significantly", "significantly_batched", "stationary_retrains"} <= set(candidates["sgd_rows"])
+    assert report["verdict"]["sgd_rows_vs_lr_b"]["rows"] == 1500 - 500
+
+
+def test_the_row_rules_take_their_passes_from_the_rows_of_a_batch() -> None:
+    rule = learning_quality.passes_by_rows
+    assert learning_quality.model_spec("sgd_rows", "classification", 250) == {
+        "estimator": "sgd_classifier",
+        **rule(250),
+    }
+    passes = [rule(rows)["passes"] for rows in (1000, 500, 250, 100)]
+    assert passes == [8, 4, 2, 1]
+    assert learning_quality.model_spec("sgd_small", "classification", 500) == {"estimator": "sgd_classifier"}
+    small = learning_quality.model_spec("sgd_small", "regression", 250)
+    assert small == {"estimator": "sgd_regressor", "params": {"eta0": 0.01}, "passes": 1}
+    with pytest.raises(ValueError, match="rows"):
+        learning_quality.model_spec("sgd_rows", "classification")
