@@ -680,8 +680,9 @@ def default_vs_lr(
 
 
 def against_lr(config: str) -> bool:
-    """Candidates for the default measured against target 3 like it: part 8's cuts, the SGD variants."""
-    return CUT in config or config in SGD_VARIANTS or config in ROW_RULES
+    """Candidates for the default measured against target 3 like it: part 8's cuts, the SGD variants
+    (fixed, by rows, and the two-step gate)."""
+    return CUT in config or config in SGD_VARIANTS or config in ROW_RULES or config == SGD_GATE
 
 
 def run_stream(
