@@ -495,7 +495,7 @@ def test_a_change_first_seen_in_the_gate_s_held_out_tail_is_retrained_one_batch_
 def test_river_lr_alone_runs_target_3_s_two_references_and_leaves_the_others_not_measured(capsys) -> None:
     """`--river lr`: only River LR, row by row and in the same batches; targets 1 and 2 (best River,
     ARF's recovery) are neither met nor missed, target 3 is judged for the default and each candidate."""
-    args = ["--quick", "--streams", "agrawal_abrupt_s1", "--rows", "1500", "--configs", "default", "sgd_rows"]
+    args = ["--quick", "--streams", "agrawal_abrupt_s1", "--rows", "3000", "--configs", "default", "sgd_rows"]
     out = learning_quality.main([*args, "--river", "lr"])
     printed = capsys.readouterr().out
     (report,) = out["reports"]
@@ -508,7 +508,7 @@ def test_river_lr_alone_runs_target_3_s_two_references_and_leaves_the_others_not
     candidates = out["summary"]["candidates_below_lr"]
     assert set(candidates) == {"default", "sgd_rows"}
     assert {"significantly", "significantly_batched", "stationary_retrains"} <= set(candidates["sgd_rows"])
-    assert report["verdict"]["sgd_rows_vs_lr_b"]["rows"] == 1500 - 500
+    assert report["verdict"]["sgd_rows_vs_lr_b"]["rows"] == 3000 - 500
 
 
 def test_the_row_rules_take_their_passes_from_the_rows_of_a_batch() -> None:
