@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -153,10 +153,13 @@ class Mode:
     sustained_rates: tuple[int, ...]  # events/s offered, one phase per rate and system
     sustained_seconds: float  # producing time per phase
     sustained_drain_s: float  # at most this long after producing stops, for the last events' freshness
+    decision_trials: int = 50  # trials per case of the champion-decision noise benchmark
+    feature_rows: int = 6_000  # events per stream of the feature-quality benchmark
 
     @property
     def quick(self) -> bool:
-        return self.name == "quick"
+        """Quick and smoke share the quick branches (one concept-change batch size, no extra batch)."""
+        return self.name != "full"
 
 
 QUICK = Mode(
@@ -190,6 +193,21 @@ FULL = Mode(
     sustained_rates=(2_000, 5_000, 10_000, 20_000, 40_000),
     sustained_seconds=120,
     sustained_drain_s=45,
+    decision_trials=1_000,
+    feature_rows=20_000,
+)
+# The test suite's size (`--smoke`): every section runs every step, on less data, so a test can
+# check that the benchmark works; its figures mean nothing. Training, cost and freshness keep the
+# quick sizes; the decision-noise trials (a fifth of a quick run), the feature streams and the
+# scorer's events are cut.
+SMOKE = replace(
+    QUICK,
+    name="smoke",
+    single_row_calls=100,
+    batch_repeats=2,
+    scorer_events=2_000,
+    decision_trials=8,
+    feature_rows=3_000,
 )
 
 

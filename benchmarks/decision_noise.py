@@ -216,12 +216,12 @@ def _setting(metrics: tuple[str, ...], task: str, params: dict, handicaps: tuple
     return result
 
 
-def run(quick: bool, only: str | None = None) -> dict[str, Any]:
+def run(quick: bool, only: str | None = None, trials: int | None = None) -> dict[str, Any]:
     """Every setting (or `only` the one named): rates of refused promotion and of rollback with the
-    margin alone and with margin and test."""
+    margin alone and with margin and test, over `trials` per case (default: 50 quick, 1,000 full)."""
     if only is not None and only not in SETTINGS:
         raise ValueError(f"no setting {only!r}: choose one of {sorted(SETTINGS)}")
-    trials = 50 if quick else 1_000
+    trials = trials or (50 if quick else 1_000)
     started = time.perf_counter()
     out: dict[str, Any] = {
         "level": LEVEL,

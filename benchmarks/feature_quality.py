@@ -93,11 +93,12 @@ def _without(spec, kind: str):
     return StreamSpec.model_validate(raw)
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, rows: int | None = None) -> dict[str, Any]:
+    """Prequential accuracy per stream on `rows` events (default: the mode's ROWS)."""
     from benchmarks.data import shipped_spec
     from dagster_project.dev.datasets import census_events, sensor_events
 
-    rows = ROWS["quick" if quick else "full"]
+    rows = rows or ROWS["quick" if quick else "full"]
     streams = {"census": (census_events, "categories"), "sensors": (sensor_events, "derived")}
     out: dict[str, Any] = {"rows": rows}
     for name, (source, kind) in streams.items():

@@ -169,8 +169,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     result["concept_change"] = concept_change(ctx)
     from benchmarks import decision_noise
 
-    result["decisions"] = decision_noise.run(ctx.mode.quick)
+    result["decisions"] = decision_noise.run(ctx.mode.quick, trials=ctx.mode.decision_trials)
     from benchmarks import feature_quality
 
-    result["features"] = feature_quality.run(ctx.mode.quick)
+    result["features"] = feature_quality.run(ctx.mode.quick, rows=ctx.mode.feature_rows)
     return result

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.common import FULL, PROJECT_ROOT, QUICK, machine_info, progress
+from benchmarks.common import FULL, PROJECT_ROOT, QUICK, SMOKE, machine_info, progress
 from benchmarks.context import BenchContext
 
 SECTION_MODULES = {  # section name -> module in benchmarks/, in the order they run
@@ -42,6 +42,7 @@ DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("brokers", "sustained"
 DEFAULT_OUT = {
     "quick": PROJECT_ROOT / "benchmarks" / "results" / "quick",
     "full": PROJECT_ROOT / "benchmarks" / "results",
+    "smoke": PROJECT_ROOT / "benchmarks" / "results" / "smoke",
 }
 
 
@@ -55,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="CI size: batches 1k and 10k, 3 freshness batches (< 2 min)")
     size.add_argument("--full", action="store_true", help="published size: batches up to 100k, 15 freshness batches")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the test suite's size: the quick run with fewer decision trials, feature rows and scorer events "
+        "(checks that every section works; its figures mean nothing)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="directory for latest.json and latest.png")
     parser.add_argument("--bootstrap", default=None, help="use this Kafka broker instead of starting one")
     parser.add_argument(
@@ -82,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="producing time per sustained phase (default: the mode's, 40 s quick, 120 s full)",
     )
     args = parser.parse_args(argv)
-    args.mode = FULL if args.full else QUICK
+    args.mode = FULL if args.full else SMOKE if args.smoke else QUICK
     if args.sustained_rates:
         rates = tuple(int(r) for r in args.sustained_rates.split(",") if r.strip())
         args.mode = replace(args.mode, sustained_rates=rates)

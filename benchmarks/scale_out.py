@@ -299,7 +299,7 @@ def prequential(estimator: str, X: np.ndarray, y: np.ndarray, partitions: np.nda
 
 
 def run(ctx: BenchContext, cases: list[str] | None = None) -> dict[str, Any]:
-    size = SIZES[ctx.mode.name]
+    size = SIZES["full" if ctx.mode.name == "full" else "quick"]  # smoke: the quick size
     p = size["prequential"]
     n = p["batches"] * p["batch_rows"]
     progress(f"scale_out: prequential accuracy, {p['batches']} batches of {p['batch_rows']:,} rows, in one process")

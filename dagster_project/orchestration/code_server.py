@@ -5,12 +5,22 @@ run workers forked from a preloaded process (warm_runs.py). Set STREAMFIT_WARM_R
 standard spawn.
 """
 
+import signal
 import sys
 
 from dagster_project.orchestration import warm_runs
 
 
+def stop_on_sigterm() -> None:
+    """Dagster's server maps SIGTERM to whatever SIGINT does; a process started with SIGINT ignored
+    (a background job of a non-interactive shell, `nohup ... &`) would then ignore SIGTERM too and
+    only stop when killed (DagsterServices.stop waited its whole 15 s for it). SIGINT interrupts."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
+    stop_on_sigterm()
     warm_runs.install()
     from dagster._cli import main as dagster_main  # what the `dagster` console script runs
 
