@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from benchmarks import learning_quality as lq
 from benchmarks import learning_streams
 
-SETTINGS = ("default", "sgd_old", "sgd_p2", "sgd_avg", lq.SGD_GATE)
+SETTINGS = ("default", "sgd_old", "sgd_p2", "sgd_avg", lq.SGD_GATE, lq.SGD_ADAPTIVE)
 RIVER_LR = ("river_lr", "river_lr" + lq.BATCHED)
 STATIONARY = ("stationary", "real")
 

@@ -144,6 +144,24 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
             False,
             passes=SGD_PASSES,
         ),
+        # SGD copies at 8 and 2 passes learning every batch; the lowest recent prequential loss serves
+        # (learning/adaptive_sgd.py). No scale-out combiner: the copies would each need averaging.
+        EstimatorEntry(
+            "adaptive_sgd_classifier",
+            "dagster_project.learning.adaptive_sgd:AdaptiveSGDClassifier",
+            "classification",
+            lambda seed: {"random_state": seed},
+            None,
+            True,
+        ),
+        EstimatorEntry(
+            "adaptive_sgd_regressor",
+            "dagster_project.learning.adaptive_sgd:AdaptiveSGDRegressor",
+            "regression",
+            lambda seed: {"random_state": seed},
+            None,
+            False,
+        ),
         EstimatorEntry(
             "gaussian_nb",
             "sklearn.naive_bayes:GaussianNB",

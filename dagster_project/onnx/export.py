@@ -44,6 +44,7 @@ def export_onnx(
     if not is_fitted(model):
         raise ValueError("cannot export an unfitted model")
     read_onnx_schemas_once()
+    model = servable(model)
     estimator = model.steps[-1][1]
     options = {id(estimator): opts} if (opts := converter_options(estimator)) else None
     onx = convert_sklearn(
@@ -56,6 +57,15 @@ def export_onnx(
         entry = onx.metadata_props.add()
         entry.key, entry.value = ENCODING_KEY, encoding
     return onx.SerializeToString()
+
+
+def servable(model: Pipeline) -> Pipeline:
+    """The pipeline as it serves: an estimator that serves one of its members (adaptive SGD serves
+    its copy with the lowest recent loss) is replaced by that member, which skl2onnx converts."""
+    estimator = model.steps[-1][1]
+    if not hasattr(estimator, "served_estimator"):
+        return model
+    return Pipeline([*model.steps[:-1], (model.steps[-1][0], estimator.served_estimator())])
 
 
 def converter_options(estimator: Any) -> dict[str, Any]:

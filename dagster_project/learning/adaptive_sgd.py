@@ -1,0 +1,168 @@
+"""SGD that picks its own step per batch: copies at several steps learn every batch, the best serves.
+
+Why (benchmarks/README.md, parts 19-20): with a constant step the accuracy of an SGD micro-batch
+learner is set by its total step per batch (passes x eta0), and which total is right depends on the
+stream, not on the batch size: a quarter of the default's step closes the gap to River's logistic
+regression on noisy-label streams (Agrawal, Hyperplane) and loses on clean or clustered ones (STAGGER,
+RBF). Running both as two families through the promotion gate (`sgd_gate2`) picked well, but judges
+them on the gate's held-out tail of each batch only, retrains them as two families, and cost 3-5x.
+
+Here every copy is scored on each batch *before* it learns it (test-then-train inside the estimator,
+so each score is on rows no copy has seen), the scores are summed with a half-life in rows, and
+predictions come from the copy with the lowest recent loss. Every copy then learns the batch, so a
+copy that loses now can win later (after a change, say). The served model is always one plain
+`SGDClassifier`/`SGDRegressor`; ONNX export converts that copy (`served_estimator`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.linear_model import SGDClassifier, SGDRegressor
+
+# Passes over each batch of the copies, at the same eta0: the default's eight and a quarter of it.
+PASSES_OPTIONS = (8, 2)
+# How many rows back a copy's loss still counts half: long enough that the paired difference of two
+# similar linear models rises above its noise, short enough to follow a change within a few batches.
+HALFLIFE_ROWS = 2_000
+_PROBA_FLOOR = 1e-7  # log loss of a probability clipped here (one confident miss cannot decide alone)
+
+
+class _AdaptiveSGD(BaseEstimator):
+    """The shared logic; the task's mixin and copy class come from the subclasses below."""
+
+    _copy_class: type = SGDClassifier
+
+    def __init__(
+        self,
+        loss: str = "log_loss",
+        learning_rate: str = "constant",
+        eta0: float = 0.005,
+        penalty: str | None = None,
+        random_state: int | None = None,
+        passes_options: tuple[int, ...] = PASSES_OPTIONS,
+        halflife_rows: int = HALFLIFE_ROWS,
+    ) -> None:
+        self.loss = loss
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.penalty = penalty
+        self.random_state = random_state
+        self.passes_options = passes_options
+        self.halflife_rows = halflife_rows
+
+    def _new_copies(self) -> list[Any]:
+        if not self.passes_options or min(self.passes_options) < 1:
+            raise ValueError(f"passes_options must be passes of at least 1, got {self.passes_options!r}")
+        if self.halflife_rows <= 0:
+            raise ValueError(f"halflife_rows must be positive, got {self.halflife_rows!r}")
+        base = self._copy_class(
+            loss=self.loss,
+            learning_rate=self.learning_rate,
+            eta0=self.eta0,
+            penalty=self.penalty,
+            random_state=self.random_state,
+        )
+        return [clone(base) for _ in self.passes_options]
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _AdaptiveSGD:
+        """Score every copy on the batch, then let every copy learn it at its own passes."""
+        from dagster_project.learning.estimators import fit_estimator
+
+        if sample_weight is not None:
+            raise ValueError("adaptive SGD takes no sample_weight")
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        if not hasattr(self, "copies_"):
+            self.copies_ = self._new_copies()
+            self.recent_loss_ = np.zeros(len(self.copies_))
+            self.rows_scored_ = 0
+            self.served_ = 0
+        else:
+            decay = 0.5 ** (len(X) / self.halflife_rows)
+            self.recent_loss_ = self.recent_loss_ * decay + [self._batch_loss(c, X, y) for c in self.copies_]
+            self.rows_scored_ += len(X)
+            self.served_ = int(np.argmin(self.recent_loss_))  # ties: the first (the default's step)
+        for copy, passes in zip(self.copies_, self.passes_options, strict=True):
+            fit_estimator(copy, X, y, classes, passes)
+        return self
+
+    def fit(self, X: Any, y: Any, classes: Any = None) -> _AdaptiveSGD:
+        """Forget everything, then learn `X` as one batch (scikit-learn's estimator contract)."""
+        for name in ("copies_", "recent_loss_", "rows_scored_", "served_"):
+            self.__dict__.pop(name, None)
+        if classes is None and isinstance(self, ClassifierMixin):
+            classes = np.unique(y)
+        return self.partial_fit(X, y, classes)
+
+    def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def served_estimator(self) -> Any:
+        """The copy that serves now: what predictions, ONNX export and parity use."""
+        if not hasattr(self, "copies_"):
+            raise AttributeError("adaptive SGD has not learned a batch yet")
+        return self.copies_[self.served_]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "copies_")
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.served_estimator().predict(X)
+
+    @property
+    def coef_(self) -> np.ndarray:
+        return self.served_estimator().coef_
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        return self.served_estimator().intercept_
+
+
+class AdaptiveSGDClassifier(ClassifierMixin, _AdaptiveSGD):
+    """Log-loss SGD copies at several steps per batch; predicts with the lowest recent log loss."""
+
+    _copy_class = SGDClassifier
+
+    def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
+        proba = copy.predict_proba(X) if self.loss in ("log_loss", "modified_huber") else None
+        if proba is None:  # no probabilities: count errors
+            return float(np.sum(copy.predict(X) != y))
+        column = np.searchsorted(copy.classes_, y)
+        column = np.clip(column, 0, len(copy.classes_) - 1)
+        p = proba[np.arange(len(y)), column]
+        p = np.where(copy.classes_[column] == y, p, 0.0)
+        return float(-np.log(np.clip(p, _PROBA_FLOOR, 1.0)).sum())
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.served_estimator().classes_
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self.served_estimator().predict_proba(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return self.served_estimator().decision_function(X)
+
+
+class AdaptiveSGDRegressor(RegressorMixin, _AdaptiveSGD):
+    """Squared-error SGD copies at several steps per batch; predicts with the lowest recent error."""
+
+    _copy_class = SGDRegressor
+
+    def __init__(
+        self,
+        loss: str = "squared_error",
+        learning_rate: str = "constant",
+        eta0: float = 0.005,
+        penalty: str | None = None,
+        random_state: int | None = None,
+        passes_options: tuple[int, ...] = PASSES_OPTIONS,
+        halflife_rows: int = HALFLIFE_ROWS,
+    ) -> None:
+        super().__init__(loss, learning_rate, eta0, penalty, random_state, passes_options, halflife_rows)
+
+    def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
+        return float(np.sum((copy.predict(X) - y) ** 2))
