@@ -117,6 +117,8 @@ SGD_GATE = "sgd_gate2"
 # Part 21: one estimator that runs the default's step and `sgd_p2`'s as copies and serves the one with
 # the lowest recent prequential loss (dagster_project/learning/adaptive_sgd.py).
 SGD_ADAPTIVE = "sgd_adaptive"
+# Part 21, second step: the copy chosen by the Brier score or by errors instead of log loss.
+ADAPTIVE_CRITERIA = {"sgd_adaptive_brier": "brier", "sgd_adaptive_err": "errors"}
 
 
 # Part 20: SGD whose passes depend on the rows a `partial_fit` call sees. In this benchmark a single-SGD
@@ -244,11 +246,22 @@ def model_spec(config: str, task: str, rows: int | None = None) -> dict:
         return {"candidates": families}
     if config == SGD_ADAPTIVE:
         return {"estimator": "adaptive_sgd_classifier" if classify else "adaptive_sgd_regressor"}
+    if config in ADAPTIVE_CRITERIA:
+        if not classify:  # regression has one criterion (squared error)
+            return {"estimator": "adaptive_sgd_regressor"}
+        return {"estimator": "adaptive_sgd_classifier", "params": {"criterion": ADAPTIVE_CRITERIA[config]}}
     if config == SGD_GATE:
         return {"candidates": [{"estimator": sgd, "name": "sgd"}, {"estimator": sgd, "name": "sgd_p2", "passes": 2}]}
     if config == "gate":
         return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
-    known = CONFIGS + ("gate3", SGD_GATE, SGD_ADAPTIVE) + PART_11 + tuple(SGD_VARIANTS) + tuple(ROW_RULES) + tuple(MLP_VARIANTS)
+    known = (
+        CONFIGS
+        + ("gate3", SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA)
+        + PART_11
+        + tuple(SGD_VARIANTS)
+        + tuple(ROW_RULES)
+        + tuple(MLP_VARIANTS)
+    )
     raise ValueError(f"unknown config {config!r}; choose from {known}")
 
 
@@ -687,7 +700,8 @@ def default_vs_lr(
 def against_lr(config: str) -> bool:
     """Candidates for the default measured against target 3 like it: part 8's cuts, the SGD variants
     (fixed, by rows, the two-step gate and adaptive SGD)."""
-    return CUT in config or config in SGD_VARIANTS or config in ROW_RULES or config in (SGD_GATE, SGD_ADAPTIVE)
+    adaptive = (SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA)
+    return CUT in config or config in SGD_VARIANTS or config in ROW_RULES or config in adaptive
 
 
 def run_stream(
@@ -1047,7 +1061,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--configs",
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
-        + ", ".join([*PART_11, "gate3", SGD_GATE, SGD_ADAPTIVE, *SGD_VARIANTS, *MLP_VARIANTS])
+        + ", ".join([*PART_11, "gate3", SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA, *SGD_VARIANTS, *MLP_VARIANTS])
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
         + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE},"
         + f" {CUT_SLOPE_AGAIN}...: a batch"

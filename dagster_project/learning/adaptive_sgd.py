@@ -34,6 +34,7 @@ class _AdaptiveSGD(BaseEstimator):
     """The shared logic; the task's mixin and copy class come from the subclasses below."""
 
     _copy_class: type = SGDClassifier
+    _criteria: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class _AdaptiveSGD(BaseEstimator):
         random_state: int | None = None,
         passes_options: tuple[int, ...] = PASSES_OPTIONS,
         halflife_rows: int = HALFLIFE_ROWS,
+        criterion: str = "log_loss",
     ) -> None:
         self.loss = loss
         self.learning_rate = learning_rate
@@ -52,12 +54,15 @@ class _AdaptiveSGD(BaseEstimator):
         self.random_state = random_state
         self.passes_options = passes_options
         self.halflife_rows = halflife_rows
+        self.criterion = criterion
 
     def _new_copies(self) -> list[Any]:
         if not self.passes_options or min(self.passes_options) < 1:
             raise ValueError(f"passes_options must be passes of at least 1, got {self.passes_options!r}")
         if self.halflife_rows <= 0:
             raise ValueError(f"halflife_rows must be positive, got {self.halflife_rows!r}")
+        if self.criterion not in self._criteria:
+            raise ValueError(f"criterion must be one of {self._criteria}, got {self.criterion!r}")
         base = self._copy_class(
             loss=self.loss,
             learning_rate=self.learning_rate,
@@ -125,11 +130,15 @@ class AdaptiveSGDClassifier(ClassifierMixin, _AdaptiveSGD):
     """Log-loss SGD copies at several steps per batch; predicts with the lowest recent log loss."""
 
     _copy_class = SGDClassifier
+    _criteria = ("log_loss", "brier", "errors")
 
     def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
-        proba = copy.predict_proba(X) if self.loss in ("log_loss", "modified_huber") else None
-        if proba is None:  # no probabilities: count errors
-            return float(np.sum(copy.predict(X) != y))
+        if self.criterion == "errors" or self.loss not in ("log_loss", "modified_huber"):
+            return float(np.sum(copy.predict(X) != y))  # no probabilities (hinge): errors too
+        proba = copy.predict_proba(X)
+        if self.criterion == "brier":
+            truth = copy.classes_[None, :] == np.asarray(y)[:, None]
+            return float(((proba - truth) ** 2).sum())
         column = np.searchsorted(copy.classes_, y)
         column = np.clip(column, 0, len(copy.classes_) - 1)
         p = proba[np.arange(len(y)), column]
@@ -151,6 +160,7 @@ class AdaptiveSGDRegressor(RegressorMixin, _AdaptiveSGD):
     """Squared-error SGD copies at several steps per batch; predicts with the lowest recent error."""
 
     _copy_class = SGDRegressor
+    _criteria = ("squared_error",)
 
     def __init__(
         self,
@@ -161,8 +171,9 @@ class AdaptiveSGDRegressor(RegressorMixin, _AdaptiveSGD):
         random_state: int | None = None,
         passes_options: tuple[int, ...] = PASSES_OPTIONS,
         halflife_rows: int = HALFLIFE_ROWS,
+        criterion: str = "squared_error",
     ) -> None:
-        super().__init__(loss, learning_rate, eta0, penalty, random_state, passes_options, halflife_rows)
+        super().__init__(loss, learning_rate, eta0, penalty, random_state, passes_options, halflife_rows, criterion)
 
     def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
         return float(np.sum((copy.predict(X) - y) ** 2))

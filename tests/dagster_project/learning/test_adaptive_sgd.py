@@ -1,0 +1,105 @@
+"""Adaptive SGD: each copy is judged on rows it has not learned, and the better step serves."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from dagster_project.learning.adaptive_sgd import AdaptiveSGDClassifier, AdaptiveSGDRegressor
+from dagster_project.learning.estimators import partial_fit
+from dagster_project.onnx.export import OnnxModel, export_onnx
+
+CLASSES = np.array([0, 1])
+
+
+def _pipeline(estimator) -> Pipeline:
+    return Pipeline([("scaler", StandardScaler()), ("estimator", estimator)])
+
+
+def _noisy_batches(seed: int, batches: int, rows: int, flip: float):
+    """A fixed linear concept whose labels are flipped at random with probability `flip`."""
+    rng = np.random.default_rng(seed)
+    w = np.array([1.0, -2.0, 0.5, 0.0, 1.5])
+    for _ in range(batches):
+        X = rng.normal(size=(rows, 5))
+        y = (X @ w > 0).astype(int)
+        flipped = rng.random(rows) < flip
+        yield X, np.where(flipped, 1 - y, y)
+
+
+def test_noisy_labels_make_the_smaller_step_serve_and_clean_labels_the_larger() -> None:
+    noisy = _pipeline(AdaptiveSGDClassifier(random_state=0))
+    for X, y in _noisy_batches(seed=1, batches=40, rows=100, flip=0.3):
+        partial_fit(noisy, X, y, CLASSES)
+    clean = _pipeline(AdaptiveSGDClassifier(random_state=0))
+    for X, y in _noisy_batches(seed=1, batches=40, rows=100, flip=0.0):
+        partial_fit(clean, X, y, CLASSES)
+
+    noisy_est, clean_est = noisy.steps[-1][1], clean.steps[-1][1]
+    assert noisy_est.passes_options[noisy_est.served_] == 2, noisy_est.recent_loss_
+    assert clean_est.passes_options[clean_est.served_] == 8, clean_est.recent_loss_
+
+
+def test_each_copy_is_scored_on_the_batch_before_it_learns_it() -> None:
+    model = _pipeline(AdaptiveSGDClassifier(random_state=0))
+    batches = list(_noisy_batches(seed=2, batches=3, rows=200, flip=0.1))
+    for X, y in batches[:2]:
+        partial_fit(model, X, y, CLASSES)
+    estimator = model.steps[-1][1]
+    before = copy.deepcopy(estimator)
+    X, y = batches[2]
+    scaler = copy.deepcopy(model.steps[0][1]).partial_fit(X)
+    Xt = scaler.transform(X)
+    expected = [-np.log(np.clip(c.predict_proba(Xt)[np.arange(len(y)), y], 1e-7, 1)).sum() for c in before.copies_]
+
+    partial_fit(model, X, y, CLASSES)
+
+    decay = 0.5 ** (len(X) / estimator.halflife_rows)
+    assert np.allclose(estimator.recent_loss_, before.recent_loss_ * decay + expected)
+    assert estimator.served_ == int(np.argmin(estimator.recent_loss_))
+    assert estimator.rows_scored_ == 400  # the first batch is learned unscored: no copy had a model yet
+
+
+def test_predictions_and_the_onnx_graph_come_from_the_serving_copy() -> None:
+    model = _pipeline(AdaptiveSGDClassifier(random_state=0))
+    for X, y in _noisy_batches(seed=3, batches=30, rows=100, flip=0.3):
+        partial_fit(model, X, y, CLASSES)
+    estimator = model.steps[-1][1]
+    served = estimator.served_estimator()
+    other = estimator.copies_[1 - estimator.served_]
+    Xt = model.steps[0][1].transform(X)
+    assert np.array_equal(model.predict_proba(X), served.predict_proba(Xt))
+    assert not np.allclose(served.predict_proba(Xt), other.predict_proba(Xt))
+
+    scores = OnnxModel(export_onnx(model, 5)).predict(X.astype(np.float32)).scores
+    assert np.allclose(scores, served.predict_proba(Xt), atol=1e-5)
+
+
+def test_regressor_serves_the_step_with_the_lower_squared_error() -> None:
+    rng = np.random.default_rng(4)
+    model = _pipeline(AdaptiveSGDRegressor(random_state=0))
+    for _ in range(20):
+        X = rng.normal(size=(200, 5))
+        partial_fit(model, X, X @ np.arange(5.0) + rng.normal(size=200), None)
+    estimator = model.steps[-1][1]
+    assert estimator.served_ == int(np.argmin(estimator.recent_loss_))
+    values = OnnxModel(export_onnx(model, 5)).predict(X.astype(np.float32)).values
+    assert np.allclose(values, model.predict(X), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"passes_options": ()}, r"passes_options .* got \(\)"),
+        ({"passes_options": (8, 0)}, r"got \(8, 0\)"),
+        ({"halflife_rows": 0}, "halflife_rows must be positive, got 0"),
+    ],
+)
+def test_bad_settings_are_refused_with_their_value(bad: dict, named: str) -> None:
+    X, y = next(_noisy_batches(seed=5, batches=1, rows=50, flip=0.0))
+    with pytest.raises(ValueError, match=named):
+        AdaptiveSGDClassifier(**bad).partial_fit(X, y, classes=CLASSES)
