@@ -103,6 +103,8 @@ MLP_VARIANTS = {
 # Part 5 (issue 17): the SGD default before eight passes at 0.005 (`sgd_old`: one pass at 0.01), the
 # baseline the new default is measured against in the same run; and neighbours of the new default.
 SGD_VARIANTS = {
+    # Part 21: the product's default classifier became adaptive SGD; `sgd` is the plain SGD default before it.
+    "sgd": {},
     "sgd_old": {"params": {"eta0": 0.01}, "passes": 1},
     "sgd_p4": {"params": {"eta0": 0.01}, "passes": 4},
     "sgd_p16": {"params": {"eta0": 0.0025}, "passes": 16},
@@ -244,8 +246,10 @@ def model_spec(config: str, task: str, rows: int | None = None) -> dict:
             {"estimator": hgb, "name": "hgb"},
         ]
         return {"candidates": families}
-    if config == SGD_ADAPTIVE:
-        return {"estimator": "adaptive_sgd_classifier" if classify else "adaptive_sgd_regressor"}
+    if config == SGD_ADAPTIVE:  # part 21's first criterion (the product's default counts errors)
+        if not classify:
+            return {"estimator": "adaptive_sgd_regressor"}
+        return {"estimator": "adaptive_sgd_classifier", "params": {"criterion": "log_loss"}}
     if config in ADAPTIVE_CRITERIA:
         if not classify:  # regression has one criterion (squared error)
             return {"estimator": "adaptive_sgd_regressor"}

@@ -210,7 +210,7 @@ class ModelSpec(_Strict):
     """Which estimator learns, with which scikit-learn parameters; or several `candidates` that
     compete through the promotion gate (the first serves until another wins)."""
 
-    estimator: EstimatorName = "sgd_classifier"
+    estimator: EstimatorName = "adaptive_sgd_classifier"
     params: dict[str, Any] = Field(default_factory=dict)
     scale: bool = True
     seed: int = 0
@@ -221,7 +221,7 @@ class ModelSpec(_Strict):
     window_rows: int | None = Field(default=None, ge=10, le=WINDOW_ROWS_MAX)
     refit_every: int | None = Field(default=None, ge=1)
     # Incremental estimators only: partial_fit passes over each micro-batch (None: the estimator
-    # table's default, 8 for sgd_*, else 1).
+    # table's default, 8 for sgd_*, else 1; adaptive_sgd_* set their own, `params.passes_options`).
     passes: int | None = Field(default=None, ge=1, le=64)
     candidates: list[ModelSpec] = Field(default_factory=list)
 
@@ -269,6 +269,11 @@ class ModelSpec(_Strict):
                 f"model.window_rows {self.window_rows:,} is above {self.estimator!r}'s cap of {self.window_cap:,} rows "
                 "(its ONNX graph holds every row of its window and scores each row against all of them): "
                 f"set window_rows <= {self.window_cap:,}"
+            )
+        if self.passes is not None and ESTIMATORS[self.estimator].own_passes:
+            raise ValueError(
+                f"model.passes does not apply to {self.estimator!r}, which learns each batch at several passes "
+                "and serves the best: set model.params.passes_options (e.g. [8, 2]) instead, or remove it"
             )
         if self.passes is not None and self.windowed:
             raise ValueError(

@@ -9,7 +9,9 @@ them on the gate's held-out tail of each batch only, retrains them as two famili
 
 Here every copy is scored on each batch *before* it learns it (test-then-train inside the estimator,
 so each score is on rows no copy has seen), the scores are summed with a half-life in rows, and
-predictions come from the copy with the lowest recent loss. Every copy then learns the batch, so a
+predictions come from the copy with the lowest recent loss. A classifier counts its errors by default:
+log loss picked the sharper eight-pass copy on Hyperplane while it made more errors, and the errors
+criterion was the one that held on held-out streams (part 21). Every copy then learns the batch, so a
 copy that loses now can win later (after a change, say). The served model is always one plain
 `SGDClassifier`/`SGDRegressor`; ONNX export converts that copy (`served_estimator`).
 """
@@ -45,7 +47,7 @@ class _AdaptiveSGD(BaseEstimator):
         random_state: int | None = None,
         passes_options: tuple[int, ...] = PASSES_OPTIONS,
         halflife_rows: int = HALFLIFE_ROWS,
-        criterion: str = "log_loss",
+        criterion: str = "errors",
     ) -> None:
         self.loss = loss
         self.learning_rate = learning_rate

@@ -227,6 +227,30 @@ def _combine_sgd(parent: BaseEstimator, fitted: list[Any], rows: list[int], var_
     return merged
 
 
+def _combine_adaptive_sgd(parent: BaseEstimator, fitted: list[Any], rows: list[int], var_max: float) -> Any:
+    """Adaptive SGD: each copy combined as SGD is; the recent losses merged exactly.
+
+    Every group scored its rows with the parent's copies before learning them, so the batch's loss is
+    the sum of the groups' new terms, discounted by the whole batch's rows as one call would be.
+    """
+    merged = copy.deepcopy(fitted[0])
+    parent_copies = getattr(parent, "copies_", None)
+    merged.copies_ = [
+        _combine_sgd(
+            parent_copies[i] if parent_copies is not None else clone(f0), [f.copies_[i] for f in fitted], rows, var_max
+        )
+        for i, f0 in enumerate(fitted[0].copies_)
+    ]
+    before = getattr(parent, "recent_loss_", np.zeros(len(merged.copies_)))
+    scored_before = getattr(parent, "rows_scored_", 0)
+    half = parent.halflife_rows
+    new_terms = sum(f.recent_loss_ - before * 0.5 ** (n / half) for f, n in zip(fitted, rows, strict=True))
+    merged.recent_loss_ = before * 0.5 ** (sum(rows) / half) + new_terms
+    merged.rows_scored_ = scored_before + sum(f.rows_scored_ - scored_before for f in fitted)
+    merged.served_ = int(np.argmin(merged.recent_loss_)) if merged.rows_scored_ else 0
+    return merged
+
+
 def _combine_mlp(parent: BaseEstimator, fitted: list[Any], rows: list[int], var_max: float) -> Any:
     """MLP: row-weighted mean of ``coefs_``/``intercepts_`` and of the optimiser's state.
 
@@ -322,6 +346,7 @@ class _Combiner:
 # Keyed by the estimator table's `combiner` name (learning/estimator_table.py).
 COMBINERS: dict[str, _Combiner] = {
     "sgd_average": _Combiner("average", False, _combine_sgd),
+    "adaptive_sgd_average": _Combiner("average", False, _combine_adaptive_sgd),
     "mlp_average": _Combiner("average", False, _combine_mlp),
     "gaussian_nb_exact": _Combiner("exact", True, _combine_gaussian_nb),
     "bernoulli_nb_exact": _Combiner("exact", True, _combine_bernoulli_nb),

@@ -2,7 +2,8 @@
 once, with the new weights written in.
 
 Successive versions of a stream whose model is `StandardScaler` + `SGDClassifier`/`SGDRegressor`
-differ only in numbers: the scaler's mean and scale, the coefficients and intercepts. The graph
+(adaptive SGD's serving copy is one) differ only in numbers: the scaler's mean and scale, the
+coefficients and intercepts. The graph
 around them depends only on what `graph_key` lists (step types and parameters, the classes, the
 shapes, the input width, the opset and the category encoding), so each process converts a key once
 and keeps the result as a template (`MAX_GRAPHS` of them, least recently used first out). A key is
@@ -27,7 +28,7 @@ from sklearn.linear_model import SGDClassifier, SGDRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dagster_project.onnx.export import TARGET_OPSET, export_onnx
+from dagster_project.onnx.export import TARGET_OPSET, export_onnx, servable
 
 MAX_GRAPHS = 8  # templates kept per process: one per stream a process trains is the usual case
 _LINEAR = (SGDClassifier, SGDRegressor)
@@ -51,6 +52,7 @@ def export_reusing(
     """`export.export_onnx`'s bytes, from a template of the same graph when this process has one."""
     import onnx
 
+    model = servable(model)  # adaptive SGD serves one plain SGD copy: that copy's graph
     key = graph_key(model, n_features, target_opset, encoding)
     proto = None
     with _lock:
@@ -72,7 +74,7 @@ def export_reusing(
 
 def forget(model: Pipeline, n_features: int, target_opset: int = TARGET_OPSET, encoding: str | None = None) -> None:
     """Drop the template `model` would reuse (its output failed the parity check)."""
-    key = graph_key(model, n_features, target_opset, encoding)
+    key = graph_key(servable(model), n_features, target_opset, encoding)
     if key is not None:
         with _lock:
             _graphs.pop(key, None)

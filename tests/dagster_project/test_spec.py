@@ -44,7 +44,7 @@ def _write(directory: Path, file_name: str, raw: dict) -> Path:
 
 def test_a_minimal_spec_gets_the_documented_defaults() -> None:
     spec = StreamSpec.model_validate(_raw())
-    assert spec.model.estimator == "sgd_classifier" and spec.partitions == 1
+    assert spec.model.estimator == "adaptive_sgd_classifier" and spec.partitions == 1
     assert spec.quality.policy == "halt" and spec.drift.detector == "adwin"
     assert (spec.events_topic, spec.labels_topic, spec.dlq_topic, spec.predictions_topic) == (
         "orders.events",
@@ -109,6 +109,15 @@ def test_reserved_column_names_cannot_be_features(column: str) -> None:
 def test_batch_rows_cannot_exceed_max_rows() -> None:
     assert "batch.rows (5000) exceeds batch.max_rows (1000)" in _errors(batch={"rows": 5000, "max_rows": 1000})
     StreamSpec.model_validate(_raw(batch={"rows": 1000, "max_rows": 1000}))  # equal is fine
+
+
+def test_passes_are_refused_for_adaptive_sgd_with_the_setting_that_applies() -> None:
+    with pytest.raises(ValueError, match=r"model.params.passes_options \(e.g. \[8, 2\]\)"):
+        StreamSpec(name="m", features=[{"name": "x"}], label={"classes": [0, 1]}, model={"passes": 4})
+    spec = StreamSpec(
+        name="m", features=[{"name": "x"}], label={"classes": [0, 1]}, model={"params": {"passes_options": [4, 1]}}
+    )
+    assert spec.model.passes_per_batch == 1  # the estimator's own passes_options apply
 
 
 def test_scale_out_refuses_a_non_incremental_mlp_solver() -> None:
@@ -315,6 +324,6 @@ def test_recommended_candidates_expand_to_the_benchmarks_best_set_for_the_task(t
     assert [f.estimator for f in spec.model.families] == families
     assert [f.label for f in spec.model.families] == ["sgd", "hgb"]
     assert StreamSpec.model_validate(spec.model_dump(mode="json")) == spec  # a dump holds the families
-    assert _model_spec().model.families[0].estimator == "sgd_classifier"  # the default is unchanged
+    assert _model_spec().model.families[0].estimator == "adaptive_sgd_classifier"  # the default is unchanged
     with pytest.raises(ValueError, match="or 'recommended'"):
         _model_spec(candidates="best")

@@ -44,17 +44,26 @@ def test_noisy_labels_make_the_smaller_step_serve_and_clean_labels_the_larger() 
     assert clean_est.passes_options[clean_est.served_] == 8, clean_est.recent_loss_
 
 
-def test_each_copy_is_scored_on_the_batch_before_it_learns_it() -> None:
-    model = _pipeline(AdaptiveSGDClassifier(random_state=0))
+def _losses(criterion: str, copies: list, X: np.ndarray, y: np.ndarray) -> list[float]:
+    if criterion == "errors":
+        return [float(np.sum(c.predict(X) != y)) for c in copies]
+    proba = [c.predict_proba(X) for c in copies]
+    if criterion == "brier":
+        return [float(((p - np.eye(2)[y]) ** 2).sum()) for p in proba]
+    return [float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1)).sum()) for p in proba]
+
+
+@pytest.mark.parametrize("criterion", ["errors", "log_loss", "brier"])
+def test_each_copy_is_scored_on_the_batch_before_it_learns_it(criterion: str) -> None:
+    model = _pipeline(AdaptiveSGDClassifier(random_state=0, criterion=criterion))
     batches = list(_noisy_batches(seed=2, batches=3, rows=200, flip=0.1))
     for X, y in batches[:2]:
         partial_fit(model, X, y, CLASSES)
     estimator = model.steps[-1][1]
     before = copy.deepcopy(estimator)
     X, y = batches[2]
-    scaler = copy.deepcopy(model.steps[0][1]).partial_fit(X)
-    Xt = scaler.transform(X)
-    expected = [-np.log(np.clip(c.predict_proba(Xt)[np.arange(len(y)), y], 1e-7, 1)).sum() for c in before.copies_]
+    Xt = copy.deepcopy(model.steps[0][1]).partial_fit(X).transform(X)
+    expected = _losses(criterion, before.copies_, Xt, y)
 
     partial_fit(model, X, y, CLASSES)
 

@@ -58,7 +58,11 @@ def test_the_first_version_records_its_batch_and_becomes_champion(registry, spec
         "identity": None,  # a hand-built batch names no cluster or topic incarnation
     }
     assert v1.meta["rows"] == {"read": 200, "valid": 200, "trained": 200, "dlq": 0, "tail": 0}
-    assert (v1.meta["estimator"], v1.meta["task"], v1.meta["classes"]) == ("sgd_classifier", "classification", [0, 1])
+    assert (v1.meta["estimator"], v1.meta["task"], v1.meta["classes"]) == (
+        "adaptive_sgd_classifier",
+        "classification",
+        [0, 1],
+    )
     assert v1.meta["features"] == spec.feature_names and set(v1.meta["profile"]["features"]) == set(spec.feature_names)
     assert v1.meta["parity"]["passed"] is True and v1.meta["run_id"] == "run-first"
     assert v1.meta["offset_reset_applied"] is None
