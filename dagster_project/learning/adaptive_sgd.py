@@ -119,13 +119,22 @@ class _AdaptiveSGD(BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         return self.served_estimator().predict(X)
 
+    # The serving copy's weights, read and written through (what a plain SGD model exposes).
     @property
     def coef_(self) -> np.ndarray:
         return self.served_estimator().coef_
 
+    @coef_.setter
+    def coef_(self, value: np.ndarray) -> None:
+        self.served_estimator().coef_ = value
+
     @property
     def intercept_(self) -> np.ndarray:
         return self.served_estimator().intercept_
+
+    @intercept_.setter
+    def intercept_(self, value: np.ndarray) -> None:
+        self.served_estimator().intercept_ = value
 
 
 class AdaptiveSGDClassifier(ClassifierMixin, _AdaptiveSGD):
