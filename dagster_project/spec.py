@@ -329,7 +329,8 @@ class ModelSpec(_Strict):
 class BatchSpec(_Strict):
     """When the sensor launches a training run, and how large a batch may be.
 
-    ``early_cut`` (off by default) lets the sensor cut the waiting batch short when the served
+    ``early_cut`` (by default on exactly when the stream has a label join that checkpoints often
+    enough, below; `StreamSpec` resolves it) lets the sensor cut the waiting batch short when the served
     champion's live errors on it (the label join's checkpoints) rose over the batch before and stopped
     climbing, and the drift detector would retrain on the short batch: a concept change is then learned
     a partial batch sooner (`monitors.early_cut`; benchmarks/README.md parts 9-17). It needs the label
@@ -356,7 +357,9 @@ class BatchSpec(_Strict):
     # the daemon's run retries (the outer layer, dagster.yaml) start it again.
     step_retries: int = Field(default=3, ge=0)
     retry_delay_s: float = Field(default=1.0, ge=0)
-    early_cut: bool = False
+    # None: on when the spec has a `labels:` section with flush_interval_s <= max_wait_s / 4, else off
+    # (benchmarks/README.md, Part 17 "Repeats"); StreamSpec writes the resolved value here.
+    early_cut: bool | None = None
 
     @model_validator(mode="after")
     def _rows_within_cap(self) -> BatchSpec:
@@ -613,7 +616,15 @@ class StreamSpec(_Strict):
 
     @model_validator(mode="after")
     def _early_cut_has_live_labels(self) -> StreamSpec:
-        """The early cut reads the served champion's live errors: without the label join it reads nothing."""
+        """The early cut reads the served champion's live errors: without the label join it reads nothing.
+
+        Not stated (None): on exactly when the join checkpoints four times a batch, so a spec that never
+        asked for it is never refused for it; the resolved value is written into `batch`, so a dumped
+        spec (which holds every field, `labels` too) keeps it."""
+        if self.batch.early_cut is None:
+            joins = "labels" in self.model_fields_set and self.labels.flush_interval_s <= self.batch.max_wait_s / 4
+            object.__setattr__(self, "batch", self.batch.model_copy(update={"early_cut": joins}))
+            return self
         if not self.batch.early_cut:
             return self
         if "labels" not in self.model_fields_set:

@@ -327,3 +327,22 @@ def test_recommended_candidates_expand_to_the_benchmarks_best_set_for_the_task(t
     assert _model_spec().model.families[0].estimator == "adaptive_sgd_classifier"  # the default is unchanged
     with pytest.raises(ValueError, match="or 'recommended'"):
         _model_spec(candidates="best")
+
+
+@pytest.mark.parametrize(
+    ("labels", "batch", "on"),
+    [
+        (None, {}, False),  # no label join: nothing to read
+        ({"flush_interval_s": 1}, {}, True),
+        ({"flush_interval_s": 10}, {"max_wait_s": 30}, False),  # 3 checkpoints a batch: too few
+        ({"flush_interval_s": 1}, {"early_cut": False}, False),  # turned off
+    ],
+)
+def test_early_cut_defaults_to_on_exactly_with_a_label_join_that_checkpoints_four_times_a_batch(
+    labels, batch, on
+) -> None:
+    extra = {} if labels is None else {"labels": labels}
+    spec = StreamSpec(name="m", features=[{"name": "x"}], label={"classes": [0, 1]}, batch=batch, **extra)
+    assert spec.batch.early_cut is on
+    reloaded = StreamSpec.model_validate(spec.model_dump(mode="json"))  # a dump holds `labels` whatever was set
+    assert reloaded.batch.early_cut is on and reloaded == spec

@@ -29,12 +29,12 @@ from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synt
 ROWS = 200  # batch.rows
 
 
-def _spec(early_cut: bool):
-    return synthetic_spec(
-        partitions=1,
-        batch={"rows": ROWS, "max_rows": 1000, "max_wait_s": 3600, "sensor_interval_s": 5, "early_cut": early_cut},
-        labels={"flush_interval_s": 1},
-    )
+def _spec(early_cut: bool | None, labels: dict | None = None):
+    """A stream with a label join (flush every second); `early_cut` None leaves it to the default."""
+    batch = {"rows": ROWS, "max_rows": 1000, "max_wait_s": 3600, "sensor_interval_s": 5}
+    if early_cut is not None:
+        batch["early_cut"] = early_cut
+    return synthetic_spec(partitions=1, batch=batch, **({"labels": labels or {"flush_interval_s": 1}}))
 
 
 def _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance):
@@ -92,8 +92,16 @@ def _two_champions(spec, registry) -> tuple[str, str]:
 SETTLED_RISE = [14] * 6  # 150 rows at 0.56 error: well above a learned synthetic batch, and flat
 
 
-def test_off_by_default_plans_exactly_as_before(kafka_bootstrap, kafka_settings, registry, instance) -> None:
-    spec = synthetic_spec(partitions=1, labels={"flush_interval_s": 1})
+@pytest.mark.parametrize("spec_of", ["off", "no label join", "a join too slow"])
+def test_off_plans_exactly_as_before(spec_of, kafka_bootstrap, kafka_settings, registry, instance) -> None:
+    """Off when the spec says so, when it has no labels: section, or when its join checkpoints fewer
+    than four times a batch (flush_interval_s > max_wait_s / 4): nothing is refused, nothing is cut."""
+    if spec_of == "off":
+        spec = _spec(early_cut=False)
+    elif spec_of == "no label join":
+        spec = synthetic_spec(partitions=1, batch={"rows": ROWS, "max_rows": 1000, "max_wait_s": 3600})
+    else:
+        spec = _spec(early_cut=None, labels={"flush_interval_s": 1000})
     assert spec.batch.early_cut is False
     defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
     _checkpoints(registry, spec, registry.champion(spec.name), SETTLED_RISE)
@@ -105,10 +113,12 @@ def test_off_by_default_plans_exactly_as_before(kafka_bootstrap, kafka_settings,
     assert result.skip_message.endswith("s < 3600s")
 
 
+@pytest.mark.parametrize("early_cut", [True, None], ids=["on", "default with a label join"])
 def test_a_settled_rise_cuts_the_waiting_batch_with_its_reason(
-    kafka_bootstrap, kafka_settings, registry, instance
+    early_cut, kafka_bootstrap, kafka_settings, registry, instance
 ) -> None:
-    spec = _spec(early_cut=True)
+    spec = _spec(early_cut=early_cut)
+    assert spec.batch.early_cut is True
     defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
     learned = registry.head(spec.name).learned
     _checkpoints(registry, spec, registry.champion(spec.name), SETTLED_RISE)
