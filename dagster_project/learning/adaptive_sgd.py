@@ -24,6 +24,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.linear_model import SGDClassifier, SGDRegressor
 
+from dagster_project.learning.estimators import fit_estimator
+
 # Passes over each batch of the copies, at the same eta0: the default's eight and a quarter of it.
 PASSES_OPTIONS = (8, 2)
 # How many rows back a copy's loss still counts half: long enough that the paired difference of two
@@ -76,8 +78,6 @@ class _AdaptiveSGD(BaseEstimator):
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _AdaptiveSGD:
         """Score every copy on the batch, then let every copy learn it at its own passes."""
-        from dagster_project.learning.estimators import fit_estimator
-
         if sample_weight is not None:
             raise ValueError("adaptive SGD takes no sample_weight")
         X = np.asarray(X, dtype=np.float64)
@@ -138,7 +138,8 @@ class _AdaptiveSGD(BaseEstimator):
 
 
 class AdaptiveSGDClassifier(ClassifierMixin, _AdaptiveSGD):
-    """Log-loss SGD copies at several steps per batch; predicts with the lowest recent log loss."""
+    """Log-loss SGD copies at several steps per batch; predicts with the copy of fewest recent errors
+    (or lowest recent Brier score or log loss: `criterion`)."""
 
     _copy_class = SGDClassifier
     _criteria = ("log_loss", "brier", "errors")

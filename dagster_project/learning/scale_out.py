@@ -247,7 +247,7 @@ def _combine_adaptive_sgd(parent: BaseEstimator, fitted: list[Any], rows: list[i
     new_terms = sum(f.recent_loss_ - before * 0.5 ** (n / half) for f, n in zip(fitted, rows, strict=True))
     merged.recent_loss_ = before * 0.5 ** (sum(rows) / half) + new_terms
     merged.rows_scored_ = scored_before + sum(f.rows_scored_ - scored_before for f in fitted)
-    merged.served_ = int(np.argmin(merged.recent_loss_)) if merged.rows_scored_ else 0
+    merged.served_ = int(np.argmin(merged.recent_loss_))  # all zeros before any score: the first copy
     return merged
 
 
