@@ -121,6 +121,9 @@ SGD_GATE = "sgd_gate2"
 SGD_ADAPTIVE = "sgd_adaptive"
 # Part 21, second step: the copy chosen by the Brier score or by errors instead of log loss.
 ADAPTIVE_CRITERIA = {"sgd_adaptive_brier": "brier", "sgd_adaptive_err": "errors"}
+# Part 22: the `recommended` candidate set with adaptive SGD (the default classifier since part 21) in
+# place of plain SGD beside windowed gradient boosting.
+GATE_ADAPTIVE = "gate_adaptive"
 
 
 # Part 20: SGD whose passes depend on the rows a `partial_fit` call sees. In this benchmark a single-SGD
@@ -256,11 +259,14 @@ def model_spec(config: str, task: str, rows: int | None = None) -> dict:
         return {"estimator": "adaptive_sgd_classifier", "params": {"criterion": ADAPTIVE_CRITERIA[config]}}
     if config == SGD_GATE:
         return {"candidates": [{"estimator": sgd, "name": "sgd"}, {"estimator": sgd, "name": "sgd_p2", "passes": 2}]}
+    if config == GATE_ADAPTIVE:
+        adaptive = "adaptive_sgd_classifier" if classify else "adaptive_sgd_regressor"
+        return {"candidates": [{"estimator": adaptive, "name": "sgd"}, {"estimator": hgb, "name": "hgb"}]}
     if config == "gate":
         return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
     known = (
         CONFIGS
-        + ("gate3", SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA)
+        + ("gate3", GATE_ADAPTIVE, SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA)
         + PART_11
         + tuple(SGD_VARIANTS)
         + tuple(ROW_RULES)
@@ -1065,7 +1071,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--configs",
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
-        + ", ".join([*PART_11, "gate3", SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA, *SGD_VARIANTS, *MLP_VARIANTS])
+        + ", ".join(
+            [*PART_11, "gate3", GATE_ADAPTIVE, SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA, *SGD_VARIANTS, *MLP_VARIANTS]
+        )
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
         + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE},"
         + f" {CUT_SLOPE_AGAIN}...: a batch"

@@ -46,13 +46,37 @@ def run_stream(stream: learning_streams.Stream, configs: Sequence[str], batch: i
         ]
         for c in configs
     }
-    return {"stream": stream.name, "kind": stream.kind, "task": stream.task, "table": table, "p_values": tests}
+    return {
+        "stream": stream.name,
+        "kind": stream.kind,
+        "task": stream.task,
+        "table": table,
+        "p_values": tests,
+        "versus_first": versus_first(stream, results, configs, batch),
+    }
+
+
+def versus_first(
+    stream: learning_streams.Stream, results: dict[str, lq.Result], configs: Sequence[str], batch: int
+) -> dict[str, list[float | None]]:
+    """Each later setting against the first on the same rows (part 22: a change judged against what it
+    would replace): McNemar's one-sided mid-p that it is worse, then that it is better (None for
+    regression)."""
+    first = configs[0]
+    return {
+        c: [
+            (lq.default_vs_lr(stream, results, batch, config=c, reference=first) or {}).get("p_value"),
+            (lq.default_vs_lr(stream, results, batch, config=first, reference=c) or {}).get("p_value"),
+        ]
+        for c in configs[1:]
+    }
 
 
 def summarize(reports: Sequence[dict], configs: Sequence[str]) -> dict[str, dict[str, object]]:
     """Per setting: target 3's misses (all, and significant against each reference), stationary
-    retrains, mean rank, worst gap to River LR (accuracy; MAE streams count as misses only) and the
-    median cost per row."""
+    retrains, mean rank, worst gap to River LR (accuracy; MAE streams count as misses only), the
+    median cost per row, and (every setting after the first) the streams where it is significantly
+    worse / better than the first."""
     ranks = lq.mean_ranks([{"task": r["task"], "table": r["table"]} for r in reports], tuple(configs))
     out: dict[str, dict[str, object]] = {}
     for c in configs:
@@ -77,6 +101,13 @@ def summarize(reports: Sequence[dict], configs: Sequence[str]) -> dict[str, dict
             "worst_gap": {"gap": worst[0], "stream": worst[1]},
             "us_per_row": statistics.median(r["table"][c]["us_per_row"] for r in reports),
         }
+        if c != configs[0]:
+            for i, key in enumerate(("worse_than_first", "better_than_first")):
+                out[c][key] = [
+                    r["stream"]
+                    for r in reports
+                    if (p := r.get("versus_first", {}).get(c, [None, None])[i]) is not None and p < lq.LEVEL
+                ]
     return out
 
 
@@ -95,6 +126,13 @@ def print_summary(batch: int, summary: dict[str, dict[str, object]], streams: in
         )
         if s["significantly_below_lr"]:
             print(f"  {'':12} significantly below River LR on: {', '.join(s['significantly_below_lr'])}")
+        if "worse_than_first" in s:
+            first = next(iter(summary))
+            print(
+                f"  {'':12} against {first}: significantly worse on {len(s['worse_than_first'])} "
+                f"({', '.join(s['worse_than_first']) or '-'}), better on {len(s['better_than_first'])} "
+                f"({', '.join(s['better_than_first']) or '-'})"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -15,7 +15,8 @@ def _report(name: str, kind: str, task: str, metrics: dict[str, float], p_values
     table = {m: _row(v) for m, v in metrics.items()}
     for config, retrains in extra.get("retrains", {}).items():
         table[config]["retrains"] = retrains
-    return {"stream": name, "kind": kind, "task": task, "table": table, "p_values": p_values}
+    out = {"stream": name, "kind": kind, "task": task, "table": table, "p_values": p_values}
+    return out | ({"versus_first": extra["versus_first"]} if "versus_first" in extra else {})
 
 
 def test_the_summary_counts_target_3_misses_significance_and_stationary_retrains_per_setting() -> None:
@@ -27,6 +28,7 @@ def test_the_summary_counts_target_3_misses_significance_and_stationary_retrains
             {"default": 0.66, "sgd_p2": 0.68, "river_lr": 0.67, "river_lr_b": 0.67},
             {"default": [0.001, 0.01], "sgd_p2": [None, None]},
             retrains={"sgd_p2": 1},
+            versus_first={"sgd_p2": [0.6, 0.01]},  # significantly better than the default here
         ),
         _report(
             "clean",
@@ -35,6 +37,7 @@ def test_the_summary_counts_target_3_misses_significance_and_stationary_retrains
             {"default": 0.96, "sgd_p2": 0.94, "river_lr": 0.95, "river_lr_b": 0.93},
             {"default": [None, None], "sgd_p2": [0.04, 0.2]},
             retrains={"default": 2},  # a retrain after a change is no false alarm
+            versus_first={"sgd_p2": [0.04, 0.99]},  # and significantly worse here
         ),
         _report(
             "friedman",
@@ -54,6 +57,8 @@ def test_the_summary_counts_target_3_misses_significance_and_stationary_retrains
     assert p2["stationary_retrains"] == 1
     assert default["worst_gap"] == {"gap": pytest.approx(-0.01), "stream": "noisy"}
     assert default["mean_rank"] == pytest.approx(1 + 1 / 3)  # better on 2 of 3 streams
+    assert "worse_than_first" not in default  # the first setting is the one the others are judged against
+    assert p2["worse_than_first"] == ["clean"] and p2["better_than_first"] == ["noisy"]
     sgd_steps.print_summary(500, summary, len(reports))
 
 
@@ -82,5 +87,8 @@ def test_a_short_sweep_runs_every_setting_and_river_lr_through_the_training_path
             assert table[model]["us_per_row"] > 0
         assert table["default"]["metric"] != table["sgd_p2"]["metric"], "two passes learn differently from eight"
         assert all(p is None or 0.0 <= p <= 1.0 for p in report["p_values"]["default"])
+        assert set(report["versus_first"]) == {"sgd_p2", "sgd_gate2"}
+        assert all(p is not None and 0.0 <= p <= 1.0 for p in report["versus_first"]["sgd_p2"])
     printed = capsys.readouterr().out
     assert "batches of 500" in printed and "batches of 250" in printed and "sgd_gate2" in printed
+    assert "against default: significantly worse on" in printed
