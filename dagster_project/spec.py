@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from dagster_project.learning.estimator_table import (
+    DEFAULT_ESTIMATORS,
     ESTIMATORS,
     RECOMMENDED_CANDIDATES,
     SCALE_OUT_ESTIMATORS,
@@ -210,7 +211,7 @@ class ModelSpec(_Strict):
     """Which estimator learns, with which scikit-learn parameters; or several `candidates` that
     compete through the promotion gate (the first serves until another wins)."""
 
-    estimator: EstimatorName = "adaptive_sgd_classifier"
+    estimator: EstimatorName = "adaptive_sgd_classifier"  # regression: the spec fills DEFAULT_ESTIMATORS
     params: dict[str, Any] = Field(default_factory=dict)
     scale: bool = True
     seed: int = 0
@@ -522,6 +523,24 @@ class StreamSpec(_Strict):
             families = RECOMMENDED_CANDIDATES[data.get("task", "classification")]
             data = {**data, "model": {**model, "candidates": [dict(f) for f in families]}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_estimator_for_the_task(cls, data: Any) -> Any:
+        """A model or candidate that names no estimator gets its task's default (`DEFAULT_ESTIMATORS`):
+        a regression spec must not fail on the classifier that `ModelSpec`'s field default names."""
+        task = data.get("task", "classification") if isinstance(data, dict) else None
+        model = data.get("model", {}) if isinstance(data, dict) else None
+        if task not in DEFAULT_ESTIMATORS or task == "classification" or not isinstance(model, dict):
+            return data
+        default = DEFAULT_ESTIMATORS[task]
+        candidates = model.get("candidates")
+        if isinstance(candidates, list) and candidates:
+            families = [{"estimator": default, **c} if isinstance(c, dict) else c for c in candidates]
+            return {**data, "model": {**model, "candidates": families}}
+        if candidates:  # 'recommended' (expanded by the task) or something the model refuses
+            return data
+        return {**data, "model": {"estimator": default, **model}}
 
     @field_validator("features")
     @classmethod

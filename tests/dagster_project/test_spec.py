@@ -329,6 +329,23 @@ def test_recommended_candidates_expand_to_the_benchmarks_best_set_for_the_task(t
         _model_spec(candidates="best")
 
 
+def test_a_model_that_names_no_estimator_gets_its_tasks_default():
+    def regression(**model):
+        return StreamSpec(name="r", task="regression", features=[{"name": "x"}], model=model)
+
+    assert regression().model.estimator == "adaptive_sgd_regressor"  # not a classifier it never named
+    assert regression(params={"halflife_rows": 500}).model.params == {"halflife_rows": 500}
+    families = regression(candidates=[{"name": "a"}, {"estimator": "hist_gradient_boosting_regressor", "name": "h"}])
+    assert [f.estimator for f in families.model.families] == [
+        "adaptive_sgd_regressor",
+        "hist_gradient_boosting_regressor",
+    ]
+    assert StreamSpec.model_validate(families.model_dump(mode="json")) == families
+    assert _model_spec().model.estimator == "adaptive_sgd_classifier"
+    with pytest.raises(ValueError, match="'sgd_classifier' is a classifier but task is regression"):
+        regression(estimator="sgd_classifier")  # a named estimator is never replaced
+
+
 @pytest.mark.parametrize(
     ("labels", "batch", "on"),
     [
