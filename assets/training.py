@@ -382,7 +382,7 @@ def model_output(trained: TrainedModel, base: str | None, extra: dict) -> dg.Out
 
 def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBatch, context) -> dict:
     """A candidate set's per-family numbers and its leader choice on the batch's unseen tail; a
-    windowed model's refit. Empty for a single incremental model (metadata exactly as before)."""
+    windowed model's refit; adaptive SGD's step. Empty for any other single incremental model."""
     from dagster_project.learning.families import CandidateSet, choose_leader
     from dagster_project.learning.windowed import WindowedModel
     from dagster_project.registry.promotion import stream_metric
@@ -391,7 +391,7 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
         context.log.info(f"{spec.name}: {estimator.last.get('reason')}")
         return {"refit": int(bool(estimator.last.get("refit"))), "window": dg.MetadataValue.json(estimator.describe())}
     if not isinstance(estimator, CandidateSet):
-        return {}
+        return _adaptive_step(spec, estimator, context)
     numbers = {
         f"family_{label}_{key}": value
         for label, values in families.items()
@@ -409,3 +409,17 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
         "leader": estimator.leader,
         "families": dg.MetadataValue.json({"members": families, "choice": estimator.choice}),
     }
+
+
+def _adaptive_step(spec: StreamSpec, pipeline, context) -> dict:
+    """Adaptive SGD's choice of step (the default learner): which copy serves, every copy's recent loss."""
+    from dagster_project.learning.adaptive_sgd import AdaptiveSGDClassifier, AdaptiveSGDRegressor
+
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else None
+    if not isinstance(final, AdaptiveSGDClassifier | AdaptiveSGDRegressor) or not (step := final.describe()):
+        return {}
+    losses = ", ".join(f"{k.replace('_', ' ')} {v:,.1f}" for k, v in step["recent_loss"].items())
+    context.log.info(
+        f"{spec.name}: adaptive SGD serves the {step['serving_passes']}-pass copy (recent {step['measure']}: {losses})"
+    )
+    return {"adaptive_serving_passes": step["serving_passes"], "adaptive_sgd": dg.MetadataValue.json(step)}

@@ -107,6 +107,25 @@ class _AdaptiveSGD(BaseEstimator):
     def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
         raise NotImplementedError
 
+    def measure(self) -> str:
+        """What the copies are scored by (the criterion, unless the loss gives no probabilities)."""
+        return self.criterion
+
+    def describe(self) -> dict[str, Any]:
+        """Which step serves and why: every copy's passes and recent loss. The `model` asset's
+        metadata shows it, so a user sees the step a stream settled on (empty before a batch)."""
+        if not hasattr(self, "copies_"):
+            return {}
+        return {
+            "serving_passes": self.passes_options[self.served_],
+            "recent_loss": {
+                f"{p}_passes": float(v) for p, v in zip(self.passes_options, self.recent_loss_, strict=True)
+            },
+            "measure": self.measure(),
+            "halflife_rows": self.halflife_rows,
+            "rows_scored": self.rows_scored_,
+        }
+
     def served_estimator(self) -> Any:
         """The copy that serves now: what predictions, ONNX export and parity use."""
         if not hasattr(self, "copies_"):
@@ -144,9 +163,13 @@ class AdaptiveSGDClassifier(ClassifierMixin, _AdaptiveSGD):
     _copy_class = SGDClassifier
     _criteria = ("log_loss", "brier", "errors")
 
+    def measure(self) -> str:
+        probabilities = self.loss in ("log_loss", "modified_huber")
+        return self.criterion if probabilities else "errors"  # no probabilities (hinge): errors
+
     def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
-        if self.criterion == "errors" or self.loss not in ("log_loss", "modified_huber"):
-            return float(np.sum(copy.predict(X) != y))  # no probabilities (hinge): errors too
+        if self.measure() == "errors":
+            return float(np.sum(copy.predict(X) != y))
         proba = copy.predict_proba(X)
         if self.criterion == "brier":
             truth = copy.classes_[None, :] == np.asarray(y)[:, None]

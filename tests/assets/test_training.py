@@ -51,6 +51,10 @@ def test_second_batch_reports_prequential_metrics(kafka_settings, spec, registry
     assert v2.meta["metrics"]["accuracy"] > 0.85  # the synthetic concept is learnable
     materializations = result.asset_materializations_for_node(f"{spec.name}__model")
     assert materializations[0].metadata["roc_auc"].value > 0.9
+    step = materializations[0].metadata["adaptive_sgd"].value  # the default learner says which step serves
+    assert materializations[0].metadata["adaptive_serving_passes"].value == step["serving_passes"] in (8, 2)
+    assert set(step["recent_loss"]) == {"8_passes", "2_passes"}
+    assert step["rows_scored"] == sum(end - start for start, end in second.values())  # scored before learned
 
 
 def _send_raw(settings, topic: str, values: list[bytes]) -> None:

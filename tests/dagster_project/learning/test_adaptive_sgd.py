@@ -88,6 +88,19 @@ def test_predictions_and_the_onnx_graph_come_from_the_serving_copy() -> None:
     assert np.allclose(scores, served.predict_proba(Xt), atol=1e-5)
 
 
+def test_describe_names_the_serving_step_and_every_copys_recent_loss() -> None:
+    estimator = AdaptiveSGDClassifier(random_state=0)
+    assert estimator.describe() == {}  # nothing learned, nothing to say
+    for X, y in _noisy_batches(seed=5, batches=6, rows=200, flip=0.3):
+        estimator.partial_fit(X, y, CLASSES)
+    step = estimator.describe()
+    losses = list(step["recent_loss"].values())
+    assert list(step["recent_loss"]) == ["8_passes", "2_passes"]
+    assert step["serving_passes"] == (8, 2)[int(np.argmin(losses))] and min(losses) > 0
+    assert (step["measure"], step["rows_scored"]) == ("errors", 5 * 200)  # the first batch is not scored
+    assert AdaptiveSGDClassifier(loss="hinge", criterion="log_loss").measure() == "errors"  # no probabilities
+
+
 def test_regressor_serves_the_step_with_the_lower_squared_error() -> None:
     rng = np.random.default_rng(4)
     model = _pipeline(AdaptiveSGDRegressor(random_state=0))
