@@ -143,7 +143,7 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
         champion_estimator = reg.load_estimator(spec.name, current)
         X, y = unseen.X[labelled], unseen.y[labelled]
         result = judge(spec, metric, candidate, estimator, current, champion_estimator, X, y)
-    evidence = result.evidence() | _families(estimator)
+    evidence = result.evidence() | _families(estimator) | _adaptive_step(estimator)
     if result.promote:
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=evidence)
     reg.record_decision(spec.name, {"kind": "promotion_gate", **evidence})
@@ -157,6 +157,14 @@ def _families(estimator) -> dict:
     if not isinstance(estimator, CandidateSet):
         return {}
     return {"leader": estimator.leader, "families": estimator.choice}
+
+
+def _adaptive_step(estimator) -> dict:
+    """Adaptive SGD's step in the candidate (the copy it serves, every copy's recent loss; none otherwise)."""
+    from dagster_project.learning.adaptive_sgd import step_of
+
+    step = step_of(estimator)
+    return {"adaptive_sgd": step} if step else {}
 
 
 def gate_retrain(settings, reg, spec: StreamSpec, version):

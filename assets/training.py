@@ -413,10 +413,9 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
 
 def _adaptive_step(spec: StreamSpec, pipeline, context) -> dict:
     """Adaptive SGD's choice of step (the default learner): which copy serves, every copy's recent loss."""
-    from dagster_project.learning.adaptive_sgd import AdaptiveSGDClassifier, AdaptiveSGDRegressor
+    from dagster_project.learning.adaptive_sgd import step_of
 
-    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else None
-    if not isinstance(final, AdaptiveSGDClassifier | AdaptiveSGDRegressor) or not (step := final.describe()):
+    if not (step := step_of(pipeline)):
         return {}
     losses = ", ".join(f"{k.replace('_', ' ')} {v:,.1f}" for k, v in step["recent_loss"].items())
     context.log.info(

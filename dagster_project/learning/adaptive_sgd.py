@@ -212,3 +212,9 @@ class AdaptiveSGDRegressor(RegressorMixin, _AdaptiveSGD):
 
     def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
         return float(np.sum((copy.predict(X) - y) ** 2))
+
+
+def step_of(model: Any) -> dict[str, Any]:
+    """`describe()` of a pipeline's adaptive SGD (the step it serves and why); {} for any other model."""
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    return final.describe() if isinstance(final, _AdaptiveSGD) else {}

@@ -69,6 +69,9 @@ def test_a_candidate_within_the_margin_is_promoted_in_the_run_that_trains_it(
     test = decision["test"]
     assert test["test"] == "DeLong" and test["rows"] == 100 and test["p_value"] is not None
     assert decision["significance"] == 0.05 and decision["reason"].endswith("(within margin 0.01)")
+    step = decision["adaptive_sgd"]  # the default learner's step in the promoted candidate, with its reason
+    assert step["serving_passes"] in (8, 2) and set(step["recent_loss"]) == {"8_passes", "2_passes"}
+    assert registry.champion_history(spec.name)[-1]["evidence"]["adaptive_sgd"] == step
     v2 = registry.head(spec.name)
     assert v2.meta["offsets"]["batch"] == {"0": [200, 500], "1": [200, 500]}, "v2 learned v1's tail first"
     assert v2.learned == {0: 450, 1: 450}

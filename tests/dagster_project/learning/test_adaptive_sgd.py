@@ -9,7 +9,7 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dagster_project.learning.adaptive_sgd import AdaptiveSGDClassifier, AdaptiveSGDRegressor
+from dagster_project.learning.adaptive_sgd import AdaptiveSGDClassifier, AdaptiveSGDRegressor, step_of
 from dagster_project.learning.estimators import partial_fit
 from dagster_project.onnx.export import OnnxModel, export_onnx
 
@@ -99,6 +99,7 @@ def test_describe_names_the_serving_step_and_every_copys_recent_loss() -> None:
     assert step["serving_passes"] == (8, 2)[int(np.argmin(losses))] and min(losses) > 0
     assert (step["measure"], step["rows_scored"]) == ("errors", 5 * 200)  # the first batch is not scored
     assert AdaptiveSGDClassifier(loss="hinge", criterion="log_loss").measure() == "errors"  # no probabilities
+    assert step_of(_pipeline(estimator)) == step and step_of(_pipeline(StandardScaler())) == {}
 
 
 def test_regressor_serves_the_step_with_the_lower_squared_error() -> None:
