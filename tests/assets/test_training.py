@@ -57,6 +57,25 @@ def test_second_batch_reports_prequential_metrics(kafka_settings, spec, registry
     assert step["rows_scored"] == sum(end - start for start, end in second.values())  # scored before learned
 
 
+@pytest.mark.parametrize("spec", [synthetic_spec(task="regression", label={})], ids=["regression_without_estimator"])
+def test_a_regression_stream_that_names_no_estimator_learns_with_adaptive_sgd(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    produce_synthetic(kafka_settings, spec, 1000)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    assert run_batch(stream_defs, spec, {s.partition: (0, s.high_water // 2) for s in states}, instance).success
+    result = run_batch(stream_defs, spec, {s.partition: (s.high_water // 2, s.high_water) for s in states}, instance)
+
+    assert result.success
+    v1, v2 = registry.versions(spec.name)
+    assert type(registry.load_estimator(spec.name, v2.name).steps[-1][1]).__name__ == "AdaptiveSGDRegressor"
+    assert 0 <= v2.meta["metrics"]["mae"] < 0.5  # 0/1 targets: better than always guessing one end
+    (materialization,) = result.asset_materializations_for_node(f"{spec.name}__model")
+    assert materialization.metadata["adaptive_sgd"].value["measure"] == "squared_error"
+    values = OnnxModel(registry.load_onnx(spec.name, v2.name)).predict(np.zeros((3, 5), dtype=np.float32)).values
+    assert values is not None and values.shape[0] == 3  # served as a regressor
+
+
 def _send_raw(settings, topic: str, values: list[bytes]) -> None:
     producer = clients.producer(settings)
     for value in values:
