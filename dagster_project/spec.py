@@ -211,7 +211,7 @@ class ModelSpec(_Strict):
     """Which estimator learns, with which scikit-learn parameters; or several `candidates` that
     compete through the promotion gate (the first serves until another wins)."""
 
-    estimator: EstimatorName = "adaptive_sgd_classifier"  # regression: the spec fills DEFAULT_ESTIMATORS
+    estimator: EstimatorName = DEFAULT_ESTIMATORS["classification"]  # regression: StreamSpec fills its own
     params: dict[str, Any] = Field(default_factory=dict)
     scale: bool = True
     seed: int = 0
