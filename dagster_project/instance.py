@@ -13,6 +13,8 @@ from the environment so every container that runs Dagster code can share one vol
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,20 +126,45 @@ def initialize_storage(dagster_home: Path) -> None:
         _start_run_retry_cursors(instance)
 
 
-def _start_run_retry_cursors(instance) -> None:
-    """Give the daemon's run-retry consumer the cursors it would pick itself (the event log's end).
+def migrate(echo: Callable[[str], None] = print) -> None:
+    """Create or migrate the tables of the instance in DAGSTER_HOME, as `dagster instance migrate`,
+    and start the daemon's run-retry consumer at the event log's end.
 
-    On a fresh instance it otherwise starts by warning "No cursor for event type ..., ignoring older
-    events", once per event type: not news on an instance that has no older events.
+    Without the cursors the consumer starts wherever the log ends on its first pass: a run that
+    failed between the deployment's start and that pass (the daemon starts last, and slowly) was
+    never retried. Cursors already there are kept, so a failure during an upgrade is still retried.
     """
     import dagster as dg
 
-    keys = {
-        f"EVENT_LOG_CONSUMER_CURSOR-{t.value}"
-        for t in (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_SUCCESS)
-    }
+    if not os.environ.get("DAGSTER_HOME"):
+        raise RuntimeError("DAGSTER_HOME is not set: set it to the directory that holds the instance's dagster.yaml")
+    with dg.DagsterInstance.get() as instance:
+        instance.upgrade(echo)
+        started = _start_run_retry_cursors(instance)
+        cursors = instance.daemon_cursor_storage.get_cursor_values(set(run_retry_cursor_keys()))
+    state = "started" if started else "kept"
+    echo(f"run retries: the daemon retries runs that fail after event {min(map(int, cursors.values()))} ({state})")
+
+
+def run_retry_cursor_keys() -> list[str]:
+    """Where Dagster's run-retry consumer (EventLogConsumerDaemon) keeps its place in the event log."""
+    import dagster as dg
+
+    events = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_SUCCESS)
+    return [f"EVENT_LOG_CONSUMER_CURSOR-{event.value}" for event in events]
+
+
+def _start_run_retry_cursors(instance) -> set[str]:
+    """Start the daemon's run-retry consumer at the event log's end now, not at its first pass.
+
+    Without cursors the consumer warns "No cursor for event type ..., ignoring older events" and
+    starts wherever the log ends when it first runs, skipping runs that failed before (they are
+    never retried). Returns the keys it set; cursors already there are kept.
+    """
+    keys = set(run_retry_cursor_keys())
     storage = instance.daemon_cursor_storage
     missing = keys - set(storage.get_cursor_values(keys))
     if missing:
         end = instance.event_log_storage.get_maximum_record_id() or 0
         storage.set_cursor_values({key: str(end) for key in missing})
+    return missing

@@ -15,6 +15,7 @@ from dagster_project.cli import (
     code_server,
     demo,
     exporter,
+    instance,
     labels,
     models,
     offsets,
@@ -55,3 +56,4 @@ main.add_command(quarantine.quarantine)
 main.add_command(labels.labels)
 main.add_command(bench.bench)
 main.add_command(code_server.code_server)
+main.add_command(instance.instance)

@@ -474,8 +474,8 @@ def test_every_command_is_a_real_entry_point():
             check_command(f"{name} healthcheck", test[1:])
     streamfit_commands = {argv(s)[1] for s in own_services().values() if argv(s)[0] == "streamfit"}
     assert {"serve", "exporter", "produce", "code-server"} <= streamfit_commands
+    assert argv(services()["init"]) == ["streamfit", "instance", "migrate"]  # migrate + run-retry cursors
     dagster_commands = {" ".join(argv(s)[:3]) for s in own_services().values() if argv(s)[0].startswith("dagster")}
-    assert "dagster instance migrate" in dagster_commands
     assert any(c.startswith("dagster-webserver") for c in dagster_commands)
     assert any(c.startswith("dagster-daemon run") for c in dagster_commands)
     for name, service in services().items():  # the MLflow server's options, against the MLflow the tests run
@@ -515,7 +515,8 @@ def test_environment_variables_are_ones_the_code_reads():
                     )
             args = argv(service)
             assert "STREAMFIT_KAFKA_BOOTSTRAP" in variables and "STREAMFIT_HOME" in variables, name
-            if args[0].startswith("dagster") or args[:2] == ["streamfit", "code-server"]:  # it runs `dagster api grpc`
+            # Services that load the instance: Dagster's own, the code server (`dagster api grpc`) and init.
+            if args[0].startswith("dagster") or args[:2] in (["streamfit", "code-server"], ["streamfit", "instance"]):
                 missing = (instance_names | {"DAGSTER_HOME"}) - set(variables)
                 assert not missing, f"{name} runs Dagster but does not set {sorted(missing)}"
                 config = file_in_container(service, f"{variables['DAGSTER_HOME']}/dagster.yaml")

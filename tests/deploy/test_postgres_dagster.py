@@ -1,6 +1,6 @@
 """Production-mode Dagster on the local PostgreSQL: separate processes, real training runs.
 
-The deployment of docker-compose.yaml, minus Docker: `dagster instance migrate` (the compose init
+The deployment of docker-compose.yaml, minus Docker: `streamfit instance migrate` (the compose init
 step) on a fresh database, the code location as its own gRPC server (`dagster code-server start`,
 checked with the compose healthcheck command), and `dagster-daemon run` and `dagster-webserver`
 loading it through a workspace file with a `grpc_server` entry (deploy/workspace.yaml with the
@@ -218,9 +218,10 @@ def wait_for(what: str, condition, timeout_s: float, processes: Processes, inter
         if value:
             return value
         if time.monotonic() > deadline:
-            state = f"state: {describe()}\n" if describe else ""
             logs = "\n".join(f"--- {n}\n{processes.tail(n, 4000)}" for n in processes.running)
-            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{state}{logs}")
+            state = f"\nstate: {describe()}" if describe else ""
+            # The state last: a CI log that keeps only the output's head and tail still shows it.
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}{state}")
         time.sleep(interval_s)
 
 
@@ -309,7 +310,7 @@ def test_postgres_instance_separate_processes_train_serialized_and_retry(
         code_server = f"dagster code-server start -m dagster_project.definitions -h 127.0.0.1 -p {grpc_port}"
         processes.start("code-server", [*code_server.split(), "--location-name", LOCATION])
         # The compose init step, on the fresh database, while the code server loads.
-        migrated = processes.run("init", ["dagster", "instance", "migrate"], timeout=180)
+        migrated = processes.run("init", ["streamfit", "instance", "migrate"], timeout=180)
         assert migrated.returncode == 0, migrated.stdout + migrated.stderr
         health = ["dagster", "api", "grpc-health-check", "-p", str(grpc_port)]  # the compose healthcheck
         wait_for("the code server", lambda: processes.run("health", health, 60).returncode == 0, 120, processes, 1)

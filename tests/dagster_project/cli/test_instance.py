@@ -1,0 +1,62 @@
+"""`streamfit instance migrate`: the compose init step, on a real (SQLite) Dagster instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dagster_project.instance import run_retry_cursor_keys, write_instance_config
+
+
+@dg.op
+def fails() -> None:
+    raise RuntimeError("a batch that fails")
+
+
+@dg.job
+def failing_job() -> None:
+    fails()
+
+
+def retry_cursors(instance: dg.DagsterInstance) -> dict[str, str]:
+    return instance.daemon_cursor_storage.get_cursor_values(set(run_retry_cursor_keys()))
+
+
+def test_a_run_that_fails_before_the_daemons_first_pass_is_still_read_by_run_retries(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    home = tmp_path / "dagster_home"
+    write_instance_config(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+    migrated = cli("instance", "migrate")
+    assert migrated.exit_code == 0, migrated.output
+    assert "run retries: the daemon retries runs that fail after event 0 (started)" in migrated.output
+
+    with dg.DagsterInstance.get() as instance:
+        assert retry_cursors(instance) == {key: "0" for key in run_retry_cursor_keys()}
+        # No daemon has run yet. Without the cursors its first pass would start at the log's end,
+        # after this failure, and never retry it; with them the failure is where it reads from.
+        result = failing_job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        cursor = int(retry_cursors(instance)[f"EVENT_LOG_CONSUMER_CURSOR-{dg.DagsterEventType.RUN_FAILURE.value}"])
+        unread = instance.event_log_storage.get_logs_for_all_runs_by_log_id(
+            after_cursor=cursor, dagster_event_type={dg.DagsterEventType.RUN_FAILURE}
+        )
+        assert [e.run_id for e in unread.values()] == [result.run_id]
+
+    # Migrating again (an upgrade) keeps the cursors: failures since are still retried.
+    again = cli("instance", "migrate")
+    assert again.exit_code == 0, again.output
+    assert "after event 0 (kept)" in again.output
+    with dg.DagsterInstance.get() as instance:
+        assert retry_cursors(instance) == {key: "0" for key in run_retry_cursor_keys()}
+
+
+def test_migrate_without_dagster_home_names_the_fix(cli, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = cli("instance", "migrate")
+    assert result.exit_code != 0
+    assert "DAGSTER_HOME is not set: set it to the directory that holds the instance's dagster.yaml" in result.output
