@@ -30,7 +30,13 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from assets.training import advance_without_model, champion_metrics, model_output, start_from
+from assets.training import (
+    adaptive_step_metadata,
+    advance_without_model,
+    champion_metrics,
+    model_output,
+    start_from,
+)
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.learning.pipeline import TrainedModel
@@ -137,7 +143,7 @@ def build_fanned_out_model(spec: StreamSpec, retries: dg.RetryPolicy | None) -> 
             plan.lineage,
         )
         context.log.info(f"{name}: learned with {report.workers} group(s), rows {report.group_rows}: {report.reason}")
-        return model_output(trained, plan.base, report.as_metadata())
+        return model_output(trained, plan.base, report.as_metadata() | adaptive_step_metadata(spec, model, context))
 
     @dg.graph_asset(
         key=[name, "model"],

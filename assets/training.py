@@ -391,7 +391,7 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
         context.log.info(f"{spec.name}: {estimator.last.get('reason')}")
         return {"refit": int(bool(estimator.last.get("refit"))), "window": dg.MetadataValue.json(estimator.describe())}
     if not isinstance(estimator, CandidateSet):
-        return _adaptive_step(spec, estimator, context)
+        return adaptive_step_metadata(spec, estimator, context)
     numbers = {
         f"family_{label}_{key}": value
         for label, values in families.items()
@@ -411,8 +411,9 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
     }
 
 
-def _adaptive_step(spec: StreamSpec, pipeline, context) -> dict:
-    """Adaptive SGD's choice of step (the default learner): which copy serves, every copy's recent loss."""
+def adaptive_step_metadata(spec: StreamSpec, pipeline, context) -> dict:
+    """Adaptive SGD's choice of step (the default learner): which copy serves, every copy's recent loss.
+    Empty for any other model. The same for a batch learned in one step or fanned out."""
     from dagster_project.learning.adaptive_sgd import step_of
 
     if not (step := step_of(pipeline)):

@@ -44,12 +44,16 @@ def servable(model: Any) -> Any:
 
 
 def describe(model: Any) -> dict[str, Any]:
-    """What a version's meta.json records about how the model learns (empty for a plain pipeline)."""
+    """What a version's meta.json records about how the model learns: a candidate set's families, a
+    windowed model's window, adaptive SGD's step (empty for any other pipeline)."""
+    from dagster_project.learning.adaptive_sgd import step_of
+
     if isinstance(model, CandidateSet):
         return {"families": model.describe({k: describe(m) for k, m in model.members.items()})}
     if isinstance(model, WindowedModel):
         return {"window": model.describe()}
-    return {}
+    step = step_of(model)
+    return {"adaptive_sgd": step} if step else {}
 
 
 def test_then_learn(

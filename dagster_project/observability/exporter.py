@@ -80,6 +80,11 @@ class TrainingCollector(Collector):
             "Prequential metric of the model served (the champion) on the latest batch, beside the head's",
             labels=["stream", "metric"],
         )
+        step = GaugeMetricFamily(
+            "streamfit_adaptive_serving_passes",
+            "Passes per batch of the adaptive SGD copy the head version serves (more passes: a larger step)",
+            labels=["stream"],
+        )
         train = SummaryMetricFamily("streamfit_train_seconds", "Seconds spent in test-then-train", labels=["stream"])
         export = SummaryMetricFamily(
             "streamfit_export_seconds", "Seconds spent exporting and checking ONNX", labels=["stream"]
@@ -105,6 +110,9 @@ class TrainingCollector(Collector):
                     value = found[-1].meta.get("metrics", {}).get(metric)
                     if value is not None:
                         prequential.add_metric([name, metric], value)
+                serving_passes = found[-1].meta.get("adaptive_sgd", {}).get("serving_passes")
+                if serving_passes is not None:
+                    step.add_metric([name], serving_passes)
                 latest_served = next((v.meta["served"] for v in reversed(found) if v.meta.get("served")), None)
                 for metric in PREQUENTIAL_METRICS:
                     value = (latest_served or {}).get("metrics", {}).get(metric)
@@ -117,7 +125,7 @@ class TrainingCollector(Collector):
             rollbacks = sum(1 for h in history if str(h.get("reason", "")).startswith("rollback"))
             changes.add_metric([name, "rollback"], rollbacks)
             changes.add_metric([name, "promotion"], len(history) - rollbacks)
-        yield from (batches, rows, dlq, version, prequential, served, train, export, changes)
+        yield from (batches, rows, dlq, version, prequential, served, step, train, export, changes)
         yield from self._monitoring()
         if self.kafka is not None:
             yield from self._lag()

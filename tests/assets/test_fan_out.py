@@ -10,6 +10,7 @@ from sklearn.preprocessing import StandardScaler
 from dagster_project import names
 from dagster_project.factory import build_stream_definitions
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions
+from dagster_project.learning.adaptive_sgd import step_of
 from dagster_project.orchestration.jobs import run_training_job
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
@@ -60,6 +61,11 @@ def test_a_batch_over_four_partitions_learned_by_two_group_steps_is_one_version(
     (materialization,) = result.asset_materializations_for_node(f"{spec.name}__model")
     assert materialization.metadata["scale_out"].value["groups"] == ["p0,2", "p1,3"]
     assert sum(materialization.metadata["scale_out"].value["group_rows"]) == sum(e - s for s, e in second.values())
+    # The default learner (adaptive SGD) says which step the combined model serves, as a one-step batch does.
+    step = step_of(registry.load_estimator(spec.name, v2.name))
+    assert step["rows_scored"] == sum(e - s for s, e in second.values())  # the first batch is never scored
+    assert materialization.metadata["adaptive_serving_passes"].value == step["serving_passes"]
+    assert materialization.metadata["adaptive_sgd"].value == step
 
     # The combined model's scaler is the one a single process fitting every row would have.
     rows = read_topic(kafka_settings, spec.events_topic)

@@ -55,6 +55,7 @@ def test_second_batch_reports_prequential_metrics(kafka_settings, spec, registry
     assert materializations[0].metadata["adaptive_serving_passes"].value == step["serving_passes"] in (8, 2)
     assert set(step["recent_loss"]) == {"8_passes", "2_passes"}
     assert step["rows_scored"] == sum(end - start for start, end in second.values())  # scored before learned
+    assert v2.meta["adaptive_sgd"] == step  # the version records it too (the exporter reads it from there)
 
 
 @pytest.mark.parametrize("spec", [synthetic_spec(task="regression", label={})], ids=["regression_without_estimator"])

@@ -14,6 +14,7 @@ import pytest
 
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import probe_partitions
+from dagster_project.learning.adaptive_sgd import step_of
 from dagster_project.observability.exporter import serve_exporter
 from tests.helpers import produce_synthetic, run_batch
 
@@ -94,6 +95,11 @@ def test_prometheus_scrapes_training_metrics(
         accuracy = _wait_for(prom_port, f'streamfit_prequential_metric{{{selector},metric="accuracy"}}')
         assert 0.8 < float(accuracy[0]["value"][1]) <= 1.0
         assert float(_wait_for(prom_port, f"streamfit_train_seconds_count{{{selector}}}")[0]["value"][1]) == 2
+        # The default learner's step: the head's serving copy, as its meta.json and its estimator say.
+        passes = float(_wait_for(prom_port, f"streamfit_adaptive_serving_passes{{{selector}}}")[0]["value"][1])
+        head_version = registry.head(spec.name)
+        assert passes == head_version.meta["adaptive_sgd"]["serving_passes"]
+        assert passes == step_of(registry.load_estimator(spec.name, head_version.name))["serving_passes"]
         psi = float(_wait_for(prom_port, f"streamfit_drift_psi_max{{{selector}}}")[0]["value"][1])
         assert 0 <= psi < 0.25  # same distribution: no drift
         halts = _wait_for(prom_port, f'streamfit_quality_failures_total{{{selector},action="halt"}}')
