@@ -191,6 +191,13 @@ class Processes:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
+    def problems(self, name: str, lines: int = 40) -> str:
+        """The log's warnings and errors from its start (a tail shows only the last seconds of a busy daemon)."""
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        marks = ("WARNING", "ERROR", "Error", "Exception", "Failed", "failed")
+        return "\n".join([line for line in text.splitlines() if any(m in line for m in marks)][-lines:])
+
     def stop(self) -> None:
         for process in self.running.values():
             if process.poll() is None:
@@ -219,6 +226,7 @@ def wait_for(what: str, condition, timeout_s: float, processes: Processes, inter
             return value
         if time.monotonic() > deadline:
             logs = "\n".join(f"--- {n}\n{processes.tail(n, 4000)}" for n in processes.running)
+            logs += "".join(f"\n--- {n}: warnings and errors\n{processes.problems(n)}" for n in processes.running)
             state = f"\nstate: {describe()}" if describe else ""
             # The state last: a CI log that keeps only the output's head and tail still shows it.
             pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs}{state}")
@@ -425,7 +433,15 @@ def test_postgres_instance_separate_processes_train_serialized_and_retry(
                     "{ status ticks(limit: 5) { status timestamp skipReason runIds error { message } } } } } }",
                     s=selector,
                 )["sensorOrError"]
-                return f"versions {[v.name for v in registry.versions(spec.name)]}, runs {runs}, kafka sensor {ticks}"
+                retrying = {  # the daemon's word on each failed run of `broken`: retried, or why not
+                    r.run_id[:8]: [m for m in run_log_text(instance, r.run_id).splitlines() if "etry" in m][-3:]
+                    for r in stream_runs(broken)
+                    if r.status == dg.DagsterRunStatus.FAILURE
+                }
+                return (
+                    f"versions {[v.name for v in registry.versions(spec.name)]}, runs {runs}, "
+                    f"retry events {retrying}, kafka sensor {ticks}"
+                )
 
             wait_for("three versions and the gap run's retries", done, DEADLINE_S, processes, 1, describe)
             records = {
