@@ -49,6 +49,7 @@ reported "not measured".
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -89,7 +90,6 @@ RIVER_BATCHED = tuple(m + BATCHED for m in RIVER)
 # time); a target whose reference is missing is reported "not measured", never met or missed.
 RIVER_CHOICES = {"lr": "river_lr", "hat": "river_hat", "arf": "river_arf"}
 CONFIGS = ("default", "mlp", "hgb", "gate")
-PART_11 = ("knn", "gate_knn")  # issue 17 part 11: the windowed kNN family, alone and in the gate
 # Part 4 (issue 17): MLP settings weighed against the shipped `mlp` default (one hidden layer of 32,
 # Adam at 0.03 in steps of 50 rows); `mlp_old` is the default before it ((32,), 0.01, steps of 200).
 MLP_VARIANTS = {
@@ -212,67 +212,56 @@ class Result:
     gates: list[dict] = field(default_factory=list)
 
 
+def estimator_names(task: str) -> dict[str, str]:
+    """Each family's estimator (estimator_table's name) for the task."""
+    suffix = "classifier" if task == "classification" else "regressor"
+    stems = {"sgd": "sgd", "mlp": "mlp", "hgb": "hist_gradient_boosting", "knn": "k_neighbors"}
+    return {family: f"{stem}_{suffix}" for family, stem in stems.items()} | {"adaptive": f"adaptive_sgd_{suffix}"}
+
+
+def model_table(task: str) -> dict[str, dict]:
+    """Every config's spec `model` for the task, except the `ROW_RULES` configs (they need the rows)."""
+    e = estimator_names(task)
+
+    def adaptive(criterion: str) -> dict:  # regression has one criterion (squared error)
+        params = {"params": {"criterion": criterion}} if task == "classification" else {}
+        return {"estimator": e["adaptive"], **params}
+
+    def candidates(*members: tuple) -> dict:  # (name, family) or (name, family, its settings) each
+        return {"candidates": [{"estimator": e[m[1]], "name": m[0], **(m[2] if len(m) > 2 else {})} for m in members]}
+
+    return {
+        "default": {},  # what a stream that declares no model gets: the task's default learner
+        "mlp": {"estimator": e["mlp"]},
+        "hgb": {"estimator": e["hgb"]},
+        "gate": {"candidates": "recommended"},  # SGD and windowed gradient boosting (estimator_table)
+        "knn": {"estimator": e["knn"]},  # part 11: the windowed nearest-neighbour family alone
+        "gate_knn": candidates(("sgd", "sgd"), ("hgb", "hgb"), ("knn", "knn")),  # part 11: `gate` plus kNN
+        "gate3": candidates(("sgd", "sgd"), ("mlp", "mlp"), ("hgb", "hgb")),  # the recommended set plus the MLP
+        SGD_GATE: candidates(("sgd", "sgd"), ("sgd_p2", "sgd", {"passes": 2})),
+        GATE_ADAPTIVE: candidates(("sgd", "adaptive"), ("hgb", "hgb")),
+        SGD_ADAPTIVE: adaptive("log_loss"),  # part 21's first criterion (the product's default counts errors)
+        **{name: adaptive(criterion) for name, criterion in ADAPTIVE_CRITERIA.items()},
+        **{name: {"estimator": e["sgd"], **variant} for name, variant in SGD_VARIANTS.items()},
+        **{name: {"estimator": e["mlp"], "params": variant} for name, variant in MLP_VARIANTS.items()},
+    }
+
+
+def config_names() -> tuple[str, ...]:
+    """Every base config `--configs` accepts (before the suffixes)."""
+    return (*model_table("classification"), *ROW_RULES)
+
+
 def model_spec(config: str, task: str, rows: int | None = None) -> dict:
     """The spec's `model` for a config; `rows` (the batch size) for the `ROW_RULES` configs."""
-    classify = task == "classification"
-    sgd = "sgd_classifier" if classify else "sgd_regressor"
-    mlp = "mlp_classifier" if classify else "mlp_regressor"
-    hgb = "hist_gradient_boosting_classifier" if classify else "hist_gradient_boosting_regressor"
-    knn = "k_neighbors_classifier" if classify else "k_neighbors_regressor"
-    if config == "default":
-        return {} if classify else {"estimator": sgd}  # what a stream that declares no model gets
-    if config == "mlp":
-        return {"estimator": mlp}
-    if config in SGD_VARIANTS:
-        return {"estimator": sgd, **SGD_VARIANTS[config]}
     if config in ROW_RULES:
         if rows is None:
             raise ValueError(f"{config!r} takes its passes from the rows of a batch: pass rows")
-        return {"estimator": sgd, **ROW_RULES[config](rows)}
-    if config in MLP_VARIANTS:
-        return {"estimator": mlp, "params": MLP_VARIANTS[config]}
-    if config == "hgb":
-        return {"estimator": hgb}
-    if config == "knn":  # part 11: the windowed nearest-neighbour family alone
-        return {"estimator": knn}
-    if config == "gate_knn":  # part 11: `gate`'s families plus kNN, through the gate
-        families = [
-            {"estimator": sgd, "name": "sgd"},
-            {"estimator": hgb, "name": "hgb"},
-            {"estimator": knn, "name": "knn"},
-        ]
-        return {"candidates": families}
-    if config == "gate3":  # the recommended set plus the MLP
-        families = [
-            {"estimator": sgd, "name": "sgd"},
-            {"estimator": mlp, "name": "mlp"},
-            {"estimator": hgb, "name": "hgb"},
-        ]
-        return {"candidates": families}
-    if config == SGD_ADAPTIVE:  # part 21's first criterion (the product's default counts errors)
-        if not classify:
-            return {"estimator": "adaptive_sgd_regressor"}
-        return {"estimator": "adaptive_sgd_classifier", "params": {"criterion": "log_loss"}}
-    if config in ADAPTIVE_CRITERIA:
-        if not classify:  # regression has one criterion (squared error)
-            return {"estimator": "adaptive_sgd_regressor"}
-        return {"estimator": "adaptive_sgd_classifier", "params": {"criterion": ADAPTIVE_CRITERIA[config]}}
-    if config == SGD_GATE:
-        return {"candidates": [{"estimator": sgd, "name": "sgd"}, {"estimator": sgd, "name": "sgd_p2", "passes": 2}]}
-    if config == GATE_ADAPTIVE:
-        adaptive = "adaptive_sgd_classifier" if classify else "adaptive_sgd_regressor"
-        return {"candidates": [{"estimator": adaptive, "name": "sgd"}, {"estimator": hgb, "name": "hgb"}]}
-    if config == "gate":
-        return {"candidates": "recommended"}  # SGD and windowed gradient boosting (estimator_table)
-    known = (
-        CONFIGS
-        + ("gate3", GATE_ADAPTIVE, SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA)
-        + PART_11
-        + tuple(SGD_VARIANTS)
-        + tuple(ROW_RULES)
-        + tuple(MLP_VARIANTS)
-    )
-    raise ValueError(f"unknown config {config!r}; choose from {known}")
+        return {"estimator": estimator_names(task)["sgd"], **ROW_RULES[config](rows)}
+    table = model_table(task)
+    if config not in table:
+        raise ValueError(f"unknown config {config!r}; choose from {config_names()}")
+    return copy.deepcopy(table[config])
 
 
 def spec_for(config: str, stream: Stream, retrain_mode: str = "fresh", rows: int | None = None):
@@ -1071,9 +1060,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--configs",
         nargs="+",
         help=f"Streamfit configs (default: {', '.join(CONFIGS)} and sgd_old unless --quick); also "
-        + ", ".join(
-            [*PART_11, "gate3", GATE_ADAPTIVE, SGD_GATE, SGD_ADAPTIVE, *ADAPTIVE_CRITERIA, *SGD_VARIANTS, *MLP_VARIANTS]
-        )
+        + ", ".join(name for name in config_names() if name not in CONFIGS)
         + f"; any of them + {WARM}: drift.retrain_mode warm; then + {CUT}, {CUT_TOTALS}, {CUT_SAFE}, {CUT_DEFER}"
         + f" {CUT_SETTLED}, {CUT_SETTLED_LARGE}, {CUT_LOCATED}... or {CUT_SLOPE}, {CUT_SLOPE_FREE_SURE},"
         + f" {CUT_SLOPE_AGAIN}...: a batch"

@@ -524,3 +524,17 @@ def test_the_row_rules_take_their_passes_from_the_rows_of_a_batch() -> None:
     assert small == {"estimator": "sgd_regressor", "params": {"eta0": 0.01}, "passes": 1}
     with pytest.raises(ValueError, match="rows"):
         learning_quality.model_spec("sgd_rows", "classification")
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_default_config_is_what_a_stream_that_names_no_model_gets(task: str) -> None:
+    from dagster_project.learning.estimator_table import DEFAULT_ESTIMATORS
+
+    y = np.array([0, 1] * 10) if task == "classification" else np.linspace(0.0, 1.0, 20)
+    stream = learning_streams.Stream("s", "f", "stationary", task, np.zeros((20, 2)), y, None)
+    assert learning_quality.spec_for("default", stream).model.estimator == DEFAULT_ESTIMATORS[task]
+    assert learning_quality.spec_for("sgd", stream).model.estimator.startswith("sgd_")  # plain SGD, named
+    for name in learning_quality.config_names():  # every config named in --configs' help builds a spec
+        learning_quality.spec_for(name, stream, rows=500)
+    with pytest.raises(ValueError, match="unknown config 'nope'; choose from .*gate_adaptive"):
+        learning_quality.model_spec("nope", task)
