@@ -21,7 +21,7 @@ from dagster_project.kafka.offsets import CUT_REASON_PREFIX, decode_ranges, enco
 from dagster_project.labels import JoinState, LiveStore
 from dagster_project.labels.store import live_metrics_path
 from dagster_project.resources import KafkaResource
-from monitors.actions import ACTION_KIND
+from monitors.actions import ACTION_KIND, epoch
 from sensors.drift_sensor import cut_record
 from tests.conftest import synthetic_spec
 from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, run_batch
@@ -308,7 +308,11 @@ def test_no_cut_while_the_retrained_version_has_not_taken_over(
     spec = _spec(early_cut=True)
     defs, kafka = _learn_two_batches(spec, kafka_bootstrap, kafka_settings, registry, instance)
     first, second = _two_champions(spec, registry)
-    registry.record_decision(spec.name, {"kind": ACTION_KIND, "action": "retrain", "to_version": "v9"})
+    # A retrain's action recorded after v2's promotion: a second later, as the records' times have
+    # millisecond resolution and a promotion in the same millisecond would count as after the action.
+    promoted = epoch(registry.champion_history(spec.name)[-1]["at"])
+    at = datetime.fromtimestamp(promoted + 1, UTC).isoformat(timespec="milliseconds")
+    registry.record_decision(spec.name, {"kind": ACTION_KIND, "action": "retrain", "to_version": "v9", "at": at})
     _checkpoints(registry, spec, second, SETTLED_RISE)
 
     result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
