@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._daemon.auto_run_reexecution.event_log_consumer import (
+    DAGSTER_EVENT_TYPES,
+    _fetch_persisted_cursors,
+)
 
 from dagster_project.instance import run_retry_cursor_keys, write_instance_config
 
@@ -37,6 +42,10 @@ def test_a_run_that_fails_before_the_daemons_first_pass_is_still_read_by_run_ret
 
     with dg.DagsterInstance.get() as instance:
         assert retry_cursors(instance) == {key: "0" for key in run_retry_cursor_keys()}
+        # Read the way the daemon reads them (Dagster's private key format): if Dagster renames its
+        # cursor keys or retries on other events, this fails instead of the retries going quiet.
+        daemon_view = _fetch_persisted_cursors(instance, DAGSTER_EVENT_TYPES, logging.getLogger(__name__))
+        assert daemon_view == {event_type: 0 for event_type in DAGSTER_EVENT_TYPES}
         # No daemon has run yet. Without the cursors its first pass would start at the log's end,
         # after this failure, and never retry it; with them the failure is where it reads from.
         result = failing_job.execute_in_process(instance=instance, raise_on_error=False)
