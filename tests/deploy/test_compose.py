@@ -741,6 +741,12 @@ def test_dashboard_queries_only_exported_metrics():
         "streamfit_scorer_lag",
         "streamfit_dlq_messages_total",
         "streamfit_live_accuracy",
+        "streamfit_served_prequential_metric",
+        "streamfit_adaptive_serving_passes",
+        "streamfit_serving_fallback",
+        "streamfit_registry_up",
+        "streamfit_unseen_categories_total",
+        "streamfit_feature_keys_evicted_total",
     }
     assert key <= used, f"the dashboard misses key metrics {sorted(key - used)}"
 
