@@ -135,9 +135,9 @@ def _windows(accuracy: list[float | None], batch: int) -> list[float | None]:
     return out
 
 
-def _recovery(windows: list[float | None]) -> dict[str, Any]:
-    change_window = CHANGE_AT // WINDOW
-    before = [a for a in windows[change_window - 5 : change_window] if a is not None]
+def _recovery(windows: list[float | None], change_at: int = CHANGE_AT) -> dict[str, Any]:
+    change_window = change_at // WINDOW
+    before = [a for a in windows[max(0, change_window - 5) : change_window] if a is not None]
     level = float(np.mean(before)) if before else None
     after = windows[change_window:]
     recovered = None
