@@ -21,13 +21,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.linear_model import SGDClassifier, SGDRegressor
 
 from dagster_project.learning.estimators import fit_estimator
 
 # Passes over each batch of the copies, at the same eta0: the default's eight and a quarter of it.
 PASSES_OPTIONS = (8, 2)
+# A copy's step above this many passes is taken as this many passes at a proportionally larger eta0
+# (32 passes' step: 8 passes at 4x eta0), so a large step costs no more than the default's passes.
+MAX_PASSES = 8
 # How many rows back a copy's loss still counts half: long enough that the paired difference of two
 # similar linear models rises above its noise, short enough to follow a change within a few batches.
 HALFLIFE_ROWS = 2_000
@@ -50,6 +53,7 @@ class _AdaptiveSGD(BaseEstimator):
         passes_options: tuple[int, ...] = PASSES_OPTIONS,
         halflife_rows: int = HALFLIFE_ROWS,
         criterion: str = "errors",
+        max_passes: int = MAX_PASSES,
     ) -> None:
         self.loss = loss
         self.learning_rate = learning_rate
@@ -59,6 +63,7 @@ class _AdaptiveSGD(BaseEstimator):
         self.passes_options = passes_options
         self.halflife_rows = halflife_rows
         self.criterion = criterion
+        self.max_passes = max_passes
 
     def _new_copies(self) -> list[Any]:
         if not self.passes_options or min(self.passes_options) < 1:
@@ -67,14 +72,22 @@ class _AdaptiveSGD(BaseEstimator):
             raise ValueError(f"halflife_rows must be positive, got {self.halflife_rows!r}")
         if self.criterion not in self._criteria:
             raise ValueError(f"criterion must be one of {self._criteria}, got {self.criterion!r}")
-        base = self._copy_class(
-            loss=self.loss,
-            learning_rate=self.learning_rate,
-            eta0=self.eta0,
-            penalty=self.penalty,
-            random_state=self.random_state,
-        )
-        return [clone(base) for _ in self.passes_options]
+        if self.max_passes < 1:
+            raise ValueError(f"max_passes must be at least 1, got {self.max_passes!r}")
+        return [
+            self._copy_class(
+                loss=self.loss,
+                learning_rate=self.learning_rate,
+                eta0=self.eta0 * max(1.0, passes / self.max_passes),
+                penalty=self.penalty,
+                random_state=self.random_state,
+            )
+            for passes in self.passes_options
+        ]
+
+    def _passes_run(self, passes: int) -> int:
+        """The passes a copy really makes over a batch (its step beyond `max_passes` is in its eta0)."""
+        return min(passes, self.max_passes)
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _AdaptiveSGD:
         """Score every copy on the batch, then let every copy learn it at its own passes."""
@@ -93,7 +106,7 @@ class _AdaptiveSGD(BaseEstimator):
             self.rows_scored_ += len(X)
             self.served_ = int(np.argmin(self.recent_loss_))  # ties: the first (the default's step)
         for copy, passes in zip(self.copies_, self.passes_options, strict=True):
-            fit_estimator(copy, X, y, classes, passes)
+            fit_estimator(copy, X, y, classes, self._passes_run(passes))
         return self
 
     def fit(self, X: Any, y: Any, classes: Any = None) -> _AdaptiveSGD:
@@ -207,8 +220,11 @@ class AdaptiveSGDRegressor(RegressorMixin, _AdaptiveSGD):
         passes_options: tuple[int, ...] = PASSES_OPTIONS,
         halflife_rows: int = HALFLIFE_ROWS,
         criterion: str = "squared_error",
+        max_passes: int = MAX_PASSES,
     ) -> None:
-        super().__init__(loss, learning_rate, eta0, penalty, random_state, passes_options, halflife_rows, criterion)
+        super().__init__(
+            loss, learning_rate, eta0, penalty, random_state, passes_options, halflife_rows, criterion, max_passes
+        )
 
     def _batch_loss(self, copy: Any, X: np.ndarray, y: np.ndarray) -> float:
         return float(np.sum((copy.predict(X) - y) ** 2))
