@@ -247,7 +247,9 @@ def model_table(task: str) -> dict[str, dict]:
         **{name: adaptive(criterion) for name, criterion in ADAPTIVE_CRITERIA.items()},
         # Regression keeps the default's copies: squared error's gradients are unbounded, so a 4x step risks overflow.
         ADAPTIVE_LARGER: (
-            {"estimator": e["adaptive"], "params": {"passes_options": [8, 2, 32]}} if task == "classification" else {}
+            {"estimator": e["adaptive"], "params": {"passes_options": [8, 2, 32], "max_passes": 8}}
+            if task == "classification"
+            else {}
         ),
         **{name: {"estimator": e["sgd"], **variant} for name, variant in SGD_VARIANTS.items()},
         **{name: {"estimator": e["mlp"], "params": variant} for name, variant in MLP_VARIANTS.items()},

@@ -28,9 +28,10 @@ from dagster_project.learning.estimators import fit_estimator
 
 # Passes over each batch of the copies, at the same eta0: the default's eight and a quarter of it.
 PASSES_OPTIONS = (8, 2)
-# A copy's step above this many passes is taken as this many passes at a proportionally larger eta0
-# (32 passes' step: 8 passes at 4x eta0), so a large step costs no more than the default's passes.
-MAX_PASSES = 8
+# `max_passes`: a copy's step above this many passes is taken as this many passes at a proportionally
+# larger eta0 (with 8, a 32-pass step is 8 passes at 4x eta0), so a large step costs no more than the
+# default's passes. None (the default): every copy runs its passes at eta0.
+MAX_PASSES: int | None = None
 # How many rows back a copy's loss still counts half: long enough that the paired difference of two
 # similar linear models rises above its noise, short enough to follow a change within a few batches.
 HALFLIFE_ROWS = 2_000
@@ -53,7 +54,7 @@ class _AdaptiveSGD(BaseEstimator):
         passes_options: tuple[int, ...] = PASSES_OPTIONS,
         halflife_rows: int = HALFLIFE_ROWS,
         criterion: str = "errors",
-        max_passes: int = MAX_PASSES,
+        max_passes: int | None = MAX_PASSES,
     ) -> None:
         self.loss = loss
         self.learning_rate = learning_rate
@@ -72,13 +73,13 @@ class _AdaptiveSGD(BaseEstimator):
             raise ValueError(f"halflife_rows must be positive, got {self.halflife_rows!r}")
         if self.criterion not in self._criteria:
             raise ValueError(f"criterion must be one of {self._criteria}, got {self.criterion!r}")
-        if self.max_passes < 1:
-            raise ValueError(f"max_passes must be at least 1, got {self.max_passes!r}")
+        if self.max_passes is not None and self.max_passes < 1:
+            raise ValueError(f"max_passes must be at least 1 (or null: no cap), got {self.max_passes!r}")
         return [
             self._copy_class(
                 loss=self.loss,
                 learning_rate=self.learning_rate,
-                eta0=self.eta0 * max(1.0, passes / self.max_passes),
+                eta0=self.eta0 * max(1.0, passes / (self.max_passes or passes)),
                 penalty=self.penalty,
                 random_state=self.random_state,
             )
@@ -87,7 +88,7 @@ class _AdaptiveSGD(BaseEstimator):
 
     def _passes_run(self, passes: int) -> int:
         """The passes a copy really makes over a batch (its step beyond `max_passes` is in its eta0)."""
-        return min(passes, self.max_passes)
+        return passes if self.max_passes is None else min(passes, self.max_passes)
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _AdaptiveSGD:
         """Score every copy on the batch, then let every copy learn it at its own passes."""
@@ -220,7 +221,7 @@ class AdaptiveSGDRegressor(RegressorMixin, _AdaptiveSGD):
         passes_options: tuple[int, ...] = PASSES_OPTIONS,
         halflife_rows: int = HALFLIFE_ROWS,
         criterion: str = "squared_error",
-        max_passes: int = MAX_PASSES,
+        max_passes: int | None = MAX_PASSES,
     ) -> None:
         super().__init__(
             loss, learning_rate, eta0, penalty, random_state, passes_options, halflife_rows, criterion, max_passes

@@ -114,12 +114,26 @@ def test_regressor_serves_the_step_with_the_lower_squared_error() -> None:
     assert np.allclose(values, model.predict(X), atol=1e-3)
 
 
+def test_a_step_beyond_max_passes_is_taken_as_max_passes_at_a_larger_eta0() -> None:
+    X, y = next(_noisy_batches(seed=6, batches=1, rows=100, flip=0.0))
+    model = AdaptiveSGDClassifier(random_state=0, passes_options=(8, 2, 32), max_passes=8).partial_fit(
+        X, y, classes=CLASSES
+    )
+    assert [c.eta0 for c in model.copies_] == [0.005, 0.005, 0.02]
+    # SGD counts its weight updates in t_ (one per row and pass, from 1): the 32-pass step ran 8 passes.
+    assert [int(c.t_ - 1) for c in model.copies_] == [800, 200, 800]
+    uncapped = AdaptiveSGDClassifier(random_state=0, passes_options=(8, 2, 32)).partial_fit(X, y, classes=CLASSES)
+    assert [c.eta0 for c in uncapped.copies_] == [0.005] * 3  # no max_passes (the default): passes at eta0
+    assert [int(c.t_ - 1) for c in uncapped.copies_] == [800, 200, 3200]
+
+
 @pytest.mark.parametrize(
     ("bad", "named"),
     [
         ({"passes_options": ()}, r"passes_options .* got \(\)"),
         ({"passes_options": (8, 0)}, r"got \(8, 0\)"),
         ({"halflife_rows": 0}, "halflife_rows must be positive, got 0"),
+        ({"max_passes": 0}, r"max_passes must be at least 1 \(or null: no cap\), got 0"),
     ],
 )
 def test_bad_settings_are_refused_with_their_value(bad: dict, named: str) -> None:
