@@ -16,7 +16,8 @@ Each variant's cost is the median wall time of its measure per row learned (pars
 test-then-train) over three runs interleaved with the other variants', after one untimed call that
 pays for imports and loading the data.
 
-`python -m benchmarks.shipped_learners [--rows N] [--json FILE]` (no broker; about 15 s)
+`python -m benchmarks.shipped_learners [--rows N] [--default-params JSON] [--json FILE]` (no broker;
+about 15 s). `--default-params` measures a candidate setting of the default learner the same way.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ VARIANTS = ("shipped", "default", "default_no_params")
 REPEATS = 3  # timed runs per variant; the cost is their median
 
 
-def variant(spec: StreamSpec, name: str) -> StreamSpec:
-    """The spec as shipped, or with its estimator left out (the task's default fills it)."""
+def variant(spec: StreamSpec, name: str, default_params: dict[str, Any] | None = None) -> StreamSpec:
+    """The spec as shipped, or with its estimator left out (the task's default fills it); the default's
+    variants get `default_params` on top (a candidate setting of the default learner, say)."""
     if name == "shipped":
         return spec
     raw = spec.model_dump(mode="json")
@@ -47,6 +49,8 @@ def variant(spec: StreamSpec, name: str) -> StreamSpec:
         raw["model"].pop("params", None)
     elif name != "default":
         raise ValueError(f"unknown variant {name!r}: one of {VARIANTS}")
+    if default_params:
+        raw["model"]["params"] = (raw["model"].get("params") or {}) | default_params
     return StreamSpec.model_validate(raw)
 
 
@@ -88,7 +92,9 @@ def featured(spec: StreamSpec, rows: int) -> dict[str, Any]:
     return {"accuracy": feature_quality._streamfit(spec, list(source(rows=rows)), spec.batch.rows)}
 
 
-def run(rows: int = 20_000, feature_rows: int = 6_000, repeats: int = REPEATS) -> dict[str, Any]:
+def run(
+    rows: int = 20_000, feature_rows: int = 6_000, repeats: int = REPEATS, default_params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Every shipped stream's measure for each variant; the cost is the median of `repeats` timed runs."""
     measures: dict[str, tuple[Callable[[StreamSpec], dict[str, Any]], int]] = {
         "phishing": (phishing, 1_250 * len(model_quality.PHISHING_BATCHES)),
@@ -96,11 +102,11 @@ def run(rows: int = 20_000, feature_rows: int = 6_000, repeats: int = REPEATS) -
         "census": (lambda s: featured(s, feature_rows), feature_rows),
         "sensors": (lambda s: featured(s, feature_rows), feature_rows),
     }
-    out: dict[str, Any] = {"rows": rows, "feature_rows": feature_rows, "streams": {}}
+    out: dict[str, Any] = {"rows": rows, "feature_rows": feature_rows, "default_params": default_params, "streams": {}}
     for name, (measure, measured_rows) in measures.items():
         shipped = shipped_spec(name)
         measure(shipped)  # untimed: the first call pays for imports and for loading the dataset
-        specs = {v: variant(shipped, v) for v in VARIANTS}
+        specs = {v: variant(shipped, v, default_params) for v in VARIANTS}
         costs: dict[str, list[float]] = {v: [] for v in VARIANTS}
         out["streams"][name] = {}
         for repeat in range(repeats):  # interleaved, so a slow moment of the machine hits every variant
@@ -159,9 +165,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic rows (the change at half); default 20,000")
     parser.add_argument("--feature-rows", type=int, default=6_000, help="census and sensors events; default 6,000")
     parser.add_argument("--repeats", type=int, default=REPEATS, help=f"timed runs per variant (default {REPEATS})")
+    parser.add_argument(
+        "--default-params",
+        type=json.loads,
+        default=None,
+        help="JSON params added to the default learner's variants, e.g. "
+        '\'{"passes_options": [8, 2, 32], "max_passes": 8}\'',
+    )
     parser.add_argument("--json", default=None, help="write the figures here as well")
     args = parser.parse_args(argv)
-    result = run(args.rows, args.feature_rows, args.repeats)
+    result = run(args.rows, args.feature_rows, args.repeats, args.default_params)
     print("\n".join(table(result)))
     if args.json:
         with open(args.json, "w") as f:

@@ -19,6 +19,11 @@ def test_the_default_variant_is_what_the_spec_gets_without_its_estimator(name: s
     assert default.model.estimator != shipped.model.estimator, "the benchmark compares two different learners"
     assert default.model.params == shipped.model.params and not bare.model.params
     assert default.model.scale == shipped.model.scale
+    candidate = shipped_learners.variant(shipped, "default_no_params", {"halflife_rows": 500})
+    assert candidate.model.params == {"halflife_rows": 500}  # a candidate setting on top of the default
+    assert shipped_learners.variant(shipped, "default", {"halflife_rows": 500}).model.params == (
+        (shipped.model.params or {}) | {"halflife_rows": 500}
+    )
     with pytest.raises(ValueError, match="unknown variant"):
         shipped_learners.variant(shipped, "tuned")
 
