@@ -1,8 +1,9 @@
 """The Kafka sensor: plans the next micro-batch from cheap broker state, never consuming.
 
-Each tick: refuse to overlap a running training run of the stream, read the head's learned
-offsets from the registry, probe each partition's true end, and request one run over the
-exact planned ranges. Every skip says why.
+Each tick: refuse to overlap a running training run of the stream, refuse a model whose estimator
+parameters no run could build (checked once per spec), read the head's learned offsets from the
+registry, probe each partition's true end, and request one run over the exact planned ranges. Every
+skip says why.
 """
 
 import time
@@ -59,6 +60,13 @@ def evaluate(
     if running:
         run = running[0]
         return dg.SkipReason(f"training run {run.run_id[:8]} is {run.status.value}; runs of {spec.name} never overlap")
+    from dagster_project.learning.estimators import model_params_problem  # imports scikit-learn: once, here
+
+    problem = model_params_problem(spec)
+    if problem:  # every run would fail building its model: say so before launching one
+        message = f"MODEL PARAMS in {spec.name}: {problem}. Fix the stream's spec; nothing is planned until then."
+        context.log.error(message)
+        return dg.SkipReason(message)
     reg = registry.get()
     try:
         halt = reg.halt(spec.name)

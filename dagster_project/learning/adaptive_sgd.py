@@ -66,15 +66,25 @@ class _AdaptiveSGD(BaseEstimator):
         self.criterion = criterion
         self.max_passes = max_passes
 
-    def _new_copies(self) -> list[Any]:
-        if not self.passes_options or min(self.passes_options) < 1:
-            raise ValueError(f"passes_options must be passes of at least 1, got {self.passes_options!r}")
-        if self.halflife_rows <= 0:
+    def _validate_params(self) -> None:
+        """Refuse settings a spec got wrong, naming the value; then the copies' SGD parameters."""
+        options = self.passes_options
+        if not options or not all(isinstance(p, int) and p >= 1 for p in options):
+            raise ValueError(f"passes_options must be passes of at least 1, got {options!r}")
+        if not isinstance(self.halflife_rows, int | float) or self.halflife_rows <= 0:
             raise ValueError(f"halflife_rows must be positive, got {self.halflife_rows!r}")
         if self.criterion not in self._criteria:
             raise ValueError(f"criterion must be one of {self._criteria}, got {self.criterion!r}")
-        if self.max_passes is not None and self.max_passes < 1:
+        if self.max_passes is not None and (not isinstance(self.max_passes, int) or self.max_passes < 1):
             raise ValueError(f"max_passes must be at least 1 (or null: no cap), got {self.max_passes!r}")
+        for copy in self._copies():
+            copy._validate_params()
+
+    def _new_copies(self) -> list[Any]:
+        self._validate_params()
+        return self._copies()
+
+    def _copies(self) -> list[Any]:
         return [
             self._copy_class(
                 loss=self.loss,

@@ -34,14 +34,59 @@ def default_params(estimator: str, seed: int = 0) -> dict[str, Any]:
     return entry(estimator).defaults(seed)
 
 
+def checked_estimator(name: str, seed: int, params: dict[str, Any], where: str = "model.params") -> Any:
+    """The table's estimator with its online defaults and ``params`` on top, its parameters checked.
+
+    A key the estimator does not take, or a value it refuses, is a ValueError that names the spec's
+    field (``where``) and what would be accepted, instead of a TypeError deep inside the first fit.
+    """
+    import inspect
+
+    cls = entry(name).estimator_class()
+    accepted = {p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{where}.{unknown[0]} is not a parameter of {name!r} ({cls.__name__}): remove it or use one of "
+            f"{', '.join(sorted(accepted))}"
+        )
+    estimator = cls(**{**default_params(name, seed), **params})
+    try:
+        estimator._validate_params()  # scikit-learn's own checks (adaptive SGD adds its own)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where} of {name!r}: {exc}") from exc
+    return estimator
+
+
+def check_model_params(spec: StreamSpec) -> None:
+    """Every family's estimator parameters, checked as a training run would build them."""
+    for family in spec.model.families:
+        where = f"model.candidates[{family.label}].params" if spec.model.candidates else "model.params"
+        checked_estimator(family.estimator, family.seed, family.params, where)
+
+
+_PARAMS_CHECKED: dict[str, str | None] = {}
+
+
+def model_params_problem(spec: StreamSpec) -> str | None:
+    """`check_model_params`' error for the spec's model, or None; remembered per model (the sensor
+    asks every tick, and building estimators imports their libraries once)."""
+    key = spec.model.model_dump_json()
+    if key not in _PARAMS_CHECKED:
+        try:
+            check_model_params(spec)
+            _PARAMS_CHECKED[key] = None
+        except ValueError as exc:
+            _PARAMS_CHECKED[key] = str(exc)
+    return _PARAMS_CHECKED[key]
+
+
 def build_model(spec: StreamSpec) -> Pipeline:
     """A fresh, unfitted pipeline for the stream: optional scaler, then the configured estimator.
 
     ``spec.model.params`` override the online defaults key by key, so a spec only states what differs.
     """
-    name = spec.model.estimator
-    params = {**default_params(name, spec.model.seed), **spec.model.params}
-    estimator = entry(name).estimator_class()(**params)
+    estimator = checked_estimator(spec.model.estimator, spec.model.seed, spec.model.params)
     steps: list[tuple[str, Any]] = []
     if any(f.type == "category" for f in spec.inputs):
         steps.append(("encode", build_encoder(spec)))

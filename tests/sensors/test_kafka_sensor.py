@@ -78,6 +78,19 @@ def test_batches_are_capped_and_the_tail_is_learned(kafka_bootstrap, kafka_setti
     assert head.learned == {s.partition: s.high_water for s in probe_partitions(kafka_settings, spec.events_topic, {})}
 
 
+def test_model_params_no_run_could_build_are_refused_before_any_run(
+    kafka_bootstrap, kafka_settings, registry, instance
+):
+    spec = synthetic_spec(model={"estimator": "sgd_classifier", "params": {"eta": 0.1}})
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 300)
+    result = kafka_sensor_tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    assert isinstance(result, dg.SkipReason), result
+    assert result.skip_message.startswith(f"MODEL PARAMS in {spec.name}: model.params.eta is not a parameter of")
+    assert "eta0" in result.skip_message and "nothing is planned" in result.skip_message
+    assert instance.get_runs() == [] and registry.versions(spec.name) == []
+
+
 def test_broker_down_skips_and_advances_nothing(kafka_settings, spec, registry, stream_defs, instance):
     down = KafkaResource(bootstrap=f"127.0.0.1:{free_port()}")
     started = time.monotonic()

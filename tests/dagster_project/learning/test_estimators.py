@@ -7,6 +7,7 @@ from a stream, ONNX export, parity on unseen rows, a joblib round trip, a regist
 
 from __future__ import annotations
 
+import re
 import typing
 import warnings
 from pathlib import Path
@@ -23,7 +24,14 @@ from sklearn.preprocessing import StandardScaler
 from dagster_project.learning import prequential as training
 from dagster_project.learning import scale_out
 from dagster_project.learning.estimator_table import CLASSIFIERS, ESTIMATORS
-from dagster_project.learning.estimators import build_model, default_params, is_fitted, partial_fit
+from dagster_project.learning.estimators import (
+    build_model,
+    check_model_params,
+    default_params,
+    is_fitted,
+    model_params_problem,
+    partial_fit,
+)
 from dagster_project.learning.learner import rows_of, servable, test_then_learn
 from dagster_project.learning.windowed import WindowRows
 from dagster_project.onnx.export import OnnxModel, check_parity, export_onnx
@@ -277,6 +285,63 @@ def test_params_override_defaults() -> None:
     spec = make_spec("sgd_classifier", params={"eta0": 0.1, "alpha": 0.001})
     sgd = build_model(spec).named_steps["estimator"]
     assert sgd.eta0 == 0.1 and sgd.alpha == 0.001 and sgd.loss == "log_loss"
+
+
+@pytest.mark.parametrize(
+    ("estimator", "params", "named"),
+    [
+        (
+            "sgd_classifier",
+            {"eta": 0.1},
+            r"model.params.eta is not a parameter of 'sgd_classifier' \(SGDClassifier\): "
+            r"remove it or use one of .*\beta0\b",
+        ),
+        ("sgd_classifier", {"eta0": -1}, r"model.params of 'sgd_classifier': The 'eta0' parameter of SGDClassifier"),
+        ("adaptive_sgd_classifier", {"max_passes": "8"}, r"max_passes must be at least 1 \(or null: no cap\), got '8'"),
+        ("adaptive_sgd_classifier", {"passes_options": [8, 0]}, r"passes_options must be passes of at least 1"),
+        ("adaptive_sgd_classifier", {"loss": "hinge_typo"}, r"The 'loss' parameter of SGDClassifier must be"),
+        (
+            "mlp_classifier",
+            {"hidden_layers": [8]},
+            r"model.params.hidden_layers is not a parameter of 'mlp_classifier'",
+        ),
+    ],
+)
+def test_bad_model_params_are_refused_when_the_model_is_built_naming_the_field(
+    estimator: str, params: dict, named: str
+) -> None:
+    spec = make_spec(estimator, params=params)
+    with pytest.raises(ValueError, match=named):
+        check_model_params(spec)
+    with pytest.raises(ValueError, match=named):
+        build_model(spec)
+    assert model_params_problem(spec) is not None and re.search(named, model_params_problem(spec))
+
+
+def test_a_bad_candidate_is_named_by_its_label() -> None:
+    spec = StreamSpec(
+        name="contract",
+        features=[{"name": f"f{i}"} for i in range(4)],
+        label={"classes": [0, 1]},
+        model={
+            "candidates": [
+                {"estimator": "sgd_classifier", "name": "fast", "params": {"eta0": 0}},
+                {"estimator": "gaussian_nb"},
+            ]
+        },
+    )
+    with pytest.raises(ValueError, match=r"model.candidates\[fast\].params of 'sgd_classifier'"):
+        check_model_params(spec)
+
+
+def test_every_shipped_and_default_model_passes_the_check() -> None:
+    from dagster_project.spec import load_specs
+
+    for spec in load_specs(Path(__file__).resolve().parents[3] / "streams"):
+        check_model_params(spec)
+        assert model_params_problem(spec) is None
+    for estimator in ESTIMATORS:
+        check_model_params(make_spec(estimator))
 
 
 def test_default_params_rejects_unknown_name() -> None:
