@@ -148,6 +148,7 @@ class _AdaptiveSGD(BaseEstimator):
             "measure": self.measure(),
             "halflife_rows": self.halflife_rows,
             "rows_scored": self.rows_scored_,
+            **({"max_passes": self.max_passes} if self.max_passes is not None else {}),
         }
 
     def served_estimator(self) -> Any:

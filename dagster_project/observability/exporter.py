@@ -82,7 +82,8 @@ class TrainingCollector(Collector):
         )
         step = GaugeMetricFamily(
             "streamfit_adaptive_serving_passes",
-            "Passes per batch of the adaptive SGD copy the head version serves (more passes: a larger step)",
+            "Passes per batch of the adaptive SGD copy the head version serves (more passes: a larger step; "
+            "with max_passes, a step beyond it runs as max_passes passes at a larger eta0)",
             labels=["stream"],
         )
         train = SummaryMetricFamily("streamfit_train_seconds", "Seconds spent in test-then-train", labels=["stream"])

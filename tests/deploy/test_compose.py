@@ -751,6 +751,21 @@ def test_dashboard_queries_only_exported_metrics():
     assert key <= used, f"the dashboard misses key metrics {sorted(key - used)}"
 
 
+def test_dashboard_panels_fit_the_grid_without_overlapping():
+    """Grafana's grid is 24 columns wide; overlapping panels are pushed down in an order the file does not say."""
+    panels = dashboard()["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(set(ids)) == len(ids), f"panel ids repeat: {sorted(ids)}"
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, f"{panel['title']}: {pos}"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r} at column {x}, row {y}"
+                cells[(x, y)] = panel["title"]
+
+
 def test_dashboard_uses_the_provisioned_datasource():
     datasources = DEPLOY / "grafana" / "provisioning" / "datasources"
     uids = {d["uid"] for f in datasources.glob("*.y*ml") for d in yaml.safe_load(f.read_text())["datasources"]}

@@ -122,9 +122,11 @@ def test_a_step_beyond_max_passes_is_taken_as_max_passes_at_a_larger_eta0() -> N
     assert [c.eta0 for c in model.copies_] == [0.005, 0.005, 0.02]
     # SGD counts its weight updates in t_ (one per row and pass, from 1): the 32-pass step ran 8 passes.
     assert [int(c.t_ - 1) for c in model.copies_] == [800, 200, 800]
+    assert model.describe()["max_passes"] == 8  # the record says how a 32-pass step ran
     uncapped = AdaptiveSGDClassifier(random_state=0, passes_options=(8, 2, 32)).partial_fit(X, y, classes=CLASSES)
     assert [c.eta0 for c in uncapped.copies_] == [0.005] * 3  # no max_passes (the default): passes at eta0
     assert [int(c.t_ - 1) for c in uncapped.copies_] == [800, 200, 3200]
+    assert "max_passes" not in uncapped.describe()
 
 
 @pytest.mark.parametrize(
