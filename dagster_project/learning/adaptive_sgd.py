@@ -67,7 +67,10 @@ class _AdaptiveSGD(BaseEstimator):
         self.max_passes = max_passes
 
     def _validate_params(self) -> None:
-        """Refuse settings a spec got wrong, naming the value; then the copies' SGD parameters."""
+        """Refuse settings a spec got wrong, naming the value (the copies' SGD parameters included)."""
+        self._new_copies()
+
+    def _new_copies(self) -> list[Any]:
         options = self.passes_options
         if not options or not all(isinstance(p, int) and p >= 1 for p in options):
             raise ValueError(f"passes_options must be passes of at least 1, got {options!r}")
@@ -77,15 +80,7 @@ class _AdaptiveSGD(BaseEstimator):
             raise ValueError(f"criterion must be one of {self._criteria}, got {self.criterion!r}")
         if self.max_passes is not None and (not isinstance(self.max_passes, int) or self.max_passes < 1):
             raise ValueError(f"max_passes must be at least 1 (or null: no cap), got {self.max_passes!r}")
-        for copy in self._copies():
-            copy._validate_params()
-
-    def _new_copies(self) -> list[Any]:
-        self._validate_params()
-        return self._copies()
-
-    def _copies(self) -> list[Any]:
-        return [
+        copies = [
             self._copy_class(
                 loss=self.loss,
                 learning_rate=self.learning_rate,
@@ -93,8 +88,11 @@ class _AdaptiveSGD(BaseEstimator):
                 penalty=self.penalty,
                 random_state=self.random_state,
             )
-            for passes in self.passes_options
+            for passes in options
         ]
+        for copy in copies:
+            copy._validate_params()
+        return copies
 
     def _passes_run(self, passes: int) -> int:
         """The passes a copy really makes over a batch (its step beyond `max_passes` is in its eta0)."""
