@@ -12,6 +12,7 @@ from dagster_project.cli import (
     batches,
     bench,
     broker,
+    check,
     code_server,
     demo,
     exporter,
@@ -57,3 +58,4 @@ main.add_command(labels.labels)
 main.add_command(bench.bench)
 main.add_command(code_server.code_server)
 main.add_command(instance.instance)
+main.add_command(check.check)

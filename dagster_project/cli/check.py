@@ -1,0 +1,123 @@
+"""`streamfit check [SPEC...] [--sample FILE]`: specs checked, and a sample learned, before deploying."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+SHOWN_REASONS = 10  # refusal reasons listed with an example; the rest are counted
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A .jsonl file of events (one per line, as `streamfit produce --source` sends them) to learn "
+    "through the training path, without a broker.",
+)
+@click.option("--stream", help="With --sample and several specs: the stream the sample belongs to.")
+@click.option("--batch-rows", type=click.IntRange(min=1), help="Rows per batch (default: the spec's batch.rows).")
+@click.option("--limit", type=click.IntRange(min=1), help="Read at most this many events of the sample.")
+def check(paths: tuple[Path, ...], sample: Path | None, stream: str | None, batch_rows: int | None, limit: int | None):
+    """Check stream specs (default: $STREAMFIT_STREAMS) one by one: schema, estimator parameters and
+    the data-quality suite. With --sample, also learn the events as training runs would (parse,
+    features, quality checks, test-then-train, ONNX export with parity) and report what was learned
+    and refused. Exits 1 when anything would stop the stream."""
+    from dagster_project.check.specs import check_spec_files, spec_files
+    from dagster_project.spec import specs_dir
+
+    try:
+        files = spec_files(list(paths) or [specs_dir()])
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"checking {len(files)} spec file(s) (importing scikit-learn and Great Expectations) ...", err=True)
+    reports = check_spec_files(files)
+    for report in reports:
+        if report.ok:
+            click.echo(f"ok    {report.path}: {report.summary()}")
+        for problem in report.problems:
+            click.echo(f"FAIL  {report.path}: {problem}")
+    failed = sum(not r.ok for r in reports)
+    if sample is not None:
+        failed += _backtest(reports, sample, stream, batch_rows, limit)
+    if failed:
+        raise SystemExit(1)
+
+
+def _backtest(reports, sample: Path, stream: str | None, batch_rows: int | None, limit: int | None) -> int:
+    """Learn the sample with its stream's spec; 1 if the stream would not learn it, else 0."""
+    from dagster_project.check.backtest import backtest, sample_messages
+
+    loaded = [r for r in reports if r.spec is not None]
+    chosen = [r for r in loaded if stream is None or r.spec.name == stream]
+    if len(chosen) != 1:
+        names = sorted(r.spec.name for r in loaded)
+        hint = f"--stream {stream!r} is not one of {names}" if stream else f"name one with --stream (one of {names})"
+        raise click.ClickException(f"--sample needs exactly one stream: {hint}")
+    report = chosen[0]
+    if not report.ok:
+        raise click.ClickException(f"--sample: fix {report.path} first")
+    spec = report.spec
+    messages = sample_messages(sample, limit)
+    rows = batch_rows or spec.batch.rows
+    click.echo(f"learning {sample} ({len(messages):,} events) as stream {spec.name}, batches of {rows:,} ...", err=True)
+    result = backtest(spec, messages, rows, report.path.parent, on_batch=lambda b: click.echo(_batch_line(b), err=True))
+    for line in _summary(result):
+        click.echo(line)
+    for problem in result.problems:
+        click.echo(f"FAIL  {problem}")
+    return int(bool(result.problems))
+
+
+def _batch_line(batch) -> str:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in batch.metrics.items() if k != "rows")
+    metrics = metrics or ("no model yet" if batch.learned else "nothing to learn")
+    leader = f", leader {batch.leader}" if batch.leader else ""
+    split = f", {batch.split_off} split off" if batch.split_off else ""
+    return (
+        f"  batch {batch.number} [{batch.start:,}, {batch.end:,}): {batch.learned:,} learned, {batch.refused:,} "
+        f"refused{split}, quality {batch.quality}; before it: {metrics}{leader}"
+    )
+
+
+def _summary(result) -> list[str]:
+    from dagster_project.registry.promotion import stream_metric
+
+    spec = result.spec
+    refused = result.refusals.total()
+    lines = [
+        f"sample: {result.messages:,} events in {len(result.batches)} batch(es) of {result.batch_rows:,}; "
+        f"{result.learned:,} rows learned, {refused:,} refused (to {spec.dlq_topic} in production), "
+        f"{sum(b.unlabelled for b in result.batches):,} unlabelled, {len(result.blocked)} batch(es) blocked by quality"
+    ]
+    kinds = result.refusals.most_common()
+    for kind, count in kinds[:SHOWN_REASONS]:
+        position, reason = result.refusal_examples[kind]
+        lines.append(f"  refused x{count:,}: {reason} (first: event {position:,})")
+    if len(kinds) > SHOWN_REASONS:
+        rest = sum(count for _, count in kinds[SHOWN_REASONS:])
+        lines.append(f"  ... and {rest:,} more refused for {len(kinds) - SHOWN_REASONS:,} other reasons")
+    means = result.mean_metrics()
+    if means:
+        baseline = result.mean_baseline()
+        numbers = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+        lines.append(f"prequential (each batch scored before it is learned): {numbers}")
+        if baseline is not None:
+            lines.append(f"  baseline, {result.baseline_name}: {baseline:.4f}")
+    metric = stream_metric(spec)
+    for family in spec.model.families if len(spec.model.families) > 1 else []:
+        value = result.mean_metrics(family.label).get(metric)
+        scored = "not scored (never fitted before a batch)" if value is None else f"{metric} {value:.4f}"
+        lines.append(f"  family {family.label} ({family.estimator}): {scored}")
+    leaders = [b.leader for b in result.batches if b.leader]
+    if leaders:
+        lines.append(f"  leader at the end: {leaders[-1]} (the family a version would serve)")
+    if result.onnx:
+        lines.append(
+            f"ONNX: {result.onnx['onnx_bytes']:,} bytes, parity {'passed' if result.onnx['passed'] else 'FAILED'} "
+            f"(max |onnx - sklearn| {result.onnx['max_abs_diff']:.2g} on {result.onnx['rows']:,} rows)"
+        )
+    lines.append(f"took {result.seconds:.1f} s; nothing was sent to a broker or registered")
+    return lines

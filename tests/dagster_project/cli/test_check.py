@@ -1,0 +1,55 @@
+"""`streamfit check`: one line per spec file, the sample's report, and exit 1 when a stream would stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster_project.dev.datasets import census_events
+from dagster_project.ingest.events import make_event
+
+SHIPPED = Path(__file__).resolve().parents[3] / "streams"
+
+
+def test_check_reports_each_spec_and_fails_on_any_problem(cli, tmp_path: Path) -> None:
+    good = "name: {}\ntask: classification\nfeatures:\n  - {{name: x}}\nlabel: {{classes: [0, 1]}}\n"
+    (tmp_path / "good.yaml").write_text(good.format("good"))
+    (tmp_path / "typo.yaml").write_text(good.format("typo") + "model: {params: {eta0: -1}}\n")
+
+    result = cli("check", tmp_path)
+
+    assert result.exit_code == 1
+    assert f"ok    {tmp_path / 'good.yaml'}: stream good: classification, 1 features" in result.stdout
+    assert f"FAIL  {tmp_path / 'typo.yaml'}: model.params of 'adaptive_sgd_classifier'" in result.stdout
+    assert "must be a float in the range (0.0, inf). Got -1.0 instead." in result.stdout
+
+
+def test_check_learns_a_sample_and_reports_what_it_learned_and_refused(cli, tmp_path: Path) -> None:
+    lines = [make_event(e.event_id, e.features, e.label, e.ts) for e in census_events(rows=2_500)]
+    lines[10] = b"{cut short"
+    sample = tmp_path / "census.jsonl"
+    sample.write_bytes(b"\n".join(lines) + b"\n")
+
+    result = cli("check", SHIPPED / "census.yaml", "--sample", sample, "--batch-rows", 1_000)
+
+    assert result.exit_code == 0, result.output
+    assert "sample: 2,500 events in 3 batch(es) of 1,000; 2,499 rows learned, 1 refused (to census.dlq" in result.stdout
+    assert "refused x1: not valid JSON" in result.stdout and "(first: event 10)" in result.stdout
+    assert "prequential (each batch scored before it is learned): accuracy 0." in result.stdout
+    assert "ONNX: " in result.stdout and "parity passed" in result.stdout
+    assert "batch 2 [1,000, 2,000): 1,000 learned, 0 refused, quality train; before it: accuracy" in result.stderr
+
+
+def test_check_with_a_sample_needs_one_stream(cli, tmp_path: Path) -> None:
+    sample = tmp_path / "s.jsonl"
+    sample.write_bytes(b"{}\n")
+    result = cli("check", SHIPPED, "--sample", sample)
+    assert result.exit_code == 1
+    assert "--sample needs exactly one stream: name one with --stream (one of ['census', 'phishing'" in result.output
+    result = cli("check", SHIPPED, "--sample", sample, "--stream", "census")
+    assert result.exit_code == 1  # chosen, learned, and every message refused
+    assert "FAIL  every message was refused, e.g. message 0:" in result.stdout
+
+
+def test_check_of_a_missing_path_is_one_line(cli, tmp_path: Path) -> None:
+    result = cli("check", tmp_path / "nope.yaml")
+    assert result.exit_code == 1 and f"Error: no spec file or directory at {tmp_path / 'nope.yaml'}" in result.output
