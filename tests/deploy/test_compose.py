@@ -490,6 +490,15 @@ def test_every_command_is_a_real_entry_point():
             assert flag.split("=", 1)[0] in text, f"prometheus has no flag {flag}"
 
 
+def test_specs_are_checked_before_the_code_location_loads_them():
+    """A broken spec stops `up` in spec-check, naming the file, instead of failing every stream's load."""
+    check, server = services()["spec-check"], services()["code-server"]
+    assert argv(check) == ["streamfit", "check"]  # default: $STREAMFIT_STREAMS, the code server's specs
+    assert env(check)["STREAMFIT_STREAMS"] == env(server)["STREAMFIT_STREAMS"]
+    assert check["image"] == server["image"] and check["restart"] == "no"
+    assert server["depends_on"]["spec-check"] == {"condition": "service_completed_successfully"}
+
+
 def test_code_location_module_and_name_match_the_project():
     server = services()["code-server"]
     args = argv(server)
