@@ -90,6 +90,29 @@ class Backtest:
         rows = sum(r for _, r in scored)
         return sum(v * r for v, r in scored) / rows if rows else None
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-safe data, for a CI step that compares a spec change's numbers."""
+        from dataclasses import asdict
+
+        families = [f.label for f in self.spec.model.families] if len(self.spec.model.families) > 1 else []
+        return {
+            "stream": self.spec.name,
+            "batch_rows": self.batch_rows,
+            "messages": self.messages,
+            "learned": self.learned,
+            "refused": dict(self.refusals),
+            "refusal_examples": {k: {"position": p, "reason": r} for k, (p, r) in self.refusal_examples.items()},
+            "unlabelled": sum(b.unlabelled for b in self.batches),
+            "blocked_batches": [b.number for b in self.blocked],
+            "prequential": self.mean_metrics(),
+            "baseline": {"measure": self.baseline_name, "value": self.mean_baseline()},
+            "families": {label: self.mean_metrics(label) for label in families},
+            "onnx": self.onnx,
+            "problems": self.problems,
+            "seconds": self.seconds,
+            "batches": [asdict(b) for b in self.batches],
+        }
+
     @property
     def problems(self) -> list[str]:
         """What would stop this stream in production, each with the fix; empty when it would learn."""

@@ -20,7 +20,20 @@ SHOWN_REASONS = 10  # refusal reasons listed with an example; the rest are count
 @click.option("--stream", help="With --sample and several specs: the stream the sample belongs to.")
 @click.option("--batch-rows", type=click.IntRange(min=1), help="Rows per batch (default: the spec's batch.rows).")
 @click.option("--limit", type=click.IntRange(min=1), help="Read at most this many events of the sample.")
-def check(paths: tuple[Path, ...], sample: Path | None, stream: str | None, batch_rows: int | None, limit: int | None):
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --sample: also write the report as JSON (per batch and summary), e.g. for a CI step.",
+)
+def check(
+    paths: tuple[Path, ...],
+    sample: Path | None,
+    stream: str | None,
+    batch_rows: int | None,
+    limit: int | None,
+    json_path: Path | None,
+):
     """Check stream specs (default: $STREAMFIT_STREAMS) one by one: schema, estimator parameters and
     the data-quality suite. With --sample, also learn the events as training runs would (parse,
     features, quality checks, test-then-train, ONNX export with parity) and report what was learned
@@ -40,13 +53,17 @@ def check(paths: tuple[Path, ...], sample: Path | None, stream: str | None, batc
         for problem in report.problems:
             click.echo(f"FAIL  {report.path}: {problem}")
     failed = sum(not r.ok for r in reports)
+    if json_path is not None and sample is None:
+        raise click.ClickException("--json writes the report of a sample: add --sample events.jsonl")
     if sample is not None:
-        failed += _backtest(reports, sample, stream, batch_rows, limit)
+        failed += _backtest(reports, sample, stream, batch_rows, limit, json_path)
     if failed:
         raise SystemExit(1)
 
 
-def _backtest(reports, sample: Path, stream: str | None, batch_rows: int | None, limit: int | None) -> int:
+def _backtest(
+    reports, sample: Path, stream: str | None, batch_rows: int | None, limit: int | None, json_path: Path | None
+) -> int:
     """Learn the sample with its stream's spec; 1 if the stream would not learn it, else 0."""
     from dagster_project.check.backtest import backtest, sample_messages
 
@@ -68,6 +85,11 @@ def _backtest(reports, sample: Path, stream: str | None, batch_rows: int | None,
         click.echo(line)
     for problem in result.problems:
         click.echo(f"FAIL  {problem}")
+    if json_path is not None:
+        import orjson
+
+        json_path.write_bytes(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        click.echo(f"report written to {json_path}", err=True)
     return int(bool(result.problems))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
 from dagster_project.dev.datasets import census_events
 from dagster_project.ingest.events import make_event
 
@@ -29,7 +31,8 @@ def test_check_learns_a_sample_and_reports_what_it_learned_and_refused(cli, tmp_
     sample = tmp_path / "census.jsonl"
     sample.write_bytes(b"\n".join(lines) + b"\n")
 
-    result = cli("check", SHIPPED / "census.yaml", "--sample", sample, "--batch-rows", 1_000)
+    report = tmp_path / "report.json"
+    result = cli("check", SHIPPED / "census.yaml", "--sample", sample, "--batch-rows", 1_000, "--json", report)
 
     assert result.exit_code == 0, result.output
     assert "sample: 2,500 events in 3 batch(es) of 1,000; 2,499 rows learned, 1 refused (to census.dlq" in result.stdout
@@ -37,6 +40,16 @@ def test_check_learns_a_sample_and_reports_what_it_learned_and_refused(cli, tmp_
     assert "prequential (each batch scored before it is learned): accuracy 0." in result.stdout
     assert "ONNX: " in result.stdout and "parity passed" in result.stdout
     assert "batch 2 [1,000, 2,000): 1,000 learned, 0 refused, quality train; before it: accuracy" in result.stderr
+    written = orjson.loads(report.read_bytes())  # the same numbers, for a CI step to compare
+    assert (written["messages"], written["learned"], written["refused"]) == (2_500, 2_499, {"not valid JSON": 1})
+    assert written["refusal_examples"]["not valid JSON"]["position"] == 10 and written["problems"] == []
+    assert f"accuracy {written['prequential']['accuracy']:.4f}" in result.stdout
+    assert [b["learned"] for b in written["batches"]] == [999, 1_000, 500] and written["onnx"]["passed"]
+
+
+def test_json_needs_a_sample(cli, tmp_path: Path) -> None:
+    result = cli("check", SHIPPED / "census.yaml", "--json", tmp_path / "r.json")
+    assert result.exit_code == 1 and "--json writes the report of a sample: add --sample" in result.output
 
 
 def test_check_with_a_sample_needs_one_stream(cli, tmp_path: Path) -> None:
