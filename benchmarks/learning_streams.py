@@ -11,12 +11,15 @@ order.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 KINDS = ("stationary", "abrupt", "gradual")
+RARE_KEEP = 1 / 40  # `searare`: the share of SEA's positives kept (about 5 % of the rows end up positive)
+# Families outside the set every choice was made on (`full_set`): a check that the choices carry over.
+OTHER_FAMILIES = ("led", "waveform", "searare")
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,31 @@ def _arrays(pairs: Iterable[tuple[dict, object]], rows: int, task: str) -> tuple
     return X, y
 
 
+def _rare_positives(source: Iterable, keep: float, seed: int) -> Iterator[tuple[dict, object]]:
+    """`source` with each positive row kept with probability `keep` (seeded): a rare positive class."""
+    rng = np.random.default_rng(seed + 10_000)
+    for x, y in source:
+        if not y or rng.random() < keep:
+            yield x, int(y)
+
+
 def _generators(family: str, seed: int) -> tuple[Callable[[], Iterable], Callable[[], Iterable]]:
-    """(before, after) concept generators of a synthetic classification family."""
+    """(before, after) concept generators of a synthetic classification family.
+
+    Outside the benchmark's set (never used to choose a default; for checking that choices carry
+    over): `led` (ten classes, 24 binary features, 10 % of its segments flipped; after: seven relevant
+    features swapped), `waveform` (three classes, 21 noisy features; stationary only) and `searare`
+    (SEA with positives kept 1 in 40: about 5 % positive; after: SEA's variant 3, as `sea`).
+    """
     from river.datasets import synth
 
+    if family == "waveform":
+        return lambda: synth.Waveform(seed=seed), _no_change(family)
+    if family == "searare":
+        return (
+            lambda: _rare_positives(synth.SEA(variant=0, seed=seed), RARE_KEEP, seed),
+            lambda: _rare_positives(synth.SEA(variant=3, seed=seed + 1), RARE_KEEP, seed + 1),
+        )
     return {
         "sea": (lambda: synth.SEA(variant=0, seed=seed), lambda: synth.SEA(variant=3, seed=seed + 1)),
         "hyperplane": (
@@ -66,11 +90,23 @@ def _generators(family: str, seed: int) -> tuple[Callable[[], Iterable], Callabl
             lambda: synth.RandomRBF(seed_model=seed, seed_sample=seed, n_features=10, n_centroids=20),
             lambda: synth.RandomRBF(seed_model=seed + 100, seed_sample=seed + 1, n_features=10, n_centroids=20),
         ),
+        "led": (
+            lambda: synth.LED(seed=seed, noise_percentage=0.1, irrelevant_features=True),
+            lambda: synth.LEDDrift(seed=seed + 1, noise_percentage=0.1, irrelevant_features=True, n_drift_features=7),
+        ),
     }[family]
 
 
+def _no_change(family: str) -> Callable[[], Iterable]:
+    def refuse() -> Iterable:
+        raise ValueError(f"{family} has no second concept: use {family}_stationary_s<seed>")
+
+    return refuse
+
+
 def synthetic(family: str, kind: str, seed: int, rows: int) -> Stream:
-    """A seeded classification stream of `family` (sea, hyperplane, agrawal, stagger, rbf)."""
+    """A seeded classification stream of `family` (sea, hyperplane, agrawal, stagger, rbf; led, waveform,
+    searare outside the benchmark's set)."""
     from river.datasets import synth
 
     before, after = _generators(family, seed)

@@ -1,11 +1,15 @@
 """A sample of events run through the product's training path, with no broker and nothing registered.
 
-The file is read in order as one partition (offset = the message's position), cut into the spec's
-batches, and each batch goes through what a training run does: `EventParser.parse_many`, derived
-features with a `FeatureState` carried from batch to batch, the data-quality screening
-(`screen_batch`, the spec's policy), test-then-train (`learner.test_then_learn`, every family of a
-candidate set, windowed refits read back from the rows seen), and a leader choice on rows no family
-has learned. The last model is exported with skl2onnx and checked for parity as a version would be.
+The file's lines are placed as `streamfit produce --source file.jsonl` would send them: keyed by the
+event's `id` (a stream with derived features: by their `by` field), each key on its murmur2 partition,
+so every partition's offsets count its own lines. Batches take the next `batch.rows` waiting
+messages in file order and hold back the promotion tail as the Kafka sensor plans it
+(`spec_tail_split`): the learned part goes through what a training run does
+(`EventParser.parse_many`, derived features with the `FeatureState` saved after the learned rows,
+`screen_batch` with the spec's policy, `learner.test_then_learn` for every family, windowed refits
+reading their window back as `windowed.kafka_reader` would), then a candidate set's leader is chosen
+on the tail's rows, which no family has learned, as `_family_metadata` does; the next batch learns
+the tail. The last model is exported with skl2onnx and checked for parity as a version would be.
 
 Not simulated: drift monitors, retrains and the champion gate (they need the stream's history of
 versions); delayed labels (unlabelled rows are counted, not learned).
@@ -30,8 +34,9 @@ class BatchOutcome:
     """One batch of the sample: what was refused, what the quality screening decided, what was learned."""
 
     number: int
-    start: int  # first message position (the batch's offsets are [start, end) of partition 0)
-    end: int
+    ranges: dict[int, tuple[int, int]]  # the offsets the batch learns, per partition (its tail excluded)
+    messages: int  # messages in those offsets
+    tail: int  # messages held back for the leader choice (the next batch learns them)
     refused: int  # messages a training run would dead-letter (malformed or breaking the contract)
     quality: str  # train, partial, halt or quarantine (the spec's policy for a failing batch)
     quality_detail: str
@@ -41,6 +46,7 @@ class BatchOutcome:
     metrics: dict[str, float] = field(default_factory=dict)  # the serving model's, before the batch
     baseline: float | None = None  # the prequential baseline on the same rows (see `Backtest.baseline_name`)
     leader: str | None = None  # a candidate set's leader after the batch
+    leader_reason: str | None = None  # why, on the tail (`choose_leader`)
     families: dict[str, dict[str, float]] = field(default_factory=dict)  # each family's metrics, before the batch
 
 
@@ -51,9 +57,11 @@ class Backtest:
     spec: StreamSpec
     batch_rows: int
     messages: int = 0
+    partitions: dict[int, int] = field(default_factory=dict)  # partition -> messages placed there
     batches: list[BatchOutcome] = field(default_factory=list)
     refusals: Counter = field(default_factory=Counter)  # reason's kind -> messages
-    refusal_examples: dict[str, tuple[int, str]] = field(default_factory=dict)  # kind -> (position, reason)
+    refusal_examples: dict[str, tuple[int, str]] = field(default_factory=dict)  # kind -> (line position, reason)
+    failure: str | None = None  # a training run that would fail (and be retried until the stream halts)
     onnx: dict[str, Any] | None = None
     onnx_problem: str | None = None
     seconds: float = 0.0
@@ -62,6 +70,10 @@ class Backtest:
     @property
     def learned(self) -> int:
         return sum(b.learned for b in self.batches)
+
+    @property
+    def split_off(self) -> int:
+        return sum(b.split_off for b in self.batches)
 
     @property
     def blocked(self) -> list[BatchOutcome]:
@@ -95,13 +107,16 @@ class Backtest:
         from dataclasses import asdict
 
         families = [f.label for f in self.spec.model.families] if len(self.spec.model.families) > 1 else []
+        batches = [asdict(b) | {"ranges": {str(p): list(r) for p, r in b.ranges.items()}} for b in self.batches]
         return {
             "stream": self.spec.name,
             "batch_rows": self.batch_rows,
             "messages": self.messages,
+            "partitions": {str(p): n for p, n in sorted(self.partitions.items())},
             "learned": self.learned,
             "refused": dict(self.refusals),
             "refusal_examples": {k: {"position": p, "reason": r} for k, (p, r) in self.refusal_examples.items()},
+            "split_off": self.split_off,
             "unlabelled": sum(b.unlabelled for b in self.batches),
             "blocked_batches": [b.number for b in self.blocked],
             "prequential": self.mean_metrics(),
@@ -110,7 +125,7 @@ class Backtest:
             "onnx": self.onnx,
             "problems": self.problems,
             "seconds": self.seconds,
-            "batches": [asdict(b) for b in self.batches],
+            "batches": batches,
         }
 
     @property
@@ -122,48 +137,90 @@ class Backtest:
         elif self.refusals.total() == self.messages:
             kind, (position, reason) = next(iter(self.refusal_examples.items()))
             out.append(f"every message was refused, e.g. message {position}: {reason} (does the spec match the data?)")
-        elif not self.learned:
+        elif not self.learned and not self.blocked and not self.failure:
             out.append("no labelled row was learned: the sample needs labelled events (label field)")
         for batch in self.blocked:
             out.append(
-                f"batch {batch.number} [{batch.start}, {batch.end}) would {batch.quality} the stream: "
+                f"batch {batch.number} {ranges_text(batch.ranges)} would {batch.quality} the stream: "
                 f"{batch.quality_detail} (fix the data or the spec's quality section)"
             )
+        if self.failure:
+            out.append(f"training would fail, and the stream halt after its retries: {self.failure}")
         if self.onnx_problem:
             out.append(f"ONNX export: {self.onnx_problem}")
         return out
 
 
+def ranges_text(ranges: dict[int, tuple[int, int]]) -> str:
+    return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
+
+
+class _Placement:
+    """Where `streamfit produce` would put each line: its partition (murmur2 of its key, as Kafka's
+    clients do) and its offset there."""
+
+    def __init__(self, spec: StreamSpec, values: list[bytes | None]) -> None:
+        import orjson
+        from kafka.partitioner.default import murmur2
+
+        from dagster_project.dev.producer import message_key_field
+
+        field_name, count = message_key_field(spec), spec.partitions
+        self.partitions = np.zeros(len(values), dtype=np.int32)
+        for i, value in enumerate(values):
+            try:
+                key = orjson.loads(value).get(field_name) if value else None
+            except (orjson.JSONDecodeError, AttributeError):
+                key = None
+            # An unkeyed line goes to a random partition in production; here to the next one, in turn.
+            self.partitions[i] = i % count if key is None else (murmur2(str(key).encode()) & 0x7FFFFFFF) % count
+        self.offsets = np.zeros(len(values), dtype=np.int64)
+        for p in range(count):
+            where = self.partitions == p
+            self.offsets[where] = np.arange(int(where.sum()))
+
+
 class _SeenRows:
-    """The rows learned so far, by batch, so a windowed family can read its window back as from Kafka
-    (kept as chunks: appending to one array would copy every earlier row at every batch)."""
+    """The valid rows of every learned part, so a windowed family reads its window back as
+    `windowed.kafka_reader` would: labelled rows that break no per-row rule over the span read."""
 
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (X, y, offsets) per batch
+    def __init__(self, spec: StreamSpec) -> None:
+        self.spec = spec
+        self.batches: list[Any] = []  # MicroBatch per learned part
 
-    def add(self, X: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> None:
-        self.chunks.append((X, y, offsets))
-
-    @property
-    def last_X(self) -> np.ndarray | None:
-        return self.chunks[-1][0] if self.chunks else None
+    def add(self, batch: Any) -> None:
+        self.batches.append(batch)
 
     def read(self, ranges: dict[int, tuple[int, int]]) -> Any:
+        from dagster_project.ingest.micro_batch import MicroBatch
         from dagster_project.learning.windowed import WindowRows
+        from dagster_project.quality.suite import row_violations
 
         parts = []
-        for X, y, offsets in self.chunks:
-            keep = np.zeros(len(offsets), dtype=bool)
-            for _, (start, end) in ranges.items():
-                keep |= (offsets >= start) & (offsets < end)
+        for batch in self.batches:
+            keep = np.zeros(batch.rows, dtype=bool)
+            for p, (start, end) in ranges.items():
+                keep |= (batch.partitions == p) & (batch.offsets >= start) & (batch.offsets < end)
             if keep.any():
-                parts.append((X[keep], y[keep], offsets[keep]))
+                parts.append(
+                    (
+                        batch.X[keep],
+                        batch.y[keep],
+                        [batch.ids[i] for i in np.flatnonzero(keep)],
+                        batch.partitions[keep],
+                        batch.offsets[keep],
+                    )
+                )
+        width = len(self.spec.inputs)
         if not parts:
             nothing = np.empty(0, dtype=np.int64)
-            return WindowRows(np.empty((0, self.width)), np.empty(0), nothing.astype(np.int32), nothing)
-        X, y, offsets = (np.concatenate(column) for column in zip(*parts, strict=True))
-        return WindowRows(X, y, np.zeros(len(offsets), dtype=np.int32), offsets)
+            return WindowRows(np.empty((0, width)), np.empty(0), nothing.astype(np.int32), nothing)
+        X, y = np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        ids = [i for p in parts for i in p[2]]
+        partitions, offsets = np.concatenate([p[3] for p in parts]), np.concatenate([p[4] for p in parts])
+        span = MicroBatch(self.spec.name, ranges, X, y, ids, partitions, offsets)
+        keep = span.labelled & ~row_violations(span, self.spec)
+        return WindowRows(X[keep], y[keep], partitions[keep], offsets[keep])
 
 
 def sample_messages(path: Path, limit: int | None = None) -> list[bytes]:
@@ -192,112 +249,157 @@ def backtest(
     values = list(messages)
     rows = batch_rows or spec.batch.rows
     result = Backtest(spec, rows, messages=len(values))
-    state = FeatureState(spec) if spec.derived else None
-    seen = _SeenRows(len(spec.inputs))
-    model: Any = None
-    history: list[float] = []  # every label learned so far, for the baseline
-    for number, start in enumerate(range(0, len(values), rows), start=1):
-        end = min(start + rows, len(values))
-        outcome, model = _one_batch(spec, values, start, end, number, state, seen, model, history, result, spec_dir)
+    place = _Placement(spec, values)
+    result.partitions = {int(p): int(n) for p, n in zip(*np.unique(place.partitions, return_counts=True), strict=True)}
+    run = _Run(spec, values, place, FeatureState(spec) if spec.derived else None, _SeenRows(spec), spec_dir)
+    carried: list[int] = []  # a previous batch's tail, in file order
+    following = 0  # the first line no batch has taken yet
+    while carried or following < len(values):
+        taken = carried + list(range(following, min(following + rows - len(carried), len(values))))
+        following = max(following, taken[-1] + 1)
+        try:
+            outcome, carried = run.batch(len(result.batches) + 1, np.asarray(taken), result)
+        except ValueError as exc:  # e.g. a windowed classifier's first window misses a class: the run fails
+            result.failure = str(exc)
+            break
         result.batches.append(outcome)
         if on_batch is not None:
             on_batch(outcome)
-    result.model = model
-    if model is not None and seen.last_X is not None:
-        _export(result, spec, model, seen.last_X)
+    result.model = run.model
+    if run.model is not None and run.last_X is not None and not result.failure:
+        _export(result, spec, run.model, run.last_X)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _one_batch(
-    spec: StreamSpec,
-    values: list[bytes | None],
-    start: int,
-    end: int,
-    number: int,
-    state: Any,
-    seen: _SeenRows,
-    model: Any,
-    history: list[float],
-    result: Backtest,
-    spec_dir: Path | None,
-) -> tuple[BatchOutcome, Any]:
-    """Messages [start, end) as one training run: parse, derive, screen, learn; returns the model after it."""
-    from dagster_project.features.batch import derive
-    from dagster_project.ingest.events import EventParser
-    from dagster_project.ingest.micro_batch import MicroBatch
-    from dagster_project.quality.suite import screen_batch
+class _Run:
+    """The state training runs carry from batch to batch: the model, the feature state, the rows seen."""
 
-    chunk = values[start:end]
-    parsed = EventParser(spec).parse_many(chunk)
-    if state is not None:
-        parsed = derive(state, [0] * len(chunk), chunk, parsed)
-    for position, reason in parsed.failures:
-        kind = reason.split(":")[0]
-        result.refusals[kind] += 1
-        result.refusal_examples.setdefault(kind, (start + position, reason))
-    batch = MicroBatch(
-        stream=spec.name,
-        ranges={0: (start, end)},
-        X=parsed.X,
-        y=parsed.y,
-        ids=parsed.ids,
-        partitions=np.zeros(len(parsed.ids), dtype=np.int32),
-        offsets=start + np.asarray(parsed.index, dtype=np.int64),
-    )
-    outcome = BatchOutcome(number, start, end, len(parsed.failures), "train", "", 0, 0, 0)
-    if not len(parsed.ids):
-        outcome.quality, outcome.quality_detail = "empty", "no valid message"
-        return outcome, model
-    screening = screen_batch(batch, spec, spec_dir)
-    outcome.quality, outcome.quality_detail = screening.action, screening.result.summary
-    if screening.kept is None:
-        return outcome, model
-    kept = screening.kept
-    outcome.split_off = screening.rejected.rows if screening.rejected is not None else 0
-    labelled = kept.labelled
-    outcome.unlabelled = int((~labelled).sum())
-    if not labelled.any():
-        return outcome, model
-    X, y, offsets = kept.X[labelled], kept.y[labelled], kept.offsets[labelled]
-    model = _learn(spec, model, X, y, offsets, kept.learned_ranges, seen, outcome)
-    outcome.baseline = _baseline(spec, history, y) if outcome.metrics else None
-    history.extend(y.tolist())
-    outcome.learned = len(y)
-    return outcome, model
+    def __init__(self, spec: StreamSpec, values: list, place: _Placement, state: Any, seen: _SeenRows, spec_dir):
+        self.spec, self.values, self.place, self.state, self.seen, self.spec_dir = (
+            spec,
+            values,
+            place,
+            state,
+            seen,
+            spec_dir,
+        )
+        self.model: Any = None
+        self.history: list[float] = []  # every label learned so far, for the baseline
+        self.last_X: np.ndarray | None = None  # the last learned part's rows (parity is checked on them)
 
+    def batch(self, number: int, taken: np.ndarray, result: Backtest) -> tuple[BatchOutcome, list[int]]:
+        """One training run on the lines `taken`: returns its outcome and the tail's lines (learned next)."""
+        from dagster_project.quality.suite import screen_batch
+        from dagster_project.registry.promotion import spec_tail_split
 
-def _learn(
-    spec: StreamSpec,
-    model: Any,
-    X: np.ndarray,
-    y: np.ndarray,
-    offsets: np.ndarray,
-    ranges: dict[int, tuple[int, int]],
-    seen: _SeenRows,
-    outcome: BatchOutcome,
-) -> Any:
-    """Test-then-train as the `model` asset does; a candidate set's leader is then chosen on these
-    rows with the members as they were before them (rows none had learned), as the product does on a
-    batch's tail."""
-    from dagster_project.learning.families import CandidateSet, choose_leader
-    from dagster_project.learning.learner import rows_of, test_then_learn
-    from dagster_project.registry.promotion import stream_metric
+        spec, place = self.spec, self.place
+        partitions, offsets = place.partitions[taken], place.offsets[taken]
+        ranges = {
+            int(p): (int(offsets[partitions == p].min()), int(offsets[partitions == p].max()) + 1)
+            for p in np.unique(partitions)
+        }
+        ends = spec_tail_split(spec, ranges)
+        learned_lines = np.array([ends[p] > o for p, o in zip(partitions.tolist(), offsets.tolist(), strict=True)])
+        if not learned_lines.any():  # never: a tail leaves the batch at least min_rows (kept as a guard)
+            learned_lines[:] = True
+            ends = {p: e for p, (_, e) in ranges.items()}
+        learn, tail = taken[learned_lines], taken[~learned_lines]
+        batch = self._parse(learn, self.state, result)
+        learned_ranges = {p: (s, ends[p]) for p, (s, _) in ranges.items() if ends[p] > s}
+        batch.ranges = learned_ranges
+        outcome = BatchOutcome(
+            number, learned_ranges, len(learn), len(tail), len(learn) - batch.rows, "train", "", 0, 0, 0
+        )
+        tail_batch = (
+            self._parse(tail, self.state.copy() if self.state is not None else None, None, tail=True)
+            if len(tail)
+            else None
+        )
+        self.seen.add(batch)
+        screening = screen_batch(batch, spec, self.spec_dir)
+        outcome.quality, outcome.quality_detail = screening.action, screening.result.summary
+        if screening.kept is None:
+            return outcome, tail.tolist()
+        kept = screening.kept
+        outcome.split_off = screening.rejected.rows if screening.rejected is not None else 0
+        labelled = kept.labelled
+        outcome.unlabelled = int((~labelled).sum())
+        if labelled.any():
+            y = kept.y[labelled]
+            self._learn(kept, labelled, learned_ranges, outcome)
+            outcome.baseline = _baseline(spec, self.history, y) if outcome.metrics else None
+            self.history.extend(y.tolist())
+            outcome.learned = len(y)
+            self.last_X = kept.X
+            self._choose_leader(tail_batch, outcome)
+        return outcome, tail.tolist()
 
-    rows = rows_of(X, y, np.zeros(len(y), dtype=np.int32), offsets)
-    learned = test_then_learn(model, spec, rows, ranges, seen.read)
-    seen.add(X, y, offsets)
-    if model is not None:
-        outcome.metrics = learned.metrics.as_metadata()
-        outcome.families = {label: _numbers(values) for label, values in learned.families.items()}
-    if isinstance(model, CandidateSet) and isinstance(learned.model, CandidateSet):
-        choose_leader(model, spec, stream_metric(spec), X, y)
-        if model.leader in learned.model.members:
-            learned.model.leader, learned.model.record = model.leader, model.record
-            learned.model.choice = model.choice
-    if isinstance(learned.model, CandidateSet):
-        outcome.leader = learned.model.leader
-    return learned.model
+    def _parse(self, lines: np.ndarray, state: Any, result: Backtest | None, tail: bool = False) -> Any:
+        """The lines as `micro_batch.read_batch` reads them; refusals are counted once (`result`), on the
+        learned part, as production dead-letters them. A tail drops rows with a nullable feature's NaN
+        (they cannot be scored; the next batch handles them)."""
+        from dagster_project.features.batch import derive
+        from dagster_project.ingest.events import EventParser
+        from dagster_project.ingest.micro_batch import MicroBatch
+
+        chunk = [self.values[i] for i in lines.tolist()]
+        partitions, offsets = self.place.partitions[lines], self.place.offsets[lines]
+        parsed = EventParser(self.spec).parse_many(chunk)
+        if state is not None:
+            parsed = derive(state, partitions.tolist(), chunk, parsed)
+        if result is not None:
+            for position, reason in parsed.failures:
+                kind = reason.split(":")[0]
+                result.refusals[kind] += 1
+                result.refusal_examples.setdefault(kind, (int(lines[position]), reason))
+        batch = MicroBatch(
+            stream=self.spec.name,
+            ranges={},
+            X=parsed.X,
+            y=parsed.y,
+            ids=parsed.ids,
+            partitions=partitions[parsed.index],
+            offsets=offsets[parsed.index],
+        )
+        if tail and batch.rows:
+            keep = ~np.isnan(batch.X).any(axis=1)
+            if not keep.all():
+                batch = MicroBatch(
+                    self.spec.name,
+                    {},
+                    batch.X[keep],
+                    batch.y[keep],
+                    [batch.ids[i] for i in np.flatnonzero(keep)],
+                    batch.partitions[keep],
+                    batch.offsets[keep],
+                )
+        return batch
+
+    def _learn(self, kept: Any, labelled: np.ndarray, ranges: dict[int, tuple[int, int]], outcome: BatchOutcome):
+        """Test-then-train as the `model` asset does."""
+        from dagster_project.learning.learner import rows_of, test_then_learn
+
+        rows = rows_of(kept.X[labelled], kept.y[labelled], kept.partitions[labelled], kept.offsets[labelled])
+        learned = test_then_learn(self.model, self.spec, rows, ranges, self.seen.read)
+        if self.model is not None:
+            outcome.metrics = learned.metrics.as_metadata()
+            outcome.families = {label: _numbers(values) for label, values in learned.families.items()}
+        self.model = learned.model
+
+    def _choose_leader(self, tail: Any, outcome: BatchOutcome) -> None:
+        """A candidate set's leader, chosen on the tail's labelled rows (no family has learned them)."""
+        from dagster_project.learning.families import CandidateSet, choose_leader
+        from dagster_project.registry.promotion import stream_metric
+
+        if not isinstance(self.model, CandidateSet):
+            return
+        if tail is not None and tail.rows and tail.labelled.any():
+            choice = choose_leader(
+                self.model, self.spec, stream_metric(self.spec), tail.X[tail.labelled], tail.y[tail.labelled]
+            )
+            outcome.leader_reason = choice.reason
+        outcome.leader = self.model.leader
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:

@@ -94,12 +94,15 @@ def _backtest(
 
 
 def _batch_line(batch) -> str:
+    from dagster_project.check.backtest import ranges_text
+
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in batch.metrics.items() if k != "rows")
     metrics = metrics or ("no model yet" if batch.learned else "nothing to learn")
     leader = f", leader {batch.leader}" if batch.leader else ""
     split = f", {batch.split_off} split off" if batch.split_off else ""
+    tail = f" (+{batch.tail:,} held for the next)" if batch.tail else ""
     return (
-        f"  batch {batch.number} [{batch.start:,}, {batch.end:,}): {batch.learned:,} learned, {batch.refused:,} "
+        f"  batch {batch.number} {ranges_text(batch.ranges)}{tail}: {batch.learned:,} learned, {batch.refused:,} "
         f"refused{split}, quality {batch.quality}; before it: {metrics}{leader}"
     )
 
@@ -110,10 +113,13 @@ def _summary(result) -> list[str]:
     spec = result.spec
     refused = result.refusals.total()
     lines = [
-        f"sample: {result.messages:,} events in {len(result.batches)} batch(es) of {result.batch_rows:,}; "
-        f"{result.learned:,} rows learned, {refused:,} refused (to {spec.dlq_topic} in production), "
+        f"sample: {result.messages:,} events on {len(result.partitions)} of {spec.partitions} partition(s), "
+        f"{len(result.batches)} batch(es) of up to {result.batch_rows:,}; {result.learned:,} rows learned, "
+        f"{refused + result.split_off:,} refused (to {spec.dlq_topic} in production), "
         f"{sum(b.unlabelled for b in result.batches):,} unlabelled, {len(result.blocked)} batch(es) blocked by quality"
     ]
+    if result.split_off:
+        lines.append(f"  split off by per-row quality rules: {result.split_off:,} rows")
     kinds = result.refusals.most_common()
     for kind, count in kinds[:SHOWN_REASONS]:
         position, reason = result.refusal_examples[kind]

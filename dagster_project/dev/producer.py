@@ -32,8 +32,15 @@ def jsonl_events(path: Path) -> Iterator[bytes]:
                 yield line.rstrip(b"\n")
 
 
-def encoded_events(source: str) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) pairs for a named source or a JSONL path."""
+def message_key_field(spec: StreamSpec) -> str:
+    """The event field a JSONL line's Kafka key comes from: a stream with derived features keys by their
+    `by` field, so each key's whole history is on one partition (the state is per partition); any other
+    stream by its `id`."""
+    return spec.derived[0].by if spec.derived else "id"
+
+
+def encoded_events(source: str, key_field: str = "id") -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs for a named source or a JSONL path (keyed by the line's `key_field`)."""
     if source in SOURCES:
         for event in SOURCES[source]():
             ts = time.time() if event.ts is None else event.ts
@@ -45,7 +52,8 @@ def encoded_events(source: str) -> Iterator[tuple[bytes, bytes]]:
         raise FileNotFoundError(f"unknown source {source!r}: use one of {sorted(SOURCES)} or a path to a .jsonl file")
     for line in jsonl_events(path):
         try:
-            key = str(orjson.loads(line).get("id", "")).encode() or None
+            value = orjson.loads(line).get(key_field)
+            key = None if value is None else str(value).encode() or None
         except (orjson.JSONDecodeError, AttributeError):
             key = None
         yield key, line

@@ -538,3 +538,23 @@ def test_the_default_config_is_what_a_stream_that_names_no_model_gets(task: str)
         learning_quality.spec_for(name, stream, rows=500)
     with pytest.raises(ValueError, match="unknown config 'nope'; choose from .*gate_adaptive"):
         learning_quality.model_spec("nope", task)
+
+
+def test_river_lr_on_many_classes_is_one_vs_rest_not_binary() -> None:
+    """River's LogisticRegression is binary: on LED's ten classes it scored 0.12, no reference at all."""
+    stream = learning_streams.build("led_stationary_s1", 3_000)
+    ovr = learning_quality.run_river("river_lr", stream)
+    assert ovr.outcome[1_000:].mean() > 0.6  # chance is 0.1
+    binary = learning_quality.river_model("river_lr", "classification", 42, classes=2)
+    assert type(binary["LogisticRegression"]).__name__ == "LogisticRegression"
+
+
+def test_families_outside_the_set_are_many_classes_or_a_rare_positive() -> None:
+    led, wave = learning_streams.build("led_abrupt_s1", 2_000), learning_streams.build("waveform_stationary_s1", 2_000)
+    assert set(led.y) == set(range(10)) and led.X.shape == (2_000, 24) and led.change == 1_000
+    assert set(wave.y) == {0, 1, 2} and wave.X.shape == (2_000, 21)
+    rare = learning_streams.build("searare_stationary_s1", 4_000)
+    assert set(rare.y) == {0, 1} and 0.02 < rare.y.mean() < 0.08
+    with pytest.raises(ValueError, match="waveform has no second concept"):
+        learning_streams.build("waveform_abrupt_s1", 100)
+    assert not set(learning_streams.OTHER_FAMILIES) & {n.split("_")[0] for n in learning_streams.full_set()}

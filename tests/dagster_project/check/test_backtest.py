@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -24,36 +25,57 @@ def _spec(name: str, **changes) -> StreamSpec:
     return StreamSpec.model_validate(raw | changes)
 
 
-def test_a_sample_is_learned_in_batches_and_its_bad_messages_are_counted_with_their_reason() -> None:
+def _xor(rows: int, seed: int = 3) -> list[bytes]:
+    """Two features whose product's sign is the class: no linear model beats chance, trees do."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, size=(rows, 2))
+    return [make_event(f"e{i}", {"a": float(a), "b": float(b)}, int(a * b > 0), float(i)) for i, (a, b) in enumerate(X)]
+
+
+def _contiguous(result) -> dict[int, int]:
+    """Each partition's learned ranges follow one another with no gap or overlap; returns their ends."""
+    ends: dict[int, int] = {}
+    for batch in result.batches:
+        for p, (start, end) in batch.ranges.items():
+            assert start == ends.get(p, 0) and end > start, (batch.number, p, start, end, ends)
+            ends[p] = end
+    return ends
+
+
+def test_a_sample_is_learned_exactly_once_and_its_bad_messages_are_counted_with_their_reason() -> None:
     messages = _messages(census_events, 3_000)
     messages[1_500] = b"{not json"
     wrong_type = orjson.loads(messages[2_200])
     wrong_type["features"]["age"] = "forty"
     messages[2_200] = orjson.dumps(wrong_type)
-    spec = _spec("census")
 
-    result = backtest(spec, messages, batch_rows=1_000)
+    result = backtest(_spec("census"), messages, batch_rows=1_000)
 
-    assert [(b.start, b.end, b.refused) for b in result.batches] == [
-        (0, 1_000, 0),
-        (1_000, 2_000, 1),
-        (2_000, 3_000, 1),
-    ]
-    assert result.learned == 2_998 and sum(b.learned for b in result.batches) == 2_998
+    assert _contiguous(result) == {p: n for p, n in result.partitions.items()}  # every offset, once
+    assert sum(b.messages for b in result.batches) == 3_000 and sum(result.partitions.values()) == 3_000
+    assert result.learned == 2_998 and sum(b.refused for b in result.batches) == 2
+    assert all(b.tail for b in result.batches[:3])  # the promotion tail is held back and learned next
     examples = sorted(result.refusal_examples.values())
     assert [position for position, _ in examples] == [1_500, 2_200]
     assert examples[0][1].startswith("not valid JSON") and "'age'" in examples[1][1] and "forty" in examples[1][1]
-    assert sorted(result.refusals.values()) == [1, 1]
     assert result.batches[0].metrics == {}  # no model before the first batch
-    means = result.mean_metrics()
-    assert means["accuracy"] > result.mean_baseline() + 0.1  # the model learned something the prior does not know
-    assert result.onnx["passed"] and result.onnx["rows"] == 999 and result.problems == []  # the last batch's rows
+    assert result.mean_metrics()["accuracy"] > result.mean_baseline() + 0.1  # learned what the prior does not know
+    assert result.onnx["passed"] and result.problems == []
 
 
-def test_derived_features_carry_their_state_from_batch_to_batch() -> None:
-    """Sensors' label needs each device's rolling level: without the state carried across batches
-    the model could not reach the accuracy the feature benchmark measures."""
-    result = backtest(_spec("sensors"), _messages(sensor_events, 4_000))
+def test_lines_are_placed_on_partitions_as_streamfit_produce_keys_them() -> None:
+    """Sensors key by device (derived features are per partition): each device on one partition, so
+    its rolling level sees its whole history and the label it explains is learned."""
+    from dagster_project.check.backtest import _Placement
+
+    spec = _spec("sensors")
+    messages = _messages(sensor_events, 4_000)
+    place = _Placement(spec, messages)
+    devices = [orjson.loads(m)["device"] for m in messages]
+    assert all(len(set(place.partitions[[d == name for d in devices]])) == 1 for name in set(devices))
+    assert set(place.partitions.tolist()) == {0, 1}
+
+    result = backtest(spec, messages)
     assert result.refusals.total() == 0 and result.learned == 4_000
     assert result.mean_metrics()["accuracy"] > 0.95 > result.mean_baseline()
     assert result.onnx["passed"]
@@ -61,7 +83,7 @@ def test_derived_features_carry_their_state_from_batch_to_batch() -> None:
 
 def test_a_batch_that_fails_its_quality_checks_is_blocked_and_not_learned() -> None:
     messages = _messages(census_events, 3_000)
-    for i in range(1_000, 2_000):  # every age in the second batch is 110: within min/max, not within the mean bound
+    for i in range(1_500, 3_000):  # every age from here on is 110: within min/max, not within the mean bound
         event = orjson.loads(messages[i])
         event["features"]["age"] = 110
         messages[i] = orjson.dumps(event)
@@ -69,30 +91,78 @@ def test_a_batch_that_fails_its_quality_checks_is_blocked_and_not_learned() -> N
 
     result = backtest(spec, messages, batch_rows=1_000)
 
-    assert [b.quality for b in result.batches] == ["train", "halt", "train"]
-    assert result.batches[1].learned == 0 and "age" in result.batches[1].quality_detail
-    assert result.learned == 2_000
-    (problem,) = result.problems
-    assert problem.startswith("batch 2 [1000, 2000) would halt the stream:")
+    assert result.batches[0].quality == "train" and result.blocked
+    assert all(b.learned == 0 and "age" in b.quality_detail for b in result.blocked)
+    assert result.learned == sum(b.learned for b in result.batches if b.quality == "train") < 3_000
+    assert all(" would halt the stream:" in problem for problem in result.problems)
+    assert not any("labelled" in problem for problem in result.problems)
 
 
-def test_every_family_of_a_candidate_set_is_scored_and_a_leader_chosen() -> None:
-    spec = _spec("census", model={"candidates": "recommended"})
-    result = backtest(spec, _messages(census_events, 3_000), batch_rows=1_000)
+def test_a_batch_of_only_refused_messages_halts_as_production_does() -> None:
+    """Its learned part has no row, and the suite's row count (quality.min_rows 1) fails it."""
+    messages = _messages(census_events, 2_000)
+    messages[:1_000] = [b"{bad" for _ in range(1_000)]
+    result = backtest(_spec("census"), messages, batch_rows=1_000)
+    first = result.batches[0]
+    assert first.refused == first.messages and first.quality == "halt" and first.learned == 0
+    assert any(problem.startswith("batch 1 p0[") for problem in result.problems)
+
+
+def test_the_leader_is_chosen_on_each_batch_s_tail_and_a_non_linear_family_takes_over() -> None:
+    spec = StreamSpec.model_validate(
+        {
+            "name": "xor",
+            "task": "classification",
+            "features": [{"name": "a"}, {"name": "b"}],
+            "label": {"classes": [0, 1]},
+            "model": {"candidates": "recommended"},
+        }
+    )
+    result = backtest(spec, _xor(6_000), batch_rows=1_000)
     labels = [f.label for f in spec.model.families]
-    assert set(result.batches[1].families) == set(labels)
-    assert all(result.mean_metrics(label).get("roc_auc") for label in labels[:1])
-    assert all(b.leader in labels for b in result.batches)
+    assert set(result.batches[1].families) == set(labels) and labels[0] == "sgd"
+    # the first batch's tail, which neither family had learned, already shows the trees far ahead
+    assert result.batches[0].leader_reason.startswith("hgb leads: roc_auc better than sgd by")
+    assert all(b.leader == "hgb" for b in result.batches)
+    assert result.mean_metrics("hgb")["accuracy"] > 0.9 > 0.6 > result.mean_metrics("sgd")["accuracy"]
+    for batch in result.batches[1:]:  # from the second batch on, what serves (and is measured) is hgb
+        assert batch.metrics["accuracy"] == pytest.approx(batch.families["hgb"]["accuracy"])
     assert result.onnx["passed"]
 
 
 def test_a_windowed_refit_reads_its_window_back_from_the_rows_seen() -> None:
-    spec = _spec("census", model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 2_000})
+    spec = _spec("census", partitions=1, model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 2_000})
     result = backtest(spec, _messages(census_events, 4_000), batch_rows=1_000)
     fitted_on = result.model.describe()["fitted_on"]
-    assert fitted_on["ranges"] == {"0": [[2_000, 4_000]]}  # the newest whole batches within window_rows
-    assert fitted_on["read"] == {"0": [2_000, 3_000]} and fitted_on["rows"] == 2_000  # the last batch was in memory
-    assert result.onnx["passed"] and result.problems == []
+    window, total = [], 0
+    for batch in reversed(result.batches):  # the newest whole batches within window_rows offsets
+        start, end = batch.ranges[0]
+        if total + end - start > 2_000:
+            break
+        window.append((start, end))
+        total += end - start
+    assert fitted_on["ranges"] == {"0": [[window[-1][0], window[0][1]]]}
+    assert fitted_on["read"] == {"0": [window[-1][0], window[0][0]]}  # the last batch was in memory
+    assert fitted_on["rows"] == total and result.onnx["passed"] and result.problems == []
+
+
+def test_a_windowed_classifier_whose_first_window_misses_a_class_fails_like_its_run() -> None:
+    messages = [
+        make_event(f"e{i}", {"a": float(i % 7), "b": 1.0}, 0 if i < 1_500 else 1, float(i)) for i in range(2_500)
+    ]
+    spec = StreamSpec.model_validate(
+        {
+            "name": "oneclass",
+            "task": "classification",
+            "features": [{"name": "a"}, {"name": "b"}],
+            "label": {"classes": [0, 1]},
+            "model": {"estimator": "hist_gradient_boosting_classifier", "window_rows": 1_000},
+        }
+    )
+    result = backtest(spec, messages, batch_rows=1_000)
+    assert result.failure and "holds no row of class" in result.failure
+    (problem,) = result.problems
+    assert problem.startswith("training would fail, and the stream halt after its retries:")
 
 
 def test_unlabelled_rows_are_counted_not_learned() -> None:
@@ -108,10 +178,9 @@ def test_a_sample_the_spec_does_not_describe_is_a_problem_naming_an_example() ->
     messages = [orjson.dumps({"id": f"e{i}", "features": {"other": 1.0}, "label": 0}) for i in range(50)]
     result = backtest(_spec("census"), messages)
     assert result.learned == 0
-    (problem,) = result.problems
-    assert (
-        problem.startswith("every message was refused, e.g. message 0:") and "does the spec match the data?" in problem
-    )
+    (first, *_) = result.problems
+    assert first.startswith("every message was refused, e.g. message 0:")
+    assert "does the spec match the data?" in first
 
 
 def test_sample_messages_reads_lines_up_to_the_limit(tmp_path: Path) -> None:
@@ -121,7 +190,8 @@ def test_sample_messages_reads_lines_up_to_the_limit(tmp_path: Path) -> None:
     assert sample_messages(path, limit=2) == [b'{"a": 1}', b'{"b": 2}']
 
 
-@pytest.mark.parametrize("rows", [1, 999])
-def test_a_batch_shorter_than_the_spec_is_learned(rows: int) -> None:
-    result = backtest(_spec("census"), _messages(census_events, 1_000 + rows), batch_rows=1_000)
-    assert [b.learned for b in result.batches] == [1_000, rows]
+@pytest.mark.parametrize("rows", [1, 999, 2_500])
+def test_every_line_is_learned_once_whatever_the_sample_s_length(rows: int) -> None:
+    result = backtest(_spec("census"), _messages(census_events, rows), batch_rows=1_000)
+    assert sum(b.messages for b in result.batches) == rows == result.learned
+    _contiguous(result)

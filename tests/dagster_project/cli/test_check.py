@@ -35,16 +35,19 @@ def test_check_learns_a_sample_and_reports_what_it_learned_and_refused(cli, tmp_
     result = cli("check", SHIPPED / "census.yaml", "--sample", sample, "--batch-rows", 1_000, "--json", report)
 
     assert result.exit_code == 0, result.output
-    assert "sample: 2,500 events in 3 batch(es) of 1,000; 2,499 rows learned, 1 refused (to census.dlq" in result.stdout
+    assert "sample: 2,500 events on 2 of 2 partition(s)" in result.stdout
+    assert "batch(es) of up to 1,000; 2,499 rows learned, 1 refused (to census.dlq" in result.stdout
     assert "refused x1: not valid JSON" in result.stdout and "(first: event 10)" in result.stdout
     assert "prequential (each batch scored before it is learned): accuracy 0." in result.stdout
     assert "ONNX: " in result.stdout and "parity passed" in result.stdout
-    assert "batch 2 [1,000, 2,000): 1,000 learned, 0 refused, quality train; before it: accuracy" in result.stderr
+    assert "  batch 1 p0[0, " in result.stderr and "(+200 held for the next): " in result.stderr
+    assert "refused, quality train; before it: accuracy" in result.stderr
     written = orjson.loads(report.read_bytes())  # the same numbers, for a CI step to compare
     assert (written["messages"], written["learned"], written["refused"]) == (2_500, 2_499, {"not valid JSON": 1})
     assert written["refusal_examples"]["not valid JSON"]["position"] == 10 and written["problems"] == []
     assert f"accuracy {written['prequential']['accuracy']:.4f}" in result.stdout
-    assert [b["learned"] for b in written["batches"]] == [999, 1_000, 500] and written["onnx"]["passed"]
+    assert sum(b["learned"] for b in written["batches"]) == 2_499 and written["onnx"]["passed"]
+    assert written["batches"][0]["ranges"]["0"][0] == 0 and written["partitions"].keys() == {"0", "1"}
 
 
 def test_json_needs_a_sample(cli, tmp_path: Path) -> None:

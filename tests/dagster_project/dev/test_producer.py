@@ -1,0 +1,22 @@
+"""What `streamfit produce --source file.jsonl` keys each line by: the partition a key's history lives on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster_project.dev.producer import encoded_events, message_key_field
+from dagster_project.spec import load_spec
+
+STREAMS = Path(__file__).resolve().parents[3] / "streams"
+
+
+def test_a_stream_with_derived_features_keys_its_lines_by_their_by_field(tmp_path: Path) -> None:
+    """The feature state is per partition: keyed by id, one device's readings spread over every
+    partition and each partition saw only part of its history (the README says to key by `by`)."""
+    sensors, census = load_spec(STREAMS / "sensors.yaml"), load_spec(STREAMS / "census.yaml")
+    assert message_key_field(sensors) == sensors.derived[0].by == "device"
+    assert message_key_field(census) == "id"
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b'{"id": "e1", "device": "d7"}\n{"id": "e2", "device": 3}\n{"id": "e3"}\n[1]\n{bad\n')
+    assert [key for key, _ in encoded_events(str(source), "device")] == [b"d7", b"3", None, None, None]
+    assert [key for key, _ in encoded_events(str(source))] == [b"e1", b"e2", b"e3", None, None]
