@@ -55,6 +55,17 @@ def _rare_positives(source: Iterable, keep: float, seed: int) -> Iterator[tuple[
             yield x, int(y)
 
 
+def _mixed(before: Iterable, after: Iterable, position: int, width: int, seed: int) -> Iterator[tuple[dict, object]]:
+    """Row t from `after` with probability 1 / (1 + exp(-4 (t - position) / width)), else from `before`:
+    River's `ConceptDriftStream` sigmoid, for sources that are generators."""
+    rng = np.random.default_rng(seed)
+    before, after = iter(before), iter(after)
+    for t in itertools.count():
+        x = -4.0 * (t - position) / width
+        share_after = 1.0 / (1.0 + np.exp(x)) if x < 700 else 0.0
+        yield next(after) if rng.random() < share_after else next(before)
+
+
 def _generators(family: str, seed: int) -> tuple[Callable[[], Iterable], Callable[[], Iterable]]:
     """(before, after) concept generators of a synthetic classification family.
 
@@ -115,6 +126,8 @@ def synthetic(family: str, kind: str, seed: int, rows: int) -> Stream:
         pairs, change_at = iter(before()), None
     elif kind == "abrupt":
         pairs, change_at = itertools.chain(itertools.islice(before(), change), after()), change
+    elif kind == "gradual" and family == "searare":  # River's ConceptDriftStream takes datasets, not generators
+        pairs, change_at = _mixed(before(), after(), change, max(2, rows // 10), seed), change
     elif kind == "gradual":
         drift = synth.ConceptDriftStream(before(), after(), position=change, width=max(2, rows // 10), seed=seed)
         pairs, change_at = iter(drift), change

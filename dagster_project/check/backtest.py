@@ -163,17 +163,17 @@ class _Placement:
         import orjson
         from kafka.partitioner.default import murmur2
 
-        from dagster_project.dev.producer import message_key_field
+        from dagster_project.dev.producer import message_key
 
-        field_name, count = message_key_field(spec), spec.partitions
+        key_of, count = message_key(spec), spec.partitions
         self.partitions = np.zeros(len(values), dtype=np.int32)
         for i, value in enumerate(values):
             try:
-                key = orjson.loads(value).get(field_name) if value else None
-            except (orjson.JSONDecodeError, AttributeError):
+                key = key_of(orjson.loads(value)) if value else None
+            except orjson.JSONDecodeError:
                 key = None
             # An unkeyed line goes to a random partition in production; here to the next one, in turn.
-            self.partitions[i] = i % count if key is None else (murmur2(str(key).encode()) & 0x7FFFFFFF) % count
+            self.partitions[i] = i % count if key is None else (murmur2(key) & 0x7FFFFFFF) % count
         self.offsets = np.zeros(len(values), dtype=np.int64)
         for p in range(count):
             where = self.partitions == p

@@ -23,12 +23,12 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
 @bootstrap_option
 def produce(stream: str, source: str | None, rate: float | None, limit: int | None, bootstrap: str | None) -> None:
     """Write events to <stream>.events in the contract format."""
-    from dagster_project.dev.producer import encoded_events, message_key_field
+    from dagster_project.dev.producer import encoded_events, message_key
     from dagster_project.dev.producer import produce as produce_events
 
     spec = stream_spec(stream)
     try:
-        events = encoded_events(source or stream, message_key_field(spec))
+        events = encoded_events(source or stream, message_key(spec))
         sent = produce_events(kafka_settings(bootstrap), spec, events, rate=rate, limit=limit, progress=True)
     except (FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc

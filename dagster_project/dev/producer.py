@@ -6,6 +6,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -32,15 +33,34 @@ def jsonl_events(path: Path) -> Iterator[bytes]:
                 yield line.rstrip(b"\n")
 
 
-def message_key_field(spec: StreamSpec) -> str:
-    """The event field a JSONL line's Kafka key comes from: a stream with derived features keys by their
-    `by` field, so each key's whole history is on one partition (the state is per partition); any other
-    stream by its `id`."""
-    return spec.derived[0].by if spec.derived else "id"
+def message_key(spec: StreamSpec) -> Callable[[Any], bytes | None]:
+    """The Kafka key of a decoded event: a stream with derived features keys by their (first) `by`
+    field, read where the product reads it (`features` when it is a declared feature), so each key's
+    whole history is on one partition (the state is per partition); any other stream by its `id`.
+    None when the event has no usable key (the producer then picks a partition)."""
+    from dagster_project.features.timing import EventError, event_key, key_fields
+
+    if not spec.derived:
+        field, in_features = "id", False
+    else:
+        field, in_features = key_fields(spec)[0]
+
+    def key(event: Any) -> bytes | None:
+        if not isinstance(event, dict):
+            return None
+        try:
+            value = event_key(event, field, in_features)
+        except EventError:
+            return None
+        return str(value).encode()
+
+    return key
 
 
-def encoded_events(source: str, key_field: str = "id") -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) pairs for a named source or a JSONL path (keyed by the line's `key_field`)."""
+def encoded_events(
+    source: str, key: Callable[[Any], bytes | None] | None = None
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """(key, value) pairs for a named source or a JSONL path (a line keyed by `key`, default its `id`)."""
     if source in SOURCES:
         for event in SOURCES[source]():
             ts = time.time() if event.ts is None else event.ts
@@ -50,13 +70,18 @@ def encoded_events(source: str, key_field: str = "id") -> Iterator[tuple[bytes, 
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"unknown source {source!r}: use one of {sorted(SOURCES)} or a path to a .jsonl file")
+    key_of = key or _id_key
     for line in jsonl_events(path):
         try:
-            value = orjson.loads(line).get(key_field)
-            key = None if value is None else str(value).encode() or None
-        except (orjson.JSONDecodeError, AttributeError):
-            key = None
-        yield key, line
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = None
+        yield key_of(event), line
+
+
+def _id_key(event: Any) -> bytes | None:
+    value = event.get("id") if isinstance(event, dict) else None
+    return None if value is None or value == "" else str(value).encode()
 
 
 def produce(

@@ -555,6 +555,8 @@ def test_families_outside_the_set_are_many_classes_or_a_rare_positive() -> None:
     assert set(wave.y) == {0, 1, 2} and wave.X.shape == (2_000, 21)
     rare = learning_streams.build("searare_stationary_s1", 4_000)
     assert set(rare.y) == {0, 1} and 0.02 < rare.y.mean() < 0.08
+    gradual = learning_streams.build("searare_gradual_s1", 4_000)  # mixed by hand: River's mixer takes datasets
+    assert gradual.change == 2_000 and np.array_equal(gradual.y[:1_000], rare.y[:1_000])
     with pytest.raises(ValueError, match="waveform has no second concept"):
         learning_streams.build("waveform_abrupt_s1", 100)
     assert not set(learning_streams.OTHER_FAMILIES) & {n.split("_")[0] for n in learning_streams.full_set()}

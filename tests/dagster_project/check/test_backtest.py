@@ -48,14 +48,16 @@ def test_a_sample_is_learned_exactly_once_and_its_bad_messages_are_counted_with_
     wrong_type = orjson.loads(messages[2_200])
     wrong_type["features"]["age"] = "forty"
     messages[2_200] = orjson.dumps(wrong_type)
+    messages[990:1_000] = [b"[]"] * 10  # the first batch's last lines: most are in its tail, learned next
 
     result = backtest(_spec("census"), messages, batch_rows=1_000)
 
     assert _contiguous(result) == {p: n for p, n in result.partitions.items()}  # every offset, once
     assert sum(b.messages for b in result.batches) == 3_000 and sum(result.partitions.values()) == 3_000
-    assert result.learned == 2_998 and sum(b.refused for b in result.batches) == 2
+    assert result.learned == 2_988 and sum(b.refused for b in result.batches) == result.refusals.total() == 12
     assert all(b.tail for b in result.batches[:3])  # the promotion tail is held back and learned next
-    examples = sorted(result.refusal_examples.values())
+    assert result.refusal_examples["event must be a JSON object, got list"][0] in range(990, 1_000)
+    examples = sorted(v for k, v in result.refusal_examples.items() if "got list" not in k)
     assert [position for position, _ in examples] == [1_500, 2_200]
     assert examples[0][1].startswith("not valid JSON") and "'age'" in examples[1][1] and "forty" in examples[1][1]
     assert result.batches[0].metrics == {}  # no model before the first batch
@@ -123,6 +125,7 @@ def test_the_leader_is_chosen_on_each_batch_s_tail_and_a_non_linear_family_takes
     assert set(result.batches[1].families) == set(labels) and labels[0] == "sgd"
     # the first batch's tail, which neither family had learned, already shows the trees far ahead
     assert result.batches[0].leader_reason.startswith("hgb leads: roc_auc better than sgd by")
+    assert f"on {result.batches[1].tail} unseen rows" in result.batches[1].leader_reason  # the tail, not the batch
     assert all(b.leader == "hgb" for b in result.batches)
     assert result.mean_metrics("hgb")["accuracy"] > 0.9 > 0.6 > result.mean_metrics("sgd")["accuracy"]
     for batch in result.batches[1:]:  # from the second batch on, what serves (and is measured) is hgb
@@ -132,15 +135,21 @@ def test_the_leader_is_chosen_on_each_batch_s_tail_and_a_non_linear_family_takes
 
 def test_a_windowed_refit_reads_its_window_back_from_the_rows_seen() -> None:
     spec = _spec("census", partitions=1, model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 2_000})
-    result = backtest(spec, _messages(census_events, 4_000), batch_rows=1_000)
+    messages = [  # every third row unlabelled: a window read keeps labelled rows only, as kafka_reader does
+        make_event(e.event_id, e.features, None if i % 3 == 0 else e.label, e.ts)
+        for i, e in enumerate(census_events(rows=4_000))
+    ]
+    result = backtest(spec, messages, batch_rows=1_000)
     fitted_on = result.model.describe()["fitted_on"]
-    window, total = [], 0
+    window, offsets, total = [], 0, 0
     for batch in reversed(result.batches):  # the newest whole batches within window_rows offsets
         start, end = batch.ranges[0]
-        if total + end - start > 2_000:
+        if offsets + end - start > 2_000:
             break
         window.append((start, end))
-        total += end - start
+        offsets += end - start
+        total += batch.learned
+    assert total < offsets * 0.7
     assert fitted_on["ranges"] == {"0": [[window[-1][0], window[0][1]]]}
     assert fitted_on["read"] == {"0": [window[-1][0], window[0][0]]}  # the last batch was in memory
     assert fitted_on["rows"] == total and result.onnx["passed"] and result.problems == []

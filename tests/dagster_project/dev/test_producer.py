@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster_project.dev.producer import encoded_events, message_key_field
-from dagster_project.spec import load_spec
+from dagster_project.dev.producer import encoded_events, message_key
+from dagster_project.spec import StreamSpec, load_spec
 
 STREAMS = Path(__file__).resolve().parents[3] / "streams"
 
@@ -14,9 +14,27 @@ def test_a_stream_with_derived_features_keys_its_lines_by_their_by_field(tmp_pat
     """The feature state is per partition: keyed by id, one device's readings spread over every
     partition and each partition saw only part of its history (the README says to key by `by`)."""
     sensors, census = load_spec(STREAMS / "sensors.yaml"), load_spec(STREAMS / "census.yaml")
-    assert message_key_field(sensors) == sensors.derived[0].by == "device"
-    assert message_key_field(census) == "id"
+    assert sensors.derived[0].by == "device" and "device" not in sensors.feature_names  # a top-level field
     source = tmp_path / "events.jsonl"
     source.write_bytes(b'{"id": "e1", "device": "d7"}\n{"id": "e2", "device": 3}\n{"id": "e3"}\n[1]\n{bad\n')
-    assert [key for key, _ in encoded_events(str(source), "device")] == [b"d7", b"3", None, None, None]
+    assert [key for key, _ in encoded_events(str(source), message_key(sensors))] == [b"d7", b"3", None, None, None]
+    assert [key for key, _ in encoded_events(str(source), message_key(census))] == [b"e1", b"e2", b"e3", None, None]
     assert [key for key, _ in encoded_events(str(source))] == [b"e1", b"e2", b"e3", None, None]
+
+
+def test_a_by_field_declared_as_a_feature_is_read_from_features() -> None:
+    """Where the product reads the key (`features.timing.event_key`): a declared feature's value."""
+    spec = StreamSpec.model_validate(
+        {
+            "name": "shops",
+            "task": "classification",
+            "features": [{"name": "amount"}, {"name": "shop", "type": "category", "buckets": 8}],
+            "label": {"classes": [0, 1]},
+            "event_time": {"field": "ts"},
+            "derived": [{"name": "spend_1h", "of": "amount", "by": "shop", "agg": "sum", "window": "1h"}],
+        }
+    )
+    key = message_key(spec)
+    assert key({"id": "e1", "features": {"amount": 2.0, "shop": "s9"}}) == b"s9"
+    assert key({"id": "e1", "shop": "top-level is not where the product looks", "features": {}}) is None
+    assert key({"id": "e1", "features": {"shop": ""}}) is None and key([1]) is None
