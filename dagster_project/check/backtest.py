@@ -252,6 +252,7 @@ def backtest(
     place = _Placement(spec, values)
     result.partitions = {int(p): int(n) for p, n in zip(*np.unique(place.partitions, return_counts=True), strict=True)}
     run = _Run(spec, values, place, FeatureState(spec) if spec.derived else None, _SeenRows(spec), spec_dir)
+    run.batch_rows = rows
     carried: list[int] = []  # a previous batch's tail, in file order
     following = 0  # the first line no batch has taken yet
     while carried or following < len(values):
@@ -266,8 +267,8 @@ def backtest(
         if on_batch is not None:
             on_batch(outcome)
     result.model = run.model
-    if run.model is not None and run.last_X is not None and not result.failure:
-        _export(result, spec, run.model, run.last_X)
+    if run.model is not None and run.recent and not result.failure:
+        _export(result, spec, run.model, np.vstack(run.recent)[-rows:])
     result.seconds = time.perf_counter() - started
     return result
 
@@ -286,7 +287,10 @@ class _Run:
         )
         self.model: Any = None
         self.history: list[float] = []  # every label learned so far, for the baseline
-        self.last_X: np.ndarray | None = None  # the last learned part's rows (parity is checked on them)
+        # The newest learned rows, a batch's worth: parity is checked on them (the sample's last batch
+        # is often a short tail, too few rows to say much).
+        self.recent: list[np.ndarray] = []
+        self.batch_rows = spec.batch.rows
 
     def batch(self, number: int, taken: np.ndarray, result: Backtest) -> tuple[BatchOutcome, list[int]]:
         """One training run on the lines `taken`: returns its outcome and the tail's lines (learned next)."""
@@ -331,9 +335,15 @@ class _Run:
             outcome.baseline = _baseline(spec, self.history, y) if outcome.metrics else None
             self.history.extend(y.tolist())
             outcome.learned = len(y)
-            self.last_X = kept.X
+            self._remember(kept.X)
             self._choose_leader(tail_batch, outcome)
         return outcome, tail.tolist()
+
+    def _remember(self, X: np.ndarray) -> None:
+        """Keep the newest learned rows, just enough chunks to hold a batch's worth."""
+        self.recent.append(X)
+        while len(self.recent) > 1 and sum(len(x) for x in self.recent[1:]) >= self.batch_rows:
+            self.recent.pop(0)
 
     def _parse(self, lines: np.ndarray, state: Any, result: Backtest | None, tail: bool = False) -> Any:
         """The lines as `micro_batch.read_batch` reads them; refusals are counted once (`result`), on the

@@ -62,7 +62,7 @@ def test_a_sample_is_learned_exactly_once_and_its_bad_messages_are_counted_with_
     assert examples[0][1].startswith("not valid JSON") and "'age'" in examples[1][1] and "forty" in examples[1][1]
     assert result.batches[0].metrics == {}  # no model before the first batch
     assert result.mean_metrics()["accuracy"] > result.mean_baseline() + 0.1  # learned what the prior does not know
-    assert result.onnx["passed"] and result.problems == []
+    assert result.onnx["passed"] and result.onnx["rows"] == 1_000 and result.problems == []  # a batch's worth
 
 
 def test_lines_are_placed_on_partitions_as_streamfit_produce_keys_them() -> None:
