@@ -15,7 +15,7 @@ from dagster_project.features.checkpoint import expected_state
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
 from dagster_project.kafka.io import commit_group_offsets
-from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.offsets import Ranges, ranges_text
 from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
 from dagster_project.orchestration.warm_runs import worker_start
 from dagster_project.quality.policy import apply_quality_policy
@@ -66,10 +66,6 @@ def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
 def _attempt(context: dg.AssetExecutionContext) -> int:
     """0 for a run's first try, N for Dagster's N-th automatic retry of it."""
     return int(context.run.tags.get("dagster/retry_number", "0"))
-
-
-def _ranges_text(ranges: Ranges) -> str:
-    return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
 
 
 def retry_policy(spec: StreamSpec) -> dg.RetryPolicy | None:
@@ -228,7 +224,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         version = already_registered(reg, name, model.parent, micro_batch.ranges)
         if version is not None:
             context.log.info(
-                f"{version.name} already holds {_ranges_text(micro_batch.ranges)} (run "
+                f"{version.name} already holds {ranges_text(micro_batch.ranges)} (run "
                 f"{str(version.meta.get('run_id'))[:8]} registered it, then failed): committing its offsets only"
             )
         else:
@@ -266,7 +262,7 @@ def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, 
         return head, reset, None
     commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
     learned_by = head.name if head else "an offset reset"
-    message = f"{_ranges_text(ranges)} was already learned ({learned_by}); nothing to validate or train"
+    message = f"{ranges_text(ranges)} was already learned ({learned_by}); nothing to validate or train"
     context.log.info(message)
     return head, reset, dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
 
@@ -303,8 +299,8 @@ def validated(context, spec: StreamSpec, kafka, registry, batch: MicroBatch, ext
             "labelled_rows": int(batch.labelled.sum()),
             "dlq": batch.dlq,
             "dlq_reasons": dict(batch.dlq_reasons),
-            "ranges": _ranges_text(ranges),
-            "learned_ranges": _ranges_text(batch.learned_ranges),
+            "ranges": ranges_text(ranges),
+            "learned_ranges": ranges_text(batch.learned_ranges),
             "tail_rows": batch.tail.rows if batch.tail is not None else 0,
             **{f"feature_{k}": int(v) for k, v in counters.items()},
             **({"lag": int(lag)} if lag is not None else {}),
@@ -360,7 +356,7 @@ def advance_without_model(context, reg, name: str, micro_batch: MicroBatch) -> N
     reg.set_pending_offsets(
         name, ends, reason=reason, by=f"run {context.run.run_id}", feature_state=micro_batch.feature_state
     )
-    context.log.warning(f"{name}: {_ranges_text(micro_batch.ranges)}: {reason}; offsets advanced")
+    context.log.warning(f"{name}: {ranges_text(micro_batch.ranges)}: {reason}; offsets advanced")
 
 
 def model_output(trained: TrainedModel, base: str | None, extra: dict) -> dg.Output:

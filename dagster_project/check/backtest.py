@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dagster_project.kafka.offsets import Ranges, ranges_text
 from dagster_project.spec import StreamSpec
 
 
@@ -34,15 +35,15 @@ class BatchOutcome:
     """One batch of the sample: what was refused, what the quality screening decided, what was learned."""
 
     number: int
-    ranges: dict[int, tuple[int, int]]  # the offsets the batch learns, per partition (its tail excluded)
+    ranges: Ranges  # the offsets the batch learns, per partition (its tail excluded)
     messages: int  # messages in those offsets
     tail: int  # messages held back for the leader choice (the next batch learns them)
     refused: int  # messages a training run would dead-letter (malformed or breaking the contract)
-    quality: str  # train, partial, halt or quarantine (the spec's policy for a failing batch)
-    quality_detail: str
-    split_off: int  # rows a partial batch dead-letters with their reason
-    unlabelled: int
-    learned: int
+    quality: str = "train"  # train, partial, halt or quarantine (the spec's policy for a failing batch)
+    quality_detail: str = ""
+    split_off: int = 0  # rows a partial batch dead-letters with their reason
+    unlabelled: int = 0
+    learned: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # the serving model's, before the batch
     baseline: float | None = None  # the prequential baseline on the same rows (see `Backtest.baseline_name`)
     leader: str | None = None  # a candidate set's leader after the batch
@@ -151,10 +152,6 @@ class Backtest:
         return out
 
 
-def ranges_text(ranges: dict[int, tuple[int, int]]) -> str:
-    return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
-
-
 class _Placement:
     """Where `streamfit produce` would put each line: its partition (murmur2 of its key, as Kafka's
     clients do) and its offset there."""
@@ -163,7 +160,7 @@ class _Placement:
         import orjson
         from kafka.partitioner.default import murmur2
 
-        from dagster_project.dev.producer import message_key
+        from dagster_project.ingest.keys import message_key
 
         key_of, count = message_key(spec), spec.partitions
         self.partitions = np.zeros(len(values), dtype=np.int32)
@@ -181,17 +178,25 @@ class _Placement:
 
 
 class _SeenRows:
-    """The valid rows of every learned part, so a windowed family reads its window back as
-    `windowed.kafka_reader` would: labelled rows that break no per-row rule over the span read."""
+    """The valid rows of the newest learned parts, so a windowed family reads its window back as
+    `windowed.kafka_reader` would: labelled rows that break no per-row rule over the span read.
+
+    Only as many parts as cover the widest window (in offsets) are kept; none when no family is
+    windowed, since then nothing reads a window."""
 
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
-        self.batches: list[Any] = []  # MicroBatch per learned part
+        self.keep_offsets = max((f.window for f in spec.model.families if f.windowed), default=0)
+        self.batches: list[Any] = []  # MicroBatch per learned part, oldest first
 
     def add(self, batch: Any) -> None:
+        if not self.keep_offsets:
+            return
         self.batches.append(batch)
+        while len(self.batches) > 1 and _offsets_spanned(self.batches[1:]) >= self.keep_offsets:
+            self.batches.pop(0)
 
-    def read(self, ranges: dict[int, tuple[int, int]]) -> Any:
+    def read(self, ranges: Ranges) -> Any:
         from dagster_project.ingest.micro_batch import MicroBatch
         from dagster_project.learning.windowed import WindowRows
         from dagster_project.quality.suite import row_violations
@@ -223,6 +228,10 @@ class _SeenRows:
         return WindowRows(X[keep], y[keep], partitions[keep], offsets[keep])
 
 
+def _offsets_spanned(batches: list[Any]) -> int:
+    return sum(e - s for batch in batches for s, e in batch.ranges.values())
+
+
 def sample_messages(path: Path, limit: int | None = None) -> list[bytes]:
     """The sample's messages: one JSON event per non-blank line, as `streamfit produce` sends them."""
     from dagster_project.dev.producer import jsonl_events
@@ -251,8 +260,7 @@ def backtest(
     result = Backtest(spec, rows, messages=len(values))
     place = _Placement(spec, values)
     result.partitions = {int(p): int(n) for p, n in zip(*np.unique(place.partitions, return_counts=True), strict=True)}
-    run = _Run(spec, values, place, FeatureState(spec) if spec.derived else None, _SeenRows(spec), spec_dir)
-    run.batch_rows = rows
+    run = _Run(spec, values, place, FeatureState(spec) if spec.derived else None, rows, spec_dir)
     carried: list[int] = []  # a previous batch's tail, in file order
     following = 0  # the first line no batch has taken yet
     while carried or following < len(values):
@@ -276,21 +284,17 @@ def backtest(
 class _Run:
     """The state training runs carry from batch to batch: the model, the feature state, the rows seen."""
 
-    def __init__(self, spec: StreamSpec, values: list, place: _Placement, state: Any, seen: _SeenRows, spec_dir):
-        self.spec, self.values, self.place, self.state, self.seen, self.spec_dir = (
-            spec,
-            values,
-            place,
-            state,
-            seen,
-            spec_dir,
-        )
+    def __init__(
+        self, spec: StreamSpec, values: list, place: _Placement, state: Any, batch_rows: int, spec_dir: Path | None
+    ) -> None:
+        self.spec, self.values, self.place, self.state, self.spec_dir = spec, values, place, state, spec_dir
+        self.batch_rows = batch_rows
+        self.seen = _SeenRows(spec)
         self.model: Any = None
         self.history: list[float] = []  # every label learned so far, for the baseline
         # The newest learned rows, a batch's worth: parity is checked on them (the sample's last batch
         # is often a short tail, too few rows to say much).
         self.recent: list[np.ndarray] = []
-        self.batch_rows = spec.batch.rows
 
     def batch(self, number: int, taken: np.ndarray, result: Backtest) -> tuple[BatchOutcome, list[int]]:
         """One training run on the lines `taken`: returns its outcome and the tail's lines (learned next)."""
@@ -312,9 +316,8 @@ class _Run:
         batch = self._parse(learn, self.state, result)
         learned_ranges = {p: (s, ends[p]) for p, (s, _) in ranges.items() if ends[p] > s}
         batch.ranges = learned_ranges
-        outcome = BatchOutcome(
-            number, learned_ranges, len(learn), len(tail), len(learn) - batch.rows, "train", "", 0, 0, 0
-        )
+        refused = len(learn) - batch.rows
+        outcome = BatchOutcome(number, learned_ranges, messages=len(learn), tail=len(tail), refused=refused)
         tail_batch = (
             self._parse(tail, self.state.copy() if self.state is not None else None, None, tail=True)
             if len(tail)
@@ -386,15 +389,18 @@ class _Run:
                 )
         return batch
 
-    def _learn(self, kept: Any, labelled: np.ndarray, ranges: dict[int, tuple[int, int]], outcome: BatchOutcome):
+    def _learn(self, kept: Any, labelled: np.ndarray, ranges: Ranges, outcome: BatchOutcome):
         """Test-then-train as the `model` asset does."""
         from dagster_project.learning.learner import rows_of, test_then_learn
+        from dagster_project.learning.prequential import BatchMetrics
 
         rows = rows_of(kept.X[labelled], kept.y[labelled], kept.partitions[labelled], kept.offsets[labelled])
         learned = test_then_learn(self.model, self.spec, rows, ranges, self.seen.read)
         if self.model is not None:
             outcome.metrics = learned.metrics.as_metadata()
-            outcome.families = {label: _numbers(values) for label, values in learned.families.items()}
+            outcome.families = {
+                label: BatchMetrics.from_record(values).as_metadata() for label, values in learned.families.items()
+            }
         self.model = learned.model
 
     def _choose_leader(self, tail: Any, outcome: BatchOutcome) -> None:
@@ -410,11 +416,6 @@ class _Run:
             )
             outcome.leader_reason = choice.reason
         outcome.leader = self.model.leader
-
-
-def _numbers(values: dict[str, Any]) -> dict[str, float]:
-    """A family's prequential metrics out of its record (which also describes how it learns)."""
-    return {k: v for k, v in values.items() if k in ("rows", "accuracy", "roc_auc", "log_loss", "mae", "rmse")}
 
 
 def _baseline(spec: StreamSpec, history: list[float], y: np.ndarray) -> float | None:

@@ -94,7 +94,7 @@ def _backtest(
 
 
 def _batch_line(batch) -> str:
-    from dagster_project.check.backtest import ranges_text
+    from dagster_project.kafka.offsets import ranges_text
 
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in batch.metrics.items() if k != "rows")
     metrics = metrics or ("no model yet" if batch.learned else "nothing to learn")

@@ -23,8 +23,9 @@ from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_
 @bootstrap_option
 def produce(stream: str, source: str | None, rate: float | None, limit: int | None, bootstrap: str | None) -> None:
     """Write events to <stream>.events in the contract format."""
-    from dagster_project.dev.producer import encoded_events, message_key
+    from dagster_project.dev.producer import encoded_events
     from dagster_project.dev.producer import produce as produce_events
+    from dagster_project.ingest.keys import message_key
 
     spec = stream_spec(stream)
     try:

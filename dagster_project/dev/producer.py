@@ -12,6 +12,7 @@ import orjson
 
 from dagster_project.dev.datasets import SourceEvent, census_events, phishing_events, sensor_events, synthetic_events
 from dagster_project.ingest.events import make_event
+from dagster_project.ingest.keys import id_key
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics
 from dagster_project.kafka.settings import KafkaSettings
@@ -33,30 +34,6 @@ def jsonl_events(path: Path) -> Iterator[bytes]:
                 yield line.rstrip(b"\n")
 
 
-def message_key(spec: StreamSpec) -> Callable[[Any], bytes | None]:
-    """The Kafka key of a decoded event: a stream with derived features keys by their (first) `by`
-    field, read where the product reads it (`features` when it is a declared feature), so each key's
-    whole history is on one partition (the state is per partition); any other stream by its `id`.
-    None when the event has no usable key (the producer then picks a partition)."""
-    from dagster_project.features.timing import EventError, event_key, key_fields
-
-    if not spec.derived:
-        field, in_features = "id", False
-    else:
-        field, in_features = key_fields(spec)[0]
-
-    def key(event: Any) -> bytes | None:
-        if not isinstance(event, dict):
-            return None
-        try:
-            value = event_key(event, field, in_features)
-        except EventError:
-            return None
-        return str(value).encode()
-
-    return key
-
-
 def encoded_events(
     source: str, key: Callable[[Any], bytes | None] | None = None
 ) -> Iterator[tuple[bytes | None, bytes]]:
@@ -70,18 +47,13 @@ def encoded_events(
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"unknown source {source!r}: use one of {sorted(SOURCES)} or a path to a .jsonl file")
-    key_of = key or _id_key
+    key_of = key or id_key
     for line in jsonl_events(path):
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
             event = None
         yield key_of(event), line
-
-
-def _id_key(event: Any) -> bytes | None:
-    value = event.get("id") if isinstance(event, dict) else None
-    return None if value is None or value == "" else str(value).encode()
 
 
 def produce(

@@ -14,6 +14,11 @@ Ranges = dict[int, tuple[int, int]]
 CUT_REASON_PREFIX = "early cut: "  # a plan cut short by `batch.early_cut` (the third trigger)
 
 
+def ranges_text(ranges: Ranges) -> str:
+    """Offset ranges as logs, decisions and the CLI print them: `p0[0, 500), p1[0, 480)`."""
+    return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(ranges.items()))
+
+
 @dataclass(frozen=True)
 class PartitionState:
     """What the sensor learned about one partition without consuming it."""

@@ -84,7 +84,8 @@ def test_then_learn(
         kept = current is not None and current.leader in members
         leader = current.leader if kept else spec.model.families[0].label
         record = {k: list(v) for k, v in current.record.items() if k in members} if kept else None
-        return Learned(CandidateSet(members, leader, record), _metrics(families[leader]), None, families)
+        metrics = BatchMetrics.from_record(families[leader])
+        return Learned(CandidateSet(members, leader, record), metrics, None, families)
     return _learn_one(model, spec, rows, ranges, read, force)
 
 
@@ -102,11 +103,6 @@ def _learn_one(
         metrics = BatchMetrics(rows=len(rows.y))
     windowed.learn(new, spec, rows, ranges, read, force)
     return Learned(new, metrics)
-
-
-def _metrics(values: dict[str, Any]) -> BatchMetrics:
-    known = {"rows", "accuracy", "roc_auc", "log_loss", "mae", "rmse"}
-    return BatchMetrics(**{k: v for k, v in values.items() if k in known})
 
 
 def rows_of(X: np.ndarray, y: np.ndarray, partitions: np.ndarray, offsets: np.ndarray) -> WindowRows:

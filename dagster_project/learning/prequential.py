@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score
@@ -32,6 +33,12 @@ class BatchMetrics:
     log_loss: float | None = None
     mae: float | None = None
     rmse: float | None = None
+
+    @classmethod
+    def from_record(cls, values: dict[str, Any]) -> BatchMetrics:
+        """The metrics out of a family's record, which also holds how the family learns."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     def as_metadata(self) -> dict[str, float | int]:
         """Only the numeric values that exist, under stable keys, for Dagster's metadata plots."""

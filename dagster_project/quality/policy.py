@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.offsets import ranges_text
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.registry.store import ModelRegistry, with_state
@@ -25,10 +26,6 @@ class QualityOutcome:
     severity: Literal["ERROR", "WARN"]
     message: str
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def _ranges_text(batch: MicroBatch) -> str:
-    return ", ".join(f"p{p}[{s}, {e})" for p, (s, e) in sorted(batch.ranges.items()))
 
 
 def dead_letter_rows(
@@ -61,7 +58,7 @@ def apply_quality_policy(
 
     screening = screen_batch(batch, spec)
     metadata = {**screening.result.as_metadata(), "action": screening.action}
-    where = _ranges_text(batch)
+    where = ranges_text(batch.ranges)
     if screening.action in ("train", "partial"):
         halt = registry.halt(spec.name)
         if halt and halt.get("ranges") == {str(p): list(r) for p, r in batch.ranges.items()}:
@@ -78,7 +75,7 @@ def apply_quality_policy(
 
     summary = screening.result.summary
     dlq_note = f" ({batch.dlq} messages dead-lettered: {dict(batch.dlq_reasons)})" if batch.dlq else ""
-    decision = {"kind": "quality", "action": screening.action, "ranges": _ranges_text(batch), "summary": summary}
+    decision = {"kind": "quality", "action": screening.action, "ranges": ranges_text(batch.ranges), "summary": summary}
     registry.record_decision(spec.name, {**decision, "run_id": run_id})
     if screening.action == "halt":
         # With the state after the batch's events, so that `streamfit batches skip` keeps them in the

@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
+from dagster_project.check.backtest import backtest
+from dagster_project.dev.datasets import sensor_events
 from dagster_project.ingest.events import EventParser, InvalidEvent, make_event
 from dagster_project.kafka.io import read_range, topic_partitions
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
 from dagster_project.spec import StreamSpec
-from tests.helpers import high_waters
+from tests.dagster_project.features.support import sensors_spec
+from tests.helpers import high_waters, read_topic
 
 
 def write_jsonl(path: Path, spec: StreamSpec, rows: int) -> list[bytes]:
@@ -40,6 +44,30 @@ def test_produce_from_a_jsonl_file(cli, spec: StreamSpec, kafka_settings: KafkaS
     assert keys[lines[0]] == b"ev-0"
     for topic in (spec.labels_topic, spec.dlq_topic, spec.predictions_topic):
         assert topic_partitions(kafka_settings, topic) == list(range(spec.partitions))
+
+
+@pytest.mark.parametrize("spec", [sensors_spec(partitions=3)])
+def test_a_derived_feature_streams_file_keeps_each_key_on_one_partition(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """The per-device rolling features are computed per partition: a device whose readings were spread
+    over partitions would have each partition see part of its history, with no error anywhere. And
+    `streamfit check --sample` places the same file where the broker did."""
+    source = tmp_path / "sensors.jsonl"
+    lines = [make_event(e.event_id, e.features, e.label, e.ts, **e.fields) for e in sensor_events(rows=600, devices=12)]
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    result = cli("produce", spec.name, "--source", source, "--bootstrap", kafka_settings.bootstrap)
+    assert result.exit_code == 0, result.output
+
+    records = read_topic(kafka_settings, spec.events_topic)
+    assert len(records) == 600
+    partitions_of: dict[str, set[int]] = {}
+    for record in records:
+        assert record["_key"] == record["device"].encode()
+        partitions_of.setdefault(record["device"], set()).add(record["_partition"])
+    assert len(partitions_of) == 12 and all(len(p) == 1 for p in partitions_of.values())
+    assert len(set.union(*partitions_of.values())) > 1  # and the devices are spread over the partitions
+    assert backtest(spec, lines).partitions == high_waters(kafka_settings, spec.events_topic)
 
 
 def test_produce_missing_file_is_a_clean_error(cli, spec: StreamSpec, kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster_project.dev.producer import encoded_events, message_key
-from dagster_project.spec import StreamSpec, load_spec
+from dagster_project.dev.producer import encoded_events
+from dagster_project.ingest.keys import message_key
+from dagster_project.spec import load_spec
 
 STREAMS = Path(__file__).resolve().parents[3] / "streams"
 
@@ -20,21 +21,3 @@ def test_a_stream_with_derived_features_keys_its_lines_by_their_by_field(tmp_pat
     assert [key for key, _ in encoded_events(str(source), message_key(sensors))] == [b"d7", b"3", None, None, None]
     assert [key for key, _ in encoded_events(str(source), message_key(census))] == [b"e1", b"e2", b"e3", None, None]
     assert [key for key, _ in encoded_events(str(source))] == [b"e1", b"e2", b"e3", None, None]
-
-
-def test_a_by_field_declared_as_a_feature_is_read_from_features() -> None:
-    """Where the product reads the key (`features.timing.event_key`): a declared feature's value."""
-    spec = StreamSpec.model_validate(
-        {
-            "name": "shops",
-            "task": "classification",
-            "features": [{"name": "amount"}, {"name": "shop", "type": "category", "buckets": 8}],
-            "label": {"classes": [0, 1]},
-            "event_time": {"field": "ts"},
-            "derived": [{"name": "spend_1h", "of": "amount", "by": "shop", "agg": "sum", "window": "1h"}],
-        }
-    )
-    key = message_key(spec)
-    assert key({"id": "e1", "features": {"amount": 2.0, "shop": "s9"}}) == b"s9"
-    assert key({"id": "e1", "shop": "top-level is not where the product looks", "features": {}}) is None
-    assert key({"id": "e1", "features": {"shop": ""}}) is None and key([1]) is None
