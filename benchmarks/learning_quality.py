@@ -56,6 +56,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -213,6 +214,18 @@ class Result:
     # Each drift retrain's promotion gate against the model that kept learning (`settle_retrain`):
     # the row after which it retrained, promoted or not, both models' metric, rows, p-value.
     gates: list[dict] = field(default_factory=list)
+    # A candidate set's leader changes (`choose_leader` on each batch's tail, or a retrain's refit
+    # families): the row it was chosen at, the new leader and why.
+    leaders: list[dict] = field(default_factory=list)
+
+    def choose(self, model: Any, spec: Any, X: np.ndarray, y: np.ndarray, after_row: int, refit: bool = False):
+        """`choose_leader` as the product calls it, recording a change of leader."""
+        from dagster_project.learning.families import choose_leader
+
+        previous = model.leader
+        choice = choose_leader(model, spec, spec.promotion.metric, X, y, refit=refit)
+        if model.leader != previous:
+            self.leaders.append({"after_row": after_row, "leader": model.leader, "reason": choice.reason})
 
 
 def estimator_names(task: str) -> dict[str, str]:
@@ -419,7 +432,7 @@ def _outcome(task: str, predicted: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Result:
     """Batch by batch through the product's learner, gate and drift decision."""
-    from dagster_project.learning.families import CandidateSet, choose_leader
+    from dagster_project.learning.families import CandidateSet
     from dagster_project.learning.learner import retrained, rows_of, test_then_learn
     from dagster_project.learning.retraining import post_change, replayed, row_errors
     from dagster_project.registry.promotion import tail_split
@@ -436,7 +449,6 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
     before = np.zeros(0)  # the served model's per-row errors on the last scored batch
     spec = spec_for(config, stream, mode, batch)
     X, y, n = stream.X, stream.y, len(stream.y)
-    metric = spec.promotion.metric
     offsets, partitions = np.arange(n), np.zeros(n, dtype=np.int32)
     policy = DecisionConfig.from_spec(spec.drift, spec.promotion.significance)
     params = dict(spec.drift.detector_params)
@@ -513,7 +525,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
         if scored < learn_end:
             scored = learn_end  # the first batch: learned, never scored
         if learn_end < end:
-            choose_leader(model, spec, metric, X[learn_end:end], y[learn_end:end])
+            out.choose(model, spec, X[learn_end:end], y[learn_end:end], end)
         after_cut = bool(out.cuts) and out.cuts[-1] == end
         if series and not (cut == CUT_DEFER and after_cut):
             firsts = [point[2] for point in series]
@@ -541,7 +553,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 adapted = model
                 model = retrained(spec, warm, rows_, window, why, replay, leader=leader)
                 if isinstance(model, CandidateSet) and learn_end < end:  # the product's retrain: on the head's tail
-                    choose_leader(model, spec, metric, X[learn_end:end], y[learn_end:end], refit=True)
+                    out.choose(model, spec, X[learn_end:end], y[learn_end:end], end, refit=True)
                 out.retrains.append(learn_end)
                 if gated:  # unseen rows for the gate: the product's tail of this batch (`tail_split`)
                     pending = (model, adapted, end - tail_start)
@@ -624,6 +636,7 @@ def score(stream: Stream, results: dict[str, Result], batch: int) -> dict[str, d
             "recovery": None,
             "retrain_gates": gate_counts(r),
             "gate_decisions": r.gates,
+            "leader_changes": r.leaders,
         }
         if stream.change is not None and stream.task == "classification":
             row["recovery"] = recovery_rows(r, stream.change, batch)
@@ -807,6 +820,9 @@ def print_stream(report: dict, configs: tuple[str, ...]) -> None:
             f"  {name:18} {_fmt(r['metric']):>8} {_fmt(r['recovery'], ',')!s:>9} {r['retrains']:9d} {gates:>14} "
             f"{r['us_per_row']:8.1f} {r['us_per_row'] / base:10.1f}"
         )
+    for name in (m for m in configs if report["table"].get(m, {}).get("leader_changes")):
+        changes = ", ".join(f"{c['leader']} at row {c['after_row']:,}" for c in report["table"][name]["leader_changes"])
+        print(f"  {name} leader: {changes}")
 
 
 def summarize(reports: list[dict], configs: tuple[str, ...]) -> dict[str, object]:

@@ -560,3 +560,24 @@ def test_families_outside_the_set_are_many_classes_or_a_rare_positive() -> None:
     with pytest.raises(ValueError, match="waveform has no second concept"):
         learning_streams.build("waveform_abrupt_s1", 100)
     assert not set(learning_streams.OTHER_FAMILIES) & {n.split("_")[0] for n in learning_streams.full_set()}
+
+
+def test_leader_changes_are_recorded_and_show_trees_serving_the_rare_positive_change_for_one_batch() -> None:
+    """Part 25's untraced 0.01: on rare-positive SEA the trees lead before the change, with a sharp
+    boundary at the old threshold (8); the change moves it to 9.5, so the batch holding the change is
+    served by trees that call the band between the two positive. The first tail after it gives the
+    lead back to SGD, whose boundary (pulled inwards by 5 % positives) the change barely touched."""
+    stream = learning_streams.build("searare_abrupt_s1", 6_000)
+    gate = learning_quality.run_streamfit("gate", stream, 1_000, 100.0)
+    default = learning_quality.run_streamfit("default", stream, 1_000, 100.0)
+    changes = [(c["after_row"], c["leader"]) for c in gate.leaders]
+    served_at_change = [leader for row, leader in changes if row <= stream.change][-1]
+    first_after = next((row, leader) for row, leader in changes if row > stream.change)
+    assert served_at_change == "hgb" and first_after[1] == "sgd"
+    rows = slice(stream.change, first_after[0])  # served by the trees chosen before the change
+    wrong = np.flatnonzero(gate.outcome[rows] == 0) + stream.change
+    band = stream.X[wrong, 0] + stream.X[wrong, 1]
+    assert len(wrong) > 40 and set(stream.y[wrong]) == {0} and band.min() > 8 and band.max() <= 9.5
+    assert (default.outcome[rows] == 0).sum() < 5
+    assert all(c["reason"] and c["leader"] in ("sgd", "hgb") for c in gate.leaders)
+    assert default.leaders == []  # one family: nothing to choose
