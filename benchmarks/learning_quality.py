@@ -215,10 +215,11 @@ class Result:
     # the row after which it retrained, promoted or not, both models' metric, rows, p-value.
     gates: list[dict] = field(default_factory=list)
     # A candidate set's leader changes (`choose_leader` on each batch's tail, or a retrain's refit
-    # families): the row it was chosen at, the new leader and why.
+    # families): the new leader, why, and `after_row`, the end of the batch whose tail chose it (the
+    # first row it serves; a retrain's `after_row` is where the batch's learned part ended).
     leaders: list[dict] = field(default_factory=list)
 
-    def choose(self, model: Any, spec: Any, X: np.ndarray, y: np.ndarray, after_row: int, refit: bool = False):
+    def choose_leader(self, model: Any, spec: Any, X: np.ndarray, y: np.ndarray, after_row: int, refit: bool = False):
         """`choose_leader` as the product calls it, recording a change of leader."""
         from dagster_project.learning.families import choose_leader
 
@@ -525,7 +526,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
         if scored < learn_end:
             scored = learn_end  # the first batch: learned, never scored
         if learn_end < end:
-            out.choose(model, spec, X[learn_end:end], y[learn_end:end], end)
+            out.choose_leader(model, spec, X[learn_end:end], y[learn_end:end], end)
         after_cut = bool(out.cuts) and out.cuts[-1] == end
         if series and not (cut == CUT_DEFER and after_cut):
             firsts = [point[2] for point in series]
@@ -553,7 +554,7 @@ def run_streamfit(config: str, stream: Stream, batch: int, rate: float) -> Resul
                 adapted = model
                 model = retrained(spec, warm, rows_, window, why, replay, leader=leader)
                 if isinstance(model, CandidateSet) and learn_end < end:  # the product's retrain: on the head's tail
-                    out.choose(model, spec, X[learn_end:end], y[learn_end:end], end, refit=True)
+                    out.choose_leader(model, spec, X[learn_end:end], y[learn_end:end], end, refit=True)
                 out.retrains.append(learn_end)
                 if gated:  # unseen rows for the gate: the product's tail of this batch (`tail_split`)
                     pending = (model, adapted, end - tail_start)

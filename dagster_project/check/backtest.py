@@ -181,8 +181,9 @@ class _SeenRows:
     """The valid rows of the newest learned parts, so a windowed family reads its window back as
     `windowed.kafka_reader` would: labelled rows that break no per-row rule over the span read.
 
-    Only as many parts as cover the widest window (in offsets) are kept; none when no family is
-    windowed, since then nothing reads a window."""
+    Only as many learned parts as cover the widest window (in offsets) are kept, the parts the
+    model's own window counts (a blocked batch is in neither); none when no family is windowed,
+    since then nothing reads a window."""
 
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
@@ -323,7 +324,6 @@ class _Run:
             if len(tail)
             else None
         )
-        self.seen.add(batch)
         screening = screen_batch(batch, spec, self.spec_dir)
         outcome.quality, outcome.quality_detail = screening.action, screening.result.summary
         if screening.kept is None:
@@ -334,6 +334,7 @@ class _Run:
         outcome.unlabelled = int((~labelled).sum())
         if labelled.any():
             y = kept.y[labelled]
+            self.seen.add(batch)  # what a window can read back: the learned batches, as the model records them
             self._learn(kept, labelled, learned_ranges, outcome)
             outcome.baseline = _baseline(spec, self.history, y) if outcome.metrics else None
             self.history.extend(y.tolist())

@@ -580,4 +580,3 @@ def test_leader_changes_are_recorded_and_show_trees_serving_the_rare_positive_ch
     assert len(wrong) > 40 and set(stream.y[wrong]) == {0} and band.min() > 8 and band.max() <= 9.5
     assert (default.outcome[rows] == 0).sum() < 5
     assert all(c["reason"] and c["leader"] in ("sgd", "hgb") for c in gate.leaders)
-    assert default.leaders == []  # one family: nothing to choose

@@ -204,3 +204,25 @@ def test_every_line_is_learned_once_whatever_the_sample_s_length(rows: int) -> N
     result = backtest(_spec("census"), _messages(census_events, rows), batch_rows=1_000)
     assert sum(b.messages for b in result.batches) == rows == result.learned
     _contiguous(result)
+
+
+def test_a_window_reaching_back_past_a_blocked_batch_reads_the_learned_batch_before_it() -> None:
+    """A blocked batch is not in the model's window: the window's older part is the learned batch
+    before it, which the backtest must still hold (it keeps as many learned batches as a window spans)."""
+    messages = _messages(census_events, 1_500)
+    for i in range(500, 1_000):  # the second batch fails its mean bound and is not learned
+        event = orjson.loads(messages[i])
+        event["features"]["age"] = 110
+        messages[i] = orjson.dumps(event)
+    spec = _spec(
+        "census",
+        partitions=1,
+        quality={"mean_bounds": {"age": [18, 80]}},
+        model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 1_000},
+        promotion={"tail_rows": 0},  # batches on the 500-row boundaries
+    )
+    result = backtest(spec, messages, batch_rows=500)
+    assert [b.quality for b in result.batches] == ["train", "halt", "train"]
+    fitted_on = result.model.describe()["fitted_on"]
+    assert fitted_on["ranges"] == {"0": [[0, 500], [1_000, 1_500]]}
+    assert fitted_on["rows"] == result.batches[0].learned + result.batches[2].learned
