@@ -8,15 +8,19 @@ from typing import Any
 from dagster_project.features.timing import EventError, event_key, key_fields
 from dagster_project.spec import StreamSpec
 
+KeyOf = Callable[[Any], bytes | None]
 
-def message_key(spec: StreamSpec) -> Callable[[Any], bytes | None]:
+
+def message_key(spec: StreamSpec) -> KeyOf:
     """The Kafka key of a decoded event: a stream with derived features keys by their (first) `by`
     field, read where the feature state reads it (`features` when it is a declared feature), because
-    that state is per partition; any other stream by its `id`. None when the event has no usable key
-    (the producer then picks a partition)."""
-    if not spec.derived:
-        return id_key
-    field, in_features = key_fields(spec)[0]
+    that state is per partition; any other stream by its `id`."""
+    return field_key(*key_fields(spec)[0]) if spec.derived else id_key
+
+
+def field_key(field: str, in_features: bool = False) -> KeyOf:
+    """An event's `field` as its key, read as `features.timing.event_key` reads it; None when the
+    event has no usable value there (the producer then picks a partition)."""
 
     def key(event: Any) -> bytes | None:
         if not isinstance(event, dict):
@@ -30,7 +34,4 @@ def message_key(spec: StreamSpec) -> Callable[[Any], bytes | None]:
     return key
 
 
-def id_key(event: Any) -> bytes | None:
-    """An event's `id` as its key; None when it has none."""
-    value = event.get("id") if isinstance(event, dict) else None
-    return None if value is None or value == "" else str(value).encode()
+id_key = field_key("id")
