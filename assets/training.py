@@ -141,7 +141,9 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             served_metrics = champion_metrics(start, spec, X, y)
             rows = rows_of(X, y, micro_batch.partitions[labelled], micro_batch.offsets[labelled])
             attempt = _attempt(context)
-            read = kafka_reader(kafka.settings(), spec, hook=lambda: crash_point("during_refit", attempt=attempt))
+            read = kafka_reader(
+                kafka.settings(), spec, hook=lambda: crash_point("during_refit", attempt=attempt), registry=reg
+            )
             learned = test_then_learn(estimator, spec, rows, micro_batch.learned_ranges, read)
             estimator = learned.model
             numeric = learned.metrics.as_metadata()

@@ -621,11 +621,6 @@ class StreamSpec(_Strict):
     @model_validator(mode="after")
     def _windows_can_be_reread(self) -> StreamSpec:
         windowed = [f.label for f in self.model.families if f.windowed]
-        if windowed and self.derived:
-            raise ValueError(
-                f"windowed estimators ({windowed}) do not support derived features yet (a refit would need the "
-                "feature state where its window starts): use an incremental estimator"
-            )
         if windowed and self.quality.policy == "quarantine":
             raise ValueError(
                 f"windowed estimators ({windowed}) do not support quality.policy: quarantine yet (a replayed batch "

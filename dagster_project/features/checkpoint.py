@@ -45,3 +45,39 @@ def expected_state(
         return None
     where = f"{spec.name}/{head.name if head else 'the start'}" + (" (pending offset reset)" if reset else "")
     return load_state(spec, expected_state_bytes(registry, spec, head, reset), where=where)
+
+
+def state_before(
+    registry: ModelRegistry, spec: StreamSpec, starts: dict[int, int]
+) -> tuple[dict[int, int], FeatureState | None]:
+    """Where to read from so that events at `starts` get the values training gave them, and the state there.
+
+    A windowed refit reads back batches learned earlier, and a window may start inside a batch (a drift
+    retrain's located change). State is per partition, so each partition starts from the newest batch
+    start at or before its offset, with the state that batch began from (its parent's, or the skip it
+    applied); before any batch of the partition, from its offset with an empty history. The caller
+    reads from there and keeps the rows from `starts` on. None without derived features.
+    """
+    if not spec.derived:
+        return dict(starts), None
+    versions = registry.versions(spec.name)
+    by_name = {v.name: v for v in versions}
+    applied = registry.applied_offset_resets(spec.name)
+    best: dict[int, tuple[int, Version]] = {}
+    for version in versions:
+        if version.meta.get("retrain") or version.meta.get("replay"):
+            continue  # they re-learn rows behind the head; their batch is not where a state was read from
+        for p, (start, _) in version.meta.get("offsets", {}).get("batch", {}).items():
+            p, start = int(p), int(start)
+            if p in starts and start <= starts[p] and (p not in best or start > best[p][0]):
+                best[p] = (start, version)
+    combined = FeatureState(spec)
+    loaded: dict[str, FeatureState | None] = {}
+    for p, (_, version) in best.items():
+        if version.name not in loaded:
+            parent = by_name.get(version.parent) if version.parent else None
+            loaded[version.name] = expected_state(registry, spec, parent, applied.get(version.name))
+        began = loaded[version.name]
+        if began is not None and p in began.partitions:
+            combined.partitions[p] = began.partitions[p]
+    return {p: best[p][0] if p in best else start for p, start in starts.items()}, combined

@@ -252,3 +252,52 @@ def test_after_a_located_change_knn_refits_read_only_post_change_offsets_and_gro
     assert reads[1] == [{0: (650, 1000), 1: (650, 1000)}]
     assert all(s >= 650 for read in reads for ranges in read for s, _ in ranges.values())
     assert model.fitted_on["offsets"] == 1200 and model.fitted().named_steps["estimator"].n_samples_fit_ == 1200
+
+
+def test_a_windowed_model_on_derived_features_reads_its_window_back_with_the_values_training_gave(
+    kafka_settings, kafka_bootstrap, registry, instance
+) -> None:
+    """Rolling features depend on every earlier event of a key: a window read back from offsets past the
+    first batch, or from inside a batch (a drift retrain's located change), must continue the state
+    training had there, not start from an empty history."""
+    from dagster_project.learning.windowed import kafka_reader
+    from tests.dagster_project.features.support import learn_in_batches, produce_sensors, sensors_spec, training_inputs
+    from tests.helpers import defs_for
+
+    spec = sensors_spec(model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 1100})
+    produce_sensors(kafka_settings, spec)
+    learn_in_batches(defs_for(spec, kafka_bootstrap, registry), spec, kafka_settings, registry, instance)
+    first, second, third = registry.versions(spec.name)
+    expected = training_inputs(kafka_settings, registry, spec)
+    read = kafka_reader(kafka_settings, spec, registry=registry)
+
+    def assert_training_values(rows: WindowRows) -> None:
+        assert len(rows.y) > 100
+        given = [expected[(int(p), int(o))] for p, o in zip(rows.partitions, rows.offsets, strict=True)]
+        assert np.array_equal(rows.X, np.asarray(given))
+
+    # The head's refit read the second batch back (its window: the newest whole batches within 1,100 offsets).
+    fitted_on = third.meta["window"]["fitted_on"]
+    read_back = {int(p): (s, e) for p, (s, e) in fitted_on["read"].items()}
+    assert read_back == {
+        int(p): (s, third.meta["offsets"]["batch"][p][0]) for p, (s, _) in second.meta["offsets"]["batch"].items()
+    }
+    assert all(s > 0 for s, _ in read_back.values())
+    assert_training_values(read(read_back))
+    # A window starting inside a batch reads from the batch's start and keeps the rows from its own.
+    inside = {p: (s + (e - s) // 3, e) for p, (s, e) in read_back.items()}
+    rows = read(inside)
+    assert_training_values(rows)
+    assert all(o >= inside[int(p)][0] for p, o in zip(rows.partitions, rows.offsets, strict=True))
+    # The refit fitted exactly those rows plus the current batch's, and the version served on them.
+    current = read({p: (third.meta["offsets"]["batch"][str(p)][0], end) for p, end in third.learned.items()})
+    assert fitted_on["rows"] == len(read(read_back).y) + len(current.y)
+    assert third.meta["metrics"]["accuracy"] > 0.8
+
+    # A drift retrain refits the trees at once on its window, read with the state where the window starts.
+    from dagster_project.learning.retraining import retrain
+
+    retrained = retrain(kafka_settings, registry, spec, ["drift"], "run-retrain")
+    assert retrained.meta["window"]["reason"].startswith("drift retrain")
+    refit = retrained.meta["window"]["fitted_on"]  # the newest window_rows offsets of its longer window
+    assert 0 < refit["rows"] <= refit["offsets"] <= spec.model.window < retrained.meta["rows"]["trained"]

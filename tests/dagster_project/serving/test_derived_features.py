@@ -24,8 +24,9 @@ from tests.helpers import defs_for, high_waters
 
 
 @pytest.fixture
-def trained(kafka_settings, kafka_bootstrap, registry, instance):
-    spec = sensors_spec()
+def trained(request, kafka_settings, kafka_bootstrap, registry, instance):
+    model = getattr(request, "param", None)  # a test may name another model (indirect parametrization)
+    spec = sensors_spec(**({"model": model} if model else {}))
     produce_sensors(kafka_settings, spec)
     learn_in_batches(defs_for(spec, kafka_bootstrap, registry), spec, kafka_settings, registry, instance)
     return spec
@@ -82,6 +83,12 @@ def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings
 
 
 @pytest.mark.usefixtures("scorer_client")
+@pytest.mark.parametrize(
+    "trained",
+    [None, {"estimator": "hist_gradient_boosting_classifier", "window_rows": 1000}],
+    indirect=True,
+    ids=["sgd", "windowed_trees"],  # refit on a window read back with its features
+)
 def test_the_scorer_predicts_from_the_features_training_computed(trained, kafka_settings, registry):
     spec = trained
     expected = training_inputs(kafka_settings, registry, spec)
