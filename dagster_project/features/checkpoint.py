@@ -52,32 +52,39 @@ def state_before(
 ) -> tuple[dict[int, int], FeatureState | None]:
     """Where to read from so that events at `starts` get the values training gave them, and the state there.
 
-    A windowed refit reads back batches learned earlier, and a window may start inside a batch (a drift
-    retrain's located change). State is per partition, so each partition starts from the newest batch
-    start at or before its offset, with the state that batch began from (its parent's, or the skip it
-    applied); before any batch of the partition, from its offset with an empty history. The caller
-    reads from there and keeps the rows from `starts` on. None without derived features.
+    A window read back (a windowed refit, a drift retrain) may start anywhere a batch did, or inside
+    one (a located change). State is per partition, so each partition starts from the newest batch
+    (in registration order, so an offset reset that went back is followed) that started at or before
+    its offset, with the state that batch began from: its parent's, or the state a skip it applied
+    carried. Before any batch of the partition: its offset, with an empty history. The caller reads
+    from there and keeps the rows from `starts` on. None without derived features.
     """
     if not spec.derived:
         return dict(starts), None
     versions = registry.versions(spec.name)
-    by_name = {v.name: v for v in versions}
-    applied = registry.applied_offset_resets(spec.name)
-    best: dict[int, tuple[int, Version]] = {}
-    for version in versions:
+    chosen: dict[int, tuple[int, Version]] = {}
+    for version in reversed(versions):
+        if len(chosen) == len(starts):
+            break
         if version.meta.get("retrain") or version.meta.get("replay"):
-            continue  # they re-learn rows behind the head; their batch is not where a state was read from
+            continue  # they re-learn rows behind the head; no batch was read from their state
         for p, (start, _) in version.meta.get("offsets", {}).get("batch", {}).items():
             p, start = int(p), int(start)
-            if p in starts and start <= starts[p] and (p not in best or start > best[p][0]):
-                best[p] = (start, version)
+            if p in starts and p not in chosen and start <= starts[p]:
+                chosen[p] = (start, version)
+    by_name = {v.name: v for v in versions}
+    applied: dict[str, dict[str, Any]] | None = None
+    began: dict[str, FeatureState | None] = {}
     combined = FeatureState(spec)
-    loaded: dict[str, FeatureState | None] = {}
-    for p, (_, version) in best.items():
-        if version.name not in loaded:
+    for p, (_, version) in chosen.items():
+        if version.name not in began:
+            reset = None
+            if version.meta.get("offset_reset_applied"):  # listed only when needed: on MLflow each is a download
+                applied = registry.applied_offset_resets(spec.name) if applied is None else applied
+                reset = applied.get(version.name)
             parent = by_name.get(version.parent) if version.parent else None
-            loaded[version.name] = expected_state(registry, spec, parent, applied.get(version.name))
-        began = loaded[version.name]
-        if began is not None and p in began.partitions:
-            combined.partitions[p] = began.partitions[p]
-    return {p: best[p][0] if p in best else start for p, start in starts.items()}, combined
+            began[version.name] = expected_state(registry, spec, parent, reset)
+        state = began[version.name]
+        if state is not None and p in state.partitions:
+            combined.partitions[p] = state.partitions[p]
+    return {p: chosen[p][0] if p in chosen else start for p, start in starts.items()}, combined

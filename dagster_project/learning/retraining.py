@@ -86,7 +86,7 @@ def row_errors(spec: StreamSpec, estimator: object, X: np.ndarray, y: np.ndarray
 
 def _from(batch: MicroBatch, window: Ranges) -> MicroBatch:
     """The batch's rows inside `window` (a later start per partition), so its version records the
-    window it was fit on. The feature values stay those computed from the full window's start."""
+    window it was fit on. The feature values stay those computed from where the read started."""
     keep = np.ones(len(batch.offsets), dtype=bool)
     for p, (start, _) in window.items():
         keep &= ~((batch.partitions == p) & (batch.offsets < start))
@@ -122,29 +122,17 @@ def _located(
     return trimmed if trimmed != batch.ranges else None
 
 
-def _state_at(registry: ModelRegistry, spec: StreamSpec, window: Ranges):
-    """The feature state where the window starts: the state the version whose batch starts there
-    began from (its parent's, or the skip it applied: a quarantine, a first batch with nothing to
-    learn), else the one saved with a version whose learned offsets are the window's start; None
-    without derived features."""
-    from dagster_project.features.checkpoint import expected_state, state_after
+def read_window(settings: KafkaSettings, registry: ModelRegistry, spec: StreamSpec, window: Ranges) -> MicroBatch:
+    """`window`'s events read again as training read them (nothing dead-lettered twice). With derived
+    features each partition is read from the newest batch start at or before the window's start, with
+    the state that batch began from (`features.checkpoint.state_before`), and the rows before the
+    window's start are dropped: a value depends on every earlier event of its key."""
+    from dagster_project.features.checkpoint import state_before
 
-    if not spec.derived:
-        return None
-    starts = {p: start for p, (start, _) in window.items()}
-    versions = registry.versions(spec.name)
-    applied = registry.applied_offset_resets(spec.name)
-    by_name = {v.name: v for v in versions}
-    for version in versions:
-        if version.meta.get("retrain") or version.meta.get("replay"):
-            continue
-        if {p: start for p, (start, _) in learned_ranges(version).items()} == starts:
-            parent = by_name.get(version.parent) if version.parent else None
-            return expected_state(registry, spec, parent, applied.get(version.name))
-    for version in versions:
-        if all(version.learned.get(p) == start for p, start in starts.items()):
-            return state_after(registry, spec, version)
-    return state_after(registry, spec, None)  # the window starts at the stream's first batch
+    starts, state = state_before(registry, spec, {p: start for p, (start, _) in window.items()})
+    spans = {p: (starts[p], end) for p, (_, end) in window.items()}
+    batch = read_batch(settings, spec, spans, dead_letter_invalid=False, state=state)
+    return _from(batch, window) if spans != window else batch
 
 
 def replayed(spec: StreamSpec, member_spec: StreamSpec, start: object, X: np.ndarray, y: np.ndarray) -> object:
@@ -213,7 +201,7 @@ def retrain(
         raise RegistryError(f"{name} has no versions to retrain from")
     head = versions[-1]
     window = recent_window(versions, spec.drift.retrain_window_rows, since or None)
-    batch = read_batch(settings, spec, window, dead_letter_invalid=False, state=_state_at(registry, spec, window))
+    batch = read_window(settings, registry, spec, window)
     change_at = _located(registry, spec, versions, since, batch) if since else None
     if change_at:
         batch, window = _from(batch, change_at), change_at

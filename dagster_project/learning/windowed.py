@@ -244,30 +244,25 @@ def kafka_reader(
     settings: Any, spec: StreamSpec, hook: Callable[[], None] | None = None, registry: Any = None
 ) -> WindowReader:
     """Reads a window's spans from the events topic as training saw them: unparsable messages and
-    rows breaking per-row rules excluded (never dead-lettered again), unlabelled rows dropped.
-    With derived features each partition is read from the newest batch start at or before its span
-    (`features.checkpoint.state_before`, which needs the `registry`), so every row gets the values
-    training gave it. `hook` runs after the read (the fault-injection point of crash tests)."""
+    rows breaking per-row rules excluded (never dead-lettered again), unlabelled rows dropped, derived
+    features with the values training gave them (`retraining.read_window`, which needs the
+    `registry`'s checkpoints). Several windowed families of one run share a read of the same spans.
+    `hook` runs after the read (the fault-injection point of crash tests)."""
+    if spec.derived and registry is None:
+        raise ValueError(f"{spec.name} has derived features: a window read needs the registry's checkpoints")
+    done: dict[tuple[tuple[int, int, int], ...], WindowRows] = {}
 
     def read(ranges: Ranges) -> WindowRows:
-        from dagster_project.features.checkpoint import state_before
-        from dagster_project.ingest.micro_batch import read_batch
+        from dagster_project.learning.retraining import read_window
         from dagster_project.quality.suite import row_violations
 
-        state = None
-        spans = ranges
-        if spec.derived:
-            if registry is None:
-                raise ValueError(f"{spec.name} has derived features: a window read needs the registry's checkpoints")
-            starts, state = state_before(registry, spec, {p: s for p, (s, _) in ranges.items()})
-            spans = {p: (starts[p], e) for p, (_, e) in ranges.items()}
-        batch = read_batch(settings, spec, spans, dead_letter_invalid=False, state=state)
-        keep = batch.labelled & ~row_violations(batch, spec) if batch.rows else np.zeros(0, dtype=bool)
-        if spans is not ranges and batch.rows:  # the lead-in only brought the state up to the window
-            for p, (start, _) in ranges.items():
-                keep &= (batch.partitions != p) | (batch.offsets >= start)
+        key = tuple(sorted((p, s, e) for p, (s, e) in ranges.items()))
+        if key not in done:
+            batch = read_window(settings, registry, spec, ranges)
+            keep = batch.labelled & ~row_violations(batch, spec) if batch.rows else np.zeros(0, dtype=bool)
+            done[key] = WindowRows(batch.X[keep], batch.y[keep], batch.partitions[keep], batch.offsets[keep])
         if hook is not None:
             hook()
-        return WindowRows(batch.X[keep], batch.y[keep], batch.partitions[keep], batch.offsets[keep])
+        return done[key]
 
     return read

@@ -188,7 +188,7 @@ def test_a_retrain_with_derived_features_reads_its_window_from_the_matching_stat
     kafka_settings, kafka_bootstrap, registry, instance
 ) -> None:
     from dagster_project.features.checkpoint import state_after
-    from dagster_project.learning.retraining import _state_at
+    from dagster_project.learning.retraining import read_window
     from tests.dagster_project.features.support import (
         learn_in_batches,
         produce_sensors,
@@ -209,7 +209,7 @@ def test_a_retrain_with_derived_features_reads_its_window_from_the_matching_stat
     assert retrained.meta["feature_state"] == {"moved": False}
     window = {int(p): (s, e) for p, (s, e) in retrained.meta["offsets"]["batch"].items()}
     assert any(s > 0 for s, _ in window.values())  # a window that starts after a checkpoint, not at 0
-    batch = read_batch(kafka_settings, spec, window, False, state=_state_at(registry, spec, window))
+    batch = read_window(kafka_settings, registry, spec, window)
     expected = training_inputs(kafka_settings, registry, spec)
     rows = [expected[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
     assert np.array_equal(batch.X, np.asarray(rows))  # the features the batches were trained with
@@ -231,7 +231,7 @@ def test_a_retrain_with_derived_features_reads_its_window_from_the_matching_stat
 def test_a_retrain_window_starting_after_a_quarantine_starts_from_the_skip_s_state(
     kafka_settings, kafka_bootstrap, registry, instance
 ) -> None:
-    from dagster_project.learning.retraining import _state_at
+    from dagster_project.learning.retraining import read_window
     from tests.dagster_project.features.support import learn_around_a_quarantine, training_inputs
 
     spec, skip = learn_around_a_quarantine(kafka_settings, kafka_bootstrap, registry, instance)
@@ -240,7 +240,7 @@ def test_a_retrain_window_starting_after_a_quarantine_starts_from_the_skip_s_sta
 
     window = {int(p): (s, e) for p, (s, e) in retrained.meta["offsets"]["batch"].items()}
     assert {p: s for p, (s, _) in window.items()} == skip  # v2's batch: it starts where the skip ended
-    batch = read_batch(kafka_settings, spec, window, False, state=_state_at(registry, spec, window))
+    batch = read_window(kafka_settings, registry, spec, window)
     expected = training_inputs(kafka_settings, registry, spec)
     assert batch.rows == retrained.meta["rows"]["trained"] > 0
     for i, (p, o) in enumerate(zip(batch.partitions, batch.offsets, strict=True)):

@@ -289,6 +289,11 @@ def test_a_windowed_model_on_derived_features_reads_its_window_back_with_the_val
     rows = read(inside)
     assert_training_values(rows)
     assert all(o >= inside[int(p)][0] for p, o in zip(rows.partitions, rows.offsets, strict=True))
+    # Partitions start from different batches' states (no one version's batch starts where the window does).
+    third_starts = {int(p): s for p, (s, _) in third.meta["offsets"]["batch"].items()}
+    p0, p1 = sorted(read_back)
+    mixed = {p0: (read_back[p0][0], third.learned[p0]), p1: (third_starts[p1] + 30, third.learned[p1])}
+    assert_training_values(read(mixed))
     # The refit fitted exactly those rows plus the current batch's, and the version served on them.
     current = read({p: (third.meta["offsets"]["batch"][str(p)][0], end) for p, end in third.learned.items()})
     assert fitted_on["rows"] == len(read(read_back).y) + len(current.y)
