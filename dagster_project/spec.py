@@ -619,16 +619,6 @@ class StreamSpec(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _windows_can_be_reread(self) -> StreamSpec:
-        windowed = [f.label for f in self.model.families if f.windowed]
-        if windowed and self.quality.policy == "quarantine":
-            raise ValueError(
-                f"windowed estimators ({windowed}) do not support quality.policy: quarantine yet (a replayed batch "
-                "lies behind the window): use policy: halt or allow_partial"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _early_cut_has_live_labels(self) -> StreamSpec:
         """The early cut reads the served champion's live errors: without the label join it reads nothing.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import echo_json, operator_name, registry, stream_spec
+from dagster_project.cli.common import bootstrap_option, echo_json, kafka_settings, operator_name, registry, stream_spec
 
 
 @click.group()
@@ -50,14 +50,20 @@ def quarantine_show(stream: str, quarantine_id: str) -> None:
 @click.argument("stream")
 @click.argument("quarantine_id")
 @click.option("--force", is_flag=True, help="Train it even if it still fails its checks.")
-def quarantine_replay(stream: str, quarantine_id: str, force: bool) -> None:
-    """Train a quarantined batch on top of the head, exactly once."""
+@bootstrap_option
+def quarantine_replay(stream: str, quarantine_id: str, force: bool, bootstrap: str | None) -> None:
+    """Train a quarantined batch on top of the head, exactly once (a windowed model reads the rest of
+    its window back from Kafka)."""
     from dagster_project.quality.quarantine import QuarantineError, QuarantineStore
     from dagster_project.quality.replay import replay_quarantined
 
     spec = stream_spec(stream)
+    windowed = any(family.windowed for family in spec.model.families)
+    settings = kafka_settings(bootstrap) if windowed else None
     try:
-        version = replay_quarantined(registry(), QuarantineStore(), spec, quarantine_id, operator_name(), force)
+        version = replay_quarantined(
+            registry(), QuarantineStore(), spec, quarantine_id, operator_name(), force, settings
+        )
     except QuarantineError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{stream}: {quarantine_id} trained into {version.name}")

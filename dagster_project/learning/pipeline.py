@@ -17,6 +17,7 @@ import numpy as np
 
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 
@@ -85,17 +86,25 @@ def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtif
     return OnnxArtifact(onnx_bytes, details, parity.reason)
 
 
-def learn_from_head(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch) -> TrainedModel:
+def learn_from_head(
+    registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, settings: KafkaSettings | None = None
+) -> TrainedModel:
     """Test-then-train the head (or a fresh model) on the batch's labelled rows (a quarantine replay).
 
-    Windowed families are refused with quarantine by the spec (a replayed batch lies behind their
-    window), so a candidate set's replay reads no window back."""
+    A windowed family refits as on any batch: the replayed batch joins its window, and the rest of
+    the window (newer batches too: the replayed one lies behind them) is read back from Kafka with
+    `settings`."""
     from dagster_project.learning.learner import rows_of, test_then_learn
     from dagster_project.learning.prequential import test_then_train
+    from dagster_project.learning.windowed import kafka_reader
 
-    def no_window(ranges: Ranges) -> Any:
-        raise ValueError(f"{spec.name}: a quarantine replay cannot refit a window ({ranges})")
+    def no_broker(ranges: Ranges) -> Any:
+        raise ValueError(
+            f"{spec.name}: replaying into a windowed model reads its window ({ranges}) back from Kafka: "
+            "set STREAMFIT_KAFKA_BOOTSTRAP (or pass the broker's settings)"
+        )
 
+    read = kafka_reader(settings, spec, registry=registry) if settings is not None else no_broker
     head = registry.head(spec.name)
     estimator = registry.load_estimator(spec.name, head.name) if head else None
     labelled = batch.labelled
@@ -103,7 +112,7 @@ def learn_from_head(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch
     X, y = batch.X[labelled], batch.y[labelled]
     if spec.model.candidates or spec.model.windowed:
         rows = rows_of(X, y, batch.partitions[labelled], batch.offsets[labelled])
-        learned = test_then_learn(estimator, spec, rows, batch.learned_ranges, no_window)
+        learned = test_then_learn(estimator, spec, rows, batch.learned_ranges, read)
         model, metrics = learned.model, learned.metrics
     else:
         model, metrics, _ = test_then_train(estimator, spec, X, y)

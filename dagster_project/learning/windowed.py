@@ -120,16 +120,20 @@ def window_segments(batches: list[dict[int, tuple[int, int]]], window_rows: int)
         (ranges,) = chosen
         keep = {p: (e - s) * window_rows // total for p, (s, e) in ranges.items()}
         chosen = [{p: (e - keep[p], e) for p, (s, e) in ranges.items() if keep[p] > 0}]
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for ranges in chosen:
+        for p, (s, e) in ranges.items():
+            if e > s:
+                by_partition.setdefault(p, []).append((s, e))
     segments: Segments = {}
-    for ranges in reversed(chosen):
-        for p, (s, e) in sorted(ranges.items()):
-            if e <= s:
-                continue
-            parts = segments.setdefault(p, [])
+    for p in sorted(by_partition):  # in offset order: a replayed quarantined batch was learned after newer ones
+        parts: list[tuple[int, int]] = []
+        for s, e in sorted(by_partition[p]):
             if parts and parts[-1][1] == s:  # consecutive batches are contiguous
                 parts[-1] = (parts[-1][0], e)
             else:
                 parts.append((s, e))
+        segments[p] = parts
     return segments
 
 
@@ -143,16 +147,20 @@ def in_segments(partitions: np.ndarray, offsets: np.ndarray, segments: Segments)
     return keep
 
 
-def _older(segments: Segments, current: Ranges) -> Ranges:
-    """One span per partition covering the window's segments before the current batch."""
-    spans: Ranges = {}
+def _without(segments: Segments, current: Ranges) -> Segments:
+    """The window's segments with the current batch's own offsets cut out (those rows are in memory)."""
+    out: Segments = {}
     for p, parts in segments.items():
-        start = current.get(p, (None, None))[0]
-        before = [(s, min(e, start) if start is not None else e) for s, e in parts]
-        before = [(s, e) for s, e in before if e > s]
-        if before:
-            spans[p] = (before[0][0], before[-1][1])
-    return spans
+        cs, ce = current.get(p, (0, 0))
+        kept = [piece for s, e in parts for piece in ((s, min(e, cs)), (max(s, ce), e)) if piece[1] > piece[0]]
+        if kept:
+            out[p] = kept
+    return out
+
+
+def _span(segments: Segments) -> Ranges:
+    """One read per partition covering its segments (the rows between them are filtered out after)."""
+    return {p: (parts[0][0], parts[-1][1]) for p, parts in segments.items()}
 
 
 def refit(
@@ -173,11 +181,12 @@ def refit(
 
     started = time.perf_counter()
     segments = window_segments(model.batches, model.window_rows)
-    older = _older(segments, current_ranges)
-    parts = [read(older)] if older else []
-    parts.append(current)
-    X = np.concatenate([r.X[in_segments(r.partitions, r.offsets, segments)] for r in parts])
-    y = np.concatenate([r.y[in_segments(r.partitions, r.offsets, segments)] for r in parts])
+    before = _without(segments, current_ranges)
+    older = _span(before)
+    parts = [(read(older), before)] if older else []
+    parts.append((current, segments))
+    X = np.concatenate([r.X[in_segments(r.partitions, r.offsets, within)] for r, within in parts])
+    y = np.concatenate([r.y[in_segments(r.partitions, r.offsets, within)] for r, within in parts])
     window = {
         "ranges": {str(p): [list(seg) for seg in segs] for p, segs in sorted(segments.items())},
         "offsets": sum(e - s for segs in segments.values() for s, e in segs),

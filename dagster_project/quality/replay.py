@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.quarantine import QuarantineError, QuarantineStore
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 
 
 def replay_quarantined(
-    registry: ModelRegistry, store: QuarantineStore, spec: StreamSpec, qid: str, by: str, force: bool = False
+    registry: ModelRegistry,
+    store: QuarantineStore,
+    spec: StreamSpec,
+    qid: str,
+    by: str,
+    force: bool = False,
+    settings: KafkaSettings | None = None,
 ) -> Version:
     """Validate again (unless forced), test-then-train the stored rows, register, mark replayed.
 
     The version's learned offsets do not move (the stream advanced past the batch when it was
-    quarantined); the version records which quarantined batch it replayed and who asked.
+    quarantined); the version records which quarantined batch it replayed and who asked. A windowed
+    family reads the rest of its window back from Kafka with `settings`.
     """
     from dagster_project.learning.pipeline import ParityFailed, learn_export_register, learn_from_head
     from dagster_project.quality.suite import validate_batch
@@ -34,7 +42,7 @@ def replay_quarantined(
             spec,
             batch,
             f"replay by {by}",
-            lambda: learn_from_head(registry, spec, batch),
+            lambda: learn_from_head(registry, spec, batch, settings),
             replay={"quarantine": qid, "by": by},
         )
     except ParityFailed as exc:

@@ -295,15 +295,17 @@ def test_candidates_name_distinct_families_of_the_stream_task():
         _model_spec(candidates=[{"estimator": "sgd_classifier"}, {"estimator": "random_forest_regressor"}])
 
 
-def test_windowed_estimators_refuse_what_a_refit_cannot_reread_yet():
-    with pytest.raises(ValueError, match="policy: quarantine yet"):
-        StreamSpec(
-            name="m",
-            features=[{"name": "x"}],
-            label={"classes": [0, 1]},
-            model={"estimator": "extra_trees_classifier"},
-            quality={"policy": "quarantine"},
-        )
+def test_windowed_estimators_take_derived_features_and_quarantine():
+    spec = StreamSpec(
+        name="m",
+        features=[{"name": "x"}],
+        label={"classes": [0, 1]},
+        event_time={"field": "ts", "lateness": "5s"},
+        derived=[{"name": "x_mean", "of": "x", "by": "device", "agg": "mean", "window": "60s"}],
+        model={"estimator": "extra_trees_classifier"},
+        quality={"policy": "quarantine"},
+    )
+    assert spec.model.windowed and spec.derived and spec.quality.policy == "quarantine"
 
 
 @pytest.mark.parametrize(

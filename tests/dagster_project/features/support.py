@@ -84,10 +84,10 @@ def training_inputs(settings, registry, spec: StreamSpec) -> dict[tuple[int, int
     }
 
 
-def learn_around_a_quarantine(settings, bootstrap: str, registry, instance, rows: int = 900):
+def learn_around_a_quarantine(settings, bootstrap: str, registry, instance, rows: int = 900, **overrides):
     """A derived-feature stream learned in thirds whose middle third fails the quality gate and is
     quarantined: returns the spec and the offsets the quarantine's skip moved each partition to."""
-    spec = sensors_spec(quality={"policy": "quarantine"})
+    spec = sensors_spec(quality={"policy": "quarantine"}, **overrides)
     strict = spec.model_copy(update={"quality": spec.quality.model_copy(update={"mean_bounds": {"temp": (900, 999)}})})
     produce_sensors(settings, spec, rows=rows)
     ends = high_waters(settings, spec.events_topic)

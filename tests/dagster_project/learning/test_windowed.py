@@ -103,6 +103,23 @@ def test_a_refit_reads_exactly_the_window_before_the_batch_and_records_it() -> N
     assert model.refits == 5 and model.last["refit"]
 
 
+def test_a_replayed_batch_behind_newer_ones_joins_the_window_in_offset_order() -> None:
+    """A quarantine replay learns batch 1 after batches 0 and 2: its refit reads 0 and 2 back (not its
+    own offsets, which are in memory), and the next batch's window holds all four once."""
+    X, y = stream(1000)
+    reader = RecordingReader(X, y)
+    spec, model = make_spec(window_rows=10_000), None
+    for i in (0, 2, 1, 3):  # batch 1 quarantined, then replayed after batch 2
+        model = test_then_learn(model, spec, reader.rows(batch_ranges(i, 100)), batch_ranges(i, 100), reader).model
+        if i == 1:
+            replayed = dict(model.fitted_on)
+    assert replayed["ranges"] == {"0": [[0, 300]], "1": [[0, 300]]}
+    assert replayed["rows"] == replayed["offsets"] == 600  # batch 1's rows once, from memory
+    assert reader.reads[-2] == {0: (0, 300), 1: (0, 300)}  # one span; the in-memory offsets are dropped from it
+    assert model.fitted_on["ranges"] == {"0": [[0, 400]], "1": [[0, 400]]}
+    assert model.fitted_on["rows"] == 800 and reader.reads[-1] == {0: (0, 300), 1: (0, 300)}
+
+
 def test_rows_training_excluded_are_excluded_from_the_refit() -> None:
     X, y = stream(1200)
     dropped = frozenset(range(0, 400, 7))  # e.g. dead letters among the first two batches' rows

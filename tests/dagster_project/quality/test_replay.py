@@ -110,3 +110,30 @@ def test_refusals_name_the_problem(registry, kafka_settings) -> None:
     with pytest.raises(QuarantineError, match=f"{qid} has no labelled rows to train"):
         replay_quarantined(registry, store, spec, qid, by="carol", force=True)
     assert registry.versions(spec.name) == []
+
+
+def test_a_replay_into_a_windowed_model_refits_on_its_window_with_the_batch_in_offset_order(
+    kafka_settings, kafka_bootstrap, registry, instance
+) -> None:
+    """The quarantined batch lies between two learned ones: the replay's refit fits all three (the
+    newer one read back from Kafka, derived features continuing the state training had)."""
+    from tests.dagster_project.features.support import learn_around_a_quarantine
+
+    model = {"estimator": "hist_gradient_boosting_classifier", "window_rows": 5000}
+    spec, skip = learn_around_a_quarantine(kafka_settings, kafka_bootstrap, registry, instance, model=model)
+    v1, v2 = registry.versions(spec.name)
+    (entry,) = QuarantineStore().list(spec.name)
+    stored = QuarantineStore().get(spec.name, entry.id).batch
+    assert v2.meta["window"]["fitted_on"]["ranges"] == {  # the quarantined offsets are not in it yet
+        str(p): [[0, v1.learned[p]], [skip[p], v2.learned[p]]] for p in skip
+    }
+
+    v3 = replay_quarantined(registry, QuarantineStore(), spec, entry.id, by="ops", force=True, settings=kafka_settings)
+
+    assert v3.learned == v2.learned and v3.meta["replay"]["quarantine"] == entry.id
+    fitted_on = v3.meta["window"]["fitted_on"]
+    assert fitted_on["ranges"] == {str(p): [[0, v2.learned[p]]] for p in skip}  # one span: all three batches
+    assert fitted_on["read"] == {str(p): [0, v2.learned[p]] for p in skip}
+    rows = v2.meta["window"]["fitted_on"]["rows"] + int(stored.labelled.sum())
+    assert fitted_on["rows"] == rows  # every labelled row of the three once: the replayed ones from memory
+    assert v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] + int(stored.labelled.sum())
