@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import bootstrap_option, echo_json, kafka_settings, operator_name, registry, stream_spec
+from dagster_project.cli.common import bootstrap_option, echo_json, operator_name, registry, stream_spec
 
 
 @click.group()
@@ -54,16 +54,21 @@ def quarantine_show(stream: str, quarantine_id: str) -> None:
 def quarantine_replay(stream: str, quarantine_id: str, force: bool, bootstrap: str | None) -> None:
     """Train a quarantined batch on top of the head, exactly once (a windowed model reads the rest of
     its window back from Kafka)."""
+    from dagster_project.kafka.io import BrokerUnavailable
+    from dagster_project.kafka.settings import KafkaSettings
     from dagster_project.quality.quarantine import QuarantineError, QuarantineStore
     from dagster_project.quality.replay import replay_quarantined
+    from dagster_project.registry.store import RegistryError
 
     spec = stream_spec(stream)
-    windowed = any(family.windowed for family in spec.model.families)
-    settings = kafka_settings(bootstrap) if windowed else None
+    try:  # only a windowed model's refit reads from the broker; without one configured it says so if it must
+        settings = KafkaSettings.from_env(bootstrap)
+    except RuntimeError:
+        settings = None
     try:
         version = replay_quarantined(
             registry(), QuarantineStore(), spec, quarantine_id, operator_name(), force, settings
         )
-    except QuarantineError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (QuarantineError, RegistryError, BrokerUnavailable, ValueError) as exc:
+        raise click.ClickException(f"{stream}: {quarantine_id} was not replayed: {exc}") from exc
     click.echo(f"{stream}: {quarantine_id} trained into {version.name}")

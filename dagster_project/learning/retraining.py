@@ -46,7 +46,7 @@ def recent_window(versions: list[Version], rows: int, since: str | None = None) 
     With `since` (the batch where a change was detected) it is every batch from there on, so a
     fresh model learns the new concept only; otherwise the batches holding the last `rows` rows.
     """
-    learned = [v for v in versions if not v.meta.get("retrain")]
+    learned = [v for v in versions if not v.meta.get("retrain") and not v.meta.get("replay")]  # behind the head
     if since:
         after = [v for v in learned if v.number >= version_number(since)]
         if after:

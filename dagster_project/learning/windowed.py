@@ -105,9 +105,8 @@ def new_model(spec: StreamSpec) -> WindowedModel:
     return WindowedModel(spec.model.window, spec.model.refit_period)
 
 
-def window_segments(batches: list[dict[int, tuple[int, int]]], window_rows: int) -> Segments:
-    """The newest whole batches within `window_rows` offsets; a single larger batch, its newest
-    `window_rows` offsets, shared between partitions in proportion to their offsets."""
+def _chosen(batches: list[dict[int, tuple[int, int]]], window_rows: int) -> list[dict[int, tuple[int, int]]]:
+    """The newest whole batches (the list is in offset order) within `window_rows` offsets, newest first."""
     chosen: list[dict[int, tuple[int, int]]] = []
     total = 0
     for ranges in reversed(batches):
@@ -116,25 +115,37 @@ def window_segments(batches: list[dict[int, tuple[int, int]]], window_rows: int)
             break
         chosen.append(ranges)
         total += size
+    return chosen
+
+
+def window_segments(batches: list[dict[int, tuple[int, int]]], window_rows: int) -> Segments:
+    """The newest whole batches within `window_rows` offsets; a single larger batch, its newest
+    `window_rows` offsets, shared between partitions in proportion to their offsets."""
+    chosen = _chosen(batches, window_rows)
+    total = sum(e - s for ranges in chosen for s, e in ranges.values())
     if total > window_rows:  # only the newest batch, too large on its own
         (ranges,) = chosen
         keep = {p: (e - s) * window_rows // total for p, (s, e) in ranges.items()}
         chosen = [{p: (e - keep[p], e) for p, (s, e) in ranges.items() if keep[p] > 0}]
-    by_partition: dict[int, list[tuple[int, int]]] = {}
-    for ranges in chosen:
-        for p, (s, e) in ranges.items():
-            if e > s:
-                by_partition.setdefault(p, []).append((s, e))
     segments: Segments = {}
-    for p in sorted(by_partition):  # in offset order: a replayed quarantined batch was learned after newer ones
-        parts: list[tuple[int, int]] = []
-        for s, e in sorted(by_partition[p]):
+    for ranges in reversed(chosen):
+        for p, (s, e) in sorted(ranges.items()):
+            if e <= s:
+                continue
+            parts = segments.setdefault(p, [])
             if parts and parts[-1][1] == s:  # consecutive batches are contiguous
                 parts[-1] = (parts[-1][0], e)
             else:
                 parts.append((s, e))
-        segments[p] = parts
     return segments
+
+
+def _insert_in_offset_order(batches: list[dict[int, tuple[int, int]]], ranges: dict[int, tuple[int, int]]) -> None:
+    """Append a batch, or put it before the newer batches it lies behind (a replayed quarantined batch)."""
+    at = len(batches)
+    while at and any(p in ranges and start >= ranges[p][1] for p, (start, _) in batches[at - 1].items()):
+        at -= 1
+    batches.insert(at, ranges)
 
 
 def in_segments(partitions: np.ndarray, offsets: np.ndarray, segments: Segments) -> np.ndarray:
@@ -229,10 +240,21 @@ def learn(
 
     Due: the first batch, every `refit_every` batches, or `force` (a drift retrain's reason).
     """
-    model.batches.append({p: (int(s), int(e)) for p, (s, e) in current_ranges.items()})
+    batch = {p: (int(s), int(e)) for p, (s, e) in current_ranges.items()}
+    _insert_in_offset_order(model.batches, batch)
     model.since_refit += 1
     while len(model.batches) > 1 and sum(e - s for b in model.batches[1:] for s, e in b.values()) >= model.window_rows:
         model.batches.pop(0)  # older than the window can ever reach
+    if (
+        not force
+        and model.pipeline is not None
+        and not any(b is batch for b in _chosen(model.batches, model.window_rows))
+    ):
+        model.last = {  # a replayed batch older than the window: a window of the newest offsets leaves it out
+            "refit": False,
+            "reason": f"the batch lies behind the window (the newest {model.window_rows} offsets): nothing to refit",
+        }
+        return model
     if force:
         reason = force
     elif model.pipeline is None:

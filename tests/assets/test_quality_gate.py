@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from dagster_project.cli import main
@@ -15,11 +16,12 @@ from tests.conftest import synthetic_spec
 from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, run_batch
 
 
-def _spec(**quality):
+def _spec(model: dict | None = None, **quality):
     return synthetic_spec(
         partitions=1,
         features=[{"name": "x0", "min": -10, "max": 10}] + [{"name": f"x{i}"} for i in range(1, 5)],
         quality=quality,
+        **({"model": model} if model else {}),
     )
 
 
@@ -86,8 +88,9 @@ def test_halt_stops_the_stream_until_an_operator_skips(
     assert "sensor glitch" in v1.meta["offset_reset_applied"]["reason"]
 
 
-def test_quarantine_advances_and_replays_exactly_once(kafka_bootstrap, kafka_settings, registry, instance):
-    spec = _spec(policy="quarantine")
+@pytest.mark.parametrize("model", [None, {"estimator": "hist_gradient_boosting_classifier"}], ids=["sgd", "windowed"])
+def test_quarantine_advances_and_replays_exactly_once(model, kafka_bootstrap, kafka_settings, registry, instance):
+    spec = _spec(model, policy="quarantine")
     defs = defs_for(spec, kafka_bootstrap, registry)
     produce_synthetic(kafka_settings, spec, 200)
     assert run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance).success
@@ -108,13 +111,22 @@ def test_quarantine_advances_and_replays_exactly_once(kafka_bootstrap, kafka_set
     assert "quarantined" in v2.meta["offset_reset_applied"]["reason"]
 
     runner = CliRunner()
-    replay = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=_cli_env(spec, registry))
+    env = _cli_env(spec, registry)
+    if model:  # a windowed model's refit reads the rest of its window back: without a broker it says so
+        unset = env | {"STREAMFIT_KAFKA_BOOTSTRAP": None}  # None: unset for the command
+        without = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=unset)
+        assert without.exit_code == 1 and "STREAMFIT_KAFKA_BOOTSTRAP" in without.output, without.output
+        env |= {"STREAMFIT_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    replay = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=env)
     assert replay.exit_code == 0, replay.output
     v3 = registry.head(spec.name)
     assert v3.meta["replay"]["quarantine"] == entry.id and v3.meta["rows"]["trained"] == 105
     assert v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] + 105
     assert v3.learned == v2.learned  # the stream's position does not move back
-    again = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=_cli_env(spec, registry))
+    if model:  # the replayed batch joined the window between the two learned ones: all 505 rows refit
+        assert v3.meta["window"]["fitted_on"]["rows"] == 505
+        assert v3.meta["window"]["fitted_on"]["ranges"] == {"0": [[0, v2.learned[0]]]}
+    again = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=env)
     assert again.exit_code == 1 and "already replayed by v3" in again.output
 
 
@@ -152,7 +164,7 @@ def test_a_schema_change_halts_with_the_feature_named(kafka_bootstrap, kafka_set
     assert registry.versions(spec.name) == []
 
 
-def _cli_env(spec, registry) -> dict[str, str]:
+def _cli_env(spec, registry) -> dict[str, str | None]:
     import os
     import tempfile
 

@@ -62,6 +62,13 @@ def test_retrain_versions_are_not_part_of_a_window() -> None:
     assert recent_window([HISTORY[3]], rows=100) == {}
 
 
+def test_a_replayed_quarantined_batch_behind_the_head_does_not_pull_the_window_back() -> None:
+    replay = Version("s", "v5", {**HISTORY[0].meta, "replay": {"quarantine": "q1", "by": "ops"}})
+    with_replay = [*HISTORY, replay]  # it re-learned v1's offsets (say) after v3
+    assert recent_window(with_replay, rows=100) == {0: (110, 160), 1: (90, 140)}
+    assert recent_window(with_replay, rows=1, since="v3") == {0: (110, 160), 1: (90, 140)}
+
+
 def test_since_takes_every_batch_from_the_detected_change_on() -> None:
     assert recent_window(HISTORY, rows=1, since="v2") == {0: (50, 160), 1: (50, 140)}
     assert recent_window(HISTORY, rows=10_000, since="v3") == {0: (110, 160), 1: (90, 140)}

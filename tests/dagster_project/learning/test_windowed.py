@@ -120,6 +120,22 @@ def test_a_replayed_batch_behind_newer_ones_joins_the_window_in_offset_order() -
     assert model.fitted_on["rows"] == 800 and reader.reads[-1] == {0: (0, 300), 1: (0, 300)}
 
 
+def test_a_replayed_batch_behind_the_window_is_left_out_and_nothing_is_refit() -> None:
+    X, y = stream(1200)
+    reader = RecordingReader(X, y)
+    spec, model = make_spec(window_rows=400), None
+    for i in (0, 2, 3, 1, 4):  # batch 1 replayed after batch 3: older than the newest 400 offsets
+        model = test_then_learn(model, spec, reader.rows(batch_ranges(i, 100)), batch_ranges(i, 100), reader).model
+        if i == 1:
+            assert model.last == {
+                "refit": False,
+                "reason": "the batch lies behind the window (the newest 400 offsets): nothing to refit",
+            }
+            assert model.fitted_on["ranges"] == {"0": [[200, 400]], "1": [[200, 400]]}  # batch 3's refit, kept
+    assert reader.reads[-1] == {0: (300, 400), 1: (300, 400)}  # batch 4's window: batches 3 and 4
+    assert model.batches[0] == batch_ranges(3, 100) and model.fitted_on["rows"] == 400
+
+
 def test_rows_training_excluded_are_excluded_from_the_refit() -> None:
     X, y = stream(1200)
     dropped = frozenset(range(0, 400, 7))  # e.g. dead letters among the first two batches' rows
