@@ -140,7 +140,9 @@ class EventParser:
         for i, raw in enumerate(values):
             try:
                 event = decode(raw)
-            except Exception:  # any type or shape problem (or no value): `parse` names it
+                if not raw.isascii():  # msgspec skips unknown fields unchecked: invalid UTF-8 must not pass
+                    raw.decode()
+            except Exception:  # any type or shape problem (or no value), invalid UTF-8: `parse` names it
                 to_parse(i)
                 continue
             event_id = event.id

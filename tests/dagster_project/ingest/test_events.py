@@ -318,6 +318,7 @@ FAST_PATH_REFUSALS = [
     b"[" + _fast() + b"]",  # an array holding an event
     _fast()[:-1],  # cut short
     _fast(id="XX").replace(b"XX", b"\xff\xfe"),  # not UTF-8 inside a string
+    _fast(note="XX").replace(b"XX", b"\xff"),  # not UTF-8 in a field the typed decode skips unread
     None,
 ]
 
