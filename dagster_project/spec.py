@@ -18,6 +18,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     field_validator,
@@ -43,7 +45,9 @@ RESERVED_COLUMNS = ("label", "event_id", "partition", "offset")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere a number is declared: a bound or window of inf means nothing, and
+    # the data-quality suite's JSON round trip turned them into nulls that failed every batch.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # The most hash buckets a feature may have: one one-hot column each, and bucket indices must stay
@@ -82,6 +86,8 @@ class FeatureSpec(_Strict):
     @model_validator(mode="after")
     def _category_encoding(self) -> FeatureSpec:
         where = f"feature {self.name!r}"
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"{where} has min {self.min} above max {self.max}: swap them")
         if self.type != "category":
             if self.categories is not None or self.buckets is not None:
                 raise ValueError(f"{where} has categories/buckets but type {self.type!r}: set type: category")
@@ -185,7 +191,24 @@ class LabelSpec(_Strict):
     """The target. Classification labels are mapped to class indices in the order given."""
 
     name: str = "label"
-    classes: list[Any] | None = None
+    classes: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: list[Any] | None) -> list[Any] | None:
+        if not classes:
+            return classes  # none listed: a classification stream says it needs them (StreamSpec)
+        if len(classes) < 2:
+            raise ValueError(f"label.classes {classes} needs at least two classes for a classifier to tell apart")
+        # As labels are matched (ingest.events.label_key): 1 and 1.0 are one class, true and 1 are two.
+        keys = [
+            ("bool", c) if isinstance(c, bool) else ("number", float(c)) if not isinstance(c, str) else c
+            for c in classes
+        ]
+        repeated = sorted({str(c) for c, k in zip(classes, keys, strict=True) if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"label.classes repeats {repeated}: list each class once")
+        return classes
 
 
 class ScaleOutSpec(_Strict):
@@ -496,7 +519,7 @@ class StreamSpec(_Strict):
     name: str = Field(pattern=STREAM_NAME_PATTERN)
     description: str = ""
     task: Task = "classification"
-    partitions: int = Field(default=1, ge=1)
+    partitions: int = Field(default=1, ge=1, le=10_000)  # a topic's partitions; beyond this is a typo
     features: list[FeatureSpec]
     label: LabelSpec = LabelSpec()
     model: ModelSpec = ModelSpec()
@@ -616,6 +639,8 @@ class StreamSpec(_Strict):
                 raise ValueError(f"estimator {family.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
+        if self.task == "regression" and self.label.classes:
+            raise ValueError("regression streams predict a number: remove label.classes (or set task: classification)")
         return self
 
     @model_validator(mode="after")

@@ -269,8 +269,8 @@ def backtest(
         following = max(following, taken[-1] + 1)
         try:
             outcome, carried = run.batch(len(result.batches) + 1, np.asarray(taken), result)
-        except ValueError as exc:  # e.g. a windowed classifier's first window misses a class: the run fails
-            result.failure = str(exc)
+        except Exception as exc:  # e.g. a windowed classifier's first window misses a class: the run fails
+            result.failure = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             break
         result.batches.append(outcome)
         if on_batch is not None:

@@ -55,14 +55,40 @@ def checked_estimator(name: str, seed: int, params: dict[str, Any], where: str =
         estimator._validate_params()  # scikit-learn's own checks (adaptive SGD adds its own)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{where} of {name!r}: {exc}") from exc
+    if not entry(name).windowed and not hasattr(estimator, "partial_fit"):  # e.g. an MLP's solver: lbfgs
+        raise ValueError(
+            f"{where} of {name!r}: with these parameters it cannot learn incrementally (no partial_fit): "
+            f"remove the parameter that turns it off (an MLP learns batch by batch with solver sgd or adam)"
+        )
     return estimator
 
 
 def check_model_params(spec: StreamSpec) -> None:
-    """Every family's estimator parameters, checked as a training run would build them."""
+    """Every family's estimator parameters, checked as a training run would build them, and an
+    incremental family's by one trial `partial_fit` on a row of each class: scikit-learn checks some values
+    (an MLP's layer sizes, naive Bayes' priors) only when it first fits."""
     for family in spec.model.families:
         where = f"model.candidates[{family.label}].params" if spec.model.candidates else "model.params"
-        checked_estimator(family.estimator, family.seed, family.params, where)
+        estimator = checked_estimator(family.estimator, family.seed, family.params, where)
+        if not entry(family.estimator).windowed:
+            _trial_fit(estimator, f"{where} of {family.estimator!r}", max(2, len(spec.label.classes or [])))
+
+
+def _trial_fit(estimator: Any, where: str, classes: int) -> None:
+    import warnings
+
+    from sklearn.base import clone
+
+    X, y = np.arange(classes, dtype=np.float64).reshape(-1, 1), np.arange(classes)  # a row of each class
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if is_classifier(estimator):
+                clone(estimator).partial_fit(X, y, classes=y)
+            else:
+                clone(estimator).partial_fit(X, y.astype(float))
+    except Exception as exc:  # noqa: BLE001 - whatever the first fit raises, the spec's parameters caused it
+        raise ValueError(f"{where}: its first fit would fail ({type(exc).__name__}: {exc})") from exc
 
 
 _PARAMS_CHECKED: dict[str, str | None] = {}

@@ -88,6 +88,27 @@ def test_classification_needs_its_classes_up_front(label: dict) -> None:
     assert "classification streams must list label.classes" in _errors(label=label)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"label": {"classes": [[0], [1]]}}, "label.classes"),  # a class must be a string, number or bool
+        ({"label": {"classes": [1]}}, "needs at least two classes"),
+        ({"label": {"classes": [0, 1, 1.0]}}, "repeats ['1', '1.0']"),  # labels 1 and 1.0 are one class
+        ({"task": "regression", "label": {"classes": [0, 1]}, "model": {"estimator": "sgd_regressor"}}, "remove label"),
+        ({"features": [{"name": "x", "min": 10, "max": 1}]}, "min 10.0 above max 1.0"),
+        ({"features": [{"name": "x", "min": float("nan")}]}, "finite number"),
+        ({"parity": {"rtol": float("inf")}}, "finite number"),
+        ({"partitions": 10**12}, "less than or equal to 10000"),
+    ],
+)
+def test_specs_that_training_could_never_run_are_refused_with_the_fix(overrides: dict, fragment: str) -> None:
+    assert fragment in _errors(**overrides)
+
+
+def test_true_and_1_are_two_classes() -> None:
+    assert StreamSpec.model_validate(_raw(label={"classes": [1, True]})).label.classes == [1, True]
+
+
 def test_regression_needs_no_classes() -> None:
     spec = StreamSpec.model_validate(
         _raw(task="regression", label={"name": "price"}, model={"estimator": "sgd_regressor"})

@@ -318,6 +318,21 @@ def test_bad_model_params_are_refused_when_the_model_is_built_naming_the_field(
     assert model_params_problem(spec) is not None and re.search(named, model_params_problem(spec))
 
 
+@pytest.mark.parametrize(
+    ("estimator", "params", "named"),
+    [
+        ("mlp_classifier", {"solver": "lbfgs"}, r"cannot learn incrementally \(no partial_fit\)"),
+        ("mlp_classifier", {"hidden_layer_sizes": [0]}, r"first fit would fail .*hidden_layer_sizes must be > 0"),
+        ("gaussian_nb", {"priors": [0.5, 0.6]}, r"first fit would fail .*sum of the priors should be 1"),
+    ],
+)
+def test_params_scikit_learn_checks_only_at_the_first_fit_are_refused_by_the_check(
+    estimator: str, params: dict, named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        check_model_params(make_spec(estimator, params=params))
+
+
 def test_a_bad_candidate_is_named_by_its_label() -> None:
     spec = StreamSpec(
         name="contract",
