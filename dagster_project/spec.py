@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -69,7 +70,7 @@ class FeatureSpec(_Strict):
       (an integer as its decimal text) modulo N, one column per bucket; nothing is unseen.
     """
 
-    name: str
+    name: str = Field(min_length=1)
     type: FeatureType = "float"
     nullable: bool = False
     min: float | None = None
@@ -112,9 +113,11 @@ class FeatureSpec(_Strict):
                 f"{where}: categories must be all strings or all integers, got {sorted(k.__name__ for k in kinds)}; "
                 "quote the numbers to make them strings"
             )
-        duplicates = sorted({str(c) for c in categories if categories.count(c) > 1})
+        counts = Counter(categories)  # list.count per value was quadratic: 70,000 values took over a minute
+        duplicates = sorted({str(c) for c, n in counts.items() if n > 1})
         if duplicates:
-            raise ValueError(f"{where}: duplicate categories {duplicates}; list each value once")
+            more = f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else ""
+            raise ValueError(f"{where}: duplicate categories {duplicates[:10]}{more}; list each value once")
         return self
 
 
@@ -162,9 +165,9 @@ class DerivedFeatureSpec(_Strict):
     standard deviation, so a single earlier event gives 0).
     """
 
-    name: str
+    name: str = Field(min_length=1)
     of: str | None = None
-    by: str
+    by: str = Field(min_length=1)
     agg: Aggregation
     window: Duration = Field(gt=0)
     default: float = 0.0
@@ -205,7 +208,8 @@ class LabelSpec(_Strict):
             ("bool", c) if isinstance(c, bool) else ("number", float(c)) if not isinstance(c, str) else c
             for c in classes
         ]
-        repeated = sorted({str(c) for c, k in zip(classes, keys, strict=True) if keys.count(k) > 1})
+        counts = Counter(keys)
+        repeated = sorted({str(c) for c, k in zip(classes, keys, strict=True) if counts[k] > 1})
         if repeated:
             raise ValueError(f"label.classes repeats {repeated}: list each class once")
         return classes
@@ -607,7 +611,7 @@ class StreamSpec(_Strict):
             raise ValueError("derived features need event_time: {field: ts, lateness: 5s} (which field holds the time)")
         by_name = {f.name: f for f in self.features}
         names = [d.name for d in self.derived]
-        clash = sorted((set(names) & set(by_name)) | {n for n in names if names.count(n) > 1})
+        clash = sorted((set(names) & set(by_name)) | {n for n, k in Counter(names).items() if k > 1})
         if clash:
             raise ValueError(
                 f"derived feature name(s) {clash} repeat a feature or another derived feature: rename them"

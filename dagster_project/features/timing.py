@@ -8,6 +8,10 @@ from typing import Any
 
 from dagster_project.spec import EventTimeSpec, StreamSpec
 
+# Epoch seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC, the range of a date: a time outside it is a
+# producer bug (often milliseconds sent as seconds), and accepted it would hold the partition's watermark there.
+EARLIEST, LATEST = -62_135_596_800.0, 253_402_300_799.0
+
 
 class EventError(ValueError):
     """The event cannot enter the feature state; the message is the reason stored in the DLQ."""
@@ -21,6 +25,11 @@ def event_seconds(raw: Any, spec: EventTimeSpec) -> float:
         seconds = float(raw) / (1000.0 if spec.unit == "ms" else 1.0)
         if not math.isfinite(seconds):
             raise EventError(f"event time {spec.field!r} is not finite: {raw!r}")
+        if not EARLIEST <= seconds <= LATEST:  # one such event would make every later one late
+            raise EventError(
+                f"event time {spec.field!r} = {raw!r} is not a date between the years 1 and 9999 "
+                f"in epoch {spec.unit}: check the producer's clock or event_time.unit"
+            )
         return seconds
     if isinstance(raw, str):
         try:

@@ -251,6 +251,8 @@ class EventParser:
         if not isinstance(event, dict):
             raise InvalidEvent(f"event must be a JSON object, got {type(event).__name__}")
         event_id = event.get("id")
+        if isinstance(event_id, float):  # a fraction, or an integer beyond 64 bits (orjson reads it as a float)
+            raise InvalidEvent(f"event 'id' must be a string or an integer within 64 bits, got {event_id!r}")
         if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
             raise InvalidEvent("event has no 'id' (string or integer)")
         features = event.get("features")

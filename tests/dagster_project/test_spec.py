@@ -99,6 +99,8 @@ def test_classification_needs_its_classes_up_front(label: dict) -> None:
         ({"features": [{"name": "x", "min": float("nan")}]}, "finite number"),
         ({"parity": {"rtol": float("inf")}}, "finite number"),
         ({"partitions": 10**12}, "less than or equal to 10000"),
+        ({"features": [{"name": ""}]}, "at least 1 character"),
+        ({"features": [{"name": "x", "categories": list(range(70_000)) * 2, "type": "category"}]}, "and 69990 more"),
     ],
 )
 def test_specs_that_training_could_never_run_are_refused_with_the_fix(overrides: dict, fragment: str) -> None:

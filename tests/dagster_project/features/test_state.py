@@ -107,6 +107,9 @@ def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_
         "key 'site' must be a non-empty string or an integer": {**base, "site": 1.5, "ts": 101.0},
         "no event time": {**base, "ts": None},
         "late event: event time 94.000 is 6.000 s behind the newest on partition 0": {**base, "ts": 94.0},
+        # Far future: accepted, it would make every later event of the partition late.
+        "is not a date between the years 1 and 9999 in epoch s": {**base, "ts": 1e300},
+        "'ts' = 1767225600000 is not a date": {**base, "ts": 1_767_225_600_000},  # milliseconds sent as seconds
     }
     for reason, bad in cases.items():
         with pytest.raises(EventError, match=reason.replace("(", r"\(")):
