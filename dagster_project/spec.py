@@ -190,6 +190,18 @@ class FeatureStateSpec(_Strict):
     max_keys: int = Field(default=100_000, ge=1)
 
 
+def _class_key(value: bool | int | float | str) -> tuple[str, object]:
+    """A class as labels are matched (ingest.events.label_key): 1 and 1.0 are one, true and 1 two."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, str):
+        return ("str", value)
+    try:
+        return ("number", float(value))
+    except OverflowError:  # an integer beyond a float's range matches only itself
+        return ("number", value)
+
+
 class LabelSpec(_Strict):
     """The target. Classification labels are mapped to class indices in the order given."""
 
@@ -203,11 +215,7 @@ class LabelSpec(_Strict):
             return classes  # none listed: a classification stream says it needs them (StreamSpec)
         if len(classes) < 2:
             raise ValueError(f"label.classes {classes} needs at least two classes for a classifier to tell apart")
-        # As labels are matched (ingest.events.label_key): 1 and 1.0 are one class, true and 1 are two.
-        keys = [
-            ("bool", c) if isinstance(c, bool) else ("number", float(c)) if not isinstance(c, str) else c
-            for c in classes
-        ]
+        keys = [_class_key(c) for c in classes]
         counts = Counter(keys)
         repeated = sorted({str(c) for c, k in zip(classes, keys, strict=True) if counts[k] > 1})
         if repeated:
@@ -643,8 +651,6 @@ class StreamSpec(_Strict):
                 raise ValueError(f"estimator {family.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
-        if self.task == "regression" and self.label.classes:
-            raise ValueError("regression streams predict a number: remove label.classes (or set task: classification)")
         return self
 
     @model_validator(mode="after")

@@ -63,12 +63,13 @@ def test_then_learn(
     ranges: Ranges,
     read: WindowReader,
     force: str | None = None,
+    replayed: bool = False,
 ) -> Learned:
     """Score the batch with the model as it stood, then learn it. `model` is never mutated.
 
     `rows` are the batch's learned, labelled rows with their partitions and offsets; `ranges` the
     offsets it learns; `read` reads the rest of a window back. `force` (a drift retrain's reason)
-    refits windowed families at once.
+    refits windowed families at once. `replayed`: a quarantined batch learned behind newer ones.
     """
     if len(spec.model.families) > 1:
         current = model if isinstance(model, CandidateSet) else None
@@ -76,9 +77,8 @@ def test_then_learn(
         families: dict[str, dict[str, Any]] = {}
         for family in spec.model.families:
             member_spec = spec.for_family(family)
-            learned = _learn_one(
-                current.members.get(family.label) if current else None, member_spec, rows, ranges, read, force
-            )
+            start = current.members.get(family.label) if current else None
+            learned = _learn_one(start, member_spec, rows, ranges, read, force, replayed)
             members[family.label] = learned.model
             families[family.label] = learned.metrics.as_metadata() | describe(learned.model)
         kept = current is not None and current.leader in members
@@ -86,11 +86,17 @@ def test_then_learn(
         record = {k: list(v) for k, v in current.record.items() if k in members} if kept else None
         metrics = BatchMetrics.from_record(families[leader])
         return Learned(CandidateSet(members, leader, record), metrics, None, families)
-    return _learn_one(model, spec, rows, ranges, read, force)
+    return _learn_one(model, spec, rows, ranges, read, force, replayed)
 
 
 def _learn_one(
-    model: Any, spec: StreamSpec, rows: WindowRows, ranges: Ranges, read: WindowReader, force: str | None
+    model: Any,
+    spec: StreamSpec,
+    rows: WindowRows,
+    ranges: Ranges,
+    read: WindowReader,
+    force: str | None,
+    replayed: bool = False,
 ) -> Learned:
     if not spec.model.windowed:
         fitted, metrics, _, fit = test_then_train_partitioned(model, spec, rows.X, rows.y, rows.partitions)
@@ -101,7 +107,7 @@ def _learn_one(
         metrics = evaluate(new, spec, rows.X, rows.y)
     else:
         metrics = BatchMetrics(rows=len(rows.y))
-    windowed.learn(new, spec, rows, ranges, read, force)
+    windowed.learn(new, spec, rows, ranges, read, force, replayed)
     return Learned(new, metrics)
 
 

@@ -91,9 +91,9 @@ def learn_from_head(
 ) -> TrainedModel:
     """Test-then-train the head (or a fresh model) on the batch's labelled rows (a quarantine replay).
 
-    A windowed family refits as on any batch: the replayed batch joins its window, and the rest of
-    the window (newer batches too: the replayed one lies behind them) is read back from Kafka with
-    `settings`."""
+    A windowed family takes the replayed batch among its batches in offset order: within its window
+    it is fitted at the next refit (this one, when one is due; the rest of the window, newer batches
+    too, read back from Kafka with `settings`), older than the window it is left out."""
     from dagster_project.learning.learner import rows_of, test_then_learn
     from dagster_project.learning.prequential import test_then_train
     from dagster_project.learning.windowed import kafka_reader
@@ -112,7 +112,7 @@ def learn_from_head(
     X, y = batch.X[labelled], batch.y[labelled]
     if spec.model.candidates or spec.model.windowed:
         rows = rows_of(X, y, batch.partitions[labelled], batch.offsets[labelled])
-        learned = test_then_learn(estimator, spec, rows, batch.learned_ranges, read)
+        learned = test_then_learn(estimator, spec, rows, batch.learned_ranges, read, replayed=True)
         model, metrics = learned.model, learned.metrics
     else:
         model, metrics, _ = test_then_train(estimator, spec, X, y)

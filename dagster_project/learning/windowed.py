@@ -127,25 +127,35 @@ def window_segments(batches: list[dict[int, tuple[int, int]]], window_rows: int)
         (ranges,) = chosen
         keep = {p: (e - s) * window_rows // total for p, (s, e) in ranges.items()}
         chosen = [{p: (e - keep[p], e) for p, (s, e) in ranges.items() if keep[p] > 0}]
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for ranges in chosen:
+        for p, (s, e) in ranges.items():
+            if e > s:
+                by_partition.setdefault(p, []).append((s, e))
     segments: Segments = {}
-    for ranges in reversed(chosen):
-        for p, (s, e) in sorted(ranges.items()):
-            if e <= s:
-                continue
-            parts = segments.setdefault(p, [])
-            if parts and parts[-1][1] == s:  # consecutive batches are contiguous
-                parts[-1] = (parts[-1][0], e)
+    for p in sorted(by_partition):
+        parts: list[tuple[int, int]] = []
+        for s, e in sorted(by_partition[p]):
+            if parts and parts[-1][1] >= s:  # consecutive batches are contiguous; a replay inside a retrain's span
+                parts[-1] = (parts[-1][0], max(parts[-1][1], e))
             else:
                 parts.append((s, e))
+        segments[p] = parts
     return segments
 
 
 def _insert_in_offset_order(batches: list[dict[int, tuple[int, int]]], ranges: dict[int, tuple[int, int]]) -> None:
-    """Append a batch, or put it before the newer batches it lies behind (a replayed quarantined batch)."""
+    """Put a replayed quarantined batch before the newer batches it lies behind."""
     at = len(batches)
     while at and any(p in ranges and start >= ranges[p][1] for p, (start, _) in batches[at - 1].items()):
         at -= 1
     batches.insert(at, ranges)
+
+
+def _went_back(batches: list[dict[int, tuple[int, int]]], ranges: dict[int, tuple[int, int]]) -> bool:
+    """A new batch (not a replay) that starts behind the last one: the offsets were reset (a recreated
+    topic, `streamfit offsets reset`), so the older batches' offsets no longer hold those rows."""
+    return bool(batches) and any(p in ranges and ranges[p][0] < end for p, (_, end) in batches[-1].items())
 
 
 def in_segments(partitions: np.ndarray, offsets: np.ndarray, segments: Segments) -> np.ndarray:
@@ -235,18 +245,26 @@ def learn(
     current_ranges: Ranges,
     read: WindowReader,
     force: str | None = None,
+    replayed: bool = False,
 ) -> WindowedModel:
     """Record the batch as seen, then refit if it is due (in place; the caller passes a copy).
 
-    Due: the first batch, every `refit_every` batches, or `force` (a drift retrain's reason).
+    Due: the first batch, every `refit_every` batches, or `force` (a drift retrain's reason). A
+    `replayed` quarantined batch takes its place in offset order; older than the window, it is left
+    out and nothing is refit.
     """
     batch = {p: (int(s), int(e)) for p, (s, e) in current_ranges.items()}
-    _insert_in_offset_order(model.batches, batch)
+    if replayed:
+        _insert_in_offset_order(model.batches, batch)
+    else:
+        if _went_back(model.batches, batch):
+            model.batches.clear()
+        model.batches.append(batch)
     model.since_refit += 1
     while len(model.batches) > 1 and sum(e - s for b in model.batches[1:] for s, e in b.values()) >= model.window_rows:
         model.batches.pop(0)  # older than the window can ever reach
     if (
-        not force
+        replayed
         and model.pipeline is not None
         and not any(b is batch for b in _chosen(model.batches, model.window_rows))
     ):

@@ -110,7 +110,8 @@ def test_a_replayed_batch_behind_newer_ones_joins_the_window_in_offset_order() -
     reader = RecordingReader(X, y)
     spec, model = make_spec(window_rows=10_000), None
     for i in (0, 2, 1, 3):  # batch 1 quarantined, then replayed after batch 2
-        model = test_then_learn(model, spec, reader.rows(batch_ranges(i, 100)), batch_ranges(i, 100), reader).model
+        rows, ranges = reader.rows(batch_ranges(i, 100)), batch_ranges(i, 100)
+        model = test_then_learn(model, spec, rows, ranges, reader, replayed=i == 1).model
         if i == 1:
             replayed = dict(model.fitted_on)
     assert replayed["ranges"] == {"0": [[0, 300]], "1": [[0, 300]]}
@@ -125,7 +126,8 @@ def test_a_replayed_batch_behind_the_window_is_left_out_and_nothing_is_refit() -
     reader = RecordingReader(X, y)
     spec, model = make_spec(window_rows=400), None
     for i in (0, 2, 3, 1, 4):  # batch 1 replayed after batch 3: older than the newest 400 offsets
-        model = test_then_learn(model, spec, reader.rows(batch_ranges(i, 100)), batch_ranges(i, 100), reader).model
+        rows, ranges = reader.rows(batch_ranges(i, 100)), batch_ranges(i, 100)
+        model = test_then_learn(model, spec, rows, ranges, reader, replayed=i == 1).model
         if i == 1:
             assert model.last == {
                 "refit": False,
@@ -134,6 +136,18 @@ def test_a_replayed_batch_behind_the_window_is_left_out_and_nothing_is_refit() -
             assert model.fitted_on["ranges"] == {"0": [[200, 400]], "1": [[200, 400]]}  # batch 3's refit, kept
     assert reader.reads[-1] == {0: (300, 400), 1: (300, 400)}  # batch 4's window: batches 3 and 4
     assert model.batches[0] == batch_ranges(3, 100) and model.fitted_on["rows"] == 400
+
+
+def test_offsets_that_went_back_start_a_new_window_and_refit() -> None:
+    """A recreated topic or `offsets reset --to earliest`: the next batch starts behind the last one. It is
+    no replay, so the old batches' offsets no longer hold their rows: the window starts again from it."""
+    X, y = stream(1200)
+    reader = RecordingReader(X, y)
+    spec = make_spec(window_rows=10_000)
+    model, _ = run(spec, reader, batches=3)
+    model = test_then_learn(model, spec, reader.rows(batch_ranges(0, 100)), batch_ranges(0, 100), reader).model
+    assert model.last == {"refit": True, "reason": "refit every 1 batch(es)"}
+    assert model.batches == [batch_ranges(0, 100)] and model.fitted_on["ranges"] == {"0": [[0, 100]], "1": [[0, 100]]}
 
 
 def test_rows_training_excluded_are_excluded_from_the_refit() -> None:
