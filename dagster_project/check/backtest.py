@@ -355,7 +355,7 @@ class _Run:
         (they cannot be scored; the next batch handles them)."""
         from dagster_project.features.batch import derive
         from dagster_project.ingest.events import EventParser
-        from dagster_project.ingest.micro_batch import MicroBatch
+        from dagster_project.ingest.micro_batch import MicroBatch, unseen_examples
 
         chunk = [self.values[i] for i in lines.tolist()]
         partitions, offsets = self.place.partitions[lines], self.place.offsets[lines]
@@ -375,6 +375,7 @@ class _Run:
             ids=parsed.ids,
             partitions=partitions[parsed.index],
             offsets=offsets[parsed.index],
+            unseen_examples=unseen_examples(partitions, offsets, parsed.unseen),  # the values the message quotes
         )
         if tail and batch.rows:
             keep = ~np.isnan(batch.X).any(axis=1)

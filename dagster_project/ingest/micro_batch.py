@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -233,19 +233,22 @@ def _parse(
         offsets=np.asarray(offsets, dtype=np.int64)[parsed.index],
         dlq_reasons=reasons,
         identity=identity.as_json() if identity else None,
-        unseen_examples=_unseen_examples(records, parsed.unseen),
+        unseen_examples=unseen_examples(records.partitions, records.offsets, parsed.unseen),
     )
 
 
-def _unseen_examples(records: RecordColumns, unseen: list[tuple[int, str, Any]]) -> list[dict[str, Any]]:
-    """Up to `UNSEEN_EXAMPLES` unseen values per feature, with their partition and offset."""
+def unseen_examples(
+    partitions: Sequence[int], offsets: Sequence[int], unseen: list[tuple[int, str, Any]]
+) -> list[dict[str, Any]]:
+    """Up to `UNSEEN_EXAMPLES` unseen values per feature, with their partition and offset (the
+    data-quality message quotes them: the frame it checks holds only codes)."""
     shown: Counter = Counter()
     examples = []
     for i, name, value in unseen:
         if shown[name] < UNSEEN_EXAMPLES:
             shown[name] += 1
             examples.append(
-                {"feature": name, "value": value, "partition": records.partitions[i], "offset": records.offsets[i]}
+                {"feature": name, "value": value, "partition": int(partitions[i]), "offset": int(offsets[i])}
             )
     return examples
 

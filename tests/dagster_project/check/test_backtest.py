@@ -100,6 +100,20 @@ def test_a_batch_that_fails_its_quality_checks_is_blocked_and_not_learned() -> N
     assert not any("labelled" in problem for problem in result.problems)
 
 
+def test_an_unseen_category_s_block_quotes_the_raw_value_as_production_does() -> None:
+    messages = _messages(census_events, 2_000)
+    for i in range(1_000, 2_000):  # the upstream renamed a category
+        event = orjson.loads(messages[i])
+        if event["features"]["workclass"] == "Private":
+            event["features"]["workclass"] = "Space-0"
+            messages[i] = orjson.dumps(event)
+
+    result = backtest(_spec("census"), messages, batch_rows=1_000)
+
+    blocked = [b for b in result.blocked if "unseen categories in 'workclass'" in b.quality_detail]
+    assert blocked and all("'Space-0' at " in b.quality_detail for b in blocked), blocked  # not its code
+
+
 def test_a_batch_of_only_refused_messages_halts_as_production_does() -> None:
     """Its learned part has no row, and the suite's row count (quality.min_rows 1) fails it."""
     messages = _messages(census_events, 2_000)
