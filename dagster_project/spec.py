@@ -190,16 +190,17 @@ class FeatureStateSpec(_Strict):
     max_keys: int = Field(default=100_000, ge=1)
 
 
-def _class_key(value: bool | int | float | str) -> tuple[str, object]:
-    """A class as labels are matched (ingest.events.label_key): 1 and 1.0 are one, true and 1 two."""
+def label_key(value: Any) -> tuple[str, Any]:
+    """A label or class as labels are matched: True kept apart from 1 (Python treats them as equal),
+    1.0 matching class 1; an integer beyond a float's range matches only itself."""
     if isinstance(value, bool):
         return ("bool", value)
-    if isinstance(value, str):
-        return ("str", value)
-    try:
-        return ("number", float(value))
-    except OverflowError:  # an integer beyond a float's range matches only itself
-        return ("number", value)
+    if isinstance(value, int | float):
+        try:
+            return ("number", float(value))
+        except OverflowError:
+            return ("number", value)
+    return (type(value).__name__, value)
 
 
 class LabelSpec(_Strict):
@@ -215,7 +216,7 @@ class LabelSpec(_Strict):
             return classes  # none listed: a classification stream says it needs them (StreamSpec)
         if len(classes) < 2:
             raise ValueError(f"label.classes {classes} needs at least two classes for a classifier to tell apart")
-        keys = [_class_key(c) for c in classes]
+        keys = [label_key(c) for c in classes]
         counts = Counter(keys)
         repeated = sorted({str(c) for c, k in zip(classes, keys, strict=True) if counts[k] > 1})
         if repeated:

@@ -18,7 +18,7 @@ import orjson
 
 from dagster_project.ingest.categories import NULL_CODE, CategoryError, category_code, fast_coder, unseen_code
 from dagster_project.ingest.event_schema import event_decoder, fits_64_bits
-from dagster_project.spec import FeatureSpec, StreamSpec
+from dagster_project.spec import FeatureSpec, StreamSpec, label_key
 
 # The largest magnitude a feature or regression label may have. The served ONNX model computes in
 # float32 (max 3.4e38), so a larger value becomes inf there and fails the parity check of every
@@ -306,15 +306,6 @@ def _target(event: ParsedEvent) -> float:
     if event.label_index is not None:
         return float(event.label_index)
     return math.nan if event.label_value is None else event.label_value
-
-
-def label_key(value: Any) -> tuple[str, Any]:
-    """Keys that keep True apart from 1 (Python treats them as equal) but let 1.0 match class 1."""
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, int | float):
-        return ("number", float(value))
-    return (type(value).__name__, value)
 
 
 def make_event(
