@@ -229,6 +229,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 f"{version.name} already holds {ranges_text(micro_batch.ranges)} (run "
                 f"{str(version.meta.get('run_id'))[:8]} registered it, then failed): committing its offsets only"
             )
+            reg.settle_offset_reset(name)  # the reset it applied, if that run died before keeping it as applied
         else:
             version = register_batch(
                 reg, spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id

@@ -80,7 +80,6 @@ from dagster_project.registry.store import (
     _checksums,
     _now,
     _sha256,
-    reset_record,
     without_state,
 )
 
@@ -897,37 +896,23 @@ class MlflowRegistry(ModelRegistry):
             self._clear_state(stream, HALT_KEY)
 
     @_translating("recording an offset reset")
-    def set_pending_offsets(
-        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
-    ) -> dict[str, Any]:
-        record = reset_record(offsets, reason, by, feature_state)  # a long one goes to an artifact (_set_record)
-        self._set_record(stream, self._writer_run(stream), RESET_KEY, record)
-        return record
+    def _store_offset_reset(self, stream: str, record: dict[str, Any]) -> None:
+        self._set_record(stream, self._writer_run(stream), RESET_KEY, record)  # a long one goes to an artifact
 
     @_translating("reading the pending offset reset")
-    def pending_offset_reset(self, stream: str) -> dict[str, Any] | None:
-        """The pending reset, unless the head already recorded applying it (a crash between the two writes)."""
-        pending = self._state(stream, RESET_KEY)
-        if pending is None:
-            return None
-        head = self._head(stream, self._entries(stream))
-        if head is not None and head.meta.get("offset_reset_applied") == without_state(pending):
-            log.warning("%s: the pending offset reset was already applied by %s; ignoring it", stream, head.name)
-            return None
-        return pending
+    def _stored_offset_reset(self, stream: str) -> dict[str, Any] | None:
+        return self._state(stream, RESET_KEY)
 
     @_translating("clearing the offset reset")
     def clear_offset_reset(self, stream: str, applied_by_version: str) -> None:
-        """Drop the pending reset first (so it can never apply twice), then keep it as applied."""
         pending = self._state(stream, RESET_KEY)
         if pending is None:
             return
-        self._clear_state(stream, RESET_KEY)
         self._set_record(stream, self._writer_run(stream), f"{APPLIED_RESET}/{applied_by_version}", pending)
+        self._clear_state(stream, RESET_KEY)
 
     @_translating("reading applied offset resets")
-    def applied_offset_resets(self, stream: str) -> dict[str, dict[str, Any]]:
-        """Resets applied so far, by the version that applied them."""
+    def _kept_applied_resets(self, stream: str) -> dict[str, dict[str, Any]]:
         runs = self._bookkeeping_runs(stream)
         return {
             key.split("/", 1)[1]: self._decode(stream, run, key, value)

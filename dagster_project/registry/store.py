@@ -299,23 +299,68 @@ class ModelRegistry(abc.ABC):
         """Record the halt and its resolution as a decision, then lift it (no-op when not halted)."""
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it
-    @abc.abstractmethod
     def set_pending_offsets(
         self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
     ) -> dict[str, Any]:
         """Make the next version start at `offsets`. `feature_state` is the derived-feature state
         after them when the skipped events were read (a quarantine, a batch with nothing to learn):
         kept in the same record, so the offsets and the state move together or not at all."""
+        self.settle_offset_reset(stream)  # an applied one not yet kept as applied must not be overwritten
+        record = reset_record(offsets, reason, by, feature_state)
+        self._store_offset_reset(stream, record)
+        return record
 
     @abc.abstractmethod
-    def pending_offset_reset(self, stream: str) -> dict[str, Any] | None: ...
+    def _store_offset_reset(self, stream: str, record: dict[str, Any]) -> None: ...
 
-    @abc.abstractmethod
-    def clear_offset_reset(self, stream: str, applied_by_version: str) -> None: ...
+    def pending_offset_reset(self, stream: str) -> dict[str, Any] | None:
+        """The reset the next version applies: the stored one, unless a version already recorded
+        applying it (the process died between that version's commit and `clear_offset_reset`)."""
+        stored = self._stored_offset_reset(stream)
+        if stored is None:
+            return None
+        applier = self._applier(stream, stored)
+        if applier is not None:
+            log.warning("%s: the pending offset reset was already applied by %s; ignoring it", stream, applier)
+            return None
+        return stored
 
-    @abc.abstractmethod
     def applied_offset_resets(self, stream: str) -> dict[str, dict[str, Any]]:
-        """Resets applied so far, by the version that applied them."""
+        """Resets applied so far, by the version that applied them, including one whose clearing a
+        crash interrupted (its record, with the feature state it carries, is still the stored one)."""
+        applied = self._kept_applied_resets(stream)
+        stored = self._stored_offset_reset(stream)
+        applier = self._applier(stream, stored) if stored is not None else None
+        if applier is not None and applier not in applied:
+            applied[applier] = stored
+        return applied
+
+    def settle_offset_reset(self, stream: str) -> None:
+        """Finish what a crash interrupted: a stored reset a version already applied is kept as applied by it."""
+        stored = self._stored_offset_reset(stream)
+        applier = self._applier(stream, stored) if stored is not None else None
+        if applier is not None:
+            self.clear_offset_reset(stream, applier)
+
+    def _applier(self, stream: str, stored: dict[str, Any]) -> str | None:
+        """The version whose meta.json records applying `stored` (its `at` makes it unique), if any."""
+        recorded = without_state(stored)
+        return next(
+            (v.name for v in reversed(self.versions(stream)) if v.meta.get("offset_reset_applied") == recorded), None
+        )
+
+    @abc.abstractmethod
+    def _stored_offset_reset(self, stream: str) -> dict[str, Any] | None:
+        """The reset as last set and not yet cleared, applied or not."""
+
+    @abc.abstractmethod
+    def clear_offset_reset(self, stream: str, applied_by_version: str) -> None:
+        """Keep the stored reset as applied by `applied_by_version`, then drop it (a crash between the
+        two leaves it stored, and `pending_offset_reset` sees it was applied)."""
+
+    @abc.abstractmethod
+    def _kept_applied_resets(self, stream: str) -> dict[str, dict[str, Any]]:
+        """The resets `clear_offset_reset` kept, by the version that applied them."""
 
 
 class FilesystemRegistry(ModelRegistry):
@@ -440,8 +485,8 @@ class FilesystemRegistry(ModelRegistry):
         """The bytes of one of a version's files (ONNX_FILE or ESTIMATOR_FILE), after checking their sha256."""
         return self._read_verified(stream, version, file_name)
 
-    def applied_offset_resets(self, stream: str) -> dict[str, dict[str, Any]]:
-        """Resets applied so far, by the version that applied them (offset_reset.applied-<version>.json)."""
+    def _kept_applied_resets(self, stream: str) -> dict[str, dict[str, Any]]:
+        """offset_reset.applied-<version>.json"""
         found = {}
         for path in sorted(self._stream_dir(stream).glob("offset_reset.applied-*.json")):
             version = path.name.removeprefix("offset_reset.applied-").removesuffix(".json")
@@ -522,15 +567,11 @@ class FilesystemRegistry(ModelRegistry):
         return _read_jsonl(path, "move the damaged file aside; the current alias (`champion`) is unaffected")
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it.
-    def set_pending_offsets(
-        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
-    ) -> dict[str, Any]:
-        record = reset_record(offsets, reason, by, feature_state)
+    def _store_offset_reset(self, stream: str, record: dict[str, Any]) -> None:
         self._stream_dir(stream).mkdir(parents=True, exist_ok=True)
         _write_atomic(self._stream_dir(stream) / "offset_reset.json", orjson.dumps(record))
-        return record
 
-    def pending_offset_reset(self, stream: str) -> dict[str, Any] | None:
+    def _stored_offset_reset(self, stream: str) -> dict[str, Any] | None:
         path = self._stream_dir(stream) / "offset_reset.json"
         fix = f"delete it and run `streamfit offsets reset {stream} --to earliest|latest` again"
         return _read_json(path, fix) if path.exists() else None

@@ -107,6 +107,7 @@ def register_batch(
     """
     from dagster_project.learning.learner import describe  # scikit-learn: only where a version is made
 
+    registry.settle_offset_reset(spec.name)  # a crash after an earlier version applied a reset, before it was kept
     head, expected, reset = expected_offsets(registry, spec.name)
     if (head.name if head else None) != model.parent:
         raise StaleParent(f"{spec.name}: trained on {model.parent} but the head is now {head.name if head else None}")

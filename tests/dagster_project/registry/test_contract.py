@@ -27,6 +27,7 @@ from dagster_project.registry.store import (
     ModelRegistry,
     RegistryError,
     StaleParent,
+    Version,
     carried_state,
     expected_offsets,
     without_state,
@@ -363,3 +364,54 @@ def test_the_training_exporter_reads_either_backend(registry: ModelRegistry, str
     changes = {"stream": stream, "kind": "rollback"}
     assert collectors.get_sample_value("streamfit_champion_changes_total", changes) == 1
     assert collectors.get_sample_value("streamfit_registry_broken_files", {"stream": stream}) == 0
+
+
+class Crash(RuntimeError):
+    """The process died here (raised instead of a real kill)."""
+
+
+@pytest.mark.parametrize("where", ["clear_offset_reset", "_clear_state"])
+def test_a_crash_after_a_version_applied_a_reset_never_applies_it_again_and_keeps_its_state(
+    backend: Backend, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version that applied a reset is committed; the process dies before the reset is kept as
+    applied (`clear_offset_reset`), or on MLflow after keeping it and before dropping it
+    (`_clear_state`). The next batches continue from that version's offsets, the reset (with the
+    feature state a window read back needs) is listed as applied by it, and a newer reset set
+    before anything settled it does not erase that record."""
+    from dagster_project.learning.estimators import build_model, partial_fit
+    from dagster_project.onnx.export import export_onnx
+
+    registry = backend.registry
+    if not hasattr(registry, where):
+        pytest.skip(f"{backend.name} clears a reset in one atomic step")
+    spec = synthetic_spec(partitions=2)
+    parity = {"max_abs_diff": 1e-7, "label_mismatches": 0, "rows": 20, "passed": True, "export_seconds": 0.02}
+
+    def register_next(start: int, partition: int) -> Version:
+        batch = hand_batch(spec, 20, start=start, seed=start, partition=partition)
+        model = build_model(spec)
+        partial_fit(model, batch.X, batch.y, np.arange(2))
+        head = registry.head(spec.name)
+        trained = Trained(model, head.name if head else None, {"accuracy": 0.8}, batch.rows)
+        return register_batch(registry, spec, batch, trained, export_onnx(model, 5), parity, f"run-{start}")
+
+    register_next(0, partition=0)
+    state = b'{"format":1,"columns":{"device":["temp"]},"partitions":{}}'
+    reset = registry.set_pending_offsets(spec.name, {1: 400}, reason="lost segment", by="alice", feature_state=state)
+    with monkeypatch.context() as crashing:
+        crashing.setattr(registry, where, lambda *a, **k: (_ for _ in ()).throw(Crash(where)))
+        with pytest.raises(Crash):
+            register_next(20, partition=0)
+    v2 = registry.head(spec.name)
+    assert (v2.name, v2.learned, v2.meta["offset_reset_applied"]) == ("v2", {0: 40, 1: 400}, without_state(reset))
+
+    assert registry.pending_offset_reset(spec.name) is None, "v2 applied it"
+    assert carried_state(spec.name, registry.applied_offset_resets(spec.name)["v2"]) == state
+    newer = registry.set_pending_offsets(spec.name, {0: 60}, reason="another gap", by="bob")
+    assert carried_state(spec.name, registry.applied_offset_resets(spec.name)["v2"]) == state
+    v3 = register_next(400, partition=1)
+    assert v3.learned == {0: 60, 1: 420} and v3.meta["offset_reset_applied"] == newer
+    v4 = register_next(60, partition=0)
+    assert v4.learned == {0: 80, 1: 420} and v4.meta["offset_reset_applied"] is None
+    assert sorted(registry.applied_offset_resets(spec.name)) == ["v2", "v3"]
