@@ -36,7 +36,17 @@ class QuarantineStore:
         self.root = Path(root) if root else streamfit_home() / "quarantine"
 
     def save(self, batch: MicroBatch, validation: dict[str, Any], run_id: str) -> str:
+        """Keep the batch's rows; the id of the entry that holds them.
+
+        A batch already held and not replayed (a run that died between saving it and recording the
+        skip, then retried; offsets reset back over it) is not saved twice: two entries of the same
+        rows could both be replayed, and the rows learned twice.
+        """
         # The rows it holds: a batch's tail is not quarantined with it (the next batch learns it).
+        held = {str(p): [s, e] for p, (s, e) in sorted(batch.learned_ranges.items())}
+        for entry in self.list(batch.stream):
+            if entry.meta["ranges"] == held and not entry.meta.get("replayed_by"):
+                return entry.id
         ranges = "_".join(f"p{p}-{s}-{e}" for p, (s, e) in sorted(batch.learned_ranges.items()))
         qid = f"q-{ranges}-{uuid.uuid4().hex[:6]}"
         directory = self.root / batch.stream

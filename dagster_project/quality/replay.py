@@ -27,6 +27,10 @@ def replay_quarantined(
     from dagster_project.quality.suite import validate_batch
 
     entry = store.get(spec.name, qid)
+    earlier = _replayed_by(registry, spec.name, qid)
+    if earlier is not None and not entry.meta.get("replayed_by"):  # a replay died before marking the batch
+        store.mark_replayed(spec.name, qid, earlier.name, earlier.meta["replay"].get("by", "unknown"))
+        entry = store.get(spec.name, qid)
     if entry.meta.get("replayed_by"):
         raise QuarantineError(f"{qid} was already replayed by {entry.meta['replayed_by']['version']}; nothing to do")
     batch = entry.batch
@@ -49,3 +53,8 @@ def replay_quarantined(
         raise QuarantineError(f"replayed model failed ONNX parity: {exc}") from exc
     store.mark_replayed(spec.name, qid, version.name, by)
     return version
+
+
+def _replayed_by(registry: ModelRegistry, stream: str, qid: str) -> Version | None:
+    """The version that replayed `qid` (its id is unique: it ends in a random suffix), if any."""
+    return next((v for v in registry.versions(stream) if (v.meta.get("replay") or {}).get("quarantine") == qid), None)

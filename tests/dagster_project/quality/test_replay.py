@@ -67,6 +67,50 @@ def test_forced_replay_trains_once_on_the_head_and_keeps_the_offsets(registry, k
     assert registry.head(spec.name).name == v3.name, "the second replay registered nothing"
 
 
+class Crash(RuntimeError):
+    """The process died here."""
+
+
+def test_a_replay_that_died_before_marking_the_batch_is_not_learned_again(
+    registry, kafka_settings, monkeypatch
+) -> None:
+    spec = _spec()
+    store = QuarantineStore()
+    _learn(registry, spec, 0, 100, seed=1)
+    qid = _quarantine(registry, kafka_settings, spec, 100, 60)
+    with monkeypatch.context() as crashing:
+        crashing.setattr(store, "mark_replayed", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+        with pytest.raises(Crash):
+            replay_quarantined(registry, store, spec, qid, by="carol", force=True)
+    v2 = registry.head(spec.name)
+    assert (
+        v2.meta["replay"] == {"quarantine": qid, "by": "carol"}
+        and store.get(spec.name, qid).meta["replayed_by"] is None
+    )
+
+    with pytest.raises(QuarantineError, match=f"{qid} was already replayed by {v2.name}; nothing to do"):
+        replay_quarantined(registry, store, spec, qid, by="dave", force=True)
+    assert registry.head(spec.name).name == v2.name, "the second replay registered nothing"
+    assert store.get(spec.name, qid).meta["replayed_by"]["version"] == v2.name, "and the batch now says so"
+
+
+def test_a_quarantine_retried_after_a_crash_keeps_one_entry_of_the_batch(registry, kafka_settings, monkeypatch) -> None:
+    """The run died after saving the batch, before recording the skip; its retry quarantines the same
+    batch again: one entry, so the rows can be replayed only once."""
+    spec = _spec()
+    _learn(registry, spec, 0, 100, seed=1)
+    with monkeypatch.context() as crashing:
+        crashing.setattr(type(registry), "set_pending_offsets", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+        with pytest.raises(Crash):
+            _quarantine(registry, kafka_settings, spec, 100, 60)
+    assert registry.pending_offset_reset(spec.name) is None
+
+    qid = _quarantine(registry, kafka_settings, spec, 100, 60)
+
+    assert [entry.id for entry in QuarantineStore().list(spec.name)] == [qid]
+    assert registry.pending_offset_reset(spec.name)["reason"].startswith(f"quarantined {qid}")
+
+
 def test_replay_before_the_next_batch_applies_the_pending_skip(registry, kafka_settings) -> None:
     spec = _spec()
     v1 = _learn(registry, spec, 0, 100, seed=1)
