@@ -6,6 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+from dagster_project.ingest.quoting import quoted
 from dagster_project.spec import EventTimeSpec, StreamSpec
 
 # Epoch seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC, the range of a date: a time outside it is a
@@ -20,14 +21,14 @@ class EventError(ValueError):
 def event_seconds(raw: Any, spec: EventTimeSpec) -> float:
     """Epoch seconds of an event-time value: a number in `spec.unit`, or ISO-8601 with a UTC offset."""
     if isinstance(raw, bool) or raw is None:
-        raise EventError(f"no event time: {spec.field!r} is {raw!r} (epoch {spec.unit} or ISO-8601)")
+        raise EventError(f"no event time: {spec.field!r} is {quoted(raw)} (epoch {spec.unit} or ISO-8601)")
     if isinstance(raw, int | float):
         seconds = float(raw) / (1000.0 if spec.unit == "ms" else 1.0)
         if not math.isfinite(seconds):
-            raise EventError(f"event time {spec.field!r} is not finite: {raw!r}")
+            raise EventError(f"event time {spec.field!r} is not finite: {quoted(raw)}")
         if not EARLIEST <= seconds <= LATEST:  # one such event would make every later one late
             raise EventError(
-                f"event time {spec.field!r} = {raw!r} is not a date between the years 1 and 9999 "
+                f"event time {spec.field!r} = {quoted(raw)} is not a date between the years 1 and 9999 "
                 f"in epoch {spec.unit}: check the producer's clock or event_time.unit"
             )
         return seconds
@@ -35,9 +36,9 @@ def event_seconds(raw: Any, spec: EventTimeSpec) -> float:
         try:
             parsed = datetime.fromisoformat(raw)
         except ValueError:
-            raise EventError(f"event time {spec.field!r} = {raw!r} is not ISO-8601") from None
+            raise EventError(f"event time {spec.field!r} = {quoted(raw)} is not ISO-8601") from None
         if parsed.tzinfo is None:
-            raise EventError(f"event time {spec.field!r} = {raw!r} has no UTC offset: add Z or +00:00")
+            raise EventError(f"event time {spec.field!r} = {quoted(raw)} has no UTC offset: add Z or +00:00")
         return parsed.timestamp()
     raise EventError(f"event time {spec.field!r} must be a number or an ISO-8601 string, got {type(raw).__name__}")
 
@@ -49,7 +50,7 @@ def event_key(event: dict[str, Any], field: str, in_features: bool) -> str | int
     if value is None:
         raise EventError(f"no key: the event has no {field!r} (derived features group by it)")
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise EventError(f"key {field!r} must be a non-empty string or an integer, got {value!r}")
+        raise EventError(f"key {field!r} must be a non-empty string or an integer, got {quoted(value)}")
     return value
 
 

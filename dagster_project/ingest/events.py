@@ -18,6 +18,7 @@ import orjson
 
 from dagster_project.ingest.categories import NULL_CODE, CategoryError, category_code, fast_coder, unseen_code
 from dagster_project.ingest.event_schema import event_decoder, fits_64_bits
+from dagster_project.ingest.quoting import quoted
 from dagster_project.spec import FeatureSpec, StreamSpec, label_key
 
 # The largest magnitude a feature or regression label may have. The served ONNX model computes in
@@ -55,17 +56,17 @@ def coerce_feature(feature: FeatureSpec, raw: Any) -> float:
     if feature.type == "bool":
         if isinstance(raw, bool) or raw in (0, 1):
             return float(raw)
-        raise InvalidEvent(f"feature {feature.name!r} must be a bool, got {type(raw).__name__} {raw!r}")
+        raise InvalidEvent(f"feature {feature.name!r} must be a bool, got {type(raw).__name__} {quoted(raw)}")
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise InvalidEvent(f"feature {feature.name!r} must be a number, got {type(raw).__name__} {raw!r}")
+        raise InvalidEvent(f"feature {feature.name!r} must be a number, got {type(raw).__name__} {quoted(raw)}")
     value = float(raw)  # orjson turns integers beyond 64 bits into floats, so this cannot overflow
     if feature.type == "int" and not value.is_integer():
-        raise InvalidEvent(f"feature {feature.name!r} must be an integer, got {raw!r}")
+        raise InvalidEvent(f"feature {feature.name!r} must be an integer, got {quoted(raw)}")
     if not math.isfinite(value):
-        raise InvalidEvent(f"feature {feature.name!r} is not finite: {raw!r}")
+        raise InvalidEvent(f"feature {feature.name!r} is not finite: {quoted(raw)}")
     if abs(value) > MAGNITUDE_LIMIT:
         raise InvalidEvent(
-            f"feature {feature.name!r} = {raw!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}: the float32 "
+            f"feature {feature.name!r} = {quoted(raw)} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}: the float32 "
             "model cannot hold it"
         )
     return value
@@ -252,7 +253,7 @@ class EventParser:
             raise InvalidEvent(f"event must be a JSON object, got {type(event).__name__}")
         event_id = event.get("id")
         if isinstance(event_id, float):  # a fraction, or an integer beyond 64 bits (orjson reads it as a float)
-            raise InvalidEvent(f"event 'id' must be a string or an integer within 64 bits, got {event_id!r}")
+            raise InvalidEvent(f"event 'id' must be a string or an integer within 64 bits, got {quoted(event_id)}")
         if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
             raise InvalidEvent("event has no 'id' (string or integer)")
         features = event.get("features")
@@ -267,7 +268,7 @@ class EventParser:
         values = [coerce_feature(f, features[f.name]) for f in self._features]
         ts = event.get("ts")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
-            raise InvalidEvent(f"'ts' must be a number (epoch seconds), got {ts!r}")
+            raise InvalidEvent(f"'ts' must be a number (epoch seconds), got {quoted(ts)}")
         label_index, label_value = self._label(event.get("label"))
         unseen = tuple(
             (f.name, features[f.name]) for f, code in self._unseen_codes if values[self._position[f.name]] == code
@@ -282,12 +283,12 @@ class EventParser:
                 raise InvalidEvent(f"label must be a string, number or bool, got {type(label).__name__}")
             index = self._class_index.get(label_key(label))
             if index is None:
-                raise InvalidEvent(f"label {label!r} is not one of the spec's classes {self.spec.label.classes}")
+                raise InvalidEvent(f"label {quoted(label)} is not one of the spec's classes {self.spec.label.classes}")
             return index, None
         if isinstance(label, bool) or not isinstance(label, int | float) or not math.isfinite(label):
-            raise InvalidEvent(f"regression label must be a finite number, got {label!r}")
+            raise InvalidEvent(f"regression label must be a finite number, got {quoted(label)}")
         if abs(label) > MAGNITUDE_LIMIT:
-            raise InvalidEvent(f"regression label {label!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}")
+            raise InvalidEvent(f"regression label {quoted(label)} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}")
         return None, float(label)
 
 

@@ -132,7 +132,7 @@ class Coalescer:
             if w.rows is not None and ctx.features is not None:
                 try:
                     X = ctx.features.append_to(served.version, w.rows, X)
-                except RequestError as exc:  # this request's rows only
+                except Exception as exc:  # this request's rows only: a bad one must not fail the others
                     w.future.set_exception(exc)
                     continue
             ready.append(w)

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dagster_project.ingest.events import InvalidEvent, coerce_feature
+from dagster_project.ingest.quoting import quoted
 from dagster_project.serving.api import ScoringContext, answering_errors, json_response
 from dagster_project.serving.limits import RequestError
 from dagster_project.spec import StreamSpec
@@ -100,17 +101,17 @@ def parse_infer_request(spec: StreamSpec, body: Any, max_rows: int) -> tuple[np.
     tensor = inputs[0]
     if tensor.get("name") != INPUT_NAME:
         raise RequestError(
-            400, f"unknown input {tensor.get('name')!r}; this model takes one input named '{INPUT_NAME}'"
+            400, f"unknown input {quoted(tensor.get('name'))}; this model takes one input named '{INPUT_NAME}'"
         )
     if tensor.get("datatype") not in ACCEPTED_DATATYPES:
-        raise RequestError(400, f"input datatype must be FP32, got {tensor.get('datatype')!r}")
+        raise RequestError(400, f"input datatype must be FP32, got {quoted(tensor.get('datatype'))}")
     shape = tensor.get("shape")
     if (
         not isinstance(shape, list)
         or len(shape) != 2
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
     ):
-        raise RequestError(400, f"input shape must be [rows, {width}], got {shape!r}")
+        raise RequestError(400, f"input shape must be [rows, {width}], got {quoted(shape)}")
     rows, columns = shape
     if columns != width:
         raise RequestError(400, f"input shape must be [rows, {width}] (features {spec.input_names}), got {shape}")
@@ -148,7 +149,7 @@ def _requested_outputs(spec: StreamSpec, outputs: Any) -> list[str] | None:
     names = [o.get("name") for o in outputs]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise RequestError(400, f"unknown output(s) {unknown}; this model has {known}")
+        raise RequestError(400, f"unknown output(s) {quoted(unknown)}; this model has {known}")
     return names
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -96,6 +99,9 @@ def test_an_empty_window_gives_the_documented_defaults():
     }
 
 
+DEEP = orjson.loads("[" * 1000 + "]" * 1000)
+
+
 def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_alone():
     spec = rolling_spec(lateness="5s")
     state = FeatureState(spec)
@@ -110,9 +116,12 @@ def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_
         # Far future: accepted, it would make every later event of the partition late.
         "is not a date between the years 1 and 9999 in epoch s": {**base, "ts": 1e300},
         "'ts' = 1767225600000 is not a date": {**base, "ts": 1_767_225_600_000},  # milliseconds sent as seconds
+        # Nested 1,000 deep (valid JSON): quoted short, not a RecursionError that halts the stream.
+        "key 'device' must be a non-empty string or an integer, got [[[[...]]]]": {**base, "device": DEEP, "ts": 1.0},
+        "must be a number or an ISO-8601 string, got list": {**base, "ts": DEEP},
     }
     for reason, bad in cases.items():
-        with pytest.raises(EventError, match=reason.replace("(", r"\(")):
+        with pytest.raises(EventError, match=re.escape(reason)):
             state.observe(0, bad, [1.0] * 5)
     assert dump_state(state) == before
     assert state.observe(0, {**base, "ts": 95.0}, [3.0] * 5)[0] == 0.0  # within lateness: accepted (100 is later)

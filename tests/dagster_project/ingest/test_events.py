@@ -303,6 +303,8 @@ def _fast(**changes) -> bytes:
     return event(features={"b": 1} | features if isinstance(features, dict) else features, **changes)
 
 
+DEEP = b"[" * 1000 + b"]" * 1000  # valid JSON (orjson takes 1,023 levels); its repr raised RecursionError
+
 FAST_PATH_REFUSALS = [
     _fast(id=""),  # the type takes any string; the contract wants an id
     _fast(id=2**63).replace(b"9223372036854775808", b"18446744073709551616"),  # an int id beyond 64 bits
@@ -320,6 +322,8 @@ FAST_PATH_REFUSALS = [
     _fast()[:-1],  # cut short
     _fast(id="XX").replace(b"XX", b"\xff\xfe"),  # not UTF-8 inside a string
     _fast(note="XX").replace(b"XX", b"\xff"),  # not UTF-8 in a field the typed decode skips unread
+    _fast(features={"f": "XX"}).replace(b'"XX"', DEEP),  # nested 1,000 deep: refused, quoted short
+    _fast(ts="XX").replace(b'"XX"', DEEP),
     None,
 ]
 

@@ -190,7 +190,8 @@ def test_a_hot_swap_never_mixes_versions_within_an_answer(
 
 class KeyedFeatures:
     """Stands in for `ServingFeatures` (which needs a stream with derived features and its topic):
-    refuses rows without a `device`, as a row without its key is refused, and adds nothing."""
+    refuses rows without a `device`, as a row without its key is refused, fails unexpectedly on
+    device "boom" (a bug a hostile value could reach), and adds nothing."""
 
     def __init__(self) -> None:
         self.versions: list[str] = []
@@ -199,6 +200,8 @@ class KeyedFeatures:
         self.versions.append(version)
         if any("device" not in row for row in rows):
             raise RequestError(422, "no key: send the key and event-time fields beside the features")
+        if any(row["device"] == "boom" for row in rows):
+            raise RecursionError("maximum recursion depth exceeded")
         return X
 
 
@@ -213,7 +216,12 @@ def test_no_champion_and_derived_feature_errors_reach_only_their_requests(
     )
     coalescer = Coalescer(ctx)
     rows = [f | {"device": f"d{i}"} for i, (_, f, _) in enumerate(synthetic_rows(6))]
-    requests = [rows[0:2], [rows[2] | {}, {k: v for k, v in rows[3].items() if k != "device"}], rows[4:6]]
+    requests = [
+        rows[0:2],
+        [rows[2] | {}, {k: v for k, v in rows[3].items() if k != "device"}],
+        rows[4:6],
+        [rows[1] | {"device": "boom"}],
+    ]
 
     async def together() -> list[Any]:
         checked = [[{n: row[n] for n in spec.feature_names} for row in r] for r in requests]  # the key aside
@@ -223,17 +231,18 @@ def test_no_champion_and_derived_feature_errors_reach_only_their_requests(
         return await asyncio.gather(*calls, return_exceptions=True)
 
     no_model = asyncio.run(together())  # no champion yet: every request of the flush gets 503
-    assert [(type(e), e.status) for e in no_model] == [(RequestError, 503)] * 3
+    assert [(type(e), e.status) for e in no_model] == [(RequestError, 503)] * 4
 
     train_version(registry, spec)
     watcher.check()
     scored = asyncio.run(together())
     assert (coalescer.flushes, coalescer.requests) == (1, 2)  # one call for the two good requests
     assert isinstance(scored[1], RequestError) and scored[1].status == 422  # its row without a key
+    assert isinstance(scored[3], RecursionError)  # an unexpected failure fails its own request only
     expected = onnx_of(registry, spec, "v1").predict(feature_matrix(spec, rows[0:2] + rows[4:6])).scores
     got = np.array(scored[0].lists()[1] + scored[2].lists()[1])
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
-    assert features.versions == ["v1"] * 3
+    assert features.versions == ["v1"] * 4
 
 
 def test_a_flush_hands_its_answers_over_at_once_and_a_failing_answer_fails_alone(

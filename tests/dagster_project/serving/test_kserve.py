@@ -18,7 +18,8 @@ def tensor(rows: list[list[float]], **overrides) -> dict:
 
 
 def infer(client: Client, path: str, body: object) -> tuple[int, dict]:
-    status, answer, _ = client.request("POST", path, orjson.dumps(body))
+    """POST `body`; the string DEEP in it is sent as a list nested 1,000 deep (orjson writes at most 254)."""
+    status, answer, _ = client.request("POST", path, orjson.dumps(body).replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000))
     return status, answer
 
 
@@ -104,6 +105,9 @@ def test_health_metadata_and_inference(spec: StreamSpec, registry: FilesystemReg
         assert (status, response.getheader("Allow"), body["error"]) == (405, "POST", f"use POST for {infer_path}")
 
 
+DEEP = "DEEP"  # see infer
+
+
 def test_inference_errors(spec: StreamSpec, registry: FilesystemRegistry) -> None:
     train_version(registry, spec)
     path = f"/v2/models/{spec.name}/infer"
@@ -135,6 +139,12 @@ def test_inference_errors(spec: StreamSpec, registry: FilesystemRegistry) -> Non
             ({"inputs": [tensor([row], data=[None, *row[1:]])]}, 400, "1 invalid value(s) in input 'data': row 0:"),
             ({"inputs": [tensor([row])], "outputs": [{"name": "score"}]}, 400, "unknown output(s) ['score']"),
             ({"inputs": [tensor([row])], "outputs": "label"}, 400, "'outputs' must be a list"),
+            # Nested 1,000 deep (valid JSON; Python's repr of it raised RecursionError: a 500)
+            ({"inputs": [tensor([row], name=DEEP)]}, 400, "unknown input [[[[...]]]]"),
+            ({"inputs": [tensor([row], datatype=DEEP)]}, 400, "input datatype must be FP32, got [[[[...]]]]"),
+            ({"inputs": [tensor([row], shape=DEEP)]}, 400, "input shape must be [rows, 5], got [[[[...]]]]"),
+            ({"inputs": [tensor([row])], "outputs": [{"name": DEEP}]}, 400, "unknown output(s) [[[[...]]]]; "),
+            ({"inputs": [tensor([row], data=[DEEP, *row[1:]])]}, 400, "nested 'data' must be 1 lists of 5 numbers"),
         ]
         for request, code, message in cases:
             status, body = infer(client, path, request)
