@@ -46,6 +46,7 @@ from dagster_project.serving.health import ScorerHealth
 from dagster_project.serving.limits import BearerToken, ClientGone, HttpLimits, RequestError, read_body
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.serving.rows import validate_rows
+from dagster_project.serving.unscored import refuse_unscored
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ class ScoringContext:
         return served
 
     def score(self, served: ServedModel, X: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
-        return served.as_lists(*self.outputs(served, X))
+        """One request's predictions and scores; 422 if a row gets no finite prediction (a null input)."""
+        labels, scores = self.outputs(served, X)
+        refuse_unscored(self.spec, X, labels, scores)
+        return served.as_lists(labels, scores)
 
     def outputs(self, served: ServedModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """`served.outputs(X)`, counted in the inference metrics (one call, len(X) predictions)."""

@@ -29,6 +29,7 @@ import numpy as np
 from dagster_project.serving.api import ScoringContext
 from dagster_project.serving.champion import ServedModel
 from dagster_project.serving.limits import RequestError
+from dagster_project.serving.unscored import refuse_unscored
 
 T = TypeVar("T")
 
@@ -149,6 +150,11 @@ class Coalescer:
             end = start + len(block)
             scored = Scored(served, labels[start:end], None if scores is None else scores[start:end])
             start = end
+            try:
+                refuse_unscored(ctx.spec, block, scored.labels, scored.scores)
+            except RequestError as exc:  # a row of this request got no finite prediction (a null input)
+                w.future.set_exception(exc)
+                continue
             if w.finish is None:
                 results.append((w, scored))
                 continue

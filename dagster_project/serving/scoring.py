@@ -26,6 +26,7 @@ from dagster_project.serving.champion import ChampionWatcher
 from dagster_project.serving.consumers.base import PollBatch
 from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.serving.unscored import unscored_reason, unscored_rows
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -101,19 +102,30 @@ class BatchScorer:
                 ParsedBatch(rows, np.zeros(len(ids)), ids, np.asarray(index, dtype=np.int64), refused),
             )
             ids, rows, index, refused = derived.ids, derived.X, derived.index.tolist(), derived.failures
+        records: list[bytes] = []
+        if ids:
+            started = time.perf_counter()
+            X = rows.astype(np.float32)
+            labels, raw_scores = served.outputs(X)
+            self.metrics.inference_latency.labels(spec.name, served.version, "kafka").observe(
+                time.perf_counter() - started
+            )
+            unscored = unscored_rows(labels, raw_scores)
+            if len(unscored):  # a null input the model cannot score: to the DLQ, not a made-up prediction
+                refused = sorted([*refused, *((index[r], unscored_reason(spec, X[r])) for r in unscored.tolist())])
+                keep = np.ones(len(ids), dtype=bool)
+                keep[unscored] = False
+                ids = [event_id for event_id, k in zip(ids, keep.tolist(), strict=True) if k]
+                index = [i for i, k in zip(index, keep.tolist(), strict=True) if k]
+                rows, labels = rows[keep], labels[keep]
+                raw_scores = None if raw_scores is None else raw_scores[keep]
+            predictions, scores = served.as_lists(labels, raw_scores)
+            stamps = batch.timestamps
+            records = _encode(ids, predictions, scores, served.version, [stamps[i] for i in index])
         letters = [
             DeadLetter(reason, batch.topic, batch.partitions[i], batch.offsets[i], batch.keys[i], values[i])
             for i, reason in refused
         ]
-        records: list[bytes] = []
-        if ids:
-            started = time.perf_counter()
-            predictions, scores = served.score(rows.astype(np.float32))
-            self.metrics.inference_latency.labels(spec.name, served.version, "kafka").observe(
-                time.perf_counter() - started
-            )
-            stamps = batch.timestamps
-            records = _encode(ids, predictions, scores, served.version, [stamps[i] for i in index])
         outcome = BatchOutcome(served.version, len(ids), len(refused), unseen_counts(spec, rows) if ids else None)
         return Prepared(ids, records, letters, outcome)
 

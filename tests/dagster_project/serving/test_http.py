@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import orjson
 import pytest
 
 from dagster_project.registry.store import FilesystemRegistry
@@ -79,6 +80,30 @@ def test_regression_stream_returns_values(registry: FilesystemRegistry) -> None:
     assert [p["probabilities"] for p in body["predictions"]] == [None, None]
     expected = onnx_of(registry, spec, "v1").predict(np.array([[ROW[n] for n in spec.feature_names]]))
     assert body["predictions"][0]["prediction"] == pytest.approx(float(expected.values[0]))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_null_the_model_cannot_score_is_a_422_not_a_made_up_prediction(
+    registry: FilesystemRegistry, task: str
+) -> None:
+    """A nullable feature's null reaches a linear model as NaN: its scores (or value) are NaN, and the
+    class choice answered the first class with null probabilities. The row is refused, named."""
+    features = [{"name": "x0", "nullable": True}, *({"name": f"x{i}"} for i in range(1, 5))]
+    options = {"label": {}, "model": {"estimator": "sgd_regressor"}} if task == "regression" else {}
+    spec = synthetic_spec(task=task, features=features, **options)
+    train_version(registry, spec)
+    with http_server(spec, registry) as (server, _):
+        client = Client(server.url)
+        status, body = client.predict([ROW, ROW | {"x0": None}])
+        assert status == 422, body
+        assert body["error"].startswith("1 of 2 rows cannot be scored: row 1: the model gives no finite prediction")
+        assert body["rows"] == [{"row": 1, "errors": [body["error"].split("row 1: ", 1)[1]]}]
+        assert "null 'x0'" in body["error"]
+        data = [list(ROW.values()), [None, *list(ROW.values())[1:]]]
+        request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 5], "data": data}]}
+        status, answer, _ = client.request("POST", f"/v2/models/{spec.name}/infer", orjson.dumps(request))
+        assert status == 422 and "null 'x0'" in answer["error"], answer
+        assert client.predict([ROW])[0] == 200
 
 
 def test_validation_errors(spec: StreamSpec, registry: FilesystemRegistry) -> None:

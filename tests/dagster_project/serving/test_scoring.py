@@ -19,6 +19,7 @@ from dagster_project.serving.consumers import PollBatch
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.serving.scoring import BatchScorer, PredictionsNotAcknowledged
 from dagster_project.spec import StreamSpec
+from tests.conftest import synthetic_spec
 from tests.dagster_project.serving.support import feature_matrix, onnx_of, read_topic, synthetic_rows, train_version
 
 
@@ -75,3 +76,27 @@ def test_predictions_nobody_acknowledged_fail_the_batch(spec: StreamSpec, regist
             scorer.process(producer, _batch(spec, synthetic_rows(20), []))
     finally:
         producer.close(timeout=0)  # nothing listens: otherwise librdkafka reconnects until the object goes
+
+
+def test_an_event_the_model_cannot_score_goes_to_the_dlq_not_a_made_up_prediction(
+    kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    """A nullable feature's null reaches a linear model as NaN: its scores are NaN, and the class
+    choice would have published the first class. It goes to the DLQ with the reason instead."""
+    features = [{"name": "x0", "nullable": True}, *({"name": f"x{i}"} for i in range(1, 5))]
+    spec = synthetic_spec(f"scoring_{uuid.uuid4().hex[:6]}", label={"classes": ["neg", "pos"]}, features=features)
+    train_version(registry, spec)
+    ensure_topics(kafka_settings, [spec.predictions_topic, spec.dlq_topic], 2)
+    rows = synthetic_rows(6)
+    null = make_event("null-x0", {**rows[0][1], "x0": None}, None, 1_700_000_000.0)
+    producer = clients.fast_producer(kafka_settings, acks="all")
+    try:
+        outcome = _scorer(spec, registry).process(producer, _batch(spec, rows, [null]))
+    finally:
+        producer.close()
+
+    assert (outcome.predicted, outcome.dlq) == (6, 1)
+    assert sorted(p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)) == sorted(e for e, _, _ in rows)
+    (letter,) = read_topic(kafka_settings, spec.dlq_topic)
+    assert letter["reason"].startswith("the model gives no finite prediction for null 'x0'")
+    assert (letter["partition"], letter["offset"]) == (0, 3)
