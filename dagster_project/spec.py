@@ -147,11 +147,19 @@ class EventTimeSpec(_Strict):
     offset (``2026-01-01T12:00:00Z``; not allowed in ``ts``, which the event contract keeps numeric).
     An event more than ``lateness`` older than the newest event time seen on its partition is late:
     it goes to the DLQ with the reason.
+
+    An event more than ``max_ahead`` later than its Kafka record's timestamp (the producer's clock,
+    or the broker's with LogAppendTime) is refused too: accepted, one event from a wrong clock would
+    hold the partition's watermark in the future and make every later event late. The default, one
+    hour, is Apache Kafka's own bound on future record timestamps (``message.timestamp.after.max.ms``);
+    ``null`` turns the check off. Files given to ``streamfit check --sample`` have no record
+    timestamps: their events are checked against the time the check runs.
     """
 
     field: str = "ts"
     unit: Literal["s", "ms"] = "s"
     lateness: Duration = Field(default=0.0, ge=0)
+    max_ahead: Duration | None = Field(default=3600.0, gt=0)
 
 
 class DerivedFeatureSpec(_Strict):

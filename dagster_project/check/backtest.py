@@ -154,7 +154,7 @@ class Backtest:
 
 class _Placement:
     """Where `streamfit produce` would put each line: its partition (murmur2 of its key, as Kafka's
-    clients do) and its offset there."""
+    clients do) and its offset there, and its record timestamp: now, as the producer stamps it."""
 
     def __init__(self, spec: StreamSpec, values: list[bytes | None]) -> None:
         import orjson
@@ -163,6 +163,7 @@ class _Placement:
         from dagster_project.ingest.keys import message_key
 
         key_of, count = message_key(spec), spec.partitions
+        self.produced = time.time()
         self.partitions = np.zeros(len(values), dtype=np.int32)
         for i, value in enumerate(values):
             try:
@@ -361,7 +362,7 @@ class _Run:
         partitions, offsets = self.place.partitions[lines], self.place.offsets[lines]
         parsed = EventParser(self.spec).parse_many(chunk)
         if state is not None:
-            parsed = derive(state, partitions.tolist(), chunk, parsed)
+            parsed = derive(state, partitions.tolist(), chunk, parsed, lambda _: self.place.produced)
         if result is not None:
             for position, reason in parsed.failures:
                 kind = reason.split(":")[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import orjson
@@ -13,13 +13,18 @@ from dagster_project.ingest.events import ParsedBatch
 
 
 def derive(
-    state: FeatureState, partitions: Sequence[int], values: Sequence[bytes | None], parsed: ParsedBatch
+    state: FeatureState,
+    partitions: Sequence[int],
+    values: Sequence[bytes | None],
+    parsed: ParsedBatch,
+    produced: Callable[[int], float | None] | None = None,
 ) -> ParsedBatch:
     """`parsed` with the derived columns appended; rows the state refuses become failures.
 
     `values[i]` and `partitions[i]` are the raw message and partition of input position i
-    (`parsed.index` points there). Rows are fed in input order, which per partition is offset
-    order; the state is per partition, so how partitions interleave does not matter.
+    (`parsed.index` points there), `produced(i)` its Kafka timestamp in epoch seconds (None:
+    unknown; read only for the rows that reach the state). Rows are fed in input order, which per
+    partition is offset order; the state is per partition, so how partitions interleave does not matter.
     """
     width = len(state.spec.derived)
     extra = np.zeros((len(parsed.index), width), dtype=np.float64)
@@ -28,7 +33,8 @@ def derive(
     loads = orjson.loads
     for r, i in enumerate(parsed.index.tolist()):
         try:
-            extra[r] = state.observe(partitions[i], loads(values[i]), parsed.X[r])
+            at = produced(i) if produced is not None else None
+            extra[r] = state.observe(partitions[i], loads(values[i]), parsed.X[r], at)
         except EventError as exc:
             keep[r] = False
             failures.append((i, str(exc)))

@@ -95,6 +95,7 @@ class FeatureState:
         self.spec = spec
         self.event_time = spec.event_time
         self.lateness = spec.event_time.lateness if spec.event_time else 0.0
+        self.max_ahead = spec.event_time.max_ahead if spec.event_time else None
         self.max_keys = spec.feature_state.max_keys
         position = {name: j for j, name in enumerate(spec.feature_names)}
         self._tables: list[_Table] = []
@@ -115,13 +116,22 @@ class FeatureState:
 
     # ------------------------------------------------------------------ the event path
 
-    def observe(self, partition: int, event: dict[str, Any], row: Sequence[float]) -> list[float]:
+    def observe(
+        self, partition: int, event: dict[str, Any], row: Sequence[float], produced: float | None = None
+    ) -> list[float]:
         """The event's derived values from its earlier events, then the event enters the state.
 
-        `row` is the event's parsed features (the spec's order). Raises `EventError` (nothing changes)
-        for an event without a key or time, or older than the partition's watermark.
+        `row` is the event's parsed features (the spec's order); `produced` its Kafka record's
+        timestamp in epoch seconds (None: unknown). Raises `EventError` (nothing changes) for an
+        event without a key or time, older than the partition's watermark, or too far ahead of
+        `produced`.
         """
         t, keys = self._read(event)
+        if produced is not None and self.max_ahead is not None and t - produced > self.max_ahead:
+            raise EventError(
+                f"event time {t:.3f} is {t - produced:.0f} s ahead of its Kafka timestamp ({produced:.3f}), more "
+                f"than event_time.max_ahead {self.max_ahead:g} s: check the producer's clock or event_time.unit"
+            )
         part = self.partitions.get(partition)
         if part is None:
             part = self.partitions[partition] = PartitionState()

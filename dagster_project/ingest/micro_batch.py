@@ -215,7 +215,7 @@ def _parse(
     with _gc_paused():
         parsed = EventParser(spec).parse_many(values)
         if state is not None:  # no key, no time or late: refused like a malformed message
-            parsed = derive(state, partitions, values, parsed)
+            parsed = derive(state, partitions, values, parsed, records.produced_at)
     reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
     refused = [(records.record(i), reason) for i, reason in parsed.failures]
     if dead_letter_invalid and refused and already_sent is not None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster_project.kafka.records import RawRecord
+from dagster_project.kafka.records import RawRecord, timestamp_seconds
 
 
 @dataclass
@@ -89,6 +89,11 @@ class RecordColumns:
             for start, stop in runs:
                 del column[start:stop]
         return popped
+
+    def produced_at(self, i: int) -> float | None:
+        """Record `i`'s Kafka timestamp in epoch seconds; None when it has none (-1, or 0 from some clients)."""
+        source = self.sources[i]
+        return timestamp_seconds(source.timestamp_ms if isinstance(source, RawRecord) else source.timestamp()[1])
 
     def record(self, i: int) -> RawRecord:
         """Record `i` whole (key and timestamp read from the client's message only now)."""

@@ -13,3 +13,8 @@ class RawRecord(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+
+
+def timestamp_seconds(timestamp_ms: int) -> float | None:
+    """A record's Kafka timestamp in epoch seconds; None when it has none (-1, or 0 from some clients)."""
+    return timestamp_ms / 1000.0 if timestamp_ms > 0 else None

@@ -28,6 +28,7 @@ from dagster_project.features.state import FeatureState
 from dagster_project.features.timing import EventError
 from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch
 from dagster_project.kafka.io import read_range
+from dagster_project.kafka.records import timestamp_seconds
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.limits import RequestError
@@ -55,9 +56,16 @@ class ServingFeatures:
         self._lock = threading.Lock()  # `/predict` peeks while the Kafka loop observes
 
     def derive(
-        self, version: str, partitions: Sequence[int], offsets: Sequence[int], values: Sequence[bytes | None], parsed
+        self,
+        version: str,
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        values: Sequence[bytes | None],
+        parsed,
+        timestamps: Sequence[int] | None = None,
     ) -> ParsedBatch:
-        """`parsed` (one poll batch, offsets ascending per partition) with its derived columns, for `version`."""
+        """`parsed` (one poll batch, offsets ascending per partition) with its derived columns, for
+        `version`; `timestamps` are the records' Kafka timestamps in ms (<= 0: unknown)."""
         with self._lock:
             if version != self.version:
                 self._switch(version)
@@ -66,7 +74,8 @@ class ServingFeatures:
                 firsts.setdefault(p, o)
             for p, first in firsts.items():
                 self._bring_to(p, first)
-            result = derive(self.state, partitions, values, parsed)
+            produced = None if timestamps is None else (lambda i: timestamp_seconds(timestamps[i]))
+            result = derive(self.state, partitions, values, parsed, produced)
             for p, o in zip(partitions, offsets, strict=True):
                 self.positions[p] = o + 1
             self._count()
@@ -156,7 +165,9 @@ class ServingFeatures:
         for record in read_range(self.settings, self.spec.events_topic, {partition: (start, end)}):
             try:
                 parsed = parser.parse(record.value)
-                self.state.observe(partition, orjson.loads(record.value), parsed.values)
+                self.state.observe(
+                    partition, orjson.loads(record.value), parsed.values, timestamp_seconds(record.timestamp_ms)
+                )
             except (InvalidEvent, EventError):
                 continue  # refused in training too, so not in its state either
             self.caught_up += 1

@@ -100,6 +100,7 @@ class BatchScorer:
                 batch.offsets,
                 values,
                 ParsedBatch(rows, np.zeros(len(ids)), ids, np.asarray(index, dtype=np.int64), refused),
+                batch.timestamps,
             )
             ids, rows, index, refused = derived.ids, derived.X, derived.index.tolist(), derived.failures
         records: list[bytes] = []

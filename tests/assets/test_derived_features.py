@@ -12,6 +12,7 @@ from dagster_project.registry.store import expected_offsets
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.features.reference import pandas_reference
 from tests.dagster_project.features.support import (
+    AHEAD_EVERY,
     KEYLESS_EVERY,
     LATE_EVERY,
     learn_in_batches,
@@ -88,6 +89,46 @@ def test_keyless_and_late_events_go_to_the_dlq_with_their_reason(sensors, kafka_
     assert "more than event_time.lateness 5 s" in late
     dlq = sum(v.meta["rows"]["dlq"] for v in registry.versions(spec.name))
     assert dlq == len(letters)  # each counted once, by the version that learned its offset
+
+
+def test_an_event_from_a_clock_far_ahead_is_refused_and_the_partition_keeps_learning(
+    kafka_settings, kafka_bootstrap, registry, instance
+) -> None:
+    """Accepted, an event ten years ahead would have held its partition's watermark there and made
+    every later event on it late. It is refused against its Kafka timestamp (event_time.max_ahead),
+    and the events after it are learned with the values pandas gives over the accepted events."""
+    spec = sensors_spec()
+    produce_sensors(kafka_settings, spec, ahead=True)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    learn_in_batches(defs, spec, kafka_settings, registry, instance)
+    learned = registry.head(spec.name).learned
+    expected = {"no key": 0, "late event": 0, "event time": 0}
+    for r in read_topic(kafka_settings, spec.events_topic):
+        i = int(r["id"].rsplit("-", 1)[1])
+        if r["_offset"] < learned[r["_partition"]]:
+            if i % KEYLESS_EVERY == 50:
+                expected["no key"] += 1
+            elif i % LATE_EVERY == 60:
+                expected["late event"] += 1
+            elif i % AHEAD_EVERY == 70:
+                expected["event time"] += 1
+    letters = dead_letters(kafka_settings, spec)
+    reasons = pd.Series([d["reason"].split(" ")[0] + " " + d["reason"].split(" ")[1] for d in letters])
+    counts = {k.rstrip(":"): v for k, v in reasons.value_counts().to_dict().items()}
+    assert counts == expected and min(expected.values()) > 5, counts
+    ahead = next(d["reason"] for d in letters if d["reason"].startswith("event time"))
+    assert "ahead of its Kafka timestamp" in ahead and "more than event_time.max_ahead 3600 s" in ahead
+
+    events = accepted_events(kafka_settings, spec, learned)
+    reference = pandas_reference(spec, events)
+    where = {(p, o): i for i, (p, o) in enumerate(zip(events["partition"], events["offset"], strict=True))}
+    width = len(spec.feature_names)
+    seen = 0
+    for _, batch in learned_batches(kafka_settings, registry, spec):
+        rows = [where[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
+        assert np.abs(batch.X[:, width:] - reference[rows]).max() < 1e-9
+        seen += batch.rows
+    assert seen == len(events)
 
 
 @pytest.mark.parametrize("fault", ["after_train", "after_register"])

@@ -18,7 +18,8 @@ from dagster_project.spec import StreamSpec
 from tests.helpers import defs_for, high_waters, run_batch
 
 ROWS = 1500
-KEYLESS_EVERY, LATE_EVERY = 97, 89
+KEYLESS_EVERY, LATE_EVERY, AHEAD_EVERY = 97, 89, 83
+AHEAD_S = 10 * 365 * 86400.0  # a producer clock ten years ahead: far beyond event_time.max_ahead
 
 
 def sensors_spec(**overrides) -> StreamSpec:
@@ -31,8 +32,9 @@ def sensors_spec(**overrides) -> StreamSpec:
     return StreamSpec.model_validate(raw | overrides)
 
 
-def produce_sensors(settings, spec: StreamSpec, rows: int = ROWS) -> None:
-    """The sensor stream keyed by device, with keyless events and events far too late mixed in."""
+def produce_sensors(settings, spec: StreamSpec, rows: int = ROWS, ahead: bool = False) -> None:
+    """The sensor stream keyed by device, with keyless events and events far too late mixed in
+    (and, with `ahead`, events from a clock years ahead)."""
 
     def pairs():
         for i, e in enumerate(sensor_events(rows=rows, seed=9, devices=12)):
@@ -41,6 +43,8 @@ def produce_sensors(settings, spec: StreamSpec, rows: int = ROWS) -> None:
                 fields = {}
             elif i % LATE_EVERY == 60:
                 ts -= 30.0  # lateness is 5 s
+            elif ahead and i % AHEAD_EVERY == 70:
+                ts += AHEAD_S
             yield e.key.encode(), make_event(e.event_id, e.features, e.label, ts, **fields)
 
     assert produce(settings, spec, pairs()) == rows

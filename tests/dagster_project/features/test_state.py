@@ -231,3 +231,20 @@ def test_a_state_saved_for_other_aggregations_is_refused_with_the_fix():
     )
     with pytest.raises(ValueError, match="restore the derived features it was learned with"):
         load_state(other, saved)
+
+
+def test_an_event_too_far_ahead_of_its_kafka_timestamp_is_refused_and_leaves_the_state_alone():
+    """One event from a clock far ahead would hold the watermark there: every later event late."""
+    state = FeatureState(rolling_spec(lateness="5s"))
+    base = {"id": "e", "device": "d1", "site": 1, "features": {}}
+    state.observe(0, {**base, "ts": 100.0}, [1.0] * 5, produced=100.0)
+    before = dump_state(state)
+    with pytest.raises(EventError, match=re.escape("event time 4000.000 is 3900 s ahead of its Kafka timestamp")):
+        state.observe(0, {**base, "ts": 4000.0}, [1.0] * 5, produced=100.0)
+    assert dump_state(state) == before
+    assert state.observe(0, {**base, "ts": 110.0}, [1.0] * 5, produced=110.0 - 3500)[0] == 1.0  # within the hour
+    assert state.observe(0, {**base, "ts": 115.0}, [1.0] * 5, produced=None)[0] == 2.0  # no timestamp: not checked
+    unbounded = FeatureState(
+        rolling_spec(lateness="5s", event_time={"field": "ts", "lateness": "5s", "max_ahead": None})
+    )
+    assert unbounded.observe(0, {**base, "ts": 9e9}, [1.0] * 5, produced=100.0)[0] == 0.0
