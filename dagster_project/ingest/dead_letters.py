@@ -8,6 +8,7 @@ retries: a silently lost dead letter would be a silently lost row.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,21 +36,44 @@ class DeadLetter:
     value: bytes | dict[str, Any] | None  # the raw message, or the parsed row it became
 
 
+# The DLQ record must fit the producer's and the broker's 1 MB defaults (max.request.size,
+# message.max.bytes) whatever the refused message was: a message the events topic took can grow
+# six-fold as JSON text (control bytes become \u0000), and a dead letter that cannot be written
+# fails its batch on every retry. A longer message keeps its first MAX_VALUE_BYTES; the whole of it
+# stays on the events topic at the partition and offset the record names.
+MAX_RECORD_BYTES = 900_000
+MAX_VALUE_BYTES = 64 * 1024
+
+
 def encode(letter: DeadLetter, component: Component) -> bytes:
-    """The DLQ record. Raw bytes are kept as text; a parsed row (split off after parsing) as an object."""
-    value = letter.value
-    if isinstance(value, bytes | bytearray):
-        value = bytes(value).decode("utf-8", errors="replace")
-    return orjson.dumps(
-        {
-            "reason": letter.reason,
-            "topic": letter.topic,
-            "partition": letter.partition,
-            "offset": letter.offset,
-            "component": component,
-            "value": value,
+    """The DLQ record. Raw bytes are kept as text when they are UTF-8, else as `value_base64` (the
+    exact bytes); a parsed row (split off after parsing) as an object."""
+    record = {
+        "reason": letter.reason,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "component": component,
+        **_value_fields(letter.value),
+    }
+    encoded = orjson.dumps(record)
+    if len(encoded) <= MAX_RECORD_BYTES or not isinstance(letter.value, bytes | bytearray):
+        return encoded
+    raw = bytes(letter.value)
+    cut = _value_fields(raw[:MAX_VALUE_BYTES])
+    return orjson.dumps(record | cut | {"value_truncated": True, "value_bytes": len(raw)})
+
+
+def _value_fields(value: bytes | dict[str, Any] | None) -> dict[str, Any]:
+    if not isinstance(value, bytes | bytearray):
+        return {"value": value}
+    try:
+        return {"value": bytes(value).decode("utf-8")}
+    except UnicodeDecodeError:  # text for a reader, and the exact bytes (nothing of the message lost)
+        return {
+            "value": bytes(value).decode("utf-8", errors="replace"),
+            "value_base64": base64.b64encode(value).decode(),
         }
-    )
 
 
 class DeadLetterWriter:
@@ -84,9 +108,16 @@ class DeadLetterWriter:
         sent = self.pending
         self._futures, self._errors = [], []
         if failed:
+            too_large = "TooLarge" in repr(failed[0])
+            fix = (
+                f"a dead letter is larger than {self.dlq_topic} accepts: raise the topic's max.message.bytes "
+                f"to at least {MAX_RECORD_BYTES + 100_000} bytes, then re-execute the run"
+                if too_large
+                else "the work is retried once the broker accepts writes again"
+            )
             raise DeadLetterError(
                 f"{len(failed)} of {sent} dead letters were not acknowledged by {self.dlq_topic}: {failed[0]!r}. "
-                "Nothing was committed; the work is retried once the broker accepts writes again."
+                f"Nothing was committed; {fix}."
             )
         return sent
 

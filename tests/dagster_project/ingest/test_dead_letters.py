@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import numpy as np
 import orjson
 import pytest
 
-from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, encode, write_dead_letters
+from dagster_project.ingest.dead_letters import (
+    MAX_RECORD_BYTES,
+    MAX_VALUE_BYTES,
+    DeadLetter,
+    DeadLetterError,
+    encode,
+    write_dead_letters,
+)
 from dagster_project.ingest.events import EventParser, InvalidEvent
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.brokers.tansu import EmbeddedBroker
@@ -38,7 +46,20 @@ def test_dead_letter_round_trip(raw: bytes | None) -> None:
         "offset": 1234,
         "component": "trainer",
         "value": None if raw is None else raw.decode("utf-8", errors="replace"),
+        **({"value_base64": base64.b64encode(raw).decode()} if raw and raw.startswith(b"\xff") else {}),
     }
+
+
+@pytest.mark.parametrize("raw", [b"\x00" * 700_000, b"\xff" * 2_000_000, b'{"id": "' + b"x" * 3_000_000 + b'"}'])
+def test_a_refused_message_of_any_size_fits_the_dlq_and_keeps_its_start(raw: bytes) -> None:
+    """A 700 KB message of control bytes is 4.2 MB as JSON text: over the producer's and the broker's
+    1 MB defaults, so its dead letter could never be written and the batch failed on every retry."""
+    encoded = encode(DeadLetter("not valid JSON", "s.events", 0, 9, b"k", raw), "trainer")
+    assert len(encoded) <= MAX_RECORD_BYTES
+    record = orjson.loads(encoded)
+    assert record["value_truncated"] is True and record["value_bytes"] == len(raw)
+    kept = base64.b64decode(record["value_base64"]) if "value_base64" in record else record["value"].encode()
+    assert kept == raw[:MAX_VALUE_BYTES]
 
 
 def test_dead_letter_of_a_real_failure_names_the_feature() -> None:

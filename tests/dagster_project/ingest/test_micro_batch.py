@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import pickle
 
@@ -82,7 +83,9 @@ def test_a_read_batch_dead_letters_refused_messages_with_their_keys_and_keeps_th
     ensure_topics(settings, [spec.events_topic, spec.dlq_topic], 1)
     good = {f"x{i}": float(i) for i in range(5)}
     values = [make_event(f"e{i}", good, i % 2, 0.0) for i in range(8)]
-    values[2], values[6] = b"{not json", make_event("e6", good | {"x1": "text"}, 0, 0.0)
+    # 700 KB of control bytes, not UTF-8: 4.2 MB as JSON text, over the 1 MB a record may have
+    broken = b"{not json \xff" + b"\x00" * 700_000
+    values[2], values[6] = broken, make_event("e6", good | {"x1": "text"}, 0, 0.0)
     producer = clients.producer(settings)
     for i, value in enumerate(values):
         producer.send(spec.events_topic, key=b"key-%d" % i, value=value, partition=0)
@@ -95,4 +98,6 @@ def test_a_read_batch_dead_letters_refused_messages_with_their_keys_and_keeps_th
     assert batch.tail.ids == ["e5", "e7"] and batch.tail.offsets.tolist() == [5, 7]
     (letter,) = read_topic(settings, spec.dlq_topic)  # the tail's refusal is the next batch's to send
     assert (letter["_key"], letter["partition"], letter["offset"]) == (b"key-2", 0, 2)
-    assert letter["reason"].startswith("not valid JSON") and letter["value"] == "{not json"
+    assert letter["reason"].startswith("not valid JSON") and letter["value"].startswith("{not json")
+    assert (letter["value_truncated"], letter["value_bytes"]) == (True, len(broken))
+    assert base64.b64decode(letter["value_base64"]) == broken[: len(base64.b64decode(letter["value_base64"]))]
