@@ -27,7 +27,11 @@ from dagster_project.kafka.settings import (
 
 
 def range_reader(settings: KafkaSettings, **overrides: Any):
-    """A consumer with no group: it reads exact offsets with assign+seek and never joins."""
+    """A consumer with no group: it reads exact offsets with assign+seek and never joins.
+
+    read_committed, as librdkafka's readers are by default: records of an aborted transaction are
+    never learned, whichever client reads the range (Tansu leaves them visible either way).
+    """
     from kafka import KafkaConsumer
 
     check_security(settings)
@@ -37,6 +41,7 @@ def range_reader(settings: KafkaSettings, **overrides: Any):
         "auto_offset_reset": "none",
         "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "isolation_level": "read_committed",
     }
     return KafkaConsumer(**(kwargs | overrides))
 

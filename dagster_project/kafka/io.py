@@ -541,12 +541,39 @@ def _read_range_polls(settings: KafkaSettings, topic: str, ranges: Ranges, stall
         yield from _read_range_kafka_python(settings, topic, todo, stall_timeout_s, columns)
 
 
-def _stalled(topic: str, stall_timeout_s: float, position: dict[int, int], todo: Ranges) -> BrokerUnavailable:
+def _stalled(
+    settings: KafkaSettings, topic: str, stall_timeout_s: float, position: dict[int, int], todo: Ranges
+) -> BrokerUnavailable:
     short = {p: f"at {position[p]}, expected up to {e}" for p, (_, e) in todo.items()}
+    open_transactions = _behind_open_transactions(settings, topic, todo)
+    if open_transactions:
+        return BrokerUnavailable(
+            f"{topic}: range read stalled for {stall_timeout_s}s ({short}): a producer's transaction is still "
+            f"open on these offsets (readable up to {open_transactions}); records past the last stable offset "
+            "are read once it commits or aborts (at most the producer's transaction.timeout.ms), so the retry "
+            "learns them"
+        )
     return BrokerUnavailable(
         f"{topic}: range read stalled for {stall_timeout_s}s ({short}); the broker no longer "
         "has these offsets or is unreachable"
     )
+
+
+def _behind_open_transactions(settings: KafkaSettings, topic: str, todo: Ranges) -> dict[int, int]:
+    """Partitions whose last stable offset (where read_committed readers stop while a transaction is
+    open) lies before the range's end, with that offset; {} if none, or if the broker cannot say."""
+    from kafka import TopicPartition
+
+    try:
+        consumer = clients.range_reader(settings)
+        try:
+            tps = [TopicPartition(topic, p) for p in todo]
+            stable = consumer.end_offsets(tps)  # the last stable offsets, for a read_committed reader
+        finally:
+            consumer.close()
+    except Exception:  # only a better message was at stake
+        return {}
+    return {tp.partition: o for tp, o in stable.items() if o < todo[tp.partition][1]}
 
 
 def _lost(topic: str, offsets: dict[int, int]) -> BrokerUnavailable:
@@ -599,7 +626,7 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                 consumer.pause(tps[p])
                 last_progress = time.monotonic()
             if todo and time.monotonic() - last_progress > stall_timeout_s:
-                raise _stalled(topic, stall_timeout_s, position, todo)
+                raise _stalled(settings, topic, stall_timeout_s, position, todo)
     except TopicAuthorizationFailedError as exc:
         raise NotAuthorized(settings, "READ", "topic", topic) from exc
     finally:
@@ -673,7 +700,7 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                         consumer.pause([ConfluentPartition(topic, part.partition)])
                         last_progress = time.monotonic()
             if todo and time.monotonic() - last_progress > stall_timeout_s:
-                raise _stalled(topic, stall_timeout_s, position, todo)
+                raise _stalled(settings, topic, stall_timeout_s, position, todo)
     finally:
         _close_meanwhile(consumer)
 
