@@ -506,3 +506,23 @@ def test_a_range_read_never_yields_an_aborted_transaction_and_names_an_open_one(
     finally:
         plain.close()
         transactional.close()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "lz4", "snappy", "zstd"])
+def test_compressed_topics_are_probed_and_read_by_both_clients(kafka_settings: KafkaSettings, codec: str) -> None:
+    """Java and librdkafka producers often compress with lz4 or zstd; without the codec libraries the
+    sensor's probe (always kafka-python) failed as if the broker were down, and nothing was learned."""
+    topic = f"codec-{codec}-{uuid.uuid4().hex[:6]}"
+    ensure_topics(kafka_settings, [topic], 1)
+    producer = clients.producer(kafka_settings, compression_type=codec)
+    sent = [b'{"n": %d, "pad": "%s"}' % (i, b"x" * (i % 50)) for i in range(300)]
+    for value in sent:
+        producer.send(topic, value=value, partition=0)
+    producer.flush()
+    producer.close()
+
+    (state,) = probe_partitions(kafka_settings, topic, {0: 0})
+    assert (state.high_water, state.oldest_waiting_ts_ms is not None) == (300, True)
+    for client in (KAFKA_PYTHON, CONFLUENT):
+        records = list(read_range(replace(kafka_settings, client=client), topic, {0: (0, 300)}))
+        assert [r.value for r in records] == sent, client
