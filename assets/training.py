@@ -12,6 +12,7 @@ import dagster as dg
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
 from dagster_project.features.checkpoint import expected_state
+from dagster_project.ingest import group_reads
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import Decision, decide
 from dagster_project.kafka.io import commit_group_offsets
@@ -68,6 +69,16 @@ def _attempt(context: dg.AssetExecutionContext) -> int:
     return int(context.run.tags.get("dagster/retry_number", "0"))
 
 
+def _read_before(context: dg.AssetExecutionContext, reg: Any, spec: StreamSpec, ranges: Ranges) -> bool:
+    """Whether an earlier attempt may have read these ranges and dead-lettered their malformed
+    messages: a step retry, a retried or re-executed run, or a run of the batch the stream halted
+    at. Only then is the DLQ read to send nothing twice (it costs a read of the whole DLQ topic)."""
+    if context.retry_number or _attempt(context) or context.run.parent_run_id:
+        return True
+    halt = reg.halt(spec.name)
+    return bool(halt) and halt.get("ranges") == {str(p): list(r) for p, r in ranges.items()}
+
+
 def retry_policy(spec: StreamSpec) -> dg.RetryPolicy | None:
     """Step retries with exponential backoff and jitter: a transient error (the broker, the disk)
     is retried inside the run before the run fails; every wait is a STEP_UP_FOR_RETRY event."""
@@ -111,7 +122,11 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             yield done
             return
         state = expected_state(registry.get(), spec, head, reset)  # the features continue from the checkpoint
-        batch = read_batch(kafka.settings(), spec, ranges, learn_ends=learn_ends, state=state)
+        settings = kafka.settings()
+        already_sent = None
+        if _read_before(context, registry.get(), spec, ranges):  # its dead letters may be on the DLQ already
+            already_sent = lambda: group_reads.dead_lettered(settings, spec, ranges)  # noqa: E731
+        batch = read_batch(settings, spec, ranges, learn_ends=learn_ends, state=state, already_sent=already_sent)
         yield from validated(context, spec, kafka, registry, batch)
 
     @dg.asset(

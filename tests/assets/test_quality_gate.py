@@ -88,6 +88,36 @@ def test_halt_stops_the_stream_until_an_operator_skips(
     assert "sensor glitch" in v1.meta["offset_reset_applied"]["reason"]
 
 
+def test_a_halted_batch_run_again_dead_letters_each_malformed_message_once(
+    kafka_bootstrap, kafka_settings, registry, instance
+):
+    """The batch halts (a rule breaks) after its malformed messages went to the DLQ; running the
+    same ranges again (the halt says: fix the cause, re-execute) must not send them again."""
+    spec = _spec(policy="halt")
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 100)
+    _send(kafka_settings, spec, _bad_rows(3))
+    producer = clients.producer(kafka_settings)
+    for i in range(4):
+        producer.send(spec.events_topic, key=b"m%d" % i, value=b"{not json %d" % i)
+    producer.flush()
+    producer.close()
+    ranges = _next_range(kafka_settings, spec, 0)
+
+    for attempt in range(3):
+        result = run_batch(defs, spec, ranges, instance, raise_on_error=False)
+        assert not _check(result, spec).passed, attempt
+        assert registry.halt(spec.name) is not None
+        letters = [
+            orjson.loads(r.value) for r in read_range(kafka_settings, spec.dlq_topic, _dlq_ranges(kafka_settings, spec))
+        ]
+        assert sorted(letter["offset"] for letter in letters) == [103, 104, 105, 106], attempt
+
+
+def _dlq_ranges(settings, spec) -> dict[int, tuple[int, int]]:
+    return {s.partition: (s.log_start, s.high_water) for s in probe_partitions(settings, spec.dlq_topic, {})}
+
+
 @pytest.mark.parametrize("model", [None, {"estimator": "hist_gradient_boosting_classifier"}], ids=["sgd", "windowed"])
 def test_quarantine_advances_and_replays_exactly_once(model, kafka_bootstrap, kafka_settings, registry, instance):
     spec = _spec(model, policy="quarantine")
