@@ -285,11 +285,17 @@ OLDEST_STAMPS_KEPT = 4096
 
 
 def _remember_oldest(settings: KafkaSettings, topic: str, starts: dict[int, int], oldest: dict[int, int]) -> None:
-    """Keep each polled oldest waiting timestamp and fill in the partitions this probe missed."""
+    """Keep each polled oldest waiting timestamp and fill in the partitions this probe missed.
+
+    A timestamp in the future (a producer clock ahead) would make the row's age negative until that
+    time, so `batch.max_wait_s` would never fire: such a row counts from when a probe first saw it.
+    """
+    now_ms = int(time.time() * 1000)
     for partition, start in starts.items():
         key = (settings.bootstrap, topic, partition, start)
         if partition in oldest:
-            _OLDEST_STAMPS[key] = oldest[partition]
+            stamp = min(oldest[partition], now_ms, _OLDEST_STAMPS.get(key, now_ms))
+            _OLDEST_STAMPS[key] = oldest[partition] = stamp
             _OLDEST_STAMPS.move_to_end(key)
         elif key in _OLDEST_STAMPS:
             oldest[partition] = _OLDEST_STAMPS[key]

@@ -26,7 +26,7 @@ from dagster_project.kafka.io import (
     topic_partitions,
     transaction_support,
 )
-from dagster_project.kafka.offsets import PartitionState
+from dagster_project.kafka.offsets import PartitionState, plan_batch
 from dagster_project.kafka.settings import (
     BOOTSTRAP_ENV,
     CLIENT_ENV,
@@ -142,6 +142,25 @@ def test_oldest_waiting_timestamp_is_the_record_at_next_offset(
     assert s.oldest_waiting_ts_ms == timestamps[expected_index]
     [record] = read_range(kafka_settings, topic, {0: (expected_index, expected_index + 1)})
     assert record.timestamp_ms == s.oldest_waiting_ts_ms
+
+
+def test_a_waiting_row_stamped_in_the_future_ages_from_when_it_was_first_seen(kafka_settings: KafkaSettings) -> None:
+    """A producer clock ahead (30 minutes: Apache Kafka refuses more than an hour by default, Tansu
+    anything): its row's age was negative, so batch.max_wait_s never fired and a slow stream waited
+    for batch.rows rows. It counts from the first probe that saw it instead."""
+    topic = unique_topic()
+    ensure_topics(kafka_settings, [topic], partitions=1)
+    before = int(time.time() * 1000)
+    produce_timestamped(kafka_settings, topic, 0, [before + 30 * 60_000] * 3)
+
+    [first] = probe_partitions(kafka_settings, topic, {0: 0})
+    time.sleep(1.1)
+    [later] = probe_partitions(kafka_settings, topic, {0: 0})
+
+    assert before <= first.oldest_waiting_ts_ms <= int(time.time() * 1000)
+    assert later.oldest_waiting_ts_ms == first.oldest_waiting_ts_ms
+    plan = plan_batch([later], min_rows=200, max_rows=1000, max_wait_s=1.0, now_ms=int(time.time() * 1000))
+    assert plan.ranges == {0: (0, 3)} and "old >= batch.max_wait_s 1" in plan.reason
 
 
 def test_the_oldest_waiting_timestamp_survives_a_fetch_that_brings_the_end_without_records(
