@@ -61,6 +61,11 @@ def test_each_group_step_reads_only_its_own_partitions(kafka_settings, registry,
     (version,) = registry.versions(spec.name)
     assert version.meta["offsets"]["batch"] == {str(p): [s, e] for p, (s, e) in ranges.items()}
 
+    again = run_batch(defs, spec, ranges, instance)  # the same ranges again: learned already, a green no-op
+    (check,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "data_quality"]
+    assert check.passed and "was already learned (v1)" in check.description
+    assert [v.name for v in registry.versions(spec.name)] == ["v1"]
+
 
 def test_a_malformed_message_is_dead_lettered_once_though_its_group_step_failed_and_was_retried(
     kafka_settings, registry, instance, kafka_bootstrap, monkeypatch
