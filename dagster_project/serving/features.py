@@ -126,11 +126,16 @@ class ServingFeatures:
         return np.hstack([X, derived])
 
     def _switch(self, version: str) -> None:
-        """Follow `version` from its checkpoint: the state after its learned offsets."""
+        """Follow `version` from its checkpoint (the state after its learned offsets), brought up to
+        where the scorer had read: a `/predict` after a hot swap on a quiet stream would otherwise
+        miss the events between the two until the next event arrives."""
         log.info("%s: derived features now follow %s (was %s)", self.spec.name, version, self.version)
+        reached = self.positions
         self.version = version
         self.state = state_after(self.registry, self.spec, self.registry.get(self.spec.name, version))
         self.positions = dict(self.registry.get(self.spec.name, version).learned)
+        for partition, offset in reached.items():
+            self._bring_to(partition, offset)
 
     def _bring_to(self, partition: int, offset: int) -> None:
         position = self.positions.get(partition)

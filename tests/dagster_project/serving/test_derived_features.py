@@ -67,6 +67,28 @@ def test_serving_features_equal_training_from_any_version_and_after_a_hot_swap(t
     assert all(np.array_equal(again[k], expected[k]) for k in again)
 
 
+def test_predict_after_a_hot_swap_sees_every_event_the_scorer_read(trained, kafka_settings, registry):
+    """The swap starts from the new version's checkpoint (its learned offsets, before the tail the
+    scorer already read): the state is brought up to the scorer's position at once, not at the next event."""
+    spec = trained
+    events = list(polls(kafka_settings, spec, 10_000))
+    last = max(orjson.loads(r.value)["ts"] for chunk in events for r in chunk)
+    rows = [{"temp": 30.0, "device": f"dev-{d}", "ts": last + 1.0} for d in range(12)]
+
+    def live(first: str) -> np.ndarray:
+        features = ServingFeatures(spec, kafka_settings, registry)
+        for chunk in events:
+            serve(features, spec, first, chunk)
+        return features.append_to("v3", rows, np.zeros((len(rows), 1), np.float32))
+
+    swapped, followed = live("v2"), live("v3")
+    np.testing.assert_array_equal(swapped, followed)
+    checkpoint = state_after(registry, spec, registry.get(spec.name, "v3"))
+    assert any(
+        followed[i, 1:].tolist() != pytest.approx(checkpoint.peek({**r, "features": r})) for i, r in enumerate(rows)
+    )
+
+
 def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings, registry):
     spec = trained
     features = ServingFeatures(spec, kafka_settings, registry)
