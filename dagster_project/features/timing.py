@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from dagster_project.ingest.quoting import quoted
+from dagster_project.ingest.quoting import described, quoted
 from dagster_project.spec import EventTimeSpec, StreamSpec
 
 # Epoch seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC, the range of a date: a time outside it is a
@@ -50,7 +50,7 @@ def event_key(event: dict[str, Any], field: str, in_features: bool) -> str | int
     if value is None:
         raise EventError(f"no key: the event has no {field!r} (derived features group by it)")
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise EventError(f"key {field!r} must be a non-empty string or an integer, got {quoted(value)}")
+        raise EventError(f"key {field!r} must be a non-empty string or an integer, got {described(value)}")
     return value
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dagster_project.ingest.quoting import quoted
+from dagster_project.ingest.quoting import described
 from dagster_project.spec import FeatureSpec, StreamSpec
 
 NULL_CODE = -1.0
@@ -53,15 +53,13 @@ def category_code(feature: FeatureSpec, raw: Any) -> float:
         if isinstance(raw, str) or (isinstance(raw, int) and not isinstance(raw, bool)):
             return float(stable_bucket(raw, feature.buckets))
         raise CategoryError(
-            f"feature {feature.name!r} is a hashed category: send a string or an integer, "
-            f"got {type(raw).__name__} {quoted(raw)}"
+            f"feature {feature.name!r} is a hashed category: send a string or an integer, got {described(raw)}"
         )
     kind = value_kind(feature)
     if not isinstance(raw, kind) or isinstance(raw, bool):
         expected = "a string" if kind is str else "an integer"
         raise CategoryError(
-            f"feature {feature.name!r} is a category with {kind.__name__} values: send {expected}, "
-            f"got {type(raw).__name__} {quoted(raw)}"
+            f"feature {feature.name!r} is a category with {kind.__name__} values: send {expected}, got {described(raw)}"
         )
     return float(feature.category_index.get(raw, len(feature.categories or [])))
 

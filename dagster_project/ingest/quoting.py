@@ -18,3 +18,11 @@ _QUOTING.maxstring, _QUOTING.maxlong, _QUOTING.maxother = 120, 60, 120
 def quoted(value: Any) -> str:
     """`repr(value)`, cut to a readable length (nested containers and long strings end in `...`)."""
     return _QUOTING.repr(value)
+
+
+def described(value: Any) -> str:
+    """`value`'s type and value for a "got ..." message. orjson reads an integer beyond 64 bits as a
+    float, so a client that sent an integer would be told it sent a float: say what happened instead."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        return f"a number beyond 64 bits ({value:g}; send it as a string)"
+    return f"{type(value).__name__} {quoted(value)}"

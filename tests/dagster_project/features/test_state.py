@@ -117,7 +117,17 @@ def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_
         "is not a date between the years 1 and 9999 in epoch s": {**base, "ts": 1e300},
         "'ts' = 1767225600000 is not a date": {**base, "ts": 1_767_225_600_000},  # milliseconds sent as seconds
         # Nested 1,000 deep (valid JSON): quoted short, not a RecursionError that halts the stream.
-        "key 'device' must be a non-empty string or an integer, got [[[[...]]]]": {**base, "device": DEEP, "ts": 1.0},
+        "key 'device' must be a non-empty string or an integer, got list [[[[...]]]]": {
+            **base,
+            "device": DEEP,
+            "ts": 1.0,
+        },
+        # An integer beyond 64 bits, as orjson reads it: not "got float"
+        "got a number beyond 64 bits (1.23457e+29; send it as a string)": {
+            **base,
+            "site": 1.2345678901234568e29,
+            "ts": 1.0,
+        },
         "must be a number or an ISO-8601 string, got list": {**base, "ts": DEEP},
     }
     for reason, bad in cases.items():
