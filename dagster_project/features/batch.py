@@ -31,6 +31,8 @@ def derive(
     keep = np.ones(len(parsed.index), dtype=bool)
     failures = list(parsed.failures)
     loads = orjson.loads
+    if state.max_ahead is None:
+        produced = None  # nothing to check against: no timestamp lookups
     for r, i in enumerate(parsed.index.tolist()):
         try:
             at = produced(i) if produced is not None else None

@@ -43,13 +43,17 @@ class DeadLetter:
 # stays on the events topic at the partition and offset the record names.
 MAX_RECORD_BYTES = 900_000
 MAX_VALUE_BYTES = 64 * 1024
+MAX_REASON_CHARS = 4096  # reasons quote values short (ingest.quoting); this bounds any other
 
 
 def encode(letter: DeadLetter, component: Component) -> bytes:
     """The DLQ record. Raw bytes are kept as text when they are UTF-8, else as `value_base64` (the
     exact bytes); a parsed row (split off after parsing) as an object."""
+    reason = letter.reason
+    if len(reason) > MAX_REASON_CHARS:
+        reason = f"{reason[:MAX_REASON_CHARS]}... ({len(reason)} characters)"
     record = {
-        "reason": letter.reason,
+        "reason": reason,
         "topic": letter.topic,
         "partition": letter.partition,
         "offset": letter.offset,
@@ -108,7 +112,7 @@ class DeadLetterWriter:
         sent = self.pending
         self._futures, self._errors = [], []
         if failed:
-            too_large = "TooLarge" in repr(failed[0])
+            too_large = any(sign in repr(failed[0]) for sign in ("TooLarge", "TOO_LARGE", "too large"))
             fix = (
                 f"a dead letter is larger than {self.dlq_topic} accepts: raise the topic's max.message.bytes "
                 f"to at least {MAX_RECORD_BYTES + 100_000} bytes, then re-execute the run"

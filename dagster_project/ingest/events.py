@@ -264,7 +264,9 @@ class EventParser:
             raise InvalidEvent(f"missing feature(s) {missing}")
         unknown = sorted(set(features) - self._known)
         if unknown:
-            raise InvalidEvent(f"unknown feature(s) {unknown}: add them to the stream spec or stop sending them")
+            raise InvalidEvent(
+                f"unknown feature(s) {quoted(unknown)}: add them to the stream spec or stop sending them"
+            )
         values = [coerce_feature(f, features[f.name]) for f in self._features]
         ts = event.get("ts")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):

@@ -303,6 +303,18 @@ def _remember_oldest(settings: KafkaSettings, topic: str, starts: dict[int, int]
         _OLDEST_STAMPS.popitem(last=False)
 
 
+def _cluster_id(consumer: Any) -> str | None:
+    """The cluster id kafka-python's metadata carries (Metadata v2+); None if it has none."""
+    return getattr(getattr(getattr(consumer, "_client", None), "cluster", None), "cluster_id", None)
+
+
+def _readable(high_water: int | None, stable: int | None) -> int | None:
+    """The end a batch may be planned to: the high-water mark, or the last stable offset before it."""
+    if high_water is None or stable is None or stable < 0:
+        return high_water
+    return min(high_water, stable)
+
+
 def _raise_if_leaderless(settings: KafkaSettings, topic: str) -> None:
     try:
         problems = leader_problems(settings, topic)
@@ -441,6 +453,14 @@ def probe_partitions(
             _raise_if_leaderless(settings, topic)
             beginnings = consumer.beginning_offsets(tps, timeout_ms=int(max(0.1, deadline - time.monotonic()) * 1000))
         log_start = {tp.partition: o for tp, o in beginnings.items()}
+        # The last stable offsets (the reader is read_committed): a batch ends before a transaction
+        # still open, whose records no reader may learn yet (a Flink or Kafka Streams producer keeps
+        # one open for a checkpoint interval); the fetches' high-water marks run past it. Not on
+        # Tansu, whose read_committed ListOffsets answers offsets far behind its high-water marks
+        # (and whose transactions hide nothing anyway).
+        stable: dict[int, int | None] = dict.fromkeys(partitions)
+        if _cluster_id(consumer) != TANSU_CLUSTER_ID:
+            stable = {tp.partition: o for tp, o in consumer.end_offsets(tps).items()}
         starts = {p: next_offsets.get(p, log_start[p]) for p in partitions}
         for tp in tps:
             consumer.seek(tp, starts[tp.partition])
@@ -460,7 +480,7 @@ def probe_partitions(
                 continue
             for tp, records in polled.items():
                 oldest.setdefault(tp.partition, records[0].timestamp)
-            high_water = {tp.partition: consumer.highwater(tp) for tp in tps}
+            high_water = {tp.partition: _readable(consumer.highwater(tp), stable[tp.partition]) for tp in tps}
             if all(h is not None for h in high_water.values()):
                 # A fetch may bring the end offset without a record (seen on Tansu under load): the
                 # oldest waiting row's timestamp, which the age trigger and the early cut need, then

@@ -3,6 +3,7 @@ inspect them and, once satisfied, train them exactly once."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import uuid
@@ -38,14 +39,17 @@ class QuarantineStore:
     def save(self, batch: MicroBatch, validation: dict[str, Any], run_id: str) -> str:
         """Keep the batch's rows; the id of the entry that holds them.
 
-        A batch already held and not replayed (a run that died between saving it and recording the
-        skip, then retried; offsets reset back over it) is not saved twice: two entries of the same
-        rows could both be replayed, and the rows learned twice.
+        A batch already held and not replayed, with the same rows (a run that died between saving it
+        and recording the skip, then retried) is not saved twice: two entries of the same rows could
+        both be replayed, and the rows learned twice. The same offsets with other rows (read again
+        under a changed spec) are a new entry.
         """
         # The rows it holds: a batch's tail is not quarantined with it (the next batch learns it).
         held = {str(p): [s, e] for p, (s, e) in sorted(batch.learned_ranges.items())}
+        digest = _rows_sha256(batch)
         for entry in self.list(batch.stream):
-            if entry.meta["ranges"] == held and not entry.meta.get("replayed_by"):
+            same = entry.meta["ranges"] == held and entry.meta.get("rows_sha256") == digest
+            if same and not entry.meta.get("replayed_by"):
                 return entry.id
         ranges = "_".join(f"p{p}-{s}-{e}" for p, (s, e) in sorted(batch.learned_ranges.items()))
         qid = f"q-{ranges}-{uuid.uuid4().hex[:6]}"
@@ -64,6 +68,7 @@ class QuarantineStore:
             "rows": batch.rows,
             "dlq": batch.dlq,
             "validation": validation,
+            "rows_sha256": digest,
             "run_id": run_id,
             "quarantined_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "replayed_by": None,
@@ -104,3 +109,12 @@ class QuarantineStore:
         tmp = path.with_name(f".meta.{uuid.uuid4().hex}")
         tmp.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         os.replace(tmp, path)
+
+
+def _rows_sha256(batch: MicroBatch) -> str:
+    """What identifies the rows a batch holds: their values, labels, ids and positions."""
+    digest = hashlib.sha256()
+    for array in (batch.X, batch.y, batch.partitions, batch.offsets):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update("\n".join(batch.ids).encode())
+    return digest.hexdigest()

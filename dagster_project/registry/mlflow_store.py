@@ -78,6 +78,7 @@ from dagster_project.registry.store import (
     StaleParent,
     Version,
     _checksums,
+    _is_stored,
     _now,
     _sha256,
     without_state,
@@ -904,9 +905,9 @@ class MlflowRegistry(ModelRegistry):
         return self._state(stream, RESET_KEY)
 
     @_translating("clearing the offset reset")
-    def clear_offset_reset(self, stream: str, applied_by_version: str) -> None:
+    def clear_offset_reset(self, stream: str, applied_by_version: str, applied: dict[str, Any] | None = None) -> None:
         pending = self._state(stream, RESET_KEY)
-        if pending is None:
+        if not _is_stored(pending, applied):
             return
         self._set_record(stream, self._writer_run(stream), f"{APPLIED_RESET}/{applied_by_version}", pending)
         self._clear_state(stream, RESET_KEY)

@@ -340,7 +340,7 @@ class ModelRegistry(abc.ABC):
         stored = self._stored_offset_reset(stream)
         applier = self._applier(stream, stored) if stored is not None else None
         if applier is not None:
-            self.clear_offset_reset(stream, applier)
+            self.clear_offset_reset(stream, applier, applied=stored)
 
     def _applier(self, stream: str, stored: dict[str, Any]) -> str | None:
         """The version whose meta.json records applying `stored` (its `at` makes it unique), if any."""
@@ -354,9 +354,11 @@ class ModelRegistry(abc.ABC):
         """The reset as last set and not yet cleared, applied or not."""
 
     @abc.abstractmethod
-    def clear_offset_reset(self, stream: str, applied_by_version: str) -> None:
+    def clear_offset_reset(self, stream: str, applied_by_version: str, applied: dict[str, Any] | None = None) -> None:
         """Keep the stored reset as applied by `applied_by_version`, then drop it (a crash between the
-        two leaves it stored, and `pending_offset_reset` sees it was applied)."""
+        two leaves it stored, and `pending_offset_reset` sees it was applied). With `applied` (the
+        reset the version applied), only if the stored one is still that: an operator's newer reset,
+        set meanwhile, stays pending."""
 
     @abc.abstractmethod
     def _kept_applied_resets(self, stream: str) -> dict[str, dict[str, Any]]:
@@ -576,10 +578,19 @@ class FilesystemRegistry(ModelRegistry):
         fix = f"delete it and run `streamfit offsets reset {stream} --to earliest|latest` again"
         return _read_json(path, fix) if path.exists() else None
 
-    def clear_offset_reset(self, stream: str, applied_by_version: str) -> None:
+    def clear_offset_reset(self, stream: str, applied_by_version: str, applied: dict[str, Any] | None = None) -> None:
         path = self._stream_dir(stream) / "offset_reset.json"
-        if path.exists():
+        if not path.exists() or not _is_stored(self._stored_offset_reset(stream), applied):
+            return
+        try:
             os.replace(path, self._stream_dir(stream) / f"offset_reset.applied-{applied_by_version}.json")
+        except FileNotFoundError:  # another writer kept it as applied just now
+            pass
+
+
+def _is_stored(stored: dict[str, Any] | None, applied: dict[str, Any] | None) -> bool:
+    """Whether `stored` is the reset a version applied (`applied`; None: whichever is stored)."""
+    return stored is not None and (applied is None or without_state(stored) == without_state(applied))
 
 
 def with_state(record: dict[str, Any], feature_state: bytes | None) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def register_batch(
         meta["feature_state"] = {"moved": moved, **((batch.feature_counters or {}) if moved else {})}
     version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta, feature_state)
     if reset:
-        registry.clear_offset_reset(spec.name, version.name)
+        registry.clear_offset_reset(spec.name, version.name, applied=reset)
     halt = registry.halt(spec.name)
     if halt and not extra and halt.get("ranges") == {str(p): list(r) for p, r in batch.ranges.items()}:
         registry.clear_halt(spec.name, {"resolution": f"the batch was learned by {version.name}", "run_id": run_id})

@@ -131,9 +131,9 @@ class ServingFeatures:
         miss the events between the two until the next event arrives."""
         log.info("%s: derived features now follow %s (was %s)", self.spec.name, version, self.version)
         reached = self.positions
-        self.version = version
-        self.state = state_after(self.registry, self.spec, self.registry.get(self.spec.name, version))
-        self.positions = dict(self.registry.get(self.spec.name, version).learned)
+        followed = self.registry.get(self.spec.name, version)
+        state = state_after(self.registry, self.spec, followed)  # may fail: then nothing changed
+        self.version, self.state, self.positions = version, state, dict(followed.learned)
         for partition, offset in reached.items():
             self._bring_to(partition, offset)
 

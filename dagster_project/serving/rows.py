@@ -26,6 +26,7 @@ from dagster_project.ingest.events import (
     InvalidEvent,
     coerce_feature,  # the event contract's exact type rules
 )
+from dagster_project.ingest.quoting import quoted
 from dagster_project.serving.limits import RequestError
 from dagster_project.spec import StreamSpec
 
@@ -190,7 +191,7 @@ def _check_each_value(spec: StreamSpec, rows: list[Any]) -> np.ndarray:
         if missing_all:
             parts.append(f"missing feature(s) {sorted(missing_all)}")
         if unknown_all:
-            parts.append(f"unknown feature(s) {sorted(unknown_all)}")
+            parts.append(f"unknown feature(s) {quoted(sorted(unknown_all))}")
         if len(parts) < bad_rows and any("errors" in p for p in problems):
             parts.append("invalid values")
         raise RequestError(

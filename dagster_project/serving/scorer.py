@@ -50,7 +50,7 @@ from kafka.errors import (
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetterError
 from dagster_project.kafka import clients
-from dagster_project.kafka.io import check_reachable, ensure_topics
+from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
@@ -285,7 +285,9 @@ class Scorer:
             producer = clients.producer(self.settings, **({"acks": "all"} | self.producer_overrides))
         else:
             producer = clients.fast_producer(self.settings, acks="all")
-        self._read_committed = exactly_once
+        # read_committed wherever transactions work, in either mode: an upstream producer's aborted
+        # events are never scored or counted in derived features, as training's reads never learn them.
+        self._read_committed = exactly_once or read_isolation(self.settings) == "read_committed"
         self._producer = producer  # exactly-once replaces it after a fatal producer error
         self._inflight = None
         consumer = self._open_consumer()
@@ -308,7 +310,7 @@ class Scorer:
         self._generation += 1
         generation = self._generation
         self._member_assigned = False
-        # read_committed in exactly-once mode: events written in transactions upstream count once committed
+        # read_committed: events written in transactions upstream count once committed
         consumer = open_consumer(
             self.client,
             self.settings,

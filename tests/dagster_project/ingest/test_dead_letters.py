@@ -114,3 +114,16 @@ def test_split_off_rows_fail_the_batch_when_the_broker_stops_mid_send(tmp_path) 
         # Bounded by the timeouts (kafka-python's own bootstrap wait was 30 s per producer): the run fails and
         # Dagster retries it.
         assert time.monotonic() - started < 30
+
+
+def test_a_reason_quoting_a_huge_field_name_is_cut_and_the_record_fits() -> None:
+    """An 800 KB event whose one feature name is 400,000 U+0085: its 'unknown feature' reason alone
+    was 1.6 MB, so its dead letter could never be written."""
+    name = "\u0085" * 400_000
+    raw = orjson.dumps({"id": "e1", "features": {"f": 1.0, "i": 2, name: 1}, "label": 1})
+    with pytest.raises(InvalidEvent) as refused:
+        EventParser(SPEC).parse(raw)
+    assert len(str(refused.value)) < 1000  # the name is quoted short
+    encoded = encode(DeadLetter("x" * 2_000_000, "s.events", 0, 1, None, raw), "trainer")
+    assert len(encoded) <= MAX_RECORD_BYTES
+    assert orjson.loads(encoded)["reason"].endswith("... (2000000 characters)")

@@ -481,7 +481,8 @@ def test_a_range_read_never_yields_an_aborted_transaction_and_names_an_open_one(
     kafka_settings: KafkaSettings, broker_kind: str, client: str
 ) -> None:
     """Both clients read committed records only (kafka-python read uncommitted ones: the same offsets
-    trained differently by client). A range planned over a still-open transaction stalls, and says so."""
+    trained differently by client). The sensor's probe plans up to a still-open transaction, and a
+    range read over one (planned earlier) stalls, and says so."""
     if broker_kind == "tansu" or not transaction_support(kafka_settings).works:
         pytest.skip("needs working Kafka transactions; Tansu's aborted records leak to read_committed readers")
     settings = replace(kafka_settings, client=client)
@@ -517,6 +518,8 @@ def test_a_range_read_never_yields_an_aborted_transaction_and_names_an_open_one(
         transactional.begin_transaction()
         transactional.send(topic, value=b"open", partition=0)
         transactional.flush()
+        [state] = probe_partitions(settings, topic, {0: 0})
+        assert state.high_water == end, "a batch is planned up to the open transaction, not past it"
         with pytest.raises(
             BrokerUnavailable, match=f"a producer's transaction is still open .*readable up to {{0: {end}}}"
         ):

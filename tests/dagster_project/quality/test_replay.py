@@ -109,6 +109,8 @@ def test_a_quarantine_retried_after_a_crash_keeps_one_entry_of_the_batch(registr
 
     assert [entry.id for entry in QuarantineStore().list(spec.name)] == [qid]
     assert registry.pending_offset_reset(spec.name)["reason"].startswith(f"quarantined {qid}")
+    other_rows = hand_batch(spec, 60, start=100, seed=999)  # the same offsets read again as other rows
+    assert QuarantineStore().save(other_rows, {}, "run-later") != qid
 
 
 def test_replay_before_the_next_batch_applies_the_pending_skip(registry, kafka_settings) -> None:

@@ -415,3 +415,34 @@ def test_a_crash_after_a_version_applied_a_reset_never_applies_it_again_and_keep
     v4 = register_next(60, partition=0)
     assert v4.learned == {0: 80, 1: 420} and v4.meta["offset_reset_applied"] is None
     assert sorted(registry.applied_offset_resets(spec.name)) == ["v2", "v3"]
+
+
+def test_an_operator_s_reset_set_while_a_version_applies_the_previous_one_stays_pending(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version applying reset R1 is committed; before R1 is cleared, an operator sets R2. Clearing
+    must keep R1 as applied and leave R2 pending (it moved whatever was stored: R2 was lost)."""
+    from dagster_project.learning.estimators import build_model, partial_fit
+    from dagster_project.onnx.export import export_onnx
+
+    spec = synthetic_spec(partitions=1)
+    parity = {"max_abs_diff": 1e-7, "label_mismatches": 0, "rows": 20, "passed": True, "export_seconds": 0.02}
+    batch = hand_batch(spec, 20, start=50, seed=1)
+    model = build_model(spec)
+    partial_fit(model, batch.X, batch.y, np.arange(2))
+    first = registry.set_pending_offsets(spec.name, {0: 50}, reason="start late", by="alice")
+    real_register = type(registry).register
+
+    def register_then_operator_resets(self, *args, **kwargs):
+        version = real_register(self, *args, **kwargs)
+        self.set_pending_offsets(spec.name, {0: 500}, reason="skip a bad hour", by="bob")
+        return version
+
+    monkeypatch.setattr(type(registry), "register", register_then_operator_resets)
+    v1 = register_batch(
+        registry, spec, batch, Trained(model, None, {"accuracy": 0.8}, batch.rows), export_onnx(model, 5), parity, "r1"
+    )
+
+    assert v1.meta["offset_reset_applied"] == first
+    assert registry.pending_offset_reset(spec.name)["reason"] == "skip a bad hour"
+    assert set(registry.applied_offset_resets(spec.name)) == {"v1"}
