@@ -193,7 +193,10 @@ class LabelJoiner:
         log.warning("%s: poll failed (%r); polling again", self.spec.name, exc)
 
     def _handle(self, tp, record) -> None:
-        ts = float(record.timestamp) if record.timestamp and record.timestamp > 0 else time.time() * 1000.0
+        # A record stamped in the future (a producer clock ahead) counts from its arrival: its stamp
+        # would keep it at the head of the eviction queue, and nothing behind it would ever expire.
+        now = time.time() * 1000.0
+        ts = min(float(record.timestamp), now) if record.timestamp and record.timestamp > 0 else now
         self._last_ts[tp] = ts
         side = "predictions" if tp.topic == self.spec.predictions_topic else "labels"
         try:

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from dagster_project.ingest.events import label_key
+from dagster_project.ingest.events import MAGNITUDE_LIMIT, label_key
+from dagster_project.ingest.quoting import described, quoted
 from dagster_project.spec import StreamSpec
 
 
@@ -23,8 +24,11 @@ class InvalidRecord(ValueError):
 
 def _record_id(obj: dict[str, Any]) -> str:
     event_id = obj.get("id")
-    if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
+    if event_id is None or event_id == "":
         raise InvalidRecord("record has no 'id' (string or integer)")
+    if not isinstance(event_id, str | int) or isinstance(event_id, bool):
+        # orjson reads an integer beyond 64 bits as a float: say so, not "no id"
+        raise InvalidRecord(f"record 'id' must be a string or an integer within 64 bits, got {described(event_id)}")
     return str(event_id)
 
 
@@ -54,10 +58,12 @@ class RecordParser:
     def _target(self, value: Any, what: str) -> Any:
         if self.task == "classification":
             if not isinstance(value, str | int | float) or label_key(value) not in self._class_keys:
-                raise InvalidRecord(f"{what} {value!r} is not one of the spec's classes {self.classes}")
+                raise InvalidRecord(f"{what} {quoted(value)} is not one of the spec's classes {self.classes}")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidRecord(f"regression {what} must be a finite number, got {value!r}")
+            raise InvalidRecord(f"regression {what} must be a finite number, got {quoted(value)}")
+        if abs(value) > MAGNITUDE_LIMIT:  # as training refuses it; its squared error would overflow to inf
+            raise InvalidRecord(f"regression {what} {value!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}")
         return float(value)
 
     def prediction(self, raw: bytes | None) -> tuple[str, str, Any]:
@@ -94,7 +100,10 @@ def event_ms(prediction: dict[str, Any]) -> float | None:
     waiting event's timestamp, and the early cut counts only rows whose event is not older (`cut_evidence`)."""
     ts, latency = prediction.get("ts"), prediction.get("latency_ms")
     numbers = all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in (ts, latency))
-    return float(ts) * 1000.0 - float(latency) if numbers else None
+    if not numbers:
+        return None
+    served = float(ts) * 1000.0 - float(latency)
+    return served if math.isfinite(served) else None  # ts 1e306 s overflows in ms
 
 
 def make_label(event_id: str, label: Any, ts: float | None = None) -> bytes:

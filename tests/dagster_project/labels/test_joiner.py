@@ -421,3 +421,23 @@ def test_checkpoints_keep_joined_rows_by_their_events_time(kafka_settings: Kafka
     event_bucket = (served_s * 1000 - 30_000) // width * width
     assert buckets.pop(event_bucket) == 20
     assert sum(buckets.values()) == 5 and all(served_s * 1000 - width < b <= sent_ms for b in buckets)
+
+
+def test_a_label_stamped_in_the_future_does_not_stop_older_ones_expiring(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Its record timestamp (a producer clock 50 minutes ahead: Apache Kafka refuses more than an hour
+    by default) kept it at the head of the eviction queue, so no label behind it expired by time
+    within the hour. It counts from its arrival instead."""
+    spec = synthetic_spec(labels={"flush_interval_s": 0.2, "join_window_s": 1.0})
+    root = tmp_path / "registry"
+    producer = clients.producer(kafka_settings, acks="all")
+    ahead_ms = int((time.time() + 3000) * 1000)
+    key, value = label("future", 1)
+    futures = [producer.send(spec.labels_topic, key=key, value=value, timestamp_ms=ahead_ms)]
+    futures += [producer.send(spec.labels_topic, key=k, value=v) for k, v in (label(f"u{i}", 0) for i in range(5))]
+    producer.flush(timeout=30)
+    producer.close()
+    assert all(f.succeeded() for f in futures)
+    with running_joiner(spec, kafka_settings, root) as joiner:
+        wait_for(lambda: counters(joiner)["evicted_labels"] == 6, 20, "every unjoined label expired")

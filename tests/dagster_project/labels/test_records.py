@@ -24,11 +24,17 @@ def test_record_parser_uses_the_event_label_rule() -> None:
     regression = RecordParser(synthetic_spec(task="regression", model={"estimator": "sgd_regressor"}, label={}))
     with pytest.raises(ValueError, match="finite number"):
         regression.label(make_label("e", True))
+    # 1e200 is finite, but its squared error is not: the joiner's checkpoint stored null and every
+    # restart crashed on it. Refused as training refuses it.
+    with pytest.raises(ValueError, match="regression label 1e\\+200 is beyond the magnitude limit"):
+        regression.label(make_label("e", 1e200))
+    with pytest.raises(ValueError, match="'id' must be a string or an integer within 64 bits, got a number beyond"):
+        numbers.label(b'{"id": 123456789012345678901234567890, "label": 1}')
 
 
 def test_a_prediction_s_event_time_is_its_ts_less_its_latency() -> None:
     parser = RecordParser(synthetic_spec(label={"classes": [0, 1]}))
     body = {"id": "e", "prediction": 1, "model_version": "v1", "ts": 1000.5, "latency_ms": 250.0}
     assert parser.timed_prediction(orjson.dumps(body)) == ("e", "v1", 1, 1_000_250.0)
-    for missing in ({"latency_ms": None}, {"ts": None}, {"latency_ms": "250"}):
+    for missing in ({"latency_ms": None}, {"ts": None}, {"latency_ms": "250"}, {"ts": 1e306}):  # 1e306 s: inf ms
         assert parser.timed_prediction(orjson.dumps(body | missing))[3] is None
