@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import operator_name, registry, stream_spec
+from dagster_project.cli.common import operator_name, registry, stream_argument, stream_spec
 
 
 @click.group()
@@ -18,7 +18,7 @@ def batches() -> None:
 
 
 @batches.command("skip")
-@click.argument("stream")
+@stream_argument
 @click.option("--reason", required=True, help="Why the batch is skipped (recorded with your name).")
 def batches_skip(stream: str, reason: str) -> None:
     """Skip the batch a halt stopped at (data quality or a failed run); the next version records who skipped what."""

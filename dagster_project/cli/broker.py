@@ -13,11 +13,12 @@ import time
 import click
 from click.core import ParameterSource
 
+from dagster_project.cli.common import PORT
 from dagster_project.kafka.settings import BOOTSTRAP_ENV
 
 
 @click.command()
-@click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
+@click.option("--port", type=PORT, default=None, help="Port to listen on (default: a free one).")
 @click.option("--kafka", is_flag=True, help="Start an Apache Kafka KRaft cluster instead of the embedded broker.")
 @click.option(
     "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Brokers in the --kafka cluster."

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
+from dagster_project.cli.common import PORT
+
 
 @click.command("code-server")
 @click.option("-m", "--module-name", default="dagster_project.definitions", show_default=True)
 @click.option("-h", "--host", default="127.0.0.1", show_default=True, help="0.0.0.0: every interface.")
-@click.option("-p", "--port", type=int, default=4000, show_default=True)
+@click.option("-p", "--port", type=PORT, default=4000, show_default=True)
 @click.option("--location-name", default="streamfit", show_default=True)
 @click.option("-d", "--working-directory", default=None, help="Directory the module is imported from.")
 def code_server(module_name: str, host: str, port: int, location_name: str, working_directory: str | None) -> None:

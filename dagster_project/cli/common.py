@@ -8,7 +8,9 @@ CLI (for `streamfit --help`, say) stays cheap.
 from __future__ import annotations
 
 import getpass
+import math
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -67,3 +69,41 @@ def echo_json(data: Any) -> None:
     import orjson
 
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def _stream_name(ctx: click.Context, param: click.Parameter, name: str) -> str:
+    """A stream name as specs have it: lowercase letters, digits and '_' (never a path)."""
+    from dagster_project.spec import STREAM_NAME_PATTERN
+
+    if not re.fullmatch(STREAM_NAME_PATTERN, name):
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise click.BadParameter(
+            f"{shown!r} is not a stream name: a lowercase letter, then up to 62 lowercase letters, digits or '_'"
+        )
+    return name
+
+
+stream_argument = click.argument("stream", callback=_stream_name)
+
+PORT = click.IntRange(0, 65535)  # a TCP port (0: a free one)
+
+
+class PositiveSeconds(click.ParamType):
+    """A duration in seconds above zero; `nan` and `inf` are refused (click's FloatRange lets nan through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} must be a finite number of seconds above 0", param, ctx)
+        return seconds
+
+
+class PositiveRate(PositiveSeconds):
+    """Events per second above zero, finite."""
+
+    name = "rate"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from dagster_project.cli.common import PORT
+
 
 @click.command()
 @click.option("--versions", type=int, default=None, help="Stop once this many versions exist (default: Ctrl-C).")
@@ -24,7 +26,7 @@ import click
     help="Stop once the replay is learned and the concept change was acted on (what `make demo` runs).",
 )
 @click.option("--change-at", type=int, default=10_000, show_default=True, help="Row of the concept change.")
-@click.option("--ui-port", type=int, default=None, help="Dagster UI port (default: a free one).")
+@click.option("--ui-port", type=PORT, default=None, help="Dagster UI port (default: a free one).")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
 def demo(
     versions: int | None,

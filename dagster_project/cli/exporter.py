@@ -10,11 +10,11 @@ import time
 
 import click
 
-from dagster_project.cli.common import kafka_settings, registry
+from dagster_project.cli.common import PORT, kafka_settings, registry
 
 
 @click.command()
-@click.option("--port", type=int, default=9108, show_default=True)
+@click.option("--port", type=PORT, default=9108, show_default=True)
 @click.option(
     "--addr", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; no auth)."
 )

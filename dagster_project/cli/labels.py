@@ -10,7 +10,15 @@ import signal
 
 import click
 
-from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_spec
+from dagster_project.cli.common import (
+    PORT,
+    PositiveRate,
+    PositiveSeconds,
+    bootstrap_option,
+    kafka_settings,
+    stream_argument,
+    stream_spec,
+)
 
 
 @click.group()
@@ -19,15 +27,19 @@ def labels() -> None:
 
 
 @labels.command("join")
-@click.argument("stream")
+@stream_argument
 @bootstrap_option
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
+@click.option("--metrics-port", type=PORT, default=None, help="Serve Prometheus metrics on this port (0: a free one).")
 @click.option(
     "--metrics-addr", default="127.0.0.1", show_default=True, help="Address for metrics (0.0.0.0: every interface)."
 )
-@click.option("--window", "window_s", type=float, default=None, help="Join window in seconds (default: the spec's).")
+@click.option(
+    "--window", "window_s", type=PositiveSeconds(), default=None, help="Join window in seconds (default: the spec's)."
+)
 @click.option("--max-pending", type=click.IntRange(min=1), default=None, help="Most waiting entries (default: spec).")
-@click.option("--flush-interval", "flush_interval_s", type=float, default=None, help="Seconds between checkpoints.")
+@click.option(
+    "--flush-interval", "flush_interval_s", type=PositiveSeconds(), default=None, help="Seconds between checkpoints."
+)
 def labels_join(
     stream: str,
     bootstrap: str | None,
@@ -99,7 +111,7 @@ def labels_join(
 
 
 @labels.command("produce")
-@click.argument("stream")
+@stream_argument
 @click.option(
     "--source",
     type=click.Choice(["census", "phishing", "sensors", "synthetic"]),
@@ -108,7 +120,7 @@ def labels_join(
 )
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First event of the source.")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="How many labels (default: all).")
-@click.option("--rate", type=float, default=None, help="Labels per second (default: as fast as possible).")
+@click.option("--rate", type=PositiveRate(), default=None, help="Labels per second (default: as fast as possible).")
 @click.option("--shuffle-seed", type=int, default=None, help="Send the labels in a shuffled order.")
 @bootstrap_option
 def labels_produce(
@@ -140,7 +152,7 @@ def labels_produce(
 
 
 @labels.command("show")
-@click.argument("stream")
+@stream_argument
 def labels_show(stream: str) -> None:
     """Live quality per model version, from the registry's live_metrics.jsonl."""
     from dagster_project.labels import live_summary

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import echo_json, operator_name, registry
+from dagster_project.cli.common import echo_json, operator_name, registry, stream_argument
 
 
 @click.group()
@@ -17,7 +17,7 @@ def models() -> None:
 
 
 @models.command("list")
-@click.argument("stream")
+@stream_argument
 def models_list(stream: str) -> None:
     """Every version with its offsets and metrics; broken entries are flagged with the fix."""
     from dagster_project.registry.store import BrokenVersion, RegistryError
@@ -42,7 +42,7 @@ def models_list(stream: str) -> None:
 
 
 @models.command("show")
-@click.argument("stream")
+@stream_argument
 @click.argument("version")
 def models_show(stream: str, version: str) -> None:
     """One version's meta.json (offsets, metrics, parity, profile)."""
@@ -59,7 +59,7 @@ def models_show(stream: str, version: str) -> None:
 
 
 @models.command("promote")
-@click.argument("stream")
+@stream_argument
 @click.argument("version")
 @click.option("--reason", default="manual promotion", show_default=True)
 def models_promote(stream: str, version: str, reason: str) -> None:
@@ -74,7 +74,7 @@ def models_promote(stream: str, version: str, reason: str) -> None:
 
 
 @models.command("rollback")
-@click.argument("stream")
+@stream_argument
 @click.option("--reason", default="manual rollback", show_default=True)
 def models_rollback(stream: str, reason: str) -> None:
     """Return the champion to the last good one before it (scorers follow within seconds)."""

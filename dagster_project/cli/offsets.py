@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import bootstrap_option, kafka_settings, operator_name, registry, stream_spec
+from dagster_project.cli.common import (
+    bootstrap_option,
+    kafka_settings,
+    operator_name,
+    registry,
+    stream_argument,
+    stream_spec,
+)
+from dagster_project.kafka.settings import KafkaSettings
 
 
 @click.group()
@@ -17,7 +25,7 @@ def offsets() -> None:
 
 
 @offsets.command("show")
-@click.argument("stream")
+@stream_argument
 @bootstrap_option
 def offsets_show(stream: str, bootstrap: str | None) -> None:
     """Learned offsets, the broker's ends and the lag, per partition."""
@@ -27,6 +35,7 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
     head, expected, reset = expected_offsets(registry(), stream)
+    reachable(settings)
     committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
     click.echo(
         f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {without_state(reset)}" if reset else "")
@@ -48,18 +57,33 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 
 
 @offsets.command("reset")
-@click.argument("stream")
+@stream_argument
 @click.option("--to", "position", type=click.Choice(["earliest", "latest"]), required=True)
 @click.option("--reason", default="operator reset", show_default=True)
 @bootstrap_option
 def offsets_reset(stream: str, position: str, reason: str, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
-    from dagster_project.kafka.io import probe_partitions
+    from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
 
     spec = stream_spec(stream)
-    states = probe_partitions(kafka_settings(bootstrap), spec.events_topic, {})
+    settings = kafka_settings(bootstrap)
+    reachable(settings)
+    try:
+        states = probe_partitions(settings, spec.events_topic, {})
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
     if not states:
         raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
     target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+
+
+def reachable(settings: KafkaSettings) -> None:
+    """A one-line error naming the fix when no broker answers (in seconds, not after a 30 s bootstrap)."""
+    from dagster_project.kafka.io import BrokerUnavailable, check_reachable
+
+    try:
+        check_reachable(settings)
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc

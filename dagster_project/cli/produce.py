@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_spec
+from dagster_project.cli.common import PositiveRate, bootstrap_option, kafka_settings, stream_argument, stream_spec
 
 
 @click.command()
-@click.argument("stream")
+@stream_argument
 @click.option(
     "--source",
     default=None,
     help="census, phishing, sensors, synthetic, or a .jsonl file (default: the stream's name).",
 )
-@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
-@click.option("--limit", type=int, default=None, help="Stop after this many events.")
+@click.option("--rate", type=PositiveRate(), default=None, help="Events per second (default: as fast as possible).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Stop after this many events.")
 @bootstrap_option
 def produce(stream: str, source: str | None, rate: float | None, limit: int | None, bootstrap: str | None) -> None:
     """Write events to <stream>.events in the contract format."""

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import bootstrap_option, echo_json, operator_name, registry, stream_spec
+from dagster_project.cli.common import (
+    bootstrap_option,
+    echo_json,
+    operator_name,
+    registry,
+    stream_argument,
+    stream_spec,
+)
 
 
 @click.group()
@@ -17,7 +24,7 @@ def quarantine() -> None:
 
 
 @quarantine.command("list")
-@click.argument("stream")
+@stream_argument
 def quarantine_list(stream: str) -> None:
     """Every quarantined batch with its failure summary and replay state."""
     from dagster_project.quality.quarantine import QuarantineStore
@@ -33,7 +40,7 @@ def quarantine_list(stream: str) -> None:
 
 
 @quarantine.command("show")
-@click.argument("stream")
+@stream_argument
 @click.argument("quarantine_id")
 def quarantine_show(stream: str, quarantine_id: str) -> None:
     """The validation result of one quarantined batch."""
@@ -47,7 +54,7 @@ def quarantine_show(stream: str, quarantine_id: str) -> None:
 
 
 @quarantine.command("replay")
-@click.argument("stream")
+@stream_argument
 @click.argument("quarantine_id")
 @click.option("--force", is_flag=True, help="Train it even if it still fails its checks.")
 @bootstrap_option

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import bootstrap_option, kafka_settings, stream_spec
+from dagster_project.cli.common import PORT, bootstrap_option, kafka_settings, stream_argument, stream_spec
 
 
 @click.command()
-@click.argument("stream")
-@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port (0: a free one).")
+@stream_argument
+@click.option("--port", type=PORT, default=8080, show_default=True, help="HTTP port (0: a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0 for every interface).")
 @bootstrap_option
 @click.option("--group", default=None, help="Consumer group (default: streamfit-<stream>-scorers).")

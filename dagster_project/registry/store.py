@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from dagster_project.names import VERSION_NAME, version_name, version_number
+from dagster_project.names import VERSION_NAME, is_version_name, version_name, version_number
 
 ONNX_FILE = "model.onnx"
 # How a champion-history reason says the alias moved other than by the gate (whose reason is its
@@ -83,12 +83,26 @@ class BrokenVersion:
         return version_number(self.name)
 
 
-def _read_json(path: Path, fix: str) -> Any:
-    """One JSON document, or BrokenRegistryFile naming the file and what to do."""
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    """One JSON object (every registry document is one), or BrokenRegistryFile naming the file and what to do."""
     try:
-        return orjson.loads(path.read_bytes())
+        document = orjson.loads(path.read_bytes())
     except (orjson.JSONDecodeError, OSError) as exc:
         raise BrokenRegistryFile(f"{path} cannot be read ({exc}): {fix}", path) from exc
+    if not isinstance(document, dict):
+        raise BrokenRegistryFile(f"{path} holds a JSON {type(document).__name__}, not an object: {fix}", path)
+    return document
+
+
+def _offsets_of(path: Path, ranges: Any, fix: str) -> dict[int, int]:
+    """`{partition: offset}` from a record's `{"<p>": offset or [start, end]}`, or BrokenRegistryFile."""
+    try:
+        out = {int(p): int(v[1] if isinstance(v, list) else v) for p, v in ranges.items()}
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:
+        raise BrokenRegistryFile(f"{path} holds no offsets ({exc!r}): {fix}", path) from exc
+    if any(p < 0 or o < 0 for p, o in out.items()):
+        raise BrokenRegistryFile(f"{path} holds a negative partition or offset {out}: {fix}", path)
+    return out
 
 
 def _read_jsonl(path: Path, fix: str) -> list[Any]:
@@ -102,12 +116,17 @@ def _read_jsonl(path: Path, fix: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(orjson.loads(line))
+            record = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             if number == len(lines):
                 log.warning("%s: ignoring a torn last line (%s)", path, exc)
                 break
             raise BrokenRegistryFile(f"{path} line {number} is not valid JSON ({exc}): {fix}", path) from exc
+        if not isinstance(record, dict):
+            raise BrokenRegistryFile(
+                f"{path} line {number} is a JSON {type(record).__name__}, not a record: {fix}", path
+            )
+        records.append(record)
     return records
 
 
@@ -419,9 +438,17 @@ class FilesystemRegistry(ModelRegistry):
         path = self._stream_dir(stream) / version / META_FILE
         if not path.exists():
             raise BrokenRegistryFile(f"{path} is missing: restore it from a backup, or move {path.parent} aside", path)
-        return _read_json(path, f"restore it from a backup, or move {path.parent} out of the registry")
+        fix = f"restore it from a backup, or move {path.parent} out of the registry"
+        meta = _read_json(path, fix)
+        offsets = meta.get("offsets")
+        if not isinstance(offsets, dict) or not isinstance(offsets.get("learned"), dict):
+            raise BrokenRegistryFile(f"{path} records no learned offsets (offsets.learned): {fix}", path)
+        _offsets_of(path, offsets["learned"], fix)
+        return meta
 
     def get(self, stream: str, version: str) -> Version:
+        if not is_version_name(version):  # never a path: "v2/", "../other/v1"
+            raise RegistryError(f"{version!r} is not a version name (v1, v2, ...); `streamfit models list {stream}`")
         if not (self._stream_dir(stream) / version).is_dir():
             raise RegistryError(f"{stream} has no version {version!r}; `streamfit models list {stream}` shows them")
         return Version(stream, version, self._read_meta(stream, version))
@@ -556,7 +583,12 @@ class FilesystemRegistry(ModelRegistry):
     def halt(self, stream: str) -> dict[str, Any] | None:
         path = self._stream_dir(stream) / "halt.json"
         fix = f"check the failed run in the Dagster UI, then delete {path} or run `streamfit batches skip {stream}`"
-        return _read_json(path, fix) if path.exists() else None
+        if not path.exists():
+            return None
+        halt = _read_json(path, fix)
+        _offsets_of(path, halt.get("ranges"), fix)  # what `batches skip` moves past
+        _offsets_of(path, halt.get("learned_ends") or {}, fix)
+        return halt
 
     def clear_halt(self, stream: str, resolution: dict[str, Any]) -> None:
         halt = self.halt(stream)

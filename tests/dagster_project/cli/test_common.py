@@ -56,3 +56,41 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     )
     assert "Streamfit: keep models learning from Kafka, orchestrated by Dagster." in out.stdout
     assert "quarantine" in out.stdout and "labels" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["models", "list", "../x"], "'../x' is not a stream name"),
+        (["models", "promote", "a/b", "v1"], "'a/b' is not a stream name"),
+        (["quarantine", "list", "x" * 5000], "is not a stream name"),
+        (["labels", "show", "Ünï"], "is not a stream name"),
+        (["labels", "join", "s", "--window", "nan"], "'nan' must be a finite number of seconds above 0"),
+        (["labels", "join", "s", "--flush-interval", "inf"], "must be a finite number of seconds above 0"),
+        (["produce", "s", "--rate", "nan"], "must be a finite number"),
+        (["produce", "s", "--limit", "-1"], "-1 is not in the range x>=0"),
+        (["serve", "s", "--port", "99999"], "99999 is not in the range 0<=x<=65535"),
+        (["exporter", "--port", "65536"], "65536 is not in the range 0<=x<=65535"),
+    ],
+)
+def test_hostile_arguments_are_one_line_errors_before_anything_runs(cli, args: list[str], message: str) -> None:
+    """A path as a stream name wrote the champion alias outside STREAMFIT_HOME (`../../evil`); nan as a
+    window made a joiner that never joined; an out-of-range port was a traceback."""
+    result = cli(*args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_version_name_that_is_a_path_is_refused(cli, streamfit_home: Path) -> None:
+    """`models promote s v2/` set the alias to "v2/": the exporter's scrape then failed on it."""
+    (streamfit_home / "registry" / "s" / "v2").mkdir(parents=True)
+    result = cli("models", "promote", "s", "v2/")
+    assert result.exit_code == 1 and "'v2/' is not a version name (v1, v2, ...)" in result.output, result.output
+    assert not (streamfit_home / "registry" / "s" / "champion").exists()
+
+
+def test_offsets_commands_without_a_broker_are_one_line_errors(cli, spec) -> None:
+    for args in (["show", spec.name], ["reset", spec.name, "--to", "latest"]):
+        result = cli("offsets", *args, "--bootstrap", "127.0.0.1:1")
+        assert result.exit_code == 1 and "Kafka broker unreachable" in result.output, result.output
+        assert "Traceback" not in result.output

@@ -9,6 +9,7 @@ from sklearn.preprocessing import StandardScaler
 from dagster_project.registry.store import (
     ESTIMATOR_FILE,
     ONNX_FILE,
+    BrokenRegistryFile,
     ChecksumMismatch,
     FilesystemRegistry,
     RegistryError,
@@ -188,3 +189,32 @@ def test_a_newer_reset_replaces_the_pending_one(registry: FilesystemRegistry) ->
     registry.set_pending_offsets(STREAM, {0: 3, 1: 4}, reason="first", by="bob")
     registry.set_pending_offsets(STREAM, {0: 9}, reason="second", by="bob")
     assert registry.pending_offset_reset(STREAM)["offsets"] == {"0": 9}
+
+
+@pytest.mark.parametrize(
+    ("file_name", "content", "message"),
+    [
+        ("v2/meta.json", b"[]", "holds a JSON list, not an object"),
+        ("v2/meta.json", b"{}", "records no learned offsets"),
+        ("v2/meta.json", b'{"offsets": {"learned": {"0": "x"}}}', "holds no offsets"),
+        ("champion_history.jsonl", b'[1]\n{"version": "v1"}\n', "line 1 is a JSON list, not a record"),
+        ("halt.json", b"{}", "holds no offsets"),
+        ("halt.json", b'{"ranges": {"0": [0, -3]}}', "holds a negative partition or offset"),
+    ],
+)
+def test_a_damaged_file_that_is_still_json_is_named_with_its_fix(
+    registry: FilesystemRegistry, file_name: str, content: bytes, message: str
+) -> None:
+    """Valid JSON of the wrong shape was a traceback in `models list`, `models rollback` or `batches
+    skip` (and a halt ending at -3 became a pending reset to offset -3)."""
+    register(registry, None, {0: 10})
+    register(registry, "v1", {0: 20}, seed=1)
+    registry.set_champion(STREAM, "v1", reason="test")
+    (registry.root / STREAM / file_name).write_bytes(content)
+    if file_name.startswith("v2/"):
+        valid, broken = registry.scan(STREAM)
+        assert [v.name for v in valid] == ["v1"] and message in broken[0].error
+        return
+    read = registry.champion_history if file_name.startswith("champion") else registry.halt
+    with pytest.raises(BrokenRegistryFile, match=message):
+        read(STREAM)
