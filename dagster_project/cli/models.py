@@ -36,7 +36,8 @@ def models_list(stream: str) -> None:
             continue
         mark = "*" if version.name == champion else " "
         click.echo(
-            f"{mark} {version.name:>5}  parent {version.parent or '-':>5}  learned {version.meta['offsets']['learned']}"
+            f"{mark} {version.name:>5}  parent {version.parent or '-':>5}  "
+            f"learned {version.meta.get('offsets', {}).get('learned')}"
             f"  metrics {version.meta.get('metrics', {})}"
         )
 

@@ -78,15 +78,24 @@ def test_then_learn(
         for family in spec.model.families:
             member_spec = spec.for_family(family)
             start = current.members.get(family.label) if current else None
-            learned = _learn_one(start, member_spec, rows, ranges, read, force, replayed)
+            learned = _learn_one(start, member_spec, rows, ranges, read, force, replayed, alone=False)
             members[family.label] = learned.model
             families[family.label] = learned.metrics.as_metadata() | describe(learned.model)
-        kept = current is not None and current.leader in members
-        leader = current.leader if kept else spec.model.families[0].label
+        # A windowed family whose first window missed a class cannot lead (it cannot serve) until it fits.
+        ready = [label for label, member in members.items() if _unfitted(member, spec) is None]
+        if not ready:
+            raise ValueError(_unfitted(next(iter(members.values())), spec))
+        kept = current is not None and current.leader in ready
+        leader = current.leader if kept else ready[0]
         record = {k: list(v) for k, v in current.record.items() if k in members} if kept else None
         metrics = BatchMetrics.from_record(families[leader])
         return Learned(CandidateSet(members, leader, record), metrics, None, families)
     return _learn_one(model, spec, rows, ranges, read, force, replayed)
+
+
+def _unfitted(model: Any, spec: StreamSpec) -> str | None:
+    """Why `model` cannot serve yet (a windowed classifier waiting for its classes), or None."""
+    return model.unfitted_reason(spec) if isinstance(model, WindowedModel) else None
 
 
 def _learn_one(
@@ -97,6 +106,7 @@ def _learn_one(
     read: WindowReader,
     force: str | None,
     replayed: bool = False,
+    alone: bool = True,
 ) -> Learned:
     if not spec.model.windowed:
         fitted, metrics, _, fit = test_then_train_partitioned(model, spec, rows.X, rows.y, rows.partitions)
@@ -108,6 +118,8 @@ def _learn_one(
     else:
         metrics = BatchMetrics(rows=len(rows.y))
     windowed.learn(new, spec, rows, ranges, read, force, replayed)
+    if alone and new.pipeline is None:  # the stream's only model cannot serve: no version can be made
+        raise ValueError(new.unfitted_reason(spec))
     return Learned(new, metrics)
 
 

@@ -71,12 +71,25 @@ class WindowedModel:
         self.since_refit = 0
         self.refits = 0
         self.fitted_on: dict[str, Any] | None = None  # the window of the current fit
+        self.waiting_for: list[Any] | None = None  # classes the first window missed (not fitted yet)
         self.last: dict[str, Any] = {}  # what the latest batch did (refit or not, and why)
 
     def fitted(self) -> Any:
         if self.pipeline is None:
             raise ValueError("the windowed model has not been fitted on a window yet")
         return self.pipeline
+
+    def unfitted_reason(self, spec: StreamSpec) -> str | None:
+        """Why this model cannot serve yet (its first window missed a class), with the fixes; None once fitted."""
+        if self.pipeline is not None:
+            return None
+        missing = getattr(self, "waiting_for", None) or "every class"  # absent from an older pickle
+        return (
+            f"{spec.name}: the first window holds no labelled row of class(es) {missing}, and a windowed "
+            "classifier must see every class before it can serve. Make batch.rows large enough for one batch to "
+            "hold every class, or declare model.candidates with an incremental family (it serves while the "
+            "windowed one waits for its classes)"
+        )
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return single_threaded(self.fitted().predict)(X)
@@ -219,11 +232,10 @@ def refit(
         missing = sorted(set(range(len(spec.label.classes))) - set(np.unique(y).astype(int).tolist()))
         if missing:
             names = [spec.label.classes[i] for i in missing]
-            if model.pipeline is None:
-                raise ValueError(
-                    f"{spec.name}: the first window ({len(y)} rows) holds no row of class(es) {names}; a windowed "
-                    "classifier must see every class: raise model.window_rows or wait for labelled rows of each class"
-                )
+            if model.pipeline is None:  # not servable yet: it tries again next batch, on a larger window
+                model.last = {"refit": False, "reason": f"waiting: the window ({len(y)} rows) has no row of {names}"}
+                model.waiting_for = names
+                return
             model.last = {"refit": False, "reason": f"{reason}, skipped: the window has no row of class(es) {names}"}
             return
     if not len(y):

@@ -440,10 +440,10 @@ class FilesystemRegistry(ModelRegistry):
             raise BrokenRegistryFile(f"{path} is missing: restore it from a backup, or move {path.parent} aside", path)
         fix = f"restore it from a backup, or move {path.parent} out of the registry"
         meta = _read_json(path, fix)
-        offsets = meta.get("offsets")
-        if not isinstance(offsets, dict) or not isinstance(offsets.get("learned"), dict):
+        offsets = meta.get("offsets", {})
+        if not isinstance(offsets, dict) or not isinstance(offsets.get("learned", {}), dict):
             raise BrokenRegistryFile(f"{path} records no learned offsets (offsets.learned): {fix}", path)
-        _offsets_of(path, offsets["learned"], fix)
+        _offsets_of(path, offsets.get("learned", {}), fix)
         return meta
 
     def get(self, stream: str, version: str) -> Version:

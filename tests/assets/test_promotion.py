@@ -352,3 +352,46 @@ def test_families_compete_through_the_gate_on_unseen_rows_and_every_number_is_re
     assert v3.meta["families"]["members"]["hgb"]["window"]["fitted_on"]["rows"] == v3.meta["rows_learned_total"]
     assert v3.meta["rows_learned_total"] == sum(v3.learned.values()) <= produced
     assert {"family_sgd_accuracy", "family_hgb_accuracy"} <= set(v3.meta["metrics"])
+
+
+WAITING = synthetic_spec(
+    label={"classes": [0, 1, 2]},
+    promotion={**TAIL, "metric": "accuracy"},
+    batch={"rows": 200, "max_rows": 600, "max_wait_s": 0.2},
+    model={
+        "candidates": [
+            {"estimator": "hist_gradient_boosting_classifier", "name": "hgb", "window_rows": 2000},
+            {"estimator": "sgd_classifier", "name": "sgd"},
+        ]
+    },
+)
+
+
+@pytest.mark.parametrize("spec", [WAITING], ids=["class_late"])
+def test_a_windowed_family_waits_for_a_class_the_first_batch_lacked_while_an_incremental_one_serves(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    """Class 2 first appears after the first batch: the windowed family (the first declared) cannot fit
+    a classifier of three classes yet, so the run failed and the stream halted. Now SGD leads and
+    serves; the windowed family fits once a batch brings class 2."""
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2400, 5))
+    labels = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(int)
+    labels[1600:][X[1600:, 2] > 0.5] = 2  # class 2 only in the last third
+    events = (
+        (f"e{i}".encode(), make_event(f"e{i}", {f"x{j}": float(X[i, j]) for j in range(5)}, int(labels[i]), 0.0))
+        for i in range(len(X))
+    )
+    produce(kafka_settings, spec, events)
+    for _ in range(4):
+        assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 400), instance).success
+
+    first, *_, last = registry.versions(spec.name)
+    waiting = first.meta["families"]["members"]["hgb"]["window"]
+    assert first.meta["families"]["leader"] == "sgd" and waiting["reason"].startswith("waiting: the window")
+    assert registry.load_onnx(spec.name, first.name)  # the version serves SGD meanwhile
+    fitted = last.meta["families"]["members"]["hgb"]["window"]
+    assert fitted["fitted_on"] is not None and fitted["refits"] >= 1, fitted

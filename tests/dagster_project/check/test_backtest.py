@@ -183,9 +183,30 @@ def test_a_windowed_classifier_whose_first_window_misses_a_class_fails_like_its_
         }
     )
     result = backtest(spec, messages, batch_rows=1_000)
-    assert result.failure and "holds no row of class" in result.failure
+    assert result.failure and "the first window holds no labelled row of class(es) [1]" in result.failure
+    assert "Make batch.rows large enough" in result.failure and "model.candidates" in result.failure
     (problem,) = result.problems
     assert problem.startswith("training would fail, and the stream halt after its retries:")
+
+    # With an incremental family beside it, the SGD family serves while the windowed one waits for
+    # class 1, and the windowed one fits (and may lead) once a batch brings it.
+    candidates = spec.model_copy(
+        update={
+            "model": spec.model.model_validate(
+                {
+                    "candidates": [
+                        {"estimator": "sgd_classifier"},
+                        {"estimator": "hist_gradient_boosting_classifier", "window_rows": 1_000},
+                    ]
+                }
+            )
+        }
+    )
+    result = backtest(candidates, messages, batch_rows=1_000)
+    assert result.failure is None, result.failure
+    assert sum(b.messages for b in result.batches) == 2_500  # every batch learned (tails held out in turn)
+    waiting = result.model.members["hist_gradient_boosting_classifier"]
+    assert waiting.pipeline is not None and waiting.refits >= 1
 
 
 def test_unlabelled_rows_are_counted_not_learned() -> None:

@@ -224,7 +224,7 @@ def test_the_first_window_without_every_class_names_the_fix() -> None:
     X, y = stream(200)
     y[:] = 1
     reader = RecordingReader(X, y)
-    with pytest.raises(ValueError, match="raise model.window_rows"):
+    with pytest.raises(ValueError, match="Make batch.rows large enough for one batch to hold every class"):
         run(make_spec(), reader, batches=1)
 
 

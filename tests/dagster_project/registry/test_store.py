@@ -195,7 +195,7 @@ def test_a_newer_reset_replaces_the_pending_one(registry: FilesystemRegistry) ->
     ("file_name", "content", "message"),
     [
         ("v2/meta.json", b"[]", "holds a JSON list, not an object"),
-        ("v2/meta.json", b"{}", "records no learned offsets"),
+        ("v2/meta.json", b'{"offsets": []}', "records no learned offsets"),
         ("v2/meta.json", b'{"offsets": {"learned": {"0": "x"}}}', "holds no offsets"),
         ("champion_history.jsonl", b'[1]\n{"version": "v1"}\n', "line 1 is a JSON list, not a record"),
         ("halt.json", b"{}", "holds no offsets"),
