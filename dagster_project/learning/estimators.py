@@ -67,9 +67,21 @@ def check_model_params(spec: StreamSpec) -> None:
     """Every family's estimator parameters, checked as a training run would build them, and an
     incremental family's by one trial `partial_fit` on a row of each class: scikit-learn checks some values
     (an MLP's layer sizes, naive Bayes' priors) only when it first fits."""
+    from sklearn.utils import get_tags
+
+    # A numeric feature's null is NaN to the model: trained only when the quality rule lets nulls through.
+    nulls = [f.name for f in spec.features if f.nullable and f.type != "category"]
+    nulls_train = bool(nulls) and spec.quality.max_null_fraction > 0
     for family in spec.model.families:
         where = f"model.candidates[{family.label}].params" if spec.model.candidates else "model.params"
         estimator = checked_estimator(family.estimator, family.seed, family.params, where)
+        if nulls_train and not get_tags(estimator).input_tags.allow_nan:
+            raise ValueError(
+                f"{family.estimator!r} cannot take the nulls of nullable feature(s) {nulls}, which "
+                f"quality.max_null_fraction {spec.quality.max_null_fraction:g} lets into training (every such "
+                "batch would fail): use an estimator that accepts missing values (hist_gradient_boosting_*, "
+                "random_forest_*, extra_trees_*) or set quality.max_null_fraction: 0"
+            )
         if not entry(family.estimator).windowed:
             _trial_fit(estimator, f"{where} of {family.estimator!r}", max(2, len(spec.label.classes or [])))
 

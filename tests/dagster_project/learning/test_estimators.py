@@ -440,3 +440,29 @@ def test_contract_registry_round_trip_and_scale_out(estimator: str, tmp_path: Pa
         assert (combined.predict(X[1000:]) == y[1000:]).mean() >= 0.75
     else:
         assert np.mean(np.abs(combined.predict(X[1000:]) - y[1000:])) < np.mean(np.abs(y[1000:] - y[:1000].mean()))
+
+
+@pytest.mark.parametrize(
+    ("model", "refused"),
+    [
+        ({}, True),  # the default adaptive SGD cannot take NaN
+        ({"estimator": "sgd_classifier"}, True),
+        ({"estimator": "hist_gradient_boosting_classifier"}, False),
+        ({"candidates": [{"estimator": "hist_gradient_boosting_classifier"}, {"estimator": "gaussian_nb"}]}, True),
+    ],
+)
+def test_nulls_let_into_training_need_an_estimator_that_takes_nan(model: dict, refused: bool) -> None:
+    """The check passed, then every batch failed on scikit-learn's raw "Input X contains NaN"."""
+    spec = StreamSpec(
+        name="nulls",
+        features=[{"name": "a", "nullable": True}, {"name": "b"}],
+        label={"classes": [0, 1]},
+        quality={"max_null_fraction": 0.5},
+        model=model,
+    )
+    if refused:
+        with pytest.raises(ValueError, match=r"cannot take the nulls of nullable feature\(s\) \['a'\]"):
+            check_model_params(spec)
+    else:
+        check_model_params(spec)
+    check_model_params(spec.model_copy(update={"quality": spec.quality.model_copy(update={"max_null_fraction": 0})}))
