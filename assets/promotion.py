@@ -10,6 +10,7 @@ either has learned), with the paired test that the champion is worse: the eviden
 sensor uses to roll back a regression. Every comparison is recorded with all the metrics of both models and the test.
 """
 
+import dataclasses
 import time
 from datetime import datetime
 
@@ -112,7 +113,8 @@ def decide_champion(
     earlier = [d for d in reg.decisions(name) if d.get("kind") == "promotion_gate" and d.get("candidate") == candidate]
     if earlier:  # a retry after the gate decided: the decision stands, recorded once
         return {**metadata, "decision": "decided by an earlier attempt", "reason": earlier[-1]["reason"]}, None
-    result = decide_promotion(reg, spec, metric, candidate, model.estimator, micro_batch.tail)
+    gating = spec.promotion.tail_rows > 0 and spec.promotion.tail_fraction > 0  # tails held out: gates wanted
+    result = decide_promotion(reg, spec, metric, candidate, model.estimator, micro_batch.tail, fresh_by_default=gating)
     return {
         **metadata,
         "champion": candidate if result.promote else current,
@@ -131,9 +133,24 @@ def decide_champion(
     }, result.reason
 
 
-def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimator, unseen: MicroBatch | None):
+def decide_promotion(
+    reg,
+    spec: StreamSpec,
+    metric: str,
+    candidate: str,
+    estimator,
+    unseen: MicroBatch | None,
+    fresh_by_default: bool = False,
+):
     """Score `candidate` (its fitted `estimator`) and the champion on `unseen` rows, neither has learned;
-    promote or keep, and record the decision with every metric of both. Returns the `GateResult`."""
+    promote or keep, and record the decision with every metric of both. Returns the `GateResult`.
+
+    `fresh_by_default` (a batch's version, which learned strictly more than the champion, on a
+    stream that holds tails out): too few unseen rows to judge promotes it, by the gate's
+    non-inferiority default. Deferring instead kept the first version serving for ever on streams
+    whose tails never reach `promotion.min_rows` (small batches, mostly unlabelled events, nullable
+    rows dropped from the tail). A retrain or a replay, which did not learn more, still has to win
+    the gate."""
     current = reg.champion(spec.name)
     labelled = unseen.labelled if unseen is not None and unseen.rows else None
     if labelled is None or not labelled.any():
@@ -143,6 +160,13 @@ def decide_promotion(reg, spec: StreamSpec, metric: str, candidate: str, estimat
         champion_estimator = reg.load_estimator(spec.name, current)
         X, y = unseen.X[labelled], unseen.y[labelled]
         result = judge(spec, metric, candidate, estimator, current, champion_estimator, X, y)
+    if fresh_by_default and not result.promote and result.rows < spec.promotion.min_rows:
+        reason = (
+            f"{candidate} promoted untested: only {result.rows} unseen rows (< promotion.min_rows "
+            f"{spec.promotion.min_rows}) to judge it, and it learned strictly more than {current}; the champion "
+            "check and the drift monitor can still roll it back"
+        )
+        result = dataclasses.replace(result, promote=True, reason=reason)
     evidence = result.evidence() | _families(estimator) | _adaptive_step(estimator)
     if result.promote:
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=evidence)

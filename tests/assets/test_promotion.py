@@ -15,6 +15,7 @@ from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource
 from dagster_project.spec import PromotionSpec
 from tests.conftest import synthetic_spec
+from tests.dagster_project.serving.support import synthetic_rows
 from tests.helpers import high_waters, kafka_sensor_tick, produce_synthetic, run_batch
 
 TAIL = {"tail_rows": 100, "tail_fraction": 0.2, "min_rows": 50}
@@ -395,3 +396,28 @@ def test_a_windowed_family_waits_for_a_class_the_first_batch_lacked_while_an_inc
     assert registry.load_onnx(spec.name, first.name)  # the version serves SGD meanwhile
     fitted = last.meta["families"]["members"]["hgb"]["window"]
     assert fitted["fitted_on"] is not None and fitted["refits"] >= 1, fitted
+
+
+@pytest.mark.parametrize("spec", [synthetic_spec(promotion=TAIL)], ids=["tails"])
+def test_a_version_whose_tail_is_too_sparse_to_judge_is_promoted_untested(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    """Nine events in ten unlabelled: a 60-row tail holds ~6 labelled rows, never promotion.min_rows.
+    Every gate deferred and the first version served for ever; the head (which learned strictly
+    more) is promoted by the gate's non-inferiority default, saying why."""
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    rows = synthetic_rows(900)
+    events = (
+        (eid.encode(), make_event(eid, features, label if i % 10 == 0 else None, 0.0))
+        for i, (eid, features, label) in enumerate(rows)
+    )
+    produce(kafka_settings, spec, events)
+    for _ in range(3):
+        assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 150), instance).success
+
+    gates = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
+    assert [g["candidate"] for g in gates] == ["v2", "v3"] and all(g["promote"] for g in gates)
+    assert all("promoted untested: only" in g["reason"] and g["rows"] < 50 for g in gates), gates
+    assert registry.champion(spec.name) == "v3"
