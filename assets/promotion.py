@@ -113,7 +113,10 @@ def decide_champion(
     earlier = [d for d in reg.decisions(name) if d.get("kind") == "promotion_gate" and d.get("candidate") == candidate]
     if earlier:  # a retry after the gate decided: the decision stands, recorded once
         return {**metadata, "decision": "decided by an earlier attempt", "reason": earlier[-1]["reason"]}, None
-    gating = spec.promotion.tail_rows > 0 and spec.promotion.tail_fraction > 0  # tails held out: gates wanted
+    # Untested promotion only for the champion's own child: after a rollback (or a manual promotion
+    # of an older version) or a retrain that lost or deferred its gate, the head's line is not the
+    # champion's, and promoting it untested would undo that decision on the next batch.
+    gating = spec.promotion.tail_rows > 0 and spec.promotion.tail_fraction > 0 and model.parent == current
     result = decide_promotion(reg, spec, metric, candidate, model.estimator, micro_batch.tail, fresh_by_default=gating)
     return {
         **metadata,

@@ -32,6 +32,11 @@ def batches_skip(stream: str, reason: str) -> None:
             f"{stream} is not halted; nothing to skip (the Kafka sensor records a halt once a batch has failed its "
             "checks or its run has failed after every retry)"
         )
+    if not halt.get("ranges"):
+        raise click.ClickException(
+            f"{stream}'s halt names no batch to skip ({halt.get('summary') or halt}): resolve its cause, then "
+            f"delete halt.json in the stream's registry directory"
+        )
     # A batch's tail (held out for the promotion gate) is the next batch's to learn: skip up to it.
     ends = {int(p): int(r[1]) for p, r in halt["ranges"].items()}
     ends.update({int(p): int(e) for p, e in (halt.get("learned_ends") or {}).items()})

@@ -62,7 +62,7 @@ class RecordParser:
             return value
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise InvalidRecord(f"regression {what} must be a finite number, got {quoted(value)}")
-        if abs(value) > MAGNITUDE_LIMIT:  # as training refuses it; its squared error would overflow to inf
+        if what == "label" and abs(value) > MAGNITUDE_LIMIT:  # as training refuses it (its error² overflowed)
             raise InvalidRecord(f"regression {what} {value!r} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}")
         return float(value)
 

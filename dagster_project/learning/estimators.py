@@ -109,7 +109,15 @@ _PARAMS_CHECKED: dict[str, str | None] = {}
 def model_params_problem(spec: StreamSpec) -> str | None:
     """`check_model_params`' error for the spec's model, or None; remembered per model (the sensor
     asks every tick, and building estimators imports their libraries once)."""
-    key = spec.model.model_dump_json()
+    # Everything the check reads: the model, and for the NaN rule the features and the null fraction.
+    key = "|".join(
+        (
+            spec.model.model_dump_json(),
+            ",".join(f"{f.name}:{f.type}:{f.nullable}" for f in spec.features),
+            repr(spec.quality.max_null_fraction),
+            repr(spec.label.classes),
+        )
+    )
     if key not in _PARAMS_CHECKED:
         try:
             check_model_params(spec)

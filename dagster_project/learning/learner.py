@@ -139,6 +139,7 @@ def retrained(
     reason: str,
     replay: Callable[[StreamSpec, Any], Any],
     leader: str | None = None,
+    alone: bool = True,
 ) -> Any:
     """A drift retrain's model, per family: an incremental family replays the window's rows
     (`replay(member_spec, warm_start_or_None)`), a windowed one is refit on them at once, so its
@@ -154,10 +155,14 @@ def retrained(
                 window,
                 reason,
                 replay,
+                alone=False,
             )
             for family in spec.model.families
         }
-        return CandidateSet(members, leader if leader in members else spec.model.families[0].label)
+        ready = [label for label, member in members.items() if _unfitted(member, spec) is None]
+        if not ready:  # every family windowed, and the window lacks a class
+            raise ValueError(_unfitted(next(iter(members.values())), spec))
+        return CandidateSet(members, leader if leader in ready else ready[0])
     if not spec.model.windowed:
         return replay(spec, start if not isinstance(start, (WindowedModel, CandidateSet)) else None)
     model = windowed.new_model(spec)
@@ -168,4 +173,6 @@ def retrained(
         raise AssertionError(f"a retrain window is read before the refit; asked for {ranges}")
 
     windowed.refit(model, spec, rows, window, nothing_older, reason)
+    if alone and model.pipeline is None:  # the retrain window lacks a class: it cannot serve
+        raise ValueError(model.unfitted_reason(spec))
     return model

@@ -586,7 +586,7 @@ class FilesystemRegistry(ModelRegistry):
         if not path.exists():
             return None
         halt = _read_json(path, fix)
-        _offsets_of(path, halt.get("ranges"), fix)  # what `batches skip` moves past
+        _offsets_of(path, halt.get("ranges") or {}, fix)  # what `batches skip` moves past (none: not a batch's)
         _offsets_of(path, halt.get("learned_ends") or {}, fix)
         return halt
 

@@ -421,3 +421,12 @@ def test_a_version_whose_tail_is_too_sparse_to_judge_is_promoted_untested(
     assert [g["candidate"] for g in gates] == ["v2", "v3"] and all(g["promote"] for g in gates)
     assert all("promoted untested: only" in g["reason"] and g["rows"] < 50 for g in gates), gates
     assert registry.champion(spec.name) == "v3"
+
+    # Only the champion's own child: after a rollback the head's line is not the champion's, and an
+    # untested promotion would undo the rollback on the next batch.
+    assert registry.rollback(spec.name, reason="operator") == "v2"
+    produce(kafka_settings, spec, ((f"x{i}".encode(), make_event(f"x{i}", rows[i][1], None, 0.0)) for i in range(300)))
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 150), instance).success
+    last = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"][-1]
+    assert last["candidate"] == "v4" and not last["promote"] and "deferred" in last["reason"]
+    assert registry.champion(spec.name) == "v2"

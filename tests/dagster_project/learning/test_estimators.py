@@ -466,3 +466,17 @@ def test_nulls_let_into_training_need_an_estimator_that_takes_nan(model: dict, r
     else:
         check_model_params(spec)
     check_model_params(spec.model_copy(update={"quality": spec.quality.model_copy(update={"max_null_fraction": 0})}))
+
+
+def test_the_remembered_check_is_per_stream_not_per_model_block() -> None:
+    """The sensor remembers the check by spec: one stream's nullable features refused must not refuse
+    (or clear) another stream with the same model block."""
+    from dagster_project.learning.estimators import model_params_problem
+
+    base = {"label": {"classes": [0, 1]}, "model": {"estimator": "sgd_classifier"}}
+    nulls = StreamSpec(
+        name="nulls", features=[{"name": "a", "nullable": True}], quality={"max_null_fraction": 0.5}, **base
+    )
+    clean = StreamSpec(name="clean", features=[{"name": "a"}], **base)
+    assert "cannot take the nulls" in model_params_problem(nulls)
+    assert model_params_problem(clean) is None

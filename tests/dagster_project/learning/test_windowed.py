@@ -353,3 +353,36 @@ def test_a_windowed_model_on_derived_features_reads_its_window_back_with_the_val
     assert retrained.meta["window"]["reason"].startswith("drift retrain")
     refit = retrained.meta["window"]["fitted_on"]  # the newest window_rows offsets of its longer window
     assert 0 < refit["rows"] <= refit["offsets"] <= spec.model.window < retrained.meta["rows"]["trained"]
+
+
+def test_a_retrain_window_without_every_class_keeps_a_fitted_family_leading() -> None:
+    """After a change, the retrain window may lack a rare class: the windowed family stays unfitted
+    and the incremental one leads (it was exported and failed with a bare "not fitted" before); alone,
+    the windowed model's retrain fails naming the missing class."""
+    from dagster_project.learning.estimators import build_model, partial_fit
+
+    X, y = stream(400, seed=9)
+    y[:] = np.where(y > 0, 1, 0)  # classes 0 and 1 of three
+    reader = RecordingReader(X, y)
+    since = {p: (0, 200) for p in (0, 1)}
+    spec = StreamSpec(
+        name="win",
+        features=[{"name": f"x{i}"} for i in range(3)],
+        label={"classes": [0, 1, 2]},
+        model={"candidates": [{"estimator": "hist_gradient_boosting_classifier"}, {"estimator": "sgd_classifier"}]},
+    )
+
+    def replay(member_spec, start):
+        model = build_model(member_spec)
+        rows = reader.rows(since)
+        partial_fit(model, rows.X, rows.y.astype(int), np.arange(3))
+        return model
+
+    model = learner.retrained(
+        spec, None, reader.rows(since), since, "drift", replay, leader="hist_gradient_boosting_classifier"
+    )
+    assert model.leader == "sgd_classifier"
+    assert model.members["hist_gradient_boosting_classifier"].pipeline is None
+    alone = spec.for_family(spec.model.families[0])
+    with pytest.raises(ValueError, match=r"holds no labelled row of class\(es\) \[2\]"):
+        learner.retrained(alone, None, reader.rows(since), since, "drift", replay=None)

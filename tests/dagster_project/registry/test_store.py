@@ -198,7 +198,7 @@ def test_a_newer_reset_replaces_the_pending_one(registry: FilesystemRegistry) ->
         ("v2/meta.json", b'{"offsets": []}', "records no learned offsets"),
         ("v2/meta.json", b'{"offsets": {"learned": {"0": "x"}}}', "holds no offsets"),
         ("champion_history.jsonl", b'[1]\n{"version": "v1"}\n', "line 1 is a JSON list, not a record"),
-        ("halt.json", b"{}", "holds no offsets"),
+        ("halt.json", b'{"ranges": {"0": "x"}}', "holds no offsets"),
         ("halt.json", b'{"ranges": {"0": [0, -3]}}', "holds a negative partition or offset"),
     ],
 )
