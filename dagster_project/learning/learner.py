@@ -82,15 +82,21 @@ def test_then_learn(
             members[family.label] = learned.model
             families[family.label] = learned.metrics.as_metadata() | describe(learned.model)
         # A windowed family whose first window missed a class cannot lead (it cannot serve) until it fits.
-        ready = [label for label, member in members.items() if _unfitted(member, spec) is None]
-        if not ready:
-            raise ValueError(_unfitted(next(iter(members.values())), spec))
-        kept = current is not None and current.leader in ready
-        leader = current.leader if kept else ready[0]
+        leader = _ready_leader(members, spec, current.leader if current is not None else None)
+        kept = current is not None and current.leader == leader
         record = {k: list(v) for k, v in current.record.items() if k in members} if kept else None
         metrics = BatchMetrics.from_record(families[leader])
         return Learned(CandidateSet(members, leader, record), metrics, None, families)
     return _learn_one(model, spec, rows, ranges, read, force, replayed)
+
+
+def _ready_leader(members: dict[str, Any], spec: StreamSpec, preferred: str | None) -> str:
+    """`preferred` if it can serve, else the first family that can: a windowed classifier whose window
+    lacked a class cannot (ValueError naming the fix when no family can)."""
+    ready = [label for label, member in members.items() if _unfitted(member, spec) is None]
+    if not ready:
+        raise ValueError(_unfitted(next(iter(members.values())), spec))
+    return preferred if preferred in ready else ready[0]
 
 
 def _unfitted(model: Any, spec: StreamSpec) -> str | None:
@@ -159,10 +165,7 @@ def retrained(
             )
             for family in spec.model.families
         }
-        ready = [label for label, member in members.items() if _unfitted(member, spec) is None]
-        if not ready:  # every family windowed, and the window lacks a class
-            raise ValueError(_unfitted(next(iter(members.values())), spec))
-        return CandidateSet(members, leader if leader in ready else ready[0])
+        return CandidateSet(members, _ready_leader(members, spec, leader))
     if not spec.model.windowed:
         return replay(spec, start if not isinstance(start, (WindowedModel, CandidateSet)) else None)
     model = windowed.new_model(spec)

@@ -41,6 +41,25 @@ def dead_letters(settings, spec: StreamSpec) -> list[dict]:
     ]
 
 
+def assert_learned_values_equal_pandas(settings, registry, spec: StreamSpec, upto: dict[int, int]) -> np.ndarray:
+    """Each version's learned rows carry the derived values pandas gives over every accepted event, its
+    checkpoint is the state after them, and each accepted event up to `upto` was learned exactly once.
+    Returns pandas' values (rows in `accepted_events` order)."""
+    events = accepted_events(settings, spec, upto)
+    expected = pandas_reference(spec, events)
+    where = {(p, o): i for i, (p, o) in enumerate(zip(events["partition"], events["offset"], strict=True))}
+    width = len(spec.feature_names)
+    seen = 0
+    for name, batch in learned_batches(settings, registry, spec):
+        rows = [where[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
+        assert np.abs(batch.X[:, width:] - expected[rows]).max() < 1e-9
+        seen += batch.rows
+        # the checkpoint is exactly the state after the offsets it learned
+        assert registry.load_feature_state(spec.name, name) == batch.feature_state
+    assert seen == len(events)  # every accepted event up to the head's offsets was learned by exactly one version
+    return expected
+
+
 @pytest.fixture
 def sensors(kafka_settings, kafka_bootstrap, registry):
     spec = sensors_spec()
@@ -53,18 +72,7 @@ def test_features_across_batches_equal_pandas_over_the_whole_stream(sensors, kaf
     learn_in_batches(defs, spec, kafka_settings, registry, instance)
     versions = registry.versions(spec.name)
     assert len(versions) == 3
-    events = accepted_events(kafka_settings, spec, versions[-1].learned)
-    expected = pandas_reference(spec, events)
-    where = {(p, o): i for i, (p, o) in enumerate(zip(events["partition"], events["offset"], strict=True))}
-    width = len(spec.feature_names)
-    seen = 0
-    for name, batch in learned_batches(kafka_settings, registry, spec):
-        rows = [where[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
-        assert np.abs(batch.X[:, width:] - expected[rows]).max() < 1e-9
-        seen += batch.rows
-        # the checkpoint is exactly the state after the offsets it learned
-        assert registry.load_feature_state(spec.name, name) == batch.feature_state
-    assert seen == len(events)  # every accepted event up to the head's offsets was learned by exactly one version
+    expected = assert_learned_values_equal_pandas(kafka_settings, registry, spec, versions[-1].learned)
     head = versions[-1]
     assert head.meta["feature_state"]["keys"] == 12
     assert expected[:, 3].max() > 50  # windows of 60 s over ~1 reading per device-second are well filled
@@ -119,16 +127,7 @@ def test_an_event_from_a_clock_far_ahead_is_refused_and_the_partition_keeps_lear
     ahead = next(d["reason"] for d in letters if d["reason"].startswith("event time"))
     assert "ahead of its Kafka timestamp" in ahead and "more than event_time.max_ahead 3600 s" in ahead
 
-    events = accepted_events(kafka_settings, spec, learned)
-    reference = pandas_reference(spec, events)
-    where = {(p, o): i for i, (p, o) in enumerate(zip(events["partition"], events["offset"], strict=True))}
-    width = len(spec.feature_names)
-    seen = 0
-    for _, batch in learned_batches(kafka_settings, registry, spec):
-        rows = [where[(int(p), int(o))] for p, o in zip(batch.partitions, batch.offsets, strict=True)]
-        assert np.abs(batch.X[:, width:] - reference[rows]).max() < 1e-9
-        seen += batch.rows
-    assert seen == len(events)
+    assert_learned_values_equal_pandas(kafka_settings, registry, spec, learned)
 
 
 @pytest.mark.parametrize("fault", ["after_train", "after_register"])
