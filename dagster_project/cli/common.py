@@ -85,6 +85,12 @@ def _stream_name(ctx: click.Context, param: click.Parameter, name: str) -> str:
 
 stream_argument = click.argument("stream", callback=_stream_name)
 
+
+def stream_names(ctx: click.Context, param: click.Parameter, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A repeatable option's stream names, each checked as `stream_argument` checks one."""
+    return tuple(_stream_name(ctx, param, name) for name in names)
+
+
 PORT = click.IntRange(0, 65535)  # a TCP port (0: a free one)
 
 

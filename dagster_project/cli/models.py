@@ -29,6 +29,11 @@ def models_list(stream: str) -> None:
         champion = None
         click.echo(f"! champion alias: {exc}", err=True)
     valid, broken = store.scan(stream)
+    if not valid and not broken:
+        raise click.ClickException(
+            f"{stream}: no version registered in {store!r}; "
+            "check the stream name, STREAMFIT_HOME and STREAMFIT_REGISTRY"
+        )
     rows = [(v.number, v) for v in valid] + [(b.number, b) for b in broken]
     for _, version in sorted(rows, key=lambda row: row[0]):
         if isinstance(version, BrokenVersion):

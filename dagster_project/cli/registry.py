@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from dagster_project.cli.common import stream_names
+
 
 @click.group()
 def registry() -> None:
@@ -34,7 +36,13 @@ def registry() -> None:
     default=None,
     help="The MLflow tracking server (default: $STREAMFIT_MLFLOW_URI, else $MLFLOW_TRACKING_URI).",
 )
-@click.option("--stream", "streams", multiple=True, help="Copy only this stream (repeatable; default: every stream).")
+@click.option(
+    "--stream",
+    "streams",
+    multiple=True,
+    callback=stream_names,
+    help="Copy only this stream (repeatable; default: every stream).",
+)
 def migrate(target: str, from_root: Path | None, mlflow_uri: str | None, streams: tuple[str, ...]) -> None:
     """Copy a filesystem registry into MLflow, keeping version names, champion and history."""
     from dagster_project.registry.backends import MLFLOW_TRACKING_URI_ENV, MLFLOW_URI_ENV, registry_from_env
@@ -46,6 +54,12 @@ def migrate(target: str, from_root: Path | None, mlflow_uri: str | None, streams
     chosen = list(streams) or source.streams()
     if not chosen:
         raise click.ClickException(f"{root} holds no stream to migrate")
+    missing = [stream for stream in chosen if stream not in source.streams()]
+    if missing:
+        raise click.ClickException(
+            f"{root} holds no stream {', '.join(missing)} (it holds: {', '.join(source.streams()) or 'none'}); "
+            "check --stream and --from-root"
+        )
     try:
         destination = registry_from_env(root, backend=target, mlflow_uri=mlflow_uri)
     except RegistryError as exc:

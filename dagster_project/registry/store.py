@@ -390,6 +390,9 @@ class FilesystemRegistry(ModelRegistry):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    def __repr__(self) -> str:
+        return f"FilesystemRegistry({str(self.root)!r})"
+
     def _stream_dir(self, stream: str) -> Path:
         return self.root / stream
 

@@ -10,8 +10,10 @@ from dagster_project.spec import StreamSpec
 
 
 def test_models_list(cli, spec: StreamSpec, registry: FilesystemRegistry) -> None:
-    result = cli("models", "list", spec.name)
-    assert (result.exit_code, result.output) == (0, "")
+    result = cli("models", "list", spec.name)  # a typo'd name or the wrong home: not an empty listing
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Error: {spec.name}: no version registered in FilesystemRegistry(" in result.output
+    assert "check the stream name, STREAMFIT_HOME and STREAMFIT_REGISTRY" in result.output
 
     meta = {"offsets": {"learned": {"0": 12, "1": 8}}, "metrics": {"roc_auc": 0.75}}
     registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta)

@@ -37,7 +37,8 @@ def test_models_list_show_promote_and_rollback(
     cli, spec: StreamSpec, store: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(OPERATOR_ENV, "dana")
-    assert (cli("models", "list", spec.name).exit_code, cli("models", "list", spec.name).output) == (0, "")
+    empty = cli("models", "list", spec.name)
+    assert empty.exit_code == 1 and f"{spec.name}: no version registered in {store!r}" in empty.output
     store.register(spec.name, None, scaler_onnx(1), fitted_scaler(1), meta({0: 12, 1: 8}))
     store.register(spec.name, "v1", scaler_onnx(2), fitted_scaler(2), meta({0: 20, 1: 8}))
 
@@ -87,6 +88,14 @@ def test_skipping_a_data_quality_halt_carries_its_feature_state(
     assert carried_state(spec.name, store.pending_offset_reset(spec.name)) == state  # the next batch starts from it
     cleared = store.decisions(spec.name)[-1]
     assert cleared["halt"]["summary"] == halt["summary"] and "feature_state" not in cleared["halt"]
+
+
+def test_migrate_names_a_stream_the_registry_does_not_hold(cli, spec: StreamSpec, streamfit_home) -> None:
+    registry = FilesystemRegistry(streamfit_home / "registry")
+    registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta({0: 5}))
+    for wrong, why in (("nosuch", f"holds no stream nosuch (it holds: {spec.name})"), ("../x", "not a stream name")):
+        result = cli("registry", "migrate", "--to", "mlflow", "--mlflow-uri", "http://127.0.0.1:9", "--stream", wrong)
+        assert result.exit_code != 0 and why in result.output and "Traceback" not in result.output
 
 
 def test_migrate_copies_versions_champion_history_and_state(
