@@ -17,6 +17,8 @@ from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_
 from dagster_project.kafka.offsets import (
     BatchPlan,
     PartitionState,
+    Ranges,
+    decode_ranges,
     encode_ranges,
     find_gaps,
     plan_batch,
@@ -121,21 +123,21 @@ def evaluate(
         return dg.SkipReason(f"{spec.name}: {plan.reason}")
     head_name = head.name if head else None
     run_key = ranges_key(spec.name, head_name, plan.ranges)
-    earlier = context.instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
-    if earlier and earlier[0].status == dg.DagsterRunStatus.FAILURE:
-        failed = earlier[0]
+    earlier = _failed_batch(context.instance, spec.name, head_name, run_key, plan.ranges)
+    if earlier is not None:
+        failed, failed_ranges = earlier
         if failed.tags.get("dagster/will_retry") == "true":
             return dg.SkipReason(f"{spec.name}: run {failed.run_id[:8]} failed; the daemon retries it")
         summary = (
-            f"the batch {encode_ranges(plan.ranges)} failed in run {failed.run_id[:8]} after its retries "
-            f"({retry_story(context.instance, run_key)})"
+            f"the batch {encode_ranges(failed_ranges)} failed in run {failed.run_id[:8]} after its retries "
+            f"({retry_story(context.instance, failed.tags.get('dagster/run_key', run_key))})"
         )
         reg.set_halt(
             spec.name,
             {
                 "kind": "failed_run",
-                "ranges": {str(p): list(r) for p, r in plan.ranges.items()},
-                "learned_ends": {str(p): e for p, e in spec_tail_split(spec, plan.ranges).items()},
+                "ranges": {str(p): list(r) for p, r in failed_ranges.items()},
+                "learned_ends": {str(p): e for p, e in spec_tail_split(spec, failed_ranges).items()},
                 "summary": summary,
                 "run_id": failed.run_id,
             },
@@ -165,6 +167,32 @@ def evaluate(
             {"run_key": run_key, "ranges": encode_ranges(plan.ranges), "rows": plan.rows, "reason": plan.reason}
         ).decode(),
     )
+
+
+def _failed_batch(
+    instance: dg.DagsterInstance, stream: str, head_name: str | None, run_key: str, ranges: Ranges
+) -> tuple[dg.DagsterRun, Ranges] | None:
+    """The failed run of the batch the plan starts, with its ranges, or None.
+
+    The same run key is the same batch. But on a stream slower than `batch.rows`, rows that arrive
+    while a batch fails make the next plan longer, so its key differs: without looking further the
+    sensor launched a new, longer run of the same failing batch on every tick, for ever (a damaged
+    head, an unwritable registry). So the newest sensor run on the same head whose ranges start
+    where the plan does is that batch too.
+    """
+    exact = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    if exact and exact[0].status == dg.DagsterRunStatus.FAILURE:
+        return exact[0], ranges
+    newest = instance.get_runs(
+        dg.RunsFilter(tags={names.STREAM_TAG: stream, names.PARENT_TAG: head_name or "none"}), limit=1
+    )
+    if not newest or newest[0].status != dg.DagsterRunStatus.FAILURE or names.RANGES_TAG not in newest[0].tags:
+        return None
+    theirs = decode_ranges(newest[0].tags[names.RANGES_TAG])
+    starts = [(p, s) for p, (s, e) in theirs.items() if e > s]
+    if starts and all(p in ranges and ranges[p][0] == s for p, s in starts):
+        return newest[0], theirs
+    return None
 
 
 def _early_cut(

@@ -72,8 +72,16 @@ def models_promote(stream: str, version: str, reason: str) -> None:
     """Make VERSION the champion now (atomic; recorded in the champion history)."""
     from dagster_project.registry.store import MANUAL_REASON, RegistryError
 
+    store = registry()
     try:
-        registry().set_champion(stream, version, reason=MANUAL_REASON + reason, evidence={"by": operator_name()})
+        store.get(stream, version)  # an unknown name is named as such
+        problem = store.unservable(stream, version)
+        if problem is not None:  # scorers would refuse it and keep serving the current champion
+            raise RegistryError(
+                f"{stream} {version} cannot be served, so the champion stays {store.champion(stream) or '-'}: "
+                f"{problem}. Promote another version (`streamfit models list {stream}`)"
+            )
+        store.set_champion(stream, version, reason=MANUAL_REASON + reason, evidence={"by": operator_name()})
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{stream}: champion is now {version}")

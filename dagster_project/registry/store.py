@@ -168,6 +168,17 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _not_written(what: str, root: Path, exc: OSError, then: str = "then run it again") -> RegistryError:
+    """A registry write the disk refused, named with its fix (a raw PermissionError named none)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause, fix = "is out of space", "Free space on that disk"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause, fix = "is not writable", f"Make it writable by this process (user id {os.getuid()})"
+    else:
+        cause, fix = "failed a write", "Check that disk"
+    return RegistryError(f"{what}: the registry at {root} {cause} ({exc.strerror}: {exc.filename}). {fix}: {then}")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     with open(tmp, "wb") as fh:
@@ -287,18 +298,43 @@ class ModelRegistry(abc.ABC):
         """Every alias change, oldest first: {version, previous, reason, at[, evidence]}."""
 
     def rollback(self, stream: str, reason: str, evidence: dict[str, Any] | None = None) -> str:
-        """Return the champion alias to the version it replaced; returns that version."""
+        """Return the champion alias to the version it replaced; returns that version.
+
+        A version whose model file is gone or damaged is passed over: scorers would refuse it and
+        keep serving the version being rolled back from, while the alias said otherwise."""
         current = self.champion(stream)
         if current is None:
             raise RegistryError(f"{stream} has no champion to roll back")
         history = self.champion_history(stream)
         # Never return to a version that was itself rolled back from.
         rejected = {current} | {h["previous"] for h in history if str(h.get("reason", "")).startswith("rollback")}
-        previous = next((h["version"] for h in reversed(history) if h["version"] not in rejected), None)
-        if previous is None:
-            raise RegistryError(f"{stream}: no earlier good champion to roll back to (history: {len(history)} changes)")
-        self.set_champion(stream, previous, reason=ROLLBACK_REASON + reason, evidence=evidence)
-        return previous
+        passed_over: dict[str, str] = {}
+        for entry in reversed(history):
+            version = entry["version"]
+            if version in rejected or version in passed_over:
+                continue
+            problem = self.unservable(stream, version)
+            if problem is None:
+                if passed_over:
+                    evidence = {**(evidence or {}), "passed_over": passed_over}
+                self.set_champion(stream, version, reason=ROLLBACK_REASON + reason, evidence=evidence)
+                return version
+            passed_over[version] = problem
+        damaged = "".join(f"; {v} cannot be served: {why}" for v, why in passed_over.items())
+        raise RegistryError(
+            f"{stream}: no earlier good champion to roll back to (history: {len(history)} changes{damaged}); "
+            f"`streamfit models promote {stream} <version>` names one (`streamfit models list {stream}`)"
+        )
+
+    def unservable(self, stream: str, version: str) -> str | None:
+        """Why scorers would refuse `version` (its model file is missing or fails its checksum), or None."""
+        try:
+            self.load_onnx(stream, version)
+        except RegistryUnavailable:
+            raise
+        except (RegistryError, OSError) as exc:
+            return str(exc)
+        return None
 
     # Decisions (the audit log) and data-quality halts
     @abc.abstractmethod
@@ -485,10 +521,10 @@ class FilesystemRegistry(ModelRegistry):
             "sha256": _checksums(onnx_bytes, estimator_bytes, feature_state),
         }
         stream_dir = self._stream_dir(stream)
-        stream_dir.mkdir(parents=True, exist_ok=True)
         tmp = stream_dir / f".tmp-{name}-{uuid.uuid4().hex}"
-        tmp.mkdir()
         try:
+            stream_dir.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
             _write_synced(
                 tmp,
                 [
@@ -503,11 +539,8 @@ class FilesystemRegistry(ModelRegistry):
             except OSError as exc:
                 raise StaleParent(f"{stream}: version {name} appeared while registering ({exc})") from exc
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise RegistryError(
-                f"{stream}: the registry at {self.root} is out of space ({exc.strerror}); nothing was registered. "
-                "Free space on that disk: the run's retry (or a re-execution) registers the version then"
+            raise _not_written(
+                f"{stream}: nothing was registered", self.root, exc, "the run's retry (or a re-execution) registers it"
             ) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -564,9 +597,21 @@ class FilesystemRegistry(ModelRegistry):
         record = {"version": version, "previous": previous, "reason": reason, "at": _now()}
         if evidence:
             record["evidence"] = evidence
-        _write_atomic(self._stream_dir(stream) / "champion", orjson.dumps(record))
-        with open(self._stream_dir(stream) / "champion_history.jsonl", "ab") as fh:
-            fh.write(orjson.dumps(record) + b"\n")
+        alias = self._stream_dir(stream) / "champion"
+        before = alias.read_bytes() if alias.exists() else None
+        try:
+            _write_atomic(alias, orjson.dumps(record))
+            try:
+                with open(self._stream_dir(stream) / "champion_history.jsonl", "ab") as fh:
+                    fh.write(orjson.dumps(record) + b"\n")
+            except OSError:  # an error means nothing changed: no served champion the audit history lacks
+                if before is None:
+                    alias.unlink(missing_ok=True)
+                else:
+                    _write_atomic(alias, before)
+                raise
+        except OSError as exc:
+            raise _not_written(f"{stream}: the champion stays {previous or '-'}", self.root, exc) from exc
 
     def record_decision(self, stream: str, record: dict[str, Any]) -> None:
         """Append a gate or monitor decision (with its numbers) to decisions.jsonl."""

@@ -61,3 +61,30 @@ def test_a_full_registry_disk_fails_the_run_cleanly_and_training_resumes(
     assert run_batch(defs, spec, second, instance).success  # the same batch, exactly once
     v1, v2 = registry.versions(spec.name)
     assert v2.learned == ends and v2.meta["rows_learned_total"] == 600
+
+
+def test_a_read_only_registry_fails_the_run_naming_the_fix_and_training_resumes(
+    kafka_settings, kafka_bootstrap, spec, instance, small_disk
+):
+    registry = FilesystemRegistry(small_disk / "registry")
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 600)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    first = {p: (0, e // 2) for p, e in ends.items()}
+    second = {p: (e // 2, e) for p, e in ends.items()}
+    assert run_batch(defs, spec, first, instance).success
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        refused = run_batch(defs, spec, second, instance, raise_on_error=False)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
+    error = str(failure.event_specific_data.error)
+    assert "nothing was registered" in error and "is not writable" in error and "Make it writable" in error, error
+    assert [v.name for v in registry.versions(spec.name)] == ["v1"]
+
+    assert run_batch(defs, spec, second, instance).success  # the same batch, exactly once
+    v1, v2 = registry.versions(spec.name)
+    assert v2.learned == ends and v2.meta["rows_learned_total"] == 600

@@ -133,6 +133,37 @@ def test_failed_batch_halts_the_stream_with_a_reason(
     assert "InjectedFault" in message and "after_train" in message, message
 
 
+def test_a_failed_batch_halts_even_when_rows_arriving_since_make_the_plan_longer(
+    kafka_bootstrap, kafka_settings, registry, instance, monkeypatch
+):
+    """A slow stream's plan grows while its batch fails: the sensor must not launch the longer batch."""
+    spec = synthetic_spec(batch={"rows": 400, "max_wait_s": 1, "step_retries": 0})
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    produce_synthetic(kafka_settings, spec, 100)
+    time.sleep(1.2)  # batch.max_wait_s: the 100 rows are a batch
+    request = _run_requested(kafka_sensor_tick(defs, spec, instance, kafka, registry))
+    monkeypatch.setenv("STREAMFIT_FAULT", "after_train")
+    failed = defs.resolve_job_def(f"{spec.name}_training").execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        tags={**request.tags, "dagster/run_key": request.run_key},
+        raise_on_error=False,
+    )
+    assert not failed.success
+    monkeypatch.delenv("STREAMFIT_FAULT")
+
+    produce_synthetic(kafka_settings, spec, 50, start=100)  # the plan now starts at the same offsets, longer
+    time.sleep(1.2)
+    result = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+
+    assert isinstance(result, dg.SkipReason), f"launched the failed batch again, longer: {result}"
+    assert "HALTED by a failed run" in result.skip_message and failed.run_id[:8] in result.skip_message
+    halt = registry.halt(spec.name)
+    assert halt["run_id"] == failed.run_id
+    assert decode_ranges(orjson.dumps(halt["ranges"]).decode()) == decode_ranges(request.tags["streamfit/ranges"])
+
+
 def test_lost_offsets_are_a_loud_gap_until_an_operator_resets(
     kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance
 ):

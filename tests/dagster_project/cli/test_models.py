@@ -53,3 +53,35 @@ def test_promote_an_unknown_version_is_a_clean_error(cli, spec: StreamSpec, regi
     assert result.exit_code == 1
     assert f"Error: {spec.name} has no version 'v9'" in result.output and "Traceback" not in result.output
     assert registry.champion(spec.name) is None
+
+
+def test_promote_a_version_scorers_would_refuse_is_refused(cli, spec: StreamSpec, registry: FilesystemRegistry) -> None:
+    meta = {"offsets": {"learned": {"0": 1}}}
+    registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta)
+    registry.register(spec.name, "v1", b"onnx", {"any": "estimator"}, meta)
+    registry.set_champion(spec.name, "v1", reason="test")
+    (registry.root / spec.name / "v2" / "model.onnx").write_bytes(b"")  # truncated
+
+    result = cli("models", "promote", spec.name, "v2")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{spec.name} v2 cannot be served, so the champion stays v1" in result.output
+    assert "does not match its sha256" in result.output and "Promote another version" in result.output
+    assert registry.champion(spec.name) == "v1" and len(registry.champion_history(spec.name)) == 1
+
+
+def test_a_promotion_the_history_cannot_record_changes_nothing(
+    cli, spec: StreamSpec, registry: FilesystemRegistry
+) -> None:
+    """An error must mean nothing changed: the alias moved (scorers swapped) while the CLI printed a traceback."""
+    meta = {"offsets": {"learned": {"0": 1}}}
+    registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta)
+    registry.register(spec.name, "v1", b"onnx", {"any": "estimator"}, meta)
+    registry.set_champion(spec.name, "v1", reason="test")
+    history = registry.root / spec.name / "champion_history.jsonl"
+    history.unlink()
+    history.mkdir()  # unwritable as a file, whoever runs the test (root ignores permission bits)
+
+    result = cli("models", "promote", spec.name, "v2")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{spec.name}: the champion stays v1" in result.output and "failed a write" in result.output
+    assert registry.champion(spec.name) == "v1"

@@ -235,6 +235,25 @@ def test_champion_alias_history_and_rollback(registry: ModelRegistry, stream: st
         registry.rollback(stream, reason="nothing left")
 
 
+def test_a_rollback_passes_over_a_version_scorers_would_refuse(backend: Backend, stream: str) -> None:
+    """Rolling back to a damaged model moved the alias while every scorer kept serving the version
+    rolled back from (they refuse a file that fails its checksum): the alias and what is served disagreed."""
+    registry = backend.registry
+    for parent, end in ((None, 10), ("v1", 20), ("v2", 30)):
+        register(registry, stream, parent, {0: end})
+    for version in ("v1", "v2", "v3"):
+        registry.set_champion(stream, version, reason="better")
+    backend.stored_file(stream, "v2", ONNX_FILE).write_bytes(b"\x00truncated")
+
+    assert registry.rollback(stream, reason="worse live") == "v1"
+    last = registry.champion_history(stream)[-1]
+    assert (last["version"], last["previous"]) == ("v1", "v3")
+    assert "does not match its sha256" in last["evidence"]["passed_over"]["v2"]
+    with pytest.raises(RegistryError, match="no earlier good champion.*v2 cannot be served.*models promote"):
+        registry.rollback(stream, reason="again")
+    assert registry.champion(stream) == "v1"
+
+
 def test_decisions_and_halts(registry: ModelRegistry, stream: str) -> None:
     registry.record_decision(stream, {"kind": "promotion", "version": "v2", "promoted": False, "margin": 0.01})
     registry.record_decision(stream, {"kind": "quality", "evidence": "x" * 20_000})  # longer than a tag holds
