@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+from pydantic import Field, model_validator
 
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
 from dagster_project.features.checkpoint import expected_state
 from dagster_project.ingest import group_reads
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
-from dagster_project.kafka.exactly_once import Decision, decide
-from dagster_project.kafka.io import commit_group_offsets
+from dagster_project.kafka.exactly_once import Decision, decide, refuse_unseen_partition_gaps
+from dagster_project.kafka.io import commit_group_offsets, log_starts
 from dagster_project.kafka.offsets import Ranges, ranges_text
 from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
 from dagster_project.orchestration.warm_runs import worker_start
@@ -24,21 +25,46 @@ from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 
+MAX_PARTITION = 2**31 - 1  # Kafka's partition ids are int32, its offsets int64
+MAX_OFFSET = 2**63 - 1
+PLANNED_BY_THE_SENSOR = (
+    "ranges are planned by the stream's Kafka sensor: let it launch the run, or re-execute a run it launched"
+)
+
 
 class PartitionRange(dg.Config):
-    partition: int
-    start: int
-    end: int
+    partition: int = Field(ge=0, le=MAX_PARTITION)
+    start: int = Field(ge=0, le=MAX_OFFSET)
+    end: int = Field(ge=0, le=MAX_OFFSET)
     # Where the learned rows end: [learn_end, end) is the tail the promotion gate scores the
     # candidate and the champion on, learned by the next batch. None (older runs): no tail.
-    learn_end: int | None = None
+    learn_end: int | None = Field(default=None, ge=0, le=MAX_OFFSET)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PartitionRange":
+        """A backwards range was registered as learned up to its lower end: rows learned twice."""
+        learn_end = self.end if self.learn_end is None else self.learn_end
+        if not self.start <= learn_end <= self.end:
+            raise ValueError(
+                f"partition {self.partition}: start {self.start}, learn_end {self.learn_end}, end {self.end} "
+                f"must satisfy start <= learn_end <= end; {PLANNED_BY_THE_SENSOR}"
+            )
+        return self
 
 
 class BatchConfig(dg.Config):
     """The exact offsets a run reads: `[start, end)` per partition, planned by the Kafka sensor,
     of which `[start, learn_end)` are learned and the rest is the promotion gate's unseen tail."""
 
-    ranges: list[PartitionRange]
+    ranges: list[PartitionRange] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_range_per_partition(self) -> "BatchConfig":
+        partitions = [r.partition for r in self.ranges]
+        twice = sorted({p for p in partitions if partitions.count(p) > 1})
+        if twice:
+            raise ValueError(f"partition(s) {twice} appear more than once; {PLANNED_BY_THE_SENSOR}")
+        return self
 
     def as_ranges(self) -> Ranges:
         return {r.partition: (r.start, r.end) for r in self.ranges}
@@ -277,6 +303,9 @@ def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, 
     learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
     head, expected, reset = expected_offsets(registry.get(), spec.name)
     if decide(expected, learned) is not Decision.ALREADY_LEARNED:
+        if any(p not in expected for p in ranges):  # a first batch, or a new partition: one ListOffsets
+            starts = log_starts(kafka.settings(), spec.events_topic, ranges)
+            refuse_unseen_partition_gaps(ranges, expected, starts)
         return head, reset, None
     commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
     learned_by = head.name if head else "an offset reset"

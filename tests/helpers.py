@@ -41,6 +41,16 @@ def run_batch(defs: dg.Definitions, spec: StreamSpec, ranges: Ranges, instance: 
     return job.execute_in_process(run_config=batch_run_config(spec, ranges), instance=instance, **kwargs)
 
 
+def reconstructable_training_job(name: str, root: str, bootstrap: str, batch: str) -> dg.JobDefinition:
+    """The synthetic stream's training job, rebuilt from plain arguments (re-execution needs a
+    reconstructable job: `dg.build_reconstructable_job("tests.helpers", this, kwargs)`)."""
+    from dagster_project.registry.store import FilesystemRegistry
+    from tests.conftest import synthetic_spec
+
+    spec = synthetic_spec(name, batch=orjson.loads(batch))
+    return defs_for(spec, bootstrap, FilesystemRegistry(root)).resolve_job_def(f"{name}_training")
+
+
 def high_waters(settings: KafkaSettings, topic: str) -> dict[int, int]:
     """Each partition's high-water mark (the offset the next record gets)."""
     return {s.partition: s.high_water for s in probe_partitions(settings, topic, {})}

@@ -38,3 +38,25 @@ def decide(expected: dict[int, int], ranges: Ranges) -> Decision:
             "or move the offsets deliberately with `streamfit offsets reset`."
         )
     return Decision.LEARN
+
+
+def refuse_unseen_partition_gaps(ranges: Ranges, expected: dict[int, int], log_starts: dict[int, int]) -> None:
+    """A partition the head has never learned must start at the broker's first offset of it (where
+    the sensor plans it): a later start recorded the rows before it as learned, and a partition the
+    topic lacks recorded a phantom offset. `log_starts` holds the topic's partitions only."""
+    wrong = []
+    for p, (start, _) in sorted(ranges.items()):
+        if p in expected:
+            continue
+        if p not in log_starts:
+            wrong.append(f"partition {p} does not exist in the topic")
+        elif start > log_starts[p]:
+            wrong.append(
+                f"partition {p} was never learned and starts at {start}, but the broker's first offset is "
+                f"{log_starts[p]}: rows [{log_starts[p]}, {start}) would be recorded as learned"
+            )
+    if wrong:
+        raise BatchRefused(
+            f"batch refused (gap): {'; '.join(wrong)}. Let the stream's Kafka sensor plan the batch, "
+            "or move the offsets deliberately with `streamfit offsets reset`."
+        )

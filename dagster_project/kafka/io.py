@@ -186,6 +186,19 @@ def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
     return partitions
 
 
+def log_starts(settings: KafkaSettings, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The first offset the broker holds of each of `partitions` that `topic` has (others are absent)."""
+    from kafka import TopicPartition
+
+    consumer = _open_reader(settings)
+    try:
+        existing = retrying(lambda: consumer.partitions_for_topic(topic)) or set()
+        tps = [TopicPartition(topic, p) for p in partitions if p in existing]
+        return {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()} if tps else {}
+    finally:
+        consumer.close()
+
+
 def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
     """Fail in seconds, not kafka-python's 30 s bootstrap timeout, when no bootstrap host answers."""
     errors = []
@@ -571,6 +584,13 @@ def _stalled(
     settings: KafkaSettings, topic: str, stall_timeout_s: float, position: dict[int, int], todo: Ranges
 ) -> BrokerUnavailable:
     short = {p: f"at {position[p]}, expected up to {e}" for p, (_, e) in todo.items()}
+    beyond = _beyond_the_topic(settings, topic, todo, position)
+    if beyond:
+        return RangeBeyondTopic(
+            f"{topic}: range read stalled for {stall_timeout_s}s ({short}): {beyond}. Nothing was learned; these "
+            "ranges were not planned from this topic (a hand-edited run config, or another cluster): let the "
+            "stream's Kafka sensor plan the batch"
+        )
     open_transactions = _behind_open_transactions(settings, topic, todo)
     if open_transactions:
         return BrokerUnavailable(
@@ -583,6 +603,59 @@ def _stalled(
         f"{topic}: range read stalled for {stall_timeout_s}s ({short}); the broker no longer "
         "has these offsets or is unreachable"
     )
+
+
+class RangeBeyondTopic(BrokerUnavailable):
+    """A range names a partition the topic lacks, or ends past its high-water mark: no retry helps."""
+
+
+def _beyond_the_topic(settings: KafkaSettings, topic: str, todo: Ranges, position: dict[int, int]) -> str:
+    """What of `todo` the topic does not hold (a missing partition, an end past the high-water mark,
+    which a transaction does not explain), or "" when all of it exists or the broker cannot say."""
+    try:
+        partitions, high_water = _fetched_high_waters(settings, topic, {p: position[p] for p in todo})
+    except Exception:  # only a better message was at stake
+        return ""
+    found = [f"{topic} has no partition {p} (it has {len(partitions)})" for p in sorted(todo) if p not in partitions]
+    found += [
+        f"partition {p} ends at {high_water[p]}, before the range's end {e}"
+        for p, (_, e) in sorted(todo.items())
+        if high_water.get(p) is not None and high_water[p] < e
+    ]
+    return "; ".join(found)
+
+
+def _fetched_high_waters(
+    settings: KafkaSettings, topic: str, at: dict[int, int], timeout_s: float = 3.0
+) -> tuple[set[int], dict[int, int | None]]:
+    """The topic's partitions, and the high-water marks (past any open transaction) that fetches at
+    `at` report: Tansu's ListOffsets answers are not its ends, and the probe's stop at the last
+    stable offset."""
+    from kafka import TopicPartition
+    from kafka.errors import OffsetOutOfRangeError
+
+    consumer = _open_reader(settings, isolation_level="read_uncommitted", max_partition_fetch_bytes=1024)
+    try:
+        partitions = set(retrying(lambda: consumer.partitions_for_topic(topic)) or ())
+        tps = [TopicPartition(topic, p) for p in at if p in partitions]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, at[tp.partition])
+        deadline = time.monotonic() + timeout_s
+        high_water: dict[int, int | None] = {}
+        while tps and time.monotonic() < deadline:
+            try:
+                consumer.poll(timeout_ms=50, max_records=1)
+            except OffsetOutOfRangeError as exc:
+                for tp in exc.args[0]:
+                    consumer.seek_to_end(tp)
+                continue
+            high_water = {tp.partition: consumer.highwater(tp) for tp in tps}
+            if all(h is not None for h in high_water.values()):
+                break
+        return partitions, high_water
+    finally:
+        consumer.close()
 
 
 def _behind_open_transactions(settings: KafkaSettings, topic: str, todo: Ranges) -> dict[int, int]:

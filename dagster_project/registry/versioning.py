@@ -8,7 +8,8 @@ from typing import Any
 from dagster_project.features.checkpoint import expected_state_bytes
 from dagster_project.ingest.categories import encoding_signature, level_labels, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.kafka.offsets import Ranges
+from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide
+from dagster_project.kafka.offsets import Ranges, ranges_text
 from dagster_project.registry.store import (
     FIRST_VERSION_REASON,
     ModelRegistry,
@@ -117,6 +118,7 @@ def register_batch(
     else:
         learned, new_rows, identity = dict(expected), model.rows_trained, head_identity
         if not extra.get("replay"):  # a replayed quarantine batch lies behind the head: offsets stay
+            _starts_at_the_head(spec.name, head, expected, batch.learned_ranges)
             learned.update(batch.learned_ends)  # where the tail begins: the next batch learns it
             identity = getattr(batch, "identity", None)
     meta = version_meta(
@@ -156,6 +158,20 @@ def register_batch(
     if registry.champion(spec.name) is None:
         registry.set_champion(spec.name, version.name, reason=FIRST_VERSION_REASON)
     return version
+
+
+def _starts_at_the_head(stream: str, head: Version | None, expected: dict[int, int], learned: Ranges) -> None:
+    """The last check before a batch's version is written: it learns from where the head stopped.
+
+    The batch step checks this too, but a run re-executed from its model step (the UI's "from
+    selected step", or from failure after another run learned the batch) reuses a batch read
+    against an older head, and its version recorded rows the head had already learned."""
+    if decide(expected, learned) is Decision.ALREADY_LEARNED:
+        raise BatchRefused(
+            f"{stream}: {ranges_text(learned)} was already learned ({head.name if head else 'an offset reset'}); "
+            "nothing was registered. A re-execution of an older run cannot learn its batch again: "
+            "the sensor plans the next one from the head"
+        )
 
 
 def already_registered(registry: ModelRegistry, stream: str, parent: str | None, ranges: Ranges) -> Version | None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dagster as dg
 import numpy as np
 import orjson
 import pytest
 
+from assets.training import batch_run_config
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions, read_range
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
-from tests.helpers import assert_second_version_learned_in_two_workers, produce_synthetic, read_topic, run_batch
+from tests.helpers import (
+    assert_second_version_learned_in_two_workers,
+    high_waters,
+    produce_synthetic,
+    read_topic,
+    run_batch,
+)
 
 
 def _all_ranges(settings, spec: StreamSpec) -> dict[int, tuple[int, int]]:
@@ -140,6 +148,111 @@ def test_crash_then_retry_learns_every_row_exactly_once(
     assert head.meta["rows_learned_total"] == produced == 800
     assert head.learned == {s.partition: s.high_water for s in states}
     assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == head.learned
+
+
+def test_a_run_re_executed_after_its_batch_was_learned_registers_nothing(
+    kafka_bootstrap, kafka_settings, registry, instance, monkeypatch
+):
+    """Re-execution reuses the batch an older run read: from failure after another run learned it,
+    or from the model step of a run that succeeded, it registered a version learning it twice."""
+    batch = {"rows": 200, "max_rows": 1000, "max_wait_s": 3600, "step_retries": 0}
+    spec = synthetic_spec(batch=batch)
+    job = dg.build_reconstructable_job(
+        "tests.helpers",
+        "reconstructable_training_job",
+        reconstructable_kwargs={
+            "name": spec.name,
+            "root": str(registry.root),
+            "bootstrap": kafka_bootstrap,
+            "batch": orjson.dumps(batch).decode(),
+        },
+    )
+
+    def launch(ranges=None, **options):
+        config = None if ranges is None else batch_run_config(spec, ranges).to_config_dict()
+        with dg.execute_job(job, instance, run_config=config, raise_on_error=False, **options) as result:
+            return result.run_id, result.success
+
+    produced = produce_synthetic(kafka_settings, spec, 600)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    first, second = {p: (0, e // 2) for p, e in ends.items()}, {p: (e // 2, e) for p, e in ends.items()}
+    assert launch(first)[1]
+    monkeypatch.setenv("STREAMFIT_FAULT", "after_train")
+    failed, ok = launch(second)
+    assert not ok
+    monkeypatch.delenv("STREAMFIT_FAULT")
+    learned, ok = launch(second)  # the sensor plans the same batch again, and it is learned
+    assert ok and registry.head(spec.name).meta["rows_learned_total"] == produced
+
+    for parent, options in (
+        (failed, dg.ReexecutionOptions.from_failure(failed, instance)),
+        (learned, dg.ReexecutionOptions(parent_run_id=learned, step_selection=[f"{spec.name}__model*"])),
+    ):
+        run_id, ok = launch(reexecution_options=options)
+        assert not ok, f"re-executing {parent[:8]} learned its batch again"
+        failure = next(e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.is_step_failure)
+        assert "was already learned (v2); nothing was registered" in str(
+            failure.dagster_event.event_specific_data.error
+        )
+        assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
+        assert registry.head(spec.name).meta["rows_learned_total"] == produced
+
+
+@pytest.mark.parametrize(
+    ("written", "why"),
+    [
+        # start > end on one partition, beside the next batch on the other: v3 recorded p0 back at 150
+        ([(0, 200, 150, None), (1, 200, 250, None)], "must satisfy start <= learn_end <= end"),
+        ([(0, 200, 250, 120), (1, 200, 250, None)], "must satisfy start <= learn_end <= end"),  # learned back to 120
+        ([(0, 200, 250, None), (0, 250, 260, None)], "partition(s) [0] appear more than once"),
+        ([], "at least 1 item"),
+        ([(2**40, 0, 5, None)], "less than or equal to 2147483647"),
+        ([(0, -5, 5, None)], "greater than or equal to 0"),
+    ],
+    ids=["start_after_end", "learn_end_before_start", "partition_twice", "no_range", "huge_partition", "negative"],
+)
+def test_a_hand_written_run_config_that_would_break_exactly_once_is_refused_before_reading(
+    kafka_settings, spec, registry, stream_defs, instance, written, why
+):
+    produce_synthetic(kafka_settings, spec, 600)
+    for ranges in ({p: (0, 100) for p in (0, 1)}, {p: (100, 200) for p in (0, 1)}):
+        assert run_batch(stream_defs, spec, ranges, instance).success
+    config = {"ranges": [{"partition": p, "start": s, "end": e, "learn_end": learn} for p, s, e, learn in written]}
+    result = stream_defs.resolve_job_def(f"{spec.name}_training").execute_in_process(
+        run_config={"ops": {f"{spec.name}__micro_batch": {"config": config}}}, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert why in str(failure.event_specific_data.error)
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
+    assert registry.head(spec.name).learned == {0: 200, 1: 200}
+
+
+def test_a_partition_the_head_never_learned_starts_at_the_broker_s_first_offset(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    """Partitions the head has not learned may be new: they start where the broker's log does, or
+    the rows before their start were recorded as learned (and a missing partition as an offset)."""
+    produce_synthetic(kafka_settings, spec, 400)
+    assert run_batch(stream_defs, spec, {0: (0, 50)}, instance).success  # p1 not learned yet
+
+    for ranges, why in (
+        (
+            {0: (50, 100), 1: (20, 60)},
+            "partition 1 was never learned and starts at 20, but the broker's first offset is 0",
+        ),
+        ({0: (50, 100), 5: (7, 7)}, "partition 5 does not exist in the topic"),
+    ):
+        result = run_batch(stream_defs, spec, ranges, instance, raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert why in str(failure.event_specific_data.error) and "batch refused (gap)" in str(
+            failure.event_specific_data.error
+        )
+        assert registry.head(spec.name).learned == {0: 50}
+
+    assert run_batch(stream_defs, spec, {0: (50, 100), 1: (0, 60)}, instance).success
+    assert registry.head(spec.name).learned == {0: 100, 1: 60}
 
 
 def test_a_batch_that_skips_offsets_is_refused(kafka_settings, spec, registry, stream_defs, instance):

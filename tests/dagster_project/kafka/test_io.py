@@ -17,6 +17,7 @@ from dagster_project.kafka import io as io_module
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import (
     BrokerUnavailable,
+    RangeBeyondTopic,
     check_reachable,
     commit_group_offsets,
     committed_group_offsets,
@@ -308,8 +309,15 @@ def test_empty_range_does_not_even_connect() -> None:
 def test_read_range_past_the_end_fails_loudly(filled, client: str) -> None:
     settings, topic, ends, _ = filled
     settings = replace(settings, client=client)
-    with pytest.raises(BrokerUnavailable, match=rf"range read stalled .*at {ends[0]}, expected up to {ends[0] + 3}"):
+    with pytest.raises(
+        RangeBeyondTopic, match=rf"range read stalled .*at {ends[0]}, expected up to {ends[0] + 3}"
+    ) as info:
         list(read_range(settings, topic, {0: (ends[0] - 2, ends[0] + 3)}, stall_timeout_s=0.3))
+    # The cause, not "a producer's transaction is still open" with a retry that could never help.
+    assert f"partition 0 ends at {ends[0]}, before the range's end {ends[0] + 3}" in str(info.value)
+    assert "transaction" not in str(info.value) and "let the stream's Kafka sensor plan the batch" in str(info.value)
+    with pytest.raises(RangeBeyondTopic, match=rf"{topic} has no partition 5 \(it has 2\)"):
+        list(read_range(settings, topic, {5: (0, 3)}, stall_timeout_s=0.3))
 
 
 @pytest.mark.parametrize(

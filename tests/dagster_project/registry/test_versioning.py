@@ -108,7 +108,8 @@ def test_a_pending_offset_reset_is_applied_once_and_recorded(registry, spec) -> 
 
 def test_a_replay_keeps_the_streams_position(registry, spec) -> None:
     _register(registry, spec, _two_partitions(spec, 0, 100))
-    v2 = _register(registry, spec, _two_partitions(spec, 150, 50))  # [100, 150) was quarantined
+    registry.set_pending_offsets(spec.name, {0: 150, 1: 150}, reason="quarantined q-1", by="run r")
+    v2 = _register(registry, spec, _two_partitions(spec, 150, 50))  # [100, 150) was quarantined, then skipped
     behind = _two_partitions(spec, 100, 50, seed=3)
 
     v3 = _register(registry, spec, behind, replay={"quarantine": "q-1", "by": "bob"})
