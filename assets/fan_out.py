@@ -79,7 +79,7 @@ def build_fanned_out_model(spec: StreamSpec, retries: dg.RetryPolicy | None) -> 
         from dagster_project.learning import prequential, scale_out
 
         started = time.time()
-        start = start_from(context, registry.get(), name)
+        start = start_from(context, registry.get(), spec)
         labelled = micro_batch.labelled
         if not labelled.any() and start.estimator is None:
             advance_without_model(context, start.registry, name, micro_batch)

@@ -21,6 +21,7 @@ from dagster_project.kafka.offsets import Ranges, ranges_text
 from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
 from dagster_project.orchestration.warm_runs import worker_start
 from dagster_project.quality.policy import apply_quality_policy
+from dagster_project.registry.contract import SpecChanged, model_changed, spec_changed
 from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
@@ -171,7 +172,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         from dagster_project.learning.learner import rows_of, test_then_learn
         from dagster_project.learning.windowed import kafka_reader
 
-        start = start_from(context, registry.get(), name)
+        start = start_from(context, registry.get(), spec)
         reg, estimator, champion = start.registry, start.estimator, start.champion
         labelled = micro_batch.labelled
         started = time.perf_counter()
@@ -303,6 +304,9 @@ def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, 
     learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
     head, expected, reset = expected_offsets(registry.get(), spec.name)
     if decide(expected, learned) is not Decision.ALREADY_LEARNED:
+        changed = spec_changed(spec, head)
+        if changed:  # before reading: nothing dead-lettered or learned under a spec the head does not share
+            raise SpecChanged(changed)
         if any(p not in expected for p in ranges):  # a first batch, or a new partition: one ListOffsets
             starts = log_starts(kafka.settings(), spec.events_topic, ranges)
             refuse_unseen_partition_gaps(ranges, expected, starts)
@@ -373,13 +377,20 @@ class Start:
         return self.head.name if self.head else None
 
 
-def start_from(context, reg, name: str) -> Start:
-    """The head, the model to continue from (it may not be the head: see `continue_from`), the champion."""
+def start_from(context, reg, spec: StreamSpec) -> Start:
+    """The head, the model to continue from (it may not be the head: see `continue_from`), the champion.
+
+    A spec whose estimator changed starts a fresh model: continuing the old one kept it (an SGD
+    pipeline learned on as if it were the MLP the spec and the version's meta named)."""
     from dagster_project.learning.pipeline import continue_from
 
+    name = spec.name
     head = reg.head(name)
     base, lineage = continue_from(reg, name)
-    if lineage and lineage["from"] != (head.name if head else None):
+    if base and (changed := model_changed(reg.get(name, base).meta, spec)):
+        lineage, base = {"from": None, "why": f"{changed} since {base}: a fresh model"}, None
+        context.log.warning(f"{name}: {lineage['why']}")
+    elif lineage and lineage["from"] != (head.name if head else None):
         context.log.warning(f"{name}: continuing from {base}, not the head: {lineage['why']}")
     estimator = reg.load_estimator(name, base) if base else None
     return Start(reg, head, base, lineage, estimator, reg.champion(name))  # champion: what the scorers served

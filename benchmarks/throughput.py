@@ -334,7 +334,7 @@ def streamfit_batch(
 
     # model
     t = clock()
-    start = start_from(_RunLog, registry, name)
+    start = start_from(_RunLog, registry, spec)
     stages["load parent"] = clock() - t
 
     labelled = batch.labelled

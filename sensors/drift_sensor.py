@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_project import names
+from dagster_project.registry.contract import spec_changed
 from dagster_project.registry.store import ModelRegistry, RegistryError
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
@@ -52,6 +53,9 @@ def evaluate(
             return dg.SkipReason(f"{job_name} run {running[0].run_id[:8]} is in flight; waiting for it")
     reg = registry.get()
     try:
+        changed = spec_changed(spec, reg.head(spec.name))
+        if changed:  # a retrain or rollback would act on columns that mean something else now
+            return dg.SkipReason(changed)
         evidence = gather(reg, spec)
     except RegistryError as exc:  # a damaged registry file: no action on guesses; the message names the fix
         context.log.error(str(exc))

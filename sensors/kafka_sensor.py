@@ -25,6 +25,7 @@ from dagster_project.kafka.offsets import (
     ranges_key,
 )
 from dagster_project.kafka.settings import BrokerConfigError
+from dagster_project.registry.contract import spec_changed
 from dagster_project.registry.promotion import spec_tail_split
 from dagster_project.registry.store import ModelRegistry, RegistryError, expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
@@ -76,6 +77,10 @@ def evaluate(
     except RegistryError as exc:  # a damaged registry file: this stream waits, the message names the fix
         context.log.error(str(exc))
         return dg.SkipReason(f"REGISTRY ERROR in {spec.name}: {exc}")
+    changed_spec = spec_changed(spec, head)
+    if changed_spec:  # every run would learn or serve new columns with the old meanings
+        context.log.error(changed_spec)
+        return dg.SkipReason(changed_spec)
     if halt:
         cause = "a failed run" if halt.get("kind") == "failed_run" else "data quality"
         return dg.SkipReason(

@@ -10,6 +10,7 @@ from dagster_project.ingest.categories import encoding_signature, level_labels, 
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide
 from dagster_project.kafka.offsets import Ranges, ranges_text
+from dagster_project.registry.contract import contract_of, estimator_of
 from dagster_project.registry.store import (
     FIRST_VERSION_REASON,
     ModelRegistry,
@@ -36,10 +37,11 @@ def version_meta(
 ) -> dict[str, Any]:
     """The metadata shared by every way a version is made (a batch, a retrain, a replay)."""
     return {
-        "estimator": spec.model.estimator if not spec.model.candidates else [f.label for f in spec.model.families],
+        "estimator": estimator_of(spec),
         "task": spec.task,
         "features": spec.input_names,
         "classes": spec.label.classes,
+        "contract": contract_of(spec),  # what its columns and classes mean (registry.contract)
         "offsets": {
             "topic": spec.events_topic,
             "batch": {str(p): [s, e] for p, (s, e) in sorted(batch.ranges.items())},

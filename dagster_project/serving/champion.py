@@ -32,6 +32,7 @@ import numpy as np
 
 from dagster_project.ingest.categories import encoding_signature
 from dagster_project.onnx.export import OnnxModel
+from dagster_project.registry.contract import spec_changed
 from dagster_project.registry.store import ModelRegistry, RegistryUnavailable
 from dagster_project.serving.candidates import Refusal, describe_failure, fallback_candidates, fingerprint
 from dagster_project.serving.metrics import ScorerMetrics
@@ -242,6 +243,9 @@ class ChampionWatcher:
         # Taken before reading, so a file rewritten during the read is seen as changed and tried again.
         seen = fingerprint(self.registry, stream, version)
         try:
+            changed = spec_changed(self.spec, self.registry.get(stream, version))
+            if changed:  # same width, other meanings: the ONNX checks below cannot see it
+                raise IncompatibleModel(changed)
             served = ServedModel.load(self.spec, version, self.registry.load_onnx(stream, version))
         except RegistryUnavailable:
             raise  # not the version's fault: refuse nothing, keep serving, try again next tick

@@ -11,11 +11,14 @@ from assets.training import batch_run_config
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions, read_range
 from dagster_project.onnx.export import OnnxModel
+from dagster_project.resources import KafkaResource
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
 from tests.helpers import (
     assert_second_version_learned_in_two_workers,
+    defs_for,
     high_waters,
+    kafka_sensor_tick,
     produce_synthetic,
     read_topic,
     run_batch,
@@ -253,6 +256,46 @@ def test_a_partition_the_head_never_learned_starts_at_the_broker_s_first_offset(
 
     assert run_batch(stream_defs, spec, {0: (50, 100), 1: (0, 60)}, instance).success
     assert registry.head(spec.name).learned == {0: 100, 1: 60}
+
+
+def test_a_spec_whose_columns_mean_something_else_now_stops_training_before_reading(
+    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance
+):
+    """Features reordered: training went on from v2 reading x4 into x0's weight, and the gate judged
+    v2 on the wrong columns; no error anywhere."""
+    produce_synthetic(kafka_settings, spec, 600)
+    for ranges in ({p: (0, 100) for p in (0, 1)}, {p: (100, 200) for p in (0, 1)}):
+        assert run_batch(stream_defs, spec, ranges, instance).success
+    edited = synthetic_spec(spec.name, features=[{"name": f"x{i}"} for i in reversed(range(5))])
+    defs = defs_for(edited, kafka_bootstrap, registry)
+
+    refused = run_batch(defs, edited, {p: (200, 250) for p in (0, 1)}, instance, raise_on_error=False)
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
+    error = str(failure.event_specific_data.error)
+    assert f"SPEC CHANGED in {spec.name} since v2: input columns reordered" in error and "Restore the spec" in error
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
+    tick = kafka_sensor_tick(defs, edited, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    assert isinstance(tick, dg.SkipReason) and "SPEC CHANGED" in tick.skip_message  # nothing is launched
+
+    assert run_batch(stream_defs, spec, {p: (200, 250) for p in (0, 1)}, instance).success  # restored: learns on
+
+
+def test_a_spec_whose_estimator_changed_learns_a_fresh_model_of_it(
+    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance
+):
+    """The old estimator was continued for ever while the spec and the version's meta named the new one."""
+    produce_synthetic(kafka_settings, spec, 600)
+    assert run_batch(stream_defs, spec, {p: (0, 100) for p in (0, 1)}, instance).success
+    edited = synthetic_spec(spec.name, model={"estimator": "mlp_classifier"})
+
+    assert run_batch(
+        defs_for(edited, kafka_bootstrap, registry), edited, {p: (100, 200) for p in (0, 1)}, instance
+    ).success
+    v2 = registry.head(spec.name)
+    assert type(registry.load_estimator(spec.name, "v2")[-1]).__name__ == "MLPClassifier"
+    assert v2.meta["estimator"] == "mlp_classifier" and v2.parent == "v1" and v2.learned == {0: 200, 1: 200}
+    assert v2.meta["lineage"]["from"] is None and "model changed" in v2.meta["lineage"]["why"]
 
 
 def test_a_batch_that_skips_offsets_is_refused(kafka_settings, spec, registry, stream_defs, instance):

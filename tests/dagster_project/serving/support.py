@@ -20,6 +20,7 @@ from dagster_project.kafka.io import probe_partitions
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.learning.estimators import build_model, partial_fit
 from dagster_project.onnx.export import OnnxModel, export_onnx
+from dagster_project.registry.contract import contract_of
 from dagster_project.registry.store import FilesystemRegistry, Version
 from dagster_project.serving import ScoringService
 from dagster_project.spec import StreamSpec
@@ -62,8 +63,9 @@ def train_version(
     head = registry.head(spec.name)
     meta = {
         "task": spec.task,
-        "features": spec.feature_names,
+        "features": spec.input_names,
         "classes": spec.label.classes,
+        "contract": contract_of(spec),
         "offsets": {"topic": spec.events_topic, "learned": {}},
         "rows_learned_total": rows,
     }

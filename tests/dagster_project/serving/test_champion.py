@@ -172,6 +172,32 @@ def test_watcher_waits_for_a_champion_and_refuses_what_does_not_fit(
     assert not watcher.check() and watcher.refused is None
 
 
+FIVE = [{"name": f"x{i}"} for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ({"features": FIVE[::-1]}, "input columns reordered ['x0', 'x1', 'x2', 'x3', 'x4'] -> ['x4'"),
+        ({"features": [*FIVE[:4], {"name": "z"}]}, "(['z'] added, ['x4'] removed)"),
+        ({"label": {"classes": [1, 0]}}, "classes reordered [0, 1] -> [1, 0]"),
+    ],
+    ids=["features_reordered", "feature_replaced", "classes_reordered"],
+)
+def test_a_version_whose_columns_or_classes_mean_something_else_now_is_refused(
+    spec: StreamSpec, registry: FilesystemRegistry, edit: dict, named: str
+) -> None:
+    """Same width, so the ONNX checks passed: the scorer served x0's weight on x4, or every class flipped."""
+    learned = synthetic_spec(spec.name, features=FIVE, label={"classes": [0, 1]})
+    train_version(registry, learned)
+    edited = synthetic_spec(spec.name, **({"features": FIVE, "label": {"classes": [0, 1]}} | edit))
+    watcher = ChampionWatcher(registry, edited, ScorerMetrics(spec.name), retry_refused_s=0.0)
+    assert not watcher.check() and watcher.current is None and watcher.refused == "v1"
+    assert f"SPEC CHANGED in {spec.name} since v1: " in watcher.degraded and named in watcher.degraded
+    assert "Restore the spec as v1 learned it" in watcher.degraded
+    assert ChampionWatcher(registry, learned, ScorerMetrics(spec.name)).check()  # the spec it learned serves it
+
+
 @pytest.mark.parametrize("estimator", ["passive_aggressive", "gaussian_nb"])
 def test_other_classifiers_serve_their_scores(registry: FilesystemRegistry, estimator: str) -> None:
     spec = synthetic_spec(label={"classes": [False, True]}, model={"estimator": estimator})

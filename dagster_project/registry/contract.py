@@ -1,0 +1,106 @@
+"""What a version's inputs and outputs mean, recorded with it and compared with the spec.
+
+A model learns columns by position and classes by index. When a spec is edited after versions
+exist (features reordered, one replaced by another of the same width, classes reordered, a
+category added, a rolling mean made a max), continuing or serving an old version reads the new
+columns with the old meanings: predictions inverted or wrong with no error anywhere. So every
+version records its contract, and training, the sensors and the scorer compare it with the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from dagster_project.ingest.categories import encoding_signature
+from dagster_project.spec import StreamSpec
+
+FIX = (
+    "Restore the spec as {version} learned it; a spec whose columns or classes mean something else "
+    "is a new stream: declare it under a new name (its own topics) and produce to it"
+)
+
+
+def contract_of(spec: StreamSpec) -> dict[str, Any]:
+    """The meaning of a model's input columns and outputs under `spec`."""
+    encoding = encoding_signature(spec)
+    return {
+        "task": spec.task,
+        "inputs": spec.input_names,
+        "classes": list(spec.label.classes) if spec.task == "classification" and spec.label.classes else None,
+        # A digest: the vocabulary may be long, and meta.json keeps it whole under categories.
+        "encoding": hashlib.sha256(encoding.encode()).hexdigest()[:16] if encoding else None,
+        "derived": [d.model_dump(mode="json") for d in spec.derived],
+    }
+
+
+def estimator_of(spec: StreamSpec) -> str | list[str]:
+    """The model a version records: the estimator's name, or a candidate set's family labels."""
+    return spec.model.estimator if not spec.model.candidates else [f.label for f in spec.model.families]
+
+
+def model_changed(meta: dict[str, Any], spec: StreamSpec) -> str | None:
+    """Why a version's estimator cannot be continued under `spec` (another estimator now), or None.
+
+    A candidate set continues another candidate set: its families are matched by label."""
+    was, now = meta.get("estimator"), estimator_of(spec)
+    if was is None or was == now or (isinstance(was, list) and isinstance(now, list)):
+        return None
+    return f"the spec's model changed from {was} to {now}"
+
+
+def recorded_contract(meta: dict[str, Any]) -> dict[str, Any]:
+    """A version's contract; older versions recorded only their task, input names and classes."""
+    if isinstance(meta.get("contract"), dict):
+        return meta["contract"]
+    older = {"task": meta.get("task"), "inputs": meta.get("features"), "classes": meta.get("classes")}
+    return {key: value for key, value in older.items() if value is not None}
+
+
+def contract_changes(meta: dict[str, Any], spec: StreamSpec) -> list[str]:
+    """How the spec now differs from what the version with `meta` learned ([] when it does not)."""
+    recorded, now = recorded_contract(meta), contract_of(spec)
+    if recorded.get("task") not in (None, now["task"]):
+        return [f"task {recorded['task']} -> {now['task']}"]
+    changes = []
+    if "inputs" in recorded and recorded["inputs"] != now["inputs"]:
+        changes.append(_list_change("input columns", recorded["inputs"], now["inputs"]))
+    if "classes" in recorded and now["task"] == "classification" and recorded["classes"] != now["classes"]:
+        changes.append(_list_change("classes", recorded["classes"], now["classes"]))
+    if "encoding" in recorded and recorded["encoding"] != now["encoding"]:
+        changes.append("category encoding changed (a category added, removed or reordered, buckets, or `unseen`)")
+    if "derived" in recorded and recorded["derived"] != now["derived"]:
+        changes.append(f"derived features {_short(recorded['derived'])} -> {_short(now['derived'])}")
+    return changes
+
+
+def spec_changed(spec: StreamSpec, version: Any) -> str | None:
+    """The error naming how `spec` changed since `version` (a registry Version, or None), or None."""
+    changes = contract_changes(version.meta, spec) if version is not None else []
+    if not changes:
+        return None
+    return f"SPEC CHANGED in {spec.name} since {version.name}: {'; '.join(changes)}. " + FIX.format(
+        version=version.name
+    )
+
+
+class SpecChanged(RuntimeError):
+    """The spec no longer means what the version learned: no run may continue from it."""
+
+
+def _list_change(what: str, before: list | None, after: list | None) -> str:
+    before, after = list(before or []), list(after or [])
+    if sorted(map(str, before)) == sorted(map(str, after)):
+        return f"{what} reordered {before} -> {after}"
+    added = [x for x in after if x not in before]
+    removed = [x for x in before if x not in after]
+    parts = [f"{added} added"] * bool(added) + [f"{removed} removed"] * bool(removed)
+    if not parts:  # same members, a different count of one
+        parts = ["repeated differently"]
+    return f"{what} {before} -> {after} ({', '.join(parts)})"
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,76 @@
+"""What a version's columns and classes mean, compared with an edited spec (registry.contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dagster_project.registry.contract import contract_changes, contract_of, model_changed
+from dagster_project.spec import StreamSpec
+from tests.conftest import synthetic_spec
+
+FIVE = [{"name": f"x{i}"} for i in range(5)]
+COLOR = {"name": "color", "type": "category", "categories": ["a", "b", "c"]}
+
+
+def spec_with(**edit):
+    return synthetic_spec("s", **({"features": [*FIVE, COLOR], "label": {"classes": [0, 1]}} | edit))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ({"features": [COLOR, *FIVE]}, "input columns reordered"),
+        ({"features": [*FIVE[:4], {"name": "z"}, COLOR]}, "(['z'] added, ['x4'] removed)"),
+        ({"features": [*FIVE, {"name": "x5"}, COLOR]}, "(['x5'] added)"),
+        ({"label": {"classes": [1, 0]}}, "classes reordered [0, 1] -> [1, 0]"),
+        ({"label": {"classes": [0, 1, 2]}}, "([2] added)"),
+        ({"features": [*FIVE, {**COLOR, "categories": ["a", "b", "c", "d"]}]}, "category encoding"),
+        ({"features": [*FIVE, {**COLOR, "categories": ["b", "a", "c"]}]}, "category encoding"),
+        (
+            {"task": "regression", "label": {}, "model": {"estimator": "sgd_regressor"}},
+            "task classification -> regression",
+        ),
+    ],
+)
+def test_a_change_of_meaning_is_named(edit: dict, named: str) -> None:
+    learned = {"contract": contract_of(spec_with())}
+    changes = contract_changes(learned, spec_with(**edit))
+    assert len(changes) == 1 and named in changes[0], changes
+
+
+def test_what_does_not_change_a_column_s_meaning_is_no_change() -> None:
+    learned = {"contract": contract_of(spec_with())}
+    assert contract_changes(learned, spec_with(batch={"rows": 50, "max_rows": 100}, promotion={"tail_rows": 10})) == []
+    assert contract_changes(learned, spec_with(model={"estimator": "mlp_classifier"})) == []  # model_changed's
+
+
+def test_versions_from_before_the_contract_compare_what_they_recorded() -> None:
+    older = {"task": "classification", "features": ["x0", "x1", "x2", "x3", "x4", "color"], "classes": [0, 1]}
+    assert contract_changes(older, spec_with()) == []
+    assert "classes reordered" in contract_changes(older, spec_with(label={"classes": [1, 0]}))[0]
+    older_regression = {"task": "regression", "features": ["x0"], "classes": None}
+    assert (
+        contract_changes(
+            older_regression,
+            synthetic_spec("s", task="regression", label={}, features=[FIVE[0]], model={"estimator": "sgd_regressor"}),
+        )
+        == []
+    )
+
+
+def test_another_estimator_starts_fresh_but_candidate_sets_match_by_family() -> None:
+    assert model_changed({"estimator": "sgd_classifier"}, spec_with(model={"estimator": "mlp_classifier"}))
+    assert model_changed({"estimator": spec_with().model.estimator}, spec_with()) is None
+    assert model_changed({"estimator": ["sgd", "hgb"]}, spec_with(model={"candidates": "recommended"})) is None
+
+
+def test_a_rolling_mean_made_a_max_of_the_same_field_is_named() -> None:
+    """Same width and the same feature state: only the recorded definitions tell them apart."""
+    raw = yaml.safe_load((Path(__file__).parents[3] / "streams" / "sensors.yaml").read_text())
+    learned = {"contract": contract_of(StreamSpec.model_validate(raw))}
+    raw["derived"][0]["agg"] = "max"
+    (change,) = contract_changes(learned, StreamSpec.model_validate(raw))
+    assert change.startswith("derived features ") and '"agg":"mean"' in change and '"agg":"max"' in change
