@@ -392,8 +392,24 @@ def start_from(context, reg, spec: StreamSpec) -> Start:
         context.log.warning(f"{name}: {lineage['why']}")
     elif lineage and lineage["from"] != (head.name if head else None):
         context.log.warning(f"{name}: continuing from {base}, not the head: {lineage['why']}")
-    estimator = reg.load_estimator(name, base) if base else None
+    estimator = _load_to_continue(reg, name, base) if base else None
     return Start(reg, head, base, lineage, estimator, reg.champion(name))  # champion: what the scorers served
+
+
+def _load_to_continue(reg, name: str, base: str) -> Any:
+    """`base`'s estimator; a missing or damaged file is named with the fix (every retry would fail alike)."""
+    from dagster_project.registry.store import RegistryError, RegistryUnavailable
+
+    try:
+        return reg.load_estimator(name, base)
+    except RegistryUnavailable:
+        raise
+    except (RegistryError, OSError) as exc:
+        raise RegistryError(
+            f"{name}: cannot load {base}'s estimator to continue learning from it ({exc}). Restore {base}'s files "
+            f"from a backup, or move {base} out of the registry (the version before it becomes the head again "
+            "and the batches after that are learned again), then re-execute the run"
+        ) from exc
 
 
 def champion_metrics(start: Start, spec: StreamSpec, X, y) -> dict | None:

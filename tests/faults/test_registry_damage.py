@@ -83,3 +83,25 @@ def test_logs_tolerate_a_torn_last_line_and_name_a_damaged_one(two_versions, spe
     history.write_bytes(b"garbage\n" + history.read_bytes())
     with pytest.raises(Exception, match="line 1"):
         registry.champion_history(spec.name)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_a_head_whose_estimator_is_damaged_fails_its_batch_naming_the_fix(
+    two_versions, kafka_settings, spec, registry, stream_defs, instance, damage
+):
+    """It failed with a bare FileNotFoundError (or a checksum error) naming no fix, on every retry."""
+    estimator = registry.root / spec.name / "v2" / "estimator.joblib"
+    if damage == "missing":
+        estimator.unlink()
+    else:
+        estimator.write_bytes(b"garbage")
+    ends = high_waters(kafka_settings, spec.events_topic)
+    learned = two_versions[-1].learned
+
+    failed = run_batch(stream_defs, spec, {p: (learned[p], e) for p, e in ends.items()}, instance, raise_on_error=False)
+
+    assert not failed.success
+    error = str(next(e for e in failed.all_events if e.is_step_failure).event_specific_data.error)
+    assert f"{spec.name}: cannot load v2's estimator to continue learning from it" in error
+    assert "Restore v2's files from a backup, or move v2 out of the registry" in error
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
