@@ -4,6 +4,8 @@ Asset bodies stay short and read like the data flow; the work is in `dagster_pro
 """
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ from dagster_project.dev.faults import crash_point
 from dagster_project.features.checkpoint import expected_state
 from dagster_project.ingest import group_reads
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
-from dagster_project.kafka.exactly_once import Decision, decide, refuse_unseen_partition_gaps
+from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide, refuse_unseen_partition_gaps
 from dagster_project.kafka.io import commit_group_offsets, log_starts
 from dagster_project.kafka.offsets import Ranges, ranges_text
 from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
@@ -273,9 +275,10 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             )
             reg.settle_offset_reset(name)  # the reset it applied, if that run died before keeping it as applied
         else:
-            version = register_batch(
-                reg, spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
-            )
+            with refusals_fail_at_once():
+                version = register_batch(
+                    reg, spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
+                )
         crash_point("after_register", attempt=_attempt(context))
         commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, version.learned)
         links = version.meta.get("mlflow") or {}  # on MLflow: the model version and its source run
@@ -296,6 +299,16 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     return [micro_batch, model, onnx_model, model_version]
 
 
+@contextmanager
+def refusals_fail_at_once() -> Iterator[None]:
+    """A refused batch or a changed spec fails alike on every retry: fail the step at once, so the
+    sensor halts the stream with the reason instead of after the retries' backoff waits."""
+    try:
+        yield
+    except (BatchRefused, SpecChanged) as exc:
+        raise dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False) from exc
+
+
 def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, learn_ends: dict[int, int] | None):
     """The head and offset reset the batch follows, and a passed check when the batch was learned already.
 
@@ -303,14 +316,15 @@ def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, 
     """
     learned = {p: (s, (learn_ends or {}).get(p, e)) for p, (s, e) in ranges.items()}
     head, expected, reset = expected_offsets(registry.get(), spec.name)
-    if decide(expected, learned) is not Decision.ALREADY_LEARNED:
-        changed = spec_changed(spec, head)
-        if changed:  # before reading: nothing dead-lettered or learned under a spec the head does not share
-            raise SpecChanged(changed)
-        if any(p not in expected for p in ranges):  # a first batch, or a new partition: one ListOffsets
-            starts = log_starts(kafka.settings(), spec.events_topic, ranges)
-            refuse_unseen_partition_gaps(ranges, expected, starts)
-        return head, reset, None
+    with refusals_fail_at_once():
+        if decide(expected, learned) is not Decision.ALREADY_LEARNED:
+            changed = spec_changed(spec, head)
+            if changed:  # before reading: nothing dead-lettered or learned under a spec the head does not share
+                raise SpecChanged(changed)
+            if any(p not in expected for p in ranges):  # a first batch, or a new partition: one ListOffsets
+                starts = log_starts(kafka.settings(), spec.events_topic, ranges)
+                refuse_unseen_partition_gaps(ranges, expected, starts)
+            return head, reset, None
     commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, expected)
     learned_by = head.name if head else "an offset reset"
     message = f"{ranges_text(ranges)} was already learned ({learned_by}); nothing to validate or train"
