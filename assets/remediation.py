@@ -39,6 +39,13 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
         current = reg.champion(name)
         if current != config.from_version:
             raise dg.Failure(f"champion is {current}, not {config.from_version}: the decision is stale, nothing done")
+        problem = reg.unservable(name, config.to_version)
+        if problem is not None:  # scorers would keep serving the version rolled back from
+            raise dg.Failure(
+                f"{config.to_version} cannot be served, nothing done: {problem}. `streamfit models rollback {name}` "
+                "passes over it to the last servable champion",
+                allow_retries=False,
+            )
         reason = "; ".join(config.reasons)
         reg.set_champion(name, config.to_version, reason=ROLLBACK_REASON + reason, evidence=json.loads(config.evidence))
         reg.record_decision(

@@ -418,11 +418,12 @@ def _load_to_continue(reg, name: str, base: str) -> Any:
         return reg.load_estimator(name, base)
     except RegistryUnavailable:
         raise
-    except (RegistryError, OSError) as exc:
-        raise RegistryError(
+    except (RegistryError, OSError) as exc:  # every retry would fail alike
+        raise dg.Failure(
             f"{name}: cannot load {base}'s estimator to continue learning from it ({exc}). Restore {base}'s files "
             f"from a backup, or move {base} out of the registry (the version before it becomes the head again "
-            "and the batches after that are learned again), then re-execute the run"
+            "and the batches after that are learned again), then re-execute the run",
+            allow_retries=False,
         ) from exc
 
 

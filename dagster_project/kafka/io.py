@@ -186,15 +186,25 @@ def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
     return partitions
 
 
+METADATA_CATCH_UP_S = 5.0  # how long a partition the metadata does not list yet is waited for
+
+
 def log_starts(settings: KafkaSettings, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     """The first offset the broker holds of each of `partitions` that `topic` has (others are absent)."""
     from kafka import TopicPartition
 
+    wanted = set(partitions)
     consumer = _open_reader(settings)
     try:
         existing = retrying(lambda: consumer.partitions_for_topic(topic)) or set()
-        tps = [TopicPartition(topic, p) for p in partitions if p in existing]
-        return {tp.partition: o for tp, o in consumer.beginning_offsets(tps).items()} if tps else {}
+        deadline = time.monotonic() + METADATA_CATCH_UP_S
+        while not wanted <= existing and time.monotonic() < deadline:
+            # A broker's metadata may lag a partition increase another client already saw.
+            time.sleep(0.2)
+            consumer.topics()  # a fresh metadata request
+            existing = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in wanted if p in existing]
+        return {tp.partition: o for tp, o in consumer.beginning_offsets(tps, timeout_ms=10_000).items()} if tps else {}
     finally:
         consumer.close()
 
@@ -588,8 +598,8 @@ def _stalled(
     if beyond:
         return RangeBeyondTopic(
             f"{topic}: range read stalled for {stall_timeout_s}s ({short}): {beyond}. Nothing was learned; these "
-            "ranges were not planned from this topic (a hand-edited run config, or another cluster): let the "
-            "stream's Kafka sensor plan the batch"
+            "ranges were not planned from this topic as it stands (a hand-edited run config, another cluster, or "
+            "records lost to an unclean leader election): let the stream's Kafka sensor plan the batch"
         )
     open_transactions = _behind_open_transactions(settings, topic, todo)
     if open_transactions:

@@ -36,11 +36,18 @@ RECORD_TAILS = 10
 class CandidateSet:
     """The families of one stream and the one that serves; predictions are the leader's."""
 
-    def __init__(self, members: dict[str, Any], leader: str, record: dict[str, list[dict]] | None = None) -> None:
+    def __init__(
+        self,
+        members: dict[str, Any],
+        leader: str,
+        record: dict[str, list[dict]] | None = None,
+        estimators: dict[str, str] | None = None,
+    ) -> None:
         if leader not in members:
             raise ValueError(f"leader {leader!r} is not one of the families {sorted(members)}")
         self.members = members
         self.leader = leader
+        self.estimators = estimators or {}  # family label -> the estimator its member is (a spec may change it)
         self.choice: dict[str, Any] = {}  # the latest leader decision, with every family's numbers
         # challenger -> its paired tests against the leader on the tails since the leader changed
         self.record: dict[str, list[dict]] = record if record is not None else {}
@@ -49,7 +56,15 @@ class CandidateSet:
         """Versions pickled before the leader kept records or choices load with empty ones."""
         state.setdefault("choice", {})
         state.setdefault("record", {})
+        state.setdefault("estimators", {})
         self.__dict__.update(state)
+
+    def member_of(self, family: Any) -> Any:
+        """The member that continues `family` (a ModelSpec), or None when it is new or its estimator
+        changed under the same label (continuing it learned on the old estimator under the new name)."""
+        if self.estimators.get(family.label, family.estimator) != family.estimator:
+            return None
+        return self.members.get(family.label)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.members[self.leader].predict(X)

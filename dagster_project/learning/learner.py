@@ -77,7 +77,7 @@ def test_then_learn(
         families: dict[str, dict[str, Any]] = {}
         for family in spec.model.families:
             member_spec = spec.for_family(family)
-            start = current.members.get(family.label) if current else None
+            start = current.member_of(family) if current else None
             learned = _learn_one(start, member_spec, rows, ranges, read, force, replayed, alone=False)
             members[family.label] = learned.model
             families[family.label] = learned.metrics.as_metadata() | describe(learned.model)
@@ -86,7 +86,8 @@ def test_then_learn(
         kept = current is not None and current.leader == leader
         record = {k: list(v) for k, v in current.record.items() if k in members} if kept else None
         metrics = BatchMetrics.from_record(families[leader])
-        return Learned(CandidateSet(members, leader, record), metrics, None, families)
+        estimators = {family.label: family.estimator for family in spec.model.families}
+        return Learned(CandidateSet(members, leader, record, estimators), metrics, None, families)
     return _learn_one(model, spec, rows, ranges, read, force, replayed)
 
 
@@ -156,7 +157,7 @@ def retrained(
         members = {
             family.label: retrained(
                 spec.for_family(family),
-                current.members.get(family.label) if current else None,
+                current.member_of(family) if current else None,
                 rows,
                 window,
                 reason,
@@ -165,7 +166,8 @@ def retrained(
             )
             for family in spec.model.families
         }
-        return CandidateSet(members, _ready_leader(members, spec, leader))
+        estimators = {family.label: family.estimator for family in spec.model.families}
+        return CandidateSet(members, _ready_leader(members, spec, leader), estimators=estimators)
     if not spec.model.windowed:
         return replay(spec, start if not isinstance(start, (WindowedModel, CandidateSet)) else None)
     model = windowed.new_model(spec)

@@ -18,6 +18,7 @@ import numpy as np
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.registry.contract import model_changed
 from dagster_project.registry.store import ModelRegistry, Version
 from dagster_project.spec import StreamSpec
 
@@ -106,7 +107,8 @@ def learn_from_head(
 
     read = kafka_reader(settings, spec, registry=registry) if settings is not None else no_broker
     head = registry.head(spec.name)
-    estimator = registry.load_estimator(spec.name, head.name) if head else None
+    fresh = head is None or model_changed(head.meta, spec) is not None  # another estimator: a model of it
+    estimator = None if fresh else registry.load_estimator(spec.name, head.name)
     labelled = batch.labelled
     started = time.perf_counter()
     X, y = batch.X[labelled], batch.y[labelled]

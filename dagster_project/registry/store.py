@@ -597,14 +597,17 @@ class FilesystemRegistry(ModelRegistry):
         record = {"version": version, "previous": previous, "reason": reason, "at": _now()}
         if evidence:
             record["evidence"] = evidence
-        alias = self._stream_dir(stream) / "champion"
+        alias, history = self._stream_dir(stream) / "champion", self._stream_dir(stream) / "champion_history.jsonl"
         before = alias.read_bytes() if alias.exists() else None
         try:
             _write_atomic(alias, orjson.dumps(record))
+            size = history.stat().st_size if history.exists() else 0
             try:
-                with open(self._stream_dir(stream) / "champion_history.jsonl", "ab") as fh:
+                with open(history, "ab") as fh:
                     fh.write(orjson.dumps(record) + b"\n")
             except OSError:  # an error means nothing changed: no served champion the audit history lacks
+                if history.is_file():
+                    os.truncate(history, size)  # no torn line for the next promotion to append onto
                 if before is None:
                     alias.unlink(missing_ok=True)
                 else:

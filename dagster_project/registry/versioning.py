@@ -10,7 +10,7 @@ from dagster_project.ingest.categories import encoding_signature, level_labels, 
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide
 from dagster_project.kafka.offsets import Ranges, ranges_text
-from dagster_project.registry.contract import contract_of, estimator_of
+from dagster_project.registry.contract import SpecChanged, contract_of, estimator_of, spec_changed
 from dagster_project.registry.store import (
     FIRST_VERSION_REASON,
     ModelRegistry,
@@ -112,6 +112,9 @@ def register_batch(
 
     registry.settle_offset_reset(spec.name)  # a crash after an earlier version applied a reset, before it was kept
     head, expected, reset = expected_offsets(registry, spec.name)
+    changed = spec_changed(spec, head)
+    if changed:  # a replay or retrain too: recorded under the new contract, the old meanings would go on unseen
+        raise SpecChanged(changed)
     if (head.name if head else None) != model.parent:
         raise StaleParent(f"{spec.name}: trained on {model.parent} but the head is now {head.name if head else None}")
     head_identity = head.meta["offsets"].get("identity") if head else None

@@ -90,6 +90,23 @@ def test_a_stale_rollback_changes_nothing(two_versions, spec, stream_defs, insta
     assert registry.decisions(spec.name) == decisions_before
 
 
+def test_a_rollback_to_a_version_scorers_would_refuse_changes_nothing(
+    two_versions, spec, stream_defs, instance
+) -> None:
+    """The alias moved to a damaged v1 while every scorer kept serving v2 (they refuse a failed checksum)."""
+    registry = two_versions
+    (registry.root / spec.name / "v1" / "model.onnx").write_bytes(b"\x00truncated")
+    job = stream_defs.resolve_job_def(names.rollback_job(spec.name))
+    config = _action_config(spec, names.rollback_op, from_version="v2", to_version="v1", reasons=["regression"])
+
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "v1 cannot be served, nothing done" in str(failure.event_specific_data.error)
+    assert registry.champion(spec.name) == "v2"
+
+
 def test_retrain_registers_a_new_head_and_records_the_action(
     kafka_settings, spec, registry, stream_defs, instance
 ) -> None:

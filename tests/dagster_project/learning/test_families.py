@@ -198,3 +198,23 @@ def test_a_candidate_set_pickled_before_records_existed_loads_with_empty_ones() 
     old.__dict__.update({"members": {"sgd": None}, "leader": "sgd"})
     loaded = pickle.loads(pickle.dumps(old))
     assert loaded.record == {} and loaded.choice == {} and loaded.leader == "sgd"
+
+
+def test_a_family_whose_estimator_changed_under_its_name_learns_a_fresh_model_of_it() -> None:
+    """Matched by label only, the old SGD member learned on as the 'sgd' family the spec now made an MLP."""
+    X, y = stream(1000, seed=2)
+    reader = RecordingReader(X, y)
+    model, _ = learn(make_spec(), reader, range(3))
+    edited = StreamSpec(
+        **{
+            **make_spec().model_dump(),
+            "model": {"candidates": [{**FAMILIES[0], "estimator": "mlp_classifier"}, FAMILIES[1]]},
+        }
+    )
+    hgb_batches = len(model.members["hgb"].batches)
+
+    model, _ = learn(edited, reader, range(3, 4), model)
+
+    assert type(servable(model.members["sgd"])[-1]).__name__ == "MLPClassifier"
+    assert model.estimators == {"sgd": "mlp_classifier", "hgb": "hist_gradient_boosting_classifier"}
+    assert len(model.members["hgb"].batches) == hgb_batches + 1  # the unchanged family went on from its window

@@ -11,6 +11,7 @@ import pytest
 
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.learning.pipeline import export_checked, learn_from_head
+from dagster_project.registry.contract import SpecChanged
 from dagster_project.registry.store import StaleParent
 from dagster_project.registry.versioning import register_batch
 from dagster_project.spec import StreamSpec
@@ -132,3 +133,19 @@ def test_a_retrain_moves_neither_offsets_nor_rows_and_leaves_a_reset_pending(reg
     assert v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] == 400
     assert v3.meta["rows"]["trained"] == 400 and v3.meta["offset_reset_applied"] is None
     assert registry.pending_offset_reset(spec.name) == pending, "the next learned batch applies the reset"
+
+
+def test_a_replay_under_a_spec_whose_columns_changed_is_refused(registry, spec) -> None:
+    """Registered under the new contract, the old model's meanings would have gone on unseen by any check."""
+    _register(registry, spec, _two_partitions(spec, 0, 100))
+    reordered = synthetic_spec(spec.name, features=[{"name": f"x{i}"} for i in reversed(range(5))])
+    with pytest.raises(SpecChanged, match=f"SPEC CHANGED in {spec.name} since v1: input columns reordered"):
+        _register(registry, reordered, _two_partitions(reordered, 0, 50, seed=3), replay={"quarantine": "q-1"})
+    assert [v.name for v in registry.versions(spec.name)] == ["v1"]
+
+
+def test_a_replay_under_a_spec_whose_estimator_changed_learns_a_fresh_model_of_it(registry, spec) -> None:
+    _register(registry, spec, _two_partitions(spec, 0, 100))
+    mlp = synthetic_spec(spec.name, model={"estimator": "mlp_classifier"})
+    trained = learn_from_head(registry, mlp, _two_partitions(mlp, 0, 50, seed=3))
+    assert type(trained.estimator[-1]).__name__ == "MLPClassifier" and trained.parent == "v1"
