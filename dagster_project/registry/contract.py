@@ -31,7 +31,8 @@ def contract_of(spec: StreamSpec) -> dict[str, Any]:
         "classes": list(spec.label.classes) if spec.task == "classification" and spec.label.classes else None,
         # A digest: the vocabulary may be long, and meta.json keeps it whole under categories.
         "encoding": hashlib.sha256(encoding.encode()).hexdigest()[:16] if encoding else None,
-        "derived": [d.model_dump(mode="json") for d in spec.derived],
+        # Without defaults: a field added to derived features later must not read as a change.
+        "derived": [d.model_dump(mode="json", exclude_defaults=True) for d in spec.derived],
     }
 
 
