@@ -24,7 +24,7 @@ from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
 from dagster_project.orchestration.warm_runs import worker_start
 from dagster_project.quality.policy import apply_quality_policy
 from dagster_project.registry.contract import SpecChanged, model_changed, spec_changed
-from dagster_project.registry.store import expected_offsets
+from dagster_project.registry.store import RegistryError, RegistryUnavailable, expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -401,7 +401,7 @@ def start_from(context, reg, spec: StreamSpec) -> Start:
     name = spec.name
     head = reg.head(name)
     base, lineage = continue_from(reg, name)
-    if base and (changed := model_changed(reg.get(name, base).meta, spec)):
+    if base and (changed := model_changed(head.meta if base == head.name else reg.get(name, base).meta, spec)):
         lineage, base = {"from": None, "why": f"{changed} since {base}: a fresh model"}, None
         context.log.warning(f"{name}: {lineage['why']}")
     elif lineage and lineage["from"] != (head.name if head else None):
@@ -412,8 +412,6 @@ def start_from(context, reg, spec: StreamSpec) -> Start:
 
 def _load_to_continue(reg, name: str, base: str) -> Any:
     """`base`'s estimator; a missing or damaged file is named with the fix (every retry would fail alike)."""
-    from dagster_project.registry.store import RegistryError, RegistryUnavailable
-
     try:
         return reg.load_estimator(name, base)
     except RegistryUnavailable:

@@ -51,13 +51,14 @@ def migrate(target: str, from_root: Path | None, mlflow_uri: str | None, streams
 
     root = from_root or registry_root()
     source = FilesystemRegistry(root)
-    chosen = list(streams) or source.streams()
+    held = source.streams()
+    chosen = list(streams) or held
     if not chosen:
         raise click.ClickException(f"{root} holds no stream to migrate")
-    missing = [stream for stream in chosen if stream not in source.streams()]
+    missing = [stream for stream in chosen if stream not in held]
     if missing:
         raise click.ClickException(
-            f"{root} holds no stream {', '.join(missing)} (it holds: {', '.join(source.streams()) or 'none'}); "
+            f"{root} holds no stream {', '.join(missing)} (it holds: {', '.join(held) or 'none'}); "
             "check --stream and --from-root"
         )
     try:

@@ -86,8 +86,7 @@ def test_then_learn(
         kept = current is not None and current.leader == leader
         record = {k: list(v) for k, v in current.record.items() if k in members} if kept else None
         metrics = BatchMetrics.from_record(families[leader])
-        estimators = {family.label: family.estimator for family in spec.model.families}
-        return Learned(CandidateSet(members, leader, record, estimators), metrics, None, families)
+        return Learned(CandidateSet(members, leader, record, _estimators(spec)), metrics, None, families)
     return _learn_one(model, spec, rows, ranges, read, force, replayed)
 
 
@@ -98,6 +97,11 @@ def _ready_leader(members: dict[str, Any], spec: StreamSpec, preferred: str | No
     if not ready:
         raise ValueError(_unfitted(next(iter(members.values())), spec))
     return preferred if preferred in ready else ready[0]
+
+
+def _estimators(spec: StreamSpec) -> dict[str, str]:
+    """Each family's label and estimator: what `CandidateSet.member_of` compares the next spec with."""
+    return {family.label: family.estimator for family in spec.model.families}
 
 
 def _unfitted(model: Any, spec: StreamSpec) -> str | None:
@@ -166,8 +170,7 @@ def retrained(
             )
             for family in spec.model.families
         }
-        estimators = {family.label: family.estimator for family in spec.model.families}
-        return CandidateSet(members, _ready_leader(members, spec, leader), estimators=estimators)
+        return CandidateSet(members, _ready_leader(members, spec, leader), estimators=_estimators(spec))
     if not spec.model.windowed:
         return replay(spec, start if not isinstance(start, (WindowedModel, CandidateSet)) else None)
     model = windowed.new_model(spec)

@@ -35,16 +35,20 @@ def _fill(directory: Path) -> Path:
     return ballast
 
 
-def test_a_full_registry_disk_fails_the_run_cleanly_and_training_resumes(
-    kafka_settings, kafka_bootstrap, spec, instance, small_disk
-):
+def _first_half_learned(kafka_settings, kafka_bootstrap, spec, instance, small_disk):
+    """600 events, the first half learned as v1 into a registry on `small_disk`; the second half waits."""
     registry = FilesystemRegistry(small_disk / "registry")
     defs = defs_for(spec, kafka_bootstrap, registry)
     produce_synthetic(kafka_settings, spec, 600)
     ends = high_waters(kafka_settings, spec.events_topic)
-    first = {p: (0, e // 2) for p, e in ends.items()}
-    second = {p: (e // 2, e) for p, e in ends.items()}
-    assert run_batch(defs, spec, first, instance).success
+    assert run_batch(defs, spec, {p: (0, e // 2) for p, e in ends.items()}, instance).success
+    return registry, defs, ends, {p: (e // 2, e) for p, e in ends.items()}
+
+
+def test_a_full_registry_disk_fails_the_run_cleanly_and_training_resumes(
+    kafka_settings, kafka_bootstrap, spec, instance, small_disk
+):
+    registry, defs, ends, second = _first_half_learned(kafka_settings, kafka_bootstrap, spec, instance, small_disk)
 
     ballast = _fill(small_disk)
     full = run_batch(defs, spec, second, instance, raise_on_error=False)
@@ -66,13 +70,7 @@ def test_a_full_registry_disk_fails_the_run_cleanly_and_training_resumes(
 def test_a_read_only_registry_fails_the_run_naming_the_fix_and_training_resumes(
     kafka_settings, kafka_bootstrap, spec, instance, small_disk
 ):
-    registry = FilesystemRegistry(small_disk / "registry")
-    defs = defs_for(spec, kafka_bootstrap, registry)
-    produce_synthetic(kafka_settings, spec, 600)
-    ends = high_waters(kafka_settings, spec.events_topic)
-    first = {p: (0, e // 2) for p, e in ends.items()}
-    second = {p: (e // 2, e) for p, e in ends.items()}
-    assert run_batch(defs, spec, first, instance).success
+    registry, defs, ends, second = _first_half_learned(kafka_settings, kafka_bootstrap, spec, instance, small_disk)
 
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
