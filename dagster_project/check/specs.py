@@ -21,6 +21,7 @@ class SpecReport:
     path: Path
     spec: StreamSpec | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing before deploying, never a failure
 
     @property
     def ok(self) -> bool:

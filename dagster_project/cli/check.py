@@ -26,6 +26,14 @@ SHOWN_REASONS = 10  # refusal reasons listed with an example; the rest are count
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --sample: also write the report as JSON (per batch and summary), e.g. for a CI step.",
 )
+@click.option(
+    "--registry/--no-registry",
+    "compare_registry",
+    default=True,
+    show_default=True,
+    help="Compare each spec with what its stream's versions in the registry ($STREAMFIT_REGISTRY) learned: "
+    "an edit that would halt training or make scorers refuse the champion fails the check.",
+)
 def check(
     paths: tuple[Path, ...],
     sample: Path | None,
@@ -33,11 +41,12 @@ def check(
     batch_rows: int | None,
     limit: int | None,
     json_path: Path | None,
+    compare_registry: bool,
 ):
-    """Check stream specs (default: $STREAMFIT_STREAMS) one by one: schema, estimator parameters and
-    the data-quality suite. With --sample, also learn the events as training runs would (parse,
-    features, quality checks, test-then-train, ONNX export with parity) and report what was learned
-    and refused. Exits 1 when anything would stop the stream."""
+    """Check stream specs (default: $STREAMFIT_STREAMS) one by one: schema, estimator parameters, the
+    data-quality suite, and what the stream's registry versions learned. With --sample, also learn
+    the events as training runs would (parse, features, quality checks, test-then-train, ONNX export
+    with parity) and report what was learned and refused. Exits 1 when anything would stop the stream."""
     from dagster_project.check.specs import check_spec_files, spec_files
     from dagster_project.spec import specs_dir
 
@@ -47,18 +56,43 @@ def check(
         raise click.ClickException(str(exc)) from exc
     click.echo(f"checking {len(files)} spec file(s) (importing scikit-learn and Great Expectations) ...", err=True)
     reports = check_spec_files(files)
+    unreadable = _compare_with_registry(reports) if compare_registry else None
     for report in reports:
         if report.ok:
             click.echo(f"ok    {report.path}: {report.summary()}")
+        for note in report.notes:
+            click.echo(f"note  {report.path}: {note}")
         for problem in report.problems:
             click.echo(f"FAIL  {report.path}: {problem}")
-    failed = sum(not r.ok for r in reports)
+    if unreadable:
+        click.echo(f"FAIL  registry: {unreadable}")
+    failed = sum(not r.ok for r in reports) + bool(unreadable)
     if json_path is not None and sample is None:
         raise click.ClickException("--json writes the report of a sample: add --sample events.jsonl")
     if sample is not None:
         failed += _backtest(reports, sample, stream, batch_rows, limit, json_path)
     if failed:
         raise SystemExit(1)
+
+
+def _compare_with_registry(reports) -> str | None:
+    """Each loaded spec against its stream's versions; why the registry could not be read, else None
+    (a comparison not made is said, never passed)."""
+    from dagster_project.check.registry import compare_with_registry
+    from dagster_project.cli.common import registry
+    from dagster_project.registry.store import RegistryError
+
+    loaded = [r for r in reports if r.spec is not None]
+    try:
+        store = registry()
+        for report in loaded:
+            found = compare_with_registry(report.spec, store)
+            report.problems.extend(found.problems)
+            report.notes.extend(found.notes)
+    except RegistryError as exc:
+        fix = "Fix its settings, or check without it: --no-registry"
+        return f"the specs were not compared with the registry: {exc}. {fix}"
+    return None
 
 
 def _backtest(

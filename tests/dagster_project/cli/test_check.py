@@ -8,6 +8,9 @@ import orjson
 
 from dagster_project.dev.datasets import census_events
 from dagster_project.ingest.events import make_event
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.spec import load_spec
+from tests.dagster_project.serving.support import train_version
 
 SHIPPED = Path(__file__).resolve().parents[3] / "streams"
 
@@ -69,3 +72,38 @@ def test_check_with_a_sample_needs_one_stream(cli, tmp_path: Path) -> None:
 def test_check_of_a_missing_path_is_one_line(cli, tmp_path: Path) -> None:
     result = cli("check", tmp_path / "nope.yaml")
     assert result.exit_code == 1 and f"Error: no spec file or directory at {tmp_path / 'nope.yaml'}" in result.output
+
+
+def test_check_fails_a_spec_edited_since_its_versions_and_can_skip_the_registry(
+    cli, tmp_path: Path, registry: FilesystemRegistry
+) -> None:
+    features = "".join(f"  - {{name: x{i}}}\n" for i in range(5))
+    spec_file = tmp_path / "edited.yaml"
+    spec_file.write_text(f"name: edited\ntask: classification\nfeatures:\n{features}label: {{classes: [0, 1]}}\n")
+    train_version(registry, load_spec(spec_file))
+    assert cli("check", spec_file).exit_code == 0
+
+    spec_file.write_text(spec_file.read_text().replace("[0, 1]", "[1, 0]"))
+    result = cli("check", spec_file)
+
+    assert result.exit_code == 1
+    assert f"FAIL  {spec_file}: training would halt and scorers would refuse it (the champion): SPEC CHANGED" in (
+        result.stdout
+    )
+    assert "classes reordered [0, 1] -> [1, 0]" in result.stdout
+    assert cli("check", spec_file, "--no-registry").exit_code == 0
+
+
+def test_check_says_when_the_registry_could_not_be_read(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STREAMFIT_REGISTRY", "mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("STREAMFIT_MLFLOW_URI", raising=False)
+
+    result = cli("check", SHIPPED / "census.yaml")
+
+    assert result.exit_code == 1
+    assert "FAIL  registry: the specs were not compared with the registry: STREAMFIT_REGISTRY=mlflow needs" in (
+        result.stdout
+    )
+    assert "check without it: --no-registry" in result.stdout
+    assert "ok    " in result.stdout  # the spec's own checks are still reported

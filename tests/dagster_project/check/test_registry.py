@@ -1,0 +1,61 @@
+"""A spec compared with what its registry versions learned: an edit that would halt the stream is found first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster_project.check.registry import compare_with_registry
+from dagster_project.registry.contract import estimator_of
+from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.spec import StreamSpec
+from tests.conftest import synthetic_spec
+from tests.dagster_project.serving.support import train_version
+
+
+def _edited(spec: StreamSpec, **changes) -> StreamSpec:
+    return StreamSpec.model_validate(spec.model_dump(mode="json") | changes)
+
+
+def test_a_stream_without_versions_has_nothing_to_compare(tmp_path: Path) -> None:
+    found = compare_with_registry(synthetic_spec("fresh"), FilesystemRegistry(tmp_path))
+    assert (found.problems, found.notes) == ([], [])
+
+
+def test_an_unchanged_spec_passes_and_an_edited_one_names_the_halt_and_the_fix(tmp_path: Path) -> None:
+    registry, spec = FilesystemRegistry(tmp_path), synthetic_spec("edited")
+    train_version(registry, spec)
+    assert compare_with_registry(spec, registry).problems == []
+
+    (problem,) = compare_with_registry(
+        _edited(spec, features=list(reversed(spec.model_dump(mode="json")["features"]))), registry
+    ).problems
+    assert problem.startswith("training would halt and scorers would refuse it (the champion): SPEC CHANGED in edited")
+    assert "since v1: input columns reordered ['x0', 'x1', 'x2', 'x3', 'x4'] -> ['x4', 'x3'," in problem
+    assert "Restore the spec as v1 learned it" in problem
+
+
+def test_a_champion_older_than_the_head_is_compared_too(tmp_path: Path) -> None:
+    registry, spec = FilesystemRegistry(tmp_path), synthetic_spec("older")
+    train_version(registry, spec)
+    classes_swapped = _edited(spec, label={"classes": [1, 0]})
+    train_version(registry, classes_swapped, champion=False)  # v2, the head, learned the swapped classes
+
+    (problem,) = compare_with_registry(classes_swapped, registry).problems
+    assert problem.startswith("scorers would refuse the champion v1: SPEC CHANGED in older since v1: classes reordered")
+
+
+def test_a_changed_estimator_is_a_note_not_a_failure(tmp_path: Path) -> None:
+    registry, spec = FilesystemRegistry(tmp_path), synthetic_spec("estimator")
+    version = train_version(registry, spec)
+    meta = version.meta | {"estimator": estimator_of(spec)}
+    onnx, model = registry.load_onnx(spec.name, "v1"), registry.load_estimator(spec.name, "v1")
+    registry.register(spec.name, "v1", onnx, model, meta)
+    mlp = _edited(spec, model={"estimator": "mlp_classifier"})
+
+    found = compare_with_registry(mlp, registry)
+
+    assert found.problems == []
+    assert found.notes == [
+        f"the spec's model changed from {estimator_of(spec)} to mlp_classifier since v2: "
+        "the next batch learns a fresh model, from v2's offsets on"
+    ]
