@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dagster_project.registry.contract import settings_changed
 from dagster_project.spec import StreamSpec
 
 LOWER_IS_BETTER = {"log_loss", "mae", "rmse"}
@@ -47,7 +48,9 @@ class CandidateSet:
             raise ValueError(f"leader {leader!r} is not one of the families {sorted(members)}")
         self.members = members
         self.leader = leader
-        self.estimators = estimators or {}  # family label -> the estimator its member is (a spec may change it)
+        # family label -> the settings its member was built with (contract.settings_of; before, the
+        # estimator's name): a spec may change them, and a continued member keeps the old ones
+        self.estimators = estimators or {}
         self.choice: dict[str, Any] = {}  # the latest leader decision, with every family's numbers
         # challenger -> its paired tests against the leader on the tails since the leader changed
         self.record: dict[str, list[dict]] = record if record is not None else {}
@@ -60,9 +63,10 @@ class CandidateSet:
         self.__dict__.update(state)
 
     def member_of(self, family: Any) -> Any:
-        """The member that continues `family` (a ModelSpec), or None when it is new or its estimator
-        changed under the same label (continuing it learned on the old estimator under the new name)."""
-        if self.estimators.get(family.label, family.estimator) != family.estimator:
+        """The member that continues `family` (a ModelSpec), or None when it is new or its estimator,
+        parameters or scaling changed under the same label (continuing it learned with the old ones
+        under the new name)."""
+        if settings_changed(self.estimators.get(family.label), family):
             return None
         return self.members.get(family.label)
 

@@ -20,6 +20,7 @@ from dagster_project.learning import windowed
 from dagster_project.learning.families import CandidateSet
 from dagster_project.learning.prequential import BatchMetrics, evaluate, test_then_train_partitioned
 from dagster_project.learning.windowed import WindowedModel, WindowReader, WindowRows
+from dagster_project.registry.contract import families_of
 from dagster_project.spec import StreamSpec
 
 
@@ -99,9 +100,9 @@ def _ready_leader(members: dict[str, Any], spec: StreamSpec, preferred: str | No
     return preferred if preferred in ready else ready[0]
 
 
-def _estimators(spec: StreamSpec) -> dict[str, str]:
-    """Each family's label and estimator: what `CandidateSet.member_of` compares the next spec with."""
-    return {family.label: family.estimator for family in spec.model.families}
+def _estimators(spec: StreamSpec) -> dict[str, dict]:
+    """Each family's label and settings: what `CandidateSet.member_of` compares the next spec with."""
+    return families_of(spec)
 
 
 def _unfitted(model: Any, spec: StreamSpec) -> str | None:

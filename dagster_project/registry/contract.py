@@ -41,14 +41,49 @@ def estimator_of(spec: StreamSpec) -> str | list[str]:
     return spec.model.estimator if not spec.model.candidates else [f.label for f in spec.model.families]
 
 
-def model_changed(meta: dict[str, Any], spec: StreamSpec) -> str | None:
-    """Why a version's estimator cannot be continued under `spec` (another estimator now), or None.
+def settings_of(family: Any) -> dict[str, Any]:
+    """What a model learns with and keeps once fitted (a ModelSpec): its estimator, parameters and
+    scaling. A continued estimator keeps the ones it was built with, so a change to any of them
+    needs a fresh model; `passes`, windows and seeds are read from the spec at every batch."""
+    return {"estimator": family.estimator, "params": _as_json(family.params), "scale": family.scale}
 
-    A candidate set continues another candidate set: its families are matched by label."""
-    was, now = meta.get("estimator"), estimator_of(spec)
-    if was is None or was == now or (isinstance(was, list) and isinstance(now, list)):
+
+def families_of(spec: StreamSpec) -> dict[str, dict[str, Any]]:
+    """Each family's label and `settings_of`, as a version records them (`meta["models"]`)."""
+    return {family.label: settings_of(family) for family in spec.model.families}
+
+
+def settings_changed(recorded: Any, family: Any) -> str | None:
+    """How `family` (a ModelSpec) differs from the settings recorded for its label, or None.
+
+    `recorded` is `settings_of`'s dict, or an estimator's name (what versions recorded before)."""
+    if recorded is None:
         return None
-    return f"the spec's model changed from {was} to {now}"
+    now = settings_of(family)
+    was = recorded if isinstance(recorded, dict) else {"estimator": recorded}
+    if was.get("estimator", now["estimator"]) != now["estimator"]:
+        return f"from {was['estimator']} to {now['estimator']}"
+    changes = [
+        f"{key} {_short(was[key])} -> {_short(now[key])}"
+        for key in ("params", "scale")
+        if key in was and was[key] != now[key]
+    ]
+    return f"{family.label}'s {', '.join(changes)}" if changes else None
+
+
+def model_changed(meta: dict[str, Any], spec: StreamSpec) -> str | None:
+    """Why a version's estimator cannot be continued under `spec` (another estimator, other
+    parameters or scaling now), or None.
+
+    A candidate set continues another candidate set: its families are matched by label
+    (`CandidateSet.member_of`)."""
+    was, now = meta.get("estimator"), estimator_of(spec)
+    if was is None or (isinstance(was, list) and isinstance(now, list)):
+        return None
+    if was != now:
+        return f"the spec's model changed from {was} to {now}"
+    changed = settings_changed((meta.get("models") or {}).get(spec.model.label), spec.model)
+    return f"the spec's model changed: {changed}" if changed else None
 
 
 def recorded_contract(meta: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +135,11 @@ def _list_change(what: str, before: list | None, after: list | None) -> str:
     if not parts:  # same members, a different count of one
         parts = ["repeated differently"]
     return f"{what} {before} -> {after} ({', '.join(parts)})"
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as it reads back from meta.json (tuples become lists), so a comparison sees no change."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _short(value: Any, limit: int = 300) -> str:

@@ -10,7 +10,7 @@ from dagster_project.ingest.categories import encoding_signature, level_labels, 
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide
 from dagster_project.kafka.offsets import Ranges, ranges_text
-from dagster_project.registry.contract import SpecChanged, contract_of, estimator_of, spec_changed
+from dagster_project.registry.contract import SpecChanged, contract_of, estimator_of, families_of, spec_changed
 from dagster_project.registry.store import (
     FIRST_VERSION_REASON,
     ModelRegistry,
@@ -38,6 +38,7 @@ def version_meta(
     """The metadata shared by every way a version is made (a batch, a retrain, a replay)."""
     return {
         "estimator": estimator_of(spec),
+        "models": families_of(spec),  # each family's estimator, parameters and scaling (contract.settings_of)
         "task": spec.task,
         "features": spec.input_names,
         "classes": spec.label.classes,

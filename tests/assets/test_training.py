@@ -298,6 +298,25 @@ def test_a_spec_whose_estimator_changed_learns_a_fresh_model_of_it(
     assert v2.meta["lineage"]["from"] is None and "model changed" in v2.meta["lineage"]["why"]
 
 
+def test_a_spec_whose_model_parameters_changed_learns_a_fresh_model_with_them(
+    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance
+):
+    """The continued estimator kept the step size it was built with: the spec's new one was never used."""
+    produce_synthetic(kafka_settings, spec, 600)
+    assert run_batch(stream_defs, spec, {p: (0, 100) for p in (0, 1)}, instance).success
+    edited = synthetic_spec(spec.name, model={"params": {"eta0": 0.05}})
+    edited_defs = defs_for(edited, kafka_bootstrap, registry)
+
+    assert run_batch(edited_defs, edited, {p: (100, 200) for p in (0, 1)}, instance).success
+    v2 = registry.head(spec.name)
+    assert registry.load_estimator(spec.name, "v2")[-1].eta0 == 0.05
+    assert v2.meta["models"][edited.model.label]["params"] == {"eta0": 0.05} and v2.learned == {0: 200, 1: 200}
+    assert v2.meta["lineage"]["from"] is None and 'params {} -> {"eta0":0.05}' in v2.meta["lineage"]["why"]
+
+    assert run_batch(edited_defs, edited, {p: (200, 280) for p in (0, 1)}, instance).success  # unchanged since
+    assert registry.head(spec.name).meta["lineage"]["from"] == "v2"
+
+
 def test_a_batch_that_skips_offsets_is_refused(kafka_settings, spec, registry, stream_defs, instance):
     produce_synthetic(kafka_settings, spec, 400)
     states = probe_partitions(kafka_settings, spec.events_topic, {})

@@ -216,5 +216,30 @@ def test_a_family_whose_estimator_changed_under_its_name_learns_a_fresh_model_of
     model, _ = learn(edited, reader, range(3, 4), model)
 
     assert type(servable(model.members["sgd"])[-1]).__name__ == "MLPClassifier"
-    assert model.estimators == {"sgd": "mlp_classifier", "hgb": "hist_gradient_boosting_classifier"}
+    assert {label: settings["estimator"] for label, settings in model.estimators.items()} == {
+        "sgd": "mlp_classifier",
+        "hgb": "hist_gradient_boosting_classifier",
+    }
     assert len(model.members["hgb"].batches) == hgb_batches + 1  # the unchanged family went on from its window
+
+
+def test_a_family_whose_parameters_changed_learns_a_fresh_model_with_them() -> None:
+    """A continued member keeps the parameters it was built with: the spec's new alpha was never used."""
+    X, y = stream(1000, seed=2)
+    reader = RecordingReader(X, y)
+    model, _ = learn(make_spec(), reader, range(3))
+    old_sgd = model.members["sgd"]
+    edited = StreamSpec(
+        **{
+            **make_spec().model_dump(),
+            "model": {"candidates": [{**FAMILIES[0], "params": {"alpha": 0.05}}, FAMILIES[1]]},
+        }
+    )
+
+    model, _ = learn(edited, reader, range(3, 4), model)
+
+    sgd = servable(model.members["sgd"])[-1]
+    assert sgd.alpha == 0.05 and sgd.t_ < servable(old_sgd)[-1].t_  # fresh: it has seen one batch, not four
+    assert model.estimators["sgd"]["params"] == {"alpha": 0.05}
+    model, _ = learn(edited, reader, range(4, 5), model)  # unchanged since: continued
+    assert servable(model.members["sgd"])[-1].t_ > sgd.t_

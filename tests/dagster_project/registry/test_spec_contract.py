@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dagster_project.registry.contract import contract_changes, contract_of, model_changed
+from dagster_project.registry.contract import contract_changes, contract_of, families_of, model_changed
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
 
@@ -65,6 +65,19 @@ def test_another_estimator_starts_fresh_but_candidate_sets_match_by_family() -> 
     assert model_changed({"estimator": "sgd_classifier"}, spec_with(model={"estimator": "mlp_classifier"}))
     assert model_changed({"estimator": spec_with().model.estimator}, spec_with()) is None
     assert model_changed({"estimator": ["sgd", "hgb"]}, spec_with(model={"candidates": "recommended"})) is None
+
+
+def test_other_parameters_or_scaling_start_fresh_and_unrecorded_ones_are_not_guessed() -> None:
+    spec = spec_with(model={"params": {"alpha": 0.001, "hidden": (8, 4)}})
+    meta = {"estimator": spec.model.estimator, "models": families_of(spec)}
+    assert model_changed(meta, spec) is None  # tuples compare as meta.json reads them back
+    assert model_changed(meta, spec_with(model={"params": {"alpha": 0.01, "hidden": [8, 4]}})) == (
+        f"the spec's model changed: {spec.model.label}'s params "
+        '{"alpha":0.001,"hidden":[8,4]} -> {"alpha":0.01,"hidden":[8,4]}'
+    )
+    unscaled = spec_with(model={"params": {"alpha": 0.001, "hidden": [8, 4]}, "scale": False})
+    assert model_changed(meta, unscaled).endswith("'s scale true -> false")
+    assert model_changed({"estimator": spec.model.estimator}, unscaled) is None  # recorded before: not known
 
 
 def test_a_rolling_mean_made_a_max_of_the_same_field_is_named() -> None:
