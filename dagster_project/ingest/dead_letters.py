@@ -2,8 +2,9 @@
 
 A message that cannot be learned, scored or joined is never dropped: it goes to `<stream>.dlq`
 with the reason, where it came from (topic, partition, offset), which component refused it, and
-the message itself. A dead letter the broker did not acknowledge fails the caller, which then
-retries: a silently lost dead letter would be a silently lost row.
+the message itself, under its key and with its headers. A dead letter the broker did not
+acknowledge fails the caller, which then retries: a silently lost dead letter would be a silently
+lost row.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class DeadLetter:
     offset: int
     key: bytes | None
     value: bytes | dict[str, Any] | None  # the raw message, or the parsed row it became
+    # The message's Kafka headers (tracing ids, its producer's name), copied onto the dead letter as
+    # they were, so whoever reads the DLQ can follow the message back; None when it had none.
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 # The DLQ record must fit the producer's and the broker's 1 MB defaults (max.request.size,
@@ -44,6 +48,10 @@ class DeadLetter:
 MAX_RECORD_BYTES = 900_000
 MAX_VALUE_BYTES = 64 * 1024
 MAX_REASON_CHARS = 4096  # reasons quote values short (ingest.quoting); this bounds any other
+# The key and headers travel beside the value: bounded too, so the record stays under 1 MB whatever
+# the refused message carried (a 900 KB key made every write of its dead letter fail).
+MAX_KEY_BYTES = 16 * 1024
+MAX_HEADERS_BYTES = 32 * 1024
 
 
 def encode(letter: DeadLetter, component: Component) -> bytes:
@@ -60,12 +68,33 @@ def encode(letter: DeadLetter, component: Component) -> bytes:
         "component": component,
         **_value_fields(letter.value),
     }
+    if letter.key is not None and len(letter.key) > MAX_KEY_BYTES:  # the record's key is its first part
+        record |= {"key_truncated": True, "key_bytes": len(letter.key)}
+    if letter.headers and bounded_headers(letter.headers) is None:
+        record |= {"headers_dropped": len(letter.headers), "headers_bytes": _headers_bytes(letter.headers)}
     encoded = orjson.dumps(record)
     if len(encoded) <= MAX_RECORD_BYTES or not isinstance(letter.value, bytes | bytearray):
         return encoded
     raw = bytes(letter.value)
     cut = _value_fields(raw[:MAX_VALUE_BYTES])
     return orjson.dumps(record | cut | {"value_truncated": True, "value_bytes": len(raw)})
+
+
+def bounded_key(key: bytes | None) -> bytes | None:
+    """The dead letter's key: the message's, its first MAX_KEY_BYTES when longer (`encode` says so)."""
+    return key if key is None or len(key) <= MAX_KEY_BYTES else bytes(key[:MAX_KEY_BYTES])
+
+
+def bounded_headers(headers: list[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes]] | None:
+    """The message's headers for the dead letter, None when it had none or they exceed MAX_HEADERS_BYTES
+    (`encode` says so). kafka-python's producer takes no null header value: it becomes empty."""
+    if not headers or _headers_bytes(headers) > MAX_HEADERS_BYTES:
+        return None
+    return [(name, b"" if value is None else bytes(value)) for name, value in headers]
+
+
+def _headers_bytes(headers: list[tuple[str, bytes | None]]) -> int:
+    return sum(len(name.encode()) + len(value or b"") for name, value in headers)
 
 
 def _value_fields(value: bytes | dict[str, Any] | None) -> dict[str, Any]:
@@ -96,7 +125,15 @@ class DeadLetterWriter:
 
     def send(self, letter: DeadLetter) -> None:
         try:
-            future = self.producer.send(self.dlq_topic, key=letter.key, value=encode(letter, self.component))
+            key, value, headers = (
+                bounded_key(letter.key),
+                encode(letter, self.component),
+                bounded_headers(letter.headers),
+            )
+            if headers:
+                future = self.producer.send(self.dlq_topic, key=key, value=value, headers=headers)
+            else:
+                future = self.producer.send(self.dlq_topic, key=key, value=value)
         except Exception as exc:  # kafka-python raises at once when it cannot even queue the record
             self._errors.append(exc)
             return

@@ -217,10 +217,10 @@ def _parse(
         if state is not None:  # no key, no time or late: refused like a malformed message
             parsed = derive(state, partitions, values, parsed, records.produced_at)
     reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
-    refused = [(records.record(i), reason) for i, reason in parsed.failures]
+    refused = [(records.record(i), reason, records.headers(i)) for i, reason in parsed.failures]
     if dead_letter_invalid and refused and already_sent is not None:
         sent = set(already_sent())
-        refused = [(r, reason) for r, reason in refused if (r.partition, r.offset) not in sent]
+        refused = [refusal for refusal in refused if (refusal[0].partition, refusal[0].offset) not in sent]
     if dead_letter_invalid and refused:
         _send_dead_letters(settings, spec, refused)
     return MicroBatch(
@@ -280,11 +280,16 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _send_dead_letters(settings: KafkaSettings, spec: StreamSpec, refused: list[tuple[RawRecord, str]]) -> None:
-    """Write every refused message to the DLQ and wait until all are durable (or raise)."""
+def _send_dead_letters(
+    settings: KafkaSettings, spec: StreamSpec, refused: list[tuple[RawRecord, str, list | None]]
+) -> None:
+    """Write every refused message, with its headers, to the DLQ and wait until all are durable (or raise)."""
     write_dead_letters(
         settings,
         spec.dlq_topic,
         "trainer",
-        (DeadLetter(reason, spec.events_topic, r.partition, r.offset, r.key, r.value) for r, reason in refused),
+        (
+            DeadLetter(reason, spec.events_topic, r.partition, r.offset, r.key, r.value, headers)
+            for r, reason, headers in refused
+        ),
     )

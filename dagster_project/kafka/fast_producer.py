@@ -80,12 +80,19 @@ class ConfluentProducer:
         self._pending: list[DeliveryFuture | BatchDelivery] = []
 
     def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> DeliveryFuture:
         future = DeliveryFuture()
         kwargs: dict[str, Any] = {"value": value, "key": key, "on_delivery": future._delivered}
         if partition is not None:
             kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
         while True:
             try:
                 self._producer.produce(topic, **kwargs)

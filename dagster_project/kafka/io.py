@@ -720,7 +720,10 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
                         break
                     if r.offset < position[p]:
                         continue
-                    chunk.append(RawRecord(p, r.offset, r.timestamp, r.key, r.value))
+                    if columns:  # the record itself: its headers are read only if it is dead-lettered
+                        chunk.append_message(p, r)
+                    else:
+                        chunk.append(RawRecord(p, r.offset, r.timestamp, r.key, r.value))
                     position[p] = r.offset + 1
                     last_progress = time.monotonic()
                 if position[p] >= end or (records and records[-1].offset + 1 >= end):

@@ -95,12 +95,31 @@ class RecordColumns:
         source = self.sources[i]
         return timestamp_seconds(source.timestamp_ms if isinstance(source, RawRecord) else source.timestamp()[1])
 
+    def append_message(self, partition: int, message: Any) -> None:
+        """A kafka-python ConsumerRecord, kept whole as its source: its headers are read only if it is
+        dead-lettered."""
+        self.partitions.append(partition)
+        self.offsets.append(message.offset)
+        self.values.append(message.value)
+        self.sources.append(message)
+
     def record(self, i: int) -> RawRecord:
         """Record `i` whole (key and timestamp read from the client's message only now)."""
         source = self.sources[i]
         if isinstance(source, RawRecord):
             return source
-        return RawRecord(self.partitions[i], self.offsets[i], source.timestamp()[1], source.key(), self.values[i])
+        if callable(source.key):  # a confluent-kafka Message
+            return RawRecord(self.partitions[i], self.offsets[i], source.timestamp()[1], source.key(), self.values[i])
+        return RawRecord(self.partitions[i], self.offsets[i], source.timestamp, source.key, self.values[i])
+
+    def headers(self, i: int) -> list[tuple[str, bytes | None]] | None:
+        """Record `i`'s Kafka headers, read from the client's message only now (a dead letter carries
+        them on); None when it has none."""
+        source = self.sources[i]
+        if isinstance(source, RawRecord):
+            return None
+        found = source.headers() if callable(source.headers) else source.headers
+        return list(found) if found else None
 
     def records(self) -> list[RawRecord]:
         return [self.record(i) for i in range(len(self))]

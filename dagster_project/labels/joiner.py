@@ -218,7 +218,10 @@ class LabelJoiner:
         if self._dead_letters is None:
             self._producer = clients.producer(self.settings, acks="all")
             self._dead_letters = DeadLetterWriter(self._producer, self.spec.dlq_topic, "label-joiner")
-        self._dead_letters.send(DeadLetter(reason, tp.topic, tp.partition, record.offset, record.key, record.value))
+        headers = getattr(record, "headers", None) or None  # a dead letter carries them on
+        self._dead_letters.send(
+            DeadLetter(reason, tp.topic, tp.partition, record.offset, record.key, record.value, headers)
+        )
 
     def _clock_ms(self, consumer) -> float | None:
         """Event time: the slowest assigned partition's last record timestamp; caught-up ones count as now."""

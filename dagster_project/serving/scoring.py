@@ -124,7 +124,15 @@ class BatchScorer:
             stamps = batch.timestamps
             records = _encode(ids, predictions, scores, served.version, [stamps[i] for i in index])
         letters = [
-            DeadLetter(reason, batch.topic, batch.partitions[i], batch.offsets[i], batch.keys[i], values[i])
+            DeadLetter(
+                reason,
+                batch.topic,
+                batch.partitions[i],
+                batch.offsets[i],
+                batch.keys[i],
+                values[i],
+                batch.headers.get(i),
+            )
             for i, reason in refused
         ]
         outcome = BatchOutcome(served.version, len(ids), len(refused), unseen_counts(spec, rows) if ids else None)

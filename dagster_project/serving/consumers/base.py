@@ -20,6 +20,7 @@ class PollBatch:
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)  # record timestamps in ms (<= 0: unknown)
+    headers: dict[int, list] = field(default_factory=dict)  # position -> the record's headers, if it has any
 
     def __len__(self) -> int:
         return len(self.offsets)

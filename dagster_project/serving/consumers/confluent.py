@@ -90,6 +90,8 @@ class ConfluentScorerConsumer:
                     raise KafkaException(error)
                 log.warning("consumer error on %s: %s", self.topic, error.str())
                 continue
+            if (headers := m.headers()) is not None:  # a dead letter carries them on
+                batch.headers[len(offsets)] = headers
             partitions.append(m.partition())
             offsets.append(m.offset())
             keys.append(m.key())

@@ -64,6 +64,8 @@ class KafkaPythonScorerConsumer:
             p = tp.partition
             batch.partitions.extend([p] * len(records))
             for record in records:
+                if record.headers:  # a dead letter carries them on
+                    batch.headers[len(batch.offsets)] = record.headers
                 batch.offsets.append(record.offset)
                 batch.keys.append(record.key)
                 batch.values.append(record.value)

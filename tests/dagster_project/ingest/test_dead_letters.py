@@ -10,10 +10,14 @@ import orjson
 import pytest
 
 from dagster_project.ingest.dead_letters import (
+    MAX_HEADERS_BYTES,
+    MAX_KEY_BYTES,
     MAX_RECORD_BYTES,
     MAX_VALUE_BYTES,
     DeadLetter,
     DeadLetterError,
+    bounded_headers,
+    bounded_key,
     encode,
     write_dead_letters,
 )
@@ -60,6 +64,18 @@ def test_a_refused_message_of_any_size_fits_the_dlq_and_keeps_its_start(raw: byt
     assert record["value_truncated"] is True and record["value_bytes"] == len(raw)
     kept = base64.b64decode(record["value_base64"]) if "value_base64" in record else record["value"].encode()
     assert kept == raw[:MAX_VALUE_BYTES]
+
+
+def test_a_huge_key_is_cut_and_huge_headers_dropped_and_the_record_says_so() -> None:
+    key, headers = b"K" * 900_000, [("trace", b"t" * MAX_HEADERS_BYTES)]
+    record = orjson.loads(encode(DeadLetter("not valid JSON", "s.events", 0, 9, key, b"{", headers), "scorer"))
+    assert (record["key_truncated"], record["key_bytes"]) == (True, 900_000)
+    assert (record["headers_dropped"], record["headers_bytes"]) == (1, MAX_HEADERS_BYTES + 5)
+    assert bounded_key(key) == key[:MAX_KEY_BYTES] and bounded_headers(headers) is None
+    small = [("trace", b"t1"), ("null", None)]  # a null header value: kafka-python's producer takes none
+    assert bounded_headers(small) == [("trace", b"t1"), ("null", b"")] and bounded_key(b"k") == b"k"
+    plain = orjson.loads(encode(DeadLetter("not valid JSON", "s.events", 0, 9, b"k", b"{", small), "scorer"))
+    assert not {"key_truncated", "headers_dropped"} & plain.keys()
 
 
 def test_dead_letter_of_a_real_failure_names_the_feature() -> None:

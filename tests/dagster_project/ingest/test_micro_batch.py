@@ -7,9 +7,11 @@ import copy
 import pickle
 
 import numpy as np
+import orjson
 import pytest
 
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.record_columns import RecordColumns
 from dagster_project.kafka.settings import CONFLUENT, KAFKA_PYTHON
 
 
@@ -101,3 +103,42 @@ def test_a_read_batch_dead_letters_refused_messages_with_their_keys_and_keeps_th
     assert letter["reason"].startswith("not valid JSON") and letter["value"].startswith("{not json")
     assert (letter["value_truncated"], letter["value_bytes"]) == (True, len(broken))
     assert base64.b64decode(letter["value_base64"]) == broken[: len(base64.b64decode(letter["value_base64"]))]
+
+
+@pytest.mark.parametrize("client", [CONFLUENT, KAFKA_PYTHON])
+def test_a_refused_message_keeps_its_headers_and_a_key_of_any_size_still_fits_the_dlq(kafka_settings, client) -> None:
+    """A dead letter without the message's headers lost its tracing ids; one under a 900 KB key was over
+    the 1 MB a record may have, so it failed on every retry and the stream halted."""
+    import dataclasses
+
+    from dagster_project.ingest.dead_letters import MAX_KEY_BYTES
+    from dagster_project.ingest.events import make_event
+    from dagster_project.ingest.micro_batch import read_batch
+    from dagster_project.kafka import clients
+    from dagster_project.kafka.io import ensure_topics, read_range_columns
+    from tests.conftest import synthetic_spec
+
+    settings = dataclasses.replace(kafka_settings, client=client)
+    spec = synthetic_spec(partitions=1)
+    ensure_topics(settings, [spec.events_topic, spec.dlq_topic], 1)
+    good = make_event("e0", {f"x{i}": float(i) for i in range(5)}, 1, 0.0)
+    headers = [("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01"), ("source", b"sensor-7")]
+    producer = clients.producer(settings)
+    producer.send(spec.events_topic, key=b"k0", value=good, partition=0)
+    producer.send(spec.events_topic, key=b"k1", value=b"{cut short", partition=0, headers=headers)
+    producer.send(spec.events_topic, key=b"K" * 900_000, value=b'{"id": "whale"', partition=0)
+    producer.flush()
+    producer.close()
+
+    batch = read_batch(settings, spec, {0: (0, 3)})
+
+    assert batch.ids == ["e0"]
+    dlq = dataclasses.replace(settings, client=KAFKA_PYTHON)  # its records are the client's, headers and all
+    letters = RecordColumns()
+    for chunk in read_range_columns(dlq, spec.dlq_topic, {0: (0, 2)}):
+        letters.extend(chunk)
+    assert letters.headers(0) == headers and letters.record(0).key == b"k1"
+    assert orjson.loads(letters.values[0])["offset"] == 1
+    whale = orjson.loads(letters.values[1])
+    assert (whale["offset"], whale["key_truncated"], whale["key_bytes"]) == (2, True, 900_000)
+    assert letters.record(1).key == b"K" * MAX_KEY_BYTES and letters.headers(1) is None

@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from dagster_project.cli import main
 from dagster_project.dev.faults import InjectedFault
 from dagster_project.kafka import clients
-from dagster_project.kafka.io import committed_group_offsets, ensure_topics, probe_partitions
+from dagster_project.kafka.io import committed_group_offsets, ensure_topics, probe_partitions, read_range_columns
+from dagster_project.kafka.record_columns import RecordColumns
 from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
 from dagster_project.labels import (
     LabelJoiner,
@@ -203,13 +204,20 @@ def test_dead_letters_name_the_label_joiner(kafka_settings: KafkaSettings, tmp_p
     root = tmp_path / "registry"
     with running_joiner(spec, kafka_settings, root) as joiner:
         wait_for(joiner.assigned.is_set, 20, "the joiner's assignment")
-        send(kafka_settings, spec.labels_topic, [(b"x0", b"not json")])
+        producer = clients.producer(kafka_settings)
+        producer.send(spec.labels_topic, key=b"x0", value=b"not json", headers=[("source", b"labeller-3")])
+        producer.flush()
+        producer.close()
         wait_for(lambda: read_records(root, spec.name), 10, "the first checkpoint")
         (letter,) = read_topic(kafka_settings, spec.dlq_topic)  # acknowledged before the checkpoint's commit
         assert counters(joiner)["invalid_labels"] == 1
     assert letter["component"] == "label-joiner"
     assert letter["topic"] == spec.labels_topic and letter["offset"] == 0 and letter["_key"] == b"x0"
     assert letter["value"] == "not json" and "label is not valid JSON" in letter["reason"]
+    letters = RecordColumns()  # the label's own headers, carried on
+    for chunk in read_range_columns(kafka_settings, spec.dlq_topic, {letter["_partition"]: (0, 1)}):
+        letters.extend(chunk)
+    assert letters.headers(0) == [("source", b"labeller-3")]
 
 
 def test_crashes_at_every_checkpoint_step_neither_lose_nor_double_count(

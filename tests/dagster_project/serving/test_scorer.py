@@ -121,6 +121,41 @@ def test_malformed_events_go_to_the_dlq_and_scoring_goes_on(
         assert letter["partition"] in (0, 1) and letter["offset"] >= 0
 
 
+@pytest.mark.usefixtures("scorer_client")
+def test_a_refused_event_keeps_its_headers_and_a_huge_key_does_not_stall_scoring(
+    spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    """A dead letter under a 900 KB key was over 1 MB: the scorer retried its batch for ever (each time
+    writing its predictions again) while /healthz said ok."""
+    from dagster_project.ingest.dead_letters import MAX_KEY_BYTES
+    from dagster_project.kafka import clients
+    from dagster_project.kafka.io import read_range_columns
+    from dagster_project.kafka.record_columns import RecordColumns
+
+    train_version(registry, spec)
+    good = synthetic_rows(20)
+    headers = [("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01")]
+    produce_rows(kafka_settings, spec, good[:10])
+    producer = clients.producer(kafka_settings)
+    producer.send(spec.events_topic, key=b"K" * 900_000, value=b"{cut short", partition=0, headers=headers)
+    producer.flush()
+    producer.close()
+    produce_rows(kafka_settings, spec, good[10:])
+
+    with running_service(spec, kafka_settings, registry) as service:
+        wait_for(lambda: service.scorer.scored >= len(good), 30, "20 predictions")
+        wait_for(lambda: topic_size(kafka_settings, spec.dlq_topic) >= 1, 10, "the dead letter")
+
+    assert sorted(p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)) == sorted(e for e, _, _ in good)
+    ends = {s.partition: (s.log_start, s.high_water) for s in probe_partitions(kafka_settings, spec.dlq_topic, {})}
+    letters = RecordColumns()
+    for chunk in read_range_columns(kafka_settings, spec.dlq_topic, {p: r for p, r in ends.items() if r[1] > r[0]}):
+        letters.extend(chunk)
+    letter = orjson.loads(letters.values[0])
+    assert letter["reason"].startswith("not valid JSON") and letter["key_bytes"] == 900_000
+    assert letters.headers(0) == headers and letters.record(0).key == b"K" * MAX_KEY_BYTES
+
+
 def test_two_replicas_split_the_partitions(
     spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
 ) -> None:
