@@ -26,6 +26,10 @@ from dagster_project.spec import FeatureSpec, StreamSpec, label_key
 # retry; squares of far larger values overflow float64 in training too. No real measurement comes
 # near it, so such a value is a corrupt message, dead-lettered with this reason.
 MAGNITUDE_LIMIT = 1e37
+# The longest event id. An id travels as the prediction's key and inside its value, and keys the label
+# join: a 600 KB id made a prediction record over the 1 MB a record may have, and the scorer crashed
+# on it at every restart. Ids are names (UUIDs, composite keys), never documents.
+MAX_ID_CHARS = 1024
 
 
 class InvalidEvent(ValueError):
@@ -152,7 +156,7 @@ class EventParser:
                     to_parse(i)
                     continue
                 event_id = str(event_id)
-            elif not event_id:
+            elif not event_id or len(event_id) > MAX_ID_CHARS:
                 to_parse(i)
                 continue
             label = event.label
@@ -256,6 +260,11 @@ class EventParser:
             raise InvalidEvent(f"event 'id' must be a string or an integer within 64 bits, got {quoted(event_id)}")
         if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
             raise InvalidEvent("event has no 'id' (string or integer)")
+        if isinstance(event_id, str) and len(event_id) > MAX_ID_CHARS:
+            raise InvalidEvent(
+                f"event 'id' is {len(event_id):,} characters long, over the {MAX_ID_CHARS:,} an id may have "
+                f"(it keys the event's prediction and label): {quoted(event_id)}"
+            )
         features = event.get("features")
         if not isinstance(features, dict):
             raise InvalidEvent("event has no 'features' object")

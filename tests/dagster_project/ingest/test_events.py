@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from dagster_project.ingest.events import (
+    MAX_ID_CHARS,
     EventParser,
     InvalidEvent,
     ParsedEvent,
@@ -307,6 +308,7 @@ DEEP = b"[" * 1000 + b"]" * 1000  # valid JSON (orjson takes 1,023 levels); its 
 
 FAST_PATH_REFUSALS = [
     _fast(id=""),  # the type takes any string; the contract wants an id
+    _fast(id="I" * 600_000),  # its prediction record was over 1 MB: the scorer crashed on it at every restart
     _fast(id=2**63).replace(b"9223372036854775808", b"18446744073709551616"),  # an int id beyond 64 bits
     _fast(label=2),  # a number that is not a class
     _fast(label="1"),  # a string for a number class
@@ -326,6 +328,12 @@ FAST_PATH_REFUSALS = [
     _fast(ts="XX").replace(b'"XX"', DEEP),
     None,
 ]
+
+
+def test_an_id_is_at_most_max_id_chars_long(parser: EventParser) -> None:
+    assert parser.parse(event(id="i" * MAX_ID_CHARS)).event_id == "i" * MAX_ID_CHARS
+    with pytest.raises(InvalidEvent, match="event 'id' is 1,025 characters long, over the 1,024 an id may have"):
+        parser.parse(event(id="i" * (MAX_ID_CHARS + 1)))
 
 
 @pytest.mark.parametrize("position", [0, 3, 7])
