@@ -9,7 +9,8 @@ import orjson
 
 from dagster_project.features.state import FeatureState
 from dagster_project.features.timing import EventError
-from dagster_project.ingest.events import ParsedBatch
+from dagster_project.ingest.events import MAGNITUDE_LIMIT, ParsedBatch
+from dagster_project.spec import StreamSpec
 
 
 def derive(
@@ -40,6 +41,9 @@ def derive(
         except EventError as exc:
             keep[r] = False
             failures.append((i, str(exc)))
+    for r in np.flatnonzero(keep & (np.abs(extra) > MAGNITUDE_LIMIT).any(axis=1)).tolist():
+        keep[r] = False  # the event is in the state (it happened); only its row cannot be a model input
+        failures.append((int(parsed.index[r]), beyond_limit(state.spec, extra[r])))
     kept = set(parsed.index[keep].tolist())
     return ParsedBatch(
         X=np.hstack([parsed.X[keep], extra[keep]]),
@@ -49,3 +53,16 @@ def derive(
         failures=sorted(failures),
         unseen=[u for u in parsed.unseen if u[0] in kept],
     )
+
+
+def beyond_limit(spec: StreamSpec, values: Sequence[float]) -> str | None:
+    """Why a row's derived values cannot be model inputs (one beyond ±MAGNITUDE_LIMIT: the float32
+    model makes it inf), else None. Raw features are held to the limit one by one, but a window's
+    sum of values within it can pass it."""
+    for derived, value in zip(spec.derived, values, strict=True):
+        if abs(value) > MAGNITUDE_LIMIT:
+            return (
+                f"derived feature {derived.name!r} = {value:.4g} is beyond the magnitude limit {MAGNITUDE_LIMIT:g}: "
+                f"the float32 model cannot take it ({derived.agg} of {derived.of or 'events'} in its window)"
+            )
+    return None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from dagster_project.features.batch import derive
+from dagster_project.features.batch import beyond_limit, derive
 from dagster_project.features.checkpoint import state_after
 from dagster_project.features.serialization import load_state
 from dagster_project.features.state import FeatureState
@@ -112,15 +112,25 @@ class ServingFeatures:
                 self._switch(version)
             for i, row in enumerate(rows):
                 try:
-                    derived[i] = self.state.peek({**row, "features": row})
+                    values = self.state.peek({**row, "features": row})
                 except EventError as exc:
                     problems.append({"row": i, "errors": [str(exc)]})
+                    continue
+                if beyond := beyond_limit(self.spec, values):  # float32 would make it inf, as on Kafka
+                    problems.append({"row": i, "errors": [beyond]})
+                else:
+                    derived[i] = values
         if problems:
             first = problems[0]
+            fix = (
+                ""
+                if "magnitude limit" in first["errors"][0]
+                else "; send the key and event-time fields beside the features"
+            )
             raise RequestError(
                 422,
                 f"{len(problems)} of {len(rows)} rows cannot get derived features: row {first['row']}: "
-                f"{first['errors'][0]}; send the key and event-time fields beside the features",
+                f"{first['errors'][0]}{fix}",
                 rows=problems[:20],
             )
         return np.hstack([X, derived])
