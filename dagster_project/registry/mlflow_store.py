@@ -754,17 +754,31 @@ class MlflowRegistry(ModelRegistry):
 
     # ------------------------------------------------------------------ champion
 
-    @_translating("reading the champion alias")
-    def champion(self, stream: str) -> str | None:
+    def _alias_entry(self, stream: str) -> _Entry | None:
+        """The model version the alias names, committed or not; None when there is no alias (or no model)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            mv = self.client.get_model_version_by_alias(stream, CHAMPION_ALIAS)
+            return _Entry(self.client.get_model_version_by_alias(stream, CHAMPION_ALIAS))
         except MlflowException as exc:
             if _code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not _unavailable(exc):
                 return None  # no registered model yet, or no alias yet
             raise
-        entry = _Entry(mv)
+
+    @_translating("reading the champion alias")
+    def champion(self, stream: str) -> str | None:
+        return self._champion_of(stream, self._alias_entry(stream))
+
+    def _champion_of(self, stream: str, entry: _Entry | None) -> str | None:
+        """The version the alias names; when MLflow dropped the alias, the version it last named.
+
+        Deleting a model version deletes its aliases too, where the filesystem's alias file keeps
+        naming the deleted version: the history's last record stands in for it, so scorers fall back
+        to the newest valid champion and `models rollback` works, as on the filesystem."""
+        if entry is None:
+            history = self._records(stream, HISTORY)
+            last = history[-1].get("version") if history else None
+            return last if isinstance(last, str) else None
         if not entry.committed:
             uri = f"models:/{stream}@{CHAMPION_ALIAS}"
             raise BrokenRegistryFile(
@@ -776,21 +790,56 @@ class MlflowRegistry(ModelRegistry):
 
     @_translating("moving the champion alias")
     def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
-        """Point `champion` at the version's MLflow number, then append the change to the history."""
+        """Point `champion` at the version's MLflow number, then append the change to the history.
+
+        An error means nothing changed: a history write that fails puts the alias back, so no scorer
+        serves a champion the audit history lacks."""
         entry = self._entry(stream, version)
+        before = self._alias_entry(stream)
         try:
-            previous = self.champion(stream)
+            previous = self._champion_of(stream, before)
         except BrokenRegistryFile:  # this write is the repair the error message names
             previous = None
         record: dict[str, Any] = {"version": version, "previous": previous, "reason": reason, "at": _now()}
         if evidence:
             record["evidence"] = evidence
         self.client.set_registered_model_alias(stream, CHAMPION_ALIAS, str(entry.number))
-        self._append(stream, HISTORY, record)
+        try:
+            self._append(stream, HISTORY, record)
+        except Exception:
+            self._restore_alias(stream, before, previous)
+            raise
+
+    def _restore_alias(self, stream: str, before: _Entry | None, previous: str | None) -> None:
+        """Put the alias back where it was (delete it if there was none) after a failed history write."""
+        try:
+            if before is None:
+                self.client.delete_registered_model_alias(stream, CHAMPION_ALIAS)
+            else:
+                self.client.set_registered_model_alias(stream, CHAMPION_ALIAS, str(before.number))
+        except Exception:
+            log.exception(
+                "%s: the champion history was not written and the alias could not be put back on %s: "
+                "run `streamfit models promote %s %s` once MLflow answers",
+                stream,
+                previous or "no version",
+                stream,
+                previous or "<version>",
+            )
 
     @_translating("reading the champion history")
     def champion_history(self, stream: str) -> list[dict[str, Any]]:
         return self._records(stream, HISTORY)
+
+    @_translating("reading the champion history")
+    def history_marker(self, stream: str) -> str | None:
+        """The newest champion-history record's key (None without one): one call, no decoding.
+
+        Every promotion adds a record, a re-promotion of the same version included, whereas MLflow
+        changes nothing on the model version itself; a scorer that refused a champion re-checks it
+        when this changes (the artifact store offers nothing cheap to stat)."""
+        keys = [key for run in self._bookkeeping_runs(stream) for key in run.data.tags if key.startswith(HISTORY + "/")]
+        return max(keys, default=None)
 
     # ------------------------------------------------------------------ bookkeeping run
 

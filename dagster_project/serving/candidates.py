@@ -3,8 +3,9 @@
 A champion that fails verification must not leave a scorer with nothing to serve when an older
 good version exists, so the watcher walks these candidates: the champion history newest first
 (versions that were deliberately promoted), then every registered version newest first. A refused
-version is re-verified only when its files change (`fingerprint`), so a repaired file is picked up
-on the next watch tick without re-hashing every version on every tick.
+version is re-verified only when its files change (`fingerprint`; on MLflow, whose artifacts cannot
+be stat'ed, when a version is promoted again), so a repaired file is picked up on the next watch tick
+without re-hashing every version on every tick.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Refusal:
     at: float  # time.monotonic() of the attempt
 
     def worth_retrying(self, fingerprint: Fingerprint | None, retry_after_s: float) -> bool:
-        """Retry when the files changed, or (for registries without files to stat) after `retry_after_s`."""
+        """Retry when its fingerprint changed (files, or a new promotion), else after `retry_after_s`."""
         if fingerprint is not None and fingerprint != self.fingerprint:
             return True
         return time.monotonic() - self.at >= retry_after_s
@@ -48,13 +49,26 @@ def model_path(registry: ModelRegistry, stream: str, version: str) -> str | None
 
 
 def fingerprint(registry: ModelRegistry, stream: str, version: str) -> Fingerprint | None:
-    """A cheap identity of a version's files (stat only, no hashing); None when the registry has no files.
+    """A cheap identity of what a refused version's retry depends on; None when the registry offers none.
 
-    A rewrite changes mtime/ctime even at the same size, a replacement changes the inode, and a
-    version directory appearing or disappearing changes the "missing" markers.
+    Filesystem: the version's files (stat only, no hashing). A rewrite changes mtime/ctime even at the
+    same size, a replacement changes the inode, and a version directory appearing or disappearing
+    changes the "missing" markers. Registries without files to stat (MLflow) offer `history_marker`,
+    which changes when the operator promotes again after a repair, as the refusal asks them to.
     """
-    if not isinstance(registry, FilesystemRegistry):
+    if isinstance(registry, FilesystemRegistry):
+        return _file_fingerprint(registry, stream, version)
+    marker = getattr(registry, "history_marker", None)
+    if marker is None:
         return None
+    try:
+        return ("champion history", marker(stream))
+    except Exception as exc:  # unknown this tick: the refusal's timer decides (the next read reports the registry)
+        log.debug("%s: no fingerprint for %s (%s)", stream, version, exc)
+        return None
+
+
+def _file_fingerprint(registry: FilesystemRegistry, stream: str, version: str) -> Fingerprint:
     directory = registry.root / stream / version
     parts: list[Any] = []
     for name in (ONNX_FILE, META_FILE):

@@ -11,12 +11,16 @@ A version that cannot be served (checksum mismatch, unreadable file, a model tha
 spec) is refused loudly and counted in `streamfit_model_load_failures_total`. The scorer then
 serves the newest valid version of the champion history (else the newest valid version at all),
 says so in `status.degraded` and `streamfit_serving_fallback`, and re-checks the refused version on
-every tick, cheaply: it is loaded again only when its files change (or every `retry_refused_s` for
-registries without files), so a repaired file or a newly promoted version is served within a tick.
+every tick, cheaply: it is loaded again only when its files change (on MLflow, when a version is
+promoted again; else every `retry_refused_s`), so a repaired file or a newly promoted version is
+served within a tick.
 
 A registry that cannot be reached (an MLflow server down or failing: `RegistryUnavailable`, or any
 error reading the alias) refuses nothing: the last good model keeps serving, `status.registry_error`
-and /healthz say why, `streamfit_registry_up` drops to 0, and the next tick tries again.
+and /healthz say why, `streamfit_registry_up` drops to 0, and the next tick tries again. A registry
+that answers with a broken alias (`BrokenRegistryFile`: a damaged alias file, an MLflow alias on a
+version Streamfit never committed) is not an outage: the last good model keeps serving, and
+`status.degraded` carries the error, which names the repair.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 from dagster_project.ingest.categories import encoding_signature
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.registry.contract import spec_changed
-from dagster_project.registry.store import ModelRegistry, RegistryUnavailable
+from dagster_project.registry.store import BrokenRegistryFile, ModelRegistry, RegistryUnavailable
 from dagster_project.serving.candidates import Refusal, describe_failure, fallback_candidates, fingerprint
 from dagster_project.serving.metrics import ScorerMetrics
 from dagster_project.spec import StreamSpec
@@ -218,9 +222,21 @@ class ChampionWatcher:
             )
         self._set_status(replace(self._status, registry_error=f"{reason}; still serving {self._served_name()}"))
 
+    def _alias_broken(self, exc: BrokenRegistryFile) -> bool:
+        """The registry answered, but its alias names nothing servable: keep serving, say what to repair."""
+        self.metrics.registry_up.labels(self.spec.name).set(1)
+        reason = " ".join(str(exc).split())[:500]
+        self._set_status(
+            WatchStatus(degraded=f"the champion alias is broken ({reason}); still serving {self._served_name()}")
+        )
+        return False
+
     def _follow(self) -> bool:
         stream = self.spec.name
-        name = self.registry.champion(stream)
+        try:
+            name = self.registry.champion(stream)
+        except BrokenRegistryFile as exc:  # answered, so not an outage (registry_up stays 1)
+            return self._alias_broken(exc)
         self.metrics.registry_up.labels(stream).set(1)
         current = self._current
         if name is None or (current is not None and current.version == name):

@@ -8,8 +8,11 @@ Only corrupting a stored file needs to know where a backend keeps it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +83,59 @@ class Backend:
         entry = self.registry._entry(stream, version)
         uri = entry.tags[MODEL_ARTIFACTS_TAG if file_name == ONNX_FILE else RUN_ARTIFACTS_TAG]
         return self.server.artifacts / uri.removeprefix("mlflow-artifacts:/") / file_name
+
+    def delete_version(self, stream: str, version: str) -> None:
+        """What an operator cleaning up does: the version's directory, or its MLflow model version (and its aliases)."""
+        if isinstance(self.registry, FilesystemRegistry):
+            shutil.rmtree(self.registry.root / stream / version)
+        else:
+            self.registry.client.delete_model_version(stream, str(self.registry._entry(stream, version).number))
+
+    def break_alias(self, stream: str) -> None:
+        """An alias that names nothing Streamfit committed: a damaged alias file, or an MLflow alias
+        moved by hand onto a model version created outside Streamfit."""
+        if isinstance(self.registry, FilesystemRegistry):
+            (self.registry.root / stream / "champion").write_text("{garb")
+            return
+        from dagster_project.registry.mlflow_store import CHAMPION_ALIAS
+
+        client, source = self.registry.client, self.registry._entry(stream, self.registry.champion(stream)).mv
+        raw = client.create_model_version(
+            stream, source.source, run_id=source.run_id, model_id=source.source.removeprefix("models:/")
+        )
+        client.set_registered_model_alias(stream, CHAMPION_ALIAS, raw.version)
+
+    @contextlib.contextmanager
+    def history_writes_failing(self, stream: str) -> Iterator[None]:
+        """Champion-history writes fail inside: an unwritable file, or MLflow going away at that call."""
+        if isinstance(self.registry, FilesystemRegistry):
+            history = self.registry.root / stream / "champion_history.jsonl"
+            kept = history.read_bytes() if history.exists() else None
+            history.unlink(missing_ok=True)
+            history.mkdir()  # unwritable as a file, whoever runs the test (root ignores permission bits)
+            try:
+                yield
+            finally:
+                history.rmdir()
+                if kept is not None:
+                    history.write_bytes(kept)
+            return
+        import requests
+
+        from dagster_project.registry.mlflow_store import HISTORY
+
+        real_append = self.registry._append
+
+        def append(stream: str, kind: str, record: dict, key: str | None = None) -> None:
+            if kind == HISTORY:
+                raise requests.exceptions.ConnectionError("injected: MLflow went away")
+            real_append(stream, kind, record, key)
+
+        self.registry._append = append
+        try:
+            yield
+        finally:
+            del self.registry._append
 
 
 @pytest.fixture(params=["filesystem", "mlflow"])
@@ -252,6 +308,64 @@ def test_a_rollback_passes_over_a_version_scorers_would_refuse(backend: Backend,
     with pytest.raises(RegistryError, match="no earlier good champion.*v2 cannot be served.*models promote"):
         registry.rollback(stream, reason="again")
     assert registry.champion(stream) == "v1"
+
+
+@pytest.mark.parametrize("had_champion", [True, False])
+def test_a_promotion_the_history_cannot_record_changes_nothing(
+    backend: Backend, stream: str, had_champion: bool
+) -> None:
+    """MLflow moved the alias, then failed to write the history: scorers swapped to a champion the
+    audit history lacked. An error must mean nothing changed, as on the filesystem."""
+    registry = backend.registry
+    register(registry, stream, None, {0: 10})
+    register(registry, stream, "v1", {0: 20})
+    if had_champion:
+        registry.set_champion(stream, "v1", reason="first")
+    before = (registry.champion(stream), registry.champion_history(stream))
+
+    with backend.history_writes_failing(stream), pytest.raises(RegistryError):  # "failed a write", RegistryUnavailable
+        registry.set_champion(stream, "v2", reason="manual: by hand")
+    assert (registry.champion(stream), registry.champion_history(stream)) == before
+
+
+def test_an_mlflow_promotion_whose_history_write_fails_for_any_reason_changes_nothing(
+    mlflow_server, streamfit_home: Path, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster_project.registry.mlflow_store import MlflowRegistry
+
+    registry = MlflowRegistry(mlflow_server.uri, root=streamfit_home / "registry")
+    register(registry, stream, None, {0: 10})
+    register(registry, stream, "v1", {0: 20})
+    registry.set_champion(stream, "v1", reason="first")
+
+    def broken(*args, **kwargs) -> None:
+        raise RuntimeError("a bug while writing the record")
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="a bug while writing the record"):
+        patched.setattr(registry, "_append", broken)
+        registry.set_champion(stream, "v2", reason="manual: by hand")
+    assert registry.champion(stream) == "v1"
+    assert [(h["version"], h["previous"]) for h in registry.champion_history(stream)] == [("v1", None)]
+
+
+def test_a_deleted_champion_version_is_still_the_champion_and_rollback_passes_over_it(
+    backend: Backend, stream: str
+) -> None:
+    """Deleting a model version deletes its MLflow aliases too: `champion` said None, so `models rollback`
+    refused ("has no champion") and a restarted scorer served nothing. The filesystem's alias file keeps
+    naming the deleted version, which scorers refuse (falling back) and rollback passes over."""
+    registry = backend.registry
+    for parent, end in ((None, 10), ("v1", 20), ("v2", 30)):
+        register(registry, stream, parent, {0: end})
+    for version in ("v1", "v2", "v3"):
+        registry.set_champion(stream, version, reason="better")
+    backend.delete_version(stream, "v3")
+
+    assert registry.champion(stream) == "v3"
+    assert registry.rollback(stream, reason="v3 is gone") == "v2"
+    assert registry.champion(stream) == "v2"
+    last = registry.champion_history(stream)[-1]
+    assert (last["version"], last["previous"], last["reason"]) == ("v2", "v3", "rollback: v3 is gone")
 
 
 def test_decisions_and_halts(registry: ModelRegistry, stream: str) -> None:

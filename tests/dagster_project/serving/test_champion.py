@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ import pytest
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import ONNX_FILE, FilesystemRegistry
 from dagster_project.serving import ChampionWatcher, ScorerMetrics
+from dagster_project.serving.health import ScorerHealth
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
+from tests.dagster_project.registry.test_contract import Backend
 from tests.dagster_project.serving.support import (
     Client,
     Hammer,
@@ -296,3 +299,92 @@ def test_fallback_outside_the_history_with_nothing_valid_and_a_new_champion(
         assert metrics.value("streamfit_model_load_failures_total", version="v3") == 1
     finally:
         watcher.stop()
+
+
+@pytest.fixture(params=["filesystem", "mlflow"])
+def backend(request: pytest.FixtureRequest, streamfit_home: Path) -> Backend:
+    """Either registry, and how to damage it (the scorer must behave the same on both)."""
+    if request.param == "filesystem":
+        return Backend("filesystem", FilesystemRegistry(streamfit_home / "registry"))
+    from dagster_project.registry.mlflow_store import MlflowRegistry
+
+    server = request.getfixturevalue("mlflow_server")
+    return Backend("mlflow", MlflowRegistry(server.uri, root=streamfit_home / "registry"), server)
+
+
+def test_a_refused_champion_repaired_and_promoted_again_is_served_on_the_next_check(
+    backend: Backend, spec: StreamSpec
+) -> None:
+    """MLflow has no files to stat, so a refused champion was retried only every `retry_refused_s`
+    (30 s): the operator's `models promote` after the repair is what the scorer notices instead."""
+    registry, metrics = backend.registry, ScorerMetrics(spec.name)
+    train_version(registry, spec)  # v1
+    train_version(registry, spec, drifted=True)  # v2, the champion, damaged
+    onnx = backend.stored_file(spec.name, "v2", ONNX_FILE)
+    good = onnx.read_bytes()
+    onnx.write_bytes(good[:100])
+    watcher = ChampionWatcher(registry, spec, metrics)  # retry_refused_s: 30 s
+    assert watcher.check() and (watcher.current.version, watcher.refused) == ("v1", "v2")
+    assert not watcher.check()  # nothing changed: not loaded again
+    assert metrics.value("streamfit_model_load_failures_total", version="v2") == 1
+
+    onnx.write_bytes(good)  # the operator repairs it, then promotes it again
+    registry.set_champion(spec.name, "v2", reason="manual: repaired")
+    assert watcher.check() and watcher.current.version == "v2"
+    assert (watcher.refused, watcher.degraded) == (None, None)
+    assert metrics.value("streamfit_model_load_failures_total", version="v2") == 1
+
+
+def test_a_deleted_champion_version_falls_back_to_the_newest_valid_champion_and_rolls_back(
+    backend: Backend, spec: StreamSpec
+) -> None:
+    """Deleting an MLflow model version deletes its alias: a restarted scorer served nothing (503) and
+    `models rollback` refused, where the filesystem falls back to the champion history and rolls back."""
+    registry = backend.registry
+    for seed in (0, 1, 2):
+        train_version(registry, spec, seed=seed)  # v3, the champion after v1 and v2
+    running = ChampionWatcher(registry, spec, ScorerMetrics(spec.name))
+    assert running.check() and running.current.version == "v3"
+    backend.delete_version(spec.name, "v3")
+    assert not running.check() and (running.current.version, running.status.alias) == ("v3", "v3")  # loaded
+
+    metrics = ScorerMetrics(spec.name)
+    restarted = ChampionWatcher(registry, spec, metrics)
+    assert restarted.check() and (restarted.current.version, restarted.refused) == ("v2", "v3")
+    assert restarted.degraded.startswith(f"champion v3 could not be loaded (RegistryError: {spec.name} has no version")
+    assert restarted.degraded.endswith("; serving v2, the newest valid version in the champion history")
+    assert metrics.value("streamfit_serving_fallback") == 1
+
+    assert registry.rollback(spec.name, reason="v3 is gone") == "v2"
+    assert not restarted.check() and (restarted.current.version, restarted.degraded) == ("v2", None)
+    assert metrics.value("streamfit_serving_fallback") == 0
+
+
+def test_a_broken_alias_is_reported_as_broken_not_as_an_unreachable_registry(
+    backend: Backend, spec: StreamSpec
+) -> None:
+    """A garbage alias raised BrokenRegistryFile, which /healthz reported as "registry unreachable or
+    failing" with `streamfit_registry_up` 0, although the registry answered: the fix was not the network."""
+    registry, metrics = backend.registry, ScorerMetrics(spec.name)
+    train_version(registry, spec)
+    watcher = ChampionWatcher(registry, spec, metrics)
+    health = ScorerHealth(spec.name, watcher)
+    assert watcher.check()
+    backend.break_alias(spec.name)
+
+    assert not watcher.check() and watcher.current.version == "v1"
+    detail = health.report().detail
+    assert detail["registry"] == {"reachable": True, "error": None}
+    assert (detail["model_version"], detail["champion"], detail["fallback"]) == ("v1", None, True)
+    assert detail["degraded"].startswith("the champion alias is broken (")
+    assert f"point the alias again with `streamfit models promote {spec.name} <version>`" in detail["degraded"]
+    assert detail["degraded"].endswith("; still serving v1")
+    assert metrics.value("streamfit_registry_up") == 1
+    assert metrics.value("streamfit_registry_errors_total") == 0
+    assert metrics.value("streamfit_serving_fallback") == 1
+
+    registry.set_champion(spec.name, "v1", reason="manual: the alias repaired")  # the repair the message names
+    assert not watcher.check()
+    detail = health.report().detail
+    assert (detail["champion"], detail["fallback"], detail["degraded"]) == ("v1", False, None)
+    assert metrics.value("streamfit_serving_fallback") == 0
