@@ -58,6 +58,10 @@ class History:
         self.base += drop
 
 
+def _last_time(history: History) -> float:
+    return history.times[-1] if history.times else float("-inf")
+
+
 @dataclass
 class PartitionState:
     newest: float | None = None  # the newest event time accepted on the partition
@@ -156,19 +160,37 @@ class FeatureState:
 
         Without a partition the key's history is taken from the partition that saw it most recently
         (with messages keyed by the `by` field there is only one). A key never seen gets the
-        empty-window values. No lateness check: a request is not part of the stream.
+        empty-window values. A time older than the lateness allows behind the newest event of the
+        partition(s) it reads is refused, as on the stream: history before it may be dropped, so its
+        windows would be cut short (a backfill over HTTP got empty-window values, with 200).
         """
         t, keys = self._read(event)
         if partition is not None:
             part = self.partitions.get(partition) or PartitionState()
+            self._refuse_late_request(t, {partition: part})
             return self._values(part, keys, t)
         merged = PartitionState(tables={})
+        read: dict[int, PartitionState] = {}
         for table in self._tables:
             key = keys[table.by]
-            holders = [p.tables[table.by][key] for p in self.partitions.values() if key in p.tables.get(table.by, {})]
-            newest = max(holders, key=lambda h: h.times[-1] if h.times else float("-inf"), default=None)
-            merged.tables[table.by] = OrderedDict({key: newest} if newest is not None else {})
+            holders = [(n, p) for n, p in self.partitions.items() if key in p.tables.get(table.by, {})]
+            chosen = max(holders, key=lambda h: _last_time(h[1].tables[table.by][key]), default=None)
+            if chosen is not None:
+                read[chosen[0]] = chosen[1]
+            merged.tables[table.by] = OrderedDict({key: chosen[1].tables[table.by][key]} if chosen else {})
+        self._refuse_late_request(t, read or self.partitions)
         return self._values(merged, keys, t)
+
+    def _refuse_late_request(self, t: float, read: dict[int, PartitionState]) -> None:
+        """`observe`'s lateness rule for a request reading the history of the partitions in `read`."""
+        newest = max(((n, p.newest) for n, p in read.items() if p.newest is not None), key=lambda x: x[1], default=None)
+        if newest is not None and t < newest[1] - self.lateness:
+            raise EventError(
+                f"late request: event time {t:.3f} is {newest[1] - t:.3f} s behind the newest the state has seen "
+                f"on partition {newest[0]} ({newest[1]:.3f}), more than event_time.lateness {self.lateness:g} s: "
+                "the history before it may be gone, so its windows would be cut short. Score it from the stream "
+                "(its event on Kafka), or send its current time"
+            )
 
     def _read(self, event: dict[str, Any]) -> tuple[float, dict[str, Key]]:
         if self.event_time is None:

@@ -32,6 +32,14 @@ MAGNITUDE_LIMIT = 1e37
 MAX_ID_CHARS = 1024
 
 
+def ts_problem(ts: Any) -> str | None:
+    """Why an event's top-level `ts` breaks the contract (a number of epoch seconds), else None; the
+    scorer's `/predict` holds a row's `ts` to it too, so HTTP takes what Kafka takes."""
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
+        return f"'ts' must be a number (epoch seconds), got {quoted(ts)}"
+    return None
+
+
 class InvalidEvent(ValueError):
     """The message breaks the event contract; the message is the reason stored in the DLQ."""
 
@@ -278,8 +286,8 @@ class EventParser:
             )
         values = [coerce_feature(f, features[f.name]) for f in self._features]
         ts = event.get("ts")
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
-            raise InvalidEvent(f"'ts' must be a number (epoch seconds), got {quoted(ts)}")
+        if problem := ts_problem(ts):
+            raise InvalidEvent(problem)
         label_index, label_value = self._label(event.get("label"))
         unseen = tuple(
             (f.name, features[f.name]) for f, code in self._unseen_codes if values[self._position[f.name]] == code

@@ -26,7 +26,7 @@ from dagster_project.features.checkpoint import state_after
 from dagster_project.features.serialization import load_state
 from dagster_project.features.state import FeatureState
 from dagster_project.features.timing import EventError
-from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch
+from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch, ts_problem
 from dagster_project.kafka.io import read_range
 from dagster_project.kafka.records import timestamp_seconds
 from dagster_project.kafka.settings import KafkaSettings
@@ -54,6 +54,8 @@ class ServingFeatures:
         self.positions: dict[int, int] = {}  # partition -> the next offset the state expects
         self.caught_up = 0  # events read from the topic to bring a state up to the scorer's position
         self._lock = threading.Lock()  # `/predict` peeks while the Kafka loop observes
+        # A row's `ts` is the event's top-level one (a number, as the contract says) unless a feature has the name
+        self._ts_is_context = "ts" not in spec.feature_names
 
     def derive(
         self,
@@ -111,6 +113,9 @@ class ServingFeatures:
             if version != self.version:
                 self._switch(version)
             for i, row in enumerate(rows):
+                if self._ts_is_context and (problem := ts_problem(row.get("ts"))):  # the contract's, as on Kafka
+                    problems.append({"row": i, "errors": [problem]})
+                    continue
                 try:
                     values = self.state.peek({**row, "features": row})
                 except EventError as exc:

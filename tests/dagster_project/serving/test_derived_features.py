@@ -104,6 +104,26 @@ def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings
         features.append_to(head.name, [{"temp": 1.0, "ts": 1.0}], np.zeros((1, 1), np.float32))
 
 
+def test_predict_refuses_what_the_stream_refuses_a_late_time_and_a_ts_that_is_not_a_number(
+    trained, kafka_settings, registry
+):
+    """A backfill over HTTP got windows cut short by history already dropped (200, empty-window values);
+    an ISO `ts` was taken although the same event on Kafka is dead-lettered."""
+    spec = trained
+    features = ServingFeatures(spec, kafka_settings, registry)
+    head = registry.head(spec.name)
+    newest = max(p.newest for p in state_after(registry, spec, head).partitions.values())
+    late = {"temp": 30.0, "device": "dev-3", "ts": newest - spec.event_time.lateness - 60}
+    with pytest.raises(RequestError, match=r"late request: event time .* more than event_time.lateness") as late_error:
+        features.append_to(head.name, [late], np.zeros((1, 1), np.float32))
+    assert "Score it from the stream" in str(late_error.value)
+    iso = {"temp": 30.0, "device": "dev-3", "ts": "2026-12-05T18:25:00Z"}
+    with pytest.raises(RequestError, match=r"'ts' must be a number \(epoch seconds\), got '2026-12-05T18:25:00Z'"):
+        features.append_to(head.name, [iso], np.zeros((1, 1), np.float32))
+    current = {**late, "ts": newest}
+    assert features.append_to(head.name, [current], np.zeros((1, 1), np.float32)).shape == (1, 5)
+
+
 @pytest.mark.usefixtures("scorer_client")
 @pytest.mark.parametrize(
     "trained",
