@@ -242,6 +242,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             passed=artifact.passed,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={**details, **({"reason": artifact.reason} if artifact.reason else {})},
+            description=parity_summary(artifact),  # what the UI's check list shows
         )
 
     @dg.asset(
@@ -297,6 +298,15 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     return [micro_batch, model, onnx_model, model_version]
+
+
+def parity_summary(artifact) -> str:
+    """The parity check's one line: its reason when it failed (the UI showed an empty description)."""
+    parity = artifact.parity
+    measured = f"max |onnx - sklearn| {parity['max_abs_diff']:.3g}, {parity['label_mismatches']} label mismatches"
+    if artifact.passed:
+        return f"passed on {parity['rows']:,} rows: {measured}"
+    return f"FAILED on {parity['rows']:,} rows: {artifact.reason or measured}; the version is not registered"
 
 
 @contextmanager

@@ -7,9 +7,10 @@ import numpy as np
 import orjson
 import pytest
 
-from assets.training import batch_run_config
+from assets.training import batch_run_config, parity_summary
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions, read_range
+from dagster_project.learning.pipeline import OnnxArtifact
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.resources import KafkaResource
 from dagster_project.spec import StreamSpec
@@ -46,6 +47,14 @@ def test_full_batch_registers_a_version_with_its_offsets(kafka_settings, spec, r
     checks = [e for e in result.get_asset_check_evaluations() if e.check_name == "onnx_parity"]
     assert checks and checks[0].passed
     assert checks[0].metadata["max_abs_diff"].value <= spec.parity.atol
+    assert checks[0].description.startswith("passed on 600 rows: max |onnx - sklearn| ")  # the UI's line
+
+
+def test_a_failed_parity_check_says_why_in_its_description() -> None:
+    """The check's description was empty: the reason was only in its metadata."""
+    parity = {"max_abs_diff": 0.00677, "label_mismatches": 5, "rows": 440, "passed": False}
+    summary = parity_summary(OnnxArtifact(b"", parity, "5/440 rows differ beyond atol"))
+    assert summary == "FAILED on 440 rows: 5/440 rows differ beyond atol; the version is not registered"
 
 
 def test_second_batch_reports_prequential_metrics(kafka_settings, spec, registry, stream_defs, instance):
