@@ -67,7 +67,8 @@ class FeatureSpec(_Strict):
       as one extra "other" column. Unseen values never fail a row; they are counted, and
       ``quality.max_unseen_category_share`` bounds their share per batch.
     - ``buckets: N``, for open-ended values (ids, zip codes): CRC-32 of the value's UTF-8 text
-      (an integer as its decimal text) modulo N, one column per bucket; nothing is unseen.
+      (an integer as its decimal text) modulo N, one column per bucket; nothing is unseen, so
+      ``unseen: other`` is refused there (it would add no column).
     """
 
     name: str = Field(min_length=1)
@@ -92,6 +93,8 @@ class FeatureSpec(_Strict):
         if self.type != "category":
             if self.categories is not None or self.buckets is not None:
                 raise ValueError(f"{where} has categories/buckets but type {self.type!r}: set type: category")
+            if self.unseen != "zero":
+                raise ValueError(f"{where}: unseen applies to category features with categories: [...]; remove it")
             return self
         if self.min is not None or self.max is not None:
             raise ValueError(f"{where} is a category: remove min/max (they apply to numeric features)")
@@ -103,6 +106,13 @@ class FeatureSpec(_Strict):
         if self.buckets is not None:
             if not 2 <= self.buckets <= MAX_BUCKETS:
                 raise ValueError(f"{where}: buckets must be between 2 and {MAX_BUCKETS}, got {self.buckets}")
+            # Only "other" is refused: a dumped spec (quality suite, demo) writes the default "zero" back.
+            if self.unseen != "zero":
+                raise ValueError(
+                    f"{where} is hashed (buckets: {self.buckets}): every value has a bucket, so no value is "
+                    f"unseen and unseen: {self.unseen} would add no column; remove unseen, or list "
+                    "categories: [...] instead of buckets"
+                )
             return self
         categories = self.categories or []
         if not categories:
@@ -212,7 +222,13 @@ def label_key(value: Any) -> tuple[str, Any]:
 
 
 class LabelSpec(_Strict):
-    """The target. Classification labels are mapped to class indices in the order given."""
+    """The target. Classification labels are mapped to class indices in the order given.
+
+    ``name`` is the target's display name, for people reading the spec: Streamfit never reads it.
+    Every event carries its label under its top-level ``label`` key whatever ``name`` says (the
+    event contract: ``id``, ``ts``, ``features``, optional ``label``), so a field named after
+    ``name`` is not the label. ``classes`` applies to classification only.
+    """
 
     name: str = "label"
     classes: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = None
@@ -534,6 +550,14 @@ class LabelsSpec(_Strict):
     flush_interval_s: float = Field(default=5.0, gt=0)
 
 
+def _reserved_why(reserved: list[str]) -> str:
+    """Why a name in `RESERVED_COLUMNS` cannot be a feature's, and the fix."""
+    return (
+        f"are reserved: the data-quality table has columns {list(RESERVED_COLUMNS)} next to the features, and "
+        f"a feature cannot share a column's name; rename the feature (e.g. {reserved[0]}_value)"
+    )
+
+
 class StreamSpec(_Strict):
     """Everything Streamfit knows about one stream."""
 
@@ -601,7 +625,7 @@ class StreamSpec(_Strict):
         names = set(self.feature_names)
         reserved = sorted(names & set(RESERVED_COLUMNS))
         if reserved:
-            raise ValueError(f"feature name(s) {reserved} are reserved for batch metadata {list(RESERVED_COLUMNS)}")
+            raise ValueError(f"feature name(s) {reserved} {_reserved_why(reserved)}")
         for kind in ("mean_bounds", "std_bounds"):
             unknown = sorted(set(getattr(self.quality, kind)) - names)
             if unknown:
@@ -627,6 +651,15 @@ class StreamSpec(_Strict):
         if self.event_time is None:
             raise ValueError("derived features need event_time: {field: ts, lateness: 5s} (which field holds the time)")
         by_name = {f.name: f for f in self.features}
+        # On Kafka the time is the event's top level and the feature is in `features`; a /predict row is
+        # one flat object (serving/rows.py), where the feature's value would be read as the event time.
+        field = self.event_time.field
+        if field in by_name:
+            raise ValueError(
+                f"event_time.field {field!r} is also a feature's name: a /predict row holds one {field!r}, which "
+                "would be read both as the feature and as the event time; rename the feature or set "
+                "event_time.field to another field"
+            )
         names = [d.name for d in self.derived]
         clash = sorted((set(names) & set(by_name)) | {n for n, k in Counter(names).items() if k > 1})
         if clash:
@@ -635,7 +668,7 @@ class StreamSpec(_Strict):
             )
         reserved = sorted(set(names) & set(RESERVED_COLUMNS))
         if reserved:
-            raise ValueError(f"derived feature name(s) {reserved} are reserved for batch metadata")
+            raise ValueError(f"derived feature name(s) {reserved} {_reserved_why(reserved)}")
         for d in self.derived:
             where = f"derived feature {d.name!r}"
             source = by_name.get(d.of) if d.of is not None else None
@@ -660,6 +693,11 @@ class StreamSpec(_Strict):
                 raise ValueError(f"estimator {family.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
+        if self.task == "regression" and self.label.classes is not None:
+            raise ValueError(
+                f"label.classes {self.label.classes} applies to classification, but task is regression (the label "
+                "is any finite number): remove label.classes, or set task: classification"
+            )
         return self
 
     @model_validator(mode="after")

@@ -67,6 +67,8 @@ class Backtest:
     onnx_problem: str | None = None
     seconds: float = 0.0
     model: Any = None  # the model after the last batch (what the last version would hold)
+    # Events with a top-level field named like `label.name` but no "label": read only when nothing was learned.
+    named_label_events: int = 0
 
     @property
     def learned(self) -> int:
@@ -139,7 +141,7 @@ class Backtest:
             kind, (position, reason) = next(iter(self.refusal_examples.items()))
             out.append(f"every message was refused, e.g. message {position}: {reason} (does the spec match the data?)")
         elif not self.learned and not self.blocked and not self.failure:
-            out.append("no labelled row was learned: the sample needs labelled events (label field)")
+            out.append(self._no_label_problem())
         for batch in self.blocked:
             out.append(
                 f"batch {batch.number} {ranges_text(batch.ranges)} would {batch.quality} the stream: "
@@ -150,6 +152,35 @@ class Backtest:
         if self.onnx_problem:
             out.append(f"ONNX export: {self.onnx_problem}")
         return out
+
+    def _no_label_problem(self) -> str:
+        """Where the label must be: `label.name` reads like the event's label field, and is not."""
+        where = 'each event\'s top-level "label" key; label.name only names it'
+        if self.named_label_events:
+            name = self.spec.label.name
+            return (
+                f'no labelled row was learned: {self.named_label_events:,} event(s) carry a top-level "{name}" '
+                f'(the spec\'s label.name) but no "label": send the label in {where}'
+            )
+        return f"no labelled row was learned: the sample needs labelled events, the label in {where}"
+
+
+def _named_label_events(spec: StreamSpec, values: list[bytes | None]) -> int:
+    """Events with a top-level field named `label.name` and no "label": the label is always "label"."""
+    import orjson
+
+    name = spec.label.name
+    if name in ("id", "ts", "features", "label"):  # the contract's own keys: not a misplaced label
+        return 0
+    count = 0
+    for value in values:
+        try:
+            event = orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and name in event and event.get("label") is None:
+            count += 1
+    return count
 
 
 class _Placement:
@@ -277,6 +308,8 @@ def backtest(
         if on_batch is not None:
             on_batch(outcome)
     result.model = run.model
+    if not result.learned:
+        result.named_label_events = _named_label_events(spec, values)
     if run.model is not None and run.recent and not result.failure:
         _export(result, spec, run.model, np.vstack(run.recent)[-rows:])
     result.seconds = time.perf_counter() - started

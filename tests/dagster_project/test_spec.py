@@ -126,7 +126,30 @@ def test_duplicate_and_missing_features() -> None:
 @pytest.mark.parametrize("column", RESERVED_COLUMNS)
 def test_reserved_column_names_cannot_be_features(column: str) -> None:
     message = _errors(features=[{"name": "a"}, {"name": column}])
-    assert f"feature name(s) ['{column}'] are reserved for batch metadata" in message
+    assert f"feature name(s) ['{column}'] are reserved: the data-quality table has columns" in message
+    assert f"rename the feature (e.g. {column}_value)" in message
+    derived = [{"name": column, "by": "device", "agg": "count", "window": "60s"}]
+    assert f"rename the feature (e.g. {column}_value)" in _errors(derived=derived, **ROLLING)
+
+
+def test_a_regression_stream_refuses_label_classes() -> None:
+    """Its label is any number: classes would be silently ignored."""
+    message = _errors(task="regression", model={"estimator": "sgd_regressor"})  # _raw lists classes [0, 1]
+    assert "label.classes [0, 1] applies to classification, but task is regression" in message
+    assert "remove label.classes, or set task: classification" in message
+
+
+def test_unseen_other_is_refused_where_no_value_can_be_unseen() -> None:
+    """A hashed feature gives every value a bucket and a numeric one has no vocabulary: no "other" column."""
+    hashed = {"name": "zip", "type": "category", "buckets": 16}
+    message = _errors(features=[{"name": "a"}, hashed | {"unseen": "other"}])
+    assert "feature 'zip' is hashed (buckets: 16)" in message
+    assert "remove unseen, or list categories: [...] instead of buckets" in message
+    assert "feature 'a': unseen applies to category features with categories" in _errors(
+        features=[{"name": "a", "unseen": "other"}]
+    )
+    spec = StreamSpec.model_validate(_raw(features=[{"name": "a"}, hashed]))
+    assert StreamSpec.model_validate(spec.model_dump(mode="json")) == spec  # a dump writes unseen: zero back
 
 
 def test_batch_rows_cannot_exceed_max_rows() -> None:
@@ -259,6 +282,21 @@ def _derived(**feature) -> list[dict]:
 )
 def test_derived_feature_mistakes_are_named(overrides: dict, message: str) -> None:
     assert message in _errors(**overrides)
+
+
+def test_a_feature_named_like_the_event_time_field_is_refused_when_the_time_is_read() -> None:
+    """On Kafka the time is top-level and the feature in `features`; a /predict row holds one `ts`."""
+    features = [{"name": "ts"}, {"name": "a"}]
+    message = _errors(features=features, derived=_derived(), **ROLLING)
+    assert "event_time.field 'ts' is also a feature's name" in message
+    assert "rename the feature or set event_time.field to another field" in message
+    moved = StreamSpec.model_validate(_raw(features=features, derived=_derived(), event_time={"field": "when"}))
+    assert moved.feature_names == ["ts", "a"]
+    # Without derived features nothing reads the event time: no clash.
+    assert StreamSpec.model_validate(_raw(features=features, **ROLLING)).feature_names == ["ts", "a"]
+    # A `by` that is a feature is read from the features on Kafka and from the row on /predict: the same value.
+    keyed = [{"name": "a"}, {"name": "device", "type": "int"}]
+    assert StreamSpec.model_validate(_raw(features=keyed, derived=_derived(), **ROLLING)).derived[0].by == "device"
 
 
 def test_derived_features_follow_the_event_features_in_the_model_inputs() -> None:

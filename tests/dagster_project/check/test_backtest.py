@@ -218,6 +218,29 @@ def test_unlabelled_rows_are_counted_not_learned() -> None:
     assert result.learned == 1_000 and sum(b.unlabelled for b in result.batches) == 1_000
 
 
+def test_a_label_sent_under_label_name_is_named_with_where_the_label_must_be() -> None:
+    """label.name only names the target: an event's label is its top-level "label", whatever the name."""
+    rows = [orjson.loads(m) for m in _messages(census_events, 300)]
+    spec = _spec("census")  # label.name: income_over_50k
+    unlabelled = [orjson.dumps({k: v for k, v in e.items() if k != "label"}) for e in rows]
+    (problem,) = backtest(spec, unlabelled).problems
+    assert problem == (
+        "no labelled row was learned: the sample needs labelled events, the label in each event's "
+        'top-level "label" key; label.name only names it'
+    )
+
+    misplaced = [
+        orjson.dumps({**{k: v for k, v in e.items() if k != "label"}, "income_over_50k": e["label"]}) for e in rows
+    ]
+    result = backtest(spec, misplaced)
+    assert result.learned == 0 and result.named_label_events == 300
+    (problem,) = result.problems
+    assert problem == (
+        'no labelled row was learned: 300 event(s) carry a top-level "income_over_50k" (the spec\'s label.name) '
+        'but no "label": send the label in each event\'s top-level "label" key; label.name only names it'
+    )
+
+
 def test_a_sample_the_spec_does_not_describe_is_a_problem_naming_an_example() -> None:
     messages = [orjson.dumps({"id": f"e{i}", "features": {"other": 1.0}, "label": 0}) for i in range(50)]
     result = backtest(_spec("census"), messages)

@@ -14,7 +14,10 @@ from tests.helpers import sample
 
 
 def test_exporter_collector_reads_new_complete_lines_only(tmp_path: Path) -> None:
-    classify, regress = synthetic_spec(), synthetic_spec(task="regression", model={"estimator": "sgd_regressor"})
+    classify, regress = (
+        synthetic_spec(),
+        synthetic_spec(task="regression", model={"estimator": "sgd_regressor"}, label={}),
+    )
     at = "2024-05-01T12:00:00.000+00:00"
     common = {"at": at, "window_s": 60, "pending": {"predictions": 2, "labels": 1}}
     first = {"seq": 1, "task": "classification", "versions": {"v1": {"rows": 4, "correct": 3}}, **common}
