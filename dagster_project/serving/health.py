@@ -38,6 +38,11 @@ def _coordinator_known(consumer: Any) -> bool | None:
     return known() if callable(known) else None
 
 
+# A batch retried this often is not a blip: /readyz says so (a dead letter over 1 MB was retried for
+# ever, each retry writing the batch's predictions again, while /healthz said ok).
+STUCK_AFTER_FAILURES = 3
+
+
 class KafkaLink:
     """What the scorer's Kafka loop knows about its connection, for /readyz and /healthz."""
 
@@ -51,6 +56,8 @@ class KafkaLink:
         self._polled_at: float | None = None
         self._contact_at: float | None = None
         self._assigned_at: float | None = None
+        self._failed_in_a_row = 0  # poll batches whose predictions or dead letters were not all acknowledged
+        self._last_failure: str | None = None
 
     # Written by the Kafka loop.
     def attach(self, consumer: Any) -> None:
@@ -71,6 +78,14 @@ class KafkaLink:
 
     def assigned(self) -> None:
         self._assigned_at = self._contact_at = time.monotonic()
+
+    def batch_failed(self, error: str) -> None:
+        """A batch's writes failed: it is scored again from its first offset."""
+        self._failed_in_a_row += 1
+        self._last_failure = " ".join(error.split())[:500]
+
+    def batch_settled(self) -> None:
+        self._failed_in_a_row, self._last_failure = 0, None
 
     # Read from any thread.
     def last_contact(self) -> float | None:
@@ -93,6 +108,11 @@ class KafkaLink:
             known = _coordinator_known(consumer)
             suffix = "; group coordinator unknown" if known is False else ""
             return f"no answer from {where} {silent} (limit {self.stale_after_s:g} s){suffix}"
+        if self._failed_in_a_row >= STUCK_AFTER_FAILURES:
+            return (
+                f"the same batch failed {self._failed_in_a_row} times in a row, so nothing past it is committed "
+                f"(its predictions are written again on each retry): {self._last_failure}"
+            )
         if self._polled_at is not None and now - self._polled_at > self.stall_after_s:
             return f"the Kafka loop has not polled for {now - self._polled_at:.1f} s (limit {self.stall_after_s:g} s)"
         return None

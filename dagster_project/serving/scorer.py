@@ -424,11 +424,13 @@ class Scorer:
         except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
             # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
             self.metrics.batch_retries.labels(self.spec.name).inc()
+            self.link.batch_failed(str(exc))
             log.error("%s: %s; re-reading the batch", self.spec.name, exc)
             self._rewind(consumer, batch, next_batch)
             self._stop.wait(1.0)
             return False
         self._count(outcome)
+        self.link.batch_settled()
         with self._state_lock:
             self._uncommitted.update(batch.nexts())
             offsets = dict(self._uncommitted)
@@ -522,6 +524,7 @@ class Scorer:
             # node. A new producer with the same id looks the coordinator up afresh and its init_transactions
             # settles this transaction (aborts it, or finishes a commit that was under way): Kafka's own recovery.
             log.error("%s: transaction failed (%r); new producer, re-reading from the commit", self.spec.name, exc)
+            self.link.batch_failed(repr(exc))
             _discard(producer)
             producer = self._transactional_producer()
             if producer is None:
@@ -545,6 +548,7 @@ class Scorer:
         self.metrics.transactions.labels(self.spec.name, "committed").inc()
         self._count(outcome)
         self.link.contact()
+        self.link.batch_settled()
         self._update_lag(consumer, batch)
         return producer
 

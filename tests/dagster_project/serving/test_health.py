@@ -58,3 +58,35 @@ def test_readiness_needs_a_model_and_the_broker(spec: StreamSpec, registry: File
             assert health["reasons"] == [body["error"]]
             assert client.predict([{"x0": 0.1, "x1": 0.2, "x2": 0.3, "x3": 0.4, "x4": 0.5}])[0] == 200
     print(f"\n/readyz reported the stopped broker after {unready_s:.1f} s: {body['error']}")
+
+
+def test_a_batch_that_keeps_failing_makes_the_scorer_unready_until_it_goes_through(
+    spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead letter the broker refused on every write made the scorer retry its batch for ever (writing
+    the batch's predictions again each time) while /healthz said ok."""
+    from dagster_project.ingest import dead_letters
+    from tests.dagster_project.serving.support import produce_raw
+
+    refused = dead_letters.DeadLetterError("1 of 1 dead letters were not acknowledged: MessageSizeTooLarge")
+    original = dead_letters.DeadLetterWriter.check
+
+    def refusing(self):
+        if self.pending:
+            raise refused
+        return original(self)
+
+    train_version(registry, spec)
+    monkeypatch.setattr(dead_letters.DeadLetterWriter, "check", refusing)
+    with running_service(spec, kafka_settings, registry) as service:
+        client = Client(service.url)
+        wait_for(lambda: client.request("GET", "/readyz")[0] == 200, 30, "the scorer to become ready")
+        produce_raw(kafka_settings, spec, [(b"bad", b"{not json")])
+        status, body = wait_for(
+            lambda: (answer := client.request("GET", "/readyz")[:2])[0] == 503 and answer, 30, "/readyz to say so"
+        )
+        assert "the same batch failed 3 times in a row, so nothing past it is committed" in body["error"]
+        assert "MessageSizeTooLarge" in body["error"]
+
+        monkeypatch.setattr(dead_letters.DeadLetterWriter, "check", original)  # the broker takes it again
+        wait_for(lambda: client.request("GET", "/readyz")[0] == 200, 30, "the scorer to be ready again")
