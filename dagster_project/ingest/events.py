@@ -32,6 +32,18 @@ MAGNITUDE_LIMIT = 1e37
 MAX_ID_CHARS = 1024
 
 
+def _not_utf8(raw: bytes) -> str | None:
+    """Where a message stops being UTF-8 text, else None: orjson says "surrogates not allowed: line 1
+    column 1" for any invalid byte, anywhere, which names neither the cause nor the place."""
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"byte {exc.start} (0x{raw[exc.start]:02x}) is not UTF-8 ({exc.reason}): JSON messages must be UTF-8 text"
+        )
+    return None
+
+
 def ts_problem(ts: Any) -> str | None:
     """Why an event's top-level `ts` breaks the contract (a number of epoch seconds), else None; the
     scorer's `/predict` holds a row's `ts` to it too, so HTTP takes what Kafka takes."""
@@ -260,7 +272,7 @@ class EventParser:
         try:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(f"not valid JSON: {exc}") from None
+            raise InvalidEvent(f"not valid JSON: {_not_utf8(raw) or exc}") from None
         if not isinstance(event, dict):
             raise InvalidEvent(f"event must be a JSON object, got {type(event).__name__}")
         event_id = event.get("id")

@@ -93,6 +93,11 @@ def test_null_in_nullable_feature_is_nan(parser: EventParser) -> None:
         pytest.param(b"", ["not valid JSON"], id="empty-bytes"),
         pytest.param(b'{"id": "e1", "features": {"f": NaN}}', ["not valid JSON"], id="nan-literal"),
         pytest.param(b'{"id": "e1", "features": {"f": 1e400}}', ["not valid JSON"], id="overflow-to-inf"),
+        pytest.param(
+            b'{"id": "e1\xff", "features": {}}',
+            ["not valid JSON: byte 10 (0xff) is not UTF-8 (invalid start byte): JSON messages must be UTF-8 text"],
+            id="not-utf8-where-and-why",  # orjson said "surrogates not allowed: line 1 column 1"
+        ),
         pytest.param(b"[1, 2]", ["must be a JSON object", "list"], id="array"),
         pytest.param(b'"text"', ["must be a JSON object", "str"], id="string"),
         pytest.param(event(id=DROP), ["no 'id'"], id="missing-id"),
