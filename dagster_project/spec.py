@@ -500,6 +500,10 @@ class PromotionSpec(_Strict):
     champion is significantly better (otherwise it is promoted: non-inferiority), a champion is
     rolled back only when significantly worse than its predecessor. ``null`` or ``0`` turns the
     test off (the margin alone decides).
+
+    ``margin`` (and ``drift.regression_margin``) is in the metric's units for accuracy, ROC AUC and
+    log loss, and a fraction of the reference model's error for RMSE and MAE, which are in the
+    label's units: 0.01 is 1 % of the champion's RMSE whether targets are near 0.001 or 1e6.
     """
 
     metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from dagster_project.registry.promotion import difference_text, margin_for, margin_text
 from dagster_project.registry.significance import PairedTest, significant, spent_level
 from monitors.detectors import ChangeResult
 from monitors.drift import DriftReport
@@ -150,16 +151,18 @@ def _rollback(
         f"{c.metric} {c.champion_value:.4f} vs predecessor {c.predecessor} {c.predecessor_value:.4f} "
         f"on the same {c.rows} rows ({direction} is better)"
     )
-    if c.regression <= config.regression_margin:
+    allowed = margin_for(c.metric, config.regression_margin, c.predecessor_value)  # RMSE, MAE: relative
+    stated = margin_text(c.metric, config.regression_margin, c.predecessor_value)
+    if c.regression <= allowed:
         return (
             False,
             [
-                f"no regression: champion {c.champion} {numbers}, worse by {c.regression:.4f} "
-                f"<= margin {config.regression_margin}"
+                f"no regression: champion {c.champion} {numbers}, worse by "
+                f"{difference_text(c.metric, c.regression)} <= margin {stated}"
             ],
             evidence,
         )
-    worse = f"worse by {c.regression:.4f} > margin {config.regression_margin}"
+    worse = f"worse by {difference_text(c.metric, c.regression)} > margin {stated}"
     if config.significance and (c.test is None or c.test.p_value is None):
         why = c.test.describe() if c.test is not None else "no paired test recorded"
         return False, [f"kept {c.champion}: {numbers}, {worse}, but {why}; no action"], evidence

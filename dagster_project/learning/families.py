@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dagster_project.registry.contract import settings_changed
+from dagster_project.registry.promotion import difference_text, margin_for, margin_text
 from dagster_project.spec import StreamSpec
 
 LOWER_IS_BETTER = {"log_loss", "mae", "rmse"}
@@ -171,6 +172,7 @@ def _held_lead(model: CandidateSet, spec: StreamSpec, metric: str, X, y, scored:
     leader = model.leader
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     margin, level = spec.promotion.margin, spec.promotion.significance
+    allowed = margin_for(metric, margin, scored.get(leader))  # RMSE and MAE: a fraction of the leader's
     record = {k: list(v) for k, v in model.record.items()}
     looks: list[tuple[bool, float, str, PairedTest | None, int]] = []  # (passes, gain, challenger, test, tails)
     for label in scored:
@@ -182,20 +184,23 @@ def _held_lead(model: CandidateSet, spec: StreamSpec, metric: str, X, y, scored:
         record[label] = tails
         rows = sum(t["rows"] for t in tails)
         pooled = sum(t["gain"] * t["rows"] for t in tails) / rows
-        looks.append((_passes(entry["gain"], test, margin, level), entry["gain"], label, test, 1))
+        looks.append((_passes(entry["gain"], test, allowed, level), entry["gain"], label, test, 1))
         if len(tails) > 1:
             combined = combine([PairedTest.from_dict(t["test"]) for t in tails])
-            looks.append((_passes(pooled, combined, margin, level), pooled, label, combined, len(tails)))
+            looks.append((_passes(pooled, combined, allowed, level), pooled, label, combined, len(tails)))
     model.record = record
     passes, gain, best, test, tails = max(looks, key=lambda look: (look[0], look[1]))
     evidence = f"{test.describe() if test else 'no test'} {'on this tail' if tails == 1 else f'over {tails} tails'}"
+    stated = margin_text(metric, margin, scored.get(leader))
     if passes:
         return (
             best,
             _dict(test),
-            f"{best} leads: {metric} better than {leader} by {gain:.4f} > margin {margin:g} ({evidence})",
+            f"{best} leads: {metric} better than {leader} by {difference_text(metric, gain)} > margin {stated} "
+            f"({evidence})",
         )
-    why = f"ahead by {gain:.4f} <= margin {margin:g}" if gain <= margin else f"ahead by {gain:.4f} but not significant"
+    ahead = f"ahead by {difference_text(metric, gain)}"
+    why = f"{ahead} <= margin {stated}" if gain <= allowed else f"{ahead} but not significant"
     return leader, _dict(test), f"{leader} stays leader: best challenger {best} {why} ({evidence})"
 
 

@@ -25,6 +25,29 @@ if TYPE_CHECKING:
     from dagster_project.spec import StreamSpec
 
 HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mae": False, "rmse": False}
+# Errors in the label's own units: a margin for them is a fraction of the reference model's error. An
+# absolute 0.01 let a candidate with 5x the champion's RMSE through on targets near 0.001, and meant
+# nothing on targets near 1e6. Accuracy, ROC AUC and log loss have the same scale on every stream.
+RELATIVE_MARGIN_METRICS = frozenset({"rmse", "mae"})
+
+
+def margin_for(metric: str, margin: float, reference: float | None) -> float:
+    """`margin` in `metric`'s units next to a model scoring `reference` (its own error for RMSE and MAE)."""
+    if metric in RELATIVE_MARGIN_METRICS and reference is not None:
+        return margin * abs(reference)
+    return margin
+
+
+def difference_text(metric: str, value: float) -> str:
+    """A metric difference as reasons print it: 4 decimals, or 4 significant digits for label-unit errors."""
+    return f"{value:.4g}" if metric in RELATIVE_MARGIN_METRICS else f"{value:.4f}"
+
+
+def margin_text(metric: str, margin: float, reference: float | None) -> str:
+    """The margin as a decision's reason states it: `0.01`, or `1e-05 (1% of 0.001)` for errors."""
+    if metric in RELATIVE_MARGIN_METRICS and reference is not None:
+        return f"{margin_for(metric, margin, reference):.4g} ({margin * 100:g}% of {reference:.4g})"
+    return f"{margin:g}"
 
 
 def default_metric(task: str, n_classes: int) -> str:
@@ -142,14 +165,17 @@ def gate(
         return result(False, f"{metric} not computable on this batch (e.g. a single class); decision deferred")
     higher = HIGHER_IS_BETTER[metric]
     shortfall = (champ - cand) if higher else (cand - champ)
-    numbers = f"{metric} {cand:.4f} vs {champion} {champ:.4f} on {rows} unseen rows"
+    numbers = (
+        f"{metric} {difference_text(metric, cand)} vs {champion} {difference_text(metric, champ)} on {rows} unseen rows"
+    )
     promoted, kept = (
         f"{candidate} promoted: {numbers}",
         f"kept {champion} ({candidate} stays a candidate): {candidate} {numbers}",
     )
-    if shortfall <= margin:
-        return result(True, f"{promoted} (within margin {margin:g})")
-    worse = f"worse by {shortfall:.4f} > margin {margin:g}"
+    allowed, stated = margin_for(metric, margin, champ), margin_text(metric, margin, champ)
+    if shortfall <= allowed:
+        return result(True, f"{promoted} (within margin {stated})")
+    worse = f"worse by {difference_text(metric, shortfall)} > margin {stated}"
     if not significance:
         return result(False, f"{kept}, {worse}")
     if test is None or test.p_value is None:

@@ -195,7 +195,19 @@ def test_rollback_for_a_lower_is_better_metric() -> None:
     test = paired_bootstrap(losses, losses + 0.3, "mae")  # A, the predecessor, errs 0.3 less per row
     comparison = ChampionComparison("v7", "v6", "mae", 1.30, 1.00, 400, NOW - 10, higher_is_better=False, test=test)
     decision = _decide(comparison=comparison)
-    assert decision.action == "rollback" and "(lower is better), worse by 0.3000 > margin 0.02" in decision.reasons[0]
+    assert (
+        decision.action == "rollback"
+        and "(lower is better), worse by 0.3 > margin 0.02 (2% of 1)" in decision.reasons[0]
+    )
+
+
+def test_a_regression_rollback_margin_is_a_fraction_of_the_predecessor_s_error() -> None:
+    """On targets near 0.001 an absolute margin of 0.02 hid a champion with 5x its predecessor's MAE."""
+    losses = np.random.default_rng(0).exponential(scale=0.001, size=400)
+    test = paired_bootstrap(losses, losses * 5, "mae")
+    comparison = ChampionComparison("v7", "v6", "mae", 0.005, 0.001, 400, NOW - 10, higher_is_better=False, test=test)
+    decision = _decide(comparison=comparison)
+    assert decision.action == "rollback" and "worse by 0.004 > margin 2e-05 (2% of 0.001)" in decision.reasons[0]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from dagster_project.registry.significance import delong
         ("roc_auc", 0.935, 0.94, 500, True, "within margin"),
         ("roc_auc", 0.90, 0.94, 500, False, "worse by 0.0400"),
         ("rmse", 1.0, 1.005, 500, True, "promoted"),
-        ("rmse", 1.2, 1.0, 500, False, "worse by 0.2000"),
+        ("rmse", 1.2, 1.0, 500, False, "worse by 0.2 > margin 0.01 (1% of 1)"),
         ("log_loss", 0.30, 0.25, 500, False, "worse by 0.0500"),
         ("roc_auc", 0.99, 0.50, 10, False, "deferred"),
         ("roc_auc", None, 0.94, 500, False, "not computable"),
@@ -30,6 +30,16 @@ def test_gate(metric, candidate, champion, rows, promote, says):
     assert result.promote is promote
     assert says in result.reason
     assert result.evidence()["candidate"] == "v3" and result.evidence()["champion"] == "v2"
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e6])
+def test_a_regression_margin_is_a_fraction_of_the_champion_s_error_at_any_target_scale(scale: float) -> None:
+    """An absolute 0.01 promoted a candidate with 5x the champion's RMSE on targets near 0.001, and
+    on targets near 1e6 it was no margin at all: the same relative shortfall now gets the same answer."""
+    worse = gate("rmse", 0.01, 50, "v3", {"rmse": 5.0 * scale}, "v2", {"rmse": 1.0 * scale}, 500)
+    assert not worse.promote and f"> margin {0.01 * scale:.4g} (1% of {scale:.4g})" in worse.reason
+    close = gate("mae", 0.01, 50, "v3", {"mae": 1.005 * scale}, "v2", {"mae": 1.0 * scale}, 500)
+    assert close.promote and "within margin" in close.reason
 
 
 def test_default_metric_follows_the_task():
