@@ -159,17 +159,19 @@ class EventTimeSpec(_Strict):
     it goes to the DLQ with the reason.
 
     An event more than ``max_ahead`` later than its Kafka record's timestamp (the producer's clock,
-    or the broker's with LogAppendTime) is refused too: accepted, one event from a wrong clock would
-    hold the partition's watermark in the future and make every later event late. The default, one
-    hour, is Apache Kafka's own bound on future record timestamps (``message.timestamp.after.max.ms``);
-    ``null`` turns the check off. Files given to ``streamfit check --sample`` have no record
+    or the broker's with LogAppendTime) is refused too: accepted, one event from a wrong clock holds
+    the partition's watermark as far in the future as it is, and every other event of the partition
+    is late until real time catches up. The default, five minutes, bounds that harm while leaving
+    room for ordinary clock skew; with Apache Kafka's own bound (one hour,
+    ``message.timestamp.after.max.ms``) one event 59 minutes ahead sent half a probe's good events
+    to the DLQ. ``null`` turns the check off. Files given to ``streamfit check --sample`` have no record
     timestamps: their events are checked against the time the check runs.
     """
 
     field: str = "ts"
     unit: Literal["s", "ms"] = "s"
     lateness: Duration = Field(default=0.0, ge=0)
-    max_ahead: Duration | None = Field(default=3600.0, gt=0)
+    max_ahead: Duration | None = Field(default=300.0, gt=0)
 
 
 class DerivedFeatureSpec(_Strict):

@@ -252,9 +252,23 @@ def test_an_event_too_far_ahead_of_its_kafka_timestamp_is_refused_and_leaves_the
     with pytest.raises(EventError, match=re.escape("event time 4000.000 is 3900 s ahead of its Kafka timestamp")):
         state.observe(0, {**base, "ts": 4000.0}, [1.0] * 5, produced=100.0)
     assert dump_state(state) == before
-    assert state.observe(0, {**base, "ts": 110.0}, [1.0] * 5, produced=110.0 - 3500)[0] == 1.0  # within the hour
+    assert state.observe(0, {**base, "ts": 110.0}, [1.0] * 5, produced=110.0 - 290)[0] == 1.0  # within 5 minutes
     assert state.observe(0, {**base, "ts": 115.0}, [1.0] * 5, produced=None)[0] == 2.0  # no timestamp: not checked
     unbounded = FeatureState(
         rolling_spec(lateness="5s", event_time={"field": "ts", "lateness": "5s", "max_ahead": None})
     )
     assert unbounded.observe(0, {**base, "ts": 9e9}, [1.0] * 5, produced=100.0)[0] == 0.0
+
+
+def test_a_clock_twenty_minutes_ahead_is_refused_instead_of_making_every_other_event_late():
+    """With Kafka's own one-hour bound, one event 59 minutes ahead (accepted) made every later event of
+    its partition late for 59 minutes: half of a probe's good events went to the DLQ, all keys."""
+    state = FeatureState(rolling_spec(lateness="5s"))
+    now = 1_767_225_600.0
+    skewed = {"id": "e", "device": "fast-clock", "site": 1, "features": {}, "ts": now + 1200}
+    with pytest.raises(
+        EventError, match=r"1200 s ahead of its Kafka timestamp .* more than event_time.max_ahead 300 s"
+    ):
+        state.observe(0, skewed, [1.0] * 5, produced=now)
+    on_time = {"id": "e", "device": "d1", "site": 1, "features": {}, "ts": now + 1}
+    assert state.observe(0, on_time, [1.0] * 5, produced=now + 1) is not None  # not late
