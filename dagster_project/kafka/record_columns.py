@@ -93,7 +93,11 @@ class RecordColumns:
     def produced_at(self, i: int) -> float | None:
         """Record `i`'s Kafka timestamp in epoch seconds; None when it has none (-1, or 0 from some clients)."""
         source = self.sources[i]
-        return timestamp_seconds(source.timestamp_ms if isinstance(source, RawRecord) else source.timestamp()[1])
+        if isinstance(source, RawRecord):
+            return timestamp_seconds(source.timestamp_ms)
+        if callable(source.timestamp):  # a confluent-kafka Message
+            return timestamp_seconds(source.timestamp()[1])
+        return timestamp_seconds(source.timestamp)  # a kafka-python ConsumerRecord
 
     def append_message(self, partition: int, message: Any) -> None:
         """A kafka-python ConsumerRecord, kept whole as its source: its headers are read only if it is

@@ -142,3 +142,33 @@ def test_a_refused_message_keeps_its_headers_and_a_key_of_any_size_still_fits_th
     whale = orjson.loads(letters.values[1])
     assert (whale["offset"], whale["key_truncated"], whale["key_bytes"]) == (2, True, 900_000)
     assert letters.record(1).key == b"K" * MAX_KEY_BYTES and letters.headers(1) is None
+
+
+@pytest.mark.parametrize("client", [CONFLUENT, KAFKA_PYTHON])
+def test_a_stream_with_derived_features_reads_its_batch_on_either_client(kafka_settings, client) -> None:
+    """Derived features check each event against its record's Kafka timestamp (event_time.max_ahead):
+    on kafka-python, whose records are kept whole since dead letters carry their headers, reading that
+    timestamp raised TypeError and every batch of such a stream failed."""
+    import dataclasses
+
+    from dagster_project.features import FeatureState
+    from dagster_project.ingest.micro_batch import read_batch
+    from dagster_project.kafka.io import ensure_topics
+    from tests.dagster_project.features.support import produce_sensors, sensors_spec
+
+    settings = dataclasses.replace(kafka_settings, client=client)
+    spec = sensors_spec()
+    ensure_topics(settings, [spec.events_topic, spec.dlq_topic], spec.partitions)
+    produce_sensors(settings, spec, rows=300)
+    ends = {p: (0, n) for p, n in _high_waters(settings, spec.events_topic).items()}
+
+    batch = read_batch(settings, spec, ends, state=FeatureState(spec))
+
+    assert batch.rows + batch.dlq == 300 and batch.rows > 250
+    assert batch.X.shape[1] == len(spec.input_names)
+
+
+def _high_waters(settings, topic: str) -> dict[int, int]:
+    from dagster_project.kafka.io import probe_partitions
+
+    return {s.partition: s.high_water for s in probe_partitions(settings, topic, {})}
