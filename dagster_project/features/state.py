@@ -160,9 +160,11 @@ class FeatureState:
 
         Without a partition the key's history is taken from the partition that saw it most recently
         (with messages keyed by the `by` field there is only one). A key never seen gets the
-        empty-window values. A time older than the lateness allows behind the newest event of the
-        partition(s) it reads is refused, as on the stream: history before it may be dropped, so its
-        windows would be cut short (a backfill over HTTP got empty-window values, with 200).
+        empty-window values. A time so far behind the newest event of the partition it reads that
+        even its shortest window lies before the history the state keeps (more than lateness plus
+        that window) is refused: those events may be dropped, so its windows would come out cut
+        short (a backfill over HTTP got empty-window values, with 200). A key never seen is judged
+        against the partition that is furthest behind (another's clock may run ahead).
         """
         t, keys = self._read(event)
         if partition is not None:
@@ -178,18 +180,22 @@ class FeatureState:
             if chosen is not None:
                 read[chosen[0]] = chosen[1]
             merged.tables[table.by] = OrderedDict({key: chosen[1].tables[table.by][key]} if chosen else {})
-        self._refuse_late_request(t, read or self.partitions)
+        self._refuse_late_request(t, read or self.partitions, unseen=not read)
         return self._values(merged, keys, t)
 
-    def _refuse_late_request(self, t: float, read: dict[int, PartitionState]) -> None:
-        """`observe`'s lateness rule for a request reading the history of the partitions in `read`."""
-        newest = max(((n, p.newest) for n, p in read.items() if p.newest is not None), key=lambda x: x[1], default=None)
-        if newest is not None and t < newest[1] - self.lateness:
+    def _refuse_late_request(self, t: float, read: dict[int, PartitionState], unseen: bool = False) -> None:
+        """Refuse a request whose shortest window lies before the history kept on the partition it reads."""
+        seen = [(n, p.newest) for n, p in read.items() if p.newest is not None]
+        if not seen or not self._tables:
+            return
+        partition, newest = (min if unseen else max)(seen, key=lambda x: x[1])
+        shortest = min(table.horizon for table in self._tables)
+        if t < newest - self.lateness - shortest:
             raise EventError(
-                f"late request: event time {t:.3f} is {newest[1] - t:.3f} s behind the newest the state has seen "
-                f"on partition {newest[0]} ({newest[1]:.3f}), more than event_time.lateness {self.lateness:g} s: "
-                "the history before it may be gone, so its windows would be cut short. Score it from the stream "
-                "(its event on Kafka), or send its current time"
+                f"late request: event time {t:.3f} is {newest - t:.3f} s behind the newest the state has seen on "
+                f"partition {partition} ({newest:.3f}), more than event_time.lateness {self.lateness:g} s plus the "
+                f"{shortest:g} s of history kept per key: the events its windows need may be gone, so they would "
+                "come out cut short. Score it from the stream (its event on Kafka), or send a current time"
             )
 
     def _read(self, event: dict[str, Any]) -> tuple[float, dict[str, Key]]:

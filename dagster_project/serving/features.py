@@ -127,11 +127,8 @@ class ServingFeatures:
                     derived[i] = values
         if problems:
             first = problems[0]
-            fix = (
-                ""
-                if "magnitude limit" in first["errors"][0]
-                else "; send the key and event-time fields beside the features"
-            )
+            missing = first["errors"][0].startswith(("no key", "no event time"))
+            fix = "; send the key and event-time fields beside the features" if missing else ""
             raise RequestError(
                 422,
                 f"{len(problems)} of {len(rows)} rows cannot get derived features: row {first['row']}: "
