@@ -6,6 +6,7 @@ batching and policies. The Dagster factory turns each spec into its assets, chec
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -34,6 +35,8 @@ from dagster_project.learning.estimator_table import (
     SCALE_OUT_ESTIMATORS,
     WINDOWED_ESTIMATORS,
 )
+
+log = logging.getLogger(__name__)
 
 FeatureType = Literal["float", "int", "bool", "category"]
 Task = Literal["classification", "regression"]
@@ -68,7 +71,7 @@ class FeatureSpec(_Strict):
       ``quality.max_unseen_category_share`` bounds their share per batch.
     - ``buckets: N``, for open-ended values (ids, zip codes): CRC-32 of the value's UTF-8 text
       (an integer as its decimal text) modulo N, one column per bucket; nothing is unseen, so
-      ``unseen: other`` is refused there (it would add no column).
+      ``unseen: other`` does nothing there (`StreamSpec.notes` says so).
     """
 
     name: str = Field(min_length=1)
@@ -93,8 +96,6 @@ class FeatureSpec(_Strict):
         if self.type != "category":
             if self.categories is not None or self.buckets is not None:
                 raise ValueError(f"{where} has categories/buckets but type {self.type!r}: set type: category")
-            if self.unseen != "zero":
-                raise ValueError(f"{where}: unseen applies to category features with categories: [...]; remove it")
             return self
         if self.min is not None or self.max is not None:
             raise ValueError(f"{where} is a category: remove min/max (they apply to numeric features)")
@@ -106,13 +107,6 @@ class FeatureSpec(_Strict):
         if self.buckets is not None:
             if not 2 <= self.buckets <= MAX_BUCKETS:
                 raise ValueError(f"{where}: buckets must be between 2 and {MAX_BUCKETS}, got {self.buckets}")
-            # Only "other" is refused: a dumped spec (quality suite, demo) writes the default "zero" back.
-            if self.unseen != "zero":
-                raise ValueError(
-                    f"{where} is hashed (buckets: {self.buckets}): every value has a bucket, so no value is "
-                    f"unseen and unseen: {self.unseen} would add no column; remove unseen, or list "
-                    "categories: [...] instead of buckets"
-                )
             return self
         categories = self.categories or []
         if not categories:
@@ -657,15 +651,6 @@ class StreamSpec(_Strict):
         if self.event_time is None:
             raise ValueError("derived features need event_time: {field: ts, lateness: 5s} (which field holds the time)")
         by_name = {f.name: f for f in self.features}
-        # On Kafka the time is the event's top level and the feature is in `features`; a /predict row is
-        # one flat object (serving/rows.py), where the feature's value would be read as the event time.
-        field = self.event_time.field
-        if field in by_name:
-            raise ValueError(
-                f"event_time.field {field!r} is also a feature's name: a /predict row holds one {field!r}, which "
-                "would be read both as the feature and as the event time; rename the feature or set "
-                "event_time.field to another field"
-            )
         names = [d.name for d in self.derived]
         clash = sorted((set(names) & set(by_name)) | {n for n, k in Counter(names).items() if k > 1})
         if clash:
@@ -699,12 +684,43 @@ class StreamSpec(_Strict):
                 raise ValueError(f"estimator {family.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
-        if self.task == "regression" and self.label.classes is not None:
-            raise ValueError(
-                f"label.classes {self.label.classes} applies to classification, but task is regression (the label "
-                "is any finite number): remove label.classes, or set task: classification"
-            )
         return self
+
+    def notes(self) -> list[str]:
+        """Settings that load but do nothing, or hold a trap, each with the fix. Refusing them would
+        stop a spec that ran before from loading (and with it every stream of the code location):
+        `streamfit check` prints them and loading logs them."""
+        found = []
+        if self.task == "regression" and self.label.classes is not None:
+            found.append(
+                f"label.classes {self.label.classes} does nothing on a regression stream (its label is any finite "
+                "number): remove it, or set task: classification"
+            )
+        for f in self.features:
+            if f.unseen != "zero" and (f.type != "category" or f.buckets is not None):
+                kind = f"hashed (buckets: {f.buckets})" if f.buckets is not None else f"a {f.type} feature"
+                found.append(
+                    f"feature {f.name!r} is {kind}: no value of it is unseen, so unseen: {f.unseen} does nothing; "
+                    "remove it, or list categories: [...]"
+                )
+        if self.derived and self.event_time is not None and self.event_time.field in self.feature_names:
+            field = self.event_time.field
+            found.append(
+                f"event_time.field {field!r} is also a feature's name: Kafka events keep them apart (top level and "
+                f"`features`), but a /predict row holds one {field!r}, so /predict refuses this stream's rows; "
+                "rename the feature or set event_time.field to another field"
+            )
+        if self.task == "regression":
+            for where, margin in (
+                ("promotion.margin", self.promotion.margin),
+                ("drift.regression_margin", self.drift.regression_margin),
+            ):
+                if margin >= 1:
+                    found.append(
+                        f"{where} {margin:g} is a fraction of the champion's error for RMSE and MAE ({margin:.0%}): "
+                        "margins in label units were read as such before; 0.01 is 1 %"
+                    )
+        return found
 
     @model_validator(mode="after")
     def _early_cut_has_live_labels(self) -> StreamSpec:
@@ -777,9 +793,12 @@ def load_spec(path: str | Path) -> StreamSpec:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
-        return StreamSpec.model_validate(raw)
+        spec = StreamSpec.model_validate(raw)
     except Exception as exc:  # re-raised with the file's name so the fix is obvious
         raise ValueError(f"invalid stream spec {path}: {exc}") from exc
+    for note in spec.notes():
+        log.warning("stream spec %s: %s", path, note)
+    return spec
 
 
 def specs_dir() -> Path:

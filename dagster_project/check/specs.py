@@ -70,6 +70,7 @@ def check_spec_file(path: Path) -> SpecReport:
     except ValueError as exc:
         report.problems.append(str(exc))
         return report
+    report.notes.extend(report.spec.notes())
     try:
         check_model_params(report.spec)
     except ValueError as exc:

@@ -56,6 +56,9 @@ class ServingFeatures:
         self._lock = threading.Lock()  # `/predict` peeks while the Kafka loop observes
         # A row's `ts` is the event's top-level one (a number, as the contract says) unless a feature has the name
         self._ts_is_context = "ts" not in spec.feature_names
+        # A flat /predict row cannot hold both a feature and the event time under one name (`StreamSpec.notes`)
+        field = spec.event_time.field if spec.event_time is not None else None
+        self._time_clash = field if field in spec.feature_names else None
 
     def derive(
         self,
@@ -107,6 +110,13 @@ class ServingFeatures:
         gets the empty-window values. The live state is `version`'s checkpoint plus the events the
         Kafka loop has scored since; a request does not read the topic.
         """
+        if self._time_clash is not None:
+            raise RequestError(
+                422,
+                f"this stream's event_time.field {self._time_clash!r} is also a feature's name: a /predict row holds "
+                f"one {self._time_clash!r}, which would be read both as the feature and as the event time; score "
+                "its events on Kafka, or rename the feature or set event_time.field to another field",
+            )
         derived = np.empty((len(rows), len(self.spec.derived)), dtype=np.float32)
         problems = []
         with self._lock:

@@ -132,24 +132,25 @@ def test_reserved_column_names_cannot_be_features(column: str) -> None:
     assert f"rename the feature (e.g. {column}_value)" in _errors(derived=derived, **ROLLING)
 
 
-def test_a_regression_stream_refuses_label_classes() -> None:
-    """Its label is any number: classes would be silently ignored."""
-    message = _errors(task="regression", model={"estimator": "sgd_regressor"})  # _raw lists classes [0, 1]
-    assert "label.classes [0, 1] applies to classification, but task is regression" in message
-    assert "remove label.classes, or set task: classification" in message
-
-
-def test_unseen_other_is_refused_where_no_value_can_be_unseen() -> None:
-    """A hashed feature gives every value a bucket and a numeric one has no vocabulary: no "other" column."""
+def test_settings_that_do_nothing_load_and_are_noted_with_the_fix() -> None:
+    """Silently ignored before; refused at load they would stop a spec that ran, and every stream with it."""
+    regression = StreamSpec.model_validate(_raw(task="regression", model={"estimator": "sgd_regressor"}))
+    assert regression.notes()[0].startswith("label.classes [0, 1] does nothing on a regression stream")
     hashed = {"name": "zip", "type": "category", "buckets": 16}
-    message = _errors(features=[{"name": "a"}, hashed | {"unseen": "other"}])
-    assert "feature 'zip' is hashed (buckets: 16)" in message
-    assert "remove unseen, or list categories: [...] instead of buckets" in message
-    assert "feature 'a': unseen applies to category features with categories" in _errors(
-        features=[{"name": "a", "unseen": "other"}]
+    spec = StreamSpec.model_validate(_raw(features=[{"name": "a", "unseen": "other"}, hashed | {"unseen": "other"}]))
+    assert [n.split(":")[0] for n in spec.notes()] == [
+        "feature 'a' is a float feature",
+        "feature 'zip' is hashed (buckets",
+    ]
+    assert "unseen: other does nothing; remove it, or list categories: [...]" in spec.notes()[1]
+    assert StreamSpec.model_validate(_raw()).notes() == []
+    loose = StreamSpec.model_validate(
+        _raw(task="regression", label={}, model={"estimator": "sgd_regressor"}, promotion={"margin": 2.0})
     )
-    spec = StreamSpec.model_validate(_raw(features=[{"name": "a"}, hashed]))
-    assert StreamSpec.model_validate(spec.model_dump(mode="json")) == spec  # a dump writes unseen: zero back
+    assert loose.notes() == [
+        "promotion.margin 2 is a fraction of the champion's error for RMSE and MAE (200%): margins in label units "
+        "were read as such before; 0.01 is 1 %"
+    ]
 
 
 def test_batch_rows_cannot_exceed_max_rows() -> None:
@@ -284,19 +285,15 @@ def test_derived_feature_mistakes_are_named(overrides: dict, message: str) -> No
     assert message in _errors(**overrides)
 
 
-def test_a_feature_named_like_the_event_time_field_is_refused_when_the_time_is_read() -> None:
+def test_a_feature_named_like_the_event_time_field_is_noted_when_the_time_is_read() -> None:
     """On Kafka the time is top-level and the feature in `features`; a /predict row holds one `ts`."""
     features = [{"name": "ts"}, {"name": "a"}]
-    message = _errors(features=features, derived=_derived(), **ROLLING)
-    assert "event_time.field 'ts' is also a feature's name" in message
-    assert "rename the feature or set event_time.field to another field" in message
+    (note,) = StreamSpec.model_validate(_raw(features=features, derived=_derived(), **ROLLING)).notes()
+    assert note.startswith("event_time.field 'ts' is also a feature's name") and "/predict refuses" in note
     moved = StreamSpec.model_validate(_raw(features=features, derived=_derived(), event_time={"field": "when"}))
-    assert moved.feature_names == ["ts", "a"]
+    assert moved.notes() == []
     # Without derived features nothing reads the event time: no clash.
-    assert StreamSpec.model_validate(_raw(features=features, **ROLLING)).feature_names == ["ts", "a"]
-    # A `by` that is a feature is read from the features on Kafka and from the row on /predict: the same value.
-    keyed = [{"name": "a"}, {"name": "device", "type": "int"}]
-    assert StreamSpec.model_validate(_raw(features=keyed, derived=_derived(), **ROLLING)).derived[0].by == "device"
+    assert StreamSpec.model_validate(_raw(features=features, **ROLLING)).notes() == []
 
 
 def test_derived_features_follow_the_event_features_in_the_model_inputs() -> None:

@@ -190,3 +190,16 @@ def test_serving_across_a_quarantined_batch_feeds_what_training_and_the_quaranti
         served |= serve(features, spec, "v1", chunk)
     assert expected.keys() <= served.keys() and len(stored.ids) > 100
     assert max(np.abs(served[k] - expected[k]).max() for k in expected) < 1e-9
+
+
+def test_predict_refuses_a_stream_whose_event_time_field_is_also_a_feature(kafka_settings, registry) -> None:
+    """A flat /predict row read the feature `ts` as the event time too: windows came out wrong, with 200."""
+    from tests.conftest import synthetic_spec
+
+    derived = [{"name": "x1_mean", "of": "x1", "by": "device", "agg": "mean", "window": "60s"}]
+    features = [{"name": "ts"}, *({"name": f"x{i}"} for i in range(1, 5))]
+    spec = synthetic_spec(features=features, derived=derived, event_time={"field": "ts", "lateness": "5s"})
+    row = {"ts": 0.5, "x1": 1.0, "x2": 0.0, "x3": 0.0, "x4": 0.0, "device": "d1"}
+    with pytest.raises(RequestError, match="event_time.field 'ts' is also a feature's name") as refused:
+        ServingFeatures(spec, kafka_settings, registry).append_to("v1", [row], np.zeros((1, 5), np.float32))
+    assert refused.value.status == 422 and "score its events on Kafka" in str(refused.value)
