@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dagster_project.registry.contract import model_changed, spec_changed
-from dagster_project.registry.store import ModelRegistry
+from dagster_project.registry.contract import model_changed, settings_changed, spec_changed
+from dagster_project.registry.store import ModelRegistry, RegistryError, RegistryUnavailable
 from dagster_project.spec import StreamSpec
 
 
@@ -25,23 +25,42 @@ class RegistryComparison:
 def compare_with_registry(spec: StreamSpec, registry: ModelRegistry) -> RegistryComparison:
     """The spec against the head (training continues from it) and the champion (scorers serve it).
 
-    A RegistryError (an unreadable version, a registry that does not answer) propagates: the caller
-    says the comparison was not made rather than passing a spec nobody compared."""
+    A registry that cannot be read (no answer, an unreadable head) propagates: the caller says the
+    comparison was not made rather than passing a spec nobody compared. A champion that cannot be
+    read (its version deleted, a broken alias) is this stream's note: scorers serve a fallback."""
     found = RegistryComparison()
     head = registry.head(spec.name)
     if head is None:
         return found
-    champion = registry.champion(spec.name)
+    try:
+        champion = registry.champion(spec.name)
+        served = None if champion in (None, head.name) else registry.get(spec.name, champion)
+    except RegistryUnavailable:
+        raise
+    except RegistryError as exc:
+        champion = served = None
+        found.notes.append(f"its champion cannot be read ({exc}); scorers serve a fallback meanwhile")
     changed = spec_changed(spec, head)
     if changed:
         scorers = " and scorers would refuse it (the champion)" if champion == head.name else ""
         found.problems.append(f"training would halt{scorers}: {changed}")
-    elif why := model_changed(head.meta, spec):
-        found.notes.append(
-            f"{why} since {head.name}: the next batch learns a fresh model, from {head.name}'s offsets on"
-        )
-    if champion is not None and champion != head.name:
-        served = spec_changed(spec, registry.get(spec.name, champion))
-        if served:
-            found.problems.append(f"scorers would refuse the champion {champion}: {served}")
+    else:
+        fresh = f"the next batch learns a fresh model, from {head.name}'s offsets on"
+        if why := model_changed(head.meta, spec):
+            found.notes.append(f"{why} since {head.name}: {fresh}")
+        for family, how in _families_changed(head.meta, spec):
+            found.notes.append(
+                f"candidate family {family} changed since {head.name} ({how}): the next batch learns a fresh "
+                f"{family}; the other families go on"
+            )
+    if served is not None and (refused := spec_changed(spec, served)):
+        found.problems.append(f"scorers would refuse the champion {served.name}: {refused}")
     return found
+
+
+def _families_changed(meta: dict, spec: StreamSpec) -> list[tuple[str, str]]:
+    """A candidate set's families whose estimator, parameters or scaling changed under their label."""
+    recorded = meta.get("models") or {}
+    if not spec.model.candidates or not isinstance(meta.get("estimator"), list):
+        return []
+    return [(f.label, how) for f in spec.model.families if (how := settings_changed(recorded.get(f.label), f))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dagster_project.check.registry import compare_with_registry
-from dagster_project.registry.contract import estimator_of
+from dagster_project.registry.contract import estimator_of, families_of
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
@@ -59,3 +59,35 @@ def test_a_changed_estimator_is_a_note_not_a_failure(tmp_path: Path) -> None:
         f"the spec's model changed from {estimator_of(spec)} to mlp_classifier since v2: "
         "the next batch learns a fresh model, from v2's offsets on"
     ]
+
+
+def test_a_champion_that_cannot_be_read_is_this_stream_s_note_not_an_unreadable_registry(tmp_path: Path) -> None:
+    """A deleted champion version made the whole check fail as if the registry could not be read."""
+    import shutil
+
+    registry, spec = FilesystemRegistry(tmp_path), synthetic_spec("deleted")
+    train_version(registry, spec)
+    train_version(registry, spec, champion=False)
+    registry.set_champion(spec.name, "v1", reason="test")
+    shutil.rmtree(tmp_path / spec.name / "v1")
+
+    found = compare_with_registry(spec, registry)
+
+    assert found.problems == []
+    assert found.notes[0].startswith("its champion cannot be read (") and "scorers serve a fallback" in found.notes[0]
+
+
+def test_a_candidate_family_whose_parameters_changed_is_noted(tmp_path: Path) -> None:
+    candidates = {"candidates": [{"estimator": "sgd_classifier", "name": "sgd"}, {"estimator": "gaussian_nb"}]}
+    registry, spec = FilesystemRegistry(tmp_path), synthetic_spec("families", model=candidates)
+    version = train_version(registry, synthetic_spec("families"))
+    meta = version.meta | {"estimator": estimator_of(spec), "models": families_of(spec)}
+    onnx, model = registry.load_onnx(spec.name, "v1"), registry.load_estimator(spec.name, "v1")
+    registry.register(spec.name, "v1", onnx, model, meta)
+    sgd = {"estimator": "sgd_classifier", "name": "sgd", "params": {"alpha": 0.01}}
+    tuned = _edited(spec, model={"candidates": [sgd, {"estimator": "gaussian_nb"}]})
+
+    assert compare_with_registry(spec, registry).notes == []
+    (note,) = compare_with_registry(tuned, registry).notes
+    assert note.startswith("""candidate family sgd changed since v2 (sgd's params {} -> {"alpha":0.01})""")
+    assert note.endswith("the next batch learns a fresh sgd; the other families go on")
