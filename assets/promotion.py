@@ -18,7 +18,7 @@ import dagster as dg
 
 from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.registry.promotion import compare, gate, judge, stream_metric
+from dagster_project.registry.promotion import RELATIVE_MARGIN_METRICS, compare, gate, judge, stream_metric
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -35,7 +35,8 @@ def build_champion_asset(spec: StreamSpec) -> dg.AssetsDefinition:
         deps=[dg.AssetKey([name, "model_version"])],
         description=f"Promotes the version this run registered unless its {metric} on the batch's unseen tail "
         f"(up to {spec.promotion.tail_rows} rows, learned by the next batch) falls short of the champion's by "
-        f"more than {spec.promotion.margin:g} and a paired test shows the champion better at level "
+        f"more than {_stated_margin(metric, spec.promotion.margin)} and a paired test shows the champion "
+        "better at level "
         f"{spec.promotion.significance or 'off'} (off: the margin alone); neither model has learned those rows.",
     )
     def champion(
@@ -231,3 +232,8 @@ def _all_rows(batch: MicroBatch, max_rows: int = CHAMPION_CHECK_MAX_ROWS):
 
 def _age_s(iso: str) -> float:
     return time.time() - datetime.fromisoformat(iso).timestamp()
+
+
+def _stated_margin(metric: str, margin: float) -> str:
+    """The margin as the asset's description states it: RMSE and MAE take it as a share of the champion's error."""
+    return f"{margin:.4g} x the champion's {metric}" if metric in RELATIVE_MARGIN_METRICS else f"{margin:g}"

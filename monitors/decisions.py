@@ -9,7 +9,8 @@ Rules, in order:
 
 1. **Rollback** when the champion was promoted within ``rollback_window_s``, has been compared with
    its predecessor on at least ``min_comparison_rows`` of the same recent rows, is worse by more
-   than ``regression_margin`` (absolute, in the metric's units) and, unless ``significance`` is
+   than ``regression_margin`` (in the metric's units; for RMSE and MAE a fraction of the predecessor's
+   error, `registry.promotion.margin_for`) and, unless ``significance`` is
    None or 0, a one-sided paired test on those rows (`dagster_project.registry.significance`) shows
    it worse at that level: a noise-sized difference between two weak models is no regression. The
    sensor re-tests the champion's accumulated checks after each batch, so the k-th look is tested
@@ -131,6 +132,7 @@ def _rollback(
     c = comparison
     evidence: dict[str, Any] = {"considered": True, **asdict(c), "regression": c.regression}
     evidence["margin"] = config.regression_margin
+    evidence["margin_allowed"] = margin_for(c.metric, config.regression_margin, c.predecessor_value)
     evidence["significance"] = config.significance
     evidence["p_value"] = c.test.p_value if c.test else None
     age = now - c.promoted_at
@@ -148,7 +150,8 @@ def _rollback(
         return False, [why], evidence
     direction = "higher" if c.higher_is_better else "lower"
     numbers = (
-        f"{c.metric} {c.champion_value:.4f} vs predecessor {c.predecessor} {c.predecessor_value:.4f} "
+        f"{c.metric} {difference_text(c.metric, c.champion_value)} vs predecessor {c.predecessor} "
+        f"{difference_text(c.metric, c.predecessor_value)} "
         f"on the same {c.rows} rows ({direction} is better)"
     )
     allowed = margin_for(c.metric, config.regression_margin, c.predecessor_value)  # RMSE, MAE: relative
