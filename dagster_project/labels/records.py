@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from dagster_project.ingest.events import MAGNITUDE_LIMIT, label_key
+from dagster_project.ingest.events import MAGNITUDE_LIMIT, MAX_ID_CHARS, label_key
 from dagster_project.ingest.quoting import described, quoted
 from dagster_project.spec import StreamSpec
 
@@ -29,6 +29,10 @@ def _record_id(obj: dict[str, Any]) -> str:
     if not isinstance(event_id, str | int) or isinstance(event_id, bool):
         # orjson reads an integer beyond 64 bits as a float: say so, not "no id"
         raise InvalidRecord(f"record 'id' must be a string or an integer within 64 bits, got {described(event_id)}")
+    if isinstance(event_id, str) and len(event_id) > MAX_ID_CHARS:  # its event was dead-lettered: it cannot join
+        raise InvalidRecord(
+            f"record 'id' is {len(event_id):,} characters long, over the {MAX_ID_CHARS:,} an event id may have"
+        )
     return str(event_id)
 
 

@@ -61,11 +61,23 @@ def fingerprint(registry: ModelRegistry, stream: str, version: str) -> Fingerpri
     marker = getattr(registry, "history_marker", None)
     if marker is None:
         return None
+    key = (id(registry), stream)
+    cached = _MARKERS.get(key)
+    if cached is not None and time.monotonic() - cached[0] < MARKER_TTL_S:
+        return cached[1]  # one search per stream every MARKER_TTL_S, not one per refused version per tick
     try:
-        return ("champion history", marker(stream))
+        found = ("champion history", marker(stream))
     except Exception as exc:  # unknown this tick: the refusal's timer decides (the next read reports the registry)
         log.debug("%s: no fingerprint for %s (%s)", stream, version, exc)
         return None
+    _MARKERS[key] = (time.monotonic(), found)
+    return found
+
+
+# The MLflow marker is a search over the stream's bookkeeping tags: while a champion stays refused the
+# watcher asks every 0.25 s, for it and each refused fallback. A promotion is seen within this long.
+MARKER_TTL_S = 2.0
+_MARKERS: dict[tuple[int, str], tuple[float, Fingerprint]] = {}
 
 
 def _file_fingerprint(registry: FilesystemRegistry, stream: str, version: str) -> Fingerprint:

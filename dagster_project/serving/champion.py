@@ -226,9 +226,10 @@ class ChampionWatcher:
         """The registry answered, but its alias names nothing servable: keep serving, say what to repair."""
         self.metrics.registry_up.labels(self.spec.name).set(1)
         reason = " ".join(str(exc).split())[:500]
-        self._set_status(
-            WatchStatus(degraded=f"the champion alias is broken ({reason}); still serving {self._served_name()}")
-        )
+        degraded = f"the champion alias is broken ({reason}); still serving {self._served_name()}"
+        if self._status.degraded != degraded:  # said once, not every 0.25 s tick
+            log.error("%s: %s", self.spec.name, degraded)
+        self._set_status(WatchStatus(degraded=degraded))
         return False
 
     def _follow(self) -> bool:

@@ -65,6 +65,7 @@ class KafkaLink:
 
     def detach(self, state: str) -> None:
         self._consumer, self._state = None, state
+        self.batch_settled()  # the failing batch's partitions are no longer this consumer's
 
     def polled(self, got_records: bool) -> None:
         now = time.monotonic()
@@ -78,6 +79,7 @@ class KafkaLink:
 
     def assigned(self) -> None:
         self._assigned_at = self._contact_at = time.monotonic()
+        self.batch_settled()  # a rebalance may have moved the failing batch's partition to another replica
 
     def batch_failed(self, error: str) -> None:
         """A batch's writes failed: it is scored again from its first offset."""

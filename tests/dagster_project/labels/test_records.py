@@ -30,6 +30,9 @@ def test_record_parser_uses_the_event_label_rule() -> None:
         regression.label(make_label("e", 1e200))
     with pytest.raises(ValueError, match="'id' must be a string or an integer within 64 bits, got a number beyond"):
         numbers.label(b'{"id": 123456789012345678901234567890, "label": 1}')
+    # An event id over 1,024 characters is dead-lettered, so its label could only wait to expire
+    with pytest.raises(ValueError, match="record 'id' is 1,025 characters long, over the 1,024 an event id may have"):
+        numbers.label(make_label("i" * 1025, 1))
 
 
 def test_a_prediction_s_event_time_is_its_ts_less_its_latency() -> None:
