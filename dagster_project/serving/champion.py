@@ -227,9 +227,7 @@ class ChampionWatcher:
         self.metrics.registry_up.labels(self.spec.name).set(1)
         reason = " ".join(str(exc).split())[:500]
         degraded = f"the champion alias is broken ({reason}); still serving {self._served_name()}"
-        if self._status.degraded != degraded:  # said once, not every 0.25 s tick
-            log.error("%s: %s", self.spec.name, degraded)
-        self._set_status(WatchStatus(degraded=degraded))
+        self._set_status(WatchStatus(degraded=degraded))  # logged once, when it changes
         return False
 
     def _follow(self) -> bool:
