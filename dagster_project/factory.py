@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,8 @@ from dagster_project import names
 from dagster_project.spec import StreamSpec
 from sensors.drift_sensor import build_drift_sensor
 from sensors.kafka_sensor import build_kafka_sensor
+
+log = logging.getLogger(__name__)
 
 # Dagster 1.13's own @sensor decorator passes `owners=None` to SensorDefinition, whose `owners`
 # parameter is marked beta, so every sensor built (each code load, in every process) warned
@@ -78,6 +81,8 @@ def training_job(spec: StreamSpec):
 
 
 def build_stream_definitions(spec: StreamSpec) -> dg.Definitions:
+    for note in spec.notes():  # settings that load but do nothing: said where the code location loads them
+        log.warning("stream %s: %s", spec.name, note)
     job = training_job(spec)
     assets = [*build_training_assets(spec), build_champion_asset(spec), build_report_asset(spec)]
     rollback_job, retrain_job = build_remediation_jobs(spec)

@@ -6,7 +6,6 @@ batching and policies. The Dagster factory turns each spec into its assets, chec
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections import Counter
@@ -35,8 +34,6 @@ from dagster_project.learning.estimator_table import (
     SCALE_OUT_ESTIMATORS,
     WINDOWED_ESTIMATORS,
 )
-
-log = logging.getLogger(__name__)
 
 FeatureType = Literal["float", "int", "bool", "category"]
 Task = Literal["classification", "regression"]
@@ -689,7 +686,7 @@ class StreamSpec(_Strict):
     def notes(self) -> list[str]:
         """Settings that load but do nothing, or hold a trap, each with the fix. Refusing them would
         stop a spec that ran before from loading (and with it every stream of the code location):
-        `streamfit check` prints them and loading logs them."""
+        `streamfit check` prints them and the code location logs them (`factory.build_stream_definitions`)."""
         found = []
         if self.task == "regression" and self.label.classes is not None:
             found.append(
@@ -796,8 +793,6 @@ def load_spec(path: str | Path) -> StreamSpec:
         spec = StreamSpec.model_validate(raw)
     except Exception as exc:  # re-raised with the file's name so the fix is obvious
         raise ValueError(f"invalid stream spec {path}: {exc}") from exc
-    for note in spec.notes():
-        log.warning("stream spec %s: %s", path, note)
     return spec
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dagster_project.registry.contract import model_changed, settings_changed, spec_changed
-from dagster_project.registry.store import ModelRegistry, RegistryError, RegistryUnavailable
+from dagster_project.registry.store import BrokenRegistryFile, ModelRegistry, RegistryError, RegistryUnavailable
 from dagster_project.spec import StreamSpec
 
 
@@ -37,7 +37,13 @@ def compare_with_registry(spec: StreamSpec, registry: ModelRegistry) -> Registry
         served = None if champion in (None, head.name) else registry.get(spec.name, champion)
     except RegistryUnavailable:
         raise
-    except RegistryError as exc:
+    except BrokenRegistryFile as exc:  # the alias itself
+        champion = served = None
+        found.notes.append(
+            f"its champion alias is broken ({exc}): running scorers keep their model, one started now serves "
+            "nothing until the alias is repaired"
+        )
+    except RegistryError as exc:  # the version the alias names (deleted)
         champion = served = None
         found.notes.append(f"its champion cannot be read ({exc}); scorers serve a fallback meanwhile")
     changed = spec_changed(spec, head)

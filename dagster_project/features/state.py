@@ -160,11 +160,10 @@ class FeatureState:
 
         Without a partition the key's history is taken from the partition that saw it most recently
         (with messages keyed by the `by` field there is only one). A key never seen gets the
-        empty-window values. A time so far behind the newest event of the partition it reads that
-        even its shortest window lies before the history the state keeps (more than lateness plus
-        that window) is refused: those events may be dropped, so its windows would come out cut
-        short (a backfill over HTTP got empty-window values, with 200). A key never seen is judged
-        against the partition that is furthest behind (another's clock may run ahead).
+        empty-window values. A time further behind the newest event of the partition(s) it reads than
+        the lateness allows is refused, as on the stream: the state keeps the history a window needs
+        only from there on, so its windows could come out cut short (a backfill over HTTP got
+        empty-window values, with 200). A key never seen is judged against every partition.
         """
         t, keys = self._read(event)
         if partition is not None:
@@ -180,22 +179,24 @@ class FeatureState:
             if chosen is not None:
                 read[chosen[0]] = chosen[1]
             merged.tables[table.by] = OrderedDict({key: chosen[1].tables[table.by][key]} if chosen else {})
-        self._refuse_late_request(t, read or self.partitions, unseen=not read)
+        self._refuse_late_request(t, read or self.partitions)
         return self._values(merged, keys, t)
 
-    def _refuse_late_request(self, t: float, read: dict[int, PartitionState], unseen: bool = False) -> None:
-        """Refuse a request whose shortest window lies before the history kept on the partition it reads."""
+    def _refuse_late_request(self, t: float, read: dict[int, PartitionState]) -> None:
+        """`observe`'s lateness rule for a request reading the history of the partitions in `read`: the
+        only bound under which no window is cut short (history is dropped below the watermark minus
+        the longest window)."""
         seen = [(n, p.newest) for n, p in read.items() if p.newest is not None]
-        if not seen or not self._tables:
+        if not seen:
             return
-        partition, newest = (min if unseen else max)(seen, key=lambda x: x[1])
-        shortest = min(table.horizon for table in self._tables)
-        if t < newest - self.lateness - shortest:
+        partition, newest = max(seen, key=lambda x: x[1])
+        if t < newest - self.lateness:
             raise EventError(
                 f"late request: event time {t:.3f} is {newest - t:.3f} s behind the newest the state has seen on "
-                f"partition {partition} ({newest:.3f}), more than event_time.lateness {self.lateness:g} s plus the "
-                f"{shortest:g} s of history kept per key: the events its windows need may be gone, so they would "
-                "come out cut short. Score it from the stream (its event on Kafka), or send a current time"
+                f"partition {partition} ({newest:.3f}), more than event_time.lateness {self.lateness:g} s: the "
+                "events its windows need may be gone, so they would come out cut short. Score it from the stream "
+                "(its event on Kafka), send a current time, or raise event_time.lateness to how far behind "
+                "requests run"
             )
 
     def _read(self, event: dict[str, Any]) -> tuple[float, dict[str, Key]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ class KafkaLink:
         self._assigned_at: float | None = None
         self._failed_in_a_row = 0  # poll batches whose predictions or dead letters were not all acknowledged
         self._last_failure: str | None = None
+        self._failing_partitions: set[int] = set()
 
     # Written by the Kafka loop.
     def attach(self, consumer: Any) -> None:
@@ -79,15 +80,21 @@ class KafkaLink:
 
     def assigned(self) -> None:
         self._assigned_at = self._contact_at = time.monotonic()
-        self.batch_settled()  # a rebalance may have moved the failing batch's partition to another replica
 
-    def batch_failed(self, error: str) -> None:
+    def batch_failed(self, error: str, partitions: Iterable[int]) -> None:
         """A batch's writes failed: it is scored again from its first offset."""
         self._failed_in_a_row += 1
         self._last_failure = " ".join(error.split())[:500]
+        self._failing_partitions = set(partitions)
 
     def batch_settled(self) -> None:
-        self._failed_in_a_row, self._last_failure = 0, None
+        self._failed_in_a_row, self._last_failure, self._failing_partitions = 0, None, set()
+
+    def revoked(self, partitions: Iterable[int]) -> None:
+        """The failing batch's partitions went to another member: its failures are no longer this one's.
+        (Only then: a cooperative rebalance reports other members' changes too.)"""
+        if self._failing_partitions & set(partitions):
+            self.batch_settled()
 
     # Read from any thread.
     def last_contact(self) -> float | None:

@@ -424,7 +424,7 @@ class Scorer:
         except (PredictionsNotAcknowledged, DeadLetterError, KafkaTimeoutError) as exc:
             # Nothing of this batch is committed: rewind and score it again (same ids, same keys).
             self.metrics.batch_retries.labels(self.spec.name).inc()
-            self.link.batch_failed(str(exc))
+            self.link.batch_failed(str(exc), batch.firsts())
             log.error("%s: %s; re-reading the batch", self.spec.name, exc)
             self._rewind(consumer, batch, next_batch)
             self._stop.wait(1.0)
@@ -524,7 +524,7 @@ class Scorer:
             # node. A new producer with the same id looks the coordinator up afresh and its init_transactions
             # settles this transaction (aborts it, or finishes a commit that was under way): Kafka's own recovery.
             log.error("%s: transaction failed (%r); new producer, re-reading from the commit", self.spec.name, exc)
-            self.link.batch_failed(repr(exc))
+            self.link.batch_failed(repr(exc), batch.firsts())
             _discard(producer)
             producer = self._transactional_producer()
             if producer is None:
@@ -625,6 +625,7 @@ class Scorer:
                 self._positions.pop(partition, None)
             self.partitions = frozenset(self.partitions - set(revoked))
         self._forget_lag(revoked)
+        self.link.revoked(revoked)
         log.info("%s: revoked partitions %s", self.spec.name, revoked)
 
     def _forget_lag(self, partitions: Iterable[int]) -> None:

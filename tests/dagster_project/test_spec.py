@@ -294,6 +294,9 @@ def test_a_feature_named_like_the_event_time_field_is_noted_when_the_time_is_rea
     assert moved.notes() == []
     # Without derived features nothing reads the event time: no clash.
     assert StreamSpec.model_validate(_raw(features=features, **ROLLING)).notes() == []
+    # A `by` that is a feature is read from the features on Kafka and from the row on /predict: the same value.
+    keyed = [{"name": "a"}, {"name": "device", "type": "int"}]
+    assert StreamSpec.model_validate(_raw(features=keyed, derived=_derived(), **ROLLING)).notes() == []
 
 
 def test_derived_features_follow_the_event_features_in_the_model_inputs() -> None:

@@ -272,3 +272,18 @@ def test_a_clock_twenty_minutes_ahead_is_refused_instead_of_making_every_other_e
         state.observe(0, skewed, [1.0] * 5, produced=now)
     on_time = {"id": "e", "device": "d1", "site": 1, "features": {}, "ts": now + 1}
     assert state.observe(0, on_time, [1.0] * 5, produced=now + 1)[0] == 0.0  # not late: its empty window
+
+
+def test_a_request_behind_the_lateness_is_refused_because_its_windows_may_be_cut_short():
+    """History is dropped below the watermark minus the longest window: a request further behind than the
+    lateness may miss events its windows need (a backfill got empty-window values, with 200)."""
+    state = FeatureState(rolling_spec(lateness="0s"))
+    frame = stream(300, seed=4)
+    observe_all(state, frame)
+    newest = max(p.newest for p in state.partitions.values())
+    known = event(frame.iloc[-1])
+    with pytest.raises(EventError, match=r"late request: .* raise event_time.lateness to how far behind"):
+        state.peek({**known, "ts": newest - 1.0})
+    with pytest.raises(EventError, match="late request"):  # a key never seen: judged against every partition
+        state.peek({**known, "device": "never-seen", "ts": newest - 1.0})
+    assert len(state.peek({**known, "ts": newest})) == len(rolling_spec().derived)

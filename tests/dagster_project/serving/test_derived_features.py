@@ -114,7 +114,7 @@ def test_predict_refuses_what_the_stream_refuses_a_late_time_and_a_ts_that_is_no
     head = registry.head(spec.name)
     newest = max(p.newest for p in state_after(registry, spec, head).partitions.values())
     late = {"temp": 30.0, "device": "dev-3", "ts": newest - 3600}
-    with pytest.raises(RequestError, match=r"late request: event time .* s of history kept per key") as late_error:
+    with pytest.raises(RequestError, match=r"late request: event time .* more than event_time.lateness") as late_error:
         features.append_to(head.name, [late], np.zeros((1, 1), np.float32))
     assert "Score it from the stream" in str(late_error.value) and "send the key" not in str(late_error.value)
     just_behind = {**late, "ts": newest - 0.5}  # a live request a little behind the Kafka loop: answered

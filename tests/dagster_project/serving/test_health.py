@@ -90,3 +90,21 @@ def test_a_batch_that_keeps_failing_makes_the_scorer_unready_until_it_goes_throu
 
         monkeypatch.setattr(dead_letters.DeadLetterWriter, "check", original)  # the broker takes it again
         wait_for(lambda: client.request("GET", "/readyz")[0] == 200, 30, "the scorer to be ready again")
+
+
+def test_the_failing_batch_count_clears_only_when_its_partitions_are_revoked() -> None:
+    """A cooperative rebalance reports other members' changes too: clearing on every assignment let a
+    replica retrying a poison batch look ready through a rolling deploy."""
+    from dagster_project.serving.health import KafkaLink
+
+    link = KafkaLink("broker:9092", "group", stale_after_s=60, stall_after_s=60)
+    link.attach(object())
+    link.assigned()
+    for _ in range(3):
+        link.batch_failed("MessageSizeTooLarge", {0})
+    assert "the same batch failed 3 times in a row" in link.problem()
+    link.assigned()
+    link.revoked([1])
+    assert "the same batch failed 3 times in a row" in link.problem()
+    link.revoked([0])  # its partition went to another member
+    assert link.problem() is None
