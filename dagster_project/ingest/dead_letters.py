@@ -70,7 +70,7 @@ def encode(letter: DeadLetter, component: Component) -> bytes:
     }
     if letter.key is not None and len(letter.key) > MAX_KEY_BYTES:  # the record's key is its first part
         record |= {"key_truncated": True, "key_bytes": len(letter.key)}
-    if letter.headers and bounded_headers(letter.headers) is None:
+    if letter.headers and _headers_bytes(letter.headers) > MAX_HEADERS_BYTES:
         record |= {"headers_dropped": len(letter.headers), "headers_bytes": _headers_bytes(letter.headers)}
     encoded = orjson.dumps(record)
     if len(encoded) <= MAX_RECORD_BYTES or not isinstance(letter.value, bytes | bytearray):
@@ -125,15 +125,12 @@ class DeadLetterWriter:
 
     def send(self, letter: DeadLetter) -> None:
         try:
-            key, value, headers = (
-                bounded_key(letter.key),
-                encode(letter, self.component),
-                bounded_headers(letter.headers),
+            future = self.producer.send(
+                self.dlq_topic,
+                key=bounded_key(letter.key),
+                value=encode(letter, self.component),
+                headers=bounded_headers(letter.headers),
             )
-            if headers:
-                future = self.producer.send(self.dlq_topic, key=key, value=value, headers=headers)
-            else:
-                future = self.producer.send(self.dlq_topic, key=key, value=value)
         except Exception as exc:  # kafka-python raises at once when it cannot even queue the record
             self._errors.append(exc)
             return

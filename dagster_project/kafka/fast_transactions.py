@@ -150,18 +150,12 @@ class ConfluentTransactionalProducer(ConfluentProducer):
         except KafkaException as exc:  # a producer in a fatal state refuses new records at once
             raise self._fatal(_translated(exc, "produce")) from exc
 
-    def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ):
+    def send(self, topic: str, *args: Any, **fields: Any):
+        """`FastProducer.send` (value, key, partition, headers), a fatal producer error translated."""
         from confluent_kafka import KafkaException
 
         try:
-            return super().send(topic, value=value, key=key, partition=partition, headers=headers)
+            return super().send(topic, *args, **fields)
         except KafkaException as exc:
             raise self._fatal(_translated(exc, "produce")) from exc
 

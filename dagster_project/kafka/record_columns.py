@@ -92,12 +92,7 @@ class RecordColumns:
 
     def produced_at(self, i: int) -> float | None:
         """Record `i`'s Kafka timestamp in epoch seconds; None when it has none (-1, or 0 from some clients)."""
-        source = self.sources[i]
-        if isinstance(source, RawRecord):
-            return timestamp_seconds(source.timestamp_ms)
-        if callable(source.timestamp):  # a confluent-kafka Message
-            return timestamp_seconds(source.timestamp()[1])
-        return timestamp_seconds(source.timestamp)  # a kafka-python ConsumerRecord
+        return timestamp_seconds(_timestamp_ms(self.sources[i]))
 
     def append_message(self, partition: int, message: Any) -> None:
         """A kafka-python ConsumerRecord, kept whole as its source: its headers are read only if it is
@@ -112,9 +107,8 @@ class RecordColumns:
         source = self.sources[i]
         if isinstance(source, RawRecord):
             return source
-        if callable(source.key):  # a confluent-kafka Message
-            return RawRecord(self.partitions[i], self.offsets[i], source.timestamp()[1], source.key(), self.values[i])
-        return RawRecord(self.partitions[i], self.offsets[i], source.timestamp, source.key, self.values[i])
+        key = source.key() if callable(source.key) else source.key  # confluent's Message, or kafka-python's record
+        return RawRecord(self.partitions[i], self.offsets[i], _timestamp_ms(source), key, self.values[i])
 
     def headers(self, i: int) -> list[tuple[str, bytes | None]] | None:
         """Record `i`'s Kafka headers, read from the client's message only now (a dead letter carries
@@ -127,3 +121,10 @@ class RecordColumns:
 
     def records(self) -> list[RawRecord]:
         return [self.record(i) for i in range(len(self))]
+
+
+def _timestamp_ms(source: Any) -> int | None:
+    """A source's Kafka timestamp in ms: a RawRecord's, a confluent Message's or a kafka-python record's."""
+    if isinstance(source, RawRecord):
+        return source.timestamp_ms
+    return source.timestamp()[1] if callable(source.timestamp) else source.timestamp

@@ -138,16 +138,6 @@ class Backend:
             del self.registry._append
 
 
-@pytest.fixture(params=["filesystem", "mlflow"])
-def backend(request: pytest.FixtureRequest, streamfit_home: Path) -> Backend:
-    if request.param == "filesystem":
-        return Backend("filesystem", FilesystemRegistry(streamfit_home / "registry"))
-    from dagster_project.registry.mlflow_store import MlflowRegistry
-
-    server = request.getfixturevalue("mlflow_server")
-    return Backend("mlflow", MlflowRegistry(server.uri, root=streamfit_home / "registry"), server)
-
-
 @pytest.fixture
 def registry(backend: Backend) -> ModelRegistry:
     return backend.registry

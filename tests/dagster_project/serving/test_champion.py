@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,17 +299,6 @@ def test_fallback_outside_the_history_with_nothing_valid_and_a_new_champion(
         assert metrics.value("streamfit_model_load_failures_total", version="v3") == 1
     finally:
         watcher.stop()
-
-
-@pytest.fixture(params=["filesystem", "mlflow"])
-def backend(request: pytest.FixtureRequest, streamfit_home: Path) -> Backend:
-    """Either registry, and how to damage it (the scorer must behave the same on both)."""
-    if request.param == "filesystem":
-        return Backend("filesystem", FilesystemRegistry(streamfit_home / "registry"))
-    from dagster_project.registry.mlflow_store import MlflowRegistry
-
-    server = request.getfixturevalue("mlflow_server")
-    return Backend("mlflow", MlflowRegistry(server.uri, root=streamfit_home / "registry"), server)
 
 
 def test_a_refused_champion_repaired_and_promoted_again_is_served_within_seconds(
