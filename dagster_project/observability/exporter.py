@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,25 @@ class TrainingCollector(Collector):
         changes = CounterMetricFamily(
             "streamfit_champion_changes", "Champion alias changes by kind", labels=["stream", "kind"]
         )
+        halted = GaugeMetricFamily(
+            "streamfit_halted",
+            "1 while the stream is halted (a batch failed its retries or its data-quality rules); the sensor's "
+            "skip reason names the run and the fix",
+            labels=["stream"],
+        )
+        learned_at = GaugeMetricFamily(
+            "streamfit_head_timestamp_seconds", "When the newest version (the head) was registered", labels=["stream"]
+        )
+        max_wait = GaugeMetricFamily(
+            "streamfit_batch_max_wait_seconds",
+            "The spec's batch.max_wait_s: how long a waiting row may wait before a batch is cut (alerts scale with it)",
+            labels=["stream"],
+        )
         for spec in self.specs:
             name = spec.name
             found = self._versions(name)
+            max_wait.add_metric([name], spec.batch.max_wait_s)
+            halted.add_metric([name], 1 if self._read(name, lambda name=name: self.registry.halt(name), None) else 0)
             batches.add_metric([name], len(found))
             for fate in ("read", "valid", "trained", "dlq"):
                 rows.add_metric([name, fate], sum(v.meta["rows"][fate] for v in found))
@@ -107,6 +124,8 @@ class TrainingCollector(Collector):
             export.add_metric([name], count_value=len(export_s), sum_value=sum(export_s))
             if found:
                 version.add_metric([name, "head"], found[-1].number)
+                if found[-1].meta.get("created_at"):
+                    learned_at.add_metric([name], datetime.fromisoformat(found[-1].meta["created_at"]).timestamp())
                 for metric in PREQUENTIAL_METRICS:
                     value = found[-1].meta.get("metrics", {}).get(metric)
                     if value is not None:
@@ -127,6 +146,7 @@ class TrainingCollector(Collector):
             changes.add_metric([name, "rollback"], rollbacks)
             changes.add_metric([name, "promotion"], len(history) - rollbacks)
         yield from (batches, rows, dlq, version, prequential, served, step, train, export, changes)
+        yield from (halted, learned_at, max_wait)
         yield from self._monitoring()
         if self.kafka is not None:
             yield from self._lag()
@@ -181,6 +201,11 @@ class TrainingCollector(Collector):
 
         up = GaugeMetricFamily("streamfit_kafka_up", "1 when the broker answered this scrape", labels=["stream"])
         lag = GaugeMetricFamily("streamfit_lag_rows", "Rows waiting to be learned", labels=["stream", "partition"])
+        oldest = GaugeMetricFamily(
+            "streamfit_oldest_waiting_timestamp_seconds",
+            "Kafka timestamp of the oldest row not yet learned (absent while nothing waits)",
+            labels=["stream", "partition"],
+        )
         for spec in self.specs:
             found = self._read(spec.name, lambda spec=spec: expected_offsets(self.registry, spec.name), None)
             if found is None:
@@ -194,8 +219,9 @@ class TrainingCollector(Collector):
             up.add_metric([spec.name], 1)
             for state in states:
                 lag.add_metric([spec.name, str(state.partition)], state.lag)
-        yield up
-        yield lag
+                if state.lag and state.oldest_waiting_ts_ms is not None:
+                    oldest.add_metric([spec.name, str(state.partition)], state.oldest_waiting_ts_ms / 1000)
+        yield from (up, lag, oldest)
 
 
 def exporter_registry(

@@ -9,14 +9,21 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from datetime import datetime
+from pathlib import Path
 
+import orjson
 import pytest
 
+from dagster_project.kafka import clients
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import probe_partitions
 from dagster_project.learning.adaptive_sgd import step_of
 from dagster_project.observability.exporter import serve_exporter
-from tests.helpers import produce_synthetic, run_batch
+from tests.conftest import synthetic_spec
+from tests.helpers import defs_for, produce_synthetic, run_batch
+
+ALERT_RULES = Path(__file__).resolve().parents[3] / "deploy" / "alerts.yml"
 
 
 @pytest.fixture
@@ -27,6 +34,31 @@ def prometheus_binary() -> str:
             pytest.fail("prometheus is not installed: apt-get install -y prometheus")
         pytest.skip("prometheus is not installed (apt-get install -y prometheus); CI requires it")
     return binary
+
+
+def _start_prometheus(
+    binary: str, tmp_path: Path, exporter_port: int, rules: Path | None = None
+) -> tuple[int, subprocess.Popen]:
+    """A real Prometheus scraping the exporter every second (and evaluating `rules` as often)."""
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        + (f"rule_files: ['{rules}']\n" if rules else "")
+        + "scrape_configs:\n"
+        + f"  - job_name: streamfit-exporter\n    static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n"
+    )
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),
+    )
+    return port, process
 
 
 def _query(port: int, promql: str) -> list[dict]:
@@ -58,27 +90,12 @@ def test_prometheus_scrapes_training_metrics(
     assert run_batch(
         stream_defs, spec, {s.partition: (s.high_water // 2, s.high_water) for s in states}, instance
     ).success
+    waiting_since = time.time()
     produce_synthetic(kafka_settings, spec, 70, start=600)  # waiting, not yet learned
 
     exporter_port = free_port()
     server, _ = serve_exporter(registry, [spec], kafka_settings, exporter_port, addr="127.0.0.1")
-    prom_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: streamfit\n    static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n"
-    )
-    prometheus = subprocess.Popen(
-        [
-            prometheus_binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "prometheus.log", "wb"),
-    )
+    prom_port, prometheus = _start_prometheus(prometheus_binary, tmp_path, exporter_port)
     try:
         selector = f'stream="{spec.name}"'
         rows = _wait_for(prom_port, f'streamfit_rows_total{{{selector},fate="trained"}}')
@@ -92,6 +109,16 @@ def test_prometheus_scrapes_training_metrics(
         assert float(head[0]["value"][1]) == 2
         lag = _wait_for(prom_port, f"sum(streamfit_lag_rows{{{selector}}})")
         assert float(lag[0]["value"][1]) == 70
+        # What the stall alert reads: the oldest row waiting, when the head was learned, the spec's wait.
+        oldest_rows = _wait_for(prom_port, f"min(streamfit_oldest_waiting_timestamp_seconds{{{selector}}})")
+        oldest = float(oldest_rows[0]["value"][1])
+        assert waiting_since - 1 <= oldest <= time.time()
+        learned_at = float(_wait_for(prom_port, f"streamfit_head_timestamp_seconds{{{selector}}}")[0]["value"][1])
+        assert learned_at == datetime.fromisoformat(registry.head(spec.name).meta["created_at"]).timestamp()
+        assert learned_at <= waiting_since
+        max_wait = _wait_for(prom_port, f"streamfit_batch_max_wait_seconds{{{selector}}}")
+        assert float(max_wait[0]["value"][1]) == spec.batch.max_wait_s
+        assert float(_wait_for(prom_port, f"streamfit_halted{{{selector}}}")[0]["value"][1]) == 0
         accuracy = _wait_for(prom_port, f'streamfit_prequential_metric{{{selector},metric="accuracy"}}')
         assert 0.8 < float(accuracy[0]["value"][1]) <= 1.0
         assert float(_wait_for(prom_port, f"streamfit_train_seconds_count{{{selector}}}")[0]["value"][1]) == 2
@@ -108,3 +135,56 @@ def test_prometheus_scrapes_training_metrics(
         prometheus.terminate()
         prometheus.wait(timeout=10)
         server.shutdown()
+
+
+@pytest.mark.one_broker  # Prometheus is the subject
+def test_a_halted_stream_raises_the_shipped_alert_naming_the_fix(
+    prometheus_binary, kafka_bootstrap, kafka_settings, registry, instance, tmp_path
+):
+    """deploy/alerts.yml, evaluated by a real Prometheus on a stream halted by a real failed batch."""
+    spec = synthetic_spec(
+        partitions=1,
+        features=[{"name": "x0", "min": -10, "max": 10}] + [{"name": f"x{i}"} for i in range(1, 5)],
+        quality={"policy": "halt"},
+    )
+    produce_synthetic(kafka_settings, spec, 100)
+    producer = clients.producer(kafka_settings)
+    out_of_range = {"x0": 50.0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}
+    for i in range(3):
+        producer.send(spec.events_topic, value=orjson.dumps({"id": f"bad-{i}", "features": out_of_range, "label": 1}))
+    producer.flush()
+    producer.close()
+    (state,) = probe_partitions(kafka_settings, spec.events_topic, {})
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    assert not run_batch(defs, spec, {0: (0, state.high_water)}, instance, raise_on_error=False).success
+    assert registry.halt(spec.name) is not None
+
+    exporter_port = free_port()
+    server, _ = serve_exporter(registry, [spec], kafka_settings, exporter_port, addr="127.0.0.1")
+    prom_port, prometheus = _start_prometheus(prometheus_binary, tmp_path, exporter_port, rules=ALERT_RULES)
+    try:
+        deadline = time.monotonic() + 60
+        while not (alerts := _alerts(prom_port, "StreamfitTrainingHalted")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert alerts, f"no StreamfitTrainingHalted alert within 60 s: {_alerts(prom_port)}"
+        (alert,) = alerts
+        assert alert["labels"]["stream"] == spec.name and alert["labels"]["severity"] == "critical"
+        assert alert["state"] in {"pending", "firing"}  # pending for its first minute (`for: 1m`)
+        assert f"streamfit batches skip {spec.name}" in alert["annotations"]["description"]
+        assert alert["annotations"]["summary"] == f"{spec.name}: training is halted"
+        active = {a["labels"]["alertname"] for a in _alerts(prom_port)}
+        assert active == {"StreamfitTrainingHalted"}, active  # its 103 rows waited seconds: not stalled
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=10)
+        server.shutdown()
+
+
+def _alerts(port: int, name: str | None = None) -> list[dict]:
+    """Active (pending or firing) alerts, from Prometheus' own API."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5) as response:
+            found = json.load(response)["data"]["alerts"]
+    except OSError:
+        return []
+    return [a for a in found if name is None or a["labels"]["alertname"] == name]
