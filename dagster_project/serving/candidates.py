@@ -118,8 +118,9 @@ def history_newest_first(registry: ModelRegistry, stream: str) -> list[str]:
     return list(seen)
 
 
-def fallback_candidates(registry: ModelRegistry, stream: str, exclude: str) -> Iterator[tuple[str, bool]]:
-    """(version, in the champion history) to try in order when `exclude` (the champion) cannot be served.
+def fallback_candidates(registry: ModelRegistry, stream: str, exclude: str | None) -> Iterator[tuple[str, bool]]:
+    """(version, in the champion history) to try in order when `exclude` (the champion) cannot be served,
+    or when the alias names nothing (`exclude` None).
 
     Lazy: the walk usually stops at the first history entry, so every version's metadata is read
     only when no version in the history can be served.

@@ -223,11 +223,17 @@ class ChampionWatcher:
         self._set_status(replace(self._status, registry_error=f"{reason}; still serving {self._served_name()}"))
 
     def _alias_broken(self, exc: BrokenRegistryFile) -> bool:
-        """The registry answered, but its alias names nothing servable: keep serving, say what to repair."""
+        """The registry answered, but its alias names nothing servable: keep serving, say what to repair.
+
+        A scorer that starts (or restarts) meanwhile has nothing to keep, so it serves what a refused
+        champion would leave it: the newest valid version of the champion history.
+        """
         self.metrics.registry_up.labels(self.spec.name).set(1)
-        reason = " ".join(str(exc).split())[:500]
-        degraded = f"the champion alias is broken ({reason}); still serving {self._served_name()}"
-        self._set_status(WatchStatus(degraded=degraded))  # logged once, when it changes
+        problem = f"the champion alias is broken ({' '.join(str(exc).split())[:500]})"
+        if self._current is None:
+            return self._serve_instead(problem, exclude=None, alias=None)
+        if not (self._status.degraded or "").startswith(f"{problem}; "):  # what it serves was said already
+            self._set_status(WatchStatus(degraded=f"{problem}; still serving {self._served_name()}"))
         return False
 
     def _follow(self) -> bool:
@@ -281,10 +287,18 @@ class ChampionWatcher:
 
     def _fall_back(self, refusal: Refusal) -> bool:
         """Serve the newest valid version of the champion history (else of the registry) instead."""
+        problem = f"champion {refusal.version} {refusal.reason}"
+        return self._serve_instead(problem, exclude=refusal.version, alias=refusal.version)
+
+    def _serve_instead(self, problem: str, exclude: str | None, alias: str | None) -> bool:
+        """The newest valid version other than `exclude`, published with `problem` as why (True if it changed).
+
+        `alias` is the version the alias names (the refused one), None when the alias names nothing.
+        """
         stream, current = self.spec.name, self._current
         chosen: ServedModel | None = None
         from_history = False
-        for version, in_history in fallback_candidates(self.registry, stream, exclude=refusal.version):
+        for version, in_history in fallback_candidates(self.registry, stream, exclude=exclude):
             from_history = in_history
             if current is not None and version == current.version:
                 chosen = current  # already loaded and verified: nothing newer in the list is valid
@@ -297,18 +311,16 @@ class ChampionWatcher:
             chosen = self._load(version)
             if chosen is not None:
                 break
-        problem = f"champion {refusal.version} {refusal.reason}"
         if chosen is None:
             kept = f"still serving {current.version}" if current else "nothing to serve"
-            status = WatchStatus(refusal.version, refusal.version, f"{problem}; no other valid version; {kept}")
-            self._set_status(status)
+            self._set_status(WatchStatus(alias, alias, f"{problem}; no other valid version; {kept}"))
             return False
         where = (
             "the newest valid version in the champion history"
             if from_history
             else "the newest valid version (none in the champion history is valid)"
         )
-        status = WatchStatus(refusal.version, refusal.version, f"{problem}; serving {chosen.version}, {where}")
+        status = WatchStatus(alias, alias, f"{problem}; serving {chosen.version}, {where}")
         if chosen is current:
             self._set_status(status)
             return False

@@ -380,3 +380,31 @@ def test_a_broken_alias_is_reported_as_broken_not_as_an_unreachable_registry(
     detail = health.report().detail
     assert (detail["champion"], detail["fallback"], detail["degraded"]) == ("v1", False, None)
     assert metrics.value("streamfit_serving_fallback") == 0
+
+
+def test_a_scorer_that_starts_while_the_alias_is_broken_serves_the_newest_champion_of_the_history(
+    backend: Backend, spec: StreamSpec
+) -> None:
+    """A replica started (or restarted by its orchestrator) while the alias was broken served nothing
+    (503, no predictions) until someone repaired it, while the replicas already running kept serving."""
+    registry, metrics = backend.registry, ScorerMetrics(spec.name)
+    for seed in (0, 1):
+        train_version(registry, spec, seed=seed)  # v2, the champion after v1
+    train_version(registry, spec, seed=2, champion=False)  # v3, registered and never champion
+    backend.break_alias(spec.name)
+
+    started = ChampionWatcher(registry, spec, metrics)
+    health = ScorerHealth(spec.name, started)
+    assert started.check() and started.current.version == "v2"
+    detail = health.report().detail
+    assert detail["ready"] and (detail["model_version"], detail["fallback"]) == ("v2", True)
+    assert detail["degraded"].startswith("the champion alias is broken (")
+    assert detail["degraded"].endswith("; serving v2, the newest valid version in the champion history")
+    assert metrics.value("streamfit_serving_fallback") == 1 and metrics.value("streamfit_registry_up") == 1
+    said = started.degraded
+    assert not started.check() and started.degraded == said  # nothing new: said once
+
+    registry.set_champion(spec.name, "v2", reason="manual: the alias repaired")
+    assert not started.check()
+    assert (started.current.version, started.degraded) == ("v2", None)
+    assert metrics.value("streamfit_serving_fallback") == 0
