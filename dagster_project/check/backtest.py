@@ -388,7 +388,7 @@ class _Run:
         learned part, as production dead-letters them. A tail drops rows with a nullable feature's NaN
         (they cannot be scored; the next batch handles them)."""
         from dagster_project.features.batch import derive
-        from dagster_project.ingest.events import EventParser
+        from dagster_project.ingest.events import EventParser, reason_kind
         from dagster_project.ingest.micro_batch import MicroBatch, unseen_examples
 
         chunk = [self.values[i] for i in lines.tolist()]
@@ -398,7 +398,7 @@ class _Run:
             parsed = derive(state, partitions.tolist(), chunk, parsed, lambda _: self.place.produced)
         if result is not None:
             for position, reason in parsed.failures:
-                kind = reason.split(":")[0]
+                kind = reason_kind(reason)
                 result.refusals[kind] += 1
                 result.refusal_examples.setdefault(kind, (int(lines[position]), reason))
         batch = MicroBatch(

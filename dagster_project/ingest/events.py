@@ -8,6 +8,7 @@ reason and where the message came from; it never stops a batch.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,17 @@ MAGNITUDE_LIMIT = 1e37
 # join: a 600 KB id made a prediction record over the 1 MB a record may have, and the scorer crashed
 # on it at every restart. Ids are names (UUIDs, composite keys), never documents.
 MAX_ID_CHARS = 1024
+# A number in a refusal's text (not a digit inside a name such as `x0`).
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+def reason_kind(reason: str) -> str:
+    """What a refusal is, without the values of the event it refused: the key dead letters are counted by.
+
+    Counted by their whole text before the first colon, 800 events each 607 s or 608 s ahead of
+    their Kafka timestamp were 800 reasons, and the halt they caused said so in 121 KB.
+    """
+    return _NUMBER.sub("<n>", reason.split(":")[0])
 
 
 def _not_utf8(raw: bytes) -> str | None:

@@ -16,7 +16,7 @@ from dagster_project.features.batch import derive
 from dagster_project.features.serialization import dump_state
 from dagster_project.features.state import FeatureState
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
-from dagster_project.ingest.events import EventParser
+from dagster_project.ingest.events import EventParser, reason_kind
 from dagster_project.ingest.packing import packed_state, unpack_labels, unpack_positions
 from dagster_project.kafka.io import RawRecord, read_range_columns, topic_identity
 from dagster_project.kafka.offsets import Ranges
@@ -216,7 +216,7 @@ def _parse(
         parsed = EventParser(spec).parse_many(values)
         if state is not None:  # no key, no time or late: refused like a malformed message
             parsed = derive(state, partitions, values, parsed, records.produced_at)
-    reasons: Counter = Counter(reason.split(":")[0] for _, reason in parsed.failures)
+    reasons: Counter = Counter(reason_kind(reason) for _, reason in parsed.failures)
     refused = [(records.record(i), reason, records.headers(i)) for i, reason in parsed.failures]
     if dead_letter_invalid and refused and already_sent is not None:
         sent = set(already_sent())

@@ -7,6 +7,7 @@ advance; split-off rows go to the DLQ with their reasons. Nothing is dropped sil
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -74,7 +75,7 @@ def apply_quality_policy(
         return QualityOutcome(screening.kept, True, "ERROR", message, metadata)
 
     summary = screening.result.summary
-    dlq_note = f" ({batch.dlq} messages dead-lettered: {dict(batch.dlq_reasons)})" if batch.dlq else ""
+    dlq_note = f" ({batch.dlq} messages dead-lettered: {most_common_text(batch.dlq_reasons)})" if batch.dlq else ""
     decision = {"kind": "quality", "action": screening.action, "ranges": ranges_text(batch.ranges), "summary": summary}
     registry.record_decision(spec.name, {**decision, "run_id": run_id})
     if screening.action == "halt":
@@ -106,3 +107,10 @@ def apply_quality_policy(
     metadata["quarantine_id"] = qid
     message = f"QUARANTINED {where} as {qid}: {summary}{dlq_note}; the stream moves on (`streamfit quarantine show`)"
     return QualityOutcome(None, False, "WARN", message, metadata)
+
+
+def most_common_text(reasons: Counter, shown: int = 5) -> str:
+    """The commonest refusal kinds with their counts, the rest summed: a halt's summary stays a line."""
+    top = dict(reasons.most_common(shown))
+    rest = len(reasons) - len(top)
+    return f"{top}" + (f" and {rest} more kinds ({sum(reasons.values()) - sum(top.values())} messages)" if rest else "")

@@ -9,14 +9,16 @@ pending offsets.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 import numpy as np
 import orjson
 
+from dagster_project.ingest.events import MAX_ID_CHARS
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import ensure_topics, probe_partitions
-from dagster_project.quality.policy import apply_quality_policy
+from dagster_project.quality.policy import apply_quality_policy, most_common_text
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
@@ -185,3 +187,35 @@ def test_a_failing_batch_read_from_kafka_reports_its_dead_lettered_messages(kafk
     assert registry.pending_offset_reset(spec.name)["offsets"] == {"0": 33}
     (parse_letter,) = _dlq(kafka_settings, spec)  # the parser's dead letter; the policy adds none
     assert parse_letter["component"] == "trainer" and parse_letter["offset"] == 32
+
+
+def test_a_halt_counts_dead_letters_by_kind_not_by_each_event_s_values(kafka_settings, registry) -> None:
+    """Counted by their text, 800 events each a few seconds ahead of their Kafka timestamp were 800
+    reasons: the halt's summary (and the sensor's skip reason) ran to 121 KB."""
+    spec = _spec(policy="halt")
+    produce_synthetic(kafka_settings, spec, 30)
+    producer = clients.producer(kafka_settings)
+    for i in range(40):  # ids too long by different amounts: the refusal names each one's length
+        row = {"id": "i" * (MAX_ID_CHARS + 1 + i), "features": {"x0": 0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}}
+        producer.send(spec.events_topic, value=orjson.dumps({**row, "label": 1}))
+    far = {"x0": 99.0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}  # breaks x0's range: the batch halts
+    producer.send(spec.events_topic, value=orjson.dumps({"id": "far", "features": far, "label": 1}))
+    producer.flush()
+    producer.close()
+    (state,) = probe_partitions(kafka_settings, spec.events_topic, {})
+    batch = read_batch(kafka_settings, spec, {0: (0, state.high_water)})
+    kind = "event 'id' is <n> characters long, over the <n> an id may have (it keys the event's prediction and label)"
+    assert batch.dlq == 40 and batch.dlq_reasons == {kind: 40}
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert f'(40 messages dead-lettered: {{"{kind}": 40}})' in outcome.message
+    assert len(registry.halt(spec.name)["summary"]) < 1_000
+
+
+def test_the_dead_letter_note_names_the_commonest_kinds_and_sums_the_rest() -> None:
+    reasons = Counter({f"kind {chr(97 + i)}": 10 - i for i in range(8)})
+    assert most_common_text(reasons) == (
+        "{'kind a': 10, 'kind b': 9, 'kind c': 8, 'kind d': 7, 'kind e': 6} and 3 more kinds (12 messages)"
+    )
+    assert most_common_text(Counter({"not valid JSON": 2})) == "{'not valid JSON': 2}"
