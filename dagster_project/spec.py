@@ -29,7 +29,9 @@ from pydantic import (
 
 from dagster_project.learning.estimator_table import (
     DEFAULT_ESTIMATORS,
+    DEFAULTS_CHANGED_ON,
     ESTIMATORS,
+    FORMER_DEFAULT_ESTIMATORS,
     RECOMMENDED_CANDIDATES,
     SCALE_OUT_ESTIMATORS,
     WINDOWED_ESTIMATORS,
@@ -325,9 +327,17 @@ class ModelSpec(_Strict):
                 f"set window_rows <= {self.window_cap:,}"
             )
         if self.passes is not None and ESTIMATORS[self.estimator].own_passes:
+            formers = {DEFAULT_ESTIMATORS[task]: FORMER_DEFAULT_ESTIMATORS[task] for task in DEFAULT_ESTIMATORS}
+            former = formers.get(self.estimator)
+            written_for = (
+                f"; a spec from before {DEFAULTS_CHANGED_ON} that names no estimator meant {former}, the default "
+                f"then: `model: {{estimator: {former}, passes: {self.passes}}}` keeps it (and its learned model)"
+                if former
+                else ""
+            )
             raise ValueError(
                 f"model.passes does not apply to {self.estimator!r}, which learns each batch at several passes "
-                "and serves the best: set model.params.passes_options (e.g. [8, 2]) instead, or remove it"
+                f"and serves the best: set model.params.passes_options (e.g. [8, 2]) instead, or remove it{written_for}"
             )
         if self.passes is not None and self.windowed:
             raise ValueError(

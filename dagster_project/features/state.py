@@ -92,6 +92,9 @@ class _Table:
     horizon: float  # the longest window over this key
 
 
+DEFAULT_MAX_AHEAD_NOTE = " (the default; it was 1 h before 2026-12-05)"
+
+
 class FeatureState:
     """Rolling per-key state for one stream's derived features, with its bounds and counters."""
 
@@ -100,6 +103,8 @@ class FeatureState:
         self.event_time = spec.event_time
         self.lateness = spec.event_time.lateness if spec.event_time else 0.0
         self.max_ahead = spec.event_time.max_ahead if spec.event_time else None
+        # Named in the refusal: the default fell from 1 h to 5 min, which an upgraded stream did not choose.
+        self._max_ahead_is_default = bool(spec.event_time) and "max_ahead" not in spec.event_time.model_fields_set
         self.max_keys = spec.feature_state.max_keys
         position = {name: j for j, name in enumerate(spec.feature_names)}
         self._tables: list[_Table] = []
@@ -134,7 +139,8 @@ class FeatureState:
         if produced is not None and self.max_ahead is not None and t - produced > self.max_ahead:
             raise EventError(
                 f"event time {t:.3f} is {t - produced:.0f} s ahead of its Kafka timestamp ({produced:.3f}), more "
-                f"than event_time.max_ahead {self.max_ahead:g} s: check the producer's clock or event_time.unit"
+                f"than event_time.max_ahead {self.max_ahead:g} s{DEFAULT_MAX_AHEAD_NOTE * self._max_ahead_is_default}: "
+                "check the producer's clock or event_time.unit, or set event_time.max_ahead to how far clocks run ahead"
             )
         part = self.partitions.get(partition)
         if part is None:

@@ -251,6 +251,10 @@ DEFAULT_ESTIMATORS: dict[TaskName, str] = {
     "classification": "adaptive_sgd_classifier",
     "regression": "adaptive_sgd_regressor",
 }
+# The defaults before DEFAULTS_CHANGED_ON: a stream upgraded from then that names no estimator gets
+# the new one (a fresh model), and messages name the pin that keeps its model.
+FORMER_DEFAULT_ESTIMATORS: dict[TaskName, str] = {"classification": "sgd_classifier", "regression": "sgd_regressor"}
+DEFAULTS_CHANGED_ON = "2026-12-04"
 
 # The families a spec gets with `model: {candidates: recommended}` (opt-in; the default stays the
 # single SGD pipeline, 20-70x cheaper a row). Chosen from

@@ -81,9 +81,25 @@ def model_changed(meta: dict[str, Any], spec: StreamSpec) -> str | None:
     if was is None or (isinstance(was, list) and isinstance(now, list)):
         return None
     if was != now:
-        return f"the spec's model changed from {was} to {now}"
+        return f"the spec's model changed from {was} to {now}{_default_change_hint(was, now, spec.task)}"
     changed = settings_changed((meta.get("models") or {}).get(spec.model.label), spec.model)
     return f"the spec's model changed: {changed}" if changed else None
+
+
+def _default_change_hint(was: Any, now: Any, task: str) -> str:
+    """The pin that keeps a model when the change is the default's, not the spec's (an upgrade)."""
+    from dagster_project.learning.estimator_table import (
+        DEFAULT_ESTIMATORS,
+        DEFAULTS_CHANGED_ON,
+        FORMER_DEFAULT_ESTIMATORS,
+    )
+
+    if (was, now) != (FORMER_DEFAULT_ESTIMATORS.get(task), DEFAULT_ESTIMATORS.get(task)):
+        return ""
+    return (
+        f" (the default estimator became {now} on {DEFAULTS_CHANGED_ON}: a spec that names none gets it; "
+        f"`model: {{estimator: {was}}}` keeps learning the model it had)"
+    )
 
 
 def recorded_contract(meta: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from dagster_project.learning.estimator_table import ESTIMATORS
+from dagster_project.learning.estimator_table import FORMER_DEFAULT_ESTIMATORS as FORMER
 from dagster_project.spec import RESERVED_COLUMNS, StreamSpec, get_spec, load_spec, load_specs, specs_dir
 
 REPO_STREAMS = Path(__file__).resolve().parents[2] / "streams"
@@ -159,8 +160,17 @@ def test_batch_rows_cannot_exceed_max_rows() -> None:
 
 
 def test_passes_are_refused_for_adaptive_sgd_with_the_setting_that_applies() -> None:
-    with pytest.raises(ValueError, match=r"model.params.passes_options \(e.g. \[8, 2\]\)"):
+    with pytest.raises(ValueError, match=r"model.params.passes_options \(e.g. \[8, 2\]\)") as refused:
         StreamSpec(name="m", features=[{"name": "x"}], label={"classes": [0, 1]}, model={"passes": 4})
+    # A spec written before the default changed meant the default of then: the refusal names that pin.
+    assert "meant sgd_classifier, the default then: `model: {estimator: sgd_classifier, passes: 4}`" in str(
+        refused.value
+    )
+    for task, label in (("classification", {"classes": [0, 1]}), ("regression", {})):
+        pinned = StreamSpec(
+            name="m", task=task, features=[{"name": "x"}], label=label, model={"estimator": FORMER[task], "passes": 4}
+        )
+        assert pinned.model.passes_per_batch == 4
     spec = StreamSpec(
         name="m", features=[{"name": "x"}], label={"classes": [0, 1]}, model={"params": {"passes_options": [4, 1]}}
     )

@@ -268,8 +268,14 @@ def test_a_clock_twenty_minutes_ahead_is_refused_instead_of_making_every_other_e
     skewed = {"id": "e", "device": "fast-clock", "site": 1, "features": {}, "ts": now + 1200}
     with pytest.raises(
         EventError, match=r"1200 s ahead of its Kafka timestamp .* more than event_time.max_ahead 300 s"
-    ):
+    ) as refused:
         state.observe(0, skewed, [1.0] * 5, produced=now)
+    # An upgraded stream never chose the new default: the refusal says it is one, and the setting.
+    assert "300 s (the default; it was 1 h before 2026-12-05): " in str(refused.value)
+    assert str(refused.value).endswith("or set event_time.max_ahead to how far clocks run ahead")
+    chosen = FeatureState(rolling_spec(event_time={"field": "ts", "lateness": "5s", "max_ahead": "5m"}))
+    with pytest.raises(EventError, match=r"more than event_time.max_ahead 300 s: check the producer's clock"):
+        chosen.observe(0, skewed, [1.0] * 5, produced=now)
     on_time = {"id": "e", "device": "d1", "site": 1, "features": {}, "ts": now + 1}
     assert state.observe(0, on_time, [1.0] * 5, produced=now + 1)[0] == 0.0  # not late: its empty window
 

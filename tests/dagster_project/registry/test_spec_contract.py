@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dagster_project.learning.estimator_table import (
+    DEFAULT_ESTIMATORS,
+    DEFAULTS_CHANGED_ON,
+    FORMER_DEFAULT_ESTIMATORS,
+)
 from dagster_project.registry.contract import contract_changes, contract_of, families_of, model_changed
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
@@ -62,7 +67,9 @@ def test_versions_from_before_the_contract_compare_what_they_recorded() -> None:
 
 
 def test_another_estimator_starts_fresh_but_candidate_sets_match_by_family() -> None:
-    assert model_changed({"estimator": "sgd_classifier"}, spec_with(model={"estimator": "mlp_classifier"}))
+    assert model_changed({"estimator": "sgd_classifier"}, spec_with(model={"estimator": "mlp_classifier"})) == (
+        "the spec's model changed from sgd_classifier to mlp_classifier"
+    )
     assert model_changed({"estimator": spec_with().model.estimator}, spec_with()) is None
     assert model_changed({"estimator": ["sgd", "hgb"]}, spec_with(model={"candidates": "recommended"})) is None
 
@@ -87,3 +94,16 @@ def test_a_rolling_mean_made_a_max_of_the_same_field_is_named() -> None:
     raw["derived"][0]["agg"] = "max"
     (change,) = contract_changes(learned, StreamSpec.model_validate(raw))
     assert change.startswith("derived features ") and '"agg":"mean"' in change and '"agg":"max"' in change
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_model_of_the_former_default_names_the_pin_that_keeps_it(task) -> None:
+    """Upgraded past the default's change, a spec that names no estimator learns a fresh model of
+    the new default: the reason says so, and how to keep the model the stream had."""
+    spec = spec_with(model={}) if task == "classification" else synthetic_spec("s", task="regression", label={})
+    former = FORMER_DEFAULT_ESTIMATORS[task]
+    assert model_changed({"estimator": former}, spec) == (
+        f"the spec's model changed from {former} to {DEFAULT_ESTIMATORS[task]} (the default estimator became "
+        f"{DEFAULT_ESTIMATORS[task]} on {DEFAULTS_CHANGED_ON}: a spec that names none gets it; "
+        f"`model: {{estimator: {former}}}` keeps learning the model it had)"
+    )
