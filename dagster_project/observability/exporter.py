@@ -27,6 +27,9 @@ from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
 PREQUENTIAL_METRICS = ("accuracy", "roc_auc", "log_loss", "mae", "rmse")
+# The parts of a version's meta.json the metrics read: cached per version instead of the whole meta
+# (its data profile made it 180-250 KB a version, 420 MB of exporter at 2,000 versions).
+EXPORTED_META = ("rows", "timings", "metrics", "adaptive_sgd", "served", "created_at")
 
 
 class TrainingCollector(Collector):
@@ -49,7 +52,8 @@ class TrainingCollector(Collector):
                 key = (stream, name)
                 if key not in self._meta_cache:
                     try:
-                        self._meta_cache[key] = self.registry.get(stream, name).meta
+                        meta = self.registry.get(stream, name).meta
+                        self._meta_cache[key] = {k: meta[k] for k in EXPORTED_META if k in meta}
                     except BrokenRegistryFile as exc:  # counted and logged; the other versions still report
                         log.warning("%s", exc)
                         self.broken[stream].add(exc.path)
