@@ -21,6 +21,7 @@ from dagster_project.kafka.settings import (
     GROUP_METADATA_MAX_AGE_MS,
     GROUP_SESSION_TIMEOUT_MS,
     KAFKA_PYTHON,
+    READER_FETCH_MAX_WAIT_MS,
     BrokerConfigError,
     KafkaSettings,
 )
@@ -98,7 +99,7 @@ def confluent_range_reader(settings: KafkaSettings, rows: int | None = None, **o
         "enable.auto.offset.store": False,
         "auto.offset.reset": "error",  # a lost offset is an error, never a silent jump
         "enable.partition.eof": False,
-        "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+        "fetch.wait.max.ms": READER_FETCH_MAX_WAIT_MS,
     }
     if rows is not None:
         config |= range_prefetch(rows)
@@ -154,7 +155,7 @@ def confluent_group_consumer(settings: KafkaSettings, group_id: str, **overrides
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "partition.assignment.strategy": "cooperative-sticky",
-        "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+        "fetch.wait.max.ms": READER_FETCH_MAX_WAIT_MS,
         "session.timeout.ms": GROUP_SESSION_TIMEOUT_MS,
         "heartbeat.interval.ms": GROUP_HEARTBEAT_INTERVAL_MS,
         "topic.metadata.refresh.interval.ms": GROUP_METADATA_MAX_AGE_MS,

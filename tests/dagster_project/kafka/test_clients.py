@@ -9,6 +9,7 @@ tests/dagster_project/kafka/test_io.py::test_auto_reads_with_confluent_when_inst
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from dataclasses import replace
 
@@ -246,3 +247,39 @@ def test_range_prefetch_follows_the_range_within_bounds() -> None:
     assert large["queued.max.messages.kbytes"] == clients.PREFETCH_MAX_KBYTES
     # librdkafka's own backoff (1 s) would stall a read every time the queue fills before the range ends
     assert all(p["fetch.queue.backoff.ms"] <= 10 for p in (small, medium, large))
+
+
+def test_librdkafka_readers_keep_reading_a_partition_of_many_small_record_batches(tmp_path):
+    """A producer that sends one event per record batch (any low-rate producer, the demo's) filled the
+    embedded broker with batches it scans on each fetch: after 11 minutes of the demo, fetches with a
+    10 ms max_wait came back empty, training halted on `range read stalled` and the scorer stopped
+    scoring while /readyz said ready."""
+    from confluent_kafka import Producer
+    from confluent_kafka import TopicPartition as ConfluentPartition
+
+    from dagster_project.kafka.brokers.tansu import EmbeddedBroker
+
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        settings = KafkaSettings.from_env(broker.bootstrap)
+        ensure_topics(settings, ["many.events"], 1)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "batch.num.messages": 1})
+        held = 45_000
+        for i in range(held):
+            producer.produce("many.events", value=b'{"id": %d}' % i, partition=0)
+            if i % 1000 == 999:
+                producer.flush()
+        producer.flush()
+
+        tail = {0: (held - 300, held)}
+        assert [r.offset for r in read_range(settings, "many.events", tail, stall_timeout_s=10)] == list(
+            range(held - 300, held)
+        )
+        scorer_side = clients.confluent_group_consumer(settings, "many-readers")
+        try:
+            scorer_side.assign([ConfluentPartition("many.events", 0, held - 300)])
+            got, deadline = 0, time.monotonic() + 10
+            while got < 300 and time.monotonic() < deadline:
+                got += len(scorer_side.consume(num_messages=300, timeout=0.2))
+            assert got == 300
+        finally:
+            scorer_side.close()
