@@ -232,8 +232,11 @@ class ChampionWatcher:
         problem = f"the champion alias is broken ({' '.join(str(exc).split())[:500]})"
         if self._current is None:
             return self._serve_instead(problem, exclude=None, alias=None)
-        if not (self._status.degraded or "").startswith(f"{problem}; "):  # what it serves was said already
+        said = (self._status.degraded or "").startswith(f"{problem}; ")  # what it serves was said already
+        if not said:
             self._set_status(WatchStatus(degraded=f"{problem}; still serving {self._served_name()}"))
+        elif self._status.registry_error is not None:  # the registry answered this time
+            self._set_status(replace(self._status, registry_error=None))
         return False
 
     def _follow(self) -> bool:

@@ -170,6 +170,7 @@ class ScorerMetrics:
         self.serving_fallback.labels(stream).set(0)
         self.registry_up.labels(stream).set(1)
         self.registry_errors.labels(stream)
+        self.batch_retries.labels(stream)  # exported from 0, so the first retry counts in increase()
 
     def count_unseen(self, counts: dict[str, int], source: str) -> None:
         """Add one scored batch's unseen-category rows per feature (`categories.unseen_counts`)."""

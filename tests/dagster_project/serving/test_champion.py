@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dagster_project.kafka.settings import KafkaSettings
-from dagster_project.registry.store import ONNX_FILE, FilesystemRegistry
+from dagster_project.registry.store import ONNX_FILE, FilesystemRegistry, RegistryUnavailable
 from dagster_project.serving import ChampionWatcher, ScorerMetrics
 from dagster_project.serving.candidates import MARKER_TTL_S
 from dagster_project.serving.health import ScorerHealth
@@ -383,7 +383,7 @@ def test_a_broken_alias_is_reported_as_broken_not_as_an_unreachable_registry(
 
 
 def test_a_scorer_that_starts_while_the_alias_is_broken_serves_the_newest_champion_of_the_history(
-    backend: Backend, spec: StreamSpec
+    backend: Backend, spec: StreamSpec, monkeypatch
 ) -> None:
     """A replica started (or restarted by its orchestrator) while the alias was broken served nothing
     (503, no predictions) until someone repaired it, while the replicas already running kept serving."""
@@ -403,6 +403,11 @@ def test_a_scorer_that_starts_while_the_alias_is_broken_serves_the_newest_champi
     assert metrics.value("streamfit_serving_fallback") == 1 and metrics.value("streamfit_registry_up") == 1
     said = started.degraded
     assert not started.check() and started.degraded == said  # nothing new: said once
+    with monkeypatch.context() as outage:  # a registry outage meanwhile, then it answers again
+        outage.setattr(registry, "champion", lambda stream: (_ for _ in ()).throw(RegistryUnavailable("down")))
+        assert not started.check() and health.report().detail["registry"]["reachable"] is False
+    assert not started.check() and health.report().detail["registry"] == {"reachable": True, "error": None}
+    assert started.degraded == said
 
     registry.set_champion(spec.name, "v2", reason="manual: the alias repaired")
     assert not started.check()
