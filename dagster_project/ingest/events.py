@@ -31,8 +31,11 @@ MAGNITUDE_LIMIT = 1e37
 # join: a 600 KB id made a prediction record over the 1 MB a record may have, and the scorer crashed
 # on it at every restart. Ids are names (UUIDs, composite keys), never documents.
 MAX_ID_CHARS = 1024
-# A number in a refusal's text (not a digit inside a name such as `x0`).
-_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?")
+# In a refusal's text: a quoted name or value (kept whole: `'7d_sum'`), or a number (not a digit
+# inside a name such as x0).
+_QUOTED_OR_NUMBER = re.compile(
+    r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?"""
+)
 
 
 def reason_kind(reason: str) -> str:
@@ -41,7 +44,7 @@ def reason_kind(reason: str) -> str:
     Counted by their whole text before the first colon, 800 events each 607 s or 608 s ahead of
     their Kafka timestamp were 800 reasons, and the halt they caused said so in 121 KB.
     """
-    return _NUMBER.sub("<n>", reason.split(":")[0])
+    return _QUOTED_OR_NUMBER.sub(lambda m: m[0] if m[0][0] in "'\"" else "<n>", reason.split(":")[0])
 
 
 def _not_utf8(raw: bytes) -> str | None:

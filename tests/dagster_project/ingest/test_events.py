@@ -15,6 +15,7 @@ from dagster_project.ingest.events import (
     ParsedEvent,
     coerce_feature,
     make_event,
+    reason_kind,
 )
 from dagster_project.spec import StreamSpec
 
@@ -357,3 +358,13 @@ def test_parse_many_refuses_among_fast_messages_what_parse_refuses(position: int
         assert batch.ids == [f"g{i}" for i in range(8) if i != position]
         np.testing.assert_array_equal(batch.X, np.asarray([e.values for _, e in rows]))
         np.testing.assert_array_equal(batch.y, [i % 2 for i in range(8) if i != position])
+
+
+def test_refusals_are_counted_by_kind_keeping_the_names_they_quote() -> None:
+    """The counts of a batch's dead letters (its halt summary, its version's meta) group events that
+    differ only in their values, and keep apart features whose names hold digits."""
+    ahead = "event time {} is {} s ahead of its Kafka timestamp ({}), more than event_time.max_ahead 300 s: fix"
+    assert reason_kind(ahead.format(1700000607.5, 607, 1700000000.5)) == reason_kind(ahead.format(1.7e9, 9, 1.7e9))
+    assert reason_kind("feature '7d_sum' = 1e40 is beyond 1e37") == "feature '7d_sum' = <n> is beyond <n>"
+    assert reason_kind("feature '7d_sum' = 1e40 is beyond") != reason_kind("feature '30d_sum' = 1e40 is beyond")
+    assert reason_kind("feature x0 is -2.5e3, below min 0: fix") == "feature x0 is <n>, below min <n>"
