@@ -135,7 +135,7 @@ def group_consumer(settings: KafkaSettings, group_id: str, **overrides: Any):
     kwargs = settings.common() | {
         "group_id": group_id,
         "enable_auto_commit": False,
-        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        "fetch_max_wait_ms": READER_FETCH_MAX_WAIT_MS,
         "session_timeout_ms": GROUP_SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": GROUP_HEARTBEAT_INTERVAL_MS,
         "metadata_max_age_ms": GROUP_METADATA_MAX_AGE_MS,

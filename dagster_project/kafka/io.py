@@ -23,6 +23,7 @@ from dagster_project.kafka.records import RawRecord
 from dagster_project.kafka.settings import (
     BOOTSTRAP_ENV,
     CONFLUENT,
+    READER_FETCH_MAX_WAIT_MS,
     BrokerConfigError,
     BrokerSecurityError,
     KafkaSettings,
@@ -696,7 +697,7 @@ def _read_range_kafka_python(settings: KafkaSettings, topic: str, todo: Ranges, 
     from kafka import TopicPartition
     from kafka.errors import OffsetOutOfRangeError, TopicAuthorizationFailedError
 
-    consumer = _open_reader(settings)
+    consumer = _open_reader(settings, fetch_max_wait_ms=READER_FETCH_MAX_WAIT_MS)  # see settings.py
     try:
         tps = {p: TopicPartition(topic, p) for p in todo}
         consumer.assign(list(tps.values()))

@@ -16,14 +16,15 @@ BOOTSTRAP_ENV = "STREAMFIT_KAFKA_BOOTSTRAP"
 
 # Broker-specific tuning lives here and nowhere else. The embedded Tansu broker ignores a fetch
 # with max_wait 0 (returns nothing), and joins consumer groups only after session_timeout/2.
-# kafka-python's readers (the sensor's and the exporter's probes among them) keep 10 ms: a fetch at
-# the end of a partition waits the whole max_wait for records, and a probe reads every partition's end.
+# Probes (the sensor's and the exporter's, and other short reads) keep 10 ms: a fetch at the end of
+# a partition waits the whole max_wait for records, and a probe reads every partition's end.
 FETCH_MAX_WAIT_MS = 10
-# librdkafka's readers (range reads, the scorer) wait up to librdkafka's default: Tansu answers a
-# fetch with nothing once assembling it takes longer than max_wait, which grows with the record
-# batches a partition holds (a producer sending one event per batch: 0.8 s to read 300 rows at
-# 30,000 held, none at 40,000, with 10 ms). Brokers answer as soon as records are there, so this
-# costs no latency (a new record reached a waiting reader in 51-55 ms at 10 and at 1,000 ms).
+# Range reads and group consumers (the scorer, the label joiner), on either client, wait up to
+# librdkafka's default: Tansu answers a fetch with nothing once assembling it takes longer than
+# max_wait, which grows with the record batches a partition holds (a producer sending one event per
+# batch: 0.8 s to read 300 rows at 30,000 held, none at 40,000, with 10 ms). Brokers answer as soon
+# as records are there, so this costs no latency (a new record reached a waiting reader in 51-55 ms
+# at 10 and at 1,000 ms).
 READER_FETCH_MAX_WAIT_MS = 500
 GROUP_SESSION_TIMEOUT_MS = 6000
 GROUP_HEARTBEAT_INTERVAL_MS = 1000

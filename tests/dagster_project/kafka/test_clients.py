@@ -249,37 +249,64 @@ def test_range_prefetch_follows_the_range_within_bounds() -> None:
     assert all(p["fetch.queue.backoff.ms"] <= 10 for p in (small, medium, large))
 
 
-def test_librdkafka_readers_keep_reading_a_partition_of_many_small_record_batches(tmp_path):
+def test_readers_keep_reading_a_partition_of_many_small_record_batches(tmp_path):
     """A producer that sends one event per record batch (any low-rate producer, the demo's) filled the
     embedded broker with batches it scans on each fetch: after 11 minutes of the demo, fetches with a
     10 ms max_wait came back empty, training halted on `range read stalled` and the scorer stopped
-    scoring while /readyz said ready."""
-    from confluent_kafka import Producer
-    from confluent_kafka import TopicPartition as ConfluentPartition
-
+    scoring while /readyz said ready. Both clients, as training and the scorer read."""
     from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
         settings = KafkaSettings.from_env(broker.bootstrap)
         ensure_topics(settings, ["many.events"], 1)
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "batch.num.messages": 1})
         held = 45_000
-        for i in range(held):
-            producer.produce("many.events", value=b'{"id": %d}' % i, partition=0)
-            if i % 1000 == 999:
-                producer.flush()
-        producer.flush()
+        _one_record_per_batch(broker.bootstrap, "many.events", held)
 
         tail = {0: (held - 300, held)}
-        assert [r.offset for r in read_range(settings, "many.events", tail, stall_timeout_s=10)] == list(
-            range(held - 300, held)
-        )
-        scorer_side = clients.confluent_group_consumer(settings, "many-readers")
-        try:
-            scorer_side.assign([ConfluentPartition("many.events", 0, held - 300)])
-            got, deadline = 0, time.monotonic() + 10
-            while got < 300 and time.monotonic() < deadline:
-                got += len(scorer_side.consume(num_messages=300, timeout=0.2))
-            assert got == 300
-        finally:
-            scorer_side.close()
+        for client in [KAFKA_PYTHON] + ([CONFLUENT] if clients.range_reader_client(settings) == CONFLUENT else []):
+            chosen = replace(settings, client=client)
+            read = [r.offset for r in read_range(chosen, "many.events", tail, stall_timeout_s=10)]
+            assert read == list(range(held - 300, held)), client
+            assert _scorer_side_reads(chosen, client, "many.events", held - 300) == 300, client
+
+
+def _one_record_per_batch(bootstrap: str, topic: str, n: int) -> None:
+    """`n` events to partition 0, each in its own record batch, as a producer of a few events a second sends them."""
+    values = [b'{"id": %d}' % i for i in range(n)]
+    try:
+        from confluent_kafka import Producer  # several times quicker to fill the partition
+    except ImportError:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, batch_size=1)
+        for value in values:
+            producer.send(topic, value=value, partition=0)
+        producer.flush()
+        producer.close()
+        return
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1})
+    for i, value in enumerate(values):
+        producer.produce(topic, value=value, partition=0)
+        if i % 1000 == 999:
+            producer.flush()
+    assert producer.flush(30) == 0
+
+
+def _scorer_side_reads(settings: KafkaSettings, client: str, topic: str, start: int) -> int:
+    """How many records the scorer's kind of consumer reads from `start` within 10 s."""
+    if client == CONFLUENT:
+        from confluent_kafka import TopicPartition as ConfluentPartition
+
+        consumer = clients.confluent_group_consumer(settings, "many-readers")
+        consumer.assign([ConfluentPartition(topic, 0, start)])
+        read = lambda: len(consumer.consume(num_messages=300, timeout=0.2))  # noqa: E731
+    else:
+        consumer = clients.group_consumer(settings, "many-readers")
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek(TopicPartition(topic, 0), start)
+        read = lambda: sum(len(r) for r in consumer.poll(timeout_ms=200, max_records=300).values())  # noqa: E731
+    try:
+        got, deadline = 0, time.monotonic() + 10
+        while got < 300 and time.monotonic() < deadline:
+            got += read()
+        return got
+    finally:
+        consumer.close()
