@@ -31,10 +31,10 @@ from dagster_project.learning.estimator_table import (
     DEFAULT_ESTIMATORS,
     DEFAULTS_CHANGED_ON,
     ESTIMATORS,
-    FORMER_DEFAULT_ESTIMATORS,
     RECOMMENDED_CANDIDATES,
     SCALE_OUT_ESTIMATORS,
     WINDOWED_ESTIMATORS,
+    former_default_of,
 )
 
 FeatureType = Literal["float", "int", "bool", "category"]
@@ -327,8 +327,7 @@ class ModelSpec(_Strict):
                 f"set window_rows <= {self.window_cap:,}"
             )
         if self.passes is not None and ESTIMATORS[self.estimator].own_passes:
-            formers = {DEFAULT_ESTIMATORS[task]: FORMER_DEFAULT_ESTIMATORS[task] for task in DEFAULT_ESTIMATORS}
-            former = formers.get(self.estimator)
+            former = former_default_of(self.estimator)
             written_for = (
                 f"; a spec from before {DEFAULTS_CHANGED_ON} that names no estimator meant {former}, the default "
                 f"then: `model: {{estimator: {former}, passes: {self.passes}}}` keeps it (and its learned model)"

@@ -256,6 +256,12 @@ DEFAULT_ESTIMATORS: dict[TaskName, str] = {
 FORMER_DEFAULT_ESTIMATORS: dict[TaskName, str] = {"classification": "sgd_classifier", "regression": "sgd_regressor"}
 DEFAULTS_CHANGED_ON = "2026-12-04"
 
+
+def former_default_of(estimator: str) -> str | None:
+    """The default `estimator` replaced on DEFAULTS_CHANGED_ON (None: it is no task's default)."""
+    return next((FORMER_DEFAULT_ESTIMATORS[t] for t, now in DEFAULT_ESTIMATORS.items() if now == estimator), None)
+
+
 # The families a spec gets with `model: {candidates: recommended}` (opt-in; the default stays the
 # single SGD pipeline, 20-70x cheaper a row). Chosen from
 # `benchmarks/learning_quality.py` over 34 streams (linear, rule-based, RBF, regression, real):

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from dagster_project.ingest.categories import encoding_signature
+from dagster_project.learning.estimator_table import DEFAULTS_CHANGED_ON, former_default_of
 from dagster_project.spec import StreamSpec
 
 FIX = (
@@ -81,20 +82,14 @@ def model_changed(meta: dict[str, Any], spec: StreamSpec) -> str | None:
     if was is None or (isinstance(was, list) and isinstance(now, list)):
         return None
     if was != now:
-        return f"the spec's model changed from {was} to {now}{_default_change_hint(was, now, spec.task)}"
+        return f"the spec's model changed from {was} to {now}{_default_change_hint(was, now)}"
     changed = settings_changed((meta.get("models") or {}).get(spec.model.label), spec.model)
     return f"the spec's model changed: {changed}" if changed else None
 
 
-def _default_change_hint(was: Any, now: Any, task: str) -> str:
+def _default_change_hint(was: Any, now: Any) -> str:
     """The pin that keeps a model when the change is the default's, not the spec's (an upgrade)."""
-    from dagster_project.learning.estimator_table import (
-        DEFAULT_ESTIMATORS,
-        DEFAULTS_CHANGED_ON,
-        FORMER_DEFAULT_ESTIMATORS,
-    )
-
-    if (was, now) != (FORMER_DEFAULT_ESTIMATORS.get(task), DEFAULT_ESTIMATORS.get(task)):
+    if not isinstance(now, str) or former_default_of(now) != was:
         return ""
     return (
         f" (the default estimator became {now} on {DEFAULTS_CHANGED_ON}: a spec that names none gets it; "
