@@ -36,18 +36,24 @@ def drift_decision(
 
 
 def series_change(
-    series: Sequence[SeriesPoint], task: str, detector: str, params: dict[str, Any], answered_at: float | None = None
+    series: Sequence[SeriesPoint],
+    task: str,
+    detector: str,
+    params: dict[str, Any],
+    answered_at: float | None = None,
+    resume: str | None = None,
 ) -> ChangeResult | None:
     """The product's detector (`monitors.detectors`) on the per-batch series: error rates weighted by
     rows, or MAEs. `answered_at`: a cut retrain that does not anchor the cooldown still answers the
-    detections up to it (decide's rule 4), so those are not found again."""
+    detections up to it (decide's rule 4), so those are not found again. `resume`: see
+    `detectors.detect_change_point` (the drift sensor's series grows by a batch between its ticks)."""
     if not series:
         return None
     errors, rows, _, times = (list(c) for c in zip(*series, strict=True))
     if task == "classification":
-        found = detect_batch_change(errors, rows, detector, times=times, **params)
+        found = detect_batch_change(errors, rows, detector, times=times, resume=resume, **params)
     else:
-        found = detect_series_change(errors, detector, metric="mae", times=times, **params)
+        found = detect_series_change(errors, detector, metric="mae", times=times, resume=resume, **params)
     if found is not None and answered_at is not None and found.at is not None and found.at <= answered_at:
         return None
     return found

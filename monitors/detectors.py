@@ -4,13 +4,15 @@ The series is an error signal where *up is bad*: per-row 0/1 errors, per-batch p
 rates (1 - accuracy), or a regression error. Detectors: ``page_hinkley`` (river.drift.PageHinkley),
 ``adwin`` (river.drift.ADWIN) and ``ddm`` (river.drift.binary.DDM, 0/1 input only).
 
-State: replay, not pickled detector internals. A drift sensor runs in a fresh process every tick,
-and the per-batch prequential metrics it needs are already stored durably in each version's
-meta.json. So the sensor rebuilds the detector by replaying the stored series (`detect_changes`,
-`detect_batch_change`). That is deterministic (same series, same answer), survives river upgrades
-that change internals, and works for ADWIN, whose state lives in river's Rust extension and cannot
-be serialized. `ChangeDetector.to_json` / `from_json` follow the same rule: the JSON holds the
-detector name, its parameters and the values seen, and `from_json` replays them.
+State: replay, not pickled detector internals. The per-batch prequential metrics a drift sensor
+needs are stored durably in each version's meta.json, so the sensor rebuilds the detector by
+replaying the stored series (`detect_changes`, `detect_batch_change`). That is deterministic (same
+series, same answer), survives restarts and river upgrades that change internals, and works for
+ADWIN, whose state lives in river's Rust extension and cannot be serialized. Within one process (the
+code server evaluates every tick) a detector that read a series is kept (`resume`), so the next
+tick feeds it only the batches added since; any other series is replayed. `ChangeDetector.to_json`
+and `from_json` follow the same rule: the JSON holds the detector name, its parameters and the
+values seen, and `from_json` replays them.
 
 Per-batch rates: a per-batch error rate is a very different scale from a per-row 0/1 error
 (a batch of 1,000 rows at 10 % error has a rate standard deviation near 0.01, a single row 0.3),
@@ -44,8 +46,10 @@ alarm rate here (see tests/monitors/test_detectors.py for measured numbers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -71,7 +75,9 @@ class ChangeDetector:
     detector starts afresh (river's behaviour), so later changes are detected again.
     """
 
-    def __init__(self, name: str = "page_hinkley", direction: str = "up", **params: Any) -> None:
+    def __init__(
+        self, name: str = "page_hinkley", direction: str = "up", keep_values: bool = True, **params: Any
+    ) -> None:
         if name not in DEFAULT_PARAMS:
             raise ValueError(f"unknown detector {name!r}; choose one of {list(DETECTORS)}")
         if direction not in DIRECTIONS:
@@ -88,7 +94,8 @@ class ChangeDetector:
         self.direction = direction
         self.params = {**DEFAULT_PARAMS[name], **params}
         self._detector = self._build()
-        self._values: list[float] = []
+        self._values: list[float] | None = [] if keep_values else None  # `state` needs them, detecting does not
+        self._seen = 0
         self._since_reset = 0  # values fed to the river detector since it last started afresh
         self._sum_since_reset = 0.0
         self.detections: list[int] = []
@@ -108,7 +115,7 @@ class ChangeDetector:
     @property
     def n(self) -> int:
         """How many values have been seen."""
-        return len(self._values)
+        return self._seen
 
     def update(self, value: float) -> bool:
         value = float(value)
@@ -119,14 +126,16 @@ class ChangeDetector:
         if self._detector.drift_detected:  # river resets on this update; mirror it
             self._since_reset, self._sum_since_reset = 0, 0.0
         self._detector.update(value)
-        self._values.append(value)
+        if self._values is not None:
+            self._values.append(value)
+        self._seen += 1
         self._since_reset += 1
         self._sum_since_reset += value
         detected = bool(self._detector.drift_detected)
         if detected and self.name == "adwin" and self.direction == "up":
             detected = self._adwin_went_up()
         if detected:
-            self.detections.append(len(self._values) - 1)
+            self.detections.append(self._seen - 1)
         return detected
 
     def _adwin_went_up(self) -> bool:
@@ -141,6 +150,8 @@ class ChangeDetector:
 
     def state(self) -> dict[str, Any]:
         """JSON-serializable state: name, direction, parameters and the values seen (replayed on load)."""
+        if self._values is None:
+            raise ValueError("this detector was built with keep_values=False: it has no values to save")
         return {
             "detector": self.name,
             "direction": self.direction,
@@ -182,22 +193,86 @@ def detect_change(
 
 
 def detect_change_point(
-    series: Sequence[float] | np.ndarray, detector: str = "page_hinkley", direction: str = "up", **params: Any
+    series: Sequence[float] | np.ndarray,
+    detector: str = "page_hinkley",
+    direction: str = "up",
+    resume: str | None = None,
+    **params: Any,
 ) -> tuple[int, int | None] | None:
     """``(detected at, change point)`` of the first change in `series`, or None.
 
     The change point is where the new regime began as far as the detector says: for ADWIN its cut,
     i.e. the first value of the window it kept (``width`` values ending at the detection); None for
     detectors that do not locate it (Page-Hinkley, DDM). Callers combine it with the series itself
-    (the first value of the rise), since river's ADWIN may keep part of the old regime.
+    (the first value of the rise), since river's ADWIN may keep part of the old regime. With
+    `resume` (a key naming the series, e.g. its stream), a series that continues the one last read
+    under that key feeds the detector only its new values (`_RESUMABLE`).
     """
-    d = ChangeDetector(detector, direction, **params)
-    for i, value in enumerate(np.asarray(series, dtype=np.float64).tolist()):
+    values = np.asarray(series, dtype=np.float64)
+    d, seen, _ = _resumed(resume, values, detector, direction, params)
+    found = _first_change(d, values[seen:].tolist(), seen)
+    if found is None:
+        _keep(resume, values, d, values.size, detector, direction, params)
+    return found
+
+
+def _first_change(d: ChangeDetector, values: Sequence[float], start: int) -> tuple[int, int | None] | None:
+    """`detect_change_point` for `values` numbered from `start` on a detector that has read the rest."""
+    for i, value in enumerate(values, start):
         if d.update(value):
             if d.name == "adwin":
                 return i, max(0, i - int(d._detector.width) + 1)
             return i, None
     return None
+
+
+# Detectors that read a whole series without a detection, by the caller's `resume` key, with how
+# much they read: the series' units (values, or a batch's rate and rows) and a digest of them, and
+# the values fed. The drift sensor's series (every batch since the last action) grows between its
+# ticks and, on a stationary stream, forever: replaying it took 0.75 s a tick at 2,000 batches of
+# 163 rows. A detector is deterministic, so feeding what follows the same units answers exactly as
+# a replay from the start; a series that does not continue the one read is replayed.
+RESUMABLE_DETECTORS = 256
+_RESUMABLE: OrderedDict[tuple[str, str, str, str], tuple[int, bytes, int, ChangeDetector]] = OrderedDict()
+
+
+def _resume_key(resume: str, detector: str, direction: str, params: dict[str, Any]) -> tuple[str, str, str, str]:
+    return resume, detector, direction, repr(sorted(params.items()))
+
+
+def _digest(units: np.ndarray) -> bytes:
+    return hashlib.blake2b(memoryview(np.ascontiguousarray(units)).cast("B"), digest_size=16).digest()
+
+
+def _resumed(
+    resume: str | None, units: np.ndarray, detector: str, direction: str, params: dict[str, Any]
+) -> tuple[ChangeDetector, int, int]:
+    """(detector, units it read, values it was fed): the one kept under `resume` when `units` begins
+    with what it read, else a new one."""
+    if resume is not None:
+        kept = _RESUMABLE.pop(_resume_key(resume, detector, direction, params), None)
+        if kept is not None:
+            seen, digest, fed, d = kept
+            if seen <= len(units) and digest == _digest(units[:seen]):
+                return d, seen, fed
+    return ChangeDetector(detector, direction, keep_values=False, **params), 0, 0
+
+
+def _keep(
+    resume: str | None,
+    units: np.ndarray,
+    d: ChangeDetector,
+    fed: int,
+    detector: str,
+    direction: str,
+    params: dict[str, Any],
+) -> None:
+    """Keep a detector that read all of `units` without a detection, for the series' next read."""
+    if resume is None:
+        return
+    _RESUMABLE[_resume_key(resume, detector, direction, params)] = (len(units), _digest(units), fed, d)
+    while len(_RESUMABLE) > RESUMABLE_DETECTORS:
+        _RESUMABLE.popitem(last=False)
 
 
 def expand_batch_errors(error_rates: Sequence[float], rows: Sequence[int]) -> np.ndarray:
@@ -266,6 +341,7 @@ def detect_series_change(
     *,
     metric: str = "error",
     times: Sequence[float] | None = None,
+    resume: str | None = None,
     **params: Any,
 ) -> ChangeResult | None:
     """`detect_change` on the series as given (no expansion), as a `ChangeResult`.
@@ -283,9 +359,9 @@ def detect_series_change(
     values = np.asarray(series, dtype=np.float64)
     if detector == "adwin":
         params = {"clock": 1, **params}
-        found = detect_change_point(noise_units(values), detector, "up", **params)
+        found = detect_change_point(noise_units(values), detector, "up", resume, **params)
     else:
-        found = detect_change_point(values, detector, "up", **params)
+        found = detect_change_point(values, detector, "up", resume, **params)
     if found is None:
         return None
     index, cut = found
@@ -303,17 +379,21 @@ def detect_batch_change(
     *,
     metric: str = "error_rate",
     times: Sequence[float] | None = None,
+    resume: str | None = None,
     **params: Any,
 ) -> ChangeResult | None:
     """The first batch whose rows contain a detected increase of the error rate, or None.
 
     Replays the batches as per-row 0/1 errors (`expand_batch_errors`), so the detector defaults
     (calibrated on per-row errors) apply whatever the batch size. `times` (one per batch) lets the
-    result carry when the detecting batch was seen.
+    result carry when the detecting batch was seen. `resume`: as in `detect_change_point`, per batch.
     """
-    values = expand_batch_errors(error_rates, rows)
-    found = detect_change_point(values, detector, "up", **params)
+    units = np.column_stack([np.asarray(error_rates, dtype=np.float64), np.asarray(rows, dtype=np.float64)])
+    d, seen, fed = _resumed(resume, units, detector, "up", params)
+    values = expand_batch_errors(error_rates[seen:], rows[seen:])  # a batch's rows do not depend on others'
+    found = _first_change(d, values.tolist(), fed)
     if found is None:
+        _keep(resume, units, d, fed + values.size, detector, "up", params)
         return None
     row_index, cut_row = found
     bounds = np.cumsum(np.asarray(rows, dtype=np.int64))

@@ -112,7 +112,7 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
     scored = scored_versions(versions, spec.task, since, history.seed_version)
     series = detector_series(versions, spec.task, since, history.seed_version)
     params = dict(spec.drift.detector_params)
-    found = series_change(series, spec.task, spec.drift.detector, params, history.answered)
+    found = series_change(series, spec.task, spec.drift.detector, params, history.answered, f"{name}/batches")
     if found is not None:
         changes.append(found)
     if changes:  # the error-rate detector's change point: a pure concept change moves no feature
@@ -143,10 +143,20 @@ def _live_changes(
     times = [epoch(r["at"]) for r in records]
     if spec.task == "classification":
         rates = [1 - r["versions"][champion]["correct"] / n for r, n in zip(records, rows, strict=True)]
-        found = detect_batch_change(rates, rows, spec.drift.detector, metric="live_error_rate", times=times, **params)
+        found = detect_batch_change(
+            rates,
+            rows,
+            spec.drift.detector,
+            metric="live_error_rate",
+            times=times,
+            resume=f"{spec.name}/live",
+            **params,
+        )
     else:
         maes = [r["versions"][champion]["abs_err"] / n for r, n in zip(records, rows, strict=True)]
-        found = detect_series_change(maes, spec.drift.detector, metric="live_mae", times=times, **params)
+        found = detect_series_change(
+            maes, spec.drift.detector, metric="live_mae", times=times, resume=f"{spec.name}/live", **params
+        )
     return [found] if found else []
 
 

@@ -173,3 +173,46 @@ def test_a_regression_error_rise_is_found_in_a_few_batches_whatever_the_metric_s
     assert false_alarms == 0
     found_soon = [d for d in delays if d is not None and d <= 12]
     assert len(found_soon) >= 19, delays
+
+
+@pytest.mark.parametrize("detector", ["page_hinkley", "adwin", "ddm"])
+def test_a_series_that_grows_by_a_batch_feeds_the_detector_only_the_new_rows(detector: str, monkeypatch) -> None:
+    """The drift sensor's series (every batch since the last action) grows by a batch between ticks and,
+    on a stationary stream, forever: replaying it took 0.75 s a tick at 2,000 batches. Resumed, each
+    tick feeds only the new batch's rows and answers exactly as a replay from the start, before and
+    after the change, and a series that does not continue the last one (an action moved its start)
+    is replayed."""
+    rng = np.random.default_rng(7)
+    rates = [rng.binomial(500, 0.1 if i < 40 else 0.4) / 500 for i in range(60)]
+    fed: list[float] = []
+    update = ChangeDetector.update
+    monkeypatch.setattr(ChangeDetector, "update", lambda self, value: fed.append(value) or update(self, value))
+    key = f"stream-{detector}"
+    for end in range(1, 61):
+        fed.clear()
+        resumed = detect_batch_change(rates[:end], [500] * end, detector, resume=key)
+        new_rows = len(fed)
+        replayed = detect_batch_change(rates[:end], [500] * end, detector)
+        assert resumed == replayed, end
+        if end > 1 and resumed is None and detect_batch_change(rates[: end - 1], [500] * (end - 1), detector) is None:
+            assert new_rows == 500, end  # the last tick found nothing: only the new batch is read
+    assert detect_batch_change(rates, [500] * 60, detector) is not None  # the change was found
+    fed.clear()
+    since_action = rates[45:]
+    assert detect_batch_change(since_action, [500] * 15, detector, resume=key) == detect_batch_change(
+        since_action, [500] * 15, detector
+    )
+    assert len(fed) >= 15 * 500  # a new start: read from its first row
+
+
+def test_a_regression_series_resumed_answers_as_a_replay() -> None:
+    """Per-batch MAEs: ADWIN sees them in units of the whole series' noise, which a new batch moves,
+    so a resumed read must notice the rescaled prefix and replay rather than continue."""
+    rng = np.random.default_rng(5)
+    mae = np.r_[rng.normal(1.0, 0.05, 60), rng.normal(1.6, 0.05, 20)]
+    for detector in ("adwin", "page_hinkley"):
+        for end in range(3, 81):
+            params = {"threshold": 1.0, "delta": 0.01, "min_instances": 10} if detector == "page_hinkley" else {}
+            assert detect_series_change(mae[:end], detector, resume="mae", **params) == detect_series_change(
+                mae[:end], detector, **params
+            ), (detector, end)

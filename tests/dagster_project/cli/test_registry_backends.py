@@ -129,7 +129,7 @@ def test_migrate_copies_versions_champion_history_and_state(
     assert again.exit_code == 0 and "3 versions (0 copied, 3 already there)" in again.output  # idempotent
 
     copy = MlflowRegistry(mlflow_server.uri, root=streamfit_home / "registry")
-    for original, copied in zip(source.versions(stream), copy.versions(stream), strict=True):
+    for original, copied in zip(source.scan(stream)[0], copy.versions(stream), strict=True):  # with profiles
         assert copied.meta["mlflow"]["model_version"] == original.number  # MLflow's numbers match here
         assert {k: v for k, v in copied.meta.items() if k != "mlflow"} == {
             k: v for k, v in original.meta.items() if k != "profile"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
@@ -236,3 +238,37 @@ def test_the_head_is_read_from_its_own_meta_alone_whatever_the_history(registry:
     (registry.root / STREAM / "v5" / "meta.json").write_text("{broken")
     with pytest.raises(BrokenRegistryFile, match="the newest version v5 is broken, so which offsets it learned"):
         registry.head(STREAM)
+
+
+def test_listing_versions_again_reads_only_the_metas_that_changed(registry: FilesystemRegistry, monkeypatch):
+    """The sensors, the exporter and every training run list a stream's versions, each with a new
+    registry object; reading every meta.json each time cost 0.4 s at 2,000 versions. A listing reads
+    the metas written or replaced since the last one (a restore from a backup is seen), and leaves
+    the data profiles, most of a meta.json, to `profile()`."""
+    profile = {"features": {"x": {"sample": [0.5] * 200}}}
+    for i in range(1, 6):
+        registry.register(
+            STREAM, f"v{i - 1}" if i > 1 else None, b"onnx", fitted_scaler(i), meta({0: 100 * i}, profile=profile)
+        )
+    first = registry.versions(STREAM)
+    assert [v.name for v in first] == ["v1", "v2", "v3", "v4", "v5"]
+    assert all("profile" not in v.meta for v in first) and registry.profile(STREAM, "v3") == profile
+    reads = []
+    original = FilesystemRegistry._read_meta
+    monkeypatch.setattr(FilesystemRegistry, "_read_meta", lambda self, s, v: reads.append(v) or original(self, s, v))
+
+    again = FilesystemRegistry(registry.root)  # the next tick's registry
+    assert [v.learned for v in again.versions(STREAM)] == [{0: 100 * i} for i in range(1, 6)] and reads == []
+
+    again.register(STREAM, "v5", b"onnx", fitted_scaler(6), meta({0: 600}, profile=profile))
+    reads.clear()  # registering read its parent's
+    restored = registry.root / STREAM / "v2" / "meta.json"
+    document = json.loads(restored.read_text())
+    restored.write_text(json.dumps({**document, "offsets": {"learned": {"0": 250}}}))
+    versions = again.versions(STREAM)
+    assert sorted(reads) == ["v2", "v6"] and versions[1].learned == {0: 250} and versions[-1].name == "v6"
+
+    reads.clear()
+    (registry.root / STREAM / "v3" / "meta.json").write_text("{broken")  # damaged: no longer listed
+    assert [v.name for v in again.versions(STREAM)] == ["v1", "v2", "v4", "v5", "v6"] and reads == ["v3"]
+    assert again.get(STREAM, "v4").meta["profile"] == profile  # one version in full, as before
