@@ -139,7 +139,13 @@ def test_no_unexpected_jobs(repo: dg.RepositoryDefinition) -> None:
         for stream in STREAMS
         for name in (names.training_job, names.rollback_job, names.retrain_job, lambda s: f"{s}_report")
     }
-    assert jobs == expected
+    assert jobs == expected | {"run_retention"}  # one for the location: old runs' retention
+
+
+def test_run_retention_is_scheduled_daily_and_running(defs: dg.Definitions) -> None:
+    schedule = defs.resolve_schedule_def("run_retention_schedule")
+    assert schedule.job_name == "run_retention" and schedule.cron_schedule == "23 3 * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 @pytest.mark.parametrize("stream", STREAMS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
@@ -24,3 +26,56 @@ def migrate() -> None:
         migrate_instance(click.echo)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@instance.command("prune-runs")
+@click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Delete finished runs created more than this many days ago (default: $STREAMFIT_RUN_RETENTION_DAYS, else 30).",
+)
+@click.option(
+    "--keep-per-job", type=click.IntRange(min=0), default=100, show_default=True, help="Newest runs of each job kept."
+)
+@click.option("--dry-run", is_flag=True, help="Say what would go, delete nothing.")
+def prune_runs(older_than_days: float | None, keep_per_job: int, dry_run: bool) -> None:
+    """Delete old finished runs with their event logs, compute logs and outputs (the daily
+    `run_retention` schedule does this too).
+
+    What each version learned stays in the registry; runs a halted stream names, runs not finished
+    and each job's newest runs are kept.
+    """
+    from datetime import timedelta
+
+    import dagster as dg
+
+    from dagster_project.cli.common import registry
+    from dagster_project.orchestration.retention import halted_runs, retention_days
+    from dagster_project.orchestration.retention import prune_runs as prune
+    from dagster_project.spec import load_specs
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise click.ClickException(
+            "DAGSTER_HOME is not set: set it to the directory that holds the instance's dagster.yaml"
+        )
+    if older_than_days is None:
+        try:
+            older_than_days = retention_days()
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if older_than_days is None:
+            raise click.ClickException(
+                "STREAMFIT_RUN_RETENTION_DAYS=0 keeps every run; pass --older-than-days to prune"
+            )
+    keep = halted_runs(registry(), [spec.name for spec in load_specs()])
+    with dg.DagsterInstance.get() as dagster_instance:
+        result = prune(
+            dagster_instance,
+            timedelta(days=older_than_days),
+            keep=keep,
+            keep_per_job=keep_per_job,
+            dry_run=dry_run,
+            progress=lambda message: click.echo(message, err=True),
+        )
+    click.echo(f"runs older than {older_than_days:g} days: {result.summary(dry_run=dry_run)}")

@@ -103,8 +103,8 @@ def test_dagster_ui_shows_assets_checks_sensors_metric_plot_and_run_logs(
         ui.wait_for_texts(
             "both sensors on the automation page", [kafka_sensor, drift_sensor, f"{name}_full_retrain"], 60
         )
-        # Two sensors and two schedules (full retrain, report), all started RUNNING.
-        ui.wait_for("sensor and schedule switches on", lambda _: ui.checked_switches() == 4, 15)
+        # Two sensors and three schedules (full retrain, report, run retention), all started RUNNING.
+        ui.wait_for("sensor and schedule switches on", lambda _: ui.checked_switches() == 5, 15)
         ui.screenshot("01-automation-sensors-running")
         for sensor in (drift_sensor, kafka_sensor):
             ui.open(f"/locations/streamfit/sensors/{sensor}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -69,3 +70,41 @@ def test_migrate_without_dagster_home_names_the_fix(cli, monkeypatch: pytest.Mon
     result = cli("instance", "migrate")
     assert result.exit_code != 0
     assert "DAGSTER_HOME is not set: set it to the directory that holds the instance's dagster.yaml" in result.output
+
+
+@dg.op
+def succeeds() -> int:
+    return 1
+
+
+@dg.job
+def batch_job() -> None:
+    succeeds()
+
+
+def test_prune_runs_deletes_old_finished_runs_but_those_a_halt_names(
+    cli, registry, spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`streamfit instance prune-runs` on DAGSTER_HOME: a dry run first, then the deletion, keeping the
+    failed run a halted stream names; with retention 0 and no --older-than-days it refuses, saying why."""
+    home = tmp_path / "dagster_home"
+    write_instance_config(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        done = [batch_job.execute_in_process(instance=instance).run_id for _ in range(3)]
+        halted = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+    registry.set_halt(spec.name, {"kind": "failed_run", "summary": "a failing batch", "run_id": halted})
+    time.sleep(0.5)  # older than the 0.09 s (1e-06 days) asked for below
+
+    preview = cli("instance", "prune-runs", "--older-than-days", "0.000001", "--keep-per-job", "0", "--dry-run")
+    assert preview.exit_code == 0, preview.output
+    assert "would delete 3 finished runs" in preview.output and "1 a halted stream names" in preview.output
+    pruned = cli("instance", "prune-runs", "--older-than-days", "0.000001", "--keep-per-job", "0")
+    assert pruned.exit_code == 0, pruned.output
+    assert "runs older than 1e-06 days: deleted 3 finished runs" in pruned.output
+    with dg.DagsterInstance.get() as instance:
+        assert [r.run_id for r in instance.get_runs()] == [halted] and not any(map(instance.get_run_by_id, done))
+
+    monkeypatch.setenv("STREAMFIT_RUN_RETENTION_DAYS", "0")
+    refused = cli("instance", "prune-runs")
+    assert refused.exit_code != 0 and "keeps every run; pass --older-than-days" in refused.output
