@@ -127,7 +127,22 @@ def evaluate(
     if not isinstance(plan, BatchPlan):
         return dg.SkipReason(f"{spec.name}: {plan.reason}")
     head_name = head.name if head else None
-    run_key = ranges_key(spec.name, head_name, plan.ranges)
+    run_key, learned_before = _key_to_learn(context.instance, ranges_key(spec.name, head_name, plan.ranges))
+    if learned_before is not None and run_key is None:
+        message = (
+            f"REGISTRY BEHIND DAGSTER in {spec.name}: the batch after {head_name or 'the start'} was learned by "
+            f"{RELEARNS_MAX + 1} runs (the last {learned_before.run_id[:8]}) whose versions are not in the "
+            "registry. Find out what removes them (a restore, a registry another deployment shares) before "
+            "learning it again; nothing is planned until the head moves."
+        )
+        context.log.error(message)
+        return dg.SkipReason(message)
+    if learned_before is not None:
+        context.log.warning(
+            f"REGISTRY BEHIND DAGSTER in {spec.name}: run {learned_before.run_id[:8]} learned this batch after "
+            f"{head_name or 'the start'}, but its version is not in the registry (restored from an older "
+            f"backup?); learning it again as {run_key}"
+        )
     earlier = _failed_batch(context.instance, spec.name, head_name, run_key, plan.ranges)
     if earlier is not None:
         failed, failed_ranges = earlier
@@ -165,6 +180,7 @@ def evaluate(
                     names.LAG_AFTER_BATCH_TAG: str(lag_after),
                     "dagster/max_runtime_seconds": str(spec.batch.max_run_seconds),
                     **(_cut_tags(cut) if isinstance(cut, CutPlan) else {}),
+                    **({names.RELEARNS_TAG: learned_before.run_id} if learned_before is not None else {}),
                 },
             )
         ],
@@ -172,6 +188,27 @@ def evaluate(
             {"run_key": run_key, "ranges": encode_ranges(plan.ranges), "rows": plan.rows, "reason": plan.reason}
         ).decode(),
     )
+
+
+RELEARNS_MAX = 3  # a batch learned again more often than this is not a restore: something removes versions
+
+
+def _key_to_learn(instance: dg.DagsterInstance, key: str) -> tuple[str | None, dg.DagsterRun | None]:
+    """(run key, the run that learned the batch before) for the batch `key` names.
+
+    The key is the head and the ranges, so a run that succeeded with it registered the version after
+    that head. When the head is still that version, its successor left the registry (restored from a
+    backup older than it) and the daemon would drop the request as a duplicate on every tick: the
+    stream stalled with no message. The batch is learned again under a numbered key; None after
+    `RELEARNS_MAX` numbered keys, each learned and gone."""
+    learned = None
+    for attempt in range(RELEARNS_MAX + 1):
+        candidate = key if attempt == 0 else f"{key}#relearn{attempt}"
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": candidate}), limit=1)
+        if not runs or runs[0].status != dg.DagsterRunStatus.SUCCESS:
+            return candidate, learned
+        learned = runs[0]
+    return None, learned
 
 
 def _failed_batch(

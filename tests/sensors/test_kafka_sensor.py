@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import dagster as dg
@@ -187,3 +188,44 @@ def test_lost_offsets_are_a_loud_gap_until_an_operator_resets(
     registry.set_pending_offsets(spec.name, {p: 0 for p in ends}, reason="broker restarted", by="test")
     request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
     assert decode_ranges(request.tags["streamfit/ranges"]) == {p: (0, e) for p, e in ends.items() if e}
+
+
+def _learn(stream_defs, spec, instance, request: dg.RunRequest):
+    job = stream_defs.resolve_job_def(f"{spec.name}_training")
+    result = job.execute_in_process(
+        run_config=request.run_config, instance=instance, tags={"dagster/run_key": request.run_key, **request.tags}
+    )
+    assert result.success
+    return result
+
+
+def test_a_registry_restored_from_an_older_backup_learns_the_lost_batches_again(
+    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance, tmp_path
+):
+    """The run key is the head and the ranges. After a restore the head is an older version and its
+    next batch has the key of a run that succeeded, which the daemon drops as a duplicate: the stream
+    stalled with no message. The batch is requested under a new key, tagged with the run it repeats,
+    and learned again from the restored head's offsets."""
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    produce_synthetic(kafka_settings, spec, 300)
+    _learn(stream_defs, spec, instance, _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)))
+    backup = tmp_path / "backup"
+    shutil.copytree(registry.root, backup)
+    produce_synthetic(kafka_settings, spec, 300, start=300)
+    lost_request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
+    lost_run = _learn(stream_defs, spec, instance, lost_request)
+    lost = registry.head(spec.name)
+    assert lost.name == "v2"
+
+    shutil.rmtree(registry.root)
+    shutil.copytree(backup, registry.root)  # the restore: v2 is gone, the head is v1 again
+    request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
+
+    assert request.run_key == f"{lost_request.run_key}#relearn1" and request.tags["streamfit/relearns_run"] == (
+        lost_run.run_id
+    )
+    assert decode_ranges(request.tags["streamfit/ranges"]) == decode_ranges(lost_request.tags["streamfit/ranges"])
+    _learn(stream_defs, spec, instance, request)
+    again = registry.head(spec.name)
+    assert (again.name, again.parent, again.learned) == ("v2", "v1", lost.learned)
+    assert "caught up" in kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).skip_message
