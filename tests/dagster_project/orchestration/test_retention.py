@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def test_the_daily_job_prunes_past_the_configured_retention(
     kept_all = job.execute_in_process(instance=instance, run_config=config)
     assert kept_all.output_for_node("prune_finished_runs") == 0 and all(instance.get_run_by_id(r) for r in old)
 
-    monkeypatch.setenv("STREAMFIT_RUN_RETENTION_DAYS", "0.00001")  # under a second
+    monkeypatch.setenv("STREAMFIT_RUN_RETENTION_DAYS", "0.00001")  # 0.86 s
+    time.sleep(1.0)  # every run so far is older than that
     pruned = job.execute_in_process(instance=instance, run_config=config)
 
     assert pruned.output_for_node("prune_finished_runs") == 4  # three old runs and the first retention run
