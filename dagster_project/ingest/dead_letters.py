@@ -122,8 +122,12 @@ class DeadLetterWriter:
         self.component = component
         self._futures: list[Any] = []
         self._errors: list[Exception] = []
+        self._unsent = 0
 
     def send(self, letter: DeadLetter) -> None:
+        if self._errors:  # each send would block as long again (30 s of metadata wait per letter, or more)
+            self._unsent += 1
+            return
         try:
             future = self.producer.send(
                 self.dlq_topic,
@@ -138,37 +142,68 @@ class DeadLetterWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._futures) + len(self._errors)
+        return len(self._futures) + len(self._errors) + self._unsent
 
     def check(self) -> int:
         """After the producer's flush: raise unless every dead letter was acknowledged; returns how many."""
         failed = self._errors + [f.exception for f in self._futures if not (f.is_done and f.exception is None)]
-        sent = self.pending
-        self._futures, self._errors = [], []
+        sent, unsent = self.pending, self._unsent
+        self._futures, self._errors, self._unsent = [], [], 0
         if failed:
-            too_large = any(sign in repr(failed[0]) for sign in ("TooLarge", "TOO_LARGE", "too large"))
-            fix = (
-                f"a dead letter is larger than {self.dlq_topic} accepts: raise the topic's max.message.bytes "
-                f"to at least {MAX_RECORD_BYTES + 100_000} bytes, then re-execute the run"
-                if too_large
-                else "the work is retried once the broker accepts writes again"
-            )
+            text = repr(failed[0])
+            if any(sign in text for sign in ("TooLarge", "TOO_LARGE", "too large")):
+                fix = (
+                    f"a dead letter is larger than {self.dlq_topic} accepts: raise the topic's max.message.bytes "
+                    f"to at least {MAX_RECORD_BYTES + 100_000} bytes, then re-execute the run"
+                )
+            elif "metadata" in text.lower():
+                fix = (
+                    f"the broker gave no metadata for {self.dlq_topic}: it is unreachable, or the topic does not "
+                    "exist and the broker does not create topics (auto.create.topics.enable=false): create it, "
+                    "then re-execute the run"
+                )
+            else:
+                fix = "the work is retried once the broker accepts writes again"
+            not_sent = f" ({unsent} not sent after the first failure)" if unsent else ""
             raise DeadLetterError(
-                f"{len(failed)} of {sent} dead letters were not acknowledged by {self.dlq_topic}: {failed[0]!r}. "
-                f"Nothing was committed; {fix}."
+                f"{len(failed) + unsent} of {sent} dead letters were not acknowledged by {self.dlq_topic}{not_sent}: "
+                f"{failed[0]!r}. Nothing was committed; {fix}."
             )
         return sent
 
 
 def write_dead_letters(
-    settings: Any, dlq_topic: str, component: Component, letters: Iterable[DeadLetter], timeout_s: float = 30.0
+    settings: Any,
+    dlq_topic: str,
+    component: Component,
+    letters: Iterable[DeadLetter],
+    timeout_s: float = 30.0,
+    partitions: int | None = None,
 ) -> int:
     """Send `letters` on a producer of their own (acks=all) and return once all are durable, or raise
     within about `timeout_s` (the producer's bootstrap is bounded too: kafka-python waits 30 s for an
-    unreachable broker by default, whatever the send timeout)."""
+    unreachable broker by default, whatever the send timeout). With `partitions`, the topic is created
+    first if it does not exist (deleted, on a broker that creates no topics), as the scorer does."""
     letters = list(letters)
     if not letters:
         return 0
+    if partitions is not None:
+        from dagster_project.kafka.io import ensure_topics
+
+        try:
+            ensure_topics(
+                settings,
+                [dlq_topic],
+                partitions,
+                timeout_s=timeout_s,
+                warn_on_partitions=False,
+                bootstrap_timeout_s=timeout_s,
+            )
+        except Exception as exc:
+            raise DeadLetterError(
+                f"cannot make sure {dlq_topic} exists before writing {len(letters)} dead letters to it: {exc!r}. "
+                "Nothing was committed; the work is retried once the broker answers"
+            ) from exc
     try:
         timeout_ms = int(timeout_s * 1000)
         producer = clients.producer(settings, acks="all", max_block_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)

@@ -292,4 +292,5 @@ def _send_dead_letters(
             DeadLetter(reason, spec.events_topic, r.partition, r.offset, r.key, r.value, headers)
             for r, reason, headers in refused
         ),
+        partitions=spec.partitions,
     )

@@ -256,8 +256,8 @@ def confluent_transactional_producer(settings: KafkaSettings, transactional_id: 
     return ConfluentTransactionalProducer(config, step_timeout_s)
 
 
-def admin(settings: KafkaSettings):
+def admin(settings: KafkaSettings, **overrides: Any):
     from kafka import KafkaAdminClient
 
     check_security(settings)
-    return KafkaAdminClient(**settings.common())
+    return KafkaAdminClient(**(settings.common() | overrides))

@@ -89,7 +89,14 @@ def retrying(call: Callable[[], T], timeout_s: float = 5.0) -> T:
         time.sleep(0.1)
 
 
-def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: int, timeout_s: float = 10.0) -> None:
+def ensure_topics(
+    settings: KafkaSettings,
+    topics: Iterable[str],
+    partitions: int,
+    timeout_s: float = 10.0,
+    warn_on_partitions: bool = True,
+    bootstrap_timeout_s: float | None = None,
+) -> None:
     """Create topics that do not exist yet (idempotent) and wait until every partition has a leader.
 
     The replication factor is the broker's `default.replication.factor` (-1), so a 3-node cluster
@@ -103,11 +110,13 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], partitions: in
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 
-    admin = clients.admin(settings)
+    bounded = {} if bootstrap_timeout_s is None else {"bootstrap_timeout_ms": int(bootstrap_timeout_s * 1000)}
+    admin = clients.admin(settings, **bounded)
     try:
         existing = set(retrying(admin.list_topics))
         topics = list(topics)
-        _warn_on_partition_mismatch(admin, [t for t in topics if t in existing], partitions)
+        if warn_on_partitions:  # (a dead-letter topic's partitions order nothing)
+            _warn_on_partition_mismatch(admin, [t for t in topics if t in existing], partitions)
         new = [t for t in topics if t not in existing]
         if not new:
             return

@@ -49,7 +49,7 @@ def dead_letter_rows(
         )
         for i, reason in enumerate(reasons)
     )
-    write_dead_letters(settings, spec.dlq_topic, "trainer", letters, timeout_s=timeout_s)
+    write_dead_letters(settings, spec.dlq_topic, "trainer", letters, timeout_s=timeout_s, partitions=spec.partitions)
 
 
 def apply_quality_policy(

@@ -16,6 +16,7 @@ from dagster_project.ingest.dead_letters import (
     MAX_VALUE_BYTES,
     DeadLetter,
     DeadLetterError,
+    DeadLetterWriter,
     bounded_headers,
     bounded_key,
     encode,
@@ -143,3 +144,54 @@ def test_a_reason_quoting_a_huge_field_name_is_cut_and_the_record_fits() -> None
     encoded = encode(DeadLetter("x" * 2_000_000, "s.events", 0, 1, None, raw), "trainer")
     assert len(encoded) <= MAX_RECORD_BYTES
     assert orjson.loads(encoded)["reason"].endswith("... (2000000 characters)")
+
+
+class _NoMetadataProducer:
+    """kafka-python's producer for a topic the broker gives no metadata for: each send blocks
+    `max_block_ms` (30 s by default), then raises."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    def send(self, *args, **kwargs):
+        from kafka.errors import KafkaTimeoutError
+
+        self.sends += 1
+        raise KafkaTimeoutError("Failed to update metadata after 30.0 secs.")
+
+
+def test_after_a_send_fails_the_rest_are_not_sent_and_the_error_names_the_missing_topic() -> None:
+    """A deleted dead-letter topic on a broker that creates none: 10 letters and 4 attempts took a run
+    about 20 minutes, each send blocking 30 s, and the error said to wait for the broker."""
+    producer = _NoMetadataProducer()
+    writer = DeadLetterWriter(producer, "events.dlq", "trainer")
+    for i in range(10):
+        writer.send(DeadLetter("r", "events.events", 0, i, None, b"{}"))
+
+    with pytest.raises(DeadLetterError) as failed:
+        writer.check()
+
+    assert producer.sends == 1
+    message = str(failed.value)
+    assert message.startswith("10 of 10 dead letters were not acknowledged by events.dlq (9 not sent after the first")
+    assert "the topic does not exist and the broker does not create topics" in message and "create it" in message
+
+
+@pytest.mark.apache_kafka
+def test_a_deleted_dead_letter_topic_is_created_again_on_a_broker_that_creates_none(tmp_path) -> None:
+    """As the scorer does at its start, a training run creates its dead-letter topic when missing."""
+    from dagster_project.kafka.brokers.apache import ApacheKafkaCluster, ensure_kafka_jars
+    from dagster_project.kafka.io import topic_partitions
+
+    ensure_kafka_jars()
+    with ApacheKafkaCluster(1, log_dir=tmp_path, broker_config={"auto.create.topics.enable": "false"}) as cluster:
+        settings = KafkaSettings.from_env(cluster.bootstrap)
+        letters = [DeadLetter(f"reason {i}", SPEC.events_topic, 0, i, None, b"{}") for i in range(3)]
+        started = time.monotonic()
+        with pytest.raises(DeadLetterError, match="does not exist and the broker does not create topics"):
+            write_dead_letters(settings, SPEC.dlq_topic, "trainer", letters, timeout_s=3)
+        assert time.monotonic() - started < 20  # one blocked send, not one per letter
+
+        assert write_dead_letters(settings, SPEC.dlq_topic, "trainer", letters, partitions=2) == 3
+        assert topic_partitions(settings, SPEC.dlq_topic) == [0, 1]
+        assert sorted(r["offset"] for r in read_topic(settings, SPEC.dlq_topic)) == [0, 1, 2]
