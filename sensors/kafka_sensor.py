@@ -83,6 +83,13 @@ def evaluate(
         return dg.SkipReason(changed_spec)
     if halt:
         cause = "a failed run" if halt.get("kind") == "failed_run" else "data quality"
+        if halt.get("run_id") and context.instance.get_run_by_id(halt["run_id"]) is None:
+            return dg.SkipReason(
+                f"HALTED by {cause} at run {halt['run_id'][:8]}: {halt['summary']}. This Dagster instance has no "
+                f"such run (a new DAGSTER_HOME?), so it cannot be re-executed: fix the cause, then `streamfit "
+                f"batches retry {spec.name} --reason ...` learns the batch in a new run, or `streamfit batches skip "
+                f"{spec.name} --reason ...` moves past it"
+            )
         return dg.SkipReason(
             f"HALTED by {cause} at run {halt['run_id'][:8]}: {halt['summary']}. Re-execute that run after fixing "
             f"the cause, or `streamfit batches skip {spec.name} --reason ...`"

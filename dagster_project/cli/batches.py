@@ -1,8 +1,9 @@
-"""`streamfit batches skip`: the operator's way out of a halt.
+"""`streamfit batches skip|retry`: the operator's ways out of a halt.
 
 A stream halts at a batch that failed its data-quality checks (policy `halt`) or whose run failed
 after its retries; skipping it records who skipped which offsets and why, and training resumes
-after them.
+after them. Re-executing the failed run learns the batch; when the Dagster instance no longer has
+that run (a new DAGSTER_HOME), `retry` clears the halt so the sensor learns it in a new run.
 """
 
 from __future__ import annotations
@@ -47,3 +48,33 @@ def batches_skip(stream: str, reason: str) -> None:
     store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by, feature_state=state)
     store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
     click.echo(f"{stream}: skipped {halt['ranges']} ({halt['summary']}); training resumes at {ends}")
+
+
+@batches.command("retry")
+@stream_argument
+@click.option("--reason", required=True, help="What was fixed (recorded with your name).")
+def batches_retry(stream: str, reason: str) -> None:
+    """Learn the halted batch in a new run: for a halt whose run this Dagster instance no longer has.
+
+    When the instance has the run, re-execute it from the UI instead: a new run of a batch whose run
+    failed would be recognised and halt the stream again.
+    """
+    import os
+
+    stream_spec(stream)
+    store = registry()
+    halt = store.halt(stream)
+    if halt is None:
+        raise click.ClickException(f"{stream} is not halted; nothing to retry")
+    run_id = halt.get("run_id")
+    if run_id and os.environ.get("DAGSTER_HOME"):
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            if instance.get_run_by_id(run_id) is not None:
+                raise click.ClickException(
+                    f"run {run_id[:8]} is in the Dagster instance: re-execute it from the UI after fixing the cause "
+                    f"(or `streamfit batches skip {stream} --reason ...`)"
+                )
+    store.clear_halt(stream, {"resolution": "retried in a new run", "by": operator_name(), "reason": reason})
+    click.echo(f"{stream}: halt at run {str(run_id)[:8]} cleared; the Kafka sensor plans the batch again in a new run")

@@ -51,3 +51,74 @@ def test_a_failed_run_halts_the_stream_until_skipped_and_the_next_version_record
     applied = version.meta["offset_reset_applied"]
     assert "skipped after a failed run: poison batch" in applied["reason"] and applied["by"]
     assert high_waters(kafka_settings, spec.events_topic)  # the broker still has every row; nothing was deleted
+
+
+def test_a_halt_whose_run_a_new_dagster_instance_lacks_is_retried_in_a_new_run_without_losing_the_batch(
+    kafka_bootstrap,
+    kafka_settings,
+    spec,
+    registry,
+    stream_defs,
+    instance,
+    specs_dir,
+    streamfit_home,
+    monkeypatch,
+    tmp_path,
+):
+    """DAGSTER_HOME replaced while a stream is halted: the halt (in the registry) survives but its run
+    does not, so "re-execute that run" is impossible and skipping would lose the batch's rows."""
+    produce_synthetic(kafka_settings, spec, 400)
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    (request,) = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).run_requests
+    monkeypatch.setenv(FAULT_ENV, "after_train")
+    failed = stream_defs.resolve_job_def(f"{spec.name}_training").execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        tags={"dagster/run_key": request.run_key},
+        raise_on_error=False,
+    )
+    monkeypatch.delenv(FAULT_ENV)
+    assert "HALTED" in kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).skip_message
+
+    home = tmp_path / "new_dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as fresh:
+        halted = kafka_sensor_tick(stream_defs, spec, fresh, kafka, registry).skip_message
+        assert f"at run {failed.run_id[:8]}" in halted and "This Dagster instance has no such run" in halted
+        assert f"streamfit batches retry {spec.name}" in halted
+
+        retried = CliRunner().invoke(main, ["batches", "retry", spec.name, "--reason", "fixed the cause"])
+        assert retried.exit_code == 0, retried.output
+        (again,) = kafka_sensor_tick(stream_defs, spec, fresh, kafka, registry).run_requests
+        assert again.run_config == request.run_config  # the same batch, in a new run
+        assert (
+            stream_defs.resolve_job_def(f"{spec.name}_training")
+            .execute_in_process(run_config=again.run_config, instance=fresh, tags={"dagster/run_key": again.run_key})
+            .success
+        )
+    (version,) = registry.versions(spec.name)
+    assert version.learned == {p: end for p, (_, end) in _ranges(request).items()}
+    cleared = [d for d in registry.decisions(spec.name) if d.get("kind") == "halt_cleared"]
+    assert cleared[-1]["resolution"] == "retried in a new run" and cleared[-1]["reason"] == "fixed the cause"
+
+
+def test_retry_refuses_a_halt_whose_run_the_instance_has(
+    spec, registry, specs_dir, streamfit_home, monkeypatch, tmp_path
+):
+    home = tmp_path / "retry_dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as same:
+        run = same.create_run_for_job(dg.GraphDefinition("g").to_job(), status=dg.DagsterRunStatus.FAILURE)
+    registry.set_halt(spec.name, {"kind": "failed_run", "summary": "a failing batch", "run_id": run.run_id})
+    refused = CliRunner().invoke(main, ["batches", "retry", spec.name, "--reason", "try again"])
+    assert refused.exit_code != 0 and "re-execute it from the UI" in refused.output
+    assert registry.halt(spec.name) is not None
+
+
+def _ranges(request: dg.RunRequest) -> dict[int, tuple[int, int]]:
+    return {
+        int(r["partition"]): (r["start"], r["end"])
+        for r in next(iter(request.run_config["ops"].values()))["config"]["ranges"]
+    }
