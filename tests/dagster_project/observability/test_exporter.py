@@ -188,3 +188,43 @@ def _alerts(port: int, name: str | None = None) -> list[dict]:
     except OSError:
         return []
     return [a for a in found if name is None or a["labels"]["alertname"] == name]
+
+
+@pytest.mark.one_broker  # the exporter is the subject
+def test_an_offset_gap_is_exported_instead_of_a_made_up_lag(kafka_settings, spec, registry, stream_defs, instance):
+    """The events topic deleted and recreated after v1 learned from it: the sensor stops at an OFFSET
+    GAP, but the exporter showed lag 0 ("caught up") or the new topic's rows, so no alert could fire.
+    Streams are probed together, and a healthy one beside it keeps its lag."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dagster_project.kafka.io import ensure_topics
+    from dagster_project.observability.exporter import exporter_registry
+
+    produce_synthetic(kafka_settings, spec, 300)
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    assert run_batch(stream_defs, spec, {s.partition: (0, s.high_water) for s in states}, instance).success
+    admin = clients.admin(kafka_settings)
+    try:
+        admin.delete_topics([spec.events_topic])
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 30
+    while spec.events_topic in clients.admin(kafka_settings).list_topics() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ensure_topics(kafka_settings, [spec.events_topic], spec.partitions)
+    produce_synthetic(kafka_settings, spec, 20)  # the new topic's offsets restart below what v1 learned
+    healthy = synthetic_spec()
+    produce_synthetic(kafka_settings, healthy, 70)
+
+    text = generate_latest(exporter_registry(registry, [spec, healthy], kafka_settings)).decode()
+    samples = {
+        (s.name, s.labels.get("stream"), s.labels.get("partition")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    assert samples[("streamfit_offset_gap", spec.name, None)] == 1
+    assert not [k for k in samples if k[0] == "streamfit_lag_rows" and k[1] == spec.name]
+    assert samples[("streamfit_offset_gap", healthy.name, None)] == 0
+    assert sum(v for k, v in samples.items() if k[:2] == ("streamfit_lag_rows", healthy.name)) == 70
