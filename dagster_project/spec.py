@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -825,9 +826,48 @@ def load_specs(directory: str | Path | None = None) -> list[StreamSpec]:
     return sorted(specs, key=lambda s: s.name)
 
 
+@dataclass(frozen=True)
+class BrokenSpec:
+    """A spec file that does not load, with the reason (it names the file and the fix)."""
+
+    path: Path
+    error: str
+
+
+def load_specs_isolated(directory: str | Path | None = None) -> tuple[list[StreamSpec], list[BrokenSpec]]:
+    """The specs that load, sorted by name, and the files that do not.
+
+    The code location, the exporter and per-stream commands use this: with one team's 10-30 streams
+    in one directory, one broken file stopped every stream's sensors and metrics. Two files declaring
+    the same stream are both broken: which one to train is not a guess to make."""
+    directory = Path(directory) if directory else specs_dir()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no stream spec directory at {directory}: set STREAMFIT_STREAMS to one")
+    loaded: list[tuple[Path, StreamSpec]] = []
+    broken: list[BrokenSpec] = []
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            loaded.append((path, load_spec(path)))
+        except ValueError as exc:
+            broken.append(BrokenSpec(path, str(exc)))
+    files: dict[str, list[Path]] = {}
+    for path, spec in loaded:
+        files.setdefault(spec.name, []).append(path)
+    specs = []
+    for path, spec in loaded:
+        others = [str(p) for p in files[spec.name] if p != path]
+        if others:
+            broken.append(BrokenSpec(path, f"stream {spec.name!r} is also declared in {', '.join(others)}: rename one"))
+        else:
+            specs.append(spec)
+    return sorted(specs, key=lambda s: s.name), broken
+
+
 def get_spec(name: str, directory: str | Path | None = None) -> StreamSpec:
-    """The spec called `name`, with an error listing the known streams."""
-    specs = {s.name: s for s in load_specs(directory)}
+    """The spec called `name`, with an error listing the known streams (and the files that do not load)."""
+    loaded, broken = load_specs_isolated(directory)
+    specs = {s.name: s for s in loaded}
     if name not in specs:
-        raise KeyError(f"unknown stream {name!r}; known streams: {sorted(specs)}")
+        unloadable = "".join(f"; {b.path} does not load: {b.error}" for b in broken)
+        raise KeyError(f"unknown stream {name!r}; known streams: {sorted(specs)}{unloadable}")
     return specs[name]

@@ -22,10 +22,13 @@ from dagster_project.cli.common import PORT, kafka_settings, registry
 def exporter(port: int, addr: str, no_kafka: bool) -> None:
     """Serve training metrics for Prometheus, read from the registry and Kafka on each scrape."""
     from dagster_project.observability.exporter import serve_exporter
-    from dagster_project.spec import load_specs
+    from dagster_project.spec import load_specs_isolated
 
     kafka = None if no_kafka else kafka_settings(None)
-    serve_exporter(registry(), load_specs(), kafka, port, addr)
+    specs, broken = load_specs_isolated()  # one file that does not load hides only its own stream
+    for spec_file in broken:
+        click.echo(f"{spec_file.path} does not load (streamfit_spec_invalid is 1 for it): {spec_file.error}", err=True)
+    serve_exporter(registry(), specs, kafka, port, addr, broken=broken)
     click.echo(f"serving streamfit_* training metrics on http://{addr}:{port}/metrics; Ctrl-C stops")
     try:
         while True:

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.names import is_version_name, version_number
 from dagster_project.registry.store import BrokenRegistryFile, ModelRegistry, Version
-from dagster_project.spec import StreamSpec
+from dagster_project.spec import BrokenSpec, StreamSpec
 
 log = logging.getLogger(__name__)
 PREQUENTIAL_METRICS = ("accuracy", "roc_auc", "log_loss", "mae", "rmse")
@@ -261,14 +261,36 @@ class TrainingCollector(Collector):
 LAG_PROBES = 8  # streams probed at once per scrape: each mostly waits on the broker
 
 
+class InvalidSpecsCollector(Collector):
+    """`streamfit_spec_invalid{file}`: a spec file that does not load trains nothing and exports nothing
+    else, so without this its stream would simply vanish from every dashboard."""
+
+    def __init__(self, broken: list[BrokenSpec]) -> None:
+        self.broken = broken
+
+    def collect(self) -> Iterator[Metric]:
+        invalid = GaugeMetricFamily(
+            "streamfit_spec_invalid",
+            "1 for each stream spec file that does not load (its stream does not train)",
+            labels=["file"],
+        )
+        for spec_file in self.broken:
+            invalid.add_metric([str(spec_file.path)], 1)
+        yield invalid
+
+
 def exporter_registry(
-    registry: ModelRegistry, specs: list[StreamSpec], kafka: KafkaSettings | None
+    registry: ModelRegistry,
+    specs: list[StreamSpec],
+    kafka: KafkaSettings | None,
+    broken: list[BrokenSpec] | None = None,
 ) -> CollectorRegistry:
     from dagster_project.labels import LiveMetricsCollector
 
     collectors = CollectorRegistry()
     collectors.register(TrainingCollector(registry, specs, kafka))
     collectors.register(LiveMetricsCollector(registry.root, specs))  # live accuracy from the label joiner
+    collectors.register(InvalidSpecsCollector(broken or []))
     return collectors
 
 
@@ -278,8 +300,9 @@ def serve_exporter(
     kafka: KafkaSettings | None,
     port: int,
     addr: str = "127.0.0.1",
+    broken: list[BrokenSpec] | None = None,
 ):
     """Serve /metrics on `port` in a background thread; returns (server, thread)."""
     from prometheus_client import start_http_server
 
-    return start_http_server(port, addr=addr, registry=exporter_registry(registry, specs, kafka))
+    return start_http_server(port, addr=addr, registry=exporter_registry(registry, specs, kafka, broken))

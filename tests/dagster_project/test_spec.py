@@ -15,7 +15,15 @@ from pydantic import ValidationError
 
 from dagster_project.learning.estimator_table import ESTIMATORS
 from dagster_project.learning.estimator_table import FORMER_DEFAULT_ESTIMATORS as FORMER
-from dagster_project.spec import RESERVED_COLUMNS, StreamSpec, get_spec, load_spec, load_specs, specs_dir
+from dagster_project.spec import (
+    RESERVED_COLUMNS,
+    StreamSpec,
+    get_spec,
+    load_spec,
+    load_specs,
+    load_specs_isolated,
+    specs_dir,
+)
 
 REPO_STREAMS = Path(__file__).resolve().parents[2] / "streams"
 
@@ -232,6 +240,26 @@ def test_load_specs_refuses_duplicate_stream_names(tmp_path: Path) -> None:
     _write(tmp_path, "two.yaml", _raw())
     with pytest.raises(ValueError, match=r"duplicate stream names in .*: \['orders', 'orders'\]"):
         load_specs(tmp_path)
+
+
+def test_a_spec_file_that_does_not_load_stops_only_its_own_stream(tmp_path: Path) -> None:
+    """With 10-30 streams in one directory, one typo stopped every stream's sensors and metrics: the
+    code location, the exporter and per-stream commands now load the others and name the file."""
+    _write(tmp_path, "alpha.yaml", _raw(name="alpha"))
+    _write(tmp_path, "typo.yaml", {**_raw(name="typo"), "batch": {"rowz": 100}})
+    _write(tmp_path, "one.yaml", _raw(name="orders"))
+    _write(tmp_path, "two.yaml", _raw(name="orders"))
+
+    specs, broken = load_specs_isolated(tmp_path)
+
+    assert [s.name for s in specs] == ["alpha"]
+    errors = {b.path.name: b.error for b in broken}
+    assert set(errors) == {"typo.yaml", "one.yaml", "two.yaml"}
+    assert f"invalid stream spec {tmp_path / 'typo.yaml'}" in errors["typo.yaml"] and "rowz" in errors["typo.yaml"]
+    assert errors["one.yaml"] == f"stream 'orders' is also declared in {tmp_path / 'two.yaml'}: rename one"
+    assert get_spec("alpha", tmp_path).name == "alpha"
+    with pytest.raises(KeyError, match=r"unknown stream 'typo'; known streams: \['alpha'\]; .*typo.yaml does not load"):
+        get_spec("typo", tmp_path)
 
 
 def test_a_missing_spec_directory_says_what_to_set(tmp_path: Path) -> None:

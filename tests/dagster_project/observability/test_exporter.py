@@ -228,3 +228,15 @@ def test_an_offset_gap_is_exported_instead_of_a_made_up_lag(kafka_settings, spec
     assert not [k for k in samples if k[0] == "streamfit_lag_rows" and k[1] == spec.name]
     assert samples[("streamfit_offset_gap", healthy.name, None)] == 0
     assert sum(v for k, v in samples.items() if k[:2] == ("streamfit_lag_rows", healthy.name)) == 70
+
+
+def test_a_spec_file_that_does_not_load_is_exported(registry, tmp_path) -> None:
+    """Its stream trains nothing and exports nothing else: without this it would vanish from dashboards."""
+    from prometheus_client import generate_latest
+
+    from dagster_project.observability.exporter import exporter_registry
+    from dagster_project.spec import BrokenSpec
+
+    broken = [BrokenSpec(tmp_path / "clicks.yaml", "invalid stream spec ...: rowz")]
+    text = generate_latest(exporter_registry(registry, [synthetic_spec()], None, broken)).decode()
+    assert f'streamfit_spec_invalid{{file="{tmp_path / "clicks.yaml"}"}} 1.0' in text
