@@ -100,12 +100,23 @@ def _attempt(context: dg.AssetExecutionContext) -> int:
 
 def _read_before(context: dg.AssetExecutionContext, reg: Any, spec: StreamSpec, ranges: Ranges) -> bool:
     """Whether an earlier attempt may have read these ranges and dead-lettered their malformed
-    messages: a step retry, a retried or re-executed run, or a run of the batch the stream halted
-    at. Only then is the DLQ read to send nothing twice (it costs a read of the whole DLQ topic)."""
+    messages: a step retry, a retried or re-executed run, a run of the batch the stream halted at,
+    a batch learned again after a registry restore, or one `streamfit batches retry` sent to a new
+    run. Only then is the DLQ read to send nothing twice (it costs a read of the whole DLQ topic)."""
     if context.retry_number or _attempt(context) or context.run.parent_run_id:
         return True
+    if names.RELEARNS_TAG in context.run.tags:
+        return True
     halt = reg.halt(spec.name)
-    return bool(halt) and halt.get("ranges") == {str(p): list(r) for p, r in ranges.items()}
+    if halt:
+        return halt.get("ranges") == {str(p): list(r) for p, r in ranges.items()}
+    starts = {str(p): r[0] for p, r in ranges.items()}
+    return any(
+        d.get("kind") == "halt_cleared"
+        and d.get("resolution") == names.RETRIED_RESOLUTION
+        and any(starts.get(p) == r[0] for p, r in ((d.get("halt") or {}).get("ranges") or {}).items())
+        for d in reg.decisions(spec.name)
+    )
 
 
 def retry_policy(spec: StreamSpec) -> dg.RetryPolicy | None:

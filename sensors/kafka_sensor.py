@@ -146,9 +146,9 @@ def evaluate(
         return dg.SkipReason(message)
     if learned_before is not None:
         context.log.warning(
-            f"REGISTRY BEHIND DAGSTER in {spec.name}: run {learned_before.run_id[:8]} learned this batch after "
-            f"{head_name or 'the start'}, but its version is not in the registry (restored from an older "
-            f"backup?); learning it again as {run_key}"
+            f"REGISTRY BEHIND DAGSTER in {spec.name}: run {learned_before.run_id[:8]} learned or moved past this "
+            f"batch after {head_name or 'the start'}, but no version records it (the registry restored from an "
+            f"older backup, or an offset reset back to it); learning it again as {run_key}"
         )
     earlier = _failed_batch(context.instance, spec.name, head_name, run_key, plan.ranges)
     if earlier is not None:

@@ -43,7 +43,7 @@ def test_a_category_stream_trains_a_version_and_the_scorer_serves_it(
     assert never_worked > 10
     assert meta["categories"]["unseen_rows"] == {"workclass": never_worked, "education": 0}
     assert {e["value"] for e in meta["categories"]["unseen_examples"]} == {"Never-worked"}
-    assert meta["profile"]["features"]["workclass"]["kind"] == "category"
+    assert registry.profile(spec.name, version.name)["features"]["workclass"]["kind"] == "category"
     assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] < 1e-5
     quality = [e for e in result.get_asset_check_evaluations() if e.check_name == "data_quality"]
     assert quality and quality[0].passed

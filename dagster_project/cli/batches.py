@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from dagster_project import names
 from dagster_project.cli.common import operator_name, registry, stream_argument, stream_spec
 
 
@@ -67,7 +68,12 @@ def batches_retry(stream: str, reason: str) -> None:
     if halt is None:
         raise click.ClickException(f"{stream} is not halted; nothing to retry")
     run_id = halt.get("run_id")
-    if run_id and os.environ.get("DAGSTER_HOME"):
+    if run_id:
+        if not os.environ.get("DAGSTER_HOME"):
+            raise click.ClickException(
+                f"DAGSTER_HOME is not set: set it to the Dagster instance the sensors run on, so retry can check "
+                f"that it no longer has run {run_id[:8]} (while it has it, re-executing that run is the fix)"
+            )
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
@@ -76,5 +82,6 @@ def batches_retry(stream: str, reason: str) -> None:
                     f"run {run_id[:8]} is in the Dagster instance: re-execute it from the UI after fixing the cause "
                     f"(or `streamfit batches skip {stream} --reason ...`)"
                 )
-    store.clear_halt(stream, {"resolution": "retried in a new run", "by": operator_name(), "reason": reason})
-    click.echo(f"{stream}: halt at run {str(run_id)[:8]} cleared; the Kafka sensor plans the batch again in a new run")
+    store.clear_halt(stream, {"resolution": names.RETRIED_RESOLUTION, "by": operator_name(), "reason": reason})
+    at = f" at run {run_id[:8]}" if run_id else ""
+    click.echo(f"{stream}: halt{at} cleared; the Kafka sensor plans the batch again in a new run")

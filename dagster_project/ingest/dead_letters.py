@@ -141,6 +141,13 @@ class DeadLetterWriter:
         self._futures.append(future)
 
     @property
+    def _then(self) -> str:
+        """What happens to the work: a training run is retried (or re-executed); scorers retry themselves."""
+        if self.component == "trainer":
+            return "the run is retried, or re-execute it once the broker accepts writes again"
+        return "the work is retried once the broker accepts writes again"
+
+    @property
     def pending(self) -> int:
         return len(self._futures) + len(self._errors) + self._unsent
 
@@ -159,11 +166,11 @@ class DeadLetterWriter:
             elif "metadata" in text.lower():
                 fix = (
                     f"the broker gave no metadata for {self.dlq_topic}: it is unreachable, or the topic does not "
-                    "exist and the broker does not create topics (auto.create.topics.enable=false): create it, "
-                    "then re-execute the run"
+                    "exist and the broker does not create topics (auto.create.topics.enable=false; then create "
+                    f"it); {self._then}"
                 )
             else:
-                fix = "the work is retried once the broker accepts writes again"
+                fix = self._then
             not_sent = f" ({unsent} not sent after the first failure)" if unsent else ""
             raise DeadLetterError(
                 f"{len(failed) + unsent} of {sent} dead letters were not acknowledged by {self.dlq_topic}{not_sent}: "

@@ -257,18 +257,23 @@ def _answers(host: str, port: int, timeout_s: float) -> bool:
         return False
 
 
-def _describe_cluster_and_topic(settings: KafkaSettings, topic: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _describe_cluster_and_topic(
+    settings: KafkaSettings, topic: str, timeout_s: float | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fresh DescribeCluster and DescribeTopics([topic]) answers, each retried past a dead node;
-    BrokerUnavailable (naming the bootstrap) if no broker answers."""
+    BrokerUnavailable (naming the bootstrap) if no broker answers (within about `timeout_s` when given:
+    kafka-python's admin client otherwise waits 30 s for its bootstrap)."""
     from kafka.errors import KafkaError
 
+    bounded = {} if timeout_s is None else {"bootstrap_timeout_ms": int(timeout_s * 1000)}
     try:
-        admin = clients.admin(settings)
+        admin = clients.admin(settings, **bounded)
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} unreachable: {exc!r}") from exc
+    retry_s = 5.0 if timeout_s is None else timeout_s
     try:
-        cluster = retrying(admin.describe_cluster)
-        (described,) = retrying(lambda: admin.describe_topics([topic]))
+        cluster = retrying(admin.describe_cluster, retry_s)
+        (described,) = retrying(lambda: admin.describe_topics([topic]), retry_s)
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka broker at {settings.bootstrap} failed to describe {topic}: {exc!r}") from exc
     finally:
@@ -366,9 +371,9 @@ def _explain_probe_failure(settings: KafkaSettings, topic: str, failure: BrokerU
     return PartitionsLeaderless(topic, problems) if problems else failure
 
 
-def topic_identity(settings: KafkaSettings, topic: str) -> TopicIdentity | None:
+def topic_identity(settings: KafkaSettings, topic: str, timeout_s: float | None = None) -> TopicIdentity | None:
     """The cluster id and the topic's id (None if the topic does not exist), from standard metadata."""
-    cluster, described = _describe_cluster_and_topic(settings, topic)
+    cluster, described = _describe_cluster_and_topic(settings, topic, timeout_s)
     cluster_id = cluster.get("cluster_id")
     if described.get("error_code"):
         return None
@@ -447,7 +452,9 @@ def read_isolation(settings: KafkaSettings) -> str:
     return "read_committed" if transaction_support(settings).works else "read_uncommitted"
 
 
-def topic_changed(settings: KafkaSettings, spec: Any, head: Any, reset: dict | None) -> str | None:
+def topic_changed(
+    settings: KafkaSettings, spec: Any, head: Any, reset: dict | None, timeout_s: float | None = None
+) -> str | None:
     """How the events topic differs from the one `head` learned from, or None.
 
     A pending offset reset is the operator's answer to exactly this, so it settles the question.
@@ -455,7 +462,8 @@ def topic_changed(settings: KafkaSettings, spec: Any, head: Any, reset: dict | N
     if head is None or reset:
         return None
     return identity_change(
-        TopicIdentity.from_json(head.meta["offsets"].get("identity")), topic_identity(settings, spec.events_topic)
+        TopicIdentity.from_json(head.meta["offsets"].get("identity")),
+        topic_identity(settings, spec.events_topic, timeout_s),
     )
 
 

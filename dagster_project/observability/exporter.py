@@ -252,7 +252,9 @@ class TrainingCollector(Collector):
         head, expected, reset = found
         try:
             states = probe_partitions(self.kafka, spec.events_topic, expected, timeout_s=2.0)
-            gapped = bool(states) and (bool(find_gaps(states)) or bool(topic_changed(self.kafka, spec, head, reset)))
+            gapped = bool(states) and (
+                bool(find_gaps(states)) or bool(topic_changed(self.kafka, spec, head, reset, timeout_s=2.0))
+            )
         except BrokerUnavailable:
             return "unreachable"
         return states, gapped

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -425,6 +426,7 @@ class ModelRegistry(abc.ABC):
 # list a stream's versions, and reading every meta.json took 0.4 s at 2,000 versions (3 s at the
 # 200 KB a wide stream's profile makes); a profile is most of a meta.json and they rarely need one.
 _SUMMARIES: dict[Path, dict[str, tuple[tuple[int, int, int], dict[str, Any]]]] = {}
+RACY_S = 2.0  # a meta.json modified less than this before it was read is not trusted to the cache
 
 
 class FilesystemRegistry(ModelRegistry):
@@ -480,6 +482,10 @@ class FilesystemRegistry(ModelRegistry):
         if cached is not None and cached[0] == identity:
             return cached
         meta = self._read_meta(stream, version)  # a missing or broken file raises here, naming it
+        if stat is not None and time.time() - stat.st_mtime < RACY_S:
+            # Written so recently that a rewrite of the same size could keep this mtime on a coarse
+            # clock (git's "racy clean"): read it again next time.
+            identity = (0, -1, 0)
         return identity, {key: value for key, value in meta.items() if key != "profile"}
 
     def version_names(self, stream: str) -> list[str]:

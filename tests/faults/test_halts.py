@@ -7,9 +7,10 @@ from click.testing import CliRunner
 
 from dagster_project.cli import main
 from dagster_project.dev.faults import FAULT_ENV
+from dagster_project.dev.producer import produce
 from dagster_project.kafka.offsets import ranges_key
 from dagster_project.resources import KafkaResource
-from tests.helpers import high_waters, kafka_sensor_tick, produce_synthetic, run_batch
+from tests.helpers import high_waters, kafka_sensor_tick, produce_synthetic, read_topic, run_batch
 
 
 def test_a_failed_run_halts_the_stream_until_skipped_and_the_next_version_records_it(
@@ -67,6 +68,7 @@ def test_a_halt_whose_run_a_new_dagster_instance_lacks_is_retried_in_a_new_run_w
 ):
     """DAGSTER_HOME replaced while a stream is halted: the halt (in the registry) survives but its run
     does not, so "re-execute that run" is impossible and skipping would lose the batch's rows."""
+    produce(kafka_settings, spec, [(b"bad%d" % i, b"{not json") for i in range(3)])
     produce_synthetic(kafka_settings, spec, 400)
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
     (request,) = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).run_requests
@@ -79,6 +81,8 @@ def test_a_halt_whose_run_a_new_dagster_instance_lacks_is_retried_in_a_new_run_w
     )
     monkeypatch.delenv(FAULT_ENV)
     assert "HALTED" in kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).skip_message
+    letters = sum(1 for d in read_topic(kafka_settings, spec.dlq_topic) if d["component"] == "trainer")
+    assert letters == 3
 
     home = tmp_path / "new_dagster_home"
     home.mkdir()
@@ -99,6 +103,7 @@ def test_a_halt_whose_run_a_new_dagster_instance_lacks_is_retried_in_a_new_run_w
         )
     (version,) = registry.versions(spec.name)
     assert version.learned == {p: end for p, (_, end) in _ranges(request).items()}
+    assert sum(1 for d in read_topic(kafka_settings, spec.dlq_topic) if d["component"] == "trainer") == 3  # once
     cleared = [d for d in registry.decisions(spec.name) if d.get("kind") == "halt_cleared"]
     assert cleared[-1]["resolution"] == "retried in a new run" and cleared[-1]["reason"] == "fixed the cause"
 

@@ -8,12 +8,13 @@ import time
 import dagster as dg
 import orjson
 
+from dagster_project.dev.producer import produce
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import ensure_topics, probe_partitions
 from dagster_project.kafka.offsets import decode_ranges
 from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
-from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, run_batch
+from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, read_topic, run_batch
 
 
 def _run_requested(result) -> dg.RunRequest:
@@ -211,11 +212,12 @@ def test_a_registry_restored_from_an_older_backup_learns_the_lost_batches_again(
     _learn(stream_defs, spec, instance, _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)))
     backup = tmp_path / "backup"
     shutil.copytree(registry.root, backup)
+    produce(kafka_settings, spec, [(b"bad%d" % i, b"{not json") for i in range(4)])
     produce_synthetic(kafka_settings, spec, 300, start=300)
     lost_request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
     lost_run = _learn(stream_defs, spec, instance, lost_request)
     lost = registry.head(spec.name)
-    assert lost.name == "v2"
+    assert lost.name == "v2" and _trainer_letters(kafka_settings, spec) == 4
 
     shutil.rmtree(registry.root)
     shutil.copytree(backup, registry.root)  # the restore: v2 is gone, the head is v1 again
@@ -228,4 +230,9 @@ def test_a_registry_restored_from_an_older_backup_learns_the_lost_batches_again(
     _learn(stream_defs, spec, instance, request)
     again = registry.head(spec.name)
     assert (again.name, again.parent, again.learned) == ("v2", "v1", lost.learned)
+    assert _trainer_letters(kafka_settings, spec) == 4  # the malformed messages are dead-lettered once
     assert "caught up" in kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).skip_message
+
+
+def _trainer_letters(settings, spec) -> int:
+    return sum(1 for d in read_topic(settings, spec.dlq_topic) if d["component"] == "trainer")

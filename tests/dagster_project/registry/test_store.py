@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -250,6 +251,7 @@ def test_listing_versions_again_reads_only_the_metas_that_changed(registry: File
         registry.register(
             STREAM, f"v{i - 1}" if i > 1 else None, b"onnx", fitted_scaler(i), meta({0: 100 * i}, profile=profile)
         )
+    _age(registry)
     first = registry.versions(STREAM)
     assert [v.name for v in first] == ["v1", "v2", "v3", "v4", "v5"]
     assert all("profile" not in v.meta for v in first) and registry.profile(STREAM, "v3") == profile
@@ -265,6 +267,7 @@ def test_listing_versions_again_reads_only_the_metas_that_changed(registry: File
     restored = registry.root / STREAM / "v2" / "meta.json"
     document = json.loads(restored.read_text())
     restored.write_text(json.dumps({**document, "offsets": {"learned": {"0": 250}}}))
+    _age(registry, ["v2", "v6"])
     versions = again.versions(STREAM)
     assert sorted(reads) == ["v2", "v6"] and versions[1].learned == {0: 250} and versions[-1].name == "v6"
 
@@ -272,3 +275,29 @@ def test_listing_versions_again_reads_only_the_metas_that_changed(registry: File
     (registry.root / STREAM / "v3" / "meta.json").write_text("{broken")  # damaged: no longer listed
     assert [v.name for v in again.versions(STREAM)] == ["v1", "v2", "v4", "v5", "v6"] and reads == ["v3"]
     assert again.get(STREAM, "v4").meta["profile"] == profile  # one version in full, as before
+
+
+def _age(registry: FilesystemRegistry, versions: list[str] | None = None, seconds: float = 10.0) -> None:
+    """These versions' meta.json (all by default) as if written `seconds` ago: a listing reads metas
+    younger than `store.RACY_S` again every time."""
+    for path in (registry.root / STREAM).glob("v*/meta.json"):
+        if versions is not None and path.parent.name not in versions:
+            continue
+        stamp = path.stat().st_mtime - seconds
+        os.utime(path, (stamp, stamp))
+
+
+def test_a_meta_rewritten_within_its_clock_tick_is_not_served_stale(registry: FilesystemRegistry) -> None:
+    """A same-size rewrite in place that keeps the mtime (a coarse filesystem clock: ext4 ticks of a
+    few ms, 1-2 s on NFS or FAT) looks unchanged: a meta read when that young is read again."""
+    register(registry, None, {0: 100})
+    assert registry.versions(STREAM)[0].learned == {0: 100}
+    path = registry.root / STREAM / "v1" / "meta.json"
+    before = path.stat()
+    text = path.read_text()
+    with open(path, "r+") as fh:  # in place: same inode, same size
+        fh.write(text.replace('"0":100', '"0":900').replace('"0": 100', '"0": 900'))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_ino, path.stat().st_size) == (before.st_ino, before.st_size)
+
+    assert registry.versions(STREAM)[0].learned == {0: 900}
