@@ -190,7 +190,6 @@ def _alerts(port: int, name: str | None = None) -> list[dict]:
     return [a for a in found if name is None or a["labels"]["alertname"] == name]
 
 
-@pytest.mark.one_broker  # the exporter is the subject
 def test_an_offset_gap_is_exported_instead_of_a_made_up_lag(kafka_settings, spec, registry, stream_defs, instance):
     """The events topic deleted and recreated after v1 learned from it: the sensor stops at an OFFSET
     GAP, but the exporter showed lag 0 ("caught up") or the new topic's rows, so no alert could fire.
