@@ -226,3 +226,26 @@ def assert_second_version_learned_in_two_workers(
     assert v2.meta["metrics"]["scale_out_workers"] == 2 and v2.meta["metrics"]["accuracy"] > 0.85
     assert committed_group_offsets(settings, spec.trainer_group, spec.events_topic) == v2.learned
     return v2
+
+
+@dg.op
+def _one_step() -> int:
+    print("a run's stdout: its compute log")
+    return 7
+
+
+@dg.job
+def succeeding_job() -> None:
+    """A one-step job that succeeds: a finished run with an event log, compute logs and an output."""
+    _one_step()
+
+
+@dg.op
+def _fails() -> None:
+    raise RuntimeError("a batch that fails")
+
+
+@dg.job
+def failing_job() -> None:
+    """A one-step job whose run fails."""
+    _fails()

@@ -14,16 +14,7 @@ from dagster._daemon.auto_run_reexecution.event_log_consumer import (
 )
 
 from dagster_project.instance import run_retry_cursor_keys, write_instance_config
-
-
-@dg.op
-def fails() -> None:
-    raise RuntimeError("a batch that fails")
-
-
-@dg.job
-def failing_job() -> None:
-    fails()
+from tests.helpers import failing_job, succeeding_job
 
 
 def retry_cursors(instance: dg.DagsterInstance) -> dict[str, str]:
@@ -72,16 +63,6 @@ def test_migrate_without_dagster_home_names_the_fix(cli, monkeypatch: pytest.Mon
     assert "DAGSTER_HOME is not set: set it to the directory that holds the instance's dagster.yaml" in result.output
 
 
-@dg.op
-def succeeds() -> int:
-    return 1
-
-
-@dg.job
-def batch_job() -> None:
-    succeeds()
-
-
 def test_prune_runs_deletes_old_finished_runs_but_those_a_halt_names(
     cli, registry, spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -91,7 +72,7 @@ def test_prune_runs_deletes_old_finished_runs_but_those_a_halt_names(
     write_instance_config(home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
-        done = [batch_job.execute_in_process(instance=instance).run_id for _ in range(3)]
+        done = [succeeding_job.execute_in_process(instance=instance).run_id for _ in range(3)]
         halted = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
     registry.set_halt(spec.name, {"kind": "failed_run", "summary": "a failing batch", "run_id": halted})
     time.sleep(0.5)  # older than the 0.09 s (1e-06 days) asked for below

@@ -11,27 +11,7 @@ import pytest
 
 from dagster_project.orchestration.retention import halted_runs, prune_runs, retention_days
 from dagster_project.registry.store import FilesystemRegistry
-
-
-@dg.op
-def say() -> int:
-    print("a run's stdout: its compute log")
-    return 7
-
-
-@dg.op
-def fail() -> None:
-    raise RuntimeError("a failing batch")
-
-
-@dg.job
-def batches() -> None:
-    say()
-
-
-@dg.job
-def failing() -> None:
-    fail()
+from tests.helpers import failing_job, succeeding_job
 
 
 def _files(instance: dg.DagsterInstance, run_id: str) -> list[Path]:
@@ -45,10 +25,10 @@ def test_old_finished_runs_go_with_their_files_and_the_rest_stay(instance: dg.Da
     """Six finished runs of one job: the three newest stay whatever their age (one is in flight), as does a failed run a
     halted stream names (re-executing it is the fix) and a run in flight; the others go, with
     their event logs, compute logs and outputs, and what they took on disk is reported."""
-    finished = [batches.execute_in_process(instance=instance).run_id for _ in range(6)]
-    halted = failing.execute_in_process(instance=instance, raise_on_error=False).run_id
-    failed_too = failing.execute_in_process(instance=instance, raise_on_error=False).run_id
-    running = instance.create_run_for_job(batches, status=dg.DagsterRunStatus.STARTED).run_id
+    finished = [succeeding_job.execute_in_process(instance=instance).run_id for _ in range(6)]
+    halted = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+    failed_too = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+    running = instance.create_run_for_job(succeeding_job, status=dg.DagsterRunStatus.STARTED).run_id
     assert all(_files(instance, run_id) for run_id in finished)
     registry = FilesystemRegistry(tmp_path / "registry")
     registry.set_halt("clicks", {"kind": "failed_run", "summary": "a failing batch", "run_id": halted})
@@ -63,7 +43,7 @@ def test_old_finished_runs_go_with_their_files_and_the_rest_stay(instance: dg.Da
     pruned = prune_runs(instance, timedelta(0), keep=keep, keep_per_job=3, now=later, progress=messages.append)
 
     assert sorted(pruned.deleted) == sorted(finished[:4]) and pruned.kept_halted == [halted]
-    assert pruned.kept_newest == 3  # two finished among `batches`' newest three, and `failing`'s newest
+    assert pruned.kept_newest == 3  # two finished among succeeding_job's newest three, and failing_job's newest
     assert pruned.freed_bytes == preview.freed_bytes and messages == ["4 of 4 runs deleted"]
     for run_id in finished[:4]:
         assert instance.get_run_by_id(run_id) is None and not _files(instance, run_id)
@@ -73,7 +53,7 @@ def test_old_finished_runs_go_with_their_files_and_the_rest_stay(instance: dg.Da
 
 
 def test_runs_younger_than_the_retention_stay(instance: dg.DagsterInstance) -> None:
-    runs = [batches.execute_in_process(instance=instance).run_id for _ in range(3)]
+    runs = [succeeding_job.execute_in_process(instance=instance).run_id for _ in range(3)]
 
     pruned = prune_runs(instance, timedelta(days=30), keep_per_job=0)
 
@@ -99,8 +79,8 @@ def test_the_daily_job_prunes_past_the_configured_retention(
     from dagster_project.orchestration.retention_schedule import RETENTION_JOB, build_retention_definitions
     from dagster_project.resources import RegistryResource
 
-    old = [batches.execute_in_process(instance=instance).run_id for _ in range(3)]
-    halted = failing.execute_in_process(instance=instance, raise_on_error=False).run_id
+    old = [succeeding_job.execute_in_process(instance=instance).run_id for _ in range(3)]
+    halted = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
     registry = FilesystemRegistry(tmp_path / "registry")
     registry.set_halt("clicks", {"kind": "failed_run", "summary": "a failing batch", "run_id": halted})
     resources = dg.Definitions(resources={"registry": RegistryResource(root=str(registry.root))})
