@@ -72,9 +72,19 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
     ):
         from assets.promotion import gate_retrain
         from dagster_project.learning.retraining import retrain
+        from dagster_project.orchestration.issued_names import highest_issued, log_names_skipped
 
         reg = registry.get()
-        version = retrain(kafka.settings(), reg, spec, config.reasons, context.run_id, config.window_from_version)
+        version = retrain(
+            kafka.settings(),
+            reg,
+            spec,
+            config.reasons,
+            context.run_id,
+            config.window_from_version,
+            number_after=highest_issued(context.instance, name),
+        )
+        log_names_skipped(context, version)
         reg.record_decision(
             name,
             {

@@ -21,6 +21,7 @@ from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide, r
 from dagster_project.kafka.io import commit_group_offsets, log_starts
 from dagster_project.kafka.offsets import Ranges, ranges_text
 from dagster_project.learning.pipeline import OnnxArtifact, TrainedModel
+from dagster_project.orchestration.issued_names import highest_issued, log_names_skipped
 from dagster_project.orchestration.warm_runs import worker_start
 from dagster_project.quality.policy import apply_quality_policy
 from dagster_project.registry.contract import SpecChanged, model_changed, spec_changed
@@ -289,8 +290,16 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         else:
             with refusals_fail_at_once():
                 version = register_batch(
-                    reg, spec, micro_batch, model, onnx_model.onnx_bytes, onnx_model.parity, context.run.run_id
+                    reg,
+                    spec,
+                    micro_batch,
+                    model,
+                    onnx_model.onnx_bytes,
+                    onnx_model.parity,
+                    context.run.run_id,
+                    number_after=highest_issued(context.instance, name),
                 )
+            log_names_skipped(context, version)
         crash_point("after_register", attempt=_attempt(context))
         commit_group_offsets(kafka.settings(), spec.trainer_group, spec.events_topic, version.learned)
         links = version.meta.get("mlflow") or {}  # on MLflow: the model version and its source run

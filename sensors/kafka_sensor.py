@@ -135,6 +135,7 @@ def evaluate(
         return dg.SkipReason(f"{spec.name}: {plan.reason}")
     head_name = head.name if head else None
     run_key, learned_before = _key_to_learn(context.instance, ranges_key(spec.name, head_name, plan.ranges))
+    relearned = learned_before or _learned_before(context.instance, reg, spec.name, plan.ranges)
     if learned_before is not None and run_key is None:
         message = (
             f"REGISTRY BEHIND DAGSTER in {spec.name}: the batch after {head_name or 'the start'} was learned by "
@@ -149,6 +150,13 @@ def evaluate(
             f"REGISTRY BEHIND DAGSTER in {spec.name}: run {learned_before.run_id[:8]} learned or moved past this "
             f"batch after {head_name or 'the start'}, but no version records it (the registry restored from an "
             f"older backup, or an offset reset back to it); learning it again as {run_key}"
+        )
+    elif relearned is not None:
+        context.log.warning(
+            f"REGISTRY BEHIND DAGSTER in {spec.name}: run {relearned.run_id[:8]} learned "
+            f"{encode_ranges(plan.ranges)} on top of {relearned.tags.get(names.PARENT_TAG)}, a version the registry "
+            "no longer holds (restored from an older backup?): learning them again without dead-lettering their "
+            "malformed messages twice"
         )
     earlier = _failed_batch(context.instance, spec.name, head_name, run_key, plan.ranges)
     if earlier is not None:
@@ -187,7 +195,7 @@ def evaluate(
                     names.LAG_AFTER_BATCH_TAG: str(lag_after),
                     "dagster/max_runtime_seconds": str(spec.batch.max_run_seconds),
                     **(_cut_tags(cut) if isinstance(cut, CutPlan) else {}),
-                    **({names.RELEARNS_TAG: learned_before.run_id} if learned_before is not None else {}),
+                    **({names.RELEARNS_TAG: relearned.run_id} if relearned is not None else {}),
                 },
             )
         ],
@@ -216,6 +224,30 @@ def _key_to_learn(instance: dg.DagsterInstance, key: str) -> tuple[str | None, d
             return candidate, learned
         learned = runs[0]
     return None, learned
+
+
+def _learned_before(
+    instance: dg.DagsterInstance, reg: ModelRegistry, stream: str, ranges: Ranges
+) -> dg.DagsterRun | None:
+    """A run that learned exactly these ranges on top of a version the registry lost, or None.
+
+    After a restore the first lost batch has a used run key (`_key_to_learn`), but the version it
+    makes has a new name, so the next lost batches have new keys; on a busy stream they are planned
+    with the same ranges, which tell that they were learned (and their malformed messages
+    dead-lettered) before. Only a run whose head is gone counts: one whose head is still here learned
+    those offsets of a topic since deleted and recreated (an offset reset followed), whose dead
+    letters name other messages."""
+    runs = instance.get_runs(
+        dg.RunsFilter(
+            tags={names.STREAM_TAG: stream, names.RANGES_TAG: encode_ranges(ranges)},
+            statuses=[dg.DagsterRunStatus.SUCCESS],
+        ),
+        limit=10,
+    )
+    if not runs:
+        return None
+    held = set(reg.version_names(stream))
+    return next((r for r in runs if r.tags.get(names.PARENT_TAG, "none") not in held | {"none"}), None)
 
 
 def _failed_batch(

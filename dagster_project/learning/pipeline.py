@@ -159,6 +159,7 @@ def learn_export_register(
     batch: MicroBatch,
     run_id: str,
     learn: Callable[[], TrainedModel],
+    number_after: int = 0,
     **extra: Any,
 ) -> Version:
     """Learn (however the caller does it), export, refuse on a parity failure, register.
@@ -172,4 +173,6 @@ def learn_export_register(
     artifact = export_checked(spec, trained.estimator, batch.X)
     if not artifact.passed:
         raise ParityFailed(f"{spec.name}: the model failed ONNX parity: {artifact.reason}")
-    return register_batch(registry, spec, batch, trained, artifact.onnx_bytes, artifact.parity, run_id, **extra)
+    return register_batch(
+        registry, spec, batch, trained, artifact.onnx_bytes, artifact.parity, run_id, number_after, **extra
+    )

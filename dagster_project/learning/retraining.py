@@ -190,8 +190,10 @@ def retrain(
     reasons: list[str],
     run_id: str,
     since: str | None = None,
+    number_after: int = 0,
 ) -> Version:
-    """Fit a fresh (or champion-warm-started) model on the recent window and register it as head."""
+    """Fit a fresh (or champion-warm-started) model on the recent window and register it as head
+    (numbered after `number_after` too: `registry.store.ModelRegistry.register`)."""
     from dagster_project.learning.learner import retrained, rows_of
     from dagster_project.learning.pipeline import ParityFailed, TrainedModel, learn_export_register
 
@@ -237,6 +239,7 @@ def retrain(
             batch,
             run_id,
             fit,
+            number_after,
             retrain=retrain_meta
             | {"since": since, "change_at": change_at and {str(p): s for p, (s, _) in change_at.items()}},
         )

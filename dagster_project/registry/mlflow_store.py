@@ -467,6 +467,7 @@ class MlflowRegistry(ModelRegistry):
         estimator: Any,
         meta: dict[str, Any],
         feature_state: bytes | None = None,
+        number_after: int = 0,
     ) -> Version:
         """Stage everything, re-check, then commit with one tag; refuse if `parent` is no longer the head."""
         import joblib
@@ -482,7 +483,7 @@ class MlflowRegistry(ModelRegistry):
         full_meta = {
             **meta,
             "stream": stream,
-            "version": version_name((head.number if head else 0) + 1),
+            "version": version_name(max(head.number if head else 0, number_after) + 1),
             "parent": parent,
             "created_at": _now(),
             "sha256": _checksums(onnx_bytes, estimator_bytes, feature_state),

@@ -247,9 +247,11 @@ class ModelRegistry(abc.ABC):
         estimator: Any,
         meta: dict[str, Any],
         feature_state: bytes | None = None,
+        number_after: int = 0,
     ) -> Version:
         """Commit a new version atomically (with its feature state, if any), or raise StaleParent
-        when `parent` is no longer the head."""
+        when `parent` is no longer the head. It is numbered after the head, and after `number_after`
+        (the highest name already given elsewhere) when that is higher: a name is never given twice."""
 
     @abc.abstractmethod
     def _read_verified(self, stream: str, version: str, file_name: str) -> bytes: ...
@@ -551,6 +553,7 @@ class FilesystemRegistry(ModelRegistry):
         estimator: Any,
         meta: dict[str, Any],
         feature_state: bytes | None = None,
+        number_after: int = 0,
     ) -> Version:
         """Write a new version atomically; refuse if `parent` is no longer the head."""
         import joblib
@@ -559,7 +562,7 @@ class FilesystemRegistry(ModelRegistry):
         head_name = head.name if head else None
         if head_name != parent:
             raise StaleParent(f"{stream}: head is {head_name}, not {parent}; this batch was built on a stale model")
-        name = version_name((head.number if head else 0) + 1)
+        name = version_name(max(head.number if head else 0, number_after) + 1)
         buffer = io.BytesIO()
         joblib.dump(estimator, buffer)
         estimator_bytes = buffer.getvalue()

@@ -10,6 +10,7 @@ from dagster_project.ingest.categories import encoding_signature, level_labels, 
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide
 from dagster_project.kafka.offsets import Ranges, ranges_text
+from dagster_project.names import version_name
 from dagster_project.registry.contract import SpecChanged, contract_of, estimator_of, families_of, spec_changed
 from dagster_project.registry.store import (
     FIRST_VERSION_REASON,
@@ -97,6 +98,7 @@ def register_batch(
     onnx_bytes: bytes,
     parity: dict[str, Any],
     run_id: str,
+    number_after: int = 0,
     **extra: Any,
 ) -> Version:
     """Register `model` as the head's child, recording exactly which offsets it has learned.
@@ -155,7 +157,16 @@ def register_batch(
         if moved and feature_state is None:
             raise ValueError(f"{spec.name}: the batch carries no feature state; read it with read_batch(state=...)")
         meta["feature_state"] = {"moved": moved, **((batch.feature_counters or {}) if moved else {})}
-    version = registry.register(spec.name, model.parent, onnx_bytes, model.estimator, meta, feature_state)
+    head_number = head.number if head else 0
+    if number_after > head_number:  # names the registry lost (a restore) are not given again; the run logs it
+        meta["names_skipped"] = {
+            "from": version_name(head_number + 1),
+            "to": version_name(number_after),
+            "why": "given before to versions that are not in the registry (restored from an older backup?)",
+        }
+    version = registry.register(
+        spec.name, model.parent, onnx_bytes, model.estimator, meta, feature_state, number_after=number_after
+    )
     if reset:
         registry.clear_offset_reset(spec.name, version.name, applied=reset)
     halt = registry.halt(spec.name)

@@ -7,6 +7,7 @@ How the drift sensor decides to launch them is in tests/sensors/test_drift_senso
 from __future__ import annotations
 
 import json
+import shutil
 
 import dagster as dg
 import pytest
@@ -137,6 +138,30 @@ def test_retrain_registers_a_new_head_and_records_the_action(
     assert materialization.metadata["version"].value == "v3"
     assert materialization.metadata["retrain"].value == spec.drift.retrain_mode
     assert materialization.metadata["rows"].value == v3.meta["rows"]["trained"] == 300
+
+
+def test_a_retrain_after_a_registry_restore_takes_a_name_never_given(
+    kafka_settings, spec, registry, stream_defs, instance, tmp_path
+) -> None:
+    """v2 and its retrain v3 were registered, then the registry was restored from a backup holding
+    v1 and v2: a retrain of v2 is v4, not a second model called v3."""
+    _learn_two_batches(kafka_settings, spec, stream_defs, instance)
+    backup = tmp_path / "backup"
+    shutil.copytree(registry.root, backup)
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+    config = _action_config(spec, names.retrain_op, from_version="v2", reasons=["drift"], window_from_version="v2")
+    assert job.execute_in_process(run_config=config, instance=instance).success
+    assert registry.head(spec.name).name == "v3"
+    shutil.rmtree(registry.root)
+    shutil.copytree(backup, registry.root)
+
+    result = job.execute_in_process(run_config=config, instance=instance)
+
+    assert result.success
+    head = registry.head(spec.name)
+    assert (head.name, head.parent) == ("v4", "v2") and head.meta["names_skipped"]["to"] == "v3"
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2", "v4"]
+    assert registry.decisions(spec.name)[-2]["to_version"] == "v4"
 
 
 def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_defs, instance) -> None:

@@ -11,11 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from dagster_project.cli import main
+from dagster_project.dev.producer import produce
 from dagster_project.kafka import clients
 from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.names import RANGES_TAG, RELEARNS_TAG
 from dagster_project.resources import KafkaResource
-from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, run_batch
+from tests.conftest import synthetic_spec
+from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, read_topic, run_batch
 
 
 def _planned(tick) -> dict[int, tuple[int, int]]:
@@ -85,3 +88,55 @@ def test_a_deleted_and_recreated_topic_is_an_offset_gap(
 
     tick = kafka_sensor_tick(defs, spec, instance, kafka, registry)
     assert isinstance(tick, dg.SkipReason) and "OFFSET GAP" in tick.skip_message, tick
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "spec", [synthetic_spec(batch={"rows": 200, "max_rows": 200, "max_wait_s": 3600, "sensor_interval_s": 5})]
+)
+def test_a_recreated_topic_s_malformed_messages_are_dead_lettered_though_old_runs_had_their_offsets(
+    kafka_settings, kafka_bootstrap, spec, registry, instance, specs_dir, streamfit_home
+):
+    """A batch planned with the ranges of a run that learned them is learned again without sending
+    its dead letters twice (a registry restored from a backup), but only when that run's head is
+    gone: here the head is still there and the topic was deleted, recreated and reset to earliest,
+    so the same offsets hold other messages, and their malformed ones must reach the DLQ."""
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+
+    def fill() -> None:  # the same keys, so the same partitions and offsets on each incarnation
+        produce_synthetic(kafka_settings, spec, 200)
+        produce(kafka_settings, spec, [(b"bad%d" % i, b"{not json") for i in range(4)])
+        produce_synthetic(kafka_settings, spec, 196, start=200)
+
+    def learn_next() -> dg.RunRequest:
+        (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+        job = defs.resolve_job_def(f"{spec.name}_training")
+        tags = {"dagster/run_key": request.run_key, **request.tags}
+        assert job.execute_in_process(run_config=request.run_config, instance=instance, tags=tags).success
+        return request
+
+    fill()
+    before = [learn_next(), learn_next()]
+    letters = [d for d in read_topic(kafka_settings, spec.dlq_topic) if d["component"] == "trainer"]
+    assert len(letters) == 4
+    admin = clients.admin(kafka_settings)
+    try:
+        admin.delete_topics([spec.events_topic], timeout_ms=10_000)
+    except Exception as exc:  # a broker without DeleteTopics cannot recreate a topic either
+        pytest.skip(f"broker cannot delete topics: {exc!r}")
+    finally:
+        admin.close()
+    fill()
+    reset = CliRunner().invoke(
+        main, ["offsets", "reset", spec.name, "--to", "earliest", "--bootstrap", kafka_bootstrap]
+    )
+    assert reset.exit_code == 0, reset.output
+
+    after = [learn_next(), learn_next()]
+
+    assert [r.tags[RANGES_TAG] for r in after] == [r.tags[RANGES_TAG] for r in before]  # the same offsets
+    assert all(RELEARNS_TAG not in r.tags for r in after)
+    letters = [d for d in read_topic(kafka_settings, spec.dlq_topic) if d["component"] == "trainer"]
+    assert len(letters) == 8, "the new topic's malformed messages were dead-lettered too"
+    assert registry.head(spec.name).learned == high_waters(kafka_settings, spec.events_topic)

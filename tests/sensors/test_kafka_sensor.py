@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 
@@ -201,37 +202,59 @@ def _learn(stream_defs, spec, instance, request: dg.RunRequest):
 
 
 def test_a_registry_restored_from_an_older_backup_learns_the_lost_batches_again(
-    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance, tmp_path
+    kafka_bootstrap, kafka_settings, registry, instance, tmp_path
 ):
     """The run key is the head and the ranges. After a restore the head is an older version and its
     next batch has the key of a run that succeeded, which the daemon drops as a duplicate: the stream
     stalled with no message. The batch is requested under a new key, tagged with the run it repeats,
-    and learned again from the restored head's offsets."""
+    and learned again from the restored head's offsets, into versions with names never given (the
+    lost ones served and named predictions). On a busy stream (batches capped by `max_rows`) the
+    next lost batch is planned again exactly too, but under a new key (its head has a new name): the
+    ranges tell it was learned before, so its malformed messages are not dead-lettered twice."""
+    spec = synthetic_spec(batch={"rows": 200, "max_rows": 200, "max_wait_s": 3600, "sensor_interval_s": 5})
+    defs = defs_for(spec, kafka_bootstrap, registry)
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
-    produce_synthetic(kafka_settings, spec, 300)
-    _learn(stream_defs, spec, instance, _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)))
+    produce_synthetic(kafka_settings, spec, 200)
+    _learn(defs, spec, instance, _run_requested(kafka_sensor_tick(defs, spec, instance, kafka, registry)))
     backup = tmp_path / "backup"
     shutil.copytree(registry.root, backup)
-    produce(kafka_settings, spec, [(b"bad%d" % i, b"{not json") for i in range(4)])
-    produce_synthetic(kafka_settings, spec, 300, start=300)
-    lost_request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
-    lost_run = _learn(stream_defs, spec, instance, lost_request)
-    lost = registry.head(spec.name)
-    assert lost.name == "v2" and _trainer_letters(kafka_settings, spec) == 4
+    for batch in range(2):  # a backlog: malformed messages among two batches' rows
+        produce(kafka_settings, spec, [(b"bad%d-%d" % (batch, i), b"{not json") for i in range(4)])
+        produce_synthetic(kafka_settings, spec, 200, start=200 + 200 * batch)
+    lost_requests, lost_runs, letters = [], [], [_trainer_letters(kafka_settings, spec)]
+    for _ in range(2):
+        lost_requests.append(_run_requested(kafka_sensor_tick(defs, spec, instance, kafka, registry)))
+        lost_runs.append(_learn(defs, spec, instance, lost_requests[-1]))
+        letters.append(_trainer_letters(kafka_settings, spec))
+    lost = registry.versions(spec.name)[1:]
+    assert [v.name for v in lost] == ["v2", "v3"] and letters[0] < letters[1] < letters[2], letters
 
     shutil.rmtree(registry.root)
-    shutil.copytree(backup, registry.root)  # the restore: v2 is gone, the head is v1 again
-    request = _run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))
+    shutil.copytree(backup, registry.root)  # the restore: v2 and v3 are gone, the head is v1 again
+    request = _run_requested(kafka_sensor_tick(defs, spec, instance, kafka, registry))
 
-    assert request.run_key == f"{lost_request.run_key}#relearn1" and request.tags["streamfit/relearns_run"] == (
-        lost_run.run_id
+    assert request.run_key == f"{lost_requests[0].run_key}#relearn1" and request.tags["streamfit/relearns_run"] == (
+        lost_runs[0].run_id
     )
-    assert decode_ranges(request.tags["streamfit/ranges"]) == decode_ranges(lost_request.tags["streamfit/ranges"])
-    _learn(stream_defs, spec, instance, request)
+    assert decode_ranges(request.tags["streamfit/ranges"]) == decode_ranges(lost_requests[0].tags["streamfit/ranges"])
+    run = _learn(defs, spec, instance, request)
     again = registry.head(spec.name)
-    assert (again.name, again.parent, again.learned) == ("v2", "v1", lost.learned)
-    assert _trainer_letters(kafka_settings, spec) == 4  # the malformed messages are dead-lettered once
-    assert "caught up" in kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).skip_message
+    assert (again.parent, again.learned) == ("v1", lost[0].learned)
+    assert again.name == "v4" and (again.meta["names_skipped"]["from"], again.meta["names_skipped"]["to"]) == (
+        "v2",
+        "v3",
+    )
+    warnings = [e.message for e in instance.all_logs(run.run_id) if e.level == logging.WARNING]
+    assert any("v2..v3 were given before" in m and "this version is v4" in m for m in warnings), warnings
+
+    request = _run_requested(kafka_sensor_tick(defs, spec, instance, kafka, registry))
+    assert "#relearn" not in request.run_key and request.tags["streamfit/relearns_run"] == lost_runs[1].run_id
+    assert decode_ranges(request.tags["streamfit/ranges"]) == decode_ranges(lost_requests[1].tags["streamfit/ranges"])
+    _learn(defs, spec, instance, request)
+    again = registry.head(spec.name)
+    assert (again.name, again.parent, again.learned) == ("v5", "v4", lost[1].learned)
+    assert "names_skipped" not in again.meta
+    assert _trainer_letters(kafka_settings, spec) == letters[2]  # each lost batch's letters were sent once
 
 
 def _trainer_letters(settings, spec) -> int:

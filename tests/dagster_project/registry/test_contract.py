@@ -197,6 +197,22 @@ def test_versions_sort_numerically(registry: ModelRegistry, stream: str) -> None
     assert registry.head(stream).name == "v11"
 
 
+def test_a_version_is_numbered_past_names_given_elsewhere_and_the_chain_follows(
+    registry: ModelRegistry, stream: str
+) -> None:
+    """A registry restored from an older backup holds v1 while v2..v4 were given (and served, and
+    named in predictions): the next version is v5, the child of v1, and the one after it v6."""
+    register(registry, stream, None, {0: 10})
+    v5 = registry.register(stream, "v1", scaler_onnx(5), fitted_scaler(5), meta({0: 20}), number_after=4)
+    assert (v5.name, v5.parent, v5.number) == ("v5", "v1", 5)
+    assert [v.name for v in registry.versions(stream)] == ["v1", "v5"] and registry.head(stream).name == "v5"
+    assert register(registry, stream, "v5", {0: 30}).name == "v6"
+    assert registry.register(stream, "v6", scaler_onnx(7), fitted_scaler(7), meta({0: 40}), number_after=2).name == (
+        "v7"
+    )  # a floor behind the head changes nothing
+    assert expected_offsets(registry, stream)[1] == {0: 40}
+
+
 @pytest.mark.parametrize("stale", [None, "v1", "v3"])
 def test_stale_parent_is_refused(registry: ModelRegistry, stream: str, stale: str | None) -> None:
     register(registry, stream, None, {0: 10})
