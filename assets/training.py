@@ -362,6 +362,12 @@ def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, 
     return head, reset, dg.AssetCheckResult(check_name="data_quality", passed=True, description=message)
 
 
+# Dagster's daemon re-runs a failed run (run_retries.max_retries) by the run's tags when it fails: a
+# batch halted by its data-quality check fails it identically each time, and each attempt recorded
+# the halt again under a new run id while the sensor already named the first.
+NO_RUN_RETRIES_TAG = "dagster/max_retries"
+
+
 def validated(context, spec: StreamSpec, kafka, registry, batch: MicroBatch, extra: dict | None = None):
     """The batch-level decision on a read batch: the data-quality check, then the batch (unless halted
     or quarantined) with its metadata. One path for the single step and the fanned-out merge."""
@@ -377,6 +383,8 @@ def validated(context, spec: StreamSpec, kafka, registry, batch: MicroBatch, ext
     )
     if outcome.batch is None:
         context.log.warning(outcome.message)
+        if outcome.severity == "ERROR":  # a halt: the same rows fail the same checks on every attempt
+            context.instance.add_run_tags(context.run.run_id, {NO_RUN_RETRIES_TAG: "0"})
         return
     batch = outcome.batch
     counters = batch.feature_counters or {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,25 @@ def initialize_storage(dagster_home: Path) -> None:
         _start_run_retry_cursors(instance)
 
 
+def open_instance() -> Any:
+    """`DagsterInstance.get()`, with a missing environment variable of its dagster.yaml (the Postgres
+    connection's `DAGSTER_PG_*`) named in one line instead of a 60-line configuration traceback."""
+    import dagster as dg
+
+    try:
+        return dg.DagsterInstance.get()
+    except dg.DagsterInvalidConfigError as exc:
+        missing = sorted(set(re.findall(r'environment variable "(\w+)" which is not set', str(exc))))
+        if not missing:
+            raise
+        home = os.environ.get("DAGSTER_HOME")
+        raise RuntimeError(
+            f"the Dagster instance in {home}/dagster.yaml reads {', '.join(missing)} from the environment, and "
+            f"{'it is' if len(missing) == 1 else 'they are'} not set: set {'it' if len(missing) == 1 else 'them'} "
+            "(the Postgres connection: deploy/README.md)"
+        ) from None
+
+
 def migrate(echo: Callable[[str], None] = print) -> None:
     """Create or migrate the tables of the instance in DAGSTER_HOME, as `dagster instance migrate`,
     and start the daemon's run-retry consumer at the event log's end.
@@ -138,11 +158,10 @@ def migrate(echo: Callable[[str], None] = print) -> None:
     failed between the deployment's start and that pass (the daemon starts last, and slowly) was
     never retried. Cursors already there are kept, so a failure during an upgrade is still retried.
     """
-    import dagster as dg
 
     if not os.environ.get("DAGSTER_HOME"):
         raise RuntimeError("DAGSTER_HOME is not set: set it to the directory that holds the instance's dagster.yaml")
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
         instance.upgrade(echo)
         started = _start_run_retry_cursors(instance)
         cursors = instance.daemon_cursor_storage.get_cursor_values(set(run_retry_cursor_keys()))

@@ -48,12 +48,10 @@ def prune_runs(older_than_days: float | None, keep_per_job: int, dry_run: bool) 
     """
     from datetime import timedelta
 
-    import dagster as dg
-
     from dagster_project.cli.common import registry
     from dagster_project.orchestration.retention import halted_runs, retention_days
     from dagster_project.orchestration.retention import prune_runs as prune
-    from dagster_project.spec import load_specs
+    from dagster_project.spec import load_specs_isolated
 
     if not os.environ.get("DAGSTER_HOME"):
         raise click.ClickException(
@@ -68,8 +66,15 @@ def prune_runs(older_than_days: float | None, keep_per_job: int, dry_run: bool) 
             raise click.ClickException(
                 "STREAMFIT_RUN_RETENTION_DAYS=0 keeps every run; pass --older-than-days to prune"
             )
-    keep = halted_runs(registry(), [spec.name for spec in load_specs()])
-    with dg.DagsterInstance.get() as dagster_instance:
+    specs, _broken = load_specs_isolated()  # a broken spec file does not stop the pruning; halts are read anyway
+    keep = halted_runs(registry(), [spec.name for spec in specs])
+    from dagster_project.instance import open_instance
+
+    try:
+        opened = open_instance()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with opened as dagster_instance:
         result = prune(
             dagster_instance,
             timedelta(days=older_than_days),

@@ -57,18 +57,32 @@ class Pruned:
     def summary(self, dry_run: bool = False) -> str:
         verb = "would delete" if dry_run else "deleted"
         kept = f"; kept {self.kept_newest} among each job's newest runs"
-        halted = f" and {len(self.kept_halted)} a halted stream names" if self.kept_halted else ""
+        halted = f" and {len(self.kept_halted)} a halted stream needs (its run and group)" if self.kept_halted else ""
         return f"{verb} {len(self.deleted)} finished runs ({self.freed_bytes / 1e6:.1f} MB on disk){kept}{halted}"
 
 
 def halted_runs(registry, streams: Iterable[str]) -> set[str]:
-    """Runs a halted stream names: the fix is re-executing them, so they stay."""
+    """Runs a halted stream names: the fix is re-executing them, so they stay. The streams are the
+    specs' and, on the filesystem registry, every stream it holds (a halted stream whose spec file
+    no longer loads keeps its run too)."""
+    held = registry.streams() if hasattr(registry, "streams") else []
     found = set()
-    for stream in streams:
+    for stream in {*streams, *held}:
         halt = registry.halt(stream)
         if halt and halt.get("run_id"):
             found.add(str(halt["run_id"]))
     return found
+
+
+def with_run_groups(instance: dg.DagsterInstance, run_ids: set[str]) -> set[str]:
+    """The runs and every run of their groups: a halted run is usually the daemon's last retry, and
+    re-executing it from failure loads its parent and root runs (`Could not load ancestor run`)."""
+    kept = set(run_ids)
+    for run_id in run_ids:
+        group = instance.get_run_group(run_id) if instance.get_run_by_id(run_id) else None
+        if group:
+            kept.update(run.run_id for run in group[1])
+    return kept
 
 
 def prune_runs(
@@ -86,6 +100,7 @@ def prune_runs(
     import dagster as dg
 
     cutoff = (now or datetime.now(UTC)) - older_than
+    keep = with_run_groups(instance, set(keep))
     finished = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
     newest: dict[str, set[str]] = {}
     result = Pruned()

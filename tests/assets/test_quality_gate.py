@@ -50,6 +50,30 @@ def _check(result, spec) -> dg.AssetCheckEvaluation:
     return next(e for e in result.get_asset_check_evaluations() if e.check_name == "data_quality")
 
 
+def test_a_halted_batch_s_run_is_not_retried_by_the_daemon_but_a_failed_one_is(
+    kafka_bootstrap, kafka_settings, registry, tmp_path, monkeypatch
+):
+    """With run retries on (Streamfit's instance), a run whose batch failed its checks was re-run
+    twice: the same rows failed the same checks, and each attempt recorded the halt again under a new
+    run id while the sensor had already named the first. Other failures are still retried."""
+    spec = _spec(policy="halt")
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 200)
+    _send(kafka_settings, spec, _bad_rows(3))
+    retries = {"run_retries": {"enabled": True, "max_retries": 2}}
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home"), overrides=retries) as instance:
+        halted = run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance, raise_on_error=False)
+        assert not halted.success and registry.halt(spec.name)["run_id"] == halted.run_id
+        assert instance.get_run_by_id(halted.run_id).tags["dagster/will_retry"] == "false"
+
+        registry.clear_halt(spec.name, {"resolution": "test"})
+        monkeypatch.setenv("STREAMFIT_FAULT", "after_train")  # a crash: the retry learns the batch
+        failed = run_batch(defs, spec, {0: (0, 200)}, instance, raise_on_error=False)
+        assert not failed.success
+        assert instance.get_run_by_id(failed.run_id).tags["dagster/will_retry"] == "true"
+
+
 def test_halt_stops_the_stream_until_an_operator_skips(
     kafka_bootstrap, kafka_settings, registry, instance, tmp_path, monkeypatch
 ):

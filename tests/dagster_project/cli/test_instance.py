@@ -13,7 +13,7 @@ from dagster._daemon.auto_run_reexecution.event_log_consumer import (
     _fetch_persisted_cursors,
 )
 
-from dagster_project.instance import run_retry_cursor_keys, write_instance_config
+from dagster_project.instance import run_retry_cursor_keys, write_instance_config, write_postgres_instance_config
 from tests.helpers import failing_job, succeeding_job
 
 
@@ -63,11 +63,32 @@ def test_migrate_without_dagster_home_names_the_fix(cli, monkeypatch: pytest.Mon
     assert "DAGSTER_HOME is not set: set it to the directory that holds the instance's dagster.yaml" in result.output
 
 
+@pytest.mark.parametrize("command", [("instance", "migrate"), ("instance", "prune-runs", "--dry-run")])
+def test_a_postgres_instance_without_its_connection_settings_names_them(
+    cli, command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The production dagster.yaml reads its Postgres connection from DAGSTER_PG_*: without them the
+    commands printed a 60-line configuration traceback with the variable's name buried in it."""
+    home = tmp_path / "dagster_home"
+    write_postgres_instance_config(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for name in ("DAGSTER_PG_DB", "DAGSTER_PG_HOST", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    result = cli(*command)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (
+        f"the Dagster instance in {home}/dagster.yaml reads DAGSTER_PG_DB, DAGSTER_PG_HOST, DAGSTER_PG_PASSWORD, "
+        "DAGSTER_PG_PORT, DAGSTER_PG_USERNAME from the environment, and they are not set" in result.output
+    )
+
+
 def test_prune_runs_deletes_old_finished_runs_but_those_a_halt_names(
-    cli, registry, spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli, registry, spec, specs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """`streamfit instance prune-runs` on DAGSTER_HOME: a dry run first, then the deletion, keeping the
-    failed run a halted stream names; with retention 0 and no --older-than-days it refuses, saying why."""
+    failed run a halted stream names; with retention 0 and no --older-than-days it refuses, saying why.
+    Another stream's spec file that does not load stops nothing (it crashed the command)."""
+    (specs_dir / "zz_broken.yaml").write_text("name: broken\ntask: classification\nfeaturez: []\n")
     home = tmp_path / "dagster_home"
     write_instance_config(home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
@@ -79,7 +100,8 @@ def test_prune_runs_deletes_old_finished_runs_but_those_a_halt_names(
 
     preview = cli("instance", "prune-runs", "--older-than-days", "0.000001", "--keep-per-job", "0", "--dry-run")
     assert preview.exit_code == 0, preview.output
-    assert "would delete 3 finished runs" in preview.output and "1 a halted stream names" in preview.output
+    assert "would delete 3 finished runs" in preview.output
+    assert "1 a halted stream needs (its run and group)" in preview.output
     pruned = cli("instance", "prune-runs", "--older-than-days", "0.000001", "--keep-per-job", "0")
     assert pruned.exit_code == 0, pruned.output
     assert "runs older than 1e-06 days: deleted 3 finished runs" in pruned.output

@@ -52,6 +52,36 @@ def test_old_finished_runs_go_with_their_files_and_the_rest_stay(instance: dg.Da
     assert instance.get_run_by_id(running).status == dg.DagsterRunStatus.STARTED
 
 
+def test_a_halted_run_keeps_its_run_group_and_a_halt_is_found_without_its_spec(
+    instance: dg.DagsterInstance, tmp_path
+) -> None:
+    """A halted run is usually the daemon's last retry: re-executing it from failure loads its parent
+    and root runs, so pruning them broke the fix the halt names (`Could not load ancestor run`). And
+    a halted stream whose spec file no longer loads still has its runs kept (the registry holds it)."""
+    root = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+
+    def retry_of(parent: str) -> str:  # as the daemon's run retries are recorded
+        tags = {"dagster/parent_run_id": parent, "dagster/root_run_id": root}
+        failed = dg.DagsterRunStatus.FAILURE
+        return instance.create_run_for_job(
+            failing_job, parent_run_id=parent, root_run_id=root, tags=tags, status=failed
+        ).run_id
+
+    retry = retry_of(root)
+    halted = retry_of(retry)
+    other = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+    registry = FilesystemRegistry(tmp_path / "registry")
+    registry.set_halt("clicks", {"kind": "failed_run", "summary": "a failing batch", "run_id": halted})
+    keep = halted_runs(registry, [])  # no spec loads: the registry's streams are read
+    later = datetime.now(UTC) + timedelta(seconds=1)
+
+    pruned = prune_runs(instance, timedelta(0), keep=keep, keep_per_job=0, now=later)
+
+    assert pruned.deleted == [other] and sorted(pruned.kept_halted) == sorted([root, retry, halted])
+    assert all(instance.get_run_by_id(r) for r in (root, retry, halted))
+    assert "3 a halted stream needs (its run and group)" in pruned.summary()
+
+
 def test_runs_younger_than_the_retention_stay(instance: dg.DagsterInstance) -> None:
     runs = [succeeding_job.execute_in_process(instance=instance).run_id for _ in range(3)]
 
