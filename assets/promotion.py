@@ -18,7 +18,17 @@ import dagster as dg
 
 from assets.training import TrainedModel, retry_policy
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.registry.promotion import RELATIVE_MARGIN_METRICS, compare, gate, judge, stream_metric
+from dagster_project.registry.promotion import (
+    HIGHER_IS_BETTER,
+    RELATIVE_MARGIN_METRICS,
+    compare,
+    difference_text,
+    gate,
+    judge,
+    margin_for,
+    margin_text,
+    stream_metric,
+)
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -164,6 +174,8 @@ def decide_promotion(
         champion_estimator = reg.load_estimator(spec.name, current)
         X, y = unseen.X[labelled], unseen.y[labelled]
         result = judge(spec, metric, candidate, estimator, current, champion_estimator, X, y)
+    if result.promote:
+        result = _hand_decision_holds(reg, spec, metric, candidate, result)
     if fresh_by_default and not result.promote and result.rows < spec.promotion.min_rows:
         reason = (
             f"{candidate} promoted untested: only {result.rows} unseen rows (< promotion.min_rows "
@@ -176,6 +188,34 @@ def decide_promotion(
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=evidence)
     reg.record_decision(spec.name, {"kind": "promotion_gate", **evidence})
     return result
+
+
+def _hand_decision_holds(reg, spec: StreamSpec, metric: str, candidate: str, result):
+    """A champion a person chose (`streamfit models promote|rollback`) is replaced automatically only
+    by its own child within the margin, or by another line's version that beats it by more than the
+    margin. Without this a hand rollback lasted one batch: the rolled-back line's next version was
+    promoted as "within margin" of the version the person had chosen over it."""
+    history = reg.champion_history(spec.name)
+    chosen = history[-1] if history and history[-1].get("version") == result.champion else None
+    by = ((chosen or {}).get("evidence") or {}).get("by")
+    if not by or reg.get(spec.name, candidate).parent == result.champion:
+        return result
+    cand, champ = result.candidate_value, result.champion_value
+    allowed = margin_for(metric, spec.promotion.margin, champ)
+    gain = None if cand is None or champ is None else (cand - champ if HIGHER_IS_BETTER[metric] else champ - cand)
+    if gain is not None and gain > allowed:
+        return result
+    measured = (
+        f"{metric} {difference_text(metric, cand)} vs {difference_text(metric, champ)} on {result.rows} unseen rows"
+        if gain is not None
+        else "not measured"
+    )
+    reason = (
+        f"kept {result.champion}, chosen by {by} ({chosen.get('reason')}): {candidate} is not of its line and must "
+        f"beat it by more than the margin {margin_text(metric, spec.promotion.margin, champ)} ({measured}); "
+        f"`streamfit models promote {spec.name} <version>` chooses again"
+    )
+    return dataclasses.replace(result, promote=False, reason=reason)
 
 
 def _families(estimator) -> dict:

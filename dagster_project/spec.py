@@ -6,8 +6,10 @@ batching and policies. The Dagster factory turns each spec into its assets, chec
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +26,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -801,9 +804,57 @@ def load_spec(path: str | Path) -> StreamSpec:
     try:
         raw = yaml.safe_load(path.read_text())
         spec = StreamSpec.model_validate(raw)
+    except ValidationError as exc:  # one line a field, with the keys allowed where a key is unknown
+        raise ValueError(f"invalid stream spec {path}: {describe_validation_error(exc)}") from exc
     except Exception as exc:  # re-raised with the file's name so the fix is obvious
         raise ValueError(f"invalid stream spec {path}: {exc}") from exc
     return spec
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Pydantic's errors as `field: problem` lines, a misspelt key answered with the closest allowed
+    one (`batch.max_wait` -> `max_wait_s`) and the list it must come from, without pydantic's links."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(the file)"
+        if error["type"] == "extra_forbidden":
+            allowed = _fields_at(StreamSpec, error["loc"][:-1])
+            near = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1, cutoff=0.5)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            lines.append(f"{where}: not a setting here; {hint}allowed: {', '.join(sorted(allowed))}")
+        else:
+            got = error.get("input")
+            shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+            siblings = _fields_at(StreamSpec, error["loc"][:-1])
+            if isinstance(got, str) and got in siblings:  # `policy: allow_partial`: a setting of its own
+                shown += f"; {got!r} is a setting of its own: `{'.'.join(map(str, error['loc'][:-1]))}.{got}: ...`"
+            lines.append(f"{where}: {error['msg']}{shown}")
+    return f"{len(lines)} problem{'s' if len(lines) > 1 else ''}:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model found at `loc` inside `model` (list indices and dict keys passed
+    through); none when the path does not lead to a model."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
+            field = current.model_fields.get(part)
+            current = field.annotation if field is not None else None
+        current = _inner_model(current)
+        if current is None:
+            return []
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside an annotation (itself, or in Optional/list/dict/Union), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def specs_dir() -> Path:

@@ -118,7 +118,10 @@ def test_a_training_run_registers_into_mlflow_and_a_scorer_serves_the_champion_f
         status, body = http.predict([Hammer.ROW])
         assert (status, body["model_version"]) == (200, other)
         status, health, _ = http.request("GET", "/healthz")
-        assert health["registry"] == {"reachable": True, "error": None} and health["degraded"] is None
+        assert (
+            health["registry"] == {"location": f"MLflow at {registry.registry_uri}", "reachable": True, "error": None}
+            and health["degraded"] is None
+        )
         assert service.metrics.value("streamfit_registry_up") == 1
 
 
@@ -150,7 +153,11 @@ def test_the_scorer_keeps_its_model_through_an_mlflow_outage_and_refuses_a_corru
             server.start()  # back, same port, same database and artifacts
             wait_for(lambda: service.watcher.status.registry_error is None, 60, "the watcher to reach MLflow again")
             status, health, _ = http.request("GET", "/healthz")
-            assert health["registry"] == {"reachable": True, "error": None} and health["degraded"] is None
+            assert (
+                health["registry"]
+                == {"location": f"MLflow at {registry.registry_uri}", "reachable": True, "error": None}
+                and health["degraded"] is None
+            )
             assert metrics.value("streamfit_registry_up") == 1
 
             # A champion whose artifact MLflow returns corrupted is refused; the last good model serves on.

@@ -48,7 +48,15 @@ def batches_skip(stream: str, reason: str) -> None:
     state = carried_state(stream, halt)
     store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by, feature_state=state)
     store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
-    click.echo(f"{stream}: skipped {halt['ranges']} ({halt['summary']}); training resumes at {ends}")
+    tail = sum(int(r[1]) - ends[int(p)] for p, r in halt["ranges"].items())
+    skipped = {p: [int(r[0]), ends[int(p)]] for p, r in halt["ranges"].items()}
+    click.echo(f"{stream}: skipped {skipped} ({halt['summary']}); training resumes at {ends}")
+    if tail:  # the held-out tail is not skipped: it is the next batch's first rows
+        click.echo(
+            f"  the batch's last {tail:,} rows (its promotion tail) were not skipped: the next batch learns them, and "
+            "halts again if they hold the same fault. To move past everything waiting instead: `streamfit offsets "
+            f"reset {stream} --to latest --force`"
+        )
 
 
 @batches.command("retry")
@@ -74,9 +82,14 @@ def batches_retry(stream: str, reason: str) -> None:
                 f"DAGSTER_HOME is not set: set it to the Dagster instance the sensors run on, so retry can check "
                 f"that it no longer has run {run_id[:8]} (while it has it, re-executing that run is the fix)"
             )
-        import dagster as dg
 
-        with dg.DagsterInstance.get() as instance:
+        from dagster_project.instance import open_instance
+
+        try:
+            opened = open_instance()
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        with opened as instance:
             if instance.get_run_by_id(run_id) is not None:
                 raise click.ClickException(
                     f"run {run_id[:8]} is in the Dagster instance: re-execute it from the UI after fixing the cause "

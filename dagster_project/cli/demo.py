@@ -12,8 +12,16 @@ from dagster_project.cli.common import PORT
 
 
 @click.command()
-@click.option("--versions", type=int, default=None, help="Stop once this many versions exist (default: Ctrl-C).")
-@click.option("--stream", default="synthetic", show_default=True)
+@click.option(
+    "--versions", type=int, default=None, help="Stop once this many versions exist (default: Ctrl-C or --timeout)."
+)
+@click.option(
+    "--stream",
+    type=click.Choice(["synthetic"]),
+    default="synthetic",
+    show_default=True,
+    help="The stream replayed: the demo's events are the synthetic stream's (others: `streamfit produce`).",
+)
 @click.option("--rate", type=float, default=150.0, show_default=True, help="Replay speed, events per second.")
 @click.option(
     "--rows", type=int, default=16_000, show_default=True, help="Synthetic events to replay (change at 10,000)."
@@ -27,7 +35,14 @@ from dagster_project.cli.common import PORT
 )
 @click.option("--change-at", type=int, default=10_000, show_default=True, help="Row of the concept change.")
 @click.option("--ui-port", type=PORT, default=None, help="Dagster UI port (default: a free one).")
-@click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Stop after this many seconds, whatever else is asked (a demo left running stops by itself).",
+)
 def demo(
     versions: int | None,
     stream: str,

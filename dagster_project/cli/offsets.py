@@ -60,10 +60,16 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 @stream_argument
 @click.option("--to", "position", type=click.Choice(["earliest", "latest"]), required=True)
 @click.option("--reason", default="operator reset", show_default=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Reset a stream without an offset gap too: rows its head learned are learned again, or rows are skipped.",
+)
 @bootstrap_option
-def offsets_reset(stream: str, position: str, reason: str, bootstrap: str | None) -> None:
+def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
-    from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
+    from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
+    from dagster_project.registry.store import expected_offsets
 
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
@@ -75,8 +81,30 @@ def offsets_reset(stream: str, position: str, reason: str, bootstrap: str | None
     if not states:
         raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
     target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
+    head, expected, pending = expected_offsets(registry(), stream)
+    if head is not None and not force:
+        _refuse_without_gap(stream, head.name, expected, target, states, topic_changed(settings, spec, head, pending))
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+
+
+def _refuse_without_gap(
+    stream: str, head: str, expected: dict[int, int], target: dict[int, int], states: list, changed: str | None
+) -> None:
+    """A reset is for data loss (an OFFSET GAP). On a stream without one it silently learned rows
+    again (`--to earliest`) or skipped them (`--to latest`), breaking "every row learned once"."""
+    if changed or any(not s.log_start <= expected.get(s.partition, 0) <= s.high_water for s in states):
+        return  # a gap: what the reset is for
+    again = sum(max(0, expected.get(p, 0) - o) for p, o in target.items())
+    skipped = sum(max(0, o - expected.get(p, 0)) for p, o in target.items())
+    if not again and not skipped:
+        return
+    effect = f"learn {again:,} rows {head} already learned again" if again else f"skip {skipped:,} rows nobody learned"
+    raise click.ClickException(
+        f"{stream} has no offset gap: training continues from {head}'s offsets {expected}, and this reset would "
+        f"{effect}. Pass --force if that is what you want (a model that should learn from scratch is a new "
+        "stream; a halted batch is `streamfit batches skip|retry`)."
+    )
 
 
 def reachable(settings: KafkaSettings) -> None:

@@ -171,6 +171,7 @@ def serve(
             f"serving {stream}: {spec.events_topic} -> {spec.predictions_topic} in group "
             f"{group or scorer_group(spec)}; HTTP on {service.url}"
         )
+        click.echo(f"champion read from {scorer.watcher.registry.address}")
         try:
             service.serve_until_signalled()
         except ScorerFenced as exc:

@@ -221,16 +221,23 @@ def log_starts(settings: KafkaSettings, topic: str, partitions: Iterable[int]) -
 
 def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
     """Fail in seconds, not kafka-python's 30 s bootstrap timeout, when no bootstrap host answers."""
+    from dagster_project.kafka.preflight import not_kafka
+
     errors = []
     for address in settings.bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-            return
         except (OSError, ValueError) as exc:
             errors.append(f"{address}: {exc}")
+            continue
+        why = not_kafka(host.strip("[]"), int(port), timeout_s) if settings.security_protocol == "PLAINTEXT" else None
+        if why is None:  # TLS and SASL listeners are checked by the security preflight
+            return
+        errors.append(f"{address}: {why}")
     raise BrokerUnavailable(
-        f"Kafka broker unreachable ({'; '.join(errors)}); start it or point {BOOTSTRAP_ENV} at a running one"
+        f"Kafka broker unreachable ({'; '.join(errors)}); start it or point {BOOTSTRAP_ENV} (or --bootstrap) "
+        "at a running one"
     )
 
 

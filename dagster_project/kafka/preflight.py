@@ -308,3 +308,34 @@ def _recv_frame(sock: socket.socket) -> bytes | None:
     if not 0 <= size <= 1 << 20:
         return b""
     return _recv_exact(sock, size)
+
+
+def not_kafka(host: str, port: int, timeout_s: float) -> str | None:
+    """Why the server at host:port is not a Kafka broker, or None when it answers like one (or says
+    nothing in time: a slow broker is left to the client's own timeouts).
+
+    Anything listening accepts a TCP connection, so a bootstrap address pointed at an HTTP server (a
+    wrong port) passed the reachability check and kafka-python then waited 30 s for a reply it could
+    not parse, ending in a bare `KafkaTimeoutError: Unable to bootstrap`. One ApiVersions v0 request,
+    which every Kafka broker answers before any authentication, tells them apart."""
+    # The client id ends in a blank line so that an HTTP server answers "400 Bad Request" at once
+    # instead of waiting for the rest of a request line; Kafka brokers take any client id.
+    request = struct.pack(">hhi", 18, 0, 7) + _kafka_string("streamfit-check\r\n\r\n")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            header = _recv_exact(sock, 8)
+    except TimeoutError:
+        return None
+    except OSError:
+        return None  # refused or reset: the caller's unreachable handling says so
+    if header is None:
+        return (
+            "it closed the connection without answering a Kafka request: is it a TLS listener (then set "
+            f"{PROTOCOL_ENV}=SSL) or another service?"
+        )
+    size, correlation_id = struct.unpack(">ii", header)
+    if correlation_id == 7 and 0 <= size <= 1 << 20:
+        return None
+    shown = header.decode("latin-1").strip()
+    return f"it answered a Kafka request with {shown!r}..., not a Kafka response: is it another service (HTTP?)"

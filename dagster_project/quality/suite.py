@@ -480,7 +480,9 @@ def _describe_unseen(failure: QualityFailure, spec: StreamSpec, batch: MicroBatc
         f"unseen categories in {failure.column!r}: {failure.unexpected_count} of {batch.rows} rows ({share:.1%}) hold "
         f"values outside its categories, above quality.max_unseen_category_share {threshold:g}"
         + (f"; e.g. {examples} (partition:offset)" if examples else "")
-        + "; add the new values to the feature's categories, or raise the threshold if they are expected"
+        + "; if they are expected, raise the threshold (they are learned as the feature's `unseen` encoding). "
+        "Adding them to the feature's categories changes the model's columns, which is a new stream (the sensor "
+        "says SPEC CHANGED); for values that keep coming, declare a new stream with `buckets: N` (hashing)"
     )
     return replace(failure, sample=sample, message=message)
 

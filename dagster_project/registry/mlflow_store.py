@@ -283,6 +283,10 @@ class MlflowRegistry(ModelRegistry):
     def __repr__(self) -> str:
         return f"MlflowRegistry({self.tracking_uri!r}, root={str(self.root)!r})"
 
+    @property
+    def address(self) -> str:
+        return f"MLflow at {self.registry_uri}"
+
     # ------------------------------------------------------------------ reading versions
 
     def _search(self, filter_string: str) -> list[_Entry]:

@@ -225,6 +225,12 @@ class ModelRegistry(abc.ABC):
 
     root: Path
 
+    @property
+    def address(self) -> str:
+        """Where versions are read from, for messages: a scorer waiting for a champion that another
+        registry holds must say which one it reads (`STREAMFIT_HOME` defaults to `./.streamfit`)."""
+        return str(self.root.resolve())
+
     # Versions
     @abc.abstractmethod
     def versions(self, stream: str) -> list[Version]:

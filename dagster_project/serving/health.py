@@ -170,7 +170,13 @@ class ScorerHealth:
         status = self.watcher.status
         reasons = []
         if served is None:
-            reasons.append(f"no model loaded: {status.problem}" if status.problem else "waiting for a champion")
+            where = self.watcher.registry.address
+            reasons.append(
+                f"no model loaded: {status.problem}"
+                if status.problem
+                else f"waiting for a champion in {where} (not the registry training writes? set STREAMFIT_HOME or "
+                "STREAMFIT_REGISTRY as the trainer has them)"
+            )
         kafka = self.kafka.describe() if self.kafka is not None else None
         if kafka is not None and kafka["problem"]:
             reasons.append(kafka["problem"])
@@ -186,7 +192,11 @@ class ScorerHealth:
             "refused": status.refused,
             "fallback": bool(served is not None and status.degraded),
             "degraded": status.problem,
-            "registry": {"reachable": status.registry_error is None, "error": status.registry_error},
+            "registry": {
+                "location": self.watcher.registry.address,
+                "reachable": status.registry_error is None,
+                "error": status.registry_error,
+            },
             "kafka": kafka,
         }
         if self.delivery is not None:

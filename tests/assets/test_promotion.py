@@ -430,3 +430,35 @@ def test_a_version_whose_tail_is_too_sparse_to_judge_is_promoted_untested(
     last = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"][-1]
     assert last["candidate"] == "v4" and not last["promote"] and "deferred" in last["reason"]
     assert registry.champion(spec.name) == "v2"
+
+
+def test_a_champion_a_person_chose_holds_against_another_line_within_the_margin(
+    kafka_settings, spec, registry, stream_defs, instance, specs_dir
+):
+    """A rollback by hand lasted one batch: the rolled-back line's next version was promoted as
+    "within margin" of the version the person chose. It must now beat it by more than the margin;
+    an automatic choice still gives way within the margin."""
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    produce_synthetic(kafka_settings, spec, 2400)
+    for _ in range(3):
+        assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
+    assert registry.champion(spec.name) == "v3"  # this easy stream: every version within the margin
+
+    rolled = CliRunner().invoke(main, ["models", "rollback", spec.name, "--reason", "v3 misbehaves"])
+    assert rolled.exit_code == 0, rolled.output
+    assert registry.champion(spec.name) == "v2"
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
+
+    last = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"][-1]
+    assert last["candidate"] == "v4" and not last["promote"] and registry.champion(spec.name) == "v2"
+    assert last["reason"].startswith("kept v2, chosen by ")
+    assert "v4 is not of its line and must beat it" in last["reason"]
+    assert f"`streamfit models promote {spec.name} <version>` chooses again" in last["reason"]
+
+    promoted = CliRunner().invoke(main, ["models", "promote", spec.name, "v4", "--reason", "fixed"])
+    assert promoted.exit_code == 0, promoted.output
+    assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
+    assert registry.champion(spec.name) == "v5", "the chosen champion's own child within the margin: promoted"

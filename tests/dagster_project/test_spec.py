@@ -215,6 +215,34 @@ def test_other_mistakes_are_named(overrides: dict, message: str) -> None:
     assert message in _errors(**overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            {"batch": {"max_wait": 5}},
+            "batch.max_wait: not a setting here; did you mean 'max_wait_s'? allowed: early_cut, max_rows, ",
+        ),
+        (
+            {"features": [{"name": "a", "categoris": ["x"]}]},
+            "features.0.categoris: not a setting here; did you mean 'categories'? allowed: buckets, categories, ",
+        ),
+        (
+            {"quality": {"policy": "allow_partial"}},
+            "quality.policy: Input should be 'halt' or 'quarantine' (got 'allow_partial'); 'allow_partial' is a "
+            "setting of its own: `quality.allow_partial: ...`",
+        ),
+    ],
+)
+def test_a_spec_file_s_mistakes_are_a_line_each_with_the_settings_allowed(tmp_path: Path, overrides, line) -> None:
+    """`streamfit check` printed pydantic's raw errors (`Extra inputs are not permitted`, a link):
+    a misspelt key now names the closest setting and the ones allowed there."""
+    path = _write(tmp_path, "orders.yaml", _raw(**overrides))
+    with pytest.raises(ValueError) as caught:
+        load_spec(path)
+    assert str(caught.value).startswith(f"invalid stream spec {path}: 1 problem:\n  {line}")
+    assert "errors.pydantic.dev" not in str(caught.value)
+
+
 def test_load_spec_names_the_file(tmp_path: Path) -> None:
     path = _write(tmp_path, "orders.yaml", _raw(model={"estimator": "sgd_regressor"}))
     with pytest.raises(ValueError) as caught:

@@ -8,7 +8,7 @@ from dagster_project.cli.common import OPERATOR_ENV
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
-from tests.helpers import high_waters, produce_synthetic
+from tests.helpers import high_waters, produce_synthetic, run_batch
 
 
 @pytest.mark.parametrize("position", ["latest", "earliest"])
@@ -43,3 +43,28 @@ def test_offsets_reset_records_the_operator(
     result = cli("offsets", "reset", spec.name, "--to", "earliest", "--bootstrap", kafka_settings.bootstrap)
     assert result.exit_code == 0, result.output
     assert registry.pending_offset_reset(spec.name)["by"] == "dana"
+
+
+def test_a_reset_of_a_stream_without_an_offset_gap_is_refused_unless_forced(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, stream_defs, instance
+) -> None:
+    """A reset is for data loss. On a healthy stream `--to earliest` learned its rows a second time
+    with no word said; now it names what it would do and asks for --force."""
+    produce_synthetic(kafka_settings, spec, 300)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(stream_defs, spec, {p: (0, e) for p, e in ends.items()}, instance).success
+    produce_synthetic(kafka_settings, spec, 100, start=300)
+    args = ("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap)
+
+    earliest = cli(*args, "--to", "earliest")
+    latest = cli(*args, "--to", "latest")
+
+    assert earliest.exit_code == latest.exit_code == 1
+    assert f"{spec.name} has no offset gap: training continues from v1's offsets" in earliest.output
+    assert "would learn 300 rows v1 already learned again. Pass --force" in earliest.output
+    assert "would skip 100 rows nobody learned. Pass --force" in latest.output
+    assert registry.pending_offset_reset(spec.name) is None
+
+    forced = cli(*args, "--to", "earliest", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)

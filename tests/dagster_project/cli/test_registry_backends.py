@@ -75,6 +75,21 @@ def test_batches_skip(cli, spec: StreamSpec, store: ModelRegistry, monkeypatch: 
     assert store.decisions(spec.name)[-1]["by"] == "erin"
 
 
+def test_batches_skip_says_what_it_skipped_and_that_the_held_out_tail_is_learned_next(
+    cli, spec: StreamSpec, store: ModelRegistry
+) -> None:
+    """The batch's promotion tail is the next batch's first rows, so it is not skipped: the output
+    said it skipped the whole batch, and a user whose tail held the same bad data had to skip again."""
+    halt = {"ranges": {"0": [10, 110], "1": [5, 95]}, "learned_ends": {"0": 90, "1": 77}, "summary": "bad labels"}
+    store.set_halt(spec.name, {**halt, "run_id": "r"})
+    result = cli("batches", "skip", spec.name, "--reason", "int labels")
+    assert result.exit_code == 0, result.output
+    assert f"{spec.name}: skipped {{'0': [10, 90], '1': [5, 77]}} (bad labels); training resumes at" in result.output
+    assert "the batch's last 38 rows (its promotion tail) were not skipped: the next batch learns them" in result.output
+    assert f"`streamfit offsets reset {spec.name} --to latest --force`" in result.output
+    assert store.pending_offset_reset(spec.name)["offsets"] == {"0": 90, "1": 77}
+
+
 def test_skipping_a_data_quality_halt_carries_its_feature_state(
     cli, spec: StreamSpec, store: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.partitioner.default import murmur2
 
+from dagster_project.dev.producer import produce
 from dagster_project.kafka import clients
 from dagster_project.kafka import io as io_module
 from dagster_project.kafka.brokers.tansu import free_port
@@ -349,6 +350,36 @@ def test_malformed_bootstrap_is_unreachable(bootstrap: str) -> None:
 
 def test_any_reachable_bootstrap_host_is_enough(kafka_bootstrap: str) -> None:
     check_reachable(KafkaSettings(bootstrap=f"127.0.0.1:{free_port()},{kafka_bootstrap}"))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda s: check_reachable(s), id="check_reachable"),
+        pytest.param(lambda s: probe_partitions(s, "any", {}), id="probe_partitions"),
+        pytest.param(lambda s: produce(s, synthetic_spec(), [(b"k", b"{}")]), id="produce"),
+    ],
+)
+def test_a_bootstrap_address_that_is_not_kafka_fails_fast_and_says_so(call, kafka_bootstrap: str) -> None:
+    """An HTTP server on the bootstrap port accepts the connection; kafka-python then waited 30 s and
+    ended in a bare `KafkaTimeoutError: Unable to bootstrap`. The real broker beside it still answers."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable) as info:
+            call(KafkaSettings(bootstrap=address))
+        assert time.monotonic() - started < 5
+        assert f"{address}: it answered a Kafka request with" in str(info.value)
+        assert "is it another service (HTTP?)" in str(info.value) and BOOTSTRAP_ENV in str(info.value)
+        check_reachable(KafkaSettings(bootstrap=f"{address},{kafka_bootstrap}"))  # one real broker is enough
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_group_offsets_round_trip(kafka_settings: KafkaSettings) -> None:

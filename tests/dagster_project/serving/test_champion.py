@@ -366,7 +366,7 @@ def test_a_broken_alias_is_reported_as_broken_not_as_an_unreachable_registry(
 
     assert not watcher.check() and watcher.current.version == "v1"
     detail = health.report().detail
-    assert detail["registry"] == {"reachable": True, "error": None}
+    assert detail["registry"] == {"location": registry.address, "reachable": True, "error": None}
     assert (detail["model_version"], detail["champion"], detail["fallback"]) == ("v1", None, True)
     assert detail["degraded"].startswith("the champion alias is broken (")
     assert f"point the alias again with `streamfit models promote {spec.name} <version>`" in detail["degraded"]
@@ -406,7 +406,11 @@ def test_a_scorer_that_starts_while_the_alias_is_broken_serves_the_newest_champi
     with monkeypatch.context() as outage:  # a registry outage meanwhile, then it answers again
         outage.setattr(registry, "champion", lambda stream: (_ for _ in ()).throw(RegistryUnavailable("down")))
         assert not started.check() and health.report().detail["registry"]["reachable"] is False
-    assert not started.check() and health.report().detail["registry"] == {"reachable": True, "error": None}
+    assert not started.check() and health.report().detail["registry"] == {
+        "location": registry.address,
+        "reachable": True,
+        "error": None,
+    }
     assert started.degraded == said
 
     registry.set_champion(spec.name, "v2", reason="manual: the alias repaired")

@@ -53,6 +53,7 @@ def test_kill_9_and_restart_loses_nothing_and_repeats_at_most_one_batch(
     first = second = None
     try:
         first = ServeProcess(spec, kafka_settings.bootstrap, "--delivery", "at-least-once")
+        first.wait_for(f"champion read from {registry.root.resolve()}")  # which registry: named at start
         wait_for(lambda: topic_size(kafka_settings, spec.predictions_topic) >= 800, 30, "the first scorer to score")
         first.kill()  # SIGKILL mid-stream: no commit, no leave-group, a batch possibly half produced
         at_kill = topic_size(kafka_settings, spec.predictions_topic)
