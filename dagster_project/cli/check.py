@@ -34,6 +34,11 @@ SHOWN_REASONS = 10  # refusal reasons listed with an example; the rest are count
     help="Compare each spec with what its stream's versions in the registry ($STREAMFIT_REGISTRY) learned: "
     "an edit that would halt training or make scorers refuse the champion fails the check.",
 )
+@click.option(
+    "--reference",
+    is_flag=True,
+    help="Print every spec setting with its type and default (docs/spec-reference.md), check nothing.",
+)
 def check(
     paths: tuple[Path, ...],
     sample: Path | None,
@@ -42,11 +47,17 @@ def check(
     limit: int | None,
     json_path: Path | None,
     compare_registry: bool,
+    reference: bool,
 ):
     """Check stream specs (default: $STREAMFIT_STREAMS) one by one: schema, estimator parameters, the
     data-quality suite, and what the stream's registry versions learned. With --sample, also learn
     the events as training runs would (parse, features, quality checks, test-then-train, ONNX export
     with parity) and report what was learned and refused. Exits 1 when anything would stop the stream."""
+    if reference:
+        from dagster_project.check.reference import spec_reference
+
+        click.echo(spec_reference(), nl=False)
+        return
     from dagster_project.check.specs import check_spec_files, spec_files
     from dagster_project.spec import specs_dir
 
