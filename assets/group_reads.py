@@ -20,7 +20,7 @@ events of the batch in one pass (`read_batch(state=...)`).
 
 import dagster as dg
 
-from assets.training import BatchConfig, already_learned, validated
+from assets.training import BatchConfig, already_learned, restore_inherited_retries, validated
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
 from dagster_project.features.checkpoint import expected_state
@@ -59,6 +59,7 @@ def build_group_read_micro_batch(spec: StreamSpec, retries: dg.RetryPolicy | Non
     def read_plan(
         context: dg.OpExecutionContext, config: BatchConfig, kafka: KafkaResource, registry: RegistryResource
     ):
+        restore_inherited_retries(context.instance, context.run)
         ranges, learn_ends = config.as_ranges(), config.learn_ends()
         head, reset, done = already_learned(context, spec, kafka, registry, ranges, learn_ends)
         workers = 1 if spec.derived else spec.model.scale_out.workers

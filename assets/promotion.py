@@ -83,11 +83,15 @@ def decide_champion(
     # only then: copying a 100 k-row batch's rows cost ~4 ms of every run that had nothing to check).
     history = reg.champion_history(name)
     promoted = history[-1] if history and history[-1]["version"] == current else None
+    # A champion a person chose is not checked against the version it replaced: the drift monitor
+    # would roll back to it, undoing the choice with the very version the person rejected.
+    chosen_by_hand = bool(((promoted or {}).get("evidence") or {}).get("by"))
     rows = (
         _all_rows(micro_batch)
         if current != candidate
         and promoted
         and promoted.get("previous")
+        and not chosen_by_hand
         and _age_s(promoted["at"]) <= spec.drift.rollback_window_s
         else None
     )
@@ -192,13 +196,13 @@ def decide_promotion(
 
 def _hand_decision_holds(reg, spec: StreamSpec, metric: str, candidate: str, result):
     """A champion a person chose (`streamfit models promote|rollback`) is replaced automatically only
-    by its own child within the margin, or by another line's version that beats it by more than the
-    margin. Without this a hand rollback lasted one batch: the rolled-back line's next version was
-    promoted as "within margin" of the version the person had chosen over it."""
+    by a version of its line (grown from it since the choice) within the margin, or by another line's
+    version that beats it by more than the margin. Without this a hand rollback lasted one batch: the
+    rolled-back line's next version was promoted as "within margin" of the version the person chose."""
     history = reg.champion_history(spec.name)
     chosen = history[-1] if history and history[-1].get("version") == result.champion else None
     by = ((chosen or {}).get("evidence") or {}).get("by")
-    if not by or reg.get(spec.name, candidate).parent == result.champion:
+    if not by or _of_its_line(reg, spec.name, candidate, result.champion, chosen.get("at") or ""):
         return result
     cand, champ = result.candidate_value, result.champion_value
     allowed = margin_for(metric, spec.promotion.margin, champ)
@@ -211,11 +215,29 @@ def _hand_decision_holds(reg, spec: StreamSpec, metric: str, candidate: str, res
         else "not measured"
     )
     reason = (
-        f"kept {result.champion}, chosen by {by} ({chosen.get('reason')}): {candidate} is not of its line and must "
-        f"beat it by more than the margin {margin_text(metric, spec.promotion.margin, champ)} ({measured}); "
+        f"kept {result.champion}, chosen by {by} ({chosen.get('reason')}): {candidate} did not grow from it "
+        f"since and must beat it by more than the margin {margin_text(metric, spec.promotion.margin, champ)} "
+        f"({measured}); "
         f"`streamfit models promote {spec.name} <version>` chooses again"
     )
     return dataclasses.replace(result, promote=False, reason=reason)
+
+
+def _of_its_line(reg, stream: str, version: str, champion: str, chosen_at: str) -> bool:
+    """Whether `version` grew from the chosen `champion` after the choice: every version between them
+    was registered after it. A rollback to v2 rejected v3, so v4 (v3's child) is not v2's line though
+    v2 is its grandparent; after promoting the head v3, v5 (through v4, registered since) is."""
+    metas = {v.name: v.meta for v in reg.versions(stream)}
+    seen: set[str] = set()
+    current = version
+    while current in metas and current not in seen:
+        if str(metas[current].get("created_at") or "") <= chosen_at:
+            return False
+        seen.add(current)
+        current = metas[current].get("parent")
+        if current == champion:
+            return True
+    return False
 
 
 def _families(estimator) -> dict:

@@ -100,8 +100,8 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
             },
         )
         context.log.info(f"{name}: retrained {version.name} on {version.meta['offsets']['batch']}")
-        result = gate_retrain(kafka.settings(), reg, spec, version)
-        context.log.info(f"{name}: {result.reason}")
+        # Recorded before the gate, which reads the broker: a gate that fails must not leave the name
+        # unrecorded (`highest_issued` numbers versions after a registry restore from these).
         yield dg.AssetMaterialization(
             asset_key=[name, "model_version"],
             metadata={
@@ -111,6 +111,8 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
                 "reason": "; ".join(config.reasons),
             },
         )
+        result = gate_retrain(kafka.settings(), reg, spec, version)
+        context.log.info(f"{name}: {result.reason}")
         yield dg.Output(version.name)
 
     tags = {names.STREAM_TAG: name}

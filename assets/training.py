@@ -157,6 +157,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     def micro_batch(
         context: dg.AssetExecutionContext, config: BatchConfig, kafka: KafkaResource, registry: RegistryResource
     ):
+        restore_inherited_retries(context.instance, context.run)
         ranges, learn_ends = config.as_ranges(), config.learn_ends()
         head, reset, done = already_learned(context, spec, kafka, registry, ranges, learn_ends)
         if done is not None:
@@ -309,6 +310,8 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 **({"mlflow_model_uri": links["model_uri"]} if "model_uri" in links else {}),
                 "version": version.name,
                 "version_number": version.number,
+                # which incarnation of the topic its offsets name (`sensors.kafka_sensor._learned_before`)
+                "topic_id": str((version.meta["offsets"].get("identity") or {}).get("topic_id") or ""),
                 "registered_by_earlier_attempt": version.meta.get("run_id") != context.run.run_id,
                 "rows": model.rows_trained,
                 "rows_learned_total": int(version.meta["rows_learned_total"]),
@@ -366,6 +369,15 @@ def already_learned(context, spec: StreamSpec, kafka, registry, ranges: Ranges, 
 # batch halted by its data-quality check fails it identically each time, and each attempt recorded
 # the halt again under a new run id while the sensor already named the first.
 NO_RUN_RETRIES_TAG = "dagster/max_retries"
+
+
+def restore_inherited_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """A halted run re-executed from the UI inherits its `dagster/max_retries: 0` (the UI copies the
+    parent's tags): the fix the halt names would then run without the daemon's retries, and one
+    broker blip would halt the stream again. A run's first step sees only an inherited value (the
+    tag is added when a batch halts), so it is set back to the instance's."""
+    if run.parent_run_id and run.tags.get(NO_RUN_RETRIES_TAG) == "0":
+        instance.add_run_tags(run.run_id, {NO_RUN_RETRIES_TAG: str(instance.run_retries_max_retries)})
 
 
 def validated(context, spec: StreamSpec, kafka, registry, batch: MicroBatch, extra: dict | None = None):

@@ -135,7 +135,10 @@ def evaluate(
         return dg.SkipReason(f"{spec.name}: {plan.reason}")
     head_name = head.name if head else None
     run_key, learned_before = _key_to_learn(context.instance, ranges_key(spec.name, head_name, plan.ranges))
-    relearned = learned_before or _learned_before(context.instance, reg, spec.name, plan.ranges)
+    # Tagged (its dead letters read first, so none is sent twice) only when the run learned this very
+    # topic: the key alone also matches a stream started over under its name on a recreated topic.
+    same_topic = learned_before is not None and _same_topic(context.instance, spec.name, head, learned_before)
+    relearned = learned_before if same_topic else _learned_before(context.instance, reg, spec.name, head, plan.ranges)
     if learned_before is not None and run_key is None:
         message = (
             f"REGISTRY BEHIND DAGSTER in {spec.name}: the batch after {head_name or 'the start'} was learned by "
@@ -227,16 +230,16 @@ def _key_to_learn(instance: dg.DagsterInstance, key: str) -> tuple[str | None, d
 
 
 def _learned_before(
-    instance: dg.DagsterInstance, reg: ModelRegistry, stream: str, ranges: Ranges
+    instance: dg.DagsterInstance, reg: ModelRegistry, stream: str, head, ranges: Ranges
 ) -> dg.DagsterRun | None:
     """A run that learned exactly these ranges on top of a version the registry lost, or None.
 
     After a restore the first lost batch has a used run key (`_key_to_learn`), but the version it
     makes has a new name, so the next lost batches have new keys; on a busy stream they are planned
     with the same ranges, which tell that they were learned (and their malformed messages
-    dead-lettered) before. Only a run whose head is gone counts: one whose head is still here learned
-    those offsets of a topic since deleted and recreated (an offset reset followed), whose dead
-    letters name other messages."""
+    dead-lettered) before. Only a run whose head is gone and whose version learned the head's topic
+    (same topic id) counts: otherwise the same offsets may be another topic's (deleted and recreated,
+    an offset reset followed, or a registry started over), whose dead letters name other messages."""
     runs = instance.get_runs(
         dg.RunsFilter(
             tags={names.STREAM_TAG: stream, names.RANGES_TAG: encode_ranges(ranges)},
@@ -247,7 +250,28 @@ def _learned_before(
     if not runs:
         return None
     held = set(reg.version_names(stream))
-    return next((r for r in runs if r.tags.get(names.PARENT_TAG, "none") not in held | {"none"}), None)
+    for run in runs:
+        # The same incarnation of the topic: a registry deleted and its topic recreated under the same
+        # stream name leaves old runs whose heads are gone too, and their letters name other messages.
+        if run.tags.get(names.PARENT_TAG, "none") not in held | {"none"} and _same_topic(instance, stream, head, run):
+            return run
+    return None
+
+
+def _same_topic(instance: dg.DagsterInstance, stream: str, head, run: dg.DagsterRun) -> bool:
+    """Whether `run`'s version learned the topic `head` learned (their topic ids match; unknown: no)."""
+    topic_id = ((head.meta["offsets"].get("identity") or {}).get("topic_id") if head else None) or ""
+    return bool(topic_id) and _learned_topic_id(instance, run.run_id, stream) == topic_id
+
+
+def _learned_topic_id(instance: dg.DagsterInstance, run_id: str, stream: str) -> str | None:
+    """The topic id the run's registered version learned from (its `model_version` materialization)."""
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.asset_key == dg.AssetKey([stream, "model_version"]):
+            entry = materialization.metadata.get("topic_id")
+            return str(getattr(entry, "value", entry) or "") or None
+    return None
 
 
 def _failed_batch(

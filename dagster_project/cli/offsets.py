@@ -81,15 +81,22 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
     if not states:
         raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
     target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
-    head, expected, pending = expected_offsets(registry(), stream)
-    if head is not None and not force:
-        _refuse_without_gap(stream, head.name, expected, target, states, topic_changed(settings, spec, head, pending))
+    head, _expected, pending = expected_offsets(registry(), stream)
+    if head is not None and not force:  # against what the head learned: a pending reset is replaced
+        changed = topic_changed(settings, spec, head, None)
+        _refuse_without_gap(stream, head.name, dict(head.learned), target, states, changed, pending)
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
 
 
 def _refuse_without_gap(
-    stream: str, head: str, expected: dict[int, int], target: dict[int, int], states: list, changed: str | None
+    stream: str,
+    head: str,
+    expected: dict[int, int],
+    target: dict[int, int],
+    states: list,
+    changed: str | None,
+    pending: dict | None = None,
 ) -> None:
     """A reset is for data loss (an OFFSET GAP). On a stream without one it silently learned rows
     again (`--to earliest`) or skipped them (`--to latest`), breaking "every row learned once"."""
@@ -100,8 +107,9 @@ def _refuse_without_gap(
     if not again and not skipped:
         return
     effect = f"learn {again:,} rows {head} already learned again" if again else f"skip {skipped:,} rows nobody learned"
+    replaced = f" (replacing the pending reset to {pending['offsets']})" if pending else ""
     raise click.ClickException(
-        f"{stream} has no offset gap: training continues from {head}'s offsets {expected}, and this reset would "
+        f"{stream} has no offset gap: {head} learned up to {expected}, and this reset{replaced} would "
         f"{effect}. Pass --force if that is what you want (a model that should learn from scratch is a new "
         "stream; a halted batch is `streamfit batches skip|retry`)."
     )

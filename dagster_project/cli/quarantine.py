@@ -6,6 +6,8 @@ satisfied, train it into the model on top of the head, exactly once.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from dagster_project.cli.common import (
@@ -72,10 +74,47 @@ def quarantine_replay(stream: str, quarantine_id: str, force: bool, bootstrap: s
         settings = KafkaSettings.from_env(bootstrap)
     except RuntimeError:
         settings = None
+    instance = _dagster_instance()
     try:
         version = replay_quarantined(
-            registry(), QuarantineStore(), spec, quarantine_id, operator_name(), force, settings
+            registry(),
+            QuarantineStore(),
+            spec,
+            quarantine_id,
+            operator_name(),
+            force,
+            settings,
+            number_after=_highest_issued(instance, stream),
         )
     except (QuarantineError, RegistryError, BrokerUnavailable, ValueError) as exc:
         raise click.ClickException(f"{stream}: {quarantine_id} was not replayed: {exc}") from exc
+    if instance is not None:  # as a run's registration is: no later version takes its name after a restore
+        import dagster as dg
+
+        event = dg.AssetMaterialization(
+            [stream, "model_version"], metadata={"version": version.name, "replay": quarantine_id}
+        )
+        instance.report_runless_asset_event(event)
+        instance.dispose()
     click.echo(f"{stream}: {quarantine_id} trained into {version.name}")
+
+
+def _dagster_instance():
+    """The Dagster instance in DAGSTER_HOME, or None without one (the replay then knows only the
+    registry's names: after a restore it could give a lost version's name again)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    from dagster_project.instance import open_instance
+
+    try:
+        return open_instance()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _highest_issued(instance, stream: str) -> int:
+    if instance is None:
+        return 0
+    from dagster_project.orchestration.issued_names import highest_issued
+
+    return highest_issued(instance, stream)

@@ -77,11 +77,20 @@ def halted_runs(registry, streams: Iterable[str]) -> set[str]:
 def with_run_groups(instance: dg.DagsterInstance, run_ids: set[str]) -> set[str]:
     """The runs and every run of their groups: a halted run is usually the daemon's last retry, and
     re-executing it from failure loads its parent and root runs (`Could not load ancestor run`)."""
+    import dagster as dg
+
     kept = set(run_ids)
     for run_id in run_ids:
-        group = instance.get_run_group(run_id) if instance.get_run_by_id(run_id) else None
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            continue
+        try:
+            group = instance.get_run_group(run_id)
+        except dg.DagsterRunNotFoundError:  # its root is gone (pruned by an older release, or by hand)
+            root = run.root_run_id or run_id
+            group = (root, instance.get_runs(dg.RunsFilter(tags={"dagster/root_run_id": root})))
         if group:
-            kept.update(run.run_id for run in group[1])
+            kept.update(r.run_id for r in group[1])
     return kept
 
 

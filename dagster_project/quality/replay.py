@@ -16,6 +16,7 @@ def replay_quarantined(
     by: str,
     force: bool = False,
     settings: KafkaSettings | None = None,
+    number_after: int = 0,
 ) -> Version:
     """Validate again (unless forced), test-then-train the stored rows, register, mark replayed.
 
@@ -47,6 +48,7 @@ def replay_quarantined(
             batch,
             f"replay by {by}",
             lambda: learn_from_head(registry, spec, batch, settings),
+            number_after,
             replay={"quarantine": qid, "by": by},
         )
     except ParityFailed as exc:

@@ -162,6 +162,16 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def without_credentials(uri: str) -> str:
+    """`uri` without a user, password or query string (`https://u:token@host/x?sig=...` -> `https://host/x`)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri.partition("?")[0]
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
+
+
 def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS).decode()
 
@@ -285,7 +295,8 @@ class MlflowRegistry(ModelRegistry):
 
     @property
     def address(self) -> str:
-        return f"MLflow at {self.registry_uri}"
+        """The registry's URI without credentials: it is shown on the scorer's open `/healthz`."""
+        return f"MLflow at {without_credentials(self.registry_uri)}"
 
     # ------------------------------------------------------------------ reading versions
 

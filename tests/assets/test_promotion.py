@@ -450,15 +450,42 @@ def test_a_champion_a_person_chose_holds_against_another_line_within_the_margin(
     rolled = CliRunner().invoke(main, ["models", "rollback", spec.name, "--reason", "v3 misbehaves"])
     assert rolled.exit_code == 0, rolled.output
     assert registry.champion(spec.name) == "v2"
+    before = len(registry.decisions(spec.name))
     assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
 
     last = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"][-1]
     assert last["candidate"] == "v4" and not last["promote"] and registry.champion(spec.name) == "v2"
     assert last["reason"].startswith("kept v2, chosen by ")
-    assert "v4 is not of its line and must beat it" in last["reason"]
+    assert "v4 did not grow from it since and must beat it" in last["reason"]
+    # nor is it checked against the version it replaced: the drift monitor would roll back to v3
+    assert not [d for d in registry.decisions(spec.name)[before:] if d["kind"] == "champion_check"]
     assert f"`streamfit models promote {spec.name} <version>` chooses again" in last["reason"]
 
     promoted = CliRunner().invoke(main, ["models", "promote", spec.name, "v4", "--reason", "fixed"])
     assert promoted.exit_code == 0, promoted.output
     assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 250), instance).success
-    assert registry.champion(spec.name) == "v5", "the chosen champion's own child within the margin: promoted"
+    assert registry.champion(spec.name) == "v5", "grown from the chosen v4 since the choice: promoted"
+
+
+def test_a_chosen_champion_s_line_is_what_grew_from_it_after_the_choice(tmp_path):
+    """v1 <- v2 <- v3 <- v4 <- v5. A person chooses v3 after v4 was registered: v5 grew through v4,
+    which the choice passed over, so it is not v3's line; had v3 been chosen before v4 existed (the
+    head promoted by hand, its child then losing a gate), v5 would be."""
+    import time
+
+    from assets.promotion import _of_its_line
+    from dagster_project.registry.store import FilesystemRegistry, _now
+    from tests.dagster_project.registry.test_contract import register
+
+    registry = FilesystemRegistry(tmp_path / "registry")
+    stamps = {}
+    parent = None
+    for n in range(1, 6):
+        parent = register(registry, "s", parent, {0: n}).name
+        time.sleep(0.002)
+        stamps[parent] = _now()  # a choice made just after this version was registered
+    assert _of_its_line(registry, "s", "v4", "v3", stamps["v3"])
+    assert _of_its_line(registry, "s", "v5", "v3", stamps["v3"])  # through v4, registered after the choice
+    assert not _of_its_line(registry, "s", "v5", "v3", stamps["v4"])  # through v4, which the choice passed over
+    assert not _of_its_line(registry, "s", "v5", "v2", stamps["v3"])  # a rollback to v2 rejected v3
+    assert not _of_its_line(registry, "s", "v2", "v3", stamps["v1"])  # an ancestor is not its line

@@ -7,13 +7,15 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from assets.training import restore_inherited_retries
 from dagster_project.cli import main
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import ensure_topics, probe_partitions, read_range
+from dagster_project.orchestration.issued_names import highest_issued
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
-from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, run_batch
+from tests.helpers import defs_for, failing_job, kafka_sensor_tick, produce_synthetic, run_batch
 
 
 def _spec(model: dict | None = None, **quality):
@@ -66,6 +68,16 @@ def test_a_halted_batch_s_run_is_not_retried_by_the_daemon_but_a_failed_one_is(
         halted = run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance, raise_on_error=False)
         assert not halted.success and registry.halt(spec.name)["run_id"] == halted.run_id
         assert instance.get_run_by_id(halted.run_id).tags["dagster/will_retry"] == "false"
+
+        # Re-executed from the UI, the halted run's tags are copied: its `dagster/max_retries: 0` is set
+        # back to the instance's by the new run's first step, so the fix runs with retries again.
+        tags = {**instance.get_run_by_id(halted.run_id).tags, "dagster/parent_run_id": halted.run_id}
+        child = instance.create_run_for_job(
+            failing_job, parent_run_id=halted.run_id, root_run_id=halted.run_id, tags=tags
+        )
+        assert child.tags["dagster/max_retries"] == "0"
+        restore_inherited_retries(instance, child)
+        assert instance.get_run_by_id(child.run_id).tags["dagster/max_retries"] == "2"
 
         registry.clear_halt(spec.name, {"resolution": "test"})
         monkeypatch.setenv("STREAMFIT_FAULT", "after_train")  # a crash: the retry learns the batch
@@ -171,9 +183,16 @@ def test_quarantine_advances_and_replays_exactly_once(model, kafka_bootstrap, ka
         without = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=unset)
         assert without.exit_code == 1 and "STREAMFIT_KAFKA_BOOTSTRAP" in without.output, without.output
         env |= {"STREAMFIT_KAFKA_BOOTSTRAP": kafka_bootstrap}
+    name = "v3"
+    if not model:  # this instance registered up to v9 before the registry was restored to v2
+        event = dg.AssetMaterialization([spec.name, "model_version"], metadata={"version": "v9"})
+        instance.report_runless_asset_event(event)
+        env |= {"DAGSTER_HOME": instance.root_directory}
+        name = "v10"
     replay = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=env)
     assert replay.exit_code == 0, replay.output
     v3 = registry.head(spec.name)
+    assert v3.name == name and highest_issued(instance, spec.name) == int(name[1:])  # reported to the instance
     assert v3.meta["replay"]["quarantine"] == entry.id and v3.meta["rows"]["trained"] == 105
     assert v3.meta["rows_learned_total"] == v2.meta["rows_learned_total"] + 105
     assert v3.learned == v2.learned  # the stream's position does not move back
@@ -181,7 +200,7 @@ def test_quarantine_advances_and_replays_exactly_once(model, kafka_bootstrap, ka
         assert v3.meta["window"]["fitted_on"]["rows"] == 505
         assert v3.meta["window"]["fitted_on"]["ranges"] == {"0": [[0, v2.learned[0]]]}
     again = runner.invoke(main, ["quarantine", "replay", spec.name, entry.id, "--force"], env=env)
-    assert again.exit_code == 1 and "already replayed by v3" in again.output
+    assert again.exit_code == 1 and f"already replayed by {name}" in again.output
 
 
 def test_partial_batches_split_bad_rows_to_the_dlq(kafka_bootstrap, kafka_settings, registry, instance):

@@ -60,11 +60,17 @@ def test_a_reset_of_a_stream_without_an_offset_gap_is_refused_unless_forced(
     latest = cli(*args, "--to", "latest")
 
     assert earliest.exit_code == latest.exit_code == 1
-    assert f"{spec.name} has no offset gap: training continues from v1's offsets" in earliest.output
+    assert f"{spec.name} has no offset gap: v1 learned up to" in earliest.output
     assert "would learn 300 rows v1 already learned again. Pass --force" in earliest.output
     assert "would skip 100 rows nobody learned. Pass --force" in latest.output
     assert registry.pending_offset_reset(spec.name) is None
 
+    forced = cli(*args, "--to", "latest", "--force")
+    assert forced.exit_code == 0, forced.output
+    # Judged against what v1 learned, not the pending reset it replaces (300 rows, not 400).
+    again = cli(*args, "--to", "earliest")
+    assert again.exit_code == 1 and "v1 learned up to" in again.output
+    assert "(replacing the pending reset to" in again.output and "would learn 300 rows v1 already" in again.output
     forced = cli(*args, "--to", "earliest", "--force")
     assert forced.exit_code == 0, forced.output
     assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)

@@ -81,6 +81,12 @@ def test_a_halted_run_keeps_its_run_group_and_a_halt_is_found_without_its_spec(
     assert all(instance.get_run_by_id(r) for r in (root, retry, halted))
     assert "3 a halted stream needs (its run and group)" in pruned.summary()
 
+    # A root already gone (an older release kept only the halted run): the rest is kept, no crash
+    # (Dagster's run group lookup raises when the root is missing, which failed every daily prune).
+    instance.delete_run(root)
+    again = prune_runs(instance, timedelta(0), keep=keep, keep_per_job=0, now=later)
+    assert again.deleted == [] and sorted(again.kept_halted) == sorted([retry, halted])
+
 
 def test_runs_younger_than_the_retention_stay(instance: dg.DagsterInstance) -> None:
     runs = [succeeding_job.execute_in_process(instance=instance).run_id for _ in range(3)]

@@ -12,7 +12,14 @@ import pytest
 
 from dagster_project.dev.mlflow_server import free_port
 from dagster_project.registry.backends import registry_from_env
-from dagster_project.registry.mlflow_store import ABANDONED_TAG, ATTEMPT_TAG, DISCARDED_TAG, VERSION_TAG, MlflowRegistry
+from dagster_project.registry.mlflow_store import (
+    ABANDONED_TAG,
+    ATTEMPT_TAG,
+    DISCARDED_TAG,
+    VERSION_TAG,
+    MlflowRegistry,
+    without_credentials,
+)
 from dagster_project.registry.store import (
     FilesystemRegistry,
     RegistryError,
@@ -287,3 +294,19 @@ def test_the_registry_cost_benchmark_runs(mlflow_uri: str, capsys: pytest.Captur
     for op in ("register ", "register_batch", "head", "champion", "load_onnx", "load_estimator"):
         assert f"\n{op}" in out, out
     assert "MLflow/fs" in out and "MLflow calls per register: 13 (" in out
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("https://alice:s3cret-token@mlflow.example:443/", "https://mlflow.example:443/"),
+        ("postgresql://user:pw@db:5432/mlflow?sslmode=require", "postgresql://db:5432/mlflow"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////var/lib/mlflow.db", "sqlite:////var/lib/mlflow.db"),
+    ],
+)
+def test_the_registry_address_a_scorer_shows_carries_no_credentials(uri: str, shown: str, tmp_path: Path) -> None:
+    """`/healthz` is open without a token and names the registry the scorer reads."""
+    assert without_credentials(uri) == shown
+    if uri.startswith("http"):
+        assert MlflowRegistry(uri, root=tmp_path).address == f"MLflow at {shown}"
