@@ -42,7 +42,7 @@ def test_too_many_unseen_categories_fail_the_batch_naming_feature_share_threshol
         "unseen categories in 'workclass': 20 of 200 rows (10.0%) hold values outside its categories, "
         "above quality.max_unseen_category_share 0.05; e.g. 'Space-0' at 1:500, 'Space-10' at 1:510"
     )
-    # The fix it names must work: adding the values to `categories` is a SPEC CHANGED (a new stream).
+    # It names fixes that work: adding the values to `categories` would be a SPEC CHANGED (a new stream).
     assert failure.message.endswith(
         "; if they are expected, raise the threshold (they are learned as the feature's `unseen` encoding). "
         "Adding them to the feature's categories changes the model's columns, which is a new stream (the sensor "
