@@ -840,18 +840,18 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
         if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
             field = current.model_fields.get(part)
             current = field.annotation if field is not None else None
-        current = _inner_model(current)
+        current = section_model(current)
         if current is None:
             return []
     return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
 
 
-def _inner_model(annotation: Any) -> Any:
+def section_model(annotation: Any) -> Any:
     """The BaseModel inside an annotation (itself, or in Optional/list/dict/Union), else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _inner_model(arg)
+        found = section_model(arg)
         if found is not None:
             return found
     return None

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from dagster_project.spec import StreamSpec
+from dagster_project.spec import StreamSpec, section_model
 
 TITLE = "# Stream spec reference"
 
@@ -49,7 +49,7 @@ def _sections(model: type[BaseModel], path: str, seen: set | None = None) -> lis
     seen.add(model)
     found = [(path, model)]
     for name, field in model.model_fields.items():
-        inner = _inner_model(field.annotation)
+        inner = section_model(field.annotation)
         if inner is not None:
             many = typing.get_origin(field.annotation) in (list, tuple) or "list[" in str(field.annotation)
             prefix = "" if model is StreamSpec else f"{path.strip('`')}."
@@ -57,18 +57,8 @@ def _sections(model: type[BaseModel], path: str, seen: set | None = None) -> lis
     return found
 
 
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def _type_text(annotation: Any, names: dict[type[BaseModel], str]) -> str:
-    inner = _inner_model(annotation)
+    inner = section_model(annotation)
     if inner is not None and inner is annotation:
         return f"the `{names[inner]}` section"
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from dagster_project import names
-from dagster_project.cli.common import operator_name, registry, stream_argument, stream_spec
+from dagster_project.cli.common import dagster_instance, operator_name, registry, stream_argument, stream_spec
 
 
 @click.group()
@@ -83,13 +83,7 @@ def batches_retry(stream: str, reason: str) -> None:
                 f"that it no longer has run {run_id[:8]} (while it has it, re-executing that run is the fix)"
             )
 
-        from dagster_project.instance import open_instance
-
-        try:
-            opened = open_instance()
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from exc
-        with opened as instance:
+        with dagster_instance() as instance:
             if instance.get_run_by_id(run_id) is not None:
                 raise click.ClickException(
                     f"run {run_id[:8]} is in the Dagster instance: re-execute it from the UI after fixing the cause "

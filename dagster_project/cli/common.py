@@ -113,3 +113,13 @@ class PositiveRate(PositiveSeconds):
     """Events per second above zero, finite."""
 
     name = "rate"
+
+
+def dagster_instance() -> Any:
+    """The Dagster instance in DAGSTER_HOME, a missing variable of its dagster.yaml named in one line."""
+    from dagster_project.instance import open_instance
+
+    try:
+        return open_instance()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc

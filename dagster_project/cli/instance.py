@@ -68,15 +68,11 @@ def prune_runs(older_than_days: float | None, keep_per_job: int, dry_run: bool) 
             )
     specs, _broken = load_specs_isolated()  # a broken spec file does not stop the pruning; halts are read anyway
     keep = halted_runs(registry(), [spec.name for spec in specs])
-    from dagster_project.instance import open_instance
+    from dagster_project.cli.common import dagster_instance
 
-    try:
-        opened = open_instance()
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
-    with opened as dagster_instance:
+    with dagster_instance() as opened:
         result = prune(
-            dagster_instance,
+            opened,
             timedelta(days=older_than_days),
             keep=keep,
             keep_per_job=keep_per_job,

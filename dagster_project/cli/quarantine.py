@@ -12,6 +12,7 @@ import click
 
 from dagster_project.cli.common import (
     bootstrap_option,
+    dagster_instance,
     echo_json,
     operator_name,
     registry,
@@ -104,12 +105,7 @@ def _dagster_instance():
     registry's names: after a restore it could give a lost version's name again)."""
     if not os.environ.get("DAGSTER_HOME"):
         return None
-    from dagster_project.instance import open_instance
-
-    try:
-        return open_instance()
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return dagster_instance()
 
 
 def _highest_issued(instance, stream: str) -> int:

@@ -34,6 +34,33 @@ def _learn_everything(settings, spec, registry, instance, kafka):
     return defs
 
 
+def _fill_with_four_malformed(settings, spec) -> None:
+    """200 events, 4 malformed, 196 events: the same keys each time, so the same partitions and
+    offsets on each incarnation of the topic."""
+    produce_synthetic(settings, spec, 200)
+    produce(settings, spec, [(b"bad%d" % i, b"{not json") for i in range(4)])
+    produce_synthetic(settings, spec, 196, start=200)
+
+
+def _learn_next_planned(defs, spec, instance, kafka, registry) -> dg.RunRequest:
+    """The Kafka sensor's next batch, run as the daemon would launch it (its key and tags)."""
+    (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+    job = defs.resolve_job_def(f"{spec.name}_training")
+    tags = {"dagster/run_key": request.run_key, **request.tags}
+    assert job.execute_in_process(run_config=request.run_config, instance=instance, tags=tags).success
+    return request
+
+
+def _delete_events_topic(settings, spec) -> None:
+    admin = clients.admin(settings)
+    try:
+        admin.delete_topics([spec.events_topic], timeout_ms=10_000)
+    except Exception as exc:  # a broker without DeleteTopics cannot recreate a topic either
+        pytest.skip(f"broker cannot delete topics: {exc!r}")
+    finally:
+        admin.close()
+
+
 @pytest.mark.timeout(180)
 def test_a_broker_restarted_empty_is_an_offset_gap_until_reset(
     spec, registry, instance, specs_dir, streamfit_home, tmp_path
@@ -77,13 +104,7 @@ def test_a_deleted_and_recreated_topic_is_an_offset_gap(
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
     produce_synthetic(kafka_settings, spec, 300)
     defs = _learn_everything(kafka_settings, spec, registry, instance, kafka)
-    admin = clients.admin(kafka_settings)
-    try:
-        admin.delete_topics([spec.events_topic], timeout_ms=10_000)
-    except Exception as exc:  # a broker without DeleteTopics cannot recreate a topic either
-        pytest.skip(f"broker cannot delete topics: {exc!r}")
-    finally:
-        admin.close()
+    _delete_events_topic(kafka_settings, spec)
     produce_synthetic(kafka_settings, spec, 600, start=300)
 
     tick = kafka_sensor_tick(defs, spec, instance, kafka, registry)
@@ -104,29 +125,17 @@ def test_a_recreated_topic_s_malformed_messages_are_dead_lettered_though_old_run
     defs = defs_for(spec, kafka_bootstrap, registry)
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
 
-    def fill() -> None:  # the same keys, so the same partitions and offsets on each incarnation
-        produce_synthetic(kafka_settings, spec, 200)
-        produce(kafka_settings, spec, [(b"bad%d" % i, b"{not json") for i in range(4)])
-        produce_synthetic(kafka_settings, spec, 196, start=200)
+    def fill() -> None:
+        _fill_with_four_malformed(kafka_settings, spec)
 
     def learn_next() -> dg.RunRequest:
-        (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
-        job = defs.resolve_job_def(f"{spec.name}_training")
-        tags = {"dagster/run_key": request.run_key, **request.tags}
-        assert job.execute_in_process(run_config=request.run_config, instance=instance, tags=tags).success
-        return request
+        return _learn_next_planned(defs, spec, instance, kafka, registry)
 
     fill()
     before = [learn_next(), learn_next()]
     letters = [d for d in read_topic(kafka_settings, spec.dlq_topic) if d["component"] == "trainer"]
     assert len(letters) == 4
-    admin = clients.admin(kafka_settings)
-    try:
-        admin.delete_topics([spec.events_topic], timeout_ms=10_000)
-    except Exception as exc:  # a broker without DeleteTopics cannot recreate a topic either
-        pytest.skip(f"broker cannot delete topics: {exc!r}")
-    finally:
-        admin.close()
+    _delete_events_topic(kafka_settings, spec)
     fill()
     reset = CliRunner().invoke(
         main, ["offsets", "reset", spec.name, "--to", "earliest", "--bootstrap", kafka_bootstrap]
@@ -158,26 +167,14 @@ def test_a_stream_started_over_under_its_name_dead_letters_its_new_topic_s_malfo
     kafka = KafkaResource(bootstrap=kafka_bootstrap)
 
     def fill() -> None:
-        produce_synthetic(kafka_settings, spec, 200)
-        produce(kafka_settings, spec, [(b"bad%d" % i, b"{not json") for i in range(4)])
-        produce_synthetic(kafka_settings, spec, 196, start=200)
+        _fill_with_four_malformed(kafka_settings, spec)
 
     def learn_next() -> dg.RunRequest:
-        (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
-        job = defs.resolve_job_def(f"{spec.name}_training")
-        tags = {"dagster/run_key": request.run_key, **request.tags}
-        assert job.execute_in_process(run_config=request.run_config, instance=instance, tags=tags).success
-        return request
+        return _learn_next_planned(defs, spec, instance, kafka, registry)
 
     fill()
     before = [learn_next(), learn_next()]
-    admin = clients.admin(kafka_settings)
-    try:
-        admin.delete_topics([spec.events_topic], timeout_ms=10_000)
-    except Exception as exc:  # a broker without DeleteTopics cannot recreate a topic either
-        pytest.skip(f"broker cannot delete topics: {exc!r}")
-    finally:
-        admin.close()
+    _delete_events_topic(kafka_settings, spec)
     shutil.rmtree(registry.root)  # started over: no registry, the same stream name
     fill()
 
