@@ -6,6 +6,8 @@ the broker's log and, after data loss, let an operator choose where the next bat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from dagster_project.cli.common import (
@@ -17,6 +19,9 @@ from dagster_project.cli.common import (
     stream_spec,
 )
 from dagster_project.kafka.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from dagster_project.kafka.offsets import PartitionState
 
 
 @click.group()
@@ -63,7 +68,10 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Reset a stream without an offset gap too: rows its head learned are learned again, or rows are skipped.",
+    help=(
+        "Move every partition, and reset a stream without an offset gap too: rows its head learned are learned "
+        "again, or rows are skipped."
+    ),
 )
 @bootstrap_option
 def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
@@ -82,11 +90,26 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
         raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
     target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
     head, _expected, pending = expected_offsets(registry(), stream)
+    kept: dict[int, int] = {}
     if head is not None and not force:  # against what the head learned: a pending reset is replaced
+        learned = dict(head.learned)
         changed = topic_changed(settings, spec, head, None)
-        _refuse_without_gap(stream, head.name, dict(head.learned), target, states, changed, pending)
+        _refuse_without_gap(stream, head.name, learned, target, states, changed, pending)
+        if not changed:
+            kept = {s.partition: learned.get(s.partition, 0) for s in states if not _has_gap(s, learned)}
+            target.update(kept)
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+    if kept:
+        click.echo(
+            f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to "
+            "(nothing learned twice or skipped there); --force moves every partition"
+        )
+
+
+def _has_gap(state: PartitionState, learned: dict[int, int]) -> bool:
+    """The broker's log no longer holds where the head stopped on this partition (or never did)."""
+    return not state.log_start <= learned.get(state.partition, 0) <= state.high_water
 
 
 def _refuse_without_gap(
@@ -100,8 +123,8 @@ def _refuse_without_gap(
 ) -> None:
     """A reset is for data loss (an OFFSET GAP). On a stream without one it silently learned rows
     again (`--to earliest`) or skipped them (`--to latest`), breaking "every row learned once"."""
-    if changed or any(not s.log_start <= expected.get(s.partition, 0) <= s.high_water for s in states):
-        return  # a gap: what the reset is for
+    if changed or any(_has_gap(s, expected) for s in states):
+        return  # a gap: what the reset is for (only the partitions with one move: see offsets_reset)
     again = sum(max(0, expected.get(p, 0) - o) for p, o in target.items())
     skipped = sum(max(0, o - expected.get(p, 0)) for p, o in target.items())
     if not again and not skipped:

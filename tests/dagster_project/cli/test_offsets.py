@@ -74,3 +74,26 @@ def test_a_reset_of_a_stream_without_an_offset_gap_is_refused_unless_forced(
     forced = cli(*args, "--to", "earliest", "--force")
     assert forced.exit_code == 0, forced.output
     assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)
+
+
+def test_a_reset_moves_only_the_partitions_with_a_gap_unless_forced(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    """Retention deleted what the model needed on one partition: `--to earliest` moved every
+    partition back, so the healthy ones learned their rows a second time. Only the gap moves now."""
+    produce_synthetic(kafka_settings, spec, 300)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert len(ends) > 1 and all(ends.values())
+    gapped, *healthy = sorted(ends)
+    learned = {str(p): (e + 5000 if p == gapped else e) for p, e in ends.items()}  # past partition 0's log
+    registry.register(spec.name, None, b"onnx", {"fake": "estimator"}, {"offsets": {"learned": learned}})
+    args = ("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "earliest")
+
+    result = cli(*args)
+
+    assert result.exit_code == 0, result.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == {str(p): 0 if p == gapped else ends[p] for p in ends}
+    assert f"partition(s) {', '.join(map(str, healthy))} have no gap and stay where v1 learned up to" in result.output
+    forced = cli(*args, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)
