@@ -16,12 +16,15 @@ COPY assets assets
 COPY sensors sensors
 COPY monitors monitors
 # fast: librdkafka for the hot Kafka paths; mlflow: the client for STREAMFIT_REGISTRY=mlflow.
-RUN pip install '.[fast,mlflow]'
+# On Kubernetes with fanned-out steps build with `--build-arg EXTRAS=fast,mlflow,k8s` (dagster-k8s).
+ARG EXTRAS=fast,mlflow
+RUN pip install ".[${EXTRAS}]"
 
 # Stream specs are read from STREAMFIT_STREAMS; the instance and workspace are the production ones
 # (compose mounts the same files over these, so an edit needs no rebuild).
 COPY streams streams
 COPY deploy/workspace.yaml deploy/workspace.yaml
+COPY deploy/k8s/executor.yaml deploy/k8s/executor.yaml
 COPY deploy/dagster.yaml /opt/dagster/home/dagster.yaml
 
 # Run as an unprivileged user; the shared volume's directories are created owned by it, so a new

@@ -34,6 +34,7 @@ from assets.training import (
     adaptive_step_metadata,
     advance_without_model,
     champion_metrics,
+    clipped_outliers_metadata,
     model_output,
     start_from,
 )
@@ -89,7 +90,7 @@ def build_fanned_out_model(spec: StreamSpec, retries: dg.RetryPolicy | None) -> 
         if labelled.any():
             served_metrics = champion_metrics(start, spec, X, y)
             model, metrics, _, classes = prequential.test(start.estimator, spec, X, y)
-            numeric = metrics.as_metadata()
+            numeric = metrics.as_metadata() | clipped_outliers_metadata(spec, start.estimator, X, context)
             if start.champion:
                 served = {"version": start.champion, "metrics": served_metrics or dict(numeric)}
         else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import numpy as np
 from pydantic import Field, model_validator
 
 from dagster_project import names
@@ -201,9 +202,10 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             read = kafka_reader(
                 kafka.settings(), spec, hook=lambda: crash_point("during_refit", attempt=attempt), registry=reg
             )
+            clipped = clipped_outliers_metadata(spec, estimator, X, context)
             learned = test_then_learn(estimator, spec, rows, micro_batch.learned_ranges, read)
             estimator = learned.model
-            numeric = learned.metrics.as_metadata()
+            numeric = learned.metrics.as_metadata() | clipped
             families = _family_metadata(spec, estimator, learned.families, micro_batch, context)
             numeric |= families.pop("numbers", {})
             if champion:
@@ -542,6 +544,36 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
         "leader": estimator.leader,
         "families": dg.MetadataValue.json({"members": families, "choice": estimator.choice}),
     }
+
+
+def clipped_outliers_metadata(spec: StreamSpec, estimator, X: np.ndarray, context) -> dict:
+    """Say which values the learner clips in this batch (`estimators.clip_outliers`), before it learns:
+    a sensor gone wild is worth a look though it no longer ruins the model. Judged by the first
+    family with a scaler (a candidate set's families learn the same rows)."""
+    from dagster_project.learning.estimators import outliers
+    from dagster_project.learning.families import CandidateSet
+
+    if isinstance(estimator, CandidateSet):
+        pairs = [(estimator.members.get(f.label), f.clip_sigmas) for f in spec.model.families]
+    else:
+        pairs = [(estimator, spec.model.clip_sigmas)]
+    found, sigmas = next(((o, s) for m, s in pairs if (o := outliers(m, X, s)) is not None), (None, None))
+    if found is None:
+        return {}
+    examples = []
+    for j, column in enumerate(found.columns):
+        rows = np.flatnonzero(found.outside[:, j])
+        if len(rows):
+            examples.append(
+                f"{spec.inputs[column].name}: {len(rows)} (e.g. {X[rows[0], column]:.6g}; learned range "
+                f"{found.low[j]:.4g} .. {found.high[j]:.4g})"
+            )
+    context.log.warning(
+        f"{spec.name}: {found.count} value(s) beyond {sigmas:g} learned standard deviations were clipped to that "
+        f"bound for learning (scored as sent): {'; '.join(examples)}. Declare the features' min/max to dead-letter "
+        "such rows, or set model.clip_sigmas (null: off)"
+    )
+    return {"clipped_values": found.count}
 
 
 def adaptive_step_metadata(spec: StreamSpec, pipeline, context) -> dict:

@@ -18,7 +18,12 @@ from dagster_project.kafka.settings import BOOTSTRAP_ENV
 
 
 @click.command()
-@click.option("--port", type=PORT, default=None, help="Port to listen on (default: a free one).")
+@click.option(
+    "--port",
+    type=PORT,
+    default=None,
+    help="Port to listen on (default: a free one); with --kafka --nodes N, the nodes take N ports from it.",
+)
 @click.option("--kafka", is_flag=True, help="Start an Apache Kafka KRaft cluster instead of the embedded broker.")
 @click.option(
     "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Brokers in the --kafka cluster."
@@ -32,8 +37,6 @@ def broker(ctx: click.Context, port: int | None, kafka: bool, nodes: int) -> Non
     """
     if not kafka and ctx.get_parameter_source("nodes") is not ParameterSource.DEFAULT:
         raise click.UsageError("--nodes applies to an Apache Kafka cluster only: add --kafka")
-    if kafka and port is not None:
-        raise click.UsageError("--port applies to the embedded broker only, not to --kafka")
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
@@ -41,7 +44,7 @@ def broker(ctx: click.Context, port: int | None, kafka: bool, nodes: int) -> Non
     signal.signal(signal.SIGTERM, interrupt)  # before starting, so TERM and Ctrl-C both stop what started
     try:
         if kafka:
-            _run_kafka_cluster(nodes)
+            _run_kafka_cluster(nodes, port)
         else:
             _run_embedded(port)
     except KeyboardInterrupt:
@@ -60,13 +63,13 @@ def _run_embedded(port: int | None) -> None:
             time.sleep(0.5)
 
 
-def _run_kafka_cluster(nodes: int) -> None:
+def _run_kafka_cluster(nodes: int, port: int | None = None) -> None:
     """An Apache Kafka KRaft cluster of `nodes` brokers until Ctrl-C; missing Java or Maven is a one-line error."""
     from dagster_project.kafka.brokers.apache import ApacheKafkaCluster, ensure_kafka_jars
 
     try:
         ensure_kafka_jars(progress=lambda line: click.echo(line, err=True))
-        cluster = ApacheKafkaCluster(nodes=nodes)
+        cluster = ApacheKafkaCluster(nodes=nodes, client_port=port)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -79,7 +80,8 @@ def produce(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=limit, unit="ev", desc=f"producing {spec.events_topic}")
+        # Without a terminal (compose logs, CI) a line every 30 s, not a redraw per tenth of a second.
+        bar = tqdm(total=limit, unit="ev", desc=f"producing {spec.events_topic}", mininterval=0.1 if _tty() else 30.0)
     sent = 0
     failures: list[Exception] = []
     started = time.monotonic()
@@ -103,6 +105,10 @@ def produce(
             f"{len(failures)} of {sent} events were not acknowledged by {settings.bootstrap}: {failures[0]!r}"
         )
     return sent
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
 
 
 class ProduceFailed(RuntimeError):

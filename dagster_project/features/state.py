@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster_project.features.aggregations import USES_SUMS
-from dagster_project.features.timing import EventError, event_key, event_seconds, key_fields
+from dagster_project.features.timing import MICROS, EventError, earlier, event_key, event_seconds, key_fields, micros
 from dagster_project.features.window import WindowCursor
 from dagster_project.spec import DerivedFeatureSpec, StreamSpec
 
@@ -75,6 +75,7 @@ class _Group:
     by: str
     column: int | None  # in the stored values; None: count, which needs no values
     window: float
+    window_us: int  # the window in whole microseconds (timing.micros)
     features: tuple[tuple[int, DerivedFeatureSpec], ...]  # (output position, feature)
 
     def cursor(self) -> WindowCursor:
@@ -90,6 +91,7 @@ class _Table:
     in_features: bool
     columns: tuple[str, ...]  # the `of` features stored per event
     horizon: float  # the longest window over this key
+    reach_us: int  # lateness + horizon in microseconds: history older than the newest minus it is dropped
 
 
 DEFAULT_MAX_AHEAD_NOTE = " (the default; it was 1 h before 2026-12-05)"
@@ -102,6 +104,7 @@ class FeatureState:
         self.spec = spec
         self.event_time = spec.event_time
         self.lateness = spec.event_time.lateness if spec.event_time else 0.0
+        self._lateness_us = micros(self.lateness)
         self.max_ahead = spec.event_time.max_ahead if spec.event_time else None
         # Named in the refusal: the default fell from 1 h to 5 min, which an upgraded stream did not choose.
         self._max_ahead_is_default = bool(spec.event_time) and "max_ahead" not in spec.event_time.model_fields_set
@@ -111,13 +114,14 @@ class FeatureState:
         for by, in_features in key_fields(spec):
             mine = [d for d in spec.derived if d.by == by]
             columns = tuple(dict.fromkeys(d.of for d in mine if d.of is not None))
-            self._tables.append(_Table(by, in_features, columns, max(d.window for d in mine)))
+            horizon = max(d.window for d in mine)
+            self._tables.append(_Table(by, in_features, columns, horizon, self._lateness_us + micros(horizon)))
         table_of = {t.by: t for t in self._tables}
         groups: dict[tuple[str, int | None, float], list[tuple[int, DerivedFeatureSpec]]] = {}
         for j, d in enumerate(spec.derived):
             column = table_of[d.by].columns.index(d.of) if d.of else None
             groups.setdefault((d.by, column, d.window), []).append((j, d))
-        self._groups = [_Group(by, c, w, tuple(members)) for (by, c, w), members in groups.items()]
+        self._groups = [_Group(by, c, w, micros(w), tuple(members)) for (by, c, w), members in groups.items()]
         self._of_positions = {t.by: [position[c] for c in t.columns] for t in self._tables}
         self.partitions: dict[int, PartitionState] = {}
         # Since this object was made (a batch, a scorer's life): never part of the checkpoint.
@@ -136,7 +140,8 @@ class FeatureState:
         `produced`.
         """
         t, keys = self._read(event)
-        if produced is not None and self.max_ahead is not None and t - produced > self.max_ahead:
+        ahead = self.max_ahead
+        if produced is not None and ahead is not None and micros(t) - micros(produced) > micros(ahead):
             raise EventError(
                 f"event time {t:.3f} is {t - produced:.0f} s ahead of its Kafka timestamp ({produced:.3f}), more "
                 f"than event_time.max_ahead {self.max_ahead:g} s{DEFAULT_MAX_AHEAD_NOTE * self._max_ahead_is_default}: "
@@ -145,16 +150,15 @@ class FeatureState:
         part = self.partitions.get(partition)
         if part is None:
             part = self.partitions[partition] = PartitionState()
-        if part.newest is not None and t < part.newest - self.lateness:
+        if part.newest is not None and t < earlier(part.newest, self._lateness_us):
             raise EventError(
                 f"late event: event time {t:.3f} is {part.newest - t:.3f} s behind the newest on partition "
                 f"{partition} ({part.newest:.3f}), more than event_time.lateness {self.lateness:g} s"
             )
         values = self._values(part, keys, t, follow=True)
         part.newest = t if part.newest is None else max(part.newest, t)
-        watermark = part.newest - self.lateness
         for table in self._tables:
-            history = self._history(part, table, keys[table.by], watermark)
+            history = self._history(part, table, keys[table.by], earlier(part.newest, table.reach_us))
             at = bisect_right(history.times, t)  # equal times stay in arrival order
             history.times.insert(at, t)
             for column, j in zip(history.columns, self._of_positions[table.by], strict=True):
@@ -196,7 +200,7 @@ class FeatureState:
         if not seen:
             return
         partition, newest = max(seen, key=lambda x: x[1])
-        if t < newest - self.lateness:
+        if t < earlier(newest, self._lateness_us):
             raise EventError(
                 f"late request: event time {t:.3f} is {newest - t:.3f} s behind the newest the state has seen on "
                 f"partition {partition} ({newest:.3f}), more than event_time.lateness {self.lateness:g} s: the "
@@ -216,6 +220,7 @@ class FeatureState:
         move there (the event path); without, the windows are aggregated from scratch and nothing,
         not even a cache, changes (`peek`). Both give the same bits (`features.aggregations`)."""
         out = [0.0] * len(self.spec.derived)
+        t_us = micros(t)
         for group in self._groups:
             history = part.tables.get(group.by, {}).get(keys[group.by])
             if history is None:
@@ -224,7 +229,8 @@ class FeatureState:
                     out[j] = empty.value(feature)
                 continue
             times, base = history.times, history.base
-            lo, hi = base + bisect_left(times, t - group.window), base + bisect_left(times, t)
+            start = (t_us - group.window_us) / MICROS  # on the microsecond grid: see timing.micros
+            lo, hi = base + bisect_left(times, start), base + bisect_left(times, t)
             if group.column is None:  # count: the window's length
                 for j, _ in group.features:
                     out[j] = float(hi - lo)
@@ -240,10 +246,10 @@ class FeatureState:
                 out[j] = cursor.value(feature)
         return out
 
-    def _history(self, part: PartitionState, table: _Table, key: Key, watermark: float) -> History:
-        """The key's history with what can never be in a window again dropped; new keys respect the cap."""
+    def _history(self, part: PartitionState, table: _Table, key: Key, cutoff: float) -> History:
+        """The key's history with what can never be in a window again (before `cutoff`: the newest
+        minus the lateness and the longest window) dropped; new keys respect the cap."""
         keys = part.tables.setdefault(table.by, OrderedDict())
-        cutoff = watermark - table.horizon
         history = keys.get(key)
         if history is not None:
             history.drop_before(cutoff)
@@ -276,7 +282,7 @@ class FeatureState:
             for table in self._tables:
                 keys = part.tables.get(table.by)
                 if keys:
-                    cutoff = part.newest - self.lateness - table.horizon
+                    cutoff = earlier(part.newest, table.reach_us)
                     for history in keys.values():
                         history.drop_before(cutoff)
                     self._expire(keys, cutoff)

@@ -98,7 +98,7 @@ def _test_then_fit(
 
     new_model, metrics, scores, classes = test(model, spec, X, y)
     if partitions is None:
-        partial_fit(new_model, X, y, classes, spec.model.passes_per_batch)
+        partial_fit(new_model, X, y, classes, spec.model.passes_per_batch, spec.model.clip_sigmas)
         return new_model, metrics, scores, None
     new_model, report = scale_out.fit(new_model, spec, X, y, partitions, classes)
     return new_model, metrics, scores, report

@@ -144,10 +144,10 @@ def replayed(spec: StreamSpec, member_spec: StreamSpec, start: object, X: np.nda
 
     model = copy.deepcopy(start) if start is not None else build_model(member_spec)
     classes = np.arange(len(spec.label.classes)) if spec.task == "classification" else None
-    rows, passes = spec.batch.rows, member_spec.model.passes_per_batch
+    rows, passes, clip_sigmas = spec.batch.rows, member_spec.model.passes_per_batch, member_spec.model.clip_sigmas
     for _ in range(spec.drift.retrain_epochs):
         for chunk in range(0, len(X), rows):
-            partial_fit(model, X[chunk : chunk + rows], y[chunk : chunk + rows], classes, passes)
+            partial_fit(model, X[chunk : chunk + rows], y[chunk : chunk + rows], classes, passes, clip_sigmas)
     return model
 
 

@@ -37,7 +37,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
-from dagster_project.learning.estimators import fit_estimator, partial_fit
+from dagster_project.learning.estimators import clip_outliers, fit_estimator, partial_fit
 from dagster_project.spec import StreamSpec
 
 
@@ -398,7 +398,7 @@ def split(
     ``model`` is changed in place (its scaler), as ``estimators.partial_fit`` would change it.
     """
     started = time.perf_counter()
-    X = np.asarray(X, dtype=np.float64)
+    X, _ = clip_outliers(model, np.asarray(X, dtype=np.float64), spec.model.clip_sigmas)  # as partial_fit does
     y = np.asarray(y)
     partitions = np.asarray(partitions)
     if len(partitions) != len(X):

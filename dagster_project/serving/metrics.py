@@ -169,8 +169,18 @@ class ScorerMetrics:
         self.model_version.labels(stream).set(0)
         self.serving_fallback.labels(stream).set(0)
         self.registry_up.labels(stream).set(1)
-        self.registry_errors.labels(stream)
-        self.batch_retries.labels(stream)  # exported from 0, so the first retry counts in increase()
+        # Counters exported from 0, so their first event counts in increase() (a series appears
+        # with its first value, and increase() cannot see the step that created it: 6 swaps read 2.16).
+        for counter in (
+            self.registry_errors,
+            self.batch_retries,
+            self.dlq_messages,
+            self.feature_keys_evicted,
+            self.model_swaps,
+            self.consumer_rejoins,
+            self.commit_failures,
+        ):
+            counter.labels(stream)
 
     def count_unseen(self, counts: dict[str, int], source: str) -> None:
         """Add one scored batch's unseen-category rows per feature (`categories.unseen_counts`)."""

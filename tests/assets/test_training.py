@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 import numpy as np
 import orjson
 import pytest
 
 from assets.training import batch_run_config, parity_summary
+from dagster_project.dev.datasets import synthetic_events
+from dagster_project.dev.producer import produce
+from dagster_project.ingest.events import make_event
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import committed_group_offsets, probe_partitions, read_range
 from dagster_project.learning.pipeline import OnnxArtifact
@@ -360,6 +365,35 @@ def test_scaled_out_batch_registers_one_version_with_the_batch_offsets(
     assert materialization.metadata["scale_out_workers"].value == 2
     assert materialization.metadata["scale_out"].value["groups"] == ["p0", "p1"]  # one learner per partition
     assert materialization.metadata["scale_out"].value["group_rows"] == [end - start for start, end in second.values()]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [synthetic_spec(), synthetic_spec(model={"scale_out": {"workers": 2, "min_rows_per_worker": 100}})],
+    ids=["sequential", "scale_out"],
+)
+def test_a_batch_with_a_wild_value_learns_it_clipped_and_says_so(kafka_settings, spec, registry, stream_defs, instance):
+    """One reading of 1e9 among standard-normal ones is clipped to 10 learned standard deviations
+    for learning, and the run names it: the operator sees the sensor gone wild."""
+    events = list(synthetic_events(rows=1000, change_at=10**9, seed=7))
+    wild = events[700]
+    events[700] = dataclasses.replace(wild, features={**wild.features, "x0": 1e9})
+    produce(
+        kafka_settings, spec, ((e.event_id.encode(), make_event(e.event_id, e.features, e.label, 0.0)) for e in events)
+    )
+    states = probe_partitions(kafka_settings, spec.events_topic, {})
+    assert run_batch(stream_defs, spec, {s.partition: (0, s.high_water // 2) for s in states}, instance).success
+
+    result = run_batch(stream_defs, spec, {s.partition: (s.high_water // 2, s.high_water) for s in states}, instance)
+
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node(f"{spec.name}__model")
+    assert materialization.metadata["clipped_values"].value == 1
+    (line,) = [e.user_message for e in instance.all_logs(result.run_id) if "were clipped" in e.user_message]
+    assert "1 value(s) beyond 10 learned standard deviations were clipped" in line
+    assert "x0: 1 (e.g. 1e+09; learned range " in line
+    scaler = registry.load_estimator(spec.name, "v2").steps[0][1]
+    assert scaler.var_[0] < 2  # unclipped, this one value made it about 2e15
 
 
 WINDOWED = synthetic_spec(model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 500})

@@ -49,6 +49,23 @@ def test_the_instance_runs_on_k8s_with_shared_step_storage() -> None:
     assert instance["local_artifact_storage"]["config"]["base_dir"].startswith(tuple(mounts))
 
 
+def test_the_instance_is_valid_and_a_lost_run_pod_is_failed_and_its_logs_kept(tmp_path: Path) -> None:
+    """Without run monitoring a run pod killed mid-run (OOM, a drained node) stayed STARTED, holding
+    its stream's only queue slot: training stopped. Compute logs went to the run pod's own disk."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    (tmp_path / "dagster.yaml").write_text((K8S / "dagster.yaml").read_text())
+    instance, _ = dagster_instance_config(str(tmp_path))  # Dagster's own schema: a misspelt key fails
+
+    assert instance["run_monitoring"]["enabled"] and instance["run_retries"]["enabled"]
+    mounts = {m["mountPath"] for m in instance["run_launcher"]["config"]["volume_mounts"]}
+    assert instance["compute_logs"]["config"]["base_dir"].startswith(tuple(mounts))
+    assert instance["run_launcher"]["config"]["dagster_home"] == "/opt/dagster/home"  # the image's DAGSTER_HOME
+    dockerfile = (K8S.parents[1] / "Dockerfile").read_text()
+    assert "DAGSTER_HOME=/opt/dagster/home" in dockerfile
+    assert "COPY deploy/k8s/executor.yaml deploy/k8s/executor.yaml" in dockerfile  # the path the docs set
+
+
 def test_fanned_out_jobs_use_the_k8s_executor_when_asked(monkeypatch) -> None:
     monkeypatch.setenv(STEP_EXECUTOR_ENV, "k8s")
     monkeypatch.setenv(K8S_CONFIG_ENV, str(K8S / "executor.yaml"))

@@ -320,10 +320,12 @@ class ApacheKafkaCluster:
         log_dir: Path | None = None,
         broker_config: dict[str, str] | None = None,
         security: ClusterSecurity | None = None,
+        client_port: int | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, not {nodes}")
         self.nodes = nodes
+        self.client_port = client_port  # node i's PLAINTEXT port is client_port + i - 1 (None: free ports)
         self._owns_data_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="streamfit-kafka-"))
         self.log_dir = Path(log_dir) if log_dir else self.data_dir / "logs"
@@ -544,12 +546,21 @@ class ApacheKafkaCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         extra = list(self.security.listeners) if self.security else []
         stride = 2 + len(extra)
+        chosen = [self.client_port + i for i in range(self.nodes)] if self.client_port else []
         ports = _free_ports(stride * self.nodes)
+        while set(ports) & set(chosen):  # a free port the OS offered may be one asked for
+            ports = _free_ports(stride * self.nodes)
+        taken = [p for p in chosen if _port_open(p)]
+        if taken:
+            raise RuntimeError(
+                f"port {taken[0]} is in use ({self.nodes} node(s) listen on {chosen[0]}..{chosen[-1]}): "
+                "stop what listens there or choose another --port"
+            )
         for index, node_id in enumerate(self.node_ids):
             mine = ports[stride * index : stride * (index + 1)]
             self._nodes[node_id] = _Node(
                 node_id,
-                port=mine[0],
+                port=chosen[index] if chosen else mine[0],
                 controller_port=mine[1],
                 data_dir=self.data_dir / f"node-{node_id}",
                 log_path=self.log_dir / f"kafka-node-{node_id}.log",

@@ -87,20 +87,17 @@ def test_nodes_without_kafka_is_a_usage_error(cli) -> None:
     assert "export " not in result.output
 
 
-def test_port_with_kafka_is_a_usage_error(cli) -> None:
-    result = cli("broker", "--kafka", "--port", 9092)
-    assert result.exit_code == 2
-    assert "--port applies to the embedded broker only" in result.output
-
-
 class FakeCluster:
     """Stands in for ApacheKafkaCluster; `fail` makes start() raise like a node that never came up."""
 
     instances: list[FakeCluster] = []
     fail: str | None = None
 
-    def __init__(self, nodes: int = 1, data_dir: Path | None = None, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, nodes: int = 1, data_dir: Path | None = None, log_dir: Path | None = None, client_port: int | None = None
+    ) -> None:
         self.nodes = nodes
+        self.client_port = client_port
         self.bootstrap = ""
         self.startup_seconds = 0.0
         self.stopped = False
@@ -110,7 +107,7 @@ class FakeCluster:
         if self.fail:
             raise RuntimeError(self.fail)
         assert callable(signal.getsignal(signal.SIGTERM)), "SIGTERM must be handled before the cluster starts"
-        self.bootstrap = ",".join(f"127.0.0.1:{9092 + i}" for i in range(self.nodes))
+        self.bootstrap = ",".join(f"127.0.0.1:{(self.client_port or 9092) + i}" for i in range(self.nodes))
         self.startup_seconds = 4.2
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()  # what `kill <pid>` does
         return self
@@ -151,6 +148,15 @@ def test_kafka_cluster_prints_the_export_line_and_stops_on_sigterm(cli, fake_apa
     assert "kafka jars: cached" in result.stderr  # progress stays off stdout, so the export line comes first
     (cluster,) = FakeCluster.instances
     assert cluster.nodes == 3 and cluster.stopped
+
+
+def test_a_kafka_cluster_listens_where_port_says(cli, fake_apache) -> None:
+    """A stable bootstrap across restarts, as with the embedded broker (--port was refused with --kafka)."""
+    result = cli("broker", "--kafka", "--nodes", 2, "--port", 29092)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == f"export {BOOTSTRAP_ENV}=127.0.0.1:29092,127.0.0.1:29093"
+    (cluster,) = FakeCluster.instances
+    assert cluster.client_port == 29092
 
 
 @pytest.mark.parametrize("failure", ["jars", "start"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import numpy as np
@@ -188,6 +189,46 @@ def test_iso_and_millisecond_times_agree_with_seconds():
     assert a[:2] == [2.0, 6.0]  # at 40 s: the events at 10.5 and 29 in [10, 40)
     with pytest.raises(EventError, match="has no UTC offset"):
         by_iso.observe(0, {**ev, "when": "2026-01-01T00:00:00"}, [0.0] * 5)
+
+
+@pytest.mark.parametrize("written", ["ms", "iso", "seconds"])
+def test_an_event_exactly_one_window_earlier_is_in_the_window_however_its_time_is_written(written: str) -> None:
+    """[t - window, t) holds an event exactly `window` earlier. In float seconds `t - window` rounded
+    past it: with epoch ms and a 100 ms window 4 in 10 such edges were dropped (a count of 0 for 1).
+    Times on a millisecond grid with many exact edges, against integer arithmetic."""
+    windows_ms = {"100ms": 100, "300ms": 300, "1.1s": 1100, "60s": 60_000}
+    unit = {"ms": "ms", "iso": "s", "seconds": "s"}[written]
+    derived = [{"name": f"n_{w.replace('.', '_')}", "by": "device", "agg": "count", "window": w} for w in windows_ms]
+    derived += [{"name": "x0_sum_100ms", "of": "x0", "by": "device", "agg": "sum", "window": "100ms"}]
+    spec = synthetic_spec(derived=derived, event_time={"field": "when", "unit": unit, "max_ahead": None})
+    rng = np.random.default_rng(5)
+    times = 1_767_225_600_007 + np.cumsum(rng.choice([0, 1, 50, 100, 100, 200, 300, 1100], size=600))
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    state = FeatureState(spec)
+    for i, ms in enumerate(times.tolist()):
+        when = {
+            "ms": ms,
+            "iso": (epoch + datetime.timedelta(milliseconds=ms)).isoformat(),
+            "seconds": ms / 1000,  # what a producer writing seconds with decimals sends
+        }[written]
+        got = state.observe(0, {"id": str(i), "when": when, "device": "d", "features": {}}, [float(i % 7)] * 5)
+
+        earlier = times[:i]
+        counts = [float(np.count_nonzero((earlier >= ms - w) & (earlier < ms))) for w in windows_ms.values()]
+        total = float(sum(j % 7 for j in np.flatnonzero((earlier >= ms - 100) & (earlier < ms))))
+        assert got == [*counts, total], (i, ms, got, counts, total)
+
+
+def test_an_event_exactly_the_lateness_behind_is_accepted_in_milliseconds_too() -> None:
+    derived = [{"name": "n_1s", "by": "device", "agg": "count", "window": "1s"}]
+    spec = synthetic_spec(derived=derived, event_time={"field": "when", "unit": "ms", "lateness": "300ms"})
+    state = FeatureState(spec)
+    newest = 1_767_225_600_107
+    state.observe(0, {"id": "a", "when": newest, "device": "d", "features": {}}, [0.0] * 5)
+
+    assert state.observe(0, {"id": "b", "when": newest - 300, "device": "d", "features": {}}, [0.0] * 5) == [0.0]
+    with pytest.raises(EventError, match="late event"):
+        state.observe(0, {"id": "c", "when": newest - 301, "device": "d", "features": {}}, [0.0] * 5)
 
 
 def test_idle_keys_expire_without_changing_any_value():

@@ -7,6 +7,7 @@ to skip them on a machine without Java/Maven or network. Self-contained: no conf
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -72,12 +73,13 @@ def _is_kafka_process(pid: int) -> bool:
 @pytest.mark.timeout(600)  # includes the first Maven download on a cold cache
 def test_single_node_round_trip_and_clean_stop(tmp_path: Path) -> None:
     ensure_kafka_jars()
-    cluster = ApacheKafkaCluster(1, log_dir=tmp_path)
+    port = _free_port()
+    cluster = ApacheKafkaCluster(1, log_dir=tmp_path, client_port=port)  # `streamfit broker --kafka --port`
     try:
         cluster.start(timeout_s=120)
         assert cluster.startup_seconds is not None and cluster.startup_seconds < 120
         assert cluster.node_ids == [1]
-        assert cluster.bootstrap.startswith("127.0.0.1:") and "," not in cluster.bootstrap
+        assert cluster.bootstrap == f"127.0.0.1:{port}"
         pids = list(cluster.pids.values())
         assert len(pids) == 1 and _is_kafka_process(pids[0])
 
@@ -94,6 +96,24 @@ def test_single_node_round_trip_and_clean_stop(tmp_path: Path) -> None:
     assert not any(_is_kafka_process(pid) for pid in pids)
     assert not data_dir.exists()  # a temporary data dir goes with the cluster; the logs stay in log_dir
     assert (tmp_path / "kafka-node-1.log").stat().st_size > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@needs_kafka
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cluster = ApacheKafkaCluster(1, log_dir=tmp_path, client_port=port)
+        with pytest.raises(RuntimeError, match=f"port {port} is in use .*choose another --port"):
+            cluster.start(timeout_s=30)
+    assert cluster.pids == {}
 
 
 @needs_kafka

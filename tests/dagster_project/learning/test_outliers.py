@@ -1,0 +1,74 @@
+"""One in-range outlier while learning: clipped to the feature's learned spread, it cannot ruin the model."""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+import pytest
+
+from dagster_project.learning import prequential as training
+from dagster_project.learning.estimators import CLIP_AFTER_ROWS, clip_outliers
+from dagster_project.spec import StreamSpec
+
+WEIGHTS = np.array([2.0, -1.0, 1.0, 0.5])
+
+
+def regression_spec(variant: str, **model: typing.Any) -> StreamSpec:
+    features = [{"name": f"f{i}"} for i in range(4)]
+    if variant == "category":  # the numeric scaler inside the encoder
+        features.append({"name": "colour", "type": "category", "categories": ["red", "blue"]})
+    if variant == "scale_out":
+        model["scale_out"] = {"workers": 2, "min_rows_per_worker": 10}
+        model["estimator"] = "sgd_regressor"
+    return StreamSpec(name="outliers", task="regression", features=features, model=model)
+
+
+def mean_error_after_one_outlier(spec: StreamSpec, outlier: float | None) -> float:
+    """Test-then-train over 20 batches of 500 rows, one value `outlier` standard deviations out in
+    batch 4; the mean absolute error of batches 6-20 (scored before each learns)."""
+    rng = np.random.default_rng(3)
+    model, errors = None, []
+    for batch in range(20):
+        X = rng.normal(size=(500, len(spec.inputs)))
+        if spec.inputs[-1].type == "category":
+            X[:, -1] = rng.integers(0, 2, 500)
+        y = 1.0 + X[:, :4] @ WEIGHTS + 0.1 * rng.normal(size=500)
+        if batch == 3 and outlier is not None:
+            X[100, 0] = outlier  # the features are standard normal: `outlier` standard deviations out
+        partitions = np.arange(500) % 2
+        model, metrics, _, _ = training.test_then_train_partitioned(model, spec, X, y, partitions)
+        if batch >= 5:
+            errors.append(metrics.mae)
+    return float(np.mean(errors))
+
+
+@pytest.mark.parametrize("variant", ["plain", "category", "scale_out"])
+def test_one_outlier_does_not_ruin_what_the_model_learns_after_it(variant: str) -> None:
+    """A sensor's 1e9 among standard-normal readings (within the contract's ±1e37): unclipped, the
+    scaler's variance swallowed the feature and the error stayed many times the clean run's."""
+    spec = regression_spec(variant)
+    clean = mean_error_after_one_outlier(spec, None)
+
+    clipped = mean_error_after_one_outlier(spec, 1e9)
+    unclipped = mean_error_after_one_outlier(regression_spec(variant, clip_sigmas=None), 1e9)
+
+    assert clipped < 1.1 * clean, (clipped, clean)
+    assert unclipped > 3 * clean, (unclipped, clean)  # what the setting prevents
+
+
+def test_clipping_counts_values_beyond_the_learned_spread_and_waits_for_enough_rows() -> None:
+    spec = regression_spec("plain")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(CLIP_AFTER_ROWS - 1, 4))
+    model, _, _ = training.test_then_train(None, spec, X, X @ WEIGHTS)
+    far = np.array([[50.0, 0.0, -50.0, 0.5]])
+    assert clip_outliers(model, far, 10.0)[1] == 0  # 99 rows say too little about a feature's spread
+
+    model, _, _ = training.test_then_train(model, spec, X[:1], X[:1] @ WEIGHTS)
+    scaler = model.steps[0][1]
+    clipped, count = clip_outliers(model, far, 10.0)
+    assert count == 2
+    np.testing.assert_allclose(clipped[0, [0, 2]], scaler.mean_[[0, 2]] + [10, -10] * np.sqrt(scaler.var_[[0, 2]]))
+    np.testing.assert_array_equal(clipped[0, [1, 3]], far[0, [1, 3]])
+    assert clip_outliers(model, far, None) == (far, 0)
