@@ -90,7 +90,7 @@ def build_fanned_out_model(spec: StreamSpec, retries: dg.RetryPolicy | None) -> 
         if labelled.any():
             served_metrics = champion_metrics(start, spec, X, y)
             model, metrics, _, classes = prequential.test(start.estimator, spec, X, y)
-            numeric = metrics.as_metadata() | clipped_outliers_metadata(spec, start.estimator, X, context)
+            numeric = metrics.as_metadata() | clipped_outliers_metadata(spec, start.estimator, X, y, context)
             if start.champion:
                 served = {"version": start.champion, "metrics": served_metrics or dict(numeric)}
         else:

@@ -202,7 +202,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             read = kafka_reader(
                 kafka.settings(), spec, hook=lambda: crash_point("during_refit", attempt=attempt), registry=reg
             )
-            clipped = clipped_outliers_metadata(spec, estimator, X, context)
+            clipped = clipped_outliers_metadata(spec, estimator, X, y, context)
             learned = test_then_learn(estimator, spec, rows, micro_batch.learned_ranges, read)
             estimator = learned.model
             numeric = learned.metrics.as_metadata() | clipped
@@ -546,34 +546,47 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
     }
 
 
-def clipped_outliers_metadata(spec: StreamSpec, estimator, X: np.ndarray, context) -> dict:
-    """Say which values the learner clips in this batch (`estimators.clip_outliers`), before it learns:
-    a sensor gone wild is worth a look though it no longer ruins the model. Judged by the first
-    family with a scaler (a candidate set's families learn the same rows)."""
-    from dagster_project.learning.estimators import outliers
+def clipped_outliers_metadata(spec: StreamSpec, estimator, X: np.ndarray, y: np.ndarray, context) -> dict:
+    """Say which values the learner clips in this batch (`estimators.clip_outliers`, and a regressor's
+    labels: `clip_labels`), before it learns: a sensor gone wild is worth a look though it no longer
+    ruins the model. Judged by the first family with a scaler (a candidate set's families learn the
+    same rows) and the first with learned labels."""
+    from dagster_project.learning.estimators import label_bounds, outliers
     from dagster_project.learning.families import CandidateSet
 
     if isinstance(estimator, CandidateSet):
         pairs = [(estimator.members.get(f.label), f.clip_sigmas) for f in spec.model.families]
     else:
         pairs = [(estimator, spec.model.clip_sigmas)]
-    found, sigmas = next(((o, s) for m, s in pairs if (o := outliers(m, X, s)) is not None), (None, None))
-    if found is None:
+    examples, counts, sigmas = [], {}, None
+    found, feature_sigmas = next(((o, s) for m, s in pairs if (o := outliers(m, X, s)) is not None), (None, None))
+    if found is not None:
+        sigmas = feature_sigmas
+        counts["clipped_values"] = found.count
+        for j, column in enumerate(found.columns):
+            rows = np.flatnonzero(found.outside[:, j])
+            if len(rows):
+                name = spec.inputs[column].name
+                examples.append(_clipped_example(name, X[rows, column], found.low[j], found.high[j]))
+    if spec.task == "regression":
+        bounds, label_sigmas = next(((b, s) for m, s in pairs if (b := label_bounds(m, s)) is not None), (None, None))
+        outside = np.flatnonzero((y < bounds[0]) | (y > bounds[1])) if bounds is not None else []
+        if len(outside):
+            sigmas = sigmas or label_sigmas
+            counts["clipped_labels"] = len(outside)
+            examples.append(_clipped_example("label", y[outside], *bounds))
+    if not counts:
         return {}
-    examples = []
-    for j, column in enumerate(found.columns):
-        rows = np.flatnonzero(found.outside[:, j])
-        if len(rows):
-            examples.append(
-                f"{spec.inputs[column].name}: {len(rows)} (e.g. {X[rows[0], column]:.6g}; learned range "
-                f"{found.low[j]:.4g} .. {found.high[j]:.4g})"
-            )
     context.log.warning(
-        f"{spec.name}: {found.count} value(s) beyond {sigmas:g} learned standard deviations were clipped to that "
-        f"bound for learning (scored as sent): {'; '.join(examples)}. Declare the features' min/max to dead-letter "
-        "such rows, or set model.clip_sigmas (null: off)"
+        f"{spec.name}: {sum(counts.values())} value(s) beyond {sigmas:g} learned standard deviations were clipped to "
+        f"that bound for learning (scored as sent): {'; '.join(examples)}. Declare the features' min/max to "
+        "dead-letter such rows, or set model.clip_sigmas (null: off)"
     )
-    return {"clipped_values": found.count}
+    return counts
+
+
+def _clipped_example(name: str, values: np.ndarray, low: float, high: float) -> str:
+    return f"{name}: {len(values)} (e.g. {values[0]:.6g}; learned range {low:.4g} .. {high:.4g})"
 
 
 def adaptive_step_metadata(spec: StreamSpec, pipeline, context) -> dict:

@@ -6,11 +6,11 @@ retrains) with clipping as shipped and with `clip_sigmas: null` (the baseline):
 
 - the learning-quality benchmark's streams (`learning_streams.full_set`), as they are: clipping
   must change nothing where no value is far out;
-- heavy-tailed streams (lognormal features, classification and regression), a feature whose level
+- heavy-tailed streams (lognormal features, classification and regression; lognormal labels), a feature whose level
   jumps 50 standard deviations (a unit change) and one whose spread grows thirty-fold: where a
   legitimate value may be far out;
-- a few of those streams with one value 1,000 standard deviations out at a quarter of the stream:
-  the error over the rows after it.
+- a few of those streams with one value 1,000 standard deviations out at a quarter of the stream,
+  and two regression streams with one such label: the error over the rows after it.
 
 `python -m benchmarks.outliers [--rows N] [--batch N]` (no broker; about 2 minutes at 20,000 rows).
 """
@@ -30,6 +30,7 @@ from benchmarks.learning_streams import Stream, build, full_set
 
 OUTLIER_SIGMAS = 1_000.0
 OUTLIER_STREAMS = ("sea_stationary_s1", "hyperplane_stationary_s1", "rbf_stationary_s1", "friedman_stationary_s1")
+LABEL_OUTLIER_STREAMS = ("friedman_stationary_s1", "friedman_abrupt_s1")
 
 
 @contextmanager
@@ -61,6 +62,9 @@ def wide_streams(rows: int, seed: int) -> list[Stream]:
         name = f"lognormal_reg{sigma:g}_s{seed}"
         streams.append(Stream(name, "lognormal", "stationary", "regression", X, target, None))
     X = rng.normal(size=(rows, 5))
+    target = np.exp(X @ weights * 0.6 + rng.normal(0, 0.3, rows))  # heavy-tailed (lognormal) labels
+    streams.append(Stream(f"lognormal_label_s{seed}", "lognormal_label", "stationary", "regression", X, target, None))
+    X = rng.normal(size=(rows, 5))
     y = ((X @ weights) > 0).astype(float)
     X[rows // 2 :, 0] += 50.0  # the concept stays; the feature's level jumps
     streams.append(Stream(f"level_jump_s{seed}", "level_jump", "abrupt", "classification", X, y, rows // 2))
@@ -77,6 +81,13 @@ def with_outlier(stream: Stream) -> Stream:
     column = X[:, 0]
     X[len(X) // 4, 0] = column.mean() + OUTLIER_SIGMAS * column.std()
     return dataclasses.replace(stream, name=f"{stream.name}+outlier", X=X)
+
+
+def with_label_outlier(stream: Stream) -> Stream:
+    """A regression `stream` whose label at a quarter of it is `OUTLIER_SIGMAS` standard deviations out."""
+    y = stream.y.copy()
+    y[len(y) // 4] = y.mean() + OUTLIER_SIGMAS * y.std()
+    return dataclasses.replace(stream, name=f"{stream.name}+label_outlier", y=y)
 
 
 def measure(stream: Stream, batch: int, after: int = 0) -> dict[str, float]:
@@ -100,6 +111,7 @@ def main() -> None:
     for seed in (1, 2):
         cases += [(s, 0) for s in wide_streams(args.rows, seed)]
     cases += [(with_outlier(build(name, args.rows)), args.rows // 4) for name in OUTLIER_STREAMS]
+    cases += [(with_label_outlier(build(name, args.rows)), args.rows // 4) for name in LABEL_OUTLIER_STREAMS]
     print(f"{'stream':34s} {'measure':8s} {'baseline':>10s} {'clipped':>10s} {'ratio':>7s}")
     for i, (stream, after) in enumerate(cases, 1):
         progress(f"{i}/{len(cases)} {stream.name}")

@@ -283,9 +283,10 @@ class ModelSpec(_Strict):
     # Incremental estimators only: partial_fit passes over each micro-batch (None: the estimator
     # table's default, 8 for sgd_*, else 1; adaptive_sgd_* set their own, `params.passes_options`).
     passes: int | None = Field(default=None, ge=1, le=64)
-    # Scaled models only: while learning, a value further than this many learned standard
-    # deviations from its feature's learned mean is clipped to that bound, so one outlier cannot
-    # inflate the scaler's variance and SGD's steps (scoring sees every value as sent). null: off.
+    # While learning, a value further than this many learned standard deviations from its feature's
+    # learned mean is clipped to that bound (scaled models), and so is a regressor's label against the
+    # labels it learned, so one outlier cannot inflate the scaler's variance and SGD's steps (scoring
+    # sees every value as sent). null: off.
     clip_sigmas: float | None = Field(default=10.0, gt=0)
     candidates: list[ModelSpec] = Field(default_factory=list)
 

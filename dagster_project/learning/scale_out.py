@@ -37,7 +37,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
-from dagster_project.learning.estimators import clip_outliers, fit_estimator, partial_fit
+from dagster_project.learning.estimators import clip_labels, clip_outliers, fit_estimator, learn_labels, partial_fit
 from dagster_project.spec import StreamSpec
 
 
@@ -374,6 +374,7 @@ class GroupTask:
     classes: np.ndarray | None
     whole_pipeline: bool = False
     passes: int = 1  # partial_fit passes over the group's rows (spec.model.passes_per_batch)
+    clip_sigmas: float | None = None  # the sequential path's outlier clipping (spec.model.clip_sigmas)
 
 
 @dataclass
@@ -410,9 +411,14 @@ def split(
         raise ValueError(f"scale-out cannot combine {spec.model.estimator}; supported: {list(SCALE_OUT_ESTIMATORS)}")
     if workers <= 1 or len(X) == 0:
         members = sorted(int(p) for p in np.unique(partitions))
-        task = GroupTask(0, members, model, X, y, classes, whole_pipeline=True, passes=passes)
+        task = GroupTask(
+            0, members, model, X, y, classes, whole_pipeline=True, passes=passes, clip_sigmas=spec.model.clip_sigmas
+        )
         return Split(model, [task], None, 0.0, reason, time.perf_counter() - started)
     groups = partition_groups(partitions, workers)
+    if classes is None:  # a regressor's labels, clipped and learned once here, as partial_fit does
+        y, _ = clip_labels(model, y.astype(np.float64), spec.model.clip_sigmas)
+        learn_labels(model, y)
     steps = model.steps[:-1]
     if steps:
         if len(steps) != 1 or not isinstance(steps[0][1], StandardScaler):
@@ -449,7 +455,7 @@ def fit_group(task: GroupTask) -> GroupFit:
     model = task.model
     if len(task.X):
         if task.whole_pipeline:
-            partial_fit(model, task.X, task.y, task.classes, task.passes)
+            partial_fit(model, task.X, task.y, task.classes, task.passes, task.clip_sigmas)
         else:
             fit_estimator(model, task.X, task.y, task.classes, task.passes)
     return GroupFit(task.index, task.partitions, model, len(task.X), time.perf_counter() - started)
@@ -472,7 +478,10 @@ def combine(plan: Split, fitted: list[GroupFit]) -> tuple[Pipeline, ScaleOutRepo
     model = plan.model
     parent = model.steps[-1][1]
     merged = combiner.combine(parent, [f.model for f in fitted], rows, plan.var_max)
+    moments = getattr(model, "label_moments_", None)
     model = Pipeline([*model.steps[:-1], (model.steps[-1][0], merged)])
+    if moments is not None:
+        model.label_moments_ = moments
     seconds = plan.seconds + sum(f.seconds for f in fitted) + time.perf_counter() - started
     report = ScaleOutReport(
         len(fitted),

@@ -339,7 +339,16 @@ class ChampionWatcher:
             log.info("%s: serving %s", stream, served.version)
         else:
             self.metrics.model_swaps.labels(stream).inc()
-            log.warning("%s: swapped %s -> %s", stream, previous.version, served.version)
+            # A newer version is the normal course (every promotion); going back is worth a look.
+            backwards = served.number < previous.number
+            log.log(
+                logging.WARNING if backwards else logging.INFO,
+                "%s: swapped %s -> %s%s",
+                stream,
+                previous.version,
+                served.version,
+                " (an older version: a rollback or a fallback)" if backwards else "",
+            )
         self._set_status(status)
         self._loaded.set()
 

@@ -369,18 +369,26 @@ def test_scaled_out_batch_registers_one_version_with_the_batch_offsets(
 
 @pytest.mark.parametrize(
     "spec",
-    [synthetic_spec(), synthetic_spec(model={"scale_out": {"workers": 2, "min_rows_per_worker": 100}})],
-    ids=["sequential", "scale_out"],
+    [
+        synthetic_spec(),
+        synthetic_spec(model={"scale_out": {"workers": 2, "min_rows_per_worker": 100}}),
+        synthetic_spec(task="regression", label={}),
+    ],
+    ids=["sequential", "scale_out", "regression_label"],
 )
 def test_a_batch_with_a_wild_value_learns_it_clipped_and_says_so(kafka_settings, spec, registry, stream_defs, instance):
-    """One reading of 1e9 among standard-normal ones is clipped to 10 learned standard deviations
-    for learning, and the run names it: the operator sees the sensor gone wild."""
+    """One reading of 1e9 among standard-normal ones (or a regression label of 1e9 among 0s and 1s)
+    is clipped to 10 learned standard deviations for learning, and the run names it: the operator
+    sees the sensor gone wild."""
+    in_label = spec.task == "regression"
     events = list(synthetic_events(rows=1000, change_at=10**9, seed=7))
     wild = events[700]
-    events[700] = dataclasses.replace(wild, features={**wild.features, "x0": 1e9})
-    produce(
-        kafka_settings, spec, ((e.event_id.encode(), make_event(e.event_id, e.features, e.label, 0.0)) for e in events)
-    )
+    if in_label:
+        events[700] = dataclasses.replace(wild, label=1e9)
+    else:
+        events[700] = dataclasses.replace(wild, features={**wild.features, "x0": 1e9})
+    pairs = ((e.event_id.encode(), make_event(e.event_id, e.features, e.label, 0.0)) for e in events)
+    produce(kafka_settings, spec, pairs)
     states = probe_partitions(kafka_settings, spec.events_topic, {})
     assert run_batch(stream_defs, spec, {s.partition: (0, s.high_water // 2) for s in states}, instance).success
 
@@ -388,12 +396,15 @@ def test_a_batch_with_a_wild_value_learns_it_clipped_and_says_so(kafka_settings,
 
     assert result.success
     (materialization,) = result.asset_materializations_for_node(f"{spec.name}__model")
-    assert materialization.metadata["clipped_values"].value == 1
+    assert materialization.metadata["clipped_labels" if in_label else "clipped_values"].value == 1
     (line,) = [e.user_message for e in instance.all_logs(result.run_id) if "were clipped" in e.user_message]
     assert "1 value(s) beyond 10 learned standard deviations were clipped" in line
-    assert "x0: 1 (e.g. 1e+09; learned range " in line
-    scaler = registry.load_estimator(spec.name, "v2").steps[0][1]
-    assert scaler.var_[0] < 2  # unclipped, this one value made it about 2e15
+    assert f"{'label' if in_label else 'x0'}: 1 (e.g. 1e+09; learned range " in line
+    model = registry.load_estimator(spec.name, "v2")
+    if in_label:
+        assert model.label_moments_.std < 1  # unclipped, this one label made it about 3e7
+    else:
+        assert model.steps[0][1].var_[0] < 2  # unclipped, this one value made it about 2e15
 
 
 WINDOWED = synthetic_spec(model={"estimator": "hist_gradient_boosting_classifier", "window_rows": 500})

@@ -24,9 +24,9 @@ def regression_spec(variant: str, **model: typing.Any) -> StreamSpec:
     return StreamSpec(name="outliers", task="regression", features=features, model=model)
 
 
-def mean_error_after_one_outlier(spec: StreamSpec, outlier: float | None) -> float:
+def mean_error_after_one_outlier(spec: StreamSpec, outlier: float | None, in_label: bool = False) -> float:
     """Test-then-train over 20 batches of 500 rows, one value `outlier` standard deviations out in
-    batch 4; the mean absolute error of batches 6-20 (scored before each learns)."""
+    batch 4 (a feature, or the label); the mean absolute error of batches 6-20 (scored before each learns)."""
     rng = np.random.default_rng(3)
     model, errors = None, []
     for batch in range(20):
@@ -34,7 +34,9 @@ def mean_error_after_one_outlier(spec: StreamSpec, outlier: float | None) -> flo
         if spec.inputs[-1].type == "category":
             X[:, -1] = rng.integers(0, 2, 500)
         y = 1.0 + X[:, :4] @ WEIGHTS + 0.1 * rng.normal(size=500)
-        if batch == 3 and outlier is not None:
+        if batch == 3 and outlier is not None and in_label:
+            y[100] = 1.0 + outlier * np.linalg.norm(WEIGHTS)  # the label's spread is about |WEIGHTS|
+        elif batch == 3 and outlier is not None:
             X[100, 0] = outlier  # the features are standard normal: `outlier` standard deviations out
         partitions = np.arange(500) % 2
         model, metrics, _, _ = training.test_then_train_partitioned(model, spec, X, y, partitions)
@@ -55,6 +57,34 @@ def test_one_outlier_does_not_ruin_what_the_model_learns_after_it(variant: str) 
 
     assert clipped < 1.1 * clean, (clipped, clean)
     assert unclipped > 3 * clean, (unclipped, clean)  # what the setting prevents
+
+
+@pytest.mark.parametrize("variant", ["plain", "scale_out"])
+def test_one_label_in_the_wrong_unit_does_not_ruin_a_regression_model(variant: str) -> None:
+    """SGD's step grows with the error: one label 1e6 standard deviations out (a price in cents among
+    dollars) and the model never recovered; clipped to 10 learned standard deviations it is one row."""
+    spec = regression_spec(variant)
+    clean = mean_error_after_one_outlier(spec, None)
+
+    clipped = mean_error_after_one_outlier(spec, 1e6, in_label=True)
+    unclipped = mean_error_after_one_outlier(regression_spec(variant, clip_sigmas=None), 1e6, in_label=True)
+
+    assert clipped < 1.1 * clean, (clipped, clean)
+    assert unclipped > 2 * clean, (unclipped, clean)  # 22x sequential; the workers' average dampens it to 2x
+
+
+def test_label_moments_are_the_clipped_labels_learned_and_survive_a_scaled_out_batch() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 4))
+    y = X @ WEIGHTS
+    sequential = training.test_then_train_partitioned(None, regression_spec("plain"), X, y, np.arange(600) % 2)[0]
+    spec = regression_spec("scale_out")
+    fanned = training.test_then_train_partitioned(None, spec, X[:300], y[:300], np.arange(300) % 2)[0]
+    fanned = training.test_then_train_partitioned(fanned, spec, X[300:], y[300:], np.arange(300) % 2)[0]
+
+    for model in (sequential, fanned):
+        assert model.label_moments_.n == 600
+        np.testing.assert_allclose([model.label_moments_.mean, model.label_moments_.std], [y.mean(), y.std()])
 
 
 def test_clipping_counts_values_beyond_the_learned_spread_and_waits_for_enough_rows() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections import defaultdict
@@ -212,6 +213,26 @@ def test_other_classifiers_serve_their_scores(registry: FilesystemRegistry, esti
     expected = onnx_of(registry, spec, "v1").predict(X)
     assert predictions == [bool(i) for i in expected.labels]
     assert scores == expected.scores.tolist()
+
+
+def test_a_swap_to_a_newer_version_is_info_and_back_to_an_older_one_a_warning(
+    registry: FilesystemRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every promotion is a swap: logged at WARNING, they buried the swaps worth a look."""
+    spec = synthetic_spec()
+    train_version(registry, spec)
+    watcher = ChampionWatcher(registry, spec, ScorerMetrics(spec.name))
+    watcher.check()
+    train_version(registry, spec, drifted=True)
+    with caplog.at_level(logging.INFO, logger="dagster_project.serving.champion"):
+        watcher.check()
+        registry.set_champion(spec.name, "v1", reason="test rollback")
+        watcher.check()
+    swaps = [(r.levelno, r.getMessage()) for r in caplog.records if "swapped" in r.getMessage()]
+    assert swaps == [
+        (logging.INFO, f"{spec.name}: swapped v1 -> v2"),
+        (logging.WARNING, f"{spec.name}: swapped v2 -> v1 (an older version: a rollback or a fallback)"),
+    ]
 
 
 FOLLOW_BOUND_S = 1.0  # a repaired file or a new champion is served within ~a watch tick (0.25 s)
