@@ -595,6 +595,21 @@ class StreamSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _candidates_inherit_clip_sigmas(cls, data: Any) -> Any:
+        """`model.clip_sigmas` beside `candidates` applies to every family that sets none of its own
+        (each family learns on its own, with its own setting: ignored, the top-level one misled).
+        Defined before `_recommended_candidates` so that it runs after it (pydantic runs "before"
+        validators last-defined first): `candidates: recommended` inherits too."""
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or "clip_sigmas" not in model or not isinstance(model.get("candidates"), list):
+            return data
+        inherited = [
+            {"clip_sigmas": model["clip_sigmas"], **c} if isinstance(c, dict) else c for c in model["candidates"]
+        ]
+        return {**data, "model": {**model, "candidates": inherited}}
+
+    @model_validator(mode="before")
+    @classmethod
     def _recommended_candidates(cls, data: Any) -> Any:
         """`model.candidates: recommended` names the benchmark's best candidate set for the task."""
         model = data.get("model") if isinstance(data, dict) else None

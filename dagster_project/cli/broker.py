@@ -37,6 +37,8 @@ def broker(ctx: click.Context, port: int | None, kafka: bool, nodes: int) -> Non
     """
     if not kafka and ctx.get_parameter_source("nodes") is not ParameterSource.DEFAULT:
         raise click.UsageError("--nodes applies to an Apache Kafka cluster only: add --kafka")
+    if port and port + nodes - 1 > 65535:
+        raise click.UsageError(f"--port {port} leaves no room for {nodes} nodes (ports {port}..{port + nodes - 1})")
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt

@@ -95,8 +95,8 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
         learned = dict(head.learned)
         changed = topic_changed(settings, spec, head, None)
         _refuse_without_gap(stream, head.name, learned, target, states, changed, pending)
-        if not changed:
-            kept = {s.partition: learned.get(s.partition, 0) for s in states if not _has_gap(s, learned)}
+        if not changed and not _past_the_end(states, learned):
+            kept = {s.partition: learned.get(s.partition, s.log_start) for s in states if not _has_gap(s, learned)}
             target.update(kept)
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
@@ -108,8 +108,17 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
 
 
 def _has_gap(state: PartitionState, learned: dict[int, int]) -> bool:
-    """The broker's log no longer holds where the head stopped on this partition (or never did)."""
-    return not state.log_start <= learned.get(state.partition, 0) <= state.high_water
+    """The broker's log no longer holds where the head stopped on this partition: retention deleted
+    what it had not learned yet, or the log ends before it. A partition the head never learned has
+    none (the sensor starts it at the log's start)."""
+    return state.partition in learned and not state.log_start <= learned[state.partition] <= state.high_water
+
+
+def _past_the_end(states: list[PartitionState], learned: dict[int, int]) -> bool:
+    """A partition's log ends before where the head stopped: the broker lost data or the topic was
+    recreated, so offsets on the other partitions may name other records too and every partition
+    moves. Only retention gaps (the log now starts after the head) leave the healthy ones alone."""
+    return any(s.partition in learned and learned[s.partition] > s.high_water for s in states)
 
 
 def _refuse_without_gap(

@@ -66,6 +66,20 @@ def _last_time(history: History) -> float:
 class PartitionState:
     newest: float | None = None  # the newest event time accepted on the partition
     tables: dict[str, OrderedDict[Key, History]] = field(default_factory=dict)  # by field -> least recent first
+    # `newest` in whole microseconds (timing.micros), kept beside it: a cache, never saved
+    _newest_us: int | None = field(default=None, compare=False, repr=False)
+
+    def newest_us(self) -> int | None:
+        if self.newest is None:
+            return None
+        if self._newest_us is None:
+            self._newest_us = micros(self.newest)
+        return self._newest_us
+
+    def advance(self, t: float, t_us: int) -> None:
+        """`t` (in seconds and microseconds) was accepted: the newest moves to it if later."""
+        if self.newest is None or t > self.newest:
+            self.newest, self._newest_us = t, t_us
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,7 @@ class FeatureState:
         self.lateness = spec.event_time.lateness if spec.event_time else 0.0
         self._lateness_us = micros(self.lateness)
         self.max_ahead = spec.event_time.max_ahead if spec.event_time else None
+        self._max_ahead_us = None if self.max_ahead is None else micros(self.max_ahead)
         # Named in the refusal: the default fell from 1 h to 5 min, which an upgraded stream did not choose.
         self._max_ahead_is_default = bool(spec.event_time) and "max_ahead" not in spec.event_time.model_fields_set
         self.max_keys = spec.feature_state.max_keys
@@ -140,8 +155,8 @@ class FeatureState:
         `produced`.
         """
         t, keys = self._read(event)
-        ahead = self.max_ahead
-        if produced is not None and ahead is not None and micros(t) - micros(produced) > micros(ahead):
+        t_us = micros(t)  # every bound below is on the microsecond grid (timing.micros)
+        if produced is not None and self._max_ahead_us is not None and t_us - micros(produced) > self._max_ahead_us:
             raise EventError(
                 f"event time {t:.3f} is {t - produced:.0f} s ahead of its Kafka timestamp ({produced:.3f}), more "
                 f"than event_time.max_ahead {self.max_ahead:g} s{DEFAULT_MAX_AHEAD_NOTE * self._max_ahead_is_default}: "
@@ -150,15 +165,17 @@ class FeatureState:
         part = self.partitions.get(partition)
         if part is None:
             part = self.partitions[partition] = PartitionState()
-        if part.newest is not None and t < earlier(part.newest, self._lateness_us):
+        newest_us = part.newest_us()
+        if newest_us is not None and t_us < newest_us - self._lateness_us:
             raise EventError(
                 f"late event: event time {t:.3f} is {part.newest - t:.3f} s behind the newest on partition "
                 f"{partition} ({part.newest:.3f}), more than event_time.lateness {self.lateness:g} s"
             )
-        values = self._values(part, keys, t, follow=True)
-        part.newest = t if part.newest is None else max(part.newest, t)
+        values = self._values(part, keys, t, follow=True, t_us=t_us)
+        part.advance(t, t_us)
+        newest_us = part.newest_us()
         for table in self._tables:
-            history = self._history(part, table, keys[table.by], earlier(part.newest, table.reach_us))
+            history = self._history(part, table, keys[table.by], (newest_us - table.reach_us) / MICROS)
             at = bisect_right(history.times, t)  # equal times stay in arrival order
             history.times.insert(at, t)
             for column, j in zip(history.columns, self._of_positions[table.by], strict=True):
@@ -215,12 +232,14 @@ class FeatureState:
         t = event_seconds(event.get(self.event_time.field), self.event_time)
         return t, {table.by: event_key(event, table.by, table.in_features) for table in self._tables}
 
-    def _values(self, part: PartitionState, keys: dict[str, Key], t: float, follow: bool = False) -> list[float]:
+    def _values(
+        self, part: PartitionState, keys: dict[str, Key], t: float, follow: bool = False, t_us: int | None = None
+    ) -> list[float]:
         """Each derived feature over its key's window [t - window, t). With `follow` the key's cursors
         move there (the event path); without, the windows are aggregated from scratch and nothing,
         not even a cache, changes (`peek`). Both give the same bits (`features.aggregations`)."""
         out = [0.0] * len(self.spec.derived)
-        t_us = micros(t)
+        t_us = micros(t) if t_us is None else t_us
         for group in self._groups:
             history = part.tables.get(group.by, {}).get(keys[group.by])
             if history is None:

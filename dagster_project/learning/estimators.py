@@ -203,9 +203,32 @@ def learned_scaler(model: Any) -> tuple[StandardScaler, list[int]] | None:
     return (scaler, list(columns)) if hasattr(scaler, "mean_") else None
 
 
+# A spread this small against a feature's mean is rounding, not spread (the running variance of a
+# constant 20.7 is 8.5e-30, of 20.0 exactly 0): such a feature has nothing to judge by and is never
+# clipped (judged by that spread, a constant sensor that starts to vary was frozen at its old value).
+NO_SPREAD = 1e-9
+
+
+def clip_bounds(
+    mean: np.ndarray, std: np.ndarray, sigmas: float, seen_low: np.ndarray | None, seen_high: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ± ``sigmas`` standard deviations, widened to the range already learned.
+
+    The range matters for rare values: a 0/1 flag set on 1 row in 200 has its 1 at 14 standard
+    deviations; clipped, the scaler learned a smaller spread, which clipped it further (the flag's
+    learned spread fell from 0.07 to 0.015 and kept falling). A value inside what was learned before
+    is never an outlier.
+    """
+    spread = np.where(std <= NO_SPREAD * np.maximum(1.0, np.abs(mean)), np.inf, sigmas * std)
+    low, high = mean - spread, mean + spread
+    if seen_low is not None and seen_high is not None:
+        low, high = np.minimum(low, seen_low), np.maximum(high, seen_high)
+    return low, high
+
+
 @dataclass(frozen=True)
 class Outliers:
-    """Values of a batch beyond a feature's learned mean ± ``sigmas`` learned standard deviations."""
+    """Values of a batch beyond a feature's `clip_bounds`."""
 
     columns: list[int]  # the scaled input columns
     low: np.ndarray  # per scaled column
@@ -218,35 +241,31 @@ class Outliers:
 
 
 def outliers(model: Any, X: np.ndarray, sigmas: float | None) -> Outliers | None:
-    """What `clip_outliers` clips in ``X`` (None: nothing).
-
-    Off (``None``) until the scaler has seen `CLIP_AFTER_ROWS` rows, and for a feature whose learned
-    variance is zero (no spread to judge by).
-    """
+    """What `clip_outliers` clips in ``X`` (None: nothing). Off until the scaler has seen
+    `CLIP_AFTER_ROWS` rows."""
     learned = learned_scaler(model) if sigmas is not None and len(X) else None
     if learned is None:
         return None
     scaler, columns = learned
     if np.min(scaler.n_samples_seen_) < CLIP_AFTER_ROWS:
         return None
-    spread = sigmas * np.sqrt(scaler.var_)
-    spread[spread == 0] = np.inf
-    low, high = scaler.mean_ - spread, scaler.mean_ + spread
+    seen = getattr(model, "feature_range_", None)
+    low, high = clip_bounds(scaler.mean_, np.sqrt(scaler.var_), sigmas, *(seen if seen is not None else (None, None)))
     values = X[:, columns]
     outside = (values < low) | (values > high)
     return Outliers(columns, low, high, outside) if outside.any() else None
 
 
 def clip_outliers(model: Any, X: np.ndarray, sigmas: float | None) -> tuple[np.ndarray, int]:
-    """``X`` with each scaled feature clipped to its learned mean ± ``sigmas`` learned standard
-    deviations, and how many values were clipped.
+    """``X`` with each scaled feature clipped to its `clip_bounds` (the learned mean ± ``sigmas``
+    learned standard deviations, or the range learned if wider), and how many values were clipped.
 
     Why: the scaler's running moments and SGD's steps weigh a value by its size, so one in-range
-    outlier (a sensor's 1e12, within the ±1e37 the contract accepts) inflated a feature's variance
-    until every ordinary row scaled to about zero: a regression stream's MAE went from 2.1 to 25.5
-    for the rest of the stream, with no drift retrain (`benchmarks`' Friedman stream, a value
-    1,000 standard deviations out). Clipped, such a row weighs as a value ``sigmas`` out would.
-    Learning only: the served model scores every value as sent.
+    outlier (a sensor's 1e9, within the ±1e37 the contract accepts) inflated a feature's variance
+    until every ordinary row scaled to about zero: one value 1,000 standard deviations out made a
+    Friedman regression's MAE 8e8 instead of 2.07 for the rest of the stream, with no drift retrain
+    (`benchmarks.outliers`). Clipped, such a row weighs as a value ``sigmas`` out would. Learning
+    only: the served model scores every value as sent.
     """
     found = outliers(model, X, sigmas)
     if found is None:
@@ -256,14 +275,30 @@ def clip_outliers(model: Any, X: np.ndarray, sigmas: float | None) -> tuple[np.n
     return X, found.count
 
 
+def learn_feature_range(model: Any, X: np.ndarray) -> None:
+    """Widen the model's learned range of each scaled feature (``feature_range_``: lows, highs) to
+    a batch's (clipped) rows, once its scaler has learned them."""
+    learned = learned_scaler(model)
+    if learned is None or not len(X):
+        return
+    values = X[:, learned[1]]
+    low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    seen = getattr(model, "feature_range_", None)
+    if seen is not None and len(seen[0]) == len(low):
+        low, high = np.minimum(low, seen[0]), np.maximum(high, seen[1])
+    model.feature_range_ = (low, high)
+
+
 @dataclass
 class LabelMoments:
-    """A regression model's running count, mean and sum of squared deviations of the labels it learned
-    (kept on the pipeline as ``label_moments_``, pickled with it): what `clip_labels` judges by."""
+    """A regression model's running count, mean, sum of squared deviations and range of the labels it
+    learned (kept on the pipeline as ``label_moments_``, pickled with it): what `clip_labels` judges by."""
 
     n: int = 0
     mean: float = 0.0
     m2: float = 0.0
+    low: float = np.inf
+    high: float = -np.inf
 
     def update(self, y: np.ndarray) -> None:
         """Fold a batch's labels in (Chan et al.'s parallel formula: the same as one pass over all)."""
@@ -276,6 +311,7 @@ class LabelMoments:
         self.m2 += m2 + delta * delta * self.n * n / total
         self.mean += delta * n / total
         self.n = total
+        self.low, self.high = min(self.low, float(np.min(y))), max(self.high, float(np.max(y)))
 
     @property
     def std(self) -> float:
@@ -283,14 +319,14 @@ class LabelMoments:
 
 
 def label_bounds(model: Any, sigmas: float | None) -> tuple[float, float] | None:
-    """The learned label mean ± ``sigmas`` learned standard deviations (None: no clipping yet).
-
-    Off until `CLIP_AFTER_ROWS` labels were learned, and while they have no spread.
-    """
+    """The labels' `clip_bounds` (None: no clipping yet: fewer than `CLIP_AFTER_ROWS` learned)."""
     moments = getattr(model, "label_moments_", None)
-    if sigmas is None or moments is None or moments.n < CLIP_AFTER_ROWS or not moments.std:
+    if sigmas is None or moments is None or moments.n < CLIP_AFTER_ROWS:
         return None
-    return moments.mean - sigmas * moments.std, moments.mean + sigmas * moments.std
+    low, high = clip_bounds(
+        np.float64(moments.mean), np.float64(moments.std), sigmas, np.float64(moments.low), np.float64(moments.high)
+    )
+    return (float(low), float(high)) if np.isfinite(low) or np.isfinite(high) else None
 
 
 def clip_labels(model: Any, y: np.ndarray, sigmas: float | None) -> tuple[np.ndarray, int]:
@@ -348,6 +384,7 @@ def partial_fit(
     for _, step in model.steps[:-1]:
         _update(step, Xt)
         Xt = step.transform(Xt)
+    learn_feature_range(model, X)
     fit_estimator(model.steps[-1][1], Xt, y, classes, passes)
     return model
 

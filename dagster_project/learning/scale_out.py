@@ -37,7 +37,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
-from dagster_project.learning.estimators import clip_labels, clip_outliers, fit_estimator, learn_labels, partial_fit
+from dagster_project.learning.estimators import (
+    clip_labels,
+    clip_outliers,
+    fit_estimator,
+    learn_feature_range,
+    learn_labels,
+    partial_fit,
+)
 from dagster_project.spec import StreamSpec
 
 
@@ -424,6 +431,7 @@ def split(
         if len(steps) != 1 or not isinstance(steps[0][1], StandardScaler):
             raise ValueError("scale-out supports pipelines of an optional StandardScaler and an estimator")
         scaler = merge_scaler(steps[0][1], [X[idx] for _, idx in groups])
+        learn_feature_range(model, X)  # as partial_fit does
         Xt = scaler.transform(X)
     else:
         Xt = X
@@ -478,10 +486,10 @@ def combine(plan: Split, fitted: list[GroupFit]) -> tuple[Pipeline, ScaleOutRepo
     model = plan.model
     parent = model.steps[-1][1]
     merged = combiner.combine(parent, [f.model for f in fitted], rows, plan.var_max)
-    moments = getattr(model, "label_moments_", None)
+    learned = {a: getattr(model, a) for a in ("label_moments_", "feature_range_") if hasattr(model, a)}
     model = Pipeline([*model.steps[:-1], (model.steps[-1][0], merged)])
-    if moments is not None:
-        model.label_moments_ = moments
+    for attribute, value in learned.items():  # what estimators.partial_fit keeps on the pipeline
+        setattr(model, attribute, value)
     seconds = plan.seconds + sum(f.seconds for f in fitted) + time.perf_counter() - started
     report = ScaleOutReport(
         len(fitted),

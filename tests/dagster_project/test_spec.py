@@ -492,3 +492,18 @@ def test_early_cut_defaults_to_on_exactly_with_a_label_join_that_checkpoints_fou
     assert spec.batch.early_cut is on
     reloaded = StreamSpec.model_validate(spec.model_dump(mode="json"))  # a dump holds `labels` whatever was set
     assert reloaded.batch.early_cut is on and reloaded == spec
+
+
+def test_a_top_level_clip_sigmas_applies_to_every_candidate_that_sets_none() -> None:
+    """Each family learns with its own setting: `model.clip_sigmas: null` beside `candidates` was
+    accepted and ignored, while the training log's advice named it."""
+    base = {"name": "clips", "features": [{"name": "x"}], "label": {"classes": [0, 1]}}
+    recommended = StreamSpec(**base, model={"clip_sigmas": None, "candidates": "recommended"})
+    listed = StreamSpec(
+        **base,
+        model={"clip_sigmas": 4, "candidates": [{"name": "a"}, {"estimator": "gaussian_nb", "clip_sigmas": 3}]},
+    )
+
+    assert {c.clip_sigmas for c in recommended.model.candidates} == {None}
+    assert [c.clip_sigmas for c in listed.model.candidates] == [4.0, 3.0]
+    assert StreamSpec.model_validate(listed.model_dump()) == listed  # a dumped spec loads the same

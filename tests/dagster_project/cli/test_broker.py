@@ -159,6 +159,13 @@ def test_a_kafka_cluster_listens_where_port_says(cli, fake_apache) -> None:
     assert cluster.client_port == 29092
 
 
+def test_a_port_with_no_room_for_the_nodes_is_a_usage_error(cli, fake_apache) -> None:
+    result = cli("broker", "--kafka", "--nodes", 3, "--port", 65534)
+    assert result.exit_code == 2
+    assert "--port 65534 leaves no room for 3 nodes (ports 65534..65536)" in result.output
+    assert FakeCluster.instances == []
+
+
 @pytest.mark.parametrize("failure", ["jars", "start"])
 def test_kafka_failures_are_one_line_errors(cli, fake_apache, failure: str) -> None:
     message = "java not found on PATH: install a JDK (17 or newer) to run Apache Kafka"

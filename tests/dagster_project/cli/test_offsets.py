@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from kafka import TopicPartition
 
 from dagster_project.cli.common import OPERATOR_ENV
+from dagster_project.kafka import clients
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
@@ -76,24 +78,54 @@ def test_a_reset_of_a_stream_without_an_offset_gap_is_refused_unless_forced(
     assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)
 
 
-def test_a_reset_moves_only_the_partitions_with_a_gap_unless_forced(
-    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
+def test_a_reset_after_retention_moves_only_the_partitions_with_a_gap_unless_forced(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, stream_defs, instance
 ) -> None:
-    """Retention deleted what the model needed on one partition: `--to earliest` moved every
+    """Retention deleted rows the model had not learned on one partition: `--to earliest` moved every
     partition back, so the healthy ones learned their rows a second time. Only the gap moves now."""
     produce_synthetic(kafka_settings, spec, 300)
+    first = high_waters(kafka_settings, spec.events_topic)
+    assert len(first) > 1 and all(first.values())
+    assert run_batch(stream_defs, spec, {p: (0, e) for p, e in first.items()}, instance).success
+    produce_synthetic(kafka_settings, spec, 300, start=300)
     ends = high_waters(kafka_settings, spec.events_topic)
-    assert len(ends) > 1 and all(ends.values())
     gapped, *healthy = sorted(ends)
-    learned = {str(p): (e + 5000 if p == gapped else e) for p, e in ends.items()}  # past partition 0's log
-    registry.register(spec.name, None, b"onnx", {"fake": "estimator"}, {"offsets": {"learned": learned}})
+    kept_from = first[gapped] + 10  # retention: the log of partition `gapped` now starts after v1 stopped
+    admin = clients.admin(kafka_settings)
+    try:
+        admin.delete_records({TopicPartition(spec.events_topic, gapped): kept_from})
+    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
+        pytest.skip(f"broker cannot delete records: {exc!r}")
+    finally:
+        admin.close()
     args = ("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "earliest")
 
     result = cli(*args)
 
     assert result.exit_code == 0, result.output
-    assert registry.pending_offset_reset(spec.name)["offsets"] == {str(p): 0 if p == gapped else ends[p] for p in ends}
+    expected = {str(p): kept_from if p == gapped else first[p] for p in ends}
+    assert registry.pending_offset_reset(spec.name)["offsets"] == expected
     assert f"partition(s) {', '.join(map(str, healthy))} have no gap and stay where v1 learned up to" in result.output
     forced = cli(*args, "--force")
     assert forced.exit_code == 0, forced.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == {
+        str(p): kept_from if p == gapped else 0 for p in ends
+    }
+
+
+def test_a_log_that_ends_before_the_model_moves_every_partition(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    """A partition whose log ends before where the model stopped lost its data (the broker, or the
+    topic recreated): the other partitions' offsets may name other records too, so all move."""
+    produce_synthetic(kafka_settings, spec, 300)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    gapped = min(ends)
+    learned = {str(p): (e + 5000 if p == gapped else e) for p, e in ends.items()}
+    registry.register(spec.name, None, b"onnx", {"fake": "estimator"}, {"offsets": {"learned": learned}})
+
+    result = cli("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "earliest")
+
+    assert result.exit_code == 0, result.output
     assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)
+    assert "have no gap" not in result.output

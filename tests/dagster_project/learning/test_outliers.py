@@ -87,6 +87,38 @@ def test_label_moments_are_the_clipped_labels_learned_and_survive_a_scaled_out_b
         np.testing.assert_allclose([model.label_moments_.mean, model.label_moments_.std], [y.mean(), y.std()])
 
 
+@pytest.mark.parametrize("level", [20.7, 20.0])  # a running variance of 8.5e-30, and of exactly 0
+def test_a_feature_constant_for_a_while_then_varying_is_learned_as_it_varies(level: float) -> None:
+    """A stuck sensor that starts to vary: judged by the rounding noise of its constant phase, every
+    new value was clipped to the old level, and the model's error reached 9e9."""
+    spec = StreamSpec(name="stuck", task="regression", features=[{"name": "temp"}, {"name": "x"}])
+    rng = np.random.default_rng(0)
+    model, errors = None, []
+    for batch in range(15):
+        temp = np.full(1000, level) if batch < 5 else level + rng.normal(size=1000)
+        X = np.c_[temp, rng.normal(size=1000)]
+        model, metrics, _ = training.test_then_train(model, spec, X, 3 * (temp - level) + X[:, 1])
+        errors.append(metrics.mae)
+    assert max(errors[7:]) < 0.05, errors
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_a_rare_flag_keeps_its_learned_spread(task: str) -> None:
+    """A 0/1 flag set on 1 row in 200 has its 1 at 14 standard deviations: clipped, the scaler learned
+    a smaller spread, which clipped it further (0.07 fell to 0.015 and kept falling). A value within
+    the range already learned is never clipped."""
+    label = {} if task == "regression" else {"label": {"classes": [0, 1]}}
+    spec = StreamSpec(name="rare", task=task, features=[{"name": "flag"}, {"name": "x"}], **label)
+    rng = np.random.default_rng(1)
+    model = None
+    for _ in range(60):
+        X = np.c_[(rng.random(1000) < 0.005).astype(float), rng.normal(size=1000)]
+        y = 5.0 * X[:, 0] + X[:, 1] if task == "regression" else (3 * X[:, 0] + X[:, 1] > 1.5).astype(int)
+        model, _, _ = training.test_then_train(model, spec, X, y)
+        assert clip_outliers(model, X, 10.0)[1] == 0
+    assert 0.06 < np.sqrt(model.steps[0][1].var_[0]) < 0.08  # the flag's true spread is 0.0705
+
+
 def test_clipping_counts_values_beyond_the_learned_spread_and_waits_for_enough_rows() -> None:
     spec = regression_spec("plain")
     rng = np.random.default_rng(0)
