@@ -579,7 +579,9 @@ class StreamSpec(_Strict):
     name: str = Field(pattern=STREAM_NAME_PATTERN)
     description: str = ""
     task: Task = "classification"
-    partitions: int = Field(default=1, ge=1, le=10_000)  # a topic's partitions; beyond this is a typo
+    # The partitions Streamfit creates the stream's topics with (beyond 10,000 is a typo); an existing topic keeps
+    # its own count: Streamfit never changes it, and says so (io.partition_mismatch).
+    partitions: int = Field(default=1, ge=1, le=10_000)
     features: list[FeatureSpec]
     label: LabelSpec = LabelSpec()
     model: ModelSpec = ModelSpec()

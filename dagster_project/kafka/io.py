@@ -171,17 +171,20 @@ def _warn_on_partition_mismatch(admin: Any, topics: list[str], partitions: int) 
     for described in admin.describe_topics(topics):
         found = len(described.get("partitions") or [])
         if not described.get("error_code") and found and found != partitions:
-            log.warning(
-                "%s has %d partition(s) but the stream spec says %d: it was probably auto-created by a producer. "
-                "Streamfit follows the topic (ordering and scorer parallelism come from its %d); to get %d, "
-                "recreate it before producing, or set `partitions: %d` in the spec",
-                described["name"],
-                found,
-                partitions,
-                found,
-                partitions,
-                found,
-            )
+            log.warning("%s", partition_mismatch(described["name"], found, partitions))
+
+
+def partition_mismatch(topic: str, found: int, partitions: int) -> str:
+    """Why a topic's partition count differs from the spec's and what to do: Streamfit never changes
+    an existing topic (a `partitions:` raised after the topic exists used to pass unnoticed)."""
+    return (
+        f"{topic} has {found} partition(s) but the stream spec says {partitions}: Streamfit follows the topic "
+        f"(ordering and scorer parallelism come from its {found}) and never changes an existing topic's partitions "
+        "(new partitions move keys, splitting a key's order and its derived-feature history). It was auto-created "
+        f"by a producer, or the spec changed after it was made: add partitions with `kafka-topics.sh --alter "
+        f"--topic {topic} --partitions {partitions}` (keys move) or recreate it before producing, or set "
+        f"`partitions: {found}` in the spec"
+    )
 
 
 def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from kafka import TopicPartition
 
 from dagster_project.cli.common import OPERATOR_ENV
@@ -129,3 +132,18 @@ def test_a_log_that_ends_before_the_model_moves_every_partition(
     assert result.exit_code == 0, result.output
     assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)
     assert "have no gap" not in result.output
+
+
+def test_offsets_show_notes_a_topic_whose_partitions_differ_from_the_spec(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, specs_dir: Path
+) -> None:
+    """`partitions:` raised in the spec after the topic existed changed nothing, and nothing said so."""
+    produce_synthetic(kafka_settings, spec, 10)  # the topic, with the spec's partitions
+    raised = spec.model_copy(update={"partitions": spec.partitions + 2})
+    (specs_dir / f"{spec.name}.yaml").write_text(yaml.safe_dump(raised.model_dump(mode="json")))
+
+    shown = cli("offsets", "show", spec.name, "--bootstrap", kafka_settings.bootstrap)
+
+    assert shown.exit_code == 0, shown.output
+    assert f"NOTE: {spec.events_topic} has {spec.partitions} partition(s) but the stream spec says" in shown.output
+    assert "never changes an existing topic's partitions" in shown.output and "kafka-topics.sh --alter" in shown.output
