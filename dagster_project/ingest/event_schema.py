@@ -42,8 +42,9 @@ def _feature_type(feature: FeatureSpec) -> Any:
     return value_kind(feature)
 
 
-def event_decoder(spec: StreamSpec) -> msgspec.json.Decoder:
-    """A decoder of one event of `spec` into `{id, features, ts, label}` structs (see the module docstring)."""
+def event_decoder(spec: StreamSpec, with_label: bool = True) -> msgspec.json.Decoder:
+    """A decoder of one event of `spec` into `{id, features, ts, label}` structs (see the module
+    docstring); without `with_label` the label is skipped unread, whatever it holds."""
     fields = [(f"f{j}", _feature_type(f)) for j, f in enumerate(spec.features)]
     features = msgspec.defstruct(
         "Features",
@@ -53,9 +54,6 @@ def event_decoder(spec: StreamSpec) -> msgspec.json.Decoder:
         gc=False,
     )
     label: Any = (str | float | None) if spec.task == "classification" else (float | None)
-    event = msgspec.defstruct(
-        "Event",
-        [("id", str | int), ("features", features), ("ts", float | None, None), ("label", label, None)],
-        gc=False,
-    )
+    fields_of_event: list = [("id", str | int), ("features", features), ("ts", float | None, None)]
+    event = msgspec.defstruct("Event", [*fields_of_event, *([("label", label, None)] if with_label else [])], gc=False)
     return msgspec.json.Decoder(event)

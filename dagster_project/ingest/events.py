@@ -128,10 +128,16 @@ _LABEL_TYPES = frozenset((int, float, str))  # bools take the slow path: True mu
 
 
 class EventParser:
-    """Validates messages against one stream's spec; built once per batch for speed."""
+    """Validates messages against one stream's spec; built once per batch for speed.
 
-    def __init__(self, spec: StreamSpec) -> None:
+    ``labels=False`` neither reads nor checks labels (every row unlabelled): what a scorer needs,
+    which scores features only. A label of the wrong type or class is the trainer's dead letter; the
+    scorer refused the whole event too and served no prediction for it.
+    """
+
+    def __init__(self, spec: StreamSpec, labels: bool = True) -> None:
         self.spec = spec
+        self.labels = labels
         self._features = spec.features
         self._names = tuple(spec.feature_names)
         self._known = set(spec.feature_names)
@@ -141,7 +147,7 @@ class EventParser:
         # Raw label -> class index for the fast path. Bools are left out on purpose: as dict keys
         # True == 1, and a bool label must match only a bool class (the slow path's label_key).
         self._fast_labels = {c: i for i, c in enumerate(classes) if type(c) in _LABEL_TYPES}
-        self._decoder = event_decoder(spec)
+        self._decoder = event_decoder(spec, with_label=labels)
         self._int_columns = [j for j, f in enumerate(spec.features) if f.type == "int"]
         self._bool_columns = [j for j, f in enumerate(spec.features) if f.type == "bool"]
         # Category columns: (position, name, value -> code or None, the unseen code or None).
@@ -174,6 +180,7 @@ class EventParser:
         slow: list[int] = []
         to_parse = slow.append
         coders = self._category_coders
+        read_labels = self.labels
         unseen: list[tuple[int, str, Any]] = []
         # One row's work is kept to what each message needs (bound methods, no per-row position list,
         # the category branch only for specs with categories): at 100 k rows each bytecode here costs ~1 ms.
@@ -194,7 +201,7 @@ class EventParser:
             elif not event_id or len(event_id) > MAX_ID_CHARS:
                 to_parse(i)
                 continue
-            label = event.label
+            label = event.label if read_labels else None
             if label is None:
                 target = math.nan
             elif classification:
@@ -315,7 +322,7 @@ class EventParser:
         ts = event.get("ts")
         if problem := ts_problem(ts):
             raise InvalidEvent(problem)
-        label_index, label_value = self._label(event.get("label"))
+        label_index, label_value = self._label(event.get("label")) if self.labels else (None, None)
         unseen = tuple(
             (f.name, features[f.name]) for f, code in self._unseen_codes if values[self._position[f.name]] == code
         )

@@ -81,7 +81,10 @@ class BatchScorer:
         self.metrics = metrics
         self.features = features
         self.flush_timeout_s = flush_timeout_s
-        self._parser = EventParser(spec)
+        # Scoring needs no label: a label of the wrong type or class is the trainer's dead letter, not a
+        # reason to serve no prediction. With derived features the label is still checked, because
+        # training keeps such an event out of the feature state and the scorer's state must match it.
+        self._parser = EventParser(spec, labels=bool(spec.derived))
 
     def process(self, producer: Any, batch: PollBatch, flush_timeout_s: float | None = None) -> BatchOutcome:
         """The whole step at once: prepare, send, and wait for the broker's acknowledgements."""

@@ -298,6 +298,26 @@ def test_parse_many_regression_labels() -> None:
     assert all("regression label must be a finite number" in reason for _, reason in batch.failures)
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_parser_that_reads_no_labels_accepts_any_label_and_keeps_every_other_rule(task: str) -> None:
+    """The scorer's parser: a label of another class or type does not stop an event being scored;
+    everything else is refused as before, by both paths."""
+    labels = [1, 7, "maybe", [1], {"yes": 1}, True, 1e300, DROP]
+    values = [event(id=f"e{i}", label=label) for i, label in enumerate(labels)]
+    values += [event(id="bad", features={"f": "x"}), b"{not json"]
+    blind = EventParser(make_spec(task), labels=False)
+
+    batch = blind.parse_many(values)
+
+    assert batch.ids == [f"e{i}" for i in range(len(labels))]
+    assert np.isnan(batch.y).all()
+    np.testing.assert_array_equal(batch.X, np.tile([1.5, 3.0, 1.0, 0.25], (len(labels), 1)))
+    assert [i for i, _ in batch.failures] == [len(labels), len(labels) + 1]
+    for raw in values[: len(labels)]:  # the one-message path agrees
+        assert blind.parse(raw).label_index is None and blind.parse(raw).label_value is None
+    assert len(EventParser(make_spec(task)).parse_many(values).failures) > 2  # the trainer's parser refuses them
+
+
 def test_parse_many_of_nothing() -> None:
     batch = EventParser(make_spec()).parse_many([])
     assert batch.X.shape == (0, 4)
