@@ -230,11 +230,12 @@ def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
     for address in settings.bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
         except (OSError, ValueError) as exc:
             errors.append(f"{address}: {exc}")
             continue
-        why = not_kafka(host.strip("[]"), int(port), timeout_s) if settings.security_protocol == "PLAINTEXT" else None
+        with sock:  # one connection: reachable, then asked whether it speaks Kafka
+            why = not_kafka(sock) if settings.security_protocol == "PLAINTEXT" else None
         if why is None:  # TLS and SASL listeners are checked by the security preflight
             return
         errors.append(f"{address}: {why}")

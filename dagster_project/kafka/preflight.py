@@ -310,9 +310,9 @@ def _recv_frame(sock: socket.socket) -> bytes | None:
     return _recv_exact(sock, size)
 
 
-def not_kafka(host: str, port: int, timeout_s: float) -> str | None:
-    """Why the server at host:port is not a Kafka broker, or None when it answers like one (or says
-    nothing in time: a slow broker is left to the client's own timeouts).
+def not_kafka(sock: socket.socket) -> str | None:
+    """Why the server on the connected `sock` is not a Kafka broker, or None when it answers like one
+    (or says nothing within the socket's timeout: a slow broker is left to the client's own timeouts).
 
     Anything listening accepts a TCP connection, so a bootstrap address pointed at an HTTP server (a
     wrong port) passed the reachability check and kafka-python then waited 30 s for a reply it could
@@ -322,13 +322,12 @@ def not_kafka(host: str, port: int, timeout_s: float) -> str | None:
     # instead of waiting for the rest of a request line; Kafka brokers take any client id.
     request = struct.pack(">hhi", 18, 0, 7) + _kafka_string("streamfit-check\r\n\r\n")
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.sendall(struct.pack(">i", len(request)) + request)
-            header = _recv_exact(sock, 8)
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        header = _recv_exact(sock, 8)
     except TimeoutError:
         return None
     except OSError:
-        return None  # refused or reset: the caller's unreachable handling says so
+        return None  # reset: the client's own connection handling says so
     if header is None:
         return (
             "it closed the connection without answering a Kafka request: is it a TLS listener (then set "
