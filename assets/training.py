@@ -551,7 +551,7 @@ def clipped_outliers_metadata(spec: StreamSpec, estimator, X: np.ndarray, y: np.
     labels: `clip_labels`), before it learns: a sensor gone wild is worth a look though it no longer
     ruins the model. Judged by the first family with a scaler (a candidate set's families learn the
     same rows) and the first with learned labels."""
-    from dagster_project.learning.estimators import label_bounds, outliers
+    from dagster_project.learning.estimators import label_outliers, outliers
     from dagster_project.learning.families import CandidateSet
 
     if isinstance(estimator, CandidateSet):
@@ -569,11 +569,11 @@ def clipped_outliers_metadata(spec: StreamSpec, estimator, X: np.ndarray, y: np.
                 name = spec.inputs[column].name
                 examples.append(_clipped_example(name, X[rows, column], found.low[j], found.high[j]))
     if spec.task == "regression":
-        bounds, label_sigmas = next(((b, s) for m, s in pairs if (b := label_bounds(m, s)) is not None), (None, None))
-        outside = np.flatnonzero((y < bounds[0]) | (y > bounds[1])) if bounds is not None else []
-        if len(outside):
+        found_labels = next(((f, s) for m, s in pairs if (f := label_outliers(m, y, s)) is not None), None)
+        if found_labels is not None:
+            (bounds, outside), label_sigmas = found_labels
             sigmas = sigmas or label_sigmas
-            counts["clipped_labels"] = len(outside)
+            counts["clipped_labels"] = int(np.count_nonzero(outside))
             examples.append(_clipped_example("label", y[outside], *bounds))
     if not counts:
         return {}

@@ -8,8 +8,9 @@ retrains) with clipping as shipped and with `clip_sigmas: null` (the baseline):
   must change nothing where no value is far out;
 - heavy-tailed streams (lognormal features, classification and regression; lognormal labels), a
   rare 0/1 flag, a sparse count (mostly 0-2, rarely 10-60), a feature whose level jumps 50 standard
-  deviations (a unit change) and one whose spread grows thirty-fold: where a legitimate value may be
-  far out;
+  deviations (a unit change), one whose spread grows a hundredfold at once and one whose spread grows
+  thirty-fold over the stream, a label whose level jumps 30 standard deviations: where a legitimate
+  value may be far out;
 - a few of those streams with one value 1,000 standard deviations out at a quarter of the stream,
   and two regression streams with one such label: the error over the rows after it.
 
@@ -41,7 +42,9 @@ def clipping(on: bool) -> Iterator[None]:
 
     def unclipped(*args, **kwargs):
         spec = original(*args, **kwargs)
-        return spec.model_copy(update={"model": spec.model.model_copy(update={"clip_sigmas": None})})
+        families = [c.model_copy(update={"clip_sigmas": None}) for c in spec.model.candidates]
+        model = spec.model.model_copy(update={"clip_sigmas": None, "candidates": families})
+        return spec.model_copy(update={"model": model})
 
     learning_quality.spec_for = original if on else unclipped
     try:
@@ -77,6 +80,14 @@ def wide_streams(rows: int, seed: int) -> list[Stream]:
     X = np.c_[counts.astype(float), rng.normal(size=(rows, 4))]
     y = ((0.3 * X[:, 0] + X[:, 1:] @ weights[1:] + rng.normal(0, 0.3, rows)) > 0.5).astype(float)
     streams.append(Stream(f"sparse_count_s{seed}", "sparse_count", "stationary", "classification", X, y, None))
+    X = rng.normal(size=(rows, 5))
+    X[rows // 2 :, 0] *= 100.0  # a regime change: the feature's spread grows a hundredfold
+    target = X @ weights + rng.normal(0, 0.3, rows)
+    streams.append(Stream(f"spread_jump_s{seed}", "spread_jump", "abrupt", "regression", X, target, rows // 2))
+    X = rng.normal(size=(rows, 5))
+    target = X @ weights + rng.normal(0, 0.3, rows)
+    target[rows // 2 :] += 30 * target.std()  # the label's level jumps 30 standard deviations
+    streams.append(Stream(f"label_jump_s{seed}", "label_jump", "abrupt", "regression", X, target, rows // 2))
     X = rng.normal(size=(rows, 5))
     X[:, 1] *= np.linspace(1.0, 30.0, rows)
     y = ((X @ weights) > 0).astype(float)

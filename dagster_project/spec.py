@@ -355,6 +355,18 @@ class ModelSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _candidates_inherit_clip_sigmas(self) -> ModelSpec:
+        """`model.clip_sigmas` beside `candidates` applies to every family that sets none of its own
+        (each family learns with its own setting: ignored, the top-level one misled)."""
+        if self.candidates and "clip_sigmas" in self.model_fields_set:
+            inherited = [
+                f if "clip_sigmas" in f.model_fields_set else f.model_copy(update={"clip_sigmas": self.clip_sigmas})
+                for f in self.candidates
+            ]
+            object.__setattr__(self, "candidates", inherited)  # frozen: set once, while validating
+        return self
+
+    @model_validator(mode="after")
     def _candidates_are_families(self) -> ModelSpec:
         if not self.candidates:
             return self
@@ -594,21 +606,6 @@ class StreamSpec(_Strict):
     event_time: EventTimeSpec | None = None
     derived: list[DerivedFeatureSpec] = Field(default_factory=list)
     feature_state: FeatureStateSpec = FeatureStateSpec()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _candidates_inherit_clip_sigmas(cls, data: Any) -> Any:
-        """`model.clip_sigmas` beside `candidates` applies to every family that sets none of its own
-        (each family learns on its own, with its own setting: ignored, the top-level one misled).
-        Defined before `_recommended_candidates` so that it runs after it (pydantic runs "before"
-        validators last-defined first): `candidates: recommended` inherits too."""
-        model = data.get("model") if isinstance(data, dict) else None
-        if not isinstance(model, dict) or "clip_sigmas" not in model or not isinstance(model.get("candidates"), list):
-            return data
-        inherited = [
-            {"clip_sigmas": model["clip_sigmas"], **c} if isinstance(c, dict) else c for c in model["candidates"]
-        ]
-        return {**data, "model": {**model, "candidates": inherited}}
 
     @model_validator(mode="before")
     @classmethod

@@ -98,8 +98,10 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
         changed = topic_changed(settings, spec, head, None)
         _refuse_without_gap(stream, head.name, learned, target, states, changed, pending)
         if not changed and not _past_the_end(states, learned):
-            kept = {s.partition: learned.get(s.partition, s.log_start) for s in states if not _has_gap(s, learned)}
-            target.update(kept)
+            kept = {
+                s.partition: learned[s.partition] for s in states if s.partition in learned and not _has_gap(s, learned)
+            }
+            target.update(kept)  # a partition the head never learned has no place to keep: it moves too
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
     if kept:
@@ -136,8 +138,9 @@ def _refuse_without_gap(
     again (`--to earliest`) or skipped them (`--to latest`), breaking "every row learned once"."""
     if changed or any(_has_gap(s, expected) for s in states):
         return  # a gap: what the reset is for (only the partitions with one move: see offsets_reset)
-    again = sum(max(0, expected.get(p, 0) - o) for p, o in target.items())
-    skipped = sum(max(0, o - expected.get(p, 0)) for p, o in target.items())
+    starts = {s.partition: s.log_start for s in states}  # where the sensor starts a partition never learned
+    again = sum(max(0, expected.get(p, starts[p]) - o) for p, o in target.items())
+    skipped = sum(max(0, o - expected.get(p, starts[p])) for p, o in target.items())
     if not again and not skipped:
         return
     effect = f"learn {again:,} rows {head} already learned again" if again else f"skip {skipped:,} rows nobody learned"

@@ -67,7 +67,7 @@ class PartitionState:
     newest: float | None = None  # the newest event time accepted on the partition
     tables: dict[str, OrderedDict[Key, History]] = field(default_factory=dict)  # by field -> least recent first
     # `newest` in whole microseconds (timing.micros), kept beside it: a cache, never saved
-    _newest_us: int | None = field(default=None, compare=False, repr=False)
+    _newest_us: int | None = field(default=None, init=False, compare=False, repr=False)
 
     def newest_us(self) -> int | None:
         if self.newest is None:
@@ -217,7 +217,7 @@ class FeatureState:
         if not seen:
             return
         partition, newest = max(seen, key=lambda x: x[1])
-        if t < earlier(newest, self._lateness_us):
+        if micros(t) < micros(newest) - self._lateness_us:  # as `observe` judges an event
             raise EventError(
                 f"late request: event time {t:.3f} is {newest - t:.3f} s behind the newest the state has seen on "
                 f"partition {partition} ({newest:.3f}), more than event_time.lateness {self.lateness:g} s: the "

@@ -17,6 +17,7 @@ from dagster_project.learning.estimator_table import ESTIMATORS
 from dagster_project.learning.estimator_table import FORMER_DEFAULT_ESTIMATORS as FORMER
 from dagster_project.spec import (
     RESERVED_COLUMNS,
+    ModelSpec,
     StreamSpec,
     get_spec,
     load_spec,
@@ -507,3 +508,5 @@ def test_a_top_level_clip_sigmas_applies_to_every_candidate_that_sets_none() -> 
     assert {c.clip_sigmas for c in recommended.model.candidates} == {None}
     assert [c.clip_sigmas for c in listed.model.candidates] == [4.0, 3.0]
     assert StreamSpec.model_validate(listed.model_dump()) == listed  # a dumped spec loads the same
+    built = ModelSpec(clip_sigmas=None, candidates=[ModelSpec(name="a"), {"estimator": "gaussian_nb"}])
+    assert [c.clip_sigmas for c in built.candidates] == [None, None]  # instances inherit too

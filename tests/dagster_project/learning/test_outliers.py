@@ -119,6 +119,28 @@ def test_a_rare_flag_keeps_its_learned_spread(task: str) -> None:
     assert 0.06 < np.sqrt(model.steps[0][1].var_[0]) < 0.08  # the flag's true spread is 0.0705
 
 
+@pytest.mark.parametrize("change", ["spread", "label_level"])
+def test_a_regime_change_is_learned_as_it_is_not_clipped(change: str) -> None:
+    """When most of a batch is outside the bounds the regime changed: clipped, a spread grown a
+    hundredfold taught the model values it was never served (MAE x56 over 2,000 rows after it)."""
+    errors: dict[float | None, list[float]] = {}
+    for sigmas in (10.0, None):
+        model, errors[sigmas] = None, []
+        spec = regression_spec("plain", clip_sigmas=sigmas)
+        rng = np.random.default_rng(2)
+        for batch in range(16):
+            X = rng.normal(size=(500, 4))
+            if change == "spread" and batch >= 10:
+                X[:, 0] *= 100.0
+            y = 1.0 + X @ WEIGHTS + 0.1 * rng.normal(size=500)
+            if change == "label_level" and batch >= 10:
+                y += 30 * np.linalg.norm(WEIGHTS)
+            model, metrics, _ = training.test_then_train(model, spec, X, y)
+            if batch >= 10:
+                errors[sigmas].append(metrics.mae)
+    assert np.mean(errors[10.0]) < 1.1 * np.mean(errors[None]), errors
+
+
 def test_clipping_counts_values_beyond_the_learned_spread_and_waits_for_enough_rows() -> None:
     spec = regression_spec("plain")
     rng = np.random.default_rng(0)
