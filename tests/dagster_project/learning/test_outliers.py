@@ -6,9 +6,10 @@ import typing
 
 import numpy as np
 import pytest
+from sklearn.linear_model import SGDRegressor
 
 from dagster_project.learning import prequential as training
-from dagster_project.learning.estimators import CLIP_AFTER_ROWS, clip_outliers
+from dagster_project.learning.estimators import CLIP_AFTER_ROWS, clip_outliers, stable_step_weights
 from dagster_project.spec import StreamSpec
 
 WEIGHTS = np.array([2.0, -1.0, 1.0, 0.5])
@@ -139,6 +140,38 @@ def test_a_regime_change_is_learned_as_it_is_not_clipped(change: str) -> None:
             if batch >= 10:
                 errors[sigmas].append(metrics.mae)
     assert np.mean(errors[10.0]) < 1.1 * np.mean(errors[None]), errors
+
+
+@pytest.mark.parametrize("estimator", ["adaptive_sgd_regressor", "sgd_regressor"])
+def test_a_rare_flag_that_moves_the_label_does_not_make_sgd_diverge(estimator: str) -> None:
+    """A 0/1 flag on 1 row in 500 scales to about 22: a squared-loss step on its rows overshot (eta
+    |x|^2 = 2.5) and every pass made it worse, to an MAE of 5.7e9. Clipping or not."""
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=5)
+    for sigmas in (10.0, None):
+        features = [{"name": f"f{i}"} for i in range(5)]
+        spec = StreamSpec(
+            name="flag", task="regression", features=features, model={"estimator": estimator, "clip_sigmas": sigmas}
+        )
+        model, errors = None, []
+        for _ in range(40):
+            X = rng.normal(size=(500, 5))
+            X[:, 0] = (rng.random(500) < 0.002).astype(float)
+            y = X[:, 1:] @ weights[1:] + 30.0 * X[:, 0] + rng.normal(0, 0.5, 500)
+            model, metrics, _ = training.test_then_train(model, spec, X, y)
+            errors.append(metrics.mae)
+        assert np.mean(errors[-20:]) < 0.5, (sigmas, errors[-5:])
+
+
+def test_ordinary_rows_keep_their_full_sgd_step() -> None:
+    """The step guard weighs only rows that would overshoot: a standard-normal batch is unweighted."""
+    sgd = SGDRegressor(eta0=0.005)
+    X = np.random.default_rng(0).normal(size=(1000, 20))
+    assert stable_step_weights(sgd, X) is None
+    X[7] = 30.0
+    weights = stable_step_weights(sgd, X)
+    assert weights[7] == pytest.approx(1 / (0.005 * (20 * 900 + 1))) and (np.delete(weights, 7) == 1).all()
+    assert stable_step_weights(SGDRegressor(loss="huber"), X) is None  # its step does not grow with the error
 
 
 def test_clipping_counts_values_beyond_the_learned_spread_and_waits_for_enough_rows() -> None:
