@@ -174,6 +174,22 @@ def test_ordinary_rows_keep_their_full_sgd_step() -> None:
     assert stable_step_weights(SGDRegressor(loss="huber"), X) is None  # its step does not grow with the error
 
 
+def test_the_step_guard_uses_the_step_the_call_really_takes() -> None:
+    """invscaling's step is eta0 / t^power_t: weighing by eta0 damped stable rows for good. A negative
+    power_t grows the step within the call; squared_epsilon_insensitive's gradient is twice the excess."""
+    X = np.zeros((2, 20))
+    X[1] = 3.0  # |x|^2 + 1 = 181
+    late = SGDRegressor(eta0=0.05, learning_rate="invscaling", power_t=0.5)
+    late.t_ = 10_000.0  # 10,000 rows in: the step is 0.05 / 100
+    assert stable_step_weights(late, X) is None
+    growing = SGDRegressor(eta0=0.001, learning_rate="invscaling", power_t=-0.25)
+    growing.t_ = 10_000.0
+    weights = stable_step_weights(growing, X, passes=2)  # the last step of the call: t = 10,004
+    assert weights[1] == pytest.approx(1 / (0.001 * 10_004**0.25 * 181))
+    twice = stable_step_weights(SGDRegressor(eta0=0.01, loss="squared_epsilon_insensitive"), X)
+    assert twice[1] == pytest.approx(1 / (2 * 0.01 * 181)) and twice[0] == 1.0
+
+
 def test_clipping_counts_values_beyond_the_learned_spread_and_waits_for_enough_rows() -> None:
     spec = regression_spec("plain")
     rng = np.random.default_rng(0)
