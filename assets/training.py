@@ -547,12 +547,12 @@ def _family_metadata(spec: StreamSpec, estimator, families: dict, batch: MicroBa
 
 
 def clipped_outliers_metadata(spec: StreamSpec, estimator, X: np.ndarray, y: np.ndarray, context) -> dict:
-    """Say which values the learner clips in this batch (`estimators.clip_outliers`, and a regressor's
+    """Say which values the learner clips in this batch (`outliers.clip_outliers`, and a regressor's
     labels: `clip_labels`), before it learns: a sensor gone wild is worth a look though it no longer
     ruins the model. Judged by the first family with a scaler (a candidate set's families learn the
     same rows) and the first with learned labels."""
-    from dagster_project.learning.estimators import label_outliers, outliers
     from dagster_project.learning.families import CandidateSet
+    from dagster_project.learning.outliers import label_outliers, outliers
 
     if isinstance(estimator, CandidateSet):
         pairs = [(estimator.members.get(f.label), f.clip_sigmas) for f in spec.model.families]

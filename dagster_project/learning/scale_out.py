@@ -37,14 +37,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
-from dagster_project.learning.estimators import (
-    clip_labels,
-    clip_outliers,
-    fit_estimator,
-    learn_feature_range,
-    learn_labels,
-    partial_fit,
-)
+from dagster_project.learning.estimators import fit_estimator, partial_fit
+from dagster_project.learning.outliers import clip_labels, clip_outliers, learn_feature_range, learn_labels
 from dagster_project.spec import StreamSpec
 
 

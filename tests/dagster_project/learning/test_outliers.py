@@ -9,7 +9,8 @@ import pytest
 from sklearn.linear_model import SGDRegressor
 
 from dagster_project.learning import prequential as training
-from dagster_project.learning.estimators import CLIP_AFTER_ROWS, clip_outliers, stable_step_weights
+from dagster_project.learning.estimators import stable_step_weights
+from dagster_project.learning.outliers import CLIP_AFTER_ROWS, clip_outliers
 from dagster_project.spec import StreamSpec
 
 WEIGHTS = np.array([2.0, -1.0, 1.0, 0.5])
