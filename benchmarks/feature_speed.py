@@ -68,16 +68,18 @@ def _slices(spec, events: list[dict]) -> np.ndarray:
 
 def _slice_state_class():
     from dagster_project.features import FeatureState
+    from dagster_project.features.timing import MICROS, micros
 
     class SliceState(FeatureState):
         """`FeatureState` with its previous `_values`: bisect into the key's history, aggregate the slice."""
 
-        def _values(self, part, keys, t, follow=False):
+        def _values(self, part, keys, t, follow=False, t_us=None):
             out = [0.0] * len(self.spec.derived)
             for group in self._groups:
                 history = part.tables.get(group.by, {}).get(keys[group.by])
                 times = history.times if history is not None else []
-                lo, hi = bisect_left(times, t - group.window), bisect_left(times, t)
+                start = (micros(t) - group.window_us) / MICROS  # the product's window edge (timing.micros)
+                lo, hi = bisect_left(times, start), bisect_left(times, t)
                 counted = group.column is None or history is None
                 window = range(hi - lo) if counted else history.columns[group.column][lo:hi]
                 for j, d in group.features:
