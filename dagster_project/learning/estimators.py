@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dagster_project.ingest.categories import encoder_categories
 from dagster_project.learning.estimator_table import entry
-from dagster_project.learning.outliers import clip_labels, clip_outliers, learn_feature_range, learn_labels
+from dagster_project.learning.outliers import clip_outliers, learn_feature_range, learn_labels
 from dagster_project.spec import StreamSpec
 
 
@@ -202,8 +202,7 @@ def partial_fit(
     X, _ = clip_outliers(model, np.asarray(X, dtype=np.float64), clip_sigmas)
     y = np.asarray(y)
     if classes is None and len(y) == len(X):  # regression
-        y, _ = clip_labels(model, y.astype(np.float64), clip_sigmas)
-        learn_labels(model, y)
+        y = learn_labels(model, y, clip_sigmas)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D, got shape {X.shape}")
     if len(X) != len(y):

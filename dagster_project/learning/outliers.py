@@ -203,9 +203,12 @@ def clip_labels(model: Any, y: np.ndarray, sigmas: float | None) -> tuple[np.nda
     return np.clip(y, *found[0]), int(np.count_nonzero(found[1]))
 
 
-def learn_labels(model: Any, y: np.ndarray) -> None:
-    """Fold a regression batch's (clipped) labels into the model's `LabelMoments`."""
+def learn_labels(model: Any, y: np.ndarray, sigmas: float | None) -> np.ndarray:
+    """A regression batch's labels clipped (`clip_labels`), then folded into the model's
+    `LabelMoments`: what learning sees. One function for the sequential and the fanned-out path."""
+    y, _ = clip_labels(model, np.asarray(y, dtype=np.float64), sigmas)
     moments = getattr(model, "label_moments_", None)
     if moments is None:
         moments = model.label_moments_ = LabelMoments()
-    moments.update(np.asarray(y, dtype=np.float64))
+    moments.update(y)
+    return y

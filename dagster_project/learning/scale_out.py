@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 from dagster_project.learning.estimator_table import SCALE_OUT_ESTIMATORS, entry
 from dagster_project.learning.estimators import fit_estimator, partial_fit
-from dagster_project.learning.outliers import clip_labels, clip_outliers, learn_feature_range, learn_labels
+from dagster_project.learning.outliers import clip_outliers, learn_feature_range, learn_labels
 from dagster_project.spec import StreamSpec
 
 
@@ -418,8 +418,7 @@ def split(
         return Split(model, [task], None, 0.0, reason, time.perf_counter() - started)
     groups = partition_groups(partitions, workers)
     if classes is None:  # a regressor's labels, clipped and learned once here, as partial_fit does
-        y, _ = clip_labels(model, y.astype(np.float64), spec.model.clip_sigmas)
-        learn_labels(model, y)
+        y = learn_labels(model, y, spec.model.clip_sigmas)
     steps = model.steps[:-1]
     if steps:
         if len(steps) != 1 or not isinstance(steps[0][1], StandardScaler):
