@@ -81,7 +81,12 @@ def produce(
         from tqdm import tqdm
 
         # Without a terminal (compose logs, CI) a line every 30 s, not a redraw per tenth of a second.
-        bar = tqdm(total=limit, unit="ev", desc=f"producing {spec.events_topic}", mininterval=0.1 if _tty() else 30.0)
+        bar = tqdm(
+            total=limit,
+            unit="ev",
+            desc=f"producing {spec.events_topic}",
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        )
     sent = 0
     failures: list[Exception] = []
     started = time.monotonic()
@@ -105,10 +110,6 @@ def produce(
             f"{len(failures)} of {sent} events were not acknowledged by {settings.bootstrap}: {failures[0]!r}"
         )
     return sent
-
-
-def _tty() -> bool:
-    return sys.stderr.isatty()
 
 
 class ProduceFailed(RuntimeError):
