@@ -98,16 +98,18 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
         changed = topic_changed(settings, spec, head, None)
         _refuse_without_gap(stream, head.name, learned, target, states, changed, pending)
         if not changed and not _past_the_end(states, learned):
-            kept = {
-                s.partition: learned[s.partition] for s in states if s.partition in learned and not _has_gap(s, learned)
-            }
-            target.update(kept)  # a partition the head never learned has no place to keep: it moves too
+            # A partition the head never learned keeps its log's start, where the sensor starts it:
+            # `--to latest` skipped its rows though nothing was lost there.
+            kept = {s.partition: learned.get(s.partition, s.log_start) for s in states if not _has_gap(s, learned)}
+            target.update(kept)
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
     if kept:
+        never = sorted(set(kept) - set(head.learned))
         click.echo(
-            f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to "
-            "(nothing learned twice or skipped there); --force moves every partition"
+            f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to"
+            + (f" (never learned: {', '.join(map(str, never))}, at the log's start)" if never else "")
+            + " (nothing learned twice or skipped there); --force moves every partition"
         )
 
 

@@ -116,6 +116,34 @@ def test_a_reset_after_retention_moves_only_the_partitions_with_a_gap_unless_for
     }
 
 
+def test_a_partition_never_learned_keeps_its_rows_when_another_partition_s_gap_is_reset(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, stream_defs, instance
+) -> None:
+    """`--to latest` after a retention gap moved a partition the head never learned to its end too:
+    its rows, all still on the broker, were skipped unlearned. It stays at its log's start now."""
+    produce_synthetic(kafka_settings, spec, 300)
+    first = high_waters(kafka_settings, spec.events_topic)
+    gapped, *never = sorted(first)
+    assert never and all(first.values())
+    assert run_batch(stream_defs, spec, {gapped: (0, first[gapped])}, instance).success
+    produce_synthetic(kafka_settings, spec, 300, start=300)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    admin = clients.admin(kafka_settings)
+    try:
+        admin.delete_records({TopicPartition(spec.events_topic, gapped): first[gapped] + 10})
+    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
+        pytest.skip(f"broker cannot delete records: {exc!r}")
+    finally:
+        admin.close()
+
+    result = cli("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "latest")
+
+    assert result.exit_code == 0, result.output
+    expected = {str(p): ends[p] if p == gapped else 0 for p in ends}
+    assert registry.pending_offset_reset(spec.name)["offsets"] == expected
+    assert f"(never learned: {', '.join(map(str, never))}, at the log's start)" in result.output
+
+
 def test_a_log_that_ends_before_the_model_moves_every_partition(
     cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
 ) -> None:
