@@ -70,7 +70,7 @@ def clip_bounds(
     spread = np.where(std <= NO_SPREAD * np.maximum(1.0, np.abs(mean)), np.inf, sigmas * std)
     low, high = mean - spread, mean + spread
     if seen_low is not None and seen_high is not None:
-        low, high = np.minimum(low, seen_low), np.maximum(high, seen_high)
+        low, high = np.fmin(low, seen_low), np.fmax(high, seen_high)  # a range of NaN (no value yet) widens nothing
     return low, high
 
 
@@ -98,7 +98,9 @@ def outliers(model: Any, X: np.ndarray, sigmas: float | None) -> Outliers | None
     if np.min(scaler.n_samples_seen_) < CLIP_AFTER_ROWS:
         return None
     seen = getattr(model, "feature_range_", None)
-    low, high = clip_bounds(scaler.mean_, np.sqrt(scaler.var_), sigmas, *(seen if seen is not None else (None, None)))
+    if seen is None:  # learned by a release before ranges were kept: `learn_feature_range` says why
+        return None
+    low, high = clip_bounds(scaler.mean_, np.sqrt(scaler.var_), sigmas, *seen)
     values = X[:, columns]
     outside = (values < low) | (values > high)
     clipped = _rare(outside, len(X))
@@ -129,13 +131,23 @@ def clip_outliers(model: Any, X: np.ndarray, sigmas: float | None) -> tuple[np.n
 
 def learn_feature_range(model: Any, X: np.ndarray) -> None:
     """Widen the model's learned range of each scaled feature (``feature_range_``: lows, highs) to
-    a batch's (clipped) rows, once its scaler has learned them."""
+    a batch's (clipped) rows, once its scaler has learned them.
+
+    A model whose scaler learned rows before it had a range (pickled by a release without clipping)
+    gets the whole real line: what it learned is unknown, and a range begun now would miss a rare
+    legitimate value (a 0/1 flag on 1 row in 300, whose 1 is 17 standard deviations out), clip it
+    and learn it clipped for good (its rows' error rose from 0.26 to 16.8). Its features are not
+    clipped, as they were not before; a retrain starts a model that is.
+    """
     learned = learned_scaler(model)
     if learned is None or not len(X):
         return
-    values = X[:, learned[1]]
+    scaler, columns = learned
+    values = X[:, columns]
     low, high = np.fmin.reduce(values, axis=0), np.fmax.reduce(values, axis=0)  # NaN never wins
     seen = getattr(model, "feature_range_", None)
+    if seen is None and np.min(scaler.n_samples_seen_) > len(X):  # it learned before this batch
+        low, high = np.full(len(columns), -np.inf), np.full(len(columns), np.inf)
     if seen is not None and len(seen[0]) == len(low):
         low, high = np.fmin(low, seen[0]), np.fmax(high, seen[1])
     model.feature_range_ = (low, high)
@@ -208,7 +220,19 @@ def learn_labels(model: Any, y: np.ndarray, sigmas: float | None) -> np.ndarray:
     `LabelMoments`: what learning sees. One function for the sequential and the fanned-out path."""
     y, _ = clip_labels(model, np.asarray(y, dtype=np.float64), sigmas)
     moments = getattr(model, "label_moments_", None)
-    if moments is None:
-        moments = model.label_moments_ = LabelMoments()
+    if moments is None:  # a model that learned labels before they were kept: all of them count as learned
+        moments = model.label_moments_ = LabelMoments(*(() if _unfitted(model) else (0, 0.0, 0.0, -np.inf, np.inf)))
     moments.update(y)
     return y
+
+
+def _unfitted(model: Any) -> bool:
+    """Whether the model's estimator has learned nothing yet."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(model.steps[-1][1] if hasattr(model, "steps") else model)
+    except NotFittedError:
+        return True
+    return False
