@@ -48,7 +48,7 @@ def test_daemon_retry_of_a_crashed_run_finishes_green_and_commits(
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             while not instance.get_runs(dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.SUCCESS])):
                 services.check_alive()
-                assert time.monotonic() < deadline, (tmp_path / "logs" / "dagster-daemon.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, _stuck(instance, job, tmp_path / "logs")
                 time.sleep(1)
             runs = sorted(
                 instance.get_runs(dg.RunsFilter(job_name=job)),
@@ -75,3 +75,15 @@ def test_daemon_retry_of_a_crashed_run_finishes_green_and_commits(
     assert committed_group_offsets(kafka_settings, spec.trainer_group, spec.events_topic) == version.learned
     metadata = materialization.asset_materialization.metadata
     assert metadata["registered_by_earlier_attempt"].value is (fault.startswith("after_register"))
+
+
+def _stuck(instance: dg.DagsterInstance, job: str, logs) -> str:
+    """What a timeout shows: each run's status and last events, each daemon's heartbeat, the daemon's log."""
+    lines = []
+    for run in instance.get_runs(dg.RunsFilter(job_name=job)):
+        lines.append(f"run {run.run_id[:8]} {run.status.value} tags={dict(run.tags)}")
+        lines += [f"    {e.dagster_event_type or ''} {e.message[:200]}" for e in instance.all_logs(run.run_id)[-8:]]
+    for name, beat in instance.get_daemon_heartbeats().items():
+        errors = [e.message[:200] for e in beat.errors or []]
+        lines.append(f"daemon {name}: last heartbeat {time.time() - beat.timestamp:.0f}s ago, errors {errors}")
+    return "\n".join([*lines, (logs / "dagster-daemon.log").read_text()[-3000:]])
