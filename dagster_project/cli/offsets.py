@@ -93,23 +93,33 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
     target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
     head, _expected, pending = expected_offsets(registry(), stream)
     kept: dict[int, int] = {}
+    never: list[int] = []
     if head is not None and not force:  # against what the head learned: a pending reset is replaced
         learned = dict(head.learned)
         changed = topic_changed(settings, spec, head, None)
         _refuse_without_gap(stream, head.name, learned, target, states, changed, pending)
         if not changed and not _past_the_end(states, learned):
-            # A partition the head never learned keeps its log's start, where the sensor starts it:
-            # `--to latest` skipped its rows though nothing was lost there.
-            kept = {s.partition: learned.get(s.partition, s.log_start) for s in states if not _has_gap(s, learned)}
+            kept = {
+                s.partition: learned[s.partition] for s in states if s.partition in learned and not _has_gap(s, learned)
+            }
             target.update(kept)
+            # A partition the head never learned is left to the sensor, which starts it at its log's start
+            # when it plans: `--to latest` skipped its rows though nothing was lost there, and a start
+            # pinned now would be a gap once retention trims it before the reset is learned.
+            never = sorted(s.partition for s in states if s.partition not in learned)
+            for partition in never:
+                del target[partition]
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
     if kept:
-        never = sorted(set(kept) - set(head.learned))
         click.echo(
-            f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to"
-            + (f" (never learned: {', '.join(map(str, never))}, at the log's start)" if never else "")
-            + " (nothing learned twice or skipped there); --force moves every partition"
+            f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to "
+            "(nothing learned twice or skipped there); --force moves every partition"
+        )
+    if never:
+        click.echo(
+            f"  partition(s) {', '.join(map(str, never))} were never learned and start at their log's start, as "
+            "before the reset; --force moves them too"
         )
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 from kafka import TopicPartition
 
 from dagster_project.cli.common import OPERATOR_ENV
 from dagster_project.kafka import clients
+from dagster_project.kafka.offsets import decode_ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
+from dagster_project.resources import KafkaResource
 from dagster_project.spec import StreamSpec
-from tests.helpers import high_waters, produce_synthetic, run_batch
+from tests.helpers import high_waters, kafka_sensor_tick, produce_synthetic, run_batch
 
 
 @pytest.mark.parametrize("position", ["latest", "earliest"])
@@ -139,9 +142,18 @@ def test_a_partition_never_learned_keeps_its_rows_when_another_partition_s_gap_i
     result = cli("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "latest")
 
     assert result.exit_code == 0, result.output
-    expected = {str(p): ends[p] if p == gapped else 0 for p in ends}
-    assert registry.pending_offset_reset(spec.name)["offsets"] == expected
-    assert f"(never learned: {', '.join(map(str, never))}, at the log's start)" in result.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == {
+        str(gapped): ends[gapped]
+    }  # the sensor plans the rest
+    said = f"partition(s) {', '.join(map(str, never))} were never learned and start at their log's start"
+    assert said in result.output
+    tick = kafka_sensor_tick(stream_defs, spec, instance, KafkaResource(bootstrap=kafka_settings.bootstrap), registry)
+    assert isinstance(tick, dg.SensorResult), tick
+    (request,) = tick.run_requests
+    assert decode_ranges(request.tags["streamfit/ranges"]) == {p: (0, ends[p]) for p in never}
+    job = stream_defs.resolve_job_def(f"{spec.name}_training")
+    assert job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags).success
+    assert registry.head(spec.name).learned == ends  # every row of the never-learned partitions, none skipped
 
 
 def test_a_log_that_ends_before_the_model_moves_every_partition(

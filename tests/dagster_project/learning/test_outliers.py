@@ -186,9 +186,11 @@ def test_a_rare_flag_that_moves_the_label_does_not_make_sgd_diverge(estimator: s
         assert np.mean(errors[-20:]) < 0.5, (sigmas, errors[-5:])
 
 
-def test_a_rare_flag_does_not_make_a_squared_loss_sgd_classifier_diverge() -> None:
+@pytest.mark.parametrize("class_weight", [None, {0: 3.0, 1: 1.0}])
+def test_a_rare_flag_does_not_make_a_squared_loss_sgd_classifier_diverge(class_weight: dict | None) -> None:
     """The same flag against a classifier whose squared loss a user chose: unguarded, its weights
-    reached 5e10 and the accuracy 0.44 on a stream a linear model gets 91 % right."""
+    reached 5e10 and the accuracy 0.44 on a stream a linear model gets 91 % right; weighting the
+    flag rows' class 3x, 0.67 until the guard counted class weights."""
     rng = np.random.default_rng(0)
     features = [{"name": f"f{i}"} for i in range(6)]
     spec = StreamSpec(
@@ -196,7 +198,7 @@ def test_a_rare_flag_does_not_make_a_squared_loss_sgd_classifier_diverge() -> No
         task="classification",
         label={"classes": [0, 1]},
         features=features,
-        model={"estimator": "sgd_classifier", "params": {"loss": "squared_error"}},
+        model={"estimator": "sgd_classifier", "params": {"loss": "squared_error", "class_weight": class_weight}},
     )
     model, accuracy = None, []
     for _ in range(40):
@@ -205,7 +207,7 @@ def test_a_rare_flag_does_not_make_a_squared_loss_sgd_classifier_diverge() -> No
         y = (X[:, 0] + 0.5 * X[:, 1] - 3.0 * X[:, 5] + 0.3 * rng.normal(size=500) > 0).astype(int)
         model, metrics, _ = training.test_then_train(model, spec, X, y)
         accuracy.append(metrics.accuracy)
-    assert np.mean(accuracy[-20:]) > 0.85, accuracy[-5:]
+    assert np.mean(accuracy[-20:]) > 0.8, accuracy[-5:]  # 0.90, and 0.85 weighted (the weight moves the boundary)
     assert np.abs(model.steps[-1][1].coef_).max() < 100
 
 
@@ -221,6 +223,14 @@ def test_ordinary_rows_keep_their_full_sgd_step() -> None:
     assert stable_step_weights(SGDClassifier(loss="log_loss", eta0=0.005), X) is None
     hinged = stable_step_weights(SGDClassifier(loss="squared_hinge", eta0=0.005, learning_rate="constant"), X)
     assert hinged[7] == pytest.approx(weights[7] / 2)
+    y = np.zeros(1000, dtype=int)
+    y[7] = 2
+    weighted = {"loss": "squared_error", "eta0": 0.005, "learning_rate": "constant", "class_weight": {2: 4.0, 0: 0.5}}
+    three = stable_step_weights(SGDClassifier(**weighted), X, y=y, classes=np.array([0, 1, 2]))
+    assert three[7] == pytest.approx(weights[7] / 4)
+    y[7] = 0  # weight 0.5: a negative in the other classes' one-vs-rest problems, where it weighs 1
+    assert stable_step_weights(SGDClassifier(**weighted), X, y=y, classes=np.array([0, 1, 2]))[7] == weights[7]
+    assert stable_step_weights(SGDClassifier(**weighted), X, y=y, classes=np.array([0, 2]))[7] == weights[7] * 2
 
 
 def test_the_step_guard_uses_the_step_the_call_really_takes() -> None:
