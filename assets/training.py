@@ -555,7 +555,7 @@ def clipped_outliers_metadata(spec: StreamSpec, estimator, X: np.ndarray, y: np.
     from dagster_project.learning.outliers import label_outliers, outliers
 
     if isinstance(estimator, CandidateSet):
-        pairs = [(estimator.members.get(f.label), f.clip_sigmas) for f in spec.model.families]
+        pairs = [(estimator.member_of(f), f.clip_sigmas) for f in spec.model.families]  # None: it starts afresh
     else:
         pairs = [(estimator, spec.model.clip_sigmas)]
     examples, counts, sigmas = [], {}, None

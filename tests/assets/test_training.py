@@ -541,3 +541,30 @@ def test_after_a_located_drift_retrain_the_knn_window_reads_only_post_change_off
     assert fitted[-1]["offsets"] == 800 and all(f["offsets"] <= spec.model.window for f in fitted)
     head = registry.head(spec.name)
     assert head.learned == {0: 2_000} and head.meta["rows_learned_total"] == 2_000  # exactly once throughout
+
+
+def test_a_candidate_family_whose_settings_changed_is_not_judged_by_its_old_model() -> None:
+    """The run's clipping warning is judged by the member that learns the batch: a family whose
+    parameters changed starts afresh (and clips nothing yet), so its old model must not speak for it."""
+    from types import SimpleNamespace
+
+    from assets.training import clipped_outliers_metadata
+    from tests.dagster_project.learning.test_families import FAMILIES, learn, make_spec
+    from tests.dagster_project.learning.test_windowed import RecordingReader, stream
+
+    X, y = stream(1000, seed=2)
+    model, _ = learn(make_spec(), RecordingReader(X, y), range(3))
+    wild = X[:100].copy()
+    wild[5, 0] = 1e9
+    warnings: list[str] = []
+    context = SimpleNamespace(log=SimpleNamespace(warning=warnings.append))
+    edited = StreamSpec(
+        **{
+            **make_spec().model_dump(),
+            "model": {"candidates": [{**FAMILIES[0], "params": {"alpha": 0.05}}, FAMILIES[1]]},
+        }
+    )
+
+    assert clipped_outliers_metadata(make_spec(), model, wild, y[:100], context) == {"clipped_values": 1}
+    assert clipped_outliers_metadata(edited, model, wild, y[:100], context) == {}
+    assert len(warnings) == 1
