@@ -43,20 +43,35 @@ def batches_skip(stream: str, reason: str) -> None:
     ends = {int(p): int(r[1]) for p, r in halt["ranges"].items()}
     ends.update({int(p): int(e) for p, e in (halt.get("learned_ends") or {}).items()})
     by = operator_name()
+    skipped = {p: [int(r[0]), ends[int(p)]] for p, r in halt["ranges"].items()}
+    pending = store.pending_offset_reset(stream)
+    if pending and _past(pending["offsets"], ends):  # an operator's reset already moves past the batch: kept
+        store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
+        click.echo(
+            f"{stream}: skipped {skipped} ({halt['summary']}); training resumes at the pending reset "
+            f"{pending['offsets']} ({pending['reason']}, by {pending['by']}), which is past the skipped batch"
+        )
+        return
     cause = "a failed run" if halt.get("kind") == "failed_run" else "data-quality halt"
     # A data-quality halt read the batch: its events stay in the derived features (a failed run's did not).
     state = carried_state(stream, halt)
     store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by, feature_state=state)
     store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
     tail = sum(int(r[1]) - ends[int(p)] for p, r in halt["ranges"].items())
-    skipped = {p: [int(r[0]), ends[int(p)]] for p, r in halt["ranges"].items()}
     click.echo(f"{stream}: skipped {skipped} ({halt['summary']}); training resumes at {ends}")
+    if pending:
+        click.echo(f"  it replaces the pending reset to {pending['offsets']} ({pending['reason']}, by {pending['by']})")
     if tail:  # the held-out tail is not skipped: it is the next batch's first rows
         click.echo(
             f"  the batch's last {tail:,} rows (its promotion tail) were not skipped: the next batch learns them, and "
-            "halts again if they hold the same fault. To move past everything waiting instead: `streamfit offsets "
-            f"reset {stream} --to latest --force`"
+            "halts again if they hold the same fault. To move past everything waiting instead, now: `streamfit "
+            f"offsets reset {stream} --to latest --force` (on a stream halted again, `batches skip` keeps that reset)"
         )
+
+
+def _past(offsets: dict[str, int], ends: dict[int, int]) -> bool:
+    """Whether a pending reset starts every partition of a halted batch at or after the batch's end."""
+    return all(int(offsets.get(str(p), -1)) >= end for p, end in ends.items())
 
 
 @batches.command("retry")

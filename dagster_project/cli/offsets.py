@@ -111,6 +111,12 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
                 del target[partition]
     registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+    if halt := registry().halt(stream):
+        click.echo(
+            f"  {stream} stays HALTED ({halt.get('summary') or halt.get('kind')}): no batch runs until `streamfit "
+            f"batches skip {stream} --reason ...` lifts the halt, which keeps this reset if it starts past the halted "
+            "batch and replaces it otherwise"
+        )
     if kept:
         click.echo(
             f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to "

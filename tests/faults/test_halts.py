@@ -54,6 +54,53 @@ def test_a_failed_run_halts_the_stream_until_skipped_and_the_next_version_record
     assert high_waters(kafka_settings, spec.events_topic)  # the broker still has every row; nothing was deleted
 
 
+def test_skipping_a_halt_keeps_an_operator_s_reset_past_the_batch_and_names_one_it_replaces(
+    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance, specs_dir, streamfit_home, monkeypatch
+):
+    """On a halted stream `offsets reset --to latest --force` said nothing of the halt, and the
+    `batches skip` that lifted it then moved the start back to the batch's end without a word."""
+    produce_synthetic(kafka_settings, spec, 400)
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    (request,) = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).run_requests
+    monkeypatch.setenv(FAULT_ENV, "after_train")
+    failed = stream_defs.resolve_job_def(f"{spec.name}_training").execute_in_process(
+        run_config=request.run_config, instance=instance, tags=request.tags, raise_on_error=False
+    )
+    assert not failed.success
+    monkeypatch.delenv(FAULT_ENV)
+    assert isinstance(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry), dg.SkipReason)  # halted
+    produce_synthetic(kafka_settings, spec, 400, start=400)
+    latest = high_waters(kafka_settings, spec.events_topic)
+    cli = CliRunner()
+    reset = ["offsets", "reset", spec.name, "--bootstrap", kafka_bootstrap, "--force", "--to"]
+
+    moved = cli.invoke(main, [*reset, "latest"])
+    assert moved.exit_code == 0, moved.output
+    assert f"{spec.name} stays HALTED" in moved.output and f"batches skip {spec.name}" in moved.output
+    skipped = cli.invoke(main, ["batches", "skip", spec.name, "--reason", "poison batch"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "training resumes at the pending reset" in skipped.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == {str(p): o for p, o in latest.items()}
+    assert registry.halt(spec.name) is None
+
+    monkeypatch.setenv(FAULT_ENV, "after_train")  # halt again, then a reset behind the batch
+    produce_synthetic(kafka_settings, spec, 400, start=800)
+    (request,) = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry).run_requests
+    failed = stream_defs.resolve_job_def(f"{spec.name}_training").execute_in_process(
+        run_config=request.run_config, instance=instance, tags=request.tags, raise_on_error=False
+    )
+    monkeypatch.delenv(FAULT_ENV)
+    assert not failed.success and isinstance(
+        kafka_sensor_tick(stream_defs, spec, instance, kafka, registry), dg.SkipReason
+    )
+    assert registry.halt(spec.name)
+    assert cli.invoke(main, [*reset, "earliest"]).exit_code == 0
+    skipped = cli.invoke(main, ["batches", "skip", spec.name, "--reason", "poison batch"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "it replaces the pending reset to {" in skipped.output
+    assert registry.pending_offset_reset(spec.name)["reason"].startswith("skipped after a failed run")
+
+
 def test_a_halt_whose_run_a_new_dagster_instance_lacks_is_retried_in_a_new_run_without_losing_the_batch(
     kafka_bootstrap,
     kafka_settings,
