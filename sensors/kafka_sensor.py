@@ -13,7 +13,7 @@ import orjson
 
 from assets.training import batch_run_config
 from dagster_project import names
-from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
+from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed, topic_lost
 from dagster_project.kafka.offsets import (
     BatchPlan,
     PartitionState,
@@ -108,6 +108,9 @@ def evaluate(
         )
         context.log.error(message)
         return dg.SkipReason(message)
+    if not states and (lost := topic_lost(spec, head, expected)):
+        context.log.error(lost)
+        return dg.SkipReason(lost)
     if not states:
         return dg.SkipReason(
             f"topic {spec.events_topic} does not exist yet (produce to it: `streamfit produce {spec.name}`)"

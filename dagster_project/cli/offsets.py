@@ -34,7 +34,13 @@ def offsets() -> None:
 @bootstrap_option
 def offsets_show(stream: str, bootstrap: str | None) -> None:
     """Learned offsets, the broker's ends and the lag, per partition."""
-    from dagster_project.kafka.io import committed_group_offsets, partition_mismatch, probe_partitions, topic_changed
+    from dagster_project.kafka.io import (
+        committed_group_offsets,
+        partition_mismatch,
+        probe_partitions,
+        topic_changed,
+        topic_lost,
+    )
     from dagster_project.registry.store import expected_offsets, without_state
 
     spec = stream_spec(stream)
@@ -46,6 +52,8 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
         f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {without_state(reset)}" if reset else "")
     )
     states = probe_partitions(settings, spec.events_topic, expected)
+    if not states:
+        click.echo(f"  {topic_lost(spec, head, expected) or f'topic {spec.events_topic} does not exist yet'}")
     if states and len(states) != spec.partitions:
         click.echo(f"  NOTE: {partition_mismatch(spec.events_topic, len(states), spec.partitions)}")
     changed = topic_changed(settings, spec, head, reset) if states else None

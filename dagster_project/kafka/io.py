@@ -187,6 +187,22 @@ def partition_mismatch(topic: str, found: int, partitions: int) -> str:
     )
 
 
+def topic_lost(spec: Any, head: Any, expected: dict[int, int]) -> str | None:
+    """Why a missing events topic is an OFFSET GAP, or None when nothing was learned from it yet.
+
+    After the in-memory embedded broker restarted, the sensor said the topic "does not exist yet
+    (produce to it)" of a stream whose model had learned thousands of its rows, and `offsets show`
+    printed the head alone: the loss showed only once producers had recreated the topic."""
+    if head is None or not any(offset > 0 for offset in expected.values()):
+        return None
+    return (
+        f"OFFSET GAP in {spec.name}: the broker has no topic {spec.events_topic}, but {head.name} learned it up to "
+        f"{dict(sorted(expected.items()))} (the in-memory embedded broker restarted, the topic was deleted, or the "
+        "bootstrap names another cluster). Nothing is learned until you decide: once the topic exists again, "
+        f"`streamfit offsets reset {spec.name} --to earliest|latest`"
+    )
+
+
 def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
     """Partition ids of `topic` ([] when it does not exist); BrokerUnavailable when unreachable."""
     consumer = _open_reader(settings)

@@ -242,7 +242,7 @@ class TrainingCollector(Collector):
     def _probe(self, spec: StreamSpec) -> tuple[list, bool] | str | None:
         """(partition states, whether training is stopped at an offset gap), "unreachable", or None
         when the registry cannot say where the stream is (the scrape's log names the file)."""
-        from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
+        from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed, topic_lost
         from dagster_project.kafka.offsets import find_gaps
         from dagster_project.registry.store import expected_offsets
 
@@ -252,8 +252,10 @@ class TrainingCollector(Collector):
         head, expected, reset = found
         try:
             states = probe_partitions(self.kafka, spec.events_topic, expected, timeout_s=2.0)
-            gapped = bool(states) and (
+            gapped = (
                 bool(find_gaps(states)) or bool(topic_changed(self.kafka, spec, head, reset, timeout_s=2.0))
+                if states
+                else topic_lost(spec, head, expected) is not None  # the topic the head learned is gone
             )
         except BrokerUnavailable:
             return "unreachable"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 
 from dagster_project.cli import main
 from dagster_project.dev.producer import produce
@@ -16,6 +17,7 @@ from dagster_project.kafka import clients
 from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.names import RANGES_TAG, RELEARNS_TAG
+from dagster_project.observability.exporter import exporter_registry
 from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
 from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, read_topic, run_batch
@@ -75,8 +77,16 @@ def test_a_broker_restarted_empty_is_an_offset_gap_until_reset(
     with EmbeddedBroker(log_path=tmp_path / "second.log") as second:  # the same cluster, restarted empty
         settings = KafkaSettings.from_env(second.bootstrap)
         kafka = KafkaResource(bootstrap=second.bootstrap)
-        produce_synthetic(settings, spec, 1000, start=400)  # more than v1 learned: offsets alone look fine
         defs = defs_for(spec, second.bootstrap, registry)
+        # Before any producer recreates the topic: not "does not exist yet (produce to it)"
+        empty = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        assert isinstance(empty, dg.SkipReason) and "OFFSET GAP" in empty.skip_message, empty
+        assert f"has no topic {spec.events_topic}, but v1 learned it up to" in empty.skip_message
+        shown = CliRunner().invoke(main, ["offsets", "show", spec.name, "--bootstrap", second.bootstrap])
+        assert shown.exit_code == 0 and f"has no topic {spec.events_topic}" in shown.output, shown.output
+        scraped = generate_latest(exporter_registry(registry, [spec], settings)).decode()
+        assert f'streamfit_offset_gap{{stream="{spec.name}"}} 1.0' in scraped  # an alert can fire
+        produce_synthetic(settings, spec, 1000, start=400)  # more than v1 learned: offsets alone look fine
 
         tick = kafka_sensor_tick(defs, spec, instance, kafka, registry)
         assert isinstance(tick, dg.SkipReason)
