@@ -364,6 +364,12 @@ def _feature_drift(name: str, reference: Mapping[str, Any], column: np.ndarray, 
     )
 
 
+def _not_judged(name: str, column: np.ndarray, why: str) -> FeatureDrift:
+    present = int(np.count_nonzero(~np.isnan(np.asarray(column, dtype=np.float64))))
+    null_now = float(1 - present / column.size) if column.size else 0.0
+    return FeatureDrift(name, present, None, "not computed", None, None, null_now, null_now, False, (), (why,))
+
+
 def feature_drift(
     reference_profile: Mapping[str, Mapping[str, Any]],
     X: np.ndarray,
@@ -371,11 +377,13 @@ def feature_drift(
     thresholds: DriftThresholds | None = None,
     *,
     at: float | None = None,
+    not_judged: Mapping[str, str] | None = None,
 ) -> DriftReport:
     """Drift of each column of `X` (named by `names`) against ``reference_profile[name]``.
 
     `reference_profile` is the ``profile["features"]`` mapping of a version's meta.json. A feature
-    missing from the reference raises KeyError: the schema changed, which is not drift.
+    missing from the reference raises KeyError: the schema changed, which is not drift. A feature in
+    `not_judged` (name: why) is reported with that note and never drifts.
     """
     t = thresholds or DriftThresholds()
     X = np.asarray(X, dtype=np.float64)
@@ -384,7 +392,13 @@ def feature_drift(
     missing = [n for n in names if n not in reference_profile]
     if missing:
         raise KeyError(f"features {missing} are not in the reference profile ({sorted(reference_profile)})")
-    features = tuple(_feature_drift(name, reference_profile[name], X[:, i], t) for i, name in enumerate(names))
+    skipped = not_judged or {}
+    features = tuple(
+        _not_judged(name, X[:, i], skipped[name])
+        if name in skipped
+        else _feature_drift(name, reference_profile[name], X[:, i], t)
+        for i, name in enumerate(names)
+    )
     psis = [f.psi for f in features if f.psi is not None]
     return DriftReport(
         rows=int(X.shape[0]),

@@ -80,6 +80,16 @@ def _sample_matrix(registry: ModelRegistry, version: Version, names: list[str]) 
     return np.column_stack([np.asarray(s[:size], dtype=np.float64) for s in samples])
 
 
+def filling(registry: ModelRegistry, version: Version) -> dict[str, str]:
+    """Derived features whose windows were still filling in `version`'s batch (`features.warmup`),
+    with why: a profile of them says how the stream started, not what it is."""
+    if "profile" in version.meta:
+        names = (version.meta["profile"] or {}).get("filling", [])
+    else:
+        names = registry.profile(version.stream, version.name).get("filling", [])
+    return {name: f"its windows were still filling in {version.name}'s batch: not judged" for name in names}
+
+
 def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evidence:
     """Evidence since the last action: data drift of recent batches against the champion's
     reference profile, a change detector over the prequential error series, and the champion's
@@ -97,13 +107,16 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
     reports: list[DriftReport] = []
     drifted_run: list[str] = []  # versions of the current unbroken run of drifted batches
     if champion:
-        reference = _profile_features(registry, registry.get(name, champion))
+        reference_version = registry.get(name, champion)
+        reference = _profile_features(registry, reference_version)
+        warming = filling(registry, reference_version)
         champion_number = version_number(champion)
         for version in [v for v in fresh if v.number > champion_number][-recent:]:
             X = _sample_matrix(registry, version, spec.input_names)
             if X is not None and reference:
                 at = epoch(version.meta["created_at"])
-                report = feature_drift(reference, X, spec.input_names, thresholds, at=at)
+                skipped = {**filling(registry, version), **warming}
+                report = feature_drift(reference, X, spec.input_names, thresholds, at=at, not_judged=skipped)
                 reports.append(report)
                 drifted_run = [*drifted_run, version.name] if report.drifted else []
 

@@ -26,6 +26,7 @@ def dump_state(state: FeatureState) -> bytes:
             "partitions": {
                 str(p): {
                     "newest": part.newest,
+                    "first": part.first,
                     "tables": {
                         by: [[key, h.times, h.columns] for key, h in keys.items()] for by, keys in part.tables.items()
                     },
@@ -34,6 +35,14 @@ def dump_state(state: FeatureState) -> bytes:
             },
         }
     )
+
+
+def _filled_since(state: FeatureState, newest: float | None) -> float | None:
+    """A start for a partition saved before starts were kept: long enough ago that its windows count
+    as filled (they were, or nearly: it had learned at least one batch)."""
+    if newest is None:
+        return None
+    return newest - state.lateness - max(d.window for d in state.spec.derived)
 
 
 def load_state(spec: StreamSpec, data: bytes | None, where: str = "the version") -> FeatureState:
@@ -53,6 +62,7 @@ def load_state(spec: StreamSpec, data: bytes | None, where: str = "the version")
     for p, part in raw["partitions"].items():
         state.partitions[int(p)] = PartitionState(
             newest=part["newest"],
+            first=part["first"] if "first" in part else _filled_since(state, part["newest"]),
             tables={
                 by: OrderedDict((key, History(times, columns)) for key, times, columns in rows)
                 for by, rows in part["tables"].items()

@@ -65,6 +65,9 @@ def _last_time(history: History) -> float:
 @dataclass
 class PartitionState:
     newest: float | None = None  # the newest event time accepted on the partition
+    # The earliest event time accepted on the partition: its windows hold less than a window of
+    # history until events a window later (`features.warmup`)
+    first: float | None = None
     tables: dict[str, OrderedDict[Key, History]] = field(default_factory=dict)  # by field -> least recent first
     # `newest` in whole microseconds (timing.micros), kept beside it: a cache, never saved
     _newest_us: int | None = field(default=None, init=False, compare=False, repr=False)
@@ -80,6 +83,8 @@ class PartitionState:
         """`t` (in seconds and microseconds) was accepted: the newest moves to it if later."""
         if self.newest is None or t > self.newest:
             self.newest, self._newest_us = t, t_us
+        if self.first is None or t < self.first:
+            self.first = t
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 from dagster_project.features.batch import derive
 from dagster_project.features.serialization import dump_state
 from dagster_project.features.state import FeatureState
+from dagster_project.features.warmup import windows_filling
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.events import EventParser, reason_kind
 from dagster_project.ingest.packing import packed_state, unpack_labels, unpack_positions
@@ -56,6 +57,7 @@ class MicroBatch:
     # the state did meanwhile (keys held, expired, evicted); None without derived features.
     feature_state: bytes | None = None
     feature_counters: dict[str, int] | None = None
+    filling: tuple[str, ...] = ()  # derived features whose windows were still filling (features.warmup)
 
     @property
     def learned_ends(self) -> dict[int, int]:
@@ -179,8 +181,10 @@ def _read_batch(settings, spec, ranges, dead_letter_invalid, learn_ends, state, 
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
     tail = records.pop_tail(ends) if learn_ends else RecordColumns()
     learned = records  # what is left: the records before their partition's learned end
+    started = {p: (part.newest if (part := state.partitions.get(p)) else None) for p in ranges} if state else {}
     batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state, already_sent)
     if state is not None:
+        batch.filling = windows_filling(state, started)
         batch.feature_state = dump_state(state)
         batch.feature_counters = {"keys": state.keys(), **state.counters}
     if len(tail):

@@ -64,6 +64,7 @@ def version_meta(
         "profile": {
             "features": profile_features(batch.X, spec.input_names, categories=_profiled_categories(spec)),
             "label": profile_labels(batch.y, spec.task),
+            **({"filling": list(batch.filling)} if batch.filling else {}),
         },
         **_category_meta(spec, batch),
         "run_id": run_id,

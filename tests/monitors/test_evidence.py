@@ -341,3 +341,35 @@ def test_after_a_first_cut_retrain_the_cooldown_runs_from_the_action_before_and_
     assert evidence.last_action.to_version == "v2", "a first cut's retrain does not restart the cooldown"
     assert evidence.changes and evidence.change_version == "v5", "the rise over the cut batch's level"
     assert len(evidence.drift_reports) == 2, "v4 and v5: evidence counts from the cut's retrain (rule 4)"
+
+
+def test_a_derived_feature_whose_windows_were_filling_in_the_reference_is_not_judged(registry) -> None:
+    """A 1-hour mean profiled in a stream's first minutes is mostly its empty-window default: a
+    probe's stream retrained on `psi 4.84` two minutes in. The version says it was filling."""
+    derived = [{"name": "x0_mean_1h", "of": "x0", "by": "device", "agg": "mean", "window": "1h"}]
+    spec = synthetic_spec(partitions=1, derived=derived, event_time={"field": "ts"})
+
+    def add(filled: float, filling: bool) -> None:
+        X = np.c_[_rows(len(registry.versions(spec.name))), np.full(ROWS, 0.0)]
+        X[: int(filled * ROWS), -1] = np.random.default_rng(0).normal(3.0, 1.0, int(filled * ROWS))
+        profile = {
+            "features": profile_features(X, spec.input_names),
+            **({"filling": ["x0_mean_1h"]} if filling else {}),
+        }
+        meta = {"profile": profile, "metrics": {"accuracy": 0.9, "rows": ROWS}, "offsets": {"learned": {}}}
+        head = registry.head(spec.name)
+        version = registry.register(spec.name, head.name if head else None, b"onnx", None, meta)
+        if registry.champion(spec.name) is None:
+            registry.set_champion(spec.name, version.name, reason="first version")
+
+    add(filled=0.05, filling=True)  # v1, the champion: nearly every window empty
+    add(filled=1.0, filling=False)  # v2: every window holds an hour
+
+    (report,) = gather(registry, spec).drift_reports
+    assert not report.drifted, report.reasons()
+    assert "still filling in v1's batch" in report.feature("x0_mean_1h").notes[0]
+
+    registry.set_champion(spec.name, "v2", reason="a reference whose windows had filled")
+    add(filled=0.05, filling=False)  # v3: windows empty again, with no warm-up to explain it (a real change)
+    (report,) = gather(registry, spec).drift_reports
+    assert report.drifted_features == ("x0_mean_1h",)
