@@ -87,7 +87,7 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
     from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
-    from dagster_project.registry.store import expected_offsets
+    from dagster_project.registry.store import carried_state, expected_offsets
 
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
@@ -102,23 +102,36 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
     head, _expected, pending = expected_offsets(registry(), stream)
     kept: dict[int, int] = {}
     never: list[int] = []
+    moved = {int(p): int(o) for p, o in (pending or {}).get("offsets", {}).items()}  # by a pending reset or skip
     if head is not None and not force:  # against what the head learned: a pending reset is replaced
         learned = dict(head.learned)
         changed = topic_changed(settings, spec, head, None)
         _refuse_without_gap(stream, head.name, learned, target, states, changed, pending)
         if not changed and not _past_the_end(states, learned):
+            # A healthy partition stays where the next batch starts it now: where the head stopped, or
+            # where a pending skip moved it (kept at the head, the skipped rows were learned after all).
+            current = learned | moved
             kept = {
-                s.partition: learned[s.partition] for s in states if s.partition in learned and not _has_gap(s, learned)
+                s.partition: current[s.partition] for s in states if s.partition in current and not _has_gap(s, current)
             }
             target.update(kept)
-            # A partition the head never learned is left to the sensor, which starts it at its log's start
+            # A partition never learned nor moved is left to the sensor, which starts it at its log's start
             # when it plans: `--to latest` skipped its rows though nothing was lost there, and a start
             # pinned now would be a gap once retention trims it before the reset is learned.
-            never = sorted(s.partition for s in states if s.partition not in learned)
+            never = sorted(s.partition for s in states if s.partition not in current)
             for partition in never:
                 del target[partition]
-    registry().set_pending_offsets(stream, target, reason=f"{reason} (--to {position})", by=operator_name())
+    # The derived-feature state a pending skip carries (its events read) holds for a start at or past it.
+    carried = (
+        carried_state(stream, pending) if moved and all(target.get(p, -1) >= o for p, o in moved.items()) else None
+    )
+    registry().set_pending_offsets(
+        stream, target, reason=f"{reason} (--to {position})", by=operator_name(), feature_state=carried
+    )
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+    if pending:
+        kept_state = " and the feature state it carried" if carried is not None else ""
+        click.echo(f"  it replaces the pending reset to {pending['offsets']} ({pending['reason']}){kept_state}")
     if halt := registry().halt(stream):
         click.echo(
             f"  {stream} stays HALTED ({halt.get('summary') or halt.get('kind')}): no batch runs until `streamfit "

@@ -323,8 +323,8 @@ def test_a_first_batch_without_labels_keeps_its_feature_state(kafka_settings, ka
     assert registry.load_feature_state(spec.name, head.name) == reference_after(kafka_settings, spec, head.learned)
 
 
-def test_a_skipped_halted_batch_stays_in_the_features(kafka_settings, kafka_bootstrap, registry, instance, tmp_path):
-    """Policy halt: the operator skips the batch; its events stay in the state, as the scorer has them."""
+def _halt_and_skip(kafka_settings, kafka_bootstrap, registry, instance, tmp_path):
+    """A sensors stream whose second batch halts on a data-quality policy and is skipped by `ops`."""
     from click.testing import CliRunner
 
     from dagster_project.cli import main
@@ -348,7 +348,12 @@ def test_a_skipped_halted_batch_stays_in_the_features(kafka_settings, kafka_boot
     env = {"STREAMFIT_STREAMS": str(streams), "STREAMFIT_HOME": str(registry.root.parent), "USER": "ops"}
     skipped = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "glitch"], env=env)
     assert skipped.exit_code == 0, skipped.output
+    return spec, ends, env
 
+
+def test_a_skipped_halted_batch_stays_in_the_features(kafka_settings, kafka_bootstrap, registry, instance, tmp_path):
+    """Policy halt: the operator skips the batch; its events stay in the state, as the scorer has them."""
+    spec, ends, _ = _halt_and_skip(kafka_settings, kafka_bootstrap, registry, instance, tmp_path)
     _, resume, _ = expected_offsets(registry, spec.name)
     third = trained_batch(
         run_batch(
@@ -360,3 +365,25 @@ def test_a_skipped_halted_batch_stays_in_the_features(kafka_settings, kafka_boot
     events = accepted_events(kafka_settings, spec, head.learned)  # the skipped events included
     assert_matches_reference(third, events, pandas_reference(spec, events), len(spec.feature_names))
     assert registry.load_feature_state(spec.name, head.name) == reference_after(kafka_settings, spec, head.learned)
+
+
+def test_a_reset_past_a_skip_keeps_the_feature_state_it_carried(
+    kafka_settings, kafka_bootstrap, registry, instance, tmp_path
+):
+    """A reset replacing a pending skip dropped the state the skip carried (the skipped events read),
+    so the features lost those events. A start at or past the skip keeps it; one before it cannot."""
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+    from dagster_project.registry.store import carried_state
+
+    spec, _, env = _halt_and_skip(kafka_settings, kafka_bootstrap, registry, instance, tmp_path)
+    skip_state = carried_state(spec.name, registry.pending_offset_reset(spec.name))
+    reset = ["offsets", "reset", spec.name, "--bootstrap", kafka_bootstrap, "--force", "--to"]
+
+    latest = CliRunner().invoke(main, [*reset, "latest"], env=env)
+    assert latest.exit_code == 0 and "and the feature state it carried" in latest.output, latest.output
+    assert carried_state(spec.name, registry.pending_offset_reset(spec.name)) == skip_state is not None
+    earliest = CliRunner().invoke(main, [*reset, "earliest"], env=env)
+    assert earliest.exit_code == 0, earliest.output
+    assert carried_state(spec.name, registry.pending_offset_reset(spec.name)) is None  # those events come again

@@ -187,3 +187,31 @@ def test_offsets_show_notes_a_topic_whose_partitions_differ_from_the_spec(
     assert shown.exit_code == 0, shown.output
     assert f"NOTE: {spec.events_topic} has {spec.partitions} partition(s) but the stream spec says" in shown.output
     assert "never changes an existing topic's partitions" in shown.output and "kafka-topics.sh --alter" in shown.output
+
+
+def test_a_reset_for_a_gap_keeps_where_a_pending_skip_moved_a_healthy_partition(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, stream_defs, instance
+) -> None:
+    """A healthy partition stayed where the head stopped, undoing a pending skip there: the skipped
+    (poison) rows were learned after all. It stays where the next batch would start it now."""
+    produce_synthetic(kafka_settings, spec, 300)
+    first = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(stream_defs, spec, {p: (0, e) for p, e in first.items()}, instance).success
+    produce_synthetic(kafka_settings, spec, 300, start=300)
+    gapped, healthy = sorted(first)
+    skipped_to = first[healthy] + 20
+    registry.set_pending_offsets(spec.name, {healthy: skipped_to}, reason="skipped after a halt: poison", by="ops")
+    admin = clients.admin(kafka_settings)
+    try:
+        admin.delete_records({TopicPartition(spec.events_topic, gapped): first[gapped] + 10})
+    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
+        pytest.skip(f"broker cannot delete records: {exc!r}")
+    finally:
+        admin.close()
+
+    result = cli("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "earliest")
+
+    assert result.exit_code == 0, result.output
+    pending = registry.pending_offset_reset(spec.name)
+    assert pending["offsets"] == {str(gapped): first[gapped] + 10, str(healthy): skipped_to}
+    assert "it replaces the pending reset to" in result.output
