@@ -13,6 +13,7 @@ import orjson
 
 from assets.training import batch_run_config
 from dagster_project import names
+from dagster_project.dev.producer import produce_command
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
 from dagster_project.kafka.offsets import (
     BatchPlan,
@@ -110,7 +111,7 @@ def evaluate(
         return dg.SkipReason(message)
     if not states:
         return dg.SkipReason(
-            f"topic {spec.events_topic} does not exist yet (produce to it: `streamfit produce {spec.name}`)"
+            f"topic {spec.events_topic} does not exist yet (produce to it: `{produce_command(spec.name)}`)"
         )
     gaps = find_gaps(states)
     if gaps:
