@@ -146,6 +146,10 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Aggregation = Literal["count", "sum", "mean", "min", "max", "std"]
 
 
+# How messages name an event-time unit, so that every refusal of a time says the same thing.
+EPOCH_UNITS = {"s": "seconds", "ms": "milliseconds"}
+
+
 class EventTimeSpec(_Strict):
     """Where an event's time is and how late it may arrive (dagster_project/features/).
 
