@@ -74,6 +74,18 @@ def ts_unit(spec: StreamSpec) -> str:
     return event_time.unit if event_time is not None and event_time.field == "ts" else "s"
 
 
+LABEL_PLACE = 'the label goes at the event\'s top level: {"id": ..., "ts": ..., "features": {...}, "label": ...}'
+
+
+def unknown_features_reason(unknown: list[str]) -> str:
+    """Why an event's unknown features refuse it; a `label` among them is a label put inside `features`,
+    where "add it to the spec" would make the target a model input."""
+    if unknown == ["label"]:
+        return f"unknown feature(s) ['label']: {LABEL_PLACE}, not inside 'features'"
+    reason = f"unknown feature(s) {quoted(unknown)}: add them to the stream spec or stop sending them"
+    return f"{reason}; {LABEL_PLACE}" if "label" in unknown else reason
+
+
 class InvalidEvent(ValueError):
     """The message breaks the event contract; the message is the reason stored in the DLQ."""
 
@@ -323,9 +335,7 @@ class EventParser:
             raise InvalidEvent(f"missing feature(s) {missing}")
         unknown = sorted(set(features) - self._known)
         if unknown:
-            raise InvalidEvent(
-                f"unknown feature(s) {quoted(unknown)}: add them to the stream spec or stop sending them"
-            )
+            raise InvalidEvent(unknown_features_reason(unknown))
         values = [coerce_feature(f, features[f.name]) for f in self._features]
         ts = event.get("ts")
         if problem := ts_problem(ts, self._ts_unit):
