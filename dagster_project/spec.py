@@ -582,6 +582,12 @@ class LabelsSpec(_Strict):
     """The delayed-label join (dagster_project/labels/): how long a prediction waits for its label
     (and a label for its prediction), how many may wait at once, and how often joined aggregates
     are checkpointed to live_metrics.jsonl.
+
+    An empty section, ``labels: {}``, is not the same as none: any ``labels:`` section turns
+    ``batch.early_cut`` on by default when ``flush_interval_s`` is at most a quarter of
+    ``batch.max_wait_s`` (the defaults, 5 s and 30 s, are), so with `streamfit labels join <stream>`
+    running the sensor may cut a batch short after a concept change. Set ``batch.early_cut: false``
+    to keep it off. Without the section `streamfit labels join` uses these defaults all the same.
     """
 
     join_window_s: float = Field(default=3600.0, gt=0)
