@@ -146,6 +146,10 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Aggregation = Literal["count", "sum", "mean", "min", "max", "std"]
 
 
+# How messages name an event-time unit, so that every refusal of a time says the same thing.
+EPOCH_UNITS = {"s": "seconds", "ms": "milliseconds"}
+
+
 class EventTimeSpec(_Strict):
     """Where an event's time is and how late it may arrive (dagster_project/features/).
 
@@ -538,7 +542,14 @@ class PromotionSpec(_Strict):
 
 
 class DriftSpec(_Strict):
-    """Drift thresholds and the self-healing policy (monitors/drift.py, detectors.py, decisions.py)."""
+    """Drift thresholds and the self-healing policy (monitors/drift.py, detectors.py, decisions.py).
+
+    Two schedules per stream start RUNNING (cron in UTC): ``full_retrain_cron`` runs
+    `<stream>_full_retrain`, a retrain on the last ``retrain_window_rows`` rows learned that must win
+    the promotion gate like a drift retrain, and ``report_cron`` runs `<stream>_report_schedule`,
+    which materializes the `<stream>/report` asset. No setting switches them off: stop them in the
+    UI or with `dagster schedule stop <name>` (the instance keeps them stopped).
+    """
 
     psi_moderate: float = Field(default=0.1, ge=0)
     psi_major: float = Field(default=0.25, gt=0)
@@ -570,7 +581,14 @@ class DriftSpec(_Strict):
 class LabelsSpec(_Strict):
     """The delayed-label join (dagster_project/labels/): how long a prediction waits for its label
     (and a label for its prediction), how many may wait at once, and how often joined aggregates
-    are checkpointed to live_metrics.jsonl."""
+    are checkpointed to live_metrics.jsonl.
+
+    An empty section, ``labels: {}``, is not the same as none: any ``labels:`` section turns
+    ``batch.early_cut`` on by default when ``flush_interval_s`` is at most a quarter of
+    ``batch.max_wait_s`` (the defaults, 5 s and 30 s, are), so with `streamfit labels join <stream>`
+    running the sensor may cut a batch short after a concept change. Set ``batch.early_cut: false``
+    to keep it off. Without the section `streamfit labels join` uses these defaults all the same.
+    """
 
     join_window_s: float = Field(default=3600.0, gt=0)
     max_pending: int = Field(default=100_000, ge=1)

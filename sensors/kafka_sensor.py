@@ -13,6 +13,7 @@ import orjson
 
 from assets.training import batch_run_config
 from dagster_project import names
+from dagster_project.dev.producer import produce_command
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed, topic_lost
 from dagster_project.kafka.offsets import (
     BatchPlan,
@@ -113,7 +114,7 @@ def evaluate(
         return dg.SkipReason(lost)
     if not states:
         return dg.SkipReason(
-            f"topic {spec.events_topic} does not exist yet (produce to it: `streamfit produce {spec.name}`)"
+            f"topic {spec.events_topic} does not exist yet (produce to it: `{produce_command(spec.name)}`)"
         )
     gaps = find_gaps(states)
     if gaps:

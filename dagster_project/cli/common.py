@@ -7,6 +7,7 @@ CLI (for `streamfit --help`, say) stays cheap.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import math
 import os
@@ -44,6 +45,14 @@ def stream_spec(name: str) -> StreamSpec:
         return get_spec(name)
     except (KeyError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc.args[0])) from exc
+
+
+def cannot_listen(what: str, addr: str, port: int, exc: OSError, option: str = "--port") -> click.ClickException:
+    """A one-line error for a port a server cannot bind, naming the option that picks another when it is taken."""
+    message = f"cannot serve {what} on {addr}:{port}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        message += f" (another process listens there: stop it, or pick another port with {option})"
+    return click.ClickException(message)
 
 
 def registry() -> ModelRegistry:

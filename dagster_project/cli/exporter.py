@@ -10,7 +10,7 @@ import time
 
 import click
 
-from dagster_project.cli.common import PORT, kafka_settings, registry
+from dagster_project.cli.common import PORT, cannot_listen, kafka_settings, registry
 
 
 @click.command()
@@ -28,7 +28,10 @@ def exporter(port: int, addr: str, no_kafka: bool) -> None:
     specs, broken = load_specs_isolated()  # one file that does not load hides only its own stream
     for spec_file in broken:
         click.echo(f"{spec_file.path} does not load (streamfit_spec_invalid is 1 for it): {spec_file.error}", err=True)
-    serve_exporter(registry(), specs, kafka, port, addr, broken=broken)
+    try:
+        serve_exporter(registry(), specs, kafka, port, addr, broken=broken)
+    except OSError as exc:  # the port is taken (another exporter?) or not ours to bind
+        raise cannot_listen("metrics", addr, port, exc) from exc
     click.echo(f"serving streamfit_* training metrics on http://{addr}:{port}/metrics; Ctrl-C stops")
     try:
         while True:

@@ -15,6 +15,7 @@ from dagster_project.cli.common import (
     PositiveRate,
     PositiveSeconds,
     bootstrap_option,
+    cannot_listen,
     kafka_settings,
     stream_argument,
     stream_spec,
@@ -89,7 +90,7 @@ def labels_join(
         try:
             server, _ = joiner.serve_metrics(metrics_port, metrics_addr)
         except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}") from exc
+            raise cannot_listen("metrics", metrics_addr, metrics_port, exc, option="--metrics-port") from exc
         where = f"; metrics on http://{metrics_addr}:{server.server_port}/metrics"
 
     def handle(signum: int, _frame: object) -> None:

@@ -23,11 +23,16 @@ from dagster_project.cli.common import PositiveRate, bootstrap_option, kafka_set
 @bootstrap_option
 def produce(stream: str, source: str | None, rate: float | None, limit: int | None, bootstrap: str | None) -> None:
     """Write events to <stream>.events in the contract format."""
-    from dagster_project.dev.producer import encoded_events
+    from dagster_project.dev.producer import SOURCES, encoded_events
     from dagster_project.dev.producer import produce as produce_events
     from dagster_project.ingest.keys import message_key
 
     spec = stream_spec(stream)
+    if source is None and stream not in SOURCES:
+        raise click.ClickException(
+            f"stream {stream!r} has no built-in source to replay (those are {sorted(SOURCES)}): pass --source "
+            'events.jsonl, one event per line: {"id", "ts", "features": {...}, "label"}'
+        )
     try:
         events = encoded_events(source or stream, message_key(spec))
         sent = produce_events(kafka_settings(bootstrap), spec, events, rate=rate, limit=limit, progress=True)

@@ -38,23 +38,51 @@ def jsonl_events(path: Path) -> Iterator[bytes]:
 def encoded_events(
     source: str, key: Callable[[Any], bytes | None] | None = None
 ) -> Iterator[tuple[bytes | None, bytes]]:
-    """(key, value) pairs for a named source or a JSONL path (a line keyed by `key`, default its `id`)."""
+    """(key, value) pairs for a named source or a JSONL path (a line keyed by `key`, default its `id`).
+
+    The source is checked here, not on the first event: `produce` creates topics and shows progress
+    before it reads one, and a typo must fail before it leaves an empty topic the sensor calls caught up.
+    """
     if source in SOURCES:
-        for event in SOURCES[source]():
-            ts = time.time() if event.ts is None else event.ts
-            value = make_event(event.event_id, event.features, event.label, ts, **event.fields)
-            yield (event.key or event.event_id).encode(), value
-        return
+        return _dataset_events(SOURCES[source])
     path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"unknown source {source!r}: use one of {sorted(SOURCES)} or a path to a .jsonl file")
-    key_of = key or id_key
+    if not path.is_file():
+        raise FileNotFoundError(_not_a_source(source, path))
+    return _file_events(path, key or id_key)
+
+
+def _dataset_events(events: Callable[[], Iterator[SourceEvent]]) -> Iterator[tuple[bytes | None, bytes]]:
+    """A built-in dataset's events in the contract format, keyed by their key or id."""
+    for event in events():
+        ts = time.time() if event.ts is None else event.ts
+        value = make_event(event.event_id, event.features, event.label, ts, **event.fields)
+        yield (event.key or event.event_id).encode(), value
+
+
+def _file_events(path: Path, key_of: Callable[[Any], bytes | None]) -> Iterator[tuple[bytes | None, bytes]]:
+    """A JSONL file's lines as they are, each keyed by `key_of` its parsed event (None if it does not parse)."""
     for line in jsonl_events(path):
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
             event = None
         yield key_of(event), line
+
+
+def _not_a_source(source: str, path: Path) -> str:
+    """Why `source` is neither: a path-like one is a file that is not there, a bare word an unknown name."""
+    if path.is_dir():
+        return f"not a file: {source} is a directory (pass a .jsonl file of events, one per line)"
+    if path.suffix or path.name != source:
+        return f"file not found: {source}"
+    return f"unknown source {source!r}: use one of {sorted(SOURCES)} or a path to a .jsonl file"
+
+
+def produce_command(stream: str) -> str:
+    """The `streamfit produce` that fills a stream: a built-in source by its name, any other from a file."""
+    if stream in SOURCES:
+        return f"streamfit produce {stream}"
+    return f"streamfit produce {stream} --source events.jsonl"
 
 
 def produce(

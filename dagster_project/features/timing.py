@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from dagster_project.ingest.quoting import described, quoted
-from dagster_project.spec import EventTimeSpec, StreamSpec
+from dagster_project.spec import EPOCH_UNITS, EventTimeSpec, StreamSpec
 
 # Epoch seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC, the range of a date: a time outside it is a
 # producer bug (often milliseconds sent as seconds), and accepted it would hold the partition's watermark there.
@@ -44,10 +44,17 @@ class EventError(ValueError):
     """The event cannot enter the feature state; the message is the reason stored in the DLQ."""
 
 
+def accepted_times(spec: EventTimeSpec) -> str:
+    """What the event-time field takes, for refusals: `ts` only a number (the event contract keeps it
+    numeric, and a message offering ISO-8601 for it led to a refusal of ISO), another field ISO-8601 too."""
+    number = f"a number (epoch {EPOCH_UNITS[spec.unit]})"
+    return number if spec.field == "ts" else f"{number} or an ISO-8601 string with a UTC offset"
+
+
 def event_seconds(raw: Any, spec: EventTimeSpec) -> float:
     """Epoch seconds of an event-time value: a number in `spec.unit`, or ISO-8601 with a UTC offset."""
     if isinstance(raw, bool) or raw is None:
-        raise EventError(f"no event time: {spec.field!r} is {quoted(raw)} (epoch {spec.unit} or ISO-8601)")
+        raise EventError(f"no event time: {spec.field!r} is {quoted(raw)}; it must be {accepted_times(spec)}")
     if isinstance(raw, int | float):
         seconds = float(raw) / (1000.0 if spec.unit == "ms" else 1.0)
         if not math.isfinite(seconds):
@@ -66,7 +73,7 @@ def event_seconds(raw: Any, spec: EventTimeSpec) -> float:
         if parsed.tzinfo is None:
             raise EventError(f"event time {spec.field!r} = {quoted(raw)} has no UTC offset: add Z or +00:00")
         return parsed.timestamp()
-    raise EventError(f"event time {spec.field!r} must be a number or an ISO-8601 string, got {type(raw).__name__}")
+    raise EventError(f"event time {spec.field!r} must be {accepted_times(spec)}, got {type(raw).__name__}")
 
 
 def event_key(event: dict[str, Any], field: str, in_features: bool) -> str | int:

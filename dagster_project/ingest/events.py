@@ -20,7 +20,7 @@ import orjson
 from dagster_project.ingest.categories import NULL_CODE, CategoryError, category_code, fast_coder, unseen_code
 from dagster_project.ingest.event_schema import event_decoder, fits_64_bits
 from dagster_project.ingest.quoting import quoted
-from dagster_project.spec import FeatureSpec, StreamSpec, label_key
+from dagster_project.spec import EPOCH_UNITS, FeatureSpec, StreamSpec, label_key
 
 # The largest magnitude a feature or regression label may have. The served ONNX model computes in
 # float32 (max 3.4e38), so a larger value becomes inf there and fails the parity check of every
@@ -59,12 +59,31 @@ def _not_utf8(raw: bytes) -> str | None:
     return None
 
 
-def ts_problem(ts: Any) -> str | None:
+def ts_problem(ts: Any, unit: str = "s") -> str | None:
     """Why an event's top-level `ts` breaks the contract (a number of epoch seconds), else None; the
     scorer's `/predict` holds a row's `ts` to it too, so HTTP takes what Kafka takes."""
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
-        return f"'ts' must be a number (epoch seconds), got {quoted(ts)}"
+        return f"'ts' must be a number (epoch {EPOCH_UNITS[unit]}), got {quoted(ts)}"
     return None
+
+
+def ts_unit(spec: StreamSpec) -> str:
+    """The unit of a top-level `ts`: seconds, or `event_time.unit` when `ts` is the event time (so the
+    refusal of a `ts` and of a missing event time name the same unit)."""
+    event_time = spec.event_time
+    return event_time.unit if event_time is not None and event_time.field == "ts" else "s"
+
+
+LABEL_PLACE = 'the label goes at the event\'s top level: {"id": ..., "ts": ..., "features": {...}, "label": ...}'
+
+
+def unknown_features_reason(unknown: list[str]) -> str:
+    """Why an event's unknown features refuse it; a `label` among them is a label put inside `features`,
+    where "add it to the spec" would make the target a model input."""
+    if unknown == ["label"]:
+        return f"unknown feature(s) ['label']: {LABEL_PLACE}, not inside 'features'"
+    reason = f"unknown feature(s) {quoted(unknown)}: add them to the stream spec or stop sending them"
+    return f"{reason}; {LABEL_PLACE}" if "label" in unknown else reason
 
 
 class InvalidEvent(ValueError):
@@ -142,6 +161,7 @@ class EventParser:
         self._names = tuple(spec.feature_names)
         self._known = set(spec.feature_names)
         self._position = {name: j for j, name in enumerate(spec.feature_names)}
+        self._ts_unit = ts_unit(spec)
         classes = spec.label.classes or []
         self._class_index = {label_key(c): i for i, c in enumerate(classes)}
         # Raw label -> class index for the fast path. Bools are left out on purpose: as dict keys
@@ -315,12 +335,10 @@ class EventParser:
             raise InvalidEvent(f"missing feature(s) {missing}")
         unknown = sorted(set(features) - self._known)
         if unknown:
-            raise InvalidEvent(
-                f"unknown feature(s) {quoted(unknown)}: add them to the stream spec or stop sending them"
-            )
+            raise InvalidEvent(unknown_features_reason(unknown))
         values = [coerce_feature(f, features[f.name]) for f in self._features]
         ts = event.get("ts")
-        if problem := ts_problem(ts):
+        if problem := ts_problem(ts, self._ts_unit):
             raise InvalidEvent(problem)
         label_index, label_value = self._label(event.get("label")) if self.labels else (None, None)
         unseen = tuple(

@@ -26,7 +26,7 @@ from dagster_project.features.checkpoint import state_after
 from dagster_project.features.serialization import load_state
 from dagster_project.features.state import FeatureState
 from dagster_project.features.timing import EventError
-from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch, ts_problem
+from dagster_project.ingest.events import EventParser, InvalidEvent, ParsedBatch, ts_problem, ts_unit
 from dagster_project.kafka.io import read_range
 from dagster_project.kafka.records import timestamp_seconds
 from dagster_project.kafka.settings import KafkaSettings
@@ -56,6 +56,7 @@ class ServingFeatures:
         self._lock = threading.Lock()  # `/predict` peeks while the Kafka loop observes
         # A row's `ts` is the event's top-level one (a number, as the contract says) unless a feature has the name
         self._ts_is_context = "ts" not in spec.feature_names
+        self._ts_unit = ts_unit(spec)
         # A flat /predict row cannot hold both a feature and the event time under one name (`StreamSpec.notes`)
         field = spec.event_time.field if spec.event_time is not None else None
         self._time_clash = field if field in spec.feature_names else None
@@ -123,7 +124,7 @@ class ServingFeatures:
             if version != self.version:
                 self._switch(version)
             for i, row in enumerate(rows):
-                if self._ts_is_context and (problem := ts_problem(row.get("ts"))):  # the contract's, as on Kafka
+                if self._ts_is_context and (problem := ts_problem(row.get("ts"), self._ts_unit)):  # as on Kafka
                     problems.append({"row": i, "errors": [problem]})
                     continue
                 try:

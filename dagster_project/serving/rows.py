@@ -191,7 +191,7 @@ def _check_each_value(spec: StreamSpec, rows: list[Any]) -> np.ndarray:
         if missing_all:
             parts.append(f"missing feature(s) {sorted(missing_all)}")
         if unknown_all:
-            parts.append(f"unknown feature(s) {quoted(sorted(unknown_all))}")
+            parts.append(f"unknown feature(s) {quoted(sorted(unknown_all))}{_label_note(spec, unknown_all)}")
         if len(parts) < bad_rows and any("errors" in p for p in problems):
             parts.append("invalid values")
         raise RequestError(
@@ -202,3 +202,10 @@ def _check_each_value(spec: StreamSpec, rows: list[Any]) -> np.ndarray:
             rows=problems,
         )
     return values
+
+
+def _label_note(spec: StreamSpec, unknown: set[str]) -> str:
+    """What to do with a `label` sent in a row (an event copied whole, say): /predict needs none."""
+    if "label" not in unknown:
+        return ""
+    return f" (a row holds features only: /predict needs no label; labels for live quality go to {spec.labels_topic})"

@@ -481,6 +481,7 @@ def test_a_model_that_names_no_estimator_gets_its_tasks_default():
     [
         (None, {}, False),  # no label join: nothing to read
         ({"flush_interval_s": 1}, {}, True),
+        ({}, {}, True),  # `labels: {}` is a label join with the defaults (5 s <= 30 s / 4), as the docs say
         ({"flush_interval_s": 10}, {"max_wait_s": 30}, False),  # 3 checkpoints a batch: too few
         ({"flush_interval_s": 1}, {"early_cut": False}, False),  # turned off
     ],

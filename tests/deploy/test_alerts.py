@@ -67,6 +67,14 @@ def test_every_alert_has_a_case_where_it_fires_and_says_what_to_do():
         assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80, name
 
 
+def test_the_readme_counts_the_rules_alerts_yml_holds():
+    """It said 19 after StreamfitNoScorer made 20."""
+    readme = (DEPLOY.parent / "README.md").read_text()
+    (count,) = re.findall(r"holds (\d+) rules", readme)
+    assert int(count) == len(rules())
+    assert "StreamfitNoScorer" in readme
+
+
 def test_alert_rules_query_only_exported_metrics():
     exported = exported_metric_names()
     for rule in rules():

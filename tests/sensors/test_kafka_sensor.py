@@ -9,7 +9,7 @@ import time
 import dagster as dg
 import orjson
 
-from dagster_project.dev.producer import produce
+from dagster_project.dev.producer import produce, produce_command
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import ensure_topics, probe_partitions
 from dagster_project.kafka.offsets import decode_ranges
@@ -28,6 +28,13 @@ def test_topic_that_does_not_exist_yet_is_explained(kafka_bootstrap, spec, regis
     result = kafka_sensor_tick(stream_defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
     assert isinstance(result, dg.SkipReason)
     assert "does not exist yet" in result.skip_message
+    # A test stream has no built-in dataset: `streamfit produce <stream>` alone would fail.
+    assert f"`streamfit produce {spec.name} --source events.jsonl`" in result.skip_message
+
+
+def test_the_produce_hint_replays_a_built_in_source_by_the_stream_s_name() -> None:
+    assert produce_command("phishing") == "streamfit produce phishing"
+    assert produce_command("orders") == "streamfit produce orders --source events.jsonl"
 
 
 def test_empty_topic_and_small_lag_wait(kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance):

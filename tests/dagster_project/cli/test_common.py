@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,30 @@ def test_offsets_commands_without_a_broker_are_one_line_errors(cli, spec) -> Non
         result = cli("offsets", *args, "--bootstrap", "127.0.0.1:1")
         assert result.exit_code == 1 and "Kafka broker unreachable" in result.output, result.output
         assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def busy_port():
+    """A port another process listens on."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
+
+
+def test_the_exporter_on_a_busy_port_is_a_one_line_error_naming_the_fix(cli, busy_port: int) -> None:
+    """It was a traceback ending in `OSError: [Errno 98] Address already in use`."""
+    result = cli("exporter", "--port", busy_port, "--no-kafka")
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot serve metrics on 127.0.0.1:{busy_port}: Address already in use" in result.output
+    assert "pick another port with --port" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_labels_join_on_a_busy_metrics_port_names_the_option_to_change(
+    cli, spec, kafka_bootstrap: str, busy_port: int
+) -> None:
+    result = cli("labels", "join", spec.name, "--metrics-port", busy_port, "--bootstrap", kafka_bootstrap)
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot serve metrics on 127.0.0.1:{busy_port}: Address already in use" in result.output
+    assert "pick another port with --metrics-port" in result.output

@@ -70,18 +70,42 @@ def test_a_derived_feature_streams_file_keeps_each_key_on_one_partition(
     assert backtest(spec, lines).partitions == high_waters(kafka_settings, spec.events_topic)
 
 
-def test_produce_missing_file_is_a_clean_error(cli, spec: StreamSpec, kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_produce_missing_file_says_so_and_creates_nothing(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A typo in --source fails before any topic exists: an empty topic made the sensor say caught up."""
     missing = tmp_path / "nope.jsonl"
-    result = cli("produce", spec.name, "--source", missing, "--bootstrap", kafka_bootstrap)
+    result = cli("produce", spec.name, "--source", missing, "--bootstrap", kafka_settings.bootstrap)
     assert result.exit_code == 1
-    assert f"Error: unknown source '{missing}'" in result.output
-    assert "a path to a .jsonl file" in result.output
+    assert f"Error: file not found: {missing}" in result.output
+    assert "unknown source" not in result.output
+    assert "producing" not in result.output  # no progress bar
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+    assert topic_partitions(kafka_settings, spec.events_topic) == []
+
+
+def test_produce_a_stream_without_a_built_in_source_names_the_source_option(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings
+) -> None:
+    """The sensor's hint for a custom stream's empty topic: without --source there is nothing to replay."""
+    result = cli("produce", spec.name, "--bootstrap", kafka_settings.bootstrap)
+    assert result.exit_code == 1
+    assert f"Error: stream '{spec.name}' has no built-in source to replay" in result.output
+    assert "pass --source events.jsonl" in result.output
+    assert "producing" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    assert topic_partitions(kafka_settings, spec.events_topic) == []
+
+
+def test_produce_an_unknown_source_name_lists_the_built_in_ones(cli, spec: StreamSpec, kafka_bootstrap: str) -> None:
+    result = cli("produce", spec.name, "--source", "phising", "--bootstrap", kafka_bootstrap)
+    assert result.exit_code == 1
+    assert "Error: unknown source 'phising': use one of ['census', 'phishing', 'sensors', 'synthetic']" in result.output
 
 
 def test_produce_without_a_broker_is_a_clean_error(cli, spec: StreamSpec) -> None:
-    result = cli("produce", spec.name, "--limit", 1)
+    result = cli("produce", spec.name, "--source", "synthetic", "--limit", 1)
     assert result.exit_code == 1
     assert f"no Kafka broker configured: set {BOOTSTRAP_ENV}" in result.output
     assert isinstance(result.exception, SystemExit)

@@ -112,7 +112,7 @@ def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_
     cases = {
         "no key: the event has no 'device'": {**base, "device": None, "ts": 101.0},
         "key 'site' must be a non-empty string or an integer": {**base, "site": 1.5, "ts": 101.0},
-        "no event time": {**base, "ts": None},
+        "no event time: 'ts' is None; it must be a number (epoch seconds)": {**base, "ts": None},
         "late event: event time 94.000 is 6.000 s behind the newest on partition 0": {**base, "ts": 94.0},
         # Far future: accepted, it would make every later event of the partition late.
         "is not a date between the years 1 and 9999 in epoch s": {**base, "ts": 1e300},
@@ -129,7 +129,7 @@ def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_
             "site": 1.2345678901234568e29,
             "ts": 1.0,
         },
-        "must be a number or an ISO-8601 string, got list": {**base, "ts": DEEP},
+        "event time 'ts' must be a number (epoch seconds), got list": {**base, "ts": DEEP},
     }
     for reason, bad in cases.items():
         with pytest.raises(EventError, match=re.escape(reason)):
@@ -138,6 +138,22 @@ def test_events_without_key_or_time_or_too_late_are_refused_and_leave_the_state_
     assert state.observe(0, {**base, "ts": 95.0}, [3.0] * 5)[0] == 0.0  # within lateness: accepted (100 is later)
     assert state.observe(0, {**base, "ts": 101.0}, [3.0] * 5)[:2] == [2.0, 4.0]  # both earlier events count
     assert state.observe(1, {**base, "ts": 1.0}, [3.0] * 5)[0] == 0.0  # another partition, its own watermark
+
+
+def test_a_missing_time_names_what_its_field_takes_iso_8601_only_outside_ts():
+    """`ts` is numeric by the event contract: offering ISO-8601 for it led to a refusal of an ISO `ts`."""
+    base = {"id": "e", "device": "d1", "site": 1, "features": {}}
+    in_ms = FeatureState(rolling_spec(event_time={"field": "ts", "unit": "ms"}))
+    with pytest.raises(EventError) as ts_error:
+        in_ms.observe(0, base, [1.0] * 5)
+    assert str(ts_error.value) == "no event time: 'ts' is None; it must be a number (epoch milliseconds)"
+    other = FeatureState(rolling_spec(event_time={"field": "at"}))
+    with pytest.raises(EventError) as at_error:
+        other.observe(0, base, [1.0] * 5)
+    assert str(at_error.value) == (
+        "no event time: 'at' is None; it must be a number (epoch seconds) or an ISO-8601 string with a UTC offset"
+    )
+    assert other.observe(0, {**base, "at": "2026-01-01T00:00:00Z"}, [1.0] * 5)[0] == 0.0
 
 
 def test_out_of_order_events_within_lateness_see_only_earlier_times():

@@ -134,6 +134,21 @@ def test_bad_messages_say_why(parser: EventParser, raw: bytes | None, fragments:
         assert fragment in str(info.value)
 
 
+def test_a_label_inside_features_says_where_the_label_goes(parser: EventParser) -> None:
+    """It said "add them to the stream spec": the target would have become a model input."""
+    with pytest.raises(InvalidEvent) as info:
+        parser.parse(event(label=DROP, features={"label": 1}))
+    assert str(info.value) == (
+        "unknown feature(s) ['label']: the label goes at the event's top level: "
+        '{"id": ..., "ts": ..., "features": {...}, "label": ...}, not inside \'features\''
+    )
+    with pytest.raises(InvalidEvent) as info:  # among other unknown names: both fixes
+        parser.parse(event(features={"label": 1, "zz": 2.0}))
+    assert "add them to the stream spec or stop sending them; the label goes at the event's top level" in str(
+        info.value
+    )
+
+
 @pytest.mark.parametrize(
     ("feature", "value", "fragment"),
     [

@@ -122,6 +122,10 @@ def test_predict_refuses_what_the_stream_refuses_a_late_time_and_a_ts_that_is_no
     iso = {"temp": 30.0, "device": "dev-3", "ts": "2026-12-05T18:25:00Z"}
     with pytest.raises(RequestError, match=r"'ts' must be a number \(epoch seconds\), got '2026-12-05T18:25:00Z'"):
         features.append_to(head.name, [iso], np.zeros((1, 1), np.float32))
+    with pytest.raises(RequestError) as missing:  # its message named ISO-8601, which the line above refuses
+        features.append_to(head.name, [{"temp": 30.0, "device": "dev-3"}], np.zeros((1, 1), np.float32))
+    assert "no event time: 'ts' is None; it must be a number (epoch seconds)" in str(missing.value)
+    assert "ISO" not in str(missing.value)
     current = {**late, "ts": newest}
     assert features.append_to(head.name, [current], np.zeros((1, 1), np.float32)).shape == (1, 5)
 

@@ -130,6 +130,12 @@ def test_validation_errors(spec: StreamSpec, registry: FilesystemRegistry) -> No
         assert body["missing"] == ["x3"] and body["unknown"] == ["colour"]
         assert body["rows"] == [{"row": 1, "missing": ["x3"]}, {"row": 2, "unknown": ["colour"]}]
         assert body["error"].startswith("2 of 3 rows are invalid: missing feature(s) ['x3']; unknown feature(s)")
+        status, body = client.predict([ROW | {"label": 1}])  # an event's row copied whole, label and all
+        assert status == 422 and body["unknown"] == ["label"]
+        assert (
+            "unknown feature(s) ['label'] (a row holds features only: /predict needs no label; labels for live "
+            f"quality go to {spec.labels_topic})" in body["error"]
+        )
 
         status, body = client.predict([ROW | {"x1": "high"}, ROW | {"x2": True}, ROW | {"x4": None}, "x"])
         assert status == 422
