@@ -90,6 +90,30 @@ def filling(registry: ModelRegistry, version: Version) -> dict[str, str]:
     return {name: f"its windows were still filling in {version.name}'s batch: not judged" for name in names}
 
 
+def _reference(
+    registry: ModelRegistry, champion: Version, later: list[Version]
+) -> tuple[dict[str, Any], dict[str, tuple[float, str]]]:
+    """The champion's profile, with each derived feature whose windows were filling in its batch
+    taken from the first later version whose had filled; and, for those features, the version up to
+    which nothing is judged and why (every version, while none has filled yet).
+
+    The champion of a stationary stream is often still v1, whose batch began with every window
+    empty: judged by it, derived features were never checked until a promotion."""
+    reference = dict(_profile_features(registry, champion))
+    warm_from: dict[str, tuple[float, str]] = {}
+    for name, why in filling(registry, champion).items():
+        warm = next((v for v in later if name not in filling(registry, v)), None)
+        if warm is None:
+            warm_from[name] = (float("inf"), why)
+        else:
+            reference[name] = _profile_features(registry, warm)[name]
+            warm_from[name] = (
+                warm.number,
+                f"{why}; judged against {warm.name}'s, the first whose had filled, after it",
+            )
+    return reference, warm_from
+
+
 def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evidence:
     """Evidence since the last action: data drift of recent batches against the champion's
     reference profile, a change detector over the prequential error series, and the champion's
@@ -107,15 +131,17 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
     reports: list[DriftReport] = []
     drifted_run: list[str] = []  # versions of the current unbroken run of drifted batches
     if champion:
-        reference_version = registry.get(name, champion)
-        reference = _profile_features(registry, reference_version)
-        warming = filling(registry, reference_version)
         champion_number = version_number(champion)
+        later = [v for v in versions if v.number > champion_number]
+        reference, warm_from = _reference(registry, registry.get(name, champion), later)
         for version in [v for v in fresh if v.number > champion_number][-recent:]:
             X = _sample_matrix(registry, version, spec.input_names)
             if X is not None and reference:
                 at = epoch(version.meta["created_at"])
-                skipped = {**filling(registry, version), **warming}
+                skipped = {
+                    **filling(registry, version),
+                    **{d: why for d, (number, why) in warm_from.items() if version.number <= number},
+                }
                 report = feature_drift(reference, X, spec.input_names, thresholds, at=at, not_judged=skipped)
                 reports.append(report)
                 drifted_run = [*drifted_run, version.name] if report.drifted else []

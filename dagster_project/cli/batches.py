@@ -55,18 +55,29 @@ def batches_skip(stream: str, reason: str) -> None:
     cause = "a failed run" if halt.get("kind") == "failed_run" else "data-quality halt"
     # A data-quality halt read the batch: its events stay in the derived features (a failed run's did not).
     state = carried_state(stream, halt)
-    store.set_pending_offsets(stream, ends, reason=f"skipped after {cause}: {reason}", by=by, feature_state=state)
+    # Where the pending reset starts a partition later (past a retention gap, or one the batch did
+    # not read), it still does: replaced by the batch's end, the gap came back.
+    later = {p: o for p, o in _offsets(pending).items() if o > ends.get(p, -1)}
+    starts = dict(sorted((ends | later).items()))
+    store.set_pending_offsets(stream, starts, reason=f"skipped after {cause}: {reason}", by=by, feature_state=state)
     store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
     tail = sum(int(r[1]) - ends[int(p)] for p, r in halt["ranges"].items())
-    click.echo(f"{stream}: skipped {skipped} ({halt['summary']}); training resumes at {ends}")
+    click.echo(f"{stream}: skipped {skipped} ({halt['summary']}); training resumes at {starts}")
     if pending:
-        click.echo(f"  it replaces the pending reset to {pending['offsets']} ({pending['reason']}, by {pending['by']})")
+        kept = f", keeping its later start on partition(s) {', '.join(map(str, sorted(later)))}" if later else ""
+        click.echo(
+            f"  it replaces the pending reset to {pending['offsets']} ({pending['reason']}, by {pending['by']}){kept}"
+        )
     if tail:  # the held-out tail is not skipped: it is the next batch's first rows
         click.echo(
             f"  the batch's last {tail:,} rows (its promotion tail) were not skipped: the next batch learns them, and "
             "halts again if they hold the same fault. To move past everything waiting instead, now: `streamfit "
             f"offsets reset {stream} --to latest --force` (on a stream halted again, `batches skip` keeps that reset)"
         )
+
+
+def _offsets(record: dict | None) -> dict[int, int]:
+    return {int(p): int(o) for p, o in (record or {}).get("offsets", {}).items()}
 
 
 def _past(offsets: dict[str, int], ends: dict[int, int]) -> bool:

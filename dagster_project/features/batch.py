@@ -19,6 +19,7 @@ def derive(
     values: Sequence[bytes | None],
     parsed: ParsedBatch,
     produced: Callable[[int], float | None] | None = None,
+    accepted: dict[int, list[float]] | None = None,
 ) -> ParsedBatch:
     """`parsed` with the derived columns appended; rows the state refuses become failures.
 
@@ -26,6 +27,8 @@ def derive(
     (`parsed.index` points there), `produced(i)` its Kafka timestamp in epoch seconds (None:
     unknown; read only for the rows that reach the state). Rows are fed in input order, which per
     partition is offset order; the state is per partition, so how partitions interleave does not matter.
+    `accepted`, when given, receives the event times the state accepted, per partition
+    (`features.warmup`).
     """
     width = len(state.spec.derived)
     extra = np.zeros((len(parsed.index), width), dtype=np.float64)
@@ -38,6 +41,8 @@ def derive(
         try:
             at = produced(i) if produced is not None else None
             extra[r] = state.observe(partitions[i], loads(values[i]), parsed.X[r], at)
+            if accepted is not None:
+                accepted.setdefault(partitions[i], []).append(state.last_time)
         except EventError as exc:
             keep[r] = False
             failures.append((i, str(exc)))

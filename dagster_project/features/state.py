@@ -129,6 +129,7 @@ class FeatureState:
         # Named in the refusal: the default fell from 1 h to 5 min, which an upgraded stream did not choose.
         self._max_ahead_is_default = bool(spec.event_time) and "max_ahead" not in spec.event_time.model_fields_set
         self.max_keys = spec.feature_state.max_keys
+        self.last_time: float | None = None  # the event time `observe` last accepted
         position = {name: j for j, name in enumerate(spec.feature_names)}
         self._tables: list[_Table] = []
         for by, in_features in key_fields(spec):
@@ -178,6 +179,7 @@ class FeatureState:
             )
         values = self._values(part, keys, t, follow=True, t_us=t_us)
         part.advance(t, t_us)
+        self.last_time = t  # the time of the event last accepted (features.batch collects the earliest)
         newest_us = part.newest_us()
         for table in self._tables:
             history = self._history(part, table, keys[table.by], (newest_us - table.reach_us) / MICROS)

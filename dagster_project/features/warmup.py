@@ -10,22 +10,32 @@ records the features still filling (`profile.filling`) and drift checks leave th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from dagster_project.features.state import FeatureState
 
+# More than this share of a batch's rows within a window of their partition's first event, and the
+# batch's profile of that feature describes the warm-up (each such row's window is partly empty). A
+# backfill whose first batch spans many windows has few such rows, and its profile stands.
+FILLING_SHARE = 0.05
 
-def windows_filling(state: FeatureState, started: Mapping[int, float | None]) -> tuple[str, ...]:
-    """The derived features whose window had not filled where the batch began on one of its
-    partitions. `started` maps each partition the batch read to the newest event time the state had
-    there before it (None: the batch holds the partition's first events); `state` is the state after."""
+
+def windows_filling(state: FeatureState, accepted: Mapping[int, Sequence[float]]) -> tuple[str, ...]:
+    """The derived features for which more than `FILLING_SHARE` of a batch's rows came within a
+    window of their partition's first event. `accepted` maps each partition to the event times the
+    state accepted from the batch (`features.batch.derive` collects them); `state` is the state after."""
+    rows = sum(len(times) for times in accepted.values())
+    if not rows:
+        return ()
     filling = []
     for derived in state.spec.derived:
-        for partition, before in started.items():
-            part = state.partitions.get(partition)
-            if part is None or part.first is None:
-                continue  # nothing accepted there: no row of it to judge
-            if (part.first if before is None else before) - part.first < derived.window:
-                filling.append(derived.name)
-                break
+        young = 0
+        for partition, times in accepted.items():
+            first = state.partitions[partition].first
+            if first is not None:
+                young += int(np.count_nonzero(np.asarray(times) - first < derived.window))
+        if young > FILLING_SHARE * rows:
+            filling.append(derived.name)
     return tuple(filling)

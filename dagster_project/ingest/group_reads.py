@@ -77,6 +77,7 @@ def merge(ranges: Ranges, learn_ends: dict[int, int] | None, parts: list[MicroBa
         unseen_examples=[e for p in parts for e in p.unseen_examples],
         feature_state=first.feature_state if len(parts) == 1 else None,
         feature_counters=first.feature_counters if len(parts) == 1 else None,
+        filling=tuple(sorted({name for p in parts for name in p.filling})),
     )
     if tails:
         batch.tail = merge(ranges, None, tails)

@@ -181,10 +181,10 @@ def _read_batch(settings, spec, ranges, dead_letter_invalid, learn_ends, state, 
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
     tail = records.pop_tail(ends) if learn_ends else RecordColumns()
     learned = records  # what is left: the records before their partition's learned end
-    started = {p: (part.newest if (part := state.partitions.get(p)) else None) for p in ranges} if state else {}
-    batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state, already_sent)
+    accepted: dict[int, list[float]] = {}  # per partition, the event times the state accepted
+    batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state, already_sent, accepted)
     if state is not None:
-        batch.filling = windows_filling(state, started)
+        batch.filling = windows_filling(state, accepted)
         batch.feature_state = dump_state(state)
         batch.feature_counters = {"keys": state.keys(), **state.counters}
     if len(tail):
@@ -213,13 +213,21 @@ def _read_with_identity(settings: KafkaSettings, topic: str, ranges: Ranges) -> 
 
 
 def _parse(
-    settings, spec, ranges, records: RecordColumns, dead_letter_invalid, identity, state=None, already_sent=None
+    settings,
+    spec,
+    ranges,
+    records: RecordColumns,
+    dead_letter_invalid,
+    identity,
+    state=None,
+    already_sent=None,
+    accepted: dict[int, list[float]] | None = None,
 ) -> MicroBatch:
     partitions, offsets, values = records.partitions, records.offsets, records.values
     with _gc_paused():
         parsed = EventParser(spec).parse_many(values)
         if state is not None:  # no key, no time or late: refused like a malformed message
-            parsed = derive(state, partitions, values, parsed, records.produced_at)
+            parsed = derive(state, partitions, values, parsed, records.produced_at, accepted)
     reasons: Counter = Counter(reason_kind(reason) for _, reason in parsed.failures)
     refused = [(records.record(i), reason, records.headers(i)) for i, reason in parsed.failures]
     if dead_letter_invalid and refused and already_sent is not None:

@@ -72,6 +72,7 @@ class QuarantineStore:
             "run_id": run_id,
             "quarantined_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "replayed_by": None,
+            "filling": list(batch.filling),  # derived windows still filling (features.warmup): kept for its replay
         }
         (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         os.rename(tmp, directory / qid)
@@ -99,6 +100,7 @@ class QuarantineStore:
             ids=[str(i) for i in data["ids"]],
             partitions=data["partitions"],
             offsets=data["offsets"],
+            filling=tuple(meta.get("filling", ())),
         )
         return QuarantinedBatch(qid, meta, batch)
 

@@ -248,6 +248,7 @@ def split_partial(batch: MicroBatch, mask: np.ndarray) -> tuple[MicroBatch, Micr
     kept.tail = batch.tail
     # The split-off rows entered the derived-feature state when read, as the scorer's do.
     kept.feature_state, kept.feature_counters = batch.feature_state, batch.feature_counters
+    kept.filling = batch.filling
     return kept, take(mask, Counter())
 
 

@@ -174,3 +174,17 @@ def _ranges(request: dg.RunRequest) -> dict[int, tuple[int, int]]:
         int(r["partition"]): (r["start"], r["end"])
         for r in next(iter(request.run_config["ops"].values()))["config"]["ranges"]
     }
+
+
+def test_skipping_keeps_a_pending_reset_s_later_start_on_each_partition(spec, registry, specs_dir, streamfit_home):
+    """A reset past a retention gap on partition 0 (partition 1 kept where it was) was replaced by the
+    halted batch's ends, and the skip brought the gap back."""
+    halt = {"kind": "data_quality", "summary": "mean out of bounds", "run_id": "r" * 32}
+    registry.set_halt(spec.name, {**halt, "ranges": {"0": [100, 150], "1": [100, 150]}})
+    registry.set_pending_offsets(spec.name, {0: 400, 1: 100}, reason="operator reset (--to latest)", by="ops")
+
+    skipped = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "poison batch"])
+
+    assert skipped.exit_code == 0, skipped.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == {"0": 400, "1": 150}
+    assert "keeping its later start on partition(s) 0" in skipped.output

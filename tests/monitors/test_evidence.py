@@ -369,7 +369,9 @@ def test_a_derived_feature_whose_windows_were_filling_in_the_reference_is_not_ju
     assert not report.drifted, report.reasons()
     assert "still filling in v1's batch" in report.feature("x0_mean_1h").notes[0]
 
-    registry.set_champion(spec.name, "v2", reason="a reference whose windows had filled")
-    add(filled=0.05, filling=False)  # v3: windows empty again, with no warm-up to explain it (a real change)
-    (report,) = gather(registry, spec).drift_reports
-    assert report.drifted_features == ("x0_mean_1h",)
+    add(filled=1.0, filling=False)  # v3: judged against v2's profile, the first whose windows had filled
+    add(filled=0.05, filling=False)  # v4: windows empty again with no warm-up to explain it (a real change)
+    reports = gather(registry, spec).drift_reports
+    assert [r.drifted_features for r in reports] == [(), (), ("x0_mean_1h",)]
+    assert "judged against v2's" in reports[0].feature("x0_mean_1h").notes[0]
+    assert reports[1].feature("x0_mean_1h").psi is not None

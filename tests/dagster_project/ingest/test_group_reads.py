@@ -57,6 +57,15 @@ def test_the_merged_batch_holds_every_group_row_dead_letter_and_tail_for_the_who
     assert batch.tail.ids == ["0-2", "1-1"] and batch.tail.learn_ends is None
 
 
+def test_the_merged_batch_says_which_derived_windows_any_group_found_filling():
+    """Lost in the merge, a scaled-out stream's versions never said so, and drift checks judged the
+    warm-up profile of its derived features (features.warmup)."""
+    g0, g1 = _batch([0], [0]), _batch([1], [0])
+    g0.filling, g1.filling = ("count_1h",), ("count_1h", "mean_1h")
+
+    assert merge({0: (0, 1), 1: (0, 1)}, None, [g0, g1]).filling == ("count_1h", "mean_1h")
+
+
 def test_describe_names_the_group_partitions_and_first_and_last_offsets():
     read = GroupRead(1, {1: (0, 9), 3: (4, 9)}, None)
     assert describe(read, _batch([1, 3, 1], [0, 4, 7], Counter({"x": 2}))) == {

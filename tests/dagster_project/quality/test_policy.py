@@ -143,6 +143,7 @@ def test_the_halted_batch_passing_on_a_rerun_lifts_the_halt(kafka_settings, regi
 def test_quarantine_stores_the_batch_and_moves_the_stream_on(kafka_settings, registry) -> None:
     spec = _spec(policy="quarantine")
     batch = _with_bad_rows(hand_batch(spec, 60, start=500), [10, 11, 12])
+    batch.filling = ("count_1h",)  # derived windows still filling: its replay's version says so too
     run_id = _run_id()
 
     outcome = apply_quality_policy(kafka_settings, registry, spec, batch, run_id)
@@ -158,6 +159,7 @@ def test_quarantine_stores_the_batch_and_moves_the_stream_on(kafka_settings, reg
     np.testing.assert_array_equal(stored.batch.X, batch.X)
     np.testing.assert_array_equal(stored.batch.y, batch.y)
     assert stored.batch.ids == batch.ids and stored.batch.offsets.tolist() == list(range(500, 560))
+    assert stored.batch.filling == ("count_1h",)
     reset = registry.pending_offset_reset(spec.name)
     assert reset["offsets"] == {"0": 560} and reset["reason"].startswith(f"quarantined {qid}: ")
     assert reset["by"] == f"data quality, run {run_id}"

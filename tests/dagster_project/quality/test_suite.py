@@ -440,9 +440,11 @@ def test_split_partial_keeps_order_and_all_fields() -> None:
 def test_the_kept_rows_carry_the_feature_state_the_whole_batch_left() -> None:
     batch = broken_batch()
     batch.feature_state, batch.feature_counters = b'{"format": 1}', {"keys": 3}
+    batch.filling = ("count_1h",)
     kept, rejected = split_partial(batch, row_violations(batch, make_spec(max_null_fraction=0.1)))
     # The version learning the kept rows checkpoints the state after every row the batch read.
     assert kept.feature_state == batch.feature_state and kept.feature_counters == {"keys": 3}
+    assert kept.filling == ("count_1h",)  # and says which of its derived windows were still filling
     assert rejected.feature_state is None
 
 
