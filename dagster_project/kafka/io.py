@@ -196,8 +196,9 @@ def topic_lost(spec: Any, head: Any, expected: dict[int, int]) -> str | None:
     if head is None or not any(offset > 0 for offset in expected.values()):
         return None
     return (
-        f"OFFSET GAP in {spec.name}: the broker has no topic {spec.events_topic}, but {head.name} learned it up to "
-        f"{dict(sorted(expected.items()))} (the in-memory embedded broker restarted, the topic was deleted, or the "
+        f"OFFSET GAP in {spec.name}: the broker has no topic {spec.events_topic}, but {head.name} learned from it "
+        f"(the next batch would start at {dict(sorted(expected.items()))}: the in-memory embedded broker restarted, "
+        "the topic was deleted, or the "
         "bootstrap names another cluster). Nothing is learned until you decide: once the topic exists again, "
         f"`streamfit offsets reset {spec.name} --to earliest|latest`"
     )

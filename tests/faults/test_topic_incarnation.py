@@ -81,7 +81,7 @@ def test_a_broker_restarted_empty_is_an_offset_gap_until_reset(
         # Before any producer recreates the topic: not "does not exist yet (produce to it)"
         empty = kafka_sensor_tick(defs, spec, instance, kafka, registry)
         assert isinstance(empty, dg.SkipReason) and "OFFSET GAP" in empty.skip_message, empty
-        assert f"has no topic {spec.events_topic}, but v1 learned it up to" in empty.skip_message
+        assert f"has no topic {spec.events_topic}, but v1 learned from it" in empty.skip_message
         shown = CliRunner().invoke(main, ["offsets", "show", spec.name, "--bootstrap", second.bootstrap])
         assert shown.exit_code == 0 and f"has no topic {spec.events_topic}" in shown.output, shown.output
         scraped = generate_latest(exporter_registry(registry, [spec], settings)).decode()
