@@ -87,7 +87,7 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
     from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
-    from dagster_project.registry.store import carried_state, expected_offsets
+    from dagster_project.registry.store import ChecksumMismatch, carried_state, expected_offsets
 
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
@@ -122,9 +122,12 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             for partition in never:
                 del target[partition]
     # The derived-feature state a pending skip carries (its events read) holds for a start at or past it.
-    carried = (
-        carried_state(stream, pending) if moved and all(target.get(p, -1) >= o for p, o in moved.items()) else None
-    )
+    carried, damaged = None, None
+    if moved and all(target.get(p, -1) >= o for p, o in moved.items()):
+        try:
+            carried = carried_state(stream, pending)
+        except ChecksumMismatch as exc:  # the reset is the way out of it: it goes on without the state
+            damaged = exc
     registry().set_pending_offsets(
         stream, target, reason=f"{reason} (--to {position})", by=operator_name(), feature_state=carried
     )
@@ -132,6 +135,11 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
     if pending:
         kept_state = " and the feature state it carried" if carried is not None else ""
         click.echo(f"  it replaces the pending reset to {pending['offsets']} ({pending['reason']}){kept_state}")
+    if damaged is not None:
+        click.echo(
+            f"  WARNING: the feature state the pending reset carried is damaged ({damaged}); dropped: derived "
+            "features continue from the head's state, without the events it had read"
+        )
     if halt := registry().halt(stream):
         click.echo(
             f"  {stream} stays HALTED ({halt.get('summary') or halt.get('kind')}): no batch runs until `streamfit "
@@ -139,9 +147,15 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             "batch and replaces it otherwise"
         )
     if kept:
+        skipped_to = sorted(p for p in kept if p in moved)
         click.echo(
-            f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to "
-            "(nothing learned twice or skipped there); --force moves every partition"
+            f"  partition(s) {', '.join(map(str, sorted(kept)))} have no gap and stay where {head.name} learned up to"
+            + (
+                f" (partition(s) {', '.join(map(str, skipped_to))}: where the pending reset moved them)"
+                if skipped_to
+                else ""
+            )
+            + "; nothing there is learned twice or skipped now; --force moves every partition"
         )
     if never:
         click.echo(

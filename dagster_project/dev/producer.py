@@ -46,7 +46,7 @@ def encoded_events(
     if source in SOURCES:
         return _dataset_events(SOURCES[source])
     path = Path(source)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe (/dev/stdin, <(zcat ...)) is a source too
         raise FileNotFoundError(_not_a_source(source, path))
     return _file_events(path, key or id_key)
 

@@ -384,6 +384,11 @@ def test_a_reset_past_a_skip_keeps_the_feature_state_it_carried(
     latest = CliRunner().invoke(main, [*reset, "latest"], env=env)
     assert latest.exit_code == 0 and "and the feature state it carried" in latest.output, latest.output
     assert carried_state(spec.name, registry.pending_offset_reset(spec.name)) == skip_state is not None
+    damaged = registry.pending_offset_reset(spec.name)
+    registry._store_offset_reset(spec.name, {**damaged, "feature_state": damaged["feature_state"] + " "})
+    again = CliRunner().invoke(main, [*reset, "latest"], env=env)  # the way out the checksum error names
+    assert again.exit_code == 0 and "WARNING: the feature state the pending reset carried is damaged" in again.output
+    assert carried_state(spec.name, registry.pending_offset_reset(spec.name)) is None
     earliest = CliRunner().invoke(main, [*reset, "earliest"], env=env)
     assert earliest.exit_code == 0, earliest.output
     assert carried_state(spec.name, registry.pending_offset_reset(spec.name)) is None  # those events come again

@@ -21,3 +21,17 @@ def test_a_stream_with_derived_features_keys_its_lines_by_their_by_field(tmp_pat
     assert [key for key, _ in encoded_events(str(source), message_key(sensors))] == [b"d7", b"3", None, None, None]
     assert [key for key, _ in encoded_events(str(source), message_key(census))] == [b"e1", b"e2", b"e3", None, None]
     assert [key for key, _ in encoded_events(str(source))] == [b"e1", b"e2", b"e3", None, None]
+
+
+def test_a_pipe_is_a_source_too(tmp_path: Path) -> None:
+    """`zcat events.jsonl.gz | streamfit produce s --source /dev/stdin` (or `<(zcat ...)`): a FIFO is
+    not a regular file, and checked as one it was "file not found"."""
+    import os
+    import threading
+
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b'{"id": "e1"}\n{"id": "e2"}\n'), daemon=True)
+    writer.start()
+    assert [key for key, _ in encoded_events(str(fifo))] == [b"e1", b"e2"]
+    writer.join()
