@@ -143,8 +143,8 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
     if halt := registry().halt(stream):
         click.echo(
             f"  {stream} stays HALTED ({halt.get('summary') or halt.get('kind')}): no batch runs until `streamfit "
-            f"batches skip {stream} --reason ...` lifts the halt, which keeps this reset if it starts past the halted "
-            "batch and replaces it otherwise"
+            f"batches skip {stream} --reason ...` lifts the halt; the skip keeps this reset's start on every partition "
+            "where it is past the halted batch's end"
         )
     if kept:
         skipped_to = sorted(p for p in kept if p in moved)
