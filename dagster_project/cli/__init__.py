@@ -15,6 +15,7 @@ from dagster_project.cli import (
     check,
     code_server,
     demo,
+    dlq,
     exporter,
     instance,
     labels,
@@ -54,6 +55,7 @@ main.add_command(registry.registry)
 main.add_command(serve.serve)
 main.add_command(batches.batches)
 main.add_command(quarantine.quarantine)
+main.add_command(dlq.dlq)
 main.add_command(labels.labels)
 main.add_command(bench.bench)
 main.add_command(code_server.code_server)
