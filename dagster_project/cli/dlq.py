@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from dagster_project.cli.common import bootstrap_option, echo_json, kafka_settings, stream_argument, stream_spec
-from dagster_project.cli.offsets import reachable
+from dagster_project.cli.offsets import probed
 
 
 @click.group()
@@ -27,15 +27,9 @@ def dlq() -> None:
 @bootstrap_option
 def dlq_show(stream: str, limit: int, as_json: bool, bootstrap: str | None) -> None:
     """The newest dead letters: where each message came from, which component refused it, and why."""
-    from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
-
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
-    reachable(settings)
-    try:
-        states = probe_partitions(settings, spec.dlq_topic, {})
-    except BrokerUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
+    states = probed(settings, spec.dlq_topic)
     total = sum(s.high_water - s.log_start for s in states)
     letters = newest_letters(
         settings, spec.dlq_topic, {s.partition: (s.log_start, s.high_water) for s in states}, limit

@@ -86,16 +86,12 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 @bootstrap_option
 def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
-    from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed
+    from dagster_project.kafka.io import topic_changed
     from dagster_project.registry.store import ChecksumMismatch, carried_state, expected_offsets
 
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
-    reachable(settings)
-    try:
-        states = probe_partitions(settings, spec.events_topic, {})
-    except BrokerUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
+    states = probed(settings, spec.events_topic)
     if not states:
         raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
     target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
@@ -203,6 +199,18 @@ def _refuse_without_gap(
         f"{effect}. Pass --force if that is what you want (a model that should learn from scratch is a new "
         "stream; a halted batch is `streamfit batches skip|retry`)."
     )
+
+
+def probed(settings: KafkaSettings, topic: str) -> list[PartitionState]:
+    """Every partition of `topic` from its log's start ([] when it does not exist), or a one-line error
+    naming the fix when no broker answers."""
+    from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
+
+    reachable(settings)
+    try:
+        return probe_partitions(settings, topic, {})
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def reachable(settings: KafkaSettings) -> None:

@@ -97,13 +97,7 @@ def test_a_reset_after_retention_moves_only_the_partitions_with_a_gap_unless_for
     ends = high_waters(kafka_settings, spec.events_topic)
     gapped, *healthy = sorted(ends)
     kept_from = first[gapped] + 10  # retention: the log of partition `gapped` now starts after v1 stopped
-    admin = clients.admin(kafka_settings)
-    try:
-        admin.delete_records({TopicPartition(spec.events_topic, gapped): kept_from})
-    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
-        pytest.skip(f"broker cannot delete records: {exc!r}")
-    finally:
-        admin.close()
+    delete_before(kafka_settings, spec.events_topic, gapped, kept_from)
     args = ("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "earliest")
 
     result = cli(*args)
@@ -131,13 +125,7 @@ def test_a_partition_never_learned_keeps_its_rows_when_another_partition_s_gap_i
     assert run_batch(stream_defs, spec, {gapped: (0, first[gapped])}, instance).success
     produce_synthetic(kafka_settings, spec, 300, start=300)
     ends = high_waters(kafka_settings, spec.events_topic)
-    admin = clients.admin(kafka_settings)
-    try:
-        admin.delete_records({TopicPartition(spec.events_topic, gapped): first[gapped] + 10})
-    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
-        pytest.skip(f"broker cannot delete records: {exc!r}")
-    finally:
-        admin.close()
+    delete_before(kafka_settings, spec.events_topic, gapped, first[gapped] + 10)
 
     result = cli("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "latest")
 
@@ -201,13 +189,7 @@ def test_a_reset_for_a_gap_keeps_where_a_pending_skip_moved_a_healthy_partition(
     gapped, healthy = sorted(first)
     skipped_to = first[healthy] + 20
     registry.set_pending_offsets(spec.name, {healthy: skipped_to}, reason="skipped after a halt: poison", by="ops")
-    admin = clients.admin(kafka_settings)
-    try:
-        admin.delete_records({TopicPartition(spec.events_topic, gapped): first[gapped] + 10})
-    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
-        pytest.skip(f"broker cannot delete records: {exc!r}")
-    finally:
-        admin.close()
+    delete_before(kafka_settings, spec.events_topic, gapped, first[gapped] + 10)
 
     result = cli("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "earliest")
 
@@ -215,3 +197,14 @@ def test_a_reset_for_a_gap_keeps_where_a_pending_skip_moved_a_healthy_partition(
     pending = registry.pending_offset_reset(spec.name)
     assert pending["offsets"] == {str(gapped): first[gapped] + 10, str(healthy): skipped_to}
     assert "it replaces the pending reset to" in result.output
+
+
+def delete_before(settings: KafkaSettings, topic: str, partition: int, offset: int) -> None:
+    """Retention, by hand: the partition's log now starts at `offset` (skipped on a broker without DeleteRecords)."""
+    admin = clients.admin(settings)
+    try:
+        admin.delete_records({TopicPartition(topic, partition): offset})
+    except Exception as exc:  # noqa: BLE001 - a broker without DeleteRecords cannot lose offsets this way
+        pytest.skip(f"broker cannot delete records: {exc!r}")
+    finally:
+        admin.close()
