@@ -61,11 +61,16 @@ def detector_series(versions: list[Version], task: str, since: float, seed: str 
     return points
 
 
-def _profile_features(registry: ModelRegistry, version: Version) -> dict[str, Any]:
-    """A version's per-feature profile: in its meta (filesystem) or read from the registry (MLflow keeps it apart)."""
+def _profile(registry: ModelRegistry, version: Version) -> dict[str, Any]:
+    """A version's data profile: in its meta (filesystem) or read from the registry (MLflow keeps it apart)."""
     if "profile" in version.meta:
-        return (version.meta["profile"] or {}).get("features", {})
-    return registry.profile(version.stream, version.name).get("features", {})
+        return version.meta["profile"] or {}
+    return registry.profile(version.stream, version.name)
+
+
+def _profile_features(registry: ModelRegistry, version: Version) -> dict[str, Any]:
+    """A version's per-feature profile."""
+    return _profile(registry, version).get("features", {})
 
 
 def _sample_matrix(registry: ModelRegistry, version: Version, names: list[str]) -> np.ndarray | None:
@@ -83,10 +88,7 @@ def _sample_matrix(registry: ModelRegistry, version: Version, names: list[str]) 
 def filling(registry: ModelRegistry, version: Version) -> dict[str, str]:
     """Derived features whose windows were still filling in `version`'s batch (`features.warmup`),
     with why: a profile of them says how the stream started, not what it is."""
-    if "profile" in version.meta:
-        names = (version.meta["profile"] or {}).get("filling", [])
-    else:
-        names = registry.profile(version.stream, version.name).get("filling", [])
+    names = _profile(registry, version).get("filling", [])
     return {name: f"its windows were still filling in {version.name}'s batch: not judged" for name in names}
 
 
