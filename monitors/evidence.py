@@ -61,21 +61,52 @@ def detector_series(versions: list[Version], task: str, since: float, seed: str 
     return points
 
 
-def _profile(registry: ModelRegistry, version: Version) -> dict[str, Any]:
-    """A version's data profile: in its meta (filesystem) or read from the registry (MLflow keeps it apart)."""
-    if "profile" in version.meta:
-        return version.meta["profile"] or {}
-    return registry.profile(version.stream, version.name)
+# Which derived features were still filling in each version's batch, by (registry, stream, version,
+# created_at): a version never changes, and while the champion's windows were filling a tick asks it
+# of every later version up to the first warm one. With 1-day windows and 1-minute batches that is
+# 1,440 profiles read each tick for as long as v1 stays champion (a download each on MLflow).
+_FILLING: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
+_FILLING_CAP = 200_000  # names are a few bytes; a process watching many long streams starts over
 
 
-def _profile_features(registry: ModelRegistry, version: Version) -> dict[str, Any]:
-    """A version's per-feature profile."""
-    return _profile(registry, version).get("features", {})
+class _Profiles:
+    """Each version's data profile, read at most once per tick, and which features were filling
+    in its batch, remembered across ticks (`_FILLING`)."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+        self._where = repr(registry)
+        self._read: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, version: Version) -> dict[str, Any]:
+        """A version's data profile: in its meta (filesystem) or read from the registry (MLflow keeps it apart)."""
+        if version.name not in self._read:
+            if "profile" in version.meta:
+                self._read[version.name] = version.meta["profile"] or {}
+            else:
+                self._read[version.name] = self._registry.profile(version.stream, version.name)
+        return self._read[version.name]
+
+    def features(self, version: Version) -> dict[str, Any]:
+        """A version's per-feature profile."""
+        return self(version).get("features", {})
+
+    def filling(self, version: Version) -> dict[str, str]:
+        """Derived features whose windows were still filling in `version`'s batch (`features.warmup`),
+        with why: a profile of them says how the stream started, not what it is."""
+        key = (self._where, version.stream, version.name, str(version.meta.get("created_at")))
+        names = _FILLING.get(key)
+        if names is None:
+            names = tuple(self(version).get("filling", []))
+            if len(_FILLING) >= _FILLING_CAP:
+                _FILLING.clear()
+            _FILLING[key] = names
+        return {name: f"its windows were still filling in {version.name}'s batch: not judged" for name in names}
 
 
-def _sample_matrix(registry: ModelRegistry, version: Version, names: list[str]) -> np.ndarray | None:
+def _sample_matrix(profiles: _Profiles, version: Version, names: list[str]) -> np.ndarray | None:
     """The batch's per-feature reservoir samples as columns (drift statistics work on samples)."""
-    features = _profile_features(registry, version)
+    features = profiles.features(version)
     samples = [features.get(n, {}).get("sample") for n in names]
     if any(s is None for s in samples):
         return None
@@ -85,15 +116,8 @@ def _sample_matrix(registry: ModelRegistry, version: Version, names: list[str]) 
     return np.column_stack([np.asarray(s[:size], dtype=np.float64) for s in samples])
 
 
-def filling(registry: ModelRegistry, version: Version) -> dict[str, str]:
-    """Derived features whose windows were still filling in `version`'s batch (`features.warmup`),
-    with why: a profile of them says how the stream started, not what it is."""
-    names = _profile(registry, version).get("filling", [])
-    return {name: f"its windows were still filling in {version.name}'s batch: not judged" for name in names}
-
-
 def _reference(
-    registry: ModelRegistry, champion: Version, later: list[Version]
+    profiles: _Profiles, champion: Version, later: list[Version]
 ) -> tuple[dict[str, Any], dict[str, tuple[float, str]]]:
     """The champion's profile, with each derived feature whose windows were filling in its batch
     taken from the first later version whose had filled; and, for those features, the version up to
@@ -101,14 +125,14 @@ def _reference(
 
     The champion of a stationary stream is often still v1, whose batch began with every window
     empty: judged by it, derived features were never checked until a promotion."""
-    reference = dict(_profile_features(registry, champion))
+    reference = dict(profiles.features(champion))
     warm_from: dict[str, tuple[float, str]] = {}
-    for name, why in filling(registry, champion).items():
-        warm = next((v for v in later if name not in filling(registry, v)), None)
+    for name, why in profiles.filling(champion).items():
+        warm = next((v for v in later if name not in profiles.filling(v)), None)
         if warm is None:
             warm_from[name] = (float("inf"), why)
         else:
-            reference[name] = _profile_features(registry, warm)[name]
+            reference[name] = profiles.features(warm)[name]
             warm_from[name] = (
                 warm.number,
                 f"{why}; judged against {warm.name}'s, the first whose had filled, after it",
@@ -135,13 +159,14 @@ def gather(registry: ModelRegistry, spec: StreamSpec, recent: int = 10) -> Evide
     if champion:
         champion_number = version_number(champion)
         later = [v for v in versions if v.number > champion_number]
-        reference, warm_from = _reference(registry, registry.get(name, champion), later)
+        profiles = _Profiles(registry)
+        reference, warm_from = _reference(profiles, registry.get(name, champion), later)
         for version in [v for v in fresh if v.number > champion_number][-recent:]:
-            X = _sample_matrix(registry, version, spec.input_names)
+            X = _sample_matrix(profiles, version, spec.input_names)
             if X is not None and reference:
                 at = epoch(version.meta["created_at"])
                 skipped = {
-                    **filling(registry, version),
+                    **profiles.filling(version),
                     **{d: why for d, (number, why) in warm_from.items() if version.number <= number},
                 }
                 report = feature_drift(reference, X, spec.input_names, thresholds, at=at, not_judged=skipped)
