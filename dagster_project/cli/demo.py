@@ -6,9 +6,11 @@ exist; the work itself lives in `dagster_project.dev.demo`.
 
 from __future__ import annotations
 
+import socket
+
 import click
 
-from dagster_project.cli.common import PORT
+from dagster_project.cli.common import PORT, cannot_listen
 
 
 @click.command()
@@ -59,4 +61,20 @@ def demo(
     stream past its concept change; one line per event, then a summary."""
     from dagster_project.dev.demo import run_demo
 
-    run_demo(versions, stream, rate, rows, ui_port, timeout_s, until_recovered, batch_rows, max_rows, change_at)
+    if ui_port:
+        check_free("the Dagster UI", ui_port, "--ui-port")
+    try:
+        run_demo(versions, stream, rate, rows, ui_port, timeout_s, until_recovered, batch_rows, max_rows, change_at)
+    except RuntimeError as exc:  # a service that exited or never answered: its message names its log
+        raise click.ClickException(str(exc)) from exc
+
+
+def check_free(what: str, port: int, option: str) -> None:
+    """Fail in one line, before anything starts, when `port` is taken: the server started later would
+    exit into its log, and the demo would wait for it and then fail with a traceback."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise cannot_listen(what, "127.0.0.1", port, exc, option=option) from exc

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import click
 
-from dagster_project.cli.common import PORT, bootstrap_option, kafka_settings, stream_argument, stream_spec
+from dagster_project.cli.common import (
+    PORT,
+    bootstrap_option,
+    cannot_listen,
+    kafka_settings,
+    stream_argument,
+    stream_spec,
+)
 
 
 @click.command()
@@ -124,7 +131,7 @@ def serve(
 
     from dagster_project.kafka.fast_transactions import ClientCallsStuck
     from dagster_project.kafka.io import BrokerUnavailable
-    from dagster_project.serving.scorer import ScorerFenced, build_service, scorer_group
+    from dagster_project.serving.scorer import HttpPortUnavailable, ScorerFenced, build_service, scorer_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -155,6 +162,8 @@ def serve(
                 keep_alive_s=keep_alive,
                 http_processes=http_processes,
             )
+        except HttpPortUnavailable as exc:  # busy (another scorer?) or not ours to bind: name --port
+            raise cannot_listen("HTTP", exc.host, exc.port, exc.error) from exc
         except (KeyError, FileNotFoundError, ValueError, BrokerUnavailable, OSError) as exc:
             raise click.ClickException(exc.args[0] if isinstance(exc, KeyError) else str(exc)) from exc
         try:

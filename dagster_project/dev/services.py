@@ -93,6 +93,7 @@ class DagsterServices:
             return False
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            self.check_alive()  # a webserver that exited (its port taken since) is not waited for
             try:
                 with urllib.request.urlopen(f"{self.ui_url}/server_info", timeout=2):
                     return True

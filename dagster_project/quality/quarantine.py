@@ -73,6 +73,8 @@ class QuarantineStore:
             "quarantined_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "replayed_by": None,
             "filling": list(batch.filling),  # derived windows still filling (features.warmup): kept for its replay
+            # the raw values of unseen categories: the stored rows hold only codes, and a replay's check quotes these
+            "unseen_examples": batch.unseen_examples,
         }
         (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         os.rename(tmp, directory / qid)
@@ -101,6 +103,7 @@ class QuarantineStore:
             partitions=data["partitions"],
             offsets=data["offsets"],
             filling=tuple(meta.get("filling", ())),
+            unseen_examples=meta.get("unseen_examples", []),
         )
         return QuarantinedBatch(qid, meta, batch)
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from dagster_project.ingest.categories import unseen_code, unseen_counts
+from dagster_project.ingest.categories import UNSEEN_LABEL, unseen_code, unseen_counts
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.quality.guarantees import Check, exact_data_checks, parser_guarantees
 from dagster_project.spec import RESERVED_COLUMNS, StreamSpec, specs_dir
@@ -471,8 +471,8 @@ def _describe_unseen(failure: QualityFailure, spec: StreamSpec, batch: MicroBatc
     if failure.expectation != UNSEEN_EXPECTATION or failure.column not in spec.input_names:
         return failure
     raw = {(e["partition"], e["offset"]): e["value"] for e in batch.unseen_examples if e["feature"] == failure.column}
-    sample = [
-        {**row, "value": raw.get((row.get("partition"), row.get("offset")), row.get("value"))} for row in failure.sample
+    sample = [  # a row without its raw value (a batch quarantined before they were kept) says <unseen>, not a code
+        {**row, "value": raw.get((row.get("partition"), row.get("offset")), UNSEEN_LABEL)} for row in failure.sample
     ]
     examples = ", ".join(f"{row['value']!r} at {row.get('partition')}:{row.get('offset')}" for row in sample)
     threshold = spec.quality.max_unseen_category_share

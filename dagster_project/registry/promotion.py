@@ -136,7 +136,8 @@ def gate(
     """Promote unless the candidate is measurably worse than the champion on `metric`.
 
     `test` is the one-sided paired test that the champion (A) is better than the candidate (B) on
-    the same `rows`. Within `margin` of the champion (or better): promote. Worse by more than the
+    the same `rows`. Ahead of the champion, level with it (as the reason prints them) or behind
+    within `margin`: promote, the reason saying "ahead by" or "within margin". Worse by more than the
     margin: keep the champion when `significance` is None or 0 (the margin alone decides), when
     the test could not be computed, or when it is significant (p < `significance`); otherwise the
     shortfall is noise and the candidate is promoted. Too few rows or no metric: deferred."""
@@ -173,6 +174,8 @@ def gate(
         f"kept {champion} ({candidate} stays a candidate): {candidate} {numbers}",
     )
     allowed, stated = margin_for(metric, margin, champ), margin_text(metric, margin, champ)
+    if shortfall < 0 and difference_text(metric, cand) != difference_text(metric, champ):
+        return result(True, f"{promoted}, ahead by {difference_text(metric, -shortfall)}")  # not "within margin"
     if shortfall <= allowed:
         return result(True, f"{promoted} (within margin {stated})")
     worse = f"worse by {difference_text(metric, shortfall)} > margin {stated}"

@@ -638,6 +638,16 @@ class Scorer:
                 pass
 
 
+class HttpPortUnavailable(OSError):
+    """The HTTP address could not be bound; keeps the bind's errno so the command can name the option
+    that picks another port. Its text is the errno's alone: create_server's repeats the address."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        plain = OSError(error.errno, os.strerror(error.errno)) if error.errno else error
+        super().__init__(f"cannot serve HTTP on {host}:{port}: {plain.strerror or plain}")
+        self.host, self.port, self.error = host, port, plain
+
+
 class ScoringService:
     """A scorer process: champion watcher, Kafka loop and HTTP API for one stream.
 
@@ -712,7 +722,7 @@ class ScoringService:
         try:
             sock = bind_http_socket((host, port)) if http_processes == 1 else reserve_reuse_port((host, port))
         except OSError as exc:
-            raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+            raise HttpPortUnavailable(host, port, exc) from exc
         self.http: ScorerHTTPServer | HttpProcesses
         if http_processes == 1:  # today's layout: uvicorn in a thread beside the Kafka loop
             self.http = ScorerHTTPServer(

@@ -65,11 +65,17 @@ def test_a_candidate_within_the_margin_is_promoted_in_the_run_that_trains_it(
     for side in ("candidate_metrics", "champion_metrics"):  # every metric of both models
         assert {"rows", "accuracy", "roc_auc", "log_loss"} <= set(decision[side]), decision[side]
     assert decision["candidate_value"] == decision["candidate_metrics"]["roc_auc"]
-    # Both rank this easy stream almost perfectly: within the margin, promoted; the test is recorded
-    # (champion A vs candidate B) but only a shortfall beyond the margin consults it.
+    # Both rank this easy stream almost perfectly: ahead or within the margin, promoted; the test is
+    # recorded (champion A vs candidate B) but only a shortfall beyond the margin consults it.
     test = decision["test"]
     assert test["test"] == "DeLong" and test["rows"] == 100 and test["p_value"] is not None
-    assert decision["significance"] == 0.05 and decision["reason"].endswith("(within margin 0.01)")
+    cand, champ = decision["candidate_value"], decision["champion_value"]
+    said = (
+        f", ahead by {cand - champ:.4f}"
+        if cand > champ and f"{cand:.4f}" != f"{champ:.4f}"
+        else " (within margin 0.01)"
+    )
+    assert decision["significance"] == 0.05 and decision["reason"].endswith(f"on 100 unseen rows{said}")
     step = decision["adaptive_sgd"]  # the default learner's step in the promoted candidate, with its reason
     assert step["serving_passes"] in (8, 2) and set(step["recent_loss"]) == {"8_passes", "2_passes"}
     assert registry.champion_history(spec.name)[-1]["evidence"]["adaptive_sgd"] == step
@@ -131,7 +137,8 @@ def test_a_really_better_candidate_is_promoted_with_the_tests_p_value(
     assert decision["promote"] and decision["champion"] == "v2" and decision["test"]["p_value"] > 1 - 1e-6
     assert decision["test"]["difference"] < -0.5
     assert decision["reason"].startswith("v4 promoted: roc_auc ")
-    assert decision["reason"].endswith("on 100 unseen rows (within margin 0.01)")
+    ahead = decision["candidate_value"] - decision["champion_value"]  # far ahead: "within margin" read as behind
+    assert decision["reason"].endswith(f"on 100 unseen rows, ahead by {ahead:.4f}")
     gate = result.asset_materializations_for_node(f"{spec.name}__champion")[0]
     assert gate.metadata["promoted"].value == 1 and gate.metadata["p_value"].value > 1 - 1e-6
     assert registry.champion_history(spec.name)[-1]["reason"] == decision["reason"]

@@ -14,10 +14,10 @@ from dagster_project.registry.significance import delong
 @pytest.mark.parametrize(
     ("metric", "candidate", "champion", "rows", "promote", "says"),
     [
-        ("roc_auc", 0.95, 0.94, 500, True, "promoted"),
+        ("roc_auc", 0.95, 0.94, 500, True, "promoted: roc_auc 0.9500 vs v2 0.9400 on 500 unseen rows, ahead by 0.0100"),
         ("roc_auc", 0.935, 0.94, 500, True, "within margin"),
         ("roc_auc", 0.90, 0.94, 500, False, "worse by 0.0400"),
-        ("rmse", 1.0, 1.005, 500, True, "promoted"),
+        ("rmse", 1.0, 1.005, 500, True, "unseen rows, ahead by 0.005"),
         ("rmse", 1.2, 1.0, 500, False, "worse by 0.2 > margin 0.01 (1% of 1)"),
         ("log_loss", 0.30, 0.25, 500, False, "worse by 0.0500"),
         ("roc_auc", 0.99, 0.50, 10, False, "deferred"),
@@ -40,6 +40,18 @@ def test_a_regression_margin_is_a_fraction_of_the_champion_s_error_at_any_target
     assert not worse.promote and f"> margin {0.01 * scale:.4g} (1% of {scale:.4g})" in worse.reason
     close = gate("mae", 0.01, 50, "v3", {"mae": 1.005 * scale}, "v2", {"mae": 1.0 * scale}, 500)
     assert close.promote and "within margin" in close.reason
+
+
+def test_a_candidate_ahead_of_the_champion_says_ahead_by_not_within_margin() -> None:
+    """ "v3 promoted: roc_auc 0.9500 vs v2 0.9300 ... (within margin 0.01)" read as if v3 were behind."""
+    ahead = gate("roc_auc", 0.01, 50, "v3", {"roc_auc": 0.95}, "v2", {"roc_auc": 0.93}, 500)
+    assert ahead.reason == "v3 promoted: roc_auc 0.9500 vs v2 0.9300 on 500 unseen rows, ahead by 0.0200"
+    lower = gate("log_loss", 0.01, 50, "v3", {"log_loss": 0.20}, "v2", {"log_loss": 0.25}, 500)
+    assert lower.reason.endswith("on 500 unseen rows, ahead by 0.0500")  # lower is better: still ahead
+    level = gate("roc_auc", 0.01, 50, "v3", {"roc_auc": 0.93001}, "v2", {"roc_auc": 0.93}, 500)
+    assert level.reason.endswith("roc_auc 0.9300 vs v2 0.9300 on 500 unseen rows (within margin 0.01)")
+    behind = gate("roc_auc", 0.01, 50, "v3", {"roc_auc": 0.925}, "v2", {"roc_auc": 0.93}, 500)
+    assert behind.reason.endswith("on 500 unseen rows (within margin 0.01)")
 
 
 def test_default_metric_follows_the_task():
@@ -114,7 +126,7 @@ def test_within_the_margin_is_promoted_and_the_test_recorded():
     assert result.promote and result.p_value is not None and result.test["test"] == "DeLong"
     assert result.reason == "v7 promoted: roc_auc 0.5503 vs v6 0.5906 on 500 unseen rows (within margin 0.05)"
     better = _gate_on(y, champion, candidate)  # the candidate is the better-looking one
-    assert better.promote and better.reason.endswith("(within margin 0.02)") and better.p_value > 0.9
+    assert better.promote and better.reason.endswith(", ahead by 0.0402") and better.p_value > 0.9
 
 
 def test_the_margin_decides_when_the_test_cannot_be_computed():

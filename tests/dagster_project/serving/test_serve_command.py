@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -95,15 +94,3 @@ def test_serve_unknown_stream_is_a_clean_error(specs_dir: Path, kafka_bootstrap:
     result = CliRunner().invoke(main, ["serve", "no_such_stream", "--bootstrap", kafka_bootstrap])
     assert result.exit_code == 1
     assert "Error: unknown stream 'no_such_stream'" in result.output
-
-
-def test_serve_on_a_busy_port_is_a_clean_error(
-    spec: StreamSpec, specs_dir: Path, streamfit_home: Path, kafka_bootstrap: str
-) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        result = CliRunner().invoke(main, ["serve", spec.name, "--port", port, "--bootstrap", kafka_bootstrap])
-    assert result.exit_code == 1, result.output
-    assert f"Error: cannot serve HTTP on 127.0.0.1:{port}: Address already in use" in result.output
