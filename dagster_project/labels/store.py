@@ -145,3 +145,21 @@ def read_records(registry_root: str | Path, stream: str, since: float | None = N
     if since is not None:
         records = [r for r in records if record_at(r) >= since]
     return records
+
+
+def last_record(registry_root: str | Path, stream: str, tail_bytes: int = 1 << 16) -> dict[str, Any] | None:
+    """The newest complete live_metrics.jsonl line, read from the file's end (the exporter asks every
+    scrape; the whole file is megabytes after months), or None before the joiner's first checkpoint."""
+    path = live_metrics_path(registry_root, stream)
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            while True:
+                start = max(0, size - tail_bytes)
+                fh.seek(start)
+                lines, _ = complete_lines(fh.read(size - start))
+                if len(lines) > 1 or start == 0:  # the first line of a tail may be cut: it is not trusted
+                    return orjson.loads(lines[-1]) if lines else None
+                tail_bytes *= 4  # one line longer than the tail (thousands of versions in it)
+    except FileNotFoundError:
+        return None

@@ -42,6 +42,7 @@ class TrainingCollector(Collector):
         self._meta_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.broken: dict[str, set[Path | str]] = {}  # per stream, the files the last scrape could not read
+        self._labels_hidden: set[str] = set()  # streams whose labels topic this principal may not read
 
     def _versions(self, stream: str) -> list[Version]:
         with self._lock:  # versions never change once written, so each meta.json is parsed once
@@ -220,6 +221,12 @@ class TrainingCollector(Collector):
             "(training stops until `streamfit offsets reset`); lag is then unknown and not exported",
             labels=["stream"],
         )
+        unjoined = GaugeMetricFamily(
+            "streamfit_labels_unjoined",
+            "Delayed labels on <stream>.labels past the label joiner's last checkpoint (every one of them "
+            "before its first): they wait for `streamfit labels join <stream>`",
+            labels=["stream"],
+        )
         with ThreadPoolExecutor(max_workers=max(1, min(LAG_PROBES, len(self.specs)))) as pool:
             probed = list(pool.map(self._probe, self.specs))
         for spec, result in zip(self.specs, probed, strict=True):
@@ -228,8 +235,10 @@ class TrainingCollector(Collector):
             if result == "unreachable":
                 up.add_metric([spec.name], 0)
                 continue
-            states, gapped = result
+            states, gapped, labels_waiting = result
             up.add_metric([spec.name], 1)
+            if labels_waiting is not None:
+                unjoined.add_metric([spec.name], labels_waiting)
             gap.add_metric([spec.name], 1 if gapped else 0)
             if gapped:
                 continue
@@ -237,11 +246,12 @@ class TrainingCollector(Collector):
                 lag.add_metric([spec.name, str(state.partition)], state.lag)
                 if state.lag and state.oldest_waiting_ts_ms is not None:
                     oldest.add_metric([spec.name, str(state.partition)], state.oldest_waiting_ts_ms / 1000)
-        yield from (up, lag, oldest, gap)
+        yield from (up, lag, oldest, gap, unjoined)
 
-    def _probe(self, spec: StreamSpec) -> tuple[list, bool] | str | None:
-        """(partition states, whether training is stopped at an offset gap), "unreachable", or None
-        when the registry cannot say where the stream is (the scrape's log names the file)."""
+    def _probe(self, spec: StreamSpec) -> tuple[list, bool, int | None] | str | None:
+        """(partition states, whether training is stopped at an offset gap, labels not yet joined),
+        "unreachable", or None when the registry cannot say where the stream is (the scrape's log
+        names the file)."""
         from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed, topic_lost
         from dagster_project.kafka.offsets import find_gaps
         from dagster_project.registry.store import expected_offsets
@@ -257,9 +267,28 @@ class TrainingCollector(Collector):
                 if states
                 else topic_lost(spec, head, expected) is not None  # the topic the head learned is gone
             )
+            labels_waiting = self._labels_waiting(spec)
         except BrokerUnavailable:
             return "unreachable"
-        return states, gapped
+        return states, gapped, labels_waiting
+
+    def _labels_waiting(self, spec: StreamSpec) -> int | None:
+        """Labels past the joiner's last checkpointed positions (None while the labels topic does not
+        exist). A joiner that never started has no checkpoint, so no `streamfit_labels_checkpoint_*`
+        series for its stall alert to watch: this count is what shows labels piling up unread."""
+        from dagster_project.kafka.io import NotAuthorized, probe_partitions
+        from dagster_project.labels.store import last_record
+
+        record = last_record(self.registry.root, spec.name) or {}
+        joined = {int(p): int(o) for p, o in record.get("offsets", {}).get(spec.labels_topic, {}).items()}
+        try:
+            states = probe_partitions(self.kafka, spec.labels_topic, joined, timeout_s=2.0)
+        except NotAuthorized as exc:  # the exporter's principal may read events only: the rest still reports
+            if spec.name not in self._labels_hidden:
+                self._labels_hidden.add(spec.name)
+                log.warning("%s: streamfit_labels_unjoined is not exported: %s", spec.name, exc)
+            return None
+        return sum(max(0, s.high_water - max(s.next_offset, s.log_start)) for s in states) if states else None
 
 
 LAG_PROBES = 8  # streams probed at once per scrape: each mostly waits on the broker

@@ -240,3 +240,28 @@ def test_a_spec_file_that_does_not_load_is_exported(registry, tmp_path) -> None:
     broken = [BrokenSpec(tmp_path / "clicks.yaml", "invalid stream spec ...: rowz")]
     text = generate_latest(exporter_registry(registry, [synthetic_spec()], None, broken)).decode()
     assert f'streamfit_spec_invalid{{file="{tmp_path / "clicks.yaml"}"}} 1.0' in text
+
+
+def test_labels_waiting_for_a_label_joiner_that_never_ran_are_exported(kafka_settings, registry) -> None:
+    """The stall alert watches the joiner's checkpoints, so with `streamfit labels join` never started
+    (labels produced, predictions served) nothing fired: live accuracy was silently never measured.
+    The labels past the joiner's last checkpoint are exported, every one of them before its first."""
+    from dagster_project.kafka.io import ensure_topics
+    from dagster_project.labels.store import last_record
+    from dagster_project.observability.exporter import exporter_registry
+    from tests.dagster_project.labels.test_joiner import running_joiner, send
+    from tests.dagster_project.serving.support import wait_for
+    from tests.helpers import label, sample
+
+    spec = synthetic_spec(labels={"join_window_s": 60, "flush_interval_s": 0.3})
+    ensure_topics(kafka_settings, [spec.predictions_topic, spec.labels_topic], spec.partitions)
+    send(kafka_settings, spec.labels_topic, [label(f"e{i}", i % 2) for i in range(40)])
+    exporter = exporter_registry(registry, [spec], kafka_settings)
+    assert sample(exporter, "streamfit_labels_unjoined", stream=spec.name) == 40
+    assert sample(exporter, "streamfit_labels_checkpoint_timestamp_seconds", stream=spec.name) is None
+
+    with running_joiner(spec, kafka_settings, registry.root):
+        wait_for(lambda: (last_record(registry.root, spec.name) or {}).get("pending", {}).get("labels") == 40, 30, "")
+    send(kafka_settings, spec.labels_topic, [label(f"f{i}", i % 2) for i in range(7)])  # after its last checkpoint
+    assert sample(exporter, "streamfit_labels_unjoined", stream=spec.name) == 7
+    assert sample(exporter, "streamfit_labels_checkpoint_timestamp_seconds", stream=spec.name) is not None
