@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -17,8 +18,11 @@ from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.names import version_number
+from dagster_project.registry.contract import model_changed
 from dagster_project.registry.store import ModelRegistry, RegistryError, Version
 from dagster_project.spec import StreamSpec
+
+log = logging.getLogger(__name__)
 
 
 def learned_ranges(version: Version) -> Ranges:
@@ -217,9 +221,17 @@ def retrain(
     def replay(member_spec: StreamSpec, start) -> object:
         return replayed(spec, member_spec, start, X, y)
 
+    # A champion learned under another estimator or settings is not continued, warm or not: a warm
+    # start from it was registered under the spec's new estimator name and continued for ever.
+    changed = model_changed(registry.get(name, champion).meta, spec) if champion else None
+    lineage = {"from": None, "why": f"{changed} since {champion}: a fresh model"} if changed else None
+    if lineage and mode == "warm":
+        log.warning("%s: the warm retrain starts afresh: %s", name, lineage["why"])
+
     def fit() -> TrainedModel:
         families = len(spec.model.families) > 1  # a candidate set keeps the champion's leader
-        current = registry.load_estimator(name, champion) if champion and (mode == "warm" or families) else None
+        reusable = champion and not changed and (mode == "warm" or families)
+        current = registry.load_estimator(name, champion) if reusable else None
         start = current if mode == "warm" else None
         started = time.perf_counter()
         if not families and not spec.model.windowed:
@@ -229,7 +241,7 @@ def retrain(
             why = "drift retrain: " + "; ".join(reasons) if reasons else "drift retrain"
             model = retrained(spec, start, rows, window, why, replay, leader=getattr(current, "leader", None))
             _lead_refit(model, spec, unseen_tail(settings, registry, spec, head) if families else None)
-        return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started)
+        return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started, lineage=lineage)
 
     retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}
     try:

@@ -154,6 +154,42 @@ def test_retrain_since_a_version_learns_only_from_there_on(kafka_settings, regis
     assert retrained.learned == versions[-1].learned
 
 
+@pytest.mark.parametrize(
+    ("was", "now", "kind"),
+    [
+        ({"estimator": "sgd_classifier"}, {"estimator": "mlp_classifier"}, "MLPClassifier"),
+        (
+            {
+                "candidates": [
+                    {"estimator": "sgd_classifier", "name": "sgd"},
+                    {"estimator": "gaussian_nb", "name": "nb"},
+                ]
+            },
+            {"estimator": "sgd_classifier"},
+            "SGDClassifier",
+        ),
+    ],
+    ids=["another_estimator", "a_candidate_set_to_one"],
+)
+def test_a_warm_retrain_after_the_spec_s_model_changed_starts_afresh(kafka_settings, registry, was, now, kind) -> None:
+    """A warm retrain started from the champion whatever the spec now said: an SGD pipeline was
+    registered as the MLP the spec names, won the gate and was continued for ever (the MLP's own
+    learning thrown away); from a candidate set, every retrain failed on `'CandidateSet' object has
+    no attribute 'steps'`. Batches start afresh after such an edit; so does the retrain now."""
+    drift = {"retrain_window_rows": 10_000, "retrain_mode": "warm"}
+    before = synthetic_spec(partitions=1, drift=drift, model=was)
+    produce_synthetic(kafka_settings, before, 400)
+    _learn_batches(kafka_settings, registry, before, size=200)  # v1 (the champion), v2
+    after = synthetic_spec(before.name, partitions=1, drift=drift, model=now)
+
+    retrained = retrain(kafka_settings, registry, after, ["drift"], "run-retrain")
+
+    estimator = registry.load_estimator(after.name, retrained.name)
+    assert type(estimator[-1]).__name__ == kind, estimator
+    assert retrained.meta["lineage"]["from"] is None
+    assert "a fresh model" in retrained.meta["lineage"]["why"] and "since v1" in retrained.meta["lineage"]["why"]
+
+
 def test_retrain_does_not_dead_letter_a_bad_message_twice(kafka_settings, registry) -> None:
     spec = synthetic_spec(partitions=1)
     produce_synthetic(kafka_settings, spec, 150)
