@@ -250,6 +250,8 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         from dagster_project.learning.pipeline import export_checked
 
         artifact = export_checked(spec, model.estimator, micro_batch.X)  # a candidate set exports its leader
+        if artifact.unscorable:
+            context.log.warning(unscorable_warning(micro_batch, artifact.unscorable))
         details = {k: v for k, v in artifact.parity.items() if k != "passed"}
         yield dg.Output(artifact, metadata={**details, "onnx_bytes": len(artifact.onnx_bytes)})
         yield dg.AssetCheckResult(
@@ -325,12 +327,25 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
     return [micro_batch, model, onnx_model, model_version]
 
 
+def unscorable_warning(batch: MicroBatch, rows: tuple[int, ...], shown: int = 5) -> str:
+    """Which rows the served (float32) model cannot score, and what that means for them."""
+    where = ", ".join(f"{batch.partitions[i]}:{batch.offsets[i]}" for i in rows[:shown])
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    return (
+        f"{len(rows)} row(s) of this batch get no finite output from the served model ({where}{more}, "
+        "partition:offset): their values overflow its float32 arithmetic (far beyond what the features have "
+        "shown). They were learned (clipped); a scorer refuses such an event (422 over HTTP, the DLQ on "
+        "Kafka). Parity was checked on the other rows"
+    )
+
+
 def parity_summary(artifact) -> str:
     """The parity check's one line: its reason when it failed (the UI showed an empty description)."""
     parity = artifact.parity
     measured = f"max |onnx - sklearn| {parity['max_abs_diff']:.3g}, {parity['label_mismatches']} label mismatches"
     if artifact.passed:
-        return f"passed on {parity['rows']:,} rows: {measured}"
+        apart = f" ({parity['unscorable_rows']} row(s) overflow float32: not scorable)" if artifact.unscorable else ""
+        return f"passed on {parity['rows']:,} rows{apart}: {measured}"
     return f"FAILED on {parity['rows']:,} rows: {artifact.reason or measured}; the version is not registered"
 
 

@@ -49,6 +49,7 @@ class OnnxArtifact:
     onnx_bytes: bytes
     parity: dict[str, Any]
     reason: str | None = None
+    unscorable: tuple[int, ...] = ()  # rows (positions in X) the float32 model overflows on: a scorer refuses them
 
     @property
     def passed(self) -> bool:
@@ -83,8 +84,9 @@ def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtif
         "label_mismatches": int(parity.label_mismatches),
         "rows": int(parity.rows),
         "passed": bool(parity.passed),
+        **({"unscorable_rows": len(parity.unscorable)} if parity.unscorable else {}),
     }
-    return OnnxArtifact(onnx_bytes, details, parity.reason)
+    return OnnxArtifact(onnx_bytes, details, parity.reason, parity.unscorable)
 
 
 def learn_from_head(

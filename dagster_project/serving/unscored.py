@@ -26,10 +26,15 @@ def unscored_rows(labels: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
 def unscored_reason(spec: StreamSpec, row: np.ndarray) -> str:
     """Why one row got no prediction, naming its null inputs."""
     nulls = [name for name, value in zip(spec.input_names, row.tolist(), strict=False) if value != value]
-    what = f"null {', '.join(repr(n) for n in nulls)}" if nulls else "these values"
+    if not nulls:  # finite inputs: the float32 arithmetic overflowed (a value far beyond what was learned)
+        return (
+            "the model gives no finite prediction for these values: they overflow its float32 arithmetic "
+            "(a value far beyond what the features have shown); send values in the features' usual range, "
+            "or bound them with the spec's feature min/max so such events are refused as they arrive"
+        )
     return (
-        f"the model gives no finite prediction for {what}: its estimator does not handle missing values; "
-        "send a value, or serve a model that handles them (e.g. hist_gradient_boosting)"
+        f"the model gives no finite prediction for null {', '.join(repr(n) for n in nulls)}: its estimator "
+        "does not handle missing values; send a value, or serve a model that handles them (e.g. hist_gradient_boosting)"
     )
 
 

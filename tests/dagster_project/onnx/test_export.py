@@ -219,3 +219,27 @@ def test_knn_distances_use_onnxruntime_cdist_not_a_scan_over_rows(estimator: str
     graph = onnx.load_from_string(export_onnx(train(make_spec(estimator), batches=4), n_features=4)).graph
     ops = {node.op_type for node in graph.node}
     assert "CDist" in ops and "Scan" not in ops, sorted(ops)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_few_rows_that_overflow_float32_are_set_apart_and_many_still_fail(task: str) -> None:
+    """A value far beyond a feature's spread overflows the float32 model (NaN out) where scikit-learn,
+    in float64, stays finite: a scorer refuses such a row, so it must not fail the batch's parity.
+    An export that gives NaN on ordinary rows still fails."""
+    spec = make_spec("sgd_classifier" if task == "classification" else "sgd_regressor")
+    model = None
+    for seed in range(5):  # features whose spread is 1e-3: 1e37, scaled, is past float32's 3.4e38
+        X, y = make_batch(task, 50, seed)
+        model, _, _ = training.test_then_train(model, spec, (X - X.mean(axis=0)) * 1e-3, y)
+    onnx_bytes = export_onnx(model, 4)
+    X, _ = make_batch(task, 100, seed=9)
+    X = (X - X.mean(axis=0)) * 1e-3
+    X[7] = [1e37, -1e37, 1e37, -1e37]
+
+    result = check_parity(model, onnx_bytes, X, 1e-4, 1e-4)
+    assert np.isfinite(sklearn_scores(model, X[7:8])).all(), "the premise: float64 stays finite"
+    assert result.passed and result.unscorable == (7,) and result.rows == 99, result
+
+    X[:20] = [1e37, -1e37, 1e37, -1e37]  # 20 % of the rows: not a stray value
+    crowded = check_parity(model, onnx_bytes, X, 1e-4, 1e-4)
+    assert not crowded.passed and crowded.unscorable == () and crowded.rows == 100
