@@ -70,3 +70,28 @@ def _families_changed(meta: dict, spec: StreamSpec) -> list[tuple[str, str]]:
     if not spec.model.candidates or not isinstance(meta.get("estimator"), list):
         return []
     return [(f.label, how) for f in spec.model.families if (how := settings_changed(recorded.get(f.label), f))]
+
+
+def specless_streams(registry: ModelRegistry, specified: set[str]) -> list[str]:
+    """Notes for the registry's streams with a champion but no spec among `specified` (a deleted or
+    renamed file): nothing trains them and a scorer started for one refuses to start, while running
+    scorers keep serving. Retiring a stream is legitimate, so this is said, not failed."""
+    listed = registry.streams() if hasattr(registry, "streams") else []  # MLflow lists no streams cheaply
+    notes = []
+    for stream in listed:
+        if stream in specified:
+            continue
+        try:
+            champion = registry.champion(stream)
+        except RegistryUnavailable:
+            raise
+        except RegistryError:
+            continue  # not a stream this registry can read: nothing to say about it here
+        if champion:
+            notes.append(
+                f"stream {stream!r} has a champion ({champion}) but no spec here: nothing trains it, a scorer "
+                f"started for it refuses to start (unknown stream), running ones keep serving {champion}. "
+                "Restore its spec file if it was deleted or renamed by mistake; if the stream is retired, "
+                "stop its scorers"
+            )
+    return notes

@@ -67,7 +67,8 @@ def check(
         raise click.ClickException(str(exc)) from exc
     click.echo(f"checking {len(files)} spec file(s) (importing scikit-learn and Great Expectations) ...", err=True)
     reports = check_spec_files(files)
-    unreadable = _compare_with_registry(reports) if compare_registry else None
+    orphans: list[str] = []
+    unreadable = _compare_with_registry(reports, orphans if not paths else None) if compare_registry else None
     for report in reports:
         if report.ok:
             click.echo(f"ok    {report.path}: {report.summary()}")
@@ -75,6 +76,8 @@ def check(
             click.echo(f"note  {report.path}: {note}")
         for problem in report.problems:
             click.echo(f"FAIL  {report.path}: {problem}")
+    for note in orphans:
+        click.echo(f"note  registry: {note}")
     if unreadable:
         click.echo(f"FAIL  registry: {unreadable}")
     failed = sum(not r.ok for r in reports) + bool(unreadable)
@@ -86,10 +89,11 @@ def check(
         raise SystemExit(1)
 
 
-def _compare_with_registry(reports) -> str | None:
+def _compare_with_registry(reports, orphans: list[str] | None = None) -> str | None:
     """Each loaded spec against its stream's versions; why the registry could not be read, else None
-    (a comparison not made is said, never passed)."""
-    from dagster_project.check.registry import compare_with_registry
+    (a comparison not made is said, never passed). With `orphans` (the whole specs directory was
+    checked), also the registry's served streams that no spec names."""
+    from dagster_project.check.registry import compare_with_registry, specless_streams
     from dagster_project.cli.common import registry
     from dagster_project.registry.store import RegistryError
 
@@ -100,6 +104,9 @@ def _compare_with_registry(reports) -> str | None:
             found = compare_with_registry(report.spec, store)
             report.problems.extend(found.problems)
             report.notes.extend(found.notes)
+        if orphans is not None:
+            stems = {r.path.stem for r in reports if r.spec is None}  # a broken file's FAIL says enough
+            orphans.extend(specless_streams(store, {r.spec.name for r in loaded} | stems))
     except RegistryError as exc:
         fix = "Fix its settings, or check without it: --no-registry"
         return f"the specs were not compared with the registry: {exc}. {fix}"

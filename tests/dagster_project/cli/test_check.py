@@ -107,3 +107,23 @@ def test_check_says_when_the_registry_could_not_be_read(cli, tmp_path: Path, mon
     )
     assert "check without it: --no-registry" in result.stdout
     assert "ok    " in result.stdout  # the spec's own checks are still reported
+
+
+def test_check_of_the_specs_directory_names_a_served_stream_whose_spec_is_gone(
+    cli, specs_dir: Path, registry: FilesystemRegistry, spec
+) -> None:
+    """A probe deleted a served stream's spec: `check` printed `ok` for the other files and nothing
+    else, while nothing trained the stream and a restarted scorer refused to start."""
+    features = "".join(f"  - {{name: x{i}}}\n" for i in range(5))
+    spec_file = specs_dir / "orders.yaml"
+    spec_file.write_text(f"name: orders\ntask: classification\nfeatures:\n{features}label: {{classes: [0, 1]}}\n")
+    train_version(registry, load_spec(spec_file))
+    assert "no spec here" not in cli("check").stdout
+
+    spec_file.unlink()
+    result = cli("check")
+
+    assert result.exit_code == 0, "retiring a stream is legitimate: said, not failed"
+    assert "note  registry: stream 'orders' has a champion (v1) but no spec here: nothing trains it" in result.stdout
+    named = cli("check", specs_dir / f"{spec.name}.yaml")  # files named: what else is deployed is not known
+    assert named.exit_code == 0 and "no spec here" not in named.stdout
