@@ -902,12 +902,18 @@ def specs_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "streams"
 
 
+def spec_paths(directory: Path) -> list[Path]:
+    """The spec files in a directory (`*.yaml`, `*.yml`), in name order, dotfiles left out: an editor's
+    lock or backup (Emacs's dangling `.#synthetic.yaml`) counted as a broken spec and raised an alert."""
+    return sorted(path for path in directory.glob("*.y*ml") if not path.name.startswith("."))
+
+
 def load_specs(directory: str | Path | None = None) -> list[StreamSpec]:
     """All specs in a directory, sorted by name; stream names must be unique."""
     directory = Path(directory) if directory else specs_dir()
     if not directory.is_dir():
         raise FileNotFoundError(f"no stream spec directory at {directory}: set STREAMFIT_STREAMS to one")
-    specs = [load_spec(p) for p in sorted(directory.glob("*.y*ml"))]
+    specs = [load_spec(p) for p in spec_paths(directory)]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate stream names in {directory}: {names}")
@@ -933,7 +939,7 @@ def load_specs_isolated(directory: str | Path | None = None) -> tuple[list[Strea
         raise FileNotFoundError(f"no stream spec directory at {directory}: set STREAMFIT_STREAMS to one")
     loaded: list[tuple[Path, StreamSpec]] = []
     broken: list[BrokenSpec] = []
-    for path in sorted(directory.glob("*.y*ml")):
+    for path in spec_paths(directory):
         try:
             loaded.append((path, load_spec(path)))
         except ValueError as exc:

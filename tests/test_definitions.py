@@ -84,13 +84,39 @@ def test_a_spec_file_that_does_not_load_leaves_the_other_streams_running(tmp_pat
     with _code_location(STREAMFIT_STREAMS=str(tmp_path)) as loaded:
         repo = loaded.get_repository_def()
         sensors = {s.name for s in repo.sensor_defs}
-        assert {f"{s}_kafka_sensor" for s in STREAMS} <= sensors and "invalid_spec_clicks" in sensors
-        sensor = loaded.resolve_sensor_def("invalid_spec_clicks")
+        assert {f"{s}_kafka_sensor" for s in STREAMS} <= sensors and "invalid_spec_clicks_yaml" in sensors
+        sensor = loaded.resolve_sensor_def("invalid_spec_clicks_yaml")
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
         with dg.instance_for_test() as instance:
             skipped = sensor(dg.build_sensor_context(instance=instance))
         assert skipped.skip_message.startswith(f"INVALID SPEC {tmp_path / 'clicks.yaml'}: invalid stream spec")
         assert "rowz" in skipped.skip_message and "streamfit check" in skipped.skip_message
+
+
+def test_broken_spec_files_with_one_stem_are_each_reported_and_the_other_streams_load(tmp_path: Path) -> None:
+    """synthetic.yaml copied to synthetic.yml (both refused: one stream, two files), and team-a.yaml
+    beside team_a.yaml: each got the sensor `invalid_spec_<stem>`, and the duplicate name failed the
+    whole location, so no stream trained."""
+    import shutil
+
+    for path in STREAMS_DIR.glob("*.yaml"):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copy(STREAMS_DIR / "synthetic.yaml", tmp_path / "synthetic.yml")
+    for file_name in ("team-a.yaml", "team_a.yaml"):
+        (tmp_path / file_name).write_text("name: team_a\ntask: classification\nbatch: {rowz: 100}\n")
+    with _code_location(STREAMFIT_STREAMS=str(tmp_path)) as loaded:
+        dg.Definitions.validate_loadable(loaded)
+        repo = loaded.get_repository_def()
+        others = [s for s in STREAMS if s != "synthetic"]
+        assert {f"{s}_kafka_sensor" for s in others} <= {s.name for s in repo.sensor_defs}
+        assert {names.training_job(s) for s in others} <= {j.name for j in repo.get_all_jobs()}
+        assert "synthetic_kafka_sensor" not in {s.name for s in repo.sensor_defs}
+        invalid = [s for s in repo.sensor_defs if s.name.startswith("invalid_spec_")]
+        assert {s.name for s in invalid} >= {"invalid_spec_synthetic_yaml", "invalid_spec_synthetic_yml"}
+        with dg.instance_for_test() as instance:
+            messages = [s(dg.build_sensor_context(instance=instance)).skip_message for s in invalid]
+    reported = {message.split(":")[0].removeprefix("INVALID SPEC ") for message in messages}
+    assert reported == {str(tmp_path / f) for f in ("synthetic.yaml", "synthetic.yml", "team-a.yaml", "team_a.yaml")}
 
 
 def test_the_repo_ships_stream_specs() -> None:

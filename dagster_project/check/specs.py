@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster_project.spec import StreamSpec, load_spec
+from dagster_project.spec import StreamSpec, load_spec, spec_paths
 
 
 @dataclass
@@ -43,11 +43,11 @@ class SpecReport:
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
-    """The spec files named, or found in named directories (`*.yaml`, `*.yml`), in name order."""
+    """The spec files named, or found in named directories (`*.yaml`, `*.yml`, not dotfiles), in name order."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(path.glob("*.y*ml"))
+            found = spec_paths(path)
             if not found:
                 raise FileNotFoundError(f"no spec files (*.yaml) in {path}")
             files.extend(found)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from dagster_project.ingest.categories import encoding_signature
 from dagster_project.learning.estimator_table import DEFAULTS_CHANGED_ON, former_default_of
-from dagster_project.spec import StreamSpec
+from dagster_project.spec import StreamSpec, label_key
 
 FIX = (
     "Restore the spec as {version} learned it; a spec whose columns or classes mean something else "
@@ -113,8 +115,12 @@ def contract_changes(meta: dict[str, Any], spec: StreamSpec) -> list[str]:
     changes = []
     if "inputs" in recorded and recorded["inputs"] != now["inputs"]:
         changes.append(_list_change("input columns", recorded["inputs"], now["inputs"]))
-    if "classes" in recorded and now["task"] == "classification" and recorded["classes"] != now["classes"]:
-        changes.append(_list_change("classes", recorded["classes"], now["classes"]))
+    if (
+        "classes" in recorded
+        and now["task"] == "classification"
+        and _classes_changed(recorded["classes"], now["classes"])
+    ):
+        changes.append(_list_change("classes", recorded["classes"], now["classes"], key=label_key))
     if "encoding" in recorded and recorded["encoding"] != now["encoding"]:
         changes.append("category encoding changed (a category added, removed or reordered, buckets, or `unseen`)")
     if "derived" in recorded and recorded["derived"] != now["derived"]:
@@ -136,12 +142,20 @@ class SpecChanged(RuntimeError):
     """The spec no longer means what the version learned: no run may continue from it."""
 
 
-def _list_change(what: str, before: list | None, after: list | None) -> str:
+def _classes_changed(before: list | None, after: list | None) -> bool:
+    """Whether the classes accept other labels, compared as labels are matched (`label_key`): with
+    Python's ==, [0, 1] -> [false, true] was no change, then every label 1 was refused as not True."""
+    return [label_key(c) for c in before or []] != [label_key(c) for c in after or []]
+
+
+def _list_change(what: str, before: list | None, after: list | None, key: Callable[[Any], Any] = str) -> str:
+    """How a list changed, its members compared by `key` (classes: `label_key`, so True is not 1)."""
     before, after = list(before or []), list(after or [])
-    if sorted(map(str, before)) == sorted(map(str, after)):
+    before_keys, after_keys = [key(x) for x in before], [key(x) for x in after]
+    if Counter(before_keys) == Counter(after_keys):
         return f"{what} reordered {before} -> {after}"
-    added = [x for x in after if x not in before]
-    removed = [x for x in before if x not in after]
+    added = [x for x in after if key(x) not in before_keys]
+    removed = [x for x in before if key(x) not in after_keys]
     parts = [f"{added} added"] * bool(added) + [f"{removed} removed"] * bool(removed)
     if not parts:  # same members, a different count of one
         parts = ["repeated differently"]

@@ -291,6 +291,19 @@ def test_a_spec_file_that_does_not_load_stops_only_its_own_stream(tmp_path: Path
         get_spec("typo", tmp_path)
 
 
+def test_an_editor_s_lock_file_beside_the_specs_is_not_a_spec(tmp_path: Path) -> None:
+    """Emacs keeps `.#<file>` (a dangling symlink) while a spec is edited: it matched `*.y*ml`, so the
+    code location added an invalid-spec sensor and the exporter fired StreamfitSpecInvalid."""
+    _write(tmp_path, "orders.yaml", _raw())
+    (tmp_path / ".#orders.yaml").symlink_to("op@host.4242:1765000000")
+    _write(tmp_path, ".orders.yaml", _raw())  # a hidden copy would clash with orders.yaml by name
+
+    specs, broken = load_specs_isolated(tmp_path)
+
+    assert [s.name for s in specs] == ["orders"] and broken == []
+    assert [s.name for s in load_specs(tmp_path)] == ["orders"]
+
+
 def test_a_missing_spec_directory_says_what_to_set(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="set STREAMFIT_STREAMS"):
         load_specs(tmp_path / "nowhere")

@@ -69,6 +69,19 @@ def test_check_with_a_sample_needs_one_stream(cli, tmp_path: Path) -> None:
     assert "FAIL  every message was refused, e.g. message 0:" in result.stdout
 
 
+def test_check_passes_a_directory_with_an_editor_s_lock_file(cli, tmp_path: Path) -> None:
+    """Emacs's `.#good.yaml` lock (a dangling symlink) was checked as a spec and FAILed the directory."""
+    (tmp_path / "good.yaml").write_text(
+        "name: good\ntask: classification\nfeatures: [{name: x}]\nlabel: {classes: [0, 1]}\n"
+    )
+    (tmp_path / ".#good.yaml").symlink_to("op@host.4242:1765000000")
+
+    result = cli("check", tmp_path, "--no-registry")
+
+    assert result.exit_code == 0, result.output
+    assert f"ok    {tmp_path / 'good.yaml'}" in result.stdout and ".#good.yaml" not in result.output
+
+
 def test_check_of_a_missing_path_is_one_line(cli, tmp_path: Path) -> None:
     result = cli("check", tmp_path / "nope.yaml")
     assert result.exit_code == 1 and f"Error: no spec file or directory at {tmp_path / 'nope.yaml'}" in result.output

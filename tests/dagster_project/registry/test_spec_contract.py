@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -12,7 +14,13 @@ from dagster_project.learning.estimator_table import (
     DEFAULTS_CHANGED_ON,
     FORMER_DEFAULT_ESTIMATORS,
 )
-from dagster_project.registry.contract import contract_changes, contract_of, families_of, model_changed
+from dagster_project.registry.contract import (
+    contract_changes,
+    contract_of,
+    families_of,
+    model_changed,
+    spec_changed,
+)
 from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
 
@@ -50,6 +58,24 @@ def test_what_does_not_change_a_column_s_meaning_is_no_change() -> None:
     learned = {"contract": contract_of(spec_with())}
     assert contract_changes(learned, spec_with(batch={"rows": 50, "max_rows": 100}, promotion={"tail_rows": 10})) == []
     assert contract_changes(learned, spec_with(model={"estimator": "mlp_classifier"})) == []  # model_changed's
+
+
+def test_classes_are_compared_as_labels_are_matched() -> None:
+    """[0, 1] -> [false, true] passed as no change (False == 0 in Python), then every label 1 was
+    refused as not a class; [0.0, 1.0] accepts the same labels as [0, 1] and stays compatible."""
+    learned = {"contract": json.loads(json.dumps(contract_of(spec_with())))}  # as meta.json reads back
+    head = SimpleNamespace(name="v3", meta=learned)
+    changed = spec_changed(spec_with(label={"classes": [False, True]}), head)
+    assert changed is not None and changed.startswith(
+        "SPEC CHANGED in s since v3: classes [0, 1] -> [False, True] ([False, True] added, [0, 1] removed)."
+    )
+    assert spec_changed(spec_with(label={"classes": [0.0, 1.0]}), head) is None
+    assert contract_changes(learned, spec_with(label={"classes": [1.0, 0.0]})) == [
+        "classes reordered [0, 1] -> [1.0, 0.0]"
+    ]
+    assert contract_changes(learned, spec_with(label={"classes": ["0", "1"]})) == [
+        "classes [0, 1] -> ['0', '1'] (['0', '1'] added, [0, 1] removed)"
+    ]
 
 
 def test_versions_from_before_the_contract_compare_what_they_recorded() -> None:
