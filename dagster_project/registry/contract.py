@@ -122,10 +122,46 @@ def contract_changes(meta: dict[str, Any], spec: StreamSpec) -> list[str]:
     ):
         changes.append(_list_change("classes", recorded["classes"], now["classes"], key=label_key))
     if "encoding" in recorded and recorded["encoding"] != now["encoding"]:
-        changes.append("category encoding changed (a category added, removed or reordered, buckets, or `unseen`)")
+        changes.append(_encoding_change(meta, spec))
     if "derived" in recorded and recorded["derived"] != now["derived"]:
-        changes.append(f"derived features {_short(recorded['derived'])} -> {_short(now['derived'])}")
+        changes.append(_by_name("derived feature", recorded["derived"], now["derived"]))
     return changes
+
+
+GENERIC_ENCODING_CHANGE = "category encoding changed (a category added, removed or reordered, buckets, or `unseen`)"
+
+
+def _encoding_change(meta: dict[str, Any], spec: StreamSpec) -> str:
+    """Which category feature's encoding changed and how, from the encoding a version keeps whole
+    (`meta.categories.encoding`; a version without category features had none). The contract holds
+    only its digest, so a number made a category read as a vocabulary change."""
+    signature = encoding_signature(spec)
+    now = json.loads(signature) if signature else []
+    if "categories" in meta:
+        before = (meta.get("categories") or {}).get("encoding") or []
+    elif recorded_contract(meta).get("encoding") is None:
+        before = []
+    else:  # recorded before the encoding was kept whole: only the digest says it changed
+        return GENERIC_ENCODING_CHANGE
+    return _by_name("category feature", before, now)
+
+
+def _by_name(kind: str, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """How lists of named settings differ, per name: added, removed, and each changed setting."""
+    was, now = {d["name"]: d for d in before}, {d["name"]: d for d in after}
+    parts = [f"{name} became a {kind}" for name in now if name not in was]
+    parts += [f"{name} is no longer a {kind}" for name in was if name not in now]
+    for name in (n for n in now if n in was and was[n] != now[n]):
+        old, new = was[name], now[name]
+        settings = [
+            f"{key} {_short(old.get(key), 80)} -> {_short(new.get(key), 80)}"
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
+        parts.append(f"{kind} {name}: {', '.join(settings)}")
+    if not parts and list(was) != list(now):
+        parts.append(f"{kind}s reordered {list(was)} -> {list(now)}")
+    return "; ".join(parts) or f"{kind}s changed"
 
 
 def spec_changed(spec: StreamSpec, version: Any) -> str | None:

@@ -119,7 +119,27 @@ def test_a_rolling_mean_made_a_max_of_the_same_field_is_named() -> None:
     learned = {"contract": contract_of(StreamSpec.model_validate(raw))}
     raw["derived"][0]["agg"] = "max"
     (change,) = contract_changes(learned, StreamSpec.model_validate(raw))
-    assert change.startswith("derived features ") and '"agg":"mean"' in change and '"agg":"max"' in change
+    assert change == f'derived feature {raw["derived"][0]["name"]}: agg "mean" -> "max"', change
+
+
+def test_a_category_change_names_the_feature_and_how() -> None:
+    """It said only "category encoding changed (a category added, removed or reordered, buckets, or
+    `unseen`)", also for a number made a category; a version keeps its encoding whole to compare."""
+    from dagster_project.ingest.categories import encoding_signature
+
+    def learned(spec: StreamSpec) -> dict:
+        return {"contract": contract_of(spec), "categories": {"encoding": json.loads(encoding_signature(spec))}}
+
+    numbers = spec_with()
+    made_category = spec_with(features=[*FIVE[:4], {"name": "x4", "type": "category", "buckets": 8}, COLOR])
+    assert contract_changes(learned(numbers), made_category) == ["x4 became a category feature"]
+    more = spec_with(features=[*FIVE, {**COLOR, "categories": ["a", "b", "c", "d"]}])
+    assert contract_changes(learned(numbers), more) == [
+        'category feature color: categories ["a","b","c"] -> ["a","b","c","d"]'
+    ]
+    only_numbers = synthetic_spec("s", features=FIVE, label={"classes": [0, 1]})  # no encoding recorded at all
+    first_category = synthetic_spec("s", features=made_category.model_dump()["features"][:5], label={"classes": [0, 1]})
+    assert contract_changes({"contract": contract_of(only_numbers)}, first_category) == ["x4 became a category feature"]
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
