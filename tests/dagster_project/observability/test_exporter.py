@@ -265,3 +265,30 @@ def test_labels_waiting_for_a_label_joiner_that_never_ran_are_exported(kafka_set
     send(kafka_settings, spec.labels_topic, [label(f"f{i}", i % 2) for i in range(7)])  # after its last checkpoint
     assert sample(exporter, "streamfit_labels_unjoined", stream=spec.name) == 7
     assert sample(exporter, "streamfit_labels_checkpoint_timestamp_seconds", stream=spec.name) is not None
+
+
+def test_a_labels_topic_that_cannot_be_read_leaves_the_stream_s_lag_and_gap_alone(
+    kafka_settings, registry, monkeypatch
+) -> None:
+    """A leaderless or slow labels topic made the whole stream `streamfit_kafka_up 0` with no lag or
+    gap exported (so the halt, stall and gap alerts could not fire for it); only the count goes."""
+    from dagster_project.kafka import io as kafka_io
+    from dagster_project.observability.exporter import exporter_registry
+    from tests.helpers import sample
+
+    spec = synthetic_spec()
+    produce_synthetic(kafka_settings, spec, 50)
+    probe = kafka_io.probe_partitions
+
+    def labels_leaderless(settings, topic, offsets, timeout_s=5.0):
+        if topic == spec.labels_topic:
+            raise kafka_io.PartitionsLeaderless(topic, {0: "has no leader"})
+        return probe(settings, topic, offsets, timeout_s)
+
+    monkeypatch.setattr(kafka_io, "probe_partitions", labels_leaderless)
+    exporter = exporter_registry(registry, [spec], kafka_settings)
+    assert sample(exporter, "streamfit_kafka_up", stream=spec.name) == 1
+    assert sample(exporter, "streamfit_offset_gap", stream=spec.name) == 0
+    lag = [sample(exporter, "streamfit_lag_rows", stream=spec.name, partition=str(p)) for p in range(spec.partitions)]
+    assert sum(lag) == 50
+    assert sample(exporter, "streamfit_labels_unjoined", stream=spec.name) is None
