@@ -247,7 +247,7 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         description="The model exported with skl2onnx, checked against scikit-learn before it may be served.",
     )
     def onnx_model(context: dg.AssetExecutionContext, micro_batch: MicroBatch, model: TrainedModel):
-        from dagster_project.learning.pipeline import export_checked
+        from dagster_project.learning.pipeline import export_checked, unscorable_warning
 
         artifact = export_checked(spec, model.estimator, micro_batch.X)  # a candidate set exports its leader
         if artifact.unscorable:
@@ -325,18 +325,6 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         )
 
     return [micro_batch, model, onnx_model, model_version]
-
-
-def unscorable_warning(batch: MicroBatch, rows: tuple[int, ...], shown: int = 5) -> str:
-    """Which rows the served (float32) model cannot score, and what that means for them."""
-    where = ", ".join(f"{batch.partitions[i]}:{batch.offsets[i]}" for i in rows[:shown])
-    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
-    return (
-        f"{len(rows)} row(s) of this batch get no finite output from the served model ({where}{more}, "
-        "partition:offset): their values overflow its float32 arithmetic (far beyond what the features have "
-        "shown). They were learned (clipped); a scorer refuses such an event (422 over HTTP, the DLQ on "
-        "Kafka). Parity was checked on the other rows"
-    )
 
 
 def parity_summary(artifact) -> str:

@@ -246,15 +246,31 @@ def compare_outputs(
 # a non-finite output; that one row failed the batch's parity at every retry and halted the stream.
 # An export that is wrong gives wrong numbers on ordinary rows, so more than a few such rows fail.
 OVERFLOW_SHARE = 0.05
+# A row is set apart only when it holds a value this large, as sent or after the pipeline's
+# transforms (in float64): times a weight of 1e8 it passes float32's 3.4e38. A NaN on a row of
+# ordinary values is an export defect and fails parity like any other difference.
+OVERFLOW_MAGNITUDE = 1e30
 
 
-def float32_overflows(X: np.ndarray, sk: np.ndarray, onnx_out: np.ndarray) -> np.ndarray:
-    """Positions of the rows of finite inputs whose ONNX output is not finite where scikit-learn's is."""
+def float32_overflows(model: Any, X: np.ndarray, sk: np.ndarray, onnx_out: np.ndarray) -> np.ndarray:
+    """Positions of the rows of finite inputs whose ONNX output is not finite where scikit-learn's
+    is, and which hold a value of `OVERFLOW_MAGNITUDE` or more (as sent or transformed)."""
     rows = len(X)
     finite_in = np.isfinite(X).all(axis=1)
     onnx_bad = ~np.isfinite(np.asarray(onnx_out, dtype=np.float64).reshape(rows, -1)).all(axis=1)
     sk_ok = np.isfinite(np.asarray(sk, dtype=np.float64).reshape(rows, -1)).all(axis=1)
-    return np.flatnonzero(finite_in & onnx_bad & sk_ok)
+    suspects = np.flatnonzero(finite_in & onnx_bad & sk_ok)
+    return np.array([i for i in suspects if _largest(model, X[i : i + 1]) >= OVERFLOW_MAGNITUDE], dtype=int)
+
+
+def _largest(model: Any, row: np.ndarray) -> float:
+    """The largest magnitude in `row` as sent and after each of the pipeline's transforms."""
+    largest, values = float(np.max(np.abs(row))), row
+    for _, step in getattr(model, "steps", [])[:-1]:
+        with np.errstate(all="ignore"):
+            values = np.asarray(step.transform(values), dtype=np.float64)
+        largest = max(largest, float(np.nanmax(np.abs(values), initial=0.0)))
+    return largest
 
 
 def _without(rows: np.ndarray, *arrays: np.ndarray | None) -> list[np.ndarray | None]:
@@ -277,7 +293,7 @@ def check_parity(model: Pipeline, onnx_bytes: bytes, X: np.ndarray, atol: float,
     float32 rounding may legitimately flip the label; any other mismatch fails parity. An empty ``X``
     fails: nothing was verified.
 
-    Rows whose values overflow float32 arithmetic (`float32_overflows`: a scorer refuses them) are
+    Rows whose extreme values overflow float32 arithmetic (`float32_overflows`: a scorer refuses them) are
     left out of the comparison and returned in ``unscorable`` while they are at most
     `OVERFLOW_SHARE` of the rows (and at least one may be); more fail parity as any other difference.
     """
@@ -293,13 +309,14 @@ def check_parity(model: Pipeline, onnx_bytes: bytes, X: np.ndarray, atol: float,
             return ParityResult(False, float("nan"), 0, len(X), atol, rtol, reason)
         # sklearn's labels from the scores above: predict() would score every row a second time
         labels = predicted_classes(model, X, sk)
-        return _compared(X, sk, prediction.scores, labels, prediction.labels, atol, rtol)
+        return _compared(model, X, sk, prediction.scores, labels, prediction.labels, atol, rtol)
     if prediction.values is None:
         return ParityResult(False, float("nan"), 0, len(X), atol, rtol, "ONNX model is a classifier")
-    return _compared(X, sk, prediction.values, None, None, atol, rtol)
+    return _compared(model, X, sk, prediction.values, None, None, atol, rtol)
 
 
 def _compared(
+    model: Any,
     X: np.ndarray,
     sk: np.ndarray,
     onnx_out: np.ndarray,
@@ -309,7 +326,7 @@ def _compared(
     rtol: float,
 ) -> ParityResult:
     """`compare_outputs` on the rows the float32 model can score, when the others are few."""
-    overflows = float32_overflows(X, sk, onnx_out) if np.size(onnx_out) == np.size(sk) else np.array([], int)
+    overflows = float32_overflows(model, X, sk, onnx_out) if np.size(onnx_out) == np.size(sk) else np.array([], int)
     if not len(overflows) or len(overflows) > max(1.0, OVERFLOW_SHARE * len(X)) or len(overflows) == len(X):
         return compare_outputs(sk, onnx_out, sk_labels, onnx_labels, atol, rtol)
     sk, onnx_out, sk_labels, onnx_labels = _without(overflows, sk, onnx_out, sk_labels, onnx_labels)
