@@ -221,17 +221,18 @@ def retrain(
     def replay(member_spec: StreamSpec, start) -> object:
         return replayed(spec, member_spec, start, X, y)
 
-    # A champion learned under another estimator or settings is not continued, warm or not: a warm
-    # start from it was registered under the spec's new estimator name and continued for ever.
-    changed = model_changed(registry.get(name, champion).meta, spec) if champion else None
+    # A champion learned under another estimator or settings is not continued: a warm start from it
+    # was registered under the spec's new estimator name and continued for ever. Read only when the
+    # champion would be reused: a fresh retrain is a way out of a champion that cannot be read.
+    families = len(spec.model.families) > 1  # a candidate set keeps the champion's leader
+    reused = bool(champion) and (mode == "warm" or families)
+    changed = model_changed(registry.get(name, champion).meta, spec) if reused else None
     lineage = {"from": None, "why": f"{changed} since {champion}: a fresh model"} if changed else None
     if lineage and mode == "warm":
         log.warning("%s: the warm retrain starts afresh: %s", name, lineage["why"])
 
     def fit() -> TrainedModel:
-        families = len(spec.model.families) > 1  # a candidate set keeps the champion's leader
-        reusable = champion and not changed and (mode == "warm" or families)
-        current = registry.load_estimator(name, champion) if reusable else None
+        current = registry.load_estimator(name, champion) if reused and not changed else None
         start = current if mode == "warm" else None
         started = time.perf_counter()
         if not families and not spec.model.windowed:

@@ -190,6 +190,17 @@ def test_a_warm_retrain_after_the_spec_s_model_changed_starts_afresh(kafka_setti
     assert "a fresh model" in retrained.meta["lineage"]["why"] and "since v1" in retrained.meta["lineage"]["why"]
 
 
+def test_a_fresh_retrain_does_not_read_the_champion_it_does_not_reuse(kafka_settings, registry) -> None:
+    """A fresh retrain is a way out of a champion whose meta.json cannot be read; reading it to
+    compare its estimator with the spec's failed every such retrain."""
+    spec = synthetic_spec(partitions=1, drift={"retrain_window_rows": 10_000, "retrain_mode": "fresh"})
+    produce_synthetic(kafka_settings, spec, 400)
+    _learn_batches(kafka_settings, registry, spec, size=200)  # v1 (the champion), v2
+    (registry.root / spec.name / "v1" / "meta.json").write_text("{broken")
+
+    assert retrain(kafka_settings, registry, spec, ["drift"], "run-retrain").name == "v3"
+
+
 def test_retrain_does_not_dead_letter_a_bad_message_twice(kafka_settings, registry) -> None:
     spec = synthetic_spec(partitions=1)
     produce_synthetic(kafka_settings, spec, 150)
