@@ -180,11 +180,10 @@ def decide_promotion(
         result = judge(spec, metric, candidate, estimator, current, champion_estimator, X, y)
     if result.promote:
         result = _hand_decision_holds(reg, spec, metric, candidate, result)
-    if fresh_by_default and not result.promote and result.rows < spec.promotion.min_rows:
+    if fresh_by_default and not result.promote and (untestable := _untestable(spec, metric, result)):
         reason = (
-            f"{candidate} promoted untested: only {result.rows} unseen rows (< promotion.min_rows "
-            f"{spec.promotion.min_rows}) to judge it, and it learned strictly more than {current}; the champion "
-            "check and the drift monitor can still roll it back"
+            f"{candidate} promoted untested: {untestable}, and it learned strictly more than {current}; the "
+            "champion check and the drift monitor can still roll it back"
         )
         result = dataclasses.replace(result, promote=True, reason=reason)
     evidence = result.evidence() | _families(estimator) | _adaptive_step(estimator)
@@ -192,6 +191,17 @@ def decide_promotion(
         reg.set_champion(spec.name, candidate, reason=result.reason, evidence=evidence)
     reg.record_decision(spec.name, {"kind": "promotion_gate", **evidence})
     return result
+
+
+def _untestable(spec: StreamSpec, metric: str, result) -> str | None:
+    """Why the gate could not judge the candidate on its tail, or None when it judged it. A rare
+    positive class (1 in 1,000) leaves most tails with one class, where ROC AUC is undefined: every
+    such gate deferred and the first version served for ever, as too sparse a tail once did."""
+    if result.rows < spec.promotion.min_rows:
+        return f"only {result.rows} unseen rows (< promotion.min_rows {spec.promotion.min_rows}) to judge it"
+    if result.candidate_value is None or result.champion_value is None:
+        return f"{metric} is not computable on its {result.rows} unseen rows (e.g. a single class)"
+    return None
 
 
 def _hand_decision_holds(reg, spec: StreamSpec, metric: str, candidate: str, result):

@@ -405,6 +405,30 @@ def test_a_windowed_family_waits_for_a_class_the_first_batch_lacked_while_an_inc
     assert fitted["fitted_on"] is not None and fitted["refits"] >= 1, fitted
 
 
+def test_a_version_whose_tail_holds_one_class_is_promoted_untested(
+    kafka_settings, spec, registry, stream_defs, instance
+):
+    """A rare positive class leaves the tail with negatives only, where ROC AUC is undefined: every
+    gate deferred ("not computable on this batch") and v1 served for ever while later versions learned."""
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    rows = synthetic_rows(900)
+    for start in (0, 300, 600):  # each batch's positives come first: its tail (the newest rows) holds none
+        chunk = rows[start : start + 300]
+        produce(
+            kafka_settings,
+            spec,
+            ((eid.encode(), make_event(eid, features, int(i < 20), 0.0)) for i, (eid, features, _) in enumerate(chunk)),
+        )
+        assert run_batch(stream_defs, spec, _next(kafka_settings, registry, spec, 1000), instance).success
+
+    gates = [d for d in registry.decisions(spec.name) if d["kind"] == "promotion_gate"]
+    assert [g["candidate"] for g in gates] == ["v2", "v3"] and all(g["promote"] for g in gates), gates
+    assert all("promoted untested: roc_auc is not computable on its" in g["reason"] for g in gates), gates
+    assert registry.champion(spec.name) == "v3"
+
+
 @pytest.mark.parametrize("spec", [synthetic_spec(promotion=TAIL)], ids=["tails"])
 def test_a_version_whose_tail_is_too_sparse_to_judge_is_promoted_untested(
     kafka_settings, spec, registry, stream_defs, instance
