@@ -76,9 +76,8 @@ def specless_streams(registry: ModelRegistry, specified: set[str]) -> list[str]:
     """Notes for the registry's streams with a champion but no spec among `specified` (a deleted or
     renamed file): nothing trains them and a scorer started for one refuses to start, while running
     scorers keep serving. Retiring a stream is legitimate, so this is said, not failed."""
-    listed = registry.streams() if hasattr(registry, "streams") else []  # MLflow lists no streams cheaply
     notes = []
-    for stream in listed:
+    for stream in registry.streams():
         if stream in specified:
             continue
         try:

@@ -63,9 +63,9 @@ class Pruned:
 
 def halted_runs(registry, streams: Iterable[str]) -> set[str]:
     """Runs a halted stream names: the fix is re-executing them, so they stay. The streams are the
-    specs' and, on the filesystem registry, every stream it holds (a halted stream whose spec file
-    no longer loads keeps its run too)."""
-    held = registry.streams() if hasattr(registry, "streams") else []
+    specs' and every stream the registry holds (a halted stream whose spec file no longer loads
+    keeps its run too)."""
+    held = registry.streams()
     found = set()
     for stream in {*streams, *held}:
         halt = registry.halt(stream)

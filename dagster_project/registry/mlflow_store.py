@@ -392,6 +392,20 @@ class MlflowRegistry(ModelRegistry):
             )
         return valid
 
+    @_translating("listing streams")
+    def streams(self) -> list[str]:
+        """Every stream registered on the server: the registered models Streamfit created (tagged
+        with their stream), not a shared server's other models."""
+        names: list[str] = []
+        token = None
+        while True:
+            page = self.client.search_registered_models(page_token=token)
+            names.extend(m.name for m in page if (m.tags or {}).get(STREAM_TAG) == m.name)
+            token = page.token
+            if not token:
+                break
+        return sorted(names)
+
     @_translating("listing versions")
     def scan(self, stream: str) -> tuple[list[Version], list[BrokenVersion]]:
         return self._chain(stream, self._entries(stream))

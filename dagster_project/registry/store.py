@@ -274,6 +274,11 @@ class ModelRegistry(abc.ABC):
     @abc.abstractmethod
     def load_onnx(self, stream: str, version: str) -> bytes: ...
 
+    @abc.abstractmethod
+    def streams(self) -> list[str]:
+        """Every stream the registry holds, with a spec or not (retention keeps a halted stream's run,
+        `streamfit check` names a served stream whose spec is gone)."""
+
     def version_names(self, stream: str) -> list[str]:
         """Every version's name in order, broken ones included, reading as little as the backend allows."""
         valid, broken = self.scan(stream)

@@ -91,3 +91,22 @@ def test_a_candidate_family_whose_parameters_changed_is_noted(tmp_path: Path) ->
     (note,) = compare_with_registry(tuned, registry).notes
     assert note.startswith("""candidate family sgd changed since v2 (sgd's params {} -> {"alpha":0.01})""")
     assert note.endswith("the next batch learns a fresh sgd; the other families go on")
+
+
+def test_a_stream_with_a_champion_but_no_spec_is_named_on_both_backends(tmp_path: Path, mlflow_server) -> None:
+    """On MLflow the registry listed no streams, so the note never appeared (and retention never
+    kept a spec-less halted stream's run); a shared server's other models are not streams."""
+    from dagster_project.check.registry import specless_streams
+    from dagster_project.registry.mlflow_store import MlflowRegistry
+
+    other = f"not_ours_{tmp_path.name[-8:]}"
+    for registry in (FilesystemRegistry(tmp_path / "fs"), MlflowRegistry(mlflow_server.uri, root=tmp_path / "ml")):
+        spec = synthetic_spec()
+        train_version(registry, spec)
+        assert spec.name in registry.streams()
+        (note,) = [n for n in specless_streams(registry, set()) if f"'{spec.name}'" in n]
+        assert note.startswith(f"stream '{spec.name}' has a champion (v1) but no spec here")
+        assert not [n for n in specless_streams(registry, {spec.name}) if f"'{spec.name}'" in n]
+        if isinstance(registry, MlflowRegistry):
+            registry.client.create_registered_model(other)  # another team's model on a shared server
+            assert other not in registry.streams()
