@@ -234,3 +234,20 @@ def test_a_key_longer_than_an_id_may_be_is_refused_on_kafka_and_on_predict(train
     ) as refused:
         features.append_to("v3", [{"temp": 30.0, "device": device, "ts": ts}], np.zeros((1, 1), np.float32))
     assert refused.value.status == 422 and len(str(refused.value)) < 600
+
+
+def test_predict_refuses_a_time_further_ahead_of_its_arrival_than_max_ahead(trained, kafka_settings, registry):
+    """A `ts` three years ahead got 200 and a prediction on `/predict`, while the same event on Kafka is
+    dead-lettered for event_time.max_ahead: a request is judged from its arrival, an event from its record."""
+    import time
+
+    spec = trained
+    ahead = time.time() + 3 * 365 * 86400.0
+    with running_service(spec, kafka_settings, registry) as service:
+        client = Client(service.url)
+        code, body = client.predict([{"temp": 31.0, "device": "dev-1", "ts": ahead}])
+        assert code == 422, body
+        assert "row 0: event time" in body["error"] and "ahead of the request's arrival" in body["error"]
+        assert "more than event_time.max_ahead 300 s" in body["error"]
+        code, body = client.predict([{"temp": 31.0, "device": "dev-1", "ts": time.time() + 60}])
+        assert code == 200, body  # within max_ahead of its arrival: answered
