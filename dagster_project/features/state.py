@@ -162,12 +162,8 @@ class FeatureState:
         """
         t, keys = self._read(event)
         t_us = micros(t)  # every bound below is on the microsecond grid (timing.micros)
-        if produced is not None and self._max_ahead_us is not None and t_us - micros(produced) > self._max_ahead_us:
-            raise EventError(
-                f"event time {t:.3f} is {t - produced:.0f} s ahead of its Kafka timestamp ({produced:.3f}), more "
-                f"than event_time.max_ahead {self.max_ahead:g} s{DEFAULT_MAX_AHEAD_NOTE * self._max_ahead_is_default}: "
-                "check the producer's clock or event_time.unit, or set event_time.max_ahead to how far clocks run ahead"
-            )
+        if produced is not None:
+            self._refuse_ahead(t, t_us, produced, "its Kafka timestamp")
         part = self.partitions.get(partition)
         if part is None:
             part = self.partitions[partition] = PartitionState()
@@ -189,7 +185,18 @@ class FeatureState:
                 column.insert(at, float(row[j]))
         return values
 
-    def peek(self, event: dict[str, Any], partition: int | None = None) -> list[float]:
+    def _refuse_ahead(self, t: float, t_us: int, reference: float, what: str) -> None:
+        """`event_time.max_ahead`: a time further ahead of `reference` (`what` it is, for the reason)
+        would hold the partition's watermark there and make every later event of it late."""
+        if self._max_ahead_us is None or t_us - micros(reference) <= self._max_ahead_us:
+            return
+        raise EventError(
+            f"event time {t:.3f} is {t - reference:.0f} s ahead of {what} ({reference:.3f}), more "
+            f"than event_time.max_ahead {self.max_ahead:g} s{DEFAULT_MAX_AHEAD_NOTE * self._max_ahead_is_default}: "
+            "check the producer's clock or event_time.unit, or set event_time.max_ahead to how far clocks run ahead"
+        )
+
+    def peek(self, event: dict[str, Any], partition: int | None = None, now: float | None = None) -> list[float]:
         """The values `observe` would give the event, without changing the state (for `/predict`).
 
         Without a partition the key's history is taken from the partition that saw it most recently
@@ -197,9 +204,13 @@ class FeatureState:
         empty-window values. A time further behind the newest event of the partition(s) it reads than
         the lateness allows is refused, as on the stream: the state keeps the history a window needs
         only from there on, so its windows could come out cut short (a backfill over HTTP got
-        empty-window values, with 200). A key never seen is judged against every partition.
+        empty-window values, with 200). A key never seen is judged against every partition. With `now`
+        (the request's arrival, epoch seconds) a time more than `event_time.max_ahead` after it is
+        refused, as the stream refuses one that far ahead of its Kafka timestamp.
         """
         t, keys = self._read(event)
+        if now is not None:
+            self._refuse_ahead(t, micros(t), now, "the request's arrival")
         if partition is not None:
             part = self.partitions.get(partition) or PartitionState()
             self._refuse_late_request(t, {partition: part})

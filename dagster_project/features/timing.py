@@ -6,6 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+from dagster_project.ingest.events import MAX_KEY_CHARS
 from dagster_project.ingest.quoting import described, quoted
 from dagster_project.spec import EPOCH_UNITS, EventTimeSpec, StreamSpec
 
@@ -77,13 +78,19 @@ def event_seconds(raw: Any, spec: EventTimeSpec) -> float:
 
 
 def event_key(event: dict[str, Any], field: str, in_features: bool) -> str | int:
-    """The key value of field `field`: from `features` when it is a declared feature, else top level."""
+    """The key value of field `field`: from `features` when it is a declared feature, else top level.
+    Refused (EventError, a dead letter or a 422) when missing, not a string or integer, or too long."""
     source = event.get("features") if in_features else event
     value = source.get(field) if isinstance(source, dict) else None
     if value is None:
         raise EventError(f"no key: the event has no {field!r} (derived features group by it)")
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise EventError(f"key {field!r} must be a non-empty string or an integer, got {described(value)}")
+    if isinstance(value, str) and len(value) > MAX_KEY_CHARS:  # held in every checkpoint: see MAX_KEY_CHARS
+        raise EventError(
+            f"key {field!r} is {len(value):,} characters long, over the {MAX_KEY_CHARS:,} a key may have "
+            f"(the feature state holds it, saved with every version): {quoted(value)}"
+        )
     return value
 
 

@@ -31,6 +31,11 @@ MAGNITUDE_LIMIT = 1e37
 # join: a 600 KB id made a prediction record over the 1 MB a record may have, and the scorer crashed
 # on it at every restart. Ids are names (UUIDs, composite keys), never documents.
 MAX_ID_CHARS = 1024
+# The longest derived-feature key (the `by` field's value), for the same reason: a key is held in the
+# feature state, saved in every version's checkpoint and loaded by every scorer. 40 keys of 800 KB made
+# a 32 MB checkpoint beside a 1 KB model, and `feature_state.max_keys` of them would make gigabytes.
+# Keys are names (device ids, account numbers), never documents.
+MAX_KEY_CHARS = MAX_ID_CHARS
 # In a refusal's text: a quoted name or value (kept whole: `'7d_sum'`), or a number (not a digit
 # inside a name such as x0).
 _QUOTED_OR_NUMBER = re.compile(

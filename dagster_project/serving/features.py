@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ class ServingFeatures:
             )
         derived = np.empty((len(rows), len(self.spec.derived)), dtype=np.float32)
         problems = []
+        now = time.time()  # max_ahead is judged from the arrival, as Kafka judges it from the record's timestamp
         with self._lock:
             if version != self.version:
                 self._switch(version)
@@ -128,7 +130,7 @@ class ServingFeatures:
                     problems.append({"row": i, "errors": [problem]})
                     continue
                 try:
-                    values = self.state.peek({**row, "features": row})
+                    values = self.state.peek({**row, "features": row}, now=now)
                 except EventError as exc:
                     problems.append({"row": i, "errors": [str(exc)]})
                     continue

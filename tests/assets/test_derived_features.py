@@ -392,3 +392,29 @@ def test_a_reset_past_a_skip_keeps_the_feature_state_it_carried(
     earliest = CliRunner().invoke(main, [*reset, "earliest"], env=env)
     assert earliest.exit_code == 0, earliest.output
     assert carried_state(spec.name, registry.pending_offset_reset(spec.name)) is None  # those events come again
+
+
+def test_an_event_whose_key_is_a_document_is_dead_lettered_and_stays_out_of_the_checkpoint(
+    kafka_settings, kafka_bootstrap, registry, instance
+) -> None:
+    """40 devices named by 800 KB strings were all accepted: v1's features.json was 32 MB beside a 1 KB
+    model, copied into every version and every scorer. A key is capped as an event id is."""
+    from dagster_project.dev.datasets import sensor_events
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    spec = sensors_spec(promotion={"tail_rows": 0})
+    events = list(sensor_events(rows=200, seed=9, devices=6))
+    huge = [make_event(f"big{i}", {"temp": 20.0}, 0, events[-1].ts, device=f"{i}" + "K" * 200_000) for i in range(3)]
+    pairs = [(e.key.encode(), make_event(e.event_id, e.features, e.label, e.ts, **e.fields)) for e in events]
+    assert produce(kafka_settings, spec, pairs + [(b"big", h) for h in huge]) == 203
+    ends = high_waters(kafka_settings, spec.events_topic)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    assert run_batch(defs, spec, {p: (0, end) for p, end in ends.items()}, instance).success
+    reasons = [d["reason"] for d in dead_letters(kafka_settings, spec)]
+    too_long = [r for r in reasons if r.startswith("key 'device' is 200,001 characters long")]
+    assert len(too_long) == 3, reasons
+    assert "over the 1,024 a key may have" in too_long[0] and len(too_long[0]) < 400
+    head = registry.head(spec.name)
+    assert head.meta["rows"]["dlq"] >= 3
+    assert len(registry.load_feature_state(spec.name, head.name)) < 100_000

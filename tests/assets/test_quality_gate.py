@@ -219,6 +219,31 @@ def test_partial_batches_split_bad_rows_to_the_dlq(kafka_bootstrap, kafka_settin
     assert sorted(d["offset"] for d in dead) == [200, 201, 202, 203]
 
 
+def test_a_partial_batch_s_counts_add_up_with_its_split_off_rows_dead_lettered(
+    kafka_bootstrap, kafka_settings, registry, instance
+):
+    """meta.json read {'read': 420, 'valid': 409, 'dlq': 10} with 11 dead letters on the topic, and
+    `streamfit_rows{fate="dlq"}` said 10: the rows the quality step split off were counted nowhere."""
+    from dagster_project.observability.exporter import TrainingCollector
+
+    spec = _spec(policy="halt", allow_partial=True)
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 200)
+    _send(kafka_settings, spec, _bad_rows(4) + [{"id": "broken", "features": {"x0": 1.0}, "label": 1}])
+
+    assert run_batch(defs, spec, _next_range(kafka_settings, spec, 0), instance).success
+
+    (v1,) = registry.versions(spec.name)
+    rows = v1.meta["rows"]
+    assert rows["read"] == 205 and rows["valid"] == 200 and rows["dlq"] == 5
+    assert rows["read"] == rows["valid"] + rows["dlq"]  # the tail is counted by the version that learns it
+    (dlq,) = probe_partitions(kafka_settings, spec.dlq_topic, {})
+    assert dlq.high_water == rows["dlq"]
+    (family,) = [m for m in TrainingCollector(registry, [spec], None).collect() if m.name == "streamfit_rows"]
+    samples = {s.labels["fate"]: s.value for s in family.samples if s.name == "streamfit_rows_total"}
+    assert samples["read"] == 205 and samples["dlq"] == 5
+
+
 def test_a_schema_change_halts_with_the_feature_named(kafka_bootstrap, kafka_settings, registry, instance):
     spec = _spec(policy="halt")
     defs = defs_for(spec, kafka_bootstrap, registry)

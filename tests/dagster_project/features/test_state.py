@@ -350,3 +350,13 @@ def test_a_request_behind_the_lateness_is_refused_because_its_windows_may_be_cut
     with pytest.raises(EventError, match="late request"):  # a key never seen: judged against every partition
         state.peek({**known, "device": "never-seen", "ts": newest - 1.0})
     assert len(state.peek({**known, "ts": newest})) == len(rolling_spec().derived)
+
+
+def test_a_request_further_ahead_of_its_arrival_than_max_ahead_is_refused_as_the_stream_refuses_it():
+    """`peek` had no Kafka timestamp to judge by, so `/predict` answered a time three years ahead."""
+    state = FeatureState(rolling_spec(lateness="5s"))
+    now = 1_767_225_600.0
+    request = {"id": "e", "device": "d1", "site": 1, "features": {}, "ts": now + 3 * 365 * 86400.0}
+    with pytest.raises(EventError, match=r"ahead of the request's arrival .* more than event_time.max_ahead 300 s"):
+        state.peek(request, now=now)
+    assert state.peek({**request, "ts": now + 60}, now=now)[0] == 0.0  # within max_ahead: its empty window

@@ -87,6 +87,21 @@ def test_partial_sends_split_off_rows_to_the_dlq_and_trains_the_rest(kafka_setti
     assert registry.halt(spec.name) is None and registry.pending_offset_reset(spec.name) is None
 
 
+def test_split_off_rows_are_counted_among_the_kept_batch_s_dead_letters(kafka_settings, registry) -> None:
+    """The version's counts read 420 read, 409 valid, 10 dlq while the DLQ held 11: the rows the quality
+    step split off were counted nowhere."""
+    spec = _spec(allow_partial=True)
+    ensure_topics(kafka_settings, [spec.events_topic, spec.dlq_topic], 1)
+    batch = _with_bad_rows(hand_batch(spec, 60), [2, 9])
+    batch.dlq_reasons = Counter({"not valid JSON": 4})  # refused when parsed
+
+    kept = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id()).batch
+
+    assert kept.rows == 58 and kept.dlq == 4 + 2 == 4 + len(_dlq(kafka_settings, spec))
+    assert kept.dlq_reasons["data quality"] == 2  # counted by kind, as parse refusals are
+    assert batch.dlq == 4  # the batch as read is left as it was
+
+
 def test_split_off_rows_have_a_reason_without_a_repeated_prefix(kafka_settings, registry) -> None:
     spec = _spec(allow_partial=True)
     ensure_topics(kafka_settings, [spec.events_topic, spec.dlq_topic], 1)

@@ -207,3 +207,47 @@ def test_predict_refuses_a_stream_whose_event_time_field_is_also_a_feature(kafka
     with pytest.raises(RequestError, match="event_time.field 'ts' is also a feature's name") as refused:
         ServingFeatures(spec, kafka_settings, registry).append_to("v1", [row], np.zeros((1, 5), np.float32))
     assert refused.value.status == 422 and "score its events on Kafka" in str(refused.value)
+
+
+def test_a_key_longer_than_an_id_may_be_is_refused_on_kafka_and_on_predict(trained, kafka_settings, registry):
+    """A 500 KB device on `/predict` was answered 200, and on Kafka the scorer took it into its state."""
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    spec = trained
+    device = "d" + "K" * 500_000
+    ts = 1_767_225_600.0 + 120.0
+    assert produce(kafka_settings, spec, [(b"big", make_event("big-key", {"temp": 20.0}, 0, ts, device=device))]) == 1
+    features = ServingFeatures(spec, kafka_settings, registry)
+    reasons: dict[tuple[int, int], str] = {}
+    for chunk in polls(kafka_settings, spec, 500):
+        values = [r.value for r in chunk]
+        out = features.derive(
+            "v3", [r.partition for r in chunk], [r.offset for r in chunk], values, EventParser(spec).parse_many(values)
+        )
+        reasons |= {(chunk[i].partition, chunk[i].offset): reason for i, reason in out.failures}
+    (reason,) = [r for r in reasons.values() if r.startswith("key 'device' is 500,001 characters long")]
+    assert "over the 1,024 a key may have" in reason and len(reason) < 400
+    assert all(len(str(key)) <= 1024 for part in features.state.partitions.values() for key in part.tables["device"])
+    with pytest.raises(
+        RequestError, match=r"row 0: key 'device' is 500,001 characters long, over the 1,024"
+    ) as refused:
+        features.append_to("v3", [{"temp": 30.0, "device": device, "ts": ts}], np.zeros((1, 1), np.float32))
+    assert refused.value.status == 422 and len(str(refused.value)) < 600
+
+
+def test_predict_refuses_a_time_further_ahead_of_its_arrival_than_max_ahead(trained, kafka_settings, registry):
+    """A `ts` three years ahead got 200 and a prediction on `/predict`, while the same event on Kafka is
+    dead-lettered for event_time.max_ahead: a request is judged from its arrival, an event from its record."""
+    import time
+
+    spec = trained
+    ahead = time.time() + 3 * 365 * 86400.0
+    with running_service(spec, kafka_settings, registry) as service:
+        client = Client(service.url)
+        code, body = client.predict([{"temp": 31.0, "device": "dev-1", "ts": ahead}])
+        assert code == 422, body
+        assert "row 0: event time" in body["error"] and "ahead of the request's arrival" in body["error"]
+        assert "more than event_time.max_ahead 300 s" in body["error"]
+        code, body = client.predict([{"temp": 31.0, "device": "dev-1", "ts": time.time() + 60}])
+        assert code == 200, body  # within max_ahead of its arrival: answered
