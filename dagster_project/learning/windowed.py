@@ -84,6 +84,13 @@ class WindowedModel:
         if self.pipeline is not None:
             return None
         missing = getattr(self, "waiting_for", None) or "every class"  # absent from an older pickle
+        if missing == "every class" and self.last.get("reason", "").startswith("waiting: the window's"):
+            return (
+                f"{spec.name}: the first window cannot serve yet: {self.last['reason'].removeprefix('waiting: ')}. "
+                "Make batch.rows large enough for one batch to be split (HistGradientBoosting's min_samples_leaf "
+                "is 20 by default), or declare model.candidates with an incremental family (it serves while the "
+                "windowed one waits for a window it can fit)"
+            )
         return (
             f"{spec.name}: the first window holds no labelled row of class(es) {missing}, and a windowed "
             "classifier must see every class before it can serve. Make batch.rows large enough for one batch to "
@@ -197,6 +204,23 @@ def _span(segments: Segments) -> Ranges:
     return {p: (parts[0][0], parts[-1][1]) for p, parts in segments.items()}
 
 
+LEAFLESS_WHY = (
+    "fewer than 2 x min_samples_leaf rows, or nothing to split on: exported by skl2onnx, such a gradient-"
+    "boosted classifier labels every row with the first class whatever its probabilities, so it fails parity"
+)
+
+
+def _every_tree_one_leaf(pipeline: Any) -> bool:
+    """A HistGradientBoostingClassifier whose trees are all a single leaf: it predicts the class prior,
+    and skl2onnx's label output for it is always class 0 (p(1) = 0.555, sklearn says 1, ONNX 0), so
+    the batch's parity failed at every retry and halted the stream (batches of 1-5 rows)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    estimator = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    trees = getattr(estimator, "_predictors", None) if isinstance(estimator, HistGradientBoostingClassifier) else None
+    return bool(trees) and all(len(tree.nodes) == 1 for iteration in trees for tree in iteration)
+
+
 def refit(
     model: WindowedModel,
     spec: StreamSpec,
@@ -243,6 +267,13 @@ def refit(
         return
     pipeline = build_model(spec)
     single_threaded(pipeline.fit)(X, y.astype(int) if spec.task == "classification" else y)
+    if spec.task == "classification" and _every_tree_one_leaf(pipeline):
+        why = f"the window's {len(y)} rows gave every tree a single leaf ({LEAFLESS_WHY})"
+        if model.pipeline is None:  # not servable yet: it tries again next batch, on a larger window
+            model.last = {"refit": False, "reason": f"waiting: {why}"}
+            return
+        model.last = {"refit": False, "reason": f"{reason}, skipped: {why}"}
+        return
     model.pipeline = pipeline
     model.fitted_on = window | {"seconds": round(time.perf_counter() - started, 4)}
     model.since_refit = 0

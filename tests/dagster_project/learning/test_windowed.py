@@ -386,3 +386,37 @@ def test_a_retrain_window_without_every_class_keeps_a_fitted_family_leading() ->
     alone = spec.for_family(spec.model.families[0])
     with pytest.raises(ValueError, match=r"holds no labelled row of class\(es\) \[2\]"):
         learner.retrained(alone, None, reader.rows(since), since, "drift", replay=None)
+
+
+def test_a_window_too_small_to_split_is_not_fitted_and_says_why() -> None:
+    """Batches of 1-5 rows: every tree of the window's gradient boosting was a single leaf, whose
+    skl2onnx export labels every row class 0 whatever its probabilities, so parity failed at every
+    retry and halted the stream. Such a fit is not taken: the previous one stays, or the first waits."""
+    X, y = stream(800)
+    spec = make_spec(window_rows=13, refit_every=1)
+    reader = RecordingReader(X, y)
+    with pytest.raises(ValueError, match="every tree a single leaf") as refused:
+        run(spec, reader, batches=1, per_partition=6)
+    assert "min_samples_leaf" in str(refused.value)
+
+    spec = make_spec(window_rows=200, refit_every=1)
+    model, _ = run(spec, reader, batches=1)
+    small = windowed.new_model(make_spec(window_rows=13, refit_every=1))
+    small.pipeline, small.fitted_on, small.batches = model.pipeline, model.fitted_on, list(model.batches)
+    ranges = {p: (100, 106) for p in (0, 1)}
+    learned = test_then_learn(small, make_spec(window_rows=13, refit_every=1), reader.rows(ranges), ranges, reader)
+    assert learned.model.last["refit"] is False and "every tree a single leaf" in learned.model.last["reason"]
+    assert learned.model.pipeline is not None and learned.model.fitted_on == model.fitted_on
+
+
+def test_a_fit_with_one_leaf_trees_exports_a_label_that_ignores_its_probabilities() -> None:
+    """The premise, so the rule above goes when skl2onnx fixes it: this test then fails."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    from dagster_project.onnx.export import OnnxModel, export_onnx
+
+    X, y = np.ones((40, 3)), np.array([0] * 18 + [1] * 22)  # nothing to split on: p(1) = 0.55 everywhere
+    model = Pipeline([("estimator", HistGradientBoostingClassifier(random_state=0))]).fit(X, y)
+    assert windowed._every_tree_one_leaf(model) and (model.predict(X) == 1).all()
+    assert (OnnxModel(export_onnx(model, 3)).predict(X).labels == 0).all()
