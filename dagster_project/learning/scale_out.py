@@ -419,6 +419,7 @@ def split(
     groups = partition_groups(partitions, workers)
     if classes is None:  # a regressor's labels, clipped and learned once here, as partial_fit does
         y = learn_labels(model, y, spec.model.clip_sigmas)
+        _fix_target(model.steps[-1][1], y)
     steps = model.steps[:-1]
     if steps:
         if len(steps) != 1 or not isinstance(steps[0][1], StandardScaler):
@@ -437,6 +438,13 @@ def split(
     ]
     var_max = float(np.max(np.var(Xt, axis=0)))
     return Split(model, tasks, combiner_name, var_max, reason, time.perf_counter() - started)
+
+
+def _fix_target(estimator: Any, y: np.ndarray) -> None:
+    """Fix a target-scaled regressor's label units from the whole batch before its groups copy it: each
+    group would otherwise fix its own from its rows, and networks in other units cannot be averaged."""
+    if hasattr(estimator, "fix_target"):
+        estimator.fix_target(y)
 
 
 @dataclass
