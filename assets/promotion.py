@@ -180,7 +180,8 @@ def decide_promotion(
         result = judge(spec, metric, candidate, estimator, current, champion_estimator, X, y)
     if result.promote:
         result = _hand_decision_holds(reg, spec, metric, candidate, result)
-    if fresh_by_default and not result.promote and (untestable := _untestable(spec, metric, result)):
+    lacking = _classes_lacking(spec, unseen.y[labelled]) if labelled is not None and labelled.any() else False
+    if fresh_by_default and not result.promote and (untestable := _untestable(spec, metric, result, lacking)):
         reason = (
             f"{candidate} promoted untested: {untestable}, and it learned strictly more than {current}; the "
             "champion check and the drift monitor can still roll it back"
@@ -193,14 +194,22 @@ def decide_promotion(
     return result
 
 
-def _untestable(spec: StreamSpec, metric: str, result) -> str | None:
-    """Why the gate could not judge the candidate on its tail, or None when it judged it. A rare
-    positive class (1 in 1,000) leaves most tails with one class, where ROC AUC is undefined: every
-    such gate deferred and the first version served for ever, as too sparse a tail once did."""
+def _classes_lacking(spec: StreamSpec, y) -> bool:
+    """Whether the tail's labels lack one of the stream's classes (ROC AUC is undefined on it)."""
+    return spec.task == "classification" and len(set(y.astype(int).tolist())) < len(spec.label.classes or [])
+
+
+def _untestable(spec: StreamSpec, metric: str, result, lacking_classes: bool) -> str | None:
+    """Why the gate could not judge the candidate on its tail, or None when it judged it (or could
+    never: a metric the models cannot give, such as log_loss without probabilities, still defers,
+    or every version would be promoted however bad). A rare positive class (1 in 1,000) leaves most
+    tails with one class, where ROC AUC is undefined: every such gate deferred and the first version
+    served for ever, as too sparse a tail once did."""
     if result.rows < spec.promotion.min_rows:
         return f"only {result.rows} unseen rows (< promotion.min_rows {spec.promotion.min_rows}) to judge it"
-    if result.candidate_value is None or result.champion_value is None:
-        return f"{metric} is not computable on its {result.rows} unseen rows (e.g. a single class)"
+    missing = result.candidate_value is None or result.champion_value is None
+    if missing and metric == "roc_auc" and lacking_classes:
+        return f"roc_auc is not computable on its {result.rows} unseen rows (they lack a class)"
     return None
 
 

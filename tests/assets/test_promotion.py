@@ -520,3 +520,63 @@ def test_a_chosen_champion_s_line_is_what_grew_from_it_after_the_choice(tmp_path
     assert not _of_its_line(registry, "s", "v5", "v3", stamps["v4"])  # through v4, which the choice passed over
     assert not _of_its_line(registry, "s", "v5", "v2", stamps["v3"])  # a rollback to v2 rejected v3
     assert not _of_its_line(registry, "s", "v2", "v3", stamps["v1"])  # an ancestor is not its line
+
+
+class _Registry:
+    """Just what `decide_promotion` reads and writes, around a champion model."""
+
+    def __init__(self, champion_model) -> None:
+        self.model, self.champ, self.log = champion_model, "v1", []
+
+    def champion(self, stream):
+        return self.champ
+
+    def load_estimator(self, stream, version):
+        return self.model
+
+    def set_champion(self, stream, version, reason, evidence=None):
+        self.champ = version
+
+    def record_decision(self, stream, decision):
+        self.log.append(decision)
+
+    def decisions(self, stream):
+        return self.log
+
+
+@pytest.mark.parametrize(
+    ("settings", "concept"),
+    [
+        ({"task": "regression", "model": {"estimator": "sgd_regressor"}, "promotion": {"metric": "roc_auc"}}, "linear"),
+        (
+            {
+                "label": {"classes": [0, 1]},
+                "model": {"estimator": "sgd_classifier", "params": {"loss": "hinge"}},
+                "promotion": {"metric": "log_loss"},
+            },
+            "sign",
+        ),
+    ],
+    ids=["roc_auc_on_regression", "log_loss_without_probabilities"],
+)
+def test_a_metric_the_models_can_never_give_still_defers(settings, concept) -> None:
+    """Only a tail that lacks a class makes ROC AUC undefined for a reason promoting untested answers:
+    a metric the stream can never compute promoted every version untested, however much worse."""
+    from types import SimpleNamespace
+
+    from assets.promotion import decide_promotion
+    from dagster_project.spec import StreamSpec
+
+    spec = StreamSpec(name="s", features=[{"name": "x"}], **settings)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1250, 1))
+    y = 3 * X[:, 0] if concept == "linear" else (X[:, 0] > 0).astype(int)
+    opposite = -y if concept == "linear" else 1 - y
+    classes = np.arange(2) if spec.task == "classification" else None
+    good = partial_fit(build_model(spec), X[:1000], y[:1000], classes)
+    worse = partial_fit(build_model(spec), X[:1000], opposite[:1000], classes)
+    tail = SimpleNamespace(rows=250, labelled=np.ones(250, bool), X=X[1000:], y=y[1000:])
+
+    result = decide_promotion(_Registry(good), spec, spec.promotion.metric, "v2", worse, tail, fresh_by_default=True)
+
+    assert not result.promote and "decision deferred" in result.reason, result.reason
