@@ -271,6 +271,7 @@ def refit(
         why = f"the window's {len(y)} rows gave every tree a single leaf ({LEAFLESS_WHY})"
         if model.pipeline is None:  # not servable yet: it tries again next batch, on a larger window
             model.last = {"refit": False, "reason": f"waiting: {why}"}
+            model.waiting_for = None  # no class is missing now: `unfitted_reason` names this instead
             return
         model.last = {"refit": False, "reason": f"{reason}, skipped: {why}"}
         return

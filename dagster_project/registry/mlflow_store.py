@@ -398,8 +398,10 @@ class MlflowRegistry(ModelRegistry):
         with their stream), not a shared server's other models."""
         names: list[str] = []
         token = None
-        while True:
-            page = self.client.search_registered_models(page_token=token)
+        while True:  # filtered by the tag on the server: a shared server's other models cost no page
+            page = self.client.search_registered_models(
+                filter_string=f"tags.`{STREAM_TAG}` LIKE '%'", max_results=1000, page_token=token
+            )
             names.extend(m.name for m in page if (m.tags or {}).get(STREAM_TAG) == m.name)
             token = page.token
             if not token:
