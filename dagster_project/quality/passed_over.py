@@ -24,10 +24,18 @@ DEAD_LETTERED = "dead_lettered"
 AFTER = "after"
 
 
+# Dead letters that say the producers' events and the spec disagree (a renamed or new field): a
+# schema change, not junk. Every later batch would be passed over too, learning nothing while only
+# the dead-letter ratio warns; such a batch halts the stream as before, naming the feature.
+SCHEMA_KINDS = ("unknown feature", "missing feature")
+
+
 def nothing_but_dead_letters(batch: MicroBatch) -> bool:
-    """Whether the batch read messages and dead-lettered every one. Judged by what it read, not by
-    its empty rows alone: rows lost any other way still meet the quality gate (and halt)."""
-    return batch.rows == 0 and batch.read > 0 and batch.dlq == batch.read
+    """Whether the batch read messages and dead-lettered every one, none for a schema change. Judged
+    by what it read, not by its empty rows alone: rows lost any other way still meet the quality
+    gate (and halt)."""
+    schema = any(kind.startswith(SCHEMA_KINDS) for kind in batch.dlq_reasons)
+    return batch.rows == 0 and batch.read > 0 and batch.dlq == batch.read and not schema
 
 
 def pass_over(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str) -> str:
