@@ -470,7 +470,9 @@ class QualitySpec(_Strict):
     numeric and finite, values lie within each feature's ``min``/``max``, labels are class indices of
     ``label.classes``, and the row count lies within ``[min_rows, max_rows]``. For each category
     feature with a vocabulary, at most ``max_unseen_category_share`` of the rows may hold a value
-    outside it.
+    outside it. A batch whose every message was dead-lettered is not checked: the stream moves past
+    it by itself (a pending offset reset the next version records), as no re-run could pass. One
+    with valid rows, however few, is: below ``min_rows`` it fails as any rule does.
 
     Nulls: a feature that is not ``nullable`` may never be null (the event parser already
     dead-letters such messages; the check is a second line of defence). A ``nullable`` feature may be

@@ -39,7 +39,7 @@ class BatchOutcome:
     messages: int  # messages in those offsets
     tail: int  # messages held back for the leader choice (the next batch learns them)
     refused: int  # messages a training run would dead-letter (malformed or breaking the contract)
-    quality: str = "train"  # train, partial, halt or quarantine (the spec's policy for a failing batch)
+    quality: str = "train"  # train, partial, halt or quarantine (the spec's policy for a failing batch), passed_over
     quality_detail: str = ""
     split_off: int = 0  # rows a partial batch dead-letters with their reason
     unlabelled: int = 0
@@ -358,6 +358,10 @@ class _Run:
             if len(tail)
             else None
         )
+        if refused and refused == len(learn):  # production passes it over (quality.passed_over): not a halt
+            outcome.quality = "passed_over"
+            outcome.quality_detail = f"every message ({refused:,}) dead-lettered: nothing to learn"
+            return outcome, tail.tolist()
         screening = screen_batch(batch, spec, self.spec_dir)
         outcome.quality, outcome.quality_detail = screening.action, screening.result.summary
         if screening.kept is None:

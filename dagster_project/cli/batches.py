@@ -24,6 +24,7 @@ def batches() -> None:
 @click.option("--reason", required=True, help="Why the batch is skipped (recorded with your name).")
 def batches_skip(stream: str, reason: str) -> None:
     """Skip the batch a halt stopped at (data quality or a failed run); the next version records who skipped what."""
+    from dagster_project.quality.passed_over import replacing
     from dagster_project.registry.store import carried_state
 
     stream_spec(stream)
@@ -59,7 +60,14 @@ def batches_skip(stream: str, reason: str) -> None:
     # not read), it still does: replaced by the batch's end, the gap came back.
     later = {p: o for p, o in _offsets(pending).items() if o > ends.get(p, -1)}
     starts = dict(sorted((ends | later).items()))
-    store.set_pending_offsets(stream, starts, reason=f"skipped after {cause}: {reason}", by=by, feature_state=state)
+    store.set_pending_offsets(
+        stream,
+        starts,
+        reason=f"skipped after {cause}: {reason}",
+        by=by,
+        feature_state=state,
+        details=replacing(pending),  # what it passed over stays recorded (the batch followed it)
+    )
     store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
     tail = sum(int(r[1]) - ends[int(p)] for p, r in halt["ranges"].items())
     click.echo(f"{stream}: skipped {skipped} ({halt['summary']}); training resumes at {starts}")

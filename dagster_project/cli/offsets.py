@@ -87,6 +87,7 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
     from dagster_project.kafka.io import topic_changed
+    from dagster_project.quality.passed_over import replacing
     from dagster_project.registry.store import ChecksumMismatch, carried_state, expected_offsets
 
     spec = stream_spec(stream)
@@ -118,14 +119,20 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             for partition in never:
                 del target[partition]
     # The derived-feature state a pending skip carries (its events read) holds for a start at or past it.
-    carried, damaged = None, None
+    carried, damaged, details = None, None, {}
     if moved and all(target.get(p, -1) >= o for p, o in moved.items()):
+        details = replacing(pending)  # past it: what it skipped stays recorded
         try:
             carried = carried_state(stream, pending)
         except ChecksumMismatch as exc:  # the reset is the way out of it: it goes on without the state
             damaged = exc
     registry().set_pending_offsets(
-        stream, target, reason=f"{reason} (--to {position})", by=operator_name(), feature_state=carried
+        stream,
+        target,
+        reason=f"{reason} (--to {position})",
+        by=operator_name(),
+        feature_state=carried,
+        details=details,
     )
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
     if pending:

@@ -72,6 +72,7 @@ def merge(ranges: Ranges, learn_ends: dict[int, int] | None, parts: list[MicroBa
         partitions=np.concatenate([p.partitions for p in parts]),
         offsets=np.concatenate([p.offsets for p in parts]),
         dlq_reasons=reasons,
+        read=sum(p.read for p in parts),
         identity=next((p.identity for p in parts if p.identity), None),
         learn_ends=dict(learn_ends) if learn_ends else None,
         unseen_examples=[e for p in parts for e in p.unseen_examples],

@@ -58,6 +58,9 @@ class MicroBatch:
     feature_state: bytes | None = None
     feature_counters: dict[str, int] | None = None
     filling: tuple[str, ...] = ()  # derived features whose windows were still filling (features.warmup)
+    # Messages read before the tail, valid or not: what the rows and dead letters must add up to,
+    # so a batch that dead-lettered every one is told from one that lost rows some other way.
+    read: int = 0
 
     @property
     def learned_ends(self) -> dict[int, int]:
@@ -245,6 +248,7 @@ def _parse(
         offsets=np.asarray(offsets, dtype=np.int64)[parsed.index],
         dlq_reasons=reasons,
         identity=identity.as_json() if identity else None,
+        read=len(records),
         unseen_examples=unseen_examples(records.partitions, records.offsets, parsed.unseen),
     )
 

@@ -30,7 +30,18 @@ log = logging.getLogger(__name__)
 PREQUENTIAL_METRICS = ("accuracy", "roc_auc", "log_loss", "mae", "rmse")
 # The parts of a version's meta.json the metrics read: cached per version instead of the whole meta
 # (its data profile made it 180-250 KB a version, 420 MB of exporter at 2,000 versions).
-EXPORTED_META = ("rows", "timings", "metrics", "adaptive_sgd", "served", "created_at")
+EXPORTED_META = ("rows", "timings", "metrics", "adaptive_sgd", "served", "created_at", "offset_reset_applied")
+
+
+def passed_over_rows(resets: list[dict[str, Any] | None]) -> dict[str, int]:
+    """Offsets read and messages dead-lettered by batches passed over because every message was a
+    dead letter (`quality.passed_over`). No version learns them, so they are counted from the skip
+    recorded by the version that applied it, and from the pending one: a burst of junk reaches the
+    dead-letter alert before the stream learns again."""
+    from dagster_project.quality.passed_over import dead_lettered_rows
+
+    counts = [dead_lettered_rows(reset) for reset in resets]
+    return {"read": sum(c[0] for c in counts), "dlq": sum(c[1] for c in counts)}
 
 
 class TrainingCollector(Collector):
@@ -121,9 +132,11 @@ class TrainingCollector(Collector):
             max_wait.add_metric([name], spec.batch.max_wait_s)
             halted.add_metric([name], 1 if self._read(name, lambda name=name: self.registry.halt(name), None) else 0)
             batches.add_metric([name], len(found))
+            pending = self._read(name, lambda name=name: self.registry.pending_offset_reset(name), None)
+            over = passed_over_rows([v.meta.get("offset_reset_applied") for v in found] + [pending])
             for fate in ("read", "valid", "trained", "dlq"):
-                rows.add_metric([name, fate], sum(v.meta["rows"][fate] for v in found))
-            dlq.add_metric([name], sum(v.meta["rows"]["dlq"] for v in found))
+                rows.add_metric([name, fate], sum(v.meta["rows"][fate] for v in found) + over.get(fate, 0))
+            dlq.add_metric([name], sum(v.meta["rows"]["dlq"] for v in found) + over["dlq"])
             timings = [v.meta.get("timings", {}) for v in found]
             train_s = [t["train_seconds"] for t in timings if t.get("train_seconds") is not None]
             export_s = [t["export_seconds"] for t in timings if t.get("export_seconds") is not None]

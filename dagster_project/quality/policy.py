@@ -2,7 +2,8 @@
 
 Every outcome is visible: a halt stops the stream with the reason until an operator re-runs or
 skips the batch; a quarantine stores the batch with its validation result and lets the stream
-advance; split-off rows go to the DLQ with their reasons. Nothing is dropped silently.
+advance; split-off rows go to the DLQ with their reasons; a batch whose every message was
+dead-lettered is passed over (`quality.passed_over`). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dagster_project.ingest.events import reason_kind
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import ranges_text
 from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.quality.passed_over import nothing_but_dead_letters, pass_over
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.registry.store import ModelRegistry, with_state
 from dagster_project.spec import StreamSpec
@@ -70,13 +72,16 @@ def apply_quality_policy(
 ) -> QualityOutcome:
     from dagster_project.quality.suite import screen_batch
 
+    if nothing_but_dead_letters(batch):  # nothing to check or learn, and a re-run cannot do better
+        message = pass_over(registry, spec, batch, run_id)
+        _clear_halt_at(registry, spec, batch, {"resolution": "every message dead-lettered: passed over"}, run_id)
+        metadata = {"action": "passed_over", "dlq": batch.dlq, "dlq_reasons": dict(batch.dlq_reasons)}
+        return QualityOutcome(None, True, "WARN", message, metadata)
     screening = screen_batch(batch, spec)
     metadata = {**screening.result.as_metadata(), "action": screening.action}
     where = ranges_text(batch.ranges)
     if screening.action in ("train", "partial"):
-        halt = registry.halt(spec.name)
-        if halt and halt.get("ranges") == {str(p): list(r) for p, r in batch.ranges.items()}:
-            registry.clear_halt(spec.name, {"resolution": "batch passed on re-run", "run_id": run_id})
+        _clear_halt_at(registry, spec, batch, {"resolution": "batch passed on re-run"}, run_id)
     if screening.action == "train":
         return QualityOutcome(batch, True, "ERROR", f"{where}: passed {screening.result.summary}", metadata)
     if screening.action == "partial":
@@ -121,6 +126,15 @@ def apply_quality_policy(
     metadata["quarantine_id"] = qid
     message = f"QUARANTINED {where} as {qid}: {summary}{dlq_note}; the stream moves on (`streamfit quarantine show`)"
     return QualityOutcome(None, False, "WARN", message, metadata)
+
+
+def _clear_halt_at(
+    registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, resolution: dict[str, Any], run_id: str
+) -> None:
+    """Lift a halt at this very batch (its re-executed run went on): the halt is kept as a decision."""
+    halt = registry.halt(spec.name)
+    if halt and halt.get("ranges") == {str(p): list(r) for p, r in batch.ranges.items()}:
+        registry.clear_halt(spec.name, {**resolution, "run_id": run_id})
 
 
 def most_common_text(reasons: Counter, shown: int = 5) -> str:

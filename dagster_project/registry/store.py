@@ -369,13 +369,20 @@ class ModelRegistry(abc.ABC):
 
     # Offset resets: an operator's decision, applied by the next version and recorded in it
     def set_pending_offsets(
-        self, stream: str, offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None = None
+        self,
+        stream: str,
+        offsets: dict[int, int],
+        reason: str,
+        by: str,
+        feature_state: bytes | None = None,
+        details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Make the next version start at `offsets`. `feature_state` is the derived-feature state
         after them when the skipped events were read (a quarantine, a batch with nothing to learn):
-        kept in the same record, so the offsets and the state move together or not at all."""
+        kept in the same record, so the offsets and the state move together or not at all.
+        `details` (JSON) are kept with the reason, for the version that applies it to record."""
         self.settle_offset_reset(stream)  # an applied one not yet kept as applied must not be overwritten
-        record = reset_record(offsets, reason, by, feature_state)
+        record = reset_record(offsets, reason, by, feature_state, details)
         self._store_offset_reset(stream, record)
         return record
 
@@ -749,9 +756,12 @@ def with_state(record: dict[str, Any], feature_state: bytes | None) -> dict[str,
     return {**record, RESET_STATE: feature_state.decode(), RESET_STATE_SHA256: _sha256(feature_state)}
 
 
-def reset_record(offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None) -> dict[str, Any]:
+def reset_record(
+    offsets: dict[int, int], reason: str, by: str, feature_state: bytes | None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A pending offset reset as both backends store it."""
     record = {"offsets": {str(p): o for p, o in offsets.items()}, "reason": reason, "by": by, "at": _now()}
+    record.update(details or {})
     return with_state(record, feature_state)
 
 

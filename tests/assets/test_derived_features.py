@@ -418,3 +418,43 @@ def test_an_event_whose_key_is_a_document_is_dead_lettered_and_stays_out_of_the_
     head = registry.head(spec.name)
     assert head.meta["rows"]["dlq"] >= 3
     assert len(registry.load_feature_state(spec.name, head.name)) < 100_000
+
+
+def test_a_batch_of_only_dead_letters_is_passed_over_and_the_features_go_on(
+    kafka_settings, kafka_bootstrap, registry, instance
+):
+    """A batch whose every message is junk halted the stream. Passed over now, its skip carries the
+    feature state, and the next batch's derived values are pandas' over every accepted event."""
+    from dagster_project.dev.datasets import sensor_events
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
+
+    spec = sensors_spec(promotion={"tail_rows": 0})
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    events = [
+        (e.key.encode(), make_event(e.event_id, e.features, e.label, e.ts, **e.fields))
+        for e in sensor_events(rows=900, seed=9, devices=12)
+    ]
+    junk = [(b"junk-%d" % i, b'{"id": "junk-%d"}' % i) for i in range(24)]
+    cuts = []
+    for part in (events[:600], junk, events[600:]):
+        assert produce(kafka_settings, spec, iter(part)) == len(part)
+        cuts.append(high_waters(kafka_settings, spec.events_topic))
+        _, start, _ = expected_offsets(registry, spec.name)
+        ranges = {p: (start.get(p, 0), e) for p, e in cuts[-1].items() if e > start.get(p, 0)}
+        assert run_batch(defs, spec, ranges, instance).success
+        if part is junk:
+            skip = registry.pending_offset_reset(spec.name)
+            assert skip["kind"] == "passed_over" and "feature_state" in skip and registry.halt(spec.name) is None
+
+    v1, v2 = registry.versions(spec.name)
+    applied = v2.meta["offset_reset_applied"]
+    assert applied["dead_lettered"]["messages"] == 24
+    for p, end in cuts[2].items():  # every offset learned once or passed over, in order
+        passed = applied["dead_lettered"]["ranges"].get(str(p), [cuts[0][p], cuts[0][p]])
+        assert [v1.meta["offsets"]["batch"][str(p)], passed, v2.meta["offsets"]["batch"][str(p)]] == [
+            [0, cuts[0][p]],
+            [cuts[0][p], cuts[1][p]],
+            [cuts[1][p], end],
+        ]
+    assert_learned_values_equal_pandas(kafka_settings, registry, spec, v2.learned)

@@ -11,11 +11,21 @@ from assets.training import restore_inherited_retries
 from dagster_project.cli import main
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import ensure_topics, probe_partitions, read_range
+from dagster_project.observability.exporter import exporter_registry
 from dagster_project.orchestration.issued_names import highest_issued
+from dagster_project.quality.passed_over import nothing_but_dead_letters
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
-from tests.helpers import defs_for, failing_job, kafka_sensor_tick, produce_synthetic, run_batch
+from tests.helpers import (
+    defs_for,
+    failing_job,
+    hand_batch,
+    kafka_sensor_tick,
+    produce_synthetic,
+    run_batch,
+    sample,
+)
 
 
 def _spec(model: dict | None = None, **quality):
@@ -148,6 +158,142 @@ def test_a_halted_batch_run_again_dead_letters_each_malformed_message_once(
             orjson.loads(r.value) for r in read_range(kafka_settings, spec.dlq_topic, _dlq_ranges(kafka_settings, spec))
         ]
         assert sorted(letter["offset"] for letter in letters) == [103, 104, 105, 106], attempt
+
+
+def _send_malformed(settings, spec, n: int, prefix: bytes = b"m") -> None:
+    producer = clients.producer(settings)
+    for i in range(n):
+        producer.send(spec.events_topic, key=b"%s%d" % (prefix, i), value=b"{not json %d" % i)
+    producer.flush()
+    producer.close()
+
+
+def _planned(defs, spec, instance, kafka_bootstrap, registry) -> dict[int, tuple[int, int]]:
+    """The ranges the Kafka sensor plans next (it fails the test when it skips, e.g. HALTED)."""
+    tick = kafka_sensor_tick(defs, spec, instance, KafkaResource(bootstrap=kafka_bootstrap), registry)
+    assert not isinstance(tick, dg.SkipReason), tick.skip_message
+    return {int(p): tuple(r) for p, r in orjson.loads(tick.run_requests[0].tags["streamfit/ranges"]).items()}
+
+
+def test_a_batch_of_only_malformed_messages_is_passed_over_not_halted(
+    kafka_bootstrap, kafka_settings, registry, instance
+):
+    """30 messages of invalid JSON in a quiet period were all dead-lettered, then the row-count check
+    halted the stream ('observed 0, expected min_value=1'): re-executing could never pass, so each
+    burst of junk waited for `batches skip`. Now the stream moves past it by itself, and the next
+    version records which offsets it passed over and why; every offset is accounted for."""
+    spec = synthetic_spec(
+        partitions=1, quality={"policy": "halt"}, batch={"rows": 30, "max_rows": 1000, "max_wait_s": 3600}
+    )
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 200)
+    assert run_batch(defs, spec, _planned(defs, spec, instance, kafka_bootstrap, registry), instance).success
+    _send_malformed(kafka_settings, spec, 30)
+    junk = _planned(defs, spec, instance, kafka_bootstrap, registry)
+    assert junk == {0: (200, 230)}
+
+    result = run_batch(defs, spec, junk, instance)
+
+    assert result.success and _check(result, spec).passed
+    assert registry.halt(spec.name) is None
+    pending = registry.pending_offset_reset(spec.name)
+    again = run_batch(defs, spec, junk, instance)  # the daemon re-executing it: recorded once
+    assert again.success and registry.pending_offset_reset(spec.name) == pending
+    letters = [
+        orjson.loads(r.value) for r in read_range(kafka_settings, spec.dlq_topic, _dlq_ranges(kafka_settings, spec))
+    ]
+    assert sorted(letter["offset"] for letter in letters) == list(range(200, 230))
+    assert all(letter["reason"].startswith("not valid JSON") for letter in letters)
+    exporter = exporter_registry(registry, [spec], None)  # the dead-letter alert sees the junk already
+    assert sample(exporter, "streamfit_halted", stream=spec.name) == 0
+    assert sample(exporter, "streamfit_rows_total", stream=spec.name, fate="dlq") == 30
+    assert sample(exporter, "streamfit_rows_total", stream=spec.name, fate="read") == 230
+
+    produce_synthetic(kafka_settings, spec, 50, start=200)
+    good = _planned(defs, spec, instance, kafka_bootstrap, registry)
+    assert good == {0: (230, 280)}
+    assert run_batch(defs, spec, good, instance).success
+    v1, v2 = registry.versions(spec.name)
+    applied = v2.meta["offset_reset_applied"]
+    assert "every message of p0[200, 230) was dead-lettered (30): nothing to learn" in applied["reason"]
+    assert applied["dead_lettered"] == {"ranges": {"0": [200, 230]}, "messages": 30}
+    assert v2.meta["rows"]["trained"] == 50 and v2.learned == {0: 280}
+    # Every offset learned by a version or passed over with its reason: [0, 200) + [200, 230) + [230, 280).
+    spans = [
+        v1.meta["offsets"]["batch"]["0"],
+        applied["dead_lettered"]["ranges"]["0"],
+        v2.meta["offsets"]["batch"]["0"],
+    ]
+    assert spans == [[0, 200], [200, 230], [230, 280]]
+    assert sample(exporter, "streamfit_dlq_messages_total", stream=spec.name) == 30  # counted once, now by v2
+
+
+def test_junk_batches_in_a_row_are_passed_over_as_one_span(kafka_bootstrap, kafka_settings, registry, instance):
+    """Two batches of junk in a row: the second's pending reset joins the first's span, so the next
+    version records both (a second reset replacing the first lost its reason)."""
+    spec = synthetic_spec(
+        partitions=1, quality={"policy": "halt"}, batch={"rows": 10, "max_rows": 1000, "max_wait_s": 3600}
+    )
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 100)
+    assert run_batch(defs, spec, _planned(defs, spec, instance, kafka_bootstrap, registry), instance).success
+    for burst, prefix in ((12, b"a"), (15, b"b")):
+        _send_malformed(kafka_settings, spec, burst, prefix)
+        assert run_batch(defs, spec, _planned(defs, spec, instance, kafka_bootstrap, registry), instance).success
+    produce_synthetic(kafka_settings, spec, 20, start=100)
+    assert run_batch(defs, spec, _planned(defs, spec, instance, kafka_bootstrap, registry), instance).success
+
+    v2 = registry.versions(spec.name)[-1]
+    applied = v2.meta["offset_reset_applied"]
+    assert applied["dead_lettered"] == {"ranges": {"0": [100, 127]}, "messages": 27}
+    assert "every message of p0[100, 127) was dead-lettered (27)" in applied["reason"]
+    assert v2.meta["offsets"]["batch"] == {"0": [127, 147]}
+    passed = [d for d in registry.decisions(spec.name) if d["kind"] == "passed_over"]
+    assert [d["ranges"] for d in passed] == ["p0[100, 112)", "p0[112, 127)"]
+
+
+def test_a_skip_after_a_passed_over_batch_keeps_it_recorded(
+    kafka_bootstrap, kafka_settings, registry, instance, tmp_path, monkeypatch
+):
+    """A halt right after a passed-over batch, skipped by an operator: the skip's pending reset
+    replaces the pass-over's, which it keeps, so the next version still records both (and the
+    exporter still counts the passed-over dead letters)."""
+    from dagster_project.observability.exporter import passed_over_rows
+
+    spec = _spec(policy="halt")
+    defs = defs_for(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 200)
+    assert run_batch(defs, spec, {0: (0, 200)}, instance).success
+    _send_malformed(kafka_settings, spec, 30)
+    assert run_batch(defs, spec, {0: (200, 230)}, instance).success
+    _send(kafka_settings, spec, _bad_rows(3))
+    assert not run_batch(defs, spec, {0: (230, 233)}, instance, raise_on_error=False).success
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / f"{spec.name}.yaml").write_text(orjson.dumps(spec.model_dump(mode="json")).decode())
+    monkeypatch.setenv("STREAMFIT_STREAMS", str(streams))
+    out = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "bad sensor"])
+    assert out.exit_code == 0, out.output
+    produce_synthetic(kafka_settings, spec, 50, start=200)
+    assert run_batch(defs, spec, {0: (233, 283)}, instance).success
+
+    v2 = registry.versions(spec.name)[-1]
+    applied = v2.meta["offset_reset_applied"]
+    assert "bad sensor" in applied["reason"] and applied["offsets"] == {"0": 233}
+    assert applied["after"]["dead_lettered"] == {"ranges": {"0": [200, 230]}, "messages": 30}
+    assert passed_over_rows([applied, None]) == {"read": 30, "dlq": 30}
+
+
+def test_rows_lost_other_than_to_the_dlq_still_meet_the_row_count_check():
+    """Only a batch whose every read message is a dead letter is passed over: an empty batch that
+    read nothing, or whose rows went missing some other way, is still the quality gate's to judge."""
+    batch = hand_batch(_spec(), 0)
+    batch.dlq_reasons.update({"not valid JSON": 30})
+    assert not nothing_but_dead_letters(batch)  # read nothing (an older batch): not judged as all dead
+    batch.read = 30
+    assert nothing_but_dead_letters(batch)
+    batch.read = 31  # one message neither a row nor a dead letter
+    assert not nothing_but_dead_letters(batch)
 
 
 def _dlq_ranges(settings, spec) -> dict[int, tuple[int, int]]:

@@ -114,14 +114,17 @@ def test_an_unseen_category_s_block_quotes_the_raw_value_as_production_does() ->
     assert blocked and all("'Space-0' at " in b.quality_detail for b in blocked), blocked  # not its code
 
 
-def test_a_batch_of_only_refused_messages_halts_as_production_does() -> None:
-    """Its learned part has no row, and the suite's row count (quality.min_rows 1) fails it."""
+def test_a_batch_of_only_refused_messages_is_passed_over_as_production_does() -> None:
+    """Its learned part has no row: production passes it over (quality.passed_over) where the suite's
+    row count (quality.min_rows 1) halted the stream, and so does the backtest."""
     messages = _messages(census_events, 2_000)
     messages[:1_000] = [b"{bad" for _ in range(1_000)]
     result = backtest(_spec("census"), messages, batch_rows=1_000)
     first = result.batches[0]
-    assert first.refused == first.messages and first.quality == "halt" and first.learned == 0
-    assert any(problem.startswith("batch 1 p0[") for problem in result.problems)
+    assert first.refused == first.messages and first.quality == "passed_over" and first.learned == 0
+    assert "nothing to learn" in first.quality_detail and not result.blocked
+    assert not any(problem.startswith("batch 1 p0[") for problem in result.problems)
+    assert result.learned > 0
 
 
 def test_the_leader_is_chosen_on_each_batch_s_tail_and_a_non_linear_family_takes_over() -> None:

@@ -236,3 +236,43 @@ def test_the_dead_letter_note_names_the_commonest_kinds_and_sums_the_rest() -> N
         "{'kind a': 10, 'kind b': 9, 'kind c': 8, 'kind d': 7, 'kind e': 6} and 3 more kinds (12 messages)"
     )
     assert most_common_text(Counter({"not valid JSON": 2})) == "{'not valid JSON': 2}"
+
+
+def _all_dead(spec: StreamSpec, start: int, end: int) -> MicroBatch:
+    """A batch of [start, end) whose every message was dead-lettered (as read_batch returns it)."""
+    batch = hand_batch(spec, 0, start=start)
+    batch.ranges, batch.read = {0: (start, end)}, end - start
+    batch.dlq_reasons.update({"not valid JSON": end - start})
+    return batch
+
+
+def test_a_batch_of_only_dead_letters_is_passed_over_with_the_reason(kafka_settings, registry) -> None:
+    spec, run_id = _spec(policy="halt"), _run_id()
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, _all_dead(spec, 200, 230), run_id)
+
+    assert outcome.batch is None and outcome.passed and outcome.severity == "WARN"
+    assert outcome.message.startswith("PASSED OVER p0[200, 230): every message (30: {'not valid JSON': 30})")
+    assert registry.halt(spec.name) is None
+    reset = registry.pending_offset_reset(spec.name)
+    assert reset["offsets"] == {"0": 230} and reset["by"] == f"the trainer, run {run_id}"
+    assert reset["reason"] == "every message of p0[200, 230) was dead-lettered (30): nothing to learn"
+    (decision,) = registry.decisions(spec.name)
+    assert decision["kind"] == "passed_over" and decision["messages"] == 30 and decision["run_id"] == run_id
+
+
+def test_a_passed_over_batch_following_an_operator_reset_keeps_it_and_one_set_since_stays(
+    kafka_settings, registry
+) -> None:
+    spec = _spec(policy="halt")
+    registry.set_pending_offsets(spec.name, {0: 200}, reason="operator reset (--to latest)", by="alice")
+    apply_quality_policy(kafka_settings, registry, spec, _all_dead(spec, 200, 230), _run_id())
+    reset = registry.pending_offset_reset(spec.name)
+    assert reset["offsets"] == {"0": 230} and reset["after"]["by"] == "alice"
+    assert "it followed the reset 'operator reset (--to latest)' (by alice)" in reset["reason"]
+
+    # A reset set while the next batch ran (it starts elsewhere) is the operator's later decision: kept.
+    newer = registry.set_pending_offsets(spec.name, {0: 500}, reason="operator reset (--to latest)", by="bob")
+    apply_quality_policy(kafka_settings, registry, spec, _all_dead(spec, 230, 240), _run_id())
+    assert registry.pending_offset_reset(spec.name) == newer
+    assert [d["ranges"] for d in registry.decisions(spec.name)] == ["p0[200, 230)", "p0[230, 240)"]

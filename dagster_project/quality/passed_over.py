@@ -1,0 +1,123 @@
+"""A batch whose every message was dead-lettered: passed over, not halted.
+
+Re-running such a batch can never do better (its messages stay malformed), and nothing is lost:
+each message is on the DLQ with its reason. So the stream moves past it by itself, recorded the way
+`streamfit batches skip` records a skip: a pending offset reset with the reason, which the next
+version applies and keeps in its meta (`offset_reset_applied`). Every offset is then either learned
+by a version or recorded there as passed over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.kafka.offsets import Ranges, ranges_text
+from dagster_project.registry.store import ModelRegistry, without_state
+from dagster_project.spec import StreamSpec
+
+KIND = "passed_over"  # a pending reset's `kind` when it passes over batches of dead letters
+# The pending reset's record of the dead-lettered offsets it passes over: {"ranges", "messages"}.
+DEAD_LETTERED = "dead_lettered"
+# The pending reset a newer one replaced after following it (an operator's, a quarantine's, a
+# pass-over before a skipped halt): kept in the newer record, so the version applying it records both.
+AFTER = "after"
+
+
+# Dead letters that say the producers' events and the spec disagree (a renamed or new field): a
+# schema change, not junk. Every later batch would be passed over too, learning nothing while only
+# the dead-letter ratio warns; such a batch halts the stream as before, naming the feature.
+SCHEMA_KINDS = ("unknown feature", "missing feature")
+
+
+def nothing_but_dead_letters(batch: MicroBatch) -> bool:
+    """Whether the batch read messages and dead-lettered every one, none for a schema change. Judged
+    by what it read, not by its empty rows alone: rows lost any other way still meet the quality
+    gate (and halt)."""
+    schema = any(kind.startswith(SCHEMA_KINDS) for kind in batch.dlq_reasons)
+    return batch.rows == 0 and batch.read > 0 and batch.dlq == batch.read and not schema
+
+
+def pass_over(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str) -> str:
+    """Record the batch as passed over (a pending offset reset past it, with the reason); the message to log.
+
+    A run retried after this finds its batch already handled (`expected_offsets` includes the
+    reset), so it is recorded once. A pending reset set since the batch was planned is an
+    operator's later decision: it is kept, and the batch is passed over in the decision log only.
+    """
+    where = ranges_text(batch.learned_ranges)
+    kinds = dict(batch.dlq_reasons.most_common(5))
+    registry.record_decision(
+        spec.name,
+        {"kind": "passed_over", "ranges": where, "messages": batch.dlq, "reasons": kinds, "run_id": run_id},
+    )
+    previous = registry.pending_offset_reset(spec.name)
+    if previous is not None and not _follows(previous, batch.learned_ranges):
+        return (
+            f"PASSED OVER {where}: every message ({batch.dlq:,}: {kinds}) went to {spec.dlq_topic}; the pending reset "
+            f"to {previous['offsets']} ({previous['reason']}, by {previous['by']}), set since, moves the stream on"
+        )
+    passed = _passed(previous, batch)
+    after = _after(previous)
+    messages = passed["messages"]
+    reason = f"every message of {ranges_text(_ranges(passed))} was dead-lettered ({messages:,}): nothing to learn"
+    if after:
+        reason += f"; it followed the reset {after['reason']!r} (by {after['by']})"
+    starts = {int(p): int(o) for p, o in (previous or {}).get("offsets", {}).items()} | batch.learned_ends
+    registry.set_pending_offsets(
+        spec.name,
+        dict(sorted(starts.items())),
+        reason=reason,
+        by=f"the trainer, run {run_id}",
+        feature_state=batch.feature_state,  # its events stay in the derived features, as in serving
+        details={"kind": KIND, DEAD_LETTERED: passed, **({AFTER: after} if after else {})},
+    )
+    return f"PASSED OVER {where}: every message ({batch.dlq:,}: {kinds}) went to {spec.dlq_topic}; the stream moves on"
+
+
+def _follows(reset: dict[str, Any], ranges: Ranges) -> bool:
+    """Whether the batch starts where `reset` does on every partition both name (it was planned from it)."""
+    offsets = reset.get("offsets", {})
+    return all(int(offsets[str(p)]) == start for p, (start, _) in ranges.items() if str(p) in offsets)
+
+
+def _passed(previous: dict[str, Any] | None, batch: MicroBatch) -> dict[str, Any]:
+    """The dead-lettered offsets passed over: the batch's, joined to those of a pass-over it follows
+    (batches of junk in a row make one record, not a chain of reasons)."""
+    ours = previous is not None and previous.get("kind") == KIND
+    earlier = previous[DEAD_LETTERED] if ours else {"ranges": {}, "messages": 0}
+    ranges = dict(earlier["ranges"])
+    for p, (start, end) in batch.learned_ranges.items():
+        if end > start:
+            ranges[str(p)] = [int(ranges.get(str(p), [start])[0]), int(end)]
+    ordered = dict(sorted(ranges.items(), key=lambda item: int(item[0])))
+    return {"ranges": ordered, "messages": int(earlier["messages"]) + batch.dlq}
+
+
+def _after(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pending reset the passed-over offsets follow: a pass-over's own, or any other one itself."""
+    if previous is None:
+        return None
+    if previous.get("kind") == KIND:
+        return previous.get(AFTER)
+    return without_state(previous)
+
+
+def replacing(pending: dict[str, Any] | None) -> dict[str, Any]:
+    """The details of a reset that replaces `pending` once past it (`batches skip`, `offsets reset`):
+    `pending` itself, so what it passed over stays recorded by the version that applies the new one."""
+    return {AFTER: without_state(pending)} if pending else {}
+
+
+def dead_lettered_rows(reset: dict[str, Any] | None) -> tuple[int, int]:
+    """(offsets, messages) passed over as dead letters by `reset` and the resets it replaced."""
+    if not reset:
+        return 0, 0
+    passed = reset.get(DEAD_LETTERED) or {}
+    offsets = sum(int(e) - int(s) for s, e in (passed.get("ranges") or {}).values())
+    earlier = dead_lettered_rows(reset.get(AFTER))
+    return offsets + earlier[0], int(passed.get("messages", 0)) + earlier[1]
+
+
+def _ranges(passed: dict[str, Any]) -> Ranges:
+    return {int(p): (int(s), int(e)) for p, (s, e) in passed["ranges"].items()}
