@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,45 @@ def _start_run_retry_cursors(instance) -> set[str]:
         end = instance.event_log_storage.get_maximum_record_id() or 0
         storage.set_cursor_values({key: str(end) for key in missing})
     return missing
+
+
+# How long a failed run marked for retry may wait for its retry before the sensor asks again. The
+# daemon's run-retry consumer passes every few seconds; a minute is many passes on a loaded machine.
+LOST_RETRY_S = 60.0
+
+
+def lost_retry(instance: Any, run: Any) -> bool:
+    """Whether a run Dagster marked `dagster/will_retry` failed over `LOST_RETRY_S` ago with no retry.
+
+    Dagster's run-retry consumer can read a run's failure event before the run's own status says
+    FAILURE (two writes; on SQLite two files): it then decides not to retry and moves its cursor
+    past the event for good. The run keeps `will_retry: true` and the Kafka sensor waited for that
+    retry for ever (a test's daemon run, once in a few full suites on a loaded machine)."""
+    if run.tags.get("dagster/will_retry") != "true":
+        return False
+    record = instance.get_run_record_by_id(run.run_id)
+    ended = record.end_time if record is not None else None
+    if ended is None or time.time() - ended < LOST_RETRY_S:
+        return False
+    group = instance.get_run_group(run.run_id)
+    return not any(r.parent_run_id == run.run_id for r in (group[1] if group else []))
+
+
+def ask_retry_again(instance: Any, run: Any) -> bool:
+    """Move the run-retry consumer's failure cursor back to just before `run`'s failure event, so
+    its next pass reads it again (now with the run's status FAILURE) and retries the run. Dagster
+    retries a run once whatever reads it twice. True when the cursor was moved."""
+    import dagster as dg
+    from dagster._core.event_api import RunStatusChangeRecordsFilter
+
+    changes = instance.fetch_run_status_changes(  # the job's newest failures first: the lost one is recent
+        RunStatusChangeRecordsFilter(event_type=dg.DagsterEventType.RUN_FAILURE, job_names=[run.job_name]),
+        limit=100,
+    ).records
+    failure = next((c.storage_id for c in changes if c.run_id == run.run_id), None)
+    key = run_retry_cursor_keys()[0]  # RUN_FAILURE's
+    current = instance.daemon_cursor_storage.get_cursor_values({key}).get(key)
+    if failure is None or current is None or int(current) < failure:
+        return False
+    instance.daemon_cursor_storage.set_cursor_values({key: str(failure - 1)})
+    return True

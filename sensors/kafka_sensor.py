@@ -14,6 +14,7 @@ import orjson
 from assets.training import batch_run_config
 from dagster_project import names
 from dagster_project.dev.producer import produce_command
+from dagster_project.instance import LOST_RETRY_S, ask_retry_again, lost_retry
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed, topic_lost
 from dagster_project.kafka.offsets import (
     BatchPlan,
@@ -168,6 +169,13 @@ def evaluate(
     earlier = _failed_batch(context.instance, spec.name, head_name, run_key, plan.ranges)
     if earlier is not None:
         failed, failed_ranges = earlier
+        if lost_retry(context.instance, failed) and ask_retry_again(context.instance, failed):
+            message = (
+                f"{spec.name}: run {failed.run_id[:8]} failed over {LOST_RETRY_S:.0f} s ago and the daemon has not "
+                "retried it (its run-retry consumer read the failure before the run's status said so): asked it again"
+            )
+            context.log.warning(message)
+            return dg.SkipReason(message)
         if failed.tags.get("dagster/will_retry") == "true":
             return dg.SkipReason(f"{spec.name}: run {failed.run_id[:8]} failed; the daemon retries it")
         summary = (
