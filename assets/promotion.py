@@ -180,8 +180,8 @@ def decide_promotion(
         result = judge(spec, metric, candidate, estimator, current, champion_estimator, X, y)
     if result.promote:
         result = _hand_decision_holds(reg, spec, metric, candidate, result)
-    lacking = _classes_lacking(spec, unseen.y[labelled]) if labelled is not None and labelled.any() else False
-    if fresh_by_default and not result.promote and (untestable := _untestable(spec, metric, result, lacking)):
+    tail_labels = unseen.y[labelled] if labelled is not None and labelled.any() else None
+    if fresh_by_default and not result.promote and (untestable := _untestable(spec, metric, result, tail_labels)):
         reason = (
             f"{candidate} promoted untested: {untestable}, and it learned strictly more than {current}; the "
             "champion check and the drift monitor can still roll it back"
@@ -199,7 +199,7 @@ def _classes_lacking(spec: StreamSpec, y) -> bool:
     return spec.task == "classification" and len(set(y.astype(int).tolist())) < len(spec.label.classes or [])
 
 
-def _untestable(spec: StreamSpec, metric: str, result, lacking_classes: bool) -> str | None:
+def _untestable(spec: StreamSpec, metric: str, result, tail_labels) -> str | None:
     """Why the gate could not judge the candidate on its tail, or None when it judged it (or could
     never: a metric the models cannot give, such as log_loss without probabilities, still defers,
     or every version would be promoted however bad). A rare positive class (1 in 1,000) leaves most
@@ -208,7 +208,7 @@ def _untestable(spec: StreamSpec, metric: str, result, lacking_classes: bool) ->
     if result.rows < spec.promotion.min_rows:
         return f"only {result.rows} unseen rows (< promotion.min_rows {spec.promotion.min_rows}) to judge it"
     missing = result.candidate_value is None or result.champion_value is None
-    if missing and metric == "roc_auc" and lacking_classes:
+    if missing and metric == "roc_auc" and tail_labels is not None and _classes_lacking(spec, tail_labels):
         return f"roc_auc is not computable on its {result.rows} unseen rows (they lack a class)"
     return None
 

@@ -221,10 +221,9 @@ def ask_retry_again(instance: Any, run: Any) -> bool:
     its next pass reads it again (now with the run's status FAILURE) and retries the run. Dagster
     retries a run once whatever reads it twice. True when the cursor was moved."""
     import dagster as dg
-    from dagster._core.event_api import RunStatusChangeRecordsFilter
 
     changes = instance.fetch_run_status_changes(  # the job's newest failures first: the lost one is recent
-        RunStatusChangeRecordsFilter(event_type=dg.DagsterEventType.RUN_FAILURE, job_names=[run.job_name]),
+        dg.RunStatusChangeRecordsFilter(event_type=dg.DagsterEventType.RUN_FAILURE, job_names=[run.job_name]),
         limit=100,
     ).records
     failure = next((c.storage_id for c in changes if c.run_id == run.run_id), None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.instance import write_instance_config
+from tests.helpers import failing_job
 
 
 def test_the_daemon_evaluates_sensors_in_threads(tmp_path: Path) -> None:
@@ -15,16 +16,6 @@ def test_the_daemon_evaluates_sensors_in_threads(tmp_path: Path) -> None:
     write_instance_config(tmp_path)
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.get_settings("sensors") == {"use_threads": True, "num_workers": 4}
-
-
-@dg.op
-def _fails() -> None:
-    raise RuntimeError("injected")
-
-
-@dg.job
-def _failing_job() -> None:
-    _fails()
 
 
 def test_a_failure_the_run_retry_consumer_skipped_is_read_again(tmp_path: Path, monkeypatch) -> None:
@@ -38,7 +29,7 @@ def test_a_failure_the_run_retry_consumer_skipped_is_read_again(tmp_path: Path, 
     write_instance_config(tmp_path)
     initialize_storage(tmp_path)
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-        run_id = _failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
+        run_id = failing_job.execute_in_process(instance=instance, raise_on_error=False).run_id
         run = instance.get_run_by_id(run_id)
         assert run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true"
         failure_key = run_retry_cursor_keys()[0]
@@ -50,10 +41,8 @@ def test_a_failure_the_run_retry_consumer_skipped_is_read_again(tmp_path: Path, 
         assert lost_retry(instance, run)
         assert ask_retry_again(instance, run)
         cursor = int(instance.daemon_cursor_storage.get_cursor_values({failure_key})[failure_key])
-        from dagster._core.event_api import RunStatusChangeRecordsFilter
-
         changes = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(event_type=dg.DagsterEventType.RUN_FAILURE), limit=10
+            dg.RunStatusChangeRecordsFilter(event_type=dg.DagsterEventType.RUN_FAILURE), limit=10
         ).records
         (failure,) = [c.storage_id for c in changes if c.run_id == run_id]
         assert cursor == failure - 1
