@@ -515,6 +515,7 @@ def test_a_chosen_champion_s_line_is_what_grew_from_it_after_the_choice(tmp_path
         parent = register(registry, "s", parent, {0: n}).name
         time.sleep(0.002)
         stamps[parent] = _now()  # a choice made just after this version was registered
+        time.sleep(0.002)  # and before the next: both times are to the millisecond
     assert _of_its_line(registry, "s", "v4", "v3", stamps["v3"])
     assert _of_its_line(registry, "s", "v5", "v3", stamps["v3"])  # through v4, registered after the choice
     assert not _of_its_line(registry, "s", "v5", "v3", stamps["v4"])  # through v4, which the choice passed over
