@@ -64,24 +64,32 @@ class RegistryResource(dg.ConfigurableResource):
     """The model registry: $STREAMFIT_REGISTRY (filesystem, the default, or mlflow) unless `backend` is set.
 
     `root` is the local registry directory (default $STREAMFIT_HOME/registry); `mlflow_uri` the
-    tracking server (default $STREAMFIT_MLFLOW_URI, else $MLFLOW_TRACKING_URI).
+    tracking server (default $STREAMFIT_MLFLOW_URI, else $MLFLOW_TRACKING_URI); `mlflow_namespace`
+    the deployment's names on a shared server (default $STREAMFIT_MLFLOW_NAMESPACE).
     """
 
     root: str = ""
     backend: str = ""
     mlflow_uri: str = ""
+    mlflow_namespace: str = ""
 
     def get(self) -> ModelRegistry:
         from dagster_project.registry.backends import registry_from_env
 
-        return registry_from_env(self.root or None, backend=self.backend or None, mlflow_uri=self.mlflow_uri or None)
+        return registry_from_env(
+            self.root or None,
+            backend=self.backend or None,
+            mlflow_uri=self.mlflow_uri or None,
+            mlflow_namespace=self.mlflow_namespace or None,
+        )
 
     @classmethod
     def of(cls, registry: ModelRegistry) -> RegistryResource:
         """The resource that opens `registry` again (in run workers: another process)."""
         mlflow_uri = getattr(registry, "tracking_uri", None)
         if mlflow_uri:
-            return cls(root=str(registry.root), backend="mlflow", mlflow_uri=mlflow_uri)
+            namespace = getattr(registry, "namespace", None) or ""
+            return cls(root=str(registry.root), backend="mlflow", mlflow_uri=mlflow_uri, mlflow_namespace=namespace)
         return cls(root=str(registry.root), backend="filesystem")
 
 

@@ -2,7 +2,8 @@
 
 `STREAMFIT_REGISTRY=filesystem` (the default) keeps versions under `$STREAMFIT_HOME/registry`;
 `STREAMFIT_REGISTRY=mlflow` keeps them on the MLflow tracking server named by `STREAMFIT_MLFLOW_URI`,
-else `MLFLOW_TRACKING_URI` (the MLflow client is the `mlflow` extra: `pip install 'streamfit[mlflow]'`).
+else `MLFLOW_TRACKING_URI` (the MLflow client is the `mlflow` extra: `pip install 'streamfit[mlflow]'`),
+in the namespace `STREAMFIT_MLFLOW_NAMESPACE` when deployments share the server.
 The Dagster resource, the CLI, the scorer and the exporter all build their registry here.
 """
 
@@ -17,6 +18,7 @@ from dagster_project.registry.store import FilesystemRegistry, ModelRegistry, Re
 REGISTRY_ENV = "STREAMFIT_REGISTRY"
 MLFLOW_URI_ENV = "STREAMFIT_MLFLOW_URI"
 MLFLOW_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_NAMESPACE_ENV = "STREAMFIT_MLFLOW_NAMESPACE"
 BACKENDS = ("filesystem", "mlflow")
 
 
@@ -40,11 +42,13 @@ def registry_from_env(
     *,
     backend: str | None = None,
     mlflow_uri: str | None = None,
+    mlflow_namespace: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ModelRegistry:
     """The registry this process uses. `root` is the local registry directory (default
     $STREAMFIT_HOME/registry): the filesystem registry itself, or, on MLflow, where local state such
-    as the label joiner's live metrics stays. `backend` and `mlflow_uri` override the environment."""
+    as the label joiner's live metrics stays. `backend`, `mlflow_uri` and `mlflow_namespace` override
+    the environment."""
     if root is None:
         from dagster_project.settings import registry_root
 
@@ -66,4 +70,8 @@ def registry_from_env(
         raise RegistryError(
             f"{REGISTRY_ENV}=mlflow needs the MLflow client ({exc}): pip install 'streamfit[mlflow]'"
         ) from exc
-    return MlflowRegistry(uri, root=root)
+    env = os.environ if env is None else env
+    try:
+        return MlflowRegistry(uri, root=root, namespace=mlflow_namespace or env.get(MLFLOW_NAMESPACE_ENV))
+    except RegistryError as exc:
+        raise RegistryError(f"{MLFLOW_NAMESPACE_ENV}: {exc}") from exc

@@ -4,7 +4,7 @@ Where each Streamfit record lives (the README's "Registry" section has the same 
 
 | Streamfit | MLflow |
 |---|---|
-| a stream | registered model `<stream>`; its runs in experiment `streamfit/<stream>` |
+| a stream | registered model `<stream>`; its runs in experiment `streamfit/<stream>` (namespace: below) |
 | version `v<N>` | a model version tagged `streamfit.version=v<N>` (MLflow's own number may differ) |
 | meta.json without the profile | model version tag `streamfit.meta` (JSON) |
 | batch ranges, learned offsets, parent | model version tags `streamfit.batch`, `.learned`, `.parent` |
@@ -21,6 +21,11 @@ Where each Streamfit record lives (the README's "Registry" section has the same 
 numbers every model version it creates, including attempts that crashed before their commit and
 were discarded, so MLflow's number can run ahead of N; the tag `streamfit.version` is the mapping,
 and each Version's `meta["mlflow"]` names its MLflow number, run and URLs.
+
+**Namespaces.** Deployments that share one MLflow server (a team's test and production, two teams)
+each set `STREAMFIT_MLFLOW_NAMESPACE`: registered model `<namespace>.<stream>` and experiment
+`streamfit/<namespace>/<stream>` then keep them apart, so same-named streams never share versions,
+champion or bookkeeping, and each deployment lists only its own streams.
 
 **Commit point.** A registration logs the source run and the ONNX model, then creates the model
 version with every tag above staged except `streamfit.version`, re-reads the registry, and sets
@@ -50,6 +55,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -109,6 +115,8 @@ RECORDED_EXTRAS = {  # meta key -> model version tag
     "retrain": "streamfit.retrain",
 }
 STREAM_TAG = "streamfit.stream"
+NAMESPACE_TAG = "streamfit.namespace"  # on a registered model created in a namespace
+NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 NO_PARENT = "none"
 
 # Run tags
@@ -133,6 +141,18 @@ CLIENT_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 UNAVAILABLE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
+
+
+def check_namespace(namespace: str | None) -> str | None:
+    """A deployment's namespace on a shared MLflow server (None or empty: none). MLflow refuses `/` and
+    `:` in model names; a dot would make `<namespace>.<stream>` ambiguous."""
+    namespace = (namespace or "").strip() or None
+    if namespace is not None and not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise RegistryError(
+            f"MLflow namespace {namespace!r}: use 1-63 letters, digits, '_' or '-', starting with a letter or "
+            "digit (e.g. team-a)"
+        )
+    return namespace
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -268,6 +288,7 @@ class MlflowRegistry(ModelRegistry):
         root: str | Path | None = None,
         *,
         registry_uri: str | None = None,
+        namespace: str | None = None,
         pending_timeout_s: float = PENDING_TIMEOUT_S,
     ) -> None:
         for name, value in CLIENT_DEFAULTS.items():
@@ -281,6 +302,7 @@ class MlflowRegistry(ModelRegistry):
         self.root = Path(root)
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
+        self.namespace = check_namespace(namespace)
         self.pending_timeout_s = pending_timeout_s
         # Every call that writes to MLflow goes through this one client (tests inject faults here).
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
@@ -291,7 +313,13 @@ class MlflowRegistry(ModelRegistry):
         self._profiles: dict[tuple[str, int], dict[str, Any]] = {}
 
     def __repr__(self) -> str:
-        return f"MlflowRegistry({self.tracking_uri!r}, root={str(self.root)!r})"
+        namespace = f", namespace={self.namespace!r}" if self.namespace else ""
+        return f"MlflowRegistry({self.tracking_uri!r}, root={str(self.root)!r}{namespace})"
+
+    def _model(self, stream: str) -> str:
+        """The stream's registered model: `<namespace>.<stream>` in a namespace, else the stream's name.
+        Stream names have no dot, so two deployments' names never meet."""
+        return f"{self.namespace}.{stream}" if self.namespace else stream
 
     @property
     def address(self) -> str:
@@ -313,24 +341,24 @@ class MlflowRegistry(ModelRegistry):
 
     def _entries(self, stream: str) -> list[_Entry]:
         """Every model version of the stream's registered model, in MLflow's order."""
-        return self._search(f"name = '{stream}'")
+        return self._search(f"name = '{self._model(stream)}'")
 
     def _links(self, stream: str, entry: _Entry) -> dict[str, Any]:
         links: dict[str, Any] = {
             "model_version": entry.number,
-            "model_uri": f"models:/{stream}/{entry.number}",
+            "model_uri": f"models:/{self._model(stream)}/{entry.number}",
             "run_id": entry.mv.run_id,
         }
         base = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else None
         if base:
-            links["model_version_url"] = f"{base}/#/models/{quote(stream)}/versions/{entry.number}"
+            links["model_version_url"] = f"{base}/#/models/{quote(self._model(stream))}/versions/{entry.number}"
             experiment = entry.tags.get(EXPERIMENT_TAG)
             if experiment and entry.mv.run_id:
                 links["run_url"] = f"{base}/#/experiments/{experiment}/runs/{entry.mv.run_id}"
         return links
 
     def _meta(self, stream: str, entry: _Entry) -> dict[str, Any]:
-        uri = f"models:/{stream}/{entry.number}"
+        uri = f"models:/{self._model(stream)}/{entry.number}"
         raw = entry.tags.get(META_TAG)
         try:
             meta = orjson.loads(raw) if raw is not None else None
@@ -354,7 +382,7 @@ class MlflowRegistry(ModelRegistry):
         broken: list[BrokenVersion] = []
         holder: dict[str, int] = {}
         for entry in (e for e in entries if e.committed):
-            name, uri = entry.tags[VERSION_TAG], f"models:/{stream}/{entry.number}"
+            name, uri = entry.tags[VERSION_TAG], f"models:/{self._model(stream)}/{entry.number}"
             if not is_version_name(name):
                 log.warning("%s: %s has %s=%r, not a version name; ignored", stream, uri, VERSION_TAG, name)
                 continue
@@ -394,15 +422,19 @@ class MlflowRegistry(ModelRegistry):
 
     @_translating("listing streams")
     def streams(self) -> list[str]:
-        """Every stream registered on the server: the registered models Streamfit created (tagged
-        with their stream), not a shared server's other models."""
+        """Every stream registered in this registry's namespace: the registered models Streamfit created
+        (tagged with their stream) under this namespace's names, not a shared server's other models nor
+        another deployment's streams."""
         names: list[str] = []
         token = None
         while True:  # filtered by the tag on the server: a shared server's other models cost no page
             page = self.client.search_registered_models(
                 filter_string=f"tags.`{STREAM_TAG}` LIKE '%'", max_results=1000, page_token=token
             )
-            names.extend(m.name for m in page if (m.tags or {}).get(STREAM_TAG) == m.name)
+            for model in page:
+                stream = (model.tags or {}).get(STREAM_TAG)
+                if stream and model.name == self._model(stream):
+                    names.append(stream)
             token = page.token
             if not token:
                 break
@@ -418,7 +450,7 @@ class MlflowRegistry(ModelRegistry):
 
     def _entry(self, stream: str, version: str) -> _Entry:
         if is_version_name(version):
-            for entry in self._search(f"name = '{stream}' and tags.`{VERSION_TAG}` = '{version}'"):
+            for entry in self._search(f"name = '{self._model(stream)}' and tags.`{VERSION_TAG}` = '{version}'"):
                 if entry.committed:
                     return entry
         raise RegistryError(f"{stream} has no version {version!r}; `streamfit models list {stream}` shows them")
@@ -581,7 +613,7 @@ class MlflowRegistry(ModelRegistry):
             if meta.get(key):
                 tags[tag] = _json(meta[key])
         mv = self.client.create_model_version(
-            stream,
+            self._model(stream),
             f"models:/{model_id}",
             run_id=run_id,
             tags=tags,
@@ -622,13 +654,13 @@ class MlflowRegistry(ModelRegistry):
         for stale in entries:  # staged on a parent that is no longer the head: they can never commit
             if stale.staged and stale.number != mine.number and stale.parent != mine.parent:
                 self._discard(stream, stale, f"its parent {stale.parent} is no longer the head")
-        self.client.set_model_version_tag(stream, str(mine.number), VERSION_TAG, name)  # THE COMMIT POINT
+        self.client.set_model_version_tag(self._model(stream), str(mine.number), VERSION_TAG, name)  # THE COMMIT POINT
         meta["mlflow"] = self._links(stream, mine)
         log.info("%s: committed %s as MLflow version %s", stream, name, mine.number)
         return Version(stream, name, meta)
 
     def _discard(self, stream: str, entry: _Entry, why: str) -> None:
-        self.client.set_model_version_tag(stream, str(entry.number), DISCARDED_TAG, why)
+        self.client.set_model_version_tag(self._model(stream), str(entry.number), DISCARDED_TAG, why)
         log.warning("%s: discarded the staged MLflow version %s: %s", stream, entry.number, why)
 
     def _experiment(self, stream: str, create: bool = False) -> str | None:
@@ -636,7 +668,7 @@ class MlflowRegistry(ModelRegistry):
             return self._experiments[stream]
         from mlflow.exceptions import MlflowException
 
-        name = EXPERIMENT_PREFIX + stream
+        name = EXPERIMENT_PREFIX + (f"{self.namespace}/{stream}" if self.namespace else stream)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             if not create:
@@ -663,7 +695,9 @@ class MlflowRegistry(ModelRegistry):
 
         try:
             self.client.create_registered_model(
-                stream, tags={STREAM_TAG: stream}, description=f"Streamfit stream {stream}: one version per batch"
+                self._model(stream),
+                tags={STREAM_TAG: stream} | ({NAMESPACE_TAG: self.namespace} if self.namespace else {}),
+                description=f"Streamfit stream {stream}: one version per batch",
             )
         except MlflowException as exc:
             if _code(exc) != "RESOURCE_ALREADY_EXISTS":
@@ -791,7 +825,7 @@ class MlflowRegistry(ModelRegistry):
         from mlflow.exceptions import MlflowException
 
         try:
-            return _Entry(self.client.get_model_version_by_alias(stream, CHAMPION_ALIAS))
+            return _Entry(self.client.get_model_version_by_alias(self._model(stream), CHAMPION_ALIAS))
         except MlflowException as exc:
             if _code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not _unavailable(exc):
                 return None  # no registered model yet, or no alias yet
@@ -835,7 +869,7 @@ class MlflowRegistry(ModelRegistry):
         record: dict[str, Any] = {"version": version, "previous": previous, "reason": reason, "at": _now()}
         if evidence:
             record["evidence"] = evidence
-        self.client.set_registered_model_alias(stream, CHAMPION_ALIAS, str(entry.number))
+        self.client.set_registered_model_alias(self._model(stream), CHAMPION_ALIAS, str(entry.number))
         try:
             self._append(stream, HISTORY, record)
         except Exception:
@@ -846,9 +880,9 @@ class MlflowRegistry(ModelRegistry):
         """Put the alias back where it was (delete it if there was none) after a failed history write."""
         try:
             if before is None:
-                self.client.delete_registered_model_alias(stream, CHAMPION_ALIAS)
+                self.client.delete_registered_model_alias(self._model(stream), CHAMPION_ALIAS)
             else:
-                self.client.set_registered_model_alias(stream, CHAMPION_ALIAS, str(before.number))
+                self.client.set_registered_model_alias(self._model(stream), CHAMPION_ALIAS, str(before.number))
         except Exception:
             log.exception(
                 "%s: the champion history was not written and the alias could not be put back on %s: "
@@ -1068,7 +1102,8 @@ class MlflowRegistry(ModelRegistry):
     @_translating("pointing the champion alias")
     def import_champion(self, stream: str, version: str) -> None:
         """Point the alias without adding a history record (the history was copied as it was)."""
-        self.client.set_registered_model_alias(stream, CHAMPION_ALIAS, str(self._entry(stream, version).number))
+        number = str(self._entry(stream, version).number)
+        self.client.set_registered_model_alias(self._model(stream), CHAMPION_ALIAS, number)
 
 
 def _parse_onnx(onnx_bytes: bytes, what: str) -> Any:

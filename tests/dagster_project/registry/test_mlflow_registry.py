@@ -285,6 +285,42 @@ def test_the_environment_picks_the_backend(tmp_path: Path, monkeypatch: pytest.M
     assert isinstance(RegistryResource.of(FilesystemRegistry(tmp_path)).get(), FilesystemRegistry)
 
 
+def test_two_deployments_sharing_a_server_keep_same_named_streams_apart(mlflow_uri: str, tmp_path: Path) -> None:
+    """Without a namespace two deployments' `orders` streams were one registered model: each saw the
+    other's versions as its head (training from them, or halting on SPEC CHANGED) and moved its champion."""
+    stream = new_stream()
+    test = MlflowRegistry(mlflow_uri, root=tmp_path / "test", namespace="team-test")
+    prod = MlflowRegistry(mlflow_uri, root=tmp_path / "prod", namespace="team-prod")
+    plain = MlflowRegistry(mlflow_uri, root=tmp_path / "plain")
+
+    test.register(stream, None, scaler_onnx(1), fitted_scaler(1), batch_meta(0, 10, 1))
+    test.register(stream, "v1", scaler_onnx(2), fitted_scaler(2), batch_meta(10, 20, 2))
+    prod.register(stream, None, scaler_onnx(3), fitted_scaler(3), batch_meta(0, 50, 3))
+    test.set_champion(stream, "v2", reason="test")
+    prod.set_champion(stream, "v1", reason="test")
+
+    assert [v.name for v in test.versions(stream)] == ["v1", "v2"]
+    assert [(v.name, v.meta["seed"]) for v in prod.versions(stream)] == [("v1", 3)]
+    assert (test.champion(stream), prod.champion(stream)) == ("v2", "v1")
+    assert [r["version"] for r in prod.champion_history(stream)] == ["v1"]
+    assert plain.versions(stream) == [] and plain.champion(stream) is None
+    assert stream in test.streams() and stream in prod.streams() and stream not in plain.streams()
+    assert prod.get(stream, "v1").meta["mlflow"]["model_uri"].startswith(f"models:/team-prod.{stream}/")
+    reopened = RegistryResource.of(prod).get()  # a run worker opens the same namespace
+    assert [v.meta["seed"] for v in reopened.versions(stream)] == [3]
+
+
+@pytest.mark.parametrize("namespace", ["team/a", "a.b", "-a", "x" * 64])
+def test_a_namespace_mlflow_cannot_name_or_that_would_be_ambiguous_is_refused(
+    namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMFIT_REGISTRY", "mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    monkeypatch.setenv("STREAMFIT_MLFLOW_NAMESPACE", namespace)
+    with pytest.raises(RegistryError, match=r"STREAMFIT_MLFLOW_NAMESPACE: MLflow namespace .*letters, digits"):
+        registry_from_env(tmp_path)
+
+
 def test_the_registry_cost_benchmark_runs(mlflow_uri: str, capsys: pytest.CaptureFixture) -> None:
     """`python -m benchmarks.registry_cost` works end to end (how fast is not checked: machines vary 2-3x)."""
     from benchmarks.registry_cost import main
