@@ -224,7 +224,7 @@ def _hand_decision_holds(reg, spec: StreamSpec, metric: str, candidate: str, res
     if not by or _of_its_line(reg, spec.name, candidate, result.champion, chosen.get("at") or ""):
         return result
     cand, champ = result.candidate_value, result.champion_value
-    allowed = margin_for(metric, spec.promotion.margin, champ)
+    allowed = max(margin_for(metric, spec.promotion.margin, champ), result.noise)
     gain = None if cand is None or champ is None else (cand - champ if HIGHER_IS_BETTER[metric] else champ - cand)
     if gain is not None and gain > allowed:
         return result

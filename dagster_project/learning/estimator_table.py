@@ -32,7 +32,9 @@ Why these defaults: they are chosen to learn well online (small ordered micro-ba
 - windowed (hist_gradient_boosting_*, random_forest_*, extra_trees_*): batch learners refit on a
   sliding window of recent rows (learning/windowed.py), single-threaded (the trainer shares its
   host) and with a bounded size whatever the window: forests get 50 trees of at most 256 leaves,
-  so a fit, its ONNX graph and the scorer's memory do not grow with `window_rows`.
+  so a fit, its ONNX graph and the scorer's memory do not grow with `window_rows`. The forest
+  regressors learn each window's labels standardized (learning/scaled_trees.py): scikit-learn calls a
+  node whose label variance is below machine epsilon pure, so labels around 1e-9 were never split.
 - k_neighbors_* (windowed): a vote of the 11 nearest rows of the window, on standardized inputs
   (distances need comparable scales; the scaler is fit on the window). Strong where classes are
   clouds around centres (RBF) and it recovers from a change as soon as its window holds new rows.
@@ -228,9 +230,20 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
             _boosting,
         ),
         _windowed("random_forest_classifier", "sklearn.ensemble:RandomForestClassifier", "classification", _forest),
-        _windowed("random_forest_regressor", "sklearn.ensemble:RandomForestRegressor", "regression", _forest),
+        # Forests learning standardized labels: raw, labels near 1e-9 were never split (learning/scaled_trees.py)
+        _windowed(
+            "random_forest_regressor",
+            "dagster_project.learning.scaled_trees:TargetScaledRandomForestRegressor",
+            "regression",
+            _forest,
+        ),
         _windowed("extra_trees_classifier", "sklearn.ensemble:ExtraTreesClassifier", "classification", _forest),
-        _windowed("extra_trees_regressor", "sklearn.ensemble:ExtraTreesRegressor", "regression", _forest),
+        _windowed(
+            "extra_trees_regressor",
+            "dagster_project.learning.scaled_trees:TargetScaledExtraTreesRegressor",
+            "regression",
+            _forest,
+        ),
         _windowed(
             "k_neighbors_classifier",
             "sklearn.neighbors:KNeighborsClassifier",

@@ -67,7 +67,8 @@ def checked_estimator(name: str, seed: int, params: dict[str, Any], where: str =
 def check_model_params(spec: StreamSpec) -> None:
     """Every family's estimator parameters, checked as a training run would build them, and an
     incremental family's by one trial `partial_fit` on a row of each class: scikit-learn checks some values
-    (an MLP's layer sizes, naive Bayes' priors) only when it first fits."""
+    (an MLP's layer sizes, naive Bayes' priors) only when it first fits. Last, every family is fit on a
+    small synthetic batch, exported and parity-checked (`exportable`): skl2onnx converts only some options."""
     from sklearn.utils import get_tags
 
     # A numeric feature's null is NaN to the model: trained only when the quality rule lets nulls through.
@@ -85,6 +86,10 @@ def check_model_params(spec: StreamSpec) -> None:
             )
         if not entry(family.estimator).windowed:
             _trial_fit(estimator, f"{where} of {family.estimator!r}", max(2, len(spec.label.classes or [])))
+    from dagster_project.learning.exportable import export_problem
+
+    if problem := export_problem(spec):  # skl2onnx converts only some options: found here, not at every export
+        raise ValueError(problem)
 
 
 def _trial_fit(estimator: Any, where: str, classes: int) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dagster_project.registry.contract import settings_changed
-from dagster_project.registry.promotion import difference_text, margin_for, margin_text
+from dagster_project.registry.promotion import difference_text, margin_for, margin_text, noise_floor
 from dagster_project.spec import StreamSpec
 
 LOWER_IS_BETTER = {"log_loss", "mae", "rmse"}
@@ -172,7 +172,8 @@ def _held_lead(model: CandidateSet, spec: StreamSpec, metric: str, X, y, scored:
     leader = model.leader
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     margin, level = spec.promotion.margin, spec.promotion.significance
-    allowed = margin_for(metric, margin, scored.get(leader))  # RMSE and MAE: a fraction of the leader's
+    # RMSE and MAE: a fraction of the leader's; never below float noise against the labels' scale
+    allowed = max(margin_for(metric, margin, scored.get(leader)), noise_floor(metric, y))
     record = {k: list(v) for k, v in model.record.items()}
     looks: list[tuple[bool, float, str, PairedTest | None, int]] = []  # (passes, gain, challenger, test, tails)
     for label in scored:

@@ -12,7 +12,8 @@ network learns ``(y - offset) / scale`` and predictions are mapped back. They st
 Adam's state and the weights are in those units, and a label whose level or spread later moves by a
 few hundredfold is still a target the network reaches, unlike 1e3 from zero. ONNX serves a plain
 MLPRegressor whose last layer has the mapping folded in (`served_estimator`), which skl2onnx converts
-as it always did. Poisson loss needs positive targets in its own units and is learned unscaled.
+as it always did. Poisson loss would be learned unscaled (its exp output needs the labels' own positive units), but
+skl2onnx cannot export it, so `streamfit check` refuses it (learning/exportable.py).
 """
 
 from __future__ import annotations

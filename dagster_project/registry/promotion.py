@@ -31,6 +31,26 @@ HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "log_loss": False, "mae":
 RELATIVE_MARGIN_METRICS = frozenset({"rmse", "mae"})
 
 
+# Differences smaller than this share of the labels' scale are float rounding, not one model being
+# better: on constant labels two versions scored RMSE 6.3e-14 and 5.5e-14, the paired test called it
+# significant, and the gate decided on it. Far below float32's resolution (1.2e-7), so a difference the
+# served models could show is never tied.
+FLOAT_NOISE = 1e-9
+
+
+def noise_floor(metric: str, y: Any) -> float:
+    """The difference in `metric` below which two models are level: `FLOAT_NOISE` times the labels'
+    root mean square (1 when they are all 0) for RMSE and MAE, times 1 for unitless metrics."""
+    if metric not in RELATIVE_MARGIN_METRICS or y is None:
+        return FLOAT_NOISE
+    import numpy as np
+
+    labels = np.asarray(y, dtype=np.float64)
+    labels = labels[np.isfinite(labels)]
+    scale = float(np.sqrt(np.mean(labels**2))) if len(labels) else 0.0
+    return FLOAT_NOISE * (scale or 1.0)
+
+
 def margin_for(metric: str, margin: float, reference: float | None) -> float:
     """`margin` in `metric`'s units next to a model scoring `reference` (its own error for RMSE and MAE)."""
     if metric in RELATIVE_MARGIN_METRICS and reference is not None:
@@ -112,6 +132,7 @@ class GateResult:
     champion_metrics: dict[str, Any] | None = None
     significance: float | None = None  # the test's level; None or 0: the margin alone decided
     test: dict[str, Any] | None = None  # `PairedTest.to_dict()`: champion (A) better than candidate (B)
+    noise: float = 0.0  # differences at most this are level (`noise_floor`)
 
     @property
     def p_value(self) -> float | None:
@@ -132,6 +153,7 @@ def gate(
     rows: int,
     test: PairedTest | None = None,
     significance: float | None = None,
+    noise: float = 0.0,
 ) -> GateResult:
     """Promote unless the candidate is measurably worse than the champion on `metric`.
 
@@ -140,7 +162,9 @@ def gate(
     within `margin`: promote, the reason saying "ahead by" or "within margin". Worse by more than the
     margin: keep the champion when `significance` is None or 0 (the margin alone decides), when
     the test could not be computed, or when it is significant (p < `significance`); otherwise the
-    shortfall is noise and the candidate is promoted. Too few rows or no metric: deferred."""
+    shortfall is noise and the candidate is promoted. A difference of at most `noise` (`noise_floor`:
+    float rounding against the labels' scale) is level whatever the test says. Too few rows or no
+    metric: deferred."""
     cand, champ = candidate_metrics.get(metric), champion_metrics.get(metric)
 
     def result(promote: bool, reason: str) -> GateResult:
@@ -158,6 +182,7 @@ def gate(
             dict(champion_metrics),
             significance or None,
             test.to_dict() if test is not None else None,
+            noise,
         )
 
     if rows < min_rows:
@@ -174,6 +199,10 @@ def gate(
         f"kept {champion} ({candidate} stays a candidate): {candidate} {numbers}",
     )
     allowed, stated = margin_for(metric, margin, champ), margin_text(metric, margin, champ)
+    if abs(shortfall) <= noise:
+        return result(
+            True, f"{promoted} (level: {difference_text(metric, abs(shortfall))} apart is float noise, <= {noise:.2g})"
+        )
     if shortfall < 0 and difference_text(metric, cand) != difference_text(metric, champ):
         return result(True, f"{promoted}, ahead by {difference_text(metric, -shortfall)}")  # not "within margin"
     if shortfall <= allowed:
@@ -220,6 +249,7 @@ def judge(
         len(y),
         test=test,
         significance=promotion.significance,
+        noise=noise_floor(metric, y),
     )
 
 

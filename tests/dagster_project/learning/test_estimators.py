@@ -270,6 +270,38 @@ def test_an_older_release_s_plain_mlp_regressor_continues_as_it_was() -> None:
     assert check_parity(model, export_onnx(model, n_features=4), X, spec.parity.atol, spec.parity.rtol).passed
 
 
+WINDOWED_REGRESSORS = tuple(n for n, e in ESTIMATORS.items() if e.windowed and e.task == "regression")
+
+
+@pytest.mark.parametrize("level", [1e-9, 1.0, 1e6])
+@pytest.mark.parametrize("estimator", WINDOWED_REGRESSORS)
+def test_windowed_regressors_learn_labels_of_any_scale_and_export_them(estimator: str, level: float) -> None:
+    # scikit-learn calls a node whose label variance is below machine epsilon pure: raw, forests on
+    # labels around 1e-9 were a single leaf predicting the window's mean (MAE / the mean's ~1.00).
+    features = [{"name": f"x{i}"} for i in range(5)]
+    model_block = {"estimator": estimator, "refit_every": 1}
+    spec = StreamSpec(name="scales", task="regression", features=features, model=model_block)
+    X, y = friedman_stream(6 * 400, level, seed=11)
+    read = memory_reader(X, y)
+    model, ratios = None, []
+    for start in range(0, len(X), 400):
+        rows = slice(start, start + 400)
+        index = np.arange(start, start + 400)
+        batch = rows_of(X[rows], y[rows], np.zeros(400, dtype=np.int32), index)
+        learned = test_then_learn(model, spec, batch, {0: (start, start + 400)}, read)
+        if model is not None:
+            ratios.append(learned.metrics.mae / float(np.mean(np.abs(y[rows] - y[:start].mean()))))
+        model = learned.model
+    print(f"{estimator} at {level:g}: MAE / predicting the mean {[round(r, 3) for r in ratios]}")
+    assert ratios[-1] < 0.6, ratios
+    X_new, y_new = friedman_stream(300, level, seed=12)
+    served = servable(model)
+    onnx_bytes = export_onnx(served, n_features=5)
+    # the tolerance in the labels' units: at 1e-9 the spec's absolute 1e-4 would pass any output
+    parity = check_parity(served, onnx_bytes, X_new, atol=1e-4 * level, rtol=spec.parity.rtol)
+    assert parity.passed, parity.reason
+
+
 def test_the_sgd_default_is_confident_and_right_after_its_first_micro_batch() -> None:
     # A SEA-like threshold concept. The micro-batch cannot learn row by row, so the default makes
     # eight passes at 0.005: one pass at 0.01 (the previous default) served the second batch at

@@ -141,3 +141,43 @@ def test_the_margin_decides_when_the_test_cannot_be_computed():
     assert not gate(*args, None, 0.05).promote
     within = ("roc_auc", 0.01, 50, "v7", {"roc_auc": 0.895}, "v6", {"roc_auc": 0.9}, 100)
     assert gate(*within, delong(y == 1, s, s), 0.05).promote
+
+
+class _Constant:
+    """A regressor predicting the labels' level off by float rounding (`jitter` of spread)."""
+
+    def __init__(self, level: float, jitter: float, seed: int) -> None:
+        self.level, self.jitter, self.seed = level, jitter, seed
+
+    def predict(self, X):
+        return self.level + self.jitter * np.random.default_rng(self.seed).normal(size=len(X))
+
+
+@pytest.mark.parametrize("level", [0.0, 3.0, 1e6])
+def test_float_noise_on_constant_labels_is_level_not_a_significant_difference(level: float) -> None:
+    # Two versions on constant labels scored RMSE 6.3e-14 and 5.5e-14: the paired bootstrap called the
+    # candidate significantly worse, and the gate kept the champion on rounding.
+    from dagster_project.registry.promotion import judge, noise_floor
+    from dagster_project.spec import StreamSpec
+
+    spec = StreamSpec(name="flat", task="regression", features=[{"name": "a"}, {"name": "b"}])
+    X, y = np.zeros((400, 2)), np.full(400, level)
+    jitter = 6e-14 * max(1.0, level)
+    result = judge(spec, "rmse", "v7", _Constant(level, 1.5 * jitter, 1), "v6", _Constant(level, jitter, 2), X, y)
+    assert result.candidate_value > result.champion_value and result.p_value < 0.05  # the test calls it real
+    assert result.promote and "is float noise" in result.reason, result.reason
+    assert result.noise == noise_floor("rmse", y) == 1e-9 * max(1.0, level)
+
+
+def test_a_real_difference_on_tiny_labels_still_decides() -> None:
+    # The floor is relative to the labels: on labels around 1e-9 a candidate twice as far off is worse.
+    rng = np.random.default_rng(3)
+    y = 1e-9 * (1 + rng.normal(size=400))
+    champ, cand = y + 1e-10 * rng.normal(size=400), y + 3e-10 * rng.normal(size=400)
+    rmse = lambda p: {"rmse": float(np.sqrt(np.mean((p - y) ** 2)))}  # noqa: E731
+    from dagster_project.registry.promotion import noise_floor
+    from dagster_project.registry.significance import paired_test
+
+    test = paired_test("rmse", y, {"predicted": champ}, {"predicted": cand})
+    result = gate("rmse", 0.01, 50, "v7", rmse(cand), "v6", rmse(champ), 400, test, 0.05, noise_floor("rmse", y))
+    assert not result.promote and "significant" in result.reason
