@@ -122,6 +122,7 @@ def model_params_problem(spec: StreamSpec) -> str | None:
             ",".join(f"{f.name}:{f.type}:{f.nullable}" for f in spec.features),
             repr(spec.quality.max_null_fraction),
             repr(spec.label.classes),
+            spec.parity.model_dump_json(),  # the export probe's tolerances
         )
     )
     if key not in _PARAMS_CHECKED:

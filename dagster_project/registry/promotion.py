@@ -199,7 +199,7 @@ def gate(
         f"kept {champion} ({candidate} stays a candidate): {candidate} {numbers}",
     )
     allowed, stated = margin_for(metric, margin, champ), margin_text(metric, margin, champ)
-    if abs(shortfall) <= noise:
+    if 0 < abs(shortfall) <= noise:  # an exact tie is "within margin", as it always was
         return result(
             True, f"{promoted} (level: {difference_text(metric, abs(shortfall))} apart is float noise, <= {noise:.2g})"
         )
