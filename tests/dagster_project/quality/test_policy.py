@@ -276,3 +276,32 @@ def test_a_passed_over_batch_following_an_operator_reset_keeps_it_and_one_set_si
     apply_quality_policy(kafka_settings, registry, spec, _all_dead(spec, 230, 240), _run_id())
     assert registry.pending_offset_reset(spec.name) == newer
     assert [d["ranges"] for d in registry.decisions(spec.name)] == ["p0[200, 230)", "p0[230, 240)"]
+
+
+def _junk_batch(spec: StreamSpec, start: int, messages: int) -> MicroBatch:
+    """A batch that read `messages` messages at [start, start + messages) and dead-lettered every one."""
+    batch = hand_batch(spec, 0, start=start)
+    batch.ranges = {0: (start, start + messages)}
+    batch.dlq_reasons.update({"not valid JSON": messages})
+    batch.read = messages
+    return batch
+
+
+def test_a_quarantine_after_a_passed_over_batch_keeps_it_recorded(kafka_settings, registry) -> None:
+    """A batch of junk passed over, then the next batch (which followed its pending reset) quarantined:
+    the quarantine's reset replaced the pass-over's and dropped it, so no version recorded the junk's
+    offsets and `streamfit_rows{fate="dlq"}` went down by its 30 messages (a counter reset)."""
+    from dagster_project.observability.exporter import passed_over_rows
+
+    spec = _spec(policy="quarantine")
+    assert apply_quality_policy(kafka_settings, registry, spec, _junk_batch(spec, 500, 30), _run_id()).passed
+    assert passed_over_rows([registry.pending_offset_reset(spec.name)]) == {"read": 30, "dlq": 30}
+    batch = _with_bad_rows(hand_batch(spec, 60, start=530), [10, 11, 12])
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert outcome.metadata["action"] == "quarantine"
+    reset = registry.pending_offset_reset(spec.name)
+    assert reset["offsets"] == {"0": 590} and reset["reason"].startswith("quarantined ")
+    assert reset["after"]["dead_lettered"] == {"ranges": {"0": [500, 530]}, "messages": 30}
+    assert passed_over_rows([reset]) == {"read": 30, "dlq": 30}
