@@ -9,6 +9,7 @@ by a version or recorded there as passed over.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dagster_project.ingest.micro_batch import MicroBatch
@@ -24,17 +25,21 @@ DEAD_LETTERED = "dead_lettered"
 AFTER = "after"
 
 
-# Dead letters that say the producers' events and the spec disagree (a renamed or new field): a
-# schema change, not junk. Every later batch would be passed over too, learning nothing while only
-# the dead-letter ratio warns; such a batch halts the stream as before, naming the feature.
-SCHEMA_KINDS = ("unknown feature", "missing feature")
+# Dead letters that say the producers' events and the spec disagree (a renamed or new field, a
+# feature sent as another type, a label outside the classes, the features moved): a schema change,
+# not junk. Every later batch would be passed over too, learning nothing while only the dead-letter
+# ratio warns; such a batch halts the stream as before, naming the feature.
+SCHEMA_KINDS = re.compile(
+    r"unknown feature|missing feature|event has no 'features' object|no key$"
+    r"|feature '.*' must be an? (number|bool), got |label .* is not one of the spec's classes"
+)
 
 
 def nothing_but_dead_letters(batch: MicroBatch) -> bool:
     """Whether the batch read messages and dead-lettered every one, none for a schema change. Judged
     by what it read, not by its empty rows alone: rows lost any other way still meet the quality
     gate (and halt)."""
-    schema = any(kind.startswith(SCHEMA_KINDS) for kind in batch.dlq_reasons)
+    schema = any(SCHEMA_KINDS.match(kind) for kind in batch.dlq_reasons)
     return batch.rows == 0 and batch.read > 0 and batch.dlq == batch.read and not schema
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 import orjson
+import pytest
 
 from dagster_project.ingest.events import MAX_ID_CHARS
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
@@ -305,3 +306,33 @@ def test_a_quarantine_after_a_passed_over_batch_keeps_it_recorded(kafka_settings
     assert reset["offsets"] == {"0": 590} and reset["reason"].startswith("quarantined ")
     assert reset["after"]["dead_lettered"] == {"ranges": {"0": [500, 530]}, "messages": 30}
     assert passed_over_rows([reset]) == {"read": 30, "dlq": 30}
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"features": {"x0": "1.5", "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": 1}, "x0"),  # a number sent as text
+        ({"features": {"x0": 0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": "yes"}, "'yes'"),  # a new class
+        ({"payload": {"x0": 0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": 1}, "'features'"),  # a new envelope
+    ],
+    ids=["feature-type", "label-class", "envelope"],
+)
+def test_a_batch_dead_lettered_whole_by_a_schema_change_halts_naming_it(
+    change, named, kafka_settings, registry
+) -> None:
+    """Producers that change a feature's type, add a class or move the features halt the stream as a
+    renamed feature does: passed over, every later batch was too, learning nothing for ever while
+    only the dead-letter ratio warned."""
+    from dagster_project.ingest.events import EventParser, reason_kind
+
+    spec = _spec(policy="halt")
+    failures = EventParser(spec).parse_many([orjson.dumps({"id": f"e{i}", **change}) for i in range(30)]).failures
+    batch = _junk_batch(spec, 500, 30)
+    batch.dlq_reasons = Counter(reason_kind(reason) for _, reason in failures)
+    assert batch.dlq == 30
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert not outcome.passed and outcome.metadata["action"] == "halt", outcome.message
+    assert outcome.message.startswith(f"HALTED {spec.name} at p0[500, 530)") and named in outcome.message
+    assert registry.pending_offset_reset(spec.name) is None
