@@ -31,7 +31,8 @@ AFTER = "after"
 # ratio warns; such a batch halts the stream as before, naming the feature.
 SCHEMA_KINDS = re.compile(
     r"unknown feature|missing feature|event has no 'features' object|no key$"
-    r"|feature '.*' must be an? (number|bool), got |label .* is not one of the spec's classes"
+    r"|feature '.*' must be an? (number|bool), got |feature '.*' is a (hashed )?category"
+    r"|label .* is not one of the spec's classes"
 )
 
 

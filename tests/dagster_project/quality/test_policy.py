@@ -336,3 +336,15 @@ def test_a_batch_dead_lettered_whole_by_a_schema_change_halts_naming_it(
     assert not outcome.passed and outcome.metadata["action"] == "halt", outcome.message
     assert outcome.message.startswith(f"HALTED {spec.name} at p0[500, 530)") and named in outcome.message
     assert registry.pending_offset_reset(spec.name) is None
+
+
+def test_a_category_sent_as_another_type_is_a_schema_change_not_junk() -> None:
+    """A category feature of strings now sent as numbers: every later batch is refused alike."""
+    from dagster_project.ingest.events import EventParser, reason_kind
+    from dagster_project.quality.passed_over import nothing_but_dead_letters
+
+    spec = synthetic_spec(partitions=1, features=[{"name": "color", "type": "category", "categories": ["red", "blue"]}])
+    failures = EventParser(spec).parse_many([orjson.dumps({"id": "e", "features": {"color": 5}})]).failures
+    batch = _junk_batch(spec, 0, 1)
+    batch.dlq_reasons = Counter(reason_kind(reason) for _, reason in failures)
+    assert batch.dlq == 1 and not nothing_but_dead_letters(batch), batch.dlq_reasons
