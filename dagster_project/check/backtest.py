@@ -333,6 +333,7 @@ class _Run:
 
     def batch(self, number: int, taken: np.ndarray, result: Backtest) -> tuple[BatchOutcome, list[int]]:
         """One training run on the lines `taken`: returns its outcome and the tail's lines (learned next)."""
+        from dagster_project.quality.passed_over import nothing_but_dead_letters
         from dagster_project.quality.suite import screen_batch
         from dagster_project.registry.promotion import spec_tail_split
 
@@ -358,7 +359,7 @@ class _Run:
             if len(tail)
             else None
         )
-        if refused and refused == len(learn):  # production passes it over (quality.passed_over): not a halt
+        if nothing_but_dead_letters(batch):  # production passes it over (quality.passed_over), a schema change aside
             outcome.quality = "passed_over"
             outcome.quality_detail = f"every message ({refused:,}) dead-lettered: nothing to learn"
             return outcome, tail.tolist()
@@ -414,6 +415,9 @@ class _Run:
             partitions=partitions[parsed.index],
             offsets=offsets[parsed.index],
             unseen_examples=unseen_examples(partitions, offsets, parsed.unseen),  # the values the message quotes
+            # what production's batch counts, so a batch refused whole is judged as it is (`nothing_but_dead_letters`)
+            dlq_reasons=Counter(reason_kind(reason) for _, reason in parsed.failures),
+            read=len(chunk),
         )
         if tail and batch.rows:
             keep = ~np.isnan(batch.X).any(axis=1)

@@ -9,6 +9,7 @@ by a version or recorded there as passed over.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dagster_project.ingest.micro_batch import MicroBatch
@@ -22,19 +23,28 @@ DEAD_LETTERED = "dead_lettered"
 # The pending reset a newer one replaced after following it (an operator's, a quarantine's, a
 # pass-over before a skipped halt): kept in the newer record, so the version applying it records both.
 AFTER = "after"
+# How many replaced resets a pending one keeps nested under `after`; older ones are folded into one
+# record that keeps their dead-letter counts (`_bounded`). Unbounded, 255 batches quarantined in a
+# row nested past what orjson writes, and setting the next reset failed every retry.
+MAX_AFTER = 20
 
 
-# Dead letters that say the producers' events and the spec disagree (a renamed or new field): a
-# schema change, not junk. Every later batch would be passed over too, learning nothing while only
-# the dead-letter ratio warns; such a batch halts the stream as before, naming the feature.
-SCHEMA_KINDS = ("unknown feature", "missing feature")
+# Dead letters that say the producers' events and the spec disagree (a renamed or new field, a
+# feature sent as another type, a label outside the classes, the features moved): a schema change,
+# not junk. Every later batch would be passed over too, learning nothing while only the dead-letter
+# ratio warns; such a batch halts the stream as before, naming the feature.
+SCHEMA_KINDS = re.compile(
+    r"unknown feature|missing feature|event has no 'features' object|no key$"
+    r"|feature '.*' must be an? (number|bool), got |feature '.*' is a (hashed )?category"
+    r"|label .* is not one of the spec's classes"
+)
 
 
 def nothing_but_dead_letters(batch: MicroBatch) -> bool:
     """Whether the batch read messages and dead-lettered every one, none for a schema change. Judged
     by what it read, not by its empty rows alone: rows lost any other way still meet the quality
     gate (and halt)."""
-    schema = any(kind.startswith(SCHEMA_KINDS) for kind in batch.dlq_reasons)
+    schema = any(SCHEMA_KINDS.match(kind) for kind in batch.dlq_reasons)
     return batch.rows == 0 and batch.read > 0 and batch.dlq == batch.read and not schema
 
 
@@ -100,13 +110,30 @@ def _after(previous: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     if previous.get("kind") == KIND:
         return previous.get(AFTER)
-    return without_state(previous)
+    return _bounded(without_state(previous))
 
 
 def replacing(pending: dict[str, Any] | None) -> dict[str, Any]:
-    """The details of a reset that replaces `pending` once past it (`batches skip`, `offsets reset`):
-    `pending` itself, so what it passed over stays recorded by the version that applies the new one."""
-    return {AFTER: without_state(pending)} if pending else {}
+    """The details of a reset that replaces `pending` once past it (`batches skip`, `offsets reset`, a
+    quarantine): `pending` itself, so what it passed over stays recorded by the version that applies
+    the new one."""
+    return {AFTER: _bounded(without_state(pending))} if pending else {}
+
+
+def _bounded(record: dict[str, Any] | None, depth: int = MAX_AFTER) -> dict[str, Any] | None:
+    """`record` with at most `depth` records nested under it; the rest folded into one that says how
+    many resets it stands for and counts their passed-over dead letters."""
+    if record is None or AFTER not in record or record[AFTER] is None:
+        return record
+    if depth > 1:
+        return {**record, AFTER: _bounded(record[AFTER], depth - 1)}
+    folded, count = record[AFTER], 0
+    resets = folded
+    while resets:
+        count, resets = count + 1, resets.get(AFTER)
+    offsets, messages = dead_lettered_rows(folded)
+    summary = {"reason": f"{count} earlier reset(s), folded", "by": "streamfit", "folded": count}
+    return {**record, AFTER: summary | {DEAD_LETTERED: {"ranges": {}, "messages": messages, "offsets": offsets}}}
 
 
 def dead_lettered_rows(reset: dict[str, Any] | None) -> tuple[int, int]:
@@ -114,7 +141,7 @@ def dead_lettered_rows(reset: dict[str, Any] | None) -> tuple[int, int]:
     if not reset:
         return 0, 0
     passed = reset.get(DEAD_LETTERED) or {}
-    offsets = sum(int(e) - int(s) for s, e in (passed.get("ranges") or {}).values())
+    offsets = sum(int(e) - int(s) for s, e in (passed.get("ranges") or {}).values()) + int(passed.get("offsets", 0))
     earlier = dead_lettered_rows(reset.get(AFTER))
     return offsets + earlier[0], int(passed.get("messages", 0)) + earlier[1]
 

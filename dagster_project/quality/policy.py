@@ -17,7 +17,7 @@ from dagster_project.ingest.events import reason_kind
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import ranges_text
 from dagster_project.kafka.settings import KafkaSettings
-from dagster_project.quality.passed_over import nothing_but_dead_letters, pass_over
+from dagster_project.quality.passed_over import nothing_but_dead_letters, pass_over, replacing
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.registry.store import ModelRegistry, with_state
 from dagster_project.spec import StreamSpec
@@ -116,12 +116,15 @@ def apply_quality_policy(
     ends = batch.learned_ends  # the tail was not checked: the next batch learns (or refuses) it
     # Its events stay in the derived-feature state (the state after them travels with the skip), so
     # later events see them as in serving, and a replay learns the values stored with the batch.
+    # A pending reset it replaces (a passed-over batch's, which this batch followed) is kept in it, so
+    # the version applying the quarantine still records the offsets that one passed over.
     registry.set_pending_offsets(
         spec.name,
         ends,
         reason=f"quarantined {qid}: {summary}",
         by=f"data quality, run {run_id}",
         feature_state=batch.feature_state,
+        details=replacing(registry.pending_offset_reset(spec.name)),
     )
     metadata["quarantine_id"] = qid
     message = f"QUARANTINED {where} as {qid}: {summary}{dlq_note}; the stream moves on (`streamfit quarantine show`)"

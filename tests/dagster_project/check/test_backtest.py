@@ -287,3 +287,17 @@ def test_a_window_reaching_back_past_a_blocked_batch_reads_the_learned_batch_bef
     fitted_on = result.model.describe()["fitted_on"]
     assert fitted_on["ranges"] == {"0": [[0, 500], [1_000, 1_500]]}
     assert fitted_on["rows"] == result.batches[0].learned + result.batches[2].learned
+
+
+def test_a_batch_refused_whole_by_a_schema_change_is_blocked_as_production_does() -> None:
+    """Every message naming a feature the spec lacks: production halts there (a schema change is not
+    junk, quality.passed_over.SCHEMA_KINDS), but the backtest said it would be passed over."""
+    messages = _messages(census_events, 2_000)
+    for i in range(1_000):  # the producers added a field
+        event = orjson.loads(messages[i])
+        event["features"]["browser"] = "firefox"
+        messages[i] = orjson.dumps(event)
+    result = backtest(_spec("census"), messages, batch_rows=1_000)
+    first = result.batches[0]
+    assert first.refused == first.messages and first.quality != "passed_over", first.quality_detail
+    assert result.blocked and result.blocked[0] is first

@@ -292,3 +292,34 @@ def test_a_labels_topic_that_cannot_be_read_leaves_the_stream_s_lag_and_gap_alon
     lag = [sample(exporter, "streamfit_lag_rows", stream=spec.name, partition=str(p)) for p in range(spec.partitions)]
     assert sum(lag) == 50
     assert sample(exporter, "streamfit_labels_unjoined", stream=spec.name) is None
+
+
+def test_passed_over_dead_letters_stay_counted_while_a_version_applies_their_reset(registry, monkeypatch) -> None:
+    """A version registered between the scrape's listing of the versions and its read of the pending
+    reset (the trainer applied it): the passed-over dead letters were in neither, so
+    streamfit_rows_total{fate="dlq"} went down for a scrape, a counter reset that Prometheus's
+    increase() reads as every dead letter ever (the dead-letter ratio alert's spike)."""
+    from dagster_project.learning.pipeline import learn_export_register, learn_from_head
+    from dagster_project.observability.exporter import exporter_registry
+    from dagster_project.quality.passed_over import pass_over
+    from tests.dagster_project.quality.test_policy import _junk_batch
+    from tests.helpers import hand_batch, sample
+
+    spec = synthetic_spec(partitions=1)
+    first = hand_batch(spec, 100)
+    learn_export_register(registry, spec, first, "run-0", lambda: learn_from_head(registry, spec, first))
+    pass_over(registry, spec, _junk_batch(spec, 100, 30), "run-junk")
+    exporter = exporter_registry(registry, [spec], None)
+    assert sample(exporter, "streamfit_rows_total", stream=spec.name, fate="dlq") == 30
+    pending = registry.pending_offset_reset
+    later = hand_batch(spec, 50, start=130, seed=1)
+
+    def applied_meanwhile(stream: str):
+        monkeypatch.setattr(registry, "pending_offset_reset", pending)  # once: the trainer, between the reads
+        learn_export_register(registry, spec, later, "run-1", lambda: learn_from_head(registry, spec, later))
+        return pending(stream)
+
+    monkeypatch.setattr(registry, "pending_offset_reset", applied_meanwhile)
+    assert sample(exporter, "streamfit_rows_total", stream=spec.name, fate="dlq") == 30
+    assert registry.versions(spec.name)[-1].meta["offset_reset_applied"]["dead_lettered"]["messages"] == 30
+    assert sample(exporter, "streamfit_rows_total", stream=spec.name, fate="dlq") == 30

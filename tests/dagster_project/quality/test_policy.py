@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 import orjson
+import pytest
 
 from dagster_project.ingest.events import MAX_ID_CHARS
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
@@ -276,3 +277,74 @@ def test_a_passed_over_batch_following_an_operator_reset_keeps_it_and_one_set_si
     apply_quality_policy(kafka_settings, registry, spec, _all_dead(spec, 230, 240), _run_id())
     assert registry.pending_offset_reset(spec.name) == newer
     assert [d["ranges"] for d in registry.decisions(spec.name)] == ["p0[200, 230)", "p0[230, 240)"]
+
+
+def _junk_batch(spec: StreamSpec, start: int, messages: int) -> MicroBatch:
+    """A batch that read `messages` messages at [start, start + messages) and dead-lettered every one."""
+    batch = hand_batch(spec, 0, start=start)
+    batch.ranges = {0: (start, start + messages)}
+    batch.dlq_reasons.update({"not valid JSON": messages})
+    batch.read = messages
+    return batch
+
+
+def test_a_quarantine_after_a_passed_over_batch_keeps_it_recorded(kafka_settings, registry) -> None:
+    """A batch of junk passed over, then the next batch (which followed its pending reset) quarantined:
+    the quarantine's reset replaced the pass-over's and dropped it, so no version recorded the junk's
+    offsets and `streamfit_rows{fate="dlq"}` went down by its 30 messages (a counter reset)."""
+    from dagster_project.observability.exporter import passed_over_rows
+
+    spec = _spec(policy="quarantine")
+    assert apply_quality_policy(kafka_settings, registry, spec, _junk_batch(spec, 500, 30), _run_id()).passed
+    assert passed_over_rows([registry.pending_offset_reset(spec.name)]) == {"read": 30, "dlq": 30}
+    batch = _with_bad_rows(hand_batch(spec, 60, start=530), [10, 11, 12])
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert outcome.metadata["action"] == "quarantine"
+    reset = registry.pending_offset_reset(spec.name)
+    assert reset["offsets"] == {"0": 590} and reset["reason"].startswith("quarantined ")
+    assert reset["after"]["dead_lettered"] == {"ranges": {"0": [500, 530]}, "messages": 30}
+    assert passed_over_rows([reset]) == {"read": 30, "dlq": 30}
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"features": {"x0": "1.5", "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": 1}, "x0"),  # a number sent as text
+        ({"features": {"x0": 0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": "yes"}, "'yes'"),  # a new class
+        ({"payload": {"x0": 0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": 1}, "'features'"),  # a new envelope
+    ],
+    ids=["feature-type", "label-class", "envelope"],
+)
+def test_a_batch_dead_lettered_whole_by_a_schema_change_halts_naming_it(
+    change, named, kafka_settings, registry
+) -> None:
+    """Producers that change a feature's type, add a class or move the features halt the stream as a
+    renamed feature does: passed over, every later batch was too, learning nothing for ever while
+    only the dead-letter ratio warned."""
+    from dagster_project.ingest.events import EventParser, reason_kind
+
+    spec = _spec(policy="halt")
+    failures = EventParser(spec).parse_many([orjson.dumps({"id": f"e{i}", **change}) for i in range(30)]).failures
+    batch = _junk_batch(spec, 500, 30)
+    batch.dlq_reasons = Counter(reason_kind(reason) for _, reason in failures)
+    assert batch.dlq == 30
+
+    outcome = apply_quality_policy(kafka_settings, registry, spec, batch, _run_id())
+
+    assert not outcome.passed and outcome.metadata["action"] == "halt", outcome.message
+    assert outcome.message.startswith(f"HALTED {spec.name} at p0[500, 530)") and named in outcome.message
+    assert registry.pending_offset_reset(spec.name) is None
+
+
+def test_a_category_sent_as_another_type_is_a_schema_change_not_junk() -> None:
+    """A category feature of strings now sent as numbers: every later batch is refused alike."""
+    from dagster_project.ingest.events import EventParser, reason_kind
+    from dagster_project.quality.passed_over import nothing_but_dead_letters
+
+    spec = synthetic_spec(partitions=1, features=[{"name": "color", "type": "category", "categories": ["red", "blue"]}])
+    failures = EventParser(spec).parse_many([orjson.dumps({"id": "e", "features": {"color": 5}})]).failures
+    batch = _junk_batch(spec, 0, 1)
+    batch.dlq_reasons = Counter(reason_kind(reason) for _, reason in failures)
+    assert batch.dlq == 1 and not nothing_but_dead_letters(batch), batch.dlq_reasons
