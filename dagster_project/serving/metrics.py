@@ -129,6 +129,14 @@ class ScorerMetrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.scorer_partitions = Gauge(
+            "streamfit_scorer_partitions",
+            "Partitions of <stream>.events the group assigned to this scorer now; 0 on a scorer the group left "
+            "idle (more scorers than partitions: it answers HTTP only) or that has not joined yet.",
+            ["stream"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.batch_retries = Counter(
             "streamfit_scorer_batch_retries",
             "Poll batches re-read because their predictions were not acknowledged (nothing was committed).",
@@ -177,6 +185,7 @@ class ScorerMetrics:
         self.model_version.labels(stream).set(0)
         self.serving_fallback.labels(stream).set(0)
         self.served_unloadable.labels(stream).set(0)
+        self.scorer_partitions.labels(stream).set(0)
         self.registry_up.labels(stream).set(1)
         # Counters exported from 0, so their first event counts in increase() (a series appears
         # with its first value, and increase() cannot see the step that created it: 6 swaps read 2.16).
