@@ -126,27 +126,34 @@ def test_a_scorer_the_group_gave_no_partitions_stays_ready_and_says_it_is_idle(
     with running_service(spec, kafka_settings, registry) as first:
         wait_for(lambda: first.scorer.partitions == {0}, 30, "the first scorer to own the partition")
         with running_service(spec, kafka_settings, registry) as second:
-            client = Client(second.url)
-            kafka = wait_for(
-                lambda: (health := client.request("GET", "/healthz")[1]["kafka"])["assigned"] and health,
-                30,
-                "the second scorer's assignment",
-            )
-            assert kafka["partitions"] == [] and "no partitions" in kafka["idle"]
-            assert client.request("GET", "/readyz")[:2] == (200, {"ready": True})
-            assert second.metrics.value("streamfit_scorer_partitions") == 0
-            first_kafka = Client(first.url).request("GET", "/healthz")[1]["kafka"]
-            assert (first_kafka["partitions"], first_kafka["idle"]) == ([0], None)
-            assert first.metrics.value("streamfit_scorer_partitions") == 1
+            clients = {first: Client(first.url), second: Client(second.url)}
 
-            first.stop()  # the owner leaves: the standby takes over
+            def links() -> dict:
+                return {s: c.request("GET", "/healthz")[1]["kafka"] for s, c in clients.items()}
+
+            def settled() -> dict | None:  # both in the group, one partition between them
+                found = links()
+                owners = [s for s, k in found.items() if k["partitions"] == [0]]
+                assigned = all(k["assigned"] for k in found.values())
+                return found if assigned and len(owners) == 1 and second.scorer.assigned.is_set() else None
+
+            found = wait_for(settled, 30, "the group to settle with one owner")
+            owner = next(s for s, k in found.items() if k["partitions"] == [0])  # either: the assignor decides
+            idle = second if owner is first else first
+            assert found[idle]["partitions"] == [] and "no partitions" in found[idle]["idle"]
+            assert found[owner]["idle"] is None
+            for scorer, client in clients.items():
+                assert client.request("GET", "/readyz")[:2] == (200, {"ready": True})
+                assert scorer.metrics.value("streamfit_scorer_partitions") == (1 if scorer is owner else 0)
+
+            owner.stop()  # the owner leaves: the standby takes over
             kafka = wait_for(
-                lambda: (health := client.request("GET", "/healthz")[1]["kafka"])["partitions"] == [0] and health,
+                lambda: (k := clients[idle].request("GET", "/healthz")[1]["kafka"])["partitions"] == [0] and k,
                 30,
                 "the standby to take the partition over",
             )
-            assert kafka["idle"] is None and second.metrics.value("streamfit_scorer_partitions") == 1
-            assert client.request("GET", "/readyz")[0] == 200
+            assert kafka["idle"] is None and idle.metrics.value("streamfit_scorer_partitions") == 1
+            assert clients[idle].request("GET", "/readyz")[0] == 200
 
 
 @pytest.mark.usefixtures("scorer_client")
