@@ -27,7 +27,8 @@ def compare_with_registry(spec: StreamSpec, registry: ModelRegistry) -> Registry
 
     A registry that cannot be read (no answer, an unreadable head) propagates: the caller says the
     comparison was not made rather than passing a spec nobody compared. A champion that cannot be
-    read (its version deleted, a broken alias) is this stream's note: scorers serve a fallback."""
+    read (its version deleted, a broken alias) or loaded (its model file deleted or damaged) is this stream's
+    note: scorers serve a fallback, or will when they restart."""
     found = RegistryComparison()
     head = registry.head(spec.name)
     if head is None:
@@ -46,6 +47,8 @@ def compare_with_registry(spec: StreamSpec, registry: ModelRegistry) -> Registry
     except RegistryError as exc:  # the version the alias names (deleted)
         champion = served = None
         found.notes.append(f"its champion cannot be read ({exc}); scorers serve a fallback meanwhile")
+    if champion is not None and (why := registry.unservable(spec.name, champion)):
+        found.notes.append(_unloadable_champion(spec.name, champion, why))
     changed = spec_changed(spec, head)
     if changed:
         scorers = " and scorers would refuse it (the champion)" if champion == head.name else ""
@@ -62,6 +65,15 @@ def compare_with_registry(spec: StreamSpec, registry: ModelRegistry) -> Registry
     if served is not None and (refused := spec_changed(spec, served)):
         found.problems.append(f"scorers would refuse the champion {served.name}: {refused}")
     return found
+
+
+def _unloadable_champion(stream: str, champion: str, why: str) -> str:
+    """The champion's model file is gone or damaged: nothing fails until a scorer starts, which is why it is said."""
+    return (
+        f"its champion {champion} cannot be loaded ({' '.join(why.split())}): running scorers serve it from memory, "
+        f"one started now serves an older version. Restore its files from a backup, or move the champion: "
+        f"`streamfit models rollback {stream}` or `streamfit models promote {stream} <version>`"
+    )
 
 
 def _families_changed(meta: dict, spec: StreamSpec) -> list[tuple[str, str]]:

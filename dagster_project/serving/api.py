@@ -9,7 +9,8 @@
   with missing/unknown features or wrong types (each named, per row), 503 no model loaded yet.
 - `GET /healthz`: the detailed state; 200 while a model is loaded (HTTP predictions work), else 503.
 - `GET /livez`: 200 while the process answers. `GET /readyz`: 200 when a model is loaded and the
-  Kafka consumer is in its group and heard from the broker recently; 503 with the reasons otherwise.
+  Kafka consumer is in its group, heard from the broker recently and its loop polls (see `health`);
+  503 with the reasons otherwise.
 - `GET /metrics`: the scorer's Prometheus registry in the text format.
 - `/v2/...`: the Open Inference Protocol (see `kserve`).
 

@@ -21,6 +21,10 @@ and /healthz say why, `streamfit_registry_up` drops to 0, and the next tick trie
 that answers with a broken alias (`BrokenRegistryFile`: a damaged alias file, an MLflow alias on a
 version Streamfit never committed) is not an outage: the last good model keeps serving, and
 `status.degraded` carries the error, which names the repair.
+
+The served version's files are watched too (`served_files`): deleted or damaged while it serves from
+memory, `status.unloadable` says so (with the repair), and `streamfit_served_model_unloadable` is 1,
+because the next scorer to start could not load it. The model in memory keeps serving.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dagster_project.registry.contract import spec_changed
 from dagster_project.registry.store import BrokenRegistryFile, ModelRegistry, RegistryUnavailable
 from dagster_project.serving.candidates import Refusal, describe_failure, fallback_candidates, fingerprint
 from dagster_project.serving.metrics import ScorerMetrics
+from dagster_project.serving.served_files import ServedFiles
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
@@ -137,6 +142,7 @@ class WatchStatus:
     refused: str | None = None  # that version, while it cannot be served
     degraded: str | None = None  # why the served version is not the alias's, for /healthz and logs
     registry_error: str | None = None  # why the last read of the registry failed (the last good model serves)
+    unloadable: str | None = None  # why the served version's files could no longer be loaded (it serves from memory)
 
     @property
     def problem(self) -> str | None:
@@ -144,6 +150,8 @@ class WatchStatus:
         parts = [self.degraded] if self.degraded else []
         if self.registry_error:
             parts.append(f"registry unreachable or failing ({self.registry_error})")
+        if self.unloadable:
+            parts.append(self.unloadable)
         return "; ".join(parts) or None
 
 
@@ -166,6 +174,8 @@ class ChampionWatcher:
         self._current: ServedModel | None = None
         self._status = WatchStatus()
         self._refusals: dict[str, Refusal] = {}
+        self._served_files = ServedFiles()
+        self._unloadable: str | None = None  # stamped on every status (see _files_gone)
         self._loaded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -202,6 +212,7 @@ class ChampionWatcher:
 
     def _check(self) -> bool:
         try:
+            self._unloadable = self._files_gone()
             return self._follow()
         except Exception as exc:  # reading the alias, or RegistryUnavailable while loading: nothing is refused
             self._registry_failed(exc)
@@ -221,6 +232,22 @@ class ChampionWatcher:
                 exc_info=not isinstance(exc, RegistryUnavailable),
             )
         self._set_status(replace(self._status, registry_error=f"{reason}; still serving {self._served_name()}"))
+
+    def _files_gone(self) -> str | None:
+        """Why the served version could not be loaded again from the registry (None when it could)."""
+        current, stream = self._current, self.spec.name
+        if current is None:
+            return None
+        why = self._served_files.problem(self.registry, stream, current.version)
+        if why is None:
+            return None
+        version = current.version
+        return (
+            f"{version}'s files in the registry are missing or damaged ({' '.join(why.split())[:300]}): this scorer "
+            f"serves {version} from memory, but a scorer started now cannot load it and serves an older version. "
+            f"Restore the files from a backup, or move the champion: `streamfit models rollback {stream}` or "
+            f"`streamfit models promote {stream} <version>` (`streamfit models list {stream}`)"
+        )
 
     def _alias_broken(self, exc: BrokenRegistryFile) -> bool:
         """The registry answered, but its alias names nothing servable: keep serving, say what to repair.
@@ -286,6 +313,7 @@ class ChampionWatcher:
             )
             return None
         self._refusals.pop(version, None)
+        self._served_files.loaded(version, seen)  # every version loaded is published (see _follow, _serve_instead)
         return served
 
     def _fall_back(self, refusal: Refusal) -> bool:
@@ -334,6 +362,7 @@ class ChampionWatcher:
         stream = self.spec.name
         previous = self._current
         self._current = served  # the swap: one reference assignment
+        self._unloadable = None  # just read and verified
         self.metrics.model_version.labels(stream).set(served.number)
         if previous is None:
             log.info("%s: serving %s", stream, served.version)
@@ -354,8 +383,14 @@ class ChampionWatcher:
 
     def _set_status(self, status: WatchStatus) -> None:
         before = self._status
+        status = replace(status, unloadable=self._unloadable)
         self._status = status
         self.metrics.serving_fallback.labels(self.spec.name).set(1 if status.degraded else 0)
+        self.metrics.served_unloadable.labels(self.spec.name).set(1 if status.unloadable else 0)
+        if status.unloadable and status.unloadable != before.unloadable:
+            log.error("%s: %s", self.spec.name, status.unloadable)
+        elif before.unloadable and not status.unloadable:
+            log.warning("%s: the files of %s load again", self.spec.name, self._served_name())
         if status.degraded and status.degraded != before.degraded:
             log.warning("%s: DEGRADED: %s", self.spec.name, status.degraded)
         elif before.degraded and not status.degraded:

@@ -10,6 +10,11 @@ one consumer reference; reading them needs no lock. Contact with the broker is t
 heartbeat answered by the group coordinator (kafka-python heartbeats in the background every
 second, so this is fresh while the loop is busy), a fetch that returned records, an offset commit
 and a group assignment.
+
+A member the group gave no partitions (more scorers than the topic has partitions) stays ready: it
+answers /predict like any other, and it is the standby that takes partitions over when a member
+leaves; taking it out of rotation would cut HTTP capacity for nothing. /healthz says so (`partitions`
+empty, `idle`) and `streamfit_scorer_partitions` is 0.
 """
 
 from __future__ import annotations
@@ -59,10 +64,18 @@ class KafkaLink:
         self._failed_in_a_row = 0  # poll batches whose predictions or dead letters were not all acknowledged
         self._last_failure: str | None = None
         self._failing_partitions: set[int] = set()
+        self._partitions: frozenset[int] = frozenset()  # of the events topic, assigned to this member now
+        self._member_assigned = False  # the current consumer (not an earlier one) has had an assignment
 
     # Written by the Kafka loop.
+    def preparing(self, what: str) -> None:
+        """What the loop does before its consumer exists (topics, the transactional producer)."""
+        self._state = what
+
     def attach(self, consumer: Any) -> None:
+        # The stall clock starts here: a loop stuck before its first poll returns is stuck too.
         self._consumer, self._state = consumer, "joining"
+        self._polled_at, self._partitions, self._member_assigned = time.monotonic(), frozenset(), False
 
     def detach(self, state: str) -> None:
         self._consumer, self._state = None, state
@@ -78,7 +91,9 @@ class KafkaLink:
         """The broker answered (a commit, a group assignment)."""
         self._contact_at = time.monotonic()
 
-    def assigned(self) -> None:
+    def assigned(self, partitions: Iterable[int] = ()) -> None:
+        """The group gave this member `partitions` (added to what it has: cooperative rebalances are incremental)."""
+        self._partitions, self._member_assigned = self._partitions | frozenset(partitions), True
         self._assigned_at = self._contact_at = time.monotonic()
 
     def batch_failed(self, error: str, partitions: Iterable[int]) -> None:
@@ -93,6 +108,7 @@ class KafkaLink:
     def revoked(self, partitions: Iterable[int]) -> None:
         """The failing batch's partitions went to another member: its failures are no longer this one's.
         (Only then: a cooperative rebalance reports other members' changes too.)"""
+        self._partitions = self._partitions - frozenset(partitions)
         if self._failing_partitions & set(partitions):
             self.batch_settled()
 
@@ -114,6 +130,15 @@ class KafkaLink:
             return f"joining consumer group {self.group} at {self.bootstrap} (no partitions assigned yet)"
         if contact is None or now - contact > self.stale_after_s:
             silent = "ever" if contact is None else f"for {now - contact:.1f} s"
+            polled = self._polled_at
+            if polled is not None and now - polled > self.stale_after_s:
+                # confluent serves its heartbeat statistics inside poll: a loop that does not poll hears nothing,
+                # and a healthy broker behind a stuck loop was reported as "no answer from the Kafka broker".
+                return (
+                    f"the Kafka loop has not polled for {now - polled:.1f} s, so nothing shows that {where} answers "
+                    f"(no answer {silent}): it is stuck in one batch (a hung call, or a flush waiting for an "
+                    "unreachable broker); the scorer's log says which"
+                )
             known = _coordinator_known(consumer)
             suffix = "; group coordinator unknown" if known is False else ""
             return f"no answer from {where} {silent} (limit {self.stale_after_s:g} s){suffix}"
@@ -129,11 +154,20 @@ class KafkaLink:
     def describe(self) -> dict[str, Any]:
         now = time.monotonic()
         contact = self.last_contact()
+        assigned = self._assigned_at is not None
+        partitions = sorted(self._partitions)
         return {
             "bootstrap": self.bootstrap,
             "group": self.group,
             "state": "running" if self._consumer is not None else self._state,
-            "assigned": self._assigned_at is not None,
+            "assigned": assigned,
+            "partitions": partitions,
+            "idle": (
+                "the group gave this scorer no partitions (more scorers than the topic has partitions): it "
+                "answers HTTP and takes partitions over when another scorer leaves"
+                if self._member_assigned and not partitions and self._consumer is not None
+                else None
+            ),
             "last_contact_s_ago": round(now - contact, 3) if contact is not None else None,
             "problem": self.problem(),
         }

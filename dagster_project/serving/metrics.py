@@ -100,6 +100,14 @@ class ScorerMetrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.served_unloadable = Gauge(
+            "streamfit_served_model_unloadable",
+            "1 while the registry files of the version this scorer serves from memory are missing or damaged: "
+            "a scorer started now could not load it (see /healthz for the repair).",
+            ["stream"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.registry_up = Gauge(
             "streamfit_registry_up",
             "1 when the last read of the registry (champion alias, model files) succeeded; 0 while it cannot be "
@@ -118,6 +126,14 @@ class ScorerMetrics:
             "streamfit_scorer_lag",
             "Events waiting in a partition after the last poll (high-water mark - position).",
             ["stream", "partition"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.scorer_partitions = Gauge(
+            "streamfit_scorer_partitions",
+            "Partitions of <stream>.events the group assigned to this scorer now; 0 on a scorer the group left "
+            "idle (more scorers than partitions: it answers HTTP only) or that has not joined yet.",
+            ["stream"],
             registry=r,
             multiprocess_mode="mostrecent",
         )
@@ -168,6 +184,8 @@ class ScorerMetrics:
         )
         self.model_version.labels(stream).set(0)
         self.serving_fallback.labels(stream).set(0)
+        self.served_unloadable.labels(stream).set(0)
+        self.scorer_partitions.labels(stream).set(0)
         self.registry_up.labels(stream).set(1)
         # Counters exported from 0, so their first event counts in increase() (a series appears
         # with its first value, and increase() cannot see the step that created it: 6 swaps read 2.16).

@@ -271,6 +271,7 @@ class Scorer:
             if self._stop.is_set():
                 return
         log.info("%s: model %s loaded; joining group %s", self.spec.name, self.watcher.current.version, self.group_id)
+        self.link.preparing("starting: creating the topics and the producer")
         ensure_topics(
             self.settings,
             [self.spec.events_topic, self.spec.dlq_topic, self.spec.predictions_topic],
@@ -347,6 +348,7 @@ class Scorer:
             self._uncommitted.clear()
             self._positions.clear()
             self.partitions = frozenset()
+        self.metrics.scorer_partitions.labels(self.spec.name).set(0)
         self._forget_lag(dropped)
         return self._open_consumer()
 
@@ -457,6 +459,7 @@ class Scorer:
             except KafkaTimeoutError as exc:  # no transaction coordinator yet (broker starting, failover)
                 _discard(producer)
                 log.warning("%s: init_transactions(%s) timed out (%s); retrying", self.spec.name, tid, exc)
+                self.link.preparing(f"waiting for the transaction coordinator: init_transactions timed out ({exc})")
             except BaseException:
                 _discard(producer)
                 raise
@@ -609,7 +612,8 @@ class Scorer:
             self.partitions = frozenset(self.partitions | set(assigned))
         self._member_assigned = True
         self.assigned.set()
-        self.link.assigned()
+        self.link.assigned(assigned)
+        self.metrics.scorer_partitions.labels(self.spec.name).set(len(self.partitions))
         log.info("%s: assigned partitions %s", self.spec.name, assigned)
 
     def _on_revoked(self, revoked: Iterable[int]) -> None:
@@ -624,6 +628,7 @@ class Scorer:
                 self._uncommitted.pop(partition, None)
                 self._positions.pop(partition, None)
             self.partitions = frozenset(self.partitions - set(revoked))
+        self.metrics.scorer_partitions.labels(self.spec.name).set(len(self.partitions))
         self._forget_lag(revoked)
         self.link.revoked(revoked)
         log.info("%s: revoked partitions %s", self.spec.name, revoked)

@@ -110,3 +110,28 @@ def test_a_stream_with_a_champion_but_no_spec_is_named_on_both_backends(tmp_path
         if isinstance(registry, MlflowRegistry):
             registry.client.create_registered_model(other)  # another team's model on a shared server
             assert other not in registry.streams()
+
+
+def test_a_champion_whose_model_file_is_gone_or_damaged_is_a_note_naming_the_repair(tmp_path: Path) -> None:
+    """A champion whose model.onnx was deleted passed the check: running scorers serve it from memory, and
+    the first scorer to start cannot load it."""
+    from dagster_project.registry.store import ONNX_FILE
+
+    registry, spec = FilesystemRegistry(tmp_path), synthetic_spec("unloadable")
+    train_version(registry, spec)
+    train_version(registry, spec, seed=1)  # v2, the champion
+    path = tmp_path / spec.name / "v2" / ONNX_FILE
+    good_bytes = path.read_bytes()
+    path.unlink()
+
+    found = compare_with_registry(spec, registry)
+
+    assert found.problems == []
+    (note,) = found.notes
+    assert note.startswith("its champion v2 cannot be loaded (") and str(path) in note
+    assert "running scorers serve it from memory, one started now serves an older version" in note
+    assert f"`streamfit models rollback {spec.name}`" in note
+    path.write_bytes(good_bytes[:-1] + bytes([good_bytes[-1] ^ 0xFF]))  # damaged in place
+    assert "does not match its sha256" in compare_with_registry(spec, registry).notes[0]
+    path.write_bytes(good_bytes)
+    assert compare_with_registry(spec, registry).notes == []

@@ -438,3 +438,48 @@ def test_a_scorer_that_starts_while_the_alias_is_broken_serves_the_newest_champi
     assert not started.check()
     assert (started.current.version, started.degraded) == ("v2", None)
     assert metrics.value("streamfit_serving_fallback") == 0
+
+
+def test_the_served_version_s_files_deleted_or_damaged_are_said_while_it_serves_from_memory(
+    spec: StreamSpec, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting the champion's model.onnx while a scorer served it went unnoticed: the scorer served on from
+    memory and nothing said that a scorer started next (a restart, a rollout) could not load it."""
+    train_version(registry, spec)  # v1
+    train_version(registry, spec, seed=1)  # v2, the champion
+    metrics = ScorerMetrics(spec.name)
+    watcher = ChampionWatcher(registry, spec, metrics)
+    assert watcher.check() and watcher.current.version == "v2"
+    assert metrics.value("streamfit_served_model_unloadable") == 0
+    path = registry.root / spec.name / "v2" / ONNX_FILE
+    good_bytes = path.read_bytes()
+
+    path.unlink()
+    assert not watcher.check() and watcher.current.version == "v2"  # still served, from memory
+    said = watcher.status.unloadable
+    assert said.startswith("v2's files in the registry are missing or damaged (") and str(path) in said
+    assert f"`streamfit models rollback {spec.name}`" in said and f"`streamfit models promote {spec.name} " in said
+    assert (metrics.value("streamfit_served_model_unloadable"), metrics.value("streamfit_serving_fallback")) == (1, 0)
+    health = ScorerHealth(spec.name, watcher).report()  # ready (it serves the champion), but said
+    assert (health.ready, health.detail["fallback"], health.detail["degraded"]) == (True, False, said)
+
+    restarted = ChampionWatcher(registry, spec, ScorerMetrics(spec.name))  # what it warns of (unchanged)
+    assert restarted.check() and (restarted.current.version, restarted.refused) == ("v1", "v2")
+
+    path.write_bytes(good_bytes)  # restored from a backup
+    assert not watcher.check() and watcher.status.unloadable is None and watcher.status.problem is None
+    assert metrics.value("streamfit_served_model_unloadable") == 0
+
+    verified = []
+    unservable = FilesystemRegistry.unservable
+    monkeypatch.setattr(FilesystemRegistry, "unservable", lambda self, *a: verified.append(a) or unservable(self, *a))
+    corrupt(registry, spec, "v2")  # damaged in place: found by its checksum
+    assert not watcher.check() and "does not match its sha256" in watcher.status.unloadable
+    for _ in range(5):
+        watcher.check()
+    assert len(verified) == 1  # unchanged files are stat'ed on each tick, not read and hashed again
+    assert metrics.value("streamfit_served_model_unloadable") == 1
+
+    assert registry.rollback(spec.name, reason="v2's model file is damaged") == "v1"  # the repair it names
+    assert watcher.check() and (watcher.current.version, watcher.status.unloadable) == ("v1", None)
+    assert metrics.value("streamfit_served_model_unloadable") == 0

@@ -111,3 +111,96 @@ def test_the_failing_batch_count_clears_only_when_its_partitions_are_revoked() -
     assert "the same batch failed 3 times in a row" in link.problem()
     link.revoked([0])  # its partition went to another member
     assert link.problem() is None
+
+
+@pytest.mark.usefixtures("scorer_client")
+def test_a_scorer_the_group_gave_no_partitions_stays_ready_and_says_it_is_idle(
+    kafka_settings: KafkaSettings, registry: FilesystemRegistry
+) -> None:
+    """Two scorers of a one-partition stream: the second consumed nothing, and nothing said so (/healthz
+    showed it `assigned` like the first). Ready all the same: it answers /predict, and it is the standby."""
+    from tests.conftest import synthetic_spec
+
+    spec = synthetic_spec(partitions=1, label={"classes": ["neg", "pos"]})
+    train_version(registry, spec)
+    with running_service(spec, kafka_settings, registry) as first:
+        wait_for(lambda: first.scorer.partitions == {0}, 30, "the first scorer to own the partition")
+        with running_service(spec, kafka_settings, registry) as second:
+            clients = {first: Client(first.url), second: Client(second.url)}
+
+            def links() -> dict:
+                return {s: c.request("GET", "/healthz")[1]["kafka"] for s, c in clients.items()}
+
+            def settled() -> dict | None:  # both in the group, one partition between them
+                found = links()
+                owners = [s for s, k in found.items() if k["partitions"] == [0]]
+                assigned = all(k["assigned"] for k in found.values())
+                return found if assigned and len(owners) == 1 and second.scorer.assigned.is_set() else None
+
+            found = wait_for(settled, 30, "the group to settle with one owner")
+            owner = next(s for s, k in found.items() if k["partitions"] == [0])  # either: the assignor decides
+            idle = second if owner is first else first
+            assert found[idle]["partitions"] == [] and "no partitions" in found[idle]["idle"]
+            assert found[owner]["idle"] is None
+            for scorer, client in clients.items():
+                assert client.request("GET", "/readyz")[:2] == (200, {"ready": True})
+                assert scorer.metrics.value("streamfit_scorer_partitions") == (1 if scorer is owner else 0)
+
+            owner.stop()  # the owner leaves: the standby takes over
+            kafka = wait_for(
+                lambda: (k := clients[idle].request("GET", "/healthz")[1]["kafka"])["partitions"] == [0] and k,
+                30,
+                "the standby to take the partition over",
+            )
+            assert kafka["idle"] is None and idle.metrics.value("streamfit_scorer_partitions") == 1
+            assert clients[idle].request("GET", "/readyz")[0] == 200
+
+
+@pytest.mark.usefixtures("scorer_client")
+def test_a_stuck_kafka_loop_makes_the_scorer_unready_naming_the_loop(
+    spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop stuck in one batch (a hung call) while the broker answers: unready, and the reason names the loop
+    (with confluent it said "no answer from the Kafka broker", sending the operator to a healthy broker)."""
+    import threading
+
+    from dagster_project.serving.scoring import BatchScorer
+    from tests.dagster_project.serving.support import produce_rows, synthetic_rows
+
+    release = threading.Event()
+    prepare = BatchScorer.prepare
+
+    def hanging(self, batch):
+        release.wait(60)
+        return prepare(self, batch)
+
+    train_version(registry, spec)
+    with running_service(spec, kafka_settings, registry) as service:
+        # flush timeout + session timeout (36 s) in production; kept above the session timeout (6 s) here, where
+        # confluent's heartbeats (served inside poll) go stale first: that was reported as a broker that did not answer
+        service.scorer.link.stall_after_s = 12.0
+        client = Client(service.url)
+        wait_for(lambda: client.request("GET", "/readyz")[0] == 200, 30, "the scorer to become ready")
+        monkeypatch.setattr(BatchScorer, "prepare", hanging)
+        produce_rows(kafka_settings, spec, synthetic_rows(10))
+        try:
+            status, body = wait_for(
+                lambda: (answer := client.request("GET", "/readyz")[:2])[0] == 503 and answer, 30, "/readyz to say so"
+            )
+            assert "the Kafka loop has not polled for" in body["error"]
+        finally:
+            release.set()  # a failed assertion must not leave the loop hanging
+        wait_for(lambda: client.request("GET", "/readyz")[0] == 200, 30, "the scorer to be ready again")
+        wait_for(lambda: service.scorer.scored >= 10, 30, "the batch scored")
+
+
+def test_the_stall_clock_starts_when_the_consumer_is_attached() -> None:
+    """A loop stuck before its first poll returned (a replacement consumer after a rejoin) never counted as stuck."""
+    from dagster_project.serving.health import KafkaLink
+
+    link = KafkaLink("broker:9092", "group", stale_after_s=60, stall_after_s=0.2)
+    link.attach(object())
+    link.assigned([0])
+    assert link.problem() is None
+    time.sleep(0.3)
+    assert link.problem().startswith("the Kafka loop has not polled for")
