@@ -830,6 +830,11 @@ def _read_range_confluent(settings: KafkaSettings, topic: str, todo: Ranges, sta
                         continue
                     if message.error().code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                         raise NotAuthorized(settings, "READ", "topic", topic)
+                    if message.error().code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                        # The same OFFSET GAP kafka-python's reader reports, naming the operator's fix: a bare
+                        # "Offset out of range" read as a broker fault, and the step retries could never pass.
+                        p = message.partition()
+                        raise _lost(topic, {p: position.get(p, message.offset())})
                     raise BrokerUnavailable(
                         f"{topic}: reading partition {message.partition()} from {settings.bootstrap} failed: "
                         f"{message.error().str()}"

@@ -20,6 +20,9 @@ from dagster_project.spec import StreamSpec
 KIND = "passed_over"  # a pending reset's `kind` when it passes over batches of dead letters
 # The pending reset's record of the dead-lettered offsets it passes over: {"ranges", "messages"}.
 DEAD_LETTERED = "dead_lettered"
+# The pending reset's record of offsets passed over that held no record a read_committed reader gets
+# (aborted transactions, transaction markers, offsets compacted away): {"ranges": {p: [start, end]}}.
+UNREADABLE = "unreadable"
 # The pending reset a newer one replaced after following it (an operator's, a quarantine's, a
 # pass-over before a skipped halt): kept in the newer record, so the version applying it records both.
 AFTER = "after"
@@ -48,6 +51,15 @@ def nothing_but_dead_letters(batch: MicroBatch) -> bool:
     return batch.rows == 0 and batch.read > 0 and batch.dlq == batch.read and not schema
 
 
+def nothing_readable(batch: MicroBatch) -> bool:
+    """Whether the batch's learned offsets held no message at all: a complete read (a short one fails the
+    run) that found only aborted transactions' records, transaction markers or offsets compacted away.
+    A re-run reads nothing again, so its row-count check halted the stream until `batches skip`: a
+    producer's aborted transaction (a Flink or Kafka Streams job restarting) stopped training."""
+    offsets = sum(end - start for start, end in batch.learned_ranges.values())
+    return offsets > 0 and batch.read == 0 and batch.rows == 0 and batch.dlq == 0
+
+
 def pass_over(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str) -> str:
     """Record the batch as passed over (a pending offset reset past it, with the reason); the message to log.
 
@@ -68,9 +80,18 @@ def pass_over(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_
             f"to {previous['offsets']} ({previous['reason']}, by {previous['by']}), set since, moves the stream on"
         )
     passed = _passed(previous, batch)
+    unreadable = _unreadable(previous, batch)
     after = _after(previous)
     messages = passed["messages"]
-    reason = f"every message of {ranges_text(_ranges(passed))} was dead-lettered ({messages:,}): nothing to learn"
+    reasons = []
+    if messages:
+        reasons.append(f"every message of {ranges_text(_ranges(passed))} was dead-lettered ({messages:,})")
+    if unreadable["ranges"]:
+        reasons.append(
+            f"{ranges_text(_ranges(unreadable))} held no committed record (aborted transactions, transaction "
+            "markers or compacted offsets)"
+        )
+    reason = "; ".join(reasons) + ": nothing to learn"
     if after:
         reason += f"; it followed the reset {after['reason']!r} (by {after['by']})"
     starts = {int(p): int(o) for p, o in (previous or {}).get("offsets", {}).items()} | batch.learned_ends
@@ -80,8 +101,15 @@ def pass_over(registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_
         reason=reason,
         by=f"the trainer, run {run_id}",
         feature_state=batch.feature_state,  # its events stay in the derived features, as in serving
-        details={"kind": KIND, DEAD_LETTERED: passed, **({AFTER: after} if after else {})},
+        details={
+            "kind": KIND,
+            DEAD_LETTERED: passed,
+            **({UNREADABLE: unreadable} if unreadable["ranges"] else {}),
+            **({AFTER: after} if after else {}),
+        },
     )
+    if batch.read == 0:
+        return f"PASSED OVER {where}: no committed record to read (aborted transactions, markers); the stream moves on"
     return f"PASSED OVER {where}: every message ({batch.dlq:,}: {kinds}) went to {spec.dlq_topic}; the stream moves on"
 
 
@@ -96,12 +124,23 @@ def _passed(previous: dict[str, Any] | None, batch: MicroBatch) -> dict[str, Any
     (batches of junk in a row make one record, not a chain of reasons)."""
     ours = previous is not None and previous.get("kind") == KIND
     earlier = previous[DEAD_LETTERED] if ours else {"ranges": {}, "messages": 0}
-    ranges = dict(earlier["ranges"])
-    for p, (start, end) in batch.learned_ranges.items():
+    ranges = _joined(earlier["ranges"], batch.learned_ranges if batch.read else {})
+    return {"ranges": ranges, "messages": int(earlier["messages"]) + batch.dlq}
+
+
+def _unreadable(previous: dict[str, Any] | None, batch: MicroBatch) -> dict[str, Any]:
+    """The offsets passed over that held nothing to read, joined to those of a pass-over it follows.
+    Kept apart from the dead letters: no message was read there, so none counts as read."""
+    earlier = (previous or {}).get(UNREADABLE) if (previous or {}).get("kind") == KIND else None
+    return {"ranges": _joined((earlier or {}).get("ranges", {}), {} if batch.read else batch.learned_ranges)}
+
+
+def _joined(earlier: dict[str, Any], ranges: Ranges) -> dict[str, list[int]]:
+    joined = dict(earlier)
+    for p, (start, end) in ranges.items():
         if end > start:
-            ranges[str(p)] = [int(ranges.get(str(p), [start])[0]), int(end)]
-    ordered = dict(sorted(ranges.items(), key=lambda item: int(item[0])))
-    return {"ranges": ordered, "messages": int(earlier["messages"]) + batch.dlq}
+            joined[str(p)] = [int(joined.get(str(p), [start])[0]), int(end)]
+    return dict(sorted(joined.items(), key=lambda item: int(item[0])))
 
 
 def _after(previous: dict[str, Any] | None) -> dict[str, Any] | None:

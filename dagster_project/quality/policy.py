@@ -17,7 +17,7 @@ from dagster_project.ingest.events import reason_kind
 from dagster_project.ingest.micro_batch import MicroBatch
 from dagster_project.kafka.offsets import ranges_text
 from dagster_project.kafka.settings import KafkaSettings
-from dagster_project.quality.passed_over import nothing_but_dead_letters, pass_over, replacing
+from dagster_project.quality.passed_over import nothing_but_dead_letters, nothing_readable, pass_over, replacing
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.registry.store import ModelRegistry, with_state
 from dagster_project.spec import StreamSpec
@@ -72,9 +72,10 @@ def apply_quality_policy(
 ) -> QualityOutcome:
     from dagster_project.quality.suite import screen_batch
 
-    if nothing_but_dead_letters(batch):  # nothing to check or learn, and a re-run cannot do better
+    if nothing_but_dead_letters(batch) or nothing_readable(batch):  # nothing to learn; a re-run cannot do better
         message = pass_over(registry, spec, batch, run_id)
-        _clear_halt_at(registry, spec, batch, {"resolution": "every message dead-lettered: passed over"}, run_id)
+        resolution = "every message dead-lettered" if batch.read else "no committed record to read"
+        _clear_halt_at(registry, spec, batch, {"resolution": f"{resolution}: passed over"}, run_id)
         metadata = {"action": "passed_over", "dlq": batch.dlq, "dlq_reasons": dict(batch.dlq_reasons)}
         return QualityOutcome(None, True, "WARN", message, metadata)
     screening = screen_batch(batch, spec)
