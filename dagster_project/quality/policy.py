@@ -12,9 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
+from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, write_dead_letters
 from dagster_project.ingest.events import reason_kind
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.ingest.originals import Original, read_originals
 from dagster_project.kafka.offsets import ranges_text
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.passed_over import nothing_but_dead_letters, pass_over
@@ -33,26 +34,48 @@ class QualityOutcome:
 
 
 def dead_letter_rows(
-    settings: KafkaSettings, spec: StreamSpec, rejected: MicroBatch, reasons: list[str], timeout_s: float = 30.0
+    settings: KafkaSettings,
+    spec: StreamSpec,
+    rejected: MicroBatch,
+    reasons: list[str],
+    timeout_s: float = 30.0,
 ) -> None:
     """Send rows split off a batch to the DLQ with their reason and source offset; raise unless all are
     durable within `timeout_s`.
 
+    Each letter carries the original message (key, value, headers), read again from the events topic,
+    as a dead letter refused at parsing does; only a message the topic no longer holds (retention)
+    is written as the parsed row.
+
     Raising fails the run before anything trains, so Dagster's retry re-reads the same batch and
     splits the same rows again: a broker error here can never lose a split-off row.
     """
-    letters = (
-        DeadLetter(
-            split_off_reason(reason),
-            spec.events_topic,
-            int(rejected.partitions[i]),
-            int(rejected.offsets[i]),
-            rejected.ids[i].encode(),
-            {"id": rejected.ids[i], "features": dict(zip(spec.input_names, rejected.X[i].tolist(), strict=True))},
-        )
-        for i, reason in enumerate(reasons)
-    )
+    positions = [(int(p), int(o)) for p, o in zip(rejected.partitions, rejected.offsets, strict=True)]
+    try:
+        originals = read_originals(settings, spec.events_topic, positions)
+    except Exception as exc:  # the broker's error, told as every failed dead letter is: the run is retried
+        raise DeadLetterError(
+            f"cannot read the {len(positions)} split-off rows' messages from {spec.events_topic} to dead-letter "
+            f"them: {exc!r}. Nothing was committed; the run is retried, or re-execute it once the broker answers"
+        ) from exc
+    letters = [
+        _split_off_letter(spec, rejected, i, reason, originals.get(positions[i])) for i, reason in enumerate(reasons)
+    ]
     write_dead_letters(settings, spec.dlq_topic, "trainer", letters, timeout_s=timeout_s, partitions=spec.partitions)
+
+
+def _split_off_letter(
+    spec: StreamSpec, rejected: MicroBatch, i: int, reason: str, original: Original | None
+) -> DeadLetter:
+    """Row `i`'s dead letter: its original message, or the parsed row when the topic lost the message."""
+    partition, offset = int(rejected.partitions[i]), int(rejected.offsets[i])
+    if original is not None:
+        record = original.record
+        return DeadLetter(
+            split_off_reason(reason), spec.events_topic, partition, offset, record.key, record.value, original.headers
+        )
+    row = {"id": rejected.ids[i], "features": dict(zip(spec.input_names, rejected.X[i].tolist(), strict=True))}
+    return DeadLetter(split_off_reason(reason), spec.events_topic, partition, offset, rejected.ids[i].encode(), row)
 
 
 def split_off_reason(reason: str) -> str:
@@ -68,7 +91,11 @@ def count_split_off(kept: MicroBatch, reasons: list[str]) -> None:
 
 
 def apply_quality_policy(
-    settings: KafkaSettings, registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str
+    settings: KafkaSettings,
+    registry: ModelRegistry,
+    spec: StreamSpec,
+    batch: MicroBatch,
+    run_id: str,
 ) -> QualityOutcome:
     from dagster_project.quality.suite import screen_batch
 
