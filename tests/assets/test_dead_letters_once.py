@@ -66,6 +66,33 @@ def _job(spec: StreamSpec, registry, bootstrap: str) -> dg.ReconstructableJob:
     )
 
 
+def test_a_re_executed_run_dead_letters_each_split_off_row_and_malformed_message_once(
+    kafka_bootstrap, kafka_settings, registry, instance, monkeypatch
+):
+    """The run fails after its dead letters; re-executing all its steps read the batch again and sent
+    the split-off rows' letters a second time (the malformed messages' were already skipped)."""
+    spec = _spec()
+    job = _job(spec, registry, kafka_bootstrap)
+    produce_synthetic(kafka_settings, spec, 200)
+    _send_refused(kafka_settings, spec)
+    ranges = {0: (0, high_waters(kafka_settings, spec.events_topic)[0])}
+    config = batch_run_config(spec, ranges).to_config_dict()
+
+    monkeypatch.setenv("STREAMFIT_FAULT", "after_train")  # every attempt fails after the letters were sent
+    with dg.execute_job(job, instance, run_config=config, raise_on_error=False) as failed:
+        assert not failed.success and registry.versions(spec.name) == []
+    assert len(read_topic(kafka_settings, spec.dlq_topic)) == 5
+    monkeypatch.delenv("STREAMFIT_FAULT")
+    options = dg.ReexecutionOptions(parent_run_id=failed.run_id)  # all steps, as "Re-execute all" does
+    with dg.execute_job(job, instance, reexecution_options=options, raise_on_error=False) as result:
+        assert result.success
+
+    letters = read_topic(kafka_settings, spec.dlq_topic)
+    assert sorted(letter["offset"] for letter in letters) == [200, 201, 202, 203, 204], "one letter per offset"
+    (version,) = registry.versions(spec.name)
+    assert version.meta["rows"]["dlq"] == 5 and version.meta["rows"]["valid"] == 200
+
+
 def test_a_split_off_row_s_dead_letter_carries_its_original_message(
     kafka_bootstrap, kafka_settings, registry, instance, tmp_path, monkeypatch
 ):
