@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 import orjson
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -24,13 +25,16 @@ from tests.helpers import high_waters, produce_synthetic, read_topic
 BATCH = {"rows": 200, "max_rows": 1000, "max_wait_s": 3600, "step_retries": 0}
 
 
-def _spec() -> StreamSpec:
-    """One partition; x0 must lie in [-10, 10], a row breaking it is split off and the rest trains."""
+def _spec(workers: int = 1) -> StreamSpec:
+    """x0 must lie in [-10, 10], a row breaking it is split off and the rest trains; one partition, or
+    two read by two partition-group steps (the split is then made by the merge step)."""
+    scale_out = {"model": {"scale_out": {"workers": 2, "min_rows_per_worker": 50}}} if workers > 1 else {}
     return synthetic_spec(
-        partitions=1,
+        partitions=workers,
         features=[{"name": "x0", "min": -10, "max": 10}] + [{"name": f"x{i}"} for i in range(1, 5)],
         quality={"allow_partial": True},
         batch=BATCH,
+        **scale_out,
     )
 
 
@@ -66,29 +70,35 @@ def _job(spec: StreamSpec, registry, bootstrap: str) -> dg.ReconstructableJob:
     )
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one_step", "partition_groups"])
 def test_a_re_executed_run_dead_letters_each_split_off_row_and_malformed_message_once(
-    kafka_bootstrap, kafka_settings, registry, instance, monkeypatch
+    workers, kafka_bootstrap, kafka_settings, registry, instance, monkeypatch
 ):
     """The run fails after its dead letters; re-executing all its steps read the batch again and sent
     the split-off rows' letters a second time (the malformed messages' were already skipped)."""
-    spec = _spec()
+    spec = _spec(workers)
     job = _job(spec, registry, kafka_bootstrap)
     produce_synthetic(kafka_settings, spec, 200)
     _send_refused(kafka_settings, spec)
-    ranges = {0: (0, high_waters(kafka_settings, spec.events_topic)[0])}
+    ranges = {p: (0, end) for p, end in high_waters(kafka_settings, spec.events_topic).items()}
     config = batch_run_config(spec, ranges).to_config_dict()
 
-    monkeypatch.setenv("STREAMFIT_FAULT", "after_train")  # every attempt fails after the letters were sent
+    # The first attempt fails after its dead letters were sent (a forkserver keeps the environment of
+    # the first run's steps, so the fault names the attempt rather than being unset for the retry).
+    monkeypatch.setenv("STREAMFIT_FAULT", "after_train@0")
     with dg.execute_job(job, instance, run_config=config, raise_on_error=False) as failed:
         assert not failed.success and registry.versions(spec.name) == []
     assert len(read_topic(kafka_settings, spec.dlq_topic)) == 5
-    monkeypatch.delenv("STREAMFIT_FAULT")
-    options = dg.ReexecutionOptions(parent_run_id=failed.run_id)  # all steps, as "Re-execute all" does
-    with dg.execute_job(job, instance, reexecution_options=options, raise_on_error=False) as result:
+    # Its retry re-executes every step (the UI's "Re-execute all", or a daemon retry with ALL_STEPS).
+    options = dg.ReexecutionOptions(parent_run_id=failed.run_id)
+    retry = {"dagster/retry_number": "1"}
+    with dg.execute_job(job, instance, reexecution_options=options, tags=retry, raise_on_error=False) as result:
         assert result.success
 
     letters = read_topic(kafka_settings, spec.dlq_topic)
-    assert sorted(letter["offset"] for letter in letters) == [200, 201, 202, 203, 204], "one letter per offset"
+    sources = [(letter["partition"], letter["offset"]) for letter in letters]
+    assert len(letters) == 5 and len(set(sources)) == 5, f"one letter per source offset: {sorted(sources)}"
+    assert sum(letter["reason"].startswith("data quality:") for letter in letters) == 3
     (version,) = registry.versions(spec.name)
     assert version.meta["rows"]["dlq"] == 5 and version.meta["rows"]["valid"] == 200
 
