@@ -18,13 +18,15 @@ A stream with derived features reads in one group: their state runs through ever
 events of the batch in one pass (`read_batch(state=...)`).
 """
 
+from functools import partial
+
 import dagster as dg
 
-from assets.training import BatchConfig, already_learned, restore_inherited_retries, validated
+from assets.training import BatchConfig, already_learned, may_have_dead_lettered, restore_inherited_retries, validated
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
 from dagster_project.features.checkpoint import expected_state
-from dagster_project.ingest import group_reads
+from dagster_project.ingest import group_reads, sent_letters
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.registry.store import expected_offsets
 from dagster_project.resources import KafkaResource, RegistryResource
@@ -93,7 +95,7 @@ def build_group_read_micro_batch(spec: StreamSpec, retries: dg.RetryPolicy | Non
             read.ranges,
             learn_ends=read.learn_ends,
             state=state,
-            already_sent=lambda: group_reads.dead_lettered(settings, spec, read.ranges),
+            already_sent=partial(sent_letters.dead_lettered, settings, spec, read.ranges),
         )
         crash_point(f"read_group_g{read.index}", attempt=_attempt(context))
         described = group_reads.describe(read, batch)
@@ -119,7 +121,8 @@ def build_group_read_micro_batch(spec: StreamSpec, retries: dg.RetryPolicy | Non
         batch = group_reads.merge(plan["ranges"], plan["learn_ends"], [b for _, b in reads])
         described = [group_reads.describe(r, b) for r, b in reads]
         extra = {"read_groups": dg.MetadataValue.json(described), "read_group_count": len(described)}
-        yield from validated(context, spec, kafka, registry, batch, extra)
+        read_before = may_have_dead_lettered(context, registry.get(), spec, batch.ranges)  # split-off rows sent?
+        yield from validated(context, spec, kafka, registry, batch, extra, read_before=read_before)
 
     @dg.graph_asset(
         key=[name, "micro_batch"],

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -16,7 +17,7 @@ from pydantic import Field, model_validator
 from dagster_project import names
 from dagster_project.dev.faults import crash_point
 from dagster_project.features.checkpoint import expected_state
-from dagster_project.ingest import group_reads
+from dagster_project.ingest import sent_letters
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.exactly_once import BatchRefused, Decision, decide, refuse_unseen_partition_gaps
 from dagster_project.kafka.io import commit_group_offsets, log_starts
@@ -100,11 +101,12 @@ def _attempt(context: dg.AssetExecutionContext) -> int:
     return int(context.run.tags.get("dagster/retry_number", "0"))
 
 
-def _read_before(context: dg.AssetExecutionContext, reg: Any, spec: StreamSpec, ranges: Ranges) -> bool:
+def may_have_dead_lettered(context: dg.AssetExecutionContext, reg: Any, spec: StreamSpec, ranges: Ranges) -> bool:
     """Whether an earlier attempt may have read these ranges and dead-lettered their malformed
     messages: a step retry, a retried or re-executed run, a run of the batch the stream halted at,
     a batch learned again after a registry restore, or one `streamfit batches retry` sent to a new
-    run. Only then is the DLQ read to send nothing twice (it costs a read of the whole DLQ topic)."""
+    run. Only then is the DLQ read to send nothing twice (its records since the batch's messages
+    arrived: `ingest.sent_letters`)."""
     if context.retry_number or _attempt(context) or context.run.parent_run_id:
         return True
     if names.RELEARNS_TAG in context.run.tags:
@@ -167,10 +169,10 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
         state = expected_state(registry.get(), spec, head, reset)  # the features continue from the checkpoint
         settings = kafka.settings()
         already_sent = None
-        if _read_before(context, registry.get(), spec, ranges):  # its dead letters may be on the DLQ already
-            already_sent = lambda: group_reads.dead_lettered(settings, spec, ranges)  # noqa: E731
+        if may_have_dead_lettered(context, registry.get(), spec, ranges):  # its dead letters may be on the DLQ already
+            already_sent = partial(sent_letters.dead_lettered, settings, spec, ranges)
         batch = read_batch(settings, spec, ranges, learn_ends=learn_ends, state=state, already_sent=already_sent)
-        yield from validated(context, spec, kafka, registry, batch)
+        yield from validated(context, spec, kafka, registry, batch, read_before=already_sent is not None)
 
     @dg.asset(
         retry_policy=retries,
@@ -385,11 +387,16 @@ def restore_inherited_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) 
         instance.add_run_tags(run.run_id, {NO_RUN_RETRIES_TAG: str(instance.run_retries_max_retries)})
 
 
-def validated(context, spec: StreamSpec, kafka, registry, batch: MicroBatch, extra: dict | None = None):
+def validated(
+    context, spec: StreamSpec, kafka, registry, batch: MicroBatch, extra: dict | None = None, read_before: bool = False
+):
     """The batch-level decision on a read batch: the data-quality check, then the batch (unless halted
-    or quarantined) with its metadata. One path for the single step and the fanned-out merge."""
+    or quarantined) with its metadata. One path for the single step and the fanned-out merge.
+    `read_before` (`may_have_dead_lettered`): rows an earlier attempt split off to the DLQ are not sent again."""
     name, ranges = spec.name, batch.ranges
-    outcome = apply_quality_policy(kafka.settings(), registry.get(), spec, batch, context.run.run_id)
+    settings = kafka.settings()
+    already_sent = partial(sent_letters.dead_lettered, settings, spec, ranges) if read_before else None
+    outcome = apply_quality_policy(settings, registry.get(), spec, batch, context.run.run_id, already_sent)
     yield dg.AssetCheckResult(
         check_name="data_quality",
         passed=outcome.passed,

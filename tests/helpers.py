@@ -41,13 +41,19 @@ def run_batch(defs: dg.Definitions, spec: StreamSpec, ranges: Ranges, instance: 
     return job.execute_in_process(run_config=batch_run_config(spec, ranges), instance=instance, **kwargs)
 
 
-def reconstructable_training_job(name: str, root: str, bootstrap: str, batch: str) -> dg.JobDefinition:
+def reconstructable_training_job(
+    name: str, root: str, bootstrap: str, batch: str, spec: str | None = None
+) -> dg.JobDefinition:
     """The synthetic stream's training job, rebuilt from plain arguments (re-execution needs a
-    reconstructable job: `dg.build_reconstructable_job("tests.helpers", this, kwargs)`)."""
+    reconstructable job: `dg.build_reconstructable_job("tests.helpers", this, kwargs)`); `spec`, a
+    whole spec as JSON, stands for a stream other than the synthetic one."""
     from dagster_project.registry.store import FilesystemRegistry
     from tests.conftest import synthetic_spec
 
-    spec = synthetic_spec(name, batch=orjson.loads(batch))
+    if spec is not None:
+        spec = StreamSpec.model_validate(orjson.loads(spec))
+    else:
+        spec = synthetic_spec(name, batch=orjson.loads(batch))
     return defs_for(spec, bootstrap, FilesystemRegistry(root)).resolve_job_def(f"{name}_training")
 
 

@@ -13,13 +13,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
 from dagster_project.ingest.micro_batch import MicroBatch
-from dagster_project.kafka.io import probe_partitions, read_range
 from dagster_project.kafka.offsets import Ranges
-from dagster_project.kafka.settings import KafkaSettings
-from dagster_project.spec import StreamSpec
 
 
 @dataclass(frozen=True)
@@ -99,25 +95,3 @@ def describe(read: GroupRead, batch: MicroBatch) -> dict:
         "dlq": batch.dlq,
         "offsets": offsets,  # first and last valid offset per partition
     }
-
-
-def dead_lettered(settings: KafkaSettings, spec: StreamSpec, ranges: Ranges) -> set[tuple[int, int]]:
-    """(partition, offset) of the events in ``ranges`` the trainer already dead-lettered.
-
-    A group step asks this before it dead-letters anything, so a message that a failed attempt (or
-    an earlier run of the same ranges) dead-lettered is not sent again. It reads the whole DLQ topic,
-    which only batches with malformed messages pay.
-    """
-    ends = {s.partition: (s.log_start, s.high_water) for s in probe_partitions(settings, spec.dlq_topic, {})}
-    sent = set()
-    for record in read_range(settings, spec.dlq_topic, {p: r for p, r in ends.items() if r[1] > r[0]}):
-        letter = orjson.loads(record.value)
-        p, offset = letter.get("partition"), letter.get("offset")
-        if (
-            letter.get("component") == "trainer"
-            and letter.get("topic") == spec.events_topic
-            and p in ranges
-            and ranges[p][0] <= offset < ranges[p][1]
-        ):
-            sent.add((p, offset))
-    return sent

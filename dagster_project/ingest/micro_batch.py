@@ -19,6 +19,7 @@ from dagster_project.features.warmup import windows_filling
 from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
 from dagster_project.ingest.events import EventParser, reason_kind
 from dagster_project.ingest.packing import packed_state, unpack_labels, unpack_positions
+from dagster_project.ingest.sent_letters import written_since
 from dagster_project.kafka.io import RawRecord, read_range_columns, topic_identity
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.record_columns import RecordColumns
@@ -149,7 +150,7 @@ def read_batch(
     dead_letter_invalid: bool = True,
     learn_ends: dict[int, int] | None = None,
     state: FeatureState | None = None,
-    already_sent: Callable[[], Collection[tuple[int, int]]] | None = None,
+    already_sent: Callable[[int | None], Collection[tuple[int, int]]] | None = None,
 ) -> MicroBatch:
     """Read `ranges` from the events topic; invalid messages go to the DLQ before this returns.
 
@@ -165,6 +166,7 @@ def read_batch(
 
     `already_sent`, asked only when there is something to dead-letter: (partition, offset) of the
     messages an earlier attempt or run already dead-lettered; they are counted but not sent again.
+    It is given the earliest time such a dead letter can have been written (`sent_letters.written_since`).
     """
     if spec.derived and state is None:
         raise ValueError(
@@ -234,7 +236,7 @@ def _parse(
     reasons: Counter = Counter(reason_kind(reason) for _, reason in parsed.failures)
     refused = [(records.record(i), reason, records.headers(i)) for i, reason in parsed.failures]
     if dead_letter_invalid and refused and already_sent is not None:
-        sent = set(already_sent())
+        sent = set(already_sent(written_since(record.timestamp_ms for record, _, _ in refused)))
         refused = [refusal for refusal in refused if (refusal[0].partition, refusal[0].offset) not in sent]
     if dead_letter_invalid and refused:
         _send_dead_letters(settings, spec, refused)

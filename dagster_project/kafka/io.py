@@ -239,6 +239,24 @@ def log_starts(settings: KafkaSettings, topic: str, partitions: Iterable[int]) -
         consumer.close()
 
 
+def offsets_since(settings: KafkaSettings, topic: str, partitions: Iterable[int], since_ms: int) -> dict[int, int]:
+    """Per partition, the first offset whose record's timestamp is `since_ms` or later (ListOffsets by
+    time), so a reader of recent records need not start at the log's start; a partition with no such
+    record is absent (nothing there is recent enough). Tansu answers with the log's start whatever the
+    time: its readers read more than needed, never less."""
+    from kafka import TopicPartition
+
+    wanted = [TopicPartition(topic, p) for p in partitions]
+    if not wanted:
+        return {}
+    consumer = _open_reader(settings)
+    try:
+        found = retrying(lambda: consumer.offsets_for_times(dict.fromkeys(wanted, since_ms)))
+    finally:
+        consumer.close()
+    return {tp.partition: at.offset for tp, at in found.items() if at is not None}
+
+
 def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
     """Fail in seconds, not kafka-python's 30 s bootstrap timeout, when no bootstrap host answers."""
     from dagster_project.kafka.preflight import not_kafka

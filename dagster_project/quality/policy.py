@@ -9,18 +9,25 @@ dead-lettered is passed over (`quality.passed_over`). Nothing is dropped silentl
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dagster_project.ingest.dead_letters import DeadLetter, write_dead_letters
+from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterError, write_dead_letters
 from dagster_project.ingest.events import reason_kind
 from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.ingest.originals import Original, read_originals
+from dagster_project.ingest.sent_letters import written_since
 from dagster_project.kafka.offsets import ranges_text
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.quality.passed_over import nothing_but_dead_letters, nothing_readable, pass_over, replacing
 from dagster_project.quality.quarantine import QuarantineStore
 from dagster_project.registry.store import ModelRegistry, with_state
 from dagster_project.spec import StreamSpec
+
+# (partition, offset) of the messages an earlier attempt dead-lettered, given the earliest time such a
+# dead letter can have been written (`ingest.sent_letters`).
+AlreadySent = Callable[[int | None], Collection[tuple[int, int]]]
 
 
 @dataclass
@@ -33,26 +40,57 @@ class QualityOutcome:
 
 
 def dead_letter_rows(
-    settings: KafkaSettings, spec: StreamSpec, rejected: MicroBatch, reasons: list[str], timeout_s: float = 30.0
+    settings: KafkaSettings,
+    spec: StreamSpec,
+    rejected: MicroBatch,
+    reasons: list[str],
+    timeout_s: float = 30.0,
+    already_sent: AlreadySent | None = None,
 ) -> None:
     """Send rows split off a batch to the DLQ with their reason and source offset; raise unless all are
     durable within `timeout_s`.
 
+    Each letter carries the original message (key, value, headers), read again from the events topic,
+    as a dead letter refused at parsing does; only a message the topic no longer holds (retention)
+    is written as the parsed row. With `already_sent` (see `read_batch`), rows an earlier attempt
+    dead-lettered are not sent again.
+
     Raising fails the run before anything trains, so Dagster's retry re-reads the same batch and
     splits the same rows again: a broker error here can never lose a split-off row.
     """
-    letters = (
-        DeadLetter(
-            split_off_reason(reason),
-            spec.events_topic,
-            int(rejected.partitions[i]),
-            int(rejected.offsets[i]),
-            rejected.ids[i].encode(),
-            {"id": rejected.ids[i], "features": dict(zip(spec.input_names, rejected.X[i].tolist(), strict=True))},
-        )
+    positions = [(int(p), int(o)) for p, o in zip(rejected.partitions, rejected.offsets, strict=True)]
+    try:
+        originals = read_originals(settings, spec.events_topic, positions)
+        sent: Collection[tuple[int, int]] = ()
+        if already_sent is not None and positions:
+            stamps = [originals[at].record.timestamp_ms if at in originals else None for at in positions]
+            sent = set(already_sent(written_since(stamps)))
+    except Exception as exc:  # the broker's error, told as every failed dead letter is: the run is retried
+        raise DeadLetterError(
+            f"cannot read the {len(positions)} split-off rows' messages from {spec.events_topic} (or the "
+            f"{spec.dlq_topic} records already written) to dead-letter them: {exc!r}. Nothing was committed; "
+            "the run is retried, or re-execute it once the broker answers"
+        ) from exc
+    letters = [
+        _split_off_letter(spec, rejected, i, reason, originals.get(positions[i]))
         for i, reason in enumerate(reasons)
-    )
+        if positions[i] not in sent
+    ]
     write_dead_letters(settings, spec.dlq_topic, "trainer", letters, timeout_s=timeout_s, partitions=spec.partitions)
+
+
+def _split_off_letter(
+    spec: StreamSpec, rejected: MicroBatch, i: int, reason: str, original: Original | None
+) -> DeadLetter:
+    """Row `i`'s dead letter: its original message, or the parsed row when the topic lost the message."""
+    partition, offset = int(rejected.partitions[i]), int(rejected.offsets[i])
+    if original is not None:
+        record = original.record
+        return DeadLetter(
+            split_off_reason(reason), spec.events_topic, partition, offset, record.key, record.value, original.headers
+        )
+    row = {"id": rejected.ids[i], "features": dict(zip(spec.input_names, rejected.X[i].tolist(), strict=True))}
+    return DeadLetter(split_off_reason(reason), spec.events_topic, partition, offset, rejected.ids[i].encode(), row)
 
 
 def split_off_reason(reason: str) -> str:
@@ -68,8 +106,14 @@ def count_split_off(kept: MicroBatch, reasons: list[str]) -> None:
 
 
 def apply_quality_policy(
-    settings: KafkaSettings, registry: ModelRegistry, spec: StreamSpec, batch: MicroBatch, run_id: str
+    settings: KafkaSettings,
+    registry: ModelRegistry,
+    spec: StreamSpec,
+    batch: MicroBatch,
+    run_id: str,
+    already_sent: AlreadySent | None = None,
 ) -> QualityOutcome:
+    """Decide the batch's fate; `already_sent` when an earlier attempt may have split off its rows."""
     from dagster_project.quality.suite import screen_batch
 
     if nothing_but_dead_letters(batch) or nothing_readable(batch):  # nothing to learn; a re-run cannot do better
@@ -88,7 +132,7 @@ def apply_quality_policy(
     if screening.action == "partial":
         rejected = screening.rejected
         reasons = [screening.reasons[i] for i in sorted(screening.reasons)]
-        dead_letter_rows(settings, spec, rejected, reasons)
+        dead_letter_rows(settings, spec, rejected, reasons, already_sent=already_sent)
         count_split_off(screening.kept, reasons)
         metadata.update(split_off_rows=rejected.rows, kept_rows=screening.kept.rows)
         message = f"{where}: {rejected.rows} rows broke per-row rules and went to {spec.dlq_topic}; the rest trains"
