@@ -27,7 +27,7 @@ Why these defaults: they are chosen to learn well online (small ordered micro-ba
   rows instead of 5. Over the 34 streams of `benchmarks/learning_quality.py` this beat the
   previous (32,)/0.01/200 on every stream and a step of 0.1 at 200 rows on 25 (MAE on Friedman
   2.6-3.1 vs 10.4); a layer of 64 helped less than the step size. mlp_regressor learns its labels
-  standardized by its first batch's mean and spread (learning/scaled_mlp.py): as scikit-learn's
+  standardized by the mean and spread of its first 200 (learning/scaled_mlp.py): as scikit-learn's
   MLPRegressor learns them, labels around 1e3 or more were never reached.
 - windowed (hist_gradient_boosting_*, random_forest_*, extra_trees_*): batch learners refit on a
   sliding window of recent rows (learning/windowed.py), single-threaded (the trainer shares its

@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from dagster_project.ingest.categories import encoder_categories
 from dagster_project.learning.estimator_table import entry
 from dagster_project.learning.outliers import clip_outliers, learn_feature_range, learn_labels
+from dagster_project.learning.scaled_mlp import target_held
 from dagster_project.spec import StreamSpec
 
 
@@ -224,8 +225,18 @@ def partial_fit(
     return model
 
 
-def fit_estimator(estimator: Any, X: np.ndarray, y: np.ndarray, classes: np.ndarray | None, passes: int = 1) -> None:
-    """``passes`` partial_fit passes of a bare estimator over rows already in its feature space."""
+def fit_estimator(
+    estimator: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    classes: np.ndarray | None,
+    passes: int = 1,
+    target_learned: bool = False,
+) -> None:
+    """``passes`` partial_fit passes of a bare estimator over rows already in its feature space.
+
+    A target-scaled regressor counts the batch's labels towards its units once, whatever the passes,
+    and not at all with ``target_learned`` (scale-out's groups: the whole batch was counted)."""
     if passes < 1:
         raise ValueError(f"passes must be at least 1, got {passes}")
     if is_classifier(estimator) and classes is None:
@@ -241,8 +252,11 @@ def fit_estimator(estimator: Any, X: np.ndarray, y: np.ndarray, classes: np.ndar
     if passes > 1 and isinstance(estimator, SGDClassifier | SGDRegressor) and not estimator.early_stopping:
         _stacked_sgd_passes(estimator, np.asarray(X), np.asarray(y), fit_kwargs, passes)
         return
-    for _ in range(passes):
-        estimator.partial_fit(X, y, **fit_kwargs)
+    if not target_learned and hasattr(estimator, "learn_target"):
+        estimator.learn_target(y)
+    with target_held(estimator):
+        for _ in range(passes):
+            estimator.partial_fit(X, y, **fit_kwargs)
 
 
 # How fast a loss's gradient grows with the error (the margin's shortfall, for squared_hinge and

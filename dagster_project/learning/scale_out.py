@@ -419,7 +419,7 @@ def split(
     groups = partition_groups(partitions, workers)
     if classes is None:  # a regressor's labels, clipped and learned once here, as partial_fit does
         y = learn_labels(model, y, spec.model.clip_sigmas)
-        _fix_target(model.steps[-1][1], y)
+        _learn_target(model.steps[-1][1], y)
     steps = model.steps[:-1]
     if steps:
         if len(steps) != 1 or not isinstance(steps[0][1], StandardScaler):
@@ -440,11 +440,12 @@ def split(
     return Split(model, tasks, combiner_name, var_max, reason, time.perf_counter() - started)
 
 
-def _fix_target(estimator: Any, y: np.ndarray) -> None:
-    """Fix a target-scaled regressor's label units from the whole batch before its groups copy it: each
-    group would otherwise fix its own from its rows, and networks in other units cannot be averaged."""
-    if hasattr(estimator, "fix_target"):
-        estimator.fix_target(y)
+def _learn_target(estimator: Any, y: np.ndarray) -> None:
+    """Count the whole batch's labels towards a target-scaled regressor's units before its groups copy
+    it, which then count none (`fit_group`): each group would otherwise move its copy's units by its own
+    rows, and networks in other units cannot be averaged."""
+    if hasattr(estimator, "learn_target"):
+        estimator.learn_target(y)
 
 
 @dataclass
@@ -466,7 +467,7 @@ def fit_group(task: GroupTask) -> GroupFit:
         if task.whole_pipeline:
             partial_fit(model, task.X, task.y, task.classes, task.passes, task.clip_sigmas)
         else:
-            fit_estimator(model, task.X, task.y, task.classes, task.passes)
+            fit_estimator(model, task.X, task.y, task.classes, task.passes, target_learned=True)
     return GroupFit(task.index, task.partitions, model, len(task.X), time.perf_counter() - started)
 
 
