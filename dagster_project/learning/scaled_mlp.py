@@ -18,7 +18,8 @@ After that the units stay fixed: Adam's state and the weights are in them, and a
 or spread later moves by a few hundredfold is still a target the network reaches, unlike 1e3 from
 zero. ONNX serves a plain MLPRegressor whose last layer has the mapping folded in
 (`served_estimator`), which skl2onnx converts as it always did.
-Poisson loss needs positive targets in its own units and is learned unscaled.
+Poisson loss would be learned unscaled (its exp output needs the labels' own positive units), but
+skl2onnx cannot export it, so `streamfit check` refuses it (learning/exportable.py).
 """
 
 from __future__ import annotations
