@@ -159,12 +159,20 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
     return registry.get_sample_value(name, labels)
 
 
-def read_topic(settings: KafkaSettings, topic: str) -> list[dict[str, Any]]:
-    """Every record of `topic` as JSON, with its `_partition` and `_offset`, in offset order per partition."""
+def read_topic(settings: KafkaSettings, topic: str, skip_unparsable: bool = False) -> list[dict[str, Any]]:
+    """Every record of `topic` as JSON, with its `_partition` and `_offset`, in offset order per partition
+    (with `skip_unparsable`, records that are not a JSON object are left out, e.g. junk sent on purpose)."""
     ends = {s.partition: (s.log_start, s.high_water) for s in probe_partitions(settings, topic, {})}
     out = []
     for record in read_range(settings, topic, ends):
-        value = orjson.loads(record.value)
+        try:
+            value = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            if skip_unparsable:
+                continue
+            raise
+        if skip_unparsable and not isinstance(value, dict):
+            continue
         value["_partition"], value["_offset"], value["_key"] = record.partition, record.offset, record.key
         out.append(value)
     return out
