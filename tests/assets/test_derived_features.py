@@ -435,7 +435,8 @@ def test_a_batch_of_only_dead_letters_is_passed_over_and_the_features_go_on(
         (e.key.encode(), make_event(e.event_id, e.features, e.label, e.ts, **e.fields))
         for e in sensor_events(rows=900, seed=9, devices=12)
     ]
-    junk = [(b"junk-%d" % i, b'{"id": "junk-%d"}' % i) for i in range(24)]
+    # Corrupt (an id past MAX_ID_CHARS): junk. An event without 'features' is a schema change, which halts.
+    junk = [(b"junk-%d" % i, b'{"id": "junk-%d%s"}' % (i, b"x" * 1100)) for i in range(24)]
     cuts = []
     for part in (events[:600], junk, events[600:]):
         assert produce(kafka_settings, spec, iter(part)) == len(part)
