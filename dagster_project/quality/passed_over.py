@@ -171,8 +171,8 @@ def _bounded(record: dict[str, Any] | None, depth: int = MAX_AFTER) -> dict[str,
         return {**record, AFTER: _bounded(record[AFTER], depth - 1)}
     folded, count = record[AFTER], 0
     resets = folded
-    while resets:
-        count, resets = count + 1, resets.get(AFTER)
+    while resets:  # a summary folded earlier stands for its own count, not for one reset
+        count, resets = count + int(resets.get("folded", 1)), resets.get(AFTER)
     offsets, messages = dead_lettered_rows(folded)
     summary = {"reason": f"{count} earlier reset(s), folded", "by": "streamfit", "folded": count}
     return {**record, AFTER: summary | {DEAD_LETTERED: {"ranges": {}, "messages": messages, "offsets": offsets}}}

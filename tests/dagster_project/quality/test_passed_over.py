@@ -32,6 +32,20 @@ def test_a_long_run_of_resets_replacing_each_other_stays_storable(registry) -> N
     assert passed_over_rows([reset]) == {"read": 30, "dlq": 30}
 
 
+def test_the_folded_record_counts_every_reset_it_stands_for() -> None:
+    """Folding again an already folded summary counted it as one reset: 299 replaced resets (20 kept
+    nested) were said to be '2 earlier reset(s), folded'."""
+    from dagster_project.quality.passed_over import AFTER, MAX_AFTER
+
+    record = None
+    for i in range(300):
+        record = {"offsets": {"0": i}, "reason": f"q{i}", "by": "test", **replacing(record)}
+    for _ in range(MAX_AFTER):
+        record = record[AFTER]
+    assert record[AFTER]["folded"] == 299 - MAX_AFTER
+    assert record[AFTER]["reason"] == f"{299 - MAX_AFTER} earlier reset(s), folded"
+
+
 def _refused_whole(spec, messages: list[dict | bytes]):
     """A batch of these messages, every one refused by the parser, counted by kind as training counts them."""
     from collections import Counter
