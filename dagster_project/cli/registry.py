@@ -45,7 +45,12 @@ def registry() -> None:
 )
 def migrate(target: str, from_root: Path | None, mlflow_uri: str | None, streams: tuple[str, ...]) -> None:
     """Copy a filesystem registry into MLflow, keeping version names, champion and history."""
-    from dagster_project.registry.backends import MLFLOW_TRACKING_URI_ENV, MLFLOW_URI_ENV, registry_from_env
+    from dagster_project.registry.backends import (
+        MLFLOW_NAMESPACE_ENV,
+        MLFLOW_TRACKING_URI_ENV,
+        MLFLOW_URI_ENV,
+        registry_from_env,
+    )
     from dagster_project.registry.store import FilesystemRegistry, RegistryError
     from dagster_project.settings import registry_root
 
@@ -67,7 +72,12 @@ def migrate(target: str, from_root: Path | None, mlflow_uri: str | None, streams
         raise click.ClickException(f"{exc} (or pass --mlflow-uri; {MLFLOW_URI_ENV}/{MLFLOW_TRACKING_URI_ENV})") from exc
     for stream in chosen:
         _migrate_stream(source, destination, stream)
-    click.echo(f"done: set STREAMFIT_REGISTRY=mlflow and MLFLOW_TRACKING_URI={destination.tracking_uri} everywhere")
+    # Into a namespace, every process must name it too: without it they read the bare names, find no
+    # stream, and train from scratch beside the copy.
+    namespace = f" and {MLFLOW_NAMESPACE_ENV}={destination.namespace}" if destination.namespace else ""
+    click.echo(
+        f"done: set STREAMFIT_REGISTRY=mlflow, MLFLOW_TRACKING_URI={destination.tracking_uri}{namespace} everywhere"
+    )
 
 
 def _migrate_stream(source, destination, stream: str) -> None:
@@ -107,8 +117,9 @@ def _migrate_stream(source, destination, stream: str) -> None:
         raise click.ClickException(f"{stream}: the champion or its history differs after the copy; run again")
     numbers = {v.name: v.meta["mlflow"]["model_version"] for v in copy}
     renumbered = [f"{name}=MLflow {n}" for name, n in numbers.items() if name != f"v{n}"]
+    registered = destination.registered_model(stream)  # `<namespace>.<stream>` in a namespace
     click.echo(
         f"{stream}: {len(valid)} versions ({copied} copied, {present} already there), champion {champion or '-'}, "
-        f"{len(history)} champion changes, {len(decisions)} decisions -> registered model {stream!r}"
+        f"{len(history)} champion changes, {len(decisions)} decisions -> registered model {registered!r}"
         + (f"; MLflow numbers differ for {', '.join(renumbered)}" if renumbered else "")
     )

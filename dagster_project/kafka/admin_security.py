@@ -47,7 +47,8 @@ def component_grants(spec: StreamSpec, component: Component) -> list[Grant]:
     """The ACLs `component` needs for `spec`'s stream and nothing more (READ and WRITE imply DESCRIBE).
 
     producer: writes events and labels (CREATE: `streamfit produce` creates them when missing).
-    trainer (sensor, training runs): reads events, dead-letters to the DLQ, commits its group's offsets.
+    trainer (sensor, training runs): reads events, dead-letters to the DLQ (reading it on a retry, to send
+    no letter twice: `ingest.sent_letters`), commits its group's offsets.
     scorer: reads events in the scorers' group, writes predictions and dead letters, and (exactly-once)
     uses the transactional ids `streamfit-<stream>-scorer-<replica id>` of its replicas.
     label-joiner: reads predictions and labels in its group, dead-letters unreadable ones.
@@ -64,7 +65,8 @@ def component_grants(spec: StreamSpec, component: Component) -> list[Grant]:
         ],
         "trainer": [
             Grant("topic", events, ("READ", "DESCRIBE")),
-            Grant("topic", dlq, ("WRITE",)),
+            # READ: a retried run (and a partition-group read) reads which messages it already dead-lettered
+            Grant("topic", dlq, ("READ", "WRITE")),
             Grant("group", spec.trainer_group, ("READ",)),
         ],
         "scorer": [

@@ -33,13 +33,16 @@ MAX_AFTER = 20
 
 
 # Dead letters that say the producers' events and the spec disagree (a renamed or new field, a
-# feature sent as another type, a label outside the classes, the features moved): a schema change,
-# not junk. Every later batch would be passed over too, learning nothing while only the dead-letter
-# ratio warns; such a batch halts the stream as before, naming the feature.
+# feature, label, id or `ts` sent as another type or as null, a label outside the classes, the
+# features moved): a schema change, not junk. Every later batch would be passed over too, learning
+# nothing while only the dead-letter ratio warns; such a batch halts the stream as before, naming the
+# field. Matched against `reason_kind` (the text before the first colon, numbers as <n>).
 SCHEMA_KINDS = re.compile(
-    r"unknown feature|missing feature|event has no 'features' object|no key$"
-    r"|feature '.*' must be an? (number|bool), got |feature '.*' is a (hashed )?category"
-    r"|label .* is not one of the spec's classes"
+    r"unknown feature|missing feature|event has no 'features' object|no key$|no event time$"
+    r"|feature '.*' must be an? (number|bool|integer), got |feature '.*' is a (hashed )?category"
+    r"|feature '.*' is null but the spec does not allow nulls"
+    r"|label .* is not one of the spec's classes|(regression )?label must be a "
+    r"|event has no 'id'|event 'id' must be a |'ts' must be a number"
 )
 
 
@@ -168,8 +171,8 @@ def _bounded(record: dict[str, Any] | None, depth: int = MAX_AFTER) -> dict[str,
         return {**record, AFTER: _bounded(record[AFTER], depth - 1)}
     folded, count = record[AFTER], 0
     resets = folded
-    while resets:
-        count, resets = count + 1, resets.get(AFTER)
+    while resets:  # a summary folded earlier stands for its own count, not for one reset
+        count, resets = count + int(resets.get("folded", 1)), resets.get(AFTER)
     offsets, messages = dead_lettered_rows(folded)
     summary = {"reason": f"{count} earlier reset(s), folded", "by": "streamfit", "folded": count}
     return {**record, AFTER: summary | {DEAD_LETTERED: {"ranges": {}, "messages": messages, "offsets": offsets}}}

@@ -321,6 +321,13 @@ class MlflowRegistry(ModelRegistry):
         Stream names have no dot, so two deployments' names never meet."""
         return f"{self.namespace}.{stream}" if self.namespace else stream
 
+    def registered_model(self, stream: str) -> str:
+        """The name MLflow's UI and `models:/` URIs show for the stream (the namespace's, when set)."""
+        return self._model(stream)
+
+    def _experiment_name(self, stream: str) -> str:
+        return EXPERIMENT_PREFIX + (f"{self.namespace}/{stream}" if self.namespace else stream)
+
     @property
     def address(self) -> str:
         """The registry's URI without credentials: it is shown on the scorer's open `/healthz`."""
@@ -462,7 +469,7 @@ class MlflowRegistry(ModelRegistry):
     @_translating("reading a version")
     def location(self, stream: str, version: str) -> str | None:
         entry = self._entry(stream, version)
-        return f"models:/{stream}/{entry.number} ({entry.tags.get(MODEL_ARTIFACTS_TAG)}/{ONNX_FILE})"
+        return f"models:/{self._model(stream)}/{entry.number} ({entry.tags.get(MODEL_ARTIFACTS_TAG)}/{ONNX_FILE})"
 
     def _download(self, uri: str, what: str) -> bytes:
         import mlflow.artifacts
@@ -484,7 +491,9 @@ class MlflowRegistry(ModelRegistry):
         base = entry.tags.get(MODEL_ARTIFACTS_TAG if file_name == ONNX_FILE else RUN_ARTIFACTS_TAG)
         where = f"{stream}/{version}/{file_name}"
         if not base:
-            raise BrokenRegistryFile(f"{where}: models:/{stream}/{entry.number} names no artifact location", where)
+            raise BrokenRegistryFile(
+                f"{where}: models:/{self._model(stream)}/{entry.number} names no artifact location", where
+            )
         data = self._download(f"{base}/{file_name}", where)
         if _sha256(data) != meta["sha256"][file_name]:
             raise ChecksumMismatch(
@@ -668,7 +677,7 @@ class MlflowRegistry(ModelRegistry):
             return self._experiments[stream]
         from mlflow.exceptions import MlflowException
 
-        name = EXPERIMENT_PREFIX + (f"{self.namespace}/{stream}" if self.namespace else stream)
+        name = self._experiment_name(stream)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             if not create:
@@ -846,7 +855,7 @@ class MlflowRegistry(ModelRegistry):
             last = history[-1].get("version") if history else None
             return last if isinstance(last, str) else None
         if not entry.committed:
-            uri = f"models:/{stream}@{CHAMPION_ALIAS}"
+            uri = f"models:/{self._model(stream)}@{CHAMPION_ALIAS}"
             raise BrokenRegistryFile(
                 f"{uri} points at MLflow version {entry.number}, which is not a committed Streamfit version: "
                 f"point the alias again with `streamfit models promote {stream} <version>` (see the champion history)",
@@ -957,7 +966,7 @@ class MlflowRegistry(ModelRegistry):
         self._set_record(stream, run_id, key or f"{kind}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}", record)
 
     def _decode(self, stream: str, run: Any, key: str, value: str) -> dict[str, Any]:
-        where = f"tag {key!r} of the bookkeeping run {run.info.run_id} (experiment {EXPERIMENT_PREFIX}{stream})"
+        where = f"tag {key!r} of the bookkeeping run {run.info.run_id} (experiment {self._experiment_name(stream)})"
         try:
             record = orjson.loads(value)
             if isinstance(record, dict) and set(record) == {"$artifact"}:
@@ -1064,7 +1073,8 @@ class MlflowRegistry(ModelRegistry):
                     return "present"
                 missing = FEATURES_FILE in meta["sha256"] and FEATURES_FILE not in held
                 raise RegistryError(
-                    f"{stream}: MLflow already holds a different {version.name} (models:/{stream}/{entry.number})"
+                    f"{stream}: MLflow already holds a different {version.name} "
+                    f"(models:/{self._model(stream)}/{entry.number})"
                     + (
                         f" without its {FEATURES_FILE} (copied by an older Streamfit): delete that model version "
                         "and its successors in MLflow, then migrate again"

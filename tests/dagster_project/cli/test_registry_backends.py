@@ -167,6 +167,30 @@ def test_migrate_copies_versions_champion_history_and_state(
     assert cli("models", "rollback", stream).exit_code == 1  # v1 has nothing earlier: same refusal as before
 
 
+def test_migrate_into_a_namespace_names_it_and_says_to_set_it_everywhere(
+    cli, spec: StreamSpec, streamfit_home, mlflow_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migrating with STREAMFIT_MLFLOW_NAMESPACE set said "-> registered model '<stream>'" and "set
+    STREAMFIT_REGISTRY=mlflow and MLFLOW_TRACKING_URI=... everywhere": a deployment that did only that read
+    the bare names, found no stream and trained from v1 beside the copy. Messages naming the model
+    version (`models show`'s location) named the bare model too."""
+    from dagster_project.registry.mlflow_store import MlflowRegistry
+
+    for name in ("STREAMFIT_REGISTRY", "STREAMFIT_MLFLOW_URI", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STREAMFIT_MLFLOW_NAMESPACE", "team-a")
+    source = FilesystemRegistry(streamfit_home / "registry")
+    source.register(spec.name, None, scaler_onnx(1), fitted_scaler(1), meta({0: 10}, seed=1))
+
+    result = cli("registry", "migrate", "--to", "mlflow", "--mlflow-uri", mlflow_server.uri)
+
+    assert result.exit_code == 0, result.output
+    assert f"-> registered model 'team-a.{spec.name}'" in result.output
+    assert "STREAMFIT_MLFLOW_NAMESPACE=team-a everywhere" in result.output
+    copy = MlflowRegistry(mlflow_server.uri, root=streamfit_home / "registry", namespace="team-a")
+    assert copy.location(spec.name, "v1").startswith(f"models:/team-a.{spec.name}/")
+
+
 @pytest.mark.one_broker  # MLflow is the subject
 def test_a_migrated_stream_continues_its_derived_features_on_mlflow(
     cli, kafka_settings, kafka_bootstrap, instance, streamfit_home, mlflow_server, monkeypatch: pytest.MonkeyPatch
