@@ -19,6 +19,7 @@ LAG_AFTER_BATCH_TAG = "streamfit/lag_after_batch"
 EARLY_CUT_TAG = "streamfit/early_cut"  # "first" or "second": the batch was cut short (batch.early_cut)
 CUT_REASON_TAG = "streamfit/cut_reason"  # why it was cut, with the numbers
 RELEARNS_TAG = "streamfit/relearns_run"  # the run whose version of this batch left the registry (a restore)
+RESUMES_TAG = "streamfit/resumes_run"  # the failed run whose halted batch this run resumes (sensors/auto_resume.py)
 RETRIED_RESOLUTION = "retried in a new run"  # `streamfit batches retry`'s halt resolution
 
 # Run states in which a stream's run still holds its turn (the sensors skip while one exists)

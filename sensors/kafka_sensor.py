@@ -3,7 +3,8 @@
 Each tick: refuse to overlap a running training run of the stream, refuse a model whose estimator
 parameters no run could build (checked once per spec), read the head's learned offsets from the
 registry, probe each partition's true end, and request one run over the exact planned ranges. Every
-skip says why.
+skip says why. A halt whose run failed because the broker or MLflow was away resumes by itself once
+the broker answers (`sensors/auto_resume.py`).
 """
 
 import time
@@ -34,7 +35,9 @@ from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.cut_evidence import CutPlan, early_cut
 from monitors.early_cut import CutDecision
+from sensors.auto_resume import resume_tick, transient_error, unwrap_retry
 from sensors.cadence import minimum_interval_for
+from sensors.resume_policy import auto_resume_record
 
 CUT_REASON_MAX = 2000  # characters of the cut's reason kept in the run's tag (the cursor keeps it whole)
 
@@ -83,6 +86,11 @@ def evaluate(
     if changed_spec:  # every run would learn or serve new columns with the old meanings
         context.log.error(changed_spec)
         return dg.SkipReason(changed_spec)
+    if halt and halt.get("auto_resume"):  # a transient outage halted it: resumed once the broker answers
+        resumed = resume_tick(context, spec, reg, halt, head.name if head else None, expected, kafka.settings())
+        if resumed is not None:
+            return resumed
+        halt = reg.halt(spec.name)  # an ordinary halt now: reported as any other
     if halt:
         cause = "a failed run" if halt.get("kind") == "failed_run" else "data quality"
         if halt.get("run_id") and context.instance.get_run_by_id(halt["run_id"]) is None:
@@ -178,10 +186,13 @@ def evaluate(
             return dg.SkipReason(message)
         if failed.tags.get("dagster/will_retry") == "true":
             return dg.SkipReason(f"{spec.name}: run {failed.run_id[:8]} failed; the daemon retries it")
+        failed_key = failed.tags.get("dagster/run_key", run_key)
         summary = (
             f"the batch {encode_ranges(failed_ranges)} failed in run {failed.run_id[:8]} after its retries "
-            f"({retry_story(context.instance, failed.tags.get('dagster/run_key', run_key))})"
+            f"({retry_story(context.instance, failed_key)})"
         )
+        error = transient_error(context.instance, failed.run_id)
+        auto = {"auto_resume": auto_resume_record(error, failed_key, head_name)} if error else {}
         reg.set_halt(
             spec.name,
             {
@@ -190,8 +201,14 @@ def evaluate(
                 "learned_ends": {str(p): e for p, e in spec_tail_split(spec, failed_ranges).items()},
                 "summary": summary,
                 "run_id": failed.run_id,
+                **auto,
             },
         )
+        if auto:
+            return dg.SkipReason(
+                f"HALTED by a failed run: {summary}, so {spec.name} is halted; {auto['auto_resume']['status']}. "
+                f"Nothing after it is learned until then (or `streamfit batches skip {spec.name} --reason ...`)."
+            )
         return dg.SkipReason(
             f"HALTED by a failed run: {summary}, so {spec.name} is halted. Fix the cause and re-execute that run "
             f"from the Dagster UI, or `streamfit batches skip {spec.name} --reason ...`; nothing after it is learned "
@@ -346,9 +363,7 @@ def retry_story(instance: dg.DagsterInstance, run_key: str) -> str:
             if event.event_type == DagsterEventType.STEP_UP_FOR_RETRY:
                 waits.append(float(event.event_specific_data.seconds_to_wait or 0.0))
             else:
-                error = event.event_specific_data.error
-                while error is not None and error.cause is not None and error.cls_name.startswith("RetryRequested"):
-                    error = error.cause  # "Exceeded max_retries": the error behind it is the news
+                error = unwrap_retry(event.event_specific_data.error)  # not "Exceeded max_retries"
                 final = f"{event.step_key}: {error.cls_name}: {error.message.strip()}" if error else event.message
     shown = ", ".join(f"{w:.1f} s" for w in waits[:8]) + (", ..." if len(waits) > 8 else "")
     story = f"{len(runs)} run attempt(s), {len(waits)} step retr{'y' if len(waits) == 1 else 'ies'}"

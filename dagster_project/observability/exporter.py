@@ -25,6 +25,7 @@ from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.names import is_version_name, version_number
 from dagster_project.registry.store import BrokenRegistryFile, ModelRegistry, Version, without_state
 from dagster_project.spec import BrokenSpec, StreamSpec
+from sensors.resume_policy import pages
 
 log = logging.getLogger(__name__)
 PREQUENTIAL_METRICS = ("accuracy", "roc_auc", "log_loss", "mae", "rmse")
@@ -118,6 +119,12 @@ class TrainingCollector(Collector):
             "skip reason names the run and the fix",
             labels=["stream"],
         )
+        resuming = GaugeMetricFamily(
+            "streamfit_halt_auto_resuming",
+            "1 while the halt is a transient outage's (the broker or MLflow away) that the sensor resumes by itself "
+            "once the broker answers, and has not failed too often; StreamfitTrainingHalted does not page for it",
+            labels=["stream"],
+        )
         learned_at = GaugeMetricFamily(
             "streamfit_head_timestamp_seconds", "When the newest version (the head) was registered", labels=["stream"]
         )
@@ -133,7 +140,9 @@ class TrainingCollector(Collector):
             pending = self._read(name, lambda name=name: self.registry.pending_offset_reset(name), None)
             found = self._versions(name)
             max_wait.add_metric([name], spec.batch.max_wait_s)
-            halted.add_metric([name], 1 if self._read(name, lambda name=name: self.registry.halt(name), None) else 0)
+            halt = self._read(name, lambda name=name: self.registry.halt(name), None)
+            halted.add_metric([name], 1 if halt else 0)
+            resuming.add_metric([name], 1 if halt and not pages(halt) else 0)
             batches.add_metric([name], len(found))
             applied = [v.meta.get("offset_reset_applied") for v in found]
             over = passed_over_rows(applied + ([pending] if without_state(pending) not in applied else []))
@@ -169,7 +178,7 @@ class TrainingCollector(Collector):
             changes.add_metric([name, "rollback"], rollbacks)
             changes.add_metric([name, "promotion"], len(history) - rollbacks)
         yield from (batches, rows, dlq, version, prequential, served, step, train, export, changes)
-        yield from (halted, learned_at, max_wait)
+        yield from (halted, resuming, learned_at, max_wait)
         yield from self._monitoring()
         if self.kafka is not None:
             yield from self._lag()
