@@ -36,16 +36,27 @@ def learned_ranges(version: Version) -> Ranges:
 
 
 def _merge(versions: list[Version]) -> Ranges:
+    """The versions' learned ranges joined per partition, from the newest back while each ends where
+    the next one starts. Offsets between two batches were passed over (a quarantined or skipped batch,
+    an offset reset): no version learned them, so a window stops there rather than span them."""
     window: Ranges = {}
-    for version in versions:
+    stopped: set[int] = set()
+    for version in sorted(versions, key=lambda v: v.number, reverse=True):
         for p, (start, end) in learned_ranges(version).items():
-            lo, hi = window.get(p, (start, end))
-            window[p] = (min(lo, start), max(hi, end))
+            if p in stopped:
+                continue
+            if p not in window:
+                window[p] = (start, end)
+            elif end == window[p][0]:
+                window[p] = (start, window[p][1])
+            else:  # a gap (or an overlap: a reset back) between this batch and the next
+                stopped.add(p)
     return window
 
 
 def recent_window(versions: list[Version], rows: int, since: str | None = None) -> Ranges:
-    """Offsets to retrain on, merged per partition (consecutive batches are contiguous).
+    """Offsets to retrain on, merged per partition (consecutive batches are contiguous; a window
+    stops at offsets no batch learned: `_merge`).
 
     With `since` (the batch where a change was detected) it is every batch from there on, so a
     fresh model learns the new concept only; otherwise the batches holding the last `rows` rows.

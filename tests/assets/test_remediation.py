@@ -15,7 +15,7 @@ import pytest
 from dagster_project import names
 from dagster_project.kafka.io import probe_partitions
 from monitors.evidence import ACTION_KIND
-from tests.helpers import produce_synthetic, run_batch
+from tests.helpers import high_waters, produce_synthetic, run_batch
 
 
 def _action_config(spec, op: str, **config) -> dict:
@@ -177,6 +177,28 @@ def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_
     assert not v3.meta["retrain"]["since"] and v3.meta["rows"]["trained"] == 600  # window: every batch
     assert v3.meta["retrain"]["reasons"][0].startswith("scheduled full retrain on the last")
     assert instance.get_run_by_id(result.run_id).tags[names.ACTION_TAG] == "scheduled_retrain"
+
+
+def test_the_scheduled_full_retrain_leaves_out_a_passed_over_batch(
+    kafka_settings, spec, registry, stream_defs, instance
+) -> None:
+    """The middle third was passed over (as a quarantined or skipped batch is: a pending offset move).
+    The retrain's window spanned it: it learned those 300 rows and recorded [0, end) as learned."""
+    produce_synthetic(kafka_settings, spec, 900)
+    third = {s.partition: s.high_water // 3 for s in probe_partitions(kafka_settings, spec.events_topic, {})}
+    assert run_batch(stream_defs, spec, {p: (0, e) for p, e in third.items()}, instance).success
+    registry.set_pending_offsets(spec.name, {p: 2 * e for p, e in third.items()}, reason="skipped: poison", by="ops")
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(stream_defs, spec, {p: (2 * third[p], e) for p, e in ends.items()}, instance).success
+    schedule = stream_defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
+    (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+
+    assert job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance).success
+
+    v2, v3 = registry.versions(spec.name)[1:]
+    assert v3.meta["retrain"] and v3.meta["offsets"]["batch"] == v2.meta["offsets"]["batch"]
+    assert v3.meta["rows"]["trained"] == v2.meta["rows"]["trained"] == sum(ends.values()) - 2 * sum(third.values())
 
 
 def test_retrain_with_nothing_learned_fails_with_the_reason(spec, registry, stream_defs, instance) -> None:

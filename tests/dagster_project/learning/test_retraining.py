@@ -81,6 +81,16 @@ def test_a_partition_missing_from_some_batches_keeps_its_own_range() -> None:
     assert recent_window(versions, rows=10_000) == {0: (0, 150), 1: (0, 70)}
 
 
+def test_a_window_stops_at_offsets_no_batch_learned() -> None:
+    """Offsets 110-200 of partition 0 were passed over (a quarantined or skipped batch, an offset reset):
+    the window spanned them, so a retrain learned rows the stream had refused and recorded them learned."""
+    versions = [*HISTORY[:3], _version(5, {0: (200, 260), 1: (140, 200)})]
+    assert recent_window(versions, rows=10_000) == {0: (200, 260), 1: (0, 200)}
+    assert recent_window(versions, rows=10_000, since="v2") == {0: (200, 260), 1: (50, 200)}
+    back = [*HISTORY[:3], _version(5, {0: (60, 100), 1: (140, 200)})]  # a reset back: an overlap stops it too
+    assert recent_window(back, rows=10_000) == {0: (60, 100), 1: (0, 200)}
+
+
 def test_post_change_trims_each_partition_to_its_own_rise_and_keeps_one_without() -> None:
     rng = np.random.default_rng(0)
     # partition 0: offsets 100..499, errors rise at offset 340; partition 1: 50..349, no rise
