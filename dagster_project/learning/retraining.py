@@ -137,6 +137,35 @@ def _located(
     return trimmed if trimmed != batch.ranges else None
 
 
+def held_window(settings: KafkaSettings, spec: StreamSpec, versions: list[Version], window: Ranges) -> Ranges:
+    """`window` from where the broker still holds each partition (retention, DeleteRecords): a
+    retrain read from the old start failed with an OFFSET GAP whose fix (an offset reset) cannot move
+    a window of learned batches, so it failed every time. With derived features a partition starts
+    at the first batch start the broker holds, the state there being known; a partition of which
+    nothing is held is left out."""
+    from dagster_project.kafka.io import log_starts
+
+    firsts = log_starts(settings, spec.events_topic, window)
+    held: Ranges = {}
+    for p, (start, end) in window.items():
+        first = firsts.get(p, start)  # a partition the topic lacks: the read names it
+        if first <= start:
+            held[p] = (start, end)
+            continue
+        if spec.derived:
+            batch_starts = [
+                s
+                for v in versions
+                if not v.meta.get("retrain") and not v.meta.get("replay")
+                for q, (s, _) in learned_ranges(v).items()
+                if q == p and first <= s < end
+            ]
+            first = min(batch_starts, default=end)
+        if first < end:
+            held[p] = (first, end)
+    return held
+
+
 def read_window(settings: KafkaSettings, registry: ModelRegistry, spec: StreamSpec, window: Ranges) -> MicroBatch:
     """`window`'s events read again as training read them (nothing dead-lettered twice). With derived
     features each partition is read from the newest batch start at or before the window's start, with
@@ -217,7 +246,15 @@ def retrain(
     if not versions:
         raise RegistryError(f"{name} has no versions to retrain from")
     head = versions[-1]
-    window = recent_window(versions, spec.drift.retrain_window_rows, since or None)
+    wanted = recent_window(versions, spec.drift.retrain_window_rows, since or None)
+    window = held_window(settings, spec, versions, wanted)
+    lost = {str(p): [s, window[p][0] if p in window else e] for p, (s, e) in wanted.items() if window.get(p) != (s, e)}
+    if not window:
+        raise RegistryError(
+            f"{name}: the broker no longer holds any of the retrain window {wanted} (retention): nothing to retrain on"
+        )
+    if lost:
+        log.warning("%s: the broker no longer holds %s of the retrain window (retention): not learned", name, lost)
     batch = read_window(settings, registry, spec, window)
     change_at = _located(registry, spec, versions, since, batch) if since else None
     if change_at:
@@ -256,6 +293,8 @@ def retrain(
         return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started, lineage=lineage)
 
     retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}
+    if lost:  # per partition [wanted start, held start): offsets of the window the broker had deleted
+        retrain_meta["lost_to_retention"] = lost
     try:
         return learn_export_register(
             registry,
