@@ -16,7 +16,7 @@ from dagster_project import names
 from dagster_project.kafka.io import probe_partitions
 from monitors.evidence import ACTION_KIND
 from tests.dagster_project.cli.test_offsets import delete_before
-from tests.helpers import high_waters, produce_synthetic, run_batch
+from tests.helpers import full_retrain_tick, high_waters, produce_synthetic, run_batch
 
 
 def _action_config(spec, op: str, **config) -> dict:
@@ -167,8 +167,7 @@ def test_a_retrain_after_a_registry_restore_takes_a_name_never_given(
 
 def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_defs, instance) -> None:
     _learn_two_batches(kafka_settings, spec, stream_defs, instance)
-    schedule = stream_defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
-    (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
     job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
 
     result = job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance)
@@ -191,8 +190,7 @@ def test_the_scheduled_full_retrain_leaves_out_a_passed_over_batch(
     registry.set_pending_offsets(spec.name, {p: 2 * e for p, e in third.items()}, reason="skipped: poison", by="ops")
     ends = high_waters(kafka_settings, spec.events_topic)
     assert run_batch(stream_defs, spec, {p: (2 * third[p], e) for p, e in ends.items()}, instance).success
-    schedule = stream_defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
-    (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
     job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
 
     assert job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance).success
@@ -215,8 +213,7 @@ def test_the_scheduled_full_retrain_learns_what_retention_left_of_its_window(
         assert run_batch(stream_defs, spec, ranges, instance).success
     kept = ends[0] // 3 + 20
     delete_before(kafka_settings, spec.events_topic, 0, kept)
-    schedule = stream_defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
-    (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
     job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
 
     assert job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance).success
@@ -226,6 +223,31 @@ def test_the_scheduled_full_retrain_learns_what_retention_left_of_its_window(
     assert v4.meta["rows"]["trained"] == sum(ends.values()) - kept
     assert v4.meta["retrain"]["lost_to_retention"] == {"0": [0, kept]}
     assert v4.learned == registry.get(spec.name, "v3").learned
+
+
+def test_the_scheduled_full_retrain_waits_for_versions_a_halt_and_a_drift_action(
+    spec, registry, stream_defs, instance
+) -> None:
+    """It launched a run that failed every day on a stream with nothing learned yet, registered a head
+    on a halted stream (whose fix is re-executing the halted run on the head it failed on), and
+    raced a drift retrain or rollback in flight."""
+    skip = full_retrain_tick(stream_defs, spec, instance, registry)
+    assert isinstance(skip, dg.SkipReason) and "has no versions yet" in skip.skip_message
+    registry.register(spec.name, None, b"onnx", {"fake": "estimator"}, {"offsets": {"learned": {"0": 10}}})
+    assert isinstance(full_retrain_tick(stream_defs, spec, instance, registry), dg.RunRequest)
+
+    registry.set_halt(spec.name, {"kind": "failed_run", "summary": "the batch p0[10, 20) failed", "run_id": "abc"})
+    skip = full_retrain_tick(stream_defs, spec, instance, registry)
+    assert isinstance(skip, dg.SkipReason) and "HALTED (the batch p0[10, 20) failed)" in skip.skip_message
+    registry.clear_halt(spec.name, {"resolution": "fixed"})
+
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+    config = _action_config(spec, names.retrain_op, from_version="v1", reasons=["drift"])
+    drift = instance.create_run_for_job(job_def=job, run_config=config, tags={names.STREAM_TAG: spec.name})
+    skip = full_retrain_tick(stream_defs, spec, instance, registry)
+    assert isinstance(skip, dg.SkipReason) and f"run {drift.run_id[:8]} is in flight" in skip.skip_message
+    instance.report_run_canceled(drift)
+    assert isinstance(full_retrain_tick(stream_defs, spec, instance, registry), dg.RunRequest)
 
 
 def test_retrain_with_nothing_learned_fails_with_the_reason(spec, registry, stream_defs, instance) -> None:

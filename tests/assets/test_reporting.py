@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
 from dagster_project.kafka.io import probe_partitions
-from tests.helpers import produce_synthetic, run_batch
+from tests.helpers import full_retrain_tick, produce_synthetic, run_batch
 
 
 def test_report_and_scheduled_retrain(kafka_settings, spec, registry, stream_defs, instance):
@@ -15,8 +13,7 @@ def test_report_and_scheduled_retrain(kafka_settings, spec, registry, stream_def
         ranges = {s.partition: (s.high_water * k // 3, s.high_water * (k + 1) // 3) for s in states}
         assert run_batch(stream_defs, spec, ranges, instance).success
 
-    schedule = stream_defs.resolve_schedule_def(f"{spec.name}_full_retrain")
-    request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
     retrain_job = stream_defs.resolve_job_def(f"{spec.name}_retrain")
     assert retrain_job.execute_in_process(run_config=request.run_config, instance=instance).success
     retrained = registry.head(spec.name)
