@@ -13,8 +13,13 @@ def stream_report(registry: ModelRegistry, spec: StreamSpec, last: int = 20) -> 
     champion = registry.champion(name)
     decisions = registry.decisions(name)
     lines = [f"# {name}", "", spec.description or "", ""]
+    halt = registry.halt(name)
+    if halt:  # the report read as if the stream were learning: nothing said it had stopped
+        cause = "a failed run" if halt.get("kind") == "failed_run" else "data quality"
+        summary = halt.get("summary", "")
+        lines += [f"**HALTED** by {cause}: {summary}. Nothing after it is learned until it is resolved.", ""]
     if not versions:
-        return "\n".join([*lines, "No versions yet."]), {"versions": 0}
+        return "\n".join([*lines, "No versions yet."]), {"versions": 0, "halted": float(bool(halt))}
     head = versions[-1]
     retrains = [d for d in decisions if d.get("kind") == "drift_action" and d["action"] == "retrain"]
     rollbacks = [d for d in decisions if d.get("kind") == "drift_action" and d["action"] == "rollback"]
@@ -56,6 +61,7 @@ def stream_report(registry: ModelRegistry, spec: StreamSpec, last: int = 20) -> 
         "retrains": float(len(retrains)),
         "rollbacks": float(len(rollbacks)),
         "quality_failures": float(len(quality)),
+        "halted": float(bool(halt)),
     }
     for key in ("accuracy", "roc_auc", "mae"):
         if key in head.meta.get("metrics", {}):

@@ -95,6 +95,16 @@ def kafka_sensor_tick(
     return sensor(context)
 
 
+def full_retrain_tick(defs: dg.Definitions, spec: StreamSpec, instance: dg.DagsterInstance, registry: ModelRegistry):
+    """One evaluation of the stream's full-retrain schedule: a RunRequest or a SkipReason."""
+    from dagster_project import names
+
+    schedule = defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
+    context = dg.build_schedule_context(instance=instance, resources={"registry": RegistryResource.of(registry)})
+    result = schedule.evaluate_tick(context)
+    return result.run_requests[0] if result.run_requests else dg.SkipReason(result.skip_message)
+
+
 STREAMFIT = str(Path(sys.executable).with_name("streamfit"))
 
 

@@ -29,6 +29,7 @@ from dagster_project.kafka.settings import (
 )
 from dagster_project.resources import KAFKA_ENV_FIELDS, KafkaResource, RegistryResource
 from dagster_project.spec import load_specs
+from tests.helpers import full_retrain_tick
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS_DIR = ROOT / "streams"
@@ -224,10 +225,10 @@ def test_schedules_of_a_stream(defs: dg.Definitions, stream: str) -> None:
     assert report.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
-def test_scheduled_retrain_config_is_valid_for_the_retrain_job(defs: dg.Definitions, instance) -> None:
+def test_scheduled_retrain_config_is_valid_for_the_retrain_job(defs: dg.Definitions, instance, registry) -> None:
     for stream in STREAMS:
-        schedule = defs.resolve_schedule_def(names.full_retrain_schedule(stream))
-        (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+        registry.register(stream, None, b"onnx", {"fake": "estimator"}, {"offsets": {"learned": {"0": 10}}})
+        request = full_retrain_tick(defs, SPECS[stream], instance, registry)
         dg.validate_run_config(defs.resolve_job_def(names.retrain_job(stream)), request.run_config)  # raises if not
         assert request.tags[names.ACTION_TAG] == "scheduled_retrain" and request.tags[names.STREAM_TAG] == stream
 

@@ -36,16 +36,27 @@ def learned_ranges(version: Version) -> Ranges:
 
 
 def _merge(versions: list[Version]) -> Ranges:
+    """The versions' learned ranges joined per partition, from the newest back while each ends where
+    the next one starts. Offsets between two batches were passed over (a quarantined or skipped batch,
+    an offset reset): no version learned them, so a window stops there rather than span them."""
     window: Ranges = {}
-    for version in versions:
+    stopped: set[int] = set()
+    for version in sorted(versions, key=lambda v: v.number, reverse=True):
         for p, (start, end) in learned_ranges(version).items():
-            lo, hi = window.get(p, (start, end))
-            window[p] = (min(lo, start), max(hi, end))
+            if p in stopped:
+                continue
+            if p not in window:
+                window[p] = (start, end)
+            elif end == window[p][0]:
+                window[p] = (start, window[p][1])
+            else:  # a gap (or an overlap: a reset back) between this batch and the next
+                stopped.add(p)
     return window
 
 
 def recent_window(versions: list[Version], rows: int, since: str | None = None) -> Ranges:
-    """Offsets to retrain on, merged per partition (consecutive batches are contiguous).
+    """Offsets to retrain on, merged per partition (consecutive batches are contiguous; a window
+    stops at offsets no batch learned: `_merge`).
 
     With `since` (the batch where a change was detected) it is every batch from there on, so a
     fresh model learns the new concept only; otherwise the batches holding the last `rows` rows.
@@ -124,6 +135,35 @@ def _located(
     errors = row_errors(spec, served, batch.X[labelled], batch.y[labelled])
     trimmed = post_change(batch.ranges, batch.partitions[labelled], batch.offsets[labelled], errors)
     return trimmed if trimmed != batch.ranges else None
+
+
+def held_window(settings: KafkaSettings, spec: StreamSpec, versions: list[Version], window: Ranges) -> Ranges:
+    """`window` from where the broker still holds each partition (retention, DeleteRecords): a
+    retrain read from the old start failed with an OFFSET GAP whose fix (an offset reset) cannot move
+    a window of learned batches, so it failed every time. With derived features a partition starts
+    at the first batch start the broker holds, the state there being known; a partition of which
+    nothing is held is left out."""
+    from dagster_project.kafka.io import log_starts
+
+    firsts = log_starts(settings, spec.events_topic, window)
+    held: Ranges = {}
+    for p, (start, end) in window.items():
+        first = firsts.get(p, start)  # a partition the topic lacks: the read names it
+        if first <= start:
+            held[p] = (start, end)
+            continue
+        if spec.derived:
+            batch_starts = [
+                s
+                for v in versions
+                if not v.meta.get("retrain") and not v.meta.get("replay")
+                for q, (s, _) in learned_ranges(v).items()
+                if q == p and first <= s < end
+            ]
+            first = min(batch_starts, default=end)
+        if first < end:
+            held[p] = (first, end)
+    return held
 
 
 def read_window(settings: KafkaSettings, registry: ModelRegistry, spec: StreamSpec, window: Ranges) -> MicroBatch:
@@ -206,7 +246,15 @@ def retrain(
     if not versions:
         raise RegistryError(f"{name} has no versions to retrain from")
     head = versions[-1]
-    window = recent_window(versions, spec.drift.retrain_window_rows, since or None)
+    wanted = recent_window(versions, spec.drift.retrain_window_rows, since or None)
+    window = held_window(settings, spec, versions, wanted)
+    lost = {str(p): [s, window[p][0] if p in window else e] for p, (s, e) in wanted.items() if window.get(p) != (s, e)}
+    if not window:
+        raise RegistryError(
+            f"{name}: the broker no longer holds any of the retrain window {wanted} (retention): nothing to retrain on"
+        )
+    if lost:
+        log.warning("%s: the broker no longer holds %s of the retrain window (retention): not learned", name, lost)
     batch = read_window(settings, registry, spec, window)
     change_at = _located(registry, spec, versions, since, batch) if since else None
     if change_at:
@@ -245,6 +293,8 @@ def retrain(
         return TrainedModel(model, head.name, {}, int(len(X)), time.perf_counter() - started, lineage=lineage)
 
     retrain_meta = {"mode": mode, "epochs": spec.drift.retrain_epochs, "reasons": reasons, "from": head.name}
+    if lost:  # per partition [wanted start, held start): offsets of the window the broker had deleted
+        retrain_meta["lost_to_retention"] = lost
     try:
         return learn_export_register(
             registry,

@@ -15,7 +15,8 @@ import pytest
 from dagster_project import names
 from dagster_project.kafka.io import probe_partitions
 from monitors.evidence import ACTION_KIND
-from tests.helpers import produce_synthetic, run_batch
+from tests.dagster_project.cli.test_offsets import delete_before
+from tests.helpers import full_retrain_tick, high_waters, produce_synthetic, run_batch
 
 
 def _action_config(spec, op: str, **config) -> dict:
@@ -166,8 +167,7 @@ def test_a_retrain_after_a_registry_restore_takes_a_name_never_given(
 
 def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_defs, instance) -> None:
     _learn_two_batches(kafka_settings, spec, stream_defs, instance)
-    schedule = stream_defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
-    (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
     job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
 
     result = job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance)
@@ -177,6 +177,77 @@ def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_
     assert not v3.meta["retrain"]["since"] and v3.meta["rows"]["trained"] == 600  # window: every batch
     assert v3.meta["retrain"]["reasons"][0].startswith("scheduled full retrain on the last")
     assert instance.get_run_by_id(result.run_id).tags[names.ACTION_TAG] == "scheduled_retrain"
+
+
+def test_the_scheduled_full_retrain_leaves_out_a_passed_over_batch(
+    kafka_settings, spec, registry, stream_defs, instance
+) -> None:
+    """The middle third was passed over (as a quarantined or skipped batch is: a pending offset move).
+    The retrain's window spanned it: it learned those 300 rows and recorded [0, end) as learned."""
+    produce_synthetic(kafka_settings, spec, 900)
+    third = {s.partition: s.high_water // 3 for s in probe_partitions(kafka_settings, spec.events_topic, {})}
+    assert run_batch(stream_defs, spec, {p: (0, e) for p, e in third.items()}, instance).success
+    registry.set_pending_offsets(spec.name, {p: 2 * e for p, e in third.items()}, reason="skipped: poison", by="ops")
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(stream_defs, spec, {p: (2 * third[p], e) for p, e in ends.items()}, instance).success
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+
+    assert job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance).success
+
+    v2, v3 = registry.versions(spec.name)[1:]
+    assert v3.meta["retrain"] and v3.meta["offsets"]["batch"] == v2.meta["offsets"]["batch"]
+    assert v3.meta["rows"]["trained"] == v2.meta["rows"]["trained"] == sum(ends.values()) - 2 * sum(third.values())
+
+
+def test_the_scheduled_full_retrain_learns_what_retention_left_of_its_window(
+    kafka_settings, spec, registry, stream_defs, instance
+) -> None:
+    """Partition 0's log starts inside the second batch now (Apache Kafka: Tansu cannot delete records).
+    The retrain read the window from offset 0 and failed with an OFFSET GAP asking for an offset reset,
+    which cannot move a window of learned batches: it failed every night."""
+    produce_synthetic(kafka_settings, spec, 900)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    for k in range(3):
+        ranges = {p: (e * k // 3, e * (k + 1) // 3) for p, e in ends.items()}
+        assert run_batch(stream_defs, spec, ranges, instance).success
+    kept = ends[0] // 3 + 20
+    delete_before(kafka_settings, spec.events_topic, 0, kept)
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+
+    assert job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance).success
+
+    v4 = registry.head(spec.name)
+    assert v4.meta["offsets"]["batch"] == {"0": [kept, ends[0]], "1": [0, ends[1]]}
+    assert v4.meta["rows"]["trained"] == sum(ends.values()) - kept
+    assert v4.meta["retrain"]["lost_to_retention"] == {"0": [0, kept]}
+    assert v4.learned == registry.get(spec.name, "v3").learned
+
+
+def test_the_scheduled_full_retrain_waits_for_versions_a_halt_and_a_drift_action(
+    spec, registry, stream_defs, instance
+) -> None:
+    """It launched a run that failed every day on a stream with nothing learned yet, registered a head
+    on a halted stream (whose fix is re-executing the halted run on the head it failed on), and
+    raced a drift retrain or rollback in flight."""
+    skip = full_retrain_tick(stream_defs, spec, instance, registry)
+    assert isinstance(skip, dg.SkipReason) and "has no versions yet" in skip.skip_message
+    registry.register(spec.name, None, b"onnx", {"fake": "estimator"}, {"offsets": {"learned": {"0": 10}}})
+    assert isinstance(full_retrain_tick(stream_defs, spec, instance, registry), dg.RunRequest)
+
+    registry.set_halt(spec.name, {"kind": "failed_run", "summary": "the batch p0[10, 20) failed", "run_id": "abc"})
+    skip = full_retrain_tick(stream_defs, spec, instance, registry)
+    assert isinstance(skip, dg.SkipReason) and "HALTED (the batch p0[10, 20) failed)" in skip.skip_message
+    registry.clear_halt(spec.name, {"resolution": "fixed"})
+
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+    config = _action_config(spec, names.retrain_op, from_version="v1", reasons=["drift"])
+    drift = instance.create_run_for_job(job_def=job, run_config=config, tags={names.STREAM_TAG: spec.name})
+    skip = full_retrain_tick(stream_defs, spec, instance, registry)
+    assert isinstance(skip, dg.SkipReason) and f"run {drift.run_id[:8]} is in flight" in skip.skip_message
+    instance.report_run_canceled(drift)
+    assert isinstance(full_retrain_tick(stream_defs, spec, instance, registry), dg.RunRequest)
 
 
 def test_retrain_with_nothing_learned_fails_with_the_reason(spec, registry, stream_defs, instance) -> None:

@@ -13,7 +13,7 @@ import pytest
 from dagster_project.ingest.micro_batch import read_batch
 from dagster_project.kafka import clients
 from dagster_project.learning.pipeline import learn_export_register, learn_from_head
-from dagster_project.learning.retraining import post_change, recent_window, retrain
+from dagster_project.learning.retraining import held_window, post_change, recent_window, retrain
 from dagster_project.registry.store import RegistryError, Version
 from tests.conftest import synthetic_spec
 from tests.helpers import high_waters, produce_synthetic, read_topic
@@ -79,6 +79,30 @@ def test_since_takes_every_batch_from_the_detected_change_on() -> None:
 def test_a_partition_missing_from_some_batches_keeps_its_own_range() -> None:
     versions = [_version(1, {0: (0, 100)}), _version(2, {0: (100, 150), 1: (0, 70)})]
     assert recent_window(versions, rows=10_000) == {0: (0, 150), 1: (0, 70)}
+
+
+def test_a_window_stops_at_offsets_no_batch_learned() -> None:
+    """Offsets 110-200 of partition 0 were passed over (a quarantined or skipped batch, an offset reset):
+    the window spanned them, so a retrain learned rows the stream had refused and recorded them learned."""
+    versions = [*HISTORY[:3], _version(5, {0: (200, 260), 1: (140, 200)})]
+    assert recent_window(versions, rows=10_000) == {0: (200, 260), 1: (0, 200)}
+    assert recent_window(versions, rows=10_000, since="v2") == {0: (200, 260), 1: (50, 200)}
+    back = [*HISTORY[:3], _version(5, {0: (60, 100), 1: (140, 200)})]  # a reset back: an overlap stops it too
+    assert recent_window(back, rows=10_000) == {0: (60, 100), 1: (0, 200)}
+
+
+def test_a_window_starts_where_the_broker_still_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention deleted partition 0 up to 70 and all of partition 1: the window starts at the log
+    start, or with derived features at the first batch start held (the state is known there only)."""
+    from dagster_project.kafka import io
+    from tests.dagster_project.features.support import sensors_spec
+
+    monkeypatch.setattr(io, "log_starts", lambda settings, topic, partitions: {0: 70, 1: 140})
+    window = recent_window(HISTORY, rows=10_000)
+    assert held_window(None, synthetic_spec(), HISTORY, window) == {0: (70, 160)}
+    assert held_window(None, sensors_spec(), HISTORY, window) == {0: (110, 160)}
+    monkeypatch.setattr(io, "log_starts", lambda settings, topic, partitions: {0: 0, 1: 0})
+    assert held_window(None, sensors_spec(), HISTORY, window) == window
 
 
 def test_post_change_trims_each_partition_to_its_own_rise_and_keeps_one_without() -> None:
