@@ -53,72 +53,64 @@ def test_a_run_failed_by_a_broker_outage_resumes_by_itself_once_the_broker_answe
     registry, instance, specs_dir, streamfit_home, tmp_path
 ):
     spec = synthetic_spec(batch=BATCH)
-    proxy_port = free_port()
-    with EmbeddedBroker(log_path=tmp_path / "tansu.log", advertised=f"127.0.0.1:{proxy_port}") as broker:
-        with Blip(broker.port, proxy_port) as blip:
-            settings = KafkaSettings.from_env(blip.address)
-            kafka = KafkaResource(bootstrap=blip.address)
-            defs = defs_for(spec, blip.address, registry)
-            produce_synthetic(settings, spec, 400)
-            (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+    with _behind_a_blip(spec, registry, instance, tmp_path) as (blip, defs, kafka, settings, request):
+        blip.cut()  # down past the step retries: the run fails, as in production after ~30 s
+        failed = _run(defs, spec, request, instance)
+        assert not failed.success
+        down = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        assert isinstance(down, dg.SkipReason) and "nothing planned" in down.skip_message  # as before
 
-            blip.cut()  # down past the step retries: the run fails, as in production after ~30 s
-            failed = _run(defs, spec, request, instance)
-            assert not failed.success
-            down = kafka_sensor_tick(defs, spec, instance, kafka, registry)
-            assert isinstance(down, dg.SkipReason) and "nothing planned" in down.skip_message  # as before
+        blip.restore()  # the broker answers: the failed batch halts the stream, which resumes itself
+        halted = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        assert isinstance(halted, dg.SkipReason) and "HALTED by a failed run" in halted.skip_message
+        assert "BrokerUnavailable" in halted.skip_message, halted.skip_message
+        assert "resuming automatically after the broker answers; attempt 1" in halted.skip_message
+        halt = registry.halt(spec.name)
+        assert halt["run_id"] == failed.run_id and halt["auto_resume"]["error"] == "BrokerUnavailable"
+        scraped = _gauges(registry, spec, settings)
+        assert f'streamfit_halted{{stream="{spec.name}"}} 1.0' in scraped
+        assert f'streamfit_halt_auto_resuming{{stream="{spec.name}"}} 1.0' in scraped  # it does not page
 
-            blip.restore()  # the broker answers: the failed batch halts the stream, which resumes itself
-            halted = kafka_sensor_tick(defs, spec, instance, kafka, registry)
-            assert isinstance(halted, dg.SkipReason) and "HALTED by a failed run" in halted.skip_message
-            assert "BrokerUnavailable" in halted.skip_message, halted.skip_message
-            assert "resuming automatically after the broker answers; attempt 1" in halted.skip_message
-            halt = registry.halt(spec.name)
-            assert halt["run_id"] == failed.run_id and halt["auto_resume"]["error"] == "BrokerUnavailable"
-            scraped = _gauges(registry, spec, settings)
-            assert f'streamfit_halted{{stream="{spec.name}"}} 1.0' in scraped
-            assert f'streamfit_halt_auto_resuming{{stream="{spec.name}"}} 1.0' in scraped  # it does not page
+        blip.cut()  # gone again before the next tick: nothing is requested until it answers
+        waiting = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        assert isinstance(waiting, dg.SkipReason) and "the broker does not answer yet" in waiting.skip_message
+        blip.restore()
+        resumed = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        assert isinstance(resumed, dg.SensorResult), resumed
+        (first,) = resumed.run_requests
+        assert first.run_config == request.run_config  # the same exact offsets
+        assert first.run_key == f"{request.run_key}#resume1" and first.tags["streamfit/resumes_run"]
+        # A tick before the daemon created the run requests the same key: Dagster launches it once
+        (same,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+        assert same.run_key == first.run_key
 
-            blip.cut()  # gone again before the next tick: nothing is requested until it answers
-            waiting = kafka_sensor_tick(defs, spec, instance, kafka, registry)
-            assert isinstance(waiting, dg.SkipReason) and "the broker does not answer yet" in waiting.skip_message
-            blip.restore()
-            resumed = kafka_sensor_tick(defs, spec, instance, kafka, registry)
-            assert isinstance(resumed, dg.SensorResult), resumed
-            (first,) = resumed.run_requests
-            assert first.run_config == request.run_config  # the same exact offsets
-            assert first.run_key == f"{request.run_key}#resume1" and first.tags["streamfit/resumes_run"]
-            # A tick before the daemon created the run requests the same key: Dagster launches it once
-            (same,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
-            assert same.run_key == first.run_key
+        blip.cut()  # the resumed run meets the outage too: the next resume waits (backoff)
+        assert not _run(defs, spec, first, instance).success
+        blip.restore()
+        backoff = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        assert isinstance(backoff, dg.SkipReason) and "attempt 2, not before" in backoff.skip_message, backoff
+        auto = registry.halt(spec.name)["auto_resume"]
+        assert auto["failed"] == 1 and auto["not_before"] >= time.time() + RESUME_FIRST_WAIT_S - 10
+        assert "attempt 2" in auto["status"]
+        _backoff_passed(registry, spec)
+        (again,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+        assert again.run_key == f"{request.run_key}#resume2" and again.run_config == request.run_config
 
-            blip.cut()  # the resumed run meets the outage too: the next resume waits (backoff)
-            assert not _run(defs, spec, first, instance).success
-            blip.restore()
-            backoff = kafka_sensor_tick(defs, spec, instance, kafka, registry)
-            assert isinstance(backoff, dg.SkipReason) and "attempt 2, not before" in backoff.skip_message, backoff
-            auto = registry.halt(spec.name)["auto_resume"]
-            assert auto["failed"] == 1 and auto["not_before"] >= time.time() + RESUME_FIRST_WAIT_S - 10
-            assert "attempt 2" in auto["status"]
-            _backoff_passed(registry, spec)
-            (again,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
-            assert again.run_key == f"{request.run_key}#resume2" and again.run_config == request.run_config
+        assert _run(defs, spec, again, instance).success
+        assert registry.halt(spec.name) is None  # its version cleared the halt
+        (version,) = registry.versions(spec.name)
+        assert version.learned == {p: end for p, (_, end) in _ranges(request).items()}
+        assert version.meta["rows_learned_total"] == 400
+        cleared = [d for d in registry.decisions(spec.name) if d.get("kind") == "halt_cleared"]
+        assert cleared[-1]["halt"]["auto_resume"]["attempt"] == 2  # the record says how it resumed
 
-            assert _run(defs, spec, again, instance).success
-            assert registry.halt(spec.name) is None  # its version cleared the halt
-            (version,) = registry.versions(spec.name)
-            assert version.learned == {p: end for p, (_, end) in _ranges(request).items()}
-            assert version.meta["rows_learned_total"] == 400
-            cleared = [d for d in registry.decisions(spec.name) if d.get("kind") == "halt_cleared"]
-            assert cleared[-1]["halt"]["auto_resume"]["attempt"] == 2  # the record says how it resumed
-
-            produce_synthetic(settings, spec, 400, start=400)  # and on: the next batch starts after it
-            (following,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
-            assert all(_ranges(following)[p][0] == end for p, (_, end) in _ranges(request).items())
-            assert _run(defs, spec, following, instance).success
-            head = registry.versions(spec.name)[-1]
-            assert head.meta["rows_learned_total"] == 800  # every row once
-            assert head.learned == high_waters(settings, spec.events_topic)
+        produce_synthetic(settings, spec, 400, start=400)  # and on: the next batch starts after it
+        (following,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+        assert all(_ranges(following)[p][0] == end for p, (_, end) in _ranges(request).items())
+        assert _run(defs, spec, following, instance).success
+        head = registry.versions(spec.name)[-1]
+        assert head.meta["rows_learned_total"] == 800  # every row once
+        assert head.learned == high_waters(settings, spec.events_topic)
 
 
 def test_a_run_that_fails_on_anything_else_still_halts_for_an_operator(
@@ -139,8 +131,9 @@ def test_a_run_that_fails_on_anything_else_still_halts_for_an_operator(
 
 
 @contextlib.contextmanager
-def _halted_by_outage(spec, registry, instance, tmp_path):
-    """A stream whose first batch's run failed with the broker away, halted to resume by itself."""
+def _behind_a_blip(spec, registry, instance, tmp_path):
+    """A stream on an embedded broker reached only through a link the test can cut, with 400 events
+    and the sensor's first request: (blip, defs, kafka resource, settings, request)."""
     proxy_port = free_port()
     with EmbeddedBroker(log_path=tmp_path / "tansu.log", advertised=f"127.0.0.1:{proxy_port}") as broker:
         with Blip(broker.port, proxy_port) as blip:
@@ -149,12 +142,19 @@ def _halted_by_outage(spec, registry, instance, tmp_path):
             defs = defs_for(spec, blip.address, registry)
             produce_synthetic(settings, spec, 400)
             (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
-            blip.cut()
-            assert not _run(defs, spec, request, instance).success
-            blip.restore()
-            halted = kafka_sensor_tick(defs, spec, instance, kafka, registry)
-            assert "resuming automatically" in halted.skip_message, halted
-            yield defs, kafka, settings, request
+            yield blip, defs, kafka, settings, request
+
+
+@contextlib.contextmanager
+def _halted_by_outage(spec, registry, instance, tmp_path):
+    """A stream whose first batch's run failed with the broker away, halted to resume by itself."""
+    with _behind_a_blip(spec, registry, instance, tmp_path) as (blip, defs, kafka, settings, request):
+        blip.cut()
+        assert not _run(defs, spec, request, instance).success
+        blip.restore()
+        halted = kafka_sensor_tick(defs, spec, instance, kafka, registry)
+        assert "resuming automatically" in halted.skip_message, halted
+        yield defs, kafka, settings, request
 
 
 @pytest.mark.timeout(300)
