@@ -7,6 +7,9 @@ the same range and refuses the same messages.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import dagster as dg
 import orjson
 import pytest
@@ -70,6 +73,20 @@ def _job(spec: StreamSpec, registry, bootstrap: str) -> dg.ReconstructableJob:
     )
 
 
+@contextlib.contextmanager
+def _forkserver_of_its_own() -> Iterator[None]:
+    """The multiprocess executor forks steps from one forkserver per process, which keeps the
+    environment it started with: one started before the fault was set would not inject it, and one
+    started with it injected it into a later test's runs (the fan-out tests failed so in the suite)."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()  # a private method CPython keeps for its own tests
+    try:
+        yield
+    finally:
+        forkserver._forkserver._stop()
+
+
 @pytest.mark.parametrize("workers", [1, 2], ids=["one_step", "partition_groups"])
 def test_a_re_executed_run_dead_letters_each_split_off_row_and_malformed_message_once(
     workers, kafka_bootstrap, kafka_settings, registry, instance, monkeypatch
@@ -85,15 +102,16 @@ def test_a_re_executed_run_dead_letters_each_split_off_row_and_malformed_message
 
     # The first attempt fails after its dead letters were sent (a forkserver keeps the environment of
     # the first run's steps, so the fault names the attempt rather than being unset for the retry).
-    monkeypatch.setenv("STREAMFIT_FAULT", "after_train@0")
-    with dg.execute_job(job, instance, run_config=config, raise_on_error=False) as failed:
-        assert not failed.success and registry.versions(spec.name) == []
-    assert len(read_topic(kafka_settings, spec.dlq_topic)) == 5
-    # Its retry re-executes every step (the UI's "Re-execute all", or a daemon retry with ALL_STEPS).
-    options = dg.ReexecutionOptions(parent_run_id=failed.run_id)
-    retry = {"dagster/retry_number": "1"}
-    with dg.execute_job(job, instance, reexecution_options=options, tags=retry, raise_on_error=False) as result:
-        assert result.success
+    with _forkserver_of_its_own():
+        monkeypatch.setenv("STREAMFIT_FAULT", "after_train@0")
+        with dg.execute_job(job, instance, run_config=config, raise_on_error=False) as failed:
+            assert not failed.success and registry.versions(spec.name) == []
+        assert len(read_topic(kafka_settings, spec.dlq_topic)) == 5
+        # Its retry re-executes every step (the UI's "Re-execute all", or a daemon retry with ALL_STEPS).
+        options = dg.ReexecutionOptions(parent_run_id=failed.run_id)
+        retry = {"dagster/retry_number": "1"}
+        with dg.execute_job(job, instance, reexecution_options=options, tags=retry, raise_on_error=False) as result:
+            assert result.success
 
     letters = read_topic(kafka_settings, spec.dlq_topic)
     sources = [(letter["partition"], letter["offset"]) for letter in letters]
