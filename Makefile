@@ -17,11 +17,14 @@ demo: $(VENV)/.installed
 # fetched with Maven into ~/.cache/streamfit on first use; Java 17+ and Maven must be installed).
 test: lint test-tansu test-kafka
 
+# `python -m pytest`, not the `pytest` script: the working directory is then on sys.path of every
+# process, including the steps Dagster's multiprocess executor forks from its forkserver, which
+# import jobs a test builds in `tests.helpers` (with the script they failed: No module named 'tests').
 test-tansu: $(VENV)/.installed
-	$(VENV)/bin/pytest --broker tansu --durations=25
+	$(VENV)/bin/python -m pytest --broker tansu --durations=25
 
 test-kafka: $(VENV)/.installed
-	$(VENV)/bin/pytest --broker kafka --durations=25
+	$(VENV)/bin/python -m pytest --broker kafka --durations=25
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
