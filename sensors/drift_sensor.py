@@ -2,7 +2,8 @@
 
 It reads durable state only (the registry's profiles, prequential metrics and gate checks),
 decides with `monitors.decisions.decide` (cooldowns and hysteresis prevent flapping) and turns
-an action into a Dagster run whose config carries the reasons, so every action is visible.
+an action into a Dagster run whose config carries the reasons, so every action is visible. On a
+halted stream a retrain waits for the halt and a rollback does not (`sensors/drift_halt.py` says why).
 """
 
 import json
@@ -21,6 +22,7 @@ from monitors.cut_evidence import served_totals
 from monitors.decisions import decide
 from monitors.evidence import describe, gather
 from sensors.cadence import minimum_interval_for
+from sensors.drift_halt import retrain_deferred, rollback_on_halt
 
 
 def build_drift_sensor(spec: StreamSpec, rollback_job: dg.JobDefinition, retrain_job: dg.JobDefinition):
@@ -56,6 +58,7 @@ def evaluate(
         changed = spec_changed(spec, reg.head(spec.name))
         if changed:  # a retrain or rollback would act on columns that mean something else now
             return dg.SkipReason(changed)
+        halt = reg.halt(spec.name)
         evidence = gather(reg, spec)
     except RegistryError as exc:  # a damaged registry file: no action on guesses; the message names the fix
         context.log.error(str(exc))
@@ -77,6 +80,11 @@ def evaluate(
     waiting = _live_change_not_learned_yet(decision, evidence)
     if waiting:
         return dg.SkipReason(f"{spec.name}: no action yet ({waiting})")
+    reasons = list(decision.reasons)
+    if halt and decision.action == "retrain":  # nothing recorded: the next tick after the halt finds it again
+        return dg.SkipReason(retrain_deferred(spec.name, halt, reasons))
+    if halt:
+        reasons.append(rollback_on_halt(spec.name, halt))
     if decision.action == "rollback":
         job, to_version = rollback_job, decision.rollback_to or ""
     else:
@@ -84,7 +92,7 @@ def evaluate(
     config = {
         "from_version": evidence.champion if decision.action == "rollback" else (evidence.head or ""),
         "to_version": to_version,
-        "reasons": decision.reasons,
+        "reasons": reasons,
         "evidence": json.dumps(summary, default=str),
     }
     if decision.action == "retrain" and evidence.change_version:
@@ -92,7 +100,7 @@ def evaluate(
     if decision.action == "retrain" and spec.batch.early_cut:
         config |= cut_record(context.instance, reg, spec)
     op = names.rollback_op(spec.name) if decision.action == "rollback" else names.retrain_op(spec.name)
-    context.log.warning(f"{spec.name}: {decision.action}: {'; '.join(decision.reasons)}")
+    context.log.warning(f"{spec.name}: {decision.action}: {'; '.join(reasons)}")
     return dg.RunRequest(
         run_key=f"{decision.action}:{evidence.champion}:{evidence.head}:{len(reg.decisions(spec.name))}",
         job_name=job,

@@ -1,5 +1,5 @@
 """The drift sensor on real training runs: roll back a bad champion, retrain after a concept change,
-and leave a stationary stream alone."""
+leave a stationary stream alone, and on a halted stream defer a retrain but not a rollback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 
 import dagster as dg
 import numpy as np
+import yaml
+from click.testing import CliRunner
 
+from dagster_project.cli import main
 from dagster_project.dev.datasets import synthetic_events
 from dagster_project.dev.producer import produce
 from dagster_project.factory import build_stream_definitions
@@ -43,6 +46,23 @@ def _batches(settings, spec, size: int):
     """Consecutive single-partition batches of `size` rows over everything produced."""
     (state,) = probe_partitions(settings, spec.events_topic, {})
     return [{0: (start, min(start + size, state.high_water))} for start in range(0, state.high_water, size)]
+
+
+def _halting_spec(**overrides):
+    """A synthetic stream whose batches halt when x0 leaves [-10, 10] (the synthetic rows never do)."""
+    features = [{"name": "x0", "min": -10, "max": 10}] + [{"name": f"x{i}"} for i in range(1, 5)]
+    return synthetic_spec(partitions=1, features=features, quality={"policy": "halt"}, **overrides)
+
+
+def _halt_on_a_bad_batch(defs, settings, spec, instance, registry, start: int) -> dict:
+    """Produce three rows that break x0's range and run them as a batch from `start`: a real halt."""
+    bad = {"x0": 50.0, "x1": 0.0, "x2": 0.0, "x3": 0.0, "x4": 0.0}
+    produce(settings, spec, ((f"bad-{i}".encode(), make_event(f"bad-{i}", bad, 1)) for i in range(3)))
+    (state,) = probe_partitions(settings, spec.events_topic, {})
+    halted = run_batch(defs, spec, {0: (start, state.high_water)}, instance, raise_on_error=False)
+    halt = registry.halt(spec.name)
+    assert not halted.success and halt and halt["run_id"] == halted.run_id
+    return halt
 
 
 def test_a_bad_champion_promoted_by_hand_is_rolled_back_once(kafka_bootstrap, kafka_settings, registry, instance):
@@ -140,3 +160,80 @@ def test_a_live_only_change_waits_until_training_has_learned_the_change() -> Non
     assert _live_change_not_learned_yet(decision, SimpleNamespace(change_version="v9")) is None
     prequential = Decision("retrain", [], {"concept_drift": [{"metric": "error_rate"}, live], "data_drift": calm})
     assert _live_change_not_learned_yet(prequential, SimpleNamespace(change_version=None)) is None
+
+
+def test_a_drift_retrain_waits_for_a_halt_and_follows_once_it_is_skipped(
+    kafka_bootstrap, kafka_settings, registry, instance, tmp_path, monkeypatch
+):
+    """The sensor launched a drift retrain on a stream halted by data quality: a new head under the
+    halted batch, while an operator was deciding about it. It now says the stream is halted and how
+    to clear it, records nothing, and retrains at the first tick after `streamfit batches skip`."""
+    spec = _halting_spec()
+    defs = _defs(spec, kafka_bootstrap, registry)
+    events = list(synthetic_events(rows=5000, change_at=3000, seed=11))
+    produce(kafka_settings, spec, ((e.event_id.encode(), make_event(e.event_id, e.features, e.label)) for e in events))
+    for ranges in _batches(kafka_settings, spec, BATCH):
+        assert run_batch(defs, spec, ranges, instance).success
+    drifted = _tick(defs, spec, instance, registry)
+    assert isinstance(drifted, dg.RunRequest) and drifted.job_name == f"{spec.name}_retrain", drifted
+
+    halt = _halt_on_a_bad_batch(defs, kafka_settings, spec, instance, registry, start=5000)
+    decisions = len(registry.decisions(spec.name))
+    for _ in range(2):  # every tick while halted: the same skip, nothing recorded
+        deferred = _tick(defs, spec, instance, registry)
+        assert isinstance(deferred, dg.SkipReason), f"a drift retrain on a halted stream: {deferred}"
+        message = deferred.skip_message
+        assert f"{spec.name} is HALTED by data quality at run {halt['run_id'][:8]}" in message, message
+        assert "Drift retrain deferred until the halt is cleared" in message and "concept drift" in message
+        assert f"re-execute run {halt['run_id'][:8]}" in message and f"streamfit batches skip {spec.name}" in message
+    assert len(registry.decisions(spec.name)) == decisions
+    assert not [v for v in registry.versions(spec.name) if v.meta.get("retrain")]
+
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    (streams / f"{spec.name}.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    monkeypatch.setenv("STREAMFIT_STREAMS", str(streams))
+    skipped = CliRunner().invoke(main, ["batches", "skip", spec.name, "--reason", "bad x0 from a broken sensor"])
+    assert skipped.exit_code == 0, skipped.output
+    assert registry.halt(spec.name) is None
+
+    request = _tick(defs, spec, instance, registry)
+    assert isinstance(request, dg.RunRequest) and request.job_name == f"{spec.name}_retrain", request
+    config = request.run_config["ops"][f"{spec.name}_retrain_model"]["config"]
+    assert config["reasons"] == drifted.run_config["ops"][f"{spec.name}_retrain_model"]["config"]["reasons"]
+    assert _execute(defs, request, instance).success
+    assert [v for v in registry.versions(spec.name) if v.meta.get("retrain")]
+
+
+def test_a_regressed_champion_is_rolled_back_on_a_halted_stream_and_the_halt_stays(
+    kafka_bootstrap, kafka_settings, registry, instance
+):
+    """A rollback trains nothing and moves no offsets; deferring it would leave the regressed champion
+    serving for the whole halt and let its rollback window pass (`sensors/drift_halt.py`). It runs,
+    says the stream is halted, and leaves the halt to the operator."""
+    spec = _halting_spec(drift={"min_comparison_rows": 200})
+    defs = _defs(spec, kafka_bootstrap, registry)
+    produce_synthetic(kafka_settings, spec, 1000)
+    first, second = _batches(kafka_settings, spec, BATCH)
+    assert run_batch(defs, spec, first, instance).success
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 5))
+    inverted = (X @ np.array([1.5, -2.0, 1.0, 0.0, 0.5]) <= 0).astype(int)
+    bad = partial_fit(build_model(spec), X, inverted, np.array([0, 1]))
+    registry.register(spec.name, "v1", export_onnx(bad, 5), bad, {**registry.head(spec.name).meta, "metrics": {}})
+    registry.set_champion(spec.name, "v2", reason="manual: operator error")
+    assert run_batch(defs, spec, second, instance).success  # the champion check sees v2 lose to v1
+    halt = _halt_on_a_bad_batch(defs, kafka_settings, spec, instance, registry, start=1000)
+
+    request = _tick(defs, spec, instance, registry)
+
+    assert isinstance(request, dg.RunRequest) and request.job_name == f"{spec.name}_rollback", request
+    config = request.run_config["ops"][f"{spec.name}_rollback_champion"]["config"]
+    assert config["from_version"] == "v2" and config["to_version"] == "v1"
+    (note,) = [r for r in config["reasons"] if "HALTED" in r]
+    assert f"{spec.name} is HALTED by data quality at run {halt['run_id'][:8]}" in note and "halt stays" in note
+    assert _execute(defs, request, instance).success
+    assert registry.champion(spec.name) == "v1"
+    assert registry.halt(spec.name) == halt
+    (action,) = [d for d in registry.decisions(spec.name) if d.get("action") == "rollback"]
+    assert note in action["reasons"]
