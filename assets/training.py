@@ -241,7 +241,8 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
                 "onnx_parity",
                 asset=[name, "onnx_model"],
                 blocking=True,
-                description=f"onnxruntime matches scikit-learn within atol {spec.parity.atol:g} + "
+                description=f"onnxruntime matches scikit-learn within atol {spec.parity.atol:g}"
+                f"{'*scale (the RMS of its outputs)' if spec.task == 'regression' else ''} + "
                 f"rtol {spec.parity.rtol:g}*|sklearn| on the batch; otherwise the version is not registered.",
             )
         ],

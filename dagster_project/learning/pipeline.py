@@ -87,6 +87,7 @@ def export_checked(spec: StreamSpec, estimator: Any, X: np.ndarray) -> OnnxArtif
         "label_mismatches": int(parity.label_mismatches),
         "rows": int(parity.rows),
         "passed": bool(parity.passed),
+        "scale": float(parity.scale),  # what atol is a fraction of (`onnx.tolerance`)
         **({"unscorable_rows": len(parity.unscorable)} if parity.unscorable else {}),
     }
     return OnnxArtifact(onnx_bytes, details, parity.reason, parity.unscorable)

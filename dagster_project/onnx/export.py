@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from dagster_project.learning.estimators import is_fitted
 from dagster_project.learning.outputs import predicted_classes
+from dagster_project.onnx.tolerance import output_scale, scaled_failure
 
 # Highest ONNX opset an export may use: within skl2onnx 1.20's tested range (<= 22) and loadable by
 # onnxruntime >= 1.18, so serving hosts may run an older runtime than the trainer. convert_sklearn
@@ -168,6 +169,7 @@ class ParityResult:
     # Rows of finite inputs the float32 model gave no finite output for (scikit-learn, in float64,
     # did): judged apart, see `float32_overflows`
     unscorable: tuple[int, ...] = ()
+    scale: float = 1.0  # what atol is a fraction of: a regressor's output scale (`onnx.tolerance`), else 1
 
 
 def sklearn_scores(model: Pipeline, X: np.ndarray) -> np.ndarray:
@@ -193,26 +195,32 @@ def compare_outputs(
     onnx_labels: np.ndarray | None,
     atol: float,
     rtol: float,
+    scale: float | None = None,
 ) -> ParityResult:
-    """Parity of two sets of outputs; see ``check_parity`` for the tolerance semantics."""
+    """Parity of two sets of outputs; see ``check_parity`` for the tolerance semantics. `scale`: what
+    `atol` is a fraction of (`onnx.tolerance.output_scale` for a regressor; None: atol is absolute)."""
+    relative, scale = scale is not None, 1.0 if scale is None else scale
     sk_scores = np.asarray(sk_scores, dtype=np.float64)
     onnx_scores = np.asarray(onnx_scores, dtype=np.float64)
     rows = len(sk_scores)
     if rows == 0:
-        return ParityResult(False, float("nan"), 0, 0, atol, rtol, "no rows to compare")
+        return ParityResult(False, float("nan"), 0, 0, atol, rtol, "no rows to compare", scale=scale)
     if onnx_scores.size != sk_scores.size:
         reason = f"ONNX output has shape {onnx_scores.shape}, sklearn's {sk_scores.shape}"
-        return ParityResult(False, float("nan"), 0, rows, atol, rtol, reason)
+        return ParityResult(False, float("nan"), 0, rows, atol, rtol, reason, scale=scale)
     onnx_scores = onnx_scores.reshape(sk_scores.shape)
     diff = np.abs(onnx_scores - sk_scores)
     max_abs_diff = float(np.max(diff))
-    within = diff <= atol + rtol * np.abs(sk_scores)  # False for NaN on either side
+    within = diff <= atol * scale + rtol * np.abs(sk_scores)  # False for NaN on either side
     reasons: list[str] = []
     if not within.all():
         bad = int(np.count_nonzero(~within.reshape(rows, -1).all(axis=1)))
+        bound = f"atol={atol:g}*{scale:.3g}" if relative else f"atol={atol:g}"
         reasons.append(
-            f"{bad}/{rows} rows differ beyond atol={atol:g} + rtol={rtol:g}*|sklearn| (max abs diff {max_abs_diff:.3g})"
+            f"{bad}/{rows} rows differ beyond {bound} + rtol={rtol:g}*|sklearn| (max abs diff {max_abs_diff:.3g})"
         )
+        if relative:
+            reasons.append(scaled_failure(atol, rtol, scale))
 
     mismatches = 0
     if sk_labels is not None and onnx_labels is not None:
@@ -237,6 +245,7 @@ def compare_outputs(
         atol=atol,
         rtol=rtol,
         reason="; ".join(reasons),
+        scale=scale,
     )
 
 
@@ -282,8 +291,10 @@ def _without(rows: np.ndarray, *arrays: np.ndarray | None) -> list[np.ndarray | 
 def check_parity(model: Pipeline, onnx_bytes: bytes, X: np.ndarray, atol: float, rtol: float) -> ParityResult:
     """Does onnxruntime on ``onnx_bytes`` reproduce ``model`` on the rows ``X``?
 
-    Tolerance semantics: every score must satisfy ``|onnx - sklearn| <= atol + rtol * |sklearn|``
-    (as ``numpy.isclose``, with sklearn as the reference; NaN never passes). Scores are compared like
+    Tolerance semantics: every score must satisfy ``|onnx - sklearn| <= atol * scale + rtol * |sklearn|``
+    (as ``numpy.isclose``, with sklearn as the reference; NaN never passes). For a regressor ``scale`` is
+    the root mean square of sklearn's outputs on the compared rows (`onnx.tolerance`: an absolute atol
+    let any output pass on labels around 1e-9); for a classifier it is 1. Scores are compared like
     with like: probabilities for classifiers with ``predict_proba``, decision scores for those
     without (hinge), predictions for regressors. sklearn runs on ``X`` as given (float64) and ONNX on
     ``X`` cast to float32, so the float32 rounding that serving will do is part of what is checked.
@@ -312,7 +323,7 @@ def check_parity(model: Pipeline, onnx_bytes: bytes, X: np.ndarray, atol: float,
         return _compared(model, X, sk, prediction.scores, labels, prediction.labels, atol, rtol)
     if prediction.values is None:
         return ParityResult(False, float("nan"), 0, len(X), atol, rtol, "ONNX model is a classifier")
-    return _compared(model, X, sk, prediction.values, None, None, atol, rtol)
+    return _compared(model, X, sk, prediction.values, None, None, atol, rtol, relative=True)
 
 
 def _compared(
@@ -324,11 +335,13 @@ def _compared(
     onnx_labels: np.ndarray | None,
     atol: float,
     rtol: float,
+    relative: bool = False,
 ) -> ParityResult:
-    """`compare_outputs` on the rows the float32 model can score, when the others are few."""
+    """`compare_outputs` on the rows the float32 model can score, when the others are few; with
+    `relative`, atol is a fraction of those rows' output scale (an overflow row's would inflate it)."""
     overflows = float32_overflows(model, X, sk, onnx_out) if np.size(onnx_out) == np.size(sk) else np.array([], int)
     if not len(overflows) or len(overflows) > max(1.0, OVERFLOW_SHARE * len(X)) or len(overflows) == len(X):
-        return compare_outputs(sk, onnx_out, sk_labels, onnx_labels, atol, rtol)
+        return compare_outputs(sk, onnx_out, sk_labels, onnx_labels, atol, rtol, output_scale(sk) if relative else None)
     sk, onnx_out, sk_labels, onnx_labels = _without(overflows, sk, onnx_out, sk_labels, onnx_labels)
-    result = compare_outputs(sk, onnx_out, sk_labels, onnx_labels, atol, rtol)
+    result = compare_outputs(sk, onnx_out, sk_labels, onnx_labels, atol, rtol, output_scale(sk) if relative else None)
     return dataclasses.replace(result, unscorable=tuple(int(i) for i in overflows))
