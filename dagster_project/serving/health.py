@@ -15,6 +15,18 @@ A member the group gave no partitions (more scorers than the topic has partition
 answers /predict like any other, and it is the standby that takes partitions over when a member
 leaves; taking it out of rotation would cut HTTP capacity for nothing. /healthz says so (`partitions`
 empty, `idle`) and `streamfit_scorer_partitions` is 0.
+
+An assigned partition the consumer cannot fetch from (its leader is down and no replica took over, or
+the leader's broker does not answer this scorer) leaves the scorer ready too, for the same reason: the
+group coordinator still answers, so the group keeps the partition here, and any other member would
+be in the same place; readiness only steers HTTP traffic, /predict does not need that partition, and
+a broker that leads partitions of every replica would take /predict down everywhere for a problem it
+does not have. So it is a warning, not a reason: past the stale limit (a session timeout, long enough
+for a leader election) /healthz names it in `warnings` and `kafka.unfetched` ("no fetch from
+partitions [1] of <events> for 12.0 s (limit 6 s): no leader ..."), and
+`streamfit_scorer_partition_unfetched_seconds` shows it per partition, for alert
+StreamfitScorerPartitionUnfetched. The scorer's own link is different: no answer from the broker at
+all (the stale limit) is this member's problem, and the group evicts it, so that stays unready.
 """
 
 from __future__ import annotations
@@ -43,6 +55,12 @@ def _coordinator_known(consumer: Any) -> bool | None:
     return known() if callable(known) else None
 
 
+def _unfetchable(consumer: Any, partitions: frozenset[int]) -> dict[int, str]:
+    """Assigned partitions the consumer cannot fetch from now, each with why (`ScorerConsumer.unfetchable`)."""
+    unfetchable = getattr(consumer, "unfetchable", None)
+    return unfetchable(partitions) if callable(unfetchable) and partitions else {}
+
+
 # A batch retried this often is not a blip: /readyz says so (a dead letter over 1 MB was retried for
 # ever, each retry writing the batch's predictions again, while /healthz said ok).
 STUCK_AFTER_FAILURES = 3
@@ -66,6 +84,7 @@ class KafkaLink:
         self._failing_partitions: set[int] = set()
         self._partitions: frozenset[int] = frozenset()  # of the events topic, assigned to this member now
         self._member_assigned = False  # the current consumer (not an earlier one) has had an assignment
+        self._unfetched: dict[int, tuple[float, str]] = {}  # assigned partition -> (cannot fetch since, why)
 
     # Written by the Kafka loop.
     def preparing(self, what: str) -> None:
@@ -76,6 +95,7 @@ class KafkaLink:
         # The stall clock starts here: a loop stuck before its first poll returns is stuck too.
         self._consumer, self._state = consumer, "joining"
         self._polled_at, self._partitions, self._member_assigned = time.monotonic(), frozenset(), False
+        self._unfetched = {}
 
     def detach(self, state: str) -> None:
         self._consumer, self._state = None, state
@@ -109,8 +129,21 @@ class KafkaLink:
         """The failing batch's partitions went to another member: its failures are no longer this one's.
         (Only then: a cooperative rebalance reports other members' changes too.)"""
         self._partitions = self._partitions - frozenset(partitions)
+        self._unfetched = {p: seen for p, seen in self._unfetched.items() if p in self._partitions}
         if self._failing_partitions & set(partitions):
             self.batch_settled()
+
+    def check_fetches(self) -> dict[int, float]:
+        """Ask the consumer which assigned partitions it cannot fetch from; returns each assigned partition's
+        seconds without a fetch (0 while it can). Called by the Kafka loop, about once a second."""
+        now = time.monotonic()
+        partitions = self._partitions
+        blocked = _unfetchable(self._consumer, partitions)
+        before = self._unfetched
+        self._unfetched = {
+            p: (before[p][0] if p in before else now, why) for p, why in blocked.items() if p in partitions
+        }
+        return {p: round(now - self._unfetched[p][0], 3) if p in self._unfetched else 0.0 for p in partitions}
 
     # Read from any thread.
     def last_contact(self) -> float | None:
@@ -151,6 +184,28 @@ class KafkaLink:
             return f"the Kafka loop has not polled for {now - self._polled_at:.1f} s (limit {self.stall_after_s:g} s)"
         return None
 
+    def unfetched(self) -> dict[str, Any] | None:
+        """The assigned partitions without a fetch for longer than the stale limit: which, since when, why."""
+        now, unfetched = time.monotonic(), dict(self._unfetched)
+        late = {p: (now - since, why) for p, (since, why) in unfetched.items() if now - since > self.stale_after_s}
+        if self._consumer is None or not late:
+            return None
+        by_reason: dict[str, list[int]] = {}
+        for p in sorted(late):
+            by_reason.setdefault(late[p][1], []).append(p)
+        warning = "; ".join(
+            f"no fetch from partitions {ps} of the events topic for {max(late[p][0] for p in ps):.1f} s "
+            f"(limit {self.stale_after_s:g} s): {why}"
+            for why, ps in by_reason.items()
+        )
+        return {
+            "partitions": sorted(late),
+            "seconds": {str(p): round(s, 1) for p, (s, _) in sorted(late.items())},
+            "reasons": {str(p): why for p, (_, why) in sorted(late.items())},
+            "warning": warning
+            + ": its events are not scored until it is back (the scorer stays ready: /predict does not need it)",
+        }
+
     def describe(self) -> dict[str, Any]:
         now = time.monotonic()
         contact = self.last_contact()
@@ -169,6 +224,7 @@ class KafkaLink:
                 else None
             ),
             "last_contact_s_ago": round(now - contact, 3) if contact is not None else None,
+            "unfetched": self.unfetched(),
             "problem": self.problem(),
         }
 
@@ -214,6 +270,8 @@ class ScorerHealth:
         kafka = self.kafka.describe() if self.kafka is not None else None
         if kafka is not None and kafka["problem"]:
             reasons.append(kafka["problem"])
+        # What an operator must hear about that does not make the scorer unready (see the module docstring).
+        warnings = [kafka["unfetched"]["warning"]] if kafka is not None and kafka["unfetched"] else []
         detail: dict[str, Any] = {
             "status": "ok" if served is not None else "waiting for a champion",
             "stream": self.stream,
@@ -221,6 +279,7 @@ class ScorerHealth:
             "live": True,
             "ready": not reasons,
             "reasons": reasons,
+            "warnings": warnings,
             "model_version": served.version if served is not None else None,
             "champion": status.alias,
             "refused": status.refused,

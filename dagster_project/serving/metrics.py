@@ -137,6 +137,15 @@ class ScorerMetrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.partition_unfetched = Gauge(
+            "streamfit_scorer_partition_unfetched_seconds",
+            "Seconds an assigned partition of <stream>.events has had no leader this scorer can fetch from (none "
+            "elected, or its broker not connected); 0 while it fetches. Its events wait meanwhile; /healthz "
+            "`warnings` says why. The scorer stays ready (/predict does not need it).",
+            ["stream", "partition"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.batch_retries = Counter(
             "streamfit_scorer_batch_retries",
             "Poll batches re-read because their predictions were not acknowledged (nothing was committed).",

@@ -88,6 +88,7 @@ from dagster_project.spec import StreamSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_POLL_RECORDS = 500
+FETCH_CHECK_INTERVAL_S = 1.0  # how often the Kafka loop asks its consumer which partitions it cannot fetch
 TOKEN_ENV = "STREAMFIT_SCORER_TOKEN"
 
 
@@ -216,6 +217,7 @@ class Scorer:
         self._generation = 0  # of the consumer: callbacks of a replaced one are ignored
         self._member_assigned = False  # the current consumer (not just the scorer) has had an assignment
         self._rejoin = RejoinWatch(settings, self.link.last_contact)
+        self._fetches_checked_at = 0.0
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit, leave the group and return."""
@@ -406,6 +408,7 @@ class Scorer:
             timeout_s = 0 if self._inflight is not None else self.poll_timeout_ms / 1000
             batch = consumer.poll(timeout_s, self.max_poll_records)
             self.link.polled(batch is not None)
+            self._check_fetches()
             prepared = self._batches.prepare(batch) if batch is not None else None
             if self._inflight is not None and not self._settle(consumer, batch):
                 continue  # that batch failed and was rewound, this one with it
@@ -482,6 +485,7 @@ class Scorer:
                 return
             batch = consumer.poll(self.poll_timeout_ms / 1000, self.max_poll_records)
             self.link.polled(bool(batch))
+            self._check_fetches()
             if not batch:
                 self._update_lag(consumer, None)
                 consumer = self._rejoined_if_wedged(consumer)
@@ -594,6 +598,19 @@ class Scorer:
                 if self._uncommitted.get(partition) == offset:
                     del self._uncommitted[partition]
 
+    def _check_fetches(self) -> None:
+        """About once a second: which assigned partitions the consumer cannot fetch from, into the link (/healthz)
+        and `streamfit_scorer_partition_unfetched_seconds`. Metadata and connection state only, no broker call."""
+        now = time.monotonic()
+        if now - self._fetches_checked_at < FETCH_CHECK_INTERVAL_S:
+            return
+        self._fetches_checked_at = now
+        seconds = self.link.check_fetches()
+        for partition, unfetched_s in seconds.items():
+            self.metrics.partition_unfetched.labels(self.spec.name, str(partition)).set(unfetched_s)
+        # kafka-python revokes on its IO thread: a partition revoked meanwhile keeps no gauge to alert on
+        self._forget_lag(set(seconds) - self.partitions)
+
     def _update_lag(self, consumer: ScorerConsumer, batch: PollBatch | None) -> None:
         with self._state_lock:
             if batch is not None:
@@ -634,13 +651,14 @@ class Scorer:
         log.info("%s: revoked partitions %s", self.spec.name, revoked)
 
     def _forget_lag(self, partitions: Iterable[int]) -> None:
-        """Drop the lag gauges of partitions this scorer no longer owns, so a dashboard does not show a
-        frozen lag for a partition another member serves."""
+        """Drop the per-partition gauges (lag, seconds without a fetch) of partitions this scorer no longer owns,
+        so a dashboard does not show a frozen value for a partition another member serves."""
         for partition in partitions:
-            try:
-                self.metrics.scorer_lag.remove(self.spec.name, str(partition))
-            except KeyError:
-                pass
+            for gauge in (self.metrics.scorer_lag, self.metrics.partition_unfetched):
+                try:
+                    gauge.remove(self.spec.name, str(partition))
+                except KeyError:
+                    pass
 
 
 class HttpPortUnavailable(OSError):

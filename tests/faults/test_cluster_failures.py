@@ -382,3 +382,87 @@ def test_the_whole_cluster_stopped_and_started_again(
         f"\nwhole cluster down {down_seconds:.1f} s (stop + start); training, scoring and the label join caught up "
         f"{caught_up_seconds:.1f} s after the start; sensor skips meanwhile: {skips[:2]}"
     )
+
+
+def _single_replica_topic(cluster: ApacheKafkaCluster, topic: str) -> dict[int, int]:
+    """`topic` with one partition on each node and no other replica, so a dead leader has no successor.
+    Returns partition -> node."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    placement = dict(enumerate(cluster.node_ids))
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    assignment = [[placement[p]] for p in sorted(placement)]
+    new = NewTopic(topic, len(assignment), replica_assignment=assignment, config={"min.insync.replicas": "1"})
+    admin.create_topics([new])[topic].result(timeout=30)
+    wait_for(lambda: all(cluster.leader_of(topic, p) == n for p, n in placement.items()), 30, f"{topic}'s leaders")
+    return placement
+
+
+def _group_coordinator(cluster: ApacheKafkaCluster, group: str) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    return admin.describe_consumer_groups([group])[group].result(timeout=30).coordinator.id
+
+
+# A leader's absence is named past the stale limit (6 s) and the check runs every second; slack for a busy machine.
+UNFETCHED_BOUND_S = 30.0
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("scorer_client")
+def test_a_partition_whose_leader_is_down_is_named_while_the_coordinator_answers(
+    healthy: ApacheKafkaCluster, registry, streamfit_home
+) -> None:
+    """The leader of one assigned events partition killed (one replica: no failover), the group coordinator
+    on another node: the heartbeats went on, so the scorer looked ready and healthy while that partition's
+    events waited. /healthz names the partition and why within a bound, the gauge counts its seconds, the
+    scorer stays ready (/predict does not need the partition); all of it clears when the broker is back."""
+    from tests.dagster_project.serving.support import train_version
+
+    cluster = healthy
+    spec = synthetic_spec(partitions=len(cluster.node_ids))
+    settings = KafkaSettings.from_env(cluster.bootstrap)
+    placement = _single_replica_topic(cluster, spec.events_topic)
+    train_version(registry, spec)
+    produced = produce_synthetic(settings, spec, 60)
+    with running_service(spec, settings, registry, delivery="at-least-once") as service:
+        _waited(service, lambda: service.scorer.partitions == set(placement), 60, "all partitions assigned")
+        _scored(service, produced, 60, f"{produced} events scored")
+        client = Client(service.url)
+        coordinator = _group_coordinator(cluster, scorer_group(spec))
+        partition, victim = next((p, n) for p, n in placement.items() if n != coordinator)
+        unfetched = lambda p: service.metrics.value("streamfit_scorer_partition_unfetched_seconds", partition=str(p))  # noqa: E731
+        assert not client.request("GET", "/healthz")[1].get("warnings")
+
+        cluster.kill_node(victim)
+        killed_at = time.monotonic()
+
+        def named() -> dict | None:
+            health = client.request("GET", "/healthz")[1]
+            return health if health.get("warnings") else None
+
+        _waited(service, named, UNFETCHED_BOUND_S, f"/healthz to name partition {partition}")
+        named_s = time.monotonic() - killed_at
+        health = named()
+        (warning,) = health["warnings"]
+        assert warning.startswith(f"no fetch from partitions [{partition}] of the events topic for "), warning
+        assert health["kafka"]["unfetched"]["partitions"] == [partition], health["kafka"]
+        assert health["ready"] and client.request("GET", "/readyz")[:2] == (200, {"ready": True}), health
+        assert unfetched(partition) > 5 and all(unfetched(p) == 0 for p in placement if p != partition)
+
+        cluster.restart_node(victim)
+        restarted_at = time.monotonic()
+        _waited(
+            service,
+            lambda: not client.request("GET", "/healthz")[1]["warnings"] and unfetched(partition) == 0,
+            60,
+            f"partition {partition}'s warning to clear",
+        )
+        cleared_s = time.monotonic() - restarted_at
+        produced += produce_synthetic(settings, spec, 60, start=produced)
+        _scored(service, produced, 60, f"{produced} events scored after the broker returned")
+    print(
+        f"\nleader {victim} of {spec.events_topic}[{partition}] killed (coordinator {coordinator}): named "
+        f"{named_s:.1f} s later ({warning}); cleared {cleared_s:.1f} s after the restart"
+    )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# Why a partition cannot be fetched, said alike by both clients.
+NO_LEADER = "no leader: the brokers holding its replicas are down (no replica took over); back when one returns"
+
 
 class CommitFailed(RuntimeError):
     """An offset commit did not go through (retried with the next batch; a rebalance hands it on)."""
@@ -67,6 +70,10 @@ class ScorerConsumer(Protocol):
 
     def coordinator_known(self) -> bool | None:
         """Whether the group coordinator is known (None if the client does not say)."""
+
+    def unfetchable(self, partitions: frozenset[int]) -> dict[int, str]:
+        """Those of the assigned `partitions` this client cannot fetch from now, each with why (no leader, or
+        the leader's broker not connected). Cheap: the client's own metadata and connection state, no broker call."""
 
     def close(self) -> None:
         """Leave the group at once (committing nothing) and release the client."""

@@ -3,7 +3,8 @@
 Rebalance callbacks and statistics are served inside `consume()`, i.e. on the scorer's own loop
 between batches, so a partition is only ever revoked after its last batch was made final. Whether the
 group coordinator answers comes from librdkafka's statistics (every second): the group's state is
-`up` and its coordinator connection `UP`.
+`up` and its coordinator connection `UP`. The same statistics say which partitions cannot be fetched:
+each partition's `leader` (-1: none) and the state of that broker's connection.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from dagster_project.kafka import clients
-from dagster_project.serving.consumers.base import CommitFailed, PollBatch
+from dagster_project.serving.consumers.base import NO_LEADER, CommitFailed, PollBatch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ConfluentScorerConsumer:
         self._on_poll_error = on_poll_error
         self._answered_at: float | None = None
         self._coordinator_known: bool | None = None
+        self._blocked: dict[int, str] = {}  # partition -> why it cannot be fetched, from the last statistics
         config = {
             "auto.offset.reset": "earliest",  # a new group scores the whole retained stream: no event is skipped
             "isolation.level": "read_committed" if read_committed else "read_uncommitted",
@@ -157,6 +159,10 @@ class ConfluentScorerConsumer:
     def coordinator_known(self) -> bool | None:
         return self._coordinator_known
 
+    def unfetchable(self, partitions: frozenset[int]) -> dict[int, str]:
+        blocked = self._blocked
+        return {p: why for p, why in blocked.items() if p in partitions}
+
     def close(self) -> None:
         self._consumer.close()  # leaves the group (nothing is auto-committed): the others take over at once
 
@@ -171,6 +177,27 @@ class ConfluentScorerConsumer:
         )
         if state == "up" and connected:
             self._answered_at = time.monotonic()
+        self._blocked = _unfetchable(stats, self.topic)
 
     def _error(self, error: Any) -> None:
         log.warning("confluent-kafka consumer (%s): %s", self.topic, error.str())
+
+
+def _unfetchable(stats: dict, topic: str) -> dict[int, str]:
+    """Partitions of `topic` in librdkafka's statistics whose leader is unknown or not connected, with why."""
+    brokers = {b.get("nodeid"): b for b in (stats.get("brokers") or {}).values()}
+    partitions = ((stats.get("topics") or {}).get(topic) or {}).get("partitions") or {}
+    blocked = {}
+    for key, partition in partitions.items():
+        number, leader = int(key), partition.get("leader", -1)
+        if number < 0:  # librdkafka's unassigned-partition queue
+            continue
+        if leader is None or leader < 0:
+            blocked[number] = NO_LEADER
+        elif (broker := brokers.get(leader)) is None or broker.get("state") not in ("UP", "UPDATE"):
+            state = "unknown" if broker is None else broker.get("state")
+            where = f" ({broker['name'].rsplit('/', 1)[0]})" if broker is not None and broker.get("name") else ""
+            blocked[number] = (
+                f"its leader, broker {leader}{where}, is not connected (state {state}: down, or unreachable from here)"
+            )
+    return blocked

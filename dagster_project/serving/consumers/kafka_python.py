@@ -9,7 +9,7 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import IllegalStateError, KafkaError
 
 from dagster_project.kafka import clients
-from dagster_project.serving.consumers.base import CommitFailed, PollBatch
+from dagster_project.serving.consumers.base import NO_LEADER, CommitFailed, PollBatch
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -106,6 +106,28 @@ class KafkaPythonScorerConsumer:
         if coordinator is None or not hasattr(coordinator, "coordinator_id"):
             return None
         return coordinator.coordinator_id is not None
+
+    def unfetchable(self, partitions: frozenset[int]) -> dict[int, str]:
+        # The fetcher sends to a partition's leader only when one is known and connected (kafka-python's
+        # Fetcher._create_fetch_requests): the same test, on its client's metadata and connections.
+        client = getattr(self._consumer, "_client", None)
+        cluster = getattr(client, "cluster", None)
+        if cluster is None or not hasattr(client, "connected"):
+            return {}
+        blocked = {}
+        for partition in partitions:
+            leader = cluster.leader_for_partition(TopicPartition(self.topic, partition))
+            if leader is None:
+                blocked[partition] = "its leader is unknown (not in the client's metadata)"
+            elif leader < 0:
+                blocked[partition] = NO_LEADER
+            elif not client.connected(leader):
+                broker = cluster.broker_metadata(leader)
+                where = f" ({broker.host}:{broker.port})" if broker is not None else ""
+                blocked[partition] = (
+                    f"its leader, broker {leader}{where}, is not connected (down, or unreachable from here)"
+                )
+        return blocked
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)  # leaves the group: the others take over at once

@@ -211,3 +211,43 @@ def test_the_stall_clock_starts_when_the_consumer_is_attached() -> None:
     assert link.problem() is None
     time.sleep(0.3)
     assert link.problem().startswith("the Kafka loop has not polled for")
+
+
+def test_a_partition_without_a_fetchable_leader_is_a_warning_past_the_stale_limit_not_unready() -> None:
+    """The group coordinator answers, so the scorer looked ready while one partition's leader was down and
+    its events waited: /healthz names the partition, for how long and why; /readyz stays 200 (readiness
+    steers /predict, which does not need that partition). The real cluster case is in
+    tests/faults/test_cluster_failures.py."""
+    from dagster_project.serving.health import KafkaLink
+
+    class Consumer:
+        blocked: dict[int, str] = {}
+
+        def unfetchable(self, partitions: frozenset[int]) -> dict[int, str]:
+            return {p: why for p, why in self.blocked.items() if p in partitions}
+
+    consumer = Consumer()
+    link = KafkaLink("broker:9092", "group", stale_after_s=0.2, stall_after_s=60)
+    link.attach(consumer)
+    link.assigned([0, 1])
+    link.contact()
+    assert link.check_fetches() == {0: 0.0, 1: 0.0} and link.unfetched() is None
+    consumer.blocked = {1: "no leader", 2: "not ours"}
+    link.check_fetches()
+    assert link.unfetched() is None, "a leader election is not worth a word"
+    time.sleep(0.3)
+    link.contact()
+    seconds = link.check_fetches()
+    assert seconds[0] == 0.0 and seconds[1] > 0.2 and 2 not in seconds
+    unfetched = link.unfetched()
+    assert unfetched["partitions"] == [1] and unfetched["reasons"] == {"1": "no leader"}
+    assert re.match(
+        r"no fetch from partitions \[1\] of the events topic for 0\.\d s \(limit 0\.2 s\): no leader",
+        unfetched["warning"],
+    )
+    assert link.problem() is None and link.describe()["unfetched"] == unfetched
+    link.revoked([1])  # another member has it now
+    assert link.unfetched() is None and link.check_fetches() == {0: 0.0}
+    link.assigned([1])
+    consumer.blocked = {}
+    assert link.check_fetches() == {0: 0.0, 1: 0.0} and link.unfetched() is None
