@@ -18,6 +18,7 @@ A stream with derived features reads in one group: their state runs through ever
 events of the batch in one pass (`read_batch(state=...)`).
 """
 
+from dataclasses import replace
 from functools import partial
 
 import dagster as dg
@@ -67,11 +68,13 @@ def build_group_read_micro_batch(spec: StreamSpec, retries: dg.RetryPolicy | Non
         workers = 1 if spec.derived else spec.model.scale_out.workers
         # Already learned: one empty group, so that the merge (which reports the check) still runs.
         reads = group_reads.plan_reads(ranges, learn_ends, workers) if done is None else [group_reads.EMPTY]
+        dlq_from = config.dlq_offsets()
         for read in reads:
-            yield dg.DynamicOutput(read, output_name="groups", mapping_key=f"g{read.index}")
+            yield dg.DynamicOutput(replace(read, dlq_from=dlq_from), output_name="groups", mapping_key=f"g{read.index}")
         # The check's description only: an AssetCheckResult does not survive the IO manager's pickle.
         already = done.description if done is not None else None
-        yield dg.Output({"ranges": ranges, "learn_ends": learn_ends, "done": already}, output_name="plan")
+        plan = {"ranges": ranges, "learn_ends": learn_ends, "done": already, "dlq_from": dlq_from}
+        yield dg.Output(plan, output_name="plan")
 
     @dg.op(
         name=names.read_group_op(name),
@@ -95,7 +98,7 @@ def build_group_read_micro_batch(spec: StreamSpec, retries: dg.RetryPolicy | Non
             read.ranges,
             learn_ends=read.learn_ends,
             state=state,
-            already_sent=partial(sent_letters.dead_lettered, settings, spec, read.ranges),
+            already_sent=partial(sent_letters.dead_lettered, settings, spec, read.ranges, dlq_from=read.dlq_from),
         )
         crash_point(f"read_group_g{read.index}", attempt=_attempt(context))
         described = group_reads.describe(read, batch)
@@ -122,7 +125,8 @@ def build_group_read_micro_batch(spec: StreamSpec, retries: dg.RetryPolicy | Non
         described = [group_reads.describe(r, b) for r, b in reads]
         extra = {"read_groups": dg.MetadataValue.json(described), "read_group_count": len(described)}
         read_before = may_have_dead_lettered(context, registry.get(), spec, batch.ranges)  # split-off rows sent?
-        yield from validated(context, spec, kafka, registry, batch, extra, read_before=read_before)
+        dlq_from = plan.get("dlq_from")  # absent from a plan an older step wrote before an upgrade
+        yield from validated(context, spec, kafka, registry, batch, extra, read_before=read_before, dlq_from=dlq_from)
 
     @dg.graph_asset(
         key=[name, "micro_batch"],

@@ -63,6 +63,10 @@ class BatchConfig(dg.Config):
     of which `[start, learn_end)` are learned and the rest is the promotion gate's unseen tail."""
 
     ranges: list[PartitionRange] = Field(min_length=1)
+    # The DLQ's ends when the batch was planned, by partition ({}: no DLQ yet): a re-executed run finds
+    # the letters an earlier attempt sent from there on (`ingest.sent_letters`). None (runs planned
+    # before they were recorded): found by the events' timestamps instead.
+    dlq_from: dict[str, int] | None = None
 
     @model_validator(mode="after")
     def _one_range_per_partition(self) -> "BatchConfig":
@@ -75,25 +79,40 @@ class BatchConfig(dg.Config):
     def as_ranges(self) -> Ranges:
         return {r.partition: (r.start, r.end) for r in self.ranges}
 
+    def dlq_offsets(self) -> dict[int, int] | None:
+        return None if self.dlq_from is None else {int(p): o for p, o in self.dlq_from.items()}
+
     def learn_ends(self) -> dict[int, int] | None:
         if all(r.learn_end is None for r in self.ranges):
             return None
         return {r.partition: r.end if r.learn_end is None else r.learn_end for r in self.ranges}
 
 
-def batch_run_config(spec: StreamSpec, ranges: Ranges) -> dg.RunConfig:
+def batch_run_config(spec: StreamSpec, ranges: Ranges, dlq_from: dict[int, int] | None = None) -> dg.RunConfig:
+    """The run config of a batch over `ranges`; `dlq_from`: the DLQ's ends when it was planned
+    (`sent_letters.planned_dlq_from`), or None to fall back on the events' timestamps."""
     from dagster_project.registry.promotion import spec_tail_split
 
     learn_ends = spec_tail_split(spec, ranges)
     config = BatchConfig(
         ranges=[
             PartitionRange(partition=p, start=s, end=e, learn_end=learn_ends[p]) for p, (s, e) in sorted(ranges.items())
-        ]
+        ],
+        dlq_from=None if dlq_from is None else {str(p): o for p, o in sorted(dlq_from.items())},
     )
     if spec.model.scale_out.workers > 1:  # the graph-backed asset's first op takes it (assets/group_reads.py)
         nested = {"ops": {names.read_plan_op(spec.name): {"config": config.model_dump()}}}
         return dg.RunConfig(ops={names.micro_batch_op(spec.name): nested})
     return dg.RunConfig(ops={names.micro_batch_op(spec.name): config})
+
+
+def recorded_dlq_from(spec: StreamSpec, run: dg.DagsterRun | None) -> dict[int, int] | None:
+    """The DLQ offsets `run`'s batch was planned with (`BatchConfig.dlq_from`); None when it has none."""
+    entry = (((run.run_config if run else None) or {}).get("ops") or {}).get(names.micro_batch_op(spec.name)) or {}
+    nested = (entry.get("ops") or {}).get(names.read_plan_op(spec.name)) or {}  # the graph-backed asset's first op
+    config = entry.get("config") or nested.get("config") or {}
+    recorded = config.get("dlq_from")
+    return None if recorded is None else {int(p): int(o) for p, o in recorded.items()}
 
 
 def _attempt(context: dg.AssetExecutionContext) -> int:
@@ -114,6 +133,12 @@ def may_have_dead_lettered(context: dg.AssetExecutionContext, reg: Any, spec: St
     halt = reg.halt(spec.name)
     if halt:
         return halt.get("ranges") == {str(p): list(r) for p, r in ranges.items()}
+    return retried_halt(reg, spec, ranges)
+
+
+def retried_halt(reg: Any, spec: StreamSpec, ranges: Ranges) -> bool:
+    """Whether `streamfit batches retry` cleared a halt of a batch starting where `ranges` do: a new
+    run learns it, after a run Dagster no longer has may have dead-lettered its messages."""
     starts = {str(p): r[0] for p, r in ranges.items()}
     return any(
         d.get("kind") == "halt_cleared"
@@ -168,11 +193,12 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             return
         state = expected_state(registry.get(), spec, head, reset)  # the features continue from the checkpoint
         settings = kafka.settings()
-        already_sent = None
+        already_sent, dlq_from = None, config.dlq_offsets()
         if may_have_dead_lettered(context, registry.get(), spec, ranges):  # its dead letters may be on the DLQ already
-            already_sent = partial(sent_letters.dead_lettered, settings, spec, ranges)
+            already_sent = partial(sent_letters.dead_lettered, settings, spec, ranges, dlq_from=dlq_from)
         batch = read_batch(settings, spec, ranges, learn_ends=learn_ends, state=state, already_sent=already_sent)
-        yield from validated(context, spec, kafka, registry, batch, read_before=already_sent is not None)
+        read_before = already_sent is not None
+        yield from validated(context, spec, kafka, registry, batch, read_before=read_before, dlq_from=dlq_from)
 
     @dg.asset(
         retry_policy=retries,
@@ -389,14 +415,24 @@ def restore_inherited_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) 
 
 
 def validated(
-    context, spec: StreamSpec, kafka, registry, batch: MicroBatch, extra: dict | None = None, read_before: bool = False
+    context,
+    spec: StreamSpec,
+    kafka,
+    registry,
+    batch: MicroBatch,
+    extra: dict | None = None,
+    read_before: bool = False,
+    dlq_from: dict[int, int] | None = None,
 ):
     """The batch-level decision on a read batch: the data-quality check, then the batch (unless halted
     or quarantined) with its metadata. One path for the single step and the fanned-out merge.
-    `read_before` (`may_have_dead_lettered`): rows an earlier attempt split off to the DLQ are not sent again."""
+    `read_before` (`may_have_dead_lettered`): rows an earlier attempt split off to the DLQ are not sent
+    again; they are looked for from the DLQ offsets `dlq_from` the plan recorded (`BatchConfig.dlq_from`)."""
     name, ranges = spec.name, batch.ranges
     settings = kafka.settings()
-    already_sent = partial(sent_letters.dead_lettered, settings, spec, ranges) if read_before else None
+    already_sent = None
+    if read_before:
+        already_sent = partial(sent_letters.dead_lettered, settings, spec, ranges, dlq_from=dlq_from)
     outcome = apply_quality_policy(settings, registry.get(), spec, batch, context.run.run_id, already_sent)
     yield dg.AssetCheckResult(
         check_name="data_quality",

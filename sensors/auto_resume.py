@@ -109,7 +109,7 @@ def resume_tick(
 
 def _request(context, spec, halt: dict[str, Any], ranges: dict, attempt: int) -> dg.SensorResult:
     """The halted batch's exact ranges again, under the attempt's own run key."""
-    from assets.training import batch_run_config
+    from assets.training import batch_run_config, recorded_dlq_from
     from dagster_project import names
     from dagster_project.kafka.offsets import encode_ranges
 
@@ -124,7 +124,9 @@ def _request(context, spec, halt: dict[str, Any], ranges: dict, attempt: int) ->
         names.RESUMES_TAG: halt["run_id"],
         "dagster/max_runtime_seconds": str(spec.batch.max_run_seconds),
     }
-    request = dg.RunRequest(run_key=resume_key(auto, attempt), run_config=batch_run_config(spec, ranges), tags=tags)
+    # The failed run's DLQ offsets: the letters it sent come after them (none recorded: found by time).
+    config = batch_run_config(spec, ranges, recorded_dlq_from(spec, failed))
+    request = dg.RunRequest(run_key=resume_key(auto, attempt), run_config=config, tags=tags)
     return dg.SensorResult(run_requests=[request])
 
 

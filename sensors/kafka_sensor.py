@@ -12,9 +12,10 @@ import time
 import dagster as dg
 import orjson
 
-from assets.training import batch_run_config
+from assets.training import batch_run_config, recorded_dlq_from, retried_halt
 from dagster_project import names
 from dagster_project.dev.producer import produce_command
+from dagster_project.ingest.sent_letters import planned_dlq_from
 from dagster_project.instance import LOST_RETRY_S, ask_retry_again, lost_retry
 from dagster_project.kafka.io import BrokerUnavailable, probe_partitions, topic_changed, topic_lost
 from dagster_project.kafka.offsets import (
@@ -215,11 +216,15 @@ def evaluate(
             "until then."
         )
     lag_after = sum(s.lag for s in states) - plan.rows
+    try:
+        dlq_from = _dlq_from(settings, reg, spec, plan.ranges, relearned)
+    except (BrokerUnavailable, BrokerConfigError) as exc:
+        return dg.SkipReason(f"{spec.name}: {exc}; nothing planned, nothing advanced")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
                 run_key=run_key,
-                run_config=batch_run_config(spec, plan.ranges),
+                run_config=batch_run_config(spec, plan.ranges, dlq_from),
                 tags={
                     names.STREAM_TAG: spec.name,
                     names.RANGES_TAG: encode_ranges(plan.ranges),
@@ -235,6 +240,20 @@ def evaluate(
             {"run_key": run_key, "ranges": encode_ranges(plan.ranges), "rows": plan.rows, "reason": plan.reason}
         ).decode(),
     )
+
+
+def _dlq_from(settings, reg: ModelRegistry, spec: StreamSpec, ranges: Ranges, learned: dg.DagsterRun | None):
+    """Where the planned run looks for the letters an earlier run of its batch sent (`BatchConfig.dlq_from`).
+
+    The DLQ's ends now (one ListOffsets request), for the letters of this run and its re-executions.
+    A batch learned again after a registry restore inherits the offsets of the run that learned it
+    first; one `streamfit batches retry` sends to a new run follows a run Dagster no longer has, so it
+    gets none: both fall back on the events' timestamps when nothing older is recorded."""
+    if learned is not None:
+        return recorded_dlq_from(spec, learned)
+    if retried_halt(reg, spec, ranges):
+        return None
+    return planned_dlq_from(settings, spec)
 
 
 RELEARNS_MAX = 3  # a batch learned again more often than this is not a restore: something removes versions

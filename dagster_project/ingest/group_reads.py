@@ -25,6 +25,8 @@ class GroupRead:
     index: int
     ranges: Ranges
     learn_ends: dict[int, int] | None
+    # The DLQ offsets the batch's plan recorded (`sent_letters.planned_dlq_from`); None: planned without.
+    dlq_from: dict[int, int] | None = None
 
     @property
     def partitions(self) -> list[int]:

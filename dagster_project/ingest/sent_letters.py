@@ -5,10 +5,12 @@ retried, re-executed or run again once its halt is lifted; it reads the same ran
 same messages. Before sending, such a run asks `dead_lettered` which of them an earlier attempt
 sent, and sends only the others: a DLQ reader sees one record per refused source offset.
 
-The DLQ is read from the first record written at or after `written_since(...)`, found by time
-(`offsets_since`): a dead letter about a message is written after the message reached its topic, so
-older DLQ records cannot be about it. A retry reads the DLQ records of the last minutes or hours,
-not the whole topic.
+The DLQ is read from the offsets the Kafka sensor recorded when it planned the batch (`dlq_from`,
+the DLQ's ends then: `planned_dlq_from`): every letter about the batch, from this run or an earlier
+attempt of it, was written after the plan, so at or after them, whatever the producers' clocks say.
+A run planned before they were recorded reads from the first record written at or after
+`written_since(...)`, found by time (`offsets_since`); that bound trusts the events' timestamps, so
+a producer whose clock runs ahead can put it after a letter an earlier attempt sent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 
 import orjson
 
-from dagster_project.kafka.io import offsets_since, probe_partitions, read_range
+from dagster_project.kafka.io import end_offsets, offsets_since, probe_partitions, read_range
 from dagster_project.kafka.offsets import Ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
@@ -39,13 +41,37 @@ def written_since(source_timestamps_ms: Iterable[int | None], now_ms: int | None
     return min(stamps) - CLOCK_SKEW_MS
 
 
+def planned_dlq_from(settings: KafkaSettings, spec: StreamSpec) -> dict[int, int]:
+    """The DLQ's ends when a batch is planned ({} when it does not exist yet: read it from its start),
+    recorded in the run's config: the letters of its run and of any re-execution of it come after."""
+    return end_offsets(settings, spec.dlq_topic)
+
+
+def dlq_starts(extents: dict[int, tuple[int, int]], dlq_from: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """The part of each DLQ partition `(log start, end)` from its planned offset on. From the log
+    start when the plan has none for it (the topic or the partition came later), when retention
+    deleted below it, or when the partition is now shorter than it was (the topic was recreated)."""
+    out = {}
+    for p, (log_start, end) in extents.items():
+        start = dlq_from.get(p, log_start)
+        out[p] = (log_start if start > end else max(log_start, start), end)
+    return out
+
+
 def dead_lettered(
-    settings: KafkaSettings, spec: StreamSpec, ranges: Ranges, since_ms: int | None = None
+    settings: KafkaSettings,
+    spec: StreamSpec,
+    ranges: Ranges,
+    since_ms: int | None = None,
+    dlq_from: dict[int, int] | None = None,
 ) -> set[tuple[int, int]]:
     """(partition, offset) of the events in `ranges` the trainer already dead-lettered, read from the
-    DLQ records written at or after `since_ms` (None: every record the DLQ holds)."""
+    DLQ's offsets `dlq_from` on (`planned_dlq_from`) or, for a run planned without them, from the
+    records written at or after `since_ms` (None: every record the DLQ holds)."""
     extents = {s.partition: (s.log_start, s.high_water) for s in probe_partitions(settings, spec.dlq_topic, {})}
-    if since_ms is not None and extents:
+    if dlq_from is not None:
+        extents = dlq_starts(extents, dlq_from)
+    elif since_ms is not None and extents:
         starts = offsets_since(settings, spec.dlq_topic, extents, since_ms)
         extents = {p: (max(start, starts.get(p, end)), end) for p, (start, end) in extents.items()}
     sent = set()

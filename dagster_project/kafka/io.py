@@ -239,6 +239,23 @@ def log_starts(settings: KafkaSettings, topic: str, partitions: Iterable[int]) -
         consumer.close()
 
 
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """Each partition's high-water mark ({} when `topic` does not exist): one metadata and one
+    ListOffsets request. Any record written afterwards gets an offset at or after it, whatever the
+    clocks say. read_uncommitted, so an open transaction does not hold the answer back. Tansu's
+    answer can be short of the true end (the last record batch's first offset + 1): a reader from it
+    reads more than needed, never less."""
+    from kafka import TopicPartition
+
+    consumer = _open_reader(settings, isolation_level="read_uncommitted")
+    try:
+        partitions = retrying(lambda: consumer.partitions_for_topic(topic)) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        return {tp.partition: o for tp, o in consumer.end_offsets(tps).items()} if tps else {}
+    finally:
+        consumer.close()
+
+
 def offsets_since(settings: KafkaSettings, topic: str, partitions: Iterable[int], since_ms: int) -> dict[int, int]:
     """Per partition, the first offset whose record's timestamp is `since_ms` or later (ListOffsets by
     time), so a reader of recent records need not start at the log's start; a partition with no such

@@ -8,7 +8,10 @@ the same range and refuses the same messages.
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import orjson
@@ -19,6 +22,7 @@ from click.testing import CliRunner
 from assets.training import batch_run_config
 from dagster_project.cli import main
 from dagster_project.ingest.events import EventParser
+from dagster_project.ingest.sent_letters import planned_dlq_from
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import ensure_topics
 from dagster_project.spec import StreamSpec
@@ -45,15 +49,17 @@ def _out_of_range(i: int) -> bytes:
     return orjson.dumps({"id": f"far-{i}", "features": {"x0": 50.0, "x1": 0, "x2": 0, "x3": 0, "x4": 0}, "label": 1})
 
 
-def _send_refused(settings, spec: StreamSpec) -> tuple[list[bytes], list[bytes]]:
-    """Three rows the quality step splits off (with a header each) and two malformed messages."""
+def _send_refused(settings, spec: StreamSpec, timestamp_ms: int | None = None) -> tuple[list[bytes], list[bytes]]:
+    """Three rows the quality step splits off (with a header each) and two malformed messages, stamped
+    `timestamp_ms` (None: the producer's clock)."""
     ensure_topics(settings, [spec.events_topic, spec.dlq_topic], spec.partitions)
     split, malformed = [_out_of_range(i) for i in range(3)], [b"{not json %d" % i for i in range(2)]
     producer = clients.producer(settings)
     for i, value in enumerate(split):
-        producer.send(spec.events_topic, key=b"far-%d" % i, value=value, headers=[("trace", b"t%d" % i)])
+        headers = [("trace", b"t%d" % i)]
+        producer.send(spec.events_topic, key=b"far-%d" % i, value=value, headers=headers, timestamp_ms=timestamp_ms)
     for value in malformed:
-        producer.send(spec.events_topic, key=b"m", value=value)
+        producer.send(spec.events_topic, key=b"m", value=value, timestamp_ms=timestamp_ms)
     producer.flush()
     producer.close()
     return split, malformed
@@ -117,6 +123,71 @@ def test_a_re_executed_run_dead_letters_each_split_off_row_and_malformed_message
     sources = [(letter["partition"], letter["offset"]) for letter in letters]
     assert len(letters) == 5 and len(set(sources)) == 5, f"one letter per source offset: {sorted(sources)}"
     assert sum(letter["reason"].startswith("data quality:") for letter in letters) == 3
+    (version,) = registry.versions(spec.name)
+    assert version.meta["rows"]["dlq"] == 5 and version.meta["rows"]["valid"] == 200
+
+
+AHEAD_MS = 55 * 60 * 1000  # a producer's clock this far ahead (Apache Kafka refuses a record over an hour ahead)
+LATER_S = 2 * 3600  # the failed run is re-executed this much later
+CLOCK_ENV = "STREAMFIT_TEST_CLOCK_AHEAD_S"
+# kafka-python stamps a record with the `time.time` it bound at import: imported first, the records a
+# step sends keep the broker's time (which refuses a record over an hour ahead), only the step's moves.
+SITECUSTOMIZE = f"""import os, time
+
+import kafka.record.default_records
+
+_ahead = float(os.environ.get({CLOCK_ENV!r}, "0"))
+if _ahead:
+    _time = time.time
+    time.time = lambda: _time() + _ahead
+"""
+
+
+@contextlib.contextmanager
+def _later(monkeypatch, directory: Path, seconds: float) -> Iterator[None]:
+    """The runs started inside see a clock `seconds` ahead: steps run in this process (one step) by
+    `time.time` moved here, steps forked by the multiprocess executor (partition groups) from a
+    forkserver of their own started with a sitecustomize that moves it."""
+    directory.mkdir(exist_ok=True)
+    (directory / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    now = time.time
+    with monkeypatch.context() as env, _forkserver_of_its_own():
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])))
+        env.setenv(CLOCK_ENV, str(seconds))
+        env.setattr(time, "time", lambda: now() + seconds)
+        yield
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one_step", "partition_groups"])
+def test_a_run_re_executed_hours_later_finds_its_letters_of_messages_stamped_by_a_fast_clock(
+    workers, kafka_bootstrap, kafka_settings, registry, instance, monkeypatch, tmp_path
+):
+    """The refused messages' producer runs 55 minutes fast, and the failed run is re-executed 2 h
+    later. The DLQ was read from the refused messages' timestamps less 15 minutes: 40 minutes after
+    the letters the first attempt sent, so the re-execution found none and sent all five again. It
+    reads from the DLQ's ends the plan recorded instead (on Apache Kafka; Tansu, which answers a
+    look-up by time with the log's start, read the whole DLQ and never missed them)."""
+    spec = _spec(workers)
+    job = _job(spec, registry, kafka_bootstrap)
+    produce_synthetic(kafka_settings, spec, 200)
+    _send_refused(kafka_settings, spec, timestamp_ms=int(time.time() * 1000) + AHEAD_MS)
+    ranges = {p: (0, end) for p, end in high_waters(kafka_settings, spec.events_topic).items()}
+    config = batch_run_config(spec, ranges, planned_dlq_from(kafka_settings, spec)).to_config_dict()
+
+    with _forkserver_of_its_own():
+        monkeypatch.setenv("STREAMFIT_FAULT", "after_train@0")
+        with dg.execute_job(job, instance, run_config=config, raise_on_error=False) as failed:
+            assert not failed.success and registry.versions(spec.name) == []
+    assert len(read_topic(kafka_settings, spec.dlq_topic)) == 5
+    with _later(monkeypatch, tmp_path / "later", LATER_S):
+        options = dg.ReexecutionOptions(parent_run_id=failed.run_id)
+        retry = {"dagster/retry_number": "1"}
+        with dg.execute_job(job, instance, reexecution_options=options, tags=retry, raise_on_error=False) as result:
+            assert result.success
+
+    letters = read_topic(kafka_settings, spec.dlq_topic)
+    sources = sorted((letter["partition"], letter["offset"]) for letter in letters)
+    assert len(letters) == 5 and len(set(sources)) == 5, f"one letter per source offset: {sources}"
     (version,) = registry.versions(spec.name)
     assert version.meta["rows"]["dlq"] == 5 and version.meta["rows"]["valid"] == 200
 

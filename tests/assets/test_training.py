@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from assets.training import batch_run_config, parity_summary
+from assets.training import BatchConfig, batch_run_config, parity_summary, recorded_dlq_from
 from dagster_project.dev.datasets import synthetic_events
 from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import make_event
@@ -243,6 +243,23 @@ def test_a_hand_written_run_config_that_would_break_exactly_once_is_refused_befo
     assert why in str(failure.event_specific_data.error)
     assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
     assert registry.head(spec.name).learned == {0: 200, 1: 200}
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one_step", "partition_groups"])
+def test_a_run_s_config_carries_the_dlq_offsets_its_plan_recorded(workers) -> None:
+    """A re-execution reuses the config, so it finds the offsets its first attempt was planned with;
+    a config written before they were recorded still validates, and has none (found by time then)."""
+    spec = synthetic_spec(partitions=2, model={"scale_out": {"workers": workers}})
+    ranges = {0: (0, 10), 1: (5, 9)}
+    planned = batch_run_config(spec, ranges, {0: 7, 1: 0}).to_config_dict()
+    run = dg.DagsterRun(job_name=f"{spec.name}_training", run_config=planned)
+    assert recorded_dlq_from(spec, run) == {0: 7, 1: 0}
+    older = batch_run_config(spec, ranges).to_config_dict()
+    assert recorded_dlq_from(spec, dg.DagsterRun(job_name=f"{spec.name}_training", run_config=older)) is None
+    assert recorded_dlq_from(spec, None) is None
+    before_upgrade = {"ranges": [{"partition": 0, "start": 0, "end": 10, "learn_end": None}]}
+    assert BatchConfig(**before_upgrade).dlq_offsets() is None
+    assert BatchConfig(**before_upgrade, dlq_from={}).dlq_offsets() == {}  # planned when no DLQ existed
 
 
 def test_a_partition_the_head_never_learned_starts_at_the_broker_s_first_offset(

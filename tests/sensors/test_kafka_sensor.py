@@ -10,12 +10,13 @@ import dagster as dg
 import orjson
 
 from dagster_project.dev.producer import produce, produce_command
+from dagster_project.kafka import clients
 from dagster_project.kafka.brokers.tansu import free_port
 from dagster_project.kafka.io import ensure_topics, probe_partitions
 from dagster_project.kafka.offsets import decode_ranges
 from dagster_project.resources import KafkaResource
 from tests.conftest import synthetic_spec
-from tests.helpers import defs_for, kafka_sensor_tick, produce_synthetic, read_topic, run_batch
+from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, read_topic, run_batch
 
 
 def _run_requested(result) -> dg.RunRequest:
@@ -63,6 +64,30 @@ def test_plans_exact_ranges_with_deterministic_key_and_cursor(
     config = request.run_config["ops"][f"{spec.name}__micro_batch"]["config"]["ranges"]
     assert sum(r["end"] - r["start"] for r in config) == 500
     assert orjson.loads(result.cursor)["run_key"] == request.run_key
+
+
+def _dlq_from(request: dg.RunRequest) -> dict | None:
+    return request.run_config["ops"][f"{request.tags['streamfit/stream']}__micro_batch"]["config"].get("dlq_from")
+
+
+def test_a_plan_records_the_dlq_s_ends_so_a_re_execution_finds_its_letters_by_offset(
+    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance
+):
+    """Any letter about the batch is written after the plan, so at or after the DLQ's ends then,
+    whatever the producers' clocks say (with no DLQ topic yet: {}, read from its start, in
+    tests/dagster_project/ingest/test_sent_letters.py)."""
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    produce_synthetic(kafka_settings, spec, 500)
+    empty = {str(p): 0 for p in range(spec.partitions)}
+    assert _dlq_from(_run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))) == empty
+
+    producer = clients.producer(kafka_settings)
+    producer.send(spec.dlq_topic, key=b"k", value=b"an older batch's letter", partition=0)
+    producer.flush()
+    producer.close()
+    ends = {str(p): end for p, end in high_waters(kafka_settings, spec.dlq_topic).items()}
+    assert sum(ends.values()) == 1 and len(ends) == spec.partitions
+    assert _dlq_from(_run_requested(kafka_sensor_tick(stream_defs, spec, instance, kafka, registry))) == ends
 
 
 def test_batches_are_capped_and_the_tail_is_learned(kafka_bootstrap, kafka_settings, registry, instance, tmp_path):
@@ -243,6 +268,7 @@ def test_a_registry_restored_from_an_older_backup_learns_the_lost_batches_again(
     assert request.run_key == f"{lost_requests[0].run_key}#relearn1" and request.tags["streamfit/relearns_run"] == (
         lost_runs[0].run_id
     )
+    assert _dlq_from(request) == _dlq_from(lost_requests[0])  # its letters came after the first plan's ends
     assert decode_ranges(request.tags["streamfit/ranges"]) == decode_ranges(lost_requests[0].tags["streamfit/ranges"])
     run = _learn(defs, spec, instance, request)
     again = registry.head(spec.name)
@@ -256,6 +282,7 @@ def test_a_registry_restored_from_an_older_backup_learns_the_lost_batches_again(
 
     request = _run_requested(kafka_sensor_tick(defs, spec, instance, kafka, registry))
     assert "#relearn" not in request.run_key and request.tags["streamfit/relearns_run"] == lost_runs[1].run_id
+    assert _dlq_from(request) == _dlq_from(lost_requests[1])
     assert decode_ranges(request.tags["streamfit/ranges"]) == decode_ranges(lost_requests[1].tags["streamfit/ranges"])
     _learn(defs, spec, instance, request)
     again = registry.head(spec.name)

@@ -6,7 +6,13 @@ import time
 
 import orjson
 
-from dagster_project.ingest.sent_letters import CLOCK_SKEW_MS, dead_lettered, written_since
+from dagster_project.ingest.sent_letters import (
+    CLOCK_SKEW_MS,
+    dead_lettered,
+    dlq_starts,
+    planned_dlq_from,
+    written_since,
+)
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import ensure_topics
 from tests.conftest import synthetic_spec
@@ -55,3 +61,32 @@ def test_dead_lettered_names_the_trainer_s_letters_of_the_ranges_written_since_t
     assert recent == (everything if on_tansu else {(0, 7)})
     nothing_so_recent = dead_lettered(kafka_settings, spec, ranges, since_ms=now_ms + 3_600_000)
     assert nothing_so_recent == (everything if on_tansu else set())
+
+
+def test_the_dlq_is_read_from_the_planned_offsets_clamped_to_what_the_partition_holds() -> None:
+    extents = {0: (0, 40), 1: (30, 50), 2: (0, 5), 3: (0, 9)}
+    planned = {0: 25, 1: 10, 2: 20}  # 1: retention deleted below it; 2: recreated shorter; 3: came later
+    assert dlq_starts(extents, planned) == {0: (25, 40), 1: (30, 50), 2: (0, 5), 3: (0, 9)}
+    assert dlq_starts(extents, {}) == extents  # no DLQ when the batch was planned: from each log start
+
+
+def test_dead_lettered_reads_from_the_planned_offsets_whatever_the_letters_timestamps(kafka_settings) -> None:
+    """The plan's DLQ ends bound the read by offset: a letter before them (an older batch's) is not
+    read, one after them is, though its timestamp (a clock hours behind) would put it before a time bound."""
+    spec = synthetic_spec(partitions=1)
+    assert planned_dlq_from(kafka_settings, spec) == {}  # no DLQ yet: read it from its start
+    ensure_topics(kafka_settings, [spec.events_topic, spec.dlq_topic], 1)
+    producer = clients.producer(kafka_settings)
+    producer.send(spec.dlq_topic, value=_letter(spec, 5))
+    producer.flush()
+    planned = planned_dlq_from(kafka_settings, spec)
+    assert planned == {0: 1}
+    long_ago_ms = int(time.time() * 1000) - 3 * 3600 * 1000
+    producer.send(spec.dlq_topic, value=_letter(spec, 7), timestamp_ms=long_ago_ms)
+    producer.flush()
+    producer.close()
+    ranges = {0: (0, 10)}
+
+    assert dead_lettered(kafka_settings, spec, ranges, dlq_from=planned) == {(0, 7)}
+    assert dead_lettered(kafka_settings, spec, ranges, since_ms=int(time.time() * 1000), dlq_from=planned) == {(0, 7)}
+    assert dead_lettered(kafka_settings, spec, ranges, dlq_from={}) == {(0, 5), (0, 7)}
