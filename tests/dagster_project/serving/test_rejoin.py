@@ -42,26 +42,50 @@ def _closed_port() -> str:
     return address
 
 
-def test_a_silent_group_with_brokers_up_is_wedged_only_after_the_limit(listening: str) -> None:
-    contact = [time.monotonic()]
+class _Clock:
+    """The watch's `time.monotonic`, advanced by the test: a pause of a loaded machine between two lines
+    cannot pass as silence (AFTER_S is 0.3 s), and no test sleeps to let silence pass."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr(rejoin, "time", clock)
+    return clock
+
+
+def test_a_silent_group_with_brokers_up_is_wedged_only_after_the_limit(listening: str, clock: _Clock) -> None:
+    contact = [clock.monotonic()]
     watch = RejoinWatch(KafkaSettings.from_env(listening), lambda: contact[0], after_s=AFTER_S)
+    clock.sleep(AFTER_S * 0.9)
     assert watch.wedged() is None  # silent for less than the limit
-    time.sleep(AFTER_S * 1.5)
+    clock.sleep(AFTER_S * 0.6)
     reason = watch.wedged()
     assert reason is not None and listening in reason and "no answer from consumer group" in reason
-    contact[0] = time.monotonic()  # the group answers again
+    contact[0] = clock.monotonic()  # the group answers again
+    clock.sleep(rejoin.PROBE_INTERVAL_S)
     assert watch.wedged() is None
 
 
-def test_an_outage_restarts_the_count() -> None:
+def test_an_outage_restarts_the_count(clock: _Clock) -> None:
     settings = KafkaSettings.from_env(_closed_port())
     watch = RejoinWatch(settings, lambda: None, after_s=AFTER_S)
-    time.sleep(AFTER_S * 1.5)
+    clock.sleep(AFTER_S * 1.5)
     assert watch.wedged() is None  # no broker accepts connections: nothing a new consumer would fix
     server = socket.create_server(("127.0.0.1", int(settings.bootstrap.rpartition(":")[2])))
     try:
+        clock.sleep(AFTER_S * 0.9)
         assert watch.wedged() is None, "the end of an outage is not a wedge: the silence counts from the outage"
-        time.sleep(AFTER_S * 1.5)
+        clock.sleep(AFTER_S * 0.6)
         assert watch.wedged() is not None
     finally:
         server.close()
