@@ -13,6 +13,7 @@ from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import Client, running_service, train_version, wait_for
+from tests.helpers import FakeClock
 
 UNREADY_BOUND_S = 15.0  # the session timeout (6 s) without an answer, plus slack for a busy machine
 IDLE_MARGIN_S = 3.0  # an idle scorer stays ready this long past the stale limit
@@ -201,13 +202,17 @@ def test_a_stuck_kafka_loop_makes_the_scorer_unready_naming_the_loop(
         wait_for(lambda: service.scorer.scored >= 10, 30, "the batch scored")
 
 
-def test_the_stall_clock_starts_when_the_consumer_is_attached() -> None:
+def test_the_stall_clock_starts_when_the_consumer_is_attached(monkeypatch: pytest.MonkeyPatch) -> None:
     """A loop stuck before its first poll returned (a replacement consumer after a rejoin) never counted as stuck."""
+    from dagster_project.serving import health
     from dagster_project.serving.health import KafkaLink
 
+    clock = FakeClock()  # a real pause of 0.2 s between attach() and the first problem() failed this
+    monkeypatch.setattr(health, "time", clock)
     link = KafkaLink("broker:9092", "group", stale_after_s=60, stall_after_s=0.2)
     link.attach(object())
     link.assigned([0])
+    clock.sleep(0.15)
     assert link.problem() is None
-    time.sleep(0.3)
-    assert link.problem().startswith("the Kafka loop has not polled for")
+    clock.sleep(0.15)
+    assert link.problem() == "the Kafka loop has not polled for 0.3 s (limit 0.2 s)"

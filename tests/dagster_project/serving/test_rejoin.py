@@ -16,7 +16,7 @@ from dagster_project.serving import rejoin
 from dagster_project.serving.rejoin import RejoinWatch
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import produce_rows, running_service, synthetic_rows, train_version, wait_for
-from tests.helpers import read_topic
+from tests.helpers import FakeClock, read_topic
 
 AFTER_S = 0.3
 E2E_AFTER_S = 3.0  # end to end: short enough for a test, long beside a healthy group's heartbeats
@@ -42,28 +42,15 @@ def _closed_port() -> str:
     return address
 
 
-class _Clock:
-    """The watch's `time.monotonic`, advanced by the test: a pause of a loaded machine between two lines
-    cannot pass as silence (AFTER_S is 0.3 s), and no test sleeps to let silence pass."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
-    clock = _Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The watch's clock, advanced by the test (AFTER_S is 0.3 s: a loaded machine can pause that long)."""
+    clock = FakeClock()
     monkeypatch.setattr(rejoin, "time", clock)
     return clock
 
 
-def test_a_silent_group_with_brokers_up_is_wedged_only_after_the_limit(listening: str, clock: _Clock) -> None:
+def test_a_silent_group_with_brokers_up_is_wedged_only_after_the_limit(listening: str, clock: FakeClock) -> None:
     contact = [clock.monotonic()]
     watch = RejoinWatch(KafkaSettings.from_env(listening), lambda: contact[0], after_s=AFTER_S)
     clock.sleep(AFTER_S * 0.9)
@@ -76,7 +63,7 @@ def test_a_silent_group_with_brokers_up_is_wedged_only_after_the_limit(listening
     assert watch.wedged() is None
 
 
-def test_an_outage_restarts_the_count(clock: _Clock) -> None:
+def test_an_outage_restarts_the_count(clock: FakeClock) -> None:
     settings = KafkaSettings.from_env(_closed_port())
     watch = RejoinWatch(settings, lambda: None, after_s=AFTER_S)
     clock.sleep(AFTER_S * 1.5)
