@@ -273,3 +273,18 @@ def _fails() -> None:
 def failing_job() -> None:
     """A one-step job whose run fails."""
     _fails()
+
+
+class FakeClock:
+    """Stands in for the `time` module a product module imported (monkeypatch `module.time`): its
+    `monotonic()` moves only when the test calls `sleep`, so a pause of a loaded machine between two
+    lines of a test cannot pass for a silence or a stall measured against a sub-second limit."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds

@@ -87,8 +87,11 @@ def test_a_closed_producer_stops_reconnecting_even_while_still_referenced(capfd:
     retry_fast = {"reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 100}
     producer = ConfluentProducer(settings.librdkafka_config() | retry_fast)
     batch = producer.send_many("nowhere", [b"k"], [b"v"])
-    time.sleep(0.5)
-    assert "Connect to" in capfd.readouterr().err  # it is trying
+    # it is trying: wait for librdkafka's first failed connect to be logged (a fixed 0.5 s was a guess)
+    logged, deadline = "", time.monotonic() + 15
+    while "Connect to" not in (logged := logged + capfd.readouterr().err):
+        assert time.monotonic() < deadline, f"librdkafka logged no failed connect within 15 s: {logged[-2000:]}"
+        time.sleep(0.1)
     producer.close(timeout=0.1)
     assert batch.errors and not batch.succeeded()  # the dropped record is reported as failed, not lost silently
     capfd.readouterr()

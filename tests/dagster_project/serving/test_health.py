@@ -13,6 +13,7 @@ from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
 from tests.dagster_project.serving.support import Client, running_service, train_version, wait_for
+from tests.helpers import FakeClock
 
 UNREADY_BOUND_S = 15.0  # the session timeout (6 s) without an answer, plus slack for a busy machine
 IDLE_MARGIN_S = 3.0  # an idle scorer stays ready this long past the stale limit
@@ -201,24 +202,34 @@ def test_a_stuck_kafka_loop_makes_the_scorer_unready_naming_the_loop(
         wait_for(lambda: service.scorer.scored >= 10, 30, "the batch scored")
 
 
-def test_the_stall_clock_starts_when_the_consumer_is_attached() -> None:
+def test_the_stall_clock_starts_when_the_consumer_is_attached(monkeypatch: pytest.MonkeyPatch) -> None:
     """A loop stuck before its first poll returned (a replacement consumer after a rejoin) never counted as stuck."""
+    from dagster_project.serving import health
     from dagster_project.serving.health import KafkaLink
 
+    clock = FakeClock()  # a real pause of 0.2 s between attach() and the first problem() failed this
+    monkeypatch.setattr(health, "time", clock)
     link = KafkaLink("broker:9092", "group", stale_after_s=60, stall_after_s=0.2)
     link.attach(object())
     link.assigned([0])
+    clock.sleep(0.15)
     assert link.problem() is None
-    time.sleep(0.3)
-    assert link.problem().startswith("the Kafka loop has not polled for")
+    clock.sleep(0.15)
+    assert link.problem() == "the Kafka loop has not polled for 0.3 s (limit 0.2 s)"
 
 
-def test_a_partition_without_a_fetchable_leader_is_a_warning_past_the_stale_limit_not_unready() -> None:
+def test_a_partition_without_a_fetchable_leader_is_a_warning_past_the_stale_limit_not_unready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The group coordinator answers, so the scorer looked ready while one partition's leader was down and
     its events waited: /healthz names the partition, for how long and why; /readyz stays 200 (readiness
     steers /predict, which does not need that partition). The real cluster case is in
     tests/faults/test_cluster_failures.py."""
+    from dagster_project.serving import health
     from dagster_project.serving.health import KafkaLink
+
+    clock = FakeClock()  # the grace and the warning are judged on elapsed time: a loaded machine's pause is not
+    monkeypatch.setattr(health, "time", clock)
 
     class Consumer:
         blocked: dict[int, str] = {}
@@ -235,14 +246,14 @@ def test_a_partition_without_a_fetchable_leader_is_a_warning_past_the_stale_limi
     consumer.blocked = {1: "no leader", 2: "not ours"}
     link.check_fetches()
     assert link.unfetched() is None, "a leader election is not worth a word"
-    time.sleep(0.3)
+    clock.sleep(0.3)
     link.contact()
     seconds = link.check_fetches()
     assert seconds[0] == 0.0 and seconds[1] > 0.2 and 2 not in seconds
     unfetched = link.unfetched()
     assert unfetched["partitions"] == [1] and unfetched["reasons"] == {"1": "no leader"}
     assert re.match(
-        r"no fetch from partitions \[1\] of the events topic for 0\.\d s \(limit 0\.2 s\): no leader",
+        r"no fetch from partitions \[1\] of the events topic for 0\.3 s \(limit 0\.2 s\): no leader",
         unfetched["warning"],
     )
     assert link.problem() is None and link.describe()["unfetched"] == unfetched

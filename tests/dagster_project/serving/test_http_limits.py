@@ -11,7 +11,7 @@ import pytest
 
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import StreamSpec
-from tests.dagster_project.serving.support import Client, train_version
+from tests.dagster_project.serving.support import Client, train_version, wait_for
 from tests.dagster_project.serving.test_http import ROW, http_server
 
 
@@ -75,18 +75,26 @@ def test_connection_cap_and_keep_alive(spec: StreamSpec, registry: FilesystemReg
     with http_server(spec, registry, max_connections=3, keep_alive_s=1) as (server, _):
         port = server.server_address[1]
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
-        time.sleep(0.2)
-        status, _, _ = Client(server.url).request("GET", "/livez")
-        assert status == 503  # uvicorn's answer beyond limit_concurrency
+        # The server counts a connection once its event loop has accepted it and forgets it once it has seen
+        # it close: wait for each (a fixed 0.2 s was a guess a busy machine could miss), one fresh connection
+        # per probe, closed after it, so that no probe's keep-alive connection stays open to hold a slot.
+        wait_for(lambda: _livez_status(server.url) == 503, 10, "503 beyond limit_concurrency (3 idle connections)")
         for sock in idle:
             sock.close()
-        time.sleep(0.2)
-        client = Client(server.url)
-        assert client.request("GET", "/livez")[0] == 200
+        wait_for(lambda: _livez_status(server.url) == 200, 10, "200 once the idle connections closed")
 
-        # An idle keep-alive connection is closed by the server after keep_alive_s.
+        # An idle keep-alive connection is closed by the server after keep_alive_s, counted from its answer:
+        # the clock starts before the request, so no pause of this thread can make the wait look shorter.
+        started = time.monotonic()
         with raw_request(port, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
-            started = time.monotonic()
             answer = read_all(sock)
             assert answer.startswith(b"HTTP/1.1 200 ")
             assert 0.8 < time.monotonic() - started < 4
+
+
+def _livez_status(url: str) -> int:
+    client = Client(url)
+    try:
+        return client.request("GET", "/livez")[0]
+    finally:
+        client.close()
