@@ -20,11 +20,15 @@ test: lint test-tansu test-kafka
 # `python -m pytest`, not the `pytest` script: the working directory is then on sys.path of every
 # process, including the steps Dagster's multiprocess executor forks from its forkserver, which
 # import jobs a test builds in `tests.helpers` (with the script they failed: No module named 'tests').
+# Two pytest-xdist workers, one per core of the 2-core build machines: each starts its own broker
+# (and MLflow server) for its share of the tests, and most tests wait on brokers, daemons and
+# subprocesses rather than compute. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test-tansu: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest --broker tansu --durations=25
+	$(VENV)/bin/python -m pytest --broker tansu -n $(TEST_WORKERS) --durations=25
 
 test-kafka: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest --broker kafka --durations=25
+	$(VENV)/bin/python -m pytest --broker kafka -n $(TEST_WORKERS) --durations=25
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
