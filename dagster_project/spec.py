@@ -460,7 +460,8 @@ class ParitySpec(_Strict):
     """How closely onnxruntime must match scikit-learn before a version may be registered.
 
     Every output must satisfy ``|onnx - sklearn| <= atol * scale + rtol * |sklearn|``. For a regressor
-    ``scale`` is the root mean square of scikit-learn's outputs on the batch, so ``atol`` is a fraction
+    ``scale`` is the root mean square of scikit-learn's outputs on the batch (at most 10 times their median
+    magnitude, so a few extreme rows do not set it), so ``atol`` is a fraction
     of the labels' scale and parity means as much on labels around 1e-9 as around 1e9; for a classifier
     (probabilities, decision scores) it is 1.
     """

@@ -246,12 +246,15 @@ def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
     answer can be short of the true end (the last record batch's first offset + 1): a reader from it
     reads more than needed, never less."""
     from kafka import TopicPartition
+    from kafka.errors import KafkaError
 
     consumer = _open_reader(settings, isolation_level="read_uncommitted")
     try:
         partitions = retrying(lambda: consumer.partitions_for_topic(topic)) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         return {tp.partition: o for tp, o in consumer.end_offsets(tps).items()} if tps else {}
+    except KafkaError as exc:  # a partition without a leader times out: a broker callers wait for, as any other
+        raise BrokerUnavailable(f"the end offsets of {topic} on {settings.bootstrap}: {exc!r}") from exc
     finally:
         consumer.close()
 

@@ -293,3 +293,28 @@ def test_a_registry_restored_from_an_older_backup_learns_the_lost_batches_again(
 
 def _trainer_letters(settings, spec) -> int:
     return sum(1 for d in read_topic(settings, spec.dlq_topic) if d["component"] == "trainer")
+
+
+def test_a_dlq_whose_offsets_cannot_be_listed_skips_the_tick_instead_of_raising(
+    kafka_bootstrap, kafka_settings, spec, registry, stream_defs, instance, monkeypatch
+):
+    """The plan's new ListOffsets on the DLQ (`planned_dlq_from`) fails with kafka-python's own errors
+    when a DLQ partition has no leader (KafkaTimeoutError): the tick skips, saying so, as it does when
+    the events topic's probe cannot answer, rather than raising."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaTimeoutError
+
+    kafka = KafkaResource(bootstrap=kafka_bootstrap)
+    produce_synthetic(kafka_settings, spec, 500)
+    ensure_topics(kafka_settings, [spec.dlq_topic], spec.partitions)
+    real = KafkaConsumer.end_offsets
+
+    def leaderless_dlq(self, partitions, timeout_ms=None):
+        if any(tp.topic == spec.dlq_topic for tp in partitions):
+            raise KafkaTimeoutError("Failed to get offsets by timestamps in 10000 ms")
+        return real(self, partitions, timeout_ms)
+
+    monkeypatch.setattr(KafkaConsumer, "end_offsets", leaderless_dlq)
+    result = kafka_sensor_tick(stream_defs, spec, instance, kafka, registry)
+    assert isinstance(result, dg.SkipReason), result
+    assert spec.dlq_topic in result.skip_message and "nothing planned" in result.skip_message

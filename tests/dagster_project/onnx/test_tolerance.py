@@ -118,3 +118,18 @@ def test_classifiers_keep_an_absolute_tolerance() -> None:
     model = partial_fit(build_model(spec), X, (X @ WEIGHTS > 0).astype(int), np.array([0, 1]))
     result = check_parity(model, export_onnx(model, 4), X, ATOL, RTOL)
     assert result.passed and result.scale == 1.0
+
+
+def test_one_extreme_output_does_not_let_every_other_row_pass() -> None:
+    """One row predicted at 1e6 among 499 unit-scale rows made the root mean square 4.5e4, so atol of
+    it (4.5) passed an ONNX graph off by 3 on every other row (an intercept dropped), which the absolute
+    1e-4 refused. The scale is capped by the outputs' typical (median) magnitude."""
+    rng = np.random.default_rng(0)
+    sk = rng.normal(size=500)
+    sk[0] = 1e6
+    onnx_out = sk + 3.0
+    onnx_out[0] = sk[0]
+    result = compare_outputs(sk, onnx_out, None, None, ATOL, RTOL, output_scale(sk))
+    assert not result.passed, result.scale
+    honest = compare_outputs(sk, sk.astype(np.float32).astype(np.float64), None, None, ATOL, RTOL, output_scale(sk))
+    assert honest.passed, honest.reason
