@@ -133,19 +133,29 @@ def may_have_dead_lettered(context: dg.AssetExecutionContext, reg: Any, spec: St
     halt = reg.halt(spec.name)
     if halt:
         return halt.get("ranges") == {str(p): list(r) for p, r in ranges.items()}
-    return retried_halt(reg, spec, ranges)
+    return retried_halt(reg, spec, ranges) is not None
 
 
-def retried_halt(reg: Any, spec: StreamSpec, ranges: Ranges) -> bool:
-    """Whether `streamfit batches retry` cleared a halt of a batch starting where `ranges` do: a new
-    run learns it, after a run Dagster no longer has may have dead-lettered its messages."""
+def retried_halt(reg: Any, spec: StreamSpec, ranges: Ranges) -> dict[str, Any] | None:
+    """The halt `streamfit batches retry` cleared of a batch starting where `ranges` do (the latest), or
+    None: a new run learns it, after a run Dagster no longer has may have dead-lettered its messages."""
     starts = {str(p): r[0] for p, r in ranges.items()}
-    return any(
-        d.get("kind") == "halt_cleared"
+    matching = [
+        d.get("halt") or {}
+        for d in reg.decisions(spec.name)
+        if d.get("kind") == "halt_cleared"
         and d.get("resolution") == names.RETRIED_RESOLUTION
         and any(starts.get(p) == r[0] for p, r in ((d.get("halt") or {}).get("ranges") or {}).items())
-        for d in reg.decisions(spec.name)
-    )
+    ]
+    return matching[-1] if matching else None
+
+
+def halted_dlq_from(halt: dict[str, Any]) -> dict[int, int] | None:
+    """The DLQ offsets the halted run's batch was planned with (`BatchConfig.dlq_from`), kept in its halt
+    record so that a new run of the batch (`streamfit batches retry`) finds the letters the halted one
+    sent without trusting the events' timestamps; None for a halt recorded without them."""
+    recorded = halt.get("dlq_from")
+    return None if recorded is None else {int(p): int(o) for p, o in recorded.items()}
 
 
 def retry_policy(spec: StreamSpec) -> dg.RetryPolicy | None:
@@ -433,7 +443,9 @@ def validated(
     already_sent = None
     if read_before:
         already_sent = partial(sent_letters.dead_lettered, settings, spec, ranges, dlq_from=dlq_from)
-    outcome = apply_quality_policy(settings, registry.get(), spec, batch, context.run.run_id, already_sent)
+    outcome = apply_quality_policy(
+        settings, registry.get(), spec, batch, context.run.run_id, already_sent, dlq_from=dlq_from
+    )
     yield dg.AssetCheckResult(
         check_name="data_quality",
         passed=outcome.passed,

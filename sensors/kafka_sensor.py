@@ -12,7 +12,7 @@ import time
 import dagster as dg
 import orjson
 
-from assets.training import batch_run_config, recorded_dlq_from, retried_halt
+from assets.training import batch_run_config, halted_dlq_from, recorded_dlq_from, retried_halt
 from dagster_project import names
 from dagster_project.dev.producer import produce_command
 from dagster_project.ingest.sent_letters import planned_dlq_from
@@ -194,6 +194,8 @@ def evaluate(
         )
         error = transient_error(context.instance, failed.run_id)
         auto = {"auto_resume": auto_resume_record(error, failed_key, head_name)} if error else {}
+        planned = recorded_dlq_from(spec, failed)  # kept for a new run of the batch (`streamfit batches retry`)
+        dlq = {"dlq_from": {str(p): o for p, o in sorted(planned.items())}} if planned is not None else {}
         reg.set_halt(
             spec.name,
             {
@@ -202,6 +204,7 @@ def evaluate(
                 "learned_ends": {str(p): e for p, e in spec_tail_split(spec, failed_ranges).items()},
                 "summary": summary,
                 "run_id": failed.run_id,
+                **dlq,
                 **auto,
             },
         )
@@ -247,12 +250,14 @@ def _dlq_from(settings, reg: ModelRegistry, spec: StreamSpec, ranges: Ranges, le
 
     The DLQ's ends now (one ListOffsets request), for the letters of this run and its re-executions.
     A batch learned again after a registry restore inherits the offsets of the run that learned it
-    first; one `streamfit batches retry` sends to a new run follows a run Dagster no longer has, so it
-    gets none: both fall back on the events' timestamps when nothing older is recorded."""
+    first; one `streamfit batches retry` sends to a new run follows a run Dagster may no longer have, so
+    it inherits the offsets the halt recorded. Both fall back on the events' timestamps when nothing
+    older is recorded (a run planned, or a halt recorded, before they were)."""
     if learned is not None:
         return recorded_dlq_from(spec, learned)
-    if retried_halt(reg, spec, ranges):
-        return None
+    halt = retried_halt(reg, spec, ranges)
+    if halt is not None:
+        return halted_dlq_from(halt)
     return planned_dlq_from(settings, spec)
 
 

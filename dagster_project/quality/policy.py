@@ -112,8 +112,11 @@ def apply_quality_policy(
     batch: MicroBatch,
     run_id: str,
     already_sent: AlreadySent | None = None,
+    dlq_from: dict[int, int] | None = None,
 ) -> QualityOutcome:
-    """Decide the batch's fate; `already_sent` when an earlier attempt may have split off its rows."""
+    """Decide the batch's fate; `already_sent` when an earlier attempt may have split off its rows.
+    `dlq_from`: the DLQ offsets the run's batch was planned with, kept in a halt's record (a new run of
+    the batch, `streamfit batches retry`, looks for this one's dead letters from there)."""
     from dagster_project.quality.suite import screen_batch
 
     if nothing_but_dead_letters(batch) or nothing_readable(batch):  # nothing to learn; a re-run cannot do better
@@ -150,6 +153,7 @@ def apply_quality_policy(
             "learned_ends": {str(p): e for p, e in batch.learned_ends.items()},
             "summary": summary + dlq_note,
             "run_id": run_id,
+            **({"dlq_from": {str(p): o for p, o in sorted(dlq_from.items())}} if dlq_from is not None else {}),
         }
         registry.set_halt(spec.name, with_state(record, batch.feature_state))
         message = (
