@@ -185,7 +185,9 @@ class ConfluentScorerConsumer:
 
 def _unfetchable(stats: dict, topic: str) -> dict[int, str]:
     """Partitions of `topic` in librdkafka's statistics whose leader is unknown or not connected, with why."""
-    brokers = {b.get("nodeid"): b for b in (stats.get("brokers") or {}).values()}
+    # Real brokers only: librdkafka's logical GroupCoordinator entry can carry the coordinator's node id
+    # and would stand in for that broker's own connection.
+    brokers = {b.get("nodeid"): b for b in (stats.get("brokers") or {}).values() if b.get("source") != "logical"}
     partitions = ((stats.get("topics") or {}).get(topic) or {}).get("partitions") or {}
     blocked = {}
     for key, partition in partitions.items():
