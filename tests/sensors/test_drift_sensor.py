@@ -65,9 +65,9 @@ def _halt_on_a_bad_batch(defs, settings, spec, instance, registry, start: int) -
     return halt
 
 
-def test_a_bad_champion_promoted_by_hand_is_rolled_back_once(kafka_bootstrap, kafka_settings, registry, instance):
-    spec = synthetic_spec(partitions=1, drift={"min_comparison_rows": 200})
-    defs = _defs(spec, kafka_bootstrap, registry)
+def _promote_a_bad_champion_by_hand(defs, kafka_settings, spec, instance, registry) -> None:
+    """Two batches learned, with v2 (an inverted model) made champion by hand between them: the second
+    batch's champion check sees v2 lose to v1."""
     produce_synthetic(kafka_settings, spec, 1000)
     first, second = _batches(kafka_settings, spec, BATCH)
     assert run_batch(defs, spec, first, instance).success
@@ -78,6 +78,12 @@ def test_a_bad_champion_promoted_by_hand_is_rolled_back_once(kafka_bootstrap, ka
     registry.register(spec.name, "v1", export_onnx(bad, 5), bad, {**registry.head(spec.name).meta, "metrics": {}})
     registry.set_champion(spec.name, "v2", reason="manual: operator error")
     assert run_batch(defs, spec, second, instance).success  # the champion check sees v2 lose to v1
+
+
+def test_a_bad_champion_promoted_by_hand_is_rolled_back_once(kafka_bootstrap, kafka_settings, registry, instance):
+    spec = synthetic_spec(partitions=1, drift={"min_comparison_rows": 200})
+    defs = _defs(spec, kafka_bootstrap, registry)
+    _promote_a_bad_champion_by_hand(defs, kafka_settings, spec, instance, registry)
 
     request = _tick(defs, spec, instance, registry)
 
@@ -213,16 +219,7 @@ def test_a_regressed_champion_is_rolled_back_on_a_halted_stream_and_the_halt_sta
     says the stream is halted, and leaves the halt to the operator."""
     spec = _halting_spec(drift={"min_comparison_rows": 200})
     defs = _defs(spec, kafka_bootstrap, registry)
-    produce_synthetic(kafka_settings, spec, 1000)
-    first, second = _batches(kafka_settings, spec, BATCH)
-    assert run_batch(defs, spec, first, instance).success
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(2000, 5))
-    inverted = (X @ np.array([1.5, -2.0, 1.0, 0.0, 0.5]) <= 0).astype(int)
-    bad = partial_fit(build_model(spec), X, inverted, np.array([0, 1]))
-    registry.register(spec.name, "v1", export_onnx(bad, 5), bad, {**registry.head(spec.name).meta, "metrics": {}})
-    registry.set_champion(spec.name, "v2", reason="manual: operator error")
-    assert run_batch(defs, spec, second, instance).success  # the champion check sees v2 lose to v1
+    _promote_a_bad_champion_by_hand(defs, kafka_settings, spec, instance, registry)
     halt = _halt_on_a_bad_batch(defs, kafka_settings, spec, instance, registry, start=1000)
 
     request = _tick(defs, spec, instance, registry)
