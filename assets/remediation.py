@@ -10,6 +10,7 @@ from dagster_project.registry.store import ROLLBACK_REASON
 from dagster_project.resources import KafkaResource, RegistryResource
 from dagster_project.spec import StreamSpec
 from monitors.evidence import ACTION_KIND
+from sensors.drift_halt import halt_fix, halt_story
 
 
 class ActionConfig(dg.Config):
@@ -75,6 +76,11 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
         from dagster_project.orchestration.issued_names import highest_issued, log_names_skipped
 
         reg = registry.get()
+        halt = reg.halt(name)
+        if halt:  # it landed after the drift sensor or the schedule, which both check, requested this run
+            context.log.warning(halted_retrain(name, halt))
+            yield dg.Output("")
+            return
         version = retrain(
             kafka.settings(),
             reg,
@@ -136,3 +142,13 @@ def cut_fields(config: ActionConfig) -> dict[str, Any]:
             "serves_from": json.loads(config.serves_from),
         }
     return {"second_cut": True} if config.second_cut else {}
+
+
+def halted_retrain(stream: str, halt: dict[str, Any]) -> str:
+    """Why a retrain run that started on a halted stream registers nothing. A failed run would be
+    retried by the daemon for nothing; the drift sensor asks again once the halt is cleared
+    (`sensors/drift_halt.py`), the schedule on its next tick."""
+    return (
+        f"{halt_story(stream, halt)}. This retrain registers nothing until the halt is cleared "
+        f"({halt_fix(stream, halt)}): a new head would sit under the halted batch, which its fix does not expect"
+    )

@@ -141,6 +141,31 @@ def test_retrain_registers_a_new_head_and_records_the_action(
     assert materialization.metadata["rows"].value == v3.meta["rows"]["trained"] == 300
 
 
+def test_a_retrain_that_starts_on_a_halted_stream_registers_nothing_until_the_halt_is_cleared(
+    kafka_settings, spec, registry, stream_defs, instance
+) -> None:
+    """The drift sensor and the schedule check the halt when they request a retrain, but a halt could
+    land before the run started: it then registered a head under the halted batch."""
+    _learn_two_batches(kafka_settings, spec, stream_defs, instance)
+    registry.set_halt(spec.name, {"kind": "failed_run", "summary": "the batch p0[300, 400) failed", "run_id": "abc"})
+    decisions = registry.decisions(spec.name)
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+    config = _action_config(spec, names.retrain_op, from_version="v2", reasons=["drift"], window_from_version="v2")
+
+    result = job.execute_in_process(run_config=config, instance=instance)
+
+    assert result.success  # a failed run would be retried by the daemon, for nothing
+    assert [v.name for v in registry.versions(spec.name)] == ["v1", "v2"]
+    assert registry.decisions(spec.name) == decisions and registry.halt(spec.name)
+    logged = [e.message or "" for e in instance.all_logs(result.run_id)]
+    assert any(f"{spec.name} is HALTED by a failed run" in m and "registers nothing" in m for m in logged), logged
+    assert not result.asset_materializations_for_node(names.retrain_op(spec.name))
+
+    registry.clear_halt(spec.name, {"resolution": "fixed"})
+    assert job.execute_in_process(run_config=config, instance=instance).success
+    assert registry.head(spec.name).name == "v3"
+
+
 def test_a_retrain_after_a_registry_restore_takes_a_name_never_given(
     kafka_settings, spec, registry, stream_defs, instance, tmp_path
 ) -> None:
