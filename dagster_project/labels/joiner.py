@@ -18,13 +18,14 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterWriter
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
+from dagster_project.kafka.rejoin import RejoinWatch, close_bounded, heartbeat_answered_at
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.labels.join_state import JoinState
 from dagster_project.labels.readers import metric_families
@@ -49,6 +50,13 @@ class _JoinerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from metric_families(self.joiner.spec.name, self.joiner.spec.task, self.joiner.snapshot)
+        rejoins = CounterMetricFamily(
+            "streamfit_label_joiner_consumer_rejoins",
+            "Consumers the label joiner replaced because its group stopped answering while the brokers did not",
+            labels=["stream"],
+        )
+        rejoins.add_metric([self.joiner.spec.name], self.joiner.rejoins)
+        yield rejoins
 
 
 class LabelJoiner:
@@ -65,7 +73,8 @@ class LabelJoiner:
     twice. One joiner per stream: the store's lock refuses a second one on the same STREAMFIT_HOME.
 
     Eviction follows event time, not the wall clock, so catching up on a backlog does not evict
-    what has not been read yet (see `_clock_ms`).
+    what has not been read yet (see `_clock_ms`). A consumer whose group stops answering while the
+    brokers do is replaced by a new member, which resumes from the positions in the state (kafka/rejoin.py).
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class LabelJoiner:
         self.snapshot = self.state.summary()
         self.assigned = threading.Event()
         self.checkpoints = 0  # written by this process
+        self.rejoins = 0  # consumers replaced because the group went silent (kafka/rejoin.py)
         self.metrics_registry = CollectorRegistry()
         self.metrics_registry.register(_JoinerCollector(self))
         self.isolation_level: str | None = None  # decided against the broker in run()
@@ -114,6 +124,10 @@ class LabelJoiner:
         self._producer = None
         self._dead_letters: DeadLetterWriter | None = None  # with the producer, on the first dead letter
         self._last_ts: dict[Any, float] = {}
+        self._rejoin = RejoinWatch(settings, self._last_contact)
+        self._received_at: float | None = None  # monotonic time of the last non-empty poll
+        self._member_assigned = False  # the current consumer has had an assignment (only such is replaced)
+        self._generation = 0  # bumped per consumer: a replaced one's rebalance callbacks change nothing
 
     @property
     def topics(self) -> list[str]:
@@ -141,40 +155,74 @@ class LabelJoiner:
             # transactions are never joined. Not on Tansu, which leaks aborted records to read_committed
             # readers anyway and where scorers never write in transactions (see kafka.io.read_isolation).
             self.isolation_level = read_isolation(self.settings)
-            consumer = clients.group_consumer(
-                self.settings,
-                self.group_id,
-                auto_offset_reset="earliest",  # a first start joins everything the broker retains
-                max_poll_records=self.max_poll_records,
-                **({"isolation_level": self.isolation_level} | self.consumer_overrides),
-            )
-            self._consumer = consumer
             clean = False
             try:
-                clients.subscribe(consumer, self.topics, _Listener(self))
-                self._loop(consumer)
+                self._loop(self._open_consumer())
                 clean = True
             finally:
                 try:
                     if self._producer is not None:
                         self._producer.close(timeout=10)
                 finally:
-                    consumer.close(autocommit=False)
+                    if self._consumer is not None:
+                        self._consumer.close(autocommit=False)
                     self._consumer = None
                 log.info("%s: label joiner stopped (%s)", self.spec.name, "clean" if clean else "crashed")
+
+    def _open_consumer(self):
+        """A new member of the joiner's group, subscribed; its assignment seeks to the state's positions."""
+        consumer = clients.group_consumer(
+            self.settings,
+            self.group_id,
+            auto_offset_reset="earliest",  # a first start joins everything the broker retains
+            max_poll_records=self.max_poll_records,
+            **({"isolation_level": self.isolation_level} | self.consumer_overrides),
+        )
+        self._generation += 1
+        self._member_assigned = False
+        self._consumer = consumer
+        self._rejoin.restart()
+        clients.subscribe(consumer, self.topics, _Listener(self, self._generation))
+        return consumer
+
+    def _last_contact(self) -> float | None:
+        """When the group last answered: records received, or the coordinator's heartbeat answer."""
+        stamps = [t for t in (self._received_at, heartbeat_answered_at(self._consumer)) if t is not None]
+        return max(stamps) if stamps else None
+
+    def _rejoined_if_wedged(self, consumer):
+        """`consumer`, or a new member in its place when the group stopped answering while the brokers did not.
+
+        Nothing is lost or counted twice: every record handled is in the state (checkpointed or not), and the new
+        member's assignment seeks to the state's positions, so it reads on from the next record."""
+        if not self._member_assigned:
+            return consumer  # a member leaving while it still joins can wedge the group (kafka/rejoin.py)
+        reason = self._rejoin.wedged()
+        if reason is None:
+            return consumer
+        log.warning("%s: %s; a new consumer joins the group in place of the old one", self.spec.name, reason)
+        self.rejoins += 1
+        self._generation += 1  # the old member's callbacks during its close change nothing
+        close_bounded(lambda: consumer.close(autocommit=False), f"{self.spec.name}-label-joiner")
+        self._consumer = None
+        return self._open_consumer()
 
     def _loop(self, consumer) -> None:
         last_flush = time.monotonic()
         give_up_at: float | None = None
         while True:
             if self._stop.is_set():
-                if self.assigned.is_set():
+                if self._member_assigned:
                     break
                 # Leaving a Tansu group before the first assignment can wedge it (see the scorer).
                 give_up_at = give_up_at or time.monotonic() + 2 * GROUP_SESSION_TIMEOUT_MS / 1000
                 if time.monotonic() > give_up_at:
                     return
             batch = clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed)
+            if batch:
+                self._received_at = time.monotonic()
+            else:
+                consumer = self._rejoined_if_wedged(consumer)
             for tp, records in batch.items():
                 for record in records:
                     self._handle(tp, record)
@@ -280,25 +328,29 @@ class LabelJoiner:
         except KafkaError as exc:  # the checkpoint holds the truth; the commit only feeds lag tooling
             log.warning("%s: offset commit failed (%r); the next checkpoint commits again", self.spec.name, exc)
 
-    # Rebalance callbacks run inside poll(), in this thread: seek to the checkpointed positions.
-    def _on_assigned(self, assigned) -> None:
+    # Rebalance callbacks run inside poll(), in this thread: seek to the state's positions (every record handled).
+    def _on_assigned(self, assigned, generation: int) -> None:
+        if generation != self._generation or self._consumer is None:
+            return  # a replaced consumer's callback
         for tp in assigned:
             position = self.state.positions.get(tp.topic, {}).get(tp.partition)
             if position is not None:
                 self._consumer.seek(tp, position)
+        self._member_assigned = True
         self.assigned.set()
         log.info("%s: label joiner assigned %s", self.spec.name, sorted((tp.topic, tp.partition) for tp in assigned))
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, joiner: LabelJoiner) -> None:
+    def __init__(self, joiner: LabelJoiner, generation: int) -> None:
         self.joiner = joiner
+        self.generation = generation
 
     def on_partitions_revoked(self, revoked) -> None:
         pass  # the state stays: positions in it are where a re-assigned partition resumes
 
     def on_partitions_assigned(self, assigned) -> None:
-        self.joiner._on_assigned(assigned)
+        self.joiner._on_assigned(assigned, self.generation)
 
 
 def progress_line(stream: str, record: dict[str, Any], summary: LiveSummary) -> str:

@@ -51,6 +51,7 @@ from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetterError
 from dagster_project.kafka import clients
 from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
+from dagster_project.kafka.rejoin import RejoinWatch, close_bounded
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
@@ -81,7 +82,6 @@ from dagster_project.serving.limits import (
     DEFAULT_MAX_ROWS,
 )
 from dagster_project.serving.metrics import ScorerMetrics, multiprocess_dir
-from dagster_project.serving.rejoin import RejoinWatch, close_bounded
 from dagster_project.serving.scoring import BatchOutcome, BatchScorer, PredictionsNotAcknowledged, Sending
 from dagster_project.spec import StreamSpec
 

@@ -335,13 +335,18 @@ def test_the_whole_cluster_stopped_and_started_again(
     def joined(count: int, timeout_s: float) -> None:
         try:
             joiner.wait_for(f"joined {count}, pending 0 predictions / 0 labels", timeout_s=timeout_s)
-        except AssertionError as exc:
+        except AssertionError:
+            # Its last lines at the very end: CI shows the start and the end of a long failure, not the middle.
+            last = "\n".join(joiner.seen[-25:])
             joiner.proc.send_signal(signal.SIGABRT)
             time.sleep(2)
             dump = []
             while not joiner.lines.empty():
                 dump.append(joiner.lines.get() or "")
-            raise AssertionError(f"{exc}\njoiner threads:\n" + "\n".join(dump)) from None
+            raise AssertionError(
+                "joiner threads:\n" + "\n".join(dump) + f"\nthe joiner did not print 'joined {count}, pending 0 "
+                f"...' within {timeout_s} s; its last lines before the stack dump:\n{last}"
+            ) from None
 
     options = {"delivery": "exactly-once", "replica_id": "restart-1"}
     try:

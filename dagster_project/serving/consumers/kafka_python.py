@@ -9,6 +9,7 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import IllegalStateError, KafkaError
 
 from dagster_project.kafka import clients
+from dagster_project.kafka.rejoin import heartbeat_answered_at
 from dagster_project.serving.consumers.base import NO_LEADER, CommitFailed, PollBatch
 
 
@@ -96,10 +97,7 @@ class KafkaPythonScorerConsumer:
         return self._consumer.group_metadata()
 
     def heartbeat_answered_at(self) -> float | None:
-        # kafka-python keeps it on its coordinator's `heartbeat` (not public: read defensively)
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        received = getattr(getattr(coordinator, "heartbeat", None), "last_receive", None)
-        return received if isinstance(received, float) and received > 0 else None
+        return heartbeat_answered_at(self._consumer)
 
     def coordinator_known(self) -> bool | None:
         coordinator = getattr(self._consumer, "_coordinator", None)

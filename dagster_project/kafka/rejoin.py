@@ -1,20 +1,22 @@
-"""When the scorer replaces its consumer: the group stopped answering while the brokers did not.
+"""When a group member replaces its consumer: the group stopped answering while the brokers did not.
 
-A broker outage makes a scorer unready (health.py) and there is nothing for it to do but wait. A client
-that is wedged while the cluster is fine is different: waiting never ends. Seen on a 3-node Apache
-Kafka cluster with kafka-python 3.0: a rebalance whose SyncGroup never completed left the consumer
-with no partitions and no heartbeats, polling nothing, for good. A new consumer (a new group member)
-recovers from that at once, and costs nothing in correctness: it starts from the group's committed
-offsets, in exactly-once mode no transaction is open between batches, and the old member's
-partitions move to it when the group rebalances.
+Used by the scorer (serving/scorer.py) and the label joiner (labels/joiner.py), the two long-lived group
+members. A broker outage is waited out: there is nothing to do but wait (the scorer reports itself unready).
+A client that is wedged while the cluster is fine is different: waiting never ends. Seen on a 3-node Apache
+Kafka cluster with kafka-python 3.0: a rebalance whose SyncGroup never completed left the consumer with no
+partitions and no heartbeats, polling nothing, for good (the scorer under a failover; the label joiner after
+a whole-cluster restart, in CI). A new consumer (a new group member) recovers from that at once, and costs
+nothing in correctness: the scorer starts from the group's committed offsets (in exactly-once mode no
+transaction is open between batches), the joiner from the positions in its own state; the old member's
+partitions move to the new one when the group rebalances.
 
-So the scorer rejoins when the group has not answered for `REJOIN_AFTER_S` (five session timeouts:
-a member is evicted after one) counted from the newest of: the last answer, the consumer's start, and
-the last time no broker accepted a connection (an outage restarts the count, so the end of a long
-outage is not mistaken for a wedge). Only a member that has had an assignment is replaced: a member
-leaving while it still joins can wedge the group on some brokers (Tansu), and replacing a slow joiner
-every `REJOIN_AFTER_S` repeats that forever (seen in tests before this rule). A member wedged in its
-very first join is therefore left to the group's own session timeout.
+So a member rejoins when the group has not answered for `REJOIN_AFTER_S` (five session timeouts: a member
+is evicted after one) counted from the newest of: the last answer, the consumer's start, and the last time
+no broker accepted a connection (an outage restarts the count, so the end of a long outage is not mistaken
+for a wedge). Only a member that has had an assignment is replaced: a member leaving while it still joins
+can wedge the group on some brokers (Tansu), and replacing a slow joiner every `REJOIN_AFTER_S` repeats that
+forever (seen in tests before this rule). A member wedged in its very first join is therefore left to the
+group's own session timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dagster_project.kafka.io import BrokerUnavailable, check_reachable
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
@@ -85,3 +88,13 @@ def close_bounded(close: Callable[[], None], what: str) -> None:
     closer.join(CLOSE_TIMEOUT_S)
     if closer.is_alive():
         log.warning("closing %s did not finish within %g s; left to finish in the background", what, CLOSE_TIMEOUT_S)
+
+
+def heartbeat_answered_at(consumer: Any) -> float | None:
+    """When kafka-python's group coordinator last answered a heartbeat (time.monotonic()), or None.
+
+    kafka-python keeps it on the consumer's coordinator (not public: read defensively). It is what shows that an
+    idle member's group still answers: with nothing to fetch there are no records, only heartbeats."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    received = getattr(getattr(coordinator, "heartbeat", None), "last_receive", None)
+    return received if isinstance(received, float) and received > 0 else None

@@ -1,0 +1,88 @@
+"""A label joiner whose consumer stops hearing from its group while the brokers are up replaces it, and joins
+everything after it exactly once (kafka-python 3.0 wedged this way after a whole-cluster restart in CI)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagster_project.kafka import clients, rejoin
+from dagster_project.kafka.io import committed_group_offsets
+from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.labels import labels_group, live_metrics
+from tests.conftest import synthetic_spec
+from tests.dagster_project.labels.test_joiner import counters, known_rows, running_joiner, send, topic_ends
+from tests.dagster_project.serving.support import wait_for
+from tests.helpers import label, prediction, sample
+
+AFTER_S = 3.0  # short enough for a test, long beside a healthy group's heartbeats (every 0.5 s here)
+
+
+class _Wedging:
+    """A kafka-python consumer that, once `wedge` is set, polls nothing and hears no heartbeat answer: what a
+    member whose rebalance never completed looks like from the inside."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self.wedge = threading.Event()
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None, **kwargs: Any) -> dict:
+        if self.wedge.is_set():
+            time.sleep(timeout_ms / 1000)
+            return {}
+        return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records, **kwargs)
+
+    @property
+    def _coordinator(self) -> Any:
+        return None if self.wedge.is_set() else self._consumer._coordinator
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+@pytest.mark.timeout(180)
+def test_a_wedged_joiner_consumer_is_replaced_and_every_pair_is_joined_once(
+    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[_Wedging] = []
+    real_group_consumer = clients.group_consumer
+
+    def group_consumer(*args: Any, **kwargs: Any) -> _Wedging:
+        opened.append(_Wedging(real_group_consumer(*args, **kwargs)))
+        return opened[-1]
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", AFTER_S)
+    monkeypatch.setattr(rejoin, "PROBE_INTERVAL_S", 0.1)
+    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 0.2})
+    root = tmp_path / "registry"
+    rng = random.Random(11)
+    first, second = known_rows("a", 200, 150, "v1", rng), known_rows("b", 300, 240, "v1", rng)
+
+    def send_rows(rows: list[tuple[str, str, int, Any]]) -> None:
+        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
+        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+
+    with running_joiner(spec, kafka_settings, root) as joiner:
+        wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
+        send_rows(first)
+        wait_for(lambda: counters(joiner)["joined"] == 200, 30, "the first 200 pairs joined")
+        opened[0].wedge.set()
+        send_rows(second)
+        wait_for(lambda: len(opened) == 2, 60, "a new consumer in place of the wedged one")
+        wait_for(lambda: counters(joiner)["joined"] == 500, 60, "the pairs sent after the wedge joined")
+        time.sleep(1.0)  # nothing more may arrive: each pair is joined once
+        assert counters(joiner)["joined"] == 500
+        assert counters(joiner)["duplicate_predictions"] == counters(joiner)["duplicate_labels"] == 0
+        assert joiner.snapshot.pending == {"predictions": 0, "labels": 0}
+        rejoins = sample(joiner.metrics_registry, "streamfit_label_joiner_consumer_rejoins_total", stream=spec.name)
+
+    assert rejoins == 1 and len(opened) == 2, "a replacement still joining was replaced again"
+    assert live_metrics(root, spec.name) == {"v1": {"rows": 500, "accuracy": 0.78}}
+    for topic in (spec.predictions_topic, spec.labels_topic):  # the new member committed where the state ends
+        assert committed_group_offsets(kafka_settings, labels_group(spec), topic) == topic_ends(kafka_settings, topic)
