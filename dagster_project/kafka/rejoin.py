@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 REJOIN_AFTER_S = 5 * GROUP_SESSION_TIMEOUT_MS / 1000
 PROBE_INTERVAL_S = 1.0  # at most one connection probe per second while the group is silent
 CLOSE_TIMEOUT_S = 10.0  # a wedged client's close may block: it is given this long on a side thread
+# One poll call that has not returned this long is stuck inside the client (a poll waits 0.2-1 s, a rebalance
+# a few session timeouts at most).
+STUCK_POLL_S = REJOIN_AFTER_S
+NETWORK_STOP_TIMEOUT_MS = 2000
 
 
 class RejoinWatch:
@@ -98,3 +102,20 @@ def heartbeat_answered_at(consumer: Any) -> float | None:
     coordinator = getattr(consumer, "_coordinator", None)
     received = getattr(getattr(coordinator, "heartbeat", None), "last_receive", None)
     return received if isinstance(received, float) and received > 0 else None
+
+
+def unblock(consumer: Any, what: str) -> None:
+    """Make a call stuck inside a kafka-python consumer return, from another thread; the consumer is unusable after.
+
+    kafka-python 3.0 runs the consumer's network I/O on its own loop thread, and `poll` waits for that loop's
+    answers without a deadline. Stopping the loop fails every waiting call at once (`KafkaConnectionError:
+    Event loop stopped`), even when the loop thread itself is wedged. A client without that loop (internals
+    moved) is closed instead, bounded."""
+    stop = getattr(getattr(consumer, "_net", None), "stop", None)
+    if not callable(stop):
+        close_bounded(lambda: consumer.close(autocommit=False), what)
+        return
+    try:
+        stop(timeout_ms=NETWORK_STOP_TIMEOUT_MS)
+    except Exception as exc:  # the waiters are failed even when the join times out; anything else is logged
+        log.warning("stopping %s's network loop failed: %r", what, exc)

@@ -1,5 +1,7 @@
-"""A label joiner whose consumer stops hearing from its group while the brokers are up replaces it, and joins
-everything after it exactly once (kafka-python 3.0 wedged this way after a whole-cluster restart in CI)."""
+"""A label joiner whose consumer is wedged replaces it and joins everything after it exactly once: a consumer that
+stops hearing from its group while the brokers are up, and one whose poll never returns (in CI, after a
+whole-cluster restart on Apache Kafka, the joiner joined nothing more, its thread waiting inside kafka-python's
+poll)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka.future import Future
 
 from dagster_project.kafka import clients, rejoin
 from dagster_project.kafka.io import committed_group_offsets
@@ -24,14 +27,19 @@ AFTER_S = 3.0  # short enough for a test, long beside a healthy group's heartbea
 
 
 class _Wedging:
-    """A kafka-python consumer that, once `wedge` is set, polls nothing and hears no heartbeat answer: what a
-    member whose rebalance never completed looks like from the inside."""
+    """A real kafka-python consumer that, once `wedge` is set, is wedged in one of two ways. `silent`: it polls
+    nothing and hears no heartbeat answer (a member whose rebalance never completed). `stuck`: its poll waits on
+    kafka-python's own network loop for an answer that never comes (the CI joiner's stack: poll -> fetcher ->
+    net.run -> event.wait)."""
 
-    def __init__(self, consumer: Any) -> None:
+    def __init__(self, consumer: Any, how: str) -> None:
         self._consumer = consumer
+        self.how = how
         self.wedge = threading.Event()
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, **kwargs: Any) -> dict:
+        if self.wedge.is_set() and self.how == "stuck":
+            self._consumer._net.run(Future())  # returns only when the loop is stopped under it
         if self.wedge.is_set():
             time.sleep(timeout_ms / 1000)
             return {}
@@ -39,25 +47,27 @@ class _Wedging:
 
     @property
     def _coordinator(self) -> Any:
-        return None if self.wedge.is_set() else self._consumer._coordinator
+        return None if self.wedge.is_set() and self.how == "silent" else self._consumer._coordinator
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("how", ["silent", "stuck"])
 def test_a_wedged_joiner_consumer_is_replaced_and_every_pair_is_joined_once(
-    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened: list[_Wedging] = []
     real_group_consumer = clients.group_consumer
 
     def group_consumer(*args: Any, **kwargs: Any) -> _Wedging:
-        opened.append(_Wedging(real_group_consumer(*args, **kwargs)))
+        opened.append(_Wedging(real_group_consumer(*args, **kwargs), how))
         return opened[-1]
 
     monkeypatch.setattr(clients, "group_consumer", group_consumer)
     monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", AFTER_S)
+    monkeypatch.setattr(rejoin, "STUCK_POLL_S", AFTER_S)
     monkeypatch.setattr(rejoin, "PROBE_INTERVAL_S", 0.1)
     spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 0.2})
     root = tmp_path / "registry"
