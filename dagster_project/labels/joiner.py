@@ -166,7 +166,8 @@ class LabelJoiner:
             try:
                 consumer = self._open_consumer()
                 watcher.start()
-                self._loop(consumer)
+                if consumer is not None:
+                    self._loop(consumer)
                 clean = True
             finally:
                 ended.set()
@@ -180,14 +181,26 @@ class LabelJoiner:
                 log.info("%s: label joiner stopped (%s)", self.spec.name, "clean" if clean else "crashed")
 
     def _open_consumer(self):
-        """A new member of the joiner's group, subscribed; its assignment seeks to the state's positions."""
-        consumer = clients.group_consumer(
-            self.settings,
-            self.group_id,
-            auto_offset_reset="earliest",  # a first start joins everything the broker retains
-            max_poll_records=self.max_poll_records,
-            **({"isolation_level": self.isolation_level} | self.consumer_overrides),
-        )
+        """A new member of the joiner's group, subscribed; its assignment seeks to the state's positions.
+
+        Retried while no broker answers (kafka-python's consumer cannot be made without one: a stuck client can be
+        replaced in an outage); None if stopped meanwhile."""
+        while True:
+            try:
+                consumer = clients.group_consumer(
+                    self.settings,
+                    self.group_id,
+                    auto_offset_reset="earliest",  # a first start joins everything the broker retains
+                    max_poll_records=self.max_poll_records,
+                    **({"isolation_level": self.isolation_level} | self.consumer_overrides),
+                )
+                break
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("%s: cannot start a consumer (%r); trying again", self.spec.name, exc)
+                if self._stop.wait(1.0):
+                    return None
         self._generation += 1
         self._member_assigned = False
         self._consumer = consumer
@@ -269,6 +282,8 @@ class LabelJoiner:
                 for record in records:
                     self._handle(tp, record)
             consumer = self._rejoined_if_wedged(consumer, polled=bool(batch))
+            if consumer is None:  # stopped while no broker answered: the state is checkpointed below
+                break
             clock = self._clock_ms(consumer)
             if clock is not None:
                 self.state.evict(clock)
@@ -357,7 +372,7 @@ class LabelJoiner:
             self.on_flush(record)
 
     def _commit(self, consumer) -> None:
-        assigned = consumer.assignment() or set()
+        assigned = (consumer.assignment() if consumer is not None else None) or set()
         offsets = {
             tp: OffsetAndMetadata(o, "", -1)
             for topic, positions in self.state.positions.items()

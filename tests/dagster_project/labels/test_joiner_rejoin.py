@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 
 from dagster_project.kafka import clients, rejoin
@@ -96,3 +97,28 @@ def test_a_wedged_joiner_consumer_is_replaced_and_every_pair_is_joined_once(
     assert live_metrics(root, spec.name) == {"v1": {"rows": 500, "accuracy": 0.78}}
     for topic in (spec.predictions_topic, spec.labels_topic):  # the new member committed where the state ends
         assert committed_group_offsets(kafka_settings, labels_group(spec), topic) == topic_ends(kafka_settings, topic)
+
+
+def test_a_consumer_that_cannot_be_made_while_no_broker_answers_is_tried_again(
+    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka-python cannot make a consumer without a broker (KafkaTimeoutError after 30 s): a replacement made
+    during an outage, or a start just as the brokers go away, waits for them instead of ending the joiner."""
+    attempts: list[int] = []
+    real_group_consumer = clients.group_consumer
+
+    def group_consumer(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise KafkaTimeoutError(f"Unable to bootstrap from ['{kafka_settings.bootstrap}']")
+        return real_group_consumer(*args, **kwargs)
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 0.2})
+    rows = known_rows("c", 50, 40, "v1", random.Random(3))
+    with running_joiner(spec, kafka_settings, tmp_path / "registry") as joiner:
+        wait_for(joiner.assigned.is_set, 30, "the joiner's assignment after two failed attempts")
+        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
+        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+        wait_for(lambda: counters(joiner)["joined"] == 50, 30, "50 pairs joined")
+    assert len(attempts) == 3
