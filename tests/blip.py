@@ -1,7 +1,8 @@
 """A TCP forwarder in front of a broker that a test can cut and restore: a network blip.
 
 The embedded broker keeps its data in memory, so stopping it loses the topic. Started with
-`advertised=` this forwarder's address, every client (metadata included) goes through it: `cut()`
+`advertised=` this forwarder's address (an Apache Kafka node: its `advertised.listeners`), every
+client (metadata and coordinator lookups included) goes through it: `cut()`
 makes the broker unreachable (connections reset, new ones refused), `restore()` brings it back
 with its data, as a broker restart or a network blip would.
 """

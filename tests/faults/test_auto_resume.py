@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from prometheus_client import generate_latest
 
 from dagster_project.dev.faults import FAULT_ENV
+from dagster_project.kafka import clients
+from dagster_project.kafka.brokers.apache import ApacheKafkaCluster, ensure_kafka_jars
 from dagster_project.kafka.brokers.tansu import EmbeddedBroker, free_port
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.observability.exporter import exporter_registry
 from dagster_project.resources import KafkaResource
 from sensors.resume_policy import RESUME_FIRST_WAIT_S
 from tests.blip import Blip
-from tests.conftest import synthetic_spec
+from tests.conftest import TEST_BROKER_CONFIG, synthetic_spec
 from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic
 
 BATCH = {"rows": 400, "max_rows": 400, "max_wait_s": 3600, "sensor_interval_s": 1, "step_retries": 1}
@@ -50,10 +54,10 @@ def _backoff_passed(registry, spec) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_run_failed_by_a_broker_outage_resumes_by_itself_once_the_broker_answers(
-    registry, instance, specs_dir, streamfit_home, tmp_path
+    registry, instance, specs_dir, streamfit_home, blip
 ):
     spec = synthetic_spec(batch=BATCH)
-    with _behind_a_blip(spec, registry, instance, tmp_path) as (blip, defs, kafka, settings, request):
+    with _behind_a_blip(spec, registry, instance, blip) as (defs, kafka, settings, request):
         blip.cut()  # down past the step retries: the run fails, as in production after ~30 s
         failed = _run(defs, spec, request, instance)
         assert not failed.success
@@ -130,25 +134,70 @@ def test_a_run_that_fails_on_anything_else_still_halts_for_an_operator(
     assert f'streamfit_halt_auto_resuming{{stream="{spec.name}"}} 0.0' in _gauges(registry, spec, kafka_settings)
 
 
-@contextlib.contextmanager
-def _behind_a_blip(spec, registry, instance, tmp_path):
-    """A stream on an embedded broker reached only through a link the test can cut, with 400 events
-    and the sensor's first request: (blip, defs, kafka resource, settings, request)."""
-    proxy_port = free_port()
-    with EmbeddedBroker(log_path=tmp_path / "tansu.log", advertised=f"127.0.0.1:{proxy_port}") as broker:
-        with Blip(broker.port, proxy_port) as blip:
-            settings = KafkaSettings.from_env(blip.address)
-            kafka = KafkaResource(bootstrap=blip.address)
-            defs = defs_for(spec, blip.address, registry)
-            produce_synthetic(settings, spec, 400)
-            (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
-            yield blip, defs, kafka, settings, request
+def _tansu_at(tmp_path: Path, port: int, advertised: str) -> contextlib.AbstractContextManager[object]:
+    """The embedded Tansu broker on `port`, telling clients to reach it at `advertised`."""
+    return EmbeddedBroker(port=port, advertised=advertised, log_path=tmp_path / "tansu.log")
+
+
+def _apache_kafka_at(tmp_path: Path, port: int, advertised: str) -> contextlib.AbstractContextManager[object]:
+    """A single Apache Kafka node whose PLAINTEXT listener is on `port` and advertised at `advertised`.
+
+    The one listener is also the inter-broker one, so the node's requests to itself (transaction markers)
+    would cross the link too; training sends none, and a single node replicates nothing.
+    """
+    ensure_kafka_jars()
+    config = TEST_BROKER_CONFIG | {"advertised.listeners": f"PLAINTEXT://{advertised}"}
+    return ApacheKafkaCluster(1, data_dir=tmp_path / "kafka", log_dir=tmp_path, broker_config=config, client_port=port)
+
+
+BROKERS_AT = {"tansu": _tansu_at, "kafka": _apache_kafka_at}
+
+
+@pytest.fixture(params=["tansu", pytest.param("kafka", marks=pytest.mark.apache_kafka)])
+def blip(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Blip]:
+    """A broker of each kind that every client, the runs' included, reaches only through a link the test
+    can cut: it advertises the link's address, so metadata and coordinator lookups lead back to the link.
+    The link listens first: Apache Kafka's start-up check already follows the advertised address."""
+    proxy_port, broker_port = _two_free_ports()
+    with Blip(broker_port, proxy_port) as link, BROKERS_AT[request.param](tmp_path, broker_port, link.address):
+        assert _advertised(link.address) == {("127.0.0.1", link.port)}, "clients must only learn the link's address"
+        yield link
+
+
+def _advertised(bootstrap: str) -> set[tuple[str, int]]:
+    """The broker addresses the cluster's metadata hands to clients."""
+    admin = clients.admin(KafkaSettings.from_env(bootstrap))
+    try:
+        return {(b["host"], b["port"]) for b in admin.describe_cluster()["brokers"]}
+    finally:
+        admin.close()
+
+
+def _two_free_ports() -> tuple[int, int]:
+    """Two distinct free loopback ports (free_port() may hand out the same one twice)."""
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
 
 
 @contextlib.contextmanager
-def _halted_by_outage(spec, registry, instance, tmp_path):
+def _behind_a_blip(spec, registry, instance, blip: Blip):
+    """A stream on a broker reached only through `blip`, with 400 events and the sensor's first request:
+    (defs, kafka resource, settings, request)."""
+    settings = KafkaSettings.from_env(blip.address)
+    kafka = KafkaResource(bootstrap=blip.address)
+    defs = defs_for(spec, blip.address, registry)
+    produce_synthetic(settings, spec, 400)
+    (request,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
+    yield defs, kafka, settings, request
+
+
+@contextlib.contextmanager
+def _halted_by_outage(spec, registry, instance, blip: Blip):
     """A stream whose first batch's run failed with the broker away, halted to resume by itself."""
-    with _behind_a_blip(spec, registry, instance, tmp_path) as (blip, defs, kafka, settings, request):
+    with _behind_a_blip(spec, registry, instance, blip) as (defs, kafka, settings, request):
         blip.cut()
         assert not _run(defs, spec, request, instance).success
         blip.restore()
@@ -159,10 +208,10 @@ def _halted_by_outage(spec, registry, instance, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_a_resumed_run_that_registered_before_failing_makes_no_second_version(
-    registry, instance, specs_dir, streamfit_home, tmp_path, monkeypatch
+    registry, instance, specs_dir, streamfit_home, blip, monkeypatch
 ):
     spec = synthetic_spec(batch=BATCH)
-    with _halted_by_outage(spec, registry, instance, tmp_path) as (defs, kafka, settings, request):
+    with _halted_by_outage(spec, registry, instance, blip) as (defs, kafka, settings, request):
         (resume,) = kafka_sensor_tick(defs, spec, instance, kafka, registry).run_requests
         monkeypatch.setenv(FAULT_ENV, "after_register")  # its version is written, then the run fails
         assert not _run(defs, spec, resume, instance).success
