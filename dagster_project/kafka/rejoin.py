@@ -17,6 +17,11 @@ for a wedge). Only a member that has had an assignment is replaced: a member lea
 can wedge the group on some brokers (Tansu), and replacing a slow joiner every `REJOIN_AFTER_S` repeats that
 forever (seen in tests before this rule). A member wedged in its very first join is therefore left to the
 group's own session timeout.
+
+A poll that never returns is a wedge too, one no check in the loop can see: kafka-python 3.0's poll waits on
+its network loop without a deadline (seen in CI: the joiner's thread waiting inside poll after a whole-cluster
+restart). `PollWatch` watches each poll from a thread of its own and, after `STUCK_POLL_S`, stops that
+client's network loop (`unblock`), which makes the poll return; the loop then replaces the consumer as above.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from dagster_project.kafka.io import BrokerUnavailable, check_reachable
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
@@ -39,6 +45,9 @@ CLOSE_TIMEOUT_S = 10.0  # a wedged client's close may block: it is given this lo
 # a few session timeouts at most).
 STUCK_POLL_S = REJOIN_AFTER_S
 NETWORK_STOP_TIMEOUT_MS = 2000
+POLL_WATCH_INTERVAL_S = 1.0
+
+T = TypeVar("T")
 
 
 class RejoinWatch:
@@ -119,3 +128,64 @@ def unblock(consumer: Any, what: str) -> None:
         stop(timeout_ms=NETWORK_STOP_TIMEOUT_MS)
     except Exception as exc:  # the waiters are failed even when the join times out; anything else is logged
         log.warning("stopping %s's network loop failed: %r", what, exc)
+
+
+class PollWatch:
+    """Unblocks a member's poll that has not returned for `STUCK_POLL_S`, from a thread beside the loop.
+
+    The loop polls through `poll` while `watching()`; a poll the watch unblocked returns `nothing`, and
+    `abandoned(generation)` then tells the loop to replace that consumer. Each consumer is unblocked once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._polling: tuple[float, int, Callable[[], None]] | None = None  # (started, generation, unblock)
+        self._abandoned: int | None = None  # the consumer generation whose stuck poll was unblocked
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """The watch thread runs while in this block."""
+        ended = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(ended,), name=f"{self.what}-poll-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            ended.set()
+
+    def poll(self, generation: int, unblock: Callable[[], None], poll: Callable[[], T], nothing: T) -> T:
+        """`poll()`, watched: `unblock()` makes it return if it gets stuck; then `nothing` is returned."""
+        self._polling = (time.monotonic(), generation, unblock)
+        try:
+            return poll()
+        except Exception:
+            if not self.abandoned(generation):
+                raise
+            return nothing  # the error of the stopped client: it is replaced next
+        finally:
+            self._polling = None
+
+    def abandoned(self, generation: int) -> bool:
+        """Whether the consumer of `generation` had its stuck poll unblocked (it is unusable: replace it)."""
+        return self._abandoned == generation
+
+    def _watch(self, ended: threading.Event) -> None:
+        while not ended.wait(POLL_WATCH_INTERVAL_S):
+            self._check()
+
+    def _check(self) -> None:
+        """Unblock the poll under way if it has been stuck for `STUCK_POLL_S`."""
+        polling = self._polling
+        if polling is None:
+            return
+        started, generation, unblock = polling
+        stuck_s = time.monotonic() - started
+        if self.abandoned(generation) or stuck_s < STUCK_POLL_S:
+            return
+        self._abandoned = generation  # before unblocking: the poll returns at once and asks
+        log.warning(
+            "%s: a poll has not returned for %.0f s: the Kafka client is stuck inside it; stopping that client so "
+            "that a new consumer takes its place",
+            self.what,
+            stuck_s,
+        )
+        unblock()

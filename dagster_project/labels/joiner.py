@@ -25,7 +25,7 @@ from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterWriter
 from dagster_project.kafka import clients, rejoin
 from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
-from dagster_project.kafka.rejoin import RejoinWatch, close_bounded, heartbeat_answered_at, unblock
+from dagster_project.kafka.rejoin import PollWatch, RejoinWatch, close_bounded, heartbeat_answered_at, unblock
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.labels.join_state import JoinState
 from dagster_project.labels.readers import metric_families
@@ -129,8 +129,7 @@ class LabelJoiner:
         self._received_at: float | None = None  # monotonic time of the last non-empty poll
         self._member_assigned = False  # the current consumer has had an assignment (only such is replaced)
         self._generation = 0  # bumped per consumer: a replaced one's rebalance callbacks change nothing
-        self._polling: tuple[float, int, Any] | None = None  # (started, generation, consumer) of a poll under way
-        self._abandoned = 0  # the generation whose stuck poll the watcher unblocked
+        self._polls = PollWatch(f"{spec.name}-label-joiner")  # unblocks a poll stuck inside the client
 
     @property
     def topics(self) -> list[str]:
@@ -159,18 +158,13 @@ class LabelJoiner:
             # readers anyway and where scorers never write in transactions (see kafka.io.read_isolation).
             self.isolation_level = read_isolation(self.settings)
             clean = False
-            ended = threading.Event()
-            watcher = threading.Thread(
-                target=self._watch_polls, args=(ended,), name=f"{self.spec.name}-poll-watch", daemon=True
-            )
             try:
                 consumer = self._open_consumer()
-                watcher.start()
                 if consumer is not None:
-                    self._loop(consumer)
+                    with self._polls.watching():
+                        self._loop(consumer)
                 clean = True
             finally:
-                ended.set()
                 try:
                     if self._producer is not None:
                         self._producer.close(timeout=10)
@@ -213,37 +207,14 @@ class LabelJoiner:
         stamps = [t for t in (self._received_at, heartbeat_answered_at(self._consumer)) if t is not None]
         return max(stamps) if stamps else None
 
-    def _watch_polls(self, ended: threading.Event) -> None:
-        """Beside the loop: a poll that has not returned for `rejoin.STUCK_POLL_S` is stuck inside the client
-        (kafka-python 3.0 waits on its network loop without a deadline; seen in CI after a whole-cluster
-        restart), and nothing in the loop can notice. Unblock it; the loop then replaces the consumer."""
-        while not ended.wait(1.0):
-            polling = self._polling
-            if polling is None:
-                continue
-            started, generation, consumer = polling
-            if generation == self._abandoned or time.monotonic() - started < rejoin.STUCK_POLL_S:
-                continue
-            self._abandoned = generation
-            log.warning(
-                "%s: a poll has not returned for %.0f s: the Kafka client is stuck inside it; stopping that "
-                "client so that a new consumer takes its place",
-                self.spec.name,
-                time.monotonic() - started,
-            )
-            unblock(consumer, f"{self.spec.name}-label-joiner")
-
     def _poll(self, consumer) -> dict:
-        """One poll; {} when the watcher unblocked it (the consumer is replaced next)."""
-        self._polling = (time.monotonic(), self._generation, consumer)
-        try:
-            return clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed)
-        except Exception:
-            if self._abandoned != self._generation:
-                raise
-            return {}
-        finally:
-            self._polling = None
+        """One poll, watched; {} when the watch unblocked it (the consumer is replaced next)."""
+        return self._polls.poll(
+            self._generation,
+            lambda: unblock(consumer, self._polls.what),
+            lambda: clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed),
+            {},
+        )
 
     def _rejoined_if_wedged(self, consumer, polled: bool):
         """`consumer`, or a new member in its place: when the watcher unblocked its stuck poll, or when the group
@@ -251,7 +222,7 @@ class LabelJoiner:
 
         Nothing is lost or counted twice: every record handled is in the state (checkpointed or not), and the new
         member's assignment seeks to the state's positions, so it reads on from the next record."""
-        if self._abandoned == self._generation:
+        if self._polls.abandoned(self._generation):
             reason = f"its poll was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
         elif polled or not self._member_assigned:
             return consumer  # a member leaving while it still joins can wedge the group (kafka/rejoin.py)

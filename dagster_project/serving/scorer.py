@@ -35,6 +35,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,9 @@ from kafka.errors import (
 
 from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetterError
-from dagster_project.kafka import clients
+from dagster_project.kafka import clients, rejoin
 from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
-from dagster_project.kafka.rejoin import RejoinWatch, close_bounded
+from dagster_project.kafka.rejoin import PollWatch, RejoinWatch, close_bounded
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
@@ -153,7 +154,9 @@ class Scorer:
     """Consumes `<stream>.events` in the scorers' group and writes `<stream>.predictions`.
 
     `run()` blocks until `stop()`; it waits for the watcher's first model before joining the group,
-    so no event is consumed without a model to score it.
+    so no event is consumed without a model to score it. A wedged consumer is replaced by a new member
+    (kafka/rejoin.py): one whose group stops answering while the brokers do, and one whose poll has not
+    returned for `rejoin.STUCK_POLL_S` (kafka-python; a watch thread unblocks it).
     """
 
     def __init__(
@@ -217,6 +220,7 @@ class Scorer:
         self._generation = 0  # of the consumer: callbacks of a replaced one are ignored
         self._member_assigned = False  # the current consumer (not just the scorer) has had an assignment
         self._rejoin = RejoinWatch(settings, self.link.last_contact)
+        self._polls = PollWatch(f"{spec.name}-scorer")  # unblocks a poll stuck inside the client (kafka-python)
         self._fetches_checked_at = 0.0
 
     def stop(self) -> None:
@@ -295,10 +299,11 @@ class Scorer:
         self._inflight = None
         consumer = self._open_consumer()
         try:
-            if exactly_once:
-                self._loop_exactly_once(consumer)
-            else:
-                self._loop(consumer, producer)
+            with self._polls.watching():
+                if exactly_once:
+                    self._loop_exactly_once(consumer)
+                else:
+                    self._loop(consumer, producer)
         finally:
             self.link.detach("stopping")
             try:
@@ -331,15 +336,23 @@ class Scorer:
         self._rejoin.restart()
         return consumer
 
+    def _poll(self, consumer: ScorerConsumer, timeout_s: float) -> PollBatch | None:
+        """One poll, watched where the client's poll can get stuck; None when the watch unblocked it (the consumer
+        is replaced next, by `_rejoined_if_wedged`)."""
+        poll = partial(consumer.poll, timeout_s, self.max_poll_records)
+        if consumer.unblock is None:  # the client bounds its polls itself
+            return poll()
+        return self._polls.poll(self._generation, consumer.unblock, poll, None)
+
     def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer:
-        """`consumer`, or a new one in its place when the group stopped answering while the brokers did not
-        (rejoin.py). Called between batches only: nothing is in flight, no transaction is open."""
+        """`consumer`, or a new one in its place when the poll watch unblocked its stuck poll, or when the group
+        stopped answering while the brokers did not (rejoin.py). Called between batches only: nothing is in
+        flight, no transaction is open; what was acknowledged but not committed is read again by the new one."""
+        if self._polls.abandoned(self._generation):
+            reason = f"its poll was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
         # A member that leaves before its first assignment can wedge a group (Tansu), so a replacement that is
         # still joining is never replaced: that would repeat the wedge every REJOIN_AFTER_S (seen in tests).
-        if not self._member_assigned:
-            return consumer
-        reason = self._rejoin.wedged()
-        if reason is None:
+        elif not self._member_assigned or (reason := self._rejoin.wedged()) is None:
             return consumer
         log.warning("%s: %s; a new consumer joins the group in place of the old one", self.spec.name, reason)
         self.metrics.consumer_rejoins.labels(self.spec.name).inc()
@@ -406,7 +419,7 @@ class Scorer:
                 return
             # With a batch in flight, only take what is already there: if nothing is, settle it now.
             timeout_s = 0 if self._inflight is not None else self.poll_timeout_ms / 1000
-            batch = consumer.poll(timeout_s, self.max_poll_records)
+            batch = self._poll(consumer, timeout_s)
             self.link.polled(batch is not None)
             self._check_fetches()
             prepared = self._batches.prepare(batch) if batch is not None else None
@@ -483,7 +496,7 @@ class Scorer:
         while True:
             if self._should_stop():
                 return
-            batch = consumer.poll(self.poll_timeout_ms / 1000, self.max_poll_records)
+            batch = self._poll(consumer, self.poll_timeout_ms / 1000)
             self.link.polled(bool(batch))
             self._check_fetches()
             if not batch:

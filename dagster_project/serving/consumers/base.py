@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +47,11 @@ class ScorerConsumer(Protocol):
     # True if rebalance callbacks run inside `poll`, on the polling thread, where they may commit: then the
     # scorer overlaps the broker's acknowledgements of one batch with preparing the next.
     revokes_in_poll: bool
+
+    # Makes a `poll` stuck inside the client return, called from another thread (the scorer's poll watch, after
+    # kafka/rejoin.STUCK_POLL_S); the consumer is unusable after and is replaced. None where the client bounds
+    # every poll itself (librdkafka): a long poll there is a rebalance callback at work, not a wedge.
+    unblock: Callable[[], None] | None
 
     def poll(self, timeout_s: float, max_records: int) -> PollBatch | None:
         """Up to `max_records` records, or None when nothing came (or a retriable error, after a pause)."""

@@ -29,6 +29,7 @@ class ConfluentScorerConsumer:
     """`ScorerConsumer` on confluent-kafka's Consumer (subscribed at once)."""
 
     revokes_in_poll = True  # on_revoke runs inside consume(), on the loop thread
+    unblock = None  # librdkafka bounds consume() by its timeout: no poll waits inside it for good
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import IllegalStateError, KafkaError
 
 from dagster_project.kafka import clients
-from dagster_project.kafka.rejoin import heartbeat_answered_at
+from dagster_project.kafka.rejoin import heartbeat_answered_at, unblock
 from dagster_project.serving.consumers.base import NO_LEADER, CommitFailed, PollBatch
 
 
@@ -72,6 +72,10 @@ class KafkaPythonScorerConsumer:
                 batch.values.append(record.value)
                 batch.timestamps.append(record.timestamp)
         return batch
+
+    def unblock(self) -> None:
+        """kafka-python 3.0's poll waits on its network loop without a deadline: stop that loop (rejoin.unblock)."""
+        unblock(self._consumer, f"{self.topic}-scorer-consumer")
 
     def commit(self, offsets: dict[int, int]) -> None:
         try:

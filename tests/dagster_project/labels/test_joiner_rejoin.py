@@ -6,20 +6,19 @@ poll)."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kafka.errors import KafkaTimeoutError
-from kafka.future import Future
 
 from dagster_project.kafka import clients, rejoin
 from dagster_project.kafka.io import committed_group_offsets
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.labels import labels_group, live_metrics
 from tests.conftest import synthetic_spec
+from tests.dagster_project.kafka.wedging import WedgingConsumer
 from tests.dagster_project.labels.test_joiner import counters, known_rows, running_joiner, send, topic_ends
 from tests.dagster_project.serving.support import wait_for
 from tests.helpers import label, prediction, sample
@@ -27,43 +26,16 @@ from tests.helpers import label, prediction, sample
 AFTER_S = 3.0  # short enough for a test, long beside a healthy group's heartbeats (every 0.5 s here)
 
 
-class _Wedging:
-    """A real kafka-python consumer that, once `wedge` is set, is wedged in one of two ways. `silent`: it polls
-    nothing and hears no heartbeat answer (a member whose rebalance never completed). `stuck`: its poll waits on
-    kafka-python's own network loop for an answer that never comes (the CI joiner's stack: poll -> fetcher ->
-    net.run -> event.wait)."""
-
-    def __init__(self, consumer: Any, how: str) -> None:
-        self._consumer = consumer
-        self.how = how
-        self.wedge = threading.Event()
-
-    def poll(self, timeout_ms: int = 0, max_records: int | None = None, **kwargs: Any) -> dict:
-        if self.wedge.is_set() and self.how == "stuck":
-            self._consumer._net.run(Future())  # returns only when the loop is stopped under it
-        if self.wedge.is_set():
-            time.sleep(timeout_ms / 1000)
-            return {}
-        return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records, **kwargs)
-
-    @property
-    def _coordinator(self) -> Any:
-        return None if self.wedge.is_set() and self.how == "silent" else self._consumer._coordinator
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._consumer, name)
-
-
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("how", ["silent", "stuck"])
 def test_a_wedged_joiner_consumer_is_replaced_and_every_pair_is_joined_once(
     how: str, kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opened: list[_Wedging] = []
+    opened: list[WedgingConsumer] = []
     real_group_consumer = clients.group_consumer
 
-    def group_consumer(*args: Any, **kwargs: Any) -> _Wedging:
-        opened.append(_Wedging(real_group_consumer(*args, **kwargs), how))
+    def group_consumer(*args: Any, **kwargs: Any) -> WedgingConsumer:
+        opened.append(WedgingConsumer(real_group_consumer(*args, **kwargs), how))
         return opened[-1]
 
     monkeypatch.setattr(clients, "group_consumer", group_consumer)
