@@ -1,4 +1,5 @@
-"""When a group member replaces its consumer: the group stopped answering while the brokers did not.
+"""When a group member replaces its consumer: wedged while the brokers answer (its group silent, a call stuck inside
+the client, or, for the label joiner, an assignment lacking partitions).
 
 Used by the scorer (serving/scorer.py) and the label joiner (labels/joiner.py), the two long-lived group
 members. A broker outage is waited out: there is nothing to do but wait (the scorer reports itself unready).
@@ -22,6 +23,10 @@ A poll that never returns is a wedge too, one no check in the loop can see: kafk
 its network loop without a deadline (seen in CI: the joiner's thread waiting inside poll after a whole-cluster
 restart). `PollWatch` watches each poll from a thread of its own and, after `STUCK_POLL_S`, stops that
 client's network loop (`unblock`), which makes the poll return; the loop then replaces the consumer as above.
+
+A member can also be wedged while its group answers and its polls return: assigned fewer partitions than its
+topics have, it never reads the others. Where that cannot be a fair share (the label joiner, alone in its group by
+design), `AssignmentWatch` says so after `REJOIN_AFTER_S`, and the member is replaced the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -41,17 +46,29 @@ log = logging.getLogger(__name__)
 REJOIN_AFTER_S = 5 * GROUP_SESSION_TIMEOUT_MS / 1000
 PROBE_INTERVAL_S = 1.0  # at most one connection probe per second while the group is silent
 CLOSE_TIMEOUT_S = 10.0  # a wedged client's close may block: it is given this long on a side thread
-# One poll call that has not returned this long is stuck inside the client (a poll waits 0.2-1 s, a rebalance
-# a few session timeouts at most).
+# One poll call that has not returned this long is stuck inside the client. kafka-python 3.0.12 bounds every wait
+# of a poll by the poll's timeout (0.2-1 s here): a JoinGroup or SyncGroup the broker holds (up to the rebalance
+# timeout) stays in flight across polls instead, so a healthy poll lasts its timeout, plus 1 s after a retriable
+# error (clients.poll) and the rebalance listeners' time (bookkeeping and seeks, run on the network loop).
 STUCK_POLL_S = REJOIN_AFTER_S
 NETWORK_STOP_TIMEOUT_MS = 2000
 POLL_WATCH_INTERVAL_S = 1.0
+MAKE_RETRY_S = 1.0  # between attempts to make a consumer while no broker answers
 
 T = TypeVar("T")
 
 
+def _brokers_answer(settings: KafkaSettings) -> bool:
+    """Whether a broker accepts connections (during an outage a new consumer would fare no better)."""
+    try:
+        check_reachable(settings)
+    except BrokerUnavailable:
+        return False
+    return True
+
+
 class RejoinWatch:
-    """Says when the scorer's consumer is wedged (the group silent, the brokers up)."""
+    """Says when a member's consumer is wedged (the group silent, the brokers up)."""
 
     def __init__(
         self,
@@ -76,15 +93,92 @@ class RejoinWatch:
         if now - silent_since < self.after_s or now - self._probed_at < PROBE_INTERVAL_S:
             return None
         self._probed_at = now
-        try:
-            check_reachable(self.settings)
-        except BrokerUnavailable:
+        if not _brokers_answer(self.settings):
             self._since = now  # an outage: a new consumer would fare no better; count again once it ends
             return None
         return (
             f"no answer from consumer group for {now - silent_since:.0f} s while the brokers at "
             f"{self.settings.bootstrap} accept connections"
         )
+
+
+def unassigned(consumer: Any, topics: Iterable[str]) -> list[str] | None:
+    """What of `topics` kafka-python's `consumer` is not assigned, by its cached metadata (no broker call): one
+    description per topic, empty when it has every partition. A topic missing from the metadata counts when none of
+    it is assigned (the assignor's "No partition metadata for topic"). None when that metadata cannot be read."""
+    partitions_for = getattr(getattr(consumer, "_cluster", None), "partitions_for_topic", None)
+    if not callable(partitions_for):
+        return None
+    assigned = consumer.assignment() or set()
+    lacking = []
+    for topic in topics:
+        known = set(partitions_for(topic) or ())
+        have = {tp.partition for tp in assigned if tp.topic == topic}
+        if not known and not have:
+            lacking.append(f"{topic} (no partition metadata)")
+        elif missing := sorted(known - have):
+            lacking.append(f"partitions {', '.join(map(str, missing))} of {len(known)} of {topic}")
+    return lacking
+
+
+class AssignmentWatch:
+    """Says when a member that should own every partition of its topics has owned fewer for `after_s` (default
+    `REJOIN_AFTER_S`) while the brokers accept connections.
+
+    The label joiner is the only member of its group (its store's lock refuses a second joiner), so a partial
+    assignment is no share: a rebalance made from incomplete metadata (right after a cluster restart kafka-python's
+    assignor logs "No partition metadata for topic ..." and leaves the topic out), or another member holding them.
+    Its group answers and its polls return, so neither RejoinWatch nor PollWatch sees it, yet the missing partitions
+    are never read. kafka-python's leader rejoins by itself once its metadata differs from what it assigned from
+    (within seconds of a healthy refresh); this bounds whatever that misses. An outage restarts the count."""
+
+    def __init__(self, settings: KafkaSettings, after_s: float | None = None) -> None:
+        self.settings = settings
+        self.after_s = REJOIN_AFTER_S if after_s is None else after_s
+        self._since: float | None = None  # since when the assignment has lacked partitions
+        self._probed_at = float("-inf")
+
+    def restart(self) -> None:
+        """A new consumer: its assignment is judged afresh."""
+        self._since = None
+
+    def short(self, consumer: Any, topics: Iterable[str]) -> str | None:
+        """Why `consumer` should be replaced (what it lacked, for how long), or None."""
+        lacking = unassigned(consumer, topics)
+        now = time.monotonic()
+        if not lacking:
+            self._since = None
+            return None
+        if self._since is None:
+            self._since = now
+        if now - self._since < self.after_s or now - self._probed_at < PROBE_INTERVAL_S:
+            return None
+        self._probed_at = now
+        if not _brokers_answer(self.settings):
+            self._since = now  # an outage: count again once it ends
+            return None
+        return (
+            f"its assignment has lacked {'; '.join(lacking)} for {now - self._since:.0f} s while the brokers at "
+            f"{self.settings.bootstrap} accept connections (a rebalance made from incomplete metadata, or another "
+            "member of its group holds them)"
+        )
+
+
+def made_while_brokers_away(make: Callable[[], T], stop: threading.Event, what: str) -> T | None:
+    """`make()` (a new consumer), tried again every `MAKE_RETRY_S` while it fails with a retriable Kafka error; None
+    if `stop` is set meanwhile. kafka-python cannot make a consumer while no broker answers (KafkaTimeoutError after
+    30 s), and a stuck consumer is replaced whether or not the brokers are up (PollWatch does not probe them)."""
+    from kafka.errors import KafkaError
+
+    while True:
+        try:
+            return make()
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("%s: cannot start a consumer (%r); trying again", what, exc)
+            if stop.wait(MAKE_RETRY_S):
+                return None
 
 
 def close_bounded(close: Callable[[], None], what: str) -> None:
@@ -183,8 +277,8 @@ class PollWatch:
             return
         self._abandoned = generation  # before unblocking: the poll returns at once and asks
         log.warning(
-            "%s: a poll has not returned for %.0f s: the Kafka client is stuck inside it; stopping that client so "
-            "that a new consumer takes its place",
+            "%s: a call into its consumer has not returned for %.0f s: the Kafka client is stuck inside it; stopping "
+            "that client so that a new consumer takes its place",
             self.what,
             stuck_s,
         )

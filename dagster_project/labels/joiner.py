@@ -25,7 +25,15 @@ from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetter, DeadLetterWriter
 from dagster_project.kafka import clients, rejoin
 from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
-from dagster_project.kafka.rejoin import PollWatch, RejoinWatch, close_bounded, heartbeat_answered_at, unblock
+from dagster_project.kafka.rejoin import (
+    AssignmentWatch,
+    PollWatch,
+    RejoinWatch,
+    close_bounded,
+    heartbeat_answered_at,
+    made_while_brokers_away,
+    unblock,
+)
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.labels.join_state import JoinState
 from dagster_project.labels.readers import metric_families
@@ -35,6 +43,8 @@ from dagster_project.labels.summary import LiveSummary
 from dagster_project.spec import StreamSpec
 
 log = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT_MS = 10_000  # an offset commit (for lag tooling only) that takes longer fails and is tried next time
 
 
 def labels_group(spec: StreamSpec) -> str:
@@ -52,7 +62,8 @@ class _JoinerCollector(Collector):
         yield from metric_families(self.joiner.spec.name, self.joiner.spec.task, self.joiner.snapshot)
         rejoins = CounterMetricFamily(
             "streamfit_label_joiner_consumer_rejoins",
-            "Consumers the label joiner replaced because its group stopped answering while the brokers did not",
+            "Consumers the label joiner replaced as wedged while the brokers answered: its group silent, a poll "
+            "stuck inside the client, or an assignment lacking partitions of its topics",
             labels=["stream"],
         )
         rejoins.add_metric([self.joiner.spec.name], self.joiner.rejoins)
@@ -75,7 +86,9 @@ class LabelJoiner:
     Eviction follows event time, not the wall clock, so catching up on a backlog does not evict
     what has not been read yet (see `_clock_ms`). A wedged consumer is replaced by a new member, which
     resumes from the positions in the state (kafka/rejoin.py): one whose group stops answering while the
-    brokers do, and one whose poll has not returned for `rejoin.STUCK_POLL_S` (a watcher thread unblocks it).
+    brokers do, one whose poll has not returned for `rejoin.STUCK_POLL_S` (a watcher thread unblocks it), and
+    one assigned fewer partitions than its topics have for `rejoin.REJOIN_AFTER_S` (alone in its group, it
+    should own them all).
     """
 
     def __init__(
@@ -116,7 +129,7 @@ class LabelJoiner:
         self.snapshot = self.state.summary()
         self.assigned = threading.Event()
         self.checkpoints = 0  # written by this process
-        self.rejoins = 0  # consumers replaced because the group went silent (kafka/rejoin.py)
+        self.rejoins = 0  # wedged consumers replaced (kafka/rejoin.py)
         self.metrics_registry = CollectorRegistry()
         self.metrics_registry.register(_JoinerCollector(self))
         self.isolation_level: str | None = None  # decided against the broker in run()
@@ -126,10 +139,12 @@ class LabelJoiner:
         self._dead_letters: DeadLetterWriter | None = None  # with the producer, on the first dead letter
         self._last_ts: dict[Any, float] = {}
         self._rejoin = RejoinWatch(settings, self._last_contact)
+        self._assignment = AssignmentWatch(settings)  # one member per group: it should own every partition
         self._received_at: float | None = None  # monotonic time of the last non-empty poll
         self._member_assigned = False  # the current consumer has had an assignment (only such is replaced)
         self._generation = 0  # bumped per consumer: a replaced one's rebalance callbacks change nothing
         self._polls = PollWatch(f"{spec.name}-label-joiner")  # unblocks a poll stuck inside the client
+        self._commit_owed = False  # the state's positions are not all committed to the group (lag tooling only)
 
     @property
     def topics(self) -> list[str]:
@@ -179,26 +194,24 @@ class LabelJoiner:
 
         Retried while no broker answers (kafka-python's consumer cannot be made without one: a stuck client can be
         replaced in an outage); None if stopped meanwhile."""
-        while True:
-            try:
-                consumer = clients.group_consumer(
-                    self.settings,
-                    self.group_id,
-                    auto_offset_reset="earliest",  # a first start joins everything the broker retains
-                    max_poll_records=self.max_poll_records,
-                    **({"isolation_level": self.isolation_level} | self.consumer_overrides),
-                )
-                break
-            except KafkaError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("%s: cannot start a consumer (%r); trying again", self.spec.name, exc)
-                if self._stop.wait(1.0):
-                    return None
+        consumer = made_while_brokers_away(
+            lambda: clients.group_consumer(
+                self.settings,
+                self.group_id,
+                auto_offset_reset="earliest",  # a first start joins everything the broker retains
+                max_poll_records=self.max_poll_records,
+                **({"isolation_level": self.isolation_level} | self.consumer_overrides),
+            ),
+            self._stop,
+            f"{self.spec.name}-label-joiner",
+        )
+        if consumer is None:
+            return None
         self._generation += 1
         self._member_assigned = False
         self._consumer = consumer
         self._rejoin.restart()
+        self._assignment.restart()
         clients.subscribe(consumer, self.topics, _Listener(self, self._generation))
         return consumer
 
@@ -208,26 +221,33 @@ class LabelJoiner:
         return max(stamps) if stamps else None
 
     def _poll(self, consumer) -> dict:
-        """One poll, watched; {} when the watch unblocked it (the consumer is replaced next)."""
-        return self._polls.poll(
-            self._generation,
-            lambda: unblock(consumer, self._polls.what),
-            lambda: clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed),
-            {},
+        """One poll, watched; {} when the watch unblocked it or an earlier call (the consumer is replaced next)."""
+        return self._watched(
+            consumer, lambda: clients.poll(consumer, self.poll_timeout_ms, self.max_poll_records, self._poll_failed), {}
         )
 
+    def _watched(self, consumer, call: Callable[[], Any], nothing: Any) -> Any:
+        """`call()` on `consumer`, unblocked by the poll watch if stuck (then `nothing`): the consumer is replaced
+        after the next poll. Every call that waits on kafka-python's network loop goes through here: a wedged loop
+        blocks a commit or a position lookup without a deadline just as it blocks a poll."""
+        if self._polls.abandoned(self._generation):
+            return nothing  # its network loop is stopped: replaced after the next poll (skipped too), unused till then
+        return self._polls.poll(self._generation, lambda: unblock(consumer, self._polls.what), call, nothing)
+
     def _rejoined_if_wedged(self, consumer, polled: bool):
-        """`consumer`, or a new member in its place: when the watcher unblocked its stuck poll, or when the group
-        stopped answering while the brokers did not.
+        """`consumer`, or a new member in its place: when the watcher unblocked its stuck poll, when its assignment
+        has lacked partitions of its topics, or when the group stopped answering while the brokers did not.
 
         Nothing is lost or counted twice: every record handled is in the state (checkpointed or not), and the new
         member's assignment seeks to the state's positions, so it reads on from the next record."""
         if self._polls.abandoned(self._generation):
-            reason = f"its poll was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
-        elif polled or not self._member_assigned:
+            reason = f"a call into it (poll, commit or position) was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
+        elif not self._member_assigned:
             return consumer  # a member leaving while it still joins can wedge the group (kafka/rejoin.py)
-        elif (reason := self._rejoin.wedged()) is None:
-            return consumer
+        # Checked on every poll, records or not: the partitions it has may well be delivering.
+        elif (reason := self._assignment.short(consumer, self.topics)) is None:
+            if polled or (reason := self._rejoin.wedged()) is None:
+                return consumer
         log.warning("%s: %s; a new consumer joins the group in place of the old one", self.spec.name, reason)
         self.rejoins += 1
         self._generation += 1  # the old member's callbacks during its close change nothing
@@ -242,10 +262,11 @@ class LabelJoiner:
             if self._stop.is_set():
                 if self._member_assigned:
                     break
-                # Leaving a Tansu group before the first assignment can wedge it (see the scorer).
+                # Leaving a Tansu group before the first assignment can wedge it (see the scorer). Giving up still
+                # checkpoints below: a replacement still joining follows a member whose records are in the state.
                 give_up_at = give_up_at or time.monotonic() + 2 * GROUP_SESSION_TIMEOUT_MS / 1000
                 if time.monotonic() > give_up_at:
-                    return
+                    break
             batch = self._poll(consumer)
             if batch:
                 self._received_at = time.monotonic()
@@ -260,8 +281,11 @@ class LabelJoiner:
                 self.state.evict(clock)
             if batch or self.state.dirty:
                 self.snapshot = self.state.summary()
-            if self.state.dirty and time.monotonic() - last_flush >= self.flush_interval_s:
-                self._checkpoint(consumer)
+            if time.monotonic() - last_flush >= self.flush_interval_s:
+                if self.state.dirty:
+                    self._checkpoint(consumer)
+                elif self._commit_owed:  # the last checkpoint's commit failed, or fell to a replaced consumer
+                    self._commit(consumer)
                 last_flush = time.monotonic()
         if self.state.dirty:
             self._checkpoint(consumer)
@@ -313,7 +337,7 @@ class LabelJoiner:
                 return None  # not fetched yet: its backlog is unknown
             position = self.state.positions.get(tp.topic, {}).get(tp.partition)
             if position is None:
-                position = consumer.position(tp, timeout_ms=100)
+                position = self._watched(consumer, lambda tp=tp: consumer.position(tp, timeout_ms=100), None)
             if position is not None and position >= high_water:
                 continue
             last = self._last_ts.get(tp)
@@ -343,21 +367,29 @@ class LabelJoiner:
             self.on_flush(record)
 
     def _commit(self, consumer) -> None:
+        """The state's positions to the group, for lag tooling; owed again (`_commit_owed`) until all are committed,
+        so that a commit lost to a failure or a replaced consumer is made up without waiting for new records."""
         assigned = (consumer.assignment() if consumer is not None else None) or set()
-        offsets = {
-            tp: OffsetAndMetadata(o, "", -1)
-            for topic, positions in self.state.positions.items()
-            for p, o in positions.items()
-            if (tp := TopicPartition(topic, p)) in assigned
-        }
+        positions = [
+            (TopicPartition(t, p), o)
+            for t, by_partition in self.state.positions.items()
+            for p, o in by_partition.items()
+        ]
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in positions if tp in assigned}
+        self._commit_owed = len(offsets) < len(positions)
         if not offsets:
             return
         try:
-            consumer.commit(offsets)
+            # bounded well below the poll watch's limit, so that a commit the coordinator is slow to answer is not
+            # taken for a stuck client (kafka-python's own bound is request_timeout_ms, 30 s, the watch's limit too)
+            if self._watched(consumer, lambda: consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS), False) is False:
+                self._commit_owed = True  # unblocked: its consumer is replaced, the next one commits
         except KafkaError as exc:  # the checkpoint holds the truth; the commit only feeds lag tooling
-            log.warning("%s: offset commit failed (%r); the next checkpoint commits again", self.spec.name, exc)
+            self._commit_owed = True
+            log.warning("%s: offset commit failed (%r); committing again later", self.spec.name, exc)
 
-    # Rebalance callbacks run inside poll(), in this thread: seek to the state's positions (every record handled).
+    # Rebalance callbacks run on kafka-python's network-loop thread while this one waits inside poll(): seek to the
+    # state's positions (every record handled).
     def _on_assigned(self, assigned, generation: int) -> None:
         if generation != self._generation or self._consumer is None:
             return  # a replaced consumer's callback

@@ -154,7 +154,8 @@ class ScorerMetrics:
         )
         self.consumer_rejoins = Counter(
             "streamfit_scorer_consumer_rejoins",
-            "Consumers replaced because the group stopped answering while the brokers accepted connections.",
+            "Consumers replaced as wedged: the group silent while the brokers accepted connections, or a poll stuck "
+            "inside the client.",
             ["stream"],
             registry=r,
         )

@@ -52,7 +52,7 @@ from dagster_project.dev.faults import crash_point
 from dagster_project.ingest.dead_letters import DeadLetterError
 from dagster_project.kafka import clients, rejoin
 from dagster_project.kafka.io import check_reachable, ensure_topics, read_isolation
-from dagster_project.kafka.rejoin import PollWatch, RejoinWatch, close_bounded
+from dagster_project.kafka.rejoin import PollWatch, RejoinWatch, close_bounded, made_while_brokers_away
 from dagster_project.kafka.settings import GROUP_SESSION_TIMEOUT_MS, KafkaSettings
 from dagster_project.registry.store import ModelRegistry
 from dagster_project.serving.champion import ChampionWatcher
@@ -297,41 +297,50 @@ class Scorer:
         self._read_committed = exactly_once or read_isolation(self.settings) == "read_committed"
         self._producer = producer  # exactly-once replaces it after a fatal producer error
         self._inflight = None
-        consumer = self._open_consumer()
         try:
-            with self._polls.watching():
-                if exactly_once:
-                    self._loop_exactly_once(consumer)
-                else:
-                    self._loop(consumer, producer)
+            consumer = self._open_consumer()
+            if consumer is not None:  # else stopped while no broker answered
+                with self._polls.watching():
+                    if exactly_once:
+                        self._loop_exactly_once(consumer)
+                    else:
+                        self._loop(consumer, producer)
         finally:
             self.link.detach("stopping")
             try:
                 if self._producer is not None:
                     self._producer.close(timeout=10)
             finally:
-                self._consumer.close()  # leaves the group: the others take over at once
+                if self._consumer is not None:
+                    self._consumer.close()  # leaves the group: the others take over at once
             log.info("%s: scorer stopped after %d events; left group %s", self.spec.name, self.scored, self.group_id)
 
-    def _open_consumer(self) -> ScorerConsumer:
-        """A new member of the scorers' group; its rebalance callbacks are ignored once it is replaced."""
+    def _open_consumer(self) -> ScorerConsumer | None:
+        """A new member of the scorers' group; its rebalance callbacks are ignored once it is replaced. Made again
+        while no broker answers (a stuck consumer is replaced during an outage too); None if stopped meanwhile."""
         self._generation += 1
         generation = self._generation
         self._member_assigned = False
         # read_committed: events written in transactions upstream count once committed
-        consumer = open_consumer(
-            self.client,
-            self.settings,
-            self.group_id,
-            self.spec.events_topic,
-            lambda partitions: generation == self._generation and self._on_assigned(partitions),
-            lambda partitions: generation == self._generation and self._on_revoked(partitions),
-            max_poll_records=self.max_poll_records,
-            read_committed=self._read_committed,
-            on_poll_error=self._poll_failed,
-            overrides=self.consumer_overrides,
+        consumer = made_while_brokers_away(
+            lambda: open_consumer(
+                self.client,
+                self.settings,
+                self.group_id,
+                self.spec.events_topic,
+                lambda partitions: generation == self._generation and self._on_assigned(partitions),
+                lambda partitions: generation == self._generation and self._on_revoked(partitions),
+                max_poll_records=self.max_poll_records,
+                read_committed=self._read_committed,
+                on_poll_error=self._poll_failed,
+                overrides=self.consumer_overrides,
+            ),
+            self._stop,
+            f"{self.spec.name}-scorer",
         )
         self._consumer = consumer
+        if consumer is None:
+            return None
         self.link.attach(consumer)
         self._rejoin.restart()
         return consumer
@@ -344,7 +353,7 @@ class Scorer:
             return poll()
         return self._polls.poll(self._generation, consumer.unblock, poll, None)
 
-    def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer:
+    def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer | None:
         """`consumer`, or a new one in its place when the poll watch unblocked its stuck poll, or when the group
         stopped answering while the brokers did not (rejoin.py). Called between batches only: nothing is in
         flight, no transaction is open; what was acknowledged but not committed is read again by the new one."""
@@ -429,6 +438,8 @@ class Scorer:
                 self._update_lag(consumer, None)
                 if self._inflight is None:
                     consumer = self._rejoined_if_wedged(consumer)
+                    if consumer is None:  # stopped while no broker answered
+                        return
                 continue
             self._inflight = (batch, self._batches.send(producer, prepared))
 
@@ -502,6 +513,8 @@ class Scorer:
             if not batch:
                 self._update_lag(consumer, None)
                 consumer = self._rejoined_if_wedged(consumer)
+                if consumer is None:  # stopped while no broker answered
+                    return
                 continue
             self._producer = self._transact(consumer, self._producer, batch)
             if self._producer is None:  # stopped while replacing a failed producer

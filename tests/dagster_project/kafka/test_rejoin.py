@@ -1,4 +1,5 @@
-"""RejoinWatch: a group silent while the brokers are up is a wedge after the limit; an outage is waited out."""
+"""RejoinWatch: a group silent while the brokers are up is a wedge after the limit; an outage is waited out.
+AssignmentWatch: so is an assignment lacking partitions of the member's topics."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import socket
 from typing import Any
 
 import pytest
+from kafka import TopicPartition
 
 from dagster_project.kafka import rejoin
-from dagster_project.kafka.rejoin import RejoinWatch
+from dagster_project.kafka.rejoin import AssignmentWatch, RejoinWatch
 from dagster_project.kafka.settings import KafkaSettings
 from tests.helpers import FakeClock
 
@@ -67,5 +69,72 @@ def test_an_outage_restarts_the_count(clock: FakeClock) -> None:
         assert watch.wedged() is None, "the end of an outage is not a wedge: the silence counts from the outage"
         clock.sleep(AFTER_S * 0.6)
         assert watch.wedged() is not None
+    finally:
+        server.close()
+
+
+class _Member:
+    """What AssignmentWatch reads of a kafka-python consumer: its cached metadata and its assignment."""
+
+    def __init__(self, partitions: dict[str, set[int]], assigned: set[TopicPartition]) -> None:
+        self._cluster = self
+        self.partitions, self.assigned = partitions, assigned
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self.partitions.get(topic)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+
+def test_an_assignment_lacking_partitions_is_a_wedge_after_the_limit_and_an_outage_restarts_the_count(
+    listening: str, clock: FakeClock
+) -> None:
+    topics = ["s.predictions", "s.labels"]
+    every = {TopicPartition(t, p) for t in topics for p in range(3)}
+    member = _Member({t: {0, 1, 2} for t in topics}, set(every))
+    watch = AssignmentWatch(KafkaSettings.from_env(listening), after_s=AFTER_S)
+    assert watch.short(member, topics) is None
+    clock.sleep(AFTER_S * 2)
+    assert watch.short(member, topics) is None, "every partition assigned: never a wedge"
+
+    member.assigned = {tp for tp in every if tp.topic == "s.predictions"} | {TopicPartition("s.labels", 0)}
+    assert watch.short(member, topics) is None  # the count starts
+    clock.sleep(AFTER_S * 0.9)
+    assert watch.short(member, topics) is None
+    clock.sleep(AFTER_S * 0.2)
+    reason = watch.short(member, topics)
+    assert reason is not None and "partitions 1, 2 of 3 of s.labels" in reason and listening in reason
+
+    member.partitions.pop("s.labels")  # the metadata lost the topic as well (the assignor's "No partition metadata")
+    member.assigned = {tp for tp in every if tp.topic == "s.predictions"}
+    clock.sleep(rejoin.PROBE_INTERVAL_S * 2)
+    assert "s.labels (no partition metadata)" in (watch.short(member, topics) or "")
+
+    watch.restart()  # a new consumer: judged afresh
+    assert watch.short(member, topics) is None
+
+    member.assigned = set(every)
+    member.partitions["s.labels"] = {0, 1, 2}
+    assert watch.short(member, topics) is None
+    member.assigned = set()  # an empty assignment lacks everything
+    assert watch.short(member, topics) is None
+    clock.sleep(AFTER_S * 1.1)
+    assert watch.short(member, topics) is not None
+
+
+def test_an_assignment_lacking_partitions_during_an_outage_is_waited_out(clock: FakeClock) -> None:
+    settings = KafkaSettings.from_env(_closed_port())
+    member = _Member({"t": {0, 1}}, {TopicPartition("t", 0)})
+    watch = AssignmentWatch(settings, after_s=AFTER_S)
+    assert watch.short(member, ["t"]) is None
+    clock.sleep(AFTER_S * 1.5)
+    assert watch.short(member, ["t"]) is None  # no broker accepts connections: a new consumer would fare no better
+    server = socket.create_server(("127.0.0.1", int(settings.bootstrap.rpartition(":")[2])))
+    try:
+        clock.sleep(AFTER_S * 0.9)
+        assert watch.short(member, ["t"]) is None, "the count restarts at the outage"
+        clock.sleep(AFTER_S * 0.6)
+        assert watch.short(member, ["t"]) is not None
     finally:
         server.close()

@@ -10,23 +10,45 @@ from kafka.future import Future
 
 
 class WedgingConsumer:
-    """A real kafka-python consumer that, once `wedge` is set, is wedged in one of two ways. `silent`: it polls
+    """A real kafka-python consumer that, once `wedge` is set, is wedged in one of four ways. `silent`: it polls
     nothing and hears no heartbeat answer (a member whose rebalance never completed). `stuck`: its poll waits on
     kafka-python's own network loop for an answer that never comes (the CI joiner's stack: poll -> fetcher ->
-    net.run -> event.wait)."""
+    net.run -> event.wait). `stuck_commit`: the same, in its next offset commit. `partial`: its assignment loses
+    the partitions of `drop_topic` while its group still answers and its polls return the rest (an assignment made
+    from metadata without that topic: kafka-python's "No partition metadata for topic"); nothing in the client
+    corrects it, its metadata being unchanged."""
 
-    def __init__(self, consumer: Any, how: str) -> None:
+    def __init__(self, consumer: Any, how: str, drop_topic: str | None = None) -> None:
         self._consumer = consumer
         self.how = how
+        self.drop_topic = drop_topic
         self.wedge = threading.Event()
+        self._dropped = False
+
+    def _drop(self) -> None:
+        """On kafka-python's network loop, where its coordinator assigns: the assignment without `drop_topic`."""
+        subscription = self._consumer._subscription
+        subscription.assign_from_subscribed(
+            [tp for tp in subscription.assigned_partitions() if tp.topic != self.drop_topic]
+        )
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, **kwargs: Any) -> dict:
+        if self.how == "partial":
+            if self.wedge.is_set() and not self._dropped:
+                self._dropped = True
+                self._consumer._net.run(self._drop)
+            return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records, **kwargs)
         if self.wedge.is_set() and self.how == "stuck":
             self._consumer._net.run(Future())  # returns only when the loop is stopped under it
-        if self.wedge.is_set():
+        if self.wedge.is_set() and self.how == "silent":
             time.sleep(timeout_ms / 1000)
             return {}
         return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records, **kwargs)
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        if self.wedge.is_set() and self.how == "stuck_commit":
+            self._consumer._net.run(Future())  # returns only when the loop is stopped under it
+        return self._consumer.commit(*args, **kwargs)
 
     @property
     def _coordinator(self) -> Any:

@@ -1,7 +1,8 @@
 """A label joiner whose consumer is wedged replaces it and joins everything after it exactly once: a consumer that
-stops hearing from its group while the brokers are up, and one whose poll never returns (in CI, after a
-whole-cluster restart on Apache Kafka, the joiner joined nothing more, its thread waiting inside kafka-python's
-poll)."""
+stops hearing from its group while the brokers are up, one whose poll never returns (in CI, after a whole-cluster
+restart on Apache Kafka, the joiner joined nothing more, its thread waiting inside kafka-python's poll), one whose
+offset commit waits the same way, and one whose assignment lacks partitions of its topics while its group answers
+and its polls return the rest."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kafka.errors import KafkaTimeoutError
 from dagster_project.kafka import clients, rejoin
 from dagster_project.kafka.io import committed_group_offsets
 from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.labels import joiner as joiner_module
 from dagster_project.labels import labels_group, live_metrics
 from tests.conftest import synthetic_spec
 from tests.dagster_project.kafka.wedging import WedgingConsumer
@@ -27,22 +29,22 @@ AFTER_S = 3.0  # short enough for a test, long beside a healthy group's heartbea
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("how", ["silent", "stuck"])
+@pytest.mark.parametrize("how", ["silent", "stuck", "stuck_commit", "partial"])
 def test_a_wedged_joiner_consumer_is_replaced_and_every_pair_is_joined_once(
     how: str, kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 0.2})
     opened: list[WedgingConsumer] = []
     real_group_consumer = clients.group_consumer
 
     def group_consumer(*args: Any, **kwargs: Any) -> WedgingConsumer:
-        opened.append(WedgingConsumer(real_group_consumer(*args, **kwargs), how))
+        opened.append(WedgingConsumer(real_group_consumer(*args, **kwargs), how, drop_topic=spec.labels_topic))
         return opened[-1]
 
     monkeypatch.setattr(clients, "group_consumer", group_consumer)
     monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", AFTER_S)
     monkeypatch.setattr(rejoin, "STUCK_POLL_S", AFTER_S)
     monkeypatch.setattr(rejoin, "PROBE_INTERVAL_S", 0.1)
-    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 0.2})
     root = tmp_path / "registry"
     rng = random.Random(11)
     first, second = known_rows("a", 200, 150, "v1", rng), known_rows("b", 300, 240, "v1", rng)
@@ -94,3 +96,36 @@ def test_a_consumer_that_cannot_be_made_while_no_broker_answers_is_tried_again(
         send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
         wait_for(lambda: counters(joiner)["joined"] == 50, 30, "50 pairs joined")
     assert len(attempts) == 3
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_while_the_replacement_still_joins_checkpoints_what_the_old_member_joined(
+    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop gives a member still joining two session timeouts before leaving (a Tansu group can wedge otherwise);
+    after a replacement that member follows one whose records are in the state, so the stop still checkpoints."""
+    opened: list[WedgingConsumer] = []
+    real_group_consumer = clients.group_consumer
+
+    def group_consumer(*args: Any, **kwargs: Any) -> WedgingConsumer:
+        opened.append(WedgingConsumer(real_group_consumer(*args, **kwargs), "silent"))
+        if len(opened) > 1:
+            opened[-1].wedge.set()  # the replacement never joins: polls nothing, hears nothing
+        return opened[-1]
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", AFTER_S)
+    monkeypatch.setattr(rejoin, "PROBE_INTERVAL_S", 0.1)
+    monkeypatch.setattr(joiner_module, "GROUP_SESSION_TIMEOUT_MS", 1000)  # gives up joining after 2 s
+    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 600})  # checkpoints at the stop only
+    root = tmp_path / "registry"
+    rows = known_rows("d", 100, 70, "v1", random.Random(5))
+    with running_joiner(spec, kafka_settings, root) as joiner:
+        wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
+        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
+        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+        wait_for(lambda: counters(joiner)["joined"] == 100, 30, "100 pairs joined")
+        opened[0].wedge.set()
+        wait_for(lambda: len(opened) == 2, 30, "a new consumer in place of the wedged one")
+    assert joiner.checkpoints == 1
+    assert live_metrics(root, spec.name) == {"v1": {"rows": 100, "accuracy": 0.7}}

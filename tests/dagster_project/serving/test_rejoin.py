@@ -1,5 +1,6 @@
 """A scorer whose consumer is wedged replaces it and scores every event: a consumer that stops hearing from its group
-while the brokers are up, and one whose poll never returns (kafka-python 3.0: it waits on its own network loop)."""
+while the brokers are up, and one whose poll never returns (kafka-python 3.0: it waits on its own network loop). A
+replacement that cannot be made while no broker answers is made again."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 
 import dagster_project.serving.scorer as scorer_module
 from dagster_project.kafka import clients, rejoin
@@ -130,3 +132,33 @@ def test_a_consumer_stuck_in_its_poll_is_replaced_and_every_event_is_scored(
     else:
         assert {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)} >= ids
     assert rejoins == 1 and len(opened) == 2
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("scorer_client", [KAFKA_PYTHON], indirect=True)
+def test_a_replacement_that_cannot_be_made_while_no_broker_answers_is_tried_again(
+    scorer_client: str,
+    spec: StreamSpec,
+    kafka_settings: KafkaSettings,
+    registry: FilesystemRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stuck poll is unblocked and its consumer replaced whether or not the brokers are up, and kafka-python cannot
+    make a consumer while none answers (KafkaTimeoutError after 30 s): the scorer tries again instead of ending."""
+    train_version(registry, spec)
+    opened: list[Any] = []
+    refused: list[int] = []
+    real_open = scorer_module.open_consumer
+
+    def open_consumer(*args: Any, **kwargs: Any) -> Any:
+        if opened and len(refused) < 2:
+            refused.append(1)
+            raise KafkaTimeoutError(f"Unable to bootstrap from ['{kafka_settings.bootstrap}']")
+        opened.append(_Wedging(real_open(*args, **kwargs)))
+        return opened[-1]
+
+    monkeypatch.setattr(scorer_module, "open_consumer", open_consumer)
+    monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", E2E_AFTER_S)
+    ids, rejoins = _score_across_a_wedge(spec, kafka_settings, registry, opened)
+    assert {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)} >= ids
+    assert rejoins == 1 and len(opened) == 2 and len(refused) == 2
