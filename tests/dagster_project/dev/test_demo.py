@@ -118,3 +118,30 @@ def test_the_summary_says_which_part_failed_or_hung_instead_of_stopping_the_stop
     assert "did not answer within 0 s" in bounded(lambda: str(hung.wait(5)), 0.2, "scorer")
     assert time.monotonic() - started < 2
     hung.set()
+
+
+def test_the_demo_tells_the_scheduled_full_retrain_from_the_drift_s_retrain(capsys) -> None:
+    """The daily full retrain (03:00 UTC) can fire during a demo: it was printed and timed as the
+    retrain that answered the concept change."""
+    from types import SimpleNamespace
+
+    from dagster_project.dev.demo import Watcher
+
+    def retrained(name: str, reason: str) -> SimpleNamespace:
+        meta = {"offsets": {"batch": {"0": [0, 500]}}, "rows": {"trained": 500}}
+        return SimpleNamespace(name=name, meta=meta | {"retrain": {"mode": "fresh", "reasons": [reason]}})
+
+    versions: list[SimpleNamespace] = []
+    registry = SimpleNamespace(versions=lambda _: versions, decisions=lambda _: [])
+    watcher = Watcher(registry, SimpleNamespace(name="s"), "http://127.0.0.1:9", time.monotonic(), change_at=10**9)
+    watcher.live_printed = time.monotonic() + 3600  # no live-quality lookup: this registry has no files
+
+    versions.append(retrained("v3", "scheduled full retrain on the last 500 rows (counters slow drift)"))
+    watcher.poll()
+    assert "scheduled_retrain_s" in watcher.timings and "first_retrain_s" not in watcher.timings
+    assert "v3 retrained (on schedule, fresh) on 500 rows" in capsys.readouterr().out
+
+    versions.append(retrained("v4", "concept drift: adwin on the error rate"))
+    watcher.poll()
+    assert "first_retrain_s" in watcher.timings
+    assert "v4 retrained (fresh) on 500 rows" in capsys.readouterr().out
