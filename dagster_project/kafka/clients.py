@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dagster_project.kafka.preflight import check_security
@@ -163,25 +164,37 @@ def confluent_group_consumer(settings: KafkaSettings, group_id: str, **overrides
     return Consumer(config | overrides)
 
 
-def subscribe(consumer, topics: list[str], listener=None) -> None:
+def subscribe(
+    consumer, topics: list[str], listener=None, watch: Callable[[Callable[[], Any]], Any] | None = None
+) -> None:
     """`consumer.subscribe(topics, listener)`, with the topics' metadata fetched first.
 
     kafka-python's group leader assigns partitions from the metadata it holds at that moment. Subscribing
     before the topics' metadata arrived (or while an older metadata answer without them lands) can leave
     the whole group with an empty assignment that nothing corrects, seen on a 3-node cluster: "No partition
     metadata for topic ..." and then no records, ever. Fetching the metadata first closes that window.
+
+    kafka-python 3.0 waits for that metadata answer without a deadline (partitions_for_topic ->
+    _fetch_all_topic_metadata -> net.run(wait_for, future, None)): `watch(call)`, when given, runs each wait
+    (the label joiner passes its poll watch, which unblocks a wait stuck inside the client).
     """
     from kafka.errors import KafkaError
 
     for topic in topics:
         try:
-            consumer.partitions_for_topic(topic)  # waits for a metadata answer that lists it
+            # waits for a metadata answer that lists it
+            (watch or _call)(lambda topic=topic: consumer.partitions_for_topic(topic))
         except KafkaError:  # best effort: the group still forms, as it would without this
             pass
     if listener is None:
         consumer.subscribe(topics)
     else:
         consumer.subscribe(topics, listener=listener)
+
+
+def _call(call: Callable[[], Any]) -> Any:
+    """`call()`, unwatched: `subscribe`'s default, as before it could be watched."""
+    return call()
 
 
 def poll(consumer, timeout_ms: int, max_records: int, on_error=None) -> dict:

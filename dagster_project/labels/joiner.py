@@ -73,8 +73,8 @@ class _JoinerCollector(Collector):
 class LabelJoiner:
     """Consumes predictions and labels in `streamfit-<stream>-labels` and checkpoints live quality.
 
-    `run()` blocks until `stop()` (then flushes, commits and leaves the group). `on_flush(record)`
-    is called after every checkpoint (the CLI prints progress from it).
+    `run()` blocks until `stop()` (then flushes, commits and leaves the group, its close bounded by
+    `rejoin.CLOSE_TIMEOUT_S`). `on_flush(record)` is called after every checkpoint (the CLI prints progress from it).
 
     A checkpoint (every `flush_interval_s` while something changed, and on a clean stop) goes:
     dead letters acknowledged, state file written, live_metrics.jsonl line appended (the commit
@@ -143,6 +143,9 @@ class LabelJoiner:
         self._received_at: float | None = None  # monotonic time of the last non-empty poll
         self._member_assigned = False  # the current consumer has had an assignment (only such is replaced)
         self._generation = 0  # bumped per consumer: a replaced one's rebalance callbacks change nothing
+        # held while the generation changes and while a listener checks it and acts: a listener that found its
+        # consumer current stays current until it is done (it runs on that consumer's network-loop thread)
+        self._generation_lock = threading.Lock()
         self._polls = PollWatch(f"{spec.name}-label-joiner")  # unblocks a poll stuck inside the client
         self._commit_owed = False  # the state's positions are not all committed to the group (lag tooling only)
 
@@ -174,9 +177,9 @@ class LabelJoiner:
             self.isolation_level = read_isolation(self.settings)
             clean = False
             try:
-                consumer = self._open_consumer()
-                if consumer is not None:
-                    with self._polls.watching():
+                with self._polls.watching():  # from the first consumer's subscribe: its metadata wait is watched too
+                    consumer = self._open_consumer()
+                    if consumer is not None:
                         self._loop(consumer)
                 clean = True
             finally:
@@ -184,8 +187,10 @@ class LabelJoiner:
                     if self._producer is not None:
                         self._producer.close(timeout=10)
                 finally:
-                    if self._consumer is not None:
-                        self._consumer.close(autocommit=False)
+                    if (last := self._consumer) is not None:
+                        # bounded: kafka-python's close waits on its network loop without a deadline (the leave
+                        # and close-prepare steps), so a client wedged at stop time would keep the process alive
+                        close_bounded(lambda: last.close(autocommit=False), f"{self.spec.name}-label-joiner")
                     self._consumer = None
                 log.info("%s: label joiner stopped (%s)", self.spec.name, "clean" if clean else "crashed")
 
@@ -207,12 +212,20 @@ class LabelJoiner:
         )
         if consumer is None:
             return None
-        self._generation += 1
-        self._member_assigned = False
-        self._consumer = consumer
+        with self._generation_lock:
+            self._generation += 1
+            self._member_assigned = False
+            self._consumer = consumer
         self._rejoin.restart()
         self._assignment.restart()
-        clients.subscribe(consumer, self.topics, _Listener(self, self._generation))
+        # The metadata wait before subscribing has no deadline in kafka-python: watched like a poll. If it is
+        # unblocked, the consumer joins no group and the loop replaces it after its next poll (skipped).
+        clients.subscribe(
+            consumer,
+            self.topics,
+            _Listener(self, consumer, self._generation),
+            watch=lambda call: self._watched(consumer, call, None),
+        )
         return consumer
 
     def _last_contact(self) -> float | None:
@@ -250,7 +263,8 @@ class LabelJoiner:
                 return consumer
         log.warning("%s: %s; a new consumer joins the group in place of the old one", self.spec.name, reason)
         self.rejoins += 1
-        self._generation += 1  # the old member's callbacks during its close change nothing
+        with self._generation_lock:
+            self._generation += 1  # the old member's callbacks during its close change nothing
         close_bounded(lambda: consumer.close(autocommit=False), f"{self.spec.name}-label-joiner")
         self._consumer = None
         return self._open_consumer()
@@ -390,28 +404,37 @@ class LabelJoiner:
 
     # Rebalance callbacks run on kafka-python's network-loop thread while this one waits inside poll(): seek to the
     # state's positions (every record handled).
-    def _on_assigned(self, assigned, generation: int) -> None:
-        if generation != self._generation or self._consumer is None:
-            return  # a replaced consumer's callback
-        for tp in assigned:
-            position = self.state.positions.get(tp.topic, {}).get(tp.partition)
-            if position is not None:
-                self._consumer.seek(tp, position)
-        self._member_assigned = True
+    def _on_assigned(self, consumer, assigned, generation: int) -> None:
+        """`consumer` (the one whose listener fired, of `generation`) assigned `assigned`: seek it, if still current.
+
+        Only that consumer is sought: a replacement may be under way, and the old member's listener must neither
+        seek the new consumer nor mark it assigned (the lock keeps a replacement from starting meanwhile)."""
+        with self._generation_lock:
+            if generation != self._generation:
+                return  # a replaced consumer's callback
+            for tp in assigned:
+                position = self.state.positions.get(tp.topic, {}).get(tp.partition)
+                if position is not None:
+                    consumer.seek(tp, position)
+            self._member_assigned = True
         self.assigned.set()
         log.info("%s: label joiner assigned %s", self.spec.name, sorted((tp.topic, tp.partition) for tp in assigned))
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, joiner: LabelJoiner, generation: int) -> None:
+    """One consumer's rebalance listener: it acts on that consumer only, and only while it is the joiner's current
+    one (`generation`)."""
+
+    def __init__(self, joiner: LabelJoiner, consumer: Any, generation: int) -> None:
         self.joiner = joiner
+        self.consumer = consumer
         self.generation = generation
 
     def on_partitions_revoked(self, revoked) -> None:
         pass  # the state stays: positions in it are where a re-assigned partition resumes
 
     def on_partitions_assigned(self, assigned) -> None:
-        self.joiner._on_assigned(assigned, self.generation)
+        self.joiner._on_assigned(self.consumer, assigned, self.generation)
 
 
 def progress_line(stream: str, record: dict[str, Any], summary: LiveSummary) -> str:

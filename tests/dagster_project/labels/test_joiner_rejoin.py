@@ -7,11 +7,14 @@ and its polls return the rest."""
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from dagster_project.kafka import clients, rejoin
@@ -129,3 +132,135 @@ def test_a_stop_while_the_replacement_still_joins_checkpoints_what_the_old_membe
         wait_for(lambda: len(opened) == 2, 30, "a new consumer in place of the wedged one")
     assert joiner.checkpoints == 1
     assert live_metrics(root, spec.name) == {"v1": {"rows": 100, "accuracy": 0.7}}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("which", ["first", "replacement"])
+def test_a_consumer_whose_metadata_never_arrives_before_it_subscribes_is_replaced(
+    which: str, kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka-python waits for the topics' metadata before subscribing without a deadline (partitions_for_topic ->
+    net.run(wait_for, future, None)): a consumer made as the cluster restarts, the first one or a replacement for a
+    wedged one, could wait there for good, the joiner joining nothing more. The wait is watched like a poll."""
+    opened: list[WedgingConsumer] = []
+    real_group_consumer = clients.group_consumer
+    stuck_at = 0 if which == "first" else 1  # the replacement follows a first consumer whose poll gets stuck
+
+    def group_consumer(*args: Any, **kwargs: Any) -> WedgingConsumer:
+        how = "stuck_metadata" if len(opened) == stuck_at else "stuck"
+        opened.append(WedgingConsumer(real_group_consumer(*args, **kwargs), how))
+        if len(opened) - 1 == stuck_at:
+            opened[-1].wedge.set()
+        return opened[-1]
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    monkeypatch.setattr(rejoin, "REJOIN_AFTER_S", AFTER_S)
+    monkeypatch.setattr(rejoin, "STUCK_POLL_S", AFTER_S)
+    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 0.2})
+    rng = random.Random(13)
+    first, second = known_rows("e", 60, 45, "v1", rng), known_rows("f", 40, 30, "v1", rng)
+
+    def send_rows(rows: list[tuple[str, str, int, Any]]) -> None:
+        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
+        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+
+    with running_joiner(spec, kafka_settings, tmp_path / "registry") as joiner:
+        if which == "replacement":
+            wait_for(joiner.assigned.is_set, 30, "the first consumer's assignment")
+            send_rows(first)
+            wait_for(lambda: counters(joiner)["joined"] == 60, 30, "the first 60 pairs joined")
+            opened[0].wedge.set()  # its poll gets stuck: the replacement's metadata wait gets stuck next
+        else:
+            send_rows(first)
+        wait_for(lambda: len(opened) == stuck_at + 2, 60, "a consumer in place of the one stuck before subscribing")
+        send_rows(second)
+        wait_for(lambda: counters(joiner)["joined"] == 100, 60, "every pair joined")
+        assert counters(joiner)["duplicate_predictions"] == counters(joiner)["duplicate_labels"] == 0
+        assert joiner.rejoins == stuck_at + 1
+
+
+@pytest.mark.timeout(120)
+def test_a_joiner_whose_consumer_is_wedged_at_stop_stops_within_a_bound_and_checkpoints(
+    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka-python's close waits on its network loop without a deadline (its close-prepare step): a client wedged at
+    stop time kept `streamfit labels join` from exiting after SIGTERM. The close is bounded; the checkpoint before it
+    holds everything joined, and its offsets reach the group."""
+    opened: list[WedgingConsumer] = []
+    real_group_consumer = clients.group_consumer
+
+    def group_consumer(*args: Any, **kwargs: Any) -> WedgingConsumer:
+        opened.append(WedgingConsumer(real_group_consumer(*args, **kwargs), "stuck_close"))
+        return opened[-1]
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    monkeypatch.setattr(rejoin, "CLOSE_TIMEOUT_S", 2.0)
+    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 600})  # checkpoints at the stop only
+    root = tmp_path / "registry"
+    rows = known_rows("g", 80, 60, "v1", random.Random(7))
+    try:
+        with running_joiner(spec, kafka_settings, root) as joiner:
+            wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
+            send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
+            send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+            wait_for(lambda: counters(joiner)["joined"] == 80, 30, "80 pairs joined")
+            opened[0].wedge.set()
+            stopping_at = time.monotonic()
+        stopped_s = time.monotonic() - stopping_at
+    finally:
+        opened[0]._consumer._net.stop(timeout_ms=2000)  # releases the close left waiting in the background
+    assert stopped_s < 2.0 + 5.0, f"the joiner took {stopped_s:.1f} s to stop"
+    assert len(opened) == 1 and joiner.checkpoints == 1
+    assert live_metrics(root, spec.name) == {"v1": {"rows": 80, "accuracy": 0.75}}
+    for topic in (spec.predictions_topic, spec.labels_topic):
+        assert committed_group_offsets(kafka_settings, labels_group(spec), topic) == topic_ends(kafka_settings, topic)
+
+
+class _SeekRecorder:
+    """Stands for a consumer in a listener race: records the seeks made on it; `on_first_seek` runs at the first."""
+
+    def __init__(self, on_first_seek: Callable[[], None] | None = None) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.on_first_seek = on_first_seek
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        if len(self.seeks) == 1 and self.on_first_seek is not None:
+            self.on_first_seek()
+
+
+def test_a_rebalance_listener_seeks_only_its_own_consumer_while_a_replacement_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener runs on its consumer's network-loop thread; a replacement is made on the joiner's. The old member's
+    listener, mid-way through its seeks as the new consumer is made, must neither seek the new consumer (whose
+    assignment it is not) nor mark it assigned (a member still joining must not be replaced, nor left at a stop
+    before its time). Unit level: the race cannot be provoked on demand with a broker."""
+    spec = synthetic_spec()
+    joiner = joiner_module.LabelJoiner(spec, KafkaSettings(bootstrap="127.0.0.1:9"), tmp_path / "registry")
+    for topic in joiner.topics:
+        joiner.state.advance(topic, 0, 41)  # positions 42
+    assigned = [TopicPartition(topic, 0) for topic in joiner.topics]
+    listeners: list[Any] = []
+    monkeypatch.setattr(clients, "subscribe", lambda consumer, topics, listener, **_: listeners.append(listener))
+    replacing: list[threading.Thread] = []
+
+    def replace() -> None:  # the joiner's thread makes a new consumer meanwhile
+        replacing.append(threading.Thread(target=joiner._open_consumer, daemon=True))
+        replacing[0].start()
+        replacing[0].join(1.0)  # with the race closed it waits for the listener to finish
+
+    old, new = _SeekRecorder(on_first_seek=replace), _SeekRecorder()
+    made = iter([old, new])
+    monkeypatch.setattr(clients, "group_consumer", lambda *args, **kwargs: next(made))
+    assert joiner._open_consumer() is old
+    listeners[0].on_partitions_assigned(assigned)
+    replacing[0].join(5.0)
+    assert not replacing[0].is_alive() and joiner._consumer is new
+    assert new.seeks == [], "the old member's listener sought the new consumer"
+    assert old.seeks == [(tp, 42) for tp in assigned]
+    assert not joiner._member_assigned, "the old member's listener marked the new consumer assigned"
+    listeners[0].on_partitions_assigned(assigned)  # the old member again, after the replacement: ignored
+    assert old.seeks == [(tp, 42) for tp in assigned] and new.seeks == []
+    listeners[1].on_partitions_assigned(assigned)
+    assert new.seeks == [(tp, 42) for tp in assigned] and joiner._member_assigned
