@@ -34,10 +34,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import OffsetAndMetadata, TopicPartition
 from kafka.errors import (
@@ -91,6 +91,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_POLL_RECORDS = 500
 FETCH_CHECK_INTERVAL_S = 1.0  # how often the Kafka loop asks its consumer which partitions it cannot fetch
 TOKEN_ENV = "STREAMFIT_SCORER_TOKEN"
+_UNBLOCKED: Any = object()  # what a watched call returns when the poll watch unblocked it (or an earlier one)
+
+T = TypeVar("T")
 
 
 def scorer_group(spec: StreamSpec) -> str:
@@ -155,8 +158,9 @@ class Scorer:
 
     `run()` blocks until `stop()`; it waits for the watcher's first model before joining the group,
     so no event is consumed without a model to score it. A wedged consumer is replaced by a new member
-    (kafka/rejoin.py): one whose group stops answering while the brokers do, and one whose poll has not
-    returned for `rejoin.STUCK_POLL_S` (kafka-python; a watch thread unblocks it).
+    (kafka/rejoin.py): one whose group stops answering while the brokers do, and one with a call (poll, offset
+    commit, committed-offset lookup) that has not returned for `rejoin.STUCK_POLL_S` (kafka-python; a watch
+    thread unblocks it).
     """
 
     def __init__(
@@ -311,7 +315,9 @@ class Scorer:
                 if self._producer is not None:
                     self._producer.close(timeout=10)
             finally:
-                if self._consumer is not None:
+                if self._consumer is not None and self._polls.abandoned(self._generation):
+                    close_bounded(self._consumer.close, f"{self.spec.name}-consumer")  # unblocked: may not answer
+                elif self._consumer is not None:
                     self._consumer.close()  # leaves the group: the others take over at once
             log.info("%s: scorer stopped after %d events; left group %s", self.spec.name, self.scored, self.group_id)
 
@@ -346,19 +352,29 @@ class Scorer:
         return consumer
 
     def _poll(self, consumer: ScorerConsumer, timeout_s: float) -> PollBatch | None:
-        """One poll, watched where the client's poll can get stuck; None when the watch unblocked it (the consumer
-        is replaced next, by `_rejoined_if_wedged`)."""
-        poll = partial(consumer.poll, timeout_s, self.max_poll_records)
-        if consumer.unblock is None:  # the client bounds its polls itself
-            return poll()
-        return self._polls.poll(self._generation, consumer.unblock, poll, None)
+        """One poll, watched where the client's poll can get stuck; None when the watch unblocked it or an earlier
+        call (the consumer is replaced next, by `_rejoined_if_wedged`)."""
+        batch = self._watched(consumer, partial(consumer.poll, timeout_s, self.max_poll_records))
+        return None if batch is _UNBLOCKED else batch
+
+    def _watched(self, consumer: ScorerConsumer, call: Callable[[], T]) -> T:
+        """`call()` on `consumer`, unblocked by the poll watch if it is stuck for `rejoin.STUCK_POLL_S`: then
+        `_UNBLOCKED`. Every call that waits on kafka-python's network loop goes through here (poll, commit,
+        committed): a wedged loop blocks them all without a deadline. A consumer with a call unblocked is not called
+        again (`_UNBLOCKED` at once: with its loop stopped, kafka-python would run the call on this thread) and is
+        replaced by `_rejoined_if_wedged`. Clients that bound their calls themselves (unblock None) are not watched."""
+        if consumer.unblock is None:
+            return call()
+        if self._polls.abandoned(self._generation):
+            return _UNBLOCKED
+        return self._polls.poll(self._generation, consumer.unblock, call, _UNBLOCKED)
 
     def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer | None:
-        """`consumer`, or a new one in its place when the poll watch unblocked its stuck poll, or when the group
+        """`consumer`, or a new one in its place when the poll watch unblocked a stuck call into it, or when the group
         stopped answering while the brokers did not (rejoin.py). Called between batches only: nothing is in
         flight, no transaction is open; what was acknowledged but not committed is read again by the new one."""
         if self._polls.abandoned(self._generation):
-            reason = f"its poll was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
+            reason = f"a call into it (poll, commit, committed offsets) was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
         # A member that leaves before its first assignment can wedge a group (Tansu), so a replacement that is
         # still joining is never replaced: that would repeat the wedge every REJOIN_AFTER_S (seen in tests).
         elif not self._member_assigned or (reason := self._rejoin.wedged()) is None:
@@ -562,7 +578,16 @@ class Scorer:
             producer = self._transactional_producer()
             if producer is None:
                 return None
-            if self._rewind_to_committed(consumer, batch) and outcome is not None:
+            committed_all = self._rewind_to_committed(consumer, batch)
+            if committed_all is None:  # the lookup was stuck: its consumer is replaced before the next poll
+                log.warning(
+                    "%s: whether the failed transaction committed is unknown (the committed-offset lookup was stuck); "
+                    "the new consumer reads on from the group's committed offsets, so nothing is skipped or repeated, "
+                    "but this batch is not counted if it did commit",
+                    self.spec.name,
+                )
+                self.metrics.batch_retries.labels(self.spec.name).inc()
+            elif committed_all and outcome is not None:
                 # the coordinator finished the commit although we saw no answer: the batch is served, count it
                 log.warning("%s: the failed transaction had committed after all; nothing re-scored", self.spec.name)
                 self.metrics.transactions.labels(self.spec.name, "committed").inc()
@@ -585,18 +610,23 @@ class Scorer:
         self._update_lag(consumer, batch)
         return producer
 
-    def _rewind_to_committed(self, consumer: ScorerConsumer, batch: PollBatch) -> bool:
+    def _rewind_to_committed(self, consumer: ScorerConsumer, batch: PollBatch) -> bool | None:
         """Seek the batch's partitions to the group's committed offsets, which say whether the failed transaction
         committed after all (then nothing is scored twice) or not (then the batch is scored again). With
         read_committed the fetch waits until no transaction holds offsets of the group (KIP-447).
 
-        True if the committed offsets show the whole batch committed."""
+        True if the committed offsets show the whole batch committed; None if a lookup was stuck and the poll watch
+        unblocked it. The transaction is settled already (the new producer's init_transactions) and no other is open,
+        so the replacement consumer, which starts from the group's committed offsets, neither skips nor repeats it."""
         committed_all = True
         nexts = batch.nexts()
+        step_s = self.transaction_step_timeout_s
         for partition, first in batch.firsts().items():
             while True:
                 try:
-                    committed = consumer.committed(partition, self.transaction_step_timeout_s)
+                    committed = self._watched(consumer, partial(consumer.committed, partition, step_s))
+                    if committed is _UNBLOCKED:
+                        return None
                     break
                 except KafkaError as exc:
                     if not exc.retriable:
@@ -611,8 +641,14 @@ class Scorer:
     # -- both modes -----------------------------------------------------------------------------------
 
     def _commit(self, consumer: ScorerConsumer, offsets: dict[int, int]) -> None:
+        """Commit `offsets` (acknowledged batches), watched: a commit stuck inside the client is unblocked and its
+        consumer replaced; the new one reads again from the group's committed offsets (at-least-once re-scores what
+        was acknowledged but not committed, and skips nothing)."""
         try:
-            consumer.commit(offsets)
+            if self._watched(consumer, partial(consumer.commit, offsets)) is _UNBLOCKED:
+                self.metrics.commit_failures.labels(self.spec.name).inc()
+                log.warning("%s: offset commit stuck inside the client; its consumer is replaced", self.spec.name)
+                return
         except CommitFailed as exc:
             # Kept in _uncommitted and committed with the next batch; a rebalance drops what we lost.
             self.metrics.commit_failures.labels(self.spec.name).inc()

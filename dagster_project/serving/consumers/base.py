@@ -48,9 +48,9 @@ class ScorerConsumer(Protocol):
     # scorer overlaps the broker's acknowledgements of one batch with preparing the next.
     revokes_in_poll: bool
 
-    # Makes a `poll` stuck inside the client return, called from another thread (the scorer's poll watch, after
-    # kafka/rejoin.STUCK_POLL_S); the consumer is unusable after and is replaced. None where the client bounds
-    # every poll itself (librdkafka): a long poll there is a rebalance callback at work, not a wedge.
+    # Makes a `poll`, `commit` or `committed` stuck inside the client return, called from another thread (the
+    # scorer's poll watch, after kafka/rejoin.STUCK_POLL_S); the consumer is unusable after and is replaced. None
+    # where the client bounds every call itself (librdkafka): a long poll there is a rebalance callback at work.
     unblock: Callable[[], None] | None
 
     def poll(self, timeout_s: float, max_records: int) -> PollBatch | None:

@@ -12,6 +12,11 @@ from dagster_project.kafka import clients
 from dagster_project.kafka.rejoin import heartbeat_answered_at, unblock
 from dagster_project.serving.consumers.base import NO_LEADER, CommitFailed, PollBatch
 
+# An offset commit that takes longer fails (CommitFailed: committed with the next batch). Well below the scorer's
+# watch on calls stuck inside the client (kafka/rejoin.STUCK_POLL_S, 30 s), so that a coordinator slow to answer is
+# not taken for a wedged client; kafka-python's own bound is request_timeout_ms, which settings may raise.
+COMMIT_TIMEOUT_MS = 10_000
+
 
 class _Listener(ConsumerRebalanceListener):
     """Runs on kafka-python's IO loop: hands partition numbers to the scorer's bookkeeping."""
@@ -74,13 +79,15 @@ class KafkaPythonScorerConsumer:
         return batch
 
     def unblock(self) -> None:
-        """kafka-python 3.0's poll waits on its network loop without a deadline: stop that loop (rejoin.unblock)."""
+        """kafka-python 3.0's poll, commit and committed wait on its network loop without a deadline: stop that loop
+        (rejoin.unblock), which fails them all."""
         unblock(self._consumer, f"{self.topic}-scorer-consumer")
 
     def commit(self, offsets: dict[int, int]) -> None:
         try:
             self._consumer.commit(
-                {TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+                {TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()},
+                timeout_ms=COMMIT_TIMEOUT_MS,
             )
         except KafkaError as exc:
             raise CommitFailed(repr(exc)) from exc

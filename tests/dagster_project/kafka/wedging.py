@@ -10,15 +10,16 @@ from kafka.future import Future
 
 
 class WedgingConsumer:
-    """A real kafka-python consumer that, once `wedge` is set, is wedged in one of six ways. `silent`: it polls
+    """A real kafka-python consumer that, once `wedge` is set, is wedged in one of seven ways. `silent`: it polls
     nothing and hears no heartbeat answer (a member whose rebalance never completed). `stuck`: its poll waits on
     kafka-python's own network loop for an answer that never comes (the CI joiner's stack: poll -> fetcher ->
-    net.run -> event.wait). `stuck_commit`: the same, in its next offset commit. `partial`: its assignment loses
-    the partitions of `drop_topic` while its group still answers and its polls return the rest (an assignment made
-    from metadata without that topic: kafka-python's "No partition metadata for topic"); nothing in the client
-    corrects it, its metadata being unchanged. `stuck_metadata`: its wait for a topic's metadata (partitions_for_topic,
-    before subscribing) waits on the network loop the same way (kafka-python waits for that answer without a
-    deadline). `stuck_close`: its close waits so (kafka-python's close-prepare step has no deadline either)."""
+    net.run -> event.wait). `stuck_commit`: the same, in its next offset commit. `stuck_committed`: the same, in its
+    next committed-offset lookup. `partial`: its assignment loses the partitions of `drop_topic` while its group still
+    answers and its polls return the rest (an assignment made from metadata without that topic: kafka-python's "No
+    partition metadata for topic"); nothing in the client corrects it, its metadata being unchanged.
+    `stuck_metadata`: its wait for a topic's metadata (partitions_for_topic, before subscribing) waits on the network
+    loop the same way (kafka-python waits for that answer without a deadline). `stuck_close`: its close waits so
+    (kafka-python's close-prepare step has no deadline either)."""
 
     def __init__(self, consumer: Any, how: str, drop_topic: str | None = None) -> None:
         self._consumer = consumer
@@ -51,6 +52,11 @@ class WedgingConsumer:
         if self.wedge.is_set() and self.how == "stuck_commit":
             self._consumer._net.run(Future())  # returns only when the loop is stopped under it
         return self._consumer.commit(*args, **kwargs)
+
+    def committed(self, *args: Any, **kwargs: Any) -> Any:
+        if self.wedge.is_set() and self.how == "stuck_committed":
+            self._consumer._net.run(Future())  # returns only when the loop is stopped under it
+        return self._consumer.committed(*args, **kwargs)
 
     def partitions_for_topic(self, topic: str) -> Any:
         if self.wedge.is_set() and self.how == "stuck_metadata":
