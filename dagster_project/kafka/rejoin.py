@@ -258,6 +258,14 @@ class PollWatch:
         finally:
             self._polling = None
 
+    def call(self, generation: int, unblock: Callable[[], None], call: Callable[[], T], nothing: T) -> T:
+        """`poll(...)` for any call that waits on the client's network loop (a poll, a commit, an offset or metadata
+        lookup): `nothing` at once if this consumer was unblocked before (its loop is stopped, and kafka-python would
+        then run the call on the caller's thread, without a deadline)."""
+        if self.abandoned(generation):
+            return nothing
+        return self.poll(generation, unblock, call, nothing)
+
     def abandoned(self, generation: int) -> bool:
         """Whether the consumer of `generation` had its stuck poll unblocked (it is unusable: replace it)."""
         return self._abandoned == generation

@@ -243,9 +243,8 @@ class LabelJoiner:
         """`call()` on `consumer`, unblocked by the poll watch if stuck (then `nothing`): the consumer is replaced
         after the next poll. Every call that waits on kafka-python's network loop goes through here: a wedged loop
         blocks a commit or a position lookup without a deadline just as it blocks a poll."""
-        if self._polls.abandoned(self._generation):
-            return nothing  # its network loop is stopped: replaced after the next poll (skipped too), unused till then
-        return self._polls.poll(self._generation, lambda: unblock(consumer, self._polls.what), call, nothing)
+        # an abandoned consumer's loop is stopped: replaced after the next poll (skipped too), unused till then
+        return self._polls.call(self._generation, lambda: unblock(consumer, self._polls.what), call, nothing)
 
     def _rejoined_if_wedged(self, consumer, polled: bool):
         """`consumer`, or a new member in its place: when the watcher unblocked its stuck poll, when its assignment

@@ -302,9 +302,9 @@ class Scorer:
         self._producer = producer  # exactly-once replaces it after a fatal producer error
         self._inflight = None
         try:
-            consumer = self._open_consumer()
-            if consumer is not None:  # else stopped while no broker answered
-                with self._polls.watching():
+            with self._polls.watching():  # from the first consumer's subscribe: its metadata wait is watched too
+                consumer = self._open_consumer()
+                if consumer is not None:  # else stopped while no broker answered
                     if exactly_once:
                         self._loop_exactly_once(consumer)
                     else:
@@ -315,10 +315,10 @@ class Scorer:
                 if self._producer is not None:
                     self._producer.close(timeout=10)
             finally:
-                if self._consumer is not None and self._polls.abandoned(self._generation):
-                    close_bounded(self._consumer.close, f"{self.spec.name}-consumer")  # unblocked: may not answer
-                elif self._consumer is not None:
-                    self._consumer.close()  # leaves the group: the others take over at once
+                if self._consumer is not None:  # leaves the group: the others take over at once
+                    # bounded: kafka-python's close waits on its network loop without a deadline, so a client
+                    # wedged (or unblocked) at stop time would keep `streamfit serve` from exiting
+                    close_bounded(self._consumer.close, f"{self.spec.name}-consumer")
             log.info("%s: scorer stopped after %d events; left group %s", self.spec.name, self.scored, self.group_id)
 
     def _open_consumer(self) -> ScorerConsumer | None:
@@ -340,6 +340,9 @@ class Scorer:
                 read_committed=self._read_committed,
                 on_poll_error=self._poll_failed,
                 overrides=self.consumer_overrides,
+                # the metadata wait before subscribing (kafka-python) is watched like a poll: if it is unblocked,
+                # the consumer joins no group and is replaced after the next poll (skipped)
+                watch=lambda unblock, call: self._polls.call(generation, unblock, call, None),
             ),
             self._stop,
             f"{self.spec.name}-scorer",
@@ -365,9 +368,7 @@ class Scorer:
         replaced by `_rejoined_if_wedged`. Clients that bound their calls themselves (unblock None) are not watched."""
         if consumer.unblock is None:
             return call()
-        if self._polls.abandoned(self._generation):
-            return _UNBLOCKED
-        return self._polls.poll(self._generation, consumer.unblock, call, _UNBLOCKED)
+        return self._polls.call(self._generation, consumer.unblock, call, _UNBLOCKED)
 
     def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer | None:
         """`consumer`, or a new one in its place when the poll watch unblocked a stuck call into it, or when the group

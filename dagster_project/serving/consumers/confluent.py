@@ -43,10 +43,11 @@ class ConfluentScorerConsumer:
         read_committed: bool = False,
         on_poll_error: Callable[[Exception], None] | None = None,
         overrides: dict[str, Any] | None = None,
+        watch: Any = None,  # kafka-python's metadata wait has no deadline; librdkafka bounds its own
     ) -> None:
         from confluent_kafka import TopicPartition
 
-        del max_poll_records
+        del max_poll_records, watch
         self._tp = TopicPartition
         self.topic = topic
         self._on_poll_error = on_poll_error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
@@ -48,7 +49,10 @@ class KafkaPythonScorerConsumer:
         read_committed: bool = False,
         on_poll_error: Callable[[Exception], None] | None = None,
         overrides: dict[str, Any] | None = None,
+        watch: Callable[[Callable[[], None], Callable[[], Any]], Any] | None = None,
     ) -> None:
+        """`watch(unblock, call)`, when given, runs the metadata waits before subscribing: kafka-python waits for
+        that answer without a deadline (clients.subscribe), and the scorer's poll watch unblocks such a wait."""
         isolation = {"isolation_level": "read_committed"} if read_committed else {}
         self.topic = topic
         self._on_poll_error = on_poll_error
@@ -59,7 +63,12 @@ class KafkaPythonScorerConsumer:
             max_poll_records=max_poll_records,
             **(isolation | (overrides or {})),
         )
-        clients.subscribe(self._consumer, [topic], _Listener(on_assigned, on_revoked))
+        clients.subscribe(
+            self._consumer,
+            [topic],
+            _Listener(on_assigned, on_revoked),
+            watch=None if watch is None else partial(watch, self.unblock),
+        )
 
     def poll(self, timeout_s: float, max_records: int) -> PollBatch | None:
         polled = clients.poll(self._consumer, int(timeout_s * 1000), max_records, self._on_poll_error)
@@ -95,7 +104,7 @@ class KafkaPythonScorerConsumer:
     def seek(self, partition: int, offset: int) -> None:
         try:
             self._consumer.seek(TopicPartition(self.topic, partition), offset)
-        except IllegalStateError:  # revoked meanwhile: its new owner starts from the commit
+        except (IllegalStateError, ValueError):  # revoked meanwhile (3.0 raises ValueError)
             pass
 
     def committed(self, partition: int, timeout_s: float) -> int | None:

@@ -238,3 +238,72 @@ def test_a_replacement_that_cannot_be_made_while_no_broker_answers_is_tried_agai
     ids, rejoins = _score_across_a_wedge(spec, kafka_settings, registry, opened)
     assert {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)} >= ids
     assert rejoins == 1 and len(opened) == 2 and len(refused) == 2
+
+
+def _wedged_scorer_consumers(spec: StreamSpec, monkeypatch: pytest.MonkeyPatch, how: str) -> list[WedgingConsumer]:
+    """Every kafka-python consumer the scorer opens, wrapped to wedge `how`: the list fills as they are opened."""
+    opened: list[WedgingConsumer] = []
+    real_group_consumer = clients.group_consumer
+
+    def group_consumer(settings: KafkaSettings, group_id: str, **kwargs: Any) -> Any:
+        consumer = real_group_consumer(settings, group_id, **kwargs)
+        if group_id != scorer_module.scorer_group(spec):
+            return consumer
+        opened.append(WedgingConsumer(consumer, how))
+        return opened[-1]
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    return opened
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("scorer_client", [KAFKA_PYTHON], indirect=True)  # librdkafka bounds its metadata waits
+def test_a_consumer_stuck_before_it_subscribes_is_replaced_and_every_event_is_scored(
+    scorer_client: str,
+    spec: StreamSpec,
+    kafka_settings: KafkaSettings,
+    registry: FilesystemRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kafka-python waits for the topic's metadata before subscribing without a deadline (clients.subscribe): the
+    first consumer waits there for good, and `streamfit serve` scored nothing and said nothing."""
+    train_version(registry, spec)
+    opened = _wedged_scorer_consumers(spec, monkeypatch, "stuck_metadata")
+    real_init = WedgingConsumer.__init__
+
+    def wedged_first(self: WedgingConsumer, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        if not opened:  # the first consumer is stuck from the start; its replacement is not
+            self.wedge.set()
+
+    monkeypatch.setattr(WedgingConsumer, "__init__", wedged_first)
+    monkeypatch.setattr(rejoin, "STUCK_POLL_S", E2E_AFTER_S)
+    rows = synthetic_rows(60, start=0, seed=5)
+    with running_service(spec, kafka_settings, registry) as service:
+        produce_rows(kafka_settings, spec, rows)
+        wait_for(lambda: service.scorer.scored >= len(rows), 60, "the events scored by a consumer in its place")
+        rejoins = service.metrics.value("streamfit_scorer_consumer_rejoins_total")
+    assert {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)} >= {eid for eid, _, _ in rows}
+    assert rejoins == 1 and len(opened) == 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scorer_client", [KAFKA_PYTHON], indirect=True)
+def test_a_scorer_whose_consumer_is_wedged_at_stop_stops_within_a_bound(
+    scorer_client: str,
+    spec: StreamSpec,
+    kafka_settings: KafkaSettings,
+    registry: FilesystemRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kafka-python's close waits on its network loop without a deadline (leaving the group): a client wedged
+    there kept `streamfit serve` from exiting after SIGTERM."""
+    train_version(registry, spec)
+    opened = _wedged_scorer_consumers(spec, monkeypatch, "stuck_close")
+    rows = synthetic_rows(30, start=0, seed=5)
+    with running_service(spec, kafka_settings, registry) as service:
+        produce_rows(kafka_settings, spec, rows)
+        wait_for(lambda: service.scorer.scored >= len(rows), 60, "the events scored")
+        opened[0].wedge.set()
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < rejoin.CLOSE_TIMEOUT_S + 5, "the stop waited on the wedged close"
