@@ -301,9 +301,14 @@ def test_a_scorer_whose_consumer_is_wedged_at_stop_stops_within_a_bound(
     train_version(registry, spec)
     opened = _wedged_scorer_consumers(spec, monkeypatch, "stuck_close")
     rows = synthetic_rows(30, start=0, seed=5)
-    with running_service(spec, kafka_settings, registry) as service:
-        produce_rows(kafka_settings, spec, rows)
-        wait_for(lambda: service.scorer.scored >= len(rows), 60, "the events scored")
-        opened[0].wedge.set()
-        stopping = time.monotonic()
-    assert time.monotonic() - stopping < rejoin.CLOSE_TIMEOUT_S + 5, "the stop waited on the wedged close"
+    try:
+        with running_service(spec, kafka_settings, registry) as service:
+            produce_rows(kafka_settings, spec, rows)
+            wait_for(lambda: service.scorer.scored >= len(rows), 60, "the events scored")
+            opened[0].wedge.set()
+            stopping = time.monotonic()
+        stopped_s = time.monotonic() - stopping
+    finally:  # releases the close left waiting in the background (else its consumer lives on in this worker)
+        for consumer in opened:
+            consumer._consumer._net.stop(timeout_ms=2000)
+    assert stopped_s < rejoin.CLOSE_TIMEOUT_S + 5, f"the stop waited on the wedged close ({stopped_s:.1f} s)"
