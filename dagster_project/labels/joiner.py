@@ -251,7 +251,10 @@ class LabelJoiner:
         has lacked partitions of its topics, or when the group stopped answering while the brokers did not.
 
         Nothing is lost or counted twice: every record handled is in the state (checkpointed or not), and the new
-        member's assignment seeks to the state's positions, so it reads on from the next record."""
+        member's assignment seeks to the state's positions, so it reads on from the next record. Never while
+        stopping: the loop ends at its next check, and a new member would only join to leave."""
+        if self._stop.is_set():
+            return consumer
         if self._polls.abandoned(self._generation):
             reason = f"a call into it (poll, commit or position) was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
         elif not self._member_assigned:
@@ -273,7 +276,7 @@ class LabelJoiner:
         give_up_at: float | None = None
         while True:
             if self._stop.is_set():
-                if self._member_assigned:
+                if self._member_assigned or self._polls.abandoned(self._generation):  # the latter is past helping
                     break
                 # Leaving a Tansu group before the first assignment can wedge it (see the scorer). Giving up still
                 # checkpoints below: a replacement still joining follows a member whose records are in the state.

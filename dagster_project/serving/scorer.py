@@ -373,7 +373,10 @@ class Scorer:
     def _rejoined_if_wedged(self, consumer: ScorerConsumer) -> ScorerConsumer | None:
         """`consumer`, or a new one in its place when the poll watch unblocked a stuck call into it, or when the group
         stopped answering while the brokers did not (rejoin.py). Called between batches only: nothing is in
-        flight, no transaction is open; what was acknowledged but not committed is read again by the new one."""
+        flight, no transaction is open; what was acknowledged but not committed is read again by the new one.
+        Never while stopping: the loop ends at its next check, and a new member would only join to leave."""
+        if self._stop.is_set():
+            return consumer
         if self._polls.abandoned(self._generation):
             reason = f"a call into it (poll, commit, committed offsets) was stuck for over {rejoin.STUCK_POLL_S:.0f} s"
         # A member that leaves before its first assignment can wedge a group (Tansu), so a replacement that is
@@ -395,10 +398,12 @@ class Scorer:
 
     def _should_stop(self) -> bool:
         # A member that leaves before its first assignment can wedge the group on some brokers
-        # (Tansu): on stop, keep polling until assigned, for at most two session timeouts.
+        # (Tansu): on stop, keep polling until assigned, for at most two session timeouts. That is this
+        # consumer's assignment: a replacement still joining is such a member too. One whose stuck call was
+        # unblocked is past helping (its network loop is stopped): it leaves at once.
         if not self._stop.is_set():
             return False
-        if self.assigned.is_set():
+        if self._member_assigned or self._polls.abandoned(self._generation):
             return True
         if self._give_up_at is None:
             self._give_up_at = time.monotonic() + 2 * GROUP_SESSION_TIMEOUT_MS / 1000

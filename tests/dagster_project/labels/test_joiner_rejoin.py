@@ -264,3 +264,33 @@ def test_a_rebalance_listener_seeks_only_its_own_consumer_while_a_replacement_is
     assert old.seeks == [(tp, 42) for tp in assigned] and new.seeks == []
     listeners[1].on_partitions_assigned(assigned)
     assert new.seeks == [(tp, 42) for tp in assigned] and joiner._member_assigned
+
+
+@pytest.mark.timeout(120)
+def test_a_consumer_found_stuck_while_the_joiner_stops_is_not_replaced(
+    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that comes while a poll is stuck ends the joiner once the watch unblocks it: a new member made then only
+    joined the group to leave it (leaving while still joining can wedge a Tansu group), and delayed the stop."""
+    opened: list[WedgingConsumer] = []
+    real_group_consumer = clients.group_consumer
+
+    def group_consumer(*args: Any, **kwargs: Any) -> WedgingConsumer:
+        opened.append(WedgingConsumer(real_group_consumer(*args, **kwargs), "stuck"))
+        return opened[-1]
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    monkeypatch.setattr(rejoin, "STUCK_POLL_S", AFTER_S)
+    spec = synthetic_spec(labels={"join_window_s": 600, "flush_interval_s": 600})  # checkpoints at the stop only
+    root = tmp_path / "registry"
+    rows = known_rows("h", 80, 60, "v1", random.Random(11))
+    with running_joiner(spec, kafka_settings, root) as joiner:
+        wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
+        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
+        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+        wait_for(lambda: counters(joiner)["joined"] == 80, 30, "80 pairs joined")
+        opened[0].wedge.set()
+        time.sleep(1.0)  # its next poll is stuck by now
+    assert len(opened) == 1 and joiner.rejoins == 0, "a new consumer was made while the joiner stopped"
+    assert joiner.checkpoints == 1
+    assert live_metrics(root, spec.name) == {"v1": {"rows": 80, "accuracy": 0.75}}

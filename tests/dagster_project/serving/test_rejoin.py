@@ -312,3 +312,26 @@ def test_a_scorer_whose_consumer_is_wedged_at_stop_stops_within_a_bound(
         for consumer in opened:
             consumer._consumer._net.stop(timeout_ms=2000)
     assert stopped_s < rejoin.CLOSE_TIMEOUT_S + 5, f"the stop waited on the wedged close ({stopped_s:.1f} s)"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scorer_client", [KAFKA_PYTHON], indirect=True)
+def test_a_consumer_found_stuck_while_the_scorer_stops_is_not_replaced(
+    scorer_client: str,
+    spec: StreamSpec,
+    kafka_settings: KafkaSettings,
+    registry: FilesystemRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop that comes while a poll is stuck ends the scorer once the watch unblocks it: a new member made then
+    only joined the group to leave it (leaving while still joining can wedge a Tansu group), and delayed the stop."""
+    train_version(registry, spec)
+    opened = _wedged_scorer_consumers(spec, monkeypatch, "stuck")
+    monkeypatch.setattr(rejoin, "STUCK_POLL_S", E2E_AFTER_S)
+    rows = synthetic_rows(30, start=0, seed=5)
+    with running_service(spec, kafka_settings, registry) as service:
+        produce_rows(kafka_settings, spec, rows)
+        wait_for(lambda: service.scorer.scored >= len(rows), 60, "the events scored")
+        opened[0].wedge.set()
+        time.sleep(1.0)  # its next poll is stuck by now
+    assert len(opened) == 1, "a new consumer was made while the scorer stopped"
