@@ -84,6 +84,22 @@ def _score_across_a_wedge(
     return ids, rejoins
 
 
+def _wedged_scorer_consumers(spec: StreamSpec, monkeypatch: pytest.MonkeyPatch, how: str) -> list[WedgingConsumer]:
+    """Every kafka-python consumer the scorer opens, wrapped to wedge `how`: the list fills as they are opened."""
+    opened: list[WedgingConsumer] = []
+    real_group_consumer = clients.group_consumer
+
+    def group_consumer(settings: KafkaSettings, group_id: str, **kwargs: Any) -> Any:
+        consumer = real_group_consumer(settings, group_id, **kwargs)
+        if group_id != scorer_module.scorer_group(spec):
+            return consumer
+        opened.append(WedgingConsumer(consumer, how))
+        return opened[-1]
+
+    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    return opened
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.usefixtures("scorer_client")
 def test_a_wedged_consumer_is_replaced_and_every_event_is_scored(
@@ -128,17 +144,7 @@ def test_a_consumer_stuck_in_its_poll_is_replaced_and_every_event_is_scored(
     if exactly_once and (broker_kind == "tansu" or not transaction_support(kafka_settings).works):
         pytest.skip("needs working Kafka transactions; Tansu's aborted records leak to read_committed readers")
     train_version(registry, spec)
-    opened: list[WedgingConsumer] = []
-    real_group_consumer = clients.group_consumer
-
-    def group_consumer(settings: KafkaSettings, group_id: str, **kwargs: Any) -> Any:
-        consumer = real_group_consumer(settings, group_id, **kwargs)
-        if group_id != scorer_module.scorer_group(spec):
-            return consumer
-        opened.append(WedgingConsumer(consumer, "stuck"))
-        return opened[-1]
-
-    monkeypatch.setattr(clients, "group_consumer", group_consumer)
+    opened = _wedged_scorer_consumers(spec, monkeypatch, "stuck")
     monkeypatch.setattr(rejoin, "STUCK_POLL_S", E2E_AFTER_S)
     ids, rejoins = _score_across_a_wedge(spec, kafka_settings, registry, opened, delivery=delivery)
     if exactly_once:  # every event's prediction committed once, and nothing else
@@ -174,15 +180,7 @@ def test_a_consumer_stuck_in_its_offset_commit_is_replaced_and_every_event_is_sc
     if exactly_once and (broker_kind == "tansu" or not transaction_support(kafka_settings).works):
         pytest.skip("needs working Kafka transactions; Tansu's aborted records leak to read_committed readers")
     train_version(registry, spec)
-    opened: list[WedgingConsumer] = []
-    real_group_consumer = clients.group_consumer
-
-    def group_consumer(settings: KafkaSettings, group_id: str, **kwargs: Any) -> Any:
-        consumer = real_group_consumer(settings, group_id, **kwargs)
-        if group_id != scorer_module.scorer_group(spec):
-            return consumer
-        opened.append(WedgingConsumer(consumer, "stuck_committed" if exactly_once else "stuck_commit"))
-        return opened[-1]
+    opened = _wedged_scorer_consumers(spec, monkeypatch, "stuck_committed" if exactly_once else "stuck_commit")
 
     failed: list[str] = []  # exactly-once: the one transaction made to fail once the first consumer is wedged
     real_bounded = scorer_module._bounded
@@ -195,7 +193,6 @@ def test_a_consumer_stuck_in_its_offset_commit_is_replaced_and_every_event_is_sc
             raise KafkaTimeoutError(f"commit_transaction got no answer within {timeout_s:g}s")
         real_bounded(producer, call, *args, timeout_s=timeout_s)
 
-    monkeypatch.setattr(clients, "group_consumer", group_consumer)
     monkeypatch.setattr(scorer_module, "_bounded", bounded)
     monkeypatch.setattr(rejoin, "STUCK_POLL_S", E2E_AFTER_S)
     ids, rejoins = _score_across_a_wedge(
@@ -238,22 +235,6 @@ def test_a_replacement_that_cannot_be_made_while_no_broker_answers_is_tried_agai
     ids, rejoins = _score_across_a_wedge(spec, kafka_settings, registry, opened)
     assert {p["id"] for p in read_topic(kafka_settings, spec.predictions_topic)} >= ids
     assert rejoins == 1 and len(opened) == 2 and len(refused) == 2
-
-
-def _wedged_scorer_consumers(spec: StreamSpec, monkeypatch: pytest.MonkeyPatch, how: str) -> list[WedgingConsumer]:
-    """Every kafka-python consumer the scorer opens, wrapped to wedge `how`: the list fills as they are opened."""
-    opened: list[WedgingConsumer] = []
-    real_group_consumer = clients.group_consumer
-
-    def group_consumer(settings: KafkaSettings, group_id: str, **kwargs: Any) -> Any:
-        consumer = real_group_consumer(settings, group_id, **kwargs)
-        if group_id != scorer_module.scorer_group(spec):
-            return consumer
-        opened.append(WedgingConsumer(consumer, how))
-        return opened[-1]
-
-    monkeypatch.setattr(clients, "group_consumer", group_consumer)
-    return opened
 
 
 @pytest.mark.timeout(180)
