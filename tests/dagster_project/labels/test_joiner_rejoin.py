@@ -22,6 +22,7 @@ from dagster_project.kafka.io import committed_group_offsets
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.labels import joiner as joiner_module
 from dagster_project.labels import labels_group, live_metrics
+from dagster_project.spec import StreamSpec
 from tests.conftest import synthetic_spec
 from tests.dagster_project.kafka.wedging import WedgingConsumer
 from tests.dagster_project.labels.test_joiner import counters, known_rows, running_joiner, send, topic_ends
@@ -29,6 +30,12 @@ from tests.dagster_project.serving.support import wait_for
 from tests.helpers import label, prediction, sample
 
 AFTER_S = 3.0  # short enough for a test, long beside a healthy group's heartbeats (every 0.5 s here)
+
+
+def _send_pairs(settings: KafkaSettings, spec: StreamSpec, rows: list[tuple[str, str, int, Any]]) -> None:
+    """Each row's prediction, then each row's label (`known_rows`: id, version, prediction, label)."""
+    send(settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
+    send(settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
 
 
 @pytest.mark.timeout(180)
@@ -52,16 +59,12 @@ def test_a_wedged_joiner_consumer_is_replaced_and_every_pair_is_joined_once(
     rng = random.Random(11)
     first, second = known_rows("a", 200, 150, "v1", rng), known_rows("b", 300, 240, "v1", rng)
 
-    def send_rows(rows: list[tuple[str, str, int, Any]]) -> None:
-        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
-        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
-
     with running_joiner(spec, kafka_settings, root) as joiner:
         wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
-        send_rows(first)
+        _send_pairs(kafka_settings, spec, first)
         wait_for(lambda: counters(joiner)["joined"] == 200, 30, "the first 200 pairs joined")
         opened[0].wedge.set()
-        send_rows(second)
+        _send_pairs(kafka_settings, spec, second)
         wait_for(lambda: len(opened) == 2, 60, "a new consumer in place of the wedged one")
         wait_for(lambda: counters(joiner)["joined"] == 500, 60, "the pairs sent after the wedge joined")
         time.sleep(1.0)  # nothing more may arrive: each pair is joined once
@@ -95,8 +98,7 @@ def test_a_consumer_that_cannot_be_made_while_no_broker_answers_is_tried_again(
     rows = known_rows("c", 50, 40, "v1", random.Random(3))
     with running_joiner(spec, kafka_settings, tmp_path / "registry") as joiner:
         wait_for(joiner.assigned.is_set, 30, "the joiner's assignment after two failed attempts")
-        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
-        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+        _send_pairs(kafka_settings, spec, rows)
         wait_for(lambda: counters(joiner)["joined"] == 50, 30, "50 pairs joined")
     assert len(attempts) == 3
 
@@ -125,8 +127,7 @@ def test_a_stop_while_the_replacement_still_joins_checkpoints_what_the_old_membe
     rows = known_rows("d", 100, 70, "v1", random.Random(5))
     with running_joiner(spec, kafka_settings, root) as joiner:
         wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
-        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
-        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+        _send_pairs(kafka_settings, spec, rows)
         wait_for(lambda: counters(joiner)["joined"] == 100, 30, "100 pairs joined")
         opened[0].wedge.set()
         wait_for(lambda: len(opened) == 2, 30, "a new consumer in place of the wedged one")
@@ -160,20 +161,16 @@ def test_a_consumer_whose_metadata_never_arrives_before_it_subscribes_is_replace
     rng = random.Random(13)
     first, second = known_rows("e", 60, 45, "v1", rng), known_rows("f", 40, 30, "v1", rng)
 
-    def send_rows(rows: list[tuple[str, str, int, Any]]) -> None:
-        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
-        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
-
     with running_joiner(spec, kafka_settings, tmp_path / "registry") as joiner:
         if which == "replacement":
             wait_for(joiner.assigned.is_set, 30, "the first consumer's assignment")
-            send_rows(first)
+            _send_pairs(kafka_settings, spec, first)
             wait_for(lambda: counters(joiner)["joined"] == 60, 30, "the first 60 pairs joined")
             opened[0].wedge.set()  # its poll gets stuck: the replacement's metadata wait gets stuck next
         else:
-            send_rows(first)
+            _send_pairs(kafka_settings, spec, first)
         wait_for(lambda: len(opened) == stuck_at + 2, 60, "a consumer in place of the one stuck before subscribing")
-        send_rows(second)
+        _send_pairs(kafka_settings, spec, second)
         wait_for(lambda: counters(joiner)["joined"] == 100, 60, "every pair joined")
         assert counters(joiner)["duplicate_predictions"] == counters(joiner)["duplicate_labels"] == 0
         assert joiner.rejoins == stuck_at + 1
@@ -201,8 +198,7 @@ def test_a_joiner_whose_consumer_is_wedged_at_stop_stops_within_a_bound_and_chec
     try:
         with running_joiner(spec, kafka_settings, root) as joiner:
             wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
-            send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
-            send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+            _send_pairs(kafka_settings, spec, rows)
             wait_for(lambda: counters(joiner)["joined"] == 80, 30, "80 pairs joined")
             opened[0].wedge.set()
             stopping_at = time.monotonic()
@@ -286,8 +282,7 @@ def test_a_consumer_found_stuck_while_the_joiner_stops_is_not_replaced(
     rows = known_rows("h", 80, 60, "v1", random.Random(11))
     with running_joiner(spec, kafka_settings, root) as joiner:
         wait_for(joiner.assigned.is_set, 30, "the joiner's assignment")
-        send(kafka_settings, spec.predictions_topic, [prediction(i, v, p) for i, v, p, _ in rows])
-        send(kafka_settings, spec.labels_topic, [label(i, y) for i, _, _, y in rows])
+        _send_pairs(kafka_settings, spec, rows)
         wait_for(lambda: counters(joiner)["joined"] == 80, 30, "80 pairs joined")
         opened[0].wedge.set()
         time.sleep(1.0)  # its next poll is stuck by now
