@@ -205,6 +205,19 @@ def instance(tmp_path: Path):
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as inst:
         yield inst
+        _assert_no_instance_left_open(inst)
+
+
+def _assert_no_instance_left_open(inst: dg.DagsterInstance) -> None:
+    """Fail the test that opened an instance and left it open (a schedule or sensor context not
+    used as a `with`): the garbage collector closes it later, in whatever test runs then, and puts
+    back Dagster's current defs-state storage of an instance that is gone; that test's next
+    Definitions load fails with "Attempted to resolve undefined DagsterInstance weakref"."""
+    from dagster._core.storage.defs_state.base import DefsStateStorage
+
+    assert DefsStateStorage.get() is inst.defs_state_storage, (
+        "this test left a Dagster instance open: use the schedule or sensor context it built as a `with`"
+    )
 
 
 @pytest.fixture

@@ -100,8 +100,11 @@ def full_retrain_tick(defs: dg.Definitions, spec: StreamSpec, instance: dg.Dagst
     from dagster_project import names
 
     schedule = defs.resolve_schedule_def(names.full_retrain_schedule(spec.name))
-    context = dg.build_schedule_context(instance=instance, resources={"registry": RegistryResource.of(registry)})
-    result = schedule.evaluate_tick(context)
+    # As a `with`: the context opens its own instance from the ref and, with it, sets Dagster's
+    # current defs-state storage; left to the garbage collector, that setting is undone at any later
+    # moment, restoring a storage whose instance is gone ("undefined DagsterInstance weakref").
+    with dg.build_schedule_context(instance=instance, resources={"registry": RegistryResource.of(registry)}) as context:
+        result = schedule.evaluate_tick(context)
     return result.run_requests[0] if result.run_requests else dg.SkipReason(result.skip_message)
 
 
