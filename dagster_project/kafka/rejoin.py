@@ -51,6 +51,10 @@ CLOSE_TIMEOUT_S = 10.0  # a wedged client's close may block: it is given this lo
 # timeout) stays in flight across polls instead, so a healthy poll lasts its timeout, plus 1 s after a retriable
 # error (clients.poll) and the rebalance listeners' time (bookkeeping and seeks, run on the network loop).
 STUCK_POLL_S = REJOIN_AFTER_S
+# Once the member is asked to stop, a call is stuck after this long instead: its stop must fit a SIGTERM grace
+# (30 s in docker-compose.yaml and Kubernetes' default) with the close after it (CLOSE_TIMEOUT_S). Longer than the
+# longest healthy final call, an offset commit capped at 10 s (COMMIT_TIMEOUT_MS of the scorer and the joiner).
+STOPPING_STUCK_S = 12.0
 NETWORK_STOP_TIMEOUT_MS = 2000
 POLL_WATCH_INTERVAL_S = 1.0
 MAKE_RETRY_S = 1.0  # between attempts to make a consumer while no broker answers
@@ -228,10 +232,12 @@ class PollWatch:
     """Unblocks a member's poll that has not returned for `STUCK_POLL_S`, from a thread beside the loop.
 
     The loop polls through `poll` while `watching()`; a poll the watch unblocked returns `nothing`, and
-    `abandoned(generation)` then tells the loop to replace that consumer. Each consumer is unblocked once."""
+    `abandoned(generation)` then tells the loop to replace that consumer. Each consumer is unblocked once.
+    Once `stopping` is set the limit is `STOPPING_STUCK_S`: a member stuck at its stop still exits in its grace."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, stopping: threading.Event | None = None) -> None:
         self.what = what
+        self._stopping = stopping
         self._polling: tuple[float, int, Callable[[], None]] | None = None  # (started, generation, unblock)
         self._abandoned: int | None = None  # the consumer generation whose stuck poll was unblocked
 
@@ -274,14 +280,20 @@ class PollWatch:
         while not ended.wait(POLL_WATCH_INTERVAL_S):
             self._check()
 
+    def stuck_after_s(self) -> float:
+        """How long a call runs before it counts as stuck: shorter once the member is stopping."""
+        if self._stopping is not None and self._stopping.is_set():
+            return min(STUCK_POLL_S, STOPPING_STUCK_S)
+        return STUCK_POLL_S
+
     def _check(self) -> None:
-        """Unblock the poll under way if it has been stuck for `STUCK_POLL_S`."""
+        """Unblock the poll under way if it has been stuck for `stuck_after_s()`."""
         polling = self._polling
         if polling is None:
             return
         started, generation, unblock = polling
         stuck_s = time.monotonic() - started
-        if self.abandoned(generation) or stuck_s < STUCK_POLL_S:
+        if self.abandoned(generation) or stuck_s < self.stuck_after_s():
             return
         self._abandoned = generation  # before unblocking: the poll returns at once and asks
         log.warning(

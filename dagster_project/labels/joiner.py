@@ -146,7 +146,7 @@ class LabelJoiner:
         # held while the generation changes and while a listener checks it and acts: a listener that found its
         # consumer current stays current until it is done (it runs on that consumer's network-loop thread)
         self._generation_lock = threading.Lock()
-        self._polls = PollWatch(f"{spec.name}-label-joiner")  # unblocks a poll stuck inside the client
+        self._polls = PollWatch(f"{spec.name}-label-joiner", self._stop)  # unblocks a poll stuck inside the client
         self._commit_owed = False  # the state's positions are not all committed to the group (lag tooling only)
 
     @property

@@ -224,7 +224,7 @@ class Scorer:
         self._generation = 0  # of the consumer: callbacks of a replaced one are ignored
         self._member_assigned = False  # the current consumer (not just the scorer) has had an assignment
         self._rejoin = RejoinWatch(settings, self.link.last_contact)
-        self._polls = PollWatch(f"{spec.name}-scorer")  # unblocks a poll stuck inside the client (kafka-python)
+        self._polls = PollWatch(f"{spec.name}-scorer", self._stop)  # unblocks a stuck call (kafka-python)
         self._fetches_checked_at = 0.0
 
     def stop(self) -> None:
