@@ -1,13 +1,14 @@
 """Peak memory of a retrain's window read: one read of the whole window vs `read_window`'s chunks.
 
-    python -m benchmarks.retrain_memory [--rows 100000 1000000] [--bootstrap host:port]
+    python -m benchmarks.retrain_memory [--rows 100000 1000000] [--chunk-rows N] [--bootstrap host:port]
 
 Produces the largest size's events of the shipped `synthetic` stream (5 float features, 2
 partitions, round-robin) to a fresh embedded Tansu broker (or `--bootstrap`), then reads the first
 `rows` of them in a fresh interpreter per figure, as `cost.py` does, and prints that process's peak
 RSS (VmHWM): `imports` (the same imports, nothing read: the floor), `single` (one `read_batch` over
 the whole window: `retraining.read_window` before it read in chunks) and `chunked` (`read_window`
-now). The README's retrain memory figures come from here; so does the size of the batch's `ids`.
+now, with `--chunk-rows` as its `WINDOW_READ_ROWS`). The README's retrain memory figures come from
+here; so does the size of the batch's `ids`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _child(mode: str, config: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.child import _peak_rss_mib
     from dagster_project.ingest.micro_batch import read_batch
     from dagster_project.kafka.settings import KafkaSettings
-    from dagster_project.learning.retraining import read_window
+    from dagster_project.learning import retraining
     from dagster_project.spec import StreamSpec
 
     spec = StreamSpec.model_validate(config["spec"])
@@ -41,7 +42,8 @@ def _child(mode: str, config: dict[str, Any]) -> dict[str, Any]:
     if mode == "single":
         batch = read_batch(settings, spec, window, dead_letter_invalid=False)
     else:
-        batch = read_window(settings, None, spec, window)  # no derived features: no registry read
+        retraining.WINDOW_READ_ROWS = config.get("chunk_rows") or retraining.WINDOW_READ_ROWS
+        batch = retraining.read_window(settings, None, spec, window)  # no derived features: no registry read
     return {
         "rows": batch.rows,
         "read_s": time.perf_counter() - started,
@@ -85,7 +87,7 @@ def _produce(bootstrap: str, rows: int) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
-def measure(bootstrap: str, sizes: list[int]) -> dict[str, Any]:
+def measure(bootstrap: str, sizes: list[int], chunk_rows: int | None = None) -> dict[str, Any]:
     """Every mode at every size, side by side, with the ratio chunked / single of the peaks."""
     from benchmarks.common import progress
     from benchmarks.data import event_ranges
@@ -96,7 +98,7 @@ def measure(bootstrap: str, sizes: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for rows in sizes:
         window = {str(p): r for p, r in event_ranges(partitioned, 0, rows).items()}
-        config = {"spec": spec, "bootstrap": bootstrap, "window": window}
+        config = {"spec": spec, "bootstrap": bootstrap, "window": window, "chunk_rows": chunk_rows}
         figures = {mode: _run_child(mode, config) for mode in MODES}
         figures["chunked_over_single"] = figures["chunked"]["peak_rss_mib"] / figures["single"]["peak_rss_mib"]
         out[str(rows)] = figures
@@ -119,6 +121,7 @@ def report(out: dict[str, Any]) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--chunk-rows", type=int, help="read_window's WINDOW_READ_ROWS (default: the module's)")
     parser.add_argument("--bootstrap", help="an existing broker (default: a fresh embedded Tansu)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -126,12 +129,12 @@ def main(argv: list[str]) -> None:
         sys.stdout.write(orjson.dumps(_child(args.child[0], orjson.loads(args.child[1]))).decode() + "\n")
         return
     if args.bootstrap:
-        out = measure(args.bootstrap, args.rows)
+        out = measure(args.bootstrap, args.rows, args.chunk_rows)
     else:
         from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 
         with tempfile.TemporaryDirectory() as directory, EmbeddedBroker(log_path=Path(directory) / "tansu.log") as b:
-            out = measure(b.bootstrap, args.rows)
+            out = measure(b.bootstrap, args.rows, args.chunk_rows)
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     print(report(out))
 

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from dagster_project.names import version_number
 from dagster_project.registry.contract import model_changed
 from dagster_project.registry.store import ModelRegistry, RegistryError, Version
 from dagster_project.spec import StreamSpec
+
+if TYPE_CHECKING:
+    from dagster_project.features.state import FeatureState
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +183,12 @@ def read_window(settings: KafkaSettings, registry: ModelRegistry, spec: StreamSp
     return _from(batch, window) if spans != window else batch
 
 
-WINDOW_READ_ROWS = 100_000
+WINDOW_READ_ROWS = 50_000
 """Offsets one read of a retrain window asks for at most, shared evenly by its partitions. A read
 holds its raw records and parsed events until they are parsed, about 0.9 KB a row beside the 40
-bytes of 5 float features: a window of 1,000,000 rows read at once peaked at 1.2 GB, and
-`drift.retrain_window_rows` has no upper bound. Read in chunks, only each chunk's compact arrays stay."""
+bytes of 5 float features, and `drift.retrain_window_rows` has no upper bound: 1,000,000 rows read
+at once peaked at 963 MiB, in chunks of 50,000 at 325 MiB (of 100,000: 356 MiB), in a process that only
+read them (`benchmarks/retrain_memory.py`). Only each chunk's compact arrays stay."""
 
 
 def window_chunks(spans: Ranges, rows: int) -> list[Ranges]:
@@ -199,7 +204,7 @@ def window_chunks(spans: Ranges, rows: int) -> list[Ranges]:
         chunks.append(chunk)
 
 
-def _read_in_chunks(settings: KafkaSettings, spec: StreamSpec, spans: Ranges, state) -> MicroBatch:
+def _read_in_chunks(settings: KafkaSettings, spec: StreamSpec, spans: Ranges, state: FeatureState | None) -> MicroBatch:
     """`spans` read in `WINDOW_READ_ROWS` chunks and merged into the batch one read gives (rows in
     chunk order, each partition's in offset order): each chunk continues the feature state the one
     before left (`state` is advanced in place), and `filling` is judged on all the chunks' rows."""
