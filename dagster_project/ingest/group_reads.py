@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dagster_project.ingest.micro_batch import MicroBatch
+from dagster_project.ingest.micro_batch import MicroBatch, first_examples
 from dagster_project.kafka.offsets import Ranges
 
 
@@ -51,12 +51,22 @@ def plan_reads(ranges: Ranges, learn_ends: dict[int, int] | None, workers: int) 
     return groups or [EMPTY]
 
 
-def merge(ranges: Ranges, learn_ends: dict[int, int] | None, parts: list[MicroBatch]) -> MicroBatch:
-    """The batch of the whole ``ranges`` from the groups' batches (rows in group, then offset order)."""
+def merge(
+    ranges: Ranges, learn_ends: dict[int, int] | None, parts: list[MicroBatch], chained: bool = False
+) -> MicroBatch:
+    """The batch of the whole ``ranges`` from the groups' batches (rows in group, then offset order).
+
+    ``chained``: the parts are consecutive reads of the same partitions, each continuing the feature
+    state the one before ended with (a retrain window read in chunks, `retraining.read_window`). The
+    state after them all is the last part's, and the unseen examples keep one read's cap per feature.
+    Its ``filling`` (a share of all the rows) is the caller's to judge.
+    """
     parts = [p for p in parts if p is not None]
     if not parts:
         raise ValueError(f"no group read any of {ranges}: the merge needs every group's batch")
     first = parts[0]
+    after = parts[-1] if chained or len(parts) == 1 else None  # whose feature state is the merged one's
+    examples = [e for p in parts for e in p.unseen_examples]
     reasons: Counter = Counter()
     for part in parts:
         reasons.update(part.dlq_reasons)
@@ -73,9 +83,9 @@ def merge(ranges: Ranges, learn_ends: dict[int, int] | None, parts: list[MicroBa
         read=sum(p.read for p in parts),
         identity=next((p.identity for p in parts if p.identity), None),
         learn_ends=dict(learn_ends) if learn_ends else None,
-        unseen_examples=[e for p in parts for e in p.unseen_examples],
-        feature_state=first.feature_state if len(parts) == 1 else None,
-        feature_counters=first.feature_counters if len(parts) == 1 else None,
+        unseen_examples=first_examples(examples) if chained else examples,
+        feature_state=after.feature_state if after else None,
+        feature_counters=after.feature_counters if after else None,
         filling=tuple(sorted({name for p in parts for name in p.filling})),
     )
     if tails:

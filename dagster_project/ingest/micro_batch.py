@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -151,6 +151,7 @@ def read_batch(
     learn_ends: dict[int, int] | None = None,
     state: FeatureState | None = None,
     already_sent: Callable[[int | None], Collection[tuple[int, int]]] | None = None,
+    accepted: dict[int, list[float]] | None = None,
 ) -> MicroBatch:
     """Read `ranges` from the events topic; invalid messages go to the DLQ before this returns.
 
@@ -167,6 +168,9 @@ def read_batch(
     `already_sent`, asked only when there is something to dead-letter: (partition, offset) of the
     messages an earlier attempt or run already dead-lettered; they are counted but not sent again.
     It is given the earliest time such a dead letter can have been written (`sent_letters.written_since`).
+
+    `accepted`, when given, receives the event times the state accepted per partition: a read in
+    chunks (`learning.retraining.read_window`) judges `filling` on all its chunks' times at once.
     """
     if spec.derived and state is None:
         raise ValueError(
@@ -176,17 +180,19 @@ def read_batch(
     # One pause for the read and the parse, ended once the records are garbage: resumed in between,
     # the collector's first pass walked every record still held (~15-25 ms per 100 k rows).
     with _gc_paused():
-        return _read_batch(settings, spec, ranges, dead_letter_invalid, learn_ends, state, already_sent)
+        return _read_batch(settings, spec, ranges, dead_letter_invalid, learn_ends, state, already_sent, accepted)
 
 
-def _read_batch(settings, spec, ranges, dead_letter_invalid, learn_ends, state, already_sent) -> MicroBatch:
+def _read_batch(
+    settings, spec, ranges, dead_letter_invalid, learn_ends, state, already_sent, accepted=None
+) -> MicroBatch:
     records, identity = _read_with_identity(settings, spec.events_topic, ranges)
     ends = {p: end for p, (_, end) in ranges.items()}
     if learn_ends:
         ends.update({p: min(ends[p], int(e)) for p, e in learn_ends.items() if p in ends})
     tail = records.pop_tail(ends) if learn_ends else RecordColumns()
     learned = records  # what is left: the records before their partition's learned end
-    accepted: dict[int, list[float]] = {}  # per partition, the event times the state accepted
+    accepted = {} if accepted is None else accepted  # per partition, the event times the state accepted
     batch = _parse(settings, spec, ranges, learned, dead_letter_invalid, identity, state, already_sent, accepted)
     if state is not None:
         batch.filling = windows_filling(state, accepted)
@@ -269,6 +275,17 @@ def unseen_examples(
                 {"feature": name, "value": value, "partition": int(partitions[i]), "offset": int(offsets[i])}
             )
     return examples
+
+
+def first_examples(examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first `UNSEEN_EXAMPLES` of each feature: one read's cap, kept by a merge of consecutive reads."""
+    shown: Counter = Counter()
+    kept = []
+    for example in examples:
+        if shown[example["feature"]] < UNSEEN_EXAMPLES:
+            shown[example["feature"]] += 1
+            kept.append(example)
+    return kept
 
 
 def _subset(batch: MicroBatch, keep: np.ndarray) -> MicroBatch:

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from dagster_project.names import version_number
 from dagster_project.registry.contract import model_changed
 from dagster_project.registry.store import ModelRegistry, RegistryError, Version
 from dagster_project.spec import StreamSpec
+
+if TYPE_CHECKING:
+    from dagster_project.features.state import FeatureState
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +179,54 @@ def read_window(settings: KafkaSettings, registry: ModelRegistry, spec: StreamSp
 
     starts, state = state_before(registry, spec, {p: start for p, (start, _) in window.items()})
     spans = {p: (starts[p], end) for p, (_, end) in window.items()}
-    batch = read_batch(settings, spec, spans, dead_letter_invalid=False, state=state)
+    batch = _read_in_chunks(settings, spec, spans, state)
     return _from(batch, window) if spans != window else batch
+
+
+WINDOW_READ_ROWS = 50_000
+"""Offsets one read of a retrain window asks for at most, shared evenly by its partitions. A read
+holds its raw records and parsed events until they are parsed, about 0.9 KB a row beside the 40
+bytes of 5 float features, and `drift.retrain_window_rows` has no upper bound: 1,000,000 rows read
+at once peaked at 963 MiB, in chunks of 50,000 at 325 MiB (of 100,000: 356 MiB), in a process that only
+read them (`benchmarks/retrain_memory.py`). Only each chunk's compact arrays stay."""
+
+
+def window_chunks(spans: Ranges, rows: int) -> list[Ranges]:
+    """`spans` as consecutive reads of at most `rows` offsets in all (the same share per partition;
+    a partition whose span is done drops out of the later reads)."""
+    step = max(1, rows // max(1, len(spans)))
+    chunks: list[Ranges] = []
+    while True:
+        at = len(chunks) * step
+        chunk = {p: (s + at, min(e, s + at + step)) for p, (s, e) in spans.items() if s + at < e}
+        if not chunk:
+            return chunks
+        chunks.append(chunk)
+
+
+def _read_in_chunks(settings: KafkaSettings, spec: StreamSpec, spans: Ranges, state: FeatureState | None) -> MicroBatch:
+    """`spans` read in `WINDOW_READ_ROWS` chunks and merged into the batch one read gives (rows in
+    chunk order, each partition's in offset order): each chunk continues the feature state the one
+    before left (`state` is advanced in place), and `filling` is judged on all the chunks' rows."""
+    from dagster_project.features.warmup import windows_filling
+    from dagster_project.ingest.group_reads import merge
+
+    chunks = window_chunks(spans, WINDOW_READ_ROWS)
+    if len(chunks) <= 1:
+        return read_batch(settings, spec, spans, dead_letter_invalid=False, state=state)
+    parts: list[MicroBatch] = []
+    times: dict[int, list[np.ndarray]] = {}  # per partition, the event times the state accepted
+    for chunk in chunks:
+        accepted: dict[int, list[float]] = {}
+        if parts:
+            parts[-1].feature_state = None  # superseded by this chunk's: only the last one is kept
+        parts.append(read_batch(settings, spec, chunk, dead_letter_invalid=False, state=state, accepted=accepted))
+        for p, accepted_times in accepted.items():
+            times.setdefault(p, []).append(np.asarray(accepted_times, dtype=np.float64))
+    batch = merge(spans, None, parts, chained=True)
+    if state is not None:
+        batch.filling = windows_filling(state, {p: np.concatenate(t) for p, t in times.items()})
+    return batch
 
 
 def replayed(spec: StreamSpec, member_spec: StreamSpec, start: object, X: np.ndarray, y: np.ndarray) -> object:

@@ -75,3 +75,19 @@ def test_describe_names_the_group_partitions_and_first_and_last_offsets():
         "dlq": 2,
         "offsets": {"1": [0, 7], "3": [4, 4]},
     }
+
+
+def test_a_chained_merge_keeps_the_last_part_s_feature_state_and_one_read_s_cap_of_unseen_examples():
+    # Consecutive chunks of one window (`retraining.read_window`): the state after them is the last
+    # chunk's, not none (two groups' states cannot be merged, two chunks' need not be).
+    first, last = _batch([0, 0], [0, 1]), _batch([0, 0], [2, 3])
+    first.feature_state, last.feature_state = b"after chunk 1", b"after chunk 2"
+    first.feature_counters, last.feature_counters = {"keys": 1}, {"keys": 2}
+    first.unseen_examples = [{"feature": "c", "value": f"v{o}", "partition": 0, "offset": o} for o in range(4)]
+    last.unseen_examples = [{"feature": "c", "value": f"w{o}", "partition": 0, "offset": o} for o in range(2, 6)]
+
+    chained = merge({0: (0, 4)}, None, [first, last], chained=True)
+
+    assert chained.feature_state == b"after chunk 2" and chained.feature_counters == {"keys": 2}
+    assert [e["value"] for e in chained.unseen_examples] == ["v0", "v1", "v2", "v3", "w2"]  # UNSEEN_EXAMPLES
+    assert merge({0: (0, 4)}, None, [first, last]).feature_state is None  # groups: as before

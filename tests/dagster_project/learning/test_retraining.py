@@ -325,6 +325,110 @@ def test_a_retrain_window_starting_after_a_quarantine_starts_from_the_skip_s_sta
         assert np.array_equal(batch.X[i], expected[(int(p), int(o))])  # the quarantined events in its windows
 
 
+def test_window_chunks_share_the_rows_between_partitions_until_each_span_is_read() -> None:
+    from dagster_project.learning.retraining import window_chunks
+
+    assert window_chunks({0: (0, 10), 1: (100, 104), 2: (5, 5)}, 9) == [
+        {0: (0, 3), 1: (100, 103)},
+        {0: (3, 6), 1: (103, 104)},
+        {0: (6, 9)},
+        {0: (9, 10)},
+    ]
+    assert window_chunks({}, 9) == [] and window_chunks({0: (0, 4)}, 0) == [{0: (s, s + 1)} for s in range(4)]
+
+
+def _read_at_once_and_in_chunks(settings, registry, spec, window, monkeypatch, rows: int):
+    """`read_window` of `window` in one read (the default chunk is larger) and in reads of `rows`
+    offsets (each read counted, so the test knows it was chunked)."""
+    from dagster_project.learning import retraining
+
+    reads = []
+
+    def counted(*args, **kwargs):
+        reads.append(args[2])
+        return read_batch(*args, **kwargs)
+
+    monkeypatch.setattr(retraining, "read_batch", counted)
+    one = retraining.read_window(settings, registry, spec, window)
+    assert len(reads) == 1
+    monkeypatch.setattr(retraining, "WINDOW_READ_ROWS", rows)
+    chunked = retraining.read_window(settings, registry, spec, window)
+    assert len(reads) > 3  # several chunks
+    return one, chunked
+
+
+def _assert_same_batch(one, chunked, ordered: bool) -> None:
+    """Every field the same; rows in the same order (`ordered`: one partition, whose single read has
+    one order) or, across partitions (whose interleaving follows the fetches), per partition."""
+    assert chunked.rows == one.rows > 0
+
+    def masks(batch) -> list[np.ndarray]:
+        return [np.ones(batch.rows, dtype=bool)] if ordered else [batch.partitions == p for p in sorted(batch.ranges)]
+
+    for mine, theirs in zip(masks(one), masks(chunked), strict=True):
+        for name in ("X", "y", "partitions", "offsets"):
+            np.testing.assert_array_equal(getattr(chunked, name)[theirs], getattr(one, name)[mine], err_msg=name)
+        assert [i for i, k in zip(chunked.ids, theirs, strict=True) if k] == [
+            i for i, k in zip(one.ids, mine, strict=True) if k
+        ]
+    for name in ("ranges", "dlq_reasons", "read", "identity", "feature_state", "feature_counters", "filling"):
+        assert getattr(chunked, name) == getattr(one, name), name
+    if ordered:
+        assert chunked.unseen_examples == one.unseen_examples
+
+
+def test_a_window_read_in_chunks_is_the_window_read_at_once_invalid_messages_included(
+    kafka_settings, registry, monkeypatch
+) -> None:
+    from dagster_project.dev.producer import produce
+
+    spec = synthetic_spec(partitions=1)
+    produce_synthetic(kafka_settings, spec, 300)
+    produce(kafka_settings, spec, [(b"bad0", b"{not json"), (b"bad1", b"{not json")])
+    produce_synthetic(kafka_settings, spec, 300, start=300)
+
+    one, chunked = _read_at_once_and_in_chunks(kafka_settings, registry, spec, {0: (5, 602)}, monkeypatch, 70)
+
+    assert one.dlq == 2 and one.read == 597
+    _assert_same_batch(one, chunked, ordered=True)
+
+
+def test_a_window_read_in_chunks_with_derived_features_continues_each_chunk_s_state(
+    kafka_settings, registry, monkeypatch
+) -> None:
+    from tests.dagster_project.features.support import produce_sensors, sensors_spec
+
+    spec = sensors_spec()
+    produce_sensors(kafka_settings, spec)  # keyless and late events too: refused, counted as dead letters
+    window = high_waters(kafka_settings, spec.events_topic)
+
+    one, chunked = _read_at_once_and_in_chunks(
+        kafka_settings, registry, spec, {p: (0, end) for p, end in window.items()}, monkeypatch, 100
+    )
+
+    assert one.dlq > 0 and one.feature_state is not None and one.filling
+    _assert_same_batch(one, chunked, ordered=False)
+
+
+def test_a_window_after_a_quarantine_read_in_chunks_is_the_window_read_at_once(
+    kafka_settings, kafka_bootstrap, registry, instance, monkeypatch
+) -> None:
+    # Its read starts at the batch before the window, with that batch's state, and drops the rows
+    # before the window (`read_window`): the chunks must end with the same rows.
+    from tests.dagster_project.features.support import learn_around_a_quarantine
+
+    spec, skip = learn_around_a_quarantine(kafka_settings, kafka_bootstrap, registry, instance)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    window = {p: (start + 7, ends[p]) for p, start in skip.items()}  # inside a batch: trimmed
+
+    one, chunked = _read_at_once_and_in_chunks(kafka_settings, registry, spec, window, monkeypatch, 60)
+
+    assert {int(p): int(one.offsets[one.partitions == p].min()) for p in window} == {
+        p: s for p, (s, _) in window.items()
+    }
+    _assert_same_batch(one, chunked, ordered=False)
+
+
 @pytest.mark.parametrize(
     "spec",
     [
