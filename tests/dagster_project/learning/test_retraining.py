@@ -393,6 +393,29 @@ def test_a_window_read_in_chunks_is_the_window_read_at_once_invalid_messages_inc
     _assert_same_batch(one, chunked, ordered=True)
 
 
+def test_a_window_whose_topic_changes_between_chunks_is_refused(kafka_settings, registry, monkeypatch) -> None:
+    """Rows of two incarnations of the topic (deleted and made again between two chunks' reads) are not one
+    window: the retrain fails saying so, and learns nothing."""
+    from dagster_project.learning import retraining
+
+    spec = synthetic_spec(partitions=1)
+    produce_synthetic(kafka_settings, spec, 300)
+    reads = []
+
+    def recreated_after_the_first(*args, **kwargs):
+        batch = read_batch(*args, **kwargs)
+        reads.append(batch)
+        if len(reads) > 1 and batch.identity:  # what a read of the topic made again reports
+            batch.identity = {**batch.identity, "topic_id": "made-again"}
+        return batch
+
+    monkeypatch.setattr(retraining, "read_batch", recreated_after_the_first)
+    monkeypatch.setattr(retraining, "WINDOW_READ_ROWS", 100)
+    with pytest.raises(RegistryError, match="the events topic changed while the retrain read its window"):
+        retraining.read_window(kafka_settings, registry, spec, {0: (0, 300)})
+    assert len(reads) == 3 and reads[0].identity
+
+
 def test_a_window_read_in_chunks_with_derived_features_continues_each_chunk_s_state(
     kafka_settings, registry, monkeypatch
 ) -> None:
