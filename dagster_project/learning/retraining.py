@@ -193,16 +193,28 @@ read them (`benchmarks/retrain_memory.py`). Only each chunk's compact arrays sta
 
 
 def window_chunks(spans: Ranges, rows: int) -> list[Ranges]:
-    """`spans` as consecutive reads of at most `rows` offsets in all (the same share per partition;
-    a partition whose span is done drops out of the later reads)."""
-    step = max(1, rows // max(1, len(spans)))
+    """`spans` as consecutive reads of at most `rows` offsets in all (at least one per partition still
+    unread): each read shares `rows` evenly between the partitions not yet read to their end, and a
+    share a partition's rest does not fill goes to the others. A share fixed up front left a hot
+    partition beside short ones a sliver of `rows` per read once they were done (1,281 reads instead
+    of 31 for 64 partitions, one of them holding 1,000,000 of 1,504,000 offsets)."""
+    at = {p: s for p, (s, e) in sorted(spans.items()) if s < e}
     chunks: list[Ranges] = []
-    while True:
-        at = len(chunks) * step
-        chunk = {p: (s + at, min(e, s + at + step)) for p, (s, e) in spans.items() if s + at < e}
-        if not chunk:
-            return chunks
-        chunks.append(chunk)
+    while at:
+        budget = max(rows, len(at))
+        chunk: Ranges = {}
+        shortest_first = sorted(at, key=lambda p: (spans[p][1] - at[p], p))
+        for i, p in enumerate(shortest_first):
+            take = min(spans[p][1] - at[p], max(1, budget // (len(shortest_first) - i)))
+            chunk[p] = (at[p], at[p] + take)
+            budget -= take
+        for p, (_, end) in chunk.items():
+            if end >= spans[p][1]:
+                del at[p]
+            else:
+                at[p] = end
+        chunks.append(dict(sorted(chunk.items())))
+    return chunks
 
 
 def _read_in_chunks(settings: KafkaSettings, spec: StreamSpec, spans: Ranges, state: FeatureState | None) -> MicroBatch:

@@ -329,12 +329,36 @@ def test_window_chunks_share_the_rows_between_partitions_until_each_span_is_read
     from dagster_project.learning.retraining import window_chunks
 
     assert window_chunks({0: (0, 10), 1: (100, 104), 2: (5, 5)}, 9) == [
-        {0: (0, 3), 1: (100, 103)},
-        {0: (3, 6), 1: (103, 104)},
-        {0: (6, 9)},
-        {0: (9, 10)},
+        {0: (0, 5), 1: (100, 104)},  # partition 1's rest leaves its share's remainder to partition 0
+        {0: (5, 10)},
+    ]
+    assert window_chunks({0: (0, 10), 1: (100, 110)}, 9) == [
+        {0: (0, 4), 1: (100, 105)},
+        {0: (4, 9), 1: (105, 109)},
+        {0: (9, 10), 1: (109, 110)},
     ]
     assert window_chunks({}, 9) == [] and window_chunks({0: (0, 4)}, 0) == [{0: (s, s + 1)} for s in range(4)]
+
+
+def test_window_chunks_give_a_finished_partition_s_share_to_the_others() -> None:
+    """A hot partition beside short ones (keyed events, a state_before start further back): each read still
+    asks for up to `rows` offsets. With one share per partition fixed up front, the 63 short spans, done
+    in the first read, left the hot one 781 offsets a read: 1,281 reads of a 1.5 M-offset window instead of 31,
+    each a new consumer, a topic-identity lookup and (derived features) a settle and dump of the whole state."""
+    import math
+
+    from dagster_project.learning.retraining import window_chunks
+
+    spans = {0: (0, 1_000_000), **{p: (10 * p, 10 * p + 8_000) for p in range(1, 64)}}
+    chunks = window_chunks(spans, 50_000)
+
+    total = sum(e - s for s, e in spans.values())
+    assert len(chunks) <= math.ceil(total / 50_000) + 1, len(chunks)
+    assert all(sum(e - s for s, e in chunk.values()) <= 50_000 for chunk in chunks)
+    for p, (start, end) in spans.items():  # each span read once, in order, chunk after chunk
+        pieces = [chunk[p] for chunk in chunks if p in chunk]
+        assert pieces[0][0] == start and pieces[-1][1] == end
+        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:], strict=False))
 
 
 def _read_at_once_and_in_chunks(settings, registry, spec, window, monkeypatch, rows: int):
