@@ -919,6 +919,10 @@ def describe_validation_error(exc: ValidationError) -> str:
             got = error.get("input")
             shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
             siblings = _fields_at(StreamSpec, error["loc"][:-1])
+            if isinstance(got, bool) and error["type"] == "string_type":  # `categories: [NO, SE]` read NO as false
+                shown += (
+                    "; YAML reads unquoted yes, no, on and off as booleans: quote the value if you meant text ('NO')"
+                )
             if isinstance(got, str) and got in siblings:  # `policy: allow_partial`: a setting of its own
                 shown += f"; {got!r} is a setting of its own: `{'.'.join(map(str, error['loc'][:-1]))}.{got}: ...`"
             lines.append(f"{where}: {error['msg']}{shown}")

@@ -573,3 +573,18 @@ def test_valid_crons_and_detector_parameters_still_load() -> None:
     )
     assert spec.drift.full_retrain_cron == "30 2 * * 1-5"
     assert spec.drift.detector_params == {"threshold": 20, "delta": 0.01}
+
+
+def test_a_yaml_boolean_where_text_is_expected_says_to_quote_it(tmp_path: Path) -> None:
+    """`categories: [NO, SE]` (Norway) or a feature named `on`: YAML 1.1 reads them as booleans, and the
+    error said only "Input should be a valid string (got False)", naming neither the cause nor the fix."""
+    path = tmp_path / "nordic.yaml"
+    path.write_text(
+        "name: nordic\nfeatures:\n  - {name: country, type: category, categories: [NO, SE]}\n  - {name: on}\n"
+        "label: {classes: [0, 1]}\n"
+    )
+    with pytest.raises(ValueError) as caught:
+        load_spec(path)
+    hint = "YAML reads unquoted yes, no, on and off as booleans: quote the value if you meant text ('NO')"
+    assert f"features.0.categories.0.str: Input should be a valid string (got False); {hint}" in str(caught.value)
+    assert f"features.1.name: Input should be a valid string (got True); {hint}" in str(caught.value)
