@@ -48,6 +48,12 @@ Task = Literal["classification", "regression"]
 # Validated against the estimator table (learning/estimator_table.py), the one list of names.
 EstimatorName = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]
 
+# The metrics each task's models are scored by (learning/prequential.py): what promotion.metric may name.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "roc_auc", "log_loss"),
+    "regression": ("mae", "rmse"),
+}
+
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Columns the data-quality frame adds next to the features (see dagster_project/quality.py).
 RESERVED_COLUMNS = ("label", "event_id", "partition", "offset")
@@ -787,6 +793,14 @@ class StreamSpec(_Strict):
                 raise ValueError(f"estimator {family.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
+        # Another task's metric is never computed: every gate was deferred ("not computable on this batch
+        # (e.g. a single class)"), so no version after the first was ever promoted.
+        metrics = TASK_METRICS[self.task]
+        if self.promotion.metric is not None and self.promotion.metric not in metrics:
+            raise ValueError(
+                f"promotion.metric {self.promotion.metric!r} is not measured on a {self.task} stream: "
+                f"choose one of {list(metrics)}, or remove it for the task's default"
+            )
         return self
 
     def notes(self) -> list[str]:

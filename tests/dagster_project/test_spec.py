@@ -588,3 +588,17 @@ def test_a_yaml_boolean_where_text_is_expected_says_to_quote_it(tmp_path: Path) 
     hint = "YAML reads unquoted yes, no, on and off as booleans: quote the value if you meant text ('NO')"
     assert f"features.0.categories.0.str: Input should be a valid string (got False); {hint}" in str(caught.value)
     assert f"features.1.name: Input should be a valid string (got True); {hint}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "allowed"),
+    [("regression", "roc_auc", "['mae', 'rmse']"), ("classification", "rmse", "['accuracy', 'roc_auc', 'log_loss']")],
+)
+def test_a_promotion_metric_of_the_other_task_is_refused(task: str, metric: str, allowed: str) -> None:
+    """It loaded and `streamfit check` said ok, but the metric is never computed for the task: every
+    gate was deferred ("rmse not computable on this batch (e.g. a single class)") and no version after
+    the first was ever promoted."""
+    label = {"classes": [0, 1]} if task == "classification" else {}
+    message = _errors(task=task, label=label, promotion={"metric": metric})
+    assert f"promotion.metric {metric!r} is not measured on a {task} stream: choose one of {allowed}" in message
+    assert StreamSpec.model_validate(_raw(task=task, label=label)).promotion.metric is None  # the default loads
