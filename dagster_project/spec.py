@@ -7,6 +7,7 @@ batching and policies. The Dagster factory turns each spec into its assets, chec
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import typing
@@ -27,6 +28,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -45,6 +47,12 @@ FeatureType = Literal["float", "int", "bool", "category"]
 Task = Literal["classification", "regression"]
 # Validated against the estimator table (learning/estimator_table.py), the one list of names.
 EstimatorName = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]
+
+# The metrics each task's models are scored by (learning/prequential.py): what promotion.metric may name.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "roc_auc", "log_loss"),
+    "regression": ("mae", "rmse"),
+}
 
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Columns the data-quality frame adds next to the features (see dagster_project/quality.py).
@@ -466,8 +474,9 @@ class ParitySpec(_Strict):
     (probabilities, decision scores) it is 1.
     """
 
-    atol: float = 1e-4
-    rtol: float = 1e-4
+    # A negative tolerance failed every export, and `streamfit check` blamed the estimator.
+    atol: float = Field(default=1e-4, ge=0)
+    rtol: float = Field(default=1e-4, ge=0)
 
 
 class QualitySpec(_Strict):
@@ -580,6 +589,44 @@ class DriftSpec(_Strict):
     full_retrain_cron: str = "0 3 * * *"  # the scheduled sliding-window retrain
     report_cron: str = "0 * * * *"
 
+    @field_validator("full_retrain_cron", "report_cron")
+    @classmethod
+    def _cron_dagster_accepts(cls, cron: str) -> str:
+        """Dagster refuses a bad cron when it builds the schedule, which failed the whole code location
+        (every stream, not just this one) with a traceback, while `streamfit check` said ok."""
+        if cron in ("0 3 * * *", "0 * * * *"):
+            return cron  # the defaults: no need to import Dagster to load every spec
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(cron):
+            raise ValueError(
+                f"{cron!r} is not a cron schedule Dagster accepts: write five fields, minute hour day month "
+                "weekday, in UTC (e.g. '0 3 * * *' for daily at 03:00)"
+            )
+        return cron
+
+    @field_validator("detector_params")
+    @classmethod
+    def _detector_params_known(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """An unknown or non-numeric parameter raised in the drift sensor (and the Kafka sensor's early
+        cut) at every tick, while `streamfit check` said ok."""
+        detector = info.data.get("detector")
+        if not params or detector is None:  # no detector: its own error says so
+            return params
+        from monitors.detectors import DEFAULT_PARAMS
+
+        known = DEFAULT_PARAMS.get(detector, {})
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown {detector} parameter(s) {unknown} (drift.detector is {detector!r}): "
+                f"its parameters are {sorted(known)}"
+            )
+        for key, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
+        return params
+
     @model_validator(mode="after")
     def _psi_order(self) -> DriftSpec:
         if self.psi_moderate > self.psi_major:
@@ -644,7 +691,10 @@ class StreamSpec(_Strict):
                 raise ValueError(
                     f"model.candidates is {model['candidates']!r}: give a list of families, or 'recommended'"
                 )
-            families = RECOMMENDED_CANDIDATES[data.get("task", "classification")]
+            task = data.get("task", "classification")
+            if not isinstance(task, str) or task not in RECOMMENDED_CANDIDATES:
+                return data  # a task that is none: `task`'s own error names it (a KeyError said only 'regresion')
+            families = RECOMMENDED_CANDIDATES[task]
             data = {**data, "model": {**model, "candidates": [dict(f) for f in families]}}
         return data
 
@@ -655,7 +705,10 @@ class StreamSpec(_Strict):
         a regression spec must not fail on the classifier that `ModelSpec`'s field default names."""
         task = data.get("task", "classification") if isinstance(data, dict) else None
         model = data.get("model", {}) if isinstance(data, dict) else None
-        if task not in DEFAULT_ESTIMATORS or task == "classification" or not isinstance(model, dict):
+        # `task: [regression]` raised "unhashable type: 'list'" here; `task`'s own error names it.
+        if not isinstance(task, str) or task not in DEFAULT_ESTIMATORS or task == "classification":
+            return data
+        if not isinstance(model, dict):
             return data
         default = DEFAULT_ESTIMATORS[task]
         candidates = model.get("candidates")
@@ -740,6 +793,14 @@ class StreamSpec(_Strict):
                 raise ValueError(f"estimator {family.estimator!r} is a {kind} but task is {self.task}")
         if self.task == "classification" and not self.label.classes:
             raise ValueError("classification streams must list label.classes (partial_fit needs them up front)")
+        # Another task's metric is never computed: every gate was deferred ("not computable on this batch
+        # (e.g. a single class)"), so no version after the first was ever promoted.
+        metrics = TASK_METRICS[self.task]
+        if self.promotion.metric is not None and self.promotion.metric not in metrics:
+            raise ValueError(
+                f"promotion.metric {self.promotion.metric!r} is not measured on a {self.task} stream: "
+                f"choose one of {list(metrics)}, or remove it for the task's default"
+            )
         return self
 
     def notes(self) -> list[str]:
@@ -872,6 +933,10 @@ def describe_validation_error(exc: ValidationError) -> str:
             got = error.get("input")
             shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
             siblings = _fields_at(StreamSpec, error["loc"][:-1])
+            if isinstance(got, bool) and error["type"] == "string_type":  # `categories: [NO, SE]` read NO as false
+                shown += (
+                    "; YAML reads unquoted yes, no, on and off as booleans: quote the value if you meant text ('NO')"
+                )
             if isinstance(got, str) and got in siblings:  # `policy: allow_partial`: a setting of its own
                 shown += f"; {got!r} is a setting of its own: `{'.'.join(map(str, error['loc'][:-1]))}.{got}: ...`"
             lines.append(f"{where}: {error['msg']}{shown}")

@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import orjson
 
 from dagster_project.dev.datasets import census_events
 from dagster_project.dev.producer import produce
 from dagster_project.ingest.events import EventParser, make_event
 from dagster_project.onnx.export import sklearn_scores
+from dagster_project.registry.mlflow_store import MAX_VERSION_TAG_CHARS
 from tests.conftest import census_spec
 from tests.dagster_project.serving.support import Client, onnx_of, read_topic, running_service, wait_for
 from tests.helpers import defs_for, high_waters, run_batch
@@ -76,3 +78,29 @@ def test_a_category_stream_trains_a_version_and_the_scorer_serves_it(
     np.testing.assert_allclose(http_scores, expected, atol=1e-5, rtol=1e-5)
     labels = [p["prediction"] for p in body["predictions"]]
     assert labels == [spec.label.classes[i] for i in onnx_of(registry, spec, version.name).predict(parsed.X).labels]
+
+
+def test_a_long_unseen_category_value_keeps_the_version_s_metadata_small(
+    kafka_bootstrap, kafka_settings, registry, instance
+) -> None:
+    """Unseen values were kept whole as the version's examples: five of 150 KB (one every 100 events)
+    made a 750 KB meta.json, and one of 100 KB passed the 95,000 characters the MLflow registry lets a
+    version's metadata have (it refuses the registration: "nothing was registered")."""
+    spec = census_spec()
+    pairs = []
+    for i, e in enumerate(census_events(rows=1200, unseen_share=0.0)):
+        features = e.features | ({"workclass": f"W{i}" + "x" * 150_000} if i % 100 == 7 else {})
+        pairs.append((e.event_id.encode(), make_event(e.event_id, features, e.label, time.time())))
+    produce(kafka_settings, spec, pairs)
+    ranges = {p: (0, end) for p, end in high_waters(kafka_settings, spec.events_topic).items()}
+
+    assert run_batch(defs_for(spec, kafka_bootstrap, registry), spec, ranges, instance).success
+
+    (version,) = registry.versions(spec.name)
+    examples = version.meta["categories"]["unseen_examples"]
+    assert len(examples) == 5 and version.meta["categories"]["unseen_rows"]["workclass"] >= 10
+    for example in examples:  # the value's start, and how long it was
+        length = len(f"W{example['value'][1:].split('x')[0]}") + 150_000
+        assert example["value"].endswith(f"xxx... ({length:,} characters)") and len(example["value"]) < 250
+    summary = orjson.dumps({k: v for k, v in version.meta.items() if k != "profile"})
+    assert len(summary) < MAX_VERSION_TAG_CHARS

@@ -118,9 +118,19 @@ def produce(
     sent = 0
     failures: list[Exception] = []
     started = time.monotonic()
+    from kafka.errors import MessageSizeTooLargeError
+
     try:
         for key, value in events:
-            producer.send(spec.events_topic, key=key, value=value).add_errback(failures.append)
+            try:
+                future = producer.send(spec.events_topic, key=key, value=value)
+            except MessageSizeTooLargeError:  # a raw traceback from `streamfit produce --source` before
+                raise ProduceFailed(
+                    f"event {sent + 1} is {len(value or b''):,} bytes, more than a Kafka message may be (about 1 MB "
+                    f"by default, in producers and brokers): the {sent} before it were sent; shrink or split it, or "
+                    "leave it out of the source"
+                ) from None
+            future.add_errback(failures.append)
             sent += 1
             if bar is not None:
                 bar.update(1)

@@ -64,6 +64,19 @@ def _not_utf8(raw: bytes) -> str | None:
     return None
 
 
+def _not_a_json_number(raw: bytes, exc: orjson.JSONDecodeError) -> str | None:
+    """Why a NaN or Infinity literal is refused, else None: Python's `json.dumps` writes them by default
+    (`allow_nan=True`), and orjson says only "unexpected character, expected a JSON value"."""
+    rest = bytes(raw).decode("utf-8")[exc.pos : exc.pos + 8]  # exc.pos counts characters; raw is UTF-8 here
+    token = next((t for t in ("NaN", "Infinity", "nan", "inf") if rest.startswith(t)), None)
+    if token is None:
+        return None
+    return (
+        f"{token} at character {exc.pos} is not a JSON number (Python's json.dumps writes it unless "
+        "allow_nan=False): send a finite number, or null for a nullable feature"
+    )
+
+
 def ts_problem(ts: Any, unit: str = "s") -> str | None:
     """Why an event's top-level `ts` breaks the contract (a number of epoch seconds), else None; the
     scorer's `/predict` holds a row's `ts` to it too, so HTTP takes what Kafka takes."""
@@ -319,7 +332,7 @@ class EventParser:
         try:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(f"not valid JSON: {_not_utf8(raw) or exc}") from None
+            raise InvalidEvent(f"not valid JSON: {_not_utf8(raw) or _not_a_json_number(raw, exc) or exc}") from None
         if not isinstance(event, dict):
             raise InvalidEvent(f"event must be a JSON object, got {type(event).__name__}")
         event_id = event.get("id")

@@ -27,6 +27,11 @@ from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
 
 UNSEEN_EXAMPLES = 5  # per category feature and batch
+# The most characters of an unseen value an example keeps. Examples go into the version's meta.json (an
+# MLflow model version tag holds 100,000 characters) and the data-quality message: one event whose
+# category value was 100 KB of text made the MLflow registry refuse the version, and five of 150 KB made
+# a 750 KB meta.json.
+UNSEEN_EXAMPLE_CHARS = 200
 ID_SEPARATOR = "\x00"  # joins the ids of a pickled batch (a batch whose ids hold it pickles them as a list)
 
 
@@ -271,6 +276,8 @@ def unseen_examples(
     for i, name, value in unseen:
         if shown[name] < UNSEEN_EXAMPLES:
             shown[name] += 1
+            if isinstance(value, str) and len(value) > UNSEEN_EXAMPLE_CHARS:
+                value = f"{value[:UNSEEN_EXAMPLE_CHARS]}... ({len(value):,} characters)"
             examples.append(
                 {"feature": name, "value": value, "partition": int(partitions[i]), "offset": int(offsets[i])}
             )

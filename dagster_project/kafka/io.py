@@ -284,6 +284,9 @@ def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
     errors = []
     for address in settings.bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
+        if not (host and port.isdigit() and 0 < int(port) < 65536):  # `localhost` said "invalid literal for int()"
+            errors.append(f"{address}: not host:port (e.g. localhost:9092)")
+            continue
         try:
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
         except (OSError, ValueError) as exc:

@@ -524,3 +524,81 @@ def test_a_top_level_clip_sigmas_applies_to_every_candidate_that_sets_none() -> 
     assert StreamSpec.model_validate(listed.model_dump()) == listed  # a dumped spec loads the same
     built = ModelSpec(clip_sigmas=None, candidates=[ModelSpec(name="a"), {"estimator": "gaussian_nb"}])
     assert [c.clip_sigmas for c in built.candidates] == [None, None]  # instances inherit too
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            {"drift": {"full_retrain_cron": "every day"}},
+            "drift.full_retrain_cron: Value error, 'every day' is not a cron schedule Dagster accepts",
+        ),
+        ({"drift": {"report_cron": "0 0 31 2 *"}}, "drift.report_cron: Value error, '0 0 31 2 *' is not a cron"),
+        (
+            {"drift": {"detector_params": {"deltaa": 0.01}}},
+            "drift.detector_params: Value error, unknown adwin parameter(s) ['deltaa'] (drift.detector is 'adwin'): "
+            "its parameters are ['clock', 'delta', 'grace_period', 'max_buckets', 'min_window_length']",
+        ),
+        (
+            {"drift": {"detector": "ddm", "detector_params": {"warm_start": "30"}}},
+            "drift.detector_params: Value error, warm_start must be a finite number, got '30'",
+        ),
+        ({"parity": {"atol": -1e-4}}, "parity.atol: Input should be greater than or equal to 0 (got -0.0001)"),
+        ({"task": "regresion", "model": {"candidates": "recommended"}}, "task: Input should be 'classification' or"),
+        ({"task": ["regression"]}, "task: Input should be 'classification' or 'regression'"),
+    ],
+)
+def test_settings_that_fail_later_are_refused_when_the_spec_loads(tmp_path: Path, overrides, line) -> None:
+    """Each loaded, and `streamfit check` said ok or blamed something else: a bad cron failed the whole
+    code location (every stream) with Dagster's traceback; unknown detector parameters raised in the
+    drift sensor at every tick; a negative parity tolerance failed every export while check said
+    "choose another estimator"; a misspelt task beside `candidates: recommended` said only
+    `'regresion'` (a KeyError), a list `unhashable type: 'list'`."""
+    path = _write(tmp_path, "orders.yaml", _raw(**overrides))
+    with pytest.raises(ValueError) as caught:
+        load_spec(path)
+    assert f"\n  {line}" in str(caught.value)
+
+
+def test_valid_crons_and_detector_parameters_still_load() -> None:
+    spec = StreamSpec.model_validate(
+        _raw(
+            drift={
+                "full_retrain_cron": "30 2 * * 1-5",
+                "report_cron": "@daily",
+                "detector": "page_hinkley",
+                "detector_params": {"threshold": 20, "delta": 0.01},
+            }
+        )
+    )
+    assert spec.drift.full_retrain_cron == "30 2 * * 1-5"
+    assert spec.drift.detector_params == {"threshold": 20, "delta": 0.01}
+
+
+def test_a_yaml_boolean_where_text_is_expected_says_to_quote_it(tmp_path: Path) -> None:
+    """`categories: [NO, SE]` (Norway) or a feature named `on`: YAML 1.1 reads them as booleans, and the
+    error said only "Input should be a valid string (got False)", naming neither the cause nor the fix."""
+    path = tmp_path / "nordic.yaml"
+    path.write_text(
+        "name: nordic\nfeatures:\n  - {name: country, type: category, categories: [NO, SE]}\n  - {name: on}\n"
+        "label: {classes: [0, 1]}\n"
+    )
+    with pytest.raises(ValueError) as caught:
+        load_spec(path)
+    hint = "YAML reads unquoted yes, no, on and off as booleans: quote the value if you meant text ('NO')"
+    assert f"features.0.categories.0.str: Input should be a valid string (got False); {hint}" in str(caught.value)
+    assert f"features.1.name: Input should be a valid string (got True); {hint}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "allowed"),
+    [("regression", "roc_auc", "['mae', 'rmse']"), ("classification", "rmse", "['accuracy', 'roc_auc', 'log_loss']")],
+)
+def test_a_promotion_metric_of_the_other_task_is_refused(task: str, metric: str, allowed: str) -> None:
+    """It loaded and `streamfit check` said ok, but the metric is never computed for the task: every
+    gate was deferred ("rmse not computable on this batch (e.g. a single class)") and no version after
+    the first was ever promoted."""
+    label = {"classes": [0, 1]} if task == "classification" else {}
+    message = _errors(task=task, label=label, promotion={"metric": metric})
+    assert f"promotion.metric {metric!r} is not measured on a {task} stream: choose one of {allowed}" in message
+    assert StreamSpec.model_validate(_raw(task=task, label=label)).promotion.metric is None  # the default loads

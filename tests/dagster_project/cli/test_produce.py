@@ -85,6 +85,23 @@ def test_produce_missing_file_says_so_and_creates_nothing(
     assert topic_partitions(kafka_settings, spec.events_topic) == []
 
 
+def test_an_event_too_large_for_kafka_is_a_clean_error_naming_it(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """kafka-python raised MessageSizeTooLargeError out of `streamfit produce` as a traceback."""
+    features = {name: 1.0 for name in spec.feature_names}
+    big = orjson.dumps({"id": "big", "ts": 1.0, "features": features, "label": 1, "note": "x" * 2_000_000})
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join([make_event("a", features, label=0, ts=1.0), big, make_event("c", features)]))
+
+    result = cli("produce", spec.name, "--source", source, "--bootstrap", kafka_settings.bootstrap)
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert f"Error: event 2 is {len(big):,} bytes, more than a Kafka message may be" in result.output
+    assert "the 1 before it were sent; shrink or split it, or leave it out of the source" in result.output
+    assert sum(high_waters(kafka_settings, spec.events_topic).values()) == 1
+
+
 def test_produce_a_stream_without_a_built_in_source_names_the_source_option(
     cli, spec: StreamSpec, kafka_settings: KafkaSettings
 ) -> None:

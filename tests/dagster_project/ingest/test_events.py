@@ -134,6 +134,31 @@ def test_bad_messages_say_why(parser: EventParser, raw: bytes | None, fragments:
         assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("raw", "token", "position"),
+    [
+        (b'{"id": "e1", "features": {"f": NaN}}', "NaN", 31),
+        (b'{"id": "e1", "features": {"f": -Infinity}}', "Infinity", 32),
+        ('{"id": "é€1", "features": {"f": Infinity}}'.encode(), "Infinity", 32),  # characters, not bytes
+        (b'{"id": "e1", "features": {"f": nan}}', "nan", 31),
+    ],
+)
+def test_a_nan_or_infinity_literal_is_named_with_the_fix(
+    parser: EventParser, raw: bytes, token: str, position: int
+) -> None:
+    """Python's json.dumps writes NaN/Infinity by default; the dead letter said only "unexpected
+    character, expected a JSON value: line 1 column 32", naming neither the value nor the fix."""
+    reason = (
+        f"not valid JSON: {token} at character {position} is not a JSON number (Python's json.dumps writes it "
+        "unless allow_nan=False): send a finite number, or null for a nullable feature"
+    )
+    with pytest.raises(InvalidEvent) as info:
+        parser.parse(raw)
+    assert str(info.value) == reason
+    assert [reason for _, reason in parser.parse_many([event(), raw]).failures] == [reason]  # the training read's
+    assert reason_kind(reason) == "not valid JSON"  # counted with the other unparsable messages
+
+
 def test_a_label_inside_features_says_where_the_label_goes(parser: EventParser) -> None:
     """It said "add them to the stream spec": the target would have become a model input."""
     with pytest.raises(InvalidEvent) as info:

@@ -342,10 +342,13 @@ def test_closed_port_fails_fast_and_says_what_to_set(call) -> None:
     assert address in str(info.value)
 
 
-@pytest.mark.parametrize("bootstrap", ["localhost", "127.0.0.1:notaport"])
+@pytest.mark.parametrize("bootstrap", ["localhost", "127.0.0.1:notaport", "127.0.0.1:99999", ":9092"])
 def test_malformed_bootstrap_is_unreachable(bootstrap: str) -> None:
-    with pytest.raises(BrokerUnavailable, match=BOOTSTRAP_ENV):
+    """It said `invalid literal for int() with base 10: 'localhost'`, or for port 99999 (taken modulo
+    65536 by the socket) `Connection refused`: neither names the fix."""
+    with pytest.raises(BrokerUnavailable, match=BOOTSTRAP_ENV) as info:
         check_reachable(KafkaSettings(bootstrap=bootstrap), timeout_s=0.5)
+    assert f"({bootstrap}: not host:port (e.g. localhost:9092))" in str(info.value)
 
 
 def test_any_reachable_bootstrap_host_is_enough(kafka_bootstrap: str) -> None:
