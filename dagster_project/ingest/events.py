@@ -64,10 +64,15 @@ def _not_utf8(raw: bytes) -> str | None:
     return None
 
 
-def _not_a_json_number(raw: bytes, exc: orjson.JSONDecodeError) -> str | None:
+def not_a_json_number(raw: bytes, exc: orjson.JSONDecodeError) -> str | None:
     """Why a NaN or Infinity literal is refused, else None: Python's `json.dumps` writes them by default
-    (`allow_nan=True`), and orjson says only "unexpected character, expected a JSON value"."""
-    rest = bytes(raw).decode("utf-8")[exc.pos : exc.pos + 8]  # exc.pos counts characters; raw is UTF-8 here
+    (`allow_nan=True`), and orjson says only "unexpected character, expected a JSON value". Shared by
+    events, label records and the scorer's request bodies, so all three name it alike."""
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:  # orjson then failed on the bad byte, not on a literal
+        return None
+    rest = text[exc.pos : exc.pos + 8]  # exc.pos counts characters
     token = next((t for t in ("NaN", "Infinity", "nan", "inf") if rest.startswith(t)), None)
     if token is None:
         return None
@@ -332,7 +337,7 @@ class EventParser:
         try:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(f"not valid JSON: {_not_utf8(raw) or _not_a_json_number(raw, exc) or exc}") from None
+            raise InvalidEvent(f"not valid JSON: {_not_utf8(raw) or not_a_json_number(raw, exc) or exc}") from None
         if not isinstance(event, dict):
             raise InvalidEvent(f"event must be a JSON object, got {type(event).__name__}")
         event_id = event.get("id")

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from dagster_project.ingest.events import MAGNITUDE_LIMIT, MAX_ID_CHARS, label_key
+from dagster_project.ingest.events import MAGNITUDE_LIMIT, MAX_ID_CHARS, label_key, not_a_json_number
 from dagster_project.ingest.quoting import described, quoted
 from dagster_project.spec import StreamSpec
 
@@ -42,7 +42,7 @@ def _json_object(raw: bytes | None, what: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRecord(f"{what} is not valid JSON: {exc}") from None
+        raise InvalidRecord(f"{what} is not valid JSON: {not_a_json_number(raw, exc) or exc}") from None
     if not isinstance(obj, dict):
         raise InvalidRecord(f"{what} must be a JSON object, got {type(obj).__name__}")
     return obj

@@ -41,6 +41,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dagster_project.ingest.categories import unseen_code, unseen_counts
+from dagster_project.ingest.events import not_a_json_number
 from dagster_project.serving.champion import ChampionWatcher, ServedModel
 from dagster_project.serving.features import ServingFeatures
 from dagster_project.serving.health import ScorerHealth
@@ -143,7 +144,7 @@ def parse_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RequestError(400, f"invalid JSON: {exc}") from None
+        raise RequestError(400, f"invalid JSON: {not_a_json_number(raw, exc) or exc}") from None
 
 
 def predict_answer(ctx: ScoringContext, body: Any) -> Response:

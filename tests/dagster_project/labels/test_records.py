@@ -41,3 +41,23 @@ def test_a_prediction_s_event_time_is_its_ts_less_its_latency() -> None:
     assert parser.timed_prediction(orjson.dumps(body)) == ("e", "v1", 1, 1_000_250.0)
     for missing in ({"latency_ms": None}, {"ts": None}, {"latency_ms": "250"}, {"ts": 1e306}):  # 1e306 s: inf ms
         assert parser.timed_prediction(orjson.dumps(body | missing))[3] is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "token", "position"),
+    [(b'{"id": "e", "label": NaN}', "NaN", 21), (b'{"id": "e", "label": -Infinity}', "Infinity", 22)],
+)
+def test_a_nan_or_infinity_label_is_named_as_training_names_it(raw: bytes, token: str, position: int) -> None:
+    """The labels topic's dead letter said only "unexpected character, expected a JSON value", where
+    training's names the literal and the fix: one producer's json.dumps, two different reasons."""
+    regression = RecordParser(synthetic_spec(task="regression", model={"estimator": "sgd_regressor"}, label={}))
+    with pytest.raises(ValueError) as info:
+        regression.label(raw)
+    assert str(info.value) == (
+        f"label is not valid JSON: {token} at character {position} is not a JSON number (Python's json.dumps "
+        "writes it unless allow_nan=False): send a finite number, or null for a nullable feature"
+    )
+    with pytest.raises(
+        ValueError, match="label is not valid JSON: str is not valid UTF-8"
+    ):  # not a literal: orjson's words
+        regression.label(b'{"id": "e", "label": \xff}')

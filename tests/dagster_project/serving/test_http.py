@@ -175,6 +175,26 @@ def test_validation_errors(spec: StreamSpec, registry: FilesystemRegistry) -> No
         assert f'streamfit_http_requests_total{{code="404",path="other",stream="{spec.name}"}} 1.0' in text
 
 
+def test_a_nan_or_infinity_in_a_body_is_named_as_training_names_it(
+    spec: StreamSpec, registry: FilesystemRegistry
+) -> None:
+    """A client's json.dumps writes NaN by default; the 400 said only "unexpected character, expected a
+    JSON value", where the same row on the events topic is refused naming the literal and the fix."""
+    train_version(registry, spec)
+    with http_server(spec, registry) as (server, _):
+        client = Client(server.url)
+        for raw, token, position in [
+            (b'{"rows": [{"x0": NaN}]}', "NaN", 17),
+            (b'{"rows": [{"x0": -Infinity}]}', "Infinity", 18),
+        ]:
+            status, body, _ = client.request("POST", "/predict", raw)
+            assert (status, body["error"]) == (
+                400,
+                f"invalid JSON: {token} at character {position} is not a JSON number (Python's json.dumps writes "
+                "it unless allow_nan=False): send a finite number, or null for a nullable feature",
+            )
+
+
 def test_bearer_token(spec: StreamSpec, registry: FilesystemRegistry) -> None:
     train_version(registry, spec)
     with http_server(spec, registry, token="s3cret-token") as (server, _):
