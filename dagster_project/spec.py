@@ -57,6 +57,12 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Columns the data-quality frame adds next to the features (see dagster_project/quality.py).
 RESERVED_COLUMNS = ("label", "event_id", "partition", "offset")
+# Top-level fields of an event (`{"id": ..., "ts": ..., "features": {...}, "label": ...}`) that can never
+# hold its time, so an `event_time.field` naming one is refused; `ts` is the default, and `id` may be a number.
+NOT_AN_EVENT_TIME = {
+    "features": "is the event's object of feature values",
+    "label": "is the truth the model predicts, which an event being scored and a /predict row do not carry",
+}
 
 
 class _Strict(BaseModel):
@@ -759,6 +765,13 @@ class StreamSpec(_Strict):
             return self
         if self.event_time is None:
             raise ValueError("derived features need event_time: {field: ts, lateness: 5s} (which field holds the time)")
+        # Loaded, every event was refused at read time ("event time 'features' must be ..., got dict").
+        # Refused only with derived features: without them nothing reads the time, and such a spec ran.
+        if (why := NOT_AN_EVENT_TIME.get(self.event_time.field)) is not None:
+            raise ValueError(
+                f"event_time.field {self.event_time.field!r} {why}, never an event time: set event_time.field "
+                "to the top-level field that holds the event's time (default ts)"
+            )
         by_name = {f.name: f for f in self.features}
         names = [d.name for d in self.derived]
         clash = sorted((set(names) & set(by_name)) | {n for n, k in Counter(names).items() if k > 1})

@@ -365,6 +365,19 @@ def test_derived_feature_mistakes_are_named(overrides: dict, message: str) -> No
     assert message in _errors(**overrides)
 
 
+@pytest.mark.parametrize("field", ["features", "label"])
+def test_an_event_time_field_that_never_holds_a_time_is_refused_with_derived_features(field: str) -> None:
+    """`event_time: {field: features}` loaded, and then every event was dead-lettered at read time
+    ("event time 'features' must be ..., got dict"): the spec is where to say so, once."""
+    errors = _errors(event_time={"field": field}, derived=_derived())
+    assert f"event_time.field {field!r} is " in errors
+    assert "never an event time: set event_time.field to the top-level field that holds the event's time" in errors
+    # Without derived features nothing reads the event time: such a spec ran, and still loads.
+    StreamSpec.model_validate(_raw(event_time={"field": field}))
+    for allowed in ("ts", "id", "when"):
+        StreamSpec.model_validate(_raw(event_time={"field": allowed}, derived=_derived()))
+
+
 def test_a_feature_named_like_the_event_time_field_is_noted_when_the_time_is_read() -> None:
     """On Kafka the time is top-level and the feature in `features`; a /predict row holds one `ts`."""
     features = [{"name": "ts"}, {"name": "a"}]
