@@ -931,6 +931,31 @@ def load_spec(path: str | Path) -> StreamSpec:
     return spec
 
 
+_YAML_TRUE_FALSE = ("true", "false")
+
+
+def yaml_boolean_words(text: str) -> list[str]:
+    """The label classes a spec's YAML writes as YAML 1.1 boolean words (yes, no, on, off, unquoted), which
+    load as True/False: `[yes, no]` became [True, False] and every event labelled "yes" was dead-lettered.
+    Read from the text, as `true`/`false` written out (phishing's JSON booleans) are not a mistake."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    label = _yaml_value(root, "label")
+    classes = _yaml_value(label, "classes")
+    if not isinstance(classes, yaml.SequenceNode):
+        return []
+    return [
+        node.value
+        for node in classes.value
+        if node.tag == "tag:yaml.org,2002:bool" and node.value.lower() not in _YAML_TRUE_FALSE
+    ]
+
+
+def _yaml_value(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((value for name, value in node.value if name.value == key), None)
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """Pydantic's errors as `field: problem` lines, a misspelt key answered with the closest allowed
     one (`batch.max_wait` -> `max_wait_s`) and the list it must come from, without pydantic's links."""

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster_project.spec import StreamSpec, load_spec, spec_paths
+from dagster_project.spec import StreamSpec, load_spec, spec_paths, yaml_boolean_words
 
 
 @dataclass
@@ -71,6 +71,12 @@ def check_spec_file(path: Path) -> SpecReport:
         report.problems.append(str(exc))
         return report
     report.notes.extend(report.spec.notes())
+    if words := yaml_boolean_words(path.read_text()):
+        report.notes.append(
+            f"label.classes {report.spec.label.classes} are read as booleans true/false (YAML reads unquoted "
+            f"{', '.join(words)} as booleans): events must carry JSON true/false labels; quote the classes "
+            "('yes', 'no') if the events carry strings"
+        )
     try:
         check_model_params(report.spec)
     except ValueError as exc:

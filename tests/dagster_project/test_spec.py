@@ -24,6 +24,7 @@ from dagster_project.spec import (
     load_specs,
     load_specs_isolated,
     specs_dir,
+    yaml_boolean_words,
 )
 
 REPO_STREAMS = Path(__file__).resolve().parents[2] / "streams"
@@ -161,6 +162,17 @@ def test_settings_that_do_nothing_load_and_are_noted_with_the_fix() -> None:
         "promotion.margin 2 is a fraction of the champion's error for RMSE and MAE (200%): margins in label units "
         "were read as such before; 0.01 is 1 %"
     ]
+
+
+def test_label_classes_yaml_reads_as_booleans_are_found_in_the_text() -> None:
+    """YAML 1.1 reads `[yes, no]` as [True, False]: the spec loaded, and every event labelled "yes" was
+    dead-lettered. Only the words are found: `[false, true]` (phishing's JSON booleans) means what it says."""
+    spec = "name: orders\ntask: classification\nfeatures: [{name: a}]\nlabel: {classes: %s}\n"
+    assert yaml_boolean_words(spec % "[yes, No, true, on]") == ["yes", "No", "on"]
+    assert yaml_boolean_words("label:\n  classes:\n    - off\n    - 'on'\n") == ["off"]
+    for fine in ("['yes', 'no']", "[false, true]", "[0, 1]", "null"):
+        assert yaml_boolean_words(spec % fine) == []
+    assert yaml_boolean_words("name: orders\n") == yaml_boolean_words("[1, 2]") == []
 
 
 def test_batch_rows_cannot_exceed_max_rows() -> None:

@@ -28,6 +28,23 @@ def test_check_reports_each_spec_and_fails_on_any_problem(cli, tmp_path: Path) -
     assert "must be a float in the range (0.0, inf). Got -1.0 instead." in result.stdout
 
 
+def test_check_notes_classes_yaml_read_as_booleans(cli, tmp_path: Path) -> None:
+    """`classes: [yes, no]` loads as [True, False]: check says so before events labelled "yes" are dead-lettered."""
+    spec = "name: orders\ntask: classification\nfeatures: [{name: x}]\nlabel: {classes: [yes, no]}\n"
+    (tmp_path / "orders.yaml").write_text(spec)
+
+    result = cli("check", tmp_path, "--no-registry")
+
+    assert result.exit_code == 0
+    assert f"note  {tmp_path / 'orders.yaml'}: label.classes [True, False] are read as booleans true/false " in (
+        result.stdout
+    )
+    assert "(YAML reads unquoted yes, no as booleans): events must carry JSON true/false labels" in result.stdout
+    assert "quote the classes ('yes', 'no') if the events carry strings" in result.stdout
+    (tmp_path / "orders.yaml").write_text(spec.replace("[yes, no]", "[false, true]"))  # JSON booleans: as meant
+    assert "\nnote  " not in cli("check", tmp_path, "--no-registry").stdout
+
+
 def test_check_learns_a_sample_and_reports_what_it_learned_and_refused(cli, tmp_path: Path) -> None:
     lines = [make_event(e.event_id, e.features, e.label, e.ts) for e in census_events(rows=2_500)]
     lines[10] = b"{cut short"
