@@ -85,6 +85,13 @@ def check_model_params(spec: StreamSpec) -> None:
                 "batch would fail): use an estimator that accepts missing values (hist_gradient_boosting_*, "
                 "random_forest_*, extra_trees_*) or set quality.max_null_fraction: 0"
             )
+        if spec.promotion.metric == "log_loss" and not hasattr(estimator, "predict_proba"):
+            # Its log loss is never computed: every gate was deferred, and no version after v1 was promoted.
+            raise ValueError(
+                f"promotion.metric log_loss needs probabilities, and {family.estimator!r} with {where} "
+                f"{family.params or {}} gives none: use a loss that gives them (log_loss, modified_huber) or "
+                "promotion.metric accuracy or roc_auc"
+            )
         if not entry(family.estimator).windowed:
             _trial_fit(estimator, f"{where} of {family.estimator!r}", max(2, len(spec.label.classes or [])))
     from dagster_project.learning.exportable import export_problem
@@ -124,6 +131,7 @@ def model_params_problem(spec: StreamSpec) -> str | None:
             repr(spec.quality.max_null_fraction),
             repr(spec.label.classes),
             spec.parity.model_dump_json(),  # the export probe's tolerances
+            repr(spec.promotion.metric),  # log_loss needs a model with probabilities
         )
     )
     if key not in _PARAMS_CHECKED:

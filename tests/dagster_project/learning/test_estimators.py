@@ -37,7 +37,7 @@ from dagster_project.learning.scaled_mlp import TargetScaledMLPRegressor, target
 from dagster_project.learning.windowed import WindowRows
 from dagster_project.onnx.export import OnnxModel, check_parity, export_onnx
 from dagster_project.registry.store import FilesystemRegistry
-from dagster_project.spec import StreamSpec
+from dagster_project.spec import PromotionSpec, StreamSpec
 
 ESTIMATOR_NAMES = tuple(ESTIMATORS)
 # Features on very different scales and offsets, so the scaler matters.
@@ -433,6 +433,28 @@ def test_params_scikit_learn_checks_only_at_the_first_fit_are_refused_by_the_che
 ) -> None:
     with pytest.raises(ValueError, match=named):
         check_model_params(make_spec(estimator, params=params))
+
+
+@pytest.mark.parametrize(
+    ("estimator", "params", "refused"),
+    [
+        ("sgd_classifier", {"loss": "hinge"}, True),
+        ("passive_aggressive", {}, True),
+        ("sgd_classifier", {"loss": "modified_huber"}, False),
+        ("adaptive_sgd_classifier", {}, False),
+        ("hist_gradient_boosting_classifier", {}, False),
+    ],
+)
+def test_a_log_loss_gate_on_a_model_without_probabilities_is_refused_by_the_check(
+    estimator: str, params: dict, refused: bool
+) -> None:
+    """Its log loss is never computed, so every promotion gate waited for ever and no version after v1 was served."""
+    spec = make_spec(estimator, params=params).model_copy(update={"promotion": PromotionSpec(metric="log_loss")})
+    if refused:
+        with pytest.raises(ValueError, match=r"promotion.metric log_loss needs probabilities, and .* gives none"):
+            check_model_params(spec)
+    else:
+        check_model_params(spec)
 
 
 def test_a_bad_candidate_is_named_by_its_label() -> None:
