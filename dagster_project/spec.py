@@ -53,6 +53,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "roc_auc", "log_loss"),
     "regression": ("mae", "rmse"),
 }
+MetricName = Literal[tuple(m for metrics in TASK_METRICS.values() for m in metrics)]  # type: ignore[valid-type]
 
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Columns the data-quality frame adds next to the features (see dagster_project/quality.py).
@@ -557,7 +558,7 @@ class PromotionSpec(_Strict):
     label's units: 0.01 is 1 % of the champion's RMSE whether targets are near 0.001 or 1e6.
     """
 
-    metric: Literal["accuracy", "roc_auc", "log_loss", "mae", "rmse"] | None = None  # None: by task
+    metric: MetricName | None = None  # None: by task
     margin: float = Field(default=0.01, ge=0)
     min_rows: int = Field(default=50, ge=1)
     tail_rows: int = Field(default=250, ge=0)
@@ -600,7 +601,7 @@ class DriftSpec(_Strict):
     def _cron_dagster_accepts(cls, cron: str) -> str:
         """Dagster refuses a bad cron when it builds the schedule, which failed the whole code location
         (every stream, not just this one) with a traceback, while `streamfit check` said ok."""
-        if cron in ("0 3 * * *", "0 * * * *"):
+        if cron in (cls.model_fields["full_retrain_cron"].default, cls.model_fields["report_cron"].default):
             return cron  # the defaults: no need to import Dagster to load every spec
         from dagster._utils.schedules import is_valid_cron_string
 

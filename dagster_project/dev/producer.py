@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from kafka.errors import MessageSizeTooLargeError
 
 from dagster_project.dev.datasets import SourceEvent, census_events, phishing_events, sensor_events, synthetic_events
 from dagster_project.ingest.events import make_event
@@ -118,8 +119,6 @@ def produce(
     sent = 0
     failures: list[Exception] = []
     started = time.monotonic()
-    from kafka.errors import MessageSizeTooLargeError
-
     try:
         for key, value in events:
             try:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from dagster_project.kafka.record_columns import RecordColumns
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.spec import StreamSpec
 
+T = TypeVar("T")
 UNSEEN_EXAMPLES = 5  # per category feature and batch
 # The most characters of an unseen value an example keeps. Examples go into the version's meta.json (an
 # MLflow model version tag holds 100,000 characters) and the data-quality message: one event whose
@@ -271,28 +272,27 @@ def unseen_examples(
 ) -> list[dict[str, Any]]:
     """Up to `UNSEEN_EXAMPLES` unseen values per feature, with their partition and offset (the
     data-quality message quotes them: the frame it checks holds only codes)."""
-    shown: Counter = Counter()
     examples = []
-    for i, name, value in unseen:
-        if shown[name] < UNSEEN_EXAMPLES:
-            shown[name] += 1
-            if isinstance(value, str) and len(value) > UNSEEN_EXAMPLE_CHARS:
-                value = f"{value[:UNSEEN_EXAMPLE_CHARS]}... ({len(value):,} characters)"
-            examples.append(
-                {"feature": name, "value": value, "partition": int(partitions[i]), "offset": int(offsets[i])}
-            )
+    for i, name, value in _capped(unseen, lambda u: u[1]):
+        if isinstance(value, str) and len(value) > UNSEEN_EXAMPLE_CHARS:
+            value = f"{value[:UNSEEN_EXAMPLE_CHARS]}... ({len(value):,} characters)"
+        examples.append({"feature": name, "value": value, "partition": int(partitions[i]), "offset": int(offsets[i])})
     return examples
 
 
 def first_examples(examples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The first `UNSEEN_EXAMPLES` of each feature: one read's cap, kept by a merge of consecutive reads."""
+    return list(_capped(examples, lambda e: e["feature"]))
+
+
+def _capped(items: Iterable[T], feature: Callable[[T], str]) -> Iterator[T]:
+    """The first `UNSEEN_EXAMPLES` items of each feature, in order."""
     shown: Counter = Counter()
-    kept = []
-    for example in examples:
-        if shown[example["feature"]] < UNSEEN_EXAMPLES:
-            shown[example["feature"]] += 1
-            kept.append(example)
-    return kept
+    for item in items:
+        name = feature(item)
+        if shown[name] < UNSEEN_EXAMPLES:
+            shown[name] += 1
+            yield item
 
 
 def _subset(batch: MicroBatch, keep: np.ndarray) -> MicroBatch:

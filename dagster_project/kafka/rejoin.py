@@ -51,9 +51,9 @@ CLOSE_TIMEOUT_S = 10.0  # a wedged client's close may block: it is given this lo
 # timeout) stays in flight across polls instead, so a healthy poll lasts its timeout, plus 1 s after a retriable
 # error (clients.poll) and the rebalance listeners' time (bookkeeping and seeks, run on the network loop).
 STUCK_POLL_S = REJOIN_AFTER_S
-# Once the member is asked to stop, a call is stuck after this long instead: its stop must fit a SIGTERM grace
-# (30 s in docker-compose.yaml and Kubernetes' default) with the close after it (CLOSE_TIMEOUT_S). Longer than the
-# longest healthy final call, an offset commit capped at 10 s (COMMIT_TIMEOUT_MS of the scorer and the joiner).
+# Once the member is asked to stop, a call is stuck after this long instead: a stop stuck there, with the close after
+# it (CLOSE_TIMEOUT_S), fits Kubernetes' default 30 s SIGTERM grace. Longer than the longest healthy final call, an
+# offset commit capped at 10 s (COMMIT_TIMEOUT_MS of the scorer and the joiner).
 STOPPING_STUCK_S = 12.0
 NETWORK_STOP_TIMEOUT_MS = 2000
 POLL_WATCH_INTERVAL_S = 1.0

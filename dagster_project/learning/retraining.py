@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-import orjson
 
 from dagster_project.ingest.micro_batch import MicroBatch, read_batch
 from dagster_project.kafka.offsets import Ranges
@@ -236,11 +235,11 @@ def _read_in_chunks(settings: KafkaSettings, spec: StreamSpec, spans: Ranges, st
         parts.append(read_batch(settings, spec, chunk, dead_letter_invalid=False, state=state, accepted=accepted))
         for p, accepted_times in accepted.items():
             times.setdefault(p, []).append(np.asarray(accepted_times, dtype=np.float64))
-    identities = {orjson.dumps(p.identity, option=orjson.OPT_SORT_KEYS) for p in parts if p.identity}
-    if len(identities) > 1:  # the topic was deleted and made again between two chunks: two incarnations' rows
-        raise RegistryError(
-            f"{spec.name}: the events topic changed while the retrain read its window ({len(identities)} incarnations "
-            f"over {len(parts)} reads): nothing learned; run the retrain again"
+    identities = [p.identity for p in parts if p.identity]
+    if any(identity != identities[0] for identity in identities):  # the topic was deleted and made again between
+        raise RegistryError(  # two chunks: rows of two incarnations
+            f"{spec.name}: the events topic changed while the retrain read its window (over {len(parts)} reads): "
+            "nothing learned; run the retrain again"
         )
     batch = merge(spans, None, parts, chained=True)
     if state is not None:
