@@ -204,6 +204,37 @@ def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_
     assert instance.get_run_by_id(result.run_id).tags[names.ACTION_TAG] == "scheduled_retrain"
 
 
+def test_a_scheduled_full_retrain_whose_window_is_read_in_chunks_learns_all_of_it(
+    kafka_settings, spec, registry, stream_defs, instance, monkeypatch
+) -> None:
+    """The retrain job reads a window larger than one read in chunks (`retraining.WINDOW_READ_ROWS`, made
+    small here) and learns every row of it, as from one read."""
+    from dagster_project.ingest.micro_batch import read_batch
+    from dagster_project.learning import retraining
+
+    _learn_two_batches(kafka_settings, spec, stream_defs, instance)
+    v2 = registry.head(spec.name)
+    reads = []
+
+    def counted(*args, **kwargs):
+        reads.append(args[2])
+        return read_batch(*args, **kwargs)
+
+    monkeypatch.setattr(retraining, "read_batch", counted)
+    monkeypatch.setattr(retraining, "WINDOW_READ_ROWS", 100)
+    request = full_retrain_tick(stream_defs, spec, instance, registry)
+    job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
+
+    result = job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance)
+
+    assert result.success
+    assert len(reads) >= 6, reads  # 600 offsets, 100 a read
+    v3 = registry.head(spec.name)
+    assert v3.meta["rows"]["trained"] == 600 and v3.learned == v2.learned
+    window = {p: (0, end) for p, end in high_waters(kafka_settings, spec.events_topic).items()}
+    assert {int(p): tuple(r) for p, r in v3.meta["offsets"]["batch"].items()} == window
+
+
 def test_the_scheduled_full_retrain_leaves_out_a_passed_over_batch(
     kafka_settings, spec, registry, stream_defs, instance
 ) -> None:
