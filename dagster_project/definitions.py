@@ -5,19 +5,30 @@ import logging
 import dagster as dg
 
 from dagster_project.factory import build_stream_definitions
-from dagster_project.orchestration.broken_specs import broken_spec_definitions
+from dagster_project.orchestration.broken_specs import broken_spec_definitions, isolated_stream_definitions
 from dagster_project.orchestration.retention_schedule import build_retention_definitions
 from dagster_project.resources import default_resources
-from dagster_project.spec import load_specs_isolated
+from dagster_project.spec import load_spec_files_isolated
 
-specs, broken = load_specs_isolated()  # a file that does not load stops its own stream, not the others
-for spec_file in broken:
-    logging.getLogger(__name__).error(
-        "%s does not load (its stream does not train): %s", spec_file.path, spec_file.error
+
+def code_location() -> dg.Definitions:
+    """Every stream that loads and builds, a sensor for each that does not, and the location's own jobs
+    (one function: Dagster refuses a module with two `Definitions` at its top level)."""
+    loaded, broken = load_spec_files_isolated()  # a file that does not load stops its own stream, not the others
+    for spec_file in broken:
+        logging.getLogger(__name__).error(
+            "%s does not load (its stream does not train): %s", spec_file.path, spec_file.error
+        )
+    # Every loaded stream, built or not: a halted run of a stream that does not build is still kept.
+    location = dg.Definitions.merge(
+        build_retention_definitions([spec.name for _path, spec in loaded]),
+        dg.Definitions(resources=default_resources()),
     )
-defs = dg.Definitions.merge(
-    *(build_stream_definitions(spec) for spec in specs),
-    broken_spec_definitions(broken),
-    build_retention_definitions([spec.name for spec in specs]),
-    dg.Definitions(resources=default_resources()),
-)
+    # A stream whose definitions do not build (or collide with another's) stops itself, not the others.
+    streams, unbuilt = isolated_stream_definitions(loaded, location, build_stream_definitions)
+    for spec_file in unbuilt:
+        logging.getLogger(__name__).error("%s loads but its stream does not train: %s", spec_file.path, spec_file.error)
+    return dg.Definitions.merge(*streams, broken_spec_definitions([*broken, *unbuilt]), location)
+
+
+defs = code_location()

@@ -1039,6 +1039,7 @@ class BrokenSpec:
 
     path: Path
     error: str
+    fix: str = ""  # what to do, when it is not fixing the file until `streamfit check` passes
 
 
 def load_specs_isolated(directory: str | Path | None = None) -> tuple[list[StreamSpec], list[BrokenSpec]]:
@@ -1047,6 +1048,15 @@ def load_specs_isolated(directory: str | Path | None = None) -> tuple[list[Strea
     The code location, the exporter and per-stream commands use this: with one team's 10-30 streams
     in one directory, one broken file stopped every stream's sensors and metrics. Two files declaring
     the same stream are both broken: which one to train is not a guess to make."""
+    loaded, broken = load_spec_files_isolated(directory)
+    return [spec for _path, spec in loaded], broken
+
+
+def load_spec_files_isolated(
+    directory: str | Path | None = None,
+) -> tuple[list[tuple[Path, StreamSpec]], list[BrokenSpec]]:
+    """`load_specs_isolated` with each spec's file (the code location names it when the stream's
+    definitions do not build)."""
     directory = Path(directory) if directory else specs_dir()
     if not directory.is_dir():
         raise FileNotFoundError(f"no stream spec directory at {directory}: set STREAMFIT_STREAMS to one")
@@ -1066,8 +1076,8 @@ def load_specs_isolated(directory: str | Path | None = None) -> tuple[list[Strea
         if others:
             broken.append(BrokenSpec(path, f"stream {spec.name!r} is also declared in {', '.join(others)}: rename one"))
         else:
-            specs.append(spec)
-    return sorted(specs, key=lambda s: s.name), broken
+            specs.append((path, spec))
+    return sorted(specs, key=lambda loaded: loaded[1].name), broken
 
 
 def get_spec(name: str, directory: str | Path | None = None) -> StreamSpec:

@@ -120,6 +120,114 @@ def test_broken_spec_files_with_one_stem_are_each_reported_and_the_other_streams
     assert reported == {str(tmp_path / f) for f in ("synthetic.yaml", "synthetic.yml", "team-a.yaml", "team_a.yaml")}
 
 
+def _skip_messages(loaded: dg.Definitions, sensors: list[str]) -> dict[str, str]:
+    with dg.instance_for_test() as instance:
+        return {
+            name: loaded.resolve_sensor_def(name)(dg.build_sensor_context(instance=instance)).skip_message
+            for name in sensors
+        }
+
+
+def _assert_only_these_streams_train(loaded: dg.Definitions, training: list[str], stopped: list[str]) -> None:
+    dg.Definitions.validate_loadable(loaded)
+    repo = loaded.get_repository_def()
+    sensors, jobs = {s.name for s in repo.sensor_defs}, {j.name for j in repo.get_all_jobs()}
+    assert {f"{s}_{kind}_sensor" for s in training for kind in ("kafka", "drift")} <= sensors
+    assert {names.training_job(s) for s in training} <= jobs
+    assert not {f"{s}_kafka_sensor" for s in stopped} & sensors
+    assert not {names.training_job(s) for s in stopped} & jobs
+    for stream in stopped:
+        assert loaded.resolve_sensor_def(f"invalid_spec_{stream}_yaml").default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_a_stream_whose_definitions_do_not_build_leaves_the_other_streams_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spec that loads but whose build raised (here census's drift sensor) failed the whole code
+    location: no stream trained. Now its file gets the `invalid_spec_<file>` sensor, skipping with the error."""
+    from dagster_project import factory
+
+    build_drift_sensor = factory.build_drift_sensor
+
+    def drift_sensor(spec, *jobs):
+        if spec.name == "census":
+            raise RuntimeError("census's drift sensor does not build")
+        return build_drift_sensor(spec, *jobs)
+
+    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)
+    with _code_location() as loaded:
+        _assert_only_these_streams_train(loaded, [s for s in STREAMS if s != "census"], ["census"])
+        message = _skip_messages(loaded, ["invalid_spec_census_yaml"])["invalid_spec_census_yaml"]
+    assert message.startswith(
+        f"INVALID SPEC {STREAMS_DIR / 'census.yaml'}: stream 'census''s Dagster definitions do not build: "
+        "RuntimeError: census's drift sensor does not build. The file loads, so `streamfit check` passes it: "
+        "change the setting the error names"
+    )
+    assert message.endswith("the stream it declares does not train until then, the others do")
+
+
+def test_a_stream_whose_definitions_do_not_resolve_leaves_the_other_streams_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dagster raises some definition errors only when it resolves the location (here a job needing a
+    resource the location lacks): building phishing's definitions passed, loading the location failed."""
+    from dagster_project import factory
+
+    build_remediation_jobs = factory.build_remediation_jobs
+
+    def remediation_jobs(spec):
+        rollback_job, retrain_job = build_remediation_jobs(spec)
+        if spec.name != "phishing":
+            return rollback_job, retrain_job
+
+        @dg.op(name="phishing_rollback_champion", required_resource_keys={"no_such_resource"})
+        def needs_a_missing_resource() -> None:
+            pass
+
+        @dg.job(name="phishing_rollback")
+        def rollback() -> None:
+            needs_a_missing_resource()
+
+        return rollback, retrain_job
+
+    monkeypatch.setattr(factory, "build_remediation_jobs", remediation_jobs)
+    with _code_location() as loaded:
+        _assert_only_these_streams_train(loaded, [s for s in STREAMS if s != "phishing"], ["phishing"])
+        message = _skip_messages(loaded, ["invalid_spec_phishing_yaml"])["invalid_spec_phishing_yaml"]
+    assert "stream 'phishing''s Dagster definitions do not build: DagsterInvalidDefinitionError:" in message
+    assert "no_such_resource" in message
+
+
+def test_streams_whose_definitions_collide_are_both_stopped_and_the_others_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two streams defining one name: Dagster's merge concatenates, and the duplicate failed the whole
+    location when it resolved. Both are stopped (which one to train is not a guess), each naming the other."""
+    from dagster_project import factory
+
+    build_drift_sensor = factory.build_drift_sensor
+
+    def drift_sensor(spec, rollback_job, retrain_job):
+        if spec.name not in ("census", "phishing"):
+            return build_drift_sensor(spec, rollback_job, retrain_job)
+
+        @dg.sensor(name="shared_drift_sensor", jobs=[rollback_job, retrain_job])
+        def shared(context):
+            return None
+
+        return shared
+
+    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)
+    with _code_location() as loaded:
+        others = [s for s in STREAMS if s not in ("census", "phishing")]
+        _assert_only_these_streams_train(loaded, others, ["census", "phishing"])
+        messages = _skip_messages(loaded, ["invalid_spec_census_yaml", "invalid_spec_phishing_yaml"])
+    census, phishing = messages["invalid_spec_census_yaml"], messages["invalid_spec_phishing_yaml"]
+    assert f"collide with stream 'phishing' ({STREAMS_DIR / 'phishing.yaml'}): " in census
+    assert f"collide with stream 'census' ({STREAMS_DIR / 'census.yaml'}): " in phishing
+    assert all("shared_drift_sensor" in m and "Rename one of these streams" in m for m in (census, phishing))
+
+
 def test_the_repo_ships_stream_specs() -> None:
     assert STREAMS, f"no stream specs in {STREAMS_DIR}"
     assert {"synthetic", "phishing"} <= set(STREAMS)

@@ -1,11 +1,14 @@
-"""A sensor for each stream spec file that does not load: the UI shows why its stream is not training."""
+"""A sensor for each stream spec file that does not load, or whose stream's Dagster definitions do not
+build: the UI shows why its stream is not training, and the other streams of the location train."""
 
 import hashlib
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.spec import BrokenSpec
+from dagster_project.spec import BrokenSpec, StreamSpec
 
 CLEAN_FILE_NAME = re.compile(r"[A-Za-z0-9_]+\.(yaml|yml)")
 
@@ -27,6 +30,8 @@ def broken_spec_sensor(broken: BrokenSpec) -> dg.SensorDefinition:
     """Skips every tick with the file's error: the other streams of the location train meanwhile."""
     name = broken_spec_sensor_name(broken.path.name)
 
+    fix = broken.fix or f"Fix the file (`streamfit check {broken.path}` checks it) and reload the code location"
+
     @dg.sensor(
         name=name,
         minimum_interval_seconds=60,
@@ -35,8 +40,8 @@ def broken_spec_sensor(broken: BrokenSpec) -> dg.SensorDefinition:
     )
     def invalid_spec(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         message = (
-            f"INVALID SPEC {broken.path}: {broken.error}. Fix the file (`streamfit check {broken.path}` checks it) "
-            "and reload the code location; the stream it declares does not train until then, the others do"
+            f"INVALID SPEC {broken.path}: {broken.error}. {fix}; "
+            "the stream it declares does not train until then, the others do"
         )
         context.log.error(message)
         return dg.SkipReason(message)
@@ -46,3 +51,75 @@ def broken_spec_sensor(broken: BrokenSpec) -> dg.SensorDefinition:
 
 def broken_spec_definitions(broken: list[BrokenSpec]) -> dg.Definitions:
     return dg.Definitions(sensors=[broken_spec_sensor(b) for b in broken])
+
+
+BUILD_FIX = (
+    "The file loads, so `streamfit check` passes it: change the setting the error names (or undo the file's "
+    "last change) and reload the code location; if the spec looks right, report the error (a Streamfit bug)"
+)
+COLLISION_FIX = "Rename one of these streams (its `name:`) and reload the code location"
+
+
+def isolated_stream_definitions(
+    loaded: list[tuple[Path, StreamSpec]],
+    location: dg.Definitions,
+    build: Callable[[StreamSpec], dg.Definitions],
+) -> tuple[list[dg.Definitions], list[BrokenSpec]]:
+    """Each stream's definitions, built and resolved beside the rest of the `location` (resources and
+    the location's own jobs) as Dagster loads them; a stream whose build raises, or whose definitions
+    do not resolve, is returned broken with the error, for its `invalid_spec_<file>` sensor.
+
+    One stream's definitions failing stopped every stream's training: Dagster loads a code location
+    whole. Two streams whose definitions collide (a name or asset key in both: Dagster's
+    `Definitions.merge` only concatenates, the duplicate raises when the merged location resolves)
+    are both broken, as two files declaring one stream are: which one to train is not a guess to make.
+    Streamfit's names are built not to collide (`names`); the check costs one resolve of the location
+    when they do not, and a resolve per stream, then per pair, only when they do."""
+    built: list[tuple[Path, StreamSpec, dg.Definitions]] = []
+    broken: list[BrokenSpec] = []
+    for path, spec in loaded:
+        try:
+            defs = build(spec)
+            dg.Definitions.validate_loadable(dg.Definitions.merge(location, defs))
+        except Exception as exc:  # whatever raised, it stops this stream only
+            error = f"stream {spec.name!r}'s Dagster definitions do not build: {_said(exc)}"
+            broken.append(BrokenSpec(path, error, BUILD_FIX))
+        else:
+            built.append((path, spec, defs))
+    if _resolves(location, [defs for _, _, defs in built]):
+        return [defs for _, _, defs in built], broken
+    accepted: list[tuple[Path, StreamSpec, dg.Definitions]] = []
+    for path, spec, defs in built:  # in name order: each stream against the ones accepted before it
+        error = _resolve_error(location, [*(d for _, _, d in accepted), defs])
+        if error is None:
+            accepted.append((path, spec, defs))
+            continue
+        partners = [a for a in accepted if _resolve_error(location, [a[2], defs]) is not None]
+        accepted = [a for a in accepted if a not in partners]
+        colliding = [(path, spec), *((p, s) for p, s, _ in partners)]
+        for file, stream in colliding:
+            others = ", ".join(f"{s.name!r} ({p})" for p, s in colliding if s is not stream) or "the streams before it"
+            broken.append(
+                BrokenSpec(
+                    file,
+                    f"stream {stream.name!r}'s Dagster definitions collide with stream {others}: {error}",
+                    COLLISION_FIX,
+                )
+            )
+    return [defs for _, _, defs in accepted], broken
+
+
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _resolve_error(location: dg.Definitions, streams: list[dg.Definitions]) -> str | None:
+    try:
+        dg.Definitions.validate_loadable(dg.Definitions.merge(location, *streams))
+    except Exception as exc:
+        return _said(exc)
+    return None
+
+
+def _resolves(location: dg.Definitions, streams: list[dg.Definitions]) -> bool:
+    return _resolve_error(location, streams) is None
