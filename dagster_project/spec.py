@@ -43,6 +43,18 @@ from dagster_project.learning.estimator_table import (
     former_default_of,
 )
 
+DAY_S = 86_400
+WEEK_S = 7 * DAY_S
+# A worker the limits are sized for: memory a setting may ask of one run, with room to spare.
+WORKER_GIB = 24
+
+
+def at_most(limit: float, why: str, fix: str, **field: Any) -> Any:
+    """A `Field` with an upper bound whose error names the limit, why it is there and the fix (a value
+    far past any real need loaded, then failed much later: memory, overflow, a sensor that never fires)."""
+    return Field(le=limit, json_schema_extra={"at_most": {"why": why, "fix": fix}}, **field)
+
+
 FeatureType = Literal["float", "int", "bool", "category"]
 Task = Literal["classification", "regression"]
 # Validated against the estimator table (learning/estimator_table.py), the one list of names.
@@ -443,23 +455,70 @@ class BatchSpec(_Strict):
     checkpoints and never cuts.
     """
 
-    rows: int = Field(default=1000, ge=1)
+    rows: int = at_most(
+        20_000_000,
+        "a run holds its batch in memory, ~0.5 KiB a row: 20,000,000 rows is ~10 GiB, most of a "
+        f"{WORKER_GIB} GiB worker beside the model",
+        "lower it; past ~1,000,000 rows a batch adds latency, not throughput (see max_rows)",
+        default=1000,
+        ge=1,
+    )
     # The cap bounds sustained throughput at max_rows per run cycle, whatever the data: runs of a stream
     # never overlap, and each pays a fixed ~10 s (sensor tick, run launch, in-run imports) on a quiet
     # 2-core machine and ~30 s on a loaded one. 100,000 capped a stream at ~3-10 k rows/s
     # (benchmarks/README.md, "Sustained load"); 1,000,000 leaves room for tens of thousands of events/s.
     # A run holds its batch in memory (~0.5 KiB a row for a handful of features): lower it for wide rows.
-    max_rows: int = Field(default=1_000_000, ge=1)
-    max_wait_s: float = Field(default=30.0, gt=0)
-    sensor_interval_s: int = Field(default=5, ge=1)
+    max_rows: int = at_most(
+        20_000_000,
+        "a run holds its batch in memory, ~0.5 KiB a row: 20,000,000 rows is ~10 GiB, most of a "
+        f"{WORKER_GIB} GiB worker beside the model",
+        "lower it (a backlog is learned in several runs; their fixed ~10 s each is small at millions of rows)",
+        default=1_000_000,
+        ge=1,
+    )
+    max_wait_s: float = at_most(
+        WEEK_S,
+        "a week: a stream waiting longer for a batch looks stopped, and a larger value is usually a unit "
+        "mistake (ms for s)",
+        "give seconds, at most 604800; to train less often on a busy stream raise batch.rows",
+        default=30.0,
+        gt=0,
+    )
+    sensor_interval_s: int = at_most(
+        DAY_S,
+        "a day: the sensor is the stream's only trigger, and batch.max_wait_s is honoured only at its ticks",
+        "give seconds, at most 86400 (the default, 5, is what the daemon's 5 s tick allows)",
+        default=5,
+        ge=1,
+    )
     # A training run still going after this long is presumed dead (its worker was killed) and is
     # failed by Dagster's run monitoring, then retried; far above a healthy run's seconds.
-    max_run_seconds: int = Field(default=600, ge=10)
+    max_run_seconds: int = at_most(
+        DAY_S,
+        "a day: a dead run holds the stream's turn (no run of it starts) until this passes, and a healthy "
+        "run takes seconds to minutes",
+        "give seconds, at most 86400",
+        default=600,
+        ge=10,
+    )
     # A failing step of a training run is retried inside the run, with exponential backoff and
     # jitter (Dagster's RetryPolicy: waits of about 1, 3, 7 s by default), before the run fails and
     # the daemon's run retries (the outer layer, dagster.yaml) start it again.
-    step_retries: int = Field(default=3, ge=0)
-    retry_delay_s: float = Field(default=1.0, ge=0)
+    step_retries: int = at_most(
+        10,
+        "the backoff doubles each wait: the 10th waits ~2**10 x retry_delay_s (17 min at 1 s), past "
+        "max_run_seconds' default, and the daemon's run retries follow anyway",
+        "lower it; a step that fails 10 times in a row has a cause to fix",
+        default=3,
+        ge=0,
+    )
+    retry_delay_s: float = at_most(
+        3600,
+        "an hour: a step waits inside its run, which holds the stream's turn and is failed at max_run_seconds",
+        "give seconds, at most 3600",
+        default=1.0,
+        ge=0,
+    )
     # None: on when the spec has a `labels:` section with flush_interval_s <= max_wait_s / 4, else off
     # (benchmarks/README.md, Part 17 "Repeats"); StreamSpec writes the resolved value here.
     early_cut: bool | None = None
@@ -585,13 +644,41 @@ class DriftSpec(_Strict):
     detector: Literal["page_hinkley", "adwin", "ddm"] = "adwin"  # fewest false alarms measured
     detector_params: dict[str, Any] = Field(default_factory=dict)
     hysteresis: int = Field(default=3, ge=1)  # consecutive drifted evaluations before a retrain
-    cooldown_s: float = Field(default=900.0, ge=0)
+    cooldown_s: float = at_most(
+        WEEK_S,
+        "a week: a longer cooldown leaves a drifted model serving for that long, and a larger value is "
+        "usually a unit mistake (ms for s)",
+        "give seconds, at most 604800",
+        default=900.0,
+        ge=0,
+    )
     regression_margin: float = Field(default=0.02, ge=0)
-    rollback_window_s: float = Field(default=3600.0, ge=0)
+    rollback_window_s: float = at_most(
+        WEEK_S,
+        "a week: the previous champion is compared with live errors this long after a promotion, and a "
+        "larger value is usually a unit mistake (ms for s)",
+        "give seconds, at most 604800",
+        default=3600.0,
+        ge=0,
+    )
     min_comparison_rows: int = Field(default=200, ge=1)
-    interval_s: int = Field(default=10, ge=1)  # drift sensor cadence (the daemon ticks every 5 s at best)
+    interval_s: int = at_most(  # drift sensor cadence (the daemon ticks every 5 s at best)
+        DAY_S,
+        "a day: drift, rollbacks and retrains are decided only at this sensor's ticks",
+        "give seconds, at most 86400",
+        default=10,
+        ge=1,
+    )
     retrain_mode: Literal["fresh", "warm"] = "fresh"  # fresh model on a recent window, or from the champion
-    retrain_window_rows: int = Field(default=5000, ge=1)
+    retrain_window_rows: int = at_most(
+        100_000_000,
+        "a retrain holds ~130 bytes a row of its window (features, labels, positions, event ids; "
+        f"README.md): 100,000,000 rows is ~12 GiB, half of a {WORKER_GIB} GiB worker, as the chunks' merge "
+        "holds the features twice",
+        "lower it to what the run worker's memory holds",
+        default=5000,
+        ge=1,
+    )
     retrain_epochs: int = Field(default=2, ge=1)
     full_retrain_cron: str = "0 3 * * *"  # the scheduled sliding-window retrain
     report_cron: str = "0 * * * *"
@@ -653,9 +740,21 @@ class LabelsSpec(_Strict):
     to keep it off. Without the section `streamfit labels join` uses these defaults all the same.
     """
 
-    join_window_s: float = Field(default=3600.0, gt=0)
+    join_window_s: float = at_most(
+        365 * DAY_S,
+        "a year: longer than any label delay the join is for, and a larger value is usually a unit mistake (ms for s)",
+        "give seconds, at most 31536000",
+        default=3600.0,
+        gt=0,
+    )
     max_pending: int = Field(default=100_000, ge=1)
-    flush_interval_s: float = Field(default=5.0, gt=0)
+    flush_interval_s: float = at_most(
+        DAY_S,
+        "a day: live metrics, early cuts and rollbacks see joined labels only at its checkpoints",
+        "give seconds, at most 86400",
+        default=5.0,
+        gt=0,
+    )
 
 
 def _reserved_why(reserved: list[str]) -> str:
@@ -968,6 +1067,9 @@ def describe_validation_error(exc: ValidationError) -> str:
             near = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1, cutoff=0.5)
             hint = f"did you mean {near[0]!r}? " if near else ""
             lines.append(f"{where}: not a setting here; {hint}allowed: {', '.join(sorted(allowed))}")
+        elif error["type"] == "less_than_equal" and (cap := _at_most_of(error["loc"])) is not None:
+            limit = limit_text(error["ctx"]["le"])
+            lines.append(f"{where}: {error.get('input')!r} is over its limit, {limit}: {cap['why']}; {cap['fix']}")
         else:
             got = error.get("input")
             shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
@@ -982,9 +1084,19 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{len(lines)} problem{'s' if len(lines) > 1 else ''}:\n  " + "\n  ".join(lines)
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names of the model found at `loc` inside `model` (list indices and dict keys passed
-    through); none when the path does not lead to a model."""
+def limit_text(limit: float) -> str:
+    return f"{int(limit):,}" if float(limit).is_integer() else f"{limit:,}"
+
+
+def _at_most_of(loc: tuple) -> dict[str, str] | None:
+    """The `at_most` reason of the field at `loc`, if it has one."""
+    owner = _model_at(StreamSpec, loc[:-1])
+    field = owner.model_fields.get(str(loc[-1])) if owner is not None else None
+    extra = field.json_schema_extra if field is not None else None
+    return extra.get("at_most") if isinstance(extra, dict) else None  # type: ignore[return-value]
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     current: Any = model
     for part in loc:
         if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
@@ -992,8 +1104,15 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
             current = field.annotation if field is not None else None
         current = section_model(current)
         if current is None:
-            return []
-    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model found at `loc` inside `model` (list indices and dict keys passed
+    through); none when the path does not lead to a model."""
+    found = _model_at(model, loc)
+    return list(found.model_fields) if found is not None else []
 
 
 def section_model(annotation: Any) -> Any:

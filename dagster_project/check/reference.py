@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from dagster_project.spec import StreamSpec, section_model
+from dagster_project.spec import StreamSpec, limit_text, section_model
 
 TITLE = "# Stream spec reference"
 
@@ -39,6 +39,7 @@ def spec_reference() -> str:
         out += ["| setting | type | default |", "| --- | --- | --- |"]
         for name, field in model.model_fields.items():
             out.append(f"| `{name}` | {_type_text(field.annotation, names)} | {_default_text(field)} |")
+        out += _limits_text(model)
     return "\n".join(out) + "\n"
 
 
@@ -85,3 +86,14 @@ def _default_text(field: Any) -> str:
     if isinstance(value, BaseModel):
         return "its defaults"
     return f"`{value!r}`".replace("|", "\\|")
+
+
+def _limits_text(model: type[BaseModel]) -> list[str]:
+    """The section's upper bounds (`spec.at_most`), each with its reason and fix, as a list under the table."""
+    lines = []
+    for name, field in model.model_fields.items():
+        cap = field.json_schema_extra.get("at_most") if isinstance(field.json_schema_extra, dict) else None
+        if cap:
+            limit = next(m.le for m in field.metadata if getattr(m, "le", None) is not None)
+            lines.append(f"- `{name}` at most {limit_text(limit)}: {cap['why']}; {cap['fix']}.")
+    return ["", "Upper bounds:", "", *lines] if lines else []

@@ -585,6 +585,52 @@ def test_settings_that_fail_later_are_refused_when_the_spec_loads(tmp_path: Path
     assert f"\n  {line}" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            {"batch": {"rows": 1000, "max_rows": 10**12}},
+            "batch.max_rows: 1000000000000 is over its limit, 20,000,000: a run holds its batch in memory, "
+            "~0.5 KiB a row: 20,000,000 rows is ~10 GiB, most of a 24 GiB worker beside the model; lower it",
+        ),
+        (
+            {"drift": {"retrain_window_rows": 10**12}},
+            "drift.retrain_window_rows: 1000000000000 is over its limit, 100,000,000: a retrain holds ~130 bytes "
+            "a row of its window",
+        ),
+        (
+            {"batch": {"max_wait_s": 1e12}},
+            "batch.max_wait_s: 1000000000000.0 is over its limit, 604,800: a week: a stream waiting longer for a batch "
+            "looks stopped, and a larger value is usually a unit mistake (ms for s); give seconds, at most 604800",
+        ),
+        ({"batch": {"max_run_seconds": 10**9}}, "batch.max_run_seconds: 1000000000 is over its limit, 86,400: a day"),
+        ({"batch": {"step_retries": 64}}, "batch.step_retries: 64 is over its limit, 10: the backoff doubles"),
+        ({"drift": {"cooldown_s": 9e9}}, "drift.cooldown_s: 9000000000.0 is over its limit, 604,800: a week"),
+        ({"drift": {"interval_s": 10**7}}, "drift.interval_s: 10000000 is over its limit, 86,400: a day"),
+        ({"labels": {"join_window_s": 3.6e9}}, "labels.join_window_s: 3600000000.0 is over its limit, 31,536,000: a"),
+    ],
+)
+def test_absurd_sizes_are_refused_naming_the_limit_its_reason_and_the_fix(tmp_path: Path, overrides, line) -> None:
+    """`batch.max_rows: 1000000000000`, a retrain window of 10**12 rows or `max_wait_s: 1e12` (ms for s)
+    loaded and `streamfit check` said ok: the run ran out of memory, or the sensor never fired."""
+    path = _write(tmp_path, "orders.yaml", _raw(**overrides))
+    with pytest.raises(ValueError) as caught:
+        load_spec(path)
+    assert f"\n  {line}" in str(caught.value)
+
+
+def test_large_production_sizes_still_load() -> None:
+    """The limits are generous: tens of millions of rows, a week's wait, a year's label delay."""
+    spec = StreamSpec.model_validate(
+        _raw(
+            batch={"rows": 5_000_000, "max_rows": 20_000_000, "max_wait_s": 604_800, "max_run_seconds": 86_400},
+            drift={"retrain_window_rows": 100_000_000, "cooldown_s": 86_400, "interval_s": 3600},
+            labels={"join_window_s": 90 * 86_400, "flush_interval_s": 60},
+        )
+    )
+    assert spec.batch.max_rows == 20_000_000 and spec.drift.retrain_window_rows == 100_000_000
+
+
 def test_valid_crons_and_detector_parameters_still_load() -> None:
     spec = StreamSpec.model_validate(
         _raw(
