@@ -73,21 +73,29 @@ def isolated_stream_definitions(
     whole. Two streams whose definitions collide (a name or asset key in both: Dagster's
     `Definitions.merge` only concatenates, the duplicate raises when the merged location resolves)
     are both broken, as two files declaring one stream are: which one to train is not a guess to make.
-    Streamfit's names are built not to collide (`names`); the check costs one resolve of the location
-    when they do not, and a resolve per stream, then per pair, only when they do."""
+    Streamfit's names are built not to collide (`names`): when every stream builds and the location
+    resolves, the check costs that one resolve (every run worker loads the location); a resolve per
+    stream, then per pair, is paid only when it does not."""
     built: list[tuple[Path, StreamSpec, dg.Definitions]] = []
     broken: list[BrokenSpec] = []
     for path, spec in loaded:
         try:
-            defs = build(spec)
-            dg.Definitions.validate_loadable(dg.Definitions.merge(location, defs))
+            built.append((path, spec, build(spec)))
         except Exception as exc:  # whatever raised, it stops this stream only
-            error = f"stream {spec.name!r}'s Dagster definitions do not build: {_said(exc)}"
-            broken.append(BrokenSpec(path, error, BUILD_FIX))
-        else:
-            built.append((path, spec, defs))
+            broken.append(BrokenSpec(path, _build_error(spec, exc), BUILD_FIX))
     if _resolves(location, [defs for _, _, defs in built]):
         return [defs for _, _, defs in built], broken
+    alone: list[tuple[Path, StreamSpec, dg.Definitions]] = []
+    for path, spec, defs in built:  # a stream that does not resolve even beside the location alone
+        try:
+            dg.Definitions.validate_loadable(dg.Definitions.merge(location, defs))
+        except Exception as exc:
+            broken.append(BrokenSpec(path, _build_error(spec, exc), BUILD_FIX))
+        else:
+            alone.append((path, spec, defs))
+    if _resolves(location, [defs for _, _, defs in alone]):
+        return [defs for _, _, defs in alone], broken
+    built = alone
     accepted: list[tuple[Path, StreamSpec, dg.Definitions]] = []
     for path, spec, defs in built:  # in name order: each stream against the ones accepted before it
         error = _resolve_error(location, [*(d for _, _, d in accepted), defs])
@@ -107,6 +115,10 @@ def isolated_stream_definitions(
                 )
             )
     return [defs for _, _, defs in accepted], broken
+
+
+def _build_error(spec: StreamSpec, exc: BaseException) -> str:
+    return f"stream {spec.name!r}'s Dagster definitions do not build: {_said(exc)}"
 
 
 def _said(exc: BaseException) -> str:
