@@ -341,9 +341,11 @@ class ModelRegistry(abc.ABC):
         )
 
     def unservable(self, stream: str, version: str) -> str | None:
-        """Why scorers would refuse `version` (its model file is missing or fails its checksum), or None."""
+        """Why scorers would refuse `version` (its model file, or the derived-feature state scorers start
+        from, is missing or fails its checksum), or None."""
         try:
             self.load_onnx(stream, version)
+            self.load_feature_state(stream, version)
         except RegistryUnavailable:
             raise
         except (RegistryError, OSError) as exc:
