@@ -296,6 +296,8 @@ class ChampionWatcher:
         seen = fingerprint(self.registry, stream, version)
         try:
             found = self.registry.get(stream, version)
+            if found.misplaced:  # another stream's model would serve under this name, unseen
+                raise IncompatibleModel(found.misplaced)
             changed = spec_changed(self.spec, found)
             if changed:  # same width, other meanings: the ONNX checks below cannot see it
                 raise IncompatibleModel(changed)
