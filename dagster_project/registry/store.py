@@ -152,6 +152,20 @@ class Version:
     def parent(self) -> str | None:
         return self.meta.get("parent")
 
+    @property
+    def misplaced(self) -> str | None:
+        """Why this entry is not what its place says (a copy of another stream's version, or of another
+        version of this one: a restore into the wrong directory), or None. Its checksums cannot tell:
+        they were copied with it."""
+        stream, name = self.meta.get("stream", self.stream), self.meta.get("version", self.name)
+        if (stream, name) == (self.stream, self.name):
+            return None
+        copy = "another version" if stream == self.stream else "another stream's version"
+        return (
+            f"{self.stream}/{self.name} records that it is {stream}/{name} (its meta.json): a copy of {copy}, "
+            f"not what {self.stream} registered as {self.name}; move it out of the registry and restore the right one"
+        )
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -341,9 +355,13 @@ class ModelRegistry(abc.ABC):
         )
 
     def unservable(self, stream: str, version: str) -> str | None:
-        """Why scorers would refuse `version` (its model file is missing or fails its checksum), or None."""
+        """Why scorers would refuse `version` (its model file, or the derived-feature state scorers start
+        from, is missing or fails its checksum), or None."""
         try:
+            if misplaced := self.get(stream, version).misplaced:
+                return misplaced
             self.load_onnx(stream, version)
+            self.load_feature_state(stream, version)
         except RegistryUnavailable:
             raise
         except (RegistryError, OSError) as exc:

@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dagster_project.registry.store import META_FILE, ONNX_FILE, ChecksumMismatch, FilesystemRegistry, ModelRegistry
+from dagster_project.registry.store import (
+    FEATURES_FILE,
+    META_FILE,
+    ONNX_FILE,
+    ChecksumMismatch,
+    FilesystemRegistry,
+    ModelRegistry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ _MARKERS: dict[tuple[int, str], tuple[float, Fingerprint]] = {}
 def _file_fingerprint(registry: FilesystemRegistry, stream: str, version: str) -> Fingerprint:
     directory = registry.root / stream / version
     parts: list[Any] = []
-    for name in (ONNX_FILE, META_FILE):
+    for name in (ONNX_FILE, META_FILE, FEATURES_FILE):  # features.json: derived features start from it
         try:
             st = os.stat(directory / name)
         except OSError:
@@ -96,6 +103,8 @@ def _file_fingerprint(registry: FilesystemRegistry, stream: str, version: str) -
 def describe_failure(registry: ModelRegistry, stream: str, version: str, exc: BaseException) -> str:
     """Why a version cannot be served, phrased to follow "champion v3 ..."."""
     if isinstance(exc, ChecksumMismatch):
+        if FEATURES_FILE in str(exc):  # its derived-feature state, not its model
+            return f"failed its checksum ({exc})"
         return f"failed its checksum ({model_path(registry, stream, version) or exc})"
     return f"could not be loaded ({type(exc).__name__}: {exc})"
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from dagster_project.features.checkpoint import state_after
 from dagster_project.ingest.categories import encoding_signature
 from dagster_project.onnx.export import OnnxModel
 from dagster_project.registry.contract import spec_changed
@@ -294,10 +295,16 @@ class ChampionWatcher:
         # Taken before reading, so a file rewritten during the read is seen as changed and tried again.
         seen = fingerprint(self.registry, stream, version)
         try:
-            changed = spec_changed(self.spec, self.registry.get(stream, version))
+            found = self.registry.get(stream, version)
+            if found.misplaced:  # another stream's model would serve under this name, unseen
+                raise IncompatibleModel(found.misplaced)
+            changed = spec_changed(self.spec, found)
             if changed:  # same width, other meanings: the ONNX checks below cannot see it
                 raise IncompatibleModel(changed)
             served = ServedModel.load(self.spec, version, self.registry.load_onnx(stream, version))
+            # Derived features start from the version's saved state: one that cannot be read (damaged,
+            # missing) would fail every request and every Kafka batch after the swap, so refuse it now.
+            state_after(self.registry, self.spec, found)
         except RegistryUnavailable:
             raise  # not the version's fault: refuse nothing, keep serving, try again next tick
         except Exception as exc:

@@ -488,3 +488,30 @@ def test_the_served_version_s_files_deleted_or_damaged_are_said_while_it_serves_
     assert registry.rollback(spec.name, reason="v2's model file is damaged") == "v1"  # the repair it names
     assert watcher.check() and (watcher.current.version, watcher.status.unloadable) == ("v1", None)
     assert metrics.value("streamfit_served_model_unloadable") == 0
+
+
+def test_a_version_copied_from_another_stream_or_version_is_refused(
+    spec: StreamSpec, registry: FilesystemRegistry
+) -> None:
+    """A restore into the wrong directory: another stream's v1 (same features, its own checksums) copied in
+    as this stream's v2 and promoted was served under the name v2, and nothing said so."""
+    import shutil
+
+    other = synthetic_spec(label={"classes": ["neg", "pos"]})
+    train_version(registry, spec)  # v1
+    train_version(registry, other, drifted=True)
+    shutil.copytree(registry.root / other.name / "v1", registry.root / spec.name / "v2")
+    registry.set_champion(spec.name, "v2", reason="restored from a backup")
+    metrics = ScorerMetrics(spec.name)
+    watcher = ChampionWatcher(registry, spec, metrics)
+    watcher.check()
+    assert (watcher.current.version, watcher.refused) == ("v1", "v2")
+    assert f"{spec.name}/v2 records that it is {other.name}/v1" in watcher.degraded
+    assert metrics.value("streamfit_model_load_failures_total", version="v2") == 1
+    assert "another stream's version" in registry.unservable(spec.name, "v2")  # promote and rollback refuse it
+
+    shutil.copytree(registry.root / spec.name / "v1", registry.root / spec.name / "v3")  # a stale copy of v1
+    registry.set_champion(spec.name, "v3", reason="restored from a backup")
+    watcher.check()
+    assert (watcher.current.version, watcher.refused) == ("v1", "v3")
+    assert "a copy of another version" in watcher.degraded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import orjson
 import pytest
@@ -251,3 +253,33 @@ def test_predict_refuses_a_time_further_ahead_of_its_arrival_than_max_ahead(trai
         assert "more than event_time.max_ahead 300 s" in body["error"]
         code, body = client.predict([{"temp": 31.0, "device": "dev-1", "ts": time.time() + 60}])
         assert code == 200, body  # within max_ahead of its arrival: answered
+
+
+def test_a_champion_whose_feature_state_is_damaged_is_refused_and_the_last_good_one_serves(
+    trained, kafka_settings, registry
+):
+    """The feature state is part of the checkpoint: a promoted version whose features.json fails its
+    checksum was swapped in, and then every /predict answered 500 and every Kafka batch failed."""
+    spec = trained
+    path = registry.root / spec.name / "v2" / "features.json"
+    intact = path.read_bytes()
+    path.write_bytes(intact[: len(intact) // 2])  # a truncated copy, as a bad restore leaves it
+    row = {"temp": 30.0, "device": "dev-3", "ts": time.time()}
+    with running_service(spec, kafka_settings, registry, watch_interval_s=0.05) as service:
+        client = Client(service.url)
+        assert client.predict([row])[1]["model_version"] == "v3"
+        registry.set_champion(spec.name, "v2", reason="test: a rollback to a damaged version")
+        wait_for(lambda: service.watcher.refused == "v2", 10, "the scorer to refuse v2")
+        status, body = client.predict([row])
+        assert (status, body["model_version"]) == (200, "v3")
+        health = client.request("GET", "/healthz")[1]
+        assert (health["model_version"], health["champion"], health["fallback"]) == ("v3", "v2", True)
+        assert "features.json does not match its sha256" in health["degraded"]
+        assert service.metrics.value("streamfit_model_load_failures_total", version="v2") == 1
+
+        path.write_bytes(intact)  # repaired: served within a tick
+        wait_for(lambda: service.watcher.current.version == "v2", 10, "the scorer to serve the repaired v2")
+        assert client.predict([row])[1]["model_version"] == "v2"
+    assert registry.unservable(spec.name, "v2") is None
+    path.write_bytes(intact[:10])
+    assert "features.json" in registry.unservable(spec.name, "v2")  # promote and rollback pass it over
