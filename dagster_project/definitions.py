@@ -4,10 +4,7 @@ import logging
 
 import dagster as dg
 
-from dagster_project.factory import build_stream_definitions
-from dagster_project.orchestration.broken_specs import broken_spec_definitions, isolated_stream_definitions
-from dagster_project.orchestration.retention_schedule import build_retention_definitions
-from dagster_project.resources import default_resources
+from dagster_project.orchestration.broken_specs import assemble_streams, broken_spec_definitions
 from dagster_project.spec import load_spec_files_isolated
 
 
@@ -19,13 +16,7 @@ def code_location() -> dg.Definitions:
         logging.getLogger(__name__).error(
             "%s does not load (its stream does not train): %s", spec_file.path, spec_file.error
         )
-    # Every loaded stream, built or not: a halted run of a stream that does not build is still kept.
-    location = dg.Definitions.merge(
-        build_retention_definitions([spec.name for _path, spec in loaded]),
-        dg.Definitions(resources=default_resources()),
-    )
-    # A stream whose definitions do not build (or collide with another's) stops itself, not the others.
-    streams, unbuilt = isolated_stream_definitions(loaded, location, build_stream_definitions)
+    streams, unbuilt, location = assemble_streams(loaded)  # one stream that does not build stops itself
     for spec_file in unbuilt:
         logging.getLogger(__name__).error("%s loads but its stream does not train: %s", spec_file.path, spec_file.error)
     return dg.Definitions.merge(*streams, broken_spec_definitions([*broken, *unbuilt]), location)

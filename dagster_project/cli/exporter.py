@@ -21,13 +21,16 @@ from dagster_project.cli.common import PORT, cannot_listen, kafka_settings, regi
 @click.option("--no-kafka", is_flag=True, help="Skip the lag probe (registry metrics only).")
 def exporter(port: int, addr: str, no_kafka: bool) -> None:
     """Serve training metrics for Prometheus, read from the registry and Kafka on each scrape."""
-    from dagster_project.observability.exporter import serve_exporter
-    from dagster_project.spec import load_specs_isolated
+    from dagster_project.observability.exporter import exporter_specs, serve_exporter
 
     kafka = None if no_kafka else kafka_settings(None)
-    specs, broken = load_specs_isolated()  # one file that does not load hides only its own stream
+    # One file that does not load, or whose stream's definitions do not build, hides only its own stream
+    specs, broken = exporter_specs()
     for spec_file in broken:
-        click.echo(f"{spec_file.path} does not load (streamfit_spec_invalid is 1 for it): {spec_file.error}", err=True)
+        click.echo(
+            f"{spec_file.path}: its stream does not train (streamfit_spec_invalid is 1 for it): {spec_file.error}",
+            err=True,
+        )
     try:
         serve_exporter(registry(), specs, kafka, port, addr, broken=broken)
     except OSError as exc:  # the port is taken (another exporter?) or not ours to bind

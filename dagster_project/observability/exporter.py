@@ -330,9 +330,32 @@ LAG_PROBES = 8  # streams probed at once per scrape: each mostly waits on the br
 LABELS_ABSENT_RECHECK_S = 300.0
 
 
+def exporter_specs(directory: str | Path | None = None) -> tuple[list[StreamSpec], list[BrokenSpec]]:
+    """The specs to export and the files to export as `streamfit_spec_invalid`: the files that do not
+    load, and the files whose stream's Dagster definitions do not build (the code location stops those
+    streams just the same; before, the exporter counted only the first kind, so such a stream stopped
+    training with no alert but its stall). Their specs load, so their other metrics are still exported.
+
+    Building the definitions is done once, when the exporter starts (about 1 s: Dagster's and the
+    assets' imports), never per scrape. If the location cannot be assembled at all, the exporter says
+    so and exports the files that do not load only."""
+    from dagster_project.spec import load_spec_files_isolated
+
+    loaded, broken = load_spec_files_isolated(directory)
+    try:
+        from dagster_project.orchestration.broken_specs import assemble_streams
+
+        _streams, unbuilt, _location = assemble_streams(loaded)
+    except Exception as exc:  # the exporter's own metrics matter more than this check
+        log.warning("could not build the streams' Dagster definitions to find the ones that do not build: %s", exc)
+        unbuilt = []
+    return [spec for _path, spec in loaded], [*broken, *unbuilt]
+
+
 class InvalidSpecsCollector(Collector):
-    """`streamfit_spec_invalid{file}`: a spec file that does not load trains nothing and exports nothing
-    else, so without this its stream would simply vanish from every dashboard."""
+    """`streamfit_spec_invalid{file}`: a spec file that does not load, or whose stream's Dagster
+    definitions do not build, trains nothing, so without this its stream would vanish from every
+    dashboard (a file that does not load exports nothing else)."""
 
     def __init__(self, broken: list[BrokenSpec]) -> None:
         self.broken = broken
@@ -340,7 +363,8 @@ class InvalidSpecsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         invalid = GaugeMetricFamily(
             "streamfit_spec_invalid",
-            "1 for each stream spec file that does not load (its stream does not train)",
+            "1 for each stream spec file that does not load, or whose stream's Dagster definitions do not build "
+            "(its stream does not train)",
             labels=["file"],
         )
         for spec_file in self.broken:

@@ -117,6 +117,27 @@ def isolated_stream_definitions(
     return [defs for _, _, defs in accepted], broken
 
 
+def assemble_streams(
+    loaded: list[tuple[Path, StreamSpec]],
+) -> tuple[list[dg.Definitions], list[BrokenSpec], dg.Definitions]:
+    """(each stream's definitions that build, the files of the streams that do not, the location's own
+    definitions), as the code location assembles them. The exporter calls it too, once when it starts
+    (about 1 s of imports, 0.1 s for 4 streams), so a stream that does not train because its
+    definitions do not build is exported as `streamfit_spec_invalid` as a file that does not load is."""
+    from dagster_project.factory import build_stream_definitions
+    from dagster_project.orchestration.retention_schedule import build_retention_definitions
+    from dagster_project.resources import default_resources
+
+    # Every loaded stream, built or not: a halted run of a stream that does not build is still kept.
+    location = dg.Definitions.merge(
+        build_retention_definitions([spec.name for _path, spec in loaded]),
+        dg.Definitions(resources=default_resources()),
+    )
+    # A stream whose definitions do not build (or collide with another's) stops itself, not the others.
+    streams, unbuilt = isolated_stream_definitions(loaded, location, build_stream_definitions)
+    return streams, unbuilt, location
+
+
 def _build_error(spec: StreamSpec, exc: BaseException) -> str:
     return f"stream {spec.name!r}'s Dagster definitions do not build: {_said(exc)}"
 

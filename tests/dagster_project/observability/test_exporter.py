@@ -323,3 +323,31 @@ def test_passed_over_dead_letters_stay_counted_while_a_version_applies_their_res
     assert sample(exporter, "streamfit_rows_total", stream=spec.name, fate="dlq") == 30
     assert registry.versions(spec.name)[-1].meta["offset_reset_applied"]["dead_lettered"]["messages"] == 30
     assert sample(exporter, "streamfit_rows_total", stream=spec.name, fate="dlq") == 30
+
+
+def test_a_stream_whose_definitions_do_not_build_is_exported_as_its_file_being_invalid(
+    registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its spec loads, but the code location stops it as it stops a file that does not load: the
+    exporter counted only the files that do not load, so the stream stopped training unannounced."""
+    from prometheus_client import generate_latest
+
+    from dagster_project import factory
+    from dagster_project.observability.exporter import exporter_registry, exporter_specs
+
+    build_drift_sensor = factory.build_drift_sensor
+
+    def drift_sensor(spec, *jobs):
+        if spec.name == "census":
+            raise RuntimeError("census's drift sensor does not build")
+        return build_drift_sensor(spec, *jobs)
+
+    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)
+    streams = Path(__file__).resolve().parents[3] / "streams"
+    specs, broken = exporter_specs(streams)
+    assert [b.path for b in broken] == [streams / "census.yaml"]
+    assert "stream 'census''s Dagster definitions do not build: RuntimeError" in broken[0].error
+    assert "census" in [s.name for s in specs]  # its registry and lag metrics are still true
+    text = generate_latest(exporter_registry(registry, specs, None, broken)).decode()
+    assert f'streamfit_spec_invalid{{file="{streams / "census.yaml"}"}} 1.0' in text
+    assert text.count("streamfit_spec_invalid{") == 1
