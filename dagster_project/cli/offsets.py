@@ -86,8 +86,11 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
         "again, or rows are skipped."
     ),
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Say where the next batch would start and what that moves over; write nothing."
+)
 @bootstrap_option
-def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
+def offsets_reset(stream: str, position: str, reason: str, force: bool, dry_run: bool, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
     from dagster_project.kafka.io import topic_changed
     from dagster_project.quality.passed_over import replacing
@@ -139,6 +142,11 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             carried = carried_state(stream, pending)
         except ChecksumMismatch as exc:  # the reset is the way out of it: it goes on without the state
             damaged = exc
+    if dry_run:
+        click.echo(f"{stream}: the next batch would start at {target} (dry run: nothing written)")
+        _echo_moved(before, after)
+        _echo_halted(stream, halt)
+        return
     registry().set_pending_offsets(
         stream,
         target,
@@ -148,12 +156,7 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
         details=details,
     )
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
-    again = sum(max(0, before[p] - after[p]) for p in starts)
-    passed = sum(max(0, after[p] - before[p]) for p in starts)
-    if again or passed:
-        effect = [f"moves the start back over {again:,} row(s)"] if again else []
-        effect += [f"moves the start forward past {passed:,} row(s), which go unlearned"] if passed else []
-        click.echo(f"  against where the next batch would have started ({before}), this {' and '.join(effect)}")
+    _echo_moved(before, after)
     if pending:
         kept_state = " and the feature state it carried" if carried is not None else ""
         click.echo(f"  it replaces the pending reset to {pending['offsets']} ({pending['reason']}){kept_state}")
@@ -179,6 +182,16 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             f"  partition(s) {', '.join(map(str, never))} were never learned and start at their log's start, as "
             "before the reset; --force moves them too"
         )
+
+
+def _echo_moved(before: dict[int, int], after: dict[int, int]) -> None:
+    """How many rows a reset moves the start back over (learned again) or forward past (never learned)."""
+    again = sum(max(0, before[p] - after[p]) for p in before)
+    passed = sum(max(0, after[p] - before[p]) for p in before)
+    if again or passed:
+        effect = [f"moves the start back over {again:,} row(s)"] if again else []
+        effect += [f"moves the start forward past {passed:,} row(s), which go unlearned"] if passed else []
+        click.echo(f"  against where the next batch would have started ({before}), this {' and '.join(effect)}")
 
 
 def _echo_halted(stream: str, halt: dict | None) -> None:

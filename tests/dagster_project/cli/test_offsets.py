@@ -105,6 +105,11 @@ def test_a_reset_of_a_stream_nothing_learned_yet_is_refused_unless_forced(
     tick = kafka_sensor_tick(stream_defs, spec, instance, KafkaResource(bootstrap=kafka_settings.bootstrap), registry)
     (request,) = tick.run_requests
     assert decode_ranges(request.tags["streamfit/ranges"]) == {p: (0, e) for p, e in ends.items()}  # every row
+    dry = cli(*args, "--force", "--dry-run")  # what it would pass over, before anything is given up
+    assert dry.exit_code == 0, dry.output
+    assert f"the next batch would start at {ends} (dry run: nothing written)" in dry.output
+    assert "moves the start forward past 300 row(s), which go unlearned" in dry.output
+    assert registry.pending_offset_reset(spec.name) is None
     forced = cli(*args, "--force")
     assert forced.exit_code == 0, forced.output
     assert "moves the start forward past 300 row(s), which go unlearned" in forced.output
