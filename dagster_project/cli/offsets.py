@@ -283,7 +283,14 @@ def reachable(settings: KafkaSettings) -> None:
     """A one-line error naming the fix when no broker answers (in seconds, not after a 30 s bootstrap)."""
     from dagster_project.kafka.io import BrokerUnavailable, check_reachable
 
+    def waiting(address: str) -> None:
+        click.echo(
+            f"the broker at {address} accepted the connection but has not answered a Kafka request in 2 s (stopped, "
+            "overloaded, or not a broker?); waiting up to 30 s more for it ...",
+            err=True,
+        )
+
     try:
-        check_reachable(settings)
+        check_reachable(settings, on_silence=waiting)
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from exc

@@ -141,8 +141,9 @@ def test_a_reset_that_moves_nothing_says_so_and_records_nothing(
 def test_offsets_show_against_a_broker_that_does_not_answer_is_one_line_naming_the_fix(
     cli, spec: StreamSpec, tmp_path: Path
 ) -> None:
-    """A broker that accepts connections but answers nothing (stopped, wedged): `offsets show` ended
-    in kafka-python's traceback (KafkaTimeoutError from the group offsets lookup) instead of an error."""
+    """A broker that accepts connections but answers nothing (stopped, wedged): `offsets show` sat
+    silent for 30 s, then ended in kafka-python's traceback (KafkaTimeoutError from the group offsets
+    lookup) instead of an error."""
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
         os.kill(broker.process.pid, signal.SIGSTOP)
         try:
@@ -152,6 +153,9 @@ def test_offsets_show_against_a_broker_that_does_not_answer_is_one_line_naming_t
 
     assert shown.exit_code == 1, shown.output
     assert isinstance(shown.exception, SystemExit), shown.exception  # a clean exit, no traceback
+    # It said at once (after 2 s, not 30) that it was waiting, and why, rather than hanging silently.
+    assert f"the broker at {broker.bootstrap} accepted the connection but has not answered" in shown.stderr
+    assert "waiting up to 30 s more" in shown.stderr
     assert f"Error: Kafka broker at {broker.bootstrap} accepted the connection but did not answer" in shown.output
     assert "Nothing was changed" in shown.output
 
