@@ -82,8 +82,8 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
     "--force",
     is_flag=True,
     help=(
-        "Move every partition, and reset a stream without an offset gap too: rows its head learned are learned "
-        "again, or rows are skipped."
+        "Move every partition, and reset a stream without an offset gap too (one no version has learned from "
+        "yet included): rows its head learned are learned again, or rows nobody learned are skipped."
     ),
 )
 @click.option(
