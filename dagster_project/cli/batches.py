@@ -22,8 +22,13 @@ def batches() -> None:
 @batches.command("skip")
 @stream_argument
 @click.option("--reason", required=True, help="Why the batch is skipped (recorded with your name).")
-def batches_skip(stream: str, reason: str) -> None:
-    """Skip the batch a halt stopped at (data quality or a failed run); the next version records who skipped what."""
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would be skipped and where training would resume; change nothing."
+)
+def batches_skip(stream: str, reason: str, dry_run: bool) -> None:
+    """Skip the batch a halt stopped at (data quality or a failed run); the next version records who skipped what.
+
+    Its rows are never learned: see them first with --dry-run."""
     from dagster_project.quality.passed_over import replacing
     from dagster_project.registry.store import carried_state
 
@@ -47,6 +52,12 @@ def batches_skip(stream: str, reason: str) -> None:
     skipped = {p: [int(r[0]), ends[int(p)]] for p, r in halt["ranges"].items()}
     pending = store.pending_offset_reset(stream)
     if pending and _past(pending["offsets"], ends):  # an operator's reset already moves past the batch: kept
+        if dry_run:
+            click.echo(
+                f"{stream}: would skip {skipped} ({halt['summary']}); training would resume at the pending reset "
+                f"{pending['offsets']} (dry run: nothing changed, the stream stays halted)"
+            )
+            return
         store.clear_halt(stream, {"resolution": "skipped", "by": by, "reason": reason})
         click.echo(
             f"{stream}: skipped {skipped} ({halt['summary']}); training resumes at the pending reset "
@@ -60,6 +71,14 @@ def batches_skip(stream: str, reason: str) -> None:
     # not read), it still does: replaced by the batch's end, the gap came back.
     later = {p: o for p, o in _offsets(pending).items() if o > ends.get(p, -1)}
     starts = dict(sorted((ends | later).items()))
+    if dry_run:
+        rows = sum(ends[int(p)] - int(r[0]) for p, r in halt["ranges"].items())
+        replaces = f", replacing the pending reset to {pending['offsets']}" if pending else ""
+        click.echo(
+            f"{stream}: would skip {skipped} ({rows:,} rows, never learned; {halt['summary']}); training would "
+            f"resume at {starts}{replaces} (dry run: nothing changed, the stream stays halted)"
+        )
+        return
     store.set_pending_offsets(
         stream,
         starts,

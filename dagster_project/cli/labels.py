@@ -161,6 +161,7 @@ def labels_show(stream: str) -> None:
 
     summary = live_summary(registry_root(), stream)
     if not summary.records:
+        stream_spec(stream)  # a misspelt name is not "no labels yet": the known streams are named
         click.echo(f"{stream}: no joined labels yet (run `streamfit labels join {stream}`)")
         return
     c = summary.counters

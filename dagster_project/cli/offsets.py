@@ -6,6 +6,8 @@ the broker's log and, after data loss, let an operator choose where the next bat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -18,7 +20,7 @@ from dagster_project.cli.common import (
     stream_argument,
     stream_spec,
 )
-from dagster_project.kafka.settings import KafkaSettings
+from dagster_project.kafka.settings import BOOTSTRAP_ENV, KafkaSettings
 
 if TYPE_CHECKING:
     from dagster_project.kafka.offsets import PartitionState
@@ -47,16 +49,17 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
     settings = kafka_settings(bootstrap)
     head, expected, reset = expected_offsets(registry(), stream)
     reachable(settings)
-    committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
+    with broker_errors(settings):
+        committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
+        states = probe_partitions(settings, spec.events_topic, expected)
+        changed = topic_changed(settings, spec, head, reset) if states else None
     click.echo(
         f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {without_state(reset)}" if reset else "")
     )
-    states = probe_partitions(settings, spec.events_topic, expected)
     if not states:
         click.echo(f"  {topic_lost(spec, head, expected) or f'topic {spec.events_topic} does not exist yet'}")
     if states and len(states) != spec.partitions:
         click.echo(f"  NOTE: {partition_mismatch(spec.events_topic, len(states), spec.partitions)}")
-    changed = topic_changed(settings, spec, head, reset) if states else None
     if changed:
         click.echo(
             f"  OFFSET GAP: {spec.events_topic} is not the topic {head.name} learned from ({changed}); the lag is "
@@ -79,12 +82,15 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
     "--force",
     is_flag=True,
     help=(
-        "Move every partition, and reset a stream without an offset gap too: rows its head learned are learned "
-        "again, or rows are skipped."
+        "Move every partition, and reset a stream without an offset gap too (one no version has learned from "
+        "yet included): rows its head learned are learned again, or rows nobody learned are skipped."
     ),
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Say where the next batch would start and what that moves over; write nothing."
+)
 @bootstrap_option
-def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstrap: str | None) -> None:
+def offsets_reset(stream: str, position: str, reason: str, force: bool, dry_run: bool, bootstrap: str | None) -> None:
     """Move where the next batch starts (after data loss); the next version records it."""
     from dagster_project.kafka.io import topic_changed
     from dagster_project.quality.passed_over import replacing
@@ -96,15 +102,16 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
     if not states:
         raise click.ClickException(f"topic {spec.events_topic} does not exist on the broker")
     target = {s.partition: (s.log_start if position == "earliest" else s.high_water) for s in states}
-    head, _expected, pending = expected_offsets(registry(), stream)
+    head, expected, pending = expected_offsets(registry(), stream)
     kept: dict[int, int] = {}
     never: list[int] = []
     moved = {int(p): int(o) for p, o in (pending or {}).get("offsets", {}).items()}  # by a pending reset or skip
-    if head is not None and not force:  # against what the head learned: a pending reset is replaced
-        learned = dict(head.learned)
-        changed = topic_changed(settings, spec, head, None)
-        _refuse_without_gap(stream, head.name, learned, target, states, changed, pending)
-        if not changed and not _past_the_end(states, learned):
+    if not force:  # against what the head learned (nothing yet, before v1): a pending reset is replaced
+        learned = dict(head.learned) if head else {}
+        with broker_errors(settings):
+            changed = topic_changed(settings, spec, head, None)
+        _refuse_without_gap(stream, head.name if head else None, learned, target, states, changed, pending)
+        if head is not None and not changed and not _past_the_end(states, learned):
             # A healthy partition stays where the next batch starts it now: where the head stopped, or
             # where a pending skip moved it (kept at the head, the skipped rows were learned after all).
             current = learned | moved
@@ -118,6 +125,15 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             never = sorted(s.partition for s in states if s.partition not in current)
             for partition in never:
                 del target[partition]
+    # Where the next batch starts now and after this reset (a partition without an offset: its log's start).
+    starts = {s.partition: s.log_start for s in states}
+    before = {p: expected.get(p, start) for p, start in starts.items()}
+    after = {p: target.get(p, start) for p, start in starts.items()}
+    halt = registry().halt(stream)
+    if before == after:  # a reset that moves nothing is not recorded as one (a version would say it applied it)
+        click.echo(f"{stream}: nothing to reset: the next batch already starts at {after}; nothing was written")
+        _echo_halted(stream, halt)
+        return
     # The derived-feature state a pending skip carries (its events read) holds for a start at or past it.
     carried, damaged, details = None, None, {}
     if moved and all(target.get(p, -1) >= o for p, o in moved.items()):
@@ -126,6 +142,11 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             carried = carried_state(stream, pending)
         except ChecksumMismatch as exc:  # the reset is the way out of it: it goes on without the state
             damaged = exc
+    if dry_run:
+        click.echo(f"{stream}: the next batch would start at {target} (dry run: nothing written)")
+        _echo_moved(before, after)
+        _echo_halted(stream, halt)
+        return
     registry().set_pending_offsets(
         stream,
         target,
@@ -135,6 +156,7 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
         details=details,
     )
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
+    _echo_moved(before, after)
     if pending:
         kept_state = " and the feature state it carried" if carried is not None else ""
         click.echo(f"  it replaces the pending reset to {pending['offsets']} ({pending['reason']}){kept_state}")
@@ -143,12 +165,7 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
             f"  WARNING: the feature state the pending reset carried is damaged ({damaged}); dropped: derived "
             "features continue from the head's state, without the events it had read"
         )
-    if halt := registry().halt(stream):
-        click.echo(
-            f"  {stream} stays HALTED ({halt.get('summary') or halt.get('kind')}): no batch runs until `streamfit "
-            f"batches skip {stream} --reason ...` lifts the halt; the skip keeps this reset's start on every partition "
-            "where it is past the halted batch's end"
-        )
+    _echo_halted(stream, halt)
     if kept:
         skipped_to = sorted(p for p in kept if p in moved)
         click.echo(
@@ -164,6 +181,25 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, bootstra
         click.echo(
             f"  partition(s) {', '.join(map(str, never))} were never learned and start at their log's start, as "
             "before the reset; --force moves them too"
+        )
+
+
+def _echo_moved(before: dict[int, int], after: dict[int, int]) -> None:
+    """How many rows a reset moves the start back over (learned again) or forward past (never learned)."""
+    again = sum(max(0, before[p] - after[p]) for p in before)
+    passed = sum(max(0, after[p] - before[p]) for p in before)
+    if again or passed:
+        effect = [f"moves the start back over {again:,} row(s)"] if again else []
+        effect += [f"moves the start forward past {passed:,} row(s), which go unlearned"] if passed else []
+        click.echo(f"  against where the next batch would have started ({before}), this {' and '.join(effect)}")
+
+
+def _echo_halted(stream: str, halt: dict | None) -> None:
+    if halt:
+        click.echo(
+            f"  {stream} stays HALTED ({halt.get('summary') or halt.get('kind')}): no batch runs until `streamfit "
+            f"batches skip {stream} --reason ...` lifts the halt; the skip keeps this reset's start on every partition "
+            "where it is past the halted batch's end"
         )
 
 
@@ -183,7 +219,7 @@ def _past_the_end(states: list[PartitionState], learned: dict[int, int]) -> bool
 
 def _refuse_without_gap(
     stream: str,
-    head: str,
+    head: str | None,
     expected: dict[int, int],
     target: dict[int, int],
     states: list,
@@ -201,30 +237,60 @@ def _refuse_without_gap(
         return
     effect = f"learn {again:,} rows {head} already learned again" if again else f"skip {skipped:,} rows nobody learned"
     replaced = f" (replacing the pending reset to {pending['offsets']})" if pending else ""
+    learned = (
+        f"{head} learned up to {expected}"
+        if head
+        else f"no version has learned from it yet (its first batch starts at each partition's log start, {starts})"
+    )
     raise click.ClickException(
-        f"{stream} has no offset gap: {head} learned up to {expected}, and this reset{replaced} would "
+        f"{stream} has no offset gap: {learned}, and this reset{replaced} would "
         f"{effect}. Pass --force if that is what you want (a model that should learn from scratch is a new "
         "stream; a halted batch is `streamfit batches skip|retry`)."
     )
 
 
+@contextmanager
+def broker_errors(settings: KafkaSettings) -> Iterator[None]:
+    """A broker that accepts connections but does not answer (hung, overloaded, or not Kafka) ends in
+    one line naming the fix, not kafka-python's traceback."""
+    from kafka.errors import KafkaError
+
+    from dagster_project.kafka.io import BrokerUnavailable
+
+    try:
+        yield
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KafkaError as exc:
+        raise click.ClickException(
+            f"Kafka broker at {settings.bootstrap} accepted the connection but did not answer ({exc}); check that "
+            f"it is running and responsive (its log, its load), or point {BOOTSTRAP_ENV} (or --bootstrap) at a "
+            "running one. Nothing was changed"
+        ) from exc
+
+
 def probed(settings: KafkaSettings, topic: str) -> list[PartitionState]:
     """Every partition of `topic` from its log's start ([] when it does not exist), or a one-line error
     naming the fix when no broker answers."""
-    from dagster_project.kafka.io import BrokerUnavailable, probe_partitions
+    from dagster_project.kafka.io import probe_partitions
 
     reachable(settings)
-    try:
+    with broker_errors(settings):
         return probe_partitions(settings, topic, {})
-    except BrokerUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def reachable(settings: KafkaSettings) -> None:
     """A one-line error naming the fix when no broker answers (in seconds, not after a 30 s bootstrap)."""
     from dagster_project.kafka.io import BrokerUnavailable, check_reachable
 
+    def waiting(address: str) -> None:
+        click.echo(
+            f"the broker at {address} accepted the connection but has not answered a Kafka request in 2 s (stopped, "
+            "overloaded, or not a broker?); waiting up to 30 s more for it ...",
+            err=True,
+        )
+
     try:
-        check_reachable(settings)
+        check_reachable(settings, on_silence=waiting)
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from exc

@@ -34,6 +34,7 @@ def quarantine_list(stream: str) -> None:
 
     entries = QuarantineStore().list(stream)
     if not entries:
+        stream_spec(stream)  # a misspelt name is not "nothing quarantined": the known streams are named
         click.echo(f"{stream}: no quarantined batches")
     for entry in entries:
         meta = entry.meta

@@ -277,8 +277,13 @@ def offsets_since(settings: KafkaSettings, topic: str, partitions: Iterable[int]
     return {tp.partition: at.offset for tp, at in found.items() if at is not None}
 
 
-def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
-    """Fail in seconds, not kafka-python's 30 s bootstrap timeout, when no bootstrap host answers."""
+def check_reachable(
+    settings: KafkaSettings, timeout_s: float = 2.0, on_silence: Callable[[str], None] | None = None
+) -> None:
+    """Fail in seconds, not kafka-python's 30 s bootstrap timeout, when no bootstrap host answers.
+
+    A host that accepts the connection but answers nothing within `timeout_s` is left to the
+    client's own timeouts; `on_silence(address)` is told first (a command line says it is waiting)."""
     from dagster_project.kafka.preflight import not_kafka
 
     errors = []
@@ -293,7 +298,8 @@ def check_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> None:
             errors.append(f"{address}: {exc}")
             continue
         with sock:  # one connection: reachable, then asked whether it speaks Kafka
-            why = not_kafka(sock) if settings.security_protocol == "PLAINTEXT" else None
+            silent = (lambda address=address: on_silence(address.strip())) if on_silence else None
+            why = not_kafka(sock, silent) if settings.security_protocol == "PLAINTEXT" else None
         if why is None:  # TLS and SASL listeners are checked by the security preflight
             return
         errors.append(f"{address}: {why}")

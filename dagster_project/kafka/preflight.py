@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from dagster_project.kafka.settings import (
@@ -310,7 +311,7 @@ def _recv_frame(sock: socket.socket) -> bytes | None:
     return _recv_exact(sock, size)
 
 
-def not_kafka(sock: socket.socket) -> str | None:
+def not_kafka(sock: socket.socket, on_silence: Callable[[], None] | None = None) -> str | None:
     """Why the server on the connected `sock` is not a Kafka broker, or None when it answers like one
     (or says nothing within the socket's timeout: a slow broker is left to the client's own timeouts).
 
@@ -325,6 +326,8 @@ def not_kafka(sock: socket.socket) -> str | None:
         sock.sendall(struct.pack(">i", len(request)) + request)
         header = _recv_exact(sock, 8)
     except TimeoutError:
+        if on_silence is not None:  # a caller that keeps a person waiting says so
+            on_silence()
         return None
     except OSError:
         return None  # reset: the client's own connection handling says so

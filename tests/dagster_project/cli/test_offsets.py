@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +13,7 @@ from kafka import TopicPartition
 
 from dagster_project.cli.common import OPERATOR_ENV
 from dagster_project.kafka import clients
+from dagster_project.kafka.brokers.tansu import EmbeddedBroker
 from dagster_project.kafka.offsets import decode_ranges
 from dagster_project.kafka.settings import KafkaSettings
 from dagster_project.registry.store import FilesystemRegistry
@@ -19,21 +22,21 @@ from dagster_project.spec import StreamSpec
 from tests.helpers import high_waters, kafka_sensor_tick, produce_synthetic, run_batch
 
 
-@pytest.mark.parametrize("position", ["latest", "earliest"])
 def test_offsets_reset_writes_a_pending_reset(
-    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, position: str
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry
 ) -> None:
     produce_synthetic(kafka_settings, spec, 30)
     ends = high_waters(kafka_settings, spec.events_topic)
-    result = cli("offsets", "reset", spec.name, "--to", position, "--bootstrap", kafka_settings.bootstrap)
-    assert result.exit_code == 0, result.output
+    args = ("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to")
 
-    target = ends if position == "latest" else dict.fromkeys(ends, 0)
-    assert f"next batch starts at {target}" in result.stdout
-    pending = registry.pending_offset_reset(spec.name)
-    assert pending["offsets"] == {str(p): o for p, o in target.items()}
-    assert pending["reason"] == f"operator reset (--to {position})"
-    assert pending["by"]
+    for position, target, force in (("latest", ends, ("--force",)), ("earliest", dict.fromkeys(ends, 0), ())):
+        result = cli(*args, position, *force)  # back to earliest undoes the skip: no --force needed
+        assert result.exit_code == 0, result.output
+        assert f"next batch starts at {target}" in result.stdout
+        pending = registry.pending_offset_reset(spec.name)
+        assert pending["offsets"] == {str(p): o for p, o in target.items()}
+        assert pending["reason"] == f"operator reset (--to {position})"
+        assert pending["by"]
 
 
 def test_offsets_reset_of_a_stream_without_topic(cli, spec: StreamSpec, kafka_bootstrap: str, registry) -> None:
@@ -48,7 +51,7 @@ def test_offsets_reset_records_the_operator(
 ) -> None:
     monkeypatch.setenv(OPERATOR_ENV, "dana")
     produce_synthetic(kafka_settings, spec, 10)
-    result = cli("offsets", "reset", spec.name, "--to", "earliest", "--bootstrap", kafka_settings.bootstrap)
+    result = cli("offsets", "reset", spec.name, "--to", "latest", "--force", "--bootstrap", kafka_settings.bootstrap)
     assert result.exit_code == 0, result.output
     assert registry.pending_offset_reset(spec.name)["by"] == "dana"
 
@@ -82,6 +85,79 @@ def test_a_reset_of_a_stream_without_an_offset_gap_is_refused_unless_forced(
     forced = cli(*args, "--to", "earliest", "--force")
     assert forced.exit_code == 0, forced.output
     assert registry.pending_offset_reset(spec.name)["offsets"] == dict.fromkeys(map(str, ends), 0)
+
+
+def test_a_reset_of_a_stream_nothing_learned_yet_is_refused_unless_forced(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, stream_defs, instance
+) -> None:
+    """Before its first version, `--to latest` moved a stream past every row waiting on the broker
+    without --force and without a word of how many: 300 rows nobody learned were silently skipped."""
+    produce_synthetic(kafka_settings, spec, 300)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    args = ("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "latest")
+
+    refused = cli(*args)
+
+    assert refused.exit_code == 1, refused.output
+    assert f"{spec.name} has no offset gap: no version has learned from it yet" in refused.output
+    assert "would skip 300 rows nobody learned. Pass --force" in refused.output
+    assert registry.pending_offset_reset(spec.name) is None
+    tick = kafka_sensor_tick(stream_defs, spec, instance, KafkaResource(bootstrap=kafka_settings.bootstrap), registry)
+    (request,) = tick.run_requests
+    assert decode_ranges(request.tags["streamfit/ranges"]) == {p: (0, e) for p, e in ends.items()}  # every row
+    dry = cli(*args, "--force", "--dry-run")  # what it would pass over, before anything is given up
+    assert dry.exit_code == 0, dry.output
+    assert f"the next batch would start at {ends} (dry run: nothing written)" in dry.output
+    assert "moves the start forward past 300 row(s), which go unlearned" in dry.output
+    assert registry.pending_offset_reset(spec.name) is None
+    forced = cli(*args, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "moves the start forward past 300 row(s), which go unlearned" in forced.output
+    assert registry.pending_offset_reset(spec.name)["offsets"] == {str(p): e for p, e in ends.items()}
+
+
+def test_a_reset_that_moves_nothing_says_so_and_records_nothing(
+    cli, spec: StreamSpec, kafka_settings: KafkaSettings, registry: FilesystemRegistry, stream_defs, instance
+) -> None:
+    """On a stream caught up with the broker, `--to latest` printed "next batch starts at ...; the next
+    version records this reset": it wrote a reset that moved nothing, and the next version recorded
+    an operator reset that never happened."""
+    produce_synthetic(kafka_settings, spec, 300)
+    ends = high_waters(kafka_settings, spec.events_topic)
+    assert run_batch(stream_defs, spec, {p: (0, e) for p, e in ends.items()}, instance).success
+
+    result = cli("offsets", "reset", spec.name, "--bootstrap", kafka_settings.bootstrap, "--to", "latest")
+
+    assert result.exit_code == 0, result.output
+    assert f"{spec.name}: nothing to reset: the next batch already starts at {ends}; nothing was written" in (
+        result.output
+    )
+    assert "records this reset" not in result.output
+    assert registry.pending_offset_reset(spec.name) is None
+    shown = cli("offsets", "show", spec.name, "--bootstrap", kafka_settings.bootstrap)
+    assert shown.exit_code == 0 and "pending reset" not in shown.output
+
+
+def test_offsets_show_against_a_broker_that_does_not_answer_is_one_line_naming_the_fix(
+    cli, spec: StreamSpec, tmp_path: Path
+) -> None:
+    """A broker that accepts connections but answers nothing (stopped, wedged): `offsets show` sat
+    silent for 30 s, then ended in kafka-python's traceback (KafkaTimeoutError from the group offsets
+    lookup) instead of an error."""
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        try:
+            shown = cli("offsets", "show", spec.name, "--bootstrap", broker.bootstrap)
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+
+    assert shown.exit_code == 1, shown.output
+    assert isinstance(shown.exception, SystemExit), shown.exception  # a clean exit, no traceback
+    # It said at once (after 2 s, not 30) that it was waiting, and why, rather than hanging silently.
+    assert f"the broker at {broker.bootstrap} accepted the connection but has not answered" in shown.stderr
+    assert "waiting up to 30 s more" in shown.stderr
+    assert f"Error: Kafka broker at {broker.bootstrap} accepted the connection but did not answer" in shown.output
+    assert "Nothing was changed" in shown.output
 
 
 def test_a_reset_after_retention_moves_only_the_partitions_with_a_gap_unless_forced(
