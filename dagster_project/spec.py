@@ -235,7 +235,15 @@ class FeatureStateSpec(_Strict):
     as ``evicted_keys`` in the version's meta.json and logged.
     """
 
-    max_keys: int = Field(default=100_000, ge=1)
+    max_keys: int = at_most(
+        10_000_000,
+        "each key holds at least ~0.6 KB (its history and index, measured with one event in its window): "
+        "10,000,000 keys is ~6 GB per partition and `by` field, most of a "
+        f"{WORKER_GIB} GiB worker",
+        "lower it; keys past it evict the least recently seen (counted as evicted_keys)",
+        default=100_000,
+        ge=1,
+    )
 
 
 def label_key(value: Any) -> tuple[str, Any]:
@@ -287,7 +295,14 @@ class ScaleOutSpec(_Strict):
     sequentially as if scale-out were off. ``workers: 1`` (the default) is off.
     """
 
-    workers: int = Field(default=1, ge=1)
+    workers: int = at_most(
+        256,
+        "each worker is a Dagster step in its own process, and a batch uses no more workers than it has "
+        "non-empty partitions: more workers than the run's machine has cores add processes, not speed",
+        "lower it to the cores the run gets (or the partitions, if fewer)",
+        default=1,
+        ge=1,
+    )
     min_rows_per_worker: int = Field(default=5000, ge=1)
 
 
@@ -679,7 +694,14 @@ class DriftSpec(_Strict):
         default=5000,
         ge=1,
     )
-    retrain_epochs: int = Field(default=2, ge=1)
+    retrain_epochs: int = at_most(
+        100,
+        "each epoch is a full pass over the retrain window inside one run, which holds the stream's turn; "
+        "past a few dozen passes over the same rows an incremental model fits that window, not the stream",
+        "lower it (the default, 2, is what the benchmarks use)",
+        default=2,
+        ge=1,
+    )
     full_retrain_cron: str = "0 3 * * *"  # the scheduled sliding-window retrain
     report_cron: str = "0 * * * *"
 
@@ -747,7 +769,15 @@ class LabelsSpec(_Strict):
         default=3600.0,
         gt=0,
     )
-    max_pending: int = Field(default=100_000, ge=1)
+    max_pending: int = at_most(
+        10_000_000,
+        "each waiting prediction or label is held in memory (~250 bytes with short ids, measured) and "
+        "written in every checkpoint: 10,000,000 is ~2.5 GB held and a checkpoint of that order every "
+        "flush_interval_s",
+        "lower it; past it the oldest waiting entries are evicted unmatched (counted)",
+        default=100_000,
+        ge=1,
+    )
     flush_interval_s: float = at_most(
         DAY_S,
         "a day: live metrics, early cuts and rollbacks see joined labels only at its checkpoints",
