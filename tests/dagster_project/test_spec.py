@@ -611,7 +611,7 @@ def test_settings_that_fail_later_are_refused_when_the_spec_loads(tmp_path: Path
         ({"labels": {"max_pending": 10**9}}, "labels.max_pending: 1000000000 is over its limit, 10,000,000: each"),
         ({"drift": {"retrain_epochs": 10**6}}, "drift.retrain_epochs: 1000000 is over its limit, 100: each epoch"),
         ({"feature_state": {"max_keys": 10**9}}, "feature_state.max_keys: 1000000000 is over its limit, 10,000,000"),
-        ({"model": {"scale_out": {"workers": 10**4}}}, "model.scale_out.workers: 10000 is over its limit, 256: each worker is a"),
+        ({"model": {"scale_out": {"workers": 10**4}}}, "model.scale_out.workers: 10000 is over its limit, 256: each"),
     ],
 )
 def test_absurd_sizes_are_refused_naming_the_limit_its_reason_and_the_fix(tmp_path: Path, overrides, line) -> None:
