@@ -299,16 +299,21 @@ def test_a_champion_whose_feature_state_is_damaged_is_refused_and_the_last_good_
     assert "features.json" in registry.unservable(spec.name, "v2")  # promote and rollback pass it over
 
 
+@pytest.mark.parametrize("first", ["predict", "kafka"])
 def test_a_catch_up_after_a_swap_never_stalls_the_probes_and_predict_says_why_it_waits(
-    trained, kafka_settings, registry, monkeypatch
+    trained, kafka_settings, registry, monkeypatch, first
 ):
-    """`/predict` caught the feature state up on uvicorn's event loop after a swap: `/livez`, `/readyz`
-    and every request stalled for the whole catch-up (3.9 s for a 61,000-event backlog, 16,000 events
-    a second), long enough for a liveness probe to restart a healthy scorer. Now the probes answer at
-    once, `/predict` answers 503 with Retry-After and the reason meanwhile, then the new version."""
+    """After a swap, the feature state was caught up on uvicorn's event loop (`/predict` noticed the
+    swap first: a quiet stream) or `/predict` waited there for the Kafka loop's catch-up (events
+    arriving): `/livez`, `/readyz` and every request stalled for the whole catch-up (3.9 s for a
+    61,000-event backlog, 16,000 events a second), long enough for a liveness probe to restart a
+    healthy scorer. Now the probes answer at once, `/predict` answers 503 with Retry-After and the
+    reason meanwhile, then the new version."""
     import threading
 
     import dagster_project.serving.features as serving_features
+    from dagster_project.dev.producer import produce
+    from dagster_project.ingest.events import make_event
 
     spec = trained
     total = sum(high_waters(kafka_settings, spec.events_topic).values())
@@ -319,8 +324,10 @@ def test_a_catch_up_after_a_swap_never_stalls_the_probes_and_predict_says_why_it
         wait_for(lambda: sum(service.scorer.features.positions.values()) >= total, 60, "the topic scored")
         assert predict_when_ready(client, [row])[1]["model_version"] == "v3"
         read = serving_features.read_range
+        reading = threading.Event()
 
         def slow_read(*args, **kwargs):  # a long backlog, made long in time rather than in events
+            reading.set()
             time.sleep(stall_s)
             yield from read(*args, **kwargs)
 
@@ -340,6 +347,13 @@ def test_a_catch_up_after_a_swap_never_stalls_the_probes_and_predict_says_why_it
 
         registry.set_champion(spec.name, "v1", reason="test: a rollback whose state must catch up")
         wait_for(lambda: service.watcher.current.version == "v1", 10, "the scorer to serve v1")
+        if first == "kafka":  # an event arrives: the Kafka loop switches and catches up, holding the state
+            assert produce(
+                kafka_settings,
+                spec,
+                [(b"dev-3", make_event("after-swap", {"temp": 20.0}, 0, row["ts"], device="dev-3"))],
+            )
+            assert reading.wait(30), "the Kafka loop did not start catching up"
         prober = threading.Thread(target=probe, daemon=True)
         prober.start()
         started = time.monotonic()
