@@ -359,6 +359,7 @@ def test_a_catch_up_after_a_swap_never_stalls_the_probes_and_predict_says_why_it
         started = time.monotonic()
         status, body, response = client.request("POST", "/predict", orjson.dumps({"rows": [row]}))
         waited = time.monotonic() - started
+        health = client.request("GET", "/healthz")[1]
         time.sleep(stall_s / 2)  # probing while the catch-up sleeps
         stop.set()
         prober.join(10)
@@ -367,7 +368,10 @@ def test_a_catch_up_after_a_swap_never_stalls_the_probes_and_predict_says_why_it
         assert (status, response.getheader("Retry-After")) == (503, "1"), body
         assert "derived features not ready: switching to v1's feature state and catching it up" in body["error"]
         assert waited < stall_s / 4
+        assert health["ready"] and health["derived_features"]["catching_up"].startswith("switching to v1's feature")
         assert {(path, code) for path, code, _ in probes} == {("/livez", 200), ("/readyz", 200)}
         status, body = predict_when_ready(client, [row])
         assert (status, body["model_version"]) == (200, "v1"), body
         assert service.scorer.features.caught_up > caught_up  # v1's checkpoint, brought up to the scorer's position
+        health = client.request("GET", "/healthz")[1]
+        assert health["derived_features"] == {"following": "v1", "catching_up": None}
