@@ -256,8 +256,12 @@ class ChampionWatcher:
         A scorer that starts (or restarts) meanwhile has nothing to keep, so it serves what a refused
         champion would leave it: the newest valid version of the champion history.
         """
+        return self._alias_unusable(f"the champion alias is broken ({' '.join(str(exc).split())[:500]})")
+
+    def _alias_unusable(self, problem: str) -> bool:
+        """`_alias_broken`, and a missing alias whose champion history names versions (the filesystem's
+        `champion` file deleted: MLflow's alias falls back to the history itself)."""
         self.metrics.registry_up.labels(self.spec.name).set(1)
-        problem = f"the champion alias is broken ({' '.join(str(exc).split())[:500]})"
         if self._current is None:
             return self._serve_instead(problem, exclude=None, alias=None)
         said = (self._status.degraded or "").startswith(f"{problem}; ")  # what it serves was said already
@@ -273,6 +277,8 @@ class ChampionWatcher:
             name = self.registry.champion(stream)
         except BrokenRegistryFile as exc:  # answered, so not an outage (registry_up stays 1)
             return self._alias_broken(exc)
+        if name is None and (missing := self._alias_missing()) is not None:
+            return self._alias_unusable(missing)
         self.metrics.registry_up.labels(stream).set(1)
         current = self._current
         if name is None or (current is not None and current.version == name):
@@ -288,6 +294,21 @@ class ChampionWatcher:
                 return True
             refusal = self._refusals[name]
         return self._fall_back(refusal)
+
+    def _alias_missing(self) -> str | None:
+        """Why no alias is wrong when the champion history records promotions (None when it has none)."""
+        stream = self.spec.name
+        try:
+            history = self.registry.champion_history(stream)
+        except BrokenRegistryFile:
+            return None  # nothing to fall back on: wait for a champion, as before any promotion
+        last = next((r.get("version") for r in reversed(history) if isinstance(r, dict)), None)
+        if last is None:
+            return None
+        return (
+            f"the champion alias is missing, though the champion history's last promotion named {last}: "
+            f"point it again with `streamfit models promote {stream} <version>` (see champion_history.jsonl)"
+        )
 
     def _load(self, version: str) -> ServedModel | None:
         """Verify and load one version; on failure record why (with its files' fingerprint) and return None."""

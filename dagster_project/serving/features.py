@@ -8,6 +8,14 @@ events in between from the topic (catch-up), then follows the scorer's own polls
 another version starts again from that version's state; a scorer that goes back (a rebalance, an
 aborted transaction) restores the partition from a checkpoint and catches up again, so the values
 never depend on the scorer's history.
+
+A catch-up reads the topic (about 16,000 events a second: a minute for a million-event backlog)
+while holding the state. `/predict` peeks at it on uvicorn's event loop, so it never waits for
+one, nor starts one there: while the state is being switched or caught up it answers 503 with
+`Retry-After` and the reason at once, and a swap that `/predict` notices first (a quiet stream) is
+caught up in a thread of its own. Waiting instead stalled the loop, and with it `/livez` and
+`/readyz`, for the whole catch-up (3.9 s for 61,000 events), long enough for a liveness probe to
+restart a healthy scorer.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -55,6 +64,10 @@ class ServingFeatures:
         self.positions: dict[int, int] = {}  # partition -> the next offset the state expects
         self.caught_up = 0  # events read from the topic to bring a state up to the scorer's position
         self._lock = threading.Lock()  # `/predict` peeks while the Kafka loop observes
+        # What holds the state for long (a switch, a catch-up), read without the lock: `/predict` answers 503 meanwhile
+        self._busy: str | None = None
+        self._switching: threading.Thread | None = None  # a swap `/predict` noticed first, caught up off the loop
+        self._switch_failed: tuple[str, Exception] | None = None  # its failure, for the next request of that version
         # A row's `ts` is the event's top-level one (a number, as the contract says) unless a feature has the name
         self._ts_is_context = "ts" not in spec.feature_names
         self._ts_unit = ts_unit(spec)
@@ -122,9 +135,7 @@ class ServingFeatures:
         derived = np.empty((len(rows), len(self.spec.derived)), dtype=np.float32)
         problems = []
         now = time.time()  # max_ahead is judged from the arrival, as Kafka judges it from the record's timestamp
-        with self._lock:
-            if version != self.version:
-                self._switch(version)
+        with self._peeking(version):
             for i, row in enumerate(rows):
                 if self._ts_is_context and (problem := ts_problem(row.get("ts"), self._ts_unit)):  # as on Kafka
                     problems.append({"row": i, "errors": [problem]})
@@ -150,31 +161,103 @@ class ServingFeatures:
             )
         return np.hstack([X, derived])
 
+    @property
+    def catching_up(self) -> str | None:
+        """What the state is busy with (a switch to another version's checkpoint, a catch-up), or None."""
+        return self._busy
+
+    def follow(self, version: str) -> None:
+        """Switch to `version` now, caught up to the scorer's position (blocking: never on the event loop)."""
+        with self._lock:
+            if version != self.version:
+                self._switch(version)
+
+    @contextmanager
+    def _peeking(self, version: str) -> Iterator[None]:
+        """The lock, for a `/predict` peek at `version`'s state; 503 instead of waiting for a catch-up.
+
+        The Kafka loop holds the lock for each batch (milliseconds): that is waited for, in short
+        steps that look again whether a switch or catch-up began meanwhile.
+        """
+        if (busy := self._busy) is not None:
+            raise self._not_ready(busy)
+        while not self._lock.acquire(timeout=0.005):
+            if (busy := self._busy) is not None:
+                raise self._not_ready(busy)
+        try:
+            if version != self.version:
+                self._switch_off_the_loop(version)  # raises: 503 meanwhile, or the switch's failure
+            yield
+        finally:
+            self._lock.release()
+
+    def _not_ready(self, busy: str) -> RequestError:
+        return RequestError(
+            503,
+            f"derived features not ready: {busy}; requests that need them are answered again once it is done",
+            headers={"Retry-After": "1"},
+        )
+
+    def _switch_off_the_loop(self, version: str) -> None:
+        """(Under the lock.) A swap noticed by `/predict` before the Kafka loop: switched in a thread."""
+        failed, self._switch_failed = self._switch_failed, None
+        if failed is not None and failed[0] == version:  # this request gets it; the next one tries again
+            raise failed[1]
+        if self._switching is None or not self._switching.is_alive():
+            self._busy = f"switching to {version}'s feature state and catching it up to the scorer's position"
+            self._switching = threading.Thread(
+                target=self._switch_in_thread, args=(version,), name=f"features-{self.spec.name}", daemon=True
+            )
+            self._switching.start()
+        raise self._not_ready(self._busy or f"switching to {version}'s feature state")
+
+    def _switch_in_thread(self, version: str) -> None:
+        with self._lock:  # `_busy` cleared under it: a batch of the Kafka loop restores what it found
+            try:
+                if version != self.version:  # the Kafka loop may have switched first
+                    self._switch(version)
+            except Exception as exc:
+                log.exception("%s: derived features could not switch to %s", self.spec.name, version)
+                self._switch_failed = (version, exc)
+            finally:
+                self._busy = None
+
+    @contextmanager
+    def _holding(self, busy: str) -> Iterator[None]:
+        """(Under the lock.) Mark the state busy with `busy` for `/predict` while this runs."""
+        before, self._busy = self._busy, busy
+        try:
+            yield
+        finally:
+            self._busy = before
+
     def _switch(self, version: str) -> None:
         """Follow `version` from its checkpoint (the state after its learned offsets), brought up to
         where the scorer had read: a `/predict` after a hot swap on a quiet stream would otherwise
         miss the events between the two until the next event arrives."""
         log.info("%s: derived features now follow %s (was %s)", self.spec.name, version, self.version)
         reached = self.positions
-        followed = self.registry.get(self.spec.name, version)
-        state = state_after(self.registry, self.spec, followed)  # may fail: then nothing changed
-        self.version, self.state, self.positions = version, state, dict(followed.learned)
-        for partition, offset in reached.items():
-            self._bring_to(partition, offset)
+        with self._holding(f"switching to {version}'s feature state and catching it up to the scorer's position"):
+            followed = self.registry.get(self.spec.name, version)
+            state = state_after(self.registry, self.spec, followed)  # may fail: then nothing changed
+            self.version, self.state, self.positions = version, state, dict(followed.learned)
+            for partition, offset in reached.items():
+                self._bring_to(partition, offset)
 
     def _bring_to(self, partition: int, offset: int) -> None:
         position = self.positions.get(partition)
         if position == offset:
             return
-        if position is None or position > offset:  # new partition, or gone back: from a checkpoint
-            start, saved = self._checkpoint_at(partition, offset)
-            if saved is None:
-                self.state.partitions.pop(partition, None)
-            else:
-                self.state.partitions[partition] = saved
-            position = start
-        if position < offset:
-            self._catch_up(partition, position, offset)
+        with self._holding(self._busy or f"catching up partition {partition} to offset {offset} from the topic"):
+            if position is None or position > offset:  # new partition, or gone back: from a checkpoint
+                start, saved = self._checkpoint_at(partition, offset)
+                if saved is None:
+                    self.state.partitions.pop(partition, None)
+                else:
+                    self.state.partitions[partition] = saved
+                position = start
+            if position < offset:
+                self._catch_up(partition, position, offset)
         self.positions[partition] = offset
 
     def _checkpoint_at(self, partition: int, offset: int):

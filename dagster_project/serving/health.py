@@ -249,10 +249,12 @@ class ScorerHealth:
         watcher: ChampionWatcher,
         kafka: KafkaLink | None = None,
         delivery: Callable[[], dict[str, Any]] | None = None,
+        features: Any = None,
     ) -> None:
         self.stream = stream
         self.watcher = watcher
         self.kafka = kafka
+        self.features = features  # the derived-feature state (`features.ServingFeatures`), when the stream has one
         self.delivery = delivery  # the Kafka loop's delivery mode and why (exactly_once / at_least_once)
 
     def report(self) -> HealthReport:
@@ -294,4 +296,6 @@ class ScorerHealth:
         }
         if self.delivery is not None:
             detail["delivery"] = self.delivery()
+        if self.features is not None:  # not a readiness reason: every replica swaps at once, and Kafka goes on
+            detail["derived_features"] = {"following": self.features.version, "catching_up": self.features.catching_up}
         return HealthReport(live=True, ready=not reasons, reasons=reasons, detail=detail)

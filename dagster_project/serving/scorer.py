@@ -801,7 +801,13 @@ class ScoringService:
             delivery=delivery,
             client=client,
         )
-        self.health = ScorerHealth(spec.name, self.watcher, self.scorer.link, delivery=self.scorer.describe_delivery)
+        self.health = ScorerHealth(
+            spec.name,
+            self.watcher,
+            self.scorer.link,
+            delivery=self.scorer.describe_delivery,
+            features=self.scorer.features,
+        )
         options = dict(
             token=token,
             max_body_bytes=max_body_bytes,

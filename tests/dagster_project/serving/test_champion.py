@@ -515,3 +515,31 @@ def test_a_version_copied_from_another_stream_or_version_is_refused(
     watcher.check()
     assert (watcher.current.version, watcher.refused) == ("v1", "v3")
     assert "a copy of another version" in watcher.degraded
+
+
+def test_a_scorer_that_starts_after_the_alias_file_was_deleted_serves_the_newest_champion_of_the_history(
+    registry: FilesystemRegistry, spec: StreamSpec
+) -> None:
+    """A deleted `champion` file (a bad restore, a stray cleanup) left a new scorer waiting for a
+    champion forever although the history names one; MLflow's missing alias falls back to the history."""
+    metrics = ScorerMetrics(spec.name)
+    for seed in (0, 1):
+        train_version(registry, spec, seed=seed)  # v2, the champion after v1
+    train_version(registry, spec, seed=2, champion=False)  # v3, registered and never champion
+    (registry.root / spec.name / "champion").unlink()
+
+    started = ChampionWatcher(registry, spec, metrics)
+    health = ScorerHealth(spec.name, started)
+    assert started.check() and started.current.version == "v2"
+    detail = health.report().detail
+    assert detail["ready"] and (detail["model_version"], detail["fallback"]) == ("v2", True)
+    assert detail["degraded"].startswith("the champion alias is missing, though the champion history's last")
+    assert f"streamfit models promote {spec.name} <version>" in detail["degraded"]
+    assert detail["degraded"].endswith("; serving v2, the newest valid version in the champion history")
+
+    registry.set_champion(spec.name, "v2", reason="manual: the alias repaired")
+    assert not started.check()
+    assert (started.current.version, started.degraded) == ("v2", None)
+
+    fresh = FilesystemRegistry(registry.root / "elsewhere")  # no history: waits for a first promotion, as before
+    assert not ChampionWatcher(fresh, spec, ScorerMetrics(spec.name)).check()
