@@ -28,7 +28,7 @@ log = logging.getLogger("streamfit.warm_runs")
 # What a training run imports; the forkserver imports each once (a missing optional one is skipped).
 PRELOAD_MODULES: tuple[str, ...] = (
     "dagster_project.orchestration.preload",
-    "dagster_project.definitions",
+    "dagster_project.orchestration.resolved_location",  # the definitions, imported and resolved
 )
 DISABLE_ENV = "STREAMFIT_WARM_RUNS"  # "0" starts runs the standard way (spawn)
 

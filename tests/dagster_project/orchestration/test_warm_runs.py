@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -46,3 +47,27 @@ def test_the_preload_list_names_modules_that_exist():
 def test_warm_runs_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(warm_runs.DISABLE_ENV, "0")
     assert warm_runs.install() is False
+
+
+def test_a_forked_run_reads_the_repository_the_forkserver_resolved_and_builds_no_stream(monkeypatch):
+    """A run of one stream loads the whole location; the forkserver resolved it (every stream's jobs)
+    once, so a forked run worker's load is Dagster's cached repository, not all N streams again."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    import dagster_project.definitions as location
+    from dagster_project import factory, names
+    from dagster_project.orchestration import resolved_location
+
+    assert "dagster_project.orchestration.resolved_location" in PRELOAD_MODULES
+    importlib.reload(resolved_location)  # what the forkserver's preload runs (this `defs`: a test may reload it)
+    assert location.defs.has_resolved_repository_def()
+    resolved = location.defs.get_repository_def()
+    builds: list[str] = []
+    build = factory.build_stream_definitions
+    monkeypatch.setattr(factory, "build_stream_definitions", lambda spec: builds.append(spec.name) or build(spec))
+    stream = next(j.tags[names.STREAM_TAG] for j in resolved.get_all_jobs() if names.STREAM_TAG in j.tags)
+    job = names.training_job(stream)
+    repository = ReconstructableRepository.for_module("dagster_project.definitions", "defs").get_definition()
+    assert repository is resolved
+    assert repository.get_job(job) is resolved.get_job(job)
+    assert builds == []
