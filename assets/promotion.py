@@ -29,6 +29,7 @@ from dagster_project.registry.promotion import (
     margin_text,
     stream_metric,
 )
+from dagster_project.registry.store import last_promotion
 from dagster_project.resources import RegistryResource
 from dagster_project.spec import StreamSpec
 
@@ -81,8 +82,7 @@ def decide_champion(
 
     # A recently promoted champion against its predecessor, on every row of the batch (gathered
     # only then: copying a 100 k-row batch's rows cost ~4 ms of every run that had nothing to check).
-    history = reg.champion_history(name)
-    promoted = history[-1] if history and history[-1]["version"] == current else None
+    promoted = last_promotion(reg.champion_history(name), current)
     # A champion a person chose is not checked against the version it replaced: the drift monitor
     # would roll back to it, undoing the choice with the very version the person rejected.
     chosen_by_hand = bool(((promoted or {}).get("evidence") or {}).get("by"))
@@ -218,8 +218,7 @@ def _hand_decision_holds(reg, spec: StreamSpec, metric: str, candidate: str, res
     by a version of its line (grown from it since the choice) within the margin, or by another line's
     version that beats it by more than the margin. Without this a hand rollback lasted one batch: the
     rolled-back line's next version was promoted as "within margin" of the version the person chose."""
-    history = reg.champion_history(spec.name)
-    chosen = history[-1] if history and history[-1].get("version") == result.champion else None
+    chosen = last_promotion(reg.champion_history(spec.name), result.champion)
     by = ((chosen or {}).get("evidence") or {}).get("by")
     if not by or _of_its_line(reg, spec.name, candidate, result.champion, chosen.get("at") or ""):
         return result

@@ -15,7 +15,7 @@ import numpy as np
 from dagster_project.names import version_number
 from dagster_project.registry.promotion import HIGHER_IS_BETTER
 from dagster_project.registry.significance import PairedTest, combine
-from dagster_project.registry.store import ModelRegistry, Version
+from dagster_project.registry.store import ModelRegistry, Version, last_promotion
 from dagster_project.spec import StreamSpec
 from monitors.actions import ACTION_KIND, action_history, epoch, last_action
 from monitors.cut_policy import SeriesPoint, series_change
@@ -230,10 +230,9 @@ def _comparison(registry: ModelRegistry, stream: str, champion: str | None) -> C
     """Row-weighted champion vs predecessor over every batch checked since the promotion."""
     if not champion:
         return None
-    history = registry.champion_history(stream)
-    if not history or history[-1]["version"] != champion or not history[-1].get("previous"):
+    promoted = last_promotion(registry.champion_history(stream), champion)
+    if promoted is None or not promoted.get("previous"):
         return None
-    promoted = history[-1]
     checks = [
         d
         for d in registry.decisions(stream)

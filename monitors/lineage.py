@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dagster_project.registry.store import FIRST_VERSION_REASON, MANUAL_REASON, ROLLBACK_REASON
+from dagster_project.registry.store import FIRST_VERSION_REASON, MANUAL_REASON, ROLLBACK_REASON, alias_changes
 from monitors.actions import ActionHistory, epoch
 
 NOT_A_CONTINUATION = (FIRST_VERSION_REASON, ROLLBACK_REASON, MANUAL_REASON)  # champion-history reasons
@@ -44,6 +44,7 @@ def serving_lineage(history: Sequence[dict[str, Any]], actions: ActionHistory, c
     after its action is recorded, a rollback's alias moves just before); every version the gate
     promoted from then on continues it."""
     since, first = 0.0, set()
+    history = alias_changes(history)  # a re-promotion of the champion changed nothing
     for change in history:
         if not _continues(change):
             since, first = epoch(change["at"]), {change["version"]}

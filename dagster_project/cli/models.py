@@ -81,9 +81,16 @@ def models_promote(stream: str, version: str, reason: str) -> None:
                 f"{stream} {version} cannot be served, so the champion stays {store.champion(stream) or '-'}: "
                 f"{problem}. Promote another version (`streamfit models list {stream}`)"
             )
-        store.set_champion(stream, version, reason=MANUAL_REASON + reason, evidence={"by": operator_name()})
+        moved = store.set_champion(stream, version, reason=MANUAL_REASON + reason, evidence={"by": operator_name()})
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
+    if not moved:
+        click.echo(
+            f"{stream}: {version} is already the champion; nothing changed (no champion-history entry: a later "
+            "rollback or drift check still compares it with the version it replaced). Scorers that refused it "
+            "check it again now"
+        )
+        return
     click.echo(f"{stream}: champion is now {version}")
 
 

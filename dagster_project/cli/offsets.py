@@ -47,7 +47,9 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
 
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
-    head, expected, reset = expected_offsets(registry(), stream)
+    store = registry()
+    head, expected, reset = expected_offsets(store, stream)
+    stale = store.stale_offset_reset(stream) if reset is None else None
     reachable(settings)
     with broker_errors(settings):
         committed = committed_group_offsets(settings, spec.trainer_group, spec.events_topic)
@@ -56,6 +58,8 @@ def offsets_show(stream: str, bootstrap: str | None) -> None:
     click.echo(
         f"{stream}: head {head.name if head else 'none'}" + (f", pending reset {without_state(reset)}" if reset else "")
     )
+    if stale:
+        click.echo(f"  STALE RESET: {stale}")
     if not states:
         click.echo(f"  {topic_lost(spec, head, expected) or f'topic {spec.events_topic} does not exist yet'}")
     if states and len(states) != spec.partitions:
@@ -94,7 +98,7 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, dry_run:
     """Move where the next batch starts (after data loss); the next version records it."""
     from dagster_project.kafka.io import topic_changed
     from dagster_project.quality.passed_over import replacing
-    from dagster_project.registry.store import ChecksumMismatch, carried_state, expected_offsets
+    from dagster_project.registry.store import ChecksumMismatch, StaleReset, carried_state, expected_offsets
 
     spec = stream_spec(stream)
     settings = kafka_settings(bootstrap)
@@ -147,14 +151,25 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, dry_run:
         _echo_moved(before, after)
         _echo_halted(stream, halt)
         return
-    registry().set_pending_offsets(
-        stream,
-        target,
-        reason=f"{reason} (--to {position})",
-        by=operator_name(),
-        feature_state=carried,
-        details=details,
-    )
+    store = registry()
+    try:
+        # Conditional on the head it was computed against: a version registered since learned rows this
+        # reset did not consider (refused here, or, registered between that check and the write, the
+        # reset is never applied and the check below says so).
+        store.set_pending_offsets(
+            stream,
+            target,
+            reason=f"{reason} (--to {position})",
+            by=operator_name(),
+            feature_state=carried,
+            details=details,
+            head=head.name if head else None,
+        )
+    except StaleReset as exc:
+        raise click.ClickException(str(exc)) from exc
+    stale = store.stale_offset_reset(stream)
+    if stale is not None:
+        raise click.ClickException(stale)
     click.echo(f"{stream}: next batch starts at {target}; the next version records this reset")
     _echo_moved(before, after)
     if pending:

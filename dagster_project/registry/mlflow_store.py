@@ -87,6 +87,7 @@ from dagster_project.registry.store import (
     _is_stored,
     _now,
     _sha256,
+    unchanged_record,
     without_state,
 )
 
@@ -123,6 +124,7 @@ NO_PARENT = "none"
 BOOKKEEPING_TAG = "streamfit.bookkeeping"
 ABANDONED_TAG = "streamfit.abandoned"
 HISTORY, DECISION, APPLIED_RESET = "history", "decision", "offset_reset_applied"
+REPROMOTED = "-repromoted"  # the key suffix of a re-promotion's decision (`history_marker`)
 HALT_KEY, RESET_KEY = "state/halt", "state/offset_reset"
 
 PROFILE_FILE = "profile.json"
@@ -864,17 +866,22 @@ class MlflowRegistry(ModelRegistry):
         return entry.tags[VERSION_TAG]
 
     @_translating("moving the champion alias")
-    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> bool:
         """Point `champion` at the version's MLflow number, then append the change to the history.
 
         An error means nothing changed: a history write that fails puts the alias back, so no scorer
-        serves a champion the audit history lacks."""
+        serves a champion the audit history lacks. The champion promoted again moves nothing: its
+        decision's key (`...-repromoted`) is what `history_marker` shows scorers that refused it."""
         entry = self._entry(stream, version)
         before = self._alias_entry(stream)
         try:
             previous = self._champion_of(stream, before)
         except BrokenRegistryFile:  # this write is the repair the error message names
             previous = None
+        if previous == version:
+            key = f"{DECISION}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{REPROMOTED}"
+            self._append(stream, DECISION, {"at": _now(), **unchanged_record(version, reason, evidence)}, key)
+            return False
         record: dict[str, Any] = {"version": version, "previous": previous, "reason": reason, "at": _now()}
         if evidence:
             record["evidence"] = evidence
@@ -884,6 +891,7 @@ class MlflowRegistry(ModelRegistry):
         except Exception:
             self._restore_alias(stream, before, previous)
             raise
+        return True
 
     def _restore_alias(self, stream: str, before: _Entry | None, previous: str | None) -> None:
         """Put the alias back where it was (delete it if there was none) after a failed history write."""
@@ -910,11 +918,13 @@ class MlflowRegistry(ModelRegistry):
     def history_marker(self, stream: str) -> str | None:
         """The newest champion-history record's key (None without one): one call, no decoding.
 
-        Every promotion adds a record, a re-promotion of the same version included, whereas MLflow
-        changes nothing on the model version itself; a scorer that refused a champion re-checks it
-        when this changes (the artifact store offers nothing cheap to stat)."""
-        keys = [key for run in self._bookkeeping_runs(stream) for key in run.data.tags if key.startswith(HISTORY + "/")]
-        return max(keys, default=None)
+        Every promotion adds a record, and a re-promotion of the champion a decision whose key says so,
+        whereas MLflow changes nothing on the model version itself; a scorer that refused a champion
+        re-checks it when this changes (the artifact store offers nothing cheap to stat)."""
+        tags = [key for run in self._bookkeeping_runs(stream) for key in run.data.tags]
+        promoted = max((key for key in tags if key.startswith(HISTORY + "/")), default=None)
+        repromoted = max((key for key in tags if key.endswith(REPROMOTED)), default=None)
+        return None if promoted is None and repromoted is None else f"{promoted}|{repromoted}"
 
     # ------------------------------------------------------------------ bookkeeping run
 
@@ -1035,6 +1045,11 @@ class MlflowRegistry(ModelRegistry):
             return
         self._set_record(stream, self._writer_run(stream), f"{APPLIED_RESET}/{applied_by_version}", pending)
         self._clear_state(stream, RESET_KEY)
+
+    @_translating("dropping a stale offset reset")
+    def _drop_offset_reset(self, stream: str, stored: dict[str, Any]) -> None:
+        if _is_stored(self._state(stream, RESET_KEY), stored):
+            self._clear_state(stream, RESET_KEY)
 
     @_translating("reading applied offset resets")
     def _kept_applied_resets(self, stream: str) -> dict[str, dict[str, Any]]:

@@ -38,12 +38,19 @@ ESTIMATOR_FILE = "estimator.joblib"
 # the stream has derived features: part of the checkpoint, written and verified like the model.
 FEATURES_FILE = "features.json"
 META_FILE = "meta.json"
+# An operator's pending offset reset names the head it was computed against (`set_pending_offsets`).
+COMPUTED_AGAINST = "computed_against_head"
+ANY_HEAD: Any = object()  # set_pending_offsets without a head to check (the trainer's, `batches skip`)
 # A pending offset reset that skipped events it read carries the feature state after them.
 RESET_STATE, RESET_STATE_SHA256 = "feature_state", "feature_state_sha256"
 
 
 class RegistryError(RuntimeError):
     """A registry operation was refused; the message says why and what to do."""
+
+
+class StaleReset(RegistryError):
+    """An offset reset computed against a head that is no longer the head: nothing was written."""
 
 
 class StaleParent(RegistryError):
@@ -318,8 +325,13 @@ class ModelRegistry(abc.ABC):
     def champion(self, stream: str) -> str | None: ...
 
     @abc.abstractmethod
-    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
-        """Point the alias at `version` and append the change to the champion history."""
+    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> bool:
+        """Point the alias at `version` and append the change to the champion history; True.
+
+        `version` already the champion: nothing moves and the history is not written (an entry would
+        name the champion as its own predecessor, and a rollback or the drift monitor's comparison
+        would read it as a promotion); the re-promotion is kept as a decision
+        (`champion_unchanged`) instead, and False is returned."""
 
     @abc.abstractmethod
     def champion_history(self, stream: str) -> list[dict[str, Any]]:
@@ -334,10 +346,18 @@ class ModelRegistry(abc.ABC):
         if current is None:
             raise RegistryError(f"{stream} has no champion to roll back")
         history = self.champion_history(stream)
-        # Never return to a version that was itself rolled back from.
-        rejected = {current} | {h["previous"] for h in history if str(h.get("reason", "")).startswith("rollback")}
+        changes = alias_changes(history)
+        # Never return to a version that was itself rolled back from, unless it was chosen again since
+        # (promoted by hand or by the gate after that rollback).
+        rejected: set[str] = set()
+        for change in changes:
+            if str(change.get("reason", "")).startswith("rollback"):
+                rejected.add(change["previous"])
+            else:
+                rejected.discard(change["version"])
+        rejected.add(current)
         passed_over: dict[str, str] = {}
-        for entry in reversed(history):
+        for entry in reversed(changes):
             version = entry["version"]
             if version in rejected or version in passed_over:
                 continue
@@ -394,15 +414,43 @@ class ModelRegistry(abc.ABC):
         by: str,
         feature_state: bytes | None = None,
         details: dict[str, Any] | None = None,
+        head: Any = ANY_HEAD,
     ) -> dict[str, Any]:
         """Make the next version start at `offsets`. `feature_state` is the derived-feature state
         after them when the skipped events were read (a quarantine, a batch with nothing to learn):
         kept in the same record, so the offsets and the state move together or not at all.
-        `details` (JSON) are kept with the reason, for the version that applies it to record."""
+        `details` (JSON) are kept with the reason, for the version that applies it to record.
+
+        `head`: the head's name (None: no version yet) the offsets were computed against. When
+        another version is the head now, StaleReset is raised and nothing is written; and as a
+        version can still be registered between that check and the write, the record keeps it
+        (`COMPUTED_AGAINST`): a reset whose head is no longer the head is never applied
+        (`stale_offset_reset`), and the operator is told to run it again."""
         self.settle_offset_reset(stream)  # an applied one not yet kept as applied must not be overwritten
+        if head is not ANY_HEAD:
+            self._check_head(stream, head)
+            details = {**(details or {}), COMPUTED_AGAINST: head}
         record = reset_record(offsets, reason, by, feature_state, details)
         self._store_offset_reset(stream, record)
         return record
+
+    def _check_head(self, stream: str, head: str | None) -> None:
+        current = self.head(stream)
+        if (current.name if current else None) != head:
+            raise StaleReset(stale_message(stream, head, current.name if current else None, "nothing was written"))
+
+    def stale_offset_reset(self, stream: str, stored: dict[str, Any] | None = None) -> str | None:
+        """Why the stored reset must not be applied (it was computed against a head that is no longer
+        the head: a version registered meanwhile, and where it learned up to was not considered), or None."""
+        stored = self._stored_offset_reset(stream) if stored is None else stored
+        if stored is None or COMPUTED_AGAINST not in stored:
+            return None  # set by the trainer or `batches skip`, or before resets recorded their head
+        current = self.head(stream)
+        if (current.name if current else None) == stored[COMPUTED_AGAINST] or self._applier(stream, stored):
+            return None  # the head it was computed against, or a version applied it (its clearing interrupted)
+        return stale_message(
+            stream, stored[COMPUTED_AGAINST], current.name if current else None, "it is not applied", stored
+        )
 
     @abc.abstractmethod
     def _store_offset_reset(self, stream: str, record: dict[str, Any]) -> None: ...
@@ -416,6 +464,10 @@ class ModelRegistry(abc.ABC):
         applier = self._applier(stream, stored)
         if applier is not None:
             log.warning("%s: the pending offset reset was already applied by %s; ignoring it", stream, applier)
+            return None
+        stale = self.stale_offset_reset(stream, stored)
+        if stale is not None:
+            log.warning("%s", stale)
             return None
         return stored
 
@@ -435,6 +487,11 @@ class ModelRegistry(abc.ABC):
         applier = self._applier(stream, stored) if stored is not None else None
         if applier is not None:
             self.clear_offset_reset(stream, applier, applied=stored)
+        elif stored is not None and (stale := self.stale_offset_reset(stream, stored)) is not None:
+            # Never applied (nor applicable): dropped, and kept in the decision log.
+            discarded = {"kind": "offset_reset_discarded", "reset": without_state(stored), "why": stale}
+            self.record_decision(stream, discarded)
+            self._drop_offset_reset(stream, stored)
 
     def _applier(self, stream: str, stored: dict[str, Any]) -> str | None:
         """The version whose meta.json records applying `stored` (its `at` makes it unique), if any."""
@@ -453,6 +510,10 @@ class ModelRegistry(abc.ABC):
         two leaves it stored, and `pending_offset_reset` sees it was applied). With `applied` (the
         reset the version applied), only if the stored one is still that: an operator's newer reset,
         set meanwhile, stays pending."""
+
+    @abc.abstractmethod
+    def _drop_offset_reset(self, stream: str, stored: dict[str, Any]) -> None:
+        """Delete the stored reset if it still is `stored` (one set since stays)."""
 
     @abc.abstractmethod
     def _kept_applied_resets(self, stream: str) -> dict[str, dict[str, Any]]:
@@ -677,13 +738,16 @@ class FilesystemRegistry(ModelRegistry):
             raise BrokenRegistryFile(f"{path} names no version: {fix}", path)
         return record["version"]
 
-    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+    def set_champion(self, stream: str, version: str, reason: str, evidence: dict[str, Any] | None = None) -> bool:
         """Point the alias at `version` (atomic replace) and append the decision to the history."""
         self.get(stream, version)
         try:
             previous = self.champion(stream)
         except BrokenRegistryFile:  # this write is the repair the error message names
             previous = None
+        if previous == version:
+            self.record_decision(stream, unchanged_record(version, reason, evidence))
+            return False
         record = {"version": version, "previous": previous, "reason": reason, "at": _now()}
         if evidence:
             record["evidence"] = evidence
@@ -705,6 +769,7 @@ class FilesystemRegistry(ModelRegistry):
                 raise
         except OSError as exc:
             raise _not_written(f"{stream}: the champion stays {previous or '-'}", self.root, exc) from exc
+        return True
 
     def record_decision(self, stream: str, record: dict[str, Any]) -> None:
         """Append a gate or monitor decision (with its numbers) to decisions.jsonl."""
@@ -751,6 +816,11 @@ class FilesystemRegistry(ModelRegistry):
         fix = f"delete it and run `streamfit offsets reset {stream} --to earliest|latest` again"
         return _read_json(path, fix) if path.exists() else None
 
+    def _drop_offset_reset(self, stream: str, stored: dict[str, Any]) -> None:
+        path = self._stream_dir(stream) / "offset_reset.json"
+        if _is_stored(self._stored_offset_reset(stream), stored):
+            path.unlink(missing_ok=True)
+
     def clear_offset_reset(self, stream: str, applied_by_version: str, applied: dict[str, Any] | None = None) -> None:
         path = self._stream_dir(stream) / "offset_reset.json"
         if not path.exists() or not _is_stored(self._stored_offset_reset(stream), applied):
@@ -759,6 +829,46 @@ class FilesystemRegistry(ModelRegistry):
             os.replace(path, self._stream_dir(stream) / f"offset_reset.applied-{applied_by_version}.json")
         except FileNotFoundError:  # another writer kept it as applied just now
             pass
+
+
+def alias_changes(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The champion history's records that moved the alias: a record naming the champion it replaced
+    as its own predecessor (a re-promotion of the champion, written before those became decisions)
+    changed nothing, so no rollback returns "to" it and no comparison is made against it."""
+    return [h for h in history if h.get("version") != h.get("previous")]
+
+
+def last_promotion(history: list[dict[str, Any]], champion: str | None) -> dict[str, Any] | None:
+    """The record that made `champion` the champion (its predecessor is `previous`), or None when the
+    history's last alias change is not to it."""
+    changes = alias_changes(history)
+    return changes[-1] if changes and champion is not None and changes[-1]["version"] == champion else None
+
+
+def unchanged_record(version: str, reason: str, evidence: dict[str, Any] | None) -> dict[str, Any]:
+    """The decision kept for a promotion of the version that already is the champion."""
+    return {
+        "kind": "champion_unchanged",
+        "version": version,
+        "reason": reason,
+        **({"evidence": evidence} if evidence else {}),
+    }
+
+
+def stale_message(
+    stream: str, against: str | None, head: str | None, outcome: str, stored: dict[str, Any] | None = None
+) -> str:
+    """Why an offset reset computed against `against` is refused now that `head` is the head."""
+    what = (
+        f"the offset reset to {stored['offsets']} ({stored.get('reason')}, by {stored.get('by')})"
+        if stored
+        else ("this offset reset")
+    )
+    return (
+        f"{stream}: {what} was computed against head {against or 'none'}, but {head or 'no version'} is the head "
+        f"now (a training run registered it meanwhile, and the rows it learned were not considered): {outcome}. "
+        f"Run `streamfit offsets reset {stream} ...` again"
+    )
 
 
 def _is_stored(stored: dict[str, Any] | None, applied: dict[str, Any] | None) -> bool:

@@ -85,3 +85,45 @@ def test_a_promotion_the_history_cannot_record_changes_nothing(
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{spec.name}: the champion stays v1" in result.output and "failed a write" in result.output
     assert registry.champion(spec.name) == "v1"
+
+
+def test_promoting_the_champion_again_says_so_and_leaves_the_history_alone(
+    cli, spec: StreamSpec, registry: FilesystemRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It printed "champion is now v2" and recorded v2 as replacing itself: a later rollback or the
+    drift monitor's check then compared the champion with itself."""
+    monkeypatch.setenv(OPERATOR_ENV, "dana")
+    meta = {"offsets": {"learned": {"0": 1}}}
+    registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta)
+    registry.register(spec.name, "v1", b"onnx", {"any": "estimator"}, meta)
+    for version in ("v1", "v2"):
+        assert cli("models", "promote", spec.name, version).exit_code == 0
+
+    result = cli("models", "promote", spec.name, "v2", "--reason", "after the repair")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{spec.name}: v2 is already the champion; nothing changed")
+    assert "champion is now" not in result.output
+    assert [(h["version"], h["previous"]) for h in registry.champion_history(spec.name)] == [("v1", None), ("v2", "v1")]
+    decision = registry.decisions(spec.name)[-1]
+    assert (decision["kind"], decision["reason"], decision["evidence"]["by"]) == (
+        "champion_unchanged",
+        "manual: after the repair",
+        "dana",
+    )
+    result = cli("models", "rollback", spec.name)
+    assert (result.exit_code, result.output) == (0, f"{spec.name}: rolled back; champion is now v1\n")
+
+
+def test_rolling_back_a_manual_demotion_restores_the_demoted_version_then_goes_further_back(
+    cli, spec: StreamSpec, registry: FilesystemRegistry
+) -> None:
+    meta = {"offsets": {"learned": {"0": 1}}}
+    for parent in (None, "v1", "v2"):
+        registry.register(spec.name, parent, b"onnx", {"any": "estimator"}, meta)
+    for version in ("v1", "v2", "v3", "v2"):  # the last: v2 promoted by hand over v3
+        assert cli("models", "promote", spec.name, version).exit_code == 0
+    for expected in ("v3", "v1"):  # v2 was rolled back from: passed over
+        result = cli("models", "rollback", spec.name)
+        assert (result.exit_code, result.output) == (0, f"{spec.name}: rolled back; champion is now {expected}\n")
+    result = cli("models", "rollback", spec.name)
+    assert result.exit_code == 1 and "no earlier good champion" in result.output

@@ -284,3 +284,35 @@ def delete_before(settings: KafkaSettings, topic: str, partition: int, offset: i
         pytest.skip(f"broker cannot delete records: {exc!r}")
     finally:
         admin.close()
+
+
+@pytest.mark.parametrize("when", ["before the write's check", "between the check and the write"])
+def test_a_version_registered_while_a_reset_is_computed_makes_the_command_fail_and_the_reset_unapplied(
+    cli,
+    spec: StreamSpec,
+    kafka_settings: KafkaSettings,
+    registry: FilesystemRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """The command read the head, then wrote the reset: a training run committing in between made
+    it a reset against a stale head, which the next version applied, and the operator read "next
+    batch starts at ..."."""
+    produce_synthetic(kafka_settings, spec, 20)
+    meta = {"offsets": {"learned": {"0": 5}}}
+    registry.register(spec.name, None, b"onnx", {"any": "estimator"}, meta)  # v1: what the command reads
+    hooked = "halt" if when == "before the write's check" else "_store_offset_reset"
+    real = getattr(FilesystemRegistry, hooked)
+
+    def racing(self, *args, **kwargs):
+        if registry.head(spec.name).name == "v1":  # a training run commits v2 (once)
+            registry.register(spec.name, "v1", b"onnx", {"any": "estimator"}, {"offsets": {"learned": {"0": 9}}})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FilesystemRegistry, hooked, racing)
+    result = cli("offsets", "reset", spec.name, "--to", "earliest", "--force", "--bootstrap", kafka_settings.bootstrap)
+    assert result.exit_code == 1, result.output
+    assert "was computed against head v1, but v2 is the head now" in result.output
+    assert f"Run `streamfit offsets reset {spec.name} ...` again" in result.output
+    assert "next batch starts at" not in result.output
+    assert registry.pending_offset_reset(spec.name) is None  # the next version learns on from v2

@@ -30,9 +30,12 @@ from dagster_project.registry.store import (
     ModelRegistry,
     RegistryError,
     StaleParent,
+    StaleReset,
     Version,
+    alias_changes,
     carried_state,
     expected_offsets,
+    last_promotion,
     without_state,
 )
 from dagster_project.registry.versioning import already_registered, register_batch
@@ -297,6 +300,64 @@ def test_champion_alias_history_and_rollback(registry: ModelRegistry, stream: st
         registry.rollback(stream, reason="nothing left")
 
 
+def test_promoting_the_champion_again_moves_nothing_and_a_rollback_still_returns_to_its_predecessor(
+    registry: ModelRegistry, stream: str
+) -> None:
+    """A re-promotion of the champion appended a history entry naming it as its own predecessor: the
+    promotion check and the drift monitor then compared the champion with itself (a comparison that
+    can never fire), and the entry counted as a fresh promotion by hand."""
+    register(registry, stream, None, {0: 10})
+    register(registry, stream, "v1", {0: 20})
+    assert registry.set_champion(stream, "v1", reason="first") is True
+    assert registry.set_champion(stream, "v2", reason="better") is True
+    assert registry.set_champion(stream, "v2", reason="manual: again", evidence={"by": "dana"}) is False
+
+    assert registry.champion(stream) == "v2"
+    history = registry.champion_history(stream)
+    assert [(h["version"], h["previous"]) for h in history] == [("v1", None), ("v2", "v1")]
+    last = registry.decisions(stream)[-1]
+    assert (last["kind"], last["version"], last["reason"], last["evidence"]) == (
+        "champion_unchanged",
+        "v2",
+        "manual: again",
+        {"by": "dana"},
+    )
+    assert last_promotion(history, "v2")["previous"] == "v1"  # what the champion check compares it with
+    assert registry.rollback(stream, reason="worse live") == "v1"
+
+
+def test_rollback_after_a_manual_demotion_and_after_a_rolled_back_version_was_chosen_again(
+    registry: ModelRegistry, stream: str
+) -> None:
+    for parent, end in ((None, 10), ("v1", 20), ("v2", 30)):
+        register(registry, stream, parent, {0: end})
+    for version in ("v1", "v2", "v3"):
+        registry.set_champion(stream, version, reason="better")
+    registry.set_champion(stream, "v2", reason="manual: demote v3")  # by hand, over v3
+    assert registry.rollback(stream, reason="undo") == "v3"  # the version the demotion replaced
+    assert registry.rollback(stream, reason="again") == "v1"  # never v2: rolled back from just now
+
+    # v2, rolled back from, then chosen again by hand: a later rollback may return to it.
+    registry.set_champion(stream, "v2", reason="manual: v2 is fine after all")
+    registry.set_champion(stream, "v3", reason="manual: try v3")
+    assert registry.rollback(stream, reason="v3 is worse") == "v2"
+    assert registry.rollback(stream, reason="and v2") == "v1"
+    with pytest.raises(RegistryError, match="no earlier good champion"):
+        registry.rollback(stream, reason="nothing left")
+
+
+def test_last_promotion_skips_records_of_a_champion_promoted_again() -> None:
+    """Histories written before re-promotions became decisions name the champion as its own predecessor."""
+    history = [
+        {"version": "v1", "previous": None, "reason": "first"},
+        {"version": "v2", "previous": "v1", "reason": "better"},
+        {"version": "v2", "previous": "v2", "reason": "manual: again", "evidence": {"by": "dana"}},
+    ]
+    assert last_promotion(history, "v2") == history[1]
+    assert last_promotion(history, "v1") is None
+    assert alias_changes(history) == history[:2]
+
+
 def test_a_rollback_passes_over_a_version_scorers_would_refuse(backend: Backend, stream: str) -> None:
     """Rolling back to a damaged model moved the alias while every scorer kept serving the version
     rolled back from (they refuse a file that fails its checksum): the alias and what is served disagreed."""
@@ -407,6 +468,49 @@ def test_pending_offset_reset_lifecycle(registry: ModelRegistry, stream: str) ->
     assert registry.applied_offset_resets(stream) == {"v2": record}
     registry.clear_offset_reset(stream, applied_by_version="v3")  # nothing pending: no-op
     assert set(registry.applied_offset_resets(stream)) == {"v2"}
+
+
+def test_an_offset_reset_is_applied_only_against_the_head_it_was_computed_from(
+    registry: ModelRegistry, stream: str
+) -> None:
+    """`offsets reset` read the head, computed the reset, then wrote it: a version registered in
+    between learned rows the reset did not consider (kept healthy partitions at the stale head's
+    offsets: learned again), and the next version applied it anyway."""
+    register(registry, stream, None, {0: 10, 1: 5})
+    head, _, _ = expected_offsets(registry, stream)  # what the command computes from
+    record = registry.set_pending_offsets(stream, {0: 10, 1: 40}, reason="gap", by="alice", head=head.name)
+    assert registry.pending_offset_reset(stream) == record  # against the head: pending as before
+    assert registry.stale_offset_reset(stream) is None
+
+    # A version registered after the head was read and before the write: refused, nothing written.
+    register(registry, stream, "v1", {0: 30, 1: 5})
+    with pytest.raises(StaleReset, match=r"computed against head v1, but v2 is the head.*Run `streamfit offsets reset"):
+        registry.set_pending_offsets(stream, {0: 10, 1: 50}, reason="gap", by="alice", head="v1")
+
+    # Registered between that check and the write (deterministically, inside the write): never applied.
+    assert registry._stored_offset_reset(stream) is None  # alice's, now stale too, was dropped on the way
+    real_store = registry._store_offset_reset
+
+    def racing_store(stream_: str, stored: dict) -> None:
+        register(registry, stream_, "v2", {0: 60, 1: 5})  # v3: a training run commits meanwhile
+        real_store(stream_, stored)
+
+    registry._store_offset_reset = racing_store
+    try:
+        registry.set_pending_offsets(stream, {0: 30, 1: 70}, reason="gap", by="bob", head="v2")
+    finally:
+        del registry._store_offset_reset
+    stale = registry.stale_offset_reset(stream)
+    assert stale is not None and "computed against head v2, but v3 is the head" in stale
+    assert "it is not applied" in stale and f"streamfit offsets reset {stream}" in stale
+    assert registry.pending_offset_reset(stream) is None
+    assert expected_offsets(registry, stream) == (registry.head(stream), {0: 60, 1: 5}, None)  # not 30: learned again
+
+    registry.settle_offset_reset(stream)  # what the next registration does first: dropped, on record
+    assert registry._stored_offset_reset(stream) is None
+    discarded = registry.decisions(stream)[-1]
+    assert discarded["kind"] == "offset_reset_discarded" and discarded["reset"]["offsets"] == {"0": 30, "1": 70}
+    assert "v3 is the head" in discarded["why"]
 
 
 def test_a_pending_reset_carries_the_feature_state_after_the_skipped_events(
