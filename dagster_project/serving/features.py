@@ -204,11 +204,13 @@ class ServingFeatures:
         if failed is not None and failed[0] == version:  # this request gets it; the next one tries again
             raise failed[1]
         if self._switching is None or not self._switching.is_alive():
-            self._busy = f"switching to {version}'s feature state and catching it up to the scorer's position"
-            self._switching = threading.Thread(
+            switching = threading.Thread(
                 target=self._switch_in_thread, args=(version,), name=f"features-{self.spec.name}", daemon=True
             )
-            self._switching.start()
+            switching.start()  # it waits for the lock this request holds; marked busy only once it runs, as
+            # a thread that cannot start (none left) would never clear the mark: 503 for good
+            self._switching = switching
+            self._busy = f"switching to {version}'s feature state and catching it up to the scorer's position"
         raise self._not_ready(self._busy or f"switching to {version}'s feature state")
 
     def _switch_in_thread(self, version: str) -> None:
@@ -240,9 +242,17 @@ class ServingFeatures:
         with self._holding(f"switching to {version}'s feature state and catching it up to the scorer's position"):
             followed = self.registry.get(self.spec.name, version)
             state = state_after(self.registry, self.spec, followed)  # may fail: then nothing changed
+            before = self.version, self.state, self.positions
             self.version, self.state, self.positions = version, state, dict(followed.learned)
-            for partition, offset in reached.items():
-                self._bring_to(partition, offset)
+            try:
+                for partition, offset in reached.items():
+                    self._bring_to(partition, offset)
+            except BaseException:
+                # A catch-up that failed (the broker, a checkpoint) leaves the new state behind the scorer's
+                # position: put back what was followed, untouched, so `/predict` never peeks at it as
+                # `version`'s and the next request or batch switches again.
+                self.version, self.state, self.positions = before
+                raise
 
     def _bring_to(self, partition: int, offset: int) -> None:
         position = self.positions.get(partition)

@@ -103,6 +103,76 @@ def test_predict_after_a_hot_swap_sees_every_event_the_scorer_read(trained, kafk
     )
 
 
+def test_a_swap_whose_catch_up_fails_is_not_served_as_the_new_version(trained, kafka_settings, registry, monkeypatch):
+    """A swap's catch-up that failed (the broker, mid-read) left the state named after the new
+    version but behind the scorer's position: `/predict` peeked at it without the events in
+    between, and nothing switched again. Now the old version's state stays, and the next switch
+    brings the new one up to the scorer's position."""
+    import dagster_project.serving.features as serving_features
+
+    spec = trained
+    events = list(polls(kafka_settings, spec, 10_000))
+    last = max(orjson.loads(r.value)["ts"] for chunk in events for r in chunk)
+    rows = [{"temp": 30.0, "device": f"dev-{d}", "ts": last + 1.0} for d in range(12)]
+
+    def live() -> ServingFeatures:
+        features = ServingFeatures(spec, kafka_settings, registry)
+        for chunk in events:
+            serve(features, spec, "v2", chunk)
+        return features
+
+    reference = live()
+    reference.follow("v3")
+    expected = reference.append_to("v3", rows, np.zeros((len(rows), 1), np.float32))
+
+    features = live()
+    positions = dict(features.positions)
+
+    def broker_gone(*args, **kwargs):
+        raise RuntimeError("the broker went away")
+
+    monkeypatch.setattr(serving_features, "read_range", broker_gone)
+    with pytest.raises(RuntimeError, match="the broker went away"):
+        features.follow("v3")
+    assert (features.version, features.positions) == ("v2", positions)  # the state it followed, untouched
+    monkeypatch.setattr(serving_features, "read_range", read_range)
+    features.follow("v3")
+    np.testing.assert_array_equal(features.append_to("v3", rows, np.zeros((len(rows), 1), np.float32)), expected)
+
+
+def test_a_switch_thread_that_cannot_start_does_not_leave_predict_503_for_good(
+    trained, kafka_settings, registry, monkeypatch
+):
+    """`/predict` marked the state busy before starting the switch's thread: a thread that could not
+    start (none left) never cleared the mark, and every later request answered 503."""
+    import threading
+
+    spec = trained
+    head = registry.head(spec.name).name
+    features = ServingFeatures(spec, kafka_settings, registry)
+    row = {"temp": 30.0, "device": "dev-3", "ts": 1_767_225_600.0 + 120.0}
+    start = threading.Thread.start
+
+    def cannot_start(thread):
+        if thread.name.startswith("features-"):
+            raise RuntimeError("can't start new thread")
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        features.append_to(head, [row], np.zeros((1, 1), np.float32))
+    monkeypatch.setattr(threading.Thread, "start", start)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            X = features.append_to(head, [row], np.zeros((1, 1), np.float32))
+            break
+        except RequestError as exc:
+            assert exc.status == 503 and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+    assert features.version == head and X.shape == (1, 5)
+
+
 def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings, registry):
     spec = trained
     features = ServingFeatures(spec, kafka_settings, registry)
