@@ -255,3 +255,21 @@ class FullCollections:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self._callback)
+
+
+def run_child(module: str, mode: str, config: dict[str, Any]) -> dict[str, Any]:
+    """`python -m <module> --child <mode> <config>` in a fresh interpreter: the JSON its last stdout line holds."""
+    import subprocess
+
+    import orjson
+
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--child", mode, orjson.dumps(config).decode()],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{module.rsplit('.', 1)[-1]} {mode} failed:\n{done.stderr[-3000:]}")
+    return orjson.loads(done.stdout.strip().splitlines()[-1])

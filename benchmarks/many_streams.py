@@ -246,20 +246,9 @@ def _said(result: Any) -> str:
 
 
 def _run_child(mode: str, config: dict[str, Any]) -> dict[str, Any]:
-    import subprocess
+    from benchmarks.common import run_child
 
-    from benchmarks.common import PROJECT_ROOT
-
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.many_streams", "--child", mode, orjson.dumps(config).decode()],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"many_streams {mode} failed:\n{done.stderr[-3000:]}")
-    return orjson.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.many_streams", mode, config)
 
 
 def measure(bootstrap: str, counts: list[int], rounds: int, work: Path) -> dict[str, Any]:

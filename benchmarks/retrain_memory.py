@@ -59,20 +59,9 @@ def _ids_mib(ids: list[str]) -> float:
 
 
 def _run_child(mode: str, config: dict[str, Any]) -> dict[str, Any]:
-    import subprocess
+    from benchmarks.common import run_child
 
-    from benchmarks.common import PROJECT_ROOT
-
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.retrain_memory", "--child", mode, orjson.dumps(config).decode()],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"retrain_memory {mode} failed:\n{done.stderr[-3000:]}")
-    return orjson.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("benchmarks.retrain_memory", mode, config)
 
 
 def _produce(bootstrap: str, rows: int) -> dict[str, Any]:

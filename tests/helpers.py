@@ -291,3 +291,17 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
+
+
+def break_drift_sensor_of(monkeypatch, stream: str) -> None:
+    """Make `stream`'s Dagster definitions fail to build (its drift sensor raises), the others intact."""
+    from dagster_project import factory
+
+    build_drift_sensor = factory.build_drift_sensor
+
+    def drift_sensor(spec, *jobs):
+        if spec.name == stream:
+            raise RuntimeError(f"{stream}'s drift sensor does not build")
+        return build_drift_sensor(spec, *jobs)
+
+    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)

@@ -29,7 +29,7 @@ from dagster_project.kafka.settings import (
 )
 from dagster_project.resources import KAFKA_ENV_FIELDS, KafkaResource, RegistryResource
 from dagster_project.spec import load_specs
-from tests.helpers import full_retrain_tick
+from tests.helpers import break_drift_sensor_of, full_retrain_tick
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS_DIR = ROOT / "streams"
@@ -145,16 +145,7 @@ def test_a_stream_whose_definitions_do_not_build_leaves_the_other_streams_runnin
 ) -> None:
     """A spec that loads but whose build raised (here census's drift sensor) failed the whole code
     location: no stream trained. Now its file gets the `invalid_spec_<file>` sensor, skipping with the error."""
-    from dagster_project import factory
-
-    build_drift_sensor = factory.build_drift_sensor
-
-    def drift_sensor(spec, *jobs):
-        if spec.name == "census":
-            raise RuntimeError("census's drift sensor does not build")
-        return build_drift_sensor(spec, *jobs)
-
-    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)
+    break_drift_sensor_of(monkeypatch, "census")
     with _code_location() as loaded:
         _assert_only_these_streams_train(loaded, [s for s in STREAMS if s != "census"], ["census"])
         message = _skip_messages(loaded, ["invalid_spec_census_yaml"])["invalid_spec_census_yaml"]

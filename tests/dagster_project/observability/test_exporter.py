@@ -21,7 +21,7 @@ from dagster_project.kafka.io import probe_partitions
 from dagster_project.learning.adaptive_sgd import step_of
 from dagster_project.observability.exporter import serve_exporter
 from tests.conftest import synthetic_spec
-from tests.helpers import defs_for, produce_synthetic, run_batch
+from tests.helpers import break_drift_sensor_of, defs_for, produce_synthetic, run_batch
 
 ALERT_RULES = Path(__file__).resolve().parents[3] / "deploy" / "alerts.yml"
 
@@ -332,17 +332,9 @@ def test_a_stream_whose_definitions_do_not_build_is_exported_as_its_file_being_i
     exporter counted only the files that do not load, so the stream stopped training unannounced."""
     from prometheus_client import generate_latest
 
-    from dagster_project import factory
     from dagster_project.observability.exporter import exporter_registry, exporter_specs
 
-    build_drift_sensor = factory.build_drift_sensor
-
-    def drift_sensor(spec, *jobs):
-        if spec.name == "census":
-            raise RuntimeError("census's drift sensor does not build")
-        return build_drift_sensor(spec, *jobs)
-
-    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)
+    break_drift_sensor_of(monkeypatch, "census")
     streams = Path(__file__).resolve().parents[3] / "streams"
     specs, broken = exporter_specs(streams)
     assert [b.path for b in broken] == [streams / "census.yaml"]
