@@ -8,15 +8,24 @@ here, a forked run inherits it: Dagster caches the repository on the module's `d
 `python_module` code location's run worker reads.
 """
 
+import logging
+
 import dagster as dg
 
 from dagster_project.definitions import defs
 
 
-def resolve(location: dg.Definitions) -> dg.RepositoryDefinition:
-    """The location's repository with every job built, cached on `location` for forked processes."""
-    repository = location.get_repository_def()
-    repository.get_all_jobs()
+def resolve(location: dg.Definitions) -> dg.RepositoryDefinition | None:
+    """The location's repository with every job built, cached on `location` for forked processes;
+    None when it does not resolve. The forkserver's preload tolerates only an ImportError: anything
+    else raised here would stop every run from starting, where a forked run that resolves the location
+    itself fails with the error in its own run, for the UI to show."""
+    try:
+        repository = location.get_repository_def()
+        repository.get_all_jobs()
+    except Exception:
+        logging.getLogger(__name__).exception("the code location does not resolve; each run will say why")
+        return None
     return repository
 
 

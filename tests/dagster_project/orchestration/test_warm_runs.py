@@ -6,6 +6,8 @@ import importlib
 import subprocess
 import sys
 
+import dagster as dg
+
 from dagster_project.orchestration import warm_runs
 from dagster_project.orchestration.warm_runs import PRELOAD_MODULES
 
@@ -71,3 +73,17 @@ def test_a_forked_run_reads_the_repository_the_forkserver_resolved_and_builds_no
     assert repository is resolved
     assert repository.get_job(job) is resolved.get_job(job)
     assert builds == []
+
+
+def test_a_location_that_does_not_resolve_does_not_stop_the_forkserver_s_preload(monkeypatch):
+    """The forkserver's preload survives only an ImportError: a location that raised while resolved in
+    it stopped every run from starting, where a run that resolves it itself shows the error."""
+    import dagster_project.definitions as location
+    from dagster_project.orchestration import resolved_location
+
+    def unresolvable() -> None:
+        raise dg.DagsterInvalidDefinitionError("Duplicate definition found for shared_sensor")
+
+    monkeypatch.setattr(location.defs, "get_repository_def", unresolvable)
+    importlib.reload(resolved_location)  # what the preload runs: it must not raise
+    assert resolved_location.resolve(location.defs) is None
