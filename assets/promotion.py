@@ -133,10 +133,15 @@ def decide_champion(
     # champion's, and promoting it untested would undo that decision on the next batch.
     gating = spec.promotion.tail_rows > 0 and spec.promotion.tail_fraction > 0 and model.parent == current
     result = decide_promotion(reg, spec, metric, candidate, model.estimator, micro_batch.tail, fresh_by_default=gating)
+    return {**metadata, **gate_metadata(result, model.estimator)}, result.reason
+
+
+def gate_metadata(result, estimator) -> dict:
+    """The `champion` asset's metadata for a gate decision (a training run's or a retrain's): who
+    serves now, the candidate, both metrics on the unseen rows, the paired test's p-value, the reason."""
     return {
-        **metadata,
-        "champion": candidate if result.promote else current,
-        "candidate": candidate,
+        "champion": result.candidate if result.promote else result.champion,
+        "candidate": result.candidate,
         "promoted": int(result.promote),
         "candidate_metric": result.candidate_value,
         "champion_metric": result.champion_value,
@@ -147,8 +152,8 @@ def decide_champion(
         "candidate_metrics": dg.MetadataValue.json(result.candidate_metrics or {}),
         "champion_metrics": dg.MetadataValue.json(result.champion_metrics or {}),
         "reason": result.reason,
-        **({"leader": model.estimator.leader} if hasattr(model.estimator, "leader") else {}),
-    }, result.reason
+        **({"leader": estimator.leader} if hasattr(estimator, "leader") else {}),
+    }
 
 
 def decide_promotion(

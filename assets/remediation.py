@@ -71,7 +71,8 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
     def retrain_model(
         context: dg.OpExecutionContext, config: ActionConfig, kafka: KafkaResource, registry: RegistryResource
     ):
-        from assets.promotion import gate_retrain
+        from assets.promotion import gate_metadata, gate_retrain
+        from assets.training import version_metadata
         from dagster_project.learning.retraining import retrain
         from dagster_project.orchestration.issued_names import highest_issued, log_names_skipped
 
@@ -111,7 +112,7 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
         yield dg.AssetMaterialization(
             asset_key=[name, "model_version"],
             metadata={
-                "version": version.name,
+                **version_metadata(version),
                 "retrain": version.meta["retrain"]["mode"],
                 "rows": version.meta["rows"]["trained"],
                 "reason": "; ".join(config.reasons),
@@ -119,6 +120,10 @@ def build_remediation_jobs(spec: StreamSpec) -> list[dg.JobDefinition]:
         )
         result = gate_retrain(kafka.settings(), reg, spec, version)
         context.log.info(f"{name}: {result.reason}")
+        # The gate's decision on the champion asset, as a training run's: without it the UI went on
+        # naming the champion before the retrain, though the retrained version now served.
+        estimator = reg.load_estimator(name, version.name)
+        yield dg.AssetMaterialization(asset_key=[name, "champion"], metadata=gate_metadata(result, estimator))
         yield dg.Output(version.name)
 
     tags = {names.STREAM_TAG: name}

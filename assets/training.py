@@ -300,6 +300,8 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             metadata={**details, **({"reason": artifact.reason} if artifact.reason else {})},
             description=parity_summary(artifact),  # what the UI's check list shows
         )
+        if not artifact.passed:  # the run's failure says why and what to do, not only "a blocking check failed"
+            raise dg.Failure(description=parity_failure(spec, artifact, context.run.run_id), allow_retries=False)
 
     @dg.asset(
         retry_policy=retries,
@@ -351,19 +353,36 @@ def build_training_assets(spec: StreamSpec) -> list[dg.AssetsDefinition]:
             metadata={
                 **{key: dg.MetadataValue.url(links[key]) for key in ("run_url", "model_version_url") if key in links},
                 **({"mlflow_model_uri": links["model_uri"]} if "model_uri" in links else {}),
-                "version": version.name,
-                "version_number": version.number,
+                **version_metadata(version),
                 # which incarnation of the topic its offsets name (`sensors.kafka_sensor._learned_before`)
                 "topic_id": str((version.meta["offsets"].get("identity") or {}).get("topic_id") or ""),
                 "registered_by_earlier_attempt": version.meta.get("run_id") != context.run.run_id,
                 "rows": model.rows_trained,
-                "rows_learned_total": int(version.meta["rows_learned_total"]),
-                "offsets_learned": dg.MetadataValue.json({str(p): o for p, o in version.learned.items()}),
                 **model.metrics,
             }
         )
 
     return [micro_batch, model, onnx_model, model_version]
+
+
+def version_metadata(version) -> dict:
+    """What a registered version learned, typed for the UI (a training run's and a retrain's
+    `model_version`): its name and parent, the `[start, end)` offsets it read per partition and the
+    offsets it learned up to, its rows (read, valid, dead-lettered, trained) and its metrics."""
+    meta = version.meta
+    rows = meta.get("rows") or {}
+    offsets = meta.get("offsets") or {}
+    return {
+        "version": version.name,
+        "version_number": version.number,
+        "parent": meta.get("parent") or "none",
+        "offsets_batch": dg.MetadataValue.json(offsets.get("batch") or {}),
+        "offsets_learned": dg.MetadataValue.json({str(p): o for p, o in version.learned.items()}),
+        **{f"rows_{k}": int(rows[k]) for k in ("read", "valid", "trained") if rows.get(k) is not None},
+        "dead_letters": int(rows.get("dlq") or 0),
+        "rows_learned_total": int(meta.get("rows_learned_total") or 0),
+        **{k: float(v) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, (int, float)) and k != "rows"},
+    }
 
 
 def parity_summary(artifact) -> str:
@@ -374,6 +393,16 @@ def parity_summary(artifact) -> str:
         apart = f" ({parity['unscorable_rows']} row(s) overflow float32: not scorable)" if artifact.unscorable else ""
         return f"passed on {parity['rows']:,} rows{apart}: {measured}"
     return f"FAILED on {parity['rows']:,} rows: {artifact.reason or measured}; the version is not registered"
+
+
+def parity_failure(spec: StreamSpec, artifact, run_id: str) -> str:
+    """A failed parity check as the run's failure: what differed, and the fix."""
+    return (
+        f"onnx_parity: {parity_summary(artifact)}. onnxruntime and scikit-learn disagree beyond the spec's "
+        f"tolerance (parity.atol {spec.parity.atol:g}, parity.rtol {spec.parity.rtol:g}): loosen them if the "
+        "difference is float32 rounding, or choose an estimator skl2onnx exports faithfully, reload the code "
+        f"location, then re-execute run {run_id[:8]}"
+    )
 
 
 @contextmanager
@@ -458,6 +487,9 @@ def validated(
         context.log.warning(outcome.message)
         if outcome.severity == "ERROR":  # a halt: the same rows fail the same checks on every attempt
             context.instance.add_run_tags(context.run.run_id, {NO_RUN_RETRIES_TAG: "0"})
+            # The run's failure (the run page, the sensor's halt summary) names the rule and the fix: the
+            # blocking check alone failed it with "1 blocking asset check failed ...: <stream>/micro_batch: ...".
+            raise dg.Failure(description=f"data_quality: {outcome.message}", allow_retries=False)
         return
     batch = outcome.batch
     counters = batch.feature_counters or {}

@@ -134,8 +134,9 @@ def test_retrain_registers_a_new_head_and_records_the_action(
     # gated in its own run, on v2's unseen tail: this spec holds none out, so the gate defers
     assert gate["kind"] == "promotion_gate" and gate["candidate"] == "v3" and not gate["promote"]
     assert "decision deferred" in gate["reason"]
-    (materialization,) = result.asset_materializations_for_node(names.retrain_op(spec.name))
+    materialization, gated = result.asset_materializations_for_node(names.retrain_op(spec.name))
     assert materialization.asset_key == dg.AssetKey([spec.name, "model_version"])
+    assert gated.asset_key == dg.AssetKey([spec.name, "champion"]) and gated.metadata["candidate"].value == "v3"
     assert materialization.metadata["version"].value == "v3"
     assert materialization.metadata["retrain"].value == spec.drift.retrain_mode
     assert materialization.metadata["rows"].value == v3.meta["rows"]["trained"] == 300
