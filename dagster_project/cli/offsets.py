@@ -133,11 +133,6 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, dry_run:
     starts = {s.partition: s.log_start for s in states}
     before = {p: expected.get(p, start) for p, start in starts.items()}
     after = {p: target.get(p, start) for p, start in starts.items()}
-    halt = registry().halt(stream)
-    if before == after:  # a reset that moves nothing is not recorded as one (a version would say it applied it)
-        click.echo(f"{stream}: nothing to reset: the next batch already starts at {after}; nothing was written")
-        _echo_halted(stream, halt)
-        return
     # The derived-feature state a pending skip carries (its events read) holds for a start at or past it.
     carried, damaged, details = None, None, {}
     if moved and all(target.get(p, -1) >= o for p, o in moved.items()):
@@ -146,6 +141,13 @@ def offsets_reset(stream: str, position: str, reason: str, force: bool, dry_run:
             carried = carried_state(stream, pending)
         except ChecksumMismatch as exc:  # the reset is the way out of it: it goes on without the state
             damaged = exc
+    halt = registry().halt(stream)
+    # A reset that moves nothing is not recorded as one (a version would say it applied it), unless it is
+    # the way out of a pending reset whose carried feature state is damaged: then it is written without it.
+    if before == after and damaged is None:
+        click.echo(f"{stream}: nothing to reset: the next batch already starts at {after}; nothing was written")
+        _echo_halted(stream, halt)
+        return
     if dry_run:
         click.echo(f"{stream}: the next batch would start at {target} (dry run: nothing written)")
         _echo_moved(before, after)
