@@ -9,19 +9,10 @@ import dagster as dg
 import pytest
 
 from dagster_project import names
-from dagster_project.registry.store import expected_offsets
 from tests.assets.test_quality_gate import _bad_rows, _next_range, _send, _spec
+from tests.assets.test_self_healing import TAIL, _next
 from tests.conftest import synthetic_spec
 from tests.helpers import defs_for, high_waters, produce_synthetic, run_batch
-
-TAIL = {"tail_rows": 100, "tail_fraction": 0.2, "min_rows": 50}
-
-
-def _next(settings, registry, spec, rows_per_partition: int):
-    _, expected, _ = expected_offsets(registry, spec.name)
-    ends = high_waters(settings, spec.events_topic)
-    starts = {p: expected.get(p, 0) for p in ends}
-    return {p: (starts[p], min(ends[p], starts[p] + rows_per_partition)) for p in ends if ends[p] > starts[p]}
 
 
 def _latest(instance: dg.DagsterInstance, stream: str, asset: str) -> dict:
