@@ -1,14 +1,20 @@
 """`streamfit models list|show|promote|rollback`: the registry's versions and its champion.
 
 Promotion and rollback are the operator's override of the automatic promotion gate; both are
-recorded in the champion history with the operator's name.
+recorded in the champion history with the operator's name, and a change of champion materializes
+the `champion` asset in the Dagster instance in DAGSTER_HOME, as a run's change does.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from dagster_project.cli.common import echo_json, operator_name, registry, stream_argument
+
+if TYPE_CHECKING:
+    from dagster_project.registry.store import ModelRegistry
 
 
 @click.group()
@@ -92,6 +98,7 @@ def models_promote(stream: str, version: str, reason: str) -> None:
         )
         return
     click.echo(f"{stream}: champion is now {version}")
+    _record(store, stream, version, "chosen by hand: `streamfit models promote`")
 
 
 @models.command("rollback")
@@ -102,7 +109,16 @@ def models_rollback(stream: str, reason: str) -> None:
     from dagster_project.registry.store import RegistryError
 
     try:
-        version = registry().rollback(stream, reason=reason, evidence={"by": operator_name()})
+        store = registry()
+        version = store.rollback(stream, reason=reason, evidence={"by": operator_name()})
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{stream}: rolled back; champion is now {version}")
+    _record(store, stream, version, "chosen by hand: `streamfit models rollback`")
+
+
+def _record(store: ModelRegistry, stream: str, version: str, decision: str) -> None:
+    """Materialize the champion asset in DAGSTER_HOME's instance: the Dagster UI went on naming the old one."""
+    from dagster_project.orchestration.champion_events import record_champion_change
+
+    record_champion_change(store, stream, version, decision, operator_name(), lambda line: click.echo(line, err=True))

@@ -67,6 +67,7 @@ def quarantine_replay(stream: str, quarantine_id: str, force: bool, bootstrap: s
     its window back from Kafka)."""
     from dagster_project.kafka.io import BrokerUnavailable
     from dagster_project.kafka.settings import KafkaSettings
+    from dagster_project.orchestration.champion_events import record_champion_change
     from dagster_project.quality.quarantine import QuarantineError, QuarantineStore
     from dagster_project.quality.replay import replay_quarantined
     from dagster_project.registry.store import RegistryError
@@ -78,8 +79,9 @@ def quarantine_replay(stream: str, quarantine_id: str, force: bool, bootstrap: s
         settings = None
     instance = _dagster_instance()
     try:
+        store = registry()
         version = replay_quarantined(
-            registry(),
+            store,
             QuarantineStore(),
             spec,
             quarantine_id,
@@ -99,6 +101,15 @@ def quarantine_replay(stream: str, quarantine_id: str, force: bool, bootstrap: s
         instance.report_runless_asset_event(event)
         instance.dispose()
     click.echo(f"{stream}: {quarantine_id} trained into {version.name}")
+    # The stream's first version is named champion as it registers: the Dagster UI is told, as by a run.
+    record_champion_change(
+        store,
+        stream,
+        version.name,
+        f"the stream's first version, registered by `streamfit quarantine replay` of {quarantine_id}",
+        operator_name(),
+        lambda line: click.echo(line, err=True),
+    )
 
 
 def _dagster_instance():

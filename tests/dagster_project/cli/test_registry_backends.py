@@ -44,11 +44,11 @@ def test_models_list_show_promote_and_rollback(
 
     for version in ("v1", "v2"):
         result = cli("models", "promote", spec.name, version, "--reason", "checked by hand")
-        assert (result.exit_code, result.output) == (0, f"{spec.name}: champion is now {version}\n")
+        assert (result.exit_code, result.stdout) == (0, f"{spec.name}: champion is now {version}\n")
     lines = cli("models", "list", spec.name).output.splitlines()
     assert len(lines) == 2 and lines[1].startswith("*") and "parent    v1" in lines[1] and "accuracy" in lines[1]
     result = cli("models", "rollback", spec.name)
-    assert (result.exit_code, result.output) == (0, f"{spec.name}: rolled back; champion is now v1\n")
+    assert (result.exit_code, result.stdout) == (0, f"{spec.name}: rolled back; champion is now v1\n")
     assert store.champion(spec.name) == "v1"
     assert [(h["reason"], h["evidence"]["by"]) for h in store.champion_history(spec.name)] == [
         ("manual: checked by hand", "dana"),
