@@ -45,8 +45,11 @@ from dagster_project.learning.estimator_table import (
 
 DAY_S = 86_400
 WEEK_S = 7 * DAY_S
+YEAR_S = 365 * DAY_S
 # A worker the limits are sized for: memory a setting may ask of one run, with room to spare.
 WORKER_GIB = 24
+# The most rows one batch may hold (batch.rows, batch.max_rows): a run holds its batch in memory.
+BATCH_ROWS_MAX = 20_000_000
 
 
 def at_most(limit: float, why: str, fix: str, **field: Any) -> Any:
@@ -198,8 +201,24 @@ class EventTimeSpec(_Strict):
 
     field: str = "ts"
     unit: Literal["s", "ms"] = "s"
-    lateness: Duration = Field(default=0.0, ge=0)
-    max_ahead: Duration | None = Field(default=300.0, gt=0)
+    lateness: Duration = at_most(
+        YEAR_S,
+        "a year: each key's history is kept for lateness plus the longest derived window behind its "
+        "partition's newest event (in memory and in every version's checkpoint), and a larger value is "
+        "usually a unit mistake (ms for s: 7 days written in ms reads as 19 years)",
+        "give seconds or a unit (2h, 7d), at most 365d",
+        default=0.0,
+        ge=0,
+    )
+    max_ahead: Duration | None = at_most(
+        DAY_S,
+        "a day: one event from a clock that far ahead holds its partition's watermark there, and every "
+        "other event of the partition is late (dead-lettered) until real time catches up; Kafka's own "
+        "bound is an hour",
+        "give seconds or a unit (5m, 1h), at most 1d; null turns the check off",
+        default=300.0,
+        gt=0,
+    )
 
 
 class DerivedFeatureSpec(_Strict):
@@ -217,7 +236,14 @@ class DerivedFeatureSpec(_Strict):
     of: str | None = None
     by: str = Field(min_length=1)
     agg: Aggregation
-    window: Duration = Field(gt=0)
+    window: Duration = at_most(
+        YEAR_S,
+        "a year: the state holds every event of a key within the window (in memory and in every "
+        "version's checkpoint), and a window is still filling (drift checks leave the feature out) "
+        "until a window of event time has passed; a larger value is usually a unit mistake (ms for s)",
+        "give seconds or a unit (90s, 1h, 30d), at most 365d",
+        gt=0,
+    )
     default: float = 0.0
 
     @model_validator(mode="after")
@@ -325,7 +351,14 @@ class ModelSpec(_Strict):
     # Windowed estimators only: refit on the newest `window_rows` learned offsets every
     # `refit_every` batches (and at once in a drift retrain).
     window_rows: int | None = Field(default=None, ge=10, le=WINDOW_ROWS_MAX)
-    refit_every: int | None = Field(default=None, ge=1)
+    refit_every: int | None = at_most(
+        10_000,
+        "between refits a windowed model learns nothing (it serves its last refit): 10,000 batches is over a "
+        "day at the fastest run cycle (~10 s a batch) and days to weeks on a quieter one: a model that looks stopped",
+        "lower it; to refit less often on a busy stream, raise batch.rows (fewer, larger batches)",
+        default=None,
+        ge=1,
+    )
     # Incremental estimators only: partial_fit passes over each micro-batch (None: the estimator
     # table's default, 8 for sgd_*, else 1; adaptive_sgd_* set their own, `params.passes_options`).
     passes: int | None = Field(default=None, ge=1, le=64)
@@ -471,8 +504,8 @@ class BatchSpec(_Strict):
     """
 
     rows: int = at_most(
-        20_000_000,
-        "a run holds its batch in memory, ~0.5 KiB a row: 20,000,000 rows is ~10 GiB, most of a "
+        BATCH_ROWS_MAX,
+        f"a run holds its batch in memory, ~0.5 KiB a row: {BATCH_ROWS_MAX:,} rows is ~10 GiB, most of a "
         f"{WORKER_GIB} GiB worker beside the model",
         "lower it; past ~1,000,000 rows a batch adds latency, not throughput (see max_rows)",
         default=1000,
@@ -484,8 +517,8 @@ class BatchSpec(_Strict):
     # (benchmarks/README.md, "Sustained load"); 1,000,000 leaves room for tens of thousands of events/s.
     # A run holds its batch in memory (~0.5 KiB a row for a handful of features): lower it for wide rows.
     max_rows: int = at_most(
-        20_000_000,
-        "a run holds its batch in memory, ~0.5 KiB a row: 20,000,000 rows is ~10 GiB, most of a "
+        BATCH_ROWS_MAX,
+        f"a run holds its batch in memory, ~0.5 KiB a row: {BATCH_ROWS_MAX:,} rows is ~10 GiB, most of a "
         f"{WORKER_GIB} GiB worker beside the model",
         "lower it (a backlog is learned in several runs; their fixed ~10 s each is small at millions of rows)",
         default=1_000_000,
@@ -587,7 +620,14 @@ class QualitySpec(_Strict):
 
     policy: Literal["halt", "quarantine"] = "halt"
     min_rows: int = Field(default=1, ge=0)
-    max_rows: int | None = Field(default=None, ge=1)
+    max_rows: int | None = at_most(
+        BATCH_ROWS_MAX,
+        f"no batch holds more than batch.max_rows, itself at most {BATCH_ROWS_MAX:,} (a run holds its batch in "
+        "memory): a larger bound never fails a batch, so the rule checks nothing",
+        "give the most rows a batch should hold (at most batch.max_rows), or remove it",
+        default=None,
+        ge=1,
+    )
     max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     unique_ids: bool = True
     mean_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
@@ -763,7 +803,7 @@ class LabelsSpec(_Strict):
     """
 
     join_window_s: float = at_most(
-        365 * DAY_S,
+        YEAR_S,
         "a year: longer than any label delay the join is for, and a larger value is usually a unit mistake (ms for s)",
         "give seconds, at most 31536000",
         default=3600.0,

@@ -305,3 +305,24 @@ def break_drift_sensor_of(monkeypatch, stream: str) -> None:
         return build_drift_sensor(spec, *jobs)
 
     monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)
+
+
+def share_drift_sensor_of(monkeypatch, *streams: str, name: str = "shared_drift_sensor") -> None:
+    """Make `streams`' Dagster definitions collide: each builds its drift sensor under one `name`."""
+    import dagster as dg
+
+    from dagster_project import factory
+
+    build_drift_sensor = factory.build_drift_sensor
+
+    def drift_sensor(spec, rollback_job, retrain_job):
+        if spec.name not in streams:
+            return build_drift_sensor(spec, rollback_job, retrain_job)
+
+        @dg.sensor(name=name, jobs=[rollback_job, retrain_job])
+        def shared(context):
+            return None
+
+        return shared
+
+    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)

@@ -29,7 +29,7 @@ from dagster_project.kafka.settings import (
 )
 from dagster_project.resources import KAFKA_ENV_FIELDS, KafkaResource, RegistryResource
 from dagster_project.spec import load_specs
-from tests.helpers import break_drift_sensor_of, full_retrain_tick
+from tests.helpers import break_drift_sensor_of, full_retrain_tick, share_drift_sensor_of
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS_DIR = ROOT / "streams"
@@ -151,8 +151,8 @@ def test_a_stream_whose_definitions_do_not_build_leaves_the_other_streams_runnin
         message = _skip_messages(loaded, ["invalid_spec_census_yaml"])["invalid_spec_census_yaml"]
     assert message.startswith(
         f"INVALID SPEC {STREAMS_DIR / 'census.yaml'}: stream 'census''s Dagster definitions do not build: "
-        "RuntimeError: census's drift sensor does not build. The file loads, so `streamfit check` passes it: "
-        "change the setting the error names"
+        "RuntimeError: census's drift sensor does not build. Change the setting the error names (or undo the "
+        "file's last change) until `streamfit check` passes it"
     )
     assert message.endswith("the stream it declares does not train until then, the others do")
 
@@ -194,21 +194,7 @@ def test_streams_whose_definitions_collide_are_both_stopped_and_the_others_run(
 ) -> None:
     """Two streams defining one name: Dagster's merge concatenates, and the duplicate failed the whole
     location when it resolved. Both are stopped (which one to train is not a guess), each naming the other."""
-    from dagster_project import factory
-
-    build_drift_sensor = factory.build_drift_sensor
-
-    def drift_sensor(spec, rollback_job, retrain_job):
-        if spec.name not in ("census", "phishing"):
-            return build_drift_sensor(spec, rollback_job, retrain_job)
-
-        @dg.sensor(name="shared_drift_sensor", jobs=[rollback_job, retrain_job])
-        def shared(context):
-            return None
-
-        return shared
-
-    monkeypatch.setattr(factory, "build_drift_sensor", drift_sensor)
+    share_drift_sensor_of(monkeypatch, "census", "phishing")
     with _code_location() as loaded:
         others = [s for s in STREAMS if s not in ("census", "phishing")]
         _assert_only_these_streams_train(loaded, others, ["census", "phishing"])

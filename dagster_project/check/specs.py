@@ -1,8 +1,8 @@
 """Every spec file checked on its own: one broken file is reported with its fix, the others still run.
 
-The code location loads every spec and stops at the first error (`spec.load_specs`); a training run
-finds a bad estimator parameter or a broken suite file only once data arrives. This check finds all
-of them at once, before deploying.
+The code location stops the stream of a file that does not load, or whose Dagster definitions do not
+build or collide with another stream's; a training run finds a bad estimator parameter or a broken
+suite file only once data arrives. This check finds all of them at once, before deploying.
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ def check_spec_file(path: Path) -> SpecReport:
 
 
 def check_spec_files(files: list[Path]) -> list[SpecReport]:
-    """Each file checked, then stream names that clash across files (topics and registry entries would)."""
+    """Each file checked, then stream names that clash across files (topics and registry entries would),
+    then every loaded stream's Dagster definitions built together, as the code location builds them."""
+    from dagster_project.check.definitions import unbuilt_streams
+
     reports = [check_spec_file(path) for path in files]
     names = Counter(r.spec.name for r in reports if r.spec is not None)
     for report in reports:
@@ -98,4 +101,7 @@ def check_spec_files(files: list[Path]) -> list[SpecReport]:
             report.problems.append(
                 f"stream name {report.spec.name!r} is used by {', '.join(others)}: give each stream its own name"
             )
+    by_path = {r.path: r for r in reports}
+    for broken in unbuilt_streams([(r.path, r.spec) for r in reports if r.spec is not None]):
+        by_path[broken.path].problems.append(f"{broken.error}. {broken.fix}")
     return reports

@@ -50,7 +50,8 @@ def check(
     reference: bool,
 ):
     """Check stream specs (default: $STREAMFIT_STREAMS) one by one: schema, estimator parameters, the
-    data-quality suite, and what the stream's registry versions learned. With --sample, also learn
+    data-quality suite, the stream's Dagster definitions (built together, as the code location builds
+    them), and what the stream's registry versions learned. With --sample, also learn
     the events as training runs would (parse, features, quality checks, test-then-train, ONNX export
     with parity) and report what was learned and refused. Exits 1 when anything would stop the stream."""
     if reference:
@@ -65,7 +66,9 @@ def check(
         files = spec_files(list(paths) or [specs_dir()])
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"checking {len(files)} spec file(s) (importing scikit-learn and Great Expectations) ...", err=True)
+    click.echo(
+        f"checking {len(files)} spec file(s) (importing scikit-learn, Great Expectations and Dagster) ...", err=True
+    )
     reports = check_spec_files(files)
     orphans: list[str] = []
     unreadable = _compare_with_registry(reports, orphans if not paths else None) if compare_registry else None

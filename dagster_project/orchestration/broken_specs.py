@@ -54,8 +54,9 @@ def broken_spec_definitions(broken: list[BrokenSpec]) -> dg.Definitions:
 
 
 BUILD_FIX = (
-    "The file loads, so `streamfit check` passes it: change the setting the error names (or undo the file's "
-    "last change) and reload the code location; if the spec looks right, report the error (a Streamfit bug)"
+    "Change the setting the error names (or undo the file's last change) until `streamfit check` passes it "
+    "(it builds every stream's definitions as the code location does), then reload the code location; "
+    "if the spec looks right, report the error (a Streamfit bug)"
 )
 COLLISION_FIX = "Rename one of these streams (its `name:`) and reload the code location"
 

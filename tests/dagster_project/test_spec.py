@@ -612,6 +612,45 @@ def test_settings_that_fail_later_are_refused_when_the_spec_loads(tmp_path: Path
         ({"drift": {"retrain_epochs": 10**6}}, "drift.retrain_epochs: 1000000 is over its limit, 100: each epoch"),
         ({"feature_state": {"max_keys": 10**9}}, "feature_state.max_keys: 1000000000 is over its limit, 10,000,000"),
         ({"model": {"scale_out": {"workers": 10**4}}}, "model.scale_out.workers: 10000 is over its limit, 256: each"),
+        (
+            {"quality": {"max_rows": 10**12}},
+            "quality.max_rows: 1000000000000 is over its limit, 20,000,000: no batch holds more than batch.max_rows, "
+            "itself at most 20,000,000 (a run holds its batch in memory): a larger bound never fails a batch, so the "
+            "rule checks nothing; give the most rows a batch should hold (at most batch.max_rows), or remove it",
+        ),
+        (
+            {"model": {"estimator": "random_forest_classifier", "refit_every": 10**6}},
+            "model.refit_every: 1000000 is over its limit, 10,000: between refits a windowed model learns nothing",
+        ),
+        (
+            {
+                "model": {
+                    "candidates": [
+                        {"estimator": "sgd_classifier"},
+                        {"estimator": "random_forest_classifier", "refit_every": 10**6},
+                    ]
+                }
+            },
+            "model.candidates.1.refit_every: 1000000 is over its limit, 10,000: between refits",
+        ),
+        (
+            {"event_time": {"lateness": 604_800_000}},  # 7 days in ms
+            "event_time.lateness: 604800000.0 is over its limit, 31,536,000: a year: each key's history is kept "
+            "for lateness plus the longest derived window",
+        ),
+        (
+            {"event_time": {"max_ahead": "2d"}},
+            "event_time.max_ahead: '2d' is over its limit, 86,400: a day: one event from a clock that far ahead "
+            "holds its partition's watermark there",
+        ),
+        (
+            {
+                "event_time": {"field": "ts"},
+                "derived": [{"name": "a_mean", "of": "a", "by": "user", "agg": "mean", "window": "3650d"}],
+            },
+            "derived.0.window: 315360000.0 is over its limit, 31,536,000: a year: the state holds every event of a "
+            "key within the window",
+        ),
     ],
 )
 def test_absurd_sizes_are_refused_naming_the_limit_its_reason_and_the_fix(tmp_path: Path, overrides, line) -> None:
@@ -624,15 +663,23 @@ def test_absurd_sizes_are_refused_naming_the_limit_its_reason_and_the_fix(tmp_pa
 
 
 def test_large_production_sizes_still_load() -> None:
-    """The limits are generous: tens of millions of rows, a week's wait, a year's label delay."""
+    """The limits are generous: tens of millions of rows, a week's wait, a year's label delay or derived
+    window, a month's lateness."""
     spec = StreamSpec.model_validate(
         _raw(
             batch={"rows": 5_000_000, "max_rows": 20_000_000, "max_wait_s": 604_800, "max_run_seconds": 86_400},
             drift={"retrain_window_rows": 100_000_000, "cooldown_s": 86_400, "interval_s": 3600},
             labels={"join_window_s": 90 * 86_400, "flush_interval_s": 60},
+            quality={"max_rows": 20_000_000},
+            event_time={"lateness": "30d", "max_ahead": "1h"},
+            derived=[{"name": "a_sum_1y", "of": "a", "by": "user", "agg": "sum", "window": "365d"}],
         )
     )
     assert spec.batch.max_rows == 20_000_000 and spec.drift.retrain_window_rows == 100_000_000
+    assert spec.quality.max_rows == 20_000_000 and spec.derived[0].window == 365 * 86_400
+    assert (spec.event_time.lateness, spec.event_time.max_ahead) == (30 * 86_400, 3600)
+    windowed = StreamSpec.model_validate(_raw(model={"estimator": "random_forest_classifier", "refit_every": 2_000}))
+    assert windowed.model.refit_every == 2_000  # a refit every few hours on a busy stream
 
 
 def test_valid_crons_and_detector_parameters_still_load() -> None:

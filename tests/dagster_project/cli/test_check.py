@@ -11,6 +11,7 @@ from dagster_project.ingest.events import make_event
 from dagster_project.registry.store import FilesystemRegistry
 from dagster_project.spec import load_spec
 from tests.dagster_project.serving.support import train_version
+from tests.helpers import break_drift_sensor_of, share_drift_sensor_of
 
 SHIPPED = Path(__file__).resolve().parents[3] / "streams"
 
@@ -157,3 +158,48 @@ def test_check_of_the_specs_directory_names_a_served_stream_whose_spec_is_gone(
     assert "note  registry: stream 'orders' has a champion (v1) but no spec here: nothing trains it" in result.stdout
     named = cli("check", specs_dir / f"{spec.name}.yaml")  # files named: what else is deployed is not known
     assert named.exit_code == 0 and "no spec here" not in named.stdout
+
+
+def test_check_fails_a_stream_whose_dagster_definitions_do_not_build(cli, monkeypatch) -> None:
+    """census loaded but its definitions raised: `check` said ok, and the code location stopped the
+    stream (its `invalid_spec_census_yaml` sensor skipping with the error) once deployed."""
+    monkeypatch.setenv("STREAMFIT_STREAMS", str(SHIPPED))
+    break_drift_sensor_of(monkeypatch, "census")
+
+    result = cli("check", "--no-registry")
+
+    assert result.exit_code == 1
+    assert (
+        f"FAIL  {SHIPPED / 'census.yaml'}: stream 'census''s Dagster definitions do not build: RuntimeError: "
+        "census's drift sensor does not build. Change the setting the error names (or undo the file's last "
+        "change) until `streamfit check` passes it"
+    ) in result.stdout
+    assert "then reload the code location" in result.stdout
+    assert f"ok    {SHIPPED / 'census.yaml'}" not in result.stdout
+    assert all(f"ok    {SHIPPED / f'{s}.yaml'}: stream {s}:" in result.stdout for s in ("phishing", "synthetic"))
+
+
+def test_check_fails_both_streams_whose_dagster_definitions_collide(cli, monkeypatch) -> None:
+    """Two streams defining one Dagster name: each loads and builds alone, so `check` said ok; the
+    code location stops both (which one to train is not a guess)."""
+    share_drift_sensor_of(monkeypatch, "census", "phishing")
+
+    result = cli("check", SHIPPED, "--no-registry")
+
+    assert result.exit_code == 1
+    for stream, other in (("census", "phishing"), ("phishing", "census")):
+        line = next(x for x in result.stdout.splitlines() if x.startswith(f"FAIL  {SHIPPED / f'{stream}.yaml'}: "))
+        assert (
+            f"stream {stream!r}'s Dagster definitions collide with stream {other!r} ({SHIPPED / f'{other}.yaml'})"
+            in line
+        )
+        assert "shared_drift_sensor" in line and line.endswith(
+            "Rename one of these streams (its `name:`) and reload the code location"
+        )
+    assert f"ok    {SHIPPED / 'synthetic.yaml'}" in result.stdout
+
+
+def test_check_passes_the_shipped_specs_definitions_included(cli) -> None:
+    result = cli("check", SHIPPED, "--no-registry")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("ok    ") == 4 and "FAIL" not in result.stdout
