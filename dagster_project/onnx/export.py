@@ -308,11 +308,14 @@ def check_parity(model: Pipeline, onnx_bytes: bytes, X: np.ndarray, atol: float,
     left out of the comparison and returned in ``unscorable`` while they are at most
     `OVERFLOW_SHARE` of the rows (and at least one may be); more fail parity as any other difference.
     """
+    from threadpoolctl import threadpool_limits
+
     X = np.asarray(X, dtype=np.float64)
     if len(X) == 0:
         return ParityResult(False, float("nan"), 0, 0, atol, rtol, "no rows to compare")
     prediction = OnnxModel(onnx_bytes).predict(X)
-    sk = sklearn_scores(model, X)
+    with threadpool_limits(limits=1):  # gradient boosting's OpenMP threads spin on a shared host
+        sk = sklearn_scores(model, X)
     if is_classifier(model.steps[-1][1]):
         if prediction.scores is None or prediction.scores.shape != sk.shape:
             got = None if prediction.scores is None else prediction.scores.shape
