@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,11 +199,21 @@ def specs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: StreamSpec)
     return directory
 
 
+@pytest.fixture(scope="session")
+def empty_dagster_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DAGSTER_HOME whose SQLite storages are created and migrated, once per test process: creating
+    them took 0.55 s of every test with an instance, opening a copy takes 0.12 s."""
+    home = tmp_path_factory.mktemp("empty_dagster_home")
+    with dg.instance_for_test(temp_dir=str(home)):
+        pass
+    return home
+
+
 @pytest.fixture
-def instance(tmp_path: Path):
-    """A real Dagster instance with SQLite storage in a temporary DAGSTER_HOME."""
+def instance(tmp_path: Path, empty_dagster_home: Path):
+    """A real Dagster instance with SQLite storage in a temporary DAGSTER_HOME (a copy of an empty one)."""
     home = tmp_path / "dagster_home"
-    home.mkdir()
+    shutil.copytree(empty_dagster_home, home)
     with dg.instance_for_test(temp_dir=str(home)) as inst:
         yield inst
         _assert_no_instance_left_open(inst)

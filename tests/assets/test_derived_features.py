@@ -22,6 +22,10 @@ from tests.dagster_project.features.support import (
 )
 from tests.helpers import defs_for, high_waters, read_topic, run_batch
 
+# The subject is the derived features' state across runs (dead letters, crashes, checkpoints), not how
+# Streamfit talks to a broker (tests/dagster_project/kafka/ and tests/faults/ run on both): once, in the Tansu session.
+pytestmark = pytest.mark.one_broker
+
 
 def accepted_events(settings, spec: StreamSpec, upto: dict[int, int]) -> pd.DataFrame:
     """The events the feature state accepted up to `upto` (the head's learned offsets)."""

@@ -34,6 +34,7 @@ def _next(settings, registry, spec, rows_per_partition: int):
     return {p: (starts[p], min(ends[p], starts[p] + rows_per_partition)) for p in ends if ends[p] > starts[p]}
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_the_tail_is_shared_by_rows_and_skipped_when_too_small():
     assert tail_split({0: (0, 300), 1: (100, 400)}, 250, 0.2, 50) == {0: 240, 1: 340}  # 120 of 600
     assert tail_split({0: (0, 900), 1: (0, 100)}, 250, 0.2, 50) == {0: 720, 1: 80}  # 200 (20 %), by rows
@@ -46,6 +47,7 @@ def test_the_tail_is_shared_by_rows_and_skipped_when_too_small():
     assert tail_split({0: (0, 1000)}, 0, 0.2, 50) == {0: 1000}  # tail_rows 0: off
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_candidate_within_the_margin_is_promoted_in_the_run_that_trains_it(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -91,6 +93,7 @@ DEFAULT_TAIL = PromotionSpec().model_dump(include={"tail_rows", "tail_fraction",
 
 
 @pytest.mark.parametrize("spec", [synthetic_spec(promotion=DEFAULT_TAIL, batch={"rows": 200, "max_rows": 200})])
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_batches_of_200_rows_with_the_default_gate_promote_their_candidates(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -116,6 +119,7 @@ def _saboteur(spec):
     return model
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_really_better_candidate_is_promoted_with_the_tests_p_value(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -144,6 +148,7 @@ def test_a_really_better_candidate_is_promoted_with_the_tests_p_value(
     assert registry.champion_history(spec.name)[-1]["reason"] == decision["reason"]
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_really_worse_candidate_stays_a_candidate_with_the_tests_p_value(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -180,6 +185,7 @@ def _produce_three_classes(settings, spec, rows: int) -> None:
     produce(settings, spec, pairs)
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_multiclass_stream_gated_on_roc_auc_gets_the_macro_delong_test(
     kafka_settings, kafka_bootstrap, registry, instance
 ):
@@ -274,6 +280,7 @@ def test_a_batch_with_a_tail_is_not_learned_twice_when_its_run_is_re_executed(
     assert "already learned" in check.description
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_the_champion_check_scores_a_bounded_even_sample_of_a_large_batch():
     from types import SimpleNamespace
 
@@ -324,6 +331,7 @@ FAMILIES = synthetic_spec(
 
 
 @pytest.mark.parametrize("spec", [FAMILIES], ids=["families"])
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_families_compete_through_the_gate_on_unseen_rows_and_every_number_is_recorded(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -376,6 +384,7 @@ WAITING = synthetic_spec(
 
 
 @pytest.mark.parametrize("spec", [WAITING], ids=["class_late"])
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_windowed_family_waits_for_a_class_the_first_batch_lacked_while_an_incremental_one_serves(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -405,6 +414,7 @@ def test_a_windowed_family_waits_for_a_class_the_first_batch_lacked_while_an_inc
     assert fitted["fitted_on"] is not None and fitted["refits"] >= 1, fitted
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_version_whose_tail_holds_one_class_is_promoted_untested(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -430,6 +440,7 @@ def test_a_version_whose_tail_holds_one_class_is_promoted_untested(
 
 
 @pytest.mark.parametrize("spec", [synthetic_spec(promotion=TAIL)], ids=["tails"])
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_version_whose_tail_is_too_sparse_to_judge_is_promoted_untested(
     kafka_settings, spec, registry, stream_defs, instance
 ):
@@ -463,6 +474,7 @@ def test_a_version_whose_tail_is_too_sparse_to_judge_is_promoted_untested(
     assert registry.champion(spec.name) == "v2"
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_champion_a_person_chose_holds_against_another_line_within_the_margin(
     kafka_settings, spec, registry, stream_defs, instance, specs_dir
 ):
@@ -498,6 +510,7 @@ def test_a_champion_a_person_chose_holds_against_another_line_within_the_margin(
     assert registry.champion(spec.name) == "v5", "grown from the chosen v4 since the choice: promoted"
 
 
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_chosen_champion_s_line_is_what_grew_from_it_after_the_choice(tmp_path):
     """v1 <- v2 <- v3 <- v4 <- v5. A person chooses v3 after v4 was registered: v5 grew through v4,
     which the choice passed over, so it is not v3's line; had v3 been chosen before v4 existed (the
@@ -560,6 +573,7 @@ class _Registry:
     ],
     ids=["roc_auc_on_regression", "log_loss_without_probabilities"],
 )
+@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_metric_the_models_can_never_give_still_defers(settings, concept) -> None:
     """Only a tail that lacks a class makes ROC AUC undefined for a reason promoting untested answers:
     a metric the stream can never compute promoted every version untested, however much worse."""

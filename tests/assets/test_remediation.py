@@ -40,6 +40,7 @@ def two_versions(kafka_settings, spec, registry, stream_defs, instance):
     return registry
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_rollback_returns_the_champion_and_records_why(two_versions, spec, stream_defs, instance) -> None:
     registry = two_versions
     job = stream_defs.resolve_job_def(names.rollback_job(spec.name))
@@ -76,6 +77,7 @@ def test_rollback_returns_the_champion_and_records_why(two_versions, spec, strea
     assert event.run_id == result.run_id
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_a_stale_rollback_changes_nothing(two_versions, spec, stream_defs, instance) -> None:
     registry = two_versions
     registry.set_champion(spec.name, "v1", reason="someone rolled back by hand already")
@@ -92,6 +94,7 @@ def test_a_stale_rollback_changes_nothing(two_versions, spec, stream_defs, insta
     assert registry.decisions(spec.name) == decisions_before
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_a_rollback_to_a_version_scorers_would_refuse_changes_nothing(
     two_versions, spec, stream_defs, instance
 ) -> None:
@@ -109,6 +112,7 @@ def test_a_rollback_to_a_version_scorers_would_refuse_changes_nothing(
     assert registry.champion(spec.name) == "v2"
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_retrain_registers_a_new_head_and_records_the_action(
     kafka_settings, spec, registry, stream_defs, instance
 ) -> None:
@@ -142,6 +146,7 @@ def test_retrain_registers_a_new_head_and_records_the_action(
     assert materialization.metadata["rows"].value == v3.meta["rows"]["trained"] == 300
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_a_retrain_that_starts_on_a_halted_stream_registers_nothing_until_the_halt_is_cleared(
     kafka_settings, spec, registry, stream_defs, instance
 ) -> None:
@@ -167,6 +172,7 @@ def test_a_retrain_that_starts_on_a_halted_stream_registers_nothing_until_the_ha
     assert registry.head(spec.name).name == "v3"
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_a_retrain_after_a_registry_restore_takes_a_name_never_given(
     kafka_settings, spec, registry, stream_defs, instance, tmp_path
 ) -> None:
@@ -191,6 +197,7 @@ def test_a_retrain_after_a_registry_restore_takes_a_name_never_given(
     assert registry.decisions(spec.name)[-2]["to_version"] == "v4"
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_the_scheduled_full_retrain_runs(kafka_settings, spec, registry, stream_defs, instance) -> None:
     _learn_two_batches(kafka_settings, spec, stream_defs, instance)
     request = full_retrain_tick(stream_defs, spec, instance, registry)
@@ -236,6 +243,7 @@ def test_a_scheduled_full_retrain_whose_window_is_read_in_chunks_learns_all_of_i
     assert {int(p): tuple(r) for p, r in v3.meta["offsets"]["batch"].items()} == window
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_the_scheduled_full_retrain_leaves_out_a_passed_over_batch(
     kafka_settings, spec, registry, stream_defs, instance
 ) -> None:
@@ -282,6 +290,7 @@ def test_the_scheduled_full_retrain_learns_what_retention_left_of_its_window(
     assert v4.learned == registry.get(spec.name, "v3").learned
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_the_scheduled_full_retrain_waits_for_versions_a_halt_and_a_drift_action(
     spec, registry, stream_defs, instance
 ) -> None:
@@ -307,6 +316,7 @@ def test_the_scheduled_full_retrain_waits_for_versions_a_halt_and_a_drift_action
     assert isinstance(full_retrain_tick(stream_defs, spec, instance, registry), dg.RunRequest)
 
 
+@pytest.mark.one_broker  # the registry's decisions, not the broker: window reads run on both
 def test_retrain_with_nothing_learned_fails_with_the_reason(spec, registry, stream_defs, instance) -> None:
     job = stream_defs.resolve_job_def(names.retrain_job(spec.name))
     config = _action_config(spec, names.retrain_op, from_version="", reasons=["scheduled"])

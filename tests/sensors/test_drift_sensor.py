@@ -7,6 +7,7 @@ import json
 
 import dagster as dg
 import numpy as np
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -21,6 +22,10 @@ from dagster_project.onnx.export import export_onnx
 from dagster_project.resources import KafkaResource, RegistryResource
 from tests.conftest import synthetic_spec
 from tests.helpers import produce_synthetic, run_batch
+
+# The subject is the drift monitor's decisions on a model's live metrics, not how Streamfit talks to
+# a broker (tests/sensors/test_kafka_sensor.py and tests/faults/ run on both): once, in the Tansu session.
+pytestmark = pytest.mark.one_broker
 
 BATCH = 500
 

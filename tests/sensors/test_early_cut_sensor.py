@@ -26,6 +26,10 @@ from sensors.drift_sensor import cut_record
 from tests.conftest import synthetic_spec
 from tests.helpers import defs_for, high_waters, kafka_sensor_tick, produce_synthetic, run_batch
 
+# The subject is when the early cut plans a batch, from the label join's live metrics, not how
+# Streamfit talks to a broker (tests/sensors/test_kafka_sensor.py runs on both): once, in the Tansu session.
+pytestmark = pytest.mark.one_broker
+
 ROWS = 200  # batch.rows
 
 

@@ -62,6 +62,7 @@ def serve(features: ServingFeatures, spec, version: str, chunk) -> dict[tuple[in
     return {(chunk[i].partition, chunk[i].offset): out.X[k] for k, i in enumerate(out.index.tolist())}
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_serving_features_equal_training_from_any_version_and_after_a_hot_swap(trained, kafka_settings, registry):
     spec = trained
     expected = training_inputs(kafka_settings, registry, spec)
@@ -140,6 +141,7 @@ def test_a_swap_whose_catch_up_fails_is_not_served_as_the_new_version(trained, k
     np.testing.assert_array_equal(features.append_to("v3", rows, np.zeros((len(rows), 1), np.float32)), expected)
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_a_switch_thread_that_cannot_start_does_not_leave_predict_503_for_good(
     trained, kafka_settings, registry, monkeypatch
 ):
@@ -173,6 +175,7 @@ def test_a_switch_thread_that_cannot_start_does_not_leave_predict_503_for_good(
     assert features.version == head and X.shape == (1, 5)
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings, registry):
     spec = trained
     features = ServingFeatures(spec, kafka_settings, registry)
@@ -189,6 +192,7 @@ def test_predict_uses_the_live_state_without_changing_it(trained, kafka_settings
         features.append_to(head.name, [{"temp": 1.0, "ts": 1.0}], np.zeros((1, 1), np.float32))
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_predict_refuses_what_the_stream_refuses_a_late_time_and_a_ts_that_is_not_a_number(
     trained, kafka_settings, registry
 ):
@@ -223,6 +227,7 @@ def test_predict_refuses_what_the_stream_refuses_a_late_time_and_a_ts_that_is_no
     indirect=True,
     ids=["sgd", "windowed_trees"],  # refit on a window read back with its features
 )
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_the_scorer_predicts_from_the_features_training_computed(trained, kafka_settings, registry):
     spec = trained
     expected = training_inputs(kafka_settings, registry, spec)
@@ -243,6 +248,7 @@ def test_the_scorer_predicts_from_the_features_training_computed(trained, kafka_
     assert orjson.dumps(sorted(by_id)) == orjson.dumps(sorted(ids[k] for k in keys))
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_evictions_while_serving_are_counted(trained, kafka_settings, registry):
     from dagster_project.serving.metrics import ScorerMetrics
 
@@ -259,6 +265,7 @@ def test_evictions_while_serving_are_counted(trained, kafka_settings, registry):
     assert metrics.registry.get_sample_value("streamfit_feature_keys", {"stream": spec.name}) == features.state.keys()
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_serving_across_a_quarantined_batch_feeds_what_training_and_the_quarantine_hold(
     kafka_settings, kafka_bootstrap, registry, instance
 ):
@@ -322,6 +329,7 @@ def test_a_key_longer_than_an_id_may_be_is_refused_on_kafka_and_on_predict(train
     assert refused.value.status == 422 and len(str(refused.value)) < 600
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_predict_refuses_a_time_further_ahead_of_its_arrival_than_max_ahead(trained, kafka_settings, registry):
     """A `ts` three years ahead got 200 and a prediction on `/predict`, while the same event on Kafka is
     dead-lettered for event_time.max_ahead: a request is judged from its arrival, an event from its record."""
@@ -339,6 +347,7 @@ def test_predict_refuses_a_time_further_ahead_of_its_arrival_than_max_ahead(trai
         assert code == 200, body  # within max_ahead of its arrival: answered
 
 
+@pytest.mark.one_broker  # feature values, not the broker: the catch-up reads run on both
 def test_a_champion_whose_feature_state_is_damaged_is_refused_and_the_last_good_one_serves(
     trained, kafka_settings, registry
 ):
