@@ -34,7 +34,6 @@ def _next(settings, registry, spec, rows_per_partition: int):
     return {p: (starts[p], min(ends[p], starts[p] + rows_per_partition)) for p in ends if ends[p] > starts[p]}
 
 
-@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_the_tail_is_shared_by_rows_and_skipped_when_too_small():
     assert tail_split({0: (0, 300), 1: (100, 400)}, 250, 0.2, 50) == {0: 240, 1: 340}  # 120 of 600
     assert tail_split({0: (0, 900), 1: (0, 100)}, 250, 0.2, 50) == {0: 720, 1: 80}  # 200 (20 %), by rows
@@ -280,7 +279,6 @@ def test_a_batch_with_a_tail_is_not_learned_twice_when_its_run_is_re_executed(
     assert "already learned" in check.description
 
 
-@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_the_champion_check_scores_a_bounded_even_sample_of_a_large_batch():
     from types import SimpleNamespace
 
@@ -510,7 +508,6 @@ def test_a_champion_a_person_chose_holds_against_another_line_within_the_margin(
     assert registry.champion(spec.name) == "v5", "grown from the chosen v4 since the choice: promoted"
 
 
-@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_chosen_champion_s_line_is_what_grew_from_it_after_the_choice(tmp_path):
     """v1 <- v2 <- v3 <- v4 <- v5. A person chooses v3 after v4 was registered: v5 grew through v4,
     which the choice passed over, so it is not v3's line; had v3 been chosen before v4 existed (the
@@ -573,7 +570,6 @@ class _Registry:
     ],
     ids=["roc_auc_on_regression", "log_loss_without_probabilities"],
 )
-@pytest.mark.one_broker  # the gate's decision, not the broker: exactly-once across tails runs on both
 def test_a_metric_the_models_can_never_give_still_defers(settings, concept) -> None:
     """Only a tail that lacks a class makes ROC AUC undefined for a reason promoting untested answers:
     a metric the stream can never compute promoted every version untested, however much worse."""
